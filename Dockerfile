@@ -1,0 +1,34 @@
+# tellonce: a slim, non-root image whose entrypoint is `tellonce serve`.
+# Build:  docker build -t tellonce .
+# Run:    docker run -p 8000:8000 \
+#           -e TELLONCE_ENV=production \
+#           -e TELLONCE_DATABASE_URL=postgresql+asyncpg://tellonce@db:5432/tellonce \
+#           -e TELLONCE_ROOT_KEY=<base64 32 bytes from your KMS> \
+#           tellonce
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/tellonce
+COPY pyproject.toml README.md ./
+COPY service ./service
+RUN /opt/tellonce/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/tellonce/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin tellonce
+WORKDIR /app
+COPY --from=build /opt/tellonce /opt/tellonce
+# Migrations and policies are read from beside the package at run time.
+COPY --chown=root:root migrations ./migrations
+COPY --chown=root:root policies ./policies
+COPY --chown=root:root alembic.ini ./
+RUN mkdir -p /app/.tellonce && chown tellonce /app/.tellonce
+ENV PATH=/opt/tellonce/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TELLONCE_DATA_DIR=/app/.tellonce
+USER tellonce
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
+ENTRYPOINT ["tellonce", "serve", "--host", "0.0.0.0", "--port", "8000"]

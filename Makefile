@@ -1,0 +1,41 @@
+# The one place to look for commands. `make run` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run serve test test-sqlite test-postgres lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Migrate, load the demo government's policies, and serve on 127.0.0.1:8000.
+run: install
+	$(BIN)/tellonce db upgrade
+	$(BIN)/tellonce policies apply policies
+	$(BIN)/tellonce serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# Lint, types, then pytest on SQLite and on PostgreSQL (see scripts/test.sh).
+test: install
+	scripts/test.sh
+
+test-sqlite: install
+	TELLONCE_TEST_DATABASE_URL= $(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

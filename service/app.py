@@ -1,0 +1,59 @@
+"""``create_app(settings)``: routers, middleware, error handlers and lifecycles."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.catalog import endpoints as catalog_endpoints
+from service.config import Settings, get_settings
+from service.db import Database
+from service.errors import BodyLimitMiddleware, install_error_handlers
+from service.health import router as health_router
+from service.observability import Metrics, RequestContextMiddleware, configure_logging
+from service.schema import head_revisions
+
+# Every router is included here and nowhere else.
+ROUTERS = [
+    health_router,
+    catalog_endpoints.router,
+]
+
+# Background parts that live as long as the app (audit writer, sequencer, dispatcher).
+Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+LIFECYCLES: list[Lifecycle] = []
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for lifecycle in LIFECYCLES:
+                await stack.enter_async_context(lifecycle(app))
+            yield
+        await app.state.database.dispose()
+
+    app = FastAPI(
+        title="tellonce",
+        version=__version__,
+        summary="Tell us once: one register, owner-controlled sharing, every access audited.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = Database(settings)
+    app.state.metrics = Metrics()
+    app.state.schema_heads = head_revisions()
+
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Outermost first: the request id must exist before the body limit can refuse.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,1 @@
+"""OAuth2 client credentials, access tokens, principals, roles and scopes."""

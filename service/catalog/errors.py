@@ -1,0 +1,6 @@
+from service.errors import ServiceUnavailable
+
+
+class CatalogMissing(ServiceUnavailable):
+    title = "Catalog not loaded"
+    slug = "catalog-missing"

@@ -1,0 +1,74 @@
+"""The catalog: departments, purposes, and fields each with exactly one owner."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+FieldType = Literal["string", "date", "integer", "boolean", "enum"]
+Classification = Literal["public", "personal", "sensitive", "special-category"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Department(_Strict):
+    id: Identifier
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+
+
+class Purpose(_Strict):
+    id: Identifier
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+
+
+class FieldSpec(_Strict):
+    name: FieldName
+    owner: Identifier
+    type: FieldType
+    classification: Classification = "personal"
+    # Searchable fields keep a blind index so they can be matched without decryption.
+    searchable: bool = False
+    max_length: int | None = Field(default=None, ge=1, le=100_000)
+    values: list[str] | None = None
+    # The field whose write marks a citizen deceased (at most one per catalog).
+    marks_death: bool = False
+    description: str = ""
+
+
+class Catalog(_Strict):
+    departments: list[Department]
+    purposes: list[Purpose]
+    fields: list[FieldSpec]
+
+    def department(self, department_id: str) -> Department | None:
+        return next((d for d in self.departments if d.id == department_id), None)
+
+    def purpose(self, purpose_id: str) -> Purpose | None:
+        return next((p for p in self.purposes if p.id == purpose_id), None)
+
+    def field(self, name: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def field_owners(self) -> dict[str, str]:
+        return {f.name: f.owner for f in self.fields}
+
+    @property
+    def death_field(self) -> FieldSpec | None:
+        return next((f for f in self.fields if f.marks_death), None)
+
+
+class CatalogOut(BaseModel):
+    """The catalog as served at ``GET /v1/catalog``."""
+
+    version: int
+    departments: list[Department]
+    purposes: list[Purpose]
+    fields: list[FieldSpec]

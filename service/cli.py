@@ -1,0 +1,55 @@
+"""The ``tellonce`` command. Each domain contributes a sub-command group."""
+
+from __future__ import annotations
+
+import typer
+import uvicorn
+
+from service.config import get_settings
+from service.policy.cli import app as policies_app
+from service.schema import upgrade
+
+app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharing for government.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(db_app, name="db")
+app.add_typer(policies_app, name="policies")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema."""
+    settings = get_settings()
+    upgrade(settings.database_url)
+    typer.echo("database migrated to head")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    no_worker: bool = typer.Option(
+        False, "--no-worker", help="Do not run the audit sequencer and event dispatcher in-process."
+    ),
+) -> None:
+    """Run the API."""
+    import os
+
+    if no_worker:
+        os.environ["TELLONCE_RUN_WORKERS"] = "false"
+        get_settings.cache_clear()
+    settings = get_settings()
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,87 @@
+"""Settings, read from ``TELLONCE_*`` environment variables.
+
+Settings fail closed: outside development a missing or placeholder root key is refused
+at start-up rather than discovered when the first citizen is read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.tellonce/tellonce.db"
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "todo"}
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="TELLONCE_", extra="ignore")
+
+    env: Environment = "development"
+    database_url: str = DEFAULT_DATABASE_URL
+    data_dir: Path = Path("./.tellonce")
+    root_key: SecretStr | None = None
+    webhook_allow_private: bool = False
+
+    policies_dir: Path = Path("./policies")
+    # Requests whose body exceeds this are refused with 413 while streaming.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_level: str = "INFO"
+    log_json: bool = True
+    # The public base URL: used as the token issuer and in metadata documents.
+    public_url: str = "http://127.0.0.1:8000"
+    access_token_ttl_seconds: int = Field(default=300, ge=10, le=3600)
+    # Run the audit sequencer and the event dispatcher inside `serve`.
+    run_workers: bool = True
+
+    @field_validator("root_key")
+    @classmethod
+    def _root_key_is_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        if raw.lower() in _PLACEHOLDERS:
+            raise ValueError("TELLONCE_ROOT_KEY is a placeholder; set a real base64 32-byte key")
+        try:
+            decoded = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("TELLONCE_ROOT_KEY must be base64") from None
+        if len(decoded) != 32:
+            raise ValueError("TELLONCE_ROOT_KEY must decode to exactly 32 bytes")
+        return SecretStr(raw)
+
+    @model_validator(mode="after")
+    def _production_needs_keys(self) -> Settings:
+        if self.env == "production" and self.root_key is None and not self.root_key_file.exists():
+            raise ValueError(
+                "production refuses to start without a root key: set TELLONCE_ROOT_KEY "
+                f"or provide {self.root_key_file}"
+            )
+        return self
+
+    @property
+    def root_key_file(self) -> Path:
+        return self.data_dir / "root.key"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def allows_generated_keys(self) -> bool:
+        """Only development and test may create key files on their own."""
+        return self.env != "production"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

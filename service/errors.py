@@ -1,0 +1,273 @@
+"""RFC 9457 problem details for every error the service returns.
+
+Domains raise a ``ServiceError`` subclass. One set of handlers turns it, FastAPI's
+validation errors, unknown routes and unexpected exceptions into
+``application/problem+json``. No route builds an error body by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.observability import current_request_id
+
+logger = logging.getLogger("tellonce.errors")
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://tellonce.example/problems/"
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+class ServiceError(Exception):
+    """A refusal the caller can act on. Carries its HTTP status and a stable type slug."""
+
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad request"
+    slug: ClassVar[str] = "bad-request"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.detail = detail or self.title
+        self.errors = [dict(e) for e in errors] if errors else None
+        self.headers = dict(headers or {})
+        super().__init__(self.detail)
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+class BadRequest(ServiceError):
+    status, title, slug = 400, "Bad request", "bad-request"
+
+
+class MalformedBody(ServiceError):
+    status, title, slug = 400, "Malformed request body", "malformed-body"
+
+
+class Unauthenticated(ServiceError):
+    status, title, slug = 401, "Authentication required", "unauthenticated"
+
+    def __init__(self, detail: str | None = None, *, error: str = "invalid_token") -> None:
+        challenge = f'Bearer error="{error}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ServiceError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(ServiceError):
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, title, slug = 405, "Method not allowed", "method-not-allowed"
+
+
+class Conflict(ServiceError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class Gone(ServiceError):
+    status, title, slug = 410, "Gone", "gone"
+
+
+class PreconditionFailed(ServiceError):
+    status, title, slug = 412, "Precondition failed", "precondition-failed"
+
+
+class PayloadTooLarge(ServiceError):
+    status, title, slug = 413, "Request body too large", "payload-too-large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class ValidationFailed(ServiceError):
+    status, title, slug = 422, "Validation failed", "validation-failed"
+
+
+class PreconditionRequired(ServiceError):
+    status, title, slug = 428, "Precondition required", "precondition-required"
+
+
+class TooManyRequests(ServiceError):
+    status, title, slug = 429, "Too many requests", "rate-limited"
+
+    def __init__(self, retry_after_seconds: int, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_seconds))})
+
+
+class ServiceUnavailable(ServiceError):
+    status, title, slug = 503, "Service unavailable", "unavailable"
+
+
+def problem_response(error: ServiceError) -> ProblemResponse:
+    return ProblemResponse(error.problem(), status_code=error.status, headers=error.headers)
+
+
+def _loc(parts: Sequence[Any]) -> list[str | int]:
+    return [p if isinstance(p, int) else str(p) for p in parts]
+
+
+async def _service_error(_request: Request, exc: Exception) -> ProblemResponse:
+    if not isinstance(exc, ServiceError):
+        raise exc
+    return problem_response(exc)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> ProblemResponse:
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    raw = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in raw):
+        return problem_response(MalformedBody("The request body is not valid JSON."))
+    errors = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in raw]
+    # Never echo the submitted input back: it may be personal data.
+    return problem_response(ValidationFailed("The request is not valid.", errors=errors))
+
+
+async def _http_error(_request: Request, exc: Exception) -> ProblemResponse:
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    mapped: dict[int, type[ServiceError]] = {
+        400: BadRequest,
+        401: Unauthenticated,
+        403: Forbidden,
+        404: NotFound,
+        405: MethodNotAllowed,
+        413: PayloadTooLarge,
+        415: UnsupportedMediaType,
+        422: ValidationFailed,
+    }
+    error_type = mapped.get(exc.status_code)
+    if error_type is None:
+        error = ServiceError(str(exc.detail))
+        body = error.problem() | {"status": exc.status_code, "title": str(exc.detail)}
+        return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
+    detail = str(exc.detail) if exc.status_code != 404 else "No such resource."
+    response = problem_response(error_type(detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
+    # This handler runs in Starlette's outermost middleware, after the request
+    # context has been left, so the id comes from the scope the context left behind.
+    request_id = str(request.scope.get("state", {}).get("request_id") or current_request_id())
+    logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+    body = {
+        "type": PROBLEM_BASE + "internal-error",
+        "title": "Internal server error",
+        "status": 500,
+        "detail": f"An unexpected error occurred. Quote request id {request_id} to the operator.",
+    }
+    return ProblemResponse(body, status_code=500, headers={"X-Request-ID": request_id})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive``. An HTTPException, because FastAPI re-raises those from
+    body parsing unchanged (anything else it turns into a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body exceeds the limit of {limit} bytes.")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes with 413, without buffering them.
+
+    A declared ``Content-Length`` over the limit is refused before any of the body is
+    read. A chunked body is counted as it streams and refused as soon as it passes
+    the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._send_problem(send, MalformedBody("Invalid Content-Length header."))
+                    return
+                if declared > self.limit:
+                    await self._send_problem(send, self._too_large())
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._send_problem(send, self._too_large())
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body exceeds the limit of {self.limit} bytes.")
+
+    @staticmethod
+    async def _send_problem(send: Send, error: ServiceError) -> None:
+        response = problem_response(error)
+        response.headers["Connection"] = "close"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,1 @@
+"""Owner-written agreements, compiled for every access, with explain and simulate."""

@@ -1,0 +1,136 @@
+"""YAML files whose errors point at a line.
+
+Policy and catalog files are written by people, so every problem is reported as
+``FILE:LINE: message``. The loader walks PyYAML's node tree and remembers the line of
+every mapping key and sequence item, keyed by the same path tuple that pydantic uses
+in an error's ``loc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+PathKey = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, order=True)
+class SourceError:
+    """One problem in one file, on one line (1-based; 0 when no line applies)."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass
+class SourceDocument:
+    """A parsed YAML document with the line of every path in it."""
+
+    file: str
+    data: Any
+    lines: dict[PathKey, int] = field(default_factory=dict)
+
+    def line_of(self, loc: Sequence[str | int]) -> int:
+        """The line of the deepest known prefix of ``loc``."""
+        path: PathKey = tuple(loc)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), 1)
+
+    def error(self, loc: Sequence[str | int], message: str) -> SourceError:
+        return SourceError(self.file, self.line_of(loc), message)
+
+    def pydantic_errors(self, exc: ValidationError, prefix: PathKey = ()) -> list[SourceError]:
+        errors = []
+        for item in exc.errors(include_url=False):
+            loc = tuple(item["loc"])
+            where = ".".join(str(part) for part in (*prefix, *loc)) or "document"
+            errors.append(self.error((*prefix, *loc), f"{where}: {item['msg']}"))
+        return errors
+
+
+class SourceFileError(Exception):
+    """Raised with every problem found; ``errors`` is never empty."""
+
+    def __init__(self, errors: Iterable[SourceError]) -> None:
+        self.errors = sorted(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def parse_yaml(text: str, file: str) -> SourceDocument:
+    """Parse one YAML document, refusing duplicate keys and merge keys."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else 1
+            raise SourceFileError([SourceError(file, line, f"invalid YAML: {exc.problem}")]) from None
+        except yaml.YAMLError as exc:
+            raise SourceFileError([SourceError(file, 1, f"invalid YAML: {exc}")]) from None
+        document = SourceDocument(file=file, data=None)
+        if node is None:
+            return document
+        problems: list[SourceError] = []
+        document.data = _walk(loader, node, (), document.lines, problems, file)
+        if problems:
+            raise SourceFileError(problems)
+        return document
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> SourceDocument:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceFileError([SourceError(str(path), 0, f"cannot read file: {exc}")]) from None
+    return parse_yaml(text, str(path))
+
+
+def _walk(
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: PathKey,
+    lines: dict[PathKey, int],
+    problems: list[SourceError],
+    file: str,
+) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                problems.append(SourceError(file, line, "YAML merge keys (<<) are not supported"))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(SourceError(file, line, "mapping keys must be plain scalars"))
+                continue
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str | int):
+                key = str(key)
+            if key in mapping:
+                problems.append(SourceError(file, line, f"duplicate key {key!r}"))
+                continue
+            lines[(*path, key)] = line
+            mapping[key] = _walk(loader, value_node, (*path, key), lines, problems, file)
+        return mapping
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _walk(loader, item, (*path, index), lines, problems, file)
+            for index, item in enumerate(node.value)
+        ]
+    return loader.construct_object(node, deep=True)

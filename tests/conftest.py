@@ -1,0 +1,158 @@
+"""Shared fixtures.
+
+The run's database comes from ``TELLONCE_TEST_DATABASE_URL`` (PostgreSQL in the second
+pass of ``make test``) or is a temporary SQLite file. It is migrated once per run with
+Alembic; each test then runs inside one transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from service.app import create_app
+from service.catalog import service as catalog_service
+from service.catalog.loader import load_catalog
+from service.config import Settings
+from service.db import create_engine, get_session
+from service.schema import upgrade
+from tests.fixtures.databases import (
+    base_database_url,
+    create_scratch_database,
+    drop_scratch_database,
+    is_postgres,
+)
+from tests.fixtures.server import LiveServer, start_server
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_POLICIES = REPO_ROOT / "tests" / "fixtures" / "policies"
+DEMO_POLICIES = REPO_ROOT / "policies"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = base_database_url()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def on_postgres(database_url: str) -> bool:
+    return is_postgres(database_url)
+
+
+@pytest.fixture(scope="session")
+def root_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tellonce-data")
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, data_dir: Path, root_key: str) -> Settings:
+    return Settings(
+        env="test",
+        database_url=database_url,
+        data_dir=data_dir,
+        root_key=root_key,  # type: ignore[arg-type]
+        log_json=True,
+        log_level="WARNING",
+        policies_dir=TEST_POLICIES,
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session inside a transaction that is rolled back after the test."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        test_session = AsyncSession(
+            bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
+        try:
+            yield test_session
+        finally:
+            await test_session.close()
+            await transaction.rollback()
+
+
+@pytest.fixture
+async def catalog_loaded(session: AsyncSession) -> None:
+    """The test catalog stored in the per-test transaction."""
+    await catalog_service.store(session, load_catalog(TEST_POLICIES), author="tests")
+
+
+@pytest.fixture
+async def app(settings: Settings, session: AsyncSession) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+
+    async def _test_session() -> AsyncIterator[AsyncSession]:
+        yield session
+        await session.flush()
+
+    application.dependency_overrides[get_session] = _test_session
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+async def scratch_database(database_url: str) -> AsyncIterator[str]:
+    """A fresh migrated database for a test that must really commit."""
+    url = await create_scratch_database(database_url)
+    try:
+        yield url
+    finally:
+        await drop_scratch_database(url)
+
+
+def server_env(database_url: str, data_dir: Path, root_key: str) -> dict[str, str]:
+    return {
+        "TELLONCE_ENV": "test",
+        "TELLONCE_DATABASE_URL": database_url,
+        "TELLONCE_DATA_DIR": str(data_dir),
+        "TELLONCE_ROOT_KEY": root_key,
+        "TELLONCE_LOG_LEVEL": "WARNING",
+        "TELLONCE_POLICIES_DIR": str(TEST_POLICIES),
+    }
+
+
+@pytest.fixture
+def live_server(scratch_database: str, tmp_path: Path, root_key: str) -> Iterator[LiveServer]:
+    """``tellonce serve`` on a free loopback port, against its own scratch database."""
+    data = tmp_path / "data"
+    data.mkdir()
+    server = start_server(server_env(scratch_database, data, root_key), tmp_path / "server.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pytest_report_header() -> str:
+    url = os.environ.get("TELLONCE_TEST_DATABASE_URL", "temporary SQLite file")
+    return f"tellonce test database: {url.split('@')[-1]}"

@@ -1,0 +1,216 @@
+"""Every error is RFC 9457 problem+json, whatever raised it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, Field
+from starlette.types import Message
+
+from service.app import create_app
+from service.config import Settings
+from service.errors import BodyLimitMiddleware, Conflict, Gone, PreconditionFailed
+from tests.fixtures.server import LiveServer, free_port
+
+PROBLEM = "application/problem+json"
+
+
+class Shape(BaseModel):
+    name: str = Field(min_length=1)
+    count: int
+
+
+probe = APIRouter()
+
+
+@probe.post("/_probe/shape")
+async def shape(body: Shape) -> dict[str, Any]:
+    return body.model_dump()
+
+
+@probe.get("/_probe/boom")
+async def boom() -> None:
+    raise RuntimeError("secret internal detail 0xdeadbeef")
+
+
+@probe.get("/_probe/conflict")
+async def conflict() -> None:
+    raise Conflict("A citizen with that national id is already registered.")
+
+
+@probe.get("/_probe/gone")
+async def gone() -> None:
+    raise Gone("This record was erased.")
+
+
+@probe.get("/_probe/stale")
+async def stale() -> None:
+    raise PreconditionFailed("The record changed since you read it.")
+
+
+@pytest.fixture
+async def probe_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    app.include_router(probe)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("https://")
+    assert body["title"]
+    assert body["detail"]
+    return body
+
+
+class TestProblemDetails:
+    async def test_validation_error_is_422_with_locations(self, probe_client: httpx.AsyncClient) -> None:
+        response = await probe_client.post("/_probe/shape", json={"name": "", "count": "many"})
+        body = assert_problem(response, 422)
+        locations = {tuple(e["loc"]) for e in body["errors"]}
+        assert ("body", "name") in locations
+        assert ("body", "count") in locations
+        assert all(isinstance(e["msg"], str) and e["msg"] for e in body["errors"])
+
+    async def test_validation_error_never_echoes_input(self, probe_client: httpx.AsyncClient) -> None:
+        response = await probe_client.post("/_probe/shape", json={"name": "AB123456C", "count": "AB123456C"})
+        assert "AB123456C" not in response.text
+
+    async def test_malformed_json_is_400(self, probe_client: httpx.AsyncClient) -> None:
+        response = await probe_client.post(
+            "/_probe/shape", content=b'{"name": ', headers={"content-type": "application/json"}
+        )
+        assert_problem(response, 400)
+
+    async def test_unknown_route_is_404(self, probe_client: httpx.AsyncClient) -> None:
+        assert_problem(await probe_client.get("/v1/nothing-here"), 404)
+
+    async def test_wrong_method_is_405(self, probe_client: httpx.AsyncClient) -> None:
+        assert_problem(await probe_client.delete("/healthz"), 405)
+
+    @pytest.mark.parametrize(("path", "status"), [("conflict", 409), ("gone", 410), ("stale", 412)])
+    async def test_service_errors_keep_status_and_detail(
+        self, probe_client: httpx.AsyncClient, path: str, status: int
+    ) -> None:
+        body = assert_problem(await probe_client.get(f"/_probe/{path}"), status)
+        assert body["type"].endswith(("conflict", "gone", "precondition-failed"))
+
+    async def test_unexpected_error_is_500_without_internals(self, probe_client: httpx.AsyncClient) -> None:
+        response = await probe_client.get("/_probe/boom", headers={"X-Request-ID": "req-0123456789"})
+        body = assert_problem(response, 500)
+        assert "deadbeef" not in response.text
+        assert "RuntimeError" not in response.text
+        assert "req-0123456789" in body["detail"]
+
+    async def test_declared_oversize_body_is_413(self, probe_client: httpx.AsyncClient) -> None:
+        big = b"x" * (2 * 1024 * 1024)
+        response = await probe_client.post(
+            "/_probe/shape", content=big, headers={"content-type": "application/json"}
+        )
+        assert_problem(response, 413)
+
+
+class TestBodyLimitStreaming:
+    async def test_chunked_body_is_refused_without_reading_it_whole(self) -> None:
+        """A 5 MB chunked body is cut off after about the limit, not read to the end."""
+        limit = 1024 * 1024
+        chunk = b"x" * 65536
+        total_chunks = (5 * 1024 * 1024) // len(chunk)
+        pulled = 0
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:
+            while True:  # an app that reads the whole body
+                message = await receive()
+                if not message.get("more_body"):
+                    break
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"read it all"})
+
+        async def receive() -> Message:
+            nonlocal pulled
+            pulled += 1
+            return {"type": "http.request", "body": chunk, "more_body": pulled < total_chunks}
+
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        middleware = BodyLimitMiddleware(inner, limit=limit)
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/",
+            "headers": [(b"transfer-encoding", b"chunked")],
+        }
+        await middleware(scope, receive, send)
+        assert sent[0]["status"] == 413
+        assert (b"content-type", PROBLEM.encode()) in sent[0]["headers"]
+        # It stopped one chunk past the limit: 17 of 80 chunks.
+        assert pulled == limit // len(chunk) + 1
+        assert pulled < total_chunks
+
+
+@pytest.fixture
+def probe_server(settings: Settings) -> Iterator[str]:
+    """A real uvicorn server on loopback, in a thread, serving the app plus the probe routes."""
+    application = create_app(settings)
+    application.include_router(probe)
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "probe server did not start"
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.e2e
+class TestBodyLimitOverHttp:
+    def test_five_megabytes_streamed_to_a_real_server_get_413(self, probe_server: str) -> None:
+        sent = 0
+
+        def five_megabytes() -> Iterator[bytes]:
+            nonlocal sent
+            for _ in range(80):
+                sent += 65536
+                yield b"x" * 65536
+
+        with httpx.Client(timeout=10) as http:
+            try:
+                response = http.post(
+                    f"{probe_server}/_probe/shape",
+                    content=five_megabytes(),
+                    headers={"content-type": "application/json"},
+                )
+            except (httpx.WriteError, httpx.RemoteProtocolError):
+                pytest.fail("the server closed the connection without answering 413")
+        assert_problem(response, 413)
+
+    def test_declared_five_megabytes_get_413(self, live_server: LiveServer) -> None:
+        response = httpx.post(
+            f"{live_server.base_url}/v1/catalog",
+            content=b"x" * (5 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+        assert_problem(response, 413)

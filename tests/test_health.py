@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.config import Settings
+from tests.fixtures.server import LiveServer
+
+
+class TestHealth:
+    async def test_healthz(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+        assert response.headers["x-request-id"]
+
+    async def test_readyz_when_migrated(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/readyz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ready"}
+
+    async def test_readyz_refuses_an_unmigrated_database(self, settings: Settings, tmp_path: object) -> None:
+        unmigrated = settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{tmp_path}/empty.db"})
+        app: FastAPI = create_app(unmigrated)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            response = await http.get("/readyz")
+        await app.state.database.dispose()
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "tellonce db upgrade" in response.json()["detail"]
+
+    async def test_metrics_count_requests_by_route(self, client: httpx.AsyncClient) -> None:
+        await client.get("/healthz")
+        await client.get("/healthz")
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        text = response.text
+        assert 'tellonce_http_requests_total{method="GET",route="/healthz",status="200"} 2.0' in text
+        assert "tellonce_http_request_duration_seconds_bucket" in text
+
+    async def test_request_id_is_echoed_when_valid(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz", headers={"X-Request-ID": "abc12345-trace"})
+        assert response.headers["x-request-id"] == "abc12345-trace"
+        bad = await client.get("/healthz", headers={"X-Request-ID": "<script>"})
+        assert bad.headers["x-request-id"] != "<script>"
+
+
+@pytest.mark.e2e
+class TestLiveServer:
+    def test_serves_healthz_and_readyz(self, live_server: LiveServer) -> None:
+        assert httpx.get(f"{live_server.base_url}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{live_server.base_url}/readyz").status_code == 200

@@ -2,5 +2,6 @@
 
 from service.catalog.models import CatalogVersion
 from service.db import Base
+from service.records.models import Citizen, FieldValue
 
-__all__ = ["Base", "CatalogVersion"]
+__all__ = ["Base", "CatalogVersion", "Citizen", "FieldValue"]

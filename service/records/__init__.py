@@ -1,0 +1,1 @@
+"""Citizens and their field values: the one access path to citizen data."""

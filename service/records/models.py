@@ -1,0 +1,67 @@
+"""Citizens and ciphertext field values.
+
+These are the ciphertext models: only ``records``, ``crypto`` and ``audit`` may import
+them (``tests/test_access_path.py`` enforces it). A value row never holds plaintext;
+``ciphertext`` is the AEAD output of ``service.crypto`` and ``blind_index`` a keyed hash.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db import Base, utcnow
+
+CITIZEN_STATUSES = ("active", "deceased", "erased")
+
+
+class Citizen(Base):
+    """A citizen, known to the service only by a pseudonymous id and a status in clear."""
+
+    __tablename__ = "citizens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    # The record's version: every write increments it; it is the ETag.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    registered_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    erased_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class FieldValue(Base):
+    """One version of one field of one citizen, encrypted under the owner's data key."""
+
+    __tablename__ = "field_values"
+    __table_args__ = (
+        Index("uq_field_values_citizen_field_version", "citizen_id", "field", "version", unique=True),
+        # At most one current value per (citizen, field): reads take only current rows.
+        Index(
+            "uq_field_values_current",
+            "citizen_id",
+            "field",
+            unique=True,
+            sqlite_where=text("is_current"),
+            postgresql_where=text("is_current"),
+        ),
+        Index("ix_field_values_blind_index", "field", "blind_index"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    citizen_id: Mapped[str] = mapped_column(ForeignKey("citizens.id"))
+    field: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(63))
+    # The data key the value is encrypted under (service.crypto's data_keys.id).
+    data_key_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # Truncated HMAC of the normalised value, for searchable fields only.
+    blind_index: Mapped[bytes | None] = mapped_column(LargeBinary(16), default=None)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+    written_by: Mapped[str] = mapped_column(String(200))
+    written_at: Mapped[datetime] = mapped_column(default=utcnow)

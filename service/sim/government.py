@@ -1,0 +1,190 @@
+"""The demo's two halves around the server: ``prepare`` (store, policies, clients, keys,
+population) before it starts, and ``run`` (life events, report, audit verification) while
+it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
+
+from service.audit import repository as audit_repository
+from service.audit.cli import verify_database
+from service.audit.config import AuditSettings, load_signer
+from service.audit.models import AuditEntryRow
+from service.audit.verify import VerificationFailed
+from service.auth import service as auth_service
+from service.config import Settings
+from service.crypto.keyring import Keyring
+from service.crypto.providers import load_root_key
+from service.db import Database, ensure_sqlite_dir
+from service.records.service import Access, RecordsService
+from service.schema import upgrade_async
+from service.sim import policies as demo_policies
+from service.sim import runner
+from service.sim.population import Person, people
+from service.sim.report import AuditSummary, DemoReport
+from service.sim.setup import (
+    CLIENTS_FILE,
+    SEED_BATCH,
+    DemoClients,
+    batches,
+    citizen_count,
+    create_clients,
+    person_fields,
+    read_clients,
+    read_population,
+    write_population,
+    write_private,
+)
+
+# How long to wait, once traffic stops, for the sequencer to cover every entry with a
+# signed checkpoint before verifying.
+CHECKPOINT_WAIT_SECONDS = 30.0
+
+
+@dataclass
+class Prepared:
+    clients: DemoClients
+    people: list[Person]
+    citizen_ids: list[str]
+    seed: int
+    policies_dir: Path
+
+
+async def _clients_valid(database: Database, clients: DemoClients) -> bool:
+    everyone = [*clients.systems.values(), *clients.owners.values(), clients.auditor]
+    async with database.sessions() as session:
+        for credentials in everyone:
+            row = await auth_service.get_client(session, credentials.client_id)
+            if row is None or row.disabled_at is not None:
+                return False
+    return True
+
+
+async def _seed(
+    settings: Settings, database: Database, count: int, seed: int, registrar: Access, console: Console
+) -> list[str]:
+    """Load the population in batches through the records service's encryption path."""
+    keyring = Keyring.from_settings(settings)
+    records = RecordsService(database, keyring, audit=None)  # type: ignore[arg-type]
+    ids: list[str] = []
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("seeding citizens (encrypted field by field)", total=count)
+        for batch in batches(people(count, seed), SEED_BATCH):
+            ids.extend(await records.register_population(registrar, [person_fields(p) for p in batch]))
+            progress.advance(task, len(batch))
+    return ids
+
+
+async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, console: Console) -> Prepared:
+    """Migrate, apply policies, make clients and keys, seed (or reuse) the population."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_sqlite_dir(settings.database_url)
+    console.print("migrating the embedded store")
+    await upgrade_async(settings.database_url)
+    # Made here, mode 0600, so the server finds them; development settings allow it.
+    load_root_key(settings)
+    load_signer(settings, AuditSettings().origin)
+    database = Database(settings)
+    try:
+        policies_dir = settings.policies_dir
+        await demo_policies.apply(database, policies_dir, console)
+        clients = read_clients(settings)
+        if clients is None or not await _clients_valid(database, clients):
+            clients = await create_clients(database)
+            write_private(settings.data_dir / CLIENTS_FILE, clients.as_json(base_url))
+            console.print(f"clients for every department written to {settings.data_dir / CLIENTS_FILE}")
+        stored = read_population(settings)
+        existing = await citizen_count(database)
+        if existing == 0:
+            registrar = demo_policies.seeding_access(clients)
+            ids = await _seed(settings, database, citizens, seed, registrar, console)
+            write_population(settings, seed, ids)
+            population_seed = seed
+        elif stored is not None and stored[1] == len(stored[2]):
+            population_seed, _count, ids = stored
+            console.print(f"reusing the store: {existing:,} citizens already seeded (--reset starts again)")
+        else:
+            raise RuntimeError("the store holds citizens this demo did not seed; run with --reset")
+        return Prepared(clients, list(people(len(ids), population_seed)), ids, population_seed, policies_dir)
+    finally:
+        await database.dispose()
+
+
+async def _audit_summary(settings: Settings) -> AuditSummary:
+    """Wait for a signed checkpoint over every entry, then verify the whole log."""
+    database = Database(settings)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CHECKPOINT_WAIT_SECONDS
+        while True:
+            async with database.engine.connect() as conn:
+                entries = int(
+                    (await conn.execute(select(func.count()).select_from(AuditEntryRow))).scalar_one()
+                )
+                checkpoint = await audit_repository.latest_checkpoint(conn)
+            if checkpoint is not None and checkpoint.tree_size >= entries:
+                break
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await database.dispose()
+    verifier = load_signer(settings, AuditSettings().origin).verifier_key()
+    from service.audit.checkpoint import NoteVerifier
+
+    size = await verify_database(settings.database_url, NoteVerifier.parse(verifier))
+    root = base64.b64encode(checkpoint.root_hash).decode() if checkpoint is not None else "(none)"
+    return AuditSummary(entries=size, root=root)
+
+
+async def run(
+    settings: Settings, prepared: Prepared, base_url: str, duration: float, seed: int, console: Console
+) -> DemoReport:
+    console.print(f"department systems live through life events for {duration:.0f} s")
+    report = await runner.run_scenarios(
+        base_url,
+        prepared.clients,
+        prepared.people,
+        prepared.citizen_ids,
+        duration=duration,
+        seed=seed,
+        restore_agreement=demo_policies.agreement_entry(prepared.policies_dir, "council"),
+    )
+    console.print("verifying the audit log")
+    try:
+        report.audit = await _audit_summary(settings)
+    except VerificationFailed as exc:
+        report.audit_problem = str(exc)
+    return report
+
+
+def sign_in_lines(prepared: Prepared, base_url: str) -> list[str]:
+    owner = prepared.clients.owners["dvla"]
+    auditor = prepared.clients.auditor
+    lines = [f"API: {base_url}  docs: {base_url}/docs"]
+    lines.append(f"console: {base_url}/console")
+    lines.append(f"data owner (dvla): client_id {owner.client_id}  client_secret {owner.client_secret}")
+    lines.append(
+        f"auditor (audit-office): client_id {auditor.client_id}  client_secret {auditor.client_secret}"
+    )
+    lines.append("every client's credentials: ./.tellonce/clients.json")
+    return lines
+
+
+def _unused(_: Any) -> None:
+    return None

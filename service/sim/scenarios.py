@@ -1,0 +1,413 @@
+"""Life events, lived by department systems over HTTP.
+
+- **Moving house.** The citizen tells DVLA once. DVLA writes the new address to the
+  register under its delegated ``write`` agreement. Every department subscribed to the
+  address hears of it by webhook or by the event feed, and reads the new value for its
+  purpose instead of writing to the citizen.
+- **A death, registered once.** The register writes the date of death (the status becomes
+  ``deceased``). DWP stops the benefit, DVLA cancels the licence and HMPO cancels the
+  passport, each acting on the event: it reads the date of death for ``bereavement`` and
+  writes its own field.
+- **A driving licence renewal.** DVLA verifies the applicant is old enough without seeing
+  the date of birth, reads the address, and renews.
+- **A benefit claim.** DWP checks the right to reside, reads the licence status and the
+  council tax band, and records the claim.
+- **Over-reaching.** A wrong purpose, a field no agreement shares, a forbidden field, an
+  expired agreement, a missing case reference, and a read after the owner revoked its
+  agreement through the policy API. Each is refused and audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from faker import Faker
+
+from service.sim.client import DepartmentClient
+from service.sim.population import REFERENCE_DATE, Person
+from service.sim.tally import Denial, Tally
+from service.sim.webhooks import Delivery, WebhookReceivers
+
+# Who hears of what, and how. Webhook departments get signed POSTs; feed departments poll.
+LIFE_FIELDS = ("address", "postcode", "date_of_death")
+WEBHOOK_SUBSCRIBERS = ("dvla", "dwp", "hmrc")
+FEED_SUBSCRIBERS = ("council", "hmpo")
+# The agreement the council revokes half-way through, and restores at the end.
+REVOKED_AGREEMENT = "council-tax-band-for-benefits"
+# Each department's own field that it changes when it hears of a death.
+ON_DEATH = {
+    "dwp": ("benefit_status", "stopped", "benefit stopped"),
+    "dvla": ("licence_status", "cancelled", "licence cancelled"),
+    "hmpo": ("passport_status", "cancelled", "passport cancelled"),
+}
+# How often each life event happens, relative to the others.
+WEIGHTS = {"move": 8, "renewal": 5, "claim": 5, "death": 2, "over-reach": 2}
+# Keep at most this many examples of each kind of refusal for the report.
+DENIAL_EXAMPLES = 2
+
+
+@dataclass
+class DemoCitizen:
+    """A citizen the demo can pick: the register knows the id, other departments look it up."""
+
+    person: Person
+    citizen_id: str
+
+    @property
+    def national_id(self) -> str:
+        return self.person.national_id
+
+
+@dataclass
+class Government:
+    """The simulated department systems and what they know."""
+
+    systems: dict[str, DepartmentClient]
+    owners: dict[str, DepartmentClient]
+    auditor: DepartmentClient
+    citizens: list[DemoCitizen]
+    tally: Tally
+    receivers: WebhookReceivers
+    seed: int
+    rng: random.Random = field(init=False)
+    faker: Faker = field(init=False)
+    by_id: dict[str, DemoCitizen] = field(init=False)
+    deceased: set[str] = field(default_factory=set)
+    # Departments a citizen told directly about their latest change; any other department
+    # that hears of it by event is a re-telling avoided.
+    told: dict[str, set[str]] = field(default_factory=dict)
+    revocation_started: bool = False
+    revoked: bool = False
+    feeds: dict[str, str | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.faker = Faker("en_GB")
+        self.faker.seed_instance(self.seed + 1)
+        self.by_id = {c.citizen_id: c for c in self.citizens}
+
+    def pick(self, predicate: Callable[[DemoCitizen], bool] = lambda _c: True) -> DemoCitizen | None:
+        for _attempt in range(50):
+            citizen = self.rng.choice(self.citizens)
+            if citizen.citizen_id not in self.deceased and predicate(citizen):
+                return citizen
+        return None
+
+    def deny(self, department: str, attempt: str, status: int) -> None:
+        if status not in (403, 404):
+            return
+        if sum(1 for d in self.tally.denials if d.attempt == attempt) < DENIAL_EXAMPLES:
+            self.tally.denials.append(Denial(department, attempt, status))
+        self.tally.life_events["over-reach refused"] += 1
+
+
+# --- subscriptions ----------------------------------------------------------------------
+
+
+async def subscribe_all(gov: Government) -> None:
+    """Replace earlier runs' subscriptions with this run's, and skip old feed events."""
+    for department in (*WEBHOOK_SUBSCRIBERS, *FEED_SUBSCRIBERS):
+        system = gov.systems[department]
+        existing = await system.call("GET", "/v1/subscriptions", count=False)
+        if existing.status_code == 200:
+            for item in existing.json().get("items", []):
+                await system.call("DELETE", f"/v1/subscriptions/{item['id']}", count=False)
+        if department in WEBHOOK_SUBSCRIBERS:
+            created = await system.subscribe(LIFE_FIELDS, url=gov.receivers.url_for(department))
+            secret = created.get("secret")
+            if isinstance(secret, str):
+                gov.receivers.trust(department, secret)
+        else:
+            await system.subscribe(LIFE_FIELDS)
+            cursor: str | None = None
+            while True:
+                items, cursor = await system.events(cursor, wait=0)
+                if not items:
+                    break
+            gov.feeds[department] = cursor
+
+
+async def poll_feed(gov: Government, department: str) -> None:
+    """The feed departments' systems: long-poll ``/v1/events`` and queue what arrives."""
+    system = gov.systems[department]
+    while True:
+        items, cursor = await system.events(gov.feeds.get(department), wait=1)
+        gov.feeds[department] = cursor
+        for data in items:
+            await gov.receivers.deliveries.put(Delivery(department, "feed", data))
+
+
+# --- acting on events -------------------------------------------------------------------
+
+
+async def handle_deliveries(gov: Government) -> None:
+    while True:
+        delivery = await gov.receivers.deliveries.get()
+        try:
+            await act_on(gov, delivery)
+        finally:
+            gov.receivers.deliveries.task_done()
+
+
+async def act_on(gov: Government, delivery: Delivery) -> None:
+    data = delivery.data
+    citizen_id = str(data.get("citizen_id", ""))
+    event_id = str(data.get("event_id", ""))
+    fields = [str(f) for f in data.get("fields", [])]
+    department = delivery.department
+    if not gov.tally.record_notification(department, event_id, delivery.channel):
+        return
+    if department not in gov.told.get(citizen_id, set()):
+        gov.tally.retellings_avoided += 1
+    system = gov.systems[department]
+    if "date_of_death" in fields:
+        values = await system.read_values(citizen_id, ["date_of_death"], "bereavement")
+        if not values or not values.get("date_of_death"):
+            return
+        action = ON_DEATH.get(department)
+        citizen = gov.by_id.get(citizen_id)
+        if action is None or citizen is None or department not in citizen.person.owned:
+            gov.tally.actions[f"{department} closed its record"] += 1
+            return
+        name, value, label = action
+        response = await system.write(citizen_id, {name: value}, "death told once, by the register")
+        if response.status_code == 200:
+            gov.tally.actions[label] += 1
+    elif "address" in fields or "postcode" in fields:
+        values = await system.read_values(citizen_id, ["address", "postcode"], "address-update")
+        if values is not None:
+            gov.tally.actions[f"{department} updated an address"] += 1
+
+
+# --- life events ------------------------------------------------------------------------
+
+
+async def move_house(gov: Government) -> None:
+    citizen = gov.pick()
+    if citizen is None:
+        return
+    dvla = gov.systems["dvla"]
+    citizen_id = await dvla.lookup(citizen.national_id, "identity-verification")
+    if citizen_id is None:
+        return
+    address = f"{gov.faker.building_number()} {gov.faker.street_name()}, {gov.faker.city()}"
+    gov.told[citizen_id] = {"dvla"}
+    response = await dvla.write(
+        citizen_id,
+        {"address": address, "postcode": gov.faker.postcode()},
+        "the citizen told DVLA of a new address",
+        purpose="address-update",
+    )
+    if response.status_code == 200:
+        gov.tally.life_events["moved house"] += 1
+
+
+async def register_death(gov: Government) -> None:
+    citizen = gov.pick()
+    if citizen is None:
+        return
+    gov.deceased.add(citizen.citizen_id)
+    gov.told[citizen.citizen_id] = {"register"}
+    register = gov.systems["register"]
+    response = await register.write(
+        citizen.citizen_id, {"date_of_death": REFERENCE_DATE.isoformat()}, "death registered"
+    )
+    if response.status_code == 200:
+        gov.tally.life_events["death registered"] += 1
+
+
+async def renew_licence(gov: Government) -> None:
+    citizen = gov.pick(lambda c: "dvla" in c.person.owned)
+    if citizen is None:
+        return
+    dvla = gov.systems["dvla"]
+    purpose = "licence-administration"
+    citizen_id = await dvla.lookup(citizen.national_id, purpose)
+    if citizen_id is None:
+        return
+    adult = REFERENCE_DATE.replace(year=REFERENCE_DATE.year - 17)
+    verified = await dvla.verify(citizen_id, purpose, {"date_of_birth": {"lte": adult.isoformat()}})
+    if verified.status_code != 200 or not verified.json().get("results", {}).get("date_of_birth"):
+        return
+    address = await dvla.read_values(citizen_id, ["address", "postcode"], purpose)
+    if address is None:
+        return
+    response = await dvla.write(citizen_id, {"licence_status": "valid"}, "licence renewed")
+    if response.status_code == 200:
+        gov.tally.life_events["licence renewed"] += 1
+
+
+async def claim_benefit(gov: Government) -> None:
+    citizen = gov.pick()
+    if citizen is None:
+        return
+    dwp = gov.systems["dwp"]
+    purpose = "benefit-eligibility"
+    citizen_id = await dwp.lookup(citizen.national_id, purpose)
+    if citizen_id is None:
+        return
+    resides = await dwp.verify(
+        citizen_id, purpose, {"immigration_status": {"in": ["citizen", "settled", "pre-settled"]}}
+    )
+    if resides.status_code != 200:
+        return
+    # Partial answers are normal: after the revocation the band is withheld, with the reason.
+    evidence = await dwp.read(citizen_id, ["licence_status", "council_tax_band"], purpose)
+    if evidence.status_code != 200:
+        return
+    response = await dwp.write(citizen_id, {"benefit_status": "claimed"}, "benefit claimed")
+    if response.status_code == 200:
+        gov.tally.life_events["benefit claimed"] += 1
+
+
+async def _overreach_read(
+    gov: Government,
+    department: str,
+    attempt: str,
+    fields: Sequence[str],
+    purpose: str,
+    *,
+    lookup_purpose: str | None = None,
+) -> None:
+    citizen = gov.pick()
+    if citizen is None:
+        return
+    system = gov.systems[department]
+    citizen_id: str | None = citizen.citizen_id
+    if lookup_purpose is not None:
+        citizen_id = await system.lookup(citizen.national_id, lookup_purpose)
+        if citizen_id is None:
+            return
+    response = await system.read(citizen_id or citizen.citizen_id, fields, purpose)
+    gov.deny(department, attempt, response.status_code)
+
+
+async def over_reach(gov: Government) -> None:
+    attempts: list[Callable[[], Awaitable[None]]] = [
+        lambda: _overreach_read(
+            gov,
+            "dwp",
+            "tax code for benefit eligibility (wrong purpose)",
+            ["tax_code"],
+            "benefit-eligibility",
+            lookup_purpose="benefit-eligibility",
+        ),
+        lambda: _overreach_read(
+            gov,
+            "council",
+            "date of birth for council tax (forbidden)",
+            ["date_of_birth"],
+            "council-tax",
+            lookup_purpose="council-tax",
+        ),
+        lambda: _overreach_read(
+            gov,
+            "hmrc",
+            "licence status (agreement expired in 2020)",
+            ["licence_status"],
+            "tax-administration",
+            lookup_purpose="tax-administration",
+        ),
+        lambda: _overreach_read(
+            gov,
+            "citizen-portal",
+            "an address (no agreement)",
+            ["address"],
+            "identity-verification",
+        ),
+        lambda: _lookup_without_case_ref(gov),
+    ]
+    if gov.revoked:
+        attempts.append(
+            lambda: _overreach_read(
+                gov,
+                "dwp",
+                "council tax band after the council revoked its agreement",
+                ["council_tax_band"],
+                "benefit-eligibility",
+                lookup_purpose="benefit-eligibility",
+            )
+        )
+    await gov.rng.choice(attempts)()
+
+
+async def _lookup_without_case_ref(gov: Government) -> None:
+    citizen = gov.pick()
+    if citizen is None:
+        return
+    system = gov.systems["home-office"]
+    response = await system.call(
+        "POST",
+        "/v1/citizens/lookup",
+        json={"national_id": citizen.national_id, "purpose": "immigration-control"},
+    )
+    gov.deny("home-office", "look-up without the required case reference", response.status_code)
+
+
+LIFE_EVENTS: dict[str, Callable[[Government], Awaitable[None]]] = {
+    "move": move_house,
+    "renewal": renew_licence,
+    "claim": claim_benefit,
+    "death": register_death,
+    "over-reach": over_reach,
+}
+
+
+# --- the timed run ----------------------------------------------------------------------
+
+
+async def revoke(gov: Government) -> None:
+    """The council withdraws an agreement through the policy API; it applies at once."""
+    response = await gov.owners["council"].revoke(REVOKED_AGREEMENT)
+    if response.status_code in (200, 204):
+        gov.revoked = True
+        gov.tally.actions["council revoked an agreement"] += 1
+
+
+async def restore(gov: Government, agreement: dict[str, Any]) -> None:
+    """Put the revoked agreement back, so the next run starts from the files' state."""
+    if not gov.revoked:
+        return
+    response = await gov.owners["council"].call(
+        "PUT", f"/v1/policies/{REVOKED_AGREEMENT}", json=agreement, count=False
+    )
+    if response.status_code in (200, 201):
+        gov.tally.actions["council restored the agreement"] += 1
+
+
+async def live(gov: Government, duration: float, workers: int) -> None:
+    """Run life events on ``workers`` concurrent department systems for ``duration`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration
+    revoke_at = loop.time() + duration / 2
+    kinds = list(WEIGHTS)
+    weights = [WEIGHTS[k] for k in kinds]
+
+    async def worker() -> None:
+        while loop.time() < deadline:
+            if not gov.revocation_started and loop.time() >= revoke_at:
+                gov.revocation_started = True  # set before awaiting, so only one worker revokes
+                await revoke(gov)
+            kind = gov.rng.choices(kinds, weights)[0]
+            await LIFE_EVENTS[kind](gov)
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+async def settle(gov: Government, *, quiet: float, limit: float) -> None:
+    """Wait until no notification arrived for ``quiet`` seconds, or ``limit`` passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    last_total = -1
+    last_change = loop.time()
+    while loop.time() < deadline:
+        total = gov.tally.total_notifications
+        if total != last_total or not gov.receivers.deliveries.empty():
+            last_total, last_change = total, loop.time()
+        elif loop.time() - last_change >= quiet:
+            return
+        await asyncio.sleep(0.1)

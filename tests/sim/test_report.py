@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+from rich.console import Console
+
+from service.sim.report import AuditSummary, DemoReport, render, value_by_owner
+from service.sim.tally import Denial, Tally
+
+
+def _tally() -> Tally:
+    tally = Tally()
+    for status in (200, 200, 201, 403, 404, 500):
+        tally.record_call("dwp", status)
+    tally.record_call("dvla", 200)
+    tally.life_events["moved house"] += 2
+    tally.actions["dwp updated an address"] += 1
+    tally.denials.append(Denial("dwp", "tax code for benefit eligibility (wrong purpose)", 403))
+    return tally
+
+
+def _rendered(report: DemoReport) -> str:
+    out = io.StringIO()
+    render(Console(file=out, width=120, color_system=None), report)
+    return out.getvalue()
+
+
+class TestTally:
+    def test_counts_allowed_denied_and_errors_by_department(self) -> None:
+        tally = _tally()
+        dwp = tally.departments["dwp"]
+        assert (dwp.requests, dwp.allowed, dwp.denied, dwp.errors) == (6, 3, 2, 1)
+        assert (tally.total_requests, tally.total_allowed, tally.total_denied) == (7, 4, 2)
+
+    def test_a_redelivered_event_is_counted_once_per_department(self) -> None:
+        tally = Tally()
+        assert tally.record_notification("dwp", "evt-1", "webhook")
+        assert not tally.record_notification("dwp", "evt-1", "webhook")
+        assert tally.record_notification("hmrc", "evt-1", "feed")
+        assert tally.total_notifications == 2
+        assert tally.channels == Counter({"webhook": 1, "feed": 1})
+
+
+class TestValueByOwner:
+    def test_folds_usage_rows_and_leaves_out_an_owners_own_use(self) -> None:
+        usage = [
+            {"consumer": "dvla", "owner": "register", "field": "address", "purpose": "p", "count": 5},
+            {"consumer": "dwp", "owner": "register", "field": "address", "purpose": "p", "count": 2},
+            {"consumer": "dvla", "owner": "register", "field": "postcode", "purpose": "p", "count": 3},
+            {"consumer": "dvla", "owner": "dvla", "field": "licence_status", "purpose": "p", "count": 9},
+            {"consumer": "dwp", "owner": "dvla", "field": "licence_status", "purpose": "p", "count": 4},
+        ]
+        assert value_by_owner(usage) == {
+            "register": Counter({"dvla": 8, "dwp": 2}),
+            "dvla": Counter({"dwp": 4}),
+        }
+
+
+class TestRender:
+    def test_prints_the_fixed_summary_lines(self) -> None:
+        report = DemoReport(
+            citizens=50,
+            seconds=5.0,
+            tally=_tally(),
+            value_by_owner={"register": Counter({"dvla": 8})},
+            audit=AuditSummary(entries=120, root="q1w2e3=="),
+        )
+        report.tally.record_notification("hmrc", "evt-9", "webhook")
+        text = _rendered(report)
+        assert "requests: 7, allowed: 4, denied: 2, errors: 1" in text
+        assert "notifications delivered: 1 (1 by webhook)" in text
+        assert "re-tellings avoided: 0" in text
+        assert "audit verified: 120 entries, checkpoint q1w2e3==" in text
+        assert "tax code for benefit eligibility (wrong purpose)" in text
+        assert "register" in text
+
+    def test_says_so_when_the_audit_did_not_verify(self) -> None:
+        report = DemoReport(
+            citizens=1, seconds=1.0, tally=Tally(), audit_problem="entry 7 at leaf 6 was changed"
+        )
+        text = _rendered(report)
+        assert "audit NOT verified: entry 7 at leaf 6 was changed" in text
+        assert "audit verified:" not in text

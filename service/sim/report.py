@@ -35,6 +35,8 @@ class DemoReport:
     value_by_owner: dict[str, Counter[str]] = field(default_factory=dict)
     audit: AuditSummary | None = None
     audit_problem: str | None = None
+    # False when the server had no events service: nobody could be notified.
+    events_available: bool = True
 
 
 def value_by_owner(usage: Iterable[Mapping[str, Any]]) -> dict[str, Counter[str]]:
@@ -127,7 +129,9 @@ def render(console: Console, report: DemoReport) -> None:
     lines = [
         f"requests: {tally.total_requests}, allowed: {tally.total_allowed}, denied: {tally.total_denied}, "
         f"errors: {tally.total_errors}",
-        f"notifications delivered: {tally.total_notifications}" + (f" ({channels})" if channels else ""),
+        f"notifications delivered: {tally.total_notifications}"
+        + (f" ({channels})" if channels else "")
+        + ("" if report.events_available else " (this server has no events service)"),
         f"re-tellings avoided: {tally.retellings_avoided}",
     ]
     if report.audit is not None:

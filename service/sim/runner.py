@@ -55,10 +55,11 @@ async def run_scenarios(
             receivers=receivers,
             seed=seed,
         )
-        await scenarios.subscribe_all(gov)
-        background = [
-            asyncio.create_task(scenarios.poll_feed(gov, d)) for d in scenarios.FEED_SUBSCRIBERS
-        ] + [asyncio.create_task(scenarios.handle_deliveries(gov)) for _ in range(NOTIFICATION_HANDLERS)]
+        events_available = await scenarios.subscribe_all(gov)
+        feeds = scenarios.FEED_SUBSCRIBERS if events_available else ()
+        background = [asyncio.create_task(scenarios.poll_feed(gov, d)) for d in feeds] + [
+            asyncio.create_task(scenarios.handle_deliveries(gov)) for _ in range(NOTIFICATION_HANDLERS)
+        ]
         try:
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -75,5 +76,9 @@ async def run_scenarios(
                     await task
         usage = await gov.auditor.usage()
     return DemoReport(
-        citizens=len(citizen_ids), seconds=seconds, tally=tally, value_by_owner=value_by_owner(usage)
+        citizens=len(citizen_ids),
+        seconds=seconds,
+        tally=tally,
+        value_by_owner=value_by_owner(usage),
+        events_available=events_available,
     )

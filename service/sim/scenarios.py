@@ -108,11 +108,15 @@ class Government:
 # --- subscriptions ----------------------------------------------------------------------
 
 
-async def subscribe_all(gov: Government) -> None:
-    """Replace earlier runs' subscriptions with this run's, and skip old feed events."""
+async def subscribe_all(gov: Government) -> bool:
+    """Replace earlier runs' subscriptions with this run's, and skip old feed events.
+
+    False if the server has no events service (``/v1/subscriptions`` is not routed)."""
     for department in (*WEBHOOK_SUBSCRIBERS, *FEED_SUBSCRIBERS):
         system = gov.systems[department]
         existing = await system.call("GET", "/v1/subscriptions", count=False)
+        if existing.status_code in (404, 405):
+            return False
         if existing.status_code == 200:
             for item in existing.json().get("items", []):
                 await system.call("DELETE", f"/v1/subscriptions/{item['id']}", count=False)
@@ -129,6 +133,7 @@ async def subscribe_all(gov: Government) -> None:
                 if not items:
                     break
             gov.feeds[department] = cursor
+    return True
 
 
 async def poll_feed(gov: Government, department: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any
 
 import httpx
 
@@ -36,7 +35,6 @@ async def run_scenarios(
     *,
     duration: float,
     seed: int,
-    restore_agreement: dict[str, Any] | None,
 ) -> DemoReport:
     """Live through ``duration`` seconds of life events and return the report's figures
     (without the audit verification, which the caller runs once traffic has stopped)."""
@@ -66,8 +64,6 @@ async def run_scenarios(
             await scenarios.live(gov, duration, LIFE_WORKERS)
             seconds = loop.time() - started
             await scenarios.settle(gov, quiet=SETTLE_QUIET_SECONDS, limit=SETTLE_LIMIT_SECONDS)
-            if restore_agreement is not None:
-                await scenarios.restore(gov, restore_agreement)
         finally:
             for task in background:
                 task.cancel()

@@ -23,7 +23,6 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from faker import Faker
 
@@ -36,7 +35,8 @@ from service.sim.webhooks import Delivery, WebhookReceivers
 LIFE_FIELDS = ("address", "postcode", "date_of_death")
 WEBHOOK_SUBSCRIBERS = ("dvla", "dwp", "hmrc")
 FEED_SUBSCRIBERS = ("council", "hmpo")
-# The agreement the council revokes half-way through, and restores at the end.
+# The agreement the council revokes half-way through. The next run's `policies apply`
+# makes it active again, since the file still holds it.
 REVOKED_AGREEMENT = "council-tax-band-for-benefits"
 # Each department's own field that it changes when it hears of a death.
 ON_DEATH = {
@@ -371,17 +371,6 @@ async def revoke(gov: Government) -> None:
     if response.status_code in (200, 204):
         gov.revoked = True
         gov.tally.actions["council revoked an agreement"] += 1
-
-
-async def restore(gov: Government, agreement: dict[str, Any]) -> None:
-    """Put the revoked agreement back, so the next run starts from the files' state."""
-    if not gov.revoked:
-        return
-    response = await gov.owners["council"].call(
-        "PUT", f"/v1/policies/{REVOKED_AGREEMENT}", json=agreement, count=False
-    )
-    if response.status_code in (200, 201):
-        gov.tally.actions["council restored the agreement"] += 1
 
 
 async def live(gov: Government, duration: float, workers: int) -> None:

@@ -22,7 +22,9 @@ async def apply(database: Database, directory: Path, console: Console) -> None:
     since the files still hold it."""
     folder = load_policy_folder(directory)
     async with database.sessions.begin() as session:
-        report = await policy_service.apply_folder(session, folder, author="tellonce demo", reason="demo start")
+        report = await policy_service.apply_folder(
+            session, folder, author="tellonce demo", reason="demo start"
+        )
     console.print(
         f"policies from {directory}: {len(report.created)} agreements created, {len(report.updated)} "
         f"updated, {len(report.unchanged)} unchanged"

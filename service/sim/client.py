@@ -170,10 +170,13 @@ class DepartmentClient:
 
     # --- tell-us-once events ----------------------------------------------------------
 
-    async def subscribe(self, fields: Sequence[str], *, url: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"fields": list(fields)}
+    async def subscribe(
+        self, fields: Sequence[str], purpose: str, *, url: str | None = None
+    ) -> dict[str, Any]:
+        """Subscribe to changes of ``fields`` for ``purpose``: by webhook to ``url``, or by the feed."""
+        body: dict[str, Any] = {"fields": list(fields), "purpose": purpose}
         if url is not None:
-            body["url"] = url
+            body["webhook_url"] = url
         response = await self.call("POST", "/v1/subscriptions", json=body, count=False)
         if response.status_code not in (200, 201):
             raise DemoHttpError(f"{self.department}: subscribing answered {response.status_code}")

@@ -88,7 +88,9 @@ def people(count: int, seed: int = DEFAULT_SEED) -> Iterator[Person]:
                 "passport_status": rng.choices(["valid", "expired"], weights=[5, 1])[0],
             }
         owned["home-office"] = {
-            "immigration_status": rng.choices(["citizen", "settled", "pre-settled", "visa"], weights=[85, 8, 4, 3])[0]
+            "immigration_status": rng.choices(
+                ["citizen", "settled", "pre-settled", "visa"], weights=[85, 8, 4, 3]
+            )[0]
         }
         yield Person(
             index=index,

@@ -31,8 +31,9 @@ from service.sim.population import REFERENCE_DATE, Person
 from service.sim.tally import Denial, Tally
 from service.sim.webhooks import Delivery, WebhookReceivers
 
-# Who hears of what, and how. Webhook departments get signed POSTs; feed departments poll.
-LIFE_FIELDS = ("address", "postcode", "date_of_death")
+# Who hears of what, for which purpose, and how. Webhook departments get signed POSTs;
+# feed departments poll. Each department subscribes once per purpose.
+SUBSCRIPTIONS = ((("address", "postcode"), "address-update"), (("date_of_death",), "bereavement"))
 WEBHOOK_SUBSCRIBERS = ("dvla", "dwp", "hmrc")
 FEED_SUBSCRIBERS = ("council", "hmpo")
 # The agreement the council revokes half-way through. The next run's `policies apply`
@@ -120,13 +121,13 @@ async def subscribe_all(gov: Government) -> bool:
         if existing.status_code == 200:
             for item in existing.json().get("items", []):
                 await system.call("DELETE", f"/v1/subscriptions/{item['id']}", count=False)
-        if department in WEBHOOK_SUBSCRIBERS:
-            created = await system.subscribe(LIFE_FIELDS, url=gov.receivers.url_for(department))
+        url = gov.receivers.url_for(department) if department in WEBHOOK_SUBSCRIBERS else None
+        for fields, purpose in SUBSCRIPTIONS:
+            created = await system.subscribe(fields, purpose, url=url)
             secret = created.get("secret")
-            if isinstance(secret, str):
+            if url is not None and isinstance(secret, str):
                 gov.receivers.trust(department, secret)
-        else:
-            await system.subscribe(LIFE_FIELDS)
+        if url is None:
             cursor: str | None = None
             while True:
                 items, cursor = await system.events(cursor, wait=0)

@@ -44,7 +44,8 @@ class WebhookReceivers:
     host: str = "127.0.0.1"
     port: int = 0
     deliveries: asyncio.Queue[Delivery] = field(default_factory=asyncio.Queue)
-    verifiers: dict[str, Webhook] = field(default_factory=dict)
+    # A department may hold several subscriptions, each with its own signing secret.
+    verifiers: dict[str, list[Webhook]] = field(default_factory=dict)
     refused: int = 0
 
     def url_for(self, department: str) -> str:
@@ -52,18 +53,16 @@ class WebhookReceivers:
 
     def trust(self, department: str, secret: str) -> None:
         """Accept deliveries to ``department`` signed with ``secret`` (a ``whsec_...`` string)."""
-        self.verifiers[department] = Webhook(secret)
+        self.verifiers.setdefault(department, []).append(Webhook(secret))
 
     async def _receive(self, request: Request) -> Response:
         department = request.path_params["department"]
-        verifier = self.verifiers.get(department)
+        verifiers = self.verifiers.get(department)
         body = await request.body()
-        if verifier is None:
+        if not verifiers:
             self.refused += 1
             return Response(status_code=404)
-        try:
-            verifier.verify(body, dict(request.headers))
-        except WebhookVerificationError:
+        if not any(_verifies(verifier, body, dict(request.headers)) for verifier in verifiers):
             self.refused += 1
             return Response(status_code=401)
         try:
@@ -102,3 +101,11 @@ class WebhookReceivers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             sock.close()
+
+
+def _verifies(verifier: Webhook, body: bytes, headers: dict[str, str]) -> bool:
+    try:
+        verifier.verify(body, headers)
+    except WebhookVerificationError:
+        return False
+    return True

@@ -54,7 +54,7 @@ class Agreement:
     version: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RequestContext:
     """What a condition and a grant's limits are checked against."""
 
@@ -64,7 +64,7 @@ class RequestContext:
     citizen_status: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The answer for one field: permit or deny, the agreement that decided, and why."""
 
@@ -135,7 +135,7 @@ def _start_of(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Grant:
     """An agreement, as it applies to one (consumer, action, field)."""
 
@@ -218,20 +218,22 @@ class CompiledPolicy:
         self, consumer: str, action: str, fields: Sequence[str], context: RequestContext
     ) -> dict[str, Decision]:
         """One decision per field, in the order asked."""
-        return {
-            name: e.decision for name, e in self._evaluate(consumer, action, fields, context, False).items()
-        }
+        evaluated = self._evaluate(consumer, action, fields, context, False)
+        return {name: pair[0] for name, pair in evaluated.items()}
 
     def explain(
         self, consumer: str, action: str, fields: Sequence[str], context: RequestContext
     ) -> dict[str, Explanation]:
         """``decide`` plus every grant that did not apply (the near misses)."""
-        return self._evaluate(consumer, action, fields, context, True)
+        return {
+            name: Explanation(decision, misses)
+            for name, (decision, misses) in self._evaluate(consumer, action, fields, context, True).items()
+        }
 
     def _evaluate(
         self, consumer: str, action: str, fields: Sequence[str], context: RequestContext, explain: bool
-    ) -> dict[str, Explanation]:
-        results: dict[str, Explanation] = {}
+    ) -> dict[str, tuple[Decision, tuple[NearMiss, ...]]]:
+        results: dict[str, tuple[Decision, tuple[NearMiss, ...]]] = {}
         refusal: str | None = None
         if action not in ACTIONS:
             refusal = f"unknown action {action!r}"
@@ -239,7 +241,7 @@ class CompiledPolicy:
             refusal = f"unknown purpose {context.purpose!r}"
         if refusal is not None:
             for name in fields:
-                results[name] = Explanation(Decision(name, "deny", None, None, refusal))
+                results[name] = (Decision(name, "deny", None, None, refusal), ())
             return results
         by_field = self.index.get((consumer, action))
         # Built on the first condition that needs it, then shared by every field.
@@ -251,7 +253,7 @@ class CompiledPolicy:
                     reason = f"unknown field {name!r}"
                 else:
                     reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
-                results[name] = Explanation(Decision(name, "deny", None, None, reason))
+                results[name] = (Decision(name, "deny", None, None, reason), ())
                 continue
             results[name] = _decide_field(name, consumer, action, grants, context, bindings, explain)
         return results
@@ -265,9 +267,9 @@ def _decide_field(
     context: RequestContext,
     bindings: dict[str, Any],
     explain: bool,
-) -> Explanation:
+) -> tuple[Decision, tuple[NearMiss, ...]]:
     if grants[0] is OWNER_GRANT:
-        return Explanation(Decision(name, "permit", None, None, "owner"))
+        return (Decision(name, "permit", None, None, "owner"), ())
     misses: list[NearMiss] = []
     permit: Grant | None = None
     # Forbids are sorted first, so the first applicable forbid ends the search.
@@ -277,7 +279,7 @@ def _decide_field(
             if missed is None or "could not be evaluated" in missed:
                 reason = f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
                 decision = Decision(name, "deny", grant.agreement, grant.version, reason, grant.legal_basis)
-                return Explanation(decision, tuple(misses))
+                return (decision, tuple(misses))
             if explain:
                 misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
             continue
@@ -291,13 +293,13 @@ def _decide_field(
     if permit is not None:
         reason = f"agreement {permit.agreement} permits {consumer} to {action} {name} for {context.purpose}"
         decision = Decision(name, "permit", permit.agreement, permit.version, reason, permit.legal_basis)
-        return Explanation(decision, tuple(misses) if explain else ())
+        return (decision, tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
     if permit_misses:
         reason = "; ".join(permit_misses)
     else:
         reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
-    return Explanation(Decision(name, "deny", None, None, reason), tuple(misses) if explain else ())
+    return (Decision(name, "deny", None, None, reason), tuple(misses) if explain else ())
 
 
 def compile_policy(

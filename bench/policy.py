@@ -130,10 +130,10 @@ def to_cedar(scenario: Scenario) -> str:
     by_owner: dict[str, list[str]] = {}
     for name, owner in scenario.field_owners.items():
         by_owner.setdefault(owner, []).append(f'Field::"{name}"')
-    for owner, fields in sorted(by_owner.items()):
+    for owner, owned in sorted(by_owner.items()):
         policies.append(
             f'@id("owner-{owner}")\npermit(principal == Department::"{owner}", action, resource)\n'
-            f"when {{ resource in [{', '.join(fields)}] }};"
+            f"when {{ resource in [{', '.join(owned)}] }};"
         )
     return "\n\n".join(policies)
 

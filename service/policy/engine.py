@@ -27,6 +27,8 @@ ACTIONS: tuple[Action, ...] = ("read", "lookup", "verify", "history", "subscribe
 Effect = Literal["permit", "forbid"]
 DecisionEffect = Literal["permit", "deny"]
 
+UNEVALUATED = "condition could not be evaluated"
+
 # The variables a condition may name; anything else is refused when it is compiled.
 CONDITION_VARIABLES = frozenset({"citizen", "request"})
 
@@ -174,7 +176,7 @@ class Grant:
             except Exception:
                 # A condition that cannot be evaluated fails closed: a permit does not
                 # apply, while a forbid does (see ``_decide_field``).
-                return f"agreement {self.agreement} condition could not be evaluated: {self.when}"
+                return f"agreement {self.agreement} {UNEVALUATED}: {self.when}"
             if not met:
                 return f"agreement {self.agreement} condition not met: {self.when}"
         return None
@@ -276,7 +278,7 @@ def _decide_field(
     for grant in grants:
         missed = grant.miss(context, bindings)
         if grant.effect == "forbid":
-            if missed is None or "could not be evaluated" in missed:
+            if missed is None or UNEVALUATED in missed:
                 reason = f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
                 decision = Decision(name, "deny", grant.agreement, grant.version, reason, grant.legal_basis)
                 return (decision, tuple(misses))
@@ -311,8 +313,9 @@ def compile_policy(
 ) -> CompiledPolicy:
     """Build the index; raises ``ConditionError`` for a condition that does not compile.
 
-    Agreements are trusted to have been validated against the catalog (the loader and
-    the API do that); a field or purpose the catalog no longer has simply never matches.
+    Agreements are validated against the catalog by the loader and the API; here a
+    field the agreement's owner does not own (any more) is left out, and a purpose the
+    catalog no longer has simply never matches.
     """
     collected: dict[tuple[str, str], dict[str, list[Grant]]] = {}
     kept = tuple(agreements)
@@ -332,9 +335,12 @@ def compile_policy(
             condition=condition,
             legal_basis=agreement.legal_basis,
         )
+        # Only fields the agreement's owner owns in this catalog: an agreement kept from an
+        # older catalog never grants a field that has since moved to another owner.
+        granted = [name for name in agreement.fields if field_owners.get(name) == agreement.owner]
         for action in agreement.actions:
             by_field = collected.setdefault((agreement.consumer, action), {})
-            for name in agreement.fields:
+            for name in granted:
                 by_field.setdefault(name, []).append(grant)
     index: dict[tuple[str, str], dict[str, tuple[Grant, ...]]] = {}
     for key, by_field in collected.items():

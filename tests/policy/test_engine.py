@@ -187,6 +187,17 @@ class TestDecide:
             assert decision["points"].agreement is None
         assert decide_one(compiled, consumer="dvla", field="tax_code")[0] == "deny"
 
+    def test_agreement_never_grants_a_field_its_owner_does_not_own(self) -> None:
+        # E.g. kept from an older catalog in which dvla owned tax_code.
+        stale = agreement(fields=("licence_status", "tax_code"), purposes=("tax-administration",))
+        decisions = policy(stale).decide(
+            "welfare", "read", ["licence_status", "tax_code"], context("tax-administration")
+        )
+        assert decisions["licence_status"].effect == "permit"
+        assert (
+            decisions["tax_code"].reason == "no agreement lets welfare read tax_code for tax-administration"
+        )
+
     def test_epoch_is_kept(self) -> None:
         assert policy().epoch == 7
 
@@ -243,9 +254,10 @@ CONSUMERS = ["welfare", "revenue", "register"]
 agreements_strategy = st.builds(
     lambda index, consumer, fields, actions, purposes, until, case_ref, when, effect: Agreement(
         id=f"a{index}",
-        owner="x",
+        # The owner of the first field; other fields of other owners are dropped.
+        owner=OWNERS[fields[0]],
         consumer=consumer,
-        fields=tuple(fields),
+        fields=tuple(f for f in fields if OWNERS[f] == OWNERS[fields[0]]),
         actions=tuple(actions),
         purposes=tuple(purposes) if effect == "permit" or purposes else (),
         legal_basis="law",

@@ -14,17 +14,20 @@ from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
+from service.policy import endpoints as policy_endpoints
 from service.schema import head_revisions
 
 # Every router is included here and nowhere else.
 ROUTERS = [
     health_router,
     catalog_endpoints.router,
+    policy_endpoints.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
+LIFECYCLES.append(policy_endpoints.policy_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

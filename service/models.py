@@ -2,6 +2,7 @@
 
 from service.catalog.models import CatalogVersion
 from service.db import Base
+from service.policy.models import AgreementVersion, PolicyEpoch
 from service.records.models import Citizen, FieldValue
 
-__all__ = ["Base", "CatalogVersion", "Citizen", "FieldValue"]
+__all__ = ["AgreementVersion", "Base", "CatalogVersion", "Citizen", "FieldValue", "PolicyEpoch"]

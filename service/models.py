@@ -1,7 +1,8 @@
 """Every ORM model, imported so that ``Base.metadata`` is complete for Alembic."""
 
+from service.auth.models import Client
 from service.catalog.models import CatalogVersion
 from service.db import Base
 from service.records.models import Citizen, FieldValue
 
-__all__ = ["Base", "CatalogVersion", "Citizen", "FieldValue"]
+__all__ = ["Base", "CatalogVersion", "Citizen", "Client", "FieldValue"]

@@ -193,6 +193,10 @@ class SigningKeys:
         assert self._active is not None  # noqa: S101 - set by refresh() in __init__
         return self._active
 
+    @property
+    def active_kid(self) -> str:
+        return str(self.active.kid)
+
     def verification_key(self, kid: str) -> ECKey | None:
         if kid not in self._by_kid:
             # Perhaps another process rotated: one stat() tells, and only a change re-reads.

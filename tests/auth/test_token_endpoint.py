@@ -69,10 +69,14 @@ class TestClientSecret:
         token = await fetch_token(app, created.client_id, created.client_secret, scope="citizens:read")
         assert pyjwt.decode(token, options={"verify_signature": False})["scope"] == "citizens:read"
 
-    async def test_bad_secret_is_401_invalid_client(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+    async def test_bad_secret_is_401_invalid_client(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
         created = await register(session, "dvla", "consumer")
         response = await client.post(
-            "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(created.client_id, "wrong")
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers=basic(created.client_id, "wrong"),
         )
         assert_oauth_error(response, 401, "invalid_client")
         assert response.headers["www-authenticate"].startswith("Basic")
@@ -87,7 +91,9 @@ class TestClientSecret:
         )
         assert_oauth_error(response, 401, "invalid_client")
 
-    async def test_disabled_client_gets_no_token(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+    async def test_disabled_client_gets_no_token(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
         created = await register(session, "dvla", "consumer")
         assert created.client_secret is not None
         await auth_service.disable_client(session, created.client_id)
@@ -167,7 +173,9 @@ class TestPrivateKeyJwt:
         assert claims["department"] == "welfare"
 
     def assertion(self, app: FastAPI, client_id: str, key: ECKey, **claims: Any) -> dict[str, str]:
-        signed = private_key_jwt_sign(key, client_id, runtime(app).token_url, claims=claims or None, alg="ES256")
+        signed = private_key_jwt_sign(
+            key, client_id, runtime(app).token_url, claims=claims or None, alg="ES256"
+        )
         return {
             "grant_type": "client_credentials",
             "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
@@ -204,7 +212,9 @@ class TestPrivateKeyJwt:
         form = self.assertion(app, client_id, key, exp=int(time.time()) - 600)
         assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
 
-    async def test_key_client_cannot_use_a_secret(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+    async def test_key_client_cannot_use_a_secret(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
         client_id, _ = await self.register_key_client(session)
         response = await client.post(
             "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(client_id, "anything")

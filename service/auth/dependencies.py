@@ -91,7 +91,7 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
         raise InvalidToken(str(exc)) from None
     status = await auth_service.client_status(session, verified.client_id)
     if status is None or status.disabled:
-        auth.verifier.forget(verified.client_id)
+        # The cached entry may stay: this check runs on every request, cached or not.
         raise InvalidToken("The client is disabled or no longer registered.")
     wait = auth.limiter.take(verified.client_id, status.rate_per_second, status.rate_burst)
     if wait is not None:

@@ -92,11 +92,6 @@ class TokenVerifier:
         self._remember(digest, verified, now)
         return verified
 
-    def forget(self, client_id: str) -> None:
-        """Drop a client's cached tokens (it was refused: no reason to keep them)."""
-        for digest in [d for d, v in self._cache.items() if v.client_id == client_id]:
-            del self._cache[digest]
-
     def _remember(self, digest: bytes, verified: VerifiedToken, now: float) -> None:
         if len(self._cache) >= self.cache_size:
             for stale in [d for d, v in self._cache.items() if v.expires_at + LEEWAY_SECONDS <= now]:

@@ -12,18 +12,27 @@ from service.auth import service as auth_service
 from service.auth.keys import ALGORITHM
 from service.auth.runtime import TOKEN_PATH, AuthRuntime, get_auth
 from service.auth.scopes import ALL_SCOPES
-from service.auth.server import AUTH_METHODS, PreparedTokenRequest, RegisteredClient, candidate_client_id
+from service.auth.server import (
+    AUTH_METHODS,
+    MalformedClientAuthentication,
+    PreparedTokenRequest,
+    RegisteredClient,
+    candidate_client_id,
+)
 from service.db import SessionDep
 
 router = APIRouter(tags=["auth"])
 AuthDep = Annotated[AuthRuntime, Depends(get_auth)]
 
 
-def _oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
+def _oauth_error(error: str, description: str) -> JSONResponse:
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    status = 400
+    if error == "invalid_client":
+        status = 401
+        headers["WWW-Authenticate"] = 'Basic realm="tellonce"'
     return JSONResponse(
-        {"error": error, "error_description": description},
-        status_code=status,
-        headers={"Cache-Control": "no-store"},
+        {"error": error, "error_description": description}, status_code=status, headers=headers
     )
 
 
@@ -45,7 +54,10 @@ async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONRes
             return _oauth_error("invalid_request", f"Parameter {name!r} is repeated or not text.")
         form[name] = value
     prepared = PreparedTokenRequest(request.headers, form)
-    client_id = candidate_client_id(request.headers, form)
+    try:
+        client_id = candidate_client_id(request.headers, form)
+    except MalformedClientAuthentication as exc:
+        return _oauth_error(exc.error, exc.description)
     if client_id is not None and len(client_id) <= 64:
         row = await auth_service.get_client(session, client_id)
         if row is not None and row.disabled_at is None:

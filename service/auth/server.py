@@ -158,15 +158,36 @@ class PreparedTokenRequest:
     client: RegisteredClient | None = field(default=None)
 
 
+class MalformedClientAuthentication(Exception):
+    """The request's client authentication cannot even be parsed, or mixes methods."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
 def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None:
-    """The client the request claims to be, before any of it is verified."""
+    """The client the request claims to be, before any of it is verified.
+
+    Also refuses what authlib would mishandle or silently accept: a Basic header that is
+    not base64 UTF-8 (authlib raises a UnicodeDecodeError), and several client
+    authentication methods in one request (RFC 6749 2.3 allows exactly one).
+    """
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "basic" and credentials:
+    in_form = [name for name in ("client_secret", "client_assertion") if name in form]
+    if (authorization and in_form) or len(in_form) > 1:
+        raise MalformedClientAuthentication(
+            "invalid_request", "Use exactly one client authentication method."
+        )
+    if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            return None
+            raise MalformedClientAuthentication(
+                "invalid_client", "The Basic credentials are not base64 UTF-8."
+            ) from None
         return unquote(decoded.split(":", 1)[0]) or None
     if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
         try:

@@ -144,6 +144,31 @@ class TestClientSecret:
         )
         assert_oauth_error(response, 400, "invalid_request")
 
+    async def test_undecodable_basic_header_is_401_invalid_client(self, client: httpx.AsyncClient) -> None:
+        header = "Basic " + base64.b64encode(b"\xff\xfe:secret").decode()
+        response = await client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, headers={"Authorization": header}
+        )
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert body["error_description"] == "The Basic credentials are not base64 UTF-8."
+
+    async def test_two_authentication_methods_at_once_is_invalid_request(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        response = await client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": created.client_id,
+                "client_secret": created.client_secret,
+            },
+            headers=basic(created.client_id, created.client_secret),
+        )
+        body = assert_oauth_error(response, 400, "invalid_request")
+        assert body["error_description"] == "Use exactly one client authentication method."
+
     async def test_secret_is_stored_only_as_a_hash(self, session: AsyncSession) -> None:
         created = await register(session, "dvla", "consumer")
         assert created.client_secret is not None

@@ -8,6 +8,8 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import FastAPI
 
 from service import __version__
+from service.auth import endpoints as auth_endpoints
+from service.auth.runtime import auth_lifecycle
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.db import Database
@@ -22,12 +24,14 @@ ROUTERS = [
     health_router,
     catalog_endpoints.router,
     policy_endpoints.router,
+    auth_endpoints.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
 LIFECYCLES.append(policy_endpoints.policy_lifecycle)
+LIFECYCLES.append(auth_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 import uvicorn
 
+from service.auth.cli import auth_app, clients_app
 from service.config import get_settings
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
@@ -13,6 +14,8 @@ app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharin
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(policies_app, name="policies")
+app.add_typer(clients_app, name="clients")
+app.add_typer(auth_app, name="auth")
 
 
 @db_app.command("upgrade")

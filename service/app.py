@@ -8,6 +8,8 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import FastAPI
 
 from service import __version__
+from service.audit import endpoints as audit_endpoints
+from service.audit import service as audit_service
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.db import Database
@@ -20,11 +22,13 @@ from service.schema import head_revisions
 ROUTERS = [
     health_router,
     catalog_endpoints.router,
+    audit_endpoints.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
+LIFECYCLES.append(audit_service.audit_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

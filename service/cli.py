@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 import uvicorn
 
+from service.audit.cli import app as audit_app
 from service.config import get_settings
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
@@ -13,6 +14,7 @@ app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharin
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(policies_app, name="policies")
+app.add_typer(audit_app, name="audit")
 
 
 @db_app.command("upgrade")
@@ -49,6 +51,16 @@ def serve(
         log_level=settings.log_level.lower(),
         server_header=False,
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run the background workers (the audit sequencer) until SIGINT or SIGTERM."""
+    import asyncio
+
+    from service.audit.worker import run_worker
+
+    asyncio.run(run_worker(get_settings()))
 
 
 if __name__ == "__main__":

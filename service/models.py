@@ -5,3 +5,12 @@ from service.db import Base
 from service.records.models import Citizen, FieldValue
 
 __all__ = ["Base", "CatalogVersion", "Citizen", "FieldValue"]
+from service.audit.models import (
+    AuditCheckpoint,
+    AuditEntryRow,
+    AuditLeaf,
+    AuditNode,
+    AuditSequencerState,
+)
+
+__all__ += ["AuditCheckpoint", "AuditEntryRow", "AuditLeaf", "AuditNode", "AuditSequencerState"]

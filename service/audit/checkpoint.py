@@ -91,7 +91,7 @@ class NoteVerifier:
 
     @classmethod
     def parse(cls, vkey: str) -> NoteVerifier:
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)
         if len(parts) != 3 or not _valid_name(parts[0]):
             raise CheckpointError("a verifier key is <name>+<hex key hash>+<base64 key>")
         name, hash_hex, key_b64 = parts

@@ -70,12 +70,12 @@ async def verify_database(database_url: str, verifier: NoteVerifier) -> int:
                 if len(rows) < PAGE:
                     break
                 after = rows[-1][0]
-        if log.compact.size != size:
-            raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
         async with engine.connect() as conn:
             unsequenced = await audit_repository.unsequenced_entry(conn)
         if unsequenced is not None:
             raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")
+        if log.compact.size != size:
+            raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
         return log.finish()
     finally:
         await engine.dispose()

@@ -18,7 +18,7 @@ from service.audit.checkpoint import NoteSigner
 from service.audit.config import AuditSettings, load_signer
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.repository import Executor
-from service.audit.schemas import Action, AuditEntry, Decision
+from service.audit.schemas import Action, AuditEntry, Decision, canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.writer import AuditWriter, entry_row, insert_entries
 from service.auth.dependencies import Principal
@@ -190,3 +190,5 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         if task is not None:
             await task
         await writer.stop()
+
+__all__ = ["append_in_transaction", "audit_lifecycle", "canonical_json", "record_event", "request_entry"]

@@ -191,4 +191,5 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
             await task
         await writer.stop()
 
+
 __all__ = ["append_in_transaction", "audit_lifecycle", "canonical_json", "record_event", "request_entry"]

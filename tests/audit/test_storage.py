@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
@@ -9,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import service as audit_service
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode
+from service.db import Base
 from tests.fixtures.audit import make_entry
 
 
@@ -36,11 +39,11 @@ class TestAppendOnlyTriggers:
                 await transaction.rollback()
 
     @pytest.mark.parametrize("model", [AuditLeaf, AuditNode, AuditCheckpoint])
-    async def test_tree_tables_refuse_delete(self, engine: AsyncEngine, model: type) -> None:
+    async def test_tree_tables_refuse_delete(self, engine: AsyncEngine, model: type[Base]) -> None:
         async with engine.connect() as conn:
             transaction = await conn.begin()
             try:
-                rows = {
+                rows: dict[type[Base], dict[str, Any]] = {
                     AuditLeaf: {"leaf_index": -5, "entry_id": -5},
                     AuditNode: {"level": -5, "index": -5, "hash": b"x" * 32},
                     AuditCheckpoint: {"tree_size": -5, "root_hash": b"x" * 32, "note": "n"},

@@ -89,7 +89,8 @@ class TestTamperEvidence:
         async with engine.begin() as conn:
             await conn.execute(
                 text(
-                    "UPDATE audit_entries SET canonical = replace(canonical, '\"permit\"', '\"deny\"') WHERE id = :id"
+                    "UPDATE audit_entries SET canonical = replace(canonical, '\"permit\"', '\"deny\"') "
+                    "WHERE id = :id"
                 ),
                 {"id": victim},
             )
@@ -145,7 +146,8 @@ class TestTamperEvidence:
         async with engine.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO audit_checkpoints (tree_size, root_hash, note, created_at) VALUES (12, :r, :n, CURRENT_TIMESTAMP)"
+                    "INSERT INTO audit_checkpoints (tree_size, root_hash, note, created_at) "
+                    "VALUES (12, :r, :n, CURRENT_TIMESTAMP)"
                 ),
                 {"r": b"\x00" * 32, "n": note},
             )
@@ -159,7 +161,8 @@ class TestTamperEvidence:
         async with engine.begin() as conn:
             await conn.execute(
                 text(
-                    "UPDATE audit_entries SET canonical = replace(canonical, 'officer-17', 'officer-99') WHERE id = :id"
+                    "UPDATE audit_entries SET canonical = replace(canonical, 'officer-17', 'officer-99') "
+                    "WHERE id = :id"
                 ),
                 {"id": ids[0]},
             )

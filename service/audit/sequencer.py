@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit import merkle
@@ -143,6 +144,10 @@ class Sequencer:
             added = 0
             try:
                 added = await self.run_once()
+            except OperationalError as exc:
+                # SQLite busy: another writer holds the lock; the next poll tries again.
+                if "locked" not in str(exc):
+                    logger.exception("audit sequencer round failed")
             except Exception:
                 logger.exception("audit sequencer round failed")
             if added >= self.config.batch_size:

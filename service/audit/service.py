@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit import merkle
@@ -23,7 +24,7 @@ from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.writer import AuditWriter, entry_row, insert_entries
 from service.auth.dependencies import Principal
 from service.config import Settings
-from service.db import utcnow
+from service.db import create_engine, utcnow
 from service.observability import current_request_id
 
 
@@ -180,8 +181,10 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     app.state.audit_writer = writer
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
+    sequencer_engine: AsyncEngine | None = None
     if settings.run_workers:
-        sequencer = make_sequencer(settings, engine, audit, signer)
+        sequencer_engine = _sequencer_engine(settings)
+        sequencer = make_sequencer(settings, sequencer_engine, audit, signer)
         task = asyncio.create_task(sequencer.run(stop), name="audit-sequencer")
     try:
         yield
@@ -190,6 +193,24 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         if task is not None:
             await task
         await writer.stop()
+        if sequencer_engine is not None:
+            await sequencer_engine.dispose()
+
+
+def _sequencer_engine(settings: Settings) -> AsyncEngine:
+    """The sequencer's own small pool. On SQLite it waits only briefly for the write lock:
+    a round that finds the database busy gives up and runs again next poll, rather than
+    holding up shutdown behind a long transaction."""
+    engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
+    if settings.is_sqlite:
+
+        def _short_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=250")
+            cursor.close()
+
+        event.listen(engine.sync_engine, "connect", _short_busy_timeout)
+    return engine
 
 
 __all__ = ["append_in_transaction", "audit_lifecycle", "canonical_json", "record_event", "request_entry"]

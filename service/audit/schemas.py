@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Action = Literal[
     "read",
@@ -64,6 +65,15 @@ class AuditEntry(BaseModel):
     legal_basis: list[str] = Field(default_factory=list)
     status: int
     source: str | None = None
+
+    @field_validator("time")
+    @classmethod
+    def _time_is_iso_8601(cls, value: str) -> str:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("time must be an ISO 8601 timestamp") from None
+        return value
 
     def to_record(self) -> dict[str, Any]:
         """Only str, int, bool, None, lists and dicts, so the canonical bytes are defined."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import service as audit_service
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode
+from service.audit.writer import AuditWriter
 from service.db import Base
 from tests.fixtures.audit import make_entry
 
@@ -96,3 +98,34 @@ class TestEntry:
             make_entry(action="peek")
         with pytest.raises(ValueError, match="national_id"):
             make_entry(national_id="AB123456C")
+
+    def test_time_must_be_iso_8601(self) -> None:
+        with pytest.raises(ValueError, match="ISO 8601"):
+            make_entry(time="last tuesday")
+
+
+class TestRecordEvent:
+    async def test_key_operations_and_policy_changes_go_through_the_writer(self, engine: AsyncEngine) -> None:
+        writer = AuditWriter(engine)
+        await writer.start()
+        try:
+            entry_id = await audit_service.record_event(
+                writer,
+                "key-operation",
+                client_id="operator",
+                department="dvla",
+                owners=["dvla"],
+                reason="kek rotated",
+            )
+        finally:
+            await writer.stop()
+        async with engine.connect() as conn:
+            canonical = (
+                await conn.execute(select(AuditEntryRow.canonical).where(AuditEntryRow.id == entry_id))
+            ).scalar_one()
+        record = json.loads(canonical)
+        assert record["action"] == "key-operation"
+        assert record["owners"] == ["dvla"]
+        assert record["reasons"] == [
+            {"field": "", "effect": "permit", "agreement": None, "version": None, "reason": "kek rotated"}
+        ]

@@ -24,7 +24,7 @@ from service.db import create_engine
 from service.schema import upgrade_async
 
 WRITERS = 200
-BATCHED_ENTRIES = 40_000
+BATCHED_ENTRIES = 20_000
 BASELINE_SECONDS = 3.0
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_USER = os.environ.get("PGUSER", "postgres")

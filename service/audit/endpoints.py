@@ -151,12 +151,20 @@ async def get_verifier_key(_caller: Verifier, request: Request) -> PlainTextResp
 
 @router.get("/v1/audit/entries/{index}/proof")
 async def get_inclusion_proof(
-    index: int, _caller: Verifier, database: DatabaseDep, tree_size: int | None = Query(None, ge=1)
+    index: int,
+    caller: Verifier,
+    request: Request,
+    database: DatabaseDep,
+    writer: AuditWriterDep,
+    tree_size: int | None = Query(None, ge=1),
 ) -> dict[str, Any]:
     """An RFC 9162 inclusion proof of leaf ``index`` in the tree of ``tree_size`` (default: the
     latest checkpoint), with the stored entry whose canonical JSON the leaf hashes."""
     async with database.engine.connect() as conn:
-        return await audit_service.inclusion(conn, index, tree_size)
+        proof = await audit_service.inclusion(conn, index, tree_size)
+    # The proof carries an entry, so reading it is an audit query like any other.
+    await _audit_query(writer, request, caller, citizen_id=proof["entry"].get("citizen_id"))
+    return proof
 
 
 @router.get("/v1/audit/consistency")

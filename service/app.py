@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from service import __version__
 from service.auth import endpoints as auth_endpoints
 from service.auth.runtime import auth_lifecycle
+from service.audit import endpoints as audit_endpoints
+from service.audit import service as audit_service
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.db import Database
@@ -25,6 +27,7 @@ ROUTERS = [
     catalog_endpoints.router,
     policy_endpoints.router,
     auth_endpoints.router,
+    audit_endpoints.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
@@ -32,6 +35,7 @@ Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
 LIFECYCLES.append(policy_endpoints.policy_lifecycle)
 LIFECYCLES.append(auth_lifecycle)
+LIFECYCLES.append(audit_service.audit_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

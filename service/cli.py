@@ -6,6 +6,7 @@ import typer
 import uvicorn
 
 from service.auth.cli import auth_app, clients_app
+from service.audit.cli import app as audit_app
 from service.config import get_settings
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
@@ -16,6 +17,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(policies_app, name="policies")
 app.add_typer(clients_app, name="clients")
 app.add_typer(auth_app, name="auth")
+app.add_typer(audit_app, name="audit")
 
 
 @db_app.command("upgrade")
@@ -52,6 +54,16 @@ def serve(
         log_level=settings.log_level.lower(),
         server_header=False,
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run the background workers (the audit sequencer) until SIGINT or SIGTERM."""
+    import asyncio
+
+    from service.audit.worker import run_worker
+
+    asyncio.run(run_worker(get_settings()))
 
 
 if __name__ == "__main__":

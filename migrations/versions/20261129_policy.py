@@ -15,7 +15,7 @@ from alembic import op
 import service.db
 
 revision: str = "0005_policy"
-down_revision: str | Sequence[str] | None = "0002_records"
+down_revision: str | Sequence[str] | None = "0003_auth"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

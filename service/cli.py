@@ -6,6 +6,7 @@ import typer
 import uvicorn
 
 from service.config import get_settings
+from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
 
@@ -13,6 +14,7 @@ app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharin
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(policies_app, name="policies")
+app.add_typer(keys_app, name="keys")
 
 
 @db_app.command("upgrade")

@@ -205,3 +205,29 @@ class TestKeysStayHidden:
             DataKey(1, "register", 1, b"short")
         with pytest.raises(ValueError, match="positive"):
             DataKey(0, "register", 1, MATERIAL)
+
+
+class TestNonces:
+    def test_nonces_never_repeat_across_calls_and_threads(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from service.crypto.aead import HEADER_BYTES, NONCE_BYTES
+
+        def nonces(count: int) -> list[bytes]:
+            return [seal(b"x")[HEADER_BYTES : HEADER_BYTES + NONCE_BYTES] for _ in range(count)]
+
+        # More than one pooled block per thread, in four threads at once.
+        with ThreadPoolExecutor(4) as pool:
+            batches = list(pool.map(nonces, [5000] * 4))
+        everything = [n for batch in batches for n in batch] + nonces(5000)
+        assert len(set(everything)) == len(everything) == 25_000
+
+    def test_a_forked_child_draws_fresh_nonces(self) -> None:
+        from service.crypto import aead
+
+        seal(b"x")
+        assert aead._NONCES.block
+        # What os.register_at_fork runs in the child: the parent's block is dropped.
+        aead._forget_nonces()
+        assert (aead._NONCES.block, aead._NONCES.offset) == (b"", 0)
+        assert seal(b"x")

@@ -30,7 +30,7 @@ from service.db import create_engine, utcnow
 from service.records.models import Citizen
 from service.schema import upgrade_async
 
-PLAINTEXT = "Wrenfield Lane 42, AB1 2CD".encode()
+PLAINTEXT = b"Wrenfield Lane 42, AB1 2CD"
 ROTATION_KEYS = 100_000
 
 
@@ -75,10 +75,12 @@ def field_costs() -> None:
         lambda: raw.decrypt(nonce, raw_sealed, None),
     )
     print(
-        f"field encrypt ({len(PLAINTEXT)} B): {ours_enc:.2f} us vs raw AESGCM {raw_enc:.2f} us -> {ours_enc / raw_enc:.2f}x"
+        f"field encrypt ({len(PLAINTEXT)} B): {ours_enc:.2f} us vs raw AESGCM {raw_enc:.2f} us "
+        f"-> {ours_enc / raw_enc:.2f}x"
     )
     print(
-        f"field decrypt ({len(PLAINTEXT)} B): {ours_dec:.2f} us vs raw AESGCM {raw_dec:.2f} us -> {ours_dec / raw_dec:.2f}x"
+        f"field decrypt ({len(PLAINTEXT)} B): {ours_dec:.2f} us vs raw AESGCM {raw_dec:.2f} us "
+        f"-> {ours_dec / raw_dec:.2f}x"
     )
     print(
         f"field decrypt vs raw AESGCM given a same-size associated data: {ours_dec_ad:.2f} us vs "
@@ -146,7 +148,8 @@ async def cache_costs(url: str, keyring: Keyring) -> None:
     finally:
         await engine.dispose()
     print(
-        f"data key, cache hit: {hit:.2f} us; miss (SQLite row read + unwrap): {miss:.2f} us -> miss/hit {miss / hit:.1f}x"
+        f"data key, cache hit: {hit:.2f} us; miss (SQLite row read + unwrap): {miss:.2f} us "
+        f"-> miss/hit {miss / hit:.1f}x"
     )
 
 

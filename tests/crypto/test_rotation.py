@@ -196,8 +196,17 @@ class TestReencrypt:
                 for row in await conn.execute(select(FIELD_VALUES.c.id, FIELD_VALUES.c.ciphertext))
             }
 
+        events: list[KeyEvent] = []
+
+        async def record(event: KeyEvent) -> None:
+            events.append(event)
+
+        keyring.on_key_event = record
         result = await key_service.reencrypt_department(scratch_engine, keyring, "register", batch_size=BATCH)
         assert (result.resumed, result.data_keys, result.values) == (False, CITIZENS, 2 * CITIZENS + 3)
+        assert [(e.action, e.department, dict(e.detail)) for e in events] == [
+            ("data_keys.reencrypted", "register", {"data_keys": CITIZENS, "values": 2 * CITIZENS + 3})
+        ]
 
         rows = await department_key_rows(scratch_engine, "register")
         destroyed = {i for i, _, status, live in rows if status == "destroyed" and not live}

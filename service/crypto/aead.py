@@ -134,9 +134,9 @@ def encrypt_value(key: DataKey, *, citizen_id: str, field: str, version: int, pl
 def decrypt_value(key: DataKey, *, citizen_id: str, field: str, version: int, ciphertext: bytes) -> bytes:
     """Decrypt and authenticate; any change or mismatch raises ``CiphertextIntegrityError``."""
     header = key._header
-    # The header is authenticated too (it is in the associated data), but checking it
-    # first gives a clean refusal for an unknown format or another key's ciphertext.
-    if len(ciphertext) < OVERHEAD_BYTES or not ciphertext.startswith(header) or version < 0:
+    # The header is checked here because the associated data is built from the key, not
+    # from the ciphertext: a changed format byte or key id must not slip through.
+    if not ciphertext.startswith(header):
         raise CiphertextIntegrityError()
     try:
         return key._aead.decrypt(
@@ -144,7 +144,9 @@ def decrypt_value(key: DataKey, *, citizen_id: str, field: str, version: int, ci
             ciphertext[_BODY_START:],
             _associated_data(header, citizen_id, field, version),
         )
-    except InvalidTag:
+    except (InvalidTag, ValueError, struct.error):
+        # InvalidTag: altered or misplaced. ValueError: truncated into the nonce.
+        # struct.error: a negative version, which no value is ever written under.
         raise CiphertextIntegrityError() from None
 
 

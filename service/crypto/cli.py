@@ -13,6 +13,7 @@ from rich.table import Table
 
 from service.config import get_settings
 from service.crypto import service as key_service
+from service.crypto.errors import NoDepartmentKeys
 from service.crypto.keyring import Keyring
 from service.db import Database
 
@@ -44,7 +45,11 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
         finally:
             await database.dispose()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except NoDepartmentKeys as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command("rotate")

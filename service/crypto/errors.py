@@ -25,6 +25,10 @@ class KeyUnwrapError(CryptoError):
     """A wrapped key did not unwrap: wrong root key, tampered row, or a destroyed KEK."""
 
 
+class NoDepartmentKeys(CryptoError):
+    """A department-wide key operation named a department that has no keys yet."""
+
+
 class DataKeyMissing(CryptoError):
     """A value names a data key that does not exist (a corrupt or foreign row)."""
 

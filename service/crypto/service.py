@@ -16,6 +16,7 @@ from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, upd
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.crypto.aead import DataKey, decrypt_value, encrypt_value
+from service.crypto.errors import NoDepartmentKeys
 from service.crypto.keyring import DATA_KEYS, KEKS, Keyring
 from service.crypto.material import KeyMaterial
 from service.crypto.models import KeyJob
@@ -102,8 +103,11 @@ async def rotate_department(
     wrapped bytes destroyed) once no data key uses them."""
     async with engine.begin() as conn:
         active = await _active_version(conn, department)
-        resumed = active is not None and await _count_behind(conn, department, active) > 0
-        if resumed and active is not None:
+        if active is None:
+            # A typo must not mint a KEK for a department that does not exist.
+            raise NoDepartmentKeys(f"department {department!r} has no keys yet")
+        resumed = await _count_behind(conn, department, active) > 0
+        if resumed:
             target = await keyring.kek(conn, department, active)
         else:
             created = await keyring.create_kek_version(conn, department)
@@ -219,6 +223,8 @@ async def reencrypt_department(
             )
         ).first()
         resumed = job is not None
+        if await _active_version(conn, department) is None:
+            raise NoDepartmentKeys(f"department {department!r} has no keys yet")
         if job is None:
             cutoff = (await conn.execute(select(func.coalesce(func.max(DATA_KEYS.c.id), 0)))).scalar_one()
             job_id = (

@@ -135,6 +135,14 @@ class TestTamperingRejected:
         with pytest.raises(CiphertextIntegrityError):
             opens(ciphertext, key=stranger)
 
+    def test_a_negative_version_or_a_bare_header_is_rejected(self) -> None:
+        ciphertext = seal(b"Ada")
+        with pytest.raises(CiphertextIntegrityError):
+            opens(ciphertext, version=-1)
+        for short in (b"", ciphertext[:1], ciphertext[:9], ciphertext[:16], ciphertext[:21], ciphertext[:36]):
+            with pytest.raises(CiphertextIntegrityError):
+                opens(short)
+
     def test_unknown_format_is_rejected(self) -> None:
         ciphertext = bytearray(seal(b"Ada"))
         ciphertext[0] = 0x02

@@ -323,6 +323,12 @@ class TestKeysCommand:
             }
             assert f"v1 retired (0), v2 active ({CITIZENS})" in lines["register"]
             assert f"v1 active ({CITIZENS})" in lines["dvla"]
+            for command in ("rotate", "reencrypt"):
+                unknown = runner.invoke(
+                    app, ["keys", command, "--department", "dvlaa"], env={"COLUMNS": "200"}
+                )
+                assert unknown.exit_code == 1
+                assert "department 'dvlaa' has no keys yet" in unknown.output
             missing = runner.invoke(app, ["keys", "rotate"])
             assert missing.exit_code == 2
             assert "--department" in missing.output

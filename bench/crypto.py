@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import insert
+from sqlalchemy import select
 
 from service.crypto import service as key_service
 from service.crypto.aead import DataKey, decrypt_value, encrypt_value
@@ -27,7 +27,6 @@ from service.crypto.keyring import DATA_KEYS, Keyring
 from service.crypto.material import KeyMaterial
 from service.crypto.providers import LocalKeyProvider
 from service.db import create_engine, utcnow
-from service.records.models import Citizen
 from service.schema import upgrade_async
 
 PLAINTEXT = b"Wrenfield Lane 42, AB1 2CD"
@@ -95,35 +94,19 @@ async def build_keys(url: str, keyring: Keyring, count: int) -> None:
         async with engine.begin() as conn:
             kek = await keyring.active_kek(conn, "register")
             now = utcnow()
+            stamp = now.replace(tzinfo=None).isoformat(sep=" ")
             for start in range(0, count, 10_000):
                 ids = [str(uuid.uuid4()) for _ in range(min(10_000, count - start))]
-                await conn.execute(
-                    insert(Citizen),
-                    [
-                        {
-                            "id": i,
-                            "status": "active",
-                            "version": 1,
-                            "registered_by": "bench",
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for i in ids
-                    ],
+                # The driver's executemany: the quickest bulk path on SQLite.
+                await conn.exec_driver_sql(
+                    "INSERT INTO citizens (id, status, version, registered_by, created_at, updated_at) "
+                    "VALUES (?, 'active', 1, 'bench', ?, ?)",
+                    [(i, stamp, stamp) for i in ids],
                 )
-                await conn.execute(
-                    insert(DATA_KEYS),
-                    [
-                        {
-                            "citizen_id": i,
-                            "department": "register",
-                            "kek_version": kek.version,
-                            "status": "active",
-                            "wrapped_key": kek.wrap(KeyMaterial(secrets.token_bytes(32)), i),
-                            "created_at": now,
-                        }
-                        for i in ids
-                    ],
+                await conn.exec_driver_sql(
+                    "INSERT INTO data_keys (citizen_id, department, kek_version, status, wrapped_key, "
+                    "created_at) VALUES (?, 'register', ?, 'active', ?, ?)",
+                    [(i, kek.version, kek.wrap(KeyMaterial(secrets.token_bytes(32)), i), stamp) for i in ids],
                 )
     finally:
         await engine.dispose()
@@ -145,11 +128,20 @@ async def cache_costs(url: str, keyring: Keyring) -> None:
                 # A different key each time, so every call reads and unwraps a row.
                 await keyring.data_keys(conn, [n + 2])
             miss = (time.perf_counter() - started) / rounds * 1e6
+            started = time.perf_counter()
+            for n in range(rounds):
+                # Baseline for a miss: the same one-row read with no unwrapping.
+                (await conn.execute(select(DATA_KEYS.c.wrapped_key).where(DATA_KEYS.c.id.in_([n + 2])))).all()
+            bare_read = (time.perf_counter() - started) / rounds * 1e6
     finally:
         await engine.dispose()
     print(
         f"data key, cache hit: {hit:.2f} us; miss (SQLite row read + unwrap): {miss:.2f} us "
         f"-> miss/hit {miss / hit:.1f}x"
+    )
+    print(
+        f"data key miss vs a bare one-row read on the same connection: {miss:.2f} vs {bare_read:.2f} us "
+        f"-> {miss / bare_read:.2f}x"
     )
 
 

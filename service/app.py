@@ -14,6 +14,7 @@ from service.audit import endpoints as audit_endpoints
 from service.audit import service as audit_service
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
+from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.health import router as health_router
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = Database(settings)
     app.state.metrics = Metrics()
     app.state.schema_heads = head_revisions()
+    app.state.keyring = Keyring.from_settings(settings)
 
     install_error_handlers(app)
     for router in ROUTERS:

@@ -8,6 +8,7 @@ import uvicorn
 from service.auth.cli import auth_app, clients_app
 from service.audit.cli import app as audit_app
 from service.config import get_settings
+from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
 
@@ -18,6 +19,7 @@ app.add_typer(policies_app, name="policies")
 app.add_typer(clients_app, name="clients")
 app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 
 @db_app.command("upgrade")

@@ -3,6 +3,7 @@
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
 from service.auth.models import Client
 from service.catalog.models import CatalogVersion
+from service.crypto.models import DataKeyRecord, KeyEncryptionKey, KeyJob
 from service.db import Base
 from service.policy.models import AgreementVersion, PolicyEpoch
 from service.records.models import Citizen, FieldValue
@@ -18,6 +19,9 @@ __all__ = [
     "CatalogVersion",
     "Citizen",
     "Client",
+    "DataKeyRecord",
     "FieldValue",
+    "KeyEncryptionKey",
+    "KeyJob",
     "PolicyEpoch",
 ]

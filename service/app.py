@@ -8,10 +8,10 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import FastAPI
 
 from service import __version__
-from service.auth import endpoints as auth_endpoints
-from service.auth.runtime import auth_lifecycle
 from service.audit import endpoints as audit_endpoints
 from service.audit import service as audit_service
+from service.auth import endpoints as auth_endpoints
+from service.auth.runtime import auth_lifecycle
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.crypto.keyring import Keyring
@@ -20,6 +20,7 @@ from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.policy import endpoints as policy_endpoints
+from service.records import endpoints as records_endpoints
 from service.schema import head_revisions
 
 # Every router is included here and nowhere else.
@@ -29,6 +30,7 @@ ROUTERS = [
     policy_endpoints.router,
     auth_endpoints.router,
     audit_endpoints.router,
+    records_endpoints.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).

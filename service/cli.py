@@ -5,12 +5,16 @@ from __future__ import annotations
 import typer
 import uvicorn
 
-from service.auth.cli import auth_app, clients_app
 from service.audit.cli import app as audit_app
+from service.audit.hooks import connect_policy_changes
+from service.auth.cli import auth_app, clients_app
 from service.config import get_settings
 from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
+
+# Policy changes made from the command line are audited like those made through the API.
+connect_policy_changes()
 
 app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharing for government.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")

@@ -179,6 +179,13 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     writer = AuditWriter(engine, max_batch=audit.writer_max_batch)
     await writer.start()
     app.state.audit_writer = writer
+    # Imported here: the hooks reach into policy and crypto, which import this module.
+    from service.audit import hooks
+
+    key_events = hooks.KeyEventsToWriter(writer)
+    app.state.keyring.on_key_event = key_events
+    app.state.recorded_requests = hooks.AuditedRequests(engine)
+    hooks.connect_policy_changes()
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     sequencer_engine: AsyncEngine | None = None
@@ -192,6 +199,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         if task is not None:
             await task
+        await key_events.drain()
         await writer.stop()
         if sequencer_engine is not None:
             await sequencer_engine.dispose()

@@ -59,7 +59,9 @@ async def current_cached(conn: AsyncConnection) -> Catalog:
     catalog = _parsed.get(digest)
     if catalog is None:
         content = (
-            await conn.execute(select(_catalog_versions.c.content).where(_catalog_versions.c.content_hash == digest))
+            await conn.execute(
+                select(_catalog_versions.c.content).where(_catalog_versions.c.content_hash == digest)
+            )
         ).scalar_one()
         catalog = Catalog.model_validate(content)
         if len(_parsed) > 8:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from service.audit.hooks import KeyEventsCollected
 from service.config import get_settings
 from service.crypto import service as key_service
 from service.crypto.errors import NoDepartmentKeys
@@ -25,6 +26,9 @@ T = TypeVar("T")
 def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitable[T]], label: str) -> T:
     settings = get_settings()
     keyring = Keyring.from_settings(settings)
+    # Key operations are audited: collected while the work runs, appended when it ends.
+    key_events = KeyEventsCollected()
+    keyring.on_key_event = key_events
 
     async def main() -> T:
         database = Database(settings)
@@ -41,7 +45,10 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
                 def report(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                return await work(database, keyring, report)
+                try:
+                    return await work(database, keyring, report)
+                finally:
+                    await key_events.flush(database.engine)
         finally:
             await database.dispose()
 

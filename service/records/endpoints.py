@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from service.audit.writer import AuditWriter, get_audit_writer
 from service.auth.dependencies import Principal, require
 from service.crypto.keyring import Keyring, get_keyring
-from service.db import get_database, Database
+from service.db import Database, get_database
 from service.errors import BadRequest, ValidationFailed
 from service.observability import current_request_id
 from service.records.schemas import (
@@ -21,8 +21,8 @@ from service.records.schemas import (
     HistoryPage,
     LookupCitizen,
     LookupOut,
-    Registered,
     RegisterCitizen,
+    Registered,
     VerifyClaims,
     VerifyOut,
     WriteFields,
@@ -49,10 +49,12 @@ Records = Annotated[RecordsService, Depends(records_service)]
 
 def access(*scopes: str) -> Callable[..., Awaitable[Access]]:
     """Authenticate with ``scopes`` and gather what the audit records about the request."""
+    # A default, not an annotation: string annotations cannot see this closure's scopes.
+    authenticated = Depends(require(*scopes))
 
     async def dependency(
         request: Request,
-        principal: Annotated[Principal, Depends(require(*scopes))],
+        principal: Principal = authenticated,
         case_ref: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
     ) -> Access:
         if case_ref is not None and not _CASE_REF.match(case_ref):
@@ -84,12 +86,16 @@ def _field_list(raw: str | None) -> list[str] | None:
         return None
     names = [name.strip() for name in raw.split(",") if name.strip()]
     if len(names) > 100:
-        raise ValidationFailed("Too many fields.", errors=[{"loc": ["query", "fields"], "msg": "at most 100"}])
+        raise ValidationFailed(
+            "Too many fields.", errors=[{"loc": ["query", "fields"], "msg": "at most 100"}]
+        )
     return names
 
 
 CitizenPath = Annotated[str, Path(min_length=1, max_length=64, description="The citizen's pseudonymous id.")]
-PurposeQuery = Annotated[str, Query(min_length=1, max_length=63, description="Why you ask; a catalog purpose id.")]
+PurposeQuery = Annotated[
+    str, Query(min_length=1, max_length=63, description="Why you ask; a catalog purpose id.")
+]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Registered)
@@ -154,7 +160,12 @@ async def write_fields(
     (then name that agreement's purpose). Send `If-Match` with the ETag you read: a stale
     one gets 412 and nothing is written."""
     written = await records.write(
-        caller, citizen_id, body.fields, reason=body.reason, purpose=body.purpose, if_match=_if_match(if_match)
+        caller,
+        citizen_id,
+        body.fields,
+        reason=body.reason,
+        purpose=body.purpose,
+        if_match=_if_match(if_match),
     )
     response.headers["ETag"] = _etag(written.version)
     return written

@@ -10,13 +10,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.records.models import Citizen, FieldValue
 
-citizens = Citizen.__table__
-values = FieldValue.__table__
+citizens: Table = Citizen.__table__  # type: ignore[assignment]
+values: Table = FieldValue.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,12 @@ async def candidates_by_blind_index(conn: AsyncConnection, field: str, blind_ind
 async def insert_citizen(conn: AsyncConnection, citizen_id: str, registered_by: str, now: datetime) -> None:
     await conn.execute(
         insert(citizens).values(
-            id=citizen_id, status="active", version=1, registered_by=registered_by, created_at=now, updated_at=now
+            id=citizen_id,
+            status="active",
+            version=1,
+            registered_by=registered_by,
+            created_at=now,
+            updated_at=now,
         )
     )
 
@@ -133,7 +138,9 @@ async def retire_current(conn: AsyncConnection, citizen_id: str, field: str) -> 
     """Mark the current value of a field as history; the new value's version follows it."""
     latest = (
         await conn.execute(
-            select(func.max(values.c.version)).where(values.c.citizen_id == citizen_id, values.c.field == field)
+            select(func.max(values.c.version)).where(
+                values.c.citizen_id == citizen_id, values.c.field == field
+            )
         )
     ).scalar_one_or_none()
     await conn.execute(

@@ -13,24 +13,31 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import service as audit_service
-from service.audit.schemas import AuditEntry
+from service.audit.schemas import Action, AuditEntry, Reason
+from service.audit.schemas import Decision as AuditDecision
 from service.audit.writer import AuditWriter
 from service.auth.dependencies import Principal
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
-from service.crypto.aead import decrypt_value, encrypt_value
-from service.crypto.keyring import DataKey, Keyring
+from service.crypto.aead import DataKey, decrypt_value, encrypt_value
+from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import Conflict, Forbidden, ValidationFailed
 from service.policy import service as policy_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import repository, values
-from service.records.errors import CitizenErased, CitizenNotFound, InvalidFieldValue, NotPermitted, StaleVersion
+from service.records.errors import (
+    CitizenErased,
+    CitizenNotFound,
+    InvalidFieldValue,
+    NotPermitted,
+    StaleVersion,
+)
 from service.records.schemas import (
     BatchItem,
     BatchPage,
@@ -80,7 +87,7 @@ def _require_known(catalog: Catalog, fields: Sequence[str], purpose: str | None,
         raise ValidationFailed("The request names something the catalog does not know.", errors=errors)
 
 
-def _summary(requested: Sequence[str], released: Sequence[str]) -> str:
+def _summary(requested: Sequence[str], released: Sequence[str]) -> AuditDecision:
     if not requested or not released:
         return "deny"
     return "permit" if len(released) == len(requested) else "partial"
@@ -104,7 +111,7 @@ class RecordsService:
     def _entry(
         self,
         access: Access,
-        action: str,
+        action: Action,
         *,
         citizen_id: str | None,
         catalog: Catalog,
@@ -113,7 +120,7 @@ class RecordsService:
         decisions: Mapping[str, Decision],
         purpose: str | None,
         status: int,
-        decision: str | None = None,
+        decision: AuditDecision | None = None,
     ) -> AuditEntry:
         owners = sorted({spec.owner for name in requested if (spec := catalog.field(name))})
         legal_basis = sorted(
@@ -131,7 +138,12 @@ class RecordsService:
             fields_requested=list(requested),
             fields_released=list(released),
             decision=decision or _summary(requested, released),
-            reasons=[d.to_record() for d in decisions.values()],
+            reasons=[
+                Reason(
+                    field=d.field, effect=d.effect, agreement=d.agreement, version=d.version, reason=d.reason
+                )
+                for d in decisions.values()
+            ],
             purpose=purpose,
             case_ref=access.case_ref,
             legal_basis=legal_basis,
@@ -140,7 +152,9 @@ class RecordsService:
         )
 
     def _context(self, access: Access, purpose: str | None, status: str | None) -> RequestContext:
-        return RequestContext(purpose=purpose or "", case_ref=access.case_ref, time=_now(), citizen_status=status)
+        return RequestContext(
+            purpose=purpose or "", case_ref=access.case_ref, time=_now(), citizen_status=status
+        )
 
     async def _decrypt(
         self, conn: AsyncConnection, catalog: Catalog, rows: Sequence[repository.ValueRow]
@@ -153,12 +167,16 @@ class RecordsService:
             if key is None or spec is None:
                 continue
             data = decrypt_value(
-                key, citizen_id=row.citizen_id, field=row.field, version=row.version, ciphertext=row.ciphertext
+                key,
+                citizen_id=row.citizen_id,
+                field=row.field,
+                version=row.version,
+                ciphertext=row.ciphertext,
             )
             plain[(row.citizen_id, row.field, row.version)] = values.decode(spec, data)
         return plain
 
-    async def _refuse(self, entry: AuditEntry, error: Exception) -> None:
+    async def _refuse(self, entry: AuditEntry, error: Exception) -> NoReturn:
         """Audit a refusal durably, then raise it."""
         await self.audit.append(entry)
         raise error
@@ -201,7 +219,9 @@ class RecordsService:
                 released[name] = FieldOut(value=None, version=None, updated_at=None, owner=owner)
             else:
                 value = plain[(citizen_id, name, row.version)]
-                released[name] = FieldOut(value=value, version=row.version, updated_at=row.written_at, owner=owner)
+                released[name] = FieldOut(
+                    value=value, version=row.version, updated_at=row.written_at, owner=owner
+                )
         await self.audit.append(
             self._entry(
                 access,
@@ -222,7 +242,7 @@ class RecordsService:
     async def _refuse_nothing_allowed(
         self,
         access: Access,
-        action: str,
+        action: Action,
         citizen_id: str,
         catalog: Catalog,
         policy: CompiledPolicy,
@@ -230,10 +250,18 @@ class RecordsService:
         decisions: Mapping[str, Decision],
         purpose: str,
         context: RequestContext,
-    ) -> None:
-        """403 if the caller may know the citizen exists (it may look citizens up), else 404."""
+    ) -> NoReturn:
+        """403 if the caller may know the citizen exists, else 404.
+
+        A caller may know when it may look citizens up for this purpose, or when it is a
+        party to an agreement over one of the fields that just missed (it needs a case
+        reference, has expired, or its condition does not hold for this citizen).
+        """
         lookup = policy.decide(access.department, "lookup", [NATIONAL_ID_FIELD], context)
-        may_know = lookup[NATIONAL_ID_FIELD].effect == "permit"
+        explained = policy.explain(access.department, action, requested, context)
+        may_know = lookup[NATIONAL_ID_FIELD].effect == "permit" or any(
+            miss.effect == "permit" for explanation in explained.values() for miss in explanation.near_misses
+        )
         error: Exception
         if may_know:
             reasons = "; ".join(decisions[n].reason for n in requested)
@@ -281,21 +309,23 @@ class RecordsService:
         items: list[BatchItem] = []
         entries: list[AuditEntry] = []
         for citizen_id in unique_ids:
-            decisions = decisions_by_citizen.get(citizen_id)
-            if decisions is None:
+            citizen_decisions = decisions_by_citizen.get(citizen_id)
+            if citizen_decisions is None:
                 # Unknown and erased citizens look alike: existence is not disclosed.
                 items.append(
                     BatchItem(
                         id=citizen_id,
                         fields={},
-                        withheld=[Withheld(field=n, reason="no such citizen is available to you") for n in requested],
+                        withheld=[
+                            Withheld(field=n, reason="no such citizen is available to you") for n in requested
+                        ],
                     )
                 )
                 continue
             released: dict[str, FieldOut] = {}
             withheld: list[Withheld] = []
             for name in requested:
-                decision = decisions[name]
+                decision = citizen_decisions[name]
                 if decision.effect != "permit":
                     withheld.append(Withheld(field=name, reason=decision.reason))
                     continue
@@ -320,7 +350,7 @@ class RecordsService:
                     catalog=catalog,
                     requested=requested,
                     released=list(released),
-                    decisions=decisions,
+                    decisions=citizen_decisions,
                     purpose=purpose,
                     status=200,
                 )
@@ -407,7 +437,8 @@ class RecordsService:
                 continue
             value = current.get(name)
             results[name] = value is not None and all(
-                values.check_claim(spec, value, operator, operand) for operator, operand in claims[name].items()
+                values.check_claim(spec, value, operator, operand)
+                for operator, operand in claims[name].items()
             )
         await self.audit.append(
             self._entry(
@@ -494,7 +525,9 @@ class RecordsService:
 
     # --- writes -----------------------------------------------------------------------
 
-    def _validated(self, catalog: Catalog, submitted: Mapping[str, Any], loc: str) -> dict[str, values.JsonValue]:
+    def _validated(
+        self, catalog: Catalog, submitted: Mapping[str, Any], loc: str
+    ) -> dict[str, values.JsonValue]:
         errors: list[dict[str, Any]] = []
         clean: dict[str, values.JsonValue] = {}
         for name, raw in submitted.items():
@@ -536,7 +569,9 @@ class RecordsService:
             ciphertext = encrypt_value(
                 key, citizen_id=citizen_id, field=name, version=version, plaintext=values.encode(spec, value)
             )
-            blind = self.keyring.blind_index(name, values.normalise_for_index(value)) if spec.searchable else None
+            blind = (
+                self.keyring.blind_index(name, values.normalise_for_index(value)) if spec.searchable else None
+            )
             await repository.insert_value(
                 conn,
                 citizen_id=citizen_id,
@@ -574,7 +609,8 @@ class RecordsService:
                 decision="deny",
             )
             await self._refuse(
-                entry, Forbidden(f"A registrar sets only its own department's fields, not: {', '.join(foreign)}")
+                entry,
+                Forbidden(f"A registrar sets only its own department's fields, not: {', '.join(foreign)}"),
             )
         citizen_id = str(uuid.uuid4())
         async with self.database.engine.begin() as conn:
@@ -582,7 +618,9 @@ class RecordsService:
             # below sees every committed registration; on PostgreSQL an advisory lock on
             # the blind index does the same.
             await repository.insert_citizen(conn, citizen_id, access.principal.client_id, now)
-            index = self.keyring.blind_index(NATIONAL_ID_FIELD, values.normalise_for_index(clean[NATIONAL_ID_FIELD]))
+            index = self.keyring.blind_index(
+                NATIONAL_ID_FIELD, values.normalise_for_index(clean[NATIONAL_ID_FIELD])
+            )
             await _lock_blind_index(conn, index)
             if await self._find_by_national_id(conn, catalog, national_id):
                 raise Conflict("A citizen with that national id is already registered.")
@@ -614,57 +652,83 @@ class RecordsService:
         purpose: str | None,
         if_match: int | None,
     ) -> WriteOut:
+        # The writer's reason is required but not stored: it is free text and may well
+        # hold personal data ("moved in with her mother at ..."), which the audit must not.
+        del reason
         now = _now()
         async with self.database.engine.connect() as conn:
             catalog, policy = await self._catalog_and_policy(conn)
         clean = self._validated(catalog, fields, "fields")
         _require_known(catalog, [], purpose, loc="fields")
         names = list(clean)
+        denied: list[str] = []
         async with self.database.engine.begin() as conn:
             citizen = await self._load_citizen(conn, citizen_id)
             context = self._context(access, purpose, citizen.status)
-            decisions = policy.decide(access.department, "write", names, context)
+            decisions = self._write_decisions(catalog, policy, access, names, context, purpose)
             denied = [n for n in names if decisions[n].effect != "permit"]
-            if denied:
-                refused = True
-            else:
-                refused = False
+            if not denied:
                 death = catalog.death_field
                 status = "deceased" if death is not None and death.name in clean else None
-                bumped = await repository.bump_version(conn, citizen_id, expected=if_match, now=now, status=status)
+                bumped = await repository.bump_version(
+                    conn, citizen_id, expected=if_match, now=now, status=status
+                )
                 if bumped is None:
                     raise StaleVersion(f"The record is no longer at version {if_match}; read it again.")
-                versions = await self._store_values(conn, catalog, citizen_id, clean, access.principal.client_id, now)
-                await audit_service.append_in_transaction(
-                    conn,
-                    self._entry(
-                        access,
-                        "write",
-                        citizen_id=citizen_id,
-                        catalog=catalog,
-                        requested=names,
-                        released=names,
-                        decisions=decisions,
-                        purpose=purpose,
-                        status=200,
-                    ),
+                versions = await self._store_values(
+                    conn, catalog, citizen_id, clean, access.principal.client_id, now
                 )
-        if refused:
-            reasons = "; ".join(decisions[n].reason for n in denied)
-            entry = self._entry(
-                access,
-                "write",
-                citizen_id=citizen_id,
-                catalog=catalog,
-                requested=names,
-                released=[],
-                decisions=decisions,
-                purpose=purpose,
-                status=403,
-                decision="deny",
-            )
-            await self._refuse(entry, NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}"))
-        return WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
+                entry = self._entry(
+                    access,
+                    "write",
+                    citizen_id=citizen_id,
+                    catalog=catalog,
+                    requested=names,
+                    released=names,
+                    decisions=decisions,
+                    purpose=purpose,
+                    status=200,
+                )
+                # Last statement before commit: on PostgreSQL it holds the audit's order lock.
+                await audit_service.append_in_transaction(conn, entry)
+                return WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
+        reasons = "; ".join(decisions[n].reason for n in denied)
+        refusal = self._entry(
+            access,
+            "write",
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=names,
+            released=[],
+            decisions=decisions,
+            purpose=purpose,
+            status=403,
+            decision="deny",
+        )
+        await self._refuse(refusal, NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}"))
+
+    @staticmethod
+    def _write_decisions(
+        catalog: Catalog,
+        policy: CompiledPolicy,
+        access: Access,
+        names: Sequence[str],
+        context: RequestContext,
+        purpose: str | None,
+    ) -> dict[str, Decision]:
+        """An owner writes its own fields without naming a purpose; a delegate must name
+        the purpose of its ``write`` agreement."""
+        if purpose is not None:
+            return policy.decide(access.department, "write", names, context)
+        decisions: dict[str, Decision] = {}
+        for name in names:
+            spec = catalog.field(name)
+            if spec is not None and spec.owner == access.department:
+                decisions[name] = Decision(name, "permit", None, None, "owner")
+            else:
+                reason = f"{access.department} does not own {name}; a delegated write must name its purpose"
+                decisions[name] = Decision(name, "deny", None, None, reason)
+        return decisions
 
     async def erase(self, access: Access, citizen_id: str) -> None:
         now = _now()
@@ -702,6 +766,7 @@ def _parse_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     if not cursor.isdigit() or len(cursor) > 9:
-        raise ValidationFailed("The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}])
+        raise ValidationFailed(
+            "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
+        )
     return int(cursor)
-

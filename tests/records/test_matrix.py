@@ -23,8 +23,12 @@ VALUES: dict[str, Any] = {
     "tax_code": "1257L",
     "self_employed": True,
 }
-WRITERS = {"register": ["given_name", "date_of_birth", "address"], "dvla": ["licence_number", "licence_status", "points"],
-           "welfare": ["benefit_status"], "revenue": ["tax_code", "self_employed"]}
+WRITERS = {
+    "register": ["given_name", "date_of_birth", "address"],
+    "dvla": ["licence_number", "licence_status", "points"],
+    "welfare": ["benefit_status"],
+    "revenue": ["tax_code", "self_employed"],
+}
 
 
 def _oracle(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -37,7 +41,9 @@ def _oracle(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return catalog, agreements
 
 
-def _expected(catalog: dict[str, Any], agreements: list[dict[str, Any]], consumer: str, field: str, purpose: str) -> bool:
+def _expected(
+    catalog: dict[str, Any], agreements: list[dict[str, Any]], consumer: str, field: str, purpose: str
+) -> bool:
     owners = {f["name"]: f["owner"] for f in catalog["fields"]}
     if owners[field] == consumer:
         return True
@@ -66,9 +72,7 @@ def _expected(catalog: dict[str, Any], agreements: list[dict[str, Any]], consume
 class TestCrossDepartmentMatrix:
     async def test_every_consumer_field_purpose_combination(self, records_env: RecordsEnv) -> None:
         catalog, agreements = _oracle(RECORDS_POLICIES)
-        citizen_id, _ = await records_env.register(
-            **{name: VALUES[name] for name in WRITERS["register"]}
-        )
+        citizen_id, _ = await records_env.register(**{name: VALUES[name] for name in WRITERS["register"]})
         for owner, fields in WRITERS.items():
             if owner == "register":
                 continue
@@ -78,7 +82,9 @@ class TestCrossDepartmentMatrix:
                 headers=as_(owner, "writer"),
             )
             assert response.status_code == 200, response.text
-        field_names = [f["name"] for f in catalog["fields"] if f["name"] not in ("national_id", "date_of_death")]
+        field_names = [
+            f["name"] for f in catalog["fields"] if f["name"] not in ("national_id", "date_of_death")
+        ]
         checked = 0
         for consumer in [d["id"] for d in catalog["departments"]]:
             for purpose in [p["id"] for p in catalog["purposes"]]:

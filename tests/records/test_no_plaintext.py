@@ -27,13 +27,24 @@ def _raw_copy(database_url: str) -> bytes:
     if database_url.startswith("sqlite"):
         path = Path(database_url.split(":///", 1)[1])
         return b"".join(
-            Path(f"{path}{suffix}").read_bytes() for suffix in ("", "-wal") if Path(f"{path}{suffix}").exists()
+            Path(f"{path}{suffix}").read_bytes()
+            for suffix in ("", "-wal")
+            if Path(f"{path}{suffix}").exists()
         )
     url = make_url(database_url)
     pg_dump = shutil.which("pg_dump") or "/usr/bin/pg_dump"
     return subprocess.run(
-        [pg_dump, "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-U", url.username or "postgres",
-         "--data-only", str(url.database)],
+        [
+            pg_dump,
+            "-h",
+            url.host or "127.0.0.1",
+            "-p",
+            str(url.port or 5432),
+            "-U",
+            url.username or "postgres",
+            "--data-only",
+            str(url.database),
+        ],
         capture_output=True,
         check=True,
     ).stdout

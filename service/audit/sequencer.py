@@ -43,7 +43,9 @@ class Sequencer:
         self.signer = signer
         self.config = config
         self._range: merkle.CompactRange | None = None
-        self._last_checkpoint_at = 0.0
+        # The interval counts from start-up: monotonic time is seconds since boot, so a
+        # zero here would make the first round's checkpoint depend on the host's uptime.
+        self._last_checkpoint_at = time.monotonic()
 
     async def _load_range(self, conn: AsyncConnection, size: int) -> merkle.CompactRange:
         keys = merkle.CompactRange.keys_for(size)

@@ -400,6 +400,8 @@ class TestSimulate:
         assert_problem(upsert, 403, "not-field-owner")
 
     async def test_without_a_source_evaluates_nothing(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        # The server's source is the audit store; a deployment without one evaluates nothing.
+        app.state.recorded_requests = None
         act_as(app, "audit-office", "auditor")
         response = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
         assert response.json() == {"evaluated": 0, "changed": 0, "changes": []}

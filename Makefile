@@ -14,11 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Migrate, load the demo government's policies, and serve on 127.0.0.1:8000.
+# The demo government: migrate, load policies/, seed, serve on 127.0.0.1:8000, live
+# through life events, print the report, keep serving (see README, "What you will see").
 run: install
-	$(BIN)/tellonce db upgrade
-	$(BIN)/tellonce policies apply policies
-	$(BIN)/tellonce serve
+	$(BIN)/tellonce demo
 
 lint: install
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ from service.config import get_settings
 from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
+from service.sim.cli import demo as demo_command
 
 # Policy changes made from the command line are audited like those made through the API.
 connect_policy_changes()
@@ -24,6 +25,7 @@ app.add_typer(clients_app, name="clients")
 app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.command("demo")(demo_command)
 
 
 @db_app.command("upgrade")

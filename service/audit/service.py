@@ -37,6 +37,11 @@ async def append_in_transaction(conn: AsyncConnection, entry: AuditEntry) -> int
     return (await insert_entries(conn, [entry_row(entry)]))[0]
 
 
+async def append_many_in_transaction(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
+    """``append_in_transaction`` for many entries at once (bulk registration), in order."""
+    return await insert_entries(conn, [entry_row(entry) for entry in entries])
+
+
 def request_entry(
     request: Request | None,
     principal: Principal,

@@ -103,6 +103,47 @@ async def candidates_by_blind_index(conn: AsyncConnection, field: str, blind_ind
     return [ValueRow(*r) for r in rows]
 
 
+async def candidates_by_blind_indexes(
+    conn: AsyncConnection, field: str, blind_indexes: Sequence[bytes]
+) -> list[ValueRow]:
+    """Current values of ``field`` whose blind index is any of ``blind_indexes``."""
+    found: list[ValueRow] = []
+    for start in range(0, len(blind_indexes), 500):
+        rows = await conn.execute(
+            select(*_VALUE_COLUMNS).where(
+                values.c.field == field,
+                values.c.blind_index.in_(blind_indexes[start : start + 500]),
+                values.c.is_current.is_(True),
+            )
+        )
+        found.extend(ValueRow(*r) for r in rows)
+    return found
+
+
+async def insert_citizens(
+    conn: AsyncConnection, citizen_ids: Sequence[str], registered_by: str, now: datetime
+) -> None:
+    rows = [
+        {
+            "id": citizen_id,
+            "status": "active",
+            "version": 1,
+            "registered_by": registered_by,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for citizen_id in citizen_ids
+    ]
+    if rows:
+        await conn.execute(insert(citizens), rows)
+
+
+async def insert_values(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
+    """Many current value rows in one executemany (the columns of ``insert_value``)."""
+    if rows:
+        await conn.execute(insert(values), list(rows))
+
+
 async def insert_citizen(conn: AsyncConnection, citizen_id: str, registered_by: str, now: datetime) -> None:
     await conn.execute(
         insert(citizens).values(

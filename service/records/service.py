@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import service as audit_service
@@ -25,7 +26,8 @@ from service.auth.dependencies import Principal
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, decrypt_value, encrypt_value
-from service.crypto.keyring import Keyring
+from service.crypto.keyring import DATA_KEYS, Keyring
+from service.crypto.material import KeyMaterial
 from service.db import Database
 from service.errors import Conflict, Forbidden, ValidationFailed
 from service.policy import service as policy_service
@@ -729,6 +731,130 @@ class RecordsService:
                 reason = f"{access.department} does not own {name}; a delegated write must name its purpose"
                 decisions[name] = Decision(name, "deny", None, None, reason)
         return decisions
+
+    # --- bulk registration (the demo's population) ---------------------------------------
+
+    async def register_population(self, access: Access, citizens: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Register many citizens in one transaction, each with fields of any owner.
+
+        For seeding a store (the demo, benchmarks), by an operator acting as ``access``.
+        The same catalog validation, per-(citizen, owner) data keys under the owner's
+        active KEK, AEAD and blind indexes as ``register`` and ``write``, and a
+        ``register`` audit entry per citizen in the same transaction; but a few statements
+        for the whole batch instead of several per value. Raises ``Conflict`` (nothing
+        stored) if a national id is already registered or appears twice.
+        """
+        now = _now()
+        async with self.database.engine.connect() as conn:
+            catalog = await catalog_service.current_cached(conn)
+        cleaned = [self._validated(catalog, submitted, "fields") for submitted in citizens]
+        wanted = [values.normalise_for_index(clean.get(NATIONAL_ID_FIELD, "")) for clean in cleaned]
+        if not all(wanted) or len(set(wanted)) != len(wanted):
+            raise Conflict("Every citizen needs a national id, and no national id may appear twice.")
+        ids = [str(uuid.uuid4()) for _ in cleaned]
+        written_by = access.principal.client_id
+        async with self.database.engine.begin() as conn:
+            # The citizens first: on SQLite that takes the write lock before the check.
+            await repository.insert_citizens(conn, ids, written_by, now)
+            indexes = [self.keyring.blind_index(NATIONAL_ID_FIELD, nid) for nid in wanted]
+            candidates = await repository.candidates_by_blind_indexes(conn, NATIONAL_ID_FIELD, indexes)
+            # The index is truncated: a candidate is a duplicate only if it decrypts to one.
+            existing = {
+                values.normalise_for_index(v)
+                for v in (await self._decrypt(conn, catalog, candidates)).values()
+            }
+            if existing & set(wanted):
+                raise Conflict("A citizen in the batch is already registered.")
+            owners_of = [sorted({s.owner for n in clean if (s := catalog.field(n))}) for clean in cleaned]
+            keys = await self._new_data_keys(
+                conn, [(cid, owner) for cid, owners in zip(ids, owners_of, strict=True) for owner in owners]
+            )
+            rows: list[dict[str, object]] = []
+            for citizen_id, clean in zip(ids, cleaned, strict=True):
+                for name, value in clean.items():
+                    spec = catalog.field(name)
+                    if spec is None:
+                        continue
+                    key = keys[(citizen_id, spec.owner)]
+                    plaintext = values.encode(spec, value)
+                    searchable = spec.searchable
+                    rows.append(
+                        {
+                            "citizen_id": citizen_id,
+                            "field": name,
+                            "version": 1,
+                            "owner": spec.owner,
+                            "data_key_id": key.id,
+                            "ciphertext": encrypt_value(
+                                key, citizen_id=citizen_id, field=name, version=1, plaintext=plaintext
+                            ),
+                            "blind_index": (
+                                self.keyring.blind_index(name, values.normalise_for_index(value))
+                                if searchable
+                                else None
+                            ),
+                            "is_current": True,
+                            "written_by": written_by,
+                            "written_at": now,
+                        }
+                    )
+            await repository.insert_values(conn, rows)
+            await audit_service.append_many_in_transaction(
+                conn,
+                [
+                    self._entry(
+                        access,
+                        "register",
+                        citizen_id=citizen_id,
+                        catalog=catalog,
+                        requested=list(clean),
+                        released=list(clean),
+                        decisions={},
+                        purpose=None,
+                        status=201,
+                        decision="permit",
+                    )
+                    for citizen_id, clean in zip(ids, cleaned, strict=True)
+                ],
+            )
+        return ids
+
+    async def _new_data_keys(
+        self, conn: AsyncConnection, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], DataKey]:
+        """Fresh data keys for new (citizen, owner) pairs, wrapped by each owner's active KEK.
+
+        The bulk form of ``Keyring.data_key_for_write`` for citizens created in this
+        transaction (so none has a key yet): one insert and one select per batch."""
+        keks = {owner: await self.keyring.active_kek(conn, owner) for owner in {o for _c, o in pairs}}
+        materials = {pair: KeyMaterial(DataKey.generate_material()) for pair in pairs}
+        await conn.execute(
+            insert(DATA_KEYS),
+            [
+                {
+                    "citizen_id": citizen_id,
+                    "department": owner,
+                    "kek_version": keks[owner].version,
+                    "status": "active",
+                    "wrapped_key": keks[owner].wrap(materials[(citizen_id, owner)], citizen_id),
+                    "created_at": _now(),
+                }
+                for citizen_id, owner in pairs
+            ],
+        )
+        keys: dict[tuple[str, str], DataKey] = {}
+        citizen_ids = sorted({c for c, _o in pairs})
+        for start in range(0, len(citizen_ids), 500):
+            rows = await conn.execute(
+                select(DATA_KEYS.c.id, DATA_KEYS.c.citizen_id, DATA_KEYS.c.department).where(
+                    DATA_KEYS.c.citizen_id.in_(citizen_ids[start : start + 500]),
+                    DATA_KEYS.c.status == "active",
+                )
+            )
+            for key_id, citizen_id, owner in rows:
+                pair = (citizen_id, owner)
+                keys[pair] = DataKey(key_id, owner, keks[owner].version, materials[pair])
+        return keys
 
     async def erase(self, access: Access, citizen_id: str) -> None:
         now = _now()

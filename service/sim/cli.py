@@ -28,6 +28,7 @@ from service.config import Settings, get_settings
 from service.sim import government
 from service.sim.population import DEFAULT_SEED
 from service.sim.report import render
+from service.sim.setup import reset_store
 
 SERVER_START_SECONDS = 60.0
 
@@ -67,6 +68,13 @@ def _wait_healthy(process: subprocess.Popen[bytes], base_url: str, log_path: Pat
     raise RuntimeError(f"the server did not become ready within {SERVER_START_SECONDS:.0f} s; see {log_path}")
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -93,7 +101,7 @@ def demo(
     settings = get_settings()
     if reset:
         try:
-            government.reset_store(settings)
+            reset_store(settings)
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
@@ -109,7 +117,8 @@ def demo(
         report = asyncio.run(government.run(settings, prepared, base_url, duration, seed, console))
         render(console, report)
         console.print()
-        for line in government.sign_in_lines(prepared, base_url):
+        console_available = _answers(f"{base_url}/console/sign-in")
+        for line in government.sign_in_lines(prepared, base_url, console_available=console_available):
             console.print(line, soft_wrap=True, highlight=False, markup=False)
         if exit_after_report:
             return

@@ -9,15 +9,16 @@ import asyncio
 import base64
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
 from service.audit import repository as audit_repository
+from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.cli import verify_database
 from service.audit.config import AuditSettings, load_signer
+from service.audit.hooks import KeyEventsCollected
 from service.audit.models import AuditEntryRow
 from service.audit.verify import VerificationFailed
 from service.auth import service as auth_service
@@ -70,10 +71,14 @@ async def _clients_valid(database: Database, clients: DemoClients) -> bool:
 
 
 async def _seed(
-    settings: Settings, database: Database, count: int, seed: int, registrar: Access, console: Console
+    settings: Settings, database: Database, population: list[Person], registrar: Access, console: Console
 ) -> list[str]:
     """Load the population in batches through the records service's encryption path."""
     keyring = Keyring.from_settings(settings)
+    # The first write of each owner makes its KEK: audited once seeding ends, as the CLI does.
+    key_events = KeyEventsCollected()
+    keyring.on_key_event = key_events
+    # Bulk registration appends its audit entries in its own transactions; no writer needed.
     records = RecordsService(database, keyring, audit=None)  # type: ignore[arg-type]
     ids: list[str] = []
     columns = (
@@ -83,10 +88,11 @@ async def _seed(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("seeding citizens (encrypted field by field)", total=count)
-        for batch in batches(people(count, seed), SEED_BATCH):
+        task = progress.add_task("seeding citizens (encrypted field by field)", total=len(population))
+        for batch in batches(iter(population), SEED_BATCH):
             ids.extend(await records.register_population(registrar, [person_fields(p) for p in batch]))
             progress.advance(task, len(batch))
+    await key_events.flush(database.engine)
     return ids
 
 
@@ -112,30 +118,29 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
         existing = await citizen_count(database)
         if existing == 0:
             registrar = demo_policies.seeding_access(clients)
-            ids = await _seed(settings, database, citizens, seed, registrar, console)
+            population = list(people(citizens, seed))
+            ids = await _seed(settings, database, population, registrar, console)
             write_population(settings, seed, ids)
-            population_seed = seed
-        elif stored is not None and stored[1] == len(stored[2]):
-            population_seed, _count, ids = stored
-            console.print(f"reusing the store: {existing:,} citizens already seeded (--reset starts again)")
-        else:
+            return Prepared(clients, population, ids, seed, policies_dir)
+        if stored is None or stored[1] != len(stored[2]) or stored[1] != existing:
             raise RuntimeError("the store holds citizens this demo did not seed; run with --reset")
+        population_seed, _count, ids = stored
+        console.print(f"reusing the store: {existing:,} citizens already seeded (--reset starts again)")
         return Prepared(clients, list(people(len(ids), population_seed)), ids, population_seed, policies_dir)
     finally:
         await database.dispose()
 
 
 async def _audit_summary(settings: Settings) -> AuditSummary:
-    """Wait for a signed checkpoint over every entry, then verify the whole log."""
+    """Wait for a signed checkpoint over every entry so far, then verify the whole log."""
     database = Database(settings)
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CHECKPOINT_WAIT_SECONDS
         while True:
             async with database.engine.connect() as conn:
-                entries = int(
-                    (await conn.execute(select(func.count()).select_from(AuditEntryRow))).scalar_one()
-                )
+                count = select(func.count()).select_from(AuditEntryRow)
+                entries = int((await conn.execute(count)).scalar_one())
                 checkpoint = await audit_repository.latest_checkpoint(conn)
             if checkpoint is not None and checkpoint.tree_size >= entries:
                 break
@@ -144,11 +149,9 @@ async def _audit_summary(settings: Settings) -> AuditSummary:
             await asyncio.sleep(0.2)
     finally:
         await database.dispose()
-    verifier = load_signer(settings, AuditSettings().origin).verifier_key()
-    from service.audit.checkpoint import NoteVerifier
-
-    size = await verify_database(settings.database_url, NoteVerifier.parse(verifier))
-    root = base64.b64encode(checkpoint.root_hash).decode() if checkpoint is not None else "(none)"
+    verifier = NoteVerifier.parse(load_signer(settings, AuditSettings().origin).verifier_key())
+    size = await verify_database(settings.database_url, verifier)
+    root = base64.b64encode(checkpoint.root_hash).decode() if checkpoint is not None else "(none yet)"
     return AuditSummary(entries=size, root=root)
 
 
@@ -163,28 +166,24 @@ async def run(
         prepared.citizen_ids,
         duration=duration,
         seed=seed,
-        restore_agreement=demo_policies.agreement_entry(prepared.policies_dir, "council"),
     )
     console.print("verifying the audit log")
     try:
         report.audit = await _audit_summary(settings)
-    except VerificationFailed as exc:
+    except (VerificationFailed, CheckpointError) as exc:
         report.audit_problem = str(exc)
     return report
 
 
-def sign_in_lines(prepared: Prepared, base_url: str) -> list[str]:
+def sign_in_lines(prepared: Prepared, base_url: str, *, console_available: bool) -> list[str]:
     owner = prepared.clients.owners["dvla"]
     auditor = prepared.clients.auditor
-    lines = [f"API: {base_url}  docs: {base_url}/docs"]
-    lines.append(f"console: {base_url}/console")
+    lines = [f"API: {base_url}   docs: {base_url}/docs"]
+    if console_available:
+        lines.append(f"console: {base_url}/console (sign in with a data owner's or the auditor's client)")
     lines.append(f"data owner (dvla): client_id {owner.client_id}  client_secret {owner.client_secret}")
     lines.append(
         f"auditor (audit-office): client_id {auditor.client_id}  client_secret {auditor.client_secret}"
     )
-    lines.append("every client's credentials: ./.tellonce/clients.json")
+    lines.append("every demo client's credentials: ./.tellonce/clients.json")
     return lines
-
-
-def _unused(_: Any) -> None:
-    return None

@@ -59,7 +59,7 @@ def people(count: int, seed: int = DEFAULT_SEED) -> Iterator[Person]:
     faker = Faker("en_GB")
     faker.seed_instance(seed)
     # Reproducible synthetic data, not secrets: a seeded generator is the point.
-    rng = random.Random(seed)  # noqa: S311
+    rng = random.Random(seed)
     for index in range(count):
         given, family = faker.first_name(), faker.last_name()
         birth = faker.date_of_birth(minimum_age=17, maximum_age=95)

@@ -40,11 +40,12 @@ class DemoReport:
 
 
 def value_by_owner(usage: Iterable[Mapping[str, Any]]) -> dict[str, Counter[str]]:
-    """Fold usage-report rows into owner -> consumer -> count, leaving out an owner's own use."""
+    """Fold usage-report rows into owner -> consumer -> fields served, leaving out an owner's
+    own use and rows without a purpose (registrations and owners' own writes)."""
     folded: dict[str, Counter[str]] = {}
     for row in usage:
         owner, consumer = str(row.get("owner") or ""), str(row.get("consumer") or "")
-        if not owner or not consumer or owner == consumer:
+        if not owner or not consumer or owner == consumer or not row.get("purpose"):
             continue
         folded.setdefault(owner, Counter())[consumer] += int(row.get("count") or 0)
     return folded
@@ -96,7 +97,7 @@ def _notifications_table(tally: Tally) -> Table:
 def _value_table(value: Mapping[str, Counter[str]]) -> Table:
     table = Table(title="Value per owning department (its data served to others)", title_justify="left")
     table.add_column("owner")
-    table.add_column("accesses served", justify="right")
+    table.add_column("field values served", justify="right")
     table.add_column("to")
     for owner, consumers in sorted(value.items(), key=lambda item: -sum(item[1].values())):
         spread = ", ".join(f"{consumer} {count}" for consumer, count in consumers.most_common())

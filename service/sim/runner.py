@@ -22,6 +22,7 @@ from service.sim.webhooks import WebhookReceivers
 # Concurrent department systems living through events, and handlers acting on notifications.
 LIFE_WORKERS = 6
 NOTIFICATION_HANDLERS = 6
+MAX_IN_FLIGHT = 6
 # After the traffic stops: wait for notifications until none came for QUIET seconds.
 SETTLE_QUIET_SECONDS = 2.0
 SETTLE_LIMIT_SECONDS = 20.0
@@ -39,7 +40,10 @@ async def run_scenarios(
     """Live through ``duration`` seconds of life events and return the report's figures
     (without the audit verification, which the caller runs once traffic has stopped)."""
     tally = Tally()
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # At most this many requests in flight: on SQLite each request holds two pooled
+    # connections (the request session and the access path's), and the default pool has
+    # fifteen; more in flight than that stalls the server until the pool times out.
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=30.0, limits=limits) as http,
         WebhookReceivers().running() as receivers,

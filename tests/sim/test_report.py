@@ -50,6 +50,8 @@ class TestValueByOwner:
             {"consumer": "dvla", "owner": "register", "field": "postcode", "purpose": "p", "count": 3},
             {"consumer": "dvla", "owner": "dvla", "field": "licence_status", "purpose": "p", "count": 9},
             {"consumer": "dwp", "owner": "dvla", "field": "licence_status", "purpose": "p", "count": 4},
+            # A registration by the register writes other owners' fields, with no purpose.
+            {"consumer": "register", "owner": "dwp", "field": "ni_number", "purpose": None, "count": 7},
         ]
         assert value_by_owner(usage) == {
             "register": Counter({"dvla": 8, "dwp": 2}),

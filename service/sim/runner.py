@@ -24,7 +24,7 @@ LIFE_WORKERS = 6
 NOTIFICATION_HANDLERS = 6
 MAX_IN_FLIGHT = 6
 # After the traffic stops: wait for notifications until none came for QUIET seconds.
-SETTLE_QUIET_SECONDS = 2.0
+SETTLE_QUIET_SECONDS = 1.5
 SETTLE_LIMIT_SECONDS = 20.0
 
 
@@ -67,7 +67,8 @@ async def run_scenarios(
             started = loop.time()
             await scenarios.live(gov, duration, LIFE_WORKERS)
             seconds = loop.time() - started
-            await scenarios.settle(gov, quiet=SETTLE_QUIET_SECONDS, limit=SETTLE_LIMIT_SECONDS)
+            if events_available:
+                await scenarios.settle(gov, quiet=SETTLE_QUIET_SECONDS, limit=SETTLE_LIMIT_SECONDS)
         finally:
             for task in background:
                 task.cancel()

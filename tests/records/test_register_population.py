@@ -113,10 +113,9 @@ class TestRegisterPopulation:
         with pytest.raises(InvalidFieldValue) as refused:
             await _service(records_env).register_population(_registrar(), [good, bad])
 
-        assert refused.value.errors == [
-            {"loc": ["fields", "licence_status"], "msg": refused.value.errors[0]["msg"]}
-        ]
-        assert "lost" not in str(refused.value.errors)
+        errors = refused.value.errors or []
+        assert [error["loc"] for error in errors] == [["fields", "licence_status"]]
+        assert "lost" not in str(errors)
         missing = await records_env.client.post(
             "/v1/citizens/lookup",
             json={"national_id": good["national_id"], "purpose": "benefit-eligibility"},

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from typing import Any
 
 from rich.console import Console
 
@@ -44,7 +45,7 @@ class TestTally:
 
 class TestValueByOwner:
     def test_folds_usage_rows_and_leaves_out_an_owners_own_use(self) -> None:
-        usage = [
+        usage: list[dict[str, Any]] = [
             {"consumer": "dvla", "owner": "register", "field": "address", "purpose": "p", "count": 5},
             {"consumer": "dwp", "owner": "register", "field": "address", "purpose": "p", "count": 2},
             {"consumer": "dvla", "owner": "register", "field": "postcode", "purpose": "p", "count": 3},

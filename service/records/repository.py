@@ -103,6 +103,10 @@ async def candidates_by_blind_index(conn: AsyncConnection, field: str, blind_ind
     return [ValueRow(*r) for r in rows]
 
 
+async def count_citizens(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(citizens))).scalar_one())
+
+
 async def candidates_by_blind_indexes(
     conn: AsyncConnection, field: str, blind_indexes: Sequence[bytes]
 ) -> list[ValueRow]:

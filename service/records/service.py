@@ -880,6 +880,12 @@ class RecordsService:
             )
 
 
+async def citizen_count(database: Database) -> int:
+    """How many citizens are registered (any status). No field is read."""
+    async with database.engine.connect() as conn:
+        return await repository.count_citizens(conn)
+
+
 async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:
     if conn.dialect.name == "postgresql":
         from sqlalchemy import text

@@ -26,7 +26,7 @@ from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.crypto.providers import load_root_key
 from service.db import Database, ensure_sqlite_dir
-from service.records.service import Access, RecordsService
+from service.records.service import Access, RecordsService, citizen_count
 from service.schema import upgrade_async
 from service.sim import policies as demo_policies
 from service.sim import runner
@@ -37,7 +37,6 @@ from service.sim.setup import (
     SEED_BATCH,
     DemoClients,
     batches,
-    citizen_count,
     create_clients,
     person_fields,
     read_clients,

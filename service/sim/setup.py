@@ -15,12 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from service.auth import service as auth_service
 from service.config import Settings
 from service.db import Database
-from service.records.models import Citizen
 from service.sim.client import Credentials
 from service.sim.population import Person, people
 
@@ -133,11 +130,6 @@ async def create_clients(database: Database) -> DemoClients:
         owners = {d: await make(session, d, ("data-owner",), f"{d} data owner") for d in OWNER_DEPARTMENTS}
         auditor = await make(session, AUDITOR_DEPARTMENT, ("auditor",), "National Audit Office auditor")
     return DemoClients(systems, owners, auditor)
-
-
-async def citizen_count(database: Database) -> int:
-    async with database.engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(Citizen.__table__))).scalar_one())
 
 
 def read_population(settings: Settings) -> tuple[int, int, list[str]] | None:

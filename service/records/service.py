@@ -780,7 +780,7 @@ class RecordsService:
         """
         now = _now()
         async with self.database.engine.connect() as conn:
-            catalog = await catalog_service.current_cached(conn)
+            catalog, _policy = await self._catalog_and_policy(conn, access)
         cleaned = [self._validated(catalog, submitted, "fields") for submitted in citizens]
         wanted = [values.normalise_for_index(clean.get(NATIONAL_ID_FIELD, "")) for clean in cleaned]
         if not all(wanted) or len(set(wanted)) != len(wanted):

@@ -26,6 +26,7 @@ from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.crypto.providers import load_root_key
 from service.db import Database, ensure_sqlite_dir
+from service.records.reader import open_reader
 from service.records.service import Access, RecordsService, citizen_count
 from service.schema import upgrade_async
 from service.sim import policies as demo_policies
@@ -77,8 +78,9 @@ async def _seed(
     # The first write of each owner makes its KEK: audited once seeding ends, as the CLI does.
     key_events = KeyEventsCollected()
     keyring.on_key_event = key_events
-    # Bulk registration appends its audit entries in its own transactions; no writer needed.
-    records = RecordsService(database, keyring, audit=None)  # type: ignore[arg-type]
+    # Bulk registration appends its audit entries in its own transaction: no writer needed.
+    reader = await open_reader(settings.database_url)
+    records = RecordsService(database, keyring, None, reader)  # type: ignore[arg-type]
     ids: list[str] = []
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -86,11 +88,14 @@ async def _seed(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("seeding citizens (encrypted field by field)", total=len(population))
-        for batch in batches(iter(population), SEED_BATCH):
-            ids.extend(await records.register_population(registrar, [person_fields(p) for p in batch]))
-            progress.advance(task, len(batch))
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("seeding citizens (encrypted field by field)", total=len(population))
+            for batch in batches(iter(population), SEED_BATCH):
+                ids.extend(await records.register_population(registrar, [person_fields(p) for p in batch]))
+                progress.advance(task, len(batch))
+    finally:
+        await reader.close()
     await key_events.flush(database.engine)
     return ids
 

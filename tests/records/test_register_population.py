@@ -24,7 +24,7 @@ WELFARE = as_("welfare", "consumer")
 
 def _service(env: RecordsEnv) -> RecordsService:
     state = env.app.state
-    return RecordsService(state.database, state.keyring, state.audit_writer)
+    return RecordsService(state.database, state.keyring, state.audit_writer, state.records_reader)
 
 
 def _registrar() -> Access:

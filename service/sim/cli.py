@@ -29,6 +29,7 @@ from service.sim import government
 from service.sim.population import DEFAULT_SEED
 from service.sim.report import render
 from service.sim.setup import reset_store
+from service.sourcefile import SourceFileError
 
 SERVER_START_SECONDS = 60.0
 
@@ -108,7 +109,15 @@ def demo(
         get_settings.cache_clear()
         settings = get_settings()
     base_url = f"http://127.0.0.1:{port}"
-    prepared = asyncio.run(government.prepare(settings, citizens, seed, base_url, console))
+    try:
+        prepared = asyncio.run(government.prepare(settings, citizens, seed, base_url, console))
+    except SourceFileError as exc:
+        for error in exc.errors:
+            console.print(str(error), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except RuntimeError as exc:
+        console.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from None
     log_path = settings.data_dir / "server.log"
     console.print(f"starting the API on {base_url} (log: {log_path})")
     process = _start_server(settings, port, log_path)

@@ -20,9 +20,9 @@ from service.sim.tally import Tally
 from service.sim.webhooks import WebhookReceivers
 
 # Concurrent department systems living through events, and handlers acting on notifications.
-LIFE_WORKERS = 6
+LIFE_WORKERS = 10
 NOTIFICATION_HANDLERS = 6
-MAX_IN_FLIGHT = 6
+MAX_IN_FLIGHT = 16
 # After the traffic stops: wait for notifications until none came for QUIET seconds.
 SETTLE_QUIET_SECONDS = 1.5
 SETTLE_LIMIT_SECONDS = 20.0
@@ -40,9 +40,7 @@ async def run_scenarios(
     """Live through ``duration`` seconds of life events and return the report's figures
     (without the audit verification, which the caller runs once traffic has stopped)."""
     tally = Tally()
-    # At most this many requests in flight: on SQLite each request holds two pooled
-    # connections (the request session and the access path's), and the default pool has
-    # fifteen; more in flight than that stalls the server until the pool times out.
+    # A bound on requests in flight, so the demo measures the service rather than queueing.
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=30.0, limits=limits) as http,

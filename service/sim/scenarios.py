@@ -167,8 +167,9 @@ async def act_on(gov: Government, delivery: Delivery) -> None:
     department = delivery.department
     if not gov.tally.record_notification(department, event_id, delivery.channel):
         return
-    if department not in gov.told.get(citizen_id, set()):
-        gov.tally.retellings_avoided += 1
+    if department in gov.told.get(citizen_id, set()):
+        return  # the citizen told this department directly; it already knows
+    gov.tally.retellings_avoided += 1
     system = gov.systems[department]
     if "date_of_death" in fields:
         values = await system.read_values(citizen_id, ["date_of_death"], "bereavement")

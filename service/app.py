@@ -12,6 +12,8 @@ from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
+from service.events import endpoints as events_endpoints
+from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.schema import head_revisions
@@ -20,11 +22,13 @@ from service.schema import head_revisions
 ROUTERS = [
     health_router,
     catalog_endpoints.router,
+    events_endpoints.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
+LIFECYCLES.append(events_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -51,5 +51,15 @@ def serve(
     )
 
 
+@app.command()
+def worker() -> None:
+    """Run the background workers (the event dispatcher) until SIGINT or SIGTERM."""
+    import asyncio
+
+    from service.events.dispatcher import run_worker
+
+    asyncio.run(run_worker(get_settings()))
+
+
 if __name__ == "__main__":
     app()

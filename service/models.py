@@ -5,3 +5,6 @@ from service.db import Base
 from service.records.models import Citizen, FieldValue
 
 __all__ = ["Base", "CatalogVersion", "Citizen", "FieldValue"]
+from service.events.models import Delivery, OutboxEvent, Subscription
+
+__all__ += ["Delivery", "OutboxEvent", "Subscription"]

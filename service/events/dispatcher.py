@@ -20,10 +20,12 @@ import logging
 import random
 import signal
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
 from service.config import Settings
@@ -85,33 +87,36 @@ class Dispatcher:
 
     async def fan_out(self) -> int:
         """Create deliveries for new events; return how many were created."""
+        async with self.runtime.engine.begin() as conn:
+            return await self._fan_out(conn)
+
+    async def _fan_out(self, conn: AsyncConnection) -> int:
         created = 0
         now = utcnow()
-        async with self.runtime.engine.begin() as conn:
-            head = await repository.head_position(conn)
-            subscriptions = await repository.webhook_subscriptions_to_fan_out(conn, head)
-            for subscription in subscriptions:
-                wanted = set(subscription.fields)
-                rows = await repository.events_after(conn, subscription.fanout_position, FANOUT_BATCH)
-                rows = [row for row in rows if row.position <= head]
-                if not rows:
-                    continue
-                deliveries = [
-                    {
-                        "id": str(uuid.uuid4()),
-                        "subscription_id": subscription.id,
-                        "event_position": row.position,
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                    }
-                    for row in rows
-                    if wanted.intersection(row.fields)
-                ]
-                await repository.insert_deliveries(conn, deliveries)
-                await repository.set_fanout_position(conn, subscription.id, rows[-1].position)
-                created += len(deliveries)
+        head = await repository.head_position(conn)
+        subscriptions = await repository.webhook_subscriptions_to_fan_out(conn, head)
+        for subscription in subscriptions:
+            wanted = set(subscription.fields)
+            rows = await repository.events_after(conn, subscription.fanout_position, FANOUT_BATCH)
+            rows = [row for row in rows if row.position <= head]
+            if not rows:
+                continue
+            deliveries = [
+                {
+                    "id": str(uuid.uuid4()),
+                    "subscription_id": subscription.id,
+                    "event_position": row.position,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for row in rows
+                if wanted.intersection(row.fields)
+            ]
+            await repository.insert_deliveries(conn, deliveries)
+            await repository.set_fanout_position(conn, subscription.id, rows[-1].position)
+            created += len(deliveries)
         return created
 
     # --- claims and attempts ----------------------------------------------------------
@@ -121,121 +126,181 @@ class Dispatcher:
         return timedelta(seconds=self.settings.webhook_timeout_seconds * 2 + 30)
 
     async def claim(self) -> list[repository.ClaimedDelivery]:
+        async with self.runtime.engine.begin() as conn:
+            return await self._claim(conn)
+
+    async def _claim(self, conn: AsyncConnection) -> list[repository.ClaimedDelivery]:
         now = utcnow()
         token = str(uuid.uuid4())
-        async with self.runtime.engine.begin() as conn:
-            ids = await repository.claim_due(
-                conn, now=now, lease_until=now + self._lease(), limit=self.batch_size, token=token
-            )
-            if not ids:
-                return []
-            return await repository.claimed(conn, ids, token)
+        ids = await repository.claim_due(
+            conn, now=now, lease_until=now + self._lease(), limit=self.batch_size, token=token
+        )
+        return await repository.claimed(conn, ids, token) if ids else []
 
-    async def attempt(self, item: repository.ClaimedDelivery) -> None:
-        async with self._limit:
-            try:
-                await self._attempt(item)
-            except Exception as exc:
-                # Never let one delivery stop the loop; the attempt counts as failed.
-                logger.exception("webhook delivery %s failed unexpectedly", item.id)
-                await self._failed(item, f"internal error: {type(exc).__name__}", None)
-            self.attempts_made += 1
+    async def deliver(self, batch: Sequence[repository.ClaimedDelivery]) -> None:
+        """One attempt for each claimed delivery; results are written in one transaction."""
+        outcomes: dict[str, dict[str, Any]] = {}
+        try:
+            await self._deliver(batch, outcomes)
+        except Exception as exc:
+            # Never let one batch stop the loop; what has no outcome yet counts as failed.
+            logger.exception("webhook batch failed unexpectedly")
+            for item in batch:
+                outcomes.setdefault(
+                    item.id, self._failure(item, f"internal error: {type(exc).__name__}", None)
+                )
+        await self._record(batch, outcomes)
+        self.attempts_made += len(batch)
 
-    async def _attempt(self, item: repository.ClaimedDelivery) -> None:
-        subscription, event = item.subscription, item.event
+    async def _deliver(
+        self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
+    ) -> None:
         now = utcnow()
-        requested = [f for f in event.fields if f in subscription.fields]
         async with self.runtime.engine.connect() as conn:
             decide = await self.runtime.policy.current(conn)
-            statuses = await repository.citizen_statuses(conn, [event.citizen_id])
-        decisions = decide(
-            subscription.department, requested, subscription.purpose, statuses.get(event.citizen_id), now
-        )
-        released = [f for f in requested if decisions[f].effect == "permit"]
-        entry = audit_entry(
-            action="deliver",
-            time=now,
-            client_id=subscription.client_id,
-            department=subscription.department,
-            citizen_id=event.citizen_id,
-            owners=[event.owner],
-            requested=requested,
-            decisions=decisions,
-            purpose=subscription.purpose,
-            status=200 if released else 403,
-            source=subscription.webhook_url,
-        )
-        if not released:
-            # The agreement no longer covers this: the event is never sent, and that is final.
-            await self.runtime.audit.record([entry])
-            reasons = "; ".join(f"{f}: {decisions[f].reason}" for f in requested)
-            await self._finish(
-                item, {"status": "withheld", "last_error": _short(f"withheld by policy: {reasons}")}
+            statuses = await repository.citizen_statuses(conn, [item.event.citizen_id for item in batch])
+        withheld: list[tuple[repository.ClaimedDelivery, dict[str, Any], str]] = []
+        sendable: list[tuple[repository.ClaimedDelivery, dict[str, Any], list[str]]] = []
+        for item in batch:
+            subscription, event = item.subscription, item.event
+            requested = [f for f in event.fields if f in subscription.fields]
+            decisions = decide(
+                subscription.department, requested, subscription.purpose, statuses.get(event.citizen_id), now
             )
+            released = [f for f in requested if decisions[f].effect == "permit"]
+            entry = audit_entry(
+                action="deliver",
+                time=now,
+                client_id=subscription.client_id,
+                department=subscription.department,
+                citizen_id=event.citizen_id,
+                owners=[event.owner],
+                requested=requested,
+                decisions=decisions,
+                purpose=subscription.purpose,
+                status=200 if released else 403,
+                source=subscription.webhook_url,
+            )
+            if released:
+                sendable.append((item, entry, released))
+            else:
+                reasons = "; ".join(f"{f}: {decisions[f].reason}" for f in requested)
+                withheld.append((item, entry, reasons))
+        if withheld:
+            # The agreement no longer covers these: never sent, and that is final.
+            if await self._audited([entry for _item, entry, _reasons in withheld]):
+                for item, _entry, reasons in withheld:
+                    outcomes[item.id] = {
+                        "status": "withheld",
+                        "last_error": _short(f"withheld by policy: {reasons}"),
+                    }
+            else:
+                for item, _entry, _reasons in withheld:
+                    outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
+        ready: list[tuple[repository.ClaimedDelivery, dict[str, Any], str]] = []
+        secrets_by_subscription: dict[str, str] = {}
+        checked: dict[str, str | None] = {}
+        for item, entry, released in sendable:
+            subscription = item.subscription
+            url = subscription.webhook_url or ""
+            if url not in checked:
+                checked[url] = await self._target_refusal(url)
+            if checked[url] is not None:
+                outcomes[item.id] = self._failure(item, f"target refused: {checked[url]}", None)
+                continue
+            secret = secrets_by_subscription.get(subscription.id) or self._secret(subscription)
+            if secret is None:
+                outcomes[item.id] = self._failure(item, "the signing secret could not be decrypted", None)
+                continue
+            secrets_by_subscription[subscription.id] = secret
+            body = dumps_payload(
+                EventData(
+                    event_id=item.event.event_id,
+                    citizen_id=item.event.citizen_id,
+                    fields=released,
+                    owner=item.event.owner,
+                    occurred_at=item.event.occurred_at,
+                )
+            )
+            ready.append((item, entry, body))
+        if not ready:
             return
-        url = subscription.webhook_url or ""
+        # Durable before anything leaves the service; one group commit for the batch.
+        if not await self._audited([entry for _item, entry, _body in ready]):
+            for item, _entry, _body in ready:
+                outcomes[item.id] = self._failure(
+                    item, "the audit log is unavailable; nothing was sent", None
+                )
+            return
+        results = await asyncio.gather(
+            *(
+                self._post(item, body, secrets_by_subscription[item.subscription.id])
+                for item, _entry, body in ready
+            )
+        )
+        for (item, _entry, _body), values in zip(ready, results, strict=True):
+            outcomes[item.id] = values
+
+    async def _audited(self, entries: list[dict[str, Any]]) -> bool:
+        try:
+            await self.runtime.audit.record(entries)
+        except Exception:
+            logger.exception("audit append for %d deliveries failed", len(entries))
+            return False
+        return True
+
+    async def _target_refusal(self, url: str) -> str | None:
         try:
             await check_target(
                 url, allow_private=self.settings.webhook_allow_private, resolver=self.runtime.resolver
             )
         except UnsafeWebhookTarget as exc:
-            await self._failed(item, f"target refused: {exc}", None)
-            return
+            return str(exc)
+        return None
+
+    def _secret(self, subscription: repository.SubscriptionRow) -> str | None:
         if subscription.secret_ciphertext is None:
-            await self._failed(item, "the subscription has no signing secret", None)
-            return
+            return None
         try:
-            secret = self.runtime.secret_box.open(subscription.secret_ciphertext, subscription.id)
+            return self.runtime.secret_box.open(subscription.secret_ciphertext, subscription.id)
         except SecretUndecryptable:
-            await self._failed(item, "the signing secret could not be decrypted", None)
-            return
-        data = EventData(
-            event_id=event.event_id,
-            citizen_id=event.citizen_id,
-            fields=released,
-            owner=event.owner,
-            occurred_at=event.occurred_at,
-        )
-        body = dumps_payload(data)
+            return None
+
+    async def _post(self, item: repository.ClaimedDelivery, body: str, secret: str) -> dict[str, Any]:
         message_id = webhook_id(item.id)
-        signature = Webhook(secret).sign(message_id, now, body)
-        try:
-            # Durable before anything leaves the service.
-            await self.runtime.audit.record([entry])
-        except Exception:
-            await self._failed(item, "the audit log is unavailable; nothing was sent", None)
-            return
+        sent_at = utcnow()
         headers = {
             "content-type": "application/json",
             "webhook-id": message_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": Webhook(secret).sign(message_id, sent_at, body),
             "user-agent": "tellonce-webhooks/1",
         }
-        try:
-            response = await self.client.post(
-                url, content=body.encode(), headers=headers, timeout=self.settings.webhook_timeout_seconds
-            )
-        except httpx.TimeoutException:
-            await self._failed(item, "the receiver did not answer in time", None)
-            return
-        except httpx.HTTPError as exc:
-            await self._failed(item, f"could not reach the receiver: {type(exc).__name__}", None)
-            return
+        async with self._limit:
+            try:
+                response = await self.client.post(
+                    item.subscription.webhook_url or "",
+                    content=body.encode(),
+                    headers=headers,
+                    timeout=self.settings.webhook_timeout_seconds,
+                )
+            except httpx.TimeoutException:
+                return self._failure(item, "the receiver did not answer in time", None)
+            except httpx.HTTPError as exc:
+                return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
         if 200 <= response.status_code < 300:
-            await self._finish(
-                item,
-                {
-                    "status": "delivered",
-                    "delivered_at": utcnow(),
-                    "last_status_code": response.status_code,
-                    "last_error": None,
-                },
-            )
-        else:
-            await self._failed(item, f"the receiver answered {response.status_code}", response.status_code)
+            return {
+                "status": "delivered",
+                "delivered_at": utcnow(),
+                "last_status_code": response.status_code,
+                "last_error": None,
+            }
+        return self._failure(item, f"the receiver answered {response.status_code}", response.status_code)
 
-    async def _failed(self, item: repository.ClaimedDelivery, error: str, status_code: int | None) -> None:
+    def _failure(
+        self, item: repository.ClaimedDelivery, error: str, status_code: int | None
+    ) -> dict[str, Any]:
+        """A failed attempt: retried after a backoff, or ``dead`` once attempts run out."""
         if item.attempts >= self.settings.webhook_max_attempts:
             values: dict[str, Any] = {"status": "dead"}
         else:
@@ -246,21 +311,27 @@ class Dispatcher:
             )
             values = {"status": "pending", "next_attempt_at": utcnow() + timedelta(seconds=delay)}
         values.update(last_error=_short(error), last_status_code=status_code)
-        await self._finish(item, values)
+        return values
 
-    async def _finish(self, item: repository.ClaimedDelivery, values: dict[str, Any]) -> None:
+    async def _record(
+        self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
+    ) -> None:
         async with self.runtime.engine.begin() as conn:
-            if not await repository.record_result(conn, item.id, item.claim_token, values):
-                logger.warning("delivery %s: claim lost before its result was recorded", item.id)
+            for item in batch:
+                values = outcomes.get(item.id) or self._failure(item, "no outcome", None)
+                if not await repository.record_result(conn, item.id, item.claim_token, values):
+                    logger.warning("delivery %s: claim lost before its result was recorded", item.id)
 
     # --- the loop ---------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """One cycle: fan out, claim a batch, attempt it. Returns fan-outs plus attempts."""
-        created = await self.fan_out()
-        batch = await self.claim()
+        """One cycle: fan out and claim a batch (one transaction), then attempt it.
+        Returns deliveries created plus attempts made."""
+        async with self.runtime.engine.begin() as conn:
+            created = await self._fan_out(conn)
+            batch = await self._claim(conn)
         if batch:
-            await asyncio.gather(*(self.attempt(item) for item in batch))
+            await self.deliver(batch)
         return created + len(batch)
 
     async def _idle_timeout(self) -> float:

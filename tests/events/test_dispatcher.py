@@ -361,7 +361,7 @@ class TestClaims:
             assert taken_over.id == claimed.id
             assert taken_over.attempts == 2
             # The first dispatcher's late result no longer lands.
-            await first._finish(claimed, {"status": "delivered"})
+            await first._record([claimed], {claimed.id: {"status": "delivered"}})
             async with events_engine.connect() as conn:
                 assert (await conn.execute(select(Delivery.status))).scalar_one() == "pending"
         finally:

@@ -32,6 +32,7 @@ from service.config import Settings
 from service.db import create_engine, utcnow
 from service.events import repository
 from service.events.access import LivePolicy, OwnAuditSink, audit_entry
+from service.events.notifier import postgres_wakeups
 from service.events.schemas import EventData
 from service.events.secrets import SecretUndecryptable
 from service.events.service import EventsRuntime, dumps_payload, webhook_id
@@ -382,7 +383,8 @@ async def run_dispatcher(settings: Settings, stop_event: asyncio.Event) -> None:
     runtime = EventsRuntime(settings=settings, engine=engine, policy=LivePolicy(), audit=audit)
     dispatcher = Dispatcher(runtime)
     try:
-        await dispatcher.run(stop_event)
+        async with postgres_wakeups(settings.database_url, runtime.notifier):
+            await dispatcher.run(stop_event)
     finally:
         await dispatcher.aclose()
         await audit.stop()

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from service.config import Settings
 from service.events.access import AppAuditSink, LivePolicy
 from service.events.dispatcher import Dispatcher
-from service.events.notifier import feed_notifier
+from service.events.notifier import feed_notifier, postgres_wakeups
 from service.events.service import EventsRuntime
 
 
@@ -36,7 +36,8 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = Dispatcher(runtime)
         task = asyncio.create_task(dispatcher.run(stop), name="events-dispatcher")
     try:
-        yield
+        async with postgres_wakeups(settings.database_url, runtime.notifier):
+            yield
     finally:
         stop.set()
         if task is not None:

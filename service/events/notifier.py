@@ -1,7 +1,9 @@
 """Waking long-polls and the dispatcher as soon as an event is committed in this process.
 
-Writers call ``notify()`` after their transaction commits. Waiters in other processes do
-not hear it; they fall back to looking at the outbox every
+Writers call ``notify()`` after their transaction commits. On PostgreSQL the outbox
+append also sends ``NOTIFY tellonce_events``, which PostgreSQL delivers only when the
+write commits; ``postgres_wakeups`` listens for it, so other processes wake too. On
+SQLite, waiters in other processes look at the outbox every
 ``TELLONCE_EVENTS_POLL_INTERVAL_SECONDS``. A wake-up only says "look again": the outbox
 is the truth, so a spurious or missed wake-up costs latency, never correctness.
 """
@@ -9,7 +11,15 @@ is the truth, so a spurious or missed wake-up costs latency, never correctness.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+logger = logging.getLogger("tellonce.events")
 
 
 class EventNotifier:
@@ -57,3 +67,35 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 # The process-wide notifier: the records write path and every app of this process share it.
 feed_notifier = EventNotifier()
+
+
+# The PostgreSQL channel ``record_change`` notifies; PostgreSQL delivers it at commit only.
+PG_CHANNEL = "tellonce_events"
+
+
+def _asyncpg_dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def postgres_wakeups(database_url: str, notifier: EventNotifier) -> AsyncIterator[None]:
+    """While open, a commit of an event in any process wakes ``notifier`` (LISTEN/NOTIFY).
+
+    Nothing on SQLite. If the listening connection cannot be made, waiters fall back to
+    polling the outbox, which they do anyway.
+    """
+    if not database_url.startswith("postgresql"):
+        yield
+        return
+    connection: asyncpg.Connection | None = None
+    try:
+        connection = await asyncpg.connect(_asyncpg_dsn(database_url), timeout=10)
+        await connection.add_listener(PG_CHANNEL, lambda *_args: notifier.notify())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        logger.warning("event wake-ups across processes unavailable; polling the outbox instead")
+        connection = None
+    try:
+        yield
+    finally:
+        if connection is not None:
+            await connection.close()

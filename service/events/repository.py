@@ -15,6 +15,7 @@ from sqlalchemy import and_, column, func, insert, or_, select, table, text, upd
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.events.models import Delivery, OutboxEvent, Subscription
+from service.events.notifier import PG_CHANNEL
 
 # pg_advisory_xact_lock key for "appending to the event outbox" (ASCII 'events-o').
 OUTBOX_LOCK_KEY = 0x6576656E74732D6F
@@ -123,6 +124,12 @@ async def lock_outbox(conn: AsyncConnection) -> None:
     """
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": OUTBOX_LOCK_KEY})
+
+
+async def notify_on_commit(conn: AsyncConnection) -> None:
+    """PostgreSQL: wake listeners in every process when (and only if) this transaction commits."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": PG_CHANNEL})
 
 
 async def insert_event(

@@ -123,6 +123,7 @@ async def record_change(
         owner=owner,
         occurred_at=occurred_at or utcnow(),
     )
+    await repository.notify_on_commit(conn)
     return event_id
 
 

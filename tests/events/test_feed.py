@@ -10,7 +10,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db import create_engine
 from service.events import service as events_service
+from service.events.notifier import postgres_wakeups
 from service.events.service import EventsRuntime
 from tests.events.conftest import ListAuditSink, StubPolicy, add_citizen, emit
 from tests.fixtures.auth import act_as
@@ -246,3 +248,38 @@ class TestFeedRefusals:
         response = await api.get("/v1/events")
         assert response.status_code == 403
         assert response.json()["type"].endswith("/forbidden")
+
+
+@pytest.mark.postgres
+class TestWakeUpAcrossProcesses:
+    async def test_postgres_notify_wakes_a_waiting_read_without_polling(
+        self,
+        on_postgres: bool,
+        events_database_url: str,
+        welfare: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        if not on_postgres:
+            pytest.skip("needs PostgreSQL: LISTEN/NOTIFY; SQLite waiters poll the outbox")
+        # Polling slower than the wait: only the NOTIFY sent at commit can wake the read.
+        runtime.settings = runtime.settings.model_copy(update={"events_poll_interval_seconds": 60.0})
+        citizen = await add_citizen(events_engine)
+        cursor = (await welfare.get("/v1/events")).json()["cursor"]
+        wait = 20.0
+        async with postgres_wakeups(events_database_url, runtime.notifier):
+            reader = asyncio.create_task(welfare.get("/v1/events", params={"after": cursor, "wait": wait}))
+            while not reader.done() and not runtime.notifier._waiters:
+                await asyncio.sleep(0.005)
+            started = time.monotonic()
+            other_process = create_engine(events_database_url)
+            try:
+                async with other_process.begin() as conn:
+                    event_id = await events_service.record_change(
+                        conn, citizen_id=citizen, fields=["address"], owner="register"
+                    )
+            finally:
+                await other_process.dispose()
+            page = (await asyncio.wait_for(reader, wait + 5)).json()
+        assert [i["event_id"] for i in page["items"]] == [event_id]
+        assert time.monotonic() - started < wait

@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from fastapi import FastAPI
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -33,9 +35,10 @@ from service.events.models import Delivery, OutboxEvent, Subscription
 from service.events.notifier import EventNotifier
 from service.events.service import EventsRuntime
 from service.records.models import Citizen
-from tests.conftest import TEST_POLICIES
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 from tests.fixtures.webhooks import WebhookReceiver
+
+EVENTS_POLICIES = Path(__file__).resolve().parent / "policies"
 
 
 @dataclass(frozen=True)
@@ -48,36 +51,50 @@ class StubDecision:
     legal_basis: str | None = None
 
 
-@dataclass
 class StubPolicy:
-    """Grants of ``subscribe`` by (consumer, purpose); conditions: the citizen must be active."""
+    """The ``subscribe`` grants of ``tests/events/policies``, decided the way the policy
+    engine does for them: the owner may always; otherwise an agreement naming the consumer,
+    field and purpose, whose ``when`` (here only ``citizen.status == "active"``) holds."""
 
-    grants: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.owners = load_catalog(EVENTS_POLICIES).field_owners
+        self.agreements: list[dict[str, Any]] = []
+        for path in sorted(EVENTS_POLICIES.glob("*.yaml")):
+            if path.name != "catalog.yaml":
+                self.agreements.extend(yaml.safe_load(path.read_text())["agreements"])
+        self.revoked: set[str] = set()
 
-    def permit(self, department: str, fields: Sequence[str], purpose: str) -> None:
-        self.grants.setdefault((department, purpose), set()).update(fields)
+    async def revoke(self, agreement_id: str) -> None:
+        self.revoked.add(agreement_id)
 
-    def revoke(self, department: str, fields: Sequence[str], purpose: str) -> None:
-        self.grants.get((department, purpose), set()).difference_update(fields)
+    def _decide_field(
+        self, department: str, name: str, purpose: str, citizen_status: str | None
+    ) -> StubDecision:
+        if self.owners.get(name) == department:
+            return StubDecision(name, "permit", f"{department} owns {name}")
+        for agreement in self.agreements:
+            if (
+                agreement["id"] in self.revoked
+                or agreement["consumer"] != department
+                or "subscribe" not in agreement["actions"]
+                or name not in agreement["fields"]
+                or purpose not in agreement["purposes"]
+            ):
+                continue
+            if agreement.get("when") and citizen_status != "active":
+                return StubDecision(
+                    name, "deny", f"agreement {agreement['id']} condition not met", agreement["id"], 1
+                )
+            return StubDecision(name, "permit", "permitted", agreement["id"], 1, agreement["legal_basis"])
+        return StubDecision(
+            name, "deny", f"no agreement gives {department} subscribe on {name} for {purpose}"
+        )
 
     async def current(self, conn: Any) -> Any:
         def decide(
             department: str, fields: Sequence[str], purpose: str, citizen_status: str | None, now: datetime
         ) -> Mapping[str, StubDecision]:
-            granted = self.grants.get((department, purpose), set())
-            decisions = {}
-            for name in fields:
-                if name not in granted:
-                    decisions[name] = StubDecision(name, "deny", f"no agreement gives {department} {name}")
-                elif citizen_status != "active":
-                    decisions[name] = StubDecision(
-                        name, "deny", "condition not met: citizen.status == active"
-                    )
-                else:
-                    decisions[name] = StubDecision(
-                        name, "permit", "permitted", "test-grant", 1, "Test Act s.1"
-                    )
-            return decisions
+            return {name: self._decide_field(department, name, purpose, citizen_status) for name in fields}
 
         return decide
 
@@ -102,7 +119,7 @@ async def events_database_url(database_url: str) -> AsyncIterator[str]:
     url = await create_scratch_database(database_url)
     engine = create_engine(url)
     async with AsyncSession(engine) as session:
-        await catalog_service.store(session, load_catalog(TEST_POLICIES), author="tests")
+        await catalog_service.store(session, load_catalog(EVENTS_POLICIES), author="tests")
         await session.commit()
     await engine.dispose()
     try:
@@ -145,6 +162,12 @@ async def _empty_events(events_engine: AsyncEngine) -> None:
 @pytest.fixture
 def policy() -> StubPolicy:
     return StubPolicy()
+
+
+@pytest.fixture
+def agreements(policy: StubPolicy) -> StubPolicy:
+    """What a test revokes agreements through (by id)."""
+    return policy
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from service.events.dispatcher import Dispatcher
 from service.events.models import Delivery
 from service.events.notifier import EventNotifier
 from service.events.service import EventsRuntime
-from tests.events.conftest import StubPolicy, add_citizen, running
+from tests.events.conftest import add_citizen, running
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -42,12 +42,10 @@ class TestTwoDispatchers:
         second_engine: AsyncEngine,
         events_app: FastAPI,
         api: httpx.AsyncClient,
-        policy: StubPolicy,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
         receiver: WebhookReceiver,
     ) -> None:
-        policy.permit("dvla", ["date_of_death"], "licence-administration")
         act_as(events_app, "dvla", "consumer")
         response = await api.post(
             "/v1/subscriptions",

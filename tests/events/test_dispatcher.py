@@ -37,11 +37,8 @@ async def _subscribe(api: httpx.AsyncClient, url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def dvla_hook(
-    events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy, receiver: WebhookReceiver
-) -> dict[str, Any]:
+async def dvla_hook(events_app: FastAPI, api: httpx.AsyncClient, receiver: WebhookReceiver) -> dict[str, Any]:
     """DVLA, subscribed by webhook to date of death for licence administration."""
-    policy.permit("dvla", ["date_of_death", "licence_status"], "licence-administration")
     act_as(events_app, "dvla", "consumer")
     return await _subscribe(api, receiver.url)
 
@@ -151,12 +148,10 @@ class TestRetries:
         self,
         events_app: FastAPI,
         api: httpx.AsyncClient,
-        policy: StubPolicy,
         dispatcher: Dispatcher,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
     ) -> None:
-        policy.permit("dvla", ["date_of_death", "licence_status"], "licence-administration")
         act_as(events_app, "dvla", "consumer")
         # Nothing listens on port 9 (discard) of the loopback.
         created = await _subscribe(api, "http://127.0.0.1:9/hook")
@@ -214,7 +209,7 @@ class TestPolicyAtDelivery:
         dvla_hook: dict[str, Any],
         dispatcher: Dispatcher,
         receiver: WebhookReceiver,
-        policy: StubPolicy,
+        agreements: StubPolicy,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
         api: httpx.AsyncClient,
@@ -222,7 +217,7 @@ class TestPolicyAtDelivery:
     ) -> None:
         citizen = await add_citizen(events_engine)
         await emit(runtime, citizen, ["date_of_death"], "register")
-        policy.revoke("dvla", ["date_of_death", "licence_status"], "licence-administration")
+        await agreements.revoke("deaths-to-dvla")
         await dispatcher.run_once()
         [delivery] = await _deliveries(api, dvla_hook["id"])
         assert delivery["status"] == "withheld"
@@ -233,19 +228,29 @@ class TestPolicyAtDelivery:
         assert entry["fields_released"] == []
         assert entry["citizen_id"] == citizen
 
-    async def test_deceased_citizen_fails_the_condition(
+    async def test_condition_is_checked_with_the_citizens_status_now(
         self,
-        dvla_hook: dict[str, Any],
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
         dispatcher: Dispatcher,
         receiver: WebhookReceiver,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
-        api: httpx.AsyncClient,
     ) -> None:
-        await emit(runtime, await add_citizen(events_engine, status="deceased"), ["licence_status"], "dvla")
+        # Welfare hears of address changes only while the citizen is active.
+        act_as(events_app, "welfare", "consumer")
+        response = await api.post(
+            "/v1/subscriptions",
+            json={"fields": ["address"], "purpose": "benefit-eligibility", "webhook_url": receiver.url},
+        )
+        assert response.status_code == 201, response.text
+        subscription_id = response.json()["id"]
+        await emit(runtime, await add_citizen(events_engine, status="deceased"), ["address"], "register")
+        told = await emit(runtime, await add_citizen(events_engine), ["address"], "register")
         await dispatcher.run_once()
-        assert [d["status"] for d in await _deliveries(api, dvla_hook["id"])] == ["withheld"]
-        assert receiver.received == []
+        assert [d["status"] for d in await _deliveries(api, subscription_id)] == ["withheld", "delivered"]
+        [request] = receiver.received
+        assert json.loads(request.body)["data"]["event_id"] == told
 
     async def test_nothing_is_sent_while_the_audit_is_down(
         self,
@@ -269,7 +274,6 @@ class TestPolicyAtDelivery:
         self,
         events_app: FastAPI,
         api: httpx.AsyncClient,
-        policy: StubPolicy,
         dispatcher: Dispatcher,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
@@ -282,7 +286,6 @@ class TestPolicyAtDelivery:
 
         runtime.resolver = resolve
         runtime.settings = runtime.settings.model_copy(update={"webhook_allow_private": False})
-        policy.permit("dvla", ["date_of_death", "licence_status"], "licence-administration")
         act_as(events_app, "dvla", "consumer")
         created = await _subscribe(api, "https://hooks.dvla.example/in")
         # After the check at subscription, the name now points into the private network.

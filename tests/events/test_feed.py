@@ -26,9 +26,8 @@ async def _subscribe(api: httpx.AsyncClient, fields: list[str], purpose: str) ->
 
 
 @pytest.fixture
-async def welfare(events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy) -> httpx.AsyncClient:
+async def welfare(events_app: FastAPI, api: httpx.AsyncClient) -> httpx.AsyncClient:
     """Welfare, subscribed to address and date of death for benefit eligibility."""
-    policy.permit("welfare", ["address", "date_of_death"], "benefit-eligibility")
     act_as(events_app, "welfare", "consumer")
     await _subscribe(api, ["address", "date_of_death"], "benefit-eligibility")
     return api
@@ -70,13 +69,11 @@ class TestFeedContents:
         self,
         events_app: FastAPI,
         api: httpx.AsyncClient,
-        policy: StubPolicy,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
     ) -> None:
         citizen = await add_citizen(events_engine)
         await emit(runtime, citizen, ["address"], "register")
-        policy.permit("welfare", ["address"], "benefit-eligibility")
         act_as(events_app, "welfare", "consumer")
         assert (await api.get("/v1/events")).json()["items"] == []
         await _subscribe(api, ["address"], "benefit-eligibility")
@@ -138,7 +135,7 @@ class TestPolicyRecheck:
     async def test_revoked_agreement_stops_the_flow_on_the_next_poll(
         self,
         welfare: httpx.AsyncClient,
-        policy: StubPolicy,
+        agreements: StubPolicy,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
     ) -> None:
@@ -146,13 +143,13 @@ class TestPolicyRecheck:
         first = await emit(runtime, citizen, ["address", "date_of_death"], "register")
         page = (await welfare.get("/v1/events")).json()
         assert [i["event_id"] for i in page["items"]] == [first]
-        policy.revoke("welfare", ["date_of_death"], "benefit-eligibility")
+        await agreements.revoke("deaths-to-welfare")
         await emit(runtime, citizen, ["address", "date_of_death"], "register")
         await emit(runtime, citizen, ["date_of_death"], "register")
         page = (await welfare.get("/v1/events", params={"after": page["cursor"]})).json()
         # The first still carries address; the second is withheld entirely.
         assert [i["fields"] for i in page["items"]] == [["address"]]
-        policy.revoke("welfare", ["address"], "benefit-eligibility")
+        await agreements.revoke("addresses-to-welfare")
         await emit(runtime, citizen, ["address"], "register")
         assert (await welfare.get("/v1/events", params={"after": page["cursor"]})).json()["items"] == []
 

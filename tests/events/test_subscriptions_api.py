@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.events.models import Subscription
 from service.events.secrets import SecretBox, SecretUndecryptable
 from service.events.service import EventsRuntime
-from tests.events.conftest import ListAuditSink, StubPolicy
+from tests.events.conftest import ListAuditSink
 from tests.fixtures.auth import act_as
 
 PROBLEM = "application/problem+json"
@@ -28,9 +28,8 @@ def _assert_problem(response: httpx.Response, status: int, slug: str) -> dict[st
 
 class TestCreateSubscription:
     async def test_pull_subscription_needs_no_secret(
-        self, events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy, audit_sink: ListAuditSink
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
     ) -> None:
-        policy.permit("welfare", ["address", "date_of_death"], "benefit-eligibility")
         act_as(events_app, "welfare", "consumer")
         response = await api.post(
             "/v1/subscriptions",
@@ -50,17 +49,22 @@ class TestCreateSubscription:
         assert entry["fields_released"] == ["address", "date_of_death"]
         assert entry["owners"] == ["register"]
         assert entry["purpose"] == "benefit-eligibility"
-        assert entry["legal_basis"] == ["Test Act s.1"]
+        assert entry["legal_basis"] == [
+            "Social Security Administration Act 1992, s.122",
+            "Social Security Administration Act 1992, s.124",
+        ]
+        assert {(r["field"], r["agreement"]) for r in entry["reasons"]} == {
+            ("address", "addresses-to-welfare"),
+            ("date_of_death", "deaths-to-welfare"),
+        }
 
     async def test_webhook_secret_is_shown_once_and_stored_encrypted(
         self,
         events_app: FastAPI,
         api: httpx.AsyncClient,
-        policy: StubPolicy,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
     ) -> None:
-        policy.permit("dvla", ["date_of_death"], "licence-administration")
         act_as(events_app, "dvla", "consumer")
         response = await api.post(
             "/v1/subscriptions",
@@ -97,9 +101,8 @@ class TestCreateSubscription:
         assert all("secret" not in item for item in listed["items"])
 
     async def test_refused_without_subscribe_agreement_for_every_field(
-        self, events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy, audit_sink: ListAuditSink
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
     ) -> None:
-        policy.permit("welfare", ["address"], "benefit-eligibility")
         act_as(events_app, "welfare", "consumer")
         response = await api.post(
             "/v1/subscriptions", json={"fields": ["address", "tax_code"], "purpose": "benefit-eligibility"}
@@ -112,10 +115,7 @@ class TestCreateSubscription:
         assert entry["status"] == 403
         assert (await api.get("/v1/subscriptions")).json()["items"] == []
 
-    async def test_refused_for_another_purpose(
-        self, events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy
-    ) -> None:
-        policy.permit("welfare", ["address"], "benefit-eligibility")
+    async def test_refused_for_another_purpose(self, events_app: FastAPI, api: httpx.AsyncClient) -> None:
         act_as(events_app, "welfare", "consumer")
         response = await api.post(
             "/v1/subscriptions", json={"fields": ["address"], "purpose": "fraud-investigation"}
@@ -167,10 +167,8 @@ class TestReadAndDeleteSubscriptions:
         return subscription_id
 
     async def test_lists_only_own_department_with_a_cursor(
-        self, events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy
+        self, events_app: FastAPI, api: httpx.AsyncClient
     ) -> None:
-        policy.permit("welfare", ["address", "date_of_death", "given_name"], "benefit-eligibility")
-        policy.permit("dvla", ["date_of_death"], "licence-administration")
         act_as(events_app, "welfare", "consumer")
         mine = [
             await self._make(api, [f], "benefit-eligibility")
@@ -191,9 +189,8 @@ class TestReadAndDeleteSubscriptions:
         assert theirs not in seen
 
     async def test_another_departments_subscription_is_404(
-        self, events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy
+        self, events_app: FastAPI, api: httpx.AsyncClient
     ) -> None:
-        policy.permit("dvla", ["date_of_death"], "licence-administration")
         act_as(events_app, "dvla", "consumer")
         theirs = await self._make(api, ["date_of_death"], "licence-administration")
         assert (await api.get(f"/v1/subscriptions/{theirs}")).status_code == 200
@@ -209,10 +206,7 @@ class TestReadAndDeleteSubscriptions:
         act_as(events_app, "dvla", "consumer")
         assert (await api.get(f"/v1/subscriptions/{theirs}")).status_code == 200
 
-    async def test_delete_ends_it(
-        self, events_app: FastAPI, api: httpx.AsyncClient, policy: StubPolicy
-    ) -> None:
-        policy.permit("welfare", ["address"], "benefit-eligibility")
+    async def test_delete_ends_it(self, events_app: FastAPI, api: httpx.AsyncClient) -> None:
         act_as(events_app, "welfare", "consumer")
         subscription_id = await self._make(api, ["address"], "benefit-eligibility")
         response = await api.delete(f"/v1/subscriptions/{subscription_id}")

@@ -10,7 +10,6 @@ from fastapi import FastAPI
 
 from service.events.service import EventsRuntime
 from service.events.targets import UnsafeWebhookTarget, check_target, refusal
-from tests.events.conftest import StubPolicy
 from tests.fixtures.auth import act_as
 
 
@@ -90,9 +89,8 @@ class TestCheckTarget:
 
 class TestSubscribeRefusesUnsafeUrls:
     @pytest.fixture(autouse=True)
-    def _no_private(self, runtime: EventsRuntime, policy: StubPolicy) -> None:
+    def _no_private(self, runtime: EventsRuntime) -> None:
         runtime.settings = runtime.settings.model_copy(update={"webhook_allow_private": False})
-        policy.permit("dvla", ["date_of_death"], "licence-administration")
 
     @pytest.mark.parametrize(
         ("url", "msg"),

@@ -12,9 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+if TYPE_CHECKING:
+    from service.policy.service import PolicyHolder
 
 
 class FieldDecision(Protocol):
@@ -57,13 +60,22 @@ class AuditSink(Protocol):
 
 
 class LivePolicy:
-    """The policy service's compiled policy (cached per policy epoch by that service)."""
+    """The policy service's compiled policy, recompiled when the policy epoch moves.
+
+    It keeps its own holder, bound to the one database its runtime uses, so a process that
+    talks to two databases (the tests do) never decides with the other one's agreements.
+    """
+
+    def __init__(self) -> None:
+        self._holder: PolicyHolder | None = None
 
     async def current(self, conn: AsyncConnection) -> SubscribeDecider:
         from service.policy import service as policy_service
         from service.policy.engine import RequestContext
 
-        policy = await policy_service.current_policy(conn)
+        if self._holder is None:
+            self._holder = policy_service.PolicyHolder()
+        policy = await policy_service.current_policy(conn, self._holder)
 
         def decide(
             department: str,

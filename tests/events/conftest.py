@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from fastapi import FastAPI
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -30,10 +28,14 @@ from service.config import Settings
 from service.db import create_engine, utcnow
 from service.errors import ServiceUnavailable
 from service.events import service as events_service
+from service.events.access import LivePolicy
 from service.events.dispatcher import Dispatcher
 from service.events.models import Delivery, OutboxEvent, Subscription
 from service.events.notifier import EventNotifier
 from service.events.service import EventsRuntime
+from service.policy import repository as policy_repository
+from service.policy import service as policy_service
+from service.policy.loader import load_policy_folder
 from service.records.models import Citizen
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 from tests.fixtures.webhooks import WebhookReceiver
@@ -41,62 +43,27 @@ from tests.fixtures.webhooks import WebhookReceiver
 EVENTS_POLICIES = Path(__file__).resolve().parent / "policies"
 
 
-@dataclass(frozen=True)
-class StubDecision:
-    field: str
-    effect: str
-    reason: str
-    agreement: str | None = None
-    version: int | None = None
-    legal_basis: str | None = None
+async def apply_events_policies(engine: AsyncEngine) -> None:
+    """Store the catalog and agreements of ``tests/events/policies``; an agreement revoked
+    by an earlier test becomes active again."""
+    folder = load_policy_folder(EVENTS_POLICIES)
+    async with AsyncSession(engine) as session:
+        await policy_service.apply_folder(session, folder, author="tests", reason="events tests")
+        await session.commit()
 
 
-class StubPolicy:
-    """The ``subscribe`` grants of ``tests/events/policies``, decided the way the policy
-    engine does for them: the owner may always; otherwise an agreement naming the consumer,
-    field and purpose, whose ``when`` (here only ``citizen.status == "active"``) holds."""
+class LiveAgreements:
+    """Revokes agreements through the policy service, as the owner's DELETE does."""
 
-    def __init__(self) -> None:
-        self.owners = load_catalog(EVENTS_POLICIES).field_owners
-        self.agreements: list[dict[str, Any]] = []
-        for path in sorted(EVENTS_POLICIES.glob("*.yaml")):
-            if path.name != "catalog.yaml":
-                self.agreements.extend(yaml.safe_load(path.read_text())["agreements"])
-        self.revoked: set[str] = set()
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
 
     async def revoke(self, agreement_id: str) -> None:
-        self.revoked.add(agreement_id)
-
-    def _decide_field(
-        self, department: str, name: str, purpose: str, citizen_status: str | None
-    ) -> StubDecision:
-        if self.owners.get(name) == department:
-            return StubDecision(name, "permit", f"{department} owns {name}")
-        for agreement in self.agreements:
-            if (
-                agreement["id"] in self.revoked
-                or agreement["consumer"] != department
-                or "subscribe" not in agreement["actions"]
-                or name not in agreement["fields"]
-                or purpose not in agreement["purposes"]
-            ):
-                continue
-            if agreement.get("when") and citizen_status != "active":
-                return StubDecision(
-                    name, "deny", f"agreement {agreement['id']} condition not met", agreement["id"], 1
-                )
-            return StubDecision(name, "permit", "permitted", agreement["id"], 1, agreement["legal_basis"])
-        return StubDecision(
-            name, "deny", f"no agreement gives {department} subscribe on {name} for {purpose}"
-        )
-
-    async def current(self, conn: Any) -> Any:
-        def decide(
-            department: str, fields: Sequence[str], purpose: str, citizen_status: str | None, now: datetime
-        ) -> Mapping[str, StubDecision]:
-            return {name: self._decide_field(department, name, purpose, citizen_status) for name in fields}
-
-        return decide
+        async with AsyncSession(self.engine) as session:
+            row = await policy_repository.current_version(session, agreement_id)
+            assert row is not None, agreement_id
+            await policy_service.revoke(session, row, author="tests", reason="revoked by a test")
+            await session.commit()
 
 
 @dataclass
@@ -121,6 +88,7 @@ async def events_database_url(database_url: str) -> AsyncIterator[str]:
     async with AsyncSession(engine) as session:
         await catalog_service.store(session, load_catalog(EVENTS_POLICIES), author="tests")
         await session.commit()
+    await apply_events_policies(engine)
     await engine.dispose()
     try:
         yield url
@@ -157,17 +125,18 @@ async def _empty_events(events_engine: AsyncEngine) -> None:
         await conn.execute(delete(Delivery))
         await conn.execute(delete(Subscription))
         await conn.execute(delete(OutboxEvent))
+    await apply_events_policies(events_engine)
 
 
 @pytest.fixture
-def policy() -> StubPolicy:
-    return StubPolicy()
+def policy() -> LivePolicy:
+    return LivePolicy()
 
 
 @pytest.fixture
-def agreements(policy: StubPolicy) -> StubPolicy:
+def agreements(events_engine: AsyncEngine) -> LiveAgreements:
     """What a test revokes agreements through (by id)."""
-    return policy
+    return LiveAgreements(events_engine)
 
 
 @pytest.fixture
@@ -177,7 +146,7 @@ def audit_sink() -> ListAuditSink:
 
 @pytest.fixture
 def runtime(
-    events_settings: Settings, events_engine: AsyncEngine, policy: StubPolicy, audit_sink: ListAuditSink
+    events_settings: Settings, events_engine: AsyncEngine, policy: LivePolicy, audit_sink: ListAuditSink
 ) -> EventsRuntime:
     return EventsRuntime(
         settings=events_settings,

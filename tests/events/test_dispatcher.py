@@ -17,7 +17,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from service.events.dispatcher import Dispatcher, backoff_seconds
 from service.events.models import Delivery
 from service.events.service import EventsRuntime
-from tests.events.conftest import ListAuditSink, StubPolicy, add_citizen, emit, running
+from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit, running
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -209,7 +209,7 @@ class TestPolicyAtDelivery:
         dvla_hook: dict[str, Any],
         dispatcher: Dispatcher,
         receiver: WebhookReceiver,
-        agreements: StubPolicy,
+        agreements: LiveAgreements,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
         api: httpx.AsyncClient,

@@ -14,7 +14,7 @@ from service.db import create_engine
 from service.events import service as events_service
 from service.events.notifier import postgres_wakeups
 from service.events.service import EventsRuntime
-from tests.events.conftest import ListAuditSink, StubPolicy, add_citizen, emit
+from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit
 from tests.fixtures.auth import act_as
 
 
@@ -135,7 +135,7 @@ class TestPolicyRecheck:
     async def test_revoked_agreement_stops_the_flow_on_the_next_poll(
         self,
         welfare: httpx.AsyncClient,
-        agreements: StubPolicy,
+        agreements: LiveAgreements,
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
     ) -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +25,8 @@ from service.app import create_app
 from service.audit.models import AuditEntryRow
 from service.config import Settings
 from service.events import repository
-from tests.events.conftest import LiveAgreements
+from service.events.service import EventsRuntime
+from tests.events.conftest import LiveAgreements, add_citizen, emit
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -160,3 +166,51 @@ class TestWriteToWebhook:
             await asyncio.sleep(0.02)
         assert [d["status"] for d in deliveries] == ["delivered", "withheld"]
         assert len(receiver.received) == 1
+
+
+class TestWorkerProcess:
+    async def test_tellonce_worker_delivers_and_stops_on_sigterm(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        events_database_url: str,
+        root_key: str,
+        tmp_path: Path,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        response = await api.post(
+            "/v1/subscriptions",
+            json={
+                "fields": ["date_of_death"],
+                "purpose": "licence-administration",
+                "webhook_url": receiver.url,
+            },
+        )
+        assert response.status_code == 201, response.text
+        event_id = await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        env = {
+            **os.environ,
+            "TELLONCE_ENV": "test",
+            "TELLONCE_DATABASE_URL": events_database_url,
+            "TELLONCE_DATA_DIR": str(tmp_path),
+            "TELLONCE_ROOT_KEY": root_key,
+            "TELLONCE_WEBHOOK_ALLOW_PRIVATE": "true",
+            "TELLONCE_EVENTS_POLL_INTERVAL_SECONDS": "0.1",
+            "TELLONCE_LOG_LEVEL": "WARNING",
+        }
+        log = (tmp_path / "worker.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            [request] = await receiver.until(1, timeout=60)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.wait, 30)
+            log.close()
+        data = Webhook(response.json()["secret"]).verify(request.body, request.headers)["data"]
+        assert data["event_id"] == event_id
+        assert code == 0, (tmp_path / "worker.log").read_text()

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -180,7 +181,8 @@ class Dispatcher:
                 decisions=decisions,
                 purpose=subscription.purpose,
                 status=200 if released else 403,
-                source=subscription.webhook_url,
+                # Where the event went: the receiver's origin, not its path, which may hold a token.
+                source=_origin(subscription.webhook_url),
             )
             if released:
                 sendable.append((item, entry, released))
@@ -369,6 +371,13 @@ async def _wait_either(wake: Any, stop: asyncio.Event) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def _origin(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _short(text: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.auth.dependencies import Principal
 from service.catalog import service as catalog_service
@@ -175,12 +175,6 @@ def decode_position(cursor: str, loc: list[str | int]) -> int:
 # --- subscriptions ------------------------------------------------------------------------
 
 
-async def _catalog(conn: AsyncConnection) -> Catalog:
-    async with AsyncSession(bind=conn) as session:
-        _version, catalog = await catalog_service.current(session)
-    return catalog
-
-
 def _validate_against_catalog(catalog: Catalog, body: SubscriptionIn) -> list[str]:
     errors: list[dict[str, Any]] = [
         {"loc": ["body", "fields", index], "msg": f"unknown field {name!r}"}
@@ -216,7 +210,7 @@ async def create_subscription(
     active citizen; every event is checked again, with its citizen's real status."""
     now = utcnow()
     async with runtime.engine.connect() as conn:
-        catalog = await _catalog(conn)
+        catalog = await catalog_service.current_cached(conn)
         fields = _validate_against_catalog(catalog, body)
         if body.webhook_url is not None:
             try:

@@ -94,6 +94,7 @@ class TestSignedDelivery:
         assert entry["fields_released"] == ["date_of_death"]
         assert entry["purpose"] == "licence-administration"
         assert entry["decision"] == "permit"
+        assert entry["source"] == receiver.url.removesuffix("/hooks/tellonce")
 
     async def test_events_of_other_fields_make_no_delivery(
         self,

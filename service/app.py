@@ -23,6 +23,7 @@ from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
+from service.records import records_lifecycle
 from service.schema import head_revisions
 
 # Every router is included here and nowhere else.
@@ -42,6 +43,7 @@ LIFECYCLES: list[Lifecycle] = []
 LIFECYCLES.append(policy_endpoints.policy_lifecycle)
 LIFECYCLES.append(auth_lifecycle)
 LIFECYCLES.append(audit_service.audit_lifecycle)
+LIFECYCLES.append(records_lifecycle)
 LIFECYCLES.append(events_lifecycle)
 
 

@@ -81,9 +81,12 @@ class PolicyHolder:
     async def snapshot(self, conn: AsyncConnection, key: repository.EpochKey | None = None) -> PolicySnapshot:
         """The policy and catalog in force. ``key`` is the epoch key if the caller has
         just read it (authentication does, once per request); otherwise it is read here."""
-        if key is None:
-            key = await repository.epoch_key(conn)
         snapshot = self._snapshot
+        if key is not None and snapshot is not None and snapshot.key == key:
+            return snapshot
+        # Compile from what this connection sees, under the key this connection reads:
+        # a key read elsewhere (another transaction) must not label what is compiled here.
+        key = await repository.epoch_key(conn)
         if snapshot is not None and snapshot.key == key:
             return snapshot
         async with self._lock:

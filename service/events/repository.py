@@ -286,6 +286,7 @@ async def claim_due(
     On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several dispatchers claim at once without
     waiting on, or taking, each other's rows. The claim pushes ``next_attempt_at`` to the
     end of the lease, so a dispatcher that dies mid-attempt is retried after the lease.
+    Only rows that carry ``token`` afterwards are this caller's (see ``claimed``).
     """
     due = (
         select(Delivery.id)
@@ -297,9 +298,11 @@ async def claim_due(
     ids = list((await conn.execute(due)).scalars())
     if not ids:
         return []
+    # The update checks again that each row is still due, so that on SQLite, where the
+    # select takes no lock, a second process that selected the same rows claims none.
     await conn.execute(
         update(Delivery)
-        .where(Delivery.id.in_(ids))
+        .where(Delivery.id.in_(ids), Delivery.status == "pending", Delivery.next_attempt_at <= now)
         .values(
             claim_token=token,
             next_attempt_at=lease_until,

@@ -49,9 +49,9 @@ from service.records.models import Citizen
 from service.schema import upgrade_async
 
 REPO = Path(__file__).resolve().parent.parent
-LATENCY_EVENTS = 300
+LATENCY_EVENTS = 150
 PACE_SECONDS = 0.01
-BURST_EVENTS = 2000
+BURST_EVENTS = 500
 BURST_TRANSACTION = 50
 CITIZENS = 200
 CONCURRENCY = 20

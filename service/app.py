@@ -17,6 +17,8 @@ from service.config import Settings, get_settings
 from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
+from service.events import endpoints as events_endpoints
+from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.policy import endpoints as policy_endpoints
@@ -32,6 +34,7 @@ ROUTERS = [
     auth_endpoints.router,
     audit_endpoints.router,
     records_endpoints.router,
+    events_endpoints.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
@@ -41,6 +44,7 @@ LIFECYCLES.append(policy_endpoints.policy_lifecycle)
 LIFECYCLES.append(auth_lifecycle)
 LIFECYCLES.append(audit_service.audit_lifecycle)
 LIFECYCLES.append(records_lifecycle)
+LIFECYCLES.append(events_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

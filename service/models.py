@@ -25,3 +25,6 @@ __all__ = [
     "KeyJob",
     "PolicyEpoch",
 ]
+from service.events.models import Delivery, OutboxEvent, Subscription
+
+__all__ += ["Delivery", "OutboxEvent", "Subscription"]

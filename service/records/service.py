@@ -30,6 +30,7 @@ from service.crypto.keyring import DATA_KEYS, Keyring
 from service.crypto.material import KeyMaterial
 from service.db import Database
 from service.errors import Conflict, Forbidden, ValidationFailed
+from service.events import service as events_service
 from service.policy import service as policy_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.policy.repository import EpochKey
@@ -698,6 +699,7 @@ class RecordsService:
         _require_known(catalog, [], purpose, loc="fields")
         names = list(clean)
         denied: list[str] = []
+        written: WriteOut | None = None
         async with self.database.engine.begin() as conn:
             citizen = await self._load_citizen(conn, citizen_id)
             context = self._context(access, purpose, citizen.status)
@@ -725,9 +727,21 @@ class RecordsService:
                     purpose=purpose,
                     status=200,
                 )
+                # The change events, one per owning department, in this same transaction:
+                # a write that rolls back tells no one. Field names only, never values.
+                for owner, changed in _fields_by_owner(catalog, names).items():
+                    await events_service.record_change(
+                        conn, citizen_id=citizen_id, fields=changed, owner=owner, occurred_at=now
+                    )
                 # Last statement before commit: on PostgreSQL it holds the audit's order lock.
                 await audit_service.append_in_transaction(conn, entry)
-                return WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
+                written = WriteOut(
+                    id=citizen_id, status=bumped.status, version=bumped.version, fields=versions
+                )
+        if written is not None:
+            # Committed: wake feeds and dispatchers waiting in this process.
+            events_service.notify()
+            return written
         reasons = "; ".join(decisions[n].reason for n in denied)
         refusal = self._entry(
             access,
@@ -918,6 +932,14 @@ async def citizen_count(database: Database) -> int:
     """How many citizens are registered (any status). No field is read."""
     async with database.engine.connect() as conn:
         return await repository.count_citizens(conn)
+
+
+def _fields_by_owner(catalog: Catalog, names: Iterable[str]) -> dict[str, list[str]]:
+    owners = catalog.field_owners
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        grouped.setdefault(owners[name], []).append(name)
+    return grouped
 
 
 async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:

@@ -6,7 +6,6 @@ re-running on the same store is tested on its own.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,7 +25,6 @@ from tests.fixtures.server import free_port
 pytestmark = pytest.mark.e2e
 
 DEMO_TIMEOUT_SECONDS = 150
-EVENTS_MERGED = importlib.util.find_spec("service.events") is not None
 
 
 @dataclass
@@ -99,7 +97,6 @@ class TestDemoReport:
         # 50 registrations, then an entry for every counted request at least.
         assert int(match.group(1)) >= 50 + requests
 
-    @pytest.mark.xfail(not EVENTS_MERGED, reason="the events service (issue 8) is not merged", strict=True)
     def test_notifications_were_delivered_and_saved_re_tellings(self, demo_run: DemoRun) -> None:
         assert demo_run.number(r"notifications delivered: (\d+)") > 0
         assert demo_run.number(r"re-tellings avoided: (\d+)") > 0

@@ -177,9 +177,12 @@ async def act_on(gov: Government, delivery: Delivery) -> None:
             return
         action = ON_DEATH.get(department)
         citizen = gov.by_id.get(citizen_id)
-        if action is None or citizen is None or department not in citizen.person.owned:
+        if action is None:
             gov.tally.actions[f"{department} closed its record"] += 1
             return
+        if citizen is None or department not in citizen.person.owned:
+            return  # no licence or passport to cancel
+
         name, value, label = action
         response = await system.write(citizen_id, {name: value}, "death told once, by the register")
         if response.status_code == 200:

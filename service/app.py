@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
+from service.console import router as console_router
 from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.health import router as health_router
@@ -20,6 +21,7 @@ from service.schema import head_revisions
 ROUTERS = [
     health_router,
     catalog_endpoints.router,
+    console_router.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).

@@ -5,3 +5,6 @@ from service.db import Base
 from service.records.models import Citizen, FieldValue
 
 __all__ = ["Base", "CatalogVersion", "Citizen", "FieldValue"]
+from service.console.models import ConsoleSession
+
+__all__ += ["ConsoleSession"]

@@ -179,7 +179,7 @@ async def _submit(
         # The id of an existing agreement is fixed by the address, whatever was posted.
         values["id"] = agreement_id
         draft["id"] = agreement_id
-    checked = await backend.check_draft(session, viewer.principal, draft)
+    checked = await backend.check_draft(session, viewer.principal, draft, creating=expected_version is None)
     if checked.content is None or step == "change":
         form = AgreementForm(values=values)
         for name, message in checked.errors:

@@ -10,6 +10,7 @@ import difflib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import yaml
@@ -132,8 +133,15 @@ def decode_draft(text: str) -> dict[str, Any] | None:
 
 def canonical_yaml(content: Mapping[str, Any]) -> str:
     """The agreement as it would sit in a policy file, keys in a stable order."""
-    ordered = {key: content[key] for key in FORM_FIELDS if key in content}
+    ordered: dict[str, Any] = {key: content[key] for key in FORM_FIELDS if key in content}
     ordered |= {key: value for key, value in sorted(content.items()) if key not in ordered}
+    for key in ("valid_from", "valid_until"):
+        # Stored as ISO strings; shown as YAML dates, as a policy file writes them.
+        if isinstance(ordered.get(key), str):
+            try:
+                ordered[key] = date.fromisoformat(ordered[key])
+            except ValueError:
+                pass
     return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
 
 

@@ -200,8 +200,11 @@ class ConsoleBackend(Protocol):
         self, session: AsyncSession, viewer: Principal, agreement_id: str
     ) -> list[AgreementRecord]: ...
     async def check_draft(
-        self, session: AsyncSession, viewer: Principal, draft: dict[str, Any]
-    ) -> DraftCheck: ...
+        self, session: AsyncSession, viewer: Principal, draft: dict[str, Any], *, creating: bool
+    ) -> DraftCheck:
+        """Validate as the policy loader does; ``creating`` also refuses an id already taken."""
+        ...
+
     async def simulate(
         self, request: Request, session: AsyncSession, viewer: Principal, content: dict[str, Any]
     ) -> Simulation: ...

@@ -31,12 +31,6 @@ class SignInRefused(Exception):
         super().__init__(message)
 
 
-class CredentialCheck(Protocol):
-    """Verify a client id and secret; the principal, or ``SignInRefused``."""
-
-    async def __call__(self, session: AsyncSession, client_id: str, client_secret: str) -> Principal: ...
-
-
 @dataclass(frozen=True)
 class AgreementRecord:
     """One stored agreement version, as the pages show it."""
@@ -186,7 +180,9 @@ class AccessRow:
 class ConsoleBackend(Protocol):
     """The domain operations behind the pages. ``viewer`` is the signed-in client."""
 
-    check_credentials: CredentialCheck
+    async def check_credentials(self, session: AsyncSession, client_id: str, client_secret: str) -> Principal:
+        """The principal of a client whose secret matches; ``SignInRefused`` otherwise."""
+        ...
 
     async def client_active(self, session: AsyncSession, client_id: str) -> bool:
         """Still registered and not disabled: checked on every page, so disabling bites at once."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.console.conftest import PAGE_SIZE, ConsoleSite, sign_in
 
@@ -270,7 +270,7 @@ class TestAudit:
         await page.get_by_role("button", name="Verify the whole log now").click()
         result = page.locator("#verify-result")
         await expect(result).to_contain_text("The log verified")
-        await expect(result).to_contain_text("entries were hashed again")
+        await expect(result).to_contain_text("entries were hashed again; the tree matches all")
         await shot(page, console_site, "audit-verified")
 
         # The auditor's own console queries are in the log, under its client id.
@@ -371,3 +371,40 @@ class TestCitizenView:
         assert response is not None
         assert response.status == 403
         await expect(page.get_by_role("heading", level=1)).to_have_text("You cannot see this page")
+
+
+class TestWithoutJavaScript:
+    async def test_forms_work_without_scripts(self, browser: Browser, console_site: ConsoleSite) -> None:
+        context = await browser.new_context(
+            base_url=console_site.url, java_script_enabled=False, locale="en-GB"
+        )
+        try:
+            page = await context.new_page()
+            await sign_in(page, console_site, "owner")
+            await page.goto("/console/agreements/new")
+            await page.get_by_label("Agreement ID").fill("Not An Id")
+            await page.get_by_role("button", name="Continue").click()
+            await expect(page.locator("#id-error")).to_contain_text("lower-case letters, digits and hyphens")
+            await expect(page.locator(".error-summary a[href='#id']")).to_have_count(1)
+            await expect(page.locator("#fields-error")).to_contain_text("Choose at least one field")
+            await shot(page, console_site, "agreement-form-error-no-js")
+        finally:
+            await context.close()
+
+
+class TestKeyboard:
+    async def test_skip_link_and_focus_are_visible(self, page: Page, console_site: ConsoleSite) -> None:
+        await sign_in(page, console_site, "auditor")
+        await shot(page, console_site, "home")
+        await page.keyboard.press("Tab")
+        skip = page.get_by_role("link", name="Skip to main content")
+        await expect(skip).to_be_focused()
+        await expect(skip).to_be_visible()
+        # The focus style is the yellow background, not the browser's default outline alone.
+        background = await skip.evaluate("e => getComputedStyle(e).backgroundColor")
+        assert background == "rgb(255, 221, 0)"
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#main-content")).to_be_focused()
+        await page.keyboard.press("Tab")
+        # The next stop is the first link of the page itself, not the header again.
+        await expect(page.locator("main").get_by_role("link", name="Audit log")).to_be_focused()

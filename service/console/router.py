@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
@@ -26,6 +27,7 @@ from service.console.web import (
 from service.db import SessionDep
 from service.errors import NotFound
 
+logger = logging.getLogger("tellonce.console")
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -94,6 +96,8 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
         try:
             principal = await backend.check_credentials(session, client_id, secret)
         except SignInRefused as refused:
+            # The client id is logged to spot guessing; the secret never is.
+            logger.warning("console sign-in refused", extra={"client_id": client_id[:64]})
             errors["client_id"] = [refused.message]
             status = 401
         else:
@@ -105,11 +109,13 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
                     "Use a data owner, auditor or citizen portal client."
                 ]
                 status = 403
+                logger.warning("console sign-in refused: role", extra={"client_id": principal.client_id})
             else:
                 principal = type(principal).with_roles(
                     principal.client_id, principal.department, *console_roles
                 )
                 token = await console_sessions.start(session, principal, settings)
+                logger.info("console sign-in", extra={"client_id": principal.client_id})
                 response = RedirectResponse(_safe_next(str(form.get("next") or "")), status_code=303)
                 set_cookie(response, request, SESSION_COOKIE, token, settings.absolute_timeout_seconds)
                 clear_cookie(response, request, PRESESSION_COOKIE)
@@ -158,3 +164,9 @@ async def home(request: Request, session: SessionDep, viewer: Viewer, backend: B
 router.include_router(agreement_pages.router)
 router.include_router(audit_pages.router)
 router.include_router(citizen_pages.router)
+
+
+@router.get("/{rest:path}", response_class=HTMLResponse)
+async def not_found(rest: str) -> Response:  # noqa: ARG001
+    """Any other console address: an HTML page, as everywhere in the console."""
+    raise ConsolePageError(404, "Page not found", "If you typed the web address, check it is correct.")

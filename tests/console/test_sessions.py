@@ -278,6 +278,14 @@ class TestPages:
             assert response.status_code == 403, path
             assert "You cannot see this page" in response.text
 
+    async def test_unknown_console_page_is_an_html_404(
+        self, client: httpx.AsyncClient, backend: FakeBackend
+    ) -> None:
+        response = await client.get("/console/no/such/page")
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("text/html")
+        assert "Page not found" in response.text
+
     async def test_static_files_are_ours_and_nothing_else(
         self, client: httpx.AsyncClient, backend: FakeBackend
     ) -> None:

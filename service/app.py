@@ -8,25 +8,39 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import FastAPI
 
 from service import __version__
+from service.audit import endpoints as audit_endpoints
+from service.audit import service as audit_service
+from service.auth import endpoints as auth_endpoints
+from service.auth.runtime import auth_lifecycle
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.console import router as console_router
+from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
+from service.policy import endpoints as policy_endpoints
+from service.records import endpoints as records_endpoints
 from service.schema import head_revisions
 
 # Every router is included here and nowhere else.
 ROUTERS = [
     health_router,
     catalog_endpoints.router,
+    policy_endpoints.router,
+    auth_endpoints.router,
+    audit_endpoints.router,
+    records_endpoints.router,
     console_router.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
+LIFECYCLES.append(policy_endpoints.policy_lifecycle)
+LIFECYCLES.append(auth_lifecycle)
+LIFECYCLES.append(audit_service.audit_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = Database(settings)
     app.state.metrics = Metrics()
     app.state.schema_heads = head_revisions()
+    app.state.keyring = Keyring.from_settings(settings)
 
     install_error_handlers(app)
     for router in ROUTERS:

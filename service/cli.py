@@ -5,14 +5,25 @@ from __future__ import annotations
 import typer
 import uvicorn
 
+from service.audit.cli import app as audit_app
+from service.audit.hooks import connect_policy_changes
+from service.auth.cli import auth_app, clients_app
 from service.config import get_settings
+from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
+
+# Policy changes made from the command line are audited like those made through the API.
+connect_policy_changes()
 
 app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharing for government.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(policies_app, name="policies")
+app.add_typer(clients_app, name="clients")
+app.add_typer(auth_app, name="auth")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 
 @db_app.command("upgrade")
@@ -49,6 +60,16 @@ def serve(
         log_level=settings.log_level.lower(),
         server_header=False,
     )
+
+
+@app.command()
+def worker() -> None:
+    """Run the background workers (the audit sequencer) until SIGINT or SIGTERM."""
+    import asyncio
+
+    from service.audit.worker import run_worker
+
+    asyncio.run(run_worker(get_settings()))
 
 
 if __name__ == "__main__":

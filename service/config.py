@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     # Run the audit sequencer and the event dispatcher inside `serve`.
     run_workers: bool = True
+    # Auth: the access tokens' audience, verified-token cache bound, default rate limit.
+    token_audience: str = "tellonce"  # noqa: S105 - an audience name, not a secret
+    token_cache_size: int = Field(default=10_000, ge=1)
+    client_rate_per_second: float = Field(default=200.0, gt=0)
+    client_rate_burst: int = Field(default=400, ge=1)
 
     @field_validator("root_key")
     @classmethod

@@ -1,10 +1,30 @@
 """Every ORM model, imported so that ``Base.metadata`` is complete for Alembic."""
 
+from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
+from service.auth.models import Client
 from service.catalog.models import CatalogVersion
+from service.crypto.models import DataKeyRecord, KeyEncryptionKey, KeyJob
 from service.db import Base
+from service.policy.models import AgreementVersion, PolicyEpoch
 from service.records.models import Citizen, FieldValue
 
-__all__ = ["Base", "CatalogVersion", "Citizen", "FieldValue"]
+__all__ = [
+    "AgreementVersion",
+    "AuditCheckpoint",
+    "AuditEntryRow",
+    "AuditLeaf",
+    "AuditNode",
+    "AuditSequencerState",
+    "Base",
+    "CatalogVersion",
+    "Citizen",
+    "Client",
+    "DataKeyRecord",
+    "FieldValue",
+    "KeyEncryptionKey",
+    "KeyJob",
+    "PolicyEpoch",
+]
 from service.console.models import ConsoleSession
 
 __all__ += ["ConsoleSession"]

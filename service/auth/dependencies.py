@@ -1,9 +1,10 @@
 """The caller of a request, and the scopes an endpoint requires.
 
-``get_principal`` is the single place a request is authenticated. Until the
-authentication issue lands it refuses everything (default deny); tests act as a client
-by overriding it (``tests/fixtures/auth.py``). Endpoints declare what they need with
-``require("scope", ...)``.
+``get_principal`` is the single place a request is authenticated: a bearer access token
+from ``POST /oauth/token``, checked for signature, type, issuer, audience and expiry,
+then the client's standing and rate limit. Tests that are not about tokens act as a
+client by overriding it (``tests/fixtures/auth.py``). Endpoints declare what they need
+with ``require("scope", ...)``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,17 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.auth import service as auth_service
+from service.auth.errors import InvalidToken
+from service.auth.ratelimit import retry_after_seconds
+from service.auth.runtime import get_auth
 from service.auth.scopes import scopes_for
-from service.errors import Forbidden, Unauthenticated
+from service.auth.tokens import TokenInvalid
+from service.db import SessionDep
+from service.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
+
+ON_BEHALF_OF = "X-On-Behalf-Of"
+ON_BEHALF_OF_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -38,9 +48,61 @@ class Principal:
         return role in self.roles
 
 
-async def get_principal(request: Request) -> Principal:  # noqa: ARG001
-    """Authenticate the request. Replaced by the token check of the auth domain."""
-    raise Unauthenticated("A bearer access token is required.")
+def _bearer_token(request: Request) -> str:
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        raise Unauthenticated("A bearer access token is required.", error="invalid_request")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated(
+            "Send the access token as 'Authorization: Bearer <token>'.", error="invalid_request"
+        )
+    return token
+
+
+def _on_behalf_of(request: Request) -> str | None:
+    values = request.headers.getlist(ON_BEHALF_OF)
+    if not values:
+        return None
+    value = values[0]
+    if len(values) > 1 or not value or len(value) > ON_BEHALF_OF_MAX or not value.isprintable():
+        raise ValidationFailed(
+            "X-On-Behalf-Of must be one printable value of at most 200 characters.",
+            errors=[{"loc": ["header", ON_BEHALF_OF], "msg": "printable, 1 to 200 characters"}],
+        )
+    return value
+
+
+async def get_principal(request: Request, session: SessionDep) -> Principal:
+    """Authenticate the request with its bearer access token.
+
+    After the token (cached once verified), one indexed primary-key query reads the
+    client's standing and rate limit. That query is what makes ``tellonce clients
+    disable`` take effect on the very next request in every process and replica, with
+    no invalidation messages; it runs on the request's own session, so it costs no
+    extra connection. ``bench/auth.py`` measures it against the cached verification.
+    """
+    auth = get_auth(request)
+    token = _bearer_token(request)
+    try:
+        verified = auth.verifier.verify(token)
+    except TokenInvalid as exc:
+        raise InvalidToken(str(exc)) from None
+    status = await auth_service.client_status(session, verified.client_id)
+    if status is None or status.disabled:
+        # The cached entry may stay: this check runs on every request, cached or not.
+        raise InvalidToken("The client is disabled or no longer registered.")
+    wait = auth.limiter.take(verified.client_id, status.rate_per_second, status.rate_burst)
+    if wait is not None:
+        raise TooManyRequests(retry_after_seconds(wait), "This client is over its request rate; retry later.")
+    return Principal(
+        client_id=verified.client_id,
+        department=verified.department,
+        roles=verified.roles,
+        scopes=verified.scopes,
+        on_behalf_of=_on_behalf_of(request),
+    )
 
 
 def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
@@ -56,13 +118,9 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-# The catalog is public to every authenticated client. Until authentication lands the
-# foundation serves it openly; the auth issue points this at ``get_principal``.
-ANONYMOUS = Principal(client_id="anonymous", department="")
-
-
-async def any_client() -> Principal:
-    return ANONYMOUS
+async def any_client(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    """Any authenticated client, whatever its roles (the catalog is open to all of them)."""
+    return principal
 
 
 AnyClient = Annotated[Principal, Depends(any_client)]

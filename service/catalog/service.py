@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.catalog import repository
 from service.catalog.errors import CatalogMissing
@@ -38,3 +39,32 @@ async def store(session: AsyncSession, catalog: Catalog, *, author: str, reason:
     )
     await session.flush()
     return version
+
+
+_catalog_versions = CatalogVersion.__table__
+# Parsed catalogs by content hash: a hash names one content forever, so a cached
+# catalog is never stale (version numbers alone could be reused by a rolled-back write).
+_parsed: dict[str, Catalog] = {}
+
+
+async def current_cached(conn: AsyncConnection) -> Catalog:
+    """The catalog in force, for the access path: one indexed lookup, parsed once."""
+    digest = (
+        await conn.execute(
+            select(_catalog_versions.c.content_hash).order_by(_catalog_versions.c.version.desc()).limit(1)
+        )
+    ).scalar_one_or_none()
+    if digest is None:
+        raise CatalogMissing("No catalog has been applied yet; run `tellonce policies apply DIR`.")
+    catalog = _parsed.get(digest)
+    if catalog is None:
+        content = (
+            await conn.execute(
+                select(_catalog_versions.c.content).where(_catalog_versions.c.content_hash == digest)
+            )
+        ).scalar_one()
+        catalog = Catalog.model_validate(content)
+        if len(_parsed) > 8:
+            _parsed.clear()
+        _parsed[digest] = catalog
+    return catalog

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, Request, Response
@@ -70,7 +70,7 @@ def get_backend(request: Request) -> ConsoleBackend:
     # Imported here: the domain backend pulls in every domain, the pages need none.
     from service.console.backend import DomainBackend
 
-    backend = cast(ConsoleBackend, DomainBackend())
+    backend: ConsoleBackend = DomainBackend()
     request.app.state.console_backend = backend
     return backend
 

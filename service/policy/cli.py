@@ -1,28 +1,45 @@
-"""``tellonce policies``: validate and apply a policy folder."""
+"""``tellonce policies``: validate, apply, export, test and explain policy folders."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
+import yaml
 
 from service.catalog import service as catalog_service
-from service.catalog.loader import load_catalog
 from service.config import get_settings
-from service.db import Database
+from service.db import Database, utcnow
+from service.policy import repository
+from service.policy import service as policy_service
+from service.policy.cases import describe, folder_policy, load_cases, run_cases
+from service.policy.engine import RequestContext
+from service.policy.loader import load_policy_folder
 from service.sourcefile import SourceFileError
 
 app = typer.Typer(no_args_is_help=True, help="Agreements and the catalog, from policy files.")
 
 
-async def _apply(directory: Path, author: str, reason: str) -> int | None:
-    catalog = load_catalog(directory)
+def _fail(exc: SourceFileError) -> typer.Exit:
+    for error in exc.errors:
+        typer.echo(str(error), err=True)
+    typer.echo(f"{len(exc.errors)} error(s); nothing stored", err=True)
+    return typer.Exit(1)
+
+
+async def _apply(directory: Path, author: str, reason: str, prune: bool) -> policy_service.ApplyReport:
+    folder = load_policy_folder(directory)
     database = Database(get_settings())
     try:
+        # One transaction: the catalog, every agreement version and the epoch, or nothing.
         async with database.sessions.begin() as session:
-            return await catalog_service.store(session, catalog, author=author, reason=reason)
+            return await policy_service.apply_folder(
+                session, folder, author=author, reason=reason, prune=prune
+            )
     finally:
         await database.dispose()
 
@@ -32,15 +49,109 @@ def apply(
     directory: Path = typer.Argument(..., exists=True, file_okay=False, help="The policy folder."),
     reason: str = typer.Option("applied from files", help="Why; kept with every version."),
     author: str = typer.Option("", help="Who; defaults to the operating-system user."),
+    prune: bool = typer.Option(False, "--prune", help="Revoke stored agreements missing from DIR."),
 ) -> None:
     """Validate DIR, then store what changed as new versions. Invalid input stores nothing."""
     try:
-        version = asyncio.run(_apply(directory, author or getpass.getuser(), reason))
+        report = asyncio.run(_apply(directory, author or getpass.getuser(), reason, prune))
+    except SourceFileError as exc:
+        raise _fail(exc) from None
+    if report.catalog_version is None:
+        typer.echo("catalog unchanged")
+    else:
+        typer.echo(f"catalog stored as version {report.catalog_version}")
+    typer.echo(
+        f"agreements: {len(report.created)} created, {len(report.updated)} updated, "
+        f"{len(report.revoked)} revoked, {len(report.unchanged)} unchanged"
+    )
+    for agreement_id in report.kept_missing:
+        typer.echo(f"kept {agreement_id}: not in {directory}; use --prune to revoke it")
+    if report.epoch is not None:
+        typer.echo(f"policy epoch {report.epoch}")
+
+
+async def _export() -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    database = Database(get_settings())
+    try:
+        async with database.sessions() as session:
+            _version, catalog = await catalog_service.current(session)
+            by_owner: dict[str, list[dict[str, Any]]] = {}
+            for row in await repository.current_versions(session):
+                if row.status == "active":
+                    by_owner.setdefault(row.owner, []).append(dict(row.content))
+            return catalog.model_dump(mode="json", exclude_defaults=True), by_owner
+    finally:
+        await database.dispose()
+
+
+@app.command("export")
+def export(directory: Path = typer.Argument(..., file_okay=False, help="Folder to write.")) -> None:
+    """Write the live catalog and active agreements back as policy files."""
+    catalog, by_owner = asyncio.run(_export())
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "catalog.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False, allow_unicode=True))
+    for owner, agreements in sorted(by_owner.items()):
+        document = {"owner": owner, "agreements": agreements}
+        (directory / f"{owner}.yaml").write_text(
+            yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+        )
+    typer.echo(f"wrote catalog and {len(by_owner)} agreement file(s) to {directory}")
+
+
+@app.command("test")
+def run_tests(
+    directory: Path = typer.Argument(..., exists=True, file_okay=False, help="The policy folder."),
+) -> None:
+    """Run DIR/tests/*.yaml against the agreements in DIR; exit 1 on any mismatch."""
+    try:
+        policy = folder_policy(load_policy_folder(directory))
+        cases = load_cases(directory)
     except SourceFileError as exc:
         for error in exc.errors:
             typer.echo(str(error), err=True)
         raise typer.Exit(1) from None
-    if version is None:
-        typer.echo("catalog unchanged")
-    else:
-        typer.echo(f"catalog stored as version {version}")
+    mismatches = run_cases(policy, cases)
+    for mismatch in mismatches:
+        typer.echo(describe(mismatch), err=True)
+    checked = sum(len(c.case.expect) for c in cases)
+    if mismatches:
+        typer.echo(f"{len(mismatches)} of {checked} expectations failed in {len(cases)} cases", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{checked} expectations passed in {len(cases)} cases")
+
+
+async def _explain(
+    consumer: str, action: str, fields: list[str], purpose: str, case_ref: str | None, status: str | None
+) -> dict[str, Any]:
+    database = Database(get_settings())
+    try:
+        async with database.engine.connect() as conn:
+            policy = await policy_service.current_policy(conn)
+            context = RequestContext(purpose, case_ref, utcnow(), status)
+            explained = policy.explain(consumer, action, fields, context)
+            return {
+                "epoch": policy.epoch,
+                "decisions": {
+                    name: {
+                        **e.decision.to_record(),
+                        "near_misses": [m.to_record() for m in e.near_misses],
+                    }
+                    for name, e in explained.items()
+                },
+            }
+    finally:
+        await database.dispose()
+
+
+@app.command("explain")
+def explain(
+    consumer: str = typer.Option(..., help="The consumer department."),
+    action: str = typer.Option("read", help="read | lookup | verify | history | subscribe | write"),
+    field: list[str] = typer.Option(..., "--field", help="A field; repeat for several."),
+    purpose: str = typer.Option(..., help="The purpose id."),
+    case_ref: str | None = typer.Option(None, help="The case reference, if any."),
+    citizen_status: str | None = typer.Option(None, help="active or deceased."),
+) -> None:
+    """Decide against the live stored policy (as the service does) and print the reasons as JSON."""
+    result = asyncio.run(_explain(consumer, action, field, purpose, case_ref, citizen_status))
+    typer.echo(json.dumps(result, indent=2))

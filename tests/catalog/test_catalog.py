@@ -6,12 +6,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.sourcefile import SourceFileError, parse_yaml
 from tests.conftest import DEMO_POLICIES, TEST_POLICIES
+from tests.fixtures.auth import act_as
 
 BROKEN = """\
 departments:
@@ -99,7 +101,10 @@ class TestCatalogVersions:
 
 class TestCatalogEndpoint:
     @pytest.mark.usefixtures("catalog_loaded")
-    async def test_serves_departments_purposes_and_fields(self, client: httpx.AsyncClient) -> None:
+    async def test_serves_departments_purposes_and_fields(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "welfare", "consumer")
         response = await client.get("/v1/catalog")
         assert response.status_code == 200
         body = response.json()
@@ -109,11 +114,20 @@ class TestCatalogEndpoint:
         assert fields["national_id"]["searchable"] is True
         assert fields["licence_status"]["values"] == ["valid", "revoked", "cancelled"]
 
-    async def test_no_catalog_is_503_problem(self, client: httpx.AsyncClient) -> None:
+    async def test_no_catalog_is_503_problem(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "audit-office", "auditor")
         response = await client.get("/v1/catalog")
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert "tellonce policies apply" in response.json()["detail"]
+
+    @pytest.mark.usefixtures("catalog_loaded")
+    async def test_anonymous_caller_is_401_problem(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/v1/catalog")
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["title"] == "Authentication required"
 
 
 class TestPoliciesApplyCli:

@@ -139,8 +139,8 @@ def _make_traffic(site: ConsoleSite) -> None:
             f"/v1/citizens/{site.citizens[0]}",
             params={"fields": "address", "purpose": "fraud-investigation"},
         )
-        # 404, not 403: welfare may not look citizens up for this purpose either.
-        assert refused.status_code == 404, refused.text
+        # 403: welfare may know the citizen exists, but no agreement names this purpose.
+        assert refused.status_code == 403, refused.text
     licence = site.api(
         "welfare",
         "GET",

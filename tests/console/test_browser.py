@@ -202,7 +202,7 @@ class TestAgreements:
             f"/v1/citizens/{citizen}",
             params={"fields": "address", "purpose": "fraud-investigation"},
         )
-        assert refused.status_code == 404
+        assert refused.status_code == 403
 
         # The changes are in the policy history with the signed-in client as author.
         versions = console_site.api(

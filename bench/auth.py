@@ -1,0 +1,102 @@
+"""Cost of authenticating a request: cached versus uncached token verification.
+
+Measures, in one run, on a temporary SQLite database and key folder:
+- ``verify_uncached``: ES256 signature and claim checks on every request (the baseline);
+- ``verify`` from the bounded cache (hash of the token and one dictionary lookup);
+- the whole ``get_principal`` dependency with a cached token: cache, the per-request
+  client status query on the request's session, and the rate limiter; next to a bare
+  ``SELECT 1`` on the same session, the price of any database round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from sqlalchemy import text
+from starlette.requests import Request
+
+from service.app import create_app
+from service.auth import service as auth_service
+from service.auth.dependencies import get_principal
+from service.auth.runtime import AuthRuntime
+from service.config import Settings
+from service.schema import upgrade_async
+
+ROUNDS = 20_000
+DB_ROUNDS = 2_000
+
+
+def per_call(label: str, rounds: int, work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    for _ in range(rounds):
+        work()
+    micros = (time.perf_counter() - started) / rounds * 1e6
+    print(f"{label:<48} {micros:9.2f} µs/request")
+    return micros
+
+
+async def per_call_async(label: str, rounds: int, work: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    for _ in range(rounds):
+        await work()
+    micros = (time.perf_counter() - started) / rounds * 1e6
+    print(f"{label:<48} {micros:9.2f} µs/request")
+    return micros
+
+
+async def run() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-auth-"))
+    url = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
+    await upgrade_async(url)
+    settings = Settings(
+        env="test", database_url=url, data_dir=folder, client_rate_per_second=1e9, client_rate_burst=10**9
+    )
+    app = create_app(settings)
+    auth = AuthRuntime.create(settings)
+    app.state.auth = auth
+    async with app.state.database.sessions.begin() as session:
+        created = await auth_service.create_client(session, department="welfare", roles=["consumer"])
+    token = auth.issuer.issue(
+        client_id=created.client_id, department="welfare", roles=["consumer"], scope="citizens:read"
+    )["access_token"]
+
+    uncached = per_call(
+        "uncached: ES256 verify + claims", ROUNDS // 4, lambda: auth.verifier.verify_uncached(token)
+    )
+    auth.verifier.verify(token)
+    cached = per_call("cached: sha256 + dict lookup", ROUNDS, lambda: auth.verifier.verify(token))
+    print(f"{'ratio uncached / cached':<48} {uncached / cached:9.1f} x")
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/catalog",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+        "app": app,
+    }
+    async with app.state.database.sessions() as session:
+        round_trip = await per_call_async(
+            "baseline: SELECT 1 on the same session", DB_ROUNDS, lambda: session.execute(text("SELECT 1"))
+        )
+        full = await per_call_async(
+            "get_principal, cached token, + status query",
+            DB_ROUNDS,
+            lambda: get_principal(Request(scope), session),
+        )
+    print(f"{'ratio full dependency / cached verify':<48} {full / cached:9.1f} x")
+    print(f"{'ratio full dependency / uncached verify':<48} {full / uncached:9.2f} x")
+    # What the disabled-client check costs is one driver round trip: compare to SELECT 1.
+    print(f"{'ratio full dependency / SELECT 1 round trip':<48} {full / round_trip:9.2f} x")
+    await app.state.database.dispose()
+
+
+def main() -> None:
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""C2SP signed notes carrying tlog-checkpoints, signed with Ed25519.
+
+Pure: no I/O. A checkpoint body is three lines: origin, tree size, base64 root hash.
+The note is the body, a blank line, then signature lines
+``— <name> <base64(key hash || signature)>``; the key hash is the first four bytes of
+SHA-256(name || "\\n" || 0x01 || public key), and the verifier key string is
+``<name>+<hex key hash>+<base64(0x01 || public key)>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+ED25519_ALGORITHM = b"\x01"
+SIGNATURE_DASH = "\u2014"
+
+
+class CheckpointError(ValueError):
+    """A note or key that does not parse, or a signature that does not verify."""
+
+
+def key_hash(name: str, public_key: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + ED25519_ALGORITHM + public_key).digest()[:4]
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "+" not in name and not any(ch.isspace() for ch in name)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root_hash: bytes
+
+    def body(self) -> str:
+        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root_hash).decode()}\n"
+
+    @classmethod
+    def parse_body(cls, body: str) -> Checkpoint:
+        lines = body.split("\n")
+        if len(lines) < 4 or lines[-1] != "" or not lines[0]:
+            raise CheckpointError("a checkpoint body is origin, size and root hash lines")
+        if not lines[1].isdigit() or (lines[1].startswith("0") and lines[1] != "0"):
+            raise CheckpointError("the tree size is not a decimal number")
+        try:
+            root = base64.b64decode(lines[2], validate=True)
+        except (binascii.Error, ValueError):
+            raise CheckpointError("the root hash is not base64") from None
+        if len(root) != 32:
+            raise CheckpointError("the root hash is not 32 bytes")
+        return cls(origin=lines[0], size=int(lines[1]), root_hash=root)
+
+
+class NoteSigner:
+    """An Ed25519 note signer. Its repr never shows the private key."""
+
+    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
+        if not _valid_name(name):
+            raise CheckpointError("a key name has no spaces or '+'")
+        self.name = name
+        self._private_key = private_key
+        self.public_key = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.key_hash = key_hash(name, self.public_key)
+
+    def __repr__(self) -> str:
+        return f"NoteSigner(name={self.name!r}, key_hash={self.key_hash.hex()})"
+
+    def sign(self, body: str) -> str:
+        signature = self._private_key.sign(body.encode())
+        line = base64.b64encode(self.key_hash + signature).decode()
+        return f"{body}\n{SIGNATURE_DASH} {self.name} {line}\n"
+
+    def verifier_key(self) -> str:
+        encoded = base64.b64encode(ED25519_ALGORITHM + self.public_key).decode()
+        return f"{self.name}+{self.key_hash.hex()}+{encoded}"
+
+
+@dataclass(frozen=True)
+class NoteVerifier:
+    name: str
+    key_hash: bytes
+    public_key: bytes
+
+    @classmethod
+    def parse(cls, vkey: str) -> NoteVerifier:
+        parts = vkey.strip().split("+", 2)
+        if len(parts) != 3 or not _valid_name(parts[0]):
+            raise CheckpointError("a verifier key is <name>+<hex key hash>+<base64 key>")
+        name, hash_hex, key_b64 = parts
+        try:
+            expected_hash = bytes.fromhex(hash_hex)
+            raw = base64.b64decode(key_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise CheckpointError("the verifier key is not hex and base64") from None
+        if len(raw) != 33 or raw[:1] != ED25519_ALGORITHM:
+            raise CheckpointError("the verifier key is not an Ed25519 key")
+        public_key = raw[1:]
+        if len(expected_hash) != 4 or expected_hash != key_hash(name, public_key):
+            raise CheckpointError("the verifier key's hash does not match its name and key")
+        return cls(name=name, key_hash=expected_hash, public_key=public_key)
+
+    def open(self, note: str) -> str:
+        """The note's body, if one of its signatures is ours and verifies; else raise."""
+        separator = note.rfind("\n\n")
+        if separator < 0 or not note.endswith("\n"):
+            raise CheckpointError("a signed note is a body, a blank line and signature lines")
+        body, signatures = note[: separator + 1], note[separator + 2 :]
+        public_key = Ed25519PublicKey.from_public_bytes(self.public_key)
+        for line in signatures.splitlines():
+            fields = line.split(" ")
+            if len(fields) != 3 or fields[0] != SIGNATURE_DASH or fields[1] != self.name:
+                continue
+            try:
+                raw = base64.b64decode(fields[2], validate=True)
+            except (binascii.Error, ValueError):
+                raise CheckpointError("a signature is not base64") from None
+            if len(raw) != 68 or raw[:4] != self.key_hash:
+                continue
+            try:
+                public_key.verify(raw[4:], body.encode())
+            except InvalidSignature:
+                raise CheckpointError("the checkpoint signature does not verify") from None
+            return body
+        raise CheckpointError(f"the note carries no signature by {self.name}")
+
+    def open_checkpoint(self, note: str) -> Checkpoint:
+        return Checkpoint.parse_body(self.open(note))

@@ -1,0 +1,57 @@
+"""Audit settings (``TELLONCE_AUDIT_*``) and the checkpoint signing key under the data dir."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.audit.checkpoint import NoteSigner
+from service.audit.errors import SigningKeyMissing
+from service.config import Settings
+
+SIGNING_KEY_FILE = "audit-checkpoint.key"
+
+
+class AuditSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TELLONCE_AUDIT_", extra="ignore")
+
+    # The checkpoint origin line, also the signing key's name: no spaces, no '+'.
+    origin: str = Field(default="tellonce.example/audit", pattern=r"^[^\s+]+$")
+    # Sign a checkpoint once this many entries are new, or this long after the last one.
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval_ms: int = Field(default=1000, ge=1)
+    sequencer_poll_ms: int = Field(default=50, ge=1)
+    sequencer_batch: int = Field(default=5000, ge=1)
+    writer_max_batch: int = Field(default=2000, ge=1)
+
+
+def signing_key_path(settings: Settings) -> Path:
+    return settings.data_dir / SIGNING_KEY_FILE
+
+
+def load_signer(settings: Settings, origin: str) -> NoteSigner:
+    """Read the Ed25519 seed; development and test make one (mode 0600), production refuses."""
+    path = signing_key_path(settings)
+    if not path.exists():
+        if not settings.allows_generated_keys:
+            raise SigningKeyMissing(f"production refuses to generate the audit signing key; provide {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        try:
+            # O_EXCL: two processes starting together must not overwrite each other's key.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(base64.b64encode(seed) + b"\n")
+    raw = base64.b64decode(path.read_bytes().strip(), validate=True)
+    if len(raw) != 32:
+        raise SigningKeyMissing(f"{path} does not hold a base64 32-byte Ed25519 seed")
+    return NoteSigner(origin, Ed25519PrivateKey.from_private_bytes(raw))

@@ -1,0 +1,125 @@
+"""Shapes of query results: entry items, CSV lines, usage counts, access-log items."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit import repository as audit_repository
+from service.audit.repository import EntryFilter
+
+# What a citizen sees: accesses to the record, not auditors' own queries of it.
+CITIZEN_VISIBLE_ACTIONS = (
+    "read",
+    "lookup",
+    "verify",
+    "history",
+    "write",
+    "register",
+    "erase",
+    "batch-get",
+    "subscribe",
+    "deliver",
+)
+CSV_COLUMNS = (
+    "id",
+    "leaf_index",
+    "time",
+    "request_id",
+    "client_id",
+    "department",
+    "on_behalf_of",
+    "action",
+    "citizen_id",
+    "owners",
+    "fields_requested",
+    "fields_released",
+    "decision",
+    "reasons",
+    "purpose",
+    "case_ref",
+    "legal_basis",
+    "status",
+    "source",
+)
+
+
+def entry_item(entry_id: int, leaf_index: int | None, canonical: str) -> dict[str, Any]:
+    entry: dict[str, Any] = json.loads(canonical)
+    return {"id": entry_id, "leaf_index": leaf_index, "entry": entry}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _csv_row(values: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue()
+
+
+def csv_header() -> str:
+    return _csv_row(list(CSV_COLUMNS))
+
+
+def csv_line(item: dict[str, Any]) -> str:
+    entry = item["entry"]
+    values = [_cell(item["id"]), _cell(item["leaf_index"])]
+    values += [_cell(entry.get(column)) for column in CSV_COLUMNS[2:]]
+    return _csv_row(values)
+
+
+def access_item(canonical: str) -> dict[str, Any]:
+    """One line of a citizen's access log; officer and client identities are left out."""
+    entry = json.loads(canonical)
+    return {
+        "time": entry["time"],
+        "department": entry["department"],
+        "action": entry["action"],
+        "fields": entry["fields_released"] or entry["fields_requested"],
+        "purpose": entry["purpose"],
+        "decision": entry["decision"],
+    }
+
+
+async def usage_counts(
+    engine: AsyncEngine,
+    entry_filter: EntryFilter,
+    period: str,
+    field_owners: dict[str, str],
+    only_owner: str | None,
+) -> list[dict[str, Any]]:
+    """Count released fields by (consumer, owner, field, purpose, period), paging the log."""
+    counts: Counter[tuple[str, str | None, str, str | None, str]] = Counter()
+    width = 10 if period == "day" else 7
+    after = 0
+    while True:
+        async with engine.connect() as conn:
+            rows = await audit_repository.page_entries(conn, entry_filter, after, 1000)
+        for _entry_id, _leaf, canonical in rows:
+            entry = json.loads(canonical)
+            for name in entry["fields_released"]:
+                owner = field_owners.get(name)
+                if only_owner is not None and owner != only_owner:
+                    continue
+                key = (entry["department"], owner, name, entry["purpose"], entry["time"][:width])
+                counts[key] += 1
+        if len(rows) < 1000:
+            break
+        after = rows[-1][0]
+    return [
+        {"consumer": c, "owner": o, "field": f, "purpose": p, "period": d, "count": n}
+        for (c, o, f, p, d), n in sorted(
+            counts.items(), key=lambda kv: (kv[0][4], kv[0][0], kv[0][2], str(kv[0][3]))
+        )
+    ]

@@ -1,0 +1,186 @@
+"""Every audit query: tree nodes, leaves, checkpoints, and filtered entry pages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from service.audit import merkle
+from service.audit.models import (
+    AuditCheckpoint,
+    AuditEntryRow,
+    AuditLeaf,
+    AuditNode,
+    AuditSequencerState,
+)
+from service.records.models import Citizen
+
+Executor = AsyncConnection | AsyncSession
+
+
+async def read_nodes(db: Executor, keys: Iterable[merkle.NodeKey]) -> dict[merkle.NodeKey, bytes]:
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    found: dict[merkle.NodeKey, bytes] = {}
+    # Chunked: each key is one (level, index) pair in the OR list.
+    for start in range(0, len(wanted), 200):
+        chunk = wanted[start : start + 200]
+        condition = or_(*(and_(AuditNode.level == lvl, AuditNode.index == idx) for lvl, idx in chunk))
+        rows = await db.execute(select(AuditNode.level, AuditNode.index, AuditNode.hash).where(condition))
+        for level, index, node in rows:
+            found[(int(level), int(index))] = bytes(node)
+    return found
+
+
+async def tree_size(db: Executor) -> int:
+    size = (
+        await db.execute(select(AuditSequencerState.tree_size).where(AuditSequencerState.id == 1))
+    ).scalar()
+    return int(size or 0)
+
+
+async def latest_checkpoint(db: Executor) -> AuditCheckpoint | None:
+    statement = select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc(), AuditCheckpoint.id.desc())
+    if isinstance(db, AsyncSession):
+        return (await db.execute(statement.limit(1))).scalars().first()
+    row = (await db.execute(statement.limit(1))).first()
+    return AuditCheckpoint(**row._mapping) if row else None
+
+
+async def entry_at_leaf(db: Executor, leaf_index: int) -> dict[str, Any] | None:
+    statement = (
+        select(AuditEntryRow.canonical)
+        .join(AuditLeaf, AuditLeaf.entry_id == AuditEntryRow.id)
+        .where(AuditLeaf.leaf_index == leaf_index)
+    )
+    canonical = (await db.execute(statement)).scalar()
+    if canonical is None:
+        return None
+    record: dict[str, Any] = json.loads(canonical)
+    return record
+
+
+class EntryFilter:
+    """What an auditor asked for; ``visible_to_owner`` scopes a data owner to its fields."""
+
+    def __init__(
+        self,
+        *,
+        citizen_id: str | None = None,
+        consumer: str | None = None,
+        owner: str | None = None,
+        field: str | None = None,
+        purpose: str | None = None,
+        decision: str | None = None,
+        action: str | None = None,
+        actions: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        visible_to_owner: str | None = None,
+    ) -> None:
+        self.citizen_id = citizen_id
+        self.consumer = consumer
+        self.owner = owner
+        self.field = field
+        self.purpose = purpose
+        self.decision = decision
+        self.action = action
+        self.actions = actions
+        self.since = since
+        self.until = until
+        self.visible_to_owner = visible_to_owner
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        entries = AuditEntryRow
+        found: list[ColumnElement[bool]] = []
+        equal = {
+            entries.citizen_id: self.citizen_id,
+            entries.department: self.consumer,
+            entries.purpose: self.purpose,
+            entries.decision: self.decision,
+            entries.action: self.action,
+        }
+        for column, value in equal.items():
+            if value is not None:
+                found.append(column == value)
+        for column, value in (
+            (entries.owners, self.owner),
+            (entries.owners, self.visible_to_owner),
+            (entries.fields, self.field),
+        ):
+            if value is not None:
+                # The list is comma-wrapped, so this matches whole names; LIKE
+                # wildcards in the name are escaped.
+                escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                found.append(column.like(f"%,{escaped},%", escape="\\"))
+        if self.actions is not None:
+            found.append(entries.action.in_(list(self.actions)))
+        if self.since is not None:
+            found.append(entries.time >= self.since)
+        if self.until is not None:
+            found.append(entries.time < self.until)
+        return found
+
+
+async def page_entries(
+    db: Executor, entry_filter: EntryFilter, after_id: int, limit: int
+) -> list[tuple[int, int | None, str]]:
+    """(entry id, leaf index or None if not yet sequenced, canonical JSON), in id order."""
+    statement = (
+        select(AuditEntryRow.id, AuditLeaf.leaf_index, AuditEntryRow.canonical)
+        .outerjoin(AuditLeaf, AuditLeaf.entry_id == AuditEntryRow.id)
+        .where(AuditEntryRow.id > after_id, *entry_filter.conditions())
+        .order_by(AuditEntryRow.id)
+        .limit(limit)
+    )
+    return [
+        (int(entry_id), None if leaf is None else int(leaf), str(canonical))
+        for entry_id, leaf, canonical in await db.execute(statement)
+    ]
+
+
+async def page_sequenced(db: Executor, after_leaf: int, limit: int) -> list[tuple[int, int, str]]:
+    """(leaf index, entry id, canonical JSON) in leaf order, for verification and export."""
+    statement = (
+        select(AuditLeaf.leaf_index, AuditLeaf.entry_id, AuditEntryRow.canonical)
+        .outerjoin(AuditEntryRow, AuditEntryRow.id == AuditLeaf.entry_id)
+        .where(AuditLeaf.leaf_index > after_leaf)
+        .order_by(AuditLeaf.leaf_index)
+        .limit(limit)
+    )
+    return [
+        (int(leaf), int(entry_id), "" if canonical is None else str(canonical))
+        for leaf, entry_id, canonical in await db.execute(statement)
+    ]
+
+
+async def all_checkpoints(db: Executor) -> list[tuple[int, int, bytes, str]]:
+    statement = select(
+        AuditCheckpoint.id, AuditCheckpoint.tree_size, AuditCheckpoint.root_hash, AuditCheckpoint.note
+    ).order_by(AuditCheckpoint.id)
+    return [(int(i), int(s), bytes(r), str(n)) for i, s, r, n in await db.execute(statement)]
+
+
+async def citizen_exists(db: Executor, citizen_id: str) -> bool:
+    found = await db.execute(select(Citizen.id).where(Citizen.id == citizen_id))
+    return found.scalar() is not None
+
+
+async def unsequenced_entry(db: Executor) -> int | None:
+    """An entry the sequencer passed (id <= its watermark) that has no leaf, if any."""
+    watermark = select(AuditSequencerState.last_entry_id).where(AuditSequencerState.id == 1).scalar_subquery()
+    statement = (
+        select(AuditEntryRow.id)
+        .outerjoin(AuditLeaf, AuditLeaf.entry_id == AuditEntryRow.id)
+        .where(AuditEntryRow.id <= watermark, AuditLeaf.leaf_index.is_(None))
+        .order_by(AuditEntryRow.id)
+        .limit(1)
+    )
+    found = (await db.execute(statement)).scalar()
+    return None if found is None else int(found)

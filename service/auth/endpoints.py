@@ -1,0 +1,89 @@
+"""``POST /oauth/token`` and the discovery documents."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from service.auth import service as auth_service
+from service.auth.keys import ALGORITHM
+from service.auth.runtime import TOKEN_PATH, AuthRuntime, get_auth
+from service.auth.scopes import ALL_SCOPES
+from service.auth.server import (
+    AUTH_METHODS,
+    MalformedClientAuthentication,
+    PreparedTokenRequest,
+    RegisteredClient,
+    candidate_client_id,
+)
+from service.db import SessionDep
+
+router = APIRouter(tags=["auth"])
+AuthDep = Annotated[AuthRuntime, Depends(get_auth)]
+
+
+def _oauth_error(error: str, description: str) -> JSONResponse:
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    status = 400
+    if error == "invalid_client":
+        status = 401
+        headers["WWW-Authenticate"] = 'Basic realm="tellonce"'
+    return JSONResponse(
+        {"error": error, "error_description": description}, status_code=status, headers=headers
+    )
+
+
+@router.post(TOKEN_PATH, include_in_schema=True, summary="Get an access token (client credentials)")
+async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONResponse:
+    """OAuth2 client credentials (RFC 6749 4.4).
+
+    Authenticate with `client_secret_basic`, `client_secret_post` or `private_key_jwt`
+    (RFC 7523, audience: this URL). Send `grant_type=client_credentials` and optionally
+    `scope`. Errors follow RFC 6749 (`{"error": "invalid_client"}` and so on).
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return _oauth_error("invalid_request", "The body must be application/x-www-form-urlencoded.")
+    form: dict[str, str] = {}
+    for name, value in (await request.form()).multi_items():
+        if isinstance(value, UploadFile) or name in form:
+            # RFC 6749 3.2: parameters must not be repeated.
+            return _oauth_error("invalid_request", f"Parameter {name!r} is repeated or not text.")
+        form[name] = value
+    prepared = PreparedTokenRequest(request.headers, form)
+    try:
+        client_id = candidate_client_id(request.headers, form)
+    except MalformedClientAuthentication as exc:
+        return _oauth_error(exc.error, exc.description)
+    if client_id is not None and len(client_id) <= 64:
+        row = await auth_service.get_client(session, client_id)
+        if row is not None and row.disabled_at is None:
+            prepared.client = RegisteredClient.from_row(row)
+    # authlib is synchronous and does no I/O here: it verifies and signs in memory, and
+    # nothing awaits between setting and clearing the prepared request.
+    return auth.server.respond(prepared)
+
+
+@router.get("/.well-known/jwks.json", summary="Public keys that sign access tokens")
+async def jwks(auth: AuthDep) -> JSONResponse:
+    """The JSON Web Key Set to verify access tokens with, including recently retired keys."""
+    return JSONResponse(auth.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+
+@router.get("/.well-known/oauth-authorization-server", summary="Authorization server metadata")
+async def metadata(auth: AuthDep) -> dict[str, Any]:
+    """RFC 8414 metadata."""
+    return {
+        "issuer": auth.issuer_url,
+        "token_endpoint": auth.token_url,
+        "jwks_uri": auth.issuer_url + "/.well-known/jwks.json",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "scopes_supported": sorted(ALL_SCOPES),
+        "response_types_supported": [],
+        "access_token_signing_alg_values_supported": [ALGORITHM],
+    }

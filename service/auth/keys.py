@@ -1,0 +1,212 @@
+"""The access-token signing keys: ES256 keys in ``$TELLONCE_DATA_DIR/signing-keys``.
+
+The folder holds one PEM file per key (mode 0600) and ``manifest.json``, which names
+the active key and when each key was created and retired. Rotation makes a new key
+active and stamps the old one retired; a retired key stays in the JWKS until every
+token it signed has expired. Every process (each uvicorn worker, the CLI) reads the
+folder itself, and re-reads it when the manifest changes, so a rotation done by the
+CLI reaches running servers without a restart. Creation and rotation hold an
+exclusive ``flock`` so that workers starting together make one key, not several.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from joserfc.jwk import ECKey
+
+from service.db import utcnow
+
+ALGORITHM = "ES256"
+MANIFEST = "manifest.json"
+
+
+class SigningKeyMissing(RuntimeError):
+    """Production found no signing key and may not make one."""
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    kid: str
+    created_at: datetime
+    retired_at: datetime | None
+
+
+def _key_folder(data_dir: Path) -> Path:
+    return data_dir / "signing-keys"
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (folder / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    # Created 0600 from the start: the key is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+
+
+def _read_manifest(folder: Path) -> tuple[str, list[KeyEntry]] | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    entries = [
+        KeyEntry(
+            kid=item["kid"],
+            created_at=datetime.fromisoformat(item["created_at"]),
+            retired_at=datetime.fromisoformat(item["retired_at"]) if item.get("retired_at") else None,
+        )
+        for item in raw["keys"]
+    ]
+    return str(raw["active"]), entries
+
+
+def _write_manifest(folder: Path, active: str, entries: list[KeyEntry]) -> None:
+    document: dict[str, Any] = {
+        "active": active,
+        "keys": [
+            {
+                "kid": e.kid,
+                "created_at": e.created_at.isoformat(),
+                "retired_at": e.retired_at.isoformat() if e.retired_at else None,
+            }
+            for e in entries
+        ],
+    }
+    temporary = folder / f".{MANIFEST}.{secrets.token_hex(4)}"
+    temporary.write_text(json.dumps(document, indent=2))
+    # Atomic: a reader sees the old manifest or the new one, never half of one.
+    temporary.replace(folder / MANIFEST)
+
+
+def _new_key(folder: Path) -> KeyEntry:
+    kid = utcnow().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    key = ECKey.generate_key("P-256", parameters={"kid": kid, "alg": ALGORITHM, "use": "sig"}, private=True)
+    _write_private(folder / f"{kid}.pem", key.as_pem(private=True))
+    return KeyEntry(kid=kid, created_at=utcnow(), retired_at=None)
+
+
+def ensure_signing_key(data_dir: Path, *, may_generate: bool) -> None:
+    """Make the first key if there is none and this environment may generate keys."""
+    folder = _key_folder(data_dir)
+    if (folder / MANIFEST).exists():
+        return
+    if not may_generate:
+        raise SigningKeyMissing(
+            f"no access-token signing key in {folder}; production does not generate one. "
+            "Create it with `tellonce auth rotate-signing-key` in a trusted environment."
+        )
+    with _locked(folder):
+        if (folder / MANIFEST).exists():
+            return
+        entry = _new_key(folder)
+        _write_manifest(folder, entry.kid, [entry])
+
+
+def rotate_signing_key(data_dir: Path) -> str:
+    """Make a new active key; the previous active key is stamped retired now."""
+    folder = _key_folder(data_dir)
+    with _locked(folder):
+        current = _read_manifest(folder)
+        entries = [] if current is None else current[1]
+        now = utcnow()
+        entries = [e if e.retired_at else KeyEntry(e.kid, e.created_at, now) for e in entries]
+        entry = _new_key(folder)
+        entries.append(entry)
+        _write_manifest(folder, entry.kid, entries)
+        return entry.kid
+
+
+class SigningKeys:
+    """The keys one process signs and verifies with, re-read when the manifest changes."""
+
+    def __init__(self, data_dir: Path, token_ttl_seconds: int) -> None:
+        self.folder = _key_folder(data_dir)
+        self.token_ttl = timedelta(seconds=token_ttl_seconds)
+        self._mtime_ns = -1
+        self._active: ECKey | None = None
+        self._by_kid: dict[str, ECKey] = {}
+        self._retired_at: dict[str, datetime] = {}
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Re-read the folder if the manifest changed; True if it did."""
+        try:
+            mtime = (self.folder / MANIFEST).stat().st_mtime_ns
+        except FileNotFoundError:
+            raise SigningKeyMissing(f"no access-token signing key in {self.folder}") from None
+        if mtime == self._mtime_ns:
+            return False
+        manifest = _read_manifest(self.folder)
+        if manifest is None:  # pragma: no cover - removed between stat and read
+            raise SigningKeyMissing(f"no access-token signing key in {self.folder}")
+        active, entries = manifest
+        by_kid: dict[str, ECKey] = {}
+        retired_at: dict[str, datetime] = {}
+        for entry in entries:
+            if entry.kid != active and entry.retired_at is not None:
+                if not self._still_verifies(entry.retired_at):
+                    continue
+                retired_at[entry.kid] = entry.retired_at
+            pem = (self.folder / f"{entry.kid}.pem").read_bytes()
+            by_kid[entry.kid] = ECKey.import_key(
+                pem, parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"}
+            )
+        self._by_kid = by_kid
+        self._retired_at = retired_at
+        self._active = by_kid[active]
+        self._mtime_ns = mtime
+        return True
+
+    def _still_verifies(self, retired_at: datetime) -> bool:
+        # A retired key still verifies the tokens it signed until they have all expired.
+        # The margin covers clock skew between the signer and the verifier.
+        return retired_at > utcnow() - self.token_ttl - timedelta(seconds=60)
+
+    def _usable(self) -> list[ECKey]:
+        return [
+            key
+            for kid, key in self._by_kid.items()
+            if kid not in self._retired_at or self._still_verifies(self._retired_at[kid])
+        ]
+
+    @property
+    def active(self) -> ECKey:
+        assert self._active is not None  # noqa: S101 - set by refresh() in __init__
+        return self._active
+
+    @property
+    def active_kid(self) -> str:
+        return str(self.active.kid)
+
+    def verification_key(self, kid: str) -> ECKey | None:
+        if kid not in self._by_kid:
+            # Perhaps another process rotated: one stat() tells, and only a change re-reads.
+            self.refresh()
+        key = self._by_kid.get(kid)
+        if key is None or (kid in self._retired_at and not self._still_verifies(self._retired_at[kid])):
+            return None
+        return key
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys, as ``/.well-known/jwks.json`` serves them."""
+        self.refresh()
+        return {"keys": [key.as_dict(private=False) for key in self._usable()]}

@@ -1,0 +1,63 @@
+"""The auth objects one process keeps for its lifetime, on ``app.state.auth``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+
+from service.auth.keys import SigningKeys, ensure_signing_key
+from service.auth.ratelimit import RateLimiter
+from service.auth.server import JtiRegistry, TellonceAuthorizationServer
+from service.auth.tokens import TokenIssuer, TokenVerifier
+from service.config import Settings
+
+TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
+
+
+@dataclass
+class AuthRuntime:
+    settings: Settings
+    keys: SigningKeys
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    server: TellonceAuthorizationServer
+
+    @property
+    def issuer_url(self) -> str:
+        return self.issuer.issuer
+
+    @property
+    def token_url(self) -> str:
+        return self.server.token_url
+
+    @classmethod
+    def create(cls, settings: Settings) -> AuthRuntime:
+        # Every process (each uvicorn worker) loads the keys itself from data_dir;
+        # only development and test may make the first one.
+        ensure_signing_key(settings.data_dir, may_generate=settings.allows_generated_keys)
+        keys = SigningKeys(settings.data_dir, settings.access_token_ttl_seconds)
+        issuer_url = settings.public_url.rstrip("/")
+        issuer = TokenIssuer(keys, issuer_url, settings.token_audience, settings.access_token_ttl_seconds)
+        verifier = TokenVerifier(keys, issuer_url, settings.token_audience, settings.token_cache_size)
+        limiter = RateLimiter(settings.client_rate_per_second, settings.client_rate_burst)
+        server = TellonceAuthorizationServer(issuer, issuer_url + TOKEN_PATH, JtiRegistry())
+        return cls(settings, keys, issuer, verifier, limiter, server)
+
+
+@asynccontextmanager
+async def auth_lifecycle(app: FastAPI) -> AsyncIterator[None]:
+    app.state.auth = AuthRuntime.create(app.state.settings)
+    yield
+
+
+def get_auth(request: Request) -> AuthRuntime:
+    runtime: AuthRuntime | None = getattr(request.app.state, "auth", None)
+    if runtime is None:
+        # An app used without its lifespan (rare: some test clients) still authenticates.
+        runtime = AuthRuntime.create(request.app.state.settings)
+        request.app.state.auth = runtime
+    return runtime

@@ -1,0 +1,269 @@
+"""The OAuth2 authorization server: authlib's, behind a thin Starlette adapter.
+
+authlib ships no FastAPI/Starlette integration for the authorization server, so this
+module is the adapter its documentation asks custom frameworks to write. authlib is
+synchronous, and it queries clients while it authenticates; to keep the database async
+the endpoint reads the form and loads the one candidate client first, then runs authlib
+over an in-memory ``query_client``. authlib itself only hashes, signs and verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError, JsonRequest, OAuth2Request
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from joserfc import jwk
+from joserfc.errors import JoseError
+from joserfc.jwk import Key
+from joserfc.jws import extract_compact
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+
+from service.auth.models import Client
+from service.auth.scopes import scopes_for
+from service.auth.secrets import secret_matches
+from service.auth.tokens import TokenIssuer
+
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+JWT_METHOD = "private_key_jwt"
+AUTH_METHODS = [*SECRET_METHODS, JWT_METHOD]
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass
+class RegisteredClient(ClientMixin):  # type: ignore[misc]
+    """authlib's view of a stored client (an enabled one: disabled clients never get here)."""
+
+    client_id: str
+    department: str
+    roles: list[str]
+    secret_hash: str | None
+    public_jwk: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Client) -> RegisteredClient:
+        return cls(row.client_id, row.department, list(row.roles), row.secret_hash, row.public_jwk)
+
+    @property
+    def allowed_scopes(self) -> frozenset[str]:
+        return scopes_for(set(self.roles))
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return secret_matches(client_secret, self.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if endpoint != "token":
+            return False
+        # A key client has no secret; a secret client has no key. Each uses its own way only.
+        if self.public_jwk is not None:
+            return method == JWT_METHOD
+        return method in SECRET_METHODS
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "client_credentials"
+
+    def get_allowed_scope(self, scope: str) -> str:
+        return " ".join(sorted(set(scope.split()) & self.allowed_scopes))
+
+
+class TellonceClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+
+    def validate_requested_scope(self) -> None:
+        """A client may ask for any subset of its roles' scopes, nothing else."""
+        requested = self.request.payload.scope
+        client: RegisteredClient = self.request.client
+        if requested and not set(requested.split()) <= client.allowed_scopes:
+            raise InvalidScopeError()
+
+
+class JtiRegistry:
+    """Assertion ids seen until they expire, so a captured assertion cannot be replayed.
+
+    In memory per process: a replay sent to another replica within the assertion's short
+    lifetime is not caught (a shared store would be needed for that)."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._seen: dict[str, float] = {}
+
+    def first_use(self, key: str, expires_at: float) -> bool:
+        now = time.time()
+        if len(self._seen) >= self.max_entries:
+            self._seen = {k: v for k, v in self._seen.items() if v > now}
+        if key in self._seen and self._seen[key] > now:
+            return False
+        self._seen[key] = expires_at
+        return True
+
+
+class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[misc]
+    """RFC 7523 client authentication with the client's registered public JWK."""
+
+    CLIENT_AUTH_METHOD = JWT_METHOD
+
+    def __init__(self, audiences: list[str], jti_registry: JtiRegistry) -> None:
+        super().__init__(validate_jti=True, leeway=30)
+        self.audiences = audiences
+        self.jti_registry = jti_registry
+
+    def get_audiences(self) -> list[str]:
+        return self.audiences
+
+    def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
+        expires_at = claims.get("exp")
+        lifetime = float(expires_at) if isinstance(expires_at, int | float) else time.time() + 3600
+        return self.jti_registry.first_use(f"{claims['sub']}:{jti}", lifetime + self.leeway)
+
+    def resolve_client_public_key(self, client: RegisteredClient) -> Key:
+        # Validated as a public EC, OKP or RSA key when the client was registered.
+        return jwk.import_key(client.public_jwk or {})
+
+
+class FormRequest(OAuth2Request):  # type: ignore[misc]
+    """An OAuth2Request over a form that was already read (authlib is synchronous)."""
+
+    def __init__(self, uri: str, headers: Headers, form: dict[str, str]) -> None:
+        super().__init__(method="POST", uri=uri, headers=headers)
+        self._form = form
+        self.payload = BasicOAuth2Payload(form)
+
+    @property
+    def args(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
+@dataclass
+class PreparedTokenRequest:
+    headers: Headers
+    form: dict[str, str]
+    client: RegisteredClient | None = field(default=None)
+
+
+class MalformedClientAuthentication(Exception):
+    """The request's client authentication cannot even be parsed, or mixes methods."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None:
+    """The client the request claims to be, before any of it is verified.
+
+    Also refuses what authlib would mishandle or silently accept: a Basic header that is
+    not base64 UTF-8 (authlib raises a UnicodeDecodeError), and several client
+    authentication methods in one request (RFC 6749 2.3 allows exactly one).
+    """
+    authorization = headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    in_form = [name for name in ("client_secret", "client_assertion") if name in form]
+    if (authorization and in_form) or len(in_form) > 1:
+        raise MalformedClientAuthentication(
+            "invalid_request", "Use exactly one client authentication method."
+        )
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise MalformedClientAuthentication(
+                "invalid_client", "The Basic credentials are not base64 UTF-8."
+            ) from None
+        return unquote(decoded.split(":", 1)[0]) or None
+    if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
+        try:
+            payload = json.loads(extract_compact(form["client_assertion"].encode()).payload)
+        except (JoseError, ValueError, UnicodeError):
+            return None
+        subject = payload.get("sub") if isinstance(payload, dict) else None
+        return subject if isinstance(subject, str) else None
+    client_id = form.get("client_id")
+    return client_id or None
+
+
+class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, issuer: TokenIssuer, token_url: str, jti_registry: JtiRegistry) -> None:
+        super().__init__(scopes_supported=None)
+        self.issuer = issuer
+        self.token_url = token_url
+        self.register_grant(TellonceClientCredentialsGrant)
+        self.register_token_generator("default", self._generate_token)
+        # RFC 7523 allows the token endpoint URL or the issuer as the assertion audience.
+        audiences = [token_url, issuer.issuer]
+        self.register_client_auth_method(JWT_METHOD, PrivateKeyJwtAuthentication(audiences, jti_registry))
+
+    # -- the framework adapter -------------------------------------------------------
+    def query_client(self, client_id: str) -> RegisteredClient | None:
+        # Never called outside create_token_response, which sets _prepared first.
+        prepared: PreparedTokenRequest | None = getattr(self, "_prepared", None)
+        if prepared is None or prepared.client is None or prepared.client.client_id != client_id:
+            return None
+        return prepared.client
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        """Access tokens are self-contained JWTs; nothing is stored."""
+
+    def create_oauth2_request(self, request: PreparedTokenRequest) -> FormRequest:
+        # The issuer URL, not the Host header: behind TLS termination the request looks
+        # like plain HTTP, and authlib refuses non-HTTPS URLs other than loopback.
+        return FormRequest(self.token_url, request.headers, request.form)
+
+    def create_json_request(self, request: PreparedTokenRequest) -> JsonRequest:
+        return JsonRequest("POST", self.token_url, request.headers)
+
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> JSONResponse:
+        header_map = dict(headers)
+        if isinstance(body, dict) and body.get("error") == "invalid_client":
+            # RFC 6749 5.2 allows 401 for every failed client authentication; one status
+            # for all of them tells an attacker nothing about which part was wrong.
+            status = 401
+            header_map.setdefault("WWW-Authenticate", 'Basic realm="tellonce"')
+        header_map["Cache-Control"] = "no-store"
+        header_map["Pragma"] = "no-cache"
+        header_map.pop("Content-Type", None)
+        return JSONResponse(body, status_code=status, headers=header_map)
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """No signals: the hooks authlib offers are not used."""
+
+    # -- tokens --------------------------------------------------------------------------
+    def _generate_token(
+        self,
+        grant_type: str,  # noqa: ARG002
+        client: RegisteredClient,
+        user: Any = None,  # noqa: ARG002
+        scope: str | None = None,
+        expires_in: int | None = None,  # noqa: ARG002
+        include_refresh_token: bool = False,  # noqa: ARG002
+    ) -> dict[str, Any]:
+        granted = client.get_allowed_scope(scope) if scope else " ".join(sorted(client.allowed_scopes))
+        return self.issuer.issue(
+            client_id=client.client_id, department=client.department, roles=client.roles, scope=granted
+        )
+
+    def respond(self, prepared: PreparedTokenRequest) -> JSONResponse:
+        self._prepared: PreparedTokenRequest | None = prepared
+        try:
+            response: JSONResponse = self.create_token_response(prepared)
+        finally:
+            self._prepared = None
+        return response

@@ -1,0 +1,147 @@
+"""Registering, listing and disabling clients. Secrets are returned once, here only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwk
+from joserfc.errors import JoseError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth.errors import ClientNotFound, InvalidClientRegistration
+from service.auth.models import Client
+from service.auth.scopes import ROLES
+from service.auth.secrets import hash_secret, new_client_id, new_client_secret
+from service.catalog import repository as catalog_repository
+from service.db import utcnow
+
+PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+
+
+@dataclass(frozen=True)
+class NewClient:
+    client_id: str
+    # Shown once to the operator; None for a private_key_jwt client.
+    client_secret: str | None
+
+    def __repr__(self) -> str:
+        return f"NewClient(client_id={self.client_id!r}, client_secret=***)"
+
+    def as_json(self) -> dict[str, str]:
+        out = {"client_id": self.client_id}
+        if self.client_secret is not None:
+            out["client_secret"] = self.client_secret
+        return out
+
+
+def parse_public_jwk(text: str) -> dict[str, Any]:
+    """A public JWK (EC, OKP or RSA) from JSON; refuses private keys and junk."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        raise InvalidClientRegistration("The JWK is not valid JSON.") from None
+    if not isinstance(document, dict):
+        raise InvalidClientRegistration("The JWK must be a JSON object.")
+    if PRIVATE_MEMBERS & document.keys():
+        raise InvalidClientRegistration("The JWK contains private key material; register the public key.")
+    if document.get("kty") not in PUBLIC_KEY_TYPES:
+        raise InvalidClientRegistration("The JWK must be an EC, OKP or RSA public key.")
+    try:
+        jwk.import_key(document)
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise InvalidClientRegistration("The JWK is not a valid public key.") from None
+    return document
+
+
+async def _validate(session: AsyncSession, department: str, roles: list[str]) -> None:
+    if not roles:
+        raise InvalidClientRegistration("A client needs at least one role.")
+    unknown = sorted(set(roles) - ROLES)
+    if unknown:
+        raise InvalidClientRegistration(
+            f"Unknown role(s): {', '.join(unknown)}. Roles are: {', '.join(sorted(ROLES))}."
+        )
+    latest = await catalog_repository.latest(session)
+    if latest is not None:
+        departments = {d["id"] for d in latest.content.get("departments", [])}
+        if department not in departments:
+            raise InvalidClientRegistration(
+                f"Unknown department {department!r}; the catalog has: {', '.join(sorted(departments))}."
+            )
+    elif not department:
+        raise InvalidClientRegistration("A client needs a department.")
+
+
+async def create_client(
+    session: AsyncSession,
+    *,
+    department: str,
+    roles: list[str],
+    name: str | None = None,
+    public_jwk: dict[str, Any] | None = None,
+    rate_per_second: float | None = None,
+    rate_burst: int | None = None,
+) -> NewClient:
+    """Register a client. Without ``public_jwk`` it gets a secret, returned only here."""
+    roles = sorted(set(roles))
+    await _validate(session, department, roles)
+    client_id = new_client_id()
+    secret = None if public_jwk is not None else new_client_secret()
+    session.add(
+        Client(
+            client_id=client_id,
+            name=name or f"{department} ({', '.join(roles)})",
+            department=department,
+            roles=roles,
+            public_jwk=public_jwk,
+            secret_hash=hash_secret(secret) if secret is not None else None,
+            rate_per_second=rate_per_second,
+            rate_burst=rate_burst,
+        )
+    )
+    await session.flush()
+    return NewClient(client_id, secret)
+
+
+async def list_clients(session: AsyncSession) -> list[Client]:
+    return list((await session.scalars(select(Client).order_by(Client.created_at, Client.client_id))).all())
+
+
+async def get_client(session: AsyncSession, client_id: str) -> Client | None:
+    return await session.get(Client, client_id)
+
+
+async def disable_client(session: AsyncSession, client_id: str) -> Client:
+    """Disable a client; its tokens are refused from the very next request."""
+    client = await session.get(Client, client_id)
+    if client is None:
+        raise ClientNotFound(f"No client {client_id!r}.")
+    if client.disabled_at is None:
+        client.disabled_at = utcnow()
+        await session.flush()
+    return client
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    disabled: bool
+    rate_per_second: float | None
+    rate_burst: int | None
+
+
+async def client_status(session: AsyncSession, client_id: str) -> ClientStatus | None:
+    """The per-request check: one primary-key lookup, Core, no ORM object built."""
+    row = (
+        await session.execute(
+            select(Client.disabled_at, Client.rate_per_second, Client.rate_burst).where(
+                Client.client_id == client_id
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return ClientStatus(row.disabled_at is not None, row.rate_per_second, row.rate_burst)

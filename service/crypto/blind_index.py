@@ -1,0 +1,56 @@
+"""Blind index: a keyed hash of a normalised value, to find a citizen without decrypting.
+
+The per-field key is derived with HKDF-SHA256 from a blind-index root that is separate
+from every encryption key, so an index says nothing about ciphertexts and one field's
+index cannot be matched against another's. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import unicodedata
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from service.crypto.material import KeyMaterial
+
+BLIND_INDEX_BYTES = 16
+_FIELD_INFO = b"tellonce/blind-index/field/v1/"
+
+
+def normalise(value: str) -> str:
+    """NFKC, case-folded, trimmed. NFKC runs again after folding: folding can denormalise."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    return folded.strip()
+
+
+class BlindIndexer:
+    """Computes blind indexes; holds one derived HMAC key per field, made on first use."""
+
+    __slots__ = ("_field_macs", "_root")
+
+    def __init__(self, root: KeyMaterial) -> None:
+        if len(root) != 32:
+            raise ValueError("the blind-index root is 32 bytes")
+        self._root = root
+        self._field_macs: dict[str, hmac.HMAC] = {}
+
+    def _field_mac(self, field: str) -> hmac.HMAC:
+        mac = self._field_macs.get(field)
+        if mac is None:
+            field_key = HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=_FIELD_INFO + field.encode()
+            ).derive(self._root.reveal())
+            mac = hmac.new(field_key, digestmod=hashlib.sha256)
+            self._field_macs[field] = mac
+        return mac
+
+    def index(self, field: str, value: str) -> bytes:
+        mac = self._field_mac(field).copy()
+        mac.update(normalise(value).encode())
+        return mac.digest()[:BLIND_INDEX_BYTES]
+
+    def __repr__(self) -> str:
+        return f"BlindIndexer(fields={len(self._field_macs)})"

@@ -1,0 +1,137 @@
+"""``tellonce keys``: rotate KEKs, re-encrypt after a compromise, show key status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from service.audit.hooks import KeyEventsCollected
+from service.config import get_settings
+from service.crypto import service as key_service
+from service.crypto.errors import NoDepartmentKeys
+from service.crypto.keyring import Keyring
+from service.db import Database
+
+app = typer.Typer(no_args_is_help=True, help="Key-encryption keys and data keys.")
+console = Console()
+T = TypeVar("T")
+
+
+def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitable[T]], label: str) -> T:
+    settings = get_settings()
+    keyring = Keyring.from_settings(settings)
+    # Key operations are audited: collected while the work runs, appended when it ends.
+    key_events = KeyEventsCollected()
+    keyring.on_key_event = key_events
+
+    async def main() -> T:
+        database = Database(settings)
+        try:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task(label, total=None)
+
+                def report(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                try:
+                    return await work(database, keyring, report)
+                finally:
+                    await key_events.flush(database.engine)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(main())
+    except NoDepartmentKeys as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command("rotate")
+def rotate(
+    department: str = typer.Option(..., "--department", "-d", help="The owning department."),
+    batch_size: int = typer.Option(1000, min=1, help="Data keys rewrapped per transaction."),
+) -> None:
+    """New KEK version for DEPARTMENT, then every data key rewrapped under it.
+
+    Safe to interrupt: run it again and it resumes. Data stays readable throughout."""
+    result = _run(
+        lambda db, keyring, report: key_service.rotate_department(
+            db.engine, keyring, department, batch_size=batch_size, progress=report
+        ),
+        f"rewrapping {department}",
+    )
+    verb = "resumed rotation to" if result.resumed else "rotated to"
+    retired = ", ".join(f"v{v}" for v in result.retired_versions) or "none"
+    console.print(
+        f"{department}: {verb} KEK v{result.version}; "
+        f"{result.rewrapped} data keys rewrapped; retired: {retired}"
+    )
+
+
+@app.command("reencrypt")
+def reencrypt(
+    department: str = typer.Option(..., "--department", "-d", help="The owning department."),
+    batch_size: int = typer.Option(200, min=1, help="Citizens re-encrypted per transaction."),
+) -> None:
+    """After a suspected compromise: new data keys for every citizen of DEPARTMENT, every
+    value re-encrypted, old data keys destroyed. Safe to interrupt and run again."""
+    result = _run(
+        lambda db, keyring, report: key_service.reencrypt_department(
+            db.engine, keyring, department, batch_size=batch_size, progress=report
+        ),
+        f"re-encrypting {department}",
+    )
+    verb = "resumed and re-encrypted" if result.resumed else "re-encrypted"
+    console.print(f"{department}: {verb} {result.values} values under {result.data_keys} new data keys")
+
+
+@app.command("status")
+def status() -> None:
+    """KEK versions and data-key counts per department."""
+
+    async def main() -> list[key_service.DepartmentKeyStatus]:
+        database = Database(get_settings())
+        try:
+            async with database.engine.connect() as conn:
+                return await key_service.key_status(conn)
+        finally:
+            await database.dispose()
+
+    rows = asyncio.run(main())
+    table = Table(title="Keys")
+    for column in (
+        "department",
+        "active KEK",
+        "versions (data keys)",
+        "live data keys",
+        "destroyed",
+        "re-encryption",
+    ):
+        table.add_column(column)
+    for row in rows:
+        versions = ", ".join(f"v{v.version} {v.status} ({v.data_keys})" for v in row.versions)
+        table.add_row(
+            row.department,
+            f"v{row.active_version}" if row.active_version else "-",
+            versions,
+            str(row.live_data_keys),
+            str(row.destroyed_data_keys),
+            "pending" if row.reencryption_pending else "-",
+        )
+    if not rows:
+        console.print("no keys yet")
+        return
+    console.print(table)

@@ -1,0 +1,392 @@
+"""The keyring: department KEKs and citizens' data keys, unwrapped on demand and cached.
+
+Methods take an ``AsyncConnection`` so they run inside the caller's transaction, whether
+that is an ORM session's connection or a long-lived Core connection on the hot path.
+
+Hierarchy: the provider's root key wraps each department's KEK versions; a KEK wraps the
+data key of each (citizen, department); a data key encrypts that citizen's values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, cast
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fastapi import Depends, Request
+from sqlalchemy import LargeBinary, String, Table, func, insert, literal, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.config import Settings
+from service.crypto.aead import DATA_KEY_BYTES, DataKey
+from service.crypto.blind_index import BlindIndexer
+from service.crypto.cache import Clock, TTLCache
+from service.crypto.errors import (
+    CitizenShredded,
+    CryptoError,
+    DataKeyDestroyed,
+    DataKeyMissing,
+    KeyUnwrapError,
+)
+from service.crypto.material import KeyMaterial
+from service.crypto.models import DataKeyRecord, KeyEncryptionKey
+from service.crypto.providers import KeyProvider, LocalKeyProvider
+from service.db import UTCDateTime, utcnow
+
+logger = logging.getLogger("tellonce.crypto")
+
+KEKS = cast(Table, KeyEncryptionKey.__table__)
+DATA_KEYS = cast(Table, DataKeyRecord.__table__)
+
+_LENGTH = struct.Struct(">I")
+_VERSION = struct.Struct(">Q")
+_DATA_KEY_WRAP_V1 = 0x01
+_WRAPPED_DATA_KEY_BYTES = 1 + 12 + DATA_KEY_BYTES + 16
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    """A key operation, for the audit trail. ``detail`` never holds key bytes or values."""
+
+    action: str
+    department: str | None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+KeyEventHook = Callable[[KeyEvent], Awaitable[None]]
+
+
+async def log_key_event(event: KeyEvent) -> None:
+    """The default hook until the audit domain connects: a structured log line."""
+    logger.info(
+        "key operation", extra={"action": event.action, "department": event.department, **event.detail}
+    )
+
+
+def _framed(*parts: bytes) -> bytes:
+    return b"".join(_LENGTH.pack(len(part)) + part for part in parts)
+
+
+def kek_context(department: str, version: int) -> bytes:
+    """What the provider authenticates with a wrapped KEK: the row it belongs to."""
+    return b"tellonce/kek/v1" + _framed(department.encode()) + _VERSION.pack(version)
+
+
+def data_key_context(citizen_id: str, department: str, kek_version: int) -> bytes:
+    return (
+        b"tellonce/data-key/v1"
+        + _framed(citizen_id.encode(), department.encode())
+        + _VERSION.pack(kek_version)
+    )
+
+
+class DepartmentKek:
+    """An unwrapped KEK version. Wraps and unwraps data keys locally (no provider call)."""
+
+    __slots__ = ("_aead", "department", "version")
+
+    def __init__(self, department: str, version: int, material: KeyMaterial) -> None:
+        self.department = department
+        self.version = version
+        self._aead = AESGCM(material.reveal())
+
+    def wrap(self, key: KeyMaterial, citizen_id: str) -> bytes:
+        nonce = os.urandom(12)
+        context = data_key_context(citizen_id, self.department, self.version)
+        return bytes((_DATA_KEY_WRAP_V1,)) + nonce + self._aead.encrypt(nonce, key.reveal(), context)
+
+    def unwrap(self, wrapped: bytes, citizen_id: str) -> KeyMaterial:
+        if len(wrapped) != _WRAPPED_DATA_KEY_BYTES or wrapped[0] != _DATA_KEY_WRAP_V1:
+            raise KeyUnwrapError("a wrapped data key is malformed")
+        context = data_key_context(citizen_id, self.department, self.version)
+        try:
+            return KeyMaterial(self._aead.decrypt(wrapped[1:13], wrapped[13:], context))
+        except InvalidTag:
+            raise KeyUnwrapError("a data key did not unwrap under its KEK") from None
+
+    def __repr__(self) -> str:
+        return f"DepartmentKek(department={self.department!r}, version={self.version})"
+
+
+class Keyring:
+    """The keys one process uses. Lives on ``app.state.keyring``.
+
+    ``data_keys`` RAISES ``DataKeyDestroyed`` (an HTTP 410 ``Gone``) when any asked-for key
+    was shredded: a destroyed key is never silently left out. Shredding evicts the key from
+    this process's cache at once; other processes drop it within ``cache_ttl_seconds``
+    (records also refuses erased citizens by their status).
+    """
+
+    def __init__(
+        self,
+        provider: KeyProvider,
+        *,
+        cache_size: int = 10_000,
+        cache_ttl_seconds: float = 300.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.data_key_cache: TTLCache[int, DataKey] = TTLCache(cache_size, cache_ttl_seconds, clock)
+        self.kek_cache: TTLCache[tuple[str, int], DepartmentKek] = TTLCache(256, cache_ttl_seconds, clock)
+        self._blind_indexer = BlindIndexer(provider.blind_index_root())
+        # The one hook for key operations; the audit domain replaces it.
+        self.on_key_event: KeyEventHook = log_key_event
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> Keyring:
+        return cls(LocalKeyProvider.from_settings(settings), **options)
+
+    def __repr__(self) -> str:
+        return f"Keyring(provider={self.provider.name!r}, data_keys_cached={len(self.data_key_cache)})"
+
+    async def emit(self, action: str, department: str | None, **detail: Any) -> None:
+        await self.on_key_event(KeyEvent(action, department, detail))
+
+    # ---- blind index -------------------------------------------------------------------
+
+    def blind_index(self, field: str, value: str) -> bytes:
+        """16-byte HMAC-SHA256 of the normalised value under the field's own derived key."""
+        return self._blind_indexer.index(field, value)
+
+    # ---- KEKs --------------------------------------------------------------------------
+
+    async def kek(self, conn: AsyncConnection, department: str, version: int) -> DepartmentKek:
+        """A department KEK version, unwrapped through the provider (cached)."""
+        cached = self.kek_cache.get((department, version))
+        if cached is not None:
+            return cached
+        wrapped = (
+            await conn.execute(
+                select(KEKS.c.wrapped_key).where(KEKS.c.department == department, KEKS.c.version == version)
+            )
+        ).scalar_one_or_none()
+        if wrapped is None:
+            raise KeyUnwrapError("a KEK version is missing or retired")
+        material = await self.provider.unwrap(wrapped, context=kek_context(department, version))
+        kek = DepartmentKek(department, version, material)
+        self.kek_cache.put((department, version), kek)
+        return kek
+
+    async def active_kek(self, conn: AsyncConnection, department: str) -> DepartmentKek:
+        """The department's active KEK; version 1 is created on the department's first use."""
+        for _attempt in range(5):
+            # FOR SHARE (PostgreSQL): a rotation waits for writers wrapping under this version.
+            version = (
+                await conn.execute(
+                    select(KEKS.c.version)
+                    .where(KEKS.c.department == department, KEKS.c.status == "active")
+                    .with_for_update(read=True)
+                )
+            ).scalar_one_or_none()
+            if version is not None:
+                return await self.kek(conn, department, version)
+            created = await self.create_kek_version(conn, department, first=True)
+            if created is not None:
+                return created
+        raise CryptoError("the department's active KEK could not be settled")
+
+    async def create_kek_version(
+        self, conn: AsyncConnection, department: str, *, first: bool = False
+    ) -> DepartmentKek | None:
+        """A new active KEK version; the previous active one becomes decrypt-only.
+
+        Returns None when another process won the race (the caller reads again)."""
+        latest = (
+            await conn.execute(select(func.max(KEKS.c.version)).where(KEKS.c.department == department))
+        ).scalar_one()
+        if first and latest is not None:
+            return None
+        version = (latest or 0) + 1
+        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
+        wrapped = await self.provider.wrap(material, context=kek_context(department, version))
+        try:
+            async with conn.begin_nested():
+                await conn.execute(
+                    update(KEKS)
+                    .where(KEKS.c.department == department, KEKS.c.status == "active")
+                    .values(status="decrypt_only")
+                )
+                await conn.execute(
+                    insert(KEKS).values(
+                        department=department,
+                        version=version,
+                        status="active",
+                        provider=self.provider.name,
+                        wrapped_key=wrapped,
+                        created_at=utcnow(),
+                    )
+                )
+        except IntegrityError:
+            return None
+        kek = DepartmentKek(department, version, material)
+        self.kek_cache.put((department, version), kek)
+        await self.emit("kek.created", department, version=version, provider=self.provider.name)
+        return kek
+
+    # ---- data keys ---------------------------------------------------------------------
+
+    async def data_key_for_write(self, conn: AsyncConnection, citizen_id: str, department: str) -> DataKey:
+        """The citizen's data key for ``department``, made (under the active KEK) if new.
+
+        Raises ``CitizenShredded`` for a citizen whose keys were shredded."""
+        for _attempt in range(5):
+            row = (
+                await conn.execute(
+                    select(DATA_KEYS.c.id, DATA_KEYS.c.kek_version, DATA_KEYS.c.wrapped_key)
+                    .where(
+                        DATA_KEYS.c.citizen_id == citizen_id,
+                        DATA_KEYS.c.department == department,
+                        DATA_KEYS.c.status == "active",
+                    )
+                    .with_for_update(read=True)
+                )
+            ).first()
+            if row is not None:
+                cached = self.data_key_cache.get(row.id)
+                if cached is not None:
+                    return cached
+                kek = await self.kek(conn, department, row.kek_version)
+                key = DataKey(row.id, department, row.kek_version, kek.unwrap(row.wrapped_key, citizen_id))
+                self.data_key_cache.put(key.id, key)
+                return key
+            created = await self._create_data_key(conn, citizen_id, department)
+            if created is not None:
+                return created
+        raise CryptoError("the citizen's data key could not be settled")
+
+    async def _create_data_key(
+        self, conn: AsyncConnection, citizen_id: str, department: str
+    ) -> DataKey | None:
+        shredded = (
+            await conn.execute(
+                select(DATA_KEYS.c.id)
+                .where(DATA_KEYS.c.citizen_id == citizen_id, DATA_KEYS.c.status == "shredded")
+                .limit(1)
+            )
+        ).first()
+        if shredded is not None:
+            raise CitizenShredded()
+        kek = await self.active_kek(conn, department)
+        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
+        wrapped = kek.wrap(material, citizen_id)
+        # Insert only while that KEK version is still active: a rotation that committed
+        # in between makes this insert a no-op and the loop wraps under the new version.
+        still_active = (
+            select(
+                literal(citizen_id, String()),
+                literal(department, String()),
+                KEKS.c.version,
+                literal("active", String()),
+                literal(wrapped, LargeBinary()),
+                literal(utcnow(), UTCDateTime()),
+            )
+            .where(KEKS.c.department == department, KEKS.c.version == kek.version, KEKS.c.status == "active")
+            .with_for_update(read=True)
+        )
+        try:
+            async with conn.begin_nested():
+                key_id = (
+                    await conn.execute(
+                        insert(DATA_KEYS)
+                        .from_select(
+                            [
+                                "citizen_id",
+                                "department",
+                                "kek_version",
+                                "status",
+                                "wrapped_key",
+                                "created_at",
+                            ],
+                            still_active,
+                        )
+                        .returning(DATA_KEYS.c.id)
+                    )
+                ).scalar_one_or_none()
+        except IntegrityError:
+            return None  # another writer made the key first; read theirs
+        if key_id is None:
+            return None
+        key = DataKey(key_id, department, kek.version, material)
+        self.data_key_cache.put(key.id, key)
+        return key
+
+    async def data_keys(self, conn: AsyncConnection, key_ids: Iterable[int]) -> dict[int, DataKey]:
+        """Unwrapped data keys by id, through the cache. Raises ``DataKeyDestroyed`` if any
+        was shredded or destroyed, ``DataKeyMissing`` if any id does not exist."""
+        found: dict[int, DataKey] = {}
+        missing: list[int] = []
+        for key_id in set(key_ids):
+            cached = self.data_key_cache.get(key_id)
+            if cached is None:
+                missing.append(key_id)
+            else:
+                found[key_id] = cached
+        if not missing:
+            return found
+        rows = (
+            await conn.execute(
+                select(
+                    DATA_KEYS.c.id,
+                    DATA_KEYS.c.citizen_id,
+                    DATA_KEYS.c.department,
+                    DATA_KEYS.c.kek_version,
+                    DATA_KEYS.c.wrapped_key,
+                ).where(DATA_KEYS.c.id.in_(missing))
+            )
+        ).all()
+        if len(rows) != len(missing):
+            raise DataKeyMissing("a value names a data key that does not exist")
+        destroyed = sorted(row.id for row in rows if row.wrapped_key is None)
+        if destroyed:
+            raise DataKeyDestroyed(destroyed)
+        for row in rows:
+            kek = await self.kek(conn, row.department, row.kek_version)
+            key = DataKey(
+                row.id, row.department, row.kek_version, kek.unwrap(row.wrapped_key, row.citizen_id)
+            )
+            self.data_key_cache.put(key.id, key)
+            found[key.id] = key
+        return found
+
+    async def shred_citizen(self, conn: AsyncConnection, citizen_id: str) -> int:
+        """Crypto-shredding: destroy every data key of the citizen. Returns how many.
+
+        The wrapped bytes are overwritten with NULL (SQLite's secure_delete zeroes the
+        freed cells), the rows are marked ``shredded``, and the keys leave the cache."""
+        if conn.dialect.name == "sqlite":
+            await conn.execute(text("PRAGMA secure_delete = ON"))
+        rows = (
+            await conn.execute(
+                select(DATA_KEYS.c.id, DATA_KEYS.c.department).where(
+                    DATA_KEYS.c.citizen_id == citizen_id, DATA_KEYS.c.status.in_(("active", "replaced"))
+                )
+            )
+        ).all()
+        if rows:
+            await conn.execute(
+                update(DATA_KEYS)
+                .where(DATA_KEYS.c.id.in_([row.id for row in rows]))
+                .values(wrapped_key=None, status="shredded", destroyed_at=utcnow())
+            )
+        self.data_key_cache.evict(row.id for row in rows)
+        per_department: dict[str, int] = {}
+        for row in rows:
+            per_department[row.department] = per_department.get(row.department, 0) + 1
+        for department, count in sorted(per_department.items()):
+            await self.emit("data_keys.shredded", department, citizen_id=citizen_id, count=count)
+        return len(rows)
+
+
+def get_keyring(request: Request) -> Keyring:
+    keyring: Keyring = request.app.state.keyring
+    return keyring
+
+
+KeyringDep = Annotated[Keyring, Depends(get_keyring)]

@@ -1,0 +1,413 @@
+"""Key operations that span many rows: rotation, re-encryption, status.
+
+Each batch is its own transaction, so an interrupted run leaves every row consistent
+and readable, and running the command again continues where it stopped:
+- rotation: rows remember their KEK version; keys still on an older version are left;
+- re-encryption: a ``key_jobs`` row remembers which data keys were suspect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.crypto.aead import DataKey, decrypt_value, encrypt_value
+from service.crypto.errors import NoDepartmentKeys
+from service.crypto.keyring import DATA_KEYS, KEKS, Keyring
+from service.crypto.material import KeyMaterial
+from service.crypto.models import KeyJob
+from service.db import utcnow
+from service.records.models import FieldValue
+
+KEY_JOBS = cast(Table, KeyJob.__table__)
+FIELD_VALUES = cast(Table, FieldValue.__table__)
+LIVE_KEY = DATA_KEYS.c.wrapped_key.is_not(None)
+
+# Called after each committed batch with (done, total). Raising from it stops the run
+# between batches, which is how tests interrupt one.
+Progress = Callable[[int, int], None]
+
+
+def _no_progress(_done: int, _total: int) -> None:
+    return None
+
+
+@dataclass
+class RotationResult:
+    department: str
+    version: int
+    resumed: bool
+    rewrapped: int
+    retired_versions: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ReencryptionResult:
+    department: str
+    resumed: bool
+    data_keys: int
+    values: int
+
+
+@dataclass
+class KekVersionStatus:
+    version: int
+    status: str
+    data_keys: int
+
+
+@dataclass
+class DepartmentKeyStatus:
+    department: str
+    active_version: int | None
+    versions: list[KekVersionStatus]
+    live_data_keys: int
+    destroyed_data_keys: int
+    reencryption_pending: bool
+
+
+async def _active_version(conn: AsyncConnection, department: str) -> int | None:
+    return (
+        await conn.execute(
+            select(KEKS.c.version).where(KEKS.c.department == department, KEKS.c.status == "active")
+        )
+    ).scalar_one_or_none()
+
+
+async def _count_behind(conn: AsyncConnection, department: str, version: int) -> int:
+    return (
+        await conn.execute(
+            select(func.count())
+            .select_from(DATA_KEYS)
+            .where(DATA_KEYS.c.department == department, DATA_KEYS.c.kek_version < version, LIVE_KEY)
+        )
+    ).scalar_one()
+
+
+async def rotate_department(
+    engine: AsyncEngine,
+    keyring: Keyring,
+    department: str,
+    *,
+    batch_size: int = 1000,
+    progress: Progress = _no_progress,
+) -> RotationResult:
+    """A new KEK version for ``department``, then every data key rewrapped under it.
+
+    If an earlier run was interrupted (keys remain on older versions), no new version is
+    made: the run resumes rewrapping to the active one. Old versions are retired (their
+    wrapped bytes destroyed) once no data key uses them."""
+    async with engine.begin() as conn:
+        active = await _active_version(conn, department)
+        if active is None:
+            # A typo must not mint a KEK for a department that does not exist.
+            raise NoDepartmentKeys(f"department {department!r} has no keys yet")
+        resumed = await _count_behind(conn, department, active) > 0
+        if resumed:
+            target = await keyring.kek(conn, department, active)
+        else:
+            created = await keyring.create_kek_version(conn, department)
+            if created is None:
+                raise RuntimeError("another rotation of this department is running")
+            target = created
+            await keyring.emit("kek.rotated", department, previous_version=active, version=target.version)
+        total = await _count_behind(conn, department, target.version)
+
+    rewrap = (
+        update(DATA_KEYS)
+        .where(
+            DATA_KEYS.c.id == bindparam("b_id"),
+            DATA_KEYS.c.kek_version == bindparam("b_old_version"),
+            LIVE_KEY,  # never resurrect a key shredded meanwhile
+        )
+        .values(wrapped_key=bindparam("b_wrapped"), kek_version=target.version)
+    )
+    done = 0
+    last_id = 0
+    final_pass = False
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        DATA_KEYS.c.id,
+                        DATA_KEYS.c.citizen_id,
+                        DATA_KEYS.c.kek_version,
+                        DATA_KEYS.c.wrapped_key,
+                    )
+                    .where(
+                        DATA_KEYS.c.department == department,
+                        DATA_KEYS.c.kek_version < target.version,
+                        DATA_KEYS.c.id > last_id,
+                        LIVE_KEY,
+                    )
+                    .order_by(DATA_KEYS.c.id)
+                    .limit(batch_size)
+                )
+            ).all()
+            if not rows:
+                if final_pass:
+                    break
+                # One more sweep from the start catches keys written under an old
+                # version while this run was going.
+                final_pass, last_id = True, 0
+                continue
+            final_pass = False
+            updates = []
+            for row in rows:
+                old = await keyring.kek(conn, department, row.kek_version)
+                material = old.unwrap(row.wrapped_key, row.citizen_id)
+                updates.append(
+                    {
+                        "b_id": row.id,
+                        "b_old_version": row.kek_version,
+                        "b_wrapped": target.wrap(material, row.citizen_id),
+                    }
+                )
+            await conn.execute(rewrap, updates)
+            last_id = rows[-1].id
+        done += len(rows)
+        progress(done, max(total, done))
+
+    retired = await _retire_unused_versions(engine, keyring, department)
+    await keyring.emit(
+        "kek.rewrap_completed", department, version=target.version, rewrapped=done, retired_versions=retired
+    )
+    return RotationResult(department, target.version, resumed, done, retired)
+
+
+async def _retire_unused_versions(engine: AsyncEngine, keyring: Keyring, department: str) -> list[int]:
+    in_use = exists().where(
+        DATA_KEYS.c.department == department, DATA_KEYS.c.kek_version == KEKS.c.version, LIVE_KEY
+    )
+    async with engine.begin() as conn:
+        versions = list(
+            (
+                await conn.execute(
+                    update(KEKS)
+                    .where(KEKS.c.department == department, KEKS.c.status == "decrypt_only", ~in_use)
+                    .values(status="retired", wrapped_key=None, retired_at=utcnow())
+                    .returning(KEKS.c.version)
+                )
+            ).scalars()
+        )
+    keyring.kek_cache.evict((department, version) for version in versions)
+    for version in sorted(versions):
+        await keyring.emit("kek.retired", department, version=version)
+    return sorted(versions)
+
+
+async def reencrypt_department(
+    engine: AsyncEngine,
+    keyring: Keyring,
+    department: str,
+    *,
+    batch_size: int = 200,
+    progress: Progress = _no_progress,
+) -> ReencryptionResult:
+    """After a suspected compromise: a new data key for every citizen of ``department``,
+    every value of theirs re-encrypted (and re-bound to the new key id), then the old
+    data keys destroyed. Each batch of citizens is one transaction."""
+    async with engine.begin() as conn:
+        job = (
+            await conn.execute(
+                select(KEY_JOBS.c.id, KEY_JOBS.c.cutoff_data_key_id).where(
+                    KEY_JOBS.c.department == department,
+                    KEY_JOBS.c.kind == "reencrypt",
+                    KEY_JOBS.c.finished_at.is_(None),
+                )
+            )
+        ).first()
+        resumed = job is not None
+        if await _active_version(conn, department) is None:
+            raise NoDepartmentKeys(f"department {department!r} has no keys yet")
+        if job is None:
+            cutoff = (await conn.execute(select(func.coalesce(func.max(DATA_KEYS.c.id), 0)))).scalar_one()
+            job_id = (
+                await conn.execute(
+                    insert(KEY_JOBS)
+                    .values(
+                        department=department,
+                        kind="reencrypt",
+                        cutoff_data_key_id=cutoff,
+                        processed=0,
+                        started_at=utcnow(),
+                    )
+                    .returning(KEY_JOBS.c.id)
+                )
+            ).scalar_one()
+        else:
+            job_id, cutoff = job.id, job.cutoff_data_key_id
+        suspect = and_(
+            DATA_KEYS.c.department == department,
+            DATA_KEYS.c.status == "active",
+            DATA_KEYS.c.id <= cutoff,
+        )
+        total = (await conn.execute(select(func.count()).select_from(DATA_KEYS).where(suspect))).scalar_one()
+
+    keys_done = 0
+    values_done = 0
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        DATA_KEYS.c.id,
+                        DATA_KEYS.c.citizen_id,
+                        DATA_KEYS.c.kek_version,
+                        DATA_KEYS.c.wrapped_key,
+                    )
+                    .where(suspect)
+                    .order_by(DATA_KEYS.c.id)
+                    .limit(batch_size)
+                    .with_for_update()
+                )
+            ).all()
+            if not rows:
+                break
+            values_done += await _reencrypt_batch(conn, keyring, department, rows)
+            await conn.execute(
+                update(KEY_JOBS)
+                .where(KEY_JOBS.c.id == job_id)
+                .values(processed=KEY_JOBS.c.processed + len(rows))
+            )
+        keyring.data_key_cache.evict(row.id for row in rows)
+        keys_done += len(rows)
+        progress(keys_done, max(total, keys_done))
+
+    async with engine.begin() as conn:
+        await conn.execute(update(KEY_JOBS).where(KEY_JOBS.c.id == job_id).values(finished_at=utcnow()))
+    await keyring.emit("data_keys.reencrypted", department, data_keys=keys_done, values=values_done)
+    return ReencryptionResult(department, resumed, keys_done, values_done)
+
+
+async def _reencrypt_batch(
+    conn: AsyncConnection, keyring: Keyring, department: str, rows: Sequence[Any]
+) -> int:
+    old_keys: dict[int, DataKey] = {}
+    for row in rows:
+        kek = await keyring.kek(conn, department, row.kek_version)
+        old_keys[row.id] = DataKey(
+            row.id, department, row.kek_version, kek.unwrap(row.wrapped_key, row.citizen_id)
+        )
+    old_ids = list(old_keys)
+    # Free the (citizen, department) slot so the new key can be the active one.
+    await conn.execute(update(DATA_KEYS).where(DATA_KEYS.c.id.in_(old_ids)).values(status="replaced"))
+    kek = await keyring.active_kek(conn, department)
+    materials = [KeyMaterial(DataKey.generate_material()) for _ in rows]
+    now = utcnow()
+    new_ids = (
+        (
+            await conn.execute(
+                insert(DATA_KEYS).returning(DATA_KEYS.c.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "citizen_id": row.citizen_id,
+                        "department": department,
+                        "kek_version": kek.version,
+                        "status": "active",
+                        "wrapped_key": kek.wrap(material, row.citizen_id),
+                        "created_at": now,
+                    }
+                    for row, material in zip(rows, materials, strict=True)
+                ],
+            )
+        )
+        .scalars()
+        .all()
+    )
+    new_keys = {
+        row.id: DataKey(new_id, department, kek.version, material)
+        for row, new_id, material in zip(rows, new_ids, materials, strict=True)
+    }
+    values = (
+        await conn.execute(
+            select(
+                FIELD_VALUES.c.id,
+                FIELD_VALUES.c.citizen_id,
+                FIELD_VALUES.c.field,
+                FIELD_VALUES.c.version,
+                FIELD_VALUES.c.data_key_id,
+                FIELD_VALUES.c.ciphertext,
+            ).where(FIELD_VALUES.c.data_key_id.in_(old_ids))
+        )
+    ).all()
+    if values:
+        updates = []
+        for value in values:
+            context = {"citizen_id": value.citizen_id, "field": value.field, "version": value.version}
+            plaintext = decrypt_value(old_keys[value.data_key_id], ciphertext=value.ciphertext, **context)
+            new_key = new_keys[value.data_key_id]
+            updates.append(
+                {
+                    "b_id": value.id,
+                    "b_old_key": value.data_key_id,
+                    "b_new_key": new_key.id,
+                    "b_ciphertext": encrypt_value(new_key, plaintext=plaintext, **context),
+                }
+            )
+        await conn.execute(
+            update(FIELD_VALUES)
+            .where(
+                FIELD_VALUES.c.id == bindparam("b_id"), FIELD_VALUES.c.data_key_id == bindparam("b_old_key")
+            )
+            .values(ciphertext=bindparam("b_ciphertext"), data_key_id=bindparam("b_new_key")),
+            updates,
+        )
+    await conn.execute(
+        update(DATA_KEYS)
+        .where(DATA_KEYS.c.id.in_(old_ids))
+        .values(wrapped_key=None, status="destroyed", destroyed_at=now)
+    )
+    for key in new_keys.values():
+        keyring.data_key_cache.put(key.id, key)
+    return len(values)
+
+
+async def key_status(conn: AsyncConnection) -> list[DepartmentKeyStatus]:
+    """KEK versions and data-key counts per department."""
+    keks = (
+        await conn.execute(
+            select(KEKS.c.department, KEKS.c.version, KEKS.c.status).order_by(
+                KEKS.c.department, KEKS.c.version
+            )
+        )
+    ).all()
+    counts = (
+        await conn.execute(
+            select(
+                DATA_KEYS.c.department,
+                DATA_KEYS.c.kek_version,
+                LIVE_KEY.label("live"),
+                func.count().label("n"),
+            ).group_by(DATA_KEYS.c.department, DATA_KEYS.c.kek_version, LIVE_KEY)
+        )
+    ).all()
+    pending = set(
+        (await conn.execute(select(KEY_JOBS.c.department).where(KEY_JOBS.c.finished_at.is_(None)))).scalars()
+    )
+    live: dict[tuple[str, int], int] = {}
+    destroyed: dict[str, int] = {}
+    for row in counts:
+        if row.live:
+            live[(row.department, row.kek_version)] = row.n
+        else:
+            destroyed[row.department] = destroyed.get(row.department, 0) + row.n
+    statuses: dict[str, DepartmentKeyStatus] = {}
+    for kek in keks:
+        status = statuses.setdefault(
+            kek.department,
+            DepartmentKeyStatus(
+                kek.department, None, [], 0, destroyed.get(kek.department, 0), kek.department in pending
+            ),
+        )
+        count = live.get((kek.department, kek.version), 0)
+        status.versions.append(KekVersionStatus(kek.version, kek.status, count))
+        status.live_data_keys += count
+        if kek.status == "active":
+            status.active_version = kek.version
+    return [statuses[name] for name in sorted(statuses)]

@@ -1,0 +1,362 @@
+"""The policy engine: agreements compiled into an index, decided field by field.
+
+Pure: no FastAPI, no SQLAlchemy. ``compile_policy`` turns agreements (plus the catalog's
+field owners) into ``(consumer, action) -> field -> grants``; ``CompiledPolicy.decide``
+then costs one dictionary lookup per (consumer, action), one per field, and a CEL
+condition only where a grant has one. Default deny; forbid wins; every decision says why.
+
+CEL engine: ``common-expression-language`` (module ``cel``, a binding of the Rust
+``cel`` crate), not ``cel-python`` (``celpy``). Measured on this machine for
+``citizen.status == "active" && request.purpose == "benefit-eligibility"`` with a
+compiled program: about 24 us per evaluation against about 490 us for celpy (celpy also
+needs its activation converted on each call). Both are maintained; the 20x matters
+because a condition runs on the hot path of every access it covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+
+import cel
+
+Action = Literal["read", "lookup", "verify", "history", "subscribe", "write"]
+ACTIONS: tuple[Action, ...] = ("read", "lookup", "verify", "history", "subscribe", "write")
+Effect = Literal["permit", "forbid"]
+DecisionEffect = Literal["permit", "deny"]
+
+UNEVALUATED = "condition could not be evaluated"
+
+# The variables a condition may name; anything else is refused when it is compiled.
+CONDITION_VARIABLES = frozenset({"citizen", "request"})
+
+
+class ConditionError(ValueError):
+    """A ``when`` condition that does not compile, or names an unknown variable."""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """One version of an owner's agreement, as the engine needs it."""
+
+    id: str
+    owner: str
+    consumer: str
+    fields: tuple[str, ...]
+    actions: tuple[str, ...]
+    purposes: tuple[str, ...] = ()
+    legal_basis: str | None = None
+    valid_from: date | None = None
+    valid_until: date | None = None
+    when: str | None = None
+    require_case_ref: bool = False
+    effect: Effect = "permit"
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a condition and a grant's limits are checked against."""
+
+    purpose: str
+    case_ref: str | None
+    time: datetime
+    citizen_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one field: permit or deny, the agreement that decided, and why."""
+
+    field: str
+    effect: DecisionEffect
+    agreement: str | None
+    version: int | None
+    reason: str
+    legal_basis: str | None = None
+
+    @property
+    def permitted(self) -> bool:
+        return self.effect == "permit"
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-compatible dict, as the audit stores it."""
+        return {
+            "field": self.field,
+            "effect": self.effect,
+            "agreement": self.agreement,
+            "version": self.version,
+            "reason": self.reason,
+            "legal_basis": self.legal_basis,
+        }
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """A grant for this consumer, action and field that did not apply, and why not."""
+
+    agreement: str
+    version: int
+    effect: Effect
+    reason: str
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "agreement": self.agreement,
+            "version": self.version,
+            "effect": self.effect,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    decision: Decision
+    near_misses: tuple[NearMiss, ...] = ()
+
+
+def compile_condition(source: str) -> Any:
+    """Compile a CEL condition once; raises ``ConditionError`` with CEL's message."""
+    try:
+        program = cel.compile(source)
+    except (ValueError, RuntimeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConditionError(f"invalid condition: {message}") from None
+    unknown = set(program.variables()) - CONDITION_VARIABLES
+    if unknown:
+        raise ConditionError(
+            f"condition names unknown variable(s) {', '.join(sorted(unknown))}; "
+            "only citizen.status, request.purpose, request.case_ref and request.time exist"
+        )
+    return program
+
+
+def _start_of(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An agreement, as it applies to one (consumer, action, field)."""
+
+    agreement: str
+    version: int
+    effect: Effect
+    # Empty means every purpose (only a forbid may leave purposes out).
+    purposes: frozenset[str]
+    starts: datetime | None
+    # The first instant after the agreement's last valid day (valid_until is inclusive).
+    ends: datetime | None
+    valid_from: date | None
+    valid_until: date | None
+    require_case_ref: bool
+    when: str | None
+    condition: Any
+    legal_basis: str | None
+
+    def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
+        """Why this grant does not apply to ``context``; ``None`` when it does."""
+        if self.purposes and context.purpose not in self.purposes:
+            return (
+                f"agreement {self.agreement} covers {', '.join(sorted(self.purposes))}, not {context.purpose}"
+            )
+        if self.starts is not None and context.time < self.starts:
+            return f"agreement {self.agreement} starts {self.valid_from}"
+        if self.ends is not None and context.time >= self.ends:
+            return f"agreement {self.agreement} expired {self.valid_until}"
+        if self.require_case_ref and not context.case_ref and self.effect == "permit":
+            return f"agreement {self.agreement} needs a case reference"
+        if self.condition is not None:
+            if not bindings:
+                bindings.update(_bindings(context))
+            try:
+                met = self.condition.execute(bindings) is True
+            except Exception:
+                # A condition that cannot be evaluated fails closed: a permit does not
+                # apply, while a forbid does (see ``_decide_field``).
+                return f"agreement {self.agreement} {UNEVALUATED}: {self.when}"
+            if not met:
+                return f"agreement {self.agreement} condition not met: {self.when}"
+        return None
+
+
+# The owner of a field is permitted every action on it without any agreement.
+OWNER_GRANT = Grant(
+    agreement="",
+    version=0,
+    effect="permit",
+    purposes=frozenset(),
+    starts=None,
+    ends=None,
+    valid_from=None,
+    valid_until=None,
+    require_case_ref=False,
+    when=None,
+    condition=None,
+    legal_basis=None,
+)
+
+
+def _bindings(context: RequestContext) -> dict[str, Any]:
+    return {
+        "citizen": {"status": context.citizen_status},
+        "request": {"purpose": context.purpose, "case_ref": context.case_ref, "time": context.time},
+    }
+
+
+@dataclass
+class CompiledPolicy:
+    """The index of the live agreement versions; immutable once built, swapped whole."""
+
+    index: dict[tuple[str, str], dict[str, tuple[Grant, ...]]]
+    field_owners: Mapping[str, str]
+    purposes: frozenset[str]
+    epoch: int = 0
+    agreements: tuple[Agreement, ...] = field(default=())
+
+    def decide(
+        self, consumer: str, action: str, fields: Sequence[str], context: RequestContext
+    ) -> dict[str, Decision]:
+        """One decision per field, in the order asked."""
+        evaluated = self._evaluate(consumer, action, fields, context, False)
+        return {name: pair[0] for name, pair in evaluated.items()}
+
+    def explain(
+        self, consumer: str, action: str, fields: Sequence[str], context: RequestContext
+    ) -> dict[str, Explanation]:
+        """``decide`` plus every grant that did not apply (the near misses)."""
+        return {
+            name: Explanation(decision, misses)
+            for name, (decision, misses) in self._evaluate(consumer, action, fields, context, True).items()
+        }
+
+    def _evaluate(
+        self, consumer: str, action: str, fields: Sequence[str], context: RequestContext, explain: bool
+    ) -> dict[str, tuple[Decision, tuple[NearMiss, ...]]]:
+        results: dict[str, tuple[Decision, tuple[NearMiss, ...]]] = {}
+        refusal: str | None = None
+        if action not in ACTIONS:
+            refusal = f"unknown action {action!r}"
+        elif context.purpose not in self.purposes:
+            refusal = f"unknown purpose {context.purpose!r}"
+        if refusal is not None:
+            for name in fields:
+                results[name] = (Decision(name, "deny", None, None, refusal), ())
+            return results
+        by_field = self.index.get((consumer, action))
+        # Built on the first condition that needs it, then shared by every field.
+        bindings: dict[str, Any] = {}
+        for name in fields:
+            grants = by_field.get(name) if by_field is not None else None
+            if not grants:
+                if name not in self.field_owners:
+                    reason = f"unknown field {name!r}"
+                else:
+                    reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
+                results[name] = (Decision(name, "deny", None, None, reason), ())
+                continue
+            results[name] = _decide_field(name, consumer, action, grants, context, bindings, explain)
+        return results
+
+
+def _decide_field(
+    name: str,
+    consumer: str,
+    action: str,
+    grants: tuple[Grant, ...],
+    context: RequestContext,
+    bindings: dict[str, Any],
+    explain: bool,
+) -> tuple[Decision, tuple[NearMiss, ...]]:
+    if grants[0] is OWNER_GRANT:
+        return (Decision(name, "permit", None, None, "owner"), ())
+    misses: list[NearMiss] = []
+    permit: Grant | None = None
+    # Forbids are sorted first, so the first applicable forbid ends the search.
+    for grant in grants:
+        missed = grant.miss(context, bindings)
+        if grant.effect == "forbid":
+            if missed is None or UNEVALUATED in missed:
+                reason = f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
+                decision = Decision(name, "deny", grant.agreement, grant.version, reason, grant.legal_basis)
+                return (decision, tuple(misses))
+            if explain:
+                misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
+            continue
+        if missed is None:
+            if permit is None:
+                permit = grant
+                if not explain:
+                    break
+            continue
+        misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
+    if permit is not None:
+        reason = f"agreement {permit.agreement} permits {consumer} to {action} {name} for {context.purpose}"
+        decision = Decision(name, "permit", permit.agreement, permit.version, reason, permit.legal_basis)
+        return (decision, tuple(misses) if explain else ())
+    permit_misses = [m.reason for m in misses if m.effect == "permit"]
+    if permit_misses:
+        reason = "; ".join(permit_misses)
+    else:
+        reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
+    return (Decision(name, "deny", None, None, reason), tuple(misses) if explain else ())
+
+
+def compile_policy(
+    agreements: Iterable[Agreement],
+    field_owners: Mapping[str, str],
+    purposes: Iterable[str],
+    *,
+    epoch: int = 0,
+) -> CompiledPolicy:
+    """Build the index; raises ``ConditionError`` for a condition that does not compile.
+
+    Agreements are validated against the catalog by the loader and the API; here a
+    field the agreement's owner does not own (any more) is left out, and a purpose the
+    catalog no longer has simply never matches.
+    """
+    collected: dict[tuple[str, str], dict[str, list[Grant]]] = {}
+    kept = tuple(agreements)
+    for agreement in kept:
+        condition = compile_condition(agreement.when) if agreement.when else None
+        grant = Grant(
+            agreement=agreement.id,
+            version=agreement.version,
+            effect=agreement.effect,
+            purposes=frozenset(agreement.purposes),
+            starts=_start_of(agreement.valid_from) if agreement.valid_from else None,
+            ends=_start_of(agreement.valid_until + timedelta(days=1)) if agreement.valid_until else None,
+            valid_from=agreement.valid_from,
+            valid_until=agreement.valid_until,
+            require_case_ref=agreement.require_case_ref,
+            when=agreement.when,
+            condition=condition,
+            legal_basis=agreement.legal_basis,
+        )
+        # Only fields the agreement's owner owns in this catalog: an agreement kept from an
+        # older catalog never grants a field that has since moved to another owner.
+        granted = [name for name in agreement.fields if field_owners.get(name) == agreement.owner]
+        for action in agreement.actions:
+            by_field = collected.setdefault((agreement.consumer, action), {})
+            for name in granted:
+                by_field.setdefault(name, []).append(grant)
+    index: dict[tuple[str, str], dict[str, tuple[Grant, ...]]] = {}
+    for key, by_field in collected.items():
+        index[key] = {
+            # Forbids first; then by agreement id so decisions are reproducible.
+            name: tuple(sorted(grants, key=lambda g: (g.effect != "forbid", g.agreement)))
+            for name, grants in by_field.items()
+        }
+    # Owners last: the owner's own access replaces anything an agreement says about it.
+    for name, owner in field_owners.items():
+        for action in ACTIONS:
+            index.setdefault((owner, action), {})[name] = (OWNER_GRANT,)
+    return CompiledPolicy(
+        index=index,
+        field_owners=dict(field_owners),
+        purposes=frozenset(purposes),
+        epoch=epoch,
+        agreements=kept,
+    )

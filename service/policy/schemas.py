@@ -1,0 +1,143 @@
+"""Agreements as written in policy files and sent to the API, and the API's answers."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.catalog.schemas import FieldName, Identifier
+from service.policy.engine import Action, Agreement, Effect
+
+Status = Literal["active", "revoked"]
+
+
+class AgreementSpec(BaseModel):
+    """One entry of ``agreements:`` in ``policies/<owner>.yaml`` (the file format is a contract)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier
+    consumer: Identifier
+    fields: list[FieldName] = Field(min_length=1)
+    actions: list[Action] = Field(min_length=1)
+    purposes: list[Identifier] = Field(default_factory=list)
+    legal_basis: str | None = Field(default=None, max_length=500)
+    valid_from: date | None = None
+    valid_until: date | None = None
+    when: str | None = Field(default=None, max_length=2000)
+    require_case_ref: bool = False
+    effect: Effect = "permit"
+
+    def content(self) -> dict[str, Any]:
+        """The stored form: JSON-compatible, defaults left out so files stay short."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    def to_engine(self, owner: str, version: int) -> Agreement:
+        return Agreement(
+            id=self.id,
+            owner=owner,
+            consumer=self.consumer,
+            fields=tuple(self.fields),
+            actions=tuple(self.actions),
+            purposes=tuple(self.purposes),
+            legal_basis=self.legal_basis,
+            valid_from=self.valid_from,
+            valid_until=self.valid_until,
+            when=self.when,
+            require_case_ref=self.require_case_ref,
+            effect=self.effect,
+            version=version,
+        )
+
+
+class PolicyFile(BaseModel):
+    """``policies/<owner>.yaml``: one owner and the agreements it grants."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: Identifier
+    agreements: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AgreementIn(AgreementSpec):
+    """An agreement sent to ``POST`` or ``PUT /v1/policies``; ``reason`` is kept with the version."""
+
+    reason: str = Field(default="", max_length=1000)
+
+    def spec(self) -> AgreementSpec:
+        return AgreementSpec.model_validate(self.model_dump(exclude={"reason"}))
+
+
+class AgreementOut(AgreementSpec):
+    """An agreement version: the file entry plus its owner, version and status."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    owner: str
+    version: int
+    status: Status
+    author: str
+    reason: str
+    created_at: datetime
+
+
+class AgreementPage(BaseModel):
+    items: list[AgreementOut]
+    next_cursor: str | None = None
+
+
+class ExplainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    consumer: Identifier
+    action: Action
+    fields: list[FieldName] = Field(min_length=1, max_length=200)
+    purpose: Identifier
+    case_ref: str | None = Field(default=None, max_length=200)
+    citizen_status: Literal["active", "deceased"] | None = None
+
+
+class NearMissOut(BaseModel):
+    agreement: str
+    version: int
+    effect: Effect
+    reason: str
+
+
+class DecisionOut(BaseModel):
+    effect: Literal["permit", "deny"]
+    agreement: str | None = None
+    version: int | None = None
+    reason: str
+    legal_basis: str | None = None
+    near_misses: list[NearMissOut] = Field(default_factory=list)
+
+
+class ExplainOut(BaseModel):
+    decisions: dict[str, DecisionOut]
+
+
+class SimulateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    upsert: list[AgreementSpec] = Field(default_factory=list, max_length=1000)
+    remove: list[Identifier] = Field(default_factory=list, max_length=1000)
+    since: datetime | None = None
+
+
+class ChangeOut(BaseModel):
+    consumer: str
+    field: str
+    action: str
+    purpose: str
+    before: Literal["permit", "deny"]
+    after: Literal["permit", "deny"]
+    count: int
+
+
+class SimulateOut(BaseModel):
+    evaluated: int
+    changed: int
+    changes: list[ChangeOut]

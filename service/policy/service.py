@@ -1,0 +1,276 @@
+"""The rules of the policy domain: the live compiled policy, and changes to agreements.
+
+``current_policy(conn)`` is what the records domain calls before every access. It reads
+one small row (the policy epoch, plus the newest catalog's hash) and recompiles only when
+that moved, so a revocation made by any process applies to the very next request here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from service.catalog import service as catalog_service
+from service.catalog.schemas import Catalog
+from service.policy import repository
+from service.policy.engine import Agreement, CompiledPolicy, compile_policy
+from service.policy.loader import PolicyFolder
+from service.policy.models import AgreementVersion
+from service.policy.schemas import AgreementSpec
+
+logger = logging.getLogger("tellonce.policy")
+
+
+# --- the live policy ---------------------------------------------------------------
+
+
+def agreements_from_rows(rows: list[tuple[str, str, int, str, dict[str, Any]]]) -> list[Agreement]:
+    """Active versions as engine agreements; a stored row that no longer parses is skipped."""
+    agreements = []
+    for agreement_id, owner, version, status, content in rows:
+        if status != "active":
+            continue
+        try:
+            agreements.append(AgreementSpec.model_validate(content).to_engine(owner, version))
+        except ValidationError:
+            logger.error("stored agreement does not parse; ignored (deny)", extra={"agreement": agreement_id})
+    return agreements
+
+
+async def compile_live(conn: AsyncConnection, epoch: int) -> CompiledPolicy:
+    catalog_row = await repository.latest_catalog_content(conn)
+    if catalog_row is None:
+        return compile_policy((), {}, (), epoch=epoch)
+    catalog = Catalog.model_validate(catalog_row[1])
+    agreements = agreements_from_rows(list(await repository.current_rows_core(conn)))
+    return compile_policy(agreements, catalog.field_owners, [p.id for p in catalog.purposes], epoch=epoch)
+
+
+class PolicyHolder:
+    """The compiled policy of one process, swapped whole when the epoch moves."""
+
+    def __init__(self) -> None:
+        self._compiled: tuple[repository.EpochKey, CompiledPolicy] | None = None
+        self._lock = asyncio.Lock()
+
+    async def current(self, conn: AsyncConnection) -> CompiledPolicy:
+        key = await repository.epoch_key(conn)
+        compiled = self._compiled
+        if compiled is not None and compiled[0] == key:
+            return compiled[1]
+        async with self._lock:
+            # Another request may have compiled the same epoch while this one waited.
+            compiled = self._compiled
+            if compiled is not None and compiled[0] == key:
+                return compiled[1]
+            policy = await compile_live(conn, key[0])
+            # One assignment: readers see the old index or the new one, never a mix.
+            self._compiled = (key, policy)
+            return policy
+
+
+# The holder of this process; ``create_app`` also puts it on ``app.state.policy``.
+PROCESS_POLICY = PolicyHolder()
+
+
+async def current_policy(conn: AsyncConnection, holder: PolicyHolder | None = None) -> CompiledPolicy:
+    """The compiled index for the live agreement versions, as of this connection's view."""
+    return await (holder or PROCESS_POLICY).current(conn)
+
+
+# --- change notification (the audit domain connects here) -----------------------------
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """One new agreement version, as the audit records it (no personal data in it)."""
+
+    agreement_id: str
+    owner: str
+    version: int
+    status: str
+    content_hash: str
+    author: str
+    reason: str
+
+
+PolicyChangeHook = Callable[[AsyncSession, PolicyChange], Awaitable[None]]
+# Hooks run inside the changing transaction, so an audit append commits with the change.
+on_policy_change: list[PolicyChangeHook] = []
+
+
+async def _notify(session: AsyncSession, change: PolicyChange) -> None:
+    if not on_policy_change:
+        logger.info(
+            "policy changed",
+            extra={
+                "agreement": change.agreement_id,
+                "owner": change.owner,
+                "version": change.version,
+                "status": change.status,
+                "author": change.author,
+            },
+        )
+    for hook in on_policy_change:
+        await hook(session, change)
+
+
+# --- changes ----------------------------------------------------------------------------
+
+
+def content_hash(content: dict[str, Any]) -> str:
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def write_version(
+    session: AsyncSession,
+    previous: AgreementVersion | None,
+    *,
+    agreement_id: str,
+    owner: str,
+    content: dict[str, Any],
+    status: str,
+    author: str,
+    reason: str,
+) -> AgreementVersion:
+    """Store a new immutable version and tell the hooks; the caller bumps the epoch."""
+    row = AgreementVersion(
+        agreement_id=agreement_id,
+        owner=owner,
+        version=1 if previous is None else previous.version + 1,
+        status=status,
+        content=content,
+        content_hash=content_hash(content),
+        author=author,
+        reason=reason,
+        is_current=True,
+    )
+    await repository.add_version(session, previous, row)
+    await _notify(
+        session,
+        PolicyChange(agreement_id, owner, row.version, status, row.content_hash, author, reason),
+    )
+    return row
+
+
+@dataclass
+class ApplyReport:
+    catalog_version: int | None = None
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    kept_missing: list[str] = field(default_factory=list)
+    epoch: int | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.catalog_version is not None or self.created or self.updated or self.revoked)
+
+
+async def apply_folder(
+    session: AsyncSession, folder: PolicyFolder, *, author: str, reason: str, prune: bool = False
+) -> ApplyReport:
+    """Store the catalog and every changed agreement of a validated folder, in one transaction."""
+    report = ApplyReport()
+    report.catalog_version = await catalog_service.store(
+        session, folder.catalog, author=author, reason=reason
+    )
+    current = {row.agreement_id: row for row in await repository.current_versions(session)}
+    in_folder = set()
+    for sourced in folder.agreements:
+        spec = sourced.spec
+        in_folder.add(spec.id)
+        content = spec.content()
+        previous = current.get(spec.id)
+        if (
+            previous is not None
+            and previous.status == "active"
+            and previous.owner == sourced.owner
+            and previous.content_hash == content_hash(content)
+        ):
+            report.unchanged.append(spec.id)
+            continue
+        await write_version(
+            session,
+            previous,
+            agreement_id=spec.id,
+            owner=sourced.owner,
+            content=content,
+            status="active",
+            author=author,
+            reason=reason,
+        )
+        (report.created if previous is None else report.updated).append(spec.id)
+    for agreement_id, row in sorted(current.items()):
+        if agreement_id in in_folder or row.status != "active":
+            continue
+        if not prune:
+            report.kept_missing.append(agreement_id)
+            continue
+        await revoke(session, row, author=author, reason=reason, bump=False)
+        report.revoked.append(agreement_id)
+    if report.changed:
+        report.epoch = await repository.bump_epoch(session)
+    return report
+
+
+async def revoke(
+    session: AsyncSession, row: AgreementVersion, *, author: str, reason: str, bump: bool = True
+) -> AgreementVersion:
+    """A new version with status ``revoked``; the content is kept so history reads whole."""
+    revoked = await write_version(
+        session,
+        row,
+        agreement_id=row.agreement_id,
+        owner=row.owner,
+        content=dict(row.content),
+        status="revoked",
+        author=author,
+        reason=reason,
+    )
+    if bump:
+        await repository.bump_epoch(session)
+    return revoked
+
+
+async def put_agreement(
+    session: AsyncSession,
+    previous: AgreementVersion | None,
+    spec: AgreementSpec,
+    *,
+    owner: str,
+    author: str,
+    reason: str,
+) -> AgreementVersion:
+    """Create or replace an agreement (the caller checked ownership and If-Match)."""
+    row = await write_version(
+        session,
+        previous,
+        agreement_id=spec.id,
+        owner=owner,
+        content=spec.content(),
+        status="active",
+        author=author,
+        reason=reason,
+    )
+    await repository.bump_epoch(session)
+    return row
+
+
+async def live_agreements(session: AsyncSession) -> list[Agreement]:
+    conn = await session.connection()
+    return agreements_from_rows(list(await repository.current_rows_core(conn)))
+
+
+async def live_catalog(session: AsyncSession) -> Catalog:
+    return (await catalog_service.current(session))[1]

@@ -1,0 +1,99 @@
+"""Simulate a policy change: replay recorded requests against a draft index.
+
+Pure apart from the request source; the live policy is never touched. The audit domain
+provides the real ``RecordedRequestSource`` (put on ``app.state.recorded_requests``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from service.policy.engine import Agreement, CompiledPolicy, RequestContext, compile_policy
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One audited access, as much of it as a policy decision needs (no values)."""
+
+    consumer: str
+    action: str
+    fields: tuple[str, ...]
+    purpose: str
+    case_ref: str | None
+    citizen_status: str | None
+    time: datetime
+
+
+class RecordedRequestSource(Protocol):
+    """Where simulate reads past requests from (the audit store, or a test fixture)."""
+
+    def recorded_requests(self, since: datetime | None) -> AsyncIterator[RecordedRequest]: ...
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """A fixed list of requests: for tests and for sources held in memory."""
+
+    requests: tuple[RecordedRequest, ...]
+
+    async def recorded_requests(self, since: datetime | None) -> AsyncIterator[RecordedRequest]:
+        for request in self.requests:
+            if since is None or request.time >= since:
+                yield request
+
+
+def draft_agreements(
+    live: Iterable[Agreement], upsert: Iterable[Agreement], remove: Iterable[str]
+) -> list[Agreement]:
+    """The live agreements with ``upsert`` replacing (or adding) by id and ``remove`` dropped."""
+    replaced = {a.id: a for a in upsert}
+    removed = set(remove) | set(replaced)
+    return [a for a in live if a.id not in removed] + list(replaced.values())
+
+
+def draft_policy(live: CompiledPolicy, agreements: Iterable[Agreement]) -> CompiledPolicy:
+    return compile_policy(agreements, live.field_owners, live.purposes, epoch=live.epoch)
+
+
+ChangeKey = tuple[str, str, str, str, str, str]
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    evaluated: int
+    changed: int
+    # (consumer, field, action, purpose, before, after) -> how many requests
+    changes: Mapping[ChangeKey, int]
+
+
+async def simulate(
+    live: CompiledPolicy,
+    draft: CompiledPolicy,
+    source: RecordedRequestSource | None,
+    since: datetime | None = None,
+) -> SimulationResult:
+    """Decide every recorded request under both policies and count what would differ."""
+    evaluated = 0
+    changed = 0
+    changes: Counter[ChangeKey] = Counter()
+    if source is None:
+        return SimulationResult(0, 0, {})
+    async for request in source.recorded_requests(since):
+        evaluated += 1
+        context = RequestContext(request.purpose, request.case_ref, request.time, request.citizen_status)
+        before = live.decide(request.consumer, request.action, request.fields, context)
+        after = draft.decide(request.consumer, request.action, request.fields, context)
+        differs = False
+        for name, old in before.items():
+            new = after[name]
+            if old.effect != new.effect:
+                differs = True
+                changes[
+                    (request.consumer, name, request.action, request.purpose, old.effect, new.effect)
+                ] += 1
+        changed += differs
+    return SimulationResult(evaluated, changed, dict(changes))

@@ -1,0 +1,113 @@
+"""Request and response bodies of the citizen endpoints (shapes fixed by DESIGN.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+PurposeId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+CitizenId = Annotated[
+    str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+]
+
+MAX_BATCH = 1000
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterCitizen(_In):
+    national_id: str = Field(min_length=1, max_length=64)
+    fields: dict[FieldName, Any] = Field(default_factory=dict, max_length=100)
+
+
+class LookupCitizen(_In):
+    national_id: str = Field(min_length=1, max_length=64)
+    purpose: PurposeId
+
+
+class WriteFields(_In):
+    fields: dict[FieldName, Any] = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=500)
+    purpose: PurposeId | None = None
+
+
+class VerifyClaims(_In):
+    purpose: PurposeId
+    claims: dict[FieldName, dict[str, Any]] = Field(min_length=1, max_length=50)
+
+
+class BatchGet(_In):
+    ids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+    fields: list[FieldName] | None = Field(default=None, max_length=100)
+    purpose: PurposeId
+
+
+class FieldOut(BaseModel):
+    value: Any
+    version: int | None
+    updated_at: datetime | None
+    owner: str
+
+
+class Withheld(BaseModel):
+    field: str
+    reason: str
+
+
+class CitizenOut(BaseModel):
+    id: str
+    status: str
+    version: int
+    fields: dict[str, FieldOut]
+    withheld: list[Withheld]
+
+
+class Registered(BaseModel):
+    id: str
+    status: str
+    version: int
+    fields: list[str]
+
+
+class LookupOut(BaseModel):
+    id: str
+
+
+class WriteOut(BaseModel):
+    id: str
+    status: str
+    version: int
+    fields: dict[str, int]
+
+
+class VerifyOut(BaseModel):
+    results: dict[str, bool]
+    withheld: list[Withheld] = Field(default_factory=list)
+
+
+class HistoryItem(BaseModel):
+    value: Any
+    version: int
+    updated_at: datetime
+    written_by: str
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+    next_cursor: str | None = None
+
+
+class BatchItem(BaseModel):
+    id: str
+    fields: dict[str, FieldOut]
+    withheld: list[Withheld]
+
+
+class BatchPage(BaseModel):
+    items: list[BatchItem]
+    next_cursor: str | None = None

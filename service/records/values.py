@@ -1,0 +1,115 @@
+"""Field values: validated against the catalog type, and their canonical bytes.
+
+A value is validated once, on the way in, and turned into canonical UTF-8 bytes that are
+what gets encrypted. Reading decodes those bytes back to the JSON value. Errors name the
+field and the rule, never the submitted value (it may be personal data).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from service.catalog.schemas import FieldSpec
+
+JsonValue = str | int | bool | None
+
+DEFAULT_MAX_LENGTH = 1000
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class ValueRejected(ValueError):
+    """A submitted value does not fit its field's type; the message is safe to return."""
+
+
+def validate(spec: FieldSpec, raw: Any) -> JsonValue:
+    """The canonical JSON value for ``raw``, or ``ValueRejected``."""
+    if spec.type == "string":
+        if not isinstance(raw, str):
+            raise ValueRejected("must be a string")
+        limit = spec.max_length or DEFAULT_MAX_LENGTH
+        if len(raw) > limit:
+            raise ValueRejected(f"must be at most {limit} characters")
+        if any(ord(ch) < 32 and ch not in "\t\n" for ch in raw):
+            raise ValueRejected("must not contain control characters")
+        return raw
+    if spec.type == "date":
+        return _date(raw).isoformat()
+    if spec.type == "integer":
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ValueRejected("must be an integer")
+        if not -(2**53) < raw < 2**53:
+            raise ValueRejected("is out of range")
+        return raw
+    if spec.type == "boolean":
+        if not isinstance(raw, bool):
+            raise ValueRejected("must be true or false")
+        return raw
+    if spec.type == "enum":
+        if not isinstance(raw, str) or raw not in (spec.values or []):
+            raise ValueRejected(f"must be one of: {', '.join(spec.values or [])}")
+        return raw
+    raise ValueRejected(f"has an unsupported type {spec.type}")
+
+
+def _date(raw: Any) -> dt.date:
+    if not isinstance(raw, str) or not _ISO_DATE.match(raw):
+        raise ValueRejected("must be an ISO 8601 date (YYYY-MM-DD)")
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ValueRejected("is not a real calendar date") from None
+
+
+def encode(spec: FieldSpec, value: JsonValue) -> bytes:
+    """Canonical plaintext bytes of a validated value."""
+    if spec.type == "boolean":
+        return b"true" if value else b"false"
+    if spec.type == "integer":
+        return str(value).encode()
+    return str(value).encode("utf-8")
+
+
+def decode(spec: FieldSpec, plaintext: bytes) -> JsonValue:
+    text = plaintext.decode("utf-8")
+    if spec.type == "boolean":
+        return text == "true"
+    if spec.type == "integer":
+        return int(text)
+    return text
+
+
+def normalise_for_index(value: JsonValue) -> str:
+    """The text a blind index is computed over (the crypto layer normalises further)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- verify: claims answered with booleans, never the value -------------------------
+
+CLAIM_OPERATORS = ("eq", "lte", "gte", "in")
+
+
+def check_claim(spec: FieldSpec, value: JsonValue, operator: str, operand: Any) -> bool:
+    """Whether ``value <operator> operand`` holds. The operand is validated like a value."""
+    if operator == "in":
+        if not isinstance(operand, list) or not operand or len(operand) > 100:
+            raise ValueRejected("'in' takes a list of 1 to 100 values")
+        return any(value == validate(spec, item) for item in operand)
+    expected = validate(spec, operand)
+    if operator == "eq":
+        return value == expected
+    if operator in ("lte", "gte"):
+        if spec.type not in ("date", "integer"):
+            raise ValueRejected(f"'{operator}' applies only to dates and integers")
+        if value is None:
+            return False
+        if spec.type == "date":
+            left, right = dt.date.fromisoformat(str(value)), dt.date.fromisoformat(str(expected))
+            return left <= right if operator == "lte" else left >= right
+        if not isinstance(value, int) or not isinstance(expected, int):
+            raise ValueRejected("must be an integer")
+        return value <= expected if operator == "lte" else value >= expected
+    raise ValueRejected(f"unknown operator {operator!r}; use one of {', '.join(CLAIM_OPERATORS)}")

@@ -1,0 +1,1 @@
+"""A synthetic government: population and department traffic, for the demo and benchmarks."""

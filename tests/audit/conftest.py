@@ -1,0 +1,86 @@
+"""Audit API tests run against their own committed scratch database and app."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.catalog import service as catalog_service
+from service.catalog.loader import load_catalog
+from service.config import Settings
+from service.db import Database
+from service.records.models import Citizen
+from tests.conftest import TEST_POLICIES
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+
+
+@pytest.fixture(scope="module")
+async def audit_database(database_url: str, settings: Settings) -> AsyncIterator[str]:
+    """One committed scratch database per module, with the test catalog applied."""
+    url = await create_scratch_database(database_url)
+    database = Database(settings.model_copy(update={"database_url": url}))
+    async with database.sessions.begin() as session:
+        await catalog_service.store(session, load_catalog(TEST_POLICIES), author="tests")
+    await database.dispose()
+    yield url
+    await drop_scratch_database(url)
+
+
+@pytest.fixture
+async def audit_app(
+    audit_database: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FastAPI]:
+    # Checkpoints every 20 ms so tests need not wait for the default second.
+    monkeypatch.setenv("TELLONCE_AUDIT_CHECKPOINT_INTERVAL_MS", "20")
+    monkeypatch.setenv("TELLONCE_AUDIT_SEQUENCER_POLL_MS", "10")
+    application = create_app(settings.model_copy(update={"database_url": audit_database}))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def audit_client(audit_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=audit_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def register_citizen(audit_app: FastAPI) -> Callable[[str], Awaitable[None]]:
+    async def register(citizen_id: str) -> None:
+        database: Database = audit_app.state.database
+        async with database.sessions.begin() as session:
+            now = datetime.now(UTC)
+            session.add(
+                Citizen(
+                    id=citizen_id,
+                    status="active",
+                    version=1,
+                    registered_by="tests",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+    return register
+
+
+async def poll(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        import asyncio
+
+        await asyncio.sleep(0.02)

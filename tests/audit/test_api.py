@@ -1,0 +1,376 @@
+"""The audit API: tamper evidence, queries, export, usage, and the citizen access log."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.audit import merkle
+from service.audit.checkpoint import NoteVerifier
+from service.audit.schemas import canonical_json
+from service.audit.writer import AuditWriter, get_audit_writer
+from tests.audit.conftest import poll
+from tests.fixtures.audit import make_entry
+from tests.fixtures.auth import act_as
+
+PROBLEM = "application/problem+json"
+
+
+def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"]
+    return body
+
+
+async def _seed(app: FastAPI, citizen: str) -> list[int]:
+    """Five entries about one citizen: two consumers, three owners, one denial."""
+    writer: AuditWriter = app.state.audit_writer
+    entries = [
+        make_entry(
+            citizen_id=citizen, department="welfare", owners=["dvla"], fields_released=["licence_status"]
+        ),
+        make_entry(
+            citizen_id=citizen,
+            department="welfare",
+            owners=["register"],
+            fields_requested=["address"],
+            fields_released=["address"],
+            purpose="address-update",
+            time="2026-10-03T09:00:00+00:00",
+        ),
+        make_entry(
+            citizen_id=citizen,
+            department="revenue",
+            owners=["dvla"],
+            fields_requested=["points"],
+            fields_released=[],
+            decision="deny",
+            status=403,
+            purpose="tax-administration",
+        ),
+        make_entry(
+            citizen_id=citizen, department="revenue", action="lookup", owners=["register"], fields_released=[]
+        ),
+        make_entry(
+            citizen_id=citizen, department="dvla", action="write", owners=["dvla"], fields_released=["points"]
+        ),
+    ]
+    return await writer.append_many(entries)
+
+
+async def _items(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    response = await client.get("/v1/audit/entries", params=params)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+class TestTamperEvidenceEndpoints:
+    async def test_checkpoint_proof_and_consistency_verify(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        act_as(audit_app, "audit-office", "auditor")
+        citizen = str(uuid.uuid4())
+        ids = await _seed(audit_app, citizen)
+        vkey = (await audit_client.get("/v1/audit/verifier-key")).text.strip()
+        verifier = NoteVerifier.parse(vkey)
+
+        async def first_checkpoint() -> Any:
+            response = await audit_client.get("/v1/audit/checkpoint")
+            if response.status_code != 200:
+                return None
+            return verifier.open_checkpoint(response.text)
+
+        first = await poll(first_checkpoint)
+        assert first.size >= 5
+        assert (
+            (await audit_client.get("/v1/audit/checkpoint")).headers["content-type"].startswith("text/plain")
+        )
+        items = await poll(lambda: _items(audit_client, citizen_id=citizen))
+        leaf_index = next(i["leaf_index"] for i in items if i["id"] == ids[2])
+        response = await audit_client.get(
+            f"/v1/audit/entries/{leaf_index}/proof", params={"tree_size": first.size}
+        )
+        assert response.status_code == 200
+        proof = response.json()
+        assert set(proof) == {"leaf_index", "tree_size", "leaf_hash", "hashes", "entry"}
+        assert proof["entry"]["decision"] == "deny"
+        leaf = merkle.leaf_hash(canonical_json(proof["entry"]).encode())
+        assert base64.b64decode(proof["leaf_hash"]) == leaf
+        hashes = [base64.b64decode(h) for h in proof["hashes"]]
+        assert merkle.verify_inclusion(leaf, leaf_index, first.size, hashes, first.root_hash)
+
+        # Grow the log, wait for a later checkpoint, prove it extends the first.
+        await _seed(audit_app, citizen)
+
+        async def later_checkpoint() -> Any:
+            checkpoint = await first_checkpoint()
+            return checkpoint if checkpoint and checkpoint.size > first.size else None
+
+        second = await poll(later_checkpoint)
+        response = await audit_client.get(
+            "/v1/audit/consistency", params={"first": first.size, "second": second.size}
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert (body["first"], body["second"]) == (first.size, second.size)
+        hashes = [base64.b64decode(h) for h in body["hashes"]]
+        assert merkle.verify_consistency(first.size, second.size, hashes, first.root_hash, second.root_hash)
+
+    async def test_bad_proof_requests_are_4xx(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        act_as(audit_app, "audit-office", "auditor")
+        await _seed(audit_app, str(uuid.uuid4()))
+        body = _problem(
+            await audit_client.get("/v1/audit/entries/0/proof", params={"tree_size": 10**12}), 400
+        )
+        assert body["type"].endswith("audit-query-invalid")
+        body = _problem(
+            await audit_client.get("/v1/audit/consistency", params={"first": 5, "second": 2}), 400
+        )
+        assert "first" in body["detail"]
+        _problem(await audit_client.get("/v1/audit/consistency", params={"first": 1, "second": 10**12}), 400)
+        _problem(await audit_client.get("/v1/audit/consistency", params={"first": -1, "second": 2}), 422)
+        _problem(await audit_client.get("/v1/audit/entries/abc/proof"), 422)
+        _problem(await audit_client.get("/v1/audit/entries/99999999/proof", params={"tree_size": 1}), 404)
+
+    async def test_only_auditors_get_proofs(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        act_as(audit_app, "welfare", "consumer", "data-owner")
+        for path in (
+            "/v1/audit/checkpoint",
+            "/v1/audit/verifier-key",
+            "/v1/audit/consistency?first=0&second=0",
+        ):
+            body = _problem(await audit_client.get(path), 403)
+            assert "audit:verify" in body["detail"]
+
+    async def test_unauthenticated_is_401(self, audit_client: httpx.AsyncClient) -> None:
+        _problem(await audit_client.get("/v1/audit/checkpoint"), 401)
+        _problem(await audit_client.get("/v1/audit/entries"), 401)
+
+
+class TestEntryQueries:
+    async def test_filters(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
+        act_as(audit_app, "audit-office", "auditor")
+        citizen = str(uuid.uuid4())
+        ids = await _seed(audit_app, citizen)
+        assert [i["id"] for i in await _items(audit_client, citizen_id=citizen)] == ids
+        assert [i["id"] for i in await _items(audit_client, citizen_id=citizen, consumer="revenue")] == ids[
+            2:4
+        ]
+        assert [i["id"] for i in await _items(audit_client, citizen_id=citizen, owner="register")] == [
+            ids[1],
+            ids[3],
+        ]
+        assert [i["id"] for i in await _items(audit_client, citizen_id=citizen, field="points")] == [
+            ids[2],
+            ids[4],
+        ]
+        assert [i["id"] for i in await _items(audit_client, citizen_id=citizen, decision="deny")] == [ids[2]]
+        assert [i["id"] for i in await _items(audit_client, citizen_id=citizen, action="lookup")] == [ids[3]]
+        assert [
+            i["id"] for i in await _items(audit_client, citizen_id=citizen, purpose="address-update")
+        ] == [ids[1]]
+        october = await _items(audit_client, citizen_id=citizen, since="2026-10-01", until="2026-11-01")
+        assert [i["id"] for i in october] == [ids[1]]
+        # A prefix of a name does not match a whole-name filter.
+        assert await _items(audit_client, citizen_id=citizen, owner="dvl") == []
+        entry = october[0]["entry"]
+        assert entry["fields_released"] == ["address"]
+        assert "value" not in json.dumps(entry)
+
+    async def test_cursor_paging_is_stable(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
+        act_as(audit_app, "audit-office", "auditor")
+        citizen = str(uuid.uuid4())
+        ids = await _seed(audit_app, citizen)
+        seen: list[int] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"citizen_id": citizen, "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            body = (await audit_client.get("/v1/audit/entries", params=params)).json()
+            seen += [item["id"] for item in body["items"]]
+            pages += 1
+            cursor = body.get("next_cursor")
+            if not cursor:
+                break
+        assert seen == ids
+        assert pages == 3
+
+    async def test_data_owner_sees_only_its_fields(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        citizen = str(uuid.uuid4())
+        ids = await _seed(audit_app, citizen)
+        act_as(audit_app, "register", "data-owner")
+        assert [i["id"] for i in await _items(audit_client, citizen_id=citizen)] == [ids[1], ids[3]]
+        # Asking for another owner's entries narrows to nothing rather than widening.
+        assert await _items(audit_client, citizen_id=citizen, owner="dvla") == []
+
+    async def test_refusals(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
+        act_as(audit_app, "welfare", "consumer")
+        body = _problem(await audit_client.get("/v1/audit/entries"), 403)
+        assert "audit:read" in body["detail"]
+        act_as(audit_app, "audit-office", "auditor")
+        body = _problem(await audit_client.get("/v1/audit/entries", params={"decision": "maybe"}), 400)
+        assert body["errors"][0]["loc"] == ["query", "decision"]
+        body = _problem(await audit_client.get("/v1/audit/entries", params={"since": "yesterday"}), 400)
+        assert body["errors"][0]["loc"] == ["query", "since"]
+        _problem(await audit_client.get("/v1/audit/entries", params={"action": "peek"}), 400)
+        _problem(await audit_client.get("/v1/audit/entries", params={"cursor": "abc"}), 400)
+        _problem(await audit_client.get("/v1/audit/entries", params={"limit": 0}), 422)
+
+    async def test_queries_are_audited(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
+        client_id = f"auditor-{uuid.uuid4().hex[:8]}"
+        act_as(audit_app, "audit-office", "auditor", client_id=client_id)
+        await _items(audit_client, citizen_id="nobody")
+        logged = await _items(audit_client, action="audit-query", consumer="audit-office", limit=1000)
+        mine = [item for item in logged if item["entry"]["client_id"] == client_id]
+        assert len(mine) >= 1
+        assert mine[0]["entry"]["decision"] == "permit"
+
+
+class TestExport:
+    async def test_jsonl_and_csv_stream(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
+        act_as(audit_app, "audit-office", "auditor")
+        citizen = str(uuid.uuid4())
+        ids = await _seed(audit_app, citizen)
+        async with audit_client.stream("GET", "/v1/audit/export", params={"citizen_id": citizen}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("application/x-ndjson")
+            lines = [line async for line in response.aiter_lines() if line]
+        assert [json.loads(line)["id"] for line in lines] == ids
+        response = await audit_client.get("/v1/audit/export", params={"citizen_id": citizen, "format": "csv"})
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert [int(row["id"]) for row in rows] == ids
+        assert rows[2]["decision"] == "deny"
+        assert json.loads(rows[0]["owners"]) == ["dvla"]
+
+    async def test_export_needs_the_export_scope(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        act_as(audit_app, "dvla", "data-owner")
+        body = _problem(await audit_client.get("/v1/audit/export"), 403)
+        assert "audit:export" in body["detail"]
+        act_as(audit_app, "audit-office", "auditor")
+        _problem(await audit_client.get("/v1/audit/export", params={"format": "xml"}), 422)
+
+
+class TestUsageReport:
+    async def test_counts_released_fields(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
+        act_as(audit_app, "audit-office", "auditor")
+        await _seed(audit_app, str(uuid.uuid4()))
+        await _seed(audit_app, str(uuid.uuid4()))
+        response = await audit_client.get(
+            "/v1/audit/reports/usage",
+            params={"period": "month", "since": "2026-10-01", "until": "2026-11-01"},
+        )
+        assert response.status_code == 200
+        items = response.json()["items"]
+        address = [i for i in items if i["field"] == "address" and i["consumer"] == "welfare"]
+        assert address[0]["owner"] == "register"
+        assert address[0]["period"] == "2026-10"
+        assert address[0]["purpose"] == "address-update"
+        assert address[0]["count"] >= 2
+        assert all(set(i) == {"consumer", "owner", "field", "purpose", "period", "count"} for i in items)
+
+    async def test_owner_sees_its_own_fields(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        await _seed(audit_app, str(uuid.uuid4()))
+        act_as(audit_app, "dvla", "data-owner")
+        response = await audit_client.get("/v1/audit/reports/usage", params={"period": "day", "limit": 1000})
+        items = response.json()["items"]
+        assert items
+        assert {i["owner"] for i in items} == {"dvla"}
+        assert all(len(i["period"]) == 10 for i in items)
+        body = _problem(await audit_client.get("/v1/audit/reports/usage", params={"owner": "register"}), 403)
+        assert "own fields" in body["detail"]
+        _problem(await audit_client.get("/v1/audit/reports/usage", params={"period": "year"}), 422)
+
+
+class TestCitizenAccessLog:
+    async def test_lists_accesses_without_officers(
+        self,
+        audit_app: FastAPI,
+        audit_client: httpx.AsyncClient,
+        register_citizen: Callable[[str], Awaitable[None]],
+    ) -> None:
+        citizen = str(uuid.uuid4())
+        await register_citizen(citizen)
+        await _seed(audit_app, citizen)
+        act_as(audit_app, "portal", "citizen-portal")
+        response = await audit_client.get(f"/v1/citizens/{citizen}/access-log", params={"limit": 3})
+        assert response.status_code == 200
+        body = response.json()
+        assert len(body["items"]) == 3
+        assert body["next_cursor"]
+        first = body["items"][0]
+        assert set(first) == {"time", "department", "action", "fields", "purpose", "decision"}
+        assert first["department"] == "welfare"
+        assert first["fields"] == ["licence_status"]
+        assert "officer-17" not in response.text
+        assert "welfare-consumer" not in response.text
+        rest = (
+            await audit_client.get(
+                f"/v1/citizens/{citizen}/access-log", params={"cursor": body["next_cursor"]}
+            )
+        ).json()
+        assert [i["decision"] for i in rest["items"]] == ["permit", "permit"]
+        assert rest.get("next_cursor") is None
+        # The portal's own reading is audited, but is not an access the citizen sees.
+        act_as(audit_app, "audit-office", "auditor")
+        logged = await _items(audit_client, citizen_id=citizen, action="access-log")
+        assert len(logged) == 2
+
+    async def test_refusals(
+        self,
+        audit_app: FastAPI,
+        audit_client: httpx.AsyncClient,
+    ) -> None:
+        act_as(audit_app, "portal", "citizen-portal")
+        body = _problem(await audit_client.get(f"/v1/citizens/{uuid.uuid4()}/access-log"), 404)
+        assert body["detail"] == "No such citizen."
+        act_as(audit_app, "welfare", "consumer")
+        body = _problem(await audit_client.get(f"/v1/citizens/{uuid.uuid4()}/access-log"), 403)
+        assert "citizens:access-log" in body["detail"]
+
+
+class TestFailClosed:
+    async def test_a_failing_audit_writer_releases_nothing(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        async def refuse(_conn: AsyncConnection) -> None:
+            raise OSError("disk full")
+
+        failing = AuditWriter(audit_app.state.database.engine, before_commit=refuse)
+        await failing.start()
+        audit_app.dependency_overrides[get_audit_writer] = lambda: failing
+        try:
+            act_as(audit_app, "audit-office", "auditor")
+            response = await audit_client.get("/v1/audit/entries")
+            body = _problem(response, 503)
+            assert body["type"].endswith("audit-unavailable")
+            assert "items" not in body
+            _problem(await audit_client.get("/v1/audit/export"), 503)
+        finally:
+            await failing.stop()

@@ -1,0 +1,103 @@
+"""The sequencer: consecutive leaves in commit order, stored nodes, signed checkpoints."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit import merkle
+from service.audit import repository as audit_repository
+from service.audit import service as audit_service
+from service.audit.checkpoint import NoteVerifier
+from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
+from service.audit.models import AuditLeaf
+from service.audit.writer import AuditWriter
+from service.db import create_engine
+from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
+
+
+@pytest.fixture
+async def scratch_engine(scratch_database: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(scratch_database)
+    yield engine
+    await engine.dispose()
+
+
+async def _append(engine: AsyncEngine, count: int) -> list[int]:
+    writer = AuditWriter(engine)
+    await writer.start()
+    try:
+        return await writer.append_many([make_entry(request_id=f"seq-{i}") for i in range(count)])
+    finally:
+        await writer.stop()
+
+
+class TestSequencer:
+    async def test_leaves_are_consecutive_and_proofs_verify(self, scratch_engine: AsyncEngine) -> None:
+        signer = make_signer()
+        sequencer = make_sequencer(scratch_engine, signer, every=10)
+        ids = await _append(scratch_engine, 25)
+        await sequence_all(sequencer)
+        async with scratch_engine.connect() as conn:
+            leaves = (
+                await conn.execute(
+                    select(AuditLeaf.leaf_index, AuditLeaf.entry_id).order_by(AuditLeaf.leaf_index)
+                )
+            ).all()
+            assert [leaf for leaf, _ in leaves] == list(range(25))
+            assert [entry for _, entry in leaves] == ids
+            checkpoints = await audit_repository.all_checkpoints(conn)
+            verifier = NoteVerifier.parse(signer.verifier_key())
+            sizes = [verifier.open_checkpoint(note).size for _id, _s, _r, note in checkpoints]
+            assert sizes == [size for _id, size, _r, _n in checkpoints]
+            assert sizes[0] >= 10
+            latest = verifier.open_checkpoint(await audit_service.checkpoint_note(conn))
+            for index in (0, 7, latest.size - 1):
+                proof = await audit_service.inclusion(conn, index, latest.size)
+                leaf = merkle.leaf_hash(audit_service.canonical_json(proof["entry"]).encode())
+                assert base64.b64decode(proof["leaf_hash"]) == leaf
+                hashes = [base64.b64decode(h) for h in proof["hashes"]]
+                assert merkle.verify_inclusion(leaf, index, latest.size, hashes, latest.root_hash)
+            first = verifier.open_checkpoint(checkpoints[0][3])
+            consistency = await audit_service.consistency(conn, first.size, latest.size)
+            hashes = [base64.b64decode(h) for h in consistency["hashes"]]
+            assert merkle.verify_consistency(
+                first.size, latest.size, hashes, first.root_hash, latest.root_hash
+            )
+
+    async def test_a_new_sequencer_continues_the_tree(self, scratch_engine: AsyncEngine) -> None:
+        signer = make_signer()
+        await _append(scratch_engine, 5)
+        await sequence_all(make_sequencer(scratch_engine, signer, every=1))
+        await _append(scratch_engine, 6)
+        # Another process's sequencer: it must rebuild the right edge from stored nodes.
+        await sequence_all(make_sequencer(scratch_engine, signer, every=1))
+        async with scratch_engine.connect() as conn:
+            size = await audit_repository.tree_size(conn)
+            note = await audit_service.checkpoint_note(conn)
+            nodes = await audit_repository.read_nodes(conn, [(0, i) for i in range(size)])
+        compact = merkle.CompactRange()
+        for i in range(size):
+            compact.append(nodes[(0, i)])
+        assert size == 11
+        assert NoteVerifier.parse(signer.verifier_key()).open_checkpoint(note).root_hash == compact.root()
+
+    async def test_bad_proof_requests_are_refused(self, scratch_engine: AsyncEngine) -> None:
+        async with scratch_engine.connect() as conn:
+            with pytest.raises(NoCheckpoint):
+                await audit_service.checkpoint_note(conn)
+        await _append(scratch_engine, 3)
+        await sequence_all(make_sequencer(scratch_engine, make_signer(), every=1))
+        async with scratch_engine.connect() as conn:
+            with pytest.raises(AuditQueryInvalid):
+                await audit_service.inclusion(conn, 0, 4)
+            with pytest.raises(LeafNotFound):
+                await audit_service.inclusion(conn, 3, 3)
+            with pytest.raises(AuditQueryInvalid):
+                await audit_service.consistency(conn, 2, 1)
+            with pytest.raises(AuditQueryInvalid):
+                await audit_service.consistency(conn, 1, 9)

@@ -1,0 +1,114 @@
+"""The batched writer: group commit, and fail closed when a commit fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.audit.errors import AuditUnavailable
+from service.audit.models import AuditEntryRow
+from service.audit.writer import AuditWriter
+from service.errors import ServiceUnavailable
+from tests.fixtures.audit import make_entry
+
+
+@pytest.fixture
+async def writer(engine: AsyncEngine) -> AsyncIterator[AuditWriter]:
+    audit_writer = AuditWriter(engine)
+    await audit_writer.start()
+    yield audit_writer
+    await audit_writer.stop()
+
+
+async def _count(engine: AsyncEngine, ids: list[int]) -> int:
+    async with engine.connect() as conn:
+        found = await conn.execute(select(func.count()).where(AuditEntryRow.id.in_(ids)))
+        return int(found.scalar() or 0)
+
+
+class TestGroupCommit:
+    async def test_concurrent_appends_share_transactions(
+        self, writer: AuditWriter, engine: AsyncEngine
+    ) -> None:
+        entries = [make_entry(request_id=f"group-{i}") for i in range(300)]
+        ids = await asyncio.gather(*(writer.append(entry) for entry in entries))
+        assert len(set(ids)) == 300
+        assert writer.entries_committed == 300
+        assert writer.batches_committed < 300
+        # Durable: a separate connection sees every one as soon as append returned.
+        assert await _count(engine, list(ids)) == 300
+
+    async def test_each_entry_is_stored_with_its_own_id(
+        self, writer: AuditWriter, engine: AsyncEngine
+    ) -> None:
+        entries = [make_entry(request_id=f"own-{i}") for i in range(20)]
+        ids = await asyncio.gather(*(writer.append(entry) for entry in entries))
+        async with engine.connect() as conn:
+            rows = dict(
+                (
+                    await conn.execute(
+                        select(AuditEntryRow.id, AuditEntryRow.canonical).where(AuditEntryRow.id.in_(ids))
+                    )
+                ).all()
+            )
+        for entry, entry_id in zip(entries, ids, strict=True):
+            assert rows[entry_id] == entry.canonical()
+
+    async def test_append_many_returns_ids_in_order(self, writer: AuditWriter, engine: AsyncEngine) -> None:
+        entries = [make_entry(request_id=f"many-{i}") for i in range(5)]
+        ids = await writer.append_many(entries)
+        assert ids == sorted(ids)
+        assert await _count(engine, ids) == 5
+
+
+class TestFailClosed:
+    async def test_failed_commit_fails_every_waiter(self, engine: AsyncEngine) -> None:
+        async def refuse(_conn: AsyncConnection) -> None:
+            raise OSError("disk full")
+
+        failing = AuditWriter(engine, before_commit=refuse)
+        await failing.start()
+        try:
+            results = await asyncio.gather(
+                *(failing.append(make_entry(request_id=f"fail-{i}")) for i in range(50)),
+                return_exceptions=True,
+            )
+        finally:
+            await failing.stop()
+        assert len(results) == 50
+        assert all(isinstance(result, AuditUnavailable) for result in results)
+        assert all(isinstance(result, ServiceUnavailable) for result in results)
+        problem = results[0].problem()  # type: ignore[union-attr]
+        assert problem["status"] == 503
+        assert problem["type"].endswith("audit-unavailable")
+        assert failing.entries_committed == 0
+        async with engine.connect() as conn:
+            found = await conn.execute(
+                select(func.count()).where(AuditEntryRow.canonical.like('%"request_id":"fail-%'))
+            )
+        assert found.scalar() == 0
+
+    async def test_stopped_writer_refuses(self, engine: AsyncEngine) -> None:
+        stopped = AuditWriter(engine)
+        with pytest.raises(AuditUnavailable):
+            await stopped.append(make_entry())
+
+    async def test_writer_recovers_after_a_failed_batch(self, engine: AsyncEngine) -> None:
+        failures = [True]
+
+        async def fail_once(_conn: AsyncConnection) -> None:
+            if failures.pop() if failures else False:
+                raise OSError("transient")
+
+        flaky = AuditWriter(engine, before_commit=fail_once)
+        await flaky.start()
+        try:
+            with pytest.raises(AuditUnavailable):
+                await flaky.append(make_entry())
+            assert await flaky.append(make_entry()) > 0
+        finally:
+            await flaky.stop()

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import httpx
+import jwt as pyjwt
+import pytest
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
+from fastapi import FastAPI
+from joserfc.jwk import ECKey
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth import service as auth_service
+from service.auth.scopes import ROLE_SCOPES
+from tests.fixtures.tokens import OAuthError, fetch_token, register, runtime
+
+
+def basic(client_id: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
+
+
+def assert_oauth_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    body: dict[str, Any] = response.json()
+    assert body["error"] == error
+    return body
+
+
+def decode_with_pyjwt(jwks: dict[str, Any], token: str, issuer: str) -> dict[str, Any]:
+    """Verify with PyJWT, against the published JWKS only: an independent implementation."""
+    header = pyjwt.get_unverified_header(token)
+    assert header["typ"] == "at+jwt"
+    key = pyjwt.PyJWKSet.from_dict(jwks)[header["kid"]]
+    claims: dict[str, Any] = pyjwt.decode(
+        token,
+        key.key,
+        algorithms=["ES256"],
+        audience="tellonce",
+        issuer=issuer,
+        options={"require": ["exp", "iat", "jti", "iss", "aud", "sub"]},
+    )
+    return claims
+
+
+class TestClientSecret:
+    @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+    async def test_authlib_client_gets_a_token_that_verifies_against_the_jwks(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, method: str
+    ) -> None:
+        created = await register(session, "dvla", "consumer", "writer")
+        assert created.client_secret is not None
+        token = await fetch_token(app, created.client_id, created.client_secret, method)
+        jwks = (await client.get("/.well-known/jwks.json")).json()
+        assert all("d" not in key for key in jwks["keys"])
+        claims = decode_with_pyjwt(jwks, token, runtime(app).issuer_url)
+        assert claims["client_id"] == claims["sub"] == created.client_id
+        assert claims["department"] == "dvla"
+        assert claims["roles"] == ["consumer", "writer"]
+        assert set(claims["scope"].split()) == ROLE_SCOPES["consumer"] | ROLE_SCOPES["writer"]
+        assert claims["exp"] - claims["iat"] == app.state.settings.access_token_ttl_seconds
+
+    async def test_requested_scope_narrows_the_token(self, app: FastAPI, session: AsyncSession) -> None:
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        token = await fetch_token(app, created.client_id, created.client_secret, scope="citizens:read")
+        assert pyjwt.decode(token, options={"verify_signature": False})["scope"] == "citizens:read"
+
+    async def test_bad_secret_is_401_invalid_client(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await register(session, "dvla", "consumer")
+        response = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers=basic(created.client_id, "wrong"),
+        )
+        assert_oauth_error(response, 401, "invalid_client")
+        assert response.headers["www-authenticate"].startswith("Basic")
+
+    @pytest.mark.parametrize("client_id", ["tc_unknown", "x" * 300])
+    async def test_unknown_client_by_post_is_401_invalid_client(
+        self, client: httpx.AsyncClient, client_id: str
+    ) -> None:
+        response = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": "s"},
+        )
+        assert_oauth_error(response, 401, "invalid_client")
+
+    async def test_disabled_client_gets_no_token(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        await auth_service.disable_client(session, created.client_id)
+        response = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers=basic(created.client_id, created.client_secret),
+        )
+        assert_oauth_error(response, 401, "invalid_client")
+
+    async def test_authlib_client_raises_on_bad_secret(self, app: FastAPI, session: AsyncSession) -> None:
+        created = await register(session, "dvla", "consumer")
+        with pytest.raises(OAuthError) as caught:
+            await fetch_token(app, created.client_id, "not-the-secret")
+        assert caught.value.error == "invalid_client"
+
+    async def test_unsupported_grant_type(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        response = await client.post(
+            "/oauth/token",
+            data={"grant_type": "password", "username": "u", "password": "p"},
+            headers=basic(created.client_id, created.client_secret),
+        )
+        assert_oauth_error(response, 400, "unsupported_grant_type")
+
+    async def test_scope_beyond_the_roles_is_invalid_scope(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        response = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "citizens:read admin:clients"},
+            headers=basic(created.client_id, created.client_secret),
+        )
+        assert_oauth_error(response, 400, "invalid_scope")
+
+    async def test_non_form_body_is_invalid_request(self, client: httpx.AsyncClient) -> None:
+        response = await client.post("/oauth/token", json={"grant_type": "client_credentials"})
+        assert_oauth_error(response, 400, "invalid_request")
+
+    async def test_repeated_parameter_is_invalid_request(self, client: httpx.AsyncClient) -> None:
+        response = await client.post(
+            "/oauth/token",
+            content=b"grant_type=client_credentials&grant_type=client_credentials",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert_oauth_error(response, 400, "invalid_request")
+
+    async def test_undecodable_basic_header_is_401_invalid_client(self, client: httpx.AsyncClient) -> None:
+        header = "Basic " + base64.b64encode(b"\xff\xfe:secret").decode()
+        response = await client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, headers={"Authorization": header}
+        )
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert body["error_description"] == "The Basic credentials are not base64 UTF-8."
+
+    async def test_two_authentication_methods_at_once_is_invalid_request(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        response = await client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": created.client_id,
+                "client_secret": created.client_secret,
+            },
+            headers=basic(created.client_id, created.client_secret),
+        )
+        body = assert_oauth_error(response, 400, "invalid_request")
+        assert body["error_description"] == "Use exactly one client authentication method."
+
+    async def test_secret_is_stored_only_as_a_hash(self, session: AsyncSession) -> None:
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        row = await auth_service.get_client(session, created.client_id)
+        assert row is not None
+        assert row.secret_hash is not None
+        assert created.client_secret not in row.secret_hash
+        assert created.client_secret not in repr(created)
+
+
+class TestPrivateKeyJwt:
+    async def register_key_client(self, session: AsyncSession) -> tuple[str, ECKey]:
+        key = ECKey.generate_key("P-256", private=True)
+        created = await register(session, "welfare", "consumer", public_jwk=key.as_dict(private=False))
+        assert created.client_secret is None
+        assert created.as_json() == {"client_id": created.client_id}
+        return created.client_id, key
+
+    async def test_authlib_client_gets_a_token_with_private_key_jwt(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        token = await fetch_token(app, client_id, key, "private_key_jwt")
+        jwks = (await client.get("/.well-known/jwks.json")).json()
+        claims = decode_with_pyjwt(jwks, token, runtime(app).issuer_url)
+        assert claims["client_id"] == client_id
+        assert claims["department"] == "welfare"
+
+    def assertion(self, app: FastAPI, client_id: str, key: ECKey, **claims: Any) -> dict[str, str]:
+        signed = private_key_jwt_sign(
+            key, client_id, runtime(app).token_url, claims=claims or None, alg="ES256"
+        )
+        return {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": signed if isinstance(signed, str) else signed.decode(),
+        }
+
+    async def test_assertion_signed_by_another_key_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, _ = await self.register_key_client(session)
+        stranger = ECKey.generate_key("P-256", private=True)
+        response = await client.post("/oauth/token", data=self.assertion(app, client_id, stranger))
+        assert_oauth_error(response, 401, "invalid_client")
+
+    async def test_replayed_assertion_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        form = self.assertion(app, client_id, key)
+        assert (await client.post("/oauth/token", data=form)).status_code == 200
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
+    async def test_assertion_for_another_audience_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        form = self.assertion(app, client_id, key, aud="https://elsewhere.example/token")
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
+    async def test_expired_assertion_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        form = self.assertion(app, client_id, key, exp=int(time.time()) - 600)
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
+    async def test_key_client_cannot_use_a_secret(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, _ = await self.register_key_client(session)
+        response = await client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(client_id, "anything")
+        )
+        assert_oauth_error(response, 401, "invalid_client")
+
+
+class TestMetadata:
+    async def test_rfc8414_metadata(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        body = (await client.get("/.well-known/oauth-authorization-server")).json()
+        issuer = runtime(app).issuer_url
+        assert body["issuer"] == issuer
+        assert body["token_endpoint"] == issuer + "/oauth/token"
+        assert body["jwks_uri"] == issuer + "/.well-known/jwks.json"
+        assert body["grant_types_supported"] == ["client_credentials"]
+        assert set(body["token_endpoint_auth_methods_supported"]) == {
+            "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+        }
+        assert "citizens:read" in body["scopes_supported"]

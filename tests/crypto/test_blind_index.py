@@ -1,0 +1,87 @@
+"""Blind index: normalised, per field, and independent of every encryption key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.crypto.aead import DataKey, encrypt_value
+from service.crypto.blind_index import BLIND_INDEX_BYTES, normalise
+from tests.fixtures.crypto import make_keyring
+
+ROOT = secrets.token_bytes(32)
+KEYRING = make_keyring(ROOT)
+
+
+class TestNormalisation:
+    def test_equivalent_spellings_share_an_index(self) -> None:
+        equivalents = [
+            ("AB123456C", "ab123456c", "  AB123456C\t", "\u00a0ab123456c\n"),
+            # Full-width letters and digits fold to ASCII under NFKC.
+            ("AB123456C", "\uff21\uff22\uff11\uff12\uff13\uff14\uff15\uff16\uff23"),
+            # Composed and decomposed accents; case folding of sharp s.
+            ("Zoë", "Zoe\u0308", "ZOË"),
+            ("Straße", "STRASSE", "strasse"),
+            # The ligature ﬁ decomposes to "fi".
+            ("ﬁnch", "Finch"),
+        ]
+        for group in equivalents:
+            indexes = {KEYRING.blind_index("national_id", value) for value in group}
+            assert len(indexes) == 1, group
+
+    def test_different_values_differ(self) -> None:
+        assert KEYRING.blind_index("national_id", "AB123456C") != KEYRING.blind_index(
+            "national_id", "AB123456D"
+        )
+        assert KEYRING.blind_index("national_id", "a b") != KEYRING.blind_index("national_id", "ab")
+
+    @given(st.text(max_size=50))
+    def test_normalising_is_idempotent(self, value: str) -> None:
+        once = normalise(value)
+        assert normalise(once) == once
+        assert KEYRING.blind_index("postcode", value) == KEYRING.blind_index("postcode", once)
+
+    @given(st.text(max_size=50))
+    def test_index_is_sixteen_bytes_and_deterministic(self, value: str) -> None:
+        index = KEYRING.blind_index("postcode", value)
+        assert len(index) == BLIND_INDEX_BYTES
+        assert make_keyring(ROOT).blind_index("postcode", value) == index
+
+
+class TestSeparation:
+    @given(st.text(min_size=1, max_size=30))
+    def test_each_field_has_its_own_key(self, value: str) -> None:
+        assert KEYRING.blind_index("national_id", value) != KEYRING.blind_index("postcode", value)
+
+    def test_another_root_gives_other_indexes(self) -> None:
+        other = make_keyring()
+        assert other.blind_index("national_id", "AB123456C") != KEYRING.blind_index(
+            "national_id", "AB123456C"
+        )
+
+    def test_index_is_not_a_plain_or_root_keyed_hash(self) -> None:
+        value = "AB123456C"
+        index = KEYRING.blind_index("national_id", value)
+        normalised = normalise(value).encode()
+        assert index != hashlib.sha256(normalised).digest()[:16]
+        assert index != hmac.new(ROOT, normalised, hashlib.sha256).digest()[:16]
+
+    def test_independent_of_encryption_keys(self) -> None:
+        # The index depends only on the blind-index root: data keys and KEKs can be
+        # rotated, re-encrypted or shredded without touching any index.
+        value = "AB123456C"
+        before = KEYRING.blind_index("national_id", value)
+        for _ in range(3):
+            key = DataKey(1, "register", 1, secrets.token_bytes(32))
+            ciphertext = encrypt_value(
+                key, citizen_id="c", field="national_id", version=1, plaintext=value.encode()
+            )
+            assert before not in ciphertext
+        assert KEYRING.blind_index("national_id", value) == before
+        # And the blind-index root is not the KEK-wrapping key: same root, other label.
+        assert repr(KEYRING.provider.blind_index_root()) == "KeyMaterial(<32 bytes hidden>)"
+        assert KEYRING.provider.blind_index_root().reveal() != ROOT

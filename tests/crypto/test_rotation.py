@@ -1,0 +1,357 @@
+"""Rotation and re-encryption on a committed database, including interrupted runs."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from service.config import get_settings
+from service.crypto import service as key_service
+from service.crypto.keyring import DATA_KEYS, KEKS, KeyEvent, Keyring
+from service.crypto.models import KeyJob
+from tests.fixtures.crypto import FIELD_VALUES, add_citizens, make_keyring, read_all_values, write_value
+
+CITIZENS = 23
+BATCH = 5
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after_first_batch(calls: list[tuple[int, int]]) -> key_service.Progress:
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+        raise Interrupted()
+
+    return progress
+
+
+async def populate(engine: AsyncEngine, keyring: Keyring) -> dict[int, str]:
+    """CITIZENS citizens, each with register values (two versions of one) and a DVLA value."""
+    known: dict[int, str] = {}
+    async with engine.begin() as conn:
+        citizens = await add_citizens(conn, CITIZENS)
+        for n, citizen in enumerate(citizens):
+            for field, owner, text, version in (
+                ("given_name", "register", f"Given{n}-{secrets.token_hex(4)}", 1),
+                ("address", "register", f"{n} Old Street", 1),
+                ("licence_number", "dvla", f"LIC{n:05d}", 1),
+            ):
+                row = await write_value(conn, keyring, citizen, field, owner, text, version=version)
+                known[row] = text
+        # A second version of one citizen's address: history is re-keyed too.
+        for citizen in citizens[:3]:
+            await conn.execute(
+                update(FIELD_VALUES)
+                .where(FIELD_VALUES.c.citizen_id == citizen, FIELD_VALUES.c.field == "address")
+                .values(is_current=False)
+            )
+            text = f"New Street for {citizen[:6]}"
+            row = await write_value(conn, keyring, citizen, "address", "register", text, version=2)
+            known[row] = text
+    return known
+
+
+async def readable_by_a_fresh_process(engine: AsyncEngine, root: bytes) -> dict[int, str]:
+    async with engine.connect() as conn:
+        return await read_all_values(conn, make_keyring(root))
+
+
+async def department_key_rows(engine: AsyncEngine, department: str) -> list[tuple[int, int, str, bool]]:
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(DATA_KEYS.c.id, DATA_KEYS.c.kek_version, DATA_KEYS.c.status, DATA_KEYS.c.wrapped_key)
+                .where(DATA_KEYS.c.department == department)
+                .order_by(DATA_KEYS.c.id)
+            )
+        ).all()
+    return [(r.id, r.kek_version, r.status, r.wrapped_key is not None) for r in rows]
+
+
+async def kek_rows(engine: AsyncEngine, department: str) -> list[tuple[int, str, bool]]:
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(KEKS.c.version, KEKS.c.status, KEKS.c.wrapped_key)
+                .where(KEKS.c.department == department)
+                .order_by(KEKS.c.version)
+            )
+        ).all()
+    return [(r.version, r.status, r.wrapped_key is not None) for r in rows]
+
+
+@pytest.fixture
+def root() -> bytes:
+    return secrets.token_bytes(32)
+
+
+class TestRotate:
+    async def test_rewraps_every_data_key_and_retires_the_old_version(
+        self, scratch_engine: AsyncEngine, root: bytes
+    ) -> None:
+        keyring = make_keyring(root)
+        known = await populate(scratch_engine, keyring)
+        events: list[KeyEvent] = []
+
+        async def record(event: KeyEvent) -> None:
+            events.append(event)
+
+        keyring.on_key_event = record
+        calls: list[tuple[int, int]] = []
+        result = await key_service.rotate_department(
+            scratch_engine, keyring, "register", batch_size=BATCH, progress=lambda d, t: calls.append((d, t))
+        )
+        assert (result.version, result.resumed, result.rewrapped, result.retired_versions) == (
+            2,
+            False,
+            CITIZENS,
+            [1],
+        )
+        assert calls[-1] == (CITIZENS, CITIZENS)
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+        assert len(calls) == -(-CITIZENS // BATCH)
+        assert await kek_rows(scratch_engine, "register") == [(1, "retired", False), (2, "active", True)]
+        assert {v for _, v, _, _ in await department_key_rows(scratch_engine, "register")} == {2}
+        # Another department is not touched.
+        assert {v for _, v, _, _ in await department_key_rows(scratch_engine, "dvla")} == {1}
+        assert [e.action for e in events] == [
+            "kek.created",
+            "kek.rotated",
+            "kek.retired",
+            "kek.rewrap_completed",
+        ]
+        assert events[-1].detail == {"version": 2, "rewrapped": CITIZENS, "retired_versions": [1]}
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+
+    async def test_an_interrupted_rotation_stays_readable_and_resumes(
+        self, scratch_engine: AsyncEngine, root: bytes
+    ) -> None:
+        keyring = make_keyring(root)
+        known = await populate(scratch_engine, keyring)
+        calls: list[tuple[int, int]] = []
+        with pytest.raises(Interrupted):
+            await key_service.rotate_department(
+                scratch_engine,
+                keyring,
+                "register",
+                batch_size=BATCH,
+                progress=interrupt_after_first_batch(calls),
+            )
+        assert calls == [(BATCH, CITIZENS)]
+        # Half-way: both versions are in use and every value still decrypts.
+        assert await kek_rows(scratch_engine, "register") == [(1, "decrypt_only", True), (2, "active", True)]
+        versions = [v for _, v, _, _ in await department_key_rows(scratch_engine, "register")]
+        assert versions.count(2) == BATCH
+        assert versions.count(1) == CITIZENS - BATCH
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+        async with scratch_engine.connect() as conn:
+            status = {s.department: s for s in await key_service.key_status(conn)}
+        assert [(v.version, v.status, v.data_keys) for v in status["register"].versions] == [
+            (1, "decrypt_only", CITIZENS - BATCH),
+            (2, "active", BATCH),
+        ]
+        # A new citizen written meanwhile gets a key under the active version.
+        async with scratch_engine.begin() as conn:
+            (late,) = await add_citizens(conn, 1)
+            known[await write_value(conn, keyring, late, "given_name", "register", "Latecomer")] = "Latecomer"
+            assert (await keyring.data_key_for_write(conn, late, "register")).kek_version == 2
+
+        # Run again (a new process): it resumes to v2, it does not start a v3.
+        result = await key_service.rotate_department(
+            scratch_engine, make_keyring(root), "register", batch_size=BATCH
+        )
+        assert (result.version, result.resumed, result.rewrapped, result.retired_versions) == (
+            2,
+            True,
+            CITIZENS - BATCH,
+            [1],
+        )
+        assert await kek_rows(scratch_engine, "register") == [(1, "retired", False), (2, "active", True)]
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+
+        # A later rotation starts a new version again.
+        again = await key_service.rotate_department(scratch_engine, make_keyring(root), "register")
+        assert (again.version, again.resumed, again.rewrapped) == (3, False, CITIZENS + 1)
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+
+
+class TestReencrypt:
+    async def test_new_data_keys_for_every_citizen_and_old_ones_destroyed(
+        self, scratch_engine: AsyncEngine, root: bytes
+    ) -> None:
+        keyring = make_keyring(root)
+        known = await populate(scratch_engine, keyring)
+        old_register = {i for i, _, _, _ in await department_key_rows(scratch_engine, "register")}
+        dvla_before = await department_key_rows(scratch_engine, "dvla")
+        async with scratch_engine.connect() as conn:
+            ciphertexts_before = {
+                row.id: row.ciphertext
+                for row in await conn.execute(select(FIELD_VALUES.c.id, FIELD_VALUES.c.ciphertext))
+            }
+
+        events: list[KeyEvent] = []
+
+        async def record(event: KeyEvent) -> None:
+            events.append(event)
+
+        keyring.on_key_event = record
+        result = await key_service.reencrypt_department(scratch_engine, keyring, "register", batch_size=BATCH)
+        assert (result.resumed, result.data_keys, result.values) == (False, CITIZENS, 2 * CITIZENS + 3)
+        assert [(e.action, e.department, dict(e.detail)) for e in events] == [
+            ("data_keys.reencrypted", "register", {"data_keys": CITIZENS, "values": 2 * CITIZENS + 3})
+        ]
+
+        rows = await department_key_rows(scratch_engine, "register")
+        destroyed = {i for i, _, status, live in rows if status == "destroyed" and not live}
+        active = {i for i, _, status, live in rows if status == "active" and live}
+        assert destroyed == old_register
+        assert len(active) == CITIZENS
+        assert await department_key_rows(scratch_engine, "dvla") == dvla_before
+        async with scratch_engine.connect() as conn:
+            values = (
+                await conn.execute(
+                    select(
+                        FIELD_VALUES.c.id,
+                        FIELD_VALUES.c.owner,
+                        FIELD_VALUES.c.data_key_id,
+                        FIELD_VALUES.c.ciphertext,
+                    )
+                )
+            ).all()
+        for value in values:
+            if value.owner == "register":
+                assert value.data_key_id in active
+                assert value.ciphertext != ciphertexts_before[value.id]
+            else:
+                assert value.ciphertext == ciphertexts_before[value.id]
+        # The old keys are gone from this process's cache too; everything reads back.
+        assert not old_register & set(keyring.data_key_cache._entries)
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+        async with scratch_engine.connect() as conn:
+            assert await read_all_values(conn, keyring) == known
+
+    async def test_an_interrupted_reencryption_stays_readable_and_resumes(
+        self, scratch_engine: AsyncEngine, root: bytes
+    ) -> None:
+        keyring = make_keyring(root)
+        known = await populate(scratch_engine, keyring)
+        calls: list[tuple[int, int]] = []
+        with pytest.raises(Interrupted):
+            await key_service.reencrypt_department(
+                scratch_engine,
+                keyring,
+                "register",
+                batch_size=BATCH,
+                progress=interrupt_after_first_batch(calls),
+            )
+        assert calls == [(BATCH, CITIZENS)]
+        statuses = [s for _, _, s, _ in await department_key_rows(scratch_engine, "register")]
+        assert statuses.count("destroyed") == BATCH
+        assert statuses.count("active") == CITIZENS
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+        async with scratch_engine.connect() as conn:
+            (register,) = [s for s in await key_service.key_status(conn) if s.department == "register"]
+        assert register.reencryption_pending
+        assert register.destroyed_data_keys == BATCH
+
+        # A citizen first written after the run began already has a fresh key: kept as is.
+        async with scratch_engine.begin() as conn:
+            (late,) = await add_citizens(conn, 1)
+            known[await write_value(conn, keyring, late, "given_name", "register", "Latecomer")] = "Latecomer"
+            late_key = (await keyring.data_key_for_write(conn, late, "register")).id
+
+        result = await key_service.reencrypt_department(
+            scratch_engine, make_keyring(root), "register", batch_size=BATCH
+        )
+        assert (result.resumed, result.data_keys) == (True, CITIZENS - BATCH)
+        rows = await department_key_rows(scratch_engine, "register")
+        assert [s for _, _, s, _ in rows].count("destroyed") == CITIZENS
+        assert late_key in {i for i, _, s, _ in rows if s == "active"}
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+        async with scratch_engine.connect() as conn:
+            jobs = (await conn.execute(select(KeyJob.finished_at))).scalars().all()
+            (register,) = [s for s in await key_service.key_status(conn) if s.department == "register"]
+        assert len(jobs) == 1
+        assert jobs[0] is not None
+        assert not register.reencryption_pending
+
+
+class TestKeysCommand:
+    def test_status_rotate_and_reencrypt(
+        self,
+        scratch_database: str,
+        scratch_engine: AsyncEngine,
+        root: bytes,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        import asyncio
+        import base64
+
+        from service.cli import app
+
+        keyring = make_keyring(root)
+        known = asyncio.run(populate_in_fresh_loop(scratch_database, keyring))
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        monkeypatch.setenv("TELLONCE_ENV", "test")
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(root).decode())
+        get_settings.cache_clear()
+        try:
+            runner = CliRunner()
+            rotated = runner.invoke(app, ["keys", "rotate", "--department", "register", "--batch-size", "4"])
+            assert rotated.exit_code == 0, rotated.output
+            assert (
+                f"register: rotated to KEK v2; {CITIZENS} data keys rewrapped; retired: v1" in rotated.output
+            )
+            reencrypted = runner.invoke(app, ["keys", "reencrypt", "--department", "dvla"])
+            assert reencrypted.exit_code == 0, reencrypted.output
+            assert (
+                f"dvla: re-encrypted {CITIZENS} values under {CITIZENS} new data keys" in reencrypted.output
+            )
+            status = runner.invoke(app, ["keys", "status"], env={"COLUMNS": "200"})
+            assert status.exit_code == 0, status.output
+            lines = {
+                line.split("│")[1].strip(): line for line in status.output.splitlines() if line.count("│") > 3
+            }
+            assert f"v1 retired (0), v2 active ({CITIZENS})" in lines["register"]
+            assert f"v1 active ({CITIZENS})" in lines["dvla"]
+            for command in ("rotate", "reencrypt"):
+                unknown = runner.invoke(
+                    app, ["keys", command, "--department", "dvlaa"], env={"COLUMNS": "200"}
+                )
+                assert unknown.exit_code == 1
+                assert "department 'dvlaa' has no keys yet" in unknown.output
+            missing = runner.invoke(app, ["keys", "rotate"])
+            assert missing.exit_code == 2
+            assert "--department" in missing.output
+        finally:
+            get_settings.cache_clear()
+        assert asyncio.run(read_in_fresh_loop(scratch_database, root)) == known
+
+
+async def populate_in_fresh_loop(url: str, keyring: Keyring) -> dict[int, str]:
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        return await populate(engine, keyring)
+    finally:
+        await engine.dispose()
+
+
+async def read_in_fresh_loop(url: str, root: bytes) -> dict[int, str]:
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        return await readable_by_a_fresh_process(engine, root)
+    finally:
+        await engine.dispose()

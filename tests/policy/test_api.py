@@ -1,0 +1,407 @@
+"""The policy API: owner isolation, versions, If-Match, revocation, explain and simulate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.policy.simulate import ListSource, RecordedRequest
+from tests.fixtures.auth import act_as
+
+pytestmark = pytest.mark.usefixtures("policies_loaded")
+
+NEW_AGREEMENT: dict[str, Any] = {
+    "id": "points-for-revenue",
+    "consumer": "revenue",
+    "fields": ["points"],
+    "actions": ["read"],
+    "purposes": ["tax-administration"],
+    "legal_basis": "Finance Act 2008, Sch. 36",
+}
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].endswith("/" + slug)
+    return body
+
+
+async def explain(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    response = await client.post("/v1/decisions/explain", json=body)
+    assert response.status_code == 200, response.text
+    decisions: dict[str, Any] = response.json()["decisions"]
+    return decisions
+
+
+class TestReadAgreements:
+    async def test_owner_lists_only_its_own(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "dvla", "data-owner")
+        response = await client.get("/v1/policies")
+        assert response.status_code == 200
+        body = response.json()
+        assert [a["id"] for a in body["items"]] == [
+            "licence-for-revenue",
+            "licence-status-for-welfare",
+            "no-points-for-welfare",
+        ]
+        assert body["next_cursor"] is None
+        first = body["items"][0]
+        assert first["owner"] == "dvla"
+        assert first["version"] == 1
+        assert first["status"] == "active"
+        assert first["valid_until"] == "2020-01-01"
+        assert first["author"] == "tests"
+
+    async def test_auditor_reads_all_with_cursor_paging(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "audit-office", "auditor")
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
+            body = (await client.get("/v1/policies", params=params)).json()
+            seen.extend(a["id"] for a in body["items"])
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == 7
+        assert seen == sorted(seen)
+
+    async def test_another_owners_agreement_is_404(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "revenue", "data-owner")
+        body = assert_problem(
+            await client.get("/v1/policies/licence-for-revenue"), 404, "agreement-not-found"
+        )
+        assert body["detail"] == "No agreement 'licence-for-revenue'."
+        assert_problem(
+            await client.get("/v1/policies/licence-for-revenue/versions"), 404, "agreement-not-found"
+        )
+        assert_problem(await client.delete("/v1/policies/licence-for-revenue"), 404, "agreement-not-found")
+        response = await client.put(
+            "/v1/policies/licence-for-revenue", json=NEW_AGREEMENT, headers={"If-Match": '"1"'}
+        )
+        assert_problem(response, 404, "agreement-not-found")
+
+    async def test_get_has_etag(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "audit-office", "auditor")
+        response = await client.get("/v1/policies/tax-code-for-fraud")
+        assert response.status_code == 200
+        assert response.headers["etag"] == '"1"'
+        assert response.json()["require_case_ref"] is True
+
+    async def test_scopes_are_required(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "welfare", "consumer")
+        assert_problem(await client.get("/v1/policies"), 403, "forbidden")
+        act_as(app, "audit-office", "auditor")
+        assert_problem(await client.post("/v1/policies", json=NEW_AGREEMENT), 403, "forbidden")
+
+    async def test_bad_cursor_is_400(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "dvla", "data-owner")
+        assert_problem(
+            await client.get("/v1/policies/licence-for-revenue/versions?cursor=!!"), 400, "bad-request"
+        )
+
+
+class TestWriteAgreements:
+    async def test_create_then_409(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "dvla", "data-owner")
+        response = await client.post("/v1/policies", json={**NEW_AGREEMENT, "reason": "new pilot"})
+        assert response.status_code == 201, response.text
+        assert response.headers["etag"] == '"1"'
+        body = response.json()
+        assert body["owner"] == "dvla"
+        assert body["reason"] == "new pilot"
+        assert body["author"] == "dvla-data-owner"
+        again = await client.post("/v1/policies", json=NEW_AGREEMENT)
+        assert_problem(again, 409, "agreement-exists")
+        taken = await client.post("/v1/policies", json={**NEW_AGREEMENT, "id": "tax-code-for-fraud"})
+        assert_problem(taken, 409, "agreement-exists")
+
+    async def test_granting_another_owners_field_is_403(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        response = await client.post("/v1/policies", json={**NEW_AGREEMENT, "fields": ["points", "tax_code"]})
+        body = assert_problem(response, 403, "not-field-owner")
+        assert body["detail"] == "dvla may grant only its own fields; this covers fields of revenue."
+
+    async def test_invalid_agreement_is_422_with_every_error(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        response = await client.post(
+            "/v1/policies",
+            json={**NEW_AGREEMENT, "consumer": "nobody", "purposes": ["gossip"], "when": "citizen.x =="},
+        )
+        body = assert_problem(response, 422, "validation-failed")
+        assert [e["loc"] for e in body["errors"]] == [
+            ["body", "consumer"],
+            ["body", "purposes", 0],
+            ["body", "when"],
+        ]
+        schema = await client.post("/v1/policies", json={**NEW_AGREEMENT, "actions": ["delete"]})
+        assert_problem(schema, 422, "validation-failed")
+
+    async def test_put_needs_fresh_if_match(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "dvla", "data-owner")
+        path = "/v1/policies/licence-for-revenue"
+        update = {
+            "id": "licence-for-revenue",
+            "consumer": "revenue",
+            "fields": ["licence_status"],
+            "actions": ["read"],
+            "purposes": ["tax-administration"],
+            "legal_basis": "Finance Act 2008, Sch. 36",
+            "valid_until": "2030-12-31",
+            "reason": "renewed",
+        }
+        assert_problem(await client.put(path, json=update), 428, "if-match-required")
+        assert_problem(
+            await client.put(path, json=update, headers={"If-Match": '"7"'}), 412, "stale-agreement"
+        )
+        response = await client.put(path, json=update, headers={"If-Match": '"1"'})
+        assert response.status_code == 200, response.text
+        assert response.headers["etag"] == '"2"'
+        assert response.json()["valid_until"] == "2030-12-31"
+        stale = await client.put(path, json=update, headers={"If-Match": '"1"'})
+        assert_problem(stale, 412, "stale-agreement")
+        mismatch = await client.put(path, json={**update, "id": "other"}, headers={"If-Match": '"2"'})
+        assert_problem(mismatch, 422, "validation-failed")
+
+    async def test_revoke_is_a_new_version_and_applies_at_once(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        ask = {
+            "consumer": "welfare",
+            "action": "read",
+            "fields": ["licence_status"],
+            "purpose": "benefit-eligibility",
+            "citizen_status": "active",
+        }
+        assert (await explain(client, **ask))["licence_status"]["effect"] == "permit"
+        response = await client.delete("/v1/policies/licence-status-for-welfare", params={"reason": "ended"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["version"], body["status"], body["reason"]) == (2, "revoked", "ended")
+        decision = (await explain(client, **ask))["licence_status"]
+        assert decision["effect"] == "deny"
+        assert decision["reason"] == "no agreement lets welfare read licence_status for benefit-eligibility"
+        assert_problem(
+            await client.delete("/v1/policies/licence-status-for-welfare"), 409, "agreement-revoked"
+        )
+
+        versions = (await client.get("/v1/policies/licence-status-for-welfare/versions")).json()
+        assert [(v["version"], v["status"]) for v in versions["items"]] == [(1, "active"), (2, "revoked")]
+        # Reinstating is a new version too.
+        again = dict(versions["items"][0])
+        for key in ("owner", "version", "status", "author", "reason", "created_at"):
+            again.pop(key)
+        response = await client.put(
+            "/v1/policies/licence-status-for-welfare", json=again, headers={"If-Match": '"2"'}
+        )
+        assert response.json()["version"] == 3
+        assert (await explain(client, **ask))["licence_status"]["effect"] == "permit"
+
+    async def test_versions_page_with_cursor(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "dvla", "data-owner")
+        await client.delete("/v1/policies/licence-for-revenue", headers={"If-Match": '"1"'})
+        first = (await client.get("/v1/policies/licence-for-revenue/versions", params={"limit": 1})).json()
+        assert [v["version"] for v in first["items"]] == [1]
+        second = (
+            await client.get(
+                "/v1/policies/licence-for-revenue/versions",
+                params={"limit": 1, "cursor": first["next_cursor"]},
+            )
+        ).json()
+        assert [v["version"] for v in second["items"]] == [2]
+        assert second["next_cursor"] is None
+
+
+class TestExplain:
+    async def test_reasons_and_near_misses(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "audit-office", "auditor")
+        decisions = await explain(
+            client,
+            consumer="welfare",
+            action="read",
+            fields=["tax_code", "points", "given_name", "benefit_status"],
+            purpose="benefit-eligibility",
+        )
+        assert decisions["tax_code"] == {
+            "effect": "deny",
+            "agreement": None,
+            "version": None,
+            "reason": "agreement tax-code-for-fraud covers fraud-investigation, not benefit-eligibility",
+            "legal_basis": None,
+            "near_misses": [
+                {
+                    "agreement": "tax-code-for-fraud",
+                    "version": 1,
+                    "effect": "permit",
+                    "reason": (
+                        "agreement tax-code-for-fraud covers fraud-investigation, not benefit-eligibility"
+                    ),
+                }
+            ],
+        }
+        assert decisions["points"]["agreement"] == "no-points-for-welfare"
+        assert decisions["points"]["effect"] == "deny"
+        assert decisions["given_name"]["effect"] == "permit"
+        assert (
+            decisions["benefit_status"]["reason"] == "owner"
+            or decisions["benefit_status"]["effect"] == "deny"
+        )
+
+    async def test_expired_and_case_ref(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "audit-office", "auditor")
+        expired = await explain(
+            client, consumer="revenue", action="read", fields=["licence_status"], purpose="tax-administration"
+        )
+        assert expired["licence_status"]["reason"] == "agreement licence-for-revenue expired 2020-01-01"
+        needs = await explain(
+            client, consumer="welfare", action="read", fields=["tax_code"], purpose="fraud-investigation"
+        )
+        assert needs["tax_code"]["reason"] == "agreement tax-code-for-fraud needs a case reference"
+        with_ref = await explain(
+            client,
+            consumer="welfare",
+            action="read",
+            fields=["tax_code"],
+            purpose="fraud-investigation",
+            case_ref="F-1",
+        )
+        assert with_ref["tax_code"]["effect"] == "permit"
+        assert with_ref["tax_code"]["legal_basis"] == "Welfare Reform Act 2012, s.127"
+
+    async def test_owner_explains_own_fields_or_own_requests_only(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "revenue", "data-owner")
+        own_field = await explain(
+            client, consumer="welfare", action="read", fields=["tax_code"], purpose="benefit-eligibility"
+        )
+        assert own_field["tax_code"]["effect"] == "deny"
+        as_consumer = await explain(
+            client, consumer="revenue", action="read", fields=["licence_status"], purpose="tax-administration"
+        )
+        assert as_consumer["licence_status"]["effect"] == "deny"
+        response = await client.post(
+            "/v1/decisions/explain",
+            json={
+                "consumer": "welfare",
+                "action": "read",
+                "fields": ["points"],
+                "purpose": "benefit-eligibility",
+            },
+        )
+        assert_problem(response, 403, "not-field-owner")
+
+    async def test_bad_input_is_422(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "audit-office", "auditor")
+        response = await client.post(
+            "/v1/decisions/explain",
+            json={"consumer": "welfare", "action": "peek", "fields": [], "purpose": "x"},
+        )
+        body = assert_problem(response, 422, "validation-failed")
+        assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "action"), ("body", "fields")}
+
+
+def recorded(
+    consumer: str, fields: list[str], purpose: str, count: int = 1, **extra: Any
+) -> list[RecordedRequest]:
+    return [
+        RecordedRequest(
+            consumer=consumer,
+            action=str(extra.get("action", "read")),
+            fields=tuple(fields),
+            purpose=purpose,
+            case_ref=extra.get("case_ref"),
+            citizen_status=extra.get("citizen_status", "active"),
+            time=extra.get("time", datetime(2026, 11, 1, tzinfo=UTC)),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture
+async def recorded_source(app: FastAPI) -> AsyncIterator[ListSource]:
+    source = ListSource(
+        (
+            *recorded("welfare", ["licence_status", "given_name"], "benefit-eligibility", 3),
+            *recorded("welfare", ["licence_status"], "benefit-eligibility", 1, citizen_status="deceased"),
+            *recorded("revenue", ["points"], "tax-administration", 2),
+            *recorded("revenue", ["points"], "tax-administration", 5, time=datetime(2026, 1, 1, tzinfo=UTC)),
+        )
+    )
+    app.state.recorded_requests = source
+    yield source
+    app.state.recorded_requests = None
+
+
+class TestSimulate:
+    @pytest.mark.usefixtures("recorded_source")
+    async def test_reports_changes_and_leaves_live_policy(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        response = await client.post(
+            "/v1/policies/simulate",
+            json={
+                "upsert": [NEW_AGREEMENT],
+                "remove": ["licence-status-for-welfare"],
+                "since": "2026-10-01T00:00:00Z",
+            },
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {
+            "evaluated": 6,
+            "changed": 5,
+            "changes": [
+                {
+                    "consumer": "revenue",
+                    "field": "points",
+                    "action": "read",
+                    "purpose": "tax-administration",
+                    "before": "deny",
+                    "after": "permit",
+                    "count": 2,
+                },
+                {
+                    "consumer": "welfare",
+                    "field": "licence_status",
+                    "action": "read",
+                    "purpose": "benefit-eligibility",
+                    "before": "permit",
+                    "after": "deny",
+                    "count": 3,
+                },
+            ],
+        }
+        # Nothing changed for real.
+        assert (await client.get("/v1/policies/licence-status-for-welfare")).json()["status"] == "active"
+        assert_problem(await client.get("/v1/policies/points-for-revenue"), 404, "agreement-not-found")
+
+    @pytest.mark.usefixtures("recorded_source")
+    async def test_owner_may_only_simulate_its_own(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "revenue", "data-owner")
+        removal = await client.post("/v1/policies/simulate", json={"remove": ["licence-status-for-welfare"]})
+        assert_problem(removal, 404, "agreement-not-found")
+        upsert = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
+        assert_problem(upsert, 403, "not-field-owner")
+
+    async def test_without_a_source_evaluates_nothing(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        # The server's source is the audit store; a deployment without one evaluates nothing.
+        app.state.recorded_requests = None
+        act_as(app, "audit-office", "auditor")
+        response = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
+        assert response.json() == {"evaluated": 0, "changed": 0, "changes": []}

@@ -1,0 +1,332 @@
+"""The pure engine: no database, no web framework."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from service.policy.engine import (
+    ACTIONS,
+    Agreement,
+    CompiledPolicy,
+    ConditionError,
+    RequestContext,
+    compile_condition,
+    compile_policy,
+)
+
+OWNERS = {
+    "national_id": "register",
+    "address": "register",
+    "licence_status": "dvla",
+    "points": "dvla",
+    "tax_code": "revenue",
+}
+PURPOSES = ["benefit-eligibility", "tax-administration", "fraud-investigation", "address-update"]
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+def agreement(agreement_id: str = "licence-for-welfare", **changes: object) -> Agreement:
+    values: dict[str, object] = {
+        "id": agreement_id,
+        "owner": "dvla",
+        "consumer": "welfare",
+        "fields": ("licence_status",),
+        "actions": ("read",),
+        "purposes": ("benefit-eligibility",),
+        "legal_basis": "Social Security Administration Act 1992, s.122",
+    }
+    values.update(changes)
+    return Agreement(**values)  # type: ignore[arg-type]
+
+
+def policy(*agreements: Agreement) -> CompiledPolicy:
+    return compile_policy(agreements, OWNERS, PURPOSES, epoch=7)
+
+
+def context(purpose: str = "benefit-eligibility", **changes: object) -> RequestContext:
+    values: dict[str, object] = {
+        "purpose": purpose,
+        "case_ref": None,
+        "time": NOW,
+        "citizen_status": "active",
+    }
+    values.update(changes)
+    return RequestContext(**values)  # type: ignore[arg-type]
+
+
+def decide_one(compiled: CompiledPolicy, field: str = "licence_status", **kwargs: object) -> tuple[str, str]:
+    consumer = str(kwargs.pop("consumer", "welfare"))
+    action = str(kwargs.pop("action", "read"))
+    decision = compiled.decide(consumer, action, [field], context(**kwargs))[field]  # type: ignore[arg-type]
+    return decision.effect, decision.reason
+
+
+class TestDecide:
+    def test_permit_names_agreement_version_and_legal_basis(self) -> None:
+        decision = policy(agreement(version=3)).decide("welfare", "read", ["licence_status"], context())[
+            "licence_status"
+        ]
+        assert decision.effect == "permit"
+        assert decision.agreement == "licence-for-welfare"
+        assert decision.version == 3
+        assert decision.legal_basis == "Social Security Administration Act 1992, s.122"
+        assert decision.to_record() == {
+            "field": "licence_status",
+            "effect": "permit",
+            "agreement": "licence-for-welfare",
+            "version": 3,
+            "reason": (
+                "agreement licence-for-welfare permits welfare to read licence_status for benefit-eligibility"
+            ),
+            "legal_basis": "Social Security Administration Act 1992, s.122",
+        }
+
+    def test_default_deny_with_readable_reason(self) -> None:
+        compiled = policy(agreement())
+        decisions = compiled.decide("welfare", "read", ["tax_code", "licence_status"], context())
+        assert decisions["tax_code"].effect == "deny"
+        assert (
+            decisions["tax_code"].reason == "no agreement lets welfare read tax_code for benefit-eligibility"
+        )
+        assert decisions["tax_code"].agreement is None
+        assert decisions["licence_status"].effect == "permit"
+        assert list(decisions) == ["tax_code", "licence_status"]
+
+    def test_other_action_and_other_consumer_are_denied(self) -> None:
+        compiled = policy(agreement())
+        assert decide_one(compiled, action="write")[0] == "deny"
+        assert decide_one(compiled, action="subscribe")[0] == "deny"
+        assert decide_one(compiled, consumer="revenue") == (
+            "deny",
+            "no agreement lets revenue read licence_status for benefit-eligibility",
+        )
+
+    def test_purpose_outside_the_agreement(self) -> None:
+        assert decide_one(policy(agreement()), purpose="tax-administration") == (
+            "deny",
+            "agreement licence-for-welfare covers benefit-eligibility, not tax-administration",
+        )
+
+    def test_unknown_purpose_action_and_field(self) -> None:
+        compiled = policy(agreement())
+        assert decide_one(compiled, purpose="curiosity") == ("deny", "unknown purpose 'curiosity'")
+        assert decide_one(compiled, action="delete") == ("deny", "unknown action 'delete'")
+        assert decide_one(compiled, field="shoe_size") == ("deny", "unknown field 'shoe_size'")
+
+    def test_forbid_wins_over_permit(self) -> None:
+        forbid = agreement("no-licence-for-welfare", effect="forbid", purposes=(), version=2)
+        decision = policy(agreement(), forbid).decide("welfare", "read", ["licence_status"], context())[
+            "licence_status"
+        ]
+        assert decision.effect == "deny"
+        assert decision.agreement == "no-licence-for-welfare"
+        assert decision.version == 2
+        assert decision.reason == "agreement no-licence-for-welfare forbids welfare to read licence_status"
+
+    def test_forbid_limited_to_a_purpose(self) -> None:
+        forbid = agreement("no-fraud", effect="forbid", purposes=("fraud-investigation",))
+        permit = agreement(purposes=("benefit-eligibility", "fraud-investigation"))
+        compiled = policy(permit, forbid)
+        assert decide_one(compiled)[0] == "permit"
+        assert decide_one(compiled, purpose="fraud-investigation")[0] == "deny"
+
+    def test_expired_agreement(self) -> None:
+        compiled = policy(agreement("licence-for-revenue", valid_until=date(2020, 1, 1)))
+        assert decide_one(compiled) == ("deny", "agreement licence-for-revenue expired 2020-01-01")
+        # valid_until is inclusive: the whole last day is still covered.
+        assert decide_one(compiled, time=datetime(2020, 1, 1, 23, 59, tzinfo=UTC))[0] == "permit"
+        assert decide_one(compiled, time=datetime(2020, 1, 2, tzinfo=UTC))[0] == "deny"
+
+    def test_not_yet_valid(self) -> None:
+        compiled = policy(agreement(valid_from=date(2027, 1, 1)))
+        assert decide_one(compiled) == ("deny", "agreement licence-for-welfare starts 2027-01-01")
+        assert decide_one(compiled, time=datetime(2027, 1, 1, tzinfo=UTC))[0] == "permit"
+
+    def test_case_reference_required(self) -> None:
+        compiled = policy(agreement(require_case_ref=True))
+        assert decide_one(compiled) == ("deny", "agreement licence-for-welfare needs a case reference")
+        assert decide_one(compiled, case_ref="CASE-1")[0] == "permit"
+
+    def test_condition_on_citizen_status(self) -> None:
+        compiled = policy(agreement(when='citizen.status == "active"'))
+        assert decide_one(compiled)[0] == "permit"
+        assert decide_one(compiled, citizen_status="deceased") == (
+            "deny",
+            'agreement licence-for-welfare condition not met: citizen.status == "active"',
+        )
+
+    def test_condition_on_request_purpose_and_case_ref(self) -> None:
+        when = 'request.purpose == "fraud-investigation" || request.case_ref != null'
+        compiled = policy(agreement(purposes=("benefit-eligibility", "fraud-investigation"), when=when))
+        assert decide_one(compiled)[0] == "deny"
+        assert decide_one(compiled, case_ref="C-9")[0] == "permit"
+        assert decide_one(compiled, purpose="fraud-investigation")[0] == "permit"
+
+    def test_condition_on_request_time(self) -> None:
+        compiled = policy(agreement(when='request.time < timestamp("2026-07-01T00:00:00Z")'))
+        assert decide_one(compiled)[0] == "permit"
+        assert decide_one(compiled, time=datetime(2026, 8, 1, tzinfo=UTC))[0] == "deny"
+
+    def test_condition_that_cannot_be_evaluated_fails_closed(self) -> None:
+        # Unknown status: null compared with a string errors in CEL, or is false.
+        permit = agreement(when="citizen.status.startsWith('a')")
+        assert decide_one(policy(permit), citizen_status=None)[0] == "deny"
+        forbid = agreement("no-licence", effect="forbid", purposes=(), when="citizen.status.startsWith('a')")
+        assert decide_one(policy(agreement(), forbid), citizen_status=None)[0] == "deny"
+
+    def test_owner_is_permitted_everything_on_its_own_fields(self) -> None:
+        compiled = policy()
+        for action in ACTIONS:
+            decision = compiled.decide("dvla", action, ["licence_status", "points"], context())
+            assert {d.effect for d in decision.values()} == {"permit"}
+            assert decision["points"].reason == "owner"
+            assert decision["points"].agreement is None
+        assert decide_one(compiled, consumer="dvla", field="tax_code")[0] == "deny"
+
+    def test_agreement_never_grants_a_field_its_owner_does_not_own(self) -> None:
+        # E.g. kept from an older catalog in which dvla owned tax_code.
+        stale = agreement(fields=("licence_status", "tax_code"), purposes=("tax-administration",))
+        decisions = policy(stale).decide(
+            "welfare", "read", ["licence_status", "tax_code"], context("tax-administration")
+        )
+        assert decisions["licence_status"].effect == "permit"
+        assert (
+            decisions["tax_code"].reason == "no agreement lets welfare read tax_code for tax-administration"
+        )
+
+    def test_epoch_is_kept(self) -> None:
+        assert policy().epoch == 7
+
+
+class TestExplain:
+    def test_near_misses_are_listed(self) -> None:
+        compiled = policy(
+            agreement("for-fraud", purposes=("fraud-investigation",)),
+            agreement("old-pilot", valid_until=date(2020, 1, 1)),
+            agreement("with-case", require_case_ref=True),
+        )
+        explained = compiled.explain("welfare", "read", ["licence_status"], context())["licence_status"]
+        assert explained.decision.effect == "deny"
+        reasons = sorted(m.reason for m in explained.near_misses)
+        assert reasons == [
+            "agreement for-fraud covers fraud-investigation, not benefit-eligibility",
+            "agreement old-pilot expired 2020-01-01",
+            "agreement with-case needs a case reference",
+        ]
+        assert explained.decision.reason == "; ".join(
+            [
+                "agreement for-fraud covers fraud-investigation, not benefit-eligibility",
+                "agreement old-pilot expired 2020-01-01",
+                "agreement with-case needs a case reference",
+            ]
+        )
+
+    def test_permit_with_near_misses_beside_it(self) -> None:
+        compiled = policy(agreement("a-expired", valid_until=date(2020, 1, 1)), agreement("b-current"))
+        explained = compiled.explain("welfare", "read", ["licence_status"], context())["licence_status"]
+        assert explained.decision.agreement == "b-current"
+        assert [m.agreement for m in explained.near_misses] == ["a-expired"]
+
+
+class TestConditions:
+    def test_bad_condition_is_refused(self) -> None:
+        with pytest.raises(ConditionError, match="invalid condition"):
+            compile_condition("citizen.status ==")
+
+    def test_unknown_variable_is_refused(self) -> None:
+        with pytest.raises(ConditionError, match="unknown variable"):
+            compile_condition('user.name == "x"')
+
+    def test_bad_condition_fails_compilation(self) -> None:
+        with pytest.raises(ConditionError):
+            policy(agreement(when="1 +"))
+
+
+# --- properties --------------------------------------------------------------------------
+
+FIELDS = sorted(OWNERS)
+CONSUMERS = ["welfare", "revenue", "register"]
+
+agreements_strategy = st.builds(
+    lambda index, consumer, fields, actions, purposes, until, case_ref, when, effect: Agreement(
+        id=f"a{index}",
+        # The owner of the first field; other fields of other owners are dropped.
+        owner=OWNERS[fields[0]],
+        consumer=consumer,
+        fields=tuple(f for f in fields if OWNERS[f] == OWNERS[fields[0]]),
+        actions=tuple(actions),
+        purposes=tuple(purposes) if effect == "permit" or purposes else (),
+        legal_basis="law",
+        valid_until=until,
+        require_case_ref=case_ref and effect == "permit",
+        when=when,
+        effect=effect,
+    ),
+    index=st.integers(0, 10_000),
+    consumer=st.sampled_from(CONSUMERS),
+    fields=st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3, unique=True),
+    actions=st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=3, unique=True),
+    purposes=st.lists(st.sampled_from(PURPOSES), min_size=0, max_size=2, unique=True),
+    until=st.sampled_from([None, date(2020, 1, 1), date(2030, 1, 1)]),
+    case_ref=st.booleans(),
+    when=st.sampled_from([None, 'citizen.status == "active"', 'request.purpose == "tax-administration"']),
+    effect=st.sampled_from(["permit", "forbid"]),
+)
+requests_strategy = st.tuples(
+    st.sampled_from(CONSUMERS),
+    st.sampled_from(ACTIONS),
+    st.sampled_from(PURPOSES),
+    st.sampled_from([None, "CASE-1"]),
+    st.sampled_from(["active", "deceased", None]),
+)
+
+
+def _permitted(
+    agreements: list[Agreement], request: tuple[str, str, str, str | None, str | None]
+) -> set[str]:
+    consumer, action, purpose, case_ref, status = request
+    decisions = policy(*agreements).decide(
+        consumer, action, FIELDS, context(purpose, case_ref=case_ref, citizen_status=status)
+    )
+    return {name for name, d in decisions.items() if d.effect == "permit"}
+
+
+class TestMonotonic:
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(agreements_strategy, max_size=6, unique_by=lambda a: a.id),
+        agreements_strategy,
+        requests_strategy,
+    )
+    def test_adding_a_forbid_never_permits_more(
+        self,
+        agreements: list[Agreement],
+        extra: Agreement,
+        request: tuple[str, str, str, str | None, str | None],
+    ) -> None:
+        forbid = Agreement(
+            **{**extra.__dict__, "id": "added-forbid", "effect": "forbid", "require_case_ref": False}
+        )
+        assert _permitted([*agreements, forbid], request) <= _permitted(agreements, request)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(agreements_strategy, min_size=1, max_size=6, unique_by=lambda a: a.id),
+        st.data(),
+        requests_strategy,
+    )
+    def test_removing_a_permit_never_permits_more(
+        self,
+        agreements: list[Agreement],
+        data: st.DataObject,
+        request: tuple[str, str, str, str | None, str | None],
+    ) -> None:
+        permits = [a for a in agreements if a.effect == "permit"]
+        assume(permits)
+        removed = data.draw(st.sampled_from(permits))
+        remaining = [a for a in agreements if a is not removed]
+        assert _permitted(remaining, request) <= _permitted(agreements, request)

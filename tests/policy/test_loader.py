@@ -1,0 +1,291 @@
+"""Loading a policy folder, and the ``tellonce policies`` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from service.config import get_settings
+from service.policy.cases import folder_policy, load_cases, run_cases
+from service.policy.cli import app as policies_app
+from service.policy.loader import load_policy_folder
+from service.sourcefile import SourceFileError
+from tests.conftest import DEMO_POLICIES, TEST_POLICIES
+
+BROKEN_DVLA = """\
+owner: dvla
+agreements:
+  - id: licence-for-welfare
+    consumer: welfare
+    fields: [licence_status, tax_code, shoe_size]
+    actions: [read, delete]
+    purposes: [benefit-eligibility]
+    legal_basis: "law"
+  - id: licence-for-welfare
+    consumer: nobody
+    fields: [points]
+    actions: [read]
+    purposes: [gossip]
+    legal_basis: "law"
+    valid_from: 2027-01-01
+    valid_until: 2026-01-01
+  - id: bad-condition
+    consumer: revenue
+    fields: [points]
+    actions: [read]
+    purposes: [tax-administration]
+    when: 'citizen.status =='
+  - id: forbid-with-case
+    consumer: revenue
+    fields: [points]
+    actions: [read]
+    effect: forbid
+    require_case_ref: true
+"""
+
+BROKEN_REVENUE = """\
+owner: revenue
+agreements:
+  - id: licence-for-welfare
+    consumer: welfare
+    fields: [tax_code]
+    actions: [read]
+    purposes: [benefit-eligibility]
+    legal_basis: "law"
+"""
+
+
+def policy_folder(tmp_path: Path, **files: str) -> Path:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    shutil.copy(TEST_POLICIES / "catalog.yaml", folder / "catalog.yaml")
+    for name, text in files.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, database_url: str | None = None) -> CliResult:
+    """The ``tellonce policies`` command, in this process (a subprocess costs seconds of imports)."""
+    env = {"TELLONCE_DATABASE_URL": database_url} if database_url else {}
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(policies_app, list(args))
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def run_cli_process(*args: str, database_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin"}
+    if database_url:
+        env["TELLONCE_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "policies", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+class TestLoader:
+    def test_demo_and_test_folders_are_valid(self) -> None:
+        demo = load_policy_folder(DEMO_POLICIES)
+        assert {a.owner for a in demo.agreements} >= {"register", "dvla", "hmrc", "dwp", "hmpo"}
+        assert {a.spec.effect for a in demo.agreements} == {"permit", "forbid"}
+        assert len(load_policy_folder(TEST_POLICIES).agreements) == 7
+
+    def test_every_error_is_reported_with_file_and_line(self, tmp_path: Path) -> None:
+        folder = policy_folder(tmp_path, dvla=BROKEN_DVLA)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        path = str(folder / "dvla.yaml")
+        lines = [str(e) for e in caught.value.errors]
+        assert lines == [
+            f"{path}:6: agreements.0.actions.1: Input should be 'read', 'lookup', 'verify', 'history', "
+            "'subscribe' or 'write'",
+            f"{path}:9: duplicate agreement id 'licence-for-welfare' (first in {path}:3)",
+            f"{path}:10: agreement licence-for-welfare: unknown department 'nobody'",
+            f"{path}:13: agreement licence-for-welfare: unknown purpose 'gossip'",
+            f"{path}:16: agreement licence-for-welfare: "
+            "valid_until 2026-01-01 is before valid_from 2027-01-01",
+            f"{path}:17: agreement bad-condition: a permit needs a legal_basis",
+            f"{path}:22: agreement bad-condition: invalid condition: Failed to parse expression "
+            "'citizen.status ==': ERROR: <input>:1:18: Syntax error: mismatched input '<EOF>' expecting "
+            "{'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, "
+            "BYTES, IDENTIFIER}",
+            f"{path}:28: agreement forbid-with-case: require_case_ref applies to permits only",
+        ]
+
+    def test_field_ownership_and_unknown_fields(self, tmp_path: Path) -> None:
+        text = BROKEN_DVLA.replace("[read, delete]", "[read]")
+        folder = policy_folder(tmp_path, dvla=text)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        path = str(folder / "dvla.yaml")
+        lines = [str(e) for e in caught.value.errors]
+        assert (
+            f"{path}:5: agreement licence-for-welfare: dvla does not own field 'tax_code' (owner: revenue)"
+            in lines
+        )
+        assert f"{path}:5: agreement licence-for-welfare: unknown field 'shoe_size'" in lines
+
+    def test_ids_are_unique_across_files_and_owners_known(self, tmp_path: Path) -> None:
+        good_dvla = (TEST_POLICIES / "dvla.yaml").read_text()
+        folder = policy_folder(
+            tmp_path,
+            dvla=good_dvla.replace("licence-status-for-welfare", "licence-for-welfare"),
+            revenue=BROKEN_REVENUE,
+            other="owner: ministry-of-magic\nagreements: []\n",
+        )
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        lines = [str(e) for e in caught.value.errors]
+        assert lines == [
+            f"{folder / 'other.yaml'}:1: unknown department 'ministry-of-magic'",
+            f"{folder / 'revenue.yaml'}:3: duplicate agreement id 'licence-for-welfare' "
+            f"(first in {folder / 'dvla.yaml'}:3)",
+        ]
+
+    def test_catalog_and_agreement_errors_together(self, tmp_path: Path) -> None:
+        folder = policy_folder(tmp_path, dvla="owner: dvla\nagreements:\n  - id: x\n")
+        (folder / "catalog.yaml").write_text("departments: []\npurposes: []\n")
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        files = {Path(e.file).name for e in caught.value.errors}
+        assert files == {"catalog.yaml", "dvla.yaml"}
+
+
+class TestPolicyCases:
+    def test_demo_cases_pass(self) -> None:
+        policy = folder_policy(load_policy_folder(DEMO_POLICIES))
+        cases = load_cases(DEMO_POLICIES)
+        assert len(cases) >= 30
+        assert run_cases(policy, cases) == []
+
+    def test_cli_reports_a_readable_diff_and_exits_1(self, tmp_path: Path) -> None:
+        folder = policy_folder(
+            tmp_path, **{p.stem: p.read_text() for p in TEST_POLICIES.glob("*.yaml") if p.stem != "catalog"}
+        )
+        (folder / "tests").mkdir()
+        (folder / "tests" / "cases.yaml").write_text(
+            "- name: welfare reads licence status\n"
+            "  consumer: welfare\n"
+            "  action: read\n"
+            "  fields: [licence_status, tax_code]\n"
+            "  purpose: benefit-eligibility\n"
+            "  citizen_status: active\n"
+            "  expect: {licence_status: permit, tax_code: permit}\n"
+        )
+        result = run_cli_process("test", str(folder))
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[:3] == [
+            f"{folder / 'tests' / 'cases.yaml'}:1: welfare read tax_code for benefit-eligibility "
+            "(welfare reads licence status)",
+            "  - expected: permit",
+            "  + got:      deny "
+            "(agreement tax-code-for-fraud covers fraud-investigation, not benefit-eligibility)",
+        ]
+        assert "1 of 2 expectations failed in 1 cases" in result.stderr
+
+    def test_cli_passes_the_demo_cases(self) -> None:
+        result = run_cli("test", str(DEMO_POLICIES))
+        assert result.returncode == 0, result.stderr
+        assert "expectations passed" in result.stdout
+
+
+class TestApplyCli:
+    def test_invalid_folder_stores_nothing(self, tmp_path: Path, scratch_database: str) -> None:
+        folder = policy_folder(tmp_path, dvla=BROKEN_DVLA)
+        result = run_cli("apply", str(folder), database_url=scratch_database)
+        assert result.returncode == 1
+        assert f"{folder / 'dvla.yaml'}:10: agreement licence-for-welfare: unknown department 'nobody'" in (
+            result.stderr
+        )
+        assert "nothing stored" in result.stderr
+        explained = run_cli(
+            "explain",
+            "--consumer",
+            "dvla",
+            "--field",
+            "points",
+            "--purpose",
+            "tax-administration",
+            database_url=scratch_database,
+        )
+        # Not even the (valid) catalog was stored: the field is unknown to the live policy.
+        assert (
+            json.loads(explained.stdout)["decisions"]["points"]["reason"]
+            == "unknown purpose 'tax-administration'"
+        )
+
+    def test_apply_versions_prune_and_export(self, tmp_path: Path, scratch_database: str) -> None:
+        first = run_cli("apply", str(TEST_POLICIES), "--author", "alice", database_url=scratch_database)
+        assert first.returncode == 0, first.stderr
+        assert "agreements: 7 created, 0 updated, 0 revoked, 0 unchanged" in first.stdout
+        again = run_cli("apply", str(TEST_POLICIES), database_url=scratch_database)
+        assert "agreements: 0 created, 0 updated, 0 revoked, 7 unchanged" in again.stdout
+        assert "policy epoch" not in again.stdout
+
+        folder = policy_folder(
+            tmp_path, dvla=(TEST_POLICIES / "dvla.yaml").read_text().replace("[read, subscribe]", "[read]")
+        )
+        kept = run_cli("apply", str(folder), database_url=scratch_database)
+        assert "agreements: 0 created, 1 updated, 0 revoked, 2 unchanged" in kept.stdout
+        assert "kept address-updates-from-dvla: not in" in kept.stdout
+        pruned = run_cli(
+            "apply", str(folder), "--prune", "--reason", "register moved on", database_url=scratch_database
+        )
+        assert "agreements: 0 created, 0 updated, 4 revoked, 3 unchanged" in pruned.stdout
+
+        explained = run_cli(
+            "explain",
+            "--consumer",
+            "welfare",
+            "--field",
+            "licence_status",
+            "--field",
+            "date_of_birth",
+            "--purpose",
+            "benefit-eligibility",
+            "--citizen-status",
+            "active",
+            database_url=scratch_database,
+        )
+        decisions = json.loads(explained.stdout)["decisions"]
+        assert decisions["licence_status"]["effect"] == "permit"
+        assert decisions["licence_status"]["version"] == 2
+        assert decisions["date_of_birth"]["effect"] == "deny"
+
+        exported = tmp_path / "exported"
+        result = run_cli("export", str(exported), database_url=scratch_database)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in exported.iterdir()) == ["catalog.yaml", "dvla.yaml"]
+        reloaded = load_policy_folder(exported)
+        assert sorted(a.spec.model_dump_json() for a in reloaded.agreements) == sorted(
+            a.spec.model_dump_json() for a in load_policy_folder(folder).agreements
+        )

@@ -1,0 +1,99 @@
+"""Field values against their catalog types, and verify claims (pure, no database)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.catalog.schemas import FieldSpec
+from service.records import values
+from service.records.values import ValueRejected
+
+STRING = FieldSpec(name="address", owner="register", type="string", max_length=10)
+DATE = FieldSpec(name="date_of_birth", owner="register", type="date")
+INTEGER = FieldSpec(name="points", owner="dvla", type="integer")
+BOOLEAN = FieldSpec(name="self_employed", owner="revenue", type="boolean")
+ENUM = FieldSpec(name="licence_status", owner="dvla", type="enum", values=["valid", "revoked"])
+
+
+class TestValidate:
+    @pytest.mark.parametrize(
+        ("spec", "raw"),
+        [
+            (STRING, 5),
+            (STRING, "x" * 11),
+            (STRING, "bell\x07"),
+            (DATE, "2023-02-29"),
+            (DATE, "2023-13-01"),
+            (DATE, "29/02/2024"),
+            (DATE, 20240101),
+            (INTEGER, "3"),
+            (INTEGER, True),
+            (INTEGER, 1.5),
+            (INTEGER, 2**60),
+            (BOOLEAN, "true"),
+            (BOOLEAN, 1),
+            (ENUM, "suspended"),
+            (ENUM, None),
+        ],
+    )
+    def test_rejects_values_that_do_not_fit(self, spec: FieldSpec, raw: Any) -> None:
+        with pytest.raises(ValueRejected):
+            values.validate(spec, raw)
+
+    @pytest.mark.parametrize("spec", [STRING, DATE, ENUM])
+    def test_message_names_the_rule_never_the_value(self, spec: FieldSpec) -> None:
+        with pytest.raises(ValueRejected) as caught:
+            values.validate(spec, "Confidential Smith 1984")
+        assert "Confidential" not in str(caught.value)
+
+    def test_accepts_a_leap_day(self) -> None:
+        assert values.validate(DATE, "2024-02-29") == "2024-02-29"
+
+    @given(st.text(max_size=10).filter(lambda s: all(ord(c) >= 32 or c in "\t\n" for c in s)))
+    def test_string_round_trip(self, text: str) -> None:
+        clean = values.validate(STRING, text)
+        assert values.decode(STRING, values.encode(STRING, clean)) == text
+
+    @given(st.dates())
+    def test_date_round_trip(self, day: dt.date) -> None:
+        clean = values.validate(DATE, day.isoformat())
+        assert values.decode(DATE, values.encode(DATE, clean)) == day.isoformat()
+
+    @given(st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1))
+    def test_integer_round_trip(self, number: int) -> None:
+        assert values.decode(INTEGER, values.encode(INTEGER, values.validate(INTEGER, number))) == number
+
+    @given(st.booleans())
+    def test_boolean_round_trip(self, flag: bool) -> None:
+        assert values.decode(BOOLEAN, values.encode(BOOLEAN, values.validate(BOOLEAN, flag))) is flag
+
+
+class TestClaims:
+    def test_date_comparisons(self) -> None:
+        assert values.check_claim(DATE, "2000-06-15", "lte", "2008-11-29") is True
+        assert values.check_claim(DATE, "2000-06-15", "gte", "2008-11-29") is False
+        assert values.check_claim(DATE, "2000-06-15", "eq", "2000-06-15") is True
+
+    def test_membership(self) -> None:
+        assert values.check_claim(ENUM, "valid", "in", ["valid", "revoked"]) is True
+        assert values.check_claim(ENUM, "revoked", "in", ["valid"]) is False
+
+    def test_ordering_is_only_for_dates_and_integers(self) -> None:
+        with pytest.raises(ValueRejected):
+            values.check_claim(ENUM, "valid", "lte", "valid")
+
+    def test_operand_is_validated(self) -> None:
+        with pytest.raises(ValueRejected):
+            values.check_claim(DATE, "2000-01-01", "lte", "2000-02-30")
+        with pytest.raises(ValueRejected):
+            values.check_claim(ENUM, "valid", "in", [])
+
+    @given(st.integers(-1000, 1000), st.integers(-1000, 1000))
+    def test_integer_ordering_matches_python(self, left: int, right: int) -> None:
+        assert values.check_claim(INTEGER, left, "lte", right) is (left <= right)
+        assert values.check_claim(INTEGER, left, "gte", right) is (left >= right)

@@ -12,8 +12,16 @@ from service.console import forms
 from service.console.forms import AgreementForm
 from service.console.ports import AgreementRecord, ConsoleBackend
 from service.console.sessions import SignedIn
-from service.console.web import Backend, ConsolePageError, ConsoleRoute, csrf_checked, needs_role, render
-from service.db import SessionDep, utcnow
+from service.console.web import (
+    Backend,
+    ConsolePageError,
+    ConsoleRoute,
+    SessionDep,
+    csrf_checked,
+    needs_role,
+    render,
+)
+from service.db import utcnow
 
 router = APIRouter(route_class=ConsoleRoute)
 

@@ -18,12 +18,13 @@ from service.console.web import (
     Backend,
     ConsolePageError,
     ConsoleRoute,
+    SessionDep,
     Settings,
     csrf_checked,
     needs_role,
     render,
 )
-from service.db import SessionDep, utcnow
+from service.db import utcnow
 
 router = APIRouter(route_class=ConsoleRoute)
 

@@ -9,8 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from service.console import wording
 from service.console.sessions import SignedIn
-from service.console.web import Backend, ConsoleRoute, csrf_checked, needs_role, render
-from service.db import SessionDep
+from service.console.web import Backend, ConsoleRoute, SessionDep, csrf_checked, needs_role, render
 
 router = APIRouter(route_class=ConsoleRoute)
 

@@ -17,6 +17,7 @@ from service.console.web import (
     Checked,
     ConsolePageError,
     ConsoleRoute,
+    SessionDep,
     Settings,
     Viewer,
     clear_cookie,
@@ -24,7 +25,6 @@ from service.console.web import (
     render,
     set_cookie,
 )
-from service.db import SessionDep
 from service.errors import NotFound
 
 logger = logging.getLogger("tellonce.console")

@@ -17,13 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.console import sessions as console_sessions
 from service.console import wording
 from service.console.config import ConsoleSettings, get_console_settings
 from service.console.ports import ConsoleBackend
 from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE, SignedIn
-from service.db import SessionDep
+from service.db import get_session
 from service.errors import ServiceError
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -76,6 +77,11 @@ def get_backend(request: Request) -> ConsoleBackend:
 
 
 Backend = Annotated[ConsoleBackend, Depends(get_backend)]
+# The request's transaction, committed before the response is sent ("function" scope):
+# a page that redirects after a change (sign-in, save, revoke) must not let the browser's
+# next request arrive before the change is committed. (The default "request" scope
+# commits only after the response has gone out.)
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 Settings = Annotated[ConsoleSettings, Depends(get_console_settings)]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from tests.conftest import REPO_ROOT, server_env
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
@@ -221,4 +221,6 @@ async def sign_in(page: Page, site: ConsoleSite, name: str) -> None:
     await page.get_by_label("Client ID").fill(credentials.client_id)
     await page.get_by_label("Client secret").fill(credentials.client_secret)
     await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url("**/console")
+    # The home page itself, not the sign-in page with ?next=/console.
+    await expect(page.get_by_role("heading", level=1)).not_to_have_text("Sign in to the tellonce console")
+    await expect(page).to_have_url(f"{site.url}/console")

@@ -17,15 +17,14 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service.audit import query as audit_query
 from service.audit import repository as audit_repository
 from service.audit import service as audit_service
 from service.audit.checkpoint import NoteSigner, NoteVerifier
-from service.audit.cli import verify_database
 from service.audit.repository import EntryFilter
-from service.audit.verify import VerificationFailed
+from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
 from service.audit.writer import AuditWriter
 from service.auth import service as auth_service
 from service.auth.dependencies import Principal
@@ -79,6 +78,7 @@ _FRIENDLY = {
     ("valid_until", "date_parsing"): "The valid until date must be a real date, like 2027-12-31",
 }
 ACCESS_LOG_LIMIT = 1000
+_VERIFY_PAGE = 2000
 _PAGE = 500
 
 
@@ -130,6 +130,43 @@ def _audit_row(entry_id: int, leaf: int | None, canonical: str) -> AuditRow:
         purpose=entry.get("purpose"),
         status=int(entry.get("status", 0)),
     )
+
+
+async def verify_log(engine: AsyncEngine, verifier: NoteVerifier) -> tuple[int, int]:
+    """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
+
+    The same ``LogVerifier`` recomputes every leaf and checks every checkpoint, but only
+    up to the tree size read at the start: the server's sequencer keeps appending while
+    this runs (this very request's audit entry among them), and leaves past that size are
+    the next verification's. Returns (tree size, checkpoints checked).
+    """
+    async with engine.connect() as conn:
+        # Checkpoints first: each one's size is then at most the size read after it.
+        checkpoints = [
+            StoredCheckpoint(size, root, note, f"checkpoint {cid} (size {size})")
+            for cid, size, root, note in await audit_repository.all_checkpoints(conn)
+        ]
+        size = await audit_repository.tree_size(conn)
+    log = LogVerifier(verifier, checkpoints)
+    after = -1
+    while log.compact.size < size:
+        async with engine.connect() as conn:
+            rows = [
+                r for r in await audit_repository.page_sequenced(conn, after, _VERIFY_PAGE) if r[0] < size
+            ]
+            recorded = await audit_repository.read_nodes(conn, [(0, leaf) for leaf, _e, _c in rows])
+        if not rows:
+            break
+        for leaf, entry_id, canonical in rows:
+            log.add(leaf, f"entry {entry_id}", canonical or None, recorded.get((0, leaf)))
+        after = rows[-1][0]
+    async with engine.connect() as conn:
+        unsequenced = await audit_repository.unsequenced_entry(conn)
+    if unsequenced is not None:
+        raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")
+    if log.compact.size != size:
+        raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
+    return log.finish(), log.checked_checkpoints
 
 
 def _strip_prefix(message: str, agreement_id: str) -> str:
@@ -321,11 +358,8 @@ class DomainBackend:
         await self._audit_query(request, viewer)
         signer: NoteSigner = request.app.state.audit_signer
         verifier = NoteVerifier.parse(signer.verifier_key())
-        database = self._database(request)
-        async with database.engine.connect() as conn:
-            checkpoints = len(await audit_repository.all_checkpoints(conn))
         try:
-            size = await verify_database(database.settings.database_url, verifier)
+            size, checkpoints = await verify_log(self._database(request).engine, verifier)
         except VerificationFailed as failure:
             return VerifyOutcome(False, 0, f"Verification failed: {failure}")
         return VerifyOutcome(

@@ -18,10 +18,13 @@ from service.console import router as console_router
 from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
+from service.events import endpoints as events_endpoints
+from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
+from service.records import records_lifecycle
 from service.schema import head_revisions
 
 # Every router is included here and nowhere else.
@@ -32,6 +35,7 @@ ROUTERS = [
     auth_endpoints.router,
     audit_endpoints.router,
     records_endpoints.router,
+    events_endpoints.router,
     console_router.router,
 ]
 
@@ -41,6 +45,8 @@ LIFECYCLES: list[Lifecycle] = []
 LIFECYCLES.append(policy_endpoints.policy_lifecycle)
 LIFECYCLES.append(auth_lifecycle)
 LIFECYCLES.append(audit_service.audit_lifecycle)
+LIFECYCLES.append(records_lifecycle)
+LIFECYCLES.append(events_lifecycle)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

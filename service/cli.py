@@ -8,7 +8,7 @@ import uvicorn
 from service.audit.cli import app as audit_app
 from service.audit.hooks import connect_policy_changes
 from service.auth.cli import auth_app, clients_app
-from service.config import get_settings
+from service.config import Settings, get_settings
 from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
 from service.schema import upgrade
@@ -64,12 +64,30 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run the background workers (the audit sequencer) until SIGINT or SIGTERM."""
+    """Run the background workers (the audit sequencer and the event dispatcher) until SIGINT or SIGTERM."""
     import asyncio
 
-    from service.audit.worker import run_worker
+    asyncio.run(_run_workers(get_settings()))
 
-    asyncio.run(run_worker(get_settings()))
+
+async def _run_workers(settings: Settings) -> None:
+    """Both loops share one stop event, set by SIGINT or SIGTERM."""
+    import asyncio
+    import signal
+
+    from service.audit.service import make_sequencer
+    from service.db import create_engine
+    from service.events.dispatcher import run_dispatcher
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    engine = create_engine(settings.database_url)
+    try:
+        await asyncio.gather(make_sequencer(settings, engine).run(stop), run_dispatcher(settings, stop))
+    finally:
+        await engine.dispose()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     token_cache_size: int = Field(default=10_000, ge=1)
     client_rate_per_second: float = Field(default=200.0, gt=0)
     client_rate_burst: int = Field(default=400, ge=1)
+    # Tell-us-once events: webhook delivery (timeout, retries with backoff, then dead) and
+    # how often a waiting feed or an idle dispatcher looks for events other processes wrote.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_cap_seconds: float = Field(default=3600.0, gt=0)
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    events_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("root_key")
     @classmethod

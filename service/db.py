@@ -106,14 +106,15 @@ class Database:
         await self.engine.dispose()
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
+    # async: FastAPI runs a plain ``def`` dependency on a worker thread, per request.
     database: Database = request.app.state.database
     return database
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: commit on success, roll back on any error."""
-    database = get_database(request)
+    database: Database = request.app.state.database
     async with database.sessions() as session:
         try:
             yield session

@@ -26,5 +26,7 @@ __all__ = [
     "PolicyEpoch",
 ]
 from service.console.models import ConsoleSession
+from service.events.models import Delivery, OutboxEvent, Subscription
 
+__all__ += ["Delivery", "OutboxEvent", "Subscription"]
 __all__ += ["ConsoleSession"]

@@ -84,6 +84,11 @@ async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     """A session inside a transaction that is rolled back after the test."""
     async with engine.connect() as connection:
         transaction = await connection.begin()
+        if connection.dialect.name == "sqlite":
+            # pysqlite defers BEGIN until the first write, so without this the session's
+            # SAVEPOINT would open the real transaction and its RELEASE (a commit inside
+            # the request) would reach the disk. With it, everything is rolled back.
+            await connection.exec_driver_sql("BEGIN")
         test_session = AsyncSession(
             bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
         )

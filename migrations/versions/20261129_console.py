@@ -1,7 +1,7 @@
 """console: server-side sessions of the web console
 
 Revision ID: 0008_console
-Revises: 0004_crypto
+Revises: 0007_events
 Create Date: 2026-11-29 07:10:38.661709
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import service.db
 
 revision: str = "0008_console"
-down_revision: str | Sequence[str] | None = "0004_crypto"
+down_revision: str | Sequence[str] | None = "0007_events"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -176,7 +176,10 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     engine = app.state.database.engine
     signer: NoteSigner = await asyncio.to_thread(load_signer, settings, audit.origin)
     app.state.audit_signer = signer
-    writer = AuditWriter(engine, max_batch=audit.writer_max_batch)
+    # The writer has an engine of its own: if it shared the request pool, requests that
+    # hold connections while awaiting their audit entry could starve it of one.
+    writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
+    writer = AuditWriter(writer_engine, max_batch=audit.writer_max_batch)
     await writer.start()
     app.state.audit_writer = writer
     # Imported here: the hooks reach into policy and crypto, which import this module.
@@ -201,6 +204,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
             await task
         await key_events.drain()
         await writer.stop()
+        await writer_engine.dispose()
         if sequencer_engine is not None:
             await sequencer_engine.dispose()
 

@@ -188,7 +188,7 @@ class AuditWriter:
             offset += len(entry_rows)
 
 
-def get_audit_writer(request: Request) -> AuditWriter:
+async def get_audit_writer(request: Request) -> AuditWriter:
     writer: AuditWriter | None = getattr(request.app.state, "audit_writer", None)
     if writer is None:
         raise AuditUnavailable("The audit writer is not running; no data is released.")

@@ -17,6 +17,7 @@ from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret
 from service.catalog import repository as catalog_repository
 from service.db import utcnow
+from service.policy import repository as policy_repository
 
 PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -123,6 +124,8 @@ async def disable_client(session: AsyncSession, client_id: str) -> Client:
     if client.disabled_at is None:
         client.disabled_at = utcnow()
         await session.flush()
+        # Every process keeps clients' standing until the revocation epoch moves.
+        await policy_repository.bump_epoch(session)
     return client
 
 

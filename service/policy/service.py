@@ -46,35 +46,66 @@ def agreements_from_rows(rows: list[tuple[str, str, int, str, dict[str, Any]]]) 
 
 
 async def compile_live(conn: AsyncConnection, epoch: int) -> CompiledPolicy:
+    return (await compile_snapshot(conn, epoch)).policy
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """The compiled policy and the catalog it was compiled against, at one epoch key."""
+
+    key: repository.EpochKey
+    policy: CompiledPolicy
+    catalog: Catalog | None
+
+
+async def compile_snapshot(
+    conn: AsyncConnection, epoch: int, key: repository.EpochKey | None = None
+) -> PolicySnapshot:
     catalog_row = await repository.latest_catalog_content(conn)
+    resolved_key = key or (epoch, "", None)
     if catalog_row is None:
-        return compile_policy((), {}, (), epoch=epoch)
+        return PolicySnapshot(resolved_key, compile_policy((), {}, (), epoch=epoch), None)
     catalog = Catalog.model_validate(catalog_row[1])
     agreements = agreements_from_rows(list(await repository.current_rows_core(conn)))
-    return compile_policy(agreements, catalog.field_owners, [p.id for p in catalog.purposes], epoch=epoch)
+    policy = compile_policy(agreements, catalog.field_owners, [p.id for p in catalog.purposes], epoch=epoch)
+    return PolicySnapshot(resolved_key, policy, catalog)
 
 
 class PolicyHolder:
     """The compiled policy of one process, swapped whole when the epoch moves."""
 
     def __init__(self) -> None:
-        self._compiled: tuple[repository.EpochKey, CompiledPolicy] | None = None
+        self._snapshot: PolicySnapshot | None = None
         self._lock = asyncio.Lock()
 
-    async def current(self, conn: AsyncConnection) -> CompiledPolicy:
+    async def snapshot(self, conn: AsyncConnection, key: repository.EpochKey | None = None) -> PolicySnapshot:
+        """The policy and catalog in force. ``key`` is the epoch key if the caller has
+        just read it (authentication does, once per request); otherwise it is read here."""
+        snapshot = self._snapshot
+        if key is not None and snapshot is not None and snapshot.key == key:
+            return snapshot
+        # Compile from what this connection sees, under the key this connection reads:
+        # a key read elsewhere (another transaction) must not label what is compiled here.
         key = await repository.epoch_key(conn)
-        compiled = self._compiled
-        if compiled is not None and compiled[0] == key:
-            return compiled[1]
+        if snapshot is not None and snapshot.key == key:
+            return snapshot
         async with self._lock:
             # Another request may have compiled the same epoch while this one waited.
-            compiled = self._compiled
-            if compiled is not None and compiled[0] == key:
-                return compiled[1]
-            policy = await compile_live(conn, key[0])
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.key == key:
+                return snapshot
+            snapshot = await compile_snapshot(conn, key[0], key)
             # One assignment: readers see the old index or the new one, never a mix.
-            self._compiled = (key, policy)
-            return policy
+            self._snapshot = snapshot
+            return snapshot
+
+    def cached(self, key: repository.EpochKey) -> PolicySnapshot | None:
+        """The snapshot for ``key`` if it is the one compiled, without touching storage."""
+        snapshot = self._snapshot
+        return snapshot if snapshot is not None and snapshot.key == key else None
+
+    async def current(self, conn: AsyncConnection) -> CompiledPolicy:
+        return (await self.snapshot(conn)).policy
 
 
 # The holder of this process; ``create_app`` also puts it on ``app.state.policy``.
@@ -84,6 +115,13 @@ PROCESS_POLICY = PolicyHolder()
 async def current_policy(conn: AsyncConnection, holder: PolicyHolder | None = None) -> CompiledPolicy:
     """The compiled index for the live agreement versions, as of this connection's view."""
     return await (holder or PROCESS_POLICY).current(conn)
+
+
+async def current_snapshot(
+    conn: AsyncConnection, key: repository.EpochKey | None = None, holder: PolicyHolder | None = None
+) -> PolicySnapshot:
+    """The policy and the catalog in force, for the access path."""
+    return await (holder or PROCESS_POLICY).snapshot(conn, key)
 
 
 # --- change notification (the audit domain connects here) -----------------------------

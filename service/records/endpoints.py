@@ -36,12 +36,13 @@ _CASE_REF = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,99}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
 
 
-def records_service(
+async def records_service(
     database: Annotated[Database, Depends(get_database)],
     keyring: Annotated[Keyring, Depends(get_keyring)],
     writer: Annotated[AuditWriter, Depends(get_audit_writer)],
+    request: Request,
 ) -> RecordsService:
-    return RecordsService(database, keyring, writer)
+    return RecordsService(database, keyring, writer, request.app.state.records_reader)
 
 
 Records = Annotated[RecordsService, Depends(records_service)]
@@ -63,7 +64,13 @@ def access(*scopes: str) -> Callable[..., Awaitable[Access]]:
                 errors=[{"loc": ["header", "X-Case-Ref"], "msg": "invalid case reference"}],
             )
         source = request.client.host if request.client else None
-        return Access(principal=principal, request_id=current_request_id(), source=source, case_ref=case_ref)
+        return Access(
+            principal=principal,
+            request_id=current_request_id(),
+            source=source,
+            case_ref=case_ref,
+            epoch_key=getattr(request.state, "epoch_key", None),
+        )
 
     return dependency
 

@@ -22,14 +22,16 @@ from service.audit.schemas import Action, AuditEntry, Reason
 from service.audit.schemas import Decision as AuditDecision
 from service.audit.writer import AuditWriter
 from service.auth.dependencies import Principal
-from service.catalog import service as catalog_service
+from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, decrypt_value, encrypt_value
 from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import Conflict, Forbidden, ValidationFailed
+from service.events import service as events_service
 from service.policy import service as policy_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
+from service.policy.repository import EpochKey
 from service.records import repository, values
 from service.records.errors import (
     CitizenErased,
@@ -38,6 +40,7 @@ from service.records.errors import (
     NotPermitted,
     StaleVersion,
 )
+from service.records.reader import Reader
 from service.records.schemas import (
     BatchItem,
     BatchPage,
@@ -63,6 +66,8 @@ class Access:
     request_id: str
     source: str | None
     case_ref: str | None
+    # The revocation epoch authentication just read, so the policy need not read it again.
+    epoch_key: EpochKey | None = None
 
     @property
     def department(self) -> str:
@@ -96,17 +101,59 @@ def _summary(requested: Sequence[str], released: Sequence[str]) -> AuditDecision
 class RecordsService:
     """The access path. Built per request from the process's long-lived parts."""
 
-    def __init__(self, database: Database, keyring: Keyring, audit: AuditWriter) -> None:
+    def __init__(self, database: Database, keyring: Keyring, audit: AuditWriter, reader: Reader) -> None:
         self.database = database
         self.keyring = keyring
         self.audit = audit
+        self.reader = reader
 
     # --- shared steps -----------------------------------------------------------------
 
-    async def _catalog_and_policy(self, conn: AsyncConnection) -> tuple[Catalog, CompiledPolicy]:
-        catalog = await catalog_service.current_cached(conn)
-        policy = await policy_service.current_policy(conn)
-        return catalog, policy
+    async def _catalog_and_policy(
+        self, conn: AsyncConnection, access: Access | None = None
+    ) -> tuple[Catalog, CompiledPolicy]:
+        snapshot = await policy_service.current_snapshot(conn, access.epoch_key if access else None)
+        if snapshot.catalog is None:
+            raise CatalogMissing("No catalog has been applied yet; run `tellonce policies apply DIR`.")
+        return snapshot.catalog, snapshot.policy
+
+    async def _read_snapshot(self, access: Access) -> tuple[Catalog, CompiledPolicy]:
+        """Catalog and policy for a read: from memory when authentication's epoch key
+        matches the compiled one, otherwise through a connection."""
+        if access.epoch_key is not None:
+            snapshot = policy_service.PROCESS_POLICY.cached(access.epoch_key)
+            if snapshot is not None and snapshot.catalog is not None:
+                return snapshot.catalog, snapshot.policy
+        async with self.database.engine.connect() as conn:
+            return await self._catalog_and_policy(conn, access)
+
+    async def _keys(self, rows: Sequence[repository.ValueRow]) -> dict[int, DataKey]:
+        """Unwrapped data keys from the cache; a connection only for a miss."""
+        wanted = {row.data_key_id for row in rows}
+        cached = {key_id: key for key_id in wanted if (key := self.keyring.data_key_cache.get(key_id))}
+        if len(cached) == len(wanted):
+            return cached
+        async with self.database.engine.connect() as conn:
+            return await self.keyring.data_keys(conn, wanted)
+
+    def _plain(
+        self, catalog: Catalog, rows: Sequence[repository.ValueRow], keys: Mapping[int, DataKey]
+    ) -> dict[tuple[str, str, int], values.JsonValue]:
+        plain: dict[tuple[str, str, int], values.JsonValue] = {}
+        for row in rows:
+            key = keys.get(row.data_key_id)
+            spec = catalog.field(row.field)
+            if key is None or spec is None:
+                continue
+            data = decrypt_value(
+                key,
+                citizen_id=row.citizen_id,
+                field=row.field,
+                version=row.version,
+                ciphertext=row.ciphertext,
+            )
+            plain[(row.citizen_id, row.field, row.version)] = values.decode(spec, data)
+        return plain
 
     def _entry(
         self,
@@ -160,21 +207,7 @@ class RecordsService:
         self, conn: AsyncConnection, catalog: Catalog, rows: Sequence[repository.ValueRow]
     ) -> dict[tuple[str, str, int], values.JsonValue]:
         keys = await self.keyring.data_keys(conn, {row.data_key_id for row in rows})
-        plain: dict[tuple[str, str, int], values.JsonValue] = {}
-        for row in rows:
-            key = keys.get(row.data_key_id)
-            spec = catalog.field(row.field)
-            if key is None or spec is None:
-                continue
-            data = decrypt_value(
-                key,
-                citizen_id=row.citizen_id,
-                field=row.field,
-                version=row.version,
-                ciphertext=row.ciphertext,
-            )
-            plain[(row.citizen_id, row.field, row.version)] = values.decode(spec, data)
-        return plain
+        return self._plain(catalog, rows, keys)
 
     async def _refuse(self, entry: AuditEntry, error: Exception) -> NoReturn:
         """Audit a refusal durably, then raise it."""
@@ -194,21 +227,24 @@ class RecordsService:
     async def read(
         self, access: Access, citizen_id: str, fields: Sequence[str] | None, purpose: str
     ) -> CitizenOut:
-        async with self.database.engine.connect() as conn:
-            catalog, policy = await self._catalog_and_policy(conn)
-            requested = list(dict.fromkeys(fields)) if fields else [f.name for f in catalog.fields]
-            _require_known(catalog, requested, purpose, loc="fields")
-            citizen = await self._load_citizen(conn, citizen_id)
-            context = self._context(access, purpose, citizen.status)
-            decisions = policy.decide(access.department, "read", requested, context)
-            allowed = [name for name in requested if decisions[name].effect == "permit"]
-            withheld = [Withheld(field=n, reason=decisions[n].reason) for n in requested if n not in allowed]
-            if not allowed:
-                await self._refuse_nothing_allowed(
-                    access, "read", citizen_id, catalog, policy, requested, decisions, purpose, context
-                )
-            rows = await repository.current_values(conn, [citizen_id], allowed)
-            plain = await self._decrypt(conn, catalog, rows)
+        catalog, policy = await self._read_snapshot(access)
+        requested = list(dict.fromkeys(fields)) if fields else [f.name for f in catalog.fields]
+        _require_known(catalog, requested, purpose, loc="fields")
+        citizen = (await self.reader.citizens([citizen_id])).get(citizen_id)
+        if citizen is None:
+            raise CitizenNotFound("No citizen with that id is known to you.")
+        if citizen.status == "erased":
+            raise CitizenErased("This citizen's record was erased.")
+        context = self._context(access, purpose, citizen.status)
+        decisions = policy.decide(access.department, "read", requested, context)
+        allowed = [name for name in requested if decisions[name].effect == "permit"]
+        withheld = [Withheld(field=n, reason=decisions[n].reason) for n in requested if n not in allowed]
+        if not allowed:
+            await self._refuse_nothing_allowed(
+                access, "read", citizen_id, catalog, policy, requested, decisions, purpose, context
+            )
+        rows = await self.reader.current_values([citizen_id], allowed)
+        plain = self._plain(catalog, rows, await self._keys(rows))
         by_field = {row.field: row for row in rows}
         released: dict[str, FieldOut] = {}
         for name in allowed:
@@ -288,23 +324,22 @@ class RecordsService:
         self, access: Access, ids: Sequence[str], fields: Sequence[str] | None, purpose: str
     ) -> BatchPage:
         unique_ids = list(dict.fromkeys(ids))
-        async with self.database.engine.connect() as conn:
-            catalog, policy = await self._catalog_and_policy(conn)
-            requested = list(dict.fromkeys(fields)) if fields else [f.name for f in catalog.fields]
-            _require_known(catalog, requested, purpose, loc="fields")
-            found = await repository.get_citizens(conn, unique_ids)
-            decisions_by_citizen: dict[str, dict[str, Decision]] = {}
-            allowed_any: set[str] = set()
-            for citizen_id in unique_ids:
-                citizen = found.get(citizen_id)
-                if citizen is None or citizen.status == "erased":
-                    continue
-                context = self._context(access, purpose, citizen.status)
-                decisions = policy.decide(access.department, "read", requested, context)
-                decisions_by_citizen[citizen_id] = decisions
-                allowed_any.update(n for n, d in decisions.items() if d.effect == "permit")
-            rows = await repository.current_values(conn, list(decisions_by_citizen), allowed_any)
-            plain = await self._decrypt(conn, catalog, rows)
+        catalog, policy = await self._read_snapshot(access)
+        requested = list(dict.fromkeys(fields)) if fields else [f.name for f in catalog.fields]
+        _require_known(catalog, requested, purpose, loc="fields")
+        found = await self.reader.citizens(unique_ids)
+        decisions_by_citizen: dict[str, dict[str, Decision]] = {}
+        allowed_any: set[str] = set()
+        for citizen_id in unique_ids:
+            citizen = found.get(citizen_id)
+            if citizen is None or citizen.status == "erased":
+                continue
+            context = self._context(access, purpose, citizen.status)
+            decisions = policy.decide(access.department, "read", requested, context)
+            decisions_by_citizen[citizen_id] = decisions
+            allowed_any.update(n for n, d in decisions.items() if d.effect == "permit")
+        rows = await self.reader.current_values(list(decisions_by_citizen), sorted(allowed_any))
+        plain = self._plain(catalog, rows, await self._keys(rows))
         current = {(row.citizen_id, row.field): row for row in rows}
         items: list[BatchItem] = []
         entries: list[AuditEntry] = []
@@ -381,7 +416,7 @@ class RecordsService:
 
     async def lookup(self, access: Access, national_id: str, purpose: str) -> LookupOut:
         async with self.database.engine.connect() as conn:
-            catalog, policy = await self._catalog_and_policy(conn)
+            catalog, policy = await self._catalog_and_policy(conn, access)
             _require_known(catalog, [], purpose, loc="fields")
             context = self._context(access, purpose, None)
             decisions = policy.decide(access.department, "lookup", [NATIONAL_ID_FIELD], context)
@@ -415,7 +450,7 @@ class RecordsService:
         self, access: Access, citizen_id: str, purpose: str, claims: Mapping[str, Mapping[str, Any]]
     ) -> VerifyOut:
         async with self.database.engine.connect() as conn:
-            catalog, policy = await self._catalog_and_policy(conn)
+            catalog, policy = await self._catalog_and_policy(conn, access)
             requested = list(claims)
             _require_known(catalog, requested, purpose, loc="claims")
             self._validate_claims(catalog, claims)
@@ -486,7 +521,7 @@ class RecordsService:
     ) -> HistoryPage:
         before = _parse_cursor(cursor)
         async with self.database.engine.connect() as conn:
-            catalog, policy = await self._catalog_and_policy(conn)
+            catalog, policy = await self._catalog_and_policy(conn, access)
             _require_known(catalog, [field], purpose, loc="field")
             citizen = await self._load_citizen(conn, citizen_id)
             context = self._context(access, purpose, citizen.status)
@@ -590,7 +625,7 @@ class RecordsService:
     async def register(self, access: Access, national_id: str, fields: Mapping[str, Any]) -> Registered:
         now = _now()
         async with self.database.engine.connect() as conn:
-            catalog = await catalog_service.current_cached(conn)
+            catalog, _policy = await self._catalog_and_policy(conn, access)
         submitted = {NATIONAL_ID_FIELD: national_id, **fields}
         clean = self._validated(catalog, submitted, "fields")
         foreign = sorted(n for n in clean if (s := catalog.field(n)) and s.owner != access.department)
@@ -657,11 +692,12 @@ class RecordsService:
         del reason
         now = _now()
         async with self.database.engine.connect() as conn:
-            catalog, policy = await self._catalog_and_policy(conn)
+            catalog, policy = await self._catalog_and_policy(conn, access)
         clean = self._validated(catalog, fields, "fields")
         _require_known(catalog, [], purpose, loc="fields")
         names = list(clean)
         denied: list[str] = []
+        written: WriteOut | None = None
         async with self.database.engine.begin() as conn:
             citizen = await self._load_citizen(conn, citizen_id)
             context = self._context(access, purpose, citizen.status)
@@ -689,9 +725,21 @@ class RecordsService:
                     purpose=purpose,
                     status=200,
                 )
+                # The change events, one per owning department, in this same transaction:
+                # a write that rolls back tells no one. Field names only, never values.
+                for owner, changed in _fields_by_owner(catalog, names).items():
+                    await events_service.record_change(
+                        conn, citizen_id=citizen_id, fields=changed, owner=owner, occurred_at=now
+                    )
                 # Last statement before commit: on PostgreSQL it holds the audit's order lock.
                 await audit_service.append_in_transaction(conn, entry)
-                return WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
+                written = WriteOut(
+                    id=citizen_id, status=bumped.status, version=bumped.version, fields=versions
+                )
+        if written is not None:
+            # Committed: wake feeds and dispatchers waiting in this process.
+            events_service.notify()
+            return written
         reasons = "; ".join(decisions[n].reason for n in denied)
         refusal = self._entry(
             access,
@@ -733,7 +781,7 @@ class RecordsService:
     async def erase(self, access: Access, citizen_id: str) -> None:
         now = _now()
         async with self.database.engine.begin() as conn:
-            catalog = await catalog_service.current_cached(conn)
+            catalog, _policy = await self._catalog_and_policy(conn, access)
             await self._load_citizen(conn, citizen_id)
             await self.keyring.shred_citizen(conn, citizen_id)
             await repository.mark_erased(conn, citizen_id, now)
@@ -752,6 +800,14 @@ class RecordsService:
                     decision="permit",
                 ),
             )
+
+
+def _fields_by_owner(catalog: Catalog, names: Iterable[str]) -> dict[str, list[str]]:
+    owners = catalog.field_owners
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        grouped.setdefault(owners[name], []).append(name)
+    return grouped
 
 
 async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:

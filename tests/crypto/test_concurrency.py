@@ -49,4 +49,4 @@ class TestAppKeyring:
         assert keyring.provider.name == "local"
 
         # What KeyringDep resolves to inside a request.
-        assert get_keyring(Request({"type": "http", "app": app})) is keyring
+        assert await get_keyring(Request({"type": "http", "app": app})) is keyring

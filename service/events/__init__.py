@@ -1,0 +1,1 @@
+"""Tell-us-once events: the outbox, subscriptions, the pull feed and signed webhooks."""

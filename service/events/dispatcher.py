@@ -1,0 +1,409 @@
+"""The webhook dispatcher: outbox events -> deliveries -> signed POSTs, retried, then dead.
+
+Each cycle it
+1. fans out: for every webhook subscription, turns the outbox events after its
+   ``fanout_position`` that touch its fields into ``pending`` deliveries;
+2. claims due deliveries (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
+   dispatchers never hold the same attempt; SQLite has one writer and one dispatcher);
+3. for each: re-checks the policy with the citizen's current status, checks the target's
+   addresses again (DNS rebinding), audits, signs to the Standard Webhooks spec and POSTs.
+
+Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
+for every attempt of one (subscription, event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
+from standardwebhooks import Webhook
+
+from service.config import Settings
+from service.db import create_engine, utcnow
+from service.events import repository
+from service.events.access import LivePolicy, OwnAuditSink, audit_entry
+from service.events.notifier import postgres_wakeups
+from service.events.schemas import EventData
+from service.events.secrets import SecretUndecryptable
+from service.events.service import EventsRuntime, dumps_payload, webhook_id
+from service.events.targets import UnsafeWebhookTarget, check_target
+
+logger = logging.getLogger("tellonce.events")
+
+_jitter = random.Random()  # noqa: S311  (spreads retries; not a secret)
+# Events fanned out per subscription per cycle, so one transaction stays short.
+FANOUT_BATCH = 1000
+_ERROR_LENGTH = 500
+
+
+def backoff_seconds(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Delay after failed attempt number ``attempt`` (1-based): exponential, capped, jittered.
+
+    "Equal jitter": half the exponential delay, plus a random share of the other half, so
+    retries from many deliveries spread out but still grow with each failure.
+    """
+    ceiling = min(cap, base * 2.0 ** max(0, attempt - 1))
+    jitter = (rng or _jitter).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
+
+
+class Dispatcher:
+    """One dispatcher loop. Several may run against one PostgreSQL database."""
+
+    def __init__(
+        self,
+        runtime: EventsRuntime,
+        *,
+        batch_size: int = 100,
+        concurrency: int = 20,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.batch_size = batch_size
+        self._limit = asyncio.Semaphore(concurrency)
+        self._own_client = client is None
+        # No redirects: a receiver must not bounce the service to another address.
+        self.client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self.attempts_made = 0
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self.client.aclose()
+
+    # --- fan-out ----------------------------------------------------------------------
+
+    async def fan_out(self) -> int:
+        """Create deliveries for new events; return how many were created."""
+        async with self.runtime.engine.begin() as conn:
+            return await self._fan_out(conn)
+
+    async def _fan_out(self, conn: AsyncConnection) -> int:
+        created = 0
+        now = utcnow()
+        head = await repository.head_position(conn)
+        subscriptions = await repository.webhook_subscriptions_to_fan_out(conn, head)
+        for subscription in subscriptions:
+            wanted = set(subscription.fields)
+            rows = await repository.events_after(conn, subscription.fanout_position, FANOUT_BATCH)
+            rows = [row for row in rows if row.position <= head]
+            if not rows:
+                continue
+            deliveries = [
+                {
+                    "id": str(uuid.uuid4()),
+                    "subscription_id": subscription.id,
+                    "event_position": row.position,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for row in rows
+                if wanted.intersection(row.fields)
+            ]
+            await repository.insert_deliveries(conn, deliveries)
+            await repository.set_fanout_position(conn, subscription.id, rows[-1].position)
+            created += len(deliveries)
+        return created
+
+    # --- claims and attempts ----------------------------------------------------------
+
+    def _lease(self) -> timedelta:
+        # Long enough for the POST to time out and the result to be written.
+        return timedelta(seconds=self.settings.webhook_timeout_seconds * 2 + 30)
+
+    async def claim(self) -> list[repository.ClaimedDelivery]:
+        async with self.runtime.engine.begin() as conn:
+            return await self._claim(conn)
+
+    async def _claim(self, conn: AsyncConnection) -> list[repository.ClaimedDelivery]:
+        now = utcnow()
+        token = str(uuid.uuid4())
+        ids = await repository.claim_due(
+            conn, now=now, lease_until=now + self._lease(), limit=self.batch_size, token=token
+        )
+        return await repository.claimed(conn, ids, token) if ids else []
+
+    async def deliver(self, batch: Sequence[repository.ClaimedDelivery]) -> None:
+        """One attempt for each claimed delivery; results are written in one transaction."""
+        outcomes: dict[str, dict[str, Any]] = {}
+        try:
+            await self._deliver(batch, outcomes)
+        except Exception as exc:
+            # Never let one batch stop the loop; what has no outcome yet counts as failed.
+            logger.exception("webhook batch failed unexpectedly")
+            for item in batch:
+                outcomes.setdefault(
+                    item.id, self._failure(item, f"internal error: {type(exc).__name__}", None)
+                )
+        await self._record(batch, outcomes)
+        self.attempts_made += len(batch)
+
+    async def _deliver(
+        self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
+    ) -> None:
+        now = utcnow()
+        async with self.runtime.engine.connect() as conn:
+            decide = await self.runtime.policy.current(conn)
+            statuses = await repository.citizen_statuses(conn, [item.event.citizen_id for item in batch])
+        withheld: list[tuple[repository.ClaimedDelivery, dict[str, Any], str]] = []
+        sendable: list[tuple[repository.ClaimedDelivery, dict[str, Any], list[str]]] = []
+        for item in batch:
+            subscription, event = item.subscription, item.event
+            requested = [f for f in event.fields if f in subscription.fields]
+            decisions = decide(
+                subscription.department, requested, subscription.purpose, statuses.get(event.citizen_id), now
+            )
+            released = [f for f in requested if decisions[f].effect == "permit"]
+            entry = audit_entry(
+                action="deliver",
+                time=now,
+                client_id=subscription.client_id,
+                department=subscription.department,
+                citizen_id=event.citizen_id,
+                owners=[event.owner],
+                requested=requested,
+                decisions=decisions,
+                purpose=subscription.purpose,
+                status=200 if released else 403,
+                # Where the event went: the receiver's origin, not its path, which may hold a token.
+                source=_origin(subscription.webhook_url),
+            )
+            if released:
+                sendable.append((item, entry, released))
+            else:
+                reasons = "; ".join(f"{f}: {decisions[f].reason}" for f in requested)
+                withheld.append((item, entry, reasons))
+        if withheld:
+            # The agreement no longer covers these: never sent, and that is final.
+            if await self._audited([entry for _item, entry, _reasons in withheld]):
+                for item, _entry, reasons in withheld:
+                    outcomes[item.id] = {
+                        "status": "withheld",
+                        "last_error": _short(f"withheld by policy: {reasons}"),
+                    }
+            else:
+                for item, _entry, _reasons in withheld:
+                    outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
+        ready: list[tuple[repository.ClaimedDelivery, dict[str, Any], str]] = []
+        secrets_by_subscription: dict[str, str] = {}
+        checked: dict[str, str | None] = {}
+        for item, entry, released in sendable:
+            subscription = item.subscription
+            url = subscription.webhook_url or ""
+            if url not in checked:
+                checked[url] = await self._target_refusal(url)
+            if checked[url] is not None:
+                outcomes[item.id] = self._failure(item, f"target refused: {checked[url]}", None)
+                continue
+            secret = secrets_by_subscription.get(subscription.id) or self._secret(subscription)
+            if secret is None:
+                outcomes[item.id] = self._failure(item, "the signing secret could not be decrypted", None)
+                continue
+            secrets_by_subscription[subscription.id] = secret
+            body = dumps_payload(
+                EventData(
+                    event_id=item.event.event_id,
+                    citizen_id=item.event.citizen_id,
+                    fields=released,
+                    owner=item.event.owner,
+                    occurred_at=item.event.occurred_at,
+                )
+            )
+            ready.append((item, entry, body))
+        if not ready:
+            return
+        # Durable before anything leaves the service; one group commit for the batch.
+        if not await self._audited([entry for _item, entry, _body in ready]):
+            for item, _entry, _body in ready:
+                outcomes[item.id] = self._failure(
+                    item, "the audit log is unavailable; nothing was sent", None
+                )
+            return
+        results = await asyncio.gather(
+            *(
+                self._post(item, body, secrets_by_subscription[item.subscription.id])
+                for item, _entry, body in ready
+            )
+        )
+        for (item, _entry, _body), values in zip(ready, results, strict=True):
+            outcomes[item.id] = values
+
+    async def _audited(self, entries: list[dict[str, Any]]) -> bool:
+        try:
+            await self.runtime.audit.record(entries)
+        except Exception:
+            logger.exception("audit append for %d deliveries failed", len(entries))
+            return False
+        return True
+
+    async def _target_refusal(self, url: str) -> str | None:
+        try:
+            await check_target(
+                url, allow_private=self.settings.webhook_allow_private, resolver=self.runtime.resolver
+            )
+        except UnsafeWebhookTarget as exc:
+            return str(exc)
+        return None
+
+    def _secret(self, subscription: repository.SubscriptionRow) -> str | None:
+        if subscription.secret_ciphertext is None:
+            return None
+        try:
+            return self.runtime.secret_box.open(subscription.secret_ciphertext, subscription.id)
+        except SecretUndecryptable:
+            return None
+
+    async def _post(self, item: repository.ClaimedDelivery, body: str, secret: str) -> dict[str, Any]:
+        message_id = webhook_id(item.id)
+        sent_at = utcnow()
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": Webhook(secret).sign(message_id, sent_at, body),
+            "user-agent": "tellonce-webhooks/1",
+        }
+        async with self._limit:
+            try:
+                response = await self.client.post(
+                    item.subscription.webhook_url or "",
+                    content=body.encode(),
+                    headers=headers,
+                    timeout=self.settings.webhook_timeout_seconds,
+                )
+            except httpx.TimeoutException:
+                return self._failure(item, "the receiver did not answer in time", None)
+            except httpx.HTTPError as exc:
+                return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
+        if 200 <= response.status_code < 300:
+            return {
+                "status": "delivered",
+                "delivered_at": utcnow(),
+                "last_status_code": response.status_code,
+                "last_error": None,
+            }
+        return self._failure(item, f"the receiver answered {response.status_code}", response.status_code)
+
+    def _failure(
+        self, item: repository.ClaimedDelivery, error: str, status_code: int | None
+    ) -> dict[str, Any]:
+        """A failed attempt: retried after a backoff, or ``dead`` once attempts run out."""
+        if item.attempts >= self.settings.webhook_max_attempts:
+            values: dict[str, Any] = {"status": "dead"}
+        else:
+            delay = backoff_seconds(
+                item.attempts,
+                base=self.settings.webhook_retry_base_seconds,
+                cap=self.settings.webhook_retry_cap_seconds,
+            )
+            values = {"status": "pending", "next_attempt_at": utcnow() + timedelta(seconds=delay)}
+        values.update(last_error=_short(error), last_status_code=status_code)
+        return values
+
+    async def _record(
+        self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
+    ) -> None:
+        async with self.runtime.engine.begin() as conn:
+            for item in batch:
+                values = outcomes.get(item.id) or self._failure(item, "no outcome", None)
+                if not await repository.record_result(conn, item.id, item.claim_token, values):
+                    logger.warning("delivery %s: claim lost before its result was recorded", item.id)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """One cycle: fan out and claim a batch (one transaction), then attempt it.
+        Returns deliveries created plus attempts made."""
+        async with self.runtime.engine.begin() as conn:
+            created = await self._fan_out(conn)
+            batch = await self._claim(conn)
+        if batch:
+            await self.deliver(batch)
+        return created + len(batch)
+
+    async def _idle_timeout(self) -> float:
+        poll = self.settings.events_poll_interval_seconds
+        async with self.runtime.engine.connect() as conn:
+            due: datetime | None = await repository.next_due_at(conn)
+        if due is None:
+            return poll
+        return max(0.0, min(poll, (due - utcnow()).total_seconds()))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; sleeps on the notifier while there is nothing to do."""
+        while not stop.is_set():
+            generation = self.runtime.notifier.generation
+            try:
+                worked = await self.run_once()
+                timeout = 0.0 if worked else await self._idle_timeout()
+            except Exception:
+                logger.exception("event dispatcher cycle failed")
+                timeout = self.settings.events_poll_interval_seconds
+            if timeout <= 0 or self.runtime.notifier.generation != generation:
+                continue
+            await _wait_either(self.runtime.notifier.wait(timeout), stop)
+
+
+async def _wait_either(wake: Any, stop: asyncio.Event) -> None:
+    waker = asyncio.ensure_future(wake)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waker, stopper):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def _origin(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _ERROR_LENGTH else text[: _ERROR_LENGTH - 1] + "…"
+
+
+async def run_dispatcher(settings: Settings, stop_event: asyncio.Event) -> None:
+    """The dispatcher outside ``serve``, with its own engine and audit writer, until ``stop_event``."""
+    engine = create_engine(settings.database_url)
+    audit = OwnAuditSink(engine)
+    await audit.start()
+    runtime = EventsRuntime(settings=settings, engine=engine, policy=LivePolicy(), audit=audit)
+    dispatcher = Dispatcher(runtime)
+    try:
+        async with postgres_wakeups(settings.database_url, runtime.notifier):
+            await dispatcher.run(stop_event)
+    finally:
+        await dispatcher.aclose()
+        await audit.stop()
+        await engine.dispose()
+
+
+async def run_worker(settings: Settings) -> None:
+    """``tellonce worker``: the dispatcher until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await run_dispatcher(settings, stop)

@@ -1,0 +1,46 @@
+"""The events domain inside ``serve``: the runtime on ``app.state`` and, unless
+``TELLONCE_RUN_WORKERS`` is false, the webhook dispatcher as a background task."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.events.access import AppAuditSink, LivePolicy
+from service.events.dispatcher import Dispatcher
+from service.events.notifier import feed_notifier, postgres_wakeups
+from service.events.service import EventsRuntime
+
+
+@asynccontextmanager
+async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    runtime = EventsRuntime(
+        settings=settings,
+        engine=app.state.database.engine,
+        policy=LivePolicy(),
+        audit=AppAuditSink(app.state),
+        notifier=feed_notifier,
+    )
+    app.state.events = runtime
+    # What the records write path passes to ``events_service.notify`` after a commit.
+    app.state.events_notifier = runtime.notifier
+    stop = asyncio.Event()
+    dispatcher: Dispatcher | None = None
+    task: asyncio.Task[None] | None = None
+    if settings.run_workers:
+        dispatcher = Dispatcher(runtime)
+        task = asyncio.create_task(dispatcher.run(stop), name="events-dispatcher")
+    try:
+        async with postgres_wakeups(settings.database_url, runtime.notifier):
+            yield
+    finally:
+        stop.set()
+        if task is not None:
+            await task
+        if dispatcher is not None:
+            await dispatcher.aclose()

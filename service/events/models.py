@@ -1,0 +1,86 @@
+"""The outbox of change events, consumers' subscriptions, and webhook deliveries.
+
+No table here holds a field value: an event names the citizen (by pseudonymous id) and
+the fields that changed; a consumer that wants the values reads them with a purpose.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db import Base, utcnow
+
+# SQLite only makes an INTEGER PRIMARY KEY an alias of the rowid; BIGINT elsewhere.
+Position = BigInteger().with_variant(Integer, "sqlite")
+
+
+class OutboxEvent(Base):
+    """One change to one citizen's fields of one owner, written in the change's transaction."""
+
+    __tablename__ = "event_outbox"
+    # AUTOINCREMENT on SQLite: a position is never reused, even after the newest row goes.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    position: Mapped[int] = mapped_column(Position, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    citizen_id: Mapped[str] = mapped_column(String(36), index=True)
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    owner: Mapped[str] = mapped_column(String(63))
+    occurred_at: Mapped[datetime] = mapped_column()
+
+
+class Subscription(Base):
+    """A department's standing interest in some fields, for one purpose; pull or webhook."""
+
+    __tablename__ = "event_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    department: Mapped[str] = mapped_column(String(63), index=True)
+    client_id: Mapped[str] = mapped_column(String(200))
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    purpose: Mapped[str] = mapped_column(String(63))
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    # The whsec_ signing secret, AES-GCM encrypted under a key derived from the root key.
+    secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    # The outbox head when the subscription was made: only later changes are told.
+    start_position: Mapped[int] = mapped_column(Position)
+    # How far the dispatcher has turned outbox events into deliveries (webhooks only).
+    fanout_position: Mapped[int] = mapped_column(Position)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "dead", "withheld", "cancelled")
+
+
+class Delivery(Base):
+    """One event for one webhook subscription, and how its attempts went.
+
+    The id is the stable ``webhook-id`` of every attempt, so a receiver can de-duplicate.
+    """
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        Index("uq_event_deliveries_subscription_event", "subscription_id", "event_position", unique=True),
+        # The dispatcher's claim: pending deliveries whose next attempt is due.
+        Index("ix_event_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("event_subscriptions.id"))
+    event_position: Mapped[int] = mapped_column(Position, ForeignKey("event_outbox.position"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    # Set by the dispatcher that claimed the current attempt; its result is recorded only
+    # if the claim is still its own (a lease that ran out may have been taken over).
+    claim_token: Mapped[str | None] = mapped_column(String(36), default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,406 @@
+"""Every query of the events domain, as Core statements on a connection.
+
+The feed and the dispatcher run on the hot path and outside any request session, so they
+use short transactions on the engine's connections rather than the ORM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, column, func, insert, or_, select, table, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.events.models import Delivery, OutboxEvent, Subscription
+from service.events.notifier import PG_CHANNEL
+
+# pg_advisory_xact_lock key for "appending to the event outbox" (ASCII 'events-o').
+OUTBOX_LOCK_KEY = 0x6576656E74732D6F
+
+# The register's citizens, by the two clear columns the policy re-check needs. A table
+# clause, not the records model: the events domain never touches ciphertext models.
+_citizens = table("citizens", column("id"), column("status"))
+
+
+@dataclass(frozen=True)
+class EventRow:
+    position: int
+    event_id: str
+    citizen_id: str
+    fields: list[str]
+    owner: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    id: str
+    department: str
+    client_id: str
+    fields: list[str]
+    purpose: str
+    webhook_url: str | None
+    secret_ciphertext: bytes | None
+    start_position: int
+    fanout_position: int
+    status: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery this dispatcher holds the claim of, with what it needs to send it."""
+
+    id: str
+    claim_token: str
+    attempts: int
+    subscription: SubscriptionRow
+    event: EventRow
+
+
+_EVENT_COLUMNS = (
+    OutboxEvent.position,
+    OutboxEvent.event_id,
+    OutboxEvent.citizen_id,
+    OutboxEvent.fields,
+    OutboxEvent.owner,
+    OutboxEvent.occurred_at,
+)
+_SUBSCRIPTION_COLUMNS = (
+    Subscription.id,
+    Subscription.department,
+    Subscription.client_id,
+    Subscription.fields,
+    Subscription.purpose,
+    Subscription.webhook_url,
+    Subscription.secret_ciphertext,
+    Subscription.start_position,
+    Subscription.fanout_position,
+    Subscription.status,
+    Subscription.created_at,
+)
+
+
+def _event(row: Any) -> EventRow:
+    return EventRow(
+        position=int(row.position),
+        event_id=row.event_id,
+        citizen_id=row.citizen_id,
+        fields=list(row.fields),
+        owner=row.owner,
+        occurred_at=row.occurred_at,
+    )
+
+
+def _subscription(row: Any) -> SubscriptionRow:
+    return SubscriptionRow(
+        id=row.id,
+        department=row.department,
+        client_id=row.client_id,
+        fields=list(row.fields),
+        purpose=row.purpose,
+        webhook_url=row.webhook_url,
+        secret_ciphertext=row.secret_ciphertext,
+        start_position=int(row.start_position),
+        fanout_position=int(row.fanout_position),
+        status=row.status,
+        created_at=row.created_at,
+    )
+
+
+# --- the outbox ---------------------------------------------------------------------------
+
+
+async def lock_outbox(conn: AsyncConnection) -> None:
+    """Serialise outbox appends until the transaction ends (PostgreSQL).
+
+    A sequence hands out positions when rows are inserted, not when they commit, so
+    without this a reader could pass position 11 (committed) while 10 (still in flight)
+    was not yet visible, and never see 10. Under the lock, positions become visible in
+    order. SQLite already serialises writers, so it needs nothing.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": OUTBOX_LOCK_KEY})
+
+
+async def notify_on_commit(conn: AsyncConnection) -> None:
+    """PostgreSQL: wake listeners in every process when (and only if) this transaction commits."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": PG_CHANNEL})
+
+
+async def insert_event(
+    conn: AsyncConnection,
+    *,
+    event_id: str,
+    citizen_id: str,
+    fields: Sequence[str],
+    owner: str,
+    occurred_at: datetime,
+) -> int:
+    result = await conn.execute(
+        insert(OutboxEvent)
+        .values(
+            event_id=event_id,
+            citizen_id=citizen_id,
+            fields=list(fields),
+            owner=owner,
+            occurred_at=occurred_at,
+        )
+        .returning(OutboxEvent.position)
+    )
+    return int(result.scalar_one())
+
+
+async def head_position(conn: AsyncConnection) -> int:
+    result = await conn.execute(select(func.max(OutboxEvent.position)))
+    head = result.scalar_one_or_none()
+    return int(head) if head is not None else 0
+
+
+async def events_after(conn: AsyncConnection, after: int, limit: int) -> list[EventRow]:
+    result = await conn.execute(
+        select(*_EVENT_COLUMNS)
+        .where(OutboxEvent.position > after)
+        .order_by(OutboxEvent.position)
+        .limit(limit)
+    )
+    return [_event(row) for row in result]
+
+
+async def citizen_statuses(conn: AsyncConnection, citizen_ids: Sequence[str]) -> dict[str, str]:
+    """Each citizen's status in clear; a citizen not in the register is absent."""
+    if not citizen_ids:
+        return {}
+    result = await conn.execute(
+        select(_citizens.c.id, _citizens.c.status).where(_citizens.c.id.in_(sorted(set(citizen_ids))))
+    )
+    return {row.id: row.status for row in result}
+
+
+# --- subscriptions ------------------------------------------------------------------------
+
+
+async def insert_subscription(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    await conn.execute(insert(Subscription).values(**values))
+
+
+async def get_subscription(conn: AsyncConnection, subscription_id: str) -> SubscriptionRow | None:
+    result = await conn.execute(select(*_SUBSCRIPTION_COLUMNS).where(Subscription.id == subscription_id))
+    row = result.first()
+    return _subscription(row) if row is not None else None
+
+
+async def list_subscriptions(
+    conn: AsyncConnection,
+    department: str,
+    *,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[SubscriptionRow]:
+    """A department's active subscriptions, oldest first, from after the keyset ``after``."""
+    statement = select(*_SUBSCRIPTION_COLUMNS).where(
+        Subscription.department == department, Subscription.status == "active"
+    )
+    if after is not None:
+        created_at, last_id = after
+        statement = statement.where(
+            or_(
+                Subscription.created_at > created_at,
+                and_(Subscription.created_at == created_at, Subscription.id > last_id),
+            )
+        )
+    result = await conn.execute(statement.order_by(Subscription.created_at, Subscription.id).limit(limit))
+    return [_subscription(row) for row in result]
+
+
+async def active_subscriptions(conn: AsyncConnection, department: str) -> list[SubscriptionRow]:
+    result = await conn.execute(
+        select(*_SUBSCRIPTION_COLUMNS)
+        .where(Subscription.department == department, Subscription.status == "active")
+        .order_by(Subscription.created_at, Subscription.id)
+    )
+    return [_subscription(row) for row in result]
+
+
+async def delete_subscription(conn: AsyncConnection, subscription_id: str, now: datetime) -> None:
+    """Mark it deleted and cancel what it still had queued; delivery history stays."""
+    await conn.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id)
+        .values(status="deleted", deleted_at=now, secret_ciphertext=None)
+    )
+    await conn.execute(
+        update(Delivery)
+        .where(Delivery.subscription_id == subscription_id, Delivery.status == "pending")
+        .values(status="cancelled", claim_token=None)
+    )
+
+
+# --- fan-out: outbox events -> deliveries -------------------------------------------------
+
+
+async def webhook_subscriptions_to_fan_out(conn: AsyncConnection, head: int) -> list[SubscriptionRow]:
+    """Active webhook subscriptions behind ``head``, each locked so only one dispatcher fans it out."""
+    statement = (
+        select(*_SUBSCRIPTION_COLUMNS)
+        .where(
+            Subscription.status == "active",
+            Subscription.webhook_url.is_not(None),
+            Subscription.fanout_position < head,
+        )
+        .order_by(Subscription.id)
+        .with_for_update(skip_locked=True)
+    )
+    result = await conn.execute(statement)
+    return [_subscription(row) for row in result]
+
+
+async def insert_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(Delivery), list(rows))
+
+
+async def set_fanout_position(conn: AsyncConnection, subscription_id: str, position: int) -> None:
+    await conn.execute(
+        update(Subscription).where(Subscription.id == subscription_id).values(fanout_position=position)
+    )
+
+
+# --- claims and results -------------------------------------------------------------------
+
+
+async def claim_due(
+    conn: AsyncConnection,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    token: str,
+) -> list[str]:
+    """Claim up to ``limit`` due deliveries for one attempt each.
+
+    On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several dispatchers claim at once without
+    waiting on, or taking, each other's rows. The claim pushes ``next_attempt_at`` to the
+    end of the lease, so a dispatcher that dies mid-attempt is retried after the lease.
+    Only rows that carry ``token`` afterwards are this caller's (see ``claimed``).
+    """
+    due = (
+        select(Delivery.id)
+        .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
+        .order_by(Delivery.next_attempt_at, Delivery.event_position)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await conn.execute(due)).scalars())
+    if not ids:
+        return []
+    # The update checks again that each row is still due, so that on SQLite, where the
+    # select takes no lock, a second process that selected the same rows claims none.
+    await conn.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.status == "pending", Delivery.next_attempt_at <= now)
+        .values(
+            claim_token=token,
+            next_attempt_at=lease_until,
+            attempts=Delivery.attempts + 1,
+            last_attempt_at=now,
+        )
+    )
+    return ids
+
+
+async def claimed(conn: AsyncConnection, ids: Sequence[str], token: str) -> list[ClaimedDelivery]:
+    result = await conn.execute(
+        select(
+            Delivery.id.label("delivery_id"),
+            Delivery.attempts,
+            *_SUBSCRIPTION_COLUMNS,
+            *[c.label(f"event_{c.key}") for c in _EVENT_COLUMNS],
+        )
+        .join(Subscription, Subscription.id == Delivery.subscription_id)
+        .join(OutboxEvent, OutboxEvent.position == Delivery.event_position)
+        .where(Delivery.id.in_(list(ids)), Delivery.claim_token == token)
+        .order_by(Delivery.event_position)
+    )
+    found = []
+    for row in result:
+        event = EventRow(
+            position=int(row.event_position),
+            event_id=row.event_event_id,
+            citizen_id=row.event_citizen_id,
+            fields=list(row.event_fields),
+            owner=row.event_owner,
+            occurred_at=row.event_occurred_at,
+        )
+        found.append(
+            ClaimedDelivery(
+                id=row.delivery_id,
+                claim_token=token,
+                attempts=int(row.attempts),
+                subscription=_subscription(row),
+                event=event,
+            )
+        )
+    return found
+
+
+async def record_result(conn: AsyncConnection, delivery_id: str, token: str, values: dict[str, Any]) -> bool:
+    """Store an attempt's outcome, if the claim is still this dispatcher's."""
+    result = await conn.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.claim_token == token)
+        .values(claim_token=None, **values)
+    )
+    return bool(result.rowcount)
+
+
+async def next_due_at(conn: AsyncConnection) -> datetime | None:
+    result = await conn.execute(
+        select(func.min(Delivery.next_attempt_at)).where(Delivery.status == "pending")
+    )
+    due: datetime | None = result.scalar_one_or_none()
+    return due
+
+
+# --- deliveries as the API shows them -----------------------------------------------------
+
+
+async def list_deliveries(
+    conn: AsyncConnection, subscription_id: str, *, after: int | None, limit: int
+) -> list[Any]:
+    statement = (
+        select(
+            Delivery.id,
+            Delivery.event_position,
+            Delivery.status,
+            Delivery.attempts,
+            Delivery.next_attempt_at,
+            Delivery.last_attempt_at,
+            Delivery.last_status_code,
+            Delivery.last_error,
+            Delivery.delivered_at,
+            Delivery.created_at,
+            OutboxEvent.event_id,
+            OutboxEvent.citizen_id,
+        )
+        .join(OutboxEvent, OutboxEvent.position == Delivery.event_position)
+        .where(Delivery.subscription_id == subscription_id)
+    )
+    if after is not None:
+        statement = statement.where(Delivery.event_position > after)
+    result = await conn.execute(statement.order_by(Delivery.event_position).limit(limit))
+    return list(result)
+
+
+async def requeue_dead(conn: AsyncConnection, subscription_id: str, now: datetime) -> int:
+    """Put every dead delivery of a subscription back in the queue, with fresh attempts."""
+    result = await conn.execute(
+        update(Delivery)
+        .where(Delivery.subscription_id == subscription_id, Delivery.status == "dead")
+        .values(status="pending", attempts=0, next_attempt_at=now, claim_token=None)
+    )
+    return int(result.rowcount)

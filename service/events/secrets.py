@@ -1,0 +1,86 @@
+"""Webhook signing secrets: made once, shown once, stored only encrypted.
+
+The service must sign every delivery, so it cannot keep just a hash of the secret as it
+does for client secrets. It keeps the secret under AES-256-GCM with a key derived (HKDF)
+from the root key; the subscription id is the associated data, so a ciphertext copied to
+another subscription does not decrypt.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from service.config import Settings
+from service.errors import ServiceUnavailable
+
+SECRET_PREFIX = "whsec_"  # noqa: S105  (the Standard Webhooks prefix, not a secret)
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+_HKDF_INFO = b"tellonce/events/webhook-secrets/v1"
+
+
+class SigningKeyUnavailable(ServiceUnavailable):
+    title, slug = "Webhook signing unavailable", "webhook-signing-unavailable"
+
+
+class SecretUndecryptable(Exception):
+    """A stored secret did not decrypt: a different root key, or a tampered row."""
+
+
+def new_signing_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _root_key(settings: Settings) -> bytes:
+    if settings.root_key is not None:
+        text = settings.root_key.get_secret_value()
+    elif settings.root_key_file.is_file():
+        text = settings.root_key_file.read_text()
+    else:
+        raise SigningKeyUnavailable("No root key is configured, so webhook secrets cannot be kept.")
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SigningKeyUnavailable("The root key is not base64.") from None
+    if len(key) != 32:
+        raise SigningKeyUnavailable("The root key is not 32 bytes.")
+    return key
+
+
+class SecretBox:
+    """Encrypts and decrypts webhook secrets; its repr never shows the key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretBox:
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(
+            _root_key(settings)
+        )
+        return cls(derived)
+
+    def seal(self, secret: str, subscription_id: str) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return _VERSION + nonce + self._aead.encrypt(nonce, secret.encode(), subscription_id.encode())
+
+    def open(self, sealed: bytes, subscription_id: str) -> str:
+        if not sealed.startswith(_VERSION) or len(sealed) <= 1 + _NONCE_BYTES:
+            raise SecretUndecryptable("unknown webhook secret format")
+        nonce, body = sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :]
+        try:
+            return self._aead.decrypt(nonce, body, subscription_id.encode()).decode()
+        except InvalidTag:
+            raise SecretUndecryptable("the webhook secret did not decrypt") from None
+
+    def __repr__(self) -> str:
+        return "SecretBox(<key hidden>)"

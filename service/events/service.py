@@ -1,0 +1,537 @@
+"""The rules of tell-us-once events: the outbox, subscriptions and the pull feed.
+
+The records write path calls ``record_change`` inside its own transaction, once per
+owning department whose fields changed, and ``notify`` after that transaction commits.
+A write that rolls back takes its outbox rows with it, so nothing is ever told about a
+change that did not happen.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.auth.dependencies import Principal
+from service.catalog import service as catalog_service
+from service.catalog.schemas import Catalog
+from service.config import Settings
+from service.db import utcnow
+from service.events import repository
+from service.events.access import AuditSink, PolicySource, audit_entry
+from service.events.errors import (
+    InvalidCursor,
+    InvalidSubscription,
+    SubscribeNotPermitted,
+    SubscriptionNotFound,
+    UnsafeWebhookUrl,
+)
+from service.events.notifier import EventNotifier, feed_notifier
+from service.events.schemas import (
+    DeliveryOut,
+    DeliveryPage,
+    EventData,
+    FeedPage,
+    RedeliverOut,
+    SubscriptionCreated,
+    SubscriptionIn,
+    SubscriptionOut,
+    SubscriptionPage,
+)
+from service.events.secrets import SecretBox, new_signing_secret
+from service.events.targets import Resolver, UnsafeWebhookTarget, check_target, parse
+
+MAX_WAIT_SECONDS = 30
+# Outbox rows one feed read looks at before it answers (possibly with no items, but a
+# cursor further on), so a consumer far behind is never held in one long scan.
+FEED_SCAN_BUDGET = 5000
+_FEED_BATCH = 500
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass
+class EventsRuntime:
+    """What the events domain needs at run time; one per app on ``app.state.events``."""
+
+    settings: Settings
+    engine: AsyncEngine
+    policy: PolicySource
+    audit: AuditSink
+    notifier: EventNotifier = field(default_factory=lambda: feed_notifier)
+    # None: the system resolver. Tests give a stub that never leaves the machine.
+    resolver: Resolver | None = None
+    _secret_box: SecretBox | None = None
+
+    @property
+    def secret_box(self) -> SecretBox:
+        if self._secret_box is None:
+            self._secret_box = SecretBox.from_settings(self.settings)
+        return self._secret_box
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The consumer, and the request facts each audit entry records."""
+
+    principal: Principal
+    request_id: str
+    source: str | None = None
+
+    @property
+    def department(self) -> str:
+        return self.principal.department
+
+
+# --- the outbox: called by the records write path -----------------------------------------
+
+
+async def record_change(
+    conn: AsyncConnection,
+    *,
+    citizen_id: str,
+    fields: Sequence[str],
+    owner: str,
+    occurred_at: datetime | None = None,
+) -> str:
+    """Add one change event to the outbox inside the caller's transaction; return its id.
+
+    ``fields`` are the names of the changed fields that ``owner`` owns; never values. The
+    event becomes visible when the caller's transaction commits, and vanishes if it rolls
+    back. Call ``notify()`` after the commit to wake waiting feeds and the dispatcher.
+    """
+    if isinstance(fields, (str, bytes, Mapping)):
+        raise TypeError("record_change takes a list of field names, never values")
+    names = list(dict.fromkeys(fields))
+    if not names or not all(isinstance(name, str) and _FIELD_NAME.match(name) for name in names):
+        raise ValueError("record_change needs at least one field name, and only field names")
+    event_id = str(uuid.uuid4())
+    await repository.lock_outbox(conn)
+    await repository.insert_event(
+        conn,
+        event_id=event_id,
+        citizen_id=citizen_id,
+        fields=names,
+        owner=owner,
+        occurred_at=occurred_at or utcnow(),
+    )
+    await repository.notify_on_commit(conn)
+    return event_id
+
+
+def notify(target: Any = None) -> None:
+    """Wake feeds and dispatchers waiting in this process; call after the write commits.
+
+    ``target`` may be an ``EventNotifier``, an app's ``state`` (or anything with an
+    ``events_notifier`` attribute), or nothing for the process-wide notifier.
+    """
+    if isinstance(target, EventNotifier):
+        target.notify()
+        return
+    notifier = getattr(target, "events_notifier", None) if target is not None else None
+    (notifier if isinstance(notifier, EventNotifier) else feed_notifier).notify()
+
+
+# --- cursors ------------------------------------------------------------------------------
+
+
+def _encode(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _bad_cursor(loc: list[str | int]) -> InvalidCursor:
+    return InvalidCursor(
+        "The cursor is not one this service gave.", errors=[{"loc": loc, "msg": "invalid cursor"}]
+    )
+
+
+def _decode(cursor: str, loc: list[str | int]) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _bad_cursor(loc) from None
+
+
+def encode_position(position: int) -> str:
+    return _encode(f"e1:{position}")
+
+
+def decode_position(cursor: str, loc: list[str | int]) -> int:
+    text = _decode(cursor, loc)
+    prefix, _, number = text.partition(":")
+    if prefix != "e1" or not number.isdigit():
+        raise _bad_cursor(loc)
+    return int(number)
+
+
+# --- subscriptions ------------------------------------------------------------------------
+
+
+def _validate_against_catalog(catalog: Catalog, body: SubscriptionIn) -> list[str]:
+    errors: list[dict[str, Any]] = [
+        {"loc": ["body", "fields", index], "msg": f"unknown field {name!r}"}
+        for index, name in enumerate(body.fields)
+        if catalog.field(name) is None
+    ]
+    if catalog.purpose(body.purpose) is None:
+        errors.append({"loc": ["body", "purpose"], "msg": f"unknown purpose {body.purpose!r}"})
+    if errors:
+        raise InvalidSubscription(
+            "The subscription names fields or a purpose the catalog does not have.", errors=errors
+        )
+    return list(dict.fromkeys(body.fields))
+
+
+def _subscription_out(row: repository.SubscriptionRow) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=row.id,
+        department=row.department,
+        fields=row.fields,
+        purpose=row.purpose,
+        webhook_url=row.webhook_url,
+        status="active" if row.status == "active" else "deleted",
+        created_at=row.created_at,
+    )
+
+
+async def create_subscription(
+    runtime: EventsRuntime, caller: Caller, body: SubscriptionIn
+) -> SubscriptionCreated:
+    """Refused (403) unless an agreement lets the caller's department subscribe to every field
+    for the purpose. At this point no citizen is in view, so conditions are judged as for an
+    active citizen; every event is checked again, with its citizen's real status."""
+    now = utcnow()
+    async with runtime.engine.connect() as conn:
+        catalog = await catalog_service.current_cached(conn)
+        fields = _validate_against_catalog(catalog, body)
+        if body.webhook_url is not None:
+            try:
+                parse(body.webhook_url)
+            except UnsafeWebhookTarget as exc:
+                raise _unsafe(exc) from None
+        decide = await runtime.policy.current(conn)
+    decisions = decide(caller.department, fields, body.purpose, "active", now)
+    denied = [name for name in fields if decisions[name].effect != "permit"]
+    owners = [spec.owner for name in fields if (spec := catalog.field(name)) is not None]
+    entry = audit_entry(
+        action="subscribe",
+        time=now,
+        client_id=caller.principal.client_id,
+        department=caller.department,
+        on_behalf_of=caller.principal.on_behalf_of,
+        citizen_id=None,
+        owners=owners,
+        requested=fields,
+        decisions=decisions,
+        purpose=body.purpose,
+        status=403 if denied else 201,
+        request_id=caller.request_id,
+        source=caller.source,
+    )
+    if denied:
+        await runtime.audit.record([entry])
+        reasons = "; ".join(f"{name}: {decisions[name].reason}" for name in denied)
+        raise SubscribeNotPermitted(
+            f"Your department may not subscribe to {', '.join(denied)} for {body.purpose}: {reasons}"
+        )
+    if body.webhook_url is not None:
+        try:
+            await check_target(
+                body.webhook_url,
+                allow_private=runtime.settings.webhook_allow_private,
+                resolver=runtime.resolver,
+            )
+        except UnsafeWebhookTarget as exc:
+            raise _unsafe(exc) from None
+    subscription_id = str(uuid.uuid4())
+    secret = new_signing_secret() if body.webhook_url is not None else None
+    sealed = runtime.secret_box.seal(secret, subscription_id) if secret is not None else None
+    # Audited before it is stored, so no subscription exists that the trail does not show.
+    await runtime.audit.record([entry])
+    async with runtime.engine.begin() as conn:
+        head = await repository.head_position(conn)
+        await repository.insert_subscription(
+            conn,
+            {
+                "id": subscription_id,
+                "department": caller.department,
+                "client_id": caller.principal.client_id,
+                "fields": fields,
+                "purpose": body.purpose,
+                "webhook_url": body.webhook_url,
+                "secret_ciphertext": sealed,
+                "start_position": head,
+                "fanout_position": head,
+                "status": "active",
+                "created_at": now,
+            },
+        )
+    return SubscriptionCreated(
+        id=subscription_id,
+        department=caller.department,
+        fields=fields,
+        purpose=body.purpose,
+        webhook_url=body.webhook_url,
+        status="active",
+        created_at=now,
+        secret=secret,
+    )
+
+
+def _unsafe(exc: UnsafeWebhookTarget) -> UnsafeWebhookUrl:
+    message = str(exc)
+    return UnsafeWebhookUrl(
+        f"The webhook URL is refused: {message}.",
+        errors=[{"loc": ["body", "webhook_url"], "msg": message}],
+    )
+
+
+async def _own_subscription(
+    conn: AsyncConnection, caller: Caller, subscription_id: str
+) -> repository.SubscriptionRow:
+    """The subscription if it is the caller's department's and not deleted; 404 otherwise,
+    so one department cannot learn of another's subscriptions."""
+    row = await repository.get_subscription(conn, subscription_id)
+    if row is None or row.department != caller.department or row.status != "active":
+        raise SubscriptionNotFound("No such subscription.")
+    return row
+
+
+async def get_subscription(runtime: EventsRuntime, caller: Caller, subscription_id: str) -> SubscriptionOut:
+    async with runtime.engine.connect() as conn:
+        return _subscription_out(await _own_subscription(conn, caller, subscription_id))
+
+
+async def delete_subscription(runtime: EventsRuntime, caller: Caller, subscription_id: str) -> None:
+    async with runtime.engine.begin() as conn:
+        await _own_subscription(conn, caller, subscription_id)
+        await repository.delete_subscription(conn, subscription_id, utcnow())
+
+
+async def list_subscriptions(
+    runtime: EventsRuntime, caller: Caller, *, cursor: str | None, limit: int
+) -> SubscriptionPage:
+    after: tuple[datetime, str] | None = None
+    if cursor:
+        text = _decode(cursor, ["query", "cursor"])
+        stamp, _, last_id = text.partition("|")
+        try:
+            after = (datetime.fromisoformat(stamp), last_id)
+        except ValueError:
+            raise _bad_cursor(["query", "cursor"]) from None
+        if after[0].tzinfo is None or not last_id:
+            raise _bad_cursor(["query", "cursor"])
+    async with runtime.engine.connect() as conn:
+        rows = await repository.list_subscriptions(conn, caller.department, after=after, limit=limit + 1)
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = _encode(f"{last.created_at.isoformat()}|{last.id}")
+    return SubscriptionPage(items=[_subscription_out(row) for row in page], next_cursor=next_cursor)
+
+
+# --- deliveries ---------------------------------------------------------------------------
+
+
+async def list_deliveries(
+    runtime: EventsRuntime, caller: Caller, subscription_id: str, *, cursor: str | None, limit: int
+) -> DeliveryPage:
+    after = decode_position(cursor, ["query", "cursor"]) if cursor else None
+    async with runtime.engine.connect() as conn:
+        await _own_subscription(conn, caller, subscription_id)
+        rows = await repository.list_deliveries(conn, subscription_id, after=after, limit=limit + 1)
+    page = rows[:limit]
+    items = [
+        DeliveryOut(
+            id=row.id,
+            webhook_id=webhook_id(row.id),
+            event_id=row.event_id,
+            citizen_id=row.citizen_id,
+            status=row.status,
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+            last_attempt_at=row.last_attempt_at,
+            last_status_code=row.last_status_code,
+            last_error=row.last_error,
+            delivered_at=row.delivered_at,
+            created_at=row.created_at,
+        )
+        for row in page
+    ]
+    next_cursor = encode_position(int(page[-1].event_position)) if len(rows) > limit else None
+    return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
+async def redeliver(runtime: EventsRuntime, caller: Caller, subscription_id: str) -> RedeliverOut:
+    """Queue every dead delivery of the subscription again; policy is checked again at send."""
+    async with runtime.engine.begin() as conn:
+        await _own_subscription(conn, caller, subscription_id)
+        count = await repository.requeue_dead(conn, subscription_id, utcnow())
+    if count:
+        runtime.notifier.notify()
+    return RedeliverOut(requeued=count)
+
+
+def webhook_id(delivery_id: str) -> str:
+    """The stable ``webhook-id`` of a delivery: the same on every attempt and redelivery."""
+    return "msg_" + uuid.UUID(delivery_id).hex
+
+
+# --- the feed -----------------------------------------------------------------------------
+
+
+@dataclass
+class _FeedScan:
+    items: list[EventData]
+    # (citizen, owner, purpose) -> audit entry, for each event released in this read.
+    entries: list[dict[str, Any]]
+    cursor: int
+    # True when the scan stopped at its budget with more of the outbox still to read.
+    more: bool = False
+
+
+async def _scan(runtime: EventsRuntime, caller: Caller, after: int | None, limit: int) -> _FeedScan:
+    now = utcnow()
+    items: list[EventData] = []
+    entries: list[dict[str, Any]] = []
+    async with runtime.engine.connect() as conn:
+        subscriptions = await repository.active_subscriptions(conn, caller.department)
+        if after is None:
+            # A first read starts where the department's earliest subscription started.
+            after = (
+                min(s.start_position for s in subscriptions)
+                if subscriptions
+                else await repository.head_position(conn)
+            )
+        if not subscriptions:
+            return _FeedScan(items, entries, after)
+        decide = None
+        scanned = 0
+        while len(items) < limit and scanned < FEED_SCAN_BUDGET:
+            rows = await repository.events_after(conn, after, _FEED_BATCH)
+            if not rows:
+                break
+            candidates = [
+                (
+                    row,
+                    [
+                        s
+                        for s in subscriptions
+                        if row.position > s.start_position and set(row.fields) & set(s.fields)
+                    ],
+                )
+                for row in rows
+            ]
+            wanted = [row.citizen_id for row, matching in candidates if matching]
+            statuses = await repository.citizen_statuses(conn, wanted)
+            if wanted and decide is None:
+                decide = await runtime.policy.current(conn)
+            for row, matching in candidates:
+                after = row.position
+                scanned += 1
+                if matching and decide is not None:
+                    released, row_entries = _release(
+                        caller, row, matching, statuses.get(row.citizen_id), decide, now
+                    )
+                    if released:
+                        items.append(
+                            EventData(
+                                event_id=row.event_id,
+                                citizen_id=row.citizen_id,
+                                fields=released,
+                                owner=row.owner,
+                                occurred_at=row.occurred_at,
+                            )
+                        )
+                        entries.extend(row_entries)
+                if len(items) >= limit:
+                    break
+    return _FeedScan(items, entries, after, more=scanned >= FEED_SCAN_BUDGET)
+
+
+def _release(
+    caller: Caller,
+    row: repository.EventRow,
+    matching: Sequence[repository.SubscriptionRow],
+    citizen_status: str | None,
+    decide: Any,
+    now: datetime,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The fields of ``row`` the caller may be told of now, and one audit entry per purpose."""
+    by_purpose: dict[str, list[str]] = {}
+    for subscription in matching:
+        wanted = by_purpose.setdefault(subscription.purpose, [])
+        wanted.extend(f for f in row.fields if f in subscription.fields and f not in wanted)
+    released: set[str] = set()
+    entries = []
+    for purpose, requested in by_purpose.items():
+        decisions = decide(caller.department, requested, purpose, citizen_status, now)
+        permitted = [f for f in requested if decisions[f].effect == "permit"]
+        if permitted:
+            released.update(permitted)
+            entries.append(
+                audit_entry(
+                    action="feed",
+                    time=now,
+                    client_id=caller.principal.client_id,
+                    department=caller.department,
+                    on_behalf_of=caller.principal.on_behalf_of,
+                    citizen_id=row.citizen_id,
+                    owners=[row.owner],
+                    requested=requested,
+                    decisions=decisions,
+                    purpose=purpose,
+                    status=200,
+                    request_id=caller.request_id,
+                    source=caller.source,
+                )
+            )
+    return [f for f in row.fields if f in released], entries
+
+
+async def read_feed(
+    runtime: EventsRuntime,
+    caller: Caller,
+    *,
+    after: str | None,
+    limit: int,
+    wait: float,
+) -> FeedPage:
+    """Events after the cursor that the caller subscribed to and may still subscribe to now.
+
+    With ``wait`` the call holds until an event arrives or ``wait`` seconds pass: a commit
+    in this process wakes it at once; commits in other processes are seen within the poll
+    interval. Every event returned is audited (action ``feed``) before the response.
+    """
+    position = decode_position(after, ["query", "after"]) if after else None
+    deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
+    poll = runtime.settings.events_poll_interval_seconds
+    while True:
+        generation = runtime.notifier.generation
+        scan = await _scan(runtime, caller, position, limit)
+        position = scan.cursor
+        remaining = deadline - time.monotonic()
+        if scan.items or remaining <= 0:
+            break
+        # More of the outbox to read, or something committed while scanning: look again now.
+        if scan.more or runtime.notifier.generation != generation:
+            continue
+        await runtime.notifier.wait(min(poll, remaining))
+    if scan.entries:
+        await runtime.audit.record(scan.entries)
+    return FeedPage(items=scan.items, cursor=encode_position(scan.cursor))
+
+
+def dumps_payload(data: EventData) -> str:
+    """The webhook body: compact JSON of ``{"type", "data"}``, exactly the bytes signed."""
+    payload = {"type": "citizen.fields_changed", "data": data.model_dump(mode="json")}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

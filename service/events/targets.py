@@ -1,0 +1,111 @@
+"""Webhook targets: a subscriber may not make the service call into its own network.
+
+A URL must be http or https, name a host, and carry no credentials. Every address the
+host resolves to must be a public unicast address; private, loopback, link-local,
+multicast, reserved, shared and unspecified addresses are refused unless the
+development setting ``TELLONCE_WEBHOOK_ALLOW_PRIVATE`` allows them. The dispatcher
+checks again before every attempt, because a name may resolve elsewhere later (DNS
+rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from urllib.parse import SplitResult, urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> the addresses it resolves to; replaceable in tests.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+MAX_URL_LENGTH = 2048
+
+
+class UnsafeWebhookTarget(ValueError):
+    """Why a webhook URL is refused, in words a department developer can act on."""
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses of ``host`` from the system resolver, without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def _address(text: str) -> IPAddress:
+    # An IPv6 address may carry a zone ("fe80::1%eth0"); the zone does not change its kind.
+    return ipaddress.ip_address(text.split("%", 1)[0])
+
+
+def refusal(address: IPAddress, *, allow_private: bool) -> str | None:
+    """Why ``address`` may not be a webhook target; ``None`` when it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return refusal(address.ipv4_mapped, allow_private=allow_private)
+    # Never valid targets, whatever the setting.
+    if address.is_unspecified:
+        return "is the unspecified address"
+    if address.is_multicast:
+        return "is a multicast address"
+    if allow_private:
+        return None
+    if address.is_loopback:
+        return "is a loopback address"
+    if address.is_link_local:
+        return "is a link-local address"
+    if address.is_private:
+        return "is a private address"
+    if address.is_reserved:
+        return "is a reserved address"
+    if not address.is_global:
+        return "is not a public address"
+    return None
+
+
+def parse(url: str) -> SplitResult:
+    """Check the URL's shape (scheme, host, no credentials) before anything is resolved."""
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeWebhookTarget(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise UnsafeWebhookTarget("the URL is not well formed") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeWebhookTarget("only http and https webhook URLs are accepted")
+    if not parts.hostname:
+        raise UnsafeWebhookTarget("the URL names no host")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeWebhookTarget("the URL may not carry credentials")
+    if port == 0:
+        raise UnsafeWebhookTarget("the URL's port is not valid")
+    return parts
+
+
+async def check_target(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> None:
+    """Raise ``UnsafeWebhookTarget`` unless every address of the URL's host may be called."""
+    parts = parse(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = [_address(host)]
+    except ValueError:
+        try:
+            resolved = await (resolver or system_resolver)(host, port)
+        except OSError:
+            raise UnsafeWebhookTarget(f"the host {host} could not be resolved") from None
+        try:
+            addresses = [_address(text) for text in resolved]
+        except ValueError:
+            raise UnsafeWebhookTarget(
+                f"the host {host} resolved to something that is not an address"
+            ) from None
+    if not addresses:
+        raise UnsafeWebhookTarget(f"the host {host} could not be resolved")
+    for address in addresses:
+        why = refusal(address, allow_private=allow_private)
+        if why is not None:
+            raise UnsafeWebhookTarget(
+                f"the host {host} resolves to {address}, which {why}; webhooks go only to public addresses"
+            )

@@ -1,0 +1,389 @@
+"""Webhooks: signed to the Standard Webhooks spec, retried with backoff, dead-lettered, replayed."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from service.events.dispatcher import Dispatcher, backoff_seconds
+from service.events.models import Delivery
+from service.events.service import EventsRuntime
+from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit, running
+from tests.fixtures.auth import act_as
+from tests.fixtures.webhooks import WebhookReceiver
+
+
+async def _subscribe(api: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    response = await api.post(
+        "/v1/subscriptions",
+        json={
+            "fields": ["date_of_death", "licence_status"],
+            "purpose": "licence-administration",
+            "webhook_url": url,
+        },
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+@pytest.fixture
+async def dvla_hook(events_app: FastAPI, api: httpx.AsyncClient, receiver: WebhookReceiver) -> dict[str, Any]:
+    """DVLA, subscribed by webhook to date of death for licence administration."""
+    act_as(events_app, "dvla", "consumer")
+    return await _subscribe(api, receiver.url)
+
+
+async def _deliveries(api: httpx.AsyncClient, subscription_id: str) -> list[dict[str, Any]]:
+    response = await api.get(f"/v1/subscriptions/{subscription_id}/deliveries")
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+class TestSignedDelivery:
+    async def test_receiver_verifies_the_signature_with_standardwebhooks(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        citizen = await add_citizen(events_engine)
+        event_id = await emit(runtime, citizen, ["date_of_death", "address"], "register")
+        async with running(dispatcher):
+            [request] = await receiver.until(1)
+        verified = Webhook(dvla_hook["secret"]).verify(request.body, request.headers)
+        assert verified["type"] == "citizen.fields_changed"
+        data = verified["data"]
+        assert data["event_id"] == event_id
+        assert data["citizen_id"] == citizen
+        # Only the subscribed field that changed; address is not DVLA's business.
+        assert data["fields"] == ["date_of_death"]
+        assert data["owner"] == "register"
+        assert set(data) == {"event_id", "citizen_id", "fields", "owner", "occurred_at"}
+        assert request.headers["content-type"] == "application/json"
+        # A forged or altered body fails verification.
+        with pytest.raises(WebhookVerificationError):
+            Webhook(dvla_hook["secret"]).verify(
+                request.body.replace(b"register", b"Register"), request.headers
+            )
+        with pytest.raises(WebhookVerificationError):
+            Webhook("whsec_" + "QUJD" * 8).verify(request.body, request.headers)
+        [delivery] = await _deliveries(api, dvla_hook["id"])
+        assert delivery["status"] == "delivered"
+        assert delivery["attempts"] == 1
+        assert delivery["webhook_id"] == request.headers["webhook-id"]
+        assert delivery["event_id"] == event_id
+        assert delivery["last_status_code"] == 204
+        [entry] = audit_sink.of("deliver")
+        assert entry["department"] == "dvla"
+        assert entry["citizen_id"] == citizen
+        assert entry["fields_released"] == ["date_of_death"]
+        assert entry["purpose"] == "licence-administration"
+        assert entry["decision"] == "permit"
+        assert entry["source"] == receiver.url.removesuffix("/hooks/tellonce")
+
+    async def test_events_of_other_fields_make_no_delivery(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+    ) -> None:
+        citizen = await add_citizen(events_engine)
+        await emit(runtime, citizen, ["address", "given_name"], "register")
+        assert await dispatcher.fan_out() == 0
+        await emit(runtime, citizen, ["licence_status"], "dvla")
+        assert await dispatcher.fan_out() == 1
+        assert len(await _deliveries(api, dvla_hook["id"])) == 1
+
+
+class TestRetries:
+    async def test_fails_twice_then_succeeds_with_the_same_webhook_id(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        receiver.fail_next(2, status=503)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        async with running(dispatcher):
+            await receiver.until(1)
+        assert [r.answered for r in receiver.received] == [503, 503, 204]
+        assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+        for request in receiver.received:
+            Webhook(dvla_hook["secret"]).verify(request.body, request.headers)
+        [delivery] = await _deliveries(api, dvla_hook["id"])
+        assert delivery["status"] == "delivered"
+        assert delivery["attempts"] == 3
+        assert delivery["last_error"] is None
+        # Every attempt released the event, so every attempt is in the audit trail.
+        assert len(audit_sink.of("deliver")) == 3
+
+    def test_backoff_grows_exponentially_with_jitter_up_to_the_cap(self) -> None:
+        rng = random.Random(7)
+        for attempt, ceiling in [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (8, 60.0), (30, 60.0)]:
+            delays = [backoff_seconds(attempt, base=2.0, cap=60.0, rng=rng) for _ in range(50)]
+            assert all(ceiling / 2 <= d <= ceiling for d in delays)
+            assert len(set(delays)) > 1
+
+    async def test_unreachable_receiver_is_retried_and_recorded(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        # Nothing listens on port 9 (discard) of the loopback.
+        created = await _subscribe(api, "http://127.0.0.1:9/hook")
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        [delivery] = await _deliveries(api, created["id"])
+        assert delivery["status"] == "pending"
+        assert delivery["attempts"] == 1
+        assert delivery["last_error"] == "could not reach the receiver: ConnectError"
+        assert delivery["last_status_code"] is None
+
+
+class TestDeadLetters:
+    async def test_dead_after_max_attempts_then_redelivered(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+    ) -> None:
+        receiver.fail_always(status=500)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        max_attempts = runtime.settings.webhook_max_attempts
+        async with running(dispatcher):
+            await receiver.until(max_attempts, accepted=False)
+            # The last attempt's result is written just after the receiver answered.
+            while (await _deliveries(api, dvla_hook["id"]))[0]["status"] != "dead":
+                await receiver.until(max_attempts, accepted=False, timeout=5)
+        [dead] = await _deliveries(api, dvla_hook["id"])
+        assert dead["status"] == "dead"
+        assert dead["attempts"] == max_attempts
+        assert dead["last_error"] == "the receiver answered 500"
+        assert dead["last_status_code"] == 500
+        assert dead["next_attempt_at"] is None
+        assert len(receiver.received) == max_attempts
+
+        receiver.recover()
+        response = await api.post(f"/v1/subscriptions/{dvla_hook['id']}/redeliver")
+        assert response.status_code == 200
+        assert response.json() == {"requeued": 1}
+        async with running(dispatcher):
+            [accepted] = await receiver.until(1)
+        assert accepted.headers["webhook-id"] == dead["webhook_id"]
+        [delivered] = await _deliveries(api, dvla_hook["id"])
+        assert delivered["status"] == "delivered"
+        again = await api.post(f"/v1/subscriptions/{dvla_hook['id']}/redeliver")
+        assert again.json() == {"requeued": 0}
+
+
+class TestPolicyAtDelivery:
+    async def test_revoked_before_delivery_is_withheld_and_audited(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        agreements: LiveAgreements,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        citizen = await add_citizen(events_engine)
+        await emit(runtime, citizen, ["date_of_death"], "register")
+        await agreements.revoke("deaths-to-dvla")
+        await dispatcher.run_once()
+        [delivery] = await _deliveries(api, dvla_hook["id"])
+        assert delivery["status"] == "withheld"
+        assert "withheld by policy" in delivery["last_error"]
+        assert receiver.received == []
+        [entry] = audit_sink.of("deliver")
+        assert entry["decision"] == "deny"
+        assert entry["fields_released"] == []
+        assert entry["citizen_id"] == citizen
+
+    async def test_condition_is_checked_with_the_citizens_status_now(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        # Welfare hears of address changes only while the citizen is active.
+        act_as(events_app, "welfare", "consumer")
+        response = await api.post(
+            "/v1/subscriptions",
+            json={"fields": ["address"], "purpose": "benefit-eligibility", "webhook_url": receiver.url},
+        )
+        assert response.status_code == 201, response.text
+        subscription_id = response.json()["id"]
+        await emit(runtime, await add_citizen(events_engine, status="deceased"), ["address"], "register")
+        told = await emit(runtime, await add_citizen(events_engine), ["address"], "register")
+        await dispatcher.run_once()
+        assert [d["status"] for d in await _deliveries(api, subscription_id)] == ["withheld", "delivered"]
+        [request] = receiver.received
+        assert json.loads(request.body)["data"]["event_id"] == told
+
+    async def test_nothing_is_sent_while_the_audit_is_down(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        audit_sink.failing = True
+        await dispatcher.run_once()
+        [delivery] = await _deliveries(api, dvla_hook["id"])
+        assert delivery["status"] == "pending"
+        assert delivery["last_error"] == "the audit log is unavailable; nothing was sent"
+        assert receiver.received == []
+
+    async def test_dns_rebinding_to_a_private_address_is_refused_at_delivery(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        answers = {"hooks.dvla.example": ["93.184.215.14"]}
+
+        async def resolve(host: str, port: int) -> list[str]:
+            return answers[host]
+
+        runtime.resolver = resolve
+        runtime.settings = runtime.settings.model_copy(update={"webhook_allow_private": False})
+        act_as(events_app, "dvla", "consumer")
+        created = await _subscribe(api, "https://hooks.dvla.example/in")
+        # After the check at subscription, the name now points into the private network.
+        answers["hooks.dvla.example"] = ["10.0.0.5"]
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        [delivery] = await _deliveries(api, created["id"])
+        assert delivery["status"] == "pending"
+        assert delivery["last_error"].startswith(
+            "target refused: the host hooks.dvla.example resolves to 10.0.0.5"
+        )
+
+
+class TestDeliveriesApi:
+    async def test_pages_with_a_cursor(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+    ) -> None:
+        citizen = await add_citizen(events_engine)
+        sent = [await emit(runtime, citizen, ["licence_status"], "dvla") for _ in range(3)]
+        await dispatcher.fan_out()
+        first = (await api.get(f"/v1/subscriptions/{dvla_hook['id']}/deliveries", params={"limit": 2})).json()
+        assert [d["event_id"] for d in first["items"]] == sent[:2]
+        assert all(d["status"] == "pending" and d["attempts"] == 0 for d in first["items"])
+        rest = (
+            await api.get(
+                f"/v1/subscriptions/{dvla_hook['id']}/deliveries",
+                params={"limit": 2, "cursor": first["next_cursor"]},
+            )
+        ).json()
+        assert [d["event_id"] for d in rest["items"]] == sent[2:]
+        assert rest["next_cursor"] is None
+
+    async def test_deleting_the_subscription_cancels_what_is_queued(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+    ) -> None:
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.fan_out()
+        assert (await api.delete(f"/v1/subscriptions/{dvla_hook['id']}")).status_code == 204
+        assert await dispatcher.run_once() == 0
+        async with events_engine.connect() as conn:
+            statuses = (await conn.execute(select(Delivery.status))).scalars().all()
+        assert statuses == ["cancelled"]
+        assert receiver.received == []
+
+
+class TestClaims:
+    async def test_a_claimed_attempt_is_not_claimed_again_until_its_lease_ends(
+        self,
+        dvla_hook: dict[str, Any],
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        first, second = Dispatcher(runtime), Dispatcher(runtime)
+        try:
+            await first.fan_out()
+            [claimed] = await first.claim()
+            assert await second.claim() == []
+            async with events_engine.begin() as conn:
+                # The first dispatcher died mid-attempt: its lease runs out.
+                await conn.execute(
+                    update(Delivery).values(next_attempt_at=claimed.event.occurred_at - timedelta(seconds=1))
+                )
+            [taken_over] = await second.claim()
+            assert taken_over.id == claimed.id
+            assert taken_over.attempts == 2
+            # The first dispatcher's late result no longer lands.
+            await first._record([claimed], {claimed.id: {"status": "delivered"}})
+            async with events_engine.connect() as conn:
+                assert (await conn.execute(select(Delivery.status))).scalar_one() == "pending"
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    async def test_payload_is_compact_json_of_type_and_data(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        await emit(runtime, await add_citizen(events_engine), ["licence_status"], "dvla")
+        async with running(dispatcher):
+            [request] = await receiver.until(1)
+        payload = json.loads(request.body)
+        assert list(payload) == ["type", "data"]
+        assert int(request.headers["webhook-timestamp"]) > 0
+        assert request.headers["webhook-signature"].startswith("v1,")

@@ -1,0 +1,216 @@
+"""The whole path through the app: a PATCH by the owner, the outbox, the feed and a signed
+webhook, with the real policy engine and the real audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook
+
+from service.app import create_app
+from service.audit.models import AuditEntryRow
+from service.config import Settings
+from service.events import repository
+from service.events.service import EventsRuntime
+from tests.events.conftest import LiveAgreements, add_citizen, emit
+from tests.fixtures.auth import act_as
+from tests.fixtures.webhooks import WebhookReceiver
+
+
+@pytest.fixture
+async def full_app(events_settings: Settings) -> AsyncIterator[FastAPI]:
+    """The real app: auth overridden per call, everything else as in production, and the
+    dispatcher running in-process."""
+    application = create_app(events_settings.model_copy(update={"run_workers": True}))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def http(full_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=full_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+async def _register(app: FastAPI, http: httpx.AsyncClient, address: str) -> tuple[str, str]:
+    act_as(app, "register", "registrar")
+    response = await http.post(
+        "/v1/citizens",
+        json={
+            "national_id": f"NI{abs(hash(address)) % 10**8:08d}A",
+            "fields": {"given_name": "Ada", "address": address},
+        },
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"], response.headers["etag"]
+
+
+async def _patch(
+    app: FastAPI, http: httpx.AsyncClient, citizen: str, fields: dict[str, Any], etag: str | None = None
+) -> httpx.Response:
+    act_as(app, "register", "writer")
+    headers = {"If-Match": etag} if etag else {}
+    return await http.patch(
+        f"/v1/citizens/{citizen}/fields", json={"fields": fields, "reason": "told us once"}, headers=headers
+    )
+
+
+async def _audit(engine: AsyncEngine, action: str) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(AuditEntryRow.canonical).where(AuditEntryRow.action == action).order_by(AuditEntryRow.id)
+        )
+        return [json.loads(canonical) for canonical in rows.scalars()]
+
+
+class TestWriteToFeed:
+    async def test_a_patch_reaches_the_feed_and_the_read_is_audited(
+        self, full_app: FastAPI, http: httpx.AsyncClient, events_engine: AsyncEngine
+    ) -> None:
+        act_as(full_app, "welfare", "consumer")
+        response = await http.post(
+            "/v1/subscriptions",
+            json={"fields": ["address", "date_of_death"], "purpose": "benefit-eligibility"},
+        )
+        assert response.status_code == 201, response.text
+        cursor = (await http.get("/v1/events")).json()["cursor"]
+        citizen, etag = await _register(full_app, http, "1 Old Road")
+        written = await _patch(full_app, http, citizen, {"address": "2 New Street"}, etag)
+        assert written.status_code == 200, written.text
+        act_as(full_app, "welfare", "consumer")
+        page = (await http.get("/v1/events", params={"after": cursor, "wait": 5})).json()
+        changes = [item for item in page["items"] if item["citizen_id"] == citizen]
+        assert changes[-1]["fields"] == ["address"]
+        assert changes[-1]["owner"] == "register"
+        # The event names the field, never the value.
+        assert "New Street" not in json.dumps(page)
+        feed_entries = [e for e in await _audit(events_engine, "feed") if e["citizen_id"] == citizen]
+        assert feed_entries
+        assert feed_entries[-1]["department"] == "welfare"
+        assert feed_entries[-1]["fields_released"] == ["address"]
+        assert feed_entries[-1]["purpose"] == "benefit-eligibility"
+
+    async def test_a_refused_write_emits_nothing(
+        self, full_app: FastAPI, http: httpx.AsyncClient, events_engine: AsyncEngine
+    ) -> None:
+        citizen, _etag = await _register(full_app, http, "3 Quiet Lane")
+        async with events_engine.connect() as conn:
+            before = await repository.head_position(conn)
+        stale = await _patch(full_app, http, citizen, {"address": "4 Loud Lane"}, '"999"')
+        assert stale.status_code == 412, stale.text
+        async with events_engine.connect() as conn:
+            assert await repository.events_after(conn, before, 10) == []
+
+
+class TestWriteToWebhook:
+    async def test_patch_is_delivered_signed_and_audited_by_the_in_process_dispatcher(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        events_engine: AsyncEngine,
+        agreements: LiveAgreements,
+    ) -> None:
+        act_as(full_app, "dvla", "consumer")
+        response = await http.post(
+            "/v1/subscriptions",
+            json={
+                "fields": ["date_of_death"],
+                "purpose": "licence-administration",
+                "webhook_url": receiver.url,
+            },
+        )
+        assert response.status_code == 201, response.text
+        secret = response.json()["secret"]
+        citizen, etag = await _register(full_app, http, "5 Long Road")
+        written = await _patch(full_app, http, citizen, {"date_of_death": "2026-11-28"}, etag)
+        assert written.status_code == 200, written.text
+        [request] = await receiver.until(1)
+        data = Webhook(secret).verify(request.body, request.headers)["data"]
+        assert data["citizen_id"] == citizen
+        assert data["fields"] == ["date_of_death"]
+        [entry] = [e for e in await _audit(events_engine, "deliver") if e["citizen_id"] == citizen]
+        assert entry["department"] == "dvla"
+        assert entry["fields_released"] == ["date_of_death"]
+        assert entry["purpose"] == "licence-administration"
+        assert entry["legal_basis"] == ["Road Traffic Act 1988, s.99"]
+
+        # The owner revokes: the next change is withheld at delivery.
+        await agreements.revoke("deaths-to-dvla")
+        etag = written.headers["etag"]
+        again = await _patch(full_app, http, citizen, {"date_of_death": "2026-11-27"}, etag)
+        assert again.status_code == 200, again.text
+        act_as(full_app, "dvla", "consumer")
+        subscription_id = response.json()["id"]
+        deadline = time.monotonic() + 30
+        while True:
+            deliveries = (await http.get(f"/v1/subscriptions/{subscription_id}/deliveries")).json()["items"]
+            if len(deliveries) == 2 and deliveries[1]["status"] != "pending":
+                break
+            assert time.monotonic() < deadline, deliveries
+            await asyncio.sleep(0.02)
+        assert [d["status"] for d in deliveries] == ["delivered", "withheld"]
+        assert len(receiver.received) == 1
+
+
+class TestWorkerProcess:
+    async def test_tellonce_worker_delivers_and_stops_on_sigterm(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        events_database_url: str,
+        root_key: str,
+        tmp_path: Path,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        response = await api.post(
+            "/v1/subscriptions",
+            json={
+                "fields": ["date_of_death"],
+                "purpose": "licence-administration",
+                "webhook_url": receiver.url,
+            },
+        )
+        assert response.status_code == 201, response.text
+        event_id = await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        env = {
+            **os.environ,
+            "TELLONCE_ENV": "test",
+            "TELLONCE_DATABASE_URL": events_database_url,
+            "TELLONCE_DATA_DIR": str(tmp_path),
+            "TELLONCE_ROOT_KEY": root_key,
+            "TELLONCE_WEBHOOK_ALLOW_PRIVATE": "true",
+            "TELLONCE_EVENTS_POLL_INTERVAL_SECONDS": "0.1",
+            "TELLONCE_LOG_LEVEL": "WARNING",
+        }
+        log = (tmp_path / "worker.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            [request] = await receiver.until(1, timeout=60)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(worker.wait, 30)
+            log.close()
+        data = Webhook(response.json()["secret"]).verify(request.body, request.headers)["data"]
+        assert data["event_id"] == event_id
+        assert code == 0, (tmp_path / "worker.log").read_text()

@@ -14,6 +14,7 @@ from service.auth import endpoints as auth_endpoints
 from service.auth.runtime import auth_lifecycle
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
+from service.console import router as console_router
 from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import BodyLimitMiddleware, install_error_handlers
@@ -35,6 +36,7 @@ ROUTERS = [
     audit_endpoints.router,
     records_endpoints.router,
     events_endpoints.router,
+    console_router.router,
 ]
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).

@@ -25,6 +25,8 @@ __all__ = [
     "KeyJob",
     "PolicyEpoch",
 ]
+from service.console.models import ConsoleSession
 from service.events.models import Delivery, OutboxEvent, Subscription
 
 __all__ += ["Delivery", "OutboxEvent", "Subscription"]
+__all__ += ["ConsoleSession"]

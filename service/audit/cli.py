@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from service.audit import repository as audit_repository
+from service.audit import service as audit_service
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.schemas import canonical_json
@@ -47,36 +48,18 @@ def _verifier_from(key: str | None) -> NoteVerifier:
 
 
 async def verify_database(database_url: str, verifier: NoteVerifier) -> int:
-    """Check the log in the database; return its size or raise ``VerificationFailed``."""
+    """Check the log in the database up to the size it has when the check starts (a
+    running server keeps appending); return that size or raise ``VerificationFailed``."""
     engine = create_engine(database_url)
     try:
-        async with engine.connect() as conn:
-            checkpoints = [
-                StoredCheckpoint(size, root, note, f"checkpoint {cid} (size {size})")
-                for cid, size, root, note in await audit_repository.all_checkpoints(conn)
-            ]
-            size = await audit_repository.tree_size(conn)
-        log = LogVerifier(verifier, checkpoints)
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("verifying audit log", total=size)
-            after = -1
-            while True:
-                async with engine.connect() as conn:
-                    rows = await audit_repository.page_sequenced(conn, after, PAGE)
-                    recorded = await audit_repository.read_nodes(conn, [(0, leaf) for leaf, _e, _c in rows])
-                for leaf, entry_id, canonical in rows:
-                    log.add(leaf, f"entry {entry_id}", canonical or None, recorded.get((0, leaf)))
-                progress.advance(task, len(rows))
-                if len(rows) < PAGE:
-                    break
-                after = rows[-1][0]
-        async with engine.connect() as conn:
-            unsequenced = await audit_repository.unsequenced_entry(conn)
-        if unsequenced is not None:
-            raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")
-        if log.compact.size != size:
-            raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
-        return log.finish()
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("verifying audit log", total=None)
+
+            def report(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            size, _checked = await audit_service.verify_stored_log(engine, verifier, report)
+            return size
     finally:
         await engine.dispose()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit import merkle
 from service.audit import repository as audit_repository
-from service.audit.checkpoint import NoteSigner
+from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.repository import Executor
 from service.audit.schemas import Action, AuditEntry, Decision, canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
+from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
 from service.audit.writer import AuditWriter, entry_row, insert_entries
 from service.auth.dependencies import Principal
 from service.config import Settings
@@ -231,3 +232,45 @@ def _sequencer_engine(settings: Settings) -> AsyncEngine:
 
 
 __all__ = ["append_in_transaction", "audit_lifecycle", "canonical_json", "record_event", "request_entry"]
+
+
+VERIFY_PAGE = 2000
+
+
+async def verify_stored_log(
+    engine: AsyncEngine, verifier: NoteVerifier, progress: Callable[[int, int], None] | None = None
+) -> tuple[int, int]:
+    """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
+
+    The same ``LogVerifier`` recomputes every leaf and checks every checkpoint, but only
+    up to the tree size read at the start: the server's sequencer keeps appending while
+    this runs (this very request's audit entry among them), and leaves past that size are
+    the next verification's. Returns (tree size, checkpoints checked).
+    """
+    async with engine.connect() as conn:
+        # Checkpoints first: each one's size is then at most the size read after it.
+        checkpoints = [
+            StoredCheckpoint(size, root, note, f"checkpoint {cid} (size {size})")
+            for cid, size, root, note in await audit_repository.all_checkpoints(conn)
+        ]
+        size = await audit_repository.tree_size(conn)
+    log = LogVerifier(verifier, checkpoints)
+    after = -1
+    while log.compact.size < size:
+        async with engine.connect() as conn:
+            rows = [r for r in await audit_repository.page_sequenced(conn, after, VERIFY_PAGE) if r[0] < size]
+            recorded = await audit_repository.read_nodes(conn, [(0, leaf) for leaf, _e, _c in rows])
+        if not rows:
+            break
+        for leaf, entry_id, canonical in rows:
+            log.add(leaf, f"entry {entry_id}", canonical or None, recorded.get((0, leaf)))
+        after = rows[-1][0]
+        if progress is not None:
+            progress(log.compact.size, size)
+    async with engine.connect() as conn:
+        unsequenced = await audit_repository.unsequenced_entry(conn)
+    if unsequenced is not None:
+        raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")
+    if log.compact.size != size:
+        raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
+    return log.finish(), log.checked_checkpoints

@@ -1,0 +1,386 @@
+"""Agreements: list, create and change (check, simulate, save), history with diffs, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from service.catalog.schemas import Catalog
+from service.console import forms
+from service.console.forms import AgreementForm
+from service.console.ports import AgreementRecord, ConsoleBackend
+from service.console.sessions import SignedIn
+from service.console.web import (
+    Backend,
+    ConsolePageError,
+    ConsoleRoute,
+    csrf_checked,
+    needs_role,
+    render,
+)
+from service.db import SessionDep, utcnow
+
+router = APIRouter(route_class=ConsoleRoute)
+
+OwnerOrAuditor = Depends(needs_role("data-owner", "auditor"))
+Owner = Depends(needs_role("data-owner"))
+
+
+def _names(catalog: Catalog) -> dict[str, Any]:
+    return {
+        "names": {d.id: d.name for d in catalog.departments},
+        "purposes": {p.id: p.name for p in catalog.purposes},
+        "today": utcnow().date(),
+    }
+
+
+def _sees_all(viewer: SignedIn) -> bool:
+    return "auditor" in viewer.principal.roles
+
+
+def _department_name(catalog: Catalog, department: str) -> str:
+    found = catalog.department(department)
+    return found.name if found else department
+
+
+async def _current(
+    backend: ConsoleBackend, session: Any, viewer: SignedIn, agreement_id: str
+) -> tuple[AgreementRecord, list[AgreementRecord]]:
+    versions = await backend.versions(session, viewer.principal, agreement_id)
+    if not versions:
+        raise ConsolePageError(
+            404, "Agreement not found", f"There is no agreement {agreement_id} you can see."
+        )
+    return versions[-1], versions
+
+
+@router.get("/agreements", response_class=HTMLResponse)
+async def list_agreements(
+    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = OwnerOrAuditor
+) -> Response:
+    catalog = await backend.catalog(session)
+    agreements = await backend.agreements(session, viewer.principal)
+    return render(
+        request,
+        "agreements/list.html",
+        {
+            **_names(catalog),
+            "section": "agreements",
+            "agreements": agreements,
+            "sees_all": _sees_all(viewer),
+            "can_edit": "data-owner" in viewer.principal.roles,
+            "department_name": _department_name(catalog, viewer.principal.department),
+        },
+        viewer=viewer,
+    )
+
+
+def _form_context(catalog: Catalog, viewer: SignedIn) -> dict[str, Any]:
+    owner = viewer.principal.department
+    return {
+        **_names(catalog),
+        "section": "agreements",
+        "consumers": [(d.id, d.name) for d in catalog.departments if d.id != owner],
+        "field_options": [(f.name, f.name.replace("_", " ")) for f in catalog.fields if f.owner == owner],
+        "action_options": [(a, a) for a in forms.ACTIONS],
+        "purpose_options": [(p.id, p.name) for p in catalog.purposes],
+    }
+
+
+def _form_page(
+    request: Request,
+    catalog: Catalog,
+    viewer: SignedIn,
+    form: AgreementForm,
+    *,
+    expected_version: int | None,
+    status_code: int = 200,
+) -> Response:
+    editing = expected_version is not None
+    action = f"/console/agreements/{form.values['id']}/edit" if editing else "/console/agreements/new"
+    return render(
+        request,
+        "agreements/form.html",
+        {
+            **_form_context(catalog, viewer),
+            "form": form,
+            "editing": editing,
+            "expected_version": expected_version,
+            "action": action,
+        },
+        viewer=viewer,
+        status_code=status_code,
+    )
+
+
+def _simulate_page(
+    request: Request,
+    catalog: Catalog,
+    viewer: SignedIn,
+    content: dict[str, Any],
+    simulation: Any,
+    *,
+    reason: str,
+    expected_version: int | None,
+) -> Response:
+    action = f"/console/agreements/{content['id']}/edit" if expected_version else "/console/agreements/new"
+    return render(
+        request,
+        "agreements/simulate.html",
+        {
+            **_names(catalog),
+            "section": "agreements",
+            "content": content,
+            "simulation": simulation,
+            "yaml_text": forms.canonical_yaml(content),
+            "draft": forms.encode_draft(content),
+            "reason": reason,
+            "expected_version": expected_version,
+            "save_action": action,
+        },
+        viewer=viewer,
+    )
+
+
+@router.get("/agreements/new", response_class=HTMLResponse)
+async def new_agreement(
+    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+) -> Response:
+    catalog = await backend.catalog(session)
+    form = AgreementForm(values=forms.values_from_content({"effect": "permit", "actions": ["read"]}))
+    return _form_page(request, catalog, viewer, form, expected_version=None)
+
+
+async def _submit(
+    request: Request,
+    session: Any,
+    backend: ConsoleBackend,
+    viewer: SignedIn,
+    *,
+    expected_version: int | None,
+    agreement_id: str | None,
+) -> Response:
+    """One handler for every step of the create and change flows.
+
+    ``step`` absent: the form was posted; check it, then show the simulation.
+    ``step=change``: back from the simulation to the form, values kept.
+    ``step=save``: check the carried draft again (it came back from the browser), then save.
+    """
+    catalog = await backend.catalog(session)
+    posted = await request.form()
+    step = posted.get("step")
+    reason = str(posted.get("reason") or "").strip()[:1000]
+    if step in ("save", "change"):
+        draft = forms.decode_draft(str(posted.get("draft") or ""))
+        if draft is None:
+            raise ConsolePageError(
+                400, "The draft could not be read", "Start the change again from the form."
+            )
+        values = forms.values_from_content(draft, reason)
+    else:
+        values = forms.form_values(posted)
+        draft = forms.draft_from_values(values)
+    if agreement_id is not None:
+        # The id of an existing agreement is fixed by the address, whatever was posted.
+        values["id"] = agreement_id
+        draft["id"] = agreement_id
+    checked = await backend.check_draft(session, viewer.principal, draft, creating=expected_version is None)
+    if checked.content is None or step == "change":
+        form = AgreementForm(values=values)
+        for name, message in checked.errors:
+            form.add_error(name, message)
+        status = 422 if checked.errors else 200
+        return _form_page(
+            request, catalog, viewer, form, expected_version=expected_version, status_code=status
+        )
+    if step == "save":
+        saved = await backend.save(
+            session, viewer.principal, checked.content, expected_version=expected_version, reason=reason
+        )
+        return RedirectResponse(
+            f"/console/agreements/{saved.id}/saved?version={saved.version}", status_code=303
+        )
+    simulation = await backend.simulate(request, session, viewer.principal, checked.content)
+    return _simulate_page(
+        request,
+        catalog,
+        viewer,
+        checked.content,
+        simulation,
+        reason=reason,
+        expected_version=expected_version,
+    )
+
+
+@router.post("/agreements/new", response_class=HTMLResponse)
+async def create_agreement(
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    viewer: SignedIn = Depends(csrf_checked),
+    _owner: SignedIn = Owner,
+) -> Response:
+    return await _submit(request, session, backend, viewer, expected_version=None, agreement_id=None)
+
+
+def _version_number(value: Any) -> int:
+    text = str(value or "")
+    if not text.isdigit() or len(text) > 9:
+        raise ConsolePageError(
+            400, "The form is out of date", "Open the agreement again and repeat the change."
+        )
+    return int(text)
+
+
+@router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
+async def edit_agreement(
+    agreement_id: str, request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+) -> Response:
+    catalog = await backend.catalog(session)
+    current, _versions = await _current(backend, session, viewer, agreement_id)
+    if current.status != "active" or current.owner != viewer.principal.department:
+        raise ConsolePageError(
+            409, "This agreement cannot be changed", "Only an active agreement you own changes."
+        )
+    form = AgreementForm(values=forms.values_from_content(current.content))
+    return _form_page(request, catalog, viewer, form, expected_version=current.version)
+
+
+@router.post("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
+async def change_agreement(
+    agreement_id: str,
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    viewer: SignedIn = Depends(csrf_checked),
+    _owner: SignedIn = Owner,
+) -> Response:
+    posted = await request.form()
+    expected = _version_number(posted.get("expected_version"))
+    return await _submit(
+        request, session, backend, viewer, expected_version=expected, agreement_id=agreement_id
+    )
+
+
+@router.get("/agreements/{agreement_id}/saved", response_class=HTMLResponse)
+async def saved(
+    agreement_id: str,
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    version: str = "",
+    viewer: SignedIn = Owner,
+) -> Response:
+    catalog = await backend.catalog(session)
+    _current_row, versions = await _current(backend, session, viewer, agreement_id)
+    shown = next((v for v in versions if str(v.version) == version), versions[-1])
+    revoked = shown.status == "revoked"
+    return render(
+        request,
+        "agreements/confirmation.html",
+        {
+            **_names(catalog),
+            "section": "agreements",
+            "agreement": shown,
+            "heading": "Agreement revoked" if revoked else "Agreement saved",
+            "message": (
+                f"{shown.id} is revoked. Requests it allowed are now refused."
+                if revoked
+                else f"Version {shown.version} of {shown.id} is now in force."
+            ),
+        },
+        viewer=viewer,
+    )
+
+
+@router.get("/agreements/{agreement_id}", response_class=HTMLResponse)
+async def agreement_detail(
+    agreement_id: str,
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    viewer: SignedIn = OwnerOrAuditor,
+) -> Response:
+    catalog = await backend.catalog(session)
+    current, versions = await _current(backend, session, viewer, agreement_id)
+    return render(
+        request,
+        "agreements/detail.html",
+        {
+            **_names(catalog),
+            "section": "agreements",
+            "agreement": current,
+            "versions": versions,
+            "can_edit": "data-owner" in viewer.principal.roles
+            and current.owner == viewer.principal.department,
+        },
+        viewer=viewer,
+    )
+
+
+@router.get("/agreements/{agreement_id}/diff", response_class=HTMLResponse)
+async def agreement_diff(
+    agreement_id: str,
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    viewer: SignedIn = OwnerOrAuditor,
+) -> Response:
+    _current_row, versions = await _current(backend, session, viewer, agreement_id)
+    by_number = {str(v.version): v for v in versions}
+    old = by_number.get(request.query_params.get("from", ""))
+    new = by_number.get(request.query_params.get("to", ""))
+    if old is None or new is None:
+        raise ConsolePageError(404, "Version not found", "Choose two versions from the agreement's history.")
+    lines = forms.version_diff(old.content, new.content, f"version {old.version}", f"version {new.version}")
+    return render(
+        request,
+        "agreements/diff.html",
+        {
+            "section": "agreements",
+            "agreement_id": agreement_id,
+            "old": old,
+            "new": new,
+            "lines": lines,
+            "status_changed": old.status != new.status,
+        },
+        viewer=viewer,
+    )
+
+
+@router.get("/agreements/{agreement_id}/revoke", response_class=HTMLResponse)
+async def revoke_page(
+    agreement_id: str, request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+) -> Response:
+    catalog = await backend.catalog(session)
+    current, _versions = await _current(backend, session, viewer, agreement_id)
+    if current.status != "active" or current.owner != viewer.principal.department:
+        raise ConsolePageError(
+            409, "This agreement cannot be revoked", "Only an active agreement you own is revoked."
+        )
+    return render(
+        request,
+        "agreements/revoke.html",
+        {**_names(catalog), "section": "agreements", "agreement": current},
+        viewer=viewer,
+    )
+
+
+@router.post("/agreements/{agreement_id}/revoke")
+async def revoke(
+    agreement_id: str,
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    viewer: SignedIn = Depends(csrf_checked),
+    _owner: SignedIn = Owner,
+) -> Response:
+    posted = await request.form()
+    expected = _version_number(posted.get("expected_version"))
+    reason = str(posted.get("reason") or "").strip()[:1000] or "revoked in the console"
+    row = await backend.revoke(
+        session, viewer.principal, agreement_id, expected_version=expected, reason=reason
+    )
+    return RedirectResponse(f"/console/agreements/{row.id}/saved?version={row.version}", status_code=303)

@@ -1,0 +1,292 @@
+"""The audit log for auditors and data owners: search, CSV export, integrity, usage, value."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, StreamingResponse
+
+from service.catalog.schemas import Catalog
+from service.console import chart
+from service.console.ports import AuditQuery, UsageRow
+from service.console.sessions import SignedIn
+from service.console.web import (
+    Backend,
+    ConsolePageError,
+    ConsoleRoute,
+    Settings,
+    csrf_checked,
+    needs_role,
+    render,
+)
+from service.db import SessionDep, utcnow
+
+router = APIRouter(route_class=ConsoleRoute)
+
+Reader = Depends(needs_role("data-owner", "auditor"))
+Auditor = Depends(needs_role("auditor"))
+Owner = Depends(needs_role("data-owner"))
+DECISIONS = ("permit", "partial", "deny", "error")
+FILTER_NAMES = ("citizen_id", "consumer", "owner", "field", "purpose", "decision", "since", "until")
+
+
+def _names(catalog: Catalog) -> dict[str, Any]:
+    return {
+        "names": {d.id: d.name for d in catalog.departments},
+        "purposes": {p.id: p.name for p in catalog.purposes},
+    }
+
+
+def _department_name(catalog: Catalog, department: str) -> str:
+    found = catalog.department(department)
+    return found.name if found else department
+
+
+def _day(value: str) -> date | None:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _start_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def parse_query(params: dict[str, str], catalog: Catalog) -> tuple[AuditQuery, dict[str, list[str]]]:
+    """The search form's values as a query, and the problems by field (dates are whole days)."""
+    errors: dict[str, list[str]] = {}
+    text = {name: params.get(name, "").strip()[:64] or None for name in FILTER_NAMES}
+    if text["decision"] is not None and text["decision"] not in DECISIONS:
+        errors["decision"] = ["Choose a decision from the list"]
+    for name, known in (
+        ("consumer", {d.id for d in catalog.departments}),
+        ("owner", {d.id for d in catalog.departments}),
+        ("field", {f.name for f in catalog.fields}),
+        ("purpose", {p.id for p in catalog.purposes}),
+    ):
+        if text[name] is not None and text[name] not in known:
+            errors[name] = [f"Choose a {name} from the list"]
+    since_day = until_day = None
+    if text["since"] is not None:
+        since_day = _day(text["since"])
+        if since_day is None:
+            errors["since"] = ["The from date must be a real date, for example 2026-03-01"]
+    if text["until"] is not None:
+        until_day = _day(text["until"])
+        if until_day is None:
+            errors["until"] = ["The to date must be a real date, for example 2026-03-31"]
+    if since_day and until_day and until_day < since_day:
+        errors["until"] = ["The to date must be the same as or after the from date"]
+    query = AuditQuery(
+        citizen_id=text["citizen_id"],
+        consumer=text["consumer"],
+        owner=text["owner"],
+        field=text["field"],
+        purpose=text["purpose"],
+        decision=text["decision"],
+        since=_start_of(since_day) if since_day else None,
+        # The form's "to" day is inclusive; the audit's until is exclusive.
+        until=_start_of(until_day + timedelta(days=1)) if until_day else None,
+    )
+    return query, errors
+
+
+def _filter_params(params: dict[str, str]) -> dict[str, str]:
+    return {name: params[name].strip() for name in FILTER_NAMES if params.get(name, "").strip()}
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def search(
+    request: Request, session: SessionDep, backend: Backend, settings: Settings, viewer: SignedIn = Reader
+) -> Response:
+    catalog = await backend.catalog(session)
+    params = dict(request.query_params)
+    query, errors = parse_query(params, catalog)
+    filters = _filter_params(params)
+    after_text = params.get("after", "")
+    after = int(after_text) if after_text.isdigit() and len(after_text) < 19 else 0
+    shown_text = params.get("shown", "")
+    shown = int(shown_text) if shown_text.isdigit() and len(shown_text) < 12 else 0
+    page = None
+    if not errors:
+        page = await backend.search(request, viewer.principal, query, after, settings.page_size)
+    departments = [(d.id, d.name) for d in catalog.departments]
+    selects = [
+        ("consumer", "Consumer", departments),
+        ("owner", "Owner of the fields", departments),
+        ("field", "Field", [(f.name, f.name) for f in catalog.fields]),
+        ("purpose", "Purpose", [(p.id, p.name) for p in catalog.purposes]),
+        ("decision", "Decision", [(d, d.capitalize()) for d in DECISIONS]),
+    ]
+    error_items = [(name, message) for name in FILTER_NAMES for message in errors.get(name, [])]
+    return render(
+        request,
+        "audit/search.html",
+        {
+            **_names(catalog),
+            "section": "audit",
+            "q": {name: params.get(name, "") for name in FILTER_NAMES},
+            "errors": errors,
+            "error_items": error_items,
+            "selects": selects,
+            "page": page,
+            "after": after,
+            "first_number": shown + 1,
+            "query_string": ("?" + urlencode(filters)) if filters else "",
+            "sees_all": "auditor" in viewer.principal.roles,
+            "can_export": "auditor" in viewer.principal.roles,
+            "department_name": _department_name(catalog, viewer.principal.department),
+        },
+        viewer=viewer,
+        status_code=400 if errors else 200,
+    )
+
+
+@router.get("/audit/export.csv")
+async def export_csv(
+    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Auditor
+) -> Response:
+    catalog = await backend.catalog(session)
+    query, errors = parse_query(dict(request.query_params), catalog)
+    if errors:
+        first = next(iter(errors.values()))[0]
+        raise ConsolePageError(400, "The export could not start", first)
+    lines = await backend.export_csv(request, viewer.principal, query)
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        lines,
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="audit-{stamp}.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.get("/audit/integrity", response_class=HTMLResponse)
+async def integrity(request: Request, backend: Backend, viewer: SignedIn = Auditor) -> Response:
+    checkpoint = await backend.checkpoint(request)
+    return render(
+        request,
+        "audit/integrity.html",
+        {"section": "integrity", "checkpoint": checkpoint, "outcome": None},
+        viewer=viewer,
+    )
+
+
+@router.post("/audit/integrity/verify", response_class=HTMLResponse)
+async def verify_now(
+    request: Request,
+    backend: Backend,
+    viewer: SignedIn = Depends(csrf_checked),
+    _auditor: SignedIn = Auditor,
+) -> Response:
+    outcome = await backend.verify(request, viewer.principal)
+    checkpoint = await backend.checkpoint(request)
+    return render(
+        request,
+        "audit/integrity.html",
+        {"section": "integrity", "checkpoint": checkpoint, "outcome": outcome},
+        viewer=viewer,
+    )
+
+
+def daily_counts(rows: list[UsageRow]) -> list[chart.DayCount]:
+    """Usage rows (by field and purpose) summed per day and consumer."""
+    totals: Counter[tuple[date, str]] = Counter()
+    for row in rows:
+        day = _day(row.period[:10])
+        if day is not None:
+            totals[(day, row.consumer)] += row.count
+    return [chart.DayCount(day, consumer, count) for (day, consumer), count in sorted(totals.items())]
+
+
+@router.get("/audit/usage", response_class=HTMLResponse)
+async def usage(
+    request: Request, session: SessionDep, backend: Backend, settings: Settings, viewer: SignedIn = Reader
+) -> Response:
+    catalog = await backend.catalog(session)
+    today = utcnow().date()
+    days = [today - timedelta(days=offset) for offset in range(settings.chart_days - 1, -1, -1)]
+    rows = await backend.usage(
+        request, session, viewer.principal, period="day", since=_start_of(days[0]), until=None
+    )
+    counts = daily_counts(rows)
+    names = {d.id: d.name for d in catalog.departments}
+    return render(
+        request,
+        "audit/usage.html",
+        {
+            **_names(catalog),
+            "section": "usage",
+            "days": days,
+            "chart": chart.usage_svg(counts, days, names),
+            "table": counts,
+            "sees_all": "auditor" in viewer.principal.roles,
+            "department_name": _department_name(catalog, viewer.principal.department),
+        },
+        viewer=viewer,
+    )
+
+
+def _month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def month_summary(rows: list[UsageRow], month: str) -> list[dict[str, Any]]:
+    """Per consuming department: fields released, by purpose and by field, largest first."""
+    totals: Counter[str] = Counter()
+    purposes: dict[str, Counter[str]] = defaultdict(Counter)
+    fields: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        if row.period[:7] != month:
+            continue
+        totals[row.consumer] += row.count
+        purposes[row.consumer][row.purpose or ""] += row.count
+        fields[row.consumer][row.field] += row.count
+    return [
+        {
+            "consumer": consumer,
+            "count": count,
+            "purposes": purposes[consumer].most_common(),
+            "fields": fields[consumer].most_common(),
+        }
+        for consumer, count in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
+@router.get("/value", response_class=HTMLResponse)
+async def value(
+    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+) -> Response:
+    catalog = await backend.catalog(session)
+    this_month = _month_start(utcnow().date())
+    last_month = _month_start(this_month - timedelta(days=1))
+    rows = await backend.usage(
+        request, session, viewer.principal, period="month", since=_start_of(last_month), until=None
+    )
+    months = []
+    for key, start, label in (
+        ("this-month", this_month, f"This month ({this_month:%B %Y})"),
+        ("last-month", last_month, f"Last month ({last_month:%B %Y})"),
+    ):
+        summary = month_summary(rows, start.strftime("%Y-%m"))
+        months.append(
+            {"key": key, "label": label, "rows": summary, "total": sum(r["count"] for r in summary)}
+        )
+    return render(
+        request,
+        "value.html",
+        {
+            **_names(catalog),
+            "section": "value",
+            "months": months,
+            "department_name": _department_name(catalog, viewer.principal.department),
+        },
+        viewer=viewer,
+    )

@@ -1,0 +1,79 @@
+"""The citizen view: a citizen id in, the record's access log out, in plain language."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse
+
+from service.console import wording
+from service.console.sessions import SignedIn
+from service.console.web import Backend, ConsoleRoute, csrf_checked, needs_role, render
+from service.db import SessionDep
+
+router = APIRouter(route_class=ConsoleRoute)
+
+Portal = Depends(needs_role("citizen-portal"))
+# Citizen ids are UUIDs; anything else is refused before it reaches the log.
+_CITIZEN_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
+
+
+@router.get("/citizen", response_class=HTMLResponse)
+async def citizen_form(request: Request, viewer: SignedIn = Portal) -> Response:
+    return render(
+        request,
+        "citizen.html",
+        {"section": "citizen", "errors": {}, "error_items": [], "citizen_id": "", "entries": None},
+        viewer=viewer,
+    )
+
+
+@router.post("/citizen", response_class=HTMLResponse)
+async def citizen_log(
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    viewer: SignedIn = Depends(csrf_checked),
+    _portal: SignedIn = Portal,
+) -> Response:
+    form = await request.form()
+    citizen_id = str(form.get("citizen_id") or "").strip()[:64]
+    errors: dict[str, list[str]] = {}
+    entries = None
+    if not citizen_id:
+        errors["citizen_id"] = ["Enter the citizen's ID"]
+    elif not _CITIZEN_ID.match(citizen_id):
+        errors["citizen_id"] = ["The citizen ID must be letters a to f, digits and hyphens, like 3f2c1d9e-…"]
+    else:
+        rows = await backend.access_log(request, viewer.principal, citizen_id)
+        if rows is None:
+            errors["citizen_id"] = ["No citizen has this ID"]
+        else:
+            catalog = await backend.catalog(session)
+            entries = [
+                wording.access_sentence(
+                    catalog,
+                    when=row.time,
+                    department=row.department,
+                    action=row.action,
+                    fields=row.fields,
+                    purpose=row.purpose,
+                    decision=row.decision,
+                )
+                for row in rows
+            ]
+    status = 404 if errors.get("citizen_id") == ["No citizen has this ID"] else (400 if errors else 200)
+    return render(
+        request,
+        "citizen.html",
+        {
+            "section": "citizen",
+            "errors": errors,
+            "error_items": [("citizen_id", m) for m in errors.get("citizen_id", [])],
+            "citizen_id": citizen_id,
+            "entries": entries,
+        },
+        viewer=viewer,
+        status_code=status,
+    )

@@ -1,0 +1,187 @@
+"""The agreement form: from posted fields to a draft, and back to what the form shows.
+
+The draft is the agreement as a policy file would hold it; validation is the policy
+domain's (through the backend), so the console accepts exactly what the loader accepts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import yaml
+from starlette.datastructures import FormData
+
+ACTIONS = ("read", "lookup", "verify", "history", "subscribe", "write")
+EFFECTS = ("permit", "forbid")
+# Form fields in page order: the error summary lists problems in this order.
+FORM_FIELDS = (
+    "id",
+    "consumer",
+    "fields",
+    "actions",
+    "purposes",
+    "legal_basis",
+    "valid_from",
+    "valid_until",
+    "when",
+    "require_case_ref",
+    "effect",
+    "reason",
+)
+TEXT_LIMIT = 2000
+
+
+@dataclass
+class AgreementForm:
+    """What the form shows: values as typed, and the errors by field."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def error_list(self) -> list[tuple[str, str]]:
+        ordered = []
+        for name in FORM_FIELDS:
+            ordered += [(name, message) for message in self.errors.get(name, [])]
+        ordered += [(n, m) for n, ms in self.errors.items() if n not in FORM_FIELDS for m in ms]
+        return ordered
+
+    def add_error(self, name: str, message: str) -> None:
+        target = name if name in FORM_FIELDS else "id"
+        self.errors.setdefault(target, []).append(message)
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip()[:TEXT_LIMIT] if isinstance(value, str) else ""
+
+
+def _many(form: FormData, name: str) -> list[str]:
+    return [v.strip()[:200] for v in form.getlist(name) if isinstance(v, str) and v.strip()]
+
+
+def form_values(form: FormData) -> dict[str, Any]:
+    """The posted form, tidied but not judged."""
+    return {
+        "id": _text(form, "id"),
+        "consumer": _text(form, "consumer"),
+        "fields": _many(form, "fields"),
+        "actions": _many(form, "actions"),
+        "purposes": _many(form, "purposes"),
+        "legal_basis": _text(form, "legal_basis"),
+        "valid_from": _text(form, "valid_from"),
+        "valid_until": _text(form, "valid_until"),
+        "when": _text(form, "when"),
+        "require_case_ref": form.get("require_case_ref") == "yes",
+        "effect": _text(form, "effect") or "permit",
+        "reason": _text(form, "reason"),
+    }
+
+
+def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The agreement entry for the policy domain to validate; empty optional fields left out."""
+    draft: dict[str, Any] = {
+        "id": values.get("id", ""),
+        "consumer": values.get("consumer", ""),
+        "fields": list(values.get("fields", [])),
+        "actions": list(values.get("actions", [])),
+        "purposes": list(values.get("purposes", [])),
+        "effect": values.get("effect") or "permit",
+    }
+    for optional in ("legal_basis", "valid_from", "valid_until", "when"):
+        if values.get(optional):
+            draft[optional] = values[optional]
+    if values.get("require_case_ref"):
+        draft["require_case_ref"] = True
+    return draft
+
+
+def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[str, Any]:
+    """Form values for editing a stored agreement."""
+    return {
+        "id": content.get("id", ""),
+        "consumer": content.get("consumer", ""),
+        "fields": list(content.get("fields", [])),
+        "actions": list(content.get("actions", [])),
+        "purposes": list(content.get("purposes", [])),
+        "legal_basis": content.get("legal_basis") or "",
+        "valid_from": content.get("valid_from") or "",
+        "valid_until": content.get("valid_until") or "",
+        "when": content.get("when") or "",
+        "require_case_ref": bool(content.get("require_case_ref")),
+        "effect": content.get("effect") or "permit",
+        "reason": reason,
+    }
+
+
+def encode_draft(content: Mapping[str, Any]) -> str:
+    """The checked draft carried from the simulate page to the save button (checked again there)."""
+    return json.dumps(content, sort_keys=True, separators=(",", ":"))
+
+
+def decode_draft(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def canonical_yaml(content: Mapping[str, Any]) -> str:
+    """The agreement as it would sit in a policy file, keys in a stable order."""
+    ordered: dict[str, Any] = {key: content[key] for key in FORM_FIELDS if key in content}
+    ordered |= {key: value for key, value in sorted(content.items()) if key not in ordered}
+    for key in ("valid_from", "valid_until"):
+        # Stored as ISO strings; shown as YAML dates, as a policy file writes them.
+        if isinstance(ordered.get(key), str):
+            try:
+                ordered[key] = date.fromisoformat(ordered[key])
+            except ValueError:
+                pass
+    return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+
+
+@dataclass(frozen=True)
+class DiffLine:
+    kind: str  # "add", "remove", "context" or "hunk"
+    text: str
+
+
+def version_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], old_label: str, new_label: str
+) -> list[DiffLine]:
+    """A unified diff of two versions' canonical YAML, as typed lines for the page."""
+    lines: list[DiffLine] = []
+    diff = difflib.unified_diff(
+        canonical_yaml(old).splitlines(),
+        canonical_yaml(new).splitlines(),
+        fromfile=old_label,
+        tofile=new_label,
+        lineterm="",
+        n=20,
+    )
+    for text in diff:
+        if text.startswith(("---", "+++")):
+            continue
+        if text.startswith("@@"):
+            kind = "hunk"
+        elif text.startswith("+"):
+            kind = "add"
+        elif text.startswith("-"):
+            kind = "remove"
+        else:
+            kind = "context"
+        lines.append(DiffLine(kind, text))
+    return lines
+
+
+def field_for_loc(loc: Sequence[Any]) -> str:
+    """The form field a validation location points at (``("fields", 2)`` -> ``fields``)."""
+    for part in loc:
+        if isinstance(part, str) and part in FORM_FIELDS:
+            return part
+    return "id"

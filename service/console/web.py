@@ -1,0 +1,212 @@
+"""Console plumbing: templates, the HTML error pages, cookies, sign-in and CSRF guards.
+
+Console routes use ``ConsoleRoute``, which turns every refusal into an HTML page (the
+console is HTML, so its errors are too) and adds the security headers; the API's
+problem+json handlers are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+
+from service.console import sessions as console_sessions
+from service.console import wording
+from service.console.config import ConsoleSettings, get_console_settings
+from service.console.ports import ConsoleBackend
+from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE, SignedIn
+from service.db import SessionDep
+from service.errors import ServiceError
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+templates.env.globals.update(
+    long_date=wording.long_date,
+    short_date_time=wording.short_date_time,
+    department_phrase=wording.department_phrase,
+)
+COOKIE_PATH = "/console"
+# No third-party origins at all: our own stylesheet and script, images inline or ours.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    # Pages show audit data and citizens' access logs: never keep them in a shared cache.
+    "Cache-Control": "no-store",
+}
+ROLE_NAMES = {"data-owner": "Data owner", "auditor": "Auditor", "citizen-portal": "Citizen portal"}
+
+
+class SignInRequired(Exception):
+    """No live session: send the person to the sign-in page."""
+
+
+class ConsolePageError(Exception):
+    """A refusal shown as an HTML page with ``status``."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        self.status = status
+        self.title = title
+        self.message = message
+        super().__init__(message)
+
+
+def get_backend(request: Request) -> ConsoleBackend:
+    found: ConsoleBackend | None = getattr(request.app.state, "console_backend", None)
+    if found is not None:
+        return found
+    # Imported here: the domain backend pulls in every domain, the pages need none.
+    from service.console.backend import DomainBackend
+
+    backend: ConsoleBackend = DomainBackend()
+    request.app.state.console_backend = backend
+    return backend
+
+
+Backend = Annotated[ConsoleBackend, Depends(get_backend)]
+Settings = Annotated[ConsoleSettings, Depends(get_console_settings)]
+
+
+def is_https(request: Request) -> bool:
+    settings = getattr(request.app.state, "settings", None)
+    public_url = str(getattr(settings, "public_url", ""))
+    return request.url.scheme == "https" or public_url.startswith("https://")
+
+
+def set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=is_https(request),
+    )
+
+
+def clear_cookie(response: Response, request: Request, name: str) -> None:
+    response.delete_cookie(name, path=COOKIE_PATH, httponly=True, samesite="strict", secure=is_https(request))
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+    viewer: SignedIn | None = None,
+    csrf_token: str | None = None,
+) -> HTMLResponse:
+    values: dict[str, Any] = {
+        "viewer": viewer,
+        "csrf_field": CSRF_FIELD,
+        "csrf_token": csrf_token or (viewer.csrf_token if viewer else ""),
+        "role_names": ROLE_NAMES,
+    }
+    values.update(context or {})
+    return templates.TemplateResponse(request, template, values, status_code=status_code)
+
+
+def error_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:
+    viewer = getattr(request.state, "console_viewer", None)
+    return render(
+        request,
+        "error.html",
+        {"title": title, "message": message, "status": status},
+        status_code=status,
+        viewer=viewer if isinstance(viewer, SignedIn) else None,
+    )
+
+
+class ConsoleRoute(APIRoute):
+    """Routes whose refusals are HTML pages, with the console's security headers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            response: Response
+            try:
+                response = await original(request)
+            except SignInRequired:
+                target = quote(request.url.path) if request.method == "GET" else ""
+                location = "/console/sign-in" + (f"?next={target}" if target else "")
+                response = RedirectResponse(location, status_code=303)
+            except ConsolePageError as exc:
+                response = error_page(request, exc.status, exc.title, exc.message)
+            except ServiceError as exc:
+                response = error_page(request, exc.status, exc.title, exc.detail)
+            except RequestValidationError:
+                response = error_page(
+                    request, 400, "There is a problem with the request", "Check the address and try again."
+                )
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+            return response
+
+        return handler
+
+
+async def current_viewer(
+    request: Request, session: SessionDep, settings: Settings, backend: Backend
+) -> SignedIn:
+    """The signed-in person, or a redirect to the sign-in page."""
+    token = request.cookies.get(SESSION_COOKIE)
+    viewer = await console_sessions.resume(session, token, settings)
+    if viewer is None:
+        raise SignInRequired()
+    if not await backend.client_active(session, viewer.principal.client_id):
+        await console_sessions.end_all_for(session, viewer.principal.client_id)
+        raise SignInRequired()
+    request.state.console_viewer = viewer
+    return viewer
+
+
+Viewer = Annotated[SignedIn, Depends(current_viewer)]
+
+
+def needs_role(*roles: str) -> Callable[..., Awaitable[SignedIn]]:
+    """A dependency: the viewer, if it has one of ``roles``; a 403 page otherwise."""
+
+    async def dependency(viewer: Viewer) -> SignedIn:
+        if not viewer.principal.roles & set(roles):
+            names = " or ".join(ROLE_NAMES.get(r, r) for r in roles)
+            raise ConsolePageError(403, "You cannot see this page", f"This page is for the {names} role.")
+        return viewer
+
+    return dependency
+
+
+async def csrf_checked(request: Request, viewer: Viewer) -> SignedIn:
+    """The viewer, if the posted form carries the session's CSRF token; a 403 page otherwise."""
+    form = await request.form()
+    submitted = form.get(CSRF_FIELD)
+    if not console_sessions.csrf_matches(viewer.token, submitted if isinstance(submitted, str) else None):
+        raise ConsolePageError(
+            403,
+            "This form could not be accepted",
+            "The form was missing its security token or the token did not match your session. "
+            "Go back, reload the page and try again.",
+        )
+    return viewer
+
+
+Checked = Annotated[SignedIn, Depends(csrf_checked)]
+
+
+def presession_token(request: Request) -> str | None:
+    token = request.cookies.get(PRESESSION_COOKIE)
+    return token if token and len(token) <= 128 else None

@@ -1,0 +1,191 @@
+"""The console's pure parts: the SVG chart, plain-language sentences, forms, diffs, filters."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from service.catalog.schemas import Catalog
+from service.console import audit_pages, chart, forms, wording
+from service.console.ports import UsageRow
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def parse_svg(text: str) -> ET.Element:
+    return ET.fromstring(text)  # noqa: S314 - our own output, parsed to check it is well formed
+
+
+def text_of(element: ET.Element, tag: str) -> str:
+    found = element.find(f"{SVG}{tag}")
+    assert found is not None
+    return found.text or ""
+
+
+CATALOG = Catalog.model_validate(
+    {
+        "departments": [
+            {"id": "dwp", "name": "Department for Work and Pensions"},
+            {"id": "hmrc", "name": "HM Revenue and Customs"},
+            {"id": "welfare", "name": "Welfare"},
+        ],
+        "purposes": [{"id": "benefit-eligibility", "name": "Deciding eligibility for a benefit"}],
+        "fields": [
+            {"name": "address", "owner": "hmrc", "type": "string"},
+            {"name": "national_id", "owner": "hmrc", "type": "string"},
+            {"name": "date_of_birth", "owner": "hmrc", "type": "date"},
+        ],
+    }
+)
+
+
+class TestUsageChart:
+    @pytest.mark.parametrize(
+        ("maximum", "step"), [(0, 1), (4, 1), (9, 2), (11, 5), (48, 10), (230, 50), (999, 200)]
+    )
+    def test_ticks_are_round(self, maximum: int, step: int) -> None:
+        assert chart.nice_step(maximum) == step
+
+    def test_bars_stack_per_day_in_proportion(self) -> None:
+        days = [date(2026, 3, 1), date(2026, 3, 2)]
+        counts = [
+            chart.DayCount(days[0], "dwp", 6),
+            chart.DayCount(days[0], "hmrc", 2),
+            chart.DayCount(days[1], "dwp", 4),
+        ]
+        svg = parse_svg(chart.usage_svg(counts, days, {"dwp": "DWP", "hmrc": "HMRC"}))
+        bars = {text_of(r, "title"): r for r in svg.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None}
+        assert set(bars) == {"DWP, 1 Mar: 6", "HMRC, 1 Mar: 2", "DWP, 2 Mar: 4"}
+        heights = {label: float(rect.get("height", "0")) for label, rect in bars.items()}
+        assert heights["DWP, 1 Mar: 6"] == pytest.approx(3 * heights["HMRC, 1 Mar: 2"], rel=0.01)
+        assert heights["DWP, 1 Mar: 6"] == pytest.approx(1.5 * heights["DWP, 2 Mar: 4"], rel=0.01)
+        # One colour per consumer, the same on both days.
+        fills: dict[str, set[str | None]] = {label.split(",")[0]: set() for label in bars}
+        for label, rect in bars.items():
+            fills[label.split(",")[0]].add(rect.get("fill"))
+        assert all(len(colours) == 1 for colours in fills.values())
+        assert fills["DWP"] != fills["HMRC"]
+        assert svg.get("role") == "img"
+        assert text_of(svg, "desc") == "12 accesses over 2 days by 2 consuming departments."
+
+    def test_names_are_escaped(self) -> None:
+        day = date(2026, 3, 1)
+        svg = chart.usage_svg([chart.DayCount(day, "x", 1)], [day], {"x": "<script>alert(1)</script>"})
+        assert "<script>" not in svg
+        assert "&lt;script&gt;" in svg
+        parse_svg(svg)
+
+    def test_no_accesses(self) -> None:
+        days = [date(2026, 3, 1) + timedelta(days=i) for i in range(3)]
+        svg = parse_svg(chart.usage_svg([], days, {}))
+        assert text_of(svg, "desc") == "No accesses in these 3 days."
+
+
+class TestCitizenSentences:
+    def test_a_read_in_plain_language(self) -> None:
+        sentence = wording.access_sentence(
+            CATALOG,
+            when=datetime(2026, 3, 3, 14, 5, tzinfo=UTC),
+            department="dwp",
+            action="read",
+            fields=["address"],
+            purpose="benefit-eligibility",
+            decision="permit",
+        )
+        assert sentence == (
+            "On 3 March 2026, the Department for Work and Pensions read your address "
+            "for the purpose of deciding eligibility for a benefit."
+        )
+
+    def test_a_refused_check_of_several_fields(self) -> None:
+        sentence = wording.access_sentence(
+            CATALOG,
+            when=datetime(2026, 12, 25, tzinfo=UTC),
+            department="hmrc",
+            action="verify",
+            fields=["national_id", "date_of_birth", "address"],
+            purpose="benefit-eligibility",
+            decision="deny",
+        )
+        assert sentence.startswith(
+            "On 25 December 2026, HM Revenue and Customs asked to check a fact about your national identity "
+            "number, date of birth and address"
+        )
+        assert sentence.endswith("It was refused: no agreement allowed it.")
+
+    def test_a_department_without_an_article(self) -> None:
+        assert wording.department_phrase(CATALOG, "welfare") == "Welfare"
+        assert wording.department_phrase(CATALOG, "unknown-dept") == "unknown-dept"
+
+
+class TestAgreementForm:
+    def test_empty_optional_fields_are_left_out(self) -> None:
+        values = {"id": "a-1", "consumer": "dwp", "fields": ["address"], "actions": ["read"], "purposes": []}
+        values |= {"legal_basis": "", "valid_from": "", "valid_until": "2027-01-01", "when": "", "effect": ""}
+        assert forms.draft_from_values(values) == {
+            "id": "a-1",
+            "consumer": "dwp",
+            "fields": ["address"],
+            "actions": ["read"],
+            "purposes": [],
+            "effect": "permit",
+            "valid_until": "2027-01-01",
+        }
+
+    def test_diff_shows_the_changed_lines(self) -> None:
+        old = {"id": "a-1", "consumer": "dwp", "fields": ["address"], "actions": ["read"]}
+        new = old | {"valid_until": "2030-12-31", "actions": ["read", "verify"]}
+        lines = forms.version_diff(old, new, "version 1", "version 2")
+        assert [line.text for line in lines if line.kind == "remove"] == ["-actions: [read]"]
+        assert [line.text for line in lines if line.kind == "add"] == [
+            "+actions: [read, verify]",
+            "+valid_until: 2030-12-31",
+        ]
+
+    def test_same_content_has_no_diff(self) -> None:
+        content = {"id": "a-1", "consumer": "dwp"}
+        assert forms.version_diff(content, dict(content), "1", "2") == []
+
+    @pytest.mark.parametrize(
+        ("loc", "field"), [(("fields", 2), "fields"), (("body", "legal_basis"), "legal_basis"), ((), "id")]
+    )
+    def test_errors_land_on_their_field(self, loc: tuple[str | int, ...], field: str) -> None:
+        assert forms.field_for_loc(loc) == field
+
+    def test_draft_survives_the_round_trip(self) -> None:
+        content = {"id": "a-1", "fields": ["address"], "when": 'citizen.status == "active"'}
+        assert forms.decode_draft(forms.encode_draft(content)) == content
+        assert forms.decode_draft("not json") is None
+        assert forms.decode_draft("[1, 2]") is None
+
+
+class TestAuditFilter:
+    def test_to_date_is_inclusive(self) -> None:
+        query, errors = audit_pages.parse_query({"since": "2026-03-01", "until": "2026-03-31"}, CATALOG)
+        assert errors == {}
+        assert query.since == datetime(2026, 3, 1, tzinfo=UTC)
+        assert query.until == datetime(2026, 4, 1, tzinfo=UTC)
+
+    def test_problems_are_reported_by_field(self) -> None:
+        _query, errors = audit_pages.parse_query(
+            {"since": "2026-02-30", "consumer": "nobody", "decision": "maybe", "field": "address"}, CATALOG
+        )
+        assert set(errors) == {"since", "consumer", "decision"}
+
+    def test_to_before_from_is_refused(self) -> None:
+        _query, errors = audit_pages.parse_query({"since": "2026-03-02", "until": "2026-03-01"}, CATALOG)
+        assert errors == {"until": ["The to date must be the same as or after the from date"]}
+
+    def test_month_summary_groups_by_consumer(self) -> None:
+        rows = [
+            UsageRow("dwp", "hmrc", "address", "benefit-eligibility", "2026-03", 4),
+            UsageRow("dwp", "hmrc", "national_id", "benefit-eligibility", "2026-03", 1),
+            UsageRow("welfare", "hmrc", "address", None, "2026-03", 7),
+            UsageRow("dwp", "hmrc", "address", "benefit-eligibility", "2026-02", 9),
+        ]
+        summary = audit_pages.month_summary(rows, "2026-03")
+        assert [(s["consumer"], s["count"]) for s in summary] == [("welfare", 7), ("dwp", 5)]
+        assert summary[1]["fields"] == [("address", 4), ("national_id", 1)]
+        assert summary[1]["purposes"] == [("benefit-eligibility", 5)]

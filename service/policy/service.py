@@ -45,10 +45,6 @@ def agreements_from_rows(rows: list[tuple[str, str, int, str, dict[str, Any]]]) 
     return agreements
 
 
-async def compile_live(conn: AsyncConnection, epoch: int) -> CompiledPolicy:
-    return (await compile_snapshot(conn, epoch)).policy
-
-
 @dataclass(frozen=True)
 class PolicySnapshot:
     """The compiled policy and the catalog it was compiled against, at one epoch key."""
@@ -115,13 +111,6 @@ PROCESS_POLICY = PolicyHolder()
 async def current_policy(conn: AsyncConnection, holder: PolicyHolder | None = None) -> CompiledPolicy:
     """The compiled index for the live agreement versions, as of this connection's view."""
     return await (holder or PROCESS_POLICY).current(conn)
-
-
-async def current_snapshot(
-    conn: AsyncConnection, key: repository.EpochKey | None = None, holder: PolicyHolder | None = None
-) -> PolicySnapshot:
-    """The policy and the catalog in force, for the access path."""
-    return await (holder or PROCESS_POLICY).snapshot(conn, key)
 
 
 # --- change notification (the audit domain connects here) -----------------------------

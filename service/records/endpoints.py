@@ -42,7 +42,13 @@ async def records_service(
     writer: Annotated[AuditWriter, Depends(get_audit_writer)],
     request: Request,
 ) -> RecordsService:
-    return RecordsService(database, keyring, writer, request.app.state.records_reader)
+    return RecordsService(
+        database,
+        keyring,
+        writer,
+        request.app.state.records_reader,
+        getattr(request.app.state, "policy", None),
+    )
 
 
 Records = Annotated[RecordsService, Depends(records_service)]

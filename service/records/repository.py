@@ -59,13 +59,6 @@ async def get_citizen(conn: AsyncConnection, citizen_id: str) -> CitizenRow | No
     return CitizenRow(row.id, row.status, row.version) if row else None
 
 
-async def get_citizens(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, CitizenRow]:
-    rows = await conn.execute(
-        select(citizens.c.id, citizens.c.status, citizens.c.version).where(citizens.c.id.in_(ids))
-    )
-    return {r.id: CitizenRow(r.id, r.status, r.version) for r in rows}
-
-
 async def current_values(
     conn: AsyncConnection, citizen_ids: Sequence[str], fields: Iterable[str]
 ) -> list[ValueRow]:

@@ -103,18 +103,27 @@ def _summary(requested: Sequence[str], released: Sequence[str]) -> AuditDecision
 class RecordsService:
     """The access path. Built per request from the process's long-lived parts."""
 
-    def __init__(self, database: Database, keyring: Keyring, audit: AuditWriter, reader: Reader) -> None:
+    def __init__(
+        self,
+        database: Database,
+        keyring: Keyring,
+        audit: AuditWriter,
+        reader: Reader,
+        policy: policy_service.PolicyHolder | None = None,
+    ) -> None:
         self.database = database
         self.keyring = keyring
         self.audit = audit
         self.reader = reader
+        # The app's holder, shared with the policy API: one compiled index per epoch.
+        self.policy = policy or policy_service.PROCESS_POLICY
 
     # --- shared steps -----------------------------------------------------------------
 
     async def _catalog_and_policy(
         self, conn: AsyncConnection, access: Access | None = None
     ) -> tuple[Catalog, CompiledPolicy]:
-        snapshot = await policy_service.current_snapshot(conn, access.epoch_key if access else None)
+        snapshot = await self.policy.snapshot(conn, access.epoch_key if access else None)
         if snapshot.catalog is None:
             raise CatalogMissing("No catalog has been applied yet; run `tellonce policies apply DIR`.")
         return snapshot.catalog, snapshot.policy
@@ -123,7 +132,7 @@ class RecordsService:
         """Catalog and policy for a read: from memory when authentication's epoch key
         matches the compiled one, otherwise through a connection."""
         if access.epoch_key is not None:
-            snapshot = policy_service.PROCESS_POLICY.cached(access.epoch_key)
+            snapshot = self.policy.cached(access.epoch_key)
             if snapshot is not None and snapshot.catalog is not None:
                 return snapshot.catalog, snapshot.policy
         async with self.database.engine.connect() as conn:

@@ -11,6 +11,7 @@ from service.auth.cli import auth_app, clients_app
 from service.config import Settings, get_settings
 from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
+from service.policy.cli import owners_app
 from service.schema import upgrade
 from service.sim.cli import demo as demo_command
 
@@ -21,6 +22,7 @@ app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharin
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(policies_app, name="policies")
+app.add_typer(owners_app, name="owners")
 app.add_typer(clients_app, name="clients")
 app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")

@@ -80,6 +80,13 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
 
+        self.agreements_refused = Counter(
+            "tellonce_policy_agreements_refused",
+            "Stored agreement versions the policy compiler refused (a missing or bad owner "
+            "signature, or content that no longer parses), counted at every compile.",
+            registry=self.registry,
+        )
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

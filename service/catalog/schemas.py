@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from service.policy.signing import OwnerVerifier, SigningKeyError
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -20,6 +22,18 @@ class Department(_Strict):
     id: Identifier
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
+    # The owner's C2SP Ed25519 verifier key: with one, every agreement granting this
+    # department's fields must carry its signature (see ``service/policy/signing.py``).
+    signing_key: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _signing_key_is_this_departments(self) -> Department:
+        if self.signing_key is not None:
+            try:
+                OwnerVerifier.parse(self.signing_key, self.id)
+            except SigningKeyError as exc:
+                raise ValueError(f"signing_key: {exc}") from None
+        return self
 
 
 class Purpose(_Strict):
@@ -59,6 +73,11 @@ class Catalog(_Strict):
     @property
     def field_owners(self) -> dict[str, str]:
         return {f.name: f.owner for f in self.fields}
+
+    @property
+    def signing_keys(self) -> dict[str, str]:
+        """Department id -> verifier key, for the departments that sign their agreements."""
+        return {d.id: d.signing_key for d in self.departments if d.signing_key}
 
     @property
     def death_field(self) -> FieldSpec | None:

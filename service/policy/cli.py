@@ -19,9 +19,12 @@ from service.policy import service as policy_service
 from service.policy.cases import describe, folder_policy, load_cases, run_cases
 from service.policy.engine import RequestContext
 from service.policy.loader import load_policy_folder
+from service.policy.signing import OwnerSigner, SigningKeyError
+from service.policy.signing_files import read_private_key, sign_folder, write_private_key
 from service.sourcefile import SourceFileError
 
 app = typer.Typer(no_args_is_help=True, help="Agreements and the catalog, from policy files.")
+owners_app = typer.Typer(no_args_is_help=True, help="Owning departments' signing keys.")
 
 
 def _fail(exc: SourceFileError) -> typer.Exit:
@@ -155,3 +158,70 @@ def explain(
     """Decide against the live stored policy (as the service does) and print the reasons as JSON."""
     result = asyncio.run(_explain(consumer, action, field, purpose, case_ref, citizen_status))
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("sign")
+def sign(
+    directory: Path = typer.Argument(..., exists=True, file_okay=False, help="The policy folder."),
+    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="The owner's private key file."),
+) -> None:
+    """Sign, in place, every agreement of the key's department in DIR (comments and layout kept)."""
+    try:
+        report = sign_folder(directory, read_private_key(key))
+    except SigningKeyError as exc:
+        typer.echo(f"{key}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except SourceFileError as exc:
+        for error in exc.errors:
+            typer.echo(str(error), err=True)
+        typer.echo(f"{len(exc.errors)} error(s); nothing signed", err=True)
+        raise typer.Exit(1) from None
+    for path in report.rewritten:
+        typer.echo(f"{path}: rewritten cleanly (an agreement in flow style has no line to sign)")
+    typer.echo(
+        f"signed {len(report.signed)} agreement(s) in {len(report.files)} file(s); "
+        f"{len(report.already)} already signed"
+    )
+
+
+@app.command("verify")
+def verify(
+    directory: Path = typer.Argument(..., exists=True, file_okay=False, help="The policy folder."),
+) -> None:
+    """Check every agreement's owner signature against catalog.yaml's keys, as `apply` would.
+
+    Prints `FILE:LINE: message` for each unsigned or badly signed agreement (and any other
+    problem `apply` would refuse), and exits 1 if there is one.
+    """
+    try:
+        folder = load_policy_folder(directory)
+    except SourceFileError as exc:
+        for error in exc.errors:
+            typer.echo(str(error), err=True)
+        typer.echo(f"{len(exc.errors)} error(s)", err=True)
+        raise typer.Exit(1) from None
+    keys = folder.catalog.signing_keys
+    signed = sum(1 for a in folder.agreements if a.owner in keys)
+    unsigned_owners = sorted({a.owner for a in folder.agreements if a.owner not in keys})
+    typer.echo(f"{signed} agreement(s) of {len(keys)} department(s) with a signing key verified")
+    if unsigned_owners:
+        typer.echo(f"no signing key (signatures not required): {', '.join(unsigned_owners)}")
+
+
+@owners_app.command("keygen")
+def keygen(
+    department: str = typer.Option(..., "--department", help="The department id the key signs for."),
+    out: Path = typer.Option(..., "--out", dir_okay=False, help="The private key file to write (0600)."),
+) -> None:
+    """Make a department's signing key: write the private key to FILE, print the vkey for catalog.yaml."""
+    try:
+        signer = OwnerSigner.generate(department)
+        write_private_key(out, signer)
+    except SigningKeyError as exc:
+        typer.echo(f"--department {department!r}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except FileExistsError:
+        typer.echo(f"{out} exists; a signing key is never overwritten", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(signer.verifier_key())
+    typer.echo(f"private key written to {out}; add the line above as signing_key: of {department}", err=True)

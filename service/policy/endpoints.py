@@ -54,7 +54,7 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 @asynccontextmanager
 async def policy_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     """This app's compiled-policy holder, and the request source simulate replays."""
-    app.state.policy = policy_service.PolicyHolder()
+    app.state.policy = policy_service.PolicyHolder(on_refused=app.state.metrics.agreements_refused.inc)
     if not hasattr(app.state, "recorded_requests"):
         app.state.recorded_requests = None
     yield
@@ -110,15 +110,18 @@ async def _visible(session: SessionDep, agreement_id: str, principal: Principal)
     return row
 
 
-def _validate(spec: AgreementSpec, owner: str, catalog: Catalog, prefix: tuple[str | int, ...]) -> None:
-    """403 when the agreement covers another department's fields, 422 for anything else."""
+def _validate(
+    spec: AgreementSpec, owner: str, catalog: Catalog, prefix: tuple[str | int, ...], *, signed: bool = True
+) -> None:
+    """403 when the agreement covers another department's fields, 422 for anything else
+    (a missing or bad owner signature too, unless ``signed`` is off for a simulated draft)."""
     owners = catalog.field_owners
     foreign = sorted({owners[f] for f in spec.fields if f in owners and owners[f] != owner})
     if foreign:
         raise NotFieldOwner(
             f"{owner} may grant only its own fields; this covers fields of {', '.join(foreign)}."
         )
-    problems = check_agreement(spec, owner, catalog)
+    problems = check_agreement(spec, owner, catalog, signed=signed)
     if problems:
         raise ValidationFailed(
             "The agreement does not fit the catalog.",
@@ -309,7 +312,7 @@ async def simulate_change(
             owner = next((owners[f] for f in spec.fields if f in owners), principal.department)
         else:
             owner = principal.department
-        _validate(spec, owner, catalog, ("upsert", index))
+        _validate(spec, owner, catalog, ("upsert", index), signed=False)
         current = await repository.current_version(session, spec.id)
         if current is not None and current.owner != owner:
             raise AgreementExists(f"Agreement id {spec.id!r} belongs to another owner.")

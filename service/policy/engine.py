@@ -54,6 +54,8 @@ class Agreement:
     require_case_ref: bool = False
     effect: Effect = "permit"
     version: int = 1
+    # SHA-256 of the version's canonical JSON (``signing.version_digest``); audit entries cite it.
+    digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,8 @@ class Decision:
     version: int | None
     reason: str
     legal_basis: str | None = None
+    # The deciding agreement version's digest, when an agreement decided.
+    digest: str | None = None
 
     @property
     def permitted(self) -> bool:
@@ -90,6 +94,7 @@ class Decision:
             "version": self.version,
             "reason": self.reason,
             "legal_basis": self.legal_basis,
+            "digest": self.digest,
         }
 
 
@@ -155,6 +160,7 @@ class Grant:
     when: str | None
     condition: Any
     legal_basis: str | None
+    digest: str = ""
 
     def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
         """Why this grant does not apply to ``context``; ``None`` when it does."""
@@ -280,7 +286,15 @@ def _decide_field(
         if grant.effect == "forbid":
             if missed is None or UNEVALUATED in missed:
                 reason = f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
-                decision = Decision(name, "deny", grant.agreement, grant.version, reason, grant.legal_basis)
+                decision = Decision(
+                    name,
+                    "deny",
+                    grant.agreement,
+                    grant.version,
+                    reason,
+                    grant.legal_basis,
+                    grant.digest or None,
+                )
                 return (decision, tuple(misses))
             if explain:
                 misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
@@ -294,7 +308,15 @@ def _decide_field(
         misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
     if permit is not None:
         reason = f"agreement {permit.agreement} permits {consumer} to {action} {name} for {context.purpose}"
-        decision = Decision(name, "permit", permit.agreement, permit.version, reason, permit.legal_basis)
+        decision = Decision(
+            name,
+            "permit",
+            permit.agreement,
+            permit.version,
+            reason,
+            permit.legal_basis,
+            permit.digest or None,
+        )
         return (decision, tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
     if permit_misses:
@@ -334,6 +356,7 @@ def compile_policy(
             when=agreement.when,
             condition=condition,
             legal_basis=agreement.legal_basis,
+            digest=agreement.digest,
         )
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an
         # older catalog never grants a field that has since moved to another owner.

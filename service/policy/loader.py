@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -16,6 +17,7 @@ from service.catalog.loader import CATALOG_FILE, load_catalog
 from service.catalog.schemas import Catalog
 from service.policy.engine import ConditionError, compile_condition
 from service.policy.schemas import AgreementSpec, PolicyFile
+from service.policy.signing import OwnerVerifier
 from service.sourcefile import PathKey, SourceError, SourceFileError, read_yaml
 
 Problem = tuple[PathKey, str]
@@ -37,8 +39,23 @@ class PolicyFolder:
     agreements: tuple[SourcedAgreement, ...]
 
 
-def check_agreement(spec: AgreementSpec, owner: str, catalog: Catalog) -> list[Problem]:
-    """Every way ``spec`` does not fit ``catalog`` when granted by ``owner``; ``[]`` if none."""
+def signature_problem(content: dict[str, Any], owner: str, catalog: Catalog) -> str | None:
+    """Why ``content`` lacks a valid signature by ``owner``; ``None`` when it has one or
+    ``owner`` has no signing key (a department without a key keeps working unsigned)."""
+    vkey = catalog.signing_keys.get(owner)
+    if vkey is None:
+        return None
+    return OwnerVerifier.parse(vkey).problem(content, owner)
+
+
+def check_agreement(
+    spec: AgreementSpec, owner: str, catalog: Catalog, *, signed: bool = True
+) -> list[Problem]:
+    """Every way ``spec`` does not fit ``catalog`` when granted by ``owner``; ``[]`` if none.
+
+    With ``signed`` (everywhere an agreement is stored), an owner with a signing key must
+    have signed it; a draft that is only simulated need not be.
+    """
     problems: list[Problem] = []
     departments = {d.id for d in catalog.departments}
     purposes = {p.id for p in catalog.purposes}
@@ -83,6 +100,10 @@ def check_agreement(spec: AgreementSpec, owner: str, catalog: Catalog) -> list[P
             compile_condition(spec.when)
         except ConditionError as exc:
             problems.append((("when",), f"agreement {name}: {exc}"))
+    if signed:
+        problem = signature_problem(spec.content(), owner, catalog)
+        if problem is not None:
+            problems.append((("signature",), f"agreement {name}: {problem}"))
     return problems
 
 

@@ -29,12 +29,15 @@ class AgreementSpec(BaseModel):
     when: str | None = Field(default=None, max_length=2000)
     require_case_ref: bool = False
     effect: Effect = "permit"
+    # The owner's base64 Ed25519 signature over the agreement's signing text
+    # (``service/policy/signing.py``); required when the owner's department has a key.
+    signature: str | None = Field(default=None, max_length=200)
 
     def content(self) -> dict[str, Any]:
         """The stored form: JSON-compatible, defaults left out so files stay short."""
         return self.model_dump(mode="json", exclude_defaults=True)
 
-    def to_engine(self, owner: str, version: int) -> Agreement:
+    def to_engine(self, owner: str, version: int, digest: str = "") -> Agreement:
         return Agreement(
             id=self.id,
             owner=owner,
@@ -49,6 +52,7 @@ class AgreementSpec(BaseModel):
             require_case_ref=self.require_case_ref,
             effect=self.effect,
             version=version,
+            digest=digest,
         )
 
 

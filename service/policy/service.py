@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
+from service.errors import ValidationFailed
 from service.policy import repository
 from service.policy.engine import Agreement, CompiledPolicy, compile_policy
-from service.policy.loader import PolicyFolder
+from service.policy.loader import PolicyFolder, signature_problem
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
+from service.policy.signing import OwnerVerifier, version_digest
 
 logger = logging.getLogger("tellonce.policy")
 
@@ -32,16 +34,50 @@ logger = logging.getLogger("tellonce.policy")
 # --- the live policy ---------------------------------------------------------------
 
 
-def agreements_from_rows(rows: list[tuple[str, str, int, str, dict[str, Any]]]) -> list[Agreement]:
-    """Active versions as engine agreements; a stored row that no longer parses is skipped."""
+@dataclass(frozen=True)
+class Refusal:
+    """A stored agreement version the compiler would not take, and why."""
+
+    agreement_id: str
+    owner: str
+    version: int
+    problem: str
+
+
+def agreements_from_rows(
+    rows: list[tuple[str, str, int, str, dict[str, Any]]],
+    signing_keys: Mapping[str, str] | None = None,
+    refusals: list[Refusal] | None = None,
+) -> list[Agreement]:
+    """Active versions as engine agreements, each carrying its version digest.
+
+    A row that no longer parses, or whose owner has a signing key and whose signature does
+    not verify, is left out (so it grants nothing) and added to ``refusals``: the
+    signature is checked here, at compile time, so a row edited or inserted directly in
+    the database is never compiled, while the per-request path never checks a signature.
+    """
+    verifiers: dict[str, OwnerVerifier] = {}
+    for owner, vkey in (signing_keys or {}).items():
+        verifiers[owner] = OwnerVerifier.parse(vkey)
     agreements = []
     for agreement_id, owner, version, status, content in rows:
         if status != "active":
             continue
+        problem: str | None = None
         try:
-            agreements.append(AgreementSpec.model_validate(content).to_engine(owner, version))
+            spec = AgreementSpec.model_validate(content)
         except ValidationError:
-            logger.error("stored agreement does not parse; ignored (deny)", extra={"agreement": agreement_id})
+            problem = "the stored agreement does not parse"
+        else:
+            if spec.id != agreement_id:
+                problem = f"the stored agreement names id {spec.id!r}"
+            elif owner in verifiers:
+                problem = verifiers[owner].problem(content, owner)
+        if problem is not None:
+            if refusals is not None:
+                refusals.append(Refusal(agreement_id, owner, version, problem))
+            continue
+        agreements.append(spec.to_engine(owner, version, version_digest(content, owner)))
     return agreements
 
 
@@ -52,6 +88,8 @@ class PolicySnapshot:
     key: repository.EpochKey
     policy: CompiledPolicy
     catalog: Catalog | None
+    # Stored versions left out of ``policy``, with the reason for each.
+    refused: tuple[Refusal, ...] = ()
 
 
 async def compile_snapshot(
@@ -62,17 +100,21 @@ async def compile_snapshot(
     if catalog_row is None:
         return PolicySnapshot(resolved_key, compile_policy((), {}, (), epoch=epoch), None)
     catalog = Catalog.model_validate(catalog_row[1])
-    agreements = agreements_from_rows(list(await repository.current_rows_core(conn)))
+    refused: list[Refusal] = []
+    rows = list(await repository.current_rows_core(conn))
+    agreements = agreements_from_rows(rows, catalog.signing_keys, refused)
     policy = compile_policy(agreements, catalog.field_owners, [p.id for p in catalog.purposes], epoch=epoch)
-    return PolicySnapshot(resolved_key, policy, catalog)
+    return PolicySnapshot(resolved_key, policy, catalog, tuple(refused))
 
 
 class PolicyHolder:
     """The compiled policy of one process, swapped whole when the epoch moves."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_refused: Callable[[], None] | None = None) -> None:
         self._snapshot: PolicySnapshot | None = None
         self._lock = asyncio.Lock()
+        # Called once per refused version per compile (the app counts them in a metric).
+        self._on_refused = on_refused
 
     async def snapshot(self, conn: AsyncConnection, key: repository.EpochKey | None = None) -> PolicySnapshot:
         """The policy and catalog in force. ``key`` is the epoch key if the caller has
@@ -91,9 +133,19 @@ class PolicyHolder:
             if snapshot is not None and snapshot.key == key:
                 return snapshot
             snapshot = await compile_snapshot(conn, key[0], key)
+            self._report(snapshot.refused)
             # One assignment: readers see the old index or the new one, never a mix.
             self._snapshot = snapshot
             return snapshot
+
+    def _report(self, refused: tuple[Refusal, ...]) -> None:
+        for refusal in refused:
+            logger.error(
+                f"agreement {refusal.agreement_id} version {refusal.version} of {refusal.owner} "
+                f"refused at compile time, it grants nothing: {refusal.problem}"
+            )
+            if self._on_refused is not None:
+                self._on_refused()
 
     def cached(self, key: repository.EpochKey) -> PolicySnapshot | None:
         """The snapshot for ``key`` if it is the one compiled, without touching storage."""
@@ -189,6 +241,20 @@ async def write_version(
     return row
 
 
+def require_signed(content: dict[str, Any], owner: str, catalog: Catalog) -> None:
+    """Refuse to store an agreement its owner (having a signing key) did not sign as is.
+
+    The loader, the API and the console report the same problem earlier, with its place;
+    this is the last gate before a version is written, whatever path it came by.
+    """
+    problem = signature_problem(content, owner, catalog)
+    if problem is not None:
+        raise ValidationFailed(
+            f"Agreement {content.get('id')!r} is refused: {problem}.",
+            errors=[{"loc": ["body", "signature"], "msg": problem}],
+        )
+
+
 @dataclass
 class ApplyReport:
     catalog_version: int | None = None
@@ -227,6 +293,7 @@ async def apply_folder(
         ):
             report.unchanged.append(spec.id)
             continue
+        require_signed(content, sourced.owner, folder.catalog)
         await write_version(
             session,
             previous,
@@ -280,6 +347,7 @@ async def put_agreement(
     reason: str,
 ) -> AgreementVersion:
     """Create or replace an agreement (the caller checked ownership and If-Match)."""
+    require_signed(spec.content(), owner, await live_catalog(session))
     row = await write_version(
         session,
         previous,
@@ -296,7 +364,8 @@ async def put_agreement(
 
 async def live_agreements(session: AsyncSession) -> list[Agreement]:
     conn = await session.connection()
-    return agreements_from_rows(list(await repository.current_rows_core(conn)))
+    catalog = await live_catalog(session)
+    return agreements_from_rows(list(await repository.current_rows_core(conn)), catalog.signing_keys)
 
 
 async def live_catalog(session: AsyncSession) -> Catalog:

@@ -24,6 +24,7 @@ from service.audit.models import AuditEntryRow
 from service.audit.schemas import AuditEntry, Reason
 from service.audit.service import append_in_transaction
 from service.audit.writer import AuditWriter
+from service.catalog import service as catalog_service
 from service.crypto.keyring import KeyEvent
 from service.db import utcnow
 from service.observability import current_request_id
@@ -49,11 +50,43 @@ def policy_change_entry(change: policy_service.PolicyChange) -> AuditEntry:
                 effect=change.status,
                 agreement=change.agreement_id,
                 version=change.version,
+                digest=change.digest or None,
                 reason=change.reason,
             )
         ],
         status=200,
+        document=change.document or None,
     )
+
+
+def catalog_change_entry(change: catalog_service.CatalogChange) -> AuditEntry:
+    """The new catalog in full, and one reason per department whose signing key changed,
+    naming the old and the new verifier key."""
+    reasons = [Reason(field="", effect="stored", version=change.version, reason=change.reason)]
+    for department, old, new in change.key_changes:
+        reasons.append(
+            Reason(
+                field="",
+                effect="signing-key",
+                reason=f"{department} signing key: {old or 'none'} -> {new or 'none'}",
+            )
+        )
+    return AuditEntry(
+        time=utcnow().isoformat(),
+        request_id=current_request_id(),
+        client_id=change.author,
+        department="",
+        action="catalog-change",
+        owners=sorted({department for department, _old, _new in change.key_changes}),
+        decision="permit",
+        reasons=reasons,
+        status=200,
+        document=change.document,
+    )
+
+
+async def audit_catalog_change(session: AsyncSession, change: catalog_service.CatalogChange) -> None:
+    await append_in_transaction(await session.connection(), catalog_change_entry(change))
 
 
 async def audit_policy_change(session: AsyncSession, change: policy_service.PolicyChange) -> None:
@@ -122,9 +155,11 @@ class KeyEventsCollected:
 
 
 def connect_policy_changes() -> None:
-    """Audit every policy change, in whatever process makes it (server or CLI)."""
+    """Audit every policy and catalog change, in whatever process makes it (server or CLI)."""
     if audit_policy_change not in policy_service.on_policy_change:
         policy_service.on_policy_change.append(audit_policy_change)
+    if audit_catalog_change not in catalog_service.on_catalog_change:
+        catalog_service.on_catalog_change.append(audit_catalog_change)
 
 
 # --- simulate replays the audited requests ------------------------------------------------

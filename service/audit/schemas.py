@@ -21,6 +21,7 @@ Action = Literal[
     "deliver",
     "feed",
     "policy-change",
+    "catalog-change",
     "key-operation",
     "audit-query",
     "access-log",
@@ -39,6 +40,8 @@ class Reason(BaseModel):
     effect: str
     agreement: str | None = None
     version: int | None = None
+    # SHA-256 (hex) of the cited agreement version's canonical JSON, signature included.
+    digest: str | None = None
     reason: str = ""
 
 
@@ -62,9 +65,16 @@ class AuditEntry(BaseModel):
     reasons: list[Reason] = Field(default_factory=list)
     purpose: str | None = None
     case_ref: str | None = None
+    # The citizen's status when decided: with the time, purpose, case reference, consumer,
+    # action and fields, every input a decision used, so an owner can re-decide it offline.
+    citizen_status: str | None = None
     legal_basis: list[str] = Field(default_factory=list)
     status: int
     source: str | None = None
+    # A policy-change entry: the new version's canonical JSON (owner and signature
+    # included); a catalog-change entry: the new catalog's. So the log alone holds every
+    # agreement that ever decided.
+    document: str | None = None
 
     @field_validator("time")
     @classmethod

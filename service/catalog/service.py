@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from service.audit.schemas import canonical_json
 from service.catalog import repository
 from service.catalog.errors import CatalogMissing
 from service.catalog.loader import catalog_content, catalog_hash
 from service.catalog.models import CatalogVersion
 from service.catalog.schemas import Catalog
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """A new catalog version, as the audit records it: in full, with every signing-key change."""
+
+    version: int
+    document: str
+    # (department, old verifier key, new verifier key); ``None`` where there was or is none.
+    key_changes: list[tuple[str, str | None, str | None]]
+    author: str
+    reason: str
+
+
+CatalogChangeHook = Callable[[AsyncSession, CatalogChange], Awaitable[None]]
+# Hooks run inside the storing transaction, so the audit entry commits with the catalog.
+on_catalog_change: list[CatalogChangeHook] = []
+
+
+def key_changes(old: Catalog | None, new: Catalog) -> list[tuple[str, str | None, str | None]]:
+    before = old.signing_keys if old is not None else {}
+    after = new.signing_keys
+    return [
+        (department, before.get(department), after.get(department))
+        for department in sorted(set(before) | set(after))
+        if before.get(department) != after.get(department)
+    ]
 
 
 async def current(session: AsyncSession) -> tuple[int, Catalog]:
@@ -27,17 +58,16 @@ async def store(session: AsyncSession, catalog: Catalog, *, author: str, reason:
     if row is not None and row.content_hash == digest:
         return None
     version = 1 if row is None else row.version + 1
+    content = catalog_content(catalog)
     repository.add(
         session,
-        CatalogVersion(
-            version=version,
-            content=catalog_content(catalog),
-            content_hash=digest,
-            author=author,
-            reason=reason,
-        ),
+        CatalogVersion(version=version, content=content, content_hash=digest, author=author, reason=reason),
     )
     await session.flush()
+    previous = Catalog.model_validate(row.content) if row is not None else None
+    change = CatalogChange(version, canonical_json(content), key_changes(previous, catalog), author, reason)
+    for hook in on_catalog_change:
+        await hook(session, change)
     return version
 
 

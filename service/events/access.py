@@ -35,6 +35,8 @@ class FieldDecision(Protocol):
     def version(self) -> int | None: ...
     @property
     def legal_basis(self) -> str | None: ...
+    @property
+    def digest(self) -> str | None: ...
 
 
 class SubscribeDecider(Protocol):
@@ -145,6 +147,7 @@ def audit_entry(
     decisions: Mapping[str, FieldDecision],
     purpose: str,
     status: int,
+    citizen_status: str | None,
     request_id: str | None = None,
     on_behalf_of: str | None = None,
     source: str | None = None,
@@ -163,6 +166,7 @@ def audit_entry(
             "effect": decisions[field].effect,
             "agreement": decisions[field].agreement,
             "version": decisions[field].version,
+            "digest": decisions[field].digest,
             "reason": decisions[field].reason,
         }
         for field in requested
@@ -184,6 +188,7 @@ def audit_entry(
         "reasons": reasons,
         "purpose": purpose,
         "case_ref": None,
+        "citizen_status": citizen_status,
         "legal_basis": legal_basis,
         "status": status,
         "source": source,

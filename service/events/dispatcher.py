@@ -181,6 +181,7 @@ class Dispatcher:
                 decisions=decisions,
                 purpose=subscription.purpose,
                 status=200 if released else 403,
+                citizen_status=statuses.get(event.citizen_id),
                 # Where the event went: the receiver's origin, not its path, which may hold a token.
                 source=_origin(subscription.webhook_url),
             )

@@ -233,6 +233,7 @@ async def create_subscription(
         decisions=decisions,
         purpose=body.purpose,
         status=403 if denied else 201,
+        citizen_status="active",
         request_id=caller.request_id,
         source=caller.source,
     )
@@ -491,6 +492,7 @@ def _release(
                     decisions=decisions,
                     purpose=purpose,
                     status=200,
+                    citizen_status=citizen_status,
                     request_id=caller.request_id,
                     source=caller.source,
                 )

@@ -26,7 +26,7 @@ from service.policy.engine import Agreement, CompiledPolicy, compile_policy
 from service.policy.loader import PolicyFolder, signature_problem
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
-from service.policy.signing import OwnerVerifier, version_digest
+from service.policy.signing import OwnerVerifier, text_digest, version_digest, version_text
 
 logger = logging.getLogger("tellonce.policy")
 
@@ -179,6 +179,9 @@ class PolicyChange:
     content_hash: str
     author: str
     reason: str
+    # The version's canonical JSON (owner and signature included), and its SHA-256.
+    document: str = ""
+    digest: str = ""
 
 
 PolicyChangeHook = Callable[[AsyncSession, PolicyChange], Awaitable[None]]
@@ -234,9 +237,20 @@ async def write_version(
         is_current=True,
     )
     await repository.add_version(session, previous, row)
+    document = version_text(content, owner)
     await _notify(
         session,
-        PolicyChange(agreement_id, owner, row.version, status, row.content_hash, author, reason),
+        PolicyChange(
+            agreement_id,
+            owner,
+            row.version,
+            status,
+            row.content_hash,
+            author,
+            reason,
+            document=document,
+            digest=text_digest(document),
+        ),
     )
     return row
 

@@ -179,13 +179,16 @@ class RecordsService:
         purpose: str | None,
         status: int,
         decision: AuditDecision | None = None,
+        context: RequestContext | None = None,
     ) -> AuditEntry:
+        """The audit entry; with ``context`` (every policy decision has one) it records
+        every input the decision used, so the owner can re-decide it from the log alone."""
         owners = sorted({spec.owner for name in requested if (spec := catalog.field(name))})
         legal_basis = sorted(
             {d.legal_basis for d in decisions.values() if d.effect == "permit" and d.legal_basis}
         )
         return AuditEntry(
-            time=_now().isoformat(),
+            time=(context.time if context is not None else _now()).isoformat(),
             request_id=access.request_id,
             client_id=access.principal.client_id,
             department=access.department,
@@ -198,12 +201,18 @@ class RecordsService:
             decision=decision or _summary(requested, released),
             reasons=[
                 Reason(
-                    field=d.field, effect=d.effect, agreement=d.agreement, version=d.version, reason=d.reason
+                    field=d.field,
+                    effect=d.effect,
+                    agreement=d.agreement,
+                    version=d.version,
+                    digest=d.digest,
+                    reason=d.reason,
                 )
                 for d in decisions.values()
             ],
             purpose=purpose,
             case_ref=access.case_ref,
+            citizen_status=context.citizen_status if context is not None else None,
             legal_basis=legal_basis,
             status=status,
             source=access.source,
@@ -280,6 +289,7 @@ class RecordsService:
                 decisions=decisions,
                 purpose=purpose,
                 status=200,
+                context=context,
             )
         )
         return CitizenOut(
@@ -326,6 +336,7 @@ class RecordsService:
             decisions=decisions,
             purpose=purpose,
             status=status,
+            context=context,
         )
         await self._refuse(entry, error)
 
@@ -340,6 +351,7 @@ class RecordsService:
         _require_known(catalog, requested, purpose, loc="fields")
         found = await self.reader.citizens(unique_ids)
         decisions_by_citizen: dict[str, dict[str, Decision]] = {}
+        contexts: dict[str, RequestContext] = {}
         allowed_any: set[str] = set()
         for citizen_id in unique_ids:
             citizen = found.get(citizen_id)
@@ -348,6 +360,7 @@ class RecordsService:
             context = self._context(access, purpose, citizen.status)
             decisions = policy.decide(access.department, "read", requested, context)
             decisions_by_citizen[citizen_id] = decisions
+            contexts[citizen_id] = context
             allowed_any.update(n for n, d in decisions.items() if d.effect == "permit")
         rows = await self.reader.current_values(list(decisions_by_citizen), sorted(allowed_any))
         plain = self._plain(catalog, rows, await self._keys(rows))
@@ -399,6 +412,7 @@ class RecordsService:
                     decisions=citizen_decisions,
                     purpose=purpose,
                     status=200,
+                    context=contexts[citizen_id],
                 )
             )
         if entries:
@@ -448,6 +462,7 @@ class RecordsService:
             decisions=decisions,
             purpose=purpose,
             status=200 if citizen_id else 404,
+            context=context,
         )
         if citizen_id is None:
             # Unknown and not allowed give the same answer.
@@ -497,6 +512,7 @@ class RecordsService:
                 decisions=decisions,
                 purpose=purpose,
                 status=200,
+                context=context,
             )
         )
         withheld = [Withheld(field=n, reason=decisions[n].reason) for n in requested if n not in allowed]
@@ -555,6 +571,7 @@ class RecordsService:
                 decisions=decisions,
                 purpose=purpose,
                 status=200,
+                context=context,
             )
         )
         items = [
@@ -735,6 +752,7 @@ class RecordsService:
                     decisions=decisions,
                     purpose=purpose,
                     status=200,
+                    context=context,
                 )
                 # The change events, one per owning department, in this same transaction:
                 # a write that rolls back tells no one. Field names only, never values.
@@ -763,6 +781,7 @@ class RecordsService:
             purpose=purpose,
             status=403,
             decision="deny",
+            context=context,
         )
         await self._refuse(refusal, NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}"))
 

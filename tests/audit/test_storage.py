@@ -127,5 +127,12 @@ class TestRecordEvent:
         assert record["action"] == "key-operation"
         assert record["owners"] == ["dvla"]
         assert record["reasons"] == [
-            {"field": "", "effect": "permit", "agreement": None, "version": None, "reason": "kek rotated"}
+            {
+                "field": "",
+                "effect": "permit",
+                "agreement": None,
+                "version": None,
+                "digest": None,
+                "reason": "kek rotated",
+            }
         ]

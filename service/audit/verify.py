@@ -52,8 +52,20 @@ class LogVerifier:
                 )
         self._check_reached()
 
-    def add(self, leaf_index: int, entry_label: str, canonical: str | None, recorded: bytes | None) -> None:
-        """Feed the next leaf: its canonical JSON, and the leaf hash recorded when sequenced."""
+    def add(
+        self,
+        leaf_index: int,
+        entry_label: str,
+        canonical: str | None,
+        recorded: bytes | None,
+        *,
+        made_canonical: bool = False,
+    ) -> None:
+        """Feed the next leaf: its canonical JSON, and the leaf hash recorded when sequenced.
+
+        ``made_canonical`` says the caller produced ``canonical`` with ``canonical_json``
+        from the parsed entry (a bundle), so it needs no second parse to prove its form.
+        """
         if leaf_index != self.compact.size:
             raise VerificationFailed(
                 f"leaf {self.compact.size} is missing (next stored leaf is {leaf_index})"
@@ -61,7 +73,7 @@ class LogVerifier:
         if canonical is None:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
         try:
-            if canonical_json(json.loads(canonical)) != canonical:
+            if not made_canonical and canonical_json(json.loads(canonical)) != canonical:
                 raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not in canonical form")
         except ValueError:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not JSON") from None

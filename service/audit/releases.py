@@ -1,0 +1,309 @@
+"""Re-decide, from the audit log alone, every release of one owner's fields.
+
+Pure: no I/O. ``ReleaseChecker`` is fed the log's entries in leaf order (from an exported
+bundle by ``tellonce audit check-releases``, or from the database by the console's owner
+view) and, for every entry that released a field of the owner to another department:
+
+1. finds the agreement version the entry cites for that field among the log's
+   policy-change entries (each carries the version's canonical JSON);
+2. checks that the cited digest is the SHA-256 of that JSON (an agreement swapped in the
+   database after signing shows here), that the version is the owner's, active, and
+   signed by the owner's key (given by the owner, never taken from the log);
+3. re-decides the access with the same engine the service uses, from what the entry
+   records (consumer, action, purpose, case reference, time, citizen status, field),
+   against the owner's signed agreements in force at that point of the log, the cited
+   version standing for its agreement.
+
+Which fields are the owner's comes from the newest catalog-change entry before the
+release (catalog changes are logged in full); before any, from the fields the owner's
+signed agreements name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.policy.engine import Agreement, CompiledPolicy, ConditionError, RequestContext, compile_policy
+from service.policy.schemas import AgreementSpec
+from service.policy.signing import OWNER, OwnerVerifier, text_digest
+
+# Audit actions that release fields, and the policy action each was decided as.
+RELEASE_ACTIONS: Mapping[str, str] = {
+    "read": "read",
+    "batch-get": "read",
+    "lookup": "lookup",
+    "verify": "verify",
+    "history": "history",
+    "write": "write",
+    "subscribe": "subscribe",
+    "deliver": "subscribe",
+    "feed": "subscribe",
+}
+
+
+@dataclass(frozen=True)
+class LoggedVersion:
+    """One agreement version as a policy-change entry holds it."""
+
+    agreement_id: str
+    version: int
+    owner: str
+    status: str
+    digest: str
+    agreement: Agreement | None
+    # Why the owner's key does not vouch for it (``None``: validly signed by the owner).
+    unsigned: str | None
+
+
+@dataclass(frozen=True)
+class Unjustified:
+    leaf_index: int
+    label: str
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.label} (leaf {self.leaf_index}), field {self.field}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class _Release:
+    leaf_index: int
+    label: str
+    consumer: str
+    action: str
+    field: str
+    context: RequestContext
+    reason: Mapping[str, Any] | None
+    generation: int
+
+
+@dataclass
+class ReleaseReport:
+    owner: str
+    entries: int = 0
+    releases: int = 0
+    fields: int = 0
+    unjustified: list[Unjustified] = field(default_factory=list)
+
+    @property
+    def justified(self) -> bool:
+        return not self.unjustified
+
+    def summary(self) -> str:
+        if self.justified:
+            return (
+                f"{self.releases} releases of {self.owner}'s fields checked, "
+                f"all justified by agreements signed by {self.owner}"
+            )
+        entries = len({u.leaf_index for u in self.unjustified})
+        return (
+            f"{self.releases} releases of {self.owner}'s fields checked: "
+            f"{entries} NOT justified by an agreement signed by {self.owner}"
+        )
+
+
+class ReleaseChecker:
+    """Feed ``add`` every entry in leaf order, then call ``finish``."""
+
+    def __init__(self, owner: str, owner_key: OwnerVerifier) -> None:
+        self.owner = owner
+        self.owner_key = owner_key
+        self.report = ReleaseReport(owner)
+        self._versions: dict[tuple[str, int], LoggedVersion] = {}
+        # The owner's signed versions in force, replaced whole on each change (snapshots
+        # are kept by generation, so a release can be re-decided against its own).
+        self._in_force: dict[str, LoggedVersion] = {}
+        self._generations: list[dict[str, LoggedVersion]] = [{}]
+        self._owned: set[str] | None = None
+        self._compiled: dict[tuple[int, str, int], CompiledPolicy] = {}
+        self._pending: list[_Release] = []
+
+    # --- feeding ------------------------------------------------------------------------
+
+    def add(self, leaf_index: int, label: str, entry: Mapping[str, Any]) -> None:
+        self.report.entries += 1
+        action = entry.get("action")
+        if action == "policy-change":
+            self._policy_change(entry)
+            return
+        if action == "catalog-change":
+            self._catalog_change(entry)
+            return
+        released = entry.get("fields_released") or []
+        consumer = str(entry.get("department") or "")
+        if not released or consumer == self.owner:
+            # Nothing released, or the owner's own access to its own fields.
+            return
+        owned = self._owned_fields()
+        mine = [name for name in released if name in owned]
+        if not mine:
+            return
+        self.report.releases += 1
+        self.report.fields += len(mine)
+        policy_action = RELEASE_ACTIONS.get(str(action))
+        if policy_action is None:
+            for name in mine:
+                self._unjustified(
+                    leaf_index, label, name, f"a {action} entry cannot release another owner's field"
+                )
+            return
+        try:
+            context = RequestContext(
+                purpose=str(entry.get("purpose") or ""),
+                case_ref=entry.get("case_ref"),
+                time=datetime.fromisoformat(str(entry["time"])),
+                citizen_status=entry.get("citizen_status"),
+            )
+        except (KeyError, ValueError):
+            for name in mine:
+                self._unjustified(leaf_index, label, name, "the entry's time is not an ISO 8601 timestamp")
+            return
+        reasons = {r.get("field"): r for r in entry.get("reasons") or [] if isinstance(r, Mapping)}
+        generation = len(self._generations) - 1
+        for name in mine:
+            release = _Release(
+                leaf_index, label, consumer, policy_action, name, context, reasons.get(name), generation
+            )
+            cited = release.reason
+            key = (str(cited.get("agreement")), cited.get("version")) if cited else None
+            if key is not None and key not in self._versions:
+                # Its policy-change entry may be sequenced after the release; settle at the end.
+                self._pending.append(release)
+            else:
+                self._check(release)
+
+    def finish(self) -> ReleaseReport:
+        for release in self._pending:
+            self._check(release)
+        self._pending.clear()
+        self.report.unjustified.sort(key=lambda u: (u.leaf_index, u.field))
+        return self.report
+
+    # --- the log's own record of agreements and catalogs ----------------------------------
+
+    def _policy_change(self, entry: Mapping[str, Any]) -> None:
+        reasons = entry.get("reasons") or []
+        document = entry.get("document")
+        if not reasons or not isinstance(document, str):
+            return
+        reason = reasons[0]
+        agreement_id, version, status = reason.get("agreement"), reason.get("version"), reason.get("effect")
+        if not isinstance(agreement_id, str) or not isinstance(version, int):
+            return
+        logged = self._logged_version(agreement_id, version, str(status), document)
+        self._versions[(agreement_id, version)] = logged
+        if logged.owner != self.owner:
+            return
+        in_force = dict(self._in_force)
+        if logged.status == "active" and logged.unsigned is None and logged.agreement is not None:
+            in_force[agreement_id] = logged
+        else:
+            in_force.pop(agreement_id, None)
+        self._in_force = in_force
+        self._generations.append(in_force)
+
+    def _logged_version(self, agreement_id: str, version: int, status: str, document: str) -> LoggedVersion:
+        digest = text_digest(document)
+        try:
+            content = json.loads(document)
+        except ValueError:
+            return LoggedVersion(
+                agreement_id, version, "", status, digest, None, "the logged text is not JSON"
+            )
+        if not isinstance(content, dict):
+            return LoggedVersion(
+                agreement_id, version, "", status, digest, None, "the logged text is not an object"
+            )
+        owner = str(content.get(OWNER, ""))
+        unsigned = self.owner_key.problem(content, owner) if owner == self.owner else "not this owner's"
+        agreement: Agreement | None = None
+        spec_content = {key: value for key, value in content.items() if key != OWNER}
+        try:
+            spec = AgreementSpec.model_validate(spec_content)
+            agreement = spec.to_engine(owner, version, digest)
+        except ValidationError:
+            unsigned = unsigned or "the logged agreement does not parse"
+        return LoggedVersion(agreement_id, version, owner, status, digest, agreement, unsigned)
+
+    def _catalog_change(self, entry: Mapping[str, Any]) -> None:
+        document = entry.get("document")
+        if not isinstance(document, str):
+            return
+        try:
+            catalog = json.loads(document)
+            self._owned = {
+                str(spec["name"]) for spec in catalog.get("fields", []) if spec.get("owner") == self.owner
+            }
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return
+
+    def _owned_fields(self) -> set[str]:
+        if self._owned is not None:
+            return self._owned
+        return {
+            name for logged in self._in_force.values() if logged.agreement for name in logged.agreement.fields
+        }
+
+    # --- one release ----------------------------------------------------------------------
+
+    def _unjustified(self, leaf_index: int, label: str, name: str, problem: str) -> None:
+        self.report.unjustified.append(Unjustified(leaf_index, label, name, problem))
+
+    def _check(self, release: _Release) -> None:
+        problem = self._problem(release)
+        if problem is not None:
+            self._unjustified(release.leaf_index, release.label, release.field, problem)
+
+    def _problem(self, release: _Release) -> str | None:
+        cited = release.reason
+        if cited is None or cited.get("effect") != "permit":
+            return "released without a permitting decision recorded for the field"
+        agreement_id, version, digest = cited.get("agreement"), cited.get("version"), cited.get("digest")
+        if not agreement_id or not isinstance(version, int):
+            return "released without citing an agreement version"
+        logged = self._versions.get((str(agreement_id), version))
+        if logged is None:
+            return f"cites {agreement_id} version {version}, which no policy-change entry in the log holds"
+        if digest != logged.digest:
+            return (
+                f"cites {agreement_id} version {version} with digest {digest}, but the log holds that "
+                f"version with digest {logged.digest} (the agreement was changed after it was recorded)"
+            )
+        if logged.owner != self.owner:
+            return f"cites {agreement_id}, an agreement of {logged.owner or 'no owner'}, not of {self.owner}"
+        if logged.status != "active":
+            return f"cites {agreement_id} version {version}, which is {logged.status}"
+        if logged.unsigned is not None or logged.agreement is None:
+            return f"{agreement_id} version {version} is not signed by {self.owner}: {logged.unsigned}"
+        policy = self._policy(release.generation, logged)
+        if policy is None:
+            return f"{agreement_id} version {version} does not compile"
+        decision = policy.decide(release.consumer, release.action, [release.field], release.context)[
+            release.field
+        ]
+        if not decision.permitted:
+            return f"re-decided from the entry, the access is denied: {decision.reason}"
+        return None
+
+    def _policy(self, generation: int, cited: LoggedVersion) -> CompiledPolicy | None:
+        key = (generation, cited.agreement_id, cited.version)
+        policy = self._compiled.get(key)
+        if policy is None:
+            in_force = dict(self._generations[generation])
+            in_force[cited.agreement_id] = cited
+            agreements = [logged.agreement for logged in in_force.values() if logged.agreement is not None]
+            owners = {name: self.owner for agreement in agreements for name in agreement.fields}
+            purposes = {purpose for agreement in agreements for purpose in agreement.purposes}
+            try:
+                policy = compile_policy(agreements, owners, purposes)
+            except ConditionError:
+                return None
+            self._compiled[key] = policy
+        return policy

@@ -133,7 +133,7 @@ class OwnerSigner:
     @classmethod
     def parse(cls, text: str) -> OwnerSigner:
         """Read ``PRIVATE+KEY+<name>+<hash>+<base64(0x01 || seed)>``."""
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)
         if len(parts) != 5 or f"{parts[0]}+{parts[1]}+" != PRIVATE_KEY_PREFIX:
             raise SigningKeyError("a private key is PRIVATE+KEY+<department>+<hex key hash>+<base64 key>")
         name, hash_hex, key_b64 = parts[2], parts[3], parts[4]

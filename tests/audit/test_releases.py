@@ -1,0 +1,322 @@
+"""check-releases: every release of an owner's fields re-decided from an exported bundle.
+
+Each test builds a signed government in a scratch database (the register and DVLA sign
+their agreements), serves real requests through the records access path, then exports the
+log as a bundle and checks it, as the owner would, with only the bundle and two keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from sqlalchemy import select, update
+
+from service.app import create_app
+from service.audit import service as audit_service
+from service.audit.checkpoint import NoteSigner, NoteVerifier
+from service.audit.cli import check_bundle_releases, export_bundle
+from service.audit.config import AuditSettings, load_signer
+from service.audit.models import AuditEntryRow
+from service.audit.releases import ReleaseReport
+from service.audit.schemas import AuditEntry
+from service.auth.dependencies import Principal, get_principal
+from service.catalog.schemas import Catalog
+from service.config import Settings
+from service.db import create_engine
+from service.policy.models import AgreementVersion, PolicyEpoch
+from service.policy.signing import OwnerSigner, OwnerVerifier
+from service.policy.signing_files import sign_folder
+from tests.fixtures.audit import make_sequencer, sequence_all
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+
+RECORDS_POLICIES = Path(__file__).parents[1] / "records" / "policies"
+
+# A condition and a case reference, so re-decision covers both.
+FRAUD_AGREEMENT = """  - id: welfare-reads-address-for-fraud
+    consumer: welfare
+    fields: [address]
+    actions: [read]
+    purposes: [fraud-investigation]
+    legal_basis: "Social Security Fraud Act 2001, s.1"
+    require_case_ref: true
+    when: 'citizen.status == "active" && request.case_ref.startsWith("FR-")'
+"""
+
+
+def _signed_policies(folder: Path) -> dict[str, OwnerSigner]:
+    shutil.copytree(RECORDS_POLICIES, folder)
+    with (folder / "register.yaml").open("a") as handle:
+        handle.write(FRAUD_AGREEMENT)
+    signers = {owner: OwnerSigner.generate(owner) for owner in ("register", "dvla")}
+    text = (folder / "catalog.yaml").read_text()
+    for owner, signer in signers.items():
+        text = text.replace(
+            f"  - id: {owner}\n", f"  - id: {owner}\n    signing_key: {signer.verifier_key()}\n"
+        )
+    (folder / "catalog.yaml").write_text(text)
+    for signer in signers.values():
+        sign_folder(folder, signer)
+    return signers
+
+
+def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TELLONCE_DATABASE_URL": database_url, "TELLONCE_ENV": "test"}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, check=False
+    )
+
+
+async def _principal_from_header(request: Request) -> Principal:
+    department, _, roles = request.headers["x-test-as"].partition(":")
+    return Principal.with_roles(f"{department}-client", department, *roles.split(","))
+
+
+def as_(department: str, *roles: str, **headers: str) -> dict[str, str]:
+    return {"X-Test-As": f"{department}:{','.join(roles)}", **headers}
+
+
+@dataclass
+class World:
+    url: str
+    settings: Settings
+    signers: dict[str, OwnerSigner]
+    tmp: Path
+
+    def signer(self) -> NoteSigner:
+        return load_signer(self.settings, AuditSettings().origin)
+
+    async def export(self) -> Path:
+        """Sequence every entry (with the app's checkpoint key) and export the bundle."""
+        engine = create_engine(self.url)
+        try:
+            await sequence_all(make_sequencer(engine, self.signer(), every=5))
+        finally:
+            await engine.dispose()
+        bundle = self.tmp / "bundle.jsonl"
+        await export_bundle(self.url, self.signer(), bundle)
+        return bundle
+
+    async def check(self, owner: str) -> ReleaseReport:
+        bundle = await self.export()
+        verifier = NoteVerifier.parse(self.signer().verifier_key())
+        owner_key = OwnerVerifier.parse(self.signers[owner].verifier_key(), owner)
+        return check_bundle_releases(bundle, verifier, owner, owner_key)
+
+    async def serve(self) -> AsyncIterator[httpx.AsyncClient]:
+        app: FastAPI = create_app(self.settings)
+        app.dependency_overrides[get_principal] = _principal_from_header
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                yield client
+
+
+async def _traffic(client: httpx.AsyncClient) -> str:
+    """Releases of both owners' fields: reads, a lookup, a conditional read with a case ref,
+    and a partial read where a forbid withholds one field."""
+    registered = await client.post(
+        "/v1/citizens",
+        json={"national_id": "NI0000000A1", "fields": {"given_name": "Ada", "address": "1 Lane"}},
+        headers=as_("register", "registrar"),
+    )
+    assert registered.status_code == 201, registered.text
+    citizen = registered.json()["id"]
+    written = await client.patch(
+        f"/v1/citizens/{citizen}/fields",
+        json={"fields": {"licence_status": "valid", "licence_number": "L1"}, "reason": "issued"},
+        headers=as_("dvla", "writer"),
+    )
+    assert written.status_code == 200, written.text
+    read = await client.get(
+        f"/v1/citizens/{citizen}",
+        params={"fields": "given_name,address,licence_status", "purpose": "benefit-eligibility"},
+        headers=as_("welfare", "consumer"),
+    )
+    assert read.status_code == 200, read.text
+    assert set(read.json()["fields"]) == {"given_name", "address", "licence_status"}
+    found = await client.post(
+        "/v1/citizens/lookup",
+        json={"national_id": "NI0000000A1", "purpose": "benefit-eligibility"},
+        headers=as_("welfare", "consumer"),
+    )
+    assert found.status_code == 200, found.text
+    fraud = await client.get(
+        f"/v1/citizens/{citizen}",
+        params={"fields": "address", "purpose": "fraud-investigation"},
+        headers=as_("welfare", "consumer", **{"X-Case-Ref": "FR-1"}),
+    )
+    assert fraud.status_code == 200, fraud.text
+    partial = await client.get(
+        f"/v1/citizens/{citizen}",
+        params={"fields": "licence_status,licence_number", "purpose": "tax-administration"},
+        headers=as_("revenue", "consumer"),
+    )
+    assert partial.status_code == 200, partial.text
+    assert list(partial.json()["fields"]) == ["licence_status"]
+    return str(citizen)
+
+
+@pytest.fixture
+async def world(database_url: str, root_key: str, tmp_path: Path) -> AsyncIterator[World]:
+    url = await create_scratch_database(database_url)
+    try:
+        signers = _signed_policies(tmp_path / "policies")
+        applied = _cli(url, "policies", "apply", str(tmp_path / "policies"))
+        assert applied.returncode == 0, applied.stderr
+        settings = Settings(
+            env="test",
+            database_url=url,
+            data_dir=tmp_path / "data",
+            root_key=root_key,  # type: ignore[arg-type]
+            log_level="WARNING",
+            policies_dir=tmp_path / "policies",
+            run_workers=False,
+        )
+        yield World(url, settings, signers, tmp_path)
+    finally:
+        await drop_scratch_database(url)
+
+
+class TestCheckReleases:
+    async def test_a_clean_log_passes_for_both_signing_owners(self, world: World) -> None:
+        async for client in world.serve():
+            await _traffic(client)
+        register = await world.check("register")
+        assert register.unjustified == []
+        # given_name+address read, the lookup, the conditional fraud read.
+        assert register.releases == 3
+        assert register.summary() == (
+            "3 releases of register's fields checked, all justified by agreements signed by register"
+        )
+        dvla = await world.check("dvla")
+        assert dvla.unjustified == []
+        assert dvla.releases == 2
+
+    async def test_the_cli_prints_the_summary_and_exits_0(self, world: World) -> None:
+        async for client in world.serve():
+            await _traffic(client)
+        bundle = await world.export()
+        result = _cli(
+            world.url,
+            "audit",
+            "check-releases",
+            "--bundle",
+            str(bundle),
+            "--owner",
+            "register",
+            "--owner-key",
+            world.signers["register"].verifier_key(),
+            "--key",
+            world.signer().verifier_key(),
+        )
+        assert result.returncode == 0, result.stderr
+        assert "releases of register's fields checked, all justified by agreements signed by register" in (
+            result.stdout
+        )
+        wrong_key = _cli(
+            world.url,
+            "audit",
+            "check-releases",
+            "--bundle",
+            str(bundle),
+            "--owner",
+            "register",
+            "--owner-key",
+            OwnerSigner.generate("register").verifier_key(),
+        )
+        # The log's agreements are not signed by that key: every release is unjustified.
+        assert wrong_key.returncode == 1
+        assert "is not signed by register" in wrong_key.stderr
+
+    async def test_an_agreement_swapped_in_the_database_fails_naming_the_entry(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async for client in world.serve():
+            citizen = await _traffic(client)
+        # The operator runs a server that skips signature checks, and widens an agreement
+        # straight in the table: the service then releases under the swapped text.
+        monkeypatch.setattr(Catalog, "signing_keys", property(lambda _self: {}))
+        engine = create_engine(world.url)
+        try:
+            async with engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        select(AgreementVersion.id, AgreementVersion.content).where(
+                            AgreementVersion.agreement_id == "welfare-reads-identity",
+                            AgreementVersion.is_current.is_(True),
+                        )
+                    )
+                ).one()
+                swapped = {**row.content, "purposes": [*row.content["purposes"], "tax-administration"]}
+                await conn.execute(
+                    update(AgreementVersion).where(AgreementVersion.id == row.id).values(content=swapped)
+                )
+            async with engine.begin() as conn:
+                await conn.execute(update(PolicyEpoch).values(epoch=PolicyEpoch.epoch + 1))
+        finally:
+            await engine.dispose()
+        async for client in world.serve():
+            read = await client.get(
+                f"/v1/citizens/{citizen}",
+                params={"fields": "given_name", "purpose": "tax-administration"},
+                headers=as_("welfare", "consumer"),
+            )
+            assert read.status_code == 200, read.text
+            request_id = read.headers["x-request-id"]
+        monkeypatch.undo()
+        report = await world.check("register")
+        [unjustified] = report.unjustified
+        assert unjustified.field == "given_name"
+        assert "the agreement was changed after it was recorded" in unjustified.problem
+        entry = await _entry_by_request(world.url, request_id)
+        assert unjustified.label == f"entry {entry}"
+
+    async def test_an_entry_whose_purpose_was_changed_fails(self, world: World) -> None:
+        async for client in world.serve():
+            await _traffic(client)
+        # The operator records a release as if made for another purpose.
+        engine = create_engine(world.url)
+        try:
+            async with engine.connect() as conn:
+                canonical = (
+                    await conn.execute(
+                        select(AuditEntryRow.canonical)
+                        .where(AuditEntryRow.action == "read", AuditEntryRow.department == "welfare")
+                        .order_by(AuditEntryRow.id)
+                        .limit(1)
+                    )
+                ).scalar_one()
+            record: dict[str, Any] = json.loads(canonical)
+            record.update(purpose="fraud-investigation", request_id="forged-purpose-1")
+            async with engine.begin() as conn:
+                forged_id = await audit_service.append_in_transaction(conn, AuditEntry.model_validate(record))
+        finally:
+            await engine.dispose()
+        report = await world.check("register")
+        assert {u.label for u in report.unjustified} == {f"entry {forged_id}"}
+        assert {u.field for u in report.unjustified} == {"given_name", "address"}
+        assert all("re-decided from the entry, the access is denied" in u.problem for u in report.unjustified)
+        # DVLA's licence_status in the same forged entry is not covered for that purpose either.
+        dvla = await world.check("dvla")
+        assert [u.field for u in dvla.unjustified] == ["licence_status"]
+
+
+async def _entry_by_request(url: str, request_id: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(AuditEntryRow.id, AuditEntryRow.canonical))).all()
+    finally:
+        await engine.dispose()
+    return int(next(row.id for row in rows if json.loads(row.canonical)["request_id"] == request_id))

@@ -47,6 +47,9 @@ RELEASE_ACTIONS: Mapping[str, str] = {
 }
 
 
+_DECIDED_LIMIT = 200_000
+
+
 @dataclass(frozen=True)
 class LoggedVersion:
     """One agreement version as a policy-change entry holds it."""
@@ -122,7 +125,9 @@ class ReleaseChecker:
         self._in_force: dict[str, LoggedVersion] = {}
         self._generations: list[dict[str, LoggedVersion]] = [{}]
         self._owned: set[str] | None = None
-        self._compiled: dict[tuple[int, str, int], CompiledPolicy] = {}
+        self._compiled: dict[tuple[int, str, int], tuple[CompiledPolicy, bool]] = {}
+        # Request shape -> "" when permitted, else the denial's reason.
+        self._decided: dict[tuple[Any, ...], str] = {}
         self._pending: list[_Release] = []
 
     # --- feeding ------------------------------------------------------------------------
@@ -282,20 +287,44 @@ class ReleaseChecker:
             return f"cites {agreement_id} version {version}, which is {logged.status}"
         if logged.unsigned is not None or logged.agreement is None:
             return f"{agreement_id} version {version} is not signed by {self.owner}: {logged.unsigned}"
-        policy = self._policy(release.generation, logged)
-        if policy is None:
+        compiled = self._policy(release.generation, logged)
+        if compiled is None:
             return f"{agreement_id} version {version} does not compile"
-        decision = policy.decide(release.consumer, release.action, [release.field], release.context)[
-            release.field
-        ]
-        if not decision.permitted:
-            return f"re-decided from the entry, the access is denied: {decision.reason}"
+        policy, time_matters = compiled
+        context = release.context
+        # Decisions are pure: one per distinct request shape (the time only where an
+        # agreement's validity or condition can depend on it), so a million releases
+        # cost a dictionary lookup each once the shapes repeat.
+        key = (
+            release.generation,
+            logged.agreement_id,
+            logged.version,
+            release.consumer,
+            release.action,
+            release.field,
+            context.purpose,
+            context.case_ref,
+            context.citizen_status,
+            context.time if time_matters else None,
+        )
+        denial = self._decided.get(key)
+        if denial is None:
+            decisions = policy.decide(release.consumer, release.action, [release.field], context)
+            decision = decisions[release.field]
+            denial = "" if decision.permitted else decision.reason
+            if len(self._decided) >= _DECIDED_LIMIT:
+                self._decided.clear()
+            self._decided[key] = denial
+        if denial:
+            return f"re-decided from the entry, the access is denied: {denial}"
         return None
 
-    def _policy(self, generation: int, cited: LoggedVersion) -> CompiledPolicy | None:
+    def _policy(self, generation: int, cited: LoggedVersion) -> tuple[CompiledPolicy, bool] | None:
+        """The owner's agreements in force at ``generation``, ``cited`` standing for its
+        agreement, compiled; and whether a decision under them can depend on the time."""
         key = (generation, cited.agreement_id, cited.version)
-        policy = self._compiled.get(key)
-        if policy is None:
+        compiled = self._compiled.get(key)
+        if compiled is None:
             in_force = dict(self._generations[generation])
             in_force[cited.agreement_id] = cited
             agreements = [logged.agreement for logged in in_force.values() if logged.agreement is not None]
@@ -305,5 +334,8 @@ class ReleaseChecker:
                 policy = compile_policy(agreements, owners, purposes)
             except ConditionError:
                 return None
-            self._compiled[key] = policy
-        return policy
+            time_matters = any(
+                a.valid_from or a.valid_until or (a.when and "time" in a.when) for a in agreements
+            )
+            compiled = self._compiled[key] = (policy, time_matters)
+        return compiled

@@ -490,9 +490,9 @@ class TestBatchAndErase:
 
     async def test_consumer_cannot_erase(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register()
-        problem(
-            await records_env.client.delete(f"/v1/citizens/{citizen_id}", params=ERASURE, headers=WELFARE), 403
-        )
+        url = f"/v1/citizens/{citizen_id}"
+        refused = await records_env.client.delete(url, params=ERASURE, headers=WELFARE)
+        problem(refused, 403)
 
 
 class _FailingWriter(AuditWriter):

@@ -33,7 +33,9 @@ from service.policy.engine import Agreement, CompiledPolicy, ConditionError, Req
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OWNER, OwnerVerifier, text_digest
 
-# Audit actions that release fields, and the policy action each was decided as.
+# Audit actions that release fields (or, for a delegated ``write``, let another department
+# change them), and the policy action each was decided as. Other actions decide nothing
+# per field: a registration or an erasure is the owner's (or the register's) own act.
 RELEASE_ACTIONS: Mapping[str, str] = {
     "read": "read",
     "batch-get": "read",
@@ -141,10 +143,12 @@ class ReleaseChecker:
         if action == "catalog-change":
             self._catalog_change(entry)
             return
+        policy_action = RELEASE_ACTIONS.get(str(action))
         released = entry.get("fields_released") or []
         consumer = str(entry.get("department") or "")
-        if not released or consumer == self.owner:
-            # Nothing released, or the owner's own access to its own fields.
+        if policy_action is None or not released or consumer == self.owner:
+            # Not a decided access (a registration stores values, an erasure removes
+            # them), nothing released, or the owner's own access to its own fields.
             return
         owned = self._owned_fields()
         mine = [name for name in released if name in owned]
@@ -152,13 +156,6 @@ class ReleaseChecker:
             return
         self.report.releases += 1
         self.report.fields += len(mine)
-        policy_action = RELEASE_ACTIONS.get(str(action))
-        if policy_action is None:
-            for name in mine:
-                self._unjustified(
-                    leaf_index, label, name, f"a {action} entry cannot release another owner's field"
-                )
-            return
         try:
             context = RequestContext(
                 purpose=str(entry.get("purpose") or ""),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
+from service.audit.releases import ReleaseChecker, ReleaseReport
 from service.audit.repository import Executor
 from service.audit.schemas import Action, AuditEntry, Decision, canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
@@ -27,6 +29,7 @@ from service.auth.dependencies import Principal
 from service.config import Settings
 from service.db import create_engine, utcnow
 from service.observability import current_request_id
+from service.policy.signing import OwnerVerifier
 
 
 async def append_in_transaction(conn: AsyncConnection, entry: AuditEntry) -> int:
@@ -238,7 +241,10 @@ VERIFY_PAGE = 2000
 
 
 async def verify_stored_log(
-    engine: AsyncEngine, verifier: NoteVerifier, progress: Callable[[int, int], None] | None = None
+    engine: AsyncEngine,
+    verifier: NoteVerifier,
+    progress: Callable[[int, int], None] | None = None,
+    on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
 ) -> tuple[int, int]:
     """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
 
@@ -264,6 +270,8 @@ async def verify_stored_log(
             break
         for leaf, entry_id, canonical in rows:
             log.add(leaf, f"entry {entry_id}", canonical or None, recorded.get((0, leaf)))
+            if on_entry is not None:
+                on_entry(leaf, f"entry {entry_id}", json.loads(canonical))
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)
@@ -274,3 +282,14 @@ async def verify_stored_log(
     if log.compact.size != size:
         raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
     return log.finish(), log.checked_checkpoints
+
+
+async def check_stored_releases(
+    engine: AsyncEngine, verifier: NoteVerifier, owner: str, owner_key: OwnerVerifier
+) -> tuple[int, ReleaseReport]:
+    """``tellonce audit check-releases`` on the live log: verify it (up to the size read at
+    the start) and re-decide every release of ``owner``'s fields on the way.
+    Returns (tree size, report); raises ``VerificationFailed`` if the log does not verify."""
+    checker = ReleaseChecker(owner, owner_key)
+    size, _checkpoints = await verify_stored_log(engine, verifier, on_entry=checker.add)
+    return size, checker.finish()

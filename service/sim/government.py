@@ -15,17 +15,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy import func, select
 
 from service.audit import repository as audit_repository
+from service.audit import service as audit_service
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.cli import verify_database
 from service.audit.config import AuditSettings, load_signer
 from service.audit.hooks import KeyEventsCollected
 from service.audit.models import AuditEntryRow
+from service.audit.releases import ReleaseReport
 from service.audit.verify import VerificationFailed
 from service.auth import service as auth_service
 from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.crypto.providers import load_root_key
-from service.db import Database, ensure_sqlite_dir
+from service.db import Database, create_engine, ensure_sqlite_dir
+from service.policy.signing import OwnerVerifier
 from service.records.reader import open_reader
 from service.records.service import Access, RecordsService, citizen_count
 from service.schema import upgrade_async
@@ -58,6 +61,8 @@ class Prepared:
     citizen_ids: list[str]
     seed: int
     policies_dir: Path
+    # Verifier keys of the departments that signed their agreements.
+    owner_keys: dict[str, str]
 
 
 async def _clients_valid(database: Database, clients: DemoClients) -> bool:
@@ -111,7 +116,10 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
     load_signer(settings, AuditSettings().origin)
     database = Database(settings)
     try:
-        policies_dir = settings.policies_dir
+        policies_dir, owner_keys = demo_policies.signed_policies(settings.policies_dir, settings.data_dir)
+        console.print(
+            f"{' and '.join(owner_keys)} signed their agreements (keys in {settings.data_dir}, mode 0600)"
+        )
         await demo_policies.apply(database, policies_dir, console)
         clients = read_clients(settings)
         if clients is None or not await _clients_valid(database, clients):
@@ -125,12 +133,13 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
             population = list(people(citizens, seed))
             ids = await _seed(settings, database, population, registrar, console)
             write_population(settings, seed, ids)
-            return Prepared(clients, population, ids, seed, policies_dir)
+            return Prepared(clients, population, ids, seed, policies_dir, owner_keys)
         if stored is None or stored[1] != len(stored[2]) or stored[1] != existing:
             raise RuntimeError("the store holds citizens this demo did not seed; run with --reset")
         population_seed, _count, ids = stored
         console.print(f"reusing the store: {existing:,} citizens already seeded (--reset starts again)")
-        return Prepared(clients, list(people(len(ids), population_seed)), ids, population_seed, policies_dir)
+        people_again = list(people(len(ids), population_seed))
+        return Prepared(clients, people_again, ids, population_seed, policies_dir, owner_keys)
     finally:
         await database.dispose()
 
@@ -176,7 +185,28 @@ async def run(
         report.audit = await _audit_summary(settings)
     except (VerificationFailed, CheckpointError) as exc:
         report.audit_problem = str(exc)
+    if report.audit is not None:
+        console.print(
+            f"re-deciding every release of the signing owners' fields ({', '.join(prepared.owner_keys)})"
+        )
+        report.owner_checks = await _owner_checks(settings, prepared.owner_keys)
     return report
+
+
+async def _owner_checks(settings: Settings, owner_keys: dict[str, str]) -> list[ReleaseReport]:
+    """Each signing owner's check of the live log, as ``audit check-releases`` does."""
+    verifier = NoteVerifier.parse(load_signer(settings, AuditSettings().origin).verifier_key())
+    engine = create_engine(settings.database_url)
+    try:
+        reports = []
+        for owner, vkey in owner_keys.items():
+            _size, checked = await audit_service.check_stored_releases(
+                engine, verifier, owner, OwnerVerifier.parse(vkey, owner)
+            )
+            reports.append(checked)
+        return reports
+    finally:
+        await engine.dispose()
 
 
 def sign_in_lines(prepared: Prepared, base_url: str, *, console_available: bool) -> list[str]:

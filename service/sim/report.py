@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from service.audit.releases import ReleaseReport
 from service.sim.tally import Tally
 
 
@@ -37,6 +38,8 @@ class DemoReport:
     audit_problem: str | None = None
     # False when the server had no events service: nobody could be notified.
     events_available: bool = True
+    # The signing owners' re-decision of every release of their fields, from the log.
+    owner_checks: list[ReleaseReport] = field(default_factory=list)
 
 
 def value_by_owner(usage: Iterable[Mapping[str, Any]]) -> dict[str, Counter[str]]:
@@ -139,5 +142,8 @@ def render(console: Console, report: DemoReport) -> None:
         lines.append(f"audit verified: {report.audit.entries} entries, checkpoint {report.audit.root}")
     else:
         lines.append(f"audit NOT verified: {report.audit_problem or 'no verification ran'}")
+    for check in report.owner_checks:
+        lines.append(f"releases re-decided: {check.summary()}")
+        lines.extend(f"  unjustified: {unjustified}" for unjustified in check.unjustified[:10])
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False, markup=False)

@@ -97,6 +97,19 @@ class TestDemoReport:
         # 50 registrations, then an entry for every counted request at least.
         assert int(match.group(1)) >= 50 + requests
 
+    def test_signing_owners_releases_were_re_decided_and_justified(self, demo_run: DemoRun) -> None:
+        for owner in ("register", "dvla"):
+            checked = demo_run.number(
+                rf"releases re-decided: (\d+) releases of {owner}'s fields checked, "
+                rf"all justified by agreements signed by {owner}"
+            )
+            assert checked > 0, demo_run.output
+        assert "NOT justified" not in demo_run.output
+        # The keys were made in the data dir, private; the repository's policies stay unsigned.
+        for owner in ("register", "dvla"):
+            key = demo_run.workdir / ".tellonce" / f"owner-{owner}.key"
+            assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
     def test_notifications_were_delivered_and_saved_re_tellings(self, demo_run: DemoRun) -> None:
         assert demo_run.number(r"notifications delivered: (\d+)") > 0
         assert demo_run.number(r"re-tellings avoided: (\d+)") > 0

@@ -221,7 +221,9 @@ class TestCitizens:
 
     async def test_erase_then_the_citizen_is_gone(self, client_site: ClientSite) -> None:
         citizen_id = await _register(client_site, "NI200007")
-        await client_site.client("registrar").erase_citizen(citizen_id)
+        await client_site.client("registrar").erase_citizen(
+            citizen_id, "registered-in-error", "Data Protection Act 2018, s.46"
+        )
         with pytest.raises(Gone) as gone:
             await client_site.client("welfare").read_citizen(citizen_id, PURPOSE, ["address"])
         assert gone.value.problem.status == 410

@@ -12,7 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write"]
+AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write", "erase"]
+# Why a citizen is erased: a fixed code, kept in the audit.
+ErasureReason = Literal[
+    "registered-in-error", "duplicate-record", "court-order", "retention-expired", "data-subject-request"
+]
 Effect = Literal["permit", "forbid"]
 Decision = Literal["permit", "deny"]
 

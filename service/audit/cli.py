@@ -238,7 +238,13 @@ def check_releases(
         typer.echo(f"--owner-key: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        log_key = key if key is not None else _bundle_key(bundle)
+        log_key = key
+        if log_key is None:
+            log_key = _bundle_key(bundle)
+            typer.echo(
+                "the log's verifier key is the one the bundle names; pass --key to trust only a key you hold",
+                err=True,
+            )
         report = check_bundle_releases(bundle, _verifier_from(log_key), owner, owner_verifier)
     except (VerificationFailed, CheckpointError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)

@@ -97,6 +97,7 @@ def _form_page(
     *,
     expected_version: int | None,
     status_code: int = 200,
+    signing_text: str | None = None,
 ) -> Response:
     editing = expected_version is not None
     action = f"/console/agreements/{form.values['id']}/edit" if editing else "/console/agreements/new"
@@ -109,6 +110,9 @@ def _form_page(
             "editing": editing,
             "expected_version": expected_version,
             "action": action,
+            # The owner signs: the form takes a signature, and shows the text to sign.
+            "signs": viewer.principal.department in catalog.signing_keys,
+            "signing_text": signing_text,
         },
         viewer=viewer,
         status_code=status_code,
@@ -193,7 +197,13 @@ async def _submit(
             form.add_error(name, message)
         status = 422 if checked.errors else 200
         return _form_page(
-            request, catalog, viewer, form, expected_version=expected_version, status_code=status
+            request,
+            catalog,
+            viewer,
+            form,
+            expected_version=expected_version,
+            status_code=status,
+            signing_text=checked.signing_text,
         )
     if step == "save":
         saved = await backend.save(

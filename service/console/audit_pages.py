@@ -196,6 +196,43 @@ async def verify_now(
     )
 
 
+@router.get("/releases", response_class=HTMLResponse)
+async def releases(
+    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+) -> Response:
+    """The owner view of ``audit check-releases``: every release of the department's fields."""
+    catalog = await backend.catalog(session)
+    return _releases_page(request, catalog, viewer, None)
+
+
+@router.post("/releases/check", response_class=HTMLResponse)
+async def check_releases(
+    request: Request,
+    session: SessionDep,
+    backend: Backend,
+    viewer: SignedIn = Depends(csrf_checked),
+    _owner: SignedIn = Owner,
+) -> Response:
+    catalog = await backend.catalog(session)
+    outcome = await backend.check_releases(request, session, viewer.principal)
+    return _releases_page(request, catalog, viewer, outcome)
+
+
+def _releases_page(request: Request, catalog: Catalog, viewer: SignedIn, outcome: Any) -> Response:
+    department = viewer.principal.department
+    return render(
+        request,
+        "audit/releases.html",
+        {
+            "section": "releases",
+            "outcome": outcome,
+            "department": department,
+            "signing_key": catalog.signing_keys.get(department),
+        },
+        viewer=viewer,
+    )
+
+
 def daily_counts(rows: list[UsageRow]) -> list[chart.DayCount]:
     """Usage rows (by field and purpose) summed per day and consumer."""
     totals: Counter[tuple[date, str]] = Counter()

@@ -40,6 +40,7 @@ from service.console.ports import (
     AuditRow,
     CheckpointView,
     DraftCheck,
+    ReleasesOutcome,
     SignInRefused,
     SimulatedChange,
     Simulation,
@@ -54,6 +55,7 @@ from service.policy.errors import AgreementExists, AgreementRevoked, NotFieldOwn
 from service.policy.loader import check_agreement
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
+from service.policy.signing import OwnerVerifier, signing_text
 from service.policy.simulate import draft_agreements, draft_policy, simulate
 
 # Compared against when the client id is unknown, so an unknown id and a wrong secret
@@ -191,7 +193,10 @@ class DomainBackend:
             errors.append(
                 ("id", "An agreement with this ID already exists; IDs are unique across the catalog")
             )
-        return DraftCheck(None if errors else spec.content(), errors)
+        to_sign = None
+        if viewer.department in catalog.signing_keys:
+            to_sign = signing_text(spec.content(), viewer.department)
+        return DraftCheck(None if errors else spec.content(), errors, to_sign)
 
     async def simulate(
         self, request: Request, session: AsyncSession, viewer: Principal, content: dict[str, Any]
@@ -331,6 +336,26 @@ class DomainBackend:
             size,
             f"All {size} entries were hashed again; the tree matches all {checkpoints} signed checkpoints.",
         )
+
+    async def check_releases(
+        self, request: Request, session: AsyncSession, viewer: Principal
+    ) -> ReleasesOutcome:
+        catalog = await self.catalog(session)
+        vkey = catalog.signing_keys.get(viewer.department)
+        if vkey is None:
+            return ReleasesOutcome(False, f"{viewer.department} has no signing key in the catalog.")
+        await self._audit_query(request, viewer, owners=[viewer.department])
+        signer: NoteSigner = request.app.state.audit_signer
+        try:
+            _size, report = await audit_service.check_stored_releases(
+                self._database(request).engine,
+                NoteVerifier.parse(signer.verifier_key()),
+                viewer.department,
+                OwnerVerifier.parse(vkey, viewer.department),
+            )
+        except VerificationFailed as failure:
+            return ReleasesOutcome(False, f"The audit log does not verify: {failure}")
+        return ReleasesOutcome(report.justified, report.summary(), [str(u) for u in report.unjustified[:200]])
 
     async def usage(
         self,

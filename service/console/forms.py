@@ -31,6 +31,7 @@ FORM_FIELDS = (
     "when",
     "require_case_ref",
     "effect",
+    "signature",
     "reason",
 )
 TEXT_LIMIT = 2000
@@ -78,6 +79,7 @@ def form_values(form: FormData) -> dict[str, Any]:
         "when": _text(form, "when"),
         "require_case_ref": form.get("require_case_ref") == "yes",
         "effect": _text(form, "effect") or "permit",
+        "signature": _text(form, "signature"),
         "reason": _text(form, "reason"),
     }
 
@@ -97,6 +99,8 @@ def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
             draft[optional] = values[optional]
     if values.get("require_case_ref"):
         draft["require_case_ref"] = True
+    if values.get("signature"):
+        draft["signature"] = values["signature"]
     return draft
 
 
@@ -114,6 +118,7 @@ def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[st
         "when": content.get("when") or "",
         "require_case_ref": bool(content.get("require_case_ref")),
         "effect": content.get("effect") or "permit",
+        "signature": content.get("signature") or "",
         "reason": reason,
     }
 

@@ -87,6 +87,9 @@ class DraftCheck:
 
     content: dict[str, Any] | None
     errors: list[tuple[str, str]] = field(default_factory=list)
+    # For an owner with a signing key: the exact text its signature must cover (the
+    # agreement's canonical JSON with ``owner``, without ``signature``), once it parses.
+    signing_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,15 @@ class VerifyOutcome:
     ok: bool
     size: int
     message: str
+
+
+@dataclass(frozen=True)
+class ReleasesOutcome:
+    """The owner's check of every release of its fields on the live log."""
+
+    ok: bool
+    message: str
+    unjustified: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -232,6 +244,12 @@ class ConsoleBackend(Protocol):
     ) -> AsyncIterator[str]: ...
     async def checkpoint(self, request: Request) -> CheckpointView | None: ...
     async def verify(self, request: Request, viewer: Principal) -> VerifyOutcome: ...
+    async def check_releases(
+        self, request: Request, session: AsyncSession, viewer: Principal
+    ) -> ReleasesOutcome:
+        """``audit check-releases`` on the live log, for the viewer's department."""
+        ...
+
     async def usage(
         self,
         request: Request,

@@ -208,6 +208,26 @@ def verify(
         typer.echo(f"no signing key (signatures not required): {', '.join(unsigned_owners)}")
 
 
+@owners_app.command("sign")
+def sign_text(
+    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="The owner's private key file."),
+) -> None:
+    """Sign the text on stdin (the console's "text to sign") and print the base64 signature.
+
+    The text is signed exactly as read, less one trailing line break a terminal adds.
+    """
+    import base64
+    import sys
+
+    try:
+        signer = read_private_key(key)
+    except SigningKeyError as exc:
+        typer.echo(f"{key}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    text = sys.stdin.read().removesuffix("\n")
+    typer.echo(base64.b64encode(signer.sign_text(text)).decode())
+
+
 @owners_app.command("keygen")
 def keygen(
     department: str = typer.Option(..., "--department", help="The department id the key signs for."),

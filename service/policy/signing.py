@@ -158,8 +158,11 @@ class OwnerSigner:
 
     def sign(self, content: Mapping[str, Any]) -> str:
         """The base64 signature of ``content`` as an agreement of this key's department."""
-        signature = self._private_key.sign(signing_text(content, self.department).encode())
-        return base64.b64encode(signature).decode()
+        return base64.b64encode(self.sign_text(signing_text(content, self.department))).decode()
+
+    def sign_text(self, text: str) -> bytes:
+        """The raw signature of ``text`` (UTF-8): for a signing text shown elsewhere."""
+        return self._private_key.sign(text.encode())
 
     def signed(self, content: Mapping[str, Any]) -> dict[str, Any]:
         """``content`` with its ``signature`` set (replacing any earlier one)."""

@@ -203,6 +203,23 @@ class TestCheckReleases:
         assert dvla.unjustified == []
         assert dvla.releases == 2
 
+    async def test_the_live_log_check_agrees_with_the_bundle(self, world: World) -> None:
+        async for client in world.serve():
+            await _traffic(client)
+        bundle = await world.check("register")
+        engine = create_engine(world.url)
+        try:
+            size, live = await audit_service.check_stored_releases(
+                engine,
+                NoteVerifier.parse(world.signer().verifier_key()),
+                "register",
+                OwnerVerifier.parse(world.signers["register"].verifier_key(), "register"),
+            )
+        finally:
+            await engine.dispose()
+        assert size == bundle.entries
+        assert (live.releases, live.fields, live.unjustified) == (bundle.releases, bundle.fields, [])
+
     async def test_the_cli_prints_the_summary_and_exits_0(self, world: World) -> None:
         async for client in world.serve():
             await _traffic(client)

@@ -93,13 +93,27 @@ class TestTamperEvidenceEndpoints:
                 return None
             return verifier.open_checkpoint(response.text)
 
-        first = await poll(first_checkpoint)
+        async def sequenced() -> list[dict[str, Any]] | None:
+            items = await _items(audit_client, citizen_id=citizen)
+            return (
+                items if len(items) == len(ids) and all(i["leaf_index"] is not None for i in items) else None
+            )
+
+        items = await poll(sequenced)
+        leaf_index = next(i["leaf_index"] for i in items if i["id"] == ids[2])
+
+        # The log may hold entries from before (the catalog's own change entry): wait for a
+        # checkpoint that covers every seeded entry.
+        async def covering_checkpoint() -> Any:
+            checkpoint = await first_checkpoint()
+            last = max(i["leaf_index"] for i in items)
+            return checkpoint if checkpoint is not None and checkpoint.size > last else None
+
+        first = await poll(covering_checkpoint)
         assert first.size >= 5
         assert (
             (await audit_client.get("/v1/audit/checkpoint")).headers["content-type"].startswith("text/plain")
         )
-        items = await poll(lambda: _items(audit_client, citizen_id=citizen))
-        leaf_index = next(i["leaf_index"] for i in items if i["id"] == ids[2])
         response = await audit_client.get(
             f"/v1/audit/entries/{leaf_index}/proof", params={"tree_size": first.size}
         )

@@ -1,7 +1,7 @@
 """witness: cosignatures, witnessed checkpoints, the checkpoint auditors have seen
 
-Revision ID: 0009_witness
-Revises: 0008_console
+Revision ID: 0010_witness
+Revises: 0009_blind_index_version
 Create Date: 2026-12-01 23:00:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import service.db
 
-revision: str = "0009_witness"
-down_revision: str | Sequence[str] | None = "0008_console"
+revision: str = "0010_witness"
+down_revision: str | Sequence[str] | None = "0009_blind_index_version"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import stat
@@ -14,7 +16,10 @@ import yaml
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.hooks import connect_policy_changes
+from service.audit.models import AuditEntryRow
 from service.audit.schemas import canonical_json
+from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.policy import repository
 from service.policy import service as policy_service
@@ -310,3 +315,44 @@ class TestCompileTimeCheck:
         snapshot = await policy_service.compile_snapshot(await session.connection(), 2)
         assert [r.agreement_id for r in snapshot.refused] == [agreement_id]
         assert "unsigned" in snapshot.refused[0].problem
+
+
+class TestKeyChangesAreAudited:
+    async def test_changing_and_removing_a_key_logs_old_and_new(
+        self, session: AsyncSession, tmp_path: Path
+    ) -> None:
+        connect_policy_changes()
+        first, signers = signed_folder(tmp_path / "one", "dvla")
+        await policy_service.apply_folder(session, load_policy_folder(first), author="tests", reason="keys")
+        second, new_signers = signed_folder(tmp_path / "two", "dvla")
+        await policy_service.apply_folder(
+            session, load_policy_folder(second), author="tests", reason="rotate"
+        )
+        await catalog_service.store(session, load_catalog(TEST_POLICIES), author="tests", reason="no key")
+        rows = (
+            await session.execute(
+                select(AuditEntryRow.canonical)
+                .where(AuditEntryRow.action == "catalog-change")
+                .order_by(AuditEntryRow.id)
+            )
+        ).scalars()
+        entries = [json.loads(row) for row in rows]
+        old, new = signers["dvla"].verifier_key(), new_signers["dvla"].verifier_key()
+        key_reasons = [[r["reason"] for r in e["reasons"] if r["effect"] == "signing-key"] for e in entries]
+        assert key_reasons == [
+            [f"dvla signing key: none -> {old}"],
+            [f"dvla signing key: {old} -> {new}"],
+            [f"dvla signing key: {new} -> none"],
+        ]
+        # The whole catalog is in the log, so an owner can see which fields were its own.
+        assert all(json.loads(e["document"])["fields"] for e in entries)
+        # Each new agreement version's canonical JSON is logged with its digest.
+        changes = (
+            await session.execute(
+                select(AuditEntryRow.canonical).where(AuditEntryRow.action == "policy-change")
+            )
+        ).scalars()
+        for raw in changes:
+            entry = json.loads(raw)
+            [reason] = entry["reasons"]
+            assert reason["digest"] == hashlib.sha256(entry["document"].encode()).hexdigest()

@@ -36,7 +36,6 @@ from service.audit import witnessing
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.releases import ReleaseChecker, ReleaseReport
-from service.audit.schemas import canonical_json
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
 from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
@@ -158,14 +157,12 @@ def verify_bundle(
     for record in _bundle_records(path):
         if record.get("type") != "entry":
             continue
-        entry = record.get("entry")
-        canonical = canonical_json(entry) if isinstance(entry, dict) else None
         columns = record.get("columns")
         leaf_index, label = int(record["leaf_index"]), f"entry {record.get('entry_id')}"
-        parsed = log.add(
+        parsed = log.add_entry(
             leaf_index,
             label,
-            canonical,
+            record.get("entry"),
             _b64(record["leaf_hash"]),
             columns if isinstance(columns, dict) else None,
         )

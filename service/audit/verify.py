@@ -111,10 +111,7 @@ class LogVerifier:
         """Feed the next leaf: its canonical JSON, the leaf hash recorded when it was
         sequenced, and the filter columns stored beside it (None: nothing to compare).
         Returns the entry, parsed, for a caller that reads it too (``check-releases``)."""
-        if leaf_index != self.compact.size:
-            raise VerificationFailed(
-                f"leaf {self.compact.size} is missing (next stored leaf is {leaf_index})"
-            )
+        self._expect(leaf_index)
         if canonical is None:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
         try:
@@ -123,6 +120,40 @@ class LogVerifier:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not JSON") from None
         if not isinstance(record, dict) or canonical_json(record) != canonical:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not in canonical form")
+        self._append(leaf_index, entry_label, record, canonical, recorded, columns)
+        return record
+
+    def add_entry(
+        self,
+        leaf_index: int,
+        entry_label: str,
+        record: Any,
+        recorded: bytes | None,
+        columns: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``add`` for an entry already parsed (a bundle's): its canonical JSON is made from
+        it here, so it needs no second parse to prove its form."""
+        self._expect(leaf_index)
+        if not isinstance(record, dict):
+            raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
+        self._append(leaf_index, entry_label, record, canonical_json(record), recorded, columns)
+        return record
+
+    def _expect(self, leaf_index: int) -> None:
+        if leaf_index != self.compact.size:
+            raise VerificationFailed(
+                f"leaf {self.compact.size} is missing (next stored leaf is {leaf_index})"
+            )
+
+    def _append(
+        self,
+        leaf_index: int,
+        entry_label: str,
+        record: dict[str, Any],
+        canonical: str,
+        recorded: bytes | None,
+        columns: Mapping[str, Any] | None,
+    ) -> None:
         digest = merkle.leaf_hash(canonical.encode())
         if recorded is not None and recorded != digest:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} no longer matches its leaf hash")
@@ -136,7 +167,6 @@ class LogVerifier:
         self.compact.append(digest)
         if self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size <= self.compact.size:
             self._check_reached()
-        return record
 
     def _check_reached(self) -> None:
         while (

@@ -1,110 +1,34 @@
-"""Audit rules: appending (in a write's transaction, or through the writer), proofs,
-checkpoints, and the lifecycle that runs the writer and the sequencer."""
+"""Audit rules: proofs, checkpoints, the whole-log verification, and the lifecycle that
+runs the writer and the sequencer. Appending lives in ``writer.py``; the auditors'
+queries in ``search.py``; the entries themselves in ``entries.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import merkle
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
+from service.audit.key_events import KeyEventsToWriter
+from service.audit.policy_changes import connect_policy_changes
+from service.audit.replay import AuditedRequests
 from service.audit.repository import Executor
-from service.audit.schemas import Action, AuditEntry, Decision, canonical_json
+from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
-from service.audit.writer import AuditWriter, entry_row, insert_entries
-from service.auth.dependencies import Principal
+from service.audit.writer import AuditWriter, append_in_transaction, append_many_in_transaction
 from service.config import Settings
-from service.db import create_engine, utcnow
-from service.observability import current_request_id
-
-
-async def append_in_transaction(conn: AsyncConnection, entry: AuditEntry) -> int:
-    """Append ``entry`` in the caller's transaction (for writes: same commit as the change).
-
-    On PostgreSQL this takes the audit append lock until the caller's transaction ends,
-    so call it as the last statement before commit.
-    """
-    return (await insert_entries(conn, [entry_row(entry)]))[0]
-
-
-async def append_many_in_transaction(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
-    """``append_in_transaction`` for many entries at once (bulk registration), in order."""
-    return await insert_entries(conn, [entry_row(entry) for entry in entries])
-
-
-def request_entry(
-    request: Request | None,
-    principal: Principal,
-    action: Action,
-    *,
-    decision: Decision = "permit",
-    status: int = 200,
-    citizen_id: str | None = None,
-    owners: Sequence[str] = (),
-    fields_requested: Sequence[str] = (),
-    fields_released: Sequence[str] = (),
-    purpose: str | None = None,
-    case_ref: str | None = None,
-) -> AuditEntry:
-    """An entry for a request by ``principal``: time, request id and source filled in."""
-    source = request.client.host if request is not None and request.client else None
-    return AuditEntry(
-        time=utcnow().isoformat(),
-        request_id=current_request_id(),
-        client_id=principal.client_id,
-        department=principal.department,
-        on_behalf_of=principal.on_behalf_of,
-        action=action,
-        citizen_id=citizen_id,
-        owners=list(owners),
-        fields_requested=list(fields_requested),
-        fields_released=list(fields_released),
-        decision=decision,
-        purpose=purpose,
-        case_ref=case_ref,
-        status=status,
-        source=source,
-    )
-
-
-async def record_event(
-    target: FastAPI | AuditWriter,
-    action: Action,
-    *,
-    client_id: str,
-    department: str,
-    owners: Sequence[str] = (),
-    decision: Decision = "permit",
-    reason: str = "",
-) -> int:
-    """Audit a non-request event (a key operation, a policy change) through the writer.
-
-    ``reason`` is free text kept in the entry's reasons; it must hold no personal data.
-    """
-    writer: AuditWriter = target.state.audit_writer if isinstance(target, FastAPI) else target
-    entry = AuditEntry(
-        time=utcnow().isoformat(),
-        request_id=current_request_id(),
-        client_id=client_id,
-        department=department,
-        action=action,
-        owners=list(owners),
-        decision=decision,
-        reasons=[{"field": "", "effect": decision, "reason": reason}] if reason else [],  # type: ignore[list-item]
-        status=200,
-    )
-    return await writer.append(entry)
+from service.db import create_engine
 
 
 async def _read_for(db: Executor, build: Any) -> Any:
@@ -188,13 +112,10 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     writer = AuditWriter(writer_engine, max_batch=audit.writer_max_batch)
     await writer.start()
     app.state.audit_writer = writer
-    # Imported here: the hooks reach into policy and crypto, which import this module.
-    from service.audit import hooks
-
-    key_events = hooks.KeyEventsToWriter(writer)
+    key_events = KeyEventsToWriter(writer)
     app.state.keyring.on_key_event = key_events
-    app.state.recorded_requests = hooks.AuditedRequests(engine)
-    hooks.connect_policy_changes()
+    app.state.recorded_requests = AuditedRequests(engine)
+    connect_policy_changes()
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     sequencer_engine: AsyncEngine | None = None
@@ -231,7 +152,9 @@ def _sequencer_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-__all__ = ["append_in_transaction", "audit_lifecycle", "canonical_json", "record_event", "request_entry"]
+# The records domain appends its writes' entries through these names until it imports
+# them from the writer, where they live.
+__all__ = ["append_in_transaction", "append_many_in_transaction", "audit_lifecycle", "canonical_json"]
 
 
 VERIFY_PAGE = 2000

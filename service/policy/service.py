@@ -294,10 +294,5 @@ async def put_agreement(
     return row
 
 
-async def live_agreements(session: AsyncSession) -> list[Agreement]:
-    conn = await session.connection()
-    return agreements_from_rows(list(await repository.current_rows_core(conn)))
-
-
 async def live_catalog(session: AsyncSession) -> Catalog:
     return (await catalog_service.current(session))[1]

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 SEES_ALL = "audit:read"
 READS_OWN_AUDIT = "audit:read-own"
 EXPORTS_AUDIT = "audit:export"
+WRITES_AGREEMENTS = "policies:write"
 
 
 def sees_all(principal: Principal) -> bool:
@@ -32,6 +33,11 @@ def owner_scope(principal: Principal) -> str | None:
 def sees_agreement(principal: Principal, owner: str) -> bool:
     """Whether an agreement of ``owner`` is visible at all (otherwise it is reported missing)."""
     return sees_all(principal) or owner == principal.department
+
+
+def may_write_agreements(principal: Principal) -> bool:
+    """Creates, changes and revokes its own department's agreements (a data owner)."""
+    return WRITES_AGREEMENTS in principal.scopes
 
 
 def changes_agreement(principal: Principal, owner: str) -> bool:

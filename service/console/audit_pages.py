@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from service.audit.search import EntryQuery
+from service.auth import permissions
 from service.catalog.schemas import Catalog
 from service.console import chart
 from service.console.ports import UsageRow
@@ -139,8 +140,8 @@ async def search(
             "after": after,
             "first_number": shown + 1,
             "query_string": ("?" + urlencode(filters)) if filters else "",
-            "sees_all": "auditor" in viewer.principal.roles,
-            "can_export": "auditor" in viewer.principal.roles,
+            "sees_all": permissions.sees_all(viewer.principal),
+            "can_export": permissions.may_export_audit(viewer.principal),
             "department_name": _department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,
@@ -228,7 +229,7 @@ async def usage(
             "days": days,
             "chart": chart.usage_svg(counts, days, names),
             "table": counts,
-            "sees_all": "auditor" in viewer.principal.roles,
+            "sees_all": permissions.sees_all(viewer.principal),
             "department_name": _department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,

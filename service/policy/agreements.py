@@ -62,11 +62,9 @@ def etag(row: AgreementVersion) -> str:
     return f'"{row.version}"'
 
 
-def expected_version(if_match: str | None, *, required: bool) -> int | None:
-    """The version an ``If-Match`` names: 428 when required and absent, 412 when unreadable."""
+def expected_version(if_match: str | None) -> int | None:
+    """The version an ``If-Match`` names, or ``None`` without one; 412 when unreadable."""
     if if_match is None:
-        if required:
-            raise AgreementVersionRequired("Send If-Match with the ETag of the version you read.")
         return None
     value = if_match.strip().removeprefix("W/").strip('"')
     try:

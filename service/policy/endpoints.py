@@ -101,7 +101,7 @@ async def replace_agreement(
     if_match: Annotated[str | None, Header()] = None,
 ) -> AgreementOut:
     """Replace an agreement with a new version. Needs `If-Match` with the version read (412 if stale)."""
-    expected = agreements.expected_version(if_match, required=False)
+    expected = agreements.expected_version(if_match)
     row = await agreements.replace_agreement(
         session, principal, agreement_id, body.spec(), expected=expected, reason=body.reason
     )
@@ -119,7 +119,7 @@ async def revoke_agreement(
     if_match: Annotated[str | None, Header()] = None,
 ) -> AgreementOut:
     """Revoke an agreement: a new version with status `revoked`, in force from the next request."""
-    expected = agreements.expected_version(if_match, required=False)
+    expected = agreements.expected_version(if_match)
     row = await agreements.revoke_agreement(
         session, principal, agreement_id, expected=expected, reason=reason
     )

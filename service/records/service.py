@@ -19,8 +19,9 @@ from typing import Any, NoReturn
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.audit import entries as audit_entries
 from service.audit import service as audit_service
-from service.audit.schemas import Action, AuditEntry, Reason
+from service.audit.schemas import Action, AuditEntry
 from service.audit.schemas import Decision as AuditDecision
 from service.audit.writer import AuditWriter
 from service.auth.dependencies import Principal
@@ -95,12 +96,6 @@ def _require_known(catalog: Catalog, fields: Sequence[str], purpose: str | None,
         errors.append({"loc": ["purpose"], "msg": f"unknown purpose {purpose!r}"})
     if errors:
         raise ValidationFailed("The request names something the catalog does not know.", errors=errors)
-
-
-def _summary(requested: Sequence[str], released: Sequence[str]) -> AuditDecision:
-    if not requested or not released:
-        return "deny"
-    return "permit" if len(released) == len(requested) else "partial"
 
 
 class RecordsService:
@@ -186,39 +181,19 @@ class RecordsService:
     ) -> AuditEntry:
         """The audit entry; with ``context`` (every policy decision has one) it records
         every input the decision used, so the owner can re-decide it from the log alone."""
-        owners = sorted({spec.owner for name in requested if (spec := catalog.field(name))})
-        legal_basis = sorted(
-            {d.legal_basis for d in decisions.values() if d.effect == "permit" and d.legal_basis}
-        )
-        return AuditEntry(
-            time=(context.time if context is not None else _now()).isoformat(),
-            request_id=access.request_id,
-            client_id=access.principal.client_id,
-            department=access.department,
-            on_behalf_of=access.principal.on_behalf_of,
-            action=action,
+        return audit_entries.records_access_entry(
+            access,
+            action,
             citizen_id=citizen_id,
-            owners=owners,
-            fields_requested=list(requested),
-            fields_released=list(released),
-            decision=decision or _summary(requested, released),
-            reasons=[
-                Reason(
-                    field=d.field,
-                    effect=d.effect,
-                    agreement=d.agreement,
-                    version=d.version,
-                    digest=d.digest,
-                    reason=d.reason,
-                )
-                for d in decisions.values()
-            ],
+            catalog=catalog,
+            requested=requested,
+            released=released,
+            decisions=decisions,
             purpose=purpose,
-            case_ref=access.case_ref,
-            citizen_status=context.citizen_status if context is not None else None,
-            legal_basis=legal_basis,
             status=status,
-            source=access.source,
+            decision=decision,
+            decided_at=context.time if context is not None else None,
+            citizen_status=context.citizen_status if context is not None else None,
         )
 
     def _context(self, access: Access, purpose: str | None, status: str | None) -> RequestContext:

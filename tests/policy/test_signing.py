@@ -16,8 +16,8 @@ import yaml
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.audit.hooks import connect_policy_changes
 from service.audit.models import AuditEntryRow
+from service.audit.policy_changes import connect_policy_changes
 from service.audit.schemas import canonical_json
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog

@@ -14,13 +14,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from service.app import create_app
 from service.audit import service as audit_service
@@ -219,6 +220,51 @@ class TestCheckReleases:
             await engine.dispose()
         assert size == bundle.entries
         assert (live.releases, live.fields, live.unjustified) == (bundle.releases, bundle.fields, [])
+
+    async def test_an_inserted_row_releases_nothing_and_is_counted(self, world: World) -> None:
+        async for client in world.serve():
+            citizen = await _traffic(client)
+        # As an operator would: a new agreement straight into the table, and the epoch moved.
+        engine = create_engine(world.url)
+        grant = {
+            "id": "operator-grant",
+            "consumer": "revenue",
+            "fields": ["given_name"],
+            "actions": ["read"],
+            "purposes": ["tax-administration"],
+            "legal_basis": "none",
+        }
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    insert(AgreementVersion).values(
+                        agreement_id="operator-grant",
+                        owner="register",
+                        version=1,
+                        status="active",
+                        content=grant,
+                        content_hash="0" * 64,
+                        author="operator",
+                        reason="",
+                        is_current=True,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+                await conn.execute(update(PolicyEpoch).values(epoch=PolicyEpoch.epoch + 1))
+        finally:
+            await engine.dispose()
+        async for client in world.serve():
+            read = await client.get(
+                f"/v1/citizens/{citizen}",
+                params={"fields": "given_name", "purpose": "tax-administration"},
+                headers=as_("revenue", "consumer"),
+            )
+            # Nothing permits it: refused (404, since revenue may not know this citizen).
+            assert read.status_code in (403, 404), read.text
+            metrics = (await client.get("/metrics")).text
+        assert "tellonce_policy_agreements_refused_total 1.0" in metrics
+        report = await world.check("register")
+        assert report.unjustified == []
 
     async def test_the_cli_prints_the_summary_and_exits_0(self, world: World) -> None:
         async for client in world.serve():

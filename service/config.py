@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     webhook_retry_cap_seconds: float = Field(default=3600.0, gt=0)
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     events_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # verify: comparisons a consumer may ask per citizen, field and UTC day where its
+    # agreement leaves the claims open (an 'in' of N values counts N); then 429.
+    verify_unconstrained_per_day: int = Field(default=3, ge=0)
 
     @field_validator("root_key")
     @classmethod

@@ -79,6 +79,13 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        self.verify_probing = Counter(
+            "tellonce_verify_probing",
+            "verify requests repeating open claims on one citizen's field in a day, by consumer and "
+            "field; limited is true when the daily limit refused them (429).",
+            ["consumer", "field", "limited"],
+            registry=self.registry,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -221,7 +221,9 @@ class TestCitizens:
 
     async def test_erase_then_the_citizen_is_gone(self, client_site: ClientSite) -> None:
         citizen_id = await _register(client_site, "NI200007")
-        await client_site.client("registrar").erase_citizen(citizen_id)
+        await client_site.client("registrar").erase_citizen(
+            citizen_id, reason="registered-in-error", legal_basis="UK GDPR Art. 17(1)(d)"
+        )
         with pytest.raises(Gone) as gone:
             await client_site.client("welfare").read_citizen(citizen_id, PURPOSE, ["address"])
         assert gone.value.problem.status == 410

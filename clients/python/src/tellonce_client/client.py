@@ -312,8 +312,23 @@ class TellonceClient:
             m.VerifyOut, "POST", f"/v1/citizens/{citizen_id}/verify", body=body, headers=self._case(case_ref)
         )
 
-    async def erase_citizen(self, citizen_id: str, *, case_ref: str | None = None) -> None:
-        await self.request("DELETE", f"/v1/citizens/{citizen_id}", headers=self._case(case_ref))
+    async def erase_citizen(
+        self,
+        citizen_id: str,
+        *,
+        reason: m.ErasureReason,
+        legal_basis: str,
+        purpose: str | None = None,
+        case_ref: str | None = None,
+    ) -> None:
+        """Crypto-shred a citizen (the register, or a department with an ``erase`` agreement
+        naming its ``purpose``); the reason code and legal basis are kept in the audit."""
+        await self.request(
+            "DELETE",
+            f"/v1/citizens/{citizen_id}",
+            params=_params(reason=reason, legal_basis=legal_basis, purpose=purpose),
+            headers=self._case(case_ref),
+        )
 
     async def access_log(
         self, citizen_id: str, *, cursor: str | None = None, limit: int | None = None

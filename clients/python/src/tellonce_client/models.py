@@ -12,7 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write"]
+AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write", "erase"]
+# A ``verify`` agreement's fixed claims: field -> operator -> the allowed operands.
+ClaimOperator = Literal["eq", "lte", "gte"]
+AllowedClaims = dict[str, dict[ClaimOperator, list[str | int | bool]]]
+# Why a citizen is erased: a code, kept in the audit.
+ErasureReason = Literal[
+    "registered-in-error", "duplicate-record", "court-order", "retention-expired", "data-subject-request"
+]
 Effect = Literal["permit", "forbid"]
 Decision = Literal["permit", "deny"]
 
@@ -194,6 +201,7 @@ class AgreementSpec(Request):
     when: str | None = None
     require_case_ref: bool = False
     effect: Effect = "permit"
+    verify: AllowedClaims | None = None
 
 
 class AgreementIn(AgreementSpec):
@@ -212,6 +220,7 @@ class AgreementOut(Tagged):
     when: str | None = None
     require_case_ref: bool = False
     effect: Effect = "permit"
+    verify: AllowedClaims | None = None
     owner: str
     version: int
     status: Literal["active", "revoked"]
@@ -252,6 +261,7 @@ class DecisionOut(Response):
     version: int | None = None
     reason: str
     legal_basis: str | None = None
+    allowed_claims: dict[str, list[Any]] | None = None
     near_misses: list[NearMissOut] = Field(default_factory=list)
 
 

@@ -85,8 +85,30 @@ def check_agreement(spec: AgreementSpec, owner: str, catalog: Catalog) -> list[P
             compile_condition(spec.when)
         except ConditionError as exc:
             problems.append((("when",), f"agreement {name}: {exc}"))
+    problems.extend(_check_identity_actions(spec))
     if spec.verify is not None:
         problems.extend(_check_allowed_claims(spec, catalog))
+    return problems
+
+
+# Actions decided on the register's identity field alone: granted on any other field they
+# would silently do nothing.
+IDENTITY_FIELD = "national_id"
+IDENTITY_ACTIONS = ("lookup", "erase")
+
+
+def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
+    problems: list[Problem] = []
+    for index, action in enumerate(spec.actions):
+        if action in IDENTITY_ACTIONS and IDENTITY_FIELD not in spec.fields:
+            others = ", ".join(spec.fields)
+            problems.append(
+                (
+                    ("actions", index),
+                    f"agreement {spec.id}: {action} is granted on {IDENTITY_FIELD}, not on {others}; "
+                    f"list {IDENTITY_FIELD} in fields or remove {action}",
+                )
+            )
     return problems
 
 

@@ -8,14 +8,15 @@ change on either side fails CI until the two agree again.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write", "erase"]
 # A ``verify`` agreement's fixed claims: field -> operator -> the allowed operands.
 ClaimOperator = Literal["eq", "lte", "gte"]
-AllowedClaims = dict[str, dict[ClaimOperator, list[str | int | bool]]]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+AllowedClaims = dict[FieldName, dict[ClaimOperator, list[str | int | bool]]]
 # Why a citizen is erased: a code, kept in the audit.
 ErasureReason = Literal[
     "registered-in-error", "duplicate-record", "court-order", "retention-expired", "data-subject-request"

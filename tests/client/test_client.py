@@ -222,7 +222,7 @@ class TestCitizens:
     async def test_erase_then_the_citizen_is_gone(self, client_site: ClientSite) -> None:
         citizen_id = await _register(client_site, "NI200007")
         await client_site.client("registrar").erase_citizen(
-            citizen_id, reason="registered-in-error", legal_basis="UK GDPR Art. 17(1)(d)"
+            citizen_id, "registered-in-error", "Data Protection Act 2018, s.46"
         )
         with pytest.raises(Gone) as gone:
             await client_site.client("welfare").read_citizen(citizen_id, PURPOSE, ["address"])

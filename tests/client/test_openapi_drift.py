@@ -124,6 +124,28 @@ class TestOperations:
                     getattr(client, name)
                 ), name
 
+    def test_every_parameter_has_a_client_argument(self, live_openapi: dict[str, Any]) -> None:
+        header_arguments = {"x-case-ref": "case_ref", "if-match": "if_match"}
+        missing = []
+        for path, operations in live_openapi["paths"].items():
+            for method, operation in operations.items():
+                name = OPERATIONS.get((method.upper(), path))
+                if name is None or name == "auth":
+                    continue
+                signature = inspect.signature(getattr(TellonceClient, name))
+                takes_any = any(
+                    p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+                )
+                for parameter in operation.get("parameters", []):
+                    argument = (
+                        header_arguments.get(parameter["name"].lower(), parameter["name"])
+                        if parameter["in"] == "header"
+                        else parameter["name"]
+                    )
+                    if argument not in signature.parameters and not takes_any:
+                        missing.append(f"{method.upper()} {path}: {parameter['in']} {parameter['name']}")
+        assert not missing, f"parameters the client cannot send: {missing}"
+
 
 class TestSchemas:
     def test_every_server_schema_has_a_client_model(self, live_openapi: dict[str, Any]) -> None:

@@ -315,14 +315,14 @@ class TellonceClient:
     async def erase_citizen(
         self,
         citizen_id: str,
-        *,
         reason: m.ErasureReason,
         legal_basis: str,
+        *,
         purpose: str | None = None,
         case_ref: str | None = None,
     ) -> None:
-        """Crypto-shred a citizen (the register, or a department with an ``erase`` agreement
-        naming its ``purpose``); the reason code and legal basis are kept in the audit."""
+        """Crypto-shred a citizen: the owner of ``national_id``, or a department with an
+        ``erase`` agreement (naming its ``purpose``). Reason and legal basis are audited."""
         await self.request(
             "DELETE",
             f"/v1/citizens/{citizen_id}",

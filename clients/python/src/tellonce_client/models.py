@@ -17,7 +17,7 @@ AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "w
 ClaimOperator = Literal["eq", "lte", "gte"]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 AllowedClaims = dict[FieldName, dict[ClaimOperator, list[str | int | bool]]]
-# Why a citizen is erased: a code, kept in the audit.
+# Why a citizen is erased: a fixed code, kept in the audit.
 ErasureReason = Literal[
     "registered-in-error", "duplicate-record", "court-order", "retention-expired", "data-subject-request"
 ]

@@ -11,13 +11,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit import merkle
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
-from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
+from service.audit.errors import AuditQueryInvalid, AuditUnavailable, LeafNotFound, NoCheckpoint
 from service.audit.repository import Executor
 from service.audit.schemas import Action, AuditEntry, Decision, canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
@@ -33,14 +34,21 @@ async def append_in_transaction(conn: AsyncConnection, entry: AuditEntry) -> int
     """Append ``entry`` in the caller's transaction (for writes: same commit as the change).
 
     On PostgreSQL this takes the audit append lock until the caller's transaction ends,
-    so call it as the last statement before commit.
+    so call it as the last statement before commit. If the entry cannot be written the
+    caller's transaction must not commit: ``AuditUnavailable`` (503) is raised.
     """
-    return (await insert_entries(conn, [entry_row(entry)]))[0]
+    try:
+        return (await insert_entries(conn, [entry_row(entry)]))[0]
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable("The audit entry could not be written; nothing was changed.") from exc
 
 
 async def append_many_in_transaction(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
     """``append_in_transaction`` for many entries at once (bulk registration), in order."""
-    return await insert_entries(conn, [entry_row(entry) for entry in entries])
+    try:
+        return await insert_entries(conn, [entry_row(entry) for entry in entries])
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable("The audit entries could not be written; nothing was changed.") from exc
 
 
 def request_entry(

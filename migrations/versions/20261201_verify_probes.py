@@ -1,7 +1,7 @@
 """records: daily counts of open verify comparisons per consumer, citizen and field
 
 Revision ID: 0010_verify_probes
-Revises: 0009_blind_index_version
+Revises: 0010_witness
 Create Date: 2026-12-01 23:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_verify_probes"
-down_revision: str | Sequence[str] | None = "0009_blind_index_version"
+down_revision: str | Sequence[str] | None = "0010_witness"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

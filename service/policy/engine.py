@@ -29,6 +29,10 @@ DecisionEffect = Literal["permit", "deny"]
 
 UNEVALUATED = "condition could not be evaluated"
 
+# The claims a ``verify`` agreement allows on one field: operator -> the allowed operands
+# (values as written, relative dates such as ``today-18y`` kept as text).
+AllowedClaims = Mapping[str, tuple[Any, ...]]
+
 # The variables a condition may name; anything else is refused when it is compiled.
 CONDITION_VARIABLES = frozenset({"citizen", "request"})
 
@@ -56,6 +60,9 @@ class Agreement:
     version: int = 1
     # SHA-256 of the version's canonical JSON (``signing.version_digest``); audit entries cite it.
     digest: str = ""
+    # ``verify`` only: per field, the claims that may be asked; a field left out may be
+    # asked anything (and is then limited per consumer, citizen and day by records).
+    verify: Mapping[str, AllowedClaims] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,9 @@ class Decision:
     legal_basis: str | None = None
     # The deciding agreement version's digest, when an agreement decided.
     digest: str | None = None
+    # For a permitted ``verify``: the claims the deciding agreement allows on this field,
+    # or ``None`` when it leaves them open.
+    allowed_claims: AllowedClaims | None = None
 
     @property
     def permitted(self) -> bool:
@@ -94,6 +104,11 @@ class Decision:
             "version": self.version,
             "reason": self.reason,
             "legal_basis": self.legal_basis,
+            "allowed_claims": (
+                {op: list(operands) for op, operands in self.allowed_claims.items()}
+                if self.allowed_claims is not None
+                else None
+            ),
             "digest": self.digest,
         }
 
@@ -161,6 +176,7 @@ class Grant:
     condition: Any
     legal_basis: str | None
     digest: str = ""
+    verify: Mapping[str, AllowedClaims] | None = None
 
     def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
         """Why this grant does not apply to ``context``; ``None`` when it does."""
@@ -293,7 +309,7 @@ def _decide_field(
                     grant.version,
                     reason,
                     grant.legal_basis,
-                    grant.digest or None,
+                    digest=grant.digest or None,
                 )
                 return (decision, tuple(misses))
             if explain:
@@ -308,6 +324,7 @@ def _decide_field(
         misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
     if permit is not None:
         reason = f"agreement {permit.agreement} permits {consumer} to {action} {name} for {context.purpose}"
+        claims = permit.verify.get(name) if permit.verify is not None and action == "verify" else None
         decision = Decision(
             name,
             "permit",
@@ -315,7 +332,8 @@ def _decide_field(
             permit.version,
             reason,
             permit.legal_basis,
-            permit.digest or None,
+            digest=permit.digest or None,
+            allowed_claims=claims,
         )
         return (decision, tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
@@ -357,6 +375,7 @@ def compile_policy(
             condition=condition,
             legal_basis=agreement.legal_basis,
             digest=agreement.digest,
+            verify=agreement.verify,
         )
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an
         # older catalog never grants a field that has since moved to another owner.

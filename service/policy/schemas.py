@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.catalog.schemas import FieldName, Identifier
 from service.policy.engine import Action, Agreement, Effect
 
 Status = Literal["active", "revoked"]
+# The operators a ``verify`` agreement may fix thresholds for ('in' is asked as several 'eq').
+AllowedOperator = Literal["eq", "lte", "gte"]
+Threshold = Annotated[str, StringConstraints(min_length=1, max_length=100)] | int | bool
 
 
 class AgreementSpec(BaseModel):
@@ -32,6 +35,11 @@ class AgreementSpec(BaseModel):
     # The owner's base64 Ed25519 signature over the agreement's signing text
     # (``service/policy/signing.py``); required when the owner's department has a key.
     signature: str | None = Field(default=None, max_length=200)
+    # ``verify`` agreements: per field, the claims a consumer may ask, e.g.
+    # ``{date_of_birth: {lte: [today-18y]}}``. A field left out may be asked anything.
+    verify: dict[FieldName, dict[AllowedOperator, list[Threshold]]] | None = Field(
+        default=None, max_length=50
+    )
 
     def content(self) -> dict[str, Any]:
         """The stored form: JSON-compatible, defaults left out so files stay short."""
@@ -53,6 +61,14 @@ class AgreementSpec(BaseModel):
             effect=self.effect,
             version=version,
             digest=digest,
+            verify=(
+                {
+                    name: {op: tuple(operands) for op, operands in claims.items()}
+                    for name, claims in self.verify.items()
+                }
+                if self.verify is not None
+                else None
+            ),
         )
 
 
@@ -116,6 +132,9 @@ class DecisionOut(BaseModel):
     version: int | None = None
     reason: str
     legal_basis: str | None = None
+    # For ``verify``: the claims the deciding agreement allows on this field (null: any,
+    # limited per consumer, citizen and day).
+    allowed_claims: dict[str, list[Any]] | None = None
     near_misses: list[NearMissOut] = Field(default_factory=list)
 
 

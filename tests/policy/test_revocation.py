@@ -98,6 +98,7 @@ class TestRevocationAcrossProcesses:
             "version": None,
             "reason": "no agreement lets welfare read licence_status for benefit-eligibility",
             "legal_basis": None,
+            "allowed_claims": None,
             "digest": None,
         }
 

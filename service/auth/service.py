@@ -17,7 +17,7 @@ from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret
 from service.catalog import repository as catalog_repository
 from service.db import utcnow
-from service.policy import repository as policy_repository
+from service.policy import epoch as policy_epoch
 
 PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
@@ -125,7 +125,7 @@ async def disable_client(session: AsyncSession, client_id: str) -> Client:
         client.disabled_at = utcnow()
         await session.flush()
         # Every process keeps clients' standing until the revocation epoch moves.
-        await policy_repository.bump_epoch(session)
+        await policy_epoch.bump_epoch(session)
     return client
 
 

@@ -5,6 +5,10 @@ that is an ORM session's connection or a long-lived Core connection on the hot p
 
 Hierarchy: the provider's root key wraps each department's KEK versions; a KEK wraps the
 data key of each (citizen, department); a data key encrypts that citizen's values.
+Data keys are made only here (``data_key_for_write``, ``new_data_keys``).
+
+Over 400 lines for a reason: KEKs and data keys share the unwrap cache, the provider and
+the key-event hook, and each half needs the other's internals.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy import LargeBinary, String, Table, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -317,6 +321,44 @@ class Keyring:
         self.data_key_cache.put(key.id, key)
         return key
 
+    async def new_data_keys(
+        self, conn: AsyncConnection, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], DataKey]:
+        """Fresh data keys for (citizen, department) pairs of citizens created in this
+        transaction (so none has a key yet), each wrapped by its department's active KEK.
+
+        The bulk form of ``data_key_for_write``: one insert and a select per 500 citizens."""
+        keks = {department: await self.active_kek(conn, department) for department in {d for _c, d in pairs}}
+        materials = {pair: KeyMaterial(AESGCM.generate_key(bit_length=256)) for pair in pairs}
+        created_at = utcnow()
+        await conn.execute(
+            insert(DATA_KEYS),
+            [
+                {
+                    "citizen_id": citizen_id,
+                    "department": department,
+                    "kek_version": keks[department].version,
+                    "status": "active",
+                    "wrapped_key": keks[department].wrap(materials[(citizen_id, department)], citizen_id),
+                    "created_at": created_at,
+                }
+                for citizen_id, department in pairs
+            ],
+        )
+        keys: dict[tuple[str, str], DataKey] = {}
+        citizen_ids = sorted({c for c, _d in pairs})
+        for start in range(0, len(citizen_ids), 500):
+            rows = await conn.execute(
+                select(DATA_KEYS.c.id, DATA_KEYS.c.citizen_id, DATA_KEYS.c.department).where(
+                    DATA_KEYS.c.citizen_id.in_(citizen_ids[start : start + 500]),
+                    DATA_KEYS.c.status == "active",
+                )
+            )
+            for key_id, citizen_id, department in rows:
+                pair = (citizen_id, department)
+                keys[pair] = DataKey(key_id, department, keks[department].version, materials[pair])
+        return keys
+
     async def data_keys(self, conn: AsyncConnection, key_ids: Iterable[int]) -> dict[int, DataKey]:
         """Unwrapped data keys by id, through the cache. Raises ``DataKeyDestroyed`` if any
         was shredded or destroyed, ``DataKeyMissing`` if any id does not exist."""
@@ -387,6 +429,3 @@ class Keyring:
 async def get_keyring(request: Request) -> Keyring:
     keyring: Keyring = request.app.state.keyring
     return keyring
-
-
-KeyringDep = Annotated[Keyring, Depends(get_keyring)]

@@ -1,7 +1,10 @@
-"""Every query on citizens and field values, as Core statements on a connection.
+"""The Core queries on citizens and field values, on a connection.
 
 The access path runs these on a pooled connection rather than through an ORM session:
 measured on this machine, a session per request costs about three times the read itself.
+The hot reads (citizens and current values by id) also have raw-driver forms in
+``store.py``, built from the column lists here; ``tests/records/test_store.py`` checks
+that every form returns the same rows.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ class ValueRow:
     written_at: datetime
 
 
-_VALUE_COLUMNS = (
+# The columns of a ``CitizenRow`` and a ``ValueRow``, in order: the one list every read
+# path (Core here, the raw drivers in ``store.py``) selects.
+CITIZEN_COLUMNS = (citizens.c.id, citizens.c.status, citizens.c.version)
+VALUE_COLUMNS = (
     values.c.citizen_id,
     values.c.field,
     values.c.version,
@@ -50,13 +56,11 @@ _VALUE_COLUMNS = (
 )
 
 
-async def get_citizen(conn: AsyncConnection, citizen_id: str) -> CitizenRow | None:
-    row = (
-        await conn.execute(
-            select(citizens.c.id, citizens.c.status, citizens.c.version).where(citizens.c.id == citizen_id)
-        )
-    ).first()
-    return CitizenRow(row.id, row.status, row.version) if row else None
+async def get_citizens(conn: AsyncConnection, citizen_ids: Sequence[str]) -> dict[str, CitizenRow]:
+    if not citizen_ids:
+        return {}
+    rows = await conn.execute(select(*CITIZEN_COLUMNS).where(citizens.c.id.in_(citizen_ids)))
+    return {row[0]: CitizenRow(*row) for row in rows}
 
 
 async def current_values(
@@ -66,7 +70,7 @@ async def current_values(
     if not wanted or not citizen_ids:
         return []
     rows = await conn.execute(
-        select(*_VALUE_COLUMNS).where(
+        select(*VALUE_COLUMNS).where(
             values.c.citizen_id.in_(citizen_ids),
             values.c.field.in_(wanted),
             values.c.is_current.is_(True),
@@ -78,21 +82,10 @@ async def current_values(
 async def history(
     conn: AsyncConnection, citizen_id: str, field: str, *, before_version: int | None, limit: int
 ) -> list[ValueRow]:
-    query = select(*_VALUE_COLUMNS).where(values.c.citizen_id == citizen_id, values.c.field == field)
+    query = select(*VALUE_COLUMNS).where(values.c.citizen_id == citizen_id, values.c.field == field)
     if before_version is not None:
         query = query.where(values.c.version < before_version)
     rows = await conn.execute(query.order_by(values.c.version.desc()).limit(limit))
-    return [ValueRow(*r) for r in rows]
-
-
-async def candidates_by_blind_index(conn: AsyncConnection, field: str, blind_index: bytes) -> list[ValueRow]:
-    rows = await conn.execute(
-        select(*_VALUE_COLUMNS).where(
-            values.c.field == field,
-            values.c.blind_index == blind_index,
-            values.c.is_current.is_(True),
-        )
-    )
     return [ValueRow(*r) for r in rows]
 
 
@@ -107,7 +100,7 @@ async def candidates_by_blind_indexes(
     found: list[ValueRow] = []
     for start in range(0, len(blind_indexes), 500):
         rows = await conn.execute(
-            select(*_VALUE_COLUMNS).where(
+            select(*VALUE_COLUMNS).where(
                 values.c.field == field,
                 values.c.blind_index.in_(blind_indexes[start : start + 500]),
                 values.c.is_current.is_(True),
@@ -136,22 +129,9 @@ async def insert_citizens(
 
 
 async def insert_values(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
-    """Many current value rows in one executemany (the columns of ``insert_value``)."""
+    """Value rows (as ``writes.encrypted_row`` builds them) in one executemany."""
     if rows:
         await conn.execute(insert(values), list(rows))
-
-
-async def insert_citizen(conn: AsyncConnection, citizen_id: str, registered_by: str, now: datetime) -> None:
-    await conn.execute(
-        insert(citizens).values(
-            id=citizen_id,
-            status="active",
-            version=1,
-            registered_by=registered_by,
-            created_at=now,
-            updated_at=now,
-        )
-    )
 
 
 async def bump_version(
@@ -187,35 +167,6 @@ async def retire_current(conn: AsyncConnection, citizen_id: str, field: str) -> 
         .values(is_current=False)
     )
     return int(latest or 0)
-
-
-async def insert_value(
-    conn: AsyncConnection,
-    *,
-    citizen_id: str,
-    field: str,
-    version: int,
-    owner: str,
-    data_key_id: int,
-    ciphertext: bytes,
-    blind_index: bytes | None,
-    written_by: str,
-    now: datetime,
-) -> None:
-    await conn.execute(
-        insert(values).values(
-            citizen_id=citizen_id,
-            field=field,
-            version=version,
-            owner=owner,
-            data_key_id=data_key_id,
-            ciphertext=ciphertext,
-            blind_index=blind_index,
-            is_current=True,
-            written_by=written_by,
-            written_at=now,
-        )
-    )
 
 
 async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> bool:

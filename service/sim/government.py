@@ -22,12 +22,12 @@ from service.audit.hooks import KeyEventsCollected
 from service.audit.models import AuditEntryRow
 from service.audit.verify import VerificationFailed
 from service.auth import service as auth_service
+from service.auth.facts import RequestFacts
 from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.crypto.providers import load_root_key
 from service.db import Database, ensure_sqlite_dir
-from service.records.reader import open_reader
-from service.records.service import Access, RecordsService, citizen_count
+from service.records import seeding
 from service.schema import upgrade_async
 from service.sim import policies as demo_policies
 from service.sim import runner
@@ -71,16 +71,18 @@ async def _clients_valid(database: Database, clients: DemoClients) -> bool:
 
 
 async def _seed(
-    settings: Settings, database: Database, population: list[Person], registrar: Access, console: Console
+    settings: Settings,
+    database: Database,
+    population: list[Person],
+    registrar: RequestFacts,
+    console: Console,
 ) -> list[str]:
-    """Load the population in batches through the records service's encryption path."""
+    """Load the population in batches as an operator's import does: through
+    ``records.seeding``, a transaction per batch."""
     keyring = Keyring.from_settings(settings)
     # The first write of each owner makes its KEK: audited once seeding ends, as the CLI does.
     key_events = KeyEventsCollected()
     keyring.on_key_event = key_events
-    # Bulk registration appends its audit entries in its own transaction: no writer needed.
-    reader = await open_reader(settings.database_url)
-    records = RecordsService(database, keyring, None, reader)  # type: ignore[arg-type]
     ids: list[str] = []
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -88,14 +90,13 @@ async def _seed(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    try:
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("seeding citizens (encrypted field by field)", total=len(population))
-            for batch in batches(iter(population), SEED_BATCH):
-                ids.extend(await records.register_population(registrar, [person_fields(p) for p in batch]))
-                progress.advance(task, len(batch))
-    finally:
-        await reader.close()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("seeding citizens (encrypted field by field)", total=len(population))
+        for batch in batches(iter(population), SEED_BATCH):
+            async with database.engine.begin() as conn:
+                rows = [person_fields(p) for p in batch]
+                ids.extend(await seeding.register_population(conn, keyring, registrar, rows))
+            progress.advance(task, len(batch))
     await key_events.flush(database.engine)
     return ids
 
@@ -119,9 +120,10 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
             write_private(settings.data_dir / CLIENTS_FILE, clients.as_json(base_url))
             console.print(f"clients for every department written to {settings.data_dir / CLIENTS_FILE}")
         stored = read_population(settings)
-        existing = await citizen_count(database)
+        async with database.engine.connect() as conn:
+            existing = await seeding.citizen_count(conn)
         if existing == 0:
-            registrar = demo_policies.seeding_access(clients)
+            registrar = demo_policies.seeding_facts(clients)
             population = list(people(citizens, seed))
             ids = await _seed(settings, database, population, registrar, console)
             write_population(settings, seed, ids)

@@ -1,0 +1,264 @@
+"""The reads of citizen data: read, batch-get, verify, history and lookup.
+
+Each decides per field, loads only what is allowed, decrypts it, and returns only after
+its audit entry is durable (``RecordsService.audit``). The rules on what a caller may
+learn about a citizen it is refused live in ``disclosure.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from service.audit.schemas import AuditEntry
+from service.auth.facts import RequestFacts
+from service.policy.engine import Decision
+from service.records import disclosure, repository, values
+from service.records.errors import CitizenNotFound
+from service.records.schemas import (
+    BatchItem,
+    BatchPage,
+    CitizenOut,
+    HistoryItem,
+    HistoryPage,
+    LookupOut,
+    VerifyOut,
+    Withheld,
+)
+from service.records.service import RecordsService, comparable_national_id, registered_national_ids
+from service.records.validation import (
+    NATIONAL_ID_FIELD,
+    parse_cursor,
+    requested_fields,
+    require_known,
+    validate_claims,
+)
+
+
+async def read(
+    records: RecordsService, facts: RequestFacts, citizen_id: str, fields: Sequence[str] | None
+) -> CitizenOut:
+    """One citizen's allowed fields for the stated purpose; 403/404 if none, 410 if erased."""
+    purpose = facts.stated_purpose
+    catalog, policy = await records.read_snapshot(facts)
+    requested = requested_fields(catalog, fields)
+    require_known(catalog, requested, purpose, loc="fields")
+    citizen = disclosure.present((await records.store.citizens([citizen_id])).get(citizen_id))
+    context = records.context(facts, citizen.status)
+    decisions = policy.decide(facts.department, "read", requested, context)
+    allowed = disclosure.allowed(requested, decisions)
+    if not allowed:
+        await records.refuse_nothing_allowed(
+            facts, "read", citizen_id, catalog, policy, requested, decisions, context
+        )
+    rows = await records.store.current_values([citizen_id], allowed)
+    plain = await records.decrypt(catalog, rows)
+    current = {(row.citizen_id, row.field): row for row in rows}
+    released = disclosure.released(catalog, citizen_id, allowed, current, plain)
+    await records.audit.append(
+        records.entry(
+            facts,
+            "read",
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=requested,
+            released=allowed,
+            decisions=decisions,
+            status=200,
+        )
+    )
+    return CitizenOut(
+        id=citizen_id,
+        status=citizen.status,
+        version=citizen.version,
+        fields=released,
+        withheld=disclosure.withheld(requested, decisions),
+    )
+
+
+async def batch_get(
+    records: RecordsService, facts: RequestFacts, ids: Sequence[str], fields: Sequence[str] | None
+) -> BatchPage:
+    """Many citizens, decided field by field for each, one audit entry per citizen.
+
+    A citizen read would answer 404 or 410 for gets an item with no fields and every
+    field withheld with the reason read's answer gives (unknown, or erased)."""
+    purpose = facts.stated_purpose
+    unique_ids = list(dict.fromkeys(ids))
+    catalog, policy = await records.read_snapshot(facts)
+    requested = requested_fields(catalog, fields)
+    require_known(catalog, requested, purpose, loc="fields")
+    found = await records.store.citizens(unique_ids)
+    decisions_by_citizen: dict[str, dict[str, Decision]] = {}
+    allowed_any: set[str] = set()
+    for citizen_id in unique_ids:
+        citizen = found.get(citizen_id)
+        if citizen is None or disclosure.erased(citizen):
+            continue
+        decisions = policy.decide(facts.department, "read", requested, records.context(facts, citizen.status))
+        decisions_by_citizen[citizen_id] = decisions
+        allowed_any.update(disclosure.allowed(requested, decisions))
+    rows = await records.store.current_values(list(decisions_by_citizen), sorted(allowed_any))
+    plain = await records.decrypt(catalog, rows)
+    current = {(row.citizen_id, row.field): row for row in rows}
+    items: list[BatchItem] = []
+    entries: list[AuditEntry] = []
+    for citizen_id in unique_ids:
+        citizen_decisions = decisions_by_citizen.get(citizen_id)
+        if citizen_decisions is None:
+            citizen = found.get(citizen_id)
+            reason = disclosure.NOT_KNOWN_REASON if citizen is None else disclosure.ERASED_REASON
+            items.append(
+                BatchItem(
+                    id=citizen_id, fields={}, withheld=[Withheld(field=n, reason=reason) for n in requested]
+                )
+            )
+            continue
+        allowed = disclosure.allowed(requested, citizen_decisions)
+        released = disclosure.released(catalog, citizen_id, allowed, current, plain)
+        withheld = disclosure.withheld(requested, citizen_decisions)
+        items.append(BatchItem(id=citizen_id, fields=released, withheld=withheld))
+        entries.append(
+            records.entry(
+                facts,
+                "batch-get",
+                citizen_id=citizen_id,
+                catalog=catalog,
+                requested=requested,
+                released=allowed,
+                decisions=citizen_decisions,
+                status=200,
+            )
+        )
+    if entries:
+        await records.audit.append_many(entries)
+    return BatchPage(items=items, next_cursor=None)
+
+
+async def lookup(records: RecordsService, facts: RequestFacts, national_id: str) -> LookupOut:
+    """A citizen's id by national id; 404 alike for unknown, erased and not allowed."""
+    purpose = facts.stated_purpose
+    citizen_id: str | None = None
+    async with records.transactions.connect() as conn:
+        catalog, policy = await records.snapshot(conn, facts)
+        require_known(catalog, [], purpose, loc="fields")
+        decisions = policy.decide(
+            facts.department, "lookup", [NATIONAL_ID_FIELD], records.context(facts, None)
+        )
+        if decisions[NATIONAL_ID_FIELD].effect == "permit":
+            wanted = values.normalise_for_index(national_id)
+            found = await registered_national_ids(conn, records.keyring, catalog, [wanted])
+            citizen_id = found.get(comparable_national_id(wanted))
+            if citizen_id is not None:
+                citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+                if citizen is None or disclosure.erased(citizen):
+                    citizen_id = None
+    entry = records.entry(
+        facts,
+        "lookup",
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=[NATIONAL_ID_FIELD],
+        released=[NATIONAL_ID_FIELD] if citizen_id else [],
+        decisions=decisions,
+        status=200 if citizen_id else 404,
+    )
+    if citizen_id is None:
+        # Unknown and not allowed give the same answer.
+        await records.refuse(entry, CitizenNotFound("No citizen with that national id is known to you."))
+    await records.audit.append(entry)
+    return LookupOut(id=citizen_id)
+
+
+async def verify(
+    records: RecordsService, facts: RequestFacts, citizen_id: str, claims: Mapping[str, Mapping[str, Any]]
+) -> VerifyOut:
+    """Whether each claim holds, as booleans; the values never leave."""
+    purpose = facts.stated_purpose
+    catalog, policy = await records.read_snapshot(facts)
+    requested = list(claims)
+    require_known(catalog, requested, purpose, loc="claims")
+    validate_claims(catalog, claims)
+    citizen = disclosure.present((await records.store.citizens([citizen_id])).get(citizen_id))
+    context = records.context(facts, citizen.status)
+    decisions = policy.decide(facts.department, "verify", requested, context)
+    allowed = disclosure.allowed(requested, decisions)
+    if not allowed:
+        await records.refuse_nothing_allowed(
+            facts, "verify", citizen_id, catalog, policy, requested, decisions, context
+        )
+    rows = await records.store.current_values([citizen_id], allowed)
+    plain = await records.decrypt(catalog, rows)
+    current = {row.field: plain[(citizen_id, row.field, row.version)] for row in rows}
+    results: dict[str, bool] = {}
+    for name in allowed:
+        spec = catalog.field(name)
+        if spec is None:
+            continue
+        value = current.get(name)
+        results[name] = value is not None and all(
+            values.check_claim(spec, value, operator, operand) for operator, operand in claims[name].items()
+        )
+    await records.audit.append(
+        records.entry(
+            facts,
+            "verify",
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=requested,
+            released=allowed,
+            decisions=decisions,
+            status=200,
+        )
+    )
+    return VerifyOut(results=results, withheld=disclosure.withheld(requested, decisions))
+
+
+async def history(
+    records: RecordsService,
+    facts: RequestFacts,
+    citizen_id: str,
+    field: str,
+    *,
+    cursor: str | None,
+    limit: int,
+) -> HistoryPage:
+    """Earlier versions of one field, newest first, ``limit`` a page."""
+    purpose = facts.stated_purpose
+    before = parse_cursor(cursor)
+    async with records.transactions.connect() as conn:
+        catalog, policy = await records.snapshot(conn, facts)
+        require_known(catalog, [field], purpose, loc="field")
+        citizen = disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
+        context = records.context(facts, citizen.status)
+        decisions = policy.decide(facts.department, "history", [field], context)
+        if decisions[field].effect != "permit":
+            await records.refuse_nothing_allowed(
+                facts, "history", citizen_id, catalog, policy, [field], decisions, context
+            )
+        rows = await repository.history(conn, citizen_id, field, before_version=before, limit=limit + 1)
+        page, more = rows[:limit], len(rows) > limit
+        plain = await records.decrypt(catalog, page, conn)
+    await records.audit.append(
+        records.entry(
+            facts,
+            "history",
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=[field],
+            released=[field],
+            decisions=decisions,
+            status=200,
+        )
+    )
+    items = [
+        HistoryItem(
+            value=plain[(citizen_id, row.field, row.version)],
+            version=row.version,
+            updated_at=row.written_at,
+            written_by=row.written_by,
+        )
+        for row in page
+    ]
+    next_cursor = str(page[-1].version) if more and page else None
+    return HistoryPage(items=items, next_cursor=next_cursor)

@@ -1,0 +1,92 @@
+"""What a records request may name, checked against the catalog before anything is read.
+
+Pure: no I/O. Each check raises a 422 ``ValidationFailed`` (or ``InvalidFieldValue``)
+naming every problem at once, with its location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from service.catalog.schemas import Catalog
+from service.errors import ValidationFailed
+from service.records import values
+from service.records.errors import InvalidFieldValue
+
+# The register's identity field: lookups and the duplicate check go through its blind index.
+NATIONAL_ID_FIELD = "national_id"
+
+
+def requested_fields(catalog: Catalog, fields: Sequence[str] | None) -> list[str]:
+    """The fields asked for, once each in the order given; every catalog field if none."""
+    return list(dict.fromkeys(fields)) if fields else [f.name for f in catalog.fields]
+
+
+def require_known(catalog: Catalog, fields: Sequence[str], purpose: str | None, *, loc: str) -> None:
+    """Every field and the purpose must be in the catalog."""
+    errors: list[dict[str, Any]] = [
+        {"loc": [loc, name], "msg": f"unknown field {name!r}"}
+        for name in fields
+        if catalog.field(name) is None
+    ]
+    if purpose is not None and catalog.purpose(purpose) is None:
+        errors.append({"loc": ["purpose"], "msg": f"unknown purpose {purpose!r}"})
+    if errors:
+        raise ValidationFailed("The request names something the catalog does not know.", errors=errors)
+
+
+def validated_values(catalog: Catalog, submitted: Mapping[str, Any], loc: str) -> dict[str, values.JsonValue]:
+    """Submitted field values, each checked against its catalog type and normalised."""
+    errors: list[dict[str, Any]] = []
+    clean: dict[str, values.JsonValue] = {}
+    for name, raw in submitted.items():
+        spec = catalog.field(name)
+        if spec is None:
+            errors.append({"loc": [loc, name], "msg": f"unknown field {name!r}"})
+            continue
+        if raw is None:
+            errors.append({"loc": [loc, name], "msg": "a value is required (null cannot be written)"})
+            continue
+        try:
+            clean[name] = values.validate(spec, raw)
+        except values.ValueRejected as exc:
+            errors.append({"loc": [loc, name], "msg": f"{name} {exc}"})
+    if errors:
+        raise InvalidFieldValue("One or more field values are not valid.", errors=errors)
+    return clean
+
+
+def validate_claims(catalog: Catalog, claims: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each claim names a known operator and an operand of the field's type."""
+    errors: list[dict[str, Any]] = []
+    for name, operations in claims.items():
+        spec = catalog.field(name)
+        if spec is None:
+            continue
+        if not operations:
+            errors.append({"loc": ["claims", name], "msg": "a claim needs an operator"})
+        for operator, operand in operations.items():
+            if operator not in values.CLAIM_OPERATORS:
+                errors.append(
+                    {"loc": ["claims", name, operator], "msg": "operator must be one of eq, lte, gte, in"}
+                )
+                continue
+            try:
+                # Check the operand's shape against a placeholder value of the same type.
+                values.check_claim(spec, None, operator, operand)
+            except values.ValueRejected as exc:
+                errors.append({"loc": ["claims", name, operator], "msg": str(exc)})
+    if errors:
+        raise ValidationFailed("The claims are not valid.", errors=errors)
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """A history cursor: the version the next page starts below."""
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 9:
+        raise ValidationFailed(
+            "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
+        )
+    return int(cursor)

@@ -11,6 +11,7 @@ from service.auth.cli import auth_app, clients_app
 from service.config import Settings, get_settings
 from service.crypto.cli import app as keys_app
 from service.policy.cli import app as policies_app
+from service.records.cli import app as records_app
 from service.schema import upgrade
 from service.sim.cli import demo as demo_command
 
@@ -25,6 +26,7 @@ app.add_typer(clients_app, name="clients")
 app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(records_app, name="records")
 app.command("demo")(demo_command)
 
 

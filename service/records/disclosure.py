@@ -1,10 +1,13 @@
 """What a caller may learn about a citizen: the rules every read shares, once.
 
 Pure: no I/O.
-- ``present``: an unknown citizen is 404; an erased one is 410, to read, batch-get,
-  verify, history and write alike (batch-get says it per citizen, in ``withheld``).
+- ``may_know``: whether a caller that is refused may still learn that a citizen exists.
 - ``refusal``: when nothing asked for is allowed, 403 if the caller may know the citizen
   exists, else 404, so a refusal never confirms a citizen to a stranger.
+- ``readable``: an unknown citizen is 404; an erased one is 410 to a caller that may know
+  it exists and 404 to anyone else. Read, verify and history raise it; batch-get says the
+  same per citizen in ``withheld`` (``unavailable_reason``).
+- ``present``: for writes and erasure, by owners: 404 unknown, 410 erased.
 - ``released``: the ``FieldOut`` of each allowed field, from its current row.
 """
 
@@ -37,12 +40,63 @@ def erased(citizen: CitizenRow) -> bool:
 
 
 def present(citizen: CitizenRow | None) -> CitizenRow:
-    """The citizen, if it exists and is not erased; else 404 or 410."""
+    """For writes and erasure: the citizen, if it exists and is not erased; else 404 or 410."""
     if citizen is None:
         raise CitizenNotFound(NOT_KNOWN)
     if erased(citizen):
         raise CitizenErased(ERASED)
     return citizen
+
+
+def may_know(
+    policy: CompiledPolicy, department: str, action: str, requested: Sequence[str], context: RequestContext
+) -> bool:
+    """Whether the caller may learn that a citizen exists when nothing it asked is allowed.
+
+    It may when it may look citizens up for this purpose, or when it is a party to an
+    agreement over one of the fields that just missed (it needs a case reference, has
+    expired, or its condition does not hold for this citizen)."""
+    lookup = policy.decide(department, "lookup", [NATIONAL_ID_FIELD], context)
+    if lookup[NATIONAL_ID_FIELD].effect == "permit":
+        return True
+    explained = policy.explain(department, action, requested, context)
+    return any(
+        miss.effect == "permit" for explanation in explained.values() for miss in explanation.near_misses
+    )
+
+
+def readable(
+    citizen: CitizenRow | None,
+    policy: CompiledPolicy,
+    department: str,
+    action: str,
+    requested: Sequence[str],
+    context: RequestContext,
+) -> CitizenRow:
+    """The citizen a read may go on with; else 404, or 410 if erased and the caller may
+    know it existed. ``context`` carries the citizen's status."""
+    reason = unavailable_reason(citizen, policy, department, action, requested, context)
+    if reason == ERASED_REASON:
+        raise CitizenErased(ERASED)
+    if citizen is None or reason is not None:
+        raise CitizenNotFound(NOT_KNOWN)
+    return citizen
+
+
+def unavailable_reason(
+    citizen: CitizenRow | None,
+    policy: CompiledPolicy,
+    department: str,
+    action: str,
+    requested: Sequence[str],
+    context: RequestContext,
+) -> str | None:
+    """Why no field of this citizen can be read (unknown, or erased), or None if it can."""
+    if citizen is None:
+        return NOT_KNOWN_REASON
+    if not erased(citizen):
+        return None
+    return ERASED_REASON if may_know(policy, department, action, requested, context) else NOT_KNOWN_REASON
 
 
 def refusal(
@@ -54,18 +108,8 @@ def refusal(
     context: RequestContext,
 ) -> ServiceError:
     """The error for a request of which nothing is allowed: 403 if the caller may know the
-    citizen exists, else 404.
-
-    A caller may know when it may look citizens up for this purpose, or when it is a party
-    to an agreement over one of the fields that just missed (it needs a case reference,
-    has expired, or its condition does not hold for this citizen).
-    """
-    lookup = policy.decide(department, "lookup", [NATIONAL_ID_FIELD], context)
-    explained = policy.explain(department, action, requested, context)
-    may_know = lookup[NATIONAL_ID_FIELD].effect == "permit" or any(
-        miss.effect == "permit" for explanation in explained.values() for miss in explanation.near_misses
-    )
-    if not may_know:
+    citizen exists (``may_know``), else 404."""
+    if not may_know(policy, department, action, requested, context):
         return CitizenNotFound(NOT_KNOWN)
     reasons = "; ".join(decisions[n].reason for n in requested)
     return NotPermitted(f"No agreement permits this request: {reasons}")

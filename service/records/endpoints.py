@@ -17,6 +17,7 @@ from service.records.schemas import (
     BatchGet,
     BatchPage,
     CitizenOut,
+    ErasureReason,
     HistoryPage,
     LookupCitizen,
     LookupOut,
@@ -181,9 +182,22 @@ async def verify_claims(
 @router.delete("/{citizen_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def erase_citizen(
     citizen_id: CitizenPath,
+    reason: Annotated[ErasureReason, Query(description="Why: a fixed code, kept in the audit.")],
+    legal_basis: Annotated[
+        str, Query(min_length=1, max_length=200, description="The legal basis, kept in the audit.")
+    ],
     records: Records,
     caller: Annotated[RequestFacts, Depends(facts("citizens:erase"))],
+    purpose: Annotated[
+        str | None,
+        Query(min_length=1, max_length=63, description="Your erase agreement's purpose (not the owner)."),
+    ] = None,
 ) -> Response:
-    """Erase a citizen by destroying their data keys. Later reads get 410; the audit stays."""
-    await writes.erase(records, caller, citizen_id)
+    """Erase a citizen by destroying their data keys. Later reads get 410; the audit stays.
+
+    Only the department that owns `national_id` erases, or one holding an `erase`
+    agreement on `national_id` (naming its purpose); anyone else gets 403."""
+    await writes.erase(
+        records, caller.for_purpose(purpose), citizen_id, reason=reason, legal_basis=legal_basis
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -12,9 +12,10 @@ from typing import Any
 
 from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
-from service.policy.engine import Decision
+from service.policy.engine import CompiledPolicy, Decision
 from service.records import disclosure, repository, values
 from service.records.errors import CitizenNotFound
+from service.records.repository import CitizenRow
 from service.records.schemas import (
     BatchItem,
     BatchPage,
@@ -28,6 +29,7 @@ from service.records.schemas import (
 from service.records.service import RecordsService, comparable_national_id, registered_national_ids
 from service.records.validation import (
     NATIONAL_ID_FIELD,
+    canonical_national_id,
     parse_cursor,
     requested_fields,
     require_known,
@@ -43,7 +45,7 @@ async def read(
     catalog, policy = await records.read_snapshot(facts)
     requested = requested_fields(catalog, fields)
     require_known(catalog, requested, purpose, loc="fields")
-    citizen = disclosure.present((await records.store.citizens([citizen_id])).get(citizen_id))
+    citizen = await _readable(records, facts, policy, "read", requested, citizen_id)
     context = records.context(facts, citizen.status)
     decisions = policy.decide(facts.department, "read", requested, context)
     allowed = disclosure.allowed(requested, decisions)
@@ -79,10 +81,11 @@ async def read(
 async def batch_get(
     records: RecordsService, facts: RequestFacts, ids: Sequence[str], fields: Sequence[str] | None
 ) -> BatchPage:
-    """Many citizens, decided field by field for each, one audit entry per citizen.
+    """Many citizens, decided field by field for each, one audit entry per known citizen.
 
     A citizen read would answer 404 or 410 for gets an item with no fields and every
-    field withheld with the reason read's answer gives (unknown, or erased)."""
+    field withheld with the reason read's answer gives (unknown, or erased); one the
+    caller may not learn exists gets exactly the item of a made-up id."""
     purpose = facts.stated_purpose
     unique_ids = list(dict.fromkeys(ids))
     catalog, policy = await records.read_snapshot(facts)
@@ -90,14 +93,28 @@ async def batch_get(
     require_known(catalog, requested, purpose, loc="fields")
     found = await records.store.citizens(unique_ids)
     decisions_by_citizen: dict[str, dict[str, Decision]] = {}
+    # Why a citizen gets nothing without a decision: unknown, or erased (as read says).
+    unavailable: dict[str, str] = {}
+    # Citizens the caller may not learn exist: answered like unknown ids, still audited.
+    hidden: dict[str, dict[str, Decision]] = {}
     allowed_any: set[str] = set()
     for citizen_id in unique_ids:
         citizen = found.get(citizen_id)
-        if citizen is None or disclosure.erased(citizen):
+        context = records.context(facts, citizen.status if citizen else None)
+        reason = disclosure.unavailable_reason(citizen, policy, facts.department, "read", requested, context)
+        if reason is not None:
+            unavailable[citizen_id] = reason
             continue
-        decisions = policy.decide(facts.department, "read", requested, records.context(facts, citizen.status))
+        decisions = policy.decide(facts.department, "read", requested, context)
+        allowed = disclosure.allowed(requested, decisions)
+        if not allowed and not disclosure.may_know(policy, facts.department, "read", requested, context):
+            # Where a single read would answer 404, this citizen looks exactly like an
+            # unknown id: the withheld reasons would otherwise tell them apart.
+            hidden[citizen_id] = decisions
+            unavailable[citizen_id] = disclosure.NOT_KNOWN_REASON
+            continue
         decisions_by_citizen[citizen_id] = decisions
-        allowed_any.update(disclosure.allowed(requested, decisions))
+        allowed_any.update(allowed)
     rows = await records.store.current_values(list(decisions_by_citizen), sorted(allowed_any))
     plain = await records.decrypt(catalog, rows)
     current = {(row.citizen_id, row.field): row for row in rows}
@@ -106,13 +123,21 @@ async def batch_get(
     for citizen_id in unique_ids:
         citizen_decisions = decisions_by_citizen.get(citizen_id)
         if citizen_decisions is None:
-            citizen = found.get(citizen_id)
-            reason = disclosure.NOT_KNOWN_REASON if citizen is None else disclosure.ERASED_REASON
-            items.append(
-                BatchItem(
-                    id=citizen_id, fields={}, withheld=[Withheld(field=n, reason=reason) for n in requested]
+            withheld = [Withheld(field=n, reason=unavailable[citizen_id]) for n in requested]
+            items.append(BatchItem(id=citizen_id, fields={}, withheld=withheld))
+            if citizen_id in hidden:
+                entries.append(
+                    records.entry(
+                        facts,
+                        "batch-get",
+                        citizen_id=citizen_id,
+                        catalog=catalog,
+                        requested=requested,
+                        released=[],
+                        decisions=hidden[citizen_id],
+                        status=404,
+                    )
                 )
-            )
             continue
         allowed = disclosure.allowed(requested, citizen_decisions)
         released = disclosure.released(catalog, citizen_id, allowed, current, plain)
@@ -142,11 +167,12 @@ async def lookup(records: RecordsService, facts: RequestFacts, national_id: str)
     async with records.transactions.connect() as conn:
         catalog, policy = await records.snapshot(conn, facts)
         require_known(catalog, [], purpose, loc="fields")
+        canonical = canonical_national_id(national_id)
         decisions = policy.decide(
             facts.department, "lookup", [NATIONAL_ID_FIELD], records.context(facts, None)
         )
         if decisions[NATIONAL_ID_FIELD].effect == "permit":
-            wanted = values.normalise_for_index(national_id)
+            wanted = values.normalise_for_index(canonical)
             found = await registered_national_ids(conn, records.keyring, catalog, [wanted])
             citizen_id = found.get(comparable_national_id(wanted))
             if citizen_id is not None:
@@ -179,7 +205,7 @@ async def verify(
     requested = list(claims)
     require_known(catalog, requested, purpose, loc="claims")
     validate_claims(catalog, claims)
-    citizen = disclosure.present((await records.store.citizens([citizen_id])).get(citizen_id))
+    citizen = await _readable(records, facts, policy, "verify", requested, citizen_id)
     context = records.context(facts, citizen.status)
     decisions = policy.decide(facts.department, "verify", requested, context)
     allowed = disclosure.allowed(requested, decisions)
@@ -214,6 +240,19 @@ async def verify(
     return VerifyOut(results=results, withheld=disclosure.withheld(requested, decisions))
 
 
+async def _readable(
+    records: RecordsService,
+    facts: RequestFacts,
+    policy: CompiledPolicy,
+    action: str,
+    requested: Sequence[str],
+    citizen_id: str,
+) -> CitizenRow:
+    found = (await records.store.citizens([citizen_id])).get(citizen_id)
+    context = records.context(facts, found.status if found else None)
+    return disclosure.readable(found, policy, facts.department, action, requested, context)
+
+
 async def history(
     records: RecordsService,
     facts: RequestFacts,
@@ -229,8 +268,9 @@ async def history(
     async with records.transactions.connect() as conn:
         catalog, policy = await records.snapshot(conn, facts)
         require_known(catalog, [field], purpose, loc="field")
-        citizen = disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
-        context = records.context(facts, citizen.status)
+        found = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+        context = records.context(facts, found.status if found else None)
+        disclosure.readable(found, policy, facts.department, "history", [field], context)
         decisions = policy.decide(facts.department, "history", [field], context)
         if decisions[field].effect != "permit":
             await records.refuse_nothing_allowed(

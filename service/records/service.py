@@ -29,6 +29,7 @@ from service.audit.schemas import Decision as AuditDecision
 from service.auth.facts import RequestFacts
 from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
+from service.crypto import blind_index
 from service.crypto.aead import DataKey, decrypt_value
 from service.crypto.keyring import Keyring
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
@@ -260,5 +261,6 @@ async def registered_national_ids(
 
 
 def comparable_national_id(value: values.JsonValue) -> str:
-    """A national id as the duplicate check and lookup compare it."""
-    return values.normalise_for_index(value).strip().casefold()
+    """A national id as the duplicate check and lookup compare it: under the
+    normalisation the blind index uses."""
+    return blind_index.normalise(values.normalise_for_index(value))

@@ -6,6 +6,7 @@ naming every problem at once, with its location.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,12 +50,43 @@ def validated_values(catalog: Catalog, submitted: Mapping[str, Any], loc: str) -
             errors.append({"loc": [loc, name], "msg": "a value is required (null cannot be written)"})
             continue
         try:
-            clean[name] = values.validate(spec, raw)
+            value = values.validate(spec, raw)
+            # A value citizens are found by is canonical before it is indexed or compared.
+            identifying = spec.searchable or name == NATIONAL_ID_FIELD
+            if identifying and spec.type == "string" and isinstance(value, str):
+                value = values.identifier(value)
+            clean[name] = value
         except values.ValueRejected as exc:
             errors.append({"loc": [loc, name], "msg": f"{name} {exc}"})
     if errors:
         raise InvalidFieldValue("One or more field values are not valid.", errors=errors)
     return clean
+
+
+def canonical_national_id(national_id: str) -> str:
+    """The national id as registration stores it, or a 422 naming the rule (never the value)."""
+    try:
+        return values.identifier(national_id)
+    except values.ValueRejected as exc:
+        raise InvalidFieldValue(
+            "The national id is not valid.",
+            errors=[{"loc": ["body", NATIONAL_ID_FIELD], "msg": f"{NATIONAL_ID_FIELD} {exc}"}],
+        ) from None
+
+
+def legal_basis(text: str) -> str:
+    """An erasure's stated legal basis: 1 to 200 visible characters, kept in the audit."""
+    stripped = text.strip()
+    if (
+        not stripped
+        or len(stripped) > 200
+        or any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stripped)
+    ):
+        raise ValidationFailed(
+            "An erasure names its legal basis: 1 to 200 visible characters.",
+            errors=[{"loc": ["query", "legal_basis"], "msg": "invalid legal basis"}],
+        )
+    return stripped
 
 
 def validate_claims(catalog: Catalog, claims: Mapping[str, Mapping[str, Any]]) -> None:

@@ -24,9 +24,10 @@ from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import disclosure, repository, values
 from service.records.errors import NotPermitted, StaleVersion
-from service.records.schemas import Registered, WriteOut
+from service.records.schemas import ErasureReason, Registered, WriteOut
 from service.records.service import RecordsService, now, registered_national_ids
 from service.records.validation import NATIONAL_ID_FIELD, require_known, validated_values
+from service.records.validation import legal_basis as validated_legal_basis
 
 
 def encrypted_row(
@@ -247,28 +248,96 @@ def _write_decisions(
     return decisions
 
 
-async def erase(records: RecordsService, facts: RequestFacts, citizen_id: str) -> None:
-    """Crypto-shredding: the citizen's data keys are destroyed; the audit stays."""
+async def erase(
+    records: RecordsService,
+    facts: RequestFacts,
+    citizen_id: str,
+    *,
+    reason: ErasureReason,
+    legal_basis: str,
+) -> None:
+    """Crypto-shred a citizen: the data keys are destroyed; the audit stays.
+
+    Only the department that owns ``national_id`` (the register), or a department holding
+    an ``erase`` agreement on ``national_id`` (then stating that agreement's purpose). The
+    reason (a fixed code, so no free text reaches the audit) and the stated legal basis are
+    kept in the audit entry. A refusal is a 403 whether or not the citizen exists, and is
+    audited."""
+    legal_basis = validated_legal_basis(legal_basis)
     started = now()
     async with records.transactions.begin() as conn:
-        catalog, _policy = await records.snapshot(conn, facts)
-        disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
-        await records.keyring.shred_citizen(conn, citizen_id)
-        await repository.mark_erased(conn, citizen_id, started)
-        await audit_service.append_in_transaction(
-            conn,
-            records.entry(
-                facts,
-                "erase",
-                citizen_id=citizen_id,
-                catalog=catalog,
-                requested=[],
-                released=[],
-                decisions={},
-                status=204,
-                decision="permit",
-            ),
+        catalog, policy = await records.snapshot(conn, facts)
+        require_known(catalog, [], facts.purpose, loc="query")
+        citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+        context = records.context(facts, citizen.status if citizen else None)
+        decision = _erase_decision(catalog, policy, facts, context, reason, legal_basis)
+        if decision.effect == "permit":
+            disclosure.present(citizen)
+            await records.keyring.shred_citizen(conn, citizen_id)
+            await repository.mark_erased(conn, citizen_id, started)
+            await audit_service.append_in_transaction(
+                conn,
+                records.entry(
+                    facts,
+                    "erase",
+                    citizen_id=citizen_id,
+                    catalog=catalog,
+                    requested=[NATIONAL_ID_FIELD],
+                    released=[],
+                    decisions={NATIONAL_ID_FIELD: decision},
+                    status=204,
+                    decision="permit",
+                ),
+            )
+            return
+    refusal = records.entry(
+        facts,
+        "erase",
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=[NATIONAL_ID_FIELD],
+        released=[],
+        decisions={NATIONAL_ID_FIELD: decision},
+        status=403,
+        decision="deny",
+    )
+    await records.refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
+
+
+def _erase_decision(
+    catalog: Catalog,
+    policy: CompiledPolicy,
+    facts: RequestFacts,
+    context: RequestContext,
+    reason: ErasureReason,
+    legal_basis: str,
+) -> Decision:
+    """The owner of ``national_id`` erases; anyone else needs an ``erase`` agreement for
+    the purpose it states."""
+    spec = catalog.field(NATIONAL_ID_FIELD)
+    if spec is not None and spec.owner == facts.department:
+        return Decision(NATIONAL_ID_FIELD, "permit", None, None, f"owner; {reason}", legal_basis)
+    if facts.purpose is None:
+        owner = spec.owner if spec else "the register"
+        return Decision(
+            NATIONAL_ID_FIELD,
+            "deny",
+            None,
+            None,
+            f"only {owner}, which owns {NATIONAL_ID_FIELD}, erases citizens; "
+            "a department with an erase agreement must name its purpose",
         )
+    decided = policy.decide(facts.department, "erase", [NATIONAL_ID_FIELD], context)[NATIONAL_ID_FIELD]
+    if decided.effect != "permit":
+        return decided
+    return Decision(
+        NATIONAL_ID_FIELD,
+        "permit",
+        decided.agreement,
+        decided.version,
+        f"{decided.reason}; {reason}",
+        legal_basis,
+    )
 
 
 def _fields_by_owner(catalog: Catalog, names: Iterable[str]) -> dict[str, list[str]]:

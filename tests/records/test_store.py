@@ -68,7 +68,9 @@ async def stored(database_url: str, settings: Settings) -> AsyncIterator[Stored]
                 reason="moved",
                 if_match=None,
             )
-            await writes.erase(records, facts_as("register", "registrar"), ids[2])
+            await writes.erase(
+                records, facts_as("register", "registrar"), ids[2], reason="court-order", legal_basis="a test"
+            )
         yield Stored(url, ids)
     finally:
         await engine.dispose()

@@ -208,7 +208,7 @@ class Keyring:
         if first and latest is not None:
             return None
         version = (latest or 0) + 1
-        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
+        material = KeyMaterial(DataKey.generate_material())
         wrapped = await self.provider.wrap(material, context=kek_context(department, version))
         try:
             async with conn.begin_nested():
@@ -278,7 +278,7 @@ class Keyring:
         if shredded is not None:
             raise CitizenShredded()
         kek = await self.active_kek(conn, department)
-        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
+        material = KeyMaterial(DataKey.generate_material())
         wrapped = kek.wrap(material, citizen_id)
         # Insert only while that KEK version is still active: a rotation that committed
         # in between makes this insert a no-op and the loop wraps under the new version.
@@ -324,40 +324,38 @@ class Keyring:
     async def new_data_keys(
         self, conn: AsyncConnection, pairs: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], DataKey]:
-        """Fresh data keys for (citizen, department) pairs of citizens created in this
-        transaction (so none has a key yet), each wrapped by its department's active KEK.
+        """Fresh active data keys for (citizen, department) pairs that have none active
+        (citizens created in this transaction, or whose old key was just set aside), each
+        wrapped by its department's active KEK.
 
-        The bulk form of ``data_key_for_write``: one insert and a select per 500 citizens."""
+        The bulk form of ``data_key_for_write``: one insert for the whole batch."""
         keks = {department: await self.active_kek(conn, department) for department in {d for _c, d in pairs}}
-        materials = {pair: KeyMaterial(AESGCM.generate_key(bit_length=256)) for pair in pairs}
+        materials = [KeyMaterial(DataKey.generate_material()) for _ in pairs]
         created_at = utcnow()
-        await conn.execute(
-            insert(DATA_KEYS),
-            [
-                {
-                    "citizen_id": citizen_id,
-                    "department": department,
-                    "kek_version": keks[department].version,
-                    "status": "active",
-                    "wrapped_key": keks[department].wrap(materials[(citizen_id, department)], citizen_id),
-                    "created_at": created_at,
-                }
-                for citizen_id, department in pairs
-            ],
-        )
-        keys: dict[tuple[str, str], DataKey] = {}
-        citizen_ids = sorted({c for c, _d in pairs})
-        for start in range(0, len(citizen_ids), 500):
-            rows = await conn.execute(
-                select(DATA_KEYS.c.id, DATA_KEYS.c.citizen_id, DATA_KEYS.c.department).where(
-                    DATA_KEYS.c.citizen_id.in_(citizen_ids[start : start + 500]),
-                    DATA_KEYS.c.status == "active",
+        key_ids = (
+            (
+                await conn.execute(
+                    insert(DATA_KEYS).returning(DATA_KEYS.c.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "citizen_id": citizen_id,
+                            "department": department,
+                            "kek_version": keks[department].version,
+                            "status": "active",
+                            "wrapped_key": keks[department].wrap(material, citizen_id),
+                            "created_at": created_at,
+                        }
+                        for (citizen_id, department), material in zip(pairs, materials, strict=True)
+                    ],
                 )
             )
-            for key_id, citizen_id, department in rows:
-                pair = (citizen_id, department)
-                keys[pair] = DataKey(key_id, department, keks[department].version, materials[pair])
-        return keys
+            .scalars()
+            .all()
+        )
+        return {
+            pair: DataKey(key_id, pair[1], keks[pair[1]].version, material)
+            for pair, key_id, material in zip(pairs, key_ids, materials, strict=True)
+        }
 
     async def data_keys(self, conn: AsyncConnection, key_ids: Iterable[int]) -> dict[int, DataKey]:
         """Unwrapped data keys by id, through the cache. Raises ``DataKeyDestroyed`` if any

@@ -49,6 +49,7 @@ from service.events.schemas import (
 )
 from service.events.secrets import SecretBox, new_signing_secret
 from service.events.targets import Resolver, UnsafeWebhookTarget, check_target, parse
+from service.records import public as records_public
 
 MAX_WAIT_SECONDS = 30
 # Outbox rows one feed read looks at before it answers (possibly with no items, but a
@@ -421,7 +422,7 @@ async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None,
                 for row in rows
             ]
             wanted = [row.citizen_id for row, matching in candidates if matching]
-            statuses = await repository.citizen_statuses(conn, wanted)
+            statuses = await records_public.citizen_statuses(conn, wanted)
             if wanted and decide is None:
                 decide = await runtime.policy.current(conn)
             for row, matching in candidates:

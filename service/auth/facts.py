@@ -58,28 +58,35 @@ class RequestFacts:
         return self.purpose
 
 
-def facts(*scopes: str) -> Callable[..., Awaitable[RequestFacts]]:
+def facts(*scopes: str, case_ref: bool = True) -> Callable[..., Awaitable[RequestFacts]]:
     """Authenticate with ``scopes`` and gather the request's facts (no purpose yet: the
-    endpoint adds the one its body or query states)."""
+    endpoint adds the one its body or query states). With ``case_ref``, the endpoint takes
+    the optional ``X-Case-Ref`` header (the citizen endpoints); without, it does not."""
     # A default, not an annotation: string annotations cannot see this closure's scopes.
     authenticated = Depends(require(*scopes))
 
-    async def dependency(
-        request: Request,
-        principal: Principal = authenticated,
-        case_ref: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
-    ) -> RequestFacts:
-        if case_ref is not None and not _CASE_REF.match(case_ref):
-            raise ValidationFailed(
-                "X-Case-Ref must be 1 to 100 printable ASCII characters.",
-                errors=[{"loc": ["header", "X-Case-Ref"], "msg": "invalid case reference"}],
-            )
+    def gathered(request: Request, principal: Principal, reference: str | None) -> RequestFacts:
         return RequestFacts(
             principal=principal,
             request_id=current_request_id(),
             source=request.client.host if request.client else None,
-            case_ref=case_ref,
+            case_ref=reference,
             epoch_key=getattr(request.state, "epoch_key", None),
         )
 
-    return dependency
+    async def with_case_ref(
+        request: Request,
+        principal: Principal = authenticated,
+        reference: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
+    ) -> RequestFacts:
+        if reference is not None and not _CASE_REF.match(reference):
+            raise ValidationFailed(
+                "X-Case-Ref must be 1 to 100 printable ASCII characters.",
+                errors=[{"loc": ["header", "X-Case-Ref"], "msg": "invalid case reference"}],
+            )
+        return gathered(request, principal, reference)
+
+    async def without_case_ref(request: Request, principal: Principal = authenticated) -> RequestFacts:
+        return gathered(request, principal, None)
+
+    return with_case_ref if case_ref else without_case_ref

@@ -21,7 +21,8 @@ from service.events.service import EventsRuntime
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-Consumer = Annotated[RequestFacts, Depends(facts("events:subscribe"))]
+# Events take no case reference: a subscription is not about one case.
+Consumer = Annotated[RequestFacts, Depends(facts("events:subscribe", case_ref=False))]
 
 
 def get_runtime(request: Request) -> EventsRuntime:

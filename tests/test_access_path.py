@@ -54,7 +54,8 @@ def offenders(root: Path) -> list[str]:
 def table_owners() -> dict[str, str]:
     """Each table's owning domain: the package of the model that maps it."""
     return {
-        mapper.local_table.name: mapper.class_.__module__.split(".")[1] for mapper in Base.registry.mappers
+        str(mapper.class_.__tablename__): mapper.class_.__module__.split(".")[1]
+        for mapper in Base.registry.mappers
     }
 
 

@@ -65,17 +65,9 @@ def may_know(
     )
 
 
-def readable(
-    citizen: CitizenRow | None,
-    policy: CompiledPolicy,
-    department: str,
-    action: str,
-    requested: Sequence[str],
-    context: RequestContext,
-) -> CitizenRow:
-    """The citizen a read may go on with; else 404, or 410 if erased and the caller may
-    know it existed. ``context`` carries the citizen's status."""
-    reason = unavailable_reason(citizen, policy, department, action, requested, context)
+def readable(citizen: CitizenRow | None, reason: str | None) -> CitizenRow:
+    """The citizen a read may go on with, given ``unavailable_reason``'s answer; else 410
+    for an erased citizen the caller may know existed, and 404 for any other."""
     if reason == ERASED_REASON:
         raise CitizenErased(ERASED)
     if citizen is None or reason is not None:

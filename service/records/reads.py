@@ -8,14 +8,16 @@ learn about a citizen it is refused live in ``disclosure.py``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from service.audit.schemas import AuditEntry
+from service.audit.schemas import Action, AuditEntry
 from service.auth.facts import RequestFacts
+from service.catalog.schemas import Catalog
 from service.policy.engine import CompiledPolicy, Decision
 from service.records import disclosure, repository, values
 from service.records.errors import CitizenNotFound
-from service.records.repository import CitizenRow
+from service.records.repository import CitizenRow, ValueRow
 from service.records.schemas import (
     BatchItem,
     BatchPage,
@@ -37,6 +39,66 @@ from service.records.validation import (
 )
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """One citizen's record as a read found it: the decisions, and the allowed current values."""
+
+    citizen: CitizenRow
+    decisions: dict[str, Decision]
+    allowed: list[str]
+    rows: list[ValueRow]
+    plain: dict[tuple[str, str, int], values.JsonValue]
+
+
+async def _decide_and_load(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    requested: list[str],
+    catalog: Catalog,
+    policy: CompiledPolicy,
+) -> _Decided:
+    """Find the citizen (404/410), decide each field, refuse (audited 403/404) if nothing is
+    allowed, then load and decrypt only the allowed current values."""
+    found = (await records.store.citizens([citizen_id])).get(citizen_id)
+    context = records.context(facts, found.status if found else None)
+    reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
+    citizen = disclosure.readable(found, reason)
+    decisions = policy.decide(facts.department, action, requested, context)
+    allowed = disclosure.allowed(requested, decisions)
+    if not allowed:
+        await records.refuse_nothing_allowed(
+            facts, action, citizen_id, catalog, policy, requested, decisions, context
+        )
+    rows = await records.store.current_values([citizen_id], allowed)
+    return _Decided(citizen, decisions, allowed, rows, await records.decrypt(catalog, rows))
+
+
+async def _audit_release(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    catalog: Catalog,
+    requested: list[str],
+    released: list[str],
+    decisions: Mapping[str, Decision],
+) -> None:
+    """Append the entry of a read that released ``released``, durably."""
+    entry = records.entry(
+        facts,
+        action,
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=requested,
+        released=released,
+        decisions=decisions,
+        status=200,
+    )
+    await records.audit.append(entry)
+
+
 async def read(
     records: RecordsService, facts: RequestFacts, citizen_id: str, fields: Sequence[str] | None
 ) -> CitizenOut:
@@ -45,36 +107,18 @@ async def read(
     catalog, policy = await records.read_snapshot(facts)
     requested = requested_fields(catalog, fields)
     require_known(catalog, requested, purpose, loc="fields")
-    citizen = await _readable(records, facts, policy, "read", requested, citizen_id)
-    context = records.context(facts, citizen.status)
-    decisions = policy.decide(facts.department, "read", requested, context)
-    allowed = disclosure.allowed(requested, decisions)
-    if not allowed:
-        await records.refuse_nothing_allowed(
-            facts, "read", citizen_id, catalog, policy, requested, decisions, context
-        )
-    rows = await records.store.current_values([citizen_id], allowed)
-    plain = await records.decrypt(catalog, rows)
-    current = {(row.citizen_id, row.field): row for row in rows}
-    released = disclosure.released(catalog, citizen_id, allowed, current, plain)
-    await records.audit.append(
-        records.entry(
-            facts,
-            "read",
-            citizen_id=citizen_id,
-            catalog=catalog,
-            requested=requested,
-            released=allowed,
-            decisions=decisions,
-            status=200,
-        )
+    decided = await _decide_and_load(records, facts, "read", citizen_id, requested, catalog, policy)
+    current = {(row.citizen_id, row.field): row for row in decided.rows}
+    released = disclosure.released(catalog, citizen_id, decided.allowed, current, decided.plain)
+    await _audit_release(
+        records, facts, "read", citizen_id, catalog, requested, decided.allowed, decided.decisions
     )
     return CitizenOut(
         id=citizen_id,
-        status=citizen.status,
-        version=citizen.version,
+        status=decided.citizen.status,
+        version=decided.citizen.version,
         fields=released,
-        withheld=disclosure.withheld(requested, decisions),
+        withheld=disclosure.withheld(requested, decided.decisions),
     )
 
 
@@ -205,19 +249,10 @@ async def verify(
     requested = list(claims)
     require_known(catalog, requested, purpose, loc="claims")
     validate_claims(catalog, claims)
-    citizen = await _readable(records, facts, policy, "verify", requested, citizen_id)
-    context = records.context(facts, citizen.status)
-    decisions = policy.decide(facts.department, "verify", requested, context)
-    allowed = disclosure.allowed(requested, decisions)
-    if not allowed:
-        await records.refuse_nothing_allowed(
-            facts, "verify", citizen_id, catalog, policy, requested, decisions, context
-        )
-    rows = await records.store.current_values([citizen_id], allowed)
-    plain = await records.decrypt(catalog, rows)
-    current = {row.field: plain[(citizen_id, row.field, row.version)] for row in rows}
+    decided = await _decide_and_load(records, facts, "verify", citizen_id, requested, catalog, policy)
+    current = {row.field: decided.plain[(citizen_id, row.field, row.version)] for row in decided.rows}
     results: dict[str, bool] = {}
-    for name in allowed:
+    for name in decided.allowed:
         spec = catalog.field(name)
         if spec is None:
             continue
@@ -225,32 +260,10 @@ async def verify(
         results[name] = value is not None and all(
             values.check_claim(spec, value, operator, operand) for operator, operand in claims[name].items()
         )
-    await records.audit.append(
-        records.entry(
-            facts,
-            "verify",
-            citizen_id=citizen_id,
-            catalog=catalog,
-            requested=requested,
-            released=allowed,
-            decisions=decisions,
-            status=200,
-        )
+    await _audit_release(
+        records, facts, "verify", citizen_id, catalog, requested, decided.allowed, decided.decisions
     )
-    return VerifyOut(results=results, withheld=disclosure.withheld(requested, decisions))
-
-
-async def _readable(
-    records: RecordsService,
-    facts: RequestFacts,
-    policy: CompiledPolicy,
-    action: str,
-    requested: Sequence[str],
-    citizen_id: str,
-) -> CitizenRow:
-    found = (await records.store.citizens([citizen_id])).get(citizen_id)
-    context = records.context(facts, found.status if found else None)
-    return disclosure.readable(found, policy, facts.department, action, requested, context)
+    return VerifyOut(results=results, withheld=disclosure.withheld(requested, decided.decisions))
 
 
 async def history(
@@ -270,7 +283,8 @@ async def history(
         require_known(catalog, [field], purpose, loc="field")
         found = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
         context = records.context(facts, found.status if found else None)
-        disclosure.readable(found, policy, facts.department, "history", [field], context)
+        reason = disclosure.unavailable_reason(found, policy, facts.department, "history", [field], context)
+        disclosure.readable(found, reason)
         decisions = policy.decide(facts.department, "history", [field], context)
         if decisions[field].effect != "permit":
             await records.refuse_nothing_allowed(
@@ -279,18 +293,7 @@ async def history(
         rows = await repository.history(conn, citizen_id, field, before_version=before, limit=limit + 1)
         page, more = rows[:limit], len(rows) > limit
         plain = await records.decrypt(catalog, page, conn)
-    await records.audit.append(
-        records.entry(
-            facts,
-            "history",
-            citizen_id=citizen_id,
-            catalog=catalog,
-            requested=[field],
-            released=[field],
-            decisions=decisions,
-            status=200,
-        )
-    )
+    await _audit_release(records, facts, "history", citizen_id, catalog, [field], [field], decisions)
     items = [
         HistoryItem(
             value=plain[(citizen_id, row.field, row.version)],

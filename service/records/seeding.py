@@ -23,7 +23,7 @@ from service.errors import Conflict
 from service.records import repository, values
 from service.records.service import RecordsService, comparable_national_id, now, registered_national_ids
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
-from service.records.writes import encrypted_row
+from service.records.writes import encrypted_rows
 
 
 async def register_population(
@@ -51,19 +51,18 @@ async def register_population(
         conn, [(cid, owner) for cid, owners in zip(ids, owners_of, strict=True) for owner in owners]
     )
     rows = [
-        encrypted_row(
+        row
+        for citizen_id, clean, owners in zip(ids, cleaned, owners_of, strict=True)
+        for row in encrypted_rows(
             keyring,
-            spec,
-            keys[(citizen_id, spec.owner)],
-            citizen_id=citizen_id,
-            value=value,
-            version=1,
+            catalog,
+            citizen_id,
+            clean,
+            keys={owner: keys[(citizen_id, owner)] for owner in owners},
+            versions=dict.fromkeys(clean, 1),
             written_by=written_by,
             written_at=started,
         )
-        for citizen_id, clean in zip(ids, cleaned, strict=True)
-        for name, value in clean.items()
-        if (spec := catalog.field(name)) is not None
     ]
     await repository.insert_values(conn, rows)
     await audit_service.append_many_in_transaction(

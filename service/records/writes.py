@@ -15,8 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import service as audit_service
+from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
-from service.catalog.schemas import Catalog, FieldSpec
+from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, encrypt_value
 from service.crypto.keyring import Keyring
 from service.errors import Conflict, Forbidden
@@ -30,37 +31,47 @@ from service.records.validation import NATIONAL_ID_FIELD, require_known, validat
 from service.records.validation import legal_basis as validated_legal_basis
 
 
-def encrypted_row(
+def encrypted_rows(
     keyring: Keyring,
-    spec: FieldSpec,
-    key: DataKey,
-    *,
+    catalog: Catalog,
     citizen_id: str,
-    value: values.JsonValue,
-    version: int,
+    clean: Mapping[str, values.JsonValue],
+    *,
+    keys: Mapping[str, DataKey],
+    versions: Mapping[str, int],
     written_by: str,
     written_at: datetime,
-) -> dict[str, object]:
-    """One current ``field_values`` row: the value encrypted under ``key`` for this exact
-    (citizen, field, version, key), and a blind index if the field is searchable."""
-    name = spec.name
-    ciphertext = encrypt_value(
-        key, citizen_id=citizen_id, field=name, version=version, plaintext=values.encode(spec, value)
-    )
-    return {
-        "citizen_id": citizen_id,
-        "field": name,
-        "version": version,
-        "owner": spec.owner,
-        "data_key_id": key.id,
-        "ciphertext": ciphertext,
-        "blind_index": (
-            keyring.blind_index(name, values.normalise_for_index(value)) if spec.searchable else None
-        ),
-        "is_current": True,
-        "written_by": written_by,
-        "written_at": written_at,
-    }
+) -> list[dict[str, object]]:
+    """The current ``field_values`` rows of one citizen's values: each encrypted under its
+    owner's data key (``keys``, by owner) for this exact (citizen, field, version, key),
+    with a blind index if the field is searchable. The one place values are encrypted."""
+    rows: list[dict[str, object]] = []
+    for name, value in clean.items():
+        spec = catalog.field(name)
+        if spec is None:
+            continue
+        key, version = keys[spec.owner], versions[name]
+        plaintext = values.encode(spec, value)
+        searchable = spec.searchable
+        rows.append(
+            {
+                "citizen_id": citizen_id,
+                "field": name,
+                "version": version,
+                "owner": spec.owner,
+                "data_key_id": key.id,
+                "ciphertext": encrypt_value(
+                    key, citizen_id=citizen_id, field=name, version=version, plaintext=plaintext
+                ),
+                "blind_index": keyring.blind_index(name, values.normalise_for_index(value))
+                if searchable
+                else None,
+                "is_current": True,
+                "written_by": written_by,
+                "written_at": written_at,
+            }
+        )
+    return rows
 
 
 async def store_values(
@@ -73,28 +84,24 @@ async def store_values(
     written_at: datetime,
 ) -> dict[str, int]:
     """Store each value as its field's next version; return the versions written."""
-    keys: dict[str, DataKey] = {}
-    versions: dict[str, int] = {}
-    for name, value in clean.items():
-        spec = catalog.field(name)
-        if spec is None:
-            continue
-        key = keys.get(spec.owner)
-        if key is None:
-            key = keys[spec.owner] = await records.keyring.data_key_for_write(conn, citizen_id, spec.owner)
-        version = await repository.retire_current(conn, citizen_id, name) + 1
-        row = encrypted_row(
-            records.keyring,
-            spec,
-            key,
-            citizen_id=citizen_id,
-            value=value,
-            version=version,
-            written_by=written_by,
-            written_at=written_at,
-        )
-        await repository.insert_values(conn, [row])
-        versions[name] = version
+    owners = sorted({spec.owner for name in clean if (spec := catalog.field(name))})
+    keys = {owner: await records.keyring.data_key_for_write(conn, citizen_id, owner) for owner in owners}
+    versions = {
+        name: await repository.retire_current(conn, citizen_id, name) + 1
+        for name in clean
+        if catalog.field(name)
+    }
+    rows = encrypted_rows(
+        records.keyring,
+        catalog,
+        citizen_id,
+        clean,
+        keys=keys,
+        versions=versions,
+        written_by=written_by,
+        written_at=written_at,
+    )
+    await repository.insert_values(conn, rows)
     return versions
 
 
@@ -276,21 +283,23 @@ async def erase(
             await records.keyring.shred_citizen(conn, citizen_id)
             await repository.mark_erased(conn, citizen_id, started)
             await audit_service.append_in_transaction(
-                conn,
-                records.entry(
-                    facts,
-                    "erase",
-                    citizen_id=citizen_id,
-                    catalog=catalog,
-                    requested=[NATIONAL_ID_FIELD],
-                    released=[],
-                    decisions={NATIONAL_ID_FIELD: decision},
-                    status=204,
-                    decision="permit",
-                ),
+                conn, _erase_entry(records, facts, citizen_id, catalog, decision, status=204)
             )
             return
-    refusal = records.entry(
+    refusal = _erase_entry(records, facts, citizen_id, catalog, decision, status=403)
+    await records.refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
+
+
+def _erase_entry(
+    records: RecordsService,
+    facts: RequestFacts,
+    citizen_id: str,
+    catalog: Catalog,
+    decision: Decision,
+    *,
+    status: int,
+) -> AuditEntry:
+    return records.entry(
         facts,
         "erase",
         citizen_id=citizen_id,
@@ -298,10 +307,9 @@ async def erase(
         requested=[NATIONAL_ID_FIELD],
         released=[],
         decisions={NATIONAL_ID_FIELD: decision},
-        status=403,
-        decision="deny",
+        status=status,
+        decision="permit" if decision.effect == "permit" else "deny",
     )
-    await records.refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
 
 
 def _erase_decision(

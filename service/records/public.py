@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.crypto.aead import DataKey, decrypt_value, encrypt_value
@@ -37,38 +37,18 @@ async def rebind_values(conn: AsyncConnection, replacements: Mapping[int, tuple[
     the key id in it becomes the new key's."""
     if not replacements:
         return 0
-    values = repository.values
-    rows = (
-        await conn.execute(
-            select(
-                values.c.id,
-                values.c.citizen_id,
-                values.c.field,
-                values.c.version,
-                values.c.data_key_id,
-                values.c.ciphertext,
-            ).where(values.c.data_key_id.in_(list(replacements)))
-        )
-    ).all()
-    if not rows:
-        return 0
-    updates = []
+    rows = await repository.values_under_data_keys(conn, list(replacements))
+    changes: list[tuple[int, int, int, bytes]] = []
     for row in rows:
         old_key, new_key = replacements[row.data_key_id]
-        context = {"citizen_id": row.citizen_id, "field": row.field, "version": row.version}
-        plaintext = decrypt_value(old_key, ciphertext=row.ciphertext, **context)
-        updates.append(
-            {
-                "b_id": row.id,
-                "b_old_key": row.data_key_id,
-                "b_new_key": new_key.id,
-                "b_ciphertext": encrypt_value(new_key, plaintext=plaintext, **context),
-            }
+        citizen_id, field, version = row.citizen_id, row.field, row.version
+        plaintext = decrypt_value(
+            old_key, citizen_id=citizen_id, field=field, version=version, ciphertext=row.ciphertext
         )
-    await conn.execute(
-        update(values)
-        .where(values.c.id == bindparam("b_id"), values.c.data_key_id == bindparam("b_old_key"))
-        .values(ciphertext=bindparam("b_ciphertext"), data_key_id=bindparam("b_new_key")),
-        updates,
-    )
-    return len(rows)
+        ciphertext = encrypt_value(
+            new_key, citizen_id=citizen_id, field=field, version=version, plaintext=plaintext
+        )
+        changes.append((row.id, row.data_key_id, new_key.id, ciphertext))
+    if changes:
+        await repository.rebind(conn, changes)
+    return len(changes)

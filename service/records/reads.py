@@ -165,28 +165,18 @@ async def batch_get(
     items: list[BatchItem] = []
     entries: list[AuditEntry] = []
     for citizen_id in unique_ids:
-        citizen_decisions = decisions_by_citizen.get(citizen_id)
-        if citizen_decisions is None:
+        decided = decisions_by_citizen.get(citizen_id)
+        if decided is None:
             withheld = [Withheld(field=n, reason=unavailable[citizen_id]) for n in requested]
             items.append(BatchItem(id=citizen_id, fields={}, withheld=withheld))
-            if citizen_id in hidden:
-                entries.append(
-                    records.entry(
-                        facts,
-                        "batch-get",
-                        citizen_id=citizen_id,
-                        catalog=catalog,
-                        requested=requested,
-                        released=[],
-                        decisions=hidden[citizen_id],
-                        status=404,
-                    )
-                )
-            continue
-        allowed = disclosure.allowed(requested, citizen_decisions)
-        released = disclosure.released(catalog, citizen_id, allowed, current, plain)
-        withheld = disclosure.withheld(requested, citizen_decisions)
-        items.append(BatchItem(id=citizen_id, fields=released, withheld=withheld))
+            if citizen_id not in hidden:
+                continue  # unknown or erased: nothing was decided, as for a single read
+            decisions, allowed, status = hidden[citizen_id], [], 404
+        else:
+            decisions, allowed, status = decided, disclosure.allowed(requested, decided), 200
+            released = disclosure.released(catalog, citizen_id, allowed, current, plain)
+            withheld = disclosure.withheld(requested, decisions)
+            items.append(BatchItem(id=citizen_id, fields=released, withheld=withheld))
         entries.append(
             records.entry(
                 facts,
@@ -195,8 +185,8 @@ async def batch_get(
                 catalog=catalog,
                 requested=requested,
                 released=allowed,
-                decisions=citizen_decisions,
-                status=200,
+                decisions=decisions,
+                status=status,
             )
         )
     if entries:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.records.models import Citizen, FieldValue
@@ -181,6 +181,16 @@ async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> 
 
 
 @dataclass(frozen=True)
+class KeyedRow:
+    id: int
+    citizen_id: str
+    field: str
+    version: int
+    data_key_id: int
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
 class IndexedRow:
     id: int
     citizen_id: str
@@ -191,20 +201,23 @@ class IndexedRow:
     blind_index: bytes
 
 
+# The columns that re-keying and re-indexing need: a row's identity and its ciphertext.
+_KEYED_COLUMNS = (
+    values.c.id,
+    values.c.citizen_id,
+    values.c.field,
+    values.c.version,
+    values.c.data_key_id,
+    values.c.ciphertext,
+)
+
+
 async def stale_blind_indexes(
     conn: AsyncConnection, *, below_version: int, after_id: int, limit: int
 ) -> list[IndexedRow]:
     """Value rows whose blind index was computed with an older normalisation, by id."""
     rows = await conn.execute(
-        select(
-            values.c.id,
-            values.c.citizen_id,
-            values.c.field,
-            values.c.version,
-            values.c.data_key_id,
-            values.c.ciphertext,
-            values.c.blind_index,
-        )
+        select(*_KEYED_COLUMNS, values.c.blind_index)
         .where(
             values.c.blind_index.is_not(None),
             values.c.blind_index_version < below_version,
@@ -214,6 +227,26 @@ async def stale_blind_indexes(
         .limit(limit)
     )
     return [IndexedRow(*r) for r in rows]
+
+
+async def values_under_data_keys(conn: AsyncConnection, key_ids: Sequence[int]) -> list[KeyedRow]:
+    """Every value row (current or history) encrypted under one of ``key_ids``."""
+    rows = await conn.execute(select(*_KEYED_COLUMNS).where(values.c.data_key_id.in_(key_ids)))
+    return [KeyedRow(*r) for r in rows]
+
+
+async def rebind(conn: AsyncConnection, changes: Sequence[tuple[int, int, int, bytes]]) -> None:
+    """Give value rows a new data key and ciphertext: (row id, old key id, new key id,
+    ciphertext) each, applied only while the row is still under the old key."""
+    await conn.execute(
+        update(values)
+        .where(values.c.id == bindparam("b_id"), values.c.data_key_id == bindparam("b_old_key"))
+        .values(ciphertext=bindparam("b_ciphertext"), data_key_id=bindparam("b_new_key")),
+        [
+            {"b_id": row_id, "b_old_key": old, "b_new_key": new, "b_ciphertext": ciphertext}
+            for row_id, old, new, ciphertext in changes
+        ],
+    )
 
 
 async def set_blind_index(conn: AsyncConnection, value_id: int, blind_index: bytes, version: int) -> None:

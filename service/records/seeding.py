@@ -58,10 +58,10 @@ async def register_population(
             catalog,
             citizen_id,
             clean,
-            keys={owner: keys[(citizen_id, owner)] for owner in owners},
-            versions=dict.fromkeys(clean, 1),
-            written_by=written_by,
-            written_at=started,
+            {o: keys[(citizen_id, o)] for o in owners},
+            dict.fromkeys(clean, 1),
+            written_by,
+            started,
         )
     ]
     await repository.insert_values(conn, rows)

@@ -36,7 +36,6 @@ def encrypted_rows(
     catalog: Catalog,
     citizen_id: str,
     clean: Mapping[str, values.JsonValue],
-    *,
     keys: Mapping[str, DataKey],
     versions: Mapping[str, int],
     written_by: str,
@@ -91,16 +90,7 @@ async def store_values(
         for name in clean
         if catalog.field(name)
     }
-    rows = encrypted_rows(
-        records.keyring,
-        catalog,
-        citizen_id,
-        clean,
-        keys=keys,
-        versions=versions,
-        written_by=written_by,
-        written_at=written_at,
-    )
+    rows = encrypted_rows(records.keyring, catalog, citizen_id, clean, keys, versions, written_by, written_at)
     await repository.insert_values(conn, rows)
     return versions
 

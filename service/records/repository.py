@@ -191,13 +191,7 @@ class KeyedRow:
 
 
 @dataclass(frozen=True)
-class IndexedRow:
-    id: int
-    citizen_id: str
-    field: str
-    version: int
-    data_key_id: int
-    ciphertext: bytes
+class IndexedRow(KeyedRow):
     blind_index: bytes
 
 

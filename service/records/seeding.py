@@ -21,9 +21,9 @@ from service.catalog import service as catalog_service
 from service.crypto.keyring import Keyring
 from service.errors import Conflict
 from service.records import repository, values
-from service.records.service import RecordsService, comparable_national_id, now, registered_national_ids
+from service.records.service import comparable_national_id, now, registered_national_ids
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
-from service.records.writes import encrypted_rows
+from service.records.writes import encrypted_rows, registered_entry
 
 
 async def register_population(
@@ -65,23 +65,8 @@ async def register_population(
         )
     ]
     await repository.insert_values(conn, rows)
-    await audit_service.append_many_in_transaction(
-        conn,
-        [
-            RecordsService.entry(
-                facts,
-                "register",
-                citizen_id=citizen_id,
-                catalog=catalog,
-                requested=list(clean),
-                released=list(clean),
-                decisions={},
-                status=201,
-                decision="permit",
-            )
-            for citizen_id, clean in zip(ids, cleaned, strict=True)
-        ],
-    )
+    entries = [registered_entry(facts, catalog, cid, clean) for cid, clean in zip(ids, cleaned, strict=True)]
+    await audit_service.append_many_in_transaction(conn, entries)
     return ids
 
 

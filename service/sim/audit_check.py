@@ -2,8 +2,8 @@
 
 It fetches the log's verifier key, exports every entry (``/v1/audit/export``), waits until
 a signed checkpoint covers them all, exports again (now with every leaf index), checks the
-checkpoint's signature, and recomputes its Merkle root from the exported entries (RFC 9162 leaf hashes over each entry's canonical
-JSON). It reads nothing from the database.
+checkpoint's signature, and recomputes its Merkle root from the exported entries (RFC 9162
+leaf hashes over each entry's canonical JSON). It reads nothing from the database.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from service.audit.schemas import Decision as AuditDecision
 from service.catalog.schemas import Catalog
 from service.errors import ServiceError
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
@@ -140,10 +139,3 @@ def released(
                 owner=owner,
             )
     return out
-
-
-def summary(requested: Sequence[str], released: Sequence[str]) -> AuditDecision:
-    """The audit's decision for a request: permit, partial or deny."""
-    if not requested or not released:
-        return "deny"
-    return "permit" if len(released) == len(requested) else "partial"

@@ -23,8 +23,9 @@ from typing import NoReturn, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.audit import entries
 from service.audit import service as audit_service
-from service.audit.schemas import Action, AuditEntry, Reason
+from service.audit.schemas import Action, AuditEntry
 from service.audit.schemas import Decision as AuditDecision
 from service.auth.facts import RequestFacts
 from service.catalog.errors import CatalogMissing
@@ -161,33 +162,17 @@ class RecordsService:
         status: int,
         decision: AuditDecision | None = None,
     ) -> AuditEntry:
-        owners = sorted({spec.owner for name in requested if (spec := catalog.field(name))})
-        legal_basis = sorted(
-            {d.legal_basis for d in decisions.values() if d.effect == "permit" and d.legal_basis}
-        )
-        return AuditEntry(
-            time=now().isoformat(),
-            request_id=facts.request_id,
-            client_id=facts.principal.client_id,
-            department=facts.department,
-            on_behalf_of=facts.on_behalf_of,
-            action=action,
+        return entries.records_access_entry(
+            facts,
+            action,
             citizen_id=citizen_id,
-            owners=owners,
-            fields_requested=list(requested),
-            fields_released=list(released),
-            decision=decision or disclosure.summary(requested, released),
-            reasons=[
-                Reason(
-                    field=d.field, effect=d.effect, agreement=d.agreement, version=d.version, reason=d.reason
-                )
-                for d in decisions.values()
-            ],
+            catalog=catalog,
+            requested=requested,
+            released=released,
+            decisions=decisions,
             purpose=facts.purpose,
-            case_ref=facts.case_ref,
-            legal_basis=legal_basis,
             status=status,
-            source=facts.source,
+            decision=decision,
         )
 
     async def refuse(self, entry: AuditEntry, error: Exception) -> NoReturn:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service.audit.checkpoint import CheckpointError
 from service.audit.config import AuditSettings, load_signer
-from service.audit.hooks import KeyEventsCollected
+from service.audit.key_events import KeyEventsCollected
 from service.auth import service as auth_service
 from service.auth.facts import RequestFacts
 from service.config import Settings

@@ -24,6 +24,13 @@ from service.records import public as records_public
 
 KEY_JOBS = cast(Table, KeyJob.__table__)
 LIVE_KEY = DATA_KEYS.c.wrapped_key.is_not(None)
+# What rewrapping and re-encrypting a data key read: which key, whose, under which KEK.
+WRAPPED_KEY_COLUMNS = (
+    DATA_KEYS.c.id,
+    DATA_KEYS.c.citizen_id,
+    DATA_KEYS.c.kek_version,
+    DATA_KEYS.c.wrapped_key,
+)
 
 # Called after each committed batch with (done, total). Raising from it stops the run
 # between batches, which is how tests interrupt one.
@@ -131,12 +138,7 @@ async def rotate_department(
         async with engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    select(
-                        DATA_KEYS.c.id,
-                        DATA_KEYS.c.citizen_id,
-                        DATA_KEYS.c.kek_version,
-                        DATA_KEYS.c.wrapped_key,
-                    )
+                    select(*WRAPPED_KEY_COLUMNS)
                     .where(
                         DATA_KEYS.c.department == department,
                         DATA_KEYS.c.kek_version < target.version,
@@ -253,12 +255,7 @@ async def reencrypt_department(
         async with engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    select(
-                        DATA_KEYS.c.id,
-                        DATA_KEYS.c.citizen_id,
-                        DATA_KEYS.c.kek_version,
-                        DATA_KEYS.c.wrapped_key,
-                    )
+                    select(*WRAPPED_KEY_COLUMNS)
                     .where(suspect)
                     .order_by(DATA_KEYS.c.id)
                     .limit(batch_size)

@@ -42,7 +42,13 @@ async def records_service(
     request: Request,
 ) -> RecordsService:
     return RecordsService(
-        database.engine, keyring, writer, request.app.state.records_store, request.app.state.policy
+        database.engine,
+        keyring,
+        writer,
+        request.app.state.records_store,
+        request.app.state.policy,
+        getattr(request.app.state, "metrics", None),
+        database.settings.verify_unconstrained_per_day,
     )
 
 

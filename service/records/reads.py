@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.audit.schemas import Action, AuditEntry
+from service.audit.schemas import Action, AuditEntry, Reason
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
-from service.policy.engine import CompiledPolicy, Decision
+from service.errors import TooManyRequests
+from service.policy.engine import CompiledPolicy, Decision, RequestContext
+from service.records import claims as claim_limits
 from service.records import disclosure, repository, values
-from service.records.errors import CitizenNotFound
+from service.records.errors import CitizenNotFound, NotPermitted
 from service.records.repository import CitizenRow, ValueRow
 from service.records.schemas import (
     BatchItem,
@@ -41,16 +43,15 @@ from service.records.validation import (
 
 @dataclass(frozen=True)
 class _Decided:
-    """One citizen's record as a read found it: the decisions, and the allowed current values."""
+    """One citizen as a read found it, and the decision on each field asked for."""
 
     citizen: CitizenRow
+    context: RequestContext
     decisions: dict[str, Decision]
     allowed: list[str]
-    rows: list[ValueRow]
-    plain: dict[tuple[str, str, int], values.JsonValue]
 
 
-async def _decide_and_load(
+async def _decide(
     records: RecordsService,
     facts: RequestFacts,
     action: Action,
@@ -60,7 +61,7 @@ async def _decide_and_load(
     policy: CompiledPolicy,
 ) -> _Decided:
     """Find the citizen (404/410), decide each field, refuse (audited 403/404) if nothing is
-    allowed, then load and decrypt only the allowed current values."""
+    allowed."""
     found = (await records.store.citizens([citizen_id])).get(citizen_id)
     context = records.context(facts, found.status if found else None)
     reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
@@ -71,8 +72,15 @@ async def _decide_and_load(
         await records.refuse_nothing_allowed(
             facts, action, citizen_id, catalog, policy, requested, decisions, context
         )
+    return _Decided(citizen, context, decisions, allowed)
+
+
+async def _load(
+    records: RecordsService, catalog: Catalog, citizen_id: str, allowed: list[str]
+) -> tuple[list[ValueRow], dict[tuple[str, str, int], values.JsonValue]]:
+    """Only the allowed current values, and their plaintext."""
     rows = await records.store.current_values([citizen_id], allowed)
-    return _Decided(citizen, decisions, allowed, rows, await records.decrypt(catalog, rows))
+    return rows, await records.decrypt(catalog, rows)
 
 
 async def _audit_release(
@@ -107,9 +115,10 @@ async def read(
     catalog, policy = await records.read_snapshot(facts)
     requested = requested_fields(catalog, fields)
     require_known(catalog, requested, purpose, loc="fields")
-    decided = await _decide_and_load(records, facts, "read", citizen_id, requested, catalog, policy)
-    current = {(row.citizen_id, row.field): row for row in decided.rows}
-    released = disclosure.released(catalog, citizen_id, decided.allowed, current, decided.plain)
+    decided = await _decide(records, facts, "read", citizen_id, requested, catalog, policy)
+    rows, plain = await _load(records, catalog, citizen_id, decided.allowed)
+    current = {(row.citizen_id, row.field): row for row in rows}
+    released = disclosure.released(catalog, citizen_id, decided.allowed, current, plain)
     await _audit_release(
         records, facts, "read", citizen_id, catalog, requested, decided.allowed, decided.decisions
     )
@@ -233,27 +242,73 @@ async def lookup(records: RecordsService, facts: RequestFacts, national_id: str)
 async def verify(
     records: RecordsService, facts: RequestFacts, citizen_id: str, claims: Mapping[str, Mapping[str, Any]]
 ) -> VerifyOut:
-    """Whether each claim holds, as booleans; the values never leave."""
+    """Whether each claim holds, as booleans; the values never leave. What may be asked is
+    limited (``claims.py``): a claim the agreement does not fix is 403, open claims past
+    the daily limit are 429."""
     purpose = facts.stated_purpose
     catalog, policy = await records.read_snapshot(facts)
     requested = list(claims)
     require_known(catalog, requested, purpose, loc="claims")
     validate_claims(catalog, claims)
-    decided = await _decide_and_load(records, facts, "verify", citizen_id, requested, catalog, policy)
-    current = {row.field: decided.plain[(citizen_id, row.field, row.version)] for row in decided.rows}
+    decided = await _decide(records, facts, "verify", citizen_id, requested, catalog, policy)
+    decisions, allowed, context = decided.decisions, decided.allowed, decided.context
+    # A field the caller may read outright has nothing for verify to protect.
+    readable = {
+        n for n, d in policy.decide(facts.department, "read", allowed, context).items() if d.permitted
+    }
+
+    def entry(status: int, released: Sequence[str], flags: Sequence[Reason] = ()) -> AuditEntry:
+        made = records.entry(
+            facts,
+            "verify",
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=requested,
+            released=released,
+            decisions=decisions,
+            status=status,
+            decision=None if status == 200 else "deny",
+        )
+        return made.model_copy(update={"reasons": [*made.reasons, *flags]}) if flags else made
+
+    today = context.time.date()
+    outside = claim_limits.outside_agreements(catalog, claims, decisions, allowed, today)
+    if outside:
+        await records.refuse(entry(403, []), NotPermitted("; ".join(outside)))
+    open_fields = [
+        name
+        for name in allowed
+        if decisions[name].agreement is not None
+        and decisions[name].allowed_claims is None
+        and name not in readable
+    ]
+    flags, limited = await claim_limits.count_open_claims(
+        records, facts, citizen_id, claims, open_fields, today
+    )
+    if limited:
+        await records.refuse(
+            entry(429, [], flags),
+            TooManyRequests(
+                claim_limits.seconds_to_next_day(context.time),
+                f"The daily limit of {records.open_claims_per_day} open comparisons per citizen and field is "
+                f"reached for {', '.join(limited)}; ask a claim your agreement fixes, or wait until "
+                "the next UTC day.",
+            ),
+        )
+    rows, plain = await _load(records, catalog, citizen_id, allowed)
+    current = {row.field: plain[(citizen_id, row.field, row.version)] for row in rows}
     results: dict[str, bool] = {}
-    for name in decided.allowed:
+    for name in allowed:
         spec = catalog.field(name)
         if spec is None:
             continue
         value = current.get(name)
         results[name] = value is not None and all(
-            values.check_claim(spec, value, operator, operand) for operator, operand in claims[name].items()
+            values.check_claim(spec, value, operator, operand, today)
+            for operator, operand in claims[name].items()
         )
-    await _audit_release(
-        records, facts, "verify", citizen_id, catalog, requested, decided.allowed, decided.decisions
-    )
-    return VerifyOut(results=results, withheld=disclosure.withheld(requested, decided.decisions))
+    await records.audit.append(entry(200, allowed, flags))
+    return VerifyOut(results=results, withheld=disclosure.withheld(requested, decisions))
 
 
 async def history(

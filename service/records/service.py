@@ -30,9 +30,11 @@ from service.audit.schemas import Decision as AuditDecision
 from service.auth.facts import RequestFacts
 from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
+from service.config import Settings
 from service.crypto import blind_index
 from service.crypto.aead import DataKey, decrypt_value
 from service.crypto.keyring import Keyring
+from service.observability import Metrics
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.policy.service import PolicyHolder
 from service.records import disclosure, repository, values
@@ -100,6 +102,11 @@ class RecordsService:
     store: CitizenStore
     # The app's holder, shared with the policy API: one compiled index per epoch.
     policy: PolicyHolder
+    # Where verify counts repeated open claims (the probing metric); None: not counted.
+    metrics: Metrics | None = None
+    # Comparisons per (consumer, citizen, field) and UTC day that an agreement leaving its
+    # claims open allows (``TELLONCE_VERIFY_UNCONSTRAINED_PER_DAY``).
+    open_claims_per_day: int = Settings.model_fields["verify_unconstrained_per_day"].default
 
     @classmethod
     def in_transaction(cls, conn: AsyncConnection, keyring: Keyring, policy: PolicyHolder) -> RecordsService:

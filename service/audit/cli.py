@@ -58,7 +58,7 @@ async def verify_database(database_url: str, verifier: NoteVerifier) -> int:
             def report(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            size, _checked = await audit_service.verify_stored_log(engine, verifier, report)
+            size, _checked = await audit_service.verify_stored_log(engine.connect, verifier, report)
             return size
     finally:
         await engine.dispose()

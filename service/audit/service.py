@@ -22,7 +22,7 @@ from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.key_events import KeyEventsToWriter
 from service.audit.policy_changes import connect_policy_changes
 from service.audit.replay import AuditedRequests
-from service.audit.repository import Executor
+from service.audit.repository import Connect, Executor
 from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
@@ -161,7 +161,7 @@ VERIFY_PAGE = 2000
 
 
 async def verify_stored_log(
-    engine: AsyncEngine, verifier: NoteVerifier, progress: Callable[[int, int], None] | None = None
+    connect: Connect, verifier: NoteVerifier, progress: Callable[[int, int], None] | None = None
 ) -> tuple[int, int]:
     """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
 
@@ -170,7 +170,7 @@ async def verify_stored_log(
     this runs (this very request's audit entry among them), and leaves past that size are
     the next verification's. Returns (tree size, checkpoints checked).
     """
-    async with engine.connect() as conn:
+    async with connect() as conn:
         # Checkpoints first: each one's size is then at most the size read after it.
         checkpoints = [
             StoredCheckpoint(size, root, note, f"checkpoint {cid} (size {size})")
@@ -180,7 +180,7 @@ async def verify_stored_log(
     log = LogVerifier(verifier, checkpoints)
     after = -1
     while log.compact.size < size:
-        async with engine.connect() as conn:
+        async with connect() as conn:
             rows = [r for r in await audit_repository.page_sequenced(conn, after, VERIFY_PAGE) if r[0] < size]
             recorded = await audit_repository.read_nodes(conn, [(0, leaf) for leaf, _e, _c in rows])
         if not rows:
@@ -190,7 +190,7 @@ async def verify_stored_log(
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)
-    async with engine.connect() as conn:
+    async with connect() as conn:
         unsequenced = await audit_repository.unsequenced_entry(conn)
     if unsequenced is not None:
         raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")

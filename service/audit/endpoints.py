@@ -7,14 +7,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from service.audit import search
-from service.audit import service as audit_service
+from service.audit import proofs, search, witnessing
 from service.audit.checkpoint import NoteSigner
 from service.audit.errors import AuditQueryInvalid
 from service.audit.writer import AuditWriterDep
 from service.auth import permissions
-from service.auth.dependencies import Principal, get_principal, require
+from service.auth.dependencies import Principal, get_principal, optional_principal, require
 from service.db import DatabaseDep, SessionDep
+from service.errors import Forbidden, Unauthenticated
 
 router = APIRouter(tags=["audit"])
 
@@ -64,12 +64,33 @@ class FilterParams:
 Filters = Annotated[FilterParams, Depends()]
 
 
+async def _checkpoint_reader(
+    request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
+) -> Principal | None:
+    # Monitors and witnesses fetch the checkpoint without a token when the operator says so.
+    if request.app.state.audit_settings.public_checkpoint:
+        return principal
+    if principal is None:
+        raise Unauthenticated(
+            "Send the access token as 'Authorization: Bearer <token>'.", error="invalid_request"
+        )
+    if "audit:verify" not in principal.scopes:
+        raise Forbidden("This call needs the scope(s): audit:verify.")
+    return principal
+
+
 @router.get("/v1/audit/checkpoint", response_class=PlainTextResponse)
-async def get_checkpoint(_caller: Verifier, database: DatabaseDep) -> PlainTextResponse:
-    """The latest signed checkpoint: a C2SP signed note whose body is a tlog-checkpoint."""
+async def get_checkpoint(
+    _caller: Annotated[Principal | None, Depends(_checkpoint_reader)], request: Request, database: DatabaseDep
+) -> PlainTextResponse:
+    """The newest checkpoint that reached the witness quorum: one C2SP signed note whose body
+    is a tlog-checkpoint, carrying the log's signature line and each witness's cosignature
+    line. Without witnesses configured, the newest signed checkpoint."""
     async with database.engine.connect() as conn:
-        note = await audit_service.checkpoint_note(conn)
-    return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
+        note = await witnessing.witnessed_checkpoint_note(conn, request.app.state.witness_config)
+    return PlainTextResponse(
+        note, media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-cache"}
+    )
 
 
 @router.get("/v1/audit/verifier-key", response_class=PlainTextResponse)
@@ -91,7 +112,7 @@ async def get_inclusion_proof(
     """An RFC 9162 inclusion proof of leaf ``index`` in the tree of ``tree_size`` (default: the
     latest checkpoint), with the stored entry whose canonical JSON the leaf hashes."""
     async with database.engine.connect() as conn:
-        proof = await audit_service.inclusion(conn, index, tree_size)
+        proof = await proofs.inclusion(conn, index, tree_size)
     # The proof carries an entry, so reading it is an audit query like any other.
     await search.record_query(
         writer, caller, source=_source(request), citizen_id=proof["entry"].get("citizen_id")
@@ -107,7 +128,7 @@ async def get_consistency_proof(
     if first > second:
         raise AuditQueryInvalid("first must not exceed second.")
     async with database.engine.connect() as conn:
-        return await audit_service.consistency(conn, first, second)
+        return await proofs.consistency(conn, first, second)
 
 
 @router.get("/v1/audit/entries")

@@ -1,11 +1,10 @@
-"""Audit rules: proofs, checkpoints, the whole-log verification, and the lifecycle that
-runs the writer and the sequencer. Appending lives in ``writer.py``; the auditors'
-queries in ``search.py``; the entries themselves in ``entries.py``."""
+"""Audit rules: the whole-log verification, and the lifecycle that runs the writer, the
+sequencer and the witnessing. Appending lives in ``writer.py``; proofs in ``proofs.py``;
+the auditors' queries in ``search.py``; the entries themselves in ``entries.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,70 +13,25 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit import merkle
 from service.audit import repository as audit_repository
+from service.audit import witnessing
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
-from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.key_events import KeyEventsToWriter
 from service.audit.policy_changes import connect_policy_changes
 from service.audit.replay import AuditedRequests
-from service.audit.repository import Connect, Executor
+from service.audit.repository import Connect
 from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
-from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
-from service.audit.writer import AuditWriter, append_in_transaction, append_many_in_transaction
+from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.writer import (
+    FILTER_COLUMNS,
+    AuditWriter,
+    append_in_transaction,
+    append_many_in_transaction,
+)
 from service.config import Settings
 from service.db import create_engine
-
-
-async def _read_for(db: Executor, build: Any) -> Any:
-    """Run a proof or root computation with exactly the nodes it needs, fetched in one go."""
-    keys = merkle.nodes_needed(build)
-    nodes = await audit_repository.read_nodes(db, keys)
-    return build(lambda level, index: nodes[(level, index)])
-
-
-async def inclusion(db: Executor, leaf_index: int, tree_size: int | None) -> dict[str, Any]:
-    size = await audit_repository.tree_size(db)
-    if tree_size is None:
-        checkpoint = await audit_repository.latest_checkpoint(db)
-        tree_size = checkpoint.tree_size if checkpoint else size
-    if tree_size < 1 or tree_size > size:
-        raise AuditQueryInvalid(f"tree_size must be between 1 and the current size {size}.")
-    if leaf_index < 0 or leaf_index >= tree_size:
-        raise LeafNotFound(f"No leaf {leaf_index} in a tree of size {tree_size}.")
-    entry = await audit_repository.entry_at_leaf(db, leaf_index)
-    if entry is None:
-        raise LeafNotFound(f"No leaf {leaf_index}.")
-    leaf = await audit_repository.read_nodes(db, [(0, leaf_index)])
-    hashes = await _read_for(db, lambda read: merkle.inclusion_proof(read, leaf_index, tree_size))
-    return {
-        "leaf_index": leaf_index,
-        "tree_size": tree_size,
-        "leaf_hash": _b64(leaf[(0, leaf_index)]),
-        "hashes": [_b64(h) for h in hashes],
-        "entry": entry,
-    }
-
-
-async def consistency(db: Executor, first: int, second: int) -> dict[str, Any]:
-    size = await audit_repository.tree_size(db)
-    if first < 0 or first > second or second > size:
-        raise AuditQueryInvalid(f"Need 0 <= first <= second <= the current size {size}.")
-    hashes = await _read_for(db, lambda read: merkle.consistency_proof(read, first, second))
-    return {"first": first, "second": second, "hashes": [_b64(h) for h in hashes]}
-
-
-async def checkpoint_note(db: Executor) -> str:
-    checkpoint = await audit_repository.latest_checkpoint(db)
-    if checkpoint is None:
-        raise NoCheckpoint("The log has no signed checkpoint yet.")
-    return checkpoint.note
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
 
 
 def make_sequencer(
@@ -106,6 +60,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     engine = app.state.database.engine
     signer: NoteSigner = await asyncio.to_thread(load_signer, settings, audit.origin)
     app.state.audit_signer = signer
+    app.state.audit_settings = audit
     # The writer has an engine of its own: if it shared the request pool, requests that
     # hold connections while awaiting their audit entry could starve it of one.
     writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
@@ -124,7 +79,8 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         sequencer = make_sequencer(settings, sequencer_engine, audit, signer)
         task = asyncio.create_task(sequencer.run(stop), name="audit-sequencer")
     try:
-        yield
+        async with witnessing.witnessing_lifecycle(app, audit, settings.run_workers, sequencer_engine):
+            yield
     finally:
         stop.set()
         if task is not None:
@@ -157,18 +113,22 @@ def _sequencer_engine(settings: Settings) -> AsyncEngine:
 __all__ = ["append_in_transaction", "append_many_in_transaction", "audit_lifecycle", "canonical_json"]
 
 
-VERIFY_PAGE = 2000
+VERIFY_PAGE = 5000
 
 
 async def verify_stored_log(
-    connect: Connect, verifier: NoteVerifier, progress: Callable[[int, int], None] | None = None
+    connect: Connect,
+    verifier: NoteVerifier,
+    progress: Callable[[int, int], None] | None = None,
+    expectations: Expectations | None = None,
 ) -> tuple[int, int]:
     """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
 
-    The same ``LogVerifier`` recomputes every leaf and checks every checkpoint, but only
-    up to the tree size read at the start: the server's sequencer keeps appending while
-    this runs (this very request's audit entry among them), and leaves past that size are
-    the next verification's. Returns (tree size, checkpoints checked).
+    The same ``LogVerifier`` recomputes every leaf, derives every filter column again
+    and checks every checkpoint, but only up to the tree size read at the start: the
+    server's sequencer keeps appending while this runs (this very request's audit entry
+    among them), and leaves past that size are the next verification's. Returns (tree
+    size, checkpoints checked).
     """
     async with connect() as conn:
         # Checkpoints first: each one's size is then at most the size read after it.
@@ -177,16 +137,16 @@ async def verify_stored_log(
             for cid, size, root, note in await audit_repository.all_checkpoints(conn)
         ]
         size = await audit_repository.tree_size(conn)
-    log = LogVerifier(verifier, checkpoints)
+    log = LogVerifier(verifier, checkpoints, expectations or Expectations())
     after = -1
     while log.compact.size < size:
         async with connect() as conn:
-            rows = [r for r in await audit_repository.page_sequenced(conn, after, VERIFY_PAGE) if r[0] < size]
-            recorded = await audit_repository.read_nodes(conn, [(0, leaf) for leaf, _e, _c in rows])
+            rows = await audit_repository.page_for_verification(conn, after, size, VERIFY_PAGE)
         if not rows:
             break
-        for leaf, entry_id, canonical in rows:
-            log.add(leaf, f"entry {entry_id}", canonical or None, recorded.get((0, leaf)))
+        for leaf, entry_id, canonical, recorded, *stored in rows:
+            columns = None if canonical is None else dict(zip(FILTER_COLUMNS, stored, strict=True))
+            log.add(leaf, f"entry {entry_id}", canonical or None, recorded, columns)
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)

@@ -1,7 +1,7 @@
 """The agreement form: from posted fields to a draft, and back to what the form shows.
 
-The draft is the agreement as a policy file would hold it; validation is the policy
-domain's (through the backend), so the console accepts exactly what the loader accepts.
+The draft is the agreement as a policy file would hold it; ``drafts.py`` checks it with
+the policy domain's rules, so the console accepts exactly what the loader accepts.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ FORM_FIELDS = (
     "when",
     "require_case_ref",
     "effect",
-    "signature",
     "reason",
 )
 TEXT_LIMIT = 2000
@@ -79,7 +78,6 @@ def form_values(form: FormData) -> dict[str, Any]:
         "when": _text(form, "when"),
         "require_case_ref": form.get("require_case_ref") == "yes",
         "effect": _text(form, "effect") or "permit",
-        "signature": _text(form, "signature"),
         "reason": _text(form, "reason"),
     }
 
@@ -99,8 +97,6 @@ def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
             draft[optional] = values[optional]
     if values.get("require_case_ref"):
         draft["require_case_ref"] = True
-    if values.get("signature"):
-        draft["signature"] = values["signature"]
     return draft
 
 
@@ -118,7 +114,6 @@ def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[st
         "when": content.get("when") or "",
         "require_case_ref": bool(content.get("require_case_ref")),
         "effect": content.get("effect") or "permit",
-        "signature": content.get("signature") or "",
         "reason": reason,
     }
 

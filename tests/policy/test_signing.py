@@ -21,7 +21,7 @@ from service.audit.policy_changes import connect_policy_changes
 from service.audit.schemas import canonical_json
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
-from service.policy import repository
+from service.policy import epoch as policy_epoch
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
 from service.policy.models import AgreementVersion
@@ -283,7 +283,7 @@ class TestCompileTimeCheck:
         await session.execute(
             update(AgreementVersion).where(AgreementVersion.id == row.id).values(content=edited)
         )
-        await repository.bump_epoch(session)
+        await policy_epoch.bump_epoch(session)
         refusals: list[None] = []
         holder = policy_service.PolicyHolder(on_refused=lambda: refusals.append(None))
         snapshot = await holder.snapshot(await session.connection())
@@ -311,7 +311,7 @@ class TestCompileTimeCheck:
             )
         )
         await session.flush()
-        await repository.bump_epoch(session)
+        await policy_epoch.bump_epoch(session)
         snapshot = await policy_service.compile_snapshot(await session.connection(), 2)
         assert [r.agreement_id for r in snapshot.refused] == [agreement_id]
         assert "unsigned" in snapshot.refused[0].problem

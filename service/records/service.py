@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import tracing
 from service.audit import service as audit_service
 from service.audit.schemas import Action, AuditEntry, Reason
 from service.audit.schemas import Decision as AuditDecision
@@ -250,15 +251,18 @@ class RecordsService:
         if citizen.status == "erased":
             raise CitizenErased("This citizen's record was erased.")
         context = self._context(access, purpose, citizen.status)
-        decisions = policy.decide(access.department, "read", requested, context)
+        with tracing.span("policy.decide", fields=len(requested)):
+            decisions = policy.decide(access.department, "read", requested, context)
         allowed = [name for name in requested if decisions[name].effect == "permit"]
         withheld = [Withheld(field=n, reason=decisions[n].reason) for n in requested if n not in allowed]
         if not allowed:
             await self._refuse_nothing_allowed(
                 access, "read", citizen_id, catalog, policy, requested, decisions, purpose, context
             )
-        rows = await self.reader.current_values([citizen_id], allowed)
-        plain = self._plain(catalog, rows, await self._keys(rows))
+        with tracing.span("records.load", fields=len(allowed)):
+            rows = await self.reader.current_values([citizen_id], allowed)
+        with tracing.span("crypto.decrypt", values=len(rows)):
+            plain = self._plain(catalog, rows, await self._keys(rows))
         by_field = {row.field: row for row in rows}
         released: dict[str, FieldOut] = {}
         for name in allowed:
@@ -272,19 +276,20 @@ class RecordsService:
                 released[name] = FieldOut(
                     value=value, version=row.version, updated_at=row.written_at, owner=owner
                 )
-        await self.audit.append(
-            self._entry(
-                access,
-                "read",
-                citizen_id=citizen_id,
-                catalog=catalog,
-                requested=requested,
-                released=allowed,
-                decisions=decisions,
-                purpose=purpose,
-                status=200,
+        with tracing.span("audit.append"):
+            await self.audit.append(
+                self._entry(
+                    access,
+                    "read",
+                    citizen_id=citizen_id,
+                    catalog=catalog,
+                    requested=requested,
+                    released=allowed,
+                    decisions=decisions,
+                    purpose=purpose,
+                    status=200,
+                )
             )
-        )
         return CitizenOut(
             id=citizen_id, status=citizen.status, version=citizen.version, fields=released, withheld=withheld
         )

@@ -6,8 +6,10 @@ request id in the span and in the log line; webhooks get httpx client spans.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -137,6 +139,13 @@ async def _register(traced: Traced, national_id: str) -> str:
     return citizen_id
 
 
+def _is_delivery(span: ReadableSpan, url: str) -> bool:
+    attributes = span.attributes or {}
+    return span.kind is SpanKind.CLIENT and url in str(
+        attributes.get("url.full") or attributes.get("http.url")
+    )
+
+
 def _named(spans: list[ReadableSpan], name: str) -> ReadableSpan:
     matching = [span for span in spans if span.name == name]
     assert len(matching) == 1, f"{name}: {[span.name for span in spans]}"
@@ -218,9 +227,8 @@ class TestWebhookTrace:
             )
             assert written.status_code == 200, written.text
             await receiver.until(1)
-        clients = [span for span in traced.exporter.get_finished_spans() if span.kind is SpanKind.CLIENT]
-        assert any(
-            span.attributes
-            and receiver.url in str(span.attributes.get("url.full") or span.attributes.get("http.url"))
-            for span in clients
-        ), [(span.name, span.attributes) for span in clients]
+        # The receiver answers before the client span ends: wait for it, with a deadline.
+        deadline = time.monotonic() + 15
+        while not any(_is_delivery(span, receiver.url) for span in traced.exporter.get_finished_spans()):
+            assert time.monotonic() < deadline, [span.name for span in traced.exporter.get_finished_spans()]
+            await asyncio.sleep(0.02)

@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from service.console import sessions as console_sessions
 from service.console import wording
 from service.console.config import ConsoleSettings, get_console_settings
+from service.console.oidc import OIDC_CLIENT_PREFIX
 from service.console.ports import ConsoleBackend
 from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE, SignedIn
 from service.db import SessionDep
@@ -168,7 +169,10 @@ async def current_viewer(
     viewer = await console_sessions.resume(session, token, settings)
     if viewer is None:
         raise SignInRequired()
-    if not await backend.client_active(session, viewer.principal.client_id):
+    # A person signed in through the organisation's provider has no client row to disable:
+    # the provider decides who may sign in, and the session's time limits bound the rest.
+    from_provider = viewer.principal.client_id.startswith(OIDC_CLIENT_PREFIX)
+    if not from_provider and not await backend.client_active(session, viewer.principal.client_id):
         await console_sessions.end_all_for(session, viewer.principal.client_id)
         raise SignInRequired()
     request.state.console_viewer = viewer

@@ -14,6 +14,7 @@ from service.policy.cli import app as policies_app
 from service.records.cli import app as records_app
 from service.schema import upgrade
 from service.sim.cli import demo as demo_command
+from service.witness.cli import app as witness_app
 
 # Policy changes made from the command line are audited like those made through the API.
 connect_policy_changes()
@@ -27,6 +28,7 @@ app.add_typer(auth_app, name="auth")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(records_app, name="records")
+app.add_typer(witness_app, name="witness")
 app.command("demo")(demo_command)
 
 
@@ -68,18 +70,21 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run the background workers (the audit sequencer and the event dispatcher) until SIGINT or SIGTERM."""
+    """Run the background workers (the audit sequencer, the witness submitter when witnesses are
+    configured, and the event dispatcher) until SIGINT or SIGTERM."""
     import asyncio
 
     asyncio.run(_run_workers(get_settings()))
 
 
 async def _run_workers(settings: Settings) -> None:
-    """Both loops share one stop event, set by SIGINT or SIGTERM."""
+    """Every loop shares one stop event, set by SIGINT or SIGTERM."""
     import asyncio
     import signal
 
+    from service.audit.config import AuditSettings
     from service.audit.service import make_sequencer
+    from service.audit.witnessing import WitnessSubmitter, witness_config
     from service.db import create_engine
     from service.events.dispatcher import run_dispatcher
 
@@ -88,9 +93,16 @@ async def _run_workers(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     engine = create_engine(settings.database_url)
+    witnesses = witness_config(AuditSettings())
+    submitter = WitnessSubmitter(engine, witnesses) if witnesses.enabled else None
     try:
-        await asyncio.gather(make_sequencer(settings, engine).run(stop), run_dispatcher(settings, stop))
+        loops = [make_sequencer(settings, engine).run(stop), run_dispatcher(settings, stop)]
+        if submitter is not None:
+            loops.append(submitter.run(stop))
+        await asyncio.gather(*loops)
     finally:
+        if submitter is not None:
+            await submitter.close()
         await engine.dispose()
 
 

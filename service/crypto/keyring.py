@@ -5,18 +5,21 @@ that is an ORM session's connection or a long-lived Core connection on the hot p
 
 Hierarchy: the provider's root key wraps each department's KEK versions; a KEK wraps the
 data key of each (citizen, department); a data key encrypts that citizen's values.
+Data keys are made only here (``data_key_for_write``, ``new_data_keys``).
+
+Over 400 lines for a reason: KEKs and data keys share the unwrap cache, the provider and
+the key-event hook, and each half needs the other's internals.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy import LargeBinary, String, Table, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -230,7 +233,7 @@ class Keyring:
         if shredded is not None:
             raise CitizenShredded()
         kek = await self.active_kek(conn, department)
-        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
+        material = KeyMaterial(DataKey.generate_material())
         wrapped = kek.wrap(material, citizen_id)
         # Insert only while that KEK version is still active: a rotation that committed
         # in between makes this insert a no-op and the loop wraps under the new version.
@@ -272,6 +275,42 @@ class Keyring:
         key = DataKey(key_id, department, kek.version, material)
         self.data_key_cache.put(key.id, key)
         return key
+
+    async def new_data_keys(
+        self, conn: AsyncConnection, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], DataKey]:
+        """Fresh active data keys for (citizen, department) pairs that have none active
+        (citizens created in this transaction, or whose old key was just set aside), each
+        wrapped by its department's active KEK.
+
+        The bulk form of ``data_key_for_write``: one insert for the whole batch."""
+        keks = {department: await self.active_kek(conn, department) for department in {d for _c, d in pairs}}
+        materials = [KeyMaterial(DataKey.generate_material()) for _ in pairs]
+        created_at = utcnow()
+        key_ids = (
+            (
+                await conn.execute(
+                    insert(DATA_KEYS).returning(DATA_KEYS.c.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "citizen_id": citizen_id,
+                            "department": department,
+                            "kek_version": keks[department].version,
+                            "status": "active",
+                            "wrapped_key": keks[department].wrap(material, citizen_id),
+                            "created_at": created_at,
+                        }
+                        for (citizen_id, department), material in zip(pairs, materials, strict=True)
+                    ],
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return {
+            pair: DataKey(key_id, pair[1], keks[pair[1]].version, material)
+            for pair, key_id, material in zip(pairs, key_ids, materials, strict=True)
+        }
 
     async def data_keys(self, conn: AsyncConnection, key_ids: Iterable[int]) -> dict[int, DataKey]:
         """Unwrapped data keys by id, through the cache. Raises ``DataKeyDestroyed`` if any
@@ -343,6 +382,3 @@ class Keyring:
 async def get_keyring(request: Request) -> Keyring:
     keyring: Keyring = request.app.state.keyring
     return keyring
-
-
-KeyringDep = Annotated[Keyring, Depends(get_keyring)]

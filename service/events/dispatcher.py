@@ -40,6 +40,7 @@ from service.events.schemas import EventData
 from service.events.secrets import SecretUndecryptable
 from service.events.service import EventsRuntime, dumps_payload, webhook_id
 from service.events.targets import Pinned, UnsafeWebhookTarget, check_target, pinned
+from service.records import public as records_public
 
 logger = logging.getLogger("tellonce.events")
 
@@ -165,7 +166,7 @@ class Dispatcher:
         now = utcnow()
         async with self.runtime.engine.connect() as conn:
             decide = await self.runtime.policy.current(conn)
-            statuses = await repository.citizen_statuses(conn, [item.event.citizen_id for item in batch])
+            statuses = await records_public.citizen_statuses(conn, [item.event.citizen_id for item in batch])
         withheld: list[tuple[repository.ClaimedDelivery, AuditEntry, str]] = []
         sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:

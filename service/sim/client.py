@@ -183,6 +183,16 @@ class DepartmentClient:
         except ApiError as refused:
             raise DemoHttpError(f"{self.department}: the usage report answered {refused.status}") from None
 
+    async def verifier_key(self) -> str:
+        return await self._expected(self.api.verifier_key(), "the verifier key")
+
+    async def export(self) -> list[str]:
+        """Every audit entry, as the JSON lines of ``/v1/audit/export``."""
+        try:
+            return [line async for line in self.api.export_audit(format="jsonl")]
+        except ApiError as refused:
+            raise DemoHttpError(f"{self.department}: the audit export answered {refused.status}") from None
+
     async def checkpoint(self) -> str | None:
         try:
             return await self.api.checkpoint()

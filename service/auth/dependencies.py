@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import tracing
 from service.auth import service as auth_service
 from service.auth.errors import InvalidToken
 from service.auth.ratelimit import retry_after_seconds
@@ -82,6 +84,11 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
     so the connection goes back to the pool before the handler runs. ``bench/auth.py``
     measures it against the cached verification.
     """
+    with tracing.span("auth"):
+        return await _authenticate(request, session)
+
+
+async def _authenticate(request: Request, session: AsyncSession) -> Principal:
     auth = get_auth(request)
     token = _bearer_token(request)
     try:

@@ -185,20 +185,28 @@ async def _retire_unused_versions(engine: AsyncEngine, keyring: Keyring, departm
         DATA_KEYS.c.department == department, DATA_KEYS.c.kek_version == KEKS.c.version, LIVE_KEY
     )
     async with engine.begin() as conn:
-        versions = list(
-            (
-                await conn.execute(
-                    update(KEKS)
-                    .where(KEKS.c.department == department, KEKS.c.status == "decrypt_only", ~in_use)
-                    .values(status="retired", wrapped_key=None, retired_at=utcnow())
-                    .returning(KEKS.c.version)
-                )
-            ).scalars()
-        )
+        unused = (
+            await conn.execute(
+                select(KEKS.c.version, KEKS.c.wrapped_key)
+                .where(KEKS.c.department == department, KEKS.c.status == "decrypt_only", ~in_use)
+                .with_for_update()
+            )
+        ).all()
+        versions = sorted(row.version for row in unused)
+        if versions:
+            await conn.execute(
+                update(KEKS)
+                .where(KEKS.c.department == department, KEKS.c.version.in_(versions))
+                .values(status="retired", wrapped_key=None, retired_at=utcnow())
+            )
+    # After the commit: a token-held KEK is destroyed in the token too.
+    for row in unused:
+        if row.wrapped_key is not None:
+            await keyring.provider.destroy_kek(row.wrapped_key)
     keyring.kek_cache.evict((department, version) for version in versions)
-    for version in sorted(versions):
+    for version in versions:
         await keyring.emit("kek.retired", department, version=version)
-    return sorted(versions)
+    return versions
 
 
 async def reencrypt_department(

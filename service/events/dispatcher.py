@@ -28,6 +28,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
+from service import tracing
 from service.audit.entries import events_access_entry
 from service.audit.schemas import AuditEntry
 from service.config import Settings
@@ -77,6 +78,9 @@ class Dispatcher:
         self._own_client = client is None
         # No redirects: a receiver must not bounce the service to another address.
         self.client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        tracing.instrument_httpx(self.client)
+        # Deliveries this process sent to the dead-letter state (a Prometheus counter).
+        self.dead_letters = 0
         self.attempts_made = 0
 
     @property
@@ -316,6 +320,7 @@ class Dispatcher:
         """A failed attempt: retried after a backoff, or ``dead`` once attempts run out."""
         if item.attempts >= self.settings.webhook_max_attempts:
             values: dict[str, Any] = {"status": "dead"}
+            self.dead_letters += 1
         else:
             delay = backoff_seconds(
                 item.attempts,

@@ -50,7 +50,7 @@ from service.events.schemas import (
     SubscriptionOut,
     SubscriptionPage,
 )
-from service.events.secrets import SecretBox, new_signing_secret
+from service.events.secrets import SecretBox, SecretSealer, new_signing_secret
 from service.events.targets import Resolver, UnsafeWebhookTarget, check_target, parse
 from service.records import public as records_public
 
@@ -73,10 +73,10 @@ class EventsRuntime:
     notifier: EventNotifier = field(default_factory=lambda: feed_notifier)
     # None: the system resolver. Tests give a stub that never leaves the machine.
     resolver: Resolver | None = None
-    _secret_box: SecretBox | None = None
+    _secret_box: SecretSealer | None = None
 
     @property
-    def secret_box(self) -> SecretBox:
+    def secret_box(self) -> SecretSealer:
         if self._secret_box is None:
             self._secret_box = SecretBox.from_settings(self.settings)
         return self._secret_box

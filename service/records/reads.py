@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service import tracing
 from service.audit.schemas import Action, AuditEntry, Reason
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
@@ -66,7 +67,8 @@ async def _decide(
     context = records.context(facts, found.status if found else None)
     reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
     citizen = disclosure.readable(found, reason)
-    decisions = policy.decide(facts.department, action, requested, context)
+    with tracing.span("policy.decide", fields=len(requested)):
+        decisions = policy.decide(facts.department, action, requested, context)
     allowed = disclosure.allowed(requested, decisions)
     if not allowed:
         await records.refuse_nothing_allowed(
@@ -79,8 +81,10 @@ async def _load(
     records: RecordsService, catalog: Catalog, citizen_id: str, allowed: list[str]
 ) -> tuple[list[ValueRow], dict[tuple[str, str, int], values.JsonValue]]:
     """Only the allowed current values, and their plaintext."""
-    rows = await records.store.current_values([citizen_id], allowed)
-    return rows, await records.decrypt(catalog, rows)
+    with tracing.span("records.load", fields=len(allowed)):
+        rows = await records.store.current_values([citizen_id], allowed)
+    with tracing.span("crypto.decrypt", values=len(rows)):
+        return rows, await records.decrypt(catalog, rows)
 
 
 async def _audit_release(
@@ -106,7 +110,8 @@ async def _audit_release(
         decisions=decisions,
         status=200,
     )
-    await records.audit.append(entry)
+    with tracing.span("audit.append"):
+        await records.audit.append(entry)
 
 
 async def read(

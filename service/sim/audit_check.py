@@ -17,7 +17,7 @@ import httpx
 
 from service.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from service.audit.merkle import CompactRange, leaf_hash
-from service.sim.client import Credentials, DemoHttpError, DepartmentClient
+from service.sim.client import Credentials, DepartmentClient
 from service.sim.report import AuditSummary
 from service.sim.tally import Tally
 
@@ -28,10 +28,7 @@ def canonical(entry: dict[str, Any]) -> bytes:
 
 
 async def _exported(auditor: DepartmentClient) -> list[dict[str, Any]]:
-    response = await auditor.call("GET", "/v1/audit/export", params={"format": "jsonl"}, count=False)
-    if response.status_code != 200:
-        raise DemoHttpError(f"the audit export answered {response.status_code}")
-    return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+    return [json.loads(line) for line in await auditor.export()]
 
 
 async def _checkpoint(auditor: DepartmentClient, verifier: NoteVerifier) -> Checkpoint | None:
@@ -43,10 +40,7 @@ async def verify_log(base_url: str, credentials: Credentials, wait_seconds: floa
     """Verify the log as the auditor sees it; raise ``CheckpointError`` if it does not hold."""
     async with httpx.AsyncClient(base_url=base_url, timeout=120.0) as http:
         auditor = DepartmentClient(http, credentials, Tally())
-        key = await auditor.call("GET", "/v1/audit/verifier-key", count=False)
-        if key.status_code != 200:
-            raise DemoHttpError(f"the verifier key answered {key.status_code}")
-        verifier = NoteVerifier.parse(key.text)
+        verifier = NoteVerifier.parse(await auditor.verifier_key())
         items = await _exported(auditor)
         # Every exported entry (the export's own included) is covered once the sequencer
         # has signed a checkpoint at least this large.

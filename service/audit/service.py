@@ -201,7 +201,9 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     if settings.run_workers:
         sequencer_engine = _sequencer_engine(settings)
         sequencer = make_sequencer(settings, sequencer_engine, audit, signer)
-        task = asyncio.create_task(sequencer.run(stop), name="audit-sequencer")
+        task = asyncio.create_task(
+            app.state.schema_gate.run_when_ready(stop, sequencer.run), name="audit-sequencer"
+        )
     try:
         yield
     finally:

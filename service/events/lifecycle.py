@@ -34,7 +34,9 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     task: asyncio.Task[None] | None = None
     if settings.run_workers:
         dispatcher = Dispatcher(runtime)
-        task = asyncio.create_task(dispatcher.run(stop), name="events-dispatcher")
+        task = asyncio.create_task(
+            app.state.schema_gate.run_when_ready(stop, dispatcher.run), name="events-dispatcher"
+        )
     try:
         async with postgres_wakeups(settings.database_url, runtime.notifier):
             yield

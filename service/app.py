@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from fastapi import FastAPI
 
 from service import __version__
+from service.api_docs import install_docs
 from service.audit import endpoints as audit_endpoints
 from service.audit import service as audit_service
 from service.auth import endpoints as auth_endpoints
@@ -25,6 +26,7 @@ from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
+from service.openapi import install_openapi
 from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
 from service.records import records_lifecycle
@@ -93,6 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.database.dispose()
 
     app = FastAPI(
+        # /docs and /redoc are served by service/api_docs.py, from packaged assets.
+        docs_url=None,
+        redoc_url=None,
         title="tellonce",
         version=__version__,
         summary="Tell us once: one register, owner-controlled sharing, every access audited.",
@@ -107,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
+    install_docs(app)
     # Outermost first: the request id must exist before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -12,6 +12,7 @@ import typer
 import yaml
 
 from service.catalog import service as catalog_service
+from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
 from service.config import get_settings
 from service.db import Database, utcnow
@@ -151,7 +152,10 @@ async def _explain(
     database = Database(get_settings())
     try:
         async with database.engine.connect() as conn:
-            catalog = await catalog_service.current_cached(conn)
+            try:
+                catalog = await catalog_service.current_cached(conn)
+            except CatalogMissing as exc:
+                raise UnknownNames([exc.detail]) from None
             unknown = unknown_names(catalog, consumer, action, fields, purpose)
             if unknown:
                 raise UnknownNames(unknown)

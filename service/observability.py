@@ -17,7 +17,14 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _request_id: ContextVar[str] = ContextVar("tellonce_request_id", default="-")
@@ -78,6 +85,42 @@ class Metrics:
             ["route", "method"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+        # Beyond HTTP: the audit writer's batches, and gauges set at each scrape by
+        # ``service.health`` (sequencer lag, outbox backlog, deliveries, pool use).
+        self.audit_batch_entries = Histogram(
+            "tellonce_audit_writer_batch_entries",
+            "Entries per committed audit-writer batch (group commit).",
+            registry=self.registry,
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000),
+        )
+        self.audit_batch_failures = Counter(
+            "tellonce_audit_writer_failed_batches",
+            "Audit-writer batches that failed to commit (their requests got 503, no data released).",
+            registry=self.registry,
+        )
+        self.sequencer_lag = Gauge(
+            "tellonce_audit_sequencer_lag_entries",
+            "Audit entries written but not yet in the Merkle tree.",
+            registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "tellonce_events_outbox_backlog",
+            "Outbox events not yet turned into deliveries, summed over active webhook subscriptions.",
+            registry=self.registry,
+        )
+        self.deliveries = Gauge(
+            "tellonce_webhook_deliveries",
+            "Webhook deliveries by status (dead: retries exhausted; pending: not yet delivered).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.pool_in_use = Gauge(
+            "tellonce_db_pool_connections_in_use",
+            "Database connections checked out of each pool of this process.",
+            ["pool"],
+            registry=self.registry,
         )
 
     def render(self) -> tuple[bytes, str]:

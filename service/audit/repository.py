@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.audit import merkle
@@ -184,3 +184,12 @@ async def unsequenced_entry(db: Executor) -> int | None:
     )
     found = (await db.execute(statement)).scalar()
     return None if found is None else int(found)
+
+
+async def sequencer_lag(db: Executor) -> int:
+    """Entries written after the sequencer's watermark: not yet in the tree (a metric)."""
+    watermark = select(AuditSequencerState.last_entry_id).where(AuditSequencerState.id == 1).scalar_subquery()
+    statement = (
+        select(func.count()).select_from(AuditEntryRow).where(AuditEntryRow.id > func.coalesce(watermark, 0))
+    )
+    return int((await db.execute(statement)).scalar_one())

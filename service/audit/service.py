@@ -185,7 +185,14 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     # The writer has an engine of its own: if it shared the request pool, requests that
     # hold connections while awaiting their audit entry could starve it of one.
     writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
-    writer = AuditWriter(writer_engine, max_batch=audit.writer_max_batch)
+    metrics = app.state.metrics
+    writer = AuditWriter(
+        writer_engine,
+        max_batch=audit.writer_max_batch,
+        on_batch=metrics.audit_batch_entries.observe,
+        on_failure=lambda _entries: metrics.audit_batch_failures.inc(),
+    )
+    app.state.audit_writer_engine = writer_engine
     await writer.start()
     app.state.audit_writer = writer
     # Imported here: the hooks reach into policy and crypto, which import this module.

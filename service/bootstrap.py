@@ -159,6 +159,23 @@ async def _revisions(settings: Settings) -> set[str]:
         await engine.dispose()
 
 
+async def _audit_created(settings: Settings, created: list[str]) -> None:
+    """Key creation is a key operation: recorded under the operator who ran init."""
+    from service import operator
+    from service.audit import hooks
+    from service.audit import service as audit_service
+    from service.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            for line in created:
+                entry = hooks.operator_entry(operator.audit_client_id(), "key-operation", "", f"init: {line}")
+                await audit_service.append_in_transaction(conn, entry)
+    finally:
+        await engine.dispose()
+
+
 def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[[str], None]) -> InitReport:
     """Check the root key, create the missing signing keys, migrate; safe to run again."""
     from service.audit.checkpoint import NoteSigner
@@ -230,6 +247,9 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     else:
         step(f"database: migrated from {', '.join(sorted(before)) or 'empty'} to {', '.join(sorted(heads))}")
     report.backup.append("the database (pg_dump, or the SQLite file through its backup API)")
+    created_keys = [line for line in report.steps if ": created" in line and not line.startswith("root key")]
+    if created_keys:
+        asyncio.run(_audit_created(settings, created_keys))
 
     # 5. A root key that does not open the stored KEKs would fail on the first read.
     stored = asyncio.run(_stored_kek(settings))

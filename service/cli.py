@@ -43,11 +43,13 @@ def _load(name: str) -> click.Command:
         from service.audit.hooks import connect_policy_changes
 
         connect_policy_changes()
-    if not isinstance(target, typer.Typer):
+    if isinstance(target, typer.Typer):
+        # A group even when it has one command (``auth``), as ``add_typer`` would make it.
+        command: click.Command = typer.main.get_group(target)
+    else:
         single = typer.Typer()
         single.command(name)(target)
-        target = single
-    command = typer.main.get_command(target)
+        command = typer.main.get_command(single)
     command.name = name
     return command
 
@@ -79,6 +81,23 @@ app = typer.Typer(
     help="tellonce: tell-us-once data sharing for government.",
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+
+
+@app.callback()
+def main(
+    actor: str | None = typer.Option(
+        None,
+        "--actor",
+        envvar="TELLONCE_ACTOR",
+        help="Who is running this command, as the audit log records it (default: the OS user).",
+    ),
+) -> None:
+    """tellonce: tell-us-once data sharing for government."""
+    from service import operator
+
+    operator.choose(actor)
+
+
 app.add_typer(db_app, name="db")
 
 

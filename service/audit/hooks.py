@@ -31,7 +31,8 @@ from service.policy import service as policy_service
 from service.policy.simulate import RecordedRequest
 
 logger = logging.getLogger("tellonce.audit.hooks")
-OPERATOR = "tellonce-operator"
+# Key events while serving a request (a first KEK, an erasure's shredding) are the service's own.
+SERVICE_ACTOR = "tellonce-service"
 
 
 def policy_change_entry(change: policy_service.PolicyChange) -> AuditEntry:
@@ -60,14 +61,16 @@ async def audit_policy_change(session: AsyncSession, change: policy_service.Poli
     await append_in_transaction(await session.connection(), policy_change_entry(change))
 
 
-def key_event_entry(event: KeyEvent) -> AuditEntry:
+def key_event_entry(event: KeyEvent, actor: str = SERVICE_ACTOR) -> AuditEntry:
+    """``actor``: the operator's ``operator:NAME`` for CLI commands; the service's own name
+    for keys made or shredded while serving a request."""
     # The detail holds versions, counts and pseudonymous citizen ids; never key material.
     detail = ", ".join(f"{key}={value}" for key, value in sorted(event.detail.items()))
     department = event.department or ""
     return AuditEntry(
         time=utcnow().isoformat(),
         request_id=current_request_id(),
-        client_id=OPERATOR,
+        client_id=actor,
         department=department,
         action="key-operation",
         citizen_id=str(event.detail["citizen_id"]) if "citizen_id" in event.detail else None,
@@ -102,10 +105,29 @@ class KeyEventsToWriter:
             await asyncio.gather(*self.pending, return_exceptions=True)
 
 
-class KeyEventsCollected:
-    """The CLI's key-event hook: events are kept, then appended in one transaction."""
+def operator_entry(actor: str, action: str, department: str, what: str) -> AuditEntry:
+    """An operator command that changed who may call the service or what signs tokens."""
+    return AuditEntry.model_validate(
+        {
+            "time": utcnow().isoformat(),
+            "request_id": current_request_id(),
+            "client_id": actor,
+            "department": department,
+            "action": action,
+            "owners": [],
+            "decision": "permit",
+            "reasons": [{"field": "", "effect": "permit", "reason": what}],
+            "status": 200,
+        }
+    )
 
-    def __init__(self) -> None:
+
+class KeyEventsCollected:
+    """The CLI's key-event hook: events are kept, then appended in one transaction under
+    the operator who ran the command."""
+
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
         self.events: list[KeyEvent] = []
 
     async def __call__(self, event: KeyEvent) -> None:
@@ -117,7 +139,7 @@ class KeyEventsCollected:
         if events:
             async with engine.begin() as conn:
                 for event in events:
-                    await append_in_transaction(conn, key_event_entry(event))
+                    await append_in_transaction(conn, key_event_entry(event, self.actor))
         return len(events)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import typer
 import yaml
 
+from service import operator
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
@@ -50,12 +50,12 @@ async def _apply(directory: Path, author: str, reason: str, prune: bool) -> poli
 def apply(
     directory: Path = typer.Argument(..., exists=True, file_okay=False, help="The policy folder."),
     reason: str = typer.Option("applied from files", help="Why; kept with every version."),
-    author: str = typer.Option("", help="Who; defaults to the operating-system user."),
+    author: str = typer.Option("", help="Who; defaults to the operator (--actor, TELLONCE_ACTOR, OS user)."),
     prune: bool = typer.Option(False, "--prune", help="Revoke stored agreements missing from DIR."),
 ) -> None:
     """Validate DIR, then store what changed as new versions. Invalid input stores nothing."""
     try:
-        report = asyncio.run(_apply(directory, author or getpass.getuser(), reason, prune))
+        report = asyncio.run(_apply(directory, author or operator.audit_client_id(), reason, prune))
     except SourceFileError as exc:
         raise _fail(exc) from None
     if report.catalog_version is None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run serve test test-sqlite test-postgres lint typecheck bench clean
+.PHONY: install run run-reset serve test test-sqlite test-postgres lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 # through life events, print the report, keep serving (see README, "What you will see").
 run: install
 	$(BIN)/tellonce demo
+
+# The same demo on a wiped store: new keys, clients, population and audit log.
+run-reset: install
+	$(BIN)/tellonce demo --reset
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,7 +7,7 @@ what the service really does:
   the scopes it requires;
 - an ``application/problem+json`` response (RFC 9457) for every status each route can
   return, with an example; the statuses come from rules (an authenticated route can answer
-  401, 403 and 429; one with input can answer 422; one with a body 400 and 413) plus the
+  401, 403, 429 and 503; one with input can answer 422; one with a body 400 and 413) plus the
   table below for what a route's own rules add. ``tests/test_openapi.py`` compares them
   with what every route really answered in the test run;
 - the form body of ``POST /oauth/token`` and its RFC 6749 error shape;
@@ -37,8 +37,8 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/policies/{agreement_id}"): {404},
     ("POST", "/v1/policies"): {409},
     ("PUT", "/v1/policies/{agreement_id}"): {404, 409, 410, 412, 428},
-    ("DELETE", "/v1/policies/{agreement_id}"): {404, 410},
-    ("GET", "/v1/policies/{agreement_id}/versions"): {404},
+    ("DELETE", "/v1/policies/{agreement_id}"): {404, 409, 410},
+    ("GET", "/v1/policies/{agreement_id}/versions"): {400, 404},
     ("POST", "/v1/policies/simulate"): {404},
     ("GET", "/v1/audit/checkpoint"): {404},
     ("GET", "/v1/audit/entries/{index}/proof"): {400, 404},
@@ -194,11 +194,13 @@ def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
     if path == TOKEN_PATH:
         return set(TOKEN_STATUSES)
     statuses = set(ROUTE_STATUSES.get((method, path), set()))
-    authenticated, scopes = authentication(route)
+    authenticated, _scopes = authentication(route)
     if authenticated:
-        statuses |= {401, 429}
-        if scopes:
-            statuses.add(403)
+        # 503: the caller's standing, the catalog and the audit of the call are all read or
+        # written in the database; when that fails the call is refused, never half-served.
+        statuses |= {401, 429, 503}
+        # 403: a scope the token lacks, or (scope-free routes) a role the rules refuse.
+        statuses.add(403)
     dependant = route.dependant
     has_input = bool(
         dependant.path_params
@@ -286,7 +288,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         "clientBasic": {"type": "http", "scheme": "basic", "description": "client_secret_basic"},
     }
     for path, route in api_routes(app):
-        for method in route.methods:
+        for method in route.methods or ():
             operation = schema["paths"][path][method.lower()]
             key = (method, path)
             if path == TOKEN_PATH:

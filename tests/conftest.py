@@ -162,14 +162,9 @@ def live_server(scratch_database: str, tmp_path: Path, root_key: str) -> Iterato
 @pytest.fixture(scope="session", autouse=True)
 def recorded_answers() -> Iterator[None]:
     """Every app the run creates keeps its request counts for tests/test_openapi.py."""
-    import service.app
-
-    original = service.app.Metrics
-    service.app.Metrics = RecordedMetrics  # type: ignore[misc]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("service.app.Metrics", RecordedMetrics)
         yield
-    finally:
-        service.app.Metrics = original  # type: ignore[misc]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

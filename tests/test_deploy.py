@@ -84,8 +84,8 @@ class TestComposeFile:
         }
         for name in TELLONCE_SERVICES:
             environment = compose["services"][name]["environment"]
-            settings = Settings(
-                **{
+            settings = Settings.model_validate(
+                {
                     key.removeprefix("TELLONCE_").lower(): interpolate(str(value), variables)
                     for key, value in environment.items()
                 }

@@ -24,6 +24,7 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
     "auth": ("service.auth.cli", "auth_app", "Access-token signing keys."),
     "audit": ("service.audit.cli", "app", "The tamper-evident audit log."),
     "keys": ("service.crypto.cli", "app", "Key-encryption keys and data keys."),
+    "records": ("service.records.cli", "app", "Citizen records maintenance."),
     "demo": ("service.sim.cli", "demo", "Build a simulated government, serve it, run life events, report."),
 }
 

@@ -20,9 +20,18 @@ BLIND_INDEX_BYTES = 16
 _FIELD_INFO = b"tellonce/blind-index/field/v1/"
 
 
+# Version 2 drops format (Cf) and control (Cc) characters; version 1 kept them, so an id
+# with a zero-width space indexed apart from the same id without. Rows carry the version
+# their index was computed with; `tellonce records reindex` rebuilds version 1 indexes.
+NORMALISATION_VERSION = 2
+
+
 def normalise(value: str) -> str:
-    """NFKC, case-folded, trimmed. NFKC runs again after folding: folding can denormalise."""
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    """NFKC, without format or control characters, case-folded, trimmed. NFKC runs again
+    after folding: folding can denormalise."""
+    composed = unicodedata.normalize("NFKC", value)
+    visible = "".join(ch for ch in composed if unicodedata.category(ch) not in ("Cf", "Cc"))
+    folded = unicodedata.normalize("NFKC", visible.casefold())
     return folded.strip()
 
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import cel
 
-Action = Literal["read", "lookup", "verify", "history", "subscribe", "write"]
-ACTIONS: tuple[Action, ...] = ("read", "lookup", "verify", "history", "subscribe", "write")
+Action = Literal["read", "lookup", "verify", "history", "subscribe", "write", "erase"]
+ACTIONS: tuple[Action, ...] = ("read", "lookup", "verify", "history", "subscribe", "write", "erase")
 Effect = Literal["permit", "forbid"]
 DecisionEffect = Literal["permit", "deny"]
 

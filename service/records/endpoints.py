@@ -18,6 +18,7 @@ from service.records.schemas import (
     BatchGet,
     BatchPage,
     CitizenOut,
+    ErasureReason,
     HistoryPage,
     LookupCitizen,
     LookupOut,
@@ -211,8 +212,21 @@ async def verify_claims(
 
 @router.delete("/{citizen_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def erase_citizen(
-    citizen_id: CitizenPath, records: Records, caller: Annotated[Access, Depends(access("citizens:erase"))]
+    citizen_id: CitizenPath,
+    reason: Annotated[ErasureReason, Query(description="Why: a fixed code, kept in the audit.")],
+    legal_basis: Annotated[
+        str, Query(min_length=1, max_length=200, description="The legal basis, kept in the audit.")
+    ],
+    records: Records,
+    caller: Annotated[Access, Depends(access("citizens:erase"))],
+    purpose: Annotated[
+        str | None,
+        Query(min_length=1, max_length=63, description="Your erase agreement's purpose (not the owner)."),
+    ] = None,
 ) -> Response:
-    """Erase a citizen by destroying their data keys. Later reads get 410; the audit stays."""
-    await records.erase(caller, citizen_id)
+    """Erase a citizen by destroying their data keys. Later reads get 410; the audit stays.
+
+    Only the department that owns `national_id` erases, or one holding an `erase`
+    agreement on `national_id` (naming its purpose); anyone else gets 403."""
+    await records.erase(caller, citizen_id, reason=reason, legal_basis=legal_basis, purpose=purpose)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

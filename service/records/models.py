@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from service.crypto.blind_index import NORMALISATION_VERSION
 from service.db import Base, utcnow
 
 CITIZEN_STATUSES = ("active", "deceased", "erased")
@@ -62,6 +63,11 @@ class FieldValue(Base):
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     # Truncated HMAC of the normalised value, for searchable fields only.
     blind_index: Mapped[bytes | None] = mapped_column(LargeBinary(16), default=None)
+    # The normalisation the blind index was computed with (service.crypto.blind_index).
+    # Rows from before version 2 read 1 until `tellonce records reindex` rebuilds them.
+    blind_index_version: Mapped[int] = mapped_column(
+        Integer, default=NORMALISATION_VERSION, server_default=text("1")
+    )
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
     written_by: Mapped[str] = mapped_column(String(200))
     written_at: Mapped[datetime] = mapped_column(default=utcnow)

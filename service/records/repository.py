@@ -227,3 +227,66 @@ async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> 
     # Blind indexes go too: with the index key, they would confirm a guessed national id.
     await conn.execute(update(values).where(values.c.citizen_id == citizen_id).values(blind_index=None))
     return bool(result.rowcount)
+
+
+@dataclass(frozen=True)
+class IndexedRow:
+    id: int
+    citizen_id: str
+    field: str
+    version: int
+    data_key_id: int
+    ciphertext: bytes
+    blind_index: bytes
+
+
+async def stale_blind_indexes(
+    conn: AsyncConnection, *, below_version: int, after_id: int, limit: int
+) -> list[IndexedRow]:
+    """Value rows whose blind index was computed with an older normalisation, by id."""
+    rows = await conn.execute(
+        select(
+            values.c.id,
+            values.c.citizen_id,
+            values.c.field,
+            values.c.version,
+            values.c.data_key_id,
+            values.c.ciphertext,
+            values.c.blind_index,
+        )
+        .where(
+            values.c.blind_index.is_not(None),
+            values.c.blind_index_version < below_version,
+            values.c.id > after_id,
+        )
+        .order_by(values.c.id)
+        .limit(limit)
+    )
+    return [IndexedRow(*r) for r in rows]
+
+
+async def set_blind_index(conn: AsyncConnection, value_id: int, blind_index: bytes, version: int) -> None:
+    await conn.execute(
+        update(values)
+        .where(values.c.id == value_id)
+        .values(blind_index=blind_index, blind_index_version=version)
+    )
+
+
+async def shared_blind_indexes(conn: AsyncConnection, field: str) -> list[list[str]]:
+    """Citizens that share a current blind index of ``field``, one group per index."""
+    shared = (
+        select(values.c.blind_index)
+        .where(values.c.field == field, values.c.is_current.is_(True), values.c.blind_index.is_not(None))
+        .group_by(values.c.blind_index)
+        .having(func.count(func.distinct(values.c.citizen_id)) > 1)
+    )
+    rows = await conn.execute(
+        select(values.c.blind_index, values.c.citizen_id)
+        .where(values.c.field == field, values.c.is_current.is_(True), values.c.blind_index.in_(shared))
+        .order_by(values.c.blind_index, values.c.citizen_id)
+    )
+    groups: dict[bytes, list[str]] = {}
+    for index, citizen_id in rows:
+        groups.setdefault(index, []).append(citizen_id)
+    return list(groups.values())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -11,6 +11,12 @@ PurposeId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 MAX_BATCH = 1000
+
+# Why a citizen is erased: a fixed code rather than free text, because the audit entry
+# keeps it and free text may hold personal data.
+ErasureReason = Literal[
+    "registered-in-error", "duplicate-record", "court-order", "retention-expired", "data-subject-request"
+]
 
 
 class _In(BaseModel):

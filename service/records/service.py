@@ -9,6 +9,7 @@ Refused requests are audited too: an attempt is an access.
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from service.audit.writer import AuditWriter
 from service.auth.dependencies import Principal
 from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
+from service.crypto import blind_index
 from service.crypto.aead import DataKey, decrypt_value, encrypt_value
 from service.crypto.keyring import DATA_KEYS, Keyring
 from service.crypto.material import KeyMaterial
@@ -47,6 +49,7 @@ from service.records.schemas import (
     BatchItem,
     BatchPage,
     CitizenOut,
+    ErasureReason,
     FieldOut,
     HistoryItem,
     HistoryPage,
@@ -304,11 +307,7 @@ class RecordsService:
         party to an agreement over one of the fields that just missed (it needs a case
         reference, has expired, or its condition does not hold for this citizen).
         """
-        lookup = policy.decide(access.department, "lookup", [NATIONAL_ID_FIELD], context)
-        explained = policy.explain(access.department, action, requested, context)
-        may_know = lookup[NATIONAL_ID_FIELD].effect == "permit" or any(
-            miss.effect == "permit" for explanation in explained.values() for miss in explanation.near_misses
-        )
+        may_know = _may_know(policy, access, action, requested, context)
         error: Exception
         if may_know:
             reasons = "; ".join(decisions[n].reason for n in requested)
@@ -340,6 +339,8 @@ class RecordsService:
         _require_known(catalog, requested, purpose, loc="fields")
         found = await self.reader.citizens(unique_ids)
         decisions_by_citizen: dict[str, dict[str, Decision]] = {}
+        # Citizens the caller may not learn exist: answered like unknown ids, still audited.
+        hidden: dict[str, dict[str, Decision]] = {}
         allowed_any: set[str] = set()
         for citizen_id in unique_ids:
             citizen = found.get(citizen_id)
@@ -347,6 +348,13 @@ class RecordsService:
                 continue
             context = self._context(access, purpose, citizen.status)
             decisions = policy.decide(access.department, "read", requested, context)
+            if not any(d.effect == "permit" for d in decisions.values()) and not _may_know(
+                policy, access, "read", requested, context
+            ):
+                # Where a single read would answer 404, this citizen looks exactly like an
+                # unknown id: the withheld reasons would otherwise tell them apart.
+                hidden[citizen_id] = decisions
+                continue
             decisions_by_citizen[citizen_id] = decisions
             allowed_any.update(n for n, d in decisions.items() if d.effect == "permit")
         rows = await self.reader.current_values(list(decisions_by_citizen), sorted(allowed_any))
@@ -357,7 +365,21 @@ class RecordsService:
         for citizen_id in unique_ids:
             citizen_decisions = decisions_by_citizen.get(citizen_id)
             if citizen_decisions is None:
-                # Unknown and erased citizens look alike: existence is not disclosed.
+                # Unknown, erased and hidden citizens look alike: existence is not disclosed.
+                if citizen_id in hidden:
+                    entries.append(
+                        self._entry(
+                            access,
+                            "batch-get",
+                            citizen_id=citizen_id,
+                            catalog=catalog,
+                            requested=requested,
+                            released=[],
+                            decisions=hidden[citizen_id],
+                            purpose=purpose,
+                            status=404,
+                        )
+                    )
                 items.append(
                     BatchItem(
                         id=citizen_id,
@@ -417,11 +439,12 @@ class RecordsService:
         candidates = await repository.candidates_by_blind_index(conn, NATIONAL_ID_FIELD, index)
         if not candidates:
             return None
-        # The index is truncated, so a candidate is confirmed by decrypting it.
+        # The index is truncated, so a candidate is confirmed by decrypting it, and compared
+        # under the normalisation the index uses.
         plain = await self._decrypt(conn, catalog, candidates)
-        wanted = values.normalise_for_index(national_id).strip().casefold()
+        wanted = blind_index.normalise(national_id)
         for (citizen_id, _field, _version), value in plain.items():
-            if values.normalise_for_index(value).strip().casefold() == wanted:
+            if blind_index.normalise(values.normalise_for_index(value)) == wanted:
                 return citizen_id
         return None
 
@@ -429,6 +452,7 @@ class RecordsService:
         async with self.database.engine.connect() as conn:
             catalog, policy = await self._catalog_and_policy(conn, access)
             _require_known(catalog, [], purpose, loc="fields")
+            national_id = _canonical_national_id(national_id)
             context = self._context(access, purpose, None)
             decisions = policy.decide(access.department, "lookup", [NATIONAL_ID_FIELD], context)
             permitted = decisions[NATIONAL_ID_FIELD].effect == "permit"
@@ -585,7 +609,12 @@ class RecordsService:
                 errors.append({"loc": [loc, name], "msg": "a value is required (null cannot be written)"})
                 continue
             try:
-                clean[name] = values.validate(spec, raw)
+                value = values.validate(spec, raw)
+                # A value citizens are found by is canonical before it is indexed or compared.
+                identifying = spec.searchable or name == NATIONAL_ID_FIELD
+                if identifying and spec.type == "string" and isinstance(value, str):
+                    value = values.identifier(value)
+                clean[name] = value
             except values.ValueRejected as exc:
                 errors.append({"loc": [loc, name], "msg": f"{name} {exc}"})
         if errors:
@@ -664,11 +693,10 @@ class RecordsService:
             # below sees every committed registration; on PostgreSQL an advisory lock on
             # the blind index does the same.
             await repository.insert_citizen(conn, citizen_id, access.principal.client_id, now)
-            index = self.keyring.blind_index(
-                NATIONAL_ID_FIELD, values.normalise_for_index(clean[NATIONAL_ID_FIELD])
-            )
+            canonical = values.normalise_for_index(clean[NATIONAL_ID_FIELD])
+            index = self.keyring.blind_index(NATIONAL_ID_FIELD, canonical)
             await _lock_blind_index(conn, index)
-            if await self._find_by_national_id(conn, catalog, national_id):
+            if await self._find_by_national_id(conn, catalog, canonical):
                 raise Conflict("A citizen with that national id is already registered.")
             await self._store_values(conn, catalog, citizen_id, clean, access.principal.client_id, now)
             await audit_service.append_in_transaction(
@@ -806,7 +834,8 @@ class RecordsService:
             catalog, _policy = await self._catalog_and_policy(conn, access)
         cleaned = [self._validated(catalog, submitted, "fields") for submitted in citizens]
         wanted = [values.normalise_for_index(clean.get(NATIONAL_ID_FIELD, "")) for clean in cleaned]
-        if not all(wanted) or len(set(wanted)) != len(wanted):
+        compared = [blind_index.normalise(nid) for nid in wanted]
+        if not all(wanted) or len(set(compared)) != len(compared):
             raise Conflict("Every citizen needs a national id, and no national id may appear twice.")
         ids = [str(uuid.uuid4()) for _ in cleaned]
         written_by = access.principal.client_id
@@ -817,10 +846,10 @@ class RecordsService:
             candidates = await repository.candidates_by_blind_indexes(conn, NATIONAL_ID_FIELD, indexes)
             # The index is truncated: a candidate is a duplicate only if it decrypts to one.
             existing = {
-                values.normalise_for_index(v)
+                blind_index.normalise(values.normalise_for_index(v))
                 for v in (await self._decrypt(conn, catalog, candidates)).values()
             }
-            if existing & set(wanted):
+            if existing & set(compared):
                 raise Conflict("A citizen in the batch is already registered.")
             owners_of = [sorted({s.owner for n in clean if (s := catalog.field(n))}) for clean in cleaned]
             keys = await self._new_data_keys(
@@ -913,34 +942,122 @@ class RecordsService:
                 keys[pair] = DataKey(key_id, owner, keks[owner].version, materials[pair])
         return keys
 
-    async def erase(self, access: Access, citizen_id: str) -> None:
+    async def erase(
+        self,
+        access: Access,
+        citizen_id: str,
+        *,
+        reason: ErasureReason,
+        legal_basis: str,
+        purpose: str | None = None,
+    ) -> None:
+        """Crypto-shred a citizen: only the department that owns ``national_id`` (the
+        register), or a department holding an ``erase`` agreement on ``national_id`` (then
+        naming that agreement's purpose). The reason (a fixed code, so no free text reaches
+        the audit) and the stated legal basis are kept in the audit entry. A refusal is a
+        403 whether or not the citizen exists, and is audited."""
+        legal_basis = _legal_basis(legal_basis)
         now = _now()
         async with self.database.engine.begin() as conn:
-            catalog, _policy = await self._catalog_and_policy(conn, access)
-            await self._load_citizen(conn, citizen_id)
-            await self.keyring.shred_citizen(conn, citizen_id)
-            await repository.mark_erased(conn, citizen_id, now)
-            await audit_service.append_in_transaction(
-                conn,
-                self._entry(
-                    access,
-                    "erase",
-                    citizen_id=citizen_id,
-                    catalog=catalog,
-                    requested=[],
-                    released=[],
-                    decisions={},
-                    purpose=None,
-                    status=204,
-                    decision="permit",
-                ),
+            catalog, policy = await self._catalog_and_policy(conn, access)
+            _require_known(catalog, [], purpose, loc="query")
+            citizen = await repository.get_citizen(conn, citizen_id)
+            decision = self._erase_decision(
+                catalog, policy, access, purpose, citizen.status if citizen else None, reason, legal_basis
             )
+            if decision.effect == "permit":
+                await self._load_citizen(conn, citizen_id)
+                await self.keyring.shred_citizen(conn, citizen_id)
+                await repository.mark_erased(conn, citizen_id, now)
+                await audit_service.append_in_transaction(
+                    conn,
+                    self._entry(
+                        access,
+                        "erase",
+                        citizen_id=citizen_id,
+                        catalog=catalog,
+                        requested=[NATIONAL_ID_FIELD],
+                        released=[],
+                        decisions={NATIONAL_ID_FIELD: decision},
+                        purpose=purpose,
+                        status=204,
+                        decision="permit",
+                    ),
+                )
+                return
+        refusal = self._entry(
+            access,
+            "erase",
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=[NATIONAL_ID_FIELD],
+            released=[],
+            decisions={NATIONAL_ID_FIELD: decision},
+            purpose=purpose,
+            status=403,
+            decision="deny",
+        )
+        await self._refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
+
+    def _erase_decision(
+        self,
+        catalog: Catalog,
+        policy: CompiledPolicy,
+        access: Access,
+        purpose: str | None,
+        status: str | None,
+        reason: ErasureReason,
+        legal_basis: str,
+    ) -> Decision:
+        spec = catalog.field(NATIONAL_ID_FIELD)
+        if spec is not None and spec.owner == access.department:
+            return Decision(NATIONAL_ID_FIELD, "permit", None, None, f"owner; {reason}", legal_basis)
+        if purpose is None:
+            owner = spec.owner if spec else "the register"
+            return Decision(
+                NATIONAL_ID_FIELD,
+                "deny",
+                None,
+                None,
+                f"only {owner}, which owns {NATIONAL_ID_FIELD}, erases citizens; "
+                "a department with an erase agreement must name its purpose",
+            )
+        decided = policy.decide(
+            access.department, "erase", [NATIONAL_ID_FIELD], self._context(access, purpose, status)
+        )[NATIONAL_ID_FIELD]
+        if decided.effect != "permit":
+            return decided
+        return Decision(
+            NATIONAL_ID_FIELD,
+            "permit",
+            decided.agreement,
+            decided.version,
+            f"{decided.reason}; {reason}",
+            legal_basis,
+        )
 
 
 async def citizen_count(database: Database) -> int:
     """How many citizens are registered (any status). No field is read."""
     async with database.engine.connect() as conn:
         return await repository.count_citizens(conn)
+
+
+def _may_know(
+    policy: CompiledPolicy, access: Access, action: str, requested: Sequence[str], context: RequestContext
+) -> bool:
+    """Whether the caller may learn that a citizen exists when nothing it asked is allowed.
+
+    It may when it may look citizens up for this purpose, or when it is a party to an
+    agreement over one of the fields that just missed (it needs a case reference, has
+    expired, or its condition does not hold for this citizen)."""
+    lookup = policy.decide(access.department, "lookup", [NATIONAL_ID_FIELD], context)
+    if lookup[NATIONAL_ID_FIELD].effect == "permit":
+        return True
+    explained = policy.explain(access.department, action, requested, context)
+    return any(
+        miss.effect == "permit" for explanation in explained.values() for miss in explanation.near_misses
+    )
 
 
 def _fields_by_owner(catalog: Catalog, names: Iterable[str]) -> dict[str, list[str]]:
@@ -957,6 +1074,31 @@ async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:
 
         key = int.from_bytes(index[:8], "big", signed=True)
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _legal_basis(text: str) -> str:
+    stripped = text.strip()
+    if (
+        not stripped
+        or len(stripped) > 200
+        or any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stripped)
+    ):
+        raise ValidationFailed(
+            "An erasure names its legal basis: 1 to 200 visible characters.",
+            errors=[{"loc": ["query", "legal_basis"], "msg": "invalid legal basis"}],
+        )
+    return stripped
+
+
+def _canonical_national_id(national_id: str) -> str:
+    """The national id as registration stores it, or a 422 naming the rule (never the value)."""
+    try:
+        return values.identifier(national_id)
+    except values.ValueRejected as exc:
+        raise InvalidFieldValue(
+            "The national id is not valid.",
+            errors=[{"loc": ["body", NATIONAL_ID_FIELD], "msg": f"{NATIONAL_ID_FIELD} {exc}"}],
+        ) from None
 
 
 def _parse_cursor(cursor: str | None) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from typing import Any
 
 from service.catalog.schemas import FieldSpec
@@ -51,6 +52,22 @@ def validate(spec: FieldSpec, raw: Any) -> JsonValue:
             raise ValueRejected(f"must be one of: {', '.join(spec.values or [])}")
         return raw
     raise ValueRejected(f"has an unsupported type {spec.type}")
+
+
+def identifier(raw: str) -> str:
+    """The canonical form of an identifier that citizens are found by (a searchable string).
+
+    NFKC first, so a fullwidth or otherwise compatible spelling becomes the plain one; then
+    any format character (Unicode category Cf: zero-width spaces, direction overrides) or
+    control character that is left is refused rather than silently dropped, because two ids
+    that print the same must be one id. Runs before the blind index and the duplicate check.
+    """
+    canonical = unicodedata.normalize("NFKC", raw).strip()
+    if not canonical:
+        raise ValueRejected("must not be empty")
+    if any(unicodedata.category(ch) in ("Cf", "Cc") for ch in canonical):
+        raise ValueRejected("must not contain invisible format or control characters")
+    return canonical
 
 
 def _date(raw: Any) -> dt.date:

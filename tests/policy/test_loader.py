@@ -127,7 +127,7 @@ class TestLoader:
         lines = [str(e) for e in caught.value.errors]
         assert lines == [
             f"{path}:6: agreements.0.actions.1: Input should be 'read', 'lookup', 'verify', 'history', "
-            "'subscribe' or 'write'",
+            "'subscribe', 'write' or 'erase'",
             f"{path}:9: duplicate agreement id 'licence-for-welfare' (first in {path}:3)",
             f"{path}:10: agreement licence-for-welfare: unknown department 'nobody'",
             f"{path}:13: agreement licence-for-welfare: unknown purpose 'gossip'",

@@ -30,6 +30,9 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
+ERASURE = {"reason": "registered-in-error", "legal_basis": "UK GDPR Art. 17(1)(d)"}
+
+
 async def audit_entries(env: RecordsEnv, citizen_id: str) -> list[dict[str, Any]]:
     response = await env.client.get("/v1/audit/entries", params={"citizen_id": citizen_id}, headers=AUDITOR)
     assert response.status_code == 200, response.text
@@ -464,7 +467,9 @@ class TestBatchAndErase:
 
     async def test_erase_shreds_and_later_reads_are_410(self, records_env: RecordsEnv) -> None:
         citizen_id, national_id = await records_env.register(given_name="Shredded")
-        erase = await records_env.client.delete(f"/v1/citizens/{citizen_id}", headers=REGISTRAR)
+        erase = await records_env.client.delete(
+            f"/v1/citizens/{citizen_id}", params=ERASURE, headers=REGISTRAR
+        )
         assert erase.status_code == 204
         read = await records_env.client.get(
             f"/v1/citizens/{citizen_id}", params={"purpose": "benefit-eligibility"}, headers=WELFARE
@@ -476,14 +481,18 @@ class TestBatchAndErase:
             headers=WELFARE,
         )
         problem(lookup, 404)
-        again = await records_env.client.delete(f"/v1/citizens/{citizen_id}", headers=REGISTRAR)
+        again = await records_env.client.delete(
+            f"/v1/citizens/{citizen_id}", params=ERASURE, headers=REGISTRAR
+        )
         problem(again, 410)
         actions = [e["action"] for e in await audit_entries(records_env, citizen_id)]
         assert "erase" in actions
 
     async def test_consumer_cannot_erase(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register()
-        problem(await records_env.client.delete(f"/v1/citizens/{citizen_id}", headers=WELFARE), 403)
+        url = f"/v1/citizens/{citizen_id}"
+        refused = await records_env.client.delete(url, params=ERASURE, headers=WELFARE)
+        problem(refused, 403)
 
 
 class _FailingWriter(AuditWriter):

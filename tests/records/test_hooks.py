@@ -39,7 +39,9 @@ class TestAuditedChanges:
     async def test_erasure_records_the_key_shredding(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register(given_name="Keyed")
         erased = await records_env.client.delete(
-            f"/v1/citizens/{citizen_id}", headers=as_("register", "registrar")
+            f"/v1/citizens/{citizen_id}",
+            params={"reason": "court-order", "legal_basis": "Court order 2026/17"},
+            headers=as_("register", "registrar"),
         )
         assert erased.status_code == 204
         key_entries = await entries(records_env, action="key-operation", citizen_id=citizen_id)

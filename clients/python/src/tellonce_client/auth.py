@@ -1,0 +1,136 @@
+"""OAuth2 client-credentials tokens: by client secret or by ``private_key_jwt`` (RFC 7523).
+
+A token is kept until it nears expiry and fetched again before it lapses, so no request
+carries a token that expires in flight. Concurrent callers share one fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from tellonce_client.errors import TokenError
+
+JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Renew this long before expiry, but never more than half of a token's lifetime early.
+DEFAULT_REFRESH_MARGIN_SECONDS = 30.0
+ASSERTION_LIFETIME_SECONDS = 60
+
+Clock = Callable[[], float]
+
+
+class TokenSource:
+    """Fetches and caches access tokens for one client from the service's token endpoint."""
+
+    def __init__(self, client_id: str, *, refresh_margin: float, clock: Clock) -> None:
+        self.client_id = client_id
+        self.refresh_margin = refresh_margin
+        self._clock = clock
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.client_id!r})"
+
+    def _form(self, token_url: str) -> tuple[dict[str, str], httpx.Auth | None]:
+        raise NotImplementedError
+
+    async def token(self, http: httpx.AsyncClient, token_url: str, *, renew: bool = False) -> str:
+        """A token that is not near expiry; a new one if ``renew`` (the service refused the last)."""
+        async with self._lock:
+            if not renew and self._token is not None and self._clock() < self._refresh_at:
+                return self._token
+            form, auth = self._form(token_url)
+            form["grant_type"] = "client_credentials"
+            response = await http.post(token_url, data=form, auth=auth or httpx.USE_CLIENT_DEFAULT)
+            if response.status_code != 200:
+                raise TokenError(f"the token endpoint answered {response.status_code} for {self.client_id}")
+            body: dict[str, Any] = response.json()
+            lifetime = float(body.get("expires_in", 300))
+            self._token = str(body["access_token"])
+            self._refresh_at = self._clock() + lifetime - min(self.refresh_margin, lifetime / 2)
+            return self._token
+
+
+class ClientSecret(TokenSource):
+    """``client_secret_basic``: the client id and secret as HTTP Basic credentials."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        refresh_margin: float = DEFAULT_REFRESH_MARGIN_SECONDS,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(client_id, refresh_margin=refresh_margin, clock=clock)
+        self._secret = client_secret
+
+    def _form(self, token_url: str) -> tuple[dict[str, str], httpx.Auth | None]:  # noqa: ARG002
+        return {}, httpx.BasicAuth(self.client_id, self._secret)
+
+
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+
+
+class PrivateKeyJwt(TokenSource):
+    """``private_key_jwt``: a short-lived assertion signed with the client's private key,
+    whose public JWK was registered with ``tellonce clients create --jwk``."""
+
+    def __init__(
+        self,
+        client_id: str,
+        private_key: PrivateKey | bytes | str,
+        *,
+        key_id: str | None = None,
+        refresh_margin: float = DEFAULT_REFRESH_MARGIN_SECONDS,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        super().__init__(client_id, refresh_margin=refresh_margin, clock=clock)
+        if isinstance(private_key, str | bytes):
+            pem = private_key.encode() if isinstance(private_key, str) else private_key
+            loaded = load_pem_private_key(pem, password=None)
+            if not isinstance(loaded, PrivateKey):
+                raise TypeError("private_key_jwt needs an EC, Ed25519 or RSA private key")
+            private_key = loaded
+        self._key = private_key
+        self.key_id = key_id
+        self.algorithm = _algorithm(private_key)
+
+    def _form(self, token_url: str) -> tuple[dict[str, str], httpx.Auth | None]:
+        now = int(time.time())
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": token_url,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_SECONDS,
+            "jti": uuid.uuid4().hex,
+        }
+        headers = {"kid": self.key_id} if self.key_id else None
+        assertion = jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
+        return {
+            "client_id": self.client_id,
+            "client_assertion_type": JWT_BEARER_ASSERTION,
+            "client_assertion": assertion,
+        }, None
+
+
+def _algorithm(key: PrivateKey) -> str:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    curves = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+    if key.curve.name not in curves:
+        raise TypeError(f"unsupported EC curve {key.curve.name}")
+    return curves[key.curve.name]

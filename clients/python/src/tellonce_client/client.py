@@ -1,0 +1,566 @@
+"""``TellonceClient``: typed async methods for every v1 endpoint.
+
+Every call carries a bearer token (fetched again once if the service answers 401), is
+retried with exponential backoff on 429 and 503 (waiting what ``Retry-After`` says, when it
+says), and raises an ``ApiError`` subclass carrying the problem body on any other error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from tellonce_client import models as m
+from tellonce_client.auth import TokenSource
+from tellonce_client.errors import PreconditionFailed, raise_for_problem
+
+ModelT = TypeVar("ModelT", bound=m.Response)
+
+RETRY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a 429 or 503 before raising it."""
+
+    attempts: int = 4
+    base_seconds: float = 0.25
+    cap_seconds: float = 10.0
+    # A Retry-After longer than this is not waited for: the error is raised instead.
+    max_retry_after_seconds: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: a random wait up to base * 2**attempt, capped."""
+        return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))  # noqa: S311
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds: a delay in seconds, or an HTTP date (RFC 9110 section 10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def etag_of(version: int) -> str:
+    """The ETag the service gives a record or agreement at ``version``."""
+    return f'"{version}"'
+
+
+IfMatch = str | m.Tagged | None
+
+
+def _if_match(value: IfMatch) -> dict[str, str]:
+    if value is None:
+        return {}
+    etag = value if isinstance(value, str) else value.etag
+    if etag is None:
+        raise ValueError("this object carries no ETag; read it from the service first")
+    return {"If-Match": etag}
+
+
+def _params(**values: Any) -> dict[str, str]:
+    """Query parameters, leaving out the ones not given."""
+    return {name: str(value) for name, value in values.items() if value is not None}
+
+
+class TellonceClient:
+    """One department system's connection to tellonce.
+
+    ``auth`` is a ``ClientSecret`` or ``PrivateKeyJwt``. ``on_behalf_of`` (the officer) is
+    sent as ``X-On-Behalf-Of`` on every call; ``case_ref`` arguments as ``X-Case-Ref``.
+    ``on_response`` sees the final response of every API call (after retries), for counting.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: TokenSource | None,
+        *,
+        http: httpx.AsyncClient | None = None,
+        retry: RetryPolicy | None = None,
+        on_behalf_of: str | None = None,
+        on_response: Callable[[httpx.Response], None] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.auth = auth
+        self.retry = retry or RetryPolicy()
+        self.on_behalf_of = on_behalf_of
+        self.on_response = on_response
+        self._owns_http = http is None
+        self.http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"TellonceClient({self.base_url!r}, {self.auth!r})"
+
+    async def __aenter__(self) -> TellonceClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self.http.aclose()
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/oauth/token"
+
+    # --- one call -------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        authenticated: bool = True,
+    ) -> httpx.Response:
+        """Send one API call with retries; raise ``ApiError`` unless the answer is 2xx or 3xx."""
+        sent = dict(headers or {})
+        if self.on_behalf_of:
+            sent.setdefault("X-On-Behalf-Of", self.on_behalf_of)
+        renewed = False
+        attempt = 0
+        while True:
+            if authenticated and self.auth is not None:
+                token = await self.auth.token(self.http, self.token_url, renew=renewed)
+                sent["Authorization"] = f"Bearer {token}"
+            response = await self.http.request(
+                method, f"{self.base_url}{path}", params=params, json=json, headers=sent
+            )
+            if response.status_code == 401 and authenticated and self.auth is not None and not renewed:
+                renewed = True  # the token was revoked or the signing key rotated: one fresh try
+                continue
+            if response.status_code in RETRY_STATUSES and attempt + 1 < self.retry.attempts:
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+                if wait is None:
+                    wait = self.retry.backoff(attempt)
+                if wait <= self.retry.max_retry_after_seconds:
+                    attempt += 1
+                    await asyncio.sleep(wait)
+                    continue
+            break
+        if self.on_response is not None:
+            self.on_response(response)
+        raise_for_problem(response)
+        return response
+
+    async def _call(
+        self,
+        model: type[ModelT],
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: BaseModel | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ModelT:
+        response = await self.request(
+            method,
+            path,
+            params=params,
+            json=body.model_dump(mode="json", exclude_unset=True) if body is not None else None,
+            headers=headers,
+        )
+        parsed = model.model_validate(response.json())
+        if isinstance(parsed, m.Tagged):
+            parsed._etag = response.headers.get("ETag")
+        return parsed
+
+    @staticmethod
+    def _case(case_ref: str | None) -> dict[str, str]:
+        return {"X-Case-Ref": case_ref} if case_ref else {}
+
+    # --- health and catalog -----------------------------------------------------------------
+
+    async def healthz(self) -> dict[str, Any]:
+        response = await self.request("GET", "/healthz", authenticated=False)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def readyz(self) -> dict[str, Any]:
+        response = await self.request("GET", "/readyz", authenticated=False)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def catalog(self) -> m.CatalogOut:
+        return await self._call(m.CatalogOut, "GET", "/v1/catalog")
+
+    # --- citizens -----------------------------------------------------------------------
+
+    async def register_citizen(
+        self, national_id: str, fields: Mapping[str, Any], *, case_ref: str | None = None
+    ) -> m.Registered:
+        body = m.RegisterCitizen(national_id=national_id, fields=dict(fields))
+        return await self._call(m.Registered, "POST", "/v1/citizens", body=body, headers=self._case(case_ref))
+
+    async def lookup(self, national_id: str, purpose: str, *, case_ref: str | None = None) -> m.LookupOut:
+        body = m.LookupCitizen(national_id=national_id, purpose=purpose)
+        return await self._call(
+            m.LookupOut, "POST", "/v1/citizens/lookup", body=body, headers=self._case(case_ref)
+        )
+
+    async def read_citizen(
+        self,
+        citizen_id: str,
+        purpose: str,
+        fields: Sequence[str] | None = None,
+        *,
+        case_ref: str | None = None,
+    ) -> m.CitizenOut:
+        """The allowed fields; ``withheld`` names the others. ``etag`` is the record's version."""
+        params = _params(purpose=purpose, fields=",".join(fields) if fields else None)
+        return await self._call(
+            m.CitizenOut, "GET", f"/v1/citizens/{citizen_id}", params=params, headers=self._case(case_ref)
+        )
+
+    async def batch_get(
+        self,
+        ids: Sequence[str],
+        purpose: str,
+        fields: Sequence[str] | None = None,
+        *,
+        case_ref: str | None = None,
+    ) -> m.BatchPage:
+        body = m.BatchGet(ids=list(ids), purpose=purpose, fields=list(fields) if fields else None)
+        return await self._call(
+            m.BatchPage, "POST", "/v1/citizens/batch-get", body=body, headers=self._case(case_ref)
+        )
+
+    async def write_fields(
+        self,
+        citizen_id: str,
+        fields: Mapping[str, Any],
+        reason: str,
+        *,
+        purpose: str | None = None,
+        if_match: IfMatch = None,
+        case_ref: str | None = None,
+    ) -> m.WriteOut:
+        """Write fields; with ``if_match`` (an ETag, or a read citizen) a stale write is a 412."""
+        body = m.WriteFields(fields=dict(fields), reason=reason)
+        if purpose is not None:
+            body.purpose = purpose
+        headers = {**_if_match(if_match), **self._case(case_ref)}
+        return await self._call(
+            m.WriteOut, "PATCH", f"/v1/citizens/{citizen_id}/fields", body=body, headers=headers
+        )
+
+    async def field_history(
+        self,
+        citizen_id: str,
+        field: str,
+        purpose: str,
+        *,
+        cursor: str | None = None,
+        limit: int | None = None,
+        case_ref: str | None = None,
+    ) -> m.HistoryPage:
+        params = _params(purpose=purpose, cursor=cursor, limit=limit)
+        return await self._call(
+            m.HistoryPage,
+            "GET",
+            f"/v1/citizens/{citizen_id}/fields/{field}/history",
+            params=params,
+            headers=self._case(case_ref),
+        )
+
+    def iter_field_history(
+        self,
+        citizen_id: str,
+        field: str,
+        purpose: str,
+        *,
+        case_ref: str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[m.HistoryItem]:
+        return _follow(
+            lambda cursor: self.field_history(
+                citizen_id, field, purpose, cursor=cursor, limit=page_size, case_ref=case_ref
+            )
+        )
+
+    async def verify(
+        self,
+        citizen_id: str,
+        purpose: str,
+        claims: Mapping[str, Mapping[str, Any]],
+        *,
+        case_ref: str | None = None,
+    ) -> m.VerifyOut:
+        body = m.VerifyClaims(purpose=purpose, claims=dict(claims))
+        return await self._call(
+            m.VerifyOut, "POST", f"/v1/citizens/{citizen_id}/verify", body=body, headers=self._case(case_ref)
+        )
+
+    async def erase_citizen(
+        self,
+        citizen_id: str,
+        reason: m.ErasureReason,
+        legal_basis: str,
+        *,
+        purpose: str | None = None,
+        case_ref: str | None = None,
+    ) -> None:
+        """Crypto-shred a citizen: the owner of ``national_id``, or a department with an
+        ``erase`` agreement (naming its ``purpose``). Reason and legal basis are audited."""
+        await self.request(
+            "DELETE",
+            f"/v1/citizens/{citizen_id}",
+            params=_params(reason=reason, legal_basis=legal_basis, purpose=purpose),
+            headers=self._case(case_ref),
+        )
+
+    async def access_log(
+        self, citizen_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> m.AccessLogPage:
+        return await self._call(
+            m.AccessLogPage,
+            "GET",
+            f"/v1/citizens/{citizen_id}/access-log",
+            params=_params(cursor=cursor, limit=limit),
+        )
+
+    def iter_access_log(
+        self, citizen_id: str, *, page_size: int | None = None
+    ) -> AsyncIterator[m.AccessLogItem]:
+        return _follow(lambda cursor: self.access_log(citizen_id, cursor=cursor, limit=page_size))
+
+    # --- policies -----------------------------------------------------------------------
+
+    async def list_agreements(
+        self, *, cursor: str | None = None, limit: int | None = None
+    ) -> m.AgreementPage:
+        return await self._call(
+            m.AgreementPage, "GET", "/v1/policies", params=_params(cursor=cursor, limit=limit)
+        )
+
+    def iter_agreements(self, *, page_size: int | None = None) -> AsyncIterator[m.AgreementOut]:
+        return _follow(lambda cursor: self.list_agreements(cursor=cursor, limit=page_size))
+
+    async def get_agreement(self, agreement_id: str) -> m.AgreementOut:
+        return await self._call(m.AgreementOut, "GET", f"/v1/policies/{agreement_id}")
+
+    async def create_agreement(self, agreement: m.AgreementIn) -> m.AgreementOut:
+        return await self._call(m.AgreementOut, "POST", "/v1/policies", body=agreement)
+
+    async def replace_agreement(
+        self, agreement_id: str, agreement: m.AgreementIn, *, if_match: IfMatch
+    ) -> m.AgreementOut:
+        """A new version; ``if_match`` is the ETag (or the agreement) read: 412 if stale."""
+        return await self._call(
+            m.AgreementOut, "PUT", f"/v1/policies/{agreement_id}", body=agreement, headers=_if_match(if_match)
+        )
+
+    async def update_agreement(
+        self,
+        agreement_id: str,
+        change: Callable[[m.AgreementOut], m.AgreementIn],
+        *,
+        attempts: int = 3,
+    ) -> m.AgreementOut:
+        """Read, change and replace an agreement under ``If-Match``; on a 412 (someone else
+        wrote a version in between) read again and re-apply ``change``."""
+        for attempt in range(attempts):
+            current = await self.get_agreement(agreement_id)
+            try:
+                return await self.replace_agreement(agreement_id, change(current), if_match=current)
+            except PreconditionFailed:
+                if attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def revoke_agreement(
+        self, agreement_id: str, *, reason: str | None = None, if_match: IfMatch = None
+    ) -> m.AgreementOut:
+        return await self._call(
+            m.AgreementOut,
+            "DELETE",
+            f"/v1/policies/{agreement_id}",
+            params=_params(reason=reason),
+            headers=_if_match(if_match),
+        )
+
+    async def agreement_versions(
+        self, agreement_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> m.AgreementPage:
+        return await self._call(
+            m.AgreementPage,
+            "GET",
+            f"/v1/policies/{agreement_id}/versions",
+            params=_params(cursor=cursor, limit=limit),
+        )
+
+    def iter_agreement_versions(
+        self, agreement_id: str, *, page_size: int | None = None
+    ) -> AsyncIterator[m.AgreementOut]:
+        return _follow(lambda cursor: self.agreement_versions(agreement_id, cursor=cursor, limit=page_size))
+
+    async def explain(self, question: m.ExplainIn) -> m.ExplainOut:
+        return await self._call(m.ExplainOut, "POST", "/v1/decisions/explain", body=question)
+
+    async def simulate(self, change: m.SimulateIn) -> m.SimulateOut:
+        return await self._call(m.SimulateOut, "POST", "/v1/policies/simulate", body=change)
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def subscribe(
+        self, fields: Sequence[str], purpose: str, *, webhook_url: str | None = None
+    ) -> m.SubscriptionCreated:
+        """Subscribe to changes: by webhook (keep the returned ``secret``) or by the feed."""
+        body = m.SubscriptionIn(fields=list(fields), purpose=purpose)
+        if webhook_url is not None:
+            body.webhook_url = webhook_url
+        return await self._call(m.SubscriptionCreated, "POST", "/v1/subscriptions", body=body)
+
+    async def list_subscriptions(
+        self, *, cursor: str | None = None, limit: int | None = None
+    ) -> m.SubscriptionPage:
+        return await self._call(
+            m.SubscriptionPage, "GET", "/v1/subscriptions", params=_params(cursor=cursor, limit=limit)
+        )
+
+    def iter_subscriptions(self, *, page_size: int | None = None) -> AsyncIterator[m.SubscriptionOut]:
+        return _follow(lambda cursor: self.list_subscriptions(cursor=cursor, limit=page_size))
+
+    async def get_subscription(self, subscription_id: str) -> m.SubscriptionOut:
+        return await self._call(m.SubscriptionOut, "GET", f"/v1/subscriptions/{subscription_id}")
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        await self.request("DELETE", f"/v1/subscriptions/{subscription_id}")
+
+    async def deliveries(
+        self, subscription_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> m.DeliveryPage:
+        return await self._call(
+            m.DeliveryPage,
+            "GET",
+            f"/v1/subscriptions/{subscription_id}/deliveries",
+            params=_params(cursor=cursor, limit=limit),
+        )
+
+    def iter_deliveries(
+        self, subscription_id: str, *, page_size: int | None = None
+    ) -> AsyncIterator[m.DeliveryOut]:
+        return _follow(lambda cursor: self.deliveries(subscription_id, cursor=cursor, limit=page_size))
+
+    async def redeliver(self, subscription_id: str) -> m.RedeliverOut:
+        return await self._call(m.RedeliverOut, "POST", f"/v1/subscriptions/{subscription_id}/redeliver")
+
+    async def events(
+        self, after: str | None = None, *, wait: float | None = None, limit: int | None = None
+    ) -> m.FeedPage:
+        """One page of the event feed; pass its ``cursor`` as ``after`` next time."""
+        params = _params(after=after, limit=limit, wait=f"{wait:g}" if wait is not None else None)
+        return await self._call(m.FeedPage, "GET", "/v1/events", params=params)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    async def checkpoint(self) -> str:
+        """The latest signed checkpoint note (check it with ``proofs.open_checkpoint``)."""
+        return (await self.request("GET", "/v1/audit/checkpoint")).text
+
+    async def verifier_key(self) -> str:
+        """The log's note verifier key. Pin it out of band rather than trusting this call."""
+        return (await self.request("GET", "/v1/audit/verifier-key")).text.strip()
+
+    async def inclusion_proof(self, index: int, *, tree_size: int | None = None) -> m.InclusionProof:
+        return await self._call(
+            m.InclusionProof,
+            "GET",
+            f"/v1/audit/entries/{index}/proof",
+            params=_params(tree_size=tree_size),
+        )
+
+    async def consistency_proof(self, first: int, second: int) -> m.ConsistencyProof:
+        return await self._call(
+            m.ConsistencyProof, "GET", "/v1/audit/consistency", params=_params(first=first, second=second)
+        )
+
+    async def audit_entries(
+        self, *, cursor: str | None = None, limit: int | None = None, **filters: str | None
+    ) -> m.AuditEntryPage:
+        """Filters: citizen_id, consumer, owner, field, purpose, decision, action, since, until."""
+        return await self._call(
+            m.AuditEntryPage,
+            "GET",
+            "/v1/audit/entries",
+            params=_params(cursor=cursor, limit=limit, **filters),
+        )
+
+    def iter_audit_entries(
+        self, *, page_size: int | None = None, **filters: str | None
+    ) -> AsyncIterator[m.AuditEntryItem]:
+        return _follow(lambda cursor: self.audit_entries(cursor=cursor, limit=page_size, **filters))
+
+    async def export_audit(self, *, format: str = "jsonl", **filters: str | None) -> AsyncIterator[str]:
+        """The export, streamed line by line (JSON lines, or CSV with its header first)."""
+        headers: dict[str, str] = {}
+        if self.auth is not None:
+            headers["Authorization"] = f"Bearer {await self.auth.token(self.http, self.token_url)}"
+        params = _params(format=format, **filters)
+        async with self.http.stream(
+            "GET", f"{self.base_url}/v1/audit/export", params=params, headers=headers
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise_for_problem(response)
+            async for line in response.aiter_lines():
+                if line:
+                    yield line
+
+    async def usage_report(
+        self,
+        *,
+        period: str | None = None,
+        consumer: str | None = None,
+        owner: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> m.UsagePage:
+        params = _params(
+            period=period,
+            consumer=consumer,
+            owner=owner,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
+        return await self._call(m.UsagePage, "GET", "/v1/audit/reports/usage", params=params)
+
+    def iter_usage(self, *, page_size: int | None = 1000, **filters: str | None) -> AsyncIterator[m.UsageRow]:
+        return _follow(lambda cursor: self.usage_report(cursor=cursor, limit=page_size, **filters))
+
+
+async def _follow(fetch: Callable[[str | None], Awaitable[Any]]) -> AsyncIterator[Any]:
+    """Every item of a cursor-paged list, fetching the next page as the last is used up."""
+    cursor: str | None = None
+    while True:
+        page = await fetch(cursor)
+        for item in page.items:
+            yield item
+        cursor = page.next_cursor
+        if not cursor:
+            return

@@ -1,0 +1,98 @@
+"""Errors the client raises: one class per status the service answers with a problem."""
+
+from __future__ import annotations
+
+import httpx
+
+from tellonce_client.models import Problem
+
+
+class TellonceError(Exception):
+    """Base of everything this package raises on purpose."""
+
+
+class ApiError(TellonceError):
+    """The service answered with an error status; ``problem`` is its RFC 9457 body."""
+
+    status: int
+
+    def __init__(self, status: int, problem: Problem, response: httpx.Response) -> None:
+        super().__init__(f"{status} {problem.title}: {problem.detail or ''}".rstrip(": "))
+        self.status = status
+        self.problem = problem
+        self.response = response
+
+
+class BadRequest(ApiError):
+    """400."""
+
+
+class Unauthorized(ApiError):
+    """401: the token was refused even after a fresh one was fetched."""
+
+
+class Forbidden(ApiError):
+    """403: no agreement or role allows this."""
+
+
+class NotFound(ApiError):
+    """404: unknown, or not for this caller to know about."""
+
+
+class Conflict(ApiError):
+    """409."""
+
+
+class Gone(ApiError):
+    """410: the citizen's record was erased."""
+
+
+class PreconditionFailed(ApiError):
+    """412: the ``If-Match`` ETag is stale; read again, then retry."""
+
+
+class ValidationFailed(ApiError):
+    """422."""
+
+
+class PreconditionRequired(ApiError):
+    """428: this write needs ``If-Match``."""
+
+
+class RateLimited(ApiError):
+    """429, after the client's retries ran out."""
+
+
+class Unavailable(ApiError):
+    """503, after the client's retries ran out (for instance the audit could not be written)."""
+
+
+class TokenError(TellonceError):
+    """The token endpoint refused the client's credentials."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    412: PreconditionFailed,
+    422: ValidationFailed,
+    428: PreconditionRequired,
+    429: RateLimited,
+    503: Unavailable,
+}
+
+
+def raise_for_problem(response: httpx.Response) -> None:
+    """Raise the ``ApiError`` subclass for an error response; do nothing on success."""
+    if response.status_code < 400:
+        return
+    try:
+        problem = Problem.model_validate(response.json())
+    except ValueError:
+        problem = Problem(title=response.reason_phrase, status=response.status_code)
+    error_class = _BY_STATUS.get(response.status_code, ApiError)
+    raise error_class(response.status_code, problem, response)

@@ -1,0 +1,410 @@
+"""The shapes of the tellonce v1 API, as pydantic models.
+
+Responses allow fields this version does not know yet (a newer server may add some); the
+package's own test compares every model here with the server's ``/openapi.json``, so a
+change on either side fails CI until the two agree again.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write", "erase"]
+# Why a citizen is erased: a fixed code, kept in the audit.
+ErasureReason = Literal[
+    "registered-in-error", "duplicate-record", "court-order", "retention-expired", "data-subject-request"
+]
+Effect = Literal["permit", "forbid"]
+Decision = Literal["permit", "deny"]
+
+
+class Response(BaseModel):
+    """A body the service returned."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Request(BaseModel):
+    """A body sent to the service: unknown fields are a mistake, refused before sending."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tagged(Response):
+    """A resource the service versions with an ``ETag``; pass it as ``if_match`` to write."""
+
+    _etag: str | None = PrivateAttr(default=None)
+
+    @property
+    def etag(self) -> str | None:
+        return self._etag
+
+
+class Problem(Response):
+    """An RFC 9457 problem detail, as every error of the service is."""
+
+    type: str = "about:blank"
+    title: str = ""
+    status: int = 0
+    detail: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+# --- catalog ------------------------------------------------------------------------
+
+
+class Department(Response):
+    id: str
+    name: str
+    description: str = ""
+
+
+class Purpose(Response):
+    id: str
+    name: str
+    description: str = ""
+
+
+class FieldSpec(Response):
+    name: str
+    owner: str
+    type: Literal["string", "date", "integer", "boolean", "enum"]
+    classification: Literal["public", "personal", "sensitive", "special-category"] = "personal"
+    searchable: bool = False
+    max_length: int | None = None
+    values: list[str] | None = None
+    marks_death: bool = False
+    description: str = ""
+
+
+class CatalogOut(Response):
+    version: int
+    departments: list[Department]
+    purposes: list[Purpose]
+    fields: list[FieldSpec]
+
+
+# --- citizens -------------------------------------------------------------------------
+
+
+class RegisterCitizen(Request):
+    national_id: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class Registered(Tagged):
+    id: str
+    status: str
+    version: int
+    fields: list[str]
+
+
+class LookupCitizen(Request):
+    national_id: str
+    purpose: str
+
+
+class LookupOut(Response):
+    id: str
+
+
+class FieldOut(Response):
+    value: Any
+    version: int | None
+    updated_at: datetime | None
+    owner: str
+
+
+class Withheld(Response):
+    field: str
+    reason: str
+
+
+class CitizenOut(Tagged):
+    id: str
+    status: str
+    version: int
+    fields: dict[str, FieldOut]
+    withheld: list[Withheld]
+
+
+class BatchGet(Request):
+    ids: list[str]
+    fields: list[str] | None = None
+    purpose: str
+
+
+class BatchItem(Response):
+    id: str
+    fields: dict[str, FieldOut]
+    withheld: list[Withheld]
+
+
+class BatchPage(Response):
+    items: list[BatchItem]
+    next_cursor: str | None = None
+
+
+class WriteFields(Request):
+    fields: dict[str, Any]
+    reason: str
+    purpose: str | None = None
+
+
+class WriteOut(Tagged):
+    id: str
+    status: str
+    version: int
+    fields: dict[str, int]
+
+
+class HistoryItem(Response):
+    value: Any
+    version: int
+    updated_at: datetime
+    written_by: str
+
+
+class HistoryPage(Response):
+    items: list[HistoryItem]
+    next_cursor: str | None = None
+
+
+class VerifyClaims(Request):
+    purpose: str
+    claims: dict[str, Any]
+
+
+class VerifyOut(Response):
+    results: dict[str, bool]
+    withheld: list[Withheld] = Field(default_factory=list)
+
+
+# --- policies -------------------------------------------------------------------------
+
+
+class AgreementSpec(Request):
+    id: str
+    consumer: str
+    fields: list[str]
+    actions: list[AgreementAction]
+    purposes: list[str] = Field(default_factory=list)
+    legal_basis: str | None = None
+    valid_from: date | None = None
+    valid_until: date | None = None
+    when: str | None = None
+    require_case_ref: bool = False
+    effect: Effect = "permit"
+
+
+class AgreementIn(AgreementSpec):
+    reason: str = ""
+
+
+class AgreementOut(Tagged):
+    id: str
+    consumer: str
+    fields: list[str]
+    actions: list[AgreementAction]
+    purposes: list[str] = Field(default_factory=list)
+    legal_basis: str | None = None
+    valid_from: date | None = None
+    valid_until: date | None = None
+    when: str | None = None
+    require_case_ref: bool = False
+    effect: Effect = "permit"
+    owner: str
+    version: int
+    status: Literal["active", "revoked"]
+    author: str
+    reason: str
+    created_at: datetime
+
+    def as_input(self, reason: str = "") -> AgreementIn:
+        """This agreement as the body of a replace, to change and send back."""
+        spec = {name: getattr(self, name) for name in AgreementSpec.model_fields}
+        return AgreementIn(**spec, reason=reason)
+
+
+class AgreementPage(Response):
+    items: list[AgreementOut]
+    next_cursor: str | None = None
+
+
+class ExplainIn(Request):
+    consumer: str
+    action: AgreementAction
+    fields: list[str]
+    purpose: str
+    case_ref: str | None = None
+    citizen_status: Literal["active", "deceased"] | None = None
+
+
+class NearMissOut(Response):
+    agreement: str
+    version: int
+    effect: Effect
+    reason: str
+
+
+class DecisionOut(Response):
+    effect: Decision
+    agreement: str | None = None
+    version: int | None = None
+    reason: str
+    legal_basis: str | None = None
+    near_misses: list[NearMissOut] = Field(default_factory=list)
+
+
+class ExplainOut(Response):
+    decisions: dict[str, DecisionOut]
+
+
+class SimulateIn(Request):
+    upsert: list[AgreementSpec] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+    since: datetime | None = None
+
+
+class ChangeOut(Response):
+    consumer: str
+    field: str
+    action: str
+    purpose: str
+    before: Decision
+    after: Decision
+    count: int
+
+
+class SimulateOut(Response):
+    evaluated: int
+    changed: int
+    changes: list[ChangeOut]
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+class SubscriptionIn(Request):
+    fields: list[str]
+    purpose: str
+    webhook_url: str | None = None
+
+
+class SubscriptionOut(Response):
+    id: str
+    department: str
+    fields: list[str]
+    purpose: str
+    webhook_url: str | None
+    status: Literal["active", "deleted"]
+    created_at: datetime
+
+
+class SubscriptionCreated(SubscriptionOut):
+    """A new subscription; ``secret`` (for webhooks) is shown here and never again."""
+
+    secret: str | None = None
+
+
+class SubscriptionPage(Response):
+    items: list[SubscriptionOut]
+    next_cursor: str | None = None
+
+
+class DeliveryOut(Response):
+    id: str
+    webhook_id: str
+    event_id: str
+    citizen_id: str
+    status: Literal["pending", "delivered", "dead", "withheld", "cancelled"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    created_at: datetime
+
+
+class DeliveryPage(Response):
+    items: list[DeliveryOut]
+    next_cursor: str | None = None
+
+
+class RedeliverOut(Response):
+    requeued: int
+
+
+class EventData(Response):
+    event_id: str
+    citizen_id: str
+    fields: list[str]
+    owner: str
+    occurred_at: datetime
+
+
+class FeedPage(Response):
+    items: list[EventData]
+    cursor: str
+
+
+# --- audit (shapes fixed by DESIGN.md; the server declares them as plain objects) ---------
+
+
+class AuditEntryItem(Response):
+    """One stored entry: ``entry`` is the canonical record whose bytes the leaf hashes."""
+
+    id: int
+    leaf_index: int | None
+    entry: dict[str, Any]
+
+
+class AuditEntryPage(Response):
+    items: list[AuditEntryItem]
+    next_cursor: str | None = None
+
+
+class UsageRow(Response):
+    consumer: str
+    owner: str
+    field: str
+    purpose: str | None
+    period: str
+    count: int
+
+
+class UsagePage(Response):
+    items: list[UsageRow]
+    next_cursor: str | None = None
+
+
+class AccessLogItem(Response):
+    time: str
+    department: str
+    action: str
+    fields: list[str]
+    purpose: str | None
+    decision: str
+
+
+class AccessLogPage(Response):
+    items: list[AccessLogItem]
+    next_cursor: str | None = None
+
+
+class InclusionProof(Response):
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    hashes: list[str]
+    entry: dict[str, Any]
+
+
+class ConsistencyProof(Response):
+    first: int
+    second: int
+    hashes: list[str]

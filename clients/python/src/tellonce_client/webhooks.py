@@ -1,0 +1,78 @@
+"""Verify a webhook from tellonce, as the Standard Webhooks specification signs it.
+
+The signed content is ``{webhook-id}.{webhook-timestamp}.{body}``; the signature header holds
+space-separated ``v1,<base64 HMAC-SHA256>`` values under the secret after its ``whsec_``
+prefix (base64). A delivery is accepted if any value matches (secrets can be rotated) and
+its timestamp is within the tolerance (replays of old deliveries are refused).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tellonce_client.errors import TellonceError
+from tellonce_client.models import EventData
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of every secret, not one
+DEFAULT_TOLERANCE_SECONDS = 300
+
+
+class WebhookVerificationError(TellonceError):
+    """The delivery is not from the holder of the secret, or is too old or too new."""
+
+
+class WebhookVerifier:
+    """Holds a subscription's ``whsec_`` secret; its repr never shows it."""
+
+    def __init__(self, secret: str, *, tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS) -> None:
+        encoded = secret.removeprefix(SECRET_PREFIX)
+        try:
+            self._key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("a webhook secret is whsec_ followed by base64") from None
+        self.tolerance_seconds = tolerance_seconds
+
+    def __repr__(self) -> str:
+        return "WebhookVerifier(secret=***)"
+
+    def sign(self, message_id: str, timestamp: int, body: bytes) -> str:
+        """The ``v1,...`` signature value for this delivery."""
+        signed = f"{message_id}.{timestamp}.".encode() + body
+        digest = hmac.new(self._key, signed, hashlib.sha256).digest()
+        return "v1," + base64.b64encode(digest).decode()
+
+    def verify(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> dict[str, Any]:
+        """The delivery's JSON payload if its signature and timestamp hold; else raise."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        message_id = lowered.get("webhook-id")
+        timestamp_text = lowered.get("webhook-timestamp")
+        signatures = lowered.get("webhook-signature")
+        if not message_id or not timestamp_text or not signatures:
+            raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
+        try:
+            timestamp = int(timestamp_text)
+        except ValueError:
+            raise WebhookVerificationError("webhook-timestamp is not an integer") from None
+        current = time.time() if now is None else now
+        if abs(current - timestamp) > self.tolerance_seconds:
+            raise WebhookVerificationError("webhook-timestamp is outside the tolerance")
+        expected = self.sign(message_id, timestamp, body).encode()
+        for candidate in signatures.split(" "):
+            if hmac.compare_digest(candidate.encode(), expected):
+                payload: dict[str, Any] = json.loads(body)
+                return payload
+        raise WebhookVerificationError("no signature matches")
+
+    def verify_event(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> EventData:
+        """A verified ``citizen.fields_changed`` delivery's ``data``."""
+        payload = self.verify(headers, body, now=now)
+        if payload.get("type") != "citizen.fields_changed":
+            raise WebhookVerificationError(f"unexpected event type {payload.get('type')!r}")
+        return EventData.model_validate(payload["data"])

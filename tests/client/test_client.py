@@ -1,0 +1,390 @@
+"""``tellonce_client`` against a real server: tokens, retries, ETags, cursors, errors,
+webhooks and audit proofs, as a department's system would use them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+from tellonce_client import (
+    ClientSecret,
+    Forbidden,
+    Gone,
+    NotFound,
+    PreconditionFailed,
+    PrivateKeyJwt,
+    ProofError,
+    RateLimited,
+    RetryPolicy,
+    TellonceClient,
+    TokenError,
+    WebhookVerificationError,
+    WebhookVerifier,
+    etag_of,
+    open_checkpoint,
+    retry_after_seconds,
+    verify_checkpoints,
+    verify_entry,
+)
+from tellonce_client import models as m
+
+from tests.client.conftest import ClientSite
+from tests.fixtures.webhooks import WebhookReceiver
+
+pytestmark = pytest.mark.e2e
+
+PURPOSE = "benefit-eligibility"
+
+
+async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.05)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _register(site: ClientSite, national_id: str) -> str:
+    registrar = site.client("registrar")
+    created = await registrar.register_citizen(
+        national_id, {"given_name": "Ada", "date_of_birth": "1980-02-03", "address": "1 High St"}
+    )
+    return created.id
+
+
+class TestTokens:
+    async def test_client_secret_reads_the_catalog(self, client_site: ClientSite) -> None:
+        catalog = await client_site.client("welfare").catalog()
+        assert "welfare" in {department.id for department in catalog.departments}
+
+    async def test_private_key_jwt_authenticates(
+        self, client_site: ClientSite, jwt_auth: PrivateKeyJwt
+    ) -> None:
+        async with TellonceClient(client_site.url, jwt_auth) as client:
+            catalog = await client.catalog()
+        assert catalog.version >= 1
+
+    async def test_token_is_reused_then_renewed_before_expiry(self, client_site: ClientSite) -> None:
+        clock = FakeClock()
+        client_id, secret = client_site.secrets["welfare"]
+        auth = ClientSecret(client_id, secret, refresh_margin=30, clock=clock)
+        async with httpx.AsyncClient() as http:
+            token_url = f"{client_site.url}/oauth/token"
+            first = await auth.token(http, token_url)
+            # The server's tokens live 300 s: renewed 30 s before that, not at expiry.
+            clock.now += 269
+            assert await auth.token(http, token_url) == first
+            clock.now += 2
+            renewed = await auth.token(http, token_url)
+        assert renewed != first
+        async with TellonceClient(client_site.url, auth) as client:
+            assert (await client.catalog()).version >= 1
+
+    async def test_concurrent_callers_share_one_fetch(self, client_site: ClientSite) -> None:
+        client_id, secret = client_site.secrets["welfare"]
+        auth = ClientSecret(client_id, secret)
+        async with httpx.AsyncClient() as http:
+            tokens = await asyncio.gather(
+                *(auth.token(http, f"{client_site.url}/oauth/token") for _ in range(5))
+            )
+        assert len(set(tokens)) == 1
+
+    async def test_a_wrong_secret_is_a_token_error(self, client_site: ClientSite) -> None:
+        client_id, _secret = client_site.secrets["welfare"]
+        async with TellonceClient(client_site.url, ClientSecret(client_id, "not-the-secret")) as client:
+            with pytest.raises(TokenError):
+                await client.catalog()
+
+    def test_secrets_stay_out_of_reprs(self, client_site: ClientSite, jwt_auth: PrivateKeyJwt) -> None:
+        client_id, secret = client_site.secrets["welfare"]
+        shown = repr(ClientSecret(client_id, secret)) + repr(jwt_auth)
+        assert secret not in shown
+        assert "PRIVATE" not in shown
+
+
+class TestRetries:
+    async def test_a_429_is_retried_after_retry_after(self, client_site: ClientSite) -> None:
+        seen: list[int] = []
+        client_id, secret = client_site.secrets["throttled"]
+        client = TellonceClient(
+            client_site.url, ClientSecret(client_id, secret), on_response=lambda r: seen.append(r.status_code)
+        )
+        client_site.open_clients.append(client)
+        started = time.monotonic()
+        # A burst of one: the second call is refused with Retry-After, waited for, then served.
+        await client.catalog()
+        await client.catalog()
+        assert seen == [200, 200]
+        assert time.monotonic() - started >= 1.0
+
+    async def test_retries_run_out_into_rate_limited(self, client_site: ClientSite) -> None:
+        client = client_site.client("throttled-no-retry", retry=RetryPolicy(attempts=1))
+        await client.catalog()  # the burst of one
+        with pytest.raises(RateLimited) as refused:
+            await client.catalog()
+        assert refused.value.status == 429
+        assert refused.value.problem.status == 429
+        assert int(refused.value.response.headers["Retry-After"]) >= 1
+
+    def test_retry_after_as_seconds_or_http_date(self) -> None:
+        now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+        assert retry_after_seconds("7") == 7.0
+        assert retry_after_seconds(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30.0
+        assert retry_after_seconds("soon") is None
+        assert retry_after_seconds(None) is None
+
+    def test_backoff_is_capped(self) -> None:
+        policy = RetryPolicy(base_seconds=1, cap_seconds=3)
+        assert all(0 <= policy.backoff(attempt) <= 3 for attempt in range(10))
+
+
+class TestCitizens:
+    async def test_register_lookup_read_with_etag(self, client_site: ClientSite) -> None:
+        citizen_id = await _register(client_site, "NI200001")
+        welfare = client_site.client("welfare")
+        assert (await welfare.lookup("NI200001", PURPOSE)).id == citizen_id
+        citizen = await welfare.read_citizen(citizen_id, PURPOSE, ["given_name", "address", "tax_code"])
+        assert citizen.fields["given_name"].value == "Ada"
+        assert [item.field for item in citizen.withheld] == ["tax_code"]
+        assert citizen.etag == etag_of(citizen.version)
+
+    async def test_if_match_write_and_stale_write(self, client_site: ClientSite) -> None:
+        citizen_id = await _register(client_site, "NI200002")
+        registrar = client_site.client("registrar")
+        welfare = client_site.client("welfare")
+        before = await welfare.read_citizen(citizen_id, PURPOSE, ["address"])
+        written = await registrar.write_fields(citizen_id, {"address": "2 Low Rd"}, "moved", if_match=before)
+        assert written.version == before.version + 1
+        assert written.etag == etag_of(written.version)
+        with pytest.raises(PreconditionFailed) as stale:
+            await registrar.write_fields(citizen_id, {"address": "3 Mid Way"}, "moved again", if_match=before)
+        assert stale.value.problem.status == 412
+        after = await welfare.read_citizen(citizen_id, PURPOSE, ["address"])
+        assert after.fields["address"].value == "2 Low Rd"
+
+    async def test_verify_and_batch_get(self, client_site: ClientSite) -> None:
+        first, second = await _register(client_site, "NI200003"), await _register(client_site, "NI200004")
+        welfare = client_site.client("welfare")
+        verified = await welfare.verify(first, PURPOSE, {"date_of_birth": {"lte": "2000-01-01"}})
+        assert verified.results == {"date_of_birth": True}
+        batch = await welfare.batch_get([first, second], PURPOSE, ["given_name"])
+        assert {item.id for item in batch.items} == {first, second}
+
+    async def test_refusals_are_typed_with_their_problem(self, client_site: ClientSite) -> None:
+        citizen_id = await _register(client_site, "NI200005")
+        welfare = client_site.client("welfare")
+        with pytest.raises(Forbidden) as refused:
+            await welfare.read_citizen(citizen_id, "fraud-investigation", ["address"])
+        assert refused.value.problem.status == 403
+        assert refused.value.response.headers["content-type"].startswith("application/problem+json")
+        with pytest.raises(NotFound):
+            await welfare.lookup("NI999999", PURPOSE)
+
+    async def test_history_follows_its_cursor(self, client_site: ClientSite) -> None:
+        citizen_id = await _register(client_site, "NI200006")
+        registrar, owner = client_site.client("registrar"), client_site.client("owner")
+        for n in range(3):
+            await registrar.write_fields(citizen_id, {"address": f"{n} New St"}, "moved")
+        await owner.create_agreement(
+            m.AgreementIn(
+                id="address-history-for-welfare",
+                consumer="welfare",
+                fields=["address"],
+                actions=["history"],
+                purposes=[PURPOSE],
+                legal_basis="client tests",
+                reason="history for the client tests",
+            )
+        )
+        history = [
+            item.value
+            async for item in client_site.client("welfare").iter_field_history(
+                citizen_id, "address", PURPOSE, page_size=2
+            )
+        ]
+        # Newest first, across two pages.
+        assert history == ["2 New St", "1 New St", "0 New St", "1 High St"]
+
+    async def test_erase_then_the_citizen_is_gone(self, client_site: ClientSite) -> None:
+        citizen_id = await _register(client_site, "NI200007")
+        await client_site.client("registrar").erase_citizen(
+            citizen_id, "registered-in-error", "Data Protection Act 2018, s.46"
+        )
+        with pytest.raises(Gone) as gone:
+            await client_site.client("welfare").read_citizen(citizen_id, PURPOSE, ["address"])
+        assert gone.value.problem.status == 410
+
+
+class TestPolicies:
+    async def test_cursor_iteration_sees_every_agreement(self, client_site: ClientSite) -> None:
+        auditor = client_site.client("auditor")
+        paged = [agreement.id async for agreement in auditor.iter_agreements(page_size=2)]
+        whole = (await auditor.list_agreements(limit=200)).items
+        assert paged == [agreement.id for agreement in whole]
+        assert len(paged) > 2
+
+    async def test_update_agreement_rereads_after_a_412(self, client_site: ClientSite) -> None:
+        owner = client_site.client("owner")
+        agreement_id = "identity-for-welfare"
+        read = await owner.get_agreement(agreement_id)
+        assert read.etag == etag_of(read.version)
+        calls = 0
+
+        def change(current: m.AgreementOut) -> m.AgreementIn:
+            nonlocal calls
+            calls += 1
+            return current.as_input(reason=f"change {calls}")
+
+        # Someone else writes a version between our read and our write, once.
+        interloper = client_site.client("owner")
+        original_replace = owner.replace_agreement
+
+        async def racing_replace(agreement: str, body: m.AgreementIn, *, if_match: Any) -> m.AgreementOut:
+            if calls == 1:
+                latest = await interloper.get_agreement(agreement)
+                await interloper.replace_agreement(agreement, latest.as_input("interloper"), if_match=latest)
+            return await original_replace(agreement, body, if_match=if_match)
+
+        owner.replace_agreement = racing_replace  # type: ignore[method-assign,assignment]
+        updated = await owner.update_agreement(agreement_id, change)
+        assert calls == 2
+        assert updated.version == read.version + 2
+        assert updated.reason == "change 2"
+        with pytest.raises(PreconditionFailed):
+            await original_replace(agreement_id, read.as_input("stale"), if_match=read)
+        versions = [v.version async for v in owner.iter_agreement_versions(agreement_id, page_size=1)]
+        assert updated.version in versions
+
+    async def test_explain_simulate_revoke(self, client_site: ClientSite) -> None:
+        owner = client_site.client("owner")
+        explained = await owner.explain(
+            m.ExplainIn(consumer="welfare", action="read", fields=["address"], purpose=PURPOSE)
+        )
+        assert explained.decisions["address"].effect == "permit"
+        simulated = await owner.simulate(m.SimulateIn(remove=["identity-for-welfare"]))
+        assert simulated.evaluated >= simulated.changed >= 0
+        created = await owner.create_agreement(
+            m.AgreementIn(
+                id="to-be-revoked",
+                consumer="welfare",
+                fields=["given_name"],
+                actions=["read"],
+                purposes=["fraud-investigation"],
+                legal_basis="client tests",
+            )
+        )
+        revoked = await owner.revoke_agreement(created.id, reason="done", if_match=created)
+        assert revoked.status == "revoked"
+
+
+class TestEvents:
+    async def test_webhook_is_verified_and_a_forgery_refused(
+        self, client_site: ClientSite, receiver: WebhookReceiver
+    ) -> None:
+        welfare = client_site.client("welfare")
+        subscription = await welfare.subscribe(["address"], "address-update", webhook_url=receiver.url)
+        assert subscription.secret is not None
+        citizen_id = await _register(client_site, "NI200010")
+        await client_site.client("registrar").write_fields(citizen_id, {"address": "9 Elm Rd"}, "moved")
+        delivered = (await receiver.until(1))[0]
+        verifier = WebhookVerifier(subscription.secret)
+        event = verifier.verify_event(delivered.headers, delivered.body)
+        assert event.citizen_id == citizen_id
+        assert event.fields == ["address"]
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(delivered.headers, delivered.body.replace(b"address", b"addresx"))
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(delivered.headers, delivered.body, now=time.time() + 3600)
+        assert subscription.secret not in repr(verifier)
+
+        async def delivered_once() -> bool:
+            return any([d.status == "delivered" async for d in welfare.iter_deliveries(subscription.id)])
+
+        await poll(delivered_once)
+        assert (await welfare.redeliver(subscription.id)).requeued >= 0
+        assert subscription.id in {s.id async for s in welfare.iter_subscriptions()}
+        await welfare.delete_subscription(subscription.id)
+        with pytest.raises(NotFound):
+            await welfare.get_subscription(subscription.id)
+
+    async def test_feed_cursor(self, client_site: ClientSite) -> None:
+        welfare = client_site.client("welfare")
+        subscription = await welfare.subscribe(["date_of_death"], "civil-registration")
+        start = await welfare.events()
+        citizen_id = await _register(client_site, "NI200011")
+        await client_site.client("registrar").write_fields(
+            citizen_id, {"date_of_death": "2026-11-30"}, "died"
+        )
+        page = await welfare.events(after=start.cursor, wait=10)
+        assert [item.citizen_id for item in page.items if "date_of_death" in item.fields] == [citizen_id]
+        await welfare.delete_subscription(subscription.id)
+
+
+class TestAudit:
+    async def _sealed(self, client: TellonceClient, at_least: int) -> str:
+        vkey = await client.verifier_key()
+        notes: list[str] = []
+
+        async def covered() -> bool:
+            notes.append(await client.checkpoint())
+            return open_checkpoint(notes[-1], vkey).size >= at_least
+
+        await poll(covered)
+        return notes[-1]
+
+    async def test_inclusion_and_consistency_verify_offline(self, client_site: ClientSite) -> None:
+        auditor = client_site.client("auditor")
+        await _register(client_site, "NI200020")
+        vkey = await auditor.verifier_key()
+        older_note = await self._sealed(auditor, 1)
+        older = open_checkpoint(older_note, vkey)
+        await _register(client_site, "NI200021")
+        newer_note = await self._sealed(auditor, older.size + 1)
+        newer = open_checkpoint(newer_note, vkey)
+        proof = await auditor.inclusion_proof(older.size - 1, tree_size=newer.size)
+        assert verify_entry(proof, newer_note, vkey) == newer
+        consistency = await auditor.consistency_proof(older.size, newer.size)
+        assert verify_checkpoints(older_note, newer_note, consistency, vkey) == (older, newer)
+        # A changed entry, a proof for another tree or a forged root is refused.
+        tampered = proof.model_copy(update={"entry": {**proof.entry, "purpose": "something-else"}})
+        with pytest.raises(ProofError):
+            verify_entry(tampered, newer_note, vkey)
+        with pytest.raises(ProofError):
+            verify_entry(proof, older_note, vkey)
+        with pytest.raises(ProofError):
+            verify_checkpoints(newer_note, older_note, consistency, vkey)
+        forged = newer_note.replace(newer_note.split("\n")[2], older_note.split("\n")[2], 1)
+        with pytest.raises(ProofError):
+            open_checkpoint(forged, vkey)
+
+    async def test_entries_export_usage_and_access_log(self, client_site: ClientSite) -> None:
+        citizen_id = await _register(client_site, "NI200022")
+        await client_site.client("welfare").read_citizen(citizen_id, PURPOSE, ["address"])
+        auditor = client_site.client("auditor")
+        entries = [item async for item in auditor.iter_audit_entries(page_size=2, citizen_id=citizen_id)]
+        assert [item.entry["action"] for item in entries] == ["register", "read"]
+        assert all(item.model_extra == {} for item in entries)
+        exported = [json.loads(line) async for line in auditor.export_audit(citizen_id=citizen_id)]
+        assert [line["entry"]["action"] for line in exported] == ["register", "read"]
+        usage = [row async for row in auditor.iter_usage(consumer="welfare")]
+        assert usage
+        assert all(row.model_extra == {} for row in usage)
+        log = [item async for item in client_site.client("portal").iter_access_log(citizen_id)]
+        assert [item.department for item in log] == ["register", "welfare"]
+        assert all(item.model_extra == {} for item in log)
+        proof = await auditor.inclusion_proof(entries[0].leaf_index or 0)
+        assert proof.model_extra == {}

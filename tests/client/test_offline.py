@@ -1,0 +1,115 @@
+"""The client's offline checks against the service's own code: its Merkle proofs (RFC 9162),
+its signed checkpoints, and webhooks signed by the ``standardwebhooks`` library."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook
+from tellonce_client import (
+    ProofError,
+    VerifierKey,
+    WebhookVerificationError,
+    WebhookVerifier,
+    open_checkpoint,
+)
+from tellonce_client.proofs import leaf_hash, verify_consistency, verify_inclusion
+
+from service.audit import merkle
+from service.audit.checkpoint import Checkpoint, NoteSigner
+
+
+def _tree(size: int) -> tuple[list[bytes], merkle.NodeReader]:
+    leaves = [merkle.leaf_hash(f"entry {n}".encode()) for n in range(size)]
+    nodes: dict[tuple[int, int], bytes] = {(0, n): leaf for n, leaf in enumerate(leaves)}
+    level = 0
+    while len([key for key in nodes if key[0] == level]) > 1:
+        row = [nodes[(level, n)] for n in range(len([key for key in nodes if key[0] == level]))]
+        for n in range(len(row) // 2):
+            nodes[(level + 1, n)] = merkle.node_hash(row[2 * n], row[2 * n + 1])
+        level += 1
+    return leaves, lambda lvl, index: nodes[(lvl, index)]
+
+
+class TestMerkleProofs:
+    @given(st.integers(1, 70).flatmap(lambda size: st.tuples(st.just(size), st.integers(0, size - 1))))
+    def test_inclusion_proofs_of_the_service_verify(self, case: tuple[int, int]) -> None:
+        size, index = case
+        leaves, read = _tree(size)
+        root = merkle.root_hash(read, size)
+        path = merkle.inclusion_proof(read, index, size)
+        assert leaf_hash(f"entry {index}".encode()) == leaves[index]
+        verify_inclusion(leaves[index], index, size, path, root)
+        wrong = leaves[(index + 1) % size] if size > 1 else merkle.leaf_hash(b"other")
+        with pytest.raises(ProofError):
+            verify_inclusion(wrong, index, size, path, root)
+
+    @given(st.integers(1, 70).flatmap(lambda second: st.tuples(st.integers(1, second), st.just(second))))
+    def test_consistency_proofs_of_the_service_verify(self, case: tuple[int, int]) -> None:
+        first, second = case
+        _leaves, read = _tree(second)
+        first_root, second_root = merkle.root_hash(read, first), merkle.root_hash(read, second)
+        proof = merkle.consistency_proof(read, first, second)
+        verify_consistency(first, second, first_root, second_root, proof)
+        if first < second:
+            with pytest.raises(ProofError):
+                verify_consistency(first, second, merkle.leaf_hash(b"forged"), second_root, proof)
+            with pytest.raises(ProofError):
+                verify_consistency(first, second, first_root, merkle.leaf_hash(b"forged"), proof)
+
+
+class TestCheckpoints:
+    def test_a_note_signed_by_the_service_opens(self) -> None:
+        signer = NoteSigner("tellonce.test/log", Ed25519PrivateKey.generate())
+        body = Checkpoint("tellonce.test/log", 5, bytes(range(32))).body()
+        opened = open_checkpoint(signer.sign(body), signer.verifier_key())
+        assert (opened.origin, opened.size, opened.root_hash) == ("tellonce.test/log", 5, bytes(range(32)))
+
+    def test_another_key_or_a_changed_body_is_refused(self) -> None:
+        signer = NoteSigner("tellonce.test/log", Ed25519PrivateKey.generate())
+        other = NoteSigner("tellonce.test/log", Ed25519PrivateKey.generate())
+        note = signer.sign(Checkpoint("tellonce.test/log", 5, bytes(32)).body())
+        with pytest.raises(ProofError):
+            open_checkpoint(note, other.verifier_key())
+        with pytest.raises(ProofError):
+            open_checkpoint(note.replace("\n5\n", "\n6\n"), signer.verifier_key())
+
+    def test_a_verifier_key_with_a_wrong_hash_is_refused(self) -> None:
+        vkey = NoteSigner("log", Ed25519PrivateKey.generate()).verifier_key()
+        name, _hash, key = vkey.split("+", 2)
+        with pytest.raises(ProofError):
+            VerifierKey.parse(f"{name}+00000000+{key}")
+
+
+class TestWebhooks:
+    def _signed(self, secret: str, body: bytes, when: datetime) -> dict[str, str]:
+        signature = Webhook(secret).sign("msg_1", when, body.decode())
+        return {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(int(when.timestamp())),
+            "webhook-signature": f"v1,{base64.b64encode(b'rotated-away' * 3).decode()} {signature}",
+        }
+
+    def test_a_delivery_signed_by_the_reference_library_verifies(self) -> None:
+        secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+        body = json.dumps({"type": "citizen.fields_changed", "data": {}}).encode()
+        headers = self._signed(secret, body, datetime.now(UTC))
+        assert WebhookVerifier(secret).verify(headers, body)["type"] == "citizen.fields_changed"
+
+    def test_wrong_secret_stale_time_or_missing_headers_are_refused(self) -> None:
+        secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+        body = b'{"type":"citizen.fields_changed","data":{}}'
+        headers = self._signed(secret, body, datetime.now(UTC))
+        with pytest.raises(WebhookVerificationError):
+            WebhookVerifier("whsec_" + base64.b64encode(b"x" * 24).decode()).verify(headers, body)
+        with pytest.raises(WebhookVerificationError):
+            WebhookVerifier(secret).verify(headers, body, now=time.time() - 600)
+        with pytest.raises(WebhookVerificationError):
+            WebhookVerifier(secret).verify({"webhook-id": "msg_1"}, body)

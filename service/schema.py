@@ -104,9 +104,12 @@ class SchemaGate:
                     logger.info("database ready; background work starting")
                 self.ready.set()
                 return True
-            if problem != told:
+            if not told:
                 logger.warning("%s; background work waits and retries with backoff", problem)
-                told = problem
+            elif problem != told:
+                # One warning is enough; a migration in progress passes through other states.
+                logger.debug("still waiting: %s", problem)
+            told = problem
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:

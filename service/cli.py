@@ -25,6 +25,11 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
     "audit": ("service.audit.cli", "app", "The tamper-evident audit log."),
     "keys": ("service.crypto.cli", "app", "Key-encryption keys and data keys."),
     "records": ("service.records.cli", "app", "Citizen records maintenance."),
+    "witness": (
+        "service.witness.cli",
+        "app",
+        "A standalone witness that cosigns the audit log's checkpoints.",
+    ),
     "demo": ("service.sim.cli", "demo", "Build a simulated government, serve it, run life events, report."),
 }
 
@@ -194,7 +199,8 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run the background workers (the audit sequencer and the event dispatcher) until SIGINT or SIGTERM."""
+    """Run the background workers (the audit sequencer, the witness submitter when witnesses are
+    configured, and the event dispatcher) until SIGINT or SIGTERM."""
     import asyncio
 
     settings = _settings_or_exit()
@@ -203,11 +209,13 @@ def worker() -> None:
 
 
 async def _run_workers(settings: Any) -> None:
-    """Both loops share one stop event, set by SIGINT or SIGTERM; they start once the schema is current."""
+    """Every loop shares one stop event, set by SIGINT or SIGTERM; they start once the schema is current."""
     import asyncio
     import signal
 
+    from service.audit.config import AuditSettings
     from service.audit.service import make_sequencer
+    from service.audit.witnessing import WitnessSubmitter, witness_config
     from service.db import create_engine
     from service.events.dispatcher import run_dispatcher
     from service.observability import configure_logging
@@ -220,10 +228,17 @@ async def _run_workers(settings: Any) -> None:
         loop.add_signal_handler(signum, stop.set)
     engine = create_engine(settings.database_url)
     gate = SchemaGate(engine)
+    witnesses = witness_config(AuditSettings())
+    submitter = WitnessSubmitter(engine, witnesses) if witnesses.enabled else None
     try:
         if await gate.wait(stop):
-            await asyncio.gather(make_sequencer(settings, engine).run(stop), run_dispatcher(settings, stop))
+            loops = [make_sequencer(settings, engine).run(stop), run_dispatcher(settings, stop)]
+            if submitter is not None:
+                loops.append(submitter.run(stop))
+            await asyncio.gather(*loops)
     finally:
+        if submitter is not None:
+            await submitter.close()
         await engine.dispose()
 
 

@@ -28,7 +28,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
-    """The database is reachable and migrated to the code's head revision."""
+    """The database is reachable and migrated to the code's head revision, and (with a
+    witness grace period set) the audit log has been witnessed recently enough."""
     expected: set[str] = request.app.state.schema_heads
     try:
         async with database.engine.connect() as connection:
@@ -38,6 +39,10 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
         raise ServiceUnavailable("The database is not reachable.") from exc
     if current != expected:
         raise ServiceUnavailable("The database is not migrated; run `tellonce db upgrade`.")
+    gate = getattr(request.app.state, "witness_gate", None)
+    reason = gate.stale_reason() if gate is not None else None
+    if reason is not None:
+        raise ServiceUnavailable(f"Not serving data: {reason}.")
     return {"status": "ready"}
 
 

@@ -2,12 +2,15 @@
 
 The bundle is one JSON-lines file of typed records:
 
-- ``{"type": "bundle", "format": 1, "origin", "verifier_key", "tree_size"}`` first;
-- ``{"type": "entry", "leaf_index", "entry_id", "leaf_hash", "entry"}`` per leaf, in order,
-  where ``leaf_hash`` (base64) is the hash recorded when the entry was sequenced;
-- ``{"type": "checkpoint", "tree_size", "root_hash", "note"}`` per signed checkpoint.
+- ``{"type": "bundle", "format": 2, "origin", "verifier_key", "tree_size"}`` first;
+- ``{"type": "entry", "leaf_index", "entry_id", "leaf_hash", "entry", "columns"}`` per leaf,
+  in order, where ``leaf_hash`` (base64) is the hash recorded when the entry was sequenced
+  and ``columns`` are the filter columns the database holds for it (``time`` in ISO 8601);
+- ``{"type": "checkpoint", "tree_size", "root_hash", "note"}`` per signed checkpoint, the
+  note carrying every witness cosignature the log holds for it.
 
-Offline verification trusts only the verifier key given on the command line.
+Offline verification trusts only the keys given on the command line: the log's
+verifier key, and the witnesses' keys for ``--witness``.
 """
 
 from __future__ import annotations
@@ -17,21 +20,27 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from service.audit import cosignatures as cosignature_repository
 from service.audit import repository as audit_repository
 from service.audit import service as audit_service
+from service.audit import witnessing
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.schemas import canonical_json
-from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
 from service.db import create_engine
+from service.witness.cosignature import CosignatureError, CosignatureVerifier, split_note
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 console = Console(stderr=True)
@@ -42,23 +51,48 @@ def _verifier_from(key: str | None) -> NoteVerifier:
     if key is None:
         settings = get_settings()
         return NoteVerifier.parse(load_signer(settings, AuditSettings().origin).verifier_key())
-    path = Path(key)
-    text = path.read_text() if path.is_file() else key
-    return NoteVerifier.parse(text)
+    return NoteVerifier.parse(_text_or_file(key))
 
 
-async def verify_database(database_url: str, verifier: NoteVerifier) -> int:
+def _text_or_file(value: str) -> str:
+    path = Path(value)
+    return path.read_text() if path.is_file() else value
+
+
+def trusted_checkpoint(path: Path, verifier: NoteVerifier) -> StoredCheckpoint:
+    """A checkpoint kept outside the log (a note an auditor saved), checked with the log key."""
+    note = path.read_text(encoding="utf-8")
+    try:
+        opened = verifier.open_checkpoint(note)
+    except CheckpointError as exc:
+        raise VerificationFailed(f"trusted checkpoint {path}: {exc}") from None
+    return StoredCheckpoint(
+        opened.size, opened.root_hash, note, f"trusted checkpoint {path} (size {opened.size})"
+    )
+
+
+async def verify_database(
+    database_url: str, verifier: NoteVerifier, expectations: Expectations | None = None
+) -> int:
     """Check the log in the database up to the size it has when the check starts (a
     running server keeps appending); return that size or raise ``VerificationFailed``."""
     engine = create_engine(database_url)
     try:
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("verifying audit log", total=None)
+        with Progress(
+            TextColumn("verifying audit log"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("entries"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("verify", total=None)
 
             def report(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            size, _checked = await audit_service.verify_stored_log(engine, verifier, report)
+            size, _checked = await audit_service.verify_stored_log(engine, verifier, report, expectations)
             return size
     finally:
         await engine.dispose()
@@ -83,24 +117,64 @@ def _b64(value: Any) -> bytes:
         raise VerificationFailed("a hash in the bundle is not base64") from None
 
 
-def verify_bundle(path: Path, verifier: NoteVerifier) -> int:
-    checkpoints = [
+def _bundle_checkpoints(path: Path) -> list[StoredCheckpoint]:
+    return [
         StoredCheckpoint(
             int(r["tree_size"]), _b64(r["root_hash"]), str(r["note"]), f"checkpoint of size {r['tree_size']}"
         )
         for r in _bundle_records(path)
         if r.get("type") == "checkpoint"
     ]
-    log = LogVerifier(verifier, checkpoints)
+
+
+def verify_bundle(path: Path, verifier: NoteVerifier, expectations: Expectations | None = None) -> int:
+    """Recompute the bundle's log and check its checkpoints and stored columns; the tree size."""
+    log = LogVerifier(verifier, _bundle_checkpoints(path), expectations or Expectations())
     for record in _bundle_records(path):
         if record.get("type") != "entry":
             continue
         entry = record.get("entry")
         canonical = canonical_json(entry) if isinstance(entry, dict) else None
+        columns = record.get("columns")
         log.add(
-            int(record["leaf_index"]), f"entry {record.get('entry_id')}", canonical, _b64(record["leaf_hash"])
+            int(record["leaf_index"]),
+            f"entry {record.get('entry_id')}",
+            canonical,
+            _b64(record["leaf_hash"]),
+            columns if isinstance(columns, dict) else None,
         )
     return log.finish()
+
+
+@dataclass(frozen=True)
+class WitnessedCheckpoint:
+    tree_size: int
+    root_hash: bytes
+    witnesses: tuple[str, ...]
+
+
+def check_cosignatures(
+    checkpoints: list[StoredCheckpoint], witnesses: list[CosignatureVerifier], quorum: int
+) -> WitnessedCheckpoint:
+    """The largest checkpoint cosigned by at least ``quorum`` of ``witnesses``.
+
+    Every cosignature line by one of the witnesses must verify; lines by other keys are
+    ignored. Raises ``VerificationFailed`` if no checkpoint reaches the quorum.
+    """
+    best: WitnessedCheckpoint | None = None
+    for checkpoint in checkpoints:
+        try:
+            body, lines = split_note(checkpoint.note)
+            names = tuple(w.name for w in witnesses if w.find(body, lines) is not None)
+        except CosignatureError as exc:
+            raise VerificationFailed(f"{checkpoint.label}: {exc}") from None
+        if len(names) >= quorum and (best is None or checkpoint.tree_size > best.tree_size):
+            best = WitnessedCheckpoint(checkpoint.tree_size, checkpoint.root_hash, names)
+    if best is None:
+        raise VerificationFailed(
+            f"no checkpoint in the bundle is cosigned by {quorum} of the {len(witnesses)} witnesses given"
+        )
+    return best
 
 
 async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int:
@@ -110,10 +184,11 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
         async with engine.connect() as conn:
             size = await audit_repository.tree_size(conn)
             checkpoints = await audit_repository.all_checkpoints(conn)
+            cosigned = await cosignature_repository.all_cosignatures(conn)
         with out.open("w", encoding="utf-8") as handle:
             header = {
                 "type": "bundle",
-                "format": 1,
+                "format": 2,
                 "origin": signer.name,
                 "verifier_key": signer.verifier_key(),
                 "tree_size": size,
@@ -122,26 +197,29 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
             after = -1
             while True:
                 async with engine.connect() as conn:
-                    rows = await audit_repository.page_sequenced(conn, after, PAGE)
-                    recorded = await audit_repository.read_nodes(conn, [(0, leaf) for leaf, _e, _c in rows])
-                for leaf, entry_id, canonical in rows:
+                    rows = await audit_repository.page_for_verification(conn, after, size, PAGE)
+                for leaf, entry_id, canonical, recorded, *stored in rows:
+                    columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
                     record = {
                         "type": "entry",
                         "leaf_index": leaf,
                         "entry_id": entry_id,
-                        "leaf_hash": base64.b64encode(recorded.get((0, leaf), b"")).decode(),
+                        "leaf_hash": base64.b64encode(recorded or b"").decode(),
                         "entry": json.loads(canonical) if canonical else None,
+                        "columns": {
+                            k: v.isoformat() if isinstance(v, datetime) else v for k, v in columns.items()
+                        },
                     }
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if len(rows) < PAGE:
                     break
                 after = rows[-1][0]
-            for _cid, tree_size, root, note in checkpoints:
+            for checkpoint_id, tree_size, root, note in checkpoints:
                 record = {
                     "type": "checkpoint",
                     "tree_size": tree_size,
                     "root_hash": base64.b64encode(root).decode(),
-                    "note": note,
+                    "note": witnessing.cosigned_note(note, cosigned.get(checkpoint_id, {})),
                 }
                 handle.write(json.dumps(record) + "\n")
         return size
@@ -155,27 +233,69 @@ def verify(
     key: str | None = typer.Option(
         None, "--key", help="The verifier key (vkey string or a file holding it); required with --bundle."
     ),
+    witness: list[str] = typer.Option(
+        [], "--witness", help="A witness's vkey (or a file holding it); repeatable. Needs --bundle."
+    ),
+    quorum: int | None = typer.Option(
+        None, "--quorum", min=1, help="How many of the --witness keys must cosign (default: all)."
+    ),
+    trusted: list[Path] = typer.Option(
+        [],
+        "--trusted-checkpoint",
+        help="A checkpoint note kept outside the log; the log must still reach it. Repeatable.",
+    ),
+    min_size: int = typer.Option(0, "--min-size", min=0, help="Fail if the log holds fewer entries."),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Let an empty log, or one with no checkpoint yet, pass."
+    ),
 ) -> None:
-    """Recompute every leaf and the tree, and check every checkpoint. Exit 1 naming the first bad entry."""
+    """Recompute every leaf and the tree, re-derive every filter column, and check every
+    checkpoint (and cosignatures, offline). Exit 1 naming the first bad entry."""
+    if witness and bundle is None:
+        typer.echo("--witness checks the cosignatures in a bundle: pass --bundle too", err=True)
+        raise typer.Exit(2)
+    if quorum is not None and quorum > len(witness):
+        typer.echo(f"--quorum {quorum} needs at least {quorum} --witness keys", err=True)
+        raise typer.Exit(2)
+    witnessed: WitnessedCheckpoint | None = None
     try:
+        verifier = _verifier_from(key)
+        witnesses = [CosignatureVerifier.parse(_text_or_file(value)) for value in witness]
+        expectations = Expectations(
+            trusted=tuple(trusted_checkpoint(path, verifier) for path in trusted),
+            min_size=min_size,
+            allow_empty=allow_empty,
+        )
         if bundle is not None:
             if key is None:
                 typer.echo(
                     "--bundle needs --key: offline verification trusts only the key you give", err=True
                 )
                 raise typer.Exit(2)
-            size = verify_bundle(bundle, _verifier_from(key))
+            size = verify_bundle(bundle, verifier, expectations)
+            if witnesses:
+                witnessed = check_cosignatures(
+                    _bundle_checkpoints(bundle), witnesses, quorum if quorum is not None else len(witnesses)
+                )
         else:
-            size = asyncio.run(verify_database(get_settings().database_url, _verifier_from(key)))
-    except (VerificationFailed, CheckpointError) as exc:
+            size = asyncio.run(verify_database(get_settings().database_url, verifier, expectations))
+    except (VerificationFailed, CheckpointError, OSError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"audit log verified: {size} entries, every checkpoint valid")
+    if witnessed is not None:
+        root = base64.b64encode(witnessed.root_hash).decode()
+        typer.echo(
+            f"audit log verified: {size} entries, checkpoint {root} "
+            f"(size {witnessed.tree_size}) cosigned by {len(witnessed.witnesses)} of {len(witnesses)} "
+            f"witnesses ({', '.join(witnessed.witnesses)})"
+        )
+    else:
+        typer.echo(f"audit log verified: {size} entries, every checkpoint and column valid")
 
 
 @app.command("export")
 def export(out: Path = typer.Option(..., "--out", help="The bundle file to write (JSON lines).")) -> None:
-    """Write the log, its checkpoints and the verifier key as one bundle for offline checks."""
+    """Write the log, its cosigned checkpoints and the verifier key as one bundle for offline checks."""
     settings = get_settings()
     signer = load_signer(settings, AuditSettings().origin)
     size = asyncio.run(export_bundle(settings.database_url, signer, out))

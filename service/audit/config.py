@@ -29,6 +29,19 @@ class AuditSettings(BaseSettings):
     sequencer_poll_ms: int = Field(default=50, ge=1)
     sequencer_batch: int = Field(default=5000, ge=1)
     writer_max_batch: int = Field(default=2000, ge=1)
+    # Witnesses (C2SP tlog-witness): whitespace-separated URL=VKEY pairs, how many must
+    # cosign a checkpoint (default: all), and how long the log may go unwitnessed before
+    # reads and writes that release data are refused (unset: never).
+    witnesses: str = ""
+    witness_quorum: int | None = Field(default=None, ge=1)
+    witness_grace_seconds: float | None = Field(default=None, gt=0)
+    # Re-submit the newest checkpoint this often while the log is idle, so an idle log
+    # stays freshly witnessed; capped at a third of the grace period.
+    witness_refresh_seconds: float = Field(default=60.0, gt=0)
+    witness_timeout_seconds: float = Field(default=5.0, gt=0)
+    witness_poll_ms: int = Field(default=50, ge=1)
+    # Serve GET /v1/audit/checkpoint without a token (for monitors and witnesses).
+    public_checkpoint: bool = False
 
 
 def signing_key_path(settings: Settings) -> Path:

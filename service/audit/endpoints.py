@@ -13,16 +13,17 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from service.audit import query as audit_query
 from service.audit import repository as audit_repository
 from service.audit import service as audit_service
+from service.audit import witnessing
 from service.audit.checkpoint import NoteSigner
 from service.audit.errors import AuditQueryInvalid
 from service.audit.repository import EntryFilter
 from service.audit.schemas import ACTIONS, DECISIONS
 from service.audit.writer import AuditWriterDep
-from service.auth.dependencies import Principal, get_principal, require
+from service.auth.dependencies import Principal, get_principal, optional_principal, require
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
 from service.db import DatabaseDep, SessionDep
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, NotFound, Unauthenticated
 
 router = APIRouter(tags=["audit"])
 
@@ -134,12 +135,33 @@ async def _audit_query(
     await writer.append(audit_service.request_entry(request, principal, action, **kw))
 
 
+async def _checkpoint_reader(
+    request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
+) -> Principal | None:
+    # Monitors and witnesses fetch the checkpoint without a token when the operator says so.
+    if request.app.state.audit_settings.public_checkpoint:
+        return principal
+    if principal is None:
+        raise Unauthenticated(
+            "Send the access token as 'Authorization: Bearer <token>'.", error="invalid_request"
+        )
+    if "audit:verify" not in principal.scopes:
+        raise Forbidden("This call needs the scope(s): audit:verify.")
+    return principal
+
+
 @router.get("/v1/audit/checkpoint", response_class=PlainTextResponse)
-async def get_checkpoint(_caller: Verifier, database: DatabaseDep) -> PlainTextResponse:
-    """The latest signed checkpoint: a C2SP signed note whose body is a tlog-checkpoint."""
+async def get_checkpoint(
+    _caller: Annotated[Principal | None, Depends(_checkpoint_reader)], request: Request, database: DatabaseDep
+) -> PlainTextResponse:
+    """The newest checkpoint that reached the witness quorum: one C2SP signed note whose body
+    is a tlog-checkpoint, carrying the log's signature line and each witness's cosignature
+    line. Without witnesses configured, the newest signed checkpoint."""
     async with database.engine.connect() as conn:
-        note = await audit_service.checkpoint_note(conn)
-    return PlainTextResponse(note, media_type="text/plain; charset=utf-8")
+        note = await witnessing.witnessed_checkpoint_note(conn, request.app.state.witness_config)
+    return PlainTextResponse(
+        note, media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-cache"}
+    )
 
 
 @router.get("/v1/audit/verifier-key", response_class=PlainTextResponse)

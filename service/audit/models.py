@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, utcnow
@@ -78,3 +78,50 @@ class AuditSequencerState(Base):
     last_entry_id: Mapped[int] = mapped_column(BigId)
     last_checkpoint_size: Mapped[int] = mapped_column(BigId)
     heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditCosignature(Base):
+    """A witness's cosignature (tlog-cosignature/v1) on a checkpoint: one signature line.
+
+    Not append-only: a witness re-cosigns the newest checkpoint while the log is idle,
+    and the fresher line replaces the older. Anyone holding the witness's key checks it.
+    """
+
+    __tablename__ = "audit_cosignatures"
+
+    checkpoint_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("audit_checkpoints.id"), primary_key=True, autoincrement=False
+    )
+    witness: Mapped[str] = mapped_column(String(255), primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+    # The cosignature's own timestamp (the witness's clock).
+    cosigned_at: Mapped[datetime] = mapped_column()
+
+
+class AuditWitnessedCheckpoint(Base):
+    """A checkpoint that reached the witness quorum, and when it last did (our clock)."""
+
+    __tablename__ = "audit_witnessed"
+
+    checkpoint_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("audit_checkpoints.id"), primary_key=True, autoincrement=False
+    )
+    tree_size: Mapped[int] = mapped_column(BigId, index=True)
+    witnessed_at: Mapped[datetime] = mapped_column()
+
+
+class AuditorObservedCheckpoint(Base):
+    """The largest checkpoint an auditor has verified, kept apart from the audit tables.
+
+    "Verify now" refuses a log that no longer reaches it: a truncated or emptied log
+    cannot pass by also dropping its own checkpoints.
+    """
+
+    __tablename__ = "auditor_observed_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tree_size: Mapped[int] = mapped_column(BigId, index=True)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    observed_by: Mapped[str] = mapped_column(String(200))
+    observed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -18,6 +18,7 @@ from service.audit.models import (
     AuditNode,
     AuditSequencerState,
 )
+from service.audit.writer import FILTER_COLUMNS
 from service.records.models import Citizen
 
 Executor = AsyncConnection | AsyncSession
@@ -158,6 +159,30 @@ async def page_sequenced(db: Executor, after_leaf: int, limit: int) -> list[tupl
         (int(leaf), int(entry_id), "" if canonical is None else str(canonical))
         for leaf, entry_id, canonical in await db.execute(statement)
     ]
+
+
+async def page_for_verification(
+    db: Executor, after_leaf: int, below: int, limit: int
+) -> list[tuple[Any, ...]]:
+    """Leaves after ``after_leaf`` and below ``below`` in order, each as (leaf index,
+    entry id, canonical JSON or None if the entry is gone, recorded leaf hash or None,
+    then the stored filter columns in ``FILTER_COLUMNS`` order): one query per page."""
+    entries = AuditEntryRow
+    statement = (
+        select(
+            AuditLeaf.leaf_index,
+            AuditLeaf.entry_id,
+            entries.canonical,
+            AuditNode.hash,
+            *(getattr(entries, column) for column in FILTER_COLUMNS),
+        )
+        .outerjoin(entries, entries.id == AuditLeaf.entry_id)
+        .outerjoin(AuditNode, and_(AuditNode.level == 0, AuditNode.index == AuditLeaf.leaf_index))
+        .where(AuditLeaf.leaf_index > after_leaf, AuditLeaf.leaf_index < below)
+        .order_by(AuditLeaf.leaf_index)
+        .limit(limit)
+    )
+    return [tuple(row) for row in await db.execute(statement)]
 
 
 async def all_checkpoints(db: Executor) -> list[tuple[int, int, bytes, str]]:

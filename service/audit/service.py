@@ -21,8 +21,8 @@ from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.repository import Executor
 from service.audit.schemas import Action, AuditEntry, Decision, canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
-from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
-from service.audit.writer import AuditWriter, entry_row, insert_entries
+from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.writer import FILTER_COLUMNS, AuditWriter, entry_row, insert_entries
 from service.auth.dependencies import Principal
 from service.config import Settings
 from service.db import create_engine, utcnow
@@ -182,6 +182,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     engine = app.state.database.engine
     signer: NoteSigner = await asyncio.to_thread(load_signer, settings, audit.origin)
     app.state.audit_signer = signer
+    app.state.audit_settings = audit
     # The writer has an engine of its own: if it shared the request pool, requests that
     # hold connections while awaiting their audit entry could starve it of one.
     writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
@@ -202,6 +203,8 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     app.state.keyring.on_key_event = key_events
     app.state.recorded_requests = hooks.AuditedRequests(engine)
     hooks.connect_policy_changes()
+    from service.audit import witnessing
+
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     sequencer_engine: AsyncEngine | None = None
@@ -212,7 +215,8 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
             app.state.schema_gate.run_when_ready(stop, sequencer.run), name="audit-sequencer"
         )
     try:
-        yield
+        async with witnessing.witnessing_lifecycle(app, audit, settings.run_workers, sequencer_engine):
+            yield
     finally:
         stop.set()
         if task is not None:
@@ -243,18 +247,22 @@ def _sequencer_engine(settings: Settings) -> AsyncEngine:
 __all__ = ["append_in_transaction", "audit_lifecycle", "canonical_json", "record_event", "request_entry"]
 
 
-VERIFY_PAGE = 2000
+VERIFY_PAGE = 5000
 
 
 async def verify_stored_log(
-    engine: AsyncEngine, verifier: NoteVerifier, progress: Callable[[int, int], None] | None = None
+    engine: AsyncEngine,
+    verifier: NoteVerifier,
+    progress: Callable[[int, int], None] | None = None,
+    expectations: Expectations | None = None,
 ) -> tuple[int, int]:
     """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
 
-    The same ``LogVerifier`` recomputes every leaf and checks every checkpoint, but only
-    up to the tree size read at the start: the server's sequencer keeps appending while
-    this runs (this very request's audit entry among them), and leaves past that size are
-    the next verification's. Returns (tree size, checkpoints checked).
+    The same ``LogVerifier`` recomputes every leaf, derives every filter column again
+    and checks every checkpoint, but only up to the tree size read at the start: the
+    server's sequencer keeps appending while this runs (this very request's audit entry
+    among them), and leaves past that size are the next verification's. Returns (tree
+    size, checkpoints checked).
     """
     async with engine.connect() as conn:
         # Checkpoints first: each one's size is then at most the size read after it.
@@ -263,16 +271,16 @@ async def verify_stored_log(
             for cid, size, root, note in await audit_repository.all_checkpoints(conn)
         ]
         size = await audit_repository.tree_size(conn)
-    log = LogVerifier(verifier, checkpoints)
+    log = LogVerifier(verifier, checkpoints, expectations or Expectations())
     after = -1
     while log.compact.size < size:
         async with engine.connect() as conn:
-            rows = [r for r in await audit_repository.page_sequenced(conn, after, VERIFY_PAGE) if r[0] < size]
-            recorded = await audit_repository.read_nodes(conn, [(0, leaf) for leaf, _e, _c in rows])
+            rows = await audit_repository.page_for_verification(conn, after, size, VERIFY_PAGE)
         if not rows:
             break
-        for leaf, entry_id, canonical in rows:
-            log.add(leaf, f"entry {entry_id}", canonical or None, recorded.get((0, leaf)))
+        for leaf, entry_id, canonical, recorded, *stored in rows:
+            columns = None if canonical is None else dict(zip(FILTER_COLUMNS, stored, strict=True))
+            log.add(leaf, f"entry {entry_id}", canonical or None, recorded, columns)
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)

@@ -1,18 +1,28 @@
-"""Whole-log verification: recompute every leaf and the tree, check every checkpoint.
+"""Whole-log verification: recompute every leaf and the tree, check every checkpoint,
+and derive every filter column again from the entry it belongs to.
 
-Used by ``tellonce audit verify`` against the database and against an exported bundle.
-Leaves are fed in order; the first problem raises ``VerificationFailed`` naming the
-entry (or checkpoint) at fault.
+Used by ``tellonce audit verify`` against the database and against an exported bundle,
+and by the console's "verify now". Leaves are fed in order; the first problem raises
+``VerificationFailed`` naming the entry (or checkpoint) at fault. ``finish`` then
+refuses a log that is shorter than any checkpoint it was shown, including checkpoints
+trusted from outside (a file an auditor kept, the largest size any auditor has seen),
+so a truncated or emptied log does not pass.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from service.audit import merkle
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.schemas import canonical_json
+from service.audit.writer import FILTER_COLUMNS, filter_columns
+
+_decode = json.JSONDecoder().decode
 
 
 class VerificationFailed(Exception):
@@ -27,16 +37,54 @@ class StoredCheckpoint:
     label: str
 
 
+@dataclass(frozen=True)
+class Expectations:
+    """What the log must hold beyond its own checkpoints.
+
+    ``trusted`` are checkpoints kept outside the log (``--trusted-checkpoint``, the
+    console's record of the largest checkpoint an auditor verified): the log must reach
+    each one's size with the same root. ``min_size`` is a size the log must reach. An
+    empty log, or one with no checkpoint, passes only with ``allow_empty``.
+    """
+
+    trusted: tuple[StoredCheckpoint, ...] = ()
+    min_size: int = 0
+    allow_empty: bool = False
+
+
+def _same(stored: Any, derived: Any) -> bool:
+    if isinstance(derived, datetime) and isinstance(stored, str):
+        try:
+            stored = datetime.fromisoformat(stored)
+        except ValueError:
+            return False
+    return bool(stored == derived)
+
+
+def column_difference(record: Mapping[str, Any], stored: Mapping[str, Any]) -> str | None:
+    """The first filter column whose stored value is not what the entry says, if any."""
+    try:
+        derived = filter_columns(record)
+    except (KeyError, TypeError, ValueError):
+        return "canonical"
+    for column in FILTER_COLUMNS:
+        if not _same(stored.get(column), derived[column]):
+            return column
+    return None
+
+
 @dataclass
 class LogVerifier:
     verifier: NoteVerifier
     checkpoints: list[StoredCheckpoint]
+    expectations: Expectations = field(default_factory=Expectations)
     compact: merkle.CompactRange = field(default_factory=merkle.CompactRange)
     checked_checkpoints: int = 0
     _last_good_size: int = 0
 
     def __post_init__(self) -> None:
-        self.checkpoints = sorted(self.checkpoints, key=lambda c: c.tree_size)
+        self.own_checkpoints = len(self.checkpoints)
+        self.checkpoints = sorted([*self.checkpoints, *self.expectations.trusted], key=lambda c: c.tree_size)
         self._next = 0
         # Signatures first: a forged checkpoint is named even before its size is reached.
         for checkpoint in self.checkpoints:
@@ -52,8 +100,16 @@ class LogVerifier:
                 )
         self._check_reached()
 
-    def add(self, leaf_index: int, entry_label: str, canonical: str | None, recorded: bytes | None) -> None:
-        """Feed the next leaf: its canonical JSON, and the leaf hash recorded when sequenced."""
+    def add(
+        self,
+        leaf_index: int,
+        entry_label: str,
+        canonical: str | None,
+        recorded: bytes | None,
+        columns: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Feed the next leaf: its canonical JSON, the leaf hash recorded when it was
+        sequenced, and the filter columns stored beside it (None: nothing to compare)."""
         if leaf_index != self.compact.size:
             raise VerificationFailed(
                 f"leaf {self.compact.size} is missing (next stored leaf is {leaf_index})"
@@ -61,15 +117,24 @@ class LogVerifier:
         if canonical is None:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
         try:
-            if canonical_json(json.loads(canonical)) != canonical:
-                raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not in canonical form")
+            record = _decode(canonical)
         except ValueError:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not JSON") from None
+        if not isinstance(record, dict) or canonical_json(record) != canonical:
+            raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not in canonical form")
         digest = merkle.leaf_hash(canonical.encode())
         if recorded is not None and recorded != digest:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} no longer matches its leaf hash")
+        if columns is not None:
+            changed = column_difference(record, columns)
+            if changed is not None:
+                raise VerificationFailed(
+                    f"{entry_label} at leaf {leaf_index}: the stored column {changed!r} differs from the "
+                    "signed entry; queries filtering on it give wrong answers"
+                )
         self.compact.append(digest)
-        self._check_reached()
+        if self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size <= self.compact.size:
+            self._check_reached()
 
     def _check_reached(self) -> None:
         while (
@@ -87,11 +152,26 @@ class LogVerifier:
             self._next += 1
 
     def finish(self) -> int:
-        """After the last leaf: every checkpoint must have been reached. Returns the tree size."""
+        """After the last leaf: every checkpoint must have been reached, and the log must
+        meet the expectations. Returns the tree size."""
+        size = self.compact.size
         if self._next < len(self.checkpoints):
             checkpoint = self.checkpoints[self._next]
             raise VerificationFailed(
                 f"{checkpoint.label} signs size {checkpoint.tree_size} but the log holds only "
-                f"{self.compact.size} leaves: entries were removed"
+                f"{size} leaves: entries were removed"
             )
-        return self.compact.size
+        if size < self.expectations.min_size:
+            raise VerificationFailed(
+                f"the log holds {size} leaves, fewer than the {self.expectations.min_size} required: "
+                "entries were removed"
+            )
+        if not self.expectations.allow_empty:
+            if size == 0:
+                raise VerificationFailed("the log is empty (pass --allow-empty if that is expected)")
+            if self.own_checkpoints == 0:
+                raise VerificationFailed(
+                    "the log holds no signed checkpoint, so nothing commits to its contents "
+                    "(pass --allow-empty if that is expected)"
+                )
+        return size

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
-from service.audit.schemas import AuditEntry
+from service.audit.schemas import AuditEntry, canonical_json
 
 logger = logging.getLogger("tellonce.audit")
 
@@ -40,26 +40,7 @@ def _joined(values: Iterable[str]) -> str:
     return "," + ",".join(unique) + "," if unique else ""
 
 
-def entry_row(entry: AuditEntry) -> dict[str, Any]:
-    """The stored row: canonical JSON plus the columns auditors filter on."""
-    time = datetime.fromisoformat(entry.time)
-    if time.tzinfo is None:
-        time = time.replace(tzinfo=UTC)
-    return {
-        "time": time,
-        "client_id": entry.client_id,
-        "department": entry.department,
-        "citizen_id": entry.citizen_id,
-        "action": entry.action,
-        "decision": entry.decision,
-        "purpose": entry.purpose,
-        "owners": _joined(entry.owners),
-        "fields": _joined([*entry.fields_requested, *entry.fields_released]),
-        "canonical": entry.canonical(),
-    }
-
-
-_COLUMNS: tuple[str, ...] = (
+FILTER_COLUMNS: tuple[str, ...] = (
     "time",
     "client_id",
     "department",
@@ -69,8 +50,38 @@ _COLUMNS: tuple[str, ...] = (
     "purpose",
     "owners",
     "fields",
-    "canonical",
 )
+
+
+def filter_columns(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns auditors filter on, derived from an entry's record.
+
+    One rule: the writer stores these beside the canonical JSON, and ``audit verify``
+    derives them again from that JSON and compares, so a changed column is caught.
+    """
+    time = datetime.fromisoformat(record["time"])
+    if time.tzinfo is None:
+        time = time.replace(tzinfo=UTC)
+    return {
+        "time": time,
+        "client_id": record["client_id"],
+        "department": record["department"],
+        "citizen_id": record["citizen_id"],
+        "action": record["action"],
+        "decision": record["decision"],
+        "purpose": record["purpose"],
+        "owners": _joined(record["owners"]),
+        "fields": _joined([*record["fields_requested"], *record["fields_released"]]),
+    }
+
+
+def entry_row(entry: AuditEntry) -> dict[str, Any]:
+    """The stored row: canonical JSON plus the columns auditors filter on."""
+    record = entry.to_record()
+    return {**filter_columns(record), "canonical": canonical_json(record)}
+
+
+_COLUMNS: tuple[str, ...] = (*FILTER_COLUMNS, "canonical")
 _SQLITE_INSERT = (
     f"INSERT INTO audit_entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"  # noqa: S608
 )
@@ -198,9 +209,15 @@ class AuditWriter:
 
 
 async def get_audit_writer(request: Request) -> AuditWriter:
+    """The writer for a request that may release data. Fails closed (503) when the writer
+    is down, or when witnesses are configured with a grace period and the log has gone
+    unwitnessed for longer than that."""
     writer: AuditWriter | None = getattr(request.app.state, "audit_writer", None)
     if writer is None:
         raise AuditUnavailable("The audit writer is not running; no data is released.")
+    gate = getattr(request.app.state, "witness_gate", None)
+    if gate is not None:
+        gate.check()
     return writer
 
 

@@ -156,6 +156,13 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+async def optional_principal(request: Request, session: SessionDep) -> Principal | None:
+    """The caller if it sent a token, else None: for endpoints an operator may make public."""
+    if "authorization" not in request.headers:
+        return None
+    return await get_principal(request, session)
+
+
 async def any_client(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     """Any authenticated client, whatever its roles (the catalog is open to all of them)."""
     return principal

@@ -7,16 +7,18 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.cli import export_bundle, verify_bundle, verify_database
+from service.audit.models import AuditEntryRow
 from service.audit.verify import VerificationFailed
-from service.audit.writer import AuditWriter
+from service.audit.writer import FILTER_COLUMNS, AuditWriter
 from service.db import create_engine
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
 
@@ -197,3 +199,40 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("TELLONCE_")}
+
+
+# One changed value per filter column: the canonical entry (and its leaf) stay intact, so
+# only re-deriving the column from the entry notices.
+TAMPERED_COLUMNS = {
+    "time": datetime(2020, 1, 1, tzinfo=UTC),
+    "client_id": "someone-else",
+    "department": "revenue",
+    "citizen_id": "c-other",
+    "action": "lookup",
+    "decision": "deny",
+    "purpose": "other-purpose",
+    "owners": ",hmrc,",
+    "fields": ",address,",
+}
+
+
+class TestFilterColumns:
+    def test_every_filter_column_is_covered(self) -> None:
+        assert set(TAMPERED_COLUMNS) == set(FILTER_COLUMNS)
+
+    @pytest.mark.parametrize("column", sorted(TAMPERED_COLUMNS))
+    async def test_a_changed_column_is_named(
+        self, sealed_log: tuple[str, AsyncEngine, NoteSigner, list[int]], tmp_path: Path, column: str
+    ) -> None:
+        url, engine, signer, ids = sealed_log
+        await _drop_triggers(engine)
+        victim = ids[5]
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(AuditEntryRow)
+                .where(AuditEntryRow.id == victim)
+                .values({column: TAMPERED_COLUMNS[column]})
+            )
+        await _expect_failure(
+            url, signer, tmp_path, f"entry {victim} at leaf 5: the stored column '{column}' differs"
+        )

@@ -1,0 +1,352 @@
+"""Witnessing the audit log: submit checkpoints, keep cosignatures, fail closed.
+
+The submitter sends the newest checkpoint to every configured witness (C2SP
+tlog-witness), each with a consistency proof from the size that witness last cosigned.
+It learns that size from the cosignatures already stored and re-syncs it from a 409's
+body. Cosignatures are checked with the witness's key before they are stored; once a
+quorum of witnesses has cosigned, the checkpoint is *witnessed* and becomes what
+``GET /v1/audit/checkpoint`` serves. While the log is idle the newest checkpoint is
+re-submitted every refresh period, so "recently witnessed" stays true of a quiet log.
+
+The gate fails closed: with a grace period set, once no checkpoint has reached the
+quorum for longer than that, reads and writes that release data answer 503. Requests
+never wait for a witness: the gate only compares a timestamp kept fresh by a poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit import cosignatures as cosignature_repository
+from service.audit import service as audit_service
+from service.audit.config import AuditSettings
+from service.audit.cosignatures import CheckpointRow
+from service.audit.errors import AuditUnavailable, NoCheckpoint
+from service.audit.repository import Executor
+from service.db import utcnow
+from service.witness.cosignature import Cosignature, CosignatureError, CosignatureVerifier, split_note
+from service.witness.protocol import submission_body
+
+logger = logging.getLogger("tellonce.audit.witnessing")
+
+
+class WitnessConfigInvalid(ValueError):
+    """TELLONCE_AUDIT_WITNESSES or the quorum cannot be used."""
+
+
+class LogUnwitnessed(AuditUnavailable):
+    """No checkpoint reached the witness quorum within the grace period."""
+
+    title, slug = "Audit log not witnessed", "audit-unwitnessed"
+
+
+@dataclass(frozen=True)
+class WitnessEndpoint:
+    url: str
+    verifier: CosignatureVerifier
+
+    @property
+    def name(self) -> str:
+        return self.verifier.name
+
+
+@dataclass(frozen=True)
+class WitnessConfig:
+    witnesses: tuple[WitnessEndpoint, ...]
+    quorum: int
+    grace_seconds: float | None
+    refresh_seconds: float
+    timeout_seconds: float
+    poll_seconds: float
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.witnesses)
+
+
+def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
+    """``URL=VKEY`` pairs separated by whitespace; the URL is the witness's submission prefix."""
+    found: list[WitnessEndpoint] = []
+    for pair in text.split():
+        url, separator, vkey = pair.partition("=")
+        if not separator or not url.startswith(("http://", "https://")):
+            raise WitnessConfigInvalid(f"{pair!r} is not URL=VKEY")
+        try:
+            verifier = CosignatureVerifier.parse(vkey)
+        except CosignatureError as exc:
+            raise WitnessConfigInvalid(f"{url}: {exc}") from None
+        if any(w.name == verifier.name for w in found):
+            raise WitnessConfigInvalid(f"the witness {verifier.name} is listed twice")
+        found.append(WitnessEndpoint(url.rstrip("/"), verifier))
+    return tuple(found)
+
+
+def witness_config(audit: AuditSettings) -> WitnessConfig:
+    witnesses = parse_witnesses(audit.witnesses)
+    quorum = audit.witness_quorum if audit.witness_quorum is not None else len(witnesses)
+    if witnesses and quorum > len(witnesses):
+        raise WitnessConfigInvalid(f"a quorum of {quorum} needs at least {quorum} witnesses")
+    refresh = audit.witness_refresh_seconds
+    if audit.witness_grace_seconds is not None:
+        refresh = min(refresh, audit.witness_grace_seconds / 3)
+    return WitnessConfig(
+        witnesses=witnesses,
+        quorum=quorum,
+        grace_seconds=audit.witness_grace_seconds if witnesses else None,
+        refresh_seconds=refresh,
+        timeout_seconds=audit.witness_timeout_seconds,
+        poll_seconds=audit.witness_poll_ms / 1000,
+    )
+
+
+def cosigned_note(note: str, lines: dict[str, str], order: Sequence[str] = ()) -> str:
+    """The log's signed note with each witness's cosignature line appended (configured
+    witnesses first, in order, then any others by name)."""
+    names = [n for n in order if n in lines] + sorted(n for n in lines if n not in order)
+    return note + "".join(lines[name] for name in names)
+
+
+async def witnessed_checkpoint_note(db: Executor, config: WitnessConfig, max_size: int | None = None) -> str:
+    """The newest checkpoint at quorum as one note: the log's line and every cosignature.
+
+    Without witnesses configured, the newest signed checkpoint as it is.
+    """
+    if not config.enabled:
+        if max_size is None:
+            return await audit_service.checkpoint_note(db)
+        raise NoCheckpoint("No witnesses are configured.")
+    found = await cosignature_repository.newest_witnessed(db, max_size)
+    if found is None:
+        raise NoCheckpoint("No checkpoint has reached the witness quorum yet.")
+    checkpoint, _at = found
+    lines = await cosignature_repository.cosignatures_for(db, checkpoint.id)
+    return cosigned_note(checkpoint.note, lines, [w.name for w in config.witnesses])
+
+
+class WitnessSubmitter:
+    """Gets the newest checkpoint cosigned by the quorum; one round per ``run_once``."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: WitnessConfig,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self._http = http
+        self._own_http = http is None
+        # Witness name -> the size it last cosigned for this log, as far as we know.
+        self.known_sizes: dict[str, int] = {}
+
+    async def close(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.config.timeout_seconds)
+        return self._http
+
+    async def run_once(self) -> bool:
+        """Submit the newest checkpoint where needed; True if it is at quorum afterwards."""
+        async with self.engine.connect() as conn:
+            newest = await cosignature_repository.newest_checkpoint(conn)
+            if newest is None:
+                return False
+            have = await cosignature_repository.cosignatures_for(conn, newest.id)
+            witnessed_at = await cosignature_repository.witnessed_at(conn, newest.id)
+            for witness in self.config.witnesses:
+                if witness.name not in self.known_sizes:
+                    size = await cosignature_repository.last_cosigned_size(conn, witness.name)
+                    self.known_sizes[witness.name] = size or 0
+        if witnessed_at is not None:
+            if (utcnow() - witnessed_at).total_seconds() < self.config.refresh_seconds:
+                return True
+            targets = list(self.config.witnesses)  # re-witness an idle log
+        else:
+            targets = [w for w in self.config.witnesses if w.name not in have]
+        results = await asyncio.gather(*(self._cosign(w, newest) for w in targets))
+        fresh = [c for c in results if c is not None]
+        async with self.engine.begin() as conn:
+            await cosignature_repository.store_cosignatures(conn, newest.id, fresh)
+            count = len(fresh) if witnessed_at is not None else len(set(have) | {c.witness for c in fresh})
+            if count >= self.config.quorum:
+                await cosignature_repository.mark_witnessed(conn, newest, utcnow())
+                return True
+        return witnessed_at is not None
+
+    async def _proof(self, old: int, size: int) -> list[bytes]:
+        if old in (0, size):
+            return []
+        async with self.engine.connect() as conn:
+            found = await audit_service.consistency(conn, old, size)
+        return [base64.b64decode(h) for h in found["hashes"]]
+
+    async def _cosign(self, witness: WitnessEndpoint, checkpoint: CheckpointRow) -> Cosignature | None:
+        """One witness's cosignature on ``checkpoint``, re-syncing its size once from a 409."""
+        for _attempt in range(2):
+            old = self.known_sizes.get(witness.name, 0)
+            if old > checkpoint.tree_size:
+                return None  # it has already cosigned a larger checkpoint: this one is old news
+            body = submission_body(old, await self._proof(old, checkpoint.tree_size), checkpoint.note)
+            try:
+                response = await self._client().post(f"{witness.url}/add-checkpoint", content=body)
+            except httpx.HTTPError as exc:
+                logger.warning("witness %s unreachable: %s", witness.name, exc)
+                return None
+            if response.status_code == 409:
+                latest = response.text.strip()
+                if not latest.isdigit():
+                    logger.warning("witness %s sent a 409 without a size", witness.name)
+                    return None
+                if int(latest) == old:
+                    # Same size, another root: the witness holds a different history.
+                    logger.error(
+                        "witness %s refuses checkpoint %d: it cosigned another tree of size %s",
+                        witness.name,
+                        checkpoint.tree_size,
+                        latest,
+                    )
+                    return None
+                self.known_sizes[witness.name] = int(latest)
+                continue
+            if response.status_code != 200:
+                logger.error(
+                    "witness %s refused checkpoint %d with %d",
+                    witness.name,
+                    checkpoint.tree_size,
+                    response.status_code,
+                )
+                return None
+            try:
+                body_text, lines = split_note(checkpoint.note + response.text)
+                found = witness.verifier.find(body_text, lines)
+            except CosignatureError as exc:
+                logger.error("witness %s returned a bad cosignature: %s", witness.name, exc)
+                return None
+            if found is None:
+                logger.error("witness %s answered without its cosignature", witness.name)
+                return None
+            self.known_sizes[witness.name] = checkpoint.tree_size
+            return found
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                logger.exception("witnessing round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.config.poll_seconds)
+
+
+class WitnessGate:
+    """Whether the log has been witnessed recently enough to release data.
+
+    ``refresh`` reads the database (a poller calls it); ``check`` runs on every request
+    and only compares clocks, so a request never waits for the database or a witness.
+    """
+
+    def __init__(self, config: WitnessConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.started = clock()
+        self.witnessed_at: float | None = None
+        self.first_checkpoint_at: float | None = None
+
+    async def refresh(self, engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            witnessed = await cosignature_repository.newest_witnessed_time(conn)
+            first = (
+                await cosignature_repository.first_checkpoint_time(conn)
+                if witnessed is None and self.first_checkpoint_at is None
+                else None
+            )
+        if witnessed is not None:
+            self.witnessed_at = witnessed.timestamp()
+        if first is not None:
+            self.first_checkpoint_at = first.timestamp()
+
+    def age(self) -> float | None:
+        """Seconds since a checkpoint last reached the quorum (counted from start-up or the
+        log's first checkpoint if none ever has); None while there is nothing to witness."""
+        if self.witnessed_at is not None:
+            reference = self.witnessed_at
+        elif self.first_checkpoint_at is not None:
+            reference = max(self.started, self.first_checkpoint_at)
+        else:
+            return None
+        return max(0.0, self.clock() - reference)
+
+    def stale_reason(self) -> str | None:
+        grace = self.config.grace_seconds
+        age = self.age()
+        if grace is None or age is None or age <= grace:
+            return None
+        return (
+            f"no audit checkpoint has been cosigned by {self.config.quorum} witness(es) for "
+            f"{age:.0f} s, longer than the {grace:g} s grace period; no data is released"
+        )
+
+    def check(self) -> None:
+        reason = self.stale_reason()
+        if reason is not None:
+            raise LogUnwitnessed(reason)
+
+    async def run(self, engine: AsyncEngine, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh(engine)
+            except Exception:
+                logger.exception("reading the witnessing state failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.config.poll_seconds)
+
+
+@contextlib.asynccontextmanager
+async def witnessing_lifecycle(
+    app: FastAPI, audit: AuditSettings, run_submitter: bool, submitter_engine: AsyncEngine | None
+) -> AsyncIterator[None]:
+    """The gate and its poller in every API process; the submitter where workers run."""
+    config = witness_config(audit)
+    app.state.witness_config = config
+    if not config.enabled:
+        yield
+        return
+    gate = WitnessGate(config)
+    app.state.witness_gate = gate
+    gauge = Gauge(
+        "tellonce_audit_witnessed_checkpoint_age_seconds",
+        "Seconds since an audit checkpoint last reached the witness quorum.",
+        registry=app.state.metrics.registry,
+    )
+    gauge.set_function(lambda: gate.age() or 0.0)
+    engine: AsyncEngine = app.state.database.engine
+    await gate.refresh(engine)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(gate.run(engine, stop), name="audit-witness-gate")]
+    submitter: WitnessSubmitter | None = None
+    if run_submitter:
+        submitter = WitnessSubmitter(submitter_engine or engine, config)
+        tasks.append(asyncio.create_task(submitter.run(stop), name="audit-witness-submitter"))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        if submitter is not None:
+            await submitter.close()

@@ -1,0 +1,84 @@
+"""``tellonce witness``: make a witness key and run a standalone witness."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from service.audit.checkpoint import CheckpointError, NoteVerifier
+from service.witness.cosignature import CosignatureError, CosignatureSigner
+from service.witness.server import create_witness_app
+from service.witness.state import WitnessState
+
+app = typer.Typer(no_args_is_help=True, help="A standalone witness that cosigns the audit log's checkpoints.")
+
+
+def write_private_key(signer: CosignatureSigner, out: Path) -> None:
+    """Write the key file with mode 0600; never overwrite an existing key."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(signer.private_key_text())
+
+
+def read_private_key(path: Path) -> CosignatureSigner:
+    return CosignatureSigner.from_private_key_text(path.read_text())
+
+
+def _log_verifier(value: str) -> NoteVerifier:
+    path = Path(value)
+    return NoteVerifier.parse(path.read_text() if path.is_file() else value)
+
+
+@app.command("keygen")
+def keygen(
+    name: str = typer.Option(..., "--name", help="The witness's name, e.g. audit-office.example/witness."),
+    out: Path = typer.Option(..., "--out", help="The private key file to create (mode 0600)."),
+) -> None:
+    """Write a new witness key and print its verifier key (vkey) for the log's operator."""
+    try:
+        signer = CosignatureSigner.generate(name)
+    except CosignatureError as exc:
+        typer.echo(f"invalid witness name: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        write_private_key(signer, out)
+    except FileExistsError:
+        typer.echo(f"{out} exists; a witness key is never overwritten", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(signer.verifier_key())
+
+
+@app.command("serve")
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(8100, "--port", help="Port to bind."),
+    key: Path = typer.Option(..., "--key", help="The witness private key file (from keygen)."),
+    state: Path = typer.Option(..., "--state", help="The witness's own SQLite state file."),
+    log: list[str] = typer.Option(
+        ..., "--log", help="A log's verifier key (vkey string or a file holding it); repeatable."
+    ),
+) -> None:
+    """Run the witness: POST /add-checkpoint and GET /checkpoint?origin=ORIGIN."""
+    try:
+        signer = read_private_key(key)
+        logs = [_log_verifier(value) for value in log]
+    except (OSError, CheckpointError) as exc:
+        typer.echo(f"cannot start the witness: {exc}", err=True)
+        raise typer.Exit(2) from None
+    witness_state = WitnessState(state, signer, logs)
+    typer.echo(f"witness {signer.verifier_key()} on http://{host}:{port}", err=True)
+    try:
+        uvicorn.run(
+            create_witness_app(witness_state),
+            host=host,
+            port=port,
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+        )
+    finally:
+        witness_state.close()

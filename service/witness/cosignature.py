@@ -1,0 +1,172 @@
+"""tlog-cosignature/v1 with Ed25519: keys, signing and verification. Pure: no I/O.
+
+A cosignature is a signed-note signature line ``— <name> base64(key id || timestamp ||
+signature)``. The key id is the first four bytes of SHA-256(name || "\\n" || 0x04 ||
+public key); the timestamp is a big-endian u64 of POSIX seconds; the Ed25519 signature
+covers ``cosignature/v1\\ntime <timestamp>\\n`` followed by the whole checkpoint body.
+A witness's verifier key (vkey) is ``<name>+<hex key id>+base64(0x04 || public key)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from service.audit.checkpoint import SIGNATURE_DASH, CheckpointError
+
+COSIGNATURE_ALGORITHM = b"\x04"
+# The private key file: ``PRIVATE+KEY+<name>+<hex key id>+base64(0x04 || seed)``, in the
+# shape Go's signed-note package uses for its private keys.
+PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
+MAX_TIMESTAMP = 2**63 - 1
+
+
+class CosignatureError(CheckpointError):
+    """A witness key or a cosignature that does not parse or does not verify."""
+
+
+def cosignature_key_id(name: str, public_key: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + COSIGNATURE_ALGORITHM + public_key).digest()[:4]
+
+
+def signed_message(body: str, timestamp: int) -> bytes:
+    """What the witness signs: the header line, the time line, then the checkpoint body."""
+    return f"cosignature/v1\ntime {timestamp}\n".encode() + body.encode()
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "+" not in name and not any(ch.isspace() for ch in name)
+
+
+def split_note(note: str) -> tuple[str, list[str]]:
+    """(body including its final newline, signature lines without their newline)."""
+    separator = note.rfind("\n\n")
+    if separator < 0 or not note.endswith("\n"):
+        raise CosignatureError("a signed note is a body, a blank line and signature lines")
+    return note[: separator + 1], note[separator + 2 :].splitlines()
+
+
+class CosignatureSigner:
+    """A witness's Ed25519 cosigning key. Its repr never shows the private key."""
+
+    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
+        if not _valid_name(name):
+            raise CosignatureError("a witness name has no spaces or '+'")
+        self.name = name
+        self._private_key = private_key
+        self.public_key = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.key_id = cosignature_key_id(name, self.public_key)
+
+    def __repr__(self) -> str:
+        return f"CosignatureSigner(name={self.name!r}, key_id={self.key_id.hex()})"
+
+    @classmethod
+    def generate(cls, name: str) -> CosignatureSigner:
+        return cls(name, Ed25519PrivateKey.generate())
+
+    def cosign(self, body: str, timestamp: int) -> str:
+        """One signature line (with its newline) over checkpoint ``body`` at ``timestamp``."""
+        if not 0 <= timestamp <= MAX_TIMESTAMP:
+            raise CosignatureError("the timestamp is out of range")
+        signature = self._private_key.sign(signed_message(body, timestamp))
+        raw = self.key_id + struct.pack(">Q", timestamp) + signature
+        return f"{SIGNATURE_DASH} {self.name} {base64.b64encode(raw).decode()}\n"
+
+    def verifier_key(self) -> str:
+        encoded = base64.b64encode(COSIGNATURE_ALGORITHM + self.public_key).decode()
+        return f"{self.name}+{self.key_id.hex()}+{encoded}"
+
+    def private_key_text(self) -> str:
+        seed = self._private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        encoded = base64.b64encode(COSIGNATURE_ALGORITHM + seed).decode()
+        return f"{PRIVATE_KEY_PREFIX}{self.name}+{self.key_id.hex()}+{encoded}\n"
+
+    @classmethod
+    def from_private_key_text(cls, text: str) -> CosignatureSigner:
+        text = text.strip()
+        if not text.startswith(PRIVATE_KEY_PREFIX):
+            raise CosignatureError("not a witness private key (it starts PRIVATE+KEY+)")
+        parts = text[len(PRIVATE_KEY_PREFIX) :].split("+", 2)
+        if len(parts) != 3:
+            raise CosignatureError("a witness private key is PRIVATE+KEY+<name>+<key id>+<key>")
+        name, key_id_hex, encoded = parts
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise CosignatureError("the witness private key is not base64") from None
+        if len(raw) != 33 or raw[:1] != COSIGNATURE_ALGORITHM:
+            raise CosignatureError("the witness private key is not an Ed25519 cosigning key")
+        signer = cls(name, Ed25519PrivateKey.from_private_bytes(raw[1:]))
+        if signer.key_id.hex() != key_id_hex.lower():
+            raise CosignatureError("the witness private key's id does not match its name and key")
+        return signer
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    witness: str
+    timestamp: int
+    line: str  # the signature line, with its newline
+
+
+@dataclass(frozen=True)
+class CosignatureVerifier:
+    name: str
+    key_id: bytes
+    public_key: bytes
+
+    @classmethod
+    def parse(cls, vkey: str) -> CosignatureVerifier:
+        parts = vkey.strip().split("+", 2)
+        if len(parts) != 3 or not _valid_name(parts[0]):
+            raise CosignatureError("a witness key is <name>+<hex key id>+<base64 key>")
+        name, key_id_hex, encoded = parts
+        try:
+            key_id = bytes.fromhex(key_id_hex)
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise CosignatureError("the witness key is not hex and base64") from None
+        if len(raw) != 33 or raw[:1] != COSIGNATURE_ALGORITHM:
+            raise CosignatureError("the witness key is not an Ed25519 cosignature/v1 key (type 0x04)")
+        public_key = raw[1:]
+        if key_id != cosignature_key_id(name, public_key):
+            raise CosignatureError("the witness key's id does not match its name and key")
+        return cls(name=name, key_id=key_id, public_key=public_key)
+
+    def vkey(self) -> str:
+        encoded = base64.b64encode(COSIGNATURE_ALGORITHM + self.public_key).decode()
+        return f"{self.name}+{self.key_id.hex()}+{encoded}"
+
+    def find(self, body: str, lines: list[str]) -> Cosignature | None:
+        """This witness's cosignature among ``lines`` over ``body``; None if it has none.
+
+        Lines from other keys are ignored; a line with this witness's name and key id
+        that does not verify raises, since it can only be a forgery or a corruption.
+        """
+        key = Ed25519PublicKey.from_public_bytes(self.public_key)
+        for line in lines:
+            fields = line.rstrip("\n").split(" ")
+            if len(fields) != 3 or fields[0] != SIGNATURE_DASH or fields[1] != self.name:
+                continue
+            try:
+                raw = base64.b64decode(fields[2], validate=True)
+            except (binascii.Error, ValueError):
+                raise CosignatureError(f"a cosignature by {self.name} is not base64") from None
+            if len(raw) != 4 + 8 + 64 or raw[:4] != self.key_id:
+                continue
+            (timestamp,) = struct.unpack(">Q", raw[4:12])
+            if timestamp > MAX_TIMESTAMP:
+                raise CosignatureError(f"the cosignature by {self.name} has an impossible timestamp")
+            try:
+                key.verify(raw[12:], signed_message(body, timestamp))
+            except InvalidSignature:
+                raise CosignatureError(f"the cosignature by {self.name} does not verify") from None
+            return Cosignature(self.name, timestamp, line.rstrip("\n") + "\n")
+        return None

@@ -1,0 +1,145 @@
+"""The witness's own state: per log origin, the latest checkpoint it cosigned.
+
+One SQLite file, never the tellonce database. ``add_checkpoint`` checks the submission
+against the stored size and saves the new checkpoint inside one ``BEGIN IMMEDIATE``
+transaction, so two submissions (even from two witness processes on the same file) are
+decided one after the other: the rollback race the spec warns about cannot happen.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.audit import merkle
+from service.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
+from service.witness.cosignature import CosignatureSigner, split_note
+from service.witness.protocol import Submission
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cosigned (
+    origin TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    root_hash BLOB NOT NULL,
+    note TEXT NOT NULL,
+    cosigned_at INTEGER NOT NULL
+)
+"""
+
+
+class Refusal(Exception):
+    """Why a submission was not cosigned, with the status the protocol gives it."""
+
+    def __init__(self, status: int, detail: str, latest_size: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        # Set for 409: the size of the latest checkpoint cosigned for the origin.
+        self.latest_size = latest_size
+
+
+@dataclass(frozen=True)
+class Cosigned:
+    size: int
+    cosignature: str  # one signature line, newline-terminated
+    note: str  # the submitted note with the cosignature appended
+
+
+class WitnessState:
+    def __init__(
+        self,
+        path: Path,
+        signer: CosignatureSigner,
+        logs: Iterable[NoteVerifier],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.signer = signer
+        self.clock = clock
+        self.logs: dict[str, list[NoteVerifier]] = {}
+        for verifier in logs:
+            # A tellonce log's key is named by its origin line.
+            self.logs.setdefault(verifier.name, []).append(verifier)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def latest(self, origin: str) -> str | None:
+        """The latest cosigned checkpoint for ``origin`` with this witness's cosignature."""
+        with self._lock:
+            row = self._db.execute("SELECT note FROM cosigned WHERE origin = ?", (origin,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _open(self, note: str) -> Checkpoint:
+        try:
+            body, _lines = split_note(note)
+            checkpoint = Checkpoint.parse_body(body)
+        except CheckpointError as exc:
+            raise Refusal(400, f"the checkpoint does not parse: {exc}") from None
+        verifiers = self.logs.get(checkpoint.origin)
+        if not verifiers:
+            raise Refusal(404, f"this witness does not follow the log {checkpoint.origin!r}")
+        for verifier in verifiers:
+            try:
+                verifier.open(note)
+            except CheckpointError:
+                continue
+            return checkpoint
+        raise Refusal(403, "no signature on the checkpoint verifies with a key this witness trusts")
+
+    def add_checkpoint(self, submission: Submission) -> Cosigned:
+        """Cosign ``submission`` or raise ``Refusal`` with the status tlog-witness gives."""
+        checkpoint = self._open(submission.note)
+        if submission.old_size > checkpoint.size:
+            raise Refusal(400, "the old size is larger than the checkpoint's size")
+        body, _lines = split_note(submission.note)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cosigned = self._check_and_save(checkpoint, body, submission)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return cosigned
+
+    def _check_and_save(self, checkpoint: Checkpoint, body: str, submission: Submission) -> Cosigned:
+        row = self._db.execute(
+            "SELECT size, root_hash FROM cosigned WHERE origin = ?", (checkpoint.origin,)
+        ).fetchone()
+        stored_size, stored_root = (0, None) if row is None else (int(row[0]), bytes(row[1]))
+        if submission.old_size != stored_size:
+            raise Refusal(
+                409, f"the latest cosigned size is {stored_size}, not {submission.old_size}", stored_size
+            )
+        if checkpoint.size == stored_size and stored_root is not None:
+            # Same size: only the very same tree may be cosigned again (a fork otherwise).
+            if checkpoint.root_hash != stored_root:
+                raise Refusal(409, "a checkpoint of this size with another root was cosigned", stored_size)
+            if submission.proof:
+                raise Refusal(422, "a same-size submission carries no consistency proof")
+        elif stored_root is None:
+            if submission.proof:
+                raise Refusal(422, "the consistency proof must be empty when the old size is zero")
+        elif not merkle.verify_consistency(
+            stored_size, checkpoint.size, submission.proof, stored_root, checkpoint.root_hash
+        ):
+            raise Refusal(422, "the consistency proof does not verify")
+        timestamp = int(self.clock())
+        line = self.signer.cosign(body, timestamp)
+        note = submission.note + line
+        self._db.execute(
+            "INSERT INTO cosigned (origin, size, root_hash, note, cosigned_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (origin) DO UPDATE SET size = excluded.size, root_hash = excluded.root_hash, "
+            "note = excluded.note, cosigned_at = excluded.cosigned_at",
+            (checkpoint.origin, checkpoint.size, checkpoint.root_hash, note, timestamp),
+        )
+        return Cosigned(size=checkpoint.size, cosignature=line, note=note)

@@ -40,7 +40,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("DELETE", "/v1/policies/{agreement_id}"): {404, 409, 410},
     ("GET", "/v1/policies/{agreement_id}/versions"): {400, 404},
     ("POST", "/v1/policies/simulate"): {404},
-    ("GET", "/v1/audit/checkpoint"): {404},
+    ("GET", "/v1/audit/checkpoint"): {404},  # scope audit:verify unless served publicly
     ("GET", "/v1/audit/entries/{index}/proof"): {400, 404},
     ("GET", "/v1/audit/consistency"): {400, 404},
     ("GET", "/v1/audit/entries"): {400},
@@ -177,17 +177,24 @@ def _dependencies(dependant: Dependant) -> Iterator[Dependant]:
 
 
 def authentication(route: APIRoute) -> tuple[bool, frozenset[str]]:
-    """Whether the route needs an access token, and the scopes it requires."""
-    from service.auth.dependencies import get_principal
+    """Whether the route checks an access token, and the scopes it requires."""
+    from service.auth.dependencies import get_principal, optional_principal
 
     authenticated = False
     scopes: frozenset[str] = frozenset()
     for dependency in _dependencies(route.dependant):
         call: Callable[..., Any] | None = dependency.call
-        if call is get_principal:
+        if call is get_principal or call is optional_principal:
             authenticated = True
         scopes |= getattr(call, "required_scopes", frozenset())
     return authenticated, scopes
+
+
+def token_optional(route: APIRoute) -> bool:
+    """The route may be configured to answer without a token (the public checkpoint)."""
+    from service.auth.dependencies import optional_principal
+
+    return any(d.call is optional_principal for d in _dependencies(route.dependant))
 
 
 def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
@@ -310,6 +317,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             authenticated, scopes = authentication(route)
             if authenticated:
                 operation["security"] = [{SECURITY_SCHEME: sorted(scopes)}]
+                if token_optional(route):
+                    operation["security"].append({})
     return schema
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -10,6 +11,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from service.audit.value import Release, releases_to_others
 from service.catalog.schemas import Catalog
 from service.console import chart
 from service.console.ports import AuditQuery, UsageRow
@@ -196,13 +198,18 @@ async def verify_now(
     )
 
 
+def _releases(rows: list[UsageRow]) -> list[Release]:
+    # The one rule of what counts (service/audit/value.py), shared with the demo's report.
+    return releases_to_others(asdict(row) for row in rows)
+
+
 def daily_counts(rows: list[UsageRow]) -> list[chart.DayCount]:
-    """Usage rows (by field and purpose) summed per day and consumer."""
+    """Fields released to other departments, summed per day and consumer."""
     totals: Counter[tuple[date, str]] = Counter()
-    for row in rows:
-        day = _day(row.period[:10])
+    for release in _releases(rows):
+        day = _day(release.period[:10])
         if day is not None:
-            totals[(day, row.consumer)] += row.count
+            totals[(day, release.consumer)] += release.count
     return [chart.DayCount(day, consumer, count) for (day, consumer), count in sorted(totals.items())]
 
 
@@ -239,16 +246,16 @@ def _month_start(day: date) -> date:
 
 
 def month_summary(rows: list[UsageRow], month: str) -> list[dict[str, Any]]:
-    """Per consuming department: fields released, by purpose and by field, largest first."""
+    """Per other department: fields released to it, by purpose and by field, largest first."""
     totals: Counter[str] = Counter()
     purposes: dict[str, Counter[str]] = defaultdict(Counter)
     fields: dict[str, Counter[str]] = defaultdict(Counter)
-    for row in rows:
-        if row.period[:7] != month:
+    for release in _releases(rows):
+        if release.period[:7] != month:
             continue
-        totals[row.consumer] += row.count
-        purposes[row.consumer][row.purpose or ""] += row.count
-        fields[row.consumer][row.field] += row.count
+        totals[release.consumer] += release.count
+        purposes[release.consumer][release.purpose] += release.count
+        fields[release.consumer][release.field] += release.count
     return [
         {
             "consumer": consumer,

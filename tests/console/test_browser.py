@@ -286,7 +286,8 @@ class TestAudit:
         await page.goto("/console/audit/usage")
         chart = page.locator("#usage-chart svg")
         await expect(chart).to_have_attribute("role", "img")
-        await expect(chart.locator("title").first).to_have_text("Accesses per consumer per day")
+        title = "Fields released to other departments per day"
+        await expect(chart.locator("title").first).to_have_text(title)
         # Today's welfare bar carries the audit usage report's count for welfare today.
         today = time.strftime("%Y-%m-%d", time.gmtime())
         report = console_site.api(

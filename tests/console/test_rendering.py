@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from service.audit.value import value_by_owner
 from service.catalog.schemas import Catalog
 from service.console import audit_pages, chart, forms, wording
 from service.console.ports import UsageRow
@@ -68,7 +71,7 @@ class TestUsageChart:
         assert all(len(colours) == 1 for colours in fills.values())
         assert fills["DWP"] != fills["HMRC"]
         assert svg.get("role") == "img"
-        assert text_of(svg, "desc") == "12 accesses over 2 days by 2 consuming departments."
+        assert text_of(svg, "desc") == "12 fields released over 2 days to 2 other departments."
 
     def test_names_are_escaped(self) -> None:
         day = date(2026, 3, 1)
@@ -80,7 +83,7 @@ class TestUsageChart:
     def test_no_accesses(self) -> None:
         days = [date(2026, 3, 1) + timedelta(days=i) for i in range(3)]
         svg = parse_svg(chart.usage_svg([], days, {}))
-        assert text_of(svg, "desc") == "No accesses in these 3 days."
+        assert text_of(svg, "desc") == "No fields released to other departments in these 3 days."
 
 
 class TestCitizenSentences:
@@ -182,10 +185,16 @@ class TestAuditFilter:
         rows = [
             UsageRow("dwp", "hmrc", "address", "benefit-eligibility", "2026-03", 4),
             UsageRow("dwp", "hmrc", "national_id", "benefit-eligibility", "2026-03", 1),
-            UsageRow("welfare", "hmrc", "address", None, "2026-03", 7),
             UsageRow("dwp", "hmrc", "address", "benefit-eligibility", "2026-02", 9),
+            # Not value: a registration (no purpose) and the owner's use of its own field.
+            UsageRow("register", "hmrc", "address", None, "2026-03", 7),
+            UsageRow("hmrc", "hmrc", "address", "tax-administration", "2026-03", 3),
         ]
         summary = audit_pages.month_summary(rows, "2026-03")
-        assert [(s["consumer"], s["count"]) for s in summary] == [("welfare", 7), ("dwp", 5)]
-        assert summary[1]["fields"] == [("address", 4), ("national_id", 1)]
-        assert summary[1]["purposes"] == [("benefit-eligibility", 5)]
+        assert [(s["consumer"], s["count"]) for s in summary] == [("dwp", 5)]
+        assert summary[0]["fields"] == [("address", 4), ("national_id", 1)]
+        assert summary[0]["purposes"] == [("benefit-eligibility", 5)]
+        # The demo's report folds the same rows to the same figure.
+        assert value_by_owner(asdict(row) for row in rows if row.period == "2026-03") == {
+            "hmrc": Counter({"dwp": 5})
+        }

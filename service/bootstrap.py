@@ -162,7 +162,7 @@ async def _revisions(settings: Settings) -> set[str]:
 async def _audit_created(settings: Settings, created: list[str]) -> None:
     """Key creation is a key operation: recorded under the operator who ran init."""
     from service import operator
-    from service.audit import hooks
+    from service.audit import entries
     from service.audit import service as audit_service
     from service.db import create_engine
 
@@ -170,7 +170,7 @@ async def _audit_created(settings: Settings, created: list[str]) -> None:
     try:
         async with engine.begin() as conn:
             for line in created:
-                entry = hooks.operator_entry(operator.audit_client_id(), "key-operation", "", f"init: {line}")
+                entry = entries.operator_entry(operator.audit_client_id(), "key-operation", "", f"init: {line}")
                 await audit_service.append_in_transaction(conn, entry)
     finally:
         await engine.dispose()

@@ -46,7 +46,7 @@ def _load(name: str) -> click.Command:
     target: Any = getattr(importlib.import_module(module_name), attribute)
     if module_name == "service.policy.cli":
         # Policy changes made from the command line are audited like those made through the API.
-        from service.audit.hooks import connect_policy_changes
+        from service.audit.policy_changes import connect_policy_changes
 
         connect_policy_changes()
     if isinstance(target, typer.Typer):

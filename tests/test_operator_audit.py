@@ -100,7 +100,7 @@ class TestOperatorActions:
         assert {c["client_id"] for c in changes} == {f"operator:{getpass.getuser()}"}
 
     def test_key_operations_name_the_operator(self, database: str) -> None:
-        from service.audit.hooks import KeyEventsCollected
+        from service.audit.key_events import KeyEventsCollected
         from service.crypto.keyring import KeyEvent
 
         async def flush_one() -> int:

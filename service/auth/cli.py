@@ -14,7 +14,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import operator
-from service.audit import hooks
+from service.audit import entries
 from service.audit import service as audit_service
 from service.auth import service as auth_service
 from service.auth.keys import rotate_signing_key
@@ -39,7 +39,7 @@ async def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 
 async def _audit(session: AsyncSession, action: str, department: str, what: str) -> None:
     """The operator's change, audited in the transaction that makes it."""
-    entry = hooks.operator_entry(operator.audit_client_id(), action, department, what)
+    entry = entries.operator_entry(operator.audit_client_id(), action, department, what)
     await audit_service.append_in_transaction(await session.connection(), entry)
 
 

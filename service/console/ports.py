@@ -1,9 +1,9 @@
 """What the console needs from the other domains, in the console's own words.
 
-Pages talk to a ``ConsoleBackend``; ``service/console/backend.py`` implements it by
-calling the same service functions the API calls (never HTTP), so the single access
-path, the policy validation and the audit apply to the console unchanged. Tests may put
-another implementation on ``app.state.console_backend``.
+Pages talk to a ``ConsoleBackend``; ``service/console/backend.py`` implements it over the
+policy domain's ``agreements`` functions and the audit domain's ``search`` functions,
+the ones the API endpoints call (never HTTP). Tests may put another implementation on
+``app.state.console_backend``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.search import EntryQuery
 from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
 
@@ -105,20 +106,6 @@ class Simulation:
     evaluated: int
     changed: int
     changes: list[SimulatedChange]
-
-
-@dataclass(frozen=True)
-class AuditQuery:
-    """The audit search form, parsed. Empty values are ``None``."""
-
-    citizen_id: str | None = None
-    consumer: str | None = None
-    owner: str | None = None
-    field: str | None = None
-    purpose: str | None = None
-    decision: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -225,10 +212,10 @@ class ConsoleBackend(Protocol):
 
     # audit
     async def search(
-        self, request: Request, viewer: Principal, query: AuditQuery, after: int, limit: int
+        self, request: Request, viewer: Principal, query: EntryQuery, after: int, limit: int
     ) -> AuditPage: ...
     async def export_csv(
-        self, request: Request, viewer: Principal, query: AuditQuery
+        self, request: Request, viewer: Principal, query: EntryQuery
     ) -> AsyncIterator[str]: ...
     async def checkpoint(self, request: Request) -> CheckpointView | None: ...
     async def verify(self, request: Request, viewer: Principal) -> VerifyOutcome: ...
@@ -238,7 +225,7 @@ class ConsoleBackend(Protocol):
         session: AsyncSession,
         viewer: Principal,
         *,
-        period: str,
+        period: Literal["day", "month"],
         since: datetime,
         until: datetime | None,
     ) -> list[UsageRow]: ...

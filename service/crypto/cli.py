@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from service import operator
-from service.audit.hooks import KeyEventsCollected
+from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto import service as key_service
 from service.crypto.errors import NoDepartmentKeys

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.search import EntryQuery
 from service.auth.dependencies import Principal
 from service.catalog.loader import load_catalog
 from service.catalog.schemas import Catalog
@@ -17,7 +18,6 @@ from service.console.ports import (
     AccessRow,
     AgreementRecord,
     AuditPage,
-    AuditQuery,
     AuditRow,
     CheckpointView,
     DraftCheck,
@@ -137,7 +137,7 @@ class FakeBackend:
         return record
 
     async def search(
-        self, request: Request, viewer: Principal, query: AuditQuery, after: int, limit: int
+        self, request: Request, viewer: Principal, query: EntryQuery, after: int, limit: int
     ) -> AuditPage:
         rows = [
             r
@@ -147,7 +147,7 @@ class FakeBackend:
         page = rows[:limit]
         return AuditPage(page, page[-1].id if len(rows) > limit else None)
 
-    async def export_csv(self, request: Request, viewer: Principal, query: AuditQuery) -> AsyncIterator[str]:
+    async def export_csv(self, request: Request, viewer: Principal, query: EntryQuery) -> AsyncIterator[str]:
         async def lines() -> AsyncIterator[str]:
             yield "id,department\n"
             for row in self.rows:

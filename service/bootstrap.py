@@ -170,7 +170,9 @@ async def _audit_created(settings: Settings, created: list[str]) -> None:
     try:
         async with engine.begin() as conn:
             for line in created:
-                entry = entries.operator_entry(operator.audit_client_id(), "key-operation", "", f"init: {line}")
+                entry = entries.operator_entry(
+                    operator.audit_client_id(), "key-operation", "", f"init: {line}"
+                )
                 await audit_service.append_in_transaction(conn, entry)
     finally:
         await engine.dispose()

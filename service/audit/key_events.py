@@ -62,5 +62,7 @@ class KeyEventsCollected:
         self.events.clear()
         if events:
             async with engine.begin() as conn:
-                await append_many_in_transaction(conn, [key_event_entry(event, self.actor) for event in events])
+                await append_many_in_transaction(
+                    conn, [key_event_entry(event, self.actor) for event in events]
+                )
         return len(events)

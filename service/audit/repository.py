@@ -130,14 +130,21 @@ class EntryFilter:
 
 
 async def page_entries(
-    db: Executor, entry_filter: EntryFilter, after_id: int, limit: int
+    db: Executor, entry_filter: EntryFilter, after_id: int, limit: int, *, newest_first: bool = False
 ) -> list[tuple[int, int | None, str]]:
-    """(entry id, leaf index or None if not yet sequenced, canonical JSON), in id order."""
+    """(entry id, leaf index or None if not yet sequenced, canonical JSON), in id order, or
+    newest first; ``after_id`` is the last id of the previous page (0: the first page)."""
+    if newest_first:
+        position = [AuditEntryRow.id < after_id] if after_id else []
+        order = AuditEntryRow.id.desc()
+    else:
+        position = [AuditEntryRow.id > after_id]
+        order = AuditEntryRow.id.asc()
     statement = (
         select(AuditEntryRow.id, AuditLeaf.leaf_index, AuditEntryRow.canonical)
         .outerjoin(AuditLeaf, AuditLeaf.entry_id == AuditEntryRow.id)
-        .where(AuditEntryRow.id > after_id, *entry_filter.conditions())
-        .order_by(AuditEntryRow.id)
+        .where(*position, *entry_filter.conditions())
+        .order_by(order)
         .limit(limit)
     )
     return [

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from service.audit.search import EntryQuery
-from service.auth import permissions
 from service.audit.value import Release, releases_to_others
+from service.auth import permissions
 from service.catalog.schemas import Catalog
 from service.console import chart
 from service.console.ports import UsageRow

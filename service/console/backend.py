@@ -25,6 +25,7 @@ from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.search import EntryQuery
 from service.audit.verify import VerificationFailed
 from service.audit.writer import AuditWriter
+from service.auth import permissions
 from service.auth import service as auth_service
 from service.auth.dependencies import Principal
 from service.auth.secrets import hash_secret, secret_matches
@@ -56,6 +57,21 @@ from service.policy.schemas import AgreementSpec
 _NO_CLIENT_HASH = hash_secret("no such client: a value no secret hashes to in practice")
 _BAD_CREDENTIALS = "The client ID or client secret is not right"
 # Friendlier words for the schema's own refusals, by (form field, pydantic error type).
+# What a draft that failed to parse is judged with in place of its unparsable parts.
+_DRAFT_DEFAULTS: dict[str, Any] = {
+    "id": "draft",
+    "consumer": "",
+    "fields": [],
+    "actions": [],
+    "purposes": [],
+    "legal_basis": None,
+    "valid_from": None,
+    "valid_until": None,
+    "when": None,
+    "require_case_ref": False,
+    "effect": "permit",
+}
+
 _FRIENDLY = {
     ("id", "string_pattern_mismatch"): "The agreement ID must be lower-case letters, digits and hyphens, "
     "starting with a letter",
@@ -89,8 +105,14 @@ def _record(row: AgreementVersion) -> AgreementRecord:
     )
 
 
-def _audit_row(item: dict[str, Any]) -> AuditRow:
+def _audit_row(item: dict[str, Any], client_names: dict[str, str], owned: set[str] | None = None) -> AuditRow:
+    """A search result as the console shows it: the client's name, and for a data owner
+    (``owned``: the fields its department owns) only its own fields of each entry."""
     entry: dict[str, Any] = item["entry"]
+
+    def shown(fields: list[str] | None) -> list[str]:
+        return [f for f in fields or [] if owned is None or f in owned]
+
     return AuditRow(
         id=item["id"],
         leaf_index=item["leaf_index"],
@@ -99,11 +121,12 @@ def _audit_row(item: dict[str, Any]) -> AuditRow:
         department=entry["department"],
         action=entry["action"],
         citizen_id=entry.get("citizen_id"),
-        fields_requested=list(entry.get("fields_requested") or []),
-        fields_released=list(entry.get("fields_released") or []),
+        fields_requested=shown(entry.get("fields_requested")),
+        fields_released=shown(entry.get("fields_released")),
         decision=entry["decision"],
         purpose=entry.get("purpose"),
         status=int(entry.get("status", 0)),
+        client_name=client_names.get(entry["client_id"]),
     )
 
 
@@ -164,16 +187,26 @@ class DomainBackend:
         self, session: AsyncSession, viewer: Principal, draft: dict[str, Any], *, creating: bool
     ) -> DraftCheck:
         errors: list[tuple[str, str]] = []
+        failed: set[str] = set()
         try:
             spec = AgreementSpec.model_validate(draft)
         except ValidationError as exc:
             for error in exc.errors():
                 name = field_for_loc(error["loc"])
+                failed.add(name)
                 errors.append((name, _FRIENDLY.get((name, error["type"]), str(error["msg"]))))
-            return DraftCheck(None, errors)
+            # Every problem at once: what did parse is judged against the catalog as well,
+            # with the fields that failed left at harmless values and their problems dropped.
+            spec = AgreementSpec.model_construct(
+                **(_DRAFT_DEFAULTS | {k: v for k, v in draft.items() if k not in failed})
+            )
         catalog = await self.catalog(session)
         for loc, message in agreements.problems(spec, viewer.department, catalog):
-            errors.append((field_for_loc(loc), _strip_prefix(message, spec.id)))
+            name = field_for_loc(loc)
+            if name not in failed:
+                errors.append((name, _strip_prefix(message, spec.id)))
+        if errors:
+            return DraftCheck(None, errors)
         if creating and await agreements.id_taken(session, spec.id):
             errors.append(
                 ("id", "An agreement with this ID already exists; IDs are unique across the catalog")
@@ -256,8 +289,15 @@ class DomainBackend:
             after=after,
             limit=limit,
             source=self._source(request),
+            newest_first=True,
         )
-        return AuditPage([_audit_row(item) for item in page.items], page.next_cursor)
+        async with self._database(request).sessions() as session:
+            names = {c.client_id: c.name for c in await auth_service.list_clients(session) if c.name}
+            owned = None
+            if not permissions.sees_all(viewer):
+                catalog = await self.catalog(session)
+                owned = {f.name for f in catalog.fields if f.owner == viewer.department}
+        return AuditPage([_audit_row(item, names, owned) for item in page.items], page.next_cursor)
 
     async def export_csv(self, request: Request, viewer: Principal, query: EntryQuery) -> AsyncIterator[str]:
         return await search.export_entries(

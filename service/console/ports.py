@@ -122,6 +122,8 @@ class AuditRow:
     decision: str
     purpose: str | None
     status: int
+    # The registered client's name, when it has one (operators and the service have none).
+    client_name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class FakeBackend:
         if not draft.get("id"):
             errors.append(("id", "Enter an agreement ID"))
         if not draft.get("legal_basis"):
-            errors.append(("legal_basis", "a permit needs a legal_basis"))
+            errors.append(("legal_basis", "a permit needs a legal basis"))
         return DraftCheck(None if errors else dict(draft), errors)
 
     async def simulate(

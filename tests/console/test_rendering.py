@@ -6,12 +6,15 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
 
 import pytest
+from starlette.datastructures import FormData
 
 from service.audit.value import value_by_owner
 from service.catalog.schemas import Catalog
 from service.console import audit_pages, chart, forms, wording
+from service.console import backend as backend_module
 from service.console.ports import UsageRow
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -198,3 +201,65 @@ class TestAuditFilter:
         assert value_by_owner(asdict(row) for row in rows if row.period == "2026-03") == {
             "hmrc": Counter({"dwp": 5})
         }
+
+
+class TestAuditRows:
+    ITEM: ClassVar[dict[str, Any]] = {
+        "id": 7,
+        "leaf_index": 6,
+        "entry": {
+            "time": "2026-03-01T10:00:00+00:00",
+            "client_id": "tc_registrar",
+            "department": "register",
+            "action": "register",
+            "citizen_id": "c-1",
+            "fields_requested": ["national_id", "address", "licence_status"],
+            "fields_released": ["national_id", "address", "licence_status"],
+            "decision": "permit",
+            "purpose": None,
+            "status": 201,
+        },
+    }
+
+    def test_an_owner_sees_only_its_own_fields_of_an_entry(self) -> None:
+        row = backend_module._audit_row(self.ITEM, {"tc_registrar": "Register office"}, {"licence_status"})
+        assert row.fields_released == ["licence_status"]
+        assert row.fields_requested == ["licence_status"]
+        assert row.client_name == "Register office"
+
+    def test_an_auditor_sees_every_field(self) -> None:
+        row = backend_module._audit_row(self.ITEM, {}, None)
+        assert row.fields_released == ["national_id", "address", "licence_status"]
+        assert row.client_name is None
+
+
+class TestDateInput:
+    def values(self, **parts: dict[str, str]) -> dict[str, Any]:
+        return {f"{name}_parts": value for name, value in parts.items()}
+
+    def test_three_boxes_make_one_date(self) -> None:
+        form = FormData([("valid_from-day", "31"), ("valid_from-month", "1"), ("valid_from-year", "2027")])
+        values = forms.form_values(form)
+        assert values["valid_from"] == "2027-01-31"
+        assert values["valid_until"] == ""
+        assert forms.date_errors(values) == []
+
+    @pytest.mark.parametrize(
+        ("parts", "message"),
+        [
+            ({"day": "31", "month": "", "year": "2027"}, "Valid from must include a month"),
+            ({"day": "", "month": "", "year": "2027"}, "Valid from must include a day and a month"),
+            ({"day": "30", "month": "2", "year": "2027"}, "Valid from must be a real date"),
+            (
+                {"day": "1", "month": "2", "year": "27"},
+                "Valid from must be a real date, with the year in 4 digits",
+            ),
+        ],
+    )
+    def test_govuk_messages(self, parts: dict[str, str], message: str) -> None:
+        assert forms.date_errors(self.values(valid_from=parts)) == [("valid_from", message)]
+
+    def test_a_stored_date_fills_the_boxes(self) -> None:
+        values = forms.values_from_content({"valid_until": "2027-12-31"})
+        assert values["valid_until_parts"] == {"day": "31", "month": "12", "year": "2027"}
+        assert values["valid_from_parts"] == {"day": "", "month": "", "year": ""}

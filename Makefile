@@ -24,9 +24,11 @@ run: install
 run-reset: install
 	$(BIN)/tellonce demo --reset
 
+# ruff (its S rules are bandit's checks) and pip-audit against a reviewed baseline.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/audit_deps.py
 
 typecheck: install
 	$(BIN)/mypy

@@ -63,8 +63,10 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/events"): {400},
 }
 
-# The token endpoint answers RFC 6749 errors, not problem details.
+# The token endpoint answers RFC 6749 errors, not problem details; its throttling of
+# repeated failures (429) is a problem document like every other refusal.
 TOKEN_STATUSES = {400, 401, 413}
+TOKEN_PROBLEM_STATUSES = {429}
 
 _DETAILS = {
     400: "The cursor is not one this service issued.",
@@ -200,7 +202,7 @@ def token_optional(route: APIRoute) -> bool:
 def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
     """Every error status the route can answer: the general rules plus ``ROUTE_STATUSES``."""
     if path == TOKEN_PATH:
-        return set(TOKEN_STATUSES)
+        return TOKEN_STATUSES | TOKEN_PROBLEM_STATUSES
     statuses = set(ROUTE_STATUSES.get((method, path), set()))
     authenticated, _scopes = authentication(route)
     if authenticated:
@@ -262,6 +264,8 @@ def _token_operation(operation: dict[str, Any]) -> None:
                 }
             },
         }
+    for status in sorted(TOKEN_PROBLEM_STATUSES):
+        operation["responses"][str(status)] = _problem_response(status)
     # Clients authenticate with their credentials here, not with a bearer token.
     operation["security"] = [{"clientBasic": []}, {}]
 

@@ -220,7 +220,7 @@ class TestUnmigratedDatabase:
             "TELLONCE_LOG_LEVEL": "INFO",
         }
         log_path = tmp_path / "server.log"
-        server = start_server(env, log_path)
+        server = start_server(env, log_path, timeout=90)
         try:
             readyz = httpx.get(f"{server.base_url}/readyz", timeout=5)
             assert readyz.status_code == 503

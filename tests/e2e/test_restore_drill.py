@@ -118,7 +118,7 @@ class TestRestoreDrill:
         data_dir = workdir / ".tellonce"
         clients = json.loads((data_dir / "clients.json").read_text())
         citizen_id = json.loads((data_dir / "population.json").read_text())["ids"][0]
-        server = start_server({**env, "TELLONCE_LOG_LEVEL": "WARNING"}, workdir / "restored.log")
+        server = start_server({**env, "TELLONCE_LOG_LEVEL": "WARNING"}, workdir / "restored.log", timeout=90)
         try:
             dvla = clients["systems"]["dvla"]
             token = httpx.post(

@@ -64,9 +64,10 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
 }
 
 # The token endpoint answers RFC 6749 errors, not problem details; its throttling of
-# repeated failures (429) is a problem document like every other refusal.
+# repeated failures (429) and an unavailable database (503) are problem documents like
+# every other refusal.
 TOKEN_STATUSES = {400, 401, 413}
-TOKEN_PROBLEM_STATUSES = {429}
+TOKEN_PROBLEM_STATUSES = {429, 503}
 
 _DETAILS = {
     400: "The cursor is not one this service issued.",

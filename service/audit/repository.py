@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,8 @@ from service.audit.writer import FILTER_COLUMNS
 from service.records.models import Citizen
 
 Executor = AsyncConnection | AsyncSession
+# Opens a connection to read with, e.g. ``engine.connect``; each use is one short read.
+Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
 
 async def read_nodes(db: Executor, keys: Iterable[merkle.NodeKey]) -> dict[merkle.NodeKey, bytes]:

@@ -20,6 +20,7 @@ from service.audit.config import AuditSettings, load_signer
 from service.audit.key_events import KeyEventsToWriter
 from service.audit.policy_changes import connect_policy_changes
 from service.audit.replay import AuditedRequests
+from service.audit.repository import Connect
 from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
@@ -125,7 +126,7 @@ VERIFY_PAGE = 5000
 
 
 async def verify_stored_log(
-    engine: AsyncEngine,
+    connect: Connect,
     verifier: NoteVerifier,
     progress: Callable[[int, int], None] | None = None,
     expectations: Expectations | None = None,
@@ -138,7 +139,7 @@ async def verify_stored_log(
     among them), and leaves past that size are the next verification's. Returns (tree
     size, checkpoints checked).
     """
-    async with engine.connect() as conn:
+    async with connect() as conn:
         # Checkpoints first: each one's size is then at most the size read after it.
         checkpoints = [
             StoredCheckpoint(size, root, note, f"checkpoint {cid} (size {size})")
@@ -148,7 +149,7 @@ async def verify_stored_log(
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
     after = -1
     while log.compact.size < size:
-        async with engine.connect() as conn:
+        async with connect() as conn:
             rows = await audit_repository.page_for_verification(conn, after, size, VERIFY_PAGE)
         if not rows:
             break
@@ -158,7 +159,7 @@ async def verify_stored_log(
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)
-    async with engine.connect() as conn:
+    async with connect() as conn:
         unsequenced = await audit_repository.unsequenced_entry(conn)
     if unsequenced is not None:
         raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")

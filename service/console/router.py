@@ -8,18 +8,20 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from service.auth import service as auth_service
 from service.auth import throttle
+from service.auth.dependencies import Principal
 from service.console import agreement_pages, audit_pages, citizen_pages
 from service.console import sessions as console_sessions
-from service.console.ports import CONSOLE_ROLES, SignInRefused
 from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE
+from service.console.views import CONSOLE_ROLES
 from service.console.web import (
-    Backend,
     Checked,
     ConsolePageError,
     ConsoleRoute,
     Settings,
     Viewer,
+    catalog_of,
     clear_cookie,
     presession_token,
     render,
@@ -36,6 +38,7 @@ STATIC_TYPES = {"console.css": "text/css; charset=utf-8", "console.js": "text/ja
 # Read once: two small files, served from memory.
 STATIC_FILES = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
 PRESESSION_SECONDS = 30 * 60
+BAD_CREDENTIALS = "The client ID or client secret is not right"
 
 
 @router.get("/static/{name}")
@@ -73,7 +76,7 @@ async def sign_in_page(request: Request, next: str | None = None, signed_out: st
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
-async def sign_in(request: Request, session: SessionDep, settings: Settings, backend: Backend) -> Response:
+async def sign_in(request: Request, session: SessionDep, settings: Settings) -> Response:
     form = await request.form()
     pre = presession_token(request)
     submitted = form.get(CSRF_FIELD)
@@ -96,15 +99,19 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
     if not errors:
         # The token endpoint's failure throttle, shared: 429 after repeated failures.
         await throttle.refuse_if_throttled(session, request, client_id, endpoint="console")
-        try:
-            principal = await backend.check_credentials(session, client_id, secret)
-        except SignInRefused as refused:
+        client = await auth_service.client_with_secret(session, client_id, secret)
+        if client is None or client.disabled_at is not None:
             # The client id is logged to spot guessing; the secret never is.
             logger.warning("console sign-in refused", extra={"client_id": client_id[:64]})
             await throttle.record_failure(session, request, client_id, endpoint="console")
-            errors["client_id"] = [refused.message]
+            errors["client_id"] = [
+                BAD_CREDENTIALS
+                if client is None
+                else "This client has been disabled; ask your administrator for a working one"
+            ]
             status = 401
         else:
+            principal = Principal.with_roles(client.client_id, client.department, *client.roles)
             console_roles = principal.roles & set(CONSOLE_ROLES)
             if not console_roles:
                 roles = ", ".join(sorted(principal.roles)) or "no role"
@@ -115,9 +122,7 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
                 status = 403
                 logger.warning("console sign-in refused: role", extra={"client_id": principal.client_id})
             else:
-                principal = type(principal).with_roles(
-                    principal.client_id, principal.department, *console_roles
-                )
+                principal = Principal.with_roles(principal.client_id, principal.department, *console_roles)
                 token = await console_sessions.start(session, principal, settings)
                 logger.info("console sign-in", extra={"client_id": principal.client_id})
                 response = RedirectResponse(_safe_next(str(form.get("next") or "")), status_code=303)
@@ -151,8 +156,8 @@ async def sign_out(request: Request, session: SessionDep, viewer: Checked) -> Re
 
 
 @router.get("", response_class=HTMLResponse)
-async def home(request: Request, session: SessionDep, viewer: Viewer, backend: Backend) -> Response:
-    catalog = await backend.catalog(session)
+async def home(request: Request, session: SessionDep, viewer: Viewer) -> Response:
+    catalog = await catalog_of(session)
     department = catalog.department(viewer.principal.department)
     return render(
         request,

@@ -14,8 +14,7 @@ from starlette.datastructures import FormData
 from service.audit.value import value_by_owner
 from service.catalog.schemas import Catalog
 from service.console import audit_pages, chart, forms, wording
-from service.console import backend as backend_module
-from service.console.ports import UsageRow
+from service.console.views import AuditRow, UsageRow
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -222,13 +221,13 @@ class TestAuditRows:
     }
 
     def test_an_owner_sees_only_its_own_fields_of_an_entry(self) -> None:
-        row = backend_module._audit_row(self.ITEM, {"tc_registrar": "Register office"}, {"licence_status"})
+        row = AuditRow.of(self.ITEM, {"tc_registrar": "Register office"}, {"licence_status"})
         assert row.fields_released == ["licence_status"]
         assert row.fields_requested == ["licence_status"]
         assert row.client_name == "Register office"
 
     def test_an_auditor_sees_every_field(self) -> None:
-        row = backend_module._audit_row(self.ITEM, {}, None)
+        row = AuditRow.of(self.ITEM, {}, None)
         assert row.fields_released == ["national_id", "address", "licence_status"]
         assert row.client_name is None
 

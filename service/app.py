@@ -31,6 +31,7 @@ from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
 from service.records import records_lifecycle
 from service.schema import SchemaGate, head_revisions
+from service.tracing import install_tracing
 
 logger = logging.getLogger("tellonce.app")
 
@@ -105,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = Database(settings)
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(app.state)
     app.state.schema_heads = head_revisions()
     app.state.keyring = Keyring.from_settings(settings)
 
@@ -117,4 +118,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost first: the request id must exist before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; its middleware wraps all of the above.
+    install_tracing(app)
     return app

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./.tellonce")
     root_key: SecretStr | None = None
     webhook_allow_private: bool = False
+
+    # Where department KEKs live: "local" (wrapped under the root key, stored in the
+    # database) or "pkcs11" (generated and kept inside a PKCS#11 token; see crypto/hsm.py).
+    key_provider: Literal["local", "pkcs11"] = "local"
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_pin_file: Path | None = None
 
     policies_dir: Path = Path("./policies")
     # Requests whose body exceeds this are refused with 413 while streaming.
@@ -85,6 +93,16 @@ class Settings(BaseSettings):
         if len(decoded) != 32:
             raise ValueError("TELLONCE_ROOT_KEY must decode to exactly 32 bytes")
         return SecretStr(raw)
+
+    @model_validator(mode="after")
+    def _production_needs_keys(self) -> Settings:
+        if self.key_provider == "pkcs11":
+            if not self.pkcs11_module or not self.pkcs11_token_label:
+                raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_MODULE and _TOKEN_LABEL")
+            if self.pkcs11_pin is None and self.pkcs11_pin_file is None:
+                raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_PIN or _PIN_FILE")
+            return self
+        return self
 
     @property
     def root_key_file(self) -> Path:

@@ -75,8 +75,9 @@ async def refresh_gauges(request: Request, registry: Metrics) -> None:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition: requests by route and status, the audit writer's batches,
-    sequencer lag, outbox backlog, pending and dead webhook deliveries, and pool use."""
+    """Prometheus text exposition: requests by route and status, audit-writer batches
+    (committed, failed, their sizes), webhook deliveries sent to dead letters, and as of this
+    scrape the sequencer lag, outbox backlog, pending and dead deliveries, and pool use."""
     registry: Metrics = request.app.state.metrics
     await refresh_gauges(request, registry)
     body, content_type = registry.render()

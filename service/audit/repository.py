@@ -20,7 +20,7 @@ from service.audit.models import (
     AuditSequencerState,
 )
 from service.audit.writer import FILTER_COLUMNS
-from service.records.models import Citizen
+from service.records import public as records_public
 
 Executor = AsyncConnection | AsyncSession
 # Opens a connection to read with, e.g. ``engine.connect``; each use is one short read.
@@ -203,8 +203,8 @@ async def all_checkpoints(db: Executor) -> list[tuple[int, int, bytes, str]]:
 
 
 async def citizen_exists(db: Executor, citizen_id: str) -> bool:
-    found = await db.execute(select(Citizen.id).where(Citizen.id == citizen_id))
-    return found.scalar() is not None
+    """Whether the register knows ``citizen_id`` (asked of records, which owns the table)."""
+    return citizen_id in await records_public.citizen_statuses(db, [citizen_id])
 
 
 async def unsequenced_entry(db: Executor) -> int | None:

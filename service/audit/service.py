@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import tracing
 from service.audit import repository as audit_repository
 from service.audit import witnessing
 from service.audit.checkpoint import NoteSigner, NoteVerifier
@@ -64,6 +65,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     # The writer has an engine of its own: if it shared the request pool, requests that
     # hold connections while awaiting their audit entry could starve it of one.
     writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
+    tracing.instrument_engine(writer_engine)
     metrics = app.state.metrics
     writer = AuditWriter(
         writer_engine,

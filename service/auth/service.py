@@ -21,7 +21,7 @@ from service.auth.secrets import hash_secret, new_client_id, new_client_secret, 
 from service.auth.server import SeenAssertion
 from service.catalog import repository as catalog_repository
 from service.db import utcnow
-from service.policy import repository as policy_repository
+from service.policy import epoch as policy_epoch
 
 PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
 # Compared against when the client id is unknown, so an unknown id and a wrong secret
@@ -140,7 +140,7 @@ async def disable_client(session: AsyncSession, client_id: str) -> Client:
         client.disabled_at = utcnow()
         await session.flush()
         # Every process keeps clients' standing until the revocation epoch moves.
-        await policy_repository.bump_epoch(session)
+        await policy_epoch.bump_epoch(session)
     return client
 
 

@@ -25,6 +25,7 @@ from service.catalog.schemas import Catalog
 from service.console import sessions as console_sessions
 from service.console import wording
 from service.console.config import ConsoleSettings, get_console_settings
+from service.console.oidc import OIDC_CLIENT_PREFIX
 from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE, SignedIn
 from service.db import SessionDep
 from service.errors import ServiceError
@@ -181,8 +182,11 @@ async def current_viewer(request: Request, session: SessionDep, settings: Settin
     viewer = await console_sessions.resume(session, token, settings)
     if viewer is None:
         raise SignInRequired()
-    status = await auth_service.client_status(session, viewer.principal.client_id)
-    if status is None or status.disabled:
+    # A person signed in through the organisation's provider has no client row to disable:
+    # the provider decides who may sign in, and the session's time limits bound the rest.
+    from_provider = viewer.principal.client_id.startswith(OIDC_CLIENT_PREFIX)
+    status = None if from_provider else await auth_service.client_status(session, viewer.principal.client_id)
+    if not from_provider and (status is None or status.disabled):
         await console_sessions.end_all_for(session, viewer.principal.client_id)
         raise SignInRequired()
     request.state.console_viewer = viewer

@@ -34,6 +34,7 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     task: asyncio.Task[None] | None = None
     if settings.run_workers:
         dispatcher = Dispatcher(runtime)
+        app.state.dispatcher = dispatcher
         task = asyncio.create_task(
             app.state.schema_gate.run_when_ready(stop, dispatcher.run), name="events-dispatcher"
         )

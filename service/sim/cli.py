@@ -124,7 +124,7 @@ def demo(
     process = _start_server(settings, port, log_path)
     try:
         _wait_healthy(process, base_url, log_path)
-        report = asyncio.run(government.run(settings, prepared, base_url, duration, seed, console))
+        report = asyncio.run(government.run(prepared, base_url, duration, seed, console))
         render(console, report)
         console.print()
         console_available = _answers(f"{base_url}/console/sign-in")

@@ -23,6 +23,9 @@ Action = Literal[
     "policy-change",
     "catalog-change",
     "key-operation",
+    "client-create",
+    "client-disable",
+    "signing-key-rotate",
     "audit-query",
     "access-log",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from service import operator
 from service.audit import service as audit_service
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
@@ -80,7 +81,7 @@ async def _seed(
     ``records.seeding``, a transaction per batch."""
     keyring = Keyring.from_settings(settings)
     # The first write of each owner makes its KEK: audited once seeding ends, as the CLI does.
-    key_events = KeyEventsCollected()
+    key_events = KeyEventsCollected(operator.audit_client_id())
     keyring.on_key_event = key_events
     ids: list[str] = []
     columns = (
@@ -130,10 +131,18 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
             ids = await _seed(settings, database, population, registrar, console)
             write_population(settings, seed, ids)
             return Prepared(clients, population, ids, seed, policies_dir, owner_keys)
-        if stored is None or stored[1] != len(stored[2]) or stored[1] != existing:
-            raise RuntimeError("the store holds citizens this demo did not seed; run with --reset")
-        population_seed, _count, ids = stored
-        console.print(f"reusing the store: {existing:,} citizens already seeded (--reset starts again)")
+        if stored is None or stored[1] != len(stored[2]) or existing < stored[1]:
+            raise RuntimeError(
+                "the store holds citizens this demo did not seed, or fewer than it seeded; "
+                "start again with `make run-reset` (tellonce demo --reset)"
+            )
+        population_seed, seeded, ids = stored
+        console.print(
+            f"reusing the store: {seeded:,} citizens already seeded (`make run-reset` starts again)"
+        )
+        if existing > seeded:
+            # Citizens registered through the API since: kept, and left out of the scenarios.
+            console.print(f"keeping {existing - seeded:,} citizens registered through the API since")
         people_again = list(people(len(ids), population_seed))
         return Prepared(clients, people_again, ids, population_seed, policies_dir, owner_keys)
     finally:
@@ -160,6 +169,20 @@ async def run(prepared: Prepared, base_url: str, duration: float, seed: int, con
     return report
 
 
+def sign_in_lines(prepared: Prepared, base_url: str, *, console_available: bool) -> list[str]:
+    owner = prepared.clients.owners["dvla"]
+    auditor = prepared.clients.auditor
+    lines = [f"API: {base_url}   docs: {base_url}/docs"]
+    if console_available:
+        lines.append(f"console: {base_url}/console (sign in with a data owner's or the auditor's client)")
+    lines.append(f"data owner (dvla): client_id {owner.client_id}  client_secret {owner.client_secret}")
+    lines.append(
+        f"auditor (audit-office): client_id {auditor.client_id}  client_secret {auditor.client_secret}"
+    )
+    lines.append("every demo client's credentials: ./.tellonce/clients.json")
+    return lines
+
+
 async def owner_checks(settings: Settings, owner_keys: dict[str, str]) -> list[ReleaseReport]:
     """Each signing owner's check of the live log, as ``audit check-releases`` does."""
     verifier = NoteVerifier.parse(load_signer(settings, AuditSettings().origin).verifier_key())
@@ -174,17 +197,3 @@ async def owner_checks(settings: Settings, owner_keys: dict[str, str]) -> list[R
         return reports
     finally:
         await engine.dispose()
-
-
-def sign_in_lines(prepared: Prepared, base_url: str, *, console_available: bool) -> list[str]:
-    owner = prepared.clients.owners["dvla"]
-    auditor = prepared.clients.auditor
-    lines = [f"API: {base_url}   docs: {base_url}/docs"]
-    if console_available:
-        lines.append(f"console: {base_url}/console (sign in with a data owner's or the auditor's client)")
-    lines.append(f"data owner (dvla): client_id {owner.client_id}  client_secret {owner.client_secret}")
-    lines.append(
-        f"auditor (audit-office): client_id {auditor.client_id}  client_secret {auditor.client_secret}"
-    )
-    lines.append("every demo client's credentials: ./.tellonce/clients.json")
-    return lines

@@ -6,8 +6,8 @@ from typing import Any
 
 from rich.console import Console
 
-from service.audit.releases import ReleaseReport, Unjustified
-from service.sim.report import AuditSummary, DemoReport, render, value_by_owner
+from service.audit.value import value_by_owner
+from service.sim.report import AuditSummary, DemoReport, render
 from service.sim.tally import Denial, Tally
 
 
@@ -78,30 +78,6 @@ class TestRender:
         assert "audit verified: 120 entries, checkpoint q1w2e3==" in text
         assert "tax code for benefit eligibility (wrong purpose)" in text
         assert "register" in text
-
-    def test_names_each_owners_re_decided_releases(self) -> None:
-        clean = ReleaseReport("register", releases=12)
-        dirty = ReleaseReport("dvla", releases=3)
-        dirty.unjustified.append(
-            Unjustified(9, "entry 10", "licence_status", "cites x version 1, which is revoked")
-        )
-        report = DemoReport(
-            citizens=1,
-            seconds=1.0,
-            tally=Tally(),
-            audit=AuditSummary(entries=5, root="r=="),
-            owner_checks=[clean, dirty],
-        )
-        text = _rendered(report)
-        assert (
-            "releases re-decided: 12 releases of register's fields checked, "
-            "all justified by agreements signed by register"
-        ) in text
-        assert "releases re-decided: 3 releases of dvla's fields checked: 1 NOT justified" in text
-        assert (
-            "unjustified: entry 10 (leaf 9), field licence_status: cites x version 1, which is revoked"
-            in text
-        )
 
     def test_says_so_when_the_audit_did_not_verify(self) -> None:
         report = DemoReport(

@@ -96,9 +96,10 @@ async def _run_workers(settings: Settings) -> None:
     witnesses = witness_config(AuditSettings())
     submitter = WitnessSubmitter(engine, witnesses) if witnesses.enabled else None
     try:
-        loops = [make_sequencer(settings, engine).run(stop), run_dispatcher(settings, stop)]
+        sequencer = make_sequencer(settings, engine)
+        loops = [sequencer.run(stop), run_dispatcher(settings, stop)]
         if submitter is not None:
-            loops.append(submitter.run(stop))
+            loops.append(submitter.run(stop, sequencer.checkpoint_signed))
         await asyncio.gather(*loops)
     finally:
         if submitter is not None:

@@ -21,7 +21,7 @@ import binascii
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +135,27 @@ def verify_bundle(path: Path, verifier: NoteVerifier, expectations: Expectations
             continue
         entry = record.get("entry")
         canonical = canonical_json(entry) if isinstance(entry, dict) else None
-        columns = record.get("columns")
         log.add(
             int(record["leaf_index"]),
             f"entry {record.get('entry_id')}",
             canonical,
             _b64(record["leaf_hash"]),
-            columns if isinstance(columns, dict) else None,
+            _bundle_columns(record.get("columns")),
         )
     return log.finish()
+
+
+def _bundle_columns(columns: Any) -> tuple[Any, ...] | None:
+    """A bundle's stored columns in ``FILTER_COLUMNS`` order, ``time`` as an instant."""
+    if not isinstance(columns, dict):
+        return None
+    values = [columns.get(column) for column in FILTER_COLUMNS]
+    try:
+        time = datetime.fromisoformat(str(values[0]))
+    except ValueError:
+        return (None, *values[1:])  # an unreadable time differs from any entry's
+    values[0] = time if time.tzinfo is not None else time.replace(tzinfo=UTC)
+    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -200,15 +212,18 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
                     rows = await audit_repository.page_for_verification(conn, after, size, PAGE)
                 for leaf, entry_id, canonical, recorded, *stored in rows:
                     columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
+                    # ISO 8601 whatever the database: SQLite gives its text, PostgreSQL a datetime.
+                    time = columns["time"]
+                    if isinstance(time, str):
+                        time = datetime.fromisoformat(time).replace(tzinfo=UTC)
+                    columns["time"] = time.isoformat() if isinstance(time, datetime) else time
                     record = {
                         "type": "entry",
                         "leaf_index": leaf,
                         "entry_id": entry_id,
                         "leaf_hash": base64.b64encode(recorded or b"").decode(),
                         "entry": json.loads(canonical) if canonical else None,
-                        "columns": {
-                            k: v.isoformat() if isinstance(v, datetime) else v for k, v in columns.items()
-                        },
+                        "columns": columns,
                     }
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if len(rows) < PAGE:

@@ -8,17 +8,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
+from service.audit import proofs as audit_proofs
 from service.audit import query as audit_query
 from service.audit import repository as audit_repository
 from service.audit import service as audit_service
-from service.audit import witnessing
+from service.audit import tiles, witnessing
 from service.audit.checkpoint import NoteSigner
 from service.audit.errors import AuditQueryInvalid
 from service.audit.repository import EntryFilter
 from service.audit.schemas import ACTIONS, DECISIONS
-from service.audit.writer import AuditWriterDep
+from service.audit.writer import AuditWriterDep, get_audit_writer
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
@@ -301,16 +302,70 @@ async def citizen_access_log(
     writer: AuditWriterDep,
     cursor: str | None = Query(None, max_length=20),
     limit: int = Query(100, ge=1, le=1000),
+    proofs: bool = Query(
+        False, description="Add to each line its inclusion proof against the witnessed checkpoint."
+    ),
 ) -> dict[str, Any]:
     """Every access to one citizen's record: when, which department, which fields, for what
-    purpose and with what decision. Officers' identities are left out."""
+    purpose and with what decision. Officers' identities are left out.
+
+    With ``proofs=true`` each item gains ``proof`` (``{leaf_index, tree_size, leaf_hash,
+    hashes, entry}``, as ``/v1/audit/entries/{index}/proof``; null for an access the newest
+    witnessed checkpoint does not cover yet) and the response gains ``checkpoint``: that
+    checkpoint as one signed note with the witnesses' cosignatures, so the citizen (or
+    anyone) can check every line against a root the witnesses vouch for."""
     after = _cursor(cursor)
     async with database.engine.connect() as conn:
         if len(citizen_id) > 64 or not await audit_repository.citizen_exists(conn, citizen_id):
             raise NotFound("No such citizen.")
         entry_filter = EntryFilter(citizen_id=citizen_id, actions=audit_query.CITIZEN_VISIBLE_ACTIONS)
         rows = await audit_repository.page_entries(conn, entry_filter, after, limit)
+        witnessed = (
+            await audit_proofs.proofs_for(
+                conn, request.app.state.witness_config, [(leaf, canonical) for _id, leaf, canonical in rows]
+            )
+            if proofs
+            else None
+        )
     await _audit_query(writer, request, caller, action="access-log", citizen_id=citizen_id)
     items = [audit_query.access_item(canonical) for _entry_id, _leaf, canonical in rows]
     next_cursor = str(rows[-1][0]) if len(rows) == limit else None
-    return {"items": items, "next_cursor": next_cursor}
+    if witnessed is None:
+        return {"items": items, "next_cursor": next_cursor}
+    for item, proof in zip(items, witnessed.proofs, strict=True):
+        item["proof"] = proof
+    return {"items": items, "next_cursor": next_cursor, "checkpoint": witnessed.note}
+
+
+IMMUTABLE = "max-age=31536000, immutable"
+
+
+@router.get("/v1/audit/tile/{tile:path}", response_class=Response)
+async def get_tile(
+    tile: str,
+    request: Request,
+    database: DatabaseDep,
+    caller: Annotated[Principal | None, Depends(_checkpoint_reader)],
+) -> Response:
+    """C2SP tlog-tiles for mirrors, monitors and witnesses: ``<L>/<N>[.p/<W>]`` is a hash tile
+    (the stored subtree hashes at tree level 8·L), ``entries/<N>[.p/<W>]`` an entry bundle
+    (uint16-length-prefixed canonical entries; auditors only, and audited, since entries
+    hold pseudonymous citizen ids). Hash tiles are as open as the checkpoint. Full tiles
+    never change and are cached for a year; 404 while the tree is too small for a tile."""
+    try:
+        wanted = tiles.parse_tile_path(tile)
+    except tiles.TilePathInvalid as exc:
+        raise AuditQueryInvalid(f"Not a tile path: {exc}") from None
+    private = wanted.level is None
+    if private:
+        if caller is None or "audit:export" not in caller.scopes:
+            raise Forbidden("Entry bundles need the scope audit:export.")
+        writer = await get_audit_writer(request)
+        await _audit_query(writer, request, caller)
+    async with database.engine.connect() as conn:
+        body = await tiles.read_tile(conn, wanted)
+    if wanted.width is None:
+        cache = f"{'private' if private else 'public'}, {IMMUTABLE}"
+    else:
+        cache = f"{'private' if private else 'public'}, max-age=60"
+    return Response(body, media_type="application/octet-stream", headers={"Cache-Control": cache})

@@ -22,7 +22,7 @@ from service.audit.repository import Executor
 from service.audit.schemas import Action, AuditEntry, Decision, canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
-from service.audit.writer import FILTER_COLUMNS, AuditWriter, entry_row, insert_entries
+from service.audit.writer import AuditWriter, entry_row, insert_entries
 from service.auth.dependencies import Principal
 from service.config import Settings
 from service.db import create_engine, utcnow
@@ -201,12 +201,16 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     sequencer_engine: AsyncEngine | None = None
+    signed: asyncio.Event | None = None
     if settings.run_workers:
         sequencer_engine = _sequencer_engine(settings)
         sequencer = make_sequencer(settings, sequencer_engine, audit, signer)
+        signed = sequencer.checkpoint_signed
         task = asyncio.create_task(sequencer.run(stop), name="audit-sequencer")
     try:
-        async with witnessing.witnessing_lifecycle(app, audit, settings.run_workers, sequencer_engine):
+        async with witnessing.witnessing_lifecycle(
+            app, audit, settings.run_workers, sequencer_engine, signed
+        ):
             yield
     finally:
         stop.set()
@@ -269,9 +273,9 @@ async def verify_stored_log(
             rows = await audit_repository.page_for_verification(conn, after, size, VERIFY_PAGE)
         if not rows:
             break
-        for leaf, entry_id, canonical, recorded, *stored in rows:
-            columns = None if canonical is None else dict(zip(FILTER_COLUMNS, stored, strict=True))
-            log.add(leaf, f"entry {entry_id}", canonical or None, recorded, columns)
+        add = log.add
+        for row in rows:
+            add(row[0], f"entry {row[1]}", row[2], row[3], row[4:])
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)

@@ -19,6 +19,7 @@ from fastapi import Request
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit import observed as audit_observed
 from service.audit import query as audit_query
 from service.audit import repository as audit_repository
 from service.audit import service as audit_service
@@ -321,15 +322,22 @@ class DomainBackend:
         signer: NoteSigner = request.app.state.audit_signer
         verifier = NoteVerifier.parse(signer.verifier_key())
         try:
-            size, checkpoints = await audit_service.verify_stored_log(
-                self._database(request).engine, verifier
+            result = await audit_observed.verify_for_auditor(
+                self._database(request).engine, verifier, viewer.client_id
             )
         except VerificationFailed as failure:
             return VerifyOutcome(False, 0, f"Verification failed: {failure}")
+        anchored = (
+            f" It still holds the {result.anchored_at} entries an auditor verified before."
+            if result.anchored_at
+            else ""
+        )
         return VerifyOutcome(
             True,
-            size,
-            f"All {size} entries were hashed again; the tree matches all {checkpoints} signed checkpoints.",
+            result.size,
+            f"All {result.size} entries were hashed again and every column auditors filter on was "
+            f"checked against its entry; the tree matches all {result.checkpoints} signed checkpoints."
+            + anchored,
         )
 
     async def usage(

@@ -6,7 +6,7 @@ import typer
 import uvicorn
 
 from service.audit.cli import app as audit_app
-from service.audit.hooks import connect_policy_changes
+from service.audit.policy_changes import connect_policy_changes
 from service.auth.cli import auth_app, clients_app
 from service.config import Settings, get_settings
 from service.crypto.cli import app as keys_app

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
-from service.audit import proofs as audit_proofs
-from service.audit import query as audit_query
-from service.audit import repository as audit_repository
-from service.audit import service as audit_service
-from service.audit import tiles, witnessing
+from service.audit import proofs, search, tiles, witnessing
 from service.audit.checkpoint import NoteSigner
 from service.audit.errors import AuditQueryInvalid
-from service.audit.repository import EntryFilter
-from service.audit.schemas import ACTIONS, DECISIONS
 from service.audit.writer import AuditWriterDep, get_audit_writer
+from service.auth import permissions
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
-from service.catalog import service as catalog_service
-from service.catalog.errors import CatalogMissing
 from service.db import DatabaseDep, SessionDep
-from service.errors import Forbidden, NotFound, Unauthenticated
+from service.errors import Forbidden, Unauthenticated
 
 router = APIRouter(tags=["audit"])
 
@@ -35,61 +25,14 @@ Portal = Annotated[Principal, Depends(require("citizens:access-log"))]
 
 async def _reader(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     # An auditor reads all entries; a data owner only those touching its fields.
-    if not principal.scopes & {"audit:read", "audit:read-own"}:
-        raise Forbidden("This call needs the scope audit:read or audit:read-own.")
-    return principal
+    return permissions.require_audit_reader(principal)
 
 
 Reader = Annotated[Principal, Depends(_reader)]
 
 
-def _time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise AuditQueryInvalid(
-            f"{name} is not an ISO 8601 date or time.", errors=[{"loc": ["query", name], "msg": "not a date"}]
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-
-
-def _filter(
-    principal: Principal,
-    *,
-    citizen_id: str | None,
-    consumer: str | None,
-    owner: str | None,
-    field: str | None,
-    purpose: str | None,
-    decision: str | None,
-    action: str | None,
-    since: str | None,
-    until: str | None,
-) -> EntryFilter:
-    if decision is not None and decision not in DECISIONS:
-        raise AuditQueryInvalid(
-            f"decision must be one of {', '.join(DECISIONS)}.",
-            errors=[{"loc": ["query", "decision"], "msg": "unknown decision"}],
-        )
-    if action is not None and action not in ACTIONS:
-        raise AuditQueryInvalid(
-            "action is not a known audit action.",
-            errors=[{"loc": ["query", "action"], "msg": "unknown action"}],
-        )
-    return EntryFilter(
-        citizen_id=citizen_id,
-        consumer=consumer,
-        owner=owner,
-        field=field,
-        purpose=purpose,
-        decision=decision,
-        action=action,
-        since=_time(since, "since"),
-        until=_time(until, "until"),
-        visible_to_owner=None if "audit:read" in principal.scopes else principal.department,
-    )
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 class FilterParams:
@@ -105,35 +48,20 @@ class FilterParams:
         since: str | None = Query(None, max_length=40, description="ISO 8601, inclusive"),
         until: str | None = Query(None, max_length=40, description="ISO 8601, exclusive"),
     ) -> None:
-        self.values = {
-            "citizen_id": citizen_id,
-            "consumer": consumer,
-            "owner": owner,
-            "field": field,
-            "purpose": purpose,
-            "decision": decision,
-            "action": action,
-            "since": since,
-            "until": until,
-        }
+        self.query = search.EntryQuery(
+            citizen_id=citizen_id,
+            consumer=consumer,
+            owner=owner,
+            field=field,
+            purpose=purpose,
+            decision=decision,
+            action=action,
+            since=search.parse_time(since, "since"),
+            until=search.parse_time(until, "until"),
+        )
 
 
 Filters = Annotated[FilterParams, Depends()]
-
-
-def _cursor(value: str | None) -> int:
-    if value is None:
-        return 0
-    if not value.isdigit() or len(value) > 19:
-        raise AuditQueryInvalid("The cursor is not one this service returned.")
-    return int(value)
-
-
-async def _audit_query(
-    writer: AuditWriterDep, request: Request, principal: Principal, action: Any = "audit-query", **kw: Any
-) -> None:
-    """Audit the query itself, durably, before any result leaves."""
-    await writer.append(audit_service.request_entry(request, principal, action, **kw))
 
 
 async def _checkpoint_reader(
@@ -184,9 +112,11 @@ async def get_inclusion_proof(
     """An RFC 9162 inclusion proof of leaf ``index`` in the tree of ``tree_size`` (default: the
     latest checkpoint), with the stored entry whose canonical JSON the leaf hashes."""
     async with database.engine.connect() as conn:
-        proof = await audit_service.inclusion(conn, index, tree_size)
+        proof = await proofs.inclusion(conn, index, tree_size)
     # The proof carries an entry, so reading it is an audit query like any other.
-    await _audit_query(writer, request, caller, citizen_id=proof["entry"].get("citizen_id"))
+    await search.record_query(
+        writer, caller, source=_source(request), citizen_id=proof["entry"].get("citizen_id")
+    )
     return proof
 
 
@@ -198,7 +128,7 @@ async def get_consistency_proof(
     if first > second:
         raise AuditQueryInvalid("first must not exceed second.")
     async with database.engine.connect() as conn:
-        return await audit_service.consistency(conn, first, second)
+        return await proofs.consistency(conn, first, second)
 
 
 @router.get("/v1/audit/entries")
@@ -213,14 +143,20 @@ async def list_entries(
 ) -> dict[str, Any]:
     """Audit entries in a stable order (oldest first), filtered, one page at a time.
     A data owner sees only entries that touch its department's fields."""
-    entry_filter = _filter(caller, **filters.values)
-    after = _cursor(cursor)
-    async with database.engine.connect() as conn:
-        rows = await audit_repository.page_entries(conn, entry_filter, after, limit)
-    await _audit_query(writer, request, caller, owners=[entry_filter.owner] if entry_filter.owner else [])
-    items = [audit_query.entry_item(entry_id, leaf, canonical) for entry_id, leaf, canonical in rows]
-    next_cursor = str(rows[-1][0]) if len(rows) == limit else None
-    return {"items": items, "next_cursor": next_cursor}
+    page = await search.search_entries(
+        database.engine,
+        writer,
+        caller,
+        filters.query,
+        after=search.parse_cursor(cursor),
+        limit=limit,
+        source=_source(request),
+    )
+    return {"items": page.items, "next_cursor": _next(page.next_cursor)}
+
+
+def _next(cursor: int | None) -> str | None:
+    return None if cursor is None else str(cursor)
 
 
 @router.get("/v1/audit/export")
@@ -230,30 +166,15 @@ async def export_entries(
     request: Request,
     database: DatabaseDep,
     writer: AuditWriterDep,
-    format: Literal["jsonl", "csv"] = Query("jsonl"),
+    format: search.ExportFormat = Query("jsonl"),
 ) -> StreamingResponse:
     """Every matching entry, streamed page by page as JSON lines or CSV."""
-    entry_filter = _filter(caller, **filters.values)
-    await _audit_query(writer, request, caller)
-    engine = database.engine
-
-    async def lines() -> AsyncIterator[str]:
-        if format == "csv":
-            yield audit_query.csv_header()
-        after = 0
-        while True:
-            async with engine.connect() as conn:
-                rows = await audit_repository.page_entries(conn, entry_filter, after, 500)
-            for entry_id, leaf, canonical in rows:
-                item = audit_query.entry_item(entry_id, leaf, canonical)
-                yield audit_query.csv_line(item) if format == "csv" else json.dumps(item) + "\n"
-            if len(rows) < 500:
-                return
-            after = rows[-1][0]
-
+    lines = await search.export_entries(
+        database.engine, writer, caller, filters.query, format=format, source=_source(request)
+    )
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     disposition = f'attachment; filename="audit.{format}"'
-    return StreamingResponse(lines(), media_type=media, headers={"Content-Disposition": disposition})
+    return StreamingResponse(lines, media_type=media, headers={"Content-Disposition": disposition})
 
 
 @router.get("/v1/audit/reports/usage")
@@ -273,21 +194,19 @@ async def usage_report(
 ) -> dict[str, Any]:
     """Released fields counted by consumer, owner, field, purpose and day or month: the value
     an owner's data gives others. A data owner sees only its own fields."""
-    if "audit:read" not in caller.scopes:
-        if owner is not None and owner != caller.department:
-            raise Forbidden("A data owner reports only on its own fields.")
-        owner = caller.department
-    try:
-        _version, catalog = await catalog_service.current(session)
-        field_owners = {spec.name: spec.owner for spec in catalog.fields}
-    except CatalogMissing:
-        field_owners = {}
-    entry_filter = EntryFilter(
-        consumer=consumer, owner=owner, since=_time(since, "since"), until=_time(until, "until")
+    counts = await search.usage_report(
+        session,
+        database.engine,
+        writer,
+        caller,
+        period=period,
+        consumer=consumer,
+        owner=owner,
+        since=search.parse_time(since, "since"),
+        until=search.parse_time(until, "until"),
+        source=_source(request),
     )
-    counts = await audit_query.usage_counts(database.engine, entry_filter, period, field_owners, owner)
-    await _audit_query(writer, request, caller, owners=[owner] if owner else [])
-    start = _cursor(cursor)
+    start = search.parse_cursor(cursor)
     page = counts[start : start + limit]
     next_cursor = str(start + limit) if start + limit < len(counts) else None
     return {"items": page, "next_cursor": next_cursor}
@@ -314,27 +233,19 @@ async def citizen_access_log(
     witnessed checkpoint does not cover yet) and the response gains ``checkpoint``: that
     checkpoint as one signed note with the witnesses' cosignatures, so the citizen (or
     anyone) can check every line against a root the witnesses vouch for."""
-    after = _cursor(cursor)
-    async with database.engine.connect() as conn:
-        if len(citizen_id) > 64 or not await audit_repository.citizen_exists(conn, citizen_id):
-            raise NotFound("No such citizen.")
-        entry_filter = EntryFilter(citizen_id=citizen_id, actions=audit_query.CITIZEN_VISIBLE_ACTIONS)
-        rows = await audit_repository.page_entries(conn, entry_filter, after, limit)
-        witnessed = (
-            await audit_proofs.proofs_for(
-                conn, request.app.state.witness_config, [(leaf, canonical) for _id, leaf, canonical in rows]
-            )
-            if proofs
-            else None
-        )
-    await _audit_query(writer, request, caller, action="access-log", citizen_id=citizen_id)
-    items = [audit_query.access_item(canonical) for _entry_id, _leaf, canonical in rows]
-    next_cursor = str(rows[-1][0]) if len(rows) == limit else None
-    if witnessed is None:
-        return {"items": items, "next_cursor": next_cursor}
-    for item, proof in zip(items, witnessed.proofs, strict=True):
-        item["proof"] = proof
-    return {"items": items, "next_cursor": next_cursor, "checkpoint": witnessed.note}
+    page = await search.citizen_access_log(
+        database.engine,
+        writer,
+        caller,
+        citizen_id,
+        after=search.parse_cursor(cursor),
+        limit=limit,
+        source=_source(request),
+        proofs=request.app.state.witness_config if proofs else None,
+    )
+    if not proofs:
+        return {"items": page.items, "next_cursor": _next(page.next_cursor)}
+    return {"items": page.items, "next_cursor": _next(page.next_cursor), "checkpoint": page.checkpoint}
 
 
 IMMUTABLE = "max-age=31536000, immutable"
@@ -358,10 +269,10 @@ async def get_tile(
         raise AuditQueryInvalid(f"Not a tile path: {exc}") from None
     private = wanted.level is None
     if private:
-        if caller is None or "audit:export" not in caller.scopes:
+        if caller is None or not permissions.may_export_audit(caller):
             raise Forbidden("Entry bundles need the scope audit:export.")
         writer = await get_audit_writer(request)
-        await _audit_query(writer, request, caller)
+        await search.record_query(writer, caller, source=_source(request))
     async with database.engine.connect() as conn:
         body = await tiles.read_tile(conn, wanted)
     if wanted.width is None:

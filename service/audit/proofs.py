@@ -1,110 +1,61 @@
-"""Inclusion proofs against the witnessed checkpoint, many at once (the citizen's access log).
-
-Each proof has the shape of ``GET /v1/audit/entries/{index}/proof``. All of a page's
-proofs are built from one fetch of the tree nodes they need, so a citizen with a
-thousand accesses costs a few queries, not a thousand.
-"""
+"""Proofs over the stored tree: RFC 9162 inclusion and consistency, and the latest
+signed checkpoint note. Read-only; the sequencer builds what they read."""
 
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from service.audit import merkle
 from service.audit import repository as audit_repository
-from service.audit.checkpoint import Checkpoint, NoteVerifier
-from service.audit.errors import NoCheckpoint
+from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.repository import Executor
-from service.audit.witnessing import WitnessConfig, witnessed_checkpoint_note
-from service.witness.cosignature import CosignatureError, split_note
 
 
-@dataclass(frozen=True)
-class WitnessedProofs:
-    note: str | None  # the witnessed checkpoint every proof is against; None if there is none yet
-    tree_size: int
-    proofs: list[dict[str, Any] | None]  # one per requested leaf; None when not yet covered
+async def _read_for(db: Executor, build: Any) -> Any:
+    """Run a proof or root computation with exactly the nodes it needs, fetched in one go."""
+    keys = merkle.nodes_needed(build)
+    nodes = await audit_repository.read_nodes(db, keys)
+    return build(lambda level, index: nodes[(level, index)])
+
+
+async def inclusion(db: Executor, leaf_index: int, tree_size: int | None) -> dict[str, Any]:
+    size = await audit_repository.tree_size(db)
+    if tree_size is None:
+        checkpoint = await audit_repository.latest_checkpoint(db)
+        tree_size = checkpoint.tree_size if checkpoint else size
+    if tree_size < 1 or tree_size > size:
+        raise AuditQueryInvalid(f"tree_size must be between 1 and the current size {size}.")
+    if leaf_index < 0 or leaf_index >= tree_size:
+        raise LeafNotFound(f"No leaf {leaf_index} in a tree of size {tree_size}.")
+    entry = await audit_repository.entry_at_leaf(db, leaf_index)
+    if entry is None:
+        raise LeafNotFound(f"No leaf {leaf_index}.")
+    leaf = await audit_repository.read_nodes(db, [(0, leaf_index)])
+    hashes = await _read_for(db, lambda read: merkle.inclusion_proof(read, leaf_index, tree_size))
+    return {
+        "leaf_index": leaf_index,
+        "tree_size": tree_size,
+        "leaf_hash": _b64(leaf[(0, leaf_index)]),
+        "hashes": [_b64(h) for h in hashes],
+        "entry": entry,
+    }
+
+
+async def consistency(db: Executor, first: int, second: int) -> dict[str, Any]:
+    size = await audit_repository.tree_size(db)
+    if first < 0 or first > second or second > size:
+        raise AuditQueryInvalid(f"Need 0 <= first <= second <= the current size {size}.")
+    hashes = await _read_for(db, lambda read: merkle.consistency_proof(read, first, second))
+    return {"first": first, "second": second, "hashes": [_b64(h) for h in hashes]}
+
+
+async def checkpoint_note(db: Executor) -> str:
+    checkpoint = await audit_repository.latest_checkpoint(db)
+    if checkpoint is None:
+        raise NoCheckpoint("The log has no signed checkpoint yet.")
+    return checkpoint.note
 
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
-
-
-async def proofs_for(
-    db: Executor, config: WitnessConfig, leaves: Sequence[tuple[int | None, str]]
-) -> WitnessedProofs:
-    """Proofs for ``(leaf index or None, canonical JSON)`` pairs against the newest
-    witnessed checkpoint. Leaves not yet sequenced, or sequenced after that checkpoint,
-    get None: they will be covered by a later one."""
-    try:
-        note = await witnessed_checkpoint_note(db, config)
-    except NoCheckpoint:
-        return WitnessedProofs(None, 0, [None] * len(leaves))
-    size = Checkpoint.parse_body(split_note(note)[0]).size
-    covered = sorted({leaf for leaf, _c in leaves if leaf is not None and leaf < size})
-    keys: set[merkle.NodeKey] = {(0, leaf) for leaf in covered}
-    for leaf in covered:
-        keys |= merkle.nodes_needed(partial(merkle.inclusion_proof, index=leaf, size=size))
-    nodes = await audit_repository.read_nodes(db, keys)
-
-    def read(level: int, index: int) -> bytes:
-        return nodes[(level, index)]
-
-    proofs: list[dict[str, Any] | None] = []
-    for position, canonical in leaves:
-        if position is None or position >= size:
-            proofs.append(None)
-            continue
-        proofs.append(
-            {
-                "leaf_index": position,
-                "tree_size": size,
-                "leaf_hash": _b64(nodes[(0, position)]),
-                "hashes": [_b64(h) for h in merkle.inclusion_proof(read, position, size)],
-                "entry": json.loads(canonical),
-            }
-        )
-    return WitnessedProofs(note, size, proofs)
-
-
-@dataclass(frozen=True)
-class ProofCheck:
-    """What an outside verifier concludes about one page of proofs."""
-
-    verified: int
-    pending: int
-    witnesses: tuple[str, ...]
-
-
-def check_proofs(log_key: NoteVerifier, config: WitnessConfig, found: WitnessedProofs) -> ProofCheck:
-    """Verify ``found`` as a citizen's own verifier would: the log's signature and each
-    witness's cosignature on the note, then every entry's leaf hash and inclusion proof.
-    Raises ``CosignatureError`` (a ``CheckpointError``) on any failure."""
-    if found.note is None:
-        return ProofCheck(0, len(found.proofs), ())
-    checkpoint = log_key.open_checkpoint(found.note)
-    body, lines = split_note(found.note)
-    witnesses = tuple(w.name for w in config.witnesses if w.verifier.find(body, lines) is not None)
-    if len(witnesses) < config.quorum:
-        raise CosignatureError("the checkpoint is not cosigned by the witness quorum")
-    verified = 0
-    for proof in found.proofs:
-        if proof is None:
-            continue
-        leaf = merkle.leaf_hash(
-            json.dumps(proof["entry"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        )
-        if base64.b64decode(proof["leaf_hash"]) != leaf or not merkle.verify_inclusion(
-            leaf,
-            proof["leaf_index"],
-            proof["tree_size"],
-            [base64.b64decode(h) for h in proof["hashes"]],
-            checkpoint.root_hash,
-        ):
-            raise CosignatureError(f"the proof of leaf {proof['leaf_index']} does not verify")
-        verified += 1
-    return ProofCheck(verified, len(found.proofs) - verified, witnesses)

@@ -29,7 +29,7 @@ from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import cosignatures as cosignature_repository
-from service.audit import service as audit_service
+from service.audit import proofs
 from service.audit.config import AuditSettings
 from service.audit.cosignatures import CheckpointRow
 from service.audit.errors import AuditUnavailable, NoCheckpoint
@@ -124,7 +124,7 @@ async def witnessed_checkpoint_note(db: Executor, config: WitnessConfig, max_siz
     """
     if not config.enabled:
         if max_size is None:
-            return await audit_service.checkpoint_note(db)
+            return await proofs.checkpoint_note(db)
         raise NoCheckpoint("No witnesses are configured.")
     found = await cosignature_repository.newest_witnessed(db, max_size)
     if found is None:
@@ -192,7 +192,7 @@ class WitnessSubmitter:
         if old in (0, size):
             return []
         async with self.engine.connect() as conn:
-            found = await audit_service.consistency(conn, old, size)
+            found = await proofs.consistency(conn, old, size)
         return [base64.b64decode(h) for h in found["hashes"]]
 
     async def _cosign(self, witness: WitnessEndpoint, checkpoint: CheckpointRow) -> Cosignature | None:

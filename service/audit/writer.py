@@ -1,4 +1,7 @@
-"""The batched durable writer: group commit for read-path audit entries.
+"""Appending to the audit log: in the caller's transaction, or through the batched writer.
+
+``append_in_transaction`` puts an entry in a write's own transaction, so the change and
+its entry commit together. ``AuditWriter`` is group commit for read-path entries.
 
 A handler awaits ``append(entry)``; it returns only once the entry's transaction has
 committed. Entries that arrive while a batch is committing wait for the next one, so
@@ -110,6 +113,20 @@ async def insert_entries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
     await conn.exec_driver_sql(_SQLITE_INSERT, [_sqlite_params(row) for row in rows])
     last = int((await conn.execute(select(func.max(AuditEntryRow.id)))).scalar_one())
     return list(range(last - len(rows) + 1, last + 1))
+
+
+async def append_in_transaction(conn: AsyncConnection, entry: AuditEntry) -> int:
+    """Append ``entry`` in the caller's transaction (for writes: same commit as the change).
+
+    On PostgreSQL this takes the audit append lock until the caller's transaction ends,
+    so call it as the last statement before commit.
+    """
+    return (await insert_entries(conn, [entry_row(entry)]))[0]
+
+
+async def append_many_in_transaction(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
+    """``append_in_transaction`` for many entries at once (bulk registration), in order."""
+    return await insert_entries(conn, [entry_row(entry) for entry in entries])
 
 
 class AuditWriter:

@@ -45,9 +45,6 @@ class Principal:
         role_set = frozenset(roles)
         return cls(client_id=client_id, department=department, roles=role_set, scopes=scopes_for(role_set))
 
-    def has_role(self, role: str) -> bool:
-        return role in self.roles
-
 
 def _bearer_token(request: Request) -> str:
     authorization = request.headers.get("authorization")

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from service.auth import permissions
 from service.catalog.schemas import Catalog
 from service.console import forms
 from service.console.forms import AgreementForm
@@ -34,10 +35,6 @@ def _names(catalog: Catalog) -> dict[str, Any]:
         "purposes": {p.id: p.name for p in catalog.purposes},
         "today": utcnow().date(),
     }
-
-
-def _sees_all(viewer: SignedIn) -> bool:
-    return "auditor" in viewer.principal.roles
 
 
 def _department_name(catalog: Catalog, department: str) -> str:
@@ -69,8 +66,8 @@ async def list_agreements(
             **_names(catalog),
             "section": "agreements",
             "agreements": agreements,
-            "sees_all": _sees_all(viewer),
-            "can_edit": "data-owner" in viewer.principal.roles,
+            "sees_all": permissions.sees_all(viewer.principal),
+            "can_edit": permissions.may_write_agreements(viewer.principal),
             "department_name": _department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,
@@ -313,7 +310,7 @@ async def agreement_detail(
             "section": "agreements",
             "agreement": current,
             "versions": versions,
-            "can_edit": "data-owner" in viewer.principal.roles
+            "can_edit": permissions.may_write_agreements(viewer.principal)
             and current.owner == viewer.principal.department,
         },
         viewer=viewer,

@@ -10,9 +10,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from service.audit.search import EntryQuery
+from service.auth import permissions
 from service.catalog.schemas import Catalog
 from service.console import chart
-from service.console.ports import AuditQuery, UsageRow
+from service.console.ports import UsageRow
 from service.console.sessions import SignedIn
 from service.console.web import (
     Backend,
@@ -57,7 +59,7 @@ def _start_of(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def parse_query(params: dict[str, str], catalog: Catalog) -> tuple[AuditQuery, dict[str, list[str]]]:
+def parse_query(params: dict[str, str], catalog: Catalog) -> tuple[EntryQuery, dict[str, list[str]]]:
     """The search form's values as a query, and the problems by field (dates are whole days)."""
     errors: dict[str, list[str]] = {}
     text = {name: params.get(name, "").strip()[:64] or None for name in FILTER_NAMES}
@@ -82,7 +84,7 @@ def parse_query(params: dict[str, str], catalog: Catalog) -> tuple[AuditQuery, d
             errors["until"] = ["The to date must be a real date, for example 2026-03-31"]
     if since_day and until_day and until_day < since_day:
         errors["until"] = ["The to date must be the same as or after the from date"]
-    query = AuditQuery(
+    query = EntryQuery(
         citizen_id=text["citizen_id"],
         consumer=text["consumer"],
         owner=text["owner"],
@@ -138,8 +140,8 @@ async def search(
             "after": after,
             "first_number": shown + 1,
             "query_string": ("?" + urlencode(filters)) if filters else "",
-            "sees_all": "auditor" in viewer.principal.roles,
-            "can_export": "auditor" in viewer.principal.roles,
+            "sees_all": permissions.sees_all(viewer.principal),
+            "can_export": permissions.may_export_audit(viewer.principal),
             "department_name": _department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,
@@ -227,7 +229,7 @@ async def usage(
             "days": days,
             "chart": chart.usage_svg(counts, days, names),
             "table": counts,
-            "sees_all": "auditor" in viewer.principal.roles,
+            "sees_all": permissions.sees_all(viewer.principal),
             "department_name": _department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,

@@ -1,31 +1,30 @@
-"""The console backend over the domain services: the same functions the API endpoints call.
+"""The console backend: the pages' words over the functions the API endpoints call.
 
-Nothing here goes over HTTP. Sign-in uses the auth domain's client lookup and its
-constant-time secret check; agreements go through the policy domain's validation,
-simulation and versioned writes (so its change hooks audit them, with the signed-in
-client as author); audit pages use the audit domain's queries and append an audit entry
-for each query, the same entry the audit API appends, naming the signed-in client.
+Nothing here goes over HTTP, and no rule lives here. Sign-in uses the auth domain's
+client lookup and its constant-time secret check; agreements go through
+``service.policy.agreements`` (visibility, ownership, version checks, the author
+string); audit pages through ``service.audit.search`` (visibility, the query's own
+audit entry, export and the usage report).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit import citizen_proofs, search
 from service.audit import observed as audit_observed
-from service.audit import query as audit_query
 from service.audit import repository as audit_repository
-from service.audit import service as audit_service
-from service.audit.checkpoint import NoteSigner, NoteVerifier
-from service.audit.repository import EntryFilter
+from service.audit.checkpoint import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
+from service.audit.search import EntryQuery, Page
 from service.audit.verify import VerificationFailed
+from service.audit.witnessing import WitnessConfig
 from service.audit.writer import AuditWriter
 from service.auth import service as auth_service
 from service.auth.dependencies import Principal
@@ -34,10 +33,11 @@ from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.console.forms import field_for_loc
 from service.console.ports import (
+    AccessLog,
+    AccessProof,
     AccessRow,
     AgreementRecord,
     AuditPage,
-    AuditQuery,
     AuditRow,
     CheckpointView,
     DraftCheck,
@@ -49,13 +49,11 @@ from service.console.ports import (
 )
 from service.db import Database
 from service.errors import NotFound
-from service.policy import repository as policy_repository
-from service.policy import service as policy_service
-from service.policy.errors import AgreementExists, AgreementRevoked, NotFieldOwner, StaleAgreement
-from service.policy.loader import check_agreement
+from service.policy import agreements
+from service.policy.errors import AgreementNotFound
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
-from service.policy.simulate import draft_agreements, draft_policy, simulate
+from service.witness.cosignature import split_note
 
 # Compared against when the client id is unknown, so an unknown id and a wrong secret
 # take the same time: the form must not tell which client ids exist.
@@ -82,10 +80,6 @@ ACCESS_LOG_LIMIT = 1000
 _PAGE = 500
 
 
-def _sees_all(viewer: Principal) -> bool:
-    return "auditor" in viewer.roles
-
-
 def _record(row: AgreementVersion) -> AgreementRecord:
     return AgreementRecord(
         id=row.agreement_id,
@@ -99,26 +93,11 @@ def _record(row: AgreementVersion) -> AgreementRecord:
     )
 
 
-def _entry_filter(viewer: Principal, query: AuditQuery) -> EntryFilter:
-    return EntryFilter(
-        citizen_id=query.citizen_id,
-        consumer=query.consumer,
-        owner=query.owner,
-        field=query.field,
-        purpose=query.purpose,
-        decision=query.decision,
-        since=query.since,
-        until=query.until,
-        # A data owner sees only entries that touch its fields, exactly as in the API.
-        visible_to_owner=None if _sees_all(viewer) else viewer.department,
-    )
-
-
-def _audit_row(entry_id: int, leaf: int | None, canonical: str) -> AuditRow:
-    entry: dict[str, Any] = json.loads(canonical)
+def _audit_row(item: dict[str, Any]) -> AuditRow:
+    entry: dict[str, Any] = item["entry"]
     return AuditRow(
-        id=entry_id,
-        leaf_index=leaf,
+        id=item["id"],
+        leaf_index=item["leaf_index"],
         time=datetime.fromisoformat(entry["time"]),
         client_id=entry["client_id"],
         department=entry["department"],
@@ -160,19 +139,30 @@ class DomainBackend:
     # --- agreements ---------------------------------------------------------------------
 
     async def agreements(self, session: AsyncSession, viewer: Principal) -> list[AgreementRecord]:
-        owner = None if _sees_all(viewer) else viewer.department
-        rows = await policy_repository.current_versions(session, owner)
-        return sorted((_record(r) for r in rows), key=lambda r: (r.owner, r.id))
+        records: list[AgreementRecord] = []
+        cursor = None
+        while True:
+            page = await agreements.list_agreements(session, viewer, cursor=cursor, limit=200)
+            records.extend(_record(r) for r in page.rows)
+            if page.next_cursor is None:
+                return sorted(records, key=lambda r: (r.owner, r.id))
+            cursor = page.next_cursor
 
     async def versions(
         self, session: AsyncSession, viewer: Principal, agreement_id: str
     ) -> list[AgreementRecord]:
-        current = await policy_repository.current_version(session, agreement_id)
-        # Another owner's agreement is simply not there, as in the API.
-        if current is None or (not _sees_all(viewer) and current.owner != viewer.department):
-            return []
-        rows = await policy_repository.page_versions(session, agreement_id, after=None, limit=10_000)
-        return [_record(r) for r in rows]
+        records: list[AgreementRecord] = []
+        cursor = None
+        while True:
+            try:
+                page = await agreements.list_versions(session, viewer, agreement_id, cursor=cursor, limit=200)
+            except AgreementNotFound:
+                # Another owner's agreement is simply not there, as in the API.
+                return []
+            records.extend(_record(r) for r in page.rows)
+            if page.next_cursor is None:
+                return records
+            cursor = page.next_cursor
 
     async def check_draft(
         self, session: AsyncSession, viewer: Principal, draft: dict[str, Any], *, creating: bool
@@ -186,9 +176,9 @@ class DomainBackend:
                 errors.append((name, _FRIENDLY.get((name, error["type"]), str(error["msg"]))))
             return DraftCheck(None, errors)
         catalog = await self.catalog(session)
-        for loc, message in check_agreement(spec, viewer.department, catalog):
+        for loc, message in agreements.problems(spec, viewer.department, catalog):
             errors.append((field_for_loc(loc), _strip_prefix(message, spec.id)))
-        if creating and await policy_repository.current_version(session, spec.id) is not None:
+        if creating and await agreements.id_taken(session, spec.id):
             errors.append(
                 ("id", "An agreement with this ID already exists; IDs are unique across the catalog")
             )
@@ -197,14 +187,14 @@ class DomainBackend:
     async def simulate(
         self, request: Request, session: AsyncSession, viewer: Principal, content: dict[str, Any]
     ) -> Simulation:
-        spec = AgreementSpec.model_validate(content)
-        current = await policy_repository.current_version(session, spec.id)
-        conn = await session.connection()
-        live = await policy_service.current_policy(conn, getattr(request.app.state, "policy", None))
-        upsert = [spec.to_engine(viewer.department, current.version + 1 if current else 1)]
-        draft = draft_policy(live, draft_agreements(live.agreements, upsert, []))
-        # The audit store's past requests, as the API's simulate replays them.
-        result = await simulate(live, draft, request.app.state.recorded_requests, None)
+        result = await agreements.simulate_draft(
+            session,
+            viewer,
+            request.app.state.policy,
+            request.app.state.recorded_requests,
+            upsert=[AgreementSpec.model_validate(content)],
+            remove=[],
+        )
         changes = [
             SimulatedChange(consumer, field, action, purpose, before, after, count)
             for (consumer, field, action, purpose, before, after), count in sorted(result.changes.items())
@@ -221,25 +211,12 @@ class DomainBackend:
         reason: str,
     ) -> AgreementRecord:
         spec = AgreementSpec.model_validate(content)
-        previous = await policy_repository.current_version(session, spec.id)
         if expected_version is None:
-            if previous is not None:
-                raise AgreementExists(
-                    f"An agreement {spec.id!r} already exists; ids are unique across the catalog."
-                )
+            row = await agreements.create_agreement(session, viewer, spec, reason=reason)
         else:
-            if previous is None or previous.owner != viewer.department:
-                raise NotFound(f"No agreement {spec.id!r}.")
-            if previous.status != "active":
-                raise AgreementRevoked(f"Agreement {spec.id} is revoked; create a new agreement instead.")
-            if previous.version != expected_version:
-                raise StaleAgreement(
-                    f"Agreement {spec.id} changed (it is at version {previous.version}) while you edited it; "
-                    "open it again."
-                )
-        row = await policy_service.put_agreement(
-            session, previous, spec, owner=viewer.department, author=viewer.client_id, reason=reason
-        )
+            row = await agreements.replace_agreement(
+                session, viewer, spec.id, spec, expected=expected_version, reason=reason
+            )
         return _record(row)
 
     async def revoke(
@@ -251,16 +228,10 @@ class DomainBackend:
         expected_version: int,
         reason: str,
     ) -> AgreementRecord:
-        row = await policy_repository.current_version(session, agreement_id)
-        if row is None or (row.owner != viewer.department and not _sees_all(viewer)):
-            raise NotFound(f"No agreement {agreement_id!r}.")
-        if row.owner != viewer.department:
-            raise NotFieldOwner("Only the owning department revokes its agreements.")
-        if row.version != expected_version:
-            raise StaleAgreement(f"Agreement {agreement_id} changed since you opened it; open it again.")
-        if row.status == "revoked":
-            raise AgreementRevoked(f"Agreement {agreement_id} is already revoked.")
-        return _record(await policy_service.revoke(session, row, author=viewer.client_id, reason=reason))
+        row = await agreements.revoke_agreement(
+            session, viewer, agreement_id, expected=expected_version, reason=reason
+        )
+        return _record(row)
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -274,41 +245,33 @@ class DomainBackend:
         writer: AuditWriter = request.app.state.audit_writer
         return writer
 
-    async def _audit_query(self, request: Request, viewer: Principal, **kw: Any) -> None:
-        """Record the query itself, durably, before any result is shown (as the API does)."""
-        entry = audit_service.request_entry(request, viewer, kw.pop("action", "audit-query"), **kw)
-        await self._writer(request).append(entry)
+    @staticmethod
+    def _source(request: Request) -> str | None:
+        return request.client.host if request.client else None
 
     async def search(
-        self, request: Request, viewer: Principal, query: AuditQuery, after: int, limit: int
+        self, request: Request, viewer: Principal, query: EntryQuery, after: int, limit: int
     ) -> AuditPage:
-        entry_filter = _entry_filter(viewer, query)
-        async with self._database(request).engine.connect() as conn:
-            rows = await audit_repository.page_entries(conn, entry_filter, after, limit + 1)
-        await self._audit_query(request, viewer, owners=[query.owner] if query.owner else [])
-        more = len(rows) > limit
-        rows = rows[:limit]
-        items = [_audit_row(entry_id, leaf, canonical) for entry_id, leaf, canonical in rows]
-        return AuditPage(items, rows[-1][0] if more else None)
+        page = await search.search_entries(
+            self._database(request).engine,
+            self._writer(request),
+            viewer,
+            query,
+            after=after,
+            limit=limit,
+            source=self._source(request),
+        )
+        return AuditPage([_audit_row(item) for item in page.items], page.next_cursor)
 
-    async def export_csv(self, request: Request, viewer: Principal, query: AuditQuery) -> AsyncIterator[str]:
-        entry_filter = _entry_filter(viewer, query)
-        await self._audit_query(request, viewer, owners=[query.owner] if query.owner else [])
-        engine = self._database(request).engine
-
-        async def lines() -> AsyncIterator[str]:
-            yield audit_query.csv_header()
-            after = 0
-            while True:
-                async with engine.connect() as conn:
-                    rows = await audit_repository.page_entries(conn, entry_filter, after, _PAGE)
-                for entry_id, leaf, canonical in rows:
-                    yield audit_query.csv_line(audit_query.entry_item(entry_id, leaf, canonical))
-                if len(rows) < _PAGE:
-                    return
-                after = rows[-1][0]
-
-        return lines()
+    async def export_csv(self, request: Request, viewer: Principal, query: EntryQuery) -> AsyncIterator[str]:
+        return await search.export_entries(
+            self._database(request).engine,
+            self._writer(request),
+            viewer,
+            query,
+            format="csv",
+            source=self._source(request),
+        )
 
     async def checkpoint(self, request: Request) -> CheckpointView | None:
         async with self._database(request).engine.connect() as conn:
@@ -318,7 +281,7 @@ class DomainBackend:
         return CheckpointView(row.tree_size, base64.b64encode(row.root_hash).decode(), row.created_at)
 
     async def verify(self, request: Request, viewer: Principal) -> VerifyOutcome:
-        await self._audit_query(request, viewer)
+        await search.record_query(self._writer(request), viewer, source=self._source(request))
         signer: NoteSigner = request.app.state.audit_signer
         verifier = NoteVerifier.parse(signer.verifier_key())
         try:
@@ -346,32 +309,58 @@ class DomainBackend:
         session: AsyncSession,
         viewer: Principal,
         *,
-        period: str,
+        period: Literal["day", "month"],
         since: datetime,
         until: datetime | None,
     ) -> list[UsageRow]:
-        owner = None if _sees_all(viewer) else viewer.department
-        catalog = await self.catalog(session)
-        entry_filter = EntryFilter(owner=owner, since=since, until=until)
-        counts = await audit_query.usage_counts(
-            self._database(request).engine, entry_filter, period, catalog.field_owners, owner
+        counts = await search.usage_report(
+            session,
+            self._database(request).engine,
+            self._writer(request),
+            viewer,
+            period=period,
+            since=since,
+            until=until,
+            source=self._source(request),
         )
-        await self._audit_query(request, viewer, owners=[owner] if owner else [])
         return [
             UsageRow(c["consumer"], c["owner"], c["field"], c["purpose"], c["period"], int(c["count"]))
             for c in counts
         ]
 
-    async def access_log(
-        self, request: Request, viewer: Principal, citizen_id: str
-    ) -> list[AccessRow] | None:
-        async with self._database(request).engine.connect() as conn:
-            if not await audit_repository.citizen_exists(conn, citizen_id):
-                return None
-            entry_filter = EntryFilter(citizen_id=citizen_id, actions=audit_query.CITIZEN_VISIBLE_ACTIONS)
-            rows = await audit_repository.page_entries(conn, entry_filter, 0, ACCESS_LOG_LIMIT)
-        await self._audit_query(request, viewer, action="access-log", citizen_id=citizen_id)
-        items = [audit_query.access_item(canonical) for _entry_id, _leaf, canonical in rows]
+    async def access_log(self, request: Request, viewer: Principal, citizen_id: str) -> AccessLog | None:
+        config = request.app.state.witness_config
+        try:
+            page = await search.citizen_access_log(
+                self._database(request).engine,
+                self._writer(request),
+                viewer,
+                citizen_id,
+                after=0,
+                limit=ACCESS_LOG_LIMIT,
+                source=self._source(request),
+                proofs=config,
+            )
+        except NotFound:
+            return None
+        return AccessLog(self._access_rows(page.items), self._proven(request, config, page))
+
+    @staticmethod
+    def _proven(request: Request, config: WitnessConfig, page: Page) -> AccessProof:
+        """Check the page's proofs here as the citizen's own verifier would."""
+        signer: NoteSigner = request.app.state.audit_signer
+        proofs = [item["proof"] for item in page.items]
+        try:
+            checked = citizen_proofs.check_proofs(
+                NoteVerifier.parse(signer.verifier_key()), config, page.checkpoint, proofs
+            )
+        except CheckpointError as exc:
+            return AccessProof(0, len(proofs), None, (), problem=str(exc))
+        size = None if page.checkpoint is None else Checkpoint.parse_body(split_note(page.checkpoint)[0]).size
+        return AccessProof(checked.verified, checked.pending, size, checked.witnesses)
+
+    @staticmethod
+    def _access_rows(items: list[dict[str, Any]]) -> list[AccessRow]:
         return [
             AccessRow(
                 time=datetime.fromisoformat(item["time"]),

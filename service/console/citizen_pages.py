@@ -24,7 +24,14 @@ async def citizen_form(request: Request, viewer: SignedIn = Portal) -> Response:
     return render(
         request,
         "citizen.html",
-        {"section": "citizen", "errors": {}, "error_items": [], "citizen_id": "", "entries": None},
+        {
+            "section": "citizen",
+            "errors": {},
+            "error_items": [],
+            "citizen_id": "",
+            "entries": None,
+            "proof": None,
+        },
         viewer=viewer,
     )
 
@@ -41,13 +48,14 @@ async def citizen_log(
     citizen_id = str(form.get("citizen_id") or "").strip()[:64]
     errors: dict[str, list[str]] = {}
     entries = None
+    proof = None
     if not citizen_id:
         errors["citizen_id"] = ["Enter the citizen's ID"]
     elif not _CITIZEN_ID.match(citizen_id):
         errors["citizen_id"] = ["The citizen ID must be letters a to f, digits and hyphens, like 3f2c1d9e-…"]
     else:
-        rows = await backend.access_log(request, viewer.principal, citizen_id)
-        if rows is None:
+        log = await backend.access_log(request, viewer.principal, citizen_id)
+        if log is None:
             errors["citizen_id"] = ["No citizen has this ID"]
         else:
             catalog = await backend.catalog(session)
@@ -61,8 +69,9 @@ async def citizen_log(
                     purpose=row.purpose,
                     decision=row.decision,
                 )
-                for row in rows
+                for row in log.rows
             ]
+            proof = wording.proof_sentence(log.proof) if log.rows else None
     status = 404 if errors.get("citizen_id") == ["No citizen has this ID"] else (400 if errors else 200)
     return render(
         request,
@@ -73,6 +82,7 @@ async def citizen_log(
             "error_items": [("citizen_id", m) for m in errors.get("citizen_id", [])],
             "citizen_id": citizen_id,
             "entries": entries,
+            "proof": proof,
         },
         viewer=viewer,
         status_code=status,

@@ -1,9 +1,9 @@
 """What the console needs from the other domains, in the console's own words.
 
-Pages talk to a ``ConsoleBackend``; ``service/console/backend.py`` implements it by
-calling the same service functions the API calls (never HTTP), so the single access
-path, the policy validation and the audit apply to the console unchanged. Tests may put
-another implementation on ``app.state.console_backend``.
+Pages talk to a ``ConsoleBackend``; ``service/console/backend.py`` implements it over the
+policy domain's ``agreements`` functions and the audit domain's ``search`` functions,
+the ones the API endpoints call (never HTTP). Tests may put another implementation on
+``app.state.console_backend``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.search import EntryQuery
 from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
 
@@ -108,20 +109,6 @@ class Simulation:
 
 
 @dataclass(frozen=True)
-class AuditQuery:
-    """The audit search form, parsed. Empty values are ``None``."""
-
-    citizen_id: str | None = None
-    consumer: str | None = None
-    owner: str | None = None
-    field: str | None = None
-    purpose: str | None = None
-    decision: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-
-@dataclass(frozen=True)
 class AuditRow:
     id: int
     leaf_index: int | None
@@ -177,6 +164,24 @@ class AccessRow:
     decision: str
 
 
+@dataclass(frozen=True)
+class AccessProof:
+    """How the citizen view's lines were proven against the audit log, checked server-side
+    with the same code an outside verifier uses (``service.audit.citizen_proofs``)."""
+
+    verified: int  # lines whose inclusion proof verified
+    pending: int  # lines newer than the checkpoint, proven once the next one is witnessed
+    tree_size: int | None  # the checkpoint's size; None if there is none to prove against yet
+    witnesses: tuple[str, ...]  # who cosigned it; empty when no witnesses are configured
+    problem: str | None = None  # set when a proof or a cosignature did not verify
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    rows: list[AccessRow]
+    proof: AccessProof
+
+
 class ConsoleBackend(Protocol):
     """The domain operations behind the pages. ``viewer`` is the signed-in client."""
 
@@ -225,10 +230,10 @@ class ConsoleBackend(Protocol):
 
     # audit
     async def search(
-        self, request: Request, viewer: Principal, query: AuditQuery, after: int, limit: int
+        self, request: Request, viewer: Principal, query: EntryQuery, after: int, limit: int
     ) -> AuditPage: ...
     async def export_csv(
-        self, request: Request, viewer: Principal, query: AuditQuery
+        self, request: Request, viewer: Principal, query: EntryQuery
     ) -> AsyncIterator[str]: ...
     async def checkpoint(self, request: Request) -> CheckpointView | None: ...
     async def verify(self, request: Request, viewer: Principal) -> VerifyOutcome: ...
@@ -238,10 +243,8 @@ class ConsoleBackend(Protocol):
         session: AsyncSession,
         viewer: Principal,
         *,
-        period: str,
+        period: Literal["day", "month"],
         since: datetime,
         until: datetime | None,
     ) -> list[UsageRow]: ...
-    async def access_log(
-        self, request: Request, viewer: Principal, citizen_id: str
-    ) -> list[AccessRow] | None: ...
+    async def access_log(self, request: Request, viewer: Principal, citizen_id: str) -> AccessLog | None: ...

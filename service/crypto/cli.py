@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from service.audit.hooks import KeyEventsCollected
+from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto import service as key_service
 from service.crypto.errors import NoDepartmentKeys

@@ -2,39 +2,26 @@
 
 Two small seams: a ``PolicySource`` that answers "may this department still subscribe to
 these fields, for this purpose, for a citizen in this status, now?", and an ``AuditSink``
-that returns only once entries are durable. The live ones call ``service.policy`` and the
-audit writer; both are imported where they are used, so this domain does not import them
-at module load.
+that returns only once entries are durable. The live ones call ``service.policy`` (imported
+where it is used, as the policy domain's records path imports this domain) and the audit
+writer. The entries themselves are built by ``service.audit.entries``.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.audit.entries import FieldDecision
+from service.audit.errors import AuditUnavailable
+from service.audit.schemas import AuditEntry
+from service.audit.writer import AuditWriter
+
 if TYPE_CHECKING:
     from service.policy.service import PolicyHolder
-
-
-class FieldDecision(Protocol):
-    """The parts of ``service.policy.engine.Decision`` the events domain reads."""
-
-    @property
-    def field(self) -> str: ...
-    @property
-    def effect(self) -> str: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def agreement(self) -> str | None: ...
-    @property
-    def version(self) -> int | None: ...
-    @property
-    def legal_basis(self) -> str | None: ...
 
 
 class SubscribeDecider(Protocol):
@@ -55,7 +42,7 @@ class PolicySource(Protocol):
 
 
 class AuditSink(Protocol):
-    async def record(self, entries: Sequence[dict[str, Any]]) -> None:
+    async def record(self, entries: Sequence[AuditEntry]) -> None:
         """Return once every entry is durable; raise if they are not (then nothing leaves)."""
 
 
@@ -100,22 +87,17 @@ class AppAuditSink:
     def __init__(self, state: Any) -> None:
         self._state = state
 
-    async def record(self, entries: Sequence[dict[str, Any]]) -> None:
-        from service.audit.errors import AuditUnavailable
-        from service.audit.schemas import AuditEntry
-
+    async def record(self, entries: Sequence[AuditEntry]) -> None:
         writer = getattr(self._state, "audit_writer", None)
         if writer is None:
             raise AuditUnavailable("The audit writer is not running; nothing is released.")
-        await writer.append_many([AuditEntry.model_validate(entry) for entry in entries])
+        await writer.append_many(entries)
 
 
 class OwnAuditSink:
     """A writer of its own, for ``tellonce worker``, which has no app."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        from service.audit.writer import AuditWriter
-
         self.writer = AuditWriter(engine)
 
     async def start(self) -> None:
@@ -124,67 +106,5 @@ class OwnAuditSink:
     async def stop(self) -> None:
         await self.writer.stop()
 
-    async def record(self, entries: Sequence[dict[str, Any]]) -> None:
-        from service.audit.schemas import AuditEntry
-
-        await self.writer.append_many([AuditEntry.model_validate(entry) for entry in entries])
-
-
-AuditAction = Literal["subscribe", "deliver", "feed"]
-
-
-def audit_entry(
-    *,
-    action: AuditAction,
-    time: datetime,
-    client_id: str,
-    department: str,
-    citizen_id: str | None,
-    owners: Sequence[str],
-    requested: Sequence[str],
-    decisions: Mapping[str, FieldDecision],
-    purpose: str,
-    status: int,
-    request_id: str | None = None,
-    on_behalf_of: str | None = None,
-    source: str | None = None,
-) -> dict[str, Any]:
-    """An audit entry in the shape of ``service.audit.schemas.AuditEntry``. Names, never values."""
-    released = [f for f in requested if f in decisions and decisions[f].effect == "permit"]
-    if released and len(released) == len(requested):
-        decision = "permit"
-    elif released:
-        decision = "partial"
-    else:
-        decision = "deny"
-    reasons = [
-        {
-            "field": field,
-            "effect": decisions[field].effect,
-            "agreement": decisions[field].agreement,
-            "version": decisions[field].version,
-            "reason": decisions[field].reason,
-        }
-        for field in requested
-        if field in decisions
-    ]
-    legal_basis = sorted({basis for f in released if (basis := decisions[f].legal_basis)})
-    return {
-        "time": time.isoformat(),
-        "request_id": request_id or uuid.uuid4().hex,
-        "client_id": client_id,
-        "department": department,
-        "on_behalf_of": on_behalf_of,
-        "action": action,
-        "citizen_id": citizen_id,
-        "owners": sorted(set(owners)),
-        "fields_requested": list(requested),
-        "fields_released": released,
-        "decision": decision,
-        "reasons": reasons,
-        "purpose": purpose,
-        "case_ref": None,
-        "legal_basis": legal_basis,
-        "status": status,
-        "source": source,
-    }
+    async def record(self, entries: Sequence[AuditEntry]) -> None:
+        await self.writer.append_many(entries)

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -29,10 +28,12 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
+from service.audit.entries import events_access_entry
+from service.audit.schemas import AuditEntry
 from service.config import Settings
 from service.db import create_engine, utcnow
 from service.events import repository
-from service.events.access import LivePolicy, OwnAuditSink, audit_entry
+from service.events.access import LivePolicy, OwnAuditSink
 from service.events.notifier import postgres_wakeups
 from service.events.schemas import EventData
 from service.events.secrets import SecretUndecryptable
@@ -161,8 +162,8 @@ class Dispatcher:
         async with self.runtime.engine.connect() as conn:
             decide = await self.runtime.policy.current(conn)
             statuses = await repository.citizen_statuses(conn, [item.event.citizen_id for item in batch])
-        withheld: list[tuple[repository.ClaimedDelivery, dict[str, Any], str]] = []
-        sendable: list[tuple[repository.ClaimedDelivery, dict[str, Any], list[str]]] = []
+        withheld: list[tuple[repository.ClaimedDelivery, AuditEntry, str]] = []
+        sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:
             subscription, event = item.subscription, item.event
             requested = [f for f in event.fields if f in subscription.fields]
@@ -170,7 +171,7 @@ class Dispatcher:
                 subscription.department, requested, subscription.purpose, statuses.get(event.citizen_id), now
             )
             released = [f for f in requested if decisions[f].effect == "permit"]
-            entry = audit_entry(
+            entry = events_access_entry(
                 action="deliver",
                 time=now,
                 client_id=subscription.client_id,
@@ -200,7 +201,7 @@ class Dispatcher:
             else:
                 for item, _entry, _reasons in withheld:
                     outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
-        ready: list[tuple[repository.ClaimedDelivery, dict[str, Any], str]] = []
+        ready: list[tuple[repository.ClaimedDelivery, AuditEntry, str]] = []
         secrets_by_subscription: dict[str, str] = {}
         checked: dict[str, str | None] = {}
         for item, entry, released in sendable:
@@ -244,7 +245,7 @@ class Dispatcher:
         for (item, _entry, _body), values in zip(ready, results, strict=True):
             outcomes[item.id] = values
 
-    async def _audited(self, entries: list[dict[str, Any]]) -> bool:
+    async def _audited(self, entries: list[AuditEntry]) -> bool:
         try:
             await self.runtime.audit.record(entries)
         except Exception:
@@ -398,12 +399,3 @@ async def run_dispatcher(settings: Settings, stop_event: asyncio.Event) -> None:
         await dispatcher.aclose()
         await audit.stop()
         await engine.dispose()
-
-
-async def run_worker(settings: Settings) -> None:
-    """``tellonce worker``: the dispatcher until SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await run_dispatcher(settings, stop)

@@ -52,11 +52,6 @@ class EventData(BaseModel):
     occurred_at: datetime
 
 
-class WebhookPayload(BaseModel):
-    type: Literal["citizen.fields_changed"] = EVENT_TYPE
-    data: EventData
-
-
 class FeedPage(BaseModel):
     items: list[EventData]
     # Pass as ``after`` next time; it moves past events you were not told of, too.

@@ -21,13 +21,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.audit.entries import events_access_entry
+from service.audit.schemas import AuditEntry
 from service.auth.dependencies import Principal
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.config import Settings
 from service.db import utcnow
 from service.events import repository
-from service.events.access import AuditSink, PolicySource, audit_entry
+from service.events.access import AuditSink, PolicySource
 from service.events.errors import (
     InvalidCursor,
     InvalidSubscription,
@@ -37,6 +39,7 @@ from service.events.errors import (
 )
 from service.events.notifier import EventNotifier, feed_notifier
 from service.events.schemas import (
+    EVENT_TYPE,
     DeliveryOut,
     DeliveryPage,
     EventData,
@@ -221,7 +224,7 @@ async def create_subscription(
     decisions = decide(caller.department, fields, body.purpose, "active", now)
     denied = [name for name in fields if decisions[name].effect != "permit"]
     owners = [spec.owner for name in fields if (spec := catalog.field(name)) is not None]
-    entry = audit_entry(
+    entry = events_access_entry(
         action="subscribe",
         time=now,
         client_id=caller.principal.client_id,
@@ -393,7 +396,7 @@ def webhook_id(delivery_id: str) -> str:
 class _FeedScan:
     items: list[EventData]
     # (citizen, owner, purpose) -> audit entry, for each event released in this read.
-    entries: list[dict[str, Any]]
+    entries: list[AuditEntry]
     cursor: int
     # True when the scan stopped at its budget with more of the outbox still to read.
     more: bool = False
@@ -402,7 +405,7 @@ class _FeedScan:
 async def _scan(runtime: EventsRuntime, caller: Caller, after: int | None, limit: int) -> _FeedScan:
     now = utcnow()
     items: list[EventData] = []
-    entries: list[dict[str, Any]] = []
+    entries: list[AuditEntry] = []
     async with runtime.engine.connect() as conn:
         subscriptions = await repository.active_subscriptions(conn, caller.department)
         if after is None:
@@ -465,7 +468,7 @@ def _release(
     citizen_status: str | None,
     decide: Any,
     now: datetime,
-) -> tuple[list[str], list[dict[str, Any]]]:
+) -> tuple[list[str], list[AuditEntry]]:
     """The fields of ``row`` the caller may be told of now, and one audit entry per purpose."""
     by_purpose: dict[str, list[str]] = {}
     for subscription in matching:
@@ -479,7 +482,7 @@ def _release(
         if permitted:
             released.update(permitted)
             entries.append(
-                audit_entry(
+                events_access_entry(
                     action="feed",
                     time=now,
                     client_id=caller.principal.client_id,
@@ -533,5 +536,5 @@ async def read_feed(
 
 def dumps_payload(data: EventData) -> str:
     """The webhook body: compact JSON of ``{"type", "data"}``, exactly the bytes signed."""
-    payload = {"type": "citizen.fields_changed", "data": data.model_dump(mode="json")}
+    payload = {"type": EVENT_TYPE, "data": data.model_dump(mode="json")}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

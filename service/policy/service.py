@@ -1,8 +1,11 @@
 """The rules of the policy domain: the live compiled policy, and changes to agreements.
 
-``current_policy(conn)`` is what the records domain calls before every access. It reads
-one small row (the policy epoch, plus the newest catalog's hash) and recompiles only when
-that moved, so a revocation made by any process applies to the very next request here.
+A ``PolicyHolder`` keeps one compiled policy. Before each access the records domain asks
+the app's holder for its snapshot, which reads one small row (the policy epoch, plus the
+newest catalog's hash) and recompiles only when that moved, so a revocation made by any
+process applies to the very next request here. What data owners and auditors do with
+agreements (visibility, ownership, version checks) is ``agreements.py``; this module
+stores the versions it decides on.
 """
 
 from __future__ import annotations
@@ -104,7 +107,9 @@ class PolicyHolder:
         return (await self.snapshot(conn)).policy
 
 
-# The holder of this process; ``create_app`` also puts it on ``app.state.policy``.
+# The fallback holder for callers that are given none (``tellonce policies explain``, a
+# ``RecordsService`` built without one). An app has its own, made by
+# ``policy.endpoints.policy_lifecycle`` on ``app.state.policy``.
 PROCESS_POLICY = PolicyHolder()
 
 
@@ -279,7 +284,7 @@ async def put_agreement(
     author: str,
     reason: str,
 ) -> AgreementVersion:
-    """Create or replace an agreement (the caller checked ownership and If-Match)."""
+    """Create or replace an agreement (``agreements.py`` checked ownership and If-Match)."""
     row = await write_version(
         session,
         previous,
@@ -292,11 +297,6 @@ async def put_agreement(
     )
     await repository.bump_epoch(session)
     return row
-
-
-async def live_agreements(session: AsyncSession) -> list[Agreement]:
-    conn = await session.connection()
-    return agreements_from_rows(list(await repository.current_rows_core(conn)))
 
 
 async def live_catalog(session: AsyncSession) -> Catalog:

@@ -18,7 +18,7 @@ from service.audit import repository as audit_repository
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.cli import verify_database
 from service.audit.config import AuditSettings, load_signer
-from service.audit.hooks import KeyEventsCollected
+from service.audit.key_events import KeyEventsCollected
 from service.audit.models import AuditEntryRow
 from service.audit.verify import VerificationFailed
 from service.auth import service as auth_service

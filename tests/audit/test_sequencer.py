@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit import merkle
+from service.audit import merkle, proofs
 from service.audit import repository as audit_repository
 from service.audit import service as audit_service
 from service.audit.checkpoint import NoteVerifier
@@ -55,15 +55,15 @@ class TestSequencer:
             sizes = [verifier.open_checkpoint(note).size for _id, _s, _r, note in checkpoints]
             assert sizes == [size for _id, size, _r, _n in checkpoints]
             assert sizes[0] >= 10
-            latest = verifier.open_checkpoint(await audit_service.checkpoint_note(conn))
+            latest = verifier.open_checkpoint(await proofs.checkpoint_note(conn))
             for index in (0, 7, latest.size - 1):
-                proof = await audit_service.inclusion(conn, index, latest.size)
+                proof = await proofs.inclusion(conn, index, latest.size)
                 leaf = merkle.leaf_hash(audit_service.canonical_json(proof["entry"]).encode())
                 assert base64.b64decode(proof["leaf_hash"]) == leaf
                 hashes = [base64.b64decode(h) for h in proof["hashes"]]
                 assert merkle.verify_inclusion(leaf, index, latest.size, hashes, latest.root_hash)
             first = verifier.open_checkpoint(checkpoints[0][3])
-            consistency = await audit_service.consistency(conn, first.size, latest.size)
+            consistency = await proofs.consistency(conn, first.size, latest.size)
             hashes = [base64.b64decode(h) for h in consistency["hashes"]]
             assert merkle.verify_consistency(
                 first.size, latest.size, hashes, first.root_hash, latest.root_hash
@@ -78,7 +78,7 @@ class TestSequencer:
         await sequence_all(make_sequencer(scratch_engine, signer, every=1))
         async with scratch_engine.connect() as conn:
             size = await audit_repository.tree_size(conn)
-            note = await audit_service.checkpoint_note(conn)
+            note = await proofs.checkpoint_note(conn)
             nodes = await audit_repository.read_nodes(conn, [(0, i) for i in range(size)])
         compact = merkle.CompactRange()
         for i in range(size):
@@ -89,15 +89,15 @@ class TestSequencer:
     async def test_bad_proof_requests_are_refused(self, scratch_engine: AsyncEngine) -> None:
         async with scratch_engine.connect() as conn:
             with pytest.raises(NoCheckpoint):
-                await audit_service.checkpoint_note(conn)
+                await proofs.checkpoint_note(conn)
         await _append(scratch_engine, 3)
         await sequence_all(make_sequencer(scratch_engine, make_signer(), every=1))
         async with scratch_engine.connect() as conn:
             with pytest.raises(AuditQueryInvalid):
-                await audit_service.inclusion(conn, 0, 4)
+                await proofs.inclusion(conn, 0, 4)
             with pytest.raises(LeafNotFound):
-                await audit_service.inclusion(conn, 3, 3)
+                await proofs.inclusion(conn, 3, 3)
             with pytest.raises(AuditQueryInvalid):
-                await audit_service.consistency(conn, 2, 1)
+                await proofs.consistency(conn, 2, 1)
             with pytest.raises(AuditQueryInvalid):
-                await audit_service.consistency(conn, 1, 9)
+                await proofs.consistency(conn, 1, 9)

@@ -10,9 +10,10 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.audit import service as audit_service
+from service.audit.key_events import KeyEventsToWriter
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode
-from service.audit.writer import AuditWriter
+from service.audit.writer import AuditWriter, append_in_transaction
+from service.crypto.keyring import KeyEvent
 from service.db import Base
 from tests.fixtures.audit import make_entry
 
@@ -23,7 +24,7 @@ class TestAppendOnlyTriggers:
         async with engine.connect() as conn:
             transaction = await conn.begin()
             try:
-                entry_id = await audit_service.append_in_transaction(conn, make_entry())
+                entry_id = await append_in_transaction(conn, make_entry())
                 change = (
                     update(AuditEntryRow).where(AuditEntryRow.id == entry_id).values(decision="deny")
                     if statement == "update"
@@ -61,7 +62,7 @@ class TestAppendInTransaction:
     async def test_rolls_back_with_the_change(self, engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
             transaction = await conn.begin()
-            entry_id = await audit_service.append_in_transaction(conn, make_entry(action="write"))
+            entry_id = await append_in_transaction(conn, make_entry(action="write"))
             assert entry_id > 0
             await transaction.rollback()
         async with engine.connect() as conn:
@@ -71,7 +72,7 @@ class TestAppendInTransaction:
     async def test_commits_with_the_change(self, engine: AsyncEngine) -> None:
         entry = make_entry(action="write")
         async with engine.begin() as conn:
-            entry_id = await audit_service.append_in_transaction(conn, entry)
+            entry_id = await append_in_transaction(conn, entry)
         async with engine.connect() as conn:
             canonical = (
                 await conn.execute(select(AuditEntryRow.canonical).where(AuditEntryRow.id == entry_id))
@@ -104,28 +105,30 @@ class TestEntry:
             make_entry(time="last tuesday")
 
 
-class TestRecordEvent:
-    async def test_key_operations_and_policy_changes_go_through_the_writer(self, engine: AsyncEngine) -> None:
+class TestKeyEvents:
+    async def test_key_operations_go_through_the_writer(self, engine: AsyncEngine) -> None:
         writer = AuditWriter(engine)
         await writer.start()
+        hook = KeyEventsToWriter(writer)
         try:
-            entry_id = await audit_service.record_event(
-                writer,
-                "key-operation",
-                client_id="operator",
-                department="dvla",
-                owners=["dvla"],
-                reason="kek rotated",
-            )
+            await hook(KeyEvent("kek-rotated", "dvla", {"version": 2}))
+            await hook.drain()
         finally:
             await writer.stop()
         async with engine.connect() as conn:
             canonical = (
-                await conn.execute(select(AuditEntryRow.canonical).where(AuditEntryRow.id == entry_id))
+                await conn.execute(select(AuditEntryRow.canonical).order_by(AuditEntryRow.id.desc()).limit(1))
             ).scalar_one()
         record = json.loads(canonical)
         assert record["action"] == "key-operation"
+        assert record["client_id"] == "tellonce-operator"
         assert record["owners"] == ["dvla"]
         assert record["reasons"] == [
-            {"field": "", "effect": "permit", "agreement": None, "version": None, "reason": "kek rotated"}
+            {
+                "field": "",
+                "effect": "permit",
+                "agreement": None,
+                "version": None,
+                "reason": "kek-rotated: version=2",
+            }
         ]

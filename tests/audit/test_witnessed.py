@@ -21,8 +21,7 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from service.app import create_app
-from service.audit import merkle
-from service.audit import proofs as audit_proofs
+from service.audit import citizen_proofs, merkle
 from service.audit.checkpoint import Checkpoint, NoteVerifier
 from service.audit.cli import export_bundle
 from service.audit.config import AuditSettings, load_signer
@@ -362,15 +361,12 @@ class TestCitizenProofs:
             assert merkle.verify_inclusion(
                 leaf, proof["leaf_index"], proof["tree_size"], hashes, checkpoint.root_hash
             )
-        # The server-side check is the same an outside verifier runs.
-        async with witnessed_app.state.database.engine.connect() as conn:
-            leaves = [
-                (item["proof"]["leaf_index"], canonical_json(item["proof"]["entry"]))
-                for item in body["items"]
-            ]
-            found = await audit_proofs.proofs_for(conn, witnessed_app.state.witness_config, leaves)
-        checked = audit_proofs.check_proofs(
-            NoteVerifier.parse(log_vkey), witnessed_app.state.witness_config, found
+        # The server-side check (the console's citizen view) is the one an outside verifier runs.
+        checked = citizen_proofs.check_proofs(
+            NoteVerifier.parse(log_vkey),
+            witnessed_app.state.witness_config,
+            note,
+            [item["proof"] for item in body["items"]],
         )
         assert checked.verified == accesses
         assert checked.witnesses == WITNESS_NAMES

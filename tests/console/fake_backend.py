@@ -10,14 +10,16 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.search import EntryQuery
 from service.auth.dependencies import Principal
 from service.catalog.loader import load_catalog
 from service.catalog.schemas import Catalog
 from service.console.ports import (
+    AccessLog,
+    AccessProof,
     AccessRow,
     AgreementRecord,
     AuditPage,
-    AuditQuery,
     AuditRow,
     CheckpointView,
     DraftCheck,
@@ -44,6 +46,7 @@ class FakeBackend:
     versions_by_id: dict[str, list[AgreementRecord]] = field(default_factory=dict)
     rows: list[AuditRow] = field(default_factory=list)
     access: dict[str, list[AccessRow]] = field(default_factory=dict)
+    proofs: dict[str, AccessProof] = field(default_factory=dict)
     usage_rows: list[UsageRow] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)
     _catalog: Catalog = field(default_factory=lambda: load_catalog(TEST_POLICIES))
@@ -137,7 +140,7 @@ class FakeBackend:
         return record
 
     async def search(
-        self, request: Request, viewer: Principal, query: AuditQuery, after: int, limit: int
+        self, request: Request, viewer: Principal, query: EntryQuery, after: int, limit: int
     ) -> AuditPage:
         rows = [
             r
@@ -147,7 +150,7 @@ class FakeBackend:
         page = rows[:limit]
         return AuditPage(page, page[-1].id if len(rows) > limit else None)
 
-    async def export_csv(self, request: Request, viewer: Principal, query: AuditQuery) -> AsyncIterator[str]:
+    async def export_csv(self, request: Request, viewer: Principal, query: EntryQuery) -> AsyncIterator[str]:
         async def lines() -> AsyncIterator[str]:
             yield "id,department\n"
             for row in self.rows:
@@ -180,7 +183,8 @@ class FakeBackend:
             for u in self.usage_rows
         ]
 
-    async def access_log(
-        self, request: Request, viewer: Principal, citizen_id: str
-    ) -> list[AccessRow] | None:
-        return self.access.get(citizen_id)
+    async def access_log(self, request: Request, viewer: Principal, citizen_id: str) -> AccessLog | None:
+        rows = self.access.get(citizen_id)
+        if rows is None:
+            return None
+        return AccessLog(rows, self.proofs.get(citizen_id, AccessProof(len(rows), 0, len(rows), ())))

@@ -359,6 +359,13 @@ class TestCitizenView:
             reads[0],
         ), reads[0]
         assert any(t.startswith("On ") and "registered your record" in t for t in texts)
+        # Every line was proven server-side against the signed checkpoint (no witnesses here).
+        proof = page.locator("#access-log-proof")
+        await expect(proof).to_contain_text(
+            f"Each of these {len(texts)} lines is proven to be in the audit log"
+        )
+        await expect(proof).to_contain_text("no independent witnesses are configured")
+        await expect(proof).to_contain_text("the same code an outside verifier uses")
         await shot(page, console_site, "citizen-view")
 
         await page.get_by_label("Citizen ID").fill("00000000-0000-4000-8000-000000000000")

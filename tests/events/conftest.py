@@ -22,6 +22,7 @@ from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service.app import create_app
+from service.audit.schemas import AuditEntry
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.config import Settings
@@ -71,11 +72,12 @@ class ListAuditSink:
     entries: list[dict[str, Any]] = field(default_factory=list)
     failing: bool = False
 
-    async def record(self, entries: Sequence[dict[str, Any]]) -> None:
+    async def record(self, entries: Sequence[AuditEntry]) -> None:
         if self.failing:
             # What the audit writer raises when it cannot commit (AuditUnavailable, a 503).
             raise ServiceUnavailable("The audit log could not record this access.")
-        self.entries.extend(entries)
+        # Kept as the stored records, which is what the tests read.
+        self.entries.extend(entry.to_record() for entry in entries)
 
     def of(self, action: str) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["action"] == action]

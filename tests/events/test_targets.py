@@ -59,11 +59,19 @@ class TestCheckTarget:
         ):
             await check_target("https://hooks.example/in", allow_private=False, resolver=resolver)
 
-    async def test_public_host_is_accepted(self) -> None:
-        await check_target(
-            "https://hooks.example/in", allow_private=False, resolver=resolving_to("93.184.215.14")
-        )
-        await check_target("http://93.184.215.14:8443/in", allow_private=False)
+    async def test_public_host_is_accepted_once_resolved(self) -> None:
+        asked: list[tuple[str, int]] = []
+
+        async def public(host: str, port: int) -> list[str]:
+            asked.append((host, port))
+            return ["93.184.215.14"]
+
+        # Accepted only after its addresses were looked up, on the URL's port (443 by default)...
+        await check_target("https://hooks.example/in", allow_private=False, resolver=public)
+        assert asked == [("hooks.example", 443)]
+        # ...while a literal public address needs no lookup at all.
+        await check_target("http://93.184.215.14:8443/in", allow_private=False, resolver=public)
+        assert asked == [("hooks.example", 443)]
 
     async def test_unresolvable_host_is_refused(self) -> None:
         with pytest.raises(UnsafeWebhookTarget, match="could not be resolved"):

@@ -1,0 +1,254 @@
+"""Every kind of audit entry, built in one place.
+
+- ``access_entry``: an access decided field by field (records' reads and writes, and
+  events' subscribe, feed and delivery): what was asked for, what was released, and the
+  agreement behind each decision. ``records_access_entry`` and ``events_access_entry``
+  are its two callers' shapes.
+- ``query_entry``: an auditor's, owner's or citizen portal's own query of the log.
+- ``policy_change_entry``: one new agreement version.
+- ``key_event_entry``: a key operation (a KEK made or rotated, data keys shredded).
+
+Entries hold names, versions and pseudonymous citizen ids, never a field value. This
+module imports no other domain's service, so any domain may import it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+from service.audit.schemas import Action, AuditEntry, Decision, Reason
+from service.db import utcnow
+from service.observability import current_request_id
+
+if TYPE_CHECKING:
+    from service.auth.dependencies import Principal
+    from service.catalog.schemas import Catalog
+    from service.crypto.keyring import KeyEvent
+    from service.policy.service import PolicyChange
+
+# The client named in entries for operations an operator runs (key rotation, erasure's shredding).
+OPERATOR = "tellonce-operator"
+
+
+class FieldDecision(Protocol):
+    """The parts of a policy decision an entry records (``service.policy.engine.Decision``)."""
+
+    @property
+    def field(self) -> str: ...
+    @property
+    def effect(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def agreement(self) -> str | None: ...
+    @property
+    def version(self) -> int | None: ...
+    @property
+    def legal_basis(self) -> str | None: ...
+
+
+class AccessFacts(Protocol):
+    """Who asked, and the request facts every access entry records."""
+
+    @property
+    def principal(self) -> Principal: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def case_ref(self) -> str | None: ...
+
+
+def summary(requested: Sequence[str], released: Sequence[str]) -> Decision:
+    """``permit`` when everything asked for was released, ``partial`` for some, else ``deny``."""
+    if not requested or not released:
+        return "deny"
+    return "permit" if len(released) == len(requested) else "partial"
+
+
+def access_entry(
+    *,
+    action: Action,
+    time: datetime,
+    request_id: str,
+    client_id: str,
+    department: str,
+    on_behalf_of: str | None,
+    source: str | None,
+    case_ref: str | None,
+    citizen_id: str | None,
+    owners: Iterable[str],
+    requested: Sequence[str],
+    released: Sequence[str],
+    decisions: Iterable[FieldDecision],
+    purpose: str | None,
+    status: int,
+    decision: Decision | None = None,
+) -> AuditEntry:
+    """An access decided per field. The legal basis is that of every permitting agreement."""
+    decided = list(decisions)
+    return AuditEntry(
+        time=time.isoformat(),
+        request_id=request_id,
+        client_id=client_id,
+        department=department,
+        on_behalf_of=on_behalf_of,
+        action=action,
+        citizen_id=citizen_id,
+        owners=sorted(set(owners)),
+        fields_requested=list(requested),
+        fields_released=list(released),
+        decision=decision or summary(requested, released),
+        reasons=[
+            Reason(field=d.field, effect=d.effect, agreement=d.agreement, version=d.version, reason=d.reason)
+            for d in decided
+        ],
+        purpose=purpose,
+        case_ref=case_ref,
+        legal_basis=sorted({d.legal_basis for d in decided if d.effect == "permit" and d.legal_basis}),
+        status=status,
+        source=source,
+    )
+
+
+def records_access_entry(
+    access: AccessFacts,
+    action: Action,
+    *,
+    citizen_id: str | None,
+    catalog: Catalog,
+    requested: Sequence[str],
+    released: Sequence[str],
+    decisions: Mapping[str, FieldDecision],
+    purpose: str | None,
+    status: int,
+    decision: Decision | None = None,
+) -> AuditEntry:
+    """A records access (read, batch-get, lookup, verify, history, register, write, erase):
+    the owners are those of the requested fields in ``catalog``."""
+    return access_entry(
+        action=action,
+        time=utcnow(),
+        request_id=access.request_id,
+        client_id=access.principal.client_id,
+        department=access.principal.department,
+        on_behalf_of=access.principal.on_behalf_of,
+        source=access.source,
+        case_ref=access.case_ref,
+        citizen_id=citizen_id,
+        owners=[spec.owner for name in requested if (spec := catalog.field(name))],
+        requested=requested,
+        released=released,
+        decisions=decisions.values(),
+        purpose=purpose,
+        status=status,
+        decision=decision,
+    )
+
+
+def events_access_entry(
+    *,
+    action: Action,
+    time: datetime,
+    client_id: str,
+    department: str,
+    citizen_id: str | None,
+    owners: Sequence[str],
+    requested: Sequence[str],
+    decisions: Mapping[str, FieldDecision],
+    purpose: str,
+    status: int,
+    request_id: str | None = None,
+    on_behalf_of: str | None = None,
+    source: str | None = None,
+) -> AuditEntry:
+    """A subscription, a feed read or a webhook delivery: released is what ``decisions`` permit.
+    A delivery has no request, so it gets an id of its own."""
+    return access_entry(
+        action=action,
+        time=time,
+        request_id=request_id or uuid.uuid4().hex,
+        client_id=client_id,
+        department=department,
+        on_behalf_of=on_behalf_of,
+        source=source,
+        case_ref=None,
+        citizen_id=citizen_id,
+        owners=owners,
+        requested=requested,
+        released=[f for f in requested if f in decisions and decisions[f].effect == "permit"],
+        decisions=[decisions[f] for f in requested if f in decisions],
+        purpose=purpose,
+        status=status,
+    )
+
+
+def query_entry(
+    principal: Principal,
+    action: Action = "audit-query",
+    *,
+    source: str | None,
+    citizen_id: str | None = None,
+    owners: Sequence[str] = (),
+) -> AuditEntry:
+    """An audit query (search, export, usage report, proof, verification) or a citizen's
+    access log, read by ``principal``."""
+    return AuditEntry(
+        time=utcnow().isoformat(),
+        request_id=current_request_id(),
+        client_id=principal.client_id,
+        department=principal.department,
+        on_behalf_of=principal.on_behalf_of,
+        action=action,
+        citizen_id=citizen_id,
+        owners=list(owners),
+        decision="permit",
+        status=200,
+        source=source,
+    )
+
+
+def policy_change_entry(change: PolicyChange) -> AuditEntry:
+    """A new agreement version; its author is the client (and officer) who made it."""
+    return AuditEntry(
+        time=utcnow().isoformat(),
+        request_id=current_request_id(),
+        client_id=change.author,
+        department=change.owner,
+        action="policy-change",
+        owners=[change.owner],
+        decision="permit",
+        reasons=[
+            Reason(
+                field="",
+                effect=change.status,
+                agreement=change.agreement_id,
+                version=change.version,
+                reason=change.reason,
+            )
+        ],
+        status=200,
+    )
+
+
+def key_event_entry(event: KeyEvent) -> AuditEntry:
+    """A key operation. The detail holds versions, counts and pseudonymous citizen ids;
+    never key material."""
+    detail = ", ".join(f"{key}={value}" for key, value in sorted(event.detail.items()))
+    department = event.department or ""
+    return AuditEntry(
+        time=utcnow().isoformat(),
+        request_id=current_request_id(),
+        client_id=OPERATOR,
+        department=department,
+        action="key-operation",
+        citizen_id=str(event.detail["citizen_id"]) if "citizen_id" in event.detail else None,
+        owners=[department] if department else [],
+        decision="permit",
+        reasons=[Reason(field="", effect="permit", reason=f"{event.action}: {detail}")],
+        status=200,
+    )

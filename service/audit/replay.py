@@ -1,0 +1,67 @@
+"""The audit store as the past requests that ``POST /v1/policies/simulate`` replays."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit.models import AuditEntryRow
+from service.policy.simulate import RecordedRequest
+
+# Audit actions that were policy decisions, and the policy action each one asked for.
+REPLAYED_ACTIONS = {
+    "read": "read",
+    "batch-get": "read",
+    "lookup": "lookup",
+    "verify": "verify",
+    "history": "history",
+    "write": "write",
+    "subscribe": "subscribe",
+}
+
+
+class AuditedRequests:
+    """The audit store as simulate's source of past requests, paged by entry id.
+
+    Entries do not keep the citizen's status at the time, so conditions on it are
+    replayed as if the status were unknown (which fails closed); the report says so.
+    """
+
+    def __init__(self, engine: AsyncEngine, page_size: int = 2000) -> None:
+        self.engine = engine
+        self.page_size = page_size
+
+    async def recorded_requests(self, since: datetime | None) -> AsyncIterator[RecordedRequest]:
+        table = AuditEntryRow.__table__
+        last_id = 0
+        while True:
+            query = (
+                select(table.c.id, table.c.canonical)
+                .where(table.c.id > last_id, table.c.action.in_(list(REPLAYED_ACTIONS)))
+                .order_by(table.c.id)
+                .limit(self.page_size)
+            )
+            if since is not None:
+                query = query.where(table.c.time >= since)
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+            if not rows:
+                return
+            for row in rows:
+                last_id = row.id
+                entry = json.loads(row.canonical)
+                if not entry.get("purpose") or not entry.get("fields_requested"):
+                    continue
+                yield RecordedRequest(
+                    consumer=entry["department"],
+                    action=REPLAYED_ACTIONS[entry["action"]],
+                    fields=tuple(entry["fields_requested"]),
+                    purpose=entry["purpose"],
+                    case_ref=entry.get("case_ref"),
+                    citizen_status=None,
+                    time=datetime.fromisoformat(entry["time"]),
+                )

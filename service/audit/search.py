@@ -1,0 +1,244 @@
+"""Reading the log: search, export, the usage report and a citizen's access log, as the
+audit API and the console both call them.
+
+Each function takes the caller, the engine it reads with and the batched writer. It
+decides what the caller may see (``service.auth.permissions``), reads, and records the
+query itself, durably, before any result leaves; if that record cannot be written,
+``AuditUnavailable`` is raised and nothing is returned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from service.audit import citizen_proofs
+from service.audit import query as audit_query
+from service.audit import repository as audit_repository
+from service.audit.entries import query_entry
+from service.audit.errors import AuditQueryInvalid
+from service.audit.repository import EntryFilter
+from service.audit.schemas import ACTIONS, DECISIONS, Action
+from service.audit.witnessing import WitnessConfig
+from service.audit.writer import AuditWriter
+from service.auth import permissions
+from service.auth.dependencies import Principal
+from service.catalog import service as catalog_service
+from service.catalog.errors import CatalogMissing
+from service.errors import Forbidden, NotFound
+
+EXPORT_PAGE = 500
+ExportFormat = Literal["jsonl", "csv"]
+
+
+@dataclass(frozen=True)
+class EntryQuery:
+    """What the caller filters on; ``None`` is no filter."""
+
+    citizen_id: str | None = None
+    consumer: str | None = None
+    owner: str | None = None
+    field: str | None = None
+    purpose: str | None = None
+    decision: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: int | None
+    # With proofs: the witnessed checkpoint every item's proof is against (None if none yet).
+    checkpoint: str | None = None
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 date or time from a query parameter; naive means UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise AuditQueryInvalid(
+            f"{name} is not an ISO 8601 date or time.", errors=[{"loc": ["query", name], "msg": "not a date"}]
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def parse_cursor(value: str | None) -> int:
+    if value is None:
+        return 0
+    if not value.isdigit() or len(value) > 19:
+        raise AuditQueryInvalid("The cursor is not one this service returned.")
+    return int(value)
+
+
+def entry_filter(principal: Principal, query: EntryQuery) -> EntryFilter:
+    """The stored filter for ``query``; a data owner is confined to entries touching its fields."""
+    if query.decision is not None and query.decision not in DECISIONS:
+        raise AuditQueryInvalid(
+            f"decision must be one of {', '.join(DECISIONS)}.",
+            errors=[{"loc": ["query", "decision"], "msg": "unknown decision"}],
+        )
+    if query.action is not None and query.action not in ACTIONS:
+        raise AuditQueryInvalid(
+            "action is not a known audit action.",
+            errors=[{"loc": ["query", "action"], "msg": "unknown action"}],
+        )
+    return EntryFilter(
+        citizen_id=query.citizen_id,
+        consumer=query.consumer,
+        owner=query.owner,
+        field=query.field,
+        purpose=query.purpose,
+        decision=query.decision,
+        action=query.action,
+        since=query.since,
+        until=query.until,
+        visible_to_owner=permissions.owner_scope(principal),
+    )
+
+
+async def record_query(
+    writer: AuditWriter,
+    principal: Principal,
+    action: Action = "audit-query",
+    *,
+    source: str | None,
+    citizen_id: str | None = None,
+    owners: Sequence[str] = (),
+) -> None:
+    """Audit a query of the log, durably, before any of its result leaves."""
+    await writer.append(query_entry(principal, action, source=source, citizen_id=citizen_id, owners=owners))
+
+
+async def search_entries(
+    engine: AsyncEngine,
+    writer: AuditWriter,
+    principal: Principal,
+    query: EntryQuery,
+    *,
+    after: int,
+    limit: int,
+    source: str | None,
+) -> Page:
+    """One page of matching entries, oldest first, as ``{id, leaf_index, entry}`` items."""
+    permissions.require_audit_reader(principal)
+    stored_filter = entry_filter(principal, query)
+    async with engine.connect() as conn:
+        rows = await audit_repository.page_entries(conn, stored_filter, after, limit + 1)
+    await record_query(writer, principal, source=source, owners=[query.owner] if query.owner else [])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [audit_query.entry_item(entry_id, leaf, canonical) for entry_id, leaf, canonical in rows]
+    return Page(items, rows[-1][0] if more else None)
+
+
+async def export_entries(
+    engine: AsyncEngine,
+    writer: AuditWriter,
+    principal: Principal,
+    query: EntryQuery,
+    *,
+    format: ExportFormat,
+    source: str | None,
+) -> AsyncIterator[str]:
+    """Every matching entry as JSON lines or CSV, read page by page as it is streamed.
+
+    The export is audited before the first line; the lines are produced lazily."""
+    if not permissions.may_export_audit(principal):
+        raise Forbidden(f"This call needs the scope {permissions.EXPORTS_AUDIT}.")
+    stored_filter = entry_filter(principal, query)
+    await record_query(writer, principal, source=source, owners=[query.owner] if query.owner else [])
+
+    async def lines() -> AsyncIterator[str]:
+        if format == "csv":
+            yield audit_query.csv_header()
+        after = 0
+        while True:
+            async with engine.connect() as conn:
+                rows = await audit_repository.page_entries(conn, stored_filter, after, EXPORT_PAGE)
+            for entry_id, leaf, canonical in rows:
+                item = audit_query.entry_item(entry_id, leaf, canonical)
+                yield audit_query.csv_line(item) if format == "csv" else json.dumps(item) + "\n"
+            if len(rows) < EXPORT_PAGE:
+                return
+            after = rows[-1][0]
+
+    return lines()
+
+
+async def usage_report(
+    session: AsyncSession,
+    engine: AsyncEngine,
+    writer: AuditWriter,
+    principal: Principal,
+    *,
+    period: Literal["day", "month"],
+    consumer: str | None = None,
+    owner: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    source: str | None,
+) -> list[dict[str, Any]]:
+    """Released fields counted by consumer, owner, field, purpose and period. A data owner
+    reports only on its own fields (403 for another owner's)."""
+    permissions.require_audit_reader(principal)
+    confined = permissions.owner_scope(principal)
+    if confined is not None:
+        if owner is not None and owner != confined:
+            raise Forbidden("A data owner reports only on its own fields.")
+        owner = confined
+    try:
+        field_owners = (await catalog_service.current(session))[1].field_owners
+    except CatalogMissing:
+        # No catalog yet: fields have no known owner, and nothing is counted for an owner.
+        field_owners = {}
+    stored_filter = EntryFilter(consumer=consumer, owner=owner, since=since, until=until)
+    counts = await audit_query.usage_counts(engine, stored_filter, period, field_owners, owner)
+    await record_query(writer, principal, source=source, owners=[owner] if owner else [])
+    return counts
+
+
+async def citizen_access_log(
+    engine: AsyncEngine,
+    writer: AuditWriter,
+    principal: Principal,
+    citizen_id: str,
+    *,
+    after: int,
+    limit: int,
+    source: str | None,
+    proofs: WitnessConfig | None = None,
+) -> Page:
+    """Every access to one citizen's record, officers' identities left out; 404 for an
+    unknown citizen. With ``proofs`` (the witnessing configuration) each item also carries
+    its inclusion proof against the newest witnessed checkpoint, which the page carries."""
+    async with engine.connect() as conn:
+        if len(citizen_id) > 64 or not await audit_repository.citizen_exists(conn, citizen_id):
+            raise NotFound("No such citizen.")
+        stored_filter = EntryFilter(citizen_id=citizen_id, actions=audit_query.CITIZEN_VISIBLE_ACTIONS)
+        rows = await audit_repository.page_entries(conn, stored_filter, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        witnessed = (
+            await citizen_proofs.proofs_for(
+                conn, proofs, [(leaf, canonical) for _id, leaf, canonical in rows]
+            )
+            if proofs is not None
+            else None
+        )
+    await record_query(writer, principal, "access-log", source=source, citizen_id=citizen_id)
+    items = [audit_query.access_item(canonical) for _entry_id, _leaf, canonical in rows]
+    if witnessed is None:
+        return Page(items, rows[-1][0] if more else None)
+    for item, proof in zip(items, witnessed.proofs, strict=True):
+        item["proof"] = proof
+    return Page(items, rows[-1][0] if more else None, checkpoint=witnessed.note)

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.audit import cosignatures as cosignature_repository
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.cli import verify_database
@@ -45,6 +48,7 @@ from service.sim.setup import (
     write_population,
     write_private,
 )
+from service.witness.cosignature import CosignatureVerifier, split_note
 
 # How long to wait, once traffic stops, for the sequencer to cover every entry with a
 # signed checkpoint before verifying.
@@ -135,9 +139,29 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
         await database.dispose()
 
 
-async def _audit_summary(settings: Settings) -> AuditSummary:
-    """Wait for a signed checkpoint over every entry so far, then verify the whole log."""
+def log_verifier_key(settings: Settings) -> str:
+    """The audit log's verifier key (vkey), which the demo's witnesses follow."""
+    return load_signer(settings, AuditSettings().origin).verifier_key()
+
+
+async def _newest_checkpoint(conn: AsyncConnection, witnessed: bool) -> tuple[int, bytes, str] | None:
+    """(size, root, note) of the newest checkpoint, or of the newest that reached the quorum."""
+    if witnessed:
+        found = await cosignature_repository.newest_witnessed(conn)
+        if found is None:
+            return None
+        row = found[0]
+        lines = await cosignature_repository.cosignatures_for(conn, row.id)
+        return row.tree_size, row.root_hash, row.note + "".join(lines.values())
+    latest = await audit_repository.latest_checkpoint(conn)
+    return None if latest is None else (latest.tree_size, latest.root_hash, latest.note)
+
+
+async def _audit_summary(settings: Settings, witness_keys: Sequence[str]) -> AuditSummary:
+    """Wait for a checkpoint over every entry so far (cosigned by the witnesses, when there
+    are any), verify the whole log, then check that checkpoint's cosignatures."""
     database = Database(settings)
+    checkpoint = None
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CHECKPOINT_WAIT_SECONDS
@@ -145,22 +169,34 @@ async def _audit_summary(settings: Settings) -> AuditSummary:
             async with database.engine.connect() as conn:
                 count = select(func.count()).select_from(AuditEntryRow)
                 entries = int((await conn.execute(count)).scalar_one())
-                checkpoint = await audit_repository.latest_checkpoint(conn)
-            if checkpoint is not None and checkpoint.tree_size >= entries:
+                checkpoint = await _newest_checkpoint(conn, bool(witness_keys))
+            if checkpoint is not None and checkpoint[0] >= entries:
                 break
             if loop.time() > deadline:
                 break
             await asyncio.sleep(0.2)
     finally:
         await database.dispose()
-    verifier = NoteVerifier.parse(load_signer(settings, AuditSettings().origin).verifier_key())
+    verifier = NoteVerifier.parse(log_verifier_key(settings))
     size = await verify_database(settings.database_url, verifier)
-    root = base64.b64encode(checkpoint.root_hash).decode() if checkpoint is not None else "(none yet)"
-    return AuditSummary(entries=size, root=root)
+    if checkpoint is None:
+        return AuditSummary(entries=size, root="(none yet)", witnesses=len(witness_keys))
+    _size, root, note = checkpoint
+    body, lines = split_note(note)
+    cosigned = sum(CosignatureVerifier.parse(key).find(body, lines) is not None for key in witness_keys)
+    return AuditSummary(
+        entries=size, root=base64.b64encode(root).decode(), cosigned=cosigned, witnesses=len(witness_keys)
+    )
 
 
 async def run(
-    settings: Settings, prepared: Prepared, base_url: str, duration: float, seed: int, console: Console
+    settings: Settings,
+    prepared: Prepared,
+    base_url: str,
+    duration: float,
+    seed: int,
+    console: Console,
+    witness_keys: Sequence[str] = (),
 ) -> DemoReport:
     console.print(f"department systems live through life events for {duration:.0f} s")
     report = await runner.run_scenarios(
@@ -173,7 +209,7 @@ async def run(
     )
     console.print("verifying the audit log")
     try:
-        report.audit = await _audit_summary(settings)
+        report.audit = await _audit_summary(settings, witness_keys)
     except (VerificationFailed, CheckpointError) as exc:
         report.audit_problem = str(exc)
     return report

@@ -1,6 +1,7 @@
 """The demo's two witnesses: the National Audit Office and the Information Commissioner.
 
-Each is a real ``tellonce witness serve`` process on a loopback port, with its key and
+Each is a real witness process (``python -m service.witness serve``, the same command as
+``tellonce witness serve``) on a loopback port, with its key and
 its own state under ``$TELLONCE_DATA_DIR/witnesses/`` (kept across runs, wiped by
 ``--reset`` with the rest of the store), following the demo log's verifier key.
 """
@@ -20,7 +21,8 @@ from service.config import Settings
 from service.witness.cli import read_private_key, write_private_key
 from service.witness.cosignature import CosignatureSigner
 
-WITNESS_START_SECONDS = 30.0
+# Generous: the demo starts them while the machine is busy seeding and serving.
+WITNESS_START_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,7 @@ def start_witnesses(settings: Settings, log_vkey: str) -> list[DemoWitness]:
                     [
                         sys.executable,
                         "-m",
-                        "service.cli",
-                        "witness",
+                        "service.witness",
                         "serve",
                         "--host",
                         "127.0.0.1",

@@ -20,9 +20,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/tellonce demo
 
+# ruff (its S rules are bandit's checks) and pip-audit against a reviewed baseline.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/audit_deps.py
 
 typecheck: install
 	$(BIN)/mypy

@@ -11,6 +11,7 @@ BIN=.venv/bin
 echo "== lint"
 "$BIN/ruff" check .
 "$BIN/ruff" format --check .
+"$BIN/python" scripts/audit_deps.py
 echo "== mypy (strict)"
 "$BIN/mypy"
 

@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     webhook_retry_cap_seconds: float = Field(default=3600.0, gt=0)
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     events_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # verify: comparisons a consumer may ask per citizen, field and UTC day where its
+    # agreement leaves the claims open (an 'in' of N values counts N); then 429.
+    verify_unconstrained_per_day: int = Field(default=3, ge=0)
+    # Failed client authentications (token endpoint and console sign-in) allowed per client
+    # id and per source address in each window before 429; counted in the database.
+    auth_failure_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    auth_failures_per_client: int = Field(default=10, ge=1)
+    auth_failures_per_address: int = Field(default=50, ge=1)
+    # private_key_jwt: the longest an assertion may live (exp - iat, and exp - now).
+    assertion_max_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
 
     @field_validator("root_key")
     @classmethod

@@ -7,6 +7,7 @@ returns and rolls back when it raises. Services ``flush()``, never ``commit()``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,12 +71,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def ensure_sqlite_dir(url: str) -> None:
-    """Create the folder of a file-backed SQLite URL, so a fresh checkout just works."""
+    """Create the folder of a file-backed SQLite URL, so a fresh checkout just works, and
+    the database file readable by its owner only (0600, like the key files).
+
+    SQLite creates the ``-wal`` and ``-shm`` files with the database file's mode, so those
+    follow; files left 0644 by an older version are tightened here too."""
     prefix = "sqlite+aiosqlite:///"
     if url.startswith(prefix):
         path = url[len(prefix) :].split("?", 1)[0]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            database = Path(path)
+            database.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+            for existing in (database, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if existing.exists() and existing.stat().st_mode & 0o077:
+                    existing.chmod(0o600)
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:

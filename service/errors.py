@@ -7,13 +7,17 @@ validation errors, unknown routes and unexpected exceptions into
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -123,8 +127,84 @@ class TooManyRequests(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_seconds))})
 
 
+# How long a client should wait before trying again after a 503.
+RETRY_AFTER_UNAVAILABLE_SECONDS = 5
+
+
 class ServiceUnavailable(ServiceError):
     status, title, slug = 503, "Service unavailable", "unavailable"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            detail,
+            errors=errors,
+            headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_SECONDS), **(headers or {})},
+        )
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    title, slug = "Database unavailable", "database-unavailable"
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the database being unreachable or gone away:
+    a refused or dropped connection, a pool that cannot hand one out, a database that
+    cannot be opened. Errors in a statement that did run (a constraint, bad SQL) are not."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+            return True
+        if isinstance(current, ConnectionError | TimeoutError | sqlite3.OperationalError):
+            return True
+        if isinstance(current, socket.gaierror) or (
+            isinstance(current, OSError)
+            and (current.errno in _NETWORK_ERRNOS or str(current).startswith("Multiple exceptions"))
+        ):
+            return True
+        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in _ASYNCPG_UNAVAILABLE:
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
+
+
+# Connection-level failures (a refused, reset or unreachable database server).
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+    }
+)
+_ASYNCPG_UNAVAILABLE = frozenset(
+    {
+        "CannotConnectNowError",
+        "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
+        "InterfaceError",
+        "PostgresConnectionError",
+        "TooManyConnectionsError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+    }
+)
 
 
 def problem_response(error: ServiceError) -> ProblemResponse:
@@ -177,6 +257,18 @@ async def _http_error(_request: Request, exc: Exception) -> ProblemResponse:
     return response
 
 
+async def _storage_error(request: Request, exc: Exception) -> ProblemResponse:
+    """A database or connection error: 503 when the database is unreachable (expected
+    while it is down or restarting, and no bug), otherwise on to the 500 handler."""
+    if not _database_unavailable(exc):
+        raise exc
+    request_id = str(request.scope.get("state", {}).get("request_id") or current_request_id())
+    logger.warning("database unavailable", extra={"request_id": request_id, "error": type(exc).__name__})
+    return problem_response(
+        DatabaseUnavailable("The database cannot be reached; nothing was read or changed. Try again shortly.")
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
     # This handler runs in Starlette's outermost middleware, after the request
     # context has been left, so the id comes from the scope the context left behind.
@@ -195,7 +287,18 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Registered by type so that a 503 is an ordinary response, not a re-raised error.
+    for storage_error in (sa_exc.SQLAlchemyError, OSError, sqlite3.Error, *_asyncpg_error_types()):
+        app.add_exception_handler(storage_error, _storage_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+def _asyncpg_error_types() -> tuple[type[Exception], ...]:
+    try:
+        import asyncpg
+    except ImportError:  # the PostgreSQL driver is optional for a SQLite-only install
+        return ()
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class _BodyTooLarge(StarletteHTTPException):

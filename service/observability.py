@@ -79,6 +79,25 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        self.auth_failures = Counter(
+            "tellonce_auth_failures",
+            "Failed client authentications, by endpoint (token or console).",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.auth_throttled = Counter(
+            "tellonce_auth_throttled",
+            "Authentication attempts refused with 429 after repeated failures, by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.verify_probing = Counter(
+            "tellonce_verify_probing",
+            "verify requests repeating open claims on one citizen's field in a day, by consumer and "
+            "field; limited is true when the daily limit refused them (429).",
+            ["consumer", "field", "limited"],
+            registry=self.registry,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

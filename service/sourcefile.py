@@ -18,6 +18,9 @@ from pydantic import ValidationError
 
 PathKey = tuple[str | int, ...]
 
+# Policy and catalog files are small; a larger file is refused before it is parsed.
+MAX_SOURCE_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True, order=True)
 class SourceError:
@@ -68,8 +71,35 @@ class SourceFileError(Exception):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
+def _refuse_anchors(text: str, file: str) -> None:
+    """Anchors and aliases (``&a``, ``*a``) are refused before anything is built: an alias
+    is expanded wherever it appears, so nested aliases grow exponentially (a "billion
+    laughs" bomb), and policy files have no need of them. The scan is one linear pass."""
+    problems: list[SourceError] = []
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            anchor = getattr(event, "anchor", None)
+            if anchor is None:
+                continue
+            kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+            line = event.start_mark.line + 1 if event.start_mark is not None else 1
+            problems.append(
+                SourceError(
+                    file, line, f"YAML anchors and aliases (&, *) are not supported (found {kind} {anchor!r})"
+                )
+            )
+    except yaml.YAMLError:
+        return  # reported, with its line, by the parse that follows
+    if problems:
+        raise SourceFileError(problems)
+
+
 def parse_yaml(text: str, file: str) -> SourceDocument:
-    """Parse one YAML document, refusing duplicate keys and merge keys."""
+    """Parse one YAML document, refusing duplicate keys, merge keys, anchors and aliases,
+    and text over ``MAX_SOURCE_BYTES``."""
+    if len(text.encode("utf-8")) > MAX_SOURCE_BYTES:
+        raise SourceFileError([SourceError(file, 1, f"file is larger than {MAX_SOURCE_BYTES} bytes")])
+    _refuse_anchors(text, file)
     loader = yaml.SafeLoader(text)
     try:
         try:
@@ -94,6 +124,10 @@ def parse_yaml(text: str, file: str) -> SourceDocument:
 
 def read_yaml(path: Path) -> SourceDocument:
     try:
+        if path.stat().st_size > MAX_SOURCE_BYTES:
+            raise SourceFileError(
+                [SourceError(str(path), 1, f"file is larger than {MAX_SOURCE_BYTES} bytes")]
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceFileError([SourceError(str(path), 0, f"cannot read file: {exc}")]) from None

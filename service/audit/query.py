@@ -54,12 +54,19 @@ def entry_item(entry_id: int, leaf_index: int | None, canonical: str) -> dict[st
     return {"id": entry_id, "leaf_index": leaf_index, "entry": entry}
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV
+# Injection"): such a cell is prefixed with a single quote so it is read as text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, list | dict):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return str(value)
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    else:
+        text = str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _csv_row(values: list[str]) -> str:

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.errors import AuditUnavailable
@@ -119,14 +120,21 @@ async def append_in_transaction(conn: AsyncConnection, entry: AuditEntry) -> int
     """Append ``entry`` in the caller's transaction (for writes: same commit as the change).
 
     On PostgreSQL this takes the audit append lock until the caller's transaction ends,
-    so call it as the last statement before commit.
+    so call it as the last statement before commit. If the entry cannot be written the
+    caller's transaction must not commit: ``AuditUnavailable`` (503) is raised.
     """
-    return (await insert_entries(conn, [entry_row(entry)]))[0]
+    try:
+        return (await insert_entries(conn, [entry_row(entry)]))[0]
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable("The audit entry could not be written; nothing was changed.") from exc
 
 
 async def append_many_in_transaction(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
     """``append_in_transaction`` for many entries at once (bulk registration), in order."""
-    return await insert_entries(conn, [entry_row(entry) for entry in entries])
+    try:
+        return await insert_entries(conn, [entry_row(entry) for entry in entries])
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable("The audit entries could not be written; nothing was changed.") from exc
 
 
 class AuditWriter:

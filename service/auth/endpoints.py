@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from service.auth import service as auth_service
+from service.auth import throttle
 from service.auth.keys import ALGORITHM
 from service.auth.runtime import TOKEN_PATH, AuthRuntime, get_auth
 from service.auth.scopes import ALL_SCOPES
@@ -58,13 +59,22 @@ async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONRes
         client_id = candidate_client_id(request.headers, form)
     except MalformedClientAuthentication as exc:
         return _oauth_error(exc.error, exc.description)
+    # Repeated failures for this client id or from this address: 429 before any check.
+    await throttle.refuse_if_throttled(session, request, client_id, endpoint="token")
     if client_id is not None and len(client_id) <= 64:
         row = await auth_service.get_client(session, client_id)
         if row is not None and row.disabled_at is None:
             prepared.client = RegisteredClient.from_row(row)
     # authlib is synchronous and does no I/O here: it verifies and signs in memory, and
     # nothing awaits between setting and clearing the prepared request.
-    return auth.server.respond(prepared)
+    response = auth.server.respond(prepared)
+    if response.status_code == 200 and prepared.assertion is not None:
+        # A private_key_jwt assertion is good once: its id is kept until it expires.
+        if not await auth_service.first_use_of_assertion(session, prepared.assertion):
+            response = _oauth_error("invalid_client", "The client assertion was already used.")
+    if response.status_code == 401:
+        await throttle.record_failure(session, request, client_id, endpoint="token")
+    return response
 
 
 @router.get("/.well-known/jwks.json", summary="Public keys that sign access tokens")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String
+from sqlalchemy import JSON, Float, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, utcnow
@@ -29,3 +29,26 @@ class Client(Base):
     # Per-client token bucket; NULL means the Settings default.
     rate_per_second: Mapped[float | None] = mapped_column(Float, default=None)
     rate_burst: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class UsedAssertion(Base):
+    """A ``private_key_jwt`` assertion id, kept until the assertion expires, so a captured
+    assertion is refused on every replica and after a restart."""
+
+    __tablename__ = "used_assertions"
+    __table_args__ = (Index("ix_used_assertions_expires_at", "expires_at"),)
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class AuthFailure(Base):
+    """Failed client authentications in one window, per client id or per source address
+    (``subject`` is ``client:<id>`` or ``address:<ip>``); shared by every replica."""
+
+    __tablename__ = "auth_failures"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)

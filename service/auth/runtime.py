@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 
 from service.auth.keys import SigningKeys, ensure_signing_key
 from service.auth.ratelimit import RateLimiter
-from service.auth.server import JtiRegistry, TellonceAuthorizationServer
+from service.auth.server import TellonceAuthorizationServer
 from service.auth.tokens import TokenIssuer, TokenVerifier
 from service.config import Settings
 
@@ -44,7 +44,9 @@ class AuthRuntime:
         issuer = TokenIssuer(keys, issuer_url, settings.token_audience, settings.access_token_ttl_seconds)
         verifier = TokenVerifier(keys, issuer_url, settings.token_audience, settings.token_cache_size)
         limiter = RateLimiter(settings.client_rate_per_second, settings.client_rate_burst)
-        server = TellonceAuthorizationServer(issuer, issuer_url + TOKEN_PATH, JtiRegistry())
+        server = TellonceAuthorizationServer(
+            issuer, issuer_url + TOKEN_PATH, settings.assertion_max_lifetime_seconds
+        )
         return cls(settings, keys, issuer, verifier, limiter, server)
 
 

@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -91,24 +91,14 @@ class TellonceClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[mi
             raise InvalidScopeError()
 
 
-class JtiRegistry:
-    """Assertion ids seen until they expire, so a captured assertion cannot be replayed.
+@dataclass(frozen=True)
+class SeenAssertion:
+    """A verified ``private_key_jwt`` assertion: the token endpoint stores its id in the
+    database until ``expires_at`` and refuses the token if the id was already there."""
 
-    In memory per process: a replay sent to another replica within the assertion's short
-    lifetime is not caught (a shared store would be needed for that)."""
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self.max_entries = max_entries
-        self._seen: dict[str, float] = {}
-
-    def first_use(self, key: str, expires_at: float) -> bool:
-        now = time.time()
-        if len(self._seen) >= self.max_entries:
-            self._seen = {k: v for k, v in self._seen.items() if v > now}
-        if key in self._seen and self._seen[key] > now:
-            return False
-        self._seen[key] = expires_at
-        return True
+    client_id: str
+    jti: str
+    expires_at: float
 
 
 class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[misc]
@@ -116,18 +106,30 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
 
     CLIENT_AUTH_METHOD = JWT_METHOD
 
-    def __init__(self, audiences: list[str], jti_registry: JtiRegistry) -> None:
+    def __init__(
+        self, audiences: list[str], max_lifetime: int, on_assertion: Callable[[SeenAssertion], None]
+    ) -> None:
         super().__init__(validate_jti=True, leeway=30)
         self.audiences = audiences
-        self.jti_registry = jti_registry
+        self.max_lifetime = max_lifetime
+        self.on_assertion = on_assertion
 
     def get_audiences(self) -> list[str]:
         return self.audiences
 
     def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
-        expires_at = claims.get("exp")
-        lifetime = float(expires_at) if isinstance(expires_at, int | float) else time.time() + 3600
-        return self.jti_registry.first_use(f"{claims['sub']}:{jti}", lifetime + self.leeway)
+        """Called once the signature, audience and times are verified. An assertion is a
+        one-off credential (RFC 7523 3): one that lives longer than ``max_lifetime``
+        (``exp - iat``, or ``exp - now``) is refused. The id is handed on to be stored."""
+        expires_at, issued_at = claims.get("exp"), claims.get("iat")
+        if not isinstance(expires_at, int | float) or not jti or len(jti) > 255:
+            return False
+        if expires_at - time.time() > self.max_lifetime + self.leeway:
+            return False
+        if isinstance(issued_at, int | float) and expires_at - issued_at > self.max_lifetime:
+            return False
+        self.on_assertion(SeenAssertion(str(claims["sub"]), jti, float(expires_at) + self.leeway))
+        return True
 
     def resolve_client_public_key(self, client: RegisteredClient) -> Key:
         # Validated as a public EC, OKP or RSA key when the client was registered.
@@ -156,6 +158,8 @@ class PreparedTokenRequest:
     headers: Headers
     form: dict[str, str]
     client: RegisteredClient | None = field(default=None)
+    # Set while authlib authenticates a private_key_jwt client; stored by the endpoint.
+    assertion: SeenAssertion | None = field(default=None)
 
 
 class MalformedClientAuthentication(Exception):
@@ -201,7 +205,7 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
 
 
 class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, issuer: TokenIssuer, token_url: str, jti_registry: JtiRegistry) -> None:
+    def __init__(self, issuer: TokenIssuer, token_url: str, assertion_max_lifetime: int) -> None:
         super().__init__(scopes_supported=None)
         self.issuer = issuer
         self.token_url = token_url
@@ -209,7 +213,9 @@ class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.register_token_generator("default", self._generate_token)
         # RFC 7523 allows the token endpoint URL or the issuer as the assertion audience.
         audiences = [token_url, issuer.issuer]
-        self.register_client_auth_method(JWT_METHOD, PrivateKeyJwtAuthentication(audiences, jti_registry))
+        self.register_client_auth_method(
+            JWT_METHOD, PrivateKeyJwtAuthentication(audiences, assertion_max_lifetime, self._seen_assertion)
+        )
 
     # -- the framework adapter -------------------------------------------------------
     def query_client(self, client_id: str) -> RegisteredClient | None:
@@ -218,6 +224,11 @@ class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         if prepared is None or prepared.client is None or prepared.client.client_id != client_id:
             return None
         return prepared.client
+
+    def _seen_assertion(self, assertion: SeenAssertion) -> None:
+        prepared: PreparedTokenRequest | None = getattr(self, "_prepared", None)
+        if prepared is not None:
+            prepared.assertion = assertion
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         """Access tokens are self-contained JWTs; nothing is stored."""

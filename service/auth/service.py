@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from joserfc import jwk
 from joserfc.errors import JoseError
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.errors import ClientNotFound, InvalidClientRegistration
-from service.auth.models import Client
+from service.auth.models import Client, UsedAssertion
 from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret
+from service.auth.server import SeenAssertion
 from service.catalog import repository as catalog_repository
 from service.db import utcnow
 from service.policy import repository as policy_repository
@@ -148,3 +152,25 @@ async def client_status(session: AsyncSession, client_id: str) -> ClientStatus |
     if row is None:
         return None
     return ClientStatus(row.disabled_at is not None, row.rate_per_second, row.rate_burst)
+
+
+async def first_use_of_assertion(session: AsyncSession, assertion: SeenAssertion) -> bool:
+    """Store a verified assertion's id until it expires; False if it was already used.
+
+    In the database, so a replay is refused on any replica and after a restart. One
+    atomic insert-if-absent; ids of expired assertions are deleted on the way."""
+    now = utcnow()
+    await session.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < now))
+    dialect = session.get_bind().dialect.name
+    upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    inserted = await session.execute(
+        upsert(UsedAssertion)
+        .values(
+            client_id=assertion.client_id[:64],
+            jti=assertion.jti,
+            expires_at=datetime.fromtimestamp(assertion.expires_at, UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["client_id", "jti"])
+        .returning(UsedAssertion.jti)
+    )
+    return inserted.first() is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from service.auth import throttle
 from service.console import agreement_pages, audit_pages, citizen_pages
 from service.console import sessions as console_sessions
 from service.console.ports import CONSOLE_ROLES, SignInRefused
@@ -93,11 +94,14 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
         errors["client_secret"] = ["Enter your client secret"]
     status = 400
     if not errors:
+        # The token endpoint's failure throttle, shared: 429 after repeated failures.
+        await throttle.refuse_if_throttled(session, request, client_id, endpoint="console")
         try:
             principal = await backend.check_credentials(session, client_id, secret)
         except SignInRefused as refused:
             # The client id is logged to spot guessing; the secret never is.
             logger.warning("console sign-in refused", extra={"client_id": client_id[:64]})
+            await throttle.record_failure(session, request, client_id, endpoint="console")
             errors["client_id"] = [refused.message]
             status = 401
         else:

@@ -149,6 +149,7 @@ class ConsoleRoute(APIRoute):
                 response = error_page(request, exc.status, exc.title, exc.message)
             except ServiceError as exc:
                 response = error_page(request, exc.status, exc.title, exc.detail)
+                response.headers.update(exc.headers)  # e.g. Retry-After on a 429
             except RequestValidationError:
                 response = error_page(
                     request, 400, "There is a problem with the request", "Check the address and try again."

@@ -38,7 +38,7 @@ from service.events.notifier import postgres_wakeups
 from service.events.schemas import EventData
 from service.events.secrets import SecretUndecryptable
 from service.events.service import EventsRuntime, dumps_payload, webhook_id
-from service.events.targets import UnsafeWebhookTarget, check_target
+from service.events.targets import Pinned, UnsafeWebhookTarget, check_target, pinned
 
 logger = logging.getLogger("tellonce.events")
 
@@ -201,16 +201,17 @@ class Dispatcher:
             else:
                 for item, _entry, _reasons in withheld:
                     outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
-        ready: list[tuple[repository.ClaimedDelivery, AuditEntry, str]] = []
+        ready: list[tuple[repository.ClaimedDelivery, AuditEntry, str, Pinned]] = []
         secrets_by_subscription: dict[str, str] = {}
-        checked: dict[str, str | None] = {}
+        checked: dict[str, str | Pinned] = {}
         for item, entry, released in sendable:
             subscription = item.subscription
             url = subscription.webhook_url or ""
             if url not in checked:
-                checked[url] = await self._target_refusal(url)
-            if checked[url] is not None:
-                outcomes[item.id] = self._failure(item, f"target refused: {checked[url]}", None)
+                checked[url] = await self._target(url)
+            target = checked[url]
+            if isinstance(target, str):
+                outcomes[item.id] = self._failure(item, f"target refused: {target}", None)
                 continue
             secret = secrets_by_subscription.get(subscription.id) or self._secret(subscription)
             if secret is None:
@@ -226,23 +227,23 @@ class Dispatcher:
                     occurred_at=item.event.occurred_at,
                 )
             )
-            ready.append((item, entry, body))
+            ready.append((item, entry, body, target))
         if not ready:
             return
         # Durable before anything leaves the service; one group commit for the batch.
-        if not await self._audited([entry for _item, entry, _body in ready]):
-            for item, _entry, _body in ready:
+        if not await self._audited([entry for _item, entry, _body, _target in ready]):
+            for item, _entry, _body, _target in ready:
                 outcomes[item.id] = self._failure(
                     item, "the audit log is unavailable; nothing was sent", None
                 )
             return
         results = await asyncio.gather(
             *(
-                self._post(item, body, secrets_by_subscription[item.subscription.id])
-                for item, _entry, body in ready
+                self._post(item, body, secrets_by_subscription[item.subscription.id], target)
+                for item, _entry, body, target in ready
             )
         )
-        for (item, _entry, _body), values in zip(ready, results, strict=True):
+        for (item, _entry, _body, _target), values in zip(ready, results, strict=True):
             outcomes[item.id] = values
 
     async def _audited(self, entries: list[AuditEntry]) -> bool:
@@ -253,14 +254,16 @@ class Dispatcher:
             return False
         return True
 
-    async def _target_refusal(self, url: str) -> str | None:
+    async def _target(self, url: str) -> str | Pinned:
+        """Why ``url`` may not be called now, or the request pinned to the address that was
+        checked: connecting to it, not to a fresh resolution, closes the DNS-rebinding gap."""
         try:
-            await check_target(
+            addresses = await check_target(
                 url, allow_private=self.settings.webhook_allow_private, resolver=self.runtime.resolver
             )
         except UnsafeWebhookTarget as exc:
             return str(exc)
-        return None
+        return pinned(url, addresses[0])
 
     def _secret(self, subscription: repository.SubscriptionRow) -> str | None:
         if subscription.secret_ciphertext is None:
@@ -270,7 +273,9 @@ class Dispatcher:
         except SecretUndecryptable:
             return None
 
-    async def _post(self, item: repository.ClaimedDelivery, body: str, secret: str) -> dict[str, Any]:
+    async def _post(
+        self, item: repository.ClaimedDelivery, body: str, secret: str, target: Pinned
+    ) -> dict[str, Any]:
         message_id = webhook_id(item.id)
         sent_at = utcnow()
         headers = {
@@ -279,14 +284,16 @@ class Dispatcher:
             "webhook-timestamp": str(int(sent_at.timestamp())),
             "webhook-signature": Webhook(secret).sign(message_id, sent_at, body),
             "user-agent": "tellonce-webhooks/1",
+            **target.headers,
         }
         async with self._limit:
             try:
                 response = await self.client.post(
-                    item.subscription.webhook_url or "",
+                    target.url,
                     content=body.encode(),
                     headers=headers,
                     timeout=self.settings.webhook_timeout_seconds,
+                    extensions=target.extensions,
                 )
             except httpx.TimeoutException:
                 return self._failure(item, "the receiver did not answer in time", None)

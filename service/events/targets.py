@@ -3,9 +3,11 @@
 A URL must be http or https, name a host, and carry no credentials. Every address the
 host resolves to must be a public unicast address; private, loopback, link-local,
 multicast, reserved, shared and unspecified addresses are refused unless the
-development setting ``TELLONCE_WEBHOOK_ALLOW_PRIVATE`` allows them. The dispatcher
-checks again before every attempt, because a name may resolve elsewhere later (DNS
-rebinding).
+development setting ``TELLONCE_WEBHOOK_ALLOW_PRIVATE`` allows them. An IPv6 address that
+carries an IPv4 address (IPv4-mapped, IPv4-compatible, 6to4 ``2002::/16``, Teredo, NAT64
+``64:ff9b::/96``) is judged by the IPv4 address too. The dispatcher checks again before
+every attempt, and then connects to the address it checked (``pinned``), so a name that
+resolves elsewhere a moment later (DNS rebinding) does not redirect the request.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -39,10 +43,31 @@ def _address(text: str) -> IPAddress:
     return ipaddress.ip_address(text.split("%", 1)[0])
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, in any of the forms that route to it."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def refusal(address: IPAddress, *, allow_private: bool) -> str | None:
     """Why ``address`` may not be a webhook target; ``None`` when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refusal(address.ipv4_mapped, allow_private=allow_private)
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            # Judged like the IPv4 address it routes to, as the IPv4-mapped form always was.
+            why = refusal(inner, allow_private=allow_private)
+            return f"carries {inner}, which {why}" if why is not None else None
     # Never valid targets, whatever the setting.
     if address.is_unspecified:
         return "is the unspecified address"
@@ -83,8 +108,9 @@ def parse(url: str) -> SplitResult:
     return parts
 
 
-async def check_target(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> None:
-    """Raise ``UnsafeWebhookTarget`` unless every address of the URL's host may be called."""
+async def check_target(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> list[IPAddress]:
+    """Raise ``UnsafeWebhookTarget`` unless every address of the URL's host may be called;
+    return those addresses (the ones a delivery may connect to)."""
     parts = parse(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -109,3 +135,25 @@ async def check_target(url: str, *, allow_private: bool, resolver: Resolver | No
             raise UnsafeWebhookTarget(
                 f"the host {host} resolves to {address}, which {why}; webhooks go only to public addresses"
             )
+    return addresses
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A request to ``url`` sent to one checked address: the URL with that address as its
+    host, the original ``Host`` header, and for https the name to send as SNI and to verify
+    the certificate against."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
+def pinned(url: str, address: IPAddress) -> Pinned:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    original = parts.netloc.rpartition("@")[2]
+    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return Pinned(parts._replace(netloc=netloc).geturl(), {"host": original}, extensions)

@@ -165,6 +165,7 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
                 version=e.decision.version,
                 reason=e.decision.reason,
                 legal_basis=e.decision.legal_basis,
+                allowed_claims=e.decision.to_record()["allowed_claims"],
                 near_misses=[NearMissOut(**m.to_record()) for m in e.near_misses],
             )
             for name, e in explained.items()

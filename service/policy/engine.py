@@ -29,6 +29,10 @@ DecisionEffect = Literal["permit", "deny"]
 
 UNEVALUATED = "condition could not be evaluated"
 
+# The claims a ``verify`` agreement allows on one field: operator -> the allowed operands
+# (values as written, relative dates such as ``today-18y`` kept as text).
+AllowedClaims = Mapping[str, tuple[Any, ...]]
+
 # The variables a condition may name; anything else is refused when it is compiled.
 CONDITION_VARIABLES = frozenset({"citizen", "request"})
 
@@ -54,6 +58,9 @@ class Agreement:
     require_case_ref: bool = False
     effect: Effect = "permit"
     version: int = 1
+    # ``verify`` only: per field, the claims that may be asked; a field left out may be
+    # asked anything (and is then limited per consumer, citizen and day by records).
+    verify: Mapping[str, AllowedClaims] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,9 @@ class Decision:
     version: int | None
     reason: str
     legal_basis: str | None = None
+    # For a permitted ``verify``: the claims the deciding agreement allows on this field,
+    # or ``None`` when it leaves them open.
+    allowed_claims: AllowedClaims | None = None
 
     @property
     def permitted(self) -> bool:
@@ -90,6 +100,11 @@ class Decision:
             "version": self.version,
             "reason": self.reason,
             "legal_basis": self.legal_basis,
+            "allowed_claims": (
+                {op: list(operands) for op, operands in self.allowed_claims.items()}
+                if self.allowed_claims is not None
+                else None
+            ),
         }
 
 
@@ -155,6 +170,7 @@ class Grant:
     when: str | None
     condition: Any
     legal_basis: str | None
+    verify: Mapping[str, AllowedClaims] | None = None
 
     def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
         """Why this grant does not apply to ``context``; ``None`` when it does."""
@@ -294,7 +310,10 @@ def _decide_field(
         misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
     if permit is not None:
         reason = f"agreement {permit.agreement} permits {consumer} to {action} {name} for {context.purpose}"
-        decision = Decision(name, "permit", permit.agreement, permit.version, reason, permit.legal_basis)
+        claims = permit.verify.get(name) if permit.verify is not None and action == "verify" else None
+        decision = Decision(
+            name, "permit", permit.agreement, permit.version, reason, permit.legal_basis, claims
+        )
         return (decision, tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
     if permit_misses:
@@ -334,6 +353,7 @@ def compile_policy(
             when=agreement.when,
             condition=condition,
             legal_basis=agreement.legal_basis,
+            verify=agreement.verify,
         )
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an
         # older catalog never grants a field that has since moved to another owner.

@@ -8,6 +8,7 @@ the same problems as 422 errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from service.catalog.loader import CATALOG_FILE, load_catalog
 from service.catalog.schemas import Catalog
 from service.policy.engine import ConditionError, compile_condition
 from service.policy.schemas import AgreementSpec, PolicyFile
+from service.records import values as record_values
 from service.sourcefile import PathKey, SourceError, SourceFileError, read_yaml
 
 Problem = tuple[PathKey, str]
@@ -83,6 +85,73 @@ def check_agreement(spec: AgreementSpec, owner: str, catalog: Catalog) -> list[P
             compile_condition(spec.when)
         except ConditionError as exc:
             problems.append((("when",), f"agreement {name}: {exc}"))
+    problems.extend(_check_identity_actions(spec))
+    if spec.verify is not None:
+        problems.extend(_check_allowed_claims(spec, catalog))
+    return problems
+
+
+# Actions decided on the register's identity field alone: granted on any other field they
+# would silently do nothing.
+IDENTITY_FIELD = "national_id"
+IDENTITY_ACTIONS = ("lookup", "erase")
+
+
+def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
+    problems: list[Problem] = []
+    for index, action in enumerate(spec.actions):
+        if action in IDENTITY_ACTIONS and IDENTITY_FIELD not in spec.fields:
+            others = ", ".join(spec.fields)
+            problems.append(
+                (
+                    ("actions", index),
+                    f"agreement {spec.id}: {action} is granted on {IDENTITY_FIELD}, not on {others}; "
+                    f"list {IDENTITY_FIELD} in fields or remove {action}",
+                )
+            )
+    return problems
+
+
+def _check_allowed_claims(spec: AgreementSpec, catalog: Catalog) -> list[Problem]:
+    """The ``verify:`` map: only on a permit granting verify, only its own fields, and
+    every threshold a valid operand of the field's type (dates may be ``today-18y``)."""
+    name = spec.id
+    problems: list[Problem] = []
+    if "verify" not in spec.actions:
+        problems.append(
+            (("verify",), f"agreement {name}: verify: applies only to an agreement granting verify")
+        )
+    if spec.effect != "permit":
+        problems.append((("verify",), f"agreement {name}: verify: applies to permits only"))
+    today = datetime.now(UTC).date()
+    for field_name, claims in (spec.verify or {}).items():
+        field = catalog.field(field_name)
+        if field_name not in spec.fields or field is None:
+            problems.append(
+                (("verify", field_name), f"agreement {name}: verify: {field_name!r} is not one of its fields")
+            )
+            continue
+        if not claims:
+            problems.append((("verify", field_name), f"agreement {name}: verify: list at least one claim"))
+        for operator, thresholds in claims.items():
+            where = ("verify", field_name, operator)
+            if operator in ("lte", "gte") and field.type not in ("date", "integer"):
+                problems.append(
+                    (where, f"agreement {name}: verify: '{operator}' applies only to dates and integers")
+                )
+                continue
+            if not thresholds:
+                problems.append((where, f"agreement {name}: verify: list at least one threshold"))
+            for index, threshold in enumerate(thresholds):
+                try:
+                    record_values.operand(field, threshold, today)
+                except record_values.ValueRejected as exc:
+                    problems.append(
+                        (
+                            (*where, index),
+                            f"agreement {name}: verify: threshold {threshold!r} for {field_name} {exc}",
+                        )
+                    )
     return problems
 
 

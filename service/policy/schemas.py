@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.catalog.schemas import FieldName, Identifier
 from service.policy.engine import Action, Agreement, Effect
 
 Status = Literal["active", "revoked"]
+# The operators a ``verify`` agreement may fix thresholds for ('in' is asked as several 'eq').
+AllowedOperator = Literal["eq", "lte", "gte"]
+Threshold = Annotated[str, StringConstraints(min_length=1, max_length=100)] | int | bool
 
 
 class AgreementSpec(BaseModel):
@@ -29,6 +32,11 @@ class AgreementSpec(BaseModel):
     when: str | None = Field(default=None, max_length=2000)
     require_case_ref: bool = False
     effect: Effect = "permit"
+    # ``verify`` agreements: per field, the claims a consumer may ask, e.g.
+    # ``{date_of_birth: {lte: [today-18y]}}``. A field left out may be asked anything.
+    verify: dict[FieldName, dict[AllowedOperator, list[Threshold]]] | None = Field(
+        default=None, max_length=50
+    )
 
     def content(self) -> dict[str, Any]:
         """The stored form: JSON-compatible, defaults left out so files stay short."""
@@ -49,6 +57,14 @@ class AgreementSpec(BaseModel):
             require_case_ref=self.require_case_ref,
             effect=self.effect,
             version=version,
+            verify=(
+                {
+                    name: {op: tuple(operands) for op, operands in claims.items()}
+                    for name, claims in self.verify.items()
+                }
+                if self.verify is not None
+                else None
+            ),
         )
 
 
@@ -112,6 +128,9 @@ class DecisionOut(BaseModel):
     version: int | None = None
     reason: str
     legal_basis: str | None = None
+    # For ``verify``: the claims the deciding agreement allows on this field (null: any,
+    # limited per consumer, citizen and day).
+    allowed_claims: dict[str, list[Any]] | None = None
     near_misses: list[NearMissOut] = Field(default_factory=list)
 
 

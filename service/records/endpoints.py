@@ -49,6 +49,7 @@ async def records_service(
         writer,
         request.app.state.records_reader,
         getattr(request.app.state, "policy", None),
+        getattr(request.app.state, "metrics", None),
     )
 
 

@@ -7,9 +7,9 @@ them (``tests/test_access_path.py`` enforces it). A value row never holds plaint
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, text
+from sqlalchemy import BigInteger, Boolean, Date, ForeignKey, Index, Integer, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.crypto.blind_index import NORMALISATION_VERSION
@@ -71,3 +71,18 @@ class FieldValue(Base):
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
     written_by: Mapped[str] = mapped_column(String(200))
     written_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VerifyProbe(Base):
+    """How many open comparisons a consumer asked of one citizen's field on one UTC day.
+
+    Shared by every process through the database, so the daily limit on claims an
+    agreement leaves open holds across replicas. Rows of past days are pruned."""
+
+    __tablename__ = "verify_probes"
+
+    consumer: Mapped[str] = mapped_column(String(63), primary_key=True)
+    citizen_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    field: Mapped[str] = mapped_column(String(63), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    comparisons: Mapped[int] = mapped_column(Integer)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.records.models import Citizen, FieldValue
+from service.records.models import Citizen, FieldValue, VerifyProbe
 
 citizens: Table = Citizen.__table__  # type: ignore[assignment]
 values: Table = FieldValue.__table__  # type: ignore[assignment]
+probes: Table = VerifyProbe.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -290,3 +293,24 @@ async def shared_blind_indexes(conn: AsyncConnection, field: str) -> list[list[s
     for index, citizen_id in rows:
         groups.setdefault(index, []).append(citizen_id)
     return list(groups.values())
+
+
+async def add_verify_comparisons(
+    conn: AsyncConnection, *, consumer: str, citizen_id: str, field: str, day: date, comparisons: int
+) -> int:
+    """Add ``comparisons`` to today's count for (consumer, citizen, field); the new total.
+
+    One atomic upsert, so concurrent requests in any process count exactly. The first
+    count of a day prunes the rows of earlier days."""
+    upsert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    statement = upsert(probes).values(
+        consumer=consumer, citizen_id=citizen_id, field=field, day=day, comparisons=comparisons
+    )
+    counted = statement.on_conflict_do_update(
+        index_elements=[probes.c.consumer, probes.c.citizen_id, probes.c.field, probes.c.day],
+        set_={"comparisons": probes.c.comparisons + comparisons},
+    ).returning(probes.c.comparisons)
+    total = int((await conn.execute(counted)).scalar_one())
+    if total == comparisons:
+        await conn.execute(delete(probes).where(probes.c.day < day))
+    return total

@@ -13,7 +13,7 @@ import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import insert, select
@@ -31,8 +31,9 @@ from service.crypto.aead import DataKey, decrypt_value, encrypt_value
 from service.crypto.keyring import DATA_KEYS, Keyring
 from service.crypto.material import KeyMaterial
 from service.db import Database
-from service.errors import Conflict, Forbidden, ValidationFailed
+from service.errors import Conflict, Forbidden, TooManyRequests, ValidationFailed
 from service.events import service as events_service
+from service.observability import Metrics
 from service.policy import service as policy_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.policy.repository import EpochKey
@@ -113,7 +114,9 @@ class RecordsService:
         audit: AuditWriter,
         reader: Reader,
         policy: policy_service.PolicyHolder | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.database = database
         self.keyring = keyring
         self.audit = audit
@@ -484,6 +487,13 @@ class RecordsService:
     async def verify(
         self, access: Access, citizen_id: str, purpose: str, claims: Mapping[str, Mapping[str, Any]]
     ) -> VerifyOut:
+        """Answer claims with booleans, never the value.
+
+        Where the deciding agreement fixes the claims that may be asked (``verify:``), any
+        other claim is refused (403). Where it leaves them open, each comparison counts
+        against a daily limit per (consumer, citizen, field), shared through the database:
+        beyond it, 429 until the next UTC day. Asking the same field of the same citizen
+        again within a day is flagged in the audit entry and the probing metric."""
         async with self.database.engine.connect() as conn:
             catalog, policy = await self._catalog_and_policy(conn, access)
             requested = list(claims)
@@ -497,6 +507,51 @@ class RecordsService:
                 await self._refuse_nothing_allowed(
                     access, "verify", citizen_id, catalog, policy, requested, decisions, purpose, context
                 )
+            # A field the caller may read outright has nothing for verify to protect.
+            readable = {
+                n
+                for n, d in policy.decide(access.department, "read", allowed, context).items()
+                if d.permitted
+            }
+
+        def entry(status: int, released: Sequence[str], flags: Sequence[Reason] = ()) -> AuditEntry:
+            made = self._entry(
+                access,
+                "verify",
+                citizen_id=citizen_id,
+                catalog=catalog,
+                requested=requested,
+                released=released,
+                decisions=decisions,
+                purpose=purpose,
+                status=status,
+                decision=None if status == 200 else "deny",
+            )
+            return made.model_copy(update={"reasons": [*made.reasons, *flags]}) if flags else made
+
+        today = context.time.date()
+        outside = _claims_outside_agreements(catalog, claims, decisions, allowed, today)
+        if outside:
+            await self._refuse(entry(403, []), NotPermitted("; ".join(outside)))
+        open_fields = [
+            name
+            for name in allowed
+            if decisions[name].agreement is not None
+            and decisions[name].allowed_claims is None
+            and name not in readable
+        ]
+        flags, limited = await self._count_open_claims(access, citizen_id, claims, open_fields, today)
+        if limited:
+            await self._refuse(
+                entry(429, [], flags),
+                TooManyRequests(
+                    _seconds_to_next_day(context.time),
+                    f"The daily limit of {self._open_limit} open comparisons per citizen and field is "
+                    f"reached for {', '.join(limited)}; ask a claim your agreement fixes, or wait until "
+                    "the next UTC day.",
+                ),
+            )
+        async with self.database.engine.connect() as conn:
             rows = await repository.current_values(conn, [citizen_id], allowed)
             plain = await self._decrypt(conn, catalog, rows)
         current = {row.field: plain[(citizen_id, row.field, row.version)] for row in rows}
@@ -507,24 +562,62 @@ class RecordsService:
                 continue
             value = current.get(name)
             results[name] = value is not None and all(
-                values.check_claim(spec, value, operator, operand)
+                values.check_claim(spec, value, operator, operand, today)
                 for operator, operand in claims[name].items()
             )
-        await self.audit.append(
-            self._entry(
-                access,
-                "verify",
-                citizen_id=citizen_id,
-                catalog=catalog,
-                requested=requested,
-                released=allowed,
-                decisions=decisions,
-                purpose=purpose,
-                status=200,
-            )
-        )
+        await self.audit.append(entry(200, allowed, flags))
         withheld = [Withheld(field=n, reason=decisions[n].reason) for n in requested if n not in allowed]
         return VerifyOut(results=results, withheld=withheld)
+
+    @property
+    def _open_limit(self) -> int:
+        return self.database.settings.verify_unconstrained_per_day
+
+    async def _count_open_claims(
+        self,
+        access: Access,
+        citizen_id: str,
+        claims: Mapping[str, Mapping[str, Any]],
+        open_fields: Sequence[str],
+        today: date,
+    ) -> tuple[list[Reason], list[str]]:
+        """Count the comparisons asked of ``open_fields`` (left open by their agreement, and
+        neither owned nor readable by the caller); return the probing flags for the audit
+        and the fields over the daily limit."""
+        if not open_fields:
+            return [], []
+        totals: dict[str, tuple[int, int]] = {}
+        async with self.database.engine.begin() as conn:
+            for name in open_fields:
+                asked = values.comparisons(claims[name])
+                total = await repository.add_verify_comparisons(
+                    conn,
+                    consumer=access.department,
+                    citizen_id=citizen_id,
+                    field=name,
+                    day=today,
+                    comparisons=asked,
+                )
+                totals[name] = (asked, total)
+        limit = self._open_limit
+        flags: list[Reason] = []
+        limited: list[str] = []
+        for name, (asked, total) in totals.items():
+            over = total > limit
+            if over:
+                limited.append(name)
+            if total > asked:
+                flags.append(
+                    Reason(
+                        field=name,
+                        effect="probing",
+                        reason=f"repeated open claims: {total} comparisons of {name} on this citizen today "
+                        f"(limit {limit})",
+                    )
+                )
+                if self.metrics is not None:
+                    self.metrics.verify_probing.labels(access.department, name, str(over).lower()).inc()
+        return flags, limited
 
     @staticmethod
     def _validate_claims(catalog: Catalog, claims: Mapping[str, Mapping[str, Any]]) -> None:
@@ -1074,6 +1167,44 @@ async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:
 
         key = int.from_bytes(index[:8], "big", signed=True)
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _claims_outside_agreements(
+    catalog: Catalog,
+    claims: Mapping[str, Mapping[str, Any]],
+    decisions: Mapping[str, Decision],
+    allowed: Sequence[str],
+    today: date,
+) -> list[str]:
+    """Why each claim outside what its deciding agreement fixes is refused; [] if none."""
+    refusals: list[str] = []
+    for name in allowed:
+        fixed = decisions[name].allowed_claims
+        spec = catalog.field(name)
+        if fixed is None or spec is None:
+            continue
+        permitted = {
+            (operator, values.operand(spec, threshold, today))
+            for operator, thresholds in fixed.items()
+            for threshold in thresholds
+        }
+        # An 'in' is a choice of 'eq' claims: each of its values must be a fixed 'eq'.
+        asked = [
+            (operator, values.operand(spec, operand, today))
+            for op, raw in claims[name].items()
+            for operator, operand in ([("eq", item) for item in raw] if op == "in" else [(op, raw)])
+        ]
+        if any(pair not in permitted for pair in asked):
+            listed = ", ".join(f"{op} {t}" for op, thresholds in fixed.items() for t in thresholds)
+            refusals.append(
+                f"agreement {decisions[name].agreement} allows only these claims on {name}: {listed}"
+            )
+    return refusals
+
+
+def _seconds_to_next_day(now: datetime) -> int:
+    tomorrow = datetime.combine(now.date() + timedelta(days=1), time.min, tzinfo=UTC)
+    return max(1, int((tomorrow - now).total_seconds()))
 
 
 def _legal_basis(text: str) -> str:

@@ -7,9 +7,11 @@ field and the rule, never the submitted value (it may be personal data).
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 from service.catalog.schemas import FieldSpec
@@ -107,15 +109,55 @@ def normalise_for_index(value: JsonValue) -> str:
 # --- verify: claims answered with booleans, never the value -------------------------
 
 CLAIM_OPERATORS = ("eq", "lte", "gte", "in")
+_RELATIVE_DATE = re.compile(r"^today(?:([+-])(\d{1,3})([dmy]))?$")
 
 
-def check_claim(spec: FieldSpec, value: JsonValue, operator: str, operand: Any) -> bool:
-    """Whether ``value <operator> operand`` holds. The operand is validated like a value."""
+def relative_date(text: str, today: dt.date) -> dt.date | None:
+    """``today``, ``today-18y``, ``today+30d`` or ``today-6m`` as a date; ``None`` if ``text``
+    is not one. A month or year step from the 29th-31st lands on the month's last day."""
+    match = _RELATIVE_DATE.match(text)
+    if match is None:
+        return None
+    sign, count, unit = match.groups()
+    if sign is None:
+        return today
+    step = int(count) * (-1 if sign == "-" else 1)
+    if unit == "d":
+        return today + dt.timedelta(days=step)
+    months = today.year * 12 + today.month - 1 + (step * 12 if unit == "y" else step)
+    year, month = divmod(months, 12)
+    month += 1
+    if not 1 <= year <= 9999:
+        raise ValueRejected("is out of range")
+    return dt.date(year, month, min(today.day, calendar.monthrange(year, month)[1]))
+
+
+def operand(spec: FieldSpec, raw: Any, today: dt.date) -> JsonValue:
+    """A claim's operand as a canonical value: validated like a value, and for a date,
+    a relative date (``today-18y``) resolved against ``today``."""
+    if spec.type == "date" and isinstance(raw, str):
+        resolved = relative_date(raw, today)
+        if resolved is not None:
+            return resolved.isoformat()
+    return validate(spec, raw)
+
+
+def comparisons(operations: Mapping[str, Any]) -> int:
+    """How many comparisons a claim asks: one per operator, one per value of an 'in'."""
+    return sum(len(raw) if op == "in" and isinstance(raw, list) else 1 for op, raw in operations.items())
+
+
+def check_claim(
+    spec: FieldSpec, value: JsonValue, operator: str, raw_operand: Any, today: dt.date | None = None
+) -> bool:
+    """Whether ``value <operator> operand`` holds. The operand is validated like a value
+    (a date may be relative to ``today``, the UTC date when not given)."""
+    today = today or dt.datetime.now(dt.UTC).date()
     if operator == "in":
-        if not isinstance(operand, list) or not operand or len(operand) > 100:
+        if not isinstance(raw_operand, list) or not raw_operand or len(raw_operand) > 100:
             raise ValueRejected("'in' takes a list of 1 to 100 values")
-        return any(value == validate(spec, item) for item in operand)
-    expected = validate(spec, operand)
+        return any(value == operand(spec, item, today) for item in raw_operand)
+    expected = operand(spec, raw_operand, today)
     if operator == "eq":
         return value == expected
     if operator in ("lte", "gte"):

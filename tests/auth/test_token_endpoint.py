@@ -199,7 +199,7 @@ class TestPrivateKeyJwt:
 
     def assertion(self, app: FastAPI, client_id: str, key: ECKey, **claims: Any) -> dict[str, str]:
         signed = private_key_jwt_sign(
-            key, client_id, runtime(app).token_url, claims=claims or None, alg="ES256"
+            key, client_id, runtime(app).token_url, claims=claims or None, alg="ES256", expires_in=60
         )
         return {
             "grant_type": "client_credentials",

@@ -243,6 +243,7 @@ class TestExplain:
             "version": None,
             "reason": "agreement tax-code-for-fraud covers fraud-investigation, not benefit-eligibility",
             "legal_basis": None,
+            "allowed_claims": None,
             "near_misses": [
                 {
                     "agreement": "tax-code-for-fraud",

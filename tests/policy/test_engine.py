@@ -83,6 +83,7 @@ class TestDecide:
                 "agreement licence-for-welfare permits welfare to read licence_status for benefit-eligibility"
             ),
             "legal_basis": "Social Security Administration Act 1992, s.122",
+            "allowed_claims": None,
         }
 
     def test_default_deny_with_readable_reason(self) -> None:

@@ -98,6 +98,7 @@ class TestRevocationAcrossProcesses:
             "version": None,
             "reason": "no agreement lets welfare read licence_status for benefit-eligibility",
             "legal_basis": None,
+            "allowed_claims": None,
         }
 
         # `policies apply` from yet another connection reinstates it with a new limit.

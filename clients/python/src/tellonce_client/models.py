@@ -8,11 +8,15 @@ change on either side fails CI until the two agree again.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write", "erase"]
+# A ``verify`` agreement's fixed claims: field -> operator -> the allowed operands.
+ClaimOperator = Literal["eq", "lte", "gte"]
+FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+AllowedClaims = dict[FieldName, dict[ClaimOperator, list[str | int | bool]]]
 # Why a citizen is erased: a fixed code, kept in the audit.
 ErasureReason = Literal[
     "registered-in-error", "duplicate-record", "court-order", "retention-expired", "data-subject-request"
@@ -198,6 +202,7 @@ class AgreementSpec(Request):
     when: str | None = None
     require_case_ref: bool = False
     effect: Effect = "permit"
+    verify: AllowedClaims | None = None
 
 
 class AgreementIn(AgreementSpec):
@@ -216,6 +221,7 @@ class AgreementOut(Tagged):
     when: str | None = None
     require_case_ref: bool = False
     effect: Effect = "permit"
+    verify: AllowedClaims | None = None
     owner: str
     version: int
     status: Literal["active", "revoked"]
@@ -256,6 +262,7 @@ class DecisionOut(Response):
     version: int | None = None
     reason: str
     legal_basis: str | None = None
+    allowed_claims: dict[str, list[Any]] | None = None
     near_misses: list[NearMissOut] = Field(default_factory=list)
 
 

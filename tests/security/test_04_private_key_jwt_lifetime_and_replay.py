@@ -1,0 +1,126 @@
+"""Finding 4: private_key_jwt assertions were long-lived credentials.
+
+An assertion with ``exp`` a year ahead was accepted, and replay protection lived in
+process memory, so the same assertion worked again after a restart or on another replica.
+An assertion may now live at most ``TELLONCE_ASSERTION_MAX_LIFETIME_SECONDS`` (``exp - iat``
+and ``exp - now``), and its ``jti`` is kept in the database until it expires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
+from fastapi import FastAPI
+from joserfc.jwk import ECKey
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.app import create_app
+from service.auth.models import UsedAssertion
+from service.config import Settings
+from service.db import get_session
+from tests.fixtures.tokens import register, runtime
+
+
+async def _key_client(session: AsyncSession) -> tuple[str, ECKey]:
+    key = ECKey.generate_key("P-256", private=True)
+    created = await register(session, "welfare", "consumer", public_jwk=key.as_dict(private=False))
+    return created.client_id, key
+
+
+def _form(app: FastAPI, client_id: str, key: ECKey, **claims: Any) -> dict[str, str]:
+    signed = private_key_jwt_sign(
+        key, client_id, runtime(app).token_url, claims=claims or None, alg="ES256", expires_in=60
+    )
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": signed if isinstance(signed, str) else signed.decode(),
+    }
+
+
+@pytest.fixture
+async def replica(settings: Settings, session: AsyncSession) -> AsyncIterator[httpx.AsyncClient]:
+    """A second process over the same database (another replica, or this one restarted)."""
+    application = create_app(settings)
+
+    async def _test_session() -> AsyncIterator[AsyncSession]:
+        yield session
+        await session.flush()
+
+    application.dependency_overrides[get_session] = _test_session
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+class TestLifetime:
+    async def test_an_assertion_valid_for_a_year_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await _key_client(session)
+        now = int(time.time())
+        form = _form(app, client_id, key, iat=now, exp=now + 365 * 24 * 3600)
+        response = await client.post("/oauth/token", data=form)
+        assert response.status_code == 401
+        assert response.json()["error"] == "invalid_client"
+
+    async def test_exp_minus_iat_over_the_cap_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+    ) -> None:
+        client_id, key = await _key_client(session)
+        now = int(time.time())
+        cap = settings.assertion_max_lifetime_seconds
+        form = _form(app, client_id, key, iat=now - cap, exp=now + 60)
+        assert (await client.post("/oauth/token", data=form)).status_code == 401
+
+    async def test_a_short_lived_assertion_is_accepted(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await _key_client(session)
+        now = int(time.time())
+        response = await client.post("/oauth/token", data=_form(app, client_id, key, iat=now, exp=now + 120))
+        assert response.status_code == 200, response.text
+
+
+class TestReplay:
+    async def test_a_used_assertion_is_refused_by_another_replica(
+        self, app: FastAPI, client: httpx.AsyncClient, replica: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await _key_client(session)
+        form = _form(app, client_id, key)
+
+        first = await client.post("/oauth/token", data=form)
+        replayed = await replica.post("/oauth/token", data=form)
+
+        assert first.status_code == 200, first.text
+        assert replayed.status_code == 401
+        assert replayed.json()["error"] == "invalid_client"
+
+    async def test_the_jti_is_kept_in_the_database_until_it_expires(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await _key_client(session)
+        now = int(time.time())
+        form = _form(app, client_id, key, jti="assertion-1", iat=now, exp=now + 120)
+        assert (await client.post("/oauth/token", data=form)).status_code == 200
+        row = (
+            await session.execute(select(UsedAssertion).where(UsedAssertion.client_id == client_id))
+        ).scalar_one()
+        assert row.jti == "assertion-1"
+        assert now + 120 <= row.expires_at.timestamp() <= now + 120 + 60
+        # The same jti in a fresh assertion (new signature, same id) is a replay too.
+        again = _form(app, client_id, key, jti="assertion-1", iat=now, exp=now + 90)
+        assert (await client.post("/oauth/token", data=again)).status_code == 401
+        count = (
+            await session.execute(
+                select(func.count()).select_from(UsedAssertion).where(UsedAssertion.client_id == client_id)
+            )
+        ).scalar_one()
+        assert count == 1

@@ -1,0 +1,115 @@
+"""Finding 8: no throttle on ``/oauth/token`` or the console's sign-in (300 wrong secrets
+in 1.7 s, all 401).
+
+Failures are counted per client id and per source address in the database (every replica
+shares the counts); past the limit the answer is 429 problem+json with ``Retry-After``,
+without checking the credentials, and crossing the limit is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.app import create_app
+from service.config import Settings
+from service.db import get_session
+from tests.fixtures.tokens import register
+
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
+PER_CLIENT, PER_ADDRESS = 4, 7
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"auth_failures_per_client": PER_CLIENT, "auth_failures_per_address": PER_ADDRESS}
+    )
+
+
+def _problem_429(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert 1 <= int(response.headers["retry-after"]) <= 61
+
+
+async def _token(client: httpx.AsyncClient, client_id: str, secret: str) -> httpx.Response:
+    return await client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
+    )
+
+
+class TestTokenEndpoint:
+    async def test_wrong_secrets_for_one_client_are_throttled_even_with_the_right_one(
+        self, client: httpx.AsyncClient, session: AsyncSession, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        logging.getLogger("tellonce.auth.throttle").addHandler(caplog.handler)
+        try:
+            statuses = [
+                (await _token(client, created.client_id, "wrong")).status_code for _ in range(PER_CLIENT)
+            ]
+            refused = await _token(client, created.client_id, created.client_secret)
+        finally:
+            logging.getLogger("tellonce.auth.throttle").removeHandler(caplog.handler)
+
+        assert statuses == [401] * PER_CLIENT
+        _problem_429(refused)
+        assert any("repeated authentication failures" in r.getMessage() for r in caplog.records)
+        metrics = (await client.get("/metrics")).text
+        assert 'tellonce_auth_failures_total{endpoint="token"} 4.0' in metrics
+        assert 'tellonce_auth_throttled_total{endpoint="token"} 1.0' in metrics
+
+    async def test_guessing_many_client_ids_from_one_address_is_throttled(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        statuses = [(await _token(client, f"guess-{n}", "wrong")).status_code for n in range(PER_ADDRESS)]
+        assert statuses == [401] * PER_ADDRESS
+        _problem_429(await _token(client, "guess-next", "wrong"))
+
+    async def test_the_count_is_shared_with_another_replica(
+        self, client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        for _ in range(PER_CLIENT):
+            await _token(client, created.client_id, "wrong")
+        other = create_app(settings)
+
+        async def _test_session() -> AsyncIterator[AsyncSession]:
+            yield session
+
+        other.dependency_overrides[get_session] = _test_session
+        async with other.router.lifespan_context(other):
+            transport = httpx.ASGITransport(app=other)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as replica:
+                _problem_429(await _token(replica, created.client_id, "wrong"))
+
+
+@pytest.mark.usefixtures("catalog_loaded")
+class TestConsoleSignIn:
+    async def test_wrong_secrets_are_throttled(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await register(session, "register", "data-owner")
+
+        async def sign_in(secret: str) -> httpx.Response:
+            form = await client.get("/console/sign-in")
+            found = CSRF.search(form.text)
+            assert found is not None
+            data = {"csrf_token": found.group(1), "client_id": created.client_id, "client_secret": secret}
+            return await client.post("/console/sign-in", data=data)
+
+        statuses = [(await sign_in("wrong")).status_code for _ in range(PER_CLIENT)]
+        assert statuses == [401] * PER_CLIENT
+        # The console shows its own HTML error page for a browser, with the same status and header.
+        refused = await sign_in(created.client_secret or "")
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 61
+        assert "Too many failed sign-in attempts" in refused.text

@@ -11,8 +11,10 @@ WORKDIR /src
 RUN python -m venv /opt/tellonce
 COPY pyproject.toml README.md ./
 COPY service ./service
+# The demo's department systems use the client library (clients/python).
+COPY clients/python ./clients/python
 RUN /opt/tellonce/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/tellonce/bin/pip install --no-cache-dir .
+ && /opt/tellonce/bin/pip install --no-cache-dir . ./clients/python
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin tellonce

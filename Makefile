@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run serve test test-sqlite test-postgres lint typecheck bench clean
+.PHONY: install run serve test test-sqlite test-postgres lint typecheck bench clean softhsm
 
 # The service and the department client library (clients/python), which the tests use.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -35,6 +35,22 @@ test: install
 
 test-sqlite: install
 	TELLONCE_TEST_DATABASE_URL= $(BIN)/pytest -q
+
+# A SoftHSM2 token for TELLONCE_KEY_PROVIDER=pkcs11 (Debian's softhsm2, installed if
+# missing): made once in .tellonce/softhsm with a random PIN in a 0600 file; prints the
+# variables to export. The tests make their own tokens and do not need this.
+SOFTHSM_DIR := $(CURDIR)/.tellonce/softhsm
+softhsm:
+	@command -v softhsm2-util >/dev/null || (apt-get update -qq && apt-get install -y -qq softhsm2)
+	@mkdir -p $(SOFTHSM_DIR)/tokens && chmod 700 $(SOFTHSM_DIR)
+	@test -f $(SOFTHSM_DIR)/softhsm2.conf || printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' $(SOFTHSM_DIR) > $(SOFTHSM_DIR)/softhsm2.conf
+	@test -f $(SOFTHSM_DIR)/pin || (umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_hex(16))' > $(SOFTHSM_DIR)/pin)
+	@SOFTHSM2_CONF=$(SOFTHSM_DIR)/softhsm2.conf softhsm2-util --show-slots | grep -q 'Label:.*tellonce' || \
+		SOFTHSM2_CONF=$(SOFTHSM_DIR)/softhsm2.conf softhsm2-util --init-token --free --label tellonce \
+		--so-pin "$$(cat $(SOFTHSM_DIR)/pin)-so" --pin "$$(cat $(SOFTHSM_DIR)/pin)" >/dev/null
+	@echo "export SOFTHSM2_CONF=$(SOFTHSM_DIR)/softhsm2.conf TELLONCE_KEY_PROVIDER=pkcs11"
+	@echo "export TELLONCE_PKCS11_MODULE=$$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -1)"
+	@echo "export TELLONCE_PKCS11_TOKEN_LABEL=tellonce TELLONCE_PKCS11_PIN_FILE=$(SOFTHSM_DIR)/pin"
 
 bench: install
 	$(BIN)/python -m bench

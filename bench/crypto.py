@@ -4,7 +4,10 @@
   the same plaintext with a fresh nonce (goal: under 1.5x);
 - ``Keyring.data_keys`` on a cache hit vs a miss (row read + unwrap under the KEK);
 - ``rotate_department`` over 100k data keys in a scratch SQLite database, in data keys per
-  second, vs rewrapping the same keys in memory with no database.
+  second, vs rewrapping the same keys in memory with no database;
+- with SoftHSM2 (``TELLONCE_KEY_PROVIDER=pkcs11``): one data-key unwrap in the token vs
+  under a local KEK, and ``Keyring.data_keys`` warm (cache hit) and cold with each
+  provider: once warm the read path does not touch the token, so the cost is unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import tempfile
 import time
 import uuid
@@ -186,9 +190,98 @@ async def storage_benchmarks() -> None:
     folder.rmdir()
 
 
+async def _cold_keys(url: str, keyring: Keyring, ids: list[int]) -> float:
+    """Microseconds per ``data_keys`` call, each id once (row read + unwrap), filling the cache."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            started = time.perf_counter()
+            for key_id in ids:
+                await keyring.data_keys(conn, [key_id])
+            return (time.perf_counter() - started) / len(ids) * 1e6
+    finally:
+        await engine.dispose()
+
+
+async def _warm_keys(urls: dict[str, str], keyrings: dict[str, Keyring], ids: list[int]) -> dict[str, float]:
+    """Best-of microseconds per cache-hit ``data_keys`` call, the keyrings interleaved."""
+    best = dict.fromkeys(keyrings, float("inf"))
+    engines = {name: create_engine(url) for name, url in urls.items()}
+    try:
+        for _ in range(7):
+            for name, keyring in keyrings.items():
+                async with engines[name].connect() as conn:
+                    started = time.perf_counter()
+                    for key_id in ids:
+                        await keyring.data_keys(conn, [key_id])
+                    best[name] = min(best[name], (time.perf_counter() - started) / len(ids) * 1e6)
+    finally:
+        for engine in engines.values():
+            await engine.dispose()
+    return best
+
+
+async def hsm_costs() -> None:
+    # Imported here: the token store must be configured before python-pkcs11 loads SoftHSM.
+    from service.config import Settings
+    from service.crypto.hsm import Pkcs11KeyProvider
+    from tests.fixtures.softhsm import PIN, TOKENS, make_token_store
+
+    folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-hsm-"))
+    store = make_token_store(folder)
+    os.environ["SOFTHSM2_CONF"] = str(store.conf)
+    settings = Settings(
+        env="test",
+        key_provider="pkcs11",
+        pkcs11_module=store.module,
+        pkcs11_token_label=TOKENS[0],
+        pkcs11_pin=PIN,  # type: ignore[arg-type]
+    )
+    local = Keyring(LocalKeyProvider(KeyMaterial(secrets.token_bytes(32))))
+    hsm = Keyring(Pkcs11KeyProvider.from_settings(settings))
+    count = 2000
+    keyrings = {"local": local, "pkcs11": hsm}
+    urls = {name: f"sqlite+aiosqlite:///{folder / f'{name}.db'}" for name in keyrings}
+    cold: dict[str, float] = {}
+    unwrap: dict[str, float] = {}
+    ids = list(range(1, count + 1))
+    for name, keyring in keyrings.items():
+        url = urls[name]
+        await upgrade_async(url)
+        await build_keys(url, keyring, count)
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                kek = await keyring.active_kek(conn, "register")
+        finally:
+            await engine.dispose()
+        citizen = str(uuid.uuid4())
+        blob = kek.wrap(KeyMaterial(secrets.token_bytes(32)), citizen)
+        started = time.perf_counter()
+        for _ in range(count):
+            kek.unwrap(blob, citizen)
+        unwrap[name] = (time.perf_counter() - started) / count * 1e6
+        cold[name] = await _cold_keys(url, keyring, ids)
+    warm = await _warm_keys(urls, keyrings, ids)
+    print(
+        f"data-key unwrap in the token (SoftHSM2, AES-GCM): {unwrap['pkcs11']:.1f} us vs local KEK "
+        f"{unwrap['local']:.1f} us -> {unwrap['pkcs11'] / unwrap['local']:.1f}x"
+    )
+    print(
+        f"data_keys cold (row read + unwrap): pkcs11 {cold['pkcs11']:.1f} us vs local {cold['local']:.1f} us "
+        f"-> {cold['pkcs11'] / cold['local']:.2f}x"
+    )
+    print(
+        f"data_keys warm (cache hit, the read path): pkcs11 {warm['pkcs11']:.2f} us vs local "
+        f"{warm['local']:.2f} us -> {warm['pkcs11'] / warm['local']:.2f}x"
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     field_costs()
     asyncio.run(storage_benchmarks())
+    asyncio.run(hsm_costs())
 
 
 if __name__ == "__main__":

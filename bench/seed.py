@@ -4,9 +4,9 @@ Both paths encrypt every field under a per-(citizen, owner) data key and write a
 ``register`` audit entry in the same transaction; they run on the same fresh SQLite
 store, one after the other, with citizens from the same seeded population:
 
-- baseline: ``RecordsService.register`` (the register's own fields) then ``write`` once
+- baseline: ``records.writes.register`` (the register's own fields) then ``write`` once
   per other owning department, as the API would do it: a transaction per call;
-- bulk: ``RecordsService.register_population``, ``SEED_BATCH`` citizens per transaction.
+- bulk: ``records.seeding.register_population``, ``SEED_BATCH`` citizens per transaction.
 
 It prints citizens and field values per second for each, and the ratio bulk/baseline.
 """
@@ -23,12 +23,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from service.audit.writer import AuditWriter
 from service.auth.dependencies import Principal
+from service.auth.facts import RequestFacts
 from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.db import Database
-from service.records.reader import open_reader
-from service.records.service import Access, RecordsService
+from service.policy.service import PolicyHolder
+from service.records import seeding, writes
+from service.records.service import RecordsService
+from service.records.store import open_store
 from service.schema import upgrade_async
 from service.sim import policies as demo_policies
 from service.sim.population import people
@@ -39,9 +43,9 @@ BASELINE_CITIZENS = int(os.environ.get("BENCH_SEED_BASELINE", "60"))
 BULK_CITIZENS = int(os.environ.get("BENCH_SEED_BULK", "3000"))
 
 
-def _access(department: str, *roles: str) -> Access:
+def _facts(department: str, *roles: str) -> RequestFacts:
     principal = Principal.with_roles(f"bench-{department}", department, *roles)
-    return Access(principal=principal, request_id="bench-seed", source=None, case_ref=None)
+    return RequestFacts(principal=principal, request_id="bench-seed")
 
 
 async def _run() -> None:
@@ -56,26 +60,24 @@ async def _run() -> None:
     )
     await upgrade_async(settings.database_url)
     database = Database(settings)
-    reader = await open_reader(settings.database_url)
+    store = await open_store(settings.database_url)
+    audit = AuditWriter(database.engine)
+    await audit.start()
     try:
         await demo_policies.apply(database, settings.policies_dir, Console(quiet=True))
-        records = RecordsService(database, Keyring.from_settings(settings), None, reader)  # type: ignore[arg-type]
+        keyring = Keyring.from_settings(settings)
+        records = RecordsService(database.engine, keyring, audit, store, PolicyHolder())
         population = list(people(BASELINE_CITIZENS + BULK_CITIZENS, seed=11))
-        registrar = _access("register", "registrar")
+        registrar = _facts("register", "registrar")
 
         started = time.perf_counter()
         baseline_values = 0
         for person in population[:BASELINE_CITIZENS]:
-            registered = await records.register(registrar, person.national_id, person.register_fields)
+            registered = await writes.register(records, registrar, person.national_id, person.register_fields)
             baseline_values += 1 + len(person.register_fields)
             for owner, fields in person.owned.items():
-                await records.write(
-                    _access(owner, "writer"),
-                    registered.id,
-                    fields,
-                    reason="seed",
-                    purpose=None,
-                    if_match=None,
+                await writes.write(
+                    records, _facts(owner, "writer"), registered.id, fields, reason="seed", if_match=None
                 )
                 baseline_values += len(fields)
         baseline = time.perf_counter() - started
@@ -84,11 +86,13 @@ async def _run() -> None:
         bulk_values = 0
         for batch in batches(iter(population[BASELINE_CITIZENS:]), SEED_BATCH):
             rows = [person_fields(p) for p in batch]
-            await records.register_population(registrar, rows)
+            async with database.engine.begin() as conn:
+                await seeding.register_population(conn, keyring, registrar, rows)
             bulk_values += sum(len(r) for r in rows)
         bulk = time.perf_counter() - started
     finally:
-        await reader.close()
+        await audit.stop()
+        await store.close()
         await database.dispose()
 
     base_rate, bulk_rate = BASELINE_CITIZENS / baseline, BULK_CITIZENS / bulk

@@ -26,6 +26,7 @@ from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
 from service.records import records_lifecycle
 from service.schema import head_revisions
+from service.tracing import install_tracing
 
 # Every router is included here and nowhere else.
 ROUTERS = [
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = Database(settings)
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(app.state)
     app.state.schema_heads = head_revisions()
     app.state.keyring = Keyring.from_settings(settings)
 
@@ -79,4 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost first: the request id must exist before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; its middleware wraps all of the above.
+    install_tracing(app)
     return app

@@ -16,9 +16,6 @@ from service.schema import upgrade
 from service.sim.cli import demo as demo_command
 from service.witness.cli import app as witness_app
 
-# Policy changes made from the command line are audited like those made through the API.
-connect_policy_changes()
-
 app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharing for government.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
@@ -30,6 +27,14 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(records_app, name="records")
 app.add_typer(witness_app, name="witness")
 app.command("demo")(demo_command)
+
+
+@app.callback()
+def start() -> None:
+    """Wire the process before any command runs (not at import, so importing this module
+    changes nothing): policy changes made from the command line are audited like those
+    made through the API."""
+    connect_policy_changes()
 
 
 @db_app.command("upgrade")

@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     root_key: SecretStr | None = None
     webhook_allow_private: bool = False
 
+    # Where department KEKs live: "local" (wrapped under the root key, stored in the
+    # database) or "pkcs11" (generated and kept inside a PKCS#11 token; see crypto/hsm.py).
+    key_provider: Literal["local", "pkcs11"] = "local"
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_pin_file: Path | None = None
+
     policies_dir: Path = Path("./policies")
     # Requests whose body exceeds this are refused with 413 while streaming.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -83,6 +91,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_keys(self) -> Settings:
+        if self.key_provider == "pkcs11":
+            if not self.pkcs11_module or not self.pkcs11_token_label:
+                raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_MODULE and _TOKEN_LABEL")
+            if self.pkcs11_pin is None and self.pkcs11_pin_file is None:
+                raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_PIN or _PIN_FILE")
+            return self
         if self.env == "production" and self.root_key is None and not self.root_key_file.exists():
             raise ValueError(
                 "production refuses to start without a root key: set TELLONCE_ROOT_KEY "

@@ -41,7 +41,8 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus text exposition: request counts and latency by route and status."""
+    """Prometheus text exposition: request counts and latency by route and status, audit
+    writer batches committed and failed, webhook deliveries sent to dead letters."""
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render()
     return Response(content=body, media_type=content_type)

@@ -13,12 +13,16 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import tracing
 
 _request_id: ContextVar[str] = ContextVar("tellonce_request_id", default="-")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -44,6 +48,7 @@ class JsonFormatter(logging.Formatter):
         for key in ("method", "route", "status", "duration_ms", "client_id"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
+        entry.update(tracing.log_fields())
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -61,11 +66,41 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root.propagate = False
 
 
+class _WorkerCounters:
+    """Counters the audit writer and the webhook dispatcher keep, read at scrape time."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        writer = getattr(self.state, "audit_writer", None)
+        if writer is not None:
+            yield CounterMetricFamily(
+                "tellonce_audit_batches_committed",
+                "Audit writer batches committed.",
+                value=writer.batches_committed,
+            )
+            yield CounterMetricFamily(
+                "tellonce_audit_batches_failed",
+                "Audit writer batches that failed to commit (their requests got 503, no data released).",
+                value=writer.batches_failed,
+            )
+        dispatcher = getattr(self.state, "dispatcher", None)
+        if dispatcher is not None:
+            yield CounterMetricFamily(
+                "tellonce_webhook_dead_letters",
+                "Webhook deliveries this process moved to the dead-letter state.",
+                value=dispatcher.dead_letters,
+            )
+
+
 class Metrics:
     """The process's Prometheus registry; one per app so tests stay independent."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: Any = None) -> None:
         self.registry = CollectorRegistry()
+        if state is not None:
+            self.registry.register(_WorkerCounters(state))
         self.requests = Counter(
             "tellonce_http_requests",
             "HTTP requests by route template, method and status.",
@@ -127,6 +162,7 @@ class RequestContextMiddleware:
                 break
         token = _request_id.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
+        tracing.annotate_request(request_id)
         status = 500
         started = time.perf_counter()
 

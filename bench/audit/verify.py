@@ -62,7 +62,7 @@ async def _read_only(url: str) -> float:
 async def _verify(url: str, verifier: NoteVerifier) -> tuple[float, int]:
     engine = create_engine(url)
     started = time.perf_counter()
-    size, checkpoints = await verify_stored_log(engine, verifier)
+    size, checkpoints = await verify_stored_log(engine.connect, verifier)
     elapsed = time.perf_counter() - started
     await engine.dispose()
     return size / elapsed, checkpoints

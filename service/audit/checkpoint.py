@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -59,10 +60,18 @@ class Checkpoint:
         return cls(origin=lines[0], size=int(lines[1]), root_hash=root)
 
 
+class Ed25519Signing(Protocol):
+    """What signs: ``cryptography``'s Ed25519 private key, or one held in a PKCS#11 token."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> Ed25519PublicKey: ...
+
+
 class NoteSigner:
     """An Ed25519 note signer. Its repr never shows the private key."""
 
-    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, name: str, private_key: Ed25519PrivateKey | Ed25519Signing) -> None:
         if not _valid_name(name):
             raise CheckpointError("a key name has no spaces or '+'")
         self.name = name

@@ -92,7 +92,9 @@ async def verify_database(
             def report(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            size, _checked = await audit_service.verify_stored_log(engine, verifier, report, expectations)
+            size, _checked = await audit_service.verify_stored_log(
+                engine.connect, verifier, report, expectations
+            )
             return size
     finally:
         await engine.dispose()

@@ -49,7 +49,14 @@ def signing_key_path(settings: Settings) -> Path:
 
 
 def load_signer(settings: Settings, origin: str) -> NoteSigner:
-    """Read the Ed25519 seed; development and test make one (mode 0600), production refuses."""
+    """Read the Ed25519 seed; development and test make one (mode 0600), production refuses.
+
+    With ``TELLONCE_KEY_PROVIDER=pkcs11`` the key pair is in the token instead (made there
+    on first use) and never leaves it."""
+    if settings.key_provider == "pkcs11":
+        from service.crypto.hsm import TokenEd25519Key, open_token
+
+        return NoteSigner(origin, TokenEd25519Key(open_token(settings)))
     path = signing_key_path(settings)
     if not path.exists():
         if not settings.allows_generated_keys:

@@ -136,16 +136,14 @@ async def list_entries(
     caller: Reader,
     filters: Filters,
     request: Request,
-    database: DatabaseDep,
-    writer: AuditWriterDep,
+    access: search.AuditAccessDep,
     cursor: str | None = Query(None, max_length=20),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Audit entries in a stable order (oldest first), filtered, one page at a time.
     A data owner sees only entries that touch its department's fields."""
     page = await search.search_entries(
-        database.engine,
-        writer,
+        access,
         caller,
         filters.query,
         after=search.parse_cursor(cursor),
@@ -164,14 +162,11 @@ async def export_entries(
     caller: Exporter,
     filters: Filters,
     request: Request,
-    database: DatabaseDep,
-    writer: AuditWriterDep,
+    access: search.AuditAccessDep,
     format: search.ExportFormat = Query("jsonl"),
 ) -> StreamingResponse:
     """Every matching entry, streamed page by page as JSON lines or CSV."""
-    lines = await search.export_entries(
-        database.engine, writer, caller, filters.query, format=format, source=_source(request)
-    )
+    lines = await search.export_entries(access, caller, filters.query, format=format, source=_source(request))
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     disposition = f'attachment; filename="audit.{format}"'
     return StreamingResponse(lines, media_type=media, headers={"Content-Disposition": disposition})
@@ -182,8 +177,7 @@ async def usage_report(
     caller: Reader,
     request: Request,
     session: SessionDep,
-    database: DatabaseDep,
-    writer: AuditWriterDep,
+    access: search.AuditAccessDep,
     period: Literal["day", "month"] = Query("month"),
     consumer: str | None = Query(None, max_length=63),
     owner: str | None = Query(None, max_length=63),
@@ -196,8 +190,7 @@ async def usage_report(
     an owner's data gives others. A data owner sees only its own fields."""
     counts = await search.usage_report(
         session,
-        database.engine,
-        writer,
+        access,
         caller,
         period=period,
         consumer=consumer,
@@ -217,8 +210,7 @@ async def citizen_access_log(
     citizen_id: str,
     caller: Portal,
     request: Request,
-    database: DatabaseDep,
-    writer: AuditWriterDep,
+    access: search.AuditAccessDep,
     cursor: str | None = Query(None, max_length=20),
     limit: int = Query(100, ge=1, le=1000),
     proofs: bool = Query(
@@ -234,8 +226,7 @@ async def citizen_access_log(
     checkpoint as one signed note with the witnesses' cosignatures, so the citizen (or
     anyone) can check every line against a root the witnesses vouch for."""
     page = await search.citizen_access_log(
-        database.engine,
-        writer,
+        access,
         caller,
         citizen_id,
         after=search.parse_cursor(cursor),

@@ -1,8 +1,9 @@
 """The largest checkpoint an auditor has verified, kept apart from the audit tables.
 
-"Verify now" in the console checks the log against it: an operator who truncates or
-empties the log, dropping the checkpoints that signed the removed entries, still cannot
-make the log reach a size and root an auditor has already seen. The record lives in
+``verify_for_auditor`` checks the log against it: an operator who truncates or empties
+the log, dropping the checkpoints that signed the removed entries, cannot make the log
+reach a size and root an auditor has already seen. (Meant for the console's "verify now";
+the console does not call it yet.) The record lives in
 ``auditor_observed_checkpoints``, which the audit writer and sequencer never touch.
 """
 
@@ -57,7 +58,7 @@ async def verify_for_auditor(
         label = f"the checkpoint of size {size} an auditor verified on {at:%Y-%m-%d %H:%M} UTC"
         trusted = (StoredCheckpoint(int(size), bytes(root), str(note), label),)
     size, checkpoints = await verify_stored_log(
-        engine, verifier, progress, Expectations(trusted=trusted, allow_empty=True)
+        engine.connect, verifier, progress, Expectations(trusted=trusted, allow_empty=True)
     )
     async with engine.begin() as conn:
         newest = await audit_repository.latest_checkpoint(conn)

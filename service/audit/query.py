@@ -8,10 +8,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from service.audit import repository as audit_repository
-from service.audit.repository import EntryFilter
+from service.audit.repository import Connect, EntryFilter
 
 # What a citizen sees: accesses to the record, not auditors' own queries of it.
 CITIZEN_VISIBLE_ACTIONS = (
@@ -100,7 +98,7 @@ def access_item(canonical: str) -> dict[str, Any]:
 
 
 async def usage_counts(
-    engine: AsyncEngine,
+    connect: Connect,
     entry_filter: EntryFilter,
     period: str,
     field_owners: dict[str, str],
@@ -111,7 +109,7 @@ async def usage_counts(
     width = 10 if period == "day" else 7
     after = 0
     while True:
-        async with engine.connect() as conn:
+        async with connect() as conn:
             rows = await audit_repository.page_entries(conn, entry_filter, after, 1000)
         for _entry_id, _leaf, canonical in rows:
             entry = json.loads(canonical)

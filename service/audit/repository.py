@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +20,11 @@ from service.audit.models import (
     AuditSequencerState,
 )
 from service.audit.writer import FILTER_COLUMNS
-from service.records.models import Citizen
+from service.records import public as records_public
 
 Executor = AsyncConnection | AsyncSession
+# Opens a connection to read with, e.g. ``engine.connect``; each use is one short read.
+Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
 
 async def read_nodes(db: Executor, keys: Iterable[merkle.NodeKey]) -> dict[merkle.NodeKey, bytes]:
@@ -218,8 +221,8 @@ async def all_checkpoints(db: Executor) -> list[tuple[int, int, bytes, str]]:
 
 
 async def citizen_exists(db: Executor, citizen_id: str) -> bool:
-    found = await db.execute(select(Citizen.id).where(Citizen.id == citizen_id))
-    return found.scalar() is not None
+    """Whether the register knows ``citizen_id`` (asked of records, which owns the table)."""
+    return citizen_id in await records_public.citizen_statuses(db, [citizen_id])
 
 
 async def unsequenced_entry(db: Executor) -> int | None:

@@ -1,10 +1,13 @@
 """Reading the log: search, export, the usage report and a citizen's access log, as the
 audit API and the console both call them.
 
-Each function takes the caller, the engine it reads with and the batched writer. It
-decides what the caller may see (``service.auth.permissions``), reads, and records the
-query itself, durably, before any result leaves; if that record cannot be written,
-``AuditUnavailable`` is raised and nothing is returned.
+Each function takes the caller and an ``AuditAccess``: how to open a connection to read
+the log with, and the writer that records the query itself. It decides what the caller
+may see (``service.auth.permissions``), reads, and records the query, durably, before any
+result leaves; if that record cannot be written, ``AuditUnavailable`` is raised and
+nothing is returned. The app's ``AuditAccess`` (``get_audit_access``) reads on pooled
+connections and records through the batched writer; tests put one on their rolled-back
+transaction instead.
 """
 
 from __future__ import annotations
@@ -13,19 +16,20 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit import citizen_proofs
 from service.audit import query as audit_query
 from service.audit import repository as audit_repository
 from service.audit.entries import query_entry
 from service.audit.errors import AuditQueryInvalid
-from service.audit.repository import EntryFilter
-from service.audit.schemas import ACTIONS, DECISIONS, Action
+from service.audit.repository import Connect, EntryFilter
+from service.audit.schemas import ACTIONS, DECISIONS, Action, AuditEntry
 from service.audit.witnessing import WitnessConfig
-from service.audit.writer import AuditWriter
+from service.audit.writer import AuditWriterDep
 from service.auth import permissions
 from service.auth.dependencies import Principal
 from service.catalog import service as catalog_service
@@ -34,6 +38,28 @@ from service.errors import Forbidden, NotFound
 
 EXPORT_PAGE = 500
 ExportFormat = Literal["jsonl", "csv"]
+
+
+class EntrySink(Protocol):
+    async def append(self, entry: AuditEntry) -> int:
+        """Return once ``entry`` is durable; raise ``AuditUnavailable`` if it is not."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuditAccess:
+    """What the log is read with (a connection per use) and where queries are recorded."""
+
+    connect: Connect
+    writer: EntrySink
+
+
+async def get_audit_access(request: Request, writer: AuditWriterDep) -> AuditAccess:
+    """The app's: pooled connections of its engine, and its batched writer (503 if stopped)."""
+    return AuditAccess(request.app.state.database.engine.connect, writer)
+
+
+AuditAccessDep = Annotated[AuditAccess, Depends(get_audit_access)]
 
 
 @dataclass(frozen=True)
@@ -107,7 +133,7 @@ def entry_filter(principal: Principal, query: EntryQuery) -> EntryFilter:
 
 
 async def record_query(
-    writer: AuditWriter,
+    writer: EntrySink,
     principal: Principal,
     action: Action = "audit-query",
     *,
@@ -120,8 +146,7 @@ async def record_query(
 
 
 async def search_entries(
-    engine: AsyncEngine,
-    writer: AuditWriter,
+    access: AuditAccess,
     principal: Principal,
     query: EntryQuery,
     *,
@@ -132,9 +157,9 @@ async def search_entries(
     """One page of matching entries, oldest first, as ``{id, leaf_index, entry}`` items."""
     permissions.require_audit_reader(principal)
     stored_filter = entry_filter(principal, query)
-    async with engine.connect() as conn:
+    async with access.connect() as conn:
         rows = await audit_repository.page_entries(conn, stored_filter, after, limit + 1)
-    await record_query(writer, principal, source=source, owners=[query.owner] if query.owner else [])
+    await record_query(access.writer, principal, source=source, owners=[query.owner] if query.owner else [])
     more = len(rows) > limit
     rows = rows[:limit]
     items = [audit_query.entry_item(entry_id, leaf, canonical) for entry_id, leaf, canonical in rows]
@@ -142,8 +167,7 @@ async def search_entries(
 
 
 async def export_entries(
-    engine: AsyncEngine,
-    writer: AuditWriter,
+    access: AuditAccess,
     principal: Principal,
     query: EntryQuery,
     *,
@@ -156,14 +180,14 @@ async def export_entries(
     if not permissions.may_export_audit(principal):
         raise Forbidden(f"This call needs the scope {permissions.EXPORTS_AUDIT}.")
     stored_filter = entry_filter(principal, query)
-    await record_query(writer, principal, source=source, owners=[query.owner] if query.owner else [])
+    await record_query(access.writer, principal, source=source, owners=[query.owner] if query.owner else [])
 
     async def lines() -> AsyncIterator[str]:
         if format == "csv":
             yield audit_query.csv_header()
         after = 0
         while True:
-            async with engine.connect() as conn:
+            async with access.connect() as conn:
                 rows = await audit_repository.page_entries(conn, stored_filter, after, EXPORT_PAGE)
             for entry_id, leaf, canonical in rows:
                 item = audit_query.entry_item(entry_id, leaf, canonical)
@@ -177,8 +201,7 @@ async def export_entries(
 
 async def usage_report(
     session: AsyncSession,
-    engine: AsyncEngine,
-    writer: AuditWriter,
+    access: AuditAccess,
     principal: Principal,
     *,
     period: Literal["day", "month"],
@@ -202,14 +225,13 @@ async def usage_report(
         # No catalog yet: fields have no known owner, and nothing is counted for an owner.
         field_owners = {}
     stored_filter = EntryFilter(consumer=consumer, owner=owner, since=since, until=until)
-    counts = await audit_query.usage_counts(engine, stored_filter, period, field_owners, owner)
-    await record_query(writer, principal, source=source, owners=[owner] if owner else [])
+    counts = await audit_query.usage_counts(access.connect, stored_filter, period, field_owners, owner)
+    await record_query(access.writer, principal, source=source, owners=[owner] if owner else [])
     return counts
 
 
 async def citizen_access_log(
-    engine: AsyncEngine,
-    writer: AuditWriter,
+    access: AuditAccess,
     principal: Principal,
     citizen_id: str,
     *,
@@ -221,7 +243,7 @@ async def citizen_access_log(
     """Every access to one citizen's record, officers' identities left out; 404 for an
     unknown citizen. With ``proofs`` (the witnessing configuration) each item also carries
     its inclusion proof against the newest witnessed checkpoint, which the page carries."""
-    async with engine.connect() as conn:
+    async with access.connect() as conn:
         if len(citizen_id) > 64 or not await audit_repository.citizen_exists(conn, citizen_id):
             raise NotFound("No such citizen.")
         stored_filter = EntryFilter(citizen_id=citizen_id, actions=audit_query.CITIZEN_VISIBLE_ACTIONS)
@@ -235,7 +257,7 @@ async def citizen_access_log(
             if proofs is not None
             else None
         )
-    await record_query(writer, principal, "access-log", source=source, citizen_id=citizen_id)
+    await record_query(access.writer, principal, "access-log", source=source, citizen_id=citizen_id)
     items = [audit_query.access_item(canonical) for _entry_id, _leaf, canonical in rows]
     if witnessed is None:
         return Page(items, rows[-1][0] if more else None)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import tracing
 from service.audit import repository as audit_repository
 from service.audit import witnessing
 from service.audit.checkpoint import NoteSigner, NoteVerifier
@@ -20,6 +21,7 @@ from service.audit.config import AuditSettings, load_signer
 from service.audit.key_events import KeyEventsToWriter
 from service.audit.policy_changes import connect_policy_changes
 from service.audit.replay import AuditedRequests
+from service.audit.repository import Connect
 from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
@@ -62,6 +64,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     # The writer has an engine of its own: if it shared the request pool, requests that
     # hold connections while awaiting their audit entry could starve it of one.
     writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
+    tracing.instrument_engine(writer_engine)
     writer = AuditWriter(writer_engine, max_batch=audit.writer_max_batch)
     await writer.start()
     app.state.audit_writer = writer
@@ -119,7 +122,7 @@ VERIFY_PAGE = 5000
 
 
 async def verify_stored_log(
-    engine: AsyncEngine,
+    connect: Connect,
     verifier: NoteVerifier,
     progress: Callable[[int, int], None] | None = None,
     expectations: Expectations | None = None,
@@ -132,7 +135,7 @@ async def verify_stored_log(
     among them), and leaves past that size are the next verification's. Returns (tree
     size, checkpoints checked).
     """
-    async with engine.connect() as conn:
+    async with connect() as conn:
         # Checkpoints first: each one's size is then at most the size read after it.
         checkpoints = [
             StoredCheckpoint(size, root, note, f"checkpoint {cid} (size {size})")
@@ -142,7 +145,7 @@ async def verify_stored_log(
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
     after = -1
     while log.compact.size < size:
-        async with engine.connect() as conn:
+        async with connect() as conn:
             rows = await audit_repository.page_for_verification(conn, after, size, VERIFY_PAGE)
         if not rows:
             break
@@ -152,7 +155,7 @@ async def verify_stored_log(
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)
-    async with engine.connect() as conn:
+    async with connect() as conn:
         unsequenced = await audit_repository.unsequenced_entry(conn)
     if unsequenced is not None:
         raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")

@@ -22,10 +22,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from opentelemetry.trace import Link
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service import tracing
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
 from service.audit.schemas import AuditEntry, canonical_json
@@ -36,6 +38,7 @@ logger = logging.getLogger("tellonce.audit")
 APPEND_LOCK_KEY = 0x61756469742D6170
 
 BeforeCommit = Callable[[AsyncConnection], Awaitable[None]]
+Pending = tuple[list[dict[str, Any]], "asyncio.Future[list[int]]", Link | None]
 
 
 def _joined(values: Iterable[str]) -> str:
@@ -153,7 +156,9 @@ class AuditWriter:
         self.before_commit = before_commit
         self.batches_committed = 0
         self.entries_committed = 0
-        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future[list[int]]]] = []
+        self.batches_failed = 0
+        # Each waiting append: its rows, the future its handler awaits, and a trace link.
+        self._pending: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -182,13 +187,13 @@ class AuditWriter:
             return []
         rows = [entry_row(entry) for entry in entries]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, future))
+        self._pending.append((rows, future, tracing.current_link()))
         self._wake.set()
         return await future
 
-    def _take_batch(self) -> list[tuple[list[dict[str, Any]], asyncio.Future[list[int]]]]:
+    def _take_batch(self) -> list[Pending]:
         taken, count = 0, 0
-        for rows, _future in self._pending:
+        for rows, _future, _link in self._pending:
             if taken and count + len(rows) > self.max_batch:
                 break
             taken += 1
@@ -205,23 +210,26 @@ class AuditWriter:
             if self._stopping:
                 return
 
-    async def _commit(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future[list[int]]]]) -> None:
-        rows = [row for entry_rows, _future in batch for row in entry_rows]
+    async def _commit(self, batch: list[Pending]) -> None:
+        rows = [row for entry_rows, _future, _link in batch for row in entry_rows]
+        links = [link for _rows, _future, link in batch if link is not None]
         try:
-            async with self.engine.begin() as conn:
-                ids = await insert_entries(conn, rows)
-                if self.before_commit is not None:
-                    await self.before_commit(conn)
+            with tracing.linked_span("audit.batch", links, entries=len(rows)):
+                async with self.engine.begin() as conn:
+                    ids = await insert_entries(conn, rows)
+                    if self.before_commit is not None:
+                        await self.before_commit(conn)
         except Exception:
+            self.batches_failed += 1
             logger.exception("audit batch of %d entries failed to commit", len(rows))
-            for _rows, future in batch:
+            for _rows, future, _link in batch:
                 if not future.done():
                     future.set_exception(AuditUnavailable("The audit log could not record this access."))
             return
         self.batches_committed += 1
         self.entries_committed += len(rows)
         offset = 0
-        for entry_rows, future in batch:
+        for entry_rows, future, _link in batch:
             if not future.done():
                 future.set_result(ids[offset : offset + len(entry_rows)])
             offset += len(entry_rows)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import tracing
 from service.auth import service as auth_service
 from service.auth.errors import InvalidToken
 from service.auth.ratelimit import retry_after_seconds
@@ -23,7 +25,7 @@ from service.auth.scopes import scopes_for
 from service.auth.tokens import TokenInvalid
 from service.db import SessionDep
 from service.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
-from service.policy import repository as policy_repository
+from service.policy import epoch as policy_epoch
 
 ON_BEHALF_OF = "X-On-Behalf-Of"
 ON_BEHALF_OF_MAX = 200
@@ -72,29 +74,6 @@ def _on_behalf_of(request: Request) -> str | None:
     return value
 
 
-class _Standing:
-    """Clients' standing by revocation epoch, bounded; a moved epoch misses every entry."""
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self.limit = limit
-        self.entries: dict[str, tuple[object, auth_service.ClientStatus | None]] = {}
-
-    def get(self, client_id: str, epoch: object) -> auth_service.ClientStatus | None:
-        entry = self.entries.get(client_id)
-        return entry[1] if entry is not None and entry[0] == epoch else None
-
-    def put(self, client_id: str, epoch: object, status: auth_service.ClientStatus | None) -> None:
-        if status is None or status.disabled:
-            self.entries.pop(client_id, None)
-            return
-        if len(self.entries) >= self.limit:
-            self.entries.clear()
-        self.entries[client_id] = (epoch, status)
-
-
-_standing = _Standing()
-
-
 async def get_principal(request: Request, session: SessionDep) -> Principal:
     """Authenticate the request with its bearer access token.
 
@@ -105,6 +84,11 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
     so the connection goes back to the pool before the handler runs. ``bench/auth.py``
     measures it against the cached verification.
     """
+    with tracing.span("auth"):
+        return await _authenticate(request, session)
+
+
+async def _authenticate(request: Request, session: AsyncSession) -> Principal:
     auth = get_auth(request)
     token = _bearer_token(request)
     try:
@@ -114,12 +98,12 @@ async def get_principal(request: Request, session: SessionDep) -> Principal:
     # The revocation epoch moves whenever a policy changes or a client is disabled, in
     # any process. A client's standing read under the current epoch is still true, so it
     # is read from the database only when the epoch has moved since.
-    epoch = await policy_repository.epoch_key(await session.connection())
+    epoch = await policy_epoch.epoch_key(await session.connection())
     request.state.epoch_key = epoch
-    status = _standing.get(verified.client_id, epoch)
+    status = auth.standing.get(verified.client_id, epoch)
     if status is None:
         status = await auth_service.client_status(session, verified.client_id)
-        _standing.put(verified.client_id, epoch, status)
+        auth.standing.put(verified.client_id, epoch, status)
     # Hand the connection back now: the rest of the request (decisions, decryption, the
     # wait for a durable audit entry) must not hold a pooled connection it does not use.
     await session.commit()

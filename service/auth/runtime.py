@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 
+from service.auth import service as auth_service
 from service.auth.keys import SigningKeys, ensure_signing_key
 from service.auth.ratelimit import RateLimiter
 from service.auth.server import TellonceAuthorizationServer
@@ -15,6 +16,26 @@ from service.auth.tokens import TokenIssuer, TokenVerifier
 from service.config import Settings
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
+
+
+class ClientStanding:
+    """Clients' standing by revocation epoch, bounded; a moved epoch misses every entry."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.entries: dict[str, tuple[object, auth_service.ClientStatus | None]] = {}
+
+    def get(self, client_id: str, epoch: object) -> auth_service.ClientStatus | None:
+        entry = self.entries.get(client_id)
+        return entry[1] if entry is not None and entry[0] == epoch else None
+
+    def put(self, client_id: str, epoch: object, status: auth_service.ClientStatus | None) -> None:
+        if status is None or status.disabled:
+            self.entries.pop(client_id, None)
+            return
+        if len(self.entries) >= self.limit:
+            self.entries.clear()
+        self.entries[client_id] = (epoch, status)
 
 
 @dataclass
@@ -25,6 +46,8 @@ class AuthRuntime:
     verifier: TokenVerifier
     limiter: RateLimiter
     server: TellonceAuthorizationServer
+    # Clients' standing as last read, per process (each uvicorn worker has its own).
+    standing: ClientStanding = field(default_factory=ClientStanding)
 
     @property
     def issuer_url(self) -> str:

@@ -17,13 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth.errors import ClientNotFound, InvalidClientRegistration
 from service.auth.models import Client, UsedAssertion
 from service.auth.scopes import ROLES
-from service.auth.secrets import hash_secret, new_client_id, new_client_secret
+from service.auth.secrets import hash_secret, new_client_id, new_client_secret, secret_matches
 from service.auth.server import SeenAssertion
 from service.catalog import repository as catalog_repository
 from service.db import utcnow
-from service.policy import repository as policy_repository
+from service.policy import epoch as policy_epoch
 
 PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
+# Compared against when the client id is unknown, so an unknown id and a wrong secret
+# take the same time: a sign-in form must not tell which client ids exist.
+_NO_CLIENT_HASH = hash_secret("no such client: a value no secret hashes to in practice")
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
 
@@ -120,6 +123,14 @@ async def get_client(session: AsyncSession, client_id: str) -> Client | None:
     return await session.get(Client, client_id)
 
 
+async def client_with_secret(session: AsyncSession, client_id: str, client_secret: str) -> Client | None:
+    """The client whose secret this is, disabled or not; ``None`` for an unknown id or a
+    wrong secret, in the same time (the secret is compared in constant time)."""
+    client = await session.get(Client, client_id)
+    matches = secret_matches(client_secret, client.secret_hash if client else _NO_CLIENT_HASH)
+    return client if client is not None and matches else None
+
+
 async def disable_client(session: AsyncSession, client_id: str) -> Client:
     """Disable a client; its tokens are refused from the very next request."""
     client = await session.get(Client, client_id)
@@ -129,7 +140,7 @@ async def disable_client(session: AsyncSession, client_id: str) -> Client:
         client.disabled_at = utcnow()
         await session.flush()
         # Every process keeps clients' standing until the revocation epoch moves.
-        await policy_repository.bump_epoch(session)
+        await policy_epoch.bump_epoch(session)
     return client
 
 

@@ -6,69 +6,87 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import permissions
 from service.catalog.schemas import Catalog
 from service.console import forms
+from service.console.drafts import check_draft
 from service.console.forms import AgreementForm
-from service.console.ports import AgreementRecord, ConsoleBackend
 from service.console.sessions import SignedIn
+from service.console.views import AgreementRecord, Simulation
 from service.console.web import (
-    Backend,
     ConsolePageError,
     ConsoleRoute,
+    catalog_names,
+    catalog_of,
     csrf_checked,
+    department_name,
     needs_role,
     render,
 )
 from service.db import SessionDep, utcnow
+from service.policy import agreements
+from service.policy.errors import AgreementNotFound
+from service.policy.schemas import AgreementSpec
 
 router = APIRouter(route_class=ConsoleRoute)
 
+# Agreements and versions read per call while a page gathers them all.
+PAGE = 200
 OwnerOrAuditor = Depends(needs_role("data-owner", "auditor"))
 Owner = Depends(needs_role("data-owner"))
 
 
 def _names(catalog: Catalog) -> dict[str, Any]:
-    return {
-        "names": {d.id: d.name for d in catalog.departments},
-        "purposes": {p.id: p.name for p in catalog.purposes},
-        "today": utcnow().date(),
-    }
-
-
-def _department_name(catalog: Catalog, department: str) -> str:
-    found = catalog.department(department)
-    return found.name if found else department
+    return {**catalog_names(catalog), "today": utcnow().date()}
 
 
 async def _current(
-    backend: ConsoleBackend, session: Any, viewer: SignedIn, agreement_id: str
+    session: AsyncSession, viewer: SignedIn, agreement_id: str
 ) -> tuple[AgreementRecord, list[AgreementRecord]]:
-    versions = await backend.versions(session, viewer.principal, agreement_id)
-    if not versions:
-        raise ConsolePageError(
-            404, "Agreement not found", f"There is no agreement {agreement_id} you can see."
-        )
-    return versions[-1], versions
+    """The current version and the whole history of an agreement the viewer may see."""
+    versions: list[AgreementRecord] = []
+    cursor = None
+    while True:
+        try:
+            page = await agreements.list_versions(
+                session, viewer.principal, agreement_id, cursor=cursor, limit=PAGE
+            )
+        except AgreementNotFound:
+            # Another owner's agreement is simply not there, as in the API.
+            raise ConsolePageError(
+                404, "Agreement not found", f"There is no agreement {agreement_id} you can see."
+            ) from None
+        versions.extend(AgreementRecord.of(row) for row in page.rows)
+        if page.next_cursor is None:
+            return versions[-1], versions
+        cursor = page.next_cursor
 
 
 @router.get("/agreements", response_class=HTMLResponse)
 async def list_agreements(
-    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = OwnerOrAuditor
+    request: Request, session: SessionDep, viewer: SignedIn = OwnerOrAuditor
 ) -> Response:
-    catalog = await backend.catalog(session)
-    agreements = await backend.agreements(session, viewer.principal)
+    catalog = await catalog_of(session)
+    records: list[AgreementRecord] = []
+    cursor = None
+    while True:
+        page = await agreements.list_agreements(session, viewer.principal, cursor=cursor, limit=PAGE)
+        records.extend(AgreementRecord.of(row) for row in page.rows)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
     return render(
         request,
         "agreements/list.html",
         {
             **_names(catalog),
             "section": "agreements",
-            "agreements": agreements,
+            "agreements": sorted(records, key=lambda r: (r.owner, r.id)),
             "sees_all": permissions.sees_all(viewer.principal),
             "can_edit": permissions.may_write_agreements(viewer.principal),
-            "department_name": _department_name(catalog, viewer.principal.department),
+            "department_name": department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,
     )
@@ -142,18 +160,15 @@ def _simulate_page(
 
 
 @router.get("/agreements/new", response_class=HTMLResponse)
-async def new_agreement(
-    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
-) -> Response:
-    catalog = await backend.catalog(session)
+async def new_agreement(request: Request, session: SessionDep, viewer: SignedIn = Owner) -> Response:
+    catalog = await catalog_of(session)
     form = AgreementForm(values=forms.values_from_content({"effect": "permit", "actions": ["read"]}))
     return _form_page(request, catalog, viewer, form, expected_version=None)
 
 
 async def _submit(
     request: Request,
-    session: Any,
-    backend: ConsoleBackend,
+    session: AsyncSession,
     viewer: SignedIn,
     *,
     expected_version: int | None,
@@ -165,7 +180,7 @@ async def _submit(
     ``step=change``: back from the simulation to the form, values kept.
     ``step=save``: check the carried draft again (it came back from the browser), then save.
     """
-    catalog = await backend.catalog(session)
+    catalog = await catalog_of(session)
     posted = await request.form()
     step = posted.get("step")
     reason = str(posted.get("reason") or "").strip()[:1000]
@@ -183,7 +198,7 @@ async def _submit(
         # The id of an existing agreement is fixed by the address, whatever was posted.
         values["id"] = agreement_id
         draft["id"] = agreement_id
-    checked = await backend.check_draft(session, viewer.principal, draft, creating=expected_version is None)
+    checked = await check_draft(session, catalog, viewer.principal, draft, creating=expected_version is None)
     if checked.content is None or step == "change":
         form = AgreementForm(values=values)
         for name, message in checked.errors:
@@ -192,14 +207,26 @@ async def _submit(
         return _form_page(
             request, catalog, viewer, form, expected_version=expected_version, status_code=status
         )
+    spec = AgreementSpec.model_validate(checked.content)
     if step == "save":
-        saved = await backend.save(
-            session, viewer.principal, checked.content, expected_version=expected_version, reason=reason
-        )
+        if expected_version is None:
+            saved = await agreements.create_agreement(session, viewer.principal, spec, reason=reason)
+        else:
+            saved = await agreements.replace_agreement(
+                session, viewer.principal, spec.id, spec, expected=expected_version, reason=reason
+            )
         return RedirectResponse(
-            f"/console/agreements/{saved.id}/saved?version={saved.version}", status_code=303
+            f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303
         )
-    simulation = await backend.simulate(request, session, viewer.principal, checked.content)
+    result = await agreements.simulate_draft(
+        session,
+        viewer.principal,
+        request.app.state.policy,
+        request.app.state.recorded_requests,
+        upsert=[spec],
+        remove=[],
+    )
+    simulation = Simulation.of(result)
     return _simulate_page(
         request,
         catalog,
@@ -215,11 +242,10 @@ async def _submit(
 async def create_agreement(
     request: Request,
     session: SessionDep,
-    backend: Backend,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
 ) -> Response:
-    return await _submit(request, session, backend, viewer, expected_version=None, agreement_id=None)
+    return await _submit(request, session, viewer, expected_version=None, agreement_id=None)
 
 
 def _version_number(value: Any) -> int:
@@ -233,11 +259,11 @@ def _version_number(value: Any) -> int:
 
 @router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
 async def edit_agreement(
-    agreement_id: str, request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+    agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
 ) -> Response:
-    catalog = await backend.catalog(session)
-    current, _versions = await _current(backend, session, viewer, agreement_id)
-    if current.status != "active" or current.owner != viewer.principal.department:
+    catalog = await catalog_of(session)
+    current, _versions = await _current(session, viewer, agreement_id)
+    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
         raise ConsolePageError(
             409, "This agreement cannot be changed", "Only an active agreement you own changes."
         )
@@ -250,15 +276,12 @@ async def change_agreement(
     agreement_id: str,
     request: Request,
     session: SessionDep,
-    backend: Backend,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
 ) -> Response:
     posted = await request.form()
     expected = _version_number(posted.get("expected_version"))
-    return await _submit(
-        request, session, backend, viewer, expected_version=expected, agreement_id=agreement_id
-    )
+    return await _submit(request, session, viewer, expected_version=expected, agreement_id=agreement_id)
 
 
 @router.get("/agreements/{agreement_id}/saved", response_class=HTMLResponse)
@@ -266,12 +289,11 @@ async def saved(
     agreement_id: str,
     request: Request,
     session: SessionDep,
-    backend: Backend,
     version: str = "",
     viewer: SignedIn = Owner,
 ) -> Response:
-    catalog = await backend.catalog(session)
-    _current_row, versions = await _current(backend, session, viewer, agreement_id)
+    catalog = await catalog_of(session)
+    _current_row, versions = await _current(session, viewer, agreement_id)
     shown = next((v for v in versions if str(v.version) == version), versions[-1])
     revoked = shown.status == "revoked"
     return render(
@@ -297,11 +319,10 @@ async def agreement_detail(
     agreement_id: str,
     request: Request,
     session: SessionDep,
-    backend: Backend,
     viewer: SignedIn = OwnerOrAuditor,
 ) -> Response:
-    catalog = await backend.catalog(session)
-    current, versions = await _current(backend, session, viewer, agreement_id)
+    catalog = await catalog_of(session)
+    current, versions = await _current(session, viewer, agreement_id)
     return render(
         request,
         "agreements/detail.html",
@@ -311,7 +332,7 @@ async def agreement_detail(
             "agreement": current,
             "versions": versions,
             "can_edit": permissions.may_write_agreements(viewer.principal)
-            and current.owner == viewer.principal.department,
+            and permissions.changes_agreement(viewer.principal, current.owner),
         },
         viewer=viewer,
     )
@@ -322,10 +343,9 @@ async def agreement_diff(
     agreement_id: str,
     request: Request,
     session: SessionDep,
-    backend: Backend,
     viewer: SignedIn = OwnerOrAuditor,
 ) -> Response:
-    _current_row, versions = await _current(backend, session, viewer, agreement_id)
+    _current_row, versions = await _current(session, viewer, agreement_id)
     by_number = {str(v.version): v for v in versions}
     old = by_number.get(request.query_params.get("from", ""))
     new = by_number.get(request.query_params.get("to", ""))
@@ -349,11 +369,11 @@ async def agreement_diff(
 
 @router.get("/agreements/{agreement_id}/revoke", response_class=HTMLResponse)
 async def revoke_page(
-    agreement_id: str, request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+    agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
 ) -> Response:
-    catalog = await backend.catalog(session)
-    current, _versions = await _current(backend, session, viewer, agreement_id)
-    if current.status != "active" or current.owner != viewer.principal.department:
+    catalog = await catalog_of(session)
+    current, _versions = await _current(session, viewer, agreement_id)
+    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
         raise ConsolePageError(
             409, "This agreement cannot be revoked", "Only an active agreement you own is revoked."
         )
@@ -370,14 +390,15 @@ async def revoke(
     agreement_id: str,
     request: Request,
     session: SessionDep,
-    backend: Backend,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
 ) -> Response:
     posted = await request.form()
     expected = _version_number(posted.get("expected_version"))
     reason = str(posted.get("reason") or "").strip()[:1000] or "revoked in the console"
-    row = await backend.revoke(
-        session, viewer.principal, agreement_id, expected_version=expected, reason=reason
+    row = await agreements.revoke_agreement(
+        session, viewer.principal, agreement_id, expected=expected, reason=reason
     )
-    return RedirectResponse(f"/console/agreements/{row.id}/saved?version={row.version}", status_code=303)
+    return RedirectResponse(
+        f"/console/agreements/{row.agreement_id}/saved?version={row.version}", status_code=303
+    )

@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
+import base64
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.audit.search import EntryQuery
+from service.audit import repository as audit_repository
+from service.audit import search as audit_search
+from service.audit import service as audit_service
+from service.audit.checkpoint import NoteSigner, NoteVerifier
+from service.audit.search import AuditAccessDep, EntryQuery
+from service.audit.verify import VerificationFailed
 from service.auth import permissions
+from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
 from service.console import chart
-from service.console.ports import UsageRow
 from service.console.sessions import SignedIn
+from service.console.views import AuditPage, AuditRow, CheckpointView, UsageRow, VerifyOutcome
 from service.console.web import (
-    Backend,
     ConsolePageError,
     ConsoleRoute,
     Settings,
+    catalog_names,
+    catalog_of,
     csrf_checked,
+    department_name,
     needs_role,
     render,
+    source_of,
 )
 from service.db import SessionDep, utcnow
 
@@ -34,18 +45,6 @@ Auditor = Depends(needs_role("auditor"))
 Owner = Depends(needs_role("data-owner"))
 DECISIONS = ("permit", "partial", "deny", "error")
 FILTER_NAMES = ("citizen_id", "consumer", "owner", "field", "purpose", "decision", "since", "until")
-
-
-def _names(catalog: Catalog) -> dict[str, Any]:
-    return {
-        "names": {d.id: d.name for d in catalog.departments},
-        "purposes": {p.id: p.name for p in catalog.purposes},
-    }
-
-
-def _department_name(catalog: Catalog, department: str) -> str:
-    found = catalog.department(department)
-    return found.name if found else department
 
 
 def _day(value: str) -> date | None:
@@ -104,9 +103,13 @@ def _filter_params(params: dict[str, str]) -> dict[str, str]:
 
 @router.get("/audit", response_class=HTMLResponse)
 async def search(
-    request: Request, session: SessionDep, backend: Backend, settings: Settings, viewer: SignedIn = Reader
+    request: Request,
+    session: SessionDep,
+    access: AuditAccessDep,
+    settings: Settings,
+    viewer: SignedIn = Reader,
 ) -> Response:
-    catalog = await backend.catalog(session)
+    catalog = await catalog_of(session)
     params = dict(request.query_params)
     query, errors = parse_query(params, catalog)
     filters = _filter_params(params)
@@ -116,7 +119,10 @@ async def search(
     shown = int(shown_text) if shown_text.isdigit() and len(shown_text) < 12 else 0
     page = None
     if not errors:
-        page = await backend.search(request, viewer.principal, query, after, settings.page_size)
+        found = await audit_search.search_entries(
+            access, viewer.principal, query, after=after, limit=settings.page_size, source=source_of(request)
+        )
+        page = AuditPage([AuditRow.of(item) for item in found.items], found.next_cursor)
     departments = [(d.id, d.name) for d in catalog.departments]
     selects = [
         ("consumer", "Consumer", departments),
@@ -130,7 +136,7 @@ async def search(
         request,
         "audit/search.html",
         {
-            **_names(catalog),
+            **catalog_names(catalog),
             "section": "audit",
             "q": {name: params.get(name, "") for name in FILTER_NAMES},
             "errors": errors,
@@ -142,7 +148,7 @@ async def search(
             "query_string": ("?" + urlencode(filters)) if filters else "",
             "sees_all": permissions.sees_all(viewer.principal),
             "can_export": permissions.may_export_audit(viewer.principal),
-            "department_name": _department_name(catalog, viewer.principal.department),
+            "department_name": department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,
         status_code=400 if errors else 200,
@@ -151,14 +157,16 @@ async def search(
 
 @router.get("/audit/export.csv")
 async def export_csv(
-    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Auditor
+    request: Request, session: SessionDep, access: AuditAccessDep, viewer: SignedIn = Auditor
 ) -> Response:
-    catalog = await backend.catalog(session)
+    catalog = await catalog_of(session)
     query, errors = parse_query(dict(request.query_params), catalog)
     if errors:
         first = next(iter(errors.values()))[0]
         raise ConsolePageError(400, "The export could not start", first)
-    lines = await backend.export_csv(request, viewer.principal, query)
+    lines = await audit_search.export_entries(
+        access, viewer.principal, query, format="csv", source=source_of(request)
+    )
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
         lines,
@@ -170,9 +178,33 @@ async def export_csv(
     )
 
 
+async def _checkpoint(access: audit_search.AuditAccess) -> CheckpointView | None:
+    async with access.connect() as conn:
+        row = await audit_repository.latest_checkpoint(conn)
+    if row is None:
+        return None
+    return CheckpointView(row.tree_size, base64.b64encode(row.root_hash).decode(), row.created_at)
+
+
+async def _verify(request: Request, access: audit_search.AuditAccess, viewer: Principal) -> VerifyOutcome:
+    """The whole-log check of ``tellonce audit verify``, recorded as an audit query first."""
+    await audit_search.record_query(access.writer, viewer, source=source_of(request))
+    signer: NoteSigner = request.app.state.audit_signer
+    verifier = NoteVerifier.parse(signer.verifier_key())
+    try:
+        size, checkpoints = await audit_service.verify_stored_log(access.connect, verifier)
+    except VerificationFailed as failure:
+        return VerifyOutcome(False, 0, f"Verification failed: {failure}")
+    return VerifyOutcome(
+        True,
+        size,
+        f"All {size} entries were hashed again; the tree matches all {checkpoints} signed checkpoints.",
+    )
+
+
 @router.get("/audit/integrity", response_class=HTMLResponse)
-async def integrity(request: Request, backend: Backend, viewer: SignedIn = Auditor) -> Response:
-    checkpoint = await backend.checkpoint(request)
+async def integrity(request: Request, access: AuditAccessDep, viewer: SignedIn = Auditor) -> Response:
+    checkpoint = await _checkpoint(access)
     return render(
         request,
         "audit/integrity.html",
@@ -184,18 +216,33 @@ async def integrity(request: Request, backend: Backend, viewer: SignedIn = Audit
 @router.post("/audit/integrity/verify", response_class=HTMLResponse)
 async def verify_now(
     request: Request,
-    backend: Backend,
+    access: AuditAccessDep,
     viewer: SignedIn = Depends(csrf_checked),
     _auditor: SignedIn = Auditor,
 ) -> Response:
-    outcome = await backend.verify(request, viewer.principal)
-    checkpoint = await backend.checkpoint(request)
+    outcome = await _verify(request, access, viewer.principal)
+    checkpoint = await _checkpoint(access)
     return render(
         request,
         "audit/integrity.html",
         {"section": "integrity", "checkpoint": checkpoint, "outcome": outcome},
         viewer=viewer,
     )
+
+
+async def _usage(
+    request: Request,
+    session: AsyncSession,
+    access: audit_search.AuditAccess,
+    viewer: Principal,
+    period: Literal["day", "month"],
+    since: datetime,
+) -> list[UsageRow]:
+    """The usage report the API serves, from ``since`` on (itself recorded as an audit query)."""
+    counts = await audit_search.usage_report(
+        session, access, viewer, period=period, since=since, source=source_of(request)
+    )
+    return [UsageRow.of(count) for count in counts]
 
 
 def daily_counts(rows: list[UsageRow]) -> list[chart.DayCount]:
@@ -210,27 +257,29 @@ def daily_counts(rows: list[UsageRow]) -> list[chart.DayCount]:
 
 @router.get("/audit/usage", response_class=HTMLResponse)
 async def usage(
-    request: Request, session: SessionDep, backend: Backend, settings: Settings, viewer: SignedIn = Reader
+    request: Request,
+    session: SessionDep,
+    access: AuditAccessDep,
+    settings: Settings,
+    viewer: SignedIn = Reader,
 ) -> Response:
-    catalog = await backend.catalog(session)
+    catalog = await catalog_of(session)
     today = utcnow().date()
     days = [today - timedelta(days=offset) for offset in range(settings.chart_days - 1, -1, -1)]
-    rows = await backend.usage(
-        request, session, viewer.principal, period="day", since=_start_of(days[0]), until=None
-    )
+    rows = await _usage(request, session, access, viewer.principal, "day", _start_of(days[0]))
     counts = daily_counts(rows)
     names = {d.id: d.name for d in catalog.departments}
     return render(
         request,
         "audit/usage.html",
         {
-            **_names(catalog),
+            **catalog_names(catalog),
             "section": "usage",
             "days": days,
             "chart": chart.usage_svg(counts, days, names),
             "table": counts,
             "sees_all": permissions.sees_all(viewer.principal),
-            "department_name": _department_name(catalog, viewer.principal.department),
+            "department_name": department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,
     )
@@ -264,14 +313,12 @@ def month_summary(rows: list[UsageRow], month: str) -> list[dict[str, Any]]:
 
 @router.get("/value", response_class=HTMLResponse)
 async def value(
-    request: Request, session: SessionDep, backend: Backend, viewer: SignedIn = Owner
+    request: Request, session: SessionDep, access: AuditAccessDep, viewer: SignedIn = Owner
 ) -> Response:
-    catalog = await backend.catalog(session)
+    catalog = await catalog_of(session)
     this_month = _month_start(utcnow().date())
     last_month = _month_start(this_month - timedelta(days=1))
-    rows = await backend.usage(
-        request, session, viewer.principal, period="month", since=_start_of(last_month), until=None
-    )
+    rows = await _usage(request, session, access, viewer.principal, "month", _start_of(last_month))
     months = []
     for key, start, label in (
         ("this-month", this_month, f"This month ({this_month:%B %Y})"),
@@ -285,10 +332,10 @@ async def value(
         request,
         "value.html",
         {
-            **_names(catalog),
+            **catalog_names(catalog),
             "section": "value",
             "months": months,
-            "department_name": _department_name(catalog, viewer.principal.department),
+            "department_name": department_name(catalog, viewer.principal.department),
         },
         viewer=viewer,
     )

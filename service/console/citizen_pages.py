@@ -7,16 +7,22 @@ import re
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
 
+from service.audit import search as audit_search
+from service.audit.search import AuditAccessDep
 from service.console import wording
 from service.console.sessions import SignedIn
-from service.console.web import Backend, ConsoleRoute, csrf_checked, needs_role, render
+from service.console.views import AccessRow
+from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
 from service.db import SessionDep
+from service.errors import NotFound
 
 router = APIRouter(route_class=ConsoleRoute)
 
 Portal = Depends(needs_role("citizen-portal"))
 # Citizen ids are UUIDs; anything else is refused before it reaches the log.
 _CITIZEN_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
+# At most this many accesses are shown, oldest first.
+ACCESS_LOG_LIMIT = 1000
 
 
 @router.get("/citizen", response_class=HTMLResponse)
@@ -24,14 +30,7 @@ async def citizen_form(request: Request, viewer: SignedIn = Portal) -> Response:
     return render(
         request,
         "citizen.html",
-        {
-            "section": "citizen",
-            "errors": {},
-            "error_items": [],
-            "citizen_id": "",
-            "entries": None,
-            "proof": None,
-        },
+        {"section": "citizen", "errors": {}, "error_items": [], "citizen_id": "", "entries": None},
         viewer=viewer,
     )
 
@@ -40,7 +39,7 @@ async def citizen_form(request: Request, viewer: SignedIn = Portal) -> Response:
 async def citizen_log(
     request: Request,
     session: SessionDep,
-    backend: Backend,
+    access: AuditAccessDep,
     viewer: SignedIn = Depends(csrf_checked),
     _portal: SignedIn = Portal,
 ) -> Response:
@@ -48,17 +47,25 @@ async def citizen_log(
     citizen_id = str(form.get("citizen_id") or "").strip()[:64]
     errors: dict[str, list[str]] = {}
     entries = None
-    proof = None
     if not citizen_id:
         errors["citizen_id"] = ["Enter the citizen's ID"]
     elif not _CITIZEN_ID.match(citizen_id):
         errors["citizen_id"] = ["The citizen ID must be letters a to f, digits and hyphens, like 3f2c1d9e-…"]
     else:
-        log = await backend.access_log(request, viewer.principal, citizen_id)
-        if log is None:
+        try:
+            page = await audit_search.citizen_access_log(
+                access,
+                viewer.principal,
+                citizen_id,
+                after=0,
+                limit=ACCESS_LOG_LIMIT,
+                source=source_of(request),
+            )
+        except NotFound:
             errors["citizen_id"] = ["No citizen has this ID"]
         else:
-            catalog = await backend.catalog(session)
+            rows = [AccessRow.of(item) for item in page.items]
+            catalog = await catalog_of(session)
             entries = [
                 wording.access_sentence(
                     catalog,
@@ -69,9 +76,8 @@ async def citizen_log(
                     purpose=row.purpose,
                     decision=row.decision,
                 )
-                for row in log.rows
+                for row in rows
             ]
-            proof = wording.proof_sentence(log.proof) if log.rows else None
     status = 404 if errors.get("citizen_id") == ["No citizen has this ID"] else (400 if errors else 200)
     return render(
         request,
@@ -82,7 +88,6 @@ async def citizen_log(
             "error_items": [("citizen_id", m) for m in errors.get("citizen_id", [])],
             "citizen_id": citizen_id,
             "entries": entries,
-            "proof": proof,
         },
         viewer=viewer,
         status_code=status,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import Request
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +20,17 @@ class ConsoleSettings(BaseSettings):
     page_size: int = Field(default=25, ge=1, le=500)
     # Days the audit usage chart covers.
     chart_days: int = Field(default=14, ge=1, le=92)
+    # Single sign-on with the organisation's OpenID provider (all of these, or none);
+    # the client-secret sign-in stays for development. See console/oidc.py.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_role_map: Path | None = None
+    oidc_scopes: str = "openid email profile groups"
+
+    @property
+    def oidc_configured(self) -> bool:
+        return bool(self.oidc_issuer)
 
 
 def get_console_settings(request: Request) -> ConsoleSettings:

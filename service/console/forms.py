@@ -1,7 +1,7 @@
 """The agreement form: from posted fields to a draft, and back to what the form shows.
 
-The draft is the agreement as a policy file would hold it; validation is the policy
-domain's (through the backend), so the console accepts exactly what the loader accepts.
+The draft is the agreement as a policy file would hold it; ``drafts.py`` checks it with
+the policy domain's rules, so the console accepts exactly what the loader accepts.
 """
 
 from __future__ import annotations

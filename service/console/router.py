@@ -8,19 +8,24 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from service.auth import service as auth_service
 from service.auth import throttle
+from service.auth.dependencies import Principal
 from service.console import agreement_pages, audit_pages, citizen_pages
 from service.console import sessions as console_sessions
-from service.console.ports import CONSOLE_ROLES, SignInRefused
+from service.console.config import get_console_settings
+from service.console.oidc import OIDC_CLIENT_PREFIX, OidcError, OidcSignIn, check_state
 from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE
+from service.console.views import CONSOLE_ROLES
 from service.console.web import (
-    Backend,
     Checked,
     ConsolePageError,
     ConsoleRoute,
     Settings,
     Viewer,
+    catalog_of,
     clear_cookie,
+    is_https,
     presession_token,
     render,
     set_cookie,
@@ -36,6 +41,8 @@ STATIC_TYPES = {"console.css": "text/css; charset=utf-8", "console.js": "text/ja
 # Read once: two small files, served from memory.
 STATIC_FILES = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
 PRESESSION_SECONDS = 30 * 60
+OIDC_COOKIE = "tellonce_console_oidc"
+BAD_CREDENTIALS = "The client ID or client secret is not right"
 
 
 @router.get("/static/{name}")
@@ -65,6 +72,7 @@ async def sign_in_page(request: Request, next: str | None = None, signed_out: st
             "client_id": "",
             "next": _safe_next(next),
             "notice": "You have signed out." if signed_out else None,
+            "oidc": oidc_enabled(request),
         },
         csrf_token=console_sessions.csrf_token_for(token),
     )
@@ -73,7 +81,7 @@ async def sign_in_page(request: Request, next: str | None = None, signed_out: st
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
-async def sign_in(request: Request, session: SessionDep, settings: Settings, backend: Backend) -> Response:
+async def sign_in(request: Request, session: SessionDep, settings: Settings) -> Response:
     form = await request.form()
     pre = presession_token(request)
     submitted = form.get(CSRF_FIELD)
@@ -96,15 +104,19 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
     if not errors:
         # The token endpoint's failure throttle, shared: 429 after repeated failures.
         await throttle.refuse_if_throttled(session, request, client_id, endpoint="console")
-        try:
-            principal = await backend.check_credentials(session, client_id, secret)
-        except SignInRefused as refused:
+        client = await auth_service.client_with_secret(session, client_id, secret)
+        if client is None or client.disabled_at is not None:
             # The client id is logged to spot guessing; the secret never is.
             logger.warning("console sign-in refused", extra={"client_id": client_id[:64]})
             await throttle.record_failure(session, request, client_id, endpoint="console")
-            errors["client_id"] = [refused.message]
+            errors["client_id"] = [
+                BAD_CREDENTIALS
+                if client is None
+                else "This client has been disabled; ask your administrator for a working one"
+            ]
             status = 401
         else:
+            principal = Principal.with_roles(client.client_id, client.department, *client.roles)
             console_roles = principal.roles & set(CONSOLE_ROLES)
             if not console_roles:
                 roles = ", ".join(sorted(principal.roles)) or "no role"
@@ -115,9 +127,7 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
                 status = 403
                 logger.warning("console sign-in refused: role", extra={"client_id": principal.client_id})
             else:
-                principal = type(principal).with_roles(
-                    principal.client_id, principal.department, *console_roles
-                )
+                principal = Principal.with_roles(principal.client_id, principal.department, *console_roles)
                 token = await console_sessions.start(session, principal, settings)
                 logger.info("console sign-in", extra={"client_id": principal.client_id})
                 response = RedirectResponse(_safe_next(str(form.get("next") or "")), status_code=303)
@@ -136,6 +146,7 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
             "client_id": client_id,
             "next": _safe_next(str(form.get("next") or "")),
             "notice": None,
+            "oidc": oidc_enabled(request),
         },
         status_code=status,
         csrf_token=console_sessions.csrf_token_for(pre),
@@ -145,14 +156,116 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, bac
 @router.post("/sign-out")
 async def sign_out(request: Request, session: SessionDep, viewer: Checked) -> Response:
     await console_sessions.end(session, viewer.token)
-    response = RedirectResponse("/console/sign-in?signed_out=1", status_code=303)
+    response: Response = RedirectResponse("/console/sign-in?signed_out=1", status_code=303)
+    relying_party = oidc_sign_in(request)
+    if relying_party is not None and viewer.principal.client_id.startswith(OIDC_CLIENT_PREFIX):
+        provider_sign_out = await relying_party.sign_out_url()
+        if provider_sign_out is not None:
+            # A page, not a redirect: the CSP's form-action would stop a form's redirect
+            # to the provider; this navigation is the page's own.
+            response = render(
+                request,
+                "continue.html",
+                {
+                    "title": "You have signed out of the console",
+                    "target": provider_sign_out,
+                    "link_text": "Sign out of your organisation account too",
+                },
+            )
     clear_cookie(response, request, SESSION_COOKIE)
     return response
 
 
+# --- single sign-on (console/oidc.py) ----------------------------------------------------
+
+
+def oidc_sign_in(request: Request) -> OidcSignIn | None:
+    """The app's OpenID relying party, made on first use; None when OIDC is not configured."""
+    found = getattr(request.app.state, "console_oidc", None)
+    if isinstance(found, OidcSignIn):
+        return found
+    console_settings = get_console_settings(request)
+    if not console_settings.oidc_configured:
+        return None
+    relying_party = OidcSignIn(console_settings, request.app.state.settings.public_url)
+    request.app.state.console_oidc = relying_party
+    return relying_party
+
+
+def oidc_enabled(request: Request) -> bool:
+    return get_console_settings(request).oidc_configured
+
+
+@router.get("/oidc/start")
+async def oidc_start(request: Request, next: str | None = None) -> Response:
+    """Off to the organisation's provider, with PKCE, a nonce and a state bound to this browser."""
+    relying_party = oidc_sign_in(request)
+    if relying_party is None:
+        raise NotFound("Single sign-on is not configured.")
+    token = console_sessions.new_token()
+    try:
+        location = await relying_party.authorization_url(token, _safe_next(next))
+    except OidcError as exc:
+        raise ConsolePageError(503, "Sign-in is unavailable", str(exc)) from None
+    response = RedirectResponse(location, status_code=303)
+    # Lax, unlike the console's other cookies: it must come back on the provider's redirect.
+    response.set_cookie(
+        OIDC_COOKIE,
+        token,
+        max_age=PRESESSION_SECONDS,
+        path="/console/oidc",
+        httponly=True,
+        samesite="lax",
+        secure=is_https(request),
+    )
+    return response
+
+
+@router.get("/oidc/callback")
+async def oidc_callback(
+    request: Request,
+    session: SessionDep,
+    settings: Settings,
+    code: str | None = None,
+    state: str | None = None,
+    error: str | None = None,
+) -> Response:
+    relying_party = oidc_sign_in(request)
+    if relying_party is None:
+        raise NotFound("Single sign-on is not configured.")
+    token = request.cookies.get(OIDC_COOKIE)
+    try:
+        next_path = _safe_next(check_state(token, state))
+        if error or not code or len(code) > 2048:
+            raise OidcError("The sign-in was cancelled or refused; start again.")
+        identity = await relying_party.finish(token or "", code)
+    except OidcError as exc:
+        logger.warning("console single sign-on refused", extra={"client_id": "oidc"})
+        raise ConsolePageError(403, "You could not be signed in", str(exc)) from None
+    principal = Principal.with_roles(identity.client_id, identity.department, *identity.roles)
+    session_token = await console_sessions.start(session, principal, settings)
+    logger.info("console sign-in", extra={"client_id": principal.client_id})
+    # A page that moves on by itself rather than a redirect: after a cross-site redirect
+    # chain the browser would not yet send the SameSite=Strict session cookie.
+    response = render(
+        request,
+        "continue.html",
+        {
+            "title": f"Signed in as {identity.name}",
+            "target": next_path,
+            "link_text": "Continue to the console",
+        },
+    )
+    set_cookie(response, request, SESSION_COOKIE, session_token, settings.absolute_timeout_seconds)
+    response.delete_cookie(
+        OIDC_COOKIE, path="/console/oidc", httponly=True, samesite="lax", secure=is_https(request)
+    )
+    return response
+
+
 @router.get("", response_class=HTMLResponse)
-async def home(request: Request, session: SessionDep, viewer: Viewer, backend: Backend) -> Response:
-    catalog = await backend.catalog(session)
+async def home(request: Request, session: SessionDep, viewer: Viewer) -> Response:
+    catalog = await catalog_of(session)
     department = catalog.department(viewer.principal.department)
     return render(
         request,

@@ -17,11 +17,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth import service as auth_service
+from service.catalog import service as catalog_service
+from service.catalog.schemas import Catalog
 from service.console import sessions as console_sessions
 from service.console import wording
 from service.console.config import ConsoleSettings, get_console_settings
-from service.console.ports import ConsoleBackend
+from service.console.oidc import OIDC_CLIENT_PREFIX
 from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE, SignedIn
 from service.db import SessionDep
 from service.errors import ServiceError
@@ -63,20 +67,30 @@ class ConsolePageError(Exception):
         super().__init__(message)
 
 
-def get_backend(request: Request) -> ConsoleBackend:
-    found: ConsoleBackend | None = getattr(request.app.state, "console_backend", None)
-    if found is not None:
-        return found
-    # Imported here: the domain backend pulls in every domain, the pages need none.
-    from service.console.backend import DomainBackend
-
-    backend: ConsoleBackend = DomainBackend()
-    request.app.state.console_backend = backend
-    return backend
-
-
-Backend = Annotated[ConsoleBackend, Depends(get_backend)]
 Settings = Annotated[ConsoleSettings, Depends(get_console_settings)]
+
+
+def source_of(request: Request) -> str | None:
+    """The address the audit records as the source of a console request."""
+    return request.client.host if request.client else None
+
+
+def catalog_names(catalog: Catalog) -> dict[str, Any]:
+    """Department and purpose names by id, for the templates."""
+    return {
+        "names": {d.id: d.name for d in catalog.departments},
+        "purposes": {p.id: p.name for p in catalog.purposes},
+    }
+
+
+def department_name(catalog: Catalog, department: str) -> str:
+    found = catalog.department(department)
+    return found.name if found else department
+
+
+async def catalog_of(session: AsyncSession) -> Catalog:
+    """The catalog in force (``CatalogMissing``, a page, before one is applied)."""
+    return (await catalog_service.current(session))[1]
 
 
 def is_https(request: Request) -> bool:
@@ -161,15 +175,18 @@ class ConsoleRoute(APIRoute):
         return handler
 
 
-async def current_viewer(
-    request: Request, session: SessionDep, settings: Settings, backend: Backend
-) -> SignedIn:
-    """The signed-in person, or a redirect to the sign-in page."""
+async def current_viewer(request: Request, session: SessionDep, settings: Settings) -> SignedIn:
+    """The signed-in person, or a redirect to the sign-in page. The client's standing is
+    read on every page, so disabling it signs its people out at once."""
     token = request.cookies.get(SESSION_COOKIE)
     viewer = await console_sessions.resume(session, token, settings)
     if viewer is None:
         raise SignInRequired()
-    if not await backend.client_active(session, viewer.principal.client_id):
+    # A person signed in through the organisation's provider has no client row to disable:
+    # the provider decides who may sign in, and the session's time limits bound the rest.
+    from_provider = viewer.principal.client_id.startswith(OIDC_CLIENT_PREFIX)
+    status = None if from_provider else await auth_service.client_status(session, viewer.principal.client_id)
+    if not from_provider and (status is None or status.disabled):
         await console_sessions.end_all_for(session, viewer.principal.client_id)
         raise SignInRequired()
     request.state.console_viewer = viewer

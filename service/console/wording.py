@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from datetime import date, datetime
 
 from service.catalog.schemas import Catalog
-from service.console.ports import AccessProof
 
 # Names that read as a body ("the Home Office") take the article; "HM Passport Office",
 # "Welfare" or "Licensing" read better without it.
@@ -109,28 +108,3 @@ def access_sentence(
     if action == "verify" and not refused:
         sentence += ". The value itself was not shown to them"
     return sentence + "."
-
-
-def proof_sentence(proof: AccessProof) -> str:
-    """How the citizen view's lines were proven, in plain words."""
-    if proof.problem is not None:
-        return f"These lines could NOT be proven to be in the audit log: {proof.problem}."
-    if proof.tree_size is None:
-        return (
-            "No checkpoint of the audit log has been cosigned by the witnesses yet, so these lines "
-            "cannot be proven yet."
-        )
-    lines = "line" if proof.verified == 1 else "lines"
-    if proof.witnesses:
-        signed = f"cosigned by {join_words(list(proof.witnesses))}, who each keep their own record of the log"
-    else:
-        signed = "signed by this service (no independent witnesses are configured)"
-    sentence = (
-        f"Each of these {proof.verified} {lines} is proven to be in the audit log: its proof was "
-        f"checked against the checkpoint of {proof.tree_size} entries {signed}. This service checked it "
-        "with the same code an outside verifier uses, and the citizen's portal can check it again."
-    )
-    if proof.pending:
-        newer = "line is" if proof.pending == 1 else "lines are"
-        sentence += f" {proof.pending} newer {newer} proven once the next checkpoint is cosigned."
-    return sentence

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import unicodedata
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -38,21 +39,32 @@ def normalise(value: str) -> str:
 class BlindIndexer:
     """Computes blind indexes; holds one derived HMAC key per field, made on first use."""
 
-    __slots__ = ("_field_macs", "_root")
+    __slots__ = ("_field_key", "_field_macs")
 
     def __init__(self, root: KeyMaterial) -> None:
         if len(root) != 32:
             raise ValueError("the blind-index root is 32 bytes")
-        self._root = root
+
+        def hkdf_field_key(field: str) -> bytes:
+            return HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=_FIELD_INFO + field.encode()
+            ).derive(root.reveal())
+
+        self._field_key: Callable[[str], bytes] = hkdf_field_key
         self._field_macs: dict[str, hmac.HMAC] = {}
+
+    @classmethod
+    def from_field_keys(cls, field_key: Callable[[str], bytes]) -> BlindIndexer:
+        """An indexer whose per-field keys come from elsewhere (an HSM holding the root)."""
+        indexer = cls.__new__(cls)
+        indexer._field_key = field_key
+        indexer._field_macs = {}
+        return indexer
 
     def _field_mac(self, field: str) -> hmac.HMAC:
         mac = self._field_macs.get(field)
         if mac is None:
-            field_key = HKDF(
-                algorithm=hashes.SHA256(), length=32, salt=None, info=_FIELD_INFO + field.encode()
-            ).derive(self._root.reveal())
-            mac = hmac.new(field_key, digestmod=hashlib.sha256)
+            mac = hmac.new(self._field_key(field), digestmod=hashlib.sha256)
             self._field_macs[field] = mac
         return mac
 

@@ -5,28 +5,27 @@ that is an ORM session's connection or a long-lived Core connection on the hot p
 
 Hierarchy: the provider's root key wraps each department's KEK versions; a KEK wraps the
 data key of each (citizen, department); a data key encrypts that citizen's values.
+Data keys are made only here (``data_key_for_write``, ``new_data_keys``).
+
+Over 400 lines for a reason: KEKs and data keys share the unwrap cache, the provider and
+the key-event hook, and each half needs the other's internals.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy import LargeBinary, String, Table, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.config import Settings
-from service.crypto.aead import DATA_KEY_BYTES, DataKey
-from service.crypto.blind_index import BlindIndexer
+from service.crypto.aead import DataKey
 from service.crypto.cache import Clock, TTLCache
 from service.crypto.errors import (
     CitizenShredded,
@@ -37,18 +36,21 @@ from service.crypto.errors import (
 )
 from service.crypto.material import KeyMaterial
 from service.crypto.models import DataKeyRecord, KeyEncryptionKey
-from service.crypto.providers import KeyProvider, LocalKeyProvider
+from service.crypto.providers import (  # the KEK pieces, re-exported where callers look
+    DepartmentKek,
+    Kek,
+    KeyProvider,
+    data_key_context,
+    kek_context,
+    provider_from_settings,
+)
 from service.db import UTCDateTime, utcnow
 
 logger = logging.getLogger("tellonce.crypto")
+__all__ = ["DepartmentKek", "Kek", "KeyEvent", "Keyring", "data_key_context", "kek_context"]
 
 KEKS = cast(Table, KeyEncryptionKey.__table__)
 DATA_KEYS = cast(Table, DataKeyRecord.__table__)
-
-_LENGTH = struct.Struct(">I")
-_VERSION = struct.Struct(">Q")
-_DATA_KEY_WRAP_V1 = 0x01
-_WRAPPED_DATA_KEY_BYTES = 1 + 12 + DATA_KEY_BYTES + 16
 
 
 @dataclass(frozen=True)
@@ -70,51 +72,6 @@ async def log_key_event(event: KeyEvent) -> None:
     )
 
 
-def _framed(*parts: bytes) -> bytes:
-    return b"".join(_LENGTH.pack(len(part)) + part for part in parts)
-
-
-def kek_context(department: str, version: int) -> bytes:
-    """What the provider authenticates with a wrapped KEK: the row it belongs to."""
-    return b"tellonce/kek/v1" + _framed(department.encode()) + _VERSION.pack(version)
-
-
-def data_key_context(citizen_id: str, department: str, kek_version: int) -> bytes:
-    return (
-        b"tellonce/data-key/v1"
-        + _framed(citizen_id.encode(), department.encode())
-        + _VERSION.pack(kek_version)
-    )
-
-
-class DepartmentKek:
-    """An unwrapped KEK version. Wraps and unwraps data keys locally (no provider call)."""
-
-    __slots__ = ("_aead", "department", "version")
-
-    def __init__(self, department: str, version: int, material: KeyMaterial) -> None:
-        self.department = department
-        self.version = version
-        self._aead = AESGCM(material.reveal())
-
-    def wrap(self, key: KeyMaterial, citizen_id: str) -> bytes:
-        nonce = os.urandom(12)
-        context = data_key_context(citizen_id, self.department, self.version)
-        return bytes((_DATA_KEY_WRAP_V1,)) + nonce + self._aead.encrypt(nonce, key.reveal(), context)
-
-    def unwrap(self, wrapped: bytes, citizen_id: str) -> KeyMaterial:
-        if len(wrapped) != _WRAPPED_DATA_KEY_BYTES or wrapped[0] != _DATA_KEY_WRAP_V1:
-            raise KeyUnwrapError("a wrapped data key is malformed")
-        context = data_key_context(citizen_id, self.department, self.version)
-        try:
-            return KeyMaterial(self._aead.decrypt(wrapped[1:13], wrapped[13:], context))
-        except InvalidTag:
-            raise KeyUnwrapError("a data key did not unwrap under its KEK") from None
-
-    def __repr__(self) -> str:
-        return f"DepartmentKek(department={self.department!r}, version={self.version})"
-
-
 class Keyring:
     """The keys one process uses. Lives on ``app.state.keyring``.
 
@@ -134,14 +91,14 @@ class Keyring:
     ) -> None:
         self.provider = provider
         self.data_key_cache: TTLCache[int, DataKey] = TTLCache(cache_size, cache_ttl_seconds, clock)
-        self.kek_cache: TTLCache[tuple[str, int], DepartmentKek] = TTLCache(256, cache_ttl_seconds, clock)
-        self._blind_indexer = BlindIndexer(provider.blind_index_root())
+        self.kek_cache: TTLCache[tuple[str, int], Kek] = TTLCache(256, cache_ttl_seconds, clock)
+        self._blind_indexer = provider.blind_indexer()
         # The one hook for key operations; the audit domain replaces it.
         self.on_key_event: KeyEventHook = log_key_event
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> Keyring:
-        return cls(LocalKeyProvider.from_settings(settings), **options)
+        return cls(provider_from_settings(settings), **options)
 
     def __repr__(self) -> str:
         return f"Keyring(provider={self.provider.name!r}, data_keys_cached={len(self.data_key_cache)})"
@@ -157,24 +114,27 @@ class Keyring:
 
     # ---- KEKs --------------------------------------------------------------------------
 
-    async def kek(self, conn: AsyncConnection, department: str, version: int) -> DepartmentKek:
+    async def kek(self, conn: AsyncConnection, department: str, version: int) -> Kek:
         """A department KEK version, unwrapped through the provider (cached)."""
         cached = self.kek_cache.get((department, version))
         if cached is not None:
             return cached
-        wrapped = (
+        row = (
             await conn.execute(
-                select(KEKS.c.wrapped_key).where(KEKS.c.department == department, KEKS.c.version == version)
+                select(KEKS.c.wrapped_key, KEKS.c.provider).where(
+                    KEKS.c.department == department, KEKS.c.version == version
+                )
             )
-        ).scalar_one_or_none()
-        if wrapped is None:
+        ).first()
+        if row is None or row.wrapped_key is None:
             raise KeyUnwrapError("a KEK version is missing or retired")
-        material = await self.provider.unwrap(wrapped, context=kek_context(department, version))
-        kek = DepartmentKek(department, version, material)
+        if row.provider != self.provider.name:
+            raise KeyUnwrapError(f"this KEK is held by the {row.provider!r} key provider")
+        kek = await self.provider.open_kek(department, version, row.wrapped_key)
         self.kek_cache.put((department, version), kek)
         return kek
 
-    async def active_kek(self, conn: AsyncConnection, department: str) -> DepartmentKek:
+    async def active_kek(self, conn: AsyncConnection, department: str) -> Kek:
         """The department's active KEK; version 1 is created on the department's first use."""
         for _attempt in range(5):
             # FOR SHARE (PostgreSQL): a rotation waits for writers wrapping under this version.
@@ -194,7 +154,7 @@ class Keyring:
 
     async def create_kek_version(
         self, conn: AsyncConnection, department: str, *, first: bool = False
-    ) -> DepartmentKek | None:
+    ) -> Kek | None:
         """A new active KEK version; the previous active one becomes decrypt-only.
 
         Returns None when another process won the race (the caller reads again)."""
@@ -204,8 +164,7 @@ class Keyring:
         if first and latest is not None:
             return None
         version = (latest or 0) + 1
-        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
-        wrapped = await self.provider.wrap(material, context=kek_context(department, version))
+        wrapped, kek = await self.provider.create_kek(department, version)
         try:
             async with conn.begin_nested():
                 await conn.execute(
@@ -224,8 +183,8 @@ class Keyring:
                     )
                 )
         except IntegrityError:
+            await self.provider.destroy_kek(wrapped)
             return None
-        kek = DepartmentKek(department, version, material)
         self.kek_cache.put((department, version), kek)
         await self.emit("kek.created", department, version=version, provider=self.provider.name)
         return kek
@@ -274,7 +233,7 @@ class Keyring:
         if shredded is not None:
             raise CitizenShredded()
         kek = await self.active_kek(conn, department)
-        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
+        material = KeyMaterial(DataKey.generate_material())
         wrapped = kek.wrap(material, citizen_id)
         # Insert only while that KEK version is still active: a rotation that committed
         # in between makes this insert a no-op and the loop wraps under the new version.
@@ -316,6 +275,42 @@ class Keyring:
         key = DataKey(key_id, department, kek.version, material)
         self.data_key_cache.put(key.id, key)
         return key
+
+    async def new_data_keys(
+        self, conn: AsyncConnection, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], DataKey]:
+        """Fresh active data keys for (citizen, department) pairs that have none active
+        (citizens created in this transaction, or whose old key was just set aside), each
+        wrapped by its department's active KEK.
+
+        The bulk form of ``data_key_for_write``: one insert for the whole batch."""
+        keks = {department: await self.active_kek(conn, department) for department in {d for _c, d in pairs}}
+        materials = [KeyMaterial(DataKey.generate_material()) for _ in pairs]
+        created_at = utcnow()
+        key_ids = (
+            (
+                await conn.execute(
+                    insert(DATA_KEYS).returning(DATA_KEYS.c.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "citizen_id": citizen_id,
+                            "department": department,
+                            "kek_version": keks[department].version,
+                            "status": "active",
+                            "wrapped_key": keks[department].wrap(material, citizen_id),
+                            "created_at": created_at,
+                        }
+                        for (citizen_id, department), material in zip(pairs, materials, strict=True)
+                    ],
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return {
+            pair: DataKey(key_id, pair[1], keks[pair[1]].version, material)
+            for pair, key_id, material in zip(pairs, key_ids, materials, strict=True)
+        }
 
     async def data_keys(self, conn: AsyncConnection, key_ids: Iterable[int]) -> dict[int, DataKey]:
         """Unwrapped data keys by id, through the cache. Raises ``DataKeyDestroyed`` if any
@@ -387,6 +382,3 @@ class Keyring:
 async def get_keyring(request: Request) -> Keyring:
     keyring: Keyring = request.app.state.keyring
     return keyring
-
-
-KeyringDep = Annotated[Keyring, Depends(get_keyring)]

@@ -1,8 +1,10 @@
-"""Key providers: where the root key lives and how KEKs are wrapped under it.
+"""Key providers: where the root key lives, where department KEKs live, and how data keys
+are wrapped under them.
 
-Callers only see the ``KeyProvider`` protocol, so a PKCS#11 HSM or a Vault Transit
-provider can replace ``LocalKeyProvider`` without touching them: wrapping is async (a
-remote KMS is a network call) and takes a context that the provider must authenticate.
+Callers only see the ``KeyProvider`` protocol. ``LocalKeyProvider`` keeps a root key in
+memory and stores each KEK wrapped under it; ``hsm.Pkcs11KeyProvider`` keeps KEKs inside a
+PKCS#11 token (``TELLONCE_KEY_PROVIDER=pkcs11``). Making and opening a KEK is async (a
+remote KMS is a network call); a KEK's ``wrap``/``unwrap`` of data keys is a local call.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import binascii
 import logging
 import os
 import secrets
+import struct
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +24,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.config import Settings
+from service.crypto.aead import DATA_KEY_BYTES
+from service.crypto.blind_index import BlindIndexer
 from service.crypto.errors import KeyUnwrapError, RootKeyUnavailable
 from service.crypto.material import KeyMaterial
 
@@ -32,24 +37,91 @@ _WRAP_INFO = b"tellonce/root/kek-wrapping/v1"
 _BLIND_INDEX_INFO = b"tellonce/root/blind-index/v1"
 
 
+_LENGTH = struct.Struct(">I")
+_VERSION = struct.Struct(">Q")
+_DATA_KEY_WRAP_V1 = 0x01
+_WRAPPED_DATA_KEY_BYTES = 1 + 12 + DATA_KEY_BYTES + 16
+
+
+def _framed(*parts: bytes) -> bytes:
+    return b"".join(_LENGTH.pack(len(part)) + part for part in parts)
+
+
+def kek_context(department: str, version: int) -> bytes:
+    """What the provider authenticates with a wrapped KEK: the row it belongs to."""
+    return b"tellonce/kek/v1" + _framed(department.encode()) + _VERSION.pack(version)
+
+
+def data_key_context(citizen_id: str, department: str, kek_version: int) -> bytes:
+    return (
+        b"tellonce/data-key/v1"
+        + _framed(citizen_id.encode(), department.encode())
+        + _VERSION.pack(kek_version)
+    )
+
+
+class DepartmentKek:
+    """An unwrapped KEK version. Wraps and unwraps data keys locally (no provider call)."""
+
+    __slots__ = ("_aead", "department", "version")
+
+    def __init__(self, department: str, version: int, material: KeyMaterial) -> None:
+        self.department = department
+        self.version = version
+        self._aead = AESGCM(material.reveal())
+
+    def wrap(self, key: KeyMaterial, citizen_id: str) -> bytes:
+        nonce = os.urandom(12)
+        context = data_key_context(citizen_id, self.department, self.version)
+        return bytes((_DATA_KEY_WRAP_V1,)) + nonce + self._aead.encrypt(nonce, key.reveal(), context)
+
+    def unwrap(self, wrapped: bytes, citizen_id: str) -> KeyMaterial:
+        if len(wrapped) != _WRAPPED_DATA_KEY_BYTES or wrapped[0] != _DATA_KEY_WRAP_V1:
+            raise KeyUnwrapError("a wrapped data key is malformed")
+        context = data_key_context(citizen_id, self.department, self.version)
+        try:
+            return KeyMaterial(self._aead.decrypt(wrapped[1:13], wrapped[13:], context))
+        except InvalidTag:
+            raise KeyUnwrapError("a data key did not unwrap under its KEK") from None
+
+    def __repr__(self) -> str:
+        return f"DepartmentKek(department={self.department!r}, version={self.version})"
+
+
+class Kek(Protocol):
+    """A department KEK version that wraps and unwraps the data keys of its department."""
+
+    department: str
+    version: int
+
+    def wrap(self, key: KeyMaterial, citizen_id: str) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, citizen_id: str) -> KeyMaterial: ...
+
+
 @runtime_checkable
 class KeyProvider(Protocol):
-    """Wraps and unwraps department KEKs under the root key, which it never hands out."""
+    """Makes and opens department KEKs; never hands out the keys that protect them."""
 
     @property
     def name(self) -> str:
         """Stored with each KEK, so a mixed estate knows which provider to ask."""
         ...
 
-    async def wrap(self, key: KeyMaterial, *, context: bytes) -> bytes: ...
+    async def create_kek(self, department: str, version: int) -> tuple[bytes, Kek]:
+        """A new KEK version: the bytes to store in its row (never a plain key) and the KEK."""
+        ...
 
-    async def unwrap(self, wrapped: bytes, *, context: bytes) -> KeyMaterial: ...
+    async def open_kek(self, department: str, version: int, stored: bytes) -> Kek:
+        """The KEK whose row holds ``stored``; ``KeyUnwrapError`` if this provider cannot."""
+        ...
 
-    def blind_index_root(self) -> KeyMaterial:
-        """The root of the blind-index keys: separate from every wrapping key.
+    async def destroy_kek(self, stored: bytes) -> None:
+        """Destroy a retired KEK wherever the provider keeps it (its row is cleared anyway)."""
+        ...
 
-        An HSM provider would keep it as its own extractable HMAC key (blind indexes are
-        computed on every lookup, too often for a round trip)."""
+    def blind_indexer(self) -> BlindIndexer:
+        """Blind indexes under a root separate from every wrapping key."""
         ...
 
 
@@ -72,6 +144,21 @@ class LocalKeyProvider:
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalKeyProvider:
         return cls(load_root_key(settings))
+
+    async def create_kek(self, department: str, version: int) -> tuple[bytes, DepartmentKek]:
+        material = KeyMaterial(AESGCM.generate_key(bit_length=256))
+        wrapped = await self.wrap(material, context=kek_context(department, version))
+        return wrapped, DepartmentKek(department, version, material)
+
+    async def open_kek(self, department: str, version: int, stored: bytes) -> DepartmentKek:
+        material = await self.unwrap(stored, context=kek_context(department, version))
+        return DepartmentKek(department, version, material)
+
+    async def destroy_kek(self, stored: bytes) -> None:
+        """Nothing to do: the wrapped bytes lived only in the row, which is cleared."""
+
+    def blind_indexer(self) -> BlindIndexer:
+        return BlindIndexer(self._blind_index_root)
 
     async def wrap(self, key: KeyMaterial, *, context: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -134,3 +221,12 @@ def _create_root_key_file(path: Path) -> KeyMaterial:
         handle.write(encoded + b"\n")
     logger.warning("generated a new root key file", extra={"path": str(path)})
     return KeyMaterial(base64.b64decode(encoded))
+
+
+def provider_from_settings(settings: Settings) -> KeyProvider:
+    """The provider ``TELLONCE_KEY_PROVIDER`` names: ``local`` (default) or ``pkcs11``."""
+    if settings.key_provider == "pkcs11":
+        from service.crypto.hsm import Pkcs11KeyProvider  # python-pkcs11 loads only when asked for
+
+        return Pkcs11KeyProvider.from_settings(settings)
+    return LocalKeyProvider.from_settings(settings)

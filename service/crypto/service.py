@@ -15,17 +15,22 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.crypto.aead import DataKey, decrypt_value, encrypt_value
+from service.crypto.aead import DataKey
 from service.crypto.errors import NoDepartmentKeys
 from service.crypto.keyring import DATA_KEYS, KEKS, Keyring
-from service.crypto.material import KeyMaterial
 from service.crypto.models import KeyJob
 from service.db import utcnow
-from service.records.models import FieldValue
+from service.records import public as records_public
 
 KEY_JOBS = cast(Table, KeyJob.__table__)
-FIELD_VALUES = cast(Table, FieldValue.__table__)
 LIVE_KEY = DATA_KEYS.c.wrapped_key.is_not(None)
+# What rewrapping and re-encrypting a data key read: which key, whose, under which KEK.
+WRAPPED_KEY_COLUMNS = (
+    DATA_KEYS.c.id,
+    DATA_KEYS.c.citizen_id,
+    DATA_KEYS.c.kek_version,
+    DATA_KEYS.c.wrapped_key,
+)
 
 # Called after each committed batch with (done, total). Raising from it stops the run
 # between batches, which is how tests interrupt one.
@@ -133,12 +138,7 @@ async def rotate_department(
         async with engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    select(
-                        DATA_KEYS.c.id,
-                        DATA_KEYS.c.citizen_id,
-                        DATA_KEYS.c.kek_version,
-                        DATA_KEYS.c.wrapped_key,
-                    )
+                    select(*WRAPPED_KEY_COLUMNS)
                     .where(
                         DATA_KEYS.c.department == department,
                         DATA_KEYS.c.kek_version < target.version,
@@ -185,20 +185,28 @@ async def _retire_unused_versions(engine: AsyncEngine, keyring: Keyring, departm
         DATA_KEYS.c.department == department, DATA_KEYS.c.kek_version == KEKS.c.version, LIVE_KEY
     )
     async with engine.begin() as conn:
-        versions = list(
-            (
-                await conn.execute(
-                    update(KEKS)
-                    .where(KEKS.c.department == department, KEKS.c.status == "decrypt_only", ~in_use)
-                    .values(status="retired", wrapped_key=None, retired_at=utcnow())
-                    .returning(KEKS.c.version)
-                )
-            ).scalars()
-        )
+        unused = (
+            await conn.execute(
+                select(KEKS.c.version, KEKS.c.wrapped_key)
+                .where(KEKS.c.department == department, KEKS.c.status == "decrypt_only", ~in_use)
+                .with_for_update()
+            )
+        ).all()
+        versions = sorted(row.version for row in unused)
+        if versions:
+            await conn.execute(
+                update(KEKS)
+                .where(KEKS.c.department == department, KEKS.c.version.in_(versions))
+                .values(status="retired", wrapped_key=None, retired_at=utcnow())
+            )
+    # After the commit: a token-held KEK is destroyed in the token too.
+    for row in unused:
+        if row.wrapped_key is not None:
+            await keyring.provider.destroy_kek(row.wrapped_key)
     keyring.kek_cache.evict((department, version) for version in versions)
-    for version in sorted(versions):
+    for version in versions:
         await keyring.emit("kek.retired", department, version=version)
-    return sorted(versions)
+    return versions
 
 
 async def reencrypt_department(
@@ -255,12 +263,7 @@ async def reencrypt_department(
         async with engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    select(
-                        DATA_KEYS.c.id,
-                        DATA_KEYS.c.citizen_id,
-                        DATA_KEYS.c.kek_version,
-                        DATA_KEYS.c.wrapped_key,
-                    )
+                    select(*WRAPPED_KEY_COLUMNS)
                     .where(suspect)
                     .order_by(DATA_KEYS.c.id)
                     .limit(batch_size)
@@ -297,75 +300,18 @@ async def _reencrypt_batch(
     old_ids = list(old_keys)
     # Free the (citizen, department) slot so the new key can be the active one.
     await conn.execute(update(DATA_KEYS).where(DATA_KEYS.c.id.in_(old_ids)).values(status="replaced"))
-    kek = await keyring.active_kek(conn, department)
-    materials = [KeyMaterial(DataKey.generate_material()) for _ in rows]
+    fresh = await keyring.new_data_keys(conn, [(row.citizen_id, department) for row in rows])
+    replacements = {row.id: (old_keys[row.id], fresh[(row.citizen_id, department)]) for row in rows}
+    moved = await records_public.rebind_values(conn, replacements)
     now = utcnow()
-    new_ids = (
-        (
-            await conn.execute(
-                insert(DATA_KEYS).returning(DATA_KEYS.c.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "citizen_id": row.citizen_id,
-                        "department": department,
-                        "kek_version": kek.version,
-                        "status": "active",
-                        "wrapped_key": kek.wrap(material, row.citizen_id),
-                        "created_at": now,
-                    }
-                    for row, material in zip(rows, materials, strict=True)
-                ],
-            )
-        )
-        .scalars()
-        .all()
-    )
-    new_keys = {
-        row.id: DataKey(new_id, department, kek.version, material)
-        for row, new_id, material in zip(rows, new_ids, materials, strict=True)
-    }
-    values = (
-        await conn.execute(
-            select(
-                FIELD_VALUES.c.id,
-                FIELD_VALUES.c.citizen_id,
-                FIELD_VALUES.c.field,
-                FIELD_VALUES.c.version,
-                FIELD_VALUES.c.data_key_id,
-                FIELD_VALUES.c.ciphertext,
-            ).where(FIELD_VALUES.c.data_key_id.in_(old_ids))
-        )
-    ).all()
-    if values:
-        updates = []
-        for value in values:
-            context = {"citizen_id": value.citizen_id, "field": value.field, "version": value.version}
-            plaintext = decrypt_value(old_keys[value.data_key_id], ciphertext=value.ciphertext, **context)
-            new_key = new_keys[value.data_key_id]
-            updates.append(
-                {
-                    "b_id": value.id,
-                    "b_old_key": value.data_key_id,
-                    "b_new_key": new_key.id,
-                    "b_ciphertext": encrypt_value(new_key, plaintext=plaintext, **context),
-                }
-            )
-        await conn.execute(
-            update(FIELD_VALUES)
-            .where(
-                FIELD_VALUES.c.id == bindparam("b_id"), FIELD_VALUES.c.data_key_id == bindparam("b_old_key")
-            )
-            .values(ciphertext=bindparam("b_ciphertext"), data_key_id=bindparam("b_new_key")),
-            updates,
-        )
     await conn.execute(
         update(DATA_KEYS)
         .where(DATA_KEYS.c.id.in_(old_ids))
         .values(wrapped_key=None, status="destroyed", destroyed_at=now)
     )
-    for key in new_keys.values():
+    for key in fresh.values():
         keyring.data_key_cache.put(key.id, key)
-    return len(values)
+    return moved
 
 
 async def key_status(conn: AsyncConnection) -> list[DepartmentKeyStatus]:

@@ -28,6 +28,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
+from service import tracing
 from service.audit.entries import events_access_entry
 from service.audit.schemas import AuditEntry
 from service.config import Settings
@@ -39,6 +40,7 @@ from service.events.schemas import EventData
 from service.events.secrets import SecretUndecryptable
 from service.events.service import EventsRuntime, dumps_payload, webhook_id
 from service.events.targets import Pinned, UnsafeWebhookTarget, check_target, pinned
+from service.records import public as records_public
 
 logger = logging.getLogger("tellonce.events")
 
@@ -76,6 +78,9 @@ class Dispatcher:
         self._own_client = client is None
         # No redirects: a receiver must not bounce the service to another address.
         self.client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        tracing.instrument_httpx(self.client)
+        # Deliveries this process sent to the dead-letter state (a Prometheus counter).
+        self.dead_letters = 0
         self.attempts_made = 0
 
     @property
@@ -161,7 +166,7 @@ class Dispatcher:
         now = utcnow()
         async with self.runtime.engine.connect() as conn:
             decide = await self.runtime.policy.current(conn)
-            statuses = await repository.citizen_statuses(conn, [item.event.citizen_id for item in batch])
+            statuses = await records_public.citizen_statuses(conn, [item.event.citizen_id for item in batch])
         withheld: list[tuple[repository.ClaimedDelivery, AuditEntry, str]] = []
         sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:
@@ -314,6 +319,7 @@ class Dispatcher:
         """A failed attempt: retried after a backoff, or ``dead`` once attempts run out."""
         if item.attempts >= self.settings.webhook_max_attempts:
             values: dict[str, Any] = {"status": "dead"}
+            self.dead_letters += 1
         else:
             delay = backoff_seconds(
                 item.attempts,

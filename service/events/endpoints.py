@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from service.auth.dependencies import Principal, require
+from service.auth.facts import RequestFacts, facts
 from service.events import service as events_service
 from service.events.schemas import (
     DeliveryPage,
@@ -17,12 +17,12 @@ from service.events.schemas import (
     SubscriptionOut,
     SubscriptionPage,
 )
-from service.events.service import Caller, EventsRuntime
-from service.observability import current_request_id
+from service.events.service import EventsRuntime
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-Consumer = Annotated[Principal, Depends(require("events:subscribe"))]
+# Events take no case reference: a subscription is not about one case.
+Consumer = Annotated[RequestFacts, Depends(facts("events:subscribe", case_ref=False))]
 
 
 def get_runtime(request: Request) -> EventsRuntime:
@@ -33,14 +33,9 @@ def get_runtime(request: Request) -> EventsRuntime:
 Runtime = Annotated[EventsRuntime, Depends(get_runtime)]
 
 
-def _caller(request: Request, principal: Principal) -> Caller:
-    source = request.client.host if request.client else None
-    return Caller(principal=principal, request_id=current_request_id(), source=source)
-
-
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=SubscriptionCreated)
 async def create_subscription(
-    body: SubscriptionIn, request: Request, consumer: Consumer, runtime: Runtime
+    body: SubscriptionIn, consumer: Consumer, runtime: Runtime
 ) -> SubscriptionCreated:
     """Subscribe your department to changes of some fields, for one purpose.
 
@@ -50,44 +45,36 @@ async def create_subscription(
     spec with the `secret` in this response: it is shown only now, so keep it. The URL must
     be http or https and resolve only to public addresses.
     """
-    return await events_service.create_subscription(runtime, _caller(request, consumer), body)
+    return await events_service.create_subscription(runtime, consumer, body)
 
 
 @router.get("/subscriptions", response_model=SubscriptionPage)
 async def list_subscriptions(
-    request: Request,
     consumer: Consumer,
     runtime: Runtime,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SubscriptionPage:
     """Your department's active subscriptions, oldest first (secrets are never shown again)."""
-    return await events_service.list_subscriptions(
-        runtime, _caller(request, consumer), cursor=cursor, limit=limit
-    )
+    return await events_service.list_subscriptions(runtime, consumer, cursor=cursor, limit=limit)
 
 
 @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut)
-async def get_subscription(
-    subscription_id: str, request: Request, consumer: Consumer, runtime: Runtime
-) -> SubscriptionOut:
+async def get_subscription(subscription_id: str, consumer: Consumer, runtime: Runtime) -> SubscriptionOut:
     """One of your department's subscriptions; 404 for any other."""
-    return await events_service.get_subscription(runtime, _caller(request, consumer), subscription_id)
+    return await events_service.get_subscription(runtime, consumer, subscription_id)
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_subscription(
-    subscription_id: str, request: Request, consumer: Consumer, runtime: Runtime
-) -> Response:
+async def delete_subscription(subscription_id: str, consumer: Consumer, runtime: Runtime) -> Response:
     """End a subscription. Deliveries still queued for it are cancelled."""
-    await events_service.delete_subscription(runtime, _caller(request, consumer), subscription_id)
+    await events_service.delete_subscription(runtime, consumer, subscription_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=DeliveryPage)
 async def list_deliveries(
     subscription_id: str,
-    request: Request,
     consumer: Consumer,
     runtime: Runtime,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -95,21 +82,18 @@ async def list_deliveries(
 ) -> DeliveryPage:
     """The webhook deliveries of a subscription: status, attempts, and the last error."""
     return await events_service.list_deliveries(
-        runtime, _caller(request, consumer), subscription_id, cursor=cursor, limit=limit
+        runtime, consumer, subscription_id, cursor=cursor, limit=limit
     )
 
 
 @router.post("/subscriptions/{subscription_id}/redeliver", response_model=RedeliverOut)
-async def redeliver(
-    subscription_id: str, request: Request, consumer: Consumer, runtime: Runtime
-) -> RedeliverOut:
+async def redeliver(subscription_id: str, consumer: Consumer, runtime: Runtime) -> RedeliverOut:
     """Queue every `dead` delivery of the subscription again, with fresh attempts."""
-    return await events_service.redeliver(runtime, _caller(request, consumer), subscription_id)
+    return await events_service.redeliver(runtime, consumer, subscription_id)
 
 
 @router.get("/events", response_model=FeedPage)
 async def read_feed(
-    request: Request,
     consumer: Consumer,
     runtime: Runtime,
     after: Annotated[
@@ -124,6 +108,4 @@ async def read_feed(
     read values with `GET /v1/citizens/{id}` and a purpose. With `wait` (at most 30 s) the
     call holds until a change arrives. Pass the returned `cursor` as `after` next time.
     """
-    return await events_service.read_feed(
-        runtime, _caller(request, consumer), after=after, limit=limit, wait=wait
-    )
+    return await events_service.read_feed(runtime, consumer, after=after, limit=limit, wait=wait)

@@ -34,6 +34,7 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     task: asyncio.Task[None] | None = None
     if settings.run_workers:
         dispatcher = Dispatcher(runtime)
+        app.state.dispatcher = dispatcher
         task = asyncio.create_task(dispatcher.run(stop), name="events-dispatcher")
     try:
         async with postgres_wakeups(settings.database_url, runtime.notifier):

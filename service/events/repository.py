@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, column, func, insert, or_, select, table, text, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.events.models import Delivery, OutboxEvent, Subscription
@@ -19,10 +19,6 @@ from service.events.notifier import PG_CHANNEL
 
 # pg_advisory_xact_lock key for "appending to the event outbox" (ASCII 'events-o').
 OUTBOX_LOCK_KEY = 0x6576656E74732D6F
-
-# The register's citizens, by the two clear columns the policy re-check needs. A table
-# clause, not the records model: the events domain never touches ciphertext models.
-_citizens = table("citizens", column("id"), column("status"))
 
 
 @dataclass(frozen=True)
@@ -169,16 +165,6 @@ async def events_after(conn: AsyncConnection, after: int, limit: int) -> list[Ev
         .limit(limit)
     )
     return [_event(row) for row in result]
-
-
-async def citizen_statuses(conn: AsyncConnection, citizen_ids: Sequence[str]) -> dict[str, str]:
-    """Each citizen's status in clear; a citizen not in the register is absent."""
-    if not citizen_ids:
-        return {}
-    result = await conn.execute(
-        select(_citizens.c.id, _citizens.c.status).where(_citizens.c.id.in_(sorted(set(citizen_ids))))
-    )
-    return {row.id: row.status for row in result}
 
 
 # --- subscriptions ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import base64
 import binascii
 import os
 import secrets
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.config import Settings
+from service.crypto.errors import KeyUnwrapError
 from service.errors import ServiceUnavailable
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  (the Standard Webhooks prefix, not a secret)
@@ -56,6 +58,28 @@ def _root_key(settings: Settings) -> bytes:
     return key
 
 
+class SecretSealer(Protocol):
+    def seal(self, secret: str, subscription_id: str) -> bytes: ...
+
+    def open(self, sealed: bytes, subscription_id: str) -> str: ...
+
+
+class _TokenSealed:
+    """A token's sealer, raising this module's error when a secret does not open."""
+
+    def __init__(self, sealer: SecretSealer) -> None:
+        self._sealer = sealer
+
+    def seal(self, secret: str, subscription_id: str) -> bytes:
+        return self._sealer.seal(secret, subscription_id)
+
+    def open(self, sealed: bytes, subscription_id: str) -> str:
+        try:
+            return self._sealer.open(sealed, subscription_id)
+        except KeyUnwrapError:
+            raise SecretUndecryptable("the webhook secret did not open in the token") from None
+
+
 class SecretBox:
     """Encrypts and decrypts webhook secrets; its repr never shows the key."""
 
@@ -63,7 +87,12 @@ class SecretBox:
         self._aead = AESGCM(key)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SecretBox:
+    def from_settings(cls, settings: Settings) -> SecretSealer:
+        """Under the root key, or in the PKCS#11 token with ``TELLONCE_KEY_PROVIDER=pkcs11``."""
+        if settings.key_provider == "pkcs11":
+            from service.crypto.hsm import TokenSecretBox, open_token
+
+            return _TokenSealed(TokenSecretBox(open_token(settings)))
         derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(
             _root_key(settings)
         )

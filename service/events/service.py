@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.entries import events_access_entry
 from service.audit.schemas import AuditEntry
-from service.auth.dependencies import Principal
+from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.config import Settings
@@ -50,8 +50,9 @@ from service.events.schemas import (
     SubscriptionOut,
     SubscriptionPage,
 )
-from service.events.secrets import SecretBox, new_signing_secret
+from service.events.secrets import SecretBox, SecretSealer, new_signing_secret
 from service.events.targets import Resolver, UnsafeWebhookTarget, check_target, parse
+from service.records import public as records_public
 
 MAX_WAIT_SECONDS = 30
 # Outbox rows one feed read looks at before it answers (possibly with no items, but a
@@ -72,26 +73,13 @@ class EventsRuntime:
     notifier: EventNotifier = field(default_factory=lambda: feed_notifier)
     # None: the system resolver. Tests give a stub that never leaves the machine.
     resolver: Resolver | None = None
-    _secret_box: SecretBox | None = None
+    _secret_box: SecretSealer | None = None
 
     @property
-    def secret_box(self) -> SecretBox:
+    def secret_box(self) -> SecretSealer:
         if self._secret_box is None:
             self._secret_box = SecretBox.from_settings(self.settings)
         return self._secret_box
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The consumer, and the request facts each audit entry records."""
-
-    principal: Principal
-    request_id: str
-    source: str | None = None
-
-    @property
-    def department(self) -> str:
-        return self.principal.department
 
 
 # --- the outbox: called by the records write path -----------------------------------------
@@ -206,7 +194,7 @@ def _subscription_out(row: repository.SubscriptionRow) -> SubscriptionOut:
 
 
 async def create_subscription(
-    runtime: EventsRuntime, caller: Caller, body: SubscriptionIn
+    runtime: EventsRuntime, caller: RequestFacts, body: SubscriptionIn
 ) -> SubscriptionCreated:
     """Refused (403) unless an agreement lets the caller's department subscribe to every field
     for the purpose. At this point no citizen is in view, so conditions are judged as for an
@@ -298,7 +286,7 @@ def _unsafe(exc: UnsafeWebhookTarget) -> UnsafeWebhookUrl:
 
 
 async def _own_subscription(
-    conn: AsyncConnection, caller: Caller, subscription_id: str
+    conn: AsyncConnection, caller: RequestFacts, subscription_id: str
 ) -> repository.SubscriptionRow:
     """The subscription if it is the caller's department's and not deleted; 404 otherwise,
     so one department cannot learn of another's subscriptions."""
@@ -308,19 +296,21 @@ async def _own_subscription(
     return row
 
 
-async def get_subscription(runtime: EventsRuntime, caller: Caller, subscription_id: str) -> SubscriptionOut:
+async def get_subscription(
+    runtime: EventsRuntime, caller: RequestFacts, subscription_id: str
+) -> SubscriptionOut:
     async with runtime.engine.connect() as conn:
         return _subscription_out(await _own_subscription(conn, caller, subscription_id))
 
 
-async def delete_subscription(runtime: EventsRuntime, caller: Caller, subscription_id: str) -> None:
+async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> None:
     async with runtime.engine.begin() as conn:
         await _own_subscription(conn, caller, subscription_id)
         await repository.delete_subscription(conn, subscription_id, utcnow())
 
 
 async def list_subscriptions(
-    runtime: EventsRuntime, caller: Caller, *, cursor: str | None, limit: int
+    runtime: EventsRuntime, caller: RequestFacts, *, cursor: str | None, limit: int
 ) -> SubscriptionPage:
     after: tuple[datetime, str] | None = None
     if cursor:
@@ -346,7 +336,7 @@ async def list_subscriptions(
 
 
 async def list_deliveries(
-    runtime: EventsRuntime, caller: Caller, subscription_id: str, *, cursor: str | None, limit: int
+    runtime: EventsRuntime, caller: RequestFacts, subscription_id: str, *, cursor: str | None, limit: int
 ) -> DeliveryPage:
     after = decode_position(cursor, ["query", "cursor"]) if cursor else None
     async with runtime.engine.connect() as conn:
@@ -374,7 +364,7 @@ async def list_deliveries(
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 
-async def redeliver(runtime: EventsRuntime, caller: Caller, subscription_id: str) -> RedeliverOut:
+async def redeliver(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> RedeliverOut:
     """Queue every dead delivery of the subscription again; policy is checked again at send."""
     async with runtime.engine.begin() as conn:
         await _own_subscription(conn, caller, subscription_id)
@@ -402,7 +392,7 @@ class _FeedScan:
     more: bool = False
 
 
-async def _scan(runtime: EventsRuntime, caller: Caller, after: int | None, limit: int) -> _FeedScan:
+async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None, limit: int) -> _FeedScan:
     now = utcnow()
     items: list[EventData] = []
     entries: list[AuditEntry] = []
@@ -435,7 +425,7 @@ async def _scan(runtime: EventsRuntime, caller: Caller, after: int | None, limit
                 for row in rows
             ]
             wanted = [row.citizen_id for row, matching in candidates if matching]
-            statuses = await repository.citizen_statuses(conn, wanted)
+            statuses = await records_public.citizen_statuses(conn, wanted)
             if wanted and decide is None:
                 decide = await runtime.policy.current(conn)
             for row, matching in candidates:
@@ -462,7 +452,7 @@ async def _scan(runtime: EventsRuntime, caller: Caller, after: int | None, limit
 
 
 def _release(
-    caller: Caller,
+    caller: RequestFacts,
     row: repository.EventRow,
     matching: Sequence[repository.SubscriptionRow],
     citizen_status: str | None,
@@ -503,7 +493,7 @@ def _release(
 
 async def read_feed(
     runtime: EventsRuntime,
-    caller: Caller,
+    caller: RequestFacts,
     *,
     after: str | None,
     limit: int,

@@ -23,8 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
+from service.policy import epoch as policy_epoch
 from service.policy import repository
 from service.policy.engine import Agreement, CompiledPolicy, compile_policy
+from service.policy.epoch import EpochKey
 from service.policy.loader import PolicyFolder
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
@@ -52,14 +54,12 @@ def agreements_from_rows(rows: list[tuple[str, str, int, str, dict[str, Any]]]) 
 class PolicySnapshot:
     """The compiled policy and the catalog it was compiled against, at one epoch key."""
 
-    key: repository.EpochKey
+    key: EpochKey
     policy: CompiledPolicy
     catalog: Catalog | None
 
 
-async def compile_snapshot(
-    conn: AsyncConnection, epoch: int, key: repository.EpochKey | None = None
-) -> PolicySnapshot:
+async def compile_snapshot(conn: AsyncConnection, epoch: int, key: EpochKey | None = None) -> PolicySnapshot:
     catalog_row = await repository.latest_catalog_content(conn)
     resolved_key = key or (epoch, "", None)
     if catalog_row is None:
@@ -77,7 +77,7 @@ class PolicyHolder:
         self._snapshot: PolicySnapshot | None = None
         self._lock = asyncio.Lock()
 
-    async def snapshot(self, conn: AsyncConnection, key: repository.EpochKey | None = None) -> PolicySnapshot:
+    async def snapshot(self, conn: AsyncConnection, key: EpochKey | None = None) -> PolicySnapshot:
         """The policy and catalog in force. ``key`` is the epoch key if the caller has
         just read it (authentication does, once per request); otherwise it is read here."""
         snapshot = self._snapshot
@@ -85,7 +85,7 @@ class PolicyHolder:
             return snapshot
         # Compile from what this connection sees, under the key this connection reads:
         # a key read elsewhere (another transaction) must not label what is compiled here.
-        key = await repository.epoch_key(conn)
+        key = await policy_epoch.epoch_key(conn)
         if snapshot is not None and snapshot.key == key:
             return snapshot
         async with self._lock:
@@ -98,7 +98,7 @@ class PolicyHolder:
             self._snapshot = snapshot
             return snapshot
 
-    def cached(self, key: repository.EpochKey) -> PolicySnapshot | None:
+    def cached(self, key: EpochKey) -> PolicySnapshot | None:
         """The snapshot for ``key`` if it is the one compiled, without touching storage."""
         snapshot = self._snapshot
         return snapshot if snapshot is not None and snapshot.key == key else None
@@ -107,15 +107,12 @@ class PolicyHolder:
         return (await self.snapshot(conn)).policy
 
 
-# The fallback holder for callers that are given none (``tellonce policies explain``, a
-# ``RecordsService`` built without one). An app has its own, made by
-# ``policy.endpoints.policy_lifecycle`` on ``app.state.policy``.
-PROCESS_POLICY = PolicyHolder()
-
-
 async def current_policy(conn: AsyncConnection, holder: PolicyHolder | None = None) -> CompiledPolicy:
-    """The compiled index for the live agreement versions, as of this connection's view."""
-    return await (holder or PROCESS_POLICY).current(conn)
+    """The compiled index for the live agreement versions, as of this connection's view.
+
+    A server keeps one holder on ``app.state.policy`` (made by ``policy_lifecycle``) and
+    passes it; without one, the policy is compiled for this call alone."""
+    return await (holder or PolicyHolder()).current(conn)
 
 
 # --- change notification (the audit domain connects here) -----------------------------
@@ -252,7 +249,7 @@ async def apply_folder(
         await revoke(session, row, author=author, reason=reason, bump=False)
         report.revoked.append(agreement_id)
     if report.changed:
-        report.epoch = await repository.bump_epoch(session)
+        report.epoch = await policy_epoch.bump_epoch(session)
     return report
 
 
@@ -271,7 +268,7 @@ async def revoke(
         reason=reason,
     )
     if bump:
-        await repository.bump_epoch(session)
+        await policy_epoch.bump_epoch(session)
     return revoked
 
 
@@ -295,7 +292,7 @@ async def put_agreement(
         author=author,
         reason=reason,
     )
-    await repository.bump_epoch(session)
+    await policy_epoch.bump_epoch(session)
     return row
 
 

@@ -7,15 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.records.reader import open_reader
+from service.records.store import open_store
 
 
 @asynccontextmanager
 async def records_lifecycle(app: FastAPI) -> AsyncIterator[None]:
-    """The read path's long-lived raw-driver connections, open as long as the app."""
-    reader = await open_reader(app.state.settings.database_url)
-    app.state.records_reader = reader
+    """The read path's long-lived raw-driver store, open as long as the app."""
+    store = await open_store(app.state.settings.database_url)
+    app.state.records_store = store
     try:
         yield
     finally:
-        await reader.close()
+        await store.close()

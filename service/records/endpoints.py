@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
 from service.audit.writer import AuditWriter, get_audit_writer
-from service.auth.dependencies import Principal, require
+from service.auth.facts import RequestFacts, facts
 from service.crypto.keyring import Keyring, get_keyring
 from service.db import Database, get_database
 from service.errors import BadRequest, ValidationFailed
-from service.observability import current_request_id
+from service.records import reads, writes
 from service.records.schemas import (
     BatchGet,
     BatchPage,
@@ -29,11 +28,10 @@ from service.records.schemas import (
     WriteFields,
     WriteOut,
 )
-from service.records.service import Access, RecordsService
+from service.records.service import RecordsService
 
 router = APIRouter(prefix="/v1/citizens", tags=["citizens"])
 
-_CASE_REF = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,99}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
 
 
@@ -44,43 +42,17 @@ async def records_service(
     request: Request,
 ) -> RecordsService:
     return RecordsService(
-        database,
+        database.engine,
         keyring,
         writer,
-        request.app.state.records_reader,
-        getattr(request.app.state, "policy", None),
+        request.app.state.records_store,
+        request.app.state.policy,
         getattr(request.app.state, "metrics", None),
+        database.settings.verify_unconstrained_per_day,
     )
 
 
 Records = Annotated[RecordsService, Depends(records_service)]
-
-
-def access(*scopes: str) -> Callable[..., Awaitable[Access]]:
-    """Authenticate with ``scopes`` and gather what the audit records about the request."""
-    # A default, not an annotation: string annotations cannot see this closure's scopes.
-    authenticated = Depends(require(*scopes))
-
-    async def dependency(
-        request: Request,
-        principal: Principal = authenticated,
-        case_ref: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
-    ) -> Access:
-        if case_ref is not None and not _CASE_REF.match(case_ref):
-            raise ValidationFailed(
-                "X-Case-Ref must be 1 to 100 printable ASCII characters.",
-                errors=[{"loc": ["header", "X-Case-Ref"], "msg": "invalid case reference"}],
-            )
-        source = request.client.host if request.client else None
-        return Access(
-            principal=principal,
-            request_id=current_request_id(),
-            source=source,
-            case_ref=case_ref,
-            epoch_key=getattr(request.state, "epoch_key", None),
-        )
-
-    return dependency
 
 
 def _etag(version: int) -> str:
@@ -118,13 +90,13 @@ async def register_citizen(
     body: RegisterCitizen,
     response: Response,
     records: Records,
-    caller: Annotated[Access, Depends(access("citizens:register"))],
+    caller: Annotated[RequestFacts, Depends(facts("citizens:register"))],
 ) -> Registered:
     """Register a citizen with a national id and the fields your department owns.
 
     409 if a citizen with that national id is already registered.
     """
-    registered = await records.register(caller, body.national_id, body.fields)
+    registered = await writes.register(records, caller, body.national_id, body.fields)
     response.headers["Location"] = f"/v1/citizens/{registered.id}"
     response.headers["ETag"] = _etag(registered.version)
     return registered
@@ -132,18 +104,18 @@ async def register_citizen(
 
 @router.post("/lookup", response_model=LookupOut)
 async def lookup_citizen(
-    body: LookupCitizen, records: Records, caller: Annotated[Access, Depends(access("citizens:lookup"))]
+    body: LookupCitizen, records: Records, caller: Annotated[RequestFacts, Depends(facts("citizens:lookup"))]
 ) -> LookupOut:
     """Find a citizen's id by national id, for a purpose. 404 if unknown or not allowed."""
-    return await records.lookup(caller, body.national_id, body.purpose)
+    return await reads.lookup(records, caller.for_purpose(body.purpose), body.national_id)
 
 
 @router.post("/batch-get", response_model=BatchPage)
 async def batch_get(
-    body: BatchGet, records: Records, caller: Annotated[Access, Depends(access("citizens:read"))]
+    body: BatchGet, records: Records, caller: Annotated[RequestFacts, Depends(facts("citizens:read"))]
 ) -> BatchPage:
     """Read up to 1,000 citizens at once, decided field by field for each citizen."""
-    return await records.batch_get(caller, body.ids, body.fields, body.purpose)
+    return await reads.batch_get(records, caller.for_purpose(body.purpose), body.ids, body.fields)
 
 
 @router.get("/{citizen_id}", response_model=CitizenOut)
@@ -152,12 +124,12 @@ async def read_citizen(
     purpose: PurposeQuery,
     response: Response,
     records: Records,
-    caller: Annotated[Access, Depends(access("citizens:read"))],
+    caller: Annotated[RequestFacts, Depends(facts("citizens:read"))],
     fields: Annotated[str | None, Query(max_length=4000, description="Comma-separated field names.")] = None,
 ) -> CitizenOut:
     """Read the fields your agreements allow for ``purpose``; the rest are listed in
     ``withheld`` with the reason. 403 if nothing is allowed."""
-    citizen = await records.read(caller, citizen_id, _field_list(fields), purpose)
+    citizen = await reads.read(records, caller.for_purpose(purpose), citizen_id, _field_list(fields))
     response.headers["ETag"] = _etag(citizen.version)
     return citizen
 
@@ -168,18 +140,18 @@ async def write_fields(
     body: WriteFields,
     response: Response,
     records: Records,
-    caller: Annotated[Access, Depends(access("citizens:write"))],
+    caller: Annotated[RequestFacts, Depends(facts("citizens:write"))],
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> WriteOut:
     """Write fields your department owns, or that a `write` agreement delegates to it
     (then name that agreement's purpose). Send `If-Match` with the ETag you read: a stale
     one gets 412 and nothing is written."""
-    written = await records.write(
-        caller,
+    written = await writes.write(
+        records,
+        caller.for_purpose(body.purpose),
         citizen_id,
         body.fields,
         reason=body.reason,
-        purpose=body.purpose,
         if_match=_if_match(if_match),
     )
     response.headers["ETag"] = _etag(written.version)
@@ -192,12 +164,14 @@ async def field_history(
     field: Annotated[str, Path(min_length=1, max_length=63)],
     purpose: PurposeQuery,
     records: Records,
-    caller: Annotated[Access, Depends(access("citizens:history"))],
+    caller: Annotated[RequestFacts, Depends(facts("citizens:history"))],
     cursor: Annotated[str | None, Query(max_length=12)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> HistoryPage:
     """Earlier versions of one field, newest first, if a `history` agreement allows it."""
-    return await records.history(caller, citizen_id, field, purpose, cursor=cursor, limit=limit)
+    return await reads.history(
+        records, caller.for_purpose(purpose), citizen_id, field, cursor=cursor, limit=limit
+    )
 
 
 @router.post("/{citizen_id}/verify", response_model=VerifyOut)
@@ -205,10 +179,10 @@ async def verify_claims(
     citizen_id: CitizenPath,
     body: VerifyClaims,
     records: Records,
-    caller: Annotated[Access, Depends(access("citizens:verify"))],
+    caller: Annotated[RequestFacts, Depends(facts("citizens:verify"))],
 ) -> VerifyOut:
     """Check claims (`eq`, `lte`, `gte`, `in`) against fields without seeing their values."""
-    return await records.verify(caller, citizen_id, body.purpose, body.claims)
+    return await reads.verify(records, caller.for_purpose(body.purpose), citizen_id, body.claims)
 
 
 @router.delete("/{citizen_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -219,7 +193,7 @@ async def erase_citizen(
         str, Query(min_length=1, max_length=200, description="The legal basis, kept in the audit.")
     ],
     records: Records,
-    caller: Annotated[Access, Depends(access("citizens:erase"))],
+    caller: Annotated[RequestFacts, Depends(facts("citizens:erase"))],
     purpose: Annotated[
         str | None,
         Query(min_length=1, max_length=63, description="Your erase agreement's purpose (not the owner)."),
@@ -229,5 +203,7 @@ async def erase_citizen(
 
     Only the department that owns `national_id` erases, or one holding an `erase`
     agreement on `national_id` (naming its purpose); anyone else gets 403."""
-    await records.erase(caller, citizen_id, reason=reason, legal_basis=legal_basis, purpose=purpose)
+    await writes.erase(
+        records, caller.for_purpose(purpose), citizen_id, reason=reason, legal_basis=legal_basis
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

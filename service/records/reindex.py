@@ -16,8 +16,7 @@ from service.crypto.blind_index import NORMALISATION_VERSION
 from service.crypto.keyring import Keyring
 from service.db import Database
 from service.records import repository
-
-NATIONAL_ID_FIELD = "national_id"
+from service.records.validation import NATIONAL_ID_FIELD
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
-"""Every query on citizens and field values, as Core statements on a connection.
+"""The Core queries on citizens and field values, on a connection.
 
 The access path runs these on a pooled connection rather than through an ORM session:
 measured on this machine, a session per request costs about three times the read itself.
+The hot reads (citizens and current values by id) also have raw-driver forms in
+``store.py``, built from the column lists here; ``tests/records/test_store.py`` checks
+that every form returns the same rows.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,7 +44,10 @@ class ValueRow:
     written_at: datetime
 
 
-_VALUE_COLUMNS = (
+# The columns of a ``CitizenRow`` and a ``ValueRow``, in order: the one list every read
+# path (Core here, the raw drivers in ``store.py``) selects.
+CITIZEN_COLUMNS = (citizens.c.id, citizens.c.status, citizens.c.version)
+VALUE_COLUMNS = (
     values.c.citizen_id,
     values.c.field,
     values.c.version,
@@ -53,13 +59,11 @@ _VALUE_COLUMNS = (
 )
 
 
-async def get_citizen(conn: AsyncConnection, citizen_id: str) -> CitizenRow | None:
-    row = (
-        await conn.execute(
-            select(citizens.c.id, citizens.c.status, citizens.c.version).where(citizens.c.id == citizen_id)
-        )
-    ).first()
-    return CitizenRow(row.id, row.status, row.version) if row else None
+async def get_citizens(conn: AsyncConnection, citizen_ids: Sequence[str]) -> dict[str, CitizenRow]:
+    if not citizen_ids:
+        return {}
+    rows = await conn.execute(select(*CITIZEN_COLUMNS).where(citizens.c.id.in_(citizen_ids)))
+    return {row[0]: CitizenRow(*row) for row in rows}
 
 
 async def current_values(
@@ -69,7 +73,7 @@ async def current_values(
     if not wanted or not citizen_ids:
         return []
     rows = await conn.execute(
-        select(*_VALUE_COLUMNS).where(
+        select(*VALUE_COLUMNS).where(
             values.c.citizen_id.in_(citizen_ids),
             values.c.field.in_(wanted),
             values.c.is_current.is_(True),
@@ -81,21 +85,10 @@ async def current_values(
 async def history(
     conn: AsyncConnection, citizen_id: str, field: str, *, before_version: int | None, limit: int
 ) -> list[ValueRow]:
-    query = select(*_VALUE_COLUMNS).where(values.c.citizen_id == citizen_id, values.c.field == field)
+    query = select(*VALUE_COLUMNS).where(values.c.citizen_id == citizen_id, values.c.field == field)
     if before_version is not None:
         query = query.where(values.c.version < before_version)
     rows = await conn.execute(query.order_by(values.c.version.desc()).limit(limit))
-    return [ValueRow(*r) for r in rows]
-
-
-async def candidates_by_blind_index(conn: AsyncConnection, field: str, blind_index: bytes) -> list[ValueRow]:
-    rows = await conn.execute(
-        select(*_VALUE_COLUMNS).where(
-            values.c.field == field,
-            values.c.blind_index == blind_index,
-            values.c.is_current.is_(True),
-        )
-    )
     return [ValueRow(*r) for r in rows]
 
 
@@ -110,7 +103,7 @@ async def candidates_by_blind_indexes(
     found: list[ValueRow] = []
     for start in range(0, len(blind_indexes), 500):
         rows = await conn.execute(
-            select(*_VALUE_COLUMNS).where(
+            select(*VALUE_COLUMNS).where(
                 values.c.field == field,
                 values.c.blind_index.in_(blind_indexes[start : start + 500]),
                 values.c.is_current.is_(True),
@@ -139,22 +132,9 @@ async def insert_citizens(
 
 
 async def insert_values(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
-    """Many current value rows in one executemany (the columns of ``insert_value``)."""
+    """Value rows (as ``writes.encrypted_row`` builds them) in one executemany."""
     if rows:
         await conn.execute(insert(values), list(rows))
-
-
-async def insert_citizen(conn: AsyncConnection, citizen_id: str, registered_by: str, now: datetime) -> None:
-    await conn.execute(
-        insert(citizens).values(
-            id=citizen_id,
-            status="active",
-            version=1,
-            registered_by=registered_by,
-            created_at=now,
-            updated_at=now,
-        )
-    )
 
 
 async def bump_version(
@@ -192,35 +172,6 @@ async def retire_current(conn: AsyncConnection, citizen_id: str, field: str) -> 
     return int(latest or 0)
 
 
-async def insert_value(
-    conn: AsyncConnection,
-    *,
-    citizen_id: str,
-    field: str,
-    version: int,
-    owner: str,
-    data_key_id: int,
-    ciphertext: bytes,
-    blind_index: bytes | None,
-    written_by: str,
-    now: datetime,
-) -> None:
-    await conn.execute(
-        insert(values).values(
-            citizen_id=citizen_id,
-            field=field,
-            version=version,
-            owner=owner,
-            data_key_id=data_key_id,
-            ciphertext=ciphertext,
-            blind_index=blind_index,
-            is_current=True,
-            written_by=written_by,
-            written_at=now,
-        )
-    )
-
-
 async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> bool:
     result = await conn.execute(
         update(citizens)
@@ -233,14 +184,29 @@ async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> 
 
 
 @dataclass(frozen=True)
-class IndexedRow:
+class KeyedRow:
     id: int
     citizen_id: str
     field: str
     version: int
     data_key_id: int
     ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class IndexedRow(KeyedRow):
     blind_index: bytes
+
+
+# The columns that re-keying and re-indexing need: a row's identity and its ciphertext.
+_KEYED_COLUMNS = (
+    values.c.id,
+    values.c.citizen_id,
+    values.c.field,
+    values.c.version,
+    values.c.data_key_id,
+    values.c.ciphertext,
+)
 
 
 async def stale_blind_indexes(
@@ -248,15 +214,7 @@ async def stale_blind_indexes(
 ) -> list[IndexedRow]:
     """Value rows whose blind index was computed with an older normalisation, by id."""
     rows = await conn.execute(
-        select(
-            values.c.id,
-            values.c.citizen_id,
-            values.c.field,
-            values.c.version,
-            values.c.data_key_id,
-            values.c.ciphertext,
-            values.c.blind_index,
-        )
+        select(*_KEYED_COLUMNS, values.c.blind_index)
         .where(
             values.c.blind_index.is_not(None),
             values.c.blind_index_version < below_version,
@@ -266,6 +224,26 @@ async def stale_blind_indexes(
         .limit(limit)
     )
     return [IndexedRow(*r) for r in rows]
+
+
+async def values_under_data_keys(conn: AsyncConnection, key_ids: Sequence[int]) -> list[KeyedRow]:
+    """Every value row (current or history) encrypted under one of ``key_ids``."""
+    rows = await conn.execute(select(*_KEYED_COLUMNS).where(values.c.data_key_id.in_(key_ids)))
+    return [KeyedRow(*r) for r in rows]
+
+
+async def rebind(conn: AsyncConnection, changes: Sequence[tuple[int, int, int, bytes]]) -> None:
+    """Give value rows a new data key and ciphertext: (row id, old key id, new key id,
+    ciphertext) each, applied only while the row is still under the old key."""
+    await conn.execute(
+        update(values)
+        .where(values.c.id == bindparam("b_id"), values.c.data_key_id == bindparam("b_old_key"))
+        .values(ciphertext=bindparam("b_ciphertext"), data_key_id=bindparam("b_new_key")),
+        [
+            {"b_id": row_id, "b_old_key": old, "b_new_key": new, "b_ciphertext": ciphertext}
+            for row_id, old, new, ciphertext in changes
+        ],
+    )
 
 
 async def set_blind_index(conn: AsyncConnection, value_id: int, blind_index: bytes, version: int) -> None:

@@ -3,12 +3,10 @@
 1. Migrate the embedded store in ``./.tellonce/`` (``--reset`` wipes it first).
 2. Apply ``policies/``, make each department's clients (``./.tellonce/clients.json``,
    mode 0600) and keys, and seed the population through the records encryption path.
-3. Start two witnesses on loopback (the National Audit Office and the Information
-   Commissioner, ``tellonce witness serve`` each), then serve on 127.0.0.1 (``tellonce
-   serve`` in a child process, so the API has a core of its own while the department
-   systems run here) with its checkpoints cosigned by both.
+3. Serve on 127.0.0.1 (``tellonce serve`` in a child process, so the API has a core of
+   its own while the department systems run here).
 4. Run the life events for ``--duration`` seconds as real HTTP clients.
-5. Print the report, with the audit log verified and its checkpoint's cosignatures checked.
+5. Print the report, with the audit log verified.
 6. Keep serving until Ctrl-C (or exit, with ``--exit-after-report``).
 """
 
@@ -28,7 +26,6 @@ from rich.console import Console
 
 from service.config import Settings, get_settings
 from service.sim import government
-from service.sim import witnesses as demo_witnesses
 from service.sim.population import DEFAULT_SEED
 from service.sim.report import render
 from service.sim.setup import reset_store
@@ -37,7 +34,7 @@ from service.sourcefile import SourceFileError
 SERVER_START_SECONDS = 60.0
 
 
-def _start_server(settings: Settings, port: int, log_path: Path, witnesses: str) -> subprocess.Popen[bytes]:
+def _start_server(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "TELLONCE_DATABASE_URL": settings.database_url,
@@ -46,8 +43,6 @@ def _start_server(settings: Settings, port: int, log_path: Path, witnesses: str)
         "TELLONCE_WEBHOOK_ALLOW_PRIVATE": "true",
         "TELLONCE_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "TELLONCE_LOG_LEVEL": os.environ.get("TELLONCE_LOG_LEVEL", "WARNING"),
-        # The checkpoints are cosigned by the demo's two witnesses (quorum: both).
-        "TELLONCE_AUDIT_WITNESSES": witnesses,
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
@@ -124,20 +119,11 @@ def demo(
         console.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from None
     log_path = settings.data_dir / "server.log"
-    try:
-        witnesses = demo_witnesses.start_witnesses(settings, government.log_verifier_key(settings))
-    except RuntimeError as exc:
-        console.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(1) from None
-    for witness in witnesses:
-        console.print(f"witness: {witness.spec.title} on {witness.url}", highlight=False)
     console.print(f"starting the API on {base_url} (log: {log_path})")
-    process = _start_server(settings, port, log_path, demo_witnesses.witnesses_setting(witnesses))
+    process = _start_server(settings, port, log_path)
     try:
         _wait_healthy(process, base_url, log_path)
-        report = asyncio.run(
-            government.run(settings, prepared, base_url, duration, seed, console, [w.vkey for w in witnesses])
-        )
+        report = asyncio.run(government.run(prepared, base_url, duration, seed, console))
         render(console, report)
         console.print()
         console_available = _answers(f"{base_url}/console/sign-in")
@@ -151,4 +137,3 @@ def demo(
         console.print("stopping")
     finally:
         _stop(process)
-        demo_witnesses.stop_witnesses(witnesses)

@@ -1,25 +1,26 @@
-"""A department's system, as the demo drives it: a real HTTP client with its own OAuth2
-credentials (client credentials grant against ``/oauth/token``), calling the REST API.
+"""A department's system, as the demo drives it: the ``tellonce-client`` library
+(``clients/python``) with the department's own OAuth2 credentials, calling the REST API.
 
-Every call is counted in the shared ``Tally``: a 2xx is an allowed request, a 403 or a
-404 from the access path is a denial (404 is how the service refuses a caller that may not
-even know the citizen exists), anything else is an error.
+Every counted call is recorded in the shared ``Tally``: a 2xx is an allowed request, a 403
+or a 404 from the access path is a denial (404 is how the service refuses a caller that
+may not even know the citizen exists), anything else is an error.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
+from tellonce_client import ApiError, ClientSecret, RetryPolicy, TellonceClient
+from tellonce_client import models as api
 
 from service.sim.tally import Tally
 
-# Renew a token this long before it expires, so no request races its expiry.
-TOKEN_MARGIN_SECONDS = 20.0
+T = TypeVar("T")
+# The demo measures the service: a refusal is counted as it comes, never retried away.
+NO_RETRIES = RetryPolicy(attempts=1)
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,30 @@ class DemoHttpError(Exception):
     """A call the scenario expected to succeed did not; the message names the call only."""
 
 
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """What a counted call came to: its status, and the typed answer when it succeeded."""
+
+    status: int
+    value: T | None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
 class DepartmentClient:
     """One department system. Shares an ``httpx.AsyncClient`` (and its pool) with the others."""
 
     def __init__(self, http: httpx.AsyncClient, credentials: Credentials, tally: Tally) -> None:
-        self.http = http
         self.credentials = credentials
         self.tally = tally
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = asyncio.Lock()
+        self.api = TellonceClient(
+            str(http.base_url),
+            ClientSecret(credentials.client_id, credentials.client_secret),
+            http=http,
+            retry=NO_RETRIES,
+        )
 
     @property
     def department(self) -> str:
@@ -76,150 +91,110 @@ class DepartmentClient:
     def __repr__(self) -> str:
         return f"DepartmentClient({self.department!r}, {self.credentials.client_id!r})"
 
-    # --- tokens -----------------------------------------------------------------------
+    async def _counted(self, call: Awaitable[T], success: int = 200) -> Outcome[T]:
+        try:
+            value = await call
+        except ApiError as refused:
+            self.tally.record_call(self.department, refused.status)
+            return Outcome(refused.status, None)
+        self.tally.record_call(self.department, success)
+        return Outcome(success, value)
 
-    async def token(self, *, renew: bool = False) -> str:
-        async with self._token_lock:
-            if not renew and self._token is not None and time.monotonic() < self._token_expires:
-                return self._token
-            response = await self.http.post(
-                "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                auth=(self.credentials.client_id, self.credentials.client_secret),
-            )
-            if response.status_code != 200:
-                raise DemoHttpError(f"{self.department}: token request answered {response.status_code}")
-            body = response.json()
-            self._token = str(body["access_token"])
-            lifetime = float(body.get("expires_in", 300))
-            self._token_expires = time.monotonic() + max(1.0, lifetime - TOKEN_MARGIN_SECONDS)
-            return self._token
-
-    # --- one counted call -------------------------------------------------------------
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        count: bool = True,
-    ) -> httpx.Response:
-        """Send a request with a bearer token; renew the token once on a 401."""
-        response: httpx.Response | None = None
-        for attempt in range(2):
-            token = await self.token(renew=attempt > 0)
-            sent_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
-            response = await self.http.request(method, path, json=json, params=params, headers=sent_headers)
-            if response.status_code != 401:
-                break
-        assert response is not None  # noqa: S101 - the loop runs at least once
-        if count:
-            self.tally.record_call(self.department, response.status_code)
-        return response
+    async def _expected(self, call: Awaitable[T], what: str) -> T:
+        """A call outside the counted traffic that must succeed (set-up, the report)."""
+        try:
+            return await call
+        except ApiError as refused:
+            raise DemoHttpError(f"{self.department}: {what} answered {refused.status}") from None
 
     # --- the citizen API --------------------------------------------------------------
 
+    async def lookup_outcome(
+        self, national_id: str, purpose: str, *, case_ref: str | None = None
+    ) -> Outcome[api.LookupOut]:
+        return await self._counted(self.api.lookup(national_id, purpose, case_ref=case_ref))
+
     async def lookup(self, national_id: str, purpose: str, *, case_ref: str | None = None) -> str | None:
-        response = await self.call(
-            "POST",
-            "/v1/citizens/lookup",
-            json={"national_id": national_id, "purpose": purpose},
-            headers=_case_ref(case_ref),
-        )
-        if response.status_code == 200:
-            return str(response.json()["id"])
-        return None
+        found = await self.lookup_outcome(national_id, purpose, case_ref=case_ref)
+        return found.value.id if found.value is not None else None
 
     async def read(
         self, citizen_id: str, fields: Sequence[str], purpose: str, *, case_ref: str | None = None
-    ) -> httpx.Response:
-        return await self.call(
-            "GET",
-            f"/v1/citizens/{citizen_id}",
-            params={"fields": ",".join(fields), "purpose": purpose},
-            headers=_case_ref(case_ref),
-        )
+    ) -> Outcome[api.CitizenOut]:
+        return await self._counted(self.api.read_citizen(citizen_id, purpose, fields, case_ref=case_ref))
 
     async def read_values(
         self, citizen_id: str, fields: Sequence[str], purpose: str
     ) -> dict[str, Any] | None:
         """The released values, or None if the read was refused."""
-        response = await self.read(citizen_id, fields, purpose)
-        if response.status_code != 200:
+        read = await self.read(citizen_id, fields, purpose)
+        if read.value is None:
             return None
-        released: dict[str, Any] = response.json().get("fields", {})
-        return {name: item.get("value") for name, item in released.items()}
+        return {name: item.value for name, item in read.value.fields.items()}
 
     async def write(
         self, citizen_id: str, fields: Mapping[str, Any], reason: str, *, purpose: str | None = None
-    ) -> httpx.Response:
-        body: dict[str, Any] = {"fields": dict(fields), "reason": reason}
-        if purpose is not None:
-            body["purpose"] = purpose
-        return await self.call("PATCH", f"/v1/citizens/{citizen_id}/fields", json=body)
+    ) -> Outcome[api.WriteOut]:
+        return await self._counted(self.api.write_fields(citizen_id, fields, reason, purpose=purpose))
 
     async def verify(
         self, citizen_id: str, purpose: str, claims: Mapping[str, Mapping[str, Any]]
-    ) -> httpx.Response:
-        return await self.call(
-            "POST", f"/v1/citizens/{citizen_id}/verify", json={"purpose": purpose, "claims": dict(claims)}
-        )
+    ) -> Outcome[api.VerifyOut]:
+        return await self._counted(self.api.verify(citizen_id, purpose, claims))
 
     # --- tell-us-once events ----------------------------------------------------------
 
+    async def subscriptions(self) -> list[api.SubscriptionOut] | None:
+        """This department's subscriptions; None if the server has no events service."""
+        try:
+            return [item async for item in self.api.iter_subscriptions()]
+        except ApiError as refused:
+            if refused.status in (404, 405):
+                return None
+            raise DemoHttpError(
+                f"{self.department}: listing subscriptions answered {refused.status}"
+            ) from None
+
+    async def unsubscribe(self, subscription_id: str) -> None:
+        await self._expected(self.api.delete_subscription(subscription_id), "unsubscribing")
+
     async def subscribe(
         self, fields: Sequence[str], purpose: str, *, url: str | None = None
-    ) -> dict[str, Any]:
+    ) -> api.SubscriptionCreated:
         """Subscribe to changes of ``fields`` for ``purpose``: by webhook to ``url``, or by the feed."""
-        body: dict[str, Any] = {"fields": list(fields), "purpose": purpose}
-        if url is not None:
-            body["webhook_url"] = url
-        response = await self.call("POST", "/v1/subscriptions", json=body, count=False)
-        if response.status_code not in (200, 201):
-            raise DemoHttpError(f"{self.department}: subscribing answered {response.status_code}")
-        result: dict[str, Any] = response.json()
-        return result
+        return await self._expected(self.api.subscribe(fields, purpose, webhook_url=url), "subscribing")
 
     async def events(self, after: str | None, wait: float) -> tuple[list[dict[str, Any]], str | None]:
-        params = {"wait": f"{wait:g}"}
-        if after is not None:
-            params["after"] = after
-        response = await self.call("GET", "/v1/events", params=params, count=False)
-        if response.status_code != 200:
-            raise DemoHttpError(f"{self.department}: the event feed answered {response.status_code}")
-        body = response.json()
-        cursor = body.get("cursor")
-        return list(body.get("items", [])), (str(cursor) if cursor is not None else after)
+        page = await self._expected(self.api.events(after, wait=wait), "the event feed")
+        return [item.model_dump(mode="json") for item in page.items], page.cursor or after
 
     # --- policies and audit -----------------------------------------------------------
 
-    async def revoke(self, agreement_id: str) -> httpx.Response:
-        return await self.call("DELETE", f"/v1/policies/{agreement_id}", count=False)
+    async def revoke(self, agreement_id: str) -> Outcome[api.AgreementOut]:
+        try:
+            return Outcome(200, await self.api.revoke_agreement(agreement_id))
+        except ApiError as refused:
+            return Outcome(refused.status, None)
 
     async def usage(self) -> list[dict[str, Any]]:
         """Every row of the usage report, following the cursor."""
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            params = {"limit": "1000"}
-            if cursor is not None:
-                params["cursor"] = cursor
-            response = await self.call("GET", "/v1/audit/reports/usage", params=params, count=False)
-            if response.status_code != 200:
-                raise DemoHttpError(f"{self.department}: the usage report answered {response.status_code}")
-            body = response.json()
-            items.extend(body.get("items", []))
-            cursor = body.get("next_cursor")
-            if not cursor:
-                return items
+        try:
+            return [row.model_dump() async for row in self.api.iter_usage()]
+        except ApiError as refused:
+            raise DemoHttpError(f"{self.department}: the usage report answered {refused.status}") from None
+
+    async def verifier_key(self) -> str:
+        return await self._expected(self.api.verifier_key(), "the verifier key")
+
+    async def export(self) -> list[str]:
+        """Every audit entry, as the JSON lines of ``/v1/audit/export``."""
+        try:
+            return [line async for line in self.api.export_audit(format="jsonl")]
+        except ApiError as refused:
+            raise DemoHttpError(f"{self.department}: the audit export answered {refused.status}") from None
 
     async def checkpoint(self) -> str | None:
-        response = await self.call("GET", "/v1/audit/checkpoint", count=False)
-        return response.text if response.status_code == 200 else None
-
-
-def _case_ref(case_ref: str | None) -> dict[str, str]:
-    return {"X-Case-Ref": case_ref} if case_ref else {}
+        try:
+            return await self.api.checkpoint()
+        except ApiError:
+            return None

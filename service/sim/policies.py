@@ -8,10 +8,10 @@ from pathlib import Path
 from rich.console import Console
 
 from service.auth.dependencies import Principal
+from service.auth.facts import RequestFacts
 from service.db import Database
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
-from service.records.service import Access
 from service.sim.setup import DemoClients
 
 
@@ -31,8 +31,8 @@ async def apply(database: Database, directory: Path, console: Console) -> None:
     )
 
 
-def seeding_access(clients: DemoClients) -> Access:
+def seeding_facts(clients: DemoClients) -> RequestFacts:
     """The register's system registers the population: its client id is on every entry."""
     register = clients.systems["register"]
     principal = Principal.with_roles(register.client_id, register.department, *register.roles)
-    return Access(principal=principal, request_id=f"demo-seed-{uuid.uuid4()}", source=None, case_ref=None)
+    return RequestFacts(principal=principal, request_id=f"demo-seed-{uuid.uuid4()}")

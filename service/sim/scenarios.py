@@ -115,18 +115,16 @@ async def subscribe_all(gov: Government) -> bool:
     False if the server has no events service (``/v1/subscriptions`` is not routed)."""
     for department in (*WEBHOOK_SUBSCRIBERS, *FEED_SUBSCRIBERS):
         system = gov.systems[department]
-        existing = await system.call("GET", "/v1/subscriptions", count=False)
-        if existing.status_code in (404, 405):
+        existing = await system.subscriptions()
+        if existing is None:
             return False
-        if existing.status_code == 200:
-            for item in existing.json().get("items", []):
-                await system.call("DELETE", f"/v1/subscriptions/{item['id']}", count=False)
+        for item in existing:
+            await system.unsubscribe(item.id)
         url = gov.receivers.url_for(department) if department in WEBHOOK_SUBSCRIBERS else None
         for fields, purpose in SUBSCRIPTIONS:
             created = await system.subscribe(fields, purpose, url=url)
-            secret = created.get("secret")
-            if url is not None and isinstance(secret, str):
-                gov.receivers.trust(department, secret)
+            if url is not None and created.secret is not None:
+                gov.receivers.trust(department, created.secret)
         if url is None:
             cursor: str | None = None
             while True:
@@ -185,7 +183,7 @@ async def act_on(gov: Government, delivery: Delivery) -> None:
 
         name, value, label = action
         response = await system.write(citizen_id, {name: value}, "death told once, by the register")
-        if response.status_code == 200:
+        if response.ok:
             gov.tally.actions[label] += 1
     elif "address" in fields or "postcode" in fields:
         values = await system.read_values(citizen_id, ["address", "postcode"], "address-update")
@@ -212,7 +210,7 @@ async def move_house(gov: Government) -> None:
         "the citizen told DVLA of a new address",
         purpose="address-update",
     )
-    if response.status_code == 200:
+    if response.ok:
         gov.tally.life_events["moved house"] += 1
 
 
@@ -226,7 +224,7 @@ async def register_death(gov: Government) -> None:
     response = await register.write(
         citizen.citizen_id, {"date_of_death": REFERENCE_DATE.isoformat()}, "death registered"
     )
-    if response.status_code == 200:
+    if response.ok:
         gov.tally.life_events["death registered"] += 1
 
 
@@ -241,13 +239,13 @@ async def renew_licence(gov: Government) -> None:
         return
     adult = REFERENCE_DATE.replace(year=REFERENCE_DATE.year - 17)
     verified = await dvla.verify(citizen_id, purpose, {"date_of_birth": {"lte": adult.isoformat()}})
-    if verified.status_code != 200 or not verified.json().get("results", {}).get("date_of_birth"):
+    if verified.value is None or not verified.value.results.get("date_of_birth"):
         return
     address = await dvla.read_values(citizen_id, ["address", "postcode"], purpose)
     if address is None:
         return
     response = await dvla.write(citizen_id, {"licence_status": "valid"}, "licence renewed")
-    if response.status_code == 200:
+    if response.ok:
         gov.tally.life_events["licence renewed"] += 1
 
 
@@ -263,14 +261,14 @@ async def claim_benefit(gov: Government) -> None:
     resides = await dwp.verify(
         citizen_id, purpose, {"immigration_status": {"in": ["citizen", "settled", "pre-settled"]}}
     )
-    if resides.status_code != 200:
+    if not resides.ok:
         return
     # Partial answers are normal: after the revocation the band is withheld, with the reason.
     evidence = await dwp.read(citizen_id, ["licence_status", "council_tax_band"], purpose)
-    if evidence.status_code != 200:
+    if not evidence.ok:
         return
     response = await dwp.write(citizen_id, {"benefit_status": "claimed"}, "benefit claimed")
-    if response.status_code == 200:
+    if response.ok:
         gov.tally.life_events["benefit claimed"] += 1
 
 
@@ -293,7 +291,7 @@ async def _overreach_read(
         if citizen_id is None:
             return
     response = await system.read(citizen_id or citizen.citizen_id, fields, purpose)
-    gov.deny(department, attempt, response.status_code)
+    gov.deny(department, attempt, response.status)
 
 
 async def over_reach(gov: Government) -> None:
@@ -350,12 +348,8 @@ async def _lookup_without_case_ref(gov: Government) -> None:
     if citizen is None:
         return
     system = gov.systems["home-office"]
-    response = await system.call(
-        "POST",
-        "/v1/citizens/lookup",
-        json={"national_id": citizen.national_id, "purpose": "immigration-control"},
-    )
-    gov.deny("home-office", "look-up without the required case reference", response.status_code)
+    response = await system.lookup_outcome(citizen.national_id, "immigration-control")
+    gov.deny("home-office", "look-up without the required case reference", response.status)
 
 
 LIFE_EVENTS: dict[str, Callable[[Government], Awaitable[None]]] = {
@@ -373,7 +367,7 @@ LIFE_EVENTS: dict[str, Callable[[Government], Awaitable[None]]] = {
 async def revoke(gov: Government) -> None:
     """The council withdraws an agreement through the policy API; it applies at once."""
     response = await gov.owners["council"].revoke(REVOKED_AGREEMENT)
-    if response.status_code in (200, 204):
+    if response.ok:
         gov.revoked = True
         gov.tally.actions["council revoked an agreement"] += 1
 

@@ -1,6 +1,7 @@
 """Small webhook receivers on a loopback port, one path per department.
 
-Each receiver checks the Standard Webhooks signature with the secret its subscription
+Each receiver checks the Standard Webhooks signature (``tellonce_client.WebhookVerifier``)
+with the secret its subscription
 returned, refuses anything unsigned or forged with 401, and hands the event's ``data`` to
 the department's queue. The department acts on it from there (reads the new value for a
 purpose, or writes its own field), as its real system would.
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from tellonce_client import WebhookVerificationError, WebhookVerifier
 
 logger = logging.getLogger("tellonce.sim")
 STARTUP_SECONDS = 10.0
@@ -45,7 +46,7 @@ class WebhookReceivers:
     port: int = 0
     deliveries: asyncio.Queue[Delivery] = field(default_factory=asyncio.Queue)
     # A department may hold several subscriptions, each with its own signing secret.
-    verifiers: dict[str, list[Webhook]] = field(default_factory=dict)
+    verifiers: dict[str, list[WebhookVerifier]] = field(default_factory=dict)
     refused: int = 0
 
     def url_for(self, department: str) -> str:
@@ -53,7 +54,7 @@ class WebhookReceivers:
 
     def trust(self, department: str, secret: str) -> None:
         """Accept deliveries to ``department`` signed with ``secret`` (a ``whsec_...`` string)."""
-        self.verifiers.setdefault(department, []).append(Webhook(secret))
+        self.verifiers.setdefault(department, []).append(WebhookVerifier(secret))
 
     async def _receive(self, request: Request) -> Response:
         department = request.path_params["department"]
@@ -103,9 +104,9 @@ class WebhookReceivers:
             sock.close()
 
 
-def _verifies(verifier: Webhook, body: bytes, headers: dict[str, str]) -> bool:
+def _verifies(verifier: WebhookVerifier, body: bytes, headers: dict[str, str]) -> bool:
     try:
-        verifier.verify(body, headers)
+        verifier.verify(headers, body)
     except WebhookVerificationError:
         return False
     return True

@@ -47,7 +47,10 @@ class TestTwoProcesses:
         # Both servers start at once (each takes seconds to import on a loaded machine).
         servers = list(
             await asyncio.gather(
-                *(asyncio.to_thread(start_server, env, tmp_path / f"server-{n}.log") for n in range(2))
+                *(
+                    asyncio.to_thread(start_server, env, tmp_path / f"server-{n}.log", timeout=90)
+                    for n in range(2)
+                )
             )
         )
         try:

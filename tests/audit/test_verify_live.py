@@ -34,7 +34,7 @@ async def log(scratch_database: str) -> AsyncIterator[tuple[AsyncEngine, NoteSig
 class TestVerifyNow:
     async def test_an_intact_log_verifies(self, log: tuple[AsyncEngine, NoteSigner, list[int]]) -> None:
         engine, signer, _ids = log
-        assert await verify_log(engine, NoteVerifier.parse(signer.verifier_key())) == (12, 2)
+        assert await verify_log(engine.connect, NoteVerifier.parse(signer.verifier_key())) == (12, 2)
 
     async def test_leaves_added_while_it_runs_are_left_for_next_time(
         self, log: tuple[AsyncEngine, NoteSigner, list[int]], monkeypatch: pytest.MonkeyPatch
@@ -51,7 +51,7 @@ class TestVerifyNow:
             return 12
 
         monkeypatch.setattr(audit_repository, "tree_size", size_at_start)
-        assert await verify_log(engine, NoteVerifier.parse(signer.verifier_key())) == (12, 2)
+        assert await verify_log(engine.connect, NoteVerifier.parse(signer.verifier_key())) == (12, 2)
 
     async def test_a_changed_entry_is_named(self, log: tuple[AsyncEngine, NoteSigner, list[int]]) -> None:
         engine, signer, ids = log
@@ -66,4 +66,4 @@ class TestVerifyNow:
                 {"id": ids[5]},
             )
         with pytest.raises(VerificationFailed, match=f"entry {ids[5]} at leaf 5 no longer matches"):
-            await verify_log(engine, NoteVerifier.parse(signer.verifier_key()))
+            await verify_log(engine.connect, NoteVerifier.parse(signer.verifier_key()))

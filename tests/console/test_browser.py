@@ -270,8 +270,7 @@ class TestAudit:
         await page.get_by_role("button", name="Verify the whole log now").click()
         result = page.locator("#verify-result")
         await expect(result).to_contain_text("The log verified")
-        await expect(result).to_contain_text("every column auditors filter on was checked against its entry")
-        await expect(result).to_contain_text("the tree matches all")
+        await expect(result).to_contain_text("entries were hashed again; the tree matches all")
         await shot(page, console_site, "audit-verified")
 
         # The auditor's own console queries are in the log, under its client id.
@@ -360,13 +359,6 @@ class TestCitizenView:
             reads[0],
         ), reads[0]
         assert any(t.startswith("On ") and "registered your record" in t for t in texts)
-        # Every line was proven server-side against the signed checkpoint (no witnesses here).
-        proof = page.locator("#access-log-proof")
-        await expect(proof).to_contain_text(
-            f"Each of these {len(texts)} lines is proven to be in the audit log"
-        )
-        await expect(proof).to_contain_text("no independent witnesses are configured")
-        await expect(proof).to_contain_text("the same code an outside verifier uses")
         await shot(page, console_site, "citizen-view")
 
         await page.get_by_label("Citizen ID").fill("00000000-0000-4000-8000-000000000000")

@@ -9,7 +9,7 @@ import pytest
 
 from service.catalog.schemas import Catalog
 from service.console import audit_pages, chart, forms, wording
-from service.console.ports import UsageRow
+from service.console.views import UsageRow
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -8,6 +8,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from service.crypto.keyring import KeyEvent, Keyring
 from service.db import create_engine
 from tests.fixtures.crypto import make_keyring
+from tests.fixtures.softhsm import SoftHsm, softhsm_session
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """A SoftHSM2 token store of the run's own (see tests/fixtures/softhsm.py)."""
+    yield from softhsm_session(tmp_path_factory.mktemp("softhsm"))
 
 
 @pytest.fixture

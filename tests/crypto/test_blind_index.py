@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from service.crypto.aead import DataKey, encrypt_value
 from service.crypto.blind_index import BLIND_INDEX_BYTES, normalise
+from service.crypto.providers import LocalKeyProvider
 from tests.fixtures.crypto import make_keyring
 
 ROOT = secrets.token_bytes(32)
@@ -83,5 +84,7 @@ class TestSeparation:
             assert before not in ciphertext
         assert KEYRING.blind_index("national_id", value) == before
         # And the blind-index root is not the KEK-wrapping key: same root, other label.
-        assert repr(KEYRING.provider.blind_index_root()) == "KeyMaterial(<32 bytes hidden>)"
-        assert KEYRING.provider.blind_index_root().reveal() != ROOT
+        provider = KEYRING.provider
+        assert isinstance(provider, LocalKeyProvider)
+        assert repr(provider.blind_index_root()) == "KeyMaterial(<32 bytes hidden>)"
+        assert provider.blind_index_root().reveal() != ROOT

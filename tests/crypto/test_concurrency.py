@@ -48,5 +48,5 @@ class TestAppKeyring:
         assert isinstance(keyring, Keyring)
         assert keyring.provider.name == "local"
 
-        # What KeyringDep resolves to inside a request.
+        # What the get_keyring dependency resolves to inside a request.
         assert await get_keyring(Request({"type": "http", "app": app})) is keyring

@@ -15,6 +15,7 @@ from service.crypto.aead import DataKey, decrypt_value
 from service.crypto.errors import CiphertextIntegrityError, CitizenShredded, DataKeyDestroyed, DataKeyMissing
 from service.crypto.keyring import DATA_KEYS, KEKS, KeyEvent, Keyring, kek_context
 from service.crypto.material import KeyMaterial
+from service.crypto.providers import LocalKeyProvider
 from service.db import utcnow
 from service.records.models import FieldValue
 from tests.fixtures.crypto import add_citizens, clock_at, make_keyring, write_value
@@ -164,8 +165,10 @@ class TestShredding:
         # (as if it were the data key) and on every wrapped data key left in the table:
         # nothing yields the plaintext.
         keks = (await conn.execute(select(KEKS))).all()
+        provider = keyring.provider
+        assert isinstance(provider, LocalKeyProvider)
         kek_materials = [
-            await keyring.provider.unwrap(k.wrapped_key, context=kek_context(k.department, k.version))
+            await provider.unwrap(k.wrapped_key, context=kek_context(k.department, k.version))
             for k in keks
             if k.wrapped_key is not None
         ]

@@ -91,13 +91,8 @@ class TestDemoReport:
         assert "over-reach refused" in demo_run.output
 
     def test_the_audit_log_verifies(self, demo_run: DemoRun) -> None:
-        match = re.search(
-            r"audit verified: (\d+) entries, checkpoint ([A-Za-z0-9+/]+=*), cosigned by 2 of 2 witnesses",
-            demo_run.output,
-        )
+        match = re.search(r"audit verified: (\d+) entries, checkpoint ([A-Za-z0-9+/]+=*)", demo_run.output)
         assert match is not None, demo_run.output
-        assert "witness: the National Audit Office on http://127.0.0.1:" in demo_run.output
-        assert "witness: the Information Commissioner on http://127.0.0.1:" in demo_run.output
         requests = demo_run.number(r"requests: (\d+)")
         # 50 registrations, then an entry for every counted request at least.
         assert int(match.group(1)) >= 50 + requests
@@ -132,6 +127,4 @@ class TestDemoRerun:
         assert (demo_run.workdir / ".tellonce" / "clients.json").read_text() == clients_before
         # The agreement the first run revoked is active again, and the log still verifies.
         assert "1 updated" in second.output
-        assert re.search(r"audit verified: \d+ entries, .* cosigned by 2 of 2 witnesses", second.output), (
-            second.output
-        )
+        assert re.search(r"audit verified: \d+ entries", second.output), second.output

@@ -1,14 +1,21 @@
-"""Records tests run against a committed scratch database per module.
+"""Records tests: the service on the rolled-back test transaction, or the API on a
+committed scratch database.
 
-The access path uses its own pooled connections (not the request session), so it cannot
-see a rolled-back test transaction. Each module gets a fresh migrated database with the
-test catalog and the agreements in ``tests/records/policies`` applied by the real CLI.
-A test chooses its caller per request with the ``X-Test-As: department:role,role`` header,
-which a test-only override of ``get_principal`` reads.
+``records_tx`` runs the records service on the test's own transaction
+(``RecordsService.in_transaction``): the agreements in ``tests/records/policies`` are
+applied in it and everything is rolled back after the test.
+
+``records_env`` serves the HTTP API, whose access path uses its own pooled connections
+and raw-driver store (not the request session), so it cannot see a rolled-back test
+transaction. Each module gets a fresh migrated database with the same agreements applied
+by the real CLI. A test chooses its caller per request with the
+``X-Test-As: department:role,role`` header, which a test-only override of
+``get_principal`` reads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,11 +28,20 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.app import create_app
+from service.audit.models import AuditEntryRow
 from service.auth.dependencies import Principal, get_principal
+from service.auth.facts import RequestFacts
 from service.config import Settings
+from service.crypto.keyring import Keyring
 from service.errors import Unauthenticated
+from service.policy import service as policy_service
+from service.policy.loader import load_policy_folder
+from service.policy.service import PolicyHolder
+from service.records.service import RecordsService
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 
 RECORDS_POLICIES = Path(__file__).parent / "policies"
@@ -110,3 +126,37 @@ async def records_env(
                 yield RecordsEnv(app=app, client=client, database_url=url, settings=settings)
     finally:
         await drop_scratch_database(url)
+
+
+def facts_as(department: str, *roles: str, purpose: str | None = None) -> RequestFacts:
+    """The request facts of a client of ``department`` with ``roles``."""
+    principal = Principal.with_roles(f"{department}-client", department, *roles)
+    return RequestFacts(principal=principal, request_id=f"test-{uuid.uuid4()}", purpose=purpose)
+
+
+@dataclass
+class RecordsTx:
+    """The records service on the test's transaction, and that transaction's connection."""
+
+    records: RecordsService
+    conn: AsyncConnection
+    keyring: Keyring
+
+    async def audit_entries(self, citizen_id: str) -> list[dict[str, Any]]:
+        """The canonical audit entries about ``citizen_id``, oldest first."""
+        rows = await self.conn.execute(
+            select(AuditEntryRow.canonical)
+            .where(AuditEntryRow.citizen_id == citizen_id)
+            .order_by(AuditEntryRow.id)
+        )
+        return [json.loads(canonical) for (canonical,) in rows]
+
+
+@pytest.fixture
+async def records_tx(session: AsyncSession, settings: Settings) -> RecordsTx:
+    folder = load_policy_folder(RECORDS_POLICIES)
+    await policy_service.apply_folder(session, folder, author="tests", reason="records tests")
+    await session.flush()
+    conn = await session.connection()
+    keyring = Keyring.from_settings(settings)
+    return RecordsTx(RecordsService.in_transaction(conn, keyring, PolicyHolder()), conn, keyring)

@@ -475,6 +475,20 @@ class TestBatchAndErase:
             f"/v1/citizens/{citizen_id}", params={"purpose": "benefit-eligibility"}, headers=WELFARE
         )
         problem(read, 410)
+        # batch-get gives the same answer, per citizen: nothing released, "erased" for each field.
+        batch = await records_env.client.post(
+            "/v1/citizens/batch-get",
+            json={"ids": [citizen_id], "fields": ["given_name"], "purpose": "benefit-eligibility"},
+            headers=WELFARE,
+        )
+        assert batch.status_code == 200, batch.text
+        assert batch.json()["items"] == [
+            {
+                "id": citizen_id,
+                "fields": {},
+                "withheld": [{"field": "given_name", "reason": "the citizen's record was erased"}],
+            }
+        ]
         lookup = await records_env.client.post(
             "/v1/citizens/lookup",
             json={"national_id": national_id, "purpose": "benefit-eligibility"},

@@ -36,6 +36,12 @@ class TestAuditedChanges:
         assert mine[0]["department"] == "dvla"
         assert mine[0]["reasons"][0]["version"] == 1
 
+    async def test_a_policy_change_from_the_command_line_is_audited(self, records_env: RecordsEnv) -> None:
+        # records_env applied tests/records/policies with `tellonce policies apply`, whose
+        # start wires the hook (the command module connects nothing at import).
+        changes = await entries(records_env, action="policy-change")
+        assert {e["department"] for e in changes} >= {"register", "dvla", "welfare"}
+
     async def test_erasure_records_the_key_shredding(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register(given_name="Keyed")
         erased = await records_env.client.delete(

@@ -12,19 +12,20 @@ import hashlib
 import hmac
 import unicodedata
 import uuid
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 
 from service.auth.dependencies import Principal
+from service.auth.facts import RequestFacts
 from service.crypto.blind_index import NORMALISATION_VERSION
 from service.db import Database
 from service.errors import Conflict
-from service.records import values
+from service.records import seeding, values
 from service.records.errors import InvalidFieldValue
 from service.records.reindex import rebuild_blind_indexes
-from service.records.service import Access, RecordsService
 from tests.records.conftest import RecordsEnv, as_
 from tests.security.conftest import problem
 
@@ -92,34 +93,29 @@ class TestLookup:
         problem(await _lookup(security_env, plain + "\u200b"), 422)
 
 
+async def _seed(env: RecordsEnv, citizens: list[dict[str, Any]]) -> list[str]:
+    """Bulk registration as an operator's loader runs it: one transaction, committed."""
+    principal = Principal.with_roles("seeding-client", "register", "registrar")
+    registrar = RequestFacts(principal=principal, request_id="seed-test")
+    database: Database = env.app.state.database
+    async with database.engine.begin() as conn:
+        return await seeding.register_population(conn, env.app.state.keyring, registrar, citizens)
+
+
 class TestBulkRegistration:
-    def _service(self, env: RecordsEnv) -> RecordsService:
-        state = env.app.state
-        return RecordsService(state.database, state.keyring, state.audit_writer, state.records_reader)
-
-    def _registrar(self) -> Access:
-        principal = Principal.with_roles("seeding-client", "register", "registrar")
-        return Access(principal=principal, request_id="seed-test", source=None, case_ref=None)
-
     async def test_lookalikes_in_one_batch_conflict(self, security_env: RecordsEnv) -> None:
         plain = _fresh_id()
         with pytest.raises(Conflict):
-            await self._service(security_env).register_population(
-                self._registrar(), [{"national_id": plain}, {"national_id": _fullwidth(plain)}]
-            )
+            await _seed(security_env, [{"national_id": plain}, {"national_id": _fullwidth(plain)}])
 
     async def test_a_lookalike_of_a_registered_id_conflicts(self, security_env: RecordsEnv) -> None:
         _, plain = await security_env.register(national_id=_fresh_id())
         with pytest.raises(Conflict):
-            await self._service(security_env).register_population(
-                self._registrar(), [{"national_id": _fullwidth(plain)}]
-            )
+            await _seed(security_env, [{"national_id": _fullwidth(plain)}])
 
     async def test_an_invisible_character_is_refused(self, security_env: RecordsEnv) -> None:
         with pytest.raises(InvalidFieldValue):
-            await self._service(security_env).register_population(
-                self._registrar(), [{"national_id": _fresh_id() + "\u200b"}]
-            )
+            await _seed(security_env, [{"national_id": _fresh_id() + "\u200b"}])
 
 
 def _old_index(env: RecordsEnv, value: str) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from service.db import Database
-from service.records.reader import PostgresReader
+from service.records.store import PostgresStore
 from tests.records.conftest import RecordsEnv, as_
 
 REGISTER = as_("register", "registrar")
@@ -39,20 +39,20 @@ async def database_refusing_connections(env: RecordsEnv) -> AsyncIterator[None]:
     (as a stopped PostgreSQL refuses connections)."""
     port = _closed_port()
     state = env.app.state
-    saved = state.database, state.records_reader
+    saved = state.database, state.records_store
     state.database = Database(
         env.settings.model_copy(
             update={"database_url": f"postgresql+asyncpg://tellonce:unused@127.0.0.1:{port}/tellonce"}
         )
     )
     pool = await asyncpg.create_pool(f"postgresql://tellonce:unused@127.0.0.1:{port}/tellonce", min_size=0)
-    state.records_reader = PostgresReader(pool)
+    state.records_store = PostgresStore(pool)
     try:
         yield
     finally:
         await state.database.dispose()
         await pool.close()
-        state.database, state.records_reader = saved
+        state.database, state.records_store = saved
 
 
 def _assert_503(response: httpx.Response) -> dict[str, Any]:

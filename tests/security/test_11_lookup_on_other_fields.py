@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.dependencies import Principal
-from service.console.backend import DomainBackend
+from service.catalog import service as catalog_service
+from service.console.drafts import check_draft
 from service.policy.loader import load_policy_folder
 from service.sourcefile import SourceFileError
 from tests.records.conftest import RecordsEnv, as_
@@ -73,7 +74,8 @@ async def test_the_api_refuses_it(security_env: RecordsEnv) -> None:
 async def test_the_consoles_form_refuses_it(security_env: RecordsEnv) -> None:
     owner = Principal.with_roles("register-owner", "register", "data-owner")
     async with AsyncSession(security_env.app.state.database.engine) as session:
-        checked = await DomainBackend().check_draft(session, owner, dict(LOOKUP_BY_NAME), creating=True)
+        _version, catalog = await catalog_service.current(session)
+        checked = await check_draft(session, catalog, owner, dict(LOOKUP_BY_NAME), creating=True)
     assert checked.content is None
     assert any(MESSAGE.capitalize() in message for _field, message in checked.errors)
 

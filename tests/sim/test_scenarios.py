@@ -44,14 +44,31 @@ class StandIn:
         self.calls.append((department, request.method, request.url.path, body or dict(request.url.params)))
         if request.url.path == "/v1/citizens/lookup":
             return httpx.Response(200, json={"id": "c-" + body["national_id"]})
-        if request.method == "GET" and request.url.path.startswith("/v1/citizens/"):
+        citizen_id = request.url.path.split("/")[3] if request.url.path.startswith("/v1/citizens/") else ""
+        if request.method == "GET" and citizen_id:
             fields = request.url.params["fields"].split(",")
             if set(fields) <= self.deny_fields:
-                return httpx.Response(403, json={"status": 403})
+                return httpx.Response(
+                    403,
+                    json={"type": "about:blank", "title": "Forbidden", "status": 403},
+                    headers={"content-type": "application/problem+json"},
+                )
+            released = {
+                name: {"value": "2026-11-29", "version": 1, "updated_at": None, "owner": "register"}
+                for name in fields
+            }
             return httpx.Response(
-                200, json={"fields": {name: {"value": "2026-11-29"} for name in fields}, "withheld": []}
+                200,
+                json={"id": citizen_id, "status": "active", "version": 1, "fields": released, "withheld": []},
             )
-        return httpx.Response(200, json={})
+        if request.method == "PATCH":
+            written = dict.fromkeys(body["fields"], 2)
+            return httpx.Response(
+                200, json={"id": citizen_id, "status": "active", "version": 2, "fields": written}
+            )
+        if request.url.path.endswith("/verify"):
+            return httpx.Response(200, json={"results": dict.fromkeys(body["claims"], True)})
+        return httpx.Response(404, json={"type": "about:blank", "title": "Not found", "status": 404})
 
 
 @pytest.fixture

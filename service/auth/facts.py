@@ -1,0 +1,92 @@
+"""The facts of one request that every domain's rules and audit entries need.
+
+Built once per request by ``facts(...)`` (an endpoint dependency), or directly by a
+command that acts as a client (the demo's seeding, an import). Records and events take
+it instead of reading the request themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.auth.dependencies import Principal, require
+from service.errors import ValidationFailed
+from service.observability import current_request_id
+from service.policy.epoch import EpochKey
+
+_CASE_REF = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,99}$")
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """Who asks, why, and what the audit records with every entry about the request."""
+
+    principal: Principal
+    request_id: str
+    source: str | None = None
+    case_ref: str | None = None
+    # The purpose the caller states for this access; None where none applies (a
+    # registration, an owner's own write, a subscription listing).
+    purpose: str | None = None
+    # The revocation epoch authentication just read, so the policy need not read it again.
+    epoch_key: EpochKey | None = None
+
+    @property
+    def department(self) -> str:
+        return self.principal.department
+
+    @property
+    def on_behalf_of(self) -> str | None:
+        return self.principal.on_behalf_of
+
+    def for_purpose(self, purpose: str | None) -> RequestFacts:
+        """The same request, stating ``purpose``."""
+        return replace(self, purpose=purpose)
+
+    @property
+    def stated_purpose(self) -> str:
+        """The purpose, which an access to citizen data must state."""
+        if not self.purpose:
+            raise ValidationFailed(
+                "A purpose is required.", errors=[{"loc": ["purpose"], "msg": "a purpose is required"}]
+            )
+        return self.purpose
+
+
+def facts(*scopes: str, case_ref: bool = True) -> Callable[..., Awaitable[RequestFacts]]:
+    """Authenticate with ``scopes`` and gather the request's facts (no purpose yet: the
+    endpoint adds the one its body or query states). With ``case_ref``, the endpoint takes
+    the optional ``X-Case-Ref`` header (the citizen endpoints); without, it does not."""
+    # A default, not an annotation: string annotations cannot see this closure's scopes.
+    authenticated = Depends(require(*scopes))
+
+    def gathered(request: Request, principal: Principal, reference: str | None) -> RequestFacts:
+        return RequestFacts(
+            principal=principal,
+            request_id=current_request_id(),
+            source=request.client.host if request.client else None,
+            case_ref=reference,
+            epoch_key=getattr(request.state, "epoch_key", None),
+        )
+
+    async def with_case_ref(
+        request: Request,
+        principal: Principal = authenticated,
+        reference: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
+    ) -> RequestFacts:
+        if reference is not None and not _CASE_REF.match(reference):
+            raise ValidationFailed(
+                "X-Case-Ref must be 1 to 100 printable ASCII characters.",
+                errors=[{"loc": ["header", "X-Case-Ref"], "msg": "invalid case reference"}],
+            )
+        return gathered(request, principal, reference)
+
+    async def without_case_ref(request: Request, principal: Principal = authenticated) -> RequestFacts:
+        return gathered(request, principal, None)
+
+    return with_case_ref if case_ref else without_case_ref

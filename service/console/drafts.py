@@ -1,0 +1,64 @@
+"""A draft agreement checked by the policy domain's own rules, its problems worded for the form.
+
+The rules are ``service.policy.agreements``' (the loader's checks, and ids unique across
+the catalog), so the console accepts exactly what the API and ``tellonce policies apply``
+accept; only the wording of the schema's own refusals is the console's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth.dependencies import Principal
+from service.catalog.schemas import Catalog
+from service.console.forms import field_for_loc
+from service.console.views import DraftCheck
+from service.policy import agreements
+from service.policy.schemas import AgreementSpec
+
+# Friendlier words for the schema's own refusals, by (form field, pydantic error type).
+_FRIENDLY = {
+    ("id", "string_pattern_mismatch"): "The agreement ID must be lower-case letters, digits and hyphens, "
+    "starting with a letter",
+    ("id", "string_type"): "Enter an agreement ID",
+    ("consumer", "string_pattern_mismatch"): "Choose the consumer department",
+    ("fields", "too_short"): "Choose at least one field",
+    ("actions", "too_short"): "Choose at least one action",
+    ("actions", "literal_error"): "Choose actions from the list",
+    ("valid_from", "date_from_datetime_parsing"): "The valid from date must be a real date, like 2027-01-31",
+    ("valid_from", "date_parsing"): "The valid from date must be a real date, like 2027-01-31",
+    (
+        "valid_until",
+        "date_from_datetime_parsing",
+    ): "The valid until date must be a real date, like 2027-12-31",
+    ("valid_until", "date_parsing"): "The valid until date must be a real date, like 2027-12-31",
+}
+ID_TAKEN = "An agreement with this ID already exists; IDs are unique across the catalog"
+
+
+def _strip_prefix(message: str, agreement_id: str) -> str:
+    text = message.removeprefix(f"agreement {agreement_id}: ")
+    return text[:1].upper() + text[1:]
+
+
+async def check_draft(
+    session: AsyncSession, catalog: Catalog, viewer: Principal, draft: dict[str, Any], *, creating: bool
+) -> DraftCheck:
+    """The stored form of the draft, or its problems by form field; ``creating`` also
+    refuses an id already taken."""
+    errors: list[tuple[str, str]] = []
+    try:
+        spec = AgreementSpec.model_validate(draft)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = field_for_loc(error["loc"])
+            errors.append((name, _FRIENDLY.get((name, error["type"]), str(error["msg"]))))
+        return DraftCheck(None, errors)
+    for loc, message in agreements.problems(spec, viewer.department, catalog):
+        errors.append((field_for_loc(loc), _strip_prefix(message, spec.id)))
+    if creating and await agreements.id_taken(session, spec.id):
+        errors.append(("id", ID_TAKEN))
+    return DraftCheck(None if errors else spec.content(), errors)

@@ -1,0 +1,266 @@
+"""Console sign-in with the organisation's OpenID provider: authorization code flow with
+PKCE (S256, authlib's challenge) and a nonce; the ID token's signature and claims are
+checked with joserfc (authlib's JOSE library; ``authlib.jose`` is deprecated).
+
+No server-side state is kept for a sign-in in flight. ``state``, ``nonce`` and the PKCE
+``code_verifier`` are HMACs of the pre-session cookie (32 random bytes, HttpOnly), so
+only the browser that started the sign-in can finish it, and a forged callback (login
+CSRF) fails the constant-time ``state`` check. The console path to return to rides in
+``state``, covered by the same HMAC.
+
+Who may sign in, and as what, is the claim-to-role mapping file
+(``TELLONCE_CONSOLE_OIDC_ROLE_MAP``): the first rule whose group appears in the user's
+group claim names the department; every rule for that department and the user's groups
+adds its role.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import httpx
+import yaml
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.console.config import ConsoleSettings
+
+ConsoleRole = Literal["data-owner", "auditor", "citizen-portal"]
+CALLBACK_PATH = "/console/oidc/callback"
+# Console sessions of people signed in by the provider name them so; they have no client row.
+OIDC_CLIENT_PREFIX = "oidc:"
+_LABEL = b"tellonce console oidc v1 "
+# Asymmetric signatures only: "none" and HMAC (keyed with the client secret) are refused.
+ID_TOKEN_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
+# Discovery documents and signing keys are kept this long before they are fetched again.
+METADATA_TTL_SECONDS = 300.0
+
+
+class OidcError(Exception):
+    """A sign-in that cannot finish; the message is safe to show."""
+
+
+class RoleRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: str = Field(min_length=1)
+    department: str = Field(min_length=1, max_length=63)
+    role: ConsoleRole
+
+
+class RoleMap(BaseModel):
+    """The claim-to-role mapping file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    claim: str = "groups"
+    rules: list[RoleRule] = Field(min_length=1)
+
+    @classmethod
+    def load(cls, path: Path) -> RoleMap:
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text()))
+        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            raise ValueError(f"{path}: not a valid console role map ({exc})") from None
+
+    def grant(self, claims: dict[str, Any]) -> tuple[str, set[str]] | None:
+        """(department, roles) for a user's claims, or None if no rule matches."""
+        value = claims.get(self.claim)
+        groups = {value} if isinstance(value, str) else {g for g in value or () if isinstance(g, str)}
+        department = next((rule.department for rule in self.rules if rule.group in groups), None)
+        if department is None:
+            return None
+        roles: set[str] = {r.role for r in self.rules if r.department == department and r.group in groups}
+        return department, roles
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str
+    department: str
+    roles: set[str]
+    name: str
+
+    @property
+    def client_id(self) -> str:
+        """What the audit records as the console user: the provider's subject."""
+        label = OIDC_CLIENT_PREFIX + self.subject
+        if len(label) <= 64:
+            return label
+        return OIDC_CLIENT_PREFIX + hashlib.sha256(self.subject.encode()).hexdigest()[:59]
+
+
+def _derive(pre_token: str, purpose: str) -> str:
+    digest = hmac.new(pre_token.encode(), _LABEL + purpose.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def make_state(pre_token: str, next_path: str) -> str:
+    encoded = base64.urlsafe_b64encode(next_path.encode()).rstrip(b"=").decode()
+    return f"{_derive(pre_token, 'state ' + next_path)}.{encoded}"
+
+
+def check_state(pre_token: str | None, state: str | None) -> str:
+    """The console path carried by ``state`` if this browser started the sign-in."""
+    if not pre_token or not state or "." not in state or len(state) > 2048:
+        raise OidcError("This sign-in was not started in this browser, or it has expired.")
+    mac, encoded = state.split(".", 1)
+    try:
+        next_path = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise OidcError("This sign-in was not started in this browser, or it has expired.") from None
+    if not hmac.compare_digest(mac, _derive(pre_token, "state " + next_path)):
+        raise OidcError("This sign-in was not started in this browser, or it has expired.")
+    return next_path
+
+
+class OidcSignIn:
+    """The console's relying party for one provider."""
+
+    def __init__(
+        self, settings: ConsoleSettings, public_url: str, http: httpx.AsyncClient | None = None
+    ) -> None:
+        if not (settings.oidc_issuer and settings.oidc_client_id and settings.oidc_client_secret):
+            raise ValueError("OIDC needs TELLONCE_CONSOLE_OIDC_ISSUER, _CLIENT_ID and _CLIENT_SECRET")
+        if settings.oidc_role_map is None:
+            raise ValueError("OIDC needs TELLONCE_CONSOLE_OIDC_ROLE_MAP (the claim-to-role mapping file)")
+        self.issuer = settings.oidc_issuer.rstrip("/")
+        self.client_id = settings.oidc_client_id
+        self._secret = settings.oidc_client_secret.get_secret_value()
+        self.scopes = settings.oidc_scopes
+        self.role_map = RoleMap.load(settings.oidc_role_map)
+        self.redirect_uri = public_url.rstrip("/") + CALLBACK_PATH
+        self.sign_out_return = public_url.rstrip("/") + "/console/sign-in?signed_out=1"
+        self.http = http or httpx.AsyncClient(timeout=10.0, follow_redirects=False, trust_env=False)
+        self._metadata: dict[str, Any] | None = None
+        self._keys: KeySet | None = None
+        self._fetched_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"OidcSignIn(issuer={self.issuer!r}, client_id={self.client_id!r})"
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def metadata(self, *, refresh: bool = False) -> dict[str, Any]:
+        if refresh or self._metadata is None or time.monotonic() - self._fetched_at > METADATA_TTL_SECONDS:
+            try:
+                found = await self.http.get(f"{self.issuer}/.well-known/openid-configuration")
+                found.raise_for_status()
+                metadata: dict[str, Any] = found.json()
+                keys = await self.http.get(str(metadata["jwks_uri"]))
+                keys.raise_for_status()
+            except (httpx.HTTPError, KeyError, ValueError):
+                raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
+            if metadata.get("issuer") != self.issuer:
+                raise OidcError("The sign-in service describes another issuer.")
+            self._metadata, self._keys = metadata, KeySet.import_key_set(keys.json())
+            self._fetched_at = time.monotonic()
+        return self._metadata
+
+    async def authorization_url(self, pre_token: str, next_path: str) -> str:
+        metadata = await self.metadata()
+        query = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "scope": self.scopes,
+            "state": make_state(pre_token, next_path),
+            "nonce": _derive(pre_token, "nonce"),
+            "code_challenge": create_s256_code_challenge(_derive(pre_token, "pkce")),
+            "code_challenge_method": "S256",
+        }
+        return f"{metadata['authorization_endpoint']}?{urlencode(query)}"
+
+    async def finish(self, pre_token: str, code: str) -> Identity:
+        """Exchange the code (with the PKCE verifier), check the ID token, map the groups."""
+        metadata = await self.metadata()
+        try:
+            answer = await self.http.post(
+                str(metadata["token_endpoint"]),
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": self.redirect_uri,
+                    "code_verifier": _derive(pre_token, "pkce"),
+                },
+                auth=(self.client_id, self._secret),
+            )
+        except httpx.HTTPError:
+            raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
+        if answer.status_code != 200:
+            raise OidcError("The sign-in service refused the sign-in; start again.")
+        tokens: dict[str, Any] = answer.json()
+        claims = self._id_token_claims(str(tokens.get("id_token") or ""), _derive(pre_token, "nonce"))
+        if self.role_map.claim not in claims and "userinfo_endpoint" in metadata:
+            claims = {
+                **(await self._userinfo(metadata, str(tokens.get("access_token") or ""), claims)),
+                **claims,
+            }
+        granted = self.role_map.grant(claims)
+        if granted is None:
+            raise OidcError("Your account is not given a role in the console. Ask your administrator.")
+        department, roles = granted
+        name = str(claims.get("name") or claims.get("email") or claims["sub"])
+        return Identity(subject=str(claims["sub"]), department=department, roles=roles, name=name)
+
+    def _id_token_claims(self, id_token: str, nonce: str) -> dict[str, Any]:
+        """The ID token's claims if the provider signed it for us, now, for this sign-in."""
+        registry = jwt.JWTClaimsRegistry(
+            leeway=60,
+            iss={"essential": True, "value": self.issuer},
+            aud={"essential": True, "value": self.client_id},
+            sub={"essential": True},
+            exp={"essential": True},
+            iat={"essential": True},
+            nonce={"essential": True, "value": nonce},
+        )
+        try:
+            if self._keys is None:
+                raise ValueError("no signing keys")
+            token = jwt.decode(id_token, self._keys, algorithms=ID_TOKEN_ALGORITHMS)
+            registry.validate(token.claims)
+        except (JoseError, ValueError):
+            raise OidcError("The sign-in service's answer could not be verified; start again.") from None
+        claims = dict(token.claims)
+        audience = claims["aud"]
+        # With several audiences, the token must have been issued to us (OIDC Core 3.1.3.7).
+        if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != self.client_id:
+            raise OidcError("The sign-in service's answer could not be verified; start again.")
+        return claims
+
+    async def _userinfo(
+        self, metadata: dict[str, Any], access_token: str, claims: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            answer = await self.http.get(
+                str(metadata["userinfo_endpoint"]), headers={"Authorization": f"Bearer {access_token}"}
+            )
+        except httpx.HTTPError:
+            raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
+        info: dict[str, Any] = answer.json() if answer.status_code == 200 else {}
+        if info.get("sub") != claims.get("sub"):
+            raise OidcError("The sign-in service's answer could not be verified; start again.")
+        return info
+
+    async def sign_out_url(self) -> str | None:
+        """The provider's end-session address (RP-initiated logout), if it has one."""
+        try:
+            metadata = await self.metadata()
+        except OidcError:
+            return None
+        endpoint = metadata.get("end_session_endpoint")
+        if not endpoint:
+            return None
+        query = {"client_id": self.client_id, "post_logout_redirect_uri": self.sign_out_return}
+        return f"{endpoint}?{urlencode(query)}"

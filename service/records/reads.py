@@ -1,0 +1,357 @@
+"""The reads of citizen data: read, batch-get, verify, history and lookup.
+
+Each decides per field, loads only what is allowed, decrypts it, and returns only after
+its audit entry is durable (``RecordsService.audit``). The rules on what a caller may
+learn about a citizen it is refused live in ``disclosure.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service import tracing
+from service.audit.schemas import Action, AuditEntry, Reason
+from service.auth.facts import RequestFacts
+from service.catalog.schemas import Catalog
+from service.errors import TooManyRequests
+from service.policy.engine import CompiledPolicy, Decision, RequestContext
+from service.records import claims as claim_limits
+from service.records import disclosure, repository, values
+from service.records.errors import CitizenNotFound, NotPermitted
+from service.records.repository import CitizenRow, ValueRow
+from service.records.schemas import (
+    BatchItem,
+    BatchPage,
+    CitizenOut,
+    HistoryItem,
+    HistoryPage,
+    LookupOut,
+    VerifyOut,
+    Withheld,
+)
+from service.records.service import RecordsService, comparable_national_id, registered_national_ids
+from service.records.validation import (
+    NATIONAL_ID_FIELD,
+    canonical_national_id,
+    parse_cursor,
+    requested_fields,
+    require_known,
+    validate_claims,
+)
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """One citizen as a read found it, and the decision on each field asked for."""
+
+    citizen: CitizenRow
+    context: RequestContext
+    decisions: dict[str, Decision]
+    allowed: list[str]
+
+
+async def _decide(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    requested: list[str],
+    catalog: Catalog,
+    policy: CompiledPolicy,
+) -> _Decided:
+    """Find the citizen (404/410), decide each field, refuse (audited 403/404) if nothing is
+    allowed."""
+    found = (await records.store.citizens([citizen_id])).get(citizen_id)
+    context = records.context(facts, found.status if found else None)
+    reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
+    citizen = disclosure.readable(found, reason)
+    with tracing.span("policy.decide", fields=len(requested)):
+        decisions = policy.decide(facts.department, action, requested, context)
+    allowed = disclosure.allowed(requested, decisions)
+    if not allowed:
+        await records.refuse_nothing_allowed(
+            facts, action, citizen_id, catalog, policy, requested, decisions, context
+        )
+    return _Decided(citizen, context, decisions, allowed)
+
+
+async def _load(
+    records: RecordsService, catalog: Catalog, citizen_id: str, allowed: list[str]
+) -> tuple[list[ValueRow], dict[tuple[str, str, int], values.JsonValue]]:
+    """Only the allowed current values, and their plaintext."""
+    with tracing.span("records.load", fields=len(allowed)):
+        rows = await records.store.current_values([citizen_id], allowed)
+    with tracing.span("crypto.decrypt", values=len(rows)):
+        return rows, await records.decrypt(catalog, rows)
+
+
+async def _audit_release(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    catalog: Catalog,
+    requested: list[str],
+    released: list[str],
+    decisions: Mapping[str, Decision],
+) -> None:
+    """Append the entry of a read that released ``released``, durably."""
+    entry = records.entry(
+        facts,
+        action,
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=requested,
+        released=released,
+        decisions=decisions,
+        status=200,
+    )
+    with tracing.span("audit.append"):
+        await records.audit.append(entry)
+
+
+async def read(
+    records: RecordsService, facts: RequestFacts, citizen_id: str, fields: Sequence[str] | None
+) -> CitizenOut:
+    """One citizen's allowed fields for the stated purpose; 403/404 if none, 410 if erased."""
+    purpose = facts.stated_purpose
+    catalog, policy = await records.read_snapshot(facts)
+    requested = requested_fields(catalog, fields)
+    require_known(catalog, requested, purpose, loc="fields")
+    decided = await _decide(records, facts, "read", citizen_id, requested, catalog, policy)
+    rows, plain = await _load(records, catalog, citizen_id, decided.allowed)
+    current = {(row.citizen_id, row.field): row for row in rows}
+    released = disclosure.released(catalog, citizen_id, decided.allowed, current, plain)
+    await _audit_release(
+        records, facts, "read", citizen_id, catalog, requested, decided.allowed, decided.decisions
+    )
+    return CitizenOut(
+        id=citizen_id,
+        status=decided.citizen.status,
+        version=decided.citizen.version,
+        fields=released,
+        withheld=disclosure.withheld(requested, decided.decisions),
+    )
+
+
+async def batch_get(
+    records: RecordsService, facts: RequestFacts, ids: Sequence[str], fields: Sequence[str] | None
+) -> BatchPage:
+    """Many citizens, decided field by field for each, one audit entry per known citizen.
+
+    A citizen read would answer 404 or 410 for gets an item with no fields and every
+    field withheld with the reason read's answer gives (unknown, or erased); one the
+    caller may not learn exists gets exactly the item of a made-up id."""
+    purpose = facts.stated_purpose
+    unique_ids = list(dict.fromkeys(ids))
+    catalog, policy = await records.read_snapshot(facts)
+    requested = requested_fields(catalog, fields)
+    require_known(catalog, requested, purpose, loc="fields")
+    found = await records.store.citizens(unique_ids)
+    decisions_by_citizen: dict[str, dict[str, Decision]] = {}
+    # Why a citizen gets nothing without a decision: unknown, or erased (as read says).
+    unavailable: dict[str, str] = {}
+    # Citizens the caller may not learn exist: answered like unknown ids, still audited.
+    hidden: dict[str, dict[str, Decision]] = {}
+    allowed_any: set[str] = set()
+    for citizen_id in unique_ids:
+        citizen = found.get(citizen_id)
+        context = records.context(facts, citizen.status if citizen else None)
+        reason = disclosure.unavailable_reason(citizen, policy, facts.department, "read", requested, context)
+        if reason is not None:
+            unavailable[citizen_id] = reason
+            continue
+        decisions = policy.decide(facts.department, "read", requested, context)
+        allowed = disclosure.allowed(requested, decisions)
+        if not allowed and not disclosure.may_know(policy, facts.department, "read", requested, context):
+            # Where a single read would answer 404, this citizen looks exactly like an
+            # unknown id: the withheld reasons would otherwise tell them apart.
+            hidden[citizen_id] = decisions
+            unavailable[citizen_id] = disclosure.NOT_KNOWN_REASON
+            continue
+        decisions_by_citizen[citizen_id] = decisions
+        allowed_any.update(allowed)
+    rows = await records.store.current_values(list(decisions_by_citizen), sorted(allowed_any))
+    plain = await records.decrypt(catalog, rows)
+    current = {(row.citizen_id, row.field): row for row in rows}
+    items: list[BatchItem] = []
+    entries: list[AuditEntry] = []
+    for citizen_id in unique_ids:
+        decided = decisions_by_citizen.get(citizen_id)
+        if decided is None:
+            withheld = [Withheld(field=n, reason=unavailable[citizen_id]) for n in requested]
+            items.append(BatchItem(id=citizen_id, fields={}, withheld=withheld))
+            if citizen_id not in hidden:
+                continue  # unknown or erased: nothing was decided, as for a single read
+            decisions, allowed, status = hidden[citizen_id], [], 404
+        else:
+            decisions, allowed, status = decided, disclosure.allowed(requested, decided), 200
+            released = disclosure.released(catalog, citizen_id, allowed, current, plain)
+            withheld = disclosure.withheld(requested, decisions)
+            items.append(BatchItem(id=citizen_id, fields=released, withheld=withheld))
+        entries.append(
+            records.entry(
+                facts,
+                "batch-get",
+                citizen_id=citizen_id,
+                catalog=catalog,
+                requested=requested,
+                released=allowed,
+                decisions=decisions,
+                status=status,
+            )
+        )
+    if entries:
+        await records.audit.append_many(entries)
+    return BatchPage(items=items, next_cursor=None)
+
+
+async def lookup(records: RecordsService, facts: RequestFacts, national_id: str) -> LookupOut:
+    """A citizen's id by national id; 404 alike for unknown, erased and not allowed."""
+    purpose = facts.stated_purpose
+    citizen_id: str | None = None
+    async with records.transactions.connect() as conn:
+        catalog, policy = await records.snapshot(conn, facts)
+        require_known(catalog, [], purpose, loc="fields")
+        canonical = canonical_national_id(national_id)
+        decisions = policy.decide(
+            facts.department, "lookup", [NATIONAL_ID_FIELD], records.context(facts, None)
+        )
+        if decisions[NATIONAL_ID_FIELD].effect == "permit":
+            wanted = values.normalise_for_index(canonical)
+            found = await registered_national_ids(conn, records.keyring, catalog, [wanted])
+            citizen_id = found.get(comparable_national_id(wanted))
+            if citizen_id is not None:
+                citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+                if citizen is None or disclosure.erased(citizen):
+                    citizen_id = None
+    entry = records.entry(
+        facts,
+        "lookup",
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=[NATIONAL_ID_FIELD],
+        released=[NATIONAL_ID_FIELD] if citizen_id else [],
+        decisions=decisions,
+        status=200 if citizen_id else 404,
+    )
+    if citizen_id is None:
+        # Unknown and not allowed give the same answer.
+        await records.refuse(entry, CitizenNotFound("No citizen with that national id is known to you."))
+    await records.audit.append(entry)
+    return LookupOut(id=citizen_id)
+
+
+async def verify(
+    records: RecordsService, facts: RequestFacts, citizen_id: str, claims: Mapping[str, Mapping[str, Any]]
+) -> VerifyOut:
+    """Whether each claim holds, as booleans; the values never leave. What may be asked is
+    limited (``claims.py``): a claim the agreement does not fix is 403, open claims past
+    the daily limit are 429."""
+    purpose = facts.stated_purpose
+    catalog, policy = await records.read_snapshot(facts)
+    requested = list(claims)
+    require_known(catalog, requested, purpose, loc="claims")
+    validate_claims(catalog, claims)
+    decided = await _decide(records, facts, "verify", citizen_id, requested, catalog, policy)
+    decisions, allowed, context = decided.decisions, decided.allowed, decided.context
+    # A field the caller may read outright has nothing for verify to protect.
+    readable = {
+        n for n, d in policy.decide(facts.department, "read", allowed, context).items() if d.permitted
+    }
+
+    def entry(status: int, released: Sequence[str], flags: Sequence[Reason] = ()) -> AuditEntry:
+        made = records.entry(
+            facts,
+            "verify",
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=requested,
+            released=released,
+            decisions=decisions,
+            status=status,
+            decision=None if status == 200 else "deny",
+        )
+        return made.model_copy(update={"reasons": [*made.reasons, *flags]}) if flags else made
+
+    today = context.time.date()
+    outside = claim_limits.outside_agreements(catalog, claims, decisions, allowed, today)
+    if outside:
+        await records.refuse(entry(403, []), NotPermitted("; ".join(outside)))
+    open_fields = [
+        name
+        for name in allowed
+        if decisions[name].agreement is not None
+        and decisions[name].allowed_claims is None
+        and name not in readable
+    ]
+    flags, limited = await claim_limits.count_open_claims(
+        records, facts, citizen_id, claims, open_fields, today
+    )
+    if limited:
+        await records.refuse(
+            entry(429, [], flags),
+            TooManyRequests(
+                claim_limits.seconds_to_next_day(context.time),
+                f"The daily limit of {records.open_claims_per_day} open comparisons per citizen and field is "
+                f"reached for {', '.join(limited)}; ask a claim your agreement fixes, or wait until "
+                "the next UTC day.",
+            ),
+        )
+    rows, plain = await _load(records, catalog, citizen_id, allowed)
+    current = {row.field: plain[(citizen_id, row.field, row.version)] for row in rows}
+    results: dict[str, bool] = {}
+    for name in allowed:
+        spec = catalog.field(name)
+        if spec is None:
+            continue
+        value = current.get(name)
+        results[name] = value is not None and all(
+            values.check_claim(spec, value, operator, operand, today)
+            for operator, operand in claims[name].items()
+        )
+    await records.audit.append(entry(200, allowed, flags))
+    return VerifyOut(results=results, withheld=disclosure.withheld(requested, decisions))
+
+
+async def history(
+    records: RecordsService,
+    facts: RequestFacts,
+    citizen_id: str,
+    field: str,
+    *,
+    cursor: str | None,
+    limit: int,
+) -> HistoryPage:
+    """Earlier versions of one field, newest first, ``limit`` a page."""
+    purpose = facts.stated_purpose
+    before = parse_cursor(cursor)
+    async with records.transactions.connect() as conn:
+        catalog, policy = await records.snapshot(conn, facts)
+        require_known(catalog, [field], purpose, loc="field")
+        found = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+        context = records.context(facts, found.status if found else None)
+        reason = disclosure.unavailable_reason(found, policy, facts.department, "history", [field], context)
+        disclosure.readable(found, reason)
+        decisions = policy.decide(facts.department, "history", [field], context)
+        if decisions[field].effect != "permit":
+            await records.refuse_nothing_allowed(
+                facts, "history", citizen_id, catalog, policy, [field], decisions, context
+            )
+        rows = await repository.history(conn, citizen_id, field, before_version=before, limit=limit + 1)
+        page, more = rows[:limit], len(rows) > limit
+        plain = await records.decrypt(catalog, page, conn)
+    await _audit_release(records, facts, "history", citizen_id, catalog, [field], [field], decisions)
+    items = [
+        HistoryItem(
+            value=plain[(citizen_id, row.field, row.version)],
+            version=row.version,
+            updated_at=row.written_at,
+            written_by=row.written_by,
+        )
+        for row in page
+    ]
+    next_cursor = str(page[-1].version) if more and page else None
+    return HistoryPage(items=items, next_cursor=next_cursor)

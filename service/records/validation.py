@@ -1,0 +1,124 @@
+"""What a records request may name, checked against the catalog before anything is read.
+
+Pure: no I/O. Each check raises a 422 ``ValidationFailed`` (or ``InvalidFieldValue``)
+naming every problem at once, with its location.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from service.catalog.schemas import Catalog
+from service.errors import ValidationFailed
+from service.records import values
+from service.records.errors import InvalidFieldValue
+
+# The register's identity field: lookups and the duplicate check go through its blind index.
+NATIONAL_ID_FIELD = "national_id"
+
+
+def requested_fields(catalog: Catalog, fields: Sequence[str] | None) -> list[str]:
+    """The fields asked for, once each in the order given; every catalog field if none."""
+    return list(dict.fromkeys(fields)) if fields else [f.name for f in catalog.fields]
+
+
+def require_known(catalog: Catalog, fields: Sequence[str], purpose: str | None, *, loc: str) -> None:
+    """Every field and the purpose must be in the catalog."""
+    errors: list[dict[str, Any]] = [
+        {"loc": [loc, name], "msg": f"unknown field {name!r}"}
+        for name in fields
+        if catalog.field(name) is None
+    ]
+    if purpose is not None and catalog.purpose(purpose) is None:
+        errors.append({"loc": ["purpose"], "msg": f"unknown purpose {purpose!r}"})
+    if errors:
+        raise ValidationFailed("The request names something the catalog does not know.", errors=errors)
+
+
+def validated_values(catalog: Catalog, submitted: Mapping[str, Any], loc: str) -> dict[str, values.JsonValue]:
+    """Submitted field values, each checked against its catalog type and normalised."""
+    errors: list[dict[str, Any]] = []
+    clean: dict[str, values.JsonValue] = {}
+    for name, raw in submitted.items():
+        spec = catalog.field(name)
+        if spec is None:
+            errors.append({"loc": [loc, name], "msg": f"unknown field {name!r}"})
+            continue
+        if raw is None:
+            errors.append({"loc": [loc, name], "msg": "a value is required (null cannot be written)"})
+            continue
+        try:
+            value = values.validate(spec, raw)
+            # A value citizens are found by is canonical before it is indexed or compared.
+            identifying = spec.searchable or name == NATIONAL_ID_FIELD
+            if identifying and spec.type == "string" and isinstance(value, str):
+                value = values.identifier(value)
+            clean[name] = value
+        except values.ValueRejected as exc:
+            errors.append({"loc": [loc, name], "msg": f"{name} {exc}"})
+    if errors:
+        raise InvalidFieldValue("One or more field values are not valid.", errors=errors)
+    return clean
+
+
+def canonical_national_id(national_id: str) -> str:
+    """The national id as registration stores it, or a 422 naming the rule (never the value)."""
+    try:
+        return values.identifier(national_id)
+    except values.ValueRejected as exc:
+        raise InvalidFieldValue(
+            "The national id is not valid.",
+            errors=[{"loc": ["body", NATIONAL_ID_FIELD], "msg": f"{NATIONAL_ID_FIELD} {exc}"}],
+        ) from None
+
+
+def legal_basis(text: str) -> str:
+    """An erasure's stated legal basis: 1 to 200 visible characters, kept in the audit."""
+    stripped = text.strip()
+    if (
+        not stripped
+        or len(stripped) > 200
+        or any(unicodedata.category(ch) in ("Cc", "Cf") for ch in stripped)
+    ):
+        raise ValidationFailed(
+            "An erasure names its legal basis: 1 to 200 visible characters.",
+            errors=[{"loc": ["query", "legal_basis"], "msg": "invalid legal basis"}],
+        )
+    return stripped
+
+
+def validate_claims(catalog: Catalog, claims: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each claim names a known operator and an operand of the field's type."""
+    errors: list[dict[str, Any]] = []
+    for name, operations in claims.items():
+        spec = catalog.field(name)
+        if spec is None:
+            continue
+        if not operations:
+            errors.append({"loc": ["claims", name], "msg": "a claim needs an operator"})
+        for operator, operand in operations.items():
+            if operator not in values.CLAIM_OPERATORS:
+                errors.append(
+                    {"loc": ["claims", name, operator], "msg": "operator must be one of eq, lte, gte, in"}
+                )
+                continue
+            try:
+                # Check the operand's shape against a placeholder value of the same type.
+                values.check_claim(spec, None, operator, operand)
+            except values.ValueRejected as exc:
+                errors.append({"loc": ["claims", name, operator], "msg": str(exc)})
+    if errors:
+        raise ValidationFailed("The claims are not valid.", errors=errors)
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """A history cursor: the version the next page starts below."""
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 9:
+        raise ValidationFailed(
+            "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
+        )
+    return int(cursor)

@@ -1,0 +1,357 @@
+"""The writes of citizen data: register, write and erase.
+
+A write's audit entry and its change events go in the write's own transaction, so a
+write that rolls back leaves no trace and one that commits is accounted for.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.audit import service as audit_service
+from service.audit.schemas import AuditEntry
+from service.auth.facts import RequestFacts
+from service.catalog.schemas import Catalog
+from service.crypto.aead import DataKey, encrypt_value
+from service.crypto.keyring import Keyring
+from service.errors import Conflict, Forbidden
+from service.events import service as events_service
+from service.policy.engine import CompiledPolicy, Decision, RequestContext
+from service.records import disclosure, repository, values
+from service.records.errors import NotPermitted, StaleVersion
+from service.records.schemas import ErasureReason, Registered, WriteOut
+from service.records.service import RecordsService, now, registered_national_ids
+from service.records.validation import NATIONAL_ID_FIELD, require_known, validated_values
+from service.records.validation import legal_basis as validated_legal_basis
+
+
+def encrypted_rows(
+    keyring: Keyring,
+    catalog: Catalog,
+    citizen_id: str,
+    clean: Mapping[str, values.JsonValue],
+    keys: Mapping[str, DataKey],
+    versions: Mapping[str, int],
+    written_by: str,
+    written_at: datetime,
+) -> list[dict[str, object]]:
+    """The current ``field_values`` rows of one citizen's values: each encrypted under its
+    owner's data key (``keys``, by owner) for this exact (citizen, field, version, key),
+    with a blind index if the field is searchable. The one place values are encrypted."""
+    rows: list[dict[str, object]] = []
+    for name, value in clean.items():
+        spec = catalog.field(name)
+        if spec is None:
+            continue
+        key, version = keys[spec.owner], versions[name]
+        plaintext = values.encode(spec, value)
+        searchable = spec.searchable
+        rows.append(
+            {
+                "citizen_id": citizen_id,
+                "field": name,
+                "version": version,
+                "owner": spec.owner,
+                "data_key_id": key.id,
+                "ciphertext": encrypt_value(
+                    key, citizen_id=citizen_id, field=name, version=version, plaintext=plaintext
+                ),
+                "blind_index": keyring.blind_index(name, values.normalise_for_index(value))
+                if searchable
+                else None,
+                "is_current": True,
+                "written_by": written_by,
+                "written_at": written_at,
+            }
+        )
+    return rows
+
+
+async def store_values(
+    records: RecordsService,
+    conn: AsyncConnection,
+    catalog: Catalog,
+    citizen_id: str,
+    clean: Mapping[str, values.JsonValue],
+    written_by: str,
+    written_at: datetime,
+) -> dict[str, int]:
+    """Store each value as its field's next version; return the versions written."""
+    owners = sorted({spec.owner for name in clean if (spec := catalog.field(name))})
+    keys = {owner: await records.keyring.data_key_for_write(conn, citizen_id, owner) for owner in owners}
+    versions = {
+        name: await repository.retire_current(conn, citizen_id, name) + 1
+        for name in clean
+        if catalog.field(name)
+    }
+    rows = encrypted_rows(records.keyring, catalog, citizen_id, clean, keys, versions, written_by, written_at)
+    await repository.insert_values(conn, rows)
+    return versions
+
+
+async def register(
+    records: RecordsService, facts: RequestFacts, national_id: str, fields: Mapping[str, Any]
+) -> Registered:
+    """A new citizen with the registrar's own fields; 409 if the national id exists."""
+    started = now()
+    async with records.transactions.connect() as conn:
+        catalog, _policy = await records.snapshot(conn, facts)
+    clean = validated_values(catalog, {NATIONAL_ID_FIELD: national_id, **fields}, "fields")
+    foreign = sorted(n for n in clean if (s := catalog.field(n)) and s.owner != facts.department)
+    if foreign:
+        entry = records.entry(
+            facts,
+            "register",
+            citizen_id=None,
+            catalog=catalog,
+            requested=list(clean),
+            released=[],
+            decisions={},
+            status=403,
+            decision="deny",
+        )
+        await records.refuse(
+            entry, Forbidden(f"A registrar sets only its own department's fields, not: {', '.join(foreign)}")
+        )
+    citizen_id = str(uuid.uuid4())
+    written_by = facts.principal.client_id
+    async with records.transactions.begin() as conn:
+        # Insert first: on SQLite that takes the write lock, so the duplicate check
+        # below sees every committed registration; on PostgreSQL an advisory lock on
+        # the blind index does the same.
+        await repository.insert_citizens(conn, [citizen_id], written_by, started)
+        wanted = values.normalise_for_index(clean[NATIONAL_ID_FIELD])
+        await _lock_blind_index(conn, records.keyring.blind_index(NATIONAL_ID_FIELD, wanted))
+        if await registered_national_ids(conn, records.keyring, catalog, [wanted]):
+            raise Conflict("A citizen with that national id is already registered.")
+        await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
+        await audit_service.append_in_transaction(conn, registered_entry(facts, catalog, citizen_id, clean))
+    return Registered(id=citizen_id, status="active", version=1, fields=sorted(clean))
+
+
+def registered_entry(
+    facts: RequestFacts, catalog: Catalog, citizen_id: str, clean: Mapping[str, values.JsonValue]
+) -> AuditEntry:
+    """The audit entry of one registration: every field set, no values."""
+    return RecordsService.entry(
+        facts,
+        "register",
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=list(clean),
+        released=list(clean),
+        decisions={},
+        status=201,
+        decision="permit",
+    )
+
+
+async def write(
+    records: RecordsService,
+    facts: RequestFacts,
+    citizen_id: str,
+    fields: Mapping[str, Any],
+    *,
+    reason: str,
+    if_match: int | None,
+) -> WriteOut:
+    """New versions of fields the caller owns, or that a ``write`` agreement delegates to
+    it for the stated purpose; 412 if ``if_match`` is not the record's version."""
+    # The writer's reason is required but not stored: it is free text and may well
+    # hold personal data ("moved in with her mother at ..."), which the audit must not.
+    del reason
+    started = now()
+    async with records.transactions.connect() as conn:
+        catalog, policy = await records.snapshot(conn, facts)
+    clean = validated_values(catalog, fields, "fields")
+    require_known(catalog, [], facts.purpose, loc="fields")
+    names = list(clean)
+    written: WriteOut | None = None
+    async with records.transactions.begin() as conn:
+        citizen = disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
+        context = records.context(facts, citizen.status)
+        decisions = _write_decisions(catalog, policy, facts, names, context)
+        denied = [n for n in names if decisions[n].effect != "permit"]
+        if not denied:
+            death = catalog.death_field
+            status = "deceased" if death is not None and death.name in clean else None
+            bumped = await repository.bump_version(
+                conn, citizen_id, expected=if_match, now=started, status=status
+            )
+            if bumped is None:
+                raise StaleVersion(f"The record is no longer at version {if_match}; read it again.")
+            versions = await store_values(
+                records, conn, catalog, citizen_id, clean, facts.principal.client_id, started
+            )
+            entry = records.entry(
+                facts,
+                "write",
+                citizen_id=citizen_id,
+                catalog=catalog,
+                requested=names,
+                released=names,
+                decisions=decisions,
+                status=200,
+            )
+            # The change events, one per owning department, in this same transaction:
+            # a write that rolls back tells no one. Field names only, never values.
+            for owner, changed in _fields_by_owner(catalog, names).items():
+                await events_service.record_change(
+                    conn, citizen_id=citizen_id, fields=changed, owner=owner, occurred_at=started
+                )
+            # Last statement before commit: on PostgreSQL it holds the audit's order lock.
+            await audit_service.append_in_transaction(conn, entry)
+            written = WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
+    if written is not None:
+        # Committed: wake feeds and dispatchers waiting in this process.
+        events_service.notify()
+        return written
+    reasons = "; ".join(decisions[n].reason for n in denied)
+    refusal = records.entry(
+        facts,
+        "write",
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=names,
+        released=[],
+        decisions=decisions,
+        status=403,
+        decision="deny",
+    )
+    await records.refuse(refusal, NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}"))
+
+
+def _write_decisions(
+    catalog: Catalog,
+    policy: CompiledPolicy,
+    facts: RequestFacts,
+    names: Sequence[str],
+    context: RequestContext,
+) -> dict[str, Decision]:
+    """An owner writes its own fields without naming a purpose; a delegate must name
+    the purpose of its ``write`` agreement."""
+    if facts.purpose is not None:
+        return policy.decide(facts.department, "write", names, context)
+    decisions: dict[str, Decision] = {}
+    for name in names:
+        spec = catalog.field(name)
+        if spec is not None and spec.owner == facts.department:
+            decisions[name] = Decision(name, "permit", None, None, "owner")
+        else:
+            reason = f"{facts.department} does not own {name}; a delegated write must name its purpose"
+            decisions[name] = Decision(name, "deny", None, None, reason)
+    return decisions
+
+
+async def erase(
+    records: RecordsService,
+    facts: RequestFacts,
+    citizen_id: str,
+    *,
+    reason: ErasureReason,
+    legal_basis: str,
+) -> None:
+    """Crypto-shred a citizen: the data keys are destroyed; the audit stays.
+
+    Only the department that owns ``national_id`` (the register), or a department holding
+    an ``erase`` agreement on ``national_id`` (then stating that agreement's purpose). The
+    reason (a fixed code, so no free text reaches the audit) and the stated legal basis are
+    kept in the audit entry. A refusal is a 403 whether or not the citizen exists, and is
+    audited."""
+    legal_basis = validated_legal_basis(legal_basis)
+    started = now()
+    async with records.transactions.begin() as conn:
+        catalog, policy = await records.snapshot(conn, facts)
+        require_known(catalog, [], facts.purpose, loc="query")
+        citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+        context = records.context(facts, citizen.status if citizen else None)
+        decision = _erase_decision(catalog, policy, facts, context, reason, legal_basis)
+        if decision.effect == "permit":
+            disclosure.present(citizen)
+            await records.keyring.shred_citizen(conn, citizen_id)
+            await repository.mark_erased(conn, citizen_id, started)
+            await audit_service.append_in_transaction(
+                conn, _erase_entry(records, facts, citizen_id, catalog, decision, status=204)
+            )
+            return
+    refusal = _erase_entry(records, facts, citizen_id, catalog, decision, status=403)
+    await records.refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
+
+
+def _erase_entry(
+    records: RecordsService,
+    facts: RequestFacts,
+    citizen_id: str,
+    catalog: Catalog,
+    decision: Decision,
+    *,
+    status: int,
+) -> AuditEntry:
+    return records.entry(
+        facts,
+        "erase",
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=[NATIONAL_ID_FIELD],
+        released=[],
+        decisions={NATIONAL_ID_FIELD: decision},
+        status=status,
+        decision="permit" if decision.effect == "permit" else "deny",
+    )
+
+
+def _erase_decision(
+    catalog: Catalog,
+    policy: CompiledPolicy,
+    facts: RequestFacts,
+    context: RequestContext,
+    reason: ErasureReason,
+    legal_basis: str,
+) -> Decision:
+    """The owner of ``national_id`` erases; anyone else needs an ``erase`` agreement for
+    the purpose it states."""
+    spec = catalog.field(NATIONAL_ID_FIELD)
+    if spec is not None and spec.owner == facts.department:
+        return Decision(NATIONAL_ID_FIELD, "permit", None, None, f"owner; {reason}", legal_basis)
+    if facts.purpose is None:
+        owner = spec.owner if spec else "the register"
+        return Decision(
+            NATIONAL_ID_FIELD,
+            "deny",
+            None,
+            None,
+            f"only {owner}, which owns {NATIONAL_ID_FIELD}, erases citizens; "
+            "a department with an erase agreement must name its purpose",
+        )
+    decided = policy.decide(facts.department, "erase", [NATIONAL_ID_FIELD], context)[NATIONAL_ID_FIELD]
+    if decided.effect != "permit":
+        return decided
+    return Decision(
+        NATIONAL_ID_FIELD,
+        "permit",
+        decided.agreement,
+        decided.version,
+        f"{decided.reason}; {reason}",
+        legal_basis,
+    )
+
+
+def _fields_by_owner(catalog: Catalog, names: Iterable[str]) -> dict[str, list[str]]:
+    owners = catalog.field_owners
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        grouped.setdefault(owners[name], []).append(name)
+    return grouped
+
+
+async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:
+    """On PostgreSQL, serialise registrations of the same national id until commit."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(index[:8], "big", signed=True)
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

@@ -1,0 +1,262 @@
+"""The console over the real services on the test's rolled-back transaction: sign-in through
+the auth domain, drafts through the policy rules, agreements and the audit through the
+functions the API calls (so both give the same answers)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.audit.models import AuditEntryRow
+from service.audit.search import get_audit_access
+from service.audit.writer import append_in_transaction
+from service.auth import service as auth_service
+from service.auth.dependencies import Principal
+from service.catalog import service as catalog_service
+from service.catalog.schemas import Catalog
+from service.console import forms
+from service.console.drafts import check_draft
+from service.policy import service as policy_service
+from service.policy.schemas import AgreementSpec
+from tests.fixtures.audit import TransactionAudit, make_entry
+from tests.fixtures.auth import act_as
+
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
+OWNER = Principal.with_roles("register-owner", "register", "data-owner")
+
+
+async def _catalog(session: AsyncSession) -> Catalog:
+    return (await catalog_service.current(session))[1]
+
+
+async def sign_in(client: httpx.AsyncClient, client_id: str, secret: str) -> httpx.Response:
+    form = await client.get("/console/sign-in")
+    found = CSRF.search(form.text)
+    assert found is not None
+    data = {"csrf_token": found.group(1), "client_id": client_id, "client_secret": secret}
+    return await client.post("/console/sign-in", data=data)
+
+
+@pytest.mark.usefixtures("catalog_loaded")
+class TestSignInWithClients:
+    async def test_a_data_owner_signs_in(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+        created = await auth_service.create_client(session, department="register", roles=["data-owner"])
+        assert created.client_secret is not None
+        response = await sign_in(client, created.client_id, created.client_secret)
+        assert response.status_code == 303
+        assert (await client.get("/console")).status_code == 200
+
+    async def test_unknown_client_and_wrong_secret_look_the_same(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await auth_service.create_client(session, department="register", roles=["auditor"])
+        wrong = await sign_in(client, created.client_id, "not-the-secret")
+        unknown = await sign_in(client, "tc_nobody", "not-the-secret")
+        assert wrong.status_code == unknown.status_code == 401
+        message = "The client ID or client secret is not right"
+        assert message in wrong.text
+        assert message in unknown.text
+
+    async def test_a_disabled_client_is_refused(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await auth_service.create_client(session, department="register", roles=["data-owner"])
+        assert created.client_secret is not None
+        await auth_service.disable_client(session, created.client_id)
+        response = await sign_in(client, created.client_id, created.client_secret)
+        assert response.status_code == 401
+        assert "This client has been disabled" in response.text
+
+    async def test_disabling_a_signed_in_client_signs_it_out(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await auth_service.create_client(session, department="register", roles=["data-owner"])
+        assert created.client_secret is not None
+        await sign_in(client, created.client_id, created.client_secret)
+        await auth_service.disable_client(session, created.client_id)
+        assert (await client.get("/console")).status_code == 303
+
+    @pytest.mark.parametrize("roles", [["consumer"], ["writer", "registrar"], ["admin"]])
+    async def test_other_roles_are_refused(
+        self, client: httpx.AsyncClient, session: AsyncSession, roles: list[str]
+    ) -> None:
+        created = await auth_service.create_client(session, department="welfare", roles=roles)
+        assert created.client_secret is not None
+        response = await sign_in(client, created.client_id, created.client_secret)
+        assert response.status_code == 403
+        assert "cannot sign in to the console" in response.text
+
+
+VALID: dict[str, Any] = {
+    "id": "address-for-welfare",
+    "consumer": "welfare",
+    "fields": ["address"],
+    "actions": ["read"],
+    "purposes": ["benefit-eligibility"],
+    "legal_basis": "Social Security Administration Act 1992, s.122",
+}
+
+
+@pytest.mark.usefixtures("catalog_loaded")
+class TestDraftsFollowThePolicyRules:
+    async def test_a_valid_draft_is_the_stored_form(self, session: AsyncSession) -> None:
+        checked = await check_draft(session, await _catalog(session), OWNER, dict(VALID), creating=True)
+        assert checked.errors == []
+        assert checked.content == AgreementSpec.model_validate(VALID).content()
+
+    @pytest.mark.parametrize(
+        ("change", "field", "message"),
+        [
+            ({"id": "Not An Id"}, "id", "The agreement ID must be lower-case letters"),
+            ({"fields": []}, "fields", "Choose at least one field"),
+            (
+                {"fields": ["licence_status"]},
+                "fields",
+                "Register does not own field 'licence_status' (owner: dvla)",
+            ),
+            ({"purposes": ["astrology"]}, "purposes", "Unknown purpose 'astrology'"),
+            ({"legal_basis": None}, "legal_basis", "A permit needs a legal_basis"),
+            ({"consumer": "register"}, "consumer", "An owner needs no agreement with itself"),
+            (
+                {"valid_from": "2027-01-01", "valid_until": "2026-01-01"},
+                "valid_until",
+                "is before valid_from",
+            ),
+            ({"valid_until": "2027-02-30"}, "valid_until", "The valid until date must be a real date"),
+            ({"when": "citizen.status =="}, "when", "Invalid condition"),
+        ],
+    )
+    async def test_each_problem_lands_on_its_field(
+        self, session: AsyncSession, change: dict[str, Any], field: str, message: str
+    ) -> None:
+        draft = {key: value for key, value in (VALID | change).items() if value is not None}
+        checked = await check_draft(session, await _catalog(session), OWNER, draft, creating=True)
+        assert checked.content is None
+        assert [name for name, _ in checked.errors] == [field]
+        assert message in checked.errors[0][1]
+
+    async def test_an_id_in_use_is_refused_when_creating_only(self, session: AsyncSession) -> None:
+        spec = AgreementSpec.model_validate(VALID)
+        await policy_service.put_agreement(session, None, spec, owner="register", author="tests", reason="")
+        catalog = await _catalog(session)
+        creating = await check_draft(session, catalog, OWNER, dict(VALID), creating=True)
+        assert creating.errors == [
+            ("id", "An agreement with this ID already exists; IDs are unique across the catalog")
+        ]
+        editing = await check_draft(session, catalog, OWNER, dict(VALID), creating=False)
+        assert editing.errors == []
+
+
+async def _signed_in_owner(client: httpx.AsyncClient, session: AsyncSession, department: str) -> str:
+    """A data owner of ``department`` signed in to the console; its client id."""
+    created = await auth_service.create_client(session, department=department, roles=["data-owner"])
+    assert created.client_secret is not None
+    assert (await sign_in(client, created.client_id, created.client_secret)).status_code == 303
+    return created.client_id
+
+
+async def _csrf(client: httpx.AsyncClient) -> str:
+    found = CSRF.search((await client.get("/console")).text)
+    assert found is not None
+    return found.group(1)
+
+
+async def _save(
+    client: httpx.AsyncClient, path: str, content: dict[str, Any], **extra: str
+) -> httpx.Response:
+    data = {"csrf_token": await _csrf(client), "step": "save", "draft": forms.encode_draft(content), **extra}
+    return await client.post(path, data=data)
+
+
+@pytest.fixture
+def audit_in_transaction(app: FastAPI, session: AsyncSession) -> None:
+    """The audit API and the console read and record the log in the test's transaction."""
+    app.dependency_overrides[get_audit_access] = TransactionAudit(session).access
+
+
+@pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
+class TestAgreementsGiveTheApisAnswers:
+    async def test_an_agreement_saved_in_the_console_is_the_apis_with_the_same_author(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id = await _signed_in_owner(client, session, "register")
+        saved = await _save(client, "/console/agreements/new", dict(VALID), reason="welfare needs it")
+        assert saved.status_code == 303, saved.text
+        act_as(app, "register", "data-owner", client_id=client_id)
+        read = await client.get(f"/v1/policies/{VALID['id']}")
+        assert read.status_code == 200
+        assert (read.json()["author"], read.json()["reason"], read.headers["etag"]) == (
+            client_id,
+            "welfare needs it",
+            '"1"',
+        )
+
+    async def test_a_stale_version_is_refused_as_the_api_refuses_it(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        await _signed_in_owner(client, session, "register")
+        assert (await _save(client, "/console/agreements/new", dict(VALID))).status_code == 303
+        path = f"/console/agreements/{VALID['id']}/edit"
+        stale = await _save(client, path, dict(VALID), expected_version="7")
+        # StaleAgreement, the API's 412, shown as a page.
+        assert stale.status_code == 412
+        assert "is at version 1; read it again" in stale.text
+
+    async def test_another_owners_agreement_is_missing_in_both(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        spec = AgreementSpec.model_validate(
+            VALID | {"id": "points-for-welfare", "fields": ["points"], "consumer": "welfare"}
+        )
+        await policy_service.put_agreement(session, None, spec, owner="dvla", author="tests", reason="")
+        client_id = await _signed_in_owner(client, session, "register")
+        page = await client.get("/console/agreements/points-for-welfare")
+        assert page.status_code == 404
+        assert "There is no agreement points-for-welfare you can see" in page.text
+        act_as(app, "register", "data-owner", client_id=client_id)
+        assert (await client.get("/v1/policies/points-for-welfare")).status_code == 404
+
+
+@pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
+class TestAuditGivesTheApisAnswers:
+    async def test_a_data_owner_sees_the_same_entries_in_both_and_each_search_is_recorded(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        conn = await session.connection()
+        for citizen, owner in (
+            ("c-register-1", "register"),
+            ("c-dvla-1", "dvla"),
+            ("c-register-2", "register"),
+        ):
+            await append_in_transaction(conn, make_entry(citizen_id=citizen, owners=[owner]))
+        client_id = await _signed_in_owner(client, session, "register")
+        page = await client.get("/console/audit")
+        assert page.status_code == 200
+        shown = {c for c in ("c-register-1", "c-register-2", "c-dvla-1") if c in page.text}
+        act_as(app, "register", "data-owner", client_id=client_id)
+        listed = (await client.get("/v1/audit/entries")).json()["items"]
+        by_api = {item["entry"]["citizen_id"] for item in listed if item["entry"]["action"] == "read"}
+        assert shown == by_api == {"c-register-1", "c-register-2"}
+        recorded = select(AuditEntryRow.client_id).where(AuditEntryRow.action == "audit-query")
+        # The console's search and the API's, each recorded under the signed-in client.
+        assert list((await session.execute(recorded)).scalars()) == [client_id, client_id]
+
+    async def test_an_unknown_citizen_has_no_access_log_in_either(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        created = await auth_service.create_client(session, department="portal", roles=["citizen-portal"])
+        assert created.client_secret is not None
+        await sign_in(client, created.client_id, created.client_secret)
+        page = await client.post(
+            "/console/citizen", data={"csrf_token": await _csrf(client), "citizen_id": "0000-ffff"}
+        )
+        assert page.status_code == 404
+        assert "No citizen has this ID" in page.text
+        act_as(app, "portal", "citizen-portal", client_id=created.client_id)
+        assert (await client.get("/v1/citizens/0000-ffff/access-log")).status_code == 404

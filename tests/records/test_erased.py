@@ -1,0 +1,63 @@
+"""An erased citizen gets one answer from every read (``records/disclosure.py``): 410 to a
+caller that may know the citizen exists, 404 to anyone else, and in batch-get the same
+per citizen. Runs the service on the rolled-back test transaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.records import reads, writes
+from service.records.errors import CitizenErased, CitizenNotFound
+from tests.records.conftest import RecordsTx, facts_as
+
+PURPOSE = "benefit-eligibility"
+WELFARE = facts_as("welfare", "consumer", purpose=PURPOSE)  # may look citizens up
+PORTAL = facts_as("portal", "consumer", purpose=PURPOSE)  # no agreement at all
+MADE_UP = "00000000-0000-4000-8000-000000000042"
+
+
+@pytest.fixture
+async def erased(records_tx: RecordsTx) -> str:
+    registered = await writes.register(
+        records_tx.records, facts_as("register", "registrar"), "ER1234567", {"given_name": "Gone"}
+    )
+    await writes.erase(
+        records_tx.records,
+        facts_as("register", "registrar"),
+        registered.id,
+        reason="court-order",
+        legal_basis="Court order 2026/99",
+    )
+    return registered.id
+
+
+class TestErasedCitizen:
+    async def test_read_verify_and_history_are_410_to_a_caller_that_may_know(
+        self, records_tx: RecordsTx, erased: str
+    ) -> None:
+        with pytest.raises(CitizenErased):
+            await reads.read(records_tx.records, WELFARE, erased, ["given_name"])
+        with pytest.raises(CitizenErased):
+            await reads.verify(records_tx.records, WELFARE, erased, {"date_of_birth": {"lte": "2000-01-01"}})
+        with pytest.raises(CitizenErased):
+            await reads.history(records_tx.records, WELFARE, erased, "address", cursor=None, limit=5)
+
+    async def test_batch_get_says_erased_to_a_caller_that_may_know(
+        self, records_tx: RecordsTx, erased: str
+    ) -> None:
+        page = await reads.batch_get(records_tx.records, WELFARE, [erased], ["given_name"])
+        (item,) = page.items
+        assert item.fields == {}
+        assert [(w.field, w.reason) for w in item.withheld] == [
+            ("given_name", "the citizen's record was erased")
+        ]
+
+    async def test_a_stranger_gets_404_and_the_item_of_a_made_up_id(
+        self, records_tx: RecordsTx, erased: str
+    ) -> None:
+        with pytest.raises(CitizenNotFound):
+            await reads.read(records_tx.records, PORTAL, erased, ["given_name"])
+        page = await reads.batch_get(records_tx.records, PORTAL, [erased, MADE_UP], ["given_name"])
+        real, made_up = page.items
+        assert real.model_dump(exclude={"id"}) == made_up.model_dump(exclude={"id"})
+        assert made_up.withheld[0].reason == "no such citizen is available to you"

@@ -1,0 +1,132 @@
+"""The forms of ``CitizenStore`` return the same rows for the same questions.
+
+The access path reads citizens and current values through the raw driver (SQLite or
+PostgreSQL, whichever this run uses); tests and one-transaction callers read through
+SQLAlchemy Core (``CoreStore``). A difference between them would let a test pass that
+production fails, so each question is asked of both, on the same committed rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.crypto.keyring import Keyring
+from service.db import create_engine
+from service.policy.service import PolicyHolder
+from service.records import seeding, writes
+from service.records.repository import ValueRow
+from service.records.service import RecordsService
+from service.records.store import CitizenStore, CoreStore, open_store
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.records.conftest import apply_policies, facts_as
+
+UNKNOWN = "00000000-0000-4000-8000-000000000099"
+FIELDS = ["given_name", "address", "licence_status", "points", "self_employed", "date_of_birth"]
+
+
+@dataclass
+class Stored:
+    url: str
+    ids: list[str]
+
+
+@pytest.fixture(scope="module")
+async def stored(database_url: str, settings: Settings) -> AsyncIterator[Stored]:
+    """Committed (the raw driver reads on its own connection): three citizens with values
+    of several owners and types; one has a second version of a field (the first is
+    history), one is erased."""
+    url = await create_scratch_database(database_url)
+    apply_policies(url)
+    engine = create_engine(url)
+    keyring = Keyring.from_settings(settings)
+    people: list[dict[str, Any]] = [
+        {"national_id": "ST10000001", "given_name": "Storey", "date_of_birth": "1980-02-01"},
+        {
+            "national_id": "ST10000002",
+            "given_name": "Storer",
+            "address": "1 Old Road",
+            "licence_status": "valid",
+            "points": 3,
+            "self_employed": True,
+        },
+        {"national_id": "ST10000003", "given_name": "Stored", "points": 0},
+    ]
+    try:
+        async with engine.begin() as conn:
+            ids = await seeding.register_population(conn, keyring, facts_as("register", "registrar"), people)
+            records = RecordsService.in_transaction(conn, keyring, PolicyHolder())
+            await writes.write(
+                records,
+                facts_as("register", "writer"),
+                ids[1],
+                {"address": "2 New Road"},
+                reason="moved",
+                if_match=None,
+            )
+            await writes.erase(
+                records, facts_as("register", "registrar"), ids[2], reason="court-order", legal_basis="a test"
+            )
+        yield Stored(url, ids)
+    finally:
+        await engine.dispose()
+        await drop_scratch_database(url)
+
+
+def _order(row: ValueRow) -> tuple[str, str, int]:
+    return (row.citizen_id, row.field, row.version)
+
+
+async def _ask(store: CitizenStore, question: str, ids: list[str]) -> Any:
+    if question == "citizens":
+        return await store.citizens([*ids, UNKNOWN])
+    if question == "no citizens":
+        return await store.citizens([])
+    if question == "current values":
+        return sorted(await store.current_values([*ids, UNKNOWN], FIELDS), key=_order)
+    if question == "some fields of some citizens":
+        return sorted(await store.current_values(ids[1:2], ["address", "points"]), key=_order)
+    assert question == "no fields"
+    return await store.current_values(ids, [])
+
+
+class TestStoresAgree:
+    @pytest.mark.parametrize(
+        "question", ["citizens", "no citizens", "current values", "some fields of some citizens", "no fields"]
+    )
+    async def test_core_and_raw_driver_return_the_same_rows(self, stored: Stored, question: str) -> None:
+        engine = create_engine(stored.url)
+        try:
+            async with engine.connect() as conn:
+                core = await _ask(CoreStore(conn), question, stored.ids)
+        finally:
+            await engine.dispose()
+        driver = await open_store(stored.url)
+        try:
+            raw = await _ask(driver, question, stored.ids)
+        finally:
+            await driver.close()
+
+        assert raw == core
+
+    async def test_the_rows_are_what_was_stored(self, stored: Stored) -> None:
+        """So that agreement above is not two empty answers."""
+        driver = await open_store(stored.url)
+        try:
+            citizens = await driver.citizens([*stored.ids, UNKNOWN])
+            values = await driver.current_values(stored.ids, FIELDS)
+        finally:
+            await driver.close()
+        assert {c.id: (c.status, c.version) for c in citizens.values()} == {
+            stored.ids[0]: ("active", 1),
+            stored.ids[1]: ("active", 2),
+            stored.ids[2]: ("erased", 2),
+        }
+        current = {(row.citizen_id, row.field): row.version for row in values}
+        assert current[(stored.ids[1], "address")] == 2
+        assert len(current) == 2 + 5 + 2
+        assert all(row.written_at.tzinfo is not None and row.ciphertext for row in values)

@@ -1,10 +1,18 @@
 # tellonce: a slim, non-root image whose entrypoint is `tellonce serve`.
-# Build:  docker build -t tellonce .
-# Run:    docker run -p 8000:8000 \
-#           -e TELLONCE_ENV=production \
-#           -e TELLONCE_DATABASE_URL=postgresql+asyncpg://tellonce@db:5432/tellonce \
-#           -e TELLONCE_ROOT_KEY=<base64 32 bytes from your KMS> \
-#           tellonce
+# Not built on the machine this was written on (no Docker there): it is linted with hadolint
+# in the tests, and compose.yaml is checked against the Compose specification.
+#
+# With Docker Compose (PostgreSQL, a one-shot init, the API, the worker): see compose.yaml.
+# By hand, the data directory must be a volume (the signing keys live there) and `init`
+# must run once before `serve`:
+#   docker build -t tellonce .
+#   docker volume create tellonce-data
+#   docker run --rm -v tellonce-data:/app/.tellonce \
+#     -e TELLONCE_ENV=production -e TELLONCE_ROOT_KEY=<base64 32 bytes from your KMS> \
+#     -e TELLONCE_DATABASE_URL=postgresql+asyncpg://tellonce:PASSWORD@db:5432/tellonce \
+#     -e TELLONCE_PUBLIC_URL=https://tellonce.example.gov.uk \
+#     --entrypoint tellonce tellonce init
+#   docker run -p 8000:8000 -v tellonce-data:/app/.tellonce  (same -e options)  tellonce
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -29,8 +37,8 @@ ENV PATH=/opt/tellonce/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TELLONCE_DATA_DIR=/app/.tellonce
-USER tellonce
+USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["tellonce", "serve", "--host", "0.0.0.0", "--port", "8000"]

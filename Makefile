@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run serve test test-sqlite test-postgres lint typecheck bench clean softhsm
+.PHONY: install run run-reset serve test test-sqlite test-postgres lint typecheck bench clean softhsm
 
 # The service and the department client library (clients/python), which the tests use.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -19,6 +19,10 @@ install: $(STAMP)
 # through life events, print the report, keep serving (see README, "What you will see").
 run: install
 	$(BIN)/tellonce demo
+
+# The same demo on a wiped store: new keys, clients, population and audit log.
+run-reset: install
+	$(BIN)/tellonce demo --reset
 
 # ruff (its S rules are bandit's checks) and pip-audit against a reviewed baseline.
 lint: install

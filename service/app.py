@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from service import __version__
+from service.api_docs import install_docs
 from service.audit import endpoints as audit_endpoints
 from service.audit import service as audit_service
 from service.auth import endpoints as auth_endpoints
 from service.auth.runtime import auth_lifecycle
+from service.bootstrap import production_overrides, production_refusals
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.console import router as console_router
@@ -22,11 +26,34 @@ from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
+from service.openapi import install_openapi
 from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
 from service.records import records_lifecycle
-from service.schema import head_revisions
+from service.schema import SchemaGate, head_revisions
 from service.tracing import install_tracing
+
+logger = logging.getLogger("tellonce.app")
+
+
+class StartupRefused(RuntimeError):
+    """Production settings this process will not run with (see ``service.bootstrap``)."""
+
+
+@asynccontextmanager
+async def schema_lifecycle(app: FastAPI) -> AsyncIterator[None]:
+    """Checks the schema in the background (with backoff) so the loops below start only on a
+    migrated database, while ``/readyz`` already answers."""
+    gate = SchemaGate(app.state.database.engine)
+    app.state.schema_gate = gate
+    stop = asyncio.Event()
+    task = asyncio.create_task(gate.wait(stop), name="schema-gate")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
 
 # Every router is included here and nowhere else.
 ROUTERS = [
@@ -43,6 +70,7 @@ ROUTERS = [
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
+LIFECYCLES.append(schema_lifecycle)
 LIFECYCLES.append(policy_endpoints.policy_lifecycle)
 LIFECYCLES.append(auth_lifecycle)
 LIFECYCLES.append(audit_service.audit_lifecycle)
@@ -53,6 +81,11 @@ LIFECYCLES.append(events_lifecycle)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    refusals = production_refusals(settings)
+    if refusals:
+        raise StartupRefused("; ".join(refusals))
+    for override in production_overrides(settings):
+        logger.warning("production override in effect: %s", override)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.database.dispose()
 
     app = FastAPI(
+        # /docs and /redoc are served by service/api_docs.py, from packaged assets.
+        docs_url=None,
+        redoc_url=None,
         title="tellonce",
         version=__version__,
         summary="Tell us once: one register, owner-controlled sharing, every access audited.",
@@ -77,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
+    install_docs(app)
     # Outermost first: the request id must exist before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

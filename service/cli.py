@@ -1,48 +1,167 @@
-"""The ``tellonce`` command. Each domain contributes a sub-command group."""
+"""The ``tellonce`` command. Each domain contributes a sub-command group.
+
+The groups are imported only when one of them runs: importing every domain (FastAPI,
+SQLAlchemy, the models) costs over a second, and ``tellonce --help`` or a typo should not
+pay it. To add a group, name its module and Typer object in ``LAZY_GROUPS`` with a one-line
+help; heavy imports inside this file's own commands go inside the function.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import typer
-import uvicorn
 
-from service.audit.cli import app as audit_app
-from service.audit.policy_changes import connect_policy_changes
-from service.auth.cli import auth_app, clients_app
-from service.config import Settings, get_settings
-from service.crypto.cli import app as keys_app
-from service.policy.cli import app as policies_app
-from service.records.cli import app as records_app
-from service.schema import upgrade
-from service.sim.cli import demo as demo_command
-from service.witness.cli import app as witness_app
+# Typer carries its own copy of Click; commands and contexts must be that copy's classes.
+from typer import _click as click
+from typer.core import TyperCommand, TyperGroup
 
-app = typer.Typer(no_args_is_help=True, help="tellonce: tell-us-once data sharing for government.")
+# name -> (module, attribute, short help). The attribute is a Typer app or a command function.
+LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
+    "policies": ("service.policy.cli", "app", "Agreements and the catalog, from policy files."),
+    "clients": ("service.auth.cli", "clients_app", "OAuth2 clients of department systems."),
+    "auth": ("service.auth.cli", "auth_app", "Access-token signing keys."),
+    "audit": ("service.audit.cli", "app", "The tamper-evident audit log."),
+    "keys": ("service.crypto.cli", "app", "Key-encryption keys and data keys."),
+    "records": ("service.records.cli", "app", "Citizen records maintenance."),
+    "witness": (
+        "service.witness.cli",
+        "app",
+        "A standalone witness that cosigns the audit log's checkpoints.",
+    ),
+    "demo": ("service.sim.cli", "demo", "Build a simulated government, serve it, run life events, report."),
+}
+
+
+class _Placeholder(TyperCommand):
+    """What ``--help`` lists for a group that has not been imported."""
+
+    def __init__(self, name: str, short_help: str) -> None:
+        super().__init__(name, help=short_help, short_help=short_help)
+
+
+def _load(name: str) -> click.Command:
+    module_name, attribute, _help = LAZY_GROUPS[name]
+    target: Any = getattr(importlib.import_module(module_name), attribute)
+    if module_name == "service.policy.cli":
+        # Policy changes made from the command line are audited like those made through the API.
+        from service.audit.policy_changes import connect_policy_changes
+
+        connect_policy_changes()
+    if isinstance(target, typer.Typer):
+        # A group even when it has one command (``auth``), as ``add_typer`` would make it.
+        command: click.Command = typer.main.get_group(target)
+    else:
+        single = typer.Typer()
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """Lists the lazy groups cheaply; imports one only when it is the command being run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_GROUPS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_GROUPS:
+            return _Placeholder(cmd_name, LAZY_GROUPS[cmd_name][2])
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None and isinstance(command, _Placeholder):
+            command = _load(name)
+        return name, command, rest
+
+
+app = typer.Typer(
+    cls=LazyGroup,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="tellonce: tell-us-once data sharing for government.",
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
-app.add_typer(db_app, name="db")
-app.add_typer(policies_app, name="policies")
-app.add_typer(clients_app, name="clients")
-app.add_typer(auth_app, name="auth")
-app.add_typer(audit_app, name="audit")
-app.add_typer(keys_app, name="keys")
-app.add_typer(records_app, name="records")
-app.add_typer(witness_app, name="witness")
-app.command("demo")(demo_command)
 
 
 @app.callback()
-def start() -> None:
-    """Wire the process before any command runs (not at import, so importing this module
-    changes nothing): policy changes made from the command line are audited like those
-    made through the API."""
-    connect_policy_changes()
+def main(
+    actor: str | None = typer.Option(
+        None,
+        "--actor",
+        envvar="TELLONCE_ACTOR",
+        help="Who is running this command, as the audit log records it (default: the OS user).",
+    ),
+) -> None:
+    """tellonce: tell-us-once data sharing for government."""
+    from service import operator
+
+    operator.choose(actor)
+
+
+app.add_typer(db_app, name="db")
+
+
+def _settings_or_exit() -> Any:
+    """The settings, or one line naming the bad variable (never a validation traceback)."""
+    from pydantic import ValidationError
+
+    from service.config import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        typer.echo(f"tellonce: invalid settings: {problems}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _refuse_if_not_ready(settings: Any) -> None:
+    from service.bootstrap import startup_refusal
+
+    refusal = startup_refusal(settings)
+    if refusal is not None:
+        typer.echo(f"tellonce: {refusal}", err=True)
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the database to the newest schema."""
-    settings = get_settings()
-    upgrade(settings.database_url)
+    from service.schema import upgrade
+
+    upgrade(_settings_or_exit().database_url)
     typer.echo("database migrated to head")
+
+
+@app.command()
+def init(
+    new_root_key: bool = typer.Option(
+        False, "--new-root-key", help="Create root.key in the data directory if no root key is set."
+    ),
+) -> None:
+    """Prepare an installation: check the root key, create the signing keys, migrate.
+
+    Safe to run again: it creates only what is missing and never replaces a key."""
+    from service.bootstrap import InitFailed, initialise
+
+    settings = _settings_or_exit()
+    try:
+        report = initialise(settings, new_root_key=new_root_key, say=typer.echo)
+    except InitFailed as exc:
+        typer.echo(f"tellonce init: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"audit checkpoint verifier key (give it to auditors): {report.checkpoint_verifier_key}")
+    typer.echo("back up:")
+    for item in report.backup:
+        typer.echo(f"  - {item}")
 
 
 @app.command()
@@ -57,10 +176,15 @@ def serve(
     """Run the API."""
     import os
 
+    import uvicorn
+
+    from service.config import get_settings
+
     if no_worker:
         os.environ["TELLONCE_RUN_WORKERS"] = "false"
         get_settings.cache_clear()
-    settings = get_settings()
+    settings = _settings_or_exit()
+    _refuse_if_not_ready(settings)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -79,11 +203,13 @@ def worker() -> None:
     configured, and the event dispatcher) until SIGINT or SIGTERM."""
     import asyncio
 
-    asyncio.run(_run_workers(get_settings()))
+    settings = _settings_or_exit()
+    _refuse_if_not_ready(settings)
+    asyncio.run(_run_workers(settings))
 
 
-async def _run_workers(settings: Settings) -> None:
-    """Every loop shares one stop event, set by SIGINT or SIGTERM."""
+async def _run_workers(settings: Any) -> None:
+    """Every loop shares one stop event, set by SIGINT or SIGTERM; they start once the schema is current."""
     import asyncio
     import signal
 
@@ -92,20 +218,25 @@ async def _run_workers(settings: Settings) -> None:
     from service.audit.witnessing import WitnessSubmitter, witness_config
     from service.db import create_engine
     from service.events.dispatcher import run_dispatcher
+    from service.observability import configure_logging
+    from service.schema import SchemaGate
 
+    configure_logging(settings.log_level, settings.log_json)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     engine = create_engine(settings.database_url)
+    gate = SchemaGate(engine)
     witnesses = witness_config(AuditSettings())
     submitter = WitnessSubmitter(engine, witnesses) if witnesses.enabled else None
     try:
-        sequencer = make_sequencer(settings, engine)
-        loops = [sequencer.run(stop), run_dispatcher(settings, stop)]
-        if submitter is not None:
-            loops.append(submitter.run(stop, sequencer.checkpoint_signed))
-        await asyncio.gather(*loops)
+        if await gate.wait(stop):
+            sequencer = make_sequencer(settings, engine)
+            loops = [sequencer.run(stop), run_dispatcher(settings, stop)]
+            if submitter is not None:
+                loops.append(submitter.run(stop, sequencer.checkpoint_signed))
+            await asyncio.gather(*loops)
     finally:
         if submitter is not None:
             await submitter.close()

@@ -1,7 +1,8 @@
 """Settings, read from ``TELLONCE_*`` environment variables.
 
-Settings fail closed: outside development a missing or placeholder root key is refused
-at start-up rather than discovered when the first citizen is read.
+Settings fail closed: a placeholder root key is refused here; production's missing keys,
+SQLite and plain-http public URL are refused before start-up by ``service.bootstrap``
+rather than discovered when the first citizen is read.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class Settings(BaseSettings):
     log_json: bool = True
     # The public base URL: used as the token issuer and in metadata documents.
     public_url: str = "http://127.0.0.1:8000"
+    # Production refuses SQLite and a non-https public URL unless these say otherwise; an
+    # override in effect is logged at start (see service/bootstrap.py).
+    allow_sqlite_in_production: bool = False
+    allow_insecure_public_url: bool = False
     access_token_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     # Run the audit sequencer and the event dispatcher inside `serve`.
     run_workers: bool = True
@@ -97,11 +102,6 @@ class Settings(BaseSettings):
             if self.pkcs11_pin is None and self.pkcs11_pin_file is None:
                 raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_PIN or _PIN_FILE")
             return self
-        if self.env == "production" and self.root_key is None and not self.root_key_file.exists():
-            raise ValueError(
-                "production refuses to start without a root key: set TELLONCE_ROOT_KEY "
-                f"or provide {self.root_key_file}"
-            )
         return self
 
     @property

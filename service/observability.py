@@ -18,7 +18,14 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -131,6 +138,42 @@ class Metrics:
             "verify requests repeating open claims on one citizen's field in a day, by consumer and "
             "field; limited is true when the daily limit refused them (429).",
             ["consumer", "field", "limited"],
+            registry=self.registry,
+        )
+
+        # Beyond HTTP: the audit writer's batches, and gauges set at each scrape by
+        # ``service.health`` (sequencer lag, outbox backlog, deliveries, pool use).
+        self.audit_batch_entries = Histogram(
+            "tellonce_audit_writer_batch_entries",
+            "Entries per committed audit-writer batch (group commit).",
+            registry=self.registry,
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000),
+        )
+        self.audit_batch_failures = Counter(
+            "tellonce_audit_writer_failed_batches",
+            "Audit-writer batches that failed to commit (their requests got 503, no data released).",
+            registry=self.registry,
+        )
+        self.sequencer_lag = Gauge(
+            "tellonce_audit_sequencer_lag_entries",
+            "Audit entries written but not yet in the Merkle tree.",
+            registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "tellonce_events_outbox_backlog",
+            "Outbox events not yet turned into deliveries, summed over active webhook subscriptions.",
+            registry=self.registry,
+        )
+        self.deliveries = Gauge(
+            "tellonce_webhook_deliveries",
+            "Webhook deliveries by status (dead: retries exhausted; pending: not yet delivered).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.pool_in_use = Gauge(
+            "tellonce_db_pool_connections_in_use",
+            "Database connections checked out of each pool of this process.",
+            ["pool"],
             registry=self.registry,
         )
 

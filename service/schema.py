@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+logger = logging.getLogger("tellonce.schema")
 
 
 def _migrations_dir() -> Path:
@@ -59,3 +64,67 @@ async def current_revisions(engine: AsyncEngine) -> set[str]:
 async def upgrade_async(database_url: str) -> None:
     """``upgrade`` for callers already inside an event loop."""
     await asyncio.to_thread(upgrade, database_url)
+
+
+class SchemaGate:
+    """Holds the background loops back until the database is at the code's head revision.
+
+    Against an unmigrated (or unreachable) database every loop would fail each round and log
+    a traceback each time. Instead the gate logs one line saying what to run, answers
+    ``ready`` False (``/readyz`` says 503 on its own), and checks again with exponential
+    backoff; it logs once more when the database is ready.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
+        self.engine = engine
+        self.heads = head_revisions()
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.ready = asyncio.Event()
+
+    async def _current(self) -> tuple[bool, str]:
+        try:
+            current = await current_revisions(self.engine)
+        except (SQLAlchemyError, OSError) as exc:
+            return False, f"the database is not reachable ({type(exc).__name__})"
+        if current == self.heads:
+            return True, ""
+        have = ", ".join(sorted(current)) or "no schema"
+        want = ", ".join(sorted(self.heads))
+        return False, f"the database is at {have} but this code needs {want}: run `tellonce db upgrade`"
+
+    async def wait(self, stop: asyncio.Event) -> bool:
+        """True once the schema is current; False if ``stop`` was set first."""
+        delay = self.first_delay
+        told = ""
+        while not stop.is_set():
+            ready, problem = await self._current()
+            if ready:
+                if told:
+                    logger.info("database ready; background work starting")
+                self.ready.set()
+                return True
+            if not told:
+                logger.warning("%s; background work waits and retries with backoff", problem)
+            elif problem != told:
+                # One warning is enough; a migration in progress passes through other states.
+                logger.debug("still waiting: %s", problem)
+            told = problem
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, self.max_delay)
+        return False
+
+    async def run_when_ready(
+        self, stop: asyncio.Event, work: Callable[[asyncio.Event], Awaitable[None]]
+    ) -> None:
+        """Run ``work(stop)`` once the schema is current, unless ``stop`` comes first."""
+        ready = asyncio.create_task(self.ready.wait())
+        stopped = asyncio.create_task(stop.wait())
+        _done, pending = await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if self.ready.is_set() and not stop.is_set():
+            await work(stop)

@@ -31,6 +31,7 @@ from tests.fixtures.databases import (
     is_postgres,
 )
 from tests.fixtures.server import LiveServer, start_server
+from tests.fixtures.statuses import RecordedMetrics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_POLICIES = REPO_ROOT / "tests" / "fixtures" / "policies"
@@ -156,6 +157,20 @@ def live_server(scratch_database: str, tmp_path: Path, root_key: str) -> Iterato
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def recorded_answers() -> Iterator[None]:
+    """Every app the run creates keeps its request counts for tests/test_openapi.py."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("service.app.Metrics", RecordedMetrics)
+        yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The comparison of declared and answered statuses reads what every other test answered.
+    last = [item for item in items if item.get_closest_marker("after_all") is not None]
+    items[:] = [item for item in items if item not in last] + last
 
 
 def pytest_report_header() -> str:

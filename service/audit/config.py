@@ -48,6 +48,22 @@ def signing_key_path(settings: Settings) -> Path:
     return settings.data_dir / SIGNING_KEY_FILE
 
 
+def create_signing_key(path: Path) -> bool:
+    """Write a new Ed25519 seed (base64 of 32 raw bytes, one line, mode 0600) unless the file
+    exists; True if this call wrote it. Used by ``tellonce init`` and, outside production,
+    by the first process that needs the key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    try:
+        # O_EXCL: two processes starting together must not overwrite each other's key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(base64.b64encode(seed) + b"\n")
+    return True
+
+
 def load_signer(settings: Settings, origin: str) -> NoteSigner:
     """Read the Ed25519 seed; development and test make one (mode 0600), production refuses.
 
@@ -60,17 +76,11 @@ def load_signer(settings: Settings, origin: str) -> NoteSigner:
     path = signing_key_path(settings)
     if not path.exists():
         if not settings.allows_generated_keys:
-            raise SigningKeyMissing(f"production refuses to generate the audit signing key; provide {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        try:
-            # O_EXCL: two processes starting together must not overwrite each other's key.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(base64.b64encode(seed) + b"\n")
+            raise SigningKeyMissing(
+                f"no audit checkpoint signing key at {path}; production does not generate one: "
+                "run `tellonce init`"
+            )
+        create_signing_key(path)
     raw = base64.b64decode(path.read_bytes().strip(), validate=True)
     if len(raw) != 32:
         raise SigningKeyMissing(f"{path} does not hold a base64 32-byte Ed25519 seed")

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from service.policy.service import PolicyChange
 
 # The client named in entries for operations an operator runs (key rotation, erasure's shredding).
-OPERATOR = "tellonce-operator"
+# Key events while serving a request (a first KEK, an erasure's shredding) are the service's
+# own; those of operator commands name the operator (``service/operator.py``).
+SERVICE_ACTOR = "tellonce-service"
 
 
 class FieldDecision(Protocol):
@@ -235,15 +237,15 @@ def policy_change_entry(change: PolicyChange) -> AuditEntry:
     )
 
 
-def key_event_entry(event: KeyEvent) -> AuditEntry:
-    """A key operation. The detail holds versions, counts and pseudonymous citizen ids;
-    never key material."""
+def key_event_entry(event: KeyEvent, actor: str = SERVICE_ACTOR) -> AuditEntry:
+    """A key operation by ``actor``. The detail holds versions, counts and pseudonymous
+    citizen ids; never key material."""
     detail = ", ".join(f"{key}={value}" for key, value in sorted(event.detail.items()))
     department = event.department or ""
     return AuditEntry(
         time=utcnow().isoformat(),
         request_id=current_request_id(),
-        client_id=OPERATOR,
+        client_id=actor,
         department=department,
         action="key-operation",
         citizen_id=str(event.detail["citizen_id"]) if "citizen_id" in event.detail else None,
@@ -251,4 +253,22 @@ def key_event_entry(event: KeyEvent) -> AuditEntry:
         decision="permit",
         reasons=[Reason(field="", effect="permit", reason=f"{event.action}: {detail}")],
         status=200,
+    )
+
+
+def operator_entry(actor: str, action: str, department: str, what: str) -> AuditEntry:
+    """An operator command that changed who may call the service or what signs tokens
+    (``client-create``, ``client-disable``, ``signing-key-rotate``), or made a key (init)."""
+    return AuditEntry.model_validate(
+        {
+            "time": utcnow().isoformat(),
+            "request_id": current_request_id(),
+            "client_id": actor,
+            "department": department,
+            "action": action,
+            "owners": [],
+            "decision": "permit",
+            "reasons": [{"field": "", "effect": "permit", "reason": what}],
+            "status": 200,
+        }
     )

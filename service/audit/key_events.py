@@ -47,9 +47,11 @@ class KeyEventsToWriter:
 
 
 class KeyEventsCollected:
-    """The CLI's key-event hook: events are kept, then appended in one transaction."""
+    """The CLI's key-event hook: events are kept, then appended in one transaction under
+    the operator who ran the command."""
 
-    def __init__(self) -> None:
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
         self.events: list[KeyEvent] = []
 
     async def __call__(self, event: KeyEvent) -> None:
@@ -60,5 +62,7 @@ class KeyEventsCollected:
         self.events.clear()
         if events:
             async with engine.begin() as conn:
-                await append_many_in_transaction(conn, [key_event_entry(event) for event in events])
+                await append_many_in_transaction(
+                    conn, [key_event_entry(event, self.actor) for event in events]
+                )
         return len(events)

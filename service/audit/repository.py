@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, text
+from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.audit import merkle
@@ -133,14 +133,21 @@ class EntryFilter:
 
 
 async def page_entries(
-    db: Executor, entry_filter: EntryFilter, after_id: int, limit: int
+    db: Executor, entry_filter: EntryFilter, after_id: int, limit: int, *, newest_first: bool = False
 ) -> list[tuple[int, int | None, str]]:
-    """(entry id, leaf index or None if not yet sequenced, canonical JSON), in id order."""
+    """(entry id, leaf index or None if not yet sequenced, canonical JSON), in id order, or
+    newest first; ``after_id`` is the last id of the previous page (0: the first page)."""
+    if newest_first:
+        position = [AuditEntryRow.id < after_id] if after_id else []
+        order = AuditEntryRow.id.desc()
+    else:
+        position = [AuditEntryRow.id > after_id]
+        order = AuditEntryRow.id.asc()
     statement = (
         select(AuditEntryRow.id, AuditLeaf.leaf_index, AuditEntryRow.canonical)
         .outerjoin(AuditLeaf, AuditLeaf.entry_id == AuditEntryRow.id)
-        .where(AuditEntryRow.id > after_id, *entry_filter.conditions())
-        .order_by(AuditEntryRow.id)
+        .where(*position, *entry_filter.conditions())
+        .order_by(order)
         .limit(limit)
     )
     return [
@@ -237,3 +244,12 @@ async def unsequenced_entry(db: Executor) -> int | None:
     )
     found = (await db.execute(statement)).scalar()
     return None if found is None else int(found)
+
+
+async def sequencer_lag(db: Executor) -> int:
+    """Entries written after the sequencer's watermark: not yet in the tree (a metric)."""
+    watermark = select(AuditSequencerState.last_entry_id).where(AuditSequencerState.id == 1).scalar_subquery()
+    statement = (
+        select(func.count()).select_from(AuditEntryRow).where(AuditEntryRow.id > func.coalesce(watermark, 0))
+    )
+    return int((await db.execute(statement)).scalar_one())

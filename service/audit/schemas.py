@@ -22,6 +22,9 @@ Action = Literal[
     "feed",
     "policy-change",
     "key-operation",
+    "client-create",
+    "client-disable",
+    "signing-key-rotate",
     "audit-query",
     "access-log",
 ]

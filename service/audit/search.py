@@ -153,12 +153,16 @@ async def search_entries(
     after: int,
     limit: int,
     source: str | None,
+    newest_first: bool = False,
 ) -> Page:
-    """One page of matching entries, oldest first, as ``{id, leaf_index, entry}`` items."""
+    """One page of matching entries, oldest first (the API) or newest first (the console), as
+    ``{id, leaf_index, entry}`` items."""
     permissions.require_audit_reader(principal)
     stored_filter = entry_filter(principal, query)
     async with access.connect() as conn:
-        rows = await audit_repository.page_entries(conn, stored_filter, after, limit + 1)
+        rows = await audit_repository.page_entries(
+            conn, stored_filter, after, limit + 1, newest_first=newest_first
+        )
     await record_query(access.writer, principal, source=source, owners=[query.owner] if query.owner else [])
     more = len(rows) > limit
     rows = rows[:limit]

@@ -65,7 +65,14 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     # hold connections while awaiting their audit entry could starve it of one.
     writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
     tracing.instrument_engine(writer_engine)
-    writer = AuditWriter(writer_engine, max_batch=audit.writer_max_batch)
+    metrics = app.state.metrics
+    writer = AuditWriter(
+        writer_engine,
+        max_batch=audit.writer_max_batch,
+        on_batch=metrics.audit_batch_entries.observe,
+        on_failure=lambda _entries: metrics.audit_batch_failures.inc(),
+    )
+    app.state.audit_writer_engine = writer_engine
     await writer.start()
     app.state.audit_writer = writer
     key_events = KeyEventsToWriter(writer)
@@ -80,7 +87,9 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         sequencer_engine = _sequencer_engine(settings)
         sequencer = make_sequencer(settings, sequencer_engine, audit, signer)
         signed = sequencer.checkpoint_signed
-        task = asyncio.create_task(sequencer.run(stop), name="audit-sequencer")
+        task = asyncio.create_task(
+            app.state.schema_gate.run_when_ready(stop, sequencer.run), name="audit-sequencer"
+        )
     try:
         async with witnessing.witnessing_lifecycle(
             app, audit, settings.run_workers, sequencer_engine, signed

@@ -149,11 +149,16 @@ class AuditWriter:
         *,
         max_batch: int = 2000,
         before_commit: BeforeCommit | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        on_failure: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
         # A hook run inside each batch transaction just before commit; tests raise in it.
         self.before_commit = before_commit
+        # Told each batch's size once it commits, or once it fails (the metrics use them).
+        self.on_batch = on_batch
+        self.on_failure = on_failure
         self.batches_committed = 0
         self.entries_committed = 0
         self.batches_failed = 0
@@ -222,12 +227,16 @@ class AuditWriter:
         except Exception:
             self.batches_failed += 1
             logger.exception("audit batch of %d entries failed to commit", len(rows))
+            if self.on_failure is not None:
+                self.on_failure(len(rows))
             for _rows, future, _link in batch:
                 if not future.done():
                     future.set_exception(AuditUnavailable("The audit log could not record this access."))
             return
         self.batches_committed += 1
         self.entries_committed += len(rows)
+        if self.on_batch is not None:
+            self.on_batch(len(rows))
         offset = 0
         for entry_rows, future, _link in batch:
             if not future.done():

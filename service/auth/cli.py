@@ -13,6 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import operator
+from service.audit import entries
+from service.audit import service as audit_service
 from service.auth import service as auth_service
 from service.auth.keys import rotate_signing_key
 from service.config import get_settings
@@ -32,6 +35,12 @@ async def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
             return await work(session)
     finally:
         await database.dispose()
+
+
+async def _audit(session: AsyncSession, action: str, department: str, what: str) -> None:
+    """The operator's change, audited in the transaction that makes it."""
+    entry = entries.operator_entry(operator.audit_client_id(), action, department, what)
+    await audit_service.append_in_transaction(await session.connection(), entry)
 
 
 def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -63,7 +72,7 @@ def create(
         raise typer.Exit(1) from None
 
     async def work(session: AsyncSession) -> auth_service.NewClient:
-        return await auth_service.create_client(
+        created = await auth_service.create_client(
             session,
             department=department,
             roles=role_list,
@@ -72,6 +81,10 @@ def create(
             rate_per_second=rate,
             rate_burst=burst,
         )
+        method = "private_key_jwt" if public_jwk else "client_secret"
+        what = f"client {created.client_id} created: roles {','.join(role_list)}, {method}"
+        await _audit(session, "client-create", department, what + (f", name {name!r}" if name else ""))
+        return created
 
     created = _run(work)
     if as_json:
@@ -118,7 +131,8 @@ def disable(client_id: str = typer.Argument(..., help="The client to disable."))
     """Disable a client: its tokens are refused from the next request on, everywhere."""
 
     async def work(session: AsyncSession) -> None:
-        await auth_service.disable_client(session, client_id)
+        client = await auth_service.disable_client(session, client_id)
+        await _audit(session, "client-disable", client.department, f"client {client_id} disabled")
 
     _run(work)
     typer.echo(f"client {client_id} disabled")
@@ -128,4 +142,9 @@ def disable(client_id: str = typer.Argument(..., help="The client to disable."))
 def rotate() -> None:
     """Make a new access-token signing key active; the old one verifies until its tokens expire."""
     kid = rotate_signing_key(get_settings().data_dir)
+
+    async def work(session: AsyncSession) -> None:
+        await _audit(session, "signing-key-rotate", "", f"access-token signing key {kid} made active")
+
+    _run(work)
     typer.echo(f"new signing key {kid} is active")

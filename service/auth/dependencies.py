@@ -132,6 +132,8 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
             raise Forbidden(f"This call needs the scope(s): {', '.join(sorted(missing))}.")
         return principal
 
+    # Read by the OpenAPI document (service/openapi.py) to declare each route's scopes.
+    dependency.required_scopes = needed  # type: ignore[attr-defined]
     return dependency
 
 

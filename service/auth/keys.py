@@ -45,6 +45,11 @@ def _key_folder(data_dir: Path) -> Path:
     return data_dir / "signing-keys"
 
 
+def manifest_path(data_dir: Path) -> Path:
+    """The file whose presence means the signing keys exist."""
+    return _key_folder(data_dir) / MANIFEST
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -112,7 +117,7 @@ def ensure_signing_key(data_dir: Path, *, may_generate: bool) -> None:
     if not may_generate:
         raise SigningKeyMissing(
             f"no access-token signing key in {folder}; production does not generate one. "
-            "Create it with `tellonce auth rotate-signing-key` in a trusted environment."
+            "Create it with `tellonce init`."
         )
     with _locked(folder):
         if (folder / MANIFEST).exists():

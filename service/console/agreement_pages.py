@@ -199,11 +199,13 @@ async def _submit(
         values["id"] = agreement_id
         draft["id"] = agreement_id
     checked = await check_draft(session, catalog, viewer.principal, draft, creating=expected_version is None)
-    if checked.content is None or step == "change":
+    # Every problem at once: the dates typed in boxes, and everything the policy domain found.
+    problems = forms.date_errors(values) + checked.errors
+    if checked.content is None or problems or step == "change":
         form = AgreementForm(values=values)
-        for name, message in checked.errors:
+        for name, message in problems:
             form.add_error(name, message)
-        status = 422 if checked.errors else 200
+        status = 422 if problems else 200
         return _form_page(
             request, catalog, viewer, form, expected_version=expected_version, status_code=status
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -17,8 +18,10 @@ from service.audit import search as audit_search
 from service.audit import service as audit_service
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.search import AuditAccessDep, EntryQuery
+from service.audit.value import Release, releases_to_others
 from service.audit.verify import VerificationFailed
 from service.auth import permissions
+from service.auth import service as auth_service
 from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
 from service.console import chart
@@ -120,9 +123,22 @@ async def search(
     page = None
     if not errors:
         found = await audit_search.search_entries(
-            access, viewer.principal, query, after=after, limit=settings.page_size, source=source_of(request)
+            access,
+            viewer.principal,
+            query,
+            after=after,
+            limit=settings.page_size,
+            source=source_of(request),
+            newest_first=True,
         )
-        page = AuditPage([AuditRow.of(item) for item in found.items], found.next_cursor)
+        names = {c.client_id: c.name for c in await auth_service.list_clients(session) if c.name}
+        # A data owner sees only its own fields of each entry (a registration names others').
+        owned = (
+            None
+            if permissions.sees_all(viewer.principal)
+            else {f.name for f in catalog.fields if f.owner == viewer.principal.department}
+        )
+        page = AuditPage([AuditRow.of(item, names, owned) for item in found.items], found.next_cursor)
     departments = [(d.id, d.name) for d in catalog.departments]
     selects = [
         ("consumer", "Consumer", departments),
@@ -230,6 +246,11 @@ async def verify_now(
     )
 
 
+def _releases(rows: list[UsageRow]) -> list[Release]:
+    # The one rule of what counts (service/audit/value.py), shared with the demo's report.
+    return releases_to_others(asdict(row) for row in rows)
+
+
 async def _usage(
     request: Request,
     session: AsyncSession,
@@ -246,12 +267,12 @@ async def _usage(
 
 
 def daily_counts(rows: list[UsageRow]) -> list[chart.DayCount]:
-    """Usage rows (by field and purpose) summed per day and consumer."""
+    """Fields released to other departments, summed per day and consumer."""
     totals: Counter[tuple[date, str]] = Counter()
-    for row in rows:
-        day = _day(row.period[:10])
+    for release in _releases(rows):
+        day = _day(release.period[:10])
         if day is not None:
-            totals[(day, row.consumer)] += row.count
+            totals[(day, release.consumer)] += release.count
     return [chart.DayCount(day, consumer, count) for (day, consumer), count in sorted(totals.items())]
 
 
@@ -290,16 +311,16 @@ def _month_start(day: date) -> date:
 
 
 def month_summary(rows: list[UsageRow], month: str) -> list[dict[str, Any]]:
-    """Per consuming department: fields released, by purpose and by field, largest first."""
+    """Per other department: fields released to it, by purpose and by field, largest first."""
     totals: Counter[str] = Counter()
     purposes: dict[str, Counter[str]] = defaultdict(Counter)
     fields: dict[str, Counter[str]] = defaultdict(Counter)
-    for row in rows:
-        if row.period[:7] != month:
+    for release in _releases(rows):
+        if release.period[:7] != month:
             continue
-        totals[row.consumer] += row.count
-        purposes[row.consumer][row.purpose or ""] += row.count
-        fields[row.consumer][row.field] += row.count
+        totals[release.consumer] += release.count
+        purposes[release.consumer][release.purpose] += release.count
+        fields[release.consumer][release.field] += release.count
     return [
         {
             "consumer": consumer,

@@ -1,8 +1,12 @@
-"""The audit usage chart: accesses per consumer per day, as plain SVG written here.
+"""The usage chart: fields released to other departments per day, as plain SVG written here.
 
 Pure: no FastAPI, no database. Stacked bars, one per day, one colour per consumer, a
 legend, a y axis with round ticks, and a ``<title>`` on every segment. The page shows
 the same numbers as a table for people who do not see the chart.
+
+The layout leaves room for what it writes: the plot starts right of the widest y-axis
+label, and the legend gives each department a line of its own, never a cut name
+(``tests/console/test_chart_browser.py`` measures every label in a real browser).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from xml.sax.saxutils import escape
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#000000", "#882255")
 
 WIDTH = 760
-PLOT_LEFT = 48
 PLOT_TOP = 16
 PLOT_HEIGHT = 220
 LEGEND_LINE = 22
+# Generous advance widths of the system sans-serif, per character, for laying text out.
+AXIS_FONT, AXIS_CHAR = 12, 7.5
+LEGEND_FONT, LEGEND_CHAR = 13, 8.5
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ def usage_svg(
     days: Sequence[date],
     names: Mapping[str, str],
     *,
-    title: str = "Accesses per consumer per day",
+    title: str = "Fields released to other departments per day",
 ) -> str:
     """The chart as an SVG document fragment; ``names`` maps department ids to names."""
     consumers = sorted({c.consumer for c in counts}, key=lambda d: names.get(d, d))
@@ -65,16 +71,21 @@ def usage_svg(
     top = max(totals, default=0)
     step = nice_step(top)
     axis_max = max(step, math.ceil(top / step) * step)
-    plot_width = WIDTH - PLOT_LEFT - 8
+    ticks = list(range(0, axis_max + 1, step))
+    plot_left = 12 + math.ceil(max(len(f"{tick:,}") for tick in ticks) * AXIS_CHAR)
+    legend_names = [names.get(consumer, consumer) for consumer in consumers]
+    widest_legend = max((len(name) for name in legend_names), default=0) * LEGEND_CHAR
+    width = max(WIDTH, math.ceil(plot_left + 20 + widest_legend + 8))
+    plot_width = width - plot_left - 8
     slot = plot_width / max(1, len(days))
     bar = max(2.0, slot * 0.7)
     legend_top = PLOT_TOP + PLOT_HEIGHT + 40
-    height = legend_top + LEGEND_LINE * max(1, math.ceil(len(consumers) / 3)) + 8
+    height = legend_top + LEGEND_LINE * max(1, len(consumers)) + 8
     total = sum(totals)
     description = (
-        f"{total} accesses over {len(days)} days by {len(consumers)} consuming departments."
+        f"{total:,} fields released over {len(days)} days to {len(consumers)} other departments."
         if total
-        else f"No accesses in these {len(days)} days."
+        else f"No fields released to other departments in these {len(days)} days."
     )
 
     def y(value: float) -> float:
@@ -82,25 +93,25 @@ def usage_svg(
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
-        f'viewBox="0 0 {WIDTH} {height}" width="100%" aria-labelledby="chart-title chart-desc">',
+        f'viewBox="0 0 {width} {height}" width="100%" aria-labelledby="chart-title chart-desc">',
         f'<title id="chart-title">{escape(title)}</title>',
         f'<desc id="chart-desc">{escape(description)}</desc>',
     ]
     # Grid lines and y-axis labels.
-    for tick in range(0, axis_max + 1, step):
+    for tick in ticks:
         ty = y(tick)
         parts.append(
-            f'<line x1="{PLOT_LEFT}" x2="{WIDTH - 8}" y1="{ty:.1f}" y2="{ty:.1f}" '
+            f'<line x1="{plot_left}" x2="{width - 8}" y1="{ty:.1f}" y2="{ty:.1f}" '
             'stroke="#b1b4b6" stroke-width="1"/>'
         )
         parts.append(
-            f'<text x="{PLOT_LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end" font-size="12" '
-            f'fill="#0b0c0c">{tick}</text>'
+            f'<text x="{plot_left - 6}" y="{ty + 4:.1f}" text-anchor="end" font-size="{AXIS_FONT}" '
+            f'fill="#0b0c0c">{tick:,}</text>'
         )
     # One stacked bar per day.
     label_every = max(1, math.ceil(len(days) / 10))
     for index, day in enumerate(days):
-        x = PLOT_LEFT + index * slot + (slot - bar) / 2
+        x = plot_left + index * slot + (slot - bar) / 2
         base = 0
         for consumer in consumers:
             count = by_day[day].get(consumer, 0)
@@ -119,17 +130,17 @@ def usage_svg(
                 f'font-size="12" fill="#0b0c0c">{escape(_short(day))}</text>'
             )
     parts.append(
-        f'<line x1="{PLOT_LEFT}" x2="{WIDTH - 8}" y1="{y(0):.1f}" y2="{y(0):.1f}" '
+        f'<line x1="{plot_left}" x2="{width - 8}" y1="{y(0):.1f}" y2="{y(0):.1f}" '
         'stroke="#0b0c0c" stroke-width="1"/>'
     )
-    # Legend, three to a line.
-    for index, consumer in enumerate(consumers):
-        lx = PLOT_LEFT + (index % 3) * 236
-        ly = legend_top + (index // 3) * LEGEND_LINE
-        name = names.get(consumer, consumer)
+    # Legend: one department a line, its whole name.
+    for index, (consumer, name) in enumerate(zip(consumers, legend_names, strict=True)):
+        lx = plot_left
+        ly = legend_top + index * LEGEND_LINE
         parts.append(f'<rect x="{lx}" y="{ly}" width="14" height="14" fill="{colour[consumer]}"/>')
         parts.append(
-            f'<text x="{lx + 20}" y="{ly + 12}" font-size="13" fill="#0b0c0c">{escape(name[:32])}</text>'
+            f'<text x="{lx + 20}" y="{ly + 12}" font-size="{LEGEND_FONT}" '
+            f'fill="#0b0c0c">{escape(name)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -36,6 +36,20 @@ _FRIENDLY = {
     ): "The valid until date must be a real date, like 2027-12-31",
     ("valid_until", "date_parsing"): "The valid until date must be a real date, like 2027-12-31",
 }
+# What a draft that failed to parse is judged with in place of its unparsable parts.
+_DRAFT_DEFAULTS: dict[str, Any] = {
+    "id": "draft",
+    "consumer": "",
+    "fields": [],
+    "actions": [],
+    "purposes": [],
+    "legal_basis": None,
+    "valid_from": None,
+    "valid_until": None,
+    "when": None,
+    "require_case_ref": False,
+    "effect": "permit",
+}
 ID_TAKEN = "An agreement with this ID already exists; IDs are unique across the catalog"
 
 
@@ -50,15 +64,25 @@ async def check_draft(
     """The stored form of the draft, or its problems by form field; ``creating`` also
     refuses an id already taken."""
     errors: list[tuple[str, str]] = []
+    failed: set[str] = set()
     try:
         spec = AgreementSpec.model_validate(draft)
     except ValidationError as exc:
         for error in exc.errors():
             name = field_for_loc(error["loc"])
+            failed.add(name)
             errors.append((name, _FRIENDLY.get((name, error["type"]), str(error["msg"]))))
-        return DraftCheck(None, errors)
+        # Every problem at once: what did parse is judged against the catalog as well, with
+        # the fields that failed left at harmless values and their problems dropped.
+        spec = AgreementSpec.model_construct(
+            **(_DRAFT_DEFAULTS | {k: v for k, v in draft.items() if k not in failed})
+        )
     for loc, message in agreements.problems(spec, viewer.department, catalog):
-        errors.append((field_for_loc(loc), _strip_prefix(message, spec.id)))
+        name = field_for_loc(loc)
+        if name not in failed:
+            errors.append((name, _strip_prefix(message, spec.id)))
+    if errors:
+        return DraftCheck(None, errors)
     if creating and await agreements.id_taken(session, spec.id):
         errors.append(("id", ID_TAKEN))
     return DraftCheck(None if errors else spec.content(), errors)

@@ -64,8 +64,44 @@ def _many(form: FormData, name: str) -> list[str]:
     return [v.strip()[:200] for v in form.getlist(name) if isinstance(v, str) and v.strip()]
 
 
+# The GOV.UK date-input pattern: day, month and year boxes, never the browser's date picker.
+DATE_FIELDS = {"valid_from": "Valid from", "valid_until": "Valid until"}
+DATE_PARTS = ("day", "month", "year")
+
+
+def _date_parts(form: FormData, name: str) -> dict[str, str]:
+    return {part: _text(form, f"{name}-{part}")[:10] for part in DATE_PARTS}
+
+
+def _iso_date(parts: Mapping[str, str]) -> str:
+    """The date the parts name, as YYYY-MM-DD, or "" if they name none (see ``date_errors``)."""
+    try:
+        return date(int(parts["year"]), int(parts["month"]), int(parts["day"])).isoformat()
+    except (KeyError, ValueError):
+        return ""
+
+
+def date_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """GOV.UK's messages for a date typed in three boxes, one per date field."""
+    errors: list[tuple[str, str]] = []
+    for name, label in DATE_FIELDS.items():
+        parts: Mapping[str, str] = values.get(f"{name}_parts") or {}
+        given = [part for part in DATE_PARTS if parts.get(part)]
+        if not given:
+            continue
+        missing = [part for part in DATE_PARTS if part not in given]
+        if missing:
+            errors.append((name, f"{label} must include a {' and a '.join(missing)}"))
+        elif not all(parts[part].isdigit() for part in DATE_PARTS) or len(parts["year"]) != 4:
+            errors.append((name, f"{label} must be a real date, with the year in 4 digits"))
+        elif not _iso_date(parts):
+            errors.append((name, f"{label} must be a real date"))
+    return errors
+
+
 def form_values(form: FormData) -> dict[str, Any]:
     """The posted form, tidied but not judged."""
+    dates = {name: _date_parts(form, name) for name in DATE_FIELDS}
     return {
         "id": _text(form, "id"),
         "consumer": _text(form, "consumer"),
@@ -73,8 +109,10 @@ def form_values(form: FormData) -> dict[str, Any]:
         "actions": _many(form, "actions"),
         "purposes": _many(form, "purposes"),
         "legal_basis": _text(form, "legal_basis"),
-        "valid_from": _text(form, "valid_from"),
-        "valid_until": _text(form, "valid_until"),
+        "valid_from": _iso_date(dates["valid_from"]),
+        "valid_until": _iso_date(dates["valid_until"]),
+        "valid_from_parts": dates["valid_from"],
+        "valid_until_parts": dates["valid_until"],
         "when": _text(form, "when"),
         "require_case_ref": form.get("require_case_ref") == "yes",
         "effect": _text(form, "effect") or "permit",
@@ -111,11 +149,21 @@ def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[st
         "legal_basis": content.get("legal_basis") or "",
         "valid_from": content.get("valid_from") or "",
         "valid_until": content.get("valid_until") or "",
+        "valid_from_parts": _parts_of(content.get("valid_from")),
+        "valid_until_parts": _parts_of(content.get("valid_until")),
         "when": content.get("when") or "",
         "require_case_ref": bool(content.get("require_case_ref")),
         "effect": content.get("effect") or "permit",
         "reason": reason,
     }
+
+
+def _parts_of(value: Any) -> dict[str, str]:
+    """A stored date (ISO text or a date) as the three boxes show it."""
+    if not value:
+        return dict.fromkeys(DATE_PARTS, "")
+    day = value if isinstance(value, date) else date.fromisoformat(str(value))
+    return {"day": str(day.day), "month": str(day.month), "year": str(day.year)}
 
 
 def encode_draft(content: Mapping[str, Any]) -> str:

@@ -129,11 +129,20 @@ class AuditRow:
     decision: str
     purpose: str | None
     status: int
+    # The registered client's name, when it has one (operators and the service have none).
+    client_name: str | None = None
 
     @classmethod
-    def of(cls, item: dict[str, Any]) -> AuditRow:
-        """From a search item, ``{id, leaf_index, entry}``."""
+    def of(
+        cls, item: dict[str, Any], client_names: dict[str, str] | None = None, owned: set[str] | None = None
+    ) -> AuditRow:
+        """From a search item, ``{id, leaf_index, entry}``; for a data owner (``owned``: the
+        fields its department owns) only its own fields of the entry."""
         entry: dict[str, Any] = item["entry"]
+
+        def shown(fields: list[str] | None) -> list[str]:
+            return [f for f in fields or [] if owned is None or f in owned]
+
         return cls(
             id=item["id"],
             leaf_index=item["leaf_index"],
@@ -142,11 +151,12 @@ class AuditRow:
             department=entry["department"],
             action=entry["action"],
             citizen_id=entry.get("citizen_id"),
-            fields_requested=list(entry.get("fields_requested") or []),
-            fields_released=list(entry.get("fields_released") or []),
+            fields_requested=shown(entry.get("fields_requested")),
+            fields_released=shown(entry.get("fields_released")),
             decision=entry["decision"],
             purpose=entry.get("purpose"),
             status=int(entry.get("status", 0)),
+            client_name=(client_names or {}).get(entry["client_id"]),
         )
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from service import operator
 from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto import service as key_service
@@ -27,7 +28,7 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
     settings = get_settings()
     keyring = Keyring.from_settings(settings)
     # Key operations are audited: collected while the work runs, appended when it ends.
-    key_events = KeyEventsCollected()
+    key_events = KeyEventsCollected(operator.audit_client_id())
     keyring.on_key_event = key_events
 
     async def main() -> T:

@@ -35,7 +35,9 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     if settings.run_workers:
         dispatcher = Dispatcher(runtime)
         app.state.dispatcher = dispatcher
-        task = asyncio.create_task(dispatcher.run(stop), name="events-dispatcher")
+        task = asyncio.create_task(
+            app.state.schema_gate.run_when_ready(stop, dispatcher.run), name="events-dispatcher"
+        )
     try:
         async with postgres_wakeups(settings.database_url, runtime.notifier):
             yield

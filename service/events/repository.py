@@ -390,3 +390,18 @@ async def requeue_dead(conn: AsyncConnection, subscription_id: str, now: datetim
         .values(status="pending", attempts=0, next_attempt_at=now, claim_token=None)
     )
     return int(result.rowcount)
+
+
+async def outbox_backlog(conn: AsyncConnection) -> int:
+    """Outbox events not yet fanned out, summed over active webhook subscriptions (a metric)."""
+    head = select(func.coalesce(func.max(OutboxEvent.position), 0)).scalar_subquery()
+    statement = select(func.coalesce(func.sum(head - Subscription.fanout_position), 0)).where(
+        Subscription.status == "active", Subscription.webhook_url.is_not(None)
+    )
+    return int((await conn.execute(statement)).scalar_one())
+
+
+async def delivery_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Webhook deliveries by status (a metric)."""
+    rows = await conn.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
+    return {str(status): int(count) for status, count in rows}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,16 @@ from typing import Any
 import typer
 import yaml
 
+from service import operator
 from service.catalog import service as catalog_service
+from service.catalog.errors import CatalogMissing
+from service.catalog.schemas import Catalog
 from service.config import get_settings
 from service.db import Database, utcnow
 from service.policy import repository
 from service.policy import service as policy_service
 from service.policy.cases import describe, folder_policy, load_cases, run_cases
-from service.policy.engine import RequestContext
+from service.policy.engine import ACTIONS, RequestContext
 from service.policy.loader import load_policy_folder
 from service.sourcefile import SourceFileError
 
@@ -48,12 +50,12 @@ async def _apply(directory: Path, author: str, reason: str, prune: bool) -> poli
 def apply(
     directory: Path = typer.Argument(..., exists=True, file_okay=False, help="The policy folder."),
     reason: str = typer.Option("applied from files", help="Why; kept with every version."),
-    author: str = typer.Option("", help="Who; defaults to the operating-system user."),
+    author: str = typer.Option("", help="Who; defaults to the operator (--actor, TELLONCE_ACTOR, OS user)."),
     prune: bool = typer.Option(False, "--prune", help="Revoke stored agreements missing from DIR."),
 ) -> None:
     """Validate DIR, then store what changed as new versions. Invalid input stores nothing."""
     try:
-        report = asyncio.run(_apply(directory, author or getpass.getuser(), reason, prune))
+        report = asyncio.run(_apply(directory, author or operator.audit_client_id(), reason, prune))
     except SourceFileError as exc:
         raise _fail(exc) from None
     if report.catalog_version is None:
@@ -120,12 +122,43 @@ def run_tests(
     typer.echo(f"{checked} expectations passed in {len(cases)} cases")
 
 
+class UnknownNames(Exception):
+    """Names in an explain question that the stored catalog does not have."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def unknown_names(catalog: Catalog, consumer: str, action: str, fields: list[str], purpose: str) -> list[str]:
+    """Each name the catalog does not know, in words: a misspelt question would otherwise
+    be answered "deny", which reads like a decision."""
+    problems: list[str] = []
+    if catalog.department(consumer) is None:
+        known = ", ".join(sorted(d.id for d in catalog.departments))
+        problems.append(f"unknown consumer {consumer!r} (departments: {known})")
+    if action not in ACTIONS:
+        problems.append(f"unknown action {action!r} (actions: {', '.join(ACTIONS)})")
+    problems.extend(f"unknown field {name!r}" for name in fields if catalog.field(name) is None)
+    if catalog.purpose(purpose) is None:
+        known = ", ".join(sorted(p.id for p in catalog.purposes))
+        problems.append(f"unknown purpose {purpose!r} (purposes: {known})")
+    return problems
+
+
 async def _explain(
     consumer: str, action: str, fields: list[str], purpose: str, case_ref: str | None, status: str | None
 ) -> dict[str, Any]:
     database = Database(get_settings())
     try:
         async with database.engine.connect() as conn:
+            try:
+                catalog = await catalog_service.current_cached(conn)
+            except CatalogMissing as exc:
+                raise UnknownNames([exc.detail]) from None
+            unknown = unknown_names(catalog, consumer, action, fields, purpose)
+            if unknown:
+                raise UnknownNames(unknown)
             policy = await policy_service.current_policy(conn)
             context = RequestContext(purpose, case_ref, utcnow(), status)
             explained = policy.explain(consumer, action, fields, context)
@@ -152,6 +185,13 @@ def explain(
     case_ref: str | None = typer.Option(None, help="The case reference, if any."),
     citizen_status: str | None = typer.Option(None, help="active or deceased."),
 ) -> None:
-    """Decide against the live stored policy (as the service does) and print the reasons as JSON."""
-    result = asyncio.run(_explain(consumer, action, field, purpose, case_ref, citizen_status))
+    """Decide against the live stored policy (as the service does) and print the reasons as JSON.
+
+    Exits 2, deciding nothing, if the consumer, action, a field or the purpose is unknown."""
+    try:
+        result = asyncio.run(_explain(consumer, action, field, purpose, case_ref, citizen_status))
+    except UnknownNames as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))

@@ -68,16 +68,17 @@ def check_agreement(spec: AgreementSpec, owner: str, catalog: Catalog) -> list[P
         if not spec.purposes:
             problems.append((("purposes",), f"agreement {name}: a permit needs at least one purpose"))
         if not (spec.legal_basis or "").strip():
-            problems.append((("legal_basis",), f"agreement {name}: a permit needs a legal_basis"))
+            problems.append((("legal_basis",), f"agreement {name}: a permit needs a legal basis"))
     elif spec.require_case_ref:
         problems.append(
-            (("require_case_ref",), f"agreement {name}: require_case_ref applies to permits only")
+            (("require_case_ref",), f"agreement {name}: only a permit can require a case reference")
         )
     if spec.valid_from and spec.valid_until and spec.valid_until < spec.valid_from:
         problems.append(
             (
                 ("valid_until",),
-                f"agreement {name}: valid_until {spec.valid_until} is before valid_from {spec.valid_from}",
+                f"agreement {name}: the end date (valid_until {spec.valid_until}) is before "
+                f"the start date (valid_from {spec.valid_from})",
             )
         )
     if spec.when is not None:

@@ -42,7 +42,8 @@ def _start_server(settings: Settings, port: int, log_path: Path) -> subprocess.P
         # The demo's webhook receivers listen on loopback.
         "TELLONCE_WEBHOOK_ALLOW_PRIVATE": "true",
         "TELLONCE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "TELLONCE_LOG_LEVEL": os.environ.get("TELLONCE_LOG_LEVEL", "WARNING"),
+        # INFO: one JSON line per request, as the README shows; never a body or a query.
+        "TELLONCE_LOG_LEVEL": os.environ.get("TELLONCE_LOG_LEVEL", "INFO"),
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from service import operator
 from service.audit.checkpoint import CheckpointError
 from service.audit.config import AuditSettings, load_signer
 from service.audit.key_events import KeyEventsCollected
@@ -75,7 +76,7 @@ async def _seed(
     ``records.seeding``, a transaction per batch."""
     keyring = Keyring.from_settings(settings)
     # The first write of each owner makes its KEK: audited once seeding ends, as the CLI does.
-    key_events = KeyEventsCollected()
+    key_events = KeyEventsCollected(operator.audit_client_id())
     keyring.on_key_event = key_events
     ids: list[str] = []
     columns = (
@@ -122,10 +123,18 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
             ids = await _seed(settings, database, population, registrar, console)
             write_population(settings, seed, ids)
             return Prepared(clients, population, ids, seed, policies_dir)
-        if stored is None or stored[1] != len(stored[2]) or stored[1] != existing:
-            raise RuntimeError("the store holds citizens this demo did not seed; run with --reset")
-        population_seed, _count, ids = stored
-        console.print(f"reusing the store: {existing:,} citizens already seeded (--reset starts again)")
+        if stored is None or stored[1] != len(stored[2]) or existing < stored[1]:
+            raise RuntimeError(
+                "the store holds citizens this demo did not seed, or fewer than it seeded; "
+                "start again with `make run-reset` (tellonce demo --reset)"
+            )
+        population_seed, seeded, ids = stored
+        console.print(
+            f"reusing the store: {seeded:,} citizens already seeded (`make run-reset` starts again)"
+        )
+        if existing > seeded:
+            # Citizens registered through the API since: kept, and left out of the scenarios.
+            console.print(f"keeping {existing - seeded:,} citizens registered through the API since")
         return Prepared(clients, list(people(len(ids), population_seed)), ids, population_seed, policies_dir)
     finally:
         await database.dispose()

@@ -8,9 +8,8 @@ scripts and the end-to-end test can read them as well as people.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -40,18 +39,6 @@ class DemoReport:
     audit_problem: str | None = None
     # False when the server had no events service: nobody could be notified.
     events_available: bool = True
-
-
-def value_by_owner(usage: Iterable[Mapping[str, Any]]) -> dict[str, Counter[str]]:
-    """Fold usage-report rows into owner -> consumer -> fields served, leaving out an owner's
-    own use and rows without a purpose (registrations and owners' own writes)."""
-    folded: dict[str, Counter[str]] = {}
-    for row in usage:
-        owner, consumer = str(row.get("owner") or ""), str(row.get("consumer") or "")
-        if not owner or not consumer or owner == consumer or not row.get("purpose"):
-            continue
-        folded.setdefault(owner, Counter())[consumer] += int(row.get("count") or 0)
-    return folded
 
 
 def _departments_table(tally: Tally) -> Table:

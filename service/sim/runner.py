@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import httpx
 
+from service.audit.value import value_by_owner
 from service.sim import scenarios
 from service.sim.client import DepartmentClient
 from service.sim.population import Person
-from service.sim.report import DemoReport, value_by_owner
+from service.sim.report import DemoReport
 from service.sim.scenarios import DemoCitizen, Government
 from service.sim.setup import DemoClients
 from service.sim.tally import Tally

@@ -145,5 +145,5 @@ class TestOtherEntries:
         entry = entries.key_event_entry(
             KeyEvent("data-keys-shredded", "dvla", {"citizen_id": "c-7", "count": 2})
         )
-        assert (entry.client_id, entry.citizen_id, entry.owners) == (entries.OPERATOR, "c-7", ["dvla"])
+        assert (entry.client_id, entry.citizen_id, entry.owners) == (entries.SERVICE_ACTOR, "c-7", ["dvla"])
         assert entry.reasons[0].reason == "data-keys-shredded: citizen_id=c-7, count=2"

@@ -62,6 +62,9 @@ OPERATIONS: dict[tuple[str, str], str] = {
 NOT_CLIENT_CALLS = {("GET", "/.well-known/jwks.json"), ("GET", "/.well-known/oauth-authorization-server")}
 # FastAPI's own validation-error shapes: the client reads every error as a Problem instead.
 SERVER_ONLY_SCHEMAS = {"HTTPValidationError", "ValidationError"}
+# The token endpoint's form body and its RFC 6749 error: the client's auth module writes the
+# form and reads the error itself, so they have no model.
+SERVER_ONLY_SCHEMAS |= {"TokenRequest", "OAuthError"}
 # What a schema's shape is; titles, descriptions, defaults and length limits are documentation.
 SHAPE_KEYS = {
     "type",

@@ -129,11 +129,11 @@ class TestAgreements:
         assert (await answer.value).status == 422
         summary = page.locator(".error-summary")
         await expect(summary).to_be_focused()
-        await expect(summary).to_contain_text("A permit needs a legal_basis")
-        await expect(page.locator("#legal_basis-error")).to_contain_text("A permit needs a legal_basis")
+        await expect(summary).to_contain_text("A permit needs a legal basis")
+        await expect(page.locator("#legal_basis-error")).to_contain_text("A permit needs a legal basis")
         await shot(page, console_site, "agreement-form-error")
         # The summary links to the field; what was typed is kept.
-        await summary.get_by_role("link", name="A permit needs a legal_basis").click()
+        await summary.get_by_role("link", name="A permit needs a legal basis").click()
         await expect(page.get_by_label("Legal basis")).to_be_focused()
         await expect(page.get_by_label("Agreement ID")).to_have_value("address-for-fraud-checks")
 
@@ -171,7 +171,10 @@ class TestAgreements:
         # Change it: a second version, with an end date.
         await row.get_by_role("link", name="address-for-fraud-checks").click()
         await page.get_by_role("button", name="Change").click()
-        await page.get_by_label("Valid until (optional)").fill("2030-12-31")
+        # GOV.UK date input: day, month and year boxes.
+        await page.locator("#valid_until").fill("31")
+        await page.locator("#valid_until-month").fill("12")
+        await page.locator("#valid_until-year").fill("2030")
         await page.get_by_label("Reason for this change").fill("Pilot ends in 2030")
         await page.get_by_role("button", name="Continue").click()
         await page.get_by_role("button", name="Save as a new version").click()
@@ -286,7 +289,8 @@ class TestAudit:
         await page.goto("/console/audit/usage")
         chart = page.locator("#usage-chart svg")
         await expect(chart).to_have_attribute("role", "img")
-        await expect(chart.locator("title").first).to_have_text("Accesses per consumer per day")
+        title = "Fields released to other departments per day"
+        await expect(chart.locator("title").first).to_have_text(title)
         # Today's welfare bar carries the audit usage report's count for welfare today.
         today = time.strftime("%Y-%m-%d", time.gmtime())
         report = console_site.api(

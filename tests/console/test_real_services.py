@@ -121,12 +121,12 @@ class TestDraftsFollowThePolicyRules:
                 "Register does not own field 'licence_status' (owner: dvla)",
             ),
             ({"purposes": ["astrology"]}, "purposes", "Unknown purpose 'astrology'"),
-            ({"legal_basis": None}, "legal_basis", "A permit needs a legal_basis"),
+            ({"legal_basis": None}, "legal_basis", "A permit needs a legal basis"),
             ({"consumer": "register"}, "consumer", "An owner needs no agreement with itself"),
             (
                 {"valid_from": "2027-01-01", "valid_until": "2026-01-01"},
                 "valid_until",
-                "is before valid_from",
+                "is before the start date",
             ),
             ({"valid_until": "2027-02-30"}, "valid_until", "The valid until date must be a real date"),
             ({"when": "citizen.status =="}, "when", "Invalid condition"),
@@ -140,6 +140,15 @@ class TestDraftsFollowThePolicyRules:
         assert checked.content is None
         assert [name for name, _ in checked.errors] == [field]
         assert message in checked.errors[0][1]
+
+    async def test_every_problem_is_reported_at_once(self, session: AsyncSession) -> None:
+        # A bad ID (the schema's own check) and catalog problems come back together, in words.
+        draft = {key: value for key, value in VALID.items() if key != "legal_basis"}
+        draft |= {"id": "Not An Id", "purposes": ["astrology"], "valid_until": "2027-02-30"}
+        checked = await check_draft(session, await _catalog(session), OWNER, draft, creating=True)
+        assert checked.content is None
+        assert sorted(name for name, _ in checked.errors) == ["id", "legal_basis", "purposes", "valid_until"]
+        assert ("legal_basis", "A permit needs a legal basis") in checked.errors
 
     async def test_an_id_in_use_is_refused_when_creating_only(self, session: AsyncSession) -> None:
         spec = AgreementSpec.model_validate(VALID)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
 
 import pytest
+from starlette.datastructures import FormData
 
+from service.audit.value import value_by_owner
 from service.catalog.schemas import Catalog
 from service.console import audit_pages, chart, forms, wording
-from service.console.views import UsageRow
+from service.console.views import AuditRow, UsageRow
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -68,7 +73,7 @@ class TestUsageChart:
         assert all(len(colours) == 1 for colours in fills.values())
         assert fills["DWP"] != fills["HMRC"]
         assert svg.get("role") == "img"
-        assert text_of(svg, "desc") == "12 accesses over 2 days by 2 consuming departments."
+        assert text_of(svg, "desc") == "12 fields released over 2 days to 2 other departments."
 
     def test_names_are_escaped(self) -> None:
         day = date(2026, 3, 1)
@@ -80,7 +85,7 @@ class TestUsageChart:
     def test_no_accesses(self) -> None:
         days = [date(2026, 3, 1) + timedelta(days=i) for i in range(3)]
         svg = parse_svg(chart.usage_svg([], days, {}))
-        assert text_of(svg, "desc") == "No accesses in these 3 days."
+        assert text_of(svg, "desc") == "No fields released to other departments in these 3 days."
 
 
 class TestCitizenSentences:
@@ -182,10 +187,78 @@ class TestAuditFilter:
         rows = [
             UsageRow("dwp", "hmrc", "address", "benefit-eligibility", "2026-03", 4),
             UsageRow("dwp", "hmrc", "national_id", "benefit-eligibility", "2026-03", 1),
-            UsageRow("welfare", "hmrc", "address", None, "2026-03", 7),
             UsageRow("dwp", "hmrc", "address", "benefit-eligibility", "2026-02", 9),
+            # Not value: a registration (no purpose) and the owner's use of its own field.
+            UsageRow("register", "hmrc", "address", None, "2026-03", 7),
+            UsageRow("hmrc", "hmrc", "address", "tax-administration", "2026-03", 3),
         ]
         summary = audit_pages.month_summary(rows, "2026-03")
-        assert [(s["consumer"], s["count"]) for s in summary] == [("welfare", 7), ("dwp", 5)]
-        assert summary[1]["fields"] == [("address", 4), ("national_id", 1)]
-        assert summary[1]["purposes"] == [("benefit-eligibility", 5)]
+        assert [(s["consumer"], s["count"]) for s in summary] == [("dwp", 5)]
+        assert summary[0]["fields"] == [("address", 4), ("national_id", 1)]
+        assert summary[0]["purposes"] == [("benefit-eligibility", 5)]
+        # The demo's report folds the same rows to the same figure.
+        assert value_by_owner(asdict(row) for row in rows if row.period == "2026-03") == {
+            "hmrc": Counter({"dwp": 5})
+        }
+
+
+class TestAuditRows:
+    ITEM: ClassVar[dict[str, Any]] = {
+        "id": 7,
+        "leaf_index": 6,
+        "entry": {
+            "time": "2026-03-01T10:00:00+00:00",
+            "client_id": "tc_registrar",
+            "department": "register",
+            "action": "register",
+            "citizen_id": "c-1",
+            "fields_requested": ["national_id", "address", "licence_status"],
+            "fields_released": ["national_id", "address", "licence_status"],
+            "decision": "permit",
+            "purpose": None,
+            "status": 201,
+        },
+    }
+
+    def test_an_owner_sees_only_its_own_fields_of_an_entry(self) -> None:
+        row = AuditRow.of(self.ITEM, {"tc_registrar": "Register office"}, {"licence_status"})
+        assert row.fields_released == ["licence_status"]
+        assert row.fields_requested == ["licence_status"]
+        assert row.client_name == "Register office"
+
+    def test_an_auditor_sees_every_field(self) -> None:
+        row = AuditRow.of(self.ITEM, {}, None)
+        assert row.fields_released == ["national_id", "address", "licence_status"]
+        assert row.client_name is None
+
+
+class TestDateInput:
+    def values(self, **parts: dict[str, str]) -> dict[str, Any]:
+        return {f"{name}_parts": value for name, value in parts.items()}
+
+    def test_three_boxes_make_one_date(self) -> None:
+        form = FormData([("valid_from-day", "31"), ("valid_from-month", "1"), ("valid_from-year", "2027")])
+        values = forms.form_values(form)
+        assert values["valid_from"] == "2027-01-31"
+        assert values["valid_until"] == ""
+        assert forms.date_errors(values) == []
+
+    @pytest.mark.parametrize(
+        ("parts", "message"),
+        [
+            ({"day": "31", "month": "", "year": "2027"}, "Valid from must include a month"),
+            ({"day": "", "month": "", "year": "2027"}, "Valid from must include a day and a month"),
+            ({"day": "30", "month": "2", "year": "2027"}, "Valid from must be a real date"),
+            (
+                {"day": "1", "month": "2", "year": "27"},
+                "Valid from must be a real date, with the year in 4 digits",
+            ),
+        ],
+    )
+    def test_govuk_messages(self, parts: dict[str, str], message: str) -> None:
+        assert forms.date_errors(self.values(valid_from=parts)) == [("valid_from", message)]
+
+    def test_a_stored_date_fills_the_boxes(self) -> None:
+        values = forms.values_from_content({"valid_until": "2027-12-31"})
+        assert values["valid_until_parts"] == {"day": "31", "month": "12", "year": "2027"}
+        assert values["valid_from_parts"] == {"day": "", "month": "", "year": ""}

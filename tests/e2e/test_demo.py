@@ -46,7 +46,6 @@ def run_demo(database_url: str, workdir: Path, *args: str) -> DemoRun:
         "TELLONCE_DATABASE_URL": database_url,
         "TELLONCE_DATA_DIR": str(workdir / ".tellonce"),
         "TELLONCE_POLICIES_DIR": str(DEMO_POLICIES),
-        "TELLONCE_LOG_LEVEL": "WARNING",
         # A wide virtual terminal, so the report's tables are not wrapped.
         "COLUMNS": "160",
     }
@@ -115,14 +114,49 @@ class TestDemoReport:
         # The synthetic population's national ids all have the reserved ZZ prefix.
         assert not re.search(r"ZZ\d{6}[A-D]", log)
 
+    def test_the_server_log_is_info_json_lines(self, demo_run: DemoRun) -> None:
+        lines = (demo_run.workdir / ".tellonce" / "server.log").read_text(errors="replace").splitlines()
+        requests = [json.loads(line) for line in lines if line.startswith("{") and '"request"' in line]
+        assert requests, "no request lines in the demo's server log"
+        assert {r["level"] for r in requests} == {"info"}
+        assert {"method", "route", "status", "duration_ms", "request_id"} <= set(requests[0])
+
+
+async def register_through_the_api(run: DemoRun) -> None:
+    """What a README reader does between two `make run`s: register a citizen over HTTP."""
+    import httpx
+
+    from service.app import create_app
+    from service.config import Settings
+
+    data_dir = run.workdir / ".tellonce"
+    registrar = json.loads((data_dir / "clients.json").read_text())["systems"]["register"]
+    app = create_app(
+        Settings(env="development", database_url=run.database_url, data_dir=data_dir, log_level="WARNING")
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+            token = await http.post(
+                "/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(registrar["client_id"], registrar["client_secret"]),
+            )
+            assert token.status_code == 200, token.text
+            headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            created = await http.post("/v1/citizens", json={"national_id": "AB123456C"}, headers=headers)
+            assert created.status_code == 201, created.text
+
 
 class TestDemoRerun:
-    def test_a_second_run_reuses_the_store(self, demo_run: DemoRun) -> None:
+    async def test_a_second_run_after_api_use_reuses_the_store(self, demo_run: DemoRun) -> None:
         clients_before = (demo_run.workdir / ".tellonce" / "clients.json").read_text()
 
+        await register_through_the_api(demo_run)
         second = run_demo(demo_run.database_url, demo_run.workdir, "--citizens", "50", "--duration", "2")
 
         assert "reusing the store: 50 citizens already seeded" in second.output
+        assert "keeping 1 citizens registered through the API since" in second.output
         assert "seeding citizens" not in second.output
         assert (demo_run.workdir / ".tellonce" / "clients.json").read_text() == clients_before
         # The agreement the first run revoked is active again, and the log still verifies.

@@ -6,7 +6,8 @@ from typing import Any
 
 from rich.console import Console
 
-from service.sim.report import AuditSummary, DemoReport, render, value_by_owner
+from service.audit.value import value_by_owner
+from service.sim.report import AuditSummary, DemoReport, render
 from service.sim.tally import Denial, Tally
 
 

@@ -93,6 +93,8 @@ def raise_for_problem(response: httpx.Response) -> None:
     try:
         problem = Problem.model_validate(response.json())
     except ValueError:
-        problem = Problem(title=response.reason_phrase, status=response.status_code)
+        # Not a problem document (a proxy's page, say): the status line stands in for one.
+        reason = response.reason_phrase or str(response.status_code)
+        problem = Problem(type="about:blank", title=reason, status=response.status_code, detail=reason)
     error_class = _BY_STATUS.get(response.status_code, ApiError)
     raise error_class(response.status_code, problem, response)

@@ -47,14 +47,21 @@ class Tagged(Response):
         return self._etag
 
 
+class ProblemError(Response):
+    """One invalid input of a 422: where it is and what is wrong with it."""
+
+    loc: list[str | int]
+    msg: str
+
+
 class Problem(Response):
     """An RFC 9457 problem detail, as every error of the service is."""
 
-    type: str = "about:blank"
-    title: str = ""
-    status: int = 0
-    detail: str | None = None
-    errors: list[dict[str, Any]] | None = None
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError] = Field(default_factory=list)
 
 
 # --- catalog ------------------------------------------------------------------------

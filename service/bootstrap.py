@@ -1,0 +1,267 @@
+"""Bringing an installation up: what ``tellonce init`` makes and what ``serve`` checks first.
+
+Production never generates a key by itself (a key made silently on one replica is a key the
+others do not have). ``tellonce init`` is the one step that creates them, on purpose, and says
+what it made and what to back up. ``serve`` and ``worker`` call :func:`startup_refusal` first,
+so a missing key or a refused setting stops the process with one line naming the fix instead
+of a traceback from deep inside the first component that needed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from service.audit.config import signing_key_path
+from service.auth.keys import manifest_path
+from service.config import Settings
+
+logger = logging.getLogger("tellonce.bootstrap")
+
+
+def production_refusals(settings: Settings) -> list[str]:
+    """Settings production refuses unless an explicit ``TELLONCE_ALLOW_*`` override says otherwise."""
+    if settings.env != "production":
+        return []
+    refusals: list[str] = []
+    if settings.is_sqlite and not settings.allow_sqlite_in_production:
+        refusals.append(
+            "production refuses SQLite: set TELLONCE_DATABASE_URL to PostgreSQL "
+            "(or TELLONCE_ALLOW_SQLITE_IN_PRODUCTION=true to accept it)"
+        )
+    if urlsplit(settings.public_url).scheme != "https" and not settings.allow_insecure_public_url:
+        refusals.append(
+            f"production refuses a public URL that is not https ({settings.public_url}): set "
+            "TELLONCE_PUBLIC_URL=https://... (or TELLONCE_ALLOW_INSECURE_PUBLIC_URL=true to accept it)"
+        )
+    return refusals
+
+
+def production_overrides(settings: Settings) -> list[str]:
+    """The ``TELLONCE_ALLOW_*`` overrides actually in effect, for the start-up log."""
+    if settings.env != "production":
+        return []
+    overrides: list[str] = []
+    if settings.is_sqlite and settings.allow_sqlite_in_production:
+        overrides.append("TELLONCE_ALLOW_SQLITE_IN_PRODUCTION: running production on SQLite")
+    if urlsplit(settings.public_url).scheme != "https" and settings.allow_insecure_public_url:
+        overrides.append(
+            f"TELLONCE_ALLOW_INSECURE_PUBLIC_URL: running production with public URL {settings.public_url}"
+        )
+    return overrides
+
+
+def missing_keys(settings: Settings) -> list[str]:
+    """The keys a production process needs and cannot find (development makes its own)."""
+    if settings.allows_generated_keys:
+        return []
+    missing: list[str] = []
+    if settings.root_key is None and not settings.root_key_file.exists():
+        missing.append(f"root key (TELLONCE_ROOT_KEY or {settings.root_key_file})")
+    manifest = manifest_path(settings.data_dir)
+    if not manifest.exists():
+        missing.append(f"access-token signing key ({manifest.parent})")
+    checkpoint_key = signing_key_path(settings)
+    if not checkpoint_key.exists():
+        missing.append(f"audit checkpoint key ({checkpoint_key})")
+    return missing
+
+
+def startup_refusal(settings: Settings) -> str | None:
+    """One line saying why this process must not start and what fixes it, or None."""
+    refusals = production_refusals(settings)
+    if refusals:
+        return "; ".join(refusals)
+    missing = missing_keys(settings)
+    if missing:
+        fix = "run `tellonce init`"
+        if any(item.startswith("root key") for item in missing):
+            fix = "set TELLONCE_ROOT_KEY from your key store (or `tellonce init --new-root-key`), then " + fix
+        return f"cannot start: missing {', '.join(missing)}; {fix}"
+    return None
+
+
+class InitFailed(RuntimeError):
+    """``tellonce init`` stopped; the message says why and what to do."""
+
+
+@dataclass
+class InitReport:
+    """What ``tellonce init`` found and did, and what the operator must back up."""
+
+    steps: list[str] = field(default_factory=list)
+    backup: list[str] = field(default_factory=list)
+    checkpoint_verifier_key: str = ""
+
+
+def _write_root_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL and 0600 from the start: never readable by others, never overwritten.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+
+
+async def _stored_kek(settings: Settings) -> tuple[str, int] | None:
+    """One department KEK version from the database, to prove the root key opens it."""
+    from sqlalchemy import select
+
+    from service.crypto.models import KeyEncryptionKey
+    from service.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(KeyEncryptionKey.department, KeyEncryptionKey.version)
+                    .where(KeyEncryptionKey.wrapped_key.is_not(None))
+                    .limit(1)
+                )
+            ).first()
+    finally:
+        await engine.dispose()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+async def _root_key_opens(settings: Settings, department: str, version: int) -> bool:
+    from service.crypto.errors import KeyUnwrapError
+    from service.crypto.keyring import Keyring
+    from service.db import create_engine
+
+    keyring = Keyring.from_settings(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            await keyring.kek(conn, department, version)
+    except KeyUnwrapError:
+        return False
+    finally:
+        await engine.dispose()
+    return True
+
+
+async def _revisions(settings: Settings) -> set[str]:
+    from service.db import create_engine
+    from service.schema import current_revisions
+
+    engine = create_engine(settings.database_url)
+    try:
+        return await current_revisions(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _audit_created(settings: Settings, created: list[str]) -> None:
+    """Key creation is a key operation: recorded under the operator who ran init."""
+    from service import operator
+    from service.audit import entries
+    from service.audit import service as audit_service
+    from service.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            for line in created:
+                entry = entries.operator_entry(
+                    operator.audit_client_id(), "key-operation", "", f"init: {line}"
+                )
+                await audit_service.append_in_transaction(conn, entry)
+    finally:
+        await engine.dispose()
+
+
+def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[[str], None]) -> InitReport:
+    """Check the root key, create the missing signing keys, migrate; safe to run again."""
+    from service.audit.checkpoint import NoteSigner
+    from service.audit.config import AuditSettings, create_signing_key
+    from service.auth.keys import ensure_signing_key
+    from service.crypto.errors import RootKeyUnavailable
+    from service.crypto.providers import load_root_key
+    from service.schema import head_revisions, upgrade
+
+    refusals = production_refusals(settings)
+    if refusals:
+        raise InitFailed("; ".join(refusals))
+    report = InitReport()
+
+    def step(line: str) -> None:
+        report.steps.append(line)
+        say(line)
+
+    # 1. The root key: every stored value is lost without it, so init never replaces one.
+    if settings.root_key is not None:
+        source = "TELLONCE_ROOT_KEY"
+    elif settings.root_key_file.exists():
+        source = str(settings.root_key_file)
+    elif new_root_key or settings.allows_generated_keys:
+        _write_root_key(settings.root_key_file)
+        source = str(settings.root_key_file)
+        step(f"root key: created {source} (mode 0600)")
+    else:
+        raise InitFailed(
+            "no root key: set TELLONCE_ROOT_KEY (base64 of 32 bytes, from your key store) or run "
+            "`tellonce init --new-root-key` to create "
+            f"{settings.root_key_file}"
+        )
+    try:
+        load_root_key(settings)
+    except RootKeyUnavailable as exc:
+        raise InitFailed(str(exc)) from None
+    if not report.steps:
+        step(f"root key: present ({source})")
+    report.backup.append(
+        f"the root key ({source}): without it every stored value is unreadable; keep it apart from "
+        "database backups"
+    )
+
+    # 2. The access-token signing key.
+    manifest = manifest_path(settings.data_dir)
+    existed = manifest.exists()
+    ensure_signing_key(settings.data_dir, may_generate=True)
+    step(f"access-token signing key: {'present' if existed else 'created'} ({manifest.parent})")
+    report.backup.append(f"{manifest.parent}/ (every replica needs the same folder)")
+
+    # 3. The audit checkpoint key (Ed25519 seed, base64, one line).
+    checkpoint_key = signing_key_path(settings)
+    created = create_signing_key(checkpoint_key)
+    step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
+    raw = base64.b64decode(checkpoint_key.read_bytes().strip(), validate=True)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    signer = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.from_private_bytes(raw))
+    report.checkpoint_verifier_key = signer.verifier_key()
+    report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
+
+    # 4. The schema.
+    before = asyncio.run(_revisions(settings))
+    upgrade(settings.database_url)
+    heads = head_revisions()
+    if before == heads:
+        step(f"database: already at {', '.join(sorted(heads))}")
+    else:
+        step(f"database: migrated from {', '.join(sorted(before)) or 'empty'} to {', '.join(sorted(heads))}")
+    report.backup.append("the database (pg_dump, or the SQLite file through its backup API)")
+    created_keys = [line for line in report.steps if ": created" in line and not line.startswith("root key")]
+    if created_keys:
+        asyncio.run(_audit_created(settings, created_keys))
+
+    # 5. A root key that does not open the stored KEKs would fail on the first read.
+    stored = asyncio.run(_stored_kek(settings))
+    if stored is None:
+        step("department keys: none stored yet (made on first use)")
+    elif asyncio.run(_root_key_opens(settings, *stored)):
+        step(f"department keys: the root key opens them (checked {stored[0]} v{stored[1]})")
+    else:
+        raise InitFailed(
+            f"the root key does not open the stored key of {stored[0]} v{stored[1]}: "
+            "this is not the root key this database was written with"
+        )
+    return report

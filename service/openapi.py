@@ -1,0 +1,338 @@
+"""The OpenAPI document at ``/openapi.json``, as department developers read it in ``/docs``.
+
+FastAPI's generated document knows the success response and its own 422 shape. This adds
+what the service really does:
+
+- the OAuth2 client-credentials security scheme (the Authorize button), and on each route
+  the scopes it requires;
+- an ``application/problem+json`` response (RFC 9457) for every status each route can
+  return, with an example; the statuses come from rules (an authenticated route can answer
+  401, 403, 429 and 503; one with input can answer 422; one with a body 400 and 413) plus the
+  table below for what a route's own rules add. ``tests/test_openapi.py`` compares them
+  with what every route really answered in the test run;
+- the form body of ``POST /oauth/token`` and its RFC 6749 error shape;
+- an example for every request body and success response (``service/openapi_examples.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from service.auth.runtime import TOKEN_PATH
+from service.auth.scopes import ROLE_SCOPES
+from service.errors import PROBLEM_BASE, PROBLEM_JSON, ServiceError
+from service.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES
+
+SECURITY_SCHEME = "oauth2"
+
+# What a route's own rules add to the statuses the general rules give it.
+ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
+    ("GET", "/readyz"): {503},
+    ("GET", "/v1/policies/{agreement_id}"): {404},
+    ("POST", "/v1/policies"): {409},
+    ("PUT", "/v1/policies/{agreement_id}"): {404, 409, 410, 412, 428},
+    ("DELETE", "/v1/policies/{agreement_id}"): {404, 409, 410},
+    ("GET", "/v1/policies/{agreement_id}/versions"): {400, 404},
+    ("POST", "/v1/policies/simulate"): {404},
+    ("GET", "/v1/audit/checkpoint"): {404},  # scope audit:verify unless served publicly
+    ("GET", "/v1/audit/entries/{index}/proof"): {400, 404},
+    ("GET", "/v1/audit/consistency"): {400, 404},
+    ("GET", "/v1/audit/entries"): {400},
+    ("GET", "/v1/audit/export"): {400},
+    ("GET", "/v1/audit/reports/usage"): {400},
+    ("GET", "/v1/citizens/{citizen_id}/access-log"): {400, 404, 410},
+    ("POST", "/v1/citizens"): {409, 503},
+    ("POST", "/v1/citizens/lookup"): {404, 503},
+    ("POST", "/v1/citizens/batch-get"): {503},
+    ("GET", "/v1/citizens/{citizen_id}"): {404, 410, 503},
+    ("DELETE", "/v1/citizens/{citizen_id}"): {404, 410, 503},
+    ("PATCH", "/v1/citizens/{citizen_id}/fields"): {404, 409, 410, 412, 503},
+    ("GET", "/v1/citizens/{citizen_id}/fields/{field}/history"): {404, 410, 503},
+    ("POST", "/v1/citizens/{citizen_id}/verify"): {404, 410, 503},
+    ("POST", "/v1/subscriptions"): {409},
+    ("GET", "/v1/subscriptions/{subscription_id}"): {404},
+    ("DELETE", "/v1/subscriptions/{subscription_id}"): {404},
+    ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): {404},
+    ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): {404, 409},
+    ("GET", "/v1/events"): {400},
+}
+
+# The token endpoint answers RFC 6749 errors, not problem details; its throttling of
+# repeated failures (429) and an unavailable database (503) are problem documents like
+# every other refusal.
+TOKEN_STATUSES = {400, 401, 413}
+TOKEN_PROBLEM_STATUSES = {429, 503}
+
+_DETAILS = {
+    400: "The cursor is not one this service issued.",
+    401: "A bearer access token is required.",
+    403: "This call needs the scope(s): citizens:read.",
+    404: "No such citizen, or this client may not know of it.",
+    409: "A citizen with this national id is already registered.",
+    410: "This citizen's record was erased.",
+    412: "The record changed since the ETag you sent; read it again.",
+    413: "The request body is larger than 1048576 bytes.",
+    415: "Send the body as application/json.",
+    422: "The request is not valid.",
+    428: "Send If-Match with the agreement's ETag.",
+    429: "This client is over its request rate; retry later.",
+    503: "The audit log is unavailable, so no data is released; retry later.",
+}
+
+
+def _titles() -> dict[int, tuple[str, str]]:
+    """Status -> (title, slug), from the general ``ServiceError`` classes."""
+    titles: dict[int, tuple[str, str]] = {}
+
+    def walk(cls: type[ServiceError]) -> None:
+        for sub in cls.__subclasses__():
+            if sub.__module__ == "service.errors":
+                titles.setdefault(sub.status, (sub.title, sub.slug))
+            walk(sub)
+
+    walk(ServiceError)
+    return titles
+
+
+def problem_example(status: int) -> dict[str, Any]:
+    title, slug = _titles().get(status, ("Error", "error"))
+    example: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": _DETAILS.get(status, title),
+    }
+    if status == 422:
+        example["errors"] = [{"loc": ["body", "purpose"], "msg": "Field required"}]
+    return example
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details; `errors` lists each invalid input.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "A URI naming the kind of problem."},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"$ref": "#/components/schemas/ProblemError"}},
+    },
+}
+
+PROBLEM_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ProblemError",
+    "description": "One invalid input: its location (body, query, path or header, then names) and why.",
+    "type": "object",
+    "required": ["loc", "msg"],
+    "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+        "msg": {"type": "string"},
+    },
+}
+
+OAUTH_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "OAuthError",
+    "description": "RFC 6749 section 5.2 error response.",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+
+TOKEN_REQUEST_SCHEMA: dict[str, Any] = {
+    "title": "TokenRequest",
+    "type": "object",
+    "required": ["grant_type"],
+    "properties": {
+        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+        "scope": {"type": "string", "description": "Space-separated; default: every scope of the roles."},
+        "client_id": {"type": "string", "description": "client_secret_post and private_key_jwt."},
+        "client_secret": {"type": "string", "description": "client_secret_post only."},
+        "client_assertion_type": {
+            "type": "string",
+            "enum": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"],
+        },
+        "client_assertion": {"type": "string", "description": "private_key_jwt: a signed JWT (RFC 7523)."},
+    },
+}
+
+
+def api_routes(app: FastAPI) -> list[tuple[str, APIRoute]]:
+    """Every API route in the document, with its full path, through the routers it includes."""
+    return [
+        (str(context.path_format), context.original_route)
+        for context in iter_route_contexts(app.routes)
+        if isinstance(context.original_route, APIRoute) and context.include_in_schema
+    ]
+
+
+def _dependencies(dependant: Dependant) -> Iterator[Dependant]:
+    for dependency in dependant.dependencies:
+        yield dependency
+        yield from _dependencies(dependency)
+
+
+def authentication(route: APIRoute) -> tuple[bool, frozenset[str]]:
+    """Whether the route checks an access token, and the scopes it requires."""
+    from service.auth.dependencies import get_principal, optional_principal
+
+    authenticated = False
+    scopes: frozenset[str] = frozenset()
+    for dependency in _dependencies(route.dependant):
+        call: Callable[..., Any] | None = dependency.call
+        if call is get_principal or call is optional_principal:
+            authenticated = True
+        scopes |= getattr(call, "required_scopes", frozenset())
+    return authenticated, scopes
+
+
+def token_optional(route: APIRoute) -> bool:
+    """The route may be configured to answer without a token (the public checkpoint)."""
+    from service.auth.dependencies import optional_principal
+
+    return any(d.call is optional_principal for d in _dependencies(route.dependant))
+
+
+def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
+    """Every error status the route can answer: the general rules plus ``ROUTE_STATUSES``."""
+    if path == TOKEN_PATH:
+        return TOKEN_STATUSES | TOKEN_PROBLEM_STATUSES
+    statuses = set(ROUTE_STATUSES.get((method, path), set()))
+    authenticated, _scopes = authentication(route)
+    if authenticated:
+        # 503: the caller's standing, the catalog and the audit of the call are all read or
+        # written in the database; when that fails the call is refused, never half-served.
+        statuses |= {401, 429, 503}
+        # 403: a scope the token lacks, or (scope-free routes) a role the rules refuse.
+        statuses.add(403)
+    dependant = route.dependant
+    has_input = bool(
+        dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.body_params
+        or any(d.query_params or d.header_params for d in _dependencies(dependant))
+    )
+    if has_input:
+        statuses.add(422)
+    if dependant.body_params:
+        statuses |= {400, 413}
+    return statuses
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    title = _titles().get(status, ("Error", ""))[0]
+    return {
+        "description": title,
+        "content": {
+            PROBLEM_JSON: {
+                "schema": {"$ref": "#/components/schemas/Problem"},
+                "example": problem_example(status),
+            }
+        },
+    }
+
+
+def _token_operation(operation: dict[str, Any]) -> None:
+    operation["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"$ref": "#/components/schemas/TokenRequest"},
+                "example": {"grant_type": "client_credentials", "scope": "citizens:read citizens:lookup"},
+            }
+        },
+    }
+    operation["responses"]["200"] = {
+        "description": "An access token (a signed JWT, RFC 9068).",
+        "content": {"application/json": {"example": RESPONSE_EXAMPLES[("POST", TOKEN_PATH)]}},
+    }
+    for status in sorted(TOKEN_STATUSES):
+        error = {400: "invalid_request", 401: "invalid_client", 413: "invalid_request"}[status]
+        operation["responses"][str(status)] = {
+            "description": "RFC 6749 error",
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/OAuthError"},
+                    "example": {"error": error, "error_description": "Client authentication failed."},
+                }
+            },
+        }
+    for status in sorted(TOKEN_PROBLEM_STATUSES):
+        operation["responses"][str(status)] = _problem_response(status)
+    # Clients authenticate with their credentials here, not with a bearer token.
+    operation["security"] = [{"clientBasic": []}, {}]
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    schemas["ProblemError"] = PROBLEM_ERROR_SCHEMA
+    schemas["OAuthError"] = OAUTH_ERROR_SCHEMA
+    schemas["TokenRequest"] = TOKEN_REQUEST_SCHEMA
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    all_scopes = sorted(set().union(*ROLE_SCOPES.values()))
+    components["securitySchemes"] = {
+        SECURITY_SCHEME: {
+            "type": "oauth2",
+            "description": "OAuth2 client credentials; the token's scopes come from the client's roles.",
+            "flows": {
+                "clientCredentials": {
+                    "tokenUrl": TOKEN_PATH,
+                    "scopes": {scope: scope.replace(":", ": ") for scope in all_scopes},
+                }
+            },
+        },
+        "clientBasic": {"type": "http", "scheme": "basic", "description": "client_secret_basic"},
+    }
+    for path, route in api_routes(app):
+        for method in route.methods or ():
+            operation = schema["paths"][path][method.lower()]
+            key = (method, path)
+            if path == TOKEN_PATH:
+                _token_operation(operation)
+                continue
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in sorted(declared_statuses(method, path, route)):
+                responses[str(status)] = _problem_response(status)
+            for status_text, response in responses.items():
+                if status_text.startswith("2") and key in RESPONSE_EXAMPLES:
+                    for media in response.get("content", {}).values():
+                        media["example"] = RESPONSE_EXAMPLES[key]
+            if key in REQUEST_EXAMPLES and "requestBody" in operation:
+                for media in operation["requestBody"]["content"].values():
+                    media["example"] = REQUEST_EXAMPLES[key]
+            authenticated, scopes = authentication(route)
+            if authenticated:
+                operation["security"] = [{SECURITY_SCHEME: sorted(scopes)}]
+                if token_optional(route):
+                    operation["security"].append({})
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the document above at ``/openapi.json`` (built once, on first request)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,305 @@
+"""Examples in the OpenAPI document: one per request body and per success response.
+
+They use the demo government's names (``policies/``) so that a developer can try them
+against ``make run``. ``tests/test_openapi.py`` validates each against its route's schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CITIZEN = "c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N"
+AT = "2026-11-30T09:15:02.481Z"
+
+_AGREEMENT_IN: dict[str, Any] = {
+    "id": "licence-status-for-benefits",
+    "consumer": "dwp",
+    "fields": ["licence_status"],
+    "actions": ["read", "subscribe"],
+    "purposes": ["benefit-eligibility"],
+    "legal_basis": "Social Security Administration Act 1992, s.122",
+    "valid_from": "2026-01-01",
+    "valid_until": "2027-12-31",
+    "when": 'citizen.status == "active"',
+    "require_case_ref": False,
+    "effect": "permit",
+    "reason": "Mobility benefit claims check the licence status",
+}
+_AGREEMENT_OUT: dict[str, Any] = {
+    **{k: v for k, v in _AGREEMENT_IN.items() if k != "reason"},
+    "owner": "dvla",
+    "version": 3,
+    "status": "active",
+    "author": "dvla-owner-client",
+    "reason": "Mobility benefit claims check the licence status",
+    "created_at": AT,
+}
+_FIELD = {"value": "full", "version": 4, "updated_at": AT, "owner": "dvla"}
+_WITHHELD = [{"field": "tax_code", "reason": "no agreement permits dwp to read tax_code"}]
+_ENTRY: dict[str, Any] = {
+    "time": AT,
+    "request_id": "6f1c2b9a4d3e4f5a8b7c6d5e4f3a2b1c",
+    "client_id": "dwp-benefits",
+    "department": "dwp",
+    "on_behalf_of": "officer 4411",
+    "action": "read",
+    "citizen_id": CITIZEN,
+    "owners": ["dvla"],
+    "fields_requested": ["licence_status"],
+    "fields_released": ["licence_status"],
+    "decision": "permit",
+    "reasons": [
+        {
+            "field": "licence_status",
+            "effect": "permit",
+            "agreement": "licence-status-for-benefits",
+            "version": 3,
+            "reason": "permitted",
+        }
+    ],
+    "purpose": "benefit-eligibility",
+    "case_ref": "PIP-2026-0042",
+    "legal_basis": ["Social Security Administration Act 1992, s.122"],
+    "status": 200,
+    "source": "10.0.4.17",
+}
+_PROOF = {
+    "leaf_index": 41,
+    "tree_size": 1000,
+    "leaf_hash": "q3Yw2d1b0C9hS0fA3rXo4p6m9bT2x1uKcV8nE5jL7zQ=",
+    "hashes": ["Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5PQ=="],
+    "entry": _ENTRY,
+}
+_SUBSCRIPTION = {
+    "id": "sub_01JDQ3A0B1C2D3E4F5G6H7J8K9",
+    "department": "dwp",
+    "fields": ["address", "date_of_death"],
+    "purpose": "benefit-payment",
+    "webhook_url": "https://dwp.example.gov.uk/hooks/tellonce",
+    "status": "active",
+    "created_at": AT,
+}
+_EVENT = {
+    "event_id": "evt_01JDQ3C4D5E6F7G8H9J0K1M2N3",
+    "citizen_id": CITIZEN,
+    "fields": ["address"],
+    "owner": "council",
+    "occurred_at": AT,
+}
+
+REQUEST_EXAMPLES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/policies"): _AGREEMENT_IN,
+    ("PUT", "/v1/policies/{agreement_id}"): _AGREEMENT_IN,
+    ("POST", "/v1/decisions/explain"): {
+        "consumer": "dwp",
+        "action": "read",
+        "fields": ["licence_status"],
+        "purpose": "benefit-eligibility",
+        "case_ref": "PIP-2026-0042",
+        "citizen_status": "active",
+    },
+    ("POST", "/v1/policies/simulate"): {
+        "upsert": [{k: v for k, v in _AGREEMENT_IN.items() if k != "reason"}],
+        "remove": ["passport-for-benefits"],
+        "since": "2026-11-01T00:00:00Z",
+    },
+    ("POST", "/v1/citizens"): {
+        "national_id": "QQ123456C",
+        "fields": {"full_name": "Ada Lovelace", "date_of_birth": "1990-12-10"},
+    },
+    ("POST", "/v1/citizens/lookup"): {"national_id": "QQ123456C", "purpose": "benefit-eligibility"},
+    ("POST", "/v1/citizens/batch-get"): {
+        "ids": [CITIZEN],
+        "fields": ["licence_status"],
+        "purpose": "benefit-eligibility",
+    },
+    ("PATCH", "/v1/citizens/{citizen_id}/fields"): {
+        "fields": {"licence_status": "revoked"},
+        "reason": "Revoked after a medical review",
+    },
+    ("POST", "/v1/citizens/{citizen_id}/verify"): {
+        "purpose": "benefit-eligibility",
+        "claims": {"date_of_birth": {"lte": "2008-11-29"}},
+    },
+    ("POST", "/v1/subscriptions"): {
+        "fields": ["address", "date_of_death"],
+        "purpose": "benefit-payment",
+        "webhook_url": "https://dwp.example.gov.uk/hooks/tellonce",
+    },
+}
+
+RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
+    ("GET", "/healthz"): {"status": "ok"},
+    ("GET", "/readyz"): {"status": "ready"},
+    ("GET", "/v1/catalog"): {
+        "version": 2,
+        "departments": [{"id": "dvla", "name": "Driver and Vehicle Licensing Agency", "description": ""}],
+        "purposes": [
+            {"id": "benefit-eligibility", "name": "Deciding eligibility for a benefit", "description": ""}
+        ],
+        "fields": [
+            {
+                "name": "licence_status",
+                "owner": "dvla",
+                "type": "enum",
+                "classification": "personal",
+                "searchable": False,
+                "max_length": None,
+                "values": ["full", "provisional", "revoked", "none"],
+                "marks_death": False,
+                "description": "",
+            }
+        ],
+    },
+    ("GET", "/v1/policies"): {"items": [_AGREEMENT_OUT], "next_cursor": None},
+    ("POST", "/v1/policies"): _AGREEMENT_OUT,
+    ("GET", "/v1/policies/{agreement_id}"): _AGREEMENT_OUT,
+    ("PUT", "/v1/policies/{agreement_id}"): _AGREEMENT_OUT,
+    ("DELETE", "/v1/policies/{agreement_id}"): {**_AGREEMENT_OUT, "status": "revoked", "version": 4},
+    ("GET", "/v1/policies/{agreement_id}/versions"): {"items": [_AGREEMENT_OUT], "next_cursor": None},
+    ("POST", "/v1/decisions/explain"): {
+        "decisions": {
+            "licence_status": {
+                "effect": "permit",
+                "agreement": "licence-status-for-benefits",
+                "version": 3,
+                "reason": "permitted",
+                "legal_basis": "Social Security Administration Act 1992, s.122",
+                "near_misses": [],
+            }
+        }
+    },
+    ("POST", "/v1/policies/simulate"): {
+        "evaluated": 1200,
+        "changed": 14,
+        "changes": [
+            {
+                "consumer": "dwp",
+                "field": "licence_status",
+                "action": "read",
+                "purpose": "benefit-eligibility",
+                "before": "deny",
+                "after": "permit",
+                "count": 14,
+            }
+        ],
+    },
+    ("POST", "/oauth/token"): {
+        "access_token": "eyJhbGciOiJFUzI1NiIsImtpZCI6IjIwMjYxMjAxVDA5MTUwMloifQ.eyJzdWIiOiJkd3AifQ.c2ln",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "citizens:lookup citizens:read",
+    },
+    ("GET", "/.well-known/jwks.json"): {
+        "keys": [
+            {
+                "kty": "EC",
+                "crv": "P-256",
+                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                "kid": "20261201T091502Z-1a2b3c4d",
+                "alg": "ES256",
+                "use": "sig",
+            }
+        ]
+    },
+    ("GET", "/.well-known/oauth-authorization-server"): {
+        "issuer": "https://tellonce.example.gov.uk",
+        "token_endpoint": "https://tellonce.example.gov.uk/oauth/token",
+        "jwks_uri": "https://tellonce.example.gov.uk/.well-known/jwks.json",
+        "grant_types_supported": ["client_credentials"],
+    },
+    ("GET", "/v1/audit/checkpoint"): (
+        "tellonce.example/audit\n1000\nq3Yw2d1b0C9hS0fA3rXo4p6m9bT2x1uKcV8nE5jL7zQ=\n\n"
+        "— tellonce.example/audit Az3grlgtzPICa5OS8npBqPr7/y4rUK6BrbXxtDNiD+0mjSGdXsqAt0xWchfh...\n"
+    ),
+    (
+        "GET",
+        "/v1/audit/verifier-key",
+    ): "tellonce.example/audit+3f2a1b0c+AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/=",
+    ("GET", "/v1/audit/entries/{index}/proof"): _PROOF,
+    ("GET", "/v1/audit/consistency"): {"first": 900, "second": 1000, "hashes": _PROOF["hashes"]},
+    ("GET", "/v1/audit/entries"): {
+        "items": [{"leaf_index": 41, "entry": _ENTRY}],
+        "next_cursor": "eyJpZCI6NDF9",
+    },
+    ("GET", "/v1/audit/export"): [_ENTRY],
+    ("GET", "/v1/audit/reports/usage"): {
+        "items": [
+            {
+                "consumer": "dwp",
+                "owner": "dvla",
+                "field": "licence_status",
+                "purpose": "benefit-eligibility",
+                "period": "2026-11",
+                "count": 412,
+            }
+        ],
+        "next_cursor": None,
+    },
+    ("GET", "/v1/citizens/{citizen_id}/access-log"): {
+        "items": [
+            {
+                "time": AT,
+                "department": "dwp",
+                "action": "read",
+                "fields": ["licence_status"],
+                "purpose": "benefit-eligibility",
+            }
+        ],
+        "next_cursor": None,
+    },
+    ("POST", "/v1/citizens"): {
+        "id": CITIZEN,
+        "status": "active",
+        "version": 1,
+        "fields": ["full_name", "date_of_birth"],
+    },
+    ("POST", "/v1/citizens/lookup"): {"id": CITIZEN},
+    ("POST", "/v1/citizens/batch-get"): {
+        "items": [{"id": CITIZEN, "fields": {"licence_status": _FIELD}, "withheld": []}],
+        "next_cursor": None,
+    },
+    ("GET", "/v1/citizens/{citizen_id}"): {
+        "id": CITIZEN,
+        "status": "active",
+        "version": 7,
+        "fields": {"licence_status": _FIELD},
+        "withheld": _WITHHELD,
+    },
+    ("PATCH", "/v1/citizens/{citizen_id}/fields"): {
+        "id": CITIZEN,
+        "status": "active",
+        "version": 8,
+        "fields": {"licence_status": 5},
+    },
+    ("GET", "/v1/citizens/{citizen_id}/fields/{field}/history"): {
+        "items": [{"value": "provisional", "version": 3, "updated_at": AT, "written_by": "dvla-licensing"}],
+        "next_cursor": None,
+    },
+    ("POST", "/v1/citizens/{citizen_id}/verify"): {"results": {"date_of_birth": True}, "withheld": []},
+    ("POST", "/v1/subscriptions"): {**_SUBSCRIPTION, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+    ("GET", "/v1/subscriptions"): {"items": [_SUBSCRIPTION], "next_cursor": None},
+    ("GET", "/v1/subscriptions/{subscription_id}"): _SUBSCRIPTION,
+    ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): {
+        "items": [
+            {
+                "id": "dlv_01JDQ3D5E6F7G8H9J0K1M2N3P4",
+                "webhook_id": "msg_01JDQ3D5E6F7G8H9J0K1M2N3P4",
+                "event_id": _EVENT["event_id"],
+                "citizen_id": CITIZEN,
+                "status": "delivered",
+                "attempts": 1,
+                "next_attempt_at": None,
+                "last_attempt_at": AT,
+                "last_status_code": 204,
+                "last_error": None,
+                "delivered_at": AT,
+                "created_at": AT,
+            }
+        ],
+        "next_cursor": None,
+    },
+    ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): {"requeued": 3},
+    ("GET", "/v1/events"): {"items": [_EVENT], "cursor": "1042"},
+}

@@ -1,0 +1,263 @@
+"""Production bootstrap: `tellonce init`, what `serve` refuses, and an unmigrated database."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from service.app import StartupRefused, create_app
+from service.bootstrap import production_overrides, startup_refusal
+from service.cli import app as cli_app
+from service.config import Settings, get_settings
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
+from tests.fixtures.server import free_port
+
+
+@pytest.fixture
+async def empty_database(database_url: str) -> AsyncIterator[str]:
+    """A database with no schema at all, as a new installation starts."""
+    url = await create_scratch_database(database_url, migrate=False)
+    try:
+        yield url
+    finally:
+        await drop_scratch_database(url)
+
+
+@pytest.fixture
+def production_env(empty_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Production settings on the empty database; SQLite only through its logged override."""
+    data = tmp_path / "data"
+    for name in list(os.environ):
+        if name.startswith("TELLONCE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TELLONCE_ENV", "production")
+    monkeypatch.setenv("TELLONCE_DATABASE_URL", empty_database)
+    monkeypatch.setenv("TELLONCE_DATA_DIR", str(data))
+    monkeypatch.setenv("TELLONCE_PUBLIC_URL", "https://tellonce.example.gov.uk")
+    if not is_postgres(empty_database):
+        monkeypatch.setenv("TELLONCE_ALLOW_SQLITE_IN_PRODUCTION", "true")
+    get_settings.cache_clear()
+    yield data
+    get_settings.cache_clear()
+
+
+async def _store_a_kek(settings: Settings, department: str) -> None:
+    """A department KEK wrapped under the current root key, as the first write makes one."""
+    from service.crypto.keyring import Keyring
+    from service.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            await Keyring.from_settings(settings).active_kek(conn, department)
+    finally:
+        await engine.dispose()
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli_app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+class TestInit:
+    def test_without_a_root_key_it_names_the_two_ways_to_get_one(self, production_env: Path) -> None:
+        code, _out, err = invoke("init")
+        assert code == 1
+        assert "no root key" in err
+        assert "TELLONCE_ROOT_KEY" in err
+        assert "--new-root-key" in err
+        assert not production_env.exists() or not any(production_env.iterdir())
+
+    def test_creates_every_key_migrates_and_is_idempotent(self, production_env: Path) -> None:
+        code, out, err = invoke("init", "--new-root-key")
+        assert code == 0, err
+        root_key = production_env / "root.key"
+        checkpoint_key = production_env / "audit-checkpoint.key"
+        manifest = production_env / "signing-keys" / "manifest.json"
+        for path in (root_key, checkpoint_key, manifest):
+            assert path.exists(), path
+        for path in (root_key, checkpoint_key):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert len(base64.b64decode(checkpoint_key.read_text().strip())) == 32
+        assert f"root key: created {root_key}" in out
+        assert "access-token signing key: created" in out
+        assert "audit checkpoint key: created" in out
+        assert "database: migrated from empty to" in out
+        assert "audit checkpoint verifier key (give it to auditors): tellonce.example/audit+" in out
+        assert "back up:" in out
+        assert "without it every stored value is unreadable" in out
+
+        before = {p: p.read_bytes() for p in (root_key, checkpoint_key, manifest)}
+        code, again, err = invoke("init")
+        assert code == 0, err
+        assert f"root key: present ({root_key})" in again
+        assert "access-token signing key: present" in again
+        assert "audit checkpoint key: present" in again
+        assert "database: already at" in again
+        assert {p: p.read_bytes() for p in before} == before  # nothing replaced
+
+    def test_refuses_a_root_key_that_does_not_open_the_stored_keys(
+        self, production_env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert invoke("init", "--new-root-key")[0] == 0
+        asyncio.run(_store_a_kek(get_settings(), "dvla"))
+        assert "the root key opens them" in invoke("init")[1]
+        monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(os.urandom(32)).decode())
+        get_settings.cache_clear()
+        code, _out, err = invoke("init")
+        assert code == 1
+        assert "the root key does not open the stored key of dvla" in err
+
+
+class TestServeRefuses:
+    def _serve(self, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def test_missing_keys_give_one_line_naming_them_and_the_fix(self, tmp_path: Path) -> None:
+        root_key = base64.b64encode(os.urandom(32)).decode()
+        result = self._serve(
+            {
+                "TELLONCE_ENV": "production",
+                "TELLONCE_ROOT_KEY": root_key,
+                "TELLONCE_DATA_DIR": str(tmp_path),
+                "TELLONCE_DATABASE_URL": "postgresql+asyncpg://tellonce@127.0.0.1:1/tellonce",
+                "TELLONCE_PUBLIC_URL": "https://tellonce.example.gov.uk",
+            }
+        )
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "access-token signing key" in lines[0]
+        assert "audit checkpoint key" in lines[0]
+        assert "run `tellonce init`" in lines[0]
+        assert root_key not in result.stderr
+
+    @pytest.mark.parametrize(
+        ("database_url", "public_url", "expected"),
+        [
+            ("sqlite+aiosqlite:///./x.db", "https://t.example", "production refuses SQLite"),
+            ("postgresql+asyncpg://t@127.0.0.1:1/t", "http://t.example", "not https"),
+        ],
+    )
+    def test_sqlite_and_plain_http_are_refused(
+        self, tmp_path: Path, database_url: str, public_url: str, expected: str
+    ) -> None:
+        result = self._serve(
+            {
+                "TELLONCE_ENV": "production",
+                "TELLONCE_ROOT_KEY": base64.b64encode(os.urandom(32)).decode(),
+                "TELLONCE_DATA_DIR": str(tmp_path),
+                "TELLONCE_DATABASE_URL": database_url,
+                "TELLONCE_PUBLIC_URL": public_url,
+            }
+        )
+        assert result.returncode == 1
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert expected in result.stderr
+        assert "TELLONCE_ALLOW_" in result.stderr
+
+
+class TestProductionOverrides:
+    def _production(self, settings: Settings, **update: object) -> Settings:
+        return settings.model_copy(
+            update={"env": "production", "database_url": "sqlite+aiosqlite:///./x.db", **update}
+        )
+
+    def test_create_app_refuses_without_override(self, settings: Settings) -> None:
+        with pytest.raises(StartupRefused, match="production refuses SQLite"):
+            create_app(self._production(settings, public_url="https://t.example"))
+        with pytest.raises(StartupRefused, match="not https"):
+            create_app(self._production(settings, allow_sqlite_in_production=True))
+
+    def test_overrides_are_logged_at_start(
+        self, settings: Settings, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        production = self._production(
+            settings, allow_sqlite_in_production=True, allow_insecure_public_url=True
+        )
+        assert len(production_overrides(production)) == 2
+        create_app(production)
+        err = capsys.readouterr().err
+        assert "production override in effect: TELLONCE_ALLOW_SQLITE_IN_PRODUCTION" in err
+        assert "production override in effect: TELLONCE_ALLOW_INSECURE_PUBLIC_URL" in err
+
+    def test_development_needs_no_override(self, settings: Settings) -> None:
+        assert production_overrides(settings) == []
+        assert startup_refusal(settings) is None
+
+
+class TestUnmigratedDatabase:
+    def test_one_line_then_503_then_ready_after_migration(
+        self, empty_database: str, tmp_path: Path, root_key: str
+    ) -> None:
+        from service.schema import upgrade
+        from tests.fixtures.server import start_server
+
+        env = {
+            "TELLONCE_ENV": "test",
+            "TELLONCE_DATABASE_URL": empty_database,
+            "TELLONCE_DATA_DIR": str(tmp_path / "data"),
+            "TELLONCE_ROOT_KEY": root_key,
+            "TELLONCE_LOG_LEVEL": "INFO",
+        }
+        log_path = tmp_path / "server.log"
+        server = start_server(env, log_path, timeout=90)
+        try:
+            readyz = httpx.get(f"{server.base_url}/readyz", timeout=5)
+            assert readyz.status_code == 503
+            assert "tellonce db upgrade" in readyz.json()["detail"]
+            deadline = time.monotonic() + 20
+            while "background work waits" not in server.log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            upgrade(empty_database)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if httpx.get(f"{server.base_url}/readyz", timeout=5).status_code == 200:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("never ready after migration")
+            deadline = time.monotonic() + 60
+            while "background work starting" not in server.log() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            server.stop()
+        log = log_path.read_text()
+        assert "Traceback" not in log
+        assert log.count("background work waits") == 1
+        assert "background work starting" in log
+
+
+async def test_schema_gate_stops_waiting_when_told(empty_database: str) -> None:
+    from service.db import create_engine
+    from service.schema import SchemaGate
+
+    engine = create_engine(empty_database)
+    try:
+        gate = SchemaGate(engine, first_delay=0.01, max_delay=0.02)
+        stop = asyncio.Event()
+        waiting = asyncio.create_task(gate.wait(stop))
+        stop.set()
+        assert await waiting is False
+        assert not gate.ready.is_set()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,94 @@
+"""The `tellonce` command itself: groups load lazily, and explain refuses names it does not know."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import LAZY_GROUPS
+from service.cli import app as cli_app
+from service.config import get_settings
+from tests.conftest import TEST_POLICIES
+
+
+class TestLazyGroups:
+    def test_help_imports_no_domain(self) -> None:
+        # What makes `tellonce --help` quick: no domain, FastAPI or SQLAlchemy import.
+        probe = (
+            "import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from service.cli import app\n"
+            "result = CliRunner().invoke(app, ['--help'])\n"
+            "assert result.exit_code == 0, result.output\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'fastapi', 'uvicorn')"
+            " or m.startswith(('service.audit', 'service.policy', 'service.db', 'service.app'))]\n"
+            "print(sorted(heavy))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        )
+        assert result.stdout.strip() == "[]"
+
+    def test_help_lists_every_group_with_its_summary(self) -> None:
+        result = CliRunner().invoke(cli_app, ["--help"])
+        assert result.exit_code == 0
+        for name, (_module, _attribute, summary) in LAZY_GROUPS.items():
+            assert name in result.stdout
+            assert summary.split()[0] in result.stdout
+        for name in ("init", "serve", "worker", "db"):
+            assert name in result.stdout
+
+    @pytest.mark.parametrize("name", sorted(LAZY_GROUPS))
+    def test_each_group_loads_when_run(self, name: str) -> None:
+        result = CliRunner().invoke(cli_app, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert f"Usage: tellonce {name}" in result.stdout or f"Usage: root {name}" in result.stdout
+
+
+@pytest.fixture
+def applied(scratch_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+    monkeypatch.setenv("TELLONCE_ENV", "test")
+    get_settings.cache_clear()
+    assert CliRunner().invoke(cli_app, ["policies", "apply", str(TEST_POLICIES)]).exit_code == 0
+    yield
+    get_settings.cache_clear()
+
+
+class TestPoliciesExplain:
+    ASK = ("--field", "licence_status", "--purpose", "benefit-eligibility")
+
+    def test_known_names_are_decided(self, applied: None) -> None:
+        result = CliRunner().invoke(
+            cli_app, ["policies", "explain", "--consumer", "welfare", *self.ASK, "--citizen-status", "active"]
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["decisions"]["licence_status"]["effect"] == "permit"
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--consumer", "wellfare", *ASK], "unknown consumer 'wellfare' (departments: "),
+            (["--consumer", "welfare", "--action", "peek", *ASK], "unknown action 'peek'"),
+            (
+                ["--consumer", "welfare", "--field", "licence_colour", "--purpose", "benefit-eligibility"],
+                "unknown field 'licence_colour'",
+            ),
+            (
+                ["--consumer", "welfare", "--field", "licence_status", "--purpose", "curiosity"],
+                "unknown purpose 'curiosity'",
+            ),
+        ],
+    )
+    def test_unknown_names_exit_2_deciding_nothing(
+        self, applied: None, args: list[str], message: str
+    ) -> None:
+        result = CliRunner().invoke(cli_app, ["policies", "explain", *args])
+        assert result.exit_code == 2
+        assert result.stdout == ""
+        assert message in result.stderr

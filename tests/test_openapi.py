@@ -1,0 +1,119 @@
+"""/openapi.json: the security scheme, problem+json for every status, examples that validate,
+and the statuses each route declares against those it really answered in this test run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from jsonschema import Draft202012Validator
+
+from service.errors import PROBLEM_JSON
+from service.openapi import api_routes, declared_statuses
+from tests.fixtures.statuses import answered
+
+
+@pytest.fixture
+async def document(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    ]
+
+
+def validate(document: dict[str, Any], schema: dict[str, Any], instance: Any) -> list[str]:
+    # The schema sits beside the document's components so that its "#/components/..." refs resolve.
+    validator = Draft202012Validator({**schema, "components": document["components"]})
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+class TestDocument:
+    def test_oauth2_client_credentials_scheme(self, document: dict[str, Any]) -> None:
+        scheme = document["components"]["securitySchemes"]["oauth2"]
+        assert scheme["type"] == "oauth2"
+        flow = scheme["flows"]["clientCredentials"]
+        assert flow["tokenUrl"] == "/oauth/token"
+        assert "citizens:read" in flow["scopes"]
+
+    def test_authenticated_operations_name_their_scopes(self, document: dict[str, Any]) -> None:
+        read = document["paths"]["/v1/citizens/{citizen_id}"]["get"]
+        assert read["security"] == [{"oauth2": ["citizens:read"]}]
+        assert "security" not in document["paths"]["/healthz"]["get"]
+
+    def test_token_endpoint_has_a_form_schema_and_oauth_errors(self, document: dict[str, Any]) -> None:
+        token = document["paths"]["/oauth/token"]["post"]
+        form = token["requestBody"]["content"]["application/x-www-form-urlencoded"]
+        assert form["schema"] == {"$ref": "#/components/schemas/TokenRequest"}
+        schema = document["components"]["schemas"]["TokenRequest"]
+        assert schema["required"] == ["grant_type"]
+        assert {"client_assertion", "client_secret", "scope"} <= set(schema["properties"])
+        assert (
+            token["responses"]["401"]["content"]["application/json"]["example"]["error"] == "invalid_client"
+        )
+
+    def test_every_error_is_problem_json_never_fastapis_shape(self, document: dict[str, Any]) -> None:
+        assert "HTTPValidationError" not in document["components"]["schemas"]
+        for method, path, operation in operations(document):
+            if path == "/oauth/token":
+                continue
+            for status, response in operation["responses"].items():
+                if int(status) < 400:
+                    continue
+                media = response["content"]
+                assert list(media) == [PROBLEM_JSON], (method, path, status)
+                assert media[PROBLEM_JSON]["schema"] == {"$ref": "#/components/schemas/Problem"}
+                example = media[PROBLEM_JSON]["example"]
+                assert example["status"] == int(status)
+                assert validate(document, media[PROBLEM_JSON]["schema"], example) == []
+
+    def test_every_request_and_success_response_has_a_valid_example(self, document: dict[str, Any]) -> None:
+        missing: list[str] = []
+        invalid: list[str] = []
+        for method, path, operation in operations(document):
+            bodies = [("request", m) for m in operation.get("requestBody", {}).get("content", {}).values()]
+            for status, response in operation["responses"].items():
+                if status.startswith("2"):
+                    bodies += [(status, m) for m in response.get("content", {}).values()]
+            for where, media in bodies:
+                if "example" not in media:
+                    missing.append(f"{method} {path} {where}")
+                    continue
+                problems = validate(document, media.get("schema", {}), media["example"])
+                invalid += [f"{method} {path} {where}: {p}" for p in problems]
+        assert missing == []
+        assert invalid == []
+
+
+async def _unauthenticated_sweep(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """Every route once without a token, so this test has answers to compare even alone."""
+    for path, route in api_routes(app):
+        for method in route.methods or ():
+            await client.request(method, path.replace("{", "").replace("}", ""))
+
+
+@pytest.mark.after_all
+async def test_statuses_answered_in_this_run_are_declared(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await _unauthenticated_sweep(app, client)
+    routes = {(method, path): route for path, route in api_routes(app) for method in route.methods or ()}
+    seen = answered()
+    undeclared = sorted(
+        f"{method} {path} answered {status}"
+        for method, path, status in seen
+        if (method, path) in routes
+        and status >= 400
+        and status not in declared_statuses(method, path, routes[(method, path)])
+    )
+    compared = {(method, path) for method, path, _status in seen if (method, path) in routes}
+    assert undeclared == []
+    # The sweep alone reaches every route; a full run adds each route's own refusals.
+    assert compared == set(routes)

@@ -233,9 +233,10 @@ async def _run_workers(settings: Any) -> None:
     submitter = WitnessSubmitter(engine, witnesses) if witnesses.enabled else None
     try:
         if await gate.wait(stop):
-            loops = [make_sequencer(settings, engine).run(stop), run_dispatcher(settings, stop)]
+            sequencer = make_sequencer(settings, engine)
+            loops = [sequencer.run(stop), run_dispatcher(settings, stop)]
             if submitter is not None:
-                loops.append(submitter.run(stop))
+                loops.append(submitter.run(stop, sequencer.checkpoint_signed))
             await asyncio.gather(*loops)
     finally:
         if submitter is not None:

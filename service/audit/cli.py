@@ -21,7 +21,7 @@ import binascii
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from service.audit import witnessing
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.releases import ReleaseChecker, ReleaseReport
+from service.audit.schemas import canonical_json
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
 from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
@@ -120,30 +121,13 @@ def _b64(value: Any) -> bytes:
         raise VerificationFailed("a hash in the bundle is not base64") from None
 
 
-def _checkpoint_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The bundle's checkpoint records. A line that does not even contain the word is
-    skipped unparsed: the first pass over a million-entry bundle costs a substring search."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if "checkpoint" not in line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise VerificationFailed(f"{path}:{number}: not a JSON line") from None
-            if isinstance(record, dict) and record.get("type") == "checkpoint":
-                yield record
-
-
-EntryConsumer = Callable[[int, str, dict[str, Any]], None]
-
-
 def _bundle_checkpoints(path: Path) -> list[StoredCheckpoint]:
     return [
         StoredCheckpoint(
             int(r["tree_size"]), _b64(r["root_hash"]), str(r["note"]), f"checkpoint of size {r['tree_size']}"
         )
-        for r in _checkpoint_records(path)
+        for r in _bundle_records(path)
+        if r.get("type") == "checkpoint"
     ]
 
 
@@ -151,7 +135,7 @@ def verify_bundle(
     path: Path,
     verifier: NoteVerifier,
     expectations: Expectations | None = None,
-    on_entry: EntryConsumer | None = None,
+    on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
 ) -> int:
     """Recompute the bundle's log and check its checkpoints and stored columns; the tree size.
     Each verified entry is also handed to ``on_entry`` (``check-releases``)."""
@@ -159,18 +143,28 @@ def verify_bundle(
     for record in _bundle_records(path):
         if record.get("type") != "entry":
             continue
-        columns = record.get("columns")
+        entry = record.get("entry")
+        canonical = canonical_json(entry) if isinstance(entry, dict) else None
         leaf_index, label = int(record["leaf_index"]), f"entry {record.get('entry_id')}"
-        parsed = log.add_entry(
-            leaf_index,
-            label,
-            record.get("entry"),
-            _b64(record["leaf_hash"]),
-            columns if isinstance(columns, dict) else None,
+        log.add(
+            leaf_index, label, canonical, _b64(record["leaf_hash"]), _bundle_columns(record.get("columns"))
         )
-        if on_entry is not None:
-            on_entry(leaf_index, label, parsed)
+        if on_entry is not None and isinstance(entry, dict):
+            on_entry(leaf_index, label, entry)
     return log.finish()
+
+
+def _bundle_columns(columns: Any) -> tuple[Any, ...] | None:
+    """A bundle's stored columns in ``FILTER_COLUMNS`` order, ``time`` as an instant."""
+    if not isinstance(columns, dict):
+        return None
+    values = [columns.get(column) for column in FILTER_COLUMNS]
+    try:
+        time = datetime.fromisoformat(str(values[0]))
+    except ValueError:
+        return (None, *values[1:])  # an unreadable time differs from any entry's
+    values[0] = time if time.tzinfo is not None else time.replace(tzinfo=UTC)
+    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -227,15 +221,18 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
                     rows = await audit_repository.page_for_verification(conn, after, size, PAGE)
                 for leaf, entry_id, canonical, recorded, *stored in rows:
                     columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
+                    # ISO 8601 whatever the database: SQLite gives its text, PostgreSQL a datetime.
+                    time = columns["time"]
+                    if isinstance(time, str):
+                        time = datetime.fromisoformat(time).replace(tzinfo=UTC)
+                    columns["time"] = time.isoformat() if isinstance(time, datetime) else time
                     record = {
                         "type": "entry",
                         "leaf_index": leaf,
                         "entry_id": entry_id,
                         "leaf_hash": base64.b64encode(recorded or b"").decode(),
                         "entry": json.loads(canonical) if canonical else None,
-                        "columns": {
-                            k: v.isoformat() if isinstance(v, datetime) else v for k, v in columns.items()
-                        },
+                        "columns": columns,
                     }
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if len(rows) < PAGE:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
-from service.audit import proofs, search, witnessing
+from service.audit import proofs, search, tiles, witnessing
 from service.audit.checkpoint import NoteSigner
 from service.audit.errors import AuditQueryInvalid
-from service.audit.writer import AuditWriterDep
+from service.audit.writer import AuditWriterDep, get_audit_writer
 from service.auth import permissions
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
 from service.db import DatabaseDep, SessionDep
@@ -213,9 +213,18 @@ async def citizen_access_log(
     access: search.AuditAccessDep,
     cursor: str | None = Query(None, max_length=20),
     limit: int = Query(100, ge=1, le=1000),
+    proofs: bool = Query(
+        False, description="Add to each line its inclusion proof against the witnessed checkpoint."
+    ),
 ) -> dict[str, Any]:
     """Every access to one citizen's record: when, which department, which fields, for what
-    purpose and with what decision. Officers' identities are left out."""
+    purpose and with what decision. Officers' identities are left out.
+
+    With ``proofs=true`` each item gains ``proof`` (``{leaf_index, tree_size, leaf_hash,
+    hashes, entry}``, as ``/v1/audit/entries/{index}/proof``; null for an access the newest
+    witnessed checkpoint does not cover yet) and the response gains ``checkpoint``: that
+    checkpoint as one signed note with the witnesses' cosignatures, so the citizen (or
+    anyone) can check every line against a root the witnesses vouch for."""
     page = await search.citizen_access_log(
         access,
         caller,
@@ -223,5 +232,42 @@ async def citizen_access_log(
         after=search.parse_cursor(cursor),
         limit=limit,
         source=_source(request),
+        proofs=request.app.state.witness_config if proofs else None,
     )
-    return {"items": page.items, "next_cursor": _next(page.next_cursor)}
+    if not proofs:
+        return {"items": page.items, "next_cursor": _next(page.next_cursor)}
+    return {"items": page.items, "next_cursor": _next(page.next_cursor), "checkpoint": page.checkpoint}
+
+
+IMMUTABLE = "max-age=31536000, immutable"
+
+
+@router.get("/v1/audit/tile/{tile:path}", response_class=Response)
+async def get_tile(
+    tile: str,
+    request: Request,
+    database: DatabaseDep,
+    caller: Annotated[Principal | None, Depends(_checkpoint_reader)],
+) -> Response:
+    """C2SP tlog-tiles for mirrors, monitors and witnesses: ``<L>/<N>[.p/<W>]`` is a hash tile
+    (the stored subtree hashes at tree level 8·L), ``entries/<N>[.p/<W>]`` an entry bundle
+    (uint16-length-prefixed canonical entries; auditors only, and audited, since entries
+    hold pseudonymous citizen ids). Hash tiles are as open as the checkpoint. Full tiles
+    never change and are cached for a year; 404 while the tree is too small for a tile."""
+    try:
+        wanted = tiles.parse_tile_path(tile)
+    except tiles.TilePathInvalid as exc:
+        raise AuditQueryInvalid(f"Not a tile path: {exc}") from None
+    private = wanted.level is None
+    if private:
+        if caller is None or not permissions.may_export_audit(caller):
+            raise Forbidden("Entry bundles need the scope audit:export.")
+        writer = await get_audit_writer(request)
+        await search.record_query(writer, caller, source=_source(request))
+    async with database.engine.connect() as conn:
+        body = await tiles.read_tile(conn, wanted)
+    if wanted.width is None:
+        cache = f"{'private' if private else 'public'}, {IMMUTABLE}"
+    else:
+        cache = f"{'private' if private else 'public'}, max-age=60"
+    return Response(body, media_type="application/octet-stream", headers={"Cache-Control": cache})

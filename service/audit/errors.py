@@ -19,6 +19,10 @@ class LeafNotFound(NotFound):
     title, slug = "No such leaf", "audit-leaf-not-found"
 
 
+class TileNotFound(NotFound):
+    title, slug = "No such tile", "audit-tile-not-found"
+
+
 class NoCheckpoint(NotFound):
     title, slug = "No checkpoint yet", "audit-no-checkpoint"
 

@@ -21,12 +21,14 @@ from typing import Annotated, Any, Literal, Protocol
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit import citizen_proofs
 from service.audit import query as audit_query
 from service.audit import repository as audit_repository
 from service.audit.entries import query_entry
 from service.audit.errors import AuditQueryInvalid
 from service.audit.repository import Connect, EntryFilter
 from service.audit.schemas import ACTIONS, DECISIONS, Action, AuditEntry
+from service.audit.witnessing import WitnessConfig
 from service.audit.writer import AuditWriterDep
 from service.auth import permissions
 from service.auth.dependencies import Principal
@@ -79,6 +81,8 @@ class EntryQuery:
 class Page:
     items: list[dict[str, Any]]
     next_cursor: int | None
+    # With proofs: the witnessed checkpoint every item's proof is against (None if none yet).
+    checkpoint: str | None = None
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:
@@ -238,16 +242,29 @@ async def citizen_access_log(
     after: int,
     limit: int,
     source: str | None,
+    proofs: WitnessConfig | None = None,
 ) -> Page:
     """Every access to one citizen's record, officers' identities left out; 404 for an
-    unknown citizen."""
+    unknown citizen. With ``proofs`` (the witnessing configuration) each item also carries
+    its inclusion proof against the newest witnessed checkpoint, which the page carries."""
     async with access.connect() as conn:
         if len(citizen_id) > 64 or not await audit_repository.citizen_exists(conn, citizen_id):
             raise NotFound("No such citizen.")
         stored_filter = EntryFilter(citizen_id=citizen_id, actions=audit_query.CITIZEN_VISIBLE_ACTIONS)
         rows = await audit_repository.page_entries(conn, stored_filter, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        witnessed = (
+            await citizen_proofs.proofs_for(
+                conn, proofs, [(leaf, canonical) for _id, leaf, canonical in rows]
+            )
+            if proofs is not None
+            else None
+        )
     await record_query(access.writer, principal, "access-log", source=source, citizen_id=citizen_id)
-    more = len(rows) > limit
-    rows = rows[:limit]
     items = [audit_query.access_item(canonical) for _entry_id, _leaf, canonical in rows]
-    return Page(items, rows[-1][0] if more else None)
+    if witnessed is None:
+        return Page(items, rows[-1][0] if more else None)
+    for item, proof in zip(items, witnessed.proofs, strict=True):
+        item["proof"] = proof
+    return Page(items, rows[-1][0] if more else None, checkpoint=witnessed.note)

@@ -46,6 +46,10 @@ class Sequencer:
         # The interval counts from start-up: monotonic time is seconds since boot, so a
         # zero here would make the first round's checkpoint depend on the host's uptime.
         self._last_checkpoint_at = time.monotonic()
+        # Set once a round that signed a checkpoint has committed: the witness submitter
+        # in the same process starts at once instead of at its next poll.
+        self.checkpoint_signed = asyncio.Event()
+        self._signed_this_round = False
 
     async def _load_range(self, conn: AsyncConnection, size: int) -> merkle.CompactRange:
         keys = merkle.CompactRange.keys_for(size)
@@ -56,13 +60,17 @@ class Sequencer:
         """Sequence what has committed since the last round; return how many leaves were added."""
         if not await self._has_work():
             return 0
+        self._signed_this_round = False
         try:
             async with self.engine.begin() as conn:
-                return await self._round(conn)
+                added = await self._round(conn)
         except Exception:
             # The in-memory edge may be ahead of what committed: reload it next round.
             self._range = None
             raise
+        if self._signed_this_round:
+            self.checkpoint_signed.set()
+        return added
 
     async def _has_work(self) -> bool:
         """A read-only look first, so an idle sequencer never takes the write lock."""
@@ -133,6 +141,7 @@ class Sequencer:
             )
             checkpoint_size = new_size
             self._last_checkpoint_at = now
+            self._signed_this_round = True
         await conn.execute(
             update(state)
             .where(state.id == 1)

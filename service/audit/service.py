@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,7 +28,6 @@ from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
 from service.audit.writer import (
-    FILTER_COLUMNS,
     AuditWriter,
     append_in_transaction,
     append_many_in_transaction,
@@ -85,14 +85,18 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     stop = asyncio.Event()
     task: asyncio.Task[None] | None = None
     sequencer_engine: AsyncEngine | None = None
+    signed: asyncio.Event | None = None
     if settings.run_workers:
         sequencer_engine = _sequencer_engine(settings)
         sequencer = make_sequencer(settings, sequencer_engine, audit, signer)
+        signed = sequencer.checkpoint_signed
         task = asyncio.create_task(
             app.state.schema_gate.run_when_ready(stop, sequencer.run), name="audit-sequencer"
         )
     try:
-        async with witnessing.witnessing_lifecycle(app, audit, settings.run_workers, sequencer_engine):
+        async with witnessing.witnessing_lifecycle(
+            app, audit, settings.run_workers, sequencer_engine, signed
+        ):
             yield
     finally:
         stop.set()
@@ -158,11 +162,11 @@ async def verify_stored_log(
             rows = await audit_repository.page_for_verification(conn, after, size, VERIFY_PAGE)
         if not rows:
             break
-        for leaf, entry_id, canonical, recorded, *stored in rows:
-            columns = None if canonical is None else dict(zip(FILTER_COLUMNS, stored, strict=True))
-            parsed = log.add(leaf, f"entry {entry_id}", canonical or None, recorded, columns)
-            if on_entry is not None:
-                on_entry(leaf, f"entry {entry_id}", parsed)
+        add = log.add
+        for row in rows:
+            add(row[0], f"entry {row[1]}", row[2], row[3], row[4:])
+            if on_entry is not None and row[2] is not None:
+                on_entry(row[0], f"entry {row[1]}", json.loads(row[2]))
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)

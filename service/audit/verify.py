@@ -11,18 +11,19 @@ so a truncated or emptied log does not pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from service.audit import merkle
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.schemas import canonical_json
-from service.audit.writer import FILTER_COLUMNS, filter_columns
+from service.audit.writer import FILTER_COLUMNS, filter_columns, sqlite_time_text
 
 _decode = json.JSONDecoder().decode
+_sha256 = hashlib.sha256
 
 
 class VerificationFailed(Exception):
@@ -52,23 +53,19 @@ class Expectations:
     allow_empty: bool = False
 
 
-def _same(stored: Any, derived: Any) -> bool:
-    if isinstance(derived, datetime) and isinstance(stored, str):
-        try:
-            stored = datetime.fromisoformat(stored)
-        except ValueError:
-            return False
-    return bool(stored == derived)
-
-
-def column_difference(record: Mapping[str, Any], stored: Mapping[str, Any]) -> str | None:
-    """The first filter column whose stored value is not what the entry says, if any."""
+def column_difference(record: Mapping[str, Any], stored: Sequence[Any]) -> str | None:
+    """The first filter column whose stored value (``FILTER_COLUMNS`` order) is not what
+    the entry says, if any. ``time`` is compared as SQLite's exact text when stored as
+    text (text filters compare it so), else as an instant."""
     try:
         derived = filter_columns(record)
     except (KeyError, TypeError, ValueError):
         return "canonical"
-    for column in FILTER_COLUMNS:
-        if not _same(stored.get(column), derived[column]):
+    for column, value in zip(FILTER_COLUMNS, stored, strict=True):
+        expected = derived[column]
+        if column == "time" and isinstance(value, str):
+            expected = sqlite_time_text(expected)
+        if value != expected:
             return column
     return None
 
@@ -106,12 +103,15 @@ class LogVerifier:
         entry_label: str,
         canonical: str | None,
         recorded: bytes | None,
-        columns: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        columns: Sequence[Any] | None = None,
+    ) -> None:
         """Feed the next leaf: its canonical JSON, the leaf hash recorded when it was
-        sequenced, and the filter columns stored beside it (None: nothing to compare).
-        Returns the entry, parsed, for a caller that reads it too (``check-releases``)."""
-        self._expect(leaf_index)
+        sequenced, and the filter columns stored beside it in ``FILTER_COLUMNS`` order
+        (None: nothing to compare)."""
+        if leaf_index != self.compact.size:
+            raise VerificationFailed(
+                f"leaf {self.compact.size} is missing (next stored leaf is {leaf_index})"
+            )
         if canonical is None:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
         try:
@@ -120,41 +120,7 @@ class LogVerifier:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not JSON") from None
         if not isinstance(record, dict) or canonical_json(record) != canonical:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not in canonical form")
-        self._append(leaf_index, entry_label, record, canonical, recorded, columns)
-        return record
-
-    def add_entry(
-        self,
-        leaf_index: int,
-        entry_label: str,
-        record: Any,
-        recorded: bytes | None,
-        columns: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """``add`` for an entry already parsed (a bundle's): its canonical JSON is made from
-        it here, so it needs no second parse to prove its form."""
-        self._expect(leaf_index)
-        if not isinstance(record, dict):
-            raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
-        self._append(leaf_index, entry_label, record, canonical_json(record), recorded, columns)
-        return record
-
-    def _expect(self, leaf_index: int) -> None:
-        if leaf_index != self.compact.size:
-            raise VerificationFailed(
-                f"leaf {self.compact.size} is missing (next stored leaf is {leaf_index})"
-            )
-
-    def _append(
-        self,
-        leaf_index: int,
-        entry_label: str,
-        record: dict[str, Any],
-        canonical: str,
-        recorded: bytes | None,
-        columns: Mapping[str, Any] | None,
-    ) -> None:
-        digest = merkle.leaf_hash(canonical.encode())
+        digest = _sha256(b"\x00" + canonical.encode()).digest()
         if recorded is not None and recorded != digest:
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} no longer matches its leaf hash")
         if columns is not None:
@@ -164,7 +130,7 @@ class LogVerifier:
                     f"{entry_label} at leaf {leaf_index}: the stored column {changed!r} differs from the "
                     "signed entry; queries filtering on it give wrong answers"
                 )
-        self.compact.append(digest)
+        self.compact.push(digest)
         if self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size <= self.compact.size:
             self._check_reached()
 

@@ -244,14 +244,24 @@ class WitnessSubmitter:
             return found
         return None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
+        """Round after round until ``stop``; ``wake`` (the sequencer's "checkpoint signed")
+        starts the next round at once rather than at the next poll."""
         while not stop.is_set():
             try:
                 await self.run_once()
             except Exception:
                 logger.exception("witnessing round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.config.poll_seconds)
+            waits = [asyncio.ensure_future(stop.wait())]
+            if wake is not None:
+                waits.append(asyncio.ensure_future(wake.wait()))
+            _done, pending = await asyncio.wait(
+                waits, timeout=self.config.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+            if wake is not None:
+                wake.clear()
 
 
 class WitnessGate:
@@ -319,7 +329,11 @@ class WitnessGate:
 
 @contextlib.asynccontextmanager
 async def witnessing_lifecycle(
-    app: FastAPI, audit: AuditSettings, run_submitter: bool, submitter_engine: AsyncEngine | None
+    app: FastAPI,
+    audit: AuditSettings,
+    run_submitter: bool,
+    submitter_engine: AsyncEngine | None,
+    wake: asyncio.Event | None = None,
 ) -> AsyncIterator[None]:
     """The gate and its poller in every API process; the submitter where workers run."""
     config = witness_config(audit)
@@ -342,7 +356,7 @@ async def witnessing_lifecycle(
     submitter: WitnessSubmitter | None = None
     if run_submitter:
         submitter = WitnessSubmitter(submitter_engine or engine, config)
-        tasks.append(asyncio.create_task(submitter.run(stop), name="audit-witness-submitter"))
+        tasks.append(asyncio.create_task(submitter.run(stop, wake), name="audit-witness-submitter"))
     try:
         yield
     finally:

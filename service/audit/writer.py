@@ -94,11 +94,14 @@ _SQLITE_INSERT = (
 )
 
 
+def sqlite_time_text(time: datetime) -> str:
+    """The exact text SQLAlchemy's SQLite DateTime stores, so text filters compare alike."""
+    return time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 def _sqlite_params(row: dict[str, Any]) -> tuple[Any, ...]:
-    # The driver-level executemany skips SQLAlchemy's per-row work; the timestamp is
-    # written in the exact text form SQLAlchemy's SQLite DateTime uses, so filters match.
-    time: datetime = row["time"].astimezone(UTC)
-    return (time.strftime("%Y-%m-%d %H:%M:%S.%f"), *(row[column] for column in _COLUMNS[1:]))
+    # The driver-level executemany skips SQLAlchemy's per-row work.
+    return (sqlite_time_text(row["time"]), *(row[column] for column in _COLUMNS[1:]))
 
 
 async def insert_entries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:

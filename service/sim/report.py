@@ -1,8 +1,8 @@
 """The demo's closing report, rendered with rich from the counters and the audit.
 
 The last lines are plain text in a fixed shape (``notifications delivered: N``,
-``audit verified: N entries, checkpoint ROOT``) so that scripts and the end-to-end test
-can read them as well as people.
+``audit verified: N entries, checkpoint ROOT, cosigned by K of W witnesses``) so that
+scripts and the end-to-end test can read them as well as people.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ class AuditSummary:
 
     entries: int
     root: str
+    # How many of the configured witnesses cosigned the checkpoint ``root`` is from.
+    cosigned: int = 0
+    witnesses: int = 0
 
 
 @dataclass
@@ -126,7 +129,10 @@ def render(console: Console, report: DemoReport) -> None:
         f"re-tellings avoided: {tally.retellings_avoided}",
     ]
     if report.audit is not None:
-        lines.append(f"audit verified: {report.audit.entries} entries, checkpoint {report.audit.root}")
+        line = f"audit verified: {report.audit.entries} entries, checkpoint {report.audit.root}"
+        if report.audit.witnesses:
+            line += f", cosigned by {report.audit.cosigned} of {report.audit.witnesses} witnesses"
+        lines.append(line)
     else:
         lines.append(f"audit NOT verified: {report.audit_problem or 'no verification ran'}")
     for check in report.owner_checks:

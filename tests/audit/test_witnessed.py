@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from service.app import create_app
-from service.audit import merkle
+from service.audit import citizen_proofs, merkle
 from service.audit.checkpoint import Checkpoint, NoteVerifier
 from service.audit.cli import export_bundle
 from service.audit.config import AuditSettings, load_signer
@@ -27,6 +29,8 @@ from service.audit.schemas import canonical_json
 from service.audit.writer import AuditWriter
 from service.cli import app as cli
 from service.config import Settings
+from service.db import Database
+from service.records.models import Citizen
 from service.witness.cosignature import split_note
 from tests.audit.conftest import poll
 from tests.fixtures.audit import make_entry
@@ -290,3 +294,87 @@ class TestFailClosed:
 
             await poll(serving)
             assert (await client.get("/readyz")).status_code == 200
+
+
+async def _register(app: FastAPI, citizen_id: str) -> None:
+    database: Database = app.state.database
+    async with database.sessions.begin() as session:
+        now = datetime.now(UTC)
+        session.add(
+            Citizen(
+                id=citizen_id,
+                status="active",
+                version=1,
+                registered_by="tests",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+def _json_canonical(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class TestCitizenProofs:
+    @pytest.mark.parametrize("accesses", [0, 1, 120])
+    async def test_every_line_is_proven_against_the_cosigned_root(
+        self, witnessed_app: FastAPI, witnesses: list[WitnessProcess], log_vkey: str, accesses: int
+    ) -> None:
+        citizen = str(uuid.uuid4())
+        await _register(witnessed_app, citizen)
+        writer: AuditWriter = witnessed_app.state.audit_writer
+        await writer.append_many(
+            [make_entry(citizen_id=citizen, request_id=f"p-{n}") for n in range(accesses)]
+        )
+        await _seed(witnessed_app, 3)  # something to checkpoint even with no accesses
+        act_as(witnessed_app, "citizens-portal", "citizen-portal")
+        async with _client(witnessed_app) as client:
+
+            async def covered() -> dict[str, Any] | None:
+                response = await client.get(
+                    f"/v1/citizens/{citizen}/access-log", params={"proofs": "true", "limit": 1000}
+                )
+                assert response.status_code == 200, response.text
+                body: dict[str, Any] = response.json()
+                if body["checkpoint"] is None or any(item["proof"] is None for item in body["items"]):
+                    return None
+                return body
+
+            body = await poll(covered)
+        assert len(body["items"]) == accesses
+        note = body["checkpoint"]
+        checkpoint = NoteVerifier.parse(log_vkey).open_checkpoint(note)
+        for witness in witnesses:
+            independent_verify(witness.vkey, note)
+        for item in body["items"]:
+            proof = item["proof"]
+            assert proof["tree_size"] == checkpoint.size
+            assert proof["entry"]["citizen_id"] == citizen
+            assert (item["department"], item["purpose"]) == (
+                proof["entry"]["department"],
+                proof["entry"]["purpose"],
+            )
+            leaf = merkle.leaf_hash(_json_canonical(proof["entry"]))
+            assert base64.b64decode(proof["leaf_hash"]) == leaf
+            hashes = [base64.b64decode(h) for h in proof["hashes"]]
+            assert merkle.verify_inclusion(
+                leaf, proof["leaf_index"], proof["tree_size"], hashes, checkpoint.root_hash
+            )
+        # The server-side check (the console's citizen view) is the one an outside verifier runs.
+        checked = citizen_proofs.check_proofs(
+            NoteVerifier.parse(log_vkey),
+            witnessed_app.state.witness_config,
+            note,
+            [item["proof"] for item in body["items"]],
+        )
+        assert checked.verified == accesses
+        assert checked.witnesses == WITNESS_NAMES
+
+    async def test_without_proofs_the_shape_is_unchanged(self, witnessed_app: FastAPI) -> None:
+        citizen = str(uuid.uuid4())
+        await _register(witnessed_app, citizen)
+        act_as(witnessed_app, "citizens-portal", "citizen-portal")
+        async with _client(witnessed_app) as client:
+            body = (await client.get(f"/v1/citizens/{citizen}/access-log")).json()
+        assert body == {"items": [], "next_cursor": None}

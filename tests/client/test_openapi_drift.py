@@ -37,6 +37,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/audit/verifier-key"): "verifier_key",
     ("GET", "/v1/audit/entries/{index}/proof"): "inclusion_proof",
     ("GET", "/v1/audit/consistency"): "consistency_proof",
+    ("GET", "/v1/audit/tile/{tile}"): "tile",
     ("GET", "/v1/audit/entries"): "audit_entries",
     ("GET", "/v1/audit/export"): "export_audit",
     ("GET", "/v1/audit/reports/usage"): "usage_report",

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.cli import export_bundle, verify_bundle, verify_database
+from service.audit.observed import verify_for_auditor
 from service.audit.verify import Expectations, StoredCheckpoint, VerificationFailed
 from service.audit.writer import AuditWriter
 from service.db import create_engine
@@ -165,3 +166,32 @@ class TestEmptiedLog:
         with pytest.raises(VerificationFailed, match="holds no signed checkpoint"):
             await verify_database(scratch_database, verifier)
         assert await verify_database(scratch_database, verifier, Expectations(allow_empty=True)) == 3
+
+
+class TestConsoleVerifyNow:
+    """The console's "verify now" anchors on the largest checkpoint an auditor verified."""
+
+    async def test_a_log_truncated_after_an_auditor_verified_it_fails(
+        self, sealed: tuple[str, AsyncEngine, NoteSigner, list[int]]
+    ) -> None:
+        _url, engine, signer, ids = sealed
+        verifier = NoteVerifier.parse(signer.verifier_key())
+        first = await verify_for_auditor(engine, verifier, "audit-office-auditor")
+        assert (first.size, first.anchored_at) == (ENTRIES, None)
+        again = await verify_for_auditor(engine, verifier, "audit-office-auditor")
+        assert again.anchored_at == ENTRIES
+        await _truncate(engine, ids, KEPT)
+        with pytest.raises(
+            VerificationFailed, match=f"size {ENTRIES} an auditor verified on .* entries were removed"
+        ):
+            await verify_for_auditor(engine, verifier, "audit-office-auditor")
+
+    async def test_an_emptied_log_fails_once_an_auditor_has_seen_it(
+        self, sealed: tuple[str, AsyncEngine, NoteSigner, list[int]]
+    ) -> None:
+        _url, engine, signer, ids = sealed
+        verifier = NoteVerifier.parse(signer.verifier_key())
+        await verify_for_auditor(engine, verifier, "audit-office-auditor")
+        await _truncate(engine, ids, 0)
+        with pytest.raises(VerificationFailed, match="holds only 0 leaves"):
+            await verify_for_auditor(engine, verifier, "audit-office-auditor")

@@ -79,6 +79,17 @@ class TestRender:
         assert "tax code for benefit eligibility (wrong purpose)" in text
         assert "register" in text
 
+    def test_names_the_witnesses_that_cosigned(self) -> None:
+        report = DemoReport(
+            citizens=1,
+            seconds=1.0,
+            tally=Tally(),
+            audit=AuditSummary(entries=9, root="r00t==", cosigned=2, witnesses=2),
+        )
+        assert "audit verified: 9 entries, checkpoint r00t==, cosigned by 2 of 2 witnesses" in _rendered(
+            report
+        )
+
     def test_says_so_when_the_audit_did_not_verify(self) -> None:
         report = DemoReport(
             citizens=1, seconds=1.0, tally=Tally(), audit_problem="entry 7 at leaf 6 was changed"

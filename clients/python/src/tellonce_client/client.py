@@ -331,13 +331,20 @@ class TellonceClient:
         )
 
     async def access_log(
-        self, citizen_id: str, *, cursor: str | None = None, limit: int | None = None
+        self,
+        citizen_id: str,
+        *,
+        cursor: str | None = None,
+        limit: int | None = None,
+        proofs: bool | None = None,
     ) -> m.AccessLogPage:
+        """One page of a citizen's access log. With ``proofs=True`` each item carries its
+        inclusion proof and the page the witnessed checkpoint they are against."""
         return await self._call(
             m.AccessLogPage,
             "GET",
             f"/v1/citizens/{citizen_id}/access-log",
-            params=_params(cursor=cursor, limit=limit),
+            params=_params(cursor=cursor, limit=limit, proofs="true" if proofs else None),
         )
 
     def iter_access_log(
@@ -490,6 +497,10 @@ class TellonceClient:
             f"/v1/audit/entries/{index}/proof",
             params=_params(tree_size=tree_size),
         )
+
+    async def tile(self, tile: str) -> bytes:
+        """A C2SP tlog-tiles resource, e.g. ``"0/x001/234"`` or ``"entries/000.p/17"``."""
+        return (await self.request("GET", f"/v1/audit/tile/{tile}")).content
 
     async def consistency_proof(self, first: int, second: int) -> m.ConsistencyProof:
         return await self._call(

@@ -396,6 +396,14 @@ class UsagePage(Response):
     next_cursor: str | None = None
 
 
+class InclusionProof(Response):
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str
+    hashes: list[str]
+    entry: dict[str, Any]
+
+
 class AccessLogItem(Response):
     time: str
     department: str
@@ -403,19 +411,15 @@ class AccessLogItem(Response):
     fields: list[str]
     purpose: str | None
     decision: str
+    # With proofs=true: the line's inclusion proof (None until a witnessed checkpoint covers it).
+    proof: InclusionProof | None = None
 
 
 class AccessLogPage(Response):
     items: list[AccessLogItem]
     next_cursor: str | None = None
-
-
-class InclusionProof(Response):
-    leaf_index: int
-    tree_size: int
-    leaf_hash: str
-    hashes: list[str]
-    entry: dict[str, Any]
+    # With proofs=true: the witnessed checkpoint note the proofs are against.
+    checkpoint: str | None = None
 
 
 class ConsistencyProof(Response):

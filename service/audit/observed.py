@@ -1,0 +1,75 @@
+"""The largest checkpoint an auditor has verified, kept apart from the audit tables.
+
+``verify_for_auditor`` checks the log against it: an operator who truncates or empties
+the log, dropping the checkpoints that signed the removed entries, cannot make the log
+reach a size and root an auditor has already seen. (Meant for the console's "verify now";
+the console does not call it yet.) The record lives in
+``auditor_observed_checkpoints``, which the audit writer and sequencer never touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit import repository as audit_repository
+from service.audit.checkpoint import NoteVerifier
+from service.audit.models import AuditorObservedCheckpoint
+from service.audit.service import verify_stored_log
+from service.audit.verify import Expectations, StoredCheckpoint
+from service.db import utcnow
+
+
+@dataclass(frozen=True)
+class AuditorVerification:
+    size: int
+    checkpoints: int
+    anchored_at: int | None  # the size an auditor had seen before this run, if any
+
+
+async def verify_for_auditor(
+    engine: AsyncEngine,
+    verifier: NoteVerifier,
+    auditor: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditorVerification:
+    """Verify the whole log, requiring it to reach the largest checkpoint any auditor has
+    verified before; then remember the largest checkpoint verified now. Raises
+    ``VerificationFailed`` as ``verify_stored_log`` does."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    AuditorObservedCheckpoint.tree_size,
+                    AuditorObservedCheckpoint.root_hash,
+                    AuditorObservedCheckpoint.note,
+                    AuditorObservedCheckpoint.observed_at,
+                )
+                .order_by(AuditorObservedCheckpoint.tree_size.desc())
+                .limit(1)
+            )
+        ).first()
+    trusted: tuple[StoredCheckpoint, ...] = ()
+    if row is not None:
+        size, root, note, at = row
+        label = f"the checkpoint of size {size} an auditor verified on {at:%Y-%m-%d %H:%M} UTC"
+        trusted = (StoredCheckpoint(int(size), bytes(root), str(note), label),)
+    size, checkpoints = await verify_stored_log(
+        engine.connect, verifier, progress, Expectations(trusted=trusted, allow_empty=True)
+    )
+    async with engine.begin() as conn:
+        newest = await audit_repository.latest_checkpoint(conn)
+        if newest is not None and newest.tree_size <= size and (row is None or newest.tree_size > row[0]):
+            await conn.execute(
+                insert(AuditorObservedCheckpoint).values(
+                    tree_size=newest.tree_size,
+                    root_hash=newest.root_hash,
+                    note=newest.note,
+                    observed_by=auditor,
+                    observed_at=utcnow(),
+                )
+            )
+    return AuditorVerification(size, checkpoints, None if row is None else int(row[0]))

@@ -1,0 +1,149 @@
+"""C2SP tlog-tiles read API: paths, hash tiles that rebuild the tree, entry bundles."""
+
+from __future__ import annotations
+
+import struct
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.audit import merkle
+from service.audit.checkpoint import NoteVerifier
+from service.audit.tiles import TilePathInvalid, parse_tile_path, tile_path
+from service.audit.writer import AuditWriter
+from tests.audit.conftest import poll
+from tests.fixtures.audit import make_entry
+from tests.fixtures.auth import act_as
+
+LEAVES = 600  # two full level-0 tiles and a partial one of width 88
+
+
+class TestTilePaths:
+    @pytest.mark.parametrize(
+        ("path", "level", "index", "width"),
+        [
+            ("0/000", 0, 0, None),
+            ("0/x001/x234/067", 0, 1234067, None),
+            ("1/002.p/17", 1, 2, 17),
+            ("entries/x001/000.p/255", None, 1000, 255),
+        ],
+    )
+    def test_parses_the_spec_examples(
+        self, path: str, level: int | None, index: int, width: int | None
+    ) -> None:
+        request = parse_tile_path(path)
+        assert (request.level, request.index, request.width) == (level, index, width)
+        assert tile_path(level, index, width) == path
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "0",
+            "00/000",
+            "64/000",
+            "0/1",
+            "0/x1/000",
+            "0/001/000",
+            "0/000.p/0",
+            "0/000.p/256",
+            "0/000.p/07",
+            "x/000",
+        ],
+    )
+    def test_refuses_malformed_paths(self, path: str) -> None:
+        with pytest.raises(TilePathInvalid):
+            parse_tile_path(path)
+
+    @given(
+        st.integers(0, 10**12),
+        st.one_of(st.none(), st.integers(0, 63)),
+        st.one_of(st.none(), st.integers(1, 255)),
+    )
+    def test_round_trips(self, index: int, level: int | None, width: int | None) -> None:
+        request = parse_tile_path(tile_path(level, index, width))
+        assert (request.level, request.index, request.width) == (level, index, width)
+
+
+def _tile_hash(hashes: list[bytes]) -> bytes:
+    """MTH of a full tile's 256 hashes, as the level above holds it."""
+    compact = merkle.CompactRange()
+    for digest in hashes:
+        compact.push(digest)
+    return compact.root()
+
+
+class TestTileEndpoints:
+    @pytest.fixture
+    async def grown(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> list[str]:
+        writer: AuditWriter = audit_app.state.audit_writer
+        entries = [make_entry(request_id=f"tile-{n}") for n in range(LEAVES)]
+        await writer.append_many(entries)
+        act_as(audit_app, "audit-office", "auditor")
+
+        async def sequenced() -> bool:
+            response = await audit_client.get("/v1/audit/tile/0/002.p/88")
+            return response.status_code == 200
+
+        await poll(sequenced)
+        return [e.canonical() for e in entries]
+
+    async def test_hash_tiles_rebuild_the_signed_root(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient, grown: list[str]
+    ) -> None:
+        full = await audit_client.get("/v1/audit/tile/0/000")
+        assert full.status_code == 200
+        assert full.headers["content-type"] == "application/octet-stream"
+        assert full.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert len(full.content) == 256 * 32
+        vkey = (await audit_client.get("/v1/audit/verifier-key")).text
+        checkpoint = NoteVerifier.parse(vkey).open_checkpoint(
+            (await audit_client.get("/v1/audit/checkpoint")).text
+        )
+        assert checkpoint.size >= LEAVES
+        leaves: list[bytes] = []
+        for index in range(checkpoint.size // 256 + 1):
+            width = None if index < checkpoint.size // 256 else checkpoint.size % 256
+            if width == 0:
+                break
+            tile = (await audit_client.get(f"/v1/audit/tile/{tile_path(0, index, width)}")).content
+            leaves += [tile[i : i + 32] for i in range(0, len(tile), 32)]
+        assert len(leaves) == checkpoint.size
+        assert _tile_hash(leaves) == checkpoint.root_hash
+        level1 = await audit_client.get("/v1/audit/tile/1/000.p/2")
+        assert level1.status_code == 200
+        assert level1.content == _tile_hash(leaves[:256]) + _tile_hash(leaves[256:512])
+        # Tiles the tree is not large enough for are not there.
+        assert (await audit_client.get("/v1/audit/tile/1/000")).status_code == 404
+        assert (await audit_client.get(f"/v1/audit/tile/{tile_path(0, 10**6)}")).status_code == 404
+
+    async def test_entry_bundles_hash_to_the_level_0_tile(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient, grown: list[str]
+    ) -> None:
+        response = await audit_client.get("/v1/audit/tile/entries/000")
+        assert response.headers["cache-control"] == "private, max-age=31536000, immutable"
+        bundle = response.content
+        tile = (await audit_client.get("/v1/audit/tile/0/000")).content
+        offset, hashes = 0, []
+        while offset < len(bundle):
+            (length,) = struct.unpack(">H", bundle[offset : offset + 2])
+            entry = bundle[offset + 2 : offset + 2 + length]
+            hashes.append(merkle.leaf_hash(entry))
+            offset += 2 + length
+        assert b"".join(hashes) == tile
+
+    async def test_entry_bundles_are_for_auditors_only(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient, grown: list[str]
+    ) -> None:
+        act_as(audit_app, "dvla", "data-owner")
+        response = await audit_client.get("/v1/audit/tile/entries/000")
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+
+    async def test_malformed_path_is_400(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
+        act_as(audit_app, "audit-office", "auditor")
+        response = await audit_client.get("/v1/audit/tile/0/1")
+        assert response.status_code == 400
+        assert response.headers["content-type"] == "application/problem+json"

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from service.audit.policy_changes import connect_policy_changes
 from service.auth.dependencies import Principal
 from service.auth.facts import RequestFacts
 from service.catalog.loader import CATALOG_FILE
@@ -58,7 +59,9 @@ async def apply(database: Database, directory: Path, console: Console) -> None:
     """Validate and store ``directory``, as ``tellonce policies apply`` does.
 
     Applying again re-activates an agreement a previous run revoked through the API,
-    since the files still hold it."""
+    since the files still hold it. Audited as the command is: every new agreement version
+    and catalog lands in the log, which the signing owners' check re-decides from."""
+    connect_policy_changes()
     folder = load_policy_folder(directory)
     async with database.sessions.begin() as session:
         report = await policy_service.apply_folder(

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     from service.crypto.keyring import KeyEvent
     from service.policy.service import PolicyChange
 
-# The client named in entries for operations an operator runs (key rotation, erasure's shredding).
-# Key events while serving a request (a first KEK, an erasure's shredding) are the service's
-# own; those of operator commands name the operator (``service/operator.py``).
+# The client named in key-event entries the service itself causes while serving (a first KEK,
+# an erasure's shredding); key events of operator commands name the operator instead
+# (``service/operator.py``).
 SERVICE_ACTOR = "tellonce-service"
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.audit.entries import SERVICE_ACTOR
 from service.audit.key_events import KeyEventsToWriter
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode
 from service.audit.writer import AuditWriter, append_in_transaction
@@ -121,7 +122,7 @@ class TestKeyEvents:
             ).scalar_one()
         record = json.loads(canonical)
         assert record["action"] == "key-operation"
-        assert record["client_id"] == "tellonce-operator"
+        assert record["client_id"] == SERVICE_ACTOR == "tellonce-service"
         assert record["owners"] == ["dvla"]
         assert record["reasons"] == [
             {

@@ -71,6 +71,8 @@ class Department(Response):
     id: str
     name: str
     description: str = ""
+    # The department's owner signing key (a C2SP vkey), if its agreements must be signed.
+    signing_key: str | None = None
 
 
 class Purpose(Response):
@@ -209,6 +211,8 @@ class AgreementSpec(Request):
     when: str | None = None
     require_case_ref: bool = False
     effect: Effect = "permit"
+    # The owner's base64 Ed25519 signature, for a department whose catalog entry has a signing key.
+    signature: str | None = None
     verify: AllowedClaims | None = None
 
 
@@ -228,6 +232,8 @@ class AgreementOut(Tagged):
     when: str | None = None
     require_case_ref: bool = False
     effect: Effect = "permit"
+    # The owner's base64 Ed25519 signature, for a department whose catalog entry has a signing key.
+    signature: str | None = None
     verify: AllowedClaims | None = None
     owner: str
     version: int

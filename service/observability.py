@@ -189,8 +189,10 @@ class Metrics:
 
 
 def _route_template(scope: Scope) -> str:
+    # The template without converters ("/v1/audit/tile/{tile}", not "{tile:path}"), as the
+    # OpenAPI document names it.
     route = scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(path) if path else "unmatched"
 
 

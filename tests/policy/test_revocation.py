@@ -1,9 +1,7 @@
-"""Revocation reaches every process on its very next decision (PostgreSQL).
+"""Revocation reaches every process on its very next decision (SQLite and PostgreSQL).
 
 Two long-lived deciding processes each keep their own compiled policy, as server
-processes do, and decide through the same ``PolicyHolder.current`` path. (Decisions
-cannot yet be read over HTTP from `tellonce serve`: until the auth issue lands no
-request authenticates, so the policy endpoints answer 401.)
+processes do, and decide through the same ``PolicyHolder.current`` path.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT, TEST_POLICIES
-from tests.fixtures.databases import is_postgres
 from tests.policy.test_loader import run_cli
 
 ASK = {
@@ -60,8 +57,6 @@ class Decider:
 
 @pytest.fixture
 def deciders(scratch_database: str) -> Iterator[tuple[Decider, Decider]]:
-    if not is_postgres(scratch_database):
-        pytest.skip("cross-process revocation needs PostgreSQL (runs in the PostgreSQL pass of make test)")
     applied = run_cli("apply", str(TEST_POLICIES), database_url=scratch_database)
     assert "7 created" in applied.stdout
     first, second = Decider(scratch_database), Decider(scratch_database)

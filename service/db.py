@@ -7,6 +7,7 @@ returns and rolls back when it raises. Services ``flush()``, never ``commit()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -82,7 +83,12 @@ def ensure_sqlite_dir(url: str) -> None:
         if path and path != ":memory:" and not path.startswith("file:"):
             database = Path(path)
             database.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+            # Never open an existing database file here: closing any descriptor of a file drops
+            # every POSIX lock this process holds on it, so a second engine made while the first
+            # holds a connection would silently unlock it (SQLite's documented corruption path).
+            if not database.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             for existing in (database, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 if existing.exists() and existing.stat().st_mode & 0o077:
                     existing.chmod(0o600)

@@ -262,11 +262,6 @@ class TestKeysInTheToken:
 
 class TestRotation:
     async def test_keys_rotate_moves_every_data_key_to_a_new_token_kek(self, hsm_site: HsmSite) -> None:
-        if not is_postgres(hsm_site.database_url):
-            # Known defect, open: on SQLite the running server's next read after a `keys rotate`
-            # in another process answers "database disk image is malformed" since the records
-            # split; rotation itself is covered on SQLite by tests/crypto/test_rotation.py.
-            pytest.skip("known defect on SQLite: server read after an out-of-process rotation")
         before = await _unwrapped_data_keys(hsm_site.settings)
         engine = create_engine(hsm_site.database_url)
         try:

@@ -18,6 +18,7 @@ from service.console.forms import field_for_loc
 from service.console.views import DraftCheck
 from service.policy import agreements
 from service.policy.schemas import AgreementSpec
+from service.policy.signing import SIGNATURE
 
 # Friendlier words for the schema's own refusals, by (form field, pydantic error type).
 _FRIENDLY = {
@@ -35,6 +36,7 @@ _FRIENDLY = {
         "date_from_datetime_parsing",
     ): "The valid until date must be a real date, like 2027-12-31",
     ("valid_until", "date_parsing"): "The valid until date must be a real date, like 2027-12-31",
+    ("signature", "string_too_long"): "The signature is too long: paste only the base64 signature",
 }
 # What a draft that failed to parse is judged with in place of its unparsable parts.
 _DRAFT_DEFAULTS: dict[str, Any] = {
@@ -62,7 +64,9 @@ async def check_draft(
     session: AsyncSession, catalog: Catalog, viewer: Principal, draft: dict[str, Any], *, creating: bool
 ) -> DraftCheck:
     """The stored form of the draft, or its problems by form field; ``creating`` also
-    refuses an id already taken."""
+    refuses an id already taken. For an owner with a signing key, an unsigned, wrongly
+    signed or signed-then-edited draft is refused here (the policy rules' own check), and
+    the text to sign comes back with the refusal."""
     errors: list[tuple[str, str]] = []
     failed: set[str] = set()
     try:
@@ -77,12 +81,15 @@ async def check_draft(
         spec = AgreementSpec.model_construct(
             **(_DRAFT_DEFAULTS | {k: v for k, v in draft.items() if k not in failed})
         )
-    for loc, message in agreements.problems(spec, viewer.department, catalog):
+    # A draft that did not parse is not what would be signed: its signature is judged once it does.
+    for loc, message in agreements.problems(spec, viewer.department, catalog, signed=not failed):
         name = field_for_loc(loc)
         if name not in failed:
             errors.append((name, _strip_prefix(message, spec.id)))
-    if errors:
-        return DraftCheck(None, errors)
-    if creating and await agreements.id_taken(session, spec.id):
+    if creating and "id" not in failed and await agreements.id_taken(session, spec.id):
         errors.append(("id", ID_TAKEN))
-    return DraftCheck(None if errors else spec.content(), errors)
+    # The text to sign, once nothing but the signature is wrong: any other fix changes it.
+    to_sign = None
+    if not failed and all(name == SIGNATURE for name, _message in errors):
+        to_sign = agreements.text_to_sign(spec, viewer.department, catalog)
+    return DraftCheck(None if errors else spec.content(), errors, to_sign)

@@ -36,6 +36,7 @@ from service.policy.errors import (
 from service.policy.loader import Problem, check_agreement
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
+from service.policy.signing import signing_text
 from service.policy.simulate import (
     RecordedRequestSource,
     SimulationResult,
@@ -91,6 +92,14 @@ def problems(spec: AgreementSpec, owner: str, catalog: Catalog, *, signed: bool 
     shows these beside its form fields), a missing or bad owner signature among them
     unless ``signed`` is off (a draft that is only simulated)."""
     return check_agreement(spec, owner, catalog, signed=signed)
+
+
+def text_to_sign(spec: AgreementSpec, owner: str, catalog: Catalog) -> str | None:
+    """The exact text ``owner`` signs for ``spec`` to be stored (its signature removed, the
+    owner set); ``None`` when the owner has no signing key and stores agreements unsigned."""
+    if owner not in catalog.signing_keys:
+        return None
+    return signing_text(spec.content(), owner)
 
 
 def validate(

@@ -226,11 +226,12 @@ async def _submit(
         )
     spec = AgreementSpec.model_validate(checked.content)
     if step == "save":
+        body = checked.content | {"reason": reason}
         if expected_version is None:
-            saved = await agreements.create_agreement(session, viewer.principal, spec, reason=reason)
+            saved = await agreements.create_agreement(session, viewer.principal, body)
         else:
             saved = await agreements.replace_agreement(
-                session, viewer.principal, spec.id, spec, expected=expected_version, reason=reason
+                session, viewer.principal, spec.id, body, expected=expected_version
             )
         return RedirectResponse(
             f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303

@@ -390,7 +390,7 @@ class TestWithoutJavaScript:
             await page.get_by_role("button", name="Continue").click()
             await expect(page.locator("#id-error")).to_contain_text("lower-case letters, digits and hyphens")
             await expect(page.locator(".error-summary a[href='#id']")).to_have_count(1)
-            await expect(page.locator("#fields-error")).to_contain_text("Choose at least one field")
+            await expect(page.locator("#fields-error")).to_contain_text("needs at least one field")
             await shot(page, console_site, "agreement-form-error-no-js")
         finally:
             await context.close()

@@ -83,10 +83,15 @@ class AgreementRecord:
 
 @dataclass(frozen=True)
 class DraftCheck:
-    """A checked draft: the stored form of the agreement, or the problems by form field."""
+    """A checked draft: the stored form of the agreement, or the problems by form field.
+
+    ``signing_text`` is, for an owner with a signing key, the exact text its signature
+    must cover, once the draft has no problem but its signature (``None`` otherwise).
+    """
 
     content: dict[str, Any] | None
     errors: list[tuple[str, str]] = field(default_factory=list)
+    signing_text: str | None = None
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,7 @@ async def owner_checks(settings: Settings, owner_keys: dict[str, str]) -> list[R
         reports = []
         for owner, vkey in owner_keys.items():
             _size, checked = await audit_service.check_stored_releases(
-                engine, verifier, owner, OwnerVerifier.parse(vkey, owner)
+                engine.connect, verifier, owner, OwnerVerifier.parse(vkey, owner)
             )
             reports.append(checked)
         return reports

@@ -39,6 +39,7 @@ from service.policy.errors import (
 from service.policy.loader import Problem, check_agreement
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
+from service.policy.signing import signing_text
 from service.policy.simulate import (
     RecordedRequestSource,
     SimulationResult,
@@ -120,6 +121,14 @@ async def _accepted(
     if checked.spec is None:  # never: a body without a spec has problems
         raise ValidationFailed("The agreement could not be read.")
     return checked.spec, checked.reason
+
+
+def text_to_sign(spec: AgreementSpec, owner: str, catalog: Catalog) -> str | None:
+    """The exact text ``owner`` signs for ``spec`` to be stored (its signature removed, the
+    owner set); ``None`` when the owner has no signing key and stores agreements unsigned."""
+    if owner not in catalog.signing_keys:
+        return None
+    return signing_text(spec.content(), owner)
 
 
 def validate(spec: AgreementSpec, owner: str, catalog: Catalog, prefix: tuple[str | int, ...] = ()) -> None:

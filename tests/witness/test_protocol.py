@@ -135,12 +135,22 @@ class TestRollback:
             fork.grow(index + 1, tag=f"branch {index}")
             forks.append(fork)
         responses = await asyncio.gather(*(submit(witness, fork.submission(10)) for fork in forks))
-        codes = sorted(r.status_code for r in responses)
+        codes = [r.status_code for r in responses]
         assert codes.count(200) == 1
-        winner = forks[[r.status_code for r in responses].index(200)]
-        for response in responses:
-            if response.status_code != 200:
-                assert_conflict(response, len(winner.leaves))
+        # Only the honest extensions (even indexes) can win: an odd one is a fork of the
+        # cosigned tree, whose proof cannot lead from the cosigned root.
+        won = codes.index(200)
+        assert won % 2 == 0
+        for index, response in enumerate(responses):
+            if index == won:
+                continue
+            if index % 2 and response.status_code == 422:
+                # A fork checked before the winner was saved: its proof fails against the
+                # size-10 root (old 10 still matched then).
+                assert_problem(response, 422)
+            else:
+                # Everything checked after the winner was saved is stale: 409 with its size.
+                assert_conflict(response, len(forks[won].leaves))
 
     def test_two_witness_processes_on_one_state_file_cosign_exactly_one(
         self, tmp_path: Path, witness_signer: CosignatureSigner, log: MemoryLog

@@ -20,7 +20,7 @@ from service.policy.engine import ConditionError, compile_condition
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerVerifier
 from service.records import values as record_values
-from service.sourcefile import PathKey, SourceError, SourceFileError, read_yaml
+from service.sourcefile import PathKey, SourceDocument, SourceError, SourceFileError, read_yaml
 
 Problem = tuple[PathKey, str]
 
@@ -171,8 +171,18 @@ def _check_allowed_claims(spec: AgreementSpec, catalog: Catalog) -> list[Problem
     return problems
 
 
-def _policy_files(directory: Path) -> list[Path]:
+def policy_files(directory: Path) -> list[Path]:
+    """The policy files of a folder: every ``*.yaml`` but the catalog."""
     return sorted(p for p in directory.glob("*.yaml") if p.name != CATALOG_FILE)
+
+
+def validated_policy_file(document: SourceDocument, errors: list[SourceError]) -> PolicyFile | None:
+    """The policy file ``document`` holds, or None with its problems added to ``errors``."""
+    try:
+        return PolicyFile.model_validate(document.data)
+    except ValidationError as exc:
+        errors.extend(document.pydantic_errors(exc))
+        return None
 
 
 def load_policy_folder(directory: Path) -> PolicyFolder:
@@ -186,7 +196,7 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
     agreements: list[SourcedAgreement] = []
     seen_ids: dict[str, str] = {}
     seen_owners: dict[str, str] = {}
-    for path in _policy_files(directory):
+    for path in policy_files(directory):
         try:
             document = read_yaml(path)
         except SourceFileError as exc:
@@ -195,10 +205,8 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
         if not isinstance(document.data, dict):
             errors.append(document.error((), "a policy file must be a mapping with owner and agreements"))
             continue
-        try:
-            policy_file = PolicyFile.model_validate(document.data)
-        except ValidationError as exc:
-            errors.extend(document.pydantic_errors(exc))
+        policy_file = validated_policy_file(document, errors)
+        if policy_file is None:
             continue
         owner = policy_file.owner
         if catalog is not None and catalog.department(owner) is None:

@@ -23,11 +23,13 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
+from pydantic import BaseModel
 
 from service.auth.runtime import TOKEN_PATH
 from service.auth.scopes import ROLE_SCOPES
 from service.errors import PROBLEM_BASE, PROBLEM_JSON, ServiceError
 from service.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES
+from service.policy.schemas import AgreementIn
 
 SECURITY_SCHEME = "oauth2"
 
@@ -63,6 +65,13 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): {404},
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): {404, 409},
     ("GET", "/v1/events"): {400},
+}
+
+# Routes that read their JSON body as sent and check it in their domain, so that every
+# problem comes back in one answer: the model the body must fit, for the document.
+RAW_BODY_MODELS: dict[tuple[str, str], type[BaseModel]] = {
+    ("POST", "/v1/policies"): AgreementIn,
+    ("PUT", "/v1/policies/{agreement_id}"): AgreementIn,
 }
 
 # The token endpoint answers RFC 6749 errors, not problem details; its throttling of
@@ -310,6 +319,12 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             if path == TOKEN_PATH:
                 _token_operation(operation)
                 continue
+            if key in RAW_BODY_MODELS:
+                model = RAW_BODY_MODELS[key]
+                schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                operation["requestBody"]["content"]["application/json"]["schema"] = {
+                    "$ref": f"#/components/schemas/{model.__name__}"
+                }
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
             for status in sorted(declared_statuses(method, path, route)):

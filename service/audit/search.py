@@ -48,15 +48,18 @@ class EntrySink(Protocol):
 
 @dataclass(frozen=True)
 class AuditAccess:
-    """What the log is read with (a connection per use) and where queries are recorded."""
+    """What the log is read with (a connection per use), where queries are recorded, and
+    a transaction for the auditors' own records beside the log (``audit.observed``)."""
 
     connect: Connect
     writer: EntrySink
+    begin: Connect
 
 
 async def get_audit_access(request: Request, writer: AuditWriterDep) -> AuditAccess:
     """The app's: pooled connections of its engine, and its batched writer (503 if stopped)."""
-    return AuditAccess(request.app.state.database.engine.connect, writer)
+    engine = request.app.state.database.engine
+    return AuditAccess(engine.connect, writer, engine.begin)
 
 
 AuditAccessDep = Annotated[AuditAccess, Depends(get_audit_access)]

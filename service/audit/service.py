@@ -180,11 +180,12 @@ async def verify_stored_log(
 
 
 async def check_stored_releases(
-    engine: AsyncEngine, verifier: NoteVerifier, owner: str, owner_key: OwnerVerifier
+    connect: Connect, verifier: NoteVerifier, owner: str, owner_key: OwnerVerifier
 ) -> tuple[int, ReleaseReport]:
-    """``tellonce audit check-releases`` on the live log: verify it (up to the size read at
-    the start) and re-decide every release of ``owner``'s fields on the way.
+    """``tellonce audit check-releases`` on the live log (the demo's report and the
+    console's owner view): verify it (up to the size read at the start) and re-decide
+    every release of ``owner``'s fields on the way.
     Returns (tree size, report); raises ``VerificationFailed`` if the log does not verify."""
     checker = ReleaseChecker(owner, owner_key)
-    size, _checkpoints = await verify_stored_log(engine.connect, verifier, on_entry=checker.add)
+    size, _checkpoints = await verify_stored_log(connect, verifier, on_entry=checker.add)
     return size, checker.finish()

@@ -97,6 +97,8 @@ def _form_context(catalog: Catalog, viewer: SignedIn) -> dict[str, Any]:
     return {
         **_names(catalog),
         "section": "agreements",
+        # An owner with a signing key signs each agreement: the form takes its signature.
+        "signs": owner in catalog.signing_keys,
         "consumers": [(d.id, d.name) for d in catalog.departments if d.id != owner],
         "field_options": [(f.name, f.name.replace("_", " ")) for f in catalog.fields if f.owner == owner],
         "action_options": [(a, a) for a in forms.ACTIONS],
@@ -112,8 +114,10 @@ def _form_page(
     *,
     expected_version: int | None,
     status_code: int = 200,
+    signing_text: str | None = None,
 ) -> Response:
     editing = expected_version is not None
+    key_file = f"{viewer.principal.department}.key"
     action = f"/console/agreements/{form.values['id']}/edit" if editing else "/console/agreements/new"
     return render(
         request,
@@ -124,6 +128,9 @@ def _form_page(
             "editing": editing,
             "expected_version": expected_version,
             "action": action,
+            "signing_text": signing_text,
+            "key_file": key_file,
+            "sign_command": forms.sign_command(signing_text, key_file) if signing_text else None,
         },
         viewer=viewer,
         status_code=status_code,
@@ -206,16 +213,25 @@ async def _submit(
         for name, message in problems:
             form.add_error(name, message)
         status = 422 if problems else 200
+        # Dates typed wrongly are left out of the draft, so its text is not yet the one to sign.
+        to_sign = None if forms.date_errors(values) else checked.signing_text
         return _form_page(
-            request, catalog, viewer, form, expected_version=expected_version, status_code=status
+            request,
+            catalog,
+            viewer,
+            form,
+            expected_version=expected_version,
+            status_code=status,
+            signing_text=to_sign,
         )
     spec = AgreementSpec.model_validate(checked.content)
     if step == "save":
+        body = checked.content | {"reason": reason}
         if expected_version is None:
-            saved = await agreements.create_agreement(session, viewer.principal, spec, reason=reason)
+            saved = await agreements.create_agreement(session, viewer.principal, body)
         else:
             saved = await agreements.replace_agreement(
-                session, viewer.principal, spec.id, spec, expected=expected_version, reason=reason
+                session, viewer.principal, spec.id, body, expected=expected_version
             )
         return RedirectResponse(
             f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303

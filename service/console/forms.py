@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -31,6 +32,7 @@ FORM_FIELDS = (
     "when",
     "require_case_ref",
     "effect",
+    "signature",
     "reason",
 )
 TEXT_LIMIT = 2000
@@ -116,6 +118,8 @@ def form_values(form: FormData) -> dict[str, Any]:
         "when": _text(form, "when"),
         "require_case_ref": form.get("require_case_ref") == "yes",
         "effect": _text(form, "effect") or "permit",
+        # Pasted: a line break or spaces around it are not part of the signature.
+        "signature": "".join(_text(form, "signature").split()),
         "reason": _text(form, "reason"),
     }
 
@@ -135,6 +139,8 @@ def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
             draft[optional] = values[optional]
     if values.get("require_case_ref"):
         draft["require_case_ref"] = True
+    if values.get("signature"):
+        draft["signature"] = values["signature"]
     return draft
 
 
@@ -154,6 +160,8 @@ def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[st
         "when": content.get("when") or "",
         "require_case_ref": bool(content.get("require_case_ref")),
         "effect": content.get("effect") or "permit",
+        # Kept as stored: it still verifies if nothing is changed, and is refused if anything is.
+        "signature": content.get("signature") or "",
         "reason": reason,
     }
 
@@ -191,6 +199,11 @@ def canonical_yaml(content: Mapping[str, Any]) -> str:
             except ValueError:
                 pass
     return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+
+
+def sign_command(text: str, key_file: str) -> str:
+    """A shell command that prints the signature of ``text`` exactly (no line break added)."""
+    return f"printf '%s' {shlex.quote(text)} | tellonce owners sign --key {shlex.quote(key_file)}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from service.auth import service as auth_service
 from service.auth import throttle
 from service.auth.dependencies import Principal
-from service.console import agreement_pages, audit_pages, citizen_pages
+from service.console import agreement_pages, audit_pages, citizen_pages, release_pages
 from service.console import sessions as console_sessions
 from service.console.config import get_console_settings
 from service.console.oidc import OIDC_CLIENT_PREFIX, OidcError, OidcSignIn, check_state
@@ -281,6 +281,7 @@ async def home(request: Request, session: SessionDep, viewer: Viewer) -> Respons
 router.include_router(agreement_pages.router)
 router.include_router(audit_pages.router)
 router.include_router(citizen_pages.router)
+router.include_router(release_pages.router)
 
 
 @router.get("/{rest:path}", response_class=HTMLResponse)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,6 +71,7 @@ class Dispatcher:
         batch_size: int = 100,
         concurrency: int = 20,
         client: httpx.AsyncClient | None = None,
+        on_dead: Callable[[], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.batch_size = batch_size
@@ -79,8 +80,8 @@ class Dispatcher:
         # No redirects: a receiver must not bounce the service to another address.
         self.client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
         tracing.instrument_httpx(self.client)
-        # Deliveries this process sent to the dead-letter state (a Prometheus counter).
-        self.dead_letters = 0
+        # Told each time a delivery goes to the dead-letter state (the metrics count them).
+        self.on_dead = on_dead
         self.attempts_made = 0
 
     @property
@@ -320,7 +321,8 @@ class Dispatcher:
         """A failed attempt: retried after a backoff, or ``dead`` once attempts run out."""
         if item.attempts >= self.settings.webhook_max_attempts:
             values: dict[str, Any] = {"status": "dead"}
-            self.dead_letters += 1
+            if self.on_dead is not None:
+                self.on_dead()
         else:
             delay = backoff_seconds(
                 item.attempts,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +26,7 @@ from service.db import utcnow
 from service.errors import BadRequest, ValidationFailed
 from service.policy import repository
 from service.policy import service as policy_service
+from service.policy.checks import check_body
 from service.policy.engine import Explanation, RequestContext
 from service.policy.errors import (
     AgreementExists,
@@ -36,6 +39,7 @@ from service.policy.errors import (
 from service.policy.loader import Problem, check_agreement
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
+from service.policy.signing import signing_text
 from service.policy.simulate import (
     RecordedRequestSource,
     SimulationResult,
@@ -86,34 +90,52 @@ def _decode_cursor(cursor: str | None) -> str | None:
         raise BadRequest("The cursor is not valid.") from None
 
 
-def problems(spec: AgreementSpec, owner: str, catalog: Catalog, *, signed: bool = True) -> list[Problem]:
-    """Every way ``spec`` does not fit the catalog when ``owner`` grants it (the console
-    shows these beside its form fields), a missing or bad owner signature among them
-    unless ``signed`` is off (a draft that is only simulated)."""
-    return check_agreement(spec, owner, catalog, signed=signed)
-
-
-def validate(
-    spec: AgreementSpec,
-    owner: str,
-    catalog: Catalog,
-    prefix: tuple[str | int, ...] = (),
-    *,
-    signed: bool = True,
-) -> None:
-    """403 when the agreement covers another department's fields, 422 for anything else."""
+def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
+    """403 when the agreement covers another department's fields (named as sent)."""
     owners = catalog.field_owners
-    foreign = sorted({owners[f] for f in spec.fields if f in owners and owners[f] != owner})
+    named = [f for f in fields if isinstance(f, str)] if isinstance(fields, list) else []
+    foreign = sorted({owners[f] for f in named if f in owners and owners[f] != owner})
     if foreign:
         raise NotFieldOwner(
             f"{owner} may grant only its own fields; this covers fields of {', '.join(foreign)}."
         )
-    found = problems(spec, owner, catalog, signed=signed)
-    if found:
+
+
+def _refuse_problems(problems: list[Problem], prefix: tuple[str | int, ...] = ()) -> None:
+    if problems:
         raise ValidationFailed(
-            "The agreement does not fit the catalog.",
-            errors=[{"loc": ["body", *prefix, *loc], "msg": message} for loc, message in found],
+            "The agreement has problems; each is listed in errors.",
+            errors=[{"loc": ["body", *prefix, *loc], "msg": message} for loc, message in problems],
         )
+
+
+async def _accepted(
+    session: AsyncSession, principal: Principal, body: Mapping[str, Any], agreement_id: str | None = None
+) -> tuple[AgreementSpec, str]:
+    """The submitted agreement and reason: 403 for another department's fields, 422 with
+    every other problem."""
+    catalog = await policy_service.live_catalog(session)
+    _refuse_foreign(body.get("fields"), principal.department, catalog)
+    checked = check_body(body, principal.department, catalog, agreement_id=agreement_id)
+    _refuse_problems(checked.problems)
+    if checked.spec is None:  # never: a body without a spec has problems
+        raise ValidationFailed("The agreement could not be read.")
+    return checked.spec, checked.reason
+
+
+def text_to_sign(spec: AgreementSpec, owner: str, catalog: Catalog) -> str | None:
+    """The exact text ``owner`` signs for ``spec`` to be stored (its signature removed, the
+    owner set); ``None`` when the owner has no signing key and stores agreements unsigned."""
+    if owner not in catalog.signing_keys:
+        return None
+    return signing_text(spec.content(), owner)
+
+
+def validate(spec: AgreementSpec, owner: str, catalog: Catalog, prefix: tuple[str | int, ...] = ()) -> None:
+    """A draft for simulation: 403 for another department's fields, 422 for anything else
+    (unsigned drafts are fine: nothing is stored)."""
+    _refuse_foreign(list(spec.fields), owner, catalog)
+    _refuse_problems(check_agreement(spec, owner, catalog, signed=False), prefix)
 
 
 async def id_taken(session: AsyncSession, agreement_id: str) -> bool:
@@ -165,12 +187,12 @@ async def list_versions(
 
 
 async def create_agreement(
-    session: AsyncSession, principal: Principal, spec: AgreementSpec, *, reason: str
+    session: AsyncSession, principal: Principal, body: Mapping[str, Any]
 ) -> AgreementVersion:
-    """A new agreement over the caller's fields: 403 for another's fields, 422 if it does
-    not fit the catalog, 409 if the id is taken."""
-    catalog = await policy_service.live_catalog(session)
-    validate(spec, principal.department, catalog)
+    """A new agreement over the caller's fields from ``body`` (an agreement entry and the
+    ``reason`` for it): 403 for another's fields, 422 listing every problem, 409 if the id
+    is taken."""
+    spec, reason = await _accepted(session, principal, body)
     if await id_taken(session, spec.id):
         raise AgreementExists(f"An agreement {spec.id!r} already exists; ids are unique across the catalog.")
     return await policy_service.put_agreement(
@@ -193,25 +215,24 @@ async def replace_agreement(
     session: AsyncSession,
     principal: Principal,
     agreement_id: str,
-    spec: AgreementSpec,
+    body: Mapping[str, Any],
     *,
     expected: int | None,
-    reason: str,
 ) -> AgreementVersion:
-    """A new version of one of the caller's agreements, if ``expected`` names the current
-    version (428 without it, 412 if stale). A revoked agreement comes back into force this way."""
+    """A new version of one of the caller's agreements from ``body`` (as for a create; its
+    id must be ``agreement_id``), if ``expected`` names the current version (428 without
+    it, 412 if stale). A revoked agreement comes back into force this way."""
     row = await _changeable(session, principal, agreement_id, expected, "changes")
     if expected is None:
         raise AgreementVersionRequired("Send If-Match with the ETag of the version you read.")
-    if spec.id != agreement_id:
-        raise ValidationFailed(
-            "The body's id must be the agreement's id.",
-            errors=[{"loc": ["body", "id"], "msg": "id mismatch"}],
-        )
-    catalog = await policy_service.live_catalog(session)
-    validate(spec, principal.department, catalog)
+    spec, reason = await _accepted(session, principal, body, agreement_id)
     return await policy_service.put_agreement(
-        session, row, spec, owner=principal.department, author=author(principal), reason=reason
+        session,
+        row,
+        spec,
+        owner=principal.department,
+        author=author(principal),
+        reason=reason,
     )
 
 
@@ -273,7 +294,7 @@ async def simulate_draft(
         owner = principal.department
         if permissions.sees_all(principal):
             owner = next((owners[f] for f in spec.fields if f in owners), principal.department)
-        validate(spec, owner, catalog, ("upsert", index), signed=False)
+        validate(spec, owner, catalog, ("upsert", index))
         current = await repository.current_version(session, spec.id)
         if current is not None and current.owner != owner:
             raise AgreementExists(f"Agreement id {spec.id!r} belongs to another owner.")

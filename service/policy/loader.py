@@ -1,8 +1,8 @@
 """Load and validate a policy folder: ``catalog.yaml`` plus one agreements file per owner.
 
 Every problem is reported, each as ``FILE:LINE: message``; nothing is returned unless
-the whole folder is valid. ``check_agreement`` is shared with the API, which reports
-the same problems as 422 errors.
+the whole folder is valid. ``check_agreement`` is shared with the API and the console
+(through ``service.policy.checks``), which report the same problems in words.
 """
 
 from __future__ import annotations
@@ -62,54 +62,50 @@ def check_agreement(
     departments = {d.id for d in catalog.departments}
     purposes = {p.id for p in catalog.purposes}
     owners = catalog.field_owners
-    name = spec.id
     if spec.consumer not in departments:
-        problems.append((("consumer",), f"agreement {name}: unknown department {spec.consumer!r}"))
+        problems.append((("consumer",), f"unknown department {spec.consumer!r}"))
     elif spec.consumer == owner:
-        problems.append((("consumer",), f"agreement {name}: an owner needs no agreement with itself"))
+        problems.append((("consumer",), "an owner needs no agreement with itself"))
     for index, field_name in enumerate(spec.fields):
         field_owner = owners.get(field_name)
         if field_owner is None:
-            problems.append((("fields", index), f"agreement {name}: unknown field {field_name!r}"))
+            problems.append((("fields", index), f"unknown field {field_name!r}"))
         elif field_owner != owner:
             problems.append(
                 (
                     ("fields", index),
-                    f"agreement {name}: {owner} does not own field {field_name!r} (owner: {field_owner})",
+                    f"{owner} does not own field {field_name!r} (owner: {field_owner})",
                 )
             )
     for index, purpose in enumerate(spec.purposes):
         if purpose not in purposes:
-            problems.append((("purposes", index), f"agreement {name}: unknown purpose {purpose!r}"))
+            problems.append((("purposes", index), f"unknown purpose {purpose!r}"))
     if spec.effect == "permit":
         if not spec.purposes:
-            problems.append((("purposes",), f"agreement {name}: a permit needs at least one purpose"))
+            problems.append((("purposes",), "a permit needs at least one purpose"))
         if not (spec.legal_basis or "").strip():
-            problems.append((("legal_basis",), f"agreement {name}: a permit needs a legal basis"))
+            problems.append((("legal_basis",), "a permit needs a legal basis"))
     elif spec.require_case_ref:
-        problems.append(
-            (("require_case_ref",), f"agreement {name}: only a permit can require a case reference")
-        )
+        problems.append((("require_case_ref",), "only a permit can require a case reference"))
     if spec.valid_from and spec.valid_until and spec.valid_until < spec.valid_from:
         problems.append(
             (
                 ("valid_until",),
-                f"agreement {name}: the end date (valid_until {spec.valid_until}) is before "
-                f"the start date (valid_from {spec.valid_from})",
+                f"the end date ({spec.valid_until}) is before the start date ({spec.valid_from})",
             )
         )
     if spec.when is not None:
         try:
             compile_condition(spec.when)
         except ConditionError as exc:
-            problems.append((("when",), f"agreement {name}: {exc}"))
+            problems.append((("when",), str(exc)))
     problems.extend(_check_identity_actions(spec))
     if spec.verify is not None:
         problems.extend(_check_allowed_claims(spec, catalog))
     if signed:
         problem = signature_problem(spec.content(), owner, catalog)
         if problem is not None:
-            problems.append((("signature",), f"agreement {name}: {problem}"))
+            problems.append((("signature",), problem))
     return problems
 
 
@@ -131,7 +127,7 @@ def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
             problems.append(
                 (
                     ("fields", index),
-                    f"agreement {spec.id}: {action} is granted on {IDENTITY_FIELD}, not on {field}; "
+                    f"{action} is granted on {IDENTITY_FIELD}, not on {field}; "
                     f"grant {action} in an agreement of its own with fields: [{IDENTITY_FIELD}]",
                 )
             )
@@ -141,33 +137,31 @@ def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
 def _check_allowed_claims(spec: AgreementSpec, catalog: Catalog) -> list[Problem]:
     """The ``verify:`` map: only on a permit granting verify, only its own fields, and
     every threshold a valid operand of the field's type (dates may be ``today-18y``)."""
-    name = spec.id
     problems: list[Problem] = []
     if "verify" not in spec.actions:
-        problems.append(
-            (("verify",), f"agreement {name}: verify: applies only to an agreement granting verify")
-        )
+        problems.append((("verify",), "allowed claims apply only to an agreement that grants verify"))
     if spec.effect != "permit":
-        problems.append((("verify",), f"agreement {name}: verify: applies to permits only"))
+        problems.append((("verify",), "allowed claims apply to permits only"))
     today = datetime.now(UTC).date()
     for field_name, claims in (spec.verify or {}).items():
         field = catalog.field(field_name)
         if field_name not in spec.fields or field is None:
             problems.append(
-                (("verify", field_name), f"agreement {name}: verify: {field_name!r} is not one of its fields")
+                (
+                    ("verify", field_name),
+                    f"allowed claims name {field_name!r}, which is not one of its fields",
+                )
             )
             continue
         if not claims:
-            problems.append((("verify", field_name), f"agreement {name}: verify: list at least one claim"))
+            problems.append((("verify", field_name), f"list at least one allowed claim for {field_name}"))
         for operator, thresholds in claims.items():
             where = ("verify", field_name, operator)
             if operator in ("lte", "gte") and field.type not in ("date", "integer"):
-                problems.append(
-                    (where, f"agreement {name}: verify: '{operator}' applies only to dates and integers")
-                )
+                problems.append((where, f"the claim '{operator}' applies only to dates and integers"))
                 continue
             if not thresholds:
-                problems.append((where, f"agreement {name}: verify: list at least one threshold"))
+                problems.append((where, f"list at least one threshold for '{operator}' on {field_name}"))
             for index, threshold in enumerate(thresholds):
                 try:
                     record_values.operand(field, threshold, today)
@@ -175,7 +169,7 @@ def _check_allowed_claims(spec: AgreementSpec, catalog: Catalog) -> list[Problem
                     problems.append(
                         (
                             (*where, index),
-                            f"agreement {name}: verify: threshold {threshold!r} for {field_name} {exc}",
+                            f"the threshold {threshold!r} for {field_name} {exc}",
                         )
                     )
     return problems
@@ -239,7 +233,7 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
                 continue
             if catalog is not None:
                 for loc, message in check_agreement(spec, owner, catalog):
-                    errors.append(document.error((*where, *loc), message))
+                    errors.append(document.error((*where, *loc), f"agreement {spec.id}: {message}"))
             agreements.append(SourcedAgreement(spec, owner, document.file, line))
     if errors or catalog is None:
         raise SourceFileError(errors)

@@ -211,7 +211,7 @@ class TestCheckReleases:
         engine = create_engine(world.url)
         try:
             size, live = await audit_service.check_stored_releases(
-                engine,
+                engine.connect,
                 NoteVerifier.parse(world.signer().verifier_key()),
                 "register",
                 OwnerVerifier.parse(world.signers["register"].verifier_key(), "register"),

@@ -4,6 +4,7 @@ functions the API calls (so both give the same answers)."""
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -113,8 +114,8 @@ class TestDraftsFollowThePolicyRules:
     @pytest.mark.parametrize(
         ("change", "field", "message"),
         [
-            ({"id": "Not An Id"}, "id", "The agreement ID must be lower-case letters"),
-            ({"fields": []}, "fields", "Choose at least one field"),
+            ({"id": "Not An Id"}, "id", "The agreement id must be lower-case letters"),
+            ({"fields": []}, "fields", "An agreement needs at least one field"),
             (
                 {"fields": ["licence_status"]},
                 "fields",
@@ -128,7 +129,7 @@ class TestDraftsFollowThePolicyRules:
                 "valid_until",
                 "is before the start date",
             ),
-            ({"valid_until": "2027-02-30"}, "valid_until", "The valid until date must be a real date"),
+            ({"valid_until": "2027-02-30"}, "valid_until", "The end date must be a real date"),
             ({"when": "citizen.status =="}, "when", "Invalid condition"),
         ],
     )
@@ -205,6 +206,36 @@ class TestAgreementsGiveTheApisAnswers:
             "welfare needs it",
             '"1"',
         )
+
+    async def test_a_shape_problem_and_a_catalog_problem_come_back_together_in_both(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id = await _signed_in_owner(client, session, "register")
+        form = {
+            "csrf_token": await _csrf(client),
+            "id": "Not An Id",  # the schema's pattern
+            "consumer": "welfare",
+            "fields": ["address"],
+            "actions": ["read"],
+            "purposes": ["astrology"],  # the catalog's purposes
+            "effect": "permit",  # with no legal basis: the rule for permits
+        }
+        page = await client.post("/console/agreements/new", data=form)
+        assert page.status_code == 422
+        shown = html.unescape(page.text)
+        act_as(app, "register", "data-owner", client_id=client_id)
+        body = {key: form[key] for key in ("id", "consumer", "fields", "actions", "purposes", "effect")}
+        answer = await client.post("/v1/policies", json=body)
+        assert answer.status_code == 422
+        messages = [e["msg"] for e in answer.json()["errors"]]
+        assert messages == [
+            "the agreement id must be lower-case letters, digits and hyphens, starting with a letter",
+            "unknown purpose 'astrology'",
+            "a permit needs a legal basis",
+        ]
+        # The console shows the same problems, as sentences beside their fields, in one page.
+        for message in messages:
+            assert message[:1].upper() + message[1:] in shown
 
     async def test_a_stale_version_is_refused_as_the_api_refuses_it(
         self, client: httpx.AsyncClient, session: AsyncSession

@@ -151,6 +151,62 @@ class TestWriteAgreements:
         schema = await client.post("/v1/policies", json={**NEW_AGREEMENT, "actions": ["delete"]})
         assert_problem(schema, 422, "validation-failed")
 
+    async def test_shape_and_catalog_problems_come_back_together_in_words(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        body = {
+            **NEW_AGREEMENT,
+            "id": "Points For Revenue",  # the schema's pattern
+            "actions": ["read", "delete"],  # the schema's list of actions
+            "purposes": ["gossip"],  # the catalog's purposes
+            "legal_basis": " ",  # the rule for permits
+            "valid_until": "2027-02-30",  # not a date
+            "colour": "blue",  # not part of an agreement
+        }
+        response = await client.post("/v1/policies", json=body)
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (
+                ["body", "id"],
+                "the agreement id must be lower-case letters, digits and hyphens, starting with a letter",
+            ),
+            (
+                ["body", "actions", 1],
+                "'delete' is not an action; the actions are "
+                "read, lookup, verify, history, subscribe, write, erase",
+            ),
+            (["body", "purposes", 0], "unknown purpose 'gossip'"),
+            (["body", "legal_basis"], "a permit needs a legal basis"),
+            (["body", "valid_until"], "the end date must be a real date, like 2027-01-31"),
+            (
+                ["body", "colour"],
+                "an agreement has no part called 'colour'; its parts are id, consumer, fields, actions, "
+                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, effect, signature, "
+                "verify, reason",
+            ),
+        ]
+        assert all(set(e) == {"loc", "msg"} for e in problem["errors"])
+        assert (await client.get("/v1/policies/points-for-revenue")).status_code == 404
+
+    async def test_a_replacement_hears_every_problem_at_once(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        path = "/v1/policies/licence-for-revenue"
+        current = (await client.get(path)).json()
+        body = {
+            key: current[key] for key in ("consumer", "fields", "actions", "purposes") if key in current
+        } | {"id": "another-id", "effect": "allow", "when": "citizen.status =="}
+        response = await client.put(path, json=body, headers={"If-Match": '"1"'})
+        problem = assert_problem(response, 422, "validation-failed")
+        messages = {tuple(e["loc"]): e["msg"] for e in problem["errors"]}
+        assert messages[("body", "id")] == "the id must be the agreement's own id, licence-for-revenue"
+        assert messages[("body", "effect")] == "the effect must be permit or forbid"
+        assert messages[("body", "when")].startswith("invalid condition")
+        # The legal basis is judged as a permit's only once the effect is one.
+        assert set(messages) == {("body", "id"), ("body", "effect"), ("body", "when")}
+
     async def test_put_needs_fresh_if_match(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         act_as(app, "dvla", "data-owner")
         path = "/v1/policies/licence-for-revenue"

@@ -132,7 +132,7 @@ class TestLoader:
             f"{path}:10: agreement licence-for-welfare: unknown department 'nobody'",
             f"{path}:13: agreement licence-for-welfare: unknown purpose 'gossip'",
             f"{path}:16: agreement licence-for-welfare: "
-            "the end date (valid_until 2026-01-01) is before the start date (valid_from 2027-01-01)",
+            "the end date (2026-01-01) is before the start date (2027-01-01)",
             f"{path}:17: agreement bad-condition: a permit needs a legal basis",
             f"{path}:22: agreement bad-condition: invalid condition: Failed to parse expression "
             "'citizen.status ==': ERROR: <input>:1:18: Syntax error: mismatched input '<EOF>' expecting "

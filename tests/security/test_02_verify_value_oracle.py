@@ -195,7 +195,7 @@ class TestAgreementsFixTheClaims:
 
         bad = {**agreement, "id": "dvla-verifies-badly", "verify": {"given_name": {"lte": ["today-17y"]}}}
         body = problem(await security_env.client.post("/v1/policies", json=bad, headers=owner), 422)
-        assert any("'given_name' is not one of its fields" in e["msg"] for e in body["errors"])
+        assert any("'given_name', which is not one of its fields" in e["msg"] for e in body["errors"])
 
 
 BROKEN_VERIFY = """\
@@ -237,10 +237,11 @@ def test_the_loader_names_file_and_line_for_bad_claims(tmp_path: Path) -> None:
 
     path = folder / "register.yaml"
     assert [str(e) for e in caught.value.errors] == [
-        f"{path}:11: agreement verify-with-bad-claims: verify: threshold 'today-18x' for date_of_birth "
+        f"{path}:11: agreement verify-with-bad-claims: the threshold 'today-18x' for date_of_birth "
         "must be an ISO 8601 date (YYYY-MM-DD)",
-        f"{path}:13: agreement verify-with-bad-claims: verify: 'gte' applies only to dates and integers",
-        f"{path}:14: agreement verify-with-bad-claims: verify: 'address' is not one of its fields",
-        f"{path}:22: agreement verify-key-without-verify: verify: "
-        "applies only to an agreement granting verify",
+        f"{path}:13: agreement verify-with-bad-claims: the claim 'gte' applies only to dates and integers",
+        f"{path}:14: agreement verify-with-bad-claims: allowed claims name 'address', "
+        "which is not one of its fields",
+        f"{path}:22: agreement verify-key-without-verify: "
+        "allowed claims apply only to an agreement that grants verify",
     ]

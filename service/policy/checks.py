@@ -1,0 +1,174 @@
+"""An agreement as submitted (a ``POST`` or ``PUT /v1/policies`` body, or the console's
+draft), checked in one round: its shape and the catalog rules together, every problem in
+words.
+
+The shape is ``AgreementIn``'s; the rules are the loader's ``check_agreement``. A part
+that fails the shape is judged by nothing else (its catalog problems would be about a
+value the caller did not send), and neither is a rule that depends on it; everything
+else is judged, so a body with a bad id and no legal basis hears about both at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_args
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from service.catalog.schemas import Catalog
+from service.policy.engine import Action
+from service.policy.loader import Problem, check_agreement
+from service.policy.schemas import AgreementIn, AgreementSpec
+
+# What each part of an agreement is called in a message.
+LABELS = {
+    "id": "the agreement id",
+    "consumer": "the consumer",
+    "fields": "the fields",
+    "actions": "the actions",
+    "purposes": "the purposes",
+    "legal_basis": "the legal basis",
+    "valid_from": "the start date",
+    "valid_until": "the end date",
+    "when": "the condition",
+    "require_case_ref": "whether a case reference is required",
+    "effect": "the effect",
+    "signature": "the signature",
+    "verify": "the allowed claims",
+    "reason": "the reason",
+}
+_NEEDS = {
+    "id": "an agreement needs an id",
+    "consumer": "an agreement needs a consumer department",
+    "fields": "an agreement needs at least one field",
+    "actions": "an agreement needs at least one action",
+}
+_PATTERNS = {
+    "id": "the agreement id must be lower-case letters, digits and hyphens, starting with a letter",
+    "consumer": "the consumer must be a department id: lower-case letters, digits and hyphens",
+    "fields": "{input!r} is not a field name: lower-case letters, digits and underscores",
+    "purposes": "{input!r} is not a purpose id: lower-case letters, digits and hyphens",
+}
+_ORDER = {part: index for index, part in enumerate(LABELS)}
+_ACTIONS = ", ".join(get_args(Action))
+# The rules that read another part: when that part failed its shape, they are not judged.
+_DEPENDS = {
+    "actions": {"fields"},
+    "purposes": {"effect"},
+    "legal_basis": {"effect"},
+    "require_case_ref": {"effect"},
+    "valid_until": {"valid_from"},
+    "verify": {"fields", "actions", "effect"},
+}
+# What a part that failed its shape is judged with instead, so the rest can be judged.
+_STAND_INS: dict[str, Any] = {
+    "id": "draft",
+    "consumer": "",
+    "fields": [],
+    "actions": [],
+    "purposes": [],
+    "legal_basis": None,
+    "valid_from": None,
+    "valid_until": None,
+    "when": None,
+    "require_case_ref": False,
+    "effect": "permit",
+    "signature": None,
+    "verify": None,
+}
+
+
+@dataclass(frozen=True)
+class CheckedAgreement:
+    """The agreement and the reason for the change, or every problem found (then ``spec``
+    is ``None``). Each problem is its location in the body and a sentence."""
+
+    spec: AgreementSpec | None
+    reason: str
+    problems: list[Problem]
+
+
+def shape_message(error: ErrorDetails) -> str:
+    """A schema refusal in words: what is wrong with which part of the agreement."""
+    loc = error["loc"]
+    part = str(loc[0]) if loc else ""
+    label = LABELS.get(part, part)
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == "missing":
+        return _NEEDS.get(part, f"{label} is missing")
+    if kind == "extra_forbidden":
+        return f"an agreement has no part called {part!r}; its parts are {', '.join(LABELS)}"
+    if kind == "string_pattern_mismatch" and part in _PATTERNS:
+        return _PATTERNS[part].format(input=value)
+    if kind == "too_short" and part in _NEEDS:
+        return _NEEDS[part]
+    if kind == "too_long":
+        return f"{label} list too many items (at most {ctx.get('max_length')})"
+    if kind == "string_too_long":
+        return f"{label} is too long (at most {ctx.get('max_length')} characters)"
+    if kind == "literal_error" and part == "actions":
+        return f"{value!r} is not an action; the actions are {_ACTIONS}"
+    if kind == "literal_error" and part == "effect":
+        return "the effect must be permit or forbid"
+    if kind == "literal_error" and part == "verify":
+        return f"{value!r} is not a claim an agreement can allow; the claims are eq, lte and gte"
+    if kind.startswith("date_"):
+        return f"{label} must be a real date, like 2027-01-31"
+    if kind.startswith("bool_"):
+        return f"{label} must be true or false"
+    if kind == "string_type":
+        return f"{label} must be text"
+    if kind == "list_type":
+        return f"{label} must be a list"
+    if kind == "dict_type":
+        return f"{label} must be a mapping"
+    message = str(error["msg"])
+    return f"{label}: {message[:1].lower()}{message[1:]}"
+
+
+def check_body(
+    body: Mapping[str, Any],
+    owner: str,
+    catalog: Catalog,
+    *,
+    agreement_id: str | None = None,
+    signed: bool = True,
+) -> CheckedAgreement:
+    """Every problem with ``body`` as an agreement ``owner`` grants, at once.
+
+    ``body`` is an agreement entry, optionally with the ``reason`` for the change.
+    ``agreement_id`` (a change to an existing agreement) is the id the body must carry.
+    ``signed`` as for ``check_agreement``.
+    """
+    problems: list[Problem] = []
+    failed: set[str] = set()
+    try:
+        submitted = AgreementIn.model_validate(body)
+        spec = submitted.spec()
+        reason = submitted.reason
+    except ValidationError as exc:
+        for error in exc.errors():
+            failed.add(str(error["loc"][0]) if error["loc"] else "")
+            problems.append((tuple(error["loc"]), shape_message(error)))
+        kept = {k: v for k, v in body.items() if k in _STAND_INS and k not in failed}
+        spec = AgreementSpec.model_construct(**(_STAND_INS | kept))
+        reason = ""
+    if agreement_id is not None and "id" not in failed and spec.id != agreement_id:
+        problems.append((("id",), f"the id must be the agreement's own id, {agreement_id}"))
+    for loc, message in check_agreement(spec, owner, catalog, signed=signed):
+        part = str(loc[0])
+        if part in failed or _DEPENDS.get(part, set()) & failed:
+            continue
+        if part == "signature" and failed and spec.signature is not None:
+            # A signature over a body that failed its shape cannot be judged; a missing
+            # one can.
+            continue
+        problems.append((loc, message))
+    if problems:
+        problems.sort(key=lambda problem: _ORDER.get(str(problem[0][0]) if problem[0] else "", len(_ORDER)))
+        return CheckedAgreement(None, reason, problems)
+    return CheckedAgreement(spec, reason, [])

@@ -109,22 +109,26 @@ def check_agreement(
     return problems
 
 
-# Actions decided on the register's identity field alone: granted on any other field they
-# would silently do nothing.
+# Actions decided on the register's identity field alone. Granted on any other field they
+# would do nothing, so (DESIGN, "Clarifications fixed by use") such an agreement is refused,
+# naming each other field: lookup and erase are granted with ``fields: [national_id]``.
 IDENTITY_FIELD = "national_id"
 IDENTITY_ACTIONS = ("lookup", "erase")
 
 
 def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for index, action in enumerate(spec.actions):
-        if action in IDENTITY_ACTIONS and IDENTITY_FIELD not in spec.fields:
-            others = ", ".join(spec.fields)
+    for action in spec.actions:
+        if action not in IDENTITY_ACTIONS:
+            continue
+        for index, field in enumerate(spec.fields):
+            if field == IDENTITY_FIELD:
+                continue
             problems.append(
                 (
-                    ("actions", index),
-                    f"{action} is granted on {IDENTITY_FIELD}, not on {others}; "
-                    f"list {IDENTITY_FIELD} in fields or remove {action}",
+                    ("fields", index),
+                    f"{action} is granted on {IDENTITY_FIELD}, not on {field}; "
+                    f"grant {action} in an agreement of its own with fields: [{IDENTITY_FIELD}]",
                 )
             )
     return problems

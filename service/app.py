@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = Database(settings)
-    app.state.metrics = Metrics(app.state)
+    app.state.metrics = Metrics()
     app.state.schema_heads = head_revisions()
     app.state.keyring = Keyring.from_settings(settings)
 

@@ -13,7 +13,6 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import tracing
@@ -73,41 +71,16 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root.propagate = False
 
 
-class _WorkerCounters:
-    """Counters the audit writer and the webhook dispatcher keep, read at scrape time."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        writer = getattr(self.state, "audit_writer", None)
-        if writer is not None:
-            yield CounterMetricFamily(
-                "tellonce_audit_batches_committed",
-                "Audit writer batches committed.",
-                value=writer.batches_committed,
-            )
-            yield CounterMetricFamily(
-                "tellonce_audit_batches_failed",
-                "Audit writer batches that failed to commit (their requests got 503, no data released).",
-                value=writer.batches_failed,
-            )
-        dispatcher = getattr(self.state, "dispatcher", None)
-        if dispatcher is not None:
-            yield CounterMetricFamily(
-                "tellonce_webhook_dead_letters",
-                "Webhook deliveries this process moved to the dead-letter state.",
-                value=dispatcher.dead_letters,
-            )
-
-
 class Metrics:
-    """The process's Prometheus registry; one per app so tests stay independent."""
+    """The process's Prometheus registry; one per app so tests stay independent.
 
-    def __init__(self, state: Any = None) -> None:
+    Every tellonce metric is defined here, once (the witness gate adds its checkpoint age
+    gauge where witnesses are configured); the names are those ``deploy/``'s alert rules
+    and dashboard, the README and ``docs/operations.md`` use.
+    """
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        if state is not None:
-            self.registry.register(_WorkerCounters(state))
         self.requests = Counter(
             "tellonce_http_requests",
             "HTTP requests by route template, method and status.",
@@ -141,17 +114,23 @@ class Metrics:
             registry=self.registry,
         )
 
-        # Beyond HTTP: the audit writer's batches, and gauges set at each scrape by
+        # Beyond HTTP: the audit writer's batches and the dispatcher's dead letters, counted
+        # as they happen in this process, and gauges set at each scrape by
         # ``service.health`` (sequencer lag, outbox backlog, deliveries, pool use).
         self.audit_batch_entries = Histogram(
             "tellonce_audit_writer_batch_entries",
-            "Entries per committed audit-writer batch (group commit).",
+            "Entries per committed audit-writer batch (group commit); its _count is the batches committed.",
             registry=self.registry,
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000),
         )
         self.audit_batch_failures = Counter(
-            "tellonce_audit_writer_failed_batches",
+            "tellonce_audit_batches_failed",
             "Audit-writer batches that failed to commit (their requests got 503, no data released).",
+            registry=self.registry,
+        )
+        self.webhook_dead_letters = Counter(
+            "tellonce_webhook_dead_letters",
+            "Webhook deliveries this process moved to the dead-letter state (retries exhausted).",
             registry=self.registry,
         )
         self.sequencer_lag = Gauge(
@@ -166,7 +145,8 @@ class Metrics:
         )
         self.deliveries = Gauge(
             "tellonce_webhook_deliveries",
-            "Webhook deliveries by status (dead: retries exhausted; pending: not yet delivered).",
+            "Webhook deliveries in the database by status, as of the scrape (dead: retries "
+            "exhausted; pending: not yet delivered).",
             ["status"],
             registry=self.registry,
         )

@@ -21,6 +21,8 @@ RULES = DEPLOY / "prometheus" / "alerts.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "tellonce.json"
 METRIC = re.compile(r"\b(tellonce_[a-z0-9_]+)")
+# Named in the README in backquotes like a metric, but the console's cookies.
+COOKIES = {"tellonce_console", "tellonce_console_oidc"}
 # Registered only when witnesses are configured (service/audit/witnessing.py).
 WITH_WITNESSES = {"tellonce_audit_witnessed_checkpoint_age_seconds"}
 
@@ -82,6 +84,17 @@ class TestMetricNames:
         assert used - WITH_WITNESSES <= exported, sorted(used - WITH_WITNESSES - exported)
         witnessing = (REPO_ROOT / "service" / "audit" / "witnessing.py").read_text()
         assert all(f'"{name}"' in witnessing for name in WITH_WITNESSES)
+
+    async def test_the_readme_and_runbooks_name_only_exported_metrics(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        await client.get("/healthz")
+        exported = set(METRIC.findall((await client.get("/metrics")).text))
+        for document in (REPO_ROOT / "README.md", REPO_ROOT / "docs" / "operations.md"):
+            named = set(re.findall(r"`(tellonce_[a-z0-9_]+)", document.read_text())) - COOKIES
+            assert named
+            missing = sorted(named - WITH_WITNESSES - exported)
+            assert not missing, (document.name, missing)
 
     def test_the_dashboard_is_grafana_json_with_targets(self) -> None:
         dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())

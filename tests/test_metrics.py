@@ -53,7 +53,7 @@ class TestAuditWriterMetrics:
         text = await scrape(live_app)
         assert value(text, "tellonce_audit_writer_batch_entries_count") == 1
         assert value(text, "tellonce_audit_writer_batch_entries_sum") == 3
-        assert value(text, "tellonce_audit_writer_failed_batches_total") == 0
+        assert value(text, "tellonce_audit_batches_failed_total") == 0
 
         async def refuse(_conn: AsyncConnection) -> None:
             raise RuntimeError("disk full")
@@ -63,7 +63,7 @@ class TestAuditWriterMetrics:
             await writer.append(make_entry())
         writer.before_commit = None
         text = await scrape(live_app)
-        assert value(text, "tellonce_audit_writer_failed_batches_total") == 1
+        assert value(text, "tellonce_audit_batches_failed_total") == 1
         assert value(text, "tellonce_audit_writer_batch_entries_count") == 1
 
     async def test_sequencer_lag_counts_entries_not_in_the_tree(self, live_app: FastAPI) -> None:

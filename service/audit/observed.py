@@ -2,9 +2,9 @@
 
 ``verify_for_auditor`` checks the log against it: an operator who truncates or empties
 the log, dropping the checkpoints that signed the removed entries, cannot make the log
-reach a size and root an auditor has already seen. (Meant for the console's "verify now";
-the console does not call it yet.) The record lives in
-``auditor_observed_checkpoints``, which the audit writer and sequencer never touch.
+reach a size and root an auditor has already seen. The console's "verify now" runs it. The
+record lives in ``auditor_observed_checkpoints``, which the audit writer and sequencer
+never touch.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteVerifier
 from service.audit.models import AuditorObservedCheckpoint
+from service.audit.repository import Connect
 from service.audit.service import verify_stored_log
 from service.audit.verify import Expectations, StoredCheckpoint
 from service.db import utcnow
@@ -31,15 +31,18 @@ class AuditorVerification:
 
 
 async def verify_for_auditor(
-    engine: AsyncEngine,
+    connect: Connect,
+    begin: Connect,
     verifier: NoteVerifier,
     auditor: str,
     progress: Callable[[int, int], None] | None = None,
 ) -> AuditorVerification:
     """Verify the whole log, requiring it to reach the largest checkpoint any auditor has
-    verified before; then remember the largest checkpoint verified now. Raises
+    verified before (and, as the CLI does, refusing an empty or unsigned log); then
+    remember the largest checkpoint verified now. ``connect`` reads (e.g.
+    ``engine.connect``), ``begin`` writes that record (e.g. ``engine.begin``). Raises
     ``VerificationFailed`` as ``verify_stored_log`` does."""
-    async with engine.connect() as conn:
+    async with connect() as conn:
         row = (
             await conn.execute(
                 select(
@@ -57,10 +60,8 @@ async def verify_for_auditor(
         size, root, note, at = row
         label = f"the checkpoint of size {size} an auditor verified on {at:%Y-%m-%d %H:%M} UTC"
         trusted = (StoredCheckpoint(int(size), bytes(root), str(note), label),)
-    size, checkpoints = await verify_stored_log(
-        engine.connect, verifier, progress, Expectations(trusted=trusted, allow_empty=True)
-    )
-    async with engine.begin() as conn:
+    size, checkpoints = await verify_stored_log(connect, verifier, progress, Expectations(trusted=trusted))
+    async with begin() as conn:
         newest = await audit_repository.latest_checkpoint(conn)
         if newest is not None and newest.tree_size <= size and (row is None or newest.tree_size > row[0]):
             await conn.execute(

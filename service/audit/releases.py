@@ -29,24 +29,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.audit.schemas import DECIDED_AS
 from service.policy.engine import Agreement, CompiledPolicy, ConditionError, RequestContext, compile_policy
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OWNER, OwnerVerifier, text_digest
 
-# Audit actions that release fields (or, for a delegated ``write``, let another department
-# change them), and the policy action each was decided as. Other actions decide nothing
-# per field: a registration or an erasure is the owner's (or the register's) own act.
-RELEASE_ACTIONS: Mapping[str, str] = {
-    "read": "read",
-    "batch-get": "read",
-    "lookup": "lookup",
-    "verify": "verify",
-    "history": "history",
-    "write": "write",
-    "subscribe": "subscribe",
-    "deliver": "subscribe",
-    "feed": "subscribe",
-}
+# Every action that decided per field is checked, as the policy action it was decided as.
+RELEASE_ACTIONS: Mapping[str, str] = DECIDED_AS
 
 
 _DECIDED_LIMIT = 200_000

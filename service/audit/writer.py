@@ -161,7 +161,6 @@ class AuditWriter:
         self.on_failure = on_failure
         self.batches_committed = 0
         self.entries_committed = 0
-        self.batches_failed = 0
         # Each waiting append: its rows, the future its handler awaits, and a trace link.
         self._pending: list[Pending] = []
         self._wake = asyncio.Event()
@@ -225,7 +224,6 @@ class AuditWriter:
                     if self.before_commit is not None:
                         await self.before_commit(conn)
         except Exception:
-            self.batches_failed += 1
             logger.exception("audit batch of %d entries failed to commit", len(rows))
             if self.on_failure is not None:
                 self.on_failure(len(rows))

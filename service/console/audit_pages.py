@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit import observed as audit_observed
 from service.audit import repository as audit_repository
 from service.audit import search as audit_search
-from service.audit import service as audit_service
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.search import AuditAccessDep, EntryQuery
 from service.audit.value import Release, releases_to_others
@@ -203,18 +203,28 @@ async def _checkpoint(access: audit_search.AuditAccess) -> CheckpointView | None
 
 
 async def _verify(request: Request, access: audit_search.AuditAccess, viewer: Principal) -> VerifyOutcome:
-    """The whole-log check of ``tellonce audit verify``, recorded as an audit query first."""
+    """The whole-log check of ``tellonce audit verify``, recorded as an audit query first,
+    anchored on the largest checkpoint an auditor verified before (``audit.observed``)."""
     await audit_search.record_query(access.writer, viewer, source=source_of(request))
     signer: NoteSigner = request.app.state.audit_signer
     verifier = NoteVerifier.parse(signer.verifier_key())
     try:
-        size, checkpoints = await audit_service.verify_stored_log(access.connect, verifier)
+        result = await audit_observed.verify_for_auditor(
+            access.connect, access.begin, verifier, viewer.client_id
+        )
     except VerificationFailed as failure:
         return VerifyOutcome(False, 0, f"Verification failed: {failure}")
+    anchored = (
+        f" It still holds the {result.anchored_at} entries an auditor verified before, unchanged."
+        if result.anchored_at
+        else ""
+    )
     return VerifyOutcome(
         True,
-        size,
-        f"All {size} entries were hashed again; the tree matches all {checkpoints} signed checkpoints.",
+        result.size,
+        f"All {result.size} entries were hashed again and every column auditors filter on was "
+        f"checked against its entry; the tree matches all {result.checkpoints} signed checkpoints."
+        + anchored,
     )
 
 

@@ -1,4 +1,11 @@
-"""The citizen view: a citizen id in, the record's access log out, in plain language."""
+"""The citizen view: a citizen id in, the record's access log out, in plain language.
+
+Every line comes with its inclusion proof against the newest witnessed checkpoint
+(``audit.search.citizen_access_log`` with proofs, as ``?proofs=true`` on the API), and the
+page checks those proofs and the checkpoint's signatures here with
+``audit.citizen_proofs.check_proofs``, the code an outside verifier uses, then says in
+plain words what was proven and who cosigned it.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,18 @@ import re
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
 
+from service.audit import citizen_proofs
 from service.audit import search as audit_search
-from service.audit.search import AuditAccessDep
+from service.audit.checkpoint import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
+from service.audit.search import AuditAccessDep, Page
+from service.audit.witnessing import WitnessConfig
 from service.console import wording
 from service.console.sessions import SignedIn
-from service.console.views import AccessRow
+from service.console.views import AccessProof, AccessRow
 from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
 from service.db import SessionDep
 from service.errors import NotFound
+from service.witness.cosignature import split_note
 
 router = APIRouter(route_class=ConsoleRoute)
 
@@ -25,12 +36,33 @@ _CITIZEN_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
 ACCESS_LOG_LIMIT = 1000
 
 
+def _proven(request: Request, config: WitnessConfig, page: Page) -> AccessProof:
+    """Check the page's proofs as the citizen's own verifier would."""
+    signer: NoteSigner = request.app.state.audit_signer
+    proofs = [item["proof"] for item in page.items]
+    try:
+        checked = citizen_proofs.check_proofs(
+            NoteVerifier.parse(signer.verifier_key()), config, page.checkpoint, proofs
+        )
+    except CheckpointError as exc:
+        return AccessProof(0, len(proofs), None, (), problem=str(exc))
+    size = None if page.checkpoint is None else Checkpoint.parse_body(split_note(page.checkpoint)[0]).size
+    return AccessProof(checked.verified, checked.pending, size, checked.witnesses)
+
+
 @router.get("/citizen", response_class=HTMLResponse)
 async def citizen_form(request: Request, viewer: SignedIn = Portal) -> Response:
     return render(
         request,
         "citizen.html",
-        {"section": "citizen", "errors": {}, "error_items": [], "citizen_id": "", "entries": None},
+        {
+            "section": "citizen",
+            "errors": {},
+            "error_items": [],
+            "citizen_id": "",
+            "entries": None,
+            "proof": None,
+        },
         viewer=viewer,
     )
 
@@ -47,6 +79,7 @@ async def citizen_log(
     citizen_id = str(form.get("citizen_id") or "").strip()[:64]
     errors: dict[str, list[str]] = {}
     entries = None
+    proof = None
     if not citizen_id:
         errors["citizen_id"] = ["Enter the citizen's ID"]
     elif not _CITIZEN_ID.match(citizen_id):
@@ -60,6 +93,7 @@ async def citizen_log(
                 after=0,
                 limit=ACCESS_LOG_LIMIT,
                 source=source_of(request),
+                proofs=request.app.state.witness_config,
             )
         except NotFound:
             errors["citizen_id"] = ["No citizen has this ID"]
@@ -78,6 +112,11 @@ async def citizen_log(
                 )
                 for row in rows
             ]
+            proof = (
+                wording.proof_sentence(_proven(request, request.app.state.witness_config, page))
+                if rows
+                else None
+            )
     status = 404 if errors.get("citizen_id") == ["No citizen has this ID"] else (400 if errors else 200)
     return render(
         request,
@@ -88,6 +127,7 @@ async def citizen_log(
             "error_items": [("citizen_id", m) for m in errors.get("citizen_id", [])],
             "citizen_id": citizen_id,
             "entries": entries,
+            "proof": proof,
         },
         viewer=viewer,
         status_code=status,

@@ -226,3 +226,15 @@ class AccessRow:
             purpose=item["purpose"],
             decision=item["decision"],
         )
+
+
+@dataclass(frozen=True)
+class AccessProof:
+    """How the citizen view's lines were proven against the audit log, checked server-side
+    with the code an outside verifier uses (``service.audit.citizen_proofs.check_proofs``)."""
+
+    verified: int  # lines whose inclusion proof verified
+    pending: int  # lines newer than the checkpoint: proven once a later one is witnessed
+    tree_size: int | None  # the checkpoint's size; None while there is none to prove against
+    witnesses: tuple[str, ...]  # who cosigned it; empty when no witnesses are configured
+    problem: str | None = None  # why a proof or a signature did not verify

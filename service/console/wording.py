@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 
 from service.catalog.schemas import Catalog
+from service.console.views import AccessProof
 
 # Names that read as a body ("the Home Office") take the article; "HM Passport Office",
 # "Welfare" or "Licensing" read better without it.
@@ -108,3 +109,38 @@ def access_sentence(
     if action == "verify" and not refused:
         sentence += ". The value itself was not shown to them"
     return sentence + "."
+
+
+def proof_sentence(proof: AccessProof) -> str:
+    """How the citizen view's lines were proven, in plain words."""
+    if proof.problem is not None:
+        return f"These lines could NOT be proven to be in the audit log: {proof.problem}."
+    if proof.tree_size is None or proof.verified == 0:
+        return "No checkpoint of the audit log covers these lines yet, so they cannot be proven yet."
+    if proof.witnesses:
+        signed = (
+            f"cosigned by the witnesses {join_words(list(proof.witnesses))}, who each keep their own "
+            "record of the log and never cosign a rewritten one"
+        )
+        keys = "the log's and the witnesses' public keys"
+    else:
+        signed = "signed by this service (no independent witnesses are configured)"
+        keys = "the log's public key"
+    total = proof.verified + proof.pending
+    if proof.pending:
+        which = f"{proof.verified} of these {total} lines {'is' if proof.verified == 1 else 'are'}"
+    elif total == 1:
+        which = "This line is"
+    else:
+        which = f"Each of these {total} lines is"
+    sentence = (
+        f"{which} proven to be in the audit log: its inclusion proof was checked against the "
+        f"checkpoint of {proof.tree_size} entries {signed}. This service checked every proof and "
+        f"signature with the same code an outside verifier uses, and anyone with {keys} can check "
+        "them again."
+    )
+    if proof.pending == 1:
+        sentence += " The newest line is proven once a later checkpoint covers it."
+    elif proof.pending:
+        sentence += f" The {proof.pending} newest lines are proven once a later checkpoint covers them."
+    return sentence

@@ -33,7 +33,7 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     dispatcher: Dispatcher | None = None
     task: asyncio.Task[None] | None = None
     if settings.run_workers:
-        dispatcher = Dispatcher(runtime)
+        dispatcher = Dispatcher(runtime, on_dead=app.state.metrics.webhook_dead_letters.inc)
         app.state.dispatcher = dispatcher
         task = asyncio.create_task(
             app.state.schema_gate.run_when_ready(stop, dispatcher.run), name="events-dispatcher"

@@ -3,11 +3,14 @@
 1. Migrate the embedded store in ``./.tellonce/`` (``--reset`` wipes it first).
 2. Apply ``policies/``, make each department's clients (``./.tellonce/clients.json``,
    mode 0600) and keys, and seed the population through the records encryption path.
-3. Serve on 127.0.0.1 (``tellonce serve`` in a child process, so the API has a core of
-   its own while the department systems run here).
+3. Start two witnesses on loopback (the National Audit Office and the Information
+   Commissioner, ``service/sim/witnesses.py``), then serve on 127.0.0.1 (``tellonce serve``
+   in a child process, so the API has a core of its own while the department systems run
+   here) with its checkpoints cosigned by both.
 4. Run the life events for ``--duration`` seconds as real HTTP clients.
-5. Print the report, with the audit log verified.
-6. Keep serving until Ctrl-C (or exit, with ``--exit-after-report``).
+5. Print the report, with the audit log verified and its checkpoint's cosignatures checked.
+6. Keep serving until Ctrl-C (or exit, with ``--exit-after-report``); the witnesses stop
+   with the server.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from rich.console import Console
 
 from service.config import Settings, get_settings
 from service.sim import government
+from service.sim import witnesses as demo_witnesses
 from service.sim.population import DEFAULT_SEED
 from service.sim.report import render
 from service.sim.setup import reset_store
@@ -34,7 +38,9 @@ from service.sourcefile import SourceFileError
 SERVER_START_SECONDS = 60.0
 
 
-def _start_server(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _start_server(
+    settings: Settings, port: int, log_path: Path, witnesses: list[demo_witnesses.DemoWitness]
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "TELLONCE_DATABASE_URL": settings.database_url,
@@ -44,6 +50,9 @@ def _start_server(settings: Settings, port: int, log_path: Path) -> subprocess.P
         "TELLONCE_PUBLIC_URL": f"http://127.0.0.1:{port}",
         # INFO: one JSON line per request, as the README shows; never a body or a query.
         "TELLONCE_LOG_LEVEL": os.environ.get("TELLONCE_LOG_LEVEL", "INFO"),
+        # Every checkpoint goes to the demo's witnesses; it is witnessed once all cosign.
+        "TELLONCE_AUDIT_WITNESSES": demo_witnesses.witnesses_setting(witnesses),
+        "TELLONCE_AUDIT_WITNESS_QUORUM": str(len(witnesses)),
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
@@ -119,12 +128,29 @@ def demo(
     except RuntimeError as exc:
         console.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from None
+    try:
+        witnesses = demo_witnesses.start_witnesses(settings, government.log_verifier_key(settings))
+    except RuntimeError as exc:
+        console.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    for witness in witnesses:
+        console.print(
+            f"witness: {witness.spec.title} on {witness.url} ({witness.vkey})",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
     log_path = settings.data_dir / "server.log"
     console.print(f"starting the API on {base_url} (log: {log_path})")
-    process = _start_server(settings, port, log_path)
+    try:
+        process = _start_server(settings, port, log_path, witnesses)
+    except BaseException:
+        demo_witnesses.stop_witnesses(witnesses)
+        raise
     try:
         _wait_healthy(process, base_url, log_path)
-        report = asyncio.run(government.run(prepared, base_url, duration, seed, console))
+        witness_keys = [witness.vkey for witness in witnesses]
+        report = asyncio.run(government.run(prepared, base_url, duration, seed, console, witness_keys))
         if report.audit is not None:
             # The signing owners' own check: every release of their fields re-decided.
             console.print(
@@ -144,3 +170,4 @@ def demo(
         console.print("stopping")
     finally:
         _stop(process)
+        demo_witnesses.stop_witnesses(witnesses)

@@ -5,6 +5,7 @@ verification, as clients over HTTP) while it serves.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from service.sim.setup import (
 )
 
 # How long to wait, once traffic stops, for the sequencer to cover every entry with a
-# signed checkpoint before verifying.
+# signed checkpoint (cosigned by the witnesses, when there are any) before verifying.
 CHECKPOINT_WAIT_SECONDS = 30.0
 
 
@@ -149,7 +150,19 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
         await database.dispose()
 
 
-async def run(prepared: Prepared, base_url: str, duration: float, seed: int, console: Console) -> DemoReport:
+def log_verifier_key(settings: Settings) -> str:
+    """The audit log's verifier key (vkey): what the demo's witnesses follow."""
+    return load_signer(settings, AuditSettings().origin).verifier_key()
+
+
+async def run(
+    prepared: Prepared,
+    base_url: str,
+    duration: float,
+    seed: int,
+    console: Console,
+    witness_keys: Sequence[str] = (),
+) -> DemoReport:
     console.print(f"department systems live through life events for {duration:.0f} s")
     report = await runner.run_scenarios(
         base_url,
@@ -162,7 +175,7 @@ async def run(prepared: Prepared, base_url: str, duration: float, seed: int, con
     console.print("verifying the audit log, as the auditor's client")
     try:
         report.audit = await audit_check.verify_log(
-            base_url, prepared.clients.auditor, CHECKPOINT_WAIT_SECONDS
+            base_url, prepared.clients.auditor, CHECKPOINT_WAIT_SECONDS, witness_keys
         )
     except (CheckpointError, DemoHttpError) as exc:
         report.audit_problem = str(exc)
@@ -185,7 +198,7 @@ def sign_in_lines(prepared: Prepared, base_url: str, *, console_available: bool)
 
 async def owner_checks(settings: Settings, owner_keys: dict[str, str]) -> list[ReleaseReport]:
     """Each signing owner's check of the live log, as ``audit check-releases`` does."""
-    verifier = NoteVerifier.parse(load_signer(settings, AuditSettings().origin).verifier_key())
+    verifier = NoteVerifier.parse(log_verifier_key(settings))
     engine = create_engine(settings.database_url)
     try:
         reports = []

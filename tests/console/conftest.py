@@ -1,9 +1,10 @@
 """The console's end-to-end set-up: one real server per module, one browser per module.
 
-The server is ``tellonce serve`` on a loopback port against a scratch database. Its
-catalog and agreements come from ``tests/console/policies`` through the policies CLI,
-its clients from the clients CLI, and its citizens and audited traffic from the API
-with real tokens. Chromium is Debian's (``/usr/bin/chromium``), driven by Playwright.
+The server is ``tellonce serve`` on a loopback port against a scratch database, its
+checkpoints cosigned by two real witness processes (quorum: both). Its catalog and
+agreements come from ``tests/console/policies`` through the policies CLI, its clients
+from the clients CLI, and its citizens and audited traffic from the API with real tokens.
+Chromium is Debian's (``/usr/bin/chromium``), driven by Playwright.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from service.audit.config import AuditSettings, load_signer
+from service.config import Settings
 from tests.conftest import REPO_ROOT, server_env
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 from tests.fixtures.server import LiveServer, start_server
+from tests.fixtures.witnesses import WitnessProcess
 
 CONSOLE_POLICIES = Path(__file__).parent / "policies"
 CHROMIUM = "/usr/bin/chromium"
@@ -37,6 +41,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PAGE_SIZE = 5
+# The two witnesses that cosign the console site's checkpoints.
+WITNESS_NAMES = ("audit-office.example/witness", "ico.example/witness")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class ConsoleSite:
     env: dict[str, str]
     clients: dict[str, Credentials]
     citizens: list[str] = field(default_factory=list)
+    witnesses: list[WitnessProcess] = field(default_factory=list)
     artifacts: Path = REPO_ROOT / "test-artifacts" / "console"
 
     @property
@@ -163,7 +170,16 @@ async def console_site(
         "TELLONCE_AUDIT_CHECKPOINT_INTERVAL_MS": "100",
     }
     site = ConsoleSite(server=None, database_url=url, env=env, clients={})  # type: ignore[arg-type]
+    log_vkey = load_signer(
+        Settings(env="test", database_url=url, data_dir=data, root_key=root_key),  # type: ignore[arg-type]
+        AuditSettings().origin,
+    ).verifier_key()
+    site.witnesses = [
+        WitnessProcess(name, tmp_path_factory.mktemp("witness"), log_vkey) for name in WITNESS_NAMES
+    ]
+    env["TELLONCE_AUDIT_WITNESSES"] = " ".join(witness.config for witness in site.witnesses)
     try:
+        await asyncio.gather(*(asyncio.to_thread(witness.start) for witness in site.witnesses))
         await site.cli("policies", "apply", str(CONSOLE_POLICIES))
         printed = await asyncio.gather(
             *(
@@ -181,6 +197,8 @@ async def console_site(
         finally:
             site.server.stop()
     finally:
+        for witness in site.witnesses:
+            witness.stop()
         await drop_scratch_database(url)
 
 

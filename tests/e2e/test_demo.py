@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import DEMO_POLICIES
@@ -74,6 +75,13 @@ async def demo_run(database_url: str, tmp_path_factory: pytest.TempPathFactory) 
         await drop_scratch_database(url)
 
 
+def witness_lines(output: str) -> list[tuple[str, str]]:
+    """(URL, vkey) of each witness the demo said it started."""
+    found = re.findall(r"^witness: the .+ on (http://127\.0\.0\.1:\d+) \((\S+)\)$", output, re.MULTILINE)
+    assert len(found) == 2, output
+    return found
+
+
 class TestDemoReport:
     def test_counts_requests_with_denials_and_no_errors(self, demo_run: DemoRun) -> None:
         totals = r"requests: (\d+), allowed: (\d+), denied: (\d+), errors: (\d+)"
@@ -90,8 +98,14 @@ class TestDemoReport:
         assert "over-reach refused" in demo_run.output
 
     def test_the_audit_log_verifies(self, demo_run: DemoRun) -> None:
-        match = re.search(r"audit verified: (\d+) entries, checkpoint ([A-Za-z0-9+/]+=*)", demo_run.output)
+        match = re.search(
+            r"^audit verified: (\d+) entries, checkpoint ([A-Za-z0-9+/]{43}=), cosigned by 2 of 2 witnesses$",
+            demo_run.output,
+            re.MULTILINE,
+        )
         assert match is not None, demo_run.output
+        assert "witness: the National Audit Office on http://127.0.0.1:" in demo_run.output
+        assert "witness: the Information Commissioner on http://127.0.0.1:" in demo_run.output
         requests = demo_run.number(r"requests: (\d+)")
         # 50 registrations, then an entry for every counted request at least.
         assert int(match.group(1)) >= 50 + requests
@@ -137,7 +151,6 @@ class TestDemoReport:
 
 async def register_through_the_api(run: DemoRun) -> None:
     """What a README reader does between two `make run`s: register a citizen over HTTP."""
-    import httpx
 
     from service.app import create_app
     from service.config import Settings
@@ -174,4 +187,16 @@ class TestDemoRerun:
         assert (demo_run.workdir / ".tellonce" / "clients.json").read_text() == clients_before
         # The agreement the first run revoked is active again, and the log still verifies.
         assert "1 updated" in second.output
-        assert re.search(r"audit verified: \d+ entries", second.output), second.output
+        assert re.search(r"audit verified: \d+ entries, .* cosigned by 2 of 2 witnesses", second.output), (
+            second.output
+        )
+        # The same two witnesses (their keys and state are in the data dir), both stopped
+        # when the demo stopped.
+        first, again = witness_lines(demo_run.output), witness_lines(second.output)
+        assert [vkey for _url, vkey in again] == [vkey for _url, vkey in first]
+        for slug in ("nao", "ico"):
+            key = demo_run.workdir / ".tellonce" / "witnesses" / f"{slug}.key"
+            assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        for url, _vkey in first + again:
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"{url}/checkpoint", params={"origin": "-"}, timeout=2)

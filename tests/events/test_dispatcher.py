@@ -174,7 +174,10 @@ class TestDeadLetters:
         runtime: EventsRuntime,
         events_engine: AsyncEngine,
         api: httpx.AsyncClient,
+        events_app: FastAPI,
     ) -> None:
+        # Counted as the app's own dispatcher counts them (service/events/lifecycle.py).
+        dispatcher.on_dead = events_app.state.metrics.webhook_dead_letters.inc
         receiver.fail_always(status=500)
         await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
         max_attempts = runtime.settings.webhook_max_attempts
@@ -190,6 +193,7 @@ class TestDeadLetters:
         assert dead["last_status_code"] == 500
         assert dead["next_attempt_at"] is None
         assert len(receiver.received) == max_attempts
+        assert "\ntellonce_webhook_dead_letters_total 1.0\n" in (await api.get("/metrics")).text
 
         receiver.recover()
         response = await api.post(f"/v1/subscriptions/{dvla_hook['id']}/redeliver")

@@ -176,22 +176,22 @@ class TestConsoleVerifyNow:
     ) -> None:
         _url, engine, signer, ids = sealed
         verifier = NoteVerifier.parse(signer.verifier_key())
-        first = await verify_for_auditor(engine, verifier, "audit-office-auditor")
+        first = await verify_for_auditor(engine.connect, engine.begin, verifier, "audit-office-auditor")
         assert (first.size, first.anchored_at) == (ENTRIES, None)
-        again = await verify_for_auditor(engine, verifier, "audit-office-auditor")
+        again = await verify_for_auditor(engine.connect, engine.begin, verifier, "audit-office-auditor")
         assert again.anchored_at == ENTRIES
         await _truncate(engine, ids, KEPT)
         with pytest.raises(
             VerificationFailed, match=f"size {ENTRIES} an auditor verified on .* entries were removed"
         ):
-            await verify_for_auditor(engine, verifier, "audit-office-auditor")
+            await verify_for_auditor(engine.connect, engine.begin, verifier, "audit-office-auditor")
 
     async def test_an_emptied_log_fails_once_an_auditor_has_seen_it(
         self, sealed: tuple[str, AsyncEngine, NoteSigner, list[int]]
     ) -> None:
         _url, engine, signer, ids = sealed
         verifier = NoteVerifier.parse(signer.verifier_key())
-        await verify_for_auditor(engine, verifier, "audit-office-auditor")
+        await verify_for_auditor(engine.connect, engine.begin, verifier, "audit-office-auditor")
         await _truncate(engine, ids, 0)
         with pytest.raises(VerificationFailed, match="holds only 0 leaves"):
-            await verify_for_auditor(engine, verifier, "audit-office-auditor")
+            await verify_for_auditor(engine.connect, engine.begin, verifier, "audit-office-auditor")

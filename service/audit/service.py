@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -154,9 +153,10 @@ async def verify_stored_log(
             break
         add = log.add
         for row in rows:
-            add(row[0], f"entry {row[1]}", row[2], row[3], row[4:])
-            if on_entry is not None and row[2] is not None:
-                on_entry(row[0], f"entry {row[1]}", json.loads(row[2]))
+            label = f"entry {row[1]}"
+            entry = add(row[0], label, row[2], row[3], row[4:])
+            if on_entry is not None:
+                on_entry(row[0], label, entry)
         after = rows[-1][0]
         if progress is not None:
             progress(log.compact.size, size)

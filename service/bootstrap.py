@@ -163,7 +163,7 @@ async def _audit_created(settings: Settings, created: list[str]) -> None:
     """Key creation is a key operation: recorded under the operator who ran init."""
     from service import operator
     from service.audit import entries
-    from service.audit import service as audit_service
+    from service.audit import writer as audit_writer
     from service.db import create_engine
 
     engine = create_engine(settings.database_url)
@@ -173,7 +173,7 @@ async def _audit_created(settings: Settings, created: list[str]) -> None:
                 entry = entries.operator_entry(
                     operator.audit_client_id(), "key-operation", "", f"init: {line}"
                 )
-                await audit_service.append_in_transaction(conn, entry)
+                await audit_writer.append_in_transaction(conn, entry)
     finally:
         await engine.dispose()
 

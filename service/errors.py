@@ -215,6 +215,12 @@ def _loc(parts: Sequence[Any]) -> list[str | int]:
     return [p if isinstance(p, int) else str(p) for p in parts]
 
 
+def _request_id(request: Request) -> str:
+    # The 500 handler runs in Starlette's outermost middleware, after the request context
+    # has been left, so the id comes from the scope the context left behind.
+    return str(request.scope.get("state", {}).get("request_id") or current_request_id())
+
+
 async def _service_error(_request: Request, exc: Exception) -> ProblemResponse:
     if not isinstance(exc, ServiceError):
         raise exc
@@ -262,7 +268,7 @@ async def _storage_error(request: Request, exc: Exception) -> ProblemResponse:
     while it is down or restarting, and no bug), otherwise on to the 500 handler."""
     if not _database_unavailable(exc):
         raise exc
-    request_id = str(request.scope.get("state", {}).get("request_id") or current_request_id())
+    request_id = _request_id(request)
     logger.warning("database unavailable", extra={"request_id": request_id, "error": type(exc).__name__})
     return problem_response(
         DatabaseUnavailable("The database cannot be reached; nothing was read or changed. Try again shortly.")
@@ -270,9 +276,7 @@ async def _storage_error(request: Request, exc: Exception) -> ProblemResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
-    # This handler runs in Starlette's outermost middleware, after the request
-    # context has been left, so the id comes from the scope the context left behind.
-    request_id = str(request.scope.get("state", {}).get("request_id") or current_request_id())
+    request_id = _request_id(request)
     logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     body = {
         "type": PROBLEM_BASE + "internal-error",

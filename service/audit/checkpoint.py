@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,12 +28,63 @@ class CheckpointError(ValueError):
     """A note or key that does not parse, or a signature that does not verify."""
 
 
-def key_hash(name: str, public_key: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + ED25519_ALGORITHM + public_key).digest()[:4]
+# Signed-note keys, shared with the witness's cosignature keys (algorithm 0x04), which
+# differ only in the algorithm byte.
 
 
-def _valid_name(name: str) -> bool:
+def key_id(name: str, algorithm: bytes, public_key: bytes) -> bytes:
+    """A signed-note key's id: the first four bytes of SHA-256(name || "\\n" || algorithm
+    || public key). A checkpoint's verifier key calls it the key hash."""
+    return hashlib.sha256(name.encode() + b"\n" + algorithm + public_key).digest()[:4]
+
+
+def valid_key_name(name: str) -> bool:
     return bool(name) and "+" not in name and not any(ch.isspace() for ch in name)
+
+
+def vkey_text(name: str, algorithm: bytes, public_key: bytes) -> str:
+    """``<name>+<hex key id>+<base64(algorithm || public key)>``."""
+    encoded = base64.b64encode(algorithm + public_key).decode()
+    return f"{name}+{key_id(name, algorithm, public_key).hex()}+{encoded}"
+
+
+def parse_vkey(
+    vkey: str, algorithm: bytes, kind: str, error: type[CheckpointError] = CheckpointError
+) -> tuple[str, bytes, bytes]:
+    """(name, key id, Ed25519 public key) of a verifier key for ``algorithm``; raises
+    ``error`` saying what is wrong with the ``kind`` of key it was meant to be."""
+    parts = vkey.strip().split("+", 2)
+    if len(parts) != 3 or not valid_key_name(parts[0]):
+        raise error(f"a {kind} is <name>+<hex key id>+<base64 key>")
+    name, id_hex, encoded = parts
+    try:
+        expected_id = bytes.fromhex(id_hex)
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise error(f"the {kind} is not hex and base64") from None
+    if len(raw) != 33 or raw[:1] != algorithm:
+        raise error(f"the {kind} is not an Ed25519 key of type 0x{algorithm.hex()}")
+    public_key = raw[1:]
+    if expected_id != key_id(name, algorithm, public_key):
+        raise error(f"the {kind}'s id does not match its name and key")
+    return name, expected_id, public_key
+
+
+def signature_lines(
+    lines: Iterable[str], name: str, key: bytes, size: int, error: type[CheckpointError], kind: str
+) -> Iterator[tuple[str, bytes]]:
+    """(line, decoded signature) for each signature line by ``name`` whose signature is
+    ``size`` bytes and starts with key id ``key``; lines of other keys are passed over."""
+    for line in lines:
+        fields = line.rstrip("\n").split(" ")
+        if len(fields) != 3 or fields[0] != SIGNATURE_DASH or fields[1] != name:
+            continue
+        try:
+            raw = base64.b64decode(fields[2], validate=True)
+        except (binascii.Error, ValueError):
+            raise error(f"a {kind} by {name} is not base64") from None
+        if len(raw) == size and raw[:4] == key:
+            yield line, raw
 
 
 @dataclass(frozen=True)
@@ -72,12 +124,12 @@ class NoteSigner:
     """An Ed25519 note signer. Its repr never shows the private key."""
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey | Ed25519Signing) -> None:
-        if not _valid_name(name):
+        if not valid_key_name(name):
             raise CheckpointError("a key name has no spaces or '+'")
         self.name = name
         self._private_key = private_key
         self.public_key = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.key_hash = key_hash(name, self.public_key)
+        self.key_hash = key_id(name, ED25519_ALGORITHM, self.public_key)
 
     def __repr__(self) -> str:
         return f"NoteSigner(name={self.name!r}, key_hash={self.key_hash.hex()})"
@@ -88,8 +140,7 @@ class NoteSigner:
         return f"{body}\n{SIGNATURE_DASH} {self.name} {line}\n"
 
     def verifier_key(self) -> str:
-        encoded = base64.b64encode(ED25519_ALGORITHM + self.public_key).decode()
-        return f"{self.name}+{self.key_hash.hex()}+{encoded}"
+        return vkey_text(self.name, ED25519_ALGORITHM, self.public_key)
 
 
 @dataclass(frozen=True)
@@ -100,20 +151,7 @@ class NoteVerifier:
 
     @classmethod
     def parse(cls, vkey: str) -> NoteVerifier:
-        parts = vkey.strip().split("+", 2)
-        if len(parts) != 3 or not _valid_name(parts[0]):
-            raise CheckpointError("a verifier key is <name>+<hex key hash>+<base64 key>")
-        name, hash_hex, key_b64 = parts
-        try:
-            expected_hash = bytes.fromhex(hash_hex)
-            raw = base64.b64decode(key_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise CheckpointError("the verifier key is not hex and base64") from None
-        if len(raw) != 33 or raw[:1] != ED25519_ALGORITHM:
-            raise CheckpointError("the verifier key is not an Ed25519 key")
-        public_key = raw[1:]
-        if len(expected_hash) != 4 or expected_hash != key_hash(name, public_key):
-            raise CheckpointError("the verifier key's hash does not match its name and key")
+        name, expected_hash, public_key = parse_vkey(vkey, ED25519_ALGORITHM, "verifier key")
         return cls(name=name, key_hash=expected_hash, public_key=public_key)
 
     def open(self, note: str) -> str:
@@ -123,16 +161,9 @@ class NoteVerifier:
             raise CheckpointError("a signed note is a body, a blank line and signature lines")
         body, signatures = note[: separator + 1], note[separator + 2 :]
         public_key = Ed25519PublicKey.from_public_bytes(self.public_key)
-        for line in signatures.splitlines():
-            fields = line.split(" ")
-            if len(fields) != 3 or fields[0] != SIGNATURE_DASH or fields[1] != self.name:
-                continue
-            try:
-                raw = base64.b64decode(fields[2], validate=True)
-            except (binascii.Error, ValueError):
-                raise CheckpointError("a signature is not base64") from None
-            if len(raw) != 68 or raw[:4] != self.key_hash:
-                continue
+        for _line, raw in signature_lines(
+            signatures.splitlines(), self.name, self.key_hash, 68, CheckpointError, "signature"
+        ):
             try:
                 public_key.verify(raw[4:], body.encode())
             except InvalidSignature:

@@ -11,19 +11,6 @@ from typing import Any
 from service.audit import repository as audit_repository
 from service.audit.repository import Connect, EntryFilter
 
-# What a citizen sees: accesses to the record, not auditors' own queries of it.
-CITIZEN_VISIBLE_ACTIONS = (
-    "read",
-    "lookup",
-    "verify",
-    "history",
-    "write",
-    "register",
-    "erase",
-    "batch-get",
-    "subscribe",
-    "deliver",
-)
 CSV_COLUMNS = (
     "id",
     "leaf_index",

@@ -10,17 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit.models import AuditEntryRow
+from service.audit.schemas import DECIDED_AS
 from service.policy.simulate import RecordedRequest
 
-# Audit actions that were policy decisions, and the policy action each one asked for.
+# Audit actions that were policy decisions on a consumer's request, and the policy action
+# each one asked for: every decided action but the events' deliveries and feed reads.
 REPLAYED_ACTIONS = {
-    "read": "read",
-    "batch-get": "read",
-    "lookup": "lookup",
-    "verify": "verify",
-    "history": "history",
-    "write": "write",
-    "subscribe": "subscribe",
+    action: asked for action, asked in DECIDED_AS.items() if action not in {"deliver", "feed"}
 }
 
 

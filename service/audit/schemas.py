@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Action = Literal[
+# Accesses to a citizen's record: what the citizen's own access log shows.
+RecordAction = Literal[
     "read",
     "lookup",
     "verify",
@@ -19,6 +21,9 @@ Action = Literal[
     "batch-get",
     "subscribe",
     "deliver",
+]
+Action = Literal[
+    RecordAction,
     "feed",
     "policy-change",
     "catalog-change",
@@ -31,6 +36,21 @@ Action = Literal[
 ]
 Decision = Literal["permit", "deny", "partial", "error"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
+RECORD_ACTIONS: tuple[str, ...] = RecordAction.__args__  # type: ignore[attr-defined]
+# Audit actions that release fields (or, for a delegated ``write``, let another department
+# change them), and the policy action each was decided as. Other actions decide nothing
+# per field: a registration or an erasure is the owner's (or the register's) own act.
+DECIDED_AS: Mapping[str, str] = {
+    "read": "read",
+    "batch-get": "read",
+    "lookup": "lookup",
+    "verify": "verify",
+    "history": "history",
+    "write": "write",
+    "subscribe": "subscribe",
+    "deliver": "subscribe",
+    "feed": "subscribe",
+}
 DECISIONS: tuple[str, ...] = Decision.__args__  # type: ignore[attr-defined]
 
 

@@ -27,7 +27,7 @@ from service.audit import repository as audit_repository
 from service.audit.entries import query_entry
 from service.audit.errors import AuditQueryInvalid
 from service.audit.repository import Connect, EntryFilter
-from service.audit.schemas import ACTIONS, DECISIONS, Action, AuditEntry
+from service.audit.schemas import ACTIONS, DECISIONS, RECORD_ACTIONS, Action, AuditEntry
 from service.audit.witnessing import WitnessConfig
 from service.audit.writer import AuditWriterDep
 from service.auth import permissions
@@ -253,7 +253,7 @@ async def citizen_access_log(
     async with access.connect() as conn:
         if len(citizen_id) > 64 or not await audit_repository.citizen_exists(conn, citizen_id):
             raise NotFound("No such citizen.")
-        stored_filter = EntryFilter(citizen_id=citizen_id, actions=audit_query.CITIZEN_VISIBLE_ACTIONS)
+        stored_filter = EntryFilter(citizen_id=citizen_id, actions=RECORD_ACTIONS)
         rows = await audit_repository.page_entries(conn, stored_filter, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]

@@ -23,14 +23,9 @@ from service.audit.policy_changes import connect_policy_changes
 from service.audit.releases import ReleaseChecker, ReleaseReport
 from service.audit.replay import AuditedRequests
 from service.audit.repository import Connect
-from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
-from service.audit.writer import (
-    AuditWriter,
-    append_in_transaction,
-    append_many_in_transaction,
-)
+from service.audit.writer import AuditWriter
 from service.config import Settings
 from service.db import create_engine
 from service.policy.signing import OwnerVerifier
@@ -122,11 +117,6 @@ def _sequencer_engine(settings: Settings) -> AsyncEngine:
 
         event.listen(engine.sync_engine, "connect", _short_busy_timeout)
     return engine
-
-
-# The records domain appends its writes' entries through these names until it imports
-# them from the writer, where they live.
-__all__ = ["append_in_transaction", "append_many_in_transaction", "audit_lifecycle", "canonical_json"]
 
 
 VERIFY_PAGE = 5000

@@ -134,6 +134,13 @@ async def witnessed_checkpoint_note(db: Executor, config: WitnessConfig, max_siz
     return cosigned_note(checkpoint.note, lines, [w.name for w in config.witnesses])
 
 
+async def _consistency(db: Executor, old: int, size: int) -> list[bytes]:
+    if old in (0, size):
+        return []
+    found = await proofs.consistency(db, old, size)
+    return [base64.b64decode(h) for h in found["hashes"]]
+
+
 class WitnessSubmitter:
     """Gets the newest checkpoint cosigned by the quorum; one round per ``run_once``."""
 
@@ -172,13 +179,20 @@ class WitnessSubmitter:
                 if witness.name not in self.known_sizes:
                     size = await cosignature_repository.last_cosigned_size(conn, witness.name)
                     self.known_sizes[witness.name] = size or 0
-        if witnessed_at is not None:
-            if (utcnow() - witnessed_at).total_seconds() < self.config.refresh_seconds:
-                return True
-            targets = list(self.config.witnesses)  # re-witness an idle log
-        else:
-            targets = [w for w in self.config.witnesses if w.name not in have]
-        results = await asyncio.gather(*(self._cosign(w, newest) for w in targets))
+            if witnessed_at is not None:
+                if (utcnow() - witnessed_at).total_seconds() < self.config.refresh_seconds:
+                    return True
+                targets = list(self.config.witnesses)  # re-witness an idle log
+            else:
+                targets = [w for w in self.config.witnesses if w.name not in have]
+            # One proof per size the witnesses last cosigned (usually the same for all),
+            # read on this connection before any witness is asked.
+            proofs = {
+                old: await _consistency(conn, old, newest.tree_size)
+                for old in {self.known_sizes[w.name] for w in targets}
+                if old <= newest.tree_size
+            }
+        results = await asyncio.gather(*(self._cosign(w, newest, proofs) for w in targets))
         fresh = [c for c in results if c is not None]
         async with self.engine.begin() as conn:
             await cosignature_repository.store_cosignatures(conn, newest.id, fresh)
@@ -188,20 +202,24 @@ class WitnessSubmitter:
                 return True
         return witnessed_at is not None
 
-    async def _proof(self, old: int, size: int) -> list[bytes]:
-        if old in (0, size):
-            return []
-        async with self.engine.connect() as conn:
-            found = await proofs.consistency(conn, old, size)
-        return [base64.b64decode(h) for h in found["hashes"]]
+    async def _proof(self, old: int, size: int, known: dict[int, list[bytes]]) -> list[bytes]:
+        """The consistency proof from ``old`` to ``size``: from ``known`` (read with the
+        round's first queries) or, after a 409 named another size, read now."""
+        if old not in known:
+            async with self.engine.connect() as conn:
+                known[old] = await _consistency(conn, old, size)
+        return known[old]
 
-    async def _cosign(self, witness: WitnessEndpoint, checkpoint: CheckpointRow) -> Cosignature | None:
+    async def _cosign(
+        self, witness: WitnessEndpoint, checkpoint: CheckpointRow, known: dict[int, list[bytes]]
+    ) -> Cosignature | None:
         """One witness's cosignature on ``checkpoint``, re-syncing its size once from a 409."""
         for _attempt in range(2):
             old = self.known_sizes.get(witness.name, 0)
             if old > checkpoint.tree_size:
                 return None  # it has already cosigned a larger checkpoint: this one is old news
-            body = submission_body(old, await self._proof(old, checkpoint.tree_size), checkpoint.note)
+            proof = await self._proof(old, checkpoint.tree_size, known)
+            body = submission_body(old, proof, checkpoint.note)
             try:
                 response = await self._client().post(f"{witness.url}/add-checkpoint", content=body)
             except httpx.HTTPError as exc:

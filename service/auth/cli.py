@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import operator
 from service.audit import entries
-from service.audit import service as audit_service
+from service.audit import writer as audit_writer
 from service.auth import service as auth_service
 from service.auth.keys import rotate_signing_key
 from service.config import get_settings
@@ -40,7 +40,7 @@ async def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 async def _audit(session: AsyncSession, action: str, department: str, what: str) -> None:
     """The operator's change, audited in the transaction that makes it."""
     entry = entries.operator_entry(operator.audit_client_id(), action, department, what)
-    await audit_service.append_in_transaction(await session.connection(), entry)
+    await audit_writer.append_in_transaction(await session.connection(), entry)
 
 
 def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -33,7 +33,7 @@ from service.audit.entries import events_access_entry
 from service.audit.schemas import AuditEntry
 from service.config import Settings
 from service.db import create_engine, utcnow
-from service.events import repository
+from service.events import fanout, repository
 from service.events.access import LivePolicy, OwnAuditSink
 from service.events.notifier import postgres_wakeups
 from service.events.schemas import EventData
@@ -45,8 +45,6 @@ from service.records import public as records_public
 logger = logging.getLogger("tellonce.events")
 
 _jitter = random.Random()  # noqa: S311  (spreads retries; not a secret)
-# Events fanned out per subscription per cycle, so one transaction stays short.
-FANOUT_BATCH = 1000
 _ERROR_LENGTH = 500
 
 
@@ -97,36 +95,7 @@ class Dispatcher:
     async def fan_out(self) -> int:
         """Create deliveries for new events; return how many were created."""
         async with self.runtime.engine.begin() as conn:
-            return await self._fan_out(conn)
-
-    async def _fan_out(self, conn: AsyncConnection) -> int:
-        created = 0
-        now = utcnow()
-        head = await repository.head_position(conn)
-        subscriptions = await repository.webhook_subscriptions_to_fan_out(conn, head)
-        for subscription in subscriptions:
-            wanted = set(subscription.fields)
-            rows = await repository.events_after(conn, subscription.fanout_position, FANOUT_BATCH)
-            rows = [row for row in rows if row.position <= head]
-            if not rows:
-                continue
-            deliveries = [
-                {
-                    "id": str(uuid.uuid4()),
-                    "subscription_id": subscription.id,
-                    "event_position": row.position,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                }
-                for row in rows
-                if wanted.intersection(row.fields)
-            ]
-            await repository.insert_deliveries(conn, deliveries)
-            await repository.set_fanout_position(conn, subscription.id, rows[-1].position)
-            created += len(deliveries)
-        return created
+            return await fanout.fan_out(conn)
 
     # --- claims and attempts ----------------------------------------------------------
 
@@ -348,7 +317,7 @@ class Dispatcher:
         """One cycle: fan out and claim a batch (one transaction), then attempt it.
         Returns deliveries created plus attempts made."""
         async with self.runtime.engine.begin() as conn:
-            created = await self._fan_out(conn)
+            created = await fanout.fan_out(conn)
             batch = await self._claim(conn)
         if batch:
             await self.deliver(batch)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from service.auth.facts import RequestFacts, facts
+from service.events import feed as events_feed
 from service.events import service as events_service
 from service.events.schemas import (
     DeliveryPage,
@@ -100,7 +101,7 @@ async def read_feed(
         str | None, Query(max_length=500, description="The `cursor` of the previous page.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    wait: Annotated[float, Query(ge=0, le=events_service.MAX_WAIT_SECONDS)] = 0,
+    wait: Annotated[float, Query(ge=0, le=events_feed.MAX_WAIT_SECONDS)] = 0,
 ) -> FeedPage:
     """Changes to fields your department subscribed to and may still subscribe to now.
 
@@ -108,4 +109,4 @@ async def read_feed(
     read values with `GET /v1/citizens/{id}` and a purpose. With `wait` (at most 30 s) the
     call holds until a change arrives. Pass the returned `cursor` as `after` next time.
     """
-    return await events_service.read_feed(runtime, consumer, after=after, limit=limit, wait=wait)
+    return await events_feed.read_feed(runtime, consumer, after=after, limit=limit, wait=wait)

@@ -80,14 +80,16 @@ _SUBSCRIPTION_COLUMNS = (
 )
 
 
-def _event(row: Any) -> EventRow:
+def _event(row: Any, prefix: str = "") -> EventRow:
+    """The outbox event in ``row``, whose columns a join may have labelled ``prefix...``."""
+    columns = row._mapping
     return EventRow(
-        position=int(row.position),
-        event_id=row.event_id,
-        citizen_id=row.citizen_id,
-        fields=list(row.fields),
-        owner=row.owner,
-        occurred_at=row.occurred_at,
+        position=int(columns[f"{prefix}position"]),
+        event_id=columns[f"{prefix}event_id"],
+        citizen_id=columns[f"{prefix}citizen_id"],
+        fields=list(columns[f"{prefix}fields"]),
+        owner=columns[f"{prefix}owner"],
+        occurred_at=columns[f"{prefix}occurred_at"],
     )
 
 
@@ -312,26 +314,16 @@ async def claimed(conn: AsyncConnection, ids: Sequence[str], token: str) -> list
         .where(Delivery.id.in_(list(ids)), Delivery.claim_token == token)
         .order_by(Delivery.event_position)
     )
-    found = []
-    for row in result:
-        event = EventRow(
-            position=int(row.event_position),
-            event_id=row.event_event_id,
-            citizen_id=row.event_citizen_id,
-            fields=list(row.event_fields),
-            owner=row.event_owner,
-            occurred_at=row.event_occurred_at,
+    return [
+        ClaimedDelivery(
+            id=row.delivery_id,
+            claim_token=token,
+            attempts=int(row.attempts),
+            subscription=_subscription(row),
+            event=_event(row, prefix="event_"),
         )
-        found.append(
-            ClaimedDelivery(
-                id=row.delivery_id,
-                claim_token=token,
-                attempts=int(row.attempts),
-                subscription=_subscription(row),
-                event=event,
-            )
-        )
-    return found
+        for row in result
+    ]
 
 
 async def record_result(conn: AsyncConnection, delivery_id: str, token: str, values: dict[str, Any]) -> bool:

@@ -1,4 +1,5 @@
-"""The rules of tell-us-once events: the outbox, subscriptions and the pull feed.
+"""The rules of tell-us-once events: the outbox, subscriptions and deliveries. The pull
+feed is in ``feed.py``; the cursors of both are in ``cursors.py``.
 
 The records write path calls ``record_change`` inside its own transaction, once per
 owning department whose fields changed, and ``notify`` after that transaction commits.
@@ -8,11 +9,8 @@ change that did not happen.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +20,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.entries import events_access_entry
-from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
@@ -30,8 +27,8 @@ from service.config import Settings
 from service.db import utcnow
 from service.events import repository
 from service.events.access import AuditSink, PolicySource
+from service.events.cursors import bad_cursor, decode_position, decode_text, encode_position, encode_text
 from service.events.errors import (
-    InvalidCursor,
     InvalidSubscription,
     SubscribeNotPermitted,
     SubscriptionNotFound,
@@ -43,7 +40,6 @@ from service.events.schemas import (
     DeliveryOut,
     DeliveryPage,
     EventData,
-    FeedPage,
     RedeliverOut,
     SubscriptionCreated,
     SubscriptionIn,
@@ -52,13 +48,7 @@ from service.events.schemas import (
 )
 from service.events.secrets import SecretBox, SecretSealer, new_signing_secret
 from service.events.targets import Resolver, UnsafeWebhookTarget, check_target, parse
-from service.records import public as records_public
 
-MAX_WAIT_SECONDS = 30
-# Outbox rows one feed read looks at before it answers (possibly with no items, but a
-# cursor further on), so a consumer far behind is never held in one long scan.
-FEED_SCAN_BUDGET = 5000
-_FEED_BATCH = 500
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -129,38 +119,6 @@ def notify(target: Any = None) -> None:
         return
     notifier = getattr(target, "events_notifier", None) if target is not None else None
     (notifier if isinstance(notifier, EventNotifier) else feed_notifier).notify()
-
-
-# --- cursors ------------------------------------------------------------------------------
-
-
-def _encode(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _bad_cursor(loc: list[str | int]) -> InvalidCursor:
-    return InvalidCursor(
-        "The cursor is not one this service gave.", errors=[{"loc": loc, "msg": "invalid cursor"}]
-    )
-
-
-def _decode(cursor: str, loc: list[str | int]) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _bad_cursor(loc) from None
-
-
-def encode_position(position: int) -> str:
-    return _encode(f"e1:{position}")
-
-
-def decode_position(cursor: str, loc: list[str | int]) -> int:
-    text = _decode(cursor, loc)
-    prefix, _, number = text.partition(":")
-    if prefix != "e1" or not number.isdigit():
-        raise _bad_cursor(loc)
-    return int(number)
 
 
 # --- subscriptions ------------------------------------------------------------------------
@@ -315,21 +273,21 @@ async def list_subscriptions(
 ) -> SubscriptionPage:
     after: tuple[datetime, str] | None = None
     if cursor:
-        text = _decode(cursor, ["query", "cursor"])
+        text = decode_text(cursor, ["query", "cursor"])
         stamp, _, last_id = text.partition("|")
         try:
             after = (datetime.fromisoformat(stamp), last_id)
         except ValueError:
-            raise _bad_cursor(["query", "cursor"]) from None
+            raise bad_cursor(["query", "cursor"]) from None
         if after[0].tzinfo is None or not last_id:
-            raise _bad_cursor(["query", "cursor"])
+            raise bad_cursor(["query", "cursor"])
     async with runtime.engine.connect() as conn:
         rows = await repository.list_subscriptions(conn, caller.department, after=after, limit=limit + 1)
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
-        next_cursor = _encode(f"{last.created_at.isoformat()}|{last.id}")
+        next_cursor = encode_text(f"{last.created_at.isoformat()}|{last.id}")
     return SubscriptionPage(items=[_subscription_out(row) for row in page], next_cursor=next_cursor)
 
 
@@ -378,152 +336,6 @@ async def redeliver(runtime: EventsRuntime, caller: RequestFacts, subscription_i
 def webhook_id(delivery_id: str) -> str:
     """The stable ``webhook-id`` of a delivery: the same on every attempt and redelivery."""
     return "msg_" + uuid.UUID(delivery_id).hex
-
-
-# --- the feed -----------------------------------------------------------------------------
-
-
-@dataclass
-class _FeedScan:
-    items: list[EventData]
-    # (citizen, owner, purpose) -> audit entry, for each event released in this read.
-    entries: list[AuditEntry]
-    cursor: int
-    # True when the scan stopped at its budget with more of the outbox still to read.
-    more: bool = False
-
-
-async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None, limit: int) -> _FeedScan:
-    now = utcnow()
-    items: list[EventData] = []
-    entries: list[AuditEntry] = []
-    async with runtime.engine.connect() as conn:
-        subscriptions = await repository.active_subscriptions(conn, caller.department)
-        if after is None:
-            # A first read starts where the department's earliest subscription started.
-            after = (
-                min(s.start_position for s in subscriptions)
-                if subscriptions
-                else await repository.head_position(conn)
-            )
-        if not subscriptions:
-            return _FeedScan(items, entries, after)
-        decide = None
-        scanned = 0
-        while len(items) < limit and scanned < FEED_SCAN_BUDGET:
-            rows = await repository.events_after(conn, after, _FEED_BATCH)
-            if not rows:
-                break
-            candidates = [
-                (
-                    row,
-                    [
-                        s
-                        for s in subscriptions
-                        if row.position > s.start_position and set(row.fields) & set(s.fields)
-                    ],
-                )
-                for row in rows
-            ]
-            wanted = [row.citizen_id for row, matching in candidates if matching]
-            statuses = await records_public.citizen_statuses(conn, wanted)
-            if wanted and decide is None:
-                decide = await runtime.policy.current(conn)
-            for row, matching in candidates:
-                after = row.position
-                scanned += 1
-                if matching and decide is not None:
-                    released, row_entries = _release(
-                        caller, row, matching, statuses.get(row.citizen_id), decide, now
-                    )
-                    if released:
-                        items.append(
-                            EventData(
-                                event_id=row.event_id,
-                                citizen_id=row.citizen_id,
-                                fields=released,
-                                owner=row.owner,
-                                occurred_at=row.occurred_at,
-                            )
-                        )
-                        entries.extend(row_entries)
-                if len(items) >= limit:
-                    break
-    return _FeedScan(items, entries, after, more=scanned >= FEED_SCAN_BUDGET)
-
-
-def _release(
-    caller: RequestFacts,
-    row: repository.EventRow,
-    matching: Sequence[repository.SubscriptionRow],
-    citizen_status: str | None,
-    decide: Any,
-    now: datetime,
-) -> tuple[list[str], list[AuditEntry]]:
-    """The fields of ``row`` the caller may be told of now, and one audit entry per purpose."""
-    by_purpose: dict[str, list[str]] = {}
-    for subscription in matching:
-        wanted = by_purpose.setdefault(subscription.purpose, [])
-        wanted.extend(f for f in row.fields if f in subscription.fields and f not in wanted)
-    released: set[str] = set()
-    entries = []
-    for purpose, requested in by_purpose.items():
-        decisions = decide(caller.department, requested, purpose, citizen_status, now)
-        permitted = [f for f in requested if decisions[f].effect == "permit"]
-        if permitted:
-            released.update(permitted)
-            entries.append(
-                events_access_entry(
-                    action="feed",
-                    time=now,
-                    client_id=caller.principal.client_id,
-                    department=caller.department,
-                    on_behalf_of=caller.principal.on_behalf_of,
-                    citizen_id=row.citizen_id,
-                    owners=[row.owner],
-                    requested=requested,
-                    decisions=decisions,
-                    purpose=purpose,
-                    status=200,
-                    citizen_status=citizen_status,
-                    request_id=caller.request_id,
-                    source=caller.source,
-                )
-            )
-    return [f for f in row.fields if f in released], entries
-
-
-async def read_feed(
-    runtime: EventsRuntime,
-    caller: RequestFacts,
-    *,
-    after: str | None,
-    limit: int,
-    wait: float,
-) -> FeedPage:
-    """Events after the cursor that the caller subscribed to and may still subscribe to now.
-
-    With ``wait`` the call holds until an event arrives or ``wait`` seconds pass: a commit
-    in this process wakes it at once; commits in other processes are seen within the poll
-    interval. Every event returned is audited (action ``feed``) before the response.
-    """
-    position = decode_position(after, ["query", "after"]) if after else None
-    deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
-    poll = runtime.settings.events_poll_interval_seconds
-    while True:
-        generation = runtime.notifier.generation
-        scan = await _scan(runtime, caller, position, limit)
-        position = scan.cursor
-        remaining = deadline - time.monotonic()
-        if scan.items or remaining <= 0:
-            break
-        # More of the outbox to read, or something committed while scanning: look again now.
-        if scan.more or runtime.notifier.generation != generation:
-            continue
-        await runtime.notifier.wait(min(poll, remaining))
-    if scan.entries:
-        await runtime.audit.record(scan.entries)
-    return FeedPage(items=scan.items, cursor=encode_position(scan.cursor))
 
 
 def dumps_payload(data: EventData) -> str:

@@ -16,7 +16,7 @@ because a condition runs on the hot path of every access it covers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
@@ -123,12 +123,7 @@ class NearMiss:
     reason: str
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "agreement": self.agreement,
-            "version": self.version,
-            "effect": self.effect,
-            "reason": self.reason,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from service.policy.engine import ConditionError, compile_condition
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerVerifier
 from service.records import values as record_values
-from service.sourcefile import PathKey, SourceError, SourceFileError, read_yaml
+from service.sourcefile import PathKey, SourceDocument, SourceError, SourceFileError, read_yaml
 
 Problem = tuple[PathKey, str]
 
@@ -109,22 +109,26 @@ def check_agreement(
     return problems
 
 
-# Actions decided on the register's identity field alone: granted on any other field they
-# would silently do nothing.
+# Actions decided on the register's identity field alone. Granted on any other field they
+# would do nothing, so (DESIGN, "Clarifications fixed by use") such an agreement is refused,
+# naming each other field: lookup and erase are granted with ``fields: [national_id]``.
 IDENTITY_FIELD = "national_id"
 IDENTITY_ACTIONS = ("lookup", "erase")
 
 
 def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
     problems: list[Problem] = []
-    for index, action in enumerate(spec.actions):
-        if action in IDENTITY_ACTIONS and IDENTITY_FIELD not in spec.fields:
-            others = ", ".join(spec.fields)
+    for action in spec.actions:
+        if action not in IDENTITY_ACTIONS:
+            continue
+        for index, field in enumerate(spec.fields):
+            if field == IDENTITY_FIELD:
+                continue
             problems.append(
                 (
-                    ("actions", index),
-                    f"{action} is granted on {IDENTITY_FIELD}, not on {others}; "
-                    f"list {IDENTITY_FIELD} in fields or remove {action}",
+                    ("fields", index),
+                    f"{action} is granted on {IDENTITY_FIELD}, not on {field}; "
+                    f"grant {action} in an agreement of its own with fields: [{IDENTITY_FIELD}]",
                 )
             )
     return problems
@@ -171,8 +175,18 @@ def _check_allowed_claims(spec: AgreementSpec, catalog: Catalog) -> list[Problem
     return problems
 
 
-def _policy_files(directory: Path) -> list[Path]:
+def policy_files(directory: Path) -> list[Path]:
+    """The policy files of a folder: every ``*.yaml`` but the catalog."""
     return sorted(p for p in directory.glob("*.yaml") if p.name != CATALOG_FILE)
+
+
+def validated_policy_file(document: SourceDocument, errors: list[SourceError]) -> PolicyFile | None:
+    """The policy file ``document`` holds, or None with its problems added to ``errors``."""
+    try:
+        return PolicyFile.model_validate(document.data)
+    except ValidationError as exc:
+        errors.extend(document.pydantic_errors(exc))
+        return None
 
 
 def load_policy_folder(directory: Path) -> PolicyFolder:
@@ -186,7 +200,7 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
     agreements: list[SourcedAgreement] = []
     seen_ids: dict[str, str] = {}
     seen_owners: dict[str, str] = {}
-    for path in _policy_files(directory):
+    for path in policy_files(directory):
         try:
             document = read_yaml(path)
         except SourceFileError as exc:
@@ -195,10 +209,8 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
         if not isinstance(document.data, dict):
             errors.append(document.error((), "a policy file must be a mapping with owner and agreements"))
             continue
-        try:
-            policy_file = PolicyFile.model_validate(document.data)
-        except ValidationError as exc:
-            errors.extend(document.pydantic_errors(exc))
+        policy_file = validated_policy_file(document, errors)
+        if policy_file is None:
             continue
         owner = policy_file.owner
         if catalog is not None and catalog.department(owner) is None:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from service.catalog.loader import CATALOG_FILE
+from service.policy.loader import policy_files, validated_policy_file
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerSigner, OwnerVerifier, SigningKeyError
 from service.sourcefile import SourceError, SourceFileError, parse_yaml
@@ -42,10 +42,6 @@ class SignReport:
     already: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
-
-
-def _policy_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.yaml") if p.name != CATALOG_FILE)
 
 
 def _quoted(signature: str) -> str:
@@ -105,15 +101,13 @@ def sign_folder(directory: Path, signer: OwnerSigner) -> SignReport:
     errors: list[SourceError] = []
     planned: list[tuple[Path, str, dict[int, str], list[dict[str, Any]], str]] = []
     verifier = OwnerVerifier.parse(signer.verifier_key())
-    for path in _policy_files(directory):
+    for path in policy_files(directory):
         text = path.read_text(encoding="utf-8")
         document = parse_yaml(text, str(path))
         if not isinstance(document.data, dict) or document.data.get("owner") != signer.department:
             continue
-        try:
-            policy_file = PolicyFile.model_validate(document.data)
-        except ValidationError as exc:
-            errors.extend(document.pydantic_errors(exc))
+        policy_file = validated_policy_file(document, errors)
+        if policy_file is None:
             continue
         signatures: dict[int, str] = {}
         contents: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.audit import service as audit_service
+from service.audit import writer as audit_writer
 from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
 from service.crypto.keyring import Keyring
@@ -66,7 +66,7 @@ async def register_population(
     ]
     await repository.insert_values(conn, rows)
     entries = [registered_entry(facts, catalog, cid, clean) for cid, clean in zip(ids, cleaned, strict=True)]
-    await audit_service.append_many_in_transaction(conn, entries)
+    await audit_writer.append_many_in_transaction(conn, entries)
     return ids
 
 

@@ -24,7 +24,7 @@ from typing import NoReturn, Protocol
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import entries
-from service.audit import service as audit_service
+from service.audit import writer as audit_writer
 from service.audit.schemas import Action, AuditEntry
 from service.audit.schemas import Decision as AuditDecision
 from service.auth.facts import RequestFacts
@@ -82,10 +82,10 @@ class AuditInTransaction:
         self.conn = conn
 
     async def append(self, entry: AuditEntry) -> int:
-        return await audit_service.append_in_transaction(self.conn, entry)
+        return await audit_writer.append_in_transaction(self.conn, entry)
 
     async def append_many(self, entries: Sequence[AuditEntry]) -> list[int]:
-        return await audit_service.append_many_in_transaction(self.conn, entries)
+        return await audit_writer.append_many_in_transaction(self.conn, entries)
 
 
 def now() -> datetime:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.audit import service as audit_service
+from service.audit import writer as audit_writer
 from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
@@ -131,7 +131,7 @@ async def register(
         if await registered_national_ids(conn, records.keyring, catalog, [wanted]):
             raise Conflict("A citizen with that national id is already registered.")
         await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
-        await audit_service.append_in_transaction(conn, registered_entry(facts, catalog, citizen_id, clean))
+        await audit_writer.append_in_transaction(conn, registered_entry(facts, catalog, citizen_id, clean))
     return Registered(id=citizen_id, status="active", version=1, fields=sorted(clean))
 
 
@@ -207,7 +207,7 @@ async def write(
                     conn, citizen_id=citizen_id, fields=changed, owner=owner, occurred_at=started
                 )
             # Last statement before commit: on PostgreSQL it holds the audit's order lock.
-            await audit_service.append_in_transaction(conn, entry)
+            await audit_writer.append_in_transaction(conn, entry)
             written = WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
     if written is not None:
         # Committed: wake feeds and dispatchers waiting in this process.
@@ -278,7 +278,7 @@ async def erase(
             disclosure.present(citizen)
             await records.keyring.shred_citizen(conn, citizen_id)
             await repository.mark_erased(conn, citizen_id, started)
-            await audit_service.append_in_transaction(
+            await audit_writer.append_in_transaction(
                 conn, _erase_entry(records, facts, citizen_id, catalog, decision, status=204)
             )
             return

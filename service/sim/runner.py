@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import httpx
 
 from service.audit.value import value_by_owner
-from service.sim import scenarios
+from service.sim import notifications, scenarios
 from service.sim.client import DepartmentClient
 from service.sim.population import Person
 from service.sim.report import DemoReport
@@ -56,10 +56,10 @@ async def run_scenarios(
             receivers=receivers,
             seed=seed,
         )
-        events_available = await scenarios.subscribe_all(gov)
-        feeds = scenarios.FEED_SUBSCRIBERS if events_available else ()
-        background = [asyncio.create_task(scenarios.poll_feed(gov, d)) for d in feeds] + [
-            asyncio.create_task(scenarios.handle_deliveries(gov)) for _ in range(NOTIFICATION_HANDLERS)
+        events_available = await notifications.subscribe_all(gov)
+        feeds = notifications.FEED_SUBSCRIBERS if events_available else ()
+        background = [asyncio.create_task(notifications.poll_feed(gov, d)) for d in feeds] + [
+            asyncio.create_task(notifications.handle_deliveries(gov)) for _ in range(NOTIFICATION_HANDLERS)
         ]
         try:
             loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""Life events, lived by department systems over HTTP.
+"""Life events, lived by department systems over HTTP. How the departments hear of the
+changes and act on them is in ``notifications.py``.
 
 - **Moving house.** The citizen tells DVLA once. DVLA writes the new address to the
   register under its delegated ``write`` agreement. Every department subscribed to the
@@ -29,22 +30,11 @@ from faker import Faker
 from service.sim.client import DepartmentClient
 from service.sim.population import REFERENCE_DATE, Person
 from service.sim.tally import Denial, Tally
-from service.sim.webhooks import Delivery, WebhookReceivers
+from service.sim.webhooks import WebhookReceivers
 
-# Who hears of what, for which purpose, and how. Webhook departments get signed POSTs;
-# feed departments poll. Each department subscribes once per purpose.
-SUBSCRIPTIONS = ((("address", "postcode"), "address-update"), (("date_of_death",), "bereavement"))
-WEBHOOK_SUBSCRIBERS = ("dvla", "dwp", "hmrc")
-FEED_SUBSCRIBERS = ("council", "hmpo")
 # The agreement the council revokes half-way through. The next run's `policies apply`
 # makes it active again, since the file still holds it.
 REVOKED_AGREEMENT = "council-tax-band-for-benefits"
-# Each department's own field that it changes when it hears of a death.
-ON_DEATH = {
-    "dwp": ("benefit_status", "stopped", "benefit stopped"),
-    "dvla": ("licence_status", "cancelled", "licence cancelled"),
-    "hmpo": ("passport_status", "cancelled", "passport cancelled"),
-}
 # How often each life event happens, relative to the others.
 WEIGHTS = {"move": 8, "renewal": 5, "claim": 5, "death": 2, "over-reach": 2}
 # Keep at most this many examples of each kind of refusal for the report.
@@ -104,91 +94,6 @@ class Government:
         if sum(1 for d in self.tally.denials if d.attempt == attempt) < DENIAL_EXAMPLES:
             self.tally.denials.append(Denial(department, attempt, status))
         self.tally.life_events["over-reach refused"] += 1
-
-
-# --- subscriptions ----------------------------------------------------------------------
-
-
-async def subscribe_all(gov: Government) -> bool:
-    """Replace earlier runs' subscriptions with this run's, and skip old feed events.
-
-    False if the server has no events service (``/v1/subscriptions`` is not routed)."""
-    for department in (*WEBHOOK_SUBSCRIBERS, *FEED_SUBSCRIBERS):
-        system = gov.systems[department]
-        existing = await system.subscriptions()
-        if existing is None:
-            return False
-        for item in existing:
-            await system.unsubscribe(item.id)
-        url = gov.receivers.url_for(department) if department in WEBHOOK_SUBSCRIBERS else None
-        for fields, purpose in SUBSCRIPTIONS:
-            created = await system.subscribe(fields, purpose, url=url)
-            if url is not None and created.secret is not None:
-                gov.receivers.trust(department, created.secret)
-        if url is None:
-            cursor: str | None = None
-            while True:
-                items, cursor = await system.events(cursor, wait=0)
-                if not items:
-                    break
-            gov.feeds[department] = cursor
-    return True
-
-
-async def poll_feed(gov: Government, department: str) -> None:
-    """The feed departments' systems: long-poll ``/v1/events`` and queue what arrives."""
-    system = gov.systems[department]
-    while True:
-        items, cursor = await system.events(gov.feeds.get(department), wait=1)
-        gov.feeds[department] = cursor
-        for data in items:
-            await gov.receivers.deliveries.put(Delivery(department, "feed", data))
-
-
-# --- acting on events -------------------------------------------------------------------
-
-
-async def handle_deliveries(gov: Government) -> None:
-    while True:
-        delivery = await gov.receivers.deliveries.get()
-        try:
-            await act_on(gov, delivery)
-        finally:
-            gov.receivers.deliveries.task_done()
-
-
-async def act_on(gov: Government, delivery: Delivery) -> None:
-    data = delivery.data
-    citizen_id = str(data.get("citizen_id", ""))
-    event_id = str(data.get("event_id", ""))
-    fields = [str(f) for f in data.get("fields", [])]
-    department = delivery.department
-    if not gov.tally.record_notification(department, event_id, delivery.channel):
-        return
-    if department in gov.told.get(citizen_id, set()):
-        return  # the citizen told this department directly; it already knows
-    gov.tally.retellings_avoided += 1
-    system = gov.systems[department]
-    if "date_of_death" in fields:
-        values = await system.read_values(citizen_id, ["date_of_death"], "bereavement")
-        if not values or not values.get("date_of_death"):
-            return
-        action = ON_DEATH.get(department)
-        citizen = gov.by_id.get(citizen_id)
-        if action is None:
-            gov.tally.actions[f"{department} closed its record"] += 1
-            return
-        if citizen is None or department not in citizen.person.owned:
-            return  # no licence or passport to cancel
-
-        name, value, label = action
-        response = await system.write(citizen_id, {name: value}, "death told once, by the register")
-        if response.ok:
-            gov.tally.actions[label] += 1
-    elif "address" in fields or "postcode" in fields:
-        values = await system.read_values(citizen_id, ["address", "postcode"], "address-update")
-        if values is not None:
-            gov.tally.actions[f"{department} updated an address"] += 1
 
 
 # --- life events ------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -19,7 +18,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from service.audit.checkpoint import SIGNATURE_DASH, CheckpointError
+from service.audit.checkpoint import (
+    SIGNATURE_DASH,
+    CheckpointError,
+    key_id,
+    parse_vkey,
+    signature_lines,
+    valid_key_name,
+    vkey_text,
+)
 
 COSIGNATURE_ALGORITHM = b"\x04"
 # The private key file: ``PRIVATE+KEY+<name>+<hex key id>+base64(0x04 || seed)``, in the
@@ -32,17 +39,9 @@ class CosignatureError(CheckpointError):
     """A witness key or a cosignature that does not parse or does not verify."""
 
 
-def cosignature_key_id(name: str, public_key: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + COSIGNATURE_ALGORITHM + public_key).digest()[:4]
-
-
 def signed_message(body: str, timestamp: int) -> bytes:
     """What the witness signs: the header line, the time line, then the checkpoint body."""
     return f"cosignature/v1\ntime {timestamp}\n".encode() + body.encode()
-
-
-def _valid_name(name: str) -> bool:
-    return bool(name) and "+" not in name and not any(ch.isspace() for ch in name)
 
 
 def split_note(note: str) -> tuple[str, list[str]]:
@@ -57,12 +56,12 @@ class CosignatureSigner:
     """A witness's Ed25519 cosigning key. Its repr never shows the private key."""
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
-        if not _valid_name(name):
+        if not valid_key_name(name):
             raise CosignatureError("a witness name has no spaces or '+'")
         self.name = name
         self._private_key = private_key
         self.public_key = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.key_id = cosignature_key_id(name, self.public_key)
+        self.key_id = key_id(name, COSIGNATURE_ALGORITHM, self.public_key)
 
     def __repr__(self) -> str:
         return f"CosignatureSigner(name={self.name!r}, key_id={self.key_id.hex()})"
@@ -80,8 +79,7 @@ class CosignatureSigner:
         return f"{SIGNATURE_DASH} {self.name} {base64.b64encode(raw).decode()}\n"
 
     def verifier_key(self) -> str:
-        encoded = base64.b64encode(COSIGNATURE_ALGORITHM + self.public_key).decode()
-        return f"{self.name}+{self.key_id.hex()}+{encoded}"
+        return vkey_text(self.name, COSIGNATURE_ALGORITHM, self.public_key)
 
     def private_key_text(self) -> str:
         seed = self._private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
@@ -124,25 +122,11 @@ class CosignatureVerifier:
 
     @classmethod
     def parse(cls, vkey: str) -> CosignatureVerifier:
-        parts = vkey.strip().split("+", 2)
-        if len(parts) != 3 or not _valid_name(parts[0]):
-            raise CosignatureError("a witness key is <name>+<hex key id>+<base64 key>")
-        name, key_id_hex, encoded = parts
-        try:
-            key_id = bytes.fromhex(key_id_hex)
-            raw = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise CosignatureError("the witness key is not hex and base64") from None
-        if len(raw) != 33 or raw[:1] != COSIGNATURE_ALGORITHM:
-            raise CosignatureError("the witness key is not an Ed25519 cosignature/v1 key (type 0x04)")
-        public_key = raw[1:]
-        if key_id != cosignature_key_id(name, public_key):
-            raise CosignatureError("the witness key's id does not match its name and key")
-        return cls(name=name, key_id=key_id, public_key=public_key)
+        name, key, public_key = parse_vkey(vkey, COSIGNATURE_ALGORITHM, "witness key", CosignatureError)
+        return cls(name=name, key_id=key, public_key=public_key)
 
     def vkey(self) -> str:
-        encoded = base64.b64encode(COSIGNATURE_ALGORITHM + self.public_key).decode()
-        return f"{self.name}+{self.key_id.hex()}+{encoded}"
+        return vkey_text(self.name, COSIGNATURE_ALGORITHM, self.public_key)
 
     def find(self, body: str, lines: list[str]) -> Cosignature | None:
         """This witness's cosignature among ``lines`` over ``body``; None if it has none.
@@ -151,16 +135,9 @@ class CosignatureVerifier:
         that does not verify raises, since it can only be a forgery or a corruption.
         """
         key = Ed25519PublicKey.from_public_bytes(self.public_key)
-        for line in lines:
-            fields = line.rstrip("\n").split(" ")
-            if len(fields) != 3 or fields[0] != SIGNATURE_DASH or fields[1] != self.name:
-                continue
-            try:
-                raw = base64.b64decode(fields[2], validate=True)
-            except (binascii.Error, ValueError):
-                raise CosignatureError(f"a cosignature by {self.name} is not base64") from None
-            if len(raw) != 4 + 8 + 64 or raw[:4] != self.key_id:
-                continue
+        for line, raw in signature_lines(
+            lines, self.name, self.key_id, 4 + 8 + 64, CosignatureError, "cosignature"
+        ):
             (timestamp,) = struct.unpack(">Q", raw[4:12])
             if timestamp > MAX_TIMESTAMP:
                 raise CosignatureError(f"the cosignature by {self.name} has an impossible timestamp")

@@ -1,4 +1,6 @@
-"""Audit API tests run against their own committed scratch database and app."""
+"""Audit API tests: on the test's rolled-back transaction (``audit_log``), or, where the
+sequencer must see committed entries (checkpoints, proofs, tiles), on a fresh committed
+database of their own (``audit_app``)."""
 
 from __future__ import annotations
 
@@ -10,20 +12,23 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import create_app
+from service.audit.search import get_audit_access
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.config import Settings
 from service.db import Database
 from service.records.models import Citizen
 from tests.conftest import TEST_POLICIES
+from tests.fixtures.audit import TransactionAudit
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def audit_database(database_url: str, settings: Settings) -> AsyncIterator[str]:
-    """One committed scratch database per module, with the test catalog applied."""
+    """A fresh committed database for one test, with the test catalog applied."""
     url = await create_scratch_database(database_url)
     database = Database(settings.model_copy(update={"database_url": url}))
     async with database.sessions.begin() as session:
@@ -53,21 +58,31 @@ async def audit_client(audit_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def register_citizen(audit_app: FastAPI) -> Callable[[str], Awaitable[None]]:
+def audit_log(app: FastAPI, session: AsyncSession, catalog_loaded: None) -> TransactionAudit:
+    """The audit API (``app``, ``client``) on the test's rolled-back transaction: searches
+    read it and record themselves in it; entries appended through it are rolled back too."""
+    log = TransactionAudit(session)
+    app.dependency_overrides[get_audit_access] = log.access
+    return log
+
+
+@pytest.fixture
+def register_citizen(session: AsyncSession) -> Callable[[str], Awaitable[None]]:
+    """Registers a citizen (no values) in the test's transaction."""
+
     async def register(citizen_id: str) -> None:
-        database: Database = audit_app.state.database
-        async with database.sessions.begin() as session:
-            now = datetime.now(UTC)
-            session.add(
-                Citizen(
-                    id=citizen_id,
-                    status="active",
-                    version=1,
-                    registered_by="tests",
-                    created_at=now,
-                    updated_at=now,
-                )
+        now = datetime.now(UTC)
+        session.add(
+            Citizen(
+                id=citizen_id,
+                status="active",
+                version=1,
+                registered_by="tests",
+                created_at=now,
+                updated_at=now,
             )
+        )
+        await session.flush()
 
     return register
 

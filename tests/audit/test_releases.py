@@ -25,6 +25,7 @@ from sqlalchemy import insert, select, update
 
 from service.app import create_app
 from service.audit import service as audit_service
+from service.audit import writer as audit_writer
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.cli import check_bundle_releases, export_bundle
 from service.audit.config import AuditSettings, load_signer
@@ -363,7 +364,7 @@ class TestCheckReleases:
             record: dict[str, Any] = json.loads(canonical)
             record.update(purpose="fraud-investigation", request_id="forged-purpose-1")
             async with engine.begin() as conn:
-                forged_id = await audit_service.append_in_transaction(conn, AuditEntry.model_validate(record))
+                forged_id = await audit_writer.append_in_transaction(conn, AuditEntry.model_validate(record))
         finally:
             await engine.dispose()
         report = await world.check("register")

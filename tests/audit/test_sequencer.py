@@ -11,10 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import merkle, proofs
 from service.audit import repository as audit_repository
-from service.audit import service as audit_service
 from service.audit.checkpoint import NoteVerifier
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.models import AuditLeaf
+from service.audit.schemas import canonical_json
 from service.audit.writer import AuditWriter
 from service.db import create_engine
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
@@ -58,7 +58,7 @@ class TestSequencer:
             latest = verifier.open_checkpoint(await proofs.checkpoint_note(conn))
             for index in (0, 7, latest.size - 1):
                 proof = await proofs.inclusion(conn, index, latest.size)
-                leaf = merkle.leaf_hash(audit_service.canonical_json(proof["entry"]).encode())
+                leaf = merkle.leaf_hash(canonical_json(proof["entry"]).encode())
                 assert base64.b64decode(proof["leaf_hash"]) == leaf
                 hashes = [base64.b64decode(h) for h in proof["hashes"]]
                 assert merkle.verify_inclusion(leaf, index, latest.size, hashes, latest.root_hash)

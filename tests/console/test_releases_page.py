@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.audit import service as audit_service
+from service.audit import writer as audit_writer
 from service.audit.models import AuditEntryRow
 from service.audit.schemas import AuditEntry
 from service.auth import service as auth_service
@@ -203,7 +203,7 @@ class TestReleasesCheckOnTheLiveLog:
             record: dict[str, Any] = json.loads(canonical)
             record.update(purpose="fraud-investigation", request_id="forged-purpose-1")
             async with engine.begin() as conn:
-                forged = await audit_service.append_in_transaction(conn, AuditEntry.model_validate(record))
+                forged = await audit_writer.append_in_transaction(conn, AuditEntry.model_validate(record))
         finally:
             await engine.dispose()
         await _sequenced(world)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import create_engine
 from service.events import service as events_service
+from service.events.cursors import encode_position
 from service.events.notifier import postgres_wakeups
 from service.events.service import EventsRuntime
 from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit
@@ -113,7 +114,7 @@ class TestFeedContents:
             assert entry["owners"] == ["register"]
             assert entry["decision"] == "permit"
         # A read that returns nothing is not an access to anyone's record.
-        await welfare.get("/v1/events", params={"after": events_service.encode_position(10**9)})
+        await welfare.get("/v1/events", params={"after": encode_position(10**9)})
         assert len(audit_sink.of("feed")) == 2
 
     async def test_no_events_leave_when_the_audit_is_down(

@@ -73,7 +73,7 @@ class TestReadAgreements:
             cursor = body["next_cursor"]
             if cursor is None:
                 break
-        assert len(seen) == 7
+        assert len(seen) == 8
         assert seen == sorted(seen)
 
     async def test_another_owners_agreement_is_404(self, app: FastAPI, client: httpx.AsyncClient) -> None:

@@ -117,7 +117,7 @@ class TestLoader:
         demo = load_policy_folder(DEMO_POLICIES)
         assert {a.owner for a in demo.agreements} >= {"register", "dvla", "hmrc", "dwp", "hmpo"}
         assert {a.spec.effect for a in demo.agreements} == {"permit", "forbid"}
-        assert len(load_policy_folder(TEST_POLICIES).agreements) == 7
+        assert len(load_policy_folder(TEST_POLICIES).agreements) == 8
 
     def test_every_error_is_reported_with_file_and_line(self, tmp_path: Path) -> None:
         folder = policy_folder(tmp_path, dvla=BROKEN_DVLA)
@@ -244,9 +244,9 @@ class TestApplyCli:
     def test_apply_versions_prune_and_export(self, tmp_path: Path, scratch_database: str) -> None:
         first = run_cli("apply", str(TEST_POLICIES), "--author", "alice", database_url=scratch_database)
         assert first.returncode == 0, first.stderr
-        assert "agreements: 7 created, 0 updated, 0 revoked, 0 unchanged" in first.stdout
+        assert "agreements: 8 created, 0 updated, 0 revoked, 0 unchanged" in first.stdout
         again = run_cli("apply", str(TEST_POLICIES), database_url=scratch_database)
-        assert "agreements: 0 created, 0 updated, 0 revoked, 7 unchanged" in again.stdout
+        assert "agreements: 0 created, 0 updated, 0 revoked, 8 unchanged" in again.stdout
         assert "policy epoch" not in again.stdout
 
         folder = policy_folder(
@@ -258,7 +258,7 @@ class TestApplyCli:
         pruned = run_cli(
             "apply", str(folder), "--prune", "--reason", "register moved on", database_url=scratch_database
         )
-        assert "agreements: 0 created, 0 updated, 4 revoked, 3 unchanged" in pruned.stdout
+        assert "agreements: 0 created, 0 updated, 5 revoked, 3 unchanged" in pruned.stdout
 
         explained = run_cli(
             "explain",

@@ -58,7 +58,7 @@ class Decider:
 @pytest.fixture
 def deciders(scratch_database: str) -> Iterator[tuple[Decider, Decider]]:
     applied = run_cli("apply", str(TEST_POLICIES), database_url=scratch_database)
-    assert "7 created" in applied.stdout
+    assert "8 created" in applied.stdout
     first, second = Decider(scratch_database), Decider(scratch_database)
     try:
         yield first, second

@@ -1,16 +1,20 @@
-"""Records tests: the service on the rolled-back test transaction, or the API on a
-committed scratch database.
+"""Records tests: the service or the HTTP API on the test's rolled-back transaction, or
+the API on a fresh committed store where a test needs what a transaction cannot give.
 
 ``records_tx`` runs the records service on the test's own transaction
 (``RecordsService.in_transaction``): the agreements in ``tests/records/policies`` are
 applied in it and everything is rolled back after the test.
 
-``records_env`` serves the HTTP API, whose access path uses its own pooled connections
-and raw-driver store (not the request session), so it cannot see a rolled-back test
-transaction. Each module gets a fresh migrated database with the same agreements applied
-by the real CLI. A test chooses its caller per request with the
-``X-Test-As: department:role,role`` header, which a test-only override of
-``get_principal`` reads.
+``records_env`` serves the HTTP API on that same transaction: the records service is
+injected on the test's connection (``records_service``), the session, the audit search
+and key events use it too, so nothing a test does outlives it. A test chooses its caller
+per request with the ``X-Test-As: department:role,role`` header, which a test-only
+override of ``get_principal`` reads.
+
+``committed_records_env`` serves the API as a server runs it (pooled connections, the
+raw-driver store, the batched audit writer) on a fresh migrated database per test, with
+the agreements applied by the real CLI: for concurrent writers, the server's audit hooks
+and scans of the database file.
 """
 
 from __future__ import annotations
@@ -32,16 +36,22 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.app import create_app
+from service.audit.entries import key_event_entry
 from service.audit.models import AuditEntryRow
+from service.audit.search import get_audit_access
 from service.auth.dependencies import Principal, get_principal
 from service.auth.facts import RequestFacts
 from service.config import Settings
-from service.crypto.keyring import Keyring
+from service.crypto.keyring import KeyEvent, Keyring
+from service.db import get_session
 from service.errors import Unauthenticated
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
 from service.policy.service import PolicyHolder
-from service.records.service import RecordsService
+from service.records.endpoints import records_service
+from service.records.service import AuditInTransaction, AuditSink, OneConnection, RecordsService
+from service.records.store import CoreStore
+from tests.fixtures.audit import TransactionAudit
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 
 RECORDS_POLICIES = Path(__file__).parent / "policies"
@@ -90,6 +100,9 @@ class RecordsEnv:
     client: httpx.AsyncClient
     database_url: str
     settings: Settings
+    # On the test transaction: where the records service appends its audit entries (a
+    # test may put a failing sink here). None on a committed store: the app's writer.
+    audit: AuditSink | None = None
 
     async def register(self, **fields: Any) -> tuple[str, str]:
         """Register a citizen as the register's registrar; returns (id, national id)."""
@@ -103,17 +116,61 @@ class RecordsEnv:
         return response.json()["id"], national_id
 
 
-@pytest.fixture(scope="module")
-async def records_env(
-    database_url: str, root_key: str, tmp_path_factory: pytest.TempPathFactory
+@pytest.fixture
+async def records_env(session: AsyncSession, settings: Settings) -> AsyncIterator[RecordsEnv]:
+    """The HTTP API on the test's rolled-back transaction."""
+    folder = load_policy_folder(RECORDS_POLICIES)
+    await policy_service.apply_folder(session, folder, author="tests", reason="records tests")
+    await session.flush()
+    conn = await session.connection()
+    app = create_app(settings)
+
+    async def _test_session() -> AsyncIterator[AsyncSession]:
+        yield session
+        await session.flush()
+
+    app.dependency_overrides[get_principal] = _principal_from_header
+    app.dependency_overrides[get_session] = _test_session
+    app.dependency_overrides[get_audit_access] = TransactionAudit(session).access
+
+    def _records_on_the_transaction() -> RecordsService:
+        return RecordsService(
+            OneConnection(conn),
+            app.state.keyring,
+            env.audit or AuditInTransaction(conn),
+            CoreStore(conn),
+            app.state.policy,
+            app.state.metrics,
+            settings.verify_unconstrained_per_day,
+        )
+
+    async def _key_event_in_the_transaction(event: KeyEvent) -> None:
+        # Key events fire inside the operation that causes them, on this connection.
+        await AuditInTransaction(conn).append(key_event_entry(event))
+
+    app.dependency_overrides[records_service] = _records_on_the_transaction
+    async with app.router.lifespan_context(app):
+        app.state.keyring.on_key_event = _key_event_in_the_transaction
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            env = RecordsEnv(app, client, settings.database_url, settings, AuditInTransaction(conn))
+            yield env
+
+
+@pytest.fixture
+async def committed_records_env(
+    database_url: str, root_key: str, tmp_path: Path
 ) -> AsyncIterator[RecordsEnv]:
+    """The HTTP API as a server runs it, on a fresh committed database of its own."""
     url = await create_scratch_database(database_url)
     try:
         apply_policies(url)
+        data = tmp_path / "records-data"
+        data.mkdir()
         settings = Settings(
             env="test",
             database_url=url,
-            data_dir=tmp_path_factory.mktemp("records-data"),
+            data_dir=data,
             root_key=root_key,  # type: ignore[arg-type]
             log_level="WARNING",
             policies_dir=RECORDS_POLICIES,

@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from service.audit.errors import AuditUnavailable
-from service.audit.writer import AuditWriter, get_audit_writer
 from tests.records.conftest import RecordsEnv, as_
 
 PROBLEM = "application/problem+json"
@@ -321,12 +320,12 @@ class TestWrite:
         assert read.headers["etag"] == '"1"'
 
     async def test_concurrent_writers_with_the_same_etag_exactly_one_wins(
-        self, records_env: RecordsEnv
+        self, committed_records_env: RecordsEnv
     ) -> None:
-        citizen_id, _ = await records_env.register(address="Start")
+        citizen_id, _ = await committed_records_env.register(address="Start")
 
         async def write(n: int) -> int:
-            response = await records_env.client.patch(
+            response = await committed_records_env.client.patch(
                 f"/v1/citizens/{citizen_id}/fields",
                 json={"fields": {"address": f"Writer {n}"}, "reason": "race"},
                 headers={**REGISTER_WRITER, "If-Match": '"1"'},
@@ -335,7 +334,7 @@ class TestWrite:
 
         statuses = await asyncio.gather(*(write(n) for n in range(8)))
         assert sorted(statuses) == [200] + [412] * 7
-        read = await records_env.client.get(
+        read = await committed_records_env.client.get(
             f"/v1/citizens/{citizen_id}",
             params={"fields": "address", "purpose": "benefit-eligibility"},
             headers=WELFARE,
@@ -509,11 +508,8 @@ class TestBatchAndErase:
         problem(refused, 403)
 
 
-class _FailingWriter(AuditWriter):
-    """An audit writer whose storage is down: every append fails."""
-
-    def __init__(self) -> None:  # deliberately not starting any connection
-        pass
+class _FailingAudit:
+    """An audit sink whose storage is down: every append fails."""
 
     async def append(self, entry: Any) -> int:
         raise AuditUnavailable("The audit trail cannot be written.")
@@ -525,18 +521,15 @@ class _FailingWriter(AuditWriter):
 class TestFailClosed:
     async def test_read_returns_503_and_no_data_when_the_audit_fails(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register(given_name="Secretname")
-        records_env.app.dependency_overrides[get_audit_writer] = _FailingWriter
-        try:
-            response = await records_env.client.get(
-                f"/v1/citizens/{citizen_id}", params={"purpose": "benefit-eligibility"}, headers=WELFARE
-            )
-            batch = await records_env.client.post(
-                "/v1/citizens/batch-get",
-                json={"ids": [citizen_id], "purpose": "benefit-eligibility"},
-                headers=WELFARE,
-            )
-        finally:
-            del records_env.app.dependency_overrides[get_audit_writer]
+        records_env.audit = _FailingAudit()
+        response = await records_env.client.get(
+            f"/v1/citizens/{citizen_id}", params={"purpose": "benefit-eligibility"}, headers=WELFARE
+        )
+        batch = await records_env.client.post(
+            "/v1/citizens/batch-get",
+            json={"ids": [citizen_id], "purpose": "benefit-eligibility"},
+            headers=WELFARE,
+        )
         problem(response, 503)
         problem(batch, 503)
         assert "Secretname" not in response.text + batch.text

@@ -52,29 +52,29 @@ def _raw_copy(database_url: str) -> bytes:
 
 class TestNoPlaintextAtRest:
     async def test_values_never_appear_in_the_store_or_the_logs(
-        self, records_env: RecordsEnv, capfd: pytest.CaptureFixture[str]
+        self, committed_records_env: RecordsEnv, capfd: pytest.CaptureFixture[str]
     ) -> None:
         secrets: list[str] = []
         for n in range(40):
             given, address = f"Quetzalcoatl{n:03d}", f"{n} Xylophone Crescent Zq"
             national_id = f"ZZ{n:06d}QX"
             secrets += [given, address, national_id]
-            citizen_id, _ = await records_env.register(
+            citizen_id, _ = await committed_records_env.register(
                 national_id=national_id, given_name=given, address=address, date_of_birth="1961-04-12"
             )
             moved = f"{n} Zanzibar Mews Qk"
             secrets.append(moved)
-            response = await records_env.client.patch(
+            response = await committed_records_env.client.patch(
                 f"/v1/citizens/{citizen_id}/fields",
                 json={"fields": {"address": moved}, "reason": "moved"},
                 headers=as_("register", "writer"),
             )
             assert response.status_code == 200
-            read = await records_env.client.get(
+            read = await committed_records_env.client.get(
                 f"/v1/citizens/{citizen_id}", params={"purpose": "benefit-eligibility"}, headers=WELFARE
             )
             assert read.json()["fields"]["address"]["value"] == moved
-        raw = _raw_copy(records_env.database_url)
+        raw = _raw_copy(committed_records_env.database_url)
         assert len(raw) > 10_000
         found = [s for s in secrets if any(form in raw for form in _forms(s))]
         assert found == []

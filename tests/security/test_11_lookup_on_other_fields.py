@@ -1,8 +1,9 @@
 """Finding 11: granting ``lookup`` on any field but ``national_id`` silently did nothing.
 
-Lookup (and erase) is decided on ``national_id`` alone, so an agreement that grants it
-without listing ``national_id`` is refused, with a message saying so: by the loader
-(FILE:LINE), the API (422) and the console's agreement form (the same rule).
+Lookup (and erase) is decided on ``national_id`` alone, so an agreement that grants it on
+any other field is refused, naming each such field (DESIGN: "the loader refuses it with a
+file:line error naming the field"), even when ``national_id`` is listed beside them: by the
+loader (FILE:LINE), the API (422) and the console's agreement form (the same rule).
 """
 
 from __future__ import annotations
@@ -51,15 +52,34 @@ def test_the_loader_refuses_it_with_file_and_line(tmp_path: Path) -> None:
         "    actions: [erase]\n"
         "    purposes: [benefit-eligibility]\n"
         '    legal_basis: "law"\n'
+        "  - id: welfare-identity-and-lookup\n"
+        "    consumer: welfare\n"
+        "    fields:\n"
+        "      - national_id\n"
+        "      - given_name\n"
+        "    actions: [lookup, read]\n"
+        "    purposes: [benefit-eligibility]\n"
+        '    legal_basis: "law"\n'
+        "  - id: welfare-lookup\n"
+        "    consumer: welfare\n"
+        "    fields: [national_id]\n"
+        "    actions: [lookup]\n"
+        "    purposes: [benefit-eligibility]\n"
+        '    legal_basis: "law"\n'
     )
     with pytest.raises(SourceFileError) as caught:
         load_policy_folder(folder)
     path = folder / "register.yaml"
+    # One error per field other than national_id, at that field's line; the agreement that
+    # grants lookup on national_id alone is accepted.
     assert [str(e) for e in caught.value.errors] == [
-        f"{path}:6: agreement welfare-looks-up-by-name: {MESSAGE}; "
-        "list national_id in fields or remove lookup",
-        f"{path}:12: agreement welfare-erases-addresses: erase is granted on national_id, not on address; "
-        "list national_id in fields or remove erase",
+        f"{path}:5: agreement welfare-looks-up-by-name: {MESSAGE}; "
+        "grant lookup in an agreement of its own with fields: [national_id]",
+        f"{path}:11: agreement welfare-erases-addresses: erase is granted on national_id, not on address; "
+        "grant erase in an agreement of its own with fields: [national_id]",
+        f"{path}:19: agreement welfare-identity-and-lookup: "
+        "lookup is granted on national_id, not on given_name; "
+        "grant lookup in an agreement of its own with fields: [national_id]",
     ]
 
 
@@ -80,7 +100,7 @@ async def test_the_consoles_form_refuses_it(security_env: RecordsEnv) -> None:
     assert any(MESSAGE.capitalize() in message for _field, message in checked.errors)
 
 
-async def test_lookup_with_national_id_listed_is_still_accepted(security_env: RecordsEnv) -> None:
+async def test_lookup_beside_other_fields_is_refused_at_the_api(security_env: RecordsEnv) -> None:
     agreement = {
         **LOOKUP_BY_NAME,
         "id": "welfare-looks-up-and-reads",
@@ -89,4 +109,6 @@ async def test_lookup_with_national_id_listed_is_still_accepted(security_env: Re
     response: httpx.Response = await security_env.client.post(
         "/v1/policies", json=agreement, headers=as_("register", "data-owner")
     )
-    assert response.status_code == 201, response.text
+    body = problem(response, 422)
+    assert [e["loc"] for e in body["errors"]] == [["body", "fields", 1]]
+    assert MESSAGE in body["errors"][0]["msg"]

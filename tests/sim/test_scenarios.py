@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sim import scenarios
+from service.sim import notifications, scenarios
 from service.sim.client import Credentials, DepartmentClient
 from service.sim.population import people
 from service.sim.scenarios import DemoCitizen, Government
@@ -110,7 +110,7 @@ class TestActingOnADeath:
         event = {"event_id": "e1", "citizen_id": citizen.citizen_id, "fields": ["date_of_death"]}
 
         for department in ("dwp", "dvla", "hmrc"):
-            await scenarios.act_on(gov, Delivery(department, "webhook", event))
+            await notifications.act_on(gov, Delivery(department, "webhook", event))
 
         reads = [(d, body) for d, method, _p, body in stand_in.calls if method == "GET"]
         assert all(body["purpose"] == "bereavement" for _d, body in reads)
@@ -128,7 +128,7 @@ class TestActingOnADeath:
         citizen = next(c for c in gov.citizens if "dwp" in c.person.owned)
         event = {"event_id": "e2", "citizen_id": citizen.citizen_id, "fields": ["date_of_death"]}
 
-        await scenarios.act_on(gov, Delivery("dwp", "feed", event))
+        await notifications.act_on(gov, Delivery("dwp", "feed", event))
 
         assert _writes(stand_in, "dwp") == []
         assert gov.tally.departments["dwp"].denied == 1
@@ -145,9 +145,9 @@ class TestRetellingsAvoided:
         citizen_id = next(p for d, m, p, _b in stand_in.calls if m == "PATCH").rsplit("/", 2)[-2]
         event = {"event_id": "e3", "citizen_id": citizen_id, "fields": ["address", "postcode"]}
 
-        await scenarios.act_on(gov, Delivery("dvla", "webhook", event))
-        await scenarios.act_on(gov, Delivery("hmrc", "webhook", event))
-        await scenarios.act_on(gov, Delivery("council", "feed", event))
+        await notifications.act_on(gov, Delivery("dvla", "webhook", event))
+        await notifications.act_on(gov, Delivery("hmrc", "webhook", event))
+        await notifications.act_on(gov, Delivery("council", "feed", event))
 
         assert gov.tally.retellings_avoided == 2
         assert gov.tally.total_notifications == 3
@@ -158,8 +158,8 @@ class TestRetellingsAvoided:
     async def test_a_redelivered_event_is_acted_on_once(self, gov: Government, stand_in: StandIn) -> None:
         event = {"event_id": "e4", "citizen_id": gov.citizens[0].citizen_id, "fields": ["address"]}
 
-        await scenarios.act_on(gov, Delivery("hmrc", "webhook", event))
-        await scenarios.act_on(gov, Delivery("hmrc", "webhook", event))
+        await notifications.act_on(gov, Delivery("hmrc", "webhook", event))
+        await notifications.act_on(gov, Delivery("hmrc", "webhook", event))
 
         assert gov.tally.total_notifications == 1
         assert gov.tally.retellings_avoided == 1

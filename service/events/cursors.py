@@ -1,0 +1,39 @@
+"""Cursors the events API hands out: opaque base64url text that only this service reads
+back. A position in the outbox (``e1:N``) pages the feed and a subscription's
+deliveries; a subscription listing pages by creation time and id."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from service.events.errors import InvalidCursor
+
+
+def encode_text(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def bad_cursor(loc: list[str | int]) -> InvalidCursor:
+    return InvalidCursor(
+        "The cursor is not one this service gave.", errors=[{"loc": loc, "msg": "invalid cursor"}]
+    )
+
+
+def decode_text(cursor: str, loc: list[str | int]) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise bad_cursor(loc) from None
+
+
+def encode_position(position: int) -> str:
+    return encode_text(f"e1:{position}")
+
+
+def decode_position(cursor: str, loc: list[str | int]) -> int:
+    text = decode_text(cursor, loc)
+    prefix, _, number = text.partition(":")
+    if prefix != "e1" or not number.isdigit():
+        raise bad_cursor(loc)
+    return int(number)

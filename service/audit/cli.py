@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,7 @@ from service.audit import witnessing
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.releases import ReleaseChecker, ReleaseReport
-from service.audit.schemas import canonical_json
-from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed, quick_parse
 from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
 from service.db import create_engine
@@ -102,31 +102,48 @@ async def verify_database(
         await engine.dispose()
 
 
-def _bundle_records(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
+def _bundle_lines(path: Path, containing: bytes = b"") -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """The bundle's lines and their records (read by ``quick_parse``) in order; with
+    ``containing``, only the lines that hold those bytes are parsed (a cheap filter:
+    every record of the wanted type holds them)."""
+    with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
+            if containing not in line:
+                continue
             try:
-                record = json.loads(line)
+                record = quick_parse(line)
             except ValueError:
                 raise VerificationFailed(f"{path}:{number}: not a JSON line") from None
             if not isinstance(record, dict):
                 raise VerificationFailed(f"{path}:{number}: not a typed record")
-            yield record
+            yield line, record
+
+
+def _bundle_records(path: Path, containing: bytes = b"") -> Iterator[dict[str, Any]]:
+    for _line, record in _bundle_lines(path, containing):
+        yield record
+
+
+def _exact_entry(line: bytes) -> Any:
+    """A bundle line's entry as ``json.loads`` reads it (see ``quick_parse``)."""
+    record = json.loads(line)
+    return record.get("entry") if isinstance(record, dict) else None
 
 
 def _b64(value: Any) -> bytes:
     try:
-        return base64.b64decode(str(value), validate=True)
+        return binascii.a2b_base64(str(value), strict_mode=True)
     except (binascii.Error, ValueError):
         raise VerificationFailed("a hash in the bundle is not base64") from None
 
 
 def _bundle_checkpoints(path: Path) -> list[StoredCheckpoint]:
+    # Checkpoints come after the entries: a first pass parses only the lines that name one.
     return [
         StoredCheckpoint(
             int(r["tree_size"]), _b64(r["root_hash"]), str(r["note"]), f"checkpoint of size {r['tree_size']}"
         )
-        for r in _bundle_records(path)
+        for r in _bundle_records(path, b'"checkpoint"')
         if r.get("type") == "checkpoint"
     ]
 
@@ -138,18 +155,23 @@ def verify_bundle(
     on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
 ) -> int:
     """Recompute the bundle's log and check its checkpoints and stored columns; the tree size.
-    Each verified entry is also handed to ``on_entry`` (``check-releases``)."""
+    Each verified entry is also handed to ``on_entry`` (``check-releases``). Each line is
+    parsed once; the entry's canonical bytes are derived from it."""
     log = LogVerifier(verifier, _bundle_checkpoints(path), expectations or Expectations())
-    for record in _bundle_records(path):
+    add = log.add_record
+    for line, record in _bundle_lines(path):
         if record.get("type") != "entry":
             continue
-        entry = record.get("entry")
-        canonical = canonical_json(entry) if isinstance(entry, dict) else None
         leaf_index, label = int(record["leaf_index"]), f"entry {record.get('entry_id')}"
-        log.add(
-            leaf_index, label, canonical, _b64(record["leaf_hash"]), _bundle_columns(record.get("columns"))
+        entry = add(
+            leaf_index,
+            label,
+            record.get("entry"),
+            _b64(record["leaf_hash"]),
+            _bundle_columns(record.get("columns")),
+            partial(_exact_entry, line),
         )
-        if on_entry is not None and isinstance(entry, dict):
+        if on_entry is not None:
             on_entry(leaf_index, label, entry)
     return log.finish()
 
@@ -215,29 +237,24 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
                 "tree_size": size,
             }
             handle.write(json.dumps(header) + "\n")
-            after = -1
-            while True:
-                async with engine.connect() as conn:
-                    rows = await audit_repository.page_for_verification(conn, after, size, PAGE)
-                for leaf, entry_id, canonical, recorded, *stored in rows:
-                    columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
-                    # ISO 8601 whatever the database: SQLite gives its text, PostgreSQL a datetime.
-                    time = columns["time"]
-                    if isinstance(time, str):
-                        time = datetime.fromisoformat(time).replace(tzinfo=UTC)
-                    columns["time"] = time.isoformat() if isinstance(time, datetime) else time
-                    record = {
-                        "type": "entry",
-                        "leaf_index": leaf,
-                        "entry_id": entry_id,
-                        "leaf_hash": base64.b64encode(recorded or b"").decode(),
-                        "entry": json.loads(canonical) if canonical else None,
-                        "columns": columns,
-                    }
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                if len(rows) < PAGE:
-                    break
-                after = rows[-1][0]
+            async with engine.connect() as conn:
+                async for rows in audit_repository.stream_for_verification(conn, size, PAGE):
+                    for leaf, entry_id, canonical, recorded, *stored in rows:
+                        columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
+                        # ISO 8601 whatever the database: SQLite gives its text, PostgreSQL a datetime.
+                        time = columns["time"]
+                        if isinstance(time, str):
+                            time = datetime.fromisoformat(time).replace(tzinfo=UTC)
+                        columns["time"] = time.isoformat() if isinstance(time, datetime) else time
+                        record = {
+                            "type": "entry",
+                            "leaf_index": leaf,
+                            "entry_id": entry_id,
+                            "leaf_hash": base64.b64encode(recorded or b"").decode(),
+                            "entry": json.loads(canonical) if canonical else None,
+                            "columns": columns,
+                        }
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             for checkpoint_id, tree_size, root, note in checkpoints:
                 record = {
                     "type": "checkpoint",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,6 +39,17 @@ RELEASE_ACTIONS: Mapping[str, str] = DECIDED_AS
 
 
 _DECIDED_LIMIT = 200_000
+# What of a request's time a decision reads: its UTC day, or the instant itself.
+_DAY, _INSTANT = "day", "instant"
+# In the verdict cache, a shape whose answer depends on the entry's time (never a problem's words).
+_AT_ITS_TIME = "\x00at its time"
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    policy: CompiledPolicy
+    # (consumer, field) -> _DAY or _INSTANT, for decisions that read the time at all.
+    reads_time: Mapping[tuple[str, str], str]
 
 
 @dataclass(frozen=True)
@@ -116,9 +127,14 @@ class ReleaseChecker:
         self._in_force: dict[str, LoggedVersion] = {}
         self._generations: list[dict[str, LoggedVersion]] = [{}]
         self._owned: set[str] | None = None
-        self._compiled: dict[tuple[int, str, int], tuple[CompiledPolicy, bool]] = {}
-        # Request shape -> "" when permitted, else the denial's reason.
+        self._compiled: dict[tuple[int, str, int], _Compiled] = {}
+        # Request shape (and, where it matters, its day or instant) -> "" when permitted,
+        # else the denial's reason.
         self._decided: dict[tuple[Any, ...], str] = {}
+        # What an entry records for one field, as given -> its problem ("" when justified),
+        # or _AT_ITS_TIME when the answer depends on the entry's time. Emptied by every
+        # policy change, after which a cited version may read differently.
+        self._verdicts: dict[tuple[Any, ...], str] = {}
         self._pending: list[_Release] = []
 
     # --- feeding ------------------------------------------------------------------------
@@ -146,29 +162,51 @@ class ReleaseChecker:
         self.report.releases += 1
         self.report.fields += len(mine)
         try:
-            context = RequestContext(
-                purpose=str(entry.get("purpose") or ""),
-                case_ref=entry.get("case_ref"),
-                time=datetime.fromisoformat(str(entry["time"])),
-                citizen_status=entry.get("citizen_status"),
-            )
+            time = datetime.fromisoformat(str(entry["time"]))
         except (KeyError, ValueError):
             for name in mine:
                 self._unjustified(leaf_index, label, name, "the entry's time is not an ISO 8601 timestamp")
             return
+        purpose, case_ref = str(entry.get("purpose") or ""), entry.get("case_ref")
+        citizen_status = entry.get("citizen_status")
         reasons = {r.get("field"): r for r in entry.get("reasons") or [] if isinstance(r, Mapping)}
         generation = len(self._generations) - 1
         for name in mine:
-            release = _Release(
-                leaf_index, label, consumer, policy_action, name, context, reasons.get(name), generation
-            )
-            cited = release.reason
+            cited = reasons.get(name)
+            # Releases recording the same inputs share one verdict: a million releases cost
+            # a dictionary lookup each once their shapes repeat.
+            as_cited: tuple[Any, ...] = ()
+            if cited is not None:
+                as_cited = (
+                    cited.get("agreement"),
+                    cited.get("version"),
+                    cited.get("digest"),
+                    cited.get("effect"),
+                )
+            shape = (generation, consumer, policy_action, name, purpose, case_ref, citizen_status, *as_cited)
+            cacheable = True
+            try:
+                verdict = self._verdicts.get(shape)
+            except TypeError:  # a value that is no JSON scalar: judged on its own
+                cacheable, verdict = False, None
+            if verdict is not None and verdict != _AT_ITS_TIME:
+                if verdict:
+                    self._unjustified(leaf_index, label, name, verdict)
+                continue
+            context = RequestContext(purpose, case_ref, time, citizen_status)
+            release = _Release(leaf_index, label, consumer, policy_action, name, context, cited, generation)
             key = (str(cited.get("agreement")), cited.get("version")) if cited else None
             if key is not None and key not in self._versions:
                 # Its policy-change entry may be sequenced after the release; settle at the end.
                 self._pending.append(release)
-            else:
-                self._check(release)
+                continue
+            problem, timeless = self._problem(release)
+            if problem is not None:
+                self._unjustified(leaf_index, label, name, problem)
+            if cacheable and verdict is None:
+                if len(self._verdicts) >= _DECIDED_LIMIT:
+                    self._verdicts.clear()
+                self._verdicts[shape] = (problem or "") if timeless else _AT_ITS_TIME
 
     def finish(self) -> ReleaseReport:
         for release in self._pending:
@@ -180,6 +218,7 @@ class ReleaseChecker:
     # --- the log's own record of agreements and catalogs ----------------------------------
 
     def _policy_change(self, entry: Mapping[str, Any]) -> None:
+        self._verdicts.clear()
         reasons = entry.get("reasons") or []
         document = entry.get("document")
         if not reasons or not isinstance(document, str):
@@ -248,39 +287,51 @@ class ReleaseChecker:
         self.report.unjustified.append(Unjustified(leaf_index, label, name, problem))
 
     def _check(self, release: _Release) -> None:
-        problem = self._problem(release)
+        problem, _timeless = self._problem(release)
         if problem is not None:
             self._unjustified(release.leaf_index, release.label, release.field, problem)
 
-    def _problem(self, release: _Release) -> str | None:
+    def _problem(self, release: _Release) -> tuple[str | None, bool]:
+        """Why the release is not justified (``None``: it is), and whether that answer holds
+        whatever the entry's time (False where a cited agreement's dates or condition read it)."""
         cited = release.reason
         if cited is None or cited.get("effect") != "permit":
-            return "released without a permitting decision recorded for the field"
+            return "released without a permitting decision recorded for the field", True
         agreement_id, version, digest = cited.get("agreement"), cited.get("version"), cited.get("digest")
         if not agreement_id or not isinstance(version, int):
-            return "released without citing an agreement version"
+            return "released without citing an agreement version", True
         logged = self._versions.get((str(agreement_id), version))
         if logged is None:
-            return f"cites {agreement_id} version {version}, which no policy-change entry in the log holds"
+            return (
+                f"cites {agreement_id} version {version}, which no policy-change entry in the log holds",
+                True,
+            )
         if digest != logged.digest:
             return (
                 f"cites {agreement_id} version {version} with digest {digest}, but the log holds that "
                 f"version with digest {logged.digest} (the agreement was changed after it was recorded)"
-            )
+            ), True
         if logged.owner != self.owner:
-            return f"cites {agreement_id}, an agreement of {logged.owner or 'no owner'}, not of {self.owner}"
+            return (
+                f"cites {agreement_id}, an agreement of {logged.owner or 'no owner'}, not of {self.owner}",
+                True,
+            )
         if logged.status != "active":
-            return f"cites {agreement_id} version {version}, which is {logged.status}"
+            return f"cites {agreement_id} version {version}, which is {logged.status}", True
         if logged.unsigned is not None or logged.agreement is None:
-            return f"{agreement_id} version {version} is not signed by {self.owner}: {logged.unsigned}"
+            return f"{agreement_id} version {version} is not signed by {self.owner}: {logged.unsigned}", True
         compiled = self._policy(release.generation, logged)
         if compiled is None:
-            return f"{agreement_id} version {version} does not compile"
-        policy, time_matters = compiled
+            return f"{agreement_id} version {version} does not compile", True
         context = release.context
-        # Decisions are pure: one per distinct request shape (the time only where an
-        # agreement's validity or condition can depend on it), so a million releases
-        # cost a dictionary lookup each once the shapes repeat.
+        # Decisions are pure: one per distinct request shape, with the entry's day where only
+        # agreements' dates read the time, or its instant where a condition reads it.
+        reads_time = compiled.reads_time.get((release.consumer, release.field))
+        when: Any = None
+        if reads_time == _INSTANT:
+            when = context.time
+        elif reads_time == _DAY:
+            when = context.time.astimezone(UTC).date()
         key = (
             release.generation,
             logged.agreement_id,
@@ -291,23 +342,23 @@ class ReleaseChecker:
             context.purpose,
             context.case_ref,
             context.citizen_status,
-            context.time if time_matters else None,
+            when,
         )
         denial = self._decided.get(key)
         if denial is None:
-            decisions = policy.decide(release.consumer, release.action, [release.field], context)
+            decisions = compiled.policy.decide(release.consumer, release.action, [release.field], context)
             decision = decisions[release.field]
             denial = "" if decision.permitted else decision.reason
             if len(self._decided) >= _DECIDED_LIMIT:
                 self._decided.clear()
             self._decided[key] = denial
         if denial:
-            return f"re-decided from the entry, the access is denied: {denial}"
-        return None
+            return f"re-decided from the entry, the access is denied: {denial}", reads_time is None
+        return None, reads_time is None
 
-    def _policy(self, generation: int, cited: LoggedVersion) -> tuple[CompiledPolicy, bool] | None:
+    def _policy(self, generation: int, cited: LoggedVersion) -> _Compiled | None:
         """The owner's agreements in force at ``generation``, ``cited`` standing for its
-        agreement, compiled; and whether a decision under them can depend on the time."""
+        agreement, compiled; with what of the time each (consumer, field) decision reads."""
         key = (generation, cited.agreement_id, cited.version)
         compiled = self._compiled.get(key)
         if compiled is None:
@@ -320,8 +371,19 @@ class ReleaseChecker:
                 policy = compile_policy(agreements, owners, purposes)
             except ConditionError:
                 return None
-            time_matters = any(
-                a.valid_from or a.valid_until or (a.when and "time" in a.when) for a in agreements
-            )
-            compiled = self._compiled[key] = (policy, time_matters)
+            reads_time: dict[tuple[str, str], str] = {}
+            for agreement in agreements:
+                # Validity is by whole UTC days (the engine's rule); a condition may read
+                # request.time itself, to the instant.
+                if agreement.when and "time" in agreement.when:
+                    reads = _INSTANT
+                elif agreement.valid_from or agreement.valid_until:
+                    reads = _DAY
+                else:
+                    continue
+                for name in agreement.fields:
+                    pair = (agreement.consumer, name)
+                    if reads_time.get(pair) != _INSTANT:
+                        reads_time[pair] = reads
+            compiled = self._compiled[key] = _Compiled(policy, reads_time)
         return compiled

@@ -1,4 +1,5 @@
-"""Agreements: list, create and change (check, simulate, save), history with diffs, revoke."""
+"""Agreements: the list, one agreement with its history and diffs, the saved page, revoke.
+Creating and changing one (check, simulate, save) is the editor, ``agreement_editor.py``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth import permissions
 from service.catalog.schemas import Catalog
 from service.console import forms
-from service.console.drafts import check_draft
-from service.console.forms import AgreementForm
 from service.console.sessions import SignedIn
-from service.console.views import AgreementRecord, Simulation
+from service.console.views import AgreementRecord
 from service.console.web import (
     ConsolePageError,
     ConsoleRoute,
@@ -28,7 +27,6 @@ from service.console.web import (
 from service.db import SessionDep, utcnow
 from service.policy import agreements
 from service.policy.errors import AgreementNotFound
-from service.policy.schemas import AgreementSpec
 
 router = APIRouter(route_class=ConsoleRoute)
 
@@ -38,11 +36,12 @@ OwnerOrAuditor = Depends(needs_role("data-owner", "auditor"))
 Owner = Depends(needs_role("data-owner"))
 
 
-def _names(catalog: Catalog) -> dict[str, Any]:
+def page_names(catalog: Catalog) -> dict[str, Any]:
+    """The names every agreement page shows: departments, fields, purposes, and today."""
     return {**catalog_names(catalog), "today": utcnow().date()}
 
 
-async def _current(
+async def current_and_history(
     session: AsyncSession, viewer: SignedIn, agreement_id: str
 ) -> tuple[AgreementRecord, list[AgreementRecord]]:
     """The current version and the whole history of an agreement the viewer may see."""
@@ -64,6 +63,27 @@ async def _current(
         cursor = page.next_cursor
 
 
+async def changeable(
+    session: AsyncSession, viewer: SignedIn, agreement_id: str, title: str, detail: str
+) -> AgreementRecord:
+    """The current version of an agreement the viewer may change or revoke: active, and
+    one its department changes. Otherwise 409, with ``title`` and ``detail``."""
+    current, _versions = await current_and_history(session, viewer, agreement_id)
+    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
+        raise ConsolePageError(409, title, detail)
+    return current
+
+
+def version_number(value: Any) -> int:
+    """The version a posted form was made from (its ``If-Match``); 400 if it is not one."""
+    text = str(value or "")
+    if not text.isdigit() or len(text) > 9:
+        raise ConsolePageError(
+            400, "The form is out of date", "Open the agreement again and repeat the change."
+        )
+    return int(text)
+
+
 @router.get("/agreements", response_class=HTMLResponse)
 async def list_agreements(
     request: Request, session: SessionDep, viewer: SignedIn = OwnerOrAuditor
@@ -81,7 +101,7 @@ async def list_agreements(
         request,
         "agreements/list.html",
         {
-            **_names(catalog),
+            **page_names(catalog),
             "section": "agreements",
             "agreements": sorted(records, key=lambda r: (r.owner, r.id)),
             "sees_all": permissions.sees_all(viewer.principal),
@@ -90,216 +110,6 @@ async def list_agreements(
         },
         viewer=viewer,
     )
-
-
-def _form_context(catalog: Catalog, viewer: SignedIn) -> dict[str, Any]:
-    owner = viewer.principal.department
-    return {
-        **_names(catalog),
-        "section": "agreements",
-        # An owner with a signing key signs each agreement: the form takes its signature.
-        "signs": owner in catalog.signing_keys,
-        "consumers": [(d.id, d.name) for d in catalog.departments if d.id != owner],
-        "field_options": [(f.name, f.name.replace("_", " ")) for f in catalog.fields if f.owner == owner],
-        "action_options": [(a, a) for a in forms.ACTIONS],
-        "purpose_options": [(p.id, p.name) for p in catalog.purposes],
-    }
-
-
-def _form_page(
-    request: Request,
-    catalog: Catalog,
-    viewer: SignedIn,
-    form: AgreementForm,
-    *,
-    expected_version: int | None,
-    status_code: int = 200,
-    signing_text: str | None = None,
-) -> Response:
-    editing = expected_version is not None
-    key_file = f"{viewer.principal.department}.key"
-    action = f"/console/agreements/{form.values['id']}/edit" if editing else "/console/agreements/new"
-    return render(
-        request,
-        "agreements/form.html",
-        {
-            **_form_context(catalog, viewer),
-            "form": form,
-            "editing": editing,
-            "expected_version": expected_version,
-            "action": action,
-            "signing_text": signing_text,
-            "key_file": key_file,
-            "sign_command": forms.sign_command(signing_text, key_file) if signing_text else None,
-        },
-        viewer=viewer,
-        status_code=status_code,
-    )
-
-
-def _simulate_page(
-    request: Request,
-    catalog: Catalog,
-    viewer: SignedIn,
-    content: dict[str, Any],
-    simulation: Any,
-    *,
-    reason: str,
-    expected_version: int | None,
-) -> Response:
-    action = f"/console/agreements/{content['id']}/edit" if expected_version else "/console/agreements/new"
-    return render(
-        request,
-        "agreements/simulate.html",
-        {
-            **_names(catalog),
-            "section": "agreements",
-            "content": content,
-            "simulation": simulation,
-            "yaml_text": forms.canonical_yaml(content),
-            "draft": forms.encode_draft(content),
-            "reason": reason,
-            "expected_version": expected_version,
-            "save_action": action,
-        },
-        viewer=viewer,
-    )
-
-
-@router.get("/agreements/new", response_class=HTMLResponse)
-async def new_agreement(request: Request, session: SessionDep, viewer: SignedIn = Owner) -> Response:
-    catalog = await catalog_of(session)
-    form = AgreementForm(values=forms.values_from_content({"effect": "permit", "actions": ["read"]}))
-    return _form_page(request, catalog, viewer, form, expected_version=None)
-
-
-async def _submit(
-    request: Request,
-    session: AsyncSession,
-    viewer: SignedIn,
-    *,
-    expected_version: int | None,
-    agreement_id: str | None,
-) -> Response:
-    """One handler for every step of the create and change flows.
-
-    ``step`` absent: the form was posted; check it, then show the simulation.
-    ``step=change``: back from the simulation to the form, values kept.
-    ``step=save``: check the carried draft again (it came back from the browser), then save.
-    """
-    catalog = await catalog_of(session)
-    posted = await request.form()
-    step = posted.get("step")
-    reason = str(posted.get("reason") or "").strip()[:1000]
-    if step in ("save", "change"):
-        draft = forms.decode_draft(str(posted.get("draft") or ""))
-        if draft is None:
-            raise ConsolePageError(
-                400, "The draft could not be read", "Start the change again from the form."
-            )
-        values = forms.values_from_content(draft, reason)
-    else:
-        values = forms.form_values(posted)
-        draft = forms.draft_from_values(values)
-    if agreement_id is not None:
-        # The id of an existing agreement is fixed by the address, whatever was posted.
-        values["id"] = agreement_id
-        draft["id"] = agreement_id
-    checked = await check_draft(session, catalog, viewer.principal, draft, creating=expected_version is None)
-    # Every problem at once: the dates typed in boxes, and everything the policy domain found.
-    problems = forms.date_errors(values) + checked.errors
-    if checked.content is None or problems or step == "change":
-        form = AgreementForm(values=values)
-        for name, message in problems:
-            form.add_error(name, message)
-        status = 422 if problems else 200
-        # Dates typed wrongly are left out of the draft, so its text is not yet the one to sign.
-        to_sign = None if forms.date_errors(values) else checked.signing_text
-        return _form_page(
-            request,
-            catalog,
-            viewer,
-            form,
-            expected_version=expected_version,
-            status_code=status,
-            signing_text=to_sign,
-        )
-    spec = AgreementSpec.model_validate(checked.content)
-    if step == "save":
-        body = checked.content | {"reason": reason}
-        if expected_version is None:
-            saved = await agreements.create_agreement(session, viewer.principal, body)
-        else:
-            saved = await agreements.replace_agreement(
-                session, viewer.principal, spec.id, body, expected=expected_version
-            )
-        return RedirectResponse(
-            f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303
-        )
-    result = await agreements.simulate_draft(
-        session,
-        viewer.principal,
-        request.app.state.policy,
-        request.app.state.recorded_requests,
-        upsert=[spec],
-        remove=[],
-    )
-    simulation = Simulation.of(result)
-    return _simulate_page(
-        request,
-        catalog,
-        viewer,
-        checked.content,
-        simulation,
-        reason=reason,
-        expected_version=expected_version,
-    )
-
-
-@router.post("/agreements/new", response_class=HTMLResponse)
-async def create_agreement(
-    request: Request,
-    session: SessionDep,
-    viewer: SignedIn = Depends(csrf_checked),
-    _owner: SignedIn = Owner,
-) -> Response:
-    return await _submit(request, session, viewer, expected_version=None, agreement_id=None)
-
-
-def _version_number(value: Any) -> int:
-    text = str(value or "")
-    if not text.isdigit() or len(text) > 9:
-        raise ConsolePageError(
-            400, "The form is out of date", "Open the agreement again and repeat the change."
-        )
-    return int(text)
-
-
-@router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
-async def edit_agreement(
-    agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
-) -> Response:
-    catalog = await catalog_of(session)
-    current, _versions = await _current(session, viewer, agreement_id)
-    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
-        raise ConsolePageError(
-            409, "This agreement cannot be changed", "Only an active agreement you own changes."
-        )
-    form = AgreementForm(values=forms.values_from_content(current.content))
-    return _form_page(request, catalog, viewer, form, expected_version=current.version)
-
-
-@router.post("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
-async def change_agreement(
-    agreement_id: str,
-    request: Request,
-    session: SessionDep,
-    viewer: SignedIn = Depends(csrf_checked),
-    _owner: SignedIn = Owner,
-) -> Response:
-    posted = await request.form()
-    expected = _version_number(posted.get("expected_version"))
-    return await _submit(request, session, viewer, expected_version=expected, agreement_id=agreement_id)
 
 
 @router.get("/agreements/{agreement_id}/saved", response_class=HTMLResponse)
@@ -311,14 +121,14 @@ async def saved(
     viewer: SignedIn = Owner,
 ) -> Response:
     catalog = await catalog_of(session)
-    _current_row, versions = await _current(session, viewer, agreement_id)
+    _current_row, versions = await current_and_history(session, viewer, agreement_id)
     shown = next((v for v in versions if str(v.version) == version), versions[-1])
     revoked = shown.status == "revoked"
     return render(
         request,
         "agreements/confirmation.html",
         {
-            **_names(catalog),
+            **page_names(catalog),
             "section": "agreements",
             "agreement": shown,
             "heading": "Agreement revoked" if revoked else "Agreement saved",
@@ -340,12 +150,12 @@ async def agreement_detail(
     viewer: SignedIn = OwnerOrAuditor,
 ) -> Response:
     catalog = await catalog_of(session)
-    current, versions = await _current(session, viewer, agreement_id)
+    current, versions = await current_and_history(session, viewer, agreement_id)
     return render(
         request,
         "agreements/detail.html",
         {
-            **_names(catalog),
+            **page_names(catalog),
             "section": "agreements",
             "agreement": current,
             "versions": versions,
@@ -363,7 +173,7 @@ async def agreement_diff(
     session: SessionDep,
     viewer: SignedIn = OwnerOrAuditor,
 ) -> Response:
-    _current_row, versions = await _current(session, viewer, agreement_id)
+    _current_row, versions = await current_and_history(session, viewer, agreement_id)
     by_number = {str(v.version): v for v in versions}
     old = by_number.get(request.query_params.get("from", ""))
     new = by_number.get(request.query_params.get("to", ""))
@@ -390,15 +200,17 @@ async def revoke_page(
     agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
 ) -> Response:
     catalog = await catalog_of(session)
-    current, _versions = await _current(session, viewer, agreement_id)
-    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
-        raise ConsolePageError(
-            409, "This agreement cannot be revoked", "Only an active agreement you own is revoked."
-        )
+    current = await changeable(
+        session,
+        viewer,
+        agreement_id,
+        "This agreement cannot be revoked",
+        "Only an active agreement you own is revoked.",
+    )
     return render(
         request,
         "agreements/revoke.html",
-        {**_names(catalog), "section": "agreements", "agreement": current},
+        {**page_names(catalog), "section": "agreements", "agreement": current},
         viewer=viewer,
     )
 
@@ -412,7 +224,7 @@ async def revoke(
     _owner: SignedIn = Owner,
 ) -> Response:
     posted = await request.form()
-    expected = _version_number(posted.get("expected_version"))
+    expected = version_number(posted.get("expected_version"))
     reason = str(posted.get("reason") or "").strip()[:1000] or "revoked in the console"
     row = await agreements.revoke_agreement(
         session, viewer.principal, agreement_id, expected=expected, reason=reason

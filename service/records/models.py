@@ -15,8 +15,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from service.crypto.blind_index import NORMALISATION_VERSION
 from service.db import Base, utcnow
 
-CITIZEN_STATUSES = ("active", "deceased", "erased")
-
 
 class Citizen(Base):
     """A citizen, known to the service only by a pseudonymous id and a status in clear."""

@@ -100,12 +100,55 @@ def _entry(n: int, **values: Any) -> dict[str, Any]:
     return AuditEntry.model_validate(base).to_record()
 
 
+Asked = tuple[str, str, str, str, str | None, datetime, str | None]
+
+
+def _at_times(shape: tuple[Any, ...], times: list[datetime]) -> list[Asked]:
+    consumer, action, field, purpose, case_ref, status = shape
+    return [(consumer, action, field, purpose, case_ref, time, status) for time in times]
+
+
+# The same request shape asked at several times, interleaved: the checker decides a shape
+# once and reuses it, so these check it reuses an answer only where the time cannot change it.
+repeated_requests = st.lists(
+    st.tuples(
+        st.tuples(
+            st.sampled_from(CONSUMERS),
+            st.sampled_from(["read", "verify"]),
+            st.sampled_from(FIELDS),
+            st.sampled_from(PURPOSES),
+            st.sampled_from([None, "FR-17"]),
+            st.sampled_from(["active", "deceased"]),
+        ),
+        st.lists(
+            st.integers(0, 900).map(lambda days: START + timedelta(days=days, hours=days % 24)),
+            min_size=2,
+            max_size=4,
+        ),
+    ),
+    min_size=1,
+    max_size=3,
+).flatmap(lambda groups: st.permutations([asked for group in groups for asked in _at_times(*group)]))
+agreement_sets = st.integers(1, 4).flatmap(lambda n: st.tuples(*(agreement_specs(i) for i in range(n))))
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    contents=st.integers(1, 4).flatmap(lambda n: st.tuples(*(agreement_specs(i) for i in range(n)))),
-    asked=st.lists(requests, min_size=1, max_size=8),
-)
-def test_offline_decision_equals_the_live_one(contents: tuple[dict[str, Any], ...], asked: list[Any]) -> None:
+@given(contents=agreement_sets, asked=st.lists(requests, min_size=1, max_size=8))
+def test_offline_decision_equals_the_live_one(
+    contents: tuple[dict[str, Any], ...], asked: list[Asked]
+) -> None:
+    _offline_equals_live(contents, asked)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(contents=agreement_sets, asked=repeated_requests)
+def test_a_shape_asked_at_other_times_is_decided_at_each(
+    contents: tuple[dict[str, Any], ...], asked: list[Asked]
+) -> None:
+    _offline_equals_live(contents, asked)
+
+
+def _offline_equals_live(contents: tuple[dict[str, Any], ...], asked: list[Asked]) -> None:
     signed = [SIGNER.signed(content) for content in contents]
     rows = [(c["id"], OWNER, 1, "active", c) for c in signed]
     live_agreements = agreements_from_rows(rows, {OWNER: SIGNER.verifier_key()})

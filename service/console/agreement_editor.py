@@ -1,0 +1,232 @@
+"""The agreement editor: create an agreement, or change one as a new version.
+
+Every step goes through the policy domain: the draft is checked by ``drafts.check_draft``
+(the API's own check), simulated against the audited requests with
+``agreements.simulate_draft``, and saved with ``agreements.create_agreement`` or
+``replace_agreement``, as the API does. The saved page is in ``agreement_pages.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.catalog.schemas import Catalog
+from service.console import forms
+from service.console.agreement_pages import Owner, changeable, page_names, version_number
+from service.console.drafts import check_draft
+from service.console.forms import AgreementForm
+from service.console.sessions import SignedIn
+from service.console.views import Simulation
+from service.console.web import ConsolePageError, ConsoleRoute, catalog_of, csrf_checked, render
+from service.db import SessionDep
+from service.policy import agreements
+from service.policy.schemas import AgreementSpec
+
+router = APIRouter(route_class=ConsoleRoute)
+
+
+def _form_context(catalog: Catalog, viewer: SignedIn) -> dict[str, Any]:
+    owner = viewer.principal.department
+    return {
+        **page_names(catalog),
+        "section": "agreements",
+        # An owner with a signing key signs each agreement: the form takes its signature.
+        "signs": owner in catalog.signing_keys,
+        "consumers": [(d.id, d.name) for d in catalog.departments if d.id != owner],
+        "field_options": [(f.name, f.name.replace("_", " ")) for f in catalog.fields if f.owner == owner],
+        "action_options": [(a, a) for a in forms.ACTIONS],
+        "purpose_options": [(p.id, p.name) for p in catalog.purposes],
+    }
+
+
+def _form_page(
+    request: Request,
+    catalog: Catalog,
+    viewer: SignedIn,
+    form: AgreementForm,
+    *,
+    expected_version: int | None,
+    status_code: int = 200,
+    signing_text: str | None = None,
+) -> Response:
+    editing = expected_version is not None
+    key_file = f"{viewer.principal.department}.key"
+    action = f"/console/agreements/{form.values['id']}/edit" if editing else "/console/agreements/new"
+    return render(
+        request,
+        "agreements/form.html",
+        {
+            **_form_context(catalog, viewer),
+            "form": form,
+            "editing": editing,
+            "expected_version": expected_version,
+            "action": action,
+            "signing_text": signing_text,
+            "key_file": key_file,
+            "sign_command": forms.sign_command(signing_text, key_file) if signing_text else None,
+        },
+        viewer=viewer,
+        status_code=status_code,
+    )
+
+
+def _simulate_page(
+    request: Request,
+    catalog: Catalog,
+    viewer: SignedIn,
+    content: dict[str, Any],
+    simulation: Any,
+    *,
+    reason: str,
+    expected_version: int | None,
+) -> Response:
+    action = f"/console/agreements/{content['id']}/edit" if expected_version else "/console/agreements/new"
+    return render(
+        request,
+        "agreements/simulate.html",
+        {
+            **page_names(catalog),
+            "section": "agreements",
+            "content": content,
+            "simulation": simulation,
+            "yaml_text": forms.canonical_yaml(content),
+            "draft": forms.encode_draft(content),
+            "reason": reason,
+            "expected_version": expected_version,
+            "save_action": action,
+        },
+        viewer=viewer,
+    )
+
+
+@router.get("/agreements/new", response_class=HTMLResponse)
+async def new_agreement(request: Request, session: SessionDep, viewer: SignedIn = Owner) -> Response:
+    catalog = await catalog_of(session)
+    form = AgreementForm(values=forms.values_from_content({"effect": "permit", "actions": ["read"]}))
+    return _form_page(request, catalog, viewer, form, expected_version=None)
+
+
+async def _submit(
+    request: Request,
+    session: AsyncSession,
+    viewer: SignedIn,
+    *,
+    expected_version: int | None,
+    agreement_id: str | None,
+) -> Response:
+    """One handler for every step of the create and change flows.
+
+    ``step`` absent: the form was posted; check it, then show the simulation.
+    ``step=change``: back from the simulation to the form, values kept.
+    ``step=save``: check the carried draft again (it came back from the browser), then save.
+    """
+    catalog = await catalog_of(session)
+    posted = await request.form()
+    step = posted.get("step")
+    reason = str(posted.get("reason") or "").strip()[:1000]
+    if step in ("save", "change"):
+        draft = forms.decode_draft(str(posted.get("draft") or ""))
+        if draft is None:
+            raise ConsolePageError(
+                400, "The draft could not be read", "Start the change again from the form."
+            )
+        values = forms.values_from_content(draft, reason)
+    else:
+        values = forms.form_values(posted)
+        draft = forms.draft_from_values(values)
+    if agreement_id is not None:
+        # The id of an existing agreement is fixed by the address, whatever was posted.
+        values["id"] = agreement_id
+        draft["id"] = agreement_id
+    checked = await check_draft(session, catalog, viewer.principal, draft, creating=expected_version is None)
+    # Every problem at once: the dates typed in boxes, and everything the policy domain found.
+    problems = forms.date_errors(values) + checked.errors
+    if checked.content is None or problems or step == "change":
+        form = AgreementForm(values=values)
+        for name, message in problems:
+            form.add_error(name, message)
+        status = 422 if problems else 200
+        # Dates typed wrongly are left out of the draft, so its text is not yet the one to sign.
+        to_sign = None if forms.date_errors(values) else checked.signing_text
+        return _form_page(
+            request,
+            catalog,
+            viewer,
+            form,
+            expected_version=expected_version,
+            status_code=status,
+            signing_text=to_sign,
+        )
+    spec = AgreementSpec.model_validate(checked.content)
+    if step == "save":
+        body = checked.content | {"reason": reason}
+        if expected_version is None:
+            saved = await agreements.create_agreement(session, viewer.principal, body)
+        else:
+            saved = await agreements.replace_agreement(
+                session, viewer.principal, spec.id, body, expected=expected_version
+            )
+        return RedirectResponse(
+            f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303
+        )
+    result = await agreements.simulate_draft(
+        session,
+        viewer.principal,
+        request.app.state.policy,
+        request.app.state.recorded_requests,
+        upsert=[spec],
+        remove=[],
+    )
+    simulation = Simulation.of(result)
+    return _simulate_page(
+        request,
+        catalog,
+        viewer,
+        checked.content,
+        simulation,
+        reason=reason,
+        expected_version=expected_version,
+    )
+
+
+@router.post("/agreements/new", response_class=HTMLResponse)
+async def create_agreement(
+    request: Request,
+    session: SessionDep,
+    viewer: SignedIn = Depends(csrf_checked),
+    _owner: SignedIn = Owner,
+) -> Response:
+    return await _submit(request, session, viewer, expected_version=None, agreement_id=None)
+
+
+@router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
+async def edit_agreement(
+    agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
+) -> Response:
+    catalog = await catalog_of(session)
+    current = await changeable(
+        session,
+        viewer,
+        agreement_id,
+        "This agreement cannot be changed",
+        "Only an active agreement you own changes.",
+    )
+    form = AgreementForm(values=forms.values_from_content(current.content))
+    return _form_page(request, catalog, viewer, form, expected_version=current.version)
+
+
+@router.post("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
+async def change_agreement(
+    agreement_id: str,
+    request: Request,
+    session: SessionDep,
+    viewer: SignedIn = Depends(csrf_checked),
+    _owner: SignedIn = Owner,
+) -> Response:
+    posted = await request.form()
+    expected = version_number(posted.get("expected_version"))
+    return await _submit(request, session, viewer, expected_version=expected, agreement_id=agreement_id)

@@ -237,29 +237,24 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
                 "tree_size": size,
             }
             handle.write(json.dumps(header) + "\n")
-            after = -1
-            while True:
-                async with engine.connect() as conn:
-                    rows = await audit_repository.page_for_verification(conn, after, size, PAGE)
-                for leaf, entry_id, canonical, recorded, *stored in rows:
-                    columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
-                    # ISO 8601 whatever the database: SQLite gives its text, PostgreSQL a datetime.
-                    time = columns["time"]
-                    if isinstance(time, str):
-                        time = datetime.fromisoformat(time).replace(tzinfo=UTC)
-                    columns["time"] = time.isoformat() if isinstance(time, datetime) else time
-                    record = {
-                        "type": "entry",
-                        "leaf_index": leaf,
-                        "entry_id": entry_id,
-                        "leaf_hash": base64.b64encode(recorded or b"").decode(),
-                        "entry": json.loads(canonical) if canonical else None,
-                        "columns": columns,
-                    }
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                if len(rows) < PAGE:
-                    break
-                after = rows[-1][0]
+            async with engine.connect() as conn:
+                async for rows in audit_repository.stream_for_verification(conn, size, PAGE):
+                    for leaf, entry_id, canonical, recorded, *stored in rows:
+                        columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
+                        # ISO 8601 whatever the database: SQLite gives its text, PostgreSQL a datetime.
+                        time = columns["time"]
+                        if isinstance(time, str):
+                            time = datetime.fromisoformat(time).replace(tzinfo=UTC)
+                        columns["time"] = time.isoformat() if isinstance(time, datetime) else time
+                        record = {
+                            "type": "entry",
+                            "leaf_index": leaf,
+                            "entry_id": entry_id,
+                            "leaf_hash": base64.b64encode(recorded or b"").decode(),
+                            "entry": json.loads(canonical) if canonical else None,
+                            "columns": columns,
+                        }
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             for checkpoint_id, tree_size, root, note in checkpoints:
                 record = {
                     "type": "checkpoint",

@@ -211,6 +211,28 @@ class CompactRange:
         hashes.append(current)
         self.size += 1
 
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """``push`` each of ``leaves`` in order, a level at a time: the verifier's bulk path.
+
+        At each level the row of new nodes is paired off in one pass; a row starting at an
+        odd index first takes its left sibling from the range, and a row of odd length
+        leaves its last node in the range at that level.
+        """
+        hashes, row, start = self.hashes, list(leaves), self.size
+        kept: list[bytes] = []  # the range's new nodes, lowest level first
+        sha256, prefix = hashlib.sha256, NODE_PREFIX
+        while row:
+            if start & 1:
+                row.insert(0, hashes.pop())
+                start -= 1
+            if len(row) & 1:
+                kept.append(row.pop())
+            pairs = zip(row[::2], row[1::2], strict=True)
+            row = [sha256(prefix + left + right).digest() for left, right in pairs]
+            start >>= 1
+        hashes.extend(reversed(kept))
+        self.size += len(leaves)
+
     def root(self) -> bytes:
         if not self.hashes:
             return EMPTY_ROOT

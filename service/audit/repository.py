@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -171,32 +171,28 @@ async def page_sequenced(db: Executor, after_leaf: int, limit: int) -> list[tupl
     ]
 
 
-# Plain text statements: their rows come back as the driver gives them, without
+# A plain text statement: its rows come back as the driver gives them, without
 # SQLAlchemy's per-value result processing, which costs more than verifying an entry.
-_VERIFY_PAGE = text(
-    "SELECT l.leaf_index, l.entry_id, e.canonical, "  # noqa: S608 - fixed column names
+_VERIFY_ROWS = text(
+    "SELECT l.leaf_index, l.entry_id, e.canonical, n.hash, "  # noqa: S608 - fixed column names
     + ", ".join(f"e.{column}" for column in FILTER_COLUMNS)
     + " FROM audit_leaves l LEFT JOIN audit_entries e ON e.id = l.entry_id"
-    " WHERE l.leaf_index > :after AND l.leaf_index < :below ORDER BY l.leaf_index LIMIT :limit"
-)
-_LEAF_HASHES = text(
-    'SELECT "index", hash FROM audit_nodes WHERE level = 0 AND "index" >= :first AND "index" <= :last'
+    ' LEFT JOIN audit_nodes n ON n.level = 0 AND n."index" = l.leaf_index'
+    " WHERE l.leaf_index < :below ORDER BY l.leaf_index"
 )
 
 
-async def page_for_verification(
-    db: Executor, after_leaf: int, below: int, limit: int
-) -> list[tuple[Any, ...]]:
-    """Leaves after ``after_leaf`` and below ``below`` in order, each as (leaf index,
-    entry id, canonical JSON or None if the entry is gone, recorded leaf hash or None,
-    then the stored filter columns in ``FILTER_COLUMNS`` order, as the driver returns
-    them: ``time`` is text on SQLite). Two queries per page."""
-    rows = (await db.execute(_VERIFY_PAGE, {"after": after_leaf, "below": below, "limit": limit})).all()
-    if not rows:
-        return []
-    found = await db.execute(_LEAF_HASHES, {"first": rows[0][0], "last": rows[-1][0]})
-    hashes: dict[int, bytes] = {int(index): bytes(digest) for index, digest in found}
-    return [(row[0], row[1], row[2], hashes.get(row[0]), *row[3:]) for row in rows]
+async def stream_for_verification(
+    conn: AsyncConnection, below: int, page: int
+) -> AsyncIterator[Sequence[Sequence[Any]]]:
+    """Every leaf below ``below`` in order, in pages of ``page`` rows from one streamed
+    query (a server-side cursor on PostgreSQL), each row (leaf index, entry id, canonical
+    JSON or None if the entry is gone, recorded leaf hash or None, then the stored filter
+    columns in ``FILTER_COLUMNS`` order as the driver returns them: ``time`` is text on
+    SQLite)."""
+    result = await conn.stream(_VERIFY_ROWS, {"below": below}, execution_options={"yield_per": page})
+    async for rows in result.partitions(page):
+        yield rows
 
 
 async def node_range(db: Executor, level: int, first: int, count: int) -> list[bytes]:

@@ -134,7 +134,9 @@ async def verify_stored_log(
     The same ``LogVerifier`` recomputes every leaf, derives every filter column again
     and checks every checkpoint, but only up to the tree size read at the start: the
     server's sequencer keeps appending while this runs (this very request's audit entry
-    among them), and leaves past that size are the next verification's. Returns (tree
+    among them), and leaves past that size are the next verification's. The rows come
+    from one streamed query (a server-side cursor on PostgreSQL), ``VERIFY_PAGE`` at a
+    time; each entry is parsed once, and ``on_entry`` gets that parse. Returns (tree
     size, checkpoints checked).
     """
     async with connect() as conn:
@@ -145,21 +147,14 @@ async def verify_stored_log(
         ]
         size = await audit_repository.tree_size(conn)
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
-    after = -1
-    while log.compact.size < size:
-        async with connect() as conn:
-            rows = await audit_repository.page_for_verification(conn, after, size, VERIFY_PAGE)
-        if not rows:
-            break
-        add = log.add
-        for row in rows:
-            label = f"entry {row[1]}"
-            entry = add(row[0], label, row[2], row[3], row[4:])
+    async with connect() as conn:
+        async for rows in audit_repository.stream_for_verification(conn, size, VERIFY_PAGE):
+            records = log.add_rows(rows)
             if on_entry is not None:
-                on_entry(row[0], label, entry)
-        after = rows[-1][0]
-        if progress is not None:
-            progress(log.compact.size, size)
+                for row, record in zip(rows, records, strict=True):
+                    on_entry(row[0], f"entry {row[1]}", record)
+            if progress is not None:
+                progress(log.compact.size, size)
     async with connect() as conn:
         unsequenced = await audit_repository.unsequenced_entry(conn)
     if unsequenced is not None:

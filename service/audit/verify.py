@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import orjson
 from service.audit import merkle
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.schemas import canonical_json
-from service.audit.writer import FILTER_COLUMNS, filter_columns, sqlite_time_text
+from service.audit.writer import FILTER_COLUMNS, filter_values, sqlite_time_text
 
 _sha256 = hashlib.sha256
 _SORT_KEYS = orjson.OPT_SORT_KEYS
@@ -54,6 +54,50 @@ def _fast_canonical(record: dict[str, Any]) -> bytes:
         return orjson.dumps(record, option=_SORT_KEYS)
     except orjson.JSONEncodeError:
         return canonical_json(record).encode()
+
+
+def _has_float(values: Iterable[Any]) -> bool:
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            return True
+        if (kind is dict and _has_float(value.values())) or (kind is list and _has_float(value)):
+            return True
+    return False
+
+
+def canonical_record(canonical: str, data: bytes) -> dict[str, Any] | None:
+    """The entry ``canonical`` (``data``: its UTF-8 bytes) holds, or ``None`` when it is JSON
+    but not an object in canonical form; ``ValueError`` when it is not JSON.
+
+    The contract's canonical form is ``canonical_json``'s (the standard library's
+    encoder). orjson parses and re-encodes several times faster, and for an entry without
+    floats its sorted compact output is byte for byte the same
+    (``tests/audit/test_verify_fast.py`` holds it to that over generated entries).
+    Whatever orjson cannot settle (an entry holding a float, which is also how orjson
+    reads integers beyond 64 bits; text it refuses; a mismatch) is decided by the
+    standard library, so the answer is always the standard library's.
+    """
+    try:
+        record = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        record = None
+    else:
+        if (
+            type(record) is dict
+            and not _has_float(record.values())
+            and orjson.dumps(record, option=_SORT_KEYS) == data
+        ):
+            return record
+    record = json.loads(canonical)
+    if type(record) is not dict or canonical_json(record) != canonical:
+        return None
+    return record
+
+
+def _label(entry: object) -> str:
+    """An entry as messages name it: a label as given, or ``entry ID``."""
+    return entry if isinstance(entry, str) else f"entry {entry}"
 
 
 class VerificationFailed(Exception):
@@ -88,13 +132,14 @@ def column_difference(record: Mapping[str, Any], stored: Sequence[Any]) -> str |
     the entry says, if any. ``time`` is compared as SQLite's exact text when stored as
     text (text filters compare it so), else as an instant."""
     try:
-        derived = filter_columns(record)
+        derived = filter_values(record)
     except (KeyError, TypeError, ValueError):
         return "canonical"
-    for column, value in zip(FILTER_COLUMNS, stored, strict=True):
-        expected = derived[column]
-        if column == "time" and isinstance(value, str):
-            expected = sqlite_time_text(expected)
+    if isinstance(stored[0], str):
+        derived = (sqlite_time_text(derived[0]), *derived[1:])
+    if derived == tuple(stored):
+        return None
+    for column, value, expected in zip(FILTER_COLUMNS, stored, derived, strict=True):
         if value != expected:
             return column
     return None
@@ -138,24 +183,62 @@ class LogVerifier:
         """Feed the next leaf as stored: its canonical JSON, the leaf hash recorded when it
         was sequenced, and the filter columns stored beside it in ``FILTER_COLUMNS`` order
         (None: nothing to compare). Returns the entry, parsed once for any further check."""
-        self._in_order(leaf_index)
-        if canonical is None:
-            raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
-        try:
-            record = quick_parse(canonical)
-        except ValueError:
-            raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not JSON") from None
-        encoded = canonical.encode()
-        if not isinstance(record, dict) or _fast_canonical(record) != encoded:
-            # orjson read or wrote something its own way: the contract decides.
+        return self.add_rows([(leaf_index, entry_label, canonical, recorded, *(columns or ()))])[0]
+
+    def add_rows(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Feed the next leaves in order, each row ``(leaf index, entry label or id,
+        canonical JSON, recorded leaf hash, *stored filter columns)`` (no columns: nothing
+        to compare), and return their parsed entries.
+
+        The leaves are checked up to each checkpoint in the rows, then the tree is grown
+        to it in one step and the checkpoint checked, so problems are found in log order.
+        """
+        records: list[dict[str, Any]] = []
+        position = 0
+        while position < len(rows):
+            end = len(rows)
+            if self._next < len(self.checkpoints):
+                end = min(end, position + max(1, self.checkpoints[self._next].tree_size - self.compact.size))
+            records += self._add_segment(rows[position:end])
+            position = end
+        return records
+
+    def _add_segment(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Check each leaf (one parse of its entry serves every check), then add them all."""
+        expected = self.compact.size
+        leaves: list[bytes] = []
+        records: list[dict[str, Any]] = []
+        for leaf_index, entry, canonical, recorded, *columns in rows:
+            if leaf_index != expected:
+                raise VerificationFailed(f"leaf {expected} is missing (next stored leaf is {leaf_index})")
+            if canonical is None:
+                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} has been deleted")
+            data = canonical.encode()
             try:
-                record = json.loads(canonical)
+                record = canonical_record(canonical, data)
             except ValueError:
-                raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not JSON") from None
-            if not isinstance(record, dict) or canonical_json(record) != canonical:
-                raise VerificationFailed(f"{entry_label} at leaf {leaf_index} is not in canonical form")
-        self._push(leaf_index, entry_label, record, _sha256(b"\x00" + encoded).digest(), recorded, columns)
-        return record
+                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not JSON") from None
+            if record is None:
+                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not in canonical form")
+            digest = _sha256(b"\x00" + data).digest()
+            if recorded is not None and recorded != digest:
+                raise VerificationFailed(
+                    f"{_label(entry)} at leaf {leaf_index} no longer matches its leaf hash"
+                )
+            if columns:
+                changed = column_difference(record, columns)
+                if changed is not None:
+                    raise VerificationFailed(
+                        f"{_label(entry)} at leaf {leaf_index}: the stored column {changed!r} differs "
+                        "from the signed entry; queries filtering on it give wrong answers"
+                    )
+            leaves.append(digest)
+            records.append(record)
+            expected += 1
+        self.compact.extend(leaves)
+        if self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size <= self.compact.size:
+            self._check_reached()
+        return records
 
     def add_record(
         self,

@@ -60,8 +60,9 @@ FILTER_COLUMNS: tuple[str, ...] = (
 )
 
 
-def filter_columns(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns auditors filter on, derived from an entry's record.
+def filter_values(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The columns auditors filter on, derived from an entry's record, in ``FILTER_COLUMNS``
+    order (``time`` as an instant).
 
     One rule: the writer stores these beside the canonical JSON, and ``audit verify``
     derives them again from that JSON and compares, so a changed column is caught.
@@ -69,17 +70,22 @@ def filter_columns(record: Mapping[str, Any]) -> dict[str, Any]:
     time = datetime.fromisoformat(record["time"])
     if time.tzinfo is None:
         time = time.replace(tzinfo=UTC)
-    return {
-        "time": time,
-        "client_id": record["client_id"],
-        "department": record["department"],
-        "citizen_id": record["citizen_id"],
-        "action": record["action"],
-        "decision": record["decision"],
-        "purpose": record["purpose"],
-        "owners": _joined(record["owners"]),
-        "fields": _joined([*record["fields_requested"], *record["fields_released"]]),
-    }
+    return (
+        time,
+        record["client_id"],
+        record["department"],
+        record["citizen_id"],
+        record["action"],
+        record["decision"],
+        record["purpose"],
+        _joined(record["owners"]),
+        _joined([*record["fields_requested"], *record["fields_released"]]),
+    )
+
+
+def filter_columns(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``filter_values`` by column name."""
+    return dict(zip(FILTER_COLUMNS, filter_values(record), strict=True))
 
 
 def entry_row(entry: AuditEntry) -> dict[str, Any]:
@@ -95,8 +101,10 @@ _SQLITE_INSERT = (
 
 
 def sqlite_time_text(time: datetime) -> str:
-    """The exact text SQLAlchemy's SQLite DateTime stores, so text filters compare alike."""
-    return time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    """The exact text SQLAlchemy's SQLite DateTime stores ("YYYY-MM-DD HH:MM:SS.ffffff",
+    the year in 4 digits), so text filters compare alike."""
+    utc = time if time.tzinfo is UTC else time.astimezone(UTC)
+    return utc.isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_params(row: dict[str, Any]) -> tuple[Any, ...]:

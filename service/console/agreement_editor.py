@@ -14,10 +14,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth import permissions
 from service.catalog.schemas import Catalog
 from service.console import forms
-from service.console.agreement_pages import Owner, current_and_history, page_names, version_number
+from service.console.agreement_pages import Owner, changeable, page_names, version_number
 from service.console.drafts import check_draft
 from service.console.forms import AgreementForm
 from service.console.sessions import SignedIn
@@ -209,11 +208,13 @@ async def edit_agreement(
     agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
 ) -> Response:
     catalog = await catalog_of(session)
-    current, _versions = await current_and_history(session, viewer, agreement_id)
-    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
-        raise ConsolePageError(
-            409, "This agreement cannot be changed", "Only an active agreement you own changes."
-        )
+    current = await changeable(
+        session,
+        viewer,
+        agreement_id,
+        "This agreement cannot be changed",
+        "Only an active agreement you own changes.",
+    )
     form = AgreementForm(values=forms.values_from_content(current.content))
     return _form_page(request, catalog, viewer, form, expected_version=current.version)
 

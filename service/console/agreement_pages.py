@@ -63,6 +63,17 @@ async def current_and_history(
         cursor = page.next_cursor
 
 
+async def changeable(
+    session: AsyncSession, viewer: SignedIn, agreement_id: str, title: str, detail: str
+) -> AgreementRecord:
+    """The current version of an agreement the viewer may change or revoke: active, and
+    one its department changes. Otherwise 409, with ``title`` and ``detail``."""
+    current, _versions = await current_and_history(session, viewer, agreement_id)
+    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
+        raise ConsolePageError(409, title, detail)
+    return current
+
+
 def version_number(value: Any) -> int:
     """The version a posted form was made from (its ``If-Match``); 400 if it is not one."""
     text = str(value or "")
@@ -189,11 +200,13 @@ async def revoke_page(
     agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
 ) -> Response:
     catalog = await catalog_of(session)
-    current, _versions = await current_and_history(session, viewer, agreement_id)
-    if current.status != "active" or not permissions.changes_agreement(viewer.principal, current.owner):
-        raise ConsolePageError(
-            409, "This agreement cannot be revoked", "Only an active agreement you own is revoked."
-        )
+    current = await changeable(
+        session,
+        viewer,
+        agreement_id,
+        "This agreement cannot be revoked",
+        "Only an active agreement you own is revoked.",
+    )
     return render(
         request,
         "agreements/revoke.html",

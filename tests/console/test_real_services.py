@@ -248,6 +248,25 @@ class TestAgreementsGiveTheApisAnswers:
         assert stale.status_code == 412
         assert "is at version 1; read it again" in stale.text
 
+    async def test_a_revoked_agreement_is_neither_edited_nor_revoked_again(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        await _signed_in_owner(client, session, "register")
+        assert (await _save(client, "/console/agreements/new", dict(VALID))).status_code == 303
+        path = f"/console/agreements/{VALID['id']}"
+        assert (await client.get(f"{path}/edit")).status_code == 200
+        assert (await client.get(f"{path}/revoke")).status_code == 200
+        revoked = await client.post(
+            f"{path}/revoke", data={"csrf_token": await _csrf(client), "expected_version": "1"}
+        )
+        assert revoked.status_code == 303, revoked.text
+        edit = await client.get(f"{path}/edit")
+        assert edit.status_code == 409
+        assert "This agreement cannot be changed" in edit.text
+        again = await client.get(f"{path}/revoke")
+        assert again.status_code == 409
+        assert "This agreement cannot be revoked" in again.text
+
     async def test_another_owners_agreement_is_missing_in_both(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

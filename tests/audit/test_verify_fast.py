@@ -1,0 +1,169 @@
+"""The verifier's fast paths decide exactly as the plain rules do.
+
+- ``canonical_record`` (orjson first, the standard library for whatever orjson cannot
+  settle) accepts a text as canonical exactly when the contract's rule does: parse with
+  ``json`` and re-encode with ``canonical_json``.
+- ``CompactRange.extend`` grows the tree as pushing one leaf at a time does.
+- ``LogVerifier.add_rows`` reports the same first problem as feeding leaves one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.audit import merkle
+from service.audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
+from service.audit.schemas import canonical_json
+from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed, canonical_record
+
+
+def contract_rule(text: str) -> bool | None:
+    """The rule as the contract states it: None when not JSON, else whether canonical."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return isinstance(record, dict) and canonical_json(record) == text
+
+
+def fast_rule(text: str) -> bool | None:
+    try:
+        return canonical_record(text, text.encode()) is not None
+    except ValueError:
+        return None
+
+
+# Every code point but the lone surrogates (text from the database is valid UTF-8).
+characters = st.characters(codec="utf-8")
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1e16, 1e-7, 123456789012345678.0, -0.0, 0.1, 2.5e-300])
+    | st.text(characters, max_size=12)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(characters, max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+records = st.dictionaries(st.text(characters, max_size=8), values, max_size=8)
+
+
+def renderings(record: dict[str, Any]) -> list[str]:
+    """The canonical text and texts that differ from it in the ways a changed row could."""
+    texts = [
+        canonical_json(record),
+        json.dumps(record, sort_keys=True),  # spaces, and non-ASCII escaped
+        json.dumps(record, sort_keys=True, separators=(",", ":")),  # non-ASCII escaped
+        json.dumps(record, separators=(",", ":"), ensure_ascii=False),  # keys as inserted
+        json.dumps(dict(reversed(record.items())), separators=(",", ":"), ensure_ascii=False),
+    ]
+    try:
+        texts.append(orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode())  # orjson's own floats
+        texts.append(orjson.dumps(record).decode())
+    except TypeError:
+        pass  # integers beyond 64 bits
+    return texts
+
+
+class TestCanonicalForm:
+    @settings(max_examples=400, deadline=None)
+    @given(records)
+    def test_the_fast_check_decides_as_the_contract_does(self, record: dict[str, Any]) -> None:
+        for text in renderings(record):
+            assert fast_rule(text) == contract_rule(text), text
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            '{"a":1e16}',  # orjson's exponent: not the standard library's 1e+16
+            '{"a":1e+16}',
+            '{"a":18446744073709551616}',  # beyond 64 bits: orjson reads a float
+            '{"a":NaN}',
+            '{"a":"\\u00e9"}',  # escaped where the canonical form is not
+            '{"a":1,"a":2}',
+            '{"b":1,"a":2}',
+            '{"a":-0}',
+            "[1,2]",
+            '{"a":1} ',
+            "not json",
+        ],
+    )
+    def test_edge_texts_are_decided_as_the_contract_decides(self, text: str) -> None:
+        assert fast_rule(text) == contract_rule(text)
+
+
+class TestCompactRangeExtend:
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(min_value=0, max_value=70), min_size=1, max_size=6))
+    def test_extend_grows_the_tree_as_pushing_does(self, batches: list[int]) -> None:
+        pushed, extended = merkle.CompactRange(), merkle.CompactRange()
+        counter = 0
+        for count in batches:
+            leaves = [hashlib.sha256(str(counter + i).encode()).digest() for i in range(count)]
+            counter += count
+            for leaf in leaves:
+                pushed.push(leaf)
+            extended.extend(leaves)
+            assert (extended.size, extended.hashes, extended.root()) == (
+                pushed.size,
+                pushed.hashes,
+                pushed.root(),
+            )
+
+
+def _log(count: int, every: int) -> tuple[NoteVerifier, list[StoredCheckpoint], list[tuple[Any, ...]]]:
+    signer = NoteSigner("tests.example/audit", Ed25519PrivateKey.generate())
+    rows: list[tuple[Any, ...]] = []
+    checkpoints: list[StoredCheckpoint] = []
+    tree = merkle.CompactRange()
+    for index in range(count):
+        text = canonical_json({"n": index, "time": "2026-12-02T01:00:00+00:00"})
+        leaf = hashlib.sha256(b"\x00" + text.encode()).digest()
+        tree.push(leaf)
+        rows.append((index, index + 1, text, leaf))
+        if tree.size % every == 0:
+            note = signer.sign(Checkpoint(signer.name, tree.size, tree.root()).body())
+            checkpoints.append(
+                StoredCheckpoint(tree.size, tree.root(), note, f"checkpoint (size {tree.size})")
+            )
+    return NoteVerifier.parse(signer.verifier_key()), checkpoints, rows
+
+
+def _first_problem(feed: Any) -> str | None:
+    try:
+        feed()
+    except VerificationFailed as exc:
+        return str(exc)
+    return None
+
+
+class TestRowsAtOnce:
+    @pytest.mark.parametrize("damaged", [3, 9, 10, 17, 22])
+    def test_the_first_problem_is_the_one_leaf_by_leaf_reports(self, damaged: int) -> None:
+        verifier, checkpoints, rows = _log(24, every=10)
+        # Leaf 12's recorded hash is lost and its entry changed: only checkpoint 20 can tell.
+        rows[12] = (12, 13, canonical_json({"n": 99, "time": "2026-12-02T01:00:00+00:00"}), None)
+        rows[damaged] = (damaged, damaged + 1, rows[damaged][2] + " ", rows[damaged][3])
+        one_by_one = LogVerifier(verifier, list(checkpoints))
+        at_once = LogVerifier(verifier, list(checkpoints))
+
+        def singly() -> None:
+            for leaf, entry, text, recorded in rows:
+                one_by_one.add(leaf, f"entry {entry}", text, recorded)
+
+        expected = _first_problem(singly)
+        assert expected is not None
+        assert _first_problem(lambda: at_once.add_rows(rows)) == expected

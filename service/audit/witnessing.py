@@ -41,6 +41,12 @@ from service.witness.protocol import submission_body
 logger = logging.getLogger("tellonce.audit.witnessing")
 
 
+# How often the fail-closed gate re-reads when a checkpoint last reached the quorum: at
+# most once a second (a tenth of the grace period if that is shorter). It runs in every
+# API process, beside the requests, so it is kept far slower than the submitter's poll.
+GATE_REFRESH_SECONDS = 1.0
+
+
 class WitnessConfigInvalid(ValueError):
     """TELLONCE_AUDIT_WITNESSES or the quorum cannot be used."""
 
@@ -68,7 +74,8 @@ class WitnessConfig:
     grace_seconds: float | None
     refresh_seconds: float
     timeout_seconds: float
-    poll_seconds: float
+    poll_seconds: float  # how often the submitter looks for a checkpoint to submit
+    gate_seconds: float = GATE_REFRESH_SECONDS  # how often each API process re-reads the age
 
     @property
     def enabled(self) -> bool:
@@ -98,8 +105,10 @@ def witness_config(audit: AuditSettings) -> WitnessConfig:
     if witnesses and quorum > len(witnesses):
         raise WitnessConfigInvalid(f"a quorum of {quorum} needs at least {quorum} witnesses")
     refresh = audit.witness_refresh_seconds
+    gate = GATE_REFRESH_SECONDS
     if audit.witness_grace_seconds is not None:
         refresh = min(refresh, audit.witness_grace_seconds / 3)
+        gate = min(gate, audit.witness_grace_seconds / 10)
     return WitnessConfig(
         witnesses=witnesses,
         quorum=quorum,
@@ -107,6 +116,7 @@ def witness_config(audit: AuditSettings) -> WitnessConfig:
         refresh_seconds=refresh,
         timeout_seconds=audit.witness_timeout_seconds,
         poll_seconds=audit.witness_poll_ms / 1000,
+        gate_seconds=gate,
     )
 
 
@@ -264,22 +274,25 @@ class WitnessSubmitter:
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
         """Round after round until ``stop``; ``wake`` (the sequencer's "checkpoint signed")
-        starts the next round at once rather than at the next poll."""
+        starts the next round at once. While the newest checkpoint is at quorum there is
+        nothing to poll for: the next round waits for ``wake`` or a quarter of the refresh
+        period (to re-witness an idle log in time). Until then, a round every poll."""
         while not stop.is_set():
+            if wake is not None:
+                wake.clear()  # before the round: a checkpoint signed during it wakes the next
+            witnessed = False
             try:
-                await self.run_once()
+                witnessed = await self.run_once()
             except Exception:
                 logger.exception("witnessing round failed")
             waits = [asyncio.ensure_future(stop.wait())]
             if wake is not None:
                 waits.append(asyncio.ensure_future(wake.wait()))
-            _done, pending = await asyncio.wait(
-                waits, timeout=self.config.poll_seconds, return_when=asyncio.FIRST_COMPLETED
-            )
+            idle = wake is not None and witnessed
+            timeout = self.config.refresh_seconds / 4 if idle else self.config.poll_seconds
+            _done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in pending:
                 waiter.cancel()
-            if wake is not None:
-                wake.clear()
 
 
 class WitnessGate:
@@ -342,7 +355,7 @@ class WitnessGate:
             except Exception:
                 logger.exception("reading the witnessing state failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.config.poll_seconds)
+                await asyncio.wait_for(stop.wait(), timeout=self.config.gate_seconds)
 
 
 @contextlib.asynccontextmanager

@@ -80,6 +80,20 @@ class TestSigningText:
         # The owner is signed too: the same text granted as another department fails.
         assert "does not verify" in (verifier.problem(signed, "register") or "")
 
+    def test_a_remembered_signature_vouches_only_for_its_own_key_and_text(self) -> None:
+        signer = OwnerSigner.generate("dvla")
+        signed = signer.signed(AGREEMENT)
+        verifier = OwnerVerifier.parse(signer.verifier_key(), "dvla")
+        # Verified twice: the second answer comes from memory, and is the same.
+        assert verifier.problem(signed, "dvla") is None
+        assert verifier.problem(signed, "dvla") is None
+        # Remembering it does not make it verify under another key, for another text or owner.
+        other = OwnerVerifier.parse(OwnerSigner.generate("dvla").verifier_key(), "dvla")
+        assert "does not verify" in (other.problem(signed, "dvla") or "")
+        edited = {**signed, "legal_basis": "none"}
+        assert "does not verify" in (verifier.problem(edited, "dvla") or "")
+        assert "does not verify" in (verifier.problem(signed, "register") or "")
+
     def test_digest_covers_the_signature(self) -> None:
         signer = OwnerSigner.generate("dvla")
         signed = signer.signed(AGREEMENT)

@@ -36,6 +36,12 @@ OWNER = "owner"
 PRIVATE_KEY_PREFIX = "PRIVATE+KEY+"
 
 
+# Signatures that verified, as (vkey, signing text, signature): a bounded memory, emptied
+# when full (the next compilation then verifies again).
+_VERIFIED: set[tuple[str, str, bytes]] = set()
+_VERIFIED_LIMIT = 100_000
+
+
 class SigningKeyError(ValueError):
     """A verifier key or private key that does not parse, or that names another department."""
 
@@ -102,13 +108,22 @@ class OwnerVerifier:
             return "the signature is not base64"
         if len(raw) != 64:
             return "the signature is not a 64-byte Ed25519 signature"
+        text = signing_text(content, owner)
+        # A policy epoch recompiles every agreement: only versions not seen before cost a
+        # verification (the key holds all the answer depends on: key, text and signature).
+        seen = (self.vkey, text, raw)
+        if seen in _VERIFIED:
+            return None
         try:
-            self.public_key.verify(raw, signing_text(content, owner).encode())
+            self.public_key.verify(raw, text.encode())
         except InvalidSignature:
             return (
                 f"the signature does not verify under {owner}'s signing key "
                 "(edited after signing, or signed by another key)"
             )
+        if len(_VERIFIED) >= _VERIFIED_LIMIT:
+            _VERIFIED.clear()
+        _VERIFIED.add(seen)
         return None
 
 

@@ -14,6 +14,7 @@ the floor any verifier pays. The same split is then measured on rows already in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -82,8 +83,11 @@ async def _read(
     engine = create_engine(url)
     pages: list[Any] = []
     rates = Rates()
-    async with engine.connect() as conn:
-        async for rows in audit_repository.stream_for_verification(conn, ENTRIES, VERIFY_PAGE):
+    async with (
+        engine.connect() as conn,
+        contextlib.aclosing(audit_repository.stream_for_verification(conn, ENTRIES, VERIFY_PAGE)) as stream,
+    ):
+        async for rows in stream:
             use(rows)
             pages.append(rows)
     measured = rates.stop(ENTRIES)

@@ -16,7 +16,8 @@ class CatalogVersion(Base):
 
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     content: Mapped[dict[str, Any]] = mapped_column(JSON)
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Not unique: a catalog may come back (a signing key added, then removed) as a new version.
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
     author: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

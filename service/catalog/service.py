@@ -90,7 +90,7 @@ async def current_cached(conn: AsyncConnection) -> Catalog:
     if catalog is None:
         content = (
             await conn.execute(
-                select(_catalog_versions.c.content).where(_catalog_versions.c.content_hash == digest)
+                select(_catalog_versions.c.content).where(_catalog_versions.c.content_hash == digest).limit(1)
             )
         ).scalar_one()
         catalog = Catalog.model_validate(content)

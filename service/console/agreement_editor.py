@@ -66,6 +66,7 @@ def _form_page(
             "expected_version": expected_version,
             "action": action,
             "signing_text": signing_text,
+            "claims": forms.encode_claims(form.values.get("verify")),
             "key_file": key_file,
             "sign_command": forms.sign_command(signing_text, key_file) if signing_text else None,
         },

@@ -32,10 +32,12 @@ FORM_FIELDS = (
     "when",
     "require_case_ref",
     "effect",
+    "verify",
     "signature",
     "reason",
 )
 TEXT_LIMIT = 2000
+CLAIMS_LIMIT = 20_000
 
 
 @dataclass
@@ -120,8 +122,21 @@ def form_values(form: FormData) -> dict[str, Any]:
         "effect": _text(form, "effect") or "permit",
         # Pasted: a line break or spaces around it are not part of the signature.
         "signature": "".join(_text(form, "signature").split()),
+        "verify": _claims(form),
         "reason": _text(form, "reason"),
     }
+
+
+def _claims(form: FormData) -> Any:
+    """The allowed claims (``verify:``) carried unchanged through the form, which has no
+    boxes for them: left out, an edit would drop them and let any claim be asked."""
+    value = form.get("verify")
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return json.loads(value[:CLAIMS_LIMIT])
+    except ValueError:
+        return value  # judged (and refused) by the policy rules as any other value
 
 
 def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,6 +156,8 @@ def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
         draft["require_case_ref"] = True
     if values.get("signature"):
         draft["signature"] = values["signature"]
+    if values.get("verify") is not None:
+        draft["verify"] = values["verify"]
     return draft
 
 
@@ -162,6 +179,7 @@ def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[st
         "effect": content.get("effect") or "permit",
         # Kept as stored: it still verifies if nothing is changed, and is refused if anything is.
         "signature": content.get("signature") or "",
+        "verify": content.get("verify"),
         "reason": reason,
     }
 
@@ -172,6 +190,11 @@ def _parts_of(value: Any) -> dict[str, str]:
         return dict.fromkeys(DATE_PARTS, "")
     day = value if isinstance(value, date) else date.fromisoformat(str(value))
     return {"day": str(day.day), "month": str(day.month), "year": str(day.year)}
+
+
+def encode_claims(claims: Any) -> str:
+    """Allowed claims as the form's hidden field carries them."""
+    return json.dumps(claims, sort_keys=True, separators=(",", ":")) if claims is not None else ""
 
 
 def encode_draft(content: Mapping[str, Any]) -> str:

@@ -20,6 +20,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service as auth_service
+from service.auth.dependencies import Principal
+from service.policy import agreements
 from service.policy import repository as policy_repository
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
@@ -254,3 +256,53 @@ class TestUnsignedDepartment:
         row = await policy_repository.current_version(session, "self-employed-for-welfare")
         assert row is not None
         assert "signature" not in row.content
+
+
+class TestAllowedClaimsKept:
+    async def test_changing_an_agreement_keeps_its_allowed_claims(
+        self, client: httpx.AsyncClient, session: AsyncSession, tmp_path: Path
+    ) -> None:
+        folder, _signers = signed_folder(tmp_path, "dvla")
+        await policy_service.apply_folder(session, load_policy_folder(folder), author="tests", reason="f")
+        owner = Principal.with_roles("register-owner", "register", "data-owner")
+        claims = {"date_of_birth": {"lte": ["today-18y"]}}
+        body = {
+            "id": "age-for-welfare",
+            "consumer": "welfare",
+            "fields": ["date_of_birth"],
+            "actions": ["verify"],
+            "purposes": ["benefit-eligibility"],
+            "legal_basis": "Social Security Administration Act 1992, s.122",
+            "verify": claims,
+        }
+        await agreements.create_agreement(session, owner, body)
+        await sign_in_as(session, client, "register")
+        page = await client.get("/console/agreements/age-for-welfare/edit")
+        carried = re.search(r'name="verify" value="([^"]*)"', page.text)
+        assert carried is not None, page.text[:3000]
+        # The form has no boxes for claims: they ride along unchanged with any other change.
+        form = {
+            **{k: v for k, v in body.items() if k not in ("id", "verify")},
+            "purposes": ["benefit-eligibility", "fraud-investigation"],
+            "verify": html.unescape(carried.group(1)),
+            "expected_version": "1",
+            "reason": "fraud checks too",
+            "csrf_token": csrf(page),
+        }
+        simulated = await client.post("/console/agreements/age-for-welfare/edit", data=form)
+        assert simulated.status_code == 200, simulated.text[:3000]
+        saved = await client.post(
+            "/console/agreements/age-for-welfare/edit",
+            data={
+                "step": "save",
+                "draft": shown(DRAFT, simulated),
+                "reason": "fraud checks too",
+                "expected_version": "1",
+                "csrf_token": csrf(simulated),
+            },
+        )
+        assert saved.status_code == 303, saved.text[:2000]
+        row = await policy_repository.current_version(session, "age-for-welfare")
+        assert row is not None
+        assert (row.version, row.content["verify"]) == (2, claims)
+        assert row.content["purposes"] == ["benefit-eligibility", "fraud-investigation"]

@@ -370,3 +370,27 @@ class TestKeyChangesAreAudited:
             entry = json.loads(raw)
             [reason] = entry["reasons"]
             assert reason["digest"] == hashlib.sha256(entry["document"].encode()).hexdigest()
+
+    async def test_a_key_added_then_removed_brings_the_earlier_catalog_back(
+        self, session: AsyncSession, tmp_path: Path
+    ) -> None:
+        connect_policy_changes()
+        before = load_catalog(TEST_POLICIES)
+        assert await catalog_service.store(session, before, author="tests", reason="no key") == 1
+        folder, signers = signed_folder(tmp_path, "dvla")
+        await policy_service.apply_folder(session, load_policy_folder(folder), author="tests", reason="key")
+        # The very catalog of version 1 again: a new version, not a refusal.
+        assert await catalog_service.store(session, before, author="tests", reason="key removed") == 3
+        assert (await catalog_service.current(session))[1].signing_keys == {}
+        rows = (
+            await session.execute(
+                select(AuditEntryRow.canonical)
+                .where(AuditEntryRow.action == "catalog-change")
+                .order_by(AuditEntryRow.id)
+            )
+        ).scalars()
+        reasons = [
+            [r["reason"] for r in json.loads(row)["reasons"] if r["effect"] == "signing-key"] for row in rows
+        ]
+        vkey = signers["dvla"].verifier_key()
+        assert reasons[1:] == [[f"dvla signing key: none -> {vkey}"], [f"dvla signing key: {vkey} -> none"]]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,8 +238,11 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
                 "tree_size": size,
             }
             handle.write(json.dumps(header) + "\n")
-            async with engine.connect() as conn:
-                async for rows in audit_repository.stream_for_verification(conn, size, PAGE):
+            async with (
+                engine.connect() as conn,
+                contextlib.aclosing(audit_repository.stream_for_verification(conn, size, PAGE)) as pages,
+            ):
+                async for rows in pages:
                     for leaf, entry_id, canonical, recorded, *stored in rows:
                         columns = dict(zip(FILTER_COLUMNS, stored, strict=True))
                         # ISO 8601 whatever the database: SQLite gives its text, PostgreSQL a datetime.

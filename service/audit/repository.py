@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -184,15 +186,29 @@ _VERIFY_ROWS = text(
 
 async def stream_for_verification(
     conn: AsyncConnection, below: int, page: int
-) -> AsyncIterator[Sequence[Sequence[Any]]]:
+) -> AsyncGenerator[Sequence[Sequence[Any]], None]:
     """Every leaf below ``below`` in order, in pages of ``page`` rows from one streamed
     query (a server-side cursor on PostgreSQL), each row (leaf index, entry id, canonical
     JSON or None if the entry is gone, recorded leaf hash or None, then the stored filter
     columns in ``FILTER_COLUMNS`` order as the driver returns them: ``time`` is text on
-    SQLite)."""
+    SQLite).
+
+    The next page is read while the caller works on this one. Iterate it under
+    ``contextlib.aclosing``: a caller that stops early then waits here for that read to
+    end before its connection closes.
+    """
     result = await conn.stream(_VERIFY_ROWS, {"below": below}, execution_options={"yield_per": page})
-    async for rows in result.partitions(page):
-        yield rows
+    pages = result.partitions(page).__aiter__()
+    pending = asyncio.ensure_future(anext(pages, None))
+    try:
+        while (rows := await pending) is not None:
+            pending = asyncio.ensure_future(anext(pages, None))
+            await asyncio.sleep(0)  # the read starts before the caller's work holds the loop
+            yield rows
+    finally:
+        if not pending.done():
+            with contextlib.suppress(Exception):
+                await pending
 
 
 async def node_range(db: Executor, level: int, first: int, count: int) -> list[bytes]:

@@ -147,8 +147,11 @@ async def verify_stored_log(
         ]
         size = await audit_repository.tree_size(conn)
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
-    async with connect() as conn:
-        async for rows in audit_repository.stream_for_verification(conn, size, VERIFY_PAGE):
+    async with (
+        connect() as conn,
+        contextlib.aclosing(audit_repository.stream_for_verification(conn, size, VERIFY_PAGE)) as pages,
+    ):
+        async for rows in pages:
             records = log.add_rows(rows)
             if on_entry is not None:
                 for row, record in zip(rows, records, strict=True):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -131,8 +132,7 @@ def _line(label: str, rate: tuple[float, float], base_label: str, base: tuple[fl
     )
 
 
-async def _main() -> None:
-    folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-verify-"))
+async def _main(folder: Path) -> None:
     url = f"sqlite+aiosqlite:///{folder / 'verify.db'}"
     await upgrade_async(url)
     signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
@@ -157,4 +157,8 @@ async def _main() -> None:
 
 
 def main() -> None:
-    asyncio.run(_main())
+    folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-verify-"))
+    try:
+        asyncio.run(_main(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

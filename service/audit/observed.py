@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert, select
 
-from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteVerifier
 from service.audit.models import AuditorObservedCheckpoint
 from service.audit.repository import Connect
-from service.audit.service import verify_stored_log
+from service.audit.service import stored_log_verification
 from service.audit.verify import Expectations, StoredCheckpoint
 from service.db import utcnow
 
@@ -60,10 +59,13 @@ async def verify_for_auditor(
         size, root, note, at = row
         label = f"the checkpoint of size {size} an auditor verified on {at:%Y-%m-%d %H:%M} UTC"
         trusted = (StoredCheckpoint(int(size), bytes(root), str(note), label),)
-    size, checkpoints = await verify_stored_log(connect, verifier, progress, Expectations(trusted=trusted))
-    async with begin() as conn:
-        newest = await audit_repository.latest_checkpoint(conn)
-        if newest is not None and newest.tree_size <= size and (row is None or newest.tree_size > row[0]):
+    log = await stored_log_verification(connect, verifier, progress, Expectations(trusted=trusted))
+    size, checkpoints = log.finish(), log.checked_checkpoints
+    # The largest checkpoint this run matched against the recomputed tree: the sequencer
+    # may have signed a larger one meanwhile, which the next verification checks.
+    newest = log.newest_checked
+    if newest is not None and (row is None or newest.tree_size > row[0]):
+        async with begin() as conn:
             await conn.execute(
                 insert(AuditorObservedCheckpoint).values(
                     tree_size=newest.tree_size,

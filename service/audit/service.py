@@ -129,6 +129,19 @@ async def verify_stored_log(
     expectations: Expectations | None = None,
     on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
 ) -> tuple[int, int]:
+    """The whole-log check of ``tellonce audit verify`` (see ``stored_log_verification``).
+    Returns (tree size, checkpoints checked)."""
+    log = await stored_log_verification(connect, verifier, progress, expectations, on_entry)
+    return log.finish(), log.checked_checkpoints
+
+
+async def stored_log_verification(
+    connect: Connect,
+    verifier: NoteVerifier,
+    progress: Callable[[int, int], None] | None = None,
+    expectations: Expectations | None = None,
+    on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
+) -> LogVerifier:
     """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
 
     The same ``LogVerifier`` recomputes every leaf, derives every filter column again
@@ -136,8 +149,8 @@ async def verify_stored_log(
     server's sequencer keeps appending while this runs (this very request's audit entry
     among them), and leaves past that size are the next verification's. The rows come
     from one streamed query (a server-side cursor on PostgreSQL), ``VERIFY_PAGE`` at a
-    time; each entry is parsed once, and ``on_entry`` gets that parse. Returns (tree
-    size, checkpoints checked).
+    time; each entry is parsed once, and ``on_entry`` gets that parse. Returns the
+    verifier with every stored leaf fed; its ``finish`` applies the expectations.
     """
     async with connect() as conn:
         # Checkpoints first: each one's size is then at most the size read after it.
@@ -164,7 +177,7 @@ async def verify_stored_log(
         raise VerificationFailed(f"entry {unsequenced} was sequenced but its leaf has been removed")
     if log.compact.size != size:
         raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
-    return log.finish(), log.checked_checkpoints
+    return log
 
 
 async def check_stored_releases(

@@ -152,6 +152,8 @@ class LogVerifier:
     expectations: Expectations = field(default_factory=Expectations)
     compact: merkle.CompactRange = field(default_factory=merkle.CompactRange)
     checked_checkpoints: int = 0
+    # The largest checkpoint whose root this verification recomputed and matched.
+    newest_checked: StoredCheckpoint | None = None
     _last_good_size: int = 0
 
     def __post_init__(self) -> None:
@@ -309,6 +311,7 @@ class LogVerifier:
                     )
                 self._last_good_size = checkpoint.tree_size
                 self.checked_checkpoints += 1
+                self.newest_checked = checkpoint
             self._next += 1
 
     def finish(self) -> int:

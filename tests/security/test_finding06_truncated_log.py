@@ -9,6 +9,7 @@ empty log, or one with no checkpoint, does not pass.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.cli import export_bundle, verify_bundle, verify_database
@@ -185,6 +186,31 @@ class TestConsoleVerifyNow:
             VerificationFailed, match=f"size {ENTRIES} an auditor verified on .* entries were removed"
         ):
             await verify_for_auditor(engine.connect, engine.begin, verifier, "audit-office-auditor")
+
+    async def test_a_checkpoint_signed_during_the_check_does_not_lose_the_record(
+        self, sealed: tuple[str, AsyncEngine, NoteSigner, list[int]]
+    ) -> None:
+        # The server's sequencer keeps signing while verify now runs (its own audit entry
+        # among the new leaves). The record is the largest checkpoint this run matched, not
+        # whatever is newest once it ends (which the run did not check, and was skipped).
+        _url, engine, signer, _ids = sealed
+        verifier = NoteVerifier.parse(signer.verifier_key())
+
+        @contextlib.asynccontextmanager
+        async def begin_after_growth() -> AsyncIterator[AsyncConnection]:
+            writer = AuditWriter(engine)
+            await writer.start()
+            await writer.append_many([make_entry(request_id=f"f6-late-{i}") for i in range(4)])
+            await writer.stop()
+            await sequence_all(make_sequencer(engine, signer, every=1))
+            async with engine.begin() as conn:
+                yield conn
+
+        first = await verify_for_auditor(engine.connect, begin_after_growth, verifier, "audit-office-auditor")
+        assert (first.size, first.anchored_at) == (ENTRIES, None)
+        again = await verify_for_auditor(engine.connect, engine.begin, verifier, "audit-office-auditor")
+        assert again.anchored_at == ENTRIES
+        assert again.size == ENTRIES + 4
 
     async def test_an_emptied_log_fails_once_an_auditor_has_seen_it(
         self, sealed: tuple[str, AsyncEngine, NoteSigner, list[int]]

@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -57,12 +58,16 @@ def _fast_canonical(record: dict[str, Any]) -> bytes:
 
 
 def _has_float(values: Iterable[Any]) -> bool:
-    for value in values:
-        kind = type(value)
-        if kind is float:
-            return True
-        if (kind is dict and _has_float(value.values())) or (kind is list and _has_float(value)):
-            return True
+    # The types of each level are gathered by C code; only containers are walked into.
+    values = list(values)
+    kinds = set(map(type, values))
+    if float in kinds:
+        return True
+    if list in kinds or dict in kinds:
+        for value in values:
+            kind = type(value)
+            if (kind is list and _has_float(value)) or (kind is dict and _has_float(value.values())):
+                return True
     return False
 
 
@@ -131,6 +136,8 @@ def column_difference(record: Mapping[str, Any], stored: Sequence[Any]) -> str |
     """The first filter column whose stored value (``FILTER_COLUMNS`` order) is not what
     the entry says, if any. ``time`` is compared as SQLite's exact text when stored as
     text (text filters compare it so), else as an instant."""
+    if _columns_match(record, stored):
+        return None
     try:
         derived = filter_values(record)
     except (KeyError, TypeError, ValueError):
@@ -143,6 +150,120 @@ def column_difference(record: Mapping[str, Any], stored: Sequence[Any]) -> str |
         if value != expected:
             return column
     return None
+
+
+_fromisoformat = datetime.fromisoformat
+
+
+def _comma_wrapped(names: Any) -> str:
+    """``writer``'s comma-wrapped list (sorted, unique) by the same steps, so it raises
+    where ``filter_values`` would."""
+    unique = sorted(set(names))
+    return "," + ",".join(unique) + "," if unique else ""
+
+
+def _columns_match(record: Mapping[str, Any], stored: Sequence[Any]) -> bool:
+    """True only where ``filter_values`` would derive exactly ``stored`` (as
+    ``column_difference`` compares them), by a cheaper path for the shapes the writer
+    stores; False means undecided, and ``column_difference`` decides the usual way.
+
+    The saving is ``time`` on SQLite: where the entry's time is the ISO text of a UTC
+    instant (it reads back to a datetime whose ``isoformat`` is that very text), SQLite's
+    stored text is that text's date and time, so no instant is converted and formatted.
+    ``tests/audit/test_verify_fast.py`` holds it to ``column_difference``'s answers.
+    """
+    try:
+        time, client_id, department, citizen_id, action, decision, purpose, owners, fields = stored
+        if not (
+            record["client_id"] == client_id
+            and record["department"] == department
+            and record["citizen_id"] == citizen_id
+            and record["action"] == action
+            and record["decision"] == decision
+            and record["purpose"] == purpose
+            and _comma_wrapped(record["owners"]) == owners
+            and _comma_wrapped([*record["fields_requested"], *record["fields_released"]]) == fields
+        ):
+            return False
+        text = record["time"]
+        if type(text) is not str:
+            return False
+        if type(time) is not str:
+            instant = _fromisoformat(text)
+            return bool((instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)) == time)
+        if text[-6:] != "+00:00" or _fromisoformat(text).isoformat() != text:
+            return False
+        if len(text) == 32:  # with microseconds
+            return time == text[:10] + " " + text[11:26]
+        return len(text) == 25 and time == text[:10] + " " + text[11:19] + ".000000"
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def check_leaves(
+    rows: Sequence[Sequence[Any]], expected: int, *, keep: bool = False
+) -> tuple[list[bytes], list[dict[str, Any]], VerificationFailed | None]:
+    """Check stored leaves in order, each row ``(leaf index, entry label or id, canonical
+    JSON, recorded leaf hash, *stored filter columns)`` (no columns: nothing to compare),
+    the first expected at leaf ``expected``: each is canonical JSON whose leaf hash is the
+    recorded one and whose stored columns are the entry's own. One parse of each entry
+    serves every check.
+
+    Returns the leaf hashes of the leaves before the first problem, their entries (with
+    ``keep``: holding them costs time where nobody reads them) and that problem, if any.
+    The tree is the caller's: ``LogVerifier`` in this process, or the parent of the
+    processes that check pages of a log in parallel (``verify_pages``).
+    """
+    leaves: list[bytes] = []
+    records: list[dict[str, Any]] = []
+    sha256 = _sha256
+    for leaf_index, entry, canonical, recorded, *columns in rows:
+        if leaf_index != expected:
+            return (
+                leaves,
+                records,
+                VerificationFailed(f"leaf {expected} is missing (next stored leaf is {leaf_index})"),
+            )
+        if canonical is None:
+            return (
+                leaves,
+                records,
+                VerificationFailed(f"{_label(entry)} at leaf {leaf_index} has been deleted"),
+            )
+        data = canonical.encode()
+        try:
+            record = canonical_record(canonical, data)
+        except ValueError:
+            return leaves, records, VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not JSON")
+        if record is None:
+            return (
+                leaves,
+                records,
+                VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not in canonical form"),
+            )
+        digest = sha256(b"\x00" + data).digest()
+        if recorded is not None and recorded != digest:
+            return (
+                leaves,
+                records,
+                VerificationFailed(f"{_label(entry)} at leaf {leaf_index} no longer matches its leaf hash"),
+            )
+        if columns and not _columns_match(record, columns):
+            changed = column_difference(record, columns)
+            if changed is not None:
+                return (
+                    leaves,
+                    records,
+                    VerificationFailed(
+                        f"{_label(entry)} at leaf {leaf_index}: the stored column {changed!r} differs "
+                        "from the signed entry; queries filtering on it give wrong answers"
+                    ),
+                )
+        leaves.append(digest)
+        if keep:
+            records.append(record)
+        expected += 1
+    return leaves, records, None
 
 
 @dataclass
@@ -185,12 +306,12 @@ class LogVerifier:
         """Feed the next leaf as stored: its canonical JSON, the leaf hash recorded when it
         was sequenced, and the filter columns stored beside it in ``FILTER_COLUMNS`` order
         (None: nothing to compare). Returns the entry, parsed once for any further check."""
-        return self.add_rows([(leaf_index, entry_label, canonical, recorded, *(columns or ()))])[0]
+        row = (leaf_index, entry_label, canonical, recorded, *(columns or ()))
+        return self.add_rows([row], keep=True)[0]
 
-    def add_rows(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Feed the next leaves in order, each row ``(leaf index, entry label or id,
-        canonical JSON, recorded leaf hash, *stored filter columns)`` (no columns: nothing
-        to compare), and return their parsed entries.
+    def add_rows(self, rows: Sequence[Sequence[Any]], *, keep: bool = False) -> list[dict[str, Any]]:
+        """Feed the next leaves in order, as ``check_leaves`` takes them, and return their
+        parsed entries with ``keep`` (else nothing).
 
         The leaves are checked up to each checkpoint in the rows, then the tree is grown
         to it in one step and the checkpoint checked, so problems are found in log order.
@@ -201,46 +322,34 @@ class LogVerifier:
             end = len(rows)
             if self._next < len(self.checkpoints):
                 end = min(end, position + max(1, self.checkpoints[self._next].tree_size - self.compact.size))
-            records += self._add_segment(rows[position:end])
+            leaves, checked, failure = check_leaves(rows[position:end], self.compact.size, keep=keep)
+            if failure is not None:
+                raise failure
+            self._grow(leaves)
+            records += checked
             position = end
         return records
 
-    def _add_segment(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Check each leaf (one parse of its entry serves every check), then add them all."""
-        expected = self.compact.size
-        leaves: list[bytes] = []
-        records: list[dict[str, Any]] = []
-        for leaf_index, entry, canonical, recorded, *columns in rows:
-            if leaf_index != expected:
-                raise VerificationFailed(f"leaf {expected} is missing (next stored leaf is {leaf_index})")
-            if canonical is None:
-                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} has been deleted")
-            data = canonical.encode()
-            try:
-                record = canonical_record(canonical, data)
-            except ValueError:
-                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not JSON") from None
-            if record is None:
-                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not in canonical form")
-            digest = _sha256(b"\x00" + data).digest()
-            if recorded is not None and recorded != digest:
-                raise VerificationFailed(
-                    f"{_label(entry)} at leaf {leaf_index} no longer matches its leaf hash"
-                )
-            if columns:
-                changed = column_difference(record, columns)
-                if changed is not None:
-                    raise VerificationFailed(
-                        f"{_label(entry)} at leaf {leaf_index}: the stored column {changed!r} differs "
-                        "from the signed entry; queries filtering on it give wrong answers"
-                    )
-            leaves.append(digest)
-            records.append(record)
-            expected += 1
+    def add_leaves(self, first: int, leaves: Sequence[bytes]) -> None:
+        """Feed leaf hashes that ``check_leaves`` computed elsewhere (another process) on
+        stored rows whose first is leaf ``first``: the tree grows to each checkpoint among
+        them and checks it, so problems are found in log order, as ``add_rows`` finds them.
+        Call it for every page that holds a row, even one with no good leaf: a leaf
+        missing before ``first`` comes first."""
+        if first != self.compact.size:
+            raise VerificationFailed(f"leaf {self.compact.size} is missing (next stored leaf is {first})")
+        position = 0
+        while position < len(leaves):
+            end = len(leaves)
+            if self._next < len(self.checkpoints):
+                end = min(end, position + max(1, self.checkpoints[self._next].tree_size - self.compact.size))
+            self._grow(leaves[position:end])
+            position = end
+
+    def _grow(self, leaves: Sequence[bytes]) -> None:
         self.compact.extend(leaves)
         if self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size <= self.compact.size:
             self._check_reached()
-        return records
 
     def add_record(
         self,

@@ -58,16 +58,12 @@ def _fast_canonical(record: dict[str, Any]) -> bytes:
 
 
 def _has_float(values: Iterable[Any]) -> bool:
-    # The types of each level are gathered by C code; only containers are walked into.
-    values = list(values)
-    kinds = set(map(type, values))
-    if float in kinds:
-        return True
-    if list in kinds or dict in kinds:
-        for value in values:
-            kind = type(value)
-            if (kind is list and _has_float(value)) or (kind is dict and _has_float(value.values())):
-                return True
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            return True
+        if (kind is dict and _has_float(value.values())) or (kind is list and _has_float(value)):
+            return True
     return False
 
 
@@ -156,20 +152,23 @@ _fromisoformat = datetime.fromisoformat
 
 
 def _comma_wrapped(names: Any) -> str:
-    """``writer``'s comma-wrapped list (sorted, unique) by the same steps, so it raises
-    where ``filter_values`` would."""
+    """``writer``'s comma-wrapped list (sorted, unique), raising where it raises."""
+    if type(names) is list and len(names) == 1:
+        return "," + names[0] + ","  # one name: sorted and unique already
     unique = sorted(set(names))
     return "," + ",".join(unique) + "," if unique else ""
 
 
 def _columns_match(record: Mapping[str, Any], stored: Sequence[Any]) -> bool:
     """True only where ``filter_values`` would derive exactly ``stored`` (as
-    ``column_difference`` compares them), by a cheaper path for the shapes the writer
-    stores; False means undecided, and ``column_difference`` decides the usual way.
+    ``column_difference`` compares them), by a cheaper path; False means undecided, and
+    ``column_difference`` decides the usual way.
 
-    The saving is ``time`` on SQLite: where the entry's time is the ISO text of a UTC
-    instant (it reads back to a datetime whose ``isoformat`` is that very text), SQLite's
-    stored text is that text's date and time, so no instant is converted and formatted.
+    The saving is ``time`` on SQLite, stored as text: instead of converting the entry's
+    instant to UTC and formatting it, the stored text is read back. Text of exactly the
+    shape ``sqlite_time_text`` writes ("YYYY-MM-DD HH:MM:SS.ffffff": 26 characters, these
+    separators, and ``fromisoformat`` takes only ASCII digits between them) is the one text
+    of its instant, so equal instants mean equal text.
     ``tests/audit/test_verify_fast.py`` holds it to ``column_difference``'s answers.
     """
     try:
@@ -185,17 +184,14 @@ def _columns_match(record: Mapping[str, Any], stored: Sequence[Any]) -> bool:
             and _comma_wrapped([*record["fields_requested"], *record["fields_released"]]) == fields
         ):
             return False
-        text = record["time"]
-        if type(text) is not str:
-            return False
-        if type(time) is not str:
-            instant = _fromisoformat(text)
-            return bool((instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)) == time)
-        if text[-6:] != "+00:00" or _fromisoformat(text).isoformat() != text:
-            return False
-        if len(text) == 32:  # with microseconds
-            return time == text[:10] + " " + text[11:26]
-        return len(text) == 25 and time == text[:10] + " " + text[11:19] + ".000000"
+        instant = _fromisoformat(record["time"])
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=UTC)
+        if type(time) is str:
+            if len(time) != 26 or time[4:20:3] != "-- ::.":
+                return False
+            time = _fromisoformat(time).replace(tzinfo=UTC)
+        return bool(instant == time)
     except (KeyError, TypeError, ValueError):
         return False
 

@@ -104,17 +104,28 @@ def take_page(log: LogVerifier, result: PageResult) -> None:
         raise VerificationFailed(problem)
 
 
-def _check_stored_page(first: int, below: int) -> PageResult:
+def read_stored_page(first: int, below: int) -> list[Any]:
+    """In a worker: the stored rows of leaves ``first`` to ``below`` (exclusive)."""
     assert _read_page is not None, "the worker was started without a reader"  # noqa: S101
-    return check_page(_read_page(first, below))
+    return _read_page(first, below)
+
+
+def check_stored_page(first: int, below: int) -> PageResult:
+    """In a worker: ``check_page`` on the stored rows of leaves ``first`` to ``below``."""
+    return check_page(read_stored_page(first, below))
 
 
 async def verify_in_pages(
-    log: LogVerifier, parallel: Parallel, size: int, progress: Callable[[int, int], None] | None = None
+    log: LogVerifier,
+    parallel: Parallel,
+    size: int,
+    progress: Callable[[int, int], None] | None = None,
+    page_check: Callable[[int, int], PageResult] = check_stored_page,
 ) -> None:
     """Feed ``log`` every stored leaf below ``size``, checked by ``parallel.workers``
-    processes a page at a time; raise ``VerificationFailed`` at the first problem in log
-    order, as ``LogVerifier.add_rows`` would."""
+    processes a page at a time (``page_check``: a benchmark's baseline passes one that
+    only hashes); raise ``VerificationFailed`` at the first problem in log order, as
+    ``LogVerifier.add_rows`` would."""
     pool = ProcessPoolExecutor(
         parallel.workers,
         mp_context=multiprocessing.get_context("fork"),
@@ -124,7 +135,7 @@ async def verify_in_pages(
     try:
         pages = [
             pool.submit(
-                _check_stored_page,
+                page_check,
                 audit_repository.FIRST_LEAF if start == 0 else start,
                 min(start + parallel.page, size),
             )

@@ -154,7 +154,8 @@ _fromisoformat = datetime.fromisoformat
 def _comma_wrapped(names: Any) -> str:
     """``writer``'s comma-wrapped list (sorted, unique), raising where it raises."""
     if type(names) is list and len(names) == 1:
-        return "," + names[0] + ","  # one name: sorted and unique already
+        name: str = names[0]  # a TypeError below if it is not a string, as in ``writer``
+        return "," + name + ","  # one name: sorted and unique already
     unique = sorted(set(names))
     return "," + ",".join(unique) + "," if unique else ""
 

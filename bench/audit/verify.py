@@ -42,10 +42,11 @@ from service.audit import repository as audit_repository
 from service.audit import verify_pages
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.cli import parallel_verification, verify_database
+from service.audit.leaf_checks import check_leaves
 from service.audit.schemas import AuditEntry
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.service import VERIFY_PAGE, verify_stored_log
-from service.audit.verify import LogVerifier, StoredCheckpoint, check_leaves
+from service.audit.verify import LogVerifier, StoredCheckpoint
 from service.audit.verify_pages import PageResult, Parallel
 from service.audit.writer import entry_row, insert_entries
 from service.db import create_engine

@@ -32,7 +32,8 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from service.audit import repository as audit_repository
-from service.audit.verify import LogVerifier, VerificationFailed, check_leaves
+from service.audit.leaf_checks import VerificationFailed, check_leaves
+from service.audit.verify import LogVerifier
 
 LEAF_HASH_SIZE = 32
 

@@ -24,15 +24,9 @@ from hypothesis import strategies as st
 
 from service.audit import merkle
 from service.audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
+from service.audit.leaf_checks import _columns_match, canonical_record, column_difference
 from service.audit.schemas import canonical_json
-from service.audit.verify import (
-    LogVerifier,
-    StoredCheckpoint,
-    VerificationFailed,
-    _columns_match,
-    canonical_record,
-    column_difference,
-)
+from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
 from service.audit.verify_pages import check_page, take_page
 from service.audit.writer import FILTER_COLUMNS, filter_values, sqlite_time_text
 

@@ -135,8 +135,9 @@ def decrypt_value(key: DataKey, *, citizen_id: str, field: str, version: int, ci
     """Decrypt and authenticate; any change or mismatch raises ``CiphertextIntegrityError``."""
     header = key._header
     # The header is checked here because the associated data is built from the key, not
-    # from the ciphertext: a changed format byte or key id must not slip through.
-    if not ciphertext.startswith(header):
+    # from the ciphertext: a changed format byte or key id must not slip through. (A slice
+    # compared, not ``startswith``: the method call costs a third of the AEAD call.)
+    if ciphertext[:HEADER_BYTES] != header:
         raise CiphertextIntegrityError()
     try:
         return key._aead.decrypt(

@@ -37,6 +37,7 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import make_url
 
+from bench import goals
 from bench.audit.appends import _entry
 from service.audit import repository as audit_repository
 from service.audit import verify_pages
@@ -160,8 +161,6 @@ async def _run(label: str, url: str) -> None:
         log.finish()
 
     baseline = await _timed(floor)
-    verdict = "PASS" if verified[0] >= GOAL else "MISS"
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(
         _line(
             f"  audit verify ({parallel.workers} workers)",
@@ -170,7 +169,8 @@ async def _run(label: str, url: str) -> None:
             baseline,
         )
     )
-    print(f"  goal {GOAL:,} entries/s: {verdict} ({len(checkpoints)} checkpoints; load average {load})")
+    goals.check(f"audit verify, {label}", verified[0], GOAL, unit=" entries/s")
+    print(f"  ({len(checkpoints)} checkpoints; {goals.load_average()})")
 
     engine = create_engine(url)
     one_process = await _timed(lambda: verify_stored_log(engine.connect, verifier))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from bench import goals
 from service.cli import LAZY_GROUPS
 
 ROUNDS = 7
@@ -40,3 +41,4 @@ def main() -> None:
     print(f"tellonce --help, lazy groups:       {lazy_median:.3f} s (median of {ROUNDS})")
     print(f"baseline, every group imported:     {eager_median:.3f} s")
     print(f"ratio baseline/lazy:                {eager_median / lazy_median:.1f}x")
+    goals.check("tellonce --help", lazy_median, 0.5, at_most=True, unit=" s")

@@ -29,7 +29,7 @@ from service.auth.runtime import TOKEN_PATH
 from service.auth.scopes import ROLE_SCOPES
 from service.errors import PROBLEM_BASE, PROBLEM_JSON, ServiceError
 from service.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES
-from service.policy.schemas import AgreementIn
+from service.policy.schemas import AgreementIn, SimulateIn
 
 SECURITY_SCHEME = "oauth2"
 
@@ -72,6 +72,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
 RAW_BODY_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/policies"): AgreementIn,
     ("PUT", "/v1/policies/{agreement_id}"): AgreementIn,
+    ("POST", "/v1/policies/simulate"): SimulateIn,
 }
 
 # The token endpoint answers RFC 6749 errors, not problem details; its throttling of
@@ -321,7 +322,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 continue
             if key in RAW_BODY_MODELS:
                 model = RAW_BODY_MODELS[key]
-                schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                document = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(document.pop("$defs", {}))  # the models it refers to
+                schemas[model.__name__] = document
                 operation["requestBody"]["content"]["application/json"]["schema"] = {
                     "$ref": f"#/components/schemas/{model.__name__}"
                 }

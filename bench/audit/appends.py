@@ -1,9 +1,15 @@
-"""Durable audit appends per second: the batched group-commit writer against one
-transaction per entry, with 200 concurrent writers, on SQLite and on PostgreSQL.
+"""Durable audit appends per second (issue 16, goal 3), on SQLite and on PostgreSQL.
 
-Both sides pay for durability: SQLite runs with synchronous=FULL (as the service does)
-and PostgreSQL with its default synchronous_commit=on, so every figure counts entries
-that were on disk when their append returned. Goal: >= 20,000/s batched on SQLite.
+200 concurrent writers each do what a secured read does after it has decided and
+decrypted: build the read's audit entry (``RecordsService.entry``, with the demo catalog
+and per-field policy decisions) and await ``AuditWriter.append``, the batched group-commit
+writer the service runs. The baseline, measured in the same run, is one transaction per
+entry: the same entry, inserted by ``insert_entries`` in a transaction of its own.
+
+Both pay for durability: SQLite runs with synchronous=FULL (as the service does) and
+PostgreSQL with its default synchronous_commit=on, so every figure counts entries that
+were committed when their append returned. Goals: >= 20,000/s on SQLite and >= 10,000/s
+on PostgreSQL with 200 writers.
 """
 
 from __future__ import annotations
@@ -13,75 +19,147 @@ import os
 import tempfile
 import time
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from bench import goals
 from service.audit.schemas import AuditEntry
 from service.audit.writer import AuditWriter, entry_row, insert_entries
+from service.auth.dependencies import Principal
+from service.auth.facts import RequestFacts
+from service.catalog.loader import load_catalog
+from service.catalog.schemas import Catalog
 from service.db import create_engine
+from service.policy.engine import Decision, RequestContext
+from service.records.service import RecordsService
 from service.schema import upgrade_async
 
+ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 200
-BATCHED_ENTRIES = 20_000
+BATCHED_ENTRIES = int(os.environ.get("BENCH_AUDIT_APPENDS", "40000"))
 BASELINE_SECONDS = 3.0
+GOALS = {"SQLite": 20_000, "PostgreSQL": 10_000}
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_USER = os.environ.get("PGUSER", "postgres")
 
+# A welfare officer's read of three DVLA fields: two permitted by a signed agreement, one
+# refused, as the policy engine decides them.
+REQUESTED = ["licence_status", "vehicle_registration", "licence_number"]
+_BASIS = "Social Security Administration Act 1992, s.122"
+_DIGEST = "9f2c" * 16
+_REFUSED = "no agreement lets dwp read licence_number for benefit-eligibility"
+_PERMITS = "agreement licence-status-for-benefits permits dwp to read {} for benefit-eligibility"
+DECISIONS = {
+    name: Decision(name, "permit", "licence-status-for-benefits", 3, _PERMITS.format(name), _BASIS, _DIGEST)
+    for name in REQUESTED[:2]
+} | {
+    "licence_number": Decision(
+        "licence_number",
+        "deny",
+        None,
+        None,
+        "no agreement lets dwp read licence_number for benefit-eligibility",
+    )
+}
+RELEASED = [name for name in REQUESTED if DECISIONS[name].permitted]
 
-def _entry(n: int) -> AuditEntry:
-    return AuditEntry(
-        time="2026-11-29T10:00:00+00:00",
-        request_id=f"bench-{n}",
-        client_id="welfare-consumer",
-        department="welfare",
-        on_behalf_of="officer-17",
-        action="read",
-        citizen_id=str(uuid.UUID(int=n)),
-        owners=["dvla"],
-        fields_requested=["licence_status", "licence_number"],
-        fields_released=["licence_status"],
-        decision="partial",
-        reasons=[{"field": "licence_number", "effect": "deny", "reason": "no agreement"}],  # type: ignore[list-item]
-        purpose="benefit-eligibility",
-        legal_basis=["Social Security Administration Act 1992, s.122"],
-        status=200,
+
+def _facts(n: int) -> RequestFacts:
+    """What authentication hands the read path: who asks, for which request and purpose."""
+    principal = replace(
+        Principal.with_roles("welfare-consumer", "dwp", "consumer"), on_behalf_of="officer-17"
+    )
+    return RequestFacts(
+        principal=principal,
+        request_id=uuid.UUID(int=n).hex,
         source="127.0.0.1",
+        purpose="benefit-eligibility",
     )
 
 
-async def _batched(url: str) -> tuple[float, int]:
+def _read_entry(catalog: Catalog, facts: RequestFacts, citizen_id: str) -> AuditEntry:
+    """The entry ``records.reads.read`` appends, built the way it builds it."""
+    context = RequestContext(
+        purpose=facts.purpose or "", case_ref=facts.case_ref, time=datetime.now(UTC), citizen_status="alive"
+    )
+    return RecordsService.entry(
+        facts,
+        "read",
+        context=context,
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=REQUESTED,
+        released=RELEASED,
+        decisions=DECISIONS,
+        status=200,
+    )
+
+
+def _entry(n: int) -> AuditEntry:
+    """A fixed read entry (validated from its values), which ``bench/audit/verify`` logs."""
+    return AuditEntry.model_validate(
+        {
+            "time": "2026-11-29T10:00:00+00:00",
+            "request_id": f"bench-{n}",
+            "client_id": "welfare-consumer",
+            "department": "welfare",
+            "on_behalf_of": "officer-17",
+            "action": "read",
+            "citizen_id": str(uuid.UUID(int=n)),
+            "owners": ["dvla"],
+            "fields_requested": ["licence_status", "licence_number"],
+            "fields_released": ["licence_status"],
+            "decision": "partial",
+            "reasons": [{"field": "licence_number", "effect": "deny", "reason": "no agreement"}],
+            "purpose": "benefit-eligibility",
+            "legal_basis": ["Social Security Administration Act 1992, s.122"],
+            "status": 200,
+            "source": "127.0.0.1",
+        }
+    )
+
+
+def _requests(count: int) -> list[tuple[RequestFacts, str]]:
+    # Authentication's part (who, which request, which citizen) is made before the clock.
+    return [(_facts(n), str(uuid.UUID(int=n))) for n in range(count)]
+
+
+async def _batched(url: str, catalog: Catalog) -> tuple[float, float, int]:
     engine = create_engine(url)
     writer = AuditWriter(engine)
     await writer.start()
-    entries = [_entry(n) for n in range(BATCHED_ENTRIES)]
+    requests = _requests(BATCHED_ENTRIES)
 
     async def worker(offset: int) -> None:
         for n in range(offset, BATCHED_ENTRIES, WRITERS):
-            await writer.append(entries[n])
+            facts, citizen_id = requests[n]
+            await writer.append(_read_entry(catalog, facts, citizen_id))
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(w) for w in range(WRITERS)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await writer.stop()
     await engine.dispose()
-    return BATCHED_ENTRIES / elapsed, writer.batches_committed
+    return BATCHED_ENTRIES / elapsed, cpu / BATCHED_ENTRIES, writer.batches_committed
 
 
-async def _one_per_transaction(url: str) -> float:
+async def _one_per_transaction(url: str, catalog: Catalog) -> float:
     engine = create_engine(url)
+    requests = _requests(WRITERS)
     done = 0
     deadline = time.perf_counter() + BASELINE_SECONDS
 
     async def worker(offset: int) -> None:
         nonlocal done
-        n = offset
+        facts, citizen_id = requests[offset]
         while time.perf_counter() < deadline:
             async with engine.begin() as conn:
-                await insert_entries(conn, [entry_row(_entry(n))])
+                await insert_entries(conn, [entry_row(_read_entry(catalog, facts, citizen_id))])
             done += 1
-            n += WRITERS
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(WRITERS)))
@@ -111,26 +189,31 @@ async def _drop_postgres(url: str) -> None:
         await admin.close()
 
 
-async def _run(label: str, url: str) -> None:
+async def _run(label: str, url: str, catalog: Catalog) -> None:
     await upgrade_async(url)
-    batched, batches = await _batched(url)
-    baseline = await _one_per_transaction(url)
+    batched, cpu, batches = await _batched(url, catalog)
+    baseline = await _one_per_transaction(url, catalog)
     print(
-        f"{label:<10} batched writer: {batched:>9,.0f} appends/s "
-        f"({BATCHED_ENTRIES} entries in {batches} commits, {WRITERS} writers) | "
-        f"one transaction per entry: {baseline:>7,.0f}/s | ratio {batched / baseline:,.1f}x"
+        f"{label:<10} batched writer: {batched:>7,.0f} appends/s ({BATCHED_ENTRIES:,} entries in {batches} "
+        f"commits, {WRITERS} writers, {cpu * 1e6:.0f} us of this process's CPU each) | "
+        f"one transaction per entry: {baseline:,.0f}/s | ratio {batched / baseline:,.1f}x"
     )
+    goals.check(f"durable audit appends, {label}, {WRITERS} writers", batched, GOALS[label], unit="/s")
 
 
 async def _main() -> None:
+    catalog = load_catalog(ROOT / "policies")
     folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-"))
-    await _run("SQLite", f"sqlite+aiosqlite:///{folder / 'bench.db'}")
+    await _run("SQLite", f"sqlite+aiosqlite:///{folder / 'bench.db'}", catalog)
     url = await _postgres_url()
     if url is None:
-        print("PostgreSQL  not reachable on 127.0.0.1:5432: skipped")
+        print("PostgreSQL not reachable on 127.0.0.1:5432: not measured")
+        goals.check(
+            f"durable audit appends, PostgreSQL, {WRITERS} writers", 0, GOALS["PostgreSQL"], unit="/s"
+        )
         return
     try:
-        await _run("PostgreSQL", url)
+        await _run("PostgreSQL", url, catalog)
     finally:
         await _drop_postgres(url)
 

@@ -69,6 +69,21 @@ class AccessFacts(Protocol):
     def case_ref(self) -> str | None: ...
 
 
+# The field -> owner map of the catalog last asked about: the catalog changes rarely, and
+# a map beats ``Catalog.field``'s scan of every field, once per requested field per entry.
+_owners_of: tuple[Catalog, dict[str, str]] | None = None
+
+
+def _field_owners(catalog: Catalog) -> dict[str, str]:
+    global _owners_of
+    known = _owners_of
+    if known is not None and known[0] is catalog:
+        return known[1]
+    owners = catalog.field_owners
+    _owners_of = (catalog, owners)
+    return owners
+
+
 def summary(requested: Sequence[str], released: Sequence[str]) -> Decision:
     """``permit`` when everything asked for was released, ``partial`` for some, else ``deny``."""
     if not requested or not released:
@@ -103,8 +118,8 @@ def access_entry(
     the decision used, and an owner can re-decide it from the log (``check-releases``);
     each reason cites the deciding agreement version's digest."""
     decided = list(decisions)
-    return AuditEntry(
-        time=time.isoformat(),
+    return AuditEntry.built(
+        time=time,
         request_id=request_id,
         client_id=client_id,
         department=department,
@@ -112,11 +127,11 @@ def access_entry(
         action=action,
         citizen_id=citizen_id,
         owners=sorted(set(owners)),
-        fields_requested=list(requested),
-        fields_released=list(released),
+        fields_requested=requested,
+        fields_released=released,
         decision=decision or summary(requested, released),
         reasons=[
-            Reason(
+            Reason.built(
                 field=d.field,
                 effect=d.effect,
                 agreement=d.agreement,
@@ -164,7 +179,7 @@ def records_access_entry(
         source=access.source,
         case_ref=access.case_ref,
         citizen_id=citizen_id,
-        owners=[spec.owner for name in requested if (spec := catalog.field(name))],
+        owners=[owner for name in requested if (owner := _field_owners(catalog).get(name))],
         requested=requested,
         released=released,
         decisions=decisions.values(),
@@ -224,15 +239,15 @@ def query_entry(
 ) -> AuditEntry:
     """An audit query (search, export, usage report, proof, verification) or a citizen's
     access log, read by ``principal``."""
-    return AuditEntry(
-        time=utcnow().isoformat(),
+    return AuditEntry.built(
+        time=utcnow(),
         request_id=current_request_id(),
         client_id=principal.client_id,
         department=principal.department,
         on_behalf_of=principal.on_behalf_of,
         action=action,
         citizen_id=citizen_id,
-        owners=list(owners),
+        owners=owners,
         decision="permit",
         status=200,
         source=source,

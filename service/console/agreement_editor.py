@@ -179,8 +179,7 @@ async def _submit(
         viewer.principal,
         request.app.state.policy,
         request.app.state.recorded_requests,
-        upsert=[spec],
-        remove=[],
+        {"upsert": [checked.content]},
     )
     simulation = Simulation.of(result)
     return _simulate_page(

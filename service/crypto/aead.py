@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from functools import lru_cache
 from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
@@ -78,17 +77,33 @@ class DataKey:
         raise TypeError("data keys cannot be pickled")
 
 
-@lru_cache(maxsize=65_536)
 def _associated_data(header: bytes, citizen_id: str, field: str, version: int) -> bytes:
-    """Header (format byte and key id), then citizen, field and version, length-prefixed.
-
-    Cached: a read decrypts the same citizens' fields again and again, and building this
-    costs as much as the AEAD call on a small field. Citizen ids are pseudonyms, not data."""
+    """Header (format byte and key id), then citizen, field and version, length-prefixed."""
     citizen = citizen_id.encode()
     name = field.encode()
     return b"".join(
         (header, _LENGTH.pack(len(citizen)), citizen, _LENGTH.pack(len(name)), name, _VERSION.pack(version))
     )
+
+
+# Associated data already built, by (header, citizen, field, version): a read decrypts the
+# same citizens' fields again and again, and building it costs as much as the AEAD call on
+# a small field. A plain dict emptied when full (an LRU's bookkeeping on every hit costs
+# more than the rare rebuild); citizen ids are pseudonyms and field names are not data.
+_ASSOCIATED: dict[tuple[bytes, str, str, int], bytes] = {}
+_ASSOCIATED_MAX = 65_536
+
+
+def _associated(header: bytes, citizen_id: str, field: str, version: int) -> bytes:
+    try:
+        return _ASSOCIATED[header, citizen_id, field, version]
+    except KeyError:
+        if len(_ASSOCIATED) >= _ASSOCIATED_MAX:
+            _ASSOCIATED.clear()
+        built = _ASSOCIATED[header, citizen_id, field, version] = _associated_data(
+            header, citizen_id, field, version
+        )
+        return built
 
 
 class _NoncePool(threading.local):
@@ -127,7 +142,7 @@ def encrypt_value(key: DataKey, *, citizen_id: str, field: str, version: int, pl
         raise ValueError("a value version is not negative")
     nonce = _nonce()
     header = key._header
-    sealed = key._aead.encrypt(nonce, plaintext, _associated_data(header, citizen_id, field, version))
+    sealed = key._aead.encrypt(nonce, plaintext, _associated(header, citizen_id, field, version))
     return header + nonce + sealed
 
 
@@ -135,15 +150,16 @@ def decrypt_value(key: DataKey, *, citizen_id: str, field: str, version: int, ci
     """Decrypt and authenticate; any change or mismatch raises ``CiphertextIntegrityError``."""
     header = key._header
     # The header is checked here because the associated data is built from the key, not
-    # from the ciphertext: a changed format byte or key id must not slip through.
-    if not ciphertext.startswith(header):
+    # from the ciphertext: a changed format byte or key id must not slip through. (A slice
+    # compared, not ``startswith``: the method call costs a third of the AEAD call.)
+    if ciphertext[:HEADER_BYTES] != header:
         raise CiphertextIntegrityError()
     try:
-        return key._aead.decrypt(
-            ciphertext[HEADER_BYTES:_BODY_START],
-            ciphertext[_BODY_START:],
-            _associated_data(header, citizen_id, field, version),
-        )
+        try:
+            associated = _ASSOCIATED[header, citizen_id, field, version]
+        except KeyError:
+            associated = _associated(header, citizen_id, field, version)
+        return key._aead.decrypt(ciphertext[HEADER_BYTES:_BODY_START], ciphertext[_BODY_START:], associated)
     except (InvalidTag, ValueError, struct.error):
         # InvalidTag: altered or misplaced. ValueError: truncated into the nonce.
         # struct.error: a negative version, which no value is ever written under.

@@ -14,7 +14,6 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,7 +25,7 @@ from service.db import utcnow
 from service.errors import BadRequest, ValidationFailed
 from service.policy import repository
 from service.policy import service as policy_service
-from service.policy.checks import check_body
+from service.policy.checks import check_body, read_simulation
 from service.policy.engine import Explanation, RequestContext
 from service.policy.errors import (
     AgreementExists,
@@ -36,7 +35,7 @@ from service.policy.errors import (
     NotFieldOwner,
     StaleAgreement,
 )
-from service.policy.loader import Problem, check_agreement
+from service.policy.loader import Problem
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import signing_text
@@ -101,11 +100,11 @@ def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
         )
 
 
-def _refuse_problems(problems: list[Problem], prefix: tuple[str | int, ...] = ()) -> None:
+def _refuse_problems(problems: list[Problem]) -> None:
     if problems:
         raise ValidationFailed(
             "The agreement has problems; each is listed in errors.",
-            errors=[{"loc": ["body", *prefix, *loc], "msg": message} for loc, message in problems],
+            errors=[{"loc": ["body", *loc], "msg": message} for loc, message in problems],
         )
 
 
@@ -129,13 +128,6 @@ def text_to_sign(spec: AgreementSpec, owner: str, catalog: Catalog) -> str | Non
     if owner not in catalog.signing_keys:
         return None
     return signing_text(spec.content(), owner)
-
-
-def validate(spec: AgreementSpec, owner: str, catalog: Catalog, prefix: tuple[str | int, ...] = ()) -> None:
-    """A draft for simulation: 403 for another department's fields, 422 for anything else
-    (unsigned drafts are fine: nothing is stored)."""
-    _refuse_foreign(list(spec.fields), owner, catalog)
-    _refuse_problems(check_agreement(spec, owner, catalog, signed=False), prefix)
 
 
 async def id_taken(session: AsyncSession, agreement_id: str) -> bool:
@@ -277,33 +269,56 @@ async def simulate_draft(
     principal: Principal,
     holder: policy_service.PolicyHolder,
     recorded: RecordedRequestSource | None,
-    *,
-    upsert: list[AgreementSpec],
-    remove: list[str],
-    since: datetime | None = None,
+    body: Mapping[str, Any],
 ) -> SimulationResult:
-    """Replay recorded requests against the live agreements plus ``upsert`` minus ``remove``.
+    """Replay recorded requests since ``body``'s ``since`` against the live agreements plus
+    its ``upsert`` drafts minus its ``remove`` ids. Live policy is never changed.
 
-    Each upsert is validated as a create would be, under its owner: the caller's
-    department, or for an auditor the owner of its fields. Live policy is never changed.
+    Each draft is judged as a create would be (unsigned drafts are fine: nothing is
+    stored), under its owner: the caller's department, or for an auditor the owner of its
+    fields. 403 for a draft over another department's fields; otherwise 422 listing every
+    problem with the body and every draft at once; 404 for an id to remove the caller may
+    not see.
     """
     catalog = await policy_service.live_catalog(session)
     owners = catalog.field_owners
-    drafts = []
-    for index, spec in enumerate(upsert):
+    read = read_simulation(body)
+    owned: list[tuple[int, Mapping[str, Any], str]] = []
+    for index, draft in read.drafts:
         owner = principal.department
-        if permissions.sees_all(principal):
-            owner = next((owners[f] for f in spec.fields if f in owners), principal.department)
-        validate(spec, owner, catalog, ("upsert", index))
+        fields = draft.get("fields")
+        if permissions.sees_all(principal) and isinstance(fields, list):
+            owner = next((owners[f] for f in fields if isinstance(f, str) and f in owners), owner)
+        _refuse_foreign(fields, owner, catalog)
+        owned.append((index, draft, owner))
+    problems = list(read.problems)
+    specs: list[tuple[AgreementSpec, str]] = []
+    for index, draft, owner in owned:
+        checked = check_body(draft, owner, catalog, signed=False, with_reason=False)
+        problems += [(("upsert", index, *loc), message) for loc, message in checked.problems]
+        if checked.spec is not None:
+            specs.append((checked.spec, owner))
+    problems.sort(key=_draft_order)  # stable: each draft's problems keep check_body's order
+    _refuse_problems(problems)
+    drafts = []
+    for spec, owner in specs:
         current = await repository.current_version(session, spec.id)
         if current is not None and current.owner != owner:
             raise AgreementExists(f"Agreement id {spec.id!r} belongs to another owner.")
         drafts.append(spec.to_engine(owner, (current.version + 1) if current else 1))
-    for agreement_id in remove:
+    for agreement_id in read.remove:
         await get_agreement(session, principal, agreement_id)
     live = await policy_service.current_policy(await session.connection(), holder)
-    draft = draft_policy(live, draft_agreements(live.agreements, drafts, remove))
-    return await simulate(live, draft, recorded, since)
+    changed = draft_policy(live, draft_agreements(live.agreements, drafts, read.remove))
+    return await simulate(live, changed, recorded, read.since)
+
+
+def _draft_order(problem: Problem) -> tuple[int, int]:
+    """Problems with ``remove`` and ``since`` first, then each draft's in ``upsert`` order."""
+    loc = problem[0]
+    if loc and loc[0] == "upsert" and len(loc) > 1 and isinstance(loc[1], int):
+        return (1, loc[1])
+    return (0, 0)
 
 
 def now_context(purpose: str, case_ref: str | None, citizen_status: str | None) -> RequestContext:

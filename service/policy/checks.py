@@ -1,6 +1,6 @@
-"""An agreement as submitted (a ``POST`` or ``PUT /v1/policies`` body, or the console's
-draft), checked in one round: its shape and the catalog rules together, every problem in
-words.
+"""An agreement as submitted (a ``POST`` or ``PUT /v1/policies`` body, a draft in a
+``POST /v1/policies/simulate`` body, or the console's draft), checked in one round: its
+shape and the catalog rules together, every problem in words.
 
 The shape is ``AgreementIn``'s; the rules are the loader's ``check_agreement``. A part
 that fails the shape is judged by nothing else (its catalog problems would be about a
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from service.catalog.schemas import Catalog
+from service.catalog.schemas import Catalog, Identifier
 from service.policy.engine import Action
 from service.policy.loader import Problem, check_agreement
 from service.policy.schemas import AgreementIn, AgreementSpec
@@ -90,8 +91,9 @@ class CheckedAgreement:
     problems: list[Problem]
 
 
-def shape_message(error: ErrorDetails) -> str:
-    """A schema refusal in words: what is wrong with which part of the agreement."""
+def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str:
+    """A schema refusal in words: what is wrong with which part of the agreement
+    (``parts``: the parts it may have)."""
     loc = error["loc"]
     part = str(loc[0]) if loc else ""
     label = LABELS.get(part, part)
@@ -101,7 +103,7 @@ def shape_message(error: ErrorDetails) -> str:
     if kind == "missing":
         return _NEEDS.get(part, f"{label} is missing")
     if kind == "extra_forbidden":
-        return f"an agreement has no part called {part!r}; its parts are {', '.join(LABELS)}"
+        return f"an agreement has no part called {part!r}; its parts are {', '.join(parts)}"
     if kind == "string_pattern_mismatch" and part in _PATTERNS:
         return _PATTERNS[part].format(input=value)
     if kind == "too_short" and part in _NEEDS:
@@ -137,23 +139,28 @@ def check_body(
     *,
     agreement_id: str | None = None,
     signed: bool = True,
+    with_reason: bool = True,
 ) -> CheckedAgreement:
     """Every problem with ``body`` as an agreement ``owner`` grants, at once.
 
-    ``body`` is an agreement entry, optionally with the ``reason`` for the change.
-    ``agreement_id`` (a change to an existing agreement) is the id the body must carry.
-    ``signed`` as for ``check_agreement``.
+    ``body`` is an agreement entry, with the ``reason`` for the change if ``with_reason``
+    (a draft to simulate changes nothing, so it has none). ``agreement_id`` (a change to
+    an existing agreement) is the id the body must carry. ``signed`` as for
+    ``check_agreement``.
     """
     problems: list[Problem] = []
     failed: set[str] = set()
+    parts = LABELS if with_reason else {k: v for k, v in LABELS.items() if k != "reason"}
     try:
-        submitted = AgreementIn.model_validate(body)
-        spec = submitted.spec()
-        reason = submitted.reason
+        if with_reason:
+            submitted = AgreementIn.model_validate(body)
+            spec, reason = submitted.spec(), submitted.reason
+        else:
+            spec, reason = AgreementSpec.model_validate(body), ""
     except ValidationError as exc:
         for error in exc.errors():
             failed.add(str(error["loc"][0]) if error["loc"] else "")
-            problems.append((tuple(error["loc"]), shape_message(error)))
+            problems.append((tuple(error["loc"]), shape_message(error, parts)))
         kept = {k: v for k, v in body.items() if k in _STAND_INS and k not in failed}
         spec = AgreementSpec.model_construct(**(_STAND_INS | kept))
         reason = ""
@@ -172,3 +179,73 @@ def check_body(
         problems.sort(key=lambda problem: _ORDER.get(str(problem[0][0]) if problem[0] else "", len(_ORDER)))
         return CheckedAgreement(None, reason, problems)
     return CheckedAgreement(spec, reason, [])
+
+
+MAX_DRAFTS = 1000
+
+
+class _Simulation(BaseModel):
+    """The envelope of a ``POST /v1/policies/simulate`` body; each draft in ``upsert`` is
+    checked as an agreement by ``check_body``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upsert: list[Any] = Field(default_factory=list, max_length=MAX_DRAFTS)
+    remove: list[Identifier] = Field(default_factory=list, max_length=MAX_DRAFTS)
+    since: datetime | None = None
+
+
+_SIMULATION_PARTS = "upsert, remove and since"
+
+
+def _simulation_message(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    part = str(loc[0]) if loc else ""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"a simulation has no part called {part!r}; its parts are {_SIMULATION_PARTS}"
+    if kind == "too_long":
+        what = "draft agreements" if part == "upsert" else "agreement ids"
+        return f"{part} lists too many {what} (at most {(error.get('ctx') or {}).get('max_length')})"
+    if kind == "list_type":
+        return f"{part} must be a list of " + ("draft agreements" if part == "upsert" else "agreement ids")
+    if part == "remove":
+        return f"{error.get('input')!r} is not an agreement id"
+    if part == "since":
+        return "since must be a date and time, like 2026-11-01T00:00:00Z"
+    message = str(error["msg"])
+    return f"{part}: {message[:1].lower()}{message[1:]}"
+
+
+@dataclass(frozen=True)
+class CheckedSimulation:
+    """A simulate body read: the drafts (as sent, each a mapping), the ids to remove and
+    the window start, or every problem with the envelope and with each draft's shape
+    (``check_draft`` judges a draft once its owner is known)."""
+
+    drafts: list[tuple[int, Mapping[str, Any]]]
+    remove: list[str]
+    since: datetime | None
+    problems: list[Problem]
+
+
+def read_simulation(body: Mapping[str, Any]) -> CheckedSimulation:
+    """The envelope of a simulate body, with a problem for each draft that is not a mapping.
+    Each draft comes with its index in ``upsert``."""
+    problems: list[Problem] = []
+    upsert = body.get("upsert", [])
+    try:
+        checked = _Simulation.model_validate(body)
+        remove, since = list(checked.remove), checked.since
+    except ValidationError as exc:
+        problems += [(tuple(error["loc"]), _simulation_message(error)) for error in exc.errors()]
+        remove, since = [], None
+    if not isinstance(upsert, list) or len(upsert) > MAX_DRAFTS:
+        upsert = []  # refused above, as a whole
+    drafts: list[tuple[int, Mapping[str, Any]]] = []
+    for index, draft in enumerate(upsert):
+        if isinstance(draft, Mapping):
+            drafts.append((index, draft))
+        else:
+            problems.append((("upsert", index), "each draft must be an agreement: a mapping of its parts"))
+    return CheckedSimulation(drafts, remove, since, problems)

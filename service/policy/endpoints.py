@@ -21,7 +21,6 @@ from service.policy.schemas import (
     ExplainIn,
     ExplainOut,
     NearMissOut,
-    SimulateIn,
     SimulateOut,
 )
 
@@ -69,9 +68,10 @@ async def list_agreements(
     return _page(await agreements.list_agreements(session, principal, cursor=cursor, limit=limit))
 
 
-# An agreement body (``AgreementIn``, as /openapi.json declares it) is read as sent and
-# checked by the policy domain in one round, shape and catalog rules together, so every
-# problem comes back in one 422 (FastAPI's own body check would answer the shape alone first).
+# An agreement body (``AgreementIn``, or ``SimulateIn`` for simulate, as /openapi.json
+# declares them; see ``service.openapi.RAW_BODY_MODELS``) is read as sent and checked by the
+# policy domain in one round, shape and catalog rules together, so every problem comes back
+# in one 422 (FastAPI's own body check would answer the shape alone first).
 AgreementBody = Annotated[dict[str, Any], Body()]
 
 
@@ -179,21 +179,16 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
 
 @router.post("/v1/policies/simulate", response_model=SimulateOut)
 async def simulate_change(
-    body: SimulateIn, request: Request, session: SessionDep, principal: Simulator
+    body: AgreementBody, request: Request, session: SessionDep, principal: Simulator
 ) -> SimulateOut:
     """Replay recorded requests against a draft (live agreements plus `upsert`, minus `remove`).
 
     Reports every decision that would change, counted by consumer, field, action and
-    purpose. Live policy is never changed.
+    purpose. Live policy is never changed. The body (`SimulateIn`) is checked in one
+    round: every problem with it and with each draft is listed at once.
     """
     result = await agreements.simulate_draft(
-        session,
-        principal,
-        request.app.state.policy,
-        request.app.state.recorded_requests,
-        upsert=list(body.upsert),
-        remove=list(body.remove),
-        since=body.since,
+        session, principal, request.app.state.policy, request.app.state.recorded_requests, body
     )
     changes = [
         ChangeOut.model_validate(

@@ -143,6 +143,9 @@ class ExplainOut(BaseModel):
 
 
 class SimulateIn(BaseModel):
+    """A ``POST /v1/policies/simulate`` body as /openapi.json documents it. The endpoint
+    reads the body as sent and ``service.policy.checks`` judges it in one round."""
+
     model_config = ConfigDict(extra="forbid")
 
     upsert: list[AgreementSpec] = Field(default_factory=list, max_length=1000)

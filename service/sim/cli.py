@@ -9,8 +9,8 @@
    here) with its checkpoints cosigned by both.
 4. Run the life events for ``--duration`` seconds as real HTTP clients.
 5. Print the report, with the audit log verified and its checkpoint's cosignatures checked.
-6. Keep serving until Ctrl-C (or exit, with ``--exit-after-report``); the witnesses stop
-   with the server.
+6. Keep serving until Ctrl-C or SIGTERM (or exit, with ``--exit-after-report``); the
+   witnesses stop with the server.
 """
 
 from __future__ import annotations
@@ -86,6 +86,17 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Handle SIGTERM (``kill``, a service manager, a container stop) as Ctrl-C, so the
+    demo's clean-up runs and its server and witness processes stop with it; Python's
+    default for SIGTERM ends the process at once and would leave them running."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
@@ -108,6 +119,7 @@ def demo(
 ) -> None:
     """Build a simulated tell-us-once government, serve it, live through life events, and
     report what was shared, what was refused, and what citizens did not have to tell twice."""
+    stop_on_sigterm()
     console = Console()
     settings = get_settings()
     if reset:

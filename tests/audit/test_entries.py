@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from service.audit import entries
+from service.audit.schemas import AuditEntry, Reason, canonical_json, entry_canonical
+from service.audit.writer import FILTER_COLUMNS, entry_row, filter_values
 from service.auth.dependencies import Principal
 from service.catalog.loader import load_catalog
 from service.crypto.keyring import KeyEvent
@@ -150,3 +155,95 @@ class TestOtherEntries:
         )
         assert (entry.client_id, entry.citizen_id, entry.owners) == (entries.SERVICE_ACTOR, "c-7", ["dvla"])
         assert entry.reasons[0].reason == "data-keys-shredded: citizen_id=c-7, count=2"
+
+
+# Text as requests bring it: any code point but the lone surrogates, control characters,
+# quotes and backslashes included (all of which the canonical form escapes).
+_text = st.text(st.characters(codec="utf-8"), max_size=12)
+_names = st.lists(_text, max_size=3)
+_decisions_drawn = st.lists(
+    st.builds(
+        Decision,
+        field=_text,
+        effect=st.sampled_from(["permit", "deny"]),
+        agreement=st.none() | _text,
+        version=st.none() | st.integers(min_value=0, max_value=2**62),
+        reason=_text,
+        legal_basis=st.none() | _text,
+        digest=st.none() | _text,
+    ),
+    max_size=3,
+)
+
+
+class TestBuiltEntries:
+    """Builders skip validation (``AuditEntry.built``) and the writer skips pydantic's
+    serializer and the standard library's encoder: each gives what the slow path gives."""
+
+    def test_built_names_every_field_of_the_entry(self) -> None:
+        entry = entries.query_entry(WELFARE, source=None)
+        assert set(entry.__dict__) == set(AuditEntry.model_fields)
+        assert set((entry.reasons and entry.reasons[0].__dict__) or Reason.model_fields) == set(
+            Reason.model_fields
+        )
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        requested=_names,
+        released=_names,
+        decided=_decisions_drawn,
+        owners=_names,
+        client=_text,
+        purpose=st.none() | _text,
+        status=st.integers(min_value=100, max_value=599),
+        time=st.datetimes(timezones=st.just(UTC)),
+    )
+    def test_a_built_entry_is_its_validated_twin(
+        self,
+        requested: list[str],
+        released: list[str],
+        decided: list[Decision],
+        owners: list[str],
+        client: str,
+        purpose: str | None,
+        status: int,
+        time: datetime,
+    ) -> None:
+        entry = entries.access_entry(
+            action="read",
+            time=time,
+            request_id="req-1",
+            client_id=client,
+            department="welfare",
+            on_behalf_of=None,
+            source=None,
+            case_ref=None,
+            citizen_id="c-1",
+            owners=owners,
+            requested=requested,
+            released=released,
+            decisions=decided,
+            purpose=purpose,
+            status=status,
+        )
+        record = entry.to_record()
+        validated = AuditEntry.model_validate(record)
+        assert entry == validated
+        assert record == validated.model_dump() == entry.model_dump()
+        assert validated.to_record() == record
+        assert entry_canonical(record) == canonical_json(record)
+        row = entry_row(entry)
+        assert row["canonical"] == entry.canonical() == validated.canonical()
+        assert row == dict(zip(FILTER_COLUMNS, filter_values(record), strict=True)) | {
+            "canonical": row["canonical"]
+        }
+
+    def test_the_record_is_a_copy(self) -> None:
+        entry = entries.query_entry(WELFARE, source=None, owners=["dvla"])
+        record = entry.to_record()
+        record["owners"].append("hmrc")
+        assert entry.owners == ["dvla"]
+
+    def test_what_orjson_refuses_gets_the_contracts_answer(self) -> None:
+        big = {"version": 2**70, "reason": "x"}
+        assert entry_canonical(big) == canonical_json(big)

@@ -59,10 +59,15 @@ class TestGroupCommit:
             assert rows[entry_id] == entry.canonical()
 
     async def test_append_many_returns_ids_in_order(self, writer: AuditWriter, engine: AsyncEngine) -> None:
-        entries = [make_entry(request_id=f"many-{i}") for i in range(5)]
+        entries = [make_entry(request_id=f"many-{i}") for i in range(50)]
         ids = await writer.append_many(entries)
         assert ids == sorted(ids)
-        assert await _count(engine, ids) == 5
+        assert await _count(engine, ids) == 50
+        # Each id is its own entry's: the batch's ids are handed back in the rows' order.
+        async with engine.connect() as conn:
+            query = select(AuditEntryRow.id, AuditEntryRow.canonical).where(AuditEntryRow.id.in_(ids))
+            stored = dict((await conn.execute(query)).all())
+        assert [stored[entry_id] for entry_id in ids] == [entry.canonical() for entry in entries]
 
 
 class TestFailClosed:

@@ -456,6 +456,55 @@ class TestSimulate:
         upsert = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
         assert_problem(upsert, 403, "not-field-owner")
 
+    async def test_every_problem_with_the_body_and_its_drafts_at_once(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        body = {
+            "upsert": [
+                NEW_AGREEMENT,
+                # A shape problem and a catalog rule in the same draft: both are heard.
+                NEW_AGREEMENT | {"id": "Bad Id", "purposes": ["gossip"], "reason": "why"},
+                "not an agreement",
+                NEW_AGREEMENT | {"id": "points-again", "legal_basis": " "},
+            ],
+            "remove": ["Not An Id"],
+            "since": "yesterday",
+            "colour": "blue",
+        }
+        response = await client.post("/v1/policies/simulate", json=body)
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (["body", "remove", 0], "'Not An Id' is not an agreement id"),
+            (["body", "since"], "since must be a date and time, like 2026-11-01T00:00:00Z"),
+            (
+                ["body", "colour"],
+                "a simulation has no part called 'colour'; its parts are upsert, remove and since",
+            ),
+            (
+                ["body", "upsert", 1, "id"],
+                "the agreement id must be lower-case letters, digits and hyphens, starting with a letter",
+            ),
+            (["body", "upsert", 1, "purposes", 0], "unknown purpose 'gossip'"),
+            (
+                ["body", "upsert", 1, "reason"],
+                "an agreement has no part called 'reason'; its parts are id, consumer, fields, actions, "
+                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, effect, signature, "
+                "verify",
+            ),
+            (["body", "upsert", 2], "each draft must be an agreement: a mapping of its parts"),
+            (["body", "upsert", 3, "legal_basis"], "a permit needs a legal basis"),
+        ]
+
+    async def test_a_list_that_is_not_one(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "dvla", "data-owner")
+        response = await client.post("/v1/policies/simulate", json={"upsert": "points", "remove": "x"})
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (["body", "upsert"], "upsert must be a list of draft agreements"),
+            (["body", "remove"], "remove must be a list of agreement ids"),
+        ]
+
     async def test_without_a_source_evaluates_nothing(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         # The server's source is the audit store; a deployment without one evaluates nothing.
         app.state.recorded_requests = None

@@ -209,3 +209,15 @@ class TestLatestCheckpoint:
             again.add_checkpoint(parse_submission(log.fork(2).submission(10)))
         assert (refused.value.status, refused.value.latest_size) == (409, 10)
         again.close()
+
+    def test_state_is_readable_by_its_owner_only(
+        self, tmp_path: Path, witness_signer: CosignatureSigner, log: MemoryLog
+    ) -> None:
+        path = tmp_path / "w.db"
+        path.touch(mode=0o644)  # even a file left readable by an older version is closed up
+        state = WitnessState(path, witness_signer, [NoteVerifier.parse(log.signer.verifier_key())])
+        state.add_checkpoint(parse_submission(log.submission(0)))
+        files = sorted(tmp_path.glob("w.db*"))
+        assert files
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o600" for f in files}
+        state.close()

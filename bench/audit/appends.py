@@ -3,8 +3,10 @@
 200 concurrent writers each do what a secured read does after it has decided and
 decrypted: build the read's audit entry (``RecordsService.entry``, with the demo catalog
 and per-field policy decisions) and await ``AuditWriter.append``, the batched group-commit
-writer the service runs. The baseline, measured in the same run, is one transaction per
-entry: the same entry, inserted by ``insert_entries`` in a transaction of its own.
+writer the service runs. Measured in the same run: the baseline, one transaction per
+entry (the same entry, inserted by ``insert_entries`` in a transaction of its own), and
+the ceiling, the database alone (the same rows made beforehand, inserted in batches of
+the writer's size), which says how much of the time is the entries' and the writer's.
 
 Both pay for durability: SQLite runs with synchronous=FULL (as the service does) and
 PostgreSQL with its default synchronous_commit=on, so every figure counts entries that
@@ -28,7 +30,7 @@ from sqlalchemy.engine import make_url
 
 from bench import goals
 from service.audit.schemas import AuditEntry
-from service.audit.writer import AuditWriter, entry_row, insert_entries
+from service.audit.writer import AuditWriter, entry_row, entry_values, insert_entries, insert_values
 from service.auth.dependencies import Principal
 from service.auth.facts import RequestFacts
 from service.catalog.loader import load_catalog
@@ -68,13 +70,13 @@ DECISIONS = {
 RELEASED = [name for name in REQUESTED if DECISIONS[name].permitted]
 
 
+_OFFICER = replace(Principal.with_roles("welfare-consumer", "dwp", "consumer"), on_behalf_of="officer-17")
+
+
 def _facts(n: int) -> RequestFacts:
     """What authentication hands the read path: who asks, for which request and purpose."""
-    principal = replace(
-        Principal.with_roles("welfare-consumer", "dwp", "consumer"), on_behalf_of="officer-17"
-    )
     return RequestFacts(
-        principal=principal,
+        principal=_OFFICER,
         request_id=uuid.UUID(int=n).hex,
         source="127.0.0.1",
         purpose="benefit-eligibility",
@@ -147,6 +149,24 @@ async def _batched(url: str, catalog: Catalog) -> tuple[float, float, int]:
     return BATCHED_ENTRIES / elapsed, cpu / BATCHED_ENTRIES, writer.batches_committed
 
 
+async def _database_alone(url: str, catalog: Catalog) -> tuple[float, float]:
+    """The same rows made beforehand, inserted by ``insert_values`` in transactions of
+    ``WRITERS`` (the writer's batches under this load): what the database and its driver
+    allow, with no entry to build and no one waiting."""
+    engine = create_engine(url)
+    rows = [
+        entry_values(_read_entry(catalog, facts, citizen_id))
+        for facts, citizen_id in _requests(BATCHED_ENTRIES)
+    ]
+    started, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, BATCHED_ENTRIES, WRITERS):
+        async with engine.begin() as conn:
+            await insert_values(conn, rows[start : start + WRITERS])
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await engine.dispose()
+    return BATCHED_ENTRIES / elapsed, cpu / BATCHED_ENTRIES
+
+
 async def _one_per_transaction(url: str, catalog: Catalog) -> float:
     engine = create_engine(url)
     requests = _requests(WRITERS)
@@ -192,11 +212,14 @@ async def _drop_postgres(url: str) -> None:
 async def _run(label: str, url: str, catalog: Catalog) -> None:
     await upgrade_async(url)
     batched, cpu, batches = await _batched(url, catalog)
+    alone, alone_cpu = await _database_alone(url, catalog)
     baseline = await _one_per_transaction(url, catalog)
     print(
         f"{label:<10} batched writer: {batched:>7,.0f} appends/s ({BATCHED_ENTRIES:,} entries in {batches} "
         f"commits, {WRITERS} writers, {cpu * 1e6:.0f} us of this process's CPU each) | "
-        f"one transaction per entry: {baseline:,.0f}/s | ratio {batched / baseline:,.1f}x"
+        f"one transaction per entry: {baseline:,.0f}/s, ratio {batched / baseline:,.1f}x | "
+        f"the database alone (rows made beforehand, {WRITERS} a transaction): {alone:,.0f}/s, "
+        f"{alone_cpu * 1e6:.0f} us CPU each, ratio {batched / alone:.2f}"
     )
     goals.check(f"durable audit appends, {label}, {WRITERS} writers", batched, GOALS[label], unit="/s")
 

@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.releases import ReleaseChecker, ReleaseReport
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed, quick_parse
+from service.audit.verify_pages import Parallel
 from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
 from service.db import create_engine
@@ -74,11 +76,22 @@ def trusted_checkpoint(path: Path, verifier: NoteVerifier) -> StoredCheckpoint:
     )
 
 
+def parallel_verification(database_url: str) -> Parallel | None:
+    """``tellonce audit verify``'s worker processes: one per CPU this process may use
+    (none with one CPU, where they would only add their start-up)."""
+    workers = len(os.sched_getaffinity(0))
+    return Parallel(database_url, workers=workers) if workers > 1 else None
+
+
 async def verify_database(
-    database_url: str, verifier: NoteVerifier, expectations: Expectations | None = None
+    database_url: str,
+    verifier: NoteVerifier,
+    expectations: Expectations | None = None,
+    parallel: Parallel | None = None,
 ) -> int:
     """Check the log in the database up to the size it has when the check starts (a
-    running server keeps appending); return that size or raise ``VerificationFailed``."""
+    running server keeps appending), in worker processes as ``parallel`` says, else in
+    this one; return that size or raise ``VerificationFailed``."""
     engine = create_engine(database_url)
     try:
         with Progress(
@@ -96,7 +109,7 @@ async def verify_database(
                 bar.update(task, completed=done, total=total)
 
             size, _checked = await audit_service.verify_stored_log(
-                engine.connect, verifier, report, expectations
+                engine.connect, verifier, report, expectations, parallel=parallel
             )
             return size
     finally:
@@ -323,7 +336,8 @@ def verify(
                     _bundle_checkpoints(bundle), witnesses, quorum if quorum is not None else len(witnesses)
                 )
         else:
-            size = asyncio.run(verify_database(get_settings().database_url, verifier, expectations))
+            url = get_settings().database_url
+            size = asyncio.run(verify_database(url, verifier, expectations, parallel_verification(url)))
     except (VerificationFailed, CheckpointError, OSError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -173,15 +175,29 @@ async def page_sequenced(db: Executor, after_leaf: int, limit: int) -> list[tupl
     ]
 
 
+# Below every leaf index: the first page of a verification has no lower bound.
+FIRST_LEAF = -(2**63)
+
+
+def _verification_rows(first: str, below: str) -> str:
+    """The rows verification checks, in leaf order, from leaf ``first`` to ``below``
+    (exclusive), the bounds written as the driver's placeholders."""
+    return (
+        "SELECT l.leaf_index, l.entry_id, e.canonical, n.hash, "  # noqa: S608 - fixed column names
+        + ", ".join(f"e.{column}" for column in FILTER_COLUMNS)
+        + " FROM audit_leaves l LEFT JOIN audit_entries e ON e.id = l.entry_id"
+        ' LEFT JOIN audit_nodes n ON n.level = 0 AND n."index" = l.leaf_index'
+        f" WHERE l.leaf_index >= {first} AND l.leaf_index < {below} ORDER BY l.leaf_index"
+    )
+
+
 # A plain text statement: its rows come back as the driver gives them, without
 # SQLAlchemy's per-value result processing, which costs more than verifying an entry.
-_VERIFY_ROWS = text(
-    "SELECT l.leaf_index, l.entry_id, e.canonical, n.hash, "  # noqa: S608 - fixed column names
-    + ", ".join(f"e.{column}" for column in FILTER_COLUMNS)
-    + " FROM audit_leaves l LEFT JOIN audit_entries e ON e.id = l.entry_id"
-    ' LEFT JOIN audit_nodes n ON n.level = 0 AND n."index" = l.leaf_index'
-    " WHERE l.leaf_index < :below ORDER BY l.leaf_index"
-)
+_VERIFY_ROWS = text(_verification_rows(":first", ":below"))
+# The same query for the drivers themselves, as the processes that verify pages in
+# parallel run it (``verify_pages``): sqlite3 takes named parameters, asyncpg numbered ones.
+SQLITE_VERIFY_PAGE = _verification_rows(":first", ":below")
+POSTGRES_VERIFY_PAGE = _verification_rows("$1", "$2")
 
 
 async def stream_for_verification(
@@ -197,7 +213,9 @@ async def stream_for_verification(
     ``contextlib.aclosing``: a caller that stops early then waits here for that read to
     end before its connection closes.
     """
-    result = await conn.stream(_VERIFY_ROWS, {"below": below}, execution_options={"yield_per": page})
+    result = await conn.stream(
+        _VERIFY_ROWS, {"first": FIRST_LEAF, "below": below}, execution_options={"yield_per": page}
+    )
     pages = result.partitions(page).__aiter__()
     pending = asyncio.ensure_future(anext(pages, None))
     try:
@@ -209,6 +227,16 @@ async def stream_for_verification(
         if not pending.done():
             with contextlib.suppress(Exception):
                 await pending
+
+
+def sqlite_leaf_page(conn: sqlite3.Connection, first: int, below: int) -> list[Any]:
+    """``stream_for_verification``'s rows from leaf ``first`` to ``below``, by sqlite3."""
+    return conn.execute(SQLITE_VERIFY_PAGE, {"first": first, "below": below}).fetchall()
+
+
+async def postgres_leaf_page(conn: asyncpg.Connection, first: int, below: int) -> list[Any]:
+    """``stream_for_verification``'s rows from leaf ``first`` to ``below``, by asyncpg."""
+    return list(await conn.fetch(POSTGRES_VERIFY_PAGE, first, below))
 
 
 async def node_range(db: Executor, level: int, first: int, count: int) -> list[bytes]:

@@ -25,6 +25,7 @@ from service.audit.replay import AuditedRequests
 from service.audit.repository import Connect
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.verify_pages import Parallel, verify_in_pages
 from service.audit.writer import AuditWriter
 from service.config import Settings
 from service.db import create_engine
@@ -128,10 +129,11 @@ async def verify_stored_log(
     progress: Callable[[int, int], None] | None = None,
     expectations: Expectations | None = None,
     on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> tuple[int, int]:
     """The whole-log check of ``tellonce audit verify`` (see ``stored_log_verification``).
     Returns (tree size, checkpoints checked)."""
-    log = await stored_log_verification(connect, verifier, progress, expectations, on_entry)
+    log = await stored_log_verification(connect, verifier, progress, expectations, on_entry, parallel)
     return log.finish(), log.checked_checkpoints
 
 
@@ -141,6 +143,7 @@ async def stored_log_verification(
     progress: Callable[[int, int], None] | None = None,
     expectations: Expectations | None = None,
     on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> LogVerifier:
     """The whole-log check of ``tellonce audit verify``, on a log that keeps growing.
 
@@ -149,8 +152,10 @@ async def stored_log_verification(
     server's sequencer keeps appending while this runs (this very request's audit entry
     among them), and leaves past that size are the next verification's. The rows come
     from one streamed query (a server-side cursor on PostgreSQL), ``VERIFY_PAGE`` at a
-    time; each entry is parsed once, and ``on_entry`` gets that parse. Returns the
-    verifier with every stored leaf fed; its ``finish`` applies the expectations.
+    time; each entry is parsed once, and ``on_entry`` gets that parse. With ``parallel``
+    (and no ``on_entry``), a log of ``parallel.from_size`` leaves or more is checked by
+    worker processes instead (``verify_pages``), finding the same first problem. Returns
+    the verifier with every stored leaf fed; its ``finish`` applies the expectations.
     """
     async with connect() as conn:
         # Checkpoints first: each one's size is then at most the size read after it.
@@ -160,17 +165,10 @@ async def stored_log_verification(
         ]
         size = await audit_repository.tree_size(conn)
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
-    async with (
-        connect() as conn,
-        contextlib.aclosing(audit_repository.stream_for_verification(conn, size, VERIFY_PAGE)) as pages,
-    ):
-        async for rows in pages:
-            records = log.add_rows(rows)
-            if on_entry is not None:
-                for row, record in zip(rows, records, strict=True):
-                    on_entry(row[0], f"entry {row[1]}", record)
-            if progress is not None:
-                progress(log.compact.size, size)
+    if parallel is not None and on_entry is None and size >= parallel.from_size:
+        await verify_in_pages(log, parallel, size, progress)
+    else:
+        await _verify_in_process(log, connect, size, progress, on_entry)
     async with connect() as conn:
         unsequenced = await audit_repository.unsequenced_entry(conn)
     if unsequenced is not None:
@@ -178,6 +176,26 @@ async def stored_log_verification(
     if log.compact.size != size:
         raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
     return log
+
+
+async def _verify_in_process(
+    log: LogVerifier,
+    connect: Connect,
+    size: int,
+    progress: Callable[[int, int], None] | None,
+    on_entry: Callable[[int, str, dict[str, Any]], None] | None,
+) -> None:
+    async with (
+        connect() as conn,
+        contextlib.aclosing(audit_repository.stream_for_verification(conn, size, VERIFY_PAGE)) as pages,
+    ):
+        async for rows in pages:
+            records = log.add_rows(rows, keep=on_entry is not None)
+            if on_entry is not None:
+                for row, record in zip(rows, records, strict=True):
+                    on_entry(row[0], f"entry {row[1]}", record)
+            if progress is not None:
+                progress(log.compact.size, size)
 
 
 async def check_stored_releases(

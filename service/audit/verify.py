@@ -11,97 +11,23 @@ so a truncated or emptied log does not pass.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from service.audit import merkle
 from service.audit.checkpoint import CheckpointError, NoteVerifier
+from service.audit.leaf_checks import (
+    VerificationFailed,
+    check_leaves,
+    column_difference,
+    fast_canonical,
+    quick_parse,
+)
 from service.audit.schemas import canonical_json
-from service.audit.writer import FILTER_COLUMNS, filter_values, sqlite_time_text
 
-_sha256 = hashlib.sha256
-_SORT_KEYS = orjson.OPT_SORT_KEYS
-
-
-def quick_parse(text: str | bytes) -> Any:
-    """The JSON value of ``text``, by orjson (several times faster than ``json`` on a whole
-    log), or by ``json`` for what orjson refuses (NaN, an escaped lone surrogate).
-
-    Not always ``json.loads``'s value: orjson reads an integer beyond 64 bits as a float.
-    ``LogVerifier`` therefore never trusts it alone: where the bytes an entry hashes do
-    not come back from it, ``json`` reads the entry again and decides.
-    """
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
-def _fast_canonical(record: dict[str, Any]) -> bytes:
-    """Usually the canonical bytes of ``record``, by orjson with sorted keys (which writes no
-    whitespace and UTF-8 unescaped, as ``canonical_json`` does).
-
-    A guess, never a rule: ``canonical_json`` is the contract, and every caller that finds
-    these bytes do not match falls back to it. Where orjson cannot write a value at all
-    (an integer beyond 64 bits), the contract's own bytes are returned.
-    """
-    try:
-        return orjson.dumps(record, option=_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        return canonical_json(record).encode()
-
-
-def _has_float(values: Iterable[Any]) -> bool:
-    for value in values:
-        kind = type(value)
-        if kind is float:
-            return True
-        if (kind is dict and _has_float(value.values())) or (kind is list and _has_float(value)):
-            return True
-    return False
-
-
-def canonical_record(canonical: str, data: bytes) -> dict[str, Any] | None:
-    """The entry ``canonical`` (``data``: its UTF-8 bytes) holds, or ``None`` when it is JSON
-    but not an object in canonical form; ``ValueError`` when it is not JSON.
-
-    The contract's canonical form is ``canonical_json``'s (the standard library's
-    encoder). orjson parses and re-encodes several times faster, and for an entry without
-    floats its sorted compact output is byte for byte the same
-    (``tests/audit/test_verify_fast.py`` holds it to that over generated entries).
-    Whatever orjson cannot settle (an entry holding a float, which is also how orjson
-    reads integers beyond 64 bits; text it refuses; a mismatch) is decided by the
-    standard library, so the answer is always the standard library's.
-    """
-    try:
-        record = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        record = None
-    else:
-        if (
-            type(record) is dict
-            and not _has_float(record.values())
-            and orjson.dumps(record, option=_SORT_KEYS) == data
-        ):
-            return record
-    record = json.loads(canonical)
-    if type(record) is not dict or canonical_json(record) != canonical:
-        return None
-    return record
-
-
-def _label(entry: object) -> str:
-    """An entry as messages name it: a label as given, or ``entry ID``."""
-    return entry if isinstance(entry, str) else f"entry {entry}"
-
-
-class VerificationFailed(Exception):
-    """The log does not verify; the message names the first entry or checkpoint at fault."""
+# Named here for the callers that verify a whole log.
+__all__ = ["Expectations", "LogVerifier", "StoredCheckpoint", "VerificationFailed", "quick_parse"]
 
 
 @dataclass
@@ -125,24 +51,6 @@ class Expectations:
     trusted: tuple[StoredCheckpoint, ...] = ()
     min_size: int = 0
     allow_empty: bool = False
-
-
-def column_difference(record: Mapping[str, Any], stored: Sequence[Any]) -> str | None:
-    """The first filter column whose stored value (``FILTER_COLUMNS`` order) is not what
-    the entry says, if any. ``time`` is compared as SQLite's exact text when stored as
-    text (text filters compare it so), else as an instant."""
-    try:
-        derived = filter_values(record)
-    except (KeyError, TypeError, ValueError):
-        return "canonical"
-    if isinstance(stored[0], str):
-        derived = (sqlite_time_text(derived[0]), *derived[1:])
-    if derived == tuple(stored):
-        return None
-    for column, value, expected in zip(FILTER_COLUMNS, stored, derived, strict=True):
-        if value != expected:
-            return column
-    return None
 
 
 @dataclass
@@ -185,12 +93,12 @@ class LogVerifier:
         """Feed the next leaf as stored: its canonical JSON, the leaf hash recorded when it
         was sequenced, and the filter columns stored beside it in ``FILTER_COLUMNS`` order
         (None: nothing to compare). Returns the entry, parsed once for any further check."""
-        return self.add_rows([(leaf_index, entry_label, canonical, recorded, *(columns or ()))])[0]
+        row = (leaf_index, entry_label, canonical, recorded, *(columns or ()))
+        return self.add_rows([row], keep=True)[0]
 
-    def add_rows(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Feed the next leaves in order, each row ``(leaf index, entry label or id,
-        canonical JSON, recorded leaf hash, *stored filter columns)`` (no columns: nothing
-        to compare), and return their parsed entries.
+    def add_rows(self, rows: Sequence[Sequence[Any]], *, keep: bool = False) -> list[dict[str, Any]]:
+        """Feed the next leaves in order, as ``check_leaves`` takes them, and return their
+        parsed entries with ``keep`` (else nothing).
 
         The leaves are checked up to each checkpoint in the rows, then the tree is grown
         to it in one step and the checkpoint checked, so problems are found in log order.
@@ -201,46 +109,34 @@ class LogVerifier:
             end = len(rows)
             if self._next < len(self.checkpoints):
                 end = min(end, position + max(1, self.checkpoints[self._next].tree_size - self.compact.size))
-            records += self._add_segment(rows[position:end])
+            leaves, checked, failure = check_leaves(rows[position:end], self.compact.size, keep=keep)
+            if failure is not None:
+                raise failure
+            self._grow(leaves)
+            records += checked
             position = end
         return records
 
-    def _add_segment(self, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Check each leaf (one parse of its entry serves every check), then add them all."""
-        expected = self.compact.size
-        leaves: list[bytes] = []
-        records: list[dict[str, Any]] = []
-        for leaf_index, entry, canonical, recorded, *columns in rows:
-            if leaf_index != expected:
-                raise VerificationFailed(f"leaf {expected} is missing (next stored leaf is {leaf_index})")
-            if canonical is None:
-                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} has been deleted")
-            data = canonical.encode()
-            try:
-                record = canonical_record(canonical, data)
-            except ValueError:
-                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not JSON") from None
-            if record is None:
-                raise VerificationFailed(f"{_label(entry)} at leaf {leaf_index} is not in canonical form")
-            digest = _sha256(b"\x00" + data).digest()
-            if recorded is not None and recorded != digest:
-                raise VerificationFailed(
-                    f"{_label(entry)} at leaf {leaf_index} no longer matches its leaf hash"
-                )
-            if columns:
-                changed = column_difference(record, columns)
-                if changed is not None:
-                    raise VerificationFailed(
-                        f"{_label(entry)} at leaf {leaf_index}: the stored column {changed!r} differs "
-                        "from the signed entry; queries filtering on it give wrong answers"
-                    )
-            leaves.append(digest)
-            records.append(record)
-            expected += 1
+    def add_leaves(self, first: int, leaves: Sequence[bytes]) -> None:
+        """Feed leaf hashes that ``check_leaves`` computed elsewhere (another process) on
+        stored rows whose first is leaf ``first``: the tree grows to each checkpoint among
+        them and checks it, so problems are found in log order, as ``add_rows`` finds them.
+        Call it for every page that holds a row, even one with no good leaf: a leaf
+        missing before ``first`` comes first."""
+        if first != self.compact.size:
+            raise VerificationFailed(f"leaf {self.compact.size} is missing (next stored leaf is {first})")
+        position = 0
+        while position < len(leaves):
+            end = len(leaves)
+            if self._next < len(self.checkpoints):
+                end = min(end, position + max(1, self.checkpoints[self._next].tree_size - self.compact.size))
+            self._grow(leaves[position:end])
+            position = end
+
+    def _grow(self, leaves: Sequence[bytes]) -> None:
         self.compact.extend(leaves)
         if self._next < len(self.checkpoints) and self.checkpoints[self._next].tree_size <= self.compact.size:
             self._check_reached()
-        return records
 
     def add_record(
         self,
@@ -259,14 +155,14 @@ class LogVerifier:
         self._in_order(leaf_index)
         if not isinstance(record, dict):
             raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
-        digest = _sha256(b"\x00" + _fast_canonical(record)).digest()
+        digest = merkle.leaf_hash(fast_canonical(record))
         if recorded is not None and digest != recorded:
             # The contract's reading and bytes decide: a mismatch is never orjson's alone.
             if exact is not None:
                 record = exact()
                 if not isinstance(record, dict):
                     raise VerificationFailed(f"{entry_label} at leaf {leaf_index} has been deleted")
-            digest = _sha256(b"\x00" + canonical_json(record).encode()).digest()
+            digest = merkle.leaf_hash(canonical_json(record).encode())
         self._push(leaf_index, entry_label, record, digest, recorded, columns)
         return record
 

@@ -18,6 +18,7 @@ from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.cli import export_bundle, verify_bundle, verify_database
 from service.audit.models import AuditEntryRow
 from service.audit.verify import VerificationFailed
+from service.audit.verify_pages import Parallel
 from service.audit.writer import FILTER_COLUMNS, AuditWriter
 from service.db import create_engine
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
@@ -51,10 +52,19 @@ async def _drop_triggers(engine: AsyncEngine) -> None:
                 await conn.execute(text(f"DROP TRIGGER {table}_no_delete"))
 
 
+def _in_pages(url: str) -> Parallel:
+    """Worker processes checking pages of 3 leaves (the checkpoints fall at 7 and 12)."""
+    return Parallel(url, workers=2, page=3, from_size=0)
+
+
 async def _expect_failure(url: str, signer: NoteSigner, tmp_path: Path, expected: str) -> None:
     verifier = NoteVerifier.parse(signer.verifier_key())
-    with pytest.raises(VerificationFailed, match=expected):
+    with pytest.raises(VerificationFailed, match=expected) as in_process:
         await verify_database(url, verifier)
+    # Worker processes checking pages apart name the same first problem, word for word.
+    with pytest.raises(VerificationFailed) as in_pages:
+        await verify_database(url, verifier, parallel=_in_pages(url))
+    assert str(in_pages.value) == str(in_process.value)
     bundle = tmp_path / "bundle.jsonl"
     await export_bundle(url, signer, bundle)
     with pytest.raises(VerificationFailed, match=expected):
@@ -68,6 +78,7 @@ class TestTamperEvidence:
         url, _engine, signer, _ids = sealed_log
         verifier = NoteVerifier.parse(signer.verifier_key())
         assert await verify_database(url, verifier) == ENTRIES
+        assert await verify_database(url, verifier, parallel=_in_pages(url)) == ENTRIES
         bundle = tmp_path / "bundle.jsonl"
         assert await export_bundle(url, signer, bundle) == ENTRIES
         assert verify_bundle(bundle, verifier) == ENTRIES

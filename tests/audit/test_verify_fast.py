@@ -4,13 +4,16 @@
   settle) accepts a text as canonical exactly when the contract's rule does: parse with
   ``json`` and re-encode with ``canonical_json``.
 - ``CompactRange.extend`` grows the tree as pushing one leaf at a time does.
-- ``LogVerifier.add_rows`` reports the same first problem as feeding leaves one by one.
+- ``LogVerifier.add_rows`` reports the same first problem as feeding leaves one by one,
+  and so do pages checked apart (as worker processes check them) and fed in order.
+- The filter columns' quick comparison agrees with ``column_difference``'s plain one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -21,8 +24,11 @@ from hypothesis import strategies as st
 
 from service.audit import merkle
 from service.audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
+from service.audit.leaf_checks import _columns_match, canonical_record, column_difference
 from service.audit.schemas import canonical_json
-from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed, canonical_record
+from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.verify_pages import check_page, take_page
+from service.audit.writer import FILTER_COLUMNS, filter_values, sqlite_time_text
 
 
 def contract_rule(text: str) -> bool | None:
@@ -167,3 +173,166 @@ class TestRowsAtOnce:
         expected = _first_problem(singly)
         assert expected is not None
         assert _first_problem(lambda: at_once.add_rows(rows)) == expected
+
+
+def _damaged_log(damaged: int, gap: int | None) -> tuple[NoteVerifier, list[StoredCheckpoint], list[Any]]:
+    verifier, checkpoints, rows = _log(30, every=10)
+    # Leaf 12's recorded hash is lost and its entry changed: only checkpoint 20 can tell.
+    rows[12] = (12, 13, canonical_json({"n": 99, "time": "2026-12-02T01:00:00+00:00"}), None)
+    rows[damaged] = (damaged, damaged + 1, rows[damaged][2] + " ", rows[damaged][3])
+    if gap is not None:
+        del rows[gap]  # a leaf removed: missing where it stood
+    return verifier, checkpoints, rows
+
+
+class TestPagesApart:
+    @pytest.mark.parametrize("page", [1, 3, 4, 7, 10, 64])
+    @pytest.mark.parametrize(
+        ("damaged", "gap"),
+        [
+            (3, None),
+            (9, None),
+            (10, None),
+            (17, None),
+            (22, None),
+            (25, 2),
+            (25, 6),
+            (25, 9),
+            (6, 5),
+            (28, 20),
+        ],
+    )
+    def test_the_first_problem_is_the_one_leaf_by_leaf_reports(
+        self, page: int, damaged: int, gap: int | None
+    ) -> None:
+        verifier, checkpoints, rows = _damaged_log(damaged, gap)
+        one_by_one = LogVerifier(verifier, list(checkpoints))
+        in_pages = LogVerifier(verifier, list(checkpoints))
+
+        def singly() -> None:
+            for leaf, entry, text, recorded in rows:
+                one_by_one.add(leaf, f"entry {entry}", text, recorded)
+
+        def paged() -> None:
+            # Pages by leaf index, as the workers read them: a removed leaf leaves a page short.
+            for start in range(0, 30, page):
+                take_page(in_pages, check_page([row for row in rows if start <= row[0] < start + page]))
+
+        expected = _first_problem(singly)
+        assert expected is not None
+        assert _first_problem(paged) == expected
+
+    @pytest.mark.parametrize("page", [1, 4, 10])
+    def test_an_intact_log_grows_the_same_tree(self, page: int) -> None:
+        verifier, checkpoints, rows = _log(30, every=10)
+        whole, in_pages = LogVerifier(verifier, list(checkpoints)), LogVerifier(verifier, list(checkpoints))
+        whole.add_rows(rows)
+        for start in range(0, 30, page):
+            take_page(in_pages, check_page(rows[start : start + page]))
+        assert (in_pages.compact.hashes, in_pages.checked_checkpoints) == (whole.compact.hashes, 3)
+        assert in_pages.finish() == whole.finish() == 30
+
+
+names = st.lists(st.sampled_from(["dvla", "hmrc", "welfare", "a,b", ""]), max_size=3)
+times = st.one_of(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=2))])).map(
+        lambda moment: moment.isoformat()
+    ),
+    st.sampled_from(
+        [
+            "2026-11-29T10:00:00+00:00",
+            "2026-11-29T10:00:00.005000+00:00",
+            "2026-11-29 10:00:00.005000+00:00",
+            "2026-11-29T10:00:00.005+00:00",
+            "2026-W48-7T10:00:00.005000+00:00",
+            "2026-11-29T10:00:00,005000+00:00",
+            "2026-11-29T10:00:00.005000",
+            "2026-11-29T10:00:00.005000Z",
+            "not a time",
+        ]
+    ),
+)
+entry_records = st.fixed_dictionaries(
+    {
+        "time": times,
+        "client_id": st.sampled_from(["welfare-consumer", "dvla-writer"]),
+        "department": st.sampled_from(["welfare", "dvla"]),
+        "citizen_id": st.none() | st.sampled_from(["c-1", "c-2"]),
+        "action": st.sampled_from(["read", "lookup"]),
+        "decision": st.sampled_from(["permit", "deny"]),
+        "purpose": st.none() | st.just("benefit-eligibility"),
+        "owners": names,
+        "fields_requested": names,
+        "fields_released": names,
+    }
+)
+
+
+def _stored_as_written(record: dict[str, Any], as_text: bool) -> list[Any]:
+    """The columns the writer stores for ``record``: ``time`` as SQLite's text or an instant."""
+    values = list(filter_values(record))
+    if as_text:
+        values[0] = sqlite_time_text(values[0])
+    return values
+
+
+class TestColumnsQuickly:
+    @settings(max_examples=400, deadline=None)
+    @given(entry_records, st.booleans(), st.integers(min_value=0, max_value=9), st.data())
+    def test_the_quick_comparison_never_passes_what_the_plain_one_refuses(
+        self, record: dict[str, Any], as_text: bool, changed: int, data: st.DataObject
+    ) -> None:
+        try:
+            stored = _stored_as_written(record, as_text)
+        except ValueError:
+            stored = ["2026-11-29 10:00:00.000000", *list(record.values())[1:7], ",dvla,", ""]
+        if changed < 9:
+            # One stored column as an attacker (or a bug) could have left it.
+            stored[changed] = data.draw(
+                st.sampled_from(
+                    [
+                        None,
+                        "",
+                        "2026-11-29 10:00:00.005000",
+                        "2026-W48-7 10:00:00.005000",
+                        ",dvla,",
+                        "welfare",
+                        datetime(2026, 11, 29, 10, tzinfo=UTC),
+                    ]
+                )
+            )
+        plain = column_difference_plain(record, stored)
+        assert column_difference(record, stored) == plain
+        if _columns_match(record, stored):
+            assert plain is None
+
+    def test_the_usual_shapes_take_the_quick_path(self) -> None:
+        for time in ("2026-11-29T10:00:00+00:00", "2026-11-29T10:00:00.005000+00:00"):
+            record = {
+                "time": time,
+                "client_id": "welfare-consumer",
+                "department": "welfare",
+                "citizen_id": "c-1",
+                "action": "read",
+                "decision": "permit",
+                "purpose": None,
+                "owners": ["hmrc", "dvla"],
+                "fields_requested": ["b", "a"],
+                "fields_released": ["a"],
+            }
+            assert _columns_match(record, _stored_as_written(record, as_text=True))
+            assert _columns_match(record, _stored_as_written(record, as_text=False))
+
+
+def column_difference_plain(record: dict[str, Any], stored: list[Any]) -> str | None:
+    """``column_difference`` as it was before the quick path: derive, then compare."""
+    try:
+        derived = filter_values(record)
+    except (KeyError, TypeError, ValueError):
+        return "canonical"
+    if isinstance(stored[0], str):
+        derived = (sqlite_time_text(derived[0]), *derived[1:])
+    for column, value, expected in zip(FILTER_COLUMNS, stored, derived, strict=True):
+        if value != expected:
+            return column
+    return None

@@ -20,7 +20,7 @@ from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.console import router as console_router
 from service.crypto.keyring import Keyring
-from service.db import Database
+from service.db import Database, driver_reads_lifecycle
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
@@ -71,6 +71,7 @@ ROUTERS = [
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
 LIFECYCLES.append(schema_lifecycle)
+LIFECYCLES.append(driver_reads_lifecycle)
 LIFECYCLES.append(policy_endpoints.policy_lifecycle)
 LIFECYCLES.append(auth_lifecycle)
 LIFECYCLES.append(audit_service.audit_lifecycle)

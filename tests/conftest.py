@@ -24,6 +24,7 @@ from service.catalog.loader import load_catalog
 from service.config import Settings
 from service.db import create_engine, get_session
 from service.schema import upgrade
+from tests.fixtures.auth import standing_on
 from tests.fixtures.databases import (
     base_database_url,
     create_scratch_database,
@@ -116,6 +117,7 @@ async def app(settings: Settings, session: AsyncSession) -> AsyncIterator[FastAP
 
     application.dependency_overrides[get_session] = _test_session
     async with application.router.lifespan_context(application):
+        standing_on(application, session)
         yield application
 
 

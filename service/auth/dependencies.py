@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import tracing
 from service.auth import service as auth_service
@@ -23,7 +22,7 @@ from service.auth.ratelimit import retry_after_seconds
 from service.auth.runtime import get_auth
 from service.auth.scopes import scopes_for
 from service.auth.tokens import TokenInvalid
-from service.db import SessionDep
+from service.db import DriverReads, driver_reads
 from service.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
 from service.policy import epoch as policy_epoch
 
@@ -74,21 +73,20 @@ def _on_behalf_of(request: Request) -> str | None:
     return value
 
 
-async def get_principal(request: Request, session: SessionDep) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """Authenticate the request with its bearer access token.
 
-    After the token (cached once verified), one indexed primary-key query reads the
-    client's standing and rate limit. That query is what makes ``tellonce clients
-    disable`` take effect on the very next request in every process and replica, with
-    no invalidation messages; it runs on the request's own session and commits at once,
-    so the connection goes back to the pool before the handler runs. ``bench/auth.py``
-    measures it against the cached verification.
+    After the token (cached once verified), one tiny read of the revocation epoch key on
+    the raw driver (``service.db.DriverReads``); the client's standing and rate limit are read
+    again only when that key has moved. ``tellonce clients disable`` moves it, so a
+    disabled client is refused on the very next request in every process and replica,
+    with no invalidation messages. ``bench/auth.py`` measures this path.
     """
     with tracing.span("auth"):
-        return await _authenticate(request, session)
+        return await _authenticate(request, driver_reads(request))
 
 
-async def _authenticate(request: Request, session: AsyncSession) -> Principal:
+async def _authenticate(request: Request, reads: DriverReads) -> Principal:
     auth = get_auth(request)
     token = _bearer_token(request)
     try:
@@ -98,15 +96,12 @@ async def _authenticate(request: Request, session: AsyncSession) -> Principal:
     # The revocation epoch moves whenever a policy changes or a client is disabled, in
     # any process. A client's standing read under the current epoch is still true, so it
     # is read from the database only when the epoch has moved since.
-    epoch = await policy_epoch.epoch_key(await session.connection())
+    epoch = await policy_epoch.driver_epoch_key(reads)
     request.state.epoch_key = epoch
     status = auth.standing.get(verified.client_id, epoch)
     if status is None:
-        status = await auth_service.client_status(session, verified.client_id)
+        status = await auth_service.client_standing(reads, verified.client_id)
         auth.standing.put(verified.client_id, epoch, status)
-    # Hand the connection back now: the rest of the request (decisions, decryption, the
-    # wait for a durable audit entry) must not hold a pooled connection it does not use.
-    await session.commit()
     if status is None or status.disabled:
         # The cached entry may stay: this check runs on every request, cached or not.
         raise InvalidToken("The client is disabled or no longer registered.")
@@ -122,31 +117,28 @@ async def _authenticate(request: Request, session: AsyncSession) -> Principal:
     )
 
 
+def demand(principal: Principal, needed: frozenset[str]) -> Principal:
+    """``principal`` if it carries every scope of ``needed``; 403 naming the missing ones."""
+    missing = needed - principal.scopes
+    if missing:
+        raise Forbidden(f"This call needs the scope(s): {', '.join(sorted(missing))}.")
+    return principal
+
+
 def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates and then demands every one of ``scopes`` (403 if missing)."""
     needed = frozenset(scopes)
 
     async def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        missing = needed - principal.scopes
-        if missing:
-            raise Forbidden(f"This call needs the scope(s): {', '.join(sorted(missing))}.")
-        return principal
+        return demand(principal, needed)
 
     # Read by the OpenAPI document (service/openapi.py) to declare each route's scopes.
     dependency.required_scopes = needed  # type: ignore[attr-defined]
     return dependency
 
 
-async def optional_principal(request: Request, session: SessionDep) -> Principal | None:
+async def optional_principal(request: Request) -> Principal | None:
     """The caller if it sent a token, else None: for endpoints an operator may make public."""
     if "authorization" not in request.headers:
         return None
-    return await get_principal(request, session)
-
-
-async def any_client(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-    """Any authenticated client, whatever its roles (the catalog is open to all of them)."""
-    return principal
-
-
-AnyClient = Annotated[Principal, Depends(any_client)]
+    return await get_principal(request)

@@ -20,7 +20,7 @@ from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret, secret_matches
 from service.auth.server import SeenAssertion
 from service.catalog import repository as catalog_repository
-from service.db import utcnow
+from service.db import DriverReads, utcnow
 from service.policy import epoch as policy_epoch
 
 PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
@@ -149,6 +149,18 @@ class ClientStatus:
     disabled: bool
     rate_per_second: float | None
     rate_burst: int | None
+
+
+_CLIENT_STANDING = "SELECT disabled_at, rate_per_second, rate_burst FROM clients WHERE client_id = ?"
+
+
+async def client_standing(reads: DriverReads, client_id: str) -> ClientStatus | None:
+    """``client_status`` on the raw driver, for authentication (``service.db.DriverReads``)."""
+    rows = await reads.rows(_CLIENT_STANDING, (client_id,))
+    if not rows:
+        return None
+    disabled_at, rate_per_second, rate_burst = rows[0]
+    return ClientStatus(disabled_at is not None, rate_per_second, rate_burst)
 
 
 async def client_status(session: AsyncSession, client_id: str) -> ClientStatus | None:

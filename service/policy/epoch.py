@@ -1,46 +1,52 @@
 """The revocation epoch: one row every process checks on each request.
 
-A policy change, a catalog change and a disabled client all move it (``bump_epoch``), and
-every process then recompiles its policy and re-reads clients' standing on its next
-request. Policy owns the row; auth moves it through ``bump_epoch`` and reads it through
-``epoch_key``.
+A policy change, a catalog change and a disabled client all move it (``bump_epoch``, or
+a new catalog version), and every process then recompiles its policy and re-reads
+clients' standing on its next request. Policy owns the row; auth moves it through
+``bump_epoch`` and reads it through ``epoch_key`` (a SQLAlchemy connection) or
+``driver_epoch_key`` (the per-request read on the raw driver, ``service.db.DriverReads``).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from service.catalog.models import CatalogVersion
-from service.db import utcnow
+from service.db import DriverReads, utcnow
 from service.policy.models import PolicyEpoch
 
 EPOCH_ROW = 1
 
-# One tiny statement per request: the epoch row by primary key and the newest catalog's
-# hash by primary key. A policy and a catalog change both move this key.
-_EPOCH_KEY = text(
-    "SELECT p.epoch, p.token, "
-    "(SELECT c.content_hash FROM catalog_versions c ORDER BY c.version DESC LIMIT 1) "
-    "FROM policy_epoch p WHERE p.id = :row"
+# One tiny statement, always one row (each part a primary-key or index lookup): the epoch
+# row, and the newest catalog version. A policy change, a disabled client and a new
+# catalog version all move this key.
+_EPOCH_KEY_SQL = (
+    "SELECT (SELECT p.epoch FROM policy_epoch p WHERE p.id = ?), "
+    "(SELECT p.token FROM policy_epoch p WHERE p.id = ?), "
+    "(SELECT c.version FROM catalog_versions c ORDER BY c.version DESC LIMIT 1)"
 )
+_EPOCH_KEY = text(_EPOCH_KEY_SQL.replace("?", ":row"))
 
-# (epoch, token, newest catalog hash): equal keys mean nothing the policy depends on moved.
-EpochKey = tuple[int, str, str | None]
+# (epoch, token, newest catalog version): equal keys mean nothing the policy depends on moved.
+EpochKey = tuple[int, str, int | None]
+
+
+def _key(row: Sequence[Any]) -> EpochKey:
+    epoch, token, catalog_version = row[0], row[1], row[2]
+    return (int(epoch or 0), str(token or ""), None if catalog_version is None else int(catalog_version))
 
 
 async def epoch_key(conn: AsyncConnection) -> EpochKey:
-    row = (await conn.execute(_EPOCH_KEY, {"row": EPOCH_ROW})).first()
-    if row is None:
-        catalog_hash = (
-            await conn.execute(
-                select(CatalogVersion.content_hash).order_by(CatalogVersion.version.desc()).limit(1)
-            )
-        ).scalar_one_or_none()
-        return (0, "", catalog_hash)
-    return (int(row[0]), str(row[1]), row[2])
+    return _key((await conn.execute(_EPOCH_KEY, {"row": EPOCH_ROW})).one())
+
+
+async def driver_epoch_key(reads: DriverReads) -> EpochKey:
+    """``epoch_key`` on the raw driver: the per-request check, a few microseconds on SQLite."""
+    return _key((await reads.rows(_EPOCH_KEY_SQL, (EPOCH_ROW, EPOCH_ROW)))[0])
 
 
 async def bump_epoch(session: AsyncSession) -> int:

@@ -7,15 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.records.store import open_store
+from service.records.store import store_on
 
 
 @asynccontextmanager
 async def records_lifecycle(app: FastAPI) -> AsyncIterator[None]:
-    """The read path's long-lived raw-driver store, open as long as the app."""
-    store = await open_store(app.state.settings.database_url)
-    app.state.records_store = store
-    try:
-        yield
-    finally:
-        await store.close()
+    """The read path's raw-driver store, on the app's ``DriverReads`` (which
+    ``service.db.driver_reads_lifecycle`` opens and closes)."""
+    app.state.records_store = store_on(app.state.driver_reads)
+    yield

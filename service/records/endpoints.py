@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
-from service.audit.writer import AuditWriter, get_audit_writer
+from service.audit.writer import get_audit_writer
 from service.auth.facts import RequestFacts, facts
-from service.crypto.keyring import Keyring, get_keyring
-from service.db import Database, get_database
+from service.crypto.keyring import Keyring
+from service.db import Database
 from service.errors import BadRequest, ValidationFailed
 from service.records import reads, writes
 from service.records.schemas import (
@@ -35,19 +35,20 @@ router = APIRouter(prefix="/v1/citizens", tags=["citizens"])
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
 
 
-async def records_service(
-    database: Annotated[Database, Depends(get_database)],
-    keyring: Annotated[Keyring, Depends(get_keyring)],
-    writer: Annotated[AuditWriter, Depends(get_audit_writer)],
-    request: Request,
-) -> RecordsService:
+async def records_service(request: Request) -> RecordsService:
+    """The records service on the app's long-lived parts. One dependency that reads them
+    itself: each dependency level FastAPI resolves costs more than these lookups."""
+    state = request.app.state
+    database: Database = state.database
+    keyring: Keyring = state.keyring
     return RecordsService(
         database.engine,
         keyring,
-        writer,
-        request.app.state.records_store,
-        request.app.state.policy,
-        getattr(request.app.state, "metrics", None),
+        # Fails closed (503) when the writer is down or the witness gate is shut.
+        await get_audit_writer(request),
+        state.records_store,
+        state.policy,
+        getattr(state, "metrics", None),
         database.settings.verify_unconstrained_per_day,
     )
 

@@ -3,8 +3,9 @@
 - ``CoreStore``: SQLAlchemy Core on a connection the caller holds (a request's or a test's
   transaction), through ``repository.py``.
 - ``SqliteStore`` and ``PostgresStore``: the raw driver on long-lived connections, for
-  the hot read path. Measured here, a query through SQLAlchemy's async layer on aiosqlite
-  costs several times the same query on the driver, and a read makes two of them.
+  the hot read path (``service.db.DriverReads``: sqlite3 on the event loop, asyncpg).
+  Measured here, a query through SQLAlchemy's async layer on aiosqlite costs several
+  times the same query on the driver, and a read makes two of them.
 
 All three select the column lists of ``repository.py`` and return the same rows
 (``tests/records/test_store.py``). The raw forms only read.
@@ -17,11 +18,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import aiosqlite
 import asyncpg
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.db import PostgresReads, SqliteReads, open_driver_reads
 from service.records import repository
 from service.records.repository import CitizenRow, ValueRow
 
@@ -74,25 +74,18 @@ def _value_row(r: Any) -> ValueRow:
 
 
 class SqliteStore:
-    """One read-only aiosqlite connection: in WAL mode reads never wait for writers, and
-    one connection's thread serves many concurrent reads without GIL contention."""
+    """Reads on the process's one read-only sqlite3 connection (``SqliteReads``): in WAL
+    mode reads never wait for writers, and an indexed read of one citizen's rows takes
+    less time on the event loop than the thread hand-off aiosqlite would make."""
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self.connection = connection
-
-    @classmethod
-    async def open(cls, path: str) -> SqliteStore:
-        connection = await aiosqlite.connect(path)
-        await connection.execute("PRAGMA query_only=ON")
-        await connection.execute("PRAGMA busy_timeout=10000")
-        return cls(connection)
+    def __init__(self, reads: SqliteReads) -> None:
+        self.reads = reads
 
     async def citizens(self, ids: Sequence[str]) -> dict[str, CitizenRow]:
         if not ids:
             return {}
         query = f"{_CITIZEN_SELECT} WHERE id IN ({','.join('?' * len(ids))})"
-        async with self.connection.execute(query, tuple(ids)) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.reads.rows(query, ids)
         return {row[0]: CitizenRow(row[0], row[1], row[2]) for row in rows}
 
     async def current_values(self, ids: Sequence[str], fields: Sequence[str]) -> list[ValueRow]:
@@ -102,22 +95,18 @@ class SqliteStore:
             f"{_VALUE_SELECT} WHERE citizen_id IN ({','.join('?' * len(ids))}) "
             f"AND field IN ({','.join('?' * len(fields))}) AND is_current = 1"
         )
-        async with self.connection.execute(query, (*ids, *fields)) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.reads.rows(query, (*ids, *fields))
         return [_value_row(r) for r in rows]
 
     async def close(self) -> None:
-        await self.connection.close()
+        await self.reads.close()
 
 
 class PostgresStore:
+    """Reads on an asyncpg pool (the process's ``PostgresReads`` pool in a server)."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-
-    @classmethod
-    async def open(cls, dsn: str) -> PostgresStore:
-        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=10)
-        return cls(pool)
 
     async def citizens(self, ids: Sequence[str]) -> dict[str, CitizenRow]:
         if not ids:
@@ -139,10 +128,13 @@ class PostgresStore:
         await asyncio.wait_for(self.pool.close(), timeout=10)
 
 
+def store_on(reads: SqliteReads | PostgresReads) -> ClosableStore:
+    """The raw-driver store on ``reads``; closing the store closes them."""
+    if isinstance(reads, SqliteReads):
+        return SqliteStore(reads)
+    return PostgresStore(reads.pool)
+
+
 async def open_store(database_url: str) -> ClosableStore:
-    """The raw-driver store for ``database_url``; the caller closes it."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        return await SqliteStore.open(url.database or ":memory:")
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return await PostgresStore.open(dsn)
+    """The raw-driver store for ``database_url``, on reads of its own; the caller closes it."""
+    return store_on(await open_driver_reads(database_url))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from service.db import Database
+from service.db import Database, PostgresReads
 from service.records.store import PostgresStore
 from tests.records.conftest import RecordsEnv, as_
 
@@ -39,7 +39,7 @@ async def database_refusing_connections(env: RecordsEnv) -> AsyncIterator[None]:
     (as a stopped PostgreSQL refuses connections)."""
     port = _closed_port()
     state = env.app.state
-    saved = state.database, state.records_store
+    saved = state.database, state.records_store, state.driver_reads
     state.database = Database(
         env.settings.model_copy(
             update={"database_url": f"postgresql+asyncpg://tellonce:unused@127.0.0.1:{port}/tellonce"}
@@ -47,12 +47,13 @@ async def database_refusing_connections(env: RecordsEnv) -> AsyncIterator[None]:
     )
     pool = await asyncpg.create_pool(f"postgresql://tellonce:unused@127.0.0.1:{port}/tellonce", min_size=0)
     state.records_store = PostgresStore(pool)
+    state.driver_reads = PostgresReads(pool)
     try:
         yield
     finally:
         await state.database.dispose()
         await pool.close()
-        state.database, state.records_store = saved
+        state.database, state.records_store, state.driver_reads = saved
 
 
 def _assert_503(response: httpx.Response) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -12,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
 from service.audit.writer import AuditWriter
+from service.db import create_engine
 from service.errors import ServiceUnavailable
+from service.schema import upgrade_async
 from tests.fixtures.audit import make_entry
 
 
@@ -117,3 +120,35 @@ class TestFailClosed:
             assert await flaky.append(make_entry()) > 0
         finally:
             await flaky.stop()
+
+
+class TestSqliteConnection:
+    """The SQLite writer's kept connection, on a database file of its own (so this runs
+    whichever database the suite is on)."""
+
+    async def test_lost_connection_fails_its_batch_and_the_next_reconnects(self, tmp_path: Path) -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+        await upgrade_async(url)
+        engine = create_engine(url)
+        writer = AuditWriter(engine)
+        await writer.start()
+        try:
+            first = await writer.append(make_entry(request_id="kept-1"))
+            batches = writer._sqlite
+            assert batches is not None
+            assert batches._connection is not None
+            # As if the database went away under the kept connection.
+            batches._connection.close()
+            with pytest.raises(AuditUnavailable):
+                await writer.append(make_entry(request_id="kept-lost"))
+            second = await writer.append(make_entry(request_id="kept-2"))
+            assert second > first
+            assert await _count(engine, [first, second]) == 2
+            async with engine.connect() as conn:
+                lost = await conn.execute(
+                    select(func.count()).where(AuditEntryRow.canonical.like('%"request_id":"kept-lost"%'))
+                )
+            assert lost.scalar() == 0
+        finally:
+            await writer.stop()
+            await engine.dispose()

@@ -110,6 +110,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.schema_heads = head_revisions()
     app.state.keyring = Keyring.from_settings(settings)
+    # Looked up on every request with getattr(..., None): set from the start, since a
+    # missing attribute costs Starlette an exception each time. The witnessing lifecycle
+    # puts a gate here when witnesses are configured; the catalog endpoint its body.
+    app.state.witness_gate = None
+    app.state.served_catalog = None
 
     install_error_handlers(app)
     for router in ROUTERS:

@@ -1,7 +1,8 @@
 """OpenTelemetry traces: off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) is set.
 
 When on, the FastAPI app, its SQLAlchemy engines and the webhook dispatcher's httpx
-client are instrumented, and the access path adds its own spans (``auth``,
+client are instrumented, the per-request raw-driver reads are ``db.read`` spans
+(``service.db``), and the access path adds its own spans (``auth``,
 ``policy.decide``, ``records.load``, ``crypto.decrypt``, ``audit.append``); the audit
 writer's group commits are ``audit.batch`` spans linked to every request they carry.
 Each server span carries ``tellonce.request_id``, and each log line written inside a span

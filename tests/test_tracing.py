@@ -175,7 +175,8 @@ class TestReadTrace:
         in_request = [span for span in spans if span.context.trace_id == trace_id]
         for name in ("auth", "policy.decide", "records.load", "crypto.decrypt", "audit.append"):
             assert _named(in_request, name).context.trace_id == trace_id
-        # SQLAlchemy statements of the request (the client's standing) are in its trace.
+        # The request's database reads (the revocation epoch, the citizen's rows: the raw
+        # driver's ``db.read`` spans) are in its trace.
         assert any(span.attributes and "db.system" in span.attributes for span in in_request)
         # The audit writer's group commit is its own trace, linked to this request.
         append = _named(in_request, "audit.append")

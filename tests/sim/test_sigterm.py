@@ -19,8 +19,8 @@ def test_a_terminated_demo_stops_its_children() -> None:
         from service.sim.cli import stop_on_sigterm
         stop_on_sigterm()
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-        print(child.pid, flush=True)
         try:
+            print(child.pid, flush=True)  # ready: inside the try, as the demo's serving is
             time.sleep(600)
         except KeyboardInterrupt:
             pass

@@ -90,16 +90,20 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def stop_on_sigterm() -> None:
-    """Handle SIGTERM (``kill``, a service manager, a container stop) as Ctrl-C, so the
-    demo's clean-up runs and its server and witness processes stop with it; Python's
-    default for SIGTERM ends the process at once and would leave them running."""
+def stop_on_signals() -> None:
+    """Handle Ctrl-C and SIGTERM (``kill``, a service manager, a container stop) alike, so
+    the demo's clean-up runs and its server and witness processes stop with it.
+
+    Python's default for SIGTERM ends the process at once; and a process started in the
+    background of a non-interactive shell inherits SIGINT ignored, in which case Python
+    installs no Ctrl-C handler at all. Either way the children would be left running."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -119,7 +123,7 @@ def demo(
 ) -> None:
     """Build a simulated tell-us-once government, serve it, live through life events, and
     report what was shared, what was refused, and what citizens did not have to tell twice."""
-    stop_on_sigterm()
+    stop_on_signals()
     console = Console()
     settings = get_settings()
     if reset:

@@ -24,7 +24,6 @@ from service.auth.scopes import scopes_for
 from service.auth.tokens import TokenInvalid
 from service.db import DriverReads, driver_reads
 from service.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
-from service.policy import epoch as policy_epoch
 
 ON_BEHALF_OF = "X-On-Behalf-Of"
 ON_BEHALF_OF_MAX = 200
@@ -77,7 +76,8 @@ async def get_principal(request: Request) -> Principal:
     """Authenticate the request with its bearer access token.
 
     After the token (cached once verified), one tiny read of the revocation epoch key on
-    the raw driver (``service.db.DriverReads``); the client's standing and rate limit are read
+    the raw driver (``service.db.DriverReads``; concurrent requests share a read that began
+    after each of them arrived, ``SharedEpochReads``); the client's standing and rate limit are read
     again only when that key has moved. ``tellonce clients disable`` moves it, so a
     disabled client is refused on the very next request in every process and replica,
     with no invalidation messages. ``bench/auth.py`` measures this path.
@@ -96,7 +96,7 @@ async def _authenticate(request: Request, reads: DriverReads) -> Principal:
     # The revocation epoch moves whenever a policy changes or a client is disabled, in
     # any process. A client's standing read under the current epoch is still true, so it
     # is read from the database only when the epoch has moved since.
-    epoch = await policy_epoch.driver_epoch_key(reads)
+    epoch = await auth.epochs.key(reads)
     request.state.epoch_key = epoch
     status = auth.standing.get(verified.client_id, epoch)
     if status is None:

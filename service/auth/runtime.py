@@ -14,6 +14,7 @@ from service.auth.ratelimit import RateLimiter
 from service.auth.server import TellonceAuthorizationServer
 from service.auth.tokens import TokenIssuer, TokenVerifier
 from service.config import Settings
+from service.policy.epoch import SharedEpochReads
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
 
@@ -48,6 +49,8 @@ class AuthRuntime:
     server: TellonceAuthorizationServer
     # Clients' standing as last read, per process (each uvicorn worker has its own).
     standing: ClientStanding = field(default_factory=ClientStanding)
+    # The per-request epoch read, shared by concurrent requests (never one begun before them).
+    epochs: SharedEpochReads = field(default_factory=SharedEpochReads)
 
     @property
     def issuer_url(self) -> str:

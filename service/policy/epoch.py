@@ -9,6 +9,7 @@ clients' standing on its next request. Policy owns the row; auth moves it throug
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from service.db import DriverReads, utcnow
+from service.db import DriverReads, SqliteReads, utcnow
 from service.policy.models import PolicyEpoch
 
 EPOCH_ROW = 1
@@ -47,6 +48,49 @@ async def epoch_key(conn: AsyncConnection) -> EpochKey:
 async def driver_epoch_key(reads: DriverReads) -> EpochKey:
     """``epoch_key`` on the raw driver: the per-request check, a few microseconds on SQLite."""
     return _key((await reads.rows(_EPOCH_KEY_SQL, (EPOCH_ROW, EPOCH_ROW)))[0])
+
+
+class SharedEpochReads:
+    """The per-request epoch read, shared by requests that arrive together, but never a
+    read that began before a request arrived.
+
+    Every request that arrives while a read is in flight waits for the next one, which
+    starts as soon as the one in flight returns and serves all of them. So each request
+    still gets a read that began after it arrived: a client disabled (or a policy changed)
+    before the request came is seen by it, as with a read of its own. Under load this is
+    one round trip per batch of concurrent requests instead of one each. On SQLite the read
+    runs on the event loop without yielding, so nothing can join it: it is read directly.
+    One per process (``AuthRuntime.epochs``).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: asyncio.Future[EpochKey] | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def key(self, reads: DriverReads) -> EpochKey:
+        if isinstance(reads, SqliteReads):
+            return await driver_epoch_key(reads)
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = asyncio.get_running_loop().create_future()
+            # Marks a failure retrieved even if every waiter was cancelled meanwhile.
+            waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read(reads))
+        return await asyncio.shield(waiting)
+
+    async def _read(self, reads: DriverReads) -> None:
+        try:
+            while (waiting := self._waiting) is not None:
+                self._waiting = None  # later arrivals wait for the next read
+                try:
+                    key = await driver_epoch_key(reads)
+                except Exception as exc:  # handed to every waiter, as their own read would be
+                    waiting.set_exception(exc)
+                else:
+                    waiting.set_result(key)
+        finally:
+            self._reader = None
 
 
 async def bump_epoch(session: AsyncSession) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import secrets
 import socket
 import subprocess
@@ -28,13 +27,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 from sqlalchemy import insert
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from bench._postgres import drop as drop_postgres
+from bench._postgres import scratch_url as scratch_postgres
 from service.auth.dependencies import Principal
+from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.config import Settings
@@ -44,7 +44,7 @@ from service.events.access import LivePolicy, OwnAuditSink
 from service.events.dispatcher import Dispatcher
 from service.events.notifier import EventNotifier
 from service.events.schemas import SubscriptionIn
-from service.events.service import Caller, EventsRuntime
+from service.events.service import EventsRuntime
 from service.records.models import Citizen
 from service.schema import upgrade_async
 
@@ -55,8 +55,6 @@ BURST_EVENTS = 500
 BURST_TRANSACTION = 50
 CITIZENS = 200
 CONCURRENCY = 20
-PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
-PG_USER = os.environ.get("PGUSER", "postgres")
 
 
 def _free_port() -> int:
@@ -148,7 +146,7 @@ async def _prepare(
     )
     # The register subscribing to its own field: the owner needs no agreement, so the real
     # policy engine permits it without a policy folder.
-    caller = Caller(principal=Principal.with_roles("bench", "register", "consumer"), request_id="bench")
+    caller = RequestFacts(principal=Principal.with_roles("bench", "register", "consumer"), request_id="bench")
     await events_service.create_subscription(
         runtime,
         caller,
@@ -269,40 +267,19 @@ async def _run(label: str, url: str, receiver: Receiver) -> None:
     )
 
 
-async def _postgres_url() -> str | None:
-    try:
-        admin = await asyncpg.connect(host=PG_HOST, user=PG_USER, database="postgres", timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    name = f"tellonce_bench_{uuid.uuid4().hex[:10]}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:5432/{name}"
-
-
-async def _drop_postgres(url: str) -> None:
-    admin = await asyncpg.connect(host=PG_HOST, user=PG_USER, database="postgres", timeout=5)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def _main() -> None:
     receiver = Receiver()
     try:
         folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-"))
         await _run("SQLite", f"sqlite+aiosqlite:///{folder / 'bench.db'}", receiver)
-        url = await _postgres_url()
+        url = await scratch_postgres()
         if url is None:
             print("PostgreSQL  not reachable on 127.0.0.1:5432: skipped")
             return
         try:
             await _run("PostgreSQL", url, receiver)
         finally:
-            await _drop_postgres(url)
+            await drop_postgres(url)
     finally:
         receiver.stop()
 

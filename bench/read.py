@@ -31,10 +31,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
-import asyncpg
 import httpx
 
 from bench import goals
@@ -49,6 +47,8 @@ from bench._load import (
     _wrk,
     cpu_split,
 )
+from bench._postgres import drop as drop_postgres
+from bench._postgres import scratch_url as scratch_postgres
 from service.schema import upgrade
 from service.sim.policies import signed_policies
 
@@ -65,18 +65,10 @@ TWO_OVER_ONE_WORKER = 1.6
 
 
 async def _scratch_postgres() -> str:
-    name = f"tellonce_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-
-
-async def _drop_postgres(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
+    url = await scratch_postgres()
+    if url is None:
+        raise RuntimeError("bench/read needs PostgreSQL on 127.0.0.1:5432")
+    return url
 
 
 def _start(command: list[str], env: dict[str, str], cpus: str | None = None) -> subprocess.Popen[bytes]:
@@ -219,7 +211,7 @@ def run_one(kind: str) -> dict[str, dict[str, float]]:
     finally:
         _stop(processes)
         if kind == "postgres":
-            asyncio.run(_drop_postgres(url))
+            asyncio.run(drop_postgres(url))
         shutil.rmtree(folder, ignore_errors=True)
 
 

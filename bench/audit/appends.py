@@ -26,10 +26,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
-from sqlalchemy.engine import make_url
-
 from bench import goals
+from bench._postgres import drop as drop_postgres
+from bench._postgres import scratch_url as scratch_postgres
 from service.audit.schemas import AuditEntry
 from service.audit.writer import AuditWriter, entry_row, entry_values, insert_entries, insert_values
 from service.auth.dependencies import Principal
@@ -50,8 +49,6 @@ FEW_WRITERS = 16
 FEW_ENTRIES = BATCHED_ENTRIES // 5
 BASELINE_SECONDS = 3.0
 GOALS = {"SQLite": 20_000, "PostgreSQL": 10_000}
-PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
-PG_USER = os.environ.get("PGUSER", "postgres")
 
 # A welfare officer's read of three DVLA fields: two permitted by a signed agreement, one
 # refused, as the policy engine decides them.
@@ -193,27 +190,6 @@ async def _one_per_transaction(url: str, catalog: Catalog) -> float:
     return done / elapsed
 
 
-async def _postgres_url() -> str | None:
-    try:
-        admin = await asyncpg.connect(host=PG_HOST, user=PG_USER, database="postgres", timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    name = f"tellonce_bench_{uuid.uuid4().hex[:10]}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:5432/{name}"
-
-
-async def _drop_postgres(url: str) -> None:
-    admin = await asyncpg.connect(host=PG_HOST, user=PG_USER, database="postgres", timeout=5)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def _run(label: str, url: str, catalog: Catalog) -> None:
     await upgrade_async(url)
     batched, cpu, batches = await _batched(url, catalog, WRITERS, BATCHED_ENTRIES)
@@ -239,7 +215,7 @@ async def _main() -> None:
     catalog = load_catalog(ROOT / "policies")
     folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-"))
     await _run("SQLite", f"sqlite+aiosqlite:///{folder / 'bench.db'}", catalog)
-    url = await _postgres_url()
+    url = await scratch_postgres()
     if url is None:
         print("PostgreSQL not reachable on 127.0.0.1:5432: not measured")
         goals.check(
@@ -249,7 +225,7 @@ async def _main() -> None:
     try:
         await _run("PostgreSQL", url, catalog)
     finally:
-        await _drop_postgres(url)
+        await drop_postgres(url)
 
 
 def main() -> None:

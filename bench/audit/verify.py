@@ -27,17 +27,16 @@ import resource
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy.engine import make_url
 
 from bench import goals
+from bench._postgres import drop as drop_postgres
+from bench._postgres import scratch_url as scratch_postgres
 from bench.audit.appends import _entry
 from service.audit import repository as audit_repository
 from service.audit import verify_pages
@@ -57,8 +56,6 @@ ENTRIES = int(os.environ.get("BENCH_VERIFY_ENTRIES", "200000"))
 GOAL = 100_000
 ORIGIN = "bench.example/audit"
 START = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
-PG_USER = os.environ.get("PGUSER", "postgres")
 
 
 def _bench_entry(n: int) -> AuditEntry:
@@ -194,38 +191,17 @@ async def _run(label: str, url: str) -> None:
     print(_line("  rows already in memory: leaf checks", checked, "hashing each leaf only", hashed))
 
 
-async def _postgres_url() -> str | None:
-    try:
-        admin = await asyncpg.connect(host=PG_HOST, user=PG_USER, database="postgres", timeout=5)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    name = f"tellonce_bench_{uuid.uuid4().hex[:10]}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:5432/{name}"
-
-
-async def _drop_postgres(url: str) -> None:
-    admin = await asyncpg.connect(host=PG_HOST, user=PG_USER, database="postgres", timeout=5)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def _main(folder: Path) -> None:
     await _run("SQLite", f"sqlite+aiosqlite:///{folder / 'verify.db'}")
     shutil.rmtree(folder, ignore_errors=True)  # 200,000 entries leave 250 MB
-    url = await _postgres_url()
+    url = await scratch_postgres()
     if url is None:
         print("PostgreSQL: not reachable on 127.0.0.1:5432: skipped")
         return
     try:
         await _run("PostgreSQL", url)
     finally:
-        await _drop_postgres(url)
+        await drop_postgres(url)
 
 
 def main() -> None:

@@ -104,17 +104,21 @@ class VerificationFailed(Exception):
 def column_difference(record: Mapping[str, Any], stored: Sequence[Any]) -> str | None:
     """The first filter column whose stored value (``FILTER_COLUMNS`` order) is not what
     the entry says, if any. ``time`` is compared as SQLite's exact text when stored as
-    text (text filters compare it so), else as an instant."""
+    text (text filters compare it so), else as an instant. A quick comparison answers
+    when every column matches; anything else is decided by ``derived_column_difference``."""
     if _columns_match(record, stored):
         return None
+    return derived_column_difference(record, stored)
+
+
+def derived_column_difference(record: Mapping[str, Any], stored: Sequence[Any]) -> str | None:
+    """The rule itself: derive every filter column from the entry, then compare."""
     try:
         derived = filter_values(record)
     except (KeyError, TypeError, ValueError):
         return "canonical"
     if isinstance(stored[0], str):
         derived = (sqlite_time_text(derived[0]), *derived[1:])
-    if derived == tuple(stored):
-        return None
     for column, value, expected in zip(FILTER_COLUMNS, stored, derived, strict=True):
         if value != expected:
             return column

@@ -1,20 +1,16 @@
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.auth.dependencies import Principal, get_principal
-from service.catalog.errors import CatalogMissing
-from service.catalog.schemas import Catalog, CatalogOut
+from service.catalog import service as catalog_service
+from service.catalog.schemas import CatalogOut
 from service.db import driver_reads
 
 router = APIRouter(tags=["catalog"])
-
-# The catalog in force, on the raw driver (its JSON arrives as text from both drivers).
-_NEWEST = "SELECT version, content FROM catalog_versions ORDER BY version DESC LIMIT 1"
 
 
 @dataclass(frozen=True)
@@ -37,11 +33,7 @@ async def get_catalog(request: Request, _caller: Annotated[Principal, Depends(ge
     key = getattr(request.state, "epoch_key", None)
     served: ServedCatalog | None = getattr(request.app.state, "served_catalog", None)
     if served is None or key is None or served.version != key[2]:
-        rows = await driver_reads(request).rows(_NEWEST)
-        if not rows:
-            raise CatalogMissing("No catalog has been applied yet; run `tellonce policies apply DIR`.")
-        version, content = rows[0]
-        catalog = Catalog.model_validate(json.loads(content) if isinstance(content, str | bytes) else content)
+        version, catalog = await catalog_service.current_on_driver(driver_reads(request))
         out = CatalogOut(version=version, **catalog.model_dump())
         served = ServedCatalog(version, out.model_dump_json().encode())
         request.app.state.served_catalog = served

@@ -14,6 +14,7 @@ from service.catalog.errors import CatalogMissing
 from service.catalog.loader import catalog_content, catalog_hash
 from service.catalog.models import CatalogVersion
 from service.catalog.schemas import Catalog
+from service.db import DriverReads
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ async def current(session: AsyncSession) -> tuple[int, Catalog]:
     if row is None:
         raise CatalogMissing("No catalog has been applied yet; run `tellonce policies apply DIR`.")
     return row.version, Catalog.model_validate(row.content)
+
+
+async def current_on_driver(reads: DriverReads) -> tuple[int, Catalog]:
+    """``current`` on the per-request raw driver (``GET /v1/catalog``)."""
+    row = await repository.latest_on_driver(reads)
+    if row is None:
+        raise CatalogMissing("No catalog has been applied yet; run `tellonce policies apply DIR`.")
+    return row[0], Catalog.model_validate(row[1])
 
 
 async def store(session: AsyncSession, catalog: Catalog, *, author: str, reason: str = "") -> int | None:

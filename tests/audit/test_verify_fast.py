@@ -24,11 +24,16 @@ from hypothesis import strategies as st
 
 from service.audit import merkle
 from service.audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
-from service.audit.leaf_checks import _columns_match, canonical_record, column_difference
+from service.audit.leaf_checks import (
+    _columns_match,
+    canonical_record,
+    column_difference,
+    derived_column_difference,
+)
 from service.audit.schemas import canonical_json
 from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
 from service.audit.verify_pages import check_page, take_page
-from service.audit.writer import FILTER_COLUMNS, filter_values, sqlite_time_text
+from service.audit.writer import filter_values, sqlite_time_text
 
 
 def contract_rule(text: str) -> bool | None:
@@ -301,7 +306,7 @@ class TestColumnsQuickly:
                     ]
                 )
             )
-        plain = column_difference_plain(record, stored)
+        plain = derived_column_difference(record, stored)
         assert column_difference(record, stored) == plain
         if _columns_match(record, stored):
             assert plain is None
@@ -322,17 +327,3 @@ class TestColumnsQuickly:
             }
             assert _columns_match(record, _stored_as_written(record, as_text=True))
             assert _columns_match(record, _stored_as_written(record, as_text=False))
-
-
-def column_difference_plain(record: dict[str, Any], stored: list[Any]) -> str | None:
-    """``column_difference`` as it was before the quick path: derive, then compare."""
-    try:
-        derived = filter_values(record)
-    except (KeyError, TypeError, ValueError):
-        return "canonical"
-    if isinstance(stored[0], str):
-        derived = (sqlite_time_text(derived[0]), *derived[1:])
-    for column, value, expected in zip(FILTER_COLUMNS, stored, derived, strict=True):
-        if value != expected:
-            return column
-    return None

@@ -20,7 +20,7 @@ from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.console import router as console_router
 from service.crypto.keyring import Keyring
-from service.db import Database, driver_reads_lifecycle
+from service.db import Database, driver_reads_lifecycle, utcnow
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
@@ -115,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # puts a gate here when witnesses are configured; the catalog endpoint its body.
     app.state.witness_gate = None
     app.state.served_catalog = None
+    # The time decisions and consents are judged at; tests move it to expire consents.
+    app.state.clock = utcnow
 
     install_error_handlers(app)
     for router in ROUTERS:

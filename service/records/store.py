@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.consent import repository as consent_repository
 from service.db import PostgresReads, SqliteReads, open_driver_reads
 from service.records import repository
 from service.records.repository import CitizenRow, ValueRow
@@ -28,6 +29,13 @@ from service.records.repository import CitizenRow, ValueRow
 _CITIZEN_SELECT = (
     f"SELECT {', '.join(c.name for c in repository.CITIZEN_COLUMNS)} "  # noqa: S608 (model column names)
     f"FROM {repository.citizens.name}"
+)
+# A citizen's choices among some agreements: ('c', agreement, expires_at) per active consent
+# and ('o', agreement, NULL) per objection. Paused, revoked and expired consents release
+# nothing; expiry is judged against the request's own time by ``Choices.of``.
+_CHOICES_SELECT = (
+    "SELECT citizen_id, 'c', agreement, expires_at FROM consents WHERE status = 'active' AND {consents} "
+    "UNION ALL SELECT citizen_id, 'o', agreement, NULL FROM objections WHERE {objections}"
 )
 _VALUE_SELECT = (
     f"SELECT {', '.join(c.name for c in repository.VALUE_COLUMNS)} "  # noqa: S608 (model column names)
@@ -42,6 +50,12 @@ class CitizenStore(Protocol):
 
     async def current_values(self, ids: Sequence[str], fields: Sequence[str]) -> list[ValueRow]:
         """The current value rows of ``fields`` for the citizens ``ids``."""
+        ...
+
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        """The active consents and the objections of the citizens ``ids`` to ``agreements``."""
         ...
 
 
@@ -61,12 +75,21 @@ class CoreStore:
     async def current_values(self, ids: Sequence[str], fields: Sequence[str]) -> list[ValueRow]:
         return await repository.current_values(self.conn, ids, fields)
 
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        return await consent_repository.choices(self.conn, ids, agreements)
+
 
 def _utc(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     parsed = datetime.fromisoformat(str(value))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _choice_row(r: Any) -> consent_repository.ChoiceRow:
+    return consent_repository.ChoiceRow(r[0], r[1] == "c", r[2], _utc(r[3]) if r[3] is not None else None)
 
 
 def _value_row(r: Any) -> ValueRow:
@@ -98,6 +121,18 @@ class SqliteStore:
         rows = await self.reads.rows(query, (*ids, *fields))
         return [_value_row(r) for r in rows]
 
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        if not ids or not agreements:
+            return []
+        where = (
+            f"citizen_id IN ({','.join('?' * len(ids))}) AND agreement IN ({','.join('?' * len(agreements))})"
+        )
+        query = _CHOICES_SELECT.format(consents=where, objections=where)
+        rows = await self.reads.rows(query, (*ids, *agreements, *ids, *agreements))
+        return [_choice_row(r) for r in rows]
+
     async def close(self) -> None:
         await self.reads.close()
 
@@ -123,6 +158,16 @@ class PostgresStore:
             list(fields),
         )
         return [_value_row(r) for r in rows]
+
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        if not ids or not agreements:
+            return []
+        where = "citizen_id = ANY($1::text[]) AND agreement = ANY($2::text[])"
+        query = _CHOICES_SELECT.format(consents=where, objections=where)
+        rows = await self.pool.fetch(query, list(ids), list(agreements))
+        return [_choice_row(r) for r in rows]
 
     async def close(self) -> None:
         await asyncio.wait_for(self.pool.close(), timeout=10)

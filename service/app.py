@@ -18,6 +18,7 @@ from service.auth.runtime import auth_lifecycle
 from service.bootstrap import production_overrides, production_refusals
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
+from service.consent import endpoints as consent_endpoints
 from service.console import router as console_router
 from service.crypto.keyring import Keyring
 from service.db import Database, driver_reads_lifecycle, utcnow
@@ -63,6 +64,7 @@ ROUTERS = [
     auth_endpoints.router,
     audit_endpoints.router,
     records_endpoints.router,
+    consent_endpoints.router,
     events_endpoints.router,
     console_router.router,
 ]

@@ -69,6 +69,19 @@ _CONSENT_COLUMNS = (
 )
 
 
+def raw_choices_query(where: str) -> str:
+    """The access path's question for a raw driver (``service.records.store``), with
+    ``where`` the driver's condition on ``citizen_id`` and ``agreement``: rows of
+    (citizen, 'c', agreement, expires_at) per active consent and (citizen, 'o', agreement,
+    NULL) per objection. Paused, revoked and expired consents release nothing; expiry is
+    judged against the request's own time by ``context_with_choices``."""
+    return (
+        f"SELECT citizen_id, 'c', agreement, expires_at FROM {consents.name} "  # noqa: S608 (model names)
+        f"WHERE status = 'active' AND {where} "
+        f"UNION ALL SELECT citizen_id, 'o', agreement, NULL FROM {objections.name} WHERE {where}"
+    )
+
+
 async def choices(
     conn: AsyncConnection, citizen_ids: Sequence[str], agreements: Sequence[str]
 ) -> list[ChoiceRow]:

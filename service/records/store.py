@@ -30,13 +30,6 @@ _CITIZEN_SELECT = (
     f"SELECT {', '.join(c.name for c in repository.CITIZEN_COLUMNS)} "  # noqa: S608 (model column names)
     f"FROM {repository.citizens.name}"
 )
-# A citizen's choices among some agreements: ('c', agreement, expires_at) per active consent
-# and ('o', agreement, NULL) per objection. Paused, revoked and expired consents release
-# nothing; expiry is judged against the request's own time by ``Choices.of``.
-_CHOICES_SELECT = (
-    "SELECT citizen_id, 'c', agreement, expires_at FROM consents WHERE status = 'active' AND {consents} "
-    "UNION ALL SELECT citizen_id, 'o', agreement, NULL FROM objections WHERE {objections}"
-)
 _VALUE_SELECT = (
     f"SELECT {', '.join(c.name for c in repository.VALUE_COLUMNS)} "  # noqa: S608 (model column names)
     f"FROM {repository.values.name}"
@@ -129,7 +122,7 @@ class SqliteStore:
         where = (
             f"citizen_id IN ({','.join('?' * len(ids))}) AND agreement IN ({','.join('?' * len(agreements))})"
         )
-        query = _CHOICES_SELECT.format(consents=where, objections=where)
+        query = consent_repository.raw_choices_query(where)
         rows = await self.reads.rows(query, (*ids, *agreements, *ids, *agreements))
         return [_choice_row(r) for r in rows]
 
@@ -165,7 +158,7 @@ class PostgresStore:
         if not ids or not agreements:
             return []
         where = "citizen_id = ANY($1::text[]) AND agreement = ANY($2::text[])"
-        query = _CHOICES_SELECT.format(consents=where, objections=where)
+        query = consent_repository.raw_choices_query(where)
         rows = await self.pool.fetch(query, list(ids), list(agreements))
         return [_choice_row(r) for r in rows]
 

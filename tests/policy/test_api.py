@@ -444,6 +444,7 @@ class TestSimulate:
                     "count": 3,
                 },
             ],
+            "withheld_by_choice": {},
         }
         # Nothing changed for real.
         assert (await client.get("/v1/policies/licence-status-for-welfare")).json()["status"] == "active"
@@ -512,4 +513,4 @@ class TestSimulate:
         app.state.recorded_requests = None
         act_as(app, "audit-office", "auditor")
         response = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
-        assert response.json() == {"evaluated": 0, "changed": 0, "changes": []}
+        assert response.json() == {"evaluated": 0, "changed": 0, "changes": [], "withheld_by_choice": {}}

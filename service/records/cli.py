@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from service import operator
 from service.audit.key_events import KeyEventsCollected
@@ -178,7 +178,8 @@ def import_file(
         raise typer.Exit(2) from None
     except SQLAlchemyError as exc:
         # The driver's message, never the statement's parameters (ciphertexts, blind indexes).
-        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        original = exc.orig if isinstance(exc, DBAPIError) else None
+        reason = (str(original).splitlines() or [""])[0] if original is not None else type(exc).__name__
         errors.print(
             f"tellonce import: stopped by a database error ({reason}); every committed batch "
             "is kept: run again with --resume to continue",

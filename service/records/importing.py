@@ -344,8 +344,12 @@ class _Importer:
 
 def _reasons(error: ServiceError) -> str:
     """The validation's messages (each names the field and the rule, never the value)."""
-    messages = [str(problem.get("msg", "")) for problem in error.errors or []]
-    return "; ".join(message for message in messages if message) or error.detail
+    messages: list[str] = []
+    for problem in error.errors or []:
+        name, message = str(problem.get("loc", [""])[-1]), str(problem.get("msg", ""))
+        # Some messages name their field ("date_of_birth must be ..."), some do not.
+        messages.append(message if message.startswith(f"{name} ") else f"{name}: {message}")
+    return "; ".join(messages) or error.detail
 
 
 async def committed_line(engine: AsyncEngine, plan: ImportPlan) -> int:

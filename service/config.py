@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     token_cache_size: int = Field(default=10_000, ge=1)
     client_rate_per_second: float = Field(default=200.0, gt=0)
     client_rate_burst: int = Field(default=400, ge=1)
+    # Where the buckets live: "memory" (each process its own), "database" (one bucket per
+    # client shared by every replica; PostgreSQL only), or "auto" (database on PostgreSQL).
+    rate_limit_store: Literal["auto", "memory", "database"] = "auto"
     # Tell-us-once events: webhook delivery (timeout, retries with backoff, then dead) and
     # how often a waiting feed or an idle dispatcher looks for events other processes wrote.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
@@ -103,6 +106,20 @@ class Settings(BaseSettings):
                 raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_PIN or _PIN_FILE")
             return self
         return self
+
+    @model_validator(mode="after")
+    def _shared_buckets_need_postgres(self) -> Settings:
+        if self.rate_limit_store == "database" and self.is_sqlite:
+            raise ValueError(
+                "TELLONCE_RATE_LIMIT_STORE=database needs PostgreSQL; on SQLite one process "
+                "serves and keeps its buckets in memory (leave it auto or memory)"
+            )
+        return self
+
+    @property
+    def shares_rate_limit(self) -> bool:
+        """Whether the client rate limit is one bucket per client in the database."""
+        return self.rate_limit_store == "database" or (self.rate_limit_store == "auto" and not self.is_sqlite)
 
     @property
     def root_key_file(self) -> Path:

@@ -80,7 +80,9 @@ async def get_principal(request: Request) -> Principal:
     after each of them arrived, ``SharedEpochReads``); the client's standing and rate limit are read
     again only when that key has moved. ``tellonce clients disable`` moves it, so a
     disabled client is refused on the very next request in every process and replica,
-    with no invalidation messages. ``bench/auth.py`` measures this path.
+    with no invalidation messages. Then the rate limit: in memory, or on PostgreSQL one
+    claim on the client's bucket shared by every replica, per batch of its concurrent
+    requests (``service.auth.ratelimit``). ``bench/auth.py`` measures this path.
     """
     with tracing.span("auth"):
         return await _authenticate(request, driver_reads(request))
@@ -105,7 +107,7 @@ async def _authenticate(request: Request, reads: DriverReads) -> Principal:
     if status is None or status.disabled:
         # The cached entry may stay: this check runs on every request, cached or not.
         raise InvalidToken("The client is disabled or no longer registered.")
-    wait = auth.limiter.take(verified.client_id, status.rate_per_second, status.rate_burst)
+    wait = await auth.limiter.take(reads, verified.client_id, status.rate_per_second, status.rate_burst)
     if wait is not None:
         raise TooManyRequests(retry_after_seconds(wait), "This client is over its request rate; retry later.")
     return Principal(

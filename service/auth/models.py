@@ -43,6 +43,22 @@ class UsedAssertion(Base):
     expires_at: Mapped[datetime] = mapped_column()
 
 
+class RateBucket(Base):
+    """A client's token bucket, shared by every replica (``auth/ratelimit.py``,
+    ``SharedRateLimiter``). UNLOGGED on PostgreSQL: its writes skip the WAL, so a claim
+    commits without waiting for a disk flush; a crash empties it, which only refills every
+    bucket. Created on SQLite too, like every model, where nothing writes it."""
+
+    __tablename__ = "rate_buckets"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    # Seconds since 1970 on the database's clock, as of the last claim.
+    refilled_at: Mapped[float] = mapped_column(Float)
+    # What the last claim took (its statement returns it).
+    granted: Mapped[int] = mapped_column(Integer)
+
+
 class AuthFailure(Base):
     """Failed client authentications in one window, per client id or per source address
     (``subject`` is ``client:<id>`` or ``address:<ip>``); shared by every replica."""

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 
 from service.auth import service as auth_service
 from service.auth.keys import SigningKeys, ensure_signing_key
-from service.auth.ratelimit import RateLimiter
+from service.auth.ratelimit import ClientRateLimit, RateLimiter, SharedRateLimiter
 from service.auth.server import TellonceAuthorizationServer
 from service.auth.tokens import TokenIssuer, TokenVerifier
 from service.config import Settings
@@ -45,7 +45,7 @@ class AuthRuntime:
     keys: SigningKeys
     issuer: TokenIssuer
     verifier: TokenVerifier
-    limiter: RateLimiter
+    limiter: ClientRateLimit
     server: TellonceAuthorizationServer
     # Clients' standing as last read, per process (each uvicorn worker has its own).
     standing: ClientStanding = field(default_factory=ClientStanding)
@@ -69,7 +69,11 @@ class AuthRuntime:
         issuer_url = settings.public_url.rstrip("/")
         issuer = TokenIssuer(keys, issuer_url, settings.token_audience, settings.access_token_ttl_seconds)
         verifier = TokenVerifier(keys, issuer_url, settings.token_audience, settings.token_cache_size)
-        limiter = RateLimiter(settings.client_rate_per_second, settings.client_rate_burst)
+        limiter: ClientRateLimit = (
+            SharedRateLimiter(settings.client_rate_per_second, settings.client_rate_burst)
+            if settings.shares_rate_limit
+            else RateLimiter(settings.client_rate_per_second, settings.client_rate_burst)
+        )
         server = TellonceAuthorizationServer(
             issuer, issuer_url + TOKEN_PATH, settings.assertion_max_lifetime_seconds
         )

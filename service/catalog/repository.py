@@ -9,8 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.catalog.models import CatalogVersion
 from service.db import DriverReads
 
-# The catalog in force, on the raw driver (its JSON arrives as text from both drivers).
-_NEWEST = "SELECT version, content FROM catalog_versions ORDER BY version DESC LIMIT 1"
+# The catalog in force, on the raw driver (its JSON arrives as text from both drivers);
+# found by ``max()``, a search of the primary key on both databases.
+_NEWEST = (
+    "SELECT version, content FROM catalog_versions "
+    "WHERE version = (SELECT max(version) FROM catalog_versions)"
+)
 
 
 async def latest(session: AsyncSession) -> CatalogVersion | None:

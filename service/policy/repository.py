@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.catalog.models import CatalogVersion
@@ -14,20 +14,24 @@ from service.policy.models import AgreementVersion
 async def latest_catalog_content(conn: AsyncConnection) -> tuple[int, dict[str, object]] | None:
     row = (
         await conn.execute(
-            select(CatalogVersion.version, CatalogVersion.content)
-            .order_by(CatalogVersion.version.desc())
-            .limit(1)
+            select(CatalogVersion.version, CatalogVersion.content).where(
+                CatalogVersion.version == select(func.max(CatalogVersion.version)).scalar_subquery()
+            )
         )
     ).first()
     return None if row is None else (int(row[0]), dict(row[1]))
 
 
 async def current_rows_core(conn: AsyncConnection) -> Sequence[tuple[str, str, int, str, dict[str, object]]]:
-    """(agreement id, owner, version, status, content) of every current version."""
+    """(agreement id, owner, version, status, content) of every current version.
+
+    The condition is written as the partial index ``uq_agreement_versions_current`` states
+    it: SQLite uses a partial index only for a query that repeats its ``WHERE``, and would
+    otherwise read every version ever stored (``tests/test_query_plans.py``)."""
     table = AgreementVersion.__table__
     result = await conn.execute(
         select(table.c.agreement_id, table.c.owner, table.c.version, table.c.status, table.c.content).where(
-            table.c.is_current.is_(True)
+            text("is_current")
         )
     )
     return [(r[0], r[1], int(r[2]), r[3], dict(r[4])) for r in result]

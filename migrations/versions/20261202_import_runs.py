@@ -1,8 +1,8 @@
 """records: how far `tellonce import` has committed each file, for --resume
 
-Revision ID: 0013_import_runs
-Revises: 0012_catalog_hash_repeats
-Create Date: 2026-12-02 08:30:00
+Revision ID: 0014_import_runs
+Revises: 0013_rate_buckets
+Create Date: 2026-12-02 08:35:00
 """
 
 from collections.abc import Sequence
@@ -12,8 +12,8 @@ from alembic import op
 
 import service.db
 
-revision: str = "0013_import_runs"
-down_revision: str | Sequence[str] | None = "0012_catalog_hash_repeats"
+revision: str = "0014_import_runs"
+down_revision: str | Sequence[str] | None = "0013_rate_buckets"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -7,7 +7,7 @@ from service.consent.models import Consent, Objection
 from service.crypto.models import DataKeyRecord, KeyEncryptionKey, KeyJob
 from service.db import Base
 from service.policy.models import AgreementVersion, PolicyEpoch
-from service.records.models import Citizen, FieldValue
+from service.records.models import Citizen, FieldValue, ImportRun
 
 __all__ = [
     "AgreementVersion",
@@ -22,6 +22,7 @@ __all__ = [
     "Client",
     "DataKeyRecord",
     "FieldValue",
+    "ImportRun",
     "KeyEncryptionKey",
     "KeyJob",
     "PolicyEpoch",

@@ -312,6 +312,51 @@ class Keyring:
             for pair, key_id, material in zip(pairs, key_ids, materials, strict=True)
         }
 
+    async def data_keys_for_write_many(
+        self, conn: AsyncConnection, citizen_ids: Sequence[str], department: str
+    ) -> dict[str, DataKey]:
+        """``data_key_for_write`` for many citizens of one department (a bulk import):
+        their active keys in one query, and one insert for those who have none.
+
+        Raises ``CitizenShredded`` if any of them had their keys shredded."""
+        wanted = list(dict.fromkeys(citizen_ids))
+        found: dict[str, DataKey] = {}
+        for start in range(0, len(wanted), 500):
+            rows = await conn.execute(
+                select(
+                    DATA_KEYS.c.id, DATA_KEYS.c.citizen_id, DATA_KEYS.c.kek_version, DATA_KEYS.c.wrapped_key
+                )
+                .where(
+                    DATA_KEYS.c.citizen_id.in_(wanted[start : start + 500]),
+                    DATA_KEYS.c.department == department,
+                    DATA_KEYS.c.status == "active",
+                )
+                .with_for_update(read=True)
+            )
+            for row in rows:
+                key = self.data_key_cache.get(row.id)
+                if key is None:
+                    kek = await self.kek(conn, department, row.kek_version)
+                    key = DataKey(
+                        row.id, department, row.kek_version, kek.unwrap(row.wrapped_key, row.citizen_id)
+                    )
+                    self.data_key_cache.put(key.id, key)
+                found[row.citizen_id] = key
+        missing = [citizen_id for citizen_id in wanted if citizen_id not in found]
+        if missing:
+            shredded = (
+                await conn.execute(
+                    select(DATA_KEYS.c.id)
+                    .where(DATA_KEYS.c.citizen_id.in_(missing), DATA_KEYS.c.status == "shredded")
+                    .limit(1)
+                )
+            ).first()
+            if shredded is not None:
+                raise CitizenShredded()
+            created = await self.new_data_keys(conn, [(citizen_id, department) for citizen_id in missing])
+            found.update({citizen_id: key for (citizen_id, _d), key in created.items()})
+        return found
+
     async def data_keys(self, conn: AsyncConnection, key_ids: Iterable[int]) -> dict[int, DataKey]:
         """Unwrapped data keys by id, through the cache. Raises ``DataKeyDestroyed`` if any
         was shredded or destroyed, ``DataKeyMissing`` if any id does not exist."""

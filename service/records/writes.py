@@ -127,7 +127,7 @@ async def register(
         # the blind index does the same.
         await repository.insert_citizens(conn, [citizen_id], written_by, started)
         wanted = values.normalise_for_index(clean[NATIONAL_ID_FIELD])
-        await _lock_blind_index(conn, records.keyring.blind_index(NATIONAL_ID_FIELD, wanted))
+        await lock_blind_indexes(conn, [records.keyring.blind_index(NATIONAL_ID_FIELD, wanted)])
         if await registered_national_ids(conn, records.keyring, catalog, [wanted]):
             raise Conflict("A citizen with that national id is already registered.")
         await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
@@ -240,6 +240,12 @@ def _write_decisions(
     the purpose of its ``write`` agreement."""
     if facts.purpose is not None:
         return policy.decide(facts.department, "write", names, context)
+    return owner_decisions(catalog, facts, names)
+
+
+def owner_decisions(catalog: Catalog, facts: RequestFacts, names: Sequence[str]) -> dict[str, Decision]:
+    """The decisions of a write that names no purpose: the owner writes its own fields;
+    anything else is denied."""
     decisions: dict[str, Decision] = {}
     for name in names:
         spec = catalog.field(name)
@@ -352,8 +358,12 @@ def _fields_by_owner(catalog: Catalog, names: Iterable[str]) -> dict[str, list[s
     return grouped
 
 
-async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:
-    """On PostgreSQL, serialise registrations of the same national id until commit."""
+async def lock_blind_indexes(conn: AsyncConnection, indexes: Iterable[bytes]) -> None:
+    """On PostgreSQL, serialise registrations of the same national ids until commit. The
+    locks are taken in key order, so two batches that share ids cannot deadlock."""
     if conn.dialect.name == "postgresql":
-        key = int.from_bytes(index[:8], "big", signed=True)
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        keys = sorted({int.from_bytes(index[:8], "big", signed=True) for index in indexes})
+        await conn.execute(
+            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": keys},
+        )

@@ -1,7 +1,7 @@
 """consent: consent artefacts and objections over non-statutory agreements
 
-Revision ID: 0014_consents
-Revises: 0013_rate_buckets
+Revision ID: 0015_consents
+Revises: 0014_import_runs
 Create Date: 2026-12-02 09:00:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import service.db
 
-revision: str = "0014_consents"
-down_revision: str | Sequence[str] | None = "0013_rate_buckets"
+revision: str = "0015_consents"
+down_revision: str | Sequence[str] | None = "0014_import_runs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -135,12 +135,7 @@ class RecordsService:
             return await self.snapshot(conn, facts)
 
     def context(self, facts: RequestFacts, citizen_status: str | None) -> RequestContext:
-        return RequestContext(
-            purpose=facts.purpose or "",
-            case_ref=facts.case_ref,
-            time=self.clock(),
-            citizen_status=citizen_status,
-        )
+        return decision_context(facts, citizen_status, self.clock())
 
     async def contexts_with_choices(
         self,
@@ -247,6 +242,13 @@ class RecordsService:
             context=context,
         )
         await self.refuse(entry, error)
+
+
+def decision_context(facts: RequestFacts, citizen_status: str | None, time: datetime) -> RequestContext:
+    """The context a decision on ``facts``'s request is made in, at ``time``."""
+    return RequestContext(
+        purpose=facts.purpose or "", case_ref=facts.case_ref, time=time, citizen_status=citizen_status
+    )
 
 
 def plaintexts(

@@ -77,7 +77,8 @@ async def _postgres_baseline(url: str, count: int) -> float:
     connection = await asyncpg.connect(host=parsed.host, user=parsed.username, database=parsed.database)
     try:
         await connection.execute(
-            "CREATE TABLE baseline (id bigint PRIMARY KEY, a bytea, b bytea, c bytea, d bytea, e bytea, f bytea)"
+            "CREATE TABLE baseline "
+            "(id bigint PRIMARY KEY, a bytea, b bytea, c bytea, d bytea, e bytea, f bytea)"
         )
         started = time.perf_counter()
         async with connection.transaction():

@@ -24,6 +24,7 @@ from sqlalchemy import LargeBinary, String, Table, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import bulk
 from service.config import Settings
 from service.crypto.aead import DataKey
 from service.crypto.cache import Clock, TTLCache
@@ -287,25 +288,21 @@ class Keyring:
         keks = {department: await self.active_kek(conn, department) for department in {d for _c, d in pairs}}
         materials = [KeyMaterial(DataKey.generate_material()) for _ in pairs]
         created_at = utcnow()
-        key_ids = (
-            (
-                await conn.execute(
-                    insert(DATA_KEYS).returning(DATA_KEYS.c.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "citizen_id": citizen_id,
-                            "department": department,
-                            "kek_version": keks[department].version,
-                            "status": "active",
-                            "wrapped_key": keks[department].wrap(material, citizen_id),
-                            "created_at": created_at,
-                        }
-                        for (citizen_id, department), material in zip(pairs, materials, strict=True)
-                    ],
+        key_ids = await bulk.insert_rows_returning_ids(
+            conn,
+            DATA_KEYS,
+            ("citizen_id", "department", "kek_version", "status", "wrapped_key", "created_at"),
+            [
+                (
+                    citizen_id,
+                    department,
+                    keks[department].version,
+                    "active",
+                    keks[department].wrap(material, citizen_id),
+                    created_at,
                 )
-            )
-            .scalars()
-            .all()
+                for (citizen_id, department), material in zip(pairs, materials, strict=True)
+            ],
         )
         return {
             pair: DataKey(key_id, pair[1], keks[pair[1]].version, material)

@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import String, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import String, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import bulk
 from service.records.models import Citizen, FieldValue, VerifyProbe
 
 citizens: Table = Citizen.__table__  # type: ignore[assignment]
@@ -113,28 +114,35 @@ async def candidates_by_blind_indexes(
     return found
 
 
+# The columns of a new citizen row, in the order ``insert_citizens`` writes them.
+_CITIZEN_INSERT_COLUMNS = ("id", "status", "version", "registered_by", "created_at", "updated_at")
+# The columns of a new value row, in the order of the tuples ``writes.encrypted_rows`` makes.
+VALUE_INSERT_COLUMNS = (
+    "citizen_id",
+    "field",
+    "version",
+    "owner",
+    "data_key_id",
+    "ciphertext",
+    "blind_index",
+    "blind_index_version",
+    "is_current",
+    "written_by",
+    "written_at",
+)
+
+
 async def insert_citizens(
     conn: AsyncConnection, citizen_ids: Sequence[str], registered_by: str, now: datetime
 ) -> None:
-    rows = [
-        {
-            "id": citizen_id,
-            "status": "active",
-            "version": 1,
-            "registered_by": registered_by,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for citizen_id in citizen_ids
-    ]
-    if rows:
-        await conn.execute(insert(citizens), rows)
+    rows = [(citizen_id, "active", 1, registered_by, now, now) for citizen_id in citizen_ids]
+    await bulk.insert_rows(conn, citizens, _CITIZEN_INSERT_COLUMNS, rows)
 
 
-async def insert_values(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
-    """Value rows (as ``writes.encrypted_row`` builds them) in one executemany."""
-    if rows:
-        await conn.execute(insert(values), list(rows))
+async def insert_values(conn: AsyncConnection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Value rows (tuples in ``VALUE_INSERT_COLUMNS`` order, as ``writes.encrypted_rows``
+    builds them), by the driver's bulk path."""
+    await bulk.insert_rows(conn, values, VALUE_INSERT_COLUMNS, rows)
 
 
 async def bump_version(

@@ -19,6 +19,7 @@ from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, encrypt_value
+from service.crypto.blind_index import NORMALISATION_VERSION
 from service.crypto.keyring import Keyring
 from service.errors import Conflict, Forbidden
 from service.events import service as events_service
@@ -40,35 +41,35 @@ def encrypted_rows(
     versions: Mapping[str, int],
     written_by: str,
     written_at: datetime,
-) -> list[dict[str, object]]:
-    """The current ``field_values`` rows of one citizen's values: each encrypted under its
-    owner's data key (``keys``, by owner) for this exact (citizen, field, version, key),
-    with a blind index if the field is searchable. The one place values are encrypted."""
-    rows: list[dict[str, object]] = []
+) -> list[tuple[object, ...]]:
+    """The current ``field_values`` rows of one citizen's values, as tuples in
+    ``repository.VALUE_INSERT_COLUMNS`` order: each encrypted under its owner's data key
+    (``keys``, by owner) for this exact (citizen, field, version, key), with a blind index
+    if the field is searchable. The one place values are encrypted."""
+    rows: list[tuple[object, ...]] = []
     for name, value in clean.items():
         spec = catalog.field(name)
         if spec is None:
             continue
         key, version = keys[spec.owner], versions[name]
-        plaintext = values.encode(spec, value)
-        searchable = spec.searchable
+        ciphertext = encrypt_value(
+            key, citizen_id=citizen_id, field=name, version=version, plaintext=values.encode(spec, value)
+        )
+        index = keyring.blind_index(name, values.normalise_for_index(value)) if spec.searchable else None
         rows.append(
-            {
-                "citizen_id": citizen_id,
-                "field": name,
-                "version": version,
-                "owner": spec.owner,
-                "data_key_id": key.id,
-                "ciphertext": encrypt_value(
-                    key, citizen_id=citizen_id, field=name, version=version, plaintext=plaintext
-                ),
-                "blind_index": keyring.blind_index(name, values.normalise_for_index(value))
-                if searchable
-                else None,
-                "is_current": True,
-                "written_by": written_by,
-                "written_at": written_at,
-            }
+            (
+                citizen_id,
+                name,
+                version,
+                spec.owner,
+                key.id,
+                ciphertext,
+                index,
+                NORMALISATION_VERSION,
+                True,
+                written_by,
+                written_at,
+            )
         )
     return rows
 

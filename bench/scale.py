@@ -56,6 +56,7 @@ from bench._postgres import drop as drop_postgres
 from bench._postgres import scratch_url as scratch_postgres
 from service.schema import upgrade
 from service.sim.register_file import DEPARTMENT, national_id, write_register_file
+from tests.test_query_plans import HOT_PATHS, capture_hot_paths, explain_all
 
 SIZES = {
     "sqlite": os.environ.get("BENCH_SCALE_SQLITE", "10000,1000000"),
@@ -233,6 +234,30 @@ def _build(kind: str, citizens: int, root: Path, files: dict[int, Path]) -> Stor
     return store
 
 
+async def _explain_at_scale(store: Store) -> None:
+    """The hot paths of ``tests/test_query_plans.py`` run on the loaded register and their
+    statements explained there, PostgreSQL planning from the real statistics (sequential
+    scans allowed, so it scans tables of a few rows, as it should): each scan is printed
+    with its table's size, and the large tables must show index searches only."""
+    data_dir = Path(store.env["TELLONCE_DATA_DIR"])
+    statements = await capture_hot_paths(store.url, data_dir, store.env["TELLONCE_ROOT_KEY"])
+    explained = await explain_all(store.url, statements, seqscan=True)
+    rows: dict[str, int] = {}
+    if store.kind == "postgres":
+        estimates = await _postgres(
+            store.url, "SELECT relname, reltuples::bigint FROM pg_class WHERE relkind = 'r'"
+        )
+        rows = {str(name): int(count) for name, count in estimates}
+    for path in HOT_PATHS:
+        scans = sorted({scan for e in explained if e.statement.path == path for scan in e.scans})
+        described = []
+        for scan in scans:
+            table = re.search(r" on (\w+)", scan)
+            size = rows.get(table.group(1)) if table else None
+            described.append(scan if size is None else f"{scan} (~{max(size, 0):,} rows)")
+        print(f"    {path:40} {'; '.join(described) if described else 'index searches only'}")
+
+
 def _serve(store: Store, consumer: dict[str, str]) -> None:
     port = _free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--no-worker"]
@@ -304,6 +329,8 @@ def run_kind(kind: str, sizes: list[int], root: Path, files: dict[int, Path]) ->
     try:
         for citizens in sizes:
             stores.append(_build(kind, citizens, root, files))
+        print(f"  plans of the hot queries at {stores[-1].citizens:,} citizens:")
+        asyncio.run(_explain_at_scale(stores[-1]))
         for store in stores:
             consumer = json.loads(
                 _cli(store.env, "clients", "create", "--department", "dwp", "--roles", "consumer", "--json")

@@ -6,7 +6,7 @@ from service.catalog.models import CatalogVersion
 from service.crypto.models import DataKeyRecord, KeyEncryptionKey, KeyJob
 from service.db import Base
 from service.policy.models import AgreementVersion, PolicyEpoch
-from service.records.models import Citizen, FieldValue
+from service.records.models import Citizen, FieldValue, ImportRun
 
 __all__ = [
     "AgreementVersion",
@@ -21,6 +21,7 @@ __all__ = [
     "Client",
     "DataKeyRecord",
     "FieldValue",
+    "ImportRun",
     "KeyEncryptionKey",
     "KeyJob",
     "PolicyEpoch",

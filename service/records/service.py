@@ -237,15 +237,20 @@ def plaintexts(
 
 
 async def registered_national_ids(
-    conn: AsyncConnection, keyring: Keyring, catalog: Catalog, national_ids: Sequence[str]
+    conn: AsyncConnection,
+    keyring: Keyring,
+    catalog: Catalog,
+    national_ids: Sequence[str],
+    indexes: Sequence[bytes] | None = None,
 ) -> dict[str, str]:
     """Registered citizens among ``national_ids``, as {comparable national id: citizen id}.
 
-    Found by blind index, then confirmed by decrypting: the index is truncated, so a
-    candidate may be another value."""
+    Found by blind index (``indexes``, if the caller has computed them already), then
+    confirmed by decrypting: the index is truncated, so a candidate may be another value."""
     if catalog.field(NATIONAL_ID_FIELD) is None or not national_ids:
         return {}
-    indexes = [keyring.blind_index(NATIONAL_ID_FIELD, n) for n in national_ids]
+    if indexes is None:
+        indexes = [keyring.blind_index(NATIONAL_ID_FIELD, n) for n in national_ids]
     candidates = await repository.candidates_by_blind_indexes(conn, NATIONAL_ID_FIELD, indexes)
     if not candidates:
         return {}

@@ -18,9 +18,10 @@ from service.auth.runtime import auth_lifecycle
 from service.bootstrap import production_overrides, production_refusals
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
+from service.consent import endpoints as consent_endpoints
 from service.console import router as console_router
 from service.crypto.keyring import Keyring
-from service.db import Database, driver_reads_lifecycle
+from service.db import Database, driver_reads_lifecycle, utcnow
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
@@ -63,6 +64,7 @@ ROUTERS = [
     auth_endpoints.router,
     audit_endpoints.router,
     records_endpoints.router,
+    consent_endpoints.router,
     events_endpoints.router,
     console_router.router,
 ]
@@ -115,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # puts a gate here when witnesses are configured; the catalog endpoint its body.
     app.state.witness_gate = None
     app.state.served_catalog = None
+    # The time decisions and consents are judged at; tests move it to expire consents.
+    app.state.clock = utcnow
 
     install_error_handlers(app)
     for router in ROUTERS:

@@ -3,6 +3,7 @@
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
 from service.auth.models import Client
 from service.catalog.models import CatalogVersion
+from service.consent.models import Consent, Objection
 from service.crypto.models import DataKeyRecord, KeyEncryptionKey, KeyJob
 from service.db import Base
 from service.policy.models import AgreementVersion, PolicyEpoch
@@ -31,3 +32,4 @@ from service.events.models import Delivery, OutboxEvent, Subscription
 
 __all__ += ["Delivery", "OutboxEvent", "Subscription"]
 __all__ += ["ConsoleSession"]
+__all__ += ["Consent", "Objection"]

@@ -34,6 +34,8 @@ Action = Literal[
     "signing-key-rotate",
     "audit-query",
     "access-log",
+    "consent-change",
+    "objection-change",
 ]
 Decision = Literal["permit", "deny", "partial", "error"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ ROLE_SCOPES: Final[dict[str, frozenset[str]]] = {
             "decisions:explain",
         }
     ),
-    "citizen-portal": frozenset({"citizens:access-log"}),
+    "citizen-portal": frozenset({"citizens:access-log", "citizens:consent"}),
     "admin": frozenset({"admin:clients", "admin:departments"}),
 }
 

@@ -36,6 +36,7 @@ LABELS = {
     "when": "the condition",
     "require_case_ref": "whether a case reference is required",
     "effect": "the effect",
+    "basis": "the basis",
     "signature": "the signature",
     "verify": "the allowed claims",
     "reason": "the reason",
@@ -62,6 +63,7 @@ _DEPENDS = {
     "require_case_ref": {"effect"},
     "valid_until": {"valid_from"},
     "verify": {"fields", "actions", "effect"},
+    "basis": {"actions", "purposes", "effect"},
 }
 # What a part that failed its shape is judged with instead, so the rest can be judged.
 _STAND_INS: dict[str, Any] = {
@@ -76,6 +78,7 @@ _STAND_INS: dict[str, Any] = {
     "when": None,
     "require_case_ref": False,
     "effect": "permit",
+    "basis": "statutory",
     "signature": None,
     "verify": None,
 }
@@ -116,6 +119,8 @@ def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str
         return f"{value!r} is not an action; the actions are {_ACTIONS}"
     if kind == "literal_error" and part == "effect":
         return "the effect must be permit or forbid"
+    if kind == "literal_error" and part == "basis":
+        return "the basis must be statutory, consent or objectable"
     if kind == "literal_error" and part == "verify":
         return f"{value!r} is not a claim an agreement can allow; the claims are eq, lte and gte"
     if kind.startswith("date_"):

@@ -26,7 +26,13 @@ from service.crypto.keyring import Keyring
 from service.errors import Conflict
 from service.events import service as events_service
 from service.records import repository, values
-from service.records.service import RecordsService, comparable_national_id, now, registered_national_ids
+from service.records.service import (
+    RecordsService,
+    comparable_national_id,
+    decision_context,
+    now,
+    registered_national_ids,
+)
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
 from service.records.writes import encrypted_rows, owner_decisions, registered_entry
 
@@ -153,7 +159,7 @@ async def store_revisions(
     entries: list[AuditEntry] = []
     for citizen_id, fields in present.items():
         names = list(fields)
-        context = RecordsService.context(facts, bumped[citizen_id].status)
+        context = decision_context(facts, bumped[citizen_id].status, now())
         entries.append(
             RecordsService.entry(
                 facts,

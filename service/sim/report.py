@@ -127,6 +127,8 @@ def render(console: Console, report: DemoReport) -> None:
         + (f" ({channels})" if channels else "")
         + ("" if report.events_available else " (this server has no events service)"),
         f"re-tellings avoided: {tally.retellings_avoided}",
+        f"releases refused for lack of consent: {tally.refused_for_consent}, "
+        f"withheld after an objection: {tally.withheld_for_objection}",
     ]
     if report.audit is not None:
         line = f"audit verified: {report.audit.entries} entries, checkpoint {report.audit.root}"

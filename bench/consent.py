@@ -136,6 +136,10 @@ def run_one(kind: str) -> dict[str, list[dict[str, float]]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _median(results: dict[str, list[dict[str, float]]], label: str, figure: str) -> float:
+    return statistics.median(run[figure] for run in results[label])
+
+
 def main() -> None:
     if shutil.which("wrk") is None:
         print("bench/consent needs wrk: apt-get install wrk")
@@ -148,17 +152,14 @@ def main() -> None:
             shown = ", ".join(f"{run['rps']:,.0f}; {run['cpu_ms']:.2f}" for run in runs)
             print(f"  {label:10} {shown}")
 
-        def median(label: str, figure: str) -> float:
-            return statistics.median(run[figure] for run in results[label])
-
         goals.check(
             f"issue 18 secured read req/s, consent/statutory ({kind})",
-            median("consent", "rps") / median("statutory", "rps"),
+            _median(results, "consent", "rps") / _median(results, "statutory", "rps"),
             WITHIN,
         )
         goals.check(
             f"issue 18 secured read CPU per request, statutory/consent ({kind})",
-            median("statutory", "cpu_ms") / median("consent", "cpu_ms"),
+            _median(results, "statutory", "cpu_ms") / _median(results, "consent", "cpu_ms"),
             WITHIN,
         )
     print(f"\nat the end: {goals.load_average()}")

@@ -34,6 +34,7 @@ Action = Literal[
     "signing-key-rotate",
     "audit-query",
     "access-log",
+    "case-close",
 ]
 Decision = Literal["permit", "deny", "partial", "error"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]

@@ -35,6 +35,8 @@ LABELS = {
     "valid_until": "the end date",
     "when": "the condition",
     "require_case_ref": "whether a case reference is required",
+    "disclosure": "the disclosure",
+    "max_delay": "the maximum delay",
     "effect": "the effect",
     "signature": "the signature",
     "verify": "the allowed claims",
@@ -60,6 +62,8 @@ _DEPENDS = {
     "purposes": {"effect"},
     "legal_basis": {"effect"},
     "require_case_ref": {"effect"},
+    "disclosure": {"effect"},
+    "max_delay": {"disclosure", "effect"},
     "valid_until": {"valid_from"},
     "verify": {"fields", "actions", "effect"},
 }
@@ -75,6 +79,8 @@ _STAND_INS: dict[str, Any] = {
     "valid_until": None,
     "when": None,
     "require_case_ref": False,
+    "disclosure": "immediate",
+    "max_delay": None,
     "effect": "permit",
     "signature": None,
     "verify": None,
@@ -116,6 +122,8 @@ def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str
         return f"{value!r} is not an action; the actions are {_ACTIONS}"
     if kind == "literal_error" and part == "effect":
         return "the effect must be permit or forbid"
+    if kind == "literal_error" and part == "disclosure":
+        return "the disclosure must be immediate or after-case-closed"
     if kind == "literal_error" and part == "verify":
         return f"{value!r} is not a claim an agreement can allow; the claims are eq, lte and gte"
     if kind.startswith("date_"):

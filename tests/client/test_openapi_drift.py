@@ -57,6 +57,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): "deliveries",
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): "redeliver",
     ("GET", "/v1/events"): "events",
+    ("POST", "/v1/cases/{case_ref}/close"): "close_case",
 }
 # Documents for machines, not part of a department's API surface.
 NOT_CLIENT_CALLS = {("GET", "/.well-known/jwks.json"), ("GET", "/.well-known/oauth-authorization-server")}

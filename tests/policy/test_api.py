@@ -182,7 +182,9 @@ class TestWriteAgreements:
             (
                 ["body", "colour"],
                 "an agreement has no part called 'colour'; its parts are id, consumer, fields, actions, "
-                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, effect, signature, "
+                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, disclosure, "
+                "max_delay, "
+                "effect, signature, "
                 "verify, reason",
             ),
         ]
@@ -489,7 +491,9 @@ class TestSimulate:
             (
                 ["body", "upsert", 1, "reason"],
                 "an agreement has no part called 'reason'; its parts are id, consumer, fields, actions, "
-                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, effect, signature, "
+                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, disclosure, "
+                "max_delay, "
+                "effect, signature, "
                 "verify",
             ),
             (["body", "upsert", 2], "each draft must be an agreement: a mapping of its parts"),

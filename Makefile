@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-reset serve test test-sqlite test-postgres lint typecheck bench clean softhsm
+.PHONY: install run run-reset serve test test-sqlite test-postgres lint typecheck bench clean softhsm replicas-up replicas-down
 
 # The service and the department client library (clients/python), which the tests use.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -58,6 +58,13 @@ softhsm:
 
 bench: install
 	$(BIN)/python -m bench
+
+# Three API replicas, a worker and HAProxy on this machine's PostgreSQL (README, "Replicas").
+replicas-up: install
+	scripts/replicas.sh up
+
+replicas-down:
+	scripts/replicas.sh down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

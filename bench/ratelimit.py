@@ -9,7 +9,9 @@ database, memory, memory, database, so a steady drift on the shared machine fall
 alike. The
 client's rate is lifted so that nothing is refused: the shared store still claims a token
 for every request. The server's CPU time per request is the steadier figure on a shared
-machine. Needs ``wrk``.
+machine. Then, in this process on the same database, the claim alone: one request at a
+time (a statement each) and 32 at a time (sharing claims), next to a bare ``SELECT 1`` on
+the same pool. Needs ``wrk``.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import goals
 from bench._load import CONNECTIONS, DURATION, ROOT, _cli, _token, _wrk
 from bench._postgres import drop as drop_postgres
 from bench.read import _check, _register, _scratch_postgres, _secured_url, _serve, _start, _stop
+from service.auth.ratelimit import SharedRateLimiter
+from service.db import open_driver_reads
 from service.schema import upgrade
 
 STORES = ("memory", "database")
@@ -83,11 +89,43 @@ def run() -> dict[str, dict[str, list[float]]]:
                 f"  {store:9} {loaded['rps']:7.0f} req/s at -c{CONNECTIONS} "
                 f"({loaded['cpu_ms']:.2f} ms server CPU each), p50 {single['p50']:.2f} ms at -c1"
             )
+        costs = asyncio.run(claim_costs(url))
+        print("  in this process, per request:")
+        for label, micros in costs.items():
+            print(f"    {label:13} {micros:7.1f} µs")
         return figures
     finally:
         _stop(processes)
         asyncio.run(drop_postgres(url))
         shutil.rmtree(folder, ignore_errors=True)
+
+
+CLAIMS = 3000
+
+
+async def claim_costs(url: str) -> dict[str, float]:
+    """Microseconds per request: a bare SELECT 1, a claim each, and claims shared by 32."""
+    reads = await open_driver_reads(url)
+    limiter = SharedRateLimiter(1e9, 10**9)
+    try:
+
+        async def timed(work: Callable[[], Awaitable[object]], rounds: int) -> float:
+            started = time.perf_counter()
+            for _ in range(rounds):
+                await work()
+            return time.perf_counter() - started
+
+        async def thirty_two() -> object:
+            return await asyncio.gather(*(limiter.take(reads, "tc_bench") for _ in range(32)))
+
+        await timed(lambda: limiter.take(reads, "tc_bench"), 100)  # warm-up: pool and plans
+        return {
+            "select 1": await timed(lambda: reads.rows("SELECT 1"), CLAIMS) / CLAIMS * 1e6,
+            "claim each": await timed(lambda: limiter.take(reads, "tc_bench"), CLAIMS) / CLAIMS * 1e6,
+            "claims by 32": await timed(thirty_two, CLAIMS // 32) / (CLAIMS // 32 * 32) * 1e6,
+        }
+    finally:
+        await reads.close()
 
 
 def main() -> None:

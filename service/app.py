@@ -19,6 +19,7 @@ from service.bootstrap import production_overrides, production_refusals
 from service.cases import endpoints as cases_endpoints
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
+from service.consent import endpoints as consent_endpoints
 from service.console import router as console_router
 from service.crypto.keyring import Keyring
 from service.db import Database, driver_reads_lifecycle, utcnow
@@ -65,6 +66,7 @@ ROUTERS = [
     audit_endpoints.router,
     records_endpoints.router,
     cases_endpoints.router,
+    consent_endpoints.router,
     events_endpoints.router,
     console_router.router,
 ]
@@ -119,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # puts a gate here when witnesses are configured; the catalog endpoint its body.
     app.state.witness_gate = None
     app.state.served_catalog = None
+    # The time decisions and consents are judged at; tests move it to expire consents.
+    app.state.clock = utcnow
 
     install_error_handlers(app)
     for router in ROUTERS:

@@ -26,6 +26,11 @@ LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
     "audit": ("service.audit.cli", "app", "The tamper-evident audit log."),
     "keys": ("service.crypto.cli", "app", "Key-encryption keys and data keys."),
     "records": ("service.records.cli", "app", "Citizen records maintenance."),
+    "import": (
+        "service.records.cli",
+        "import_file",
+        "Import a department's existing records from a CSV or JSON Lines file.",
+    ),
     "witness": (
         "service.witness.cli",
         "app",

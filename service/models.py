@@ -3,10 +3,11 @@
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
 from service.auth.models import Client
 from service.catalog.models import CatalogVersion
+from service.consent.models import Consent, Objection
 from service.crypto.models import DataKeyRecord, KeyEncryptionKey, KeyJob
 from service.db import Base
 from service.policy.models import AgreementVersion, PolicyEpoch
-from service.records.models import Citizen, FieldValue
+from service.records.models import Citizen, FieldValue, ImportRun
 
 __all__ = [
     "AgreementVersion",
@@ -21,6 +22,7 @@ __all__ = [
     "Client",
     "DataKeyRecord",
     "FieldValue",
+    "ImportRun",
     "KeyEncryptionKey",
     "KeyJob",
     "PolicyEpoch",
@@ -31,3 +33,4 @@ from service.events.models import Delivery, HeldNotice, NoticeState, OutboxEvent
 
 __all__ += ["Case", "Delivery", "HeldNotice", "NoticeState", "OutboxEvent", "Subscription"]
 __all__ += ["ConsoleSession"]
+__all__ += ["Consent", "Objection"]

@@ -66,6 +66,12 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): {404, 409},
     ("GET", "/v1/events"): {400},
     ("POST", "/v1/cases/{case_ref}/close"): {404},
+    ("POST", "/v1/citizens/{citizen_id}/consents"): {404, 409},
+    ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): {404, 409},
+    ("GET", "/v1/citizens/{citizen_id}/consents"): {400, 404},
+    ("POST", "/v1/citizens/{citizen_id}/objections/{agreement}"): {404, 409},
+    ("DELETE", "/v1/citizens/{citizen_id}/objections/{agreement}"): {404},
+    ("GET", "/v1/citizens/{citizen_id}/objections"): {404},
 }
 
 # Routes that read their JSON body as sent and check it in their domain, so that every

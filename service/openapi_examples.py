@@ -88,7 +88,36 @@ _EVENT = {
     "occurred_at": AT,
 }
 
+_CONSENT: dict[str, Any] = {
+    "id": "6b0e3f52-3c1d-4a0e-9a43-2f7d1c9e8b10",
+    "citizen_id": CITIZEN,
+    "agreement": "benefit-status-for-discretionary-support",
+    "consumer": "council",
+    "purpose": "discretionary-support",
+    "fields": ["benefit_status"],
+    "status": "active",
+    "created_at": AT,
+    "expires_at": "2027-11-30T00:00:00Z",
+    "data_life": "P90D",
+    "signature": (
+        "eyJhbGciOiJFUzI1NiIsImtpZCI6IjIwMjYxMjAyVDA4MDAwMFotYWJjZCIsInR5cCI6ImNvbnNlbnQrand0In0.e30.c2ln"
+    ),
+}
+_OBJECTION: dict[str, Any] = {
+    "citizen_id": CITIZEN,
+    "agreement": "open-register-for-marketing",
+    "consumer": "marketing-bureau",
+    "fields": ["address"],
+    "created_at": AT,
+}
+
 REQUEST_EXAMPLES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/citizens/{citizen_id}/consents"): {
+        "agreement": "benefit-status-for-discretionary-support",
+        "expires_at": "2027-11-30T00:00:00Z",
+        "data_life": "P90D",
+    },
+    ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): {"status": "paused"},
     ("POST", "/v1/policies"): _AGREEMENT_IN,
     ("PUT", "/v1/policies/{agreement_id}"): _AGREEMENT_IN,
     ("POST", "/v1/decisions/explain"): {
@@ -130,6 +159,11 @@ REQUEST_EXAMPLES: dict[tuple[str, str], Any] = {
 }
 
 RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/citizens/{citizen_id}/consents"): _CONSENT,
+    ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): {**_CONSENT, "status": "paused"},
+    ("GET", "/v1/citizens/{citizen_id}/consents"): {"items": [_CONSENT], "next_cursor": None},
+    ("POST", "/v1/citizens/{citizen_id}/objections/{agreement}"): _OBJECTION,
+    ("GET", "/v1/citizens/{citizen_id}/objections"): {"items": [_OBJECTION], "next_cursor": None},
     ("GET", "/healthz"): {"status": "ok"},
     ("GET", "/readyz"): {"status": "ready"},
     ("GET", "/v1/catalog"): {

@@ -8,6 +8,7 @@ keys and bad types and checks references), and the Dockerfile by hadolint (`hado
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from tests.conftest import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "compose.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+HAPROXY = REPO_ROOT / "deploy" / "haproxy"
+HAPROXY_IN_IMAGE = "/usr/local/etc/haproxy/"
 TELLONCE_SERVICES = ("init", "tellonce", "worker")
 
 
@@ -53,7 +56,7 @@ class TestComposeFile:
 
     def test_services_volumes_and_order(self, compose: dict[str, Any]) -> None:
         services = compose["services"]
-        assert set(services) == {"db", *TELLONCE_SERVICES}
+        assert set(services) == {"db", *TELLONCE_SERVICES, "haproxy"}
         assert set(compose["volumes"]) == {"postgres-data", "tellonce-data"}
         assert "postgres-data:/var/lib/postgresql/data" in services["db"]["volumes"]
         for name in TELLONCE_SERVICES:
@@ -75,6 +78,48 @@ class TestComposeFile:
         services = compose["services"]
         assert services["db"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
         assert "/readyz" in " ".join(services["tellonce"]["healthcheck"]["test"])
+
+    def test_api_replicas_are_reached_through_haproxy(self, compose: dict[str, Any]) -> None:
+        services = compose["services"]
+        assert services["tellonce"]["deploy"]["replicas"] == 3
+        assert "ports" not in services["tellonce"]
+        haproxy = services["haproxy"]
+        assert "./deploy/haproxy:/usr/local/etc/haproxy:ro" in haproxy["volumes"]
+        assert haproxy["command"][-4:] == [
+            "-f",
+            f"{HAPROXY_IN_IMAGE}haproxy.cfg",
+            "-f",
+            f"{HAPROXY_IN_IMAGE}compose.cfg",
+        ]
+        assert haproxy["depends_on"]["tellonce"]["condition"] == "service_healthy"
+        replicas = re.search(
+            r"server-template api (\d+) tellonce:8000 ", (HAPROXY / "compose.cfg").read_text()
+        )
+        assert replicas is not None
+        assert int(replicas.group(1)) == services["tellonce"]["deploy"]["replicas"]
+
+    def test_haproxy_accepts_its_configuration(self, compose: dict[str, Any]) -> None:
+        bind = compose["services"]["haproxy"]["environment"]["TELLONCE_HAPROXY_BIND"]
+        checked = subprocess.run(
+            ["haproxy", "-c", "-f", str(HAPROXY / "haproxy.cfg"), "-f", str(HAPROXY / "compose.cfg")],
+            env={**os.environ, "TELLONCE_HAPROXY_BIND": bind},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        # The same check refuses a broken file.
+        broken = subprocess.run(
+            ["haproxy", "-c", "-f", str(HAPROXY / "haproxy.cfg")],
+            env={**os.environ, "TELLONCE_HAPROXY_BIND": bind},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert broken.returncode != 0
+        assert "replicas" in broken.stdout + broken.stderr  # no backend named replicas
 
     def test_its_environment_passes_the_production_checks(self, compose: dict[str, Any]) -> None:
         variables = {

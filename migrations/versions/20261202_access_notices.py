@@ -1,8 +1,8 @@
 """events and cases: access notices (event and subscription types, notice detail, the
 worker's place, held notices) and consumers' cases for delayed disclosure
 
-Revision ID: 0014_access_notices
-Revises: 0013_rate_buckets
+Revision ID: 0016_access_notices
+Revises: 0015_consents
 Create Date: 2026-12-02 09:00:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import service.db
 
-revision: str = "0014_access_notices"
-down_revision: str | Sequence[str] | None = "0013_rate_buckets"
+revision: str = "0016_access_notices"
+down_revision: str | Sequence[str] | None = "0015_consents"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -361,6 +361,46 @@ def key_event_entry(event: KeyEvent, actor: str = SERVICE_ACTOR) -> AuditEntry:
     )
 
 
+def choice_entry(
+    principal: Principal,
+    action: Action,
+    *,
+    source: str | None,
+    citizen_id: str,
+    owner: str,
+    consumer: str,
+    agreement: str,
+    version: int,
+    change: str,
+    purpose: str | None = None,
+    document: str | None = None,
+) -> AuditEntry:
+    """A citizen's consent or objection made or changed through ``principal`` (the citizen
+    portal or the console). ``change`` is the new status (``active``, ``paused``,
+    ``revoked``; ``objected``, ``withdrawn``); ``document`` a consent's signed terms as
+    canonical JSON, so the log alone holds every consent a release relied on."""
+    return AuditEntry.built(
+        time=utcnow(),
+        request_id=current_request_id(),
+        client_id=principal.client_id,
+        department=principal.department,
+        on_behalf_of=principal.on_behalf_of,
+        action=action,
+        citizen_id=citizen_id,
+        owners=[owner],
+        decision="permit",
+        reasons=[
+            Reason.built(
+                field="", effect=change, agreement=agreement, version=version, reason=f"{consumer}: {change}"
+            )
+        ],
+        purpose=purpose,
+        status=200,
+        source=source,
+        document=document,
+    )
+
+
 def operator_entry(actor: str, action: str, department: str, what: str) -> AuditEntry:
     """An operator command that changed who may call the service or what signs tokens
     (``client-create``, ``client-disable``, ``signing-key-rotate``), or made a key (init)."""

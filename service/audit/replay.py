@@ -60,4 +60,5 @@ class AuditedRequests:
                     case_ref=entry.get("case_ref"),
                     citizen_status=None,
                     time=datetime.fromisoformat(entry["time"]),
+                    citizen_id=entry.get("citizen_id"),
                 )

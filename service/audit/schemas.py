@@ -35,6 +35,8 @@ Action = Literal[
     "audit-query",
     "access-log",
     "case-close",
+    "consent-change",
+    "objection-change",
 ]
 Decision = Literal["permit", "deny", "partial", "error"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]

@@ -8,12 +8,13 @@ process serves. ``SharedRateLimiter`` keeps one bucket per client in the table
 whole deployment. ``TELLONCE_RATE_LIMIT_STORE`` chooses (``auto``: shared on PostgreSQL).
 
 The shared bucket is computed in SQL by one atomic upsert, on the database's clock (the
-replicas' clocks never enter it). Requests of one client that arrive while a claim for it
-is in flight join the next claim, which takes as many tokens as they are; so under load
-a replica sends one statement per batch of a client's concurrent requests, never one
-begun before a request arrived. The bucket can only refill at its rate, so once a claim
-comes back short the replica refuses that client locally until the next token is due,
-and a client far over its rate costs the database nothing more.
+replicas' clocks never enter it). A lone request claims its own token. Requests of one
+client that arrive while a claim for it is in flight join the next claim, which takes as
+many tokens as they are; so under load a replica sends one statement per batch of a
+client's concurrent requests, never one begun before a request arrived. The bucket can
+only refill at its rate, so once a claim comes back short the replica refuses that client
+locally until the next token is due, and a client far over its rate costs the database
+nothing more.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.db import DriverReads
 
@@ -125,7 +126,9 @@ class SharedRateLimiter:
     clock: Callable[[], float] = time.monotonic
     max_clients: int = 100_000
     _waiting: dict[str, _Claim] = field(default_factory=dict)
-    _claiming: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Clients with a claim in flight: the task serving queued claims, or None while a lone
+    # request claims for itself.
+    _claiming: dict[str, asyncio.Task[None] | None] = field(default_factory=dict)
     _refused_until: dict[str, float] = field(default_factory=dict)
 
     async def take(
@@ -137,17 +140,17 @@ class SharedRateLimiter:
             if left > 0:
                 return left
             del self._refused_until[client_id]
+        rate = rate if rate and rate > 0 else self.default_rate
+        capacity = burst if burst and burst > 0 else self.default_burst
+        if client_id not in self._claiming:
+            return await self._claim_alone(reads, client_id, rate, capacity)
         claim = self._waiting.get(client_id)
         if claim is None:
             claim = self._waiting[client_id] = _Claim(
-                rate if rate and rate > 0 else self.default_rate,
-                burst if burst and burst > 0 else self.default_burst,
-                asyncio.get_running_loop().create_future(),
+                rate, capacity, asyncio.get_running_loop().create_future()
             )
             # Marks a failure retrieved even if every waiter was cancelled meanwhile.
             claim.answer.add_done_callback(lambda done: done.cancelled() or done.exception())
-            if client_id not in self._claiming:
-                self._claiming[client_id] = asyncio.create_task(self._claim(reads, client_id))
         place = claim.wanted
         claim.wanted += 1
         granted, tokens = await asyncio.shield(claim.answer)
@@ -156,7 +159,23 @@ class SharedRateLimiter:
         # A short claim left less than one token (it would have granted it otherwise).
         return (1.0 - tokens) / claim.rate
 
-    async def _claim(self, reads: DriverReads, client_id: str) -> None:
+    async def _claim_alone(
+        self, reads: DriverReads, client_id: str, rate: float, capacity: int
+    ) -> float | None:
+        """No claim in flight for this client: this request claims its own token, on its own
+        task (a task per claim costs about as much as the statement); requests that arrive
+        meanwhile queue one claim, sent as soon as this one returns."""
+        self._claiming[client_id] = None
+        try:
+            rows = await reads.rows(CLAIM_SQL, (client_id, 1, rate, capacity))
+        finally:
+            del self._claiming[client_id]
+            if client_id in self._waiting:
+                self._claiming[client_id] = asyncio.create_task(self._claim_queued(reads, client_id))
+        granted, tokens = self._settle(client_id, 1, rate, rows)
+        return None if granted else (1.0 - tokens) / rate
+
+    async def _claim_queued(self, reads: DriverReads, client_id: str) -> None:
         try:
             while (claim := self._waiting.pop(client_id, None)) is not None:
                 try:
@@ -164,14 +183,20 @@ class SharedRateLimiter:
                 except Exception as exc:  # handed to every waiter, as their own claim would be
                     claim.answer.set_exception(exc)
                     continue
-                granted, tokens = int(rows[0][0]), float(rows[0][1])
-                if granted < claim.wanted:
-                    if len(self._refused_until) >= self.max_clients:
-                        self._refused_until.clear()  # a bound on memory; the database decides again
-                    self._refused_until[client_id] = self.clock() + (1.0 - tokens) / claim.rate
-                claim.answer.set_result((granted, tokens))
+                claim.answer.set_result(self._settle(client_id, claim.wanted, claim.rate, rows))
         finally:
             del self._claiming[client_id]
+
+    def _settle(
+        self, client_id: str, wanted: int, rate: float, rows: Sequence[Sequence[Any]]
+    ) -> tuple[int, float]:
+        """(granted, tokens left) from a claim's row; a short claim starts a local refusal."""
+        granted, tokens = int(rows[0][0]), float(rows[0][1])
+        if granted < wanted:
+            if len(self._refused_until) >= self.max_clients:
+                self._refused_until.clear()  # a bound on memory; the database decides again
+            self._refused_until[client_id] = self.clock() + (1.0 - tokens) / rate
+        return granted, tokens
 
 
 def retry_after_seconds(wait: float) -> int:

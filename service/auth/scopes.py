@@ -31,7 +31,7 @@ ROLE_SCOPES: Final[dict[str, frozenset[str]]] = {
         }
     ),
     # events:subscribe: access notices (``access.recorded``), through the events API.
-    "citizen-portal": frozenset({"citizens:access-log", "events:subscribe"}),
+    "citizen-portal": frozenset({"citizens:access-log", "citizens:consent", "events:subscribe"}),
     "admin": frozenset({"admin:clients", "admin:departments"}),
 }
 

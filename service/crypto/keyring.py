@@ -24,6 +24,7 @@ from sqlalchemy import LargeBinary, String, Table, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import bulk
 from service.config import Settings
 from service.crypto.aead import DataKey
 from service.crypto.cache import Clock, TTLCache
@@ -287,30 +288,71 @@ class Keyring:
         keks = {department: await self.active_kek(conn, department) for department in {d for _c, d in pairs}}
         materials = [KeyMaterial(DataKey.generate_material()) for _ in pairs]
         created_at = utcnow()
-        key_ids = (
-            (
-                await conn.execute(
-                    insert(DATA_KEYS).returning(DATA_KEYS.c.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "citizen_id": citizen_id,
-                            "department": department,
-                            "kek_version": keks[department].version,
-                            "status": "active",
-                            "wrapped_key": keks[department].wrap(material, citizen_id),
-                            "created_at": created_at,
-                        }
-                        for (citizen_id, department), material in zip(pairs, materials, strict=True)
-                    ],
+        key_ids = await bulk.insert_rows_returning_ids(
+            conn,
+            DATA_KEYS,
+            ("citizen_id", "department", "kek_version", "status", "wrapped_key", "created_at"),
+            [
+                (
+                    citizen_id,
+                    department,
+                    keks[department].version,
+                    "active",
+                    keks[department].wrap(material, citizen_id),
+                    created_at,
                 )
-            )
-            .scalars()
-            .all()
+                for (citizen_id, department), material in zip(pairs, materials, strict=True)
+            ],
         )
         return {
             pair: DataKey(key_id, pair[1], keks[pair[1]].version, material)
             for pair, key_id, material in zip(pairs, key_ids, materials, strict=True)
         }
+
+    async def data_keys_for_write_many(
+        self, conn: AsyncConnection, citizen_ids: Sequence[str], department: str
+    ) -> dict[str, DataKey]:
+        """``data_key_for_write`` for many citizens of one department (a bulk import):
+        their active keys in one query, and one insert for those who have none.
+
+        Raises ``CitizenShredded`` if any of them had their keys shredded."""
+        wanted = list(dict.fromkeys(citizen_ids))
+        found: dict[str, DataKey] = {}
+        for start in range(0, len(wanted), 500):
+            rows = await conn.execute(
+                select(
+                    DATA_KEYS.c.id, DATA_KEYS.c.citizen_id, DATA_KEYS.c.kek_version, DATA_KEYS.c.wrapped_key
+                )
+                .where(
+                    DATA_KEYS.c.citizen_id.in_(wanted[start : start + 500]),
+                    DATA_KEYS.c.department == department,
+                    DATA_KEYS.c.status == "active",
+                )
+                .with_for_update(read=True)
+            )
+            for row in rows:
+                key = self.data_key_cache.get(row.id)
+                if key is None:
+                    kek = await self.kek(conn, department, row.kek_version)
+                    key = DataKey(
+                        row.id, department, row.kek_version, kek.unwrap(row.wrapped_key, row.citizen_id)
+                    )
+                    self.data_key_cache.put(key.id, key)
+                found[row.citizen_id] = key
+        missing = [citizen_id for citizen_id in wanted if citizen_id not in found]
+        if missing:
+            shredded = (
+                await conn.execute(
+                    select(DATA_KEYS.c.id)
+                    .where(DATA_KEYS.c.citizen_id.in_(missing), DATA_KEYS.c.status == "shredded")
+                    .limit(1)
+                )
+            ).first()
+            if shredded is not None:
+                raise CitizenShredded()
+            created = await self.new_data_keys(conn, [(citizen_id, department) for citizen_id in missing])
+            found.update({citizen_id: key for (citizen_id, _d), key in created.items()})
+        return found
 
     async def data_keys(self, conn: AsyncConnection, key_ids: Iterable[int]) -> dict[int, DataKey]:
         """Unwrapped data keys by id, through the cache. Raises ``DataKeyDestroyed`` if any

@@ -61,19 +61,19 @@ def notice_detail(entry: Mapping[str, Any], basis: str, shown: rules.Shown) -> d
     }
 
 
-async def _add_notice(
-    conn: AsyncConnection, citizen_id: str, fields: Sequence[str], at: datetime, detail: dict[str, Any]
-) -> None:
-    await repository.insert_event(
-        conn,
-        event_id=str(uuid.uuid4()),
-        citizen_id=citizen_id,
-        fields=fields,
-        owner="",
-        occurred_at=at,
-        type=ACCESS_RECORDED,
-        detail=detail,
-    )
+def _notice_row(
+    citizen_id: str, fields: Sequence[str], at: datetime, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """An outbox row of type ``access.recorded``."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "citizen_id": citizen_id,
+        "fields": list(fields),
+        "owner": "",
+        "occurred_at": at,
+        "type": ACCESS_RECORDED,
+        "detail": detail,
+    }
 
 
 class NoticeWorker:
@@ -120,7 +120,7 @@ class NoticeWorker:
         closed = await cases_repository.closed_at(
             conn, {(e["department"], e["case_ref"]) for i, e in entries if delays[i] and e.get("case_ref")}
         )
-        added = 0
+        notices: list[dict[str, Any]] = []
         held: list[dict[str, Any]] = []
         for entry_id, entry in entries:
             at, delay = rules.entry_time(entry), delays[entry_id]
@@ -128,8 +128,7 @@ class NoticeWorker:
             shown = rules.shown(at, delay, closed.get(case), now)
             detail = notice_detail(entry, basis_of(entry, terms), shown)
             if shown.visible:
-                await _add_notice(conn, entry["citizen_id"], entry["fields_released"], at, detail)
-                added += 1
+                notices.append(_notice_row(entry["citizen_id"], entry["fields_released"], at, detail))
             elif delay is not None:
                 held.append(
                     {
@@ -143,13 +142,15 @@ class NoticeWorker:
                         "disclose_by": at + delay,
                     }
                 )
+        await repository.insert_events(conn, notices)
         await repository.hold_notices(conn, held)
-        return added
+        return len(notices)
 
     async def _release(
         self, conn: AsyncConnection, closed: Mapping[cases_repository.CaseKey, datetime], now: datetime
     ) -> int:
         due = await repository.due_notices(conn, now, list(closed), NOTICE_BATCH)
+        notices: list[dict[str, Any]] = []
         for notice in due:
             shown = rules.shown(
                 notice.accessed_at,
@@ -161,6 +162,7 @@ class NoticeWorker:
                 "disclosed_at": (shown.disclosed_at or now).isoformat(),
                 "disclosed_by": shown.disclosed_by,
             }
-            await _add_notice(conn, notice.citizen_id, notice.fields, notice.accessed_at, detail)
+            notices.append(_notice_row(notice.citizen_id, notice.fields, notice.accessed_at, detail))
+        await repository.insert_events(conn, notices)
         await repository.release_held(conn, [notice.entry_id for notice in due], now)
         return len(due)

@@ -6,7 +6,7 @@ use short transactions on the engine's connections rather than the ORM.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -147,31 +147,11 @@ async def notify_on_commit(conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": PG_CHANNEL})
 
 
-async def insert_event(
-    conn: AsyncConnection,
-    *,
-    event_id: str,
-    citizen_id: str,
-    fields: Sequence[str],
-    owner: str,
-    occurred_at: datetime,
-    type: str = FIELDS_CHANGED,
-    detail: dict[str, Any] | None = None,
-) -> int:
-    result = await conn.execute(
-        insert(OutboxEvent)
-        .values(
-            event_id=event_id,
-            citizen_id=citizen_id,
-            fields=list(fields),
-            owner=owner,
-            occurred_at=occurred_at,
-            type=type,
-            detail=detail,
-        )
-        .returning(OutboxEvent.position)
-    )
-    return int(result.scalar_one())
+async def insert_events(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Outbox rows (event_id, citizen_id, fields, owner, occurred_at; an access notice also
+    type and detail) in one executemany, positioned in their order."""
+    if rows:
+        await conn.execute(insert(OutboxEvent), list(rows))
 
 
 async def head_position(conn: AsyncConnection) -> int:

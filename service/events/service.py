@@ -87,6 +87,15 @@ class EventsRuntime:
 # --- the outbox: called by the records write path -----------------------------------------
 
 
+@dataclass(frozen=True)
+class Change:
+    """One change to tell: the names of the fields of ``owner`` that changed; never values."""
+
+    citizen_id: str
+    fields: Sequence[str]
+    owner: str
+
+
 async def record_change(
     conn: AsyncConnection,
     *,
@@ -101,23 +110,36 @@ async def record_change(
     event becomes visible when the caller's transaction commits, and vanishes if it rolls
     back. Call ``notify()`` after the commit to wake waiting feeds and the dispatcher.
     """
-    if isinstance(fields, (str, bytes, Mapping)):
-        raise TypeError("record_change takes a list of field names, never values")
-    names = list(dict.fromkeys(fields))
-    if not names or not all(isinstance(name, str) and _FIELD_NAME.match(name) for name in names):
-        raise ValueError("record_change needs at least one field name, and only field names")
-    event_id = str(uuid.uuid4())
-    await repository.lock_outbox(conn)
-    await repository.insert_event(
-        conn,
-        event_id=event_id,
-        citizen_id=citizen_id,
-        fields=names,
-        owner=owner,
-        occurred_at=occurred_at or utcnow(),
-    )
-    await repository.notify_on_commit(conn)
+    (event_id,) = await record_changes(conn, [Change(citizen_id, fields, owner)], occurred_at=occurred_at)
     return event_id
+
+
+async def record_changes(
+    conn: AsyncConnection, changes: Sequence[Change], *, occurred_at: datetime | None = None
+) -> list[str]:
+    """``record_change`` for many changes in one statement (a bulk import); their ids."""
+    rows: list[dict[str, Any]] = []
+    when = occurred_at or utcnow()
+    for change in changes:
+        if isinstance(change.fields, (str, bytes, Mapping)):
+            raise TypeError("record_change takes a list of field names, never values")
+        names = list(dict.fromkeys(change.fields))
+        if not names or not all(isinstance(name, str) and _FIELD_NAME.match(name) for name in names):
+            raise ValueError("record_change needs at least one field name, and only field names")
+        rows.append(
+            {
+                "event_id": str(uuid.uuid4()),
+                "citizen_id": change.citizen_id,
+                "fields": names,
+                "owner": change.owner,
+                "occurred_at": when,
+            }
+        )
+    if rows:
+        await repository.lock_outbox(conn)
+        await repository.insert_events(conn, rows)
+        await repository.notify_on_commit(conn)
+    return [row["event_id"] for row in rows]
 
 
 def notify(target: Any = None) -> None:

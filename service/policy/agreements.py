@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth import permissions
 from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
+from service.consent import repository as consent_repository
 from service.db import utcnow
 from service.errors import BadRequest, ValidationFailed
 from service.policy import repository
@@ -251,16 +252,23 @@ async def explain(
     action: str,
     fields: list[str],
     context: RequestContext,
+    citizen_id: str | None = None,
 ) -> dict[str, Explanation]:
     """Each field's decision with its near misses. A data owner asks about its own fields,
-    or about its own department as consumer."""
+    or about its own department as consumer. With ``citizen_id``, consent-based and
+    objectable agreements are decided with that citizen's consents and objections."""
     if not permissions.sees_all(principal) and consumer != principal.department:
         owners = (await policy_service.live_catalog(session)).field_owners
         if not permissions.may_explain(principal, consumer, [owners.get(f) for f in fields]):
             raise NotFieldOwner(
                 "A data owner explains decisions on its own fields or for its own department."
             )
-    policy = await policy_service.current_policy(await session.connection(), holder)
+    conn = await session.connection()
+    policy = await policy_service.current_policy(conn, holder)
+    needed = policy.choices_needed(consumer, action, fields)
+    if citizen_id is not None and needed:
+        rows = await consent_repository.choices(conn, [citizen_id], sorted(needed))
+        context = consent_repository.context_with_choices(context, citizen_id, rows)
     return policy.explain(consumer, action, fields, context)
 
 
@@ -308,9 +316,17 @@ async def simulate_draft(
         drafts.append(spec.to_engine(owner, (current.version + 1) if current else 1))
     for agreement_id in read.remove:
         await get_agreement(session, principal, agreement_id)
-    live = await policy_service.current_policy(await session.connection(), holder)
+    conn = await session.connection()
+    live = await policy_service.current_policy(conn, holder)
     changed = draft_policy(live, draft_agreements(live.agreements, drafts, read.remove))
-    return await simulate(live, changed, recorded, read.since)
+
+    async def choices(
+        citizen_id: str, context: RequestContext, agreement_ids: frozenset[str]
+    ) -> RequestContext:
+        rows = await consent_repository.choices(conn, [citizen_id], sorted(agreement_ids))
+        return consent_repository.context_with_choices(context, citizen_id, rows)
+
+    return await simulate(live, changed, recorded, read.since, choices)
 
 
 def _draft_order(problem: Problem) -> tuple[int, int]:

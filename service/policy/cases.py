@@ -10,6 +10,8 @@ A case file is a list of cases (or ``cases: [...]``)::
       case_ref: CLAIM-1          # optional
       citizen_status: active     # optional
       time: 2026-06-01           # optional; defaults to now
+      consents: [agreement-id]   # optional: the citizen's active consents
+      objections: [agreement-id] # optional: the citizen's objections
       expect: {licence_status: permit}
 """
 
@@ -38,6 +40,9 @@ class PolicyCase(BaseModel):
     case_ref: str | None = None
     citizen_status: Literal["active", "deceased"] | None = None
     time: datetime | date | None = None
+    # The agreements the citizen holds an active consent to, and has objected to.
+    consents: list[str] = Field(default_factory=list)
+    objections: list[str] = Field(default_factory=list)
     expect: dict[str, Literal["permit", "deny"]] = Field(min_length=1)
 
 
@@ -114,7 +119,14 @@ def run_cases(policy: CompiledPolicy, cases: list[LoadedCase]) -> list[Mismatch]
     mismatches = []
     for loaded in cases:
         case = loaded.case
-        context = RequestContext(case.purpose, case.case_ref, _instant(case.time), case.citizen_status)
+        context = RequestContext(
+            case.purpose,
+            case.case_ref,
+            _instant(case.time),
+            case.citizen_status,
+            consents=frozenset(case.consents),
+            objections=frozenset(case.objections),
+        )
         decisions = policy.decide(case.consumer, case.action, case.fields, context)
         for name, expected in case.expect.items():
             if decisions[name].effect != expected:

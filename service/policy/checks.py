@@ -38,6 +38,7 @@ LABELS = {
     "disclosure": "the disclosure",
     "max_delay": "the maximum delay",
     "effect": "the effect",
+    "basis": "the basis",
     "signature": "the signature",
     "verify": "the allowed claims",
     "reason": "the reason",
@@ -66,6 +67,7 @@ _DEPENDS = {
     "max_delay": {"disclosure", "effect"},
     "valid_until": {"valid_from"},
     "verify": {"fields", "actions", "effect"},
+    "basis": {"actions", "purposes", "effect"},
 }
 # What a part that failed its shape is judged with instead, so the rest can be judged.
 _STAND_INS: dict[str, Any] = {
@@ -82,6 +84,7 @@ _STAND_INS: dict[str, Any] = {
     "disclosure": "immediate",
     "max_delay": None,
     "effect": "permit",
+    "basis": "statutory",
     "signature": None,
     "verify": None,
 }
@@ -124,6 +127,8 @@ def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str
         return "the effect must be permit or forbid"
     if kind == "literal_error" and part == "disclosure":
         return "the disclosure must be immediate or after-case-closed"
+    if kind == "literal_error" and part == "basis":
+        return "the basis must be statutory, consent or objectable"
     if kind == "literal_error" and part == "verify":
         return f"{value!r} is not a claim an agreement can allow; the claims are eq, lte and gte"
     if kind.startswith("date_"):

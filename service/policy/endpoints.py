@@ -151,6 +151,10 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
     agreements that would apply but for the purpose, the dates, a case reference or a
     condition. A data owner may ask about its own fields or about its own department
     as consumer.
+
+    An agreement with basis ``consent`` or ``objectable`` is decided with the consents and
+    objections of ``citizen_id``, or without any when it is left out: the reason is then
+    ``consent-required`` (or ``objected``), and the near miss names the agreement.
     """
     explained = await agreements.explain(
         session,
@@ -160,6 +164,7 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
         action=body.action,
         fields=list(body.fields),
         context=agreements.now_context(body.purpose, body.case_ref, body.citizen_status),
+        citizen_id=body.citizen_id,
     )
     return ExplainOut(
         decisions={
@@ -186,6 +191,10 @@ async def simulate_change(
     Reports every decision that would change, counted by consumer, field, action and
     purpose. Live policy is never changed. The body (`SimulateIn`) is checked in one
     round: every problem with it and with each draft is listed at once.
+
+    Consent-based and objectable agreements are replayed with each citizen's consents and
+    objections as they stand now; `withheld_by_choice` counts the field decisions the
+    draft withholds for lack of consent (`consent-required`) or for an objection.
     """
     result = await agreements.simulate_draft(
         session, principal, request.app.state.policy, request.app.state.recorded_requests, body
@@ -204,4 +213,9 @@ async def simulate_change(
         )
         for key, count in sorted(result.changes.items())
     ]
-    return SimulateOut(evaluated=result.evaluated, changed=result.changed, changes=changes)
+    return SimulateOut(
+        evaluated=result.evaluated,
+        changed=result.changed,
+        changes=changes,
+        withheld_by_choice=dict(result.withheld_by_choice),
+    )

@@ -26,6 +26,18 @@ Action = Literal["read", "lookup", "verify", "history", "subscribe", "write", "e
 ACTIONS: tuple[Action, ...] = ("read", "lookup", "verify", "history", "subscribe", "write", "erase")
 Effect = Literal["permit", "forbid"]
 DecisionEffect = Literal["permit", "deny"]
+# An agreement's legal basis: ``statutory`` releases on the agreement alone; ``consent``
+# only while the citizen holds an active consent to it; ``objectable`` unless the citizen
+# has objected to it.
+Basis = Literal["statutory", "consent", "objectable"]
+BASES: tuple[Basis, ...] = ("statutory", "consent", "objectable")
+# The actions a citizen's consent or objection can govern: those that release the
+# citizen's data to the consumer, decided with the citizen known.
+CHOICE_ACTIONS = frozenset({"read", "verify", "history"})
+# A field withheld because the citizen has not consented, or has objected: the reason
+# a consumer sees (and the problem type when nothing is released).
+CONSENT_REQUIRED = "consent-required"
+OBJECTED = "objected"
 
 UNEVALUATED = "condition could not be evaluated"
 NEEDS_CASE_REF = "needs a case reference"
@@ -61,6 +73,7 @@ class Agreement:
     # reference on every access, and the citizen is shown its accesses only later.
     disclosure_delay: timedelta | None = None
     effect: Effect = "permit"
+    basis: Basis = "statutory"
     version: int = 1
     # SHA-256 of the version's canonical JSON (``signing.version_digest``); audit entries cite it.
     digest: str = ""
@@ -71,12 +84,19 @@ class Agreement:
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """What a condition and a grant's limits are checked against."""
+    """What a condition and a grant's limits are checked against.
+
+    ``consents`` and ``objections`` are the ids of the agreements the citizen holds an
+    active consent to, or has objected to, among those the request needs
+    (``CompiledPolicy.choices_needed``); left empty, a consent-based grant does not apply
+    (fail closed) and an objectable one does."""
 
     purpose: str
     case_ref: str | None
     time: datetime
     citizen_status: str | None = None
+    consents: frozenset[str] = frozenset()
+    objections: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +199,7 @@ class Grant:
     digest: str = ""
     verify: Mapping[str, AllowedClaims] | None = None
     disclosure_delay: timedelta | None = None
+    basis: Basis = "statutory"
 
     def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
         """Why this grant does not apply to ``context``; ``None`` when it does."""
@@ -204,6 +225,11 @@ class Grant:
                 return f"agreement {self.agreement} {UNEVALUATED}: {self.when}"
             if not met:
                 return f"agreement {self.agreement} condition not met: {self.when}"
+        # The citizen's choice last: a miss here means everything else applied.
+        if self.basis == "consent" and self.agreement not in context.consents:
+            return f"{CONSENT_REQUIRED}: agreement {self.agreement} needs the citizen's active consent"
+        if self.basis == "objectable" and self.agreement in context.objections:
+            return f"{OBJECTED}: the citizen objected to agreement {self.agreement}"
         return None
 
 
@@ -240,6 +266,22 @@ class CompiledPolicy:
     purposes: frozenset[str]
     epoch: int = 0
     agreements: tuple[Agreement, ...] = field(default=())
+    # (consumer, action) -> field -> ids of the consent-based and objectable agreements
+    # that grant it: what a decision needs to know of the citizen's choices.
+    choice_grants: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
+
+    def choices_needed(self, consumer: str, action: str, fields: Sequence[str]) -> frozenset[str]:
+        """The agreements whose citizen's consent or objection decides one of ``fields``;
+        empty (one dictionary lookup) when no such agreement covers this consumer and action."""
+        by_field = self.choice_grants.get((consumer, action))
+        if by_field is None:
+            return frozenset()
+        needed: set[str] = set()
+        for name in fields:
+            ids = by_field.get(name)
+            if ids:
+                needed.update(ids)
+        return frozenset(needed)
 
     def decide(
         self, consumer: str, action: str, fields: Sequence[str], context: RequestContext
@@ -365,7 +407,12 @@ def _decide_field(
         )
         return (decision, tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
-    if permit_misses:
+    if any(m.startswith(CONSENT_REQUIRED) for m in permit_misses):
+        # Only the citizen's consent is missing: the reason the consumer can act on.
+        reason = CONSENT_REQUIRED
+    elif any(m.startswith(OBJECTED) for m in permit_misses):
+        reason = OBJECTED
+    elif permit_misses:
         reason = "; ".join(permit_misses)
     else:
         reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
@@ -386,6 +433,7 @@ def compile_policy(
     catalog no longer has simply never matches.
     """
     collected: dict[tuple[str, str], dict[str, list[Grant]]] = {}
+    choices: dict[tuple[str, str], dict[str, set[str]]] = {}
     kept = tuple(agreements)
     for agreement in kept:
         condition = compile_condition(agreement.when) if agreement.when else None
@@ -405,6 +453,7 @@ def compile_policy(
             digest=agreement.digest,
             verify=agreement.verify,
             disclosure_delay=agreement.disclosure_delay,
+            basis=agreement.basis,
         )
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an
         # older catalog never grants a field that has since moved to another owner.
@@ -413,6 +462,10 @@ def compile_policy(
             by_field = collected.setdefault((agreement.consumer, action), {})
             for name in granted:
                 by_field.setdefault(name, []).append(grant)
+            if agreement.basis != "statutory" and agreement.effect == "permit":
+                chosen = choices.setdefault((agreement.consumer, action), {})
+                for name in granted:
+                    chosen.setdefault(name, set()).add(agreement.id)
     index: dict[tuple[str, str], dict[str, tuple[Grant, ...]]] = {}
     for key, by_field in collected.items():
         index[key] = {
@@ -430,4 +483,7 @@ def compile_policy(
         purposes=frozenset(purposes),
         epoch=epoch,
         agreements=kept,
+        choice_grants={
+            key: {name: frozenset(ids) for name, ids in by_field.items()} for key, by_field in choices.items()
+        },
     )

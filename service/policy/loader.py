@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from service.catalog.loader import CATALOG_FILE, load_catalog
 from service.catalog.schemas import Catalog
-from service.policy.engine import ConditionError, compile_condition
+from service.policy.engine import CHOICE_ACTIONS, ConditionError, compile_condition
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerVerifier
 from service.policy.terms import MAX_DELAY_LIMIT, parse_duration
@@ -102,6 +102,7 @@ def check_agreement(
         except ConditionError as exc:
             problems.append((("when",), str(exc)))
     problems.extend(_check_identity_actions(spec))
+    problems.extend(_check_basis(spec))
     if spec.verify is not None:
         problems.extend(_check_allowed_claims(spec, catalog))
     if signed:
@@ -153,6 +154,29 @@ def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
                     f"grant {action} in an agreement of its own with fields: [{IDENTITY_FIELD}]",
                 )
             )
+    return problems
+
+
+def _check_basis(spec: AgreementSpec) -> list[Problem]:
+    """A consent-based or objectable agreement is a permit over the actions that release a
+    citizen's data (the citizen's choice is known only once the citizen is); a consent is
+    given to one purpose, so a consent-based agreement names exactly one."""
+    if spec.basis == "statutory":
+        return []
+    problems: list[Problem] = []
+    if spec.effect != "permit":
+        problems.append((("basis",), f"only a permit can have basis {spec.basis}"))
+    for index, action in enumerate(spec.actions):
+        if action not in CHOICE_ACTIONS:
+            allowed = ", ".join(sorted(CHOICE_ACTIONS))
+            problems.append(
+                (
+                    ("actions", index),
+                    f"an agreement with basis {spec.basis} grants only {allowed}, not {action}",
+                )
+            )
+    if spec.basis == "consent" and len(spec.purposes) > 1:
+        problems.append((("purposes",), "a consent is given to one purpose: name exactly one"))
     return problems
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.catalog.schemas import FieldName, Identifier
-from service.policy.engine import Action, Agreement, Effect
+from service.policy.engine import Action, Agreement, Basis, Effect
 from service.policy.terms import Disclosure, parse_duration
 
 Status = Literal["active", "revoked"]
@@ -38,6 +38,10 @@ class AgreementSpec(BaseModel):
     disclosure: Disclosure = "immediate"
     max_delay: str | None = Field(default=None, max_length=40)
     effect: Effect = "permit"
+    # ``consent``: releases only while the citizen holds an active consent to this
+    # agreement; ``objectable``: unless the citizen has objected. The default is left out
+    # of the stored and signed form, so agreements signed before ``basis`` existed verify.
+    basis: Basis = "statutory"
     # The owner's base64 Ed25519 signature over the agreement's signing text
     # (``service/policy/signing.py``); required when the owner's department has a key.
     signature: str | None = Field(default=None, max_length=200)
@@ -66,6 +70,7 @@ class AgreementSpec(BaseModel):
             require_case_ref=self.require_case_ref,
             disclosure_delay=self.disclosure_delay(),
             effect=self.effect,
+            basis=self.basis,
             version=version,
             digest=digest,
             verify=(
@@ -133,6 +138,9 @@ class ExplainIn(BaseModel):
     purpose: Identifier
     case_ref: str | None = Field(default=None, max_length=200)
     citizen_status: Literal["active", "deceased"] | None = None
+    # Decide with this citizen's consents and objections; without it, as for a citizen
+    # who has given no consent and made no objection.
+    citizen_id: str | None = Field(default=None, max_length=36)
 
 
 class NearMissOut(BaseModel):
@@ -183,3 +191,6 @@ class SimulateOut(BaseModel):
     evaluated: int
     changed: int
     changes: list[ChangeOut]
+    # Field decisions the draft would withhold for a citizen's choice, by reason:
+    # ``consent-required`` (no active consent) and ``objected``.
+    withheld_by_choice: dict[str, int] = Field(default_factory=dict)

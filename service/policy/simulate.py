@@ -7,12 +7,22 @@ provides the real ``RecordedRequestSource`` (put on ``app.state.recorded_request
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from service.policy.engine import Agreement, CompiledPolicy, RequestContext, compile_policy
+from service.policy.engine import (
+    CONSENT_REQUIRED,
+    OBJECTED,
+    Agreement,
+    CompiledPolicy,
+    RequestContext,
+    compile_policy,
+)
+
+# A citizen's consents and objections to some agreements, added to a request's context.
+ChoiceLoader = Callable[[str, RequestContext, frozenset[str]], Awaitable[RequestContext]]
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,7 @@ class RecordedRequest:
     case_ref: str | None
     citizen_status: str | None
     time: datetime
+    citizen_id: str | None = None
 
 
 class RecordedRequestSource(Protocol):
@@ -68,6 +79,8 @@ class SimulationResult:
     changed: int
     # (consumer, field, action, purpose, before, after) -> how many requests
     changes: Mapping[ChangeKey, int]
+    # consent-required / objected -> field decisions the draft withholds for that reason
+    withheld_by_choice: Mapping[str, int] = field(default_factory=dict)
 
 
 async def simulate(
@@ -75,25 +88,37 @@ async def simulate(
     draft: CompiledPolicy,
     source: RecordedRequestSource | None,
     since: datetime | None = None,
+    choices: ChoiceLoader | None = None,
 ) -> SimulationResult:
-    """Decide every recorded request under both policies and count what would differ."""
+    """Decide every recorded request under both policies and count what would differ.
+
+    With ``choices``, a request an agreement with a citizen's choice decides is decided
+    with that citizen's consents and objections (as ``choices`` gives them)."""
     evaluated = 0
     changed = 0
     changes: Counter[ChangeKey] = Counter()
+    by_choice: Counter[str] = Counter()
     if source is None:
-        return SimulationResult(0, 0, {})
+        return SimulationResult(0, 0, {}, {})
     async for request in source.recorded_requests(since):
         evaluated += 1
         context = RequestContext(request.purpose, request.case_ref, request.time, request.citizen_status)
+        needed = live.choices_needed(request.consumer, request.action, request.fields) | draft.choices_needed(
+            request.consumer, request.action, request.fields
+        )
+        if needed and choices is not None and request.citizen_id is not None:
+            context = await choices(request.citizen_id, context, needed)
         before = live.decide(request.consumer, request.action, request.fields, context)
         after = draft.decide(request.consumer, request.action, request.fields, context)
         differs = False
         for name, old in before.items():
             new = after[name]
+            if new.reason in (CONSENT_REQUIRED, OBJECTED):
+                by_choice[new.reason] += 1
             if old.effect != new.effect:
                 differs = True
                 changes[
                     (request.consumer, name, request.action, request.purpose, old.effect, new.effect)
                 ] += 1
         changed += differs
-    return SimulationResult(evaluated, changed, dict(changes))
+    return SimulationResult(evaluated, changed, dict(changes), dict(by_choice))

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.policy import repository as policy_repository
+from service.policy.engine import Basis
 
-Basis = Literal["statutory", "consent", "objectable"]
 Disclosure = Literal["immediate", "after-case-closed"]
 
 # The longest an owner may let a consumer keep its accesses from the citizen: five years.

@@ -3,7 +3,8 @@
 Pure: no I/O.
 - ``may_know``: whether a caller that is refused may still learn that a citizen exists.
 - ``refusal``: when nothing asked for is allowed, 403 if the caller may know the citizen
-  exists, else 404, so a refusal never confirms a citizen to a stranger.
+  exists (``consent-required`` when a consent-based agreement lacks only the citizen's
+  consent), else 404, so a refusal never confirms a citizen to a stranger.
 - ``readable``: an unknown citizen is 404; an erased one is 410 to a caller that may know
   it exists and 404 to anyone else. Read, verify and history raise it; batch-get says the
   same per citizen in ``withheld`` (``unavailable_reason``).
@@ -17,9 +18,9 @@ from collections.abc import Mapping, Sequence
 
 from service.catalog.schemas import Catalog
 from service.errors import ServiceError
-from service.policy.engine import CompiledPolicy, Decision, RequestContext
+from service.policy.engine import CONSENT_REQUIRED, CompiledPolicy, Decision, RequestContext
 from service.records import values
-from service.records.errors import CitizenErased, CitizenNotFound, NotPermitted
+from service.records.errors import CitizenErased, CitizenNotFound, ConsentRequired, NotPermitted
 from service.records.repository import CitizenRow, ValueRow
 from service.records.schemas import FieldOut, Withheld
 from service.records.validation import NATIONAL_ID_FIELD
@@ -103,6 +104,10 @@ def refusal(
     if not may_know(policy, department, action, requested, context):
         return CitizenNotFound(NOT_KNOWN)
     reasons = "; ".join(decisions[n].reason for n in requested)
+    if any(decisions[n].reason == CONSENT_REQUIRED for n in requested):
+        return ConsentRequired(
+            f"Released only with the citizen's active consent, which the citizen has not given: {reasons}"
+        )
     return NotPermitted(f"No agreement permits this request: {reasons}")
 
 

@@ -50,6 +50,7 @@ async def records_service(request: Request) -> RecordsService:
         state.policy,
         getattr(state, "metrics", None),
         database.settings.verify_unconstrained_per_day,
+        state.clock,
     )
 
 

@@ -16,6 +16,14 @@ class NotPermitted(Forbidden):
     slug = "not-permitted"
 
 
+class ConsentRequired(Forbidden):
+    """Nothing released because the agreements that would release it need the citizen's
+    active consent, and there is none."""
+
+    title = "The citizen's consent is required"
+    slug = "consent-required"
+
+
 class StaleVersion(PreconditionFailed):
     title = "The record changed since you read it"
     slug = "stale-version"

@@ -84,3 +84,29 @@ class VerifyProbe(Base):
     field: Mapped[str] = mapped_column(String(63), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     comparisons: Mapped[int] = mapped_column(Integer)
+
+
+class ImportRun(Base):
+    """How far ``tellonce import`` has committed one file, for ``--resume``.
+
+    A file is known by its department, mode and SHA-256; each batch of rows updates
+    ``last_line`` and the counts in the batch's own transaction, so after a crash they
+    describe exactly what is stored. No row value is kept here."""
+
+    __tablename__ = "import_runs"
+    __table_args__ = (Index("uq_import_runs_file", "department", "mode", "file_sha256", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    department: Mapped[str] = mapped_column(String(63))
+    mode: Mapped[str] = mapped_column(String(16))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    # The last line of the file whose row is committed (0: none yet).
+    last_line: Mapped[int] = mapped_column(Integer, default=0)
+    rows_read: Mapped[int] = mapped_column(Integer, default=0)
+    registered: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -67,6 +67,10 @@ async def _decide(
     context = records.context(facts, found.status if found else None)
     reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
     citizen = disclosure.readable(found, reason)
+    chosen = await records.contexts_with_choices(
+        {citizen_id: context}, policy, facts.department, action, requested
+    )
+    context = chosen[citizen_id]
     with tracing.span("policy.decide", fields=len(requested)):
         decisions = policy.decide(facts.department, action, requested, context)
     await records.require_case_ref(facts, action, citizen_id, catalog, policy, requested, decisions, context)
@@ -171,8 +175,13 @@ async def batch_get(
     allowed_any: set[str] = set()
     for citizen_id in unique_ids:
         citizen = found.get(citizen_id)
-        context = records.context(facts, citizen.status if citizen else None)
-        contexts[citizen_id] = context
+        contexts[citizen_id] = records.context(facts, citizen.status if citizen else None)
+    contexts = await records.contexts_with_choices(
+        {i: c for i, c in contexts.items() if i in found}, policy, facts.department, "read", requested
+    ) | {i: c for i, c in contexts.items() if i not in found}
+    for citizen_id in unique_ids:
+        citizen = found.get(citizen_id)
+        context = contexts[citizen_id]
         reason = disclosure.unavailable_reason(citizen, policy, facts.department, "read", requested, context)
         if reason is not None:
             unavailable[citizen_id] = reason
@@ -362,6 +371,10 @@ async def history(
         context = records.context(facts, found.status if found else None)
         reason = disclosure.unavailable_reason(found, policy, facts.department, "history", [field], context)
         disclosure.readable(found, reason)
+        chosen = await records.contexts_with_choices(
+            {citizen_id: context}, policy, facts.department, "history", [field], conn
+        )
+        context = chosen[citizen_id]
         decisions = policy.decide(facts.department, "history", [field], context)
         await records.require_case_ref(
             facts, "history", citizen_id, catalog, policy, [field], decisions, context

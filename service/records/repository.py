@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import String, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service import bulk
 from service.records.models import Citizen, FieldValue, VerifyProbe
 
 citizens: Table = Citizen.__table__  # type: ignore[assignment]
@@ -113,28 +114,35 @@ async def candidates_by_blind_indexes(
     return found
 
 
+# The columns of a new citizen row, in the order ``insert_citizens`` writes them.
+_CITIZEN_INSERT_COLUMNS = ("id", "status", "version", "registered_by", "created_at", "updated_at")
+# The columns of a new value row, in the order of the tuples ``writes.encrypted_rows`` makes.
+VALUE_INSERT_COLUMNS = (
+    "citizen_id",
+    "field",
+    "version",
+    "owner",
+    "data_key_id",
+    "ciphertext",
+    "blind_index",
+    "blind_index_version",
+    "is_current",
+    "written_by",
+    "written_at",
+)
+
+
 async def insert_citizens(
     conn: AsyncConnection, citizen_ids: Sequence[str], registered_by: str, now: datetime
 ) -> None:
-    rows = [
-        {
-            "id": citizen_id,
-            "status": "active",
-            "version": 1,
-            "registered_by": registered_by,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for citizen_id in citizen_ids
-    ]
-    if rows:
-        await conn.execute(insert(citizens), rows)
+    rows = [(citizen_id, "active", 1, registered_by, now, now) for citizen_id in citizen_ids]
+    await bulk.insert_rows(conn, citizens, _CITIZEN_INSERT_COLUMNS, rows)
 
 
-async def insert_values(conn: AsyncConnection, rows: Sequence[dict[str, object]]) -> None:
-    """Value rows (as ``writes.encrypted_row`` builds them) in one executemany."""
-    if rows:
-        await conn.execute(insert(values), list(rows))
+async def insert_values(conn: AsyncConnection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Value rows (tuples in ``VALUE_INSERT_COLUMNS`` order, as ``writes.encrypted_rows``
+    builds them), by the driver's bulk path."""
+    await bulk.insert_rows(conn, values, VALUE_INSERT_COLUMNS, rows)
 
 
 async def bump_version(
@@ -170,6 +178,59 @@ async def retire_current(conn: AsyncConnection, citizen_id: str, field: str) -> 
         .values(is_current=False)
     )
     return int(latest or 0)
+
+
+async def bump_versions(
+    conn: AsyncConnection, changes: Sequence[tuple[str, str | None]], now: datetime
+) -> dict[str, CitizenRow]:
+    """``bump_version`` for many citizens, each (id, new status or None), in one
+    executemany; the rows after it. An erased citizen is left as it is and not returned."""
+    if not changes:
+        return {}
+    await conn.execute(
+        update(citizens)
+        .where(citizens.c.id == bindparam("b_id"), citizens.c.status != "erased")
+        .values(
+            version=citizens.c.version + 1,
+            updated_at=now,
+            status=func.coalesce(bindparam("b_status", type_=String()), citizens.c.status),
+        ),
+        [{"b_id": citizen_id, "b_status": status} for citizen_id, status in changes],
+    )
+    bumped = await get_citizens(conn, [citizen_id for citizen_id, _status in changes])
+    return {citizen_id: row for citizen_id, row in bumped.items() if row.status != "erased"}
+
+
+async def retire_current_many(
+    conn: AsyncConnection, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """``retire_current`` for many (citizen, field) pairs: each current value becomes
+    history; the latest version of each pair (0 if none), which the new value follows."""
+    if not pairs:
+        return {}
+    latest: dict[tuple[str, str], int] = dict.fromkeys(pairs, 0)
+    ids = sorted({citizen_id for citizen_id, _field in pairs})
+    names = sorted({field for _citizen, field in pairs})
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(
+            select(values.c.citizen_id, values.c.field, func.max(values.c.version))
+            .where(values.c.citizen_id.in_(ids[start : start + 500]), values.c.field.in_(names))
+            .group_by(values.c.citizen_id, values.c.field)
+        )
+        for citizen_id, field, version in rows:
+            if (citizen_id, field) in latest:
+                latest[citizen_id, field] = int(version)
+    await conn.execute(
+        update(values)
+        .where(
+            values.c.citizen_id == bindparam("b_citizen"),
+            values.c.field == bindparam("b_field"),
+            values.c.is_current.is_(True),
+        )
+        .values(is_current=False),
+        [{"b_citizen": citizen_id, "b_field": field} for citizen_id, field in pairs],
+    )
+    return latest
 
 
 async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> bool:

@@ -1,29 +1,40 @@
-"""Bulk registration: many citizens, each with fields of any owner, in one transaction.
+"""Bulk writes: many citizens registered, or many owners' writes, in one transaction.
 
-For an operator loading a store (the demo's population, the benchmarks, an import), acting
-as the registrar named in ``facts``. The same catalog validation, per-(citizen, owner)
-data keys under each owner's active KEK (made by the keyring), AEAD, blind indexes and a
-``register`` audit entry per citizen as ``writes.register``, but a few statements for the
-whole batch instead of several per value.
+For an operator loading a store (the demo's population, the benchmarks, ``tellonce
+import``), acting as the client named in ``facts``. The same catalog validation,
+per-(citizen, owner) data keys under each owner's active KEK (made by the keyring), AEAD,
+blind indexes, versions, change events and one ``register`` or ``write`` audit entry per
+citizen as ``writes.register`` and ``writes.write``, but a few statements for the whole
+batch instead of several per value.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import writer as audit_writer
+from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
+from service.catalog.schemas import Catalog
 from service.crypto.keyring import Keyring
 from service.errors import Conflict
+from service.events import service as events_service
 from service.records import repository, values
-from service.records.service import comparable_national_id, now, registered_national_ids
+from service.records.service import (
+    RecordsService,
+    comparable_national_id,
+    decision_context,
+    now,
+    registered_national_ids,
+)
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
-from service.records.writes import encrypted_rows, registered_entry
+from service.records.writes import encrypted_rows, owner_decisions, registered_entry
 
 
 async def register_population(
@@ -40,11 +51,31 @@ async def register_population(
     comparable = {comparable_national_id(n) for n in wanted}
     if not all(wanted) or len(comparable) != len(wanted):
         raise Conflict("Every citizen needs a national id, and no national id may appear twice.")
+    # The check runs once the citizens are inserted: on SQLite that holds the write lock.
+    ids, entries = await store_registrations(conn, keyring, catalog, facts, cleaned, started, check=wanted)
+    await audit_writer.append_many_in_transaction(conn, entries)
+    return ids
+
+
+async def store_registrations(
+    conn: AsyncConnection,
+    keyring: Keyring,
+    catalog: Catalog,
+    facts: RequestFacts,
+    cleaned: Sequence[Mapping[str, values.JsonValue]],
+    started: datetime,
+    *,
+    check: Sequence[str] | None = None,
+) -> tuple[list[str], list[AuditEntry]]:
+    """Store new citizens with their validated values (each holding its national id, none
+    registered already); their new ids and the ``register`` audit entries, which the
+    caller appends as its transaction's last statement. With ``check`` (the normalised
+    national ids), refuse with ``Conflict`` if any is registered after all, checked once
+    the citizens' insert holds SQLite's write lock."""
     ids = [str(uuid.uuid4()) for _ in cleaned]
     written_by = facts.principal.client_id
-    # The citizens first: on SQLite that takes the write lock before the check.
     await repository.insert_citizens(conn, ids, written_by, started)
-    if await registered_national_ids(conn, keyring, catalog, wanted):
+    if check is not None and await registered_national_ids(conn, keyring, catalog, check):
         raise Conflict("A citizen in the batch is already registered.")
     owners_of = [sorted({s.owner for n in clean if (s := catalog.field(n))}) for clean in cleaned]
     keys = await keyring.new_data_keys(
@@ -66,8 +97,83 @@ async def register_population(
     ]
     await repository.insert_values(conn, rows)
     entries = [registered_entry(facts, catalog, cid, clean) for cid, clean in zip(ids, cleaned, strict=True)]
-    await audit_writer.append_many_in_transaction(conn, entries)
-    return ids
+    return ids, entries
+
+
+async def store_revisions(
+    conn: AsyncConnection,
+    keyring: Keyring,
+    catalog: Catalog,
+    facts: RequestFacts,
+    revisions: Mapping[str, Mapping[str, values.JsonValue]],
+    started: datetime,
+) -> list[AuditEntry]:
+    """New versions of fields the caller's department owns, {citizen id: {field: value}},
+    stored as ``writes.write`` stores an owner's write: the record's version bumped (a
+    death field marks the citizen deceased), the current values retired, the new ones
+    encrypted under the citizen's data key as the next versions, and one change event per
+    citizen. Returns the ``write`` audit entries for the caller to append last. A citizen
+    erased meanwhile is skipped and has no entry."""
+    death = catalog.death_field
+    bumped = await repository.bump_versions(
+        conn,
+        [
+            (citizen_id, "deceased" if death is not None and death.name in fields else None)
+            for citizen_id, fields in revisions.items()
+        ],
+        started,
+    )
+    present = {citizen_id: fields for citizen_id, fields in revisions.items() if citizen_id in bumped}
+    if not present:
+        return []
+    department = facts.department
+    latest = await repository.retire_current_many(
+        conn, [(citizen_id, name) for citizen_id, fields in present.items() for name in fields]
+    )
+    keys = await keyring.data_keys_for_write_many(conn, list(present), department)
+    written_by = facts.principal.client_id
+    rows = [
+        row
+        for citizen_id, fields in present.items()
+        for row in encrypted_rows(
+            keyring,
+            catalog,
+            citizen_id,
+            fields,
+            {department: keys[citizen_id]},
+            {name: latest[citizen_id, name] + 1 for name in fields},
+            written_by,
+            started,
+        )
+    ]
+    await repository.insert_values(conn, rows)
+    # Field names only, never values; one event per citizen, since one owner wrote.
+    await events_service.record_changes(
+        conn,
+        [
+            events_service.Change(citizen_id, list(fields), department)
+            for citizen_id, fields in present.items()
+        ],
+        occurred_at=started,
+    )
+    entries: list[AuditEntry] = []
+    for citizen_id, fields in present.items():
+        names = list(fields)
+        context = decision_context(facts, bumped[citizen_id].status, now())
+        entries.append(
+            RecordsService.entry(
+                facts,
+                "write",
+                context=context,
+                citizen_id=citizen_id,
+                catalog=catalog,
+                requested=names,
+                released=names,
+                decisions=owner_decisions(catalog, facts, names),
+                status=200,
+            )
+        )
+    return entries
 
 
 async def citizen_count(conn: AsyncConnection) -> int:

@@ -15,7 +15,7 @@ connection instead (a test's rolled-back transaction, or a command's own transac
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -33,6 +33,7 @@ from service.cases.errors import CaseRefRequired
 from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
 from service.config import Settings
+from service.consent import repository as consent_repository
 from service.crypto import blind_index
 from service.crypto.aead import DataKey, decrypt_value
 from service.crypto.keyring import Keyring
@@ -109,6 +110,8 @@ class RecordsService:
     # Comparisons per (consumer, citizen, field) and UTC day that an agreement leaving its
     # claims open allows (``TELLONCE_VERIFY_UNCONSTRAINED_PER_DAY``).
     open_claims_per_day: int = Settings.model_fields["verify_unconstrained_per_day"].default
+    # The time every decision is made at (``app.state.clock``; tests move it to expire consents).
+    clock: Callable[[], datetime] = now
 
     @classmethod
     def in_transaction(cls, conn: AsyncConnection, keyring: Keyring, policy: PolicyHolder) -> RecordsService:
@@ -133,11 +136,33 @@ class RecordsService:
         async with self.transactions.connect() as conn:
             return await self.snapshot(conn, facts)
 
-    @staticmethod
-    def context(facts: RequestFacts, citizen_status: str | None) -> RequestContext:
-        return RequestContext(
-            purpose=facts.purpose or "", case_ref=facts.case_ref, time=now(), citizen_status=citizen_status
-        )
+    def context(self, facts: RequestFacts, citizen_status: str | None) -> RequestContext:
+        return decision_context(facts, citizen_status, self.clock())
+
+    async def contexts_with_choices(
+        self,
+        contexts: Mapping[str, RequestContext],
+        policy: CompiledPolicy,
+        department: str,
+        action: str,
+        requested: Sequence[str],
+        conn: AsyncConnection | None = None,
+    ) -> dict[str, RequestContext]:
+        """Each citizen's context with its consents and objections to the agreements that
+        decide ``requested``: read from the database on every request, so a change takes
+        effect on the next one in every process. No query when no such agreement applies."""
+        needed = policy.choices_needed(department, action, requested)
+        if not needed or not contexts:
+            return dict(contexts)
+        ids, agreements = list(contexts), sorted(needed)
+        if conn is not None:
+            rows = await consent_repository.choices(conn, ids, agreements)
+        else:
+            rows = await self.store.choices(ids, agreements)
+        return {
+            citizen_id: consent_repository.context_with_choices(context, citizen_id, rows)
+            for citizen_id, context in contexts.items()
+        }
 
     # --- keys and decryption ------------------------------------------------------------
 
@@ -267,6 +292,13 @@ class RecordsService:
         await self.refuse(entry, error)
 
 
+def decision_context(facts: RequestFacts, citizen_status: str | None, time: datetime) -> RequestContext:
+    """The context a decision on ``facts``'s request is made in, at ``time``."""
+    return RequestContext(
+        purpose=facts.purpose or "", case_ref=facts.case_ref, time=time, citizen_status=citizen_status
+    )
+
+
 def plaintexts(
     catalog: Catalog, rows: Sequence[repository.ValueRow], keys: Mapping[int, DataKey]
 ) -> dict[tuple[str, str, int], values.JsonValue]:
@@ -285,15 +317,20 @@ def plaintexts(
 
 
 async def registered_national_ids(
-    conn: AsyncConnection, keyring: Keyring, catalog: Catalog, national_ids: Sequence[str]
+    conn: AsyncConnection,
+    keyring: Keyring,
+    catalog: Catalog,
+    national_ids: Sequence[str],
+    indexes: Sequence[bytes] | None = None,
 ) -> dict[str, str]:
     """Registered citizens among ``national_ids``, as {comparable national id: citizen id}.
 
-    Found by blind index, then confirmed by decrypting: the index is truncated, so a
-    candidate may be another value."""
+    Found by blind index (``indexes``, if the caller has computed them already), then
+    confirmed by decrypting: the index is truncated, so a candidate may be another value."""
     if catalog.field(NATIONAL_ID_FIELD) is None or not national_ids:
         return {}
-    indexes = [keyring.blind_index(NATIONAL_ID_FIELD, n) for n in national_ids]
+    if indexes is None:
+        indexes = [keyring.blind_index(NATIONAL_ID_FIELD, n) for n in national_ids]
     candidates = await repository.candidates_by_blind_indexes(conn, NATIONAL_ID_FIELD, indexes)
     if not candidates:
         return {}

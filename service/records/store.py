@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.consent import repository as consent_repository
 from service.db import PostgresReads, SqliteReads, open_driver_reads
 from service.records import repository
 from service.records.repository import CitizenRow, ValueRow
@@ -44,6 +45,12 @@ class CitizenStore(Protocol):
         """The current value rows of ``fields`` for the citizens ``ids``."""
         ...
 
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        """The active consents and the objections of the citizens ``ids`` to ``agreements``."""
+        ...
+
 
 class ClosableStore(CitizenStore, Protocol):
     async def close(self) -> None: ...
@@ -61,12 +68,21 @@ class CoreStore:
     async def current_values(self, ids: Sequence[str], fields: Sequence[str]) -> list[ValueRow]:
         return await repository.current_values(self.conn, ids, fields)
 
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        return await consent_repository.choices(self.conn, ids, agreements)
+
 
 def _utc(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     parsed = datetime.fromisoformat(str(value))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _choice_row(r: Any) -> consent_repository.ChoiceRow:
+    return consent_repository.ChoiceRow(r[0], r[1] == "c", r[2], _utc(r[3]) if r[3] is not None else None)
 
 
 def _value_row(r: Any) -> ValueRow:
@@ -98,6 +114,18 @@ class SqliteStore:
         rows = await self.reads.rows(query, (*ids, *fields))
         return [_value_row(r) for r in rows]
 
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        if not ids or not agreements:
+            return []
+        where = (
+            f"citizen_id IN ({','.join('?' * len(ids))}) AND agreement IN ({','.join('?' * len(agreements))})"
+        )
+        query = consent_repository.raw_choices_query(where)
+        rows = await self.reads.rows(query, (*ids, *agreements, *ids, *agreements))
+        return [_choice_row(r) for r in rows]
+
     async def close(self) -> None:
         await self.reads.close()
 
@@ -123,6 +151,16 @@ class PostgresStore:
             list(fields),
         )
         return [_value_row(r) for r in rows]
+
+    async def choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> list[consent_repository.ChoiceRow]:
+        if not ids or not agreements:
+            return []
+        where = "citizen_id = ANY($1::text[]) AND agreement = ANY($2::text[])"
+        query = consent_repository.raw_choices_query(where)
+        rows = await self.pool.fetch(query, list(ids), list(agreements))
+        return [_choice_row(r) for r in rows]
 
     async def close(self) -> None:
         await asyncio.wait_for(self.pool.close(), timeout=10)

@@ -19,6 +19,7 @@ from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, encrypt_value
+from service.crypto.blind_index import NORMALISATION_VERSION
 from service.crypto.keyring import Keyring
 from service.errors import Conflict, Forbidden
 from service.events import service as events_service
@@ -40,35 +41,35 @@ def encrypted_rows(
     versions: Mapping[str, int],
     written_by: str,
     written_at: datetime,
-) -> list[dict[str, object]]:
-    """The current ``field_values`` rows of one citizen's values: each encrypted under its
-    owner's data key (``keys``, by owner) for this exact (citizen, field, version, key),
-    with a blind index if the field is searchable. The one place values are encrypted."""
-    rows: list[dict[str, object]] = []
+) -> list[tuple[object, ...]]:
+    """The current ``field_values`` rows of one citizen's values, as tuples in
+    ``repository.VALUE_INSERT_COLUMNS`` order: each encrypted under its owner's data key
+    (``keys``, by owner) for this exact (citizen, field, version, key), with a blind index
+    if the field is searchable. The one place values are encrypted."""
+    rows: list[tuple[object, ...]] = []
     for name, value in clean.items():
         spec = catalog.field(name)
         if spec is None:
             continue
         key, version = keys[spec.owner], versions[name]
-        plaintext = values.encode(spec, value)
-        searchable = spec.searchable
+        ciphertext = encrypt_value(
+            key, citizen_id=citizen_id, field=name, version=version, plaintext=values.encode(spec, value)
+        )
+        index = keyring.blind_index(name, values.normalise_for_index(value)) if spec.searchable else None
         rows.append(
-            {
-                "citizen_id": citizen_id,
-                "field": name,
-                "version": version,
-                "owner": spec.owner,
-                "data_key_id": key.id,
-                "ciphertext": encrypt_value(
-                    key, citizen_id=citizen_id, field=name, version=version, plaintext=plaintext
-                ),
-                "blind_index": keyring.blind_index(name, values.normalise_for_index(value))
-                if searchable
-                else None,
-                "is_current": True,
-                "written_by": written_by,
-                "written_at": written_at,
-            }
+            (
+                citizen_id,
+                name,
+                version,
+                spec.owner,
+                key.id,
+                ciphertext,
+                index,
+                NORMALISATION_VERSION,
+                True,
+                written_by,
+                written_at,
+            )
         )
     return rows
 
@@ -127,7 +128,7 @@ async def register(
         # the blind index does the same.
         await repository.insert_citizens(conn, [citizen_id], written_by, started)
         wanted = values.normalise_for_index(clean[NATIONAL_ID_FIELD])
-        await _lock_blind_index(conn, records.keyring.blind_index(NATIONAL_ID_FIELD, wanted))
+        await lock_blind_indexes(conn, [records.keyring.blind_index(NATIONAL_ID_FIELD, wanted)])
         if await registered_national_ids(conn, records.keyring, catalog, [wanted]):
             raise Conflict("A citizen with that national id is already registered.")
         await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
@@ -240,6 +241,12 @@ def _write_decisions(
     the purpose of its ``write`` agreement."""
     if facts.purpose is not None:
         return policy.decide(facts.department, "write", names, context)
+    return owner_decisions(catalog, facts, names)
+
+
+def owner_decisions(catalog: Catalog, facts: RequestFacts, names: Sequence[str]) -> dict[str, Decision]:
+    """The decisions of a write that names no purpose: the owner writes its own fields;
+    anything else is denied."""
     decisions: dict[str, Decision] = {}
     for name in names:
         spec = catalog.field(name)
@@ -352,8 +359,12 @@ def _fields_by_owner(catalog: Catalog, names: Iterable[str]) -> dict[str, list[s
     return grouped
 
 
-async def _lock_blind_index(conn: AsyncConnection, index: bytes) -> None:
-    """On PostgreSQL, serialise registrations of the same national id until commit."""
+async def lock_blind_indexes(conn: AsyncConnection, indexes: Iterable[bytes]) -> None:
+    """On PostgreSQL, serialise registrations of the same national ids until commit. The
+    locks are taken in key order, so two batches that share ids cannot deadlock."""
     if conn.dialect.name == "postgresql":
-        key = int.from_bytes(index[:8], "big", signed=True)
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        keys = sorted({int.from_bytes(index[:8], "big", signed=True) for index in indexes})
+        await conn.execute(
+            text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": keys},
+        )

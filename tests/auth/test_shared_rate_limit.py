@@ -84,15 +84,15 @@ class TestSharedRateLimiter:
     ) -> None:
         reads, _ = replicas
         limiter = SharedRateLimiter(NO_REFILL, 400)
-        # Every request joins the claim before its task first runs (asyncio runs tasks in
-        # the order they were scheduled), so 50 requests cost one statement.
+        # The first request claims for itself; the other 49 arrive while it is in flight
+        # and share the next claim: two statements for 50 requests.
         waits = await take_many(limiter, reads, 50)
         assert waits == [None] * 50
-        assert reads.statements == 1
+        assert reads.statements == 2
         # One at a time, each request is a claim of its own.
         for _ in range(3):
             assert await limiter.take(reads, "tc_shared") is None
-        assert reads.statements == 4
+        assert reads.statements == 5
 
     async def test_a_short_claim_refuses_locally_until_the_next_token(
         self, replicas: tuple[CountedReads, CountedReads]

@@ -58,6 +58,12 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): "redeliver",
     ("GET", "/v1/events"): "events",
     ("POST", "/v1/cases/{case_ref}/close"): "close_case",
+    ("POST", "/v1/citizens/{citizen_id}/consents"): "give_consent",
+    ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): "change_consent",
+    ("GET", "/v1/citizens/{citizen_id}/consents"): "list_consents",
+    ("POST", "/v1/citizens/{citizen_id}/objections/{agreement}"): "object_to",
+    ("DELETE", "/v1/citizens/{citizen_id}/objections/{agreement}"): "withdraw_objection",
+    ("GET", "/v1/citizens/{citizen_id}/objections"): "list_objections",
 }
 # Documents for machines, not part of a department's API surface.
 NOT_CLIENT_CALLS = {("GET", "/.well-known/jwks.json"), ("GET", "/.well-known/oauth-authorization-server")}

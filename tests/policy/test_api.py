@@ -183,8 +183,7 @@ class TestWriteAgreements:
                 ["body", "colour"],
                 "an agreement has no part called 'colour'; its parts are id, consumer, fields, actions, "
                 "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, disclosure, "
-                "max_delay, "
-                "effect, signature, "
+                "max_delay, effect, basis, signature, "
                 "verify, reason",
             ),
         ]
@@ -445,6 +444,7 @@ class TestSimulate:
                     "count": 3,
                 },
             ],
+            "withheld_by_choice": {},
         }
         # Nothing changed for real.
         assert (await client.get("/v1/policies/licence-status-for-welfare")).json()["status"] == "active"
@@ -492,8 +492,7 @@ class TestSimulate:
                 ["body", "upsert", 1, "reason"],
                 "an agreement has no part called 'reason'; its parts are id, consumer, fields, actions, "
                 "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, disclosure, "
-                "max_delay, "
-                "effect, signature, "
+                "max_delay, effect, basis, signature, "
                 "verify",
             ),
             (["body", "upsert", 2], "each draft must be an agreement: a mapping of its parts"),
@@ -514,4 +513,4 @@ class TestSimulate:
         app.state.recorded_requests = None
         act_as(app, "audit-office", "auditor")
         response = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
-        assert response.json() == {"evaluated": 0, "changed": 0, "changes": []}
+        assert response.json() == {"evaluated": 0, "changed": 0, "changes": [], "withheld_by_choice": {}}

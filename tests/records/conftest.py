@@ -142,6 +142,7 @@ async def records_env(session: AsyncSession, settings: Settings) -> AsyncIterato
             app.state.policy,
             app.state.metrics,
             settings.verify_unconstrained_per_day,
+            clock=lambda: app.state.clock(),
         )
 
     async def _key_event_in_the_transaction(event: KeyEvent) -> None:

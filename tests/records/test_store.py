@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from service.config import Settings
+from service.consent import repository as consent_repository
 from service.crypto.keyring import Keyring
 from service.db import create_engine
 from service.policy.service import PolicyHolder
@@ -71,6 +73,35 @@ async def stored(database_url: str, settings: Settings) -> AsyncIterator[Stored]
             await writes.erase(
                 records, facts_as("register", "registrar"), ids[2], reason="court-order", legal_basis="a test"
             )
+            # Choices: an active consent with an expiry, a paused and a revoked one, objections.
+            now = datetime(2026, 12, 2, 9, 30, 15, 123456, tzinfo=UTC)
+            for index, (citizen, agreement, status, expires) in enumerate(
+                [
+                    (ids[0], "a-consent", "active", now),
+                    (ids[0], "b-consent", "paused", None),
+                    (ids[1], "a-consent", "revoked", None),
+                    (ids[1], "b-consent", "active", None),
+                ]
+            ):
+                await consent_repository.insert_consent(
+                    conn,
+                    consent_repository.ConsentRow(
+                        id=f"00000000-0000-4000-8000-00000000000{index}",
+                        citizen_id=citizen,
+                        agreement=agreement,
+                        consumer="revenue",
+                        purpose="tax-administration",
+                        fields=["points"],
+                        status=status,
+                        created_at=now,
+                        updated_at=now,
+                        expires_at=expires,
+                        data_life=None,
+                        signature="a.b.c",
+                    ),
+                )
+            await consent_repository.insert_objection(conn, ids[0], "c-objectable", now)
+            await consent_repository.insert_objection(conn, ids[1], "d-objectable", now)
         yield Stored(url, ids)
     finally:
         await engine.dispose()
@@ -90,13 +121,28 @@ async def _ask(store: CitizenStore, question: str, ids: list[str]) -> Any:
         return sorted(await store.current_values([*ids, UNKNOWN], FIELDS), key=_order)
     if question == "some fields of some citizens":
         return sorted(await store.current_values(ids[1:2], ["address", "points"]), key=_order)
+    if question == "choices":
+        agreements = ["a-consent", "b-consent", "c-objectable", "d-objectable"]
+        rows = await store.choices([*ids, UNKNOWN], agreements)
+        return sorted(rows, key=lambda row: (row.citizen_id, row.agreement, row.consent))
+    if question == "choices among some agreements":
+        return await store.choices(ids[:1], ["a-consent", "d-objectable"])
     assert question == "no fields"
     return await store.current_values(ids, [])
 
 
 class TestStoresAgree:
     @pytest.mark.parametrize(
-        "question", ["citizens", "no citizens", "current values", "some fields of some citizens", "no fields"]
+        "question",
+        [
+            "citizens",
+            "no citizens",
+            "current values",
+            "some fields of some citizens",
+            "no fields",
+            "choices",
+            "choices among some agreements",
+        ],
     )
     async def test_core_and_raw_driver_return_the_same_rows(self, stored: Stored, question: str) -> None:
         engine = create_engine(stored.url)
@@ -130,3 +176,22 @@ class TestStoresAgree:
         assert current[(stored.ids[1], "address")] == 2
         assert len(current) == 2 + 5 + 2
         assert all(row.written_at.tzinfo is not None and row.ciphertext for row in values)
+
+    async def test_choices_are_the_active_consents_and_the_objections(self, stored: Stored) -> None:
+        driver = await open_store(stored.url)
+        try:
+            rows = await driver.choices(
+                stored.ids, ["a-consent", "b-consent", "c-objectable", "d-objectable"]
+            )
+        finally:
+            await driver.close()
+        first, second = stored.ids[0], stored.ids[1]
+        assert sorted((r.citizen_id == first, r.agreement, r.consent) for r in rows) == [
+            (False, "b-consent", True),
+            (False, "d-objectable", False),
+            (True, "a-consent", True),
+            (True, "c-objectable", False),
+        ]
+        [expiring] = [r for r in rows if r.citizen_id == first and r.agreement == "a-consent"]
+        assert expiring.expires_at == datetime(2026, 12, 2, 9, 30, 15, 123456, tzinfo=UTC)
+        assert second in {r.citizen_id for r in rows}

@@ -353,6 +353,50 @@ class TellonceClient:
     ) -> AsyncIterator[m.AccessLogItem]:
         return _follow(lambda cursor: self.access_log(citizen_id, cursor=cursor, limit=page_size))
 
+    # --- a citizen's consents and objections (the citizen portal) --------------------------
+
+    async def give_consent(
+        self,
+        citizen_id: str,
+        agreement: str,
+        *,
+        expires_at: datetime | None = None,
+        data_life: str | None = None,
+    ) -> m.ConsentOut:
+        """The citizen consents to a consent-based agreement; keep ``signature`` as evidence."""
+        body = m.ConsentIn(agreement=agreement, expires_at=expires_at, data_life=data_life)
+        return await self._call(m.ConsentOut, "POST", f"/v1/citizens/{citizen_id}/consents", body=body)
+
+    async def change_consent(self, citizen_id: str, consent_id: str, status: str) -> m.ConsentOut:
+        """Pause (``paused``), resume (``active``) or revoke (``revoked``, final) a consent."""
+        body = m.ConsentChange.model_validate({"status": status})
+        return await self._call(
+            m.ConsentOut, "PATCH", f"/v1/citizens/{citizen_id}/consents/{consent_id}", body=body
+        )
+
+    async def list_consents(
+        self, citizen_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> m.ConsentPage:
+        return await self._call(
+            m.ConsentPage,
+            "GET",
+            f"/v1/citizens/{citizen_id}/consents",
+            params=_params(cursor=cursor, limit=limit),
+        )
+
+    def iter_consents(self, citizen_id: str, *, page_size: int | None = None) -> AsyncIterator[m.ConsentOut]:
+        return _follow(lambda cursor: self.list_consents(citizen_id, cursor=cursor, limit=page_size))
+
+    async def object_to(self, citizen_id: str, agreement: str) -> m.ObjectionOut:
+        """The citizen objects to an objectable agreement."""
+        return await self._call(m.ObjectionOut, "POST", f"/v1/citizens/{citizen_id}/objections/{agreement}")
+
+    async def withdraw_objection(self, citizen_id: str, agreement: str) -> None:
+        await self.request("DELETE", f"/v1/citizens/{citizen_id}/objections/{agreement}")
+
+    async def list_objections(self, citizen_id: str) -> m.ObjectionPage:
+        return await self._call(m.ObjectionPage, "GET", f"/v1/citizens/{citizen_id}/objections")
+
     # --- policies -----------------------------------------------------------------------
 
     async def list_agreements(

@@ -23,6 +23,8 @@ ErasureReason = Literal[
 ]
 Effect = Literal["permit", "forbid"]
 Decision = Literal["permit", "deny"]
+# An agreement's legal basis: by law, with the citizen's consent, or unless the citizen objects.
+Basis = Literal["statutory", "consent", "objectable"]
 
 
 class Response(BaseModel):
@@ -215,6 +217,7 @@ class AgreementSpec(Request):
     disclosure: Literal["immediate", "after-case-closed"] = "immediate"
     max_delay: str | None = None
     effect: Effect = "permit"
+    basis: Basis = "statutory"
     # The owner's base64 Ed25519 signature, for a department whose catalog entry has a signing key.
     signature: str | None = None
     verify: AllowedClaims | None = None
@@ -240,6 +243,7 @@ class AgreementOut(Tagged):
     disclosure: Literal["immediate", "after-case-closed"] = "immediate"
     max_delay: str | None = None
     effect: Effect = "permit"
+    basis: Basis = "statutory"
     # The owner's base64 Ed25519 signature, for a department whose catalog entry has a signing key.
     signature: str | None = None
     verify: AllowedClaims | None = None
@@ -268,6 +272,8 @@ class ExplainIn(Request):
     purpose: str
     case_ref: str | None = None
     citizen_status: Literal["active", "deceased"] | None = None
+    # Decide with this citizen's consents and objections.
+    citizen_id: str | None = None
 
 
 class NearMissOut(Response):
@@ -311,6 +317,55 @@ class SimulateOut(Response):
     evaluated: int
     changed: int
     changes: list[ChangeOut]
+    # consent-required / objected -> field decisions the draft withholds for that reason
+    withheld_by_choice: dict[str, int] = Field(default_factory=dict)
+
+
+# --- consents and objections ------------------------------------------------------------
+
+
+class ConsentIn(Request):
+    agreement: str
+    expires_at: datetime | None = None
+    # ISO 8601 duration: how long the consumer may keep what it reads, e.g. "P90D".
+    data_life: str | None = None
+
+
+class ConsentChange(Request):
+    status: Literal["active", "paused", "revoked"]
+
+
+class ConsentOut(Response):
+    id: str
+    citizen_id: str
+    agreement: str
+    consumer: str
+    purpose: str
+    fields: list[str]
+    status: Literal["active", "paused", "revoked", "expired"]
+    created_at: datetime
+    expires_at: datetime | None
+    data_life: str | None = None
+    # A compact JWS (ES256, typ consent+jwt) of the consent's terms; verify with the JWKS.
+    signature: str
+
+
+class ConsentPage(Response):
+    items: list[ConsentOut]
+    next_cursor: str | None = None
+
+
+class ObjectionOut(Response):
+    citizen_id: str
+    agreement: str
+    consumer: str
+    fields: list[str]
+    created_at: datetime
+
+
+class ObjectionPage(Response):
+    items: list[ObjectionOut]
+    next_cursor: str | None = None
 
 
 # --- events ---------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Citizens' choices over agreements that are not statutory: consents and objections."""

@@ -1,0 +1,102 @@
+"""Consents and objections over HTTP, for the citizen portal: HTTP only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from service.auth.dependencies import Principal, require
+from service.consent import service as consent_service
+from service.consent.schemas import (
+    ConsentChange,
+    ConsentIn,
+    ConsentOut,
+    ConsentPage,
+    ObjectionOut,
+    ObjectionPage,
+)
+from service.db import SessionDep
+
+router = APIRouter(prefix="/v1/citizens", tags=["consent"])
+
+Portal = Annotated[Principal, Depends(require("citizens:consent"))]
+
+
+def _actor(caller: Principal, request: Request) -> consent_service.Actor:
+    return consent_service.Actor(caller, request.client.host if request.client else None)
+
+
+@router.post("/{citizen_id}/consents", status_code=status.HTTP_201_CREATED)
+async def give_consent(
+    citizen_id: str, body: ConsentIn, caller: Portal, request: Request, session: SessionDep
+) -> ConsentOut:
+    """The citizen consents to a consent-based agreement. The consumer may read the
+    agreement's fields of this citizen from its very next request until the consent is
+    paused, revoked or expires. ``signature`` is a compact JWS of the consent's terms,
+    signed with a key of ``/.well-known/jwks.json``: keep it as evidence."""
+    runtime = consent_service.runtime_of(request.app.state)
+    return await consent_service.grant(session, runtime, _actor(caller, request), citizen_id, body)
+
+
+@router.patch("/{citizen_id}/consents/{consent_id}")
+async def change_consent(
+    citizen_id: str,
+    consent_id: str,
+    body: ConsentChange,
+    caller: Portal,
+    request: Request,
+    session: SessionDep,
+) -> ConsentOut:
+    """Pause (``paused``), resume (``active``) or revoke (``revoked``, final) a consent;
+    the next read by the consumer follows it. 409 for a revoked or expired consent."""
+    runtime = consent_service.runtime_of(request.app.state)
+    return await consent_service.change(
+        session, runtime, _actor(caller, request), citizen_id, consent_id, body.status
+    )
+
+
+@router.get("/{citizen_id}/consents")
+async def list_consents(
+    citizen_id: str,
+    caller: Portal,  # noqa: ARG001 - the scope is the check
+    request: Request,
+    session: SessionDep,
+    cursor: str | None = Query(None, max_length=200),
+    limit: int = Query(100, ge=1, le=1000),
+) -> ConsentPage:
+    """The citizen's consents, oldest first, each with its status now."""
+    runtime = consent_service.runtime_of(request.app.state)
+    return await consent_service.list_consents(session, runtime, citizen_id, cursor=cursor, limit=limit)
+
+
+@router.post("/{citizen_id}/objections/{agreement}", status_code=status.HTTP_201_CREATED)
+async def object_to_agreement(
+    citizen_id: str, agreement: str, caller: Portal, request: Request, session: SessionDep
+) -> ObjectionOut:
+    """The citizen objects to an objectable agreement: it releases nothing of this
+    citizen's from the next request on. 422 for an agreement that is not objectable."""
+    runtime = consent_service.runtime_of(request.app.state)
+    return await consent_service.object_to(session, runtime, _actor(caller, request), citizen_id, agreement)
+
+
+@router.delete("/{citizen_id}/objections/{agreement}", status_code=status.HTTP_204_NO_CONTENT)
+async def withdraw_objection(
+    citizen_id: str, agreement: str, caller: Portal, request: Request, session: SessionDep
+) -> Response:
+    """The citizen withdraws an objection; the agreement applies again from the next request."""
+    runtime = consent_service.runtime_of(request.app.state)
+    await consent_service.withdraw_objection(session, runtime, _actor(caller, request), citizen_id, agreement)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{citizen_id}/objections")
+async def list_objections(
+    citizen_id: str,
+    caller: Portal,  # noqa: ARG001 - the scope is the check
+    request: Request,
+    session: SessionDep,
+) -> ObjectionPage:
+    """The agreements the citizen has objected to."""
+    runtime = consent_service.runtime_of(request.app.state)
+    return ObjectionPage(items=await consent_service.list_objections(session, runtime, citizen_id))

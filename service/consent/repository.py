@@ -1,0 +1,198 @@
+"""Every query on consents and objections, as Core statements on a connection.
+
+``choices`` is the access path's question (also asked on the raw drivers in
+``service.records.store``); the rest serve the consent API and the console.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.consent.models import Consent, Objection
+from service.policy.engine import RequestContext
+
+consents: Table = Consent.__table__  # type: ignore[assignment]
+objections: Table = Objection.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class ChoiceRow:
+    """An active consent (``consent`` true, with its expiry) or an objection of a citizen."""
+
+    citizen_id: str
+    consent: bool
+    agreement: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ConsentRow:
+    id: str
+    citizen_id: str
+    agreement: str
+    consumer: str
+    purpose: str
+    fields: list[str]
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    data_life: str | None
+    signature: str
+
+
+@dataclass(frozen=True)
+class ObjectionRow:
+    citizen_id: str
+    agreement: str
+    created_at: datetime
+
+
+_CONSENT_COLUMNS = (
+    consents.c.id,
+    consents.c.citizen_id,
+    consents.c.agreement,
+    consents.c.consumer,
+    consents.c.purpose,
+    consents.c.fields,
+    consents.c.status,
+    consents.c.created_at,
+    consents.c.updated_at,
+    consents.c.expires_at,
+    consents.c.data_life,
+    consents.c.signature,
+)
+
+
+def raw_choices_query(where: str) -> str:
+    """The access path's question for a raw driver (``service.records.store``), with
+    ``where`` the driver's condition on ``citizen_id`` and ``agreement``: rows of
+    (citizen, 'c', agreement, expires_at) per active consent and (citizen, 'o', agreement,
+    NULL) per objection. Paused, revoked and expired consents release nothing; expiry is
+    judged against the request's own time by ``context_with_choices``."""
+    return (
+        f"SELECT citizen_id, 'c', agreement, expires_at FROM {consents.name} "  # noqa: S608 (model names)
+        f"WHERE status = 'active' AND {where} "
+        f"UNION ALL SELECT citizen_id, 'o', agreement, NULL FROM {objections.name} WHERE {where}"
+    )
+
+
+async def choices(
+    conn: AsyncConnection, citizen_ids: Sequence[str], agreements: Sequence[str]
+) -> list[ChoiceRow]:
+    """The active consents and the objections of ``citizen_ids`` to ``agreements``."""
+    if not citizen_ids or not agreements:
+        return []
+    active = await conn.execute(
+        select(consents.c.citizen_id, consents.c.agreement, consents.c.expires_at).where(
+            consents.c.citizen_id.in_(citizen_ids),
+            consents.c.agreement.in_(agreements),
+            consents.c.status == "active",
+        )
+    )
+    objected = await conn.execute(
+        select(objections.c.citizen_id, objections.c.agreement).where(
+            objections.c.citizen_id.in_(citizen_ids), objections.c.agreement.in_(agreements)
+        )
+    )
+    return [ChoiceRow(row[0], True, row[1], row[2]) for row in active] + [
+        ChoiceRow(row[0], False, row[1], None) for row in objected
+    ]
+
+
+def context_with_choices(
+    context: RequestContext, citizen_id: str, rows: Iterable[ChoiceRow]
+) -> RequestContext:
+    """``context`` with the citizen's consents that are active and unexpired at the
+    context's time, and its objections, among ``rows``."""
+    consents = frozenset(
+        row.agreement
+        for row in rows
+        if row.citizen_id == citizen_id
+        and row.consent
+        and (row.expires_at is None or row.expires_at > context.time)
+    )
+    objections = frozenset(row.agreement for row in rows if row.citizen_id == citizen_id and not row.consent)
+    return replace(context, consents=consents, objections=objections)
+
+
+async def insert_consent(conn: AsyncConnection, row: ConsentRow) -> None:
+    await conn.execute(insert(consents).values(**row.__dict__))
+
+
+async def get_consent(conn: AsyncConnection, citizen_id: str, consent_id: str) -> ConsentRow | None:
+    found = (
+        await conn.execute(
+            select(*_CONSENT_COLUMNS).where(consents.c.id == consent_id, consents.c.citizen_id == citizen_id)
+        )
+    ).first()
+    return ConsentRow(**found._mapping) if found is not None else None
+
+
+async def open_consents(conn: AsyncConnection, citizen_id: str, agreement: str) -> list[ConsentRow]:
+    """The citizen's consents to ``agreement`` that are not revoked (expired ones included)."""
+    rows = await conn.execute(
+        select(*_CONSENT_COLUMNS).where(
+            consents.c.citizen_id == citizen_id,
+            consents.c.agreement == agreement,
+            consents.c.status != "revoked",
+        )
+    )
+    return [ConsentRow(**row._mapping) for row in rows]
+
+
+async def page_consents(
+    conn: AsyncConnection, citizen_id: str, after: tuple[datetime, str] | None, limit: int
+) -> list[ConsentRow]:
+    """The citizen's consents, oldest first, after the cursor ``(created_at, id)``."""
+    query = select(*_CONSENT_COLUMNS).where(consents.c.citizen_id == citizen_id)
+    if after is not None:
+        created_at, consent_id = after
+        query = query.where(
+            or_(
+                consents.c.created_at > created_at,
+                and_(consents.c.created_at == created_at, consents.c.id > consent_id),
+            )
+        )
+    rows = await conn.execute(query.order_by(consents.c.created_at, consents.c.id).limit(limit))
+    return [ConsentRow(**row._mapping) for row in rows]
+
+
+async def set_status(conn: AsyncConnection, consent_id: str, status: str, now: datetime) -> None:
+    await conn.execute(
+        update(consents).where(consents.c.id == consent_id).values(status=status, updated_at=now)
+    )
+
+
+async def citizen_objections(conn: AsyncConnection, citizen_id: str) -> list[ObjectionRow]:
+    rows = await conn.execute(
+        select(objections.c.citizen_id, objections.c.agreement, objections.c.created_at)
+        .where(objections.c.citizen_id == citizen_id)
+        .order_by(objections.c.agreement)
+    )
+    return [ObjectionRow(*row) for row in rows]
+
+
+async def has_objection(conn: AsyncConnection, citizen_id: str, agreement: str) -> bool:
+    found = await conn.execute(
+        select(objections.c.agreement).where(
+            objections.c.citizen_id == citizen_id, objections.c.agreement == agreement
+        )
+    )
+    return found.first() is not None
+
+
+async def insert_objection(conn: AsyncConnection, citizen_id: str, agreement: str, now: datetime) -> None:
+    await conn.execute(insert(objections).values(citizen_id=citizen_id, agreement=agreement, created_at=now))
+
+
+async def delete_objection(conn: AsyncConnection, citizen_id: str, agreement: str) -> bool:
+    result = await conn.execute(
+        delete(objections).where(objections.c.citizen_id == citizen_id, objections.c.agreement == agreement)
+    )
+    return bool(result.rowcount)

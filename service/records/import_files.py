@@ -1,0 +1,171 @@
+"""The files ``tellonce import`` reads: CSV with a header row, or JSON Lines.
+
+``scan`` reads a file once before anything is written: its SHA-256 (the file's identity
+for ``--resume``), its columns (the CSV header, or every key any JSON line uses), how many
+rows it holds, and whether it is UTF-8. ``rows`` then yields each row with its line number.
+
+A CSV cell is text; it becomes the JSON value the API would receive by its field's
+catalog type: an integer field's cell is read as a decimal integer and a boolean field's
+``true`` or ``false`` as a boolean (anything else stays text, which the catalog
+validation then refuses by type). An empty cell means "no value" and is left out, as
+the API has no way to write null. A JSON line is passed on as it is.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from service.catalog.schemas import Catalog
+
+ImportFormat = Literal["csv", "jsonl"]
+
+_CHUNK = 1 << 20
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+# Cells longer than any field's limit are refused by validation; the csv module's own
+# limit (128 KiB) would otherwise stop the whole file at one oversized cell.
+csv.field_size_limit(1 << 24)
+
+
+class ImportFileError(Exception):
+    """The file cannot be imported at all (not UTF-8, no header): nothing is written.
+    The message names the problem and never a value from the file."""
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    sha256: str
+    columns: tuple[str, ...]
+    rows: int
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One row: its first line in the file, and its values (absent: no value), or the
+    reason it could not be read at all."""
+
+    line: int
+    values: Mapping[str, Any]
+    unreadable: str | None = None
+
+
+def scan(path: Path, file_format: ImportFormat) -> ScannedFile:
+    """Hash the file, check it is UTF-8, and read its columns and row count."""
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise ImportFileError(f"the file is not UTF-8 (byte {offset + exc.start})") from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ImportFileError("the file is not UTF-8 (it ends inside a character)") from None
+    if file_format == "csv":
+        columns, count = _csv_shape(path)
+    else:
+        columns, count = _jsonl_shape(path)
+    return ScannedFile(digest.hexdigest(), columns, count)
+
+
+def _csv_shape(path: Path) -> tuple[tuple[str, ...], int]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise ImportFileError("the CSV file has no header row")
+        count = sum(1 for record in reader if any(record))
+    return tuple(name.strip() for name in header), count
+
+
+def _jsonl_shape(path: Path) -> tuple[tuple[str, ...], int]:
+    keys: set[str] = set()
+    shapes: set[frozenset[str]] = set()
+    count = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            count += 1
+            try:
+                parsed = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # refused as a row, with its line number, when it is reached
+            if isinstance(parsed, dict):
+                shape = frozenset(parsed)
+                if shape not in shapes:
+                    shapes.add(shape)
+                    keys.update(shape)
+    return tuple(sorted(keys)), count
+
+
+def rows(
+    path: Path, file_format: ImportFormat, catalog: Catalog, *, after_line: int = 0
+) -> Iterator[SourceRow]:
+    """Every row after ``after_line``, with the line it starts on."""
+    if file_format == "csv":
+        yield from _csv_rows(path, catalog, after_line)
+    else:
+        yield from _jsonl_rows(path, after_line)
+
+
+def _csv_rows(path: Path, catalog: Catalog, after_line: int) -> Iterator[SourceRow]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader)]
+        types = [spec.type if (spec := catalog.field(name)) else "string" for name in header]
+        width = len(header)
+        line = reader.line_num + 1
+        for record in reader:
+            first, line = line, reader.line_num + 1
+            if first <= after_line or not any(record):
+                continue
+            if len(record) != width:
+                yield SourceRow(first, {}, f"the row has {len(record)} cells; the header has {width}")
+                continue
+            yield SourceRow(
+                first,
+                {
+                    name: _typed(kind, cell)
+                    for name, kind, cell in zip(header, types, record, strict=True)
+                    if cell != ""
+                },
+            )
+
+
+def _typed(kind: str, cell: str) -> Any:
+    """A CSV cell as the JSON value of its field's type, where it reads as one."""
+    if kind == "integer" and _INTEGER.match(cell):
+        return int(cell)
+    if kind == "boolean" and cell in ("true", "false"):
+        return cell == "true"
+    return cell
+
+
+def _jsonl_rows(path: Path, after_line: int) -> Iterator[SourceRow]:
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if number <= after_line or not line.strip():
+                continue
+            try:
+                parsed = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                yield SourceRow(number, {}, "the line is not valid JSON")
+                continue
+            if not isinstance(parsed, dict):
+                yield SourceRow(number, {}, "the line is not a JSON object")
+                continue
+            yield SourceRow(number, parsed)

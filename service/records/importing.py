@@ -1,0 +1,431 @@
+"""Importing a department's existing records from a file: ``tellonce import``.
+
+The file's columns are ``national_id`` and fields the department owns. Each row is
+validated by the catalog exactly as the API validates a request
+(``validation.validated_values``) and stored by the bulk writes of ``seeding``:
+
+- ``register`` mode (the department that owns ``national_id``) registers each citizen
+  not yet registered, with a ``register`` audit entry;
+- ``update`` mode writes the values that differ from the stored ones as new versions of
+  registered citizens, with one change event and one ``write`` audit entry per citizen.
+
+Idempotent: a row whose values are all stored already is counted unchanged and writes
+nothing, no version, no event and no audit entry. Rows go in batches, one transaction
+each, and each batch records the import's progress (``import_progress``) in the same
+transaction, so after a crash ``--resume`` continues after the last committed row.
+
+A refused row is reported with its line number and a reason that names the field and
+the rule, never the value. Columns the department may not write stop the import before
+any row is written (``ImportRefused``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.audit import writer as audit_writer
+from service.audit.schemas import AuditEntry
+from service.auth.dependencies import Principal
+from service.auth.facts import RequestFacts
+from service.catalog import service as catalog_service
+from service.catalog.schemas import Catalog
+from service.crypto.keyring import Keyring
+from service.errors import ServiceError
+from service.events import service as events_service
+from service.records import import_files, import_progress, repository, seeding, values
+from service.records.import_files import ImportFormat, ScannedFile, SourceRow
+from service.records.service import comparable_national_id, now, plaintexts, registered_national_ids
+from service.records.validation import NATIONAL_ID_FIELD, validated_values
+from service.records.writes import lock_blind_indexes
+
+ImportMode = Literal["register", "update"]
+DEFAULT_BATCH_SIZE = 1000
+
+
+class ImportRefused(Exception):
+    """The import cannot start (the file or its columns); nothing was written. The
+    message names columns and rules, never a value."""
+
+
+@dataclass
+class ImportCounts:
+    rows_read: int = 0
+    registered: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+
+    def add(self, other: ImportCounts) -> None:
+        for name in import_progress.IMPORT_COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in import_progress.IMPORT_COUNTS}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that was not imported: its line and why, never its values."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """A checked file, ready to import: every column is one the department writes."""
+
+    path: Path
+    file_format: ImportFormat
+    department: str
+    mode: ImportMode
+    catalog: Catalog
+    scanned: ScannedFile
+
+    @property
+    def fields(self) -> list[str]:
+        return [name for name in self.scanned.columns if name != NATIONAL_ID_FIELD]
+
+
+@dataclass
+class ImportReport:
+    """The import's summary: the counts cover the whole file, earlier runs included
+    when resumed; ``elapsed`` and ``rows_this_run`` only this run."""
+
+    counts: ImportCounts
+    total_rows: int
+    resumed_after_line: int = 0
+    already_finished: bool = False
+    rows_this_run: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_this_run / self.elapsed if self.elapsed > 0 else 0.0
+
+
+async def plan_import(
+    engine: AsyncEngine, path: Path, file_format: ImportFormat, department: str, mode: ImportMode
+) -> ImportPlan:
+    """Read the file's shape and check its columns against the catalog; ``ImportRefused``
+    names every problem at once."""
+    try:
+        scanned = import_files.scan(path, file_format)
+    except import_files.ImportFileError as exc:
+        raise ImportRefused(str(exc)) from None
+    async with engine.connect() as conn:
+        try:
+            catalog = await catalog_service.current_cached(conn)
+        except ServiceError as exc:
+            raise ImportRefused(exc.detail) from None
+    problems = column_problems(catalog, department, mode, scanned.columns)
+    if problems:
+        raise ImportRefused("; ".join(problems))
+    return ImportPlan(path, file_format, department, mode, catalog, scanned)
+
+
+def column_problems(catalog: Catalog, department: str, mode: ImportMode, columns: Sequence[str]) -> list[str]:
+    """Why these columns cannot be imported by ``department`` in ``mode`` (empty: they can)."""
+    if catalog.department(department) is None:
+        return [f"no department {department!r} in the catalog"]
+    problems: list[str] = []
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        problems.append(f"columns named twice: {', '.join(repeated)}")
+    if NATIONAL_ID_FIELD not in columns:
+        problems.append(f"no {NATIONAL_ID_FIELD} column")
+    unknown = sorted({name for name in columns if catalog.field(name) is None})
+    if unknown:
+        problems.append(f"columns that are not catalog fields: {', '.join(unknown)}")
+    owners = catalog.field_owners
+    foreign = sorted(
+        {
+            f"{name} (owned by {owners[name]})"
+            for name in columns
+            if name in owners and name != NATIONAL_ID_FIELD and owners[name] != department
+        }
+    )
+    if foreign:
+        problems.append(f"columns of fields {department} does not own: {', '.join(foreign)}")
+    registrar = owners.get(NATIONAL_ID_FIELD)
+    if mode == "register" and registrar != department:
+        problems.append(
+            f"only {registrar or 'the owner of national_id'} registers citizens; import {department}'s "
+            "fields into registered citizens with --mode update"
+        )
+    if mode == "update" and not [name for name in columns if name != NATIONAL_ID_FIELD]:
+        problems.append("no field to update besides national_id")
+    return problems
+
+
+@dataclass
+class _Batch:
+    """One batch's outcome before it commits."""
+
+    counts: ImportCounts = field(default_factory=ImportCounts)
+    rejections: list[Rejection] = field(default_factory=list)
+    changed_citizens: int = 0
+
+    def reject(self, line: int, reason: str) -> None:
+        self.counts.rejected += 1
+        self.rejections.append(Rejection(line, reason))
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    line: int
+    clean: dict[str, values.JsonValue]
+    national_id: str
+    index: bytes
+
+
+class _Importer:
+    """One run over one file: the national ids seen so far (a later row repeating one is
+    refused), and the facts every audit entry of the run names."""
+
+    def __init__(self, engine: AsyncEngine, keyring: Keyring, plan: ImportPlan, actor: str) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.plan = plan
+        self.catalog = plan.catalog
+        role = "registrar" if plan.mode == "register" else "writer"
+        # One request id for the whole import: an auditor finds every entry it wrote.
+        self.facts = RequestFacts(
+            principal=Principal.with_roles(actor, plan.department, role), request_id=f"import-{uuid.uuid4()}"
+        )
+        # The first 8 bytes of each national id's blind index: small enough for millions
+        # of rows; two different ids sharing them (odds about n^2 / 2^65) would make the
+        # later one be refused as a repeat, never stored twice.
+        self.seen: set[int] = set()
+
+    def rows(self, after_line: int) -> Iterator[SourceRow]:
+        return import_files.rows(self.plan.path, self.plan.file_format, self.catalog, after_line=after_line)
+
+    def remember_committed(self, up_to_line: int) -> None:
+        """On resume, the national ids of the rows already done, so repeats stay refused."""
+        if up_to_line <= 0:
+            return
+        for row in self.rows(0):
+            if row.line > up_to_line:
+                break
+            national_id = self._national_id(row.values)
+            if national_id is not None:
+                self.seen.add(self._seen_key(self._index(national_id)))
+
+    def _national_id(self, submitted: Mapping[str, Any]) -> str | None:
+        """The row's national id in canonical form, or None if it has no valid one."""
+        if NATIONAL_ID_FIELD not in submitted:
+            return None
+        try:
+            clean = validated_values(self.catalog, {NATIONAL_ID_FIELD: submitted[NATIONAL_ID_FIELD]}, "row")
+        except ServiceError:
+            return None
+        return values.normalise_for_index(clean[NATIONAL_ID_FIELD])
+
+    def _index(self, national_id: str) -> bytes:
+        return self.keyring.blind_index(NATIONAL_ID_FIELD, national_id)
+
+    @staticmethod
+    def _seen_key(index: bytes) -> int:
+        return int.from_bytes(index[:8], "big")
+
+    def check(self, row: SourceRow, batch: _Batch) -> _Accepted | None:
+        """The row's validated values, or None with the row refused."""
+        if row.unreadable is not None:
+            batch.reject(row.line, row.unreadable)
+            return None
+        try:
+            clean = validated_values(self.catalog, row.values, "row")
+        except ServiceError as exc:
+            batch.reject(row.line, _reasons(exc))
+            # A valid national id on a refused row still counts as seen: the file names
+            # that citizen twice, and neither row wins silently.
+            national_id = self._national_id(row.values)
+            if national_id is not None:
+                self.seen.add(self._seen_key(self._index(national_id)))
+            return None
+        if NATIONAL_ID_FIELD not in clean:
+            batch.reject(row.line, f"{NATIONAL_ID_FIELD} is required")
+            return None
+        national_id = values.normalise_for_index(clean[NATIONAL_ID_FIELD])
+        index = self._index(national_id)
+        key = self._seen_key(index)
+        if key in self.seen:
+            batch.reject(row.line, f"{NATIONAL_ID_FIELD} repeats one on an earlier row of the file")
+            return None
+        self.seen.add(key)
+        return _Accepted(row.line, clean, national_id, index)
+
+    async def write_batch(self, conn: AsyncConnection, run_id: int, rows: Sequence[SourceRow]) -> _Batch:
+        """Check, classify and store one batch in the transaction on ``conn``."""
+        started = now()
+        await import_progress.claim_import_run(conn, run_id, started)
+        batch = _Batch()
+        batch.counts.rows_read = len(rows)
+        accepted = [a for row in rows if (a := self.check(row, batch)) is not None]
+        if self.plan.mode == "register":
+            await lock_blind_indexes(conn, [a.index for a in accepted])
+        found = await registered_national_ids(
+            conn, self.keyring, self.catalog, [a.national_id for a in accepted], [a.index for a in accepted]
+        )
+        stored = await self._stored_values(conn, list(found.values()))
+        new: list[dict[str, values.JsonValue]] = []
+        revisions: dict[str, dict[str, values.JsonValue]] = {}
+        line_of: dict[str, int] = {}
+        for row in accepted:
+            citizen_id = found.get(comparable_national_id(row.national_id))
+            if citizen_id is None:
+                if self.plan.mode == "register":
+                    new.append(row.clean)
+                else:
+                    batch.reject(row.line, f"no citizen is registered with this {NATIONAL_ID_FIELD}")
+                continue
+            current = stored.get(citizen_id, {})
+            changed = {
+                name: value
+                for name, value in row.clean.items()
+                if name != NATIONAL_ID_FIELD and (name not in current or current[name] != value)
+            }
+            if not changed:
+                batch.counts.unchanged += 1
+            elif self.plan.mode == "register":
+                batch.reject(
+                    row.line,
+                    f"already registered, with other values of {', '.join(sorted(changed))}; "
+                    "write them with --mode update",
+                )
+            else:
+                revisions[citizen_id] = changed
+                line_of[citizen_id] = row.line
+        entries: list[AuditEntry] = []
+        if new:
+            _ids, registered = await seeding.store_registrations(
+                conn, self.keyring, self.catalog, self.facts, new, started
+            )
+            entries.extend(registered)
+            batch.counts.registered = len(new)
+        if revisions:
+            written = await seeding.store_revisions(
+                conn, self.keyring, self.catalog, self.facts, revisions, started
+            )
+            entries.extend(written)
+            batch.counts.updated = batch.changed_citizens = len(written)
+            kept = {entry.citizen_id for entry in written}
+            for citizen_id in revisions.keys() - kept:
+                batch.reject(line_of[citizen_id], "the citizen was erased while the import ran")
+        await import_progress.advance_import_run(
+            conn, run_id, rows[-1].line, batch.counts.as_dict(), finished=None
+        )
+        # Last: on PostgreSQL the append holds the audit's order lock until commit.
+        await audit_writer.append_many_in_transaction(conn, entries)
+        return batch
+
+    async def _stored_values(
+        self, conn: AsyncConnection, citizen_ids: list[str]
+    ) -> dict[str, dict[str, values.JsonValue]]:
+        """The current values of the file's fields of registered citizens, decrypted to
+        compare with the rows."""
+        if not citizen_ids:
+            return {}
+        rows = await repository.current_values(conn, citizen_ids, self.plan.fields)
+        keys = await self.keyring.data_keys(conn, {row.data_key_id for row in rows})
+        current: dict[str, dict[str, values.JsonValue]] = {}
+        for (citizen_id, name, _version), value in plaintexts(self.catalog, rows, keys).items():
+            current.setdefault(citizen_id, {})[name] = value
+        return current
+
+
+def _reasons(error: ServiceError) -> str:
+    """The validation's messages (each names the field and the rule, never the value)."""
+    messages: list[str] = []
+    for problem in error.errors or []:
+        name, message = str(problem.get("loc", [""])[-1]), str(problem.get("msg", ""))
+        # Some messages name their field ("date_of_birth must be ..."), some do not.
+        messages.append(message if message.startswith(f"{name} ") else f"{name}: {message}")
+    return "; ".join(messages) or error.detail
+
+
+async def committed_line(engine: AsyncEngine, plan: ImportPlan) -> int:
+    """The last line an earlier run of this file committed (0: none)."""
+    async with engine.connect() as conn:
+        earlier = await import_progress.import_run(conn, plan.department, plan.mode, plan.scanned.sha256)
+    return earlier.last_line if earlier is not None else 0
+
+
+async def run_import(
+    engine: AsyncEngine,
+    keyring: Keyring,
+    plan: ImportPlan,
+    *,
+    actor: str,
+    resume: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_rejections: Callable[[Sequence[Rejection]], None] = lambda _rejections: None,
+    on_progress: Callable[[int], None] = lambda _rows: None,
+) -> ImportReport:
+    """Import the planned file in batches of ``batch_size`` rows. With ``resume``, start
+    after the last row an earlier run of the same file committed.
+
+    ``on_rejections`` gets each batch's refused rows before the batch commits;
+    ``on_progress`` the number of rows done (this run and earlier) after each commit."""
+    importer = _Importer(engine, keyring, plan, actor)
+    report = ImportReport(ImportCounts(), plan.scanned.rows)
+    department, mode, digest = plan.department, plan.mode, plan.scanned.sha256
+    async with engine.begin() as conn:
+        earlier = await import_progress.import_run(conn, department, mode, digest)
+        if resume and earlier is not None:
+            run_id = earlier.id
+            report.resumed_after_line = earlier.last_line
+            report.counts = ImportCounts(
+                earlier.rows_read, earlier.registered, earlier.updated, earlier.unchanged, earlier.rejected
+            )
+            report.already_finished = earlier.finished_at is not None
+        else:
+            run_id = await import_progress.start_import_run(conn, department, mode, digest, now())
+    if report.already_finished:
+        return report
+    importer.remember_committed(report.resumed_after_line)
+    on_progress(report.counts.rows_read)
+    started = time.perf_counter()
+    last_line = report.resumed_after_line
+    pending: list[SourceRow] = []
+    for row in importer.rows(report.resumed_after_line):
+        pending.append(row)
+        if len(pending) >= batch_size:
+            await _commit_batch(importer, run_id, pending, report, on_rejections, on_progress)
+            last_line = pending[-1].line
+            pending = []
+    if pending:
+        await _commit_batch(importer, run_id, pending, report, on_rejections, on_progress)
+        last_line = pending[-1].line
+    async with engine.begin() as conn:
+        await import_progress.advance_import_run(conn, run_id, last_line, {}, finished=now())
+    report.elapsed = time.perf_counter() - started
+    return report
+
+
+async def _commit_batch(
+    importer: _Importer,
+    run_id: int,
+    rows: Sequence[SourceRow],
+    report: ImportReport,
+    on_rejections: Callable[[Sequence[Rejection]], None],
+    on_progress: Callable[[int], None],
+) -> None:
+    async with importer.engine.begin() as conn:
+        batch = await importer.write_batch(conn, run_id, rows)
+        if batch.rejections:
+            on_rejections(batch.rejections)
+    if batch.changed_citizens:
+        # Committed: wake feeds and dispatchers waiting in this process.
+        events_service.notify()
+    report.counts.add(batch.counts)
+    report.rows_this_run += len(rows)
+    on_progress(report.counts.rows_read)

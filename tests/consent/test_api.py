@@ -1,0 +1,301 @@
+"""The consent and objection API, and their effect on the consumer's next read."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from service.audit.models import AuditEntryRow
+from service.policy.simulate import ListSource, RecordedRequest
+from tests.consent.conftest import CONSENTED, OBJECTABLE, PORTAL, REVENUE, ConsentWorld, as_
+
+PROBLEM = "https://tellonce.example/problems/"
+
+
+def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"] == PROBLEM + slug
+    return body
+
+
+class TestConsentRequired:
+    async def test_consent_based_field_alone_is_403_consent_required(self, world: ConsentWorld) -> None:
+        body = problem(await world.read("benefit_status"), 403, "consent-required")
+        assert "consent-required" in body["detail"]
+
+    async def test_consent_based_field_is_withheld_beside_released_ones(self, world: ConsentWorld) -> None:
+        response = await world.read("benefit_status,address")
+        assert response.status_code == 200, response.text
+        assert response.json()["withheld"] == [{"field": "benefit_status", "reason": "consent-required"}]
+        assert response.json()["fields"]["address"]["value"] == "1 High Street"
+
+
+class TestConsentLifecycle:
+    async def test_every_transition_applies_to_the_next_read(self, world: ConsentWorld) -> None:
+        created = await world.consent(data_life="P90D")
+        assert created.status_code == 201, created.text
+        consent = created.json()
+        assert {
+            k: consent[k] for k in ("citizen_id", "agreement", "consumer", "purpose", "fields", "status")
+        } == {
+            "citizen_id": world.citizen_id,
+            "agreement": CONSENTED["id"],
+            "consumer": "revenue",
+            "purpose": "tax-administration",
+            "fields": ["benefit_status"],
+            "status": "active",
+        }
+        assert consent["expires_at"] is None
+        assert consent["signature"].count(".") == 2
+        read = await world.read("benefit_status")
+        assert read.status_code == 200, read.text
+        assert read.json()["fields"]["benefit_status"]["value"] == "awarded"
+
+        paused = await world.set_status(consent["id"], "paused")
+        assert paused.json()["status"] == "paused"
+        problem(await world.read("benefit_status"), 403, "consent-required")
+
+        resumed = await world.set_status(consent["id"], "active")
+        assert resumed.json()["status"] == "active"
+        assert (await world.read("benefit_status")).status_code == 200
+
+        revoked = await world.set_status(consent["id"], "revoked")
+        assert revoked.json()["status"] == "revoked"
+        problem(await world.read("benefit_status"), 403, "consent-required")
+
+    async def test_revoked_consent_cannot_be_reactivated(self, world: ConsentWorld) -> None:
+        consent = (await world.consent()).json()
+        await world.set_status(consent["id"], "revoked")
+        for status in ("active", "paused"):
+            problem(await world.set_status(consent["id"], status), 409, "consent-final")
+        problem(await world.read("benefit_status"), 403, "consent-required")
+        # A new consent may be given after a revocation.
+        assert (await world.consent()).status_code == 201
+        assert (await world.read("benefit_status")).status_code == 200
+
+    async def test_expires_by_the_injected_clock(self, world: ConsentWorld) -> None:
+        start = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+        world.env.app.state.clock = lambda: start
+        consent = (await world.consent(expires_at=(start + timedelta(days=30)).isoformat())).json()
+        assert consent["status"] == "active"
+        assert (await world.read("benefit_status")).status_code == 200
+
+        world.env.app.state.clock = lambda: start + timedelta(days=30)
+        problem(await world.read("benefit_status"), 403, "consent-required")
+        listed = await world.env.client.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
+        assert [c["status"] for c in listed.json()["items"]] == ["expired"]
+        problem(await world.set_status(consent["id"], "active"), 409, "consent-final")
+        # An expired consent no longer blocks a new one.
+        assert (await world.consent()).status_code == 201
+
+    async def test_a_second_open_consent_is_409(self, world: ConsentWorld) -> None:
+        first = (await world.consent()).json()
+        problem(await world.consent(), 409, "consent-exists")
+        await world.set_status(first["id"], "paused")
+        problem(await world.consent(), 409, "consent-exists")
+
+    async def test_list_is_cursor_paged(self, world: ConsentWorld) -> None:
+        ids = []
+        for _ in range(3):
+            consent = (await world.consent()).json()
+            await world.set_status(consent["id"], "revoked")
+            ids.append(consent["id"])
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+            page = (
+                await world.env.client.get(
+                    f"/v1/citizens/{world.citizen_id}/consents", params=params, headers=PORTAL
+                )
+            ).json()
+            seen += [c["id"] for c in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(ids)
+        problem(
+            await world.env.client.get(
+                f"/v1/citizens/{world.citizen_id}/consents", params={"cursor": "%%%"}, headers=PORTAL
+            ),
+            400,
+            "bad-request",
+        )
+
+
+class TestConsentRefusals:
+    async def test_statutory_and_objectable_agreements_take_no_consent(self, world: ConsentWorld) -> None:
+        statutory = await world.consent(agreement="revenue-reads-address-of-living")
+        assert "applies by law" in problem(statutory, 422, "not-consent-based")["detail"]
+        problem(await world.consent(agreement=OBJECTABLE["id"]), 422, "not-consent-based")
+        problem(await world.consent(agreement="no-such-agreement"), 422, "unknown-agreement")
+
+    async def test_unknown_citizen_and_consent_are_404(self, world: ConsentWorld) -> None:
+        unknown = await world.env.client.post(
+            "/v1/citizens/00000000-0000-0000-0000-000000000000/consents",
+            json={"agreement": CONSENTED["id"]},
+            headers=PORTAL,
+        )
+        problem(unknown, 404, "not-found")
+        problem(
+            await world.set_status("00000000-0000-0000-0000-000000000000", "paused"), 404, "consent-not-found"
+        )
+
+    async def test_past_expiry_and_bad_status_are_422(self, world: ConsentWorld) -> None:
+        problem(await world.consent(expires_at="2020-01-01T00:00:00Z"), 422, "validation-failed")
+        problem(await world.consent(data_life="forever"), 422, "validation-failed")
+        consent = (await world.consent()).json()
+        problem(await world.set_status(consent["id"], "expired"), 422, "validation-failed")
+
+    async def test_only_the_citizen_portal_may_consent(self, world: ConsentWorld) -> None:
+        response = await world.env.client.post(
+            f"/v1/citizens/{world.citizen_id}/consents", json={"agreement": CONSENTED["id"]}, headers=REVENUE
+        )
+        problem(response, 403, "forbidden")
+
+
+class TestObjections:
+    async def test_objection_withholds_from_the_next_read_and_withdrawal_restores(
+        self, world: ConsentWorld
+    ) -> None:
+        before = await world.read("given_name")
+        assert before.json()["fields"]["given_name"]["value"] == "Ada"
+        path = f"/v1/citizens/{world.citizen_id}/objections/{OBJECTABLE['id']}"
+        objected = await world.client.post(path, headers=PORTAL)
+        assert objected.status_code == 201, objected.text
+        assert objected.json()["consumer"] == "revenue"
+        problem(await world.client.post(path, headers=PORTAL), 409, "objection-exists")
+        withheld = await world.read("given_name,address")
+        assert withheld.json()["withheld"] == [{"field": "given_name", "reason": "objected"}]
+        listed = await world.client.get(f"/v1/citizens/{world.citizen_id}/objections", headers=PORTAL)
+        assert [o["agreement"] for o in listed.json()["items"]] == [OBJECTABLE["id"]]
+
+        assert (await world.client.delete(path, headers=PORTAL)).status_code == 204
+        assert (await world.read("given_name")).json()["fields"]["given_name"]["value"] == "Ada"
+        problem(await world.client.delete(path, headers=PORTAL), 404, "objection-not-found")
+
+    async def test_only_objectable_agreements_take_objections(self, world: ConsentWorld) -> None:
+        for agreement in (CONSENTED["id"], "revenue-reads-address-of-living"):
+            response = await world.client.post(
+                f"/v1/citizens/{world.citizen_id}/objections/{agreement}", headers=PORTAL
+            )
+            problem(response, 422, "not-objectable")
+
+
+class TestAudited:
+    async def test_every_change_is_audited_without_values(self, world: ConsentWorld) -> None:
+        consent = (await world.consent()).json()
+        await world.set_status(consent["id"], "paused")
+        await world.set_status(consent["id"], "revoked")
+        path = f"/v1/citizens/{world.citizen_id}/objections/{OBJECTABLE['id']}"
+        await world.client.post(path, headers=PORTAL)
+        await world.client.delete(path, headers=PORTAL)
+        conn = world.env.audit.conn  # type: ignore[union-attr]
+        rows = await conn.execute(
+            select(AuditEntryRow.canonical)
+            .where(
+                AuditEntryRow.citizen_id == world.citizen_id,
+                AuditEntryRow.action.in_(["consent-change", "objection-change"]),
+            )
+            .order_by(AuditEntryRow.id)
+        )
+        entries = [json.loads(canonical) for (canonical,) in rows]
+        assert [(e["action"], e["reasons"][0]["effect"], e["reasons"][0]["agreement"]) for e in entries] == [
+            ("consent-change", "active", CONSENTED["id"]),
+            ("consent-change", "paused", CONSENTED["id"]),
+            ("consent-change", "revoked", CONSENTED["id"]),
+            ("objection-change", "objected", OBJECTABLE["id"]),
+            ("objection-change", "withdrawn", OBJECTABLE["id"]),
+        ]
+        assert {tuple(e["owners"]) for e in entries} == {("welfare",), ("register",)}
+        assert all(e["department"] == "portal" for e in entries)
+        # The consent's signed terms are kept whole in the log; never a field value.
+        terms = json.loads(entries[0]["document"])
+        assert terms["jti"] == consent["id"]
+        assert terms["fields"] == ["benefit_status"]
+        assert not any("awarded" in json.dumps(e) or "Ada" in json.dumps(e) for e in entries)
+
+
+class TestExplainAndSimulate:
+    async def test_explain_names_the_missing_consent_and_the_objection(self, world: ConsentWorld) -> None:
+        ask = {
+            "consumer": "revenue",
+            "action": "read",
+            "fields": ["benefit_status", "given_name"],
+            "purpose": "tax-administration",
+        }
+        auditor = as_("audit-office", "auditor")
+        explained = (await world.client.post("/v1/decisions/explain", json=ask, headers=auditor)).json()
+        benefit = explained["decisions"]["benefit_status"]
+        assert (benefit["effect"], benefit["reason"]) == ("deny", "consent-required")
+        misses = {m["agreement"]: m["reason"] for m in benefit["near_misses"]}
+        assert (
+            misses[CONSENTED["id"]]
+            == f"consent-required: agreement {CONSENTED['id']} needs the citizen's active consent"
+        )
+        assert explained["decisions"]["given_name"]["effect"] == "permit"
+
+        await world.consent()
+        await world.client.post(
+            f"/v1/citizens/{world.citizen_id}/objections/{OBJECTABLE['id']}", headers=PORTAL
+        )
+        for_citizen = {**ask, "citizen_id": world.citizen_id}
+        explained = (
+            await world.client.post("/v1/decisions/explain", json=for_citizen, headers=auditor)
+        ).json()
+        assert explained["decisions"]["benefit_status"]["effect"] == "permit"
+        name = explained["decisions"]["given_name"]
+        assert (name["effect"], name["reason"]) == ("deny", "objected")
+        assert (
+            name["near_misses"][0]["reason"]
+            == f"objected: the citizen objected to agreement {OBJECTABLE['id']}"
+        )
+
+    async def test_simulate_counts_what_consent_would_withhold(self, world: ConsentWorld) -> None:
+        other, _ = await world.env.register(given_name="Bo")
+        asked = [
+            ("benefit_status", world.citizen_id),
+            ("given_name", world.citizen_id),
+            ("given_name", other),
+        ]
+        world.env.app.state.recorded_requests = ListSource(
+            tuple(
+                RecordedRequest(
+                    consumer="revenue",
+                    action="read",
+                    fields=(name,),
+                    purpose="tax-administration",
+                    case_ref=None,
+                    citizen_status="active",
+                    time=datetime.now(UTC),
+                    citizen_id=citizen_id,
+                )
+                for name, citizen_id in asked
+            )
+        )
+        await world.consent()
+        # Names too would need consent: only the citizen without a consent to that loses them.
+        draft = {"upsert": [{**OBJECTABLE, "basis": "consent"}]}
+        simulated = await world.client.post(
+            "/v1/policies/simulate", json=draft, headers=as_("register", "data-owner")
+        )
+        assert simulated.status_code == 200, simulated.text
+        body = simulated.json()
+        assert body["evaluated"] == 3
+        assert body["changes"] == [
+            {
+                "consumer": "revenue",
+                "field": "given_name",
+                "action": "read",
+                "purpose": "tax-administration",
+                "before": "permit",
+                "after": "deny",
+                "count": 2,
+            }
+        ]
+        assert body["withheld_by_choice"] == {"consent-required": 2}

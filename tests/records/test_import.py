@@ -1,0 +1,535 @@
+"""``tellonce import``: a department's existing records from a CSV or JSON Lines file.
+
+On one committed store per module (the import commits batch by batch), with the records
+tests' catalog. Each test makes its own national ids, so the tests share the store. What
+is promised: rows stored as the API stores them (they read back through the access
+path), one audit entry per citizen and a log that verifies, re-runs that change nothing,
+update mode's new versions and change events, refused rows reported by line without
+their values, columns a department may not write refused before anything is written,
+and a run killed mid-file that resumes with every row stored exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit.checkpoint import NoteVerifier
+from service.audit.cli import verify_database
+from service.audit.models import AuditEntryRow
+from service.audit.sequencer import Sequencer, SequencerConfig
+from service.catalog import service as catalog_service
+from service.config import Settings
+from service.crypto.keyring import Keyring
+from service.db import create_engine
+from service.events.models import OutboxEvent
+from service.policy.service import PolicyHolder
+from service.records import importing, reads
+from service.records.import_files import ImportFormat
+from service.records.models import Citizen, FieldValue, ImportRun
+from service.records.service import RecordsService, registered_national_ids
+from tests.conftest import REPO_ROOT
+from tests.fixtures.audit import make_signer, sequence_all
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.records.conftest import apply_policies, facts_as
+
+ACTOR = "operator:importer"
+WELFARE = facts_as("welfare", "consumer", purpose="benefit-eligibility")
+REGISTER_COLUMNS = ["national_id", "given_name", "date_of_birth", "address"]
+
+
+@dataclass
+class Store:
+    url: str
+    engine: AsyncEngine
+    keyring: Keyring
+    root_key: str
+
+
+@pytest.fixture(scope="module")
+async def store(database_url: str, settings: Settings, root_key: str) -> AsyncIterator[Store]:
+    url = await create_scratch_database(database_url)
+    apply_policies(url)
+    engine = create_engine(url)
+    try:
+        yield Store(url, engine, Keyring.from_settings(settings), root_key)
+    finally:
+        await engine.dispose()
+        await drop_scratch_database(url)
+
+
+@dataclass
+class Imported:
+    report: importing.ImportReport
+    rejections: list[importing.Rejection] = field(default_factory=list)
+
+
+def _ids(count: int) -> list[str]:
+    prefix = uuid.uuid4().hex[:8].upper()
+    return [f"IM{prefix}{n:07d}" for n in range(count)]
+
+
+def _person(national_id: str, n: int) -> dict[str, Any]:
+    return {
+        "national_id": national_id,
+        "given_name": f"Imogen{n}",
+        "date_of_birth": f"19{50 + n % 50}-0{1 + n % 9}-1{n % 10}",
+        "address": f"{n} Import Lane",
+    }
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> Path:
+    lines = [",".join(columns)]
+    lines += [",".join(str(row.get(name, "")) for name in columns) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_jsonl(path: Path, lines: Sequence[Any]) -> Path:
+    path.write_text(
+        "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+async def _import(
+    store: Store,
+    path: Path,
+    department: str = "register",
+    mode: importing.ImportMode = "register",
+    file_format: ImportFormat = "csv",
+    **options: Any,
+) -> Imported:
+    plan = await importing.plan_import(store.engine, path, file_format, department, mode)
+    rejections: list[importing.Rejection] = []
+    report = await importing.run_import(
+        store.engine, store.keyring, plan, actor=ACTOR, on_rejections=rejections.extend, **options
+    )
+    return Imported(report, rejections)
+
+
+async def _count(store: Store, statement: Any) -> int:
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(statement)).scalar_one())
+
+
+async def _lookup(store: Store, national_id: str) -> str:
+    async with store.engine.connect() as conn:
+        records = RecordsService.in_transaction(conn, store.keyring, PolicyHolder())
+        return (await reads.lookup(records, WELFARE, national_id)).id
+
+
+async def _read(store: Store, citizen_id: str, fields: list[str]) -> dict[str, Any]:
+    async with store.engine.connect() as conn:
+        records = RecordsService.in_transaction(conn, store.keyring, PolicyHolder())
+        citizen = await reads.read(records, WELFARE, citizen_id, fields)
+        return {name: (out.value, out.version) for name, out in citizen.fields.items()}
+
+
+async def _entries(store: Store, citizen_id: str) -> list[dict[str, Any]]:
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(AuditEntryRow.canonical)
+            .where(AuditEntryRow.citizen_id == citizen_id)
+            .order_by(AuditEntryRow.id)
+        )
+        return [json.loads(canonical) for (canonical,) in rows]
+
+
+def _cli_env(store: Store, data_dir: Path, actor: str = "importer") -> dict[str, str]:
+    return {
+        **os.environ,
+        "TELLONCE_DATABASE_URL": store.url,
+        "TELLONCE_ENV": "test",
+        "TELLONCE_ROOT_KEY": store.root_key,
+        "TELLONCE_DATA_DIR": str(data_dir),
+        "TELLONCE_ACTOR": actor,
+        "TELLONCE_LOG_LEVEL": "DEBUG",
+    }
+
+
+def _cli(
+    store: Store, data_dir: Path, *args: str, actor: str = "importer"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "import", *args],
+        env=_cli_env(store, data_dir, actor),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class TestRegisterMode:
+    async def test_ten_thousand_rows_read_back_through_the_access_path(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(10_000))]
+        path = _write_csv(tmp_path / "people.csv", REGISTER_COLUMNS, people)
+
+        imported = await _import(store, path, batch_size=2000)
+
+        counts = imported.report.counts
+        assert (counts.rows_read, counts.registered, counts.rejected) == (10_000, 10_000, 0)
+        for person in (people[0], people[4321], people[-1]):
+            citizen_id = await _lookup(store, person["national_id"])
+            stored = await _read(store, citizen_id, ["given_name", "date_of_birth", "address"])
+            assert stored == {name: (person[name], 1) for name in ("given_name", "date_of_birth", "address")}
+            (entry,) = [e for e in await _entries(store, citizen_id) if e["action"] != "lookup"]
+            assert (entry["action"], entry["client_id"], entry["department"]) == (
+                "register",
+                ACTOR,
+                "register",
+            )
+            assert set(entry["fields_released"]) == set(REGISTER_COLUMNS)
+            assert person["given_name"] not in json.dumps(entry)
+            assert person["national_id"] not in json.dumps(entry)
+
+    async def test_running_the_same_file_again_changes_nothing(self, store: Store, tmp_path: Path) -> None:
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
+        path = _write_csv(tmp_path / "people.csv", REGISTER_COLUMNS, people)
+        await _import(store, path, batch_size=100)
+        before = [
+            await _count(store, select(func.count()).select_from(table))
+            for table in (Citizen, FieldValue, AuditEntryRow, OutboxEvent)
+        ]
+
+        again = await _import(store, path, batch_size=100)
+        resumed = await _import(store, path, batch_size=100, resume=True)
+
+        assert (again.report.counts.unchanged, again.report.counts.registered) == (300, 0)
+        assert resumed.report.already_finished
+        after = [
+            await _count(store, select(func.count()).select_from(table))
+            for table in (Citizen, FieldValue, AuditEntryRow, OutboxEvent)
+        ]
+        assert after == before
+
+    async def test_a_registered_citizen_with_other_values_is_refused_not_overwritten(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        (national_id,) = _ids(1)
+        first = _person(national_id, 1)
+        await _import(store, _write_csv(tmp_path / "a.csv", REGISTER_COLUMNS, [first]))
+
+        changed = {**first, "address": "9 Elsewhere"}
+        imported = await _import(store, _write_csv(tmp_path / "b.csv", REGISTER_COLUMNS, [changed]))
+
+        assert imported.rejections == [
+            importing.Rejection(
+                2, "already registered, with other values of address; write them with --mode update"
+            )
+        ]
+        citizen_id = await _lookup(store, national_id)
+        assert await _read(store, citizen_id, ["address"]) == {"address": (first["address"], 1)}
+
+
+class TestUpdateMode:
+    async def test_changed_values_become_new_versions_with_events_and_write_entries(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(3)
+        await _import(
+            store, _write_csv(tmp_path / "people.csv", ["national_id"], [{"national_id": i} for i in ids])
+        )
+        citizens = [await _lookup(store, national_id) for national_id in ids]
+        licences = [
+            {"national_id": i, "licence_status": "valid", "licence_number": f"L{n}"}
+            for n, i in enumerate(ids)
+        ]
+        columns = ["national_id", "licence_status", "licence_number"]
+
+        first = await _import(store, _write_csv(tmp_path / "l1.csv", columns, licences), "dvla", "update")
+        licences[1]["licence_status"] = "revoked"
+        second = await _import(store, _write_csv(tmp_path / "l2.csv", columns, licences), "dvla", "update")
+
+        assert first.report.counts.updated == 3
+        assert (second.report.counts.updated, second.report.counts.unchanged) == (1, 2)
+        assert await _read(store, citizens[1], ["licence_status", "licence_number"]) == {
+            "licence_status": ("revoked", 2),
+            "licence_number": ("L1", 1),
+        }
+        assert await _read(store, citizens[0], ["licence_status"]) == {"licence_status": ("valid", 1)}
+        async with store.engine.connect() as conn:
+            events = (
+                await conn.execute(
+                    select(OutboxEvent.citizen_id, OutboxEvent.fields, OutboxEvent.owner)
+                    .where(OutboxEvent.citizen_id.in_(citizens))
+                    .order_by(OutboxEvent.position)
+                )
+            ).all()
+        assert len(events) == 4
+        assert (events[-1].citizen_id, events[-1].fields, events[-1].owner) == (
+            citizens[1],
+            ["licence_status"],
+            "dvla",
+        )
+        writes = [e for e in await _entries(store, citizens[1]) if e["action"] == "write"]
+        assert [w["fields_released"] for w in writes] == [
+            ["licence_status", "licence_number"],
+            ["licence_status"],
+        ]
+        assert all(
+            (w["department"], w["client_id"], w["decision"]) == ("dvla", ACTOR, "permit") for w in writes
+        )
+
+    async def test_an_unregistered_national_id_is_refused(self, store: Store, tmp_path: Path) -> None:
+        (unknown,) = _ids(1)
+        path = _write_csv(
+            tmp_path / "l.csv", ["national_id", "points"], [{"national_id": unknown, "points": 3}]
+        )
+
+        imported = await _import(store, path, "dvla", "update")
+
+        assert imported.rejections == [
+            importing.Rejection(2, "no citizen is registered with this national_id")
+        ]
+
+
+class TestRefusedRows:
+    async def test_each_refused_row_is_named_by_line_and_reason_without_its_value(
+        self, store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        ids = _ids(3)
+        rows = [
+            _person(ids[0], 0),
+            {**_person(ids[1], 1), "date_of_birth": "1970-02-31"},
+            {**_person(ids[2], 2), "national_id": "SECRETLY" + "9" * 30},
+            {**_person(ids[0], 3), "given_name": "Repeated"},
+            {**_person(ids[2], 4), "national_id": ""},
+            _person(ids[2], 5),
+        ]
+        path = _write_csv(tmp_path / "mixed.csv", REGISTER_COLUMNS, rows)
+        caplog.set_level(logging.DEBUG)
+
+        imported = await _import(store, path)
+
+        assert imported.rejections == [
+            importing.Rejection(3, "date_of_birth is not a real calendar date"),
+            importing.Rejection(4, "national_id must be at most 20 characters"),
+            importing.Rejection(5, "national_id repeats one on an earlier row of the file"),
+            importing.Rejection(6, "national_id is required"),
+        ]
+        assert (imported.report.counts.registered, imported.report.counts.rejected) == (2, 4)
+        for secret in ("1970-02-31", "SECRETLY", "Repeated"):
+            assert secret not in caplog.text
+
+    async def test_the_command_exits_1_and_shows_no_value(self, store: Store, tmp_path: Path) -> None:
+        ids = _ids(2)
+        rows = [_person(ids[0], 0), {**_person(ids[1], 1), "date_of_birth": "31/12/1999"}]
+        path = _write_csv(tmp_path / "cli.csv", REGISTER_COLUMNS, rows)
+        rejects = tmp_path / "rejects.csv"
+
+        result = _cli(store, tmp_path, "--department", "register", str(path), "--reject-file", str(rejects))
+
+        assert result.returncode == 1, result.stderr
+        assert "registered 1" in result.stdout
+        assert "rejected 1" in result.stdout
+        assert rejects.read_text().splitlines() == [
+            "line,reason",
+            "3,date_of_birth must be an ISO 8601 date (YYYY-MM-DD)",
+        ]
+        for value in ("31/12/1999", ids[1], "Imogen1"):
+            assert value not in result.stdout + result.stderr
+
+    @pytest.mark.parametrize(
+        ("department", "columns", "message"),
+        [
+            (
+                "register",
+                ["national_id", "given_name", "shoe_size"],
+                "columns that are not catalog fields: shoe_size",
+            ),
+            (
+                "register",
+                ["national_id", "points"],
+                "columns of fields register does not own: points (owned by dvla)",
+            ),
+            ("register", ["given_name"], "no national_id column"),
+            ("dvla", ["national_id", "points"], "only register registers citizens"),
+        ],
+    )
+    async def test_columns_the_department_may_not_write_stop_it_before_any_row(
+        self, store: Store, tmp_path: Path, department: str, columns: list[str], message: str
+    ) -> None:
+        (national_id,) = _ids(1)
+        path = _write_csv(
+            tmp_path / "bad.csv", columns, [{"national_id": national_id, "given_name": "X", "points": 1}]
+        )
+        runs_before = await _count(store, select(func.count()).select_from(ImportRun))
+
+        result = _cli(store, tmp_path, "--department", department, str(path))
+
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
+
+class TestJsonLines:
+    async def test_typed_values_and_unreadable_lines(self, store: Store, tmp_path: Path) -> None:
+        ids = _ids(4)
+        await _import(
+            store, _write_csv(tmp_path / "p.csv", ["national_id"], [{"national_id": i} for i in ids])
+        )
+        path = _write_jsonl(
+            tmp_path / "dvla.jsonl",
+            [
+                {"national_id": ids[0], "points": 6, "licence_status": "valid"},
+                {"national_id": ids[1], "points": "6"},
+                "{not json",
+                "",
+                [ids[2]],
+                {"national_id": ids[3], "licence_status": None},
+            ],
+        )
+
+        imported = await _import(store, path, "dvla", "update", "jsonl")
+
+        assert imported.report.counts.updated == 1
+        assert imported.rejections == [
+            importing.Rejection(2, "points must be an integer"),
+            importing.Rejection(3, "the line is not valid JSON"),
+            importing.Rejection(5, "the line is not a JSON object"),
+            importing.Rejection(6, "licence_status: a value is required (null cannot be written)"),
+        ]
+
+    async def test_csv_cells_take_their_fields_types(self, store: Store, tmp_path: Path) -> None:
+        ids = _ids(2)
+        await _import(
+            store, _write_csv(tmp_path / "p.csv", ["national_id"], [{"national_id": i} for i in ids])
+        )
+        columns = ["national_id", "points", "licence_status"]
+        rows: list[dict[str, Any]] = [
+            {"national_id": ids[0], "points": 6, "licence_status": "valid"},
+            {"national_id": ids[1], "points": "six"},
+        ]
+
+        imported = await _import(store, _write_csv(tmp_path / "d.csv", columns, rows), "dvla", "update")
+
+        assert imported.rejections == [importing.Rejection(3, "points must be an integer")]
+        assert imported.report.counts.updated == 1
+        citizen_id = await _lookup(store, ids[0])
+        assert await _read(store, citizen_id, ["licence_status"]) == {"licence_status": ("valid", 1)}
+
+
+class TestResume:
+    async def test_killed_mid_file_then_resumed_stores_every_row_exactly_once(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(6000)
+        people = [_person(national_id, n) for n, national_id in enumerate(ids)]
+        people[4500]["date_of_birth"] = "not a date"
+        path = _write_csv(tmp_path / "big.csv", REGISTER_COLUMNS, people)
+        rejects = tmp_path / "rejects.csv"
+        command = [sys.executable, "-m", "service.cli", "import", "--department", "register", str(path)]
+        command += ["--reject-file", str(rejects), "--batch-size", "250"]
+        process = subprocess.Popen(
+            command,
+            env=_cli_env(store, tmp_path, "resumer"),
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while await self._committed_line(store) < 500:
+                assert process.poll() is None, "the import ended before it could be killed"
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.wait(timeout=30)
+        killed_at = await self._committed_line(store)
+        assert 0 < killed_at < 6001
+
+        result = _cli(
+            store,
+            tmp_path,
+            "--department",
+            "register",
+            str(path),
+            "--reject-file",
+            str(rejects),
+            "--resume",
+            actor="resumer",
+        )
+
+        assert result.returncode == 1, result.stderr
+        assert f"resumed after line {killed_at}" in result.stdout
+        assert "rows read 6,000, registered 5,999, updated 0, unchanged 0, rejected 1" in result.stdout
+        assert rejects.read_text().splitlines() == [
+            "line,reason",
+            "4502,date_of_birth must be an ISO 8601 date (YYYY-MM-DD)",
+        ]
+        async with store.engine.connect() as conn:
+            catalog = await catalog_service.current_cached(conn)
+            found = await registered_national_ids(conn, store.keyring, catalog, ids)
+            imported = select(Citizen.id).where(Citizen.registered_by == "operator:resumer")
+            entries = (
+                await conn.execute(
+                    select(func.count(), func.count(func.distinct(AuditEntryRow.citizen_id))).where(
+                        AuditEntryRow.action == "register", AuditEntryRow.citizen_id.in_(imported)
+                    )
+                )
+            ).one()
+            national_ids = (
+                await conn.execute(
+                    select(func.count()).where(
+                        FieldValue.field == "national_id", FieldValue.citizen_id.in_(imported)
+                    )
+                )
+            ).scalar_one()
+        assert len(found) == 5999
+        assert ids[4500].casefold() not in found
+        assert tuple(entries) == (5999, 5999)
+        assert national_ids == 5999
+
+    @staticmethod
+    async def _committed_line(store: Store) -> int:
+        async with store.engine.connect() as conn:
+            line = (
+                await conn.execute(
+                    select(func.max(ImportRun.last_line)).where(ImportRun.finished_at.is_(None))
+                )
+            ).scalar_one_or_none()
+        return int(line or 0)
+
+
+class TestAuditAfterImport:
+    async def test_the_log_verifies(self, store: Store, tmp_path: Path) -> None:
+        ids = _ids(200)
+        await _import(
+            store,
+            _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)]),
+        )
+        licences = [{"national_id": i, "points": n % 12} for n, i in enumerate(ids)]
+        await _import(
+            store, _write_csv(tmp_path / "d.csv", ["national_id", "points"], licences), "dvla", "update"
+        )
+        signer = make_signer()
+
+        # Every entry of the module's imports, in large batches (the fixture's are tiny).
+        config = SequencerConfig(
+            origin=signer.name, checkpoint_every=4096, checkpoint_interval=3600, batch_size=2048
+        )
+        await sequence_all(Sequencer(store.engine, signer, config))
+
+        entries = await _count(store, select(func.count()).select_from(AuditEntryRow))
+        assert await verify_database(store.url, NoteVerifier.parse(signer.verifier_key())) == entries

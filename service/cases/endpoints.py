@@ -11,6 +11,7 @@ from service.auth.facts import RequestFacts, check_case_ref, facts
 from service.cases import service as cases_service
 from service.cases.schemas import CaseOut
 from service.db import Database
+from service.events import service as events_service
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
 
@@ -32,7 +33,7 @@ async def close_case(
     department's case is not yours to close). Closing a closed case changes nothing."""
     check_case_ref(case_ref, ["path", "case_ref"])
     database: Database = request.app.state.database
-    return await cases_service.close(
+    closed = await cases_service.close(
         database.engine.connect,
         database.engine.begin,
         await get_audit_writer(request),
@@ -40,3 +41,6 @@ async def close_case(
         case_ref,
         request.app.state.clock(),
     )
+    # The dispatcher in this process releases the case's held notices now, not at its next poll.
+    events_service.notify(request.app.state)
+    return closed

@@ -127,6 +127,8 @@ def render(console: Console, report: DemoReport) -> None:
         + (f" ({channels})" if channels else "")
         + ("" if report.events_available else " (this server has no events service)"),
         f"re-tellings avoided: {tally.retellings_avoided}",
+        f"access notices delivered to the citizen portal: {tally.access_notices}",
+        f"disclosures made when a case closed: {tally.disclosed_on_close}",
     ]
     if report.audit is not None:
         line = f"audit verified: {report.audit.entries} entries, checkpoint {report.audit.root}"

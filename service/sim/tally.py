@@ -43,6 +43,10 @@ class Tally:
     # Follow-up actions taken on an event (read the new address, stop a benefit...).
     actions: Counter[str] = field(default_factory=Counter)
     denials: list[Denial] = field(default_factory=list)
+    # Access notices the citizen portal received, and those of them about accesses held
+    # from the citizen until an investigation closed its case.
+    access_notices: int = 0
+    disclosed_on_close: int = 0
 
     def counts(self, department: str) -> DepartmentCounts:
         counts = self.departments.get(department)

@@ -127,6 +127,12 @@ class TestDemoReport:
         assert demo_run.number(r"notifications delivered: (\d+)") > 0
         assert demo_run.number(r"re-tellings avoided: (\d+)") > 0
 
+    def test_the_portal_was_told_of_accesses_and_of_a_closed_case(self, demo_run: DemoRun) -> None:
+        assert demo_run.number(r"access notices delivered to the citizen portal: (\d+)") > 0
+        # DWP closed its first fraud case when the traffic stopped: its reads were disclosed.
+        assert demo_run.number(r"DWP closed a fraud case\D+(\d+)") == 1
+        assert demo_run.number(r"disclosures made when a case closed: (\d+)") > 0
+
     def test_clients_file_is_private_and_names_every_department(self, demo_run: DemoRun) -> None:
         clients = demo_run.workdir / ".tellonce" / "clients.json"
         assert stat.S_IMODE(clients.stat().st_mode) == 0o600

@@ -107,9 +107,12 @@ class SqliteStore:
     async def current_values(self, ids: Sequence[str], fields: Sequence[str]) -> list[ValueRow]:
         if not ids or not fields:
             return []
+        # ``is_current`` as the partial index ``uq_field_values_current`` states it, so
+        # SQLite searches that index (one entry per citizen and field) rather than every
+        # version of the field (``tests/test_query_plans.py`` shows the plan).
         query = (
             f"{_VALUE_SELECT} WHERE citizen_id IN ({','.join('?' * len(ids))}) "
-            f"AND field IN ({','.join('?' * len(fields))}) AND is_current = 1"
+            f"AND field IN ({','.join('?' * len(fields))}) AND is_current"
         )
         rows = await self.reads.rows(query, (*ids, *fields))
         return [_value_row(r) for r in rows]

@@ -65,6 +65,8 @@ class Outcome(Generic[T]):
 
     status: int
     value: T | None
+    # The refusal's problem type slug (``consent-required``...), when it was refused.
+    problem: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -96,7 +98,7 @@ class DepartmentClient:
             value = await call
         except ApiError as refused:
             self.tally.record_call(self.department, refused.status)
-            return Outcome(refused.status, None)
+            return Outcome(refused.status, None, refused.problem.type.rsplit("/", 1)[-1])
         self.tally.record_call(self.department, success)
         return Outcome(success, value)
 
@@ -141,6 +143,17 @@ class DepartmentClient:
         self, citizen_id: str, purpose: str, claims: Mapping[str, Mapping[str, Any]]
     ) -> Outcome[api.VerifyOut]:
         return await self._counted(self.api.verify(citizen_id, purpose, claims))
+
+    # --- the citizen portal: a citizen's consents and objections ----------------------
+
+    async def give_consent(self, citizen_id: str, agreement: str) -> Outcome[api.ConsentOut]:
+        return await self._counted(self.api.give_consent(citizen_id, agreement), success=201)
+
+    async def change_consent(self, citizen_id: str, consent_id: str, status: str) -> Outcome[api.ConsentOut]:
+        return await self._counted(self.api.change_consent(citizen_id, consent_id, status))
+
+    async def object_to(self, citizen_id: str, agreement: str) -> Outcome[api.ObjectionOut]:
+        return await self._counted(self.api.object_to(citizen_id, agreement), success=201)
 
     # --- tell-us-once events ----------------------------------------------------------
 

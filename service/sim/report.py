@@ -127,6 +127,8 @@ def render(console: Console, report: DemoReport) -> None:
         + (f" ({channels})" if channels else "")
         + ("" if report.events_available else " (this server has no events service)"),
         f"re-tellings avoided: {tally.retellings_avoided}",
+        f"releases refused for lack of consent: {tally.refused_for_consent}, "
+        f"withheld after an objection: {tally.withheld_for_objection}",
         f"access notices delivered to the citizen portal: {tally.access_notices}",
         f"disclosures made when a case closed: {tally.disclosed_on_close}",
     ]

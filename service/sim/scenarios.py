@@ -13,6 +13,12 @@ changes and act on them is in ``notifications.py``.
   the date of birth, reads the address, and renews.
 - **A benefit claim.** DWP checks the right to reside, reads the licence status and the
   council tax band, and records the claim.
+- **Discretionary support.** The council's support scheme may read a benefit status
+  only with the citizen's consent: some applicants give it through the citizen portal
+  first (and revoke it once decided), the others' applications are refused
+  (``consent-required``) until they do.
+- **The open register.** HMRC checks the open edition of the electoral register; some
+  electors have opted out through the citizen portal, and are withheld.
 - **A fraud investigation.** DWP reads a citizen's tax code under HMRC's agreement for
   fraud cases, which delays disclosure: each read names its case, and the citizen's access
   log and the portal's notices show it only once DWP closes the case (the first case is
@@ -39,8 +45,20 @@ from service.sim.webhooks import WebhookReceivers
 # The agreement the council revokes half-way through. The next run's `policies apply`
 # makes it active again, since the file still holds it.
 REVOKED_AGREEMENT = "council-tax-band-for-benefits"
+# The consent-based and the objectable agreement of the demo government.
+SUPPORT_AGREEMENT = "benefits-for-discretionary-support"
+OPEN_REGISTER_AGREEMENT = "open-register-for-address-checks"
 # How often each life event happens, relative to the others.
-WEIGHTS = {"move": 8, "renewal": 5, "claim": 5, "death": 2, "over-reach": 2, "fraud": 1}
+WEIGHTS = {
+    "move": 8,
+    "renewal": 5,
+    "claim": 5,
+    "death": 2,
+    "over-reach": 2,
+    "support": 3,
+    "open-register": 2,
+    "fraud": 1,
+}
 # DWP's fraud cases: a few, each read under several times.
 FRAUD_CASES = 3
 # Keep at most this many examples of each kind of refusal for the report.
@@ -185,6 +203,47 @@ async def claim_benefit(gov: Government) -> None:
         gov.tally.life_events["benefit claimed"] += 1
 
 
+async def apply_for_support(gov: Government) -> None:
+    """A citizen applies to the council's discretionary support scheme, which reads their
+    benefit status only with their consent."""
+    citizen = gov.pick()
+    if citizen is None:
+        return
+    portal, council = gov.systems["citizen-portal"], gov.systems["council"]
+    consent_id: str | None = None
+    if gov.rng.random() < 0.6:
+        given = await portal.give_consent(citizen.citizen_id, SUPPORT_AGREEMENT)
+        if given.value is not None:
+            consent_id = given.value.id
+            gov.tally.actions["citizen consented to the support scheme"] += 1
+    read = await council.read(citizen.citizen_id, ["benefit_status"], "discretionary-support")
+    if read.problem == "consent-required":
+        gov.tally.refused_for_consent += 1
+    elif read.ok:
+        gov.tally.life_events["support application assessed"] += 1
+    if consent_id is not None:
+        # Decided: the citizen withdraws the consent, and the council reads no more.
+        revoked = await portal.change_consent(citizen.citizen_id, consent_id, "revoked")
+        if revoked.ok:
+            gov.tally.actions["citizen revoked a consent"] += 1
+
+
+async def check_open_register(gov: Government) -> None:
+    """HMRC checks an elector in the open register; some electors opted out first."""
+    citizen = gov.pick()
+    if citizen is None:
+        return
+    if gov.rng.random() < 0.3:
+        objected = await gov.systems["citizen-portal"].object_to(citizen.citizen_id, OPEN_REGISTER_AGREEMENT)
+        if objected.ok:
+            gov.tally.actions["elector opted out of the open register"] += 1
+    read = await gov.systems["hmrc"].read(citizen.citizen_id, ["electoral_registered"], "open-register")
+    if read.ok:
+        gov.tally.life_events["open register checked"] += 1
+    elif read.status == 403:
+        gov.tally.withheld_for_objection += 1
+
+
 async def investigate_fraud(gov: Government) -> None:
     """DWP reads a tax code for a fraud investigation, naming its case: HMRC's agreement
     keeps such reads from the citizen until the case is closed."""
@@ -298,6 +357,8 @@ LIFE_EVENTS: dict[str, Callable[[Government], Awaitable[None]]] = {
     "claim": claim_benefit,
     "death": register_death,
     "over-reach": over_reach,
+    "support": apply_for_support,
+    "open-register": check_open_register,
     "fraud": investigate_fraud,
 }
 

@@ -43,6 +43,9 @@ class Tally:
     # Follow-up actions taken on an event (read the new address, stop a benefit...).
     actions: Counter[str] = field(default_factory=Counter)
     denials: list[Denial] = field(default_factory=list)
+    # Reads refused or withheld because the citizen had not consented, or had objected.
+    refused_for_consent: int = 0
+    withheld_for_objection: int = 0
     # Access notices the citizen portal received, and those of them about accesses held
     # from the citizen until an investigation closed its case.
     access_notices: int = 0

@@ -133,6 +133,12 @@ class TestDemoReport:
         assert demo_run.number(r"DWP closed a fraud case\D+(\d+)") == 1
         assert demo_run.number(r"disclosures made when a case closed: (\d+)") > 0
 
+    def test_releases_refused_for_lack_of_consent_are_counted(self, demo_run: DemoRun) -> None:
+        assert demo_run.number(r"releases refused for lack of consent: (\d+)") > 0, demo_run.output
+        assert "citizen consented to the support scheme" in demo_run.output
+        assert "support application assessed" in demo_run.output
+        assert demo_run.number(r"withheld after an objection: (\d+)") >= 0
+
     def test_clients_file_is_private_and_names_every_department(self, demo_run: DemoRun) -> None:
         clients = demo_run.workdir / ".tellonce" / "clients.json"
         assert stat.S_IMODE(clients.stat().st_mode) == 0o600

@@ -38,7 +38,7 @@ from service.crypto.keyring import Keyring
 from service.db import create_engine
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
-from service.records import importing, reads
+from service.records import importing, reads, seeding
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
 from service.records.service import RecordsService, registered_national_ids
@@ -500,6 +500,34 @@ class TestResume:
         assert ids[4500].casefold() not in found
         assert tuple(entries) == (5999, 5999)
         assert national_ids == 5999
+
+    async def test_a_failed_batch_commits_nothing_after_it(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ids = _ids(500)
+        path = _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)])
+        store_registrations = seeding.store_registrations
+        doomed = ids[250]
+
+        async def fails_third(*args: Any, **kwargs: Any) -> Any:
+            # The third batch (lines 202 to 301) fails, whichever order batches run in.
+            if any(clean["national_id"] == doomed for clean in args[4]):
+                raise RuntimeError("the database went away")
+            return await store_registrations(*args, **kwargs)
+
+        monkeypatch.setattr(seeding, "store_registrations", fails_third)
+
+        with pytest.raises(RuntimeError):
+            await _import(store, path, batch_size=100)
+
+        # Batches 1 and 2 (lines 2 to 201) committed; the 4th, in flight on PostgreSQL
+        # while the 3rd failed, did not.
+        async with store.engine.connect() as conn:
+            catalog = await catalog_service.current_cached(conn)
+            found = await registered_national_ids(conn, store.keyring, catalog, ids)
+        assert await self._committed_line(store) == 201
+        assert len(found) == 200
+        assert {i.casefold() for i in ids[:200]} == set(found)
 
     @staticmethod
     async def _committed_line(store: Store) -> int:

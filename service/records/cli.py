@@ -112,7 +112,11 @@ def import_file(
         False, "--resume", help="Continue after the last batch an earlier run committed."
     ),
     batch_size: int = typer.Option(
-        importing.DEFAULT_BATCH_SIZE, "--batch-size", min=1, max=5000, help="Rows per transaction."
+        importing.DEFAULT_BATCH_SIZE,
+        "--batch-size",
+        min=1,
+        max=importing.MAX_BATCH_SIZE,
+        help="Rows per transaction (at most 2,000).",
     ),
 ) -> None:
     """Import a department's existing records from a CSV or JSON Lines file.

@@ -48,6 +48,9 @@ from service.records.writes import lock_blind_indexes
 
 ImportMode = Literal["register", "update"]
 DEFAULT_BATCH_SIZE = 1000
+# Each row of a register batch holds an advisory lock on PostgreSQL until commit, two
+# batches at a time: 4,000 at most, inside the default lock table's 6,400.
+MAX_BATCH_SIZE = 2000
 
 
 class ImportRefused(Exception):
@@ -384,6 +387,8 @@ async def run_import(
 
     ``on_rejections`` gets each batch's refused rows before the batch commits;
     ``on_progress`` the number of rows done (this run and earlier) after each commit."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"a batch is 1 to {MAX_BATCH_SIZE} rows")
     importer = _Importer(engine, keyring, plan, actor)
     report = ImportReport(ImportCounts(), plan.scanned.rows)
     department, mode, digest = plan.department, plan.mode, plan.scanned.sha256

@@ -31,7 +31,12 @@ from service.records.schemas import (
     VerifyOut,
     Withheld,
 )
-from service.records.service import RecordsService, comparable_national_id, registered_national_ids
+from service.records.service import (
+    RecordsService,
+    comparable_national_id,
+    registered_national_ids,
+    with_choices,
+)
 from service.records.validation import (
     NATIONAL_ID_FIELD,
     canonical_national_id,
@@ -63,14 +68,19 @@ async def _decide(
 ) -> _Decided:
     """Find the citizen (404/410), decide each field, refuse (audited 403/404) if nothing is
     allowed."""
-    found = (await records.store.citizens([citizen_id])).get(citizen_id)
+    # The citizen's consents and objections, when an agreement with a choice decides one of
+    # the fields: read with the citizen (one round trip on PostgreSQL), on every request.
+    needed = policy.choices_needed(facts.department, action, requested)
+    if needed:
+        citizens, choices = await records.store.citizens_with_choices([citizen_id], sorted(needed))
+    else:
+        citizens, choices = await records.store.citizens([citizen_id]), []
+    found = citizens.get(citizen_id)
     context = records.context(facts, found.status if found else None)
     reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
     citizen = disclosure.readable(found, reason)
-    chosen = await records.contexts_with_choices(
-        {citizen_id: context}, policy, facts.department, action, requested
-    )
-    context = chosen[citizen_id]
+    if choices:
+        context = with_choices({citizen_id: context}, choices)[citizen_id]
     with tracing.span("policy.decide", fields=len(requested)):
         decisions = policy.decide(facts.department, action, requested, context)
     await records.require_case_ref(facts, action, citizen_id, catalog, policy, requested, decisions, context)

@@ -159,10 +159,7 @@ class RecordsService:
             rows = await consent_repository.choices(conn, ids, agreements)
         else:
             rows = await self.store.choices(ids, agreements)
-        return {
-            citizen_id: consent_repository.context_with_choices(context, citizen_id, rows)
-            for citizen_id, context in contexts.items()
-        }
+        return with_choices(contexts, rows)
 
     # --- keys and decryption ------------------------------------------------------------
 
@@ -290,6 +287,16 @@ class RecordsService:
             context=context,
         )
         await self.refuse(entry, error)
+
+
+def with_choices(
+    contexts: Mapping[str, RequestContext], rows: Sequence[consent_repository.ChoiceRow]
+) -> dict[str, RequestContext]:
+    """Each citizen's context with its choices among ``rows``."""
+    return {
+        citizen_id: consent_repository.context_with_choices(context, citizen_id, rows)
+        for citizen_id, context in contexts.items()
+    }
 
 
 def decision_context(facts: RequestFacts, citizen_status: str | None, time: datetime) -> RequestContext:

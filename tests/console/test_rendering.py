@@ -297,3 +297,15 @@ class TestDateInput:
         values = forms.values_from_content({"valid_until": "2027-12-31"})
         assert values["valid_until_parts"] == {"day": "31", "month": "12", "year": "2027"}
         assert values["valid_from_parts"] == {"day": "", "month": "", "year": ""}
+
+
+class TestBasisInTheEditor:
+    def test_the_basis_goes_round_the_form_and_the_default_is_left_out(self) -> None:
+        consent = forms.values_from_content({"id": "a", "basis": "consent"})
+        assert consent["basis"] == "consent"
+        assert forms.draft_from_values(consent)["basis"] == "consent"
+        statutory = forms.values_from_content({"id": "a"})
+        assert statutory["basis"] == "statutory"
+        assert "basis" not in forms.draft_from_values(statutory)
+        posted = forms.form_values(FormData([("basis", "objectable")]))
+        assert forms.draft_from_values(posted)["basis"] == "objectable"

@@ -120,6 +120,41 @@ class TestCitizenSentences:
         )
         assert sentence.endswith("It was refused: no agreement allowed it.")
 
+    def test_an_access_disclosed_when_the_investigation_closed(self) -> None:
+        sentence = wording.access_sentence(
+            CATALOG,
+            when=datetime(2026, 3, 3, 14, 5, tzinfo=UTC),
+            department="hmrc",
+            action="read",
+            fields=["address"],
+            purpose="benefit-eligibility",
+            decision="permit",
+            disclosed_at=datetime(2026, 9, 1, 9, 0, tzinfo=UTC),
+            disclosed_by="case-closed",
+        )
+        assert sentence == (
+            "On 3 March 2026, HM Revenue and Customs read your address for the purpose of deciding "
+            "eligibility for a benefit. This was kept from you during an investigation and disclosed "
+            "when the investigation closed on 1 September 2026."
+        )
+
+    def test_an_access_disclosed_at_its_longest_delay(self) -> None:
+        sentence = wording.access_sentence(
+            CATALOG,
+            when=datetime(2026, 3, 3, tzinfo=UTC),
+            department="hmrc",
+            action="read",
+            fields=["address"],
+            purpose=None,
+            decision="permit",
+            disclosed_at=datetime(2027, 3, 3, tzinfo=UTC),
+            disclosed_by="max-delay",
+        )
+        assert sentence.endswith(
+            "kept from you during an investigation and disclosed on 3 March 2027, when the longest "
+            "time it could be kept from you had passed."
+        )
+
     def test_a_department_without_an_article(self) -> None:
         assert wording.department_phrase(CATALOG, "welfare") == "Welfare"
         assert wording.department_phrase(CATALOG, "unknown-dept") == "unknown-dept"

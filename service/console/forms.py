@@ -32,6 +32,7 @@ FORM_FIELDS = (
     "when",
     "require_case_ref",
     "effect",
+    "basis",
     "verify",
     "signature",
     "reason",
@@ -120,6 +121,7 @@ def form_values(form: FormData) -> dict[str, Any]:
         "when": _text(form, "when"),
         "require_case_ref": form.get("require_case_ref") == "yes",
         "effect": _text(form, "effect") or "permit",
+        "basis": _text(form, "basis") or "statutory",
         # Pasted: a line break or spaces around it are not part of the signature.
         "signature": "".join(_text(form, "signature").split()),
         "verify": _claims(form),
@@ -154,6 +156,9 @@ def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
             draft[optional] = values[optional]
     if values.get("require_case_ref"):
         draft["require_case_ref"] = True
+    # The default is left out, as in the stored and signed form.
+    if values.get("basis") and values["basis"] != "statutory":
+        draft["basis"] = values["basis"]
     if values.get("signature"):
         draft["signature"] = values["signature"]
     if values.get("verify") is not None:
@@ -177,6 +182,7 @@ def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[st
         "when": content.get("when") or "",
         "require_case_ref": bool(content.get("require_case_ref")),
         "effect": content.get("effect") or "permit",
+        "basis": content.get("basis") or "statutory",
         # Kept as stored: it still verifies if nothing is changed, and is refused if anything is.
         "signature": content.get("signature") or "",
         "verify": content.get("verify"),

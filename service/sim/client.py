@@ -177,6 +177,13 @@ class DepartmentClient:
         """Subscribe to changes of ``fields`` for ``purpose``: by webhook to ``url``, or by the feed."""
         return await self._expected(self.api.subscribe(fields, purpose, webhook_url=url), "subscribing")
 
+    async def subscribe_access_notices(self, url: str) -> api.SubscriptionCreated:
+        """The citizen portal: be told of every access to a citizen's record, by webhook."""
+        return await self._expected(self.api.subscribe_access_notices(webhook_url=url), "subscribing")
+
+    async def close_case(self, case_ref: str) -> Outcome[api.CaseOut]:
+        return await self._counted(self.api.close_case(case_ref))
+
     async def events(self, after: str | None, wait: float) -> tuple[list[dict[str, Any]], str | None]:
         page = await self._expected(self.api.events(after, wait=wait), "the event feed")
         return [item.model_dump(mode="json") for item in page.items], page.cursor or after

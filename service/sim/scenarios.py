@@ -19,6 +19,10 @@ changes and act on them is in ``notifications.py``.
   (``consent-required``) until they do.
 - **The open register.** HMRC checks the open edition of the electoral register; some
   electors have opted out through the citizen portal, and are withheld.
+- **A fraud investigation.** DWP reads a citizen's tax code under HMRC's agreement for
+  fraud cases, which delays disclosure: each read names its case, and the citizen's access
+  log and the portal's notices show it only once DWP closes the case (the first case is
+  closed when the traffic stops) or a year has passed.
 - **Over-reaching.** A wrong purpose, a field no agreement shares, a forbidden field, an
   expired agreement, a missing case reference, and a read after the owner revoked its
   agreement through the policy API. Each is refused and audited.
@@ -45,7 +49,18 @@ REVOKED_AGREEMENT = "council-tax-band-for-benefits"
 SUPPORT_AGREEMENT = "benefits-for-discretionary-support"
 OPEN_REGISTER_AGREEMENT = "open-register-for-address-checks"
 # How often each life event happens, relative to the others.
-WEIGHTS = {"move": 8, "renewal": 5, "claim": 5, "death": 2, "over-reach": 2, "support": 3, "open-register": 2}
+WEIGHTS = {
+    "move": 8,
+    "renewal": 5,
+    "claim": 5,
+    "death": 2,
+    "over-reach": 2,
+    "support": 3,
+    "open-register": 2,
+    "fraud": 1,
+}
+# DWP's fraud cases: a few, each read under several times.
+FRAUD_CASES = 3
 # Keep at most this many examples of each kind of refusal for the report.
 DENIAL_EXAMPLES = 2
 
@@ -80,6 +95,8 @@ class Government:
     # Departments a citizen told directly about their latest change; any other department
     # that hears of it by event is a re-telling avoided.
     told: dict[str, set[str]] = field(default_factory=dict)
+    # The case references DWP's fraud reads were made under, in the order first used.
+    fraud_cases: list[str] = field(default_factory=list)
     revocation_started: bool = False
     revoked: bool = False
     feeds: dict[str, str | None] = field(default_factory=dict)
@@ -227,6 +244,33 @@ async def check_open_register(gov: Government) -> None:
         gov.tally.withheld_for_objection += 1
 
 
+async def investigate_fraud(gov: Government) -> None:
+    """DWP reads a tax code for a fraud investigation, naming its case: HMRC's agreement
+    keeps such reads from the citizen until the case is closed."""
+    citizen = gov.pick(lambda c: "hmrc" in c.person.owned)
+    if citizen is None:
+        return
+    dwp = gov.systems["dwp"]
+    citizen_id = await dwp.lookup(citizen.national_id, "benefit-eligibility")
+    if citizen_id is None:
+        return
+    case_ref = f"FRAUD-{gov.seed}-{gov.rng.randrange(FRAUD_CASES) + 1}"
+    read = await dwp.read(citizen_id, ["tax_code"], "fraud-investigation", case_ref=case_ref)
+    if read.ok:
+        if case_ref not in gov.fraud_cases:
+            gov.fraud_cases.append(case_ref)
+        gov.tally.life_events["fraud investigation read"] += 1
+
+
+async def close_first_case(gov: Government) -> None:
+    """DWP closes the first fraud case it opened: its reads are now disclosed to the citizens."""
+    if not gov.fraud_cases:
+        return
+    closed = await gov.systems["dwp"].close_case(gov.fraud_cases[0])
+    if closed.ok:
+        gov.tally.actions["DWP closed a fraud case"] += 1
+
+
 async def _overreach_read(
     gov: Government,
     department: str,
@@ -315,6 +359,7 @@ LIFE_EVENTS: dict[str, Callable[[Government], Awaitable[None]]] = {
     "over-reach": over_reach,
     "support": apply_for_support,
     "open-register": check_open_register,
+    "fraud": investigate_fraud,
 }
 
 
@@ -346,6 +391,7 @@ async def live(gov: Government, duration: float, workers: int) -> None:
             await LIFE_EVENTS[kind](gov)
 
     await asyncio.gather(*(worker() for _ in range(workers)))
+    await close_first_case(gov)
 
 
 async def settle(gov: Government, *, quiet: float, limit: float) -> None:
@@ -355,7 +401,7 @@ async def settle(gov: Government, *, quiet: float, limit: float) -> None:
     last_total = -1
     last_change = loop.time()
     while loop.time() < deadline:
-        total = gov.tally.total_notifications
+        total = gov.tally.total_notifications + gov.tally.access_notices
         if total != last_total or not gov.receivers.deliveries.empty():
             last_total, last_change = total, loop.time()
         elif loop.time() - last_change >= quiet:

@@ -309,3 +309,16 @@ class TestBasisInTheEditor:
         assert "basis" not in forms.draft_from_values(statutory)
         posted = forms.form_values(FormData([("basis", "objectable")]))
         assert forms.draft_from_values(posted)["basis"] == "objectable"
+
+
+class TestDisclosureInTheEditor:
+    def test_delayed_disclosure_goes_round_the_form_and_the_default_is_left_out(self) -> None:
+        stored = {"id": "a", "disclosure": "after-case-closed", "max_delay": "P365D"}
+        values = forms.values_from_content(stored)
+        draft = forms.draft_from_values(values)
+        assert (draft["disclosure"], draft["max_delay"]) == ("after-case-closed", "P365D")
+        plain = forms.draft_from_values(forms.values_from_content({"id": "a"}))
+        assert "disclosure" not in plain
+        assert "max_delay" not in plain
+        posted = forms.form_values(FormData([("disclosure", "after-case-closed"), ("max_delay", " P30D ")]))
+        assert forms.draft_from_values(posted)["max_delay"] == "P30D"

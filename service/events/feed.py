@@ -18,7 +18,7 @@ from service.events import repository
 from service.events.cursors import decode_position, encode_position
 from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED, FIELDS_CHANGED
 from service.events.schemas import AccessNotice, ConsentChanged, EventData, FeedPage
-from service.events.service import EventsRuntime, event_data, tells
+from service.events.service import NOTICES_SCOPE, EventsRuntime, event_data, tells
 from service.records import public as records_public
 
 MAX_WAIT_SECONDS = 30
@@ -44,6 +44,10 @@ async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None,
     entries: list[AuditEntry] = []
     async with runtime.engine.connect() as conn:
         subscriptions = await repository.active_subscriptions(conn, caller.department)
+        if NOTICES_SCOPE not in caller.principal.scopes:
+            # Access notices are lines of citizens' access logs: only for the portal's role,
+            # whichever client of the department made the subscription.
+            subscriptions = [s for s in subscriptions if s.type != ACCESS_RECORDED]
         if after is None:
             # A first read starts where the department's earliest subscription started.
             after = (

@@ -139,12 +139,17 @@ def column_problems(catalog: Catalog, department: str, mode: ImportMode, columns
     """Why these columns cannot be imported by ``department`` in ``mode`` (empty: they can)."""
     if catalog.department(department) is None:
         return [f"no department {department!r} in the catalog"]
+    if NATIONAL_ID_FIELD not in columns:
+        # Likely a file without a header, whose first line is a citizen's values: no
+        # column name is repeated back.
+        return [
+            f"no {NATIONAL_ID_FIELD} column (a CSV file's first line must name its columns; "
+            "the names found are not shown, in case that line holds values)"
+        ]
     problems: list[str] = []
     repeated = sorted({name for name in columns if columns.count(name) > 1})
     if repeated:
         problems.append(f"columns named twice: {', '.join(repeated)}")
-    if NATIONAL_ID_FIELD not in columns:
-        problems.append(f"no {NATIONAL_ID_FIELD} column")
     unknown = sorted({name for name in columns if catalog.field(name) is None})
     if unknown:
         problems.append(f"columns that are not catalog fields: {', '.join(unknown)}")

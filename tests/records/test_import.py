@@ -381,6 +381,20 @@ class TestRefusedRows:
         assert message in result.stderr
         assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
 
+    async def test_a_file_without_a_header_shows_none_of_its_first_line(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        (national_id,) = _ids(1)
+        path = tmp_path / "headless.csv"
+        path.write_text(f"{national_id},Philippa,1961-04-30,7 Secret Row\n", encoding="utf-8")
+
+        result = _cli(store, tmp_path, "--department", "register", str(path))
+
+        assert result.returncode == 2
+        assert "no national_id column" in result.stderr
+        for value in (national_id, "Philippa", "1961-04-30", "Secret"):
+            assert value not in result.stdout + result.stderr
+
 
 class TestJsonLines:
     async def test_typed_values_and_unreadable_lines(self, store: Store, tmp_path: Path) -> None:

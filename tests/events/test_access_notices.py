@@ -236,6 +236,10 @@ class TestAccessNotices:
 
         [notice] = await _until(told)
         assert notice["type"] == ACCESS_RECORDED
+        # Another client of the portal's department, without the portal's role, is told nothing.
+        act_as(full_app, "portal", "consumer")
+        page = (await http.get("/v1/events", params={"after": cursor})).json()
+        assert [item for item in page["items"] if item["citizen_id"] == ada] == []
         assert (notice["department"], notice["action"]) == ("welfare", "read")
         assert not [value for value in SECRETS if value in json.dumps(notice)]
 

@@ -249,6 +249,26 @@ def notice_delivery_entry(
     )
 
 
+def consent_delivery_entry(
+    *, time: datetime, client_id: str, department: str, citizen_id: str, owner: str, source: str | None
+) -> AuditEntry:
+    """A ``consent.changed`` event sent to the consumer's webhook: which citizen's consent
+    to an agreement of ``owner`` changed, no field released. No request, so an id of its own."""
+    return AuditEntry.built(
+        time=time,
+        request_id=uuid.uuid4().hex,
+        client_id=client_id,
+        department=department,
+        action="deliver",
+        citizen_id=citizen_id,
+        owners=[owner],
+        decision="permit",
+        reasons=[Reason.built(field="", effect="permit", reason="consent.changed")],
+        status=200,
+        source=source,
+    )
+
+
 def query_entry(
     principal: Principal,
     action: Action = "audit-query",

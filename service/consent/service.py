@@ -45,6 +45,7 @@ from service.consent.errors import (
 from service.consent.repository import ConsentRow
 from service.consent.schemas import ConsentIn, ConsentOut, ConsentPage, ConsentStatus, ObjectionOut
 from service.errors import BadRequest, NotFound, ValidationFailed
+from service.events import service as events_service
 from service.policy.engine import Agreement
 from service.policy.service import PolicyHolder
 from service.records import public as records_public
@@ -213,6 +214,7 @@ async def grant(
         signature=artefact.sign(terms, runtime.keys),
     )
     await repository.insert_consent(conn, row)
+    await _tell_consumer(conn, row, agreement.owner, "active", now)
     await _audit(
         conn,
         actor,
@@ -249,9 +251,29 @@ async def change(
         raise ConsentFinal(f"Consent {row.id} is {current}: give a new consent instead.")
     await repository.set_status(conn, row.id, status, now)
     agreement = await _logged_agreement(conn, runtime, row)
+    await _tell_consumer(conn, row, agreement.owner, status, now)
     await _audit(conn, actor, "consent-change", citizen_id, agreement, status, purpose=row.purpose)
     changed = ConsentRow(**{**row.__dict__, "status": status, "updated_at": now})
     return consent_out(changed, now)
+
+
+async def _tell_consumer(
+    conn: AsyncConnection, row: ConsentRow, owner: str, status: str, now: datetime
+) -> None:
+    """A ``consent.changed`` event for the consumer department's subscriptions, in this
+    transaction: the citizen's id, the consent, the agreement and the status; no value."""
+    await events_service.record_consent_change(
+        conn,
+        citizen_id=row.citizen_id,
+        consent_id=row.id,
+        agreement=row.agreement,
+        owner=owner,
+        consumer=row.consumer,
+        purpose=row.purpose,
+        fields=row.fields,
+        status=status,
+        occurred_at=now,
+    )
 
 
 async def _logged_agreement(conn: AsyncConnection, runtime: ConsentRuntime, row: ConsentRow) -> Agreement:

@@ -32,13 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
 from service import tracing
-from service.audit.entries import events_access_entry, notice_delivery_entry
+from service.audit.entries import consent_delivery_entry, events_access_entry, notice_delivery_entry
 from service.audit.schemas import AuditEntry
 from service.config import Settings
 from service.db import create_engine, utcnow
 from service.events import fanout, repository
 from service.events.access import LivePolicy, OwnAuditSink
-from service.events.models import ACCESS_RECORDED
+from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED
 from service.events.notices import NoticeWorker
 from service.events.notifier import postgres_wakeups
 from service.events.secrets import SecretUndecryptable
@@ -146,6 +146,18 @@ class Dispatcher:
         sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:
             subscription, event = item.subscription, item.event
+            if event.type == CONSENT_CHANGED:
+                # The consumer's own agreement: the consent's status, audited as told.
+                told = consent_delivery_entry(
+                    time=now,
+                    client_id=subscription.client_id,
+                    department=subscription.department,
+                    citizen_id=event.citizen_id,
+                    owner=event.owner,
+                    source=_origin(subscription.webhook_url),
+                )
+                sendable.append((item, told, event.fields))
+                continue
             if event.type == ACCESS_RECORDED:
                 # A notice to the citizen portal: the line of the citizen's access log it
                 # carries is audited as the portal reading that log.

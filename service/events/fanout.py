@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db import utcnow
 from service.events import repository
-from service.events.models import ACCESS_RECORDED
+from service.events.service import tells
 
 # Events fanned out per subscription per cycle, so one transaction stays short.
 FANOUT_BATCH = 1000
@@ -26,8 +26,6 @@ async def fan_out(conn: AsyncConnection) -> int:
     head = await repository.head_position(conn)
     subscriptions = await repository.webhook_subscriptions_to_fan_out(conn, head)
     for subscription in subscriptions:
-        wanted = set(subscription.fields)
-        notices = subscription.type == ACCESS_RECORDED
         rows = await repository.events_after(
             conn, subscription.fanout_position, FANOUT_BATCH, type=subscription.type
         )
@@ -46,7 +44,7 @@ async def fan_out(conn: AsyncConnection) -> int:
                 "created_at": now,
             }
             for row in rows
-            if notices or wanted.intersection(row.fields)
+            if tells(subscription, row)
         ]
         await repository.insert_deliveries(conn, deliveries)
         await repository.set_fanout_position(conn, subscription.id, min(reached, head))

@@ -16,9 +16,9 @@ from service.auth.facts import RequestFacts
 from service.db import utcnow
 from service.events import repository
 from service.events.cursors import decode_position, encode_position
-from service.events.models import ACCESS_RECORDED
-from service.events.schemas import AccessNotice, EventData, FeedPage
-from service.events.service import NOTICES_SCOPE, EventsRuntime, event_data
+from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED, FIELDS_CHANGED
+from service.events.schemas import AccessNotice, ConsentChanged, EventData, FeedPage
+from service.events.service import NOTICES_SCOPE, EventsRuntime, event_data, tells
 from service.records import public as records_public
 
 MAX_WAIT_SECONDS = 30
@@ -30,7 +30,7 @@ _FEED_BATCH = 500
 
 @dataclass
 class _FeedScan:
-    items: list[EventData | AccessNotice]
+    items: list[EventData | AccessNotice | ConsentChanged]
     # (citizen, owner, purpose) -> audit entry, for each event released in this read.
     entries: list[AuditEntry]
     cursor: int
@@ -40,7 +40,7 @@ class _FeedScan:
 
 async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None, limit: int) -> _FeedScan:
     now = utcnow()
-    items: list[EventData | AccessNotice] = []
+    items: list[EventData | AccessNotice | ConsentChanged] = []
     entries: list[AuditEntry] = []
     async with runtime.engine.connect() as conn:
         subscriptions = await repository.active_subscriptions(conn, caller.department)
@@ -68,7 +68,7 @@ async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None,
                 for row in rows
             ]
             wanted = [
-                row.citizen_id for row, matching in candidates if matching and row.type != ACCESS_RECORDED
+                row.citizen_id for row, matching in candidates if matching and row.type == FIELDS_CHANGED
             ]
             statuses = await records_public.citizen_statuses(conn, wanted)
             if wanted and decide is None:
@@ -76,7 +76,13 @@ async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None,
             for row, matching in candidates:
                 after = row.position
                 scanned += 1
-                if matching and row.type == ACCESS_RECORDED:
+                if matching and row.type == CONSENT_CHANGED:
+                    # The consumer's own agreement: the consent's status, audited as told.
+                    items.append(event_data(row, row.fields))
+                    entries.append(
+                        query_entry(caller.principal, "feed", source=caller.source, citizen_id=row.citizen_id)
+                    )
+                elif matching and row.type == ACCESS_RECORDED:
                     # A line of the citizen's access log, audited as the portal reading it.
                     items.append(event_data(row, row.fields))
                     entries.append(
@@ -105,10 +111,7 @@ async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None,
 
 
 def _matches(subscription: repository.SubscriptionRow, row: repository.EventRow) -> bool:
-    """Whether ``row`` is of the subscription's type (and, for a change, touches its fields)."""
-    if subscription.type != row.type:
-        return False
-    return row.type == ACCESS_RECORDED or bool(set(row.fields) & set(subscription.fields))
+    return tells(subscription, row)
 
 
 def _release(

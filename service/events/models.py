@@ -22,6 +22,8 @@ Position = BigInteger().with_variant(Integer, "sqlite")
 
 FIELDS_CHANGED = "citizen.fields_changed"
 ACCESS_RECORDED = "access.recorded"
+# A citizen's consent to an agreement given, paused, resumed, revoked: told to the consumer.
+CONSENT_CHANGED = "consent.changed"
 
 
 class OutboxEvent(Base):

@@ -14,12 +14,14 @@ EVENT_TYPE: Literal["citizen.fields_changed"] = "citizen.fields_changed"
 
 
 ACCESS_RECORDED: Literal["access.recorded"] = "access.recorded"
-EventType = Literal["citizen.fields_changed", "access.recorded"]
+CONSENT_CHANGED: Literal["consent.changed"] = "consent.changed"
+EventType = Literal["citizen.fields_changed", "access.recorded", "consent.changed"]
 
 
 class SubscriptionIn(BaseModel):
-    """Field changes (``fields`` and ``purpose``), or access notices (neither: every
-    access to any citizen's record, for the citizen portal)."""
+    """Field changes (``fields`` and ``purpose``), access notices (neither: every access
+    to any citizen's record, for the citizen portal), or consent changes (neither: every
+    change to a citizen's consent to an agreement the caller's department is consumer of)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,7 +38,7 @@ class SubscriptionIn(BaseModel):
             if not value:
                 raise ValueError("a subscription to field changes names at least one field")
         elif value:
-            raise ValueError("a subscription to access notices names no fields")
+            raise ValueError(f"a subscription to {info.data.get('type')} events names no fields")
         return value
 
     @field_validator("purpose")
@@ -46,7 +48,7 @@ class SubscriptionIn(BaseModel):
             if value is None:
                 raise ValueError("a subscription to field changes states its purpose")
         elif value is not None:
-            raise ValueError("a subscription to access notices states no purpose")
+            raise ValueError(f"a subscription to {info.data.get('type')} events states no purpose")
         return value
 
 
@@ -103,8 +105,23 @@ class AccessNotice(BaseModel):
     disclosed_by: Literal["case-closed", "max-delay"] | None = None
 
 
+class ConsentChanged(BaseModel):
+    """A citizen's consent to an agreement the receiving department is consumer of was
+    given or changed: the consent, the agreement and its new status. Never a value."""
+
+    type: Literal["consent.changed"] = CONSENT_CHANGED
+    event_id: str
+    citizen_id: str
+    consent_id: str
+    agreement: str
+    purpose: str
+    fields: list[str]
+    status: Literal["active", "paused", "revoked"]
+    occurred_at: datetime
+
+
 class FeedPage(BaseModel):
-    items: list[EventData | AccessNotice]
+    items: list[EventData | AccessNotice | ConsentChanged]
     # Pass as ``after`` next time; it moves past events you were not told of, too.
     cursor: str
 

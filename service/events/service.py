@@ -39,8 +39,10 @@ from service.events.errors import (
 from service.events.notifier import EventNotifier, feed_notifier
 from service.events.schemas import (
     ACCESS_RECORDED,
+    CONSENT_CHANGED,
     EVENT_TYPE,
     AccessNotice,
+    ConsentChanged,
     DeliveryOut,
     DeliveryPage,
     EventData,
@@ -176,7 +178,9 @@ def _validate_against_catalog(catalog: Catalog, body: SubscriptionIn, purpose: s
 def _subscription_out(row: repository.SubscriptionRow) -> SubscriptionOut:
     return SubscriptionOut(
         id=row.id,
-        type=ACCESS_RECORDED if row.type == ACCESS_RECORDED else EVENT_TYPE,
+        type=ACCESS_RECORDED
+        if row.type == ACCESS_RECORDED
+        else (CONSENT_CHANGED if row.type == CONSENT_CHANGED else EVENT_TYPE),
         department=row.department,
         fields=row.fields,
         purpose=row.purpose or None,
@@ -195,6 +199,10 @@ async def create_subscription(
     notices need the citizen portal's scope instead (``_notice_subscription``)."""
     if body.type == ACCESS_RECORDED:
         return await _notice_subscription(runtime, caller, body)
+    if body.type == CONSENT_CHANGED:
+        # Only the department's own agreements' consents are ever told (``tells``).
+        entry = query_entry(caller.principal, "subscribe", source=caller.source)
+        return await _store_subscription(runtime, caller, body, [], entry, utcnow())
     now = utcnow()
     # A subscription to changes always states one (``SubscriptionIn`` checks).
     purpose = body.purpose or ""
@@ -409,9 +417,72 @@ def webhook_id(delivery_id: str) -> str:
     return "msg_" + uuid.UUID(delivery_id).hex
 
 
-def event_data(event: repository.EventRow, fields: Sequence[str]) -> EventData | AccessNotice:
+def tells(subscription: repository.SubscriptionRow, event: repository.EventRow) -> bool:
+    """Whether ``event`` is for ``subscription``: of its type, and a change to its fields, a
+    consent change of an agreement its department is consumer of, or any access notice."""
+    if subscription.type != event.type:
+        return False
+    if event.type == CONSENT_CHANGED:
+        return (event.detail or {}).get("consumer") == subscription.department
+    return event.type == ACCESS_RECORDED or bool(set(event.fields) & set(subscription.fields))
+
+
+async def record_consent_change(
+    conn: AsyncConnection,
+    *,
+    citizen_id: str,
+    consent_id: str,
+    agreement: str,
+    owner: str,
+    consumer: str,
+    purpose: str,
+    fields: Sequence[str],
+    status: str,
+    occurred_at: datetime,
+) -> None:
+    """Tell the consumer department, in the caller's transaction, that a citizen's consent
+    to one of its agreements was given or changed: names and the status, never a value."""
+    await repository.lock_outbox(conn)
+    await repository.insert_events(
+        conn,
+        [
+            {
+                "event_id": str(uuid.uuid4()),
+                "citizen_id": citizen_id,
+                "fields": list(fields),
+                "owner": owner,
+                "occurred_at": occurred_at,
+                "type": CONSENT_CHANGED,
+                "detail": {
+                    "consent_id": consent_id,
+                    "agreement": agreement,
+                    "consumer": consumer,
+                    "purpose": purpose,
+                    "status": status,
+                },
+            }
+        ],
+    )
+    await repository.notify_on_commit(conn)
+
+
+def event_data(
+    event: repository.EventRow, fields: Sequence[str]
+) -> EventData | AccessNotice | ConsentChanged:
     """What a receiver is told of ``event``: only ``fields`` of a change (those it may be
-    told of now); an access notice whole."""
+    told of now); an access notice or a consent change whole."""
+    if event.type == CONSENT_CHANGED:
+        detail = event.detail or {}
+        return ConsentChanged(
+            event_id=event.event_id,
+            citizen_id=event.citizen_id,
+            consent_id=detail["consent_id"],
+            agreement=detail["agreement"],
+            purpose=detail["purpose"],
+            fields=list(event.fields),
+            status=detail["status"],
+            occurred_at=event.occurred_at,
+        )
     if event.type == ACCESS_RECORDED:
         detail = event.detail or {}
         return AccessNotice(
@@ -436,8 +507,8 @@ def event_data(event: repository.EventRow, fields: Sequence[str]) -> EventData |
     )
 
 
-def dumps_payload(data: EventData | AccessNotice) -> str:
+def dumps_payload(data: EventData | AccessNotice | ConsentChanged) -> str:
     """The webhook body: compact JSON of ``{"type", "data"}``, exactly the bytes signed."""
-    kind = ACCESS_RECORDED if isinstance(data, AccessNotice) else EVENT_TYPE
+    kind = data.type if isinstance(data, (AccessNotice, ConsentChanged)) else EVENT_TYPE
     payload = {"type": kind, "data": data.model_dump(mode="json")}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

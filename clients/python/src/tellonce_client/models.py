@@ -371,12 +371,13 @@ class ObjectionPage(Response):
 # --- events ---------------------------------------------------------------------------
 
 
-EventType = Literal["citizen.fields_changed", "access.recorded"]
+EventType = Literal["citizen.fields_changed", "access.recorded", "consent.changed"]
 
 
 class SubscriptionIn(Request):
-    """Field changes (``fields`` and ``purpose``), or access notices (``type`` ``access.recorded``,
-    for the citizen portal: neither)."""
+    """Field changes (``fields`` and ``purpose``), access notices (``type`` ``access.recorded``,
+    for the citizen portal: neither), or consent changes to your department's agreements
+    (``type`` ``consent.changed``: neither)."""
 
     type: EventType = "citizen.fields_changed"
     fields: list[str] = Field(default_factory=list)
@@ -456,8 +457,22 @@ class AccessNotice(Response):
     disclosed_by: Literal["case-closed", "max-delay"] | None = None
 
 
+class ConsentChanged(Response):
+    """A citizen's consent to one of your department's agreements was given or changed."""
+
+    type: Literal["consent.changed"] = "consent.changed"
+    event_id: str
+    citizen_id: str
+    consent_id: str
+    agreement: str
+    purpose: str
+    fields: list[str]
+    status: Literal["active", "paused", "revoked"]
+    occurred_at: datetime
+
+
 class FeedPage(Response):
-    items: list[EventData | AccessNotice]
+    items: list[EventData | AccessNotice | ConsentChanged]
     cursor: str
 
 

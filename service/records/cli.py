@@ -83,7 +83,12 @@ class _RejectFile:
         kept: list[list[str]] = []
         if keep_up_to_line is not None and path.exists():
             with path.open(newline="", encoding="utf-8") as old:
-                kept = [r for r in list(csv.reader(old))[1:] if r and int(r[0]) <= keep_up_to_line]
+                # Whole lines of committed rows only: a batch's lines are flushed before it commits.
+                kept = [
+                    r
+                    for r in list(csv.reader(old))[1:]
+                    if len(r) == 2 and r[0].isdigit() and int(r[0]) <= keep_up_to_line
+                ]
         self.handle: TextIO = path.open("w", newline="", encoding="utf-8")
         self.writer = csv.writer(self.handle)
         self.writer.writerow(["line", "reason"])

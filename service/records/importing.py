@@ -16,7 +16,7 @@ transaction, so after a crash ``--resume`` continues after the last committed ro
 
 A refused row is reported with its line number and a reason that names the field and
 the rule, never the value. Columns the department may not write stop the import before
-any row is written (``ImportRefused``).
+any row is written (``import_plan``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,27 +34,35 @@ from service.audit import writer as audit_writer
 from service.audit.schemas import AuditEntry
 from service.auth.dependencies import Principal
 from service.auth.facts import RequestFacts
-from service.catalog import service as catalog_service
-from service.catalog.schemas import Catalog
 from service.crypto.keyring import Keyring
 from service.errors import ServiceError
 from service.events import service as events_service
 from service.records import import_files, import_progress, repository, seeding, values
-from service.records.import_files import ImportFormat, ScannedFile, SourceRow
+from service.records.import_files import SourceRow
+from service.records.import_plan import ImportMode, ImportPlan, ImportRefused, column_problems, plan_import
 from service.records.service import comparable_national_id, now, plaintexts, registered_national_ids
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
 from service.records.writes import lock_blind_indexes
 
-ImportMode = Literal["register", "update"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "MAX_BATCH_SIZE",
+    "ImportCounts",
+    "ImportMode",
+    "ImportPlan",
+    "ImportRefused",
+    "ImportReport",
+    "Rejection",
+    "column_problems",
+    "committed_line",
+    "plan_import",
+    "run_import",
+]
+
 DEFAULT_BATCH_SIZE = 1000
 # Each row of a register batch holds an advisory lock on PostgreSQL until commit, two
 # batches at a time: 4,000 at most, inside the default lock table's 6,400.
 MAX_BATCH_SIZE = 2000
-
-
-class ImportRefused(Exception):
-    """The import cannot start (the file or its columns); nothing was written. The
-    message names columns and rules, never a value."""
 
 
 @dataclass
@@ -82,22 +89,6 @@ class Rejection:
     reason: str
 
 
-@dataclass(frozen=True)
-class ImportPlan:
-    """A checked file, ready to import: every column is one the department writes."""
-
-    path: Path
-    file_format: ImportFormat
-    department: str
-    mode: ImportMode
-    catalog: Catalog
-    scanned: ScannedFile
-
-    @property
-    def fields(self) -> list[str]:
-        return [name for name in self.scanned.columns if name != NATIONAL_ID_FIELD]
-
-
 @dataclass
 class ImportReport:
     """The import's summary: the counts cover the whole file, earlier runs included
@@ -113,65 +104,6 @@ class ImportReport:
     @property
     def rows_per_second(self) -> float:
         return self.rows_this_run / self.elapsed if self.elapsed > 0 else 0.0
-
-
-async def plan_import(
-    engine: AsyncEngine, path: Path, file_format: ImportFormat, department: str, mode: ImportMode
-) -> ImportPlan:
-    """Read the file's shape and check its columns against the catalog; ``ImportRefused``
-    names every problem at once."""
-    try:
-        scanned = import_files.scan(path, file_format)
-    except import_files.ImportFileError as exc:
-        raise ImportRefused(str(exc)) from None
-    async with engine.connect() as conn:
-        try:
-            catalog = await catalog_service.current_cached(conn)
-        except ServiceError as exc:
-            raise ImportRefused(exc.detail) from None
-    problems = column_problems(catalog, department, mode, scanned.columns)
-    if problems:
-        raise ImportRefused("; ".join(problems))
-    return ImportPlan(path, file_format, department, mode, catalog, scanned)
-
-
-def column_problems(catalog: Catalog, department: str, mode: ImportMode, columns: Sequence[str]) -> list[str]:
-    """Why these columns cannot be imported by ``department`` in ``mode`` (empty: they can)."""
-    if catalog.department(department) is None:
-        return [f"no department {department!r} in the catalog"]
-    if NATIONAL_ID_FIELD not in columns:
-        # Likely a file without a header, whose first line is a citizen's values: no
-        # column name is repeated back.
-        return [
-            f"no {NATIONAL_ID_FIELD} column (a CSV file's first line must name its columns; "
-            "the names found are not shown, in case that line holds values)"
-        ]
-    problems: list[str] = []
-    repeated = sorted({name for name in columns if columns.count(name) > 1})
-    if repeated:
-        problems.append(f"columns named twice: {', '.join(repeated)}")
-    unknown = sorted({name for name in columns if catalog.field(name) is None})
-    if unknown:
-        problems.append(f"columns that are not catalog fields: {', '.join(unknown)}")
-    owners = catalog.field_owners
-    foreign = sorted(
-        {
-            f"{name} (owned by {owners[name]})"
-            for name in columns
-            if name in owners and name != NATIONAL_ID_FIELD and owners[name] != department
-        }
-    )
-    if foreign:
-        problems.append(f"columns of fields {department} does not own: {', '.join(foreign)}")
-    registrar = owners.get(NATIONAL_ID_FIELD)
-    if mode == "register" and registrar != department:
-        problems.append(
-            f"only {registrar or 'the owner of national_id'} registers citizens; import {department}'s "
-            "fields into registered citizens with --mode update"
-        )
-    if mode == "update" and not [name for name in columns if name != NATIONAL_ID_FIELD]:
-        problems.append("no field to update besides national_id")
-    return problems
 
 
 @dataclass

@@ -155,6 +155,11 @@ class DepartmentClient:
     async def object_to(self, citizen_id: str, agreement: str) -> Outcome[api.ObjectionOut]:
         return await self._counted(self.api.object_to(citizen_id, agreement), success=201)
 
+    async def objections(self, citizen_id: str) -> set[str]:
+        """The agreements the citizen objects to (set-up, not counted)."""
+        page = await self._expected(self.api.list_objections(citizen_id), "listing objections")
+        return {item.agreement for item in page.items}
+
     # --- tell-us-once events ----------------------------------------------------------
 
     async def subscriptions(self) -> list[api.SubscriptionOut] | None:

@@ -100,6 +100,10 @@ class Government:
     revocation_started: bool = False
     revoked: bool = False
     feeds: dict[str, str | None] = field(default_factory=dict)
+    # Citizens holding an open consent to the support scheme, and electors who opted out of
+    # the open register: marked before the call, so two workers never ask twice (a 409).
+    consenting: set[str] = field(default_factory=set)
+    objected: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -218,7 +222,8 @@ async def apply_for_support(gov: Government, *, will_consent: bool | None = None
     if read.problem == "consent-required":
         gov.tally.refused_for_consent += 1
         consents = gov.rng.random() < 0.6 if will_consent is None else will_consent
-        if consents:
+        if consents and citizen.citizen_id not in gov.consenting:
+            gov.consenting.add(citizen.citizen_id)
             given = await portal.give_consent(citizen.citizen_id, SUPPORT_AGREEMENT)
             if given.value is not None:
                 consent_id = given.value.id
@@ -230,6 +235,7 @@ async def apply_for_support(gov: Government, *, will_consent: bool | None = None
         revoked = await portal.change_consent(citizen.citizen_id, consent_id, "revoked")
         if revoked.ok:
             gov.tally.actions["citizen revoked a consent"] += 1
+            gov.consenting.discard(citizen.citizen_id)
 
 
 async def check_open_register(gov: Government) -> None:
@@ -237,10 +243,14 @@ async def check_open_register(gov: Government) -> None:
     citizen = gov.pick()
     if citizen is None:
         return
-    if gov.rng.random() < 0.3:
-        objected = await gov.systems["citizen-portal"].object_to(citizen.citizen_id, OPEN_REGISTER_AGREEMENT)
-        if objected.ok:
-            gov.tally.actions["elector opted out of the open register"] += 1
+    portal = gov.systems["citizen-portal"]
+    if gov.rng.random() < 0.3 and citizen.citizen_id not in gov.objected:
+        gov.objected.add(citizen.citizen_id)
+        # An elector who opted out in an earlier run of the demo on this store already has.
+        if OPEN_REGISTER_AGREEMENT not in await portal.objections(citizen.citizen_id):
+            objected = await portal.object_to(citizen.citizen_id, OPEN_REGISTER_AGREEMENT)
+            if objected.ok:
+                gov.tally.actions["elector opted out of the open register"] += 1
     read = await gov.systems["hmrc"].read(citizen.citizen_id, ["electoral_registered"], "open-register")
     if read.ok:
         gov.tally.life_events["open register checked"] += 1

@@ -105,14 +105,16 @@ async def _known_citizen(conn: AsyncConnection, citizen_id: str) -> None:
         raise NotFound(NO_SUCH_CITIZEN)
 
 
-async def _agreement(conn: AsyncConnection, runtime: ConsentRuntime, agreement_id: str) -> Agreement:
+async def _agreement(
+    conn: AsyncConnection, runtime: ConsentRuntime, agreement_id: str, loc: tuple[str, str]
+) -> Agreement:
+    """The live permit ``agreement_id``; 422 naming ``loc`` (where the id was sent) if none."""
     policy = await runtime.policy.current(conn)
     for agreement in policy.agreements:
         if agreement.id == agreement_id and agreement.effect == "permit":
             return agreement
     raise AgreementNotFound(
-        f"No live agreement {agreement_id!r}.",
-        errors=[{"loc": ["body", "agreement"], "msg": "unknown agreement"}],
+        f"No live agreement {agreement_id!r}.", errors=[{"loc": list(loc), "msg": "unknown agreement"}]
     )
 
 
@@ -155,7 +157,7 @@ async def grant(
     409 while the citizen holds another consent to it that is neither revoked nor expired."""
     conn = await session.connection()
     await _known_citizen(conn, citizen_id)
-    agreement = await _agreement(conn, runtime, body.agreement)
+    agreement = await _agreement(conn, runtime, body.agreement, ("body", "agreement"))
     if agreement.basis != "consent":
         raise NotConsentBased(
             f"Agreement {agreement.id} has basis {agreement.basis}: "
@@ -328,7 +330,7 @@ async def object_to(
     the next request on. 422 for an agreement that is not objectable; 409 if objected."""
     conn = await session.connection()
     await _known_citizen(conn, citizen_id)
-    agreement = await _agreement(conn, runtime, agreement_id)
+    agreement = await _agreement(conn, runtime, agreement_id, ("path", "agreement"))
     if agreement.basis != "objectable":
         raise NotObjectable(
             f"Agreement {agreement.id} has basis {agreement.basis}: "

@@ -14,9 +14,9 @@ changes and act on them is in ``notifications.py``.
 - **A benefit claim.** DWP checks the right to reside, reads the licence status and the
   council tax band, and records the claim.
 - **Discretionary support.** The council's support scheme may read a benefit status
-  only with the citizen's consent: some applicants give it through the citizen portal
-  first (and revoke it once decided), the others' applications are refused
-  (``consent-required``) until they do.
+  only with the citizen's consent: it is refused (``consent-required``), most applicants
+  then consent through the citizen portal and the council asks again, and they revoke the
+  consent once the application is decided.
 - **The open register.** HMRC checks the open edition of the electoral register; some
   electors have opted out through the citizen portal, and are withheld.
 - **A fraud investigation.** DWP reads a citizen's tax code under HMRC's agreement for
@@ -203,26 +203,30 @@ async def claim_benefit(gov: Government) -> None:
         gov.tally.life_events["benefit claimed"] += 1
 
 
-async def apply_for_support(gov: Government) -> None:
-    """A citizen applies to the council's discretionary support scheme, which reads their
-    benefit status only with their consent."""
+async def apply_for_support(gov: Government, *, will_consent: bool | None = None) -> None:
+    """A citizen applies to the council's discretionary support scheme, which may read their
+    benefit status only with their consent: refused at first, then (for most applicants,
+    or as ``will_consent`` says) the citizen consents through the portal, the council asks
+    again, and the citizen revokes the consent once the application is decided."""
     citizen = gov.pick()
     if citizen is None:
         return
     portal, council = gov.systems["citizen-portal"], gov.systems["council"]
+    purpose = "discretionary-support"
+    read = await council.read(citizen.citizen_id, ["benefit_status"], purpose)
     consent_id: str | None = None
-    if gov.rng.random() < 0.6:
-        given = await portal.give_consent(citizen.citizen_id, SUPPORT_AGREEMENT)
-        if given.value is not None:
-            consent_id = given.value.id
-            gov.tally.actions["citizen consented to the support scheme"] += 1
-    read = await council.read(citizen.citizen_id, ["benefit_status"], "discretionary-support")
     if read.problem == "consent-required":
         gov.tally.refused_for_consent += 1
-    elif read.ok:
+        consents = gov.rng.random() < 0.6 if will_consent is None else will_consent
+        if consents:
+            given = await portal.give_consent(citizen.citizen_id, SUPPORT_AGREEMENT)
+            if given.value is not None:
+                consent_id = given.value.id
+                gov.tally.actions["citizen consented to the support scheme"] += 1
+                read = await council.read(citizen.citizen_id, ["benefit_status"], purpose)
+    if read.ok:
         gov.tally.life_events["support application assessed"] += 1
     if consent_id is not None:
-        # Decided: the citizen withdraws the consent, and the council reads no more.
         revoked = await portal.change_consent(citizen.citizen_id, consent_id, "revoked")
         if revoked.ok:
             gov.tally.actions["citizen revoked a consent"] += 1
@@ -381,6 +385,9 @@ async def live(gov: Government, duration: float, workers: int) -> None:
     revoke_at = loop.time() + duration / 2
     kinds = list(WEIGHTS)
     weights = [WEIGHTS[k] for k in kinds]
+    # One applicant to the support scheme first, who consents when refused: the story of a
+    # consent-based agreement is told in every run, however short.
+    await apply_for_support(gov, will_consent=True)
 
     async def worker() -> None:
         while loop.time() < deadline:

@@ -139,7 +139,9 @@ def import_file(
         database = Database(settings)
         try:
             plan = await importing.plan_import(database.engine, file, file_format, department, mode)
-            keep = await importing.committed_line(database.engine, plan) if resume else None
+            earlier = await importing.earlier_run(database.engine, plan) if resume else None
+            finished = earlier is not None and earlier.finished_at is not None
+            keep = (earlier.last_line if earlier is not None else 0) if resume else None
             rejects = _RejectFile(reject_file, keep) if reject_file else None
             columns = (
                 TextColumn("[bold]importing"),
@@ -151,7 +153,7 @@ def import_file(
                 TimeElapsedColumn(),
             )
             try:
-                with Progress(*columns, console=errors) as progress:
+                with Progress(*columns, console=errors, disable=finished) as progress:
                     task = progress.add_task("import", total=plan.scanned.rows)
 
                     def refused(rejections: Sequence[importing.Rejection]) -> None:

@@ -54,7 +54,7 @@ __all__ = [
     "ImportReport",
     "Rejection",
     "column_problems",
-    "committed_line",
+    "earlier_run",
     "plan_import",
     "run_import",
 ]
@@ -301,11 +301,10 @@ def _reasons(error: ServiceError) -> str:
     return "; ".join(messages) or error.detail
 
 
-async def committed_line(engine: AsyncEngine, plan: ImportPlan) -> int:
-    """The last line an earlier run of this file committed (0: none)."""
+async def earlier_run(engine: AsyncEngine, plan: ImportPlan) -> import_progress.ImportRunRow | None:
+    """What an earlier run of this file committed, if one started."""
     async with engine.connect() as conn:
-        earlier = await import_progress.import_run(conn, plan.department, plan.mode, plan.scanned.sha256)
-    return earlier.last_line if earlier is not None else 0
+        return await import_progress.import_run(conn, plan.department, plan.mode, plan.scanned.sha256)
 
 
 async def run_import(

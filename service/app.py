@@ -16,6 +16,7 @@ from service.audit import service as audit_service
 from service.auth import endpoints as auth_endpoints
 from service.auth.runtime import auth_lifecycle
 from service.bootstrap import production_overrides, production_refusals
+from service.cases import endpoints as cases_endpoints
 from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.consent import endpoints as consent_endpoints
@@ -64,6 +65,7 @@ ROUTERS = [
     auth_endpoints.router,
     audit_endpoints.router,
     records_endpoints.router,
+    cases_endpoints.router,
     consent_endpoints.router,
     events_endpoints.router,
     console_router.router,
@@ -112,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.schema_heads = head_revisions()
     app.state.keyring = Keyring.from_settings(settings)
+    # What delayed disclosure and access notices take as now; tests move it forward.
+    app.state.clock = utcnow
     # Looked up on every request with getattr(..., None): set from the start, since a
     # missing attribute costs Starlette an exception each time. The witnessing lifecycle
     # puts a gate here when witnesses are configured; the catalog endpoint its body.

@@ -75,19 +75,24 @@ async def insert_rows_returning_ids(
 def _sqlite_rows(
     conn: AsyncConnection, table: Table, columns: Sequence[str], rows: Sequence[Row]
 ) -> list[Row]:
-    converters: dict[int, Callable[[Any], Any]] = {}
-    for position, name in enumerate(columns):
+    converters: list[Callable[[Any], Any] | None] = []
+    for name in columns:
         column_type = table.c[name].type
         stored_as = column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
+        processor = None
         if isinstance(stored_as, (DateTime, Date)):
             # The dialect's own form of the type: its processor writes SQLite's text.
             processor = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-            if processor is not None:
-                converters[position] = _memoised(processor)
-    if not converters:
+        converters.append(_memoised(processor) if processor is not None else None)
+    if not any(converters):
         return list(rows)
     return [
-        tuple(converters[i](value) if i in converters else value for i, value in enumerate(row))
+        tuple(
+            [
+                value if convert is None else convert(value)
+                for convert, value in zip(converters, row, strict=True)
+            ]
+        )
         for row in rows
     ]
 

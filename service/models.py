@@ -27,9 +27,10 @@ __all__ = [
     "KeyJob",
     "PolicyEpoch",
 ]
+from service.cases.models import Case
 from service.console.models import ConsoleSession
-from service.events.models import Delivery, OutboxEvent, Subscription
+from service.events.models import Delivery, HeldNotice, NoticeState, OutboxEvent, Subscription
 
-__all__ += ["Delivery", "OutboxEvent", "Subscription"]
+__all__ += ["Case", "Delivery", "HeldNotice", "NoticeState", "OutboxEvent", "Subscription"]
 __all__ += ["ConsoleSession"]
 __all__ += ["Consent", "Objection"]

@@ -65,6 +65,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): {404},
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): {404, 409},
     ("GET", "/v1/events"): {400},
+    ("POST", "/v1/cases/{case_ref}/close"): {404},
     ("POST", "/v1/citizens/{citizen_id}/consents"): {404, 409},
     ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): {404, 409},
     ("GET", "/v1/citizens/{citizen_id}/consents"): {400, 404},

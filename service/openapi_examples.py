@@ -72,6 +72,7 @@ _PROOF = {
 }
 _SUBSCRIPTION = {
     "id": "sub_01JDQ3A0B1C2D3E4F5G6H7J8K9",
+    "type": "citizen.fields_changed",
     "department": "dwp",
     "fields": ["address", "date_of_death"],
     "purpose": "benefit-payment",
@@ -336,4 +337,10 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
     },
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): {"requeued": 3},
     ("GET", "/v1/events"): {"items": [_EVENT], "cursor": "1042"},
+    ("POST", "/v1/cases/{case_ref}/close"): {
+        "department": "dwp",
+        "case_ref": "FRAUD-2026-0117",
+        "opened_at": "2026-09-14T10:02:11+00:00",
+        "closed_at": AT,
+    },
 }

@@ -220,6 +220,10 @@ async def citizen_access_log(
     """Every access to one citizen's record: when, which department, which fields, for what
     purpose and with what decision. Officers' identities are left out.
 
+    An access made under an agreement with `disclosure: after-case-closed` appears only once
+    the consumer has closed its case or the agreement's `max_delay` has passed, with its
+    original `time`, and `disclosed_at` and `disclosed_by` (`case-closed` or `max-delay`).
+
     With ``proofs=true`` each item gains ``proof`` (``{leaf_index, tree_size, leaf_hash,
     hashes, entry}``, as ``/v1/audit/entries/{index}/proof``; null for an access the newest
     witnessed checkpoint does not cover yet) and the response gains ``checkpoint``: that
@@ -232,6 +236,7 @@ async def citizen_access_log(
         after=search.parse_cursor(cursor),
         limit=limit,
         source=_source(request),
+        now=request.app.state.clock(),
         proofs=request.app.state.witness_config if proofs else None,
     )
     if not proofs:

@@ -8,6 +8,7 @@
 - ``policy_change_entry``: one new agreement version, its canonical JSON in full.
 - ``catalog_change_entry``: a new catalog, in full, with every signing-key change.
 - ``key_event_entry``: a key operation (a KEK made or rotated, data keys shredded).
+- ``case_entry``: a consumer closing one of its cases (delayed disclosure).
 
 Entries hold names, versions and pseudonymous citizen ids, never a field value. This
 module imports no other domain's service, so any domain may import it.
@@ -229,6 +230,45 @@ def events_access_entry(
     )
 
 
+def notice_delivery_entry(
+    *, time: datetime, client_id: str, department: str, citizen_id: str, source: str | None
+) -> AuditEntry:
+    """An access notice sent to the citizen portal's webhook: one line of the citizen's
+    access log, so audited as the portal reading it (``access-log``). No request, so an id
+    of its own."""
+    return AuditEntry.built(
+        time=time,
+        request_id=uuid.uuid4().hex,
+        client_id=client_id,
+        department=department,
+        action="access-log",
+        citizen_id=citizen_id,
+        decision="permit",
+        status=200,
+        source=source,
+    )
+
+
+def consent_delivery_entry(
+    *, time: datetime, client_id: str, department: str, citizen_id: str, owner: str, source: str | None
+) -> AuditEntry:
+    """A ``consent.changed`` event sent to the consumer's webhook: which citizen's consent
+    to an agreement of ``owner`` changed, no field released. No request, so an id of its own."""
+    return AuditEntry.built(
+        time=time,
+        request_id=uuid.uuid4().hex,
+        client_id=client_id,
+        department=department,
+        action="deliver",
+        citizen_id=citizen_id,
+        owners=[owner],
+        decision="permit",
+        reasons=[Reason.built(field="", effect="permit", reason="consent.changed")],
+        status=200,
+        source=source,
+    )
+
+
 def query_entry(
     principal: Principal,
     action: Action = "audit-query",
@@ -251,6 +291,23 @@ def query_entry(
         decision="permit",
         status=200,
         source=source,
+    )
+
+
+def case_entry(access: AccessFacts, case_ref: str, *, closed: bool, time: datetime) -> AuditEntry:
+    """A consumer closing one of its cases (``closed``), or refused (no such case of its
+    department). No citizen: a case spans many."""
+    return AuditEntry.built(
+        time=time,
+        request_id=access.request_id,
+        client_id=access.principal.client_id,
+        department=access.principal.department,
+        on_behalf_of=access.principal.on_behalf_of,
+        action="case-close",
+        case_ref=case_ref,
+        decision="permit" if closed else "deny",
+        status=200 if closed else 404,
+        source=access.source,
     )
 
 

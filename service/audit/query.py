@@ -10,6 +10,7 @@ from typing import Any
 
 from service.audit import repository as audit_repository
 from service.audit.repository import Connect, EntryFilter
+from service.cases.rules import SHOWN_AT_ONCE, Shown
 
 CSV_COLUMNS = (
     "id",
@@ -71,10 +72,11 @@ def csv_line(item: dict[str, Any]) -> str:
     return _csv_row(values)
 
 
-def access_item(canonical: str) -> dict[str, Any]:
-    """One line of a citizen's access log; officer and client identities are left out."""
+def access_item(canonical: str, shown: Shown = SHOWN_AT_ONCE) -> dict[str, Any]:
+    """One line of a citizen's access log; officer and client identities are left out. An
+    access that was held from the citizen says when it was disclosed, and why."""
     entry = json.loads(canonical)
-    return {
+    item = {
         "time": entry["time"],
         "department": entry["department"],
         "action": entry["action"],
@@ -82,6 +84,10 @@ def access_item(canonical: str) -> dict[str, Any]:
         "purpose": entry["purpose"],
         "decision": entry["decision"],
     }
+    if shown.disclosed_at is not None:
+        item["disclosed_at"] = shown.disclosed_at.isoformat()
+        item["disclosed_by"] = shown.disclosed_by
+    return item
 
 
 async def usage_counts(

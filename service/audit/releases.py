@@ -17,6 +17,10 @@ view) and, for every entry that released a field of the owner to another departm
 Which fields are the owner's comes from the newest catalog-change entry before the
 release (catalog changes are logged in full); before any, from the fields the owner's
 signed agreements name.
+
+A release under a consent-based or objectable agreement is re-decided with the citizen's
+consents and objections as the log's ``consent-change`` and ``objection-change`` entries
+before it leave them (a consent's expiry is in its first entry's signed terms).
 """
 
 from __future__ import annotations
@@ -136,6 +140,10 @@ class ReleaseChecker:
         # policy change, after which a cited version may read differently.
         self._verdicts: dict[tuple[Any, ...], str] = {}
         self._pending: list[_Release] = []
+        # Citizen -> agreement -> (consent status, expiry), and citizen -> objected agreements,
+        # as the log's consent-change and objection-change entries so far leave them.
+        self._consents: dict[str, dict[str, tuple[str, datetime | None]]] = {}
+        self._objections: dict[str, set[str]] = {}
 
     # --- feeding ------------------------------------------------------------------------
 
@@ -147,6 +155,9 @@ class ReleaseChecker:
             return
         if action == "catalog-change":
             self._catalog_change(entry)
+            return
+        if action in ("consent-change", "objection-change"):
+            self._choice_change(str(action), entry)
             return
         policy_action = RELEASE_ACTIONS.get(str(action))
         released = entry.get("fields_released") or []
@@ -169,6 +180,7 @@ class ReleaseChecker:
             return
         purpose, case_ref = str(entry.get("purpose") or ""), entry.get("case_ref")
         citizen_status = entry.get("citizen_status")
+        consents, objections = self._choices_of(str(entry.get("citizen_id") or ""), time)
         reasons = {r.get("field"): r for r in entry.get("reasons") or [] if isinstance(r, Mapping)}
         generation = len(self._generations) - 1
         for name in mine:
@@ -183,7 +195,18 @@ class ReleaseChecker:
                     cited.get("digest"),
                     cited.get("effect"),
                 )
-            shape = (generation, consumer, policy_action, name, purpose, case_ref, citizen_status, *as_cited)
+            shape = (
+                generation,
+                consumer,
+                policy_action,
+                name,
+                purpose,
+                case_ref,
+                citizen_status,
+                consents,
+                objections,
+                *as_cited,
+            )
             cacheable = True
             try:
                 verdict = self._verdicts.get(shape)
@@ -193,7 +216,9 @@ class ReleaseChecker:
                 if verdict:
                     self._unjustified(leaf_index, label, name, verdict)
                 continue
-            context = RequestContext(purpose, case_ref, time, citizen_status)
+            context = RequestContext(
+                purpose, case_ref, time, citizen_status, consents=consents, objections=objections
+            )
             release = _Release(leaf_index, label, consumer, policy_action, name, context, cited, generation)
             key = (str(cited.get("agreement")), cited.get("version")) if cited else None
             if key is not None and key not in self._versions:
@@ -261,6 +286,47 @@ class ReleaseChecker:
         except ValidationError:
             unsigned = unsigned or "the logged agreement does not parse"
         return LoggedVersion(agreement_id, version, owner, status, digest, agreement, unsigned)
+
+    def _choice_change(self, action: str, entry: Mapping[str, Any]) -> None:
+        citizen = str(entry.get("citizen_id") or "")
+        reasons = [r for r in entry.get("reasons") or [] if isinstance(r, Mapping)]
+        if not citizen or not reasons or not reasons[0].get("agreement"):
+            return
+        agreement, change = str(reasons[0]["agreement"]), str(reasons[0].get("effect") or "")
+        if action == "objection-change":
+            objected = self._objections.setdefault(citizen, set())
+            if change == "objected":
+                objected.add(agreement)
+            else:
+                objected.discard(agreement)
+            return
+        held = self._consents.setdefault(citizen, {})
+        expires_at = held[agreement][1] if agreement in held else None
+        document = entry.get("document")
+        if isinstance(document, str):
+            # A new consent: its signed terms carry its expiry.
+            try:
+                terms = json.loads(document)
+                expiry = terms.get("expires_at") if isinstance(terms, dict) else None
+                expires_at = datetime.fromisoformat(expiry) if isinstance(expiry, str) else None
+            except ValueError:
+                expires_at = None
+        held[agreement] = (change, expires_at)
+
+    def _choices_of(self, citizen: str, time: datetime) -> tuple[frozenset[str], frozenset[str]]:
+        """The agreements the citizen held an active, unexpired consent to at ``time``, and
+        those it had objected to, as the log so far says."""
+        held = self._consents.get(citizen)
+        consents = (
+            frozenset(
+                agreement
+                for agreement, (status, expires_at) in held.items()
+                if status == "active" and (expires_at is None or expires_at > time)
+            )
+            if held
+            else frozenset()
+        )
+        return consents, frozenset(self._objections.get(citizen, ()))
 
     def _catalog_change(self, entry: Mapping[str, Any]) -> None:
         document = entry.get("document")
@@ -342,6 +408,8 @@ class ReleaseChecker:
             context.purpose,
             context.case_ref,
             context.citizen_status,
+            context.consents,
+            context.objections,
             when,
         )
         denial = self._decided.get(key)

@@ -293,3 +293,28 @@ async def sequencer_lag(db: Executor) -> int:
         select(func.count()).select_from(AuditEntryRow).where(AuditEntryRow.id > func.coalesce(watermark, 0))
     )
     return int((await db.execute(statement)).scalar_one())
+
+
+async def sequenced_watermark(db: Executor) -> int:
+    """The id of the last entry the sequencer has put in the tree."""
+    statement = select(AuditSequencerState.last_entry_id).where(AuditSequencerState.id == 1)
+    return int((await db.execute(statement)).scalar() or 0)
+
+
+async def sequenced_releases(
+    db: Executor, after_id: int, up_to_id: int, actions: Sequence[str], limit: int
+) -> list[tuple[int, str]]:
+    """(entry id, canonical JSON) of sequenced entries in ``(after_id, up_to_id]`` whose
+    action is one of ``actions`` and that released something, in id (commit) order."""
+    statement = (
+        select(AuditEntryRow.id, AuditEntryRow.canonical)
+        .where(
+            AuditEntryRow.id > after_id,
+            AuditEntryRow.id <= up_to_id,
+            AuditEntryRow.action.in_(list(actions)),
+            AuditEntryRow.decision.in_(["permit", "partial"]),
+        )
+        .order_by(AuditEntryRow.id)
+        .limit(limit)
+    )
+    return [(int(entry_id), str(canonical)) for entry_id, canonical in await db.execute(statement)]

@@ -34,6 +34,7 @@ Action = Literal[
     "signing-key-rotate",
     "audit-query",
     "access-log",
+    "case-close",
     "consent-change",
     "objection-change",
 ]

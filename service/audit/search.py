@@ -32,9 +32,12 @@ from service.audit.witnessing import WitnessConfig
 from service.audit.writer import AuditWriterDep
 from service.auth import permissions
 from service.auth.dependencies import Principal
+from service.cases import repository as cases_repository
+from service.cases import rules
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
 from service.errors import Forbidden, NotFound
+from service.policy.terms import agreement_terms
 
 EXPORT_PAGE = 500
 ExportFormat = Literal["jsonl", "csv"]
@@ -245,29 +248,69 @@ async def citizen_access_log(
     after: int,
     limit: int,
     source: str | None,
+    now: datetime,
     proofs: WitnessConfig | None = None,
 ) -> Page:
-    """Every access to one citizen's record, officers' identities left out; 404 for an
-    unknown citizen. With ``proofs`` (the witnessing configuration) each item also carries
-    its inclusion proof against the newest witnessed checkpoint, which the page carries."""
+    """Every access to one citizen's record the citizen may see ``now``, officers'
+    identities left out; 404 for an unknown citizen. An access under delayed disclosure
+    is left out until its case is closed or its maximum delay has passed, then shown with
+    its original time and when and why it was disclosed (``disclosed_at``,
+    ``disclosed_by``). With ``proofs`` (the witnessing configuration) each item also
+    carries its inclusion proof against the newest witnessed checkpoint, which the page
+    carries: each proof stands alone, so the lines left out take nothing from the others."""
     async with access.connect() as conn:
         if len(citizen_id) > 64 or not await audit_repository.citizen_exists(conn, citizen_id):
             raise NotFound("No such citizen.")
         stored_filter = EntryFilter(citizen_id=citizen_id, actions=RECORD_ACTIONS)
-        rows = await audit_repository.page_entries(conn, stored_filter, after, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        shown: list[tuple[tuple[int, int | None, str], rules.Shown]] = []
+        scanned_to, more = after, False
+        while True:
+            rows = await audit_repository.page_entries(conn, stored_filter, scanned_to, limit + 1)
+            for row, seen in zip(rows, await _shown(conn, rows, now), strict=True):
+                scanned_to = row[0]
+                if seen.visible:
+                    shown.append((row, seen))
+                if len(shown) > limit:
+                    break
+            if len(shown) > limit:
+                more = True
+                break
+            if len(rows) <= limit:
+                break
+        shown = shown[:limit]
         witnessed = (
             await citizen_proofs.proofs_for(
-                conn, proofs, [(leaf, canonical) for _id, leaf, canonical in rows]
+                conn, proofs, [(leaf, canonical) for (_id, leaf, canonical), _seen in shown]
             )
             if proofs is not None
             else None
         )
     await record_query(access.writer, principal, "access-log", source=source, citizen_id=citizen_id)
-    items = [audit_query.access_item(canonical) for _entry_id, _leaf, canonical in rows]
+    items = [audit_query.access_item(canonical, seen) for (_id, _leaf, canonical), seen in shown]
+    next_cursor = shown[-1][0][0] if more else None
     if witnessed is None:
-        return Page(items, rows[-1][0] if more else None)
+        return Page(items, next_cursor)
     for item, proof in zip(items, witnessed.proofs, strict=True):
         item["proof"] = proof
-    return Page(items, rows[-1][0] if more else None, checkpoint=witnessed.note)
+    return Page(items, next_cursor, checkpoint=witnessed.note)
+
+
+def _case_of(entry: dict[str, Any]) -> tuple[str, str]:
+    return (entry["department"], entry.get("case_ref") or "")
+
+
+async def _shown(conn: Any, rows: Sequence[tuple[int, int | None, str]], now: datetime) -> list[rules.Shown]:
+    """Whether the citizen may see each entry of ``rows`` ``now`` (``service.cases.rules``)."""
+    entries = [json.loads(canonical) for _id, _leaf, canonical in rows]
+    terms = await agreement_terms.of(conn, rules.all_cited(entries))
+    delays = [rules.delay_of(entry, terms) for entry in entries]
+    cases = {
+        (entry["department"], entry["case_ref"])
+        for entry, delay in zip(entries, delays, strict=True)
+        if delay is not None and entry.get("case_ref")
+    }
+    closed = await cases_repository.closed_at(conn, cases)
+    return [
+        rules.shown(rules.entry_time(entry), delay, closed.get(_case_of(entry)), now)
+        for entry, delay in zip(entries, delays, strict=True)
+    ]

@@ -22,6 +22,16 @@ from service.policy.epoch import EpochKey
 _CASE_REF = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,99}$")
 
 
+def check_case_ref(reference: str, loc: list[str | int]) -> str:
+    """``reference`` if it is a case reference (1 to 100 printable ASCII characters), else 422."""
+    if not _CASE_REF.match(reference):
+        raise ValidationFailed(
+            "A case reference must be 1 to 100 printable ASCII characters.",
+            errors=[{"loc": loc, "msg": "invalid case reference"}],
+        )
+    return reference
+
+
 @dataclass(frozen=True)
 class RequestFacts:
     """Who asks, why, and what the audit records with every entry about the request."""
@@ -84,11 +94,8 @@ def facts(*scopes: str, case_ref: bool = True) -> Callable[..., Awaitable[Reques
         principal: Principal = authenticated,
         reference: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
     ) -> RequestFacts:
-        if reference is not None and not _CASE_REF.match(reference):
-            raise ValidationFailed(
-                "X-Case-Ref must be 1 to 100 printable ASCII characters.",
-                errors=[{"loc": ["header", "X-Case-Ref"], "msg": "invalid case reference"}],
-            )
+        if reference is not None:
+            check_case_ref(reference, ["header", "X-Case-Ref"])
         return gathered(request, principal, reference)
 
     async def without_case_ref(request: Request, principal: Principal = authenticated) -> RequestFacts:

@@ -6,7 +6,14 @@ from typing import Final
 
 ROLE_SCOPES: Final[dict[str, frozenset[str]]] = {
     "consumer": frozenset(
-        {"citizens:lookup", "citizens:read", "citizens:verify", "citizens:history", "events:subscribe"}
+        {
+            "citizens:lookup",
+            "citizens:read",
+            "citizens:verify",
+            "citizens:history",
+            "events:subscribe",
+            "cases:close",
+        }
     ),
     "writer": frozenset({"citizens:write"}),
     "registrar": frozenset({"citizens:register", "citizens:erase"}),
@@ -23,7 +30,8 @@ ROLE_SCOPES: Final[dict[str, frozenset[str]]] = {
             "decisions:explain",
         }
     ),
-    "citizen-portal": frozenset({"citizens:access-log", "citizens:consent"}),
+    # events:subscribe: access notices (``access.recorded``), through the events API.
+    "citizen-portal": frozenset({"citizens:access-log", "citizens:consent", "events:subscribe"}),
     "admin": frozenset({"admin:clients", "admin:departments"}),
 }
 

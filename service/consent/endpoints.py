@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
 
 from service.auth.dependencies import Principal, require
 from service.consent import service as consent_service
@@ -17,6 +17,7 @@ from service.consent.schemas import (
     ObjectionPage,
 )
 from service.db import SessionDep
+from service.events import service as events_service
 
 router = APIRouter(prefix="/v1/citizens", tags=["consent"])
 
@@ -29,14 +30,23 @@ def _actor(caller: Principal, request: Request) -> consent_service.Actor:
 
 @router.post("/{citizen_id}/consents", status_code=status.HTTP_201_CREATED)
 async def give_consent(
-    citizen_id: str, body: ConsentIn, caller: Portal, request: Request, session: SessionDep
+    citizen_id: str,
+    body: ConsentIn,
+    caller: Portal,
+    request: Request,
+    session: SessionDep,
+    after_commit: BackgroundTasks,
 ) -> ConsentOut:
     """The citizen consents to a consent-based agreement. The consumer may read the
     agreement's fields of this citizen from its very next request until the consent is
     paused, revoked or expires. ``signature`` is a compact JWS of the consent's terms,
     signed with a key of ``/.well-known/jwks.json``: keep it as evidence."""
     runtime = consent_service.runtime_of(request.app.state)
-    return await consent_service.grant(session, runtime, _actor(caller, request), citizen_id, body)
+    given = await consent_service.grant(session, runtime, _actor(caller, request), citizen_id, body)
+    # Once committed (the session ends before background tasks run): wake this process's
+    # feeds and dispatcher for the consent.changed event.
+    after_commit.add_task(events_service.notify, request.app.state)
+    return given
 
 
 @router.patch("/{citizen_id}/consents/{consent_id}")
@@ -47,13 +57,16 @@ async def change_consent(
     caller: Portal,
     request: Request,
     session: SessionDep,
+    after_commit: BackgroundTasks,
 ) -> ConsentOut:
     """Pause (``paused``), resume (``active``) or revoke (``revoked``, final) a consent;
     the next read by the consumer follows it. 409 for a revoked or expired consent."""
     runtime = consent_service.runtime_of(request.app.state)
-    return await consent_service.change(
+    changed = await consent_service.change(
         session, runtime, _actor(caller, request), citizen_id, consent_id, body.status
     )
+    after_commit.add_task(events_service.notify, request.app.state)
+    return changed
 
 
 @router.get("/{citizen_id}/consents")

@@ -69,16 +69,20 @@ _CONSENT_COLUMNS = (
 )
 
 
-def raw_choices_query(where: str) -> str:
+def raw_choices_query(where: str, *, postgres: bool = False) -> str:
     """The access path's question for a raw driver (``service.records.store``), with
     ``where`` the driver's condition on ``citizen_id`` and ``agreement``: rows of
-    (citizen, 'c', agreement, expires_at) per active consent and (citizen, 'o', agreement,
-    NULL) per objection. Paused, revoked and expired consents release nothing; expiry is
-    judged against the request's own time by ``context_with_choices``."""
+    ('c', citizen, agreement, NULL, expires_at) per active consent and ('o', citizen,
+    agreement, NULL, NULL) per objection. The fourth column is there so that a citizens
+    query ``(kind, id, status, version, NULL)`` can be joined to it with UNION ALL, one
+    round trip. Paused, revoked and expired consents release nothing; expiry is judged
+    against the request's own time by ``context_with_choices``."""
+    number, instant = ("NULL::int", "NULL::timestamptz") if postgres else ("NULL", "NULL")
     return (
-        f"SELECT citizen_id, 'c', agreement, expires_at FROM {consents.name} "  # noqa: S608 (model names)
+        f"SELECT 'c', citizen_id, agreement, {number}, expires_at FROM {consents.name} "  # noqa: S608 (model names)
         f"WHERE status = 'active' AND {where} "
-        f"UNION ALL SELECT citizen_id, 'o', agreement, NULL FROM {objections.name} WHERE {where}"
+        f"UNION ALL SELECT 'o', citizen_id, agreement, {number}, {instant} "
+        f"FROM {objections.name} WHERE {where}"
     )
 
 

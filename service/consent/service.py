@@ -45,6 +45,7 @@ from service.consent.errors import (
 from service.consent.repository import ConsentRow
 from service.consent.schemas import ConsentIn, ConsentOut, ConsentPage, ConsentStatus, ObjectionOut
 from service.errors import BadRequest, NotFound, ValidationFailed
+from service.events import service as events_service
 from service.policy.engine import Agreement
 from service.policy.service import PolicyHolder
 from service.records import public as records_public
@@ -104,14 +105,16 @@ async def _known_citizen(conn: AsyncConnection, citizen_id: str) -> None:
         raise NotFound(NO_SUCH_CITIZEN)
 
 
-async def _agreement(conn: AsyncConnection, runtime: ConsentRuntime, agreement_id: str) -> Agreement:
+async def _agreement(
+    conn: AsyncConnection, runtime: ConsentRuntime, agreement_id: str, loc: tuple[str, str]
+) -> Agreement:
+    """The live permit ``agreement_id``; 422 naming ``loc`` (where the id was sent) if none."""
     policy = await runtime.policy.current(conn)
     for agreement in policy.agreements:
         if agreement.id == agreement_id and agreement.effect == "permit":
             return agreement
     raise AgreementNotFound(
-        f"No live agreement {agreement_id!r}.",
-        errors=[{"loc": ["body", "agreement"], "msg": "unknown agreement"}],
+        f"No live agreement {agreement_id!r}.", errors=[{"loc": list(loc), "msg": "unknown agreement"}]
     )
 
 
@@ -154,7 +157,7 @@ async def grant(
     409 while the citizen holds another consent to it that is neither revoked nor expired."""
     conn = await session.connection()
     await _known_citizen(conn, citizen_id)
-    agreement = await _agreement(conn, runtime, body.agreement)
+    agreement = await _agreement(conn, runtime, body.agreement, ("body", "agreement"))
     if agreement.basis != "consent":
         raise NotConsentBased(
             f"Agreement {agreement.id} has basis {agreement.basis}: "
@@ -213,6 +216,7 @@ async def grant(
         signature=artefact.sign(terms, runtime.keys),
     )
     await repository.insert_consent(conn, row)
+    await _tell_consumer(conn, row, agreement.owner, "active", now)
     await _audit(
         conn,
         actor,
@@ -249,9 +253,29 @@ async def change(
         raise ConsentFinal(f"Consent {row.id} is {current}: give a new consent instead.")
     await repository.set_status(conn, row.id, status, now)
     agreement = await _logged_agreement(conn, runtime, row)
+    await _tell_consumer(conn, row, agreement.owner, status, now)
     await _audit(conn, actor, "consent-change", citizen_id, agreement, status, purpose=row.purpose)
     changed = ConsentRow(**{**row.__dict__, "status": status, "updated_at": now})
     return consent_out(changed, now)
+
+
+async def _tell_consumer(
+    conn: AsyncConnection, row: ConsentRow, owner: str, status: str, now: datetime
+) -> None:
+    """A ``consent.changed`` event for the consumer department's subscriptions, in this
+    transaction: the citizen's id, the consent, the agreement and the status; no value."""
+    await events_service.record_consent_change(
+        conn,
+        citizen_id=row.citizen_id,
+        consent_id=row.id,
+        agreement=row.agreement,
+        owner=owner,
+        consumer=row.consumer,
+        purpose=row.purpose,
+        fields=row.fields,
+        status=status,
+        occurred_at=now,
+    )
 
 
 async def _logged_agreement(conn: AsyncConnection, runtime: ConsentRuntime, row: ConsentRow) -> Agreement:
@@ -306,7 +330,7 @@ async def object_to(
     the next request on. 422 for an agreement that is not objectable; 409 if objected."""
     conn = await session.connection()
     await _known_citizen(conn, citizen_id)
-    agreement = await _agreement(conn, runtime, agreement_id)
+    agreement = await _agreement(conn, runtime, agreement_id, ("path", "agreement"))
     if agreement.basis != "objectable":
         raise NotObjectable(
             f"Agreement {agreement.id} has basis {agreement.basis}: "

@@ -93,6 +93,7 @@ async def citizen_log(
                 after=0,
                 limit=ACCESS_LOG_LIMIT,
                 source=source_of(request),
+                now=request.app.state.clock(),
                 proofs=request.app.state.witness_config,
             )
         except NotFound:
@@ -109,6 +110,8 @@ async def citizen_log(
                     fields=row.fields,
                     purpose=row.purpose,
                     decision=row.decision,
+                    disclosed_at=row.disclosed_at,
+                    disclosed_by=row.disclosed_by,
                 )
                 for row in rows
             ]

@@ -31,7 +31,10 @@ FORM_FIELDS = (
     "valid_until",
     "when",
     "require_case_ref",
+    "disclosure",
+    "max_delay",
     "effect",
+    "basis",
     "verify",
     "signature",
     "reason",
@@ -119,7 +122,10 @@ def form_values(form: FormData) -> dict[str, Any]:
         "valid_until_parts": dates["valid_until"],
         "when": _text(form, "when"),
         "require_case_ref": form.get("require_case_ref") == "yes",
+        "disclosure": _text(form, "disclosure") or "immediate",
+        "max_delay": _text(form, "max_delay"),
         "effect": _text(form, "effect") or "permit",
+        "basis": _text(form, "basis") or "statutory",
         # Pasted: a line break or spaces around it are not part of the signature.
         "signature": "".join(_text(form, "signature").split()),
         "verify": _claims(form),
@@ -154,6 +160,14 @@ def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
             draft[optional] = values[optional]
     if values.get("require_case_ref"):
         draft["require_case_ref"] = True
+    # Defaults left out, as in the stored and signed form.
+    if values.get("disclosure") and values["disclosure"] != "immediate":
+        draft["disclosure"] = values["disclosure"]
+    if values.get("max_delay"):
+        draft["max_delay"] = values["max_delay"]
+    # The default is left out, as in the stored and signed form.
+    if values.get("basis") and values["basis"] != "statutory":
+        draft["basis"] = values["basis"]
     if values.get("signature"):
         draft["signature"] = values["signature"]
     if values.get("verify") is not None:
@@ -176,7 +190,10 @@ def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[st
         "valid_until_parts": _parts_of(content.get("valid_until")),
         "when": content.get("when") or "",
         "require_case_ref": bool(content.get("require_case_ref")),
+        "disclosure": content.get("disclosure") or "immediate",
+        "max_delay": content.get("max_delay") or "",
         "effect": content.get("effect") or "permit",
+        "basis": content.get("basis") or "statutory",
         # Kept as stored: it still verifies if nothing is changed, and is refused if anything is.
         "signature": content.get("signature") or "",
         "verify": content.get("verify"),

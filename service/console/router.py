@@ -11,7 +11,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from service.auth import service as auth_service
 from service.auth import throttle
 from service.auth.dependencies import Principal
-from service.console import agreement_editor, agreement_pages, audit_pages, citizen_pages, release_pages
+from service.console import (
+    agreement_editor,
+    agreement_pages,
+    audit_pages,
+    choice_pages,
+    citizen_pages,
+    release_pages,
+)
 from service.console import sessions as console_sessions
 from service.console.config import get_console_settings
 from service.console.oidc import OIDC_CLIENT_PREFIX, OidcError, OidcSignIn, check_state
@@ -283,6 +290,7 @@ router.include_router(agreement_editor.router)
 router.include_router(agreement_pages.router)
 router.include_router(audit_pages.router)
 router.include_router(citizen_pages.router)
+router.include_router(choice_pages.router)
 router.include_router(release_pages.router)
 
 

@@ -214,10 +214,14 @@ class AccessRow:
     fields: list[str]
     purpose: str | None
     decision: str
+    # An access kept from the citizen under delayed disclosure: when and why it was shown.
+    disclosed_at: datetime | None = None
+    disclosed_by: str | None = None
 
     @classmethod
     def of(cls, item: dict[str, Any]) -> AccessRow:
         """From an access-log item."""
+        disclosed_at = item.get("disclosed_at")
         return cls(
             time=datetime.fromisoformat(item["time"]),
             department=item["department"],
@@ -225,6 +229,8 @@ class AccessRow:
             fields=list(item["fields"] or []),
             purpose=item["purpose"],
             decision=item["decision"],
+            disclosed_at=datetime.fromisoformat(disclosed_at) if disclosed_at else None,
+            disclosed_by=item.get("disclosed_by"),
         )
 
 

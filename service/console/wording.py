@@ -77,8 +77,11 @@ def access_sentence(
     fields: Sequence[str],
     purpose: str | None,
     decision: str,
+    disclosed_at: datetime | None = None,
+    disclosed_by: str | None = None,
 ) -> str:
-    """One line of the citizen view, e.g. 'On 3 March 2026, the Home Office read your address …'."""
+    """One line of the citizen view, e.g. 'On 3 March 2026, the Home Office read your address …'.
+    An access kept from the citizen during an investigation says when it was disclosed."""
     who = department_phrase(catalog, department)
     what = _your(fields)
     refused = decision in ("deny", "error")
@@ -108,6 +111,15 @@ def access_sentence(
         sentence += ". Only what an agreement allowed was shared"
     if action == "verify" and not refused:
         sentence += ". The value itself was not shown to them"
+    if disclosed_at is not None:
+        sentence += ". This was kept from you during an investigation"
+        if disclosed_by == "case-closed":
+            sentence += f" and disclosed when the investigation closed on {long_date(disclosed_at)}"
+        else:
+            sentence += (
+                f" and disclosed on {long_date(disclosed_at)}, when the longest time it could be kept "
+                "from you had passed"
+            )
     return sentence + "."
 
 

@@ -142,7 +142,9 @@ def encrypt_value(key: DataKey, *, citizen_id: str, field: str, version: int, pl
         raise ValueError("a value version is not negative")
     nonce = _nonce()
     header = key._header
-    sealed = key._aead.encrypt(nonce, plaintext, _associated(header, citizen_id, field, version))
+    # Built afresh, not cached: a value is encrypted once, and a bulk import's values in the
+    # cache would only evict what reads use.
+    sealed = key._aead.encrypt(nonce, plaintext, _associated_data(header, citizen_id, field, version))
     return header + nonce + sealed
 
 

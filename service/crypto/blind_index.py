@@ -30,6 +30,15 @@ NORMALISATION_VERSION = 2
 def normalise(value: str) -> str:
     """NFKC, without format or control characters, case-folded, trimmed. NFKC runs again
     after folding: folding can denormalise."""
+    if value.isascii() and value.isprintable():
+        # Printable ASCII (most identifiers): NFKC leaves it as it is, it holds no format
+        # or control character, and folding is lower(). The same result, several times faster.
+        return value.lower().strip()
+    return normalise_unicode(value)
+
+
+def normalise_unicode(value: str) -> str:
+    """``normalise`` for any text, step by step."""
     composed = unicodedata.normalize("NFKC", value)
     visible = "".join(ch for ch in composed if unicodedata.category(ch) not in ("Cf", "Cc"))
     folded = unicodedata.normalize("NFKC", visible.casefold())

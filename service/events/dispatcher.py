@@ -1,12 +1,15 @@
 """The webhook dispatcher: outbox events -> deliveries -> signed POSTs, retried, then dead.
 
 Each cycle it
+0. turns new audit entries into access notices in the outbox, and releases held ones
+   (``notices.py``);
 1. fans out: for every webhook subscription, turns the outbox events after its
    ``fanout_position`` that touch its fields into ``pending`` deliveries;
 2. claims due deliveries (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
    dispatchers never hold the same attempt; SQLite has one writer and one dispatcher);
-3. for each: re-checks the policy with the citizen's current status, checks the target's
-   addresses again (DNS rebinding), audits, signs to the Standard Webhooks spec and POSTs.
+3. for each: re-checks the policy with the citizen's current status (field changes),
+   checks the target's addresses again (DNS rebinding), audits, signs to the Standard
+   Webhooks spec and POSTs.
 
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
@@ -29,16 +32,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
 from service import tracing
-from service.audit.entries import events_access_entry
+from service.audit.entries import consent_delivery_entry, events_access_entry, notice_delivery_entry
 from service.audit.schemas import AuditEntry
 from service.config import Settings
 from service.db import create_engine, utcnow
 from service.events import fanout, repository
 from service.events.access import LivePolicy, OwnAuditSink
+from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED
+from service.events.notices import NoticeWorker
 from service.events.notifier import postgres_wakeups
-from service.events.schemas import EventData
 from service.events.secrets import SecretUndecryptable
-from service.events.service import EventsRuntime, dumps_payload, webhook_id
+from service.events.service import EventsRuntime, dumps_payload, event_data, webhook_id
 from service.events.targets import Pinned, UnsafeWebhookTarget, check_target, pinned
 from service.records import public as records_public
 
@@ -81,6 +85,7 @@ class Dispatcher:
         # Told each time a delivery goes to the dead-letter state (the metrics count them).
         self.on_dead = on_dead
         self.attempts_made = 0
+        self.notices = NoticeWorker(runtime.engine, runtime.terms)
 
     @property
     def settings(self) -> Settings:
@@ -141,6 +146,30 @@ class Dispatcher:
         sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:
             subscription, event = item.subscription, item.event
+            if event.type == CONSENT_CHANGED:
+                # The consumer's own agreement: the consent's status, audited as told.
+                told = consent_delivery_entry(
+                    time=now,
+                    client_id=subscription.client_id,
+                    department=subscription.department,
+                    citizen_id=event.citizen_id,
+                    owner=event.owner,
+                    source=_origin(subscription.webhook_url),
+                )
+                sendable.append((item, told, event.fields))
+                continue
+            if event.type == ACCESS_RECORDED:
+                # A notice to the citizen portal: the line of the citizen's access log it
+                # carries is audited as the portal reading that log.
+                notice = notice_delivery_entry(
+                    time=now,
+                    client_id=subscription.client_id,
+                    department=subscription.department,
+                    citizen_id=event.citizen_id,
+                    source=_origin(subscription.webhook_url),
+                )
+                sendable.append((item, notice, event.fields))
+                continue
             requested = [f for f in event.fields if f in subscription.fields]
             decisions = decide(
                 subscription.department, requested, subscription.purpose, statuses.get(event.citizen_id), now
@@ -194,15 +223,7 @@ class Dispatcher:
                 outcomes[item.id] = self._failure(item, "the signing secret could not be decrypted", None)
                 continue
             secrets_by_subscription[subscription.id] = secret
-            body = dumps_payload(
-                EventData(
-                    event_id=item.event.event_id,
-                    citizen_id=item.event.citizen_id,
-                    fields=released,
-                    owner=item.event.owner,
-                    occurred_at=item.event.occurred_at,
-                )
-            )
+            body = dumps_payload(event_data(item.event, released))
             ready.append((item, entry, body, target))
         if not ready:
             return
@@ -314,14 +335,19 @@ class Dispatcher:
     # --- the loop ---------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """One cycle: fan out and claim a batch (one transaction), then attempt it.
-        Returns deliveries created plus attempts made."""
+        """One cycle: access notices from the audit log (one transaction), then fan out and
+        claim a batch (another), then attempt it. Returns notices made, deliveries created
+        and attempts made."""
+        noticed = await self.notices.run_once(self.runtime.clock())
+        if noticed:
+            # Feeds waiting in this process see the new notices at once.
+            self.runtime.notifier.notify()
         async with self.runtime.engine.begin() as conn:
             created = await fanout.fan_out(conn)
             batch = await self._claim(conn)
         if batch:
             await self.deliver(batch)
-        return created + len(batch)
+        return noticed + created + len(batch)
 
     async def _idle_timeout(self) -> float:
         poll = self.settings.events_poll_interval_seconds

@@ -1,5 +1,6 @@
 """The pull feed: the events a department subscribed to and may still be told of now,
-decided per event and purpose, audited before the answer; long-polled with ``wait``."""
+decided per event and purpose (field changes) or as lines of citizens' access logs
+(access notices), audited before the answer; long-polled with ``wait``."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.audit.entries import events_access_entry
+from service.audit.entries import events_access_entry, query_entry
 from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.db import utcnow
 from service.events import repository
 from service.events.cursors import decode_position, encode_position
-from service.events.schemas import EventData, FeedPage
-from service.events.service import EventsRuntime
+from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED, FIELDS_CHANGED
+from service.events.schemas import AccessNotice, ConsentChanged, EventData, FeedPage
+from service.events.service import NOTICES_SCOPE, EventsRuntime, event_data, tells
 from service.records import public as records_public
 
 MAX_WAIT_SECONDS = 30
@@ -28,7 +30,7 @@ _FEED_BATCH = 500
 
 @dataclass
 class _FeedScan:
-    items: list[EventData]
+    items: list[EventData | AccessNotice | ConsentChanged]
     # (citizen, owner, purpose) -> audit entry, for each event released in this read.
     entries: list[AuditEntry]
     cursor: int
@@ -38,10 +40,14 @@ class _FeedScan:
 
 async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None, limit: int) -> _FeedScan:
     now = utcnow()
-    items: list[EventData] = []
+    items: list[EventData | AccessNotice | ConsentChanged] = []
     entries: list[AuditEntry] = []
     async with runtime.engine.connect() as conn:
         subscriptions = await repository.active_subscriptions(conn, caller.department)
+        if NOTICES_SCOPE not in caller.principal.scopes:
+            # Access notices are lines of citizens' access logs: only for the portal's role,
+            # whichever client of the department made the subscription.
+            subscriptions = [s for s in subscriptions if s.type != ACCESS_RECORDED]
         if after is None:
             # A first read starts where the department's earliest subscription started.
             after = (
@@ -58,24 +64,33 @@ async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None,
             if not rows:
                 break
             candidates = [
-                (
-                    row,
-                    [
-                        s
-                        for s in subscriptions
-                        if row.position > s.start_position and set(row.fields) & set(s.fields)
-                    ],
-                )
+                (row, [s for s in subscriptions if row.position > s.start_position and _matches(s, row)])
                 for row in rows
             ]
-            wanted = [row.citizen_id for row, matching in candidates if matching]
+            wanted = [
+                row.citizen_id for row, matching in candidates if matching and row.type == FIELDS_CHANGED
+            ]
             statuses = await records_public.citizen_statuses(conn, wanted)
             if wanted and decide is None:
                 decide = await runtime.policy.current(conn)
             for row, matching in candidates:
                 after = row.position
                 scanned += 1
-                if matching and decide is not None:
+                if matching and row.type == CONSENT_CHANGED:
+                    # The consumer's own agreement: the consent's status, audited as told.
+                    items.append(event_data(row, row.fields))
+                    entries.append(
+                        query_entry(caller.principal, "feed", source=caller.source, citizen_id=row.citizen_id)
+                    )
+                elif matching and row.type == ACCESS_RECORDED:
+                    # A line of the citizen's access log, audited as the portal reading it.
+                    items.append(event_data(row, row.fields))
+                    entries.append(
+                        query_entry(
+                            caller.principal, "access-log", source=caller.source, citizen_id=row.citizen_id
+                        )
+                    )
+                elif matching and decide is not None:
                     released, row_entries = _release(
                         caller, row, matching, statuses.get(row.citizen_id), decide, now
                     )
@@ -93,6 +108,10 @@ async def _scan(runtime: EventsRuntime, caller: RequestFacts, after: int | None,
                 if len(items) >= limit:
                     break
     return _FeedScan(items, entries, after, more=scanned >= FEED_SCAN_BUDGET)
+
+
+def _matches(subscription: repository.SubscriptionRow, row: repository.EventRow) -> bool:
+    return tells(subscription, row)
 
 
 def _release(

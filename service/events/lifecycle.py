@@ -25,6 +25,8 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         policy=LivePolicy(),
         audit=AppAuditSink(app.state),
         notifier=feed_notifier,
+        # Looked up at each use: a test moves the app's clock forward.
+        clock=lambda: app.state.clock(),
     )
     app.state.events = runtime
     # What the records write path passes to ``events_service.notify`` after a commit.

@@ -1,14 +1,18 @@
-"""The outbox of change events, consumers' subscriptions, and webhook deliveries.
+"""The outbox of events, subscriptions, webhook deliveries, and the access-notice worker's place.
 
-No table here holds a field value: an event names the citizen (by pseudonymous id) and
-the fields that changed; a consumer that wants the values reads them with a purpose.
+Two kinds of event share the outbox: a change to a citizen's fields
+(``citizen.fields_changed``), and an access notice (``access.recorded``): a department
+read, verified or looked up a citizen, for a purpose. No table here holds a field value:
+an event names the citizen (by pseudonymous id) and field names; a consumer that wants
+the values reads them with a purpose.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, utcnow
@@ -16,13 +20,23 @@ from service.db import Base, utcnow
 # SQLite only makes an INTEGER PRIMARY KEY an alias of the rowid; BIGINT elsewhere.
 Position = BigInteger().with_variant(Integer, "sqlite")
 
+FIELDS_CHANGED = "citizen.fields_changed"
+ACCESS_RECORDED = "access.recorded"
+# A citizen's consent to an agreement given, paused, resumed, revoked: told to the consumer.
+CONSENT_CHANGED = "consent.changed"
+
 
 class OutboxEvent(Base):
-    """One change to one citizen's fields of one owner, written in the change's transaction."""
+    """One change to one citizen's fields of one owner, written in the change's transaction;
+    or one access notice, written by the notice worker from the audit log."""
 
     __tablename__ = "event_outbox"
-    # AUTOINCREMENT on SQLite: a position is never reused, even after the newest row goes.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    __table_args__ = (
+        # Fan-out and the feed read one type after a position, past the other type's rows.
+        Index("ix_event_outbox_type_position", "type", "position"),
+        # AUTOINCREMENT on SQLite: a position is never reused, even after the newest row goes.
+        {"sqlite_autoincrement": True},
+    )
 
     position: Mapped[int] = mapped_column(Position, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
@@ -30,6 +44,9 @@ class OutboxEvent(Base):
     fields: Mapped[list[str]] = mapped_column(JSON)
     owner: Mapped[str] = mapped_column(String(63))
     occurred_at: Mapped[datetime] = mapped_column()
+    type: Mapped[str] = mapped_column(String(32), server_default=text(f"'{FIELDS_CHANGED}'"))
+    # An access notice's department, action, purpose, basis and disclosure (never a value).
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Subscription(Base):
@@ -52,6 +69,8 @@ class Subscription(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What it is told of: field changes (fields and purpose), or access notices (neither).
+    type: Mapped[str] = mapped_column(String(32), server_default=text(f"'{FIELDS_CHANGED}'"))
 
 
 DELIVERY_STATUSES = ("pending", "delivered", "dead", "withheld", "cancelled")
@@ -84,3 +103,36 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NoticeState(Base):
+    """One row: the last audit entry the access-notice worker has turned into notices.
+
+    The worker locks it (UPDATE first) for each round, so rounds run one at a time and
+    an entry becomes at most one notice; the notices and the new position commit together,
+    so it becomes at least one."""
+
+    __tablename__ = "access_notice_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_entry_id: Mapped[int] = mapped_column(Position)
+
+
+class HeldNotice(Base):
+    """An access notice held back until its case closes or its maximum delay passes; then
+    the worker adds it to the outbox and stamps ``released_at``, in one transaction."""
+
+    __tablename__ = "event_held_notices"
+    __table_args__ = (Index("ix_event_held_notices_waiting", "released_at", "disclose_by"),)
+
+    # The audit entry the notice is of: one notice per access.
+    entry_id: Mapped[int] = mapped_column(Position, primary_key=True, autoincrement=False)
+    citizen_id: Mapped[str] = mapped_column(String(36))
+    department: Mapped[str] = mapped_column(String(63))
+    case_ref: Mapped[str | None] = mapped_column(String(100))
+    fields: Mapped[list[str]] = mapped_column(JSON)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    accessed_at: Mapped[datetime] = mapped_column()
+    # The latest it may be held: the access's time plus the agreement's maximum delay.
+    disclose_by: Mapped[datetime] = mapped_column()
+    released_at: Mapped[datetime | None] = mapped_column(default=None)

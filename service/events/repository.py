@@ -14,7 +14,15 @@ from typing import Any
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.events.models import Delivery, OutboxEvent, Subscription
+from service.events.models import (
+    ACCESS_RECORDED,
+    FIELDS_CHANGED,
+    Delivery,
+    HeldNotice,
+    NoticeState,
+    OutboxEvent,
+    Subscription,
+)
 from service.events.notifier import PG_CHANNEL
 
 # pg_advisory_xact_lock key for "appending to the event outbox" (ASCII 'events-o').
@@ -29,6 +37,8 @@ class EventRow:
     fields: list[str]
     owner: str
     occurred_at: datetime
+    type: str = FIELDS_CHANGED
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class SubscriptionRow:
     fanout_position: int
     status: str
     created_at: datetime
+    type: str = FIELDS_CHANGED
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,8 @@ _EVENT_COLUMNS = (
     OutboxEvent.fields,
     OutboxEvent.owner,
     OutboxEvent.occurred_at,
+    OutboxEvent.type,
+    OutboxEvent.detail,
 )
 _SUBSCRIPTION_COLUMNS = (
     Subscription.id,
@@ -77,6 +90,7 @@ _SUBSCRIPTION_COLUMNS = (
     Subscription.fanout_position,
     Subscription.status,
     Subscription.created_at,
+    Subscription.type,
 )
 
 
@@ -90,6 +104,8 @@ def _event(row: Any, prefix: str = "") -> EventRow:
         fields=list(columns[f"{prefix}fields"]),
         owner=columns[f"{prefix}owner"],
         occurred_at=columns[f"{prefix}occurred_at"],
+        type=columns[f"{prefix}type"],
+        detail=columns[f"{prefix}detail"],
     )
 
 
@@ -106,6 +122,7 @@ def _subscription(row: Any) -> SubscriptionRow:
         fanout_position=int(row.fanout_position),
         status=row.status,
         created_at=row.created_at,
+        type=row.type,
     )
 
 
@@ -131,9 +148,10 @@ async def notify_on_commit(conn: AsyncConnection) -> None:
 
 
 async def insert_events(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Outbox rows (event_id, citizen_id, fields, owner, occurred_at) in one executemany,
-    positioned in their order."""
-    await conn.execute(insert(OutboxEvent), list(rows))
+    """Outbox rows (event_id, citizen_id, fields, owner, occurred_at; an access notice also
+    type and detail) in one executemany, positioned in their order."""
+    if rows:
+        await conn.execute(insert(OutboxEvent), list(rows))
 
 
 async def head_position(conn: AsyncConnection) -> int:
@@ -142,13 +160,14 @@ async def head_position(conn: AsyncConnection) -> int:
     return int(head) if head is not None else 0
 
 
-async def events_after(conn: AsyncConnection, after: int, limit: int) -> list[EventRow]:
-    result = await conn.execute(
-        select(*_EVENT_COLUMNS)
-        .where(OutboxEvent.position > after)
-        .order_by(OutboxEvent.position)
-        .limit(limit)
-    )
+async def events_after(
+    conn: AsyncConnection, after: int, limit: int, type: str | None = None
+) -> list[EventRow]:
+    """Outbox events after ``after`` in order; of one ``type`` only, if given."""
+    statement = select(*_EVENT_COLUMNS).where(OutboxEvent.position > after)
+    if type is not None:
+        statement = statement.where(OutboxEvent.type == type)
+    result = await conn.execute(statement.order_by(OutboxEvent.position).limit(limit))
     return [_event(row) for row in result]
 
 
@@ -239,6 +258,98 @@ async def set_fanout_position(conn: AsyncConnection, subscription_id: str, posit
     await conn.execute(
         update(Subscription).where(Subscription.id == subscription_id).values(fanout_position=position)
     )
+
+
+# --- access notices: audit entries -> notices ---------------------------------------------
+
+
+async def lock_notice_state(conn: AsyncConnection) -> int:
+    """Take the notice worker's row for this transaction; the last entry id it passed."""
+    result = await conn.execute(
+        update(NoticeState)
+        .where(NoticeState.id == 1)
+        .values(last_entry_id=NoticeState.last_entry_id)
+        .returning(NoticeState.last_entry_id)
+    )
+    return int(result.scalar_one())
+
+
+async def notice_position(conn: AsyncConnection) -> int:
+    result = await conn.execute(select(NoticeState.last_entry_id).where(NoticeState.id == 1))
+    return int(result.scalar_one())
+
+
+async def set_notice_position(conn: AsyncConnection, last_entry_id: int) -> None:
+    await conn.execute(update(NoticeState).where(NoticeState.id == 1).values(last_entry_id=last_entry_id))
+
+
+async def access_subscribed(conn: AsyncConnection) -> bool:
+    """Whether any active subscription asks for access notices."""
+    result = await conn.execute(
+        select(Subscription.id)
+        .where(Subscription.type == ACCESS_RECORDED, Subscription.status == "active")
+        .limit(1)
+    )
+    return result.first() is not None
+
+
+async def hold_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(HeldNotice), list(rows))
+
+
+@dataclass(frozen=True)
+class HeldRow:
+    entry_id: int
+    citizen_id: str
+    department: str
+    case_ref: str | None
+    fields: list[str]
+    detail: dict[str, Any]
+    accessed_at: datetime
+    disclose_by: datetime
+
+
+async def waiting_cases(conn: AsyncConnection) -> list[tuple[str, str]]:
+    """(department, case reference) of every case a held notice waits for."""
+    result = await conn.execute(
+        select(HeldNotice.department, HeldNotice.case_ref)
+        .where(HeldNotice.released_at.is_(None), HeldNotice.case_ref.is_not(None))
+        .distinct()
+    )
+    return [(str(d), str(r)) for d, r in result]
+
+
+async def due_notices(
+    conn: AsyncConnection, now: datetime, closed: Sequence[tuple[str, str]], limit: int
+) -> list[HeldRow]:
+    """Held notices not yet released whose maximum delay has passed or whose case is in
+    ``closed``, oldest access first."""
+    due = [HeldNotice.disclose_by <= now]
+    due += [and_(HeldNotice.department == d, HeldNotice.case_ref == r) for d, r in closed]
+    result = await conn.execute(
+        select(
+            HeldNotice.entry_id,
+            HeldNotice.citizen_id,
+            HeldNotice.department,
+            HeldNotice.case_ref,
+            HeldNotice.fields,
+            HeldNotice.detail,
+            HeldNotice.accessed_at,
+            HeldNotice.disclose_by,
+        )
+        .where(HeldNotice.released_at.is_(None), or_(*due))
+        .order_by(HeldNotice.entry_id)
+        .limit(limit)
+    )
+    return [HeldRow(int(r[0]), r[1], r[2], r[3], list(r[4]), dict(r[5]), r[6], r[7]) for r in result]
+
+
+async def release_held(conn: AsyncConnection, entry_ids: Sequence[int], now: datetime) -> None:
+    if entry_ids:
+        await conn.execute(
+            update(HeldNotice).where(HeldNotice.entry_id.in_(list(entry_ids))).values(released_at=now)
+        )
 
 
 # --- claims and results -------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 PurposeId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
@@ -13,20 +13,51 @@ PurposeId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 EVENT_TYPE: Literal["citizen.fields_changed"] = "citizen.fields_changed"
 
 
+ACCESS_RECORDED: Literal["access.recorded"] = "access.recorded"
+CONSENT_CHANGED: Literal["consent.changed"] = "consent.changed"
+EventType = Literal["citizen.fields_changed", "access.recorded", "consent.changed"]
+
+
 class SubscriptionIn(BaseModel):
+    """Field changes (``fields`` and ``purpose``), access notices (neither: every access
+    to any citizen's record, for the citizen portal), or consent changes (neither: every
+    change to a citizen's consent to an agreement the caller's department is consumer of)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    fields: list[FieldName] = Field(min_length=1, max_length=100)
-    purpose: PurposeId
+    type: EventType = EVENT_TYPE
+    fields: list[FieldName] = Field(default_factory=list, max_length=100, validate_default=True)
+    purpose: PurposeId | None = Field(default=None, validate_default=True)
     # Without a URL the subscription is read through the feed, GET /v1/events.
     webhook_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_fit_type(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("type", EVENT_TYPE) == EVENT_TYPE:
+            if not value:
+                raise ValueError("a subscription to field changes names at least one field")
+        elif value:
+            raise ValueError(f"a subscription to {info.data.get('type')} events names no fields")
+        return value
+
+    @field_validator("purpose")
+    @classmethod
+    def _purpose_fits_type(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("type", EVENT_TYPE) == EVENT_TYPE:
+            if value is None:
+                raise ValueError("a subscription to field changes states its purpose")
+        elif value is not None:
+            raise ValueError(f"a subscription to {info.data.get('type')} events states no purpose")
+        return value
 
 
 class SubscriptionOut(BaseModel):
     id: str
+    type: EventType
     department: str
     fields: list[str]
-    purpose: str
+    purpose: str | None
     webhook_url: str | None
     status: Literal["active", "deleted"]
     created_at: datetime
@@ -52,8 +83,45 @@ class EventData(BaseModel):
     occurred_at: datetime
 
 
+class AccessNotice(BaseModel):
+    """One access that released a citizen's data: which department, what it did, which
+    fields, for what purpose, on what basis, when. Never a value, never an officer.
+
+    An access under delayed disclosure is told only once its case is closed or its
+    maximum delay has passed: ``occurred_at`` is still the access's own time, and
+    ``disclosed_at`` and ``disclosed_by`` (``case-closed`` or ``max-delay``) say when and why."""
+
+    type: Literal["access.recorded"] = ACCESS_RECORDED
+    event_id: str
+    citizen_id: str
+    department: str
+    action: str
+    fields: list[str]
+    purpose: str | None
+    basis: str
+    legal_basis: list[str]
+    occurred_at: datetime
+    disclosed_at: datetime | None = None
+    disclosed_by: Literal["case-closed", "max-delay"] | None = None
+
+
+class ConsentChanged(BaseModel):
+    """A citizen's consent to an agreement the receiving department is consumer of was
+    given or changed: the consent, the agreement and its new status. Never a value."""
+
+    type: Literal["consent.changed"] = CONSENT_CHANGED
+    event_id: str
+    citizen_id: str
+    consent_id: str
+    agreement: str
+    purpose: str
+    fields: list[str]
+    status: Literal["active", "paused", "revoked"]
+    occurred_at: datetime
+
+
 class FeedPage(BaseModel):
-    items: list[EventData]
+    items: list[EventData | AccessNotice | ConsentChanged]
     # Pass as ``after`` next time; it moves past events you were not told of, too.
     cursor: str
 

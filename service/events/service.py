@@ -12,19 +12,21 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.audit.entries import events_access_entry
+from service.audit.entries import events_access_entry, query_entry
+from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.config import Settings
 from service.db import utcnow
+from service.errors import Forbidden
 from service.events import repository
 from service.events.access import AuditSink, PolicySource
 from service.events.cursors import bad_cursor, decode_position, decode_text, encode_position, encode_text
@@ -36,7 +38,11 @@ from service.events.errors import (
 )
 from service.events.notifier import EventNotifier, feed_notifier
 from service.events.schemas import (
+    ACCESS_RECORDED,
+    CONSENT_CHANGED,
     EVENT_TYPE,
+    AccessNotice,
+    ConsentChanged,
     DeliveryOut,
     DeliveryPage,
     EventData,
@@ -48,6 +54,10 @@ from service.events.schemas import (
 )
 from service.events.secrets import SecretBox, SecretSealer, new_signing_secret
 from service.events.targets import Resolver, UnsafeWebhookTarget, check_target, parse
+from service.policy.terms import AgreementTerms, agreement_terms
+
+# The citizen portal's scope: it may read any citizen's access log on the citizen's behalf.
+NOTICES_SCOPE = "citizens:access-log"
 
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -63,6 +73,10 @@ class EventsRuntime:
     notifier: EventNotifier = field(default_factory=lambda: feed_notifier)
     # None: the system resolver. Tests give a stub that never leaves the machine.
     resolver: Resolver | None = None
+    # What access notices take as now (delayed disclosure); tests move it forward.
+    clock: Callable[[], datetime] = utcnow
+    # The terms of the agreement versions audit entries cite (basis, disclosure).
+    terms: AgreementTerms = field(default_factory=lambda: agreement_terms)
     _secret_box: SecretSealer | None = None
 
     @property
@@ -146,14 +160,14 @@ def notify(target: Any = None) -> None:
 # --- subscriptions ------------------------------------------------------------------------
 
 
-def _validate_against_catalog(catalog: Catalog, body: SubscriptionIn) -> list[str]:
+def _validate_against_catalog(catalog: Catalog, body: SubscriptionIn, purpose: str) -> list[str]:
     errors: list[dict[str, Any]] = [
         {"loc": ["body", "fields", index], "msg": f"unknown field {name!r}"}
         for index, name in enumerate(body.fields)
         if catalog.field(name) is None
     ]
-    if catalog.purpose(body.purpose) is None:
-        errors.append({"loc": ["body", "purpose"], "msg": f"unknown purpose {body.purpose!r}"})
+    if catalog.purpose(purpose) is None:
+        errors.append({"loc": ["body", "purpose"], "msg": f"unknown purpose {purpose!r}"})
     if errors:
         raise InvalidSubscription(
             "The subscription names fields or a purpose the catalog does not have.", errors=errors
@@ -164,9 +178,12 @@ def _validate_against_catalog(catalog: Catalog, body: SubscriptionIn) -> list[st
 def _subscription_out(row: repository.SubscriptionRow) -> SubscriptionOut:
     return SubscriptionOut(
         id=row.id,
+        type=ACCESS_RECORDED
+        if row.type == ACCESS_RECORDED
+        else (CONSENT_CHANGED if row.type == CONSENT_CHANGED else EVENT_TYPE),
         department=row.department,
         fields=row.fields,
-        purpose=row.purpose,
+        purpose=row.purpose or None,
         webhook_url=row.webhook_url,
         status="active" if row.status == "active" else "deleted",
         created_at=row.created_at,
@@ -178,18 +195,27 @@ async def create_subscription(
 ) -> SubscriptionCreated:
     """Refused (403) unless an agreement lets the caller's department subscribe to every field
     for the purpose. At this point no citizen is in view, so conditions are judged as for an
-    active citizen; every event is checked again, with its citizen's real status."""
+    active citizen; every event is checked again, with its citizen's real status. Access
+    notices need the citizen portal's scope instead (``_notice_subscription``)."""
+    if body.type == ACCESS_RECORDED:
+        return await _notice_subscription(runtime, caller, body)
+    if body.type == CONSENT_CHANGED:
+        # Only the department's own agreements' consents are ever told (``tells``).
+        entry = query_entry(caller.principal, "subscribe", source=caller.source)
+        return await _store_subscription(runtime, caller, body, [], entry, utcnow())
     now = utcnow()
+    # A subscription to changes always states one (``SubscriptionIn`` checks).
+    purpose = body.purpose or ""
     async with runtime.engine.connect() as conn:
         catalog = await catalog_service.current_cached(conn)
-        fields = _validate_against_catalog(catalog, body)
+        fields = _validate_against_catalog(catalog, body, purpose)
         if body.webhook_url is not None:
             try:
                 parse(body.webhook_url)
             except UnsafeWebhookTarget as exc:
                 raise _unsafe(exc) from None
         decide = await runtime.policy.current(conn)
-    decisions = decide(caller.department, fields, body.purpose, "active", now)
+    decisions = decide(caller.department, fields, purpose, "active", now)
     denied = [name for name in fields if decisions[name].effect != "permit"]
     owners = [spec.owner for name in fields if (spec := catalog.field(name)) is not None]
     entry = events_access_entry(
@@ -202,7 +228,7 @@ async def create_subscription(
         owners=owners,
         requested=fields,
         decisions=decisions,
-        purpose=body.purpose,
+        purpose=purpose,
         status=403 if denied else 201,
         citizen_status="active",
         request_id=caller.request_id,
@@ -212,8 +238,37 @@ async def create_subscription(
         await runtime.audit.record([entry])
         reasons = "; ".join(f"{name}: {decisions[name].reason}" for name in denied)
         raise SubscribeNotPermitted(
-            f"Your department may not subscribe to {', '.join(denied)} for {body.purpose}: {reasons}"
+            f"Your department may not subscribe to {', '.join(denied)} for {purpose}: {reasons}"
         )
+    return await _store_subscription(runtime, caller, body, fields, entry, now)
+
+
+async def _notice_subscription(
+    runtime: EventsRuntime, caller: RequestFacts, body: SubscriptionIn
+) -> SubscriptionCreated:
+    """Access notices, for a client with the citizen portal's scope (403 otherwise): the
+    portal may read any citizen's access log on the citizen's behalf, and a notice is one
+    line of it."""
+    now = utcnow()
+    if body.webhook_url is not None:
+        try:
+            parse(body.webhook_url)
+        except UnsafeWebhookTarget as exc:
+            raise _unsafe(exc) from None
+    if NOTICES_SCOPE not in caller.principal.scopes:
+        raise Forbidden(f"Access notices need the scope {NOTICES_SCOPE} (the citizen-portal role).")
+    entry = query_entry(caller.principal, "subscribe", source=caller.source)
+    return await _store_subscription(runtime, caller, body, [], entry, now)
+
+
+async def _store_subscription(
+    runtime: EventsRuntime,
+    caller: RequestFacts,
+    body: SubscriptionIn,
+    fields: list[str],
+    entry: AuditEntry,
+    now: datetime,
+) -> SubscriptionCreated:
     if body.webhook_url is not None:
         try:
             await check_target(
@@ -237,17 +292,19 @@ async def create_subscription(
                 "department": caller.department,
                 "client_id": caller.principal.client_id,
                 "fields": fields,
-                "purpose": body.purpose,
+                "purpose": body.purpose or "",
                 "webhook_url": body.webhook_url,
                 "secret_ciphertext": sealed,
                 "start_position": head,
                 "fanout_position": head,
                 "status": "active",
                 "created_at": now,
+                "type": body.type,
             },
         )
     return SubscriptionCreated(
         id=subscription_id,
+        type=body.type,
         department=caller.department,
         fields=fields,
         purpose=body.purpose,
@@ -360,7 +417,98 @@ def webhook_id(delivery_id: str) -> str:
     return "msg_" + uuid.UUID(delivery_id).hex
 
 
-def dumps_payload(data: EventData) -> str:
+def tells(subscription: repository.SubscriptionRow, event: repository.EventRow) -> bool:
+    """Whether ``event`` is for ``subscription``: of its type, and a change to its fields, a
+    consent change of an agreement its department is consumer of, or any access notice."""
+    if subscription.type != event.type:
+        return False
+    if event.type == CONSENT_CHANGED:
+        return (event.detail or {}).get("consumer") == subscription.department
+    return event.type == ACCESS_RECORDED or bool(set(event.fields) & set(subscription.fields))
+
+
+async def record_consent_change(
+    conn: AsyncConnection,
+    *,
+    citizen_id: str,
+    consent_id: str,
+    agreement: str,
+    owner: str,
+    consumer: str,
+    purpose: str,
+    fields: Sequence[str],
+    status: str,
+    occurred_at: datetime,
+) -> None:
+    """Tell the consumer department, in the caller's transaction, that a citizen's consent
+    to one of its agreements was given or changed: names and the status, never a value."""
+    await repository.lock_outbox(conn)
+    await repository.insert_events(
+        conn,
+        [
+            {
+                "event_id": str(uuid.uuid4()),
+                "citizen_id": citizen_id,
+                "fields": list(fields),
+                "owner": owner,
+                "occurred_at": occurred_at,
+                "type": CONSENT_CHANGED,
+                "detail": {
+                    "consent_id": consent_id,
+                    "agreement": agreement,
+                    "consumer": consumer,
+                    "purpose": purpose,
+                    "status": status,
+                },
+            }
+        ],
+    )
+    await repository.notify_on_commit(conn)
+
+
+def event_data(
+    event: repository.EventRow, fields: Sequence[str]
+) -> EventData | AccessNotice | ConsentChanged:
+    """What a receiver is told of ``event``: only ``fields`` of a change (those it may be
+    told of now); an access notice or a consent change whole."""
+    if event.type == CONSENT_CHANGED:
+        detail = event.detail or {}
+        return ConsentChanged(
+            event_id=event.event_id,
+            citizen_id=event.citizen_id,
+            consent_id=detail["consent_id"],
+            agreement=detail["agreement"],
+            purpose=detail["purpose"],
+            fields=list(event.fields),
+            status=detail["status"],
+            occurred_at=event.occurred_at,
+        )
+    if event.type == ACCESS_RECORDED:
+        detail = event.detail or {}
+        return AccessNotice(
+            event_id=event.event_id,
+            citizen_id=event.citizen_id,
+            department=detail["department"],
+            action=detail["action"],
+            fields=list(fields),
+            purpose=detail.get("purpose"),
+            basis=detail.get("basis", "statutory"),
+            legal_basis=detail.get("legal_basis") or [],
+            occurred_at=event.occurred_at,
+            disclosed_at=detail.get("disclosed_at"),
+            disclosed_by=detail.get("disclosed_by"),
+        )
+    return EventData(
+        event_id=event.event_id,
+        citizen_id=event.citizen_id,
+        fields=list(fields),
+        owner=event.owner,
+        occurred_at=event.occurred_at,
+    )
+
+
+def dumps_payload(data: EventData | AccessNotice | ConsentChanged) -> str:
     """The webhook body: compact JSON of ``{"type", "data"}``, exactly the bytes signed."""
-    payload = {"type": EVENT_TYPE, "data": data.model_dump(mode="json")}
+    kind = data.type if isinstance(data, (AccessNotice, ConsentChanged)) else EVENT_TYPE
+    payload = {"type": kind, "data": data.model_dump(mode="json")}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

@@ -35,6 +35,8 @@ LABELS = {
     "valid_until": "the end date",
     "when": "the condition",
     "require_case_ref": "whether a case reference is required",
+    "disclosure": "the disclosure",
+    "max_delay": "the maximum delay",
     "effect": "the effect",
     "basis": "the basis",
     "signature": "the signature",
@@ -61,6 +63,8 @@ _DEPENDS = {
     "purposes": {"effect"},
     "legal_basis": {"effect"},
     "require_case_ref": {"effect"},
+    "disclosure": {"effect"},
+    "max_delay": {"disclosure", "effect"},
     "valid_until": {"valid_from"},
     "verify": {"fields", "actions", "effect"},
     "basis": {"actions", "purposes", "effect"},
@@ -77,6 +81,8 @@ _STAND_INS: dict[str, Any] = {
     "valid_until": None,
     "when": None,
     "require_case_ref": False,
+    "disclosure": "immediate",
+    "max_delay": None,
     "effect": "permit",
     "basis": "statutory",
     "signature": None,
@@ -119,6 +125,8 @@ def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str
         return f"{value!r} is not an action; the actions are {_ACTIONS}"
     if kind == "literal_error" and part == "effect":
         return "the effect must be permit or forbid"
+    if kind == "literal_error" and part == "disclosure":
+        return "the disclosure must be immediate or after-case-closed"
     if kind == "literal_error" and part == "basis":
         return "the basis must be statutory, consent or objectable"
     if kind == "literal_error" and part == "verify":

@@ -16,7 +16,7 @@ because a condition runs on the hot path of every access it covers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ CONSENT_REQUIRED = "consent-required"
 OBJECTED = "objected"
 
 UNEVALUATED = "condition could not be evaluated"
+NEEDS_CASE_REF = "needs a case reference"
 
 # The claims a ``verify`` agreement allows on one field: operator -> the allowed operands
 # (values as written, relative dates such as ``today-18y`` kept as text).
@@ -68,6 +69,9 @@ class Agreement:
     valid_until: date | None = None
     when: str | None = None
     require_case_ref: bool = False
+    # ``disclosure: after-case-closed``: its ``max_delay``; such an agreement needs a case
+    # reference on every access, and the citizen is shown its accesses only later.
+    disclosure_delay: timedelta | None = None
     effect: Effect = "permit"
     basis: Basis = "statutory"
     version: int = 1
@@ -110,6 +114,8 @@ class Decision:
     # For a permitted ``verify``: the claims the deciding agreement allows on this field,
     # or ``None`` when it leaves them open.
     allowed_claims: AllowedClaims | None = None
+    # Permitted under delayed disclosure: the deciding agreement's ``max_delay``.
+    disclosure_delay: timedelta | None = None
 
     @property
     def permitted(self) -> bool:
@@ -192,6 +198,7 @@ class Grant:
     legal_basis: str | None
     digest: str = ""
     verify: Mapping[str, AllowedClaims] | None = None
+    disclosure_delay: timedelta | None = None
     basis: Basis = "statutory"
 
     def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
@@ -204,8 +211,9 @@ class Grant:
             return f"agreement {self.agreement} starts {self.valid_from}"
         if self.ends is not None and context.time >= self.ends:
             return f"agreement {self.agreement} expired {self.valid_until}"
-        if self.require_case_ref and not context.case_ref and self.effect == "permit":
-            return f"agreement {self.agreement} needs a case reference"
+        needs_case_ref = self.require_case_ref or self.disclosure_delay is not None
+        if needs_case_ref and not context.case_ref and self.effect == "permit":
+            return f"agreement {self.agreement} {NEEDS_CASE_REF}"
         if self.condition is not None:
             if not bindings:
                 bindings.update(_bindings(context))
@@ -281,6 +289,30 @@ class CompiledPolicy:
         """One decision per field, in the order asked."""
         evaluated = self._evaluate(consumer, action, fields, context, False)
         return {name: pair[0] for name, pair in evaluated.items()}
+
+    def missing_case_ref(
+        self,
+        consumer: str,
+        action: str,
+        decisions: Mapping[str, Decision],
+        context: RequestContext,
+    ) -> dict[str, Decision]:
+        """The fields denied in ``decisions`` that a delayed-disclosure agreement would
+        permit if the request carried a case reference (it carries none), each with that
+        decision."""
+        if context.case_ref:
+            return {}
+        denied = [name for name, decision in decisions.items() if decision.effect != "permit"]
+        if not denied:
+            return {}
+        by_field = self.index.get((consumer, action)) or {}
+        if not any(g.disclosure_delay for name in denied for g in by_field.get(name, ())):
+            return {}
+        # Decided again with a stand-in reference: a forbid or an unmet condition still wins.
+        again = self.decide(consumer, action, denied, replace(context, case_ref="case-ref"))
+        return {
+            name: again[name] for name in denied if again[name].permitted and again[name].disclosure_delay
+        }
 
     def explain(
         self, consumer: str, action: str, fields: Sequence[str], context: RequestContext
@@ -371,6 +403,7 @@ def _decide_field(
             permit.legal_basis,
             digest=permit.digest or None,
             allowed_claims=claims,
+            disclosure_delay=permit.disclosure_delay,
         )
         return (decision, tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
@@ -419,6 +452,7 @@ def compile_policy(
             legal_basis=agreement.legal_basis,
             digest=agreement.digest,
             verify=agreement.verify,
+            disclosure_delay=agreement.disclosure_delay,
             basis=agreement.basis,
         )
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an

@@ -8,7 +8,7 @@ the whole folder is valid. ``check_agreement`` is shared with the API and the co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from service.catalog.schemas import Catalog
 from service.policy.engine import CHOICE_ACTIONS, ConditionError, compile_condition
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerVerifier
+from service.policy.terms import MAX_DELAY_LIMIT, parse_duration
 from service.records import values as record_values
 from service.sourcefile import PathKey, SourceDocument, SourceError, SourceFileError, read_yaml
 
@@ -87,6 +88,7 @@ def check_agreement(
             problems.append((("legal_basis",), "a permit needs a legal basis"))
     elif spec.require_case_ref:
         problems.append((("require_case_ref",), "only a permit can require a case reference"))
+    problems.extend(_check_disclosure(spec))
     if spec.valid_from and spec.valid_until and spec.valid_until < spec.valid_from:
         problems.append(
             (
@@ -108,6 +110,26 @@ def check_agreement(
         if problem is not None:
             problems.append((("signature",), problem))
     return problems
+
+
+def _check_disclosure(spec: AgreementSpec) -> list[Problem]:
+    """``after-case-closed`` needs a permit and a ``max_delay`` of at most five years."""
+    if spec.disclosure == "immediate":
+        if spec.max_delay is not None:
+            return [(("max_delay",), "max_delay applies only with disclosure: after-case-closed")]
+        return []
+    if spec.effect != "permit":
+        return [(("disclosure",), "only a permit can delay disclosure")]
+    if spec.max_delay is None:
+        return [(("max_delay",), "disclosure: after-case-closed needs a max_delay, such as P365D")]
+    try:
+        delay = parse_duration(spec.max_delay)
+    except ValueError as exc:
+        return [(("max_delay",), str(exc))]
+    if delay <= timedelta(0) or delay > MAX_DELAY_LIMIT:
+        limit = MAX_DELAY_LIMIT.days
+        return [(("max_delay",), f"max_delay must be more than nothing and at most {limit} days")]
+    return []
 
 
 # Actions decided on the register's identity field alone. Granted on any other field they

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.catalog.models import CatalogVersion
@@ -85,3 +85,15 @@ async def add_version(
         await session.flush()
     session.add(row)
     await session.flush()
+
+
+async def version_contents(
+    conn: AsyncConnection, versions: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], dict[str, object]]:
+    """The stored content of each (agreement id, version) asked for that exists."""
+    if not versions:
+        return {}
+    table = AgreementVersion.__table__
+    wanted = or_(*(and_(table.c.agreement_id == a, table.c.version == v) for a, v in versions))
+    result = await conn.execute(select(table.c.agreement_id, table.c.version, table.c.content).where(wanted))
+    return {(str(r[0]), int(r[1])): dict(r[2]) for r in result}

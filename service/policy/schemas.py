@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.catalog.schemas import FieldName, Identifier
 from service.policy.engine import Action, Agreement, Basis, Effect
+from service.policy.terms import Disclosure, parse_duration
 
 Status = Literal["active", "revoked"]
 # The operators a ``verify`` agreement may fix thresholds for ('in' is asked as several 'eq').
@@ -31,6 +32,11 @@ class AgreementSpec(BaseModel):
     valid_until: date | None = None
     when: str | None = Field(default=None, max_length=2000)
     require_case_ref: bool = False
+    # ``after-case-closed``: accesses under it are kept from the citizen until the consumer
+    # closes the case (each access must carry one) or ``max_delay`` (ISO 8601, e.g. P365D)
+    # passes. Auditors see them at once.
+    disclosure: Disclosure = "immediate"
+    max_delay: str | None = Field(default=None, max_length=40)
     effect: Effect = "permit"
     # ``consent``: releases only while the citizen holds an active consent to this
     # agreement; ``objectable``: unless the citizen has objected. The default is left out
@@ -62,6 +68,7 @@ class AgreementSpec(BaseModel):
             valid_until=self.valid_until,
             when=self.when,
             require_case_ref=self.require_case_ref,
+            disclosure_delay=self.disclosure_delay(),
             effect=self.effect,
             basis=self.basis,
             version=version,
@@ -75,6 +82,15 @@ class AgreementSpec(BaseModel):
                 else None
             ),
         )
+
+    def disclosure_delay(self) -> timedelta | None:
+        """``max_delay`` for an ``after-case-closed`` agreement (the loader has checked it)."""
+        if self.disclosure != "after-case-closed" or self.max_delay is None:
+            return None
+        try:
+            return parse_duration(self.max_delay)
+        except ValueError:
+            return None
 
 
 class PolicyFile(BaseModel):

@@ -83,7 +83,12 @@ class _RejectFile:
         kept: list[list[str]] = []
         if keep_up_to_line is not None and path.exists():
             with path.open(newline="", encoding="utf-8") as old:
-                kept = [r for r in list(csv.reader(old))[1:] if r and int(r[0]) <= keep_up_to_line]
+                # Whole lines of committed rows only: a batch's lines are flushed before it commits.
+                kept = [
+                    r
+                    for r in list(csv.reader(old))[1:]
+                    if len(r) == 2 and r[0].isdigit() and int(r[0]) <= keep_up_to_line
+                ]
         self.handle: TextIO = path.open("w", newline="", encoding="utf-8")
         self.writer = csv.writer(self.handle)
         self.writer.writerow(["line", "reason"])
@@ -112,7 +117,11 @@ def import_file(
         False, "--resume", help="Continue after the last batch an earlier run committed."
     ),
     batch_size: int = typer.Option(
-        importing.DEFAULT_BATCH_SIZE, "--batch-size", min=1, max=5000, help="Rows per transaction."
+        importing.DEFAULT_BATCH_SIZE,
+        "--batch-size",
+        min=1,
+        max=importing.MAX_BATCH_SIZE,
+        help="Rows per transaction (at most 2,000).",
     ),
 ) -> None:
     """Import a department's existing records from a CSV or JSON Lines file.
@@ -130,7 +139,9 @@ def import_file(
         database = Database(settings)
         try:
             plan = await importing.plan_import(database.engine, file, file_format, department, mode)
-            keep = await importing.committed_line(database.engine, plan) if resume else None
+            earlier = await importing.earlier_run(database.engine, plan) if resume else None
+            finished = earlier is not None and earlier.finished_at is not None
+            keep = (earlier.last_line if earlier is not None else 0) if resume else None
             rejects = _RejectFile(reject_file, keep) if reject_file else None
             columns = (
                 TextColumn("[bold]importing"),
@@ -142,7 +153,7 @@ def import_file(
                 TimeElapsedColumn(),
             )
             try:
-                with Progress(*columns, console=errors) as progress:
+                with Progress(*columns, console=errors, disable=finished) as progress:
                     task = progress.add_task("import", total=plan.scanned.rows)
 
                     def refused(rejections: Sequence[importing.Rejection]) -> None:

@@ -73,8 +73,8 @@ async def start_import_run(
 
 
 async def claim_import_run(conn: AsyncConnection, run_id: int, now: datetime) -> None:
-    """A batch's first statement: a write, so on SQLite the batch holds the write lock
-    before it reads anything, and on PostgreSQL two imports of one file take turns."""
+    """A SQLite batch's first statement: a write, so the batch holds the one write lock
+    before it reads anything."""
     await conn.execute(update(import_runs).where(import_runs.c.id == run_id).values(updated_at=now))
 
 

@@ -16,17 +16,17 @@ transaction, so after a crash ``--resume`` continues after the last committed ro
 
 A refused row is reported with its line number and a reason that names the field and
 the rule, never the value. Columns the department may not write stop the import before
-any row is written (``ImportRefused``).
+any row is written (``import_plan``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,24 +34,35 @@ from service.audit import writer as audit_writer
 from service.audit.schemas import AuditEntry
 from service.auth.dependencies import Principal
 from service.auth.facts import RequestFacts
-from service.catalog import service as catalog_service
-from service.catalog.schemas import Catalog
 from service.crypto.keyring import Keyring
 from service.errors import ServiceError
 from service.events import service as events_service
 from service.records import import_files, import_progress, repository, seeding, values
-from service.records.import_files import ImportFormat, ScannedFile, SourceRow
+from service.records.import_files import SourceRow
+from service.records.import_plan import ImportMode, ImportPlan, ImportRefused, column_problems, plan_import
 from service.records.service import comparable_national_id, now, plaintexts, registered_national_ids
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
 from service.records.writes import lock_blind_indexes
 
-ImportMode = Literal["register", "update"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "MAX_BATCH_SIZE",
+    "ImportCounts",
+    "ImportMode",
+    "ImportPlan",
+    "ImportRefused",
+    "ImportReport",
+    "Rejection",
+    "column_problems",
+    "earlier_run",
+    "plan_import",
+    "run_import",
+]
+
 DEFAULT_BATCH_SIZE = 1000
-
-
-class ImportRefused(Exception):
-    """The import cannot start (the file or its columns); nothing was written. The
-    message names columns and rules, never a value."""
+# Each row of a register batch holds an advisory lock on PostgreSQL until commit, two
+# batches at a time: 4,000 at most, inside the default lock table's 6,400.
+MAX_BATCH_SIZE = 2000
 
 
 @dataclass
@@ -78,22 +89,6 @@ class Rejection:
     reason: str
 
 
-@dataclass(frozen=True)
-class ImportPlan:
-    """A checked file, ready to import: every column is one the department writes."""
-
-    path: Path
-    file_format: ImportFormat
-    department: str
-    mode: ImportMode
-    catalog: Catalog
-    scanned: ScannedFile
-
-    @property
-    def fields(self) -> list[str]:
-        return [name for name in self.scanned.columns if name != NATIONAL_ID_FIELD]
-
-
 @dataclass
 class ImportReport:
     """The import's summary: the counts cover the whole file, earlier runs included
@@ -109,60 +104,6 @@ class ImportReport:
     @property
     def rows_per_second(self) -> float:
         return self.rows_this_run / self.elapsed if self.elapsed > 0 else 0.0
-
-
-async def plan_import(
-    engine: AsyncEngine, path: Path, file_format: ImportFormat, department: str, mode: ImportMode
-) -> ImportPlan:
-    """Read the file's shape and check its columns against the catalog; ``ImportRefused``
-    names every problem at once."""
-    try:
-        scanned = import_files.scan(path, file_format)
-    except import_files.ImportFileError as exc:
-        raise ImportRefused(str(exc)) from None
-    async with engine.connect() as conn:
-        try:
-            catalog = await catalog_service.current_cached(conn)
-        except ServiceError as exc:
-            raise ImportRefused(exc.detail) from None
-    problems = column_problems(catalog, department, mode, scanned.columns)
-    if problems:
-        raise ImportRefused("; ".join(problems))
-    return ImportPlan(path, file_format, department, mode, catalog, scanned)
-
-
-def column_problems(catalog: Catalog, department: str, mode: ImportMode, columns: Sequence[str]) -> list[str]:
-    """Why these columns cannot be imported by ``department`` in ``mode`` (empty: they can)."""
-    if catalog.department(department) is None:
-        return [f"no department {department!r} in the catalog"]
-    problems: list[str] = []
-    repeated = sorted({name for name in columns if columns.count(name) > 1})
-    if repeated:
-        problems.append(f"columns named twice: {', '.join(repeated)}")
-    if NATIONAL_ID_FIELD not in columns:
-        problems.append(f"no {NATIONAL_ID_FIELD} column")
-    unknown = sorted({name for name in columns if catalog.field(name) is None})
-    if unknown:
-        problems.append(f"columns that are not catalog fields: {', '.join(unknown)}")
-    owners = catalog.field_owners
-    foreign = sorted(
-        {
-            f"{name} (owned by {owners[name]})"
-            for name in columns
-            if name in owners and name != NATIONAL_ID_FIELD and owners[name] != department
-        }
-    )
-    if foreign:
-        problems.append(f"columns of fields {department} does not own: {', '.join(foreign)}")
-    registrar = owners.get(NATIONAL_ID_FIELD)
-    if mode == "register" and registrar != department:
-        problems.append(
-            f"only {registrar or 'the owner of national_id'} registers citizens; import {department}'s "
-            "fields into registered citizens with --mode update"
-        )
-    if mode == "update" and not [name for name in columns if name != NATIONAL_ID_FIELD]:
-        problems.append("no field to update besides national_id")
-    return problems
 
 
 @dataclass
@@ -263,10 +204,16 @@ class _Importer:
         self.seen.add(key)
         return _Accepted(row.line, clean, national_id, index)
 
-    async def write_batch(self, conn: AsyncConnection, run_id: int, rows: Sequence[SourceRow]) -> _Batch:
-        """Check, classify and store one batch in the transaction on ``conn``."""
+    async def write_batch(
+        self, conn: AsyncConnection, run_id: int, rows: Sequence[SourceRow], after: Awaitable[None] | None
+    ) -> _Batch:
+        """Check, classify and store one batch in the transaction on ``conn``; record its
+        progress only once ``after`` (the batch before, still committing) has committed,
+        so batches commit in file order."""
         started = now()
-        await import_progress.claim_import_run(conn, run_id, started)
+        if conn.dialect.name == "sqlite":
+            # A write first: the batch holds SQLite's one write lock before it reads.
+            await import_progress.claim_import_run(conn, run_id, started)
         batch = _Batch()
         batch.counts.rows_read = len(rows)
         accepted = [a for row in rows if (a := self.check(row, batch)) is not None]
@@ -320,6 +267,8 @@ class _Importer:
             kept = {entry.citizen_id for entry in written}
             for citizen_id in revisions.keys() - kept:
                 batch.reject(line_of[citizen_id], "the citizen was erased while the import ran")
+        if after is not None:
+            await after
         await import_progress.advance_import_run(
             conn, run_id, rows[-1].line, batch.counts.as_dict(), finished=None
         )
@@ -352,11 +301,10 @@ def _reasons(error: ServiceError) -> str:
     return "; ".join(messages) or error.detail
 
 
-async def committed_line(engine: AsyncEngine, plan: ImportPlan) -> int:
-    """The last line an earlier run of this file committed (0: none)."""
+async def earlier_run(engine: AsyncEngine, plan: ImportPlan) -> import_progress.ImportRunRow | None:
+    """What an earlier run of this file committed, if one started."""
     async with engine.connect() as conn:
-        earlier = await import_progress.import_run(conn, plan.department, plan.mode, plan.scanned.sha256)
-    return earlier.last_line if earlier is not None else 0
+        return await import_progress.import_run(conn, plan.department, plan.mode, plan.scanned.sha256)
 
 
 async def run_import(
@@ -375,6 +323,8 @@ async def run_import(
 
     ``on_rejections`` gets each batch's refused rows before the batch commits;
     ``on_progress`` the number of rows done (this run and earlier) after each commit."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"a batch is 1 to {MAX_BATCH_SIZE} rows")
     importer = _Importer(engine, keyring, plan, actor)
     report = ImportReport(ImportCounts(), plan.scanned.rows)
     department, mode, digest = plan.department, plan.mode, plan.scanned.sha256
@@ -394,21 +344,46 @@ async def run_import(
     importer.remember_committed(report.resumed_after_line)
     on_progress(report.counts.rows_read)
     started = time.perf_counter()
+    # PostgreSQL: the next batch is checked, encrypted and sent while the one before it
+    # is still being written and committed (two connections, commits in file order), so
+    # this process's work and the database's overlap. Not the first batch, which may make
+    # the department's KEK. SQLite has one writer: one batch at a time.
+    overlap = engine.dialect.name == "postgresql"
     last_line = report.resumed_after_line
-    pending: list[SourceRow] = []
-    for row in importer.rows(report.resumed_after_line):
-        pending.append(row)
-        if len(pending) >= batch_size:
-            await _commit_batch(importer, run_id, pending, report, on_rejections, on_progress)
-            last_line = pending[-1].line
-            pending = []
-    if pending:
-        await _commit_batch(importer, run_id, pending, report, on_rejections, on_progress)
-        last_line = pending[-1].line
+    previous: asyncio.Task[None] | None = None
+    current: asyncio.Task[None] | None = None
+    try:
+        for number, rows in enumerate(_batches(importer.rows(last_line), batch_size)):
+            current = asyncio.create_task(
+                _commit_batch(importer, run_id, rows, report, on_rejections, on_progress, after=previous)
+            )
+            last_line = rows[-1].line
+            if previous is not None:
+                await previous
+            previous = current
+            if not overlap or number == 0:
+                await current
+        if previous is not None:
+            await previous
+    finally:
+        # After a failure: the batch in flight rolls back (it waits on the failed one).
+        if current is not None and not current.done():
+            await asyncio.gather(current, return_exceptions=True)
     async with engine.begin() as conn:
         await import_progress.advance_import_run(conn, run_id, last_line, {}, finished=now())
     report.elapsed = time.perf_counter() - started
     return report
+
+
+def _batches(rows: Iterator[SourceRow], size: int) -> Iterator[list[SourceRow]]:
+    pending: list[SourceRow] = []
+    for row in rows:
+        pending.append(row)
+        if len(pending) >= size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
 
 
 async def _commit_batch(
@@ -418,9 +393,11 @@ async def _commit_batch(
     report: ImportReport,
     on_rejections: Callable[[Sequence[Rejection]], None],
     on_progress: Callable[[int], None],
+    *,
+    after: Awaitable[None] | None,
 ) -> None:
     async with importer.engine.begin() as conn:
-        batch = await importer.write_batch(conn, run_id, rows)
+        batch = await importer.write_batch(conn, run_id, rows, after)
         if batch.rejections:
             on_rejections(batch.rejections)
     if batch.changed_citizens:

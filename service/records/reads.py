@@ -31,7 +31,12 @@ from service.records.schemas import (
     VerifyOut,
     Withheld,
 )
-from service.records.service import RecordsService, comparable_national_id, registered_national_ids
+from service.records.service import (
+    RecordsService,
+    comparable_national_id,
+    registered_national_ids,
+    with_choices,
+)
 from service.records.validation import (
     NATIONAL_ID_FIELD,
     canonical_national_id,
@@ -63,16 +68,22 @@ async def _decide(
 ) -> _Decided:
     """Find the citizen (404/410), decide each field, refuse (audited 403/404) if nothing is
     allowed."""
-    found = (await records.store.citizens([citizen_id])).get(citizen_id)
+    # The citizen's consents and objections, when an agreement with a choice decides one of
+    # the fields: read with the citizen (one round trip on PostgreSQL), on every request.
+    needed = policy.choices_needed(facts.department, action, requested)
+    if needed:
+        citizens, choices = await records.store.citizens_with_choices([citizen_id], sorted(needed))
+    else:
+        citizens, choices = await records.store.citizens([citizen_id]), []
+    found = citizens.get(citizen_id)
     context = records.context(facts, found.status if found else None)
     reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
     citizen = disclosure.readable(found, reason)
-    chosen = await records.contexts_with_choices(
-        {citizen_id: context}, policy, facts.department, action, requested
-    )
-    context = chosen[citizen_id]
+    if choices:
+        context = with_choices({citizen_id: context}, choices)[citizen_id]
     with tracing.span("policy.decide", fields=len(requested)):
         decisions = policy.decide(facts.department, action, requested, context)
+    await records.require_case_ref(facts, action, citizen_id, catalog, policy, requested, decisions, context)
     allowed = disclosure.allowed(requested, decisions)
     if not allowed:
         await records.refuse_nothing_allowed(
@@ -130,6 +141,7 @@ async def read(
     rows, plain = await _load(records, catalog, citizen_id, decided.allowed)
     current = {(row.citizen_id, row.field): row for row in rows}
     released = disclosure.released(catalog, citizen_id, decided.allowed, current, plain)
+    await records.open_cases(facts, decided.decisions.values(), decided.context.time)
     await _audit_release(
         records,
         facts,
@@ -185,6 +197,9 @@ async def batch_get(
             unavailable[citizen_id] = reason
             continue
         decisions = policy.decide(facts.department, "read", requested, context)
+        await records.require_case_ref(
+            facts, "batch-get", citizen_id, catalog, policy, requested, decisions, context
+        )
         allowed = disclosure.allowed(requested, decisions)
         if not allowed and not disclosure.may_know(policy, facts.department, "read", requested, context):
             # Where a single read would answer 404, this citizen looks exactly like an
@@ -226,6 +241,8 @@ async def batch_get(
             )
         )
     if entries:
+        decided_any = (d for decisions in decisions_by_citizen.values() for d in decisions.values())
+        await records.open_cases(facts, decided_any, records.context(facts, None).time)
         await records.audit.append_many(entries)
     return BatchPage(items=items, next_cursor=None)
 
@@ -240,6 +257,10 @@ async def lookup(records: RecordsService, facts: RequestFacts, national_id: str)
         canonical = canonical_national_id(national_id)
         context = records.context(facts, None)
         decisions = policy.decide(facts.department, "lookup", [NATIONAL_ID_FIELD], context)
+        if not decisions[NATIONAL_ID_FIELD].permitted:
+            await records.require_case_ref(
+                facts, "lookup", None, catalog, policy, [NATIONAL_ID_FIELD], decisions, context
+            )
         if decisions[NATIONAL_ID_FIELD].effect == "permit":
             wanted = values.normalise_for_index(canonical)
             found = await registered_national_ids(conn, records.keyring, catalog, [wanted])
@@ -262,6 +283,7 @@ async def lookup(records: RecordsService, facts: RequestFacts, national_id: str)
     if citizen_id is None:
         # Unknown and not allowed give the same answer.
         await records.refuse(entry, CitizenNotFound("No citizen with that national id is known to you."))
+    await records.open_cases(facts, decisions.values(), context.time)
     await records.audit.append(entry)
     return LookupOut(id=citizen_id)
 
@@ -335,6 +357,7 @@ async def verify(
             values.check_claim(spec, value, operator, operand, today)
             for operator, operand in claims[name].items()
         )
+    await records.open_cases(facts, decisions.values(), context.time)
     await records.audit.append(entry(200, allowed, flags))
     return VerifyOut(results=results, withheld=disclosure.withheld(requested, decisions))
 
@@ -363,6 +386,9 @@ async def history(
         )
         context = chosen[citizen_id]
         decisions = policy.decide(facts.department, "history", [field], context)
+        await records.require_case_ref(
+            facts, "history", citizen_id, catalog, policy, [field], decisions, context
+        )
         if decisions[field].effect != "permit":
             await records.refuse_nothing_allowed(
                 facts, "history", citizen_id, catalog, policy, [field], decisions, context
@@ -370,6 +396,7 @@ async def history(
         rows = await repository.history(conn, citizen_id, field, before_version=before, limit=limit + 1)
         page, more = rows[:limit], len(rows) > limit
         plain = await records.decrypt(catalog, page, conn)
+    await records.open_cases(facts, decisions.values(), context.time)
     await _audit_release(records, facts, "history", citizen_id, catalog, [field], [field], decisions, context)
     items = [
         HistoryItem(

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import String, Table, bindparam, delete, func, select, update
+from sqlalchemy import LargeBinary, String, Table, bindparam, delete, func, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -101,6 +102,27 @@ async def candidates_by_blind_indexes(
     conn: AsyncConnection, field: str, blind_indexes: Sequence[bytes]
 ) -> list[ValueRow]:
     """Current values of ``field`` whose blind index is any of ``blind_indexes``."""
+    if conn.dialect.name == "postgresql" and blind_indexes:
+        # One index lookup per blind index, in one statement. OFFSET 0 keeps the planner
+        # from flattening the lookup into a hash join over every national id, which it
+        # picks while the table's statistics lag behind a bulk import.
+        probe = (
+            func.unnest(bindparam("blind_indexes", list(blind_indexes), type_=ARRAY(LargeBinary)))
+            .table_valued("blind_index")
+            .render_derived(name="probe")
+        )
+        match = (
+            select(*VALUE_COLUMNS)
+            .where(
+                values.c.field == field,
+                values.c.blind_index == probe.c.blind_index,
+                values.c.is_current.is_(True),
+            )
+            .offset(0)
+            .lateral("match")
+        )
+        rows = await conn.execute(select(*match.c).select_from(probe).join(match, true()))
+        return [ValueRow(*r) for r in rows]
     found: list[ValueRow] = []
     for start in range(0, len(blind_indexes), 500):
         rows = await conn.execute(

@@ -15,9 +15,9 @@ connection instead (a test's rolled-back transaction, or a command's own transac
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import NoReturn, Protocol
 
@@ -28,6 +28,8 @@ from service.audit import writer as audit_writer
 from service.audit.schemas import Action, AuditEntry
 from service.audit.schemas import Decision as AuditDecision
 from service.auth.facts import RequestFacts
+from service.cases import repository as cases_repository
+from service.cases.errors import CaseRefRequired
 from service.catalog.errors import CatalogMissing
 from service.catalog.schemas import Catalog
 from service.config import Settings
@@ -157,10 +159,7 @@ class RecordsService:
             rows = await consent_repository.choices(conn, ids, agreements)
         else:
             rows = await self.store.choices(ids, agreements)
-        return {
-            citizen_id: consent_repository.context_with_choices(context, citizen_id, rows)
-            for citizen_id, context in contexts.items()
-        }
+        return with_choices(contexts, rows)
 
     # --- keys and decryption ------------------------------------------------------------
 
@@ -217,6 +216,52 @@ class RecordsService:
         await self.audit.append(entry)
         raise error
 
+    async def require_case_ref(
+        self,
+        facts: RequestFacts,
+        action: Action,
+        citizen_id: str | None,
+        catalog: Catalog,
+        policy: CompiledPolicy,
+        requested: Sequence[str],
+        decisions: Mapping[str, Decision],
+        context: RequestContext,
+    ) -> None:
+        """Audit and refuse (422) a request without ``X-Case-Ref`` that asks for a field a
+        delayed-disclosure agreement would permit with one: such an agreement is used only
+        under a case, which the consumer closes to let the citizen see its accesses."""
+        missing = policy.missing_case_ref(facts.department, action, decisions, context)
+        if not missing:
+            return
+        # The refusal cites the agreement it was refused under, so the citizen is shown it
+        # no sooner than an access under that agreement (``service.cases.rules``).
+        decisions = {**decisions, **{name: replace(missing[name], effect="deny") for name in missing}}
+        error = CaseRefRequired(
+            f"An agreement with delayed disclosure covers {', '.join(sorted(missing))}: send the case "
+            "reference in the X-Case-Ref header.",
+            errors=[{"loc": ["header", "X-Case-Ref"], "msg": "a case reference is required"}],
+        )
+        entry = self.entry(
+            facts,
+            action,
+            citizen_id=citizen_id,
+            catalog=catalog,
+            requested=requested,
+            released=[],
+            decisions=decisions,
+            status=error.status,
+            context=context,
+        )
+        await self.refuse(entry, error)
+
+    async def open_cases(self, facts: RequestFacts, decisions: Iterable[Decision], at: datetime) -> None:
+        """Record the request's case if a delayed-disclosure agreement permitted a field,
+        before the access is audited: its department may then close it."""
+        if facts.case_ref is None or not any(d.disclosure_delay and d.permitted for d in decisions):
+            return
+        async with self.transactions.begin() as conn:
+            await cases_repository.open_case(conn, facts.department, facts.case_ref, at)
+
     async def refuse_nothing_allowed(
         self,
         facts: RequestFacts,
@@ -242,6 +287,16 @@ class RecordsService:
             context=context,
         )
         await self.refuse(entry, error)
+
+
+def with_choices(
+    contexts: Mapping[str, RequestContext], rows: Sequence[consent_repository.ChoiceRow]
+) -> dict[str, RequestContext]:
+    """Each citizen's context with its choices among ``rows``."""
+    return {
+        citizen_id: consent_repository.context_with_choices(context, citizen_id, rows)
+        for citizen_id, context in contexts.items()
+    }
 
 
 def decision_context(facts: RequestFacts, citizen_status: str | None, time: datetime) -> RequestContext:

@@ -51,6 +51,12 @@ class CitizenStore(Protocol):
         """The active consents and the objections of the citizens ``ids`` to ``agreements``."""
         ...
 
+    async def citizens_with_choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> tuple[dict[str, CitizenRow], list[consent_repository.ChoiceRow]]:
+        """``citizens`` and ``choices`` together (on PostgreSQL in one round trip)."""
+        ...
+
 
 class ClosableStore(CitizenStore, Protocol):
     async def close(self) -> None: ...
@@ -73,6 +79,11 @@ class CoreStore:
     ) -> list[consent_repository.ChoiceRow]:
         return await consent_repository.choices(self.conn, ids, agreements)
 
+    async def citizens_with_choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> tuple[dict[str, CitizenRow], list[consent_repository.ChoiceRow]]:
+        return await self.citizens(ids), await self.choices(ids, agreements)
+
 
 def _utc(value: Any) -> datetime:
     if isinstance(value, datetime):
@@ -82,7 +93,8 @@ def _utc(value: Any) -> datetime:
 
 
 def _choice_row(r: Any) -> consent_repository.ChoiceRow:
-    return consent_repository.ChoiceRow(r[0], r[1] == "c", r[2], _utc(r[3]) if r[3] is not None else None)
+    """A row of ``raw_choices_query``: (kind, citizen, agreement, NULL, expires_at)."""
+    return consent_repository.ChoiceRow(r[1], r[0] == "c", r[2], _utc(r[4]) if r[4] is not None else None)
 
 
 def _value_row(r: Any) -> ValueRow:
@@ -129,6 +141,12 @@ class SqliteStore:
         rows = await self.reads.rows(query, (*ids, *agreements, *ids, *agreements))
         return [_choice_row(r) for r in rows]
 
+    async def citizens_with_choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> tuple[dict[str, CitizenRow], list[consent_repository.ChoiceRow]]:
+        # Both run on the event loop, without a hand-off: two statements cost no round trip.
+        return await self.citizens(ids), await self.choices(ids, agreements)
+
     async def close(self) -> None:
         await self.reads.close()
 
@@ -161,9 +179,26 @@ class PostgresStore:
         if not ids or not agreements:
             return []
         where = "citizen_id = ANY($1::text[]) AND agreement = ANY($2::text[])"
-        query = consent_repository.raw_choices_query(where)
+        query = consent_repository.raw_choices_query(where, postgres=True)
         rows = await self.pool.fetch(query, list(ids), list(agreements))
         return [_choice_row(r) for r in rows]
+
+    async def citizens_with_choices(
+        self, ids: Sequence[str], agreements: Sequence[str]
+    ) -> tuple[dict[str, CitizenRow], list[consent_repository.ChoiceRow]]:
+        if not ids:
+            return {}, []
+        if not agreements:
+            return await self.citizens(ids), []
+        where = "citizen_id = ANY($1::text[]) AND agreement = ANY($2::text[])"
+        query = (
+            f"SELECT 'p', {', '.join(c.name for c in repository.CITIZEN_COLUMNS)}, NULL::timestamptz "  # noqa: S608
+            f"FROM {repository.citizens.name} WHERE id = ANY($1::text[]) "
+            f"UNION ALL {consent_repository.raw_choices_query(where, postgres=True)}"
+        )
+        rows = await self.pool.fetch(query, list(ids), list(agreements))
+        found = {r[1]: CitizenRow(r[1], r[2], r[3]) for r in rows if r[0] == "p"}
+        return found, [_choice_row(r) for r in rows if r[0] != "p"]
 
     async def close(self) -> None:
         await asyncio.wait_for(self.pool.close(), timeout=10)

@@ -155,6 +155,11 @@ class DepartmentClient:
     async def object_to(self, citizen_id: str, agreement: str) -> Outcome[api.ObjectionOut]:
         return await self._counted(self.api.object_to(citizen_id, agreement), success=201)
 
+    async def objections(self, citizen_id: str) -> set[str]:
+        """The agreements the citizen objects to (set-up, not counted)."""
+        page = await self._expected(self.api.list_objections(citizen_id), "listing objections")
+        return {item.agreement for item in page.items}
+
     # --- tell-us-once events ----------------------------------------------------------
 
     async def subscriptions(self) -> list[api.SubscriptionOut] | None:
@@ -176,6 +181,13 @@ class DepartmentClient:
     ) -> api.SubscriptionCreated:
         """Subscribe to changes of ``fields`` for ``purpose``: by webhook to ``url``, or by the feed."""
         return await self._expected(self.api.subscribe(fields, purpose, webhook_url=url), "subscribing")
+
+    async def subscribe_access_notices(self, url: str) -> api.SubscriptionCreated:
+        """The citizen portal: be told of every access to a citizen's record, by webhook."""
+        return await self._expected(self.api.subscribe_access_notices(webhook_url=url), "subscribing")
+
+    async def close_case(self, case_ref: str) -> Outcome[api.CaseOut]:
+        return await self._counted(self.api.close_case(case_ref))
 
     async def events(self, after: str | None, wait: float) -> tuple[list[dict[str, Any]], str | None]:
         page = await self._expected(self.api.events(after, wait=wait), "the event feed")

@@ -3,7 +3,9 @@
 Webhook departments get signed POSTs on loopback receivers; feed departments long-poll
 ``/v1/events``. Every notification is counted once; one that reaches a department the
 citizen did not tell directly is a re-telling avoided, and the department reads the new
-value for its purpose (a death: each closes or cancels what it holds).
+value for its purpose (a death: each closes or cancels what it holds). The citizen portal
+gets an access notice for every access that released a citizen's data (an
+investigation's only once its case is closed), and counts them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from service.sim.webhooks import Delivery
 SUBSCRIPTIONS = ((("address", "postcode"), "address-update"), (("date_of_death",), "bereavement"))
 WEBHOOK_SUBSCRIBERS = ("dvla", "dwp", "hmrc")
 FEED_SUBSCRIBERS = ("council", "hmpo")
+# The citizen portal is told of every access to a citizen's record, by webhook.
+PORTAL = "citizen-portal"
 # Each department's own field that it changes when it hears of a death.
 ON_DEATH = {
     "dwp": ("benefit_status", "stopped", "benefit stopped"),
@@ -47,6 +51,12 @@ async def subscribe_all(gov: Government) -> bool:
                 if not items:
                     break
             gov.feeds[department] = cursor
+    portal = gov.systems[PORTAL]
+    for item in await portal.subscriptions() or []:
+        await portal.unsubscribe(item.id)
+    created = await portal.subscribe_access_notices(gov.receivers.url_for(PORTAL))
+    if created.secret is not None:
+        gov.receivers.trust(PORTAL, created.secret)
     return True
 
 
@@ -74,6 +84,12 @@ async def handle_deliveries(gov: Government) -> None:
 
 async def act_on(gov: Government, delivery: Delivery) -> None:
     data = delivery.data
+    if data.get("type") == "access.recorded":
+        # The portal would show it to the citizen; the demo counts it.
+        gov.tally.access_notices += 1
+        if data.get("disclosed_by") == "case-closed":
+            gov.tally.disclosed_on_close += 1
+        return
     citizen_id = str(data.get("citizen_id", ""))
     event_id = str(data.get("event_id", ""))
     fields = [str(f) for f in data.get("fields", [])]

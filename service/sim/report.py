@@ -129,6 +129,8 @@ def render(console: Console, report: DemoReport) -> None:
         f"re-tellings avoided: {tally.retellings_avoided}",
         f"releases refused for lack of consent: {tally.refused_for_consent}, "
         f"withheld after an objection: {tally.withheld_for_objection}",
+        f"access notices delivered to the citizen portal: {tally.access_notices}",
+        f"disclosures made when a case closed: {tally.disclosed_on_close}",
     ]
     if report.audit is not None:
         line = f"audit verified: {report.audit.entries} entries, checkpoint {report.audit.root}"

@@ -14,11 +14,15 @@ changes and act on them is in ``notifications.py``.
 - **A benefit claim.** DWP checks the right to reside, reads the licence status and the
   council tax band, and records the claim.
 - **Discretionary support.** The council's support scheme may read a benefit status
-  only with the citizen's consent: some applicants give it through the citizen portal
-  first (and revoke it once decided), the others' applications are refused
-  (``consent-required``) until they do.
+  only with the citizen's consent: it is refused (``consent-required``), most applicants
+  then consent through the citizen portal and the council asks again, and they revoke the
+  consent once the application is decided.
 - **The open register.** HMRC checks the open edition of the electoral register; some
   electors have opted out through the citizen portal, and are withheld.
+- **A fraud investigation.** DWP reads a citizen's tax code under HMRC's agreement for
+  fraud cases, which delays disclosure: each read names its case, and the citizen's access
+  log and the portal's notices show it only once DWP closes the case (the first case is
+  closed when the traffic stops) or a year has passed.
 - **Over-reaching.** A wrong purpose, a field no agreement shares, a forbidden field, an
   expired agreement, a missing case reference, and a read after the owner revoked its
   agreement through the policy API. Each is refused and audited.
@@ -45,7 +49,18 @@ REVOKED_AGREEMENT = "council-tax-band-for-benefits"
 SUPPORT_AGREEMENT = "benefits-for-discretionary-support"
 OPEN_REGISTER_AGREEMENT = "open-register-for-address-checks"
 # How often each life event happens, relative to the others.
-WEIGHTS = {"move": 8, "renewal": 5, "claim": 5, "death": 2, "over-reach": 2, "support": 3, "open-register": 2}
+WEIGHTS = {
+    "move": 8,
+    "renewal": 5,
+    "claim": 5,
+    "death": 2,
+    "over-reach": 2,
+    "support": 3,
+    "open-register": 2,
+    "fraud": 1,
+}
+# DWP's fraud cases: a few, each read under several times.
+FRAUD_CASES = 3
 # Keep at most this many examples of each kind of refusal for the report.
 DENIAL_EXAMPLES = 2
 
@@ -80,9 +95,15 @@ class Government:
     # Departments a citizen told directly about their latest change; any other department
     # that hears of it by event is a re-telling avoided.
     told: dict[str, set[str]] = field(default_factory=dict)
+    # The case references DWP's fraud reads were made under, in the order first used.
+    fraud_cases: list[str] = field(default_factory=list)
     revocation_started: bool = False
     revoked: bool = False
     feeds: dict[str, str | None] = field(default_factory=dict)
+    # Citizens holding an open consent to the support scheme, and electors who opted out of
+    # the open register: marked before the call, so two workers never ask twice (a 409).
+    consenting: set[str] = field(default_factory=set)
+    objected: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -186,29 +207,35 @@ async def claim_benefit(gov: Government) -> None:
         gov.tally.life_events["benefit claimed"] += 1
 
 
-async def apply_for_support(gov: Government) -> None:
-    """A citizen applies to the council's discretionary support scheme, which reads their
-    benefit status only with their consent."""
+async def apply_for_support(gov: Government, *, will_consent: bool | None = None) -> None:
+    """A citizen applies to the council's discretionary support scheme, which may read their
+    benefit status only with their consent: refused at first, then (for most applicants,
+    or as ``will_consent`` says) the citizen consents through the portal, the council asks
+    again, and the citizen revokes the consent once the application is decided."""
     citizen = gov.pick()
     if citizen is None:
         return
     portal, council = gov.systems["citizen-portal"], gov.systems["council"]
+    purpose = "discretionary-support"
+    read = await council.read(citizen.citizen_id, ["benefit_status"], purpose)
     consent_id: str | None = None
-    if gov.rng.random() < 0.6:
-        given = await portal.give_consent(citizen.citizen_id, SUPPORT_AGREEMENT)
-        if given.value is not None:
-            consent_id = given.value.id
-            gov.tally.actions["citizen consented to the support scheme"] += 1
-    read = await council.read(citizen.citizen_id, ["benefit_status"], "discretionary-support")
     if read.problem == "consent-required":
         gov.tally.refused_for_consent += 1
-    elif read.ok:
+        consents = gov.rng.random() < 0.6 if will_consent is None else will_consent
+        if consents and citizen.citizen_id not in gov.consenting:
+            gov.consenting.add(citizen.citizen_id)
+            given = await portal.give_consent(citizen.citizen_id, SUPPORT_AGREEMENT)
+            if given.value is not None:
+                consent_id = given.value.id
+                gov.tally.actions["citizen consented to the support scheme"] += 1
+                read = await council.read(citizen.citizen_id, ["benefit_status"], purpose)
+    if read.ok:
         gov.tally.life_events["support application assessed"] += 1
     if consent_id is not None:
-        # Decided: the citizen withdraws the consent, and the council reads no more.
         revoked = await portal.change_consent(citizen.citizen_id, consent_id, "revoked")
         if revoked.ok:
             gov.tally.actions["citizen revoked a consent"] += 1
+            gov.consenting.discard(citizen.citizen_id)
 
 
 async def check_open_register(gov: Government) -> None:
@@ -216,15 +243,46 @@ async def check_open_register(gov: Government) -> None:
     citizen = gov.pick()
     if citizen is None:
         return
-    if gov.rng.random() < 0.3:
-        objected = await gov.systems["citizen-portal"].object_to(citizen.citizen_id, OPEN_REGISTER_AGREEMENT)
-        if objected.ok:
-            gov.tally.actions["elector opted out of the open register"] += 1
+    portal = gov.systems["citizen-portal"]
+    if gov.rng.random() < 0.3 and citizen.citizen_id not in gov.objected:
+        gov.objected.add(citizen.citizen_id)
+        # An elector who opted out in an earlier run of the demo on this store already has.
+        if OPEN_REGISTER_AGREEMENT not in await portal.objections(citizen.citizen_id):
+            objected = await portal.object_to(citizen.citizen_id, OPEN_REGISTER_AGREEMENT)
+            if objected.ok:
+                gov.tally.actions["elector opted out of the open register"] += 1
     read = await gov.systems["hmrc"].read(citizen.citizen_id, ["electoral_registered"], "open-register")
     if read.ok:
         gov.tally.life_events["open register checked"] += 1
     elif read.status == 403:
         gov.tally.withheld_for_objection += 1
+
+
+async def investigate_fraud(gov: Government) -> None:
+    """DWP reads a tax code for a fraud investigation, naming its case: HMRC's agreement
+    keeps such reads from the citizen until the case is closed."""
+    citizen = gov.pick(lambda c: "hmrc" in c.person.owned)
+    if citizen is None:
+        return
+    dwp = gov.systems["dwp"]
+    citizen_id = await dwp.lookup(citizen.national_id, "benefit-eligibility")
+    if citizen_id is None:
+        return
+    case_ref = f"FRAUD-{gov.seed}-{gov.rng.randrange(FRAUD_CASES) + 1}"
+    read = await dwp.read(citizen_id, ["tax_code"], "fraud-investigation", case_ref=case_ref)
+    if read.ok:
+        if case_ref not in gov.fraud_cases:
+            gov.fraud_cases.append(case_ref)
+        gov.tally.life_events["fraud investigation read"] += 1
+
+
+async def close_first_case(gov: Government) -> None:
+    """DWP closes the first fraud case it opened: its reads are now disclosed to the citizens."""
+    if not gov.fraud_cases:
+        return
+    closed = await gov.systems["dwp"].close_case(gov.fraud_cases[0])
+    if closed.ok:
+        gov.tally.actions["DWP closed a fraud case"] += 1
 
 
 async def _overreach_read(
@@ -315,6 +373,7 @@ LIFE_EVENTS: dict[str, Callable[[Government], Awaitable[None]]] = {
     "over-reach": over_reach,
     "support": apply_for_support,
     "open-register": check_open_register,
+    "fraud": investigate_fraud,
 }
 
 
@@ -336,6 +395,9 @@ async def live(gov: Government, duration: float, workers: int) -> None:
     revoke_at = loop.time() + duration / 2
     kinds = list(WEIGHTS)
     weights = [WEIGHTS[k] for k in kinds]
+    # One applicant to the support scheme first, who consents when refused: the story of a
+    # consent-based agreement is told in every run, however short.
+    await apply_for_support(gov, will_consent=True)
 
     async def worker() -> None:
         while loop.time() < deadline:
@@ -346,6 +408,7 @@ async def live(gov: Government, duration: float, workers: int) -> None:
             await LIFE_EVENTS[kind](gov)
 
     await asyncio.gather(*(worker() for _ in range(workers)))
+    await close_first_case(gov)
 
 
 async def settle(gov: Government, *, quiet: float, limit: float) -> None:
@@ -355,7 +418,7 @@ async def settle(gov: Government, *, quiet: float, limit: float) -> None:
     last_total = -1
     last_change = loop.time()
     while loop.time() < deadline:
-        total = gov.tally.total_notifications
+        total = gov.tally.total_notifications + gov.tally.access_notices
         if total != last_total or not gov.receivers.deliveries.empty():
             last_total, last_change = total, loop.time()
         elif loop.time() - last_change >= quiet:

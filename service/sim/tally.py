@@ -46,6 +46,10 @@ class Tally:
     # Reads refused or withheld because the citizen had not consented, or had objected.
     refused_for_consent: int = 0
     withheld_for_objection: int = 0
+    # Access notices the citizen portal received, and those of them about accesses held
+    # from the citizen until an investigation closed its case.
+    access_notices: int = 0
+    disclosed_on_close: int = 0
 
     def counts(self, department: str) -> DepartmentCounts:
         counts = self.departments.get(department)

@@ -56,10 +56,24 @@ FRAUD_AGREEMENT = """  - id: welfare-reads-address-for-fraud
 """
 
 
+# DVLA's penalty points, only with the citizen's consent: re-decided with the consents the
+# log records.
+CONSENT_AGREEMENT = """  - id: welfare-reads-points-with-consent
+    consumer: welfare
+    fields: [points]
+    actions: [read]
+    purposes: [benefit-eligibility]
+    legal_basis: "The citizen's consent"
+    basis: consent
+"""
+
+
 def _signed_policies(folder: Path) -> dict[str, OwnerSigner]:
     shutil.copytree(RECORDS_POLICIES, folder)
     with (folder / "register.yaml").open("a") as handle:
         handle.write(FRAUD_AGREEMENT)
+    with (folder / "dvla.yaml").open("a") as handle:
+        handle.write(CONSENT_AGREEMENT)
     signers = {owner: OwnerSigner.generate(owner) for owner in ("register", "dvla")}
     text = (folder / "catalog.yaml").read_text()
     for owner, signer in signers.items():
@@ -204,6 +218,38 @@ class TestCheckReleases:
         dvla = await world.check("dvla")
         assert dvla.unjustified == []
         assert dvla.releases == 2
+
+    async def test_releases_under_consent_are_re_decided_with_the_logged_consents(self, world: World) -> None:
+        async for client in world.serve():
+            citizen = await _traffic(client)
+            written = await client.patch(
+                f"/v1/citizens/{citizen}/fields",
+                json={"fields": {"points": 3}, "reason": "offence"},
+                headers=as_("dvla", "writer"),
+            )
+            assert written.status_code == 200, written.text
+            portal = as_("portal", "citizen-portal")
+            consents = f"/v1/citizens/{citizen}/consents"
+            given = await client.post(
+                consents, json={"agreement": "welfare-reads-points-with-consent"}, headers=portal
+            )
+            assert given.status_code == 201, given.text
+            params = {"fields": "points", "purpose": "benefit-eligibility"}
+            read = await client.get(
+                f"/v1/citizens/{citizen}", params=params, headers=as_("welfare", "consumer")
+            )
+            assert read.status_code == 200, read.text
+            revoked = await client.patch(
+                f"{consents}/{given.json()['id']}", json={"status": "revoked"}, headers=portal
+            )
+            assert revoked.status_code == 200, revoked.text
+            refused = await client.get(
+                f"/v1/citizens/{citizen}", params=params, headers=as_("welfare", "consumer")
+            )
+            assert refused.status_code == 403
+        dvla = await world.check("dvla")
+        assert dvla.unjustified == []
+        assert dvla.releases == 3
 
     async def test_the_live_log_check_agrees_with_the_bundle(self, world: World) -> None:
         async for client in world.serve():

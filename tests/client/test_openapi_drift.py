@@ -57,6 +57,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): "deliveries",
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): "redeliver",
     ("GET", "/v1/events"): "events",
+    ("POST", "/v1/cases/{case_ref}/close"): "close_case",
     ("POST", "/v1/citizens/{citizen_id}/consents"): "give_consent",
     ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): "change_consent",
     ("GET", "/v1/citizens/{citizen_id}/consents"): "list_consents",

@@ -185,6 +185,12 @@ class TestObjections:
                 f"/v1/citizens/{world.citizen_id}/objections/{agreement}", headers=PORTAL
             )
             problem(response, 422, "not-objectable")
+        unknown = await world.client.post(
+            f"/v1/citizens/{world.citizen_id}/objections/no-such-agreement", headers=PORTAL
+        )
+        assert problem(unknown, 422, "unknown-agreement")["errors"] == [
+            {"loc": ["path", "agreement"], "msg": "unknown agreement"}
+        ]
 
 
 class TestAudited:

@@ -387,6 +387,67 @@ class TestCitizenView:
         await page.get_by_role("button", name="Show the access log").click()
         await expect(page.locator("#citizen_id-error")).to_contain_text("No citizen has this ID")
 
+    async def test_consent_given_paused_resumed_and_revoked(
+        self, page: Page, console_site: ConsoleSite
+    ) -> None:
+        citizen = console_site.citizens[1]
+
+        def welfare_reads(field: str) -> tuple[int, str]:
+            read = console_site.api(
+                "welfare",
+                "GET",
+                f"/v1/citizens/{citizen}",
+                params={"fields": field, "purpose": "benefit-eligibility"},
+            )
+            return read.status_code, read.json().get("type", "").rsplit("/", 1)[-1]
+
+        await sign_in(page, console_site, "portal")
+        await page.goto("/console/citizen")
+        await page.get_by_label("Citizen ID").fill(citizen)
+        await page.get_by_role("button", name="Show the access log").click()
+        await page.locator("#choices-link").click()
+        await expect(page.get_by_role("heading", level=1)).to_have_text("What a citizen has agreed to")
+        by_law = page.locator("#by-law li[data-agreement='identity-for-welfare']")
+        await expect(by_law).to_contain_text(
+            "Welfare may read and check facts about your national identity number, given name, date of "
+            "birth and address for the purpose of benefit eligibility. This is required by law (Social "
+            "Security Administration Act 1992, s.122), so consent and objection do not apply."
+        )
+        consent = page.locator("#consents li[data-agreement='points-for-welfare-with-consent']")
+        await expect(consent).to_contain_text(
+            "Welfare may read your points for the purpose of benefit eligibility"
+        )
+        await expect(consent.locator(".consent-status")).to_have_text("You have not given your consent.")
+        assert welfare_reads("points") == (403, "consent-required")
+
+        await consent.get_by_role("button", name="Give consent").click()
+        await expect(consent.locator(".consent-status")).to_have_text("You have given your consent.")
+        await shot(page, console_site, "citizen-consent-given")
+        assert welfare_reads("points")[0] == 200
+        await consent.get_by_role("button", name="Pause consent").click()
+        await expect(consent.locator(".consent-status")).to_contain_text("You have paused your consent")
+        assert welfare_reads("points") == (403, "consent-required")
+        await consent.get_by_role("button", name="Resume consent").click()
+        await expect(consent.locator(".consent-status")).to_have_text("You have given your consent.")
+        assert welfare_reads("points")[0] == 200
+        await consent.get_by_role("button", name="Revoke consent").click()
+        await expect(consent.locator(".consent-status")).to_have_text("You have revoked your consent.")
+        await expect(consent.get_by_role("button", name="Give consent")).to_be_visible()
+        assert welfare_reads("points") == (403, "consent-required")
+
+        objectable = page.locator(
+            "#objections li[data-agreement='licence-number-for-welfare-unless-objected']"
+        )
+        await expect(objectable).to_contain_text("unless you object")
+        assert welfare_reads("licence_number")[0] == 200
+        await objectable.get_by_role("button", name="Object").click()
+        await expect(objectable.locator(".objection-status")).to_contain_text("You have objected")
+        assert welfare_reads("licence_number")[0] == 403
+        await shot(page, console_site, "citizen-objected")
+        await objectable.get_by_role("button", name="Withdraw objection").click()
+        await expect(objectable.locator(".objection-status")).to_have_text("You have not objected.")
+        assert welfare_reads("licence_number")[0] == 200
+
     async def test_other_roles_cannot_open_it(self, page: Page, console_site: ConsoleSite) -> None:
         await sign_in(page, console_site, "owner")
         response = await page.goto("/console/citizen")

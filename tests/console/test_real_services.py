@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -19,12 +20,16 @@ from service.audit.search import get_audit_access
 from service.audit.writer import append_in_transaction
 from service.auth import service as auth_service
 from service.auth.dependencies import Principal
+from service.cases.models import Case
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.console import forms
 from service.console.drafts import check_draft
+from service.db import utcnow
 from service.policy import service as policy_service
+from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
+from service.records.models import Citizen
 from tests.fixtures.audit import TransactionAudit, make_entry
 from tests.fixtures.auth import act_as
 
@@ -319,3 +324,70 @@ class TestAuditGivesTheApisAnswers:
         assert "No citizen has this ID" in page.text
         act_as(app, "portal", "citizen-portal", client_id=created.client_id)
         assert (await client.get("/v1/citizens/0000-ffff/access-log")).status_code == 404
+
+
+@pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
+class TestTheCitizenViewHoldsInvestigations:
+    async def test_a_held_access_is_left_out_then_shown_with_its_closing(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        now = utcnow()
+        session.add(Citizen(id="0000-beef-1", registered_by="tests", created_at=now, updated_at=now))
+        session.add(
+            AgreementVersion(
+                agreement_id="tax-code-for-fraud",
+                owner="revenue",
+                version=1,
+                status="active",
+                content={"id": "tax-code-for-fraud", "disclosure": "after-case-closed", "max_delay": "P365D"},
+                content_hash="0" * 64,
+                author="tests",
+                is_current=True,
+            )
+        )
+        await session.flush()
+        conn = await session.connection()
+        await append_in_transaction(conn, make_entry(citizen_id="0000-beef-1"))
+        held = make_entry(
+            citizen_id="0000-beef-1",
+            department="revenue",
+            time="2026-03-03T10:00:00+00:00",
+            case_ref="FRAUD-1",
+            purpose="tax-administration",
+            fields_requested=["tax_code"],
+            fields_released=["tax_code"],
+            reasons=[
+                {"field": "tax_code", "effect": "permit", "agreement": "tax-code-for-fraud", "version": 1}
+            ],
+        )
+        await append_in_transaction(conn, held)
+        created = await auth_service.create_client(session, department="portal", roles=["citizen-portal"])
+        assert created.client_secret is not None
+        await sign_in(client, created.client_id, created.client_secret)
+
+        async def view() -> str:
+            page = await client.post(
+                "/console/citizen", data={"csrf_token": await _csrf(client), "citizen_id": "0000-beef-1"}
+            )
+            assert page.status_code == 200, page.text
+            return html.unescape(page.text)
+
+        before = await view()
+        assert "Welfare read your licence status" in before
+        assert "Revenue" not in before
+        session.add(
+            Case(
+                department="revenue",
+                case_ref="FRAUD-1",
+                opened_at=datetime(2026, 3, 3, tzinfo=UTC),
+                closed_at=datetime(2026, 9, 1, tzinfo=UTC),
+                closed_by="tests",
+            )
+        )
+        await session.flush()
+        after = await view()
+        assert (
+            "On 3 March 2026, Revenue read your tax code for the purpose of tax administration. This was "
+            "kept from you during an investigation and disclosed when the investigation closed on "
+            "1 September 2026."
+        ) in after

@@ -120,6 +120,41 @@ class TestCitizenSentences:
         )
         assert sentence.endswith("It was refused: no agreement allowed it.")
 
+    def test_an_access_disclosed_when_the_investigation_closed(self) -> None:
+        sentence = wording.access_sentence(
+            CATALOG,
+            when=datetime(2026, 3, 3, 14, 5, tzinfo=UTC),
+            department="hmrc",
+            action="read",
+            fields=["address"],
+            purpose="benefit-eligibility",
+            decision="permit",
+            disclosed_at=datetime(2026, 9, 1, 9, 0, tzinfo=UTC),
+            disclosed_by="case-closed",
+        )
+        assert sentence == (
+            "On 3 March 2026, HM Revenue and Customs read your address for the purpose of deciding "
+            "eligibility for a benefit. This was kept from you during an investigation and disclosed "
+            "when the investigation closed on 1 September 2026."
+        )
+
+    def test_an_access_disclosed_at_its_longest_delay(self) -> None:
+        sentence = wording.access_sentence(
+            CATALOG,
+            when=datetime(2026, 3, 3, tzinfo=UTC),
+            department="hmrc",
+            action="read",
+            fields=["address"],
+            purpose=None,
+            decision="permit",
+            disclosed_at=datetime(2027, 3, 3, tzinfo=UTC),
+            disclosed_by="max-delay",
+        )
+        assert sentence.endswith(
+            "kept from you during an investigation and disclosed on 3 March 2027, when the longest "
+            "time it could be kept from you had passed."
+        )
+
     def test_a_department_without_an_article(self) -> None:
         assert wording.department_phrase(CATALOG, "welfare") == "Welfare"
         assert wording.department_phrase(CATALOG, "unknown-dept") == "unknown-dept"
@@ -262,3 +297,28 @@ class TestDateInput:
         values = forms.values_from_content({"valid_until": "2027-12-31"})
         assert values["valid_until_parts"] == {"day": "31", "month": "12", "year": "2027"}
         assert values["valid_from_parts"] == {"day": "", "month": "", "year": ""}
+
+
+class TestBasisInTheEditor:
+    def test_the_basis_goes_round_the_form_and_the_default_is_left_out(self) -> None:
+        consent = forms.values_from_content({"id": "a", "basis": "consent"})
+        assert consent["basis"] == "consent"
+        assert forms.draft_from_values(consent)["basis"] == "consent"
+        statutory = forms.values_from_content({"id": "a"})
+        assert statutory["basis"] == "statutory"
+        assert "basis" not in forms.draft_from_values(statutory)
+        posted = forms.form_values(FormData([("basis", "objectable")]))
+        assert forms.draft_from_values(posted)["basis"] == "objectable"
+
+
+class TestDisclosureInTheEditor:
+    def test_delayed_disclosure_goes_round_the_form_and_the_default_is_left_out(self) -> None:
+        stored = {"id": "a", "disclosure": "after-case-closed", "max_delay": "P365D"}
+        values = forms.values_from_content(stored)
+        draft = forms.draft_from_values(values)
+        assert (draft["disclosure"], draft["max_delay"]) == ("after-case-closed", "P365D")
+        plain = forms.draft_from_values(forms.values_from_content({"id": "a"}))
+        assert "disclosure" not in plain
+        assert "max_delay" not in plain
+        posted = forms.form_values(FormData([("disclosure", "after-case-closed"), ("max_delay", " P30D ")]))
+        assert forms.draft_from_values(posted)["max_delay"] == "P30D"

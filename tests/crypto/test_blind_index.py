@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.crypto.aead import DataKey, encrypt_value
-from service.crypto.blind_index import BLIND_INDEX_BYTES, normalise
+from service.crypto.blind_index import BLIND_INDEX_BYTES, normalise, normalise_unicode
 from service.crypto.providers import LocalKeyProvider
 from tests.fixtures.crypto import make_keyring
 
@@ -45,6 +45,10 @@ class TestNormalisation:
         once = normalise(value)
         assert normalise(once) == once
         assert KEYRING.blind_index("postcode", value) == KEYRING.blind_index("postcode", once)
+
+    @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=30))
+    def test_the_ascii_shortcut_gives_the_full_rules_result(self, value: str) -> None:
+        assert normalise(value) == normalise_unicode(value)
 
     @given(st.text(max_size=50))
     def test_index_is_sixteen_bytes_and_deterministic(self, value: str) -> None:

@@ -127,6 +127,12 @@ class TestDemoReport:
         assert demo_run.number(r"notifications delivered: (\d+)") > 0
         assert demo_run.number(r"re-tellings avoided: (\d+)") > 0
 
+    def test_the_portal_was_told_of_accesses_and_of_a_closed_case(self, demo_run: DemoRun) -> None:
+        assert demo_run.number(r"access notices delivered to the citizen portal: (\d+)") > 0
+        # DWP closed its first fraud case when the traffic stopped: its reads were disclosed.
+        assert demo_run.number(r"DWP closed a fraud case\D+(\d+)") == 1
+        assert demo_run.number(r"disclosures made when a case closed: (\d+)") > 0
+
     def test_releases_refused_for_lack_of_consent_are_counted(self, demo_run: DemoRun) -> None:
         assert demo_run.number(r"releases refused for lack of consent: (\d+)") > 0, demo_run.output
         assert "citizen consented to the support scheme" in demo_run.output

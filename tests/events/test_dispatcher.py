@@ -14,6 +14,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from service.db import utcnow
+from service.events import service as events_service
 from service.events.dispatcher import Dispatcher, backoff_seconds
 from service.events.models import Delivery
 from service.events.service import EventsRuntime
@@ -110,6 +112,63 @@ class TestSignedDelivery:
         await emit(runtime, citizen, ["licence_status"], "dvla")
         assert await dispatcher.fan_out() == 1
         assert len(await _deliveries(api, dvla_hook["id"])) == 1
+
+
+class TestConsentChanged:
+    async def test_the_consumer_gets_its_agreements_consent_changes_signed_and_without_values(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        subscribed = await api.post(
+            "/v1/subscriptions", json={"type": "consent.changed", "webhook_url": receiver.url}
+        )
+        assert subscribed.status_code == 201, subscribed.text
+        citizen = await add_citizen(events_engine)
+        async with events_engine.begin() as conn:
+            for consumer, consent_id in (("hmrc", "c-hmrc"), ("dvla", "c-dvla")):
+                await events_service.record_consent_change(
+                    conn,
+                    citizen_id=citizen,
+                    consent_id=consent_id,
+                    agreement=f"points-for-{consumer}",
+                    owner="register",
+                    consumer=consumer,
+                    purpose="licence-administration",
+                    fields=["address"],
+                    status="revoked",
+                    occurred_at=utcnow(),
+                )
+        async with running(dispatcher):
+            [request] = await receiver.until(1)
+        verified = Webhook(subscribed.json()["secret"]).verify(request.body, request.headers)
+        assert verified["type"] == "consent.changed"
+        data = verified["data"]
+        # Only DVLA's own agreement; names and the status, nothing else.
+        assert (data["consent_id"], data["agreement"], data["status"]) == (
+            "c-dvla",
+            "points-for-dvla",
+            "revoked",
+        )
+        assert set(data) == {
+            "type",
+            "event_id",
+            "citizen_id",
+            "consent_id",
+            "agreement",
+            "purpose",
+            "fields",
+            "status",
+            "occurred_at",
+        }
+        [entry] = audit_sink.of("deliver")
+        assert (entry["department"], entry["citizen_id"], entry["fields_released"]) == ("dvla", citizen, [])
 
 
 class TestRetries:

@@ -182,8 +182,8 @@ class TestWriteAgreements:
             (
                 ["body", "colour"],
                 "an agreement has no part called 'colour'; its parts are id, consumer, fields, actions, "
-                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, effect, basis, "
-                "signature, "
+                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, disclosure, "
+                "max_delay, effect, basis, signature, "
                 "verify, reason",
             ),
         ]
@@ -491,8 +491,8 @@ class TestSimulate:
             (
                 ["body", "upsert", 1, "reason"],
                 "an agreement has no part called 'reason'; its parts are id, consumer, fields, actions, "
-                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, effect, basis, "
-                "signature, "
+                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, disclosure, "
+                "max_delay, effect, basis, signature, "
                 "verify",
             ),
             (["body", "upsert", 2], "each draft must be an agreement: a mapping of its parts"),

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,63 @@ class TestLoader:
             load_policy_folder(folder)
         files = {Path(e.file).name for e in caught.value.errors}
         assert files == {"catalog.yaml", "dvla.yaml"}
+
+
+DELAYED = """\
+owner: dvla
+agreements:
+  - id: points-for-fraud
+    consumer: revenue
+    fields: [points]
+    actions: [read]
+    purposes: [tax-administration]
+    legal_basis: "law"
+    disclosure: after-case-closed
+    max_delay: {max_delay}
+"""
+
+
+class TestDelayedDisclosure:
+    def test_a_max_delay_in_days_compiles_to_a_grant_that_needs_a_case_ref(self, tmp_path: Path) -> None:
+        folder = load_policy_folder(policy_folder(tmp_path, dvla=DELAYED.format(max_delay="P365D")))
+        [agreement] = [a for a in folder.agreements if a.spec.id == "points-for-fraud"]
+        assert agreement.spec.disclosure_delay() == timedelta(days=365)
+
+    @pytest.mark.parametrize(
+        ("max_delay", "problem"),
+        [
+            (
+                "P1Y",
+                "'P1Y' is not an ISO 8601 duration in weeks, days, hours, minutes or seconds (e.g. P365D)",
+            ),
+            ("PT", "'PT' is not an ISO 8601 duration in weeks, days, hours, minutes or seconds (e.g. P365D)"),
+            ("P2000D", "max_delay must be more than nothing and at most 1826 days"),
+            ("P0D", "max_delay must be more than nothing and at most 1826 days"),
+        ],
+    )
+    def test_a_bad_max_delay_is_named_with_its_line(
+        self, tmp_path: Path, max_delay: str, problem: str
+    ) -> None:
+        folder = policy_folder(tmp_path, dvla=DELAYED.format(max_delay=max_delay))
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        assert [str(e) for e in caught.value.errors] == [
+            f"{folder / 'dvla.yaml'}:10: agreement points-for-fraud: {problem}"
+        ]
+
+    def test_delayed_disclosure_needs_a_max_delay_and_a_permit(self, tmp_path: Path) -> None:
+        text = DELAYED.replace("    max_delay: {max_delay}\n", "") + (
+            "  - id: forbid-delayed\n    consumer: revenue\n    fields: [points]\n    actions: [read]\n"
+            "    effect: forbid\n    disclosure: after-case-closed\n    max_delay: P1D\n"
+        )
+        folder = policy_folder(tmp_path, dvla=text)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        messages = [str(e).split(": ", 1)[1] for e in caught.value.errors]
+        assert messages == [
+            "agreement points-for-fraud: disclosure: after-case-closed needs a max_delay, such as P365D",
+            "agreement forbid-delayed: only a permit can delay disclosure",
+        ]
 
 
 class TestPolicyCases:

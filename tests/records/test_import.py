@@ -38,7 +38,7 @@ from service.crypto.keyring import Keyring
 from service.db import create_engine
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
-from service.records import importing, reads
+from service.records import importing, reads, seeding
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
 from service.records.service import RecordsService, registered_national_ids
@@ -381,6 +381,20 @@ class TestRefusedRows:
         assert message in result.stderr
         assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
 
+    async def test_a_file_without_a_header_shows_none_of_its_first_line(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        (national_id,) = _ids(1)
+        path = tmp_path / "headless.csv"
+        path.write_text(f"{national_id},Philippa,1961-04-30,7 Secret Row\n", encoding="utf-8")
+
+        result = _cli(store, tmp_path, "--department", "register", str(path))
+
+        assert result.returncode == 2
+        assert "no national_id column" in result.stderr
+        for value in (national_id, "Philippa", "1961-04-30", "Secret"):
+            assert value not in result.stdout + result.stderr
+
 
 class TestJsonLines:
     async def test_typed_values_and_unreadable_lines(self, store: Store, tmp_path: Path) -> None:
@@ -500,6 +514,34 @@ class TestResume:
         assert ids[4500].casefold() not in found
         assert tuple(entries) == (5999, 5999)
         assert national_ids == 5999
+
+    async def test_a_failed_batch_commits_nothing_after_it(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ids = _ids(500)
+        path = _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)])
+        store_registrations = seeding.store_registrations
+        doomed = ids[250]
+
+        async def fails_third(*args: Any, **kwargs: Any) -> Any:
+            # The third batch (lines 202 to 301) fails, whichever order batches run in.
+            if any(clean["national_id"] == doomed for clean in args[4]):
+                raise RuntimeError("the database went away")
+            return await store_registrations(*args, **kwargs)
+
+        monkeypatch.setattr(seeding, "store_registrations", fails_third)
+
+        with pytest.raises(RuntimeError):
+            await _import(store, path, batch_size=100)
+
+        # Batches 1 and 2 (lines 2 to 201) committed; the 4th, in flight on PostgreSQL
+        # while the 3rd failed, did not.
+        async with store.engine.connect() as conn:
+            catalog = await catalog_service.current_cached(conn)
+            found = await registered_national_ids(conn, store.keyring, catalog, ids)
+        assert await self._committed_line(store) == 201
+        assert len(found) == 200
+        assert {i.casefold() for i in ids[:200]} == set(found)
 
     @staticmethod
     async def _committed_line(store: Store) -> int:

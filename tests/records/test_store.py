@@ -125,6 +125,9 @@ async def _ask(store: CitizenStore, question: str, ids: list[str]) -> Any:
         agreements = ["a-consent", "b-consent", "c-objectable", "d-objectable"]
         rows = await store.choices([*ids, UNKNOWN], agreements)
         return sorted(rows, key=lambda row: (row.citizen_id, row.agreement, row.consent))
+    if question == "citizens with choices":
+        found, rows = await store.citizens_with_choices([*ids, UNKNOWN], ["a-consent", "c-objectable"])
+        return found, sorted(rows, key=lambda row: (row.citizen_id, row.agreement, row.consent))
     if question == "choices among some agreements":
         return await store.choices(ids[:1], ["a-consent", "d-objectable"])
     assert question == "no fields"
@@ -142,6 +145,7 @@ class TestStoresAgree:
             "no fields",
             "choices",
             "choices among some agreements",
+            "citizens with choices",
         ],
     )
     async def test_core_and_raw_driver_return_the_same_rows(self, stored: Stored, question: str) -> None:

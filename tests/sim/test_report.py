@@ -71,10 +71,13 @@ class TestRender:
             audit=AuditSummary(entries=120, root="q1w2e3=="),
         )
         report.tally.record_notification("hmrc", "evt-9", "webhook")
+        report.tally.access_notices, report.tally.disclosed_on_close = 12, 3
         text = _rendered(report)
         assert "requests: 7, allowed: 4, denied: 2, errors: 1" in text
         assert "notifications delivered: 1 (1 by webhook)" in text
         assert "re-tellings avoided: 0" in text
+        assert "access notices delivered to the citizen portal: 12" in text
+        assert "disclosures made when a case closed: 3" in text
         assert "audit verified: 120 entries, checkpoint q1w2e3==" in text
         assert "tax code for benefit eligibility (wrong purpose)" in text
         assert "register" in text

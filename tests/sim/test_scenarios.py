@@ -32,6 +32,8 @@ class StandIn:
 
     calls: list[tuple[str, str, str, Any]] = field(default_factory=list)
     deny_fields: set[str] = field(default_factory=set)
+    # The X-Case-Ref of each call that sent one.
+    case_refs: list[str] = field(default_factory=list)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/oauth/token":
@@ -42,6 +44,14 @@ class StandIn:
         department = request.headers["authorization"].removeprefix("Bearer token-")
         body: Any = json.loads(request.content) if request.content else None
         self.calls.append((department, request.method, request.url.path, body or dict(request.url.params)))
+        if "x-case-ref" in request.headers:
+            self.case_refs.append(request.headers["x-case-ref"])
+        if request.url.path.startswith("/v1/cases/"):
+            reference = request.url.path.split("/")[3]
+            at = "2026-11-29T12:00:00+00:00"
+            return httpx.Response(
+                200, json={"department": department, "case_ref": reference, "opened_at": at, "closed_at": at}
+            )
         if request.url.path == "/v1/citizens/lookup":
             return httpx.Response(200, json={"id": "c-" + body["national_id"]})
         citizen_id = request.url.path.split("/")[3] if request.url.path.startswith("/v1/citizens/") else ""
@@ -177,3 +187,35 @@ class TestOverReach:
         attempts = {d.attempt for d in gov.tally.denials}
         assert "council tax band after the council revoked its agreement" in attempts
         assert all(d.status == 403 for d in gov.tally.denials)
+
+
+class TestFraudInvestigation:
+    async def test_dwp_reads_tax_codes_under_a_case_and_closes_the_first(
+        self, gov: Government, stand_in: StandIn
+    ) -> None:
+        for _ in range(6):
+            await scenarios.investigate_fraud(gov)
+        reads = [b for d, m, _p, b in stand_in.calls if d == "dwp" and m == "GET"]
+        assert reads
+        assert all((b["fields"], b["purpose"]) == ("tax_code", "fraud-investigation") for b in reads)
+        assert len(stand_in.case_refs) == len(reads)
+        assert set(stand_in.case_refs) == set(gov.fraud_cases)
+        assert gov.tally.life_events["fraud investigation read"] == len(reads)
+
+        await scenarios.close_first_case(gov)
+
+        [close] = [p for d, m, p, _b in stand_in.calls if m == "POST" and p.startswith("/v1/cases/")]
+        assert close == f"/v1/cases/{gov.fraud_cases[0]}/close"
+        assert gov.tally.actions["DWP closed a fraud case"] == 1
+
+    async def test_the_portal_counts_access_notices_and_disclosures(
+        self, gov: Government, stand_in: StandIn
+    ) -> None:
+        notice = {"type": "access.recorded", "event_id": "n1", "citizen_id": "c-1", "disclosed_by": None}
+        await notifications.act_on(gov, Delivery("citizen-portal", "webhook", notice))
+        disclosed = {**notice, "event_id": "n2", "disclosed_by": "case-closed"}
+        await notifications.act_on(gov, Delivery("citizen-portal", "webhook", disclosed))
+
+        assert (gov.tally.access_notices, gov.tally.disclosed_on_close) == (2, 1)
+        assert gov.tally.total_notifications == 0  # not a tell-us-once notification
+        assert stand_in.calls == []

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -482,6 +483,15 @@ class TellonceClient:
         if webhook_url is not None:
             body.webhook_url = webhook_url
         return await self._call(m.SubscriptionCreated, "POST", "/v1/subscriptions", body=body)
+
+    async def subscribe_access_notices(self, *, webhook_url: str | None = None) -> m.SubscriptionCreated:
+        """The citizen portal: be told of every access that releases a citizen's data."""
+        body = m.SubscriptionIn(type="access.recorded", webhook_url=webhook_url)
+        return await self._call(m.SubscriptionCreated, "POST", "/v1/subscriptions", body=body)
+
+    async def close_case(self, case_ref: str) -> m.CaseOut:
+        """Close one of your department's cases: the citizen now sees its accesses."""
+        return await self._call(m.CaseOut, "POST", f"/v1/cases/{quote(case_ref, safe='')}/close")
 
     async def list_subscriptions(
         self, *, cursor: str | None = None, limit: int | None = None

@@ -212,6 +212,10 @@ class AgreementSpec(Request):
     valid_until: date | None = None
     when: str | None = None
     require_case_ref: bool = False
+    # ``after-case-closed``: accesses under it are shown to the citizen only once the case
+    # is closed or ``max_delay`` (ISO 8601, e.g. ``P365D``) has passed.
+    disclosure: Literal["immediate", "after-case-closed"] = "immediate"
+    max_delay: str | None = None
     effect: Effect = "permit"
     basis: Basis = "statutory"
     # The owner's base64 Ed25519 signature, for a department whose catalog entry has a signing key.
@@ -234,6 +238,10 @@ class AgreementOut(Tagged):
     valid_until: date | None = None
     when: str | None = None
     require_case_ref: bool = False
+    # ``after-case-closed``: accesses under it are shown to the citizen only once the case
+    # is closed or ``max_delay`` (ISO 8601, e.g. ``P365D``) has passed.
+    disclosure: Literal["immediate", "after-case-closed"] = "immediate"
+    max_delay: str | None = None
     effect: Effect = "permit"
     basis: Basis = "statutory"
     # The owner's base64 Ed25519 signature, for a department whose catalog entry has a signing key.
@@ -363,17 +371,26 @@ class ObjectionPage(Response):
 # --- events ---------------------------------------------------------------------------
 
 
+EventType = Literal["citizen.fields_changed", "access.recorded", "consent.changed"]
+
+
 class SubscriptionIn(Request):
-    fields: list[str]
-    purpose: str
+    """Field changes (``fields`` and ``purpose``), access notices (``type`` ``access.recorded``,
+    for the citizen portal: neither), or consent changes to your department's agreements
+    (``type`` ``consent.changed``: neither)."""
+
+    type: EventType = "citizen.fields_changed"
+    fields: list[str] = Field(default_factory=list)
+    purpose: str | None = None
     webhook_url: str | None = None
 
 
 class SubscriptionOut(Response):
     id: str
+    type: EventType
     department: str
     fields: list[str]
-    purpose: str
+    purpose: str | None
     webhook_url: str | None
     status: Literal["active", "deleted"]
     created_at: datetime
@@ -422,9 +439,48 @@ class EventData(Response):
     occurred_at: datetime
 
 
+class AccessNotice(Response):
+    """One access that released a citizen's data (never a value); ``disclosed_at`` and
+    ``disclosed_by`` for one kept from the citizen until its case closed or its delay passed."""
+
+    type: Literal["access.recorded"] = "access.recorded"
+    event_id: str
+    citizen_id: str
+    department: str
+    action: str
+    fields: list[str]
+    purpose: str | None
+    basis: str
+    legal_basis: list[str]
+    occurred_at: datetime
+    disclosed_at: datetime | None = None
+    disclosed_by: Literal["case-closed", "max-delay"] | None = None
+
+
+class ConsentChanged(Response):
+    """A citizen's consent to one of your department's agreements was given or changed."""
+
+    type: Literal["consent.changed"] = "consent.changed"
+    event_id: str
+    citizen_id: str
+    consent_id: str
+    agreement: str
+    purpose: str
+    fields: list[str]
+    status: Literal["active", "paused", "revoked"]
+    occurred_at: datetime
+
+
 class FeedPage(Response):
-    items: list[EventData]
+    items: list[EventData | AccessNotice | ConsentChanged]
     cursor: str
+
+
+class CaseOut(Response):
+    department: str
+    case_ref: str
+    opened_at: datetime
+    closed_at: datetime | None
 
 
 # --- audit (shapes fixed by DESIGN.md; the server declares them as plain objects) ---------

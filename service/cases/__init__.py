@@ -1,0 +1,1 @@
+"""Investigations' case references: delayed disclosure of the accesses made under them."""

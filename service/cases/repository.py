@@ -1,0 +1,67 @@
+"""Every query of the cases domain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.cases.models import Case
+
+# (department, case reference): a reference is its department's own.
+CaseKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    department: str
+    case_ref: str
+    opened_at: datetime
+    closed_at: datetime | None
+
+
+async def open_case(conn: AsyncConnection, department: str, case_ref: str, at: datetime) -> None:
+    """Record the case if it is new; an open or closed case is left as it is."""
+    upsert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    await conn.execute(
+        upsert(Case)
+        .values(department=department, case_ref=case_ref, opened_at=at)
+        .on_conflict_do_nothing(index_elements=["department", "case_ref"])
+    )
+
+
+async def get_case(conn: AsyncConnection, department: str, case_ref: str) -> CaseRow | None:
+    row = (
+        await conn.execute(
+            select(Case.department, Case.case_ref, Case.opened_at, Case.closed_at).where(
+                Case.department == department, Case.case_ref == case_ref
+            )
+        )
+    ).first()
+    return None if row is None else CaseRow(row[0], row[1], row[2], row[3])
+
+
+async def close_case(conn: AsyncConnection, department: str, case_ref: str, at: datetime, by: str) -> None:
+    """Close an open case (a closed one keeps its first closing)."""
+    await conn.execute(
+        update(Case)
+        .where(Case.department == department, Case.case_ref == case_ref, Case.closed_at.is_(None))
+        .values(closed_at=at, closed_by=by)
+    )
+
+
+async def closed_at(conn: AsyncConnection, keys: Iterable[CaseKey]) -> dict[CaseKey, datetime]:
+    """When each of ``keys`` was closed; open and unknown cases are left out."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    statement = select(Case.department, Case.case_ref, Case.closed_at).where(
+        or_(*(and_(Case.department == d, Case.case_ref == r) for d, r in wanted)),
+        Case.closed_at.is_not(None),
+    )
+    return {(d, r): at for d, r, at in await conn.execute(statement) if at is not None}

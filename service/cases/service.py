@@ -1,0 +1,48 @@
+"""Closing a case: from then on the citizen sees every access made under it.
+
+A case is opened by the first access that needs it (``open_for``, on the read path) and
+closed only by its own department. Closing is audited, refused or not, before the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.audit.entries import case_entry
+from service.auth.facts import RequestFacts
+from service.cases import repository
+from service.cases.errors import CaseNotFound
+from service.cases.schemas import CaseOut
+from service.records.service import AuditSink
+
+Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+
+
+async def close(
+    connect: Connect, begin: Connect, audit: AuditSink, facts: RequestFacts, case_ref: str, now: datetime
+) -> CaseOut:
+    """Close the caller's department's case ``case_ref``; 404 for a reference it never
+    used under a delayed-disclosure agreement (another department's case included: a
+    reference is its department's own, and another's is not confirmed). Closing a closed
+    case changes nothing and answers the same."""
+    async with connect() as conn:
+        found = await repository.get_case(conn, facts.department, case_ref)
+    # Durable in the log before the case is closed: no closing is unaccounted for.
+    await audit.append(case_entry(facts, case_ref, closed=found is not None, time=now))
+    if found is None:
+        raise CaseNotFound("Your department has no case with that reference.")
+    async with begin() as conn:
+        await repository.close_case(conn, facts.department, case_ref, now, facts.principal.client_id)
+        found = await repository.get_case(conn, facts.department, case_ref)
+    if found is None:  # cases are never deleted; this is only for the type checker
+        raise CaseNotFound("Your department has no case with that reference.")
+    return CaseOut(
+        department=found.department,
+        case_ref=found.case_ref,
+        opened_at=found.opened_at,
+        closed_at=found.closed_at,
+    )

@@ -1,0 +1,187 @@
+"""The citizen view's choices: a citizen's consents and objections, in plain language.
+
+For one citizen it lists every live agreement that releases their data, grouped by its
+legal basis: those that need the citizen's consent (give, pause, resume or revoke it),
+those the citizen may object to (object, or withdraw the objection), and those that
+apply by law, with the law named. Every change goes through the same service functions
+as ``/v1/citizens/{id}/consents`` and ``/objections`` (``service.consent.service``), so
+it is signed, audited and applies to the consumer's next request alike.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from service.catalog.schemas import Catalog
+from service.consent import service as consent_service
+from service.consent.schemas import ConsentIn, ConsentOut
+from service.console import wording
+from service.console.sessions import SignedIn
+from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
+from service.db import SessionDep
+from service.errors import NotFound, ServiceError
+from service.policy.engine import Agreement
+
+router = APIRouter(route_class=ConsoleRoute)
+
+Portal = Depends(needs_role("citizen-portal"))
+_CITIZEN_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
+_VERBS = {
+    "read": "read",
+    "verify": "check facts about",
+    "history": "read earlier versions of",
+    "lookup": "look up your record by",
+    "subscribe": "be told of changes to",
+    "write": "change",
+}
+_STATUS_WORDS = {
+    "active": "You have given your consent.",
+    "paused": "You have paused your consent: nothing is shared until you resume it.",
+    "expired": "Your consent has expired.",
+    "revoked": "You have revoked your consent.",
+}
+
+
+@dataclass(frozen=True)
+class ChoiceRow:
+    """One agreement as the citizen sees it, and what they may do about it."""
+
+    agreement: str
+    sentence: str
+    legal_basis: str
+    # Consent-based: the citizen's newest consent to it, if any.
+    consent: ConsentOut | None = None
+    status_words: str = ""
+    # Objectable: whether the citizen has objected.
+    objected: bool = False
+
+
+def _what(catalog: Catalog, agreement: Agreement) -> str:
+    """'the Riverside District Council may read your benefit status for the purpose of …'"""
+    verbs = [_VERBS.get(a, a) for a in agreement.actions]
+    fields = wording.join_words([wording.field_phrase(f) for f in agreement.fields])
+    who = wording.department_phrase(catalog, agreement.consumer)
+    purposes = wording.join_words([wording.purpose_phrase(catalog, p) for p in agreement.purposes])
+    sentence = f"{who[:1].upper()}{who[1:]} may {wording.join_words(verbs)} your {fields}"
+    return sentence + (f" for the purpose of {purposes}" if purposes else "")
+
+
+async def _rows(
+    request: Request, session: SessionDep, catalog: Catalog, citizen_id: str
+) -> tuple[list[ChoiceRow], list[ChoiceRow], list[ChoiceRow]]:
+    runtime = consent_service.runtime_of(request.app.state)
+    policy = await runtime.policy.current(await session.connection())
+    consents = (
+        await consent_service.list_consents(session, runtime, citizen_id, cursor=None, limit=1000)
+    ).items
+    objected = {o.agreement for o in await consent_service.list_objections(session, runtime, citizen_id)}
+    newest: dict[str, ConsentOut] = {}
+    for given in consents:
+        newest[given.agreement] = given
+    by_consent, by_objection, by_law = [], [], []
+    for agreement in sorted(policy.agreements, key=lambda a: (a.basis, a.consumer, a.id)):
+        if agreement.effect != "permit":
+            continue
+        what = _what(catalog, agreement)
+        basis = agreement.legal_basis or ""
+        if agreement.basis == "consent":
+            held = newest.get(agreement.id)
+            by_consent.append(
+                ChoiceRow(
+                    agreement.id,
+                    f"{what}, only with your consent.",
+                    basis,
+                    consent=held,
+                    status_words=_STATUS_WORDS[held.status] if held else "You have not given your consent.",
+                )
+            )
+        elif agreement.basis == "objectable":
+            by_objection.append(
+                ChoiceRow(
+                    agreement.id, f"{what}, unless you object.", basis, objected=agreement.id in objected
+                )
+            )
+        else:
+            by_law.append(
+                ChoiceRow(
+                    agreement.id,
+                    f"{what}. This is required by law ({basis}), so consent and objection do not apply.",
+                    basis,
+                )
+            )
+    return by_consent, by_objection, by_law
+
+
+@router.get("/citizen/choices", response_class=HTMLResponse)
+async def citizen_choices(
+    request: Request, session: SessionDep, citizen_id: str = "", viewer: SignedIn = Portal
+) -> Response:
+    """The citizen's consents and objections, and the agreements that apply by law."""
+    return await _page(request, session, viewer, citizen_id.strip()[:64])
+
+
+async def _page(
+    request: Request, session: SessionDep, viewer: SignedIn, citizen_id: str, problem: str | None = None
+) -> Response:
+    errors: dict[str, list[str]] = {}
+    rows: tuple[list[ChoiceRow], list[ChoiceRow], list[ChoiceRow]] | None = None
+    if citizen_id and not _CITIZEN_ID.match(citizen_id):
+        errors["citizen_id"] = ["The citizen ID must be letters a to f, digits and hyphens, like 3f2c1d9e-…"]
+    elif citizen_id:
+        try:
+            rows = await _rows(request, session, await catalog_of(session), citizen_id)
+        except NotFound:
+            errors["citizen_id"] = ["No citizen has this ID"]
+    status = 404 if errors.get("citizen_id") == ["No citizen has this ID"] else (400 if errors else 200)
+    return render(
+        request,
+        "citizen_choices.html",
+        {
+            "section": "citizen",
+            "errors": errors,
+            "error_items": [("citizen_id", m) for m in errors.get("citizen_id", [])],
+            "citizen_id": citizen_id,
+            "rows": rows,
+            "problem": problem,
+        },
+        viewer=viewer,
+        status_code=409 if problem else status,
+    )
+
+
+@router.post("/citizen/choices", response_class=HTMLResponse)
+async def change_choice(
+    request: Request,
+    session: SessionDep,
+    viewer: SignedIn = Depends(csrf_checked),
+    _portal: SignedIn = Portal,
+) -> Response:
+    """Give, pause, resume or revoke a consent, or object or withdraw an objection."""
+    form = await request.form()
+    citizen_id = str(form.get("citizen_id") or "").strip()[:64]
+    agreement = str(form.get("agreement") or "")[:63]
+    consent_id = str(form.get("consent_id") or "")[:36]
+    change = str(form.get("change") or "")
+    runtime = consent_service.runtime_of(request.app.state)
+    actor = consent_service.Actor(viewer.principal, source_of(request))
+    try:
+        if change == "give":
+            await consent_service.grant(session, runtime, actor, citizen_id, ConsentIn(agreement=agreement))
+        elif change in ("paused", "active", "revoked"):
+            await consent_service.change(session, runtime, actor, citizen_id, consent_id, change)
+        elif change == "object":
+            await consent_service.object_to(session, runtime, actor, citizen_id, agreement)
+        elif change == "withdraw":
+            await consent_service.withdraw_objection(session, runtime, actor, citizen_id, agreement)
+        else:
+            return await _page(
+                request, session, viewer, citizen_id, "That change is not one this page offers."
+            )
+    except ServiceError as refused:
+        return await _page(request, session, viewer, citizen_id, refused.detail)
+    return RedirectResponse(f"/console/citizen/choices?citizen_id={quote(citizen_id)}", status_code=303)

@@ -1,0 +1,184 @@
+"""Access notices: each access that released a citizen's data, told to the citizen portal.
+
+A worker step (run by the dispatcher before each fan-out) reads the audit entries the
+sequencer has put in the tree, in id order after its own position, and turns each
+released read, batch-get item, lookup, verification or history read into one
+``access.recorded`` event in the outbox: the department, the action, the field names,
+the purpose, the basis and legal basis, and the time; never a value. The read path
+does nothing more than append its audit entry, as before.
+
+Exactly once: the notices and the worker's new position commit in one transaction, under
+the lock of the worker's row. Notices are made only while some portal subscribes; what
+happens before that is not told (the access log has it).
+
+An access under delayed disclosure (``service.cases.rules``) is held instead, and added
+to the outbox when its case is closed or its maximum delay has passed, with its original
+time and ``disclosed_at``: the citizen is told of it then, and never before.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.audit import repository as audit_repository
+from service.cases import repository as cases_repository
+from service.cases import rules
+from service.events import repository
+from service.events.models import ACCESS_RECORDED
+from service.policy.terms import AgreementTerms, Cited, Terms
+
+# The audit actions that release a citizen's data to a department.
+NOTICE_ACTIONS = ("read", "batch-get", "lookup", "verify", "history")
+NOTICE_BATCH = 1000
+# Rounds are at least this far apart while they keep up, so under steady reads one round
+# takes many entries in one transaction instead of a transaction per few reads (on SQLite
+# each is a turn at the one write lock the audit writer needs too). A notice waits at most
+# this much longer.
+ROUND_INTERVAL_SECONDS = 0.25
+# When agreements of several bases permitted one access, the one the citizen has most say
+# over is named: the citizen can act on a consent or an objection.
+_BASIS_ORDER = ("consent", "objectable", "statutory")
+
+
+def basis_of(entry: Mapping[str, Any], terms: Mapping[Cited, Terms]) -> str:
+    """The basis of the agreements that permitted ``entry``; statutory when none did (an
+    owner reading its own fields)."""
+    bases = {terms[c].basis for c in rules.cited(entry)}
+    return next((b for b in _BASIS_ORDER if b in bases), "statutory")
+
+
+def notice_detail(entry: Mapping[str, Any], basis: str, shown: rules.Shown) -> dict[str, Any]:
+    """What a notice says besides the citizen, the fields and the time: no value, no officer."""
+    return {
+        "department": entry["department"],
+        "action": entry["action"],
+        "purpose": entry.get("purpose"),
+        "basis": basis,
+        "legal_basis": list(entry.get("legal_basis") or []),
+        "disclosed_at": shown.disclosed_at.isoformat() if shown.disclosed_at else None,
+        "disclosed_by": shown.disclosed_by,
+    }
+
+
+def _notice_row(
+    citizen_id: str, fields: Sequence[str], at: datetime, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """An outbox row of type ``access.recorded``."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "citizen_id": citizen_id,
+        "fields": list(fields),
+        "owner": "",
+        "occurred_at": at,
+        "type": ACCESS_RECORDED,
+        "detail": detail,
+    }
+
+
+class NoticeWorker:
+    """Turns audit entries into access notices and releases held ones; ``run_once`` is one
+    round. Several may run against one database: rounds take turns on the worker's row."""
+
+    def __init__(
+        self, engine: AsyncEngine, terms: AgreementTerms, interval: float = ROUND_INTERVAL_SECONDS
+    ) -> None:
+        self.engine = engine
+        self.terms = terms
+        self.interval = interval
+        self._next_round = 0.0
+
+    async def run_once(self, now: datetime) -> int:
+        """One round, unless the last ended less than ``interval`` ago with nothing left
+        over; returns how many notices reached the outbox."""
+        if time.monotonic() < self._next_round:
+            return 0
+        self._next_round = time.monotonic() + self.interval
+        async with self.engine.connect() as conn:
+            # A look first, without the lock, so an idle worker writes nothing.
+            position = await repository.notice_position(conn)
+            watermark = await audit_repository.sequenced_watermark(conn)
+            closed = await cases_repository.closed_at(conn, await repository.waiting_cases(conn))
+            due = await repository.due_notices(conn, now, list(closed), 1)
+            await conn.rollback()
+        if position >= watermark and not due:
+            return 0
+        added = 0
+        async with self.engine.begin() as conn:
+            position = await repository.lock_notice_state(conn)
+            await repository.lock_outbox(conn)
+            if position < watermark:
+                added += await self._from_audit(conn, position, watermark, now)
+                if await repository.notice_position(conn) < watermark:
+                    self._next_round = 0.0  # a full batch: the rest at once
+            added += await self._release(conn, closed, now)
+            if added:
+                await repository.notify_on_commit(conn)
+        return added
+
+    async def _from_audit(self, conn: AsyncConnection, position: int, watermark: int, now: datetime) -> int:
+        rows = await audit_repository.sequenced_releases(
+            conn, position, watermark, NOTICE_ACTIONS, NOTICE_BATCH
+        )
+        await repository.set_notice_position(conn, rows[-1][0] if len(rows) == NOTICE_BATCH else watermark)
+        if not rows or not await repository.access_subscribed(conn):
+            return 0
+        entries = [(entry_id, orjson.loads(canonical)) for entry_id, canonical in rows]
+        entries = [(i, e) for i, e in entries if e.get("citizen_id") and e.get("fields_released")]
+        terms = await self.terms.of(conn, rules.all_cited(e for _i, e in entries))
+        delays = {i: rules.delay_of(e, terms) for i, e in entries}
+        closed = await cases_repository.closed_at(
+            conn, {(e["department"], e["case_ref"]) for i, e in entries if delays[i] and e.get("case_ref")}
+        )
+        notices: list[dict[str, Any]] = []
+        held: list[dict[str, Any]] = []
+        for entry_id, entry in entries:
+            at, delay = rules.entry_time(entry), delays[entry_id]
+            case = (entry["department"], entry.get("case_ref") or "")
+            shown = rules.shown(at, delay, closed.get(case), now)
+            detail = notice_detail(entry, basis_of(entry, terms), shown)
+            if shown.visible:
+                notices.append(_notice_row(entry["citizen_id"], entry["fields_released"], at, detail))
+            elif delay is not None:
+                held.append(
+                    {
+                        "entry_id": entry_id,
+                        "citizen_id": entry["citizen_id"],
+                        "department": entry["department"],
+                        "case_ref": entry.get("case_ref"),
+                        "fields": entry["fields_released"],
+                        "detail": detail,
+                        "accessed_at": at,
+                        "disclose_by": at + delay,
+                    }
+                )
+        await repository.insert_events(conn, notices)
+        await repository.hold_notices(conn, held)
+        return len(notices)
+
+    async def _release(
+        self, conn: AsyncConnection, closed: Mapping[cases_repository.CaseKey, datetime], now: datetime
+    ) -> int:
+        due = await repository.due_notices(conn, now, list(closed), NOTICE_BATCH)
+        notices: list[dict[str, Any]] = []
+        for notice in due:
+            shown = rules.shown(
+                notice.accessed_at,
+                notice.disclose_by - notice.accessed_at,
+                closed.get((notice.department, notice.case_ref or "")),
+                now,
+            )
+            detail = notice.detail | {
+                "disclosed_at": (shown.disclosed_at or now).isoformat(),
+                "disclosed_by": shown.disclosed_by,
+            }
+            notices.append(_notice_row(notice.citizen_id, notice.fields, notice.accessed_at, detail))
+        await repository.insert_events(conn, notices)
+        await repository.release_held(conn, [notice.entry_id for notice in due], now)
+        return len(due)

@@ -1,0 +1,347 @@
+"""Access notices and delayed disclosure, through the real app: reads by departments, the
+audit log, the notice worker, the outbox, signed webhooks to a receiver on 127.0.0.1, the
+feed, the citizen's access log, an auditor's search, and closing a case."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook
+
+from service.app import create_app
+from service.audit.checkpoint import NoteVerifier
+from service.audit.models import AuditEntryRow
+from service.audit.service import verify_stored_log
+from service.cases.models import Case
+from service.config import Settings
+from service.db import utcnow
+from service.events.models import ACCESS_RECORDED, HeldNotice, NoticeState, OutboxEvent
+from tests.fixtures.auth import act_as
+from tests.fixtures.webhooks import WebhookReceiver
+
+PROBLEM = "application/problem+json"
+# Plaintext the tests register; no notice may carry any of it (nor a national id).
+SECRETS = ["Ada", "Bea", "7 Hidden Row", "9 Quiet Close", "1961-04-02"]
+
+
+@pytest.fixture
+async def full_app(events_settings: Settings, events_engine: AsyncEngine) -> AsyncIterator[FastAPI]:
+    async with events_engine.begin() as conn:
+        await conn.execute(delete(HeldNotice))
+        await conn.execute(delete(Case))
+        # Accesses of earlier tests are not told: the worker starts after the newest entry.
+        newest = (await conn.execute(select(func.max(AuditEntryRow.id)))).scalar() or 0
+        await conn.execute(update(NoticeState).values(last_entry_id=newest))
+    application = create_app(events_settings.model_copy(update={"run_workers": True}))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def http(full_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=full_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def _problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert str(body["type"]).endswith("/" + slug)
+    return body
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _national_id() -> str:
+    """A national id no other test has registered in this database, added to ``SECRETS``."""
+    made = f"QQ{uuid.uuid4().int % 10**6:06d}A"
+    SECRETS.append(made)
+    return made
+
+
+async def _register(app: FastAPI, http: httpx.AsyncClient, national_id: str, name: str, address: str) -> str:
+    act_as(app, "register", "registrar")
+    response = await http.post(
+        "/v1/citizens",
+        json={
+            "national_id": national_id,
+            "fields": {"given_name": name, "address": address, "date_of_birth": "1961-04-02"},
+        },
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def _read(
+    app: FastAPI,
+    http: httpx.AsyncClient,
+    department: str,
+    citizen: str,
+    purpose: str,
+    case_ref: str | None = None,
+) -> httpx.Response:
+    act_as(app, department, "consumer")
+    headers = {"X-Case-Ref": case_ref} if case_ref else {}
+    return await http.get(
+        f"/v1/citizens/{citizen}",
+        params={"fields": "address,given_name", "purpose": purpose},
+        headers=headers,
+    )
+
+
+async def _access_log(app: FastAPI, http: httpx.AsyncClient, citizen: str) -> list[dict[str, Any]]:
+    act_as(app, "portal", "citizen-portal")
+    response = await http.get(f"/v1/citizens/{citizen}/access-log", params={"proofs": "true"})
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return [item for item in items if item["action"] == "read"]
+
+
+async def _notices(receiver: WebhookReceiver, secret: str, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` notices the receiver got, each checked against its signature."""
+    received = await receiver.until(count)
+    return [Webhook(secret).verify(r.body, r.headers) for r in received]
+
+
+async def _subscribe_portal(app: FastAPI, http: httpx.AsyncClient, receiver: WebhookReceiver) -> str:
+    act_as(app, "portal", "citizen-portal")
+    response = await http.post(
+        "/v1/subscriptions", json={"type": ACCESS_RECORDED, "webhook_url": receiver.url}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["type"] == ACCESS_RECORDED
+    return str(response.json()["secret"])
+
+
+async def _until(check: Any, timeout: float = 10.0) -> Any:
+    """Poll ``check`` (async, returns a value or None) until it returns something."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await check()
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def _notice_rows(engine: AsyncEngine, citizens: list[str]) -> int:
+    async with engine.connect() as conn:
+        count = await conn.execute(
+            select(func.count())
+            .select_from(OutboxEvent)
+            .where(OutboxEvent.type == ACCESS_RECORDED, OutboxEvent.citizen_id.in_(citizens))
+        )
+        return int(count.scalar_one())
+
+
+class TestAccessNotices:
+    async def test_each_release_is_told_once_signed_and_without_values(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        events_engine: AsyncEngine,
+    ) -> None:
+        secret = await _subscribe_portal(full_app, http, receiver)
+        nid_a = _national_id()
+        ada = await _register(full_app, http, nid_a, "Ada", "7 Hidden Row")
+        nid_b = _national_id()
+        bea = await _register(full_app, http, nid_b, "Bea", "9 Quiet Close")
+        assert (await _read(full_app, http, "welfare", ada, "benefit-eligibility")).status_code == 200
+        act_as(full_app, "welfare", "consumer")
+        batch = await http.post(
+            "/v1/citizens/batch-get",
+            json={"ids": [ada, bea], "fields": ["address"], "purpose": "benefit-eligibility"},
+        )
+        assert batch.status_code == 200, batch.text
+        lookup = await http.post(
+            "/v1/citizens/lookup", json={"national_id": nid_b, "purpose": "benefit-eligibility"}
+        )
+        assert lookup.status_code == 200, lookup.text
+        verify = await http.post(
+            f"/v1/citizens/{bea}/verify",
+            json={"purpose": "benefit-eligibility", "claims": {"date_of_birth": {"lte": "2000-01-01"}}},
+        )
+        assert verify.status_code == 200, verify.text
+        # A refused read releases nothing and tells nothing.
+        refused = await _read(full_app, http, "welfare", ada, "tax-administration")
+        assert refused.status_code in (403, 404, 422), refused.text
+
+        # Five accesses released data: a read, two batch-get items, a lookup, a verification.
+        payloads = await _notices(receiver, secret, 5)
+        notices = [p["data"] for p in payloads if p["data"]["citizen_id"] in (ada, bea)]
+        assert sorted((n["citizen_id"] == ada, n["action"]) for n in notices) == sorted(
+            [(True, "read"), (True, "batch-get"), (False, "batch-get"), (False, "lookup"), (False, "verify")]
+        )
+        assert {p["type"] for p in payloads} == {ACCESS_RECORDED}
+        read_notice = next(n for n in notices if n["action"] == "read")
+        assert read_notice["department"] == "welfare"
+        assert read_notice["fields"] == ["address", "given_name"]
+        assert read_notice["purpose"] == "benefit-eligibility"
+        assert read_notice["basis"] == "statutory"
+        assert read_notice["legal_basis"] == ["Social Security Administration Act 1992, s.122"]
+        assert read_notice["disclosed_at"] is None
+        for received in receiver.received:
+            body = received.body.decode()
+            assert not [value for value in SECRETS if value in body], body
+        # Once per access: one outbox notice each, one delivery each, distinct webhook ids.
+        assert await _notice_rows(events_engine, [ada, bea]) == 5
+        assert len({r.headers["webhook-id"] for r in receiver.received}) == len(receiver.received)
+        # Each delivery is audited as the portal reading a line of the citizen's access log.
+        async with events_engine.connect() as conn:
+            rows = await conn.execute(
+                select(AuditEntryRow.canonical).where(
+                    AuditEntryRow.action == "access-log", AuditEntryRow.department == "portal"
+                )
+            )
+            told = [json.loads(c)["citizen_id"] for c in rows.scalars()]
+        assert told.count(ada) >= 2
+        assert told.count(bea) >= 3
+
+    async def test_the_feed_carries_notices_and_consumers_cannot_subscribe(
+        self, full_app: FastAPI, http: httpx.AsyncClient
+    ) -> None:
+        act_as(full_app, "welfare", "consumer")
+        refused = await http.post("/v1/subscriptions", json={"type": ACCESS_RECORDED})
+        _problem(refused, 403, "forbidden")
+        bad = await http.post("/v1/subscriptions", json={"type": ACCESS_RECORDED, "fields": ["address"]})
+        _problem(bad, 422, "validation-failed")
+        act_as(full_app, "portal", "citizen-portal")
+        made = await http.post("/v1/subscriptions", json={"type": ACCESS_RECORDED})
+        assert made.status_code == 201, made.text
+        cursor = (await http.get("/v1/events")).json()["cursor"]
+        nid_a = _national_id()
+        ada = await _register(full_app, http, nid_a, "Ada", "7 Hidden Row")
+        assert (await _read(full_app, http, "welfare", ada, "benefit-eligibility")).status_code == 200
+        act_as(full_app, "portal", "citizen-portal")
+
+        async def told() -> list[dict[str, Any]]:
+            page = (await http.get("/v1/events", params={"after": cursor, "wait": 1})).json()
+            return [item for item in page["items"] if item["citizen_id"] == ada]
+
+        [notice] = await _until(told)
+        assert notice["type"] == ACCESS_RECORDED
+        # Another client of the portal's department, without the portal's role, is told nothing.
+        act_as(full_app, "portal", "consumer")
+        page = (await http.get("/v1/events", params={"after": cursor})).json()
+        assert [item for item in page["items"] if item["citizen_id"] == ada] == []
+        assert (notice["department"], notice["action"]) == ("welfare", "read")
+        assert not [value for value in SECRETS if value in json.dumps(notice)]
+
+
+class TestDelayedDisclosure:
+    async def test_held_from_the_citizen_until_the_case_closes_then_shown_with_its_time(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        events_engine: AsyncEngine,
+    ) -> None:
+        secret = await _subscribe_portal(full_app, http, receiver)
+        nid_a = _national_id()
+        ada = await _register(full_app, http, nid_a, "Ada", "7 Hidden Row")
+        # Without a case reference the agreement cannot be used: 422, naming the header.
+        missing = await _read(full_app, http, "revenue", ada, "fraud-investigation")
+        problem = _problem(missing, 422, "case-ref-required")
+        assert problem["errors"] == [{"loc": ["header", "X-Case-Ref"], "msg": "a case reference is required"}]
+        covert = await _read(full_app, http, "revenue", ada, "fraud-investigation", case_ref="FRAUD-7")
+        assert covert.status_code == 200, covert.text
+        # An ordinary read after it: once its notice arrives, the worker has passed both.
+        assert (await _read(full_app, http, "welfare", ada, "benefit-eligibility")).status_code == 200
+        [first] = await _notices(receiver, secret, 1)
+        assert first["data"]["department"] == "welfare"
+        assert [item["department"] for item in await _access_log(full_app, http, ada)] == ["welfare"]
+        async with events_engine.connect() as conn:
+            held = (await conn.execute(select(func.count()).select_from(HeldNotice))).scalar_one()
+        assert held == 1
+
+        # The auditor sees it at once, case reference and all.
+        act_as(full_app, "audit-office", "auditor")
+        found = await http.get("/v1/audit/entries", params={"citizen_id": ada, "consumer": "revenue"})
+        assert found.status_code == 200, found.text
+        refusal, entry = [i["entry"] for i in found.json()["items"] if i["entry"]["action"] == "read"]
+        assert (refusal["status"], refusal["case_ref"]) == (422, None)
+        assert (entry["status"], entry["case_ref"]) == (200, "FRAUD-7")
+        accessed_at = entry["time"]
+
+        # Another department cannot close it (a reference is its department's own) ...
+        act_as(full_app, "welfare", "consumer")
+        _problem(await http.post("/v1/cases/FRAUD-7/close"), 404, "case-not-found")
+        assert len(await _access_log(full_app, http, ada)) == 1
+        # ... revenue can.
+        act_as(full_app, "revenue", "consumer")
+        closed = await http.post("/v1/cases/FRAUD-7/close")
+        assert closed.status_code == 200, closed.text
+        assert closed.json()["closed_at"] is not None
+
+        [_first, disclosed] = await _notices(receiver, secret, 2)
+        data = disclosed["data"]
+        assert (data["department"], data["disclosed_by"]) == ("revenue", "case-closed")
+        assert _instant(data["occurred_at"]) == _instant(accessed_at)
+        assert data["disclosed_at"] is not None
+        log = await _access_log(full_app, http, ada)
+        # The access under the case; not the refusal without one, which no closing covers.
+        shown = [item for item in log if item["department"] == "revenue"]
+        assert len(shown) == 1
+        assert shown[0]["time"] == accessed_at
+        assert shown[0]["disclosed_by"] == "case-closed"
+        # Its proof still verifies against the tree, like every other line's.
+        assert all(item["proof"] is None or item["proof"]["entry"]["time"] == item["time"] for item in log)
+        assert await _notice_rows(events_engine, [ada]) == 2
+        # The closing is in the log.
+        act_as(full_app, "audit-office", "auditor")
+        closings = (await http.get("/v1/audit/entries", params={"action": "case-close"})).json()["items"]
+        assert [(c["entry"]["department"], c["entry"]["status"]) for c in closings][-2:] == [
+            ("welfare", 404),
+            ("revenue", 200),
+        ]
+
+    async def test_shown_once_the_maximum_delay_passes_and_the_log_still_verifies(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        events_engine: AsyncEngine,
+    ) -> None:
+        secret = await _subscribe_portal(full_app, http, receiver)
+        nid_a = _national_id()
+        ada = await _register(full_app, http, nid_a, "Ada", "7 Hidden Row")
+        covert = await _read(full_app, http, "revenue", ada, "fraud-investigation", case_ref="FRAUD-8")
+        assert covert.status_code == 200, covert.text
+        assert (await _read(full_app, http, "welfare", ada, "benefit-eligibility")).status_code == 200
+        await _notices(receiver, secret, 1)
+        assert [item["department"] for item in await _access_log(full_app, http, ada)] == ["welfare"]
+
+        # 30 days (the agreement's max_delay) and a minute later, without the case closed.
+        later = utcnow() + timedelta(days=30, minutes=1)
+        full_app.state.clock = lambda: later
+        log = await _access_log(full_app, http, ada)
+        [shown] = [item for item in log if item["department"] == "revenue"]
+        assert shown["disclosed_by"] == "max-delay"
+        [_first, disclosed] = await _notices(receiver, secret, 2)
+        assert disclosed["data"]["disclosed_by"] == "max-delay"
+        assert _instant(disclosed["data"]["occurred_at"]) == _instant(shown["time"])
+
+        async def sequenced() -> bool:
+            return bool((await _access_log(full_app, http, ada))[-1]["proof"])
+
+        assert await _until(sequenced)
+        size, _checkpoints = await verify_stored_log(
+            events_engine.connect, NoteVerifier.parse(full_app.state.audit_signer.verifier_key())
+        )
+        assert size > 0

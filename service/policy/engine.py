@@ -416,7 +416,24 @@ def _decide_field(
         reason = "; ".join(permit_misses)
     else:
         reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
+    held = _delayed_permit(grants) if context.case_ref else None
+    if held is not None:
+        # Refused under a case: the refusal cites the delayed-disclosure agreement the
+        # consumer asked under, so the citizen is shown the attempt no sooner than an
+        # access under it (``service.cases.rules``); the reason still says why.
+        decision = Decision(
+            name, "deny", held.agreement, held.version, reason, held.legal_basis, digest=held.digest or None
+        )
+        return (decision, tuple(misses) if explain else ())
     return (Decision(name, "deny", None, None, reason), tuple(misses) if explain else ())
+
+
+def _delayed_permit(grants: tuple[Grant, ...]) -> Grant | None:
+    """The first permit among ``grants`` with delayed disclosure, if any."""
+    for grant in grants:
+        if grant.effect == "permit" and grant.disclosure_delay is not None:
+            return grant
+    return None
 
 
 def compile_policy(

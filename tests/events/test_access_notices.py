@@ -345,3 +345,27 @@ class TestDelayedDisclosure:
             events_engine.connect, NoteVerifier.parse(full_app.state.audit_signer.verifier_key())
         )
         assert size > 0
+
+    async def test_a_refused_attempt_under_a_case_is_held_like_an_access(
+        self, full_app: FastAPI, http: httpx.AsyncClient
+    ) -> None:
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        # Revenue asks under a case for a purpose its delayed agreement does not name: refused,
+        # and the refusal must not show the citizen the investigation before its access would.
+        refused = await _read(full_app, http, "revenue", ada, "tax-administration", case_ref="FRAUD-9")
+        assert refused.status_code in (403, 404), refused.text
+        assert [item["department"] for item in await _access_log(full_app, http, ada)] == []
+
+        act_as(full_app, "audit-office", "auditor")
+        found = await http.get("/v1/audit/entries", params={"citizen_id": ada, "consumer": "revenue"})
+        [entry] = [i["entry"] for i in found.json()["items"] if i["entry"]["action"] == "read"]
+        assert (entry["case_ref"], entry["fields_released"]) == ("FRAUD-9", [])
+        assert {r["agreement"] for r in entry["reasons"]} == {"fraud-reads-for-revenue"}
+        assert all(r["effect"] == "deny" for r in entry["reasons"])
+
+        # Shown once the agreement's maximum delay has passed, as an access under it would be.
+        later = utcnow() + timedelta(days=30, minutes=1)
+        full_app.state.clock = lambda: later
+        [shown] = [item for item in await _access_log(full_app, http, ada) if item["department"] == "revenue"]
+        assert shown["disclosed_by"] == "max-delay"
+        assert shown["time"] == entry["time"]

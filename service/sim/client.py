@@ -186,6 +186,11 @@ class DepartmentClient:
         """The citizen portal: be told of every access to a citizen's record, by webhook."""
         return await self._expected(self.api.subscribe_access_notices(webhook_url=url), "subscribing")
 
+    async def subscribe_consent_changes(self) -> api.SubscriptionCreated:
+        """Be told, by the feed, when a citizen's consent to one of this department's
+        agreements changes."""
+        return await self._expected(self.api.subscribe_consent_changes(), "subscribing")
+
     async def close_case(self, case_ref: str) -> Outcome[api.CaseOut]:
         return await self._counted(self.api.close_case(case_ref))
 

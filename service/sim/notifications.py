@@ -18,6 +18,8 @@ from service.sim.webhooks import Delivery
 SUBSCRIPTIONS = ((("address", "postcode"), "address-update"), (("date_of_death",), "bereavement"))
 WEBHOOK_SUBSCRIBERS = ("dvla", "dwp", "hmrc")
 FEED_SUBSCRIBERS = ("council", "hmpo")
+# The consumer of the demo's consent-based agreement, told of its consents by the feed.
+CONSENT_SUBSCRIBER = "council"
 # The citizen portal is told of every access to a citizen's record, by webhook.
 PORTAL = "citizen-portal"
 # Each department's own field that it changes when it hears of a death.
@@ -44,6 +46,8 @@ async def subscribe_all(gov: Government) -> bool:
             created = await system.subscribe(fields, purpose, url=url)
             if url is not None and created.secret is not None:
                 gov.receivers.trust(department, created.secret)
+        if department == CONSENT_SUBSCRIBER:
+            await system.subscribe_consent_changes()
         if url is None:
             cursor: str | None = None
             while True:
@@ -84,6 +88,10 @@ async def handle_deliveries(gov: Government) -> None:
 
 async def act_on(gov: Government, delivery: Delivery) -> None:
     data = delivery.data
+    if data.get("type") == "consent.changed":
+        # The council keeps the consent's status beside its application; nothing to read.
+        gov.tally.actions[f"{delivery.department} told a consent was {data.get('status')}"] += 1
+        return
     if data.get("type") == "access.recorded":
         # The portal would show it to the citizen; the demo counts it.
         gov.tally.access_notices += 1

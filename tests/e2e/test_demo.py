@@ -137,6 +137,8 @@ class TestDemoReport:
         assert demo_run.number(r"releases refused for lack of consent: (\d+)") > 0, demo_run.output
         assert "citizen consented to the support scheme" in demo_run.output
         assert "support application assessed" in demo_run.output
+        # The council, the consumer, is told of each consent through its subscription.
+        assert "council told a consent was active" in demo_run.output
         assert demo_run.number(r"withheld after an objection: (\d+)") >= 0
 
     def test_clients_file_is_private_and_names_every_department(self, demo_run: DemoRun) -> None:

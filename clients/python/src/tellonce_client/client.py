@@ -489,6 +489,11 @@ class TellonceClient:
         body = m.SubscriptionIn(type="access.recorded", webhook_url=webhook_url)
         return await self._call(m.SubscriptionCreated, "POST", "/v1/subscriptions", body=body)
 
+    async def subscribe_consent_changes(self, *, webhook_url: str | None = None) -> m.SubscriptionCreated:
+        """A consumer: be told when a citizen's consent to one of your agreements changes."""
+        body = m.SubscriptionIn(type="consent.changed", webhook_url=webhook_url)
+        return await self._call(m.SubscriptionCreated, "POST", "/v1/subscriptions", body=body)
+
     async def close_case(self, case_ref: str) -> m.CaseOut:
         """Close one of your department's cases: the citizen now sees its accesses."""
         return await self._call(m.CaseOut, "POST", f"/v1/cases/{quote(case_ref, safe='')}/close")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from joserfc.errors import JoseError
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.auth.errors import ClientNotFound, InvalidClientRegistration
 from service.auth.models import Client, UsedAssertion
@@ -175,6 +176,19 @@ async def client_status(session: AsyncSession, client_id: str) -> ClientStatus |
     if row is None:
         return None
     return ClientStatus(row.disabled_at is not None, row.rate_per_second, row.rate_burst)
+
+
+async def disabled_clients(conn: AsyncConnection, client_ids: Collection[str]) -> set[str]:
+    """Those of ``client_ids`` that are registered and disabled: what they subscribed to is
+    no longer sent to them (``service.events.dispatcher``)."""
+    if not client_ids:
+        return set()
+    rows = await conn.execute(
+        select(Client.client_id).where(
+            Client.client_id.in_(sorted(client_ids)), Client.disabled_at.is_not(None)
+        )
+    )
+    return set(rows.scalars())
 
 
 async def first_use_of_assertion(session: AsyncSession, assertion: SeenAssertion) -> bool:

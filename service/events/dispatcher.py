@@ -34,6 +34,7 @@ from standardwebhooks import Webhook
 from service import tracing
 from service.audit.entries import consent_delivery_entry, events_access_entry, notice_delivery_entry
 from service.audit.schemas import AuditEntry
+from service.auth import service as auth_service
 from service.config import Settings
 from service.db import create_engine, utcnow
 from service.events import fanout, repository
@@ -142,10 +143,18 @@ class Dispatcher:
         async with self.runtime.engine.connect() as conn:
             decide = await self.runtime.policy.current(conn)
             statuses = await records_public.citizen_statuses(conn, [item.event.citizen_id for item in batch])
+            disabled = await auth_service.disabled_clients(
+                conn, {item.subscription.client_id for item in batch}
+            )
         withheld: list[tuple[repository.ClaimedDelivery, AuditEntry, str]] = []
         sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:
             subscription, event = item.subscription, item.event
+            if subscription.client_id in disabled:
+                # Its client was disabled after subscribing: nothing more leaves for it, and
+                # that is final (nothing is read or sent, so there is nothing to audit).
+                outcomes[item.id] = {"status": "withheld", "last_error": "the subscribing client is disabled"}
+                continue
             if event.type == CONSENT_CHANGED:
                 # The consumer's own agreement: the consent's status, audited as told.
                 told = consent_delivery_entry(

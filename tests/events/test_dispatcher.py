@@ -10,10 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from service.auth import service as auth_service
+from service.auth.models import Client
 from service.db import utcnow
 from service.events import service as events_service
 from service.events.dispatcher import Dispatcher, backoff_seconds
@@ -291,6 +293,39 @@ class TestPolicyAtDelivery:
         assert entry["decision"] == "deny"
         assert entry["fields_released"] == []
         assert entry["citizen_id"] == citizen
+
+    async def test_nothing_more_is_sent_to_a_disabled_client(
+        self,
+        events_app: FastAPI,
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        api: httpx.AsyncClient,
+    ) -> None:
+        client_id = "dvla-disabled-subscriber"
+        act_as(events_app, "dvla", "consumer", client_id=client_id)
+        hook = await _subscribe(api, receiver.url)
+        async with AsyncSession(events_engine) as session:
+            session.add(
+                Client(client_id=client_id, name="DVLA, retired", department="dvla", roles=["consumer"])
+            )
+            await session.flush()
+            await auth_service.disable_client(session, client_id)
+            await session.commit()
+        try:
+            citizen = await add_citizen(events_engine)
+            await emit(runtime, citizen, ["date_of_death"], "register")
+            await dispatcher.run_once()
+            [delivery] = await _deliveries(api, hook["id"])
+            assert (delivery["status"], delivery["last_error"]) == (
+                "withheld",
+                "the subscribing client is disabled",
+            )
+            assert receiver.received == []
+        finally:
+            async with events_engine.begin() as conn:
+                await conn.execute(delete(Client).where(Client.client_id == client_id))
 
     async def test_condition_is_checked_with_the_citizens_status_now(
         self,

@@ -238,6 +238,28 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
             }
         ]
     },
+    ("GET", "/.well-known/evidence-keys.json"): {
+        "keys": [
+            {
+                "kty": "EC",
+                "crv": "P-256",
+                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                "kid": "20261201T091502Z-1a2b3c4d",
+                "alg": "ES256",
+                "use": "sig",
+            },
+            {
+                "kty": "EC",
+                "crv": "P-256",
+                "x": "WKn-ZIGevcwGIyyrzFoZNBdaq9_TsqzGl96oc0CWuis",
+                "y": "y77t-RvAHRKTsSGdIYUfweuOvwrvDD-Q3Hv5J0fSKbE",
+                "kid": "20250301T080000Z-9f8e7d6c",
+                "alg": "ES256",
+                "use": "sig",
+            },
+        ]
+    },
     ("GET", "/.well-known/oauth-authorization-server"): {
         "issuer": "https://tellonce.example.gov.uk",
         "token_endpoint": "https://tellonce.example.gov.uk/oauth/token",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -81,6 +82,17 @@ async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONRes
 async def jwks(auth: AuthDep) -> JSONResponse:
     """The JSON Web Key Set to verify access tokens with, including recently retired keys."""
     return JSONResponse(auth.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+
+@router.get(
+    "/.well-known/evidence-keys.json", summary="Every public key that has signed, retired ones included"
+)
+async def evidence_keys(auth: AuthDep) -> JSONResponse:
+    """The JSON Web Key Set to verify signed artefacts kept as evidence (a consent's
+    ``signature``) with: every key the service has signed with, however long ago it was
+    retired. Access tokens are verified with ``/.well-known/jwks.json`` only."""
+    keys = await asyncio.to_thread(auth.keys.evidence_jwks)
+    return JSONResponse(keys, headers={"Cache-Control": "public, max-age=60"})
 
 
 @router.get("/.well-known/oauth-authorization-server", summary="Authorization server metadata")

@@ -215,3 +215,21 @@ class SigningKeys:
         """The public keys, as ``/.well-known/jwks.json`` serves them."""
         self.refresh()
         return {"keys": [key.as_dict(private=False) for key in self._usable()]}
+
+    def evidence_jwks(self) -> dict[str, Any]:
+        """Every public key this service has signed with, retired ones included, as
+        ``/.well-known/evidence-keys.json`` serves them: a consent artefact is kept as
+        evidence for years, long after its key stopped verifying access tokens. Public
+        halves only, read from the folder on each call (rare), never dropped."""
+        manifest = _read_manifest(self.folder)
+        if manifest is None:
+            raise SigningKeyMissing(f"no access-token signing key in {self.folder}")
+        _active, entries = manifest
+        keys = [
+            ECKey.import_key(
+                (self.folder / f"{entry.kid}.pem").read_bytes(),
+                parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"},
+            ).as_dict(private=False)
+            for entry in entries
+        ]
+        return {"keys": keys}

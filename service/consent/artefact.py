@@ -1,7 +1,8 @@
 """The signed form of a consent: a compact JWS a department can keep as evidence.
 
 Signed with the service's active access-token key (ES256), so the keys at
-``/.well-known/jwks.json`` verify it, under ``typ: consent+jwt`` so that an artefact can
+``/.well-known/evidence-keys.json`` (every key ever used, retired ones included) verify
+it, under ``typ: consent+jwt`` so that an artefact can
 never pass for an access token (which must be ``at+jwt``). The payload is the consent's
 terms, which never change; its status does, and is not signed.
 """

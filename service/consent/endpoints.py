@@ -40,7 +40,7 @@ async def give_consent(
     """The citizen consents to a consent-based agreement. The consumer may read the
     agreement's fields of this citizen from its very next request until the consent is
     paused, revoked or expires. ``signature`` is a compact JWS of the consent's terms,
-    signed with a key of ``/.well-known/jwks.json``: keep it as evidence."""
+    signed with a key of ``/.well-known/evidence-keys.json``: keep it as evidence."""
     runtime = consent_service.runtime_of(request.app.state)
     given = await consent_service.grant(session, runtime, _actor(caller, request), citizen_id, body)
     # Once committed (the session ends before background tasks run): wake this process's

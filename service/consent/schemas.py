@@ -37,7 +37,7 @@ class ConsentChange(BaseModel):
 
 class ConsentOut(BaseModel):
     """A consent artefact. ``signature`` is a compact JWS (ES256, ``typ`` ``consent+jwt``)
-    over its terms, verifiable with the keys at ``/.well-known/jwks.json``; ``status`` is
+    over its terms, verifiable with the keys at ``/.well-known/evidence-keys.json``; ``status`` is
     the current one, which the signed terms do not carry."""
 
     id: str

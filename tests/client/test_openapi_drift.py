@@ -66,7 +66,11 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/citizens/{citizen_id}/objections"): "list_objections",
 }
 # Documents for machines, not part of a department's API surface.
-NOT_CLIENT_CALLS = {("GET", "/.well-known/jwks.json"), ("GET", "/.well-known/oauth-authorization-server")}
+NOT_CLIENT_CALLS = {
+    ("GET", "/.well-known/jwks.json"),
+    ("GET", "/.well-known/evidence-keys.json"),
+    ("GET", "/.well-known/oauth-authorization-server"),
+}
 # FastAPI's own validation-error shapes: the client reads every error as a Problem instead.
 SERVER_ONLY_SCHEMAS = {"HTTPValidationError", "ValidationError"}
 # The token endpoint's form body and its RFC 6749 error: the client's auth module writes the

@@ -189,8 +189,8 @@ class TestAcrossProcesses:
 
     @staticmethod
     def _signature_verifies_independently(pair: Pair, consent: dict[str, Any]) -> None:
-        """PyJWT (not joserfc, which signs) against the other process's published keys."""
-        jwks = httpx.get(f"{pair.second.base_url}/.well-known/jwks.json", timeout=10).json()
+        """PyJWT (not joserfc, which signs) against the other process's published evidence keys."""
+        jwks = httpx.get(f"{pair.second.base_url}/.well-known/evidence-keys.json", timeout=10).json()
         header = jwt.get_unverified_header(consent["signature"])
         assert (header["alg"], header["typ"]) == ("ES256", "consent+jwt")
         key = jwt.PyJWKSet.from_dict(jwks)[header["kid"]]

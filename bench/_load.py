@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -16,6 +18,22 @@ ROOT = Path(__file__).resolve().parent.parent
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_env(url: str, folder: Path) -> dict[str, str]:
+    """The environment a benchmark's ``tellonce`` processes run in: a throw-away store at
+    ``url`` with its data directory in ``folder``, a fresh root key, quiet logs, and the
+    client rate limit lifted (a benchmark is one client hammering the service)."""
+    return {
+        **os.environ,
+        "TELLONCE_ENV": "test",
+        "TELLONCE_DATABASE_URL": url,
+        "TELLONCE_DATA_DIR": str(folder / "data"),
+        "TELLONCE_ROOT_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "TELLONCE_LOG_LEVEL": "WARNING",
+        "TELLONCE_CLIENT_RATE_PER_SECOND": "1000000",
+        "TELLONCE_CLIENT_RATE_BURST": "1000000",
+    }
 
 
 def _free_port() -> int:

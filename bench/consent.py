@@ -20,10 +20,7 @@ noisy) and by the server's CPU time per request (which the load disturbs less).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -34,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from bench import goals
-from bench._load import ROOT, _cli, _free_port, _token, _wait_healthy, _wrk
+from bench._load import ROOT, _cli, _free_port, _token, _wait_healthy, _wrk, server_env
 from bench._postgres import drop as drop_postgres
 from bench._postgres import scratch_url as scratch_postgres
 from bench.read import FIELDS, _register, _secured_url
@@ -78,16 +75,7 @@ def run_one(kind: str) -> dict[str, list[dict[str, float]]]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         upgrade(url)
-        env = {
-            **os.environ,
-            "TELLONCE_ENV": "test",
-            "TELLONCE_DATABASE_URL": url,
-            "TELLONCE_DATA_DIR": str(folder / "data"),
-            "TELLONCE_ROOT_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "TELLONCE_LOG_LEVEL": "WARNING",
-            "TELLONCE_CLIENT_RATE_PER_SECOND": "1000000",
-            "TELLONCE_CLIENT_RATE_BURST": "1000000",
-        }
+        env = server_env(url, folder)
         statutory, consent = ROOT / "policies", _consent_policies(folder)
         _cli(env, "policies", "apply", str(statutory))
         made = {

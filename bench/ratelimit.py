@@ -17,10 +17,7 @@ the same pool. Needs ``wrk``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -30,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import goals
-from bench._load import CONNECTIONS, DURATION, ROOT, _cli, _token, _wrk
+from bench._load import CONNECTIONS, DURATION, ROOT, _cli, _token, _wrk, server_env
 from bench._postgres import drop as drop_postgres
 from bench.read import _check, _register, _scratch_postgres, _secured_url, _serve, _start, _stop
 from service.auth.ratelimit import SharedRateLimiter
@@ -52,16 +49,7 @@ def run() -> dict[str, dict[str, list[float]]]:
     }
     try:
         upgrade(url)
-        env = {
-            **os.environ,
-            "TELLONCE_ENV": "test",
-            "TELLONCE_DATABASE_URL": url,
-            "TELLONCE_DATA_DIR": str(folder / "data"),
-            "TELLONCE_ROOT_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "TELLONCE_LOG_LEVEL": "WARNING",
-            "TELLONCE_CLIENT_RATE_PER_SECOND": "1000000",
-            "TELLONCE_CLIENT_RATE_BURST": "1000000",
-        }
+        env = server_env(url, folder)
         _cli(env, "policies", "apply", str(ROOT / "policies"))
         registrar = json.loads(
             _cli(env, "clients", "create", "--department", "register", "--roles", "registrar", "--json")

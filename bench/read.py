@@ -25,10 +25,8 @@ Each goal of issue 16 prints as a ratio with PASS or MISS (``bench.goals``). Nee
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -48,6 +46,7 @@ from bench._load import (
     _wait_healthy,
     _wrk,
     cpu_split,
+    server_env,
 )
 from bench._postgres import drop as drop_postgres
 from bench._postgres import scratch_url as scratch_postgres
@@ -150,17 +149,7 @@ def run_one(kind: str) -> dict[str, dict[str, float]]:
     server_cpus, wrk_cpus, _ = cpu_split()
     try:
         upgrade(url)
-        env = {
-            **os.environ,
-            "TELLONCE_ENV": "test",
-            "TELLONCE_DATABASE_URL": url,
-            "TELLONCE_DATA_DIR": str(folder / "data"),
-            "TELLONCE_ROOT_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "TELLONCE_LOG_LEVEL": "WARNING",
-            # The benchmark is one client hammering the service: lift its rate limit.
-            "TELLONCE_CLIENT_RATE_PER_SECOND": "1000000",
-            "TELLONCE_CLIENT_RATE_BURST": "1000000",
-        }
+        env = server_env(url, folder)
         _cli(env, "policies", "apply", str(ROOT / "policies"))
         registrar = json.loads(
             _cli(env, "clients", "create", "--department", "register", "--roles", "registrar", "--json")

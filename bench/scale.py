@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import random
 import re
-import secrets
 import shutil
 import sqlite3
 import statistics
@@ -55,7 +53,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from bench import goals
-from bench._load import DURATION, ROOT, _cli, _free_port, _latency_ms, _token, _wait_healthy
+from bench._load import DURATION, ROOT, _cli, _free_port, _latency_ms, _token, _wait_healthy, server_env
 from bench._postgres import drop as drop_postgres
 from bench._postgres import scratch_url as scratch_postgres
 from service.schema import upgrade
@@ -184,17 +182,7 @@ def _build(kind: str, citizens: int, root: Path, files: dict[int, Path]) -> Stor
     folder = root / f"{kind}-{citizens}"
     folder.mkdir()
     url = asyncio.run(_scratch(kind, folder))
-    env = {
-        **os.environ,
-        "TELLONCE_ENV": "test",
-        "TELLONCE_DATABASE_URL": url,
-        "TELLONCE_DATA_DIR": str(folder / "data"),
-        "TELLONCE_ROOT_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "TELLONCE_LOG_LEVEL": "WARNING",
-        # One client hammering the service: lift its rate limit.
-        "TELLONCE_CLIENT_RATE_PER_SECOND": "1000000",
-        "TELLONCE_CLIENT_RATE_BURST": "1000000",
-    }
+    env = server_env(url, folder)
     store = Store(kind, citizens, folder, url, env)
     upgrade(url)
     _cli(env, "policies", "apply", str(ROOT / "policies"))

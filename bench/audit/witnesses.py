@@ -29,10 +29,7 @@ Figures:
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -48,6 +45,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from bench import goals
+from bench._load import server_env
 from bench.read import ROOT, _cli, _free_port, _token, _wait_healthy, _wrk
 from service.audit.config import AuditSettings, load_signer
 from service.audit.models import AuditCheckpoint, AuditWitnessedCheckpoint
@@ -139,16 +137,7 @@ def _start_witnesses(stack: Stack) -> str:
 def start_stack(witnessed: bool) -> Stack:
     folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-witness-"))
     url = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
-    env = {
-        **os.environ,
-        "TELLONCE_ENV": "test",
-        "TELLONCE_DATABASE_URL": url,
-        "TELLONCE_DATA_DIR": str(folder / "data"),
-        "TELLONCE_ROOT_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "TELLONCE_LOG_LEVEL": "WARNING",
-        "TELLONCE_CLIENT_RATE_PER_SECOND": "1000000",
-        "TELLONCE_CLIENT_RATE_BURST": "1000000",
-    }
+    env = server_env(url, folder)
     stack = Stack(witnessed, folder, url, env)
     try:
         upgrade(url)

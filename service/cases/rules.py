@@ -22,8 +22,9 @@ DisclosedBy = Literal["case-closed", "max-delay"]
 
 def cited(entry: Mapping[str, Any]) -> list[Cited]:
     """The agreement versions ``entry``'s decisions cite: those that permitted a field, a
-    forbid that denied one, and the delayed-disclosure agreement a request without a case
-    reference was refused under (so that refusal is held from the citizen as well)."""
+    forbid that denied one, and the delayed-disclosure agreement a request was refused
+    under, without a case reference or with one (so that refusal is held from the citizen
+    as well)."""
     return [
         (str(r["agreement"]), int(r["version"]), r.get("digest"))
         for r in entry.get("reasons", ())

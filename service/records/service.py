@@ -37,6 +37,7 @@ from service.consent import repository as consent_repository
 from service.crypto import blind_index
 from service.crypto.aead import DataKey, decrypt_value
 from service.crypto.keyring import Keyring
+from service.errors import ServiceError
 from service.observability import Metrics
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.policy.service import PolicyHolder
@@ -241,18 +242,7 @@ class RecordsService:
             "reference in the X-Case-Ref header.",
             errors=[{"loc": ["header", "X-Case-Ref"], "msg": "a case reference is required"}],
         )
-        entry = self.entry(
-            facts,
-            action,
-            citizen_id=citizen_id,
-            catalog=catalog,
-            requested=requested,
-            released=[],
-            decisions=decisions,
-            status=error.status,
-            context=context,
-        )
-        await self.refuse(entry, error)
+        await self.refuse_request(facts, action, citizen_id, catalog, requested, decisions, context, error)
 
     async def open_cases(self, facts: RequestFacts, decisions: Iterable[Decision], at: datetime) -> None:
         """Record the request's case if a delayed-disclosure agreement permitted a field,
@@ -275,6 +265,21 @@ class RecordsService:
     ) -> NoReturn:
         """Audit and raise ``disclosure.refusal``: 403 or 404."""
         error = disclosure.refusal(policy, facts.department, action, requested, decisions, context)
+        await self.refuse_request(facts, action, citizen_id, catalog, requested, decisions, context, error)
+
+    async def refuse_request(
+        self,
+        facts: RequestFacts,
+        action: Action,
+        citizen_id: str | None,
+        catalog: Catalog,
+        requested: Sequence[str],
+        decisions: Mapping[str, Decision],
+        context: RequestContext,
+        error: ServiceError,
+    ) -> NoReturn:
+        """Audit the request as refused with ``error``'s status, nothing released, then
+        raise ``error`` (``refuse``)."""
         entry = self.entry(
             facts,
             action,

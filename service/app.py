@@ -27,6 +27,7 @@ from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
+from service.hotpath import HotRoute, HotRoutes
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.openapi import install_openapi
 from service.policy import endpoints as policy_endpoints
@@ -70,6 +71,16 @@ ROUTERS = [
     events_endpoints.router,
     console_router.router,
 ]
+
+
+def hot_routes() -> list[HotRoute]:
+    """The routes served as plain ASGI beside their declarations (``service.hotpath``)."""
+    records, catalog = records_endpoints, catalog_endpoints
+    return [
+        HotRoute.of(records.router, records.read_citizen, records.read_citizen_hot),
+        HotRoute.of(catalog.router, catalog.get_catalog, catalog.get_catalog_hot),
+    ]
+
 
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -129,6 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     install_openapi(app)
     install_docs(app)
+    # The hottest routes, inside the middleware below (``service.hotpath``).
+    app.add_middleware(HotRoutes, routes=hot_routes())
     # Outermost first: the request id must exist before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -108,6 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             for lifecycle in LIFECYCLES:
                 await stack.enter_async_context(lifecycle(app))
+            if settings.freeze_startup_heap:
+                # What startup made (modules, routes, models, the compiled policy) lives as
+                # long as the process. Frozen, the collections that run on the request path
+                # no longer walk it: 8% of a secured read's time (bench/README.md).
+                gc.collect()
+                gc.freeze()
             yield
         await app.state.database.dispose()
 

@@ -62,6 +62,7 @@ CLIENTS: dict[str, tuple[str, list[str], float | None, int | None]] = {
     "welfare": ("welfare", ["consumer"], None, None),
     "limited": ("welfare", ["consumer"], RATE, BURST),
     "disposable": ("welfare", ["consumer"], None, None),
+    "welfare-admin": ("welfare", ["admin"], None, None),
     # wrk's client: never limited, so every refusal it sees is the topology's doing.
     "load": ("welfare", ["consumer"], 1e6, 10**6),
 }
@@ -265,18 +266,14 @@ class TestReplicas:
                 assert "licence_status" not in read.fields
                 assert [item.field for item in read.withheld] == ["licence_status"]
 
-            # There is no API to disable a client: the operator's command writes the
-            # database, and every replica refuses the client's unexpired token at once.
-            disabled = subprocess.run(
-                [sys.executable, "-m", "service.cli", "clients", "disable", site.secrets["disposable"][0]],
-                cwd=REPO_ROOT,
-                env={**os.environ, **site.env},
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=60,
+            # The welfare admin disables it through the first replica; every replica
+            # refuses the client's unexpired token on its very next request.
+            admin = await _token(site, "welfare-admin")
+            disabled = await http.post(
+                f"{site.replicas[0]}/v1/clients/{site.secrets['disposable'][0]}/disable",
+                headers={"Authorization": f"Bearer {admin}"},
             )
-            assert disabled.returncode == 0, disabled.stderr
+            assert disabled.status_code == 200, disabled.text
             for replica in site.replicas:
                 refused = await http.get(f"{replica}/v1/catalog")
                 assert refused.status_code == 401

@@ -238,6 +238,28 @@ class TestBuiltEntries:
             "canonical": row["canonical"]
         }
 
+    def test_equal_decisions_share_one_reason_and_records_copy_it(self) -> None:
+        def read(request_id: str) -> AuditEntry:
+            return entries.records_access_entry(
+                Facts(WELFARE, request_id, None, None),
+                "read",
+                citizen_id="c-1",
+                catalog=CATALOG,
+                requested=["licence_status", "points"],
+                released=["licence_status"],
+                decisions=_decisions(),
+                purpose="benefit-eligibility",
+                status=200,
+            )
+
+        first, second = read("req-a"), read("req-b")
+        assert first.reasons[0] is second.reasons[0]
+        assert first.reasons == [Reason.model_validate(r.model_dump()) for r in second.reasons]
+        record = first.to_record()
+        record["reasons"][0]["reason"] = "changed"
+        assert second.reasons[0].reason == "permitted"
+        assert first.to_record()["reasons"] == second.to_record()["reasons"]
+
     def test_the_record_is_a_copy(self) -> None:
         entry = entries.query_entry(WELFARE, source=None, owners=["dvla"])
         record = entry.to_record()

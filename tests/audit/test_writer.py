@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
-from service.audit.writer import APPEND_LOCK_KEY, AuditWriter
+from service.audit.writer import _SPLIT_FROM, APPEND_LOCK_KEY, AuditWriter
 from service.db import create_engine
 from service.errors import ServiceUnavailable
 from service.schema import upgrade_async
@@ -88,7 +88,7 @@ class TestBatchesInFlight:
     async def test_waiting_appends_split_into_batches_in_flight(
         self, writer: AuditWriter, engine: AsyncEngine
     ) -> None:
-        entries = [make_entry(request_id=f"split-{i}") for i in range(100)]
+        entries = [make_entry(request_id=f"split-{i}") for i in range(_SPLIT_FROM)]
         ids = await asyncio.gather(*(writer.append(entry) for entry in entries))
         # Half went first and the rest queued behind it, each under its own id.
         assert writer.batches_committed >= 2
@@ -164,7 +164,7 @@ class TestFailedCommitOnTheFastPath:
             # The kept connection breaks with two batches waiting: the first fails whole,
             # the next one reconnects.
             batches._connection.close()
-            entries = [make_entry(request_id=f"break-{i}-") for i in range(60)]
+            entries = [make_entry(request_id=f"break-{i}-") for i in range(_SPLIT_FROM)]
             results = await asyncio.gather(
                 *(writer.append(entry) for entry in entries), return_exceptions=True
             )
@@ -194,7 +194,8 @@ class TestFailedCommitOnTheFastPath:
             await holder.execute(text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
             appends = [
                 asyncio.ensure_future(writer.append(make_entry(request_id=f"killed-{run}-{i}-")))
-                for i in range(40)
+                # Enough to be split into two batches.
+                for i in range(_SPLIT_FROM)
             ]
             deadline = time.monotonic() + 10
             waiting: list[int] = []

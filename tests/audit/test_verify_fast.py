@@ -28,6 +28,8 @@ from service.audit import merkle
 from service.audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
 from service.audit.leaf_checks import (
     _columns_match,
+    _comma_wrapped,
+    _fields_wrapped,
     canonical_record,
     column_difference,
     derived_column_difference,
@@ -359,6 +361,34 @@ class TestColumnsQuickly:
         assert column_difference(record, stored) == plain
         if _columns_match(record, stored):
             assert plain is None
+
+    @pytest.mark.parametrize(
+        ("requested", "released"),
+        [
+            (["b", "a"], ["a"]),
+            (["b"], ["a", "a"]),  # the same names split otherwise: the same column
+            (["a", None], []),
+            ([None], ["a"]),
+            ([1], []),
+            ([["a"]], []),
+            ("ab", []),  # a string is its letters, as the writer unpacks it
+            ([], []),
+        ],
+    )
+    def test_the_remembered_fields_column_is_the_one_derived(self, requested: Any, released: Any) -> None:
+        def derived() -> str | None:
+            try:
+                return _comma_wrapped([*requested, *released])
+            except TypeError:
+                return None
+
+        expected = derived()
+        for _ in range(2):  # the second answer may be the remembered one
+            try:
+                answer: str | None = _fields_wrapped(requested, released)
+            except TypeError:
+                answer = None
+            assert answer == expected
 
     def test_the_usual_shapes_take_the_quick_path(self) -> None:
         for time in ("2026-11-29T10:00:00+00:00", "2026-11-29T10:00:00.005000+00:00"):

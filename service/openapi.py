@@ -72,6 +72,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/citizens/{citizen_id}/objections/{agreement}"): {404, 409},
     ("DELETE", "/v1/citizens/{citizen_id}/objections/{agreement}"): {404},
     ("GET", "/v1/citizens/{citizen_id}/objections"): {404},
+    ("POST", "/v1/clients/{client_id}/disable"): {404},
 }
 
 # Routes that read their JSON body as sent and check it in their domain, so that every

@@ -111,6 +111,16 @@ _OBJECTION: dict[str, Any] = {
     "created_at": AT,
 }
 
+_CLIENT: dict[str, Any] = {
+    "client_id": "tc_Jq3vX8mW2nR5tY7pL0aB4cDe",
+    "name": "DWP benefits case system",
+    "department": "dwp",
+    "roles": ["consumer"],
+    "auth_method": "client_secret",
+    "created_at": "2026-09-14T10:02:11+00:00",
+    "disabled_at": None,
+}
+
 REQUEST_EXAMPLES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/citizens/{citizen_id}/consents"): {
         "agreement": "benefit-status-for-discretionary-support",
@@ -155,6 +165,12 @@ REQUEST_EXAMPLES: dict[tuple[str, str], Any] = {
         "fields": ["address", "date_of_death"],
         "purpose": "benefit-payment",
         "webhook_url": "https://dwp.example.gov.uk/hooks/tellonce",
+    },
+    ("POST", "/v1/clients"): {
+        "roles": ["consumer"],
+        "name": "DWP benefits case system",
+        "rate_per_second": 20,
+        "rate_burst": 40,
     },
 }
 
@@ -365,4 +381,10 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
         "opened_at": "2026-09-14T10:02:11+00:00",
         "closed_at": AT,
     },
+    ("GET", "/v1/clients"): {"items": [_CLIENT]},
+    ("POST", "/v1/clients"): {
+        "client_id": _CLIENT["client_id"],
+        "client_secret": "pQ7xN2mV9wR4tB8cL1zK6hJ3fG5sD0aY2uE9iO4rT7w",
+    },
+    ("POST", "/v1/clients/{client_id}/disable"): {**_CLIENT, "disabled_at": AT},
 }

@@ -81,10 +81,13 @@ def _hash_only(rows: Sequence[Sequence[Any]]) -> list[bytes]:
     return [hashlib.sha256(b"\x00" + row[2].encode()).digest() for row in rows]
 
 
-def _hash_stored_page(first: int, below: int) -> PageResult:
-    """The baseline's page check, in a worker: read the page, hash each leaf, nothing more."""
+def _hash_stored_page(first: int, below: int, cuts: Sequence[int]) -> PageResult:
+    """The baseline's page check, in a worker: read the page, hash each leaf and grow the
+    page's tree as the real check does, nothing more."""
     rows = verify_pages.read_stored_page(first, below)
-    return (int(rows[0][0]) if rows else None), b"".join(_hash_only(rows)), None
+    if not rows:
+        return None, [], None
+    return int(rows[0][0]), verify_pages.page_ranges(_hash_only(rows), cuts), None
 
 
 class Rates:

@@ -233,6 +233,29 @@ class CompactRange:
         hashes.extend(reversed(kept))
         self.size += len(leaves)
 
+    def followed_by(self, size: int, hashes: Sequence[bytes]) -> CompactRange:
+        """The range of this tree followed by ``size`` more leaves, given as the compact
+        range (``hashes``) of a tree of those leaves alone: each of its subtrees is pushed
+        whole, as ``push`` pushes a leaf a level up. The new leaves must start where their
+        largest subtree is aligned (this size a multiple of the largest power of two not
+        above ``size``), as they do on a page of a power-of-two size that starts on a
+        multiple of it; else ``ValueError``."""
+        if len(hashes) != size.bit_count():
+            raise ValueError("a compact range needs one hash per set bit of its size")
+        if size and self.size % (1 << (size.bit_length() - 1)):
+            raise ValueError(f"leaves {self.size}.. do not start on their largest subtree's boundary")
+        grown = CompactRange(self.size, self.hashes)
+        stack = grown.hashes
+        levels = [level for level in range(size.bit_length() - 1, -1, -1) if size >> level & 1]
+        for level, subtree in zip(levels, hashes, strict=True):
+            index, current = grown.size >> level, subtree
+            while index & 1:
+                current = hashlib.sha256(NODE_PREFIX + stack.pop() + current).digest()
+                index >>= 1
+            stack.append(current)
+            grown.size += 1 << level
+        return grown
+
     def root(self) -> bytes:
         if not self.hashes:
             return EMPTY_ROOT

@@ -179,15 +179,28 @@ async def page_sequenced(db: Executor, after_leaf: int, limit: int) -> list[tupl
 FIRST_LEAF = -(2**63)
 
 
-def _verification_rows(first: str, below: str) -> str:
+def _verification_rows(first: str, below: str, *, page: bool = False) -> str:
     """The rows verification checks, in leaf order, from leaf ``first`` to ``below``
-    (exclusive), the bounds written as the driver's placeholders."""
+    (exclusive), the bounds written as the driver's placeholders.
+
+    ``page``: PostgreSQL's form for a page of leaves. Its planner, given the whole log's
+    statistics (or none), joins a page's rows by scanning every entry or every level-0
+    node of the log, for each page; here each leaf's entry is looked up by its id
+    (``LATERAL ... LIMIT 1`` keeps it a lookup) and the nodes are bounded by the page too,
+    so a page costs its own rows whatever the statistics say.
+    """
+    entries = (
+        "LEFT JOIN LATERAL (SELECT * FROM audit_entries WHERE id = l.entry_id LIMIT 1) e ON true"
+        if page
+        else "LEFT JOIN audit_entries e ON e.id = l.entry_id"
+    )
+    nodes = f' AND n."index" >= {first} AND n."index" < {below}' if page else ""
     return (
         "SELECT l.leaf_index, l.entry_id, e.canonical, n.hash, "  # noqa: S608 - fixed column names
         + ", ".join(f"e.{column}" for column in FILTER_COLUMNS)
-        + " FROM audit_leaves l LEFT JOIN audit_entries e ON e.id = l.entry_id"
-        ' LEFT JOIN audit_nodes n ON n.level = 0 AND n."index" = l.leaf_index'
-        f" WHERE l.leaf_index >= {first} AND l.leaf_index < {below} ORDER BY l.leaf_index"
+        + f" FROM audit_leaves l {entries}"
+        + f' LEFT JOIN audit_nodes n ON n.level = 0 AND n."index" = l.leaf_index{nodes}'
+        + f" WHERE l.leaf_index >= {first} AND l.leaf_index < {below} ORDER BY l.leaf_index"
     )
 
 
@@ -197,7 +210,7 @@ _VERIFY_ROWS = text(_verification_rows(":first", ":below"))
 # The same query for the drivers themselves, as the processes that verify pages in
 # parallel run it (``verify_pages``): sqlite3 takes named parameters, asyncpg numbered ones.
 SQLITE_VERIFY_PAGE = _verification_rows(":first", ":below")
-POSTGRES_VERIFY_PAGE = _verification_rows("$1", "$2")
+POSTGRES_VERIFY_PAGE = _verification_rows("$1", "$2", page=True)
 
 
 async def stream_for_verification(

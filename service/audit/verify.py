@@ -117,21 +117,21 @@ class LogVerifier:
             position = end
         return records
 
-    def add_leaves(self, first: int, leaves: Sequence[bytes]) -> None:
-        """Feed leaf hashes that ``check_leaves`` computed elsewhere (another process) on
-        stored rows whose first is leaf ``first``: the tree grows to each checkpoint among
-        them and checks it, so problems are found in log order, as ``add_rows`` finds them.
-        Call it for every page that holds a row, even one with no good leaf: a leaf
-        missing before ``first`` comes first."""
+    def add_ranges(self, first: int, ranges: Sequence[tuple[int, Sequence[bytes]]]) -> None:
+        """Feed leaves that ``check_leaves`` checked elsewhere (another process), on stored
+        rows whose first is leaf ``first``, as compact ranges of those leaves alone
+        (``merkle.CompactRange.followed_by``): ``ranges`` holds (leaf count, hashes) for the
+        first leaves up to each checkpoint among them, then for all of them, in that
+        order. The tree is set to each in turn and every checkpoint reached is checked, so
+        problems are found in log order, as ``add_rows`` finds them. Call it for every
+        page that holds a row, even one with no good leaf: a leaf missing before
+        ``first`` comes first."""
         if first != self.compact.size:
             raise VerificationFailed(f"leaf {self.compact.size} is missing (next stored leaf is {first})")
-        position = 0
-        while position < len(leaves):
-            end = len(leaves)
-            if self._next < len(self.checkpoints):
-                end = min(end, position + max(1, self.checkpoints[self._next].tree_size - self.compact.size))
-            self._grow(leaves[position:end])
-            position = end
+        before = self.compact
+        for count, hashes in ranges:
+            self.compact = before.followed_by(count, hashes)
+            self._check_reached()
 
     def _grow(self, leaves: Sequence[bytes]) -> None:
         self.compact.extend(leaves)
@@ -208,6 +208,10 @@ class LogVerifier:
                 self._last_good_size = checkpoint.tree_size
                 self.checked_checkpoints += 1
                 self.newest_checked = checkpoint
+            else:
+                # Every path grows the tree to each checkpoint's size exactly; one passed
+                # unchecked is a fault here, and the log must not pass for it.
+                raise RuntimeError(f"{checkpoint.label} was passed without its root checked")
             self._next += 1
 
     def finish(self) -> int:

@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
 from opentelemetry.trace import Link
 from sqlalchemy.exc import SQLAlchemyError
@@ -123,6 +125,35 @@ def entry_values(entry: AuditEntry) -> Values:
     return (*filter_values(record), entry_canonical(record))
 
 
+_CITIZEN_COLUMN = FILTER_COLUMNS.index("citizen_id")
+
+
+def entry_values_for_citizens(entry: AuditEntry, citizen_ids: Sequence[str]) -> list[Values]:
+    """``entry_values`` of ``entry`` with each of ``citizen_ids`` in turn as its citizen,
+    for a bulk registration, whose entries differ in nothing else. The record and its
+    canonical JSON are made once, with a marker where the citizen id goes; each row sets
+    the id (JSON-encoded as ``entry_canonical`` encodes it) in both. tests/audit holds the
+    rows to ``entry_values`` of each entry."""
+    record = entry.to_record()
+    marker = f"citizen-{uuid.uuid4().hex}"
+    record["citizen_id"] = marker
+    before, found, after = entry_canonical(record).partition(f'"{marker}"')
+    filters = list(filter_values(record))
+    rows: list[Values] = []
+    for citizen_id in citizen_ids:
+        filters[_CITIZEN_COLUMN] = citizen_id
+        try:
+            encoded = orjson.dumps(citizen_id).decode()
+        except orjson.JSONEncodeError:
+            encoded = None
+        if not found or encoded is None:
+            # Not a plain id (orjson refuses it): the entry itself, the contract's way.
+            rows.append(entry_values(entry.model_copy(update={"citizen_id": citizen_id})))
+            continue
+        rows.append((*filters, before + encoded + after))
+    return rows
+
+
 def entry_row(entry: AuditEntry) -> dict[str, Any]:
     """``entry_values`` by column name."""
     return dict(zip(_COLUMNS, entry_values(entry), strict=True))
@@ -192,8 +223,14 @@ async def append_in_transaction(conn: AsyncConnection, entry: AuditEntry) -> int
 
 async def append_many_in_transaction(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
     """``append_in_transaction`` for many entries at once (bulk registration), in order."""
+    return await append_rows_in_transaction(conn, [entry_values(entry) for entry in entries])
+
+
+async def append_rows_in_transaction(conn: AsyncConnection, rows: Sequence[Values]) -> list[int]:
+    """``append_many_in_transaction`` for entries already made into their rows
+    (``entry_values``, ``entry_values_for_citizens``)."""
     try:
-        return await insert_values(conn, [entry_values(entry) for entry in entries])
+        return await insert_values(conn, rows)
     except SQLAlchemyError as exc:
         raise AuditUnavailable("The audit entries could not be written; nothing was changed.") from exc
 

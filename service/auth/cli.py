@@ -72,8 +72,9 @@ def create(
         raise typer.Exit(1) from None
 
     async def work(session: AsyncSession) -> auth_service.NewClient:
-        created = await auth_service.create_client(
+        return await auth_service.register_client(
             session,
+            operator.audit_client_id(),
             department=department,
             roles=role_list,
             name=name or None,
@@ -81,10 +82,6 @@ def create(
             rate_per_second=rate,
             rate_burst=burst,
         )
-        method = "private_key_jwt" if public_jwk else "client_secret"
-        what = f"client {created.client_id} created: roles {','.join(role_list)}, {method}"
-        await _audit(session, "client-create", department, what + (f", name {name!r}" if name else ""))
-        return created
 
     created = _run(work)
     if as_json:
@@ -131,8 +128,7 @@ def disable(client_id: str = typer.Argument(..., help="The client to disable."))
     """Disable a client: its tokens are refused from the next request on, everywhere."""
 
     async def work(session: AsyncSession) -> None:
-        client = await auth_service.disable_client(session, client_id)
-        await _audit(session, "client-disable", client.department, f"client {client_id} disabled")
+        await auth_service.disable_client(session, operator.audit_client_id(), client_id)
 
     _run(work)
     typer.echo(f"client {client_id} disabled")

@@ -1,18 +1,21 @@
-"""``POST /oauth/token`` and the discovery documents."""
+"""``POST /oauth/token``, the discovery documents, and ``/v1/clients`` (an admin client's
+registration and disabling of its department's clients)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from service.auth import service as auth_service
 from service.auth import throttle
+from service.auth.dependencies import Principal, require
 from service.auth.keys import ALGORITHM
 from service.auth.runtime import TOKEN_PATH, AuthRuntime, get_auth
+from service.auth.schemas import ClientIn, ClientList, ClientOut, NewClientOut
 from service.auth.scopes import ALL_SCOPES
 from service.auth.server import (
     AUTH_METHODS,
@@ -109,3 +112,53 @@ async def metadata(auth: AuthDep) -> dict[str, Any]:
         "response_types_supported": [],
         "access_token_signing_alg_values_supported": [ALGORITHM],
     }
+
+
+# --- /v1/clients: an admin client manages its own department's clients ------------------
+
+Admin = Annotated[Principal, Depends(require("admin:clients"))]
+ClientId = Annotated[str, Path(max_length=64, description="The client's id.")]
+
+
+@router.get("/v1/clients", tags=["clients"], summary="Your department's clients")
+async def list_clients(admin: Admin, session: SessionDep) -> ClientList:
+    """Every client of your department, oldest first, with its roles and whether it is
+    disabled. Secrets are never shown."""
+    clients = await auth_service.list_clients(session, department=admin.department)
+    return ClientList(items=[ClientOut.of(client) for client in clients])
+
+
+@router.post("/v1/clients", tags=["clients"], status_code=201, summary="Register a client")
+async def create_client(
+    body: ClientIn, admin: Admin, session: SessionDep, response: Response
+) -> NewClientOut:
+    """Register a client of your department with the roles `consumer`, `writer`,
+    `registrar` or `data-owner` (the operator's `tellonce clients create` grants the
+    others). Its secret is in this answer and never again; with `jwk` it authenticates
+    with `private_key_jwt` and has no secret. Audited as `client-create` under your client."""
+    department = body.department or admin.department
+    auth_service.check_admin_grant(admin.department, department, body.roles)
+    public_jwk = auth_service.check_public_jwk(body.jwk) if body.jwk is not None else None
+    created = await auth_service.register_client(
+        session,
+        admin.client_id,
+        department=department,
+        roles=body.roles,
+        name=body.name,
+        public_jwk=public_jwk,
+        rate_per_second=body.rate_per_second,
+        rate_burst=body.rate_burst,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return NewClientOut(client_id=created.client_id, client_secret=created.client_secret)
+
+
+@router.post("/v1/clients/{client_id}/disable", tags=["clients"], summary="Disable a client")
+async def disable_client(client_id: ClientId, admin: Admin, session: SessionDep) -> ClientOut:
+    """Disable one of your department's clients: its tokens are refused from the very next
+    request, by every replica. Audited as `client-disable` under your client; disabling a
+    disabled client changes nothing. 404 for a client of another department."""
+    client = await auth_service.disable_client(
+        session, admin.client_id, client_id, department=admin.department
+    )
+    return ClientOut.of(client)

@@ -1,4 +1,9 @@
-"""Registering, listing and disabling clients. Secrets are returned once, here only."""
+"""Registering, listing and disabling clients. Secrets are returned once, here only.
+
+``register_client`` and ``disable_client`` are the one rule for both ways in: the operator's
+``tellonce clients`` command and an admin client's ``/v1/clients`` API. Each records its
+change in the audit log, in the transaction that makes it, under the actor who made it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from service.audit import entries as audit_entries
+from service.audit import writer as audit_writer
 from service.auth.errors import ClientNotFound, InvalidClientRegistration
 from service.auth.models import Client, UsedAssertion
 from service.auth.scopes import ROLES
@@ -22,6 +29,7 @@ from service.auth.secrets import hash_secret, new_client_id, new_client_secret, 
 from service.auth.server import SeenAssertion
 from service.catalog import repository as catalog_repository
 from service.db import DriverReads, utcnow
+from service.errors import Forbidden
 from service.policy import epoch as policy_epoch
 
 PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
@@ -53,6 +61,11 @@ def parse_public_jwk(text: str) -> dict[str, Any]:
         document = json.loads(text)
     except json.JSONDecodeError:
         raise InvalidClientRegistration("The JWK is not valid JSON.") from None
+    return check_public_jwk(document)
+
+
+def check_public_jwk(document: object) -> dict[str, Any]:
+    """``document`` if it is a public JWK (EC, OKP or RSA); refuses private keys and junk."""
     if not isinstance(document, dict):
         raise InvalidClientRegistration("The JWK must be a JSON object.")
     if PRIVATE_MEMBERS & document.keys():
@@ -116,8 +129,65 @@ async def create_client(
     return NewClient(client_id, secret)
 
 
-async def list_clients(session: AsyncSession) -> list[Client]:
-    return list((await session.scalars(select(Client).order_by(Client.created_at, Client.client_id))).all())
+# The roles an admin client may grant through the API: each reaches no further than its
+# department's own agreements. ``admin``, ``auditor`` and ``citizen-portal`` reach across
+# departments (every client, the whole audit trail, every citizen's access log), so only the
+# operator's command grants them.
+ADMIN_GRANTABLE_ROLES = frozenset({"consumer", "writer", "registrar", "data-owner"})
+
+
+def check_admin_grant(admin_department: str, department: str, roles: Collection[str]) -> None:
+    """An admin client registers clients of its own department only, with roles it may
+    grant (``ADMIN_GRANTABLE_ROLES``); 403 naming what it may not do."""
+    if department != admin_department:
+        raise Forbidden(f"An admin client registers clients of its own department ({admin_department}) only.")
+    beyond = sorted(set(roles) & (ROLES - ADMIN_GRANTABLE_ROLES))
+    if beyond:
+        raise Forbidden(
+            f"Only an operator (tellonce clients create) grants the role(s): {', '.join(beyond)}; "
+            f"an admin client grants {', '.join(sorted(ADMIN_GRANTABLE_ROLES))}."
+        )
+
+
+async def _audit(session: AsyncSession, actor: str, action: str, department: str, what: str) -> None:
+    entry = audit_entries.operator_entry(actor, action, department, what)
+    await audit_writer.append_in_transaction(await session.connection(), entry)
+
+
+async def register_client(
+    session: AsyncSession,
+    actor: str,
+    *,
+    department: str,
+    roles: list[str],
+    name: str | None = None,
+    public_jwk: dict[str, Any] | None = None,
+    rate_per_second: float | None = None,
+    rate_burst: int | None = None,
+) -> NewClient:
+    """``create_client``, audited (``client-create``) under ``actor``: an operator
+    (``operator:NAME``) or the admin client that asked."""
+    created = await create_client(
+        session,
+        department=department,
+        roles=roles,
+        name=name,
+        public_jwk=public_jwk,
+        rate_per_second=rate_per_second,
+        rate_burst=rate_burst,
+    )
+    method = "private_key_jwt" if public_jwk else "client_secret"
+    what = f"client {created.client_id} created: roles {','.join(sorted(set(roles)))}, {method}"
+    await _audit(session, actor, "client-create", department, what + (f", name {name!r}" if name else ""))
+    return created
+
+
+async def list_clients(session: AsyncSession, department: str | None = None) -> list[Client]:
+    """Every client, or ``department``'s, oldest first."""
+    query = select(Client).order_by(Client.created_at, Client.client_id)
+    if department is not None:
+        query = query.where(Client.department == department)
+    return list((await session.scalars(query)).all())
 
 
 async def get_client(session: AsyncSession, client_id: str) -> Client | None:
@@ -132,16 +202,22 @@ async def client_with_secret(session: AsyncSession, client_id: str, client_secre
     return client if client is not None and matches else None
 
 
-async def disable_client(session: AsyncSession, client_id: str) -> Client:
-    """Disable a client; its tokens are refused from the very next request."""
+async def disable_client(
+    session: AsyncSession, actor: str, client_id: str, *, department: str | None = None
+) -> Client:
+    """Disable a client, audited (``client-disable``) under ``actor``; its tokens are
+    refused from the very next request, in every process. With ``department`` (an admin
+    client's), only that department's clients are found: another's is 404, as if unknown.
+    Disabling a disabled client changes nothing and records nothing."""
     client = await session.get(Client, client_id)
-    if client is None:
+    if client is None or (department is not None and client.department != department):
         raise ClientNotFound(f"No client {client_id!r}.")
     if client.disabled_at is None:
         client.disabled_at = utcnow()
         await session.flush()
         # Every process keeps clients' standing until the revocation epoch moves.
         await policy_epoch.bump_epoch(session)
+        await _audit(session, actor, "client-disable", client.department, f"client {client_id} disabled")
     return client
 
 

@@ -5,7 +5,8 @@ that is an ORM session's connection or a long-lived Core connection on the hot p
 
 Hierarchy: the provider's root key wraps each department's KEK versions; a KEK wraps the
 data key of each (citizen, department); a data key encrypts that citizen's values.
-Data keys are made only here (``data_key_for_write``, ``new_data_keys``).
+Data keys are made only here (``data_key_for_write``, ``new_data_keys``, and
+``data_keys_ahead`` for a bulk import on SQLite).
 
 Over 400 lines for a reason: KEKs and data keys share the unwrap cache, the provider and
 the key-event hook, and each half needs the other's internals.
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from fastapi import Request
@@ -48,7 +50,7 @@ from service.crypto.providers import (  # the KEK pieces, re-exported where call
 from service.db import UTCDateTime, utcnow
 
 logger = logging.getLogger("tellonce.crypto")
-__all__ = ["DepartmentKek", "Kek", "KeyEvent", "Keyring", "data_key_context", "kek_context"]
+__all__ = ["DataKeysAhead", "DepartmentKek", "Kek", "KeyEvent", "Keyring", "data_key_context", "kek_context"]
 
 KEKS = cast(Table, KeyEncryptionKey.__table__)
 DATA_KEYS = cast(Table, DataKeyRecord.__table__)
@@ -64,6 +66,23 @@ class KeyEvent:
 
 
 KeyEventHook = Callable[[KeyEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DataKeysAhead:
+    """Fresh data keys made before their transaction, under ids guessed in advance
+    (``Keyring.data_keys_ahead``): ``keys`` to encrypt with now, ``rows`` to insert once
+    ``Keyring.store_data_keys_ahead`` finds the guess still holds."""
+
+    department: str
+    kek_version: int
+    first_id: int
+    keys: list[DataKey]
+    rows: list[tuple[Any, ...]]
+
+    @property
+    def next_id(self) -> int:
+        return self.first_id + len(self.keys)
 
 
 async def log_key_event(event: KeyEvent) -> None:
@@ -308,6 +327,59 @@ class Keyring:
             pair: DataKey(key_id, pair[1], keks[pair[1]].version, material)
             for pair, key_id, material in zip(pairs, key_ids, materials, strict=True)
         }
+
+    def data_keys_ahead(
+        self, kek: Kek, citizen_ids: Sequence[str], first_id: int, created_at: datetime
+    ) -> DataKeysAhead:
+        """New active data keys of ``kek``'s department for citizens about to be
+        registered, with the ids ``first_id`` onwards, made without the database, so a
+        bulk import on SQLite encrypts one batch while the batch before it is written.
+
+        SQLite only: there a key's id is ``max(id) + 1`` under the one write lock, so the
+        guess is checked and the rows inserted with these very ids by
+        ``store_data_keys_ahead`` (PostgreSQL draws ids from a sequence instead)."""
+        keys: list[DataKey] = []
+        rows: list[tuple[Any, ...]] = []
+        for key_id, citizen_id in enumerate(citizen_ids, first_id):
+            material = KeyMaterial(DataKey.generate_material())
+            keys.append(DataKey(key_id, kek.department, kek.version, material))
+            rows.append(
+                (
+                    key_id,
+                    citizen_id,
+                    kek.department,
+                    kek.version,
+                    "active",
+                    kek.wrap(material, citizen_id),
+                    created_at,
+                )
+            )
+        return DataKeysAhead(kek.department, kek.version, first_id, keys, rows)
+
+    async def data_keys_ahead_hold(self, conn: AsyncConnection, ahead: DataKeysAhead) -> bool:
+        """Whether keys made ahead can be stored as they are in the transaction on
+        ``conn``, which holds SQLite's write lock: their KEK version is still the active
+        one and their ids are the next ones. If not, the caller makes them afresh."""
+        if conn.dialect.name != "sqlite":
+            return False
+        kek = await self.active_kek(conn, ahead.department)
+        return kek.version == ahead.kek_version and await self.next_data_key_id(conn) == ahead.first_id
+
+    async def store_data_keys_ahead(self, conn: AsyncConnection, ahead: DataKeysAhead) -> None:
+        """Insert keys that ``data_keys_ahead_hold`` accepted in this transaction."""
+        await bulk.insert_rows(
+            conn,
+            DATA_KEYS,
+            ("id", "citizen_id", "department", "kek_version", "status", "wrapped_key", "created_at"),
+            ahead.rows,
+        )
+
+    @staticmethod
+    async def next_data_key_id(conn: AsyncConnection) -> int:
+        """SQLite: the id the next data key gets (exact while the transaction holds the
+        write lock, a guess otherwise)."""
+        last = (await conn.execute(select(func.max(DATA_KEYS.c.id)))).scalar_one_or_none()
+        return int(last or 0) + 1
 
     async def data_keys_for_write_many(
         self, conn: AsyncConnection, citizen_ids: Sequence[str], department: str

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -34,7 +35,7 @@ from service.audit import writer as audit_writer
 from service.audit.schemas import AuditEntry
 from service.auth.dependencies import Principal
 from service.auth.facts import RequestFacts
-from service.crypto.keyring import Keyring
+from service.crypto.keyring import Kek, Keyring
 from service.errors import ServiceError
 from service.events import service as events_service
 from service.records import import_files, import_progress, repository, seeding, values
@@ -127,6 +128,17 @@ class _Accepted:
     index: bytes
 
 
+@dataclass
+class _Prepared:
+    """One batch as ``_Importer.prepare`` leaves it for its transaction."""
+
+    rows: Sequence[SourceRow]
+    batch: _Batch
+    accepted: list[_Accepted]
+    started: datetime
+    ahead: seeding.RegistrationsAhead | None = None
+
+
 class _Importer:
     """One run over one file: the national ids seen so far (a later row repeating one is
     refused), and the facts every audit entry of the run names."""
@@ -145,6 +157,9 @@ class _Importer:
         # of rows; two different ids sharing them (odds about n^2 / 2^65) would make the
         # later one be refused as a repeat, never stored twice.
         self.seen: set[int] = set()
+        # The department's active KEK as the last batch's transaction saw it (SQLite,
+        # register mode), for the next batch's data keys made ahead.
+        self.kek: Kek | None = None
 
     def rows(self, after_line: int) -> Iterator[SourceRow]:
         return import_files.rows(self.plan.path, self.plan.file_format, self.catalog, after_line=after_line)
@@ -204,24 +219,85 @@ class _Importer:
         self.seen.add(key)
         return _Accepted(row.line, clean, national_id, index)
 
+    def prepare(self, rows: Sequence[SourceRow], first_key_id: int | None) -> _Prepared:
+        """Check one batch's rows before its transaction. With ``first_key_id`` (SQLite,
+        register mode, once a batch has seen the department's KEK), also make the new
+        citizens' data keys from that id on, encrypt their values and build their audit
+        entries, as if none were registered; ``write_batch`` stores them only if that and
+        the key ids still hold, and otherwise does the work afresh."""
+        prepared = _Prepared(rows, _Batch(), [], now())
+        prepared.batch.counts.rows_read = len(rows)
+        prepared.accepted = [a for row in rows if (a := self.check(row, prepared.batch)) is not None]
+        if first_key_id is not None and self.kek is not None and self.plan.mode == "register":
+            prepared.ahead = seeding.registrations_ahead(
+                self.keyring,
+                self.catalog,
+                self.facts,
+                self.kek,
+                [a.clean for a in prepared.accepted],
+                prepared.started,
+                first_key_id=first_key_id,
+            )
+        return prepared
+
     async def write_batch(
-        self, conn: AsyncConnection, run_id: int, rows: Sequence[SourceRow], after: Awaitable[None] | None
+        self,
+        conn: AsyncConnection,
+        run_id: int,
+        prepared: _Prepared,
+        after: Awaitable[None] | None,
+        on_next_key_id: Callable[[int], None] | None = None,
     ) -> _Batch:
-        """Check, classify and store one batch in the transaction on ``conn``; record its
+        """Classify and store one prepared batch in the transaction on ``conn``; record its
         progress only once ``after`` (the batch before, still committing) has committed,
-        so batches commit in file order."""
-        started = now()
+        so batches commit in file order. ``on_next_key_id`` (SQLite, register mode) gets
+        the id of the data key after this batch's, as soon as it is known, for the next
+        batch's ``prepare``."""
+        started = prepared.started
         if conn.dialect.name == "sqlite":
             # A write first: the batch holds SQLite's one write lock before it reads.
             await import_progress.claim_import_run(conn, run_id, started)
-        batch = _Batch()
-        batch.counts.rows_read = len(rows)
-        accepted = [a for row in rows if (a := self.check(row, batch)) is not None]
+        batch, accepted, rows = prepared.batch, prepared.accepted, prepared.rows
         if self.plan.mode == "register":
             await lock_blind_indexes(conn, [a.index for a in accepted])
         found = await registered_national_ids(
             conn, self.keyring, self.catalog, [a.national_id for a in accepted], [a.index for a in accepted]
         )
+        ahead = prepared.ahead
+        if (
+            ahead is not None
+            and not found
+            and await seeding.store_registrations_ahead(conn, self.keyring, ahead)
+        ):
+            if on_next_key_id is not None:
+                on_next_key_id(ahead.keys.next_id)
+            audit_rows = ahead.audit_rows
+            batch.counts.registered = len(ahead.citizen_ids)
+        else:
+            entries = await self._store(conn, batch, accepted, found, started)
+            audit_rows = [audit_writer.entry_values(entry) for entry in entries]
+            if on_next_key_id is not None:
+                self.kek = await self.keyring.active_kek(conn, self.plan.department)
+                on_next_key_id(await self.keyring.next_data_key_id(conn))
+        if after is not None:
+            await after
+        await import_progress.advance_import_run(
+            conn, run_id, rows[-1].line, batch.counts.as_dict(), finished=None
+        )
+        # Last: on PostgreSQL the append holds the audit's order lock until commit.
+        await audit_writer.append_rows_in_transaction(conn, audit_rows)
+        return batch
+
+    async def _store(
+        self,
+        conn: AsyncConnection,
+        batch: _Batch,
+        accepted: Sequence[_Accepted],
+        found: Mapping[str, str],
+        started: datetime,
+    ) -> list[AuditEntry]:
+        """Store the accepted rows by what is registered (``found``): new citizens in
+        register mode, changed values in update mode; the audit entries to append."""
         stored = await self._stored_values(conn, list(found.values()))
         new: list[dict[str, values.JsonValue]] = []
         revisions: dict[str, dict[str, values.JsonValue]] = {}
@@ -267,14 +343,7 @@ class _Importer:
             kept = {entry.citizen_id for entry in written}
             for citizen_id in revisions.keys() - kept:
                 batch.reject(line_of[citizen_id], "the citizen was erased while the import ran")
-        if after is not None:
-            await after
-        await import_progress.advance_import_run(
-            conn, run_id, rows[-1].line, batch.counts.as_dict(), finished=None
-        )
-        # Last: on PostgreSQL the append holds the audit's order lock until commit.
-        await audit_writer.append_many_in_transaction(conn, entries)
-        return batch
+        return entries
 
     async def _stored_values(
         self, conn: AsyncConnection, citizen_ids: list[str]
@@ -344,33 +413,15 @@ async def run_import(
     importer.remember_committed(report.resumed_after_line)
     on_progress(report.counts.rows_read)
     started = time.perf_counter()
-    # PostgreSQL: the next batch is checked, encrypted and sent while the one before it
-    # is still being written and committed (two connections, commits in file order), so
-    # this process's work and the database's overlap. Not the first batch, which may make
-    # the department's KEK. SQLite has one writer: one batch at a time.
-    overlap = engine.dialect.name == "postgresql"
-    last_line = report.resumed_after_line
-    previous: asyncio.Task[None] | None = None
-    current: asyncio.Task[None] | None = None
-    try:
-        for number, rows in enumerate(_batches(importer.rows(last_line), batch_size)):
-            current = asyncio.create_task(
-                _commit_batch(importer, run_id, rows, report, on_rejections, on_progress, after=previous)
-            )
-            last_line = rows[-1].line
-            if previous is not None:
-                await previous
-            previous = current
-            if not overlap or number == 0:
-                await current
-        if previous is not None:
-            await previous
-    finally:
-        # After a failure: the batch in flight rolls back (it waits on the failed one).
-        if current is not None and not current.done():
-            await asyncio.gather(current, return_exceptions=True)
+    batches = _batches(importer.rows(report.resumed_after_line), batch_size)
+    if engine.dialect.name == "sqlite" and plan.mode == "register":
+        last_line = await _import_pipelined(importer, run_id, batches, report, on_rejections, on_progress)
+    else:
+        last_line = await _import_overlapped(importer, run_id, batches, report, on_rejections, on_progress)
     async with engine.begin() as conn:
-        await import_progress.advance_import_run(conn, run_id, last_line, {}, finished=now())
+        await import_progress.advance_import_run(
+            conn, run_id, last_line or report.resumed_after_line, {}, finished=now()
+        )
     report.elapsed = time.perf_counter() - started
     return report
 
@@ -386,23 +437,117 @@ def _batches(rows: Iterator[SourceRow], size: int) -> Iterator[list[SourceRow]]:
         yield pending
 
 
+async def _import_overlapped(
+    importer: _Importer,
+    run_id: int,
+    batches: Iterator[list[SourceRow]],
+    report: ImportReport,
+    on_rejections: Callable[[Sequence[Rejection]], None],
+    on_progress: Callable[[int], None],
+) -> int:
+    """Each batch in its own transaction; the last line done.
+
+    PostgreSQL: the next batch is checked, encrypted and sent while the one before it is
+    still being written and committed (two connections, commits in file order), so this
+    process's work and the database's overlap. Not the first batch, which may make the
+    department's KEK. SQLite (update mode): one batch at a time. The last line done (0:
+    none)."""
+    overlap = importer.engine.dialect.name == "postgresql"
+    last_line = 0
+    previous: asyncio.Task[None] | None = None
+    current: asyncio.Task[None] | None = None
+    try:
+        for number, rows in enumerate(batches):
+            prepared = importer.prepare(rows, None)
+            current = asyncio.create_task(
+                _commit_batch(importer, run_id, prepared, report, on_rejections, on_progress, after=previous)
+            )
+            last_line = rows[-1].line
+            if previous is not None:
+                await previous
+            previous = current
+            if not overlap or number == 0:
+                await current
+        if previous is not None:
+            await previous
+    finally:
+        # After a failure: the batch in flight rolls back (it waits on the failed one).
+        if current is not None and not current.done():
+            await asyncio.gather(current, return_exceptions=True)
+    return last_line
+
+
+async def _import_pipelined(
+    importer: _Importer,
+    run_id: int,
+    batches: Iterator[list[SourceRow]],
+    report: ImportReport,
+    on_rejections: Callable[[Sequence[Rejection]], None],
+    on_progress: Callable[[int], None],
+) -> int:
+    """SQLite, register mode: each batch in its own transaction, one at a time (SQLite has
+    one writer), while a worker thread reads, checks and encrypts the next batch
+    (``_Importer.prepare`` with the data-key id the batch being written hands on). SQLite
+    does its work without the GIL, so the two overlap. The last line done (0: none)."""
+
+    def prepare_next(first_key_id: int | None) -> _Prepared | None:
+        rows = next(batches, None)
+        return None if rows is None else importer.prepare(rows, first_key_id)
+
+    last_line = 0
+    prepared = prepare_next(None)
+    while prepared is not None:
+        next_key_id: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def hand_on(key_id: int, future: asyncio.Future[int] = next_key_id) -> None:
+            future.set_result(key_id)
+
+        writing = asyncio.create_task(
+            _commit_batch(
+                importer,
+                run_id,
+                prepared,
+                report,
+                on_rejections,
+                on_progress,
+                after=None,
+                on_next_key_id=hand_on,
+            )
+        )
+        last_line = prepared.rows[-1].line
+        following = None
+        try:
+            waits: set[asyncio.Future[Any]] = {next_key_id, writing}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if not writing.done() or writing.exception() is None:
+                key_id = next_key_id.result() if next_key_id.done() else None
+                following = await asyncio.to_thread(prepare_next, key_id)
+            await writing
+        finally:
+            if not writing.done():
+                await asyncio.gather(writing, return_exceptions=True)
+        prepared = following
+    return last_line
+
+
 async def _commit_batch(
     importer: _Importer,
     run_id: int,
-    rows: Sequence[SourceRow],
+    prepared: _Prepared,
     report: ImportReport,
     on_rejections: Callable[[Sequence[Rejection]], None],
     on_progress: Callable[[int], None],
     *,
     after: Awaitable[None] | None,
+    on_next_key_id: Callable[[int], None] | None = None,
 ) -> None:
     async with importer.engine.begin() as conn:
-        batch = await importer.write_batch(conn, run_id, rows, after)
+        batch = await importer.write_batch(conn, run_id, prepared, after, on_next_key_id)
         if batch.rejections:
             on_rejections(batch.rejections)
     if batch.changed_citizens:
         # Committed: wake feeds and dispatchers waiting in this process.
         events_service.notify()
     report.counts.add(batch.counts)
-    report.rows_this_run += len(rows)
+    report.rows_this_run += len(prepared.rows)
     on_progress(report.counts.rows_read)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
-from service.crypto.keyring import Keyring
+from service.crypto.keyring import DataKeysAhead, Kek, Keyring
 from service.errors import Conflict
 from service.events import service as events_service
 from service.records import repository, values
@@ -98,6 +99,99 @@ async def store_registrations(
     await repository.insert_values(conn, rows)
     entries = [registered_entry(facts, catalog, cid, clean) for cid, clean in zip(ids, cleaned, strict=True)]
     return ids, entries
+
+
+@dataclass(frozen=True)
+class RegistrationsAhead:
+    """New citizens made ready before their transaction by ``registrations_ahead``: ids,
+    data keys, encrypted values and the rows of their ``register`` audit entries."""
+
+    citizen_ids: list[str]
+    keys: DataKeysAhead
+    value_rows: list[tuple[object, ...]]
+    audit_rows: list[audit_writer.Values]
+    written_by: str
+    started: datetime
+
+
+def registrations_ahead(
+    keyring: Keyring,
+    catalog: Catalog,
+    facts: RequestFacts,
+    kek: Kek,
+    cleaned: Sequence[Mapping[str, values.JsonValue]],
+    started: datetime,
+    *,
+    first_key_id: int,
+) -> RegistrationsAhead | None:
+    """``store_registrations``' work done without the database, so a bulk import on SQLite
+    prepares one batch while the batch before it is written: the data keys under ``kek``
+    with ids guessed from ``first_key_id`` (``Keyring.data_keys_ahead``), the values
+    encrypted under them, the audit entries' rows. None if there is nothing to register or a
+    citizen has fields of another department than ``kek``'s."""
+    department = kek.department
+    if not cleaned or any(
+        (spec := catalog.field(name)) is None or spec.owner != department
+        for clean in cleaned
+        for name in clean
+    ):
+        return None
+    ids = [str(uuid.uuid4()) for _ in cleaned]
+    keys = keyring.data_keys_ahead(kek, ids, first_key_id, started)
+    written_by = facts.principal.client_id
+    rows = [
+        row
+        for citizen_id, clean, key in zip(ids, cleaned, keys.keys, strict=True)
+        for row in encrypted_rows(
+            keyring,
+            catalog,
+            citizen_id,
+            clean,
+            {department: key},
+            dict.fromkeys(clean, 1),
+            written_by,
+            started,
+        )
+    ]
+    return RegistrationsAhead(
+        ids, keys, rows, registered_rows(facts, catalog, ids, cleaned), written_by, started
+    )
+
+
+def registered_rows(
+    facts: RequestFacts,
+    catalog: Catalog,
+    citizen_ids: Sequence[str],
+    cleaned: Sequence[Mapping[str, values.JsonValue]],
+) -> list[audit_writer.Values]:
+    """The audit rows of ``registered_entry`` for many citizens, in order: one entry per
+    set of fields, its row copied for each citizen who has those fields
+    (``audit_writer.entry_values_for_citizens``), so entries of one set share a time."""
+    by_fields: dict[tuple[str, ...], list[int]] = {}
+    for position, clean in enumerate(cleaned):
+        by_fields.setdefault(tuple(clean), []).append(position)
+    rows: list[audit_writer.Values] = [()] * len(citizen_ids)
+    for fields, positions in by_fields.items():
+        entry = registered_entry(facts, catalog, citizen_ids[positions[0]], dict.fromkeys(fields))
+        made = audit_writer.entry_values_for_citizens(entry, [citizen_ids[p] for p in positions])
+        for position, row in zip(positions, made, strict=True):
+            rows[position] = row
+    return rows
+
+
+async def store_registrations_ahead(
+    conn: AsyncConnection, keyring: Keyring, ahead: RegistrationsAhead
+) -> bool:
+    """Store registrations made ahead, in the caller's transaction on ``conn``, which holds
+    SQLite's write lock and has found none of the citizens registered. False, with nothing
+    written, if their data keys no longer hold (another writer made keys meanwhile, or
+    the KEK was rotated): the caller stores the citizens with ``store_registrations``."""
+    if not await keyring.data_keys_ahead_hold(conn, ahead.keys):
+        return False
+    await repository.insert_citizens(conn, ahead.citizen_ids, ahead.written_by, ahead.started)
+    await keyring.store_data_keys_ahead(conn, ahead.keys)
+    await repository.insert_values(conn, ahead.value_rows)
+    return True
 
 
 async def store_revisions(

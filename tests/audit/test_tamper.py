@@ -3,6 +3,7 @@ by `tellonce audit verify`, against the database and against an exported bundle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -44,17 +45,18 @@ async def sealed_log(scratch_database: str) -> AsyncIterator[tuple[str, AsyncEng
 async def _drop_triggers(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            for table in ("audit_entries", "audit_leaves", "audit_checkpoints"):
+            for table in ("audit_entries", "audit_leaves", "audit_nodes", "audit_checkpoints"):
                 await conn.execute(text(f"DROP TRIGGER {table}_append_only ON {table}"))
         else:
-            for table in ("audit_entries", "audit_leaves", "audit_checkpoints"):
+            for table in ("audit_entries", "audit_leaves", "audit_nodes", "audit_checkpoints"):
                 await conn.execute(text(f"DROP TRIGGER {table}_no_update"))
                 await conn.execute(text(f"DROP TRIGGER {table}_no_delete"))
 
 
 def _in_pages(url: str) -> Parallel:
-    """Worker processes checking pages of 3 leaves (the checkpoints fall at 7 and 12)."""
-    return Parallel(url, workers=2, page=3, from_size=0)
+    """Worker processes checking pages of 4 leaves (the checkpoints fall at 7, inside the
+    page of leaves 4 to 7, and at 12, the end of the last page)."""
+    return Parallel(url, workers=2, page=4, from_size=0)
 
 
 async def _expect_failure(url: str, signer: NoteSigner, tmp_path: Path, expected: str) -> None:
@@ -108,6 +110,26 @@ class TestTamperEvidence:
                 {"id": victim},
             )
         await _expect_failure(url, signer, tmp_path, f"entry {victim} at leaf 5 no longer matches")
+
+    async def test_a_row_changed_with_its_leaf_hash_is_found_by_the_checkpoint(
+        self, sealed_log: tuple[str, AsyncEngine, NoteSigner, list[int]], tmp_path: Path
+    ) -> None:
+        url, engine, signer, ids = sealed_log
+        await _drop_triggers(engine)
+        async with engine.begin() as conn:
+            canonical = (
+                await conn.execute(text("SELECT canonical FROM audit_entries WHERE id = :id"), {"id": ids[5]})
+            ).scalar_one()
+            changed = canonical.replace("officer-17", "officer-99")
+            await conn.execute(
+                text("UPDATE audit_entries SET canonical = :c WHERE id = :id"), {"c": changed, "id": ids[5]}
+            )
+            await conn.execute(
+                text('UPDATE audit_nodes SET hash = :h WHERE level = 0 AND "index" = 5'),
+                {"h": hashlib.sha256(b"\x00" + changed.encode()).digest()},
+            )
+        # Only the checkpoint at 7 can tell; in pages of 4 it falls inside leaves 4 to 7.
+        await _expect_failure(url, signer, tmp_path, "size 7.*the root of leaves 0..6 does not match")
 
     async def test_a_deleted_row_is_named(
         self, sealed_log: tuple[str, AsyncEngine, NoteSigner, list[int]], tmp_path: Path

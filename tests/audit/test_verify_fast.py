@@ -3,9 +3,11 @@
 - ``canonical_record`` (orjson first, the standard library for whatever orjson cannot
   settle) accepts a text as canonical exactly when the contract's rule does: parse with
   ``json`` and re-encode with ``canonical_json``.
-- ``CompactRange.extend`` grows the tree as pushing one leaf at a time does.
+- ``CompactRange.extend`` grows the tree as pushing one leaf at a time does, and so does
+  ``CompactRange.followed_by`` from the compact range of the new leaves alone.
 - ``LogVerifier.add_rows`` reports the same first problem as feeding leaves one by one,
-  and so do pages checked apart (as worker processes check them) and fed in order.
+  and so do pages checked apart (as worker processes check them, each sending compact
+  ranges) and fed in order.
 - The filter columns' quick comparison agrees with ``column_difference``'s plain one.
 """
 
@@ -26,13 +28,15 @@ from service.audit import merkle
 from service.audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
 from service.audit.leaf_checks import (
     _columns_match,
+    _comma_wrapped,
+    _fields_wrapped,
     canonical_record,
     column_difference,
     derived_column_difference,
 )
 from service.audit.schemas import canonical_json
 from service.audit.verify import LogVerifier, StoredCheckpoint, VerificationFailed
-from service.audit.verify_pages import check_page, take_page
+from service.audit.verify_pages import check_page, page_bounds, take_page
 from service.audit.writer import filter_values, sqlite_time_text
 
 
@@ -134,6 +138,32 @@ class TestCompactRangeExtend:
                 pushed.root(),
             )
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(min_value=0, max_value=200), st.integers(min_value=0, max_value=6), st.data())
+    def test_followed_by_grows_the_tree_as_pushing_does(
+        self, before: int, level: int, data: st.DataObject
+    ) -> None:
+        # ``before`` leaves rounded down to a multiple of 2**level, then up to 2**level more.
+        before -= before % (1 << level)
+        count = data.draw(st.integers(min_value=0, max_value=1 << level))
+        leaves = [hashlib.sha256(str(i).encode()).digest() for i in range(before + count)]
+        pushed, head, tail = merkle.CompactRange(), merkle.CompactRange(), merkle.CompactRange()
+        for leaf in leaves:
+            pushed.push(leaf)
+        head.extend(leaves[:before])
+        tail.extend(leaves[before:])
+        joined = head.followed_by(tail.size, tail.hashes)
+        assert (joined.size, joined.hashes, joined.root()) == (pushed.size, pushed.hashes, pushed.root())
+        assert (head.size, len(head.hashes)) == (before, bin(before).count("1"))  # left as it was
+
+    def test_followed_by_refuses_leaves_off_their_subtree_boundary(self) -> None:
+        head = merkle.CompactRange()
+        head.extend([b"\x00" * 32] * 3)
+        with pytest.raises(ValueError, match="boundary"):
+            head.followed_by(2, [b"\x01" * 32])
+        with pytest.raises(ValueError, match="one hash per set bit"):
+            head.followed_by(1, [])
+
 
 def _log(count: int, every: int) -> tuple[NoteVerifier, list[StoredCheckpoint], list[tuple[Any, ...]]]:
     signer = NoteSigner("tests.example/audit", Ed25519PrivateKey.generate())
@@ -190,8 +220,15 @@ def _damaged_log(damaged: int, gap: int | None) -> tuple[NoteVerifier, list[Stor
     return verifier, checkpoints, rows
 
 
+def _feed_pages(log: LogVerifier, rows: list[Any], size: int, page: int) -> None:
+    """Pages by leaf index, as the workers read them (a removed leaf leaves a page short),
+    each checked apart and told the checkpoints inside it, then fed in order."""
+    for start, below, cuts in page_bounds(log, size, page):
+        take_page(log, check_page([row for row in rows if start <= row[0] < below], cuts))
+
+
 class TestPagesApart:
-    @pytest.mark.parametrize("page", [1, 3, 4, 7, 10, 64])
+    @pytest.mark.parametrize("page", [1, 2, 4, 8, 16, 64])
     @pytest.mark.parametrize(
         ("damaged", "gap"),
         [
@@ -218,24 +255,38 @@ class TestPagesApart:
             for leaf, entry, text, recorded in rows:
                 one_by_one.add(leaf, f"entry {entry}", text, recorded)
 
-        def paged() -> None:
-            # Pages by leaf index, as the workers read them: a removed leaf leaves a page short.
-            for start in range(0, 30, page):
-                take_page(in_pages, check_page([row for row in rows if start <= row[0] < start + page]))
-
         expected = _first_problem(singly)
         assert expected is not None
-        assert _first_problem(paged) == expected
+        assert _first_problem(lambda: _feed_pages(in_pages, rows, 30, page)) == expected
 
-    @pytest.mark.parametrize("page", [1, 4, 10])
+    @pytest.mark.parametrize("page", [1, 4, 8, 32])
     def test_an_intact_log_grows_the_same_tree(self, page: int) -> None:
         verifier, checkpoints, rows = _log(30, every=10)
         whole, in_pages = LogVerifier(verifier, list(checkpoints)), LogVerifier(verifier, list(checkpoints))
         whole.add_rows(rows)
-        for start in range(0, 30, page):
-            take_page(in_pages, check_page(rows[start : start + page]))
+        _feed_pages(in_pages, rows, 30, page)
         assert (in_pages.compact.hashes, in_pages.checked_checkpoints) == (whole.compact.hashes, 3)
         assert in_pages.finish() == whole.finish() == 30
+
+    @pytest.mark.parametrize("leaf", [11, 12, 19])
+    def test_a_change_only_a_checkpoint_inside_the_page_can_tell_is_named(self, leaf: int) -> None:
+        # The entry and its recorded leaf hash changed together: only checkpoint 20, inside
+        # the page of leaves 16 to 31, can tell, and it is checked on the page's range at 20.
+        verifier, checkpoints, rows = _log(30, every=10)
+        text = canonical_json({"n": 99, "time": "2026-12-02T01:00:00+00:00"})
+        rows[leaf] = (leaf, leaf + 1, text, hashlib.sha256(b"\x00" + text.encode()).digest())
+        in_pages = LogVerifier(verifier, list(checkpoints))
+        assert _first_problem(lambda: _feed_pages(in_pages, rows, 30, 16)) == (
+            "checkpoint (size 20): the root of leaves 10..19 does not match; "
+            "an entry in that range was changed"
+        )
+        assert in_pages.checked_checkpoints == 1
+
+    def test_a_checkpoint_passed_without_its_range_fails_closed(self) -> None:
+        verifier, checkpoints, rows = _log(30, every=10)
+        in_pages = LogVerifier(verifier, list(checkpoints))
+        with pytest.raises(RuntimeError, match="passed without its root checked"):
+            take_page(in_pages, check_page(rows[:16], cuts=[]))  # checkpoint 10 not asked for
 
 
 names = st.lists(st.sampled_from(["dvla", "hmrc", "welfare", "a,b", ""]), max_size=3)
@@ -310,6 +361,34 @@ class TestColumnsQuickly:
         assert column_difference(record, stored) == plain
         if _columns_match(record, stored):
             assert plain is None
+
+    @pytest.mark.parametrize(
+        ("requested", "released"),
+        [
+            (["b", "a"], ["a"]),
+            (["b"], ["a", "a"]),  # the same names split otherwise: the same column
+            (["a", None], []),
+            ([None], ["a"]),
+            ([1], []),
+            ([["a"]], []),
+            ("ab", []),  # a string is its letters, as the writer unpacks it
+            ([], []),
+        ],
+    )
+    def test_the_remembered_fields_column_is_the_one_derived(self, requested: Any, released: Any) -> None:
+        def derived() -> str | None:
+            try:
+                return _comma_wrapped([*requested, *released])
+            except TypeError:
+                return None
+
+        expected = derived()
+        for _ in range(2):  # the second answer may be the remembered one
+            try:
+                answer: str | None = _fields_wrapped(requested, released)
+            except TypeError:
+                answer = None
+            assert answer == expected
 
     def test_the_usual_shapes_take_the_quick_path(self) -> None:
         for time in ("2026-11-29T10:00:00+00:00", "2026-11-29T10:00:00.005000+00:00"):

@@ -57,7 +57,7 @@ class TestDriverReads:
         assert with_catalog[2] == 1
 
         async with sessions.begin() as session:
-            await auth_service.disable_client(session, created.client_id)
+            await auth_service.disable_client(session, "operator:test", created.client_id)
         # The very next read, on the long-lived driver connection, sees the commit.
         disabled = await auth_service.client_standing(driver, created.client_id)
         assert disabled is not None

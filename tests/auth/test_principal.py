@@ -154,7 +154,7 @@ class TestDisabledClient:
         token = await fetch_token(app, created.client_id, created.client_secret)
         assert (await client.get("/v1/catalog", headers=bearer(token))).status_code == 200
         assert (await client.get("/v1/catalog", headers=bearer(token))).status_code == 200
-        await auth_service.disable_client(session, created.client_id)
+        await auth_service.disable_client(session, "operator:test", created.client_id)
         response = await client.get("/v1/catalog", headers=bearer(token))
         assert assert_unauthenticated(response)["detail"] == "The client is disabled or no longer registered."
 

@@ -96,7 +96,7 @@ class TestClientSecret:
     ) -> None:
         created = await register(session, "dvla", "consumer")
         assert created.client_secret is not None
-        await auth_service.disable_client(session, created.client_id)
+        await auth_service.disable_client(session, "operator:test", created.client_id)
         response = await client.post(
             "/oauth/token",
             data={"grant_type": "client_credentials"},

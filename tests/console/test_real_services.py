@@ -74,7 +74,7 @@ class TestSignInWithClients:
     ) -> None:
         created = await auth_service.create_client(session, department="register", roles=["data-owner"])
         assert created.client_secret is not None
-        await auth_service.disable_client(session, created.client_id)
+        await auth_service.disable_client(session, "operator:test", created.client_id)
         response = await sign_in(client, created.client_id, created.client_secret)
         assert response.status_code == 401
         assert "This client has been disabled" in response.text
@@ -85,7 +85,7 @@ class TestSignInWithClients:
         created = await auth_service.create_client(session, department="register", roles=["data-owner"])
         assert created.client_secret is not None
         await sign_in(client, created.client_id, created.client_secret)
-        await auth_service.disable_client(session, created.client_id)
+        await auth_service.disable_client(session, "operator:test", created.client_id)
         assert (await client.get("/console")).status_code == 303
 
     @pytest.mark.parametrize("roles", [["consumer"], ["writer", "registrar"], ["admin"]])

@@ -54,7 +54,7 @@ async def people(app: FastAPI, session: AsyncSession, catalog_loaded: None) -> P
         created = await auth_service.create_client(session, department=department, roles=list(roles))
         assert created.client_secret is not None
         if disabled:
-            await auth_service.disable_client(session, created.client_id)
+            await auth_service.disable_client(session, "operator:test", created.client_id)
         made[name] = Person(created.client_id, created.client_secret)
     return made
 
@@ -256,7 +256,7 @@ class TestSessionLifetime:
         self, client: httpx.AsyncClient, people: People, session: AsyncSession
     ) -> None:
         await sign_in(client, people["owner-1"])
-        await auth_service.disable_client(session, people["owner-1"].client_id)
+        await auth_service.disable_client(session, "operator:test", people["owner-1"].client_id)
         assert (await client.get("/console")).status_code == 303
         assert await stored_sessions(session) == []
 

@@ -311,7 +311,7 @@ class TestPolicyAtDelivery:
                 Client(client_id=client_id, name="DVLA, retired", department="dvla", roles=["consumer"])
             )
             await session.flush()
-            await auth_service.disable_client(session, client_id)
+            await auth_service.disable_client(session, "operator:test", client_id)
             await session.commit()
         try:
             citizen = await add_citizen(events_engine)

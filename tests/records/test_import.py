@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.audit import writer as audit_writer
 from service.audit.checkpoint import NoteVerifier
 from service.audit.cli import verify_database
+from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.catalog import service as catalog_service
@@ -239,6 +241,82 @@ class TestRegisterMode:
         ]
         citizen_id = await _lookup(store, national_id)
         assert await _read(store, citizen_id, ["address"]) == {"address": (first["address"], 1)}
+
+
+class TestDataKeysMadeAhead:
+    """SQLite, register mode: the next batch is encrypted under data keys whose ids are
+    guessed while the batch before it is written, and stored only if the guess holds.
+    (PostgreSQL draws key ids from a sequence: it never stores keys made ahead.)"""
+
+    @staticmethod
+    def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+        stored: list[bool] = []
+        store_ahead = seeding.store_registrations_ahead
+
+        async def spy(*args: Any) -> bool:
+            stored.append(await store_ahead(*args))
+            return stored[-1]
+
+        monkeypatch.setattr(seeding, "store_registrations_ahead", spy)
+        return stored
+
+    async def _assert_read_back(self, store: Store, people: Sequence[dict[str, Any]]) -> None:
+        for person in people:
+            citizen_id = await _lookup(store, person["national_id"])
+            stored = await _read(store, citizen_id, ["given_name", "date_of_birth", "address"])
+            assert stored == {name: (person[name], 1) for name in ("given_name", "date_of_birth", "address")}
+
+    async def test_batches_after_the_first_are_stored_as_made_ahead(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        stored = self._spy(monkeypatch)
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
+
+        imported = await _import(
+            store, _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, people), batch_size=100
+        )
+
+        assert imported.report.counts.registered == 300
+        assert stored == ([True, True] if store.engine.dialect.name == "sqlite" else [])
+        await self._assert_read_back(store, people[::50])
+
+    async def test_a_wrong_key_id_guess_makes_the_batch_afresh(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        stored = self._spy(monkeypatch)
+        ahead = seeding.registrations_ahead
+
+        def guesses_wrong(*args: Any, first_key_id: int) -> seeding.RegistrationsAhead | None:
+            # As if another writer had made a data key since the guess.
+            return ahead(*args, first_key_id=first_key_id + 1)
+
+        monkeypatch.setattr(seeding, "registrations_ahead", guesses_wrong)
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
+
+        imported = await _import(
+            store, _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, people), batch_size=100
+        )
+
+        assert imported.report.counts.registered == 300
+        assert stored == ([False, False] if store.engine.dialect.name == "sqlite" else [])
+        await self._assert_read_back(store, people[::50])
+
+    async def test_a_batch_with_registered_citizens_is_stored_afresh(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
+        await _import(store, _write_csv(tmp_path / "a.csv", REGISTER_COLUMNS, people[:150]), batch_size=100)
+        stored = self._spy(monkeypatch)
+
+        imported = await _import(
+            store, _write_csv(tmp_path / "b.csv", REGISTER_COLUMNS, people), batch_size=100
+        )
+
+        counts = imported.report.counts
+        assert (counts.unchanged, counts.registered, counts.rejected) == (150, 150, 0)
+        # Lines 102 to 201 hold 50 registered citizens: that batch is stored afresh.
+        assert stored == ([True] if store.engine.dialect.name == "sqlite" else [])
+        await self._assert_read_back(store, people[::25])
 
 
 class TestUpdateMode:
@@ -520,22 +598,24 @@ class TestResume:
     ) -> None:
         ids = _ids(500)
         path = _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)])
-        store_registrations = seeding.store_registrations
-        doomed = ids[250]
+        append = audit_writer.append_rows_in_transaction
+        appended = 0
 
-        async def fails_third(*args: Any, **kwargs: Any) -> Any:
-            # The third batch (lines 202 to 301) fails, whichever order batches run in.
-            if any(clean["national_id"] == doomed for clean in args[4]):
-                raise RuntimeError("the database went away")
-            return await store_registrations(*args, **kwargs)
+        async def fails_third(conn: AsyncConnection, rows: Sequence[audit_writer.Values]) -> list[int]:
+            # Batches append in file order: the third (lines 202 to 301) cannot be audited.
+            nonlocal appended
+            appended += 1
+            if appended == 3:
+                raise AuditUnavailable("The audit entries could not be written.")
+            return await append(conn, rows)
 
-        monkeypatch.setattr(seeding, "store_registrations", fails_third)
+        monkeypatch.setattr(audit_writer, "append_rows_in_transaction", fails_third)
 
-        with pytest.raises(RuntimeError):
+        with pytest.raises(AuditUnavailable):
             await _import(store, path, batch_size=100)
 
         # Batches 1 and 2 (lines 2 to 201) committed; the 4th, in flight on PostgreSQL
-        # while the 3rd failed, did not.
+        # (or made ready on SQLite) while the 3rd failed, did not.
         async with store.engine.connect() as conn:
             catalog = await catalog_service.current_cached(conn)
             found = await registered_national_ids(conn, store.keyring, catalog, ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -27,6 +28,7 @@ from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
+from service.hotpath import HotRoute, HotRoutes
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.openapi import install_openapi
 from service.policy import endpoints as policy_endpoints
@@ -71,6 +73,16 @@ ROUTERS = [
     console_router.router,
 ]
 
+
+def hot_routes() -> list[HotRoute]:
+    """The routes served as plain ASGI beside their declarations (``service.hotpath``)."""
+    records, catalog = records_endpoints, catalog_endpoints
+    return [
+        HotRoute.of(records.router, records.read_citizen, records.read_citizen_hot),
+        HotRoute.of(catalog.router, catalog.get_catalog, catalog.get_catalog_hot),
+    ]
+
+
 # Background parts that live as long as the app (audit writer, sequencer, dispatcher).
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
@@ -97,6 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             for lifecycle in LIFECYCLES:
                 await stack.enter_async_context(lifecycle(app))
+            if settings.freeze_startup_heap:
+                # What startup made (modules, routes, models, the compiled policy) lives as
+                # long as the process. Frozen, the collections that run on the request path
+                # no longer walk it: 8% of a secured read's time (bench/README.md).
+                gc.collect()
+                gc.freeze()
             yield
         await app.state.database.dispose()
 
@@ -129,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     install_openapi(app)
     install_docs(app)
+    # The hottest routes, inside the middleware below (``service.hotpath``).
+    app.add_middleware(HotRoutes, routes=hot_routes())
     # Outermost first: the request id must exist before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

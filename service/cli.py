@@ -186,9 +186,11 @@ def serve(
 
     from service.config import get_settings
 
+    # A serving process keeps its startup heap for life (``Settings.freeze_startup_heap``).
+    os.environ.setdefault("TELLONCE_FREEZE_STARTUP_HEAP", "true")
     if no_worker:
         os.environ["TELLONCE_RUN_WORKERS"] = "false"
-        get_settings.cache_clear()
+    get_settings.cache_clear()
     settings = _settings_or_exit()
     _refuse_if_not_ready(settings)
     uvicorn.run(

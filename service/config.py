@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     # Run the audit sequencer and the event dispatcher inside `serve`.
     run_workers: bool = True
+    # Freeze the heap startup made out of the garbage collector's reach (``gc.freeze``).
+    # `tellonce serve` turns it on; off elsewhere, since tests make many apps per process.
+    freeze_startup_heap: bool = False
     # Auth: the access tokens' audience, verified-token cache bound, default rate limit.
     token_audience: str = "tellonce"  # noqa: S105 - an audience name, not a secret
     token_cache_size: int = Field(default=10_000, ge=1)

@@ -321,8 +321,13 @@ class TestReplicas:
         writers = [asyncio.create_task(write(n, citizen_id)) for n, citizen_id in enumerate(citizens)]
         try:
             await _until(lambda: all(len(done) >= 5 for done in acknowledged), "writes before the kill")
+            killed = site.pid("api-2")
+            os.kill(killed, signal.SIGKILL)
+            # From the moment it is gone (its sockets closed), a request can no longer reach
+            # it; one sent in the instant before, while the signal was being delivered, was
+            # in flight on it.
+            await _until(lambda: _gone(killed), "the killed replica to exit")
             killed_at = loop.time()
-            os.kill(site.pid("api-2"), signal.SIGKILL)
             await _until(lambda: all(count >= 5 for count in after_kill), "writes after the kill")
         finally:
             out, err = await asyncio.wait_for(wrk.communicate(), timeout=60)
@@ -340,7 +345,8 @@ class TestReplicas:
         assert _wrk_errors(report) <= WRK_CONNECTIONS, report
         with log.open("rb") as handle:
             handle.seek(logged_before)
-            failures = [line for line in handle.read().decode().splitlines() if _failed(line)]
+            logged = handle.read().decode().splitlines()
+        failures = [line for line in logged if _failed(line)]
         assert all("replicas/api2 " in line for line in failures), failures
 
         # Every acknowledged write is there: each made its own version of the record, and the
@@ -407,6 +413,15 @@ def _wrk_errors(report: str) -> int:
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", report)
     return (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+
+
+def _gone(pid: int) -> bool:
+    """True once process ``pid`` has exited (a zombie has closed its sockets too)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in {"Z", "X"}
 
 
 def _failed(line: str) -> bool:

@@ -214,3 +214,7 @@ def main() -> None:
         asyncio.run(_main(folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

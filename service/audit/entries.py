@@ -85,6 +85,33 @@ def _field_owners(catalog: Catalog) -> dict[str, str]:
     return owners
 
 
+# Reasons by what they record. A ``Reason`` is frozen, so entries may share one, and
+# decisions repeat (the same agreement deciding the same field for the same reason), so
+# most are made once instead of once per field per entry; bounded by clearing it.
+_REASONS_KEPT = 4096
+_reasons: dict[tuple[str, str, str | None, int | None, str | None, str], Reason] = {}
+
+
+def _reason(decision: FieldDecision) -> Reason:
+    key = (
+        decision.field,
+        decision.effect,
+        decision.agreement,
+        decision.version,
+        decision.digest,
+        decision.reason,
+    )
+    known = _reasons.get(key)
+    if known is None:
+        if len(_reasons) >= _REASONS_KEPT:
+            _reasons.clear()
+        field, effect, agreement, version, digest, reason = key
+        known = _reasons[key] = Reason.built(
+            field=field, effect=effect, agreement=agreement, version=version, digest=digest, reason=reason
+        )
+    return known
+
+
 def summary(requested: Sequence[str], released: Sequence[str]) -> Decision:
     """``permit`` when everything asked for was released, ``partial`` for some, else ``deny``."""
     if not requested or not released:
@@ -131,17 +158,7 @@ def access_entry(
         fields_requested=requested,
         fields_released=released,
         decision=decision or summary(requested, released),
-        reasons=[
-            Reason.built(
-                field=d.field,
-                effect=d.effect,
-                agreement=d.agreement,
-                version=d.version,
-                digest=d.digest,
-                reason=d.reason,
-            )
-            for d in decided
-        ],
+        reasons=[_reason(d) for d in decided],
         purpose=purpose,
         case_ref=case_ref,
         citizen_status=citizen_status,

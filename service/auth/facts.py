@@ -68,6 +68,23 @@ class RequestFacts:
         return self.purpose
 
 
+def request_facts(
+    request: Request, principal: Principal, needed: frozenset[str], reference: str | None
+) -> RequestFacts:
+    """The facts of an authenticated request: its case reference (422 unless one is valid),
+    then the scopes ``needed`` (403 naming the missing ones). ``facts(...)`` and the hot
+    routes (``service.hotpath``) both gather them here."""
+    if reference is not None:
+        check_case_ref(reference, ["header", "X-Case-Ref"])
+    return RequestFacts(
+        principal=demand(principal, needed),
+        request_id=current_request_id(),
+        source=request.client.host if request.client else None,
+        case_ref=reference,
+        epoch_key=getattr(request.state, "epoch_key", None),
+    )
+
+
 def facts(*scopes: str, case_ref: bool = True) -> Callable[..., Awaitable[RequestFacts]]:
     """Authenticate with ``scopes`` and gather the request's facts (no purpose yet: the
     endpoint adds the one its body or query states). With ``case_ref``, the endpoint takes
@@ -80,26 +97,15 @@ def facts(*scopes: str, case_ref: bool = True) -> Callable[..., Awaitable[Reques
     # A default, not an annotation: string annotations cannot see this closure's scopes.
     authenticated = Depends(get_principal)
 
-    def gathered(request: Request, principal: Principal, reference: str | None) -> RequestFacts:
-        return RequestFacts(
-            principal=demand(principal, needed),
-            request_id=current_request_id(),
-            source=request.client.host if request.client else None,
-            case_ref=reference,
-            epoch_key=getattr(request.state, "epoch_key", None),
-        )
-
     async def with_case_ref(
         request: Request,
         principal: Principal = authenticated,
         reference: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
     ) -> RequestFacts:
-        if reference is not None:
-            check_case_ref(reference, ["header", "X-Case-Ref"])
-        return gathered(request, principal, reference)
+        return request_facts(request, principal, needed, reference)
 
     async def without_case_ref(request: Request, principal: Principal = authenticated) -> RequestFacts:
-        return gathered(request, principal, None)
+        return request_facts(request, principal, needed, None)
 
     chosen = with_case_ref if case_ref else without_case_ref
     # Read by the OpenAPI document (service/openapi.py) to declare each route's scopes.

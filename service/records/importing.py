@@ -263,7 +263,6 @@ class _Importer:
         found = await registered_national_ids(
             conn, self.keyring, self.catalog, [a.national_id for a in accepted], [a.index for a in accepted]
         )
-        entries: list[AuditEntry] = []
         ahead = prepared.ahead
         if (
             ahead is not None
@@ -272,10 +271,11 @@ class _Importer:
         ):
             if on_next_key_id is not None:
                 on_next_key_id(ahead.keys.next_id)
-            entries.extend(ahead.entries)
+            audit_rows = ahead.audit_rows
             batch.counts.registered = len(ahead.citizen_ids)
         else:
-            entries.extend(await self._store(conn, batch, accepted, found, started))
+            entries = await self._store(conn, batch, accepted, found, started)
+            audit_rows = [audit_writer.entry_values(entry) for entry in entries]
             if on_next_key_id is not None:
                 self.kek = await self.keyring.active_kek(conn, self.plan.department)
                 on_next_key_id(await self.keyring.next_data_key_id(conn))
@@ -285,7 +285,7 @@ class _Importer:
             conn, run_id, rows[-1].line, batch.counts.as_dict(), finished=None
         )
         # Last: on PostgreSQL the append holds the audit's order lock until commit.
-        await audit_writer.append_many_in_transaction(conn, entries)
+        await audit_writer.append_rows_in_transaction(conn, audit_rows)
         return batch
 
     async def _store(

@@ -104,12 +104,12 @@ async def store_registrations(
 @dataclass(frozen=True)
 class RegistrationsAhead:
     """New citizens made ready before their transaction by ``registrations_ahead``: ids,
-    data keys, encrypted values and ``register`` audit entries."""
+    data keys, encrypted values and the rows of their ``register`` audit entries."""
 
     citizen_ids: list[str]
     keys: DataKeysAhead
     value_rows: list[tuple[object, ...]]
-    entries: list[AuditEntry]
+    audit_rows: list[audit_writer.Values]
     written_by: str
     started: datetime
 
@@ -127,7 +127,7 @@ def registrations_ahead(
     """``store_registrations``' work done without the database, so a bulk import on SQLite
     prepares one batch while the batch before it is written: the data keys under ``kek``
     with ids guessed from ``first_key_id`` (``Keyring.data_keys_ahead``), the values
-    encrypted under them, the audit entries. None if there is nothing to register or a
+    encrypted under them, the audit entries' rows. None if there is nothing to register or a
     citizen has fields of another department than ``kek``'s."""
     department = kek.department
     if not cleaned or any(
@@ -153,8 +153,30 @@ def registrations_ahead(
             started,
         )
     ]
-    entries = [registered_entry(facts, catalog, cid, clean) for cid, clean in zip(ids, cleaned, strict=True)]
-    return RegistrationsAhead(ids, keys, rows, entries, written_by, started)
+    return RegistrationsAhead(
+        ids, keys, rows, registered_rows(facts, catalog, ids, cleaned), written_by, started
+    )
+
+
+def registered_rows(
+    facts: RequestFacts,
+    catalog: Catalog,
+    citizen_ids: Sequence[str],
+    cleaned: Sequence[Mapping[str, values.JsonValue]],
+) -> list[audit_writer.Values]:
+    """The audit rows of ``registered_entry`` for many citizens, in order: one entry per
+    set of fields, its row copied for each citizen who has those fields
+    (``audit_writer.entry_values_for_citizens``), so entries of one set share a time."""
+    by_fields: dict[tuple[str, ...], list[int]] = {}
+    for position, clean in enumerate(cleaned):
+        by_fields.setdefault(tuple(clean), []).append(position)
+    rows: list[audit_writer.Values] = [()] * len(citizen_ids)
+    for fields, positions in by_fields.items():
+        entry = registered_entry(facts, catalog, citizen_ids[positions[0]], dict.fromkeys(fields))
+        made = audit_writer.entry_values_for_citizens(entry, [citizen_ids[p] for p in positions])
+        for position, row in zip(positions, made, strict=True):
+            rows[position] = row
+    return rows
 
 
 async def store_registrations_ahead(

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from service.audit import entries
 from service.audit.schemas import AuditEntry, Reason, canonical_json, entry_canonical
-from service.audit.writer import FILTER_COLUMNS, entry_row, filter_values
+from service.audit.writer import (
+    FILTER_COLUMNS,
+    entry_row,
+    entry_values,
+    entry_values_for_citizens,
+    filter_values,
+)
 from service.auth.dependencies import Principal
 from service.catalog.loader import load_catalog
 from service.crypto.keyring import KeyEvent
@@ -238,6 +244,28 @@ class TestBuiltEntries:
             "canonical": row["canonical"]
         }
 
+    def test_equal_decisions_share_one_reason_and_records_copy_it(self) -> None:
+        def read(request_id: str) -> AuditEntry:
+            return entries.records_access_entry(
+                Facts(WELFARE, request_id, None, None),
+                "read",
+                citizen_id="c-1",
+                catalog=CATALOG,
+                requested=["licence_status", "points"],
+                released=["licence_status"],
+                decisions=_decisions(),
+                purpose="benefit-eligibility",
+                status=200,
+            )
+
+        first, second = read("req-a"), read("req-b")
+        assert first.reasons[0] is second.reasons[0]
+        assert first.reasons == [Reason.model_validate(r.model_dump()) for r in second.reasons]
+        record = first.to_record()
+        record["reasons"][0]["reason"] = "changed"
+        assert second.reasons[0].reason == "permitted"
+        assert first.to_record()["reasons"] == second.to_record()["reasons"]
+
     def test_the_record_is_a_copy(self) -> None:
         entry = entries.query_entry(WELFARE, source=None, owners=["dvla"])
         record = entry.to_record()
@@ -247,3 +275,38 @@ class TestBuiltEntries:
     def test_what_orjson_refuses_gets_the_contracts_answer(self) -> None:
         big = {"version": 2**70, "reason": "x"}
         assert entry_canonical(big) == canonical_json(big)
+
+    @settings(max_examples=100, deadline=None)
+    @given(citizen_ids=st.lists(_text, max_size=5), client=_text, requested=_names)
+    def test_rows_for_many_citizens_are_each_entrys_own_row(
+        self, citizen_ids: list[str], client: str, requested: list[str]
+    ) -> None:
+        entry = entries.access_entry(
+            action="register",
+            time=datetime(2026, 12, 2, 13, 0, tzinfo=UTC),
+            request_id="import-1",
+            client_id=client,
+            department="register",
+            on_behalf_of=None,
+            source=None,
+            case_ref=None,
+            citizen_id=None,
+            owners=["register"],
+            requested=requested,
+            released=requested,
+            decisions=[],
+            purpose=None,
+            status=201,
+        )
+        rows = entry_values_for_citizens(entry, citizen_ids)
+        assert rows == [
+            entry_values(entry.model_copy(update={"citizen_id": citizen_id})) for citizen_id in citizen_ids
+        ]
+
+    def test_a_citizen_id_orjson_refuses_gets_the_contracts_row(self) -> None:
+        entry = entries.query_entry(WELFARE, source=None, owners=["dvla"])
+        odd = "c-\ud800"
+        assert entry_values_for_citizens(entry, [odd, "c-2"]) == [
+            entry_values(entry.model_copy(update={"citizen_id": odd})),
+            entry_values(entry.model_copy(update={"citizen_id": "c-2"})),
+        ]

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
-from service.audit.writer import AuditWriter
+from service.audit.writer import _SPLIT_FROM, APPEND_LOCK_KEY, AuditWriter
 from service.db import create_engine
 from service.errors import ServiceUnavailable
 from service.schema import upgrade_async
@@ -73,6 +75,27 @@ class TestGroupCommit:
         assert [stored[entry_id] for entry_id in ids] == [entry.canonical() for entry in entries]
 
 
+async def _stored(engine: AsyncEngine, request_id_prefix: str) -> dict[int, str]:
+    """Stored entries whose request id starts with the prefix: id -> canonical JSON."""
+    async with engine.connect() as conn:
+        query = select(AuditEntryRow.id, AuditEntryRow.canonical).where(
+            AuditEntryRow.canonical.like(f'%"request_id":"{request_id_prefix}%')
+        )
+        return dict((await conn.execute(query)).all())
+
+
+class TestBatchesInFlight:
+    async def test_waiting_appends_split_into_batches_in_flight(
+        self, writer: AuditWriter, engine: AsyncEngine
+    ) -> None:
+        entries = [make_entry(request_id=f"split-{i}") for i in range(_SPLIT_FROM)]
+        ids = await asyncio.gather(*(writer.append(entry) for entry in entries))
+        # Half went first and the rest queued behind it, each under its own id.
+        assert writer.batches_committed >= 2
+        stored = await _stored(engine, "split-")
+        assert [stored[entry_id] for entry_id in ids] == [entry.canonical() for entry in entries]
+
+
 class TestFailClosed:
     async def test_failed_commit_fails_every_waiter(self, engine: AsyncEngine) -> None:
         async def refuse(_conn: AsyncConnection) -> None:
@@ -120,6 +143,84 @@ class TestFailClosed:
             assert await flaky.append(make_entry()) > 0
         finally:
             await flaky.stop()
+
+
+class TestFailedCommitOnTheFastPath:
+    """Without a test hook a batch commits the fast way (SQLite: one call on the writer's
+    thread; PostgreSQL: one autocommitted statement). A batch that fails there fails each
+    of its waiters, and stores none of them."""
+
+    async def test_each_append_is_stored_or_refused_when_the_connection_breaks(self, tmp_path: Path) -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+        await upgrade_async(url)
+        engine = create_engine(url)
+        writer = AuditWriter(engine)
+        await writer.start()
+        try:
+            await writer.append(make_entry(request_id="break-first"))
+            batches = writer._sqlite
+            assert batches is not None
+            assert batches._connection is not None
+            # The kept connection breaks with two batches waiting: the first fails whole,
+            # the next one reconnects.
+            batches._connection.close()
+            entries = [make_entry(request_id=f"break-{i}-") for i in range(_SPLIT_FROM)]
+            results = await asyncio.gather(
+                *(writer.append(entry) for entry in entries), return_exceptions=True
+            )
+            stored = await _stored(engine, "break-")
+        finally:
+            await writer.stop()
+            await engine.dispose()
+        refused = [
+            entry for entry, result in zip(entries, results, strict=True) if isinstance(result, Exception)
+        ]
+        assert refused
+        assert all(isinstance(result, (int, AuditUnavailable)) for result in results)
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, int):
+                assert stored[result] == entry.canonical()
+        stored_texts = set(stored.values())
+        assert not any(entry.canonical() in stored_texts for entry in refused)
+
+    async def test_postgres_batch_whose_connection_dies_at_the_lock_fails_every_waiter(
+        self, writer: AuditWriter, engine: AsyncEngine, on_postgres: bool
+    ) -> None:
+        if not on_postgres:
+            pytest.skip("PostgreSQL's append lock")
+        run = uuid.uuid4().hex
+        async with engine.connect() as holder:
+            # Hold the append lock, so the writer's batches wait at it, then end their sessions.
+            await holder.execute(text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
+            appends = [
+                asyncio.ensure_future(writer.append(make_entry(request_id=f"killed-{run}-{i}-")))
+                # Enough to be split into two batches.
+                for i in range(_SPLIT_FROM)
+            ]
+            deadline = time.monotonic() + 10
+            waiting: list[int] = []
+            while len(waiting) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+                # A transaction sees one snapshot of the activity unless it is cleared.
+                await holder.execute(text("SELECT pg_stat_clear_snapshot()"))
+                found = await holder.execute(
+                    text(
+                        # (The query text a waiting backend shows may still be its last.)
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                    )
+                )
+                waiting = [int(pid) for pid in found.scalars()]
+            assert len(waiting) == 2, "both batches should wait at the append lock"
+            for pid in waiting:
+                await holder.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            results = await asyncio.gather(*appends, return_exceptions=True)
+            await holder.rollback()
+        assert all(isinstance(result, AuditUnavailable) for result in results)
+        assert writer.entries_committed == 0
+        assert await _stored(engine, f"killed-{run}-") == {}
+        # The pool drops the dead connections; the next batch commits.
+        assert await writer.append(make_entry(request_id="after-killed")) > 0
 
 
 class TestSqliteConnection:

@@ -33,7 +33,6 @@ from service.audit.checkpoint import NoteVerifier
 from service.audit.cli import verify_database
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
-from service.audit.schemas import AuditEntry
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.catalog import service as catalog_service
 from service.config import Settings
@@ -599,18 +598,18 @@ class TestResume:
     ) -> None:
         ids = _ids(500)
         path = _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)])
-        append = audit_writer.append_many_in_transaction
+        append = audit_writer.append_rows_in_transaction
         appended = 0
 
-        async def fails_third(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> list[int]:
+        async def fails_third(conn: AsyncConnection, rows: Sequence[audit_writer.Values]) -> list[int]:
             # Batches append in file order: the third (lines 202 to 301) cannot be audited.
             nonlocal appended
             appended += 1
             if appended == 3:
                 raise AuditUnavailable("The audit entries could not be written.")
-            return await append(conn, entries)
+            return await append(conn, rows)
 
-        monkeypatch.setattr(audit_writer, "append_many_in_transaction", fails_third)
+        monkeypatch.setattr(audit_writer, "append_rows_in_transaction", fails_third)
 
         with pytest.raises(AuditUnavailable):
             await _import(store, path, batch_size=100)

@@ -9,12 +9,13 @@ and compared with the recorded one, every filter column derived again and compar
 tree recomputed and every checkpoint checked. Goal: >= 100,000 entries/s.
 
 The baseline, in the same run, is the floor of that design: the same worker processes
-read the same pages and only hash each leaf, and the parent grows the same tree and
-checks the same checkpoints. Also shown: the one-process path (the console's "verify
-now", and every log under ``Parallel.from_size``) against the one-process floor
-(streaming the rows and hashing them), and the leaf checks alone on rows already in
-memory, so each share of the time is visible. CPU figures count the workers' time too;
-the machine is shared, so wall figures move with its load (printed).
+read the same pages, only hash each leaf and grow each page's tree, and the parent
+combines the same page ranges and checks the same checkpoints. Also shown: the
+one-process path (the console's "verify now", and every log under
+``Parallel.from_size``) against the one-process floor (streaming the rows and hashing
+them), and the leaf checks alone on rows already in memory, so each share of the time
+is visible. CPU figures count the workers' time too; the machine is shared, so wall
+figures move with its load (printed).
 """
 
 from __future__ import annotations
@@ -213,3 +214,7 @@ def main() -> None:
         asyncio.run(_main(folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,13 +8,6 @@ committed. Entries that arrive while a batch is committing wait for the next one
 under load many entries share one transaction (and one fsync). If a commit fails, every
 entry of that batch gets ``AuditUnavailable`` and its handler releases no data.
 
-Two batches may be in flight: one committing and the next queued right behind it (on
-SQLite's writer thread, or at PostgreSQL's append lock), so it starts as soon as the one
-before has committed, and the first batch's callers build their next entries meanwhile.
-When nothing is in flight and many entries wait, half goes first and the rest queues
-behind it: otherwise every caller would wait on one batch, and the event loop would sit
-idle through each commit (with 200 writers, every batch was all 200: build, then commit).
-
 On a SQLite file the batches go to ``SqliteBatches``: one thread owning one ``sqlite3``
 connection, which runs a whole batch (BEGIN IMMEDIATE, executemany, COMMIT) in one call,
 so the event loop hands off once per batch instead of once per statement.
@@ -56,13 +49,6 @@ APPEND_LOCK_KEY = 0x61756469742D6170
 # batch's connection: an ``AsyncConnection``, or the ``sqlite3.Connection`` of ``SqliteBatches``.
 BeforeCommit = Callable[[Any], Awaitable[None]]
 Pending = tuple[list["Values"], "asyncio.Future[list[int]]", Link | None]
-# Batches in flight at once: one committing, the next queued behind it.
-_IN_FLIGHT = 2
-# With nothing in flight, this many waiting entries or more are split in two. Fewer go
-# whole: building half of them takes the loop less than a commit (1 to 5 ms here, at
-# 30 to 50 us an entry), so a split would only add a commit (measured: 16 writers split
-# into batches of 8 appended half as fast under load).
-_SPLIT_FROM = 64
 
 
 def _joined(values: Iterable[str]) -> str:
@@ -238,20 +224,17 @@ async def append_rows_in_transaction(conn: AsyncConnection, rows: Sequence[Value
 class SqliteBatches:
     """Batches into a SQLite file on one thread that owns one ``sqlite3`` connection.
 
-        Through aiosqlite a batch was about six hand-offs (begin, insert, ``max(id)``, commit,
-        the pool's reset), each waiting for a turn of the busy event loop. Here ``write`` runs
-        the whole transaction in one call on the thread and the loop awaits one future; a batch
-    submitted while another commits runs right after it on the thread. The
-        connection has the service engine's pragmas (WAL, synchronous=FULL: the commit is on
-        disk before ``write`` returns). After any failure it is closed and the next batch opens
-        a fresh one, so a replaced or restored database file is picked up."""
+    Through aiosqlite a batch was about six hand-offs (begin, insert, ``max(id)``, commit,
+    the pool's reset), each waiting for a turn of the busy event loop. Here ``write`` runs
+    the whole transaction in one call on the thread and the loop awaits one future. The
+    connection has the service engine's pragmas (WAL, synchronous=FULL: the commit is on
+    disk before ``write`` returns). After any failure it is closed and the next batch opens
+    a fresh one, so a replaced or restored database file is picked up."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        # A batch with a hook keeps its transaction open across the hook: the next waits.
-        self._hooked = asyncio.Lock()
 
     @staticmethod
     def path_of(engine: AsyncEngine) -> str | None:
@@ -266,15 +249,14 @@ class SqliteBatches:
         loop = asyncio.get_running_loop()
         if before_commit is None:
             return await loop.run_in_executor(self._thread, self._write, rows, True)
-        async with self._hooked:
-            ids = await loop.run_in_executor(self._thread, self._write, rows, False)
-            try:
-                await before_commit(self._connection)
-            except BaseException:
-                await loop.run_in_executor(self._thread, self._end, "ROLLBACK")
-                raise
-            await loop.run_in_executor(self._thread, self._end, "COMMIT")
-            return ids
+        ids = await loop.run_in_executor(self._thread, self._write, rows, False)
+        try:
+            await before_commit(self._connection)
+        except BaseException:
+            await loop.run_in_executor(self._thread, self._end, "ROLLBACK")
+            raise
+        await loop.run_in_executor(self._thread, self._end, "COMMIT")
+        return ids
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
@@ -377,10 +359,10 @@ class AuditWriter:
         self._wake.set()
         return await future
 
-    def _take_batch(self, limit: int) -> list[Pending]:
+    def _take_batch(self) -> list[Pending]:
         taken, count = 0, 0
         for rows, _future, _link in self._pending:
-            if taken and count + len(rows) > limit:
+            if taken and count + len(rows) > self.max_batch:
                 break
             taken += 1
             count += len(rows)
@@ -388,24 +370,12 @@ class AuditWriter:
         return batch
 
     async def _run(self) -> None:
-        in_flight: set[asyncio.Task[None]] = set()
-
-        def done(task: asyncio.Task[None]) -> None:
-            in_flight.discard(task)
-            self._wake.set()
-
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending and len(in_flight) < _IN_FLIGHT:
-                waiting = sum(len(rows) for rows, _future, _link in self._pending)
-                # Nothing committing: half goes now, the rest queues behind it (above).
-                split = not in_flight and waiting >= _SPLIT_FROM
-                limit = min(self.max_batch, (waiting + 1) // 2 if split else waiting)
-                task = asyncio.create_task(self._commit(self._take_batch(limit)), name="audit-batch")
-                in_flight.add(task)
-                task.add_done_callback(done)
-            if self._stopping and not self._pending and not in_flight:
+            while self._pending:
+                await self._commit(self._take_batch())
+            if self._stopping:
                 return
 
     async def _write(self, rows: list[Values]) -> list[int]:

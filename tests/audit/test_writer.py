@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
-from service.audit.writer import _SPLIT_FROM, APPEND_LOCK_KEY, AuditWriter
+from service.audit.writer import APPEND_LOCK_KEY, AuditWriter
 from service.db import create_engine
 from service.errors import ServiceUnavailable
 from service.schema import upgrade_async
@@ -84,18 +84,6 @@ async def _stored(engine: AsyncEngine, request_id_prefix: str) -> dict[int, str]
         return dict((await conn.execute(query)).all())
 
 
-class TestBatchesInFlight:
-    async def test_waiting_appends_split_into_batches_in_flight(
-        self, writer: AuditWriter, engine: AsyncEngine
-    ) -> None:
-        entries = [make_entry(request_id=f"split-{i}") for i in range(_SPLIT_FROM)]
-        ids = await asyncio.gather(*(writer.append(entry) for entry in entries))
-        # Half went first and the rest queued behind it, each under its own id.
-        assert writer.batches_committed >= 2
-        stored = await _stored(engine, "split-")
-        assert [stored[entry_id] for entry_id in ids] == [entry.canonical() for entry in entries]
-
-
 class TestFailClosed:
     async def test_failed_commit_fails_every_waiter(self, engine: AsyncEngine) -> None:
         async def refuse(_conn: AsyncConnection) -> None:
@@ -161,10 +149,9 @@ class TestFailedCommitOnTheFastPath:
             batches = writer._sqlite
             assert batches is not None
             assert batches._connection is not None
-            # The kept connection breaks with two batches waiting: the first fails whole,
-            # the next one reconnects.
+            # The kept connection breaks under a batch: it fails whole, the next reconnects.
             batches._connection.close()
-            entries = [make_entry(request_id=f"break-{i}-") for i in range(_SPLIT_FROM)]
+            entries = [make_entry(request_id=f"break-{i}-") for i in range(64)]
             results = await asyncio.gather(
                 *(writer.append(entry) for entry in entries), return_exceptions=True
             )
@@ -190,16 +177,15 @@ class TestFailedCommitOnTheFastPath:
             pytest.skip("PostgreSQL's append lock")
         run = uuid.uuid4().hex
         async with engine.connect() as holder:
-            # Hold the append lock, so the writer's batches wait at it, then end their sessions.
+            # Hold the append lock, so the writer's batch waits at it, then end its session.
             await holder.execute(text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
             appends = [
                 asyncio.ensure_future(writer.append(make_entry(request_id=f"killed-{run}-{i}-")))
-                # Enough to be split into two batches.
-                for i in range(_SPLIT_FROM)
+                for i in range(40)
             ]
             deadline = time.monotonic() + 10
             waiting: list[int] = []
-            while len(waiting) < 2 and time.monotonic() < deadline:
+            while not waiting and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
                 # A transaction sees one snapshot of the activity unless it is cleared.
                 await holder.execute(text("SELECT pg_stat_clear_snapshot()"))
@@ -211,7 +197,7 @@ class TestFailedCommitOnTheFastPath:
                     )
                 )
                 waiting = [int(pid) for pid in found.scalars()]
-            assert len(waiting) == 2, "both batches should wait at the append lock"
+            assert len(waiting) == 1, "the batch should wait at the append lock"
             for pid in waiting:
                 await holder.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             results = await asyncio.gather(*appends, return_exceptions=True)

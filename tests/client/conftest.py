@@ -31,6 +31,7 @@ CLIENTS: dict[str, tuple[str, str, float | None]] = {
     "auditor": ("audit-office", "auditor", None),
     "portal": ("portal", "citizen-portal", None),
     "welfare": ("welfare", "consumer", None),
+    "welfare-admin": ("welfare", "admin", None),
     # One request at a time, refilled every two seconds: the retry tests' 429s.
     "throttled": ("welfare", "consumer", 0.5),
     "throttled-no-retry": ("welfare", "consumer", 0.5),

@@ -229,6 +229,32 @@ class TestCitizens:
         assert gone.value.problem.status == 410
 
 
+class TestClients:
+    async def test_an_admin_registers_lists_and_disables_its_departments_client(
+        self, client_site: ClientSite
+    ) -> None:
+        admin = client_site.client("welfare-admin")
+        created = await admin.create_client(["consumer"], name="casework", rate_per_second=5)
+        assert created.client_secret is not None
+        newcomer = TellonceClient(client_site.url, ClientSecret(created.client_id, created.client_secret))
+        try:
+            assert "welfare" in {d.id for d in (await newcomer.catalog()).departments}
+            listed = {c.client_id: c for c in (await admin.list_clients()).items}
+            assert listed[created.client_id].roles == ["consumer"]
+            assert listed[created.client_id].auth_method == "client_secret"
+            disabled = await admin.disable_client(created.client_id)
+            assert disabled.disabled_at is not None
+            with pytest.raises(TokenError):
+                # Its cached token is refused; a new one is refused too (the client is disabled).
+                await newcomer.catalog()
+        finally:
+            await newcomer.aclose()
+        with pytest.raises(Forbidden):
+            await admin.create_client(["auditor"])
+        with pytest.raises(NotFound):
+            await admin.disable_client("tc_nobody")
+
+
 class TestPolicies:
     async def test_cursor_iteration_sees_every_agreement(self, client_site: ClientSite) -> None:
         auditor = client_site.client("auditor")

@@ -64,6 +64,9 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/v1/citizens/{citizen_id}/objections/{agreement}"): "object_to",
     ("DELETE", "/v1/citizens/{citizen_id}/objections/{agreement}"): "withdraw_objection",
     ("GET", "/v1/citizens/{citizen_id}/objections"): "list_objections",
+    ("GET", "/v1/clients"): "list_clients",
+    ("POST", "/v1/clients"): "create_client",
+    ("POST", "/v1/clients/{client_id}/disable"): "disable_client",
 }
 # Documents for machines, not part of a department's API surface.
 NOT_CLIENT_CALLS = {

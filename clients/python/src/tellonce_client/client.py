@@ -498,6 +498,39 @@ class TellonceClient:
         """Close one of your department's cases: the citizen now sees its accesses."""
         return await self._call(m.CaseOut, "POST", f"/v1/cases/{quote(case_ref, safe='')}/close")
 
+    async def list_clients(self) -> m.ClientList:
+        """An admin client: every client of its department (never a secret)."""
+        return await self._call(m.ClientList, "GET", "/v1/clients")
+
+    async def create_client(
+        self,
+        roles: Sequence[str],
+        *,
+        name: str | None = None,
+        department: str | None = None,
+        jwk: dict[str, Any] | None = None,
+        rate_per_second: float | None = None,
+        rate_burst: int | None = None,
+    ) -> m.NewClientOut:
+        """An admin client: register a client of its department; keep the returned secret,
+        which is shown this once."""
+        options: dict[str, Any] = {
+            "name": name,
+            "department": department,
+            "jwk": jwk,
+            "rate_per_second": rate_per_second,
+            "rate_burst": rate_burst,
+        }
+        # Only what was given is sent (the service fills in the rest).
+        body = m.ClientIn.model_validate(
+            {"roles": list(roles), **{k: v for k, v in options.items() if v is not None}}
+        )
+        return await self._call(m.NewClientOut, "POST", "/v1/clients", body=body)
+
+    async def disable_client(self, client_id: str) -> m.ClientOut:
+        """An admin client: disable one of its department's clients, from its next request."""
+        return await self._call(m.ClientOut, "POST", f"/v1/clients/{quote(client_id, safe='')}/disable")
+
     async def list_subscriptions(
         self, *, cursor: str | None = None, limit: int | None = None
     ) -> m.SubscriptionPage:

@@ -483,6 +483,41 @@ class CaseOut(Response):
     closed_at: datetime | None
 
 
+# --- clients (an admin client's own department) ------------------------------------------
+
+
+class ClientIn(Request):
+    """A client to register: ``roles`` from consumer, writer, registrar and data-owner; with
+    ``jwk`` (a public key) it authenticates with private_key_jwt and gets no secret."""
+
+    roles: list[str]
+    department: str | None = None
+    name: str | None = None
+    jwk: dict[str, Any] | None = None
+    rate_per_second: float | None = None
+    rate_burst: int | None = None
+
+
+class NewClientOut(Response):
+    client_id: str
+    # In this answer only: the service keeps its hash. None for a private_key_jwt client.
+    client_secret: str | None = None
+
+
+class ClientOut(Response):
+    client_id: str
+    name: str
+    department: str
+    roles: list[str]
+    auth_method: Literal["client_secret", "private_key_jwt"]
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+class ClientList(Response):
+    items: list[ClientOut]
+
+
 # --- audit (shapes fixed by DESIGN.md; the server declares them as plain objects) ---------
 
 

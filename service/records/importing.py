@@ -264,13 +264,17 @@ class _Importer:
             conn, self.keyring, self.catalog, [a.national_id for a in accepted], [a.index for a in accepted]
         )
         ahead = prepared.ahead
+
+        def held() -> None:
+            # Before this batch's inserts: the next batch is prepared while they run.
+            if on_next_key_id is not None and ahead is not None:
+                on_next_key_id(ahead.keys.next_id)
+
         if (
             ahead is not None
             and not found
-            and await seeding.store_registrations_ahead(conn, self.keyring, ahead)
+            and await seeding.store_registrations_ahead(conn, self.keyring, ahead, held)
         ):
-            if on_next_key_id is not None:
-                on_next_key_id(ahead.keys.next_id)
             audit_rows = ahead.audit_rows
             batch.counts.registered = len(ahead.citizen_ids)
         else:

@@ -11,7 +11,7 @@ batch instead of several per value.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -180,14 +180,17 @@ def registered_rows(
 
 
 async def store_registrations_ahead(
-    conn: AsyncConnection, keyring: Keyring, ahead: RegistrationsAhead
+    conn: AsyncConnection, keyring: Keyring, ahead: RegistrationsAhead, on_held: Callable[[], None]
 ) -> bool:
     """Store registrations made ahead, in the caller's transaction on ``conn``, which holds
     SQLite's write lock and has found none of the citizens registered. False, with nothing
     written, if their data keys no longer hold (another writer made keys meanwhile, or
-    the KEK was rotated): the caller stores the citizens with ``store_registrations``."""
+    the KEK was rotated): the caller stores the citizens with ``store_registrations``.
+    ``on_held`` is called once the keys are known to hold, before the inserts (the import
+    starts preparing the next batch then)."""
     if not await keyring.data_keys_ahead_hold(conn, ahead.keys):
         return False
+    on_held()
     await repository.insert_citizens(conn, ahead.citizen_ids, ahead.written_by, ahead.started)
     await keyring.store_data_keys_ahead(conn, ahead.keys)
     await repository.insert_values(conn, ahead.value_rows)

@@ -1,11 +1,18 @@
 """The sequencer: leaf indices in commit order, the Merkle tree, signed checkpoints.
 
-Each round is one transaction that starts by updating the single ``audit_sequencer``
-row. That write locks the row (PostgreSQL) or the database (SQLite) before anything is
-read, so however many processes run a sequencer, rounds happen one at a time and each
-sees the state the previous one left. Entries are taken in id order after the last one
-sequenced; the writers' append lock makes id order the commit order, so no entry that
-commits later can have an id below one already sequenced.
+Each round reads and computes first, on a read-only connection: the sequencer's state,
+the entries after the last one sequenced (in id order), their leaves and the tree's new
+nodes, and a signed checkpoint when one is due. Only then does it write, in one short
+transaction that starts by updating the single ``audit_sequencer`` row on condition that
+it still holds the state the round read. That write locks the row (PostgreSQL) or the
+database (SQLite), so however many processes run a sequencer, rounds commit one at a
+time and each builds on the state the previous one left; a round whose state was moved
+meanwhile writes nothing, and the next starts from the new state. Hashing and signing
+happen outside the write lock, so the audit writers of the serving processes wait for a
+round's inserts only, not for its computation.
+
+The writers' append lock makes id order the commit order, so no entry that commits later
+can have an id below one already sequenced.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,6 +42,21 @@ class SequencerConfig:
     checkpoint_interval: float = 1.0
     batch_size: int = 5000
     poll_interval: float = 0.05
+
+
+@dataclass(frozen=True)
+class _Round:
+    """A round computed from the state ``read`` (tree size, last entry id, last checkpoint
+    size): what it adds, and its signed checkpoint note if one is due."""
+
+    read: tuple[int, int, int]
+    leaves: list[dict[str, int]]
+    nodes: list[dict[str, object]]
+    size: int
+    last_entry_id: int
+    root: bytes
+    note: str | None
+    prepared_at: float
 
 
 class Sequencer:
@@ -58,54 +80,38 @@ class Sequencer:
 
     async def run_once(self) -> int:
         """Sequence what has committed since the last round; return how many leaves were added."""
-        if not await self._has_work():
-            return 0
         self._signed_this_round = False
         try:
+            async with self.engine.connect() as conn:
+                prepared = await self._prepare(conn)
+                await conn.rollback()
+            if prepared is None:
+                return 0
             async with self.engine.begin() as conn:
-                added = await self._round(conn)
+                stored = await self._store(conn, prepared)
         except Exception:
             # The in-memory edge may be ahead of what committed: reload it next round.
             self._range = None
             raise
-        if self._signed_this_round:
+        if not stored:
+            # Another sequencer moved the state since this round read it: start again from it.
+            self._range = None
+            return 0
+        if prepared.note is not None:
+            self._last_checkpoint_at = prepared.prepared_at
+            self._signed_this_round = True
             self.checkpoint_signed.set()
-        return added
+        return len(prepared.leaves)
 
-    async def _has_work(self) -> bool:
-        """A read-only look first, so an idle sequencer never takes the write lock."""
-        async with self.engine.connect() as conn:
-            state = (
-                await conn.execute(
-                    select(
-                        AuditSequencerState.tree_size,
-                        AuditSequencerState.last_entry_id,
-                        AuditSequencerState.last_checkpoint_size,
-                    ).where(AuditSequencerState.id == 1)
-                )
-            ).one()
-            newest = (await conn.execute(select(func.max(AuditEntryRow.id)))).scalar()
-            await conn.rollback()
-        size, last_entry_id, checkpoint_size = state
-        if newest is not None and newest > last_entry_id:
-            return True
-        return size > checkpoint_size and (
-            time.monotonic() - self._last_checkpoint_at >= self.config.checkpoint_interval
-        )
-
-    async def _round(self, conn: AsyncConnection) -> int:
+    async def _prepare(self, conn: AsyncConnection) -> _Round | None:
+        """Read the state and the entries after it, and compute the round: its leaves, new
+        nodes and checkpoint (signed), or None when there is nothing to do. Read-only."""
         state = AuditSequencerState
         size, last_entry_id, checkpoint_size = (
             await conn.execute(
-                update(state)
-                .where(state.id == 1)
-                .values(heartbeat=utcnow())
-                .returning(state.tree_size, state.last_entry_id, state.last_checkpoint_size)
+                select(state.tree_size, state.last_entry_id, state.last_checkpoint_size).where(state.id == 1)
             )
         ).one()
-        if self._range is None or self._range.size != size:
-            self._range = await self._load_range(conn, size)
-        compact = self._range
         rows = (
             await conn.execute(
                 select(AuditEntryRow.id, AuditEntryRow.canonical)
@@ -114,40 +120,74 @@ class Sequencer:
                 .limit(self.config.batch_size)
             )
         ).all()
+        now = time.monotonic()
+        if not rows and not (
+            size > checkpoint_size and now - self._last_checkpoint_at >= self.config.checkpoint_interval
+        ):
+            return None
+        if self._range is None or self._range.size != size:
+            self._range = await self._load_range(conn, size)
+        compact = self._range
         leaves: list[dict[str, int]] = []
         nodes: list[dict[str, object]] = []
         for entry_id, canonical in rows:
-            leaf_index = compact.size
-            leaves.append({"leaf_index": leaf_index, "entry_id": entry_id})
+            leaves.append({"leaf_index": compact.size, "entry_id": entry_id})
             for level, index, digest in compact.append(merkle.leaf_hash(canonical.encode())):
                 nodes.append({"level": level, "index": index, "hash": digest})
-        if rows:
-            await conn.execute(insert(AuditLeaf), leaves)
-            await conn.execute(insert(AuditNode), nodes)
-            last_entry_id = rows[-1][0]
         new_size = compact.size
-        now = time.monotonic()
         due = new_size > checkpoint_size and (
             new_size - checkpoint_size >= self.config.checkpoint_every
             or now - self._last_checkpoint_at >= self.config.checkpoint_interval
         )
+        note = None
+        root = b""
         if due:
             root = compact.root()
             note = self.signer.sign(Checkpoint(self.config.origin, new_size, root).body())
+        return _Round(
+            read=(size, last_entry_id, checkpoint_size),
+            leaves=leaves,
+            nodes=nodes,
+            size=new_size,
+            last_entry_id=rows[-1][0] if rows else last_entry_id,
+            root=root,
+            note=note,
+            prepared_at=now,
+        )
+
+    async def _store(self, conn: AsyncConnection, prepared: _Round) -> bool:
+        """Write ``prepared`` if the state is still the one it was computed from; False if
+        another sequencer moved it first (nothing is written)."""
+        state = AuditSequencerState
+        size, last_entry_id, checkpoint_size = prepared.read
+        moved = await conn.execute(
+            update(state)
+            .where(
+                state.id == 1,
+                state.tree_size == size,
+                state.last_entry_id == last_entry_id,
+                state.last_checkpoint_size == checkpoint_size,
+            )
+            .values(
+                heartbeat=utcnow(),
+                tree_size=prepared.size,
+                last_entry_id=prepared.last_entry_id,
+                last_checkpoint_size=prepared.size if prepared.note is not None else checkpoint_size,
+            )
+            .returning(state.id)
+        )
+        if moved.first() is None:
+            return False
+        if prepared.leaves:
+            await conn.execute(insert(AuditLeaf), prepared.leaves)
+            await conn.execute(insert(AuditNode), prepared.nodes)
+        if prepared.note is not None:
             await conn.execute(
                 insert(AuditCheckpoint).values(
-                    tree_size=new_size, root_hash=root, note=note, created_at=utcnow()
+                    tree_size=prepared.size, root_hash=prepared.root, note=prepared.note, created_at=utcnow()
                 )
             )
-            checkpoint_size = new_size
-            self._last_checkpoint_at = now
-            self._signed_this_round = True
-        await conn.execute(
-            update(state)
-            .where(state.id == 1)
-            .values(tree_size=new_size, last_entry_id=last_entry_id, last_checkpoint_size=checkpoint_size)
-        )
-        return len(rows)
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Round after round until ``stop`` is set; a failed round is logged and retried."""

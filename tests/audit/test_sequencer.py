@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit import merkle, proofs
 from service.audit import repository as audit_repository
@@ -85,6 +86,47 @@ class TestSequencer:
             compact.append(nodes[(0, i)])
         assert size == 11
         assert NoteVerifier.parse(signer.verifier_key()).open_checkpoint(note).root_hash == compact.root()
+
+    async def test_a_round_raced_by_another_sequencer_writes_nothing(
+        self, scratch_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        signer = make_signer()
+        first = make_sequencer(scratch_engine, signer, every=3)
+        second = make_sequencer(scratch_engine, signer, every=3)
+        ids = await _append(scratch_engine, 5)
+        prepare = first._prepare
+
+        async def prepare_then_lose_the_race(conn: AsyncConnection) -> Any:
+            prepared = await prepare(conn)
+            # Another process sequences the same entries while this round computes.
+            await sequence_all(second)
+            return prepared
+
+        monkeypatch.setattr(first, "_prepare", prepare_then_lose_the_race)
+        assert await first.run_once() == 0
+        monkeypatch.undo()
+        ids += await _append(scratch_engine, 4)
+        await sequence_all(first)  # continues from the state the other left
+
+        async with scratch_engine.connect() as conn:
+            leaves = (
+                await conn.execute(
+                    select(AuditLeaf.leaf_index, AuditLeaf.entry_id).order_by(AuditLeaf.leaf_index)
+                )
+            ).all()
+            nodes = await audit_repository.read_nodes(conn, [(0, i) for i in range(len(ids))])
+            checkpoints = await audit_repository.all_checkpoints(conn)
+        assert [leaf for leaf, _ in leaves] == list(range(9))
+        assert [entry for _, entry in leaves] == ids
+        verifier = NoteVerifier.parse(signer.verifier_key())
+        compact = merkle.CompactRange()
+        roots = {}
+        for i in range(len(ids)):
+            compact.append(nodes[(0, i)])
+            roots[compact.size] = compact.root()
+        assert checkpoints
+        for _id, size, _root, note in checkpoints:
+            assert verifier.open_checkpoint(note).root_hash == roots[size]
 
     async def test_bad_proof_requests_are_refused(self, scratch_engine: AsyncEngine) -> None:
         async with scratch_engine.connect() as conn:

@@ -8,8 +8,11 @@ the purpose, the basis and legal basis, and the time; never a value. The read pa
 does nothing more than append its audit entry, as before.
 
 Exactly once: the notices and the worker's new position commit in one transaction, under
-the lock of the worker's row. Notices are made only while some portal subscribes; what
-happens before that is not told (the access log has it).
+the lock of the worker's row, on condition that the position is still the one the notices
+were made from. A round reads the entries and makes their notices first, without the
+lock, so the audit writers of the serving processes (on SQLite, at the same one write
+lock) wait for its inserts only. Notices are made only while some portal subscribes;
+what happens before that is not told (the access log has it).
 
 An access under delayed disclosure (``service.cases.rules``) is held instead, and added
 to the outbox when its case is closed or its maximum delay has passed, with its original
@@ -21,6 +24,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -82,6 +86,16 @@ def _notice_row(
     }
 
 
+@dataclass(frozen=True)
+class _Made:
+    """A round's notices made from the audit: the worker's position after them, the
+    notices for the outbox, and those held under delayed disclosure."""
+
+    position: int
+    notices: list[dict[str, Any]]
+    held: list[dict[str, Any]]
+
+
 class NoticeWorker:
     """Turns audit entries into access notices and releases held ones; ``run_once`` is one
     round. Several may run against one database: rounds take turns on the worker's row."""
@@ -101,34 +115,43 @@ class NoticeWorker:
             return 0
         self._next_round = time.monotonic() + self.interval
         async with self.engine.connect() as conn:
-            # A look first, without the lock, so an idle worker writes nothing.
+            # Read and made first, without the lock; an idle worker writes nothing.
             position = await repository.notice_position(conn)
             watermark = await audit_repository.sequenced_watermark(conn)
             closed = await cases_repository.closed_at(conn, await repository.waiting_cases(conn))
             due = await repository.due_notices(conn, now, list(closed), 1)
+            made = await self._from_audit(conn, position, watermark, now) if position < watermark else None
             await conn.rollback()
-        if position >= watermark and not due:
+        if made is None and not due:
             return 0
         added = 0
         async with self.engine.begin() as conn:
-            position = await repository.lock_notice_state(conn)
+            if await repository.lock_notice_state(conn) != position:
+                # Another worker passed these entries meanwhile: the next round starts after it.
+                self._next_round = 0.0
+                return 0
             await repository.lock_outbox(conn)
-            if position < watermark:
-                added += await self._from_audit(conn, position, watermark, now)
-                if await repository.notice_position(conn) < watermark:
+            if made is not None:
+                await repository.set_notice_position(conn, made.position)
+                await repository.insert_events(conn, made.notices)
+                await repository.hold_notices(conn, made.held)
+                added += len(made.notices)
+                if made.position < watermark:
                     self._next_round = 0.0  # a full batch: the rest at once
             added += await self._release(conn, closed, now)
             if added:
                 await repository.notify_on_commit(conn)
         return added
 
-    async def _from_audit(self, conn: AsyncConnection, position: int, watermark: int, now: datetime) -> int:
+    async def _from_audit(self, conn: AsyncConnection, position: int, watermark: int, now: datetime) -> _Made:
+        """The notices and held notices of the sequenced entries after ``position`` (a batch
+        at most), and the position after them. Reads only."""
         rows = await audit_repository.sequenced_releases(
             conn, position, watermark, NOTICE_ACTIONS, NOTICE_BATCH
         )
-        await repository.set_notice_position(conn, rows[-1][0] if len(rows) == NOTICE_BATCH else watermark)
+        after = rows[-1][0] if len(rows) == NOTICE_BATCH else watermark
         if not rows or not await repository.access_subscribed(conn):
-            return 0
+            return _Made(after, [], [])
         entries = [(entry_id, orjson.loads(canonical)) for entry_id, canonical in rows]
         entries = [(i, e) for i, e in entries if e.get("citizen_id") and e.get("fields_released")]
         terms = await self.terms.of(conn, rules.all_cited(e for _i, e in entries))
@@ -158,9 +181,7 @@ class NoticeWorker:
                         "disclose_by": at + delay,
                     }
                 )
-        await repository.insert_events(conn, notices)
-        await repository.hold_notices(conn, held)
-        return len(notices)
+        return _Made(after, notices, held)
 
     async def _release(
         self, conn: AsyncConnection, closed: Mapping[cases_repository.CaseKey, datetime], now: datetime

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from service.cases.models import Case
 from service.config import Settings
 from service.db import utcnow
 from service.events.models import ACCESS_RECORDED, HeldNotice, NoticeState, OutboxEvent
+from service.events.notices import NoticeWorker
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -212,6 +213,38 @@ class TestAccessNotices:
             told = [json.loads(c)["citizen_id"] for c in rows.scalars()]
         assert told.count(ada) >= 2
         assert told.count(bea) >= 3
+
+    async def test_workers_racing_over_the_same_entries_tell_each_access_once(
+        self, full_app: FastAPI, http: httpx.AsyncClient, events_engine: AsyncEngine
+    ) -> None:
+        act_as(full_app, "portal", "citizen-portal")
+        subscribed = await http.post("/v1/subscriptions", json={"type": ACCESS_RECORDED})
+        assert subscribed.status_code == 201, subscribed.text
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        # Two more workers beside the app's own, each making its notices before it takes
+        # the lock: whichever stores first wins, the others find the position moved.
+        others = [NoticeWorker(events_engine, full_app.state.events.terms, interval=0) for _ in range(2)]
+        stop = asyncio.Event()
+
+        async def race(worker: NoticeWorker) -> None:
+            while not stop.is_set():
+                await worker.run_once(datetime.now(UTC))
+                await asyncio.sleep(0)
+
+        racers = [asyncio.create_task(race(worker)) for worker in others]
+        try:
+            for _ in range(12):
+                assert (await _read(full_app, http, "welfare", ada, "benefit-eligibility")).status_code == 200
+
+            async def all_told() -> bool:
+                return await _notice_rows(events_engine, [ada]) >= 12
+
+            assert await _until(all_told)
+            await asyncio.sleep(0.5)  # rounds still running may only find nothing left
+        finally:
+            stop.set()
+            await asyncio.gather(*racers)
+        assert await _notice_rows(events_engine, [ada]) == 12
 
     async def test_the_feed_carries_notices_and_consumers_cannot_subscribe(
         self, full_app: FastAPI, http: httpx.AsyncClient

@@ -47,15 +47,14 @@ class SequencerConfig:
 @dataclass(frozen=True)
 class _Round:
     """A round computed from the state ``read`` (tree size, last entry id, last checkpoint
-    size): what it adds, and its signed checkpoint note if one is due."""
+    size): what it adds, and the checkpoint (root hash, signed note) if one is due."""
 
     read: tuple[int, int, int]
     leaves: list[dict[str, int]]
     nodes: list[dict[str, object]]
     size: int
     last_entry_id: int
-    root: bytes
-    note: str | None
+    checkpoint: tuple[bytes, str] | None
     prepared_at: float
 
 
@@ -97,7 +96,7 @@ class Sequencer:
             # Another sequencer moved the state since this round read it: start again from it.
             self._range = None
             return 0
-        if prepared.note is not None:
+        if prepared.checkpoint is not None:
             self._last_checkpoint_at = prepared.prepared_at
             self._signed_this_round = True
             self.checkpoint_signed.set()
@@ -139,19 +138,17 @@ class Sequencer:
             new_size - checkpoint_size >= self.config.checkpoint_every
             or now - self._last_checkpoint_at >= self.config.checkpoint_interval
         )
-        note = None
-        root = b""
+        checkpoint = None
         if due:
             root = compact.root()
-            note = self.signer.sign(Checkpoint(self.config.origin, new_size, root).body())
+            checkpoint = (root, self.signer.sign(Checkpoint(self.config.origin, new_size, root).body()))
         return _Round(
             read=(size, last_entry_id, checkpoint_size),
             leaves=leaves,
             nodes=nodes,
             size=new_size,
             last_entry_id=rows[-1][0] if rows else last_entry_id,
-            root=root,
-            note=note,
+            checkpoint=checkpoint,
             prepared_at=now,
         )
 
@@ -172,7 +169,7 @@ class Sequencer:
                 heartbeat=utcnow(),
                 tree_size=prepared.size,
                 last_entry_id=prepared.last_entry_id,
-                last_checkpoint_size=prepared.size if prepared.note is not None else checkpoint_size,
+                last_checkpoint_size=prepared.size if prepared.checkpoint is not None else checkpoint_size,
             )
             .returning(state.id)
         )
@@ -181,10 +178,11 @@ class Sequencer:
         if prepared.leaves:
             await conn.execute(insert(AuditLeaf), prepared.leaves)
             await conn.execute(insert(AuditNode), prepared.nodes)
-        if prepared.note is not None:
+        if prepared.checkpoint is not None:
+            root, note = prepared.checkpoint
             await conn.execute(
                 insert(AuditCheckpoint).values(
-                    tree_size=prepared.size, root_hash=prepared.root, note=prepared.note, created_at=utcnow()
+                    tree_size=prepared.size, root_hash=root, note=note, created_at=utcnow()
                 )
             )
         return True

@@ -174,7 +174,9 @@ class TestFailedCommitOnTheFastPath:
         self, writer: AuditWriter, engine: AsyncEngine, on_postgres: bool
     ) -> None:
         if not on_postgres:
-            pytest.skip("PostgreSQL's append lock")
+            pytest.skip(
+                "needs PostgreSQL: the append lock is a PostgreSQL advisory lock; SQLite has one writer"
+            )
         run = uuid.uuid4().hex
         async with engine.connect() as holder:
             # Hold the append lock, so the writer's batch waits at it, then end its session.

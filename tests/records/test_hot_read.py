@@ -94,7 +94,12 @@ class Wrapped:
 
 
 async def _both(
-    env: RecordsEnv, url: str, params: dict[str, str], headers: dict[str, str], *, front: bool = True
+    env: RecordsEnv,
+    url: str,
+    params: httpx.QueryParams | dict[str, str],
+    headers: dict[str, str],
+    *,
+    front: bool = True,
 ) -> tuple[Any, Any, int]:
     """(hot, declared, how many the hot handlers served) for one request sent twice; with
     ``front`` off, a layer wraps the stack so the front stands aside."""
@@ -171,6 +176,18 @@ class TestHotReadMatchesDeclaredRoute:
             assert served == 0  # refused by raising, in the hot handler
             assert hot == declared
             assert hot[0] == status
+
+    async def test_a_repeated_parameter_is_read_as_the_declared_route_reads_it(
+        self, records_env: RecordsEnv
+    ) -> None:
+        citizen_id, _ = await records_env.register(given_name="Cy", address="1 High St")
+        params = httpx.QueryParams(
+            [("purpose", "no-such-purpose"), ("fields", "address"), ("purpose", "benefit-eligibility")]
+        )
+        hot, declared, served = await _both(records_env, f"/v1/citizens/{citizen_id}", params, WELFARE)
+        assert (served, hot[0]) == (1, 200)
+        assert hot == declared
+        assert list(hot[2]["fields"]) == ["address"]
 
     async def test_unknown_citizen_is_404(self, records_env: RecordsEnv) -> None:
         hot, declared, _served = await _both(records_env, "/v1/citizens/no-such-citizen", READ, WELFARE)

@@ -14,6 +14,7 @@ All three select the column lists of ``repository.py`` and return the same rows
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -58,6 +59,12 @@ def _citizen_with_values_sql(fields: str, postgres: bool) -> str:
 
 
 _CITIZEN_WITH_VALUES_PG = _citizen_with_values_sql("field = ANY($2::text[])", postgres=True)
+
+
+@functools.lru_cache(maxsize=128)
+def _sqlite_citizen_with_values(fields: int) -> str:
+    """The SQLite statement for ``fields`` field names, made once per count."""
+    return _citizen_with_values_sql(f"field IN ({','.join('?' * fields)})", postgres=False)
 
 
 class CitizenStore(Protocol):
@@ -206,7 +213,7 @@ class SqliteStore:
     ) -> tuple[CitizenRow | None, list[ValueRow]]:
         if not fields:
             return (await self.citizens([citizen_id])).get(citizen_id), []
-        query = _citizen_with_values_sql(f"field IN ({','.join('?' * len(fields))})", postgres=False)
+        query = _sqlite_citizen_with_values(len(fields))
         return _split(await self.reads.rows(query, (citizen_id, citizen_id, *fields, citizen_id, status)))
 
     async def close(self) -> None:

@@ -44,7 +44,7 @@ class BatchWorker:
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
         self._process = context.Process(
-            target=_serve, args=(child, make), name="tellonce-import-worker", daemon=True
+            target=_serve, args=(child, self._conn, make), name="tellonce-import-worker", daemon=True
         )
         self._process.start()
         self._asked = False
@@ -93,7 +93,11 @@ class BatchWorker:
         self._conn.close()
 
 
-def _serve(conn: Connection, make: Callable[[Any], Any]) -> None:
+def _serve(conn: Connection, parents_end: Connection, make: Callable[[Any], Any]) -> None:
+    # The copy of the importing process's end that the fork gave this process: closed, so
+    # that end closes when the importing process ends, even by kill -9, and this one
+    # then reads the end of the pipe and exits.
+    parents_end.close()
     # The parent's objects (engine, connections, open files) are never released here:
     # nothing inherited is collected, and the worker leaves by os._exit, running no
     # finaliser or exit handler of the parent's.

@@ -631,9 +631,17 @@ class TestResume:
                 assert process.poll() is None, "the import ended before it could be killed"
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
+            # Past the first batch: the worker process preparing batches is running.
+            workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
             process.send_signal(signal.SIGKILL)
         finally:
             process.wait(timeout=30)
+        assert workers
+        # The worker sees its parent gone and ends: none is left behind.
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the import's worker outlived the killed import"
+            time.sleep(0.05)
         killed_at = await self._committed_line(store)
         assert 0 < killed_at < 6001
 
@@ -718,6 +726,15 @@ class TestResume:
                 )
             ).scalar_one_or_none()
         return int(line or 0)
+
+
+def _running(pid: str) -> bool:
+    """Whether the process exists and has not exited (a zombie waits only to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class TestAuditAfterImport:

@@ -38,6 +38,7 @@ from service.audit.sequencer import Sequencer, SequencerConfig
 from service.catalog import service as catalog_service
 from service.config import Settings
 from service.crypto.keyring import Keyring
+from service.crypto.models import DataKeyRecord
 from service.db import create_engine
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
@@ -304,6 +305,43 @@ class TestDataKeysMadeAhead:
         assert imported.report.counts.registered == 300
         assert stored == [False, False]
         await self._assert_read_back(store, people[::50])
+
+    async def test_keys_made_ahead_under_a_kek_rotated_since_are_made_afresh(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        stored = self._spy(monkeypatch)
+        versions: list[int] = []
+        answer = import_worker.BatchWorker.answer
+
+        async def rotates_after_first(worker: import_worker.BatchWorker) -> Any:
+            prepared = await answer(worker)
+            if not versions:
+                # A rotation commits after the worker wrapped batch 2's keys.
+                async with store.engine.begin() as conn:
+                    rotated = await store.keyring.create_kek_version(conn, "register")
+                assert rotated is not None
+                versions.append(rotated.version)
+            return prepared
+
+        monkeypatch.setattr(import_worker.BatchWorker, "answer", rotates_after_first)
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
+
+        imported = await _import(
+            store, _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, people), batch_size=100
+        )
+
+        assert imported.report.counts.registered == 300
+        # Batches 2 and 3 were made ahead under the old version: both stored afresh.
+        assert stored == [False, False]
+        await self._assert_read_back(store, people[::50])
+        later = [await _lookup(store, person["national_id"]) for person in people[100::40]]
+        wrapped_under = await _count(
+            store,
+            select(func.count()).where(
+                DataKeyRecord.citizen_id.in_(later), DataKeyRecord.kek_version == versions[0]
+            ),
+        )
+        assert wrapped_under == len(later)
 
     async def test_a_batch_with_registered_citizens_is_stored_afresh(
         self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

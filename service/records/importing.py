@@ -496,18 +496,18 @@ async def _import_with_worker(
     batch_size: int,
 ) -> int:
     """Register mode: each batch in its own transaction, committed in file order, while a
-    worker process (``import_worker``, forked after the first batch) reads, checks and
-    encrypts the next one. The last line done (0: none).
+    worker process (``import_worker``) reads, checks and encrypts the next one. The last
+    line done (0: none).
 
-    The first batch is prepared here and stored the ordinary way: it may make the
-    department's KEK, and it tells the keys made ahead which KEK to wrap under (the
-    worker inherits it; until a batch has registered someone, batches go this way). For
-    each later batch the worker gets the data-key ids to use:
-    on SQLite the next ones after the batch before (a guess, checked under the write
-    lock), on PostgreSQL ids drawn from the sequence. On PostgreSQL a batch is also
-    written while the one before it commits (``_import_overlapped``'s two connections).
-    The worker's failure fails the import (``import_worker.WorkerFailed``); batches
-    committed before it stay, as after any failure."""
+    Batches are prepared here and stored the ordinary way until one has registered
+    someone: it may make the department's KEK, and tells the keys made ahead which KEK
+    to wrap under (the worker, forked then, inherits it and the national ids seen so
+    far). For each later batch the worker gets the data-key ids to use: on SQLite the
+    next ones after the batch before (a guess, checked under the write lock), on
+    PostgreSQL ids drawn from the sequence. On PostgreSQL a batch is also written while
+    the one before it commits (two connections, as in ``_import_overlapped``). The
+    worker's failure fails the import (``import_worker.WorkerFailed``); batches committed
+    before it stay, as after any failure."""
     last_line = 0
     while importer.kek is None:
         rows = next(batches, None)

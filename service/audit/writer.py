@@ -383,9 +383,11 @@ class SqliteBatches:
         never blocks a writer. A failure is logged; the next one opens a fresh connection."""
         try:
             if self._checkpoint_connection is None:
-                self._checkpoint_connection = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False
-                )
+                connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._checkpoint_connection = connection
+                # synchronous=FULL among them: the log is synced before pages are copied
+                # out of it, and the database file after.
+                sqlite_pragmas(connection, None)
             self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self.checkpoints += 1
         except sqlite3.Error:

@@ -22,10 +22,10 @@ key, blind index and import audit entry.
 Sizes: ``BENCH_SCALE_SQLITE`` (default ``10000,1000000``) and ``BENCH_SCALE_POSTGRES``
 (default ``10000,1000000``), comma-separated, the first the baseline; empty skips that
 database. ``python -m bench.scale --sqlite 10000,100000 --postgres 10000,5000000`` sets
-them too. PostgreSQL stops at a million by default for time, not disk: the import ran at
-500 to 1,400 citizens/s on PostgreSQL on this shared two-core machine, so five million
-would take one to three hours, while the disk (about 4 GiB per further million citizens,
-78 GB free) would hold over fifteen million.
+them too. PostgreSQL stops at a million by default for time, not disk: five million took
+47 minutes end to end on this shared two-core machine (the import at about 1,950
+citizens/s under load), while the disk (about 4 GiB per million citizens, 78 GB free)
+would hold over fifteen million.
 Files go under ``BENCH_SCALE_DIR`` (default: the system temporary folder) and are removed
 at the end. Needs ``wrk``.
 """

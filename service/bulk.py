@@ -58,11 +58,7 @@ async def insert_rows_returning_ids(
     if not rows:
         return []
     if conn.dialect.name == "postgresql":
-        drawn = await conn.exec_driver_sql(
-            f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "  # noqa: S608
-            f"FROM generate_series(1, {len(rows)})"
-        )
-        ids = sorted(int(row_id) for row_id in drawn.scalars())
+        ids = await draw_ids(conn, table, len(rows))
         await insert_rows(
             conn, table, ["id", *columns], [(row_id, *row) for row_id, row in zip(ids, rows, strict=True)]
         )
@@ -70,6 +66,19 @@ async def insert_rows_returning_ids(
     await insert_rows(conn, table, columns, rows)
     last = int((await conn.exec_driver_sql(f"SELECT max(id) FROM {table.name}")).scalar_one())  # noqa: S608
     return list(range(last - len(rows) + 1, last + 1))
+
+
+async def draw_ids(conn: AsyncConnection, table: Table, count: int) -> list[int]:
+    """PostgreSQL: ``count`` new ids from the sequence of ``table``'s ``id`` column, in
+    increasing order (another session drawing at the same time may leave gaps between
+    them)."""
+    if count <= 0:
+        return []
+    drawn = await conn.exec_driver_sql(
+        f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "  # noqa: S608
+        f"FROM generate_series(1, {int(count)})"
+    )
+    return sorted(int(row_id) for row_id in drawn.scalars())
 
 
 def _sqlite_rows(

@@ -86,6 +86,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The database file of a SQLite engine, or None (PostgreSQL, in-memory, a URI): what
+    a component that opens its own ``sqlite3`` connections to the same file needs."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else database
+
+
 def ensure_sqlite_dir(url: str) -> None:
     """Create the folder of a file-backed SQLite URL, so a fresh checkout just works, and
     the database file readable by its owner only (0600, like the key files).

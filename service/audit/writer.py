@@ -10,7 +10,9 @@ entry of that batch gets ``AuditUnavailable`` and its handler releases no data.
 
 On a SQLite file the batches go to ``SqliteBatches``: one thread owning one ``sqlite3``
 connection, which runs a whole batch (BEGIN IMMEDIATE, executemany, COMMIT) in one call,
-so the event loop hands off once per batch instead of once per statement.
+so the event loop hands off once per batch instead of once per statement. It waits for
+SQLite's one write lock in short steps of its own, and leaves WAL checkpoints to a second
+thread, so that neither lands inside a batch's wait (``bench/README.md``, the -c1 tail).
 
 On PostgreSQL each batch is one statement in one round trip: it takes a
 transaction-scoped advisory lock before inserting, so entry ids are handed out in commit
@@ -23,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -39,6 +42,7 @@ from service import tracing
 from service.audit.errors import AuditUnavailable
 from service.audit.schemas import AuditEntry, entry_canonical
 from service.db import _sqlite_pragmas as sqlite_pragmas
+from service.db import sqlite_file
 
 logger = logging.getLogger("tellonce.audit")
 
@@ -221,6 +225,24 @@ async def append_rows_in_transaction(conn: AsyncConnection, rows: Sequence[Value
         raise AuditUnavailable("The audit entries could not be written; nothing was changed.") from exc
 
 
+# How long a SQLite batch waits for the write lock (the serving processes' writers, the
+# sequencer and the notice worker share it) before it fails closed; the engine's busy
+# timeout is as long.
+LOCK_WAIT_SECONDS = 10.0
+# The writer tries again after these sleeps (the last repeating) instead of SQLite's busy
+# handler, which sleeps 1, 2, 5, 10, 15 ms... between tries: a batch that found the lock
+# held for half a millisecond waited 1 to 3 ms, and one held for 2 ms waited 8.
+_LOCK_RETRY_SLEEPS = (0.00005, 0.0001, 0.0002, 0.0005)
+# A PASSIVE checkpoint is started once this many rows, or batches, have committed since the
+# last one: about SQLite's own 1,000-page threshold at a secured read's 8 pages a row.
+CHECKPOINT_ROWS = 1000
+CHECKPOINT_BATCHES = 128
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
 class SqliteBatches:
     """Batches into a SQLite file on one thread that owns one ``sqlite3`` connection.
 
@@ -229,20 +251,33 @@ class SqliteBatches:
     the whole transaction in one call on the thread and the loop awaits one future. The
     connection has the service engine's pragmas (WAL, synchronous=FULL: the commit is on
     disk before ``write`` returns). After any failure it is closed and the next batch opens
-    a fresh one, so a replaced or restored database file is picked up."""
+    a fresh one, so a replaced or restored database file is picked up.
+
+    Two things that made the latency of a lone read jump (measured under ``wrk -c1``) are
+    kept out of a batch's path:
+
+    - waiting for the write lock: the connection's busy timeout is 0 and ``BEGIN
+      IMMEDIATE`` is tried again after sleeps of 50 to 500 us, for up to
+      ``LOCK_WAIT_SECONDS`` (then the batch fails, and its callers get 503);
+    - WAL checkpoints: SQLite runs one inside whichever COMMIT takes the log past 1,000
+      pages, so that batch's callers also waited for the pages to be copied and the
+      database file synced. The writer's connection never checkpoints
+      (``wal_autocheckpoint=0``); a second thread runs a PASSIVE checkpoint on its own
+      connection, alongside the next batches, once ``CHECKPOINT_ROWS`` rows or
+      ``CHECKPOINT_BATCHES`` batches have committed since the last. Other processes'
+      connections keep SQLite's automatic checkpoints."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._connection: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-
-    @staticmethod
-    def path_of(engine: AsyncEngine) -> str | None:
-        """The database file of a SQLite engine, or None (PostgreSQL, in-memory, URI)."""
-        database = engine.url.database
-        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-            return None
-        return None if database.startswith("file:") else database
+        # Checkpoints: their thread and connection; the one running; what committed since.
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checkpoint")
+        self._checkpoint_connection: sqlite3.Connection | None = None
+        self._checkpoint: Future[None] | None = None
+        self._rows_since_checkpoint = 0
+        self._batches_since_checkpoint = 0
+        self.checkpoints = 0
 
     async def write(self, rows: Sequence[Values], before_commit: BeforeCommit | None = None) -> list[int]:
         """Insert ``rows`` in one committed transaction; their ids, in order."""
@@ -253,24 +288,54 @@ class SqliteBatches:
         try:
             await before_commit(self._connection)
         except BaseException:
-            await loop.run_in_executor(self._thread, self._end, "ROLLBACK")
+            await loop.run_in_executor(self._thread, self._end, "ROLLBACK", 0)
             raise
-        await loop.run_in_executor(self._thread, self._end, "COMMIT")
+        await loop.run_in_executor(self._thread, self._end, "COMMIT", len(rows))
         return ids
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
         self._thread.shutdown()
+        # Waits for a checkpoint still running.
+        self._checkpointer.shutdown()
+        if self._checkpoint_connection is not None:
+            self._checkpoint_connection.close()
+            self._checkpoint_connection = None
 
     # On the writer thread only.
+    def _open(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            sqlite_pragmas(connection, None)
+            connection.execute("PRAGMA busy_timeout=0")
+            connection.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _begin(self, connection: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, tried again in short sleeps while another connection
+        holds the write lock, for up to ``LOCK_WAIT_SECONDS``."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        tries = 0
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_LOCK_RETRY_SLEEPS[min(tries, len(_LOCK_RETRY_SLEEPS) - 1)])
+            tries += 1
+
     def _write(self, rows: Sequence[Values], commit: bool) -> list[int]:
         if self._connection is None:
-            self._connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            sqlite_pragmas(self._connection, None)
+            self._connection = self._open()
         connection = self._connection
         try:
             # IMMEDIATE: the write lock from the start, so the rowids are consecutive.
-            connection.execute("BEGIN IMMEDIATE")
+            self._begin(connection)
             connection.executemany(_SQLITE_INSERT, [(sqlite_time_text(row[0]), *row[1:]) for row in rows])
             last = int(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
             if commit:
@@ -278,9 +343,11 @@ class SqliteBatches:
         except BaseException:
             self._close()
             raise
+        if commit:
+            self._committed(len(rows))
         return list(range(last - len(rows) + 1, last + 1))
 
-    def _end(self, statement: str) -> None:
+    def _end(self, statement: str, rows: int) -> None:
         if self._connection is None:
             raise sqlite3.OperationalError("the audit writer's connection was lost")
         try:
@@ -288,12 +355,46 @@ class SqliteBatches:
         except BaseException:
             self._close()
             raise
+        if statement == "COMMIT":
+            self._committed(rows)
+
+    def _committed(self, rows: int) -> None:
+        """Count a committed batch; start a checkpoint on the other thread when due and
+        none is running."""
+        self._rows_since_checkpoint += rows
+        self._batches_since_checkpoint += 1
+        due = (
+            self._rows_since_checkpoint >= CHECKPOINT_ROWS
+            or self._batches_since_checkpoint >= CHECKPOINT_BATCHES
+        )
+        if due and (self._checkpoint is None or self._checkpoint.done()):
+            self._rows_since_checkpoint = self._batches_since_checkpoint = 0
+            self._checkpoint = self._checkpointer.submit(self._run_checkpoint)
 
     def _close(self) -> None:
         # Closing with a transaction open rolls it back.
         if self._connection is not None:
             connection, self._connection = self._connection, None
             connection.close()
+
+    # On the checkpoint thread only.
+    def _run_checkpoint(self) -> None:
+        """One PASSIVE checkpoint: it copies what it can without waiting for any lock and
+        never blocks a writer. A failure is logged; the next one opens a fresh connection."""
+        try:
+            if self._checkpoint_connection is None:
+                connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._checkpoint_connection = connection
+                # synchronous=FULL among them: the log is synced before pages are copied
+                # out of it, and the database file after.
+                sqlite_pragmas(connection, None)
+            self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+        except sqlite3.Error:
+            logger.warning("audit writer: WAL checkpoint failed", exc_info=True)
+            if self._checkpoint_connection is not None:
+                self._checkpoint_connection.close()
+                self._checkpoint_connection = None
 
 
 class AuditWriter:
@@ -329,7 +430,7 @@ class AuditWriter:
     async def start(self) -> None:
         if self._task is None:
             self._stopping = False
-            path = SqliteBatches.path_of(self.engine)
+            path = sqlite_file(self.engine)
             self._sqlite = SqliteBatches(path) if path is not None else None
             self._task = asyncio.create_task(self._run(), name="audit-writer")
 

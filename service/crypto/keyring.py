@@ -70,19 +70,29 @@ KeyEventHook = Callable[[KeyEvent], Awaitable[None]]
 
 @dataclass(frozen=True)
 class DataKeysAhead:
-    """Fresh data keys made before their transaction, under ids guessed in advance
-    (``Keyring.data_keys_ahead``): ``keys`` to encrypt with now, ``rows`` to insert once
-    ``Keyring.store_data_keys_ahead`` finds the guess still holds."""
+    """Fresh data keys made before their transaction under ids known or guessed in
+    advance (``Keyring.data_keys_ahead``): ``keys`` to encrypt with now, ``rows`` to insert
+    once ``Keyring.data_keys_ahead_hold`` finds them still good. ``keys`` is empty in a
+    copy sent between processes (``without_material``): a data key is never pickled."""
 
     department: str
     kek_version: int
-    first_id: int
+    ids: list[int]
     keys: list[DataKey]
     rows: list[tuple[Any, ...]]
 
     @property
+    def first_id(self) -> int:
+        return self.ids[0]
+
+    @property
     def next_id(self) -> int:
-        return self.first_id + len(self.keys)
+        """SQLite: the id after these keys' (their ids are consecutive there)."""
+        return self.ids[-1] + 1
+
+    def without_material(self) -> DataKeysAhead:
+        """The same keys with only their wrapped form, for the process that stores them."""
+        return DataKeysAhead(self.department, self.kek_version, self.ids, [], self.rows)
 
 
 async def log_key_event(event: KeyEvent) -> None:
@@ -329,18 +339,21 @@ class Keyring:
         }
 
     def data_keys_ahead(
-        self, kek: Kek, citizen_ids: Sequence[str], first_id: int, created_at: datetime
+        self, kek: Kek, citizen_ids: Sequence[str], key_ids: Sequence[int], created_at: datetime
     ) -> DataKeysAhead:
         """New active data keys of ``kek``'s department for citizens about to be
-        registered, with the ids ``first_id`` onwards, made without the database, so a
-        bulk import on SQLite encrypts one batch while the batch before it is written.
+        registered, with the ids ``key_ids`` (one per citizen, in order), made without the
+        database, so a bulk import prepares one batch (in a worker process) while the
+        batch before it is written.
 
-        SQLite only: there a key's id is ``max(id) + 1`` under the one write lock, so the
-        guess is checked and the rows inserted with these very ids by
-        ``store_data_keys_ahead`` (PostgreSQL draws ids from a sequence instead)."""
+        The ids: on SQLite a guess of the next ones (a key's id is ``max(id) + 1`` under the
+        one write lock), checked by ``data_keys_ahead_hold``; on PostgreSQL drawn from the
+        sequence beforehand (``draw_data_key_ids``), so no other key can have them."""
+        if len(key_ids) < len(citizen_ids):
+            raise ValueError("a data key id is needed for every citizen")
         keys: list[DataKey] = []
         rows: list[tuple[Any, ...]] = []
-        for key_id, citizen_id in enumerate(citizen_ids, first_id):
+        for key_id, citizen_id in zip(key_ids, citizen_ids, strict=False):
             material = KeyMaterial(DataKey.generate_material())
             keys.append(DataKey(key_id, kek.department, kek.version, material))
             rows.append(
@@ -354,16 +367,29 @@ class Keyring:
                     created_at,
                 )
             )
-        return DataKeysAhead(kek.department, kek.version, first_id, keys, rows)
+        ids = list(key_ids[: len(citizen_ids)])
+        return DataKeysAhead(kek.department, kek.version, ids, keys, rows)
 
     async def data_keys_ahead_hold(self, conn: AsyncConnection, ahead: DataKeysAhead) -> bool:
         """Whether keys made ahead can be stored as they are in the transaction on
-        ``conn``, which holds SQLite's write lock: their KEK version is still the active
-        one and their ids are the next ones. If not, the caller makes them afresh."""
-        if conn.dialect.name != "sqlite":
-            return False
+        ``conn``: their KEK version is still the department's active one (PostgreSQL: held
+        FOR SHARE until commit, so a rotation waits) and, on SQLite, where the transaction
+        holds the write lock, their ids are the next ones. If not, the caller makes them
+        afresh."""
         kek = await self.active_kek(conn, ahead.department)
-        return kek.version == ahead.kek_version and await self.next_data_key_id(conn) == ahead.first_id
+        if kek.version != ahead.kek_version:
+            return False
+        if conn.dialect.name != "sqlite":
+            return True
+        next_id = await self.next_data_key_id(conn)
+        return ahead.ids == list(range(next_id, next_id + len(ahead.ids)))
+
+    @staticmethod
+    async def draw_data_key_ids(conn: AsyncConnection, count: int) -> list[int]:
+        """PostgreSQL: ``count`` data-key ids drawn from the table's sequence, in order, for
+        ``data_keys_ahead``. An id drawn and never used leaves a gap, as a rolled-back
+        insert does."""
+        return await bulk.draw_ids(conn, DATA_KEYS, count)
 
     async def store_data_keys_ahead(self, conn: AsyncConnection, ahead: DataKeysAhead) -> None:
         """Insert keys that ``data_keys_ahead_hold`` accepted in this transaction."""

@@ -28,7 +28,7 @@ from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto.keyring import Keyring
 from service.db import Database
-from service.records import importing
+from service.records import import_worker, importing
 from service.records.import_files import ImportFormat
 from service.records.reindex import ReindexResult, rebuild_blind_indexes
 
@@ -187,6 +187,13 @@ def import_file(
     except importing.ImportRefused as exc:
         errors.print(f"tellonce import: {exc}", markup=False)
         raise typer.Exit(2) from None
+    except import_worker.WorkerFailed as exc:
+        # Names the exception's type and place, never a value.
+        errors.print(
+            f"tellonce import: {exc}; every committed batch is kept: run again with --resume to continue",
+            markup=False,
+        )
+        raise typer.Exit(1) from None
     except SQLAlchemyError as exc:
         # The driver's message, never the statement's parameters (ciphertexts, blind indexes).
         original = exc.orig if isinstance(exc, DBAPIError) else None

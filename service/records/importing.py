@@ -38,7 +38,7 @@ from service.auth.facts import RequestFacts
 from service.crypto.keyring import Kek, Keyring
 from service.errors import ServiceError
 from service.events import service as events_service
-from service.records import import_files, import_progress, repository, seeding, values
+from service.records import import_files, import_progress, import_worker, repository, seeding, values
 from service.records.import_files import SourceRow
 from service.records.import_plan import ImportMode, ImportPlan, ImportRefused, column_problems, plan_import
 from service.records.service import comparable_national_id, now, plaintexts, registered_national_ids
@@ -130,13 +130,19 @@ class _Accepted:
 
 @dataclass
 class _Prepared:
-    """One batch as ``_Importer.prepare`` leaves it for its transaction."""
+    """One batch as ``_Importer.prepare`` leaves it for its transaction: its last line, the
+    outcome so far, the accepted rows, and in register mode possibly its new citizens made
+    ahead. Sent from the worker process without key material (``portable``)."""
 
-    rows: Sequence[SourceRow]
+    last_line: int
     batch: _Batch
     accepted: list[_Accepted]
     started: datetime
     ahead: seeding.RegistrationsAhead | None = None
+
+    def portable(self) -> _Prepared:
+        ahead = self.ahead.without_material() if self.ahead is not None else None
+        return _Prepared(self.last_line, self.batch, self.accepted, self.started, ahead)
 
 
 class _Importer:
@@ -157,9 +163,11 @@ class _Importer:
         # of rows; two different ids sharing them (odds about n^2 / 2^65) would make the
         # later one be refused as a repeat, never stored twice.
         self.seen: set[int] = set()
-        # The department's active KEK as the last batch's transaction saw it (SQLite,
-        # register mode), for the next batch's data keys made ahead.
+        # Register mode: the department's active KEK as the last batch's transaction saw
+        # it, for the next batches' data keys made ahead; on SQLite also the id of the
+        # next data key after the last batch written.
         self.kek: Kek | None = None
+        self.next_key_id: int | None = None
 
     def rows(self, after_line: int) -> Iterator[SourceRow]:
         return import_files.rows(self.plan.path, self.plan.file_format, self.catalog, after_line=after_line)
@@ -219,16 +227,17 @@ class _Importer:
         self.seen.add(key)
         return _Accepted(row.line, clean, national_id, index)
 
-    def prepare(self, rows: Sequence[SourceRow], first_key_id: int | None) -> _Prepared:
-        """Check one batch's rows before its transaction. With ``first_key_id`` (SQLite,
-        register mode, once a batch has seen the department's KEK), also make the new
-        citizens' data keys from that id on, encrypt their values and build their audit
-        entries, as if none were registered; ``write_batch`` stores them only if that and
-        the key ids still hold, and otherwise does the work afresh."""
-        prepared = _Prepared(rows, _Batch(), [], now())
+    def prepare(self, rows: Sequence[SourceRow], key_ids: Sequence[int] | None) -> _Prepared:
+        """Check one batch's rows before its transaction. With ``key_ids`` (register mode,
+        once a batch has seen the department's KEK: guessed on SQLite, drawn from the
+        sequence on PostgreSQL), also make the new citizens' data keys with those ids,
+        encrypt their values and build their audit entries, as if none were registered;
+        ``write_batch`` stores them only if that and the keys still hold, and otherwise
+        does the work afresh."""
+        prepared = _Prepared(rows[-1].line, _Batch(), [], now())
         prepared.batch.counts.rows_read = len(rows)
         prepared.accepted = [a for row in rows if (a := self.check(row, prepared.batch)) is not None]
-        if first_key_id is not None and self.kek is not None and self.plan.mode == "register":
+        if key_ids is not None and self.kek is not None and self.plan.mode == "register":
             prepared.ahead = seeding.registrations_ahead(
                 self.keyring,
                 self.catalog,
@@ -236,57 +245,51 @@ class _Importer:
                 self.kek,
                 [a.clean for a in prepared.accepted],
                 prepared.started,
-                first_key_id=first_key_id,
+                key_ids=key_ids,
             )
         return prepared
 
     async def write_batch(
-        self,
-        conn: AsyncConnection,
-        run_id: int,
-        prepared: _Prepared,
-        after: Awaitable[None] | None,
-        on_next_key_id: Callable[[int], None] | None = None,
+        self, conn: AsyncConnection, run_id: int, prepared: _Prepared, after: Awaitable[None] | None
     ) -> _Batch:
         """Classify and store one prepared batch in the transaction on ``conn``; record its
         progress only once ``after`` (the batch before, still committing) has committed,
-        so batches commit in file order. ``on_next_key_id`` (SQLite, register mode) gets
-        the id of the data key after this batch's, as soon as it is known, for the next
-        batch's ``prepare``."""
+        so batches commit in file order. In register mode, note the department's active
+        KEK and (SQLite) the next data key's id for the batches prepared after it."""
         started = prepared.started
-        if conn.dialect.name == "sqlite":
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
             # A write first: the batch holds SQLite's one write lock before it reads.
             await import_progress.claim_import_run(conn, run_id, started)
-        batch, accepted, rows = prepared.batch, prepared.accepted, prepared.rows
+        batch, accepted = prepared.batch, prepared.accepted
         if self.plan.mode == "register":
             await lock_blind_indexes(conn, [a.index for a in accepted])
         found = await registered_national_ids(
             conn, self.keyring, self.catalog, [a.national_id for a in accepted], [a.index for a in accepted]
         )
         ahead = prepared.ahead
-
-        def held() -> None:
-            # Before this batch's inserts: the next batch is prepared while they run.
-            if on_next_key_id is not None and ahead is not None:
-                on_next_key_id(ahead.keys.next_id)
-
-        if (
+        stored_ahead = (
             ahead is not None
             and not found
-            and await seeding.store_registrations_ahead(conn, self.keyring, ahead, held)
-        ):
+            and await seeding.store_registrations_ahead(conn, self.keyring, ahead)
+        )
+        if ahead is not None and stored_ahead:
             audit_rows = ahead.audit_rows
             batch.counts.registered = len(ahead.citizen_ids)
+            if sqlite:
+                self.next_key_id = ahead.keys.next_id
         else:
             entries = await self._store(conn, batch, accepted, found, started)
             audit_rows = [audit_writer.entry_values(entry) for entry in entries]
-            if on_next_key_id is not None:
+            if self.plan.mode == "register" and batch.counts.registered:
+                # The KEK exists now (this batch's keys were wrapped under it).
                 self.kek = await self.keyring.active_kek(conn, self.plan.department)
-                on_next_key_id(await self.keyring.next_data_key_id(conn))
+                if sqlite:
+                    self.next_key_id = await self.keyring.next_data_key_id(conn)
         if after is not None:
             await after
         await import_progress.advance_import_run(
-            conn, run_id, rows[-1].line, batch.counts.as_dict(), finished=None
+            conn, run_id, prepared.last_line, batch.counts.as_dict(), finished=None
         )
         # Last: on PostgreSQL the append holds the audit's order lock until commit.
         await audit_writer.append_rows_in_transaction(conn, audit_rows)
@@ -418,8 +421,10 @@ async def run_import(
     on_progress(report.counts.rows_read)
     started = time.perf_counter()
     batches = _batches(importer.rows(report.resumed_after_line), batch_size)
-    if engine.dialect.name == "sqlite" and plan.mode == "register":
-        last_line = await _import_pipelined(importer, run_id, batches, report, on_rejections, on_progress)
+    if plan.mode == "register":
+        last_line = await _import_with_worker(
+            importer, run_id, batches, report, on_rejections, on_progress, batch_size
+        )
     else:
         last_line = await _import_overlapped(importer, run_id, batches, report, on_rejections, on_progress)
     async with engine.begin() as conn:
@@ -481,61 +486,86 @@ async def _import_overlapped(
     return last_line
 
 
-async def _import_pipelined(
+async def _import_with_worker(
     importer: _Importer,
     run_id: int,
     batches: Iterator[list[SourceRow]],
     report: ImportReport,
     on_rejections: Callable[[Sequence[Rejection]], None],
     on_progress: Callable[[int], None],
+    batch_size: int,
 ) -> int:
-    """SQLite, register mode: each batch in its own transaction, one at a time (SQLite has
-    one writer), while a worker thread reads, checks and encrypts the next batch
-    (``_Importer.prepare`` with the data-key id the batch being written hands on). The last
+    """Register mode: each batch in its own transaction, committed in file order, while a
+    worker process (``import_worker``) reads, checks and encrypts the next one. The last
     line done (0: none).
 
-    Measured, the two overlap little: ``sqlite3``'s executemany takes the GIL back for every
-    row, so it waits on the worker's Python (``bench/README.md``). Preparing in a forked
-    process instead is the next step; the keys made ahead are what let it work without
-    the database."""
-
-    def prepare_next(first_key_id: int | None) -> _Prepared | None:
-        rows = next(batches, None)
-        return None if rows is None else importer.prepare(rows, first_key_id)
-
+    Batches are prepared here and stored the ordinary way until one has registered
+    someone: it may make the department's KEK, and tells the keys made ahead which KEK
+    to wrap under (the worker, forked then, inherits it and the national ids seen so
+    far). For each later batch the worker gets the data-key ids to use: on SQLite the
+    next ones after the batch before (a guess, checked under the write lock), on
+    PostgreSQL ids drawn from the sequence. On PostgreSQL a batch is also written while
+    the one before it commits (two connections, as in ``_import_overlapped``). The
+    worker's failure fails the import (``import_worker.WorkerFailed``); batches committed
+    before it stay, as after any failure."""
     last_line = 0
-    prepared = prepare_next(None)
-    while prepared is not None:
-        next_key_id: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    while importer.kek is None:
+        rows = next(batches, None)
+        if rows is None:
+            return last_line
+        prepared = importer.prepare(rows, None)
+        await _commit_batch(importer, run_id, prepared, report, on_rejections, on_progress, after=None)
+        last_line = prepared.last_line
+        if len(rows) < batch_size:
+            return last_line
+    engine = importer.engine
+    sqlite = engine.dialect.name == "sqlite"
 
-        def hand_on(key_id: int, future: asyncio.Future[int] = next_key_id) -> None:
-            future.set_result(key_id)
+    async def key_ids(pending: _Prepared | None) -> list[int] | None:
+        """The data-key ids for the batch after ``pending`` (the one not yet written)."""
+        if importer.kek is None:
+            return None
+        if not sqlite:
+            async with engine.connect() as conn:
+                return await importer.keyring.draw_data_key_ids(conn, batch_size)
+        if pending is None:
+            start = importer.next_key_id
+        elif pending.ahead is not None:
+            start = pending.ahead.keys.next_id
+        else:
+            start = importer.next_key_id  # a batch without keys made ahead registers no one
+        return None if start is None else list(range(start, start + batch_size))
 
-        writing = asyncio.create_task(
-            _commit_batch(
-                importer,
-                run_id,
-                prepared,
-                report,
-                on_rejections,
-                on_progress,
-                after=None,
-                on_next_key_id=hand_on,
+    def prepare(ids: list[int] | None) -> _Prepared | None:
+        # Runs in the worker, which reads the file after the first batch on its own.
+        rows = next(following, None)
+        return None if rows is None else importer.prepare(rows, ids).portable()
+
+    following = _batches(importer.rows(last_line), batch_size)
+    worker = import_worker.BatchWorker(prepare)
+    previous: asyncio.Task[None] | None = None
+    current: asyncio.Task[None] | None = None
+    try:
+        worker.ask(await key_ids(None))
+        while (prepared := await worker.answer()) is not None:
+            # The worker prepares the batch after this one while this one is written.
+            worker.ask(await key_ids(prepared))
+            current = asyncio.create_task(
+                _commit_batch(importer, run_id, prepared, report, on_rejections, on_progress, after=previous)
             )
-        )
-        last_line = prepared.rows[-1].line
-        following = None
-        try:
-            waits: set[asyncio.Future[Any]] = {next_key_id, writing}
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if not writing.done() or writing.exception() is None:
-                key_id = next_key_id.result() if next_key_id.done() else None
-                following = await asyncio.to_thread(prepare_next, key_id)
-            await writing
-        finally:
-            if not writing.done():
-                await asyncio.gather(writing, return_exceptions=True)
-        prepared = following
+            last_line = prepared.last_line
+            if previous is not None:
+                await previous
+            previous = current
+            if sqlite:
+                await current
+        if previous is not None:
+            await previous
+    finally:
+        # After a failure: the batch in flight rolls back (it waits on the failed one).
+        if current is not None and not current.done():
+            await asyncio.gather(current, return_exceptions=True)
+        await asyncio.to_thread(worker.close)
     return last_line
 
 
@@ -548,15 +578,14 @@ async def _commit_batch(
     on_progress: Callable[[int], None],
     *,
     after: Awaitable[None] | None,
-    on_next_key_id: Callable[[int], None] | None = None,
 ) -> None:
     async with importer.engine.begin() as conn:
-        batch = await importer.write_batch(conn, run_id, prepared, after, on_next_key_id)
+        batch = await importer.write_batch(conn, run_id, prepared, after)
         if batch.rejections:
             on_rejections(batch.rejections)
     if batch.changed_citizens:
         # Committed: wake feeds and dispatchers waiting in this process.
         events_service.notify()
     report.counts.add(batch.counts)
-    report.rows_this_run += len(prepared.rows)
+    report.rows_this_run += prepared.batch.counts.rows_read
     on_progress(report.counts.rows_read)

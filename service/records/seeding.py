@@ -11,8 +11,8 @@ batch instead of several per value.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -113,6 +113,11 @@ class RegistrationsAhead:
     written_by: str
     started: datetime
 
+    def without_material(self) -> RegistrationsAhead:
+        """The same with the data keys only in their wrapped form, to send to the process
+        that stores them."""
+        return replace(self, keys=self.keys.without_material())
+
 
 def registrations_ahead(
     keyring: Keyring,
@@ -122,22 +127,27 @@ def registrations_ahead(
     cleaned: Sequence[Mapping[str, values.JsonValue]],
     started: datetime,
     *,
-    first_key_id: int,
+    key_ids: Sequence[int],
 ) -> RegistrationsAhead | None:
-    """``store_registrations``' work done without the database, so a bulk import on SQLite
-    prepares one batch while the batch before it is written: the data keys under ``kek``
-    with ids guessed from ``first_key_id`` (``Keyring.data_keys_ahead``), the values
-    encrypted under them, the audit entries' rows. None if there is nothing to register or a
-    citizen has fields of another department than ``kek``'s."""
+    """``store_registrations``' work done without the database, so a bulk import prepares
+    one batch while the batch before it is written: the data keys under ``kek`` with the
+    ids ``key_ids`` (``Keyring.data_keys_ahead``: guessed on SQLite, drawn from the
+    sequence on PostgreSQL), the values encrypted under them, the audit entries' rows. None
+    if there is nothing to register, fewer ids than citizens, or a citizen has fields of
+    another department than ``kek``'s."""
     department = kek.department
-    if not cleaned or any(
-        (spec := catalog.field(name)) is None or spec.owner != department
-        for clean in cleaned
-        for name in clean
+    if (
+        not cleaned
+        or len(key_ids) < len(cleaned)
+        or any(
+            (spec := catalog.field(name)) is None or spec.owner != department
+            for clean in cleaned
+            for name in clean
+        )
     ):
         return None
     ids = [str(uuid.uuid4()) for _ in cleaned]
-    keys = keyring.data_keys_ahead(kek, ids, first_key_id, started)
+    keys = keyring.data_keys_ahead(kek, ids, key_ids, started)
     written_by = facts.principal.client_id
     rows = [
         row
@@ -180,17 +190,15 @@ def registered_rows(
 
 
 async def store_registrations_ahead(
-    conn: AsyncConnection, keyring: Keyring, ahead: RegistrationsAhead, on_held: Callable[[], None]
+    conn: AsyncConnection, keyring: Keyring, ahead: RegistrationsAhead
 ) -> bool:
-    """Store registrations made ahead, in the caller's transaction on ``conn``, which holds
-    SQLite's write lock and has found none of the citizens registered. False, with nothing
-    written, if their data keys no longer hold (another writer made keys meanwhile, or
-    the KEK was rotated): the caller stores the citizens with ``store_registrations``.
-    ``on_held`` is called once the keys are known to hold, before the inserts (the import
-    starts preparing the next batch then)."""
+    """Store registrations made ahead, in the caller's transaction on ``conn``, which has
+    found none of the citizens registered (on SQLite holding the write lock). False, with
+    nothing written, if their data keys no longer hold (the KEK was rotated, or on SQLite
+    another writer made keys meanwhile): the caller stores the citizens with
+    ``store_registrations``."""
     if not await keyring.data_keys_ahead_hold(conn, ahead.keys):
         return False
-    on_held()
     await repository.insert_citizens(conn, ahead.citizen_ids, ahead.written_by, ahead.started)
     await keyring.store_data_keys_ahead(conn, ahead.keys)
     await repository.insert_values(conn, ahead.value_rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.audit import writer as writer_module
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
 from service.audit.writer import APPEND_LOCK_KEY, AuditWriter
@@ -241,3 +243,77 @@ class TestSqliteConnection:
         finally:
             await writer.stop()
             await engine.dispose()
+
+
+class TestSqliteLockAndCheckpoints:
+    """The SQLite writer waits for the write lock in short sleeps of its own (its
+    connection's busy timeout is 0), fails closed once it has waited too long, and leaves
+    WAL checkpoints to its checkpoint thread."""
+
+    @pytest.fixture
+    async def sqlite_engine(self, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+        await upgrade_async(url)
+        engine = create_engine(url)
+        yield engine
+        await engine.dispose()
+
+    async def test_a_batch_waits_for_a_lock_held_elsewhere(self, sqlite_engine: AsyncEngine) -> None:
+        path = sqlite_engine.url.database
+        assert path is not None
+        writer = AuditWriter(sqlite_engine)
+        await writer.start()
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            await writer.append(make_entry(request_id="lock-first"))
+            holder.execute("BEGIN IMMEDIATE")
+            pending = asyncio.ensure_future(writer.append(make_entry(request_id="lock-waited")))
+            await asyncio.sleep(0.2)
+            assert not pending.done(), "the batch should wait while the lock is held"
+            holder.execute("COMMIT")
+            assert await pending > 0
+        finally:
+            holder.close()
+            await writer.stop()
+        assert len(await _stored(sqlite_engine, "lock-waited")) == 1
+
+    async def test_a_batch_that_cannot_get_the_lock_fails_closed(
+        self, sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(writer_module, "LOCK_WAIT_SECONDS", 0.2)
+        path = sqlite_engine.url.database
+        assert path is not None
+        writer = AuditWriter(sqlite_engine)
+        await writer.start()
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            with pytest.raises(AuditUnavailable):
+                await writer.append(make_entry(request_id="lock-refused"))
+            holder.execute("COMMIT")
+            # The lock is free again: the next batch commits.
+            assert await writer.append(make_entry(request_id="lock-after")) > 0
+        finally:
+            holder.close()
+            await writer.stop()
+        assert await _stored(sqlite_engine, "lock-refused") == {}
+
+    async def test_checkpoints_run_on_their_own_thread(
+        self, sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(writer_module, "CHECKPOINT_BATCHES", 3)
+        writer = AuditWriter(sqlite_engine)
+        await writer.start()
+        try:
+            for i in range(7):
+                await writer.append(make_entry(request_id=f"checkpointed-{i}"))
+            batches = writer._sqlite
+            assert batches is not None
+            assert batches._connection is not None
+            assert batches._connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        finally:
+            await writer.stop()
+        # Stopping waits for a checkpoint still running. One was due after the third batch,
+        # and another after the sixth or seventh unless the first was still running.
+        assert 1 <= batches.checkpoints <= 2
+        assert len(await _stored(sqlite_engine, "checkpointed-")) == 7

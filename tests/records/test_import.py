@@ -11,6 +11,7 @@ and a run killed mid-file that resumes with every row stored exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -37,10 +38,11 @@ from service.audit.sequencer import Sequencer, SequencerConfig
 from service.catalog import service as catalog_service
 from service.config import Settings
 from service.crypto.keyring import Keyring
+from service.crypto.models import DataKeyRecord
 from service.db import create_engine
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
-from service.records import importing, reads, seeding
+from service.records import import_worker, importing, reads, seeding
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
 from service.records.service import RecordsService, registered_national_ids
@@ -244,9 +246,9 @@ class TestRegisterMode:
 
 
 class TestDataKeysMadeAhead:
-    """SQLite, register mode: the next batch is encrypted under data keys whose ids are
-    guessed while the batch before it is written, and stored only if the guess holds.
-    (PostgreSQL draws key ids from a sequence: it never stores keys made ahead.)"""
+    """Register mode: the batches after the first are encrypted in the worker process
+    under data keys made ahead, with ids guessed (SQLite) or drawn from the sequence
+    (PostgreSQL) while the batch before is written, and stored only if they still hold."""
 
     @staticmethod
     def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
@@ -277,18 +279,21 @@ class TestDataKeysMadeAhead:
         )
 
         assert imported.report.counts.registered == 300
-        assert stored == ([True, True] if store.engine.dialect.name == "sqlite" else [])
+        assert stored == [True, True]
         await self._assert_read_back(store, people[::50])
 
     async def test_a_wrong_key_id_guess_makes_the_batch_afresh(
         self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        if store.engine.dialect.name != "sqlite":
+            pytest.skip("PostgreSQL's key ids are drawn from the sequence, never guessed")
         stored = self._spy(monkeypatch)
         ahead = seeding.registrations_ahead
 
-        def guesses_wrong(*args: Any, first_key_id: int) -> seeding.RegistrationsAhead | None:
-            # As if another writer had made a data key since the guess.
-            return ahead(*args, first_key_id=first_key_id + 1)
+        def guesses_wrong(*args: Any, key_ids: Sequence[int]) -> seeding.RegistrationsAhead | None:
+            # As if another writer had made a data key since the guess (this runs in the
+            # worker process, forked after the patch).
+            return ahead(*args, key_ids=[key_id + 1 for key_id in key_ids])
 
         monkeypatch.setattr(seeding, "registrations_ahead", guesses_wrong)
         people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
@@ -298,8 +303,45 @@ class TestDataKeysMadeAhead:
         )
 
         assert imported.report.counts.registered == 300
-        assert stored == ([False, False] if store.engine.dialect.name == "sqlite" else [])
+        assert stored == [False, False]
         await self._assert_read_back(store, people[::50])
+
+    async def test_keys_made_ahead_under_a_kek_rotated_since_are_made_afresh(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        stored = self._spy(monkeypatch)
+        versions: list[int] = []
+        answer = import_worker.BatchWorker.answer
+
+        async def rotates_after_first(worker: import_worker.BatchWorker) -> Any:
+            prepared = await answer(worker)
+            if not versions:
+                # A rotation commits after the worker wrapped batch 2's keys.
+                async with store.engine.begin() as conn:
+                    rotated = await store.keyring.create_kek_version(conn, "register")
+                assert rotated is not None
+                versions.append(rotated.version)
+            return prepared
+
+        monkeypatch.setattr(import_worker.BatchWorker, "answer", rotates_after_first)
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
+
+        imported = await _import(
+            store, _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, people), batch_size=100
+        )
+
+        assert imported.report.counts.registered == 300
+        # Batches 2 and 3 were made ahead under the old version: both stored afresh.
+        assert stored == [False, False]
+        await self._assert_read_back(store, people[::50])
+        later = [await _lookup(store, person["national_id"]) for person in people[100::40]]
+        wrapped_under = await _count(
+            store,
+            select(func.count()).where(
+                DataKeyRecord.citizen_id.in_(later), DataKeyRecord.kek_version == versions[0]
+            ),
+        )
+        assert wrapped_under == len(later)
 
     async def test_a_batch_with_registered_citizens_is_stored_afresh(
         self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -315,8 +357,90 @@ class TestDataKeysMadeAhead:
         counts = imported.report.counts
         assert (counts.unchanged, counts.registered, counts.rejected) == (150, 150, 0)
         # Lines 102 to 201 hold 50 registered citizens: that batch is stored afresh.
-        assert stored == ([True] if store.engine.dialect.name == "sqlite" else [])
+        assert stored == [True]
         await self._assert_read_back(store, people[::25])
+
+
+class TestWorkerProcess:
+    """Register mode: batches after the first are read, checked and encrypted in a
+    forked worker process; the importing process writes them in file order."""
+
+    async def test_repeats_are_refused_across_the_worker_and_the_importer(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(300)
+        people = [_person(national_id, n) for n, national_id in enumerate(ids)]
+        # Line 152 (checked in the worker) repeats line 12 (checked here, batch 1), and
+        # line 252 (the worker's second batch) repeats line 122 (its first).
+        people[150] = _person(ids[10], 150)
+        people[250] = {**_person(ids[120], 250), "given_name": "Repeated"}
+
+        imported = await _import(
+            store, _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, people), batch_size=100
+        )
+
+        repeat = "national_id repeats one on an earlier row of the file"
+        assert imported.rejections == [importing.Rejection(152, repeat), importing.Rejection(252, repeat)]
+        assert (imported.report.counts.registered, imported.report.counts.rejected) == (298, 2)
+        citizen_id = await _lookup(store, ids[120])
+        stored = await _read(store, citizen_id, ["given_name"])
+        assert stored == {"given_name": (people[120]["given_name"], 1)}
+
+    async def test_the_worker_dying_fails_the_import_and_keeps_what_committed(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ids = _ids(500)
+        path = _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)])
+        self._break_second_batch_in_worker(monkeypatch, lambda: os._exit(7))
+
+        with pytest.raises(import_worker.WorkerFailed, match=r"ended unexpectedly \(exit code 7\)"):
+            await asyncio.wait_for(_import(store, path, batch_size=100), 120)
+
+        # Batch 1 (prepared here) and 2 (the worker's first) committed; none after.
+        assert await TestResume._committed_line(store) == 201
+        assert {i.casefold() for i in ids[:200]} == set(await self._registered(store, ids))
+
+    @staticmethod
+    async def _registered(store: Store, ids: list[str]) -> dict[str, str]:
+        async with store.engine.connect() as conn:
+            catalog = await catalog_service.current_cached(conn)
+            return await registered_national_ids(conn, store.keyring, catalog, ids)
+
+    async def test_an_exception_in_the_worker_is_named_without_its_text(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ids = _ids(500)
+        path = _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)])
+
+        def fails() -> None:
+            raise ValueError(f"a message holding a value: {ids[250]}")
+
+        self._break_second_batch_in_worker(monkeypatch, fails)
+
+        with pytest.raises(import_worker.WorkerFailed) as raised:
+            await asyncio.wait_for(_import(store, path, batch_size=100), 120)
+
+        message = str(raised.value)
+        assert message.startswith("preparing a batch failed in the import's worker process: ValueError at ")
+        assert ids[250] not in message
+        assert "holding" not in message
+        assert len(await self._registered(store, ids)) == 200
+
+    @staticmethod
+    def _break_second_batch_in_worker(monkeypatch: pytest.MonkeyPatch, breaking: Any) -> None:
+        importer = os.getpid()
+        prepare = importing._Importer.prepare
+        prepared_in_worker = 0
+
+        def breaks(self: Any, *args: Any) -> Any:
+            nonlocal prepared_in_worker
+            if os.getpid() != importer:
+                prepared_in_worker += 1
+                if prepared_in_worker == 2:
+                    breaking()
+            return prepare(self, *args)
+
+        monkeypatch.setattr(importing._Importer, "prepare", breaks)
 
 
 class TestUpdateMode:
@@ -545,9 +669,17 @@ class TestResume:
                 assert process.poll() is None, "the import ended before it could be killed"
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
+            # Past the first batch: the worker process preparing batches is running.
+            workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
             process.send_signal(signal.SIGKILL)
         finally:
             process.wait(timeout=30)
+        assert workers
+        # The worker sees its parent gone and ends: none is left behind.
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the import's worker outlived the killed import"
+            time.sleep(0.05)
         killed_at = await self._committed_line(store)
         assert 0 < killed_at < 6001
 
@@ -632,6 +764,15 @@ class TestResume:
                 )
             ).scalar_one_or_none()
         return int(line or 0)
+
+
+def _running(pid: str) -> bool:
+    """Whether the process exists and has not exited (a zombie waits only to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class TestAuditAfterImport:

@@ -85,6 +85,30 @@ def _field_owners(catalog: Catalog) -> dict[str, str]:
     return owners
 
 
+# The owners of the fields of a request in the catalog last asked about, by the request's
+# field names (as asked, in order): a read asks for the same fields again and again.
+_owners_asked: tuple[Catalog, dict[tuple[str, ...], list[str]]] | None = None
+_OWNERS_KEPT = 4096
+
+
+def _owners(catalog: Catalog, requested: Sequence[str]) -> list[str]:
+    """The owners of ``requested`` fields in ``catalog``, sorted, each once (names the
+    catalog does not hold have none). Shared: the entry copies it."""
+    global _owners_asked
+    known = _owners_asked
+    if known is None or known[0] is not catalog:
+        known = _owners_asked = (catalog, {})
+    by_fields = known[1]
+    key = tuple(requested)
+    owners = by_fields.get(key)
+    if owners is None:
+        if len(by_fields) >= _OWNERS_KEPT:
+            by_fields.clear()
+        field_owners = _field_owners(catalog)
+        owners = by_fields[key] = sorted({owner for name in key if (owner := field_owners.get(name))})
+    return owners
+
+
 # Reasons by what they record. A ``Reason`` is frozen, so entries may share one, and
 # decisions repeat (the same agreement deciding the same field for the same reason), so
 # most are made once instead of once per field per entry; bounded by clearing it.
@@ -110,6 +134,30 @@ def _reason(decision: FieldDecision) -> Reason:
             field=field, effect=effect, agreement=agreement, version=version, digest=digest, reason=reason
         )
     return known
+
+
+# The parts of an access entry that depend only on its decisions, by the decisions'
+# identities: its reasons and its legal basis. The policy engine hands out the same
+# ``Decision`` objects again for the same grant, field, consumer, action and purpose, so a
+# read's decisions repeat from request to request. Each value keeps its decisions alive,
+# so while it is kept no other object can have their ids; bounded by clearing it.
+_DECIDED_KEPT = 4096
+_decided: dict[tuple[int, ...], tuple[tuple[FieldDecision, ...], list[Reason], list[str]]] = {}
+
+
+def _decided_parts(decided: tuple[FieldDecision, ...]) -> tuple[list[Reason], list[str]]:
+    """The reasons and the sorted legal basis (that of every permitting agreement) of
+    ``decided``, made once per tuple of decision objects. The lists are shared: the
+    entry copies them (``AuditEntry.built``)."""
+    key = tuple(map(id, decided))
+    known = _decided.get(key)
+    if known is None:
+        if len(_decided) >= _DECIDED_KEPT:
+            _decided.clear()
+        reasons = [_reason(d) for d in decided]
+        legal_basis = sorted({d.legal_basis for d in decided if d.effect == "permit" and d.legal_basis})
+        known = _decided[key] = (decided, reasons, legal_basis)
+    return known[1], known[2]
 
 
 def summary(requested: Sequence[str], released: Sequence[str]) -> Decision:
@@ -145,7 +193,7 @@ def access_entry(
     the consumer, action, purpose, case reference and fields the entry holds every input
     the decision used, and an owner can re-decide it from the log (``check-releases``);
     each reason cites the deciding agreement version's digest."""
-    decided = list(decisions)
+    reasons, legal_basis = _decided_parts(tuple(decisions))
     return AuditEntry.built(
         time=time,
         request_id=request_id,
@@ -158,11 +206,11 @@ def access_entry(
         fields_requested=requested,
         fields_released=released,
         decision=decision or summary(requested, released),
-        reasons=[_reason(d) for d in decided],
+        reasons=reasons,
         purpose=purpose,
         case_ref=case_ref,
         citizen_status=citizen_status,
-        legal_basis=sorted({d.legal_basis for d in decided if d.effect == "permit" and d.legal_basis}),
+        legal_basis=legal_basis,
         status=status,
         source=source,
     )
@@ -197,7 +245,7 @@ def records_access_entry(
         source=access.source,
         case_ref=access.case_ref,
         citizen_id=citizen_id,
-        owners=[owner for name in requested if (owner := _field_owners(catalog).get(name))],
+        owners=_owners(catalog, requested),
         requested=requested,
         released=released,
         decisions=decisions.values(),

@@ -217,6 +217,14 @@ class AuditEntry(BaseModel):
         record["reasons"] = [dict(reason.__dict__) for reason in self.reasons]
         return record
 
+    def stored_record(self) -> dict[str, Any]:
+        """``to_record()`` without its copies, for reading only: a new top-level dict, but
+        its lists and the reasons' dicts are the entry's own. What the writer encodes
+        (``entry_values``), which changes nothing in it."""
+        record = dict(self.__dict__)
+        record["reasons"] = [reason.__dict__ for reason in self.reasons]
+        return record
+
     def canonical(self) -> str:
         """The contract's bytes (``canonical_json``), which the writer's faster
         ``entry_canonical`` must equal."""

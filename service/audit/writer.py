@@ -109,9 +109,10 @@ the canonical JSON."""
 
 
 def entry_values(entry: AuditEntry) -> Values:
-    """The stored row of ``entry``: its record is made once and gives both the columns
-    auditors filter on and the canonical JSON."""
-    record = entry.to_record()
+    """The stored row of ``entry``: its record is made once, without copying the entry's
+    lists (``stored_record``), and gives both the columns auditors filter on and the
+    canonical JSON."""
+    record = entry.stored_record()
     return (*filter_values(record), entry_canonical(record))
 
 

@@ -163,6 +163,8 @@ class TestOtherEntries:
         assert entry.reasons[0].reason == "data-keys-shredded: citizen_id=c-7, count=2"
 
 
+CATALOG_FIELDS = sorted(f.name for f in CATALOG.fields)
+
 # Text as requests bring it: any code point but the lone surrogates, control characters,
 # quotes and backslashes included (all of which the canonical form escapes).
 _text = st.text(st.characters(codec="utf-8"), max_size=12)
@@ -233,6 +235,7 @@ class TestBuiltEntries:
             status=status,
         )
         record = entry.to_record()
+        assert entry.stored_record() == record
         validated = AuditEntry.model_validate(record)
         assert entry == validated
         assert record == validated.model_dump() == entry.model_dump()
@@ -265,6 +268,93 @@ class TestBuiltEntries:
         record["reasons"][0]["reason"] = "changed"
         assert second.reasons[0].reason == "permitted"
         assert first.to_record()["reasons"] == second.to_record()["reasons"]
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        requested=st.lists(st.sampled_from([*CATALOG_FIELDS, "no-such-field"]), max_size=4) | _names,
+        decided=_decisions_drawn,
+        citizen=_text,
+    )
+    def test_reused_parts_give_the_entry_made_from_scratch(
+        self, requested: list[str], decided: list[Decision], citizen: str
+    ) -> None:
+        """Owners, reasons and legal basis are made once per request shape and decision
+        objects (``entries._owners``, ``entries._decided_parts``); each entry, first or
+        repeated, and after another entry's lists were changed, equals one validated from
+        values worked out here, and stores the same row."""
+        decisions = {d.field: d for d in decided}
+        kept = list(decisions.values())
+        expected_record = {
+            "time": NOW.isoformat(),
+            "request_id": "req-1",
+            "client_id": WELFARE.client_id,
+            "department": WELFARE.department,
+            "on_behalf_of": WELFARE.on_behalf_of,
+            "action": "read",
+            "citizen_id": citizen,
+            "owners": sorted({f.owner for name in requested if (f := CATALOG.field(name)) is not None}),
+            "fields_requested": requested,
+            "fields_released": requested[:1],
+            "decision": entries.summary(requested, requested[:1]),
+            "reasons": [
+                {
+                    "field": d.field,
+                    "effect": d.effect,
+                    "agreement": d.agreement,
+                    "version": d.version,
+                    "digest": d.digest,
+                    "reason": d.reason,
+                }
+                for d in kept
+            ],
+            "purpose": "benefit-eligibility",
+            "case_ref": None,
+            "citizen_status": "active",
+            "legal_basis": sorted({d.legal_basis for d in kept if d.effect == "permit" and d.legal_basis}),
+            "status": 200,
+            "source": None,
+            "document": None,
+        }
+        expected = AuditEntry.model_validate(expected_record)
+        for _ in range(3):
+            entry = entries.records_access_entry(
+                Facts(WELFARE, "req-1", None, None),
+                "read",
+                citizen_id=citizen,
+                catalog=CATALOG,
+                requested=requested,
+                released=requested[:1],
+                decisions=decisions,
+                purpose="benefit-eligibility",
+                status=200,
+                decided_at=NOW,
+                citizen_status="active",
+            )
+            assert entry == expected
+            assert entry_values(entry) == entry_values(expected)
+            assert entry.canonical() == canonical_json(expected_record)
+            # An entry's lists are its own: changing them changes no later entry.
+            entry.owners.append("changed")
+            entry.legal_basis.append("changed")
+            entry.reasons.clear()
+
+    def test_the_same_decisions_in_another_order_give_their_reasons_in_that_order(self) -> None:
+        decided = list(_decisions().values())
+        for order in (decided, decided[::-1], decided):
+            entry = entries.events_access_entry(
+                action="deliver",
+                time=NOW,
+                client_id="welfare-app",
+                department="welfare",
+                citizen_id="c-1",
+                owners=["dvla"],
+                requested=[d.field for d in order],
+                decisions={d.field: d for d in order},
+                purpose="benefit-eligibility",
+                status=200,
+                citizen_status="active",
+            )
+            assert [r.field for r in entry.reasons] == [d.field for d in order]
 
     def test_the_record_is_a_copy(self) -> None:
         entry = entries.query_entry(WELFARE, source=None, owners=["dvla"])

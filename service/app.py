@@ -10,6 +10,13 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import FastAPI
 
+# FastAPI's own layers, named so that the hot routes' front can check the stack is exactly
+# what it stands in for (an upgrade that renames them fails here, loudly).
+from fastapi._body_limit import AppBodyLimitMiddleware
+from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.types import Receive, Scope, Send
+
 from service import __version__
 from service.api_docs import install_docs
 from service.audit import endpoints as audit_endpoints
@@ -28,8 +35,8 @@ from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
-from service.hotpath import HotRoute, HotRoutes
-from service.observability import Metrics, RequestContextMiddleware, configure_logging
+from service.hotpath import HotFront, HotRoute, HotRoutes
+from service.observability import Metrics, RequestContext, RequestContextMiddleware, configure_logging
 from service.openapi import install_openapi
 from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
@@ -95,6 +102,19 @@ LIFECYCLES.append(records_lifecycle)
 LIFECYCLES.append(events_lifecycle)
 
 
+class App(FastAPI):
+    """FastAPI, with the hot routes served in front of its middleware stack
+    (``service.hotpath.HotFront``) while that stack is the one ``create_app`` builds."""
+
+    front: HotFront | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self.front
+        if front is not None and scope["type"] == "http" and await front.serve(self, scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
@@ -118,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         await app.state.database.dispose()
 
-    app = FastAPI(
+    app = App(
         # /docs and /redoc are served by service/api_docs.py, from packaged assets.
         docs_url=None,
         redoc_url=None,
@@ -152,6 +172,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost first: the request id must exist before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # The layers the hot routes skip when served in front of them: Starlette's and FastAPI's
+    # outermost three, then the two above. Tracing's middleware, when installed, wraps them
+    # all, and the front then stands aside.
+    app.front = HotFront(
+        RequestContext(app.state.metrics),
+        [
+            ServerErrorMiddleware,
+            ExceptionTelemetryMiddleware,
+            AppBodyLimitMiddleware,
+            RequestContextMiddleware,
+            BodyLimitMiddleware,
+        ],
+    )
     # Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set; its middleware wraps all of the above.
     install_tracing(app)
     return app

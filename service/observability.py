@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
@@ -176,16 +176,23 @@ def _route_template(scope: Scope) -> str:
     return str(path) if path else "unmatched"
 
 
-class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
+class RequestContext:
+    """What every request gets: an id (from a valid ``X-Request-ID``, else a new one) in a
+    context variable and the scope's state, then, when it ends, its count, its latency and
+    one access log line. ``RequestContextMiddleware`` wraps the app with it; the hot routes
+    in front of the app (``service.hotpath``) call it themselves."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = uuid.uuid4().hex
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        # prometheus_client looks a labelled child up under a lock on every ``labels()``
+        # call; the few (route, method, status) combinations are kept here instead.
+        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+
+    def begin(self, scope: Scope) -> tuple[str, Token[str]]:
+        """The request's id, set for its log lines; ``end`` with the token returned."""
+        # 128 random bits as 32 hex digits, as ``uuid4().hex`` gave without building a UUID.
+        request_id = os.urandom(16).hex()
         for name, value in scope.get("headers", ()):
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
@@ -195,8 +202,50 @@ class RequestContextMiddleware:
         token = _request_id.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         tracing.annotate_request(request_id)
-        status = 500
+        return request_id, token
+
+    def end(self, scope: Scope, token: Token[str], status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        route = _route_template(scope)
+        method = scope.get("method", "-")
+        key = (route, method, str(status))
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.metrics.requests.labels(*key)
+        counter.inc()
+        timer = self._timed.get(key[:2])
+        if timer is None:
+            timer = self._timed[key[:2]] = self.metrics.latency.labels(route, method)
+        timer.observe(elapsed)
+        if access_logger.isEnabledFor(logging.INFO):  # its fields are not built for nothing
+            access_logger.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+        _request_id.reset(token)
+
+    def abandon(self, token: Token[str]) -> None:
+        """Forget a request begun here that another layer will count and log instead."""
+        _request_id.reset(token)
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.context = RequestContext(metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
+        request_id, token = self.context.begin(scope)
+        status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -210,18 +259,4 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            method = scope.get("method", "-")
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.latency.labels(route, method).observe(elapsed)
-            access_logger.info(
-                "request",
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                },
-            )
-            _request_id.reset(token)
+            self.context.end(scope, token, status, started)

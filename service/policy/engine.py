@@ -352,6 +352,38 @@ class CompiledPolicy:
         return results
 
 
+# Permit decisions by what they hold. A ``Decision`` is frozen, and a permit is wholly made
+# of its grant, the field, the consumer, the action and the purpose, so the same one serves
+# every request that gets it: most reads are the same few. Keyed by the grant's identity
+# (the compiled policy's own object, kept in the value so the id is not reused), so a
+# recompiled policy makes its own; bounded by clearing it.
+_PERMITS_KEPT = 4096
+_permits: dict[tuple[int, str, str, str, str], tuple[Grant, Decision]] = {}
+
+
+def _permit(grant: Grant, name: str, consumer: str, action: str, purpose: str) -> Decision:
+    key = (id(grant), name, consumer, action, purpose)
+    known = _permits.get(key)
+    if known is not None and known[0] is grant:
+        return known[1]
+    if len(_permits) >= _PERMITS_KEPT:
+        _permits.clear()
+    claims = grant.verify.get(name) if grant.verify is not None and action == "verify" else None
+    decision = Decision(
+        name,
+        "permit",
+        grant.agreement,
+        grant.version,
+        f"agreement {grant.agreement} permits {consumer} to {action} {name} for {purpose}",
+        grant.legal_basis,
+        digest=grant.digest or None,
+        allowed_claims=claims,
+        disclosure_delay=grant.disclosure_delay,
+    )
+    _permits[key] = (grant, decision)
+    return decision
+
+
 def _decide_field(
     name: str,
     consumer: str,
@@ -392,20 +424,7 @@ def _decide_field(
             continue
         misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
     if permit is not None:
-        reason = f"agreement {permit.agreement} permits {consumer} to {action} {name} for {context.purpose}"
-        claims = permit.verify.get(name) if permit.verify is not None and action == "verify" else None
-        decision = Decision(
-            name,
-            "permit",
-            permit.agreement,
-            permit.version,
-            reason,
-            permit.legal_basis,
-            digest=permit.digest or None,
-            allowed_claims=claims,
-            disclosure_delay=permit.disclosure_delay,
-        )
-        return (decision, tuple(misses) if explain else ())
+        return (_permit(permit, name, consumer, action, context.purpose), tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
     if any(m.startswith(CONSENT_REQUIRED) for m in permit_misses):
         # Only the citizen's consent is missing: the reason the consumer can act on.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from pydantic import TypeAdapter
@@ -161,7 +162,9 @@ async def read_citizen_hot(request: Request) -> Response | None:
     parameters (None, for the declared route's 422, when one fails), then the same calls in
     the order its dependencies run, and the same body and ETag."""
     citizen_id: str = request.path_params["citizen_id"]
-    query = request.query_params
+    # As Starlette's ``request.query_params`` parses it (a repeated name: the last value,
+    # as FastAPI takes it), without building its multi-dict.
+    query = dict(parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True))
     purpose, fields = query.get("purpose"), query.get("fields")
     if (
         not CITIZEN_ID_MIN <= len(citizen_id) <= CITIZEN_ID_MAX
@@ -176,7 +179,8 @@ async def read_citizen_hot(request: Request) -> Response | None:
     citizen = await reads.read(records, caller.for_purpose(purpose), citizen_id, _field_list(fields))
     # As FastAPI answers a route with a response model: the model's JSON by alias.
     response = Response(_CITIZEN_OUT.dump_json(citizen, by_alias=True), media_type="application/json")
-    response.headers["ETag"] = _etag(citizen.version)
+    # Last, as FastAPI adds the endpoint's own headers after the body's.
+    response.raw_headers.append((b"etag", _etag(citizen.version).encode("latin-1")))
     return response
 
 

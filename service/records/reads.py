@@ -15,6 +15,7 @@ from service import tracing
 from service.audit.schemas import Action, AuditEntry, Reason
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
+from service.consent.repository import ChoiceRow
 from service.errors import TooManyRequests
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import claims as claim_limits
@@ -75,7 +76,23 @@ async def _decide(
         citizens, choices = await records.store.citizens_with_choices([citizen_id], sorted(needed))
     else:
         citizens, choices = await records.store.citizens([citizen_id]), []
-    found = citizens.get(citizen_id)
+    return await _decide_found(
+        records, facts, action, citizen_id, requested, catalog, policy, citizens.get(citizen_id), choices
+    )
+
+
+async def _decide_found(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    requested: list[str],
+    catalog: Catalog,
+    policy: CompiledPolicy,
+    found: CitizenRow | None,
+    choices: Sequence[ChoiceRow],
+) -> _Decided:
+    """``_decide`` on the citizen and choices already read."""
     context = records.context(facts, found.status if found else None)
     reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
     citizen = disclosure.readable(found, reason)
@@ -90,6 +107,58 @@ async def _decide(
             facts, action, citizen_id, catalog, policy, requested, decisions, context
         )
     return _Decided(citizen, context, decisions, allowed)
+
+
+# The status a readable citizen has; what the one-statement read assumes, then checks.
+ACTIVE = "active"
+
+
+async def _decide_and_load(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    requested: list[str],
+    catalog: Catalog,
+    policy: CompiledPolicy,
+) -> tuple[_Decided, list[ValueRow]]:
+    """``_decide``, then the allowed current value rows, in one statement when it can.
+
+    When no citizen's choice decides a field, the fields are decided first as for an active
+    citizen (the status is the only thing the decision needs from the citizen's row), and
+    one statement returns the citizen and the current values of the fields allowed, with
+    the values only while the citizen is active: so only allowed ciphertexts are loaded,
+    and on PostgreSQL the read is one round trip instead of two. A citizen found with
+    another status, or not found, is decided again as ``_decide`` does, and what that
+    allows is loaded on its own. With choices to read, or nothing allowed, it is
+    ``_decide`` and a load."""
+    department = facts.department
+    if not policy.choices_needed(department, action, requested):
+        context = records.context(facts, ACTIVE)
+        with tracing.span("policy.decide", fields=len(requested)):
+            decisions = policy.decide(department, action, requested, context)
+        allowed = disclosure.allowed(requested, decisions)
+        if allowed:
+            with tracing.span("records.load", fields=len(allowed)):
+                found, rows = await records.store.citizen_with_values(citizen_id, ACTIVE, allowed)
+            if found is not None and found.status == ACTIVE:
+                reason = disclosure.unavailable_reason(found, policy, department, action, requested, context)
+                citizen = disclosure.readable(found, reason)
+                await records.require_case_ref(
+                    facts, action, citizen_id, catalog, policy, requested, decisions, context
+                )
+                return _Decided(citizen, context, decisions, allowed), rows
+            decided = await _decide_found(
+                records, facts, action, citizen_id, requested, catalog, policy, found, []
+            )
+            return decided, await _rows(records, citizen_id, decided.allowed)
+    decided = await _decide(records, facts, action, citizen_id, requested, catalog, policy)
+    return decided, await _rows(records, citizen_id, decided.allowed)
+
+
+async def _rows(records: RecordsService, citizen_id: str, allowed: list[str]) -> list[ValueRow]:
+    with tracing.span("records.load", fields=len(allowed)):
+        return await records.store.current_values([citizen_id], allowed)
 
 
 async def _load(
@@ -137,8 +206,9 @@ async def read(
     catalog, policy = await records.read_snapshot(facts)
     requested = requested_fields(catalog, fields)
     require_known(catalog, requested, purpose, loc="fields")
-    decided = await _decide(records, facts, "read", citizen_id, requested, catalog, policy)
-    rows, plain = await _load(records, catalog, citizen_id, decided.allowed)
+    decided, rows = await _decide_and_load(records, facts, "read", citizen_id, requested, catalog, policy)
+    with tracing.span("crypto.decrypt", values=len(rows)):
+        plain = await records.decrypt(catalog, rows)
     current = {(row.citizen_id, row.field): row for row in rows}
     released = disclosure.released(catalog, citizen_id, decided.allowed, current, plain)
     await records.open_cases(facts, decided.decisions.values(), decided.context.time)

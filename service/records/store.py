@@ -14,6 +14,7 @@ All three select the column lists of ``repository.py`` and return the same rows
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -36,6 +37,36 @@ _VALUE_SELECT = (
 )
 
 
+def _citizen_with_values_sql(fields: str, postgres: bool) -> str:
+    """One citizen's row ('c', then its columns, padded), then ('v', a value row) for each
+    current value of the fields ``fields`` selects, only while the citizen has the status
+    asked for. Parameters on PostgreSQL: $1 the id, $2 the fields, $3 the status; on SQLite
+    in the order of the placeholders."""
+    citizen_columns = [c.name for c in repository.CITIZEN_COLUMNS]
+    value_columns = [c.name for c in repository.VALUE_COLUMNS]
+    # PostgreSQL types the padding by the value columns it stands beside.
+    pads = ["NULL::text", "NULL::bigint", "NULL::bytea", "NULL::text", "NULL::timestamptz"]
+    padding = pads if postgres else ["NULL"] * len(pads)  # 3 citizen columns + 5 = 8 value columns
+    one = "$1" if postgres else "?"
+    status = "$3" if postgres else "?"
+    citizens, values = repository.citizens.name, repository.values.name
+    return (
+        f"SELECT 'c', {', '.join(citizen_columns + padding)} FROM {citizens} WHERE id = {one} "  # noqa: S608
+        f"UNION ALL SELECT 'v', {', '.join(value_columns)} FROM {values} "
+        f"WHERE citizen_id = {one} AND {fields} AND is_current "
+        f"AND EXISTS (SELECT 1 FROM {citizens} c WHERE c.id = {one} AND c.status = {status})"
+    )
+
+
+_CITIZEN_WITH_VALUES_PG = _citizen_with_values_sql("field = ANY($2::text[])", postgres=True)
+
+
+@functools.lru_cache(maxsize=128)
+def _sqlite_citizen_with_values(fields: int) -> str:
+    """The SQLite statement for ``fields`` field names, made once per count."""
+    return _citizen_with_values_sql(f"field IN ({','.join('?' * fields)})", postgres=False)
+
+
 class CitizenStore(Protocol):
     async def citizens(self, ids: Sequence[str]) -> dict[str, CitizenRow]:
         """The citizens among ``ids`` that exist, any status."""
@@ -55,6 +86,14 @@ class CitizenStore(Protocol):
         self, ids: Sequence[str], agreements: Sequence[str]
     ) -> tuple[dict[str, CitizenRow], list[consent_repository.ChoiceRow]]:
         """``citizens`` and ``choices`` together (on PostgreSQL in one round trip)."""
+        ...
+
+    async def citizen_with_values(
+        self, citizen_id: str, status: str, fields: Sequence[str]
+    ) -> tuple[CitizenRow | None, list[ValueRow]]:
+        """The citizen (any status), and the current values of ``fields`` only if its status
+        is ``status``, else none: on the raw drivers in one statement, whose condition on the
+        status keeps any other status's values in the database."""
         ...
 
 
@@ -83,6 +122,28 @@ class CoreStore:
         self, ids: Sequence[str], agreements: Sequence[str]
     ) -> tuple[dict[str, CitizenRow], list[consent_repository.ChoiceRow]]:
         return await self.citizens(ids), await self.choices(ids, agreements)
+
+    async def citizen_with_values(
+        self, citizen_id: str, status: str, fields: Sequence[str]
+    ) -> tuple[CitizenRow | None, list[ValueRow]]:
+        found = (await self.citizens([citizen_id])).get(citizen_id)
+        if found is None or found.status != status or not fields:
+            return found, []
+        return found, await self.current_values([citizen_id], fields)
+
+
+def _split(rows: Sequence[Any]) -> tuple[CitizenRow | None, list[ValueRow]]:
+    """``_citizen_with_values_sql``'s rows as the citizen and its value rows."""
+    found = None
+    values = []
+    for row in rows:
+        if row[0] == "c":
+            found = CitizenRow(row[1], row[2], row[3])
+        else:
+            values.append(
+                ValueRow(row[1], row[2], row[3], row[4], row[5], bytes(row[6]), row[7], _utc(row[8]))
+            )
+    return found, values
 
 
 def _utc(value: Any) -> datetime:
@@ -147,6 +208,14 @@ class SqliteStore:
         # Both run on the event loop, without a hand-off: two statements cost no round trip.
         return await self.citizens(ids), await self.choices(ids, agreements)
 
+    async def citizen_with_values(
+        self, citizen_id: str, status: str, fields: Sequence[str]
+    ) -> tuple[CitizenRow | None, list[ValueRow]]:
+        if not fields:
+            return (await self.citizens([citizen_id])).get(citizen_id), []
+        query = _sqlite_citizen_with_values(len(fields))
+        return _split(await self.reads.rows(query, (citizen_id, citizen_id, *fields, citizen_id, status)))
+
     async def close(self) -> None:
         await self.reads.close()
 
@@ -199,6 +268,14 @@ class PostgresStore:
         rows = await self.pool.fetch(query, list(ids), list(agreements))
         found = {r[1]: CitizenRow(r[1], r[2], r[3]) for r in rows if r[0] == "p"}
         return found, [_choice_row(r) for r in rows if r[0] != "p"]
+
+    async def citizen_with_values(
+        self, citizen_id: str, status: str, fields: Sequence[str]
+    ) -> tuple[CitizenRow | None, list[ValueRow]]:
+        if not fields:
+            return (await self.citizens([citizen_id])).get(citizen_id), []
+        query = _CITIZEN_WITH_VALUES_PG
+        return _split(await self.pool.fetch(query, citizen_id, list(fields), status))
 
     async def close(self) -> None:
         await asyncio.wait_for(self.pool.close(), timeout=10)

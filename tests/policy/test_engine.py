@@ -332,3 +332,28 @@ class TestMonotonic:
         removed = data.draw(st.sampled_from(permits))
         remaining = [a for a in agreements if a is not removed]
         assert _permitted(remaining, request) <= _permitted(agreements, request)
+
+
+class TestPermitsKept:
+    """A permit is made once per grant, field, consumer, action and purpose, and used again."""
+
+    def test_the_same_permit_is_used_again_and_equals_a_fresh_one(self) -> None:
+        compiled = policy(agreement(version=3, purposes=("benefit-eligibility", "fraud-investigation")))
+        first = compiled.decide("welfare", "read", ["licence_status"], context())["licence_status"]
+        again = compiled.decide("welfare", "read", ["licence_status"], context())["licence_status"]
+        assert again is first
+        other = compiled.decide("welfare", "read", ["licence_status"], context("fraud-investigation"))
+        assert other["licence_status"].reason.endswith("for fraud-investigation")
+        assert first.reason.endswith("for benefit-eligibility")
+        fresh = policy(agreement(version=3, purposes=("benefit-eligibility", "fraud-investigation")))
+        made_again = fresh.decide("welfare", "read", ["licence_status"], context())["licence_status"]
+        assert made_again == first
+        assert made_again is not first  # a recompiled policy makes its own
+
+    def test_a_recompiled_agreement_is_decided_afresh(self) -> None:
+        before = policy(agreement(version=3)).decide("welfare", "read", ["licence_status"], context())
+        after = policy(agreement(version=4, legal_basis="Another Act")).decide(
+            "welfare", "read", ["licence_status"], context()
+        )
+        assert (before["licence_status"].version, after["licence_status"].version) == (3, 4)
+        assert after["licence_status"].legal_basis == "Another Act"

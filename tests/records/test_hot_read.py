@@ -3,7 +3,9 @@
 Each request is sent twice to the same app: once served by the hot route, once with the
 hot routes switched off so that the declared FastAPI route serves it. Status, headers
 (but the request id and date) and body must be equal; the hot route must have served
-the first unless its parameters failed the declared constraints.
+the first unless its parameters failed the declared constraints. The hot routes are
+served in front of the middleware stack (``HotFront``) unless another layer wraps the
+stack; both ways are compared.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.hotpath import HotHandler, HotRoutes
+from service.app import App
+from service.auth.dependencies import get_principal
+from service.hotpath import HotFront, HotHandler, HotRoutes
 from tests.records.conftest import RecordsEnv, as_
 
 WELFARE = as_("welfare", "consumer")
@@ -57,26 +62,75 @@ def _comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], A
     return response.status_code, headers, body
 
 
+class FrontServed:
+    """Counts the requests the front served, and those it sent through the stack."""
+
+    def __init__(self, app: FastAPI) -> None:
+        assert isinstance(app, App)
+        assert app.front is not None
+        self.front: HotFront = app.front
+        self.original = self.front.serve
+        self.served = self.passed = 0
+        self.front.serve = self.counting  # type: ignore[method-assign]
+
+    async def counting(self, app: FastAPI, scope: Scope, receive: Receive, send: Send) -> bool:
+        served = await self.original(app, scope, receive, send)
+        self.served += served
+        self.passed += not served
+        return served
+
+    def restore(self) -> None:
+        del self.front.serve
+
+
+class Wrapped:
+    """A layer around the whole stack, as tracing's middleware is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 async def _both(
-    env: RecordsEnv, url: str, params: dict[str, str], headers: dict[str, str]
+    env: RecordsEnv,
+    url: str,
+    params: httpx.QueryParams | dict[str, str],
+    headers: dict[str, str],
+    *,
+    front: bool = True,
 ) -> tuple[Any, Any, int]:
-    """(hot, declared, how many the hot handlers served) for one request sent twice."""
+    """(hot, declared, how many the hot handlers served) for one request sent twice; with
+    ``front`` off, a layer wraps the stack so the front stands aside."""
     await env.client.get("/healthz")  # builds the middleware stack
     hot = _hot_routes(env.app)
+    built = env.app.middleware_stack
+    if not front:
+        env.app.middleware_stack = Wrapped(built)  # type: ignore[arg-type]
     served = Served(hot)
+    fronted = FrontServed(env.app)
     try:
         first = await env.client.get(url, params=params, headers=headers)
+        # The front serves what the hot handler answers (or raises), never past another layer.
+        assert fronted.served >= (served.count if front else 0)
+        assert fronted.served <= front
         hot.routes = ()
         second = await env.client.get(url, params=params, headers=headers)
     finally:
         hot.routes = served.original
+        fronted.restore()
+        env.app.middleware_stack = built
     return _comparable(first), _comparable(second), served.count
 
 
 class TestHotReadMatchesDeclaredRoute:
-    async def test_read_released_with_etag(self, records_env: RecordsEnv) -> None:
+    @pytest.mark.parametrize("front", [True, False], ids=["front", "in-stack"])
+    async def test_read_released_with_etag(self, records_env: RecordsEnv, front: bool) -> None:
         citizen_id, _ = await records_env.register(given_name="Cy", address="1 High St")
-        hot, declared, served = await _both(records_env, f"/v1/citizens/{citizen_id}", READ, WELFARE)
+        hot, declared, served = await _both(
+            records_env, f"/v1/citizens/{citizen_id}", READ, WELFARE, front=front
+        )
         assert served == 1
         assert hot == declared
         assert hot[0] == 200
@@ -115,10 +169,25 @@ class TestHotReadMatchesDeclaredRoute:
         self, records_env: RecordsEnv, params: dict[str, str], headers: dict[str, str], status: int
     ) -> None:
         citizen_id, _ = await records_env.register(given_name="Cy", address="1 High St")
-        hot, declared, served = await _both(records_env, f"/v1/citizens/{citizen_id}", params, headers)
-        assert served == 0  # refused by raising, in the hot handler
+        for front in (True, False):
+            hot, declared, served = await _both(
+                records_env, f"/v1/citizens/{citizen_id}", params, headers, front=front
+            )
+            assert served == 0  # refused by raising, in the hot handler
+            assert hot == declared
+            assert hot[0] == status
+
+    async def test_a_repeated_parameter_is_read_as_the_declared_route_reads_it(
+        self, records_env: RecordsEnv
+    ) -> None:
+        citizen_id, _ = await records_env.register(given_name="Cy", address="1 High St")
+        params = httpx.QueryParams(
+            [("purpose", "no-such-purpose"), ("fields", "address"), ("purpose", "benefit-eligibility")]
+        )
+        hot, declared, served = await _both(records_env, f"/v1/citizens/{citizen_id}", params, WELFARE)
+        assert (served, hot[0]) == (1, 200)
         assert hot == declared
-        assert hot[0] == status
+        assert list(hot[2]["fields"]) == ["address"]
 
     async def test_unknown_citizen_is_404(self, records_env: RecordsEnv) -> None:
         hot, declared, _served = await _both(records_env, "/v1/citizens/no-such-citizen", READ, WELFARE)
@@ -146,6 +215,62 @@ class TestHotReadMatchesDeclaredRoute:
             assert hot == declared
             # FastAPI's order: the caller first (401), then the parameters (422).
             assert hot[0] == (422 if headers else 401)
+
+    async def test_unexpected_error_is_answered_alike(self, records_env: RecordsEnv) -> None:
+        """An error no handler of the app answers but ``Exception``'s: the same 500, and
+        raised on for the server to log, from the front as from the stack."""
+        citizen_id, _ = await records_env.register(given_name="Cy")
+
+        async def broken() -> None:
+            raise RuntimeError("broken on purpose")
+
+        app = records_env.app
+        app.dependency_overrides[get_principal] = broken
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        answers = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            for front in (True, False):
+                await client.get("/healthz")
+                built = app.middleware_stack
+                if not front:
+                    app.middleware_stack = Wrapped(built)  # type: ignore[arg-type]
+                try:
+                    response = await client.get(f"/v1/citizens/{citizen_id}", params=READ)
+                finally:
+                    app.middleware_stack = built
+                assert response.headers["x-request-id"] in response.json()["detail"]
+                answers.append(_comparable(response))
+        assert answers[0] == answers[1]
+        assert answers[0][0] == 500
+        with pytest.raises(RuntimeError, match="on purpose"):
+            await records_env.client.get(f"/v1/citizens/{citizen_id}", params=READ)
+
+    async def test_front_keeps_the_request_id_count_and_body_limit(self, records_env: RecordsEnv) -> None:
+        citizen_id, _ = await records_env.register(given_name="Cy")
+        url = f"/v1/citizens/{citizen_id}"
+        await records_env.client.get("/healthz")
+        fronted = FrontServed(records_env.app)
+        try:
+            echoed = await records_env.client.get(
+                url, params=READ, headers={**WELFARE, "X-Request-ID": "caller-chosen-id-1"}
+            )
+            # A GET with a body goes through the stack, whose body limit answers it.
+            too_large = await records_env.client.request(
+                "GET",
+                url,
+                params=READ,
+                headers=WELFARE,
+                content=b"x" * (records_env.settings.max_body_bytes + 1),
+            )
+        finally:
+            fronted.restore()
+        assert (fronted.served, fronted.passed) == (1, 1)
+        assert echoed.status_code == 200
+        assert echoed.headers.get_list("x-request-id") == ["caller-chosen-id-1"]
+        assert too_large.status_code == 413
+        metrics = records_env.app.state.metrics
+        counted = metrics.requests.labels("/v1/citizens/{citizen_id}", "GET", "200")._value.get()
+        assert counted >= 1
 
 
 class TestHotRoutesOnACommittedStore:

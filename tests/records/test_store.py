@@ -130,6 +130,17 @@ async def _ask(store: CitizenStore, question: str, ids: list[str]) -> Any:
         return found, sorted(rows, key=lambda row: (row.citizen_id, row.agreement, row.consent))
     if question == "choices among some agreements":
         return await store.choices(ids[:1], ["a-consent", "d-objectable"])
+    if question == "each citizen with values while active":
+        answers = []
+        for citizen_id in [*ids, UNKNOWN]:
+            one, values = await store.citizen_with_values(citizen_id, "active", FIELDS)
+            answers.append((one, sorted(values, key=_order)))
+        return answers
+    if question == "a citizen with values while erased":
+        erased, values = await store.citizen_with_values(ids[2], "erased", ["points", "given_name"])
+        return erased, sorted(values, key=_order)
+    if question == "a citizen with no fields":
+        return await store.citizen_with_values(ids[1], "active", [])
     assert question == "no fields"
     return await store.current_values(ids, [])
 
@@ -146,6 +157,9 @@ class TestStoresAgree:
             "choices",
             "choices among some agreements",
             "citizens with choices",
+            "each citizen with values while active",
+            "a citizen with values while erased",
+            "a citizen with no fields",
         ],
     )
     async def test_core_and_raw_driver_return_the_same_rows(self, stored: Stored, question: str) -> None:
@@ -180,6 +194,27 @@ class TestStoresAgree:
         assert current[(stored.ids[1], "address")] == 2
         assert len(current) == 2 + 5 + 2
         assert all(row.written_at.tzinfo is not None and row.ciphertext for row in values)
+
+    async def test_a_citizen_comes_with_values_only_in_the_status_asked_for(self, stored: Stored) -> None:
+        """The one-statement read of the secured read: an erased citizen's remaining
+        ciphertexts are not loaded when an active citizen's were allowed."""
+        driver = await open_store(stored.url)
+        try:
+            active = await driver.citizen_with_values(stored.ids[1], "active", ["address", "points"])
+            erased = await driver.citizen_with_values(stored.ids[2], "active", FIELDS)
+            as_erased = await driver.citizen_with_values(stored.ids[2], "erased", FIELDS)
+            unknown = await driver.citizen_with_values(UNKNOWN, "active", FIELDS)
+        finally:
+            await driver.close()
+        assert active[0] is not None
+        assert (active[0].status, sorted((r.field, r.version) for r in active[1])) == (
+            "active",
+            [("address", 2), ("points", 1)],
+        )
+        assert erased[0] is not None
+        assert (erased[0].status, erased[1]) == ("erased", [])
+        assert len(as_erased[1]) == 2
+        assert unknown == (None, [])
 
     async def test_choices_are_the_active_consents_and_the_objections(self, stored: Stored) -> None:
         driver = await open_store(stored.url)

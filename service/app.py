@@ -140,10 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc.collect()
                 gc.freeze()
                 # A request's objects die by reference counting; the collector only has to
-                # find cycles. At Python's 700 net allocations it ran about every 20
-                # secured reads under load (6% of the process's CPU with the older
-                # generations it sets off, bench/README.md); at 5,000 it runs a tenth as
-                # often, about 1 ms each time.
+                # find cycles. At Python's 700 objects made and not yet freed, the requests
+                # in flight set it off about every two secured reads under load (4% of the
+                # process's CPU with the older generations after it); at 5,000 it did not
+                # run at all in 10 s of load (bench/README.md).
                 gc.set_threshold(GEN0_THRESHOLD, *gc.get_threshold()[1:])
             yield
         await app.state.database.dispose()

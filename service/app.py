@@ -141,7 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc.freeze()
                 # A request's objects die by reference counting; the collector only has to
                 # find cycles. At Python's 700 objects made and not yet freed, the requests
-                # in flight set it off about every two secured reads under load (4% of the
+                # in flight set it off about every 20 secured reads under load (4% of the
                 # process's CPU with the older generations after it); at 5,000 it did not
                 # run at all in 10 s of load (bench/README.md).
                 gc.set_threshold(GEN0_THRESHOLD, *gc.get_threshold()[1:])

@@ -37,6 +37,7 @@ from sqlalchemy.types import TypeDecorator
 
 from service import tracing
 from service.config import Settings
+from service.sqlite_turns import queue_writers
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -75,11 +76,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# How long a connection waits for SQLite's write lock (and, on the engines below, for its
+# turn to write) before "database is locked".
+SQLITE_BUSY_TIMEOUT_SECONDS = 10.0
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
     # FULL: a commit is on disk before it returns, which the audit's
     # "durable before release" promise depends on. Group commit pays for it.
     cursor.execute("PRAGMA synchronous=FULL")
@@ -123,6 +129,10 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         ensure_sqlite_dir(database_url)
         engine = create_async_engine(database_url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        path = sqlite_file(engine)
+        if path is not None:
+            # Writers take turns instead of racing for the lock (service/sqlite_turns.py).
+            queue_writers(engine, path, SQLITE_BUSY_TIMEOUT_SECONDS)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import Base, create_engine
 from service.schema import alembic_config, check, head_revisions, upgrade_async
-from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 
 
 async def index_definitions(engine: AsyncEngine) -> dict[str, str]:
@@ -67,5 +68,28 @@ class TestBlindIndexPartial:
             assert " WHERE " not in (await definitions_at(url))["ix_field_values_blind_index"]
             await upgrade_async(url)
             assert (await definitions_at(url))["ix_field_values_blind_index"] == made
+        finally:
+            await drop_scratch_database(url)
+
+    async def test_upgrade_after_a_cut_short_build_on_postgres(self, database_url: str) -> None:
+        # PostgreSQL builds the new index CONCURRENTLY beside the old one; a run cut short
+        # leaves it behind, and the next run starts again from scratch.
+        if not is_postgres(database_url):
+            pytest.skip("SQLite rebuilds the index in one transaction")
+        url = await create_scratch_database(database_url)
+        try:
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0016_access_notices")
+            engine = create_engine(url)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        text("CREATE INDEX ix_field_values_blind_index_new ON field_values (field)")
+                    )
+            finally:
+                await engine.dispose()
+            await upgrade_async(url)
+            definitions = await definitions_at(url)
+            assert "ix_field_values_blind_index_new" not in definitions
+            assert definitions["ix_field_values_blind_index"].endswith("WHERE (blind_index IS NOT NULL)")
         finally:
             await drop_scratch_database(url)

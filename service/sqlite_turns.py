@@ -73,7 +73,8 @@ class WriteTurns:
             running = None
         if running is self.loop:
             self._lock.release()
-        else:  # a connection returned to its pool from another thread (garbage collected)
+        elif not self.loop.is_closed():
+            # A connection returned to its pool from another thread (garbage collected).
             self.loop.call_soon_threadsafe(self._lock.release)
 
 

@@ -27,6 +27,7 @@ from service.errors import Forbidden, TooManyRequests, Unauthenticated, Validati
 
 ON_BEHALF_OF = "X-On-Behalf-Of"
 ON_BEHALF_OF_MAX = 200
+_ON_BEHALF_OF_KEY = ON_BEHALF_OF.lower().encode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,19 @@ class Principal:
         return cls(client_id=client_id, department=department, roles=role_set, scopes=scopes_for(role_set))
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The first value of the header ``name`` (in lower case, as ASGI servers give names), as
+    ``request.headers.get`` reads it, straight from the scope: without building Starlette's
+    ``Headers`` or raising and catching ``KeyError`` for a header that is not sent."""
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def _bearer_token(request: Request) -> str:
-    authorization = request.headers.get("authorization")
+    authorization = header(request, b"authorization")
     if not authorization:
         raise Unauthenticated("A bearer access token is required.", error="invalid_request")
     scheme, _, token = authorization.partition(" ")
@@ -60,7 +72,8 @@ def _bearer_token(request: Request) -> str:
 
 
 def _on_behalf_of(request: Request) -> str | None:
-    values = request.headers.getlist(ON_BEHALF_OF)
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    values = [value.decode("latin-1") for key, value in headers if key == _ON_BEHALF_OF_KEY]
     if not values:
         return None
     value = values[0]

@@ -16,12 +16,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import App
 from service.auth.dependencies import get_principal
 from service.hotpath import HotFront, HotHandler, HotRoutes
+from service.records.endpoints import _query
 from tests.fixtures import statuses
 from tests.records.conftest import RecordsEnv, as_
 
@@ -309,6 +313,15 @@ class TestHotReadMatchesDeclaredRoute:
             telemetry["tracer_provider"] = None
             fronted.restore()
             fronted.front.clock = clock
+
+
+class TestQueryString:
+    @given(st.lists(st.sampled_from(["purpose", "fields", "", "=", "&", "a", "b=", "%41", "+", "é", ";"])))
+    def test_read_as_starlette_reads_it(self, parts: list[str]) -> None:
+        query = "".join(parts).encode("utf-8")
+        starlette = dict(QueryParams(query.decode("latin-1")).items())
+        # QueryParams.items() gives the last value of a repeated name, as FastAPI takes it.
+        assert _query(query) == starlette
 
 
 class TestHotRoutesOnACommittedStore:

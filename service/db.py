@@ -38,6 +38,7 @@ from sqlalchemy.types import TypeDecorator
 
 from service import tracing
 from service.config import Settings
+from service.hotpath import app_state
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -335,9 +336,10 @@ def driver_reads(request: Request) -> DriverReads:
 
     A plain function, not a dependency: on the hottest routes FastAPI's resolution of each
     dependency costs more than the read itself (``bench/README.md``)."""
-    reads: DriverReads | None = getattr(request.app.state, "driver_reads", None)
+    state = app_state(request)
+    reads: DriverReads | None = state.get("driver_reads")
     if reads is None:
-        database: Database = request.app.state.database
+        database: Database = state["database"]
         reads = CoreReads(database.engine.connect)
     return reads
 

@@ -114,7 +114,8 @@ async def _authenticate(request: Request, reads: DriverReads) -> Principal:
     # any process. A client's standing read under the current epoch is still true, so it
     # is read from the database only when the epoch has moved since.
     epoch = await auth.epochs.key(reads)
-    request.state.epoch_key = epoch
+    # On the request's state (``request.state.epoch_key``), without building its ``State``.
+    request.scope.setdefault("state", {})["epoch_key"] = epoch
     status = auth.standing.get(verified.client_id, epoch)
     if status is None:
         status = await auth_service.client_standing(reads, verified.client_id)

@@ -89,7 +89,8 @@ def request_facts(
         source=client[0] if client is not None else None,
         case_ref=reference,
         purpose=purpose,
-        epoch_key=getattr(request.state, "epoch_key", None),
+        # ``getattr(request.state, "epoch_key", None)``, from the dict ``request.state`` wraps.
+        epoch_key=request.scope.get("state", {}).get("epoch_key"),
     )
 
 

@@ -15,7 +15,7 @@ from service.auth.facts import RequestFacts, facts, request_facts
 from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import BadRequest, ValidationFailed
-from service.hotpath import stand_in
+from service.hotpath import app_state, stand_in
 from service.records import reads, writes
 from service.records.schemas import (
     BatchGet,
@@ -42,19 +42,19 @@ _ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
 async def records_service(request: Request) -> RecordsService:
     """The records service on the app's long-lived parts. One dependency that reads them
     itself: each dependency level FastAPI resolves costs more than these lookups."""
-    state = request.app.state
-    database: Database = state.database
-    keyring: Keyring = state.keyring
+    state = app_state(request)
+    database: Database = state["database"]
+    keyring: Keyring = state["keyring"]
     return RecordsService(
         database.engine,
         keyring,
         # Fails closed (503) when the writer is down or the witness gate is shut.
         await get_audit_writer(request),
-        state.records_store,
-        state.policy,
-        getattr(state, "metrics", None),
+        state["records_store"],
+        state["policy"],
+        state.get("metrics"),
         database.settings.verify_unconstrained_per_day,
-        state.clock,
+        state["clock"],
     )
 
 

@@ -24,6 +24,7 @@ import base64
 import os
 import resource
 import secrets
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -139,8 +140,7 @@ def _report(kind: str, imported: tuple[importing.ImportReport, float, float], ba
     goals.check(f"import citizens/s with 6 fields, {kind}", rate, GOALS[kind], unit="/s")
 
 
-async def _run() -> None:
-    folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-import-"))
+async def _run(folder: Path) -> None:
     source = write_register_file(folder / "register.csv", ROWS)
     print(f"  {ROWS:,} citizens, batches of {BATCH:,}; {goals.load_average()}")
     baseline = _sqlite_baseline(folder / "baseline.db", ROWS)
@@ -159,7 +159,12 @@ async def _run() -> None:
 
 
 def main() -> None:
-    asyncio.run(_run())
+    # The file, the databases and the data folder: about 360 MB at 100,000 citizens.
+    folder = Path(tempfile.mkdtemp(prefix="tellonce-bench-import-"))
+    try:
+        asyncio.run(_run(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

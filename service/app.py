@@ -102,6 +102,10 @@ LIFECYCLES.append(records_lifecycle)
 LIFECYCLES.append(events_lifecycle)
 
 
+# The youngest generation's collection threshold in `tellonce serve` (Python's is 700).
+GEN0_THRESHOLD = 5_000
+
+
 class App(FastAPI):
     """FastAPI, with the hot routes served in front of its middleware stack
     (``service.hotpath.HotFront``) while that stack is the one ``create_app`` builds."""
@@ -135,6 +139,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # no longer walk it: 8% of a secured read's time (bench/README.md).
                 gc.collect()
                 gc.freeze()
+                # A request's objects die by reference counting; the collector only has to
+                # find cycles. At Python's 700 objects made and not yet freed, the requests
+                # in flight set it off about every 20 secured reads under load (4% of the
+                # process's CPU with the older generations after it); at 5,000 it did not
+                # run at all in 10 s of load (bench/README.md).
+                gc.set_threshold(GEN0_THRESHOLD, *gc.get_threshold()[1:])
             yield
         await app.state.database.dispose()
 

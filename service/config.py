@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     # Run the audit sequencer and the event dispatcher inside `serve`.
     run_workers: bool = True
-    # Freeze the heap startup made out of the garbage collector's reach (``gc.freeze``).
+    # Freeze the heap startup made out of the garbage collector's reach (``gc.freeze``),
+    # and collect the youngest generation less often (``service.app.GEN0_THRESHOLD``).
     # `tellonce serve` turns it on; off elsewhere, since tests make many apps per process.
     freeze_startup_heap: bool = False
     # Auth: the access tokens' audience, verified-token cache bound, default rate limit.

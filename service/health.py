@@ -46,8 +46,8 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-def _in_use(engine: AsyncEngine | None) -> int:
-    checkedout = getattr(engine.sync_engine.pool, "checkedout", None) if engine is not None else None
+def _in_use(engine: AsyncEngine) -> int:
+    checkedout = getattr(engine.sync_engine.pool, "checkedout", None)
     return int(checkedout()) if checkedout is not None else 0
 
 
@@ -55,9 +55,8 @@ async def refresh_gauges(request: Request, registry: Metrics) -> None:
     """Set the gauges read from the database and the pools, as of this scrape."""
     database: Database = request.app.state.database
     registry.pool_in_use.labels("requests").set(_in_use(database.engine))
-    registry.pool_in_use.labels("audit_writer").set(
-        _in_use(getattr(request.app.state, "audit_writer_engine", None))
-    )
+    writer = getattr(request.app.state, "audit_writer", None)
+    registry.pool_in_use.labels("audit_writer").set(writer.connections_in_use() if writer is not None else 0)
     try:
         async with database.engine.connect() as connection:
             lag = await audit_repository.sequencer_lag(connection)

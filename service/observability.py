@@ -152,7 +152,9 @@ class Metrics:
         )
         self.pool_in_use = Gauge(
             "tellonce_db_pool_connections_in_use",
-            "Database connections checked out of each pool of this process.",
+            "Database connections in use in this process: checked out of the request pool, "
+            "and held by the audit writer (out of its pool, or its one SQLite connection "
+            "while a batch is written).",
             ["pool"],
             registry=self.registry,
         )

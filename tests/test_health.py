@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import re
 
@@ -7,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.app import GEN0_THRESHOLD, create_app
 from service.config import Settings
 from service.observability import _RequestIds
 from tests.fixtures.server import LiveServer
@@ -74,3 +75,25 @@ class TestLiveServer:
     def test_serves_healthz_and_readyz(self, live_server: LiveServer) -> None:
         assert httpx.get(f"{live_server.base_url}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{live_server.base_url}/readyz").status_code == 200
+
+
+class TestServingHeap:
+    async def test_a_serving_process_freezes_its_startup_heap_and_collects_less_often(
+        self, settings: Settings, scratch_database: str
+    ) -> None:
+        """`tellonce serve` sets ``freeze_startup_heap``: once started, what startup made is
+        out of the collector's reach and the youngest generation is collected at
+        ``GEN0_THRESHOLD`` net allocations instead of Python's 700."""
+        before = gc.get_threshold()
+        application = create_app(
+            settings.model_copy(
+                update={"database_url": scratch_database, "run_workers": False, "freeze_startup_heap": True}
+            )
+        )
+        try:
+            async with application.router.lifespan_context(application):
+                assert gc.get_freeze_count() > 0
+                assert gc.get_threshold() == (GEN0_THRESHOLD, *before[1:])
+        finally:
+            gc.set_threshold(*before)
+            gc.unfreeze()

@@ -126,4 +126,24 @@ class TestPoolMetrics:
         async with live_app.state.database.engine.connect():
             held = value(await scrape(live_app), 'tellonce_db_pool_connections_in_use{pool="requests"}')
         assert held >= 1
-        assert 'tellonce_db_pool_connections_in_use{pool="audit_writer"}' in await scrape(live_app)
+
+    async def test_the_audit_writer_reports_its_connection_while_a_batch_is_open(
+        self, live_app: FastAPI
+    ) -> None:
+        """On SQLite the writer holds one connection of its own, not one of its pool: the
+        gauge reads it while a batch's transaction is open, and 0 once it committed."""
+        sample = 'tellonce_db_pool_connections_in_use{pool="audit_writer"}'
+        writer = live_app.state.audit_writer
+        assert value(await scrape(live_app), sample) == 0
+        seen: list[float] = []
+
+        async def scrape_inside(_conn: AsyncConnection) -> None:
+            seen.append(value(await scrape(live_app), sample))
+
+        writer.before_commit = scrape_inside
+        try:
+            await writer.append(make_entry())
+        finally:
+            writer.before_commit = None
+        assert seen == [1]
+        assert value(await scrape(live_app), sample) == 0

@@ -14,8 +14,11 @@ fails if it reads a table, or walks a whole index, without a search key:
   audit search's first page is ``id > 0 AND purpose = ?``, a search in name and a walk of
   the whole log in fact.
 
-A walk of a whole *partial* index passes on both: the index holds exactly the rows the
-statement asks for (all current agreements, say). The test tables hold a handful of
+A walk of a whole *partial* index passes on both when the index holds exactly the rows the
+statement asks for (all current agreements, say), but not the walk of an index whose
+condition only leaves out rows without a key (``blind_index IS NOT NULL``): that index
+holds every keyed row, a national id per citizen. Every statement that compares a blind
+index must search ``ix_field_values_blind_index`` by its key. The test tables hold a handful of
 rows, on which PostgreSQL rightly prefers a sequential scan whatever the indexes, so its
 explaining session sets ``enable_seqscan = off``: the plan then shows whether an index
 *can* serve the statement, which is what the plan on a large table depends on
@@ -58,6 +61,7 @@ from service.auth import service as auth_service
 from service.config import Settings
 from service.db import Base, SqliteReads, create_session_factory, numbered
 from service.policy import epoch as policy_epoch
+from service.records import importing
 from service.sim import policies as demo_policies
 from tests.conftest import DEMO_POLICIES
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
@@ -72,6 +76,9 @@ HOT_PATHS: dict[str, set[str]] = {
     # each such read asks for the citizen's consents and objections.
     "secured read with consents and objections": {"consents", "objections"},
     "lookup by national id": {"field_values", "citizens", "data_keys"},
+    # The duplicate national-id check before a registration, and an import's for a batch.
+    "registration": {"field_values"},
+    "import": {"field_values", "import_runs"},
     "batch get": {"citizens", "field_values", "data_keys"},
     "access log by citizen": {"citizens", "audit_entries", "audit_leaves"},
     "audit search by citizen": {"audit_entries"},
@@ -120,16 +127,28 @@ class Recorder:
         return [s for s in self.statements if s.path == path]
 
 
+# A partial index's condition that only leaves out rows without a key.
+_KEY_PRESENT = re.compile(r"^\(?\w+ IS NOT NULL\)?$", re.IGNORECASE)
+
+
 def partial_indexes() -> set[str]:
-    """The names of the schema's partial indexes (a ``WHERE`` in the index)."""
+    """The names of the schema's partial indexes (a ``WHERE`` in the index) that a whole
+    walk may read: not those whose condition is only ``x IS NOT NULL``, which hold every
+    row with a key (the blind-index index: a national id per citizen)."""
     return {
         index.name
         for table in Base.metadata.tables.values()
         for index in table.indexes
         if index.name
-        and (index.dialect_options["sqlite"].get("where") is not None)
-        and (index.dialect_options["postgresql"].get("where") is not None)
+        and (sqlite := index.dialect_options["sqlite"].get("where")) is not None
+        and (postgresql := index.dialect_options["postgresql"].get("where")) is not None
+        and not (_KEY_PRESENT.match(str(sqlite)) and _KEY_PRESENT.match(str(postgresql)))
     }
+
+
+BLIND_INDEX_INDEX = "ix_field_values_blind_index"
+# A statement that searches by blind index: a comparison of the column with a value.
+_BLIND_INDEX_SEARCH = re.compile(r"\bblind_index\s*(?:=|IN\b)", re.IGNORECASE)
 
 
 _ONE_SIDED = re.compile(r"^\((?:rowid|\w+)[<>]=?\?\)$")
@@ -303,6 +322,20 @@ async def _run_hot_paths(url: str, data_dir: Path, root_key: str, recorder: Reco
                 )
                 assert registered.status_code == 201, registered.text
                 citizens.append(registered.json()["id"])
+            with recorder.named("registration"):
+                registered = await http.post(
+                    "/v1/citizens",
+                    json={"national_id": "ZZ000003A", "fields": {"given_name": "Grace"}},
+                    headers=bearer["register"],
+                )
+            assert registered.status_code == 201, registered.text
+            # An import whose batch holds a new citizen and one registered above.
+            source = data_dir / "register.csv"
+            source.write_text("national_id,given_name\nZZ000004A,Alan\nZZ000000A,Ada\n")
+            plan = await importing.plan_import(database.engine, source, "csv", "register", "register")
+            with recorder.named("import"):
+                report = await importing.run_import(database.engine, keyring, plan, actor="operator:plans")
+            assert report.counts.registered == 1, report.counts
             read_query = {"purpose": "benefit-eligibility", "fields": "given_name,date_of_birth"}
 
             # A policy change reaches every process through the epoch: the next request
@@ -415,6 +448,17 @@ class TestHotQueryPlans:
         ]
         assert not scanning, f"{path}: a statement reads without a search key:\n\n" + "\n\n".join(scanning)
 
+    @pytest.mark.parametrize("path", ["lookup by national id", "registration", "import"])
+    def test_national_ids_are_found_by_the_blind_index(
+        self, hot_plans: dict[str, list[Explained]], path: str
+    ) -> None:
+        # The index is partial (rows with a blind index only): a search uses it only when
+        # its WHERE implies the index's, which a comparison of blind_index does.
+        searches = [e for e in hot_plans[path] if _BLIND_INDEX_SEARCH.search(e.statement.sql)]
+        assert searches, f"{path}: no search by blind index captured"
+        for explained in searches:
+            assert BLIND_INDEX_INDEX in explained.plan, f"{explained.statement.sql}\n{explained.plan}"
+
 
 class TestScanDetection:
     """The checks themselves find a scan where there is one."""
@@ -475,3 +519,9 @@ class TestScanDetection:
 
     def test_the_schema_has_partial_indexes(self) -> None:
         assert {"uq_field_values_current", "uq_agreement_versions_current"} <= partial_indexes()
+
+    def test_a_walk_of_every_blind_index_is_a_scan(self) -> None:
+        # Partial, but it holds a national id per citizen.
+        assert BLIND_INDEX_INDEX not in partial_indexes()
+        walk = [f"SCAN field_values USING INDEX {BLIND_INDEX_INDEX}"]
+        assert sqlite_scans(walk, partial_indexes()) == walk

@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
-from service.schema import check, head_revisions
+import asyncio
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import Base, create_engine
+from service.schema import alembic_config, check, head_revisions, upgrade_async
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
+
+
+async def index_definitions(engine: AsyncEngine) -> dict[str, str]:
+    """Each index's definition as the database states it (names of the schema's own
+    indexes; SQLite's automatic ones have no SQL)."""
+    async with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            rows = await conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+        else:
+            rows = await conn.execute(
+                text("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")
+            )
+        return {str(name): str(definition) for name, definition in rows if definition}
+
+
+async def definitions_at(url: str) -> dict[str, str]:
+    engine = create_engine(url)
+    try:
+        return await index_definitions(engine)
+    finally:
+        await engine.dispose()
 
 
 class TestMigrations:
@@ -12,3 +42,54 @@ class TestMigrations:
 
     def test_single_head(self) -> None:
         assert len(head_revisions()) == 1
+
+    async def test_partial_indexes_match_the_models(self, engine: AsyncEngine) -> None:
+        # `alembic check` compares neither an index's WHERE nor its absence.
+        definitions = await index_definitions(engine)
+        for table in Base.metadata.tables.values():
+            for index in table.indexes:
+                partial = index.dialect_options[engine.dialect.name].get("where") is not None
+                assert index.name in definitions, index.name
+                assert (" WHERE " in definitions[index.name]) == partial, definitions[index.name]
+
+
+class TestBlindIndexPartial:
+    """0017: the blind-index index keeps only rows that have a blind index, and going
+    down restores the index over every row."""
+
+    async def test_upgrade_downgrade_upgrade(self, database_url: str) -> None:
+        url = await create_scratch_database(database_url)
+        try:
+            made = (await definitions_at(url))["ix_field_values_blind_index"]
+            assert made.endswith("WHERE (blind_index IS NOT NULL)") or made.endswith(
+                "WHERE blind_index IS NOT NULL"
+            ), made
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0016_access_notices")
+            assert " WHERE " not in (await definitions_at(url))["ix_field_values_blind_index"]
+            await upgrade_async(url)
+            assert (await definitions_at(url))["ix_field_values_blind_index"] == made
+        finally:
+            await drop_scratch_database(url)
+
+    async def test_upgrade_after_a_cut_short_build_on_postgres(self, database_url: str) -> None:
+        # PostgreSQL builds the new index CONCURRENTLY beside the old one; a run cut short
+        # leaves it behind, and the next run starts again from scratch.
+        if not is_postgres(database_url):
+            pytest.skip("SQLite rebuilds the index in one transaction")
+        url = await create_scratch_database(database_url)
+        try:
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0016_access_notices")
+            engine = create_engine(url)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        text("CREATE INDEX ix_field_values_blind_index_new ON field_values (field)")
+                    )
+            finally:
+                await engine.dispose()
+            await upgrade_async(url)
+            definitions = await definitions_at(url)
+            assert "ix_field_values_blind_index_new" not in definitions
+            assert definitions["ix_field_values_blind_index"].endswith("WHERE (blind_index IS NOT NULL)")
+        finally:
+            await drop_scratch_database(url)

@@ -70,7 +70,6 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         on_batch=metrics.audit_batch_entries.observe,
         on_failure=lambda _entries: metrics.audit_batch_failures.inc(),
     )
-    app.state.audit_writer_engine = writer_engine
     await writer.start()
     app.state.audit_writer = writer
     key_events = KeyEventsToWriter(writer)

@@ -279,20 +279,26 @@ class SqliteBatches:
         self._rows_since_checkpoint = 0
         self._batches_since_checkpoint = 0
         self.checkpoints = 0
+        # 1 while a batch's transaction is open on the connection (the metrics read it).
+        self.in_use = 0
 
     async def write(self, rows: Sequence[Values], before_commit: BeforeCommit | None = None) -> list[int]:
         """Insert ``rows`` in one committed transaction; their ids, in order."""
         loop = asyncio.get_running_loop()
-        if before_commit is None:
-            return await loop.run_in_executor(self._thread, self._write, rows, True)
-        ids = await loop.run_in_executor(self._thread, self._write, rows, False)
+        self.in_use = 1
         try:
-            await before_commit(self._connection)
-        except BaseException:
-            await loop.run_in_executor(self._thread, self._end, "ROLLBACK", 0)
-            raise
-        await loop.run_in_executor(self._thread, self._end, "COMMIT", len(rows))
-        return ids
+            if before_commit is None:
+                return await loop.run_in_executor(self._thread, self._write, rows, True)
+            ids = await loop.run_in_executor(self._thread, self._write, rows, False)
+            try:
+                await before_commit(self._connection)
+            except BaseException:
+                await loop.run_in_executor(self._thread, self._end, "ROLLBACK", 0)
+                raise
+            await loop.run_in_executor(self._thread, self._end, "COMMIT", len(rows))
+            return ids
+        finally:
+            self.in_use = 0
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
@@ -460,6 +466,14 @@ class AuditWriter:
         self._pending.append((rows, future, tracing.current_link()))
         self._wake.set()
         return await future
+
+    def connections_in_use(self) -> int:
+        """Database connections this writer holds now: on a SQLite file its one connection
+        while a batch is written, otherwise those checked out of its engine's pool."""
+        if self._sqlite is not None:
+            return self._sqlite.in_use
+        checkedout = getattr(self.engine.sync_engine.pool, "checkedout", None)
+        return int(checkedout()) if checkedout is not None else 0
 
     def _take_batch(self) -> list[Pending]:
         taken, count = 0, 0

@@ -32,7 +32,9 @@ ROLE_SCOPES: Final[dict[str, frozenset[str]]] = {
     ),
     # events:subscribe: access notices (``access.recorded``), through the events API.
     "citizen-portal": frozenset({"citizens:access-log", "citizens:consent", "events:subscribe"}),
-    "admin": frozenset({"admin:clients", "admin:departments"}),
+    # Departments come from the catalog (policies/), which only the operator applies; a
+    # department's admin manages its own clients.
+    "admin": frozenset({"admin:clients"}),
 }
 
 ROLES: Final[frozenset[str]] = frozenset(ROLE_SCOPES)

@@ -11,7 +11,8 @@ Exactly once: the notices and the worker's new position commit in one transactio
 the lock of the worker's row, on condition that the position is still the one the notices
 were made from. A round reads the entries and makes their notices first, without the
 lock, so the audit writers of the serving processes (on SQLite, at the same one write
-lock) wait for its inserts only. Notices are made only while some portal subscribes;
+lock) wait for its inserts only; a round with nothing to add moves the position in one
+conditional statement instead. Notices are made only while some portal subscribes;
 what happens before that is not told (the access log has it).
 
 An access under delayed disclosure (``service.cases.rules``) is held instead, and added
@@ -104,6 +105,7 @@ class NoticeWorker:
         self, engine: AsyncEngine, terms: AgreementTerms, interval: float = ROUND_INTERVAL_SECONDS
     ) -> None:
         self.engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.terms = terms
         self.interval = interval
         self._next_round = 0.0
@@ -123,6 +125,16 @@ class NoticeWorker:
             made = await self._from_audit(conn, position, watermark, now) if position < watermark else None
             await conn.rollback()
         if made is None and not due:
+            return 0
+        if made is not None and not made.notices and not made.held and not due:
+            # Nothing to tell (no portal subscribes, or the entries released nothing): the
+            # position moves past the entries in one statement that commits by itself, on
+            # condition that it is still the one read, so the write lock (on SQLite the one
+            # the audit writers of the serving processes wait for) is held for that
+            # statement alone, not through a round's transaction of several.
+            moved = await repository.advance_notice_position(self._autocommit, position, made.position)
+            if not moved or made.position < watermark:
+                self._next_round = 0.0
             return 0
         added = 0
         async with self.engine.begin() as conn:

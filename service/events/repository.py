@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.events.models import (
     ACCESS_RECORDED,
@@ -277,6 +277,20 @@ async def lock_notice_state(conn: AsyncConnection) -> int:
 async def notice_position(conn: AsyncConnection) -> int:
     result = await conn.execute(select(NoticeState.last_entry_id).where(NoticeState.id == 1))
     return int(result.scalar_one())
+
+
+async def advance_notice_position(autocommit: AsyncEngine, passed: int, last_entry_id: int) -> bool:
+    """Move the notice worker's position from ``passed`` to ``last_entry_id`` in one
+    statement that commits by itself (``autocommit`` is an engine with
+    ``isolation_level="AUTOCOMMIT"``); False, and nothing written, if another worker moved
+    it first."""
+    async with autocommit.connect() as conn:
+        result = await conn.execute(
+            update(NoticeState)
+            .where(NoticeState.id == 1, NoticeState.last_entry_id == passed)
+            .values(last_entry_id=last_entry_id)
+        )
+    return result.rowcount == 1
 
 
 async def set_notice_position(conn: AsyncConnection, last_entry_id: int) -> None:

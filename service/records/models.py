@@ -46,7 +46,15 @@ class FieldValue(Base):
             sqlite_where=text("is_current"),
             postgresql_where=text("is_current"),
         ),
-        Index("ix_field_values_blind_index", "field", "blind_index"),
+        # Only searchable fields have a blind index, so only their rows are indexed; every
+        # search compares blind_index, which implies the condition on both databases.
+        Index(
+            "ix_field_values_blind_index",
+            "field",
+            "blind_index",
+            sqlite_where=text("blind_index IS NOT NULL"),
+            postgresql_where=text("blind_index IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(

@@ -15,17 +15,19 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from service.app import create_app
+from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteVerifier
 from service.audit.models import AuditEntryRow
 from service.audit.service import verify_stored_log
 from service.cases.models import Case
 from service.config import Settings
 from service.db import utcnow
+from service.events import repository as events_repository
 from service.events.models import ACCESS_RECORDED, HeldNotice, NoticeState, OutboxEvent
 from service.events.notices import NoticeWorker
 from tests.fixtures.auth import act_as
@@ -245,6 +247,67 @@ class TestAccessNotices:
             stop.set()
             await asyncio.gather(*racers)
         assert await _notice_rows(events_engine, [ada]) == 12
+
+    async def test_with_no_portal_subscribed_the_position_moves_in_one_statement(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        events_engine: AsyncEngine,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Reads with nobody subscribed make no notice; a round moves the worker's position
+        past them in one conditional UPDATE (on SQLite it holds the write lock the audit
+        writers wait for), never the round's transaction that locks the row first."""
+
+        async def idle(_now: datetime) -> int:
+            return 0
+
+        # The app's own worker sits out, so the round below is the one that moves it.
+        monkeypatch.setattr(full_app.state.dispatcher.notices, "run_once", idle)
+        async with events_engine.connect() as conn:
+            start = await events_repository.notice_position(conn)
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        for _ in range(3):
+            assert (await _read(full_app, http, "welfare", ada, "benefit-eligibility")).status_code == 200
+        async with events_engine.connect() as conn:
+            newest = (await conn.execute(select(func.max(AuditEntryRow.id)))).scalar_one()
+        assert start < newest
+
+        async def sequenced() -> bool:
+            async with events_engine.connect() as conn:
+                return await audit_repository.sequenced_watermark(conn) >= newest
+
+        assert await _until(sequenced)
+        worker = NoticeWorker(events_engine, full_app.state.events.terms, interval=0)
+        statements: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(events_engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            assert await worker.run_once(datetime.now(UTC)) == 0
+        finally:
+            event.remove(events_engine.sync_engine, "before_cursor_execute", seen)
+        async with events_engine.connect() as conn:
+            position = await events_repository.notice_position(conn)
+        assert await _notice_rows(events_engine, [ada]) == 0
+        writes = [s for s in statements if s.lstrip().upper().startswith(("UPDATE", "INSERT", "DELETE"))]
+        assert len(writes) == 1, statements
+        assert "RETURNING" not in writes[0]
+        assert position >= newest
+
+    async def test_a_position_another_worker_moved_on_is_not_moved_back(
+        self, full_app: FastAPI, events_engine: AsyncEngine
+    ) -> None:
+        autocommit = events_engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with events_engine.connect() as conn:
+            start = await events_repository.notice_position(conn)
+        assert await events_repository.advance_notice_position(autocommit, start, start + 50)
+        # A worker that read the old position finds it moved and writes nothing.
+        assert not await events_repository.advance_notice_position(autocommit, start, start + 20)
+        async with events_engine.connect() as conn:
+            assert await events_repository.notice_position(conn) == start + 50
 
     async def test_the_feed_carries_notices_and_consumers_cannot_subscribe(
         self, full_app: FastAPI, http: httpx.AsyncClient

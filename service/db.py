@@ -230,7 +230,7 @@ class SqliteReads:
         Header"). The header is kept twice; a commit writes the second copy, then the first,
         so copies that differ are a header being written. Reading it is a copy of 96 bytes
         from the pages SQLite itself maps, against a statement's read transaction (about
-        0.15 against 8 us here, bench/README.md)."""
+        0.2 against 8 us here, bench/README.md)."""
         if self.wal_index is None:
             return None
         header = self.wal_index[: 2 * _WAL_INDEX_HEADER]

@@ -157,10 +157,10 @@ class HotFront:
 
     Both are decided when the stack is built and again at most ``recheck_seconds`` later,
     not per request: FastAPI's telemetry check reads three environment variables through
-    OpenTelemetry on every call (2 to 4.5% of the secured read's time on the event loop,
-    bench/README.md). A
-    tracer, meter or logger provider configured while the app serves therefore sends its
-    requests through the stack within that time, and from a rebuilt stack at once."""
+    OpenTelemetry on every call (2 to 5% of the secured read's time on the event loop,
+    bench/README.md). A tracer, meter or logger provider configured while the app serves
+    therefore sends its requests through the stack within that time, and from a rebuilt
+    stack at once."""
 
     # How long a decision that the front may serve stands before it is taken again.
     recheck_seconds = 1.0

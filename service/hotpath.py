@@ -62,6 +62,19 @@ class HotRoute:
         raise LookupError(f"no GET route for {endpoint.__name__}")
 
 
+def app_state(request: Request) -> dict[str, Any]:
+    """The attributes of ``request.app.state``, as the dict Starlette's ``State`` keeps them
+    in (``_state``): for reading on the hot path only; set them on ``app.state`` as usual.
+
+    ``app.state.name`` first fails Python's own attribute lookup, then calls
+    ``State.__getattr__``: about 0.6 us on this machine, and a secured read made a dozen such
+    reads; ``app_state(request).get(name)`` is one dict read. (``getattr(app.state, name,
+    None)`` is ``.get(name)``; ``app.state.name`` is ``[name]``, a KeyError where Starlette
+    raised AttributeError.)"""
+    parts: dict[str, Any] = request.app.state._state
+    return parts
+
+
 async def stand_in(request: Request, dependency: Callable[..., Any]) -> Any:
     """``dependency(request)``, or the stand-in ``app.dependency_overrides`` holds for it,
     as the declared route would resolve it (tests act as a client this way). A stand-in
@@ -140,19 +153,36 @@ class HotFront:
     The front serves only while the app's built stack is exactly ``layers`` (outermost
     first) around its ``HotRoutes`` and FastAPI's native telemetry is off: with tracing
     installed (its middleware wraps the stack), or any other layer added, every request
-    goes through the stack, where ``HotRoutes`` still serves the hot routes."""
+    goes through the stack, where ``HotRoutes`` still serves the hot routes.
+
+    Both are decided when the stack is built and again at most ``recheck_seconds`` later,
+    not per request: FastAPI's telemetry check reads three environment variables through
+    OpenTelemetry on every call (2 to 5% of the secured read's time on the event loop,
+    bench/README.md). A tracer, meter or logger provider configured while the app serves
+    therefore sends its requests through the stack within that time, and from a rebuilt
+    stack at once."""
+
+    # How long a decision that the front may serve stands before it is taken again.
+    recheck_seconds = 1.0
 
     def __init__(self, context: RequestContext, layers: Sequence[type]) -> None:
         self.context = context
         self.layers = tuple(layers)
         self._stack: object = None
         self._hot: HotRoutes | None = None
+        self._decided_at = 0.0
+        # What the decision is timed by; tests move it on.
+        self.clock: Callable[[], float] = time.monotonic
 
     def _routes(self, app: FastAPI) -> HotRoutes | None:
-        """The stack's ``HotRoutes`` if the stack is exactly ``layers`` around it."""
+        """The stack's ``HotRoutes`` if the stack is exactly ``layers`` around it and
+        FastAPI's telemetry is off, as decided at most ``recheck_seconds`` ago."""
         stack = app.middleware_stack
-        if stack is not self._stack:
-            self._stack, self._hot = stack, None
+        now = self.clock()
+        if stack is not self._stack or now - self._decided_at >= self.recheck_seconds:
+            self._stack, self._hot, self._decided_at = stack, None, now
+            if app._native_telemetry.enabled():
+                return None
             layer: Any = stack
             for kind in self.layers:
                 if type(layer) is not kind:
@@ -165,7 +195,7 @@ class HotFront:
     async def serve(self, app: FastAPI, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve ``scope`` if it is a hot route's; False to send it through the stack."""
         hot_routes = self._routes(app)
-        if hot_routes is None or app.root_path or app._native_telemetry.enabled():
+        if hot_routes is None or app.root_path:
             return False
         for name, _value in scope["headers"]:
             if name in _BODY_HEADERS:

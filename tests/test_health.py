@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import re
 
 import httpx
 import pytest
@@ -8,6 +10,7 @@ from fastapi import FastAPI
 
 from service.app import GEN0_THRESHOLD, create_app
 from service.config import Settings
+from service.observability import _RequestIds
 from tests.fixtures.server import LiveServer
 
 
@@ -48,6 +51,23 @@ class TestHealth:
         assert response.headers["x-request-id"] == "abc12345-trace"
         bad = await client.get("/healthz", headers={"X-Request-ID": "<script>"})
         assert bad.headers["x-request-id"] != "<script>"
+
+    def test_new_request_ids_are_random_hex_and_a_forked_child_draws_its_own(self) -> None:
+        ids = _RequestIds()
+        drawn = [ids() for _ in range(3 * _RequestIds.BLOCK)]
+        assert all(re.fullmatch(r"[0-9a-f]{32}", made) for made in drawn)
+        assert len(set(drawn)) == len(drawn)
+        reading, writing = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            os.write(writing, ids().encode())
+            os._exit(0)
+        os.close(writing)
+        in_child = os.read(reading, 64).decode()
+        os.close(reading)
+        os.waitpid(child, 0)
+        assert re.fullmatch(r"[0-9a-f]{32}", in_child)
+        assert in_child != ids()
 
 
 @pytest.mark.e2e

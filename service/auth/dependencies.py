@@ -27,6 +27,7 @@ from service.errors import Forbidden, TooManyRequests, Unauthenticated, Validati
 
 ON_BEHALF_OF = "X-On-Behalf-Of"
 ON_BEHALF_OF_MAX = 200
+_ON_BEHALF_OF_KEY = ON_BEHALF_OF.lower().encode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,19 @@ class Principal:
         return cls(client_id=client_id, department=department, roles=role_set, scopes=scopes_for(role_set))
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The first value of the header ``name`` (in lower case, as ASGI servers give names), as
+    ``request.headers.get`` reads it, straight from the scope: without building Starlette's
+    ``Headers`` or raising and catching ``KeyError`` for a header that is not sent."""
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def _bearer_token(request: Request) -> str:
-    authorization = request.headers.get("authorization")
+    authorization = header(request, b"authorization")
     if not authorization:
         raise Unauthenticated("A bearer access token is required.", error="invalid_request")
     scheme, _, token = authorization.partition(" ")
@@ -60,7 +72,8 @@ def _bearer_token(request: Request) -> str:
 
 
 def _on_behalf_of(request: Request) -> str | None:
-    values = request.headers.getlist(ON_BEHALF_OF)
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    values = [value.decode("latin-1") for key, value in headers if key == _ON_BEHALF_OF_KEY]
     if not values:
         return None
     value = values[0]
@@ -75,10 +88,12 @@ def _on_behalf_of(request: Request) -> str | None:
 async def get_principal(request: Request) -> Principal:
     """Authenticate the request with its bearer access token.
 
-    After the token (cached once verified), one tiny read of the revocation epoch key on
-    the raw driver (``service.db.DriverReads``; concurrent requests share a read that began
-    after each of them arrived, ``SharedEpochReads``); the client's standing and rate limit are read
-    again only when that key has moved. ``tellonce clients disable`` moves it, so a
+    After the token (cached once verified), the revocation epoch key, read on the raw
+    driver (``service.db.DriverReads``) as ``SharedEpochReads`` decides: on PostgreSQL
+    concurrent requests share a read that began after each of them arrived; on SQLite the
+    key is read again only when any connection has committed since the last read (the WAL
+    index's commit marker). The client's standing and rate limit are read again only when
+    that key has moved. ``tellonce clients disable`` moves it, so a
     disabled client is refused on the very next request in every process and replica,
     with no invalidation messages. Then the rate limit: in memory, or on PostgreSQL one
     claim on the client's bucket shared by every replica, per batch of its concurrent
@@ -99,7 +114,8 @@ async def _authenticate(request: Request, reads: DriverReads) -> Principal:
     # any process. A client's standing read under the current epoch is still true, so it
     # is read from the database only when the epoch has moved since.
     epoch = await auth.epochs.key(reads)
-    request.state.epoch_key = epoch
+    # On the request's state (``request.state.epoch_key``), without building its ``State``.
+    request.scope.setdefault("state", {})["epoch_key"] = epoch
     status = auth.standing.get(verified.client_id, epoch)
     if status is None:
         status = await auth_service.client_standing(reads, verified.client_id)

@@ -69,19 +69,28 @@ class RequestFacts:
 
 
 def request_facts(
-    request: Request, principal: Principal, needed: frozenset[str], reference: str | None
+    request: Request,
+    principal: Principal,
+    needed: frozenset[str],
+    reference: str | None,
+    purpose: str | None = None,
 ) -> RequestFacts:
     """The facts of an authenticated request: its case reference (422 unless one is valid),
     then the scopes ``needed`` (403 naming the missing ones). ``facts(...)`` and the hot
-    routes (``service.hotpath``) both gather them here."""
+    routes (``service.hotpath``) both gather them here; a hot route passes the ``purpose``
+    its query states, as ``for_purpose`` would add it."""
     if reference is not None:
         check_case_ref(reference, ["header", "X-Case-Ref"])
+    client = request.scope.get("client")
     return RequestFacts(
         principal=demand(principal, needed),
         request_id=current_request_id(),
-        source=request.client.host if request.client else None,
+        # As ``request.client.host``, without building Starlette's ``Address``.
+        source=client[0] if client is not None else None,
         case_ref=reference,
-        epoch_key=getattr(request.state, "epoch_key", None),
+        purpose=purpose,
+        # ``getattr(request.state, "epoch_key", None)``, from the dict ``request.state`` wraps.
+        epoch_key=request.scope.get("state", {}).get("epoch_key"),
     )
 
 

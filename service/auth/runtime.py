@@ -14,6 +14,7 @@ from service.auth.ratelimit import ClientRateLimit, RateLimiter, SharedRateLimit
 from service.auth.server import TellonceAuthorizationServer
 from service.auth.tokens import TokenIssuer, TokenVerifier
 from service.config import Settings
+from service.hotpath import app_state
 from service.policy.epoch import SharedEpochReads
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a secret
@@ -87,7 +88,7 @@ async def auth_lifecycle(app: FastAPI) -> AsyncIterator[None]:
 
 
 def get_auth(request: Request) -> AuthRuntime:
-    runtime: AuthRuntime | None = getattr(request.app.state, "auth", None)
+    runtime: AuthRuntime | None = app_state(request).get("auth")
     if runtime is None:
         # An app used without its lifespan (rare: some test clients) still authenticates.
         runtime = AuthRuntime.create(request.app.state.settings)

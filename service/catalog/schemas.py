@@ -66,7 +66,16 @@ class Catalog(_Strict):
         return next((d for d in self.departments if d.id == department_id), None)
 
     def purpose(self, purpose_id: str) -> Purpose | None:
-        return next((p for p in self.purposes if p.id == purpose_id), None)
+        return self.purposes_by_id.get(purpose_id)
+
+    @cached_property
+    def purposes_by_id(self) -> dict[str, Purpose]:
+        """Each purpose by id (the first of an id), made once: every read checks its purpose
+        here. The catalog is frozen."""
+        found: dict[str, Purpose] = {}
+        for purpose in self.purposes:
+            found.setdefault(purpose.id, purpose)
+        return found
 
     def field(self, name: str) -> FieldSpec | None:
         return self.fields_by_name.get(name)

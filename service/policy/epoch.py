@@ -4,7 +4,8 @@ A policy change, a catalog change and a disabled client all move it (``bump_epoc
 a new catalog version), and every process then recompiles its policy and re-reads
 clients' standing on its next request. Policy owns the row; auth moves it through
 ``bump_epoch`` and reads it through ``epoch_key`` (a SQLAlchemy connection) or
-``driver_epoch_key`` (the per-request read on the raw driver, ``service.db.DriverReads``).
+``driver_epoch_key`` (the per-request read on the raw driver, ``service.db.DriverReads``;
+``SharedEpochReads`` decides when a request needs a read of its own).
 """
 
 from __future__ import annotations
@@ -59,18 +60,26 @@ class SharedEpochReads:
     starts as soon as the one in flight returns and serves all of them. So each request
     still gets a read that began after it arrived: a client disabled (or a policy changed)
     before the request came is seen by it, as with a read of its own. Under load this is
-    one round trip per batch of concurrent requests instead of one each. On SQLite the read
-    runs on the event loop without yielding, so nothing can join it: it is read directly.
-    One per process (``AuthRuntime.epochs``).
+    one round trip per batch of concurrent requests instead of one each. One per process
+    (``AuthRuntime.epochs``).
+
+    On SQLite the read runs on the event loop without yielding, so nothing can join it.
+    Instead the key is kept with the WAL index's commit marker (``SqliteReads.commit_marker``)
+    taken just before it was read, and read again only when the marker has moved: an equal
+    marker means no connection of any process has committed since, so the key read then is
+    still what a read now would return. A client disabled by a commit that returned before
+    the request came has moved the marker, and the request reads the key.
     """
 
     def __init__(self) -> None:
         self._waiting: asyncio.Future[EpochKey] | None = None
         self._reader: asyncio.Task[None] | None = None
+        # (the SQLite reads, their commit marker before the read, the key read).
+        self._kept: tuple[SqliteReads, bytes, EpochKey] | None = None
 
     async def key(self, reads: DriverReads) -> EpochKey:
         if isinstance(reads, SqliteReads):
-            return await driver_epoch_key(reads)
+            return await self._sqlite_key(reads)
         waiting = self._waiting
         if waiting is None:
             waiting = self._waiting = asyncio.get_running_loop().create_future()
@@ -79,6 +88,17 @@ class SharedEpochReads:
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read(reads))
         return await asyncio.shield(waiting)
+
+    async def _sqlite_key(self, reads: SqliteReads) -> EpochKey:
+        # Taken before the read: a commit between the two moves it, and the next request
+        # reads again (never the other way round).
+        marker = reads.commit_marker()
+        kept = self._kept
+        if marker is not None and kept is not None and kept[0] is reads and kept[1] == marker:
+            return kept[2]
+        key = await driver_epoch_key(reads)
+        self._kept = None if marker is None else (reads, marker, key)
+        return key
 
     async def _read(self, reads: DriverReads) -> None:
         try:

@@ -1,11 +1,15 @@
-"""Concurrent requests share the epoch read, but each gets a read begun after it arrived."""
+"""Concurrent requests share the epoch read, but each gets a read begun after it arrived;
+on SQLite the key is read again on the very next request after any commit, and only then."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,19 +77,108 @@ async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
     assert results[1] == results[2] == (1, "token", 1)
 
 
-async def test_sqlite_reads_directly(tmp_path: Any) -> None:
-    path = str(tmp_path / "epoch.db")
+def _epoch_database(path: str, *, wal: bool) -> None:
     with sqlite3.connect(path) as db:
+        if wal:
+            db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE policy_epoch (id INTEGER PRIMARY KEY, epoch INTEGER, token TEXT)")
         db.execute("CREATE TABLE catalog_versions (version INTEGER)")
+        db.execute("CREATE TABLE other (x INTEGER)")
         db.execute("INSERT INTO policy_epoch VALUES (?, 7, 'abc')", (EPOCH_ROW,))
-    reads = SqliteReads.open(path)
-    try:
-        shared = SharedEpochReads()
-        assert await shared.key(reads) == (7, "abc", None)
-        assert shared._reader is None  # no task: nothing could have joined the read
-    finally:
-        await reads.close()
+
+
+class CountedSqliteReads(SqliteReads):
+    """``SqliteReads`` counting its statements."""
+
+    statements = 0
+
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self.statements += 1
+        return await super().rows(sql, params)
+
+
+def _counted(path: str) -> CountedSqliteReads:
+    opened = SqliteReads.open(path)
+    return CountedSqliteReads(opened.connection, opened.wal_index)
+
+
+def _commit_in_another_process(path: str, sql: str) -> None:
+    """``sql`` committed by a process of its own, which has exited when this returns."""
+    script = "import sqlite3, sys; sqlite3.connect(sys.argv[1], isolation_level=None).execute(sys.argv[2])"
+    subprocess.run([sys.executable, "-c", script, path, sql], check=True)
+
+
+class TestOnSqlite:
+    async def test_reads_directly(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "epoch.db")
+        _epoch_database(path, wal=False)
+        reads = _counted(path)
+        try:
+            shared = SharedEpochReads()
+            assert await shared.key(reads) == (7, "abc", None)
+            assert shared._reader is None  # no task: nothing could have joined the read
+            # Not in WAL mode: no commit marker, so every request reads.
+            assert reads.commit_marker() is None
+            await shared.key(reads)
+            assert reads.statements == 2
+        finally:
+            await reads.close()
+
+    async def test_key_is_read_again_only_after_a_commit_and_on_the_very_next_request(
+        self, tmp_path: Path
+    ) -> None:
+        path = str(tmp_path / "epoch.db")
+        _epoch_database(path, wal=True)
+        reads = _counted(path)
+        try:
+            shared = SharedEpochReads()
+            assert await shared.key(reads) == (7, "abc", None)
+            # Nothing committed since: the key read is still the answer.
+            assert await shared.key(reads) == (7, "abc", None)
+            assert reads.statements == 1
+
+            # Another process moves the epoch (as `tellonce clients disable` does): the
+            # very next request reads it.
+            _commit_in_another_process(path, "UPDATE policy_epoch SET epoch = 8")
+            assert await shared.key(reads) == (8, "abc", None)
+            assert reads.statements == 2
+
+            # Any commit moves the marker (an audit batch, say): read again, same key.
+            _commit_in_another_process(path, "INSERT INTO other VALUES (1)")
+            assert await shared.key(reads) == (8, "abc", None)
+            assert await shared.key(reads) == (8, "abc", None)
+            assert reads.statements == 3
+        finally:
+            await reads.close()
+
+    async def test_commit_marker_moves_with_commits_only(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "epoch.db")
+        _epoch_database(path, wal=True)
+        reads = SqliteReads.open(path)
+        writer = sqlite3.connect(path, isolation_level=None)
+        try:
+            before = reads.commit_marker()
+            assert before is not None
+            await reads.rows("SELECT * FROM other")
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("INSERT INTO other VALUES (1)")
+            writer.execute("ROLLBACK")
+            writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # A read, a rolled-back write and a checkpoint commit nothing.
+            assert reads.commit_marker() == before
+            writer.execute("INSERT INTO other VALUES (2)")
+            assert reads.commit_marker() != before
+        finally:
+            writer.close()
+            await reads.close()
+        assert reads.wal_index is None
+
+    async def test_no_marker_in_memory(self) -> None:
+        reads = SqliteReads.open(":memory:")
+        try:
+            assert reads.commit_marker() is None
+        finally:
+            await reads.close()
 
 
 @pytest.fixture(autouse=True)

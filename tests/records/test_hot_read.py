@@ -16,11 +16,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import App
 from service.auth.dependencies import get_principal
 from service.hotpath import HotFront, HotHandler, HotRoutes
+from service.records.endpoints import _query
 from tests.fixtures import statuses
 from tests.records.conftest import RecordsEnv, as_
 
@@ -275,6 +280,48 @@ class TestHotReadMatchesDeclaredRoute:
         metrics = records_env.app.state.metrics
         counted = metrics.requests.labels("/v1/citizens/{citizen_id}", "GET", "200")._value.get()
         assert counted >= 1
+
+    async def test_telemetry_configured_later_sends_requests_through_the_stack(
+        self, records_env: RecordsEnv
+    ) -> None:
+        """The front decides whether FastAPI's telemetry is on when the stack is built and
+        at most ``recheck_seconds`` later: from then on a provider configured while serving
+        sees every request, which goes through the stack (and still to the hot route)."""
+        citizen_id, _ = await records_env.register(given_name="Cy")
+        url = f"/v1/citizens/{citizen_id}"
+        app = records_env.app
+        fronted = FrontServed(app)
+        clock, now = fronted.front.clock, [0.0]
+        fronted.front.clock = lambda: now[0]
+        await records_env.client.get("/healthz")
+        telemetry = app._native_telemetry.config
+        try:
+            assert (await records_env.client.get(url, params=READ, headers=WELFARE)).status_code == 200
+            assert (fronted.served, fronted.passed) == (1, 1)  # /healthz, then the read
+            telemetry["tracer_provider"] = TracerProvider()
+            now[0] += fronted.front.recheck_seconds
+            for _ in range(2):
+                read = await records_env.client.get(url, params=READ, headers=WELFARE)
+                assert read.status_code == 200
+            assert (fronted.served, fronted.passed) == (1, 3)
+            # Off again: the front serves from the next decision on.
+            telemetry["tracer_provider"] = None
+            now[0] += fronted.front.recheck_seconds
+            assert (await records_env.client.get(url, params=READ, headers=WELFARE)).status_code == 200
+            assert (fronted.served, fronted.passed) == (2, 3)
+        finally:
+            telemetry["tracer_provider"] = None
+            fronted.restore()
+            fronted.front.clock = clock
+
+
+class TestQueryString:
+    @given(st.lists(st.sampled_from(["purpose", "fields", "", "=", "&", "a", "b=", "%41", "+", "é", ";"])))
+    def test_read_as_starlette_reads_it(self, parts: list[str]) -> None:
+        query = "".join(parts).encode("utf-8")
+        starlette = dict(QueryParams(query.decode("latin-1")).items())
+        # QueryParams.items() gives the last value of a repeated name, as FastAPI takes it.
+        assert _query(query) == starlette
 
 
 class TestHotRoutesOnACommittedStore:

@@ -412,5 +412,16 @@ class TestAudit:
         log = [item async for item in client_site.client("portal").iter_access_log(citizen_id)]
         assert [item.department for item in log] == ["register", "welfare"]
         assert all(item.model_extra == {} for item in log)
-        proof = await auditor.inclusion_proof(entries[0].leaf_index or 0)
+        # The proof is of the register entry's leaf, once the sequencer has added it.
+        leaf: list[int] = []
+
+        async def sequenced() -> bool:
+            items = [item async for item in auditor.iter_audit_entries(page_size=2, citizen_id=citizen_id)]
+            if items[0].leaf_index is None:
+                return False
+            leaf.append(items[0].leaf_index)
+            return True
+
+        await poll(sequenced)
+        proof = await auditor.inclusion_proof(leaf[0])
         assert proof.model_extra == {}

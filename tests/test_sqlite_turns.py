@@ -17,13 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import insert, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
 from service.audit import cosignatures as cosignature_repository
 from service.audit.config import AuditSettings, load_signer
+from service.audit.models import AuditEntryRow
 from service.audit.service import _sequencer_engine
 from service.audit.witnessing import WitnessSubmitter, witness_config
 from service.audit.writer import AuditWriter
@@ -164,8 +165,13 @@ class TestUnderLoad:
         await writer.append_many([make_entry() for _ in range(5)])
 
         async def signed() -> cosignature_repository.CheckpointRow | None:
+            # The checkpoint of every entry: the sequencer signs no newer one until more
+            # entries come, so the submitter below cosigns this one (on PostgreSQL nothing
+            # holds the sequencer back while the test's write is open).
             async with engine.connect() as conn:
-                return await cosignature_repository.newest_checkpoint(conn)
+                newest = await cosignature_repository.newest_checkpoint(conn)
+                entries = (await conn.execute(select(func.count()).select_from(AuditEntryRow))).scalar_one()
+            return newest if newest is not None and newest.tree_size == entries else None
 
         checkpoint = await poll(signed)
         monkeypatch.setenv("TELLONCE_AUDIT_WITNESSES", " ".join(w.config for w in witnesses))

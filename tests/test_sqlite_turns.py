@@ -39,7 +39,7 @@ from tests.audit.conftest import poll
 from tests.conftest import TEST_POLICIES
 from tests.fixtures.audit import make_entry
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
-from tests.fixtures.witnesses import WitnessProcess
+from tests.fixtures.witnesses import WitnessProcess, running_witnesses
 
 WITNESS_NAMES = ("nao.example/witness", "ico.example/witness")
 # How long a test's write holds the lock: four times the witness submitter's 250 ms.
@@ -101,14 +101,7 @@ class TestTurns:
 @pytest.fixture
 def witnesses(tmp_path: Path, settings: Settings) -> Iterator[list[WitnessProcess]]:
     log_vkey = load_signer(settings, AuditSettings().origin).verifier_key()
-    started = [
-        WitnessProcess(name, tmp_path / f"witness-{i}", log_vkey) for i, name in enumerate(WITNESS_NAMES)
-    ]
-    for witness in started:
-        witness.start()
-    yield started
-    for witness in started:
-        witness.stop()
+    yield from running_witnesses(WITNESS_NAMES, tmp_path, log_vkey)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from tests.audit.conftest import poll
 from tests.fixtures.audit import make_entry
 from tests.fixtures.auth import act_as
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
-from tests.fixtures.witnesses import WitnessProcess
+from tests.fixtures.witnesses import WitnessProcess, running_witnesses
 from tests.witness.test_cosignature import independent_verify
 
 WITNESS_NAMES = ("nao.example/witness", "ico.example/witness")
@@ -49,14 +49,7 @@ def log_vkey(settings: Settings) -> str:
 
 @pytest.fixture
 def witnesses(tmp_path: Path, log_vkey: str) -> Iterator[list[WitnessProcess]]:
-    started = [
-        WitnessProcess(name, tmp_path / f"witness-{i}", log_vkey) for i, name in enumerate(WITNESS_NAMES)
-    ]
-    for witness in started:
-        witness.start()
-    yield started
-    for witness in started:
-        witness.stop()
+    yield from running_witnesses(WITNESS_NAMES, tmp_path, log_vkey)
 
 
 @pytest.fixture

@@ -238,6 +238,12 @@ _LOCK_RETRY_SLEEPS = (0.00005, 0.0001, 0.0002, 0.0005)
 # last one: about SQLite's own 1,000-page threshold at a secured read's 8 pages a row.
 CHECKPOINT_ROWS = 1000
 CHECKPOINT_BATCHES = 128
+# Once a checkpoint finds the log this many pages long, the writer's thread checkpoints
+# the few pages written since, before its next batch, so that batch starts the log over.
+WAL_RESTART_FRAMES = 4000
+# A log that grew longer than this (while readers kept it from starting over) is cut back
+# to it when it next starts over. SQLite otherwise keeps the file at its longest.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -266,7 +272,19 @@ class SqliteBatches:
       (``wal_autocheckpoint=0``); a second thread runs a PASSIVE checkpoint on its own
       connection, alongside the next batches, once ``CHECKPOINT_ROWS`` rows or
       ``CHECKPOINT_BATCHES`` batches have committed since the last. Other processes'
-      connections keep SQLite's automatic checkpoints."""
+      connections keep SQLite's automatic checkpoints.
+
+    SQLite starts the log over (writes from its beginning again) only when a write begins
+    with every page of the log already copied into the database. Under steady load a batch
+    commits while each checkpoint on the other thread runs, so that never happened, and the
+    ``-wal`` file grew by every batch: a gigabyte in a minute of ``wrk -c1``, and slower
+    commits, since each one extended the file. So when a checkpoint reports the log at
+    ``WAL_RESTART_FRAMES`` pages or more, the writer's thread runs a PASSIVE checkpoint of
+    its own before its next batch, which copies only the pages written since the other one
+    (nothing of this process writes meanwhile), and that batch starts the log over. A reader
+    on an older snapshot can keep it from doing so; the next checkpoint then tries again.
+    The writer's connection also has ``journal_size_limit``, so a log that grew meanwhile
+    is cut back when it starts over."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -275,9 +293,12 @@ class SqliteBatches:
         # Checkpoints: their thread and connection; the one running; what committed since.
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checkpoint")
         self._checkpoint_connection: sqlite3.Connection | None = None
-        self._checkpoint: Future[None] | None = None
+        self._checkpoint: Future[int | None] | None = None
         self._rows_since_checkpoint = 0
         self._batches_since_checkpoint = 0
+        # Set on the writer's thread when a checkpoint found the log long: the next batch
+        # checkpoints first, and so starts the log over.
+        self._restart_log = False
         self.checkpoints = 0
         # 1 while a batch's transaction is open on the connection (the metrics read it).
         self.in_use = 0
@@ -316,6 +337,7 @@ class SqliteBatches:
             sqlite_pragmas(connection, None)
             connection.execute("PRAGMA busy_timeout=0")
             connection.execute("PRAGMA wal_autocheckpoint=0")
+            connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         except BaseException:
             connection.close()
             raise
@@ -340,6 +362,9 @@ class SqliteBatches:
         if self._connection is None:
             self._connection = self._open()
         connection = self._connection
+        if self._restart_log:
+            self._restart_log = False
+            self._top_up(connection)
         try:
             # IMMEDIATE: the write lock from the start, so the rowids are consecutive.
             self._begin(connection)
@@ -367,16 +392,33 @@ class SqliteBatches:
 
     def _committed(self, rows: int) -> None:
         """Count a committed batch; start a checkpoint on the other thread when due and
-        none is running."""
+        none is running; mark the log to start over when the last one found it long."""
         self._rows_since_checkpoint += rows
         self._batches_since_checkpoint += 1
+        finished = self._checkpoint
+        if finished is not None and finished.done():
+            self._checkpoint = None
+            # An exception other than SQLite's (logged there) is left to the thread pool.
+            log_pages = None if finished.exception() is not None else finished.result()
+            if log_pages is not None and log_pages >= WAL_RESTART_FRAMES:
+                self._restart_log = True
         due = (
             self._rows_since_checkpoint >= CHECKPOINT_ROWS
             or self._batches_since_checkpoint >= CHECKPOINT_BATCHES
         )
-        if due and (self._checkpoint is None or self._checkpoint.done()):
+        if due and self._checkpoint is None:
             self._rows_since_checkpoint = self._batches_since_checkpoint = 0
             self._checkpoint = self._checkpointer.submit(self._run_checkpoint)
+
+    def _top_up(self, connection: sqlite3.Connection) -> None:
+        """A PASSIVE checkpoint on the writer's connection between batches: it copies what
+        the checkpoint thread's last one left (the pages written while it ran), so the next
+        ``BEGIN IMMEDIATE`` finds the whole log copied and starts it over. Busy (the other
+        thread is checkpointing) or failed, it is left for the next time."""
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            logger.warning("audit writer: WAL checkpoint before a batch failed", exc_info=True)
 
     def _close(self) -> None:
         # Closing with a transaction open rolls it back.
@@ -385,9 +427,10 @@ class SqliteBatches:
             connection.close()
 
     # On the checkpoint thread only.
-    def _run_checkpoint(self) -> None:
+    def _run_checkpoint(self) -> int | None:
         """One PASSIVE checkpoint: it copies what it can without waiting for any lock and
-        never blocks a writer. A failure is logged; the next one opens a fresh connection."""
+        never blocks a writer. Returns the log's length in pages, or None when it did not
+        run. A failure is logged; the next one opens a fresh connection."""
         try:
             if self._checkpoint_connection is None:
                 connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -395,13 +438,18 @@ class SqliteBatches:
                 # synchronous=FULL among them: the log is synced before pages are copied
                 # out of it, and the database file after.
                 sqlite_pragmas(connection, None)
-            self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            # (busy, pages in the log, pages copied); -1 pages when it could not run.
+            _busy, log_pages, _copied = self._checkpoint_connection.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchone()
             self.checkpoints += 1
         except sqlite3.Error:
             logger.warning("audit writer: WAL checkpoint failed", exc_info=True)
             if self._checkpoint_connection is not None:
                 self._checkpoint_connection.close()
                 self._checkpoint_connection = None
+            return None
+        return int(log_pages) if log_pages >= 0 else None
 
 
 class AuditWriter:

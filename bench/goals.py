@@ -15,12 +15,22 @@ def check(name: str, value: float, goal: float, *, at_most: bool = False, unit: 
     with PASS or MISS, record it for the summary, and return whether it passed."""
     passed = value <= goal if at_most else value >= goal
     line = (
-        f"GOAL {name}: {value:,.2f}{unit} (goal {'<=' if at_most else '>='} {goal:,.2f}{unit}) "
+        f"GOAL {name}: {_figure(value, goal)}{unit} (goal {'<=' if at_most else '>='} {goal:,.2f}{unit}) "
         f"{'PASS' if passed else 'MISS'}"
     )
     print(line)
     RESULTS.append(line)
     return passed
+
+
+def _figure(value: float, goal: float) -> str:
+    """``value`` to two decimals, or to as many more as it takes to differ from ``goal``
+    (a ratio of 0.4975 printed as 0.50 beside a goal of 0.50 and MISS reads as a mistake)."""
+    for decimals in range(2, 7):
+        shown = f"{value:,.{decimals}f}"
+        if value == goal or shown != f"{goal:,.{decimals}f}":
+            return shown
+    return f"{value:,.6f}"
 
 
 def load_average() -> str:

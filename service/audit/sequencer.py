@@ -35,8 +35,8 @@ from service.audit import merkle
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import Checkpoint, NoteSigner
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
+from service.db import SqliteReads, sqlite_file, utcnow
 from service.db import _sqlite_pragmas as sqlite_pragmas
-from service.db import sqlite_file, utcnow
 
 logger = logging.getLogger("tellonce.audit.sequencer")
 
@@ -105,6 +105,7 @@ class Sequencer:
         # to the end of its commit a round's write took 5 ms (p50) to 450 ms on the busy
         # two-core bench machine, and the serving processes' audit batches waited behind it.
         path = sqlite_file(engine)
+        self._sqlite_path = path
         self._sqlite_writes = _sqlite_writes(path) if path is not None else None
         self.signer = signer
         self.config = config
@@ -116,6 +117,9 @@ class Sequencer:
         # in the same process starts at once instead of at its next poll.
         self.checkpoint_signed = asyncio.Event()
         self._signed_this_round = False
+        # Set by a round that found nothing to add and no checkpoint owed: until some
+        # connection commits, the next round would find the same.
+        self._settled = False
 
     async def _load_range(self, conn: AsyncConnection, size: int) -> merkle.CompactRange:
         keys = merkle.CompactRange.keys_for(size)
@@ -125,6 +129,7 @@ class Sequencer:
     async def run_once(self) -> int:
         """Sequence what has committed since the last round; return how many leaves were added."""
         self._signed_this_round = False
+        self._settled = False
         try:
             async with self.engine.connect() as conn:
                 prepared = await self._prepare(conn)
@@ -167,6 +172,8 @@ class Sequencer:
         if not rows and not (
             size > checkpoint_size and now - self._last_checkpoint_at >= self.config.checkpoint_interval
         ):
+            # Settled unless entries wait for a checkpoint that only time will make due.
+            self._settled = size <= checkpoint_size
             return None
         if self._range is None or self._range.size != size:
             self._range = await self._load_range(conn, size)
@@ -247,20 +254,50 @@ class Sequencer:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Round after round until ``stop`` is set; a failed round is logged and retried."""
-        while not stop.is_set():
-            added = 0
-            try:
-                added = await self.run_once()
-            except OperationalError as exc:
-                # SQLite busy: another writer holds the lock; the next poll tries again.
-                if "locked" not in str(exc):
-                    logger.exception("audit sequencer round failed")
-            except Exception:
-                logger.exception("audit sequencer round failed")
-            if added >= self.config.batch_size:
-                continue
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.config.poll_interval)
-            except TimeoutError:
-                pass
+        """Round after round until ``stop`` is set; a failed round is logged and retried.
+
+        On a SQLite file, a poll after a settled round (nothing to add, no checkpoint owed)
+        first reads the WAL index's commit marker (``SqliteReads.commit_marker``), which
+        every commit of any connection in any process rewrites, and runs no round while it
+        is unchanged: an idle round through aiosqlite cost about 1.4 ms of CPU, twenty
+        times a second, in every process that runs a sequencer. A round runs as before
+        whenever the marker cannot be read."""
+        marker_reads = await self._marker_reads()
+        quiet: bytes | None = None
+        try:
+            while not stop.is_set():
+                marker = marker_reads.commit_marker() if marker_reads is not None else None
+                added = 0
+                if marker is None or marker != quiet:
+                    quiet = None
+                    try:
+                        added = await self.run_once()
+                        if self._settled:
+                            quiet = marker
+                    except OperationalError as exc:
+                        # SQLite busy: another writer holds the lock; the next poll tries again.
+                        if "locked" not in str(exc):
+                            logger.exception("audit sequencer round failed")
+                    except Exception:
+                        logger.exception("audit sequencer round failed")
+                if added >= self.config.batch_size:
+                    continue
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.config.poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            if marker_reads is not None:
+                await marker_reads.close()
+
+    async def _marker_reads(self) -> SqliteReads | None:
+        """A read-only connection whose WAL index header tells of commits, or None (not a
+        SQLite file, or no header to read: every poll then runs a round)."""
+        if self._sqlite_path is None:
+            return None
+        # Opened on the loop's thread, which uses and closes it (sqlite3 checks that).
+        reads = SqliteReads.open(self._sqlite_path)
+        if reads.wal_index is None:
+            await reads.close()
+            return None
+        return reads

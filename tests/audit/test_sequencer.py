@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +19,10 @@ from service.audit.checkpoint import NoteVerifier
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.models import AuditLeaf
 from service.audit.schemas import canonical_json
+from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.writer import AuditWriter
 from service.db import create_engine
+from service.schema import upgrade_async
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
 
 
@@ -143,3 +148,70 @@ class TestSequencer:
                 await proofs.consistency(conn, 2, 1)
             with pytest.raises(AuditQueryInvalid):
                 await proofs.consistency(conn, 1, 9)
+
+
+class TestIdleRounds:
+    """On a SQLite file the sequencer's loop runs no round while nothing has committed
+    since a round that found nothing to do; a commit of any connection wakes it."""
+
+    @pytest.fixture
+    async def sqlite_engine(self, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+        await upgrade_async(url)
+        engine = create_engine(url)
+        yield engine
+        await engine.dispose()
+
+    @staticmethod
+    async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not await condition():
+            assert time.monotonic() < deadline, "the sequencer did not get there in time"
+            await asyncio.sleep(0.01)
+
+    async def test_no_round_runs_until_a_commit_and_an_owed_checkpoint_is_still_signed(
+        self, sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        signer = make_signer()
+        # A checkpoint only by time: after the first entry is sequenced, rounds go on
+        # until one is due, though nothing but the sequencer itself commits meanwhile.
+        config = SequencerConfig(
+            origin=signer.name, checkpoint_every=1000, checkpoint_interval=0.3, poll_interval=0.01
+        )
+        sequencer = Sequencer(sqlite_engine, signer, config)
+        rounds = 0
+        run_once = sequencer.run_once
+
+        async def counted() -> int:
+            nonlocal rounds
+            rounds += 1
+            return await run_once()
+
+        monkeypatch.setattr(sequencer, "run_once", counted)
+
+        async def checkpointed(size: int) -> bool:
+            """Whether the latest checkpoint is of ``size`` entries."""
+            async with sqlite_engine.connect() as conn:
+                try:
+                    note = await proofs.checkpoint_note(conn)
+                except NoCheckpoint:
+                    return False
+            return NoteVerifier.parse(signer.verifier_key()).open_checkpoint(note).size == size
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(sequencer.run(stop))
+        try:
+            await _append(sqlite_engine, 1)
+            await self._until(lambda: checkpointed(1))
+            await asyncio.sleep(0.1)  # the round after the checkpoint's commit settles
+            settled = rounds
+            await asyncio.sleep(0.5)  # fifty polls
+            assert rounds == settled, "rounds ran with nothing committed"
+            # A commit by another connection (a serving process's audit writer): the next
+            # poll runs a round, and the entry is sequenced and checkpointed.
+            await _append(sqlite_engine, 2)
+            await self._until(lambda: checkpointed(3))
+            assert rounds > settled
+        finally:
+            stop.set()
+            await task

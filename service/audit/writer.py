@@ -398,9 +398,11 @@ class SqliteBatches:
         finished = self._checkpoint
         if finished is not None and finished.done():
             self._checkpoint = None
-            # An exception other than SQLite's (logged there) is left to the thread pool.
-            log_pages = None if finished.exception() is not None else finished.result()
-            if log_pages is not None and log_pages >= WAL_RESTART_FRAMES:
+            # SQLite's errors are logged in the checkpoint; a future keeps any other to itself.
+            error = finished.exception()
+            if error is not None:
+                logger.warning("audit writer: WAL checkpoint failed", exc_info=error)
+            elif (finished.result() or 0) >= WAL_RESTART_FRAMES:
                 self._restart_log = True
         due = (
             self._rows_since_checkpoint >= CHECKPOINT_ROWS

@@ -7,23 +7,37 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service.app import create_app
 from service.audit.search import get_audit_access
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.config import Settings
-from service.db import Database
+from service.db import Database, create_engine
 from service.records.models import Citizen
+from service.schema import upgrade_async
 from tests.conftest import TEST_POLICIES
 from tests.fixtures.audit import TransactionAudit
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine on a migrated SQLite file of the test's own, whichever database the suite
+    is on: for what only a SQLite file has (the writer's own thread and connection, its
+    checkpoints, the WAL index's commit marker)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    await upgrade_async(url)
+    engine = create_engine(url)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.writer import AuditWriter
 from service.db import create_engine
-from service.schema import upgrade_async
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
 
 
@@ -153,14 +151,6 @@ class TestSequencer:
 class TestIdleRounds:
     """On a SQLite file the sequencer's loop runs no round while nothing has committed
     since a round that found nothing to do; a commit of any connection wakes it."""
-
-    @pytest.fixture
-    async def sqlite_engine(self, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
-        await upgrade_async(url)
-        engine = create_engine(url)
-        yield engine
-        await engine.dispose()
 
     @staticmethod
     async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:

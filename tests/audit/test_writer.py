@@ -262,14 +262,6 @@ class TestSqliteLockAndCheckpoints:
     connection's busy timeout is 0), fails closed once it has waited too long, and leaves
     WAL checkpoints to its checkpoint thread."""
 
-    @pytest.fixture
-    async def sqlite_engine(self, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
-        await upgrade_async(url)
-        engine = create_engine(url)
-        yield engine
-        await engine.dispose()
-
     async def test_a_batch_waits_for_a_lock_held_elsewhere(self, sqlite_engine: AsyncEngine) -> None:
         path = sqlite_engine.url.database
         assert path is not None

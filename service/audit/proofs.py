@@ -20,9 +20,11 @@ async def _read_for(db: Executor, build: Any) -> Any:
 
 
 async def inclusion(db: Executor, leaf_index: int, tree_size: int | None) -> dict[str, Any]:
+    # The checkpoint before the size: the sequencer may sign a larger one between the two
+    # reads, and a checkpoint read first is never larger than the tree read after it.
+    checkpoint = await audit_repository.latest_checkpoint(db) if tree_size is None else None
     size = await audit_repository.tree_size(db)
     if tree_size is None:
-        checkpoint = await audit_repository.latest_checkpoint(db)
         tree_size = checkpoint.tree_size if checkpoint else size
     if tree_size < 1 or tree_size > size:
         raise AuditQueryInvalid(f"tree_size must be between 1 and the current size {size}.")

@@ -131,6 +131,31 @@ class TestSequencer:
         for _id, size, _root, note in checkpoints:
             assert verifier.open_checkpoint(note).root_hash == roots[size]
 
+    async def test_a_checkpoint_signed_during_a_proof_request_is_not_refused(
+        self, scratch_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        sequencer = make_sequencer(scratch_engine, make_signer(), every=1)
+        await _append(scratch_engine, 3)
+        await sequence_all(sequencer)
+        await _append(scratch_engine, 2)
+        read_size = audit_repository.tree_size
+
+        async def size_then_sequence(db: Any) -> int:
+            size = await read_size(db)
+            # The sequencer adds the new entries and signs a checkpoint over them right
+            # after the proof's request read the tree's size.
+            await sequence_all(sequencer)
+            return size
+
+        monkeypatch.setattr(audit_repository, "tree_size", size_then_sequence)
+        async with scratch_engine.connect() as conn:
+            proof = await proofs.inclusion(conn, 0, None)
+        assert proof["leaf_index"] == 0
+        assert proof["tree_size"] == 3
+        monkeypatch.undo()
+        async with scratch_engine.connect() as conn:
+            assert (await proofs.inclusion(conn, 0, None))["tree_size"] == 5
+
     async def test_bad_proof_requests_are_refused(self, scratch_engine: AsyncEngine) -> None:
         async with scratch_engine.connect() as conn:
             with pytest.raises(NoCheckpoint):

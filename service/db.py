@@ -309,8 +309,8 @@ class PostgresReads:
         self._numbered: dict[str, str] = {}
 
     @classmethod
-    async def open(cls, dsn: str) -> PostgresReads:
-        return cls(await asyncpg.create_pool(dsn, min_size=2, max_size=10, reset=_keep_session))
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresReads:
+        return cls(await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session))
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         statement = self._numbered.get(sql)

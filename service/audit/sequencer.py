@@ -23,8 +23,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
 from sqlalchemy import Connection, Engine, event, insert, select, update
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import OperationalError
@@ -35,7 +36,7 @@ from service.audit import merkle
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import Checkpoint, NoteSigner
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
-from service.db import SqliteReads, sqlite_file, utcnow
+from service.db import PostgresReads, SqliteReads, sqlite_file, utcnow
 from service.db import _sqlite_pragmas as sqlite_pragmas
 
 logger = logging.getLogger("tellonce.audit.sequencer")
@@ -256,17 +257,17 @@ class Sequencer:
     async def run(self, stop: asyncio.Event) -> None:
         """Round after round until ``stop`` is set; a failed round is logged and retried.
 
-        On a SQLite file, a poll after a settled round (nothing to add, no checkpoint owed)
-        first reads the WAL index's commit marker (``SqliteReads.commit_marker``), which
-        every commit of any connection in any process rewrites, and runs no round while it
-        is unchanged: an idle round through aiosqlite cost about 1.4 ms of CPU, twenty times
-        a second at the default 50 ms poll, in every process that runs a sequencer. A round
-        runs as before whenever the marker cannot be read."""
-        marker_reads = await self._marker_reads()
-        quiet: bytes | None = None
+        After a settled round (nothing to add, no checkpoint owed), each poll first asks an
+        ``IdleSignal`` whether anything may have changed, and runs no round while the answer
+        is the one it gave before that settled round. An idle round through the ORM cost
+        about 1.4 ms of CPU on SQLite and 0.5 ms on PostgreSQL, twenty times a second at
+        the default 50 ms poll, in every process that runs a sequencer. A round runs as
+        before whenever the signal cannot answer."""
+        signal = await self._idle_signal()
+        quiet: object | None = None
         try:
             while not stop.is_set():
-                marker = marker_reads.commit_marker() if marker_reads is not None else None
+                marker = await signal.mark() if signal is not None else None
                 added = 0
                 if marker is None or marker != quiet:
                     quiet = None
@@ -287,12 +288,20 @@ class Sequencer:
                 except TimeoutError:
                     pass
         finally:
-            if marker_reads is not None:
-                await marker_reads.close()
+            if signal is not None:
+                await signal.close()
 
-    async def _marker_reads(self) -> SqliteReads | None:
-        """A read-only connection whose WAL index header tells of commits, or None (not a
-        SQLite file, or no header to read: every poll then runs a round)."""
+    async def _idle_signal(self) -> IdleSignal | None:
+        """The WAL index's commit marker on a SQLite file, a one-statement probe on
+        PostgreSQL, or None (no header to read, or no connection for the probe: every poll
+        then runs a round)."""
+        if self.engine.dialect.name == "postgresql":
+            url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            try:
+                return PendingWorkProbe(await PostgresReads.open(url, min_size=1, max_size=1))
+            except (OSError, TimeoutError, asyncpg.PostgresError):
+                logger.warning("audit sequencer: no connection for its idle probe; polling with rounds")
+                return None
         if self._sqlite_path is None:
             return None
         # Opened on the loop's thread, which uses and closes it (sqlite3 checks that).
@@ -300,4 +309,69 @@ class Sequencer:
         if reads.wal_index is None:
             await reads.close()
             return None
-        return reads
+        return CommitMarker(reads)
+
+
+class IdleSignal(Protocol):
+    """What tells a settled sequencer whether a round could find something."""
+
+    async def mark(self) -> object | None:
+        """A value equal to an earlier one only if no round could find anything new since
+        that one was read; None when it cannot tell (a round then runs)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class CommitMarker:
+    """SQLite: the WAL index's commit marker (``SqliteReads.commit_marker``), which every
+    commit of any connection in any process rewrites. Reading it is a copy of 96 bytes,
+    no statement."""
+
+    def __init__(self, reads: SqliteReads) -> None:
+        self.reads = reads
+
+    async def mark(self) -> object | None:
+        return self.reads.commit_marker()
+
+    async def close(self) -> None:
+        await self.reads.close()
+
+
+# Whether a round could add leaves or owe a checkpoint: the two conditions ``_prepare``
+# tests, read in one statement (one snapshot) on the raw driver.
+_PENDING_WORK = (
+    "SELECT s.tree_size, s.last_entry_id, s.last_checkpoint_size,"
+    " EXISTS (SELECT 1 FROM audit_entries e WHERE e.id > s.last_entry_id)"
+    " FROM audit_sequencer s WHERE s.id = 1"
+)
+
+
+class PendingWorkProbe:
+    """PostgreSQL: one statement on a kept asyncpg connection, which asks what a round's
+    reads would find: entries after the last one sequenced, or a tree larger than its
+    last checkpoint. It marks the sequencer's state while neither holds, so the marker
+    changes when an entry commits, a checkpoint is owed, or another process's sequencer
+    moves the state. (No LISTEN/NOTIFY from the audit writers: a NOTIFY takes a lock at
+    commit that would put every writer's commit in one line.) The statement costs the
+    sequencer's process about 55 us of CPU against an idle ORM round's 500 (bench/README.md,
+    "An idle sequencer")."""
+
+    def __init__(self, reads: PostgresReads) -> None:
+        self.reads = reads
+
+    async def mark(self) -> object | None:
+        try:
+            rows = await self.reads.rows(_PENDING_WORK)
+        except Exception:
+            # The round that runs instead reports what is wrong with the database.
+            return None
+        if not rows:
+            return None
+        size, last_entry_id, checkpoint_size, pending = rows[0]
+        if pending or size > checkpoint_size:
+            return None
+        return (size, last_entry_id, checkpoint_size)
+
+    async def close(self) -> None:
+        await self.reads.close()

@@ -20,7 +20,7 @@ from service.audit.models import AuditLeaf
 from service.audit.schemas import canonical_json
 from service.audit.sequencer import Sequencer, SequencerConfig
 from service.audit.writer import AuditWriter
-from service.db import create_engine
+from service.db import PostgresReads, create_engine
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
 
 
@@ -174,8 +174,9 @@ class TestSequencer:
 
 
 class TestIdleRounds:
-    """On a SQLite file the sequencer's loop runs no round while nothing has committed
-    since a round that found nothing to do; a commit of any connection wakes it."""
+    """The sequencer's loop runs no round while nothing that a round reads has changed
+    since a round that found nothing to do: on a SQLite file it watches the WAL index's
+    commit marker, on PostgreSQL it asks one statement. A commit of any connection wakes it."""
 
     @staticmethod
     async def _until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
@@ -184,8 +185,49 @@ class TestIdleRounds:
             assert time.monotonic() < deadline, "the sequencer did not get there in time"
             await asyncio.sleep(0.01)
 
-    async def test_no_round_runs_until_a_commit_and_an_owed_checkpoint_is_still_signed(
+    async def test_on_a_sqlite_file(
         self, sqlite_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await self._no_round_runs_until_a_commit_and_an_owed_checkpoint_is_still_signed(
+            sqlite_engine, monkeypatch
+        )
+
+    async def test_on_the_suites_database(
+        self, scratch_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        await self._no_round_runs_until_a_commit_and_an_owed_checkpoint_is_still_signed(
+            scratch_engine, monkeypatch
+        )
+
+    async def test_without_a_connection_for_the_probe_every_poll_runs_a_round(
+        self, scratch_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, on_postgres: bool
+    ) -> None:
+        if not on_postgres:
+            pytest.skip("needs PostgreSQL: the probe is PostgreSQL's; SQLite reads its commit marker")
+
+        async def refused(*_args: Any, **_kwargs: Any) -> None:
+            raise OSError("connection refused")
+
+        monkeypatch.setattr(PostgresReads, "open", refused)
+        signer = make_signer()
+        config = SequencerConfig(origin=signer.name, checkpoint_every=1, poll_interval=0.01)
+        sequencer = Sequencer(scratch_engine, signer, config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sequencer.run(stop))
+        try:
+            await _append(scratch_engine, 2)
+
+            async def sequenced() -> bool:
+                async with scratch_engine.connect() as conn:
+                    return await audit_repository.tree_size(conn) == 2
+
+            await self._until(sequenced)
+        finally:
+            stop.set()
+            await task
+
+    async def _no_round_runs_until_a_commit_and_an_owed_checkpoint_is_still_signed(
+        self, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         signer = make_signer()
         # A checkpoint only by time: after the first entry is sequenced, rounds go on
@@ -193,7 +235,7 @@ class TestIdleRounds:
         config = SequencerConfig(
             origin=signer.name, checkpoint_every=1000, checkpoint_interval=0.3, poll_interval=0.01
         )
-        sequencer = Sequencer(sqlite_engine, signer, config)
+        sequencer = Sequencer(engine, signer, config)
         rounds = 0
         run_once = sequencer.run_once
 
@@ -206,7 +248,7 @@ class TestIdleRounds:
 
         async def checkpointed(size: int) -> bool:
             """Whether the latest checkpoint is of ``size`` entries."""
-            async with sqlite_engine.connect() as conn:
+            async with engine.connect() as conn:
                 try:
                     note = await proofs.checkpoint_note(conn)
                 except NoCheckpoint:
@@ -216,7 +258,7 @@ class TestIdleRounds:
         stop = asyncio.Event()
         task = asyncio.create_task(sequencer.run(stop))
         try:
-            await _append(sqlite_engine, 1)
+            await _append(engine, 1)
             await self._until(lambda: checkpointed(1))
             await asyncio.sleep(0.1)  # the round after the checkpoint's commit settles
             settled = rounds
@@ -224,7 +266,7 @@ class TestIdleRounds:
             assert rounds == settled, "rounds ran with nothing committed"
             # A commit by another connection (a serving process's audit writer): the next
             # poll runs a round, and the entry is sequenced and checkpointed.
-            await _append(sqlite_engine, 2)
+            await _append(engine, 2)
             await self._until(lambda: checkpointed(3))
             assert rounds > settled
         finally:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import mmap
 import os
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -210,86 +208,48 @@ class SqliteReads:
     only covers WAL recovery after a crash. Autocommit: every statement sees the newest
     commit of any process, which the revocation check depends on.
 
-    ``commit_marker`` tells, without a statement, whether any connection of any process has
-    committed since an earlier call: the revocation check reads its key again only then."""
+    ``commit_marker`` tells whether any other connection, of any process, has committed
+    since an earlier call: the revocation check reads its key again only then."""
 
-    def __init__(self, connection: sqlite3.Connection, wal_index: mmap.mmap | None = None) -> None:
+    def __init__(self, connection: sqlite3.Connection, marks: bool = True) -> None:
         self.connection = connection
-        # The start of the database's ``-shm`` file (the WAL index), mapped read-only; or None.
-        self.wal_index = wal_index
+        # Whether ``commit_marker`` answers: a database file, which other connections share.
+        self.marks = marks
 
     @classmethod
     def open(cls, path: str) -> SqliteReads:
         connection = sqlite3.connect(path, isolation_level=None)
         connection.execute("PRAGMA query_only=ON")
         connection.execute("PRAGMA busy_timeout=1000")
-        return cls(connection, _map_wal_index(connection, path))
+        return cls(connection, marks=bool(path) and path != ":memory:" and not path.startswith("file:"))
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with tracing.span("db.read", **{"db.system": "sqlite", "db.statement": sql}):
             return self.connection.execute(sql, tuple(params)).fetchall()
 
-    def commit_marker(self) -> bytes | None:
-        """The WAL index's header: equal bytes from two calls mean no connection committed
-        in between; None when there is no such header to read (not WAL), or a commit is
-        writing it at this moment.
+    def commit_marker(self) -> int | None:
+        """``PRAGMA data_version``: equal values from two calls mean no other connection, of
+        this process or another, committed in between (https://sqlite.org/pragma.html,
+        "data_version"; in WAL mode and with a rollback journal alike). None for a database
+        no other connection shares (in memory, a URI), or when the statement fails: the
+        caller then reads as if something had changed.
 
-        In WAL mode every commit, by any connection of any process, rewrites this header (the
-        frame count, a counter of transactions, checksums) before it returns: it is how
-        readers find the commit at all (https://sqlite.org/walformat.html, "The WAL-Index
-        Header"). The header is kept twice; a commit writes the second copy, then the first,
-        so copies that differ are a header being written. Reading it is a copy of 96 bytes
-        from the pages SQLite itself maps, against a statement's read transaction (about
-        0.2 against 8 us here, bench/README.md)."""
-        if self.wal_index is None:
+        Not the WAL index header read from a mapping of the ``-shm`` file of our own, as
+        this was before: opening and closing a descriptor of that file released every POSIX
+        lock this process's SQLite connections held on it, the write lock and the
+        dead-man switch included, so another process could write at the same time or
+        reinitialise the index under them ("locking protocol" at start-up; sqlite.org,
+        "How To Corrupt An SQLite Database File", 2.2). A statement costs a few
+        microseconds more (bench/README.md, "The commit marker's lost locks")."""
+        if not self.marks:
             return None
-        header = self.wal_index[: 2 * _WAL_INDEX_HEADER]
-        if header[:_WAL_INDEX_HEADER] != header[_WAL_INDEX_HEADER:]:
+        try:
+            return int(self.connection.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
             return None
-        return header
 
     async def close(self) -> None:
-        if self.wal_index is not None:
-            self.wal_index.close()
-            self.wal_index = None
         self.connection.close()
-
-
-# The WAL index header (one copy): its version, 3007000, then a counter of transactions, the
-# page size, the last frame, the database size, checksums and salts; in native byte order.
-_WAL_INDEX_HEADER = 48
-_WAL_INDEX_VERSION = 3007000
-
-
-def _map_wal_index(connection: sqlite3.Connection, path: str) -> mmap.mmap | None:
-    """The WAL index header of ``connection``'s database, mapped read-only; None when it has
-    none: in memory, a URI, or not in WAL mode.
-
-    ``PRAGMA journal_mode`` reads the database, so the connection has mapped the ``-shm``
-    file itself, and keeps it (and its shared lock on the database) while it is open:
-    SQLite neither truncates nor deletes the file, nor leaves WAL mode, while another
-    connection holds it. So this mapping reads the same header for the connection's life,
-    and could fault only where the connection's own mapping of the file would too."""
-    if not path or path == ":memory:" or path.startswith("file:"):
-        return None
-    if str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-        return None
-    try:
-        descriptor = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        mapped = mmap.mmap(descriptor, 2 * _WAL_INDEX_HEADER, mmap.MAP_SHARED, mmap.PROT_READ)
-    except (OSError, ValueError):  # ValueError: a file shorter than the header
-        return None
-    finally:
-        os.close(descriptor)  # the mapping keeps the file
-    header = mapped[:_WAL_INDEX_HEADER]
-    # A header of this format, already written (isInit, byte 12): else no marker at all.
-    if int.from_bytes(header[:4], sys.byteorder) != _WAL_INDEX_VERSION or header[12] != 1:
-        mapped.close()
-        return None
-    return mapped
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:

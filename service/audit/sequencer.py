@@ -292,9 +292,9 @@ class Sequencer:
                 await signal.close()
 
     async def _idle_signal(self) -> IdleSignal | None:
-        """The WAL index's commit marker on a SQLite file, a one-statement probe on
-        PostgreSQL, or None (no header to read, or no connection for the probe: every poll
-        then runs a round)."""
+        """The commit marker on a SQLite file, a one-statement probe on PostgreSQL, or None
+        (a SQLite database in memory, or no connection for the probe: every poll then runs
+        a round)."""
         if self.engine.dialect.name == "postgresql":
             url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             try:
@@ -305,11 +305,7 @@ class Sequencer:
         if self._sqlite_path is None:
             return None
         # Opened on the loop's thread, which uses and closes it (sqlite3 checks that).
-        reads = SqliteReads.open(self._sqlite_path)
-        if reads.wal_index is None:
-            await reads.close()
-            return None
-        return CommitMarker(reads)
+        return CommitMarker(SqliteReads.open(self._sqlite_path))
 
 
 class IdleSignal(Protocol):
@@ -324,9 +320,9 @@ class IdleSignal(Protocol):
 
 
 class CommitMarker:
-    """SQLite: the WAL index's commit marker (``SqliteReads.commit_marker``), which every
-    commit of any connection in any process rewrites. Reading it is a copy of 96 bytes,
-    no statement."""
+    """SQLite: the commit marker (``SqliteReads.commit_marker``, ``PRAGMA data_version``),
+    which every commit of any other connection in any process moves; a statement of a few
+    microseconds on a kept connection, against an idle round's 1.4 ms."""
 
     def __init__(self, reads: SqliteReads) -> None:
         self.reads = reads

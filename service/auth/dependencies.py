@@ -91,9 +91,9 @@ async def get_principal(request: Request) -> Principal:
     After the token (cached once verified), the revocation epoch key, read on the raw
     driver (``service.db.DriverReads``) as ``SharedEpochReads`` decides: on PostgreSQL
     concurrent requests share a read that began after each of them arrived; on SQLite the
-    key is read again only when any connection has committed since the last read (the WAL
-    index's commit marker). The client's standing and rate limit are read again only when
-    that key has moved. ``tellonce clients disable`` moves it, so a
+    key is read again only when any other connection has committed since the last read
+    (the commit marker, ``PRAGMA data_version``). The client's standing and rate limit
+    are read again only when that key has moved. ``tellonce clients disable`` moves it, so a
     disabled client is refused on the very next request in every process and replica,
     with no invalidation messages. Then the rate limit: in memory, or on PostgreSQL one
     claim on the client's bucket shared by every replica, per batch of its concurrent

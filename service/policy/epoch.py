@@ -64,18 +64,19 @@ class SharedEpochReads:
     (``AuthRuntime.epochs``).
 
     On SQLite the read runs on the event loop without yielding, so nothing can join it.
-    Instead the key is kept with the WAL index's commit marker (``SqliteReads.commit_marker``)
-    taken just before it was read, and read again only when the marker has moved: an equal
-    marker means no connection of any process has committed since, so the key read then is
-    still what a read now would return. A client disabled by a commit that returned before
-    the request came has moved the marker, and the request reads the key.
+    Instead the key is kept with the commit marker (``SqliteReads.commit_marker``, ``PRAGMA
+    data_version``) taken just before it was read, and read again only when the marker has
+    moved: an equal marker means no other connection of any process has committed since,
+    so the key read then is still what a read now would return. A client disabled by a
+    commit that returned before the request came has moved the marker, and the request
+    reads the key.
     """
 
     def __init__(self) -> None:
         self._waiting: asyncio.Future[EpochKey] | None = None
         self._reader: asyncio.Task[None] | None = None
         # (the SQLite reads, their commit marker before the read, the key read).
-        self._kept: tuple[SqliteReads, bytes, EpochKey] | None = None
+        self._kept: tuple[SqliteReads, int, EpochKey] | None = None
 
     async def key(self, reads: DriverReads) -> EpochKey:
         if isinstance(reads, SqliteReads):

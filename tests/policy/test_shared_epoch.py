@@ -99,7 +99,7 @@ class CountedSqliteReads(SqliteReads):
 
 def _counted(path: str) -> CountedSqliteReads:
     opened = SqliteReads.open(path)
-    return CountedSqliteReads(opened.connection, opened.wal_index)
+    return CountedSqliteReads(opened.connection, opened.marks)
 
 
 def _commit_in_another_process(path: str, sql: str) -> None:
@@ -117,9 +117,11 @@ class TestOnSqlite:
             shared = SharedEpochReads()
             assert await shared.key(reads) == (7, "abc", None)
             assert shared._reader is None  # no task: nothing could have joined the read
-            # Not in WAL mode: no commit marker, so every request reads.
-            assert reads.commit_marker() is None
-            await shared.key(reads)
+            # Not in WAL mode, the marker still moves with another process's commit.
+            assert await shared.key(reads) == (7, "abc", None)
+            assert reads.statements == 1
+            _commit_in_another_process(path, "UPDATE policy_epoch SET epoch = 8")
+            assert await shared.key(reads) == (8, "abc", None)
             assert reads.statements == 2
         finally:
             await reads.close()
@@ -171,7 +173,6 @@ class TestOnSqlite:
         finally:
             writer.close()
             await reads.close()
-        assert reads.wal_index is None
 
     async def test_no_marker_in_memory(self) -> None:
         reads = SqliteReads.open(":memory:")

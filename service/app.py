@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -35,6 +34,7 @@ from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
+from service.heap import freeze_startup_heap
 from service.hotpath import HotFront, HotRoute, HotRoutes
 from service.observability import Metrics, RequestContext, RequestContextMiddleware, configure_logging
 from service.openapi import install_openapi
@@ -102,10 +102,6 @@ LIFECYCLES.append(records_lifecycle)
 LIFECYCLES.append(events_lifecycle)
 
 
-# The youngest generation's collection threshold in `tellonce serve` (Python's is 700).
-GEN0_THRESHOLD = 5_000
-
-
 class App(FastAPI):
     """FastAPI, with the hot routes served in front of its middleware stack
     (``service.hotpath.HotFront``) while that stack is the one ``create_app`` builds."""
@@ -134,17 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for lifecycle in LIFECYCLES:
                 await stack.enter_async_context(lifecycle(app))
             if settings.freeze_startup_heap:
-                # What startup made (modules, routes, models, the compiled policy) lives as
-                # long as the process. Frozen, the collections that run on the request path
-                # no longer walk it: 8% of a secured read's time (bench/README.md).
-                gc.collect()
-                gc.freeze()
-                # A request's objects die by reference counting; the collector only has to
-                # find cycles. At Python's 700 objects made and not yet freed, the requests
-                # in flight set it off about every 20 secured reads under load (4% of the
-                # process's CPU with the older generations after it); at 5,000 it did not
-                # run at all in 10 s of load (bench/README.md).
-                gc.set_threshold(GEN0_THRESHOLD, *gc.get_threshold()[1:])
+                freeze_startup_heap()
             yield
         await app.state.database.dispose()
 

@@ -210,7 +210,13 @@ def worker() -> None:
     """Run the background workers (the audit sequencer, the witness submitter when witnesses are
     configured, and the event dispatcher) until SIGINT or SIGTERM."""
     import asyncio
+    import os
 
+    from service.config import get_settings
+
+    # A worker keeps its startup heap for life, as a serving process does.
+    os.environ.setdefault("TELLONCE_FREEZE_STARTUP_HEAP", "true")
+    get_settings.cache_clear()
     settings = _settings_or_exit()
     _refuse_if_not_ready(settings)
     asyncio.run(_run_workers(settings))
@@ -226,6 +232,7 @@ async def _run_workers(settings: Any) -> None:
     from service.audit.witnessing import WitnessSubmitter, witness_config
     from service.db import create_engine
     from service.events.dispatcher import run_dispatcher
+    from service.heap import freeze_startup_heap
     from service.observability import configure_logging
     from service.schema import SchemaGate
 
@@ -241,6 +248,8 @@ async def _run_workers(settings: Any) -> None:
     try:
         if await gate.wait(stop):
             sequencer = make_sequencer(settings, engine)
+            if settings.freeze_startup_heap:
+                freeze_startup_heap()
             loops = [sequencer.run(stop), run_dispatcher(settings, stop)]
             if submitter is not None:
                 loops.append(submitter.run(stop, sequencer.checkpoint_signed))

@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     # Run the audit sequencer and the event dispatcher inside `serve`.
     run_workers: bool = True
     # Freeze the heap startup made out of the garbage collector's reach (``gc.freeze``),
-    # and collect the youngest generation less often (``service.app.GEN0_THRESHOLD``).
-    # `tellonce serve` turns it on; off elsewhere, since tests make many apps per process.
+    # and collect the youngest generation less often (``service.heap``). `tellonce serve`
+    # and `tellonce worker` turn it on; off elsewhere, since tests make many apps per process.
     freeze_startup_heap: bool = False
     # Auth: the access tokens' audience, verified-token cache bound, default rate limit.
     token_audience: str = "tellonce"  # noqa: S105 - an audience name, not a secret

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import re
+import signal
+import time
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.app import GEN0_THRESHOLD, create_app
+from service.app import create_app
+from service.cli import _run_workers
 from service.config import Settings
+from service.heap import GEN0_THRESHOLD
 from service.observability import _RequestIds
 from tests.fixtures.server import LiveServer
 
@@ -95,5 +100,33 @@ class TestServingHeap:
                 assert gc.get_freeze_count() > 0
                 assert gc.get_threshold() == (GEN0_THRESHOLD, *before[1:])
         finally:
+            gc.set_threshold(*before)
+            gc.unfreeze()
+
+
+class TestWorkerHeap:
+    async def test_a_worker_freezes_its_startup_heap_and_collects_less_often(
+        self, settings: Settings, scratch_database: str
+    ) -> None:
+        """`tellonce worker` sets ``freeze_startup_heap`` too: its access-notice rounds
+        parse a thousand audit entries at a time, which set off collections of the whole
+        heap at Python's thresholds. SIGTERM stops it, as it would a deployed worker."""
+        before = gc.get_threshold()
+        frozen = gc.get_freeze_count()
+        task = asyncio.create_task(
+            _run_workers(
+                settings.model_copy(update={"database_url": scratch_database, "freeze_startup_heap": True})
+            )
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while gc.get_freeze_count() == frozen:
+                assert not task.done(), task
+                assert time.monotonic() < deadline, "the worker did not freeze its heap"
+                await asyncio.sleep(0.01)
+            assert gc.get_threshold() == (GEN0_THRESHOLD, *before[1:])
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(task, timeout=20)
             gc.set_threshold(*before)
             gc.unfreeze()

@@ -38,7 +38,12 @@ def all_cited(entries: Iterable[Mapping[str, Any]]) -> set[Cited]:
 
 def delay_of(entry: Mapping[str, Any], terms: Mapping[Cited, Terms]) -> timedelta | None:
     """The longest delay of the agreements ``entry`` cites; None: shown at once."""
-    delays = [d for c in cited(entry) if (d := terms[c].delay) is not None]
+    return longest_delay(cited(entry), terms)
+
+
+def longest_delay(cites: Iterable[Cited], terms: Mapping[Cited, Terms]) -> timedelta | None:
+    """The longest delay of the agreement versions ``cites``; None: shown at once."""
+    delays = [d for c in cites if (d := terms[c].delay) is not None]
     return max(delays) if delays else None
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,10 +52,10 @@ ROUND_INTERVAL_SECONDS = 0.25
 _BASIS_ORDER = ("consent", "objectable", "statutory")
 
 
-def basis_of(entry: Mapping[str, Any], terms: Mapping[Cited, Terms]) -> str:
-    """The basis of the agreements that permitted ``entry``; statutory when none did (an
-    owner reading its own fields)."""
-    bases = {terms[c].basis for c in rules.cited(entry)}
+def basis_of(cites: Iterable[Cited], terms: Mapping[Cited, Terms]) -> str:
+    """The basis of the agreements an entry cites (``rules.cited``), which permitted it;
+    statutory when none did (an owner reading its own fields)."""
+    bases = {terms[c].basis for c in cites}
     return next((b for b in _BASIS_ORDER if b in bases), "statutory")
 
 
@@ -164,20 +164,25 @@ class NoticeWorker:
         after = rows[-1][0] if len(rows) == NOTICE_BATCH else watermark
         if not rows or not await repository.access_subscribed(conn):
             return _Made(after, [], [])
-        entries = [(entry_id, orjson.loads(canonical)) for entry_id, canonical in rows]
-        entries = [(i, e) for i, e in entries if e.get("citizen_id") and e.get("fields_released")]
-        terms = await self.terms.of(conn, rules.all_cited(e for _i, e in entries))
-        delays = {i: rules.delay_of(e, terms) for i, e in entries}
+        parsed = [(entry_id, orjson.loads(canonical)) for entry_id, canonical in rows]
+        # Each entry's cited agreement versions, worked out once for its terms, its delay
+        # and its basis.
+        entries = [
+            (i, e, rules.cited(e)) for i, e in parsed if e.get("citizen_id") and e.get("fields_released")
+        ]
+        terms = await self.terms.of(conn, {c for _i, _e, cites in entries for c in cites})
+        delays = {i: rules.longest_delay(cites, terms) for i, _e, cites in entries}
         closed = await cases_repository.closed_at(
-            conn, {(e["department"], e["case_ref"]) for i, e in entries if delays[i] and e.get("case_ref")}
+            conn,
+            {(e["department"], e["case_ref"]) for i, e, _c in entries if delays[i] and e.get("case_ref")},
         )
         notices: list[dict[str, Any]] = []
         held: list[dict[str, Any]] = []
-        for entry_id, entry in entries:
+        for entry_id, entry, cites in entries:
             at, delay = rules.entry_time(entry), delays[entry_id]
             case = (entry["department"], entry.get("case_ref") or "")
             shown = rules.shown(at, delay, closed.get(case), now)
-            detail = notice_detail(entry, basis_of(entry, terms), shown)
+            detail = notice_detail(entry, basis_of(cites, terms), shown)
             if shown.visible:
                 notices.append(_notice_row(entry["citizen_id"], entry["fields_released"], at, detail))
             elif delay is not None:

@@ -40,6 +40,20 @@ async def _append(engine: AsyncEngine, count: int) -> list[int]:
         await writer.stop()
 
 
+def _then_sequenced(
+    function: Callable[[AsyncConnection], Awaitable[Any]], sequencer: Sequencer
+) -> Callable[[AsyncConnection], Awaitable[Any]]:
+    """``function``, after whose answer ``sequencer`` sequences all that has committed: a
+    sequencer of another process, racing the caller."""
+
+    async def then_sequenced(conn: AsyncConnection) -> Any:
+        answer = await function(conn)
+        await sequence_all(sequencer)
+        return answer
+
+    return then_sequenced
+
+
 class TestSequencer:
     async def test_leaves_are_consecutive_and_proofs_verify(self, scratch_engine: AsyncEngine) -> None:
         signer = make_signer()
@@ -97,15 +111,8 @@ class TestSequencer:
         first = make_sequencer(scratch_engine, signer, every=3)
         second = make_sequencer(scratch_engine, signer, every=3)
         ids = await _append(scratch_engine, 5)
-        prepare = first._prepare
-
-        async def prepare_then_lose_the_race(conn: AsyncConnection) -> Any:
-            prepared = await prepare(conn)
-            # Another process sequences the same entries while this round computes.
-            await sequence_all(second)
-            return prepared
-
-        monkeypatch.setattr(first, "_prepare", prepare_then_lose_the_race)
+        # Another process sequences the same entries while this round computes.
+        monkeypatch.setattr(first, "_prepare", _then_sequenced(first._prepare, second))
         assert await first.run_once() == 0
         monkeypatch.undo()
         ids += await _append(scratch_engine, 4)
@@ -138,16 +145,11 @@ class TestSequencer:
         await _append(scratch_engine, 3)
         await sequence_all(sequencer)
         await _append(scratch_engine, 2)
-        read_size = audit_repository.tree_size
-
-        async def size_then_sequence(db: Any) -> int:
-            size = await read_size(db)
-            # The sequencer adds the new entries and signs a checkpoint over them right
-            # after the proof's request read the tree's size.
-            await sequence_all(sequencer)
-            return size
-
-        monkeypatch.setattr(audit_repository, "tree_size", size_then_sequence)
+        # The sequencer adds the new entries and signs a checkpoint over them right after
+        # the proof's request read the tree's size.
+        monkeypatch.setattr(
+            audit_repository, "tree_size", _then_sequenced(audit_repository.tree_size, sequencer)
+        )
         async with scratch_engine.connect() as conn:
             proof = await proofs.inclusion(conn, 0, None)
         assert proof["leaf_index"] == 0

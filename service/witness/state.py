@@ -8,6 +8,7 @@ decided one after the other: the rollback race the spec warns about cannot happe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -67,8 +68,11 @@ class WitnessState:
             self.logs.setdefault(verifier.name, []).append(verifier)
         self._lock = threading.Lock()
         # The state is this witness's word on every log (a rollback would let it cosign a
-        # fork): made readable by its owner only; SQLite gives its WAL the same mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # fork): made readable by its owner only; SQLite gives its WAL the same mode. An
+        # existing file is not opened here: closing a descriptor of it would release the
+        # locks any SQLite connection of this process holds on it (POSIX).
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Protocol
 import asyncpg
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy import DateTime, MetaData, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -320,12 +320,17 @@ def driver_reads(request: Request) -> DriverReads:
     return reads
 
 
+def asyncpg_dsn(database_url: str | URL) -> str:
+    """The PostgreSQL SQLAlchemy URL ``database_url`` as a DSN for asyncpg itself."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 async def open_driver_reads(database_url: str) -> SqliteReads | PostgresReads:
     """The raw-driver reads for ``database_url``; the caller closes them."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         return SqliteReads.open(url.database or ":memory:")
-    return await PostgresReads.open(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    return await PostgresReads.open(asyncpg_dsn(url))
 
 
 @contextlib.asynccontextmanager

@@ -36,7 +36,7 @@ from service.audit import merkle
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import Checkpoint, NoteSigner
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
-from service.db import PostgresReads, SqliteReads, sqlite_file, utcnow
+from service.db import PostgresReads, SqliteReads, asyncpg_dsn, sqlite_file, utcnow
 from service.db import _sqlite_pragmas as sqlite_pragmas
 
 logger = logging.getLogger("tellonce.audit.sequencer")
@@ -296,9 +296,10 @@ class Sequencer:
         (a SQLite database in memory, or no connection for the probe: every poll then runs
         a round)."""
         if self.engine.dialect.name == "postgresql":
-            url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             try:
-                return PendingWorkProbe(await PostgresReads.open(url, min_size=1, max_size=1))
+                return PendingWorkProbe(
+                    await PostgresReads.open(asyncpg_dsn(self.engine.url), min_size=1, max_size=1)
+                )
             except (OSError, TimeoutError, asyncpg.PostgresError):
                 logger.warning("audit sequencer: no connection for its idle probe; polling with rounds")
                 return None

@@ -40,6 +40,7 @@ from service.audit import repository as audit_repository
 from service.audit.leaf_checks import VerificationFailed, check_leaves
 from service.audit.merkle import CompactRange
 from service.audit.verify import LogVerifier
+from service.db import asyncpg_dsn
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,7 @@ def _start_worker(database_url: str) -> None:
         _read_page = partial(audit_repository.sqlite_leaf_page, connection)
         return
     loop = asyncio.new_event_loop()
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    postgres: asyncpg.Connection = loop.run_until_complete(asyncpg.connect(dsn))
+    postgres: asyncpg.Connection = loop.run_until_complete(asyncpg.connect(asyncpg_dsn(url)))
 
     def read(first: int, below: int) -> list[Any]:
         return loop.run_until_complete(audit_repository.postgres_leaf_page(postgres, first, below))

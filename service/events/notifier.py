@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-from sqlalchemy.engine import make_url
+
+from service.db import asyncpg_dsn
 
 logger = logging.getLogger("tellonce.events")
 
@@ -73,10 +74,6 @@ feed_notifier = EventNotifier()
 PG_CHANNEL = "tellonce_events"
 
 
-def _asyncpg_dsn(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @asynccontextmanager
 async def postgres_wakeups(database_url: str, notifier: EventNotifier) -> AsyncIterator[None]:
     """While open, a commit of an event in any process wakes ``notifier`` (LISTEN/NOTIFY).
@@ -89,7 +86,7 @@ async def postgres_wakeups(database_url: str, notifier: EventNotifier) -> AsyncI
         return
     connection: asyncpg.Connection | None = None
     try:
-        connection = await asyncpg.connect(_asyncpg_dsn(database_url), timeout=10)
+        connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
         await connection.add_listener(PG_CHANNEL, lambda *_args: notifier.notify())
     except (OSError, asyncpg.PostgresError, TimeoutError):
         logger.warning("event wake-ups across processes unavailable; polling the outbox instead")

@@ -57,9 +57,12 @@ def _load(name: str) -> click.Command:
         connect_policy_changes()
     if isinstance(target, typer.Typer):
         # A group even when it has one command (``auth``), as ``add_typer`` would make it.
+        # Help is plain text like the top level's: rich mode keeps a docstring's line
+        # breaks, so a wrapped paragraph would print with ragged lines.
+        target.rich_markup_mode = app.rich_markup_mode
         command: click.Command = typer.main.get_group(target)
     else:
-        single = typer.Typer()
+        single = typer.Typer(rich_markup_mode=app.rich_markup_mode)
         single.command(name)(target)
         command = typer.main.get_command(single)
     command.name = name

@@ -49,6 +49,21 @@ class TestLazyGroups:
         assert result.exit_code == 0, result.output
         assert f"Usage: tellonce {name}" in result.stdout or f"Usage: root {name}" in result.stdout
 
+    @pytest.mark.parametrize(
+        ("args", "sentence"),
+        [
+            (["import"], "Each row is validated as the API validates"),
+            (["audit", "verify"], "and check every checkpoint"),
+        ],
+    )
+    def test_help_rewraps_a_docstring_s_paragraphs(self, args: list[str], sentence: str) -> None:
+        # Plain help as at the top level: a docstring's own line breaks are not kept, so a
+        # sentence wrapped in the source reads whole (once the terminal's wrapping is undone).
+        result = CliRunner().invoke(cli_app, [*args, "--help"], terminal_width=400)
+        assert result.exit_code == 0, result.output
+        assert sentence in result.stdout
+        assert "╭" not in result.stdout
+
 
 @pytest.fixture
 def applied(scratch_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

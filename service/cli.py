@@ -9,7 +9,8 @@ help; heavy imports inside this file's own commands go inside the function.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import typer
 
@@ -125,11 +126,35 @@ def _settings_or_exit() -> Any:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        typer.echo(f"tellonce: invalid settings: {problems}", err=True)
-        raise typer.Exit(1) from None
+        _refuse_settings(exc)
+
+
+def _settings_problems(exc: Any) -> str:
+    """One line naming each bad setting and its rule; the value itself is left out."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_input=False)
+    )
+
+
+def _refuse_settings(exc: Any) -> NoReturn:
+    """Exit 2, nothing done: the settings cannot be used."""
+    typer.echo(f"tellonce: invalid settings: {_settings_problems(exc)}", err=True)
+    raise typer.Exit(2) from None
+
+
+def run() -> None:
+    """The ``tellonce`` command. Settings are read by whichever command needs them, so a
+    bad one may surface from any of them: it is the same one line and exit 2 as above,
+    never a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        typer.echo(f"tellonce: invalid settings: {_settings_problems(exc)}", err=True)
+        sys.exit(2)
 
 
 def _refuse_if_not_ready(settings: Any) -> None:
@@ -264,4 +289,4 @@ async def _run_workers(settings: Any) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run()

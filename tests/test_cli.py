@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -63,6 +65,41 @@ class TestLazyGroups:
         assert result.exit_code == 0, result.output
         assert sentence in result.stdout
         assert "╭" not in result.stdout
+
+
+class TestInvalidSettings:
+    """A bad setting is one line naming it and exit 2, from whichever command reads the
+    settings first (the lazily loaded ones included), never a traceback or the value."""
+
+    @pytest.mark.parametrize(
+        ("args", "variable", "value", "named"),
+        [
+            (["import", "--department", "register", "FILE"], "TELLONCE_ROOT_KEY", "", "root_key"),
+            (["audit", "verify"], "TELLONCE_CLIENT_RATE_BURST", "not-a-number-7f3a", "client_rate_burst"),
+            (["db", "upgrade"], "TELLONCE_ROOT_KEY", "c2hvcnQta2V5LTdmM2E=", "root_key"),
+        ],
+    )
+    def test_one_line_and_exit_2(
+        self, args: list[str], variable: str, value: str, named: str, tmp_path: Path
+    ) -> None:
+        register = tmp_path / "register.csv"
+        register.write_text("national_id,given_name\nZZ00000000A,Ada\n")
+        env = {**os.environ, variable: value}
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *(str(register) if a == "FILE" else a for a in args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"tellonce: invalid settings: {named}: ")
+        assert "Traceback" not in result.stderr
+        if value:
+            assert value not in result.stderr
 
 
 @pytest.fixture

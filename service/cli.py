@@ -143,9 +143,9 @@ def _refuse_settings(exc: Any) -> NoReturn:
 
 
 def run() -> None:
-    """The ``tellonce`` command. Settings are read by whichever command needs them, so a
-    bad one may surface from any of them: it is the same one line and exit 2 as above,
-    never a traceback."""
+    """The ``tellonce`` command. Settings are read, and the database opened, by whichever
+    command needs them, so a bad setting or a database that cannot be used may surface
+    from any of them: each is one line and exit 2, never a traceback."""
     from pydantic import ValidationError
 
     try:
@@ -155,6 +155,23 @@ def run() -> None:
             raise
         typer.echo(f"tellonce: invalid settings: {_settings_problems(exc)}", err=True)
         sys.exit(2)
+    except Exception as exc:  # re-raised below unless it is the database refusing
+        from service.db import unusable_database
+
+        reason = unusable_database(exc)
+        if reason is None:
+            raise
+        typer.echo(f"tellonce: cannot use the database {_database_named()}: {reason}", err=True)
+        sys.exit(2)
+
+
+def _database_named() -> str:
+    """The configured database URL with any password masked."""
+    from sqlalchemy.engine import make_url
+
+    from service.config import get_settings
+
+    return make_url(get_settings().database_url).render_as_string(hide_password=True)
 
 
 def _refuse_if_not_ready(settings: Any) -> None:

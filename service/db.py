@@ -342,3 +342,48 @@ async def driver_reads_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await reads.close()
+
+
+# What the drivers raise when the database itself cannot be used: not there, not
+# listening, refusing the role or password, or a SQLite file that cannot be opened.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.CannotConnectNowError,
+)
+_SQLITE_REFUSALS = ("unable to open database file", "disk i/o error", "file is not a database")
+
+
+def _from_driver(error: OSError) -> bool:
+    """Whether the OS error came up through a database driver (a socket that would not
+    connect), rather than from the command's own files."""
+    trace = error.__traceback__
+    while trace is not None:
+        path = trace.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "/asyncpg/" in path or "/aiosqlite/" in path:
+            return True
+        trace = trace.tb_next
+    return False
+
+
+def unusable_database(error: BaseException) -> str | None:
+    """Why the database could not be used, if that is what ``error`` (or what it wraps) is:
+    one line from the driver, which names the host, database or role but never a value.
+    None for any other error, which the caller lets through."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _REFUSALS):
+            return str(current).splitlines()[0] if str(current) else type(current).__name__
+        if isinstance(current, sqlite3.OperationalError) and str(current).lower() in _SQLITE_REFUSALS:
+            return str(current)
+        if isinstance(current, OSError) and _from_driver(current):
+            return current.strerror or str(current) or type(current).__name__
+        wrapped = getattr(current, "orig", None)
+        current = (
+            wrapped if isinstance(wrapped, BaseException) else (current.__cause__ or current.__context__)
+        )
+    return None

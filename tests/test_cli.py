@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
+from service.audit.checkpoint import NoteSigner
 from service.cli import LAZY_GROUPS
 from service.cli import app as cli_app
 from service.config import get_settings
@@ -100,6 +103,82 @@ class TestInvalidSettings:
         assert "Traceback" not in result.stderr
         if value:
             assert value not in result.stderr
+
+
+def _refused_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TestUnusableDatabase:
+    """A database that cannot be reached is one line naming it (password masked) and the
+    driver's reason, from any command; never a traceback, never an audit verdict."""
+
+    def _run(self, args: list[str], url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TELLONCE_DATABASE_URL": url, "TELLONCE_DATA_DIR": str(tmp_path / "data")}
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+
+    @pytest.mark.parametrize(
+        "args", [["db", "upgrade"], ["audit", "verify"], ["policies", "apply", "POLICIES"]]
+    )
+    def test_refused_connection(self, args: list[str], tmp_path: Path) -> None:
+        url = f"postgresql+asyncpg://auditor:s3cret-7f3a@127.0.0.1:{_refused_port()}/register"
+        result = self._run([str(TEST_POLICIES) if a == "POLICIES" else a for a in args], url, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"tellonce: cannot use the database {url.replace('s3cret-7f3a', '***')}: "
+            f"Connect call failed ('127.0.0.1', {url.split(':')[-1].split('/')[0]})"
+        ]
+
+    def test_import_keeps_its_resume_advice(self, tmp_path: Path) -> None:
+        register = tmp_path / "register.csv"
+        register.write_text("national_id,given_name\nZZ00000000A,Ada\n")
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{_refused_port()}/register"
+        result = self._run(["import", "--department", "register", str(register)], url, tmp_path)
+        assert result.returncode == 1, result.stderr
+        message = " ".join(result.stderr.split())
+        assert "tellonce import: stopped by a database error (Connect call failed" in message
+        assert "run again with --resume" in message
+        assert "Traceback" not in result.stderr
+
+    def test_the_command_s_own_files_are_not_the_database(self, tmp_path: Path) -> None:
+        from service.db import unusable_database
+
+        with pytest.raises(FileNotFoundError) as missing:
+            (tmp_path / "absent").read_text()
+        assert unusable_database(missing.value) is None
+        assert unusable_database(ValueError("no")) is None
+
+
+class TestAuditVerifyExitCodes:
+    """Exit 1 is a verdict on the log; what keeps the check from running is exit 2."""
+
+    def test_a_malformed_key_is_a_usage_error(self, tmp_path: Path) -> None:
+        bundle = tmp_path / "bundle.jsonl"
+        bundle.write_text("")
+        result = CliRunner().invoke(
+            cli_app, ["audit", "verify", "--bundle", str(bundle), "--key", "not-a-key"]
+        )
+        assert result.exit_code == 2, result.output
+        assert "--key/--witness: a verifier key is" in result.stderr
+
+    def test_an_unreadable_bundle_is_not_a_verdict(self, tmp_path: Path) -> None:
+        key = NoteSigner("audit.example/log", Ed25519PrivateKey.generate()).verifier_key()
+        result = CliRunner().invoke(
+            cli_app, ["audit", "verify", "--bundle", str(tmp_path / "absent.jsonl"), "--key", key]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("audit log not checked: ")
+        assert "does NOT verify" not in result.stderr
 
 
 @pytest.fixture

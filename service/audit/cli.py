@@ -43,7 +43,7 @@ from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, Ve
 from service.audit.verify_pages import Parallel
 from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
-from service.db import create_engine
+from service.db import create_engine, unusable_database
 from service.policy.signing import OwnerVerifier, SigningKeyError
 from service.witness.cosignature import CosignatureError, CosignatureVerifier, split_note
 
@@ -308,7 +308,8 @@ def verify(
     ),
 ) -> None:
     """Recompute every leaf and the tree, re-derive every filter column, and check every
-    checkpoint (and cosignatures, offline). Exit 1 naming the first bad entry."""
+    checkpoint (and cosignatures, offline). Exit 1 naming the first bad entry;
+    exit 2 if the log could not be read at all."""
     if witness and bundle is None:
         typer.echo("--witness checks the cosignatures in a bundle: pass --bundle too", err=True)
         raise typer.Exit(2)
@@ -319,6 +320,11 @@ def verify(
     try:
         verifier = _verifier_from(key)
         witnesses = [CosignatureVerifier.parse(_text_or_file(value)) for value in witness]
+    except CheckpointError as exc:
+        # A key that cannot be read says nothing of the log: a usage error, as above.
+        typer.echo(f"--key/--witness: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
         expectations = Expectations(
             trusted=tuple(trusted_checkpoint(path, verifier) for path in trusted),
             min_size=min_size,
@@ -338,9 +344,15 @@ def verify(
         else:
             url = get_settings().database_url
             size = asyncio.run(verify_database(url, verifier, expectations, parallel_verification(url)))
-    except (VerificationFailed, CheckpointError, OSError) as exc:
+    except (VerificationFailed, CheckpointError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        if unusable_database(exc) is not None:
+            raise  # `tellonce` names the database and exits 2
+        # Not a verdict on the log: exit 1 is kept for a log that fails its checks.
+        typer.echo(f"audit log not checked: {exc}", err=True)
+        raise typer.Exit(2) from None
     if witnessed is not None:
         root = base64.b64encode(witnessed.root_hash).decode()
         typer.echo(

@@ -27,7 +27,7 @@ from service import operator
 from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto.keyring import Keyring
-from service.db import Database
+from service.db import Database, unusable_database
 from service.records import import_worker, importing
 from service.records.import_files import ImportFormat
 from service.records.reindex import ReindexResult, rebuild_blind_indexes
@@ -194,10 +194,14 @@ def import_file(
             markup=False,
         )
         raise typer.Exit(1) from None
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:
         # The driver's message, never the statement's parameters (ciphertexts, blind indexes).
-        original = exc.orig if isinstance(exc, DBAPIError) else None
-        reason = (str(original).splitlines() or [""])[0] if original is not None else type(exc).__name__
+        reason = unusable_database(exc)
+        if reason is None and isinstance(exc, OSError):
+            raise  # the command's own files: not the database's
+        if reason is None:
+            original = exc.orig if isinstance(exc, DBAPIError) else None
+            reason = (str(original).splitlines() or [""])[0] if original is not None else type(exc).__name__
         errors.print(
             f"tellonce import: stopped by a database error ({reason}); every committed batch "
             "is kept: run again with --resume to continue",

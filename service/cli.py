@@ -225,11 +225,13 @@ def serve(
     ),
 ) -> None:
     """Run the API."""
+    import asyncio
     import os
 
     import uvicorn
 
     from service.config import get_settings
+    from service.db import reach
 
     # A serving process keeps its startup heap for life (``Settings.freeze_startup_heap``).
     os.environ.setdefault("TELLONCE_FREEZE_STARTUP_HEAP", "true")
@@ -238,6 +240,9 @@ def serve(
     get_settings.cache_clear()
     settings = _settings_or_exit()
     _refuse_if_not_ready(settings)
+    # One line (from ``run``) for a database that is not there, rather than each worker's
+    # failed start-up traceback from uvicorn. The worker command waits for it instead.
+    asyncio.run(reach(settings.database_url))
     uvicorn.run(
         "service.app:create_app",
         factory=True,

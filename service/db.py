@@ -344,6 +344,16 @@ async def driver_reads_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         await reads.close()
 
 
+async def reach(database_url: str, timeout: float = 10.0) -> None:
+    """Connect to a PostgreSQL server once and leave; raise the driver's error if it cannot
+    be reached. SQLite is not tried: opening a file that is not there would create it."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return
+    connection = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+    await connection.close(timeout=timeout)
+
+
 # What the drivers raise when the database itself cannot be used: not there, not
 # listening, refusing the role or password, or a SQLite file that cannot be opened.
 _REFUSALS: tuple[type[BaseException], ...] = (

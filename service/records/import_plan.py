@@ -55,19 +55,30 @@ async def plan_import(
             catalog = await catalog_service.current_cached(conn)
         except ServiceError as exc:
             raise ImportRefused(exc.detail) from None
-    problems = column_problems(catalog, department, mode, scanned.columns)
+    problems = column_problems(catalog, department, mode, scanned.columns, file_format)
     if problems:
         raise ImportRefused("; ".join(problems))
     return ImportPlan(path, file_format, department, mode, catalog, scanned)
 
 
-def column_problems(catalog: Catalog, department: str, mode: ImportMode, columns: Sequence[str]) -> list[str]:
+def column_problems(
+    catalog: Catalog,
+    department: str,
+    mode: ImportMode,
+    columns: Sequence[str],
+    file_format: ImportFormat = "csv",
+) -> list[str]:
     """Why these columns cannot be imported by ``department`` in ``mode`` (empty: they can)."""
     if catalog.department(department) is None:
         return [f"no department {department!r} in the catalog"]
     if NATIONAL_ID_FIELD not in columns:
-        # Likely a file without a header, whose first line is a citizen's values: no
-        # column name is repeated back.
+        # Likely a file without a header (or not JSON Lines at all), whose first line is a
+        # citizen's values: no column name is repeated back.
+        if file_format == "jsonl":
+            return [
+                f"no {NATIONAL_ID_FIELD} key (a JSON Lines file holds one object per line; the "
+                "keys found are not shown, in case the file holds values where keys should be)"
+            ]
         return [
             f"no {NATIONAL_ID_FIELD} column (a CSV file's first line must name its columns; "
             "the names found are not shown, in case that line holds values)"

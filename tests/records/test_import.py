@@ -612,6 +612,22 @@ class TestRefusedRows:
         for value in (national_id, "Philippa", "1961-04-30", "Secret"):
             assert value not in result.stdout + result.stderr
 
+    async def test_a_csv_file_read_as_json_lines_is_named_as_such(self, store: Store, tmp_path: Path) -> None:
+        (national_id,) = _ids(1)
+        path = _write_csv(tmp_path / "p.csv", ["national_id", "given_name"], [{"national_id": national_id}])
+
+        result = _cli(store, tmp_path, "--department", "register", "--format", "jsonl", str(path))
+
+        assert result.returncode == 2
+        message = " ".join(result.stderr.split())
+        assert "no national_id key (a JSON Lines file holds one object per line" in message
+        assert "CSV" not in message
+        assert national_id not in result.stdout + result.stderr
+        # The department is checked first, whatever the format.
+        unknown = _cli(store, tmp_path, "--department", "nosuch", "--format", "jsonl", str(path))
+        assert unknown.returncode == 2
+        assert "no department 'nosuch' in the catalog" in unknown.stderr
+
 
 class TestJsonLines:
     async def test_typed_values_and_unreadable_lines(self, store: Store, tmp_path: Path) -> None:

@@ -355,10 +355,10 @@ async def reach(database_url: str, timeout: float = 10.0) -> None:
 
 
 # What the drivers raise when the database itself cannot be used: not there, not
-# listening, refusing the role or password, or a SQLite file that cannot be opened.
+# listening, refusing the role or password, gone mid-way, or a SQLite file that cannot
+# be opened.
 _REFUSALS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
     asyncpg.InvalidCatalogNameError,
     asyncpg.InvalidAuthorizationSpecificationError,
     asyncpg.CannotConnectNowError,

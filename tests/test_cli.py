@@ -1,4 +1,5 @@
-"""The `tellonce` command itself: groups load lazily, and explain refuses names it does not know."""
+"""The `tellonce` command itself: groups load lazily, help is plain, a bad setting or an
+unreachable database is one line and exit 2, and explain refuses names it does not know."""
 
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ class TestUnusableDatabase:
         )
 
     @pytest.mark.parametrize(
-        "args", [["db", "upgrade"], ["audit", "verify"], ["policies", "apply", "POLICIES"]]
+        "args",
+        [["db", "upgrade"], ["audit", "verify"], ["policies", "apply", "POLICIES"], ["serve", "--no-worker"]],
     )
     def test_refused_connection(self, args: list[str], tmp_path: Path) -> None:
         url = f"postgresql+asyncpg://auditor:s3cret-7f3a@127.0.0.1:{_refused_port()}/register"

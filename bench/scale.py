@@ -50,6 +50,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -192,22 +193,18 @@ def _sample(store: Store, rng: random.Random) -> tuple[list[str], list[str]]:
     indexes = [keyring.blind_index("national_id", value) for value in national_ids]
     query = "SELECT blind_index, citizen_id FROM field_values WHERE field = 'national_id' AND is_current"
     if store.kind == "sqlite":
+        found_rows: list[Any] = []
         with sqlite3.connect(_sqlite_path(store.url)) as conn:
-            found = {
-                bytes(row[0]): str(row[1])
-                for start in range(0, len(indexes), 500)
-                for row in conn.execute(
-                    f"{query} AND blind_index IN ({','.join('?' * len(indexes[start : start + 500]))})",
-                    indexes[start : start + 500],
+            for start in range(0, len(indexes), 500):  # under SQLite's bound-parameter limit
+                chunk = indexes[start : start + 500]
+                found_rows += conn.execute(
+                    f"{query} AND blind_index IN ({','.join('?' * len(chunk))})", chunk
                 )
-            }
     else:
-        found = {
-            bytes(row[0]): str(row[1])
-            for row in asyncio.run(
-                _postgres(store.url, f"{query} AND blind_index = ANY($1::bytea[])", indexes)
-            )
-        }
+        found_rows = list(
+            asyncio.run(_postgres(store.url, f"{query} AND blind_index = ANY($1::bytea[])", indexes))
+        )
+    found = {bytes(index): str(citizen) for index, citizen in found_rows}
     missing = sum(1 for index in indexes if index not in found)
     if missing:
         raise RuntimeError(

@@ -129,16 +129,17 @@ def _settings_or_exit() -> Any:
         _refuse_settings(exc)
 
 
-def _settings_problems(exc: Any) -> str:
+def _settings_refusal(exc: Any) -> str:
     """One line naming each bad setting and its rule; the value itself is left out."""
-    return "; ".join(
+    problems = "; ".join(
         f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_input=False)
     )
+    return f"tellonce: invalid settings: {problems}"
 
 
 def _refuse_settings(exc: Any) -> NoReturn:
     """Exit 2, nothing done: the settings cannot be used."""
-    typer.echo(f"tellonce: invalid settings: {_settings_problems(exc)}", err=True)
+    typer.echo(_settings_refusal(exc), err=True)
     raise typer.Exit(2) from None
 
 
@@ -153,7 +154,7 @@ def run() -> None:
     except ValidationError as exc:
         if exc.title != "Settings":
             raise
-        typer.echo(f"tellonce: invalid settings: {_settings_problems(exc)}", err=True)
+        typer.echo(_settings_refusal(exc), err=True)
         sys.exit(2)
     except Exception as exc:  # re-raised below unless it is the database refusing
         from service.db import unusable_database

@@ -2,9 +2,12 @@
 
 Used by ``POST /oauth/token`` and the console's sign-in. Failures are counted in the
 database in fixed windows (table ``auth_failures``), so every replica sees the same
-counts. Once a client id or an address has failed ``limit`` times in the current window,
-further attempts are refused with 429 and ``Retry-After`` (the rest of the window)
-without checking the credentials at all; crossing the limit is logged once per window.
+counts. A subject's count is its failures in the current window and the previous one
+together, so a burst that straddles a window boundary is counted whole instead of
+starting again from zero. Once a client id or an address has reached ``limit``, further
+attempts are refused with 429 and ``Retry-After`` (until enough of its failures have aged
+out of the two windows) without checking the credentials at all; crossing the limit is
+logged once.
 """
 
 from __future__ import annotations
@@ -50,6 +53,24 @@ def _window(now: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(start, tz=now.tzinfo)
 
 
+async def _counts(
+    session: AsyncSession, subjects: list[str], window: datetime, seconds: int
+) -> dict[str, tuple[int, int]]:
+    """Each subject's failures as (previous window, current window)."""
+    previous = window - timedelta(seconds=seconds)
+    is_current = (failures_table.c.window_start == window).label("is_current")
+    rows = await session.execute(
+        select(failures_table.c.subject, is_current, failures_table.c.failures).where(
+            failures_table.c.subject.in_(subjects), failures_table.c.window_start.in_([previous, window])
+        )
+    )
+    counts = dict.fromkeys(subjects, (0, 0))
+    for subject, current, failures in rows:
+        before, now = counts[subject]
+        counts[subject] = (before, now + failures) if current else (before + failures, now)
+    return counts
+
+
 def _context(request: Request, client_id: str | None) -> tuple[Settings, Subjects, Metrics | None]:
     settings: Settings = request.app.state.settings
     subjects = Subjects(client_id, request.client.host if request.client else None)
@@ -66,15 +87,20 @@ async def refuse_if_throttled(
     limits = dict(subjects.limits(settings))
     if not limits:
         return
-    rows = await session.execute(
-        select(failures_table.c.subject, failures_table.c.failures).where(
-            failures_table.c.subject.in_(list(limits)), failures_table.c.window_start == window
-        )
-    )
-    if any(count >= limits[subject] for subject, count in rows):
+    seconds = settings.auth_failure_window_seconds
+    counts = await _counts(session, list(limits), window, seconds)
+    over = [
+        (previous, current, limits[subject])
+        for subject, (previous, current) in counts.items()
+        if previous + current >= limits[subject]
+    ]
+    if over:
         if metrics is not None:
             metrics.auth_throttled.labels(endpoint).inc()
-        retry = window + timedelta(seconds=settings.auth_failure_window_seconds) - now
+        # The previous window's failures age out when this window ends; this window's own
+        # failures only when the next one ends.
+        windows_left = 2 if any(current >= limit for _, current, limit in over) else 1
+        retry = window + timedelta(seconds=seconds * windows_left) - now
         raise TooManyRequests(
             int(retry.total_seconds()) + 1,
             "Too many failed sign-in attempts for this client or from this address; try again later.",
@@ -87,22 +113,28 @@ async def record_failure(
     """Count one failed authentication against the client id and the address."""
     settings, subjects, metrics = _context(request, client_id)
     now = utcnow()
-    window = _window(now, settings.auth_failure_window_seconds)
+    seconds = settings.auth_failure_window_seconds
+    window = _window(now, seconds)
     dialect = session.get_bind().dialect.name
     upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     if metrics is not None:
         metrics.auth_failures.labels(endpoint).inc()
-    for subject, limit in subjects.limits(settings):
+    limits = subjects.limits(settings)
+    counts = await _counts(session, [subject for subject, _ in limits], window, seconds)
+    for subject, limit in limits:
         statement = upsert(failures_table).values(subject=subject, window_start=window, failures=1)
         counted = statement.on_conflict_do_update(
             index_elements=[failures_table.c.subject, failures_table.c.window_start],
             set_={"failures": failures_table.c.failures + 1},
         ).returning(failures_table.c.failures)
-        failures = int((await session.execute(counted)).scalar_one())
-        if failures == 1:
-            await session.execute(delete(failures_table).where(failures_table.c.window_start < window))
+        current = int((await session.execute(counted)).scalar_one())
+        if current == 1:
+            # Only the previous window still counts; anything older is dropped.
+            older = window - timedelta(seconds=seconds)
+            await session.execute(delete(failures_table).where(failures_table.c.window_start < older))
+        failures = counts[subject][0] + current
         if failures == limit:
-            # Logged once per subject and window; the secret is never logged.
+            # Logged once, when the subject reaches its limit; the secret is never logged.
             logger.warning(
                 "repeated authentication failures: throttling",
                 extra={"endpoint": endpoint, "subject": subject, "failures": failures},

@@ -2,8 +2,9 @@
 in 1.7 s, all 401).
 
 Failures are counted per client id and per source address in the database (every replica
-shares the counts); past the limit the answer is 429 problem+json with ``Retry-After``,
-without checking the credentials, and crossing the limit is logged and counted.
+shares the counts), over the current window and the previous one together; past the limit
+the answer is 429 problem+json with ``Retry-After``, without checking the credentials, and
+crossing the limit is logged and counted.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -24,6 +26,9 @@ from tests.fixtures.tokens import register
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
 PER_CLIENT, PER_ADDRESS = 4, 7
+WINDOW = 60
+# A subject's own failures in the current window keep counting through the next one.
+LONGEST_RETRY = 2 * WINDOW + 1
 
 
 @pytest.fixture
@@ -36,13 +41,70 @@ def settings(settings: Settings) -> Settings:
 def _problem_429(response: httpx.Response) -> None:
     assert response.status_code == 429, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
-    assert 1 <= int(response.headers["retry-after"]) <= 61
+    assert 1 <= int(response.headers["retry-after"]) <= LONGEST_RETRY
 
 
 async def _token(client: httpx.AsyncClient, client_id: str, secret: str) -> httpx.Response:
     return await client.post(
         "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
     )
+
+
+class Clock:
+    """The throttle's clock, set by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    # Half a second before a window ends.
+    clock = Clock(datetime(2026, 12, 4, 19, 35, 59, 500_000, tzinfo=UTC))
+    monkeypatch.setattr("service.auth.throttle.utcnow", clock)
+    return clock
+
+
+class TestWindows:
+    async def test_a_burst_across_a_window_boundary_is_counted_whole(
+        self, client: httpx.AsyncClient, session: AsyncSession, clock: Clock
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        statuses = [(await _token(client, created.client_id, "wrong")).status_code for _ in range(3)]
+        clock.now += timedelta(seconds=0.6)  # 0.1 s into the next window
+        statuses.append((await _token(client, created.client_id, "wrong")).status_code)
+        assert statuses == [401] * PER_CLIENT
+
+        refused = await _token(client, created.client_id, created.client_secret)
+        _problem_429(refused)
+        # Three of the four failures age out when this window ends.
+        assert int(refused.headers["retry-after"]) == WINDOW
+
+    async def test_failures_age_out_after_the_window_they_were_made_in_and_the_next(
+        self, client: httpx.AsyncClient, session: AsyncSession, clock: Clock
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        clock.now += timedelta(seconds=1)  # 0.5 s into a window
+        for _ in range(PER_CLIENT):
+            assert (await _token(client, created.client_id, "wrong")).status_code == 401
+
+        refused = await _token(client, created.client_id, created.client_secret)
+        _problem_429(refused)
+        assert int(refused.headers["retry-after"]) == 2 * WINDOW
+
+        clock.now += timedelta(seconds=WINDOW)
+        refused = await _token(client, created.client_id, created.client_secret)
+        _problem_429(refused)
+        assert int(refused.headers["retry-after"]) == WINDOW
+
+        clock.now += timedelta(seconds=WINDOW)
+        granted = await _token(client, created.client_id, created.client_secret)
+        assert granted.status_code == 200, granted.text
 
 
 class TestTokenEndpoint:
@@ -111,5 +173,5 @@ class TestConsoleSignIn:
         # The console shows its own HTML error page for a browser, with the same status and header.
         refused = await sign_in(created.client_secret or "")
         assert refused.status_code == 429
-        assert 1 <= int(refused.headers["retry-after"]) <= 61
+        assert 1 <= int(refused.headers["retry-after"]) <= LONGEST_RETRY
         assert "Too many failed sign-in attempts" in refused.text

@@ -30,7 +30,7 @@ from service.consent import endpoints as consent_endpoints
 from service.console import router as console_router
 from service.crypto.keyring import Keyring
 from service.db import Database, driver_reads_lifecycle, utcnow
-from service.errors import BodyLimitMiddleware, install_error_handlers
+from service.errors import AllowedMethods, BodyLimitMiddleware, install_error_handlers
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
@@ -148,14 +148,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.schema_heads = head_revisions()
     app.state.keyring = Keyring.from_settings(settings)
-    # What delayed disclosure and access notices take as now; tests move it forward.
-    app.state.clock = utcnow
     # Looked up on every request with getattr(..., None): set from the start, since a
     # missing attribute costs Starlette an exception each time. The witnessing lifecycle
     # puts a gate here when witnesses are configured; the catalog endpoint its body.
     app.state.witness_gate = None
     app.state.served_catalog = None
-    # The time decisions and consents are judged at; tests move it to expire consents.
+    # What decisions, consents, delayed disclosure and access notices take as now; tests
+    # move it forward.
     app.state.clock = utcnow
 
     install_error_handlers(app)
@@ -163,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     install_openapi(app)
     install_docs(app)
+    app.state.allowed_methods = AllowedMethods(app)
     # The hottest routes, inside the middleware below (``service.hotpath``).
     app.add_middleware(HotRoutes, routes=hot_routes())
     # Outermost first: the request id must exist before the body limit can refuse.

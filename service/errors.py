@@ -17,8 +17,10 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.observability import current_request_id
@@ -238,9 +240,40 @@ async def _validation_error(_request: Request, exc: Exception) -> ProblemRespons
     return problem_response(ValidationFailed("The request is not valid.", errors=errors))
 
 
-async def _http_error(_request: Request, exc: Exception) -> ProblemResponse:
+class AllowedMethods:
+    """The methods served at each path, for the ``Allow`` header of a 405 (RFC 9110,
+    15.5.6: every method the resource supports). Starlette names only the methods of the
+    first route whose path matched, so a path served by two routes (``GET`` and ``DELETE
+    /v1/citizens/{id}``) lost one. Built once from the app's routes, after they are all
+    included (``app.state.allowed_methods``)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        # FastAPI's own walk of the routes, through every included router, as its OpenAPI
+        # document is made from.
+        self._routes = [
+            (compile_path(context.path)[0], frozenset(context.methods))
+            for context in iter_route_contexts(app.routes)
+            if context.path and context.methods
+        ]
+
+    def at(self, scope: Scope) -> str:
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        methods = set().union(*(methods for pattern, methods in self._routes if pattern.match(path)))
+        return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
+    headers = dict(exc.headers or {})
+    allowed_methods: AllowedMethods | None = getattr(request.app.state, "allowed_methods", None)
+    if exc.status_code == 405 and allowed_methods is not None:
+        allowed = allowed_methods.at(request.scope)
+        if allowed:
+            headers["Allow"] = allowed
     mapped: dict[int, type[ServiceError]] = {
         400: BadRequest,
         401: Unauthenticated,
@@ -255,11 +288,10 @@ async def _http_error(_request: Request, exc: Exception) -> ProblemResponse:
     if error_type is None:
         error = ServiceError(str(exc.detail))
         body = error.problem() | {"status": exc.status_code, "title": str(exc.detail)}
-        return ProblemResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return ProblemResponse(body, status_code=exc.status_code, headers=headers or None)
     detail = str(exc.detail) if exc.status_code != 404 else "No such resource."
     response = problem_response(error_type(detail))
-    if exc.headers:
-        response.headers.update(exc.headers)
+    response.headers.update(headers)
     return response
 
 

@@ -11,7 +11,8 @@ what the service really does:
   table below for what a route's own rules add. ``tests/test_openapi.py`` compares them
   with what every route really answered in the test run;
 - the form body of ``POST /oauth/token`` and its RFC 6749 error shape;
-- an example for every request body and success response (``service/openapi_examples.py``).
+- an example for every request body and success response, and the media types of those
+  that are not JSON (``service/openapi_examples.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic import BaseModel
 from service.auth.runtime import TOKEN_PATH
 from service.auth.scopes import ROLE_SCOPES
 from service.errors import PROBLEM_BASE, PROBLEM_JSON, ServiceError
-from service.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES
+from service.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES, RESPONSE_MEDIA
 from service.policy.schemas import AgreementIn, SimulateIn
 
 SECURITY_SCHEME = "oauth2"
@@ -39,7 +40,8 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/policies/{agreement_id}"): {404},
     ("POST", "/v1/policies"): {409},
     ("PUT", "/v1/policies/{agreement_id}"): {404, 409, 410, 412, 428},
-    ("DELETE", "/v1/policies/{agreement_id}"): {404, 409, 410},
+    ("GET", "/v1/policies"): {400},
+    ("DELETE", "/v1/policies/{agreement_id}"): {404, 409, 410, 412},
     ("GET", "/v1/policies/{agreement_id}/versions"): {400, 404},
     ("POST", "/v1/policies/simulate"): {404},
     ("GET", "/v1/audit/checkpoint"): {404},  # scope audit:verify unless served publicly
@@ -340,6 +342,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             responses.pop("422", None)
             for status in sorted(declared_statuses(method, path, route)):
                 responses[str(status)] = _problem_response(status)
+            if key in RESPONSE_MEDIA:
+                responses["200"]["content"] = RESPONSE_MEDIA[key]
             for status_text, response in responses.items():
                 if status_text.startswith("2") and key in RESPONSE_EXAMPLES:
                     for media in response.get("content", {}).values():

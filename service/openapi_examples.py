@@ -6,7 +6,10 @@ against ``make run``. ``tests/test_openapi.py`` validates each against its route
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from service.audit.query import csv_header, csv_line
 
 CITIZEN = "c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N"
 AT = "2026-11-30T09:15:02.481Z"
@@ -296,7 +299,6 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
         "items": [{"leaf_index": 41, "entry": _ENTRY}],
         "next_cursor": "eyJpZCI6NDF9",
     },
-    ("GET", "/v1/audit/export"): [_ENTRY],
     ("GET", "/v1/audit/reports/usage"): {
         "items": [
             {
@@ -387,4 +389,20 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
         "client_secret": "pQ7xN2mV9wR4tB8cL1zK6hJ3fG5sD0aY2uE9iO4rT7w",
     },
     ("POST", "/v1/clients/{client_id}/disable"): {**_CLIENT, "disabled_at": AT},
+}
+
+# Responses that are not JSON: each media type's schema and example, by route. The export's
+# examples are made by the functions that write its lines.
+_EXPORT_ITEM = {"id": 42, "leaf_index": 41, "entry": _ENTRY}
+RESPONSE_MEDIA: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/v1/audit/export"): {
+        "application/x-ndjson": {
+            "schema": {"type": "string", "description": "One entry as a JSON object per line."},
+            "example": json.dumps(_EXPORT_ITEM) + "\n",
+        },
+        "text/csv": {
+            "schema": {"type": "string", "description": "A header row, then one entry per row."},
+            "example": csv_header() + csv_line(_EXPORT_ITEM),
+        },
+    },
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -97,7 +98,41 @@ class TestProblemDetails:
         assert_problem(await probe_client.get("/v1/nothing-here"), 404)
 
     async def test_wrong_method_is_405(self, probe_client: httpx.AsyncClient) -> None:
-        assert_problem(await probe_client.delete("/healthz"), 405)
+        response = await probe_client.delete("/healthz")
+        assert_problem(response, 405)
+        assert response.headers["allow"] == "GET"
+
+    @pytest.mark.parametrize(
+        ("path", "allowed"),
+        [
+            # Two routes serve this path, one method each (RFC 9110: Allow lists every one).
+            ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N", "DELETE, GET"),
+            ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N/consents", "GET, POST"),
+            ("/v1/clients", "GET, POST"),
+            ("/v1/policies/an-agreement", "DELETE, GET, PUT"),
+            # The console's pages, from routers included in its router.
+            ("/console/sign-in", "GET, POST"),
+        ],
+    )
+    async def test_405_allows_every_method_of_every_route_at_the_path(
+        self, probe_client: httpx.AsyncClient, path: str, allowed: str
+    ) -> None:
+        response = await probe_client.request("OPTIONS", path)
+        assert_problem(response, 405)
+        assert response.headers["allow"] == allowed
+        assert len(response.headers.get_list("allow")) == 1
+
+    async def test_405_allows_at_least_what_the_openapi_document_lists(
+        self, app: FastAPI, probe_client: httpx.AsyncClient
+    ) -> None:
+        paths = app.openapi()["paths"]
+        assert len(paths) > 30
+        for template, operations in paths.items():
+            path = re.sub(r"\{[^}]+\}", "1", template)
+            response = await probe_client.request("OPTIONS", path)
+            assert response.status_code == 405, template
+            documented = {method.upper() for method in operations}
+            assert set(response.headers["allow"].split(", ")) >= documented, template
 
     @pytest.mark.parametrize(("path", "status"), [("conflict", 409), ("gone", 410), ("stale", 412)])
     async def test_service_errors_keep_status_and_detail(

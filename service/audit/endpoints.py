@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from service.audit import proofs, search, tiles, witnessing
 from service.audit.checkpoint import NoteSigner
 from service.audit.errors import AuditQueryInvalid
+from service.audit.schemas import ACTIONS, DECISIONS
 from service.audit.writer import AuditWriterDep, get_audit_writer
 from service.auth import permissions
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
@@ -43,8 +44,10 @@ class FilterParams:
         owner: str | None = Query(None, max_length=63),
         field: str | None = Query(None, max_length=63),
         purpose: str | None = Query(None, max_length=63),
-        decision: str | None = Query(None, max_length=16),
-        action: str | None = Query(None, max_length=32),
+        # The values are checked by ``search.entry_filter`` (400, audit-query-invalid); the
+        # enums tell the OpenAPI document's readers which there are.
+        decision: str | None = Query(None, max_length=16, json_schema_extra={"enum": list(DECISIONS)}),
+        action: str | None = Query(None, max_length=32, json_schema_extra={"enum": list(ACTIONS)}),
         since: str | None = Query(None, max_length=40, description="ISO 8601, inclusive"),
         until: str | None = Query(None, max_length=40, description="ISO 8601, exclusive"),
     ) -> None:
@@ -157,7 +160,11 @@ def _next(cursor: int | None) -> str | None:
     return None if cursor is None else str(cursor)
 
 
-@router.get("/v1/audit/export")
+@router.get(
+    "/v1/audit/export",
+    response_class=StreamingResponse,
+    responses={200: {"description": "Every matching entry, as JSON lines or CSV (`format`)."}},
+)
 async def export_entries(
     caller: Exporter,
     filters: Filters,

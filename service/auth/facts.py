@@ -20,6 +20,9 @@ from service.observability import current_request_id
 from service.policy.epoch import EpochKey
 
 _CASE_REF = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,99}$")
+# What the OpenAPI document says of a case reference; ``check_case_ref`` enforces it, with
+# its own message, so the parameters carry it as documentation only.
+CASE_REF_SCHEMA = {"pattern": _CASE_REF.pattern, "minLength": 1, "maxLength": 100}
 
 
 def check_case_ref(reference: str, loc: list[str | int]) -> str:
@@ -109,7 +112,14 @@ def facts(*scopes: str, case_ref: bool = True) -> Callable[..., Awaitable[Reques
     async def with_case_ref(
         request: Request,
         principal: Principal = authenticated,
-        reference: Annotated[str | None, Header(alias="X-Case-Ref")] = None,
+        reference: Annotated[
+            str | None,
+            Header(
+                alias="X-Case-Ref",
+                description="The case this access is for: 1 to 100 printable ASCII characters.",
+                json_schema_extra=CASE_REF_SCHEMA,
+            ),
+        ] = None,
     ) -> RequestFacts:
         return request_facts(request, principal, needed, reference)
 

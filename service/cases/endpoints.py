@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 
 from service.audit.writer import get_audit_writer
-from service.auth.facts import RequestFacts, check_case_ref, facts
+from service.auth.facts import CASE_REF_SCHEMA, RequestFacts, check_case_ref, facts
 from service.cases import service as cases_service
 from service.cases.schemas import CaseOut
 from service.db import Database
@@ -20,7 +20,14 @@ Consumer = Annotated[RequestFacts, Depends(facts("cases:close", case_ref=False))
 
 @router.post("/{case_ref:path}/close", response_model=CaseOut)
 async def close_case(
-    case_ref: Annotated[str, Path(max_length=300, description="The case reference, as sent in X-Case-Ref.")],
+    case_ref: Annotated[
+        str,
+        Path(
+            max_length=300,
+            description="The case reference, as sent in X-Case-Ref.",
+            json_schema_extra=CASE_REF_SCHEMA,
+        ),
+    ],
     consumer: Consumer,
     request: Request,
 ) -> CaseOut:

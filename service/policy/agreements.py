@@ -85,7 +85,10 @@ def _decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        # validate=True: urlsafe_b64decode would drop the characters outside the alphabet,
+        # so that "!!" read as no cursor at all, the first page.
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadRequest("The cursor is not valid.") from None
 

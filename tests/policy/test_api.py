@@ -109,6 +109,7 @@ class TestReadAgreements:
         assert_problem(
             await client.get("/v1/policies/licence-for-revenue/versions?cursor=!!"), 400, "bad-request"
         )
+        assert_problem(await client.get("/v1/policies?cursor=!!"), 400, "bad-request")
 
 
 class TestWriteAgreements:
@@ -268,6 +269,17 @@ class TestWriteAgreements:
         )
         assert response.json()["version"] == 3
         assert (await explain(client, **ask))["licence_status"]["effect"] == "permit"
+
+    async def test_revoking_a_stale_version_is_412(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        act_as(app, "dvla", "data-owner")
+        path = "/v1/policies/licence-for-revenue"
+        for if_match in ('"7"', "not-a-version"):
+            refused = await client.delete(path, headers={"If-Match": if_match})
+            assert_problem(refused, 412, "stale-agreement")
+        assert (await client.get(path)).json()["status"] == "active"
+        revoked = await client.delete(path, headers={"If-Match": '"1"'})
+        assert revoked.status_code == 200
+        assert revoked.json()["status"] == "revoked"
 
     async def test_versions_page_with_cursor(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         act_as(app, "dvla", "data-owner")

@@ -20,6 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from service.digits import ascii_digits
+
 ED25519_ALGORITHM = b"\x01"
 SIGNATURE_DASH = "\u2014"
 
@@ -101,7 +103,7 @@ class Checkpoint:
         lines = body.split("\n")
         if len(lines) < 4 or lines[-1] != "" or not lines[0]:
             raise CheckpointError("a checkpoint body is origin, size and root hash lines")
-        if not lines[1].isdigit() or (lines[1].startswith("0") and lines[1] != "0"):
+        if not ascii_digits(lines[1]) or (lines[1].startswith("0") and lines[1] != "0"):
             raise CheckpointError("the tree size is not a decimal number")
         try:
             root = base64.b64decode(lines[2], validate=True)

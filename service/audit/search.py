@@ -36,6 +36,7 @@ from service.cases import repository as cases_repository
 from service.cases import rules
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
+from service.digits import ascii_digits
 from service.errors import Forbidden, NotFound
 from service.policy.terms import agreement_terms
 
@@ -107,7 +108,7 @@ def parse_time(value: str | None, name: str) -> datetime | None:
 def parse_cursor(value: str | None) -> int:
     if value is None:
         return 0
-    if not value.isdigit() or len(value) > 19:
+    if not ascii_digits(value) or len(value) > 19:
         raise AuditQueryInvalid("The cursor is not one this service returned.")
     return int(value)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from service.audit import repository as audit_repository
 from service.audit.errors import TileNotFound
 from service.audit.repository import Executor
+from service.digits import ascii_digits
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
@@ -48,7 +49,7 @@ class TileRequest:
 
 
 def _decimal(text: str, *, low: int, high: int) -> int:
-    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+    if not ascii_digits(text) or (len(text) > 1 and text[0] == "0"):
         raise TilePathInvalid("a level or width is a decimal number without leading zeroes")
     value = int(text)
     if not low <= value <= high:
@@ -70,7 +71,7 @@ def parse_tile_path(path: str) -> TileRequest:
     for position, element in enumerate(elements):
         last = position == len(elements) - 1
         digits = element if last else element[1:]
-        if (not last and not element.startswith("x")) or len(digits) != 3 or not digits.isdigit():
+        if (not last and not element.startswith("x")) or len(digits) != 3 or not ascii_digits(digits):
             raise TilePathInvalid("the index is zero-padded 3-digit elements, all but the last prefixed x")
         index = index * 1000 + int(digits)
     if len(elements) > 1 and elements[0] == "x000":

@@ -35,6 +35,7 @@ from service.audit.cosignatures import CheckpointRow
 from service.audit.errors import AuditUnavailable, NoCheckpoint
 from service.audit.repository import Executor
 from service.db import utcnow
+from service.digits import ascii_digits
 from service.witness.cosignature import Cosignature, CosignatureError, CosignatureVerifier, split_note
 from service.witness.protocol import submission_body
 
@@ -237,7 +238,7 @@ class WitnessSubmitter:
                 return None
             if response.status_code == 409:
                 latest = response.text.strip()
-                if not latest.isdigit():
+                if not ascii_digits(latest):
                     logger.warning("witness %s sent a 409 without a size", witness.name)
                     return None
                 if int(latest) == old:

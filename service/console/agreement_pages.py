@@ -25,6 +25,7 @@ from service.console.web import (
     render,
 )
 from service.db import SessionDep, utcnow
+from service.digits import ascii_digits
 from service.policy import agreements
 from service.policy.errors import AgreementNotFound
 
@@ -77,7 +78,7 @@ async def changeable(
 def version_number(value: Any) -> int:
     """The version a posted form was made from (its ``If-Match``); 400 if it is not one."""
     text = str(value or "")
-    if not text.isdigit() or len(text) > 9:
+    if not ascii_digits(text) or len(text) > 9:
         raise ConsolePageError(
             400, "The form is out of date", "Open the agreement again and repeat the change."
         )

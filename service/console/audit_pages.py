@@ -40,6 +40,7 @@ from service.console.web import (
     source_of,
 )
 from service.db import SessionDep, utcnow
+from service.digits import ascii_digits
 
 router = APIRouter(route_class=ConsoleRoute)
 
@@ -117,9 +118,9 @@ async def search(
     query, errors = parse_query(params, catalog)
     filters = _filter_params(params)
     after_text = params.get("after", "")
-    after = int(after_text) if after_text.isdigit() and len(after_text) < 19 else 0
+    after = int(after_text) if ascii_digits(after_text) and len(after_text) < 19 else 0
     shown_text = params.get("shown", "")
-    shown = int(shown_text) if shown_text.isdigit() and len(shown_text) < 12 else 0
+    shown = int(shown_text) if ascii_digits(shown_text) and len(shown_text) < 12 else 0
     page = None
     if not errors:
         found = await audit_search.search_entries(

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from starlette.datastructures import FormData
 
+from service.digits import ascii_digits
+
 ACTIONS = ("read", "lookup", "verify", "history", "subscribe", "write")
 EFFECTS = ("permit", "forbid")
 # Form fields in page order: the error summary lists problems in this order.
@@ -99,7 +101,7 @@ def date_errors(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         missing = [part for part in DATE_PARTS if part not in given]
         if missing:
             errors.append((name, f"{label} must include a {' and a '.join(missing)}"))
-        elif not all(parts[part].isdigit() for part in DATE_PARTS) or len(parts["year"]) != 4:
+        elif not all(ascii_digits(parts[part]) for part in DATE_PARTS) or len(parts["year"]) != 4:
             errors.append((name, f"{label} must be a real date, with the year in 4 digits"))
         elif not _iso_date(parts):
             errors.append((name, f"{label} must be a real date"))

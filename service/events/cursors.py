@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from service.digits import ascii_digits
 from service.events.errors import InvalidCursor
 
 
@@ -34,6 +35,6 @@ def encode_position(position: int) -> str:
 def decode_position(cursor: str, loc: list[str | int]) -> int:
     text = decode_text(cursor, loc)
     prefix, _, number = text.partition(":")
-    if prefix != "e1" or not number.isdigit():
+    if prefix != "e1" or not ascii_digits(number):
         raise bad_cursor(loc)
     return int(number)

@@ -23,6 +23,7 @@ from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
 from service.consent import repository as consent_repository
 from service.db import utcnow
+from service.digits import ascii_digits
 from service.errors import BadRequest, ValidationFailed
 from service.policy import repository
 from service.policy import service as policy_service
@@ -170,7 +171,7 @@ async def list_versions(
     after_text = _decode_cursor(cursor)
     after = None
     if after_text is not None:
-        if not after_text.isdigit():
+        if not ascii_digits(after_text):
             raise BadRequest("The cursor is not valid.")
         after = int(after_text)
     rows = await repository.page_versions(session, agreement_id, after=after, limit=limit + 1)

@@ -28,6 +28,7 @@ from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto.keyring import Keyring
 from service.db import Database, unusable_database
+from service.digits import ascii_digits
 from service.records import import_worker, importing
 from service.records.import_files import ImportFormat
 from service.records.reindex import ReindexResult, rebuild_blind_indexes
@@ -87,7 +88,7 @@ class _RejectFile:
                 kept = [
                     r
                     for r in list(csv.reader(old))[1:]
-                    if len(r) == 2 and r[0].isdigit() and int(r[0]) <= keep_up_to_line
+                    if len(r) == 2 and ascii_digits(r[0]) and int(r[0]) <= keep_up_to_line
                 ]
         self.handle: TextIO = path.open("w", newline="", encoding="utf-8")
         self.writer = csv.writer(self.handle)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.catalog.schemas import Catalog
+from service.digits import ascii_digits
 from service.errors import ValidationFailed
 from service.records import values
 from service.records.errors import InvalidFieldValue
@@ -117,7 +118,7 @@ def parse_cursor(cursor: str | None) -> int | None:
     """A history cursor: the version the next page starts below."""
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 9:
+    if not ascii_digits(cursor) or len(cursor) > 9:
         raise ValidationFailed(
             "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
         )

@@ -10,6 +10,8 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from service.digits import ascii_digits
+
 MAX_PROOF_LINES = 63
 
 
@@ -25,7 +27,7 @@ class Submission:
 
 
 def _decimal(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or (len(text) > 1 and text[0] == "0"):
+    if not ascii_digits(text) or (len(text) > 1 and text[0] == "0"):
         raise MalformedSubmission("a size is a decimal number without leading zeroes")
     return int(text)
 

@@ -1,0 +1,101 @@
+"""Numbers the service reads from outside are ASCII digits only.
+
+A schema-driven run against a live server (Schemathesis) found ``GET
+/v1/citizens/{id}/access-log?cursor=²`` answering 500: ``"²".isdigit()`` is true and
+``int("²")`` raises. Digits of other scripts (``"٣"``) were worse the other way: ``int``
+reads them, so a tile path or a checkpoint's size had more than one spelling.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.audit import search
+from service.audit.checkpoint import Checkpoint, CheckpointError
+from service.audit.errors import AuditQueryInvalid
+from service.audit.tiles import TilePathInvalid, parse_tile_path
+from service.console.agreement_pages import version_number
+from service.console.forms import date_errors
+from service.console.web import ConsolePageError
+from service.digits import ascii_digits
+from service.errors import ValidationFailed
+from service.events.cursors import decode_position, encode_text
+from service.events.errors import InvalidCursor
+from service.records.validation import parse_cursor as history_cursor
+from service.witness.protocol import MalformedSubmission, parse_submission
+from tests.fixtures.auth import act_as
+
+# isdigit() is true for both: a superscript two and an Arabic-Indic three.
+SUPERSCRIPT, ARABIC_INDIC = "\u00b2", "\u0663"
+NOT_ASCII = [SUPERSCRIPT, ARABIC_INDIC, "1" + SUPERSCRIPT, "\u0660\u0660\u0661"]
+
+
+@given(st.text())
+def test_ascii_digits_are_exactly_0_to_9(text: str) -> None:
+    assert ascii_digits(text) == (re.fullmatch(r"[0-9]+", text) is not None)
+    if ascii_digits(text):
+        assert int(text) >= 0
+
+
+@pytest.mark.parametrize("text", NOT_ASCII)
+class TestParsersRefuse:
+    def test_audit_cursor(self, text: str) -> None:
+        with pytest.raises(AuditQueryInvalid):
+            search.parse_cursor(text)
+
+    def test_history_cursor(self, text: str) -> None:
+        with pytest.raises(ValidationFailed):
+            history_cursor(text)
+
+    def test_events_cursor(self, text: str) -> None:
+        with pytest.raises(InvalidCursor):
+            decode_position(encode_text(f"e1:{text}"), ["query", "cursor"])
+
+    def test_tile_paths(self, text: str) -> None:
+        for path in (f"{text}/000", f"0/{text:0>3}", f"0/000.p/{text}"):
+            with pytest.raises(TilePathInvalid):
+                parse_tile_path(path)
+
+    def test_checkpoint_size(self, text: str) -> None:
+        with pytest.raises(CheckpointError):
+            Checkpoint.parse_body(f"origin\n{text}\n{'A' * 43}=\n")
+
+    def test_witness_submission_size(self, text: str) -> None:
+        with pytest.raises(MalformedSubmission):
+            parse_submission(f"old {text}\n\norigin\n1\n{'A' * 43}=\n".encode())
+
+    def test_console_form_version(self, text: str) -> None:
+        with pytest.raises(ConsolePageError):
+            version_number(text)
+
+    def test_console_date_parts(self, text: str) -> None:
+        parts = {"day": "1", "month": "1", "year": f"{text:2>4}"}
+        assert date_errors({"valid_from_parts": parts}) != []
+
+
+@pytest.mark.parametrize("text", NOT_ASCII)
+async def test_a_citizens_access_log_cursor_is_400_not_500(
+    app: FastAPI, client: httpx.AsyncClient, text: str
+) -> None:
+    act_as(app, "portal", "citizen-portal")
+    response = await client.get(
+        "/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N/access-log", params={"cursor": text}
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("text", NOT_ASCII)
+async def test_an_audit_search_cursor_is_400_not_500(
+    app: FastAPI, client: httpx.AsyncClient, text: str
+) -> None:
+    act_as(app, "audit-office", "auditor")
+    response = await client.get("/v1/audit/entries", params={"cursor": text})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"

@@ -9,25 +9,31 @@ reads them, so a tile path or a checkpoint's size had more than one spelling.
 from __future__ import annotations
 
 import re
+from datetime import date, timedelta
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from service.audit import search
 from service.audit.checkpoint import Checkpoint, CheckpointError
 from service.audit.errors import AuditQueryInvalid
 from service.audit.tiles import TilePathInvalid, parse_tile_path
+from service.consent.schemas import ConsentIn
 from service.console.agreement_pages import version_number
 from service.console.forms import date_errors
 from service.console.web import ConsolePageError
 from service.digits import ascii_digits
-from service.errors import ValidationFailed
+from service.errors import BadRequest, ValidationFailed
 from service.events.cursors import decode_position, encode_text
 from service.events.errors import InvalidCursor
+from service.policy.terms import parse_duration
+from service.records.endpoints import _if_match as if_match
 from service.records.validation import parse_cursor as history_cursor
+from service.records.values import relative_date
 from service.witness.protocol import MalformedSubmission, parse_submission
 from tests.fixtures.auth import act_as
 
@@ -99,3 +105,28 @@ async def test_an_audit_search_cursor_is_400_not_500(
     response = await client.get("/v1/audit/entries", params={"cursor": text})
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == "application/problem+json"
+
+
+class TestPatternsTakeAsciiDigitsOnly:
+    """Patterns say [0-9], not \\d, which in Python and in pydantic's regex engine is any
+    script's decimal digit."""
+
+    def test_if_match(self) -> None:
+        with pytest.raises(BadRequest):
+            if_match('"\u0661"')
+        assert if_match('"1"') == 1
+
+    def test_durations(self) -> None:
+        with pytest.raises(ValueError, match="is not an ISO 8601 duration"):
+            parse_duration("P\u0663D")
+        assert parse_duration("P3D") == timedelta(days=3)
+
+    def test_a_consents_data_life(self) -> None:
+        with pytest.raises(ValidationError):
+            ConsentIn(agreement="an-agreement", data_life="P\u0663D")
+        assert ConsentIn(agreement="an-agreement", data_life="P3D").data_life == "P3D"
+
+    def test_relative_dates_in_claims(self) -> None:
+        today = date(2026, 12, 4)
+        assert relative_date("today-\u0661\u0668y", today) is None
+        assert relative_date("today-18y", today) == date(2008, 12, 4)

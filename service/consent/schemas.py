@@ -11,8 +11,12 @@ from service.catalog.schemas import Identifier
 
 ConsentStatus = Literal["active", "paused", "revoked", "expired"]
 # An ISO 8601 duration of days, weeks, months or years, such as P30D or P1Y.
+_N = "[0-9]+"  # ASCII digits: \d would take any script's
 DataLife = Annotated[
-    str, StringConstraints(pattern=r"^P(\d+Y|\d+M|\d+W|\d+D|\d+Y\d+M|\d+M\d+D|\d+Y\d+M\d+D)$", max_length=32)
+    str,
+    StringConstraints(
+        pattern=f"^P({_N}Y|{_N}M|{_N}W|{_N}D|{_N}Y{_N}M|{_N}M{_N}D|{_N}Y{_N}M{_N}D)$", max_length=32
+    ),
 ]
 
 

@@ -25,7 +25,7 @@ Disclosure = Literal["immediate", "after-case-closed"]
 # The longest an owner may let a consumer keep its accesses from the citizen: five years.
 MAX_DELAY_LIMIT = timedelta(days=1826)
 _DURATION = re.compile(
-    r"^P(?:(\d{1,5})W|(?:(\d{1,5})D)?(?:T(?:(\d{1,6})H)?(?:(\d{1,7})M)?(?:(\d{1,8})S)?)?)$"
+    r"^P(?:([0-9]{1,5})W|(?:([0-9]{1,5})D)?(?:T(?:([0-9]{1,6})H)?(?:([0-9]{1,7})M)?(?:([0-9]{1,8})S)?)?)$"
 )
 
 

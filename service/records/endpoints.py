@@ -36,7 +36,7 @@ from service.records.service import RecordsService
 
 router = APIRouter(prefix="/v1/citizens", tags=["citizens"])
 
-_ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
+_ETAG = re.compile(r'^(?:W/)?"?([0-9]{1,12})"?$')
 
 
 async def records_service(request: Request) -> RecordsService:

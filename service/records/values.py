@@ -19,7 +19,7 @@ from service.catalog.schemas import FieldSpec
 JsonValue = str | int | bool | None
 
 DEFAULT_MAX_LENGTH = 1000
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 class ValueRejected(ValueError):
@@ -109,7 +109,7 @@ def normalise_for_index(value: JsonValue) -> str:
 # --- verify: claims answered with booleans, never the value -------------------------
 
 CLAIM_OPERATORS = ("eq", "lte", "gte", "in")
-_RELATIVE_DATE = re.compile(r"^today(?:([+-])(\d{1,3})([dmy]))?$")
+_RELATIVE_DATE = re.compile(r"^today(?:([+-])([0-9]{1,3})([dmy]))?$")
 
 
 def relative_date(text: str, today: dt.date) -> dt.date | None:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-reset serve test test-sqlite test-postgres lint typecheck bench clean softhsm replicas-up replicas-down
+.PHONY: install run run-reset serve test test-sqlite test-postgres lint typecheck bench fuzz clean softhsm replicas-up replicas-down
 
 # The service and the department client library (clients/python), which the tests use.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -58,6 +58,11 @@ softhsm:
 
 bench: install
 	$(BIN)/python -m bench
+
+# Schemathesis against a live server on loopback; any 5xx fails (README, "Fuzzing the API").
+fuzz: install
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	scripts/fuzz.sh
 
 # Three API replicas, a worker and HAProxy on this machine's PostgreSQL (README, "Replicas").
 replicas-up: install

@@ -36,7 +36,13 @@ from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
 from service.heap import freeze_startup_heap
 from service.hotpath import HotFront, HotRoute, HotRoutes
-from service.observability import Metrics, RequestContext, RequestContextMiddleware, configure_logging
+from service.observability import (
+    Metrics,
+    RequestContext,
+    RequestContextMiddleware,
+    configure_logging,
+    name_route_templates,
+)
 from service.openapi import install_openapi
 from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
@@ -163,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     install_docs(app)
     app.state.allowed_methods = AllowedMethods(app)
+    name_route_templates(app)
     # The hottest routes, inside the middleware below (``service.hotpath``).
     app.add_middleware(HotRoutes, routes=hot_routes())
     # Outermost first: the request id must exist before the body limit can refuse.

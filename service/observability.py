@@ -17,6 +17,8 @@ from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -170,11 +172,32 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+# The attribute ``name_route_templates`` sets on a route served under a prefix.
+_SERVED_TEMPLATE = "tellonce_served_template"
+
+
+def name_route_templates(app: FastAPI) -> None:
+    """Give each route that a router includes under a prefix the template it is served at.
+
+    FastAPI (0.165) puts the route as declared in the request's scope, so a console page
+    declared as ``/agreements`` in a router the console includes under ``/console`` was
+    counted and logged as ``/agreements``. Walked once, after every router is included;
+    the prefixes are fixed, so an app made again sets the same values."""
+    for context in iter_route_contexts(app.routes):
+        route, served = context.original_route, context.path_format
+        if served and getattr(route, "path_format", None) != served:
+            setattr(route, _SERVED_TEMPLATE, served)
+
+
 def _route_template(scope: Scope) -> str:
     # The template without converters ("/v1/audit/tile/{tile}", not "{tile:path}"), as the
-    # OpenAPI document names it.
+    # OpenAPI document names it, with the prefixes it is served under.
     route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    path = (
+        getattr(route, _SERVED_TEMPLATE, None)
+        or getattr(route, "path_format", None)
+        or getattr(route, "path", None)
+    )
     return str(path) if path else "unmatched"
 
 

@@ -51,6 +51,15 @@ class TestHealth:
         assert 'tellonce_http_requests_total{method="GET",route="/healthz",status="200"} 2.0' in text
         assert "tellonce_http_request_duration_seconds_bucket" in text
 
+    async def test_a_page_of_an_included_router_is_counted_at_the_path_it_is_served_at(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # Declared as /agreements in a router the console includes under /console.
+        await client.get("/console/agreements")
+        text = (await client.get("/metrics")).text
+        assert re.search(r'tellonce_http_requests_total\{method="GET",route="/console/agreements",', text)
+        assert 'route="/agreements"' not in text
+
     async def test_request_id_is_echoed_when_valid(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/healthz", headers={"X-Request-ID": "abc12345-trace"})
         assert response.headers["x-request-id"] == "abc12345-trace"

@@ -76,6 +76,25 @@ class TestDocument:
                 assert example["status"] == int(status)
                 assert validate(document, media[PROBLEM_JSON]["schema"], example) == []
 
+    def test_maps_keyed_by_a_pattern_refuse_other_keys(self, document: dict[str, Any]) -> None:
+        """As the models do: pydantic writes ``patternProperties`` alone, which lets any key
+        through, so each such map says ``additionalProperties: false`` too."""
+        found: list[tuple[str, Any]] = []
+
+        def walk(node: Any, where: str) -> None:
+            if isinstance(node, dict):
+                if "patternProperties" in node:
+                    found.append((where, node.get("additionalProperties")))
+                for key, value in node.items():
+                    walk(value, f"{where}/{key}")
+            elif isinstance(node, list):
+                for index, value in enumerate(node):
+                    walk(value, f"{where}/{index}")
+
+        walk(document, "")
+        assert len(found) >= 4
+        assert [where for where, extra in found if extra is not False] == []
+
     def test_every_request_and_success_response_has_a_valid_example(self, document: dict[str, Any]) -> None:
         missing: list[str] = []
         invalid: list[str] = []

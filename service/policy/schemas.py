@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from service.catalog.schemas import FieldName, Identifier
+from service.catalog.schemas import KEYED_BY_FIELD, FieldName, Identifier
 from service.policy.engine import Action, Agreement, Basis, Effect
 from service.policy.terms import Disclosure, parse_duration
 
@@ -47,7 +47,7 @@ class AgreementSpec(BaseModel):
     signature: str | None = Field(default=None, max_length=200)
     # ``verify`` agreements: per field, the claims a consumer may ask, e.g.
     # ``{date_of_birth: {lte: [today-18y]}}``. A field left out may be asked anything.
-    verify: dict[FieldName, dict[AllowedOperator, list[Threshold]]] | None = Field(
+    verify: Annotated[dict[FieldName, dict[AllowedOperator, list[Threshold]]], KEYED_BY_FIELD] | None = Field(
         default=None, max_length=50
     )
 

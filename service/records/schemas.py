@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.catalog.schemas import KEYED_BY_FIELD, FieldName
+
 PurposeId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
-FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 
 MAX_BATCH = 1000
 
@@ -25,7 +26,7 @@ class _In(BaseModel):
 
 class RegisterCitizen(_In):
     national_id: str = Field(min_length=1, max_length=64)
-    fields: dict[FieldName, Any] = Field(default_factory=dict, max_length=100)
+    fields: Annotated[dict[FieldName, Any], KEYED_BY_FIELD] = Field(default_factory=dict, max_length=100)
 
 
 class LookupCitizen(_In):
@@ -34,14 +35,14 @@ class LookupCitizen(_In):
 
 
 class WriteFields(_In):
-    fields: dict[FieldName, Any] = Field(min_length=1, max_length=100)
+    fields: Annotated[dict[FieldName, Any], KEYED_BY_FIELD] = Field(min_length=1, max_length=100)
     reason: str = Field(min_length=1, max_length=500)
     purpose: PurposeId | None = None
 
 
 class VerifyClaims(_In):
     purpose: PurposeId
-    claims: dict[FieldName, dict[str, Any]] = Field(min_length=1, max_length=50)
+    claims: Annotated[dict[FieldName, dict[str, Any]], KEYED_BY_FIELD] = Field(min_length=1, max_length=50)
 
 
 class BatchGet(_In):

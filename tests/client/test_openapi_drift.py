@@ -98,11 +98,15 @@ def _shape(schema: Any) -> Any:
         return [_shape(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    # "additionalProperties": true says what an absent key says (any value is allowed).
+    # "additionalProperties": true says what an absent key says (any value is allowed);
+    # false beside "patternProperties" is a map whose keys follow a pattern, which (like a
+    # length limit) the client leaves to the server to check.
+    keyed = "patternProperties" in schema
     return {
         key: _shape(value)
         for key, value in schema.items()
-        if key in SHAPE_KEYS and not (key == "additionalProperties" and value is True)
+        if key in SHAPE_KEYS
+        and not (key == "additionalProperties" and (value is True or (keyed and value is False)))
     }
 
 

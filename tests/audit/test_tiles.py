@@ -84,8 +84,14 @@ class TestTileEndpoints:
         act_as(audit_app, "audit-office", "auditor")
 
         async def sequenced() -> bool:
+            # The leaves' tiles, and a checkpoint signed over them: the sequencer signs its
+            # checkpoint after it has stored the leaves, so the tiles can be there first.
             response = await audit_client.get("/v1/audit/tile/0/002.p/88")
-            return response.status_code == 200
+            if response.status_code != 200:
+                return False
+            verifier = NoteVerifier.parse((await audit_client.get("/v1/audit/verifier-key")).text)
+            note = await audit_client.get("/v1/audit/checkpoint")
+            return note.status_code == 200 and verifier.open_checkpoint(note.text).size >= LEAVES
 
         await poll(sequenced)
         return [e.canonical() for e in entries]

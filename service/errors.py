@@ -269,9 +269,11 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
     headers = dict(exc.headers or {})
-    allowed_methods: AllowedMethods | None = getattr(request.app.state, "allowed_methods", None)
-    if exc.status_code == 405 and allowed_methods is not None:
-        allowed = allowed_methods.at(request.scope)
+    if exc.status_code == 405:
+        # Looked up only here: a missing attribute costs Starlette's State an exception, and
+        # the witness's app has no table (its routes serve one method each).
+        allowed_methods: AllowedMethods | None = getattr(request.app.state, "allowed_methods", None)
+        allowed = allowed_methods.at(request.scope) if allowed_methods is not None else ""
         if allowed:
             headers["Allow"] = allowed
     mapped: dict[int, type[ServiceError]] = {

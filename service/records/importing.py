@@ -22,6 +22,7 @@ any row is written (``import_plan``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.audit import writer as audit_writer
@@ -64,6 +66,19 @@ DEFAULT_BATCH_SIZE = 1000
 # Each row of a register batch holds an advisory lock on PostgreSQL until commit, two
 # batches at a time: 4,000 at most, inside the default lock table's 6,400.
 MAX_BATCH_SIZE = 2000
+
+# SQLite: each batch's connection is given a page cache of this many KiB and a checkpoint
+# only once the WAL holds this many pages (SQLite's defaults, which the service keeps
+# elsewhere: 2,000 KiB and 1,000 pages). Citizen ids are random, so a batch changes about
+# one page per citizen in each index led by citizen id: with the default cache those pages
+# are spilled to the WAL before the commit and read back, and a checkpoint after every
+# batch copies them all into the database file just before the next batches change most
+# of them again (bench/README.md, "Fourth round"). The limits are upper bounds, not
+# allocations; the import folds the WAL back in (and truncates it) when it ends.
+SQLITE_IMPORT_CACHE_KIB = 262_144
+SQLITE_IMPORT_CHECKPOINT_PAGES = 50_000
+SQLITE_DEFAULT_CACHE_KIB = 2_000
+SQLITE_DEFAULT_CHECKPOINT_PAGES = 1_000
 
 
 @dataclass
@@ -421,18 +436,42 @@ async def run_import(
     on_progress(report.counts.rows_read)
     started = time.perf_counter()
     batches = _batches(importer.rows(report.resumed_after_line), batch_size)
-    if plan.mode == "register":
-        last_line = await _import_with_worker(
-            importer, run_id, batches, report, on_rejections, on_progress, batch_size
-        )
-    else:
-        last_line = await _import_overlapped(importer, run_id, batches, report, on_rejections, on_progress)
-    async with engine.begin() as conn:
-        await import_progress.advance_import_run(
-            conn, run_id, last_line or report.resumed_after_line, {}, finished=now()
-        )
+    try:
+        if plan.mode == "register":
+            last_line = await _import_with_worker(
+                importer, run_id, batches, report, on_rejections, on_progress, batch_size
+            )
+        else:
+            last_line = await _import_overlapped(
+                importer, run_id, batches, report, on_rejections, on_progress
+            )
+        async with engine.begin() as conn:
+            await import_progress.advance_import_run(
+                conn, run_id, last_line or report.resumed_after_line, {}, finished=now()
+            )
+    finally:
+        if engine.dialect.name == "sqlite":
+            await _sqlite_after_import(engine)
     report.elapsed = time.perf_counter() - started
     return report
+
+
+async def _sqlite_for_import(conn: AsyncConnection) -> None:
+    """A batch's SQLite connection with the import's page cache and checkpoint interval."""
+    await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_IMPORT_CACHE_KIB}")
+    await conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_IMPORT_CHECKPOINT_PAGES}")
+
+
+async def _sqlite_after_import(engine: AsyncEngine) -> None:
+    """The batches' connection back to SQLite's defaults, and the WAL folded into the
+    database and truncated (a no-op answer, not an error, while another process reads an
+    older snapshot: its own next checkpoint then finishes the work). After a failure too,
+    where an error here must not hide the one that stopped the import."""
+    with contextlib.suppress(SQLAlchemyError):
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_DEFAULT_CACHE_KIB}")
+            await conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_DEFAULT_CHECKPOINT_PAGES}")
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _batches(rows: Iterator[SourceRow], size: int) -> Iterator[list[SourceRow]]:
@@ -580,6 +619,8 @@ async def _commit_batch(
     after: Awaitable[None] | None,
 ) -> None:
     async with importer.engine.begin() as conn:
+        if importer.engine.dialect.name == "sqlite":
+            await _sqlite_for_import(conn)
         batch = await importer.write_batch(conn, run_id, prepared, after)
         if batch.rejections:
             on_rejections(batch.rejections)

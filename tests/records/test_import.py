@@ -376,6 +376,73 @@ class TestDataKeysMadeAhead:
         await self._assert_read_back(store, people[::25])
 
 
+class TestSqliteSettings:
+    """SQLite: each batch's connection gets a large page cache and a checkpoint only once
+    the WAL is long (random citizen ids change a page per citizen in several indexes),
+    and when the import ends the connection is back to SQLite's defaults and the WAL is
+    folded into the database and truncated, never failing the import if it cannot be."""
+
+    @staticmethod
+    async def _settings(conn: AsyncConnection) -> tuple[int, int]:
+        cache = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one()
+        checkpoint = (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar_one()
+        return int(cache), int(checkpoint)
+
+    async def test_a_batch_connection_gets_the_import_settings(self, sqlite_store: Store) -> None:
+        async with sqlite_store.engine.connect() as conn:
+            assert await self._settings(conn) == (
+                -importing.SQLITE_DEFAULT_CACHE_KIB,
+                importing.SQLITE_DEFAULT_CHECKPOINT_PAGES,
+            )
+            await importing._sqlite_for_import(conn)
+            assert await self._settings(conn) == (
+                -importing.SQLITE_IMPORT_CACHE_KIB,
+                importing.SQLITE_IMPORT_CHECKPOINT_PAGES,
+            )
+
+    async def test_after_the_import_the_defaults_are_back_and_the_wal_is_empty(
+        self, sqlite_store: Store, tmp_path: Path
+    ) -> None:
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(300))]
+
+        imported = await _import(
+            sqlite_store, _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, people), batch_size=100
+        )
+
+        assert imported.report.counts.registered == 300
+        database = Path(sqlite_store.url.removeprefix(SQLITE_PREFIX))
+        assert database.with_name(database.name + "-wal").stat().st_size == 0
+        async with sqlite_store.engine.connect() as conn:
+            assert await self._settings(conn) == (
+                -importing.SQLITE_DEFAULT_CACHE_KIB,
+                importing.SQLITE_DEFAULT_CHECKPOINT_PAGES,
+            )
+        assert await _lookup(sqlite_store, people[-1]["national_id"])
+
+    async def test_a_reader_holding_a_snapshot_leaves_the_wal_but_not_a_failure(
+        self, sqlite_store: Store, tmp_path: Path
+    ) -> None:
+        people = [_person(national_id, n) for n, national_id in enumerate(_ids(200))]
+        reader = create_engine(sqlite_store.url)
+        try:
+            async with reader.connect() as conn:
+                await conn.exec_driver_sql("BEGIN")
+                # A read transaction: its snapshot keeps the WAL from being truncated.
+                await conn.exec_driver_sql("SELECT count(*) FROM citizens")
+
+                imported = await _import(
+                    sqlite_store, _write_csv(tmp_path / "p.csv", REGISTER_COLUMNS, people), batch_size=100
+                )
+
+                assert imported.report.counts.registered == 200
+                database = Path(sqlite_store.url.removeprefix(SQLITE_PREFIX))
+                assert database.with_name(database.name + "-wal").stat().st_size > 0
+                await conn.exec_driver_sql("ROLLBACK")
+        finally:
+            await reader.dispose()
+        assert await _lookup(sqlite_store, people[0]["national_id"])
+
+
 class TestWorkerProcess:
     """Register mode: batches after the first are read, checked and encrypted in a
     forked worker process; the importing process writes them in file order."""

@@ -147,10 +147,18 @@ def _split(rows: Sequence[Any]) -> tuple[CitizenRow | None, list[ValueRow]]:
 
 
 def _utc(value: Any) -> datetime:
+    """A stored time as an aware UTC datetime: asyncpg's datetime, or SQLite's text."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    parsed = datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    text = str(value)
+    try:
+        # SQLite holds naive UTC text: parsed with its offset in one call, 0.22 us here
+        # against 1.0 for parsing and then ``replace(tzinfo=UTC)`` (2% of the secured
+        # read's event loop under wrk, py-spy; bench/README.md).
+        return datetime.fromisoformat(text + "+00:00")
+    except ValueError:
+        parsed = datetime.fromisoformat(text)  # text with an offset of its own
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _choice_row(r: Any) -> consent_repository.ChoiceRow:

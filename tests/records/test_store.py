@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.config import Settings
 from service.consent import repository as consent_repository
@@ -21,6 +23,7 @@ from service.crypto.keyring import Keyring
 from service.db import create_engine
 from service.policy.service import PolicyHolder
 from service.records import seeding, writes
+from service.records import store as records_store
 from service.records.repository import ValueRow
 from service.records.service import RecordsService
 from service.records.store import CitizenStore, CoreStore, open_store
@@ -234,3 +237,36 @@ class TestStoresAgree:
         [expiring] = [r for r in rows if r.citizen_id == first and r.agreement == "a-consent"]
         assert expiring.expires_at == datetime(2026, 12, 2, 9, 30, 15, 123456, tzinfo=UTC)
         assert second in {r.citizen_id for r in rows}
+
+
+class TestStoredTimes:
+    """``store._utc`` reads SQLite's naive UTC text by parsing it with an offset added;
+    every form a driver gives back means the same instant as parsing and then setting UTC."""
+
+    @staticmethod
+    def _reference(value: Any) -> datetime:
+        parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    @given(
+        moment=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
+        offset_minutes=st.integers(min_value=-14 * 60, max_value=14 * 60),
+    )
+    def test_every_form_reads_as_the_same_instant(self, moment: datetime, offset_minutes: int) -> None:
+        zone = timezone(timedelta(minutes=offset_minutes))
+        forms = [
+            moment.isoformat(sep=" "),  # SQLite's text (microseconds only when there are some)
+            moment.replace(microsecond=123456).isoformat(sep=" "),
+            moment.replace(tzinfo=zone).isoformat(),  # text with an offset of its own
+            moment,  # a naive datetime
+            moment.replace(tzinfo=zone),  # an aware one (asyncpg)
+        ]
+        for form in forms:
+            read = records_store._utc(form)
+            assert read.tzinfo is not None
+            assert read == self._reference(form)
+            assert read.utcoffset() == self._reference(form).utcoffset()
+
+    def test_text_that_is_no_time_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="Invalid isoformat"):
+            records_store._utc("not a time")

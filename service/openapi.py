@@ -41,7 +41,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/policies"): {409},
     ("PUT", "/v1/policies/{agreement_id}"): {404, 409, 410, 412, 428},
     ("GET", "/v1/policies"): {400},
-    ("DELETE", "/v1/policies/{agreement_id}"): {404, 409, 410, 412},
+    ("DELETE", "/v1/policies/{agreement_id}"): {400, 404, 409, 410, 412},
     ("GET", "/v1/policies/{agreement_id}/versions"): {400, 404},
     ("POST", "/v1/policies/simulate"): {404},
     ("GET", "/v1/audit/checkpoint"): {404},  # scope audit:verify unless served publicly

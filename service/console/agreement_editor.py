@@ -23,6 +23,7 @@ from service.console.sessions import SignedIn
 from service.console.views import Simulation
 from service.console.web import ConsolePageError, ConsoleRoute, catalog_of, csrf_checked, render
 from service.db import SessionDep
+from service.etags import IfMatch
 from service.policy import agreements
 from service.policy.schemas import AgreementSpec
 
@@ -169,7 +170,7 @@ async def _submit(
             saved = await agreements.create_agreement(session, viewer.principal, body)
         else:
             saved = await agreements.replace_agreement(
-                session, viewer.principal, spec.id, body, expected=expected_version
+                session, viewer.principal, spec.id, body, expected=IfMatch.version(expected_version)
             )
         return RedirectResponse(
             f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303

@@ -26,6 +26,7 @@ from service.console.web import (
 )
 from service.db import SessionDep, utcnow
 from service.digits import ascii_digits
+from service.etags import IfMatch
 from service.policy import agreements
 from service.policy.errors import AgreementNotFound
 
@@ -228,7 +229,7 @@ async def revoke(
     expected = version_number(posted.get("expected_version"))
     reason = str(posted.get("reason") or "").strip()[:1000] or "revoked in the console"
     row = await agreements.revoke_agreement(
-        session, viewer.principal, agreement_id, expected=expected, reason=reason
+        session, viewer.principal, agreement_id, expected=IfMatch.version(expected), reason=reason
     )
     return RedirectResponse(
         f"/console/agreements/{row.agreement_id}/saved?version={row.version}", status_code=303

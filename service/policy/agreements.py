@@ -25,6 +25,7 @@ from service.consent import repository as consent_repository
 from service.db import utcnow
 from service.digits import ascii_digits
 from service.errors import BadRequest, ValidationFailed
+from service.etags import IfMatch
 from service.policy import repository
 from service.policy import service as policy_service
 from service.policy.checks import check_body, read_simulation
@@ -61,21 +62,6 @@ def author(principal: Principal) -> str:
     if principal.on_behalf_of:
         return f"{principal.client_id} for {principal.on_behalf_of}"
     return principal.client_id
-
-
-def etag(row: AgreementVersion) -> str:
-    return f'"{row.version}"'
-
-
-def expected_version(if_match: str | None) -> int | None:
-    """The version an ``If-Match`` names, or ``None`` without one; 412 when unreadable."""
-    if if_match is None:
-        return None
-    value = if_match.strip().removeprefix("W/").strip('"')
-    try:
-        return int(value)
-    except ValueError:
-        raise StaleAgreement("If-Match does not name a version of this agreement.") from None
 
 
 def _encode_cursor(value: str) -> str:
@@ -198,12 +184,12 @@ async def create_agreement(
 
 
 async def _changeable(
-    session: AsyncSession, principal: Principal, agreement_id: str, expected: int | None, verb: str
+    session: AsyncSession, principal: Principal, agreement_id: str, expected: IfMatch | None, verb: str
 ) -> AgreementVersion:
     row = await get_agreement(session, principal, agreement_id)
     if not permissions.changes_agreement(principal, row.owner):
         raise NotFieldOwner(f"Only the owning department {verb} its agreements.")
-    if expected is not None and expected != row.version:
+    if expected is not None and not expected.holds(row.version):
         raise StaleAgreement(f"Agreement {agreement_id!r} is at version {row.version}; read it again.")
     return row
 
@@ -214,13 +200,14 @@ async def replace_agreement(
     agreement_id: str,
     body: Mapping[str, Any],
     *,
-    expected: int | None,
+    expected: IfMatch | None,
 ) -> AgreementVersion:
     """A new version of one of the caller's agreements from ``body`` (as for a create; its
     id must be ``agreement_id``), if ``expected`` names the current version (428 without
-    it, 412 if stale). A revoked agreement comes back into force this way."""
+    it or with ``*``, which names none; 412 if stale). A revoked agreement comes back into
+    force this way."""
     row = await _changeable(session, principal, agreement_id, expected, "changes")
-    if expected is None:
+    if expected is None or expected.versions is None:
         raise AgreementVersionRequired("Send If-Match with the ETag of the version you read.")
     spec, reason = await _accepted(session, principal, body, agreement_id)
     return await policy_service.put_agreement(
@@ -234,7 +221,7 @@ async def replace_agreement(
 
 
 async def revoke_agreement(
-    session: AsyncSession, principal: Principal, agreement_id: str, *, expected: int | None, reason: str
+    session: AsyncSession, principal: Principal, agreement_id: str, *, expected: IfMatch | None, reason: str
 ) -> AgreementVersion:
     """A new version with status ``revoked``, in force from the next request; 409 if it
     already is."""

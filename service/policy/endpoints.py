@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, R
 
 from service.auth.dependencies import Principal, require
 from service.db import SessionDep
+from service.etags import etag, parse_if_match
 from service.policy import agreements
 from service.policy import service as policy_service
 from service.policy.models import AgreementVersion
@@ -82,7 +83,7 @@ async def create_agreement(
     """Grant a new agreement over your department's fields. 409 if the id is taken; 422
     lists every problem with the agreement at once."""
     row = await agreements.create_agreement(session, principal, body)
-    response.headers["ETag"] = agreements.etag(row)
+    response.headers["ETag"] = etag(row.version)
     response.headers["Location"] = f"/v1/policies/{row.agreement_id}"
     return _out(row)
 
@@ -93,7 +94,7 @@ async def get_agreement(
 ) -> AgreementOut:
     """The current version of one agreement; its ETag is the version number."""
     row = await agreements.get_agreement(session, principal, agreement_id)
-    response.headers["ETag"] = agreements.etag(row)
+    response.headers["ETag"] = etag(row.version)
     return _out(row)
 
 
@@ -107,9 +108,9 @@ async def replace_agreement(
     if_match: Annotated[str | None, Header()] = None,
 ) -> AgreementOut:
     """Replace an agreement with a new version. Needs `If-Match` with the version read (412 if stale)."""
-    expected = agreements.expected_version(if_match)
+    expected = parse_if_match(if_match)
     row = await agreements.replace_agreement(session, principal, agreement_id, body, expected=expected)
-    response.headers["ETag"] = agreements.etag(row)
+    response.headers["ETag"] = etag(row.version)
     return _out(row)
 
 
@@ -123,11 +124,11 @@ async def revoke_agreement(
     if_match: Annotated[str | None, Header()] = None,
 ) -> AgreementOut:
     """Revoke an agreement: a new version with status `revoked`, in force from the next request."""
-    expected = agreements.expected_version(if_match)
+    expected = parse_if_match(if_match)
     row = await agreements.revoke_agreement(
         session, principal, agreement_id, expected=expected, reason=reason
     )
-    response.headers["ETag"] = agreements.etag(row)
+    response.headers["ETag"] = etag(row.version)
     return _out(row)
 
 

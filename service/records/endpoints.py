@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 from urllib.parse import parse_qsl
 
@@ -14,7 +13,8 @@ from service.auth.dependencies import Principal, get_principal, header
 from service.auth.facts import RequestFacts, facts, request_facts
 from service.crypto.keyring import Keyring
 from service.db import Database
-from service.errors import BadRequest, ValidationFailed
+from service.errors import ValidationFailed
+from service.etags import etag, parse_if_match
 from service.hotpath import app_state, stand_in
 from service.records import reads, writes
 from service.records.schemas import (
@@ -35,8 +35,6 @@ from service.records.schemas import (
 from service.records.service import RecordsService
 
 router = APIRouter(prefix="/v1/citizens", tags=["citizens"])
-
-_ETAG = re.compile(r'^(?:W/)?"?([0-9]{1,12})"?$')
 
 
 async def records_service(request: Request) -> RecordsService:
@@ -59,19 +57,6 @@ async def records_service(request: Request) -> RecordsService:
 
 
 Records = Annotated[RecordsService, Depends(records_service)]
-
-
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def _if_match(value: str | None) -> int | None:
-    if value is None or value.strip() == "*":
-        return None
-    match = _ETAG.match(value.strip())
-    if not match:
-        raise BadRequest('If-Match must be an ETag such as "3", as returned on reads and writes.')
-    return int(match.group(1))
 
 
 def _field_list(raw: str | None) -> list[str] | None:
@@ -113,7 +98,7 @@ async def register_citizen(
     """
     registered = await writes.register(records, caller, body.national_id, body.fields)
     response.headers["Location"] = f"/v1/citizens/{registered.id}"
-    response.headers["ETag"] = _etag(registered.version)
+    response.headers["ETag"] = etag(registered.version)
     return registered
 
 
@@ -150,7 +135,7 @@ async def read_citizen(
     """Read the fields your agreements allow for ``purpose``; the rest are listed in
     ``withheld`` with the reason. 403 if nothing is allowed."""
     citizen = await reads.read(records, caller.for_purpose(purpose), citizen_id, _field_list(fields))
-    response.headers["ETag"] = _etag(citizen.version)
+    response.headers["ETag"] = etag(citizen.version)
     return citizen
 
 
@@ -194,7 +179,7 @@ async def read_citizen_hot(request: Request) -> Response | None:
     # As FastAPI answers a route with a response model: the model's JSON by alias.
     response = Response(_CITIZEN_OUT.dump_json(citizen, by_alias=True), media_type="application/json")
     # Last, as FastAPI adds the endpoint's own headers after the body's.
-    response.raw_headers.append((b"etag", _etag(citizen.version).encode("latin-1")))
+    response.raw_headers.append((b"etag", etag(citizen.version).encode("latin-1")))
     return response
 
 
@@ -216,9 +201,9 @@ async def write_fields(
         citizen_id,
         body.fields,
         reason=body.reason,
-        if_match=_if_match(if_match),
+        if_match=parse_if_match(if_match),
     )
-    response.headers["ETag"] = _etag(written.version)
+    response.headers["ETag"] = etag(written.version)
     return written
 
 

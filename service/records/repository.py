@@ -9,7 +9,7 @@ that every form returns the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -168,15 +168,21 @@ async def insert_values(conn: AsyncConnection, rows: Sequence[tuple[object, ...]
 
 
 async def bump_version(
-    conn: AsyncConnection, citizen_id: str, *, expected: int | None, now: datetime, status: str | None = None
+    conn: AsyncConnection,
+    citizen_id: str,
+    *,
+    expected: Collection[int] | None,
+    now: datetime,
+    status: str | None = None,
 ) -> CitizenRow | None:
-    """Increment the record version (taking the row's write lock); None if absent or stale."""
+    """Increment the record version (taking the row's write lock), if it is one of
+    ``expected`` (None: any); None if absent or stale."""
     changes: dict[str, object] = {"version": citizens.c.version + 1, "updated_at": now}
     if status is not None:
         changes["status"] = status
     statement = update(citizens).where(citizens.c.id == citizen_id, citizens.c.status != "erased")
     if expected is not None:
-        statement = statement.where(citizens.c.version == expected)
+        statement = statement.where(citizens.c.version.in_(sorted(expected)))
     row = (
         await conn.execute(
             statement.values(**changes).returning(citizens.c.id, citizens.c.status, citizens.c.version)

@@ -22,6 +22,7 @@ from service.crypto.aead import DataKey, encrypt_value
 from service.crypto.blind_index import NORMALISATION_VERSION
 from service.crypto.keyring import Keyring
 from service.errors import Conflict, Forbidden
+from service.etags import IfMatch
 from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import disclosure, repository, values
@@ -160,10 +161,10 @@ async def write(
     fields: Mapping[str, Any],
     *,
     reason: str,
-    if_match: int | None,
+    if_match: IfMatch | None,
 ) -> WriteOut:
     """New versions of fields the caller owns, or that a ``write`` agreement delegates to
-    it for the stated purpose; 412 if ``if_match`` is not the record's version."""
+    it for the stated purpose; 412 if ``if_match`` does not name the record's version."""
     # The writer's reason is required but not stored: it is free text and may well
     # hold personal data ("moved in with her mother at ..."), which the audit must not.
     del reason
@@ -183,10 +184,14 @@ async def write(
             death = catalog.death_field
             status = "deceased" if death is not None and death.name in clean else None
             bumped = await repository.bump_version(
-                conn, citizen_id, expected=if_match, now=started, status=status
+                conn,
+                citizen_id,
+                expected=None if if_match is None else if_match.versions,
+                now=started,
+                status=status,
             )
             if bumped is None:
-                raise StaleVersion(f"The record is no longer at version {if_match}; read it again.")
+                raise StaleVersion("The record is not at the version you read; read it again.")
             versions = await store_values(
                 records, conn, catalog, citizen_id, clean, facts.principal.client_id, started
             )

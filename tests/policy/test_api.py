@@ -223,10 +223,18 @@ class TestWriteAgreements:
             "reason": "renewed",
         }
         assert_problem(await client.put(path, json=update), 428, "if-match-required")
+        # "*" names no version: a replacement must say which one it was made from.
+        assert_problem(
+            await client.put(path, json=update, headers={"If-Match": "*"}), 428, "if-match-required"
+        )
+        assert_problem(
+            await client.put(path, json=update, headers={"If-Match": 'W/"1"'}), 412, "stale-agreement"
+        )
+        assert_problem(await client.put(path, json=update, headers={"If-Match": '"1'}), 400, "bad-request")
         assert_problem(
             await client.put(path, json=update, headers={"If-Match": '"7"'}), 412, "stale-agreement"
         )
-        response = await client.put(path, json=update, headers={"If-Match": '"1"'})
+        response = await client.put(path, json=update, headers={"If-Match": '"9", "1"'})
         assert response.status_code == 200, response.text
         assert response.headers["etag"] == '"2"'
         assert response.json()["valid_until"] == "2030-12-31"
@@ -273,9 +281,10 @@ class TestWriteAgreements:
     async def test_revoking_a_stale_version_is_412(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         act_as(app, "dvla", "data-owner")
         path = "/v1/policies/licence-for-revenue"
-        for if_match in ('"7"', "not-a-version"):
+        for if_match in ('"7"', '"not-a-version"', 'W/"1"', ""):
             refused = await client.delete(path, headers={"If-Match": if_match})
             assert_problem(refused, 412, "stale-agreement")
+        assert_problem(await client.delete(path, headers={"If-Match": "not-a-version"}), 400, "bad-request")
         assert (await client.get(path)).json()["status"] == "active"
         revoked = await client.delete(path, headers={"If-Match": '"1"'})
         assert revoked.status_code == 200

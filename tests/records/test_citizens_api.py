@@ -355,6 +355,33 @@ class TestWrite:
             ("fields", "licence_status"),
         }
 
+    @pytest.mark.parametrize(
+        ("if_match", "status"),
+        [
+            ('W/"1"', 412),  # weak: If-Match compares strongly (RFC 9110 section 13.1.1)
+            ("", 412),
+            ('"abc"', 412),
+            ('"7", "1"', 200),  # a list holds if any of its tags is the current one
+            ("*", 200),
+        ],
+    )
+    async def test_if_match_as_rfc_9110_reads_it(
+        self, records_env: RecordsEnv, if_match: str, status: int
+    ) -> None:
+        citizen_id, _ = await records_env.register(address="Before")
+        response = await records_env.client.patch(
+            f"/v1/citizens/{citizen_id}/fields",
+            json={"fields": {"address": "After"}, "reason": "moved"},
+            headers={**REGISTER_WRITER, "If-Match": if_match},
+        )
+        assert response.status_code == status, response.text
+        read = await records_env.client.get(
+            f"/v1/citizens/{citizen_id}",
+            params={"fields": "address", "purpose": "benefit-eligibility"},
+            headers=WELFARE,
+        )
+        assert read.json()["fields"]["address"]["value"] == ("After" if status == 200 else "Before")
+
     async def test_malformed_if_match_is_400(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register()
         response = await records_env.client.patch(

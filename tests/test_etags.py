@@ -1,0 +1,70 @@
+"""``If-Match`` as RFC 9110 (sections 8.8.3 and 13.1.1) reads it, for citizen records and
+agreements alike: ``*``, or a list of strong entity tags compared strongly; a list that
+names no version of ours fails the precondition, and a value that is no list is a 400."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.errors import BadRequest
+from service.etags import IfMatch, etag, parse_if_match
+
+
+def versions(value: str) -> frozenset[int] | None:
+    parsed = parse_if_match(value)
+    assert parsed is not None
+    return parsed.versions
+
+
+class TestParse:
+    def test_no_header_is_no_precondition(self) -> None:
+        assert parse_if_match(None) is None
+
+    def test_star_is_any_version(self) -> None:
+        assert versions("*") is None
+        assert versions(" * ") is None
+        assert IfMatch(None).holds(12)
+
+    @pytest.mark.parametrize(
+        ("value", "named"),
+        [
+            ('"3"', {3}),
+            (' "3" ', {3}),
+            ('"3", "5"', {3, 5}),
+            ('"3",,"5",', {3, 5}),  # empty members are allowed (RFC 9110 section 5.6.1)
+            ('W/"3"', set()),  # weak: never equal under the strong comparison
+            ('W/"3", "4"', {4}),
+            ('"abc"', set()),
+            ('"03"', set()),  # another tag than "3"
+            ('"0"', set()),
+            ('"1234567890123"', set()),  # longer than any version
+            ('"a,b", "2"', {2}),  # a comma inside an opaque tag is part of it
+            ('"\xd9\xa3"', set()),  # UTF-8 of an Arabic-Indic 3, as latin-1 header text
+            ("", set()),  # an empty list: nothing matches
+        ],
+    )
+    def test_the_versions_a_list_names(self, value: str, named: set[int]) -> None:
+        assert versions(value) == frozenset(named)
+
+    @pytest.mark.parametrize(
+        "value", ["3", "yesterday", '"3', '3"', '"3" "4"', 'w/"3"', "W/3", '"3";', '*, "3"', '"\u0663"']
+    )
+    def test_anything_else_is_a_bad_request(self, value: str) -> None:
+        with pytest.raises(BadRequest, match="If-Match must be"):
+            parse_if_match(value)
+
+    @given(st.integers(min_value=1, max_value=10**12 - 1))
+    def test_an_etag_read_back_names_its_version(self, version: int) -> None:
+        parsed = parse_if_match(etag(version))
+        assert parsed is not None
+        assert parsed.holds(version)
+        assert not parsed.holds(version + 1)
+
+    @given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0xFF), max_size=40))
+    def test_any_latin_1_text_is_read_or_refused_never_an_other_error(self, value: str) -> None:
+        try:
+            parse_if_match(value)
+        except BadRequest:
+            pass

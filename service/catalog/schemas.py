@@ -11,6 +11,8 @@ from service.policy.signing import OwnerVerifier, SigningKeyError
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+# A purpose a request states: the id of one of the catalog's purposes.
+PurposeId = Identifier
 # For a dict keyed by field names: pydantic describes one with ``patternProperties`` alone,
 # which in JSON Schema lets a key that is not a field name through; the model refuses it.
 KEYED_BY_FIELD = Field(json_schema_extra={"additionalProperties": False})

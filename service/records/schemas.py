@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.catalog.schemas import KEYED_BY_FIELD, FieldName
-
-PurposeId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+from service.catalog.schemas import KEYED_BY_FIELD, FieldName, PurposeId
 
 MAX_BATCH = 1000
 

@@ -25,8 +25,9 @@ from service.errors import BadRequest
 # One member of the list (entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, where etagc is
 # %x21 / %x23-7E / obs-text), or an empty member, then a comma or the end.
 _MEMBER = re.compile(r'[ \t]*(?:(W/)?"([\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(?:,|\Z)')
-# A version number of at most this many digits (the database's integers hold them).
-_MAX_DIGITS = 12
+# A version number has at most this many digits: versions are 32-bit integers in the
+# database, and a longer number sent to PostgreSQL as one would fail there, not as a 412.
+_MAX_DIGITS = 9
 
 
 def etag(version: int) -> str:

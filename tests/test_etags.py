@@ -39,7 +39,8 @@ class TestParse:
             ('"abc"', set()),
             ('"03"', set()),  # another tag than "3"
             ('"0"', set()),
-            ('"1234567890123"', set()),  # longer than any version
+            ('"999999999"', {999_999_999}),
+            ('"1234567890"', set()),  # longer than any version: a 32-bit column holds none
             ('"a,b", "2"', {2}),  # a comma inside an opaque tag is part of it
             ('"\xd9\xa3"', set()),  # UTF-8 of an Arabic-Indic 3, as latin-1 header text
             ("", set()),  # an empty list: nothing matches
@@ -55,7 +56,7 @@ class TestParse:
         with pytest.raises(BadRequest, match="If-Match must be"):
             parse_if_match(value)
 
-    @given(st.integers(min_value=1, max_value=10**12 - 1))
+    @given(st.integers(min_value=1, max_value=10**9 - 1))
     def test_an_etag_read_back_names_its_version(self, version: int) -> None:
         parsed = parse_if_match(etag(version))
         assert parsed is not None

@@ -269,6 +269,10 @@ def worker() -> None:
     os.environ.setdefault("TELLONCE_FREEZE_STARTUP_HEAP", "true")
     get_settings.cache_clear()
     settings = _settings_or_exit()
+    # Before any thread starts: on Linux a nice value is a thread's own, and the threads
+    # made later (the database drivers', the sequencer's) inherit it.
+    if os.getpriority(os.PRIO_PROCESS, 0) < settings.worker_nice:
+        os.setpriority(os.PRIO_PROCESS, 0, settings.worker_nice)
     _refuse_if_not_ready(settings)
     asyncio.run(_run_workers(settings))
 

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=300, ge=10, le=3600)
     # Run the audit sequencer and the event dispatcher inside `serve`.
     run_workers: bool = True
+    # `tellonce worker` raises its own nice value to at least this (``os.setpriority``), so
+    # that on cores it shares with `serve` the requests get the CPU first and its
+    # background work (sequencing, notices, webhooks) runs in the gaps; 0 leaves it as
+    # started. It is never lowered: that would need privileges.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # Freeze the heap startup made out of the garbage collector's reach (``gc.freeze``),
     # and collect the youngest generation less often (``service.heap``). `tellonce serve`
     # and `tellonce worker` turn it on; off elsewhere, since tests make many apps per process.

@@ -81,6 +81,7 @@ class TestInvalidSettings:
             (["import", "--department", "register", "FILE"], "TELLONCE_ROOT_KEY", "", "root_key"),
             (["audit", "verify"], "TELLONCE_CLIENT_RATE_BURST", "not-a-number-7f3a", "client_rate_burst"),
             (["db", "upgrade"], "TELLONCE_ROOT_KEY", "c2hvcnQta2V5LTdmM2E=", "root_key"),
+            (["worker"], "TELLONCE_WORKER_NICE", "20", "worker_nice"),
         ],
     )
     def test_one_line_and_exit_2(

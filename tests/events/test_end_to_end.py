@@ -200,6 +200,7 @@ class TestWorkerProcess:
             "TELLONCE_WEBHOOK_ALLOW_PRIVATE": "true",
             "TELLONCE_EVENTS_POLL_INTERVAL_SECONDS": "0.1",
             "TELLONCE_LOG_LEVEL": "WARNING",
+            "TELLONCE_WORKER_NICE": "7",
         }
         log = (tmp_path / "worker.log").open("wb")
         worker = subprocess.Popen(
@@ -207,6 +208,9 @@ class TestWorkerProcess:
         )
         try:
             [request] = await receiver.until(1, timeout=60)
+            # Every thread of the worker (the event loop's, the drivers', the executor's)
+            # runs at the nice value asked for, or at this process's if that is higher.
+            nices = _thread_nice_values(worker.pid)
         finally:
             worker.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(worker.wait, 30)
@@ -214,3 +218,15 @@ class TestWorkerProcess:
         data = Webhook(response.json()["secret"]).verify(request.body, request.headers)["data"]
         assert data["event_id"] == event_id
         assert code == 0, (tmp_path / "worker.log").read_text()
+        assert len(nices) > 1
+        assert set(nices) == {max(7, os.getpriority(os.PRIO_PROCESS, 0))}
+
+
+def _thread_nice_values(pid: int) -> list[int]:
+    """The nice value of each thread of a process, from ``/proc`` (field 19 of ``stat``)."""
+    values = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        # The command name, in parentheses, may hold spaces: count fields after it.
+        after_name = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        values.append(int(after_name[16]))
+    return values

@@ -89,7 +89,8 @@ def refusal(address: IPAddress, *, allow_private: bool) -> str | None:
 
 
 def parse(url: str) -> SplitResult:
-    """Check the URL's shape (scheme, host, no credentials) before anything is resolved."""
+    """Check the URL's shape (scheme, a valid host name, no credentials) before anything
+    is resolved."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeWebhookTarget(f"the URL is longer than {MAX_URL_LENGTH} characters")
     try:
@@ -101,6 +102,12 @@ def parse(url: str) -> SplitResult:
         raise UnsafeWebhookTarget("only http and https webhook URLs are accepted")
     if not parts.hostname:
         raise UnsafeWebhookTarget("the URL names no host")
+    try:
+        # The resolver sends the name as IDNA, which refuses an empty label ("a..b",
+        # ".example.com") or one longer than 63 characters; refuse such a host here.
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise UnsafeWebhookTarget("the URL's host is not a valid host name") from None
     if parts.username is not None or parts.password is not None:
         raise UnsafeWebhookTarget("the URL may not carry credentials")
     if port == 0:
@@ -119,7 +126,7 @@ async def check_target(url: str, *, allow_private: bool, resolver: Resolver | No
     except ValueError:
         try:
             resolved = await (resolver or system_resolver)(host, port)
-        except OSError:
+        except (OSError, UnicodeError):
             raise UnsafeWebhookTarget(f"the host {host} could not be resolved") from None
         try:
             addresses = [_address(text) for text in resolved]

@@ -46,6 +46,9 @@ class TestCheckTarget:
             ("https://[::ffff:127.0.0.1]/hook", "loopback"),
             ("https://100.64.0.1/hook", "not a public address"),
             ("https://240.0.0.1/hook", "private"),
+            ("https://a..b/x", "not a valid host name"),
+            ("https://.example.com/", "not a valid host name"),
+            ("https://" + "a" * 64 + ".example/", "not a valid host name"),
         ],
     )
     async def test_refuses(self, url: str, why: str) -> None:
@@ -107,6 +110,8 @@ class TestSubscribeRefusesUnsafeUrls:
             ("http://localhost/hook", "loopback"),
             ("ftp://example.org/", "only http and https"),
             ("https://169.254.169.254/", "link-local"),
+            ("https://a..b/", "not a valid host name"),
+            ("https://.example.com/", "not a valid host name"),
         ],
     )
     async def test_refused_with_422(
@@ -126,3 +131,14 @@ class TestSubscribeRefusesUnsafeUrls:
         assert error["loc"] == ["body", "webhook_url"]
         assert msg in error["msg"]
         assert (await api.get("/v1/subscriptions")).json()["items"] == []
+
+    async def test_consent_subscription_with_a_malformed_host_is_422(
+        self, events_app: FastAPI, api: httpx.AsyncClient
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        response = await api.post(
+            "/v1/subscriptions", json={"type": "consent.changed", "webhook_url": "https://a..b/"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["type"].endswith("/webhook-url-refused")
+        assert "not a valid host name" in response.json()["detail"]

@@ -3,10 +3,11 @@ PKCE (S256, authlib's challenge) and a nonce; the ID token's signature and claim
 checked with joserfc (authlib's JOSE library; ``authlib.jose`` is deprecated).
 
 No server-side state is kept for a sign-in in flight. ``state``, ``nonce`` and the PKCE
-``code_verifier`` are HMACs of the pre-session cookie (32 random bytes, HttpOnly), so
-only the browser that started the sign-in can finish it, and a forged callback (login
-CSRF) fails the constant-time ``state`` check. The console path to return to rides in
-``state``, covered by the same HMAC.
+``code_verifier`` are HMACs keyed with the ``tellonce_console_oidc`` cookie, a token of
+32 random bytes made for each sign-in by ``/console/oidc/start`` (HttpOnly, SameSite=Lax,
+path ``/console/oidc``), so only the browser that started the sign-in can finish it, and
+a forged callback (login CSRF) fails the constant-time ``state`` check. The console path
+to return to rides in ``state``, covered by the same HMAC.
 
 Who may sign in, and as what, is the claim-to-role mapping file
 (``TELLONCE_CONSOLE_OIDC_ROLE_MAP``): the first rule whose group appears in the user's
@@ -119,7 +120,8 @@ def check_state(pre_token: str | None, state: str | None) -> str:
         next_path = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         raise OidcError("This sign-in was not started in this browser, or it has expired.") from None
-    if not hmac.compare_digest(mac, _derive(pre_token, "state " + next_path)):
+    # Compared as bytes: compare_digest refuses a str with non-ASCII characters (TypeError).
+    if not hmac.compare_digest(mac.encode(), _derive(pre_token, "state " + next_path).encode()):
         raise OidcError("This sign-in was not started in this browser, or it has expired.")
     return next_path
 

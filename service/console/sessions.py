@@ -51,7 +51,8 @@ def csrf_matches(token: str | None, submitted: str | None) -> bool:
     """Constant-time check of a submitted CSRF token against the session's."""
     if not token or not submitted:
         return False
-    return hmac.compare_digest(csrf_token_for(token), submitted)
+    # Compared as bytes: compare_digest refuses a str with non-ASCII characters (TypeError).
+    return hmac.compare_digest(csrf_token_for(token).encode(), submitted.encode())
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,22 @@ class TestCsrf:
         assert refused.status_code == 403
         assert (await client.get("/console")).status_code == 200
 
+    async def test_a_non_ascii_token_is_refused_not_a_server_error(
+        self, client: httpx.AsyncClient, people: People, session: AsyncSession
+    ) -> None:
+        await client.get("/console/sign-in")  # the pre-session cookie
+        response = await client.post(
+            "/console/sign-in",
+            data={
+                "csrf_token": "é",
+                "client_id": people["owner-1"].client_id,
+                "client_secret": people["owner-1"].secret,
+            },
+        )
+        assert response.status_code == 403
+        assert "This form could not be accepted" in response.text
+        assert await stored_sessions(session) == []
+
     async def test_verify_now_needs_the_token(
         self, client: httpx.AsyncClient, people: People, session: AsyncSession
     ) -> None:

@@ -102,13 +102,27 @@ def parse_time(value: str | None, name: str) -> datetime | None:
         raise AuditQueryInvalid(
             f"{name} is not an ISO 8601 date or time.", errors=[{"loc": ["query", name], "msg": "not a date"}]
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    # Converted here, not when bound: an offset can carry a time at the edge of the range
+    # (0001-01-01T00:00:00+01:00) out of it, and that is the caller's bad input, not a 500.
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise AuditQueryInvalid(
+            f"{name} is outside the range of times this service can search.",
+            errors=[{"loc": ["query", name], "msg": "out of range"}],
+        ) from None
+
+
+# Entry ids are 64-bit signed integers in the database; a larger cursor was never returned.
+MAX_CURSOR = 2**63 - 1
 
 
 def parse_cursor(value: str | None) -> int:
     if value is None:
         return 0
-    if not ascii_digits(value) or len(value) > 19:
+    if not ascii_digits(value) or len(value) > 19 or int(value) > MAX_CURSOR:
         raise AuditQueryInvalid("The cursor is not one this service returned.")
     return int(value)
 

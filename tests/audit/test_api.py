@@ -265,6 +265,22 @@ class TestEntryQueries:
         _problem(await client.get("/v1/audit/entries", params={"cursor": "abc"}), 400)
         _problem(await client.get("/v1/audit/entries", params={"limit": 0}), 422)
 
+    async def test_out_of_range_cursor_and_times_are_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
+    ) -> None:
+        act_as(app, "audit-office", "auditor")
+        # 19 digits, but above the largest 64-bit entry id.
+        for cursor in (str(2**63), "9999999999999999999"):
+            body = _problem(await client.get("/v1/audit/entries", params={"cursor": cursor}), 400)
+            assert body["title"] == "Invalid audit query"
+        assert (await client.get("/v1/audit/entries", params={"cursor": str(2**63 - 1)})).status_code == 200
+        # Valid ISO 8601 whose offset carries it outside the years a datetime can hold.
+        for name, value in (("since", "0001-01-01T00:00:00+01:00"), ("until", "9999-12-31T23:59:59-01:00")):
+            for path in ("/v1/audit/entries", "/v1/audit/export", "/v1/audit/reports/usage"):
+                body = _problem(await client.get(path, params={name: value}), 400)
+                assert body["title"] == "Invalid audit query"
+                assert body["errors"][0]["loc"] == ["query", name]
+
     async def test_queries_are_audited(
         self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
     ) -> None:
@@ -384,6 +400,20 @@ class TestCitizenAccessLog:
         act_as(app, "welfare", "consumer")
         body = _problem(await client.get(f"/v1/citizens/{uuid.uuid4()}/access-log"), 403)
         assert "citizens:access-log" in body["detail"]
+
+    async def test_out_of_range_cursor_is_refused(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        audit_log: TransactionAudit,
+        register_citizen: Callable[[str], Awaitable[None]],
+    ) -> None:
+        citizen = str(uuid.uuid4())
+        await register_citizen(citizen)
+        act_as(app, "portal", "citizen-portal")
+        response = await client.get(f"/v1/citizens/{citizen}/access-log", params={"cursor": str(2**63)})
+        body = _problem(response, 400)
+        assert body["title"] == "Invalid audit query"
 
 
 class TestFailClosed:

@@ -15,7 +15,7 @@ because a condition runs on the hot path of every access it covers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -30,7 +30,6 @@ DecisionEffect = Literal["permit", "deny"]
 # only while the citizen holds an active consent to it; ``objectable`` unless the citizen
 # has objected to it.
 Basis = Literal["statutory", "consent", "objectable"]
-BASES: tuple[Basis, ...] = ("statutory", "consent", "objectable")
 # The actions a citizen's consent or objection can govern: those that release the
 # citizen's data to the consumer, decided with the citizen known.
 CHOICE_ACTIONS = frozenset({"read", "verify", "history"})
@@ -176,6 +175,17 @@ def compile_condition(source: str) -> Any:
 
 def _start_of(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _end_of(last_day: date | None) -> datetime | None:
+    """The first instant after ``last_day`` (an inclusive end date); ``None`` for no end.
+
+    ``date.max`` (9999-12-31) has no day after it: an agreement valid until then has no
+    end, rather than an end that cannot be computed.
+    """
+    if last_day is None or last_day >= date.max:
+        return None
+    return _start_of(last_day + timedelta(days=1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,42 +465,56 @@ def _delayed_permit(grants: tuple[Grant, ...]) -> Grant | None:
     return None
 
 
+def _grant(agreement: Agreement) -> Grant:
+    condition = compile_condition(agreement.when) if agreement.when else None
+    return Grant(
+        agreement=agreement.id,
+        version=agreement.version,
+        effect=agreement.effect,
+        purposes=frozenset(agreement.purposes),
+        starts=_start_of(agreement.valid_from) if agreement.valid_from else None,
+        ends=_end_of(agreement.valid_until),
+        valid_from=agreement.valid_from,
+        valid_until=agreement.valid_until,
+        require_case_ref=agreement.require_case_ref,
+        when=agreement.when,
+        condition=condition,
+        legal_basis=agreement.legal_basis,
+        digest=agreement.digest,
+        verify=agreement.verify,
+        disclosure_delay=agreement.disclosure_delay,
+        basis=agreement.basis,
+    )
+
+
 def compile_policy(
     agreements: Iterable[Agreement],
     field_owners: Mapping[str, str],
     purposes: Iterable[str],
     *,
     epoch: int = 0,
+    refuse: Callable[[Agreement, Exception], None] | None = None,
 ) -> CompiledPolicy:
     """Build the index; raises ``ConditionError`` for a condition that does not compile.
 
     Agreements are validated against the catalog by the loader and the API; here a
     field the agreement's owner does not own (any more) is left out, and a purpose the
-    catalog no longer has simply never matches.
+    catalog no longer has simply never matches. With ``refuse``, an agreement that does
+    not compile (whatever the error) is handed to it and left out instead of raising, so
+    one stored agreement cannot stop the policy of every department from compiling.
     """
     collected: dict[tuple[str, str], dict[str, list[Grant]]] = {}
     choices: dict[tuple[str, str], dict[str, set[str]]] = {}
-    kept = tuple(agreements)
-    for agreement in kept:
-        condition = compile_condition(agreement.when) if agreement.when else None
-        grant = Grant(
-            agreement=agreement.id,
-            version=agreement.version,
-            effect=agreement.effect,
-            purposes=frozenset(agreement.purposes),
-            starts=_start_of(agreement.valid_from) if agreement.valid_from else None,
-            ends=_start_of(agreement.valid_until + timedelta(days=1)) if agreement.valid_until else None,
-            valid_from=agreement.valid_from,
-            valid_until=agreement.valid_until,
-            require_case_ref=agreement.require_case_ref,
-            when=agreement.when,
-            condition=condition,
-            legal_basis=agreement.legal_basis,
-            digest=agreement.digest,
-            verify=agreement.verify,
-            disclosure_delay=agreement.disclosure_delay,
-            basis=agreement.basis,
-        )
+    kept: list[Agreement] = []
+    for agreement in agreements:
+        try:
+            grant = _grant(agreement)
+        except Exception as error:
+            if refuse is None:
+                raise
+            refuse(agreement, error)
+            continue
+        kept.append(agreement)
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an
         # older catalog never grants a field that has since moved to another owner.
         granted = [name for name in agreement.fields if field_owners.get(name) == agreement.owner]
@@ -518,7 +542,7 @@ def compile_policy(
         field_owners=dict(field_owners),
         purposes=frozenset(purposes),
         epoch=epoch,
-        agreements=kept,
+        agreements=tuple(kept),
         choice_grants={
             key: {name: frozenset(ids) for name, ids in by_field.items()} for key, by_field in choices.items()
         },

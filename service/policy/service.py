@@ -1,11 +1,11 @@
 """The rules of the policy domain: the live compiled policy, and changes to agreements.
 
 A ``PolicyHolder`` keeps one compiled policy. Before each access the records domain asks
-the app's holder for its snapshot, which reads one small row (the policy epoch, plus the
-newest catalog's hash) and recompiles only when that moved, so a revocation made by any
-process applies to the very next request here. What data owners and auditors do with
-agreements (visibility, ownership, version checks) is ``agreements.py``; this module
-stores the versions it decides on.
+the app's holder for its snapshot, which reads one small row (the policy epoch and its
+token, plus the newest catalog version number) and recompiles only when that moved, so a
+revocation made by any process applies to the very next request here. What data owners
+and auditors do with agreements (visibility, ownership, version checks) is
+``agreements.py``; this module stores the versions it decides on.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def agreements_from_rows(
 ) -> list[Agreement]:
     """Active versions as engine agreements, each carrying its version digest.
 
-    A row that no longer parses, or whose owner has a signing key and whose signature does
-    not verify, is left out (so it grants nothing) and added to ``refusals``: the
+    A row that no longer parses or converts, or whose owner has a signing key and whose
+    signature does not verify, is left out (so it grants nothing) and added to ``refusals``: the
     signature is checked here, at compile time, so a row edited or inserted directly in
     the database is never compiled, while the per-request path never checks a signature.
     """
@@ -78,12 +78,19 @@ def agreements_from_rows(
                 problem = f"the stored agreement names id {spec.id!r}"
             elif owner in verifiers:
                 problem = verifiers[owner].problem(content, owner)
-        if problem is not None:
-            if refusals is not None:
-                refusals.append(Refusal(agreement_id, owner, version, problem))
-            continue
-        agreements.append(spec.to_engine(owner, version, version_digest(content, owner)))
+        if problem is None:
+            try:
+                agreements.append(spec.to_engine(owner, version, version_digest(content, owner)))
+            except Exception as error:
+                problem = _compile_problem(error)
+        if problem is not None and refusals is not None:
+            refusals.append(Refusal(agreement_id, owner, version, problem))
     return agreements
+
+
+def _compile_problem(error: Exception) -> str:
+    # The error's class only: its message may quote the agreement's values.
+    return f"the stored agreement does not compile ({type(error).__name__})"
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,15 @@ async def compile_snapshot(conn: AsyncConnection, epoch: int, key: EpochKey | No
     refused: list[Refusal] = []
     rows = list(await repository.current_rows_core(conn))
     agreements = agreements_from_rows(rows, catalog.signing_keys, refused)
-    policy = compile_policy(agreements, catalog.field_owners, [p.id for p in catalog.purposes], epoch=epoch)
+
+    def refuse(agreement: Agreement, error: Exception) -> None:
+        refused.append(Refusal(agreement.id, agreement.owner, agreement.version, _compile_problem(error)))
+
+    # One stored agreement that does not compile is refused (it grants nothing), never an
+    # error that would leave every department without a policy.
+    policy = compile_policy(
+        agreements, catalog.field_owners, [p.id for p in catalog.purposes], epoch=epoch, refuse=refuse
+    )
     return PolicySnapshot(resolved_key, policy, catalog, tuple(refused))
 
 

@@ -9,7 +9,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.policy import repository
+from service.policy.epoch import bump_epoch
+from service.policy.models import AgreementVersion
 from service.policy.simulate import ListSource, RecordedRequest
 from tests.fixtures.auth import act_as
 
@@ -303,6 +308,53 @@ class TestWriteAgreements:
         ).json()
         assert [v["version"] for v in second["items"]] == [2]
         assert second["next_cursor"] is None
+
+
+class TestAgreementsThatCouldBreakCompilation:
+    async def test_an_end_date_of_9999_12_31_means_no_end(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        created = await client.post("/v1/policies", json={**NEW_AGREEMENT, "valid_until": "9999-12-31"})
+        assert created.status_code == 201, created.text
+        assert created.json()["valid_until"] == "9999-12-31"
+        # Every request recompiles the policy after the change: it answers, and grants.
+        decisions = await explain(
+            client, consumer="revenue", action="read", fields=["points"], purpose="tax-administration"
+        )
+        assert decisions["points"]["effect"] == "permit"
+        assert decisions["points"]["agreement"] == "points-for-revenue"
+        act_as(app, "revenue", "data-owner")
+        assert (await client.get("/v1/policies")).status_code == 200
+
+    async def test_a_stored_agreement_that_does_not_compile_grants_nothing_and_breaks_nothing(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # A row written past the API (an old release, a manual edit): its condition does not compile.
+        row = await repository.current_version(session, "licence-status-for-welfare")
+        assert row is not None
+        await session.execute(
+            update(AgreementVersion)
+            .where(AgreementVersion.id == row.id)
+            .values(content={**row.content, "when": "citizen.status =="})
+        )
+        await bump_epoch(session)
+        act_as(app, "audit-office", "auditor")
+        ask: dict[str, Any] = {"action": "read", "citizen_status": "active"}
+        broken = await explain(
+            client, consumer="welfare", fields=["licence_status"], purpose="benefit-eligibility", **ask
+        )
+        assert broken["licence_status"]["effect"] == "deny"
+        # Another department's agreement still applies.
+        others = await explain(
+            client,
+            consumer="welfare",
+            fields=["tax_code"],
+            purpose="fraud-investigation",
+            case_ref="case-1",
+            **ask,
+        )
+        assert others["tax_code"]["effect"] == "permit"
 
 
 class TestExplain:

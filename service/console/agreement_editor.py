@@ -132,11 +132,16 @@ async def _submit(
     reason = str(posted.get("reason") or "").strip()[:1000]
     if step in ("save", "change"):
         draft = forms.decode_draft(str(posted.get("draft") or ""))
-        if draft is None:
+        try:
+            # The draft came back from the browser: a hidden field edited into something no
+            # agreement holds (a date that is not one, fields that are not a list) is refused.
+            values = forms.values_from_content(draft, reason) if draft is not None else None
+        except (ValueError, TypeError):
+            values = None
+        if draft is None or values is None:
             raise ConsolePageError(
                 400, "The draft could not be read", "Start the change again from the form."
             )
-        values = forms.values_from_content(draft, reason)
     else:
         values = forms.form_values(posted)
         draft = forms.draft_from_values(values)

@@ -20,7 +20,6 @@ from starlette.datastructures import FormData
 from service.digits import ascii_digits
 
 ACTIONS = ("read", "lookup", "verify", "history", "subscribe", "write")
-EFFECTS = ("permit", "forbid")
 # Form fields in page order: the error summary lists problems in this order.
 FORM_FIELDS = (
     "id",
@@ -86,7 +85,8 @@ def _iso_date(parts: Mapping[str, str]) -> str:
     """The date the parts name, as YYYY-MM-DD, or "" if they name none (see ``date_errors``)."""
     try:
         return date(int(parts["year"]), int(parts["month"]), int(parts["day"])).isoformat()
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):
+        # OverflowError: a number too large for a C int, such as the year 9999999999.
         return ""
 
 
@@ -178,7 +178,11 @@ def draft_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def values_from_content(content: Mapping[str, Any], reason: str = "") -> dict[str, Any]:
-    """Form values for editing a stored agreement."""
+    """Form values for editing a stored agreement (or the draft carried by the simulate page).
+
+    Raises ``ValueError`` or ``TypeError`` for content no agreement has, such as a date
+    that is not ISO text or fields that are not a list.
+    """
     return {
         "id": content.get("id", ""),
         "consumer": content.get("consumer", ""),

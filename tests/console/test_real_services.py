@@ -288,6 +288,41 @@ class TestAgreementsGiveTheApisAnswers:
 
 
 @pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
+class TestTheEditorRefusesWhatItCannotRead:
+    async def test_a_year_too_large_for_a_date_is_a_form_error(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        await _signed_in_owner(client, session, "register")
+        form = {
+            "csrf_token": await _csrf(client),
+            **{key: value for key, value in VALID.items() if isinstance(value, str)},
+            "fields": VALID["fields"],
+            "actions": VALID["actions"],
+            "purposes": VALID["purposes"],
+            "valid_from-day": "1",
+            "valid_from-month": "1",
+            "valid_from-year": "9999999999",
+        }
+        page = await client.post("/console/agreements/new", data=form)
+        assert page.status_code == 422
+        assert "Valid from must be a real date, with the year in 4 digits" in page.text
+
+    @pytest.mark.parametrize("step", ["save", "change"])
+    @pytest.mark.parametrize(
+        "edited", [{"valid_from": "x"}, {"valid_until": ["2027-01-01"]}, {"fields": 5}, {"actions": None}]
+    )
+    async def test_a_carried_draft_edited_into_nonsense_is_a_400_page(
+        self, client: httpx.AsyncClient, session: AsyncSession, step: str, edited: dict[str, Any]
+    ) -> None:
+        await _signed_in_owner(client, session, "register")
+        data = {"csrf_token": await _csrf(client), "step": step, "draft": forms.encode_draft(VALID | edited)}
+        page = await client.post("/console/agreements/new", data=data)
+        assert page.status_code == 400
+        assert page.headers["content-type"].startswith("text/html")
+        assert "The draft could not be read" in page.text
+
+
+@pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
 class TestAuditGivesTheApisAnswers:
     async def test_a_data_owner_sees_the_same_entries_in_both_and_each_search_is_recorded(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

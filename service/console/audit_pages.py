@@ -85,6 +85,10 @@ def parse_query(params: dict[str, str], catalog: Catalog) -> tuple[EntryQuery, d
         until_day = _day(text["until"])
         if until_day is None:
             errors["until"] = ["The to date must be a real date, for example 2026-03-31"]
+        elif until_day == date.max:
+            # The search runs to the start of the next day, and 9999-12-31 has none.
+            errors["until"] = ["The to date must be before 9999-12-31"]
+            until_day = None
     if since_day and until_day and until_day < since_day:
         errors["until"] = ["The to date must be the same as or after the from date"]
     query = EntryQuery(

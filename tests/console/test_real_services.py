@@ -346,6 +346,19 @@ class TestAuditGivesTheApisAnswers:
         # The console's search and the API's, each recorded under the signed-in client.
         assert list((await session.execute(recorded)).scalars()) == [client_id, client_id]
 
+    @pytest.mark.parametrize("path", ["/console/audit", "/console/audit/export.csv"])
+    async def test_the_last_day_there_is_as_the_to_date_is_a_form_error(
+        self, client: httpx.AsyncClient, session: AsyncSession, path: str
+    ) -> None:
+        # The export is the auditor's; the search page is open to auditors too.
+        created = await auth_service.create_client(session, department="audit-office", roles=["auditor"])
+        assert created.client_secret is not None
+        assert (await sign_in(client, created.client_id, created.client_secret)).status_code == 303
+        page = await client.get(path, params={"until": "9999-12-31"})
+        assert page.status_code == 400
+        assert page.headers["content-type"].startswith("text/html")
+        assert "The to date must be before 9999-12-31" in page.text
+
     async def test_an_unknown_citizen_has_no_access_log_in_either(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

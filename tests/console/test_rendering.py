@@ -218,6 +218,11 @@ class TestAuditFilter:
         _query, errors = audit_pages.parse_query({"since": "2026-03-02", "until": "2026-03-01"}, CATALOG)
         assert errors == {"until": ["The to date must be the same as or after the from date"]}
 
+    def test_a_to_date_with_no_next_day_is_refused(self) -> None:
+        query, errors = audit_pages.parse_query({"since": "2026-03-01", "until": "9999-12-31"}, CATALOG)
+        assert errors == {"until": ["The to date must be before 9999-12-31"]}
+        assert query.until is None
+
     def test_month_summary_groups_by_consumer(self) -> None:
         rows = [
             UsageRow("dwp", "hmrc", "address", "benefit-eligibility", "2026-03", 4),

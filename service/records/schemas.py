@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.catalog.schemas import KEYED_BY_FIELD, FieldName, PurposeId
 
 MAX_BATCH = 1000
+
+# A citizen id as the service issues it (``str(uuid.uuid4())``: registration, seeding and
+# the import). Anything else names no citizen, and text such as a NUL character would
+# reach the database as a query argument PostgreSQL refuses: it is a 422, like any other
+# malformed parameter, before anything is read.
+CITIZEN_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_CITIZEN_ID = re.compile(CITIZEN_ID_PATTERN)
+
+
+def is_citizen_id(text: str) -> bool:
+    """Whether ``text`` has the form of a citizen id (whether or not one is registered)."""
+    return _CITIZEN_ID.fullmatch(text) is not None
+
+
+def _citizen_id(text: str) -> str:
+    if not is_citizen_id(text):
+        raise ValueError("not a citizen id (the lower-case UUID registration returns)")
+    return text
+
+
+# Checked by a validator, not a schema pattern, so the OpenAPI document keeps its shape.
+CitizenId = Annotated[str, AfterValidator(_citizen_id)]
 
 # Why a citizen is erased: a fixed code rather than free text, because the audit entry
 # keeps it and free text may hold personal data.
@@ -44,7 +67,9 @@ class VerifyClaims(_In):
 
 
 class BatchGet(_In):
-    ids: list[str] = Field(min_length=1, max_length=MAX_BATCH)
+    ids: list[CitizenId] = Field(
+        min_length=1, max_length=MAX_BATCH, description="Citizen ids, as registration returns them."
+    )
     fields: list[FieldName] | None = Field(default=None, max_length=100)
     purpose: PurposeId
 

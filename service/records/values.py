@@ -26,6 +26,19 @@ class ValueRejected(ValueError):
     """A submitted value does not fit its field's type; the message is safe to return."""
 
 
+SURROGATE = "must be Unicode text (a lone surrogate such as \\ud800 is not)"
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (category Cs). JSON's ``\\ud800`` escape
+    parses to one, and no UTF-8 encoding, blind index or database column takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def validate(spec: FieldSpec, raw: Any) -> JsonValue:
     """The canonical JSON value for ``raw``, or ``ValueRejected``."""
     if spec.type == "string":
@@ -36,6 +49,8 @@ def validate(spec: FieldSpec, raw: Any) -> JsonValue:
             raise ValueRejected(f"must be at most {limit} characters")
         if any(ord(ch) < 32 and ch not in "\t\n" for ch in raw):
             raise ValueRejected("must not contain control characters")
+        if not raw.isascii() and has_surrogate(raw):
+            raise ValueRejected(SURROGATE)
         return raw
     if spec.type == "date":
         return _date(raw).isoformat()
@@ -62,8 +77,11 @@ def identifier(raw: str) -> str:
     NFKC first, so a fullwidth or otherwise compatible spelling becomes the plain one; then
     any format character (Unicode category Cf: zero-width spaces, direction overrides) or
     control character that is left is refused rather than silently dropped, because two ids
-    that print the same must be one id. Runs before the blind index and the duplicate check.
+    that print the same must be one id. A lone surrogate (category Cs), which no UTF-8
+    text holds, is refused too. Runs before the blind index and the duplicate check.
     """
+    if not raw.isascii() and has_surrogate(raw):
+        raise ValueRejected(SURROGATE)
     canonical = unicodedata.normalize("NFKC", raw).strip()
     if not canonical:
         raise ValueRejected("must not be empty")

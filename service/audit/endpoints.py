@@ -265,7 +265,9 @@ async def get_tile(
     (the stored subtree hashes at tree level 8·L), ``entries/<N>[.p/<W>]`` an entry bundle
     (uint16-length-prefixed canonical entries; auditors only, and audited, since entries
     hold pseudonymous citizen ids). Hash tiles are as open as the checkpoint. Full tiles
-    never change and are cached for a year; 404 while the tree is too small for a tile."""
+    never change and are cached for a year; 404 while the tree is too small for a tile; 501
+    for an entry bundle holding an entry over the format's 65,535 bytes (read such an entry
+    from ``/v1/audit/entries/{index}/proof``)."""
     try:
         wanted = tiles.parse_tile_path(tile)
     except tiles.TilePathInvalid as exc:

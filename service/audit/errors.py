@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.errors import BadRequest, NotFound, ServiceUnavailable
+from service.errors import BadRequest, NotFound, ServiceError, ServiceUnavailable
 
 
 class AuditUnavailable(ServiceUnavailable):
@@ -21,6 +21,17 @@ class LeafNotFound(NotFound):
 
 class TileNotFound(NotFound):
     title, slug = "No such tile", "audit-tile-not-found"
+
+
+class EntryBundleUnrepresentable(ServiceError):
+    """An entry bundle holding an entry longer than its uint16 length prefix can say.
+
+    501, not 404: the bundle's leaves are in the tree, and a mirror that reads 404 as "not
+    yet" would wait for it forever; and not a 4xx, since the request was right. The server
+    cannot produce the one format this resource has, and never will for these immutable
+    leaves: the entries stay readable, with their proofs, from ``/v1/audit/entries/{index}/proof``."""
+
+    status, title, slug = 501, "Entry bundle cannot be served", "audit-entry-bundle-unrepresentable"
 
 
 class NoCheckpoint(NotFound):

@@ -3,8 +3,9 @@
 A tile at level L, index N holds the hashes of the subtrees of height 8·L numbered
 N·256 .. N·256+W-1 (W = 256 for a full tile), so every hash in it is a node the
 sequencer already stored. An entry bundle holds leaves N·256 .. N·256+W-1, each as a
-big-endian uint16 length and the entry's canonical bytes. Tiles are immutable: once
-the tree is large enough for one, its bytes never change.
+big-endian uint16 length and the entry's canonical bytes, so a bundle holding an entry
+over 65,535 bytes cannot be written and is refused (501). Tiles are immutable: once the
+tree is large enough for one, its bytes never change.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.audit import repository as audit_repository
-from service.audit.errors import TileNotFound
+from service.audit.errors import EntryBundleUnrepresentable, TileNotFound
 from service.audit.repository import Executor
 from service.digits import ascii_digits
 
@@ -94,11 +95,20 @@ def hash_tile(hashes: Sequence[bytes]) -> bytes:
     return b"".join(hashes)
 
 
+class EntryTooLong(ValueError):
+    """An entry longer than the 65,535 bytes an entry bundle's uint16 length prefix allows."""
+
+    def __init__(self, position: int, length: int) -> None:
+        super().__init__(f"entry {position} of the bundle is {length} bytes, over {MAX_ENTRY_BYTES}")
+        self.position = position
+        self.length = length
+
+
 def entry_bundle(entries: Sequence[bytes]) -> bytes:
     out = bytearray()
-    for entry in entries:
+    for position, entry in enumerate(entries):
         if len(entry) > MAX_ENTRY_BYTES:
-            raise ValueError("an entry is longer than an entry bundle can hold")
+            raise EntryTooLong(position, len(entry))
         out += struct.pack(">H", len(entry)) + entry
     return bytes(out)
 
@@ -112,7 +122,15 @@ async def read_tile(db: Executor, request: TileRequest) -> bytes:
         entries = await audit_repository.canonical_range(db, request.first, request.count)
         if len(entries) != request.count:
             raise TileNotFound("Entries of this bundle are missing from the log.")
-        return entry_bundle([entry.encode() for entry in entries])
+        try:
+            return entry_bundle([entry.encode() for entry in entries])
+        except EntryTooLong as exc:
+            raise EntryBundleUnrepresentable(
+                f"Leaf {request.first + exc.position} is {exc.length} bytes; a C2SP tlog-tiles entry "
+                f"bundle holds entries of at most {MAX_ENTRY_BYTES} bytes, so this bundle cannot be "
+                "served (501: the leaves exist, but not in a form this format can carry). Read the "
+                "entry with its inclusion proof from /v1/audit/entries/{index}/proof instead."
+            ) from None
     hashes = await audit_repository.node_range(db, TILE_HEIGHT * request.level, request.first, request.count)
     if len(hashes) != request.count:
         raise TileNotFound("Hashes of this tile are missing from the log.")

@@ -9,9 +9,11 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import func, select
 
 from service.audit import merkle
 from service.audit.checkpoint import NoteVerifier
+from service.audit.models import AuditEntryRow
 from service.audit.tiles import TilePathInvalid, parse_tile_path, tile_path
 from service.audit.writer import AuditWriter
 from tests.audit.conftest import poll
@@ -147,6 +149,36 @@ class TestTileEndpoints:
         response = await audit_client.get("/v1/audit/tile/entries/000")
         assert response.status_code == 403
         assert response.headers["content-type"] == "application/problem+json"
+
+    async def test_bundle_with_an_entry_over_64_kib_is_a_typed_501(
+        self, audit_app: FastAPI, audit_client: httpx.AsyncClient
+    ) -> None:
+        # A catalog-change entry carries the whole catalog document; a large one overflows
+        # the uint16 length prefix of a tlog-tiles entry bundle.
+        writer: AuditWriter = audit_app.state.audit_writer
+        big = make_entry(action="catalog-change", citizen_id=None, document="x" * 70_000)
+        await writer.append_many([make_entry(request_id="small"), big])
+        async with audit_app.state.database.engine.connect() as conn:
+            stored = (await conn.execute(select(func.count()).select_from(AuditEntryRow))).scalar_one()
+        act_as(audit_app, "audit-office", "auditor")
+        verifier = NoteVerifier.parse((await audit_client.get("/v1/audit/verifier-key")).text)
+
+        async def size() -> int:
+            note = await audit_client.get("/v1/audit/checkpoint")
+            signed = verifier.open_checkpoint(note.text).size if note.status_code == 200 else 0
+            return signed if signed >= stored else 0
+
+        tree_size = await poll(size)
+        assert tree_size < 256
+        response = await audit_client.get(f"/v1/audit/tile/{tile_path(None, 0, tree_size)}")
+        assert response.status_code == 501
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body["title"] == "Entry bundle cannot be served"
+        assert "65535 bytes" in body["detail"]
+        assert "x" * 100 not in response.text
+        # The hash tile over the same leaves is served as ever.
+        assert (await audit_client.get(f"/v1/audit/tile/{tile_path(0, 0, tree_size)}")).status_code == 200
 
     async def test_malformed_path_is_400(self, audit_app: FastAPI, audit_client: httpx.AsyncClient) -> None:
         act_as(audit_app, "audit-office", "auditor")

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import entries
 from service.audit import writer as audit_writer
-from service.audit.schemas import Action, AuditEntry
+from service.audit.schemas import DECIDED_AS, Action, AuditEntry
 from service.audit.schemas import Decision as AuditDecision
 from service.auth.facts import RequestFacts
 from service.cases import repository as cases_repository
@@ -230,8 +230,11 @@ class RecordsService:
     ) -> None:
         """Audit and refuse (422) a request without ``X-Case-Ref`` that asks for a field a
         delayed-disclosure agreement would permit with one: such an agreement is used only
-        under a case, which the consumer closes to let the citizen see its accesses."""
-        missing = policy.missing_case_ref(facts.department, action, decisions, context)
+        under a case, which the consumer closes to let the citizen see its accesses.
+        ``action`` is the audited one; agreements are asked under the policy action it was
+        decided as (a batch-get's, ``read``), as the audit records it."""
+        decided_as = DECIDED_AS.get(action, action)
+        missing = policy.missing_case_ref(facts.department, decided_as, decisions, context)
         if not missing:
             return
         # The refusal cites the agreement it was refused under, so the citizen is shown it

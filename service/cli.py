@@ -129,11 +129,40 @@ def _settings_or_exit() -> Any:
         _refuse_settings(exc)
 
 
+def _settings_classes() -> dict[str, type[Any]]:
+    """Every settings class imported so far, by name (a ``ValidationError``'s title)."""
+    from pydantic_settings import BaseSettings
+
+    found: dict[str, type[Any]] = {}
+    pending: list[type[Any]] = [BaseSettings]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            found.setdefault(sub.__name__, sub)
+            pending.append(sub)
+    return found
+
+
+def _settings_env_prefix(exc: Any) -> str | None:
+    """The environment prefix of the settings class that refused (``TELLONCE_AUDIT_`` for
+    ``AuditSettings``), or None when the error is not a settings class's."""
+    cls = _settings_classes().get(exc.title)
+    if cls is None:
+        return None
+    return str(cls.model_config.get("env_prefix", ""))
+
+
 def _settings_refusal(exc: Any) -> str:
-    """One line naming each bad setting and its rule; the value itself is left out."""
-    problems = "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_input=False)
-    )
+    """One line naming each bad setting by its environment variable, and its rule; the value
+    itself is left out. A rule across several settings names them in its message."""
+    prefix = _settings_env_prefix(exc) or "TELLONCE_"
+
+    def named(loc: tuple[Any, ...]) -> str:
+        if not loc:
+            return "settings"
+        return (prefix + str(loc[0])).upper() + "".join(f".{part}" for part in loc[1:])
+
+    problems = "; ".join(f"{named(e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False))
     return f"tellonce: invalid settings: {problems}"
 
 
@@ -152,7 +181,9 @@ def run() -> None:
     try:
         app()
     except ValidationError as exc:
-        if exc.title != "Settings":
+        # Any settings class (Settings, AuditSettings, ConsoleSettings...); a validation
+        # error of anything else is a bug and keeps its traceback.
+        if _settings_env_prefix(exc) is None:
             raise
         typer.echo(_settings_refusal(exc), err=True)
         sys.exit(2)
@@ -240,6 +271,13 @@ def serve(
         os.environ["TELLONCE_RUN_WORKERS"] = "false"
     get_settings.cache_clear()
     settings = _settings_or_exit()
+    # The app's other settings, read now so a bad one is `run`'s one line rather than a
+    # worker's failed start (audit) or a 500 on the first console request (console).
+    from service.audit.config import AuditSettings
+    from service.console.config import ConsoleSettings
+
+    AuditSettings()
+    ConsoleSettings()
     _refuse_if_not_ready(settings)
     # One line (from ``run``) for a database that is not there, rather than each worker's
     # failed start-up traceback from uvicorn. The worker command waits for it instead.

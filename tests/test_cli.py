@@ -76,22 +76,31 @@ class TestInvalidSettings:
     settings first (the lazily loaded ones included), never a traceback or the value."""
 
     @pytest.mark.parametrize(
-        ("args", "variable", "value", "named"),
+        ("args", "variable", "value"),
         [
-            (["import", "--department", "register", "FILE"], "TELLONCE_ROOT_KEY", "", "root_key"),
-            (["audit", "verify"], "TELLONCE_CLIENT_RATE_BURST", "not-a-number-7f3a", "client_rate_burst"),
-            (["db", "upgrade"], "TELLONCE_ROOT_KEY", "c2hvcnQta2V5LTdmM2E=", "root_key"),
-            (["worker"], "TELLONCE_WORKER_NICE", "20", "worker_nice"),
+            (["import", "--department", "register", "FILE"], "TELLONCE_ROOT_KEY", ""),
+            (["audit", "verify"], "TELLONCE_CLIENT_RATE_BURST", "not-a-number-7f3a"),
+            (["db", "upgrade"], "TELLONCE_ROOT_KEY", "c2hvcnQta2V5LTdmM2E="),
+            (["worker"], "TELLONCE_WORKER_NICE", "20"),
+            # The audit and console settings are other classes, with their own prefixes.
+            (["audit", "export", "--out", "OUT"], "TELLONCE_AUDIT_ORIGIN", "bad origin-7f3a"),
+            (["worker"], "TELLONCE_AUDIT_WITNESS_QUORUM", "-7"),
+            (["serve"], "TELLONCE_AUDIT_SEQUENCER_BATCH", "zero-7f3a"),
+            (["serve"], "TELLONCE_CONSOLE_PAGE_SIZE", "5017"),
         ],
     )
-    def test_one_line_and_exit_2(
-        self, args: list[str], variable: str, value: str, named: str, tmp_path: Path
-    ) -> None:
+    def test_one_line_and_exit_2(self, args: list[str], variable: str, value: str, tmp_path: Path) -> None:
         register = tmp_path / "register.csv"
         register.write_text("national_id,given_name\nZZ00000000A,Ada\n")
-        env = {**os.environ, variable: value}
+        files = {"FILE": str(register), "OUT": str(tmp_path / "bundle.jsonl")}
+        env = {
+            **os.environ,
+            "TELLONCE_DATA_DIR": str(tmp_path / "data"),
+            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
+            variable: value,
+        }
         result = subprocess.run(
-            [sys.executable, "-m", "service.cli", *(str(register) if a == "FILE" else a for a in args)],
+            [sys.executable, "-m", "service.cli", *(files.get(a, a) for a in args)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -101,7 +110,7 @@ class TestInvalidSettings:
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
-        assert lines[0].startswith(f"tellonce: invalid settings: {named}: ")
+        assert lines[0].startswith(f"tellonce: invalid settings: {variable}: ")
         assert "Traceback" not in result.stderr
         if value:
             assert value not in result.stderr
@@ -182,6 +191,27 @@ class TestAuditVerifyExitCodes:
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith("audit log not checked: ")
         assert "does NOT verify" not in result.stderr
+
+    @pytest.mark.parametrize("env", ["development", "production"])
+    def test_a_bundle_without_key_is_refused_before_any_key_is_read(
+        self, env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        data = tmp_path / "data"
+        monkeypatch.setenv("TELLONCE_ENV", env)
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(data))
+        get_settings.cache_clear()
+        bundle = tmp_path / "bundle.jsonl"
+        bundle.write_text("")
+        try:
+            result = CliRunner().invoke(cli_app, ["audit", "verify", "--bundle", str(bundle)])
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == (
+            "--bundle needs --key: offline verification trusts only the key you give"
+        )
+        # Not the installation's key: none is made (development) or looked for (production).
+        assert not (data / "audit-checkpoint.key").exists()
 
 
 @pytest.fixture

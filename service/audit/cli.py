@@ -60,8 +60,9 @@ def _verifier_from(key: str | None) -> NoteVerifier:
 
 
 def _text_or_file(value: str) -> str:
+    """A key given inline, or the text of the file it names."""
     path = Path(value)
-    return path.read_text() if path.is_file() else value
+    return path.read_text(encoding="utf-8") if path.is_file() else value
 
 
 def trusted_checkpoint(path: Path, verifier: NoteVerifier) -> StoredCheckpoint:
@@ -316,6 +317,11 @@ def verify(
     if quorum is not None and quorum > len(witness):
         typer.echo(f"--quorum {quorum} needs at least {quorum} --witness keys", err=True)
         raise typer.Exit(2)
+    if bundle is not None and key is None:
+        # Before any key is read: without --key the installation's own key would be
+        # loaded (and, outside production, made) to check a bundle it must not vouch for.
+        typer.echo("--bundle needs --key: offline verification trusts only the key you give", err=True)
+        raise typer.Exit(2)
     witnessed: WitnessedCheckpoint | None = None
     try:
         verifier = _verifier_from(key)
@@ -331,11 +337,6 @@ def verify(
             allow_empty=allow_empty,
         )
         if bundle is not None:
-            if key is None:
-                typer.echo(
-                    "--bundle needs --key: offline verification trusts only the key you give", err=True
-                )
-                raise typer.Exit(2)
             size = verify_bundle(bundle, verifier, expectations)
             if witnesses:
                 witnessed = check_cosignatures(
@@ -382,11 +383,6 @@ def check_bundle_releases(
     return checker.finish()
 
 
-def _key_text(value: str) -> str:
-    path = Path(value)
-    return path.read_text(encoding="utf-8") if path.is_file() else value
-
-
 @app.command("check-releases")
 def check_releases(
     bundle: Path = typer.Option(..., "--bundle", exists=True, dir_okay=False, help="An exported bundle."),
@@ -403,7 +399,7 @@ def check_releases(
     engine, given what the entry records, permits it. Exit 1 naming each unjustified one.
     """
     try:
-        owner_verifier = OwnerVerifier.parse(_key_text(owner_key), owner)
+        owner_verifier = OwnerVerifier.parse(_text_or_file(owner_key), owner)
     except SigningKeyError as exc:
         typer.echo(f"--owner-key: {exc}", err=True)
         raise typer.Exit(2) from None

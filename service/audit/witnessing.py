@@ -3,8 +3,9 @@
 The submitter sends the newest checkpoint to every configured witness (C2SP
 tlog-witness), each with a consistency proof from the size that witness last cosigned.
 It learns that size from the cosignatures already stored and re-syncs it from a 409's
-body. Cosignatures are checked with the witness's key before they are stored; once a
-quorum of witnesses has cosigned, the checkpoint is *witnessed* and becomes what
+body. Cosignatures are checked with the witness's key, and ignored if dated more than
+a few minutes ahead, before they are stored; once a quorum of the configured witnesses
+has cosigned, the checkpoint is *witnessed* and becomes what
 ``GET /v1/audit/checkpoint`` serves. While the log is idle the newest checkpoint is
 re-submitted every refresh period, so "recently witnessed" stays true of a quiet log.
 
@@ -42,10 +43,15 @@ from service.witness.protocol import submission_body
 logger = logging.getLogger("tellonce.audit.witnessing")
 
 
-# How often the fail-closed gate re-reads when a checkpoint last reached the quorum: at
-# most once a second (a tenth of the grace period if that is shorter). It runs in every
+# How often the fail-closed gate re-reads when a checkpoint last reached the quorum: once
+# a second, or every tenth of the grace period if that is shorter. It runs in every
 # API process, beside the requests, so it is kept far slower than the submitter's poll.
 GATE_REFRESH_SECONDS = 1.0
+
+# How far in the future a cosignature's timestamp may be (clock skew) before it is
+# ignored. tlog-cosignature lets a verifier refuse future timestamps; one past the year
+# 9999 could not even be stored, and must not cost the other witnesses' cosignatures.
+MAX_COSIGNATURE_FUTURE_SECONDS = 300
 
 
 class WitnessConfigInvalid(ValueError):
@@ -207,7 +213,11 @@ class WitnessSubmitter:
         fresh = [c for c in results if c is not None]
         async with self.engine.begin() as conn:
             await cosignature_repository.store_cosignatures(conn, newest.id, fresh)
-            count = len(fresh) if witnessed_at is not None else len(set(have) | {c.witness for c in fresh})
+            # Only configured witnesses count: cosignatures stored from a witness since removed
+            # from TELLONCE_AUDIT_WITNESSES stay in the bundle but are no longer trusted.
+            configured = {w.name for w in self.config.witnesses}
+            cosigned = {c.witness for c in fresh}
+            count = len(cosigned) if witnessed_at is not None else len((set(have) & configured) | cosigned)
             if count >= self.config.quorum:
                 await cosignature_repository.mark_witnessed(conn, newest, utcnow())
                 return True
@@ -270,6 +280,15 @@ class WitnessSubmitter:
                 logger.error("witness %s answered without its cosignature", witness.name)
                 return None
             self.known_sizes[witness.name] = checkpoint.tree_size
+            ahead = found.timestamp - time.time()
+            if ahead > MAX_COSIGNATURE_FUTURE_SECONDS:
+                logger.error(
+                    "witness %s cosigned checkpoint %d with a timestamp %.0f s in the future; ignored",
+                    witness.name,
+                    checkpoint.tree_size,
+                    ahead,
+                )
+                return None
             return found
         return None
 

@@ -1,0 +1,135 @@
+"""The witness submitter against fake witnesses (httpx MockTransport): which cosignatures
+it keeps, and when a checkpoint counts as witnessed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.audit import cosignatures as cosignature_repository
+from service.audit.models import AuditWitnessedCheckpoint
+from service.audit.witnessing import WitnessConfig, WitnessEndpoint, WitnessSubmitter
+from service.audit.writer import append_many_in_transaction
+from service.db import create_engine
+from service.witness.cosignature import CosignatureSigner, CosignatureVerifier, split_note
+from service.witness.protocol import parse_submission
+from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+
+Clock = Callable[[], int]
+
+
+@pytest.fixture
+async def sequenced_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A fresh committed database holding a few entries and a signed checkpoint over them."""
+    url = await create_scratch_database(database_url)
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await append_many_in_transaction(conn, [make_entry() for _ in range(3)])
+    await sequence_all(make_sequencer(engine, make_signer(), every=1))
+    yield engine
+    await engine.dispose()
+    await drop_scratch_database(url)
+
+
+class FakeWitnesses:
+    """Witnesses at http://<name>/ that cosign whatever they are sent, each at the time its
+    clock says."""
+
+    def __init__(self, clocks: dict[str, Clock]) -> None:
+        self.signers = {name: CosignatureSigner.generate(name) for name in clocks}
+        self.clocks = clocks
+
+    def endpoint(self, name: str) -> WitnessEndpoint:
+        verifier = CosignatureVerifier.parse(self.signers[name].verifier_key())
+        return WitnessEndpoint(f"http://{name}", verifier)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.host
+        submission = parse_submission(request.content)
+        body, _lines = split_note(submission.note)
+        return httpx.Response(200, text=self.signers[name].cosign(body, self.clocks[name]()))
+
+
+def _config(witnesses: FakeWitnesses, names: list[str], quorum: int) -> WitnessConfig:
+    return WitnessConfig(
+        witnesses=tuple(witnesses.endpoint(n) for n in names),
+        quorum=quorum,
+        grace_seconds=None,
+        refresh_seconds=3600,
+        timeout_seconds=5,
+        poll_seconds=0.02,
+    )
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+async def _round(engine: AsyncEngine, witnesses: FakeWitnesses, config: WitnessConfig) -> bool:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(witnesses.handler)) as http:
+        return await WitnessSubmitter(engine, config, http).run_once()
+
+
+async def _stored(engine: AsyncEngine) -> dict[str, str]:
+    async with engine.connect() as conn:
+        newest = await cosignature_repository.newest_checkpoint(conn)
+        assert newest is not None
+        return await cosignature_repository.cosignatures_for(conn, newest.id)
+
+
+class TestFutureCosignatures:
+    @pytest.mark.parametrize(
+        "ahead",
+        [
+            pytest.param(lambda: 2**40, id="past-year-9999"),
+            pytest.param(lambda: _now() + 3600, id="an-hour-ahead"),
+        ],
+    )
+    async def test_are_ignored_and_the_others_still_reach_the_quorum(
+        self, sequenced_engine: AsyncEngine, ahead: Clock
+    ) -> None:
+        witnesses = FakeWitnesses({"good-a.example": _now, "good-b.example": _now, "skewed.example": ahead})
+        config = _config(witnesses, ["good-a.example", "skewed.example", "good-b.example"], quorum=2)
+        assert await _round(sequenced_engine, witnesses, config)
+        assert set(await _stored(sequenced_engine)) == {"good-a.example", "good-b.example"}
+
+    async def test_a_little_clock_skew_is_accepted(self, sequenced_engine: AsyncEngine) -> None:
+        witnesses = FakeWitnesses({"ahead.example": lambda: _now() + 30})
+        assert await _round(sequenced_engine, witnesses, _config(witnesses, ["ahead.example"], quorum=1))
+        assert set(await _stored(sequenced_engine)) == {"ahead.example"}
+
+
+class TestQuorum:
+    async def test_counts_only_configured_witnesses(self, sequenced_engine: AsyncEngine) -> None:
+        witnesses = FakeWitnesses({"removed.example": _now, "kept.example": _now, "down.example": _now})
+        # A witness cosigns, then is removed from the configuration.
+        assert await _round(sequenced_engine, witnesses, _config(witnesses, ["removed.example"], quorum=1))
+        async with sequenced_engine.begin() as conn:
+            newest = await cosignature_repository.newest_checkpoint(conn)
+            assert newest is not None
+            # Forget the quorum it made, so the next round decides afresh.
+            await conn.execute(
+                delete(AuditWitnessedCheckpoint).where(AuditWitnessedCheckpoint.checkpoint_id == newest.id)
+            )
+
+        def down(request: httpx.Request) -> httpx.Response:
+            if request.url.host == "down.example":
+                return httpx.Response(503)
+            return witnesses.handler(request)
+
+        # Now two others are configured with a quorum of 2, and only one answers: the
+        # removed witness's stored cosignature must not make up the second.
+        config = _config(witnesses, ["kept.example", "down.example"], quorum=2)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(down)) as http:
+            assert not await WitnessSubmitter(sequenced_engine, config, http).run_once()
+        async with sequenced_engine.connect() as conn:
+            newest = await cosignature_repository.newest_checkpoint(conn)
+            assert newest is not None
+            assert await cosignature_repository.witnessed_at(conn, newest.id) is None
+        assert set(await _stored(sequenced_engine)) == {"removed.example", "kept.example"}

@@ -5,7 +5,8 @@ legal basis: those that need the citizen's consent (give, pause, resume or revok
 those the citizen may object to (object, or withdraw the objection), and those that
 apply by law, with the law named. Every change goes through the same service functions
 as ``/v1/citizens/{id}/consents`` and ``/objections`` (``service.consent.service``), so
-it is signed, audited and applies to the consumer's next request alike.
+it is signed, audited and applies to the consumer's next request alike, and a consent's
+``consent.changed`` event wakes this process's feeds and dispatcher once committed.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import ValidationError
 
 from service.catalog.schemas import Catalog
 from service.consent import service as consent_service
@@ -25,6 +27,7 @@ from service.console.sessions import SignedIn
 from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
 from service.db import SessionDep
 from service.errors import NotFound, ServiceError
+from service.events import service as events_service
 from service.policy.engine import Agreement
 
 router = APIRouter(route_class=ConsoleRoute)
@@ -158,6 +161,7 @@ async def _page(
 async def change_choice(
     request: Request,
     session: SessionDep,
+    after_commit: BackgroundTasks,
     viewer: SignedIn = Depends(csrf_checked),
     _portal: SignedIn = Portal,
 ) -> Response:
@@ -169,9 +173,15 @@ async def change_choice(
     change = str(form.get("change") or "")
     runtime = consent_service.runtime_of(request.app.state)
     actor = consent_service.Actor(viewer.principal, source_of(request))
+    unoffered = "That agreement is not one this page offers."
     try:
         if change == "give":
-            await consent_service.grant(session, runtime, actor, citizen_id, ConsentIn(agreement=agreement))
+            try:
+                asked = ConsentIn(agreement=agreement)
+            except ValidationError:
+                # Not an agreement id at all ("", "Bad Id!"): the page offers none such.
+                return await _page(request, session, viewer, citizen_id, unoffered)
+            await consent_service.grant(session, runtime, actor, citizen_id, asked)
         elif change in ("paused", "active", "revoked"):
             await consent_service.change(session, runtime, actor, citizen_id, consent_id, change)
         elif change == "object":
@@ -184,4 +194,9 @@ async def change_choice(
             )
     except ServiceError as refused:
         return await _page(request, session, viewer, citizen_id, refused.detail)
+    if change in ("give", "paused", "active", "revoked"):
+        # As the API's consent endpoints do: once committed (the session ends before
+        # background tasks run), wake this process's feeds and dispatcher for the
+        # consent.changed event. Objections raise no event.
+        after_commit.add_task(events_service.notify, request.app.state)
     return RedirectResponse(f"/console/citizen/choices?citizen_id={quote(citizen_id)}", status_code=303)

@@ -1,0 +1,79 @@
+"""The citizen view's choices page over the records API on the test's transaction: the
+consents it gives and changes wake the events notifier as the API's do, and an agreement
+that is no agreement id is refused on the page, never a server error."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth import service as auth_service
+from service.events.notifier import EventNotifier
+from tests.consent.conftest import CONSENTED, PORTAL, ConsentWorld, records_env, world
+
+__all__ = ["records_env", "world"]
+
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
+
+
+async def _csrf(client: httpx.AsyncClient, path: str) -> str:
+    found = CSRF.search((await client.get(path)).text)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.fixture
+async def portal(world: ConsentWorld, session: AsyncSession) -> httpx.AsyncClient:
+    """The world's client, signed in to the console as the citizen portal."""
+    created = await auth_service.create_client(session, department="portal", roles=["citizen-portal"])
+    assert created.client_secret is not None
+    client = world.client
+    data = {
+        "csrf_token": await _csrf(client, "/console/sign-in"),
+        "client_id": created.client_id,
+        "client_secret": created.client_secret,
+    }
+    assert (await client.post("/console/sign-in", data=data)).status_code == 303
+    return client
+
+
+@pytest.fixture
+def notifier(world: ConsentWorld) -> EventNotifier:
+    """The app's own notifier, so a wake-up by another test cannot be counted here."""
+    mine = EventNotifier()
+    world.env.app.state.events_notifier = mine
+    return mine
+
+
+class TestChoicesPage:
+    async def _post(self, client: httpx.AsyncClient, world: ConsentWorld, **form: Any) -> httpx.Response:
+        page = f"/console/citizen/choices?citizen_id={world.citizen_id}"
+        data = {"csrf_token": await _csrf(client, page), "citizen_id": world.citizen_id, **form}
+        return await client.post("/console/citizen/choices", data=data)
+
+    async def test_giving_and_changing_a_consent_wakes_the_events_notifier(
+        self, world: ConsentWorld, portal: httpx.AsyncClient, notifier: EventNotifier
+    ) -> None:
+        given = await self._post(portal, world, change="give", agreement=CONSENTED["id"])
+        assert given.status_code == 303, given.text
+        # As after POST /v1/citizens/{id}/consents: the consent.changed event is told at once.
+        assert notifier.generation == 1
+        listed = await portal.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
+        [consent] = listed.json()["items"]
+        paused = await self._post(portal, world, change="paused", consent_id=consent["id"])
+        assert paused.status_code == 303, paused.text
+        assert notifier.generation == 2
+
+    @pytest.mark.parametrize("agreement", ["", "Bad Id!"])
+    async def test_an_agreement_that_is_no_agreement_id_is_refused_on_the_page(
+        self, world: ConsentWorld, portal: httpx.AsyncClient, notifier: EventNotifier, agreement: str
+    ) -> None:
+        page = await self._post(portal, world, change="give", agreement=agreement)
+        assert page.status_code == 409
+        assert page.headers["content-type"].startswith("text/html")
+        assert "That agreement is not one this page offers." in page.text
+        assert notifier.generation == 0

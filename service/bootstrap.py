@@ -41,6 +41,13 @@ def production_refusals(settings: Settings) -> list[str]:
             f"production refuses a public URL that is not https ({settings.public_url}): set "
             "TELLONCE_PUBLIC_URL=https://... (or TELLONCE_ALLOW_INSECURE_PUBLIC_URL=true to accept it)"
         )
+    # Itself the override of the webhook SSRF guard, for loopback receivers in development
+    # and tests; production has no override for it.
+    if settings.webhook_allow_private:
+        refusals.append(
+            "production refuses TELLONCE_WEBHOOK_ALLOW_PRIVATE (webhooks to loopback and private "
+            "addresses are for development and tests only): unset it"
+        )
     return refusals
 
 

@@ -188,6 +188,31 @@ class TestProductionOverrides:
         with pytest.raises(StartupRefused, match="not https"):
             create_app(self._production(settings, allow_sqlite_in_production=True))
 
+    def test_webhooks_to_private_addresses_are_refused(
+        self, settings: Settings, production_env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        production = self._production(
+            settings,
+            allow_sqlite_in_production=True,
+            public_url="https://t.example",
+            webhook_allow_private=True,
+        )
+        assert startup_refusal(production) == (
+            "production refuses TELLONCE_WEBHOOK_ALLOW_PRIVATE (webhooks to loopback and private "
+            "addresses are for development and tests only): unset it"
+        )
+        with pytest.raises(StartupRefused, match="TELLONCE_WEBHOOK_ALLOW_PRIVATE"):
+            create_app(production)
+        # tellonce init refuses it too, before making anything.
+        monkeypatch.setenv("TELLONCE_WEBHOOK_ALLOW_PRIVATE", "true")
+        get_settings.cache_clear()
+        code, _out, err = invoke("init", "--new-root-key")
+        assert code == 1
+        assert "TELLONCE_WEBHOOK_ALLOW_PRIVATE" in err
+        assert not production_env.exists()
+        # Development and tests keep it (the demo's and the tests' receivers are on loopback).
+        assert startup_refusal(settings.model_copy(update={"webhook_allow_private": True})) is None
+
     def test_overrides_are_logged_at_start(
         self, settings: Settings, capsys: pytest.CaptureFixture[str]
     ) -> None:

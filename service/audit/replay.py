@@ -23,8 +23,10 @@ REPLAYED_ACTIONS = {
 class AuditedRequests:
     """The audit store as simulate's source of past requests, paged by entry id.
 
-    Entries do not keep the citizen's status at the time, so conditions on it are
-    replayed as if the status were unknown (which fails closed); the report says so.
+    Entries keep the citizen's status when decided (``citizen_status``), so conditions on
+    it are replayed with that status. Entries written before the status was recorded have
+    none: they are replayed with a null status, as a decision on a citizen whose status is
+    not known (``citizen.status == "active"`` is false for them, so it denies).
     """
 
     def __init__(self, engine: AsyncEngine, page_size: int = 2000) -> None:
@@ -58,7 +60,7 @@ class AuditedRequests:
                     fields=tuple(entry["fields_requested"]),
                     purpose=entry["purpose"],
                     case_ref=entry.get("case_ref"),
-                    citizen_status=None,
+                    citizen_status=entry.get("citizen_status"),
                     time=datetime.fromisoformat(entry["time"]),
                     citizen_id=entry.get("citizen_id"),
                 )

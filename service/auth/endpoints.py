@@ -18,6 +18,7 @@ from service.auth.runtime import TOKEN_PATH, AuthRuntime, get_auth
 from service.auth.schemas import ClientIn, ClientList, ClientOut, NewClientOut
 from service.auth.scopes import ALL_SCOPES
 from service.auth.server import (
+    ASSERTION_ALGORITHMS,
     AUTH_METHODS,
     MalformedClientAuthentication,
     PreparedTokenRequest,
@@ -107,7 +108,7 @@ async def metadata(auth: AuthDep) -> dict[str, Any]:
         "jwks_uri": auth.issuer_url + "/.well-known/jwks.json",
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "scopes_supported": sorted(ALL_SCOPES),
         "response_types_supported": [],
         "access_token_signing_alg_values_supported": [ALGORITHM],
@@ -117,7 +118,8 @@ async def metadata(auth: AuthDep) -> dict[str, Any]:
 # --- /v1/clients: an admin client manages its own department's clients ------------------
 
 Admin = Annotated[Principal, Depends(require("admin:clients"))]
-ClientId = Annotated[str, Path(max_length=64, description="The client's id.")]
+# Printable ASCII, as every issued id is: a NUL could not even reach PostgreSQL as text.
+ClientId = Annotated[str, Path(max_length=64, pattern=r"^[!-~]+$", description="The client's id.")]
 
 
 @router.get("/v1/clients", tags=["clients"], summary="Your department's clients")

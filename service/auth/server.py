@@ -10,21 +10,27 @@ over an in-memory ``query_client``. authlib itself only hashes, signs and verifi
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
 from authlib.oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError, JsonRequest, OAuth2Request
+from authlib.oauth2.rfc6749 import (
+    ClientMixin,
+    InvalidClientError,
+    InvalidScopeError,
+    JsonRequest,
+    OAuth2Request,
+)
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from joserfc import jwk
-from joserfc.errors import JoseError
+from joserfc import jwk, jwt
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import Key
 from joserfc.jws import extract_compact
 from starlette.datastructures import Headers
@@ -39,6 +45,18 @@ SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 JWT_METHOD = "private_key_jwt"
 AUTH_METHODS = [*SECRET_METHODS, JWT_METHOD]
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# The algorithms a private_key_jwt assertion may be signed with, for the kinds of key a
+# client may register (EC P-256, OKP, RSA). Asymmetric only: never HS* (the public key
+# would be taken as an HMAC secret) or none. The server metadata says the same. Ed25519 is
+# RFC 9864's fully-specified name for EdDSA over that curve.
+ASSERTION_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256", "PS256"]
+
+
+def plausible_client_id(client_id: str) -> bool:
+    """Whether ``client_id`` could name a client: printable ASCII without spaces, as every
+    issued id is. Anything else (a NUL, non-ASCII) is answered as an unknown client
+    without being looked up; PostgreSQL cannot even take a NUL as a query argument."""
+    return client_id.isascii() and client_id.isprintable() and " " not in client_id
 
 
 @dataclass
@@ -131,6 +149,20 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
         self.on_assertion(SeenAssertion(str(claims["sub"]), jti, float(expires_at) + self.leeway))
         return True
 
+    def process_assertion_claims(self, assertion: str, resolve_key: Key) -> Any:
+        """authlib's, with the algorithms named: without them joserfc accepts only its
+        recommended HS256, RS256 and ES256, so Ed25519 and PS256 clients could never sign in.
+        The claims (audience, expiry, replay) are still verified by ``verify_claims``."""
+        try:
+            with warnings.catch_warnings(action="ignore", category=SecurityWarning):
+                # joserfc warns on every "EdDSA" (RFC 9864 deprecates the name because it
+                # leaves the curve open); here the client's registered key fixes the curve.
+                token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
+        except JoseError as error:
+            raise InvalidClientError(description=error.description) from error
+        self.verify_claims(token.claims)
+        return token.claims
+
     def resolve_client_public_key(self, client: RegisteredClient) -> Key:
         # Validated as a public EC, OKP or RSA key when the client was registered.
         return jwk.import_key(client.public_jwk or {})
@@ -176,7 +208,8 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
 
     Also refuses what authlib would mishandle or silently accept: a Basic header that is
     not base64 UTF-8 (authlib raises a UnicodeDecodeError), and several client
-    authentication methods in one request (RFC 6749 2.3 allows exactly one).
+    authentication methods in one request (RFC 6749 2.3 allows exactly one). An id that
+    is not printable ASCII claims no client: ``None``, as if none were given.
     """
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
@@ -188,20 +221,25 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:
+            # binascii.Error, UnicodeDecodeError, and the plain ValueError of non-ASCII text.
             raise MalformedClientAuthentication(
                 "invalid_client", "The Basic credentials are not base64 UTF-8."
             ) from None
-        return unquote(decoded.split(":", 1)[0]) or None
+        return _claimed(unquote(decoded.split(":", 1)[0]))
     if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
         try:
             payload = json.loads(extract_compact(form["client_assertion"].encode()).payload)
         except (JoseError, ValueError, UnicodeError):
             return None
         subject = payload.get("sub") if isinstance(payload, dict) else None
-        return subject if isinstance(subject, str) else None
-    client_id = form.get("client_id")
-    return client_id or None
+        return _claimed(subject) if isinstance(subject, str) else None
+    return _claimed(form.get("client_id") or "")
+
+
+def _claimed(client_id: str) -> str | None:
+    # An id no client can have claims no client: authlib then answers invalid_client.
+    return client_id if client_id and plausible_client_id(client_id) else None
 
 
 class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]

@@ -241,7 +241,8 @@ async def client_standing(reads: DriverReads, client_id: str) -> ClientStatus | 
 
 
 async def client_status(session: AsyncSession, client_id: str) -> ClientStatus | None:
-    """The per-request check: one primary-key lookup, Core, no ORM object built."""
+    """The console's check on each page it serves (API requests use ``client_standing``):
+    one primary-key lookup, Core, no ORM object built."""
     row = (
         await session.execute(
             select(Client.disabled_at, Client.rate_per_second, Client.rate_burst).where(

@@ -226,3 +226,10 @@ class TestDisable:
     ) -> None:
         token = await token_for(app, session, "welfare", "admin")
         assert_problem(await client.post(f"/v1/clients/{'x' * 65}/disable", headers=bearer(token)), 422)
+
+    @pytest.mark.parametrize("client_id", ["%00", "tc_%00x", "tc_%C3%A9", "tc%20x"])
+    async def test_an_id_no_client_can_have_is_422(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, client_id: str
+    ) -> None:
+        token = await token_for(app, session, "welfare", "admin")
+        assert_problem(await client.post(f"/v1/clients/{client_id}/disable", headers=bearer(token)), 422)

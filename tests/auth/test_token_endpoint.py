@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import time
+import warnings
 from typing import Any
 
 import httpx
@@ -9,7 +10,9 @@ import jwt as pyjwt
 import pytest
 from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from fastapi import FastAPI
-from joserfc.jwk import ECKey
+from joserfc import jwt as jose_jwt
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service as auth_service
@@ -152,6 +155,32 @@ class TestClientSecret:
         body = assert_oauth_error(response, 401, "invalid_client")
         assert body["error_description"] == "The Basic credentials are not base64 UTF-8."
 
+    @pytest.mark.parametrize("credentials", ["éééé", "ab\x00c", "dGM\u00e9"])
+    async def test_basic_header_that_is_not_base64_ascii_is_401_invalid_client(
+        self, client: httpx.AsyncClient, credentials: str
+    ) -> None:
+        response = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers={b"Authorization": ("Basic " + credentials).encode("latin-1")},
+        )
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert body["error_description"] == "The Basic credentials are not base64 UTF-8."
+
+    @pytest.mark.parametrize("client_id", ["\x00", "tc_\x00x", "tc_é", "tc_ x"])
+    async def test_client_id_no_client_can_have_is_401_invalid_client(
+        self, client: httpx.AsyncClient, client_id: str
+    ) -> None:
+        by_post = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": "s"},
+        )
+        assert_oauth_error(by_post, 401, "invalid_client")
+        by_basic = await client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(client_id, "s")
+        )
+        assert_oauth_error(by_basic, 401, "invalid_client")
+
     async def test_two_authentication_methods_at_once_is_invalid_request(
         self, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:
@@ -177,6 +206,12 @@ class TestClientSecret:
         assert row.secret_hash is not None
         assert created.client_secret not in row.secret_hash
         assert created.client_secret not in repr(created)
+
+
+def sign(alg: str, claims: dict[str, Any], key: Any) -> str:
+    """A client assertion signed by joserfc, which warns that the name "EdDSA" is deprecated."""
+    with warnings.catch_warnings(action="ignore", category=SecurityWarning):
+        return jose_jwt.encode({"alg": alg}, claims, key, algorithms=[alg])
 
 
 class TestPrivateKeyJwt:
@@ -235,6 +270,59 @@ class TestPrivateKeyJwt:
     ) -> None:
         client_id, key = await self.register_key_client(session)
         form = self.assertion(app, client_id, key, exp=int(time.time()) - 600)
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
+    @pytest.mark.parametrize(
+        ("alg", "private_key"),
+        [
+            ("EdDSA", lambda: OKPKey.generate_key("Ed25519", private=True)),
+            ("Ed25519", lambda: OKPKey.generate_key("Ed25519", private=True)),
+            ("PS256", lambda: RSAKey.generate_key(2048, private=True)),
+            ("RS256", lambda: RSAKey.generate_key(2048, private=True)),
+            ("ES256", lambda: ECKey.generate_key("P-256", private=True)),
+        ],
+    )
+    async def test_every_advertised_algorithm_gets_a_token_once(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, alg: str, private_key: Any
+    ) -> None:
+        key = private_key()
+        created = await register(session, "welfare", "consumer", public_jwk=key.as_dict(private=False))
+        metadata = (await client.get("/.well-known/oauth-authorization-server")).json()
+        assert alg in metadata["token_endpoint_auth_signing_alg_values_supported"]
+        now = int(time.time())
+        claims = {
+            "iss": created.client_id,
+            "sub": created.client_id,
+            "aud": runtime(app).token_url,
+            "iat": now,
+            "exp": now + 60,
+            "jti": f"{alg}-{now}",
+        }
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": sign(alg, claims, key),
+        }
+        response = await client.post("/oauth/token", data=form)
+        assert response.status_code == 200, response.text
+        jwks = (await client.get("/.well-known/jwks.json")).json()
+        token = decode_with_pyjwt(jwks, response.json()["access_token"], runtime(app).issuer_url)
+        assert token["client_id"] == created.client_id
+        # The replay and expiry checks hold for every algorithm.
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+        expired = {**claims, "iat": now - 700, "exp": now - 600, "jti": f"{alg}-expired"}
+        form["client_assertion"] = sign(alg, expired, key)
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
+    async def test_unsigned_assertion_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        signed = self.assertion(app, client_id, key)
+        header, payload, _ = signed["client_assertion"].split(".")
+        unsigned = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode() + f".{payload}."
+        assert header != unsigned.split(".")[0]
+        form = {**signed, "client_assertion": unsigned}
         assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
 
     async def test_key_client_cannot_use_a_secret(

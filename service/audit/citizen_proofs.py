@@ -85,7 +85,9 @@ def check_proofs(
 ) -> ProofCheck:
     """Verify a page of proofs as a citizen's own verifier would: the log's signature and
     each witness's cosignature on ``note``, then every entry's leaf hash and inclusion
-    proof. Raises ``CosignatureError`` (a ``CheckpointError``) on any failure."""
+    proof. Raises ``CheckpointError`` on any failure: a note the log key did not sign as
+    ``CheckpointError`` itself; a quorum not reached, a cosignature that does not verify or
+    a proof that does not as its subclass ``CosignatureError``."""
     if note is None:
         return ProofCheck(0, len(proofs), ())
     checkpoint = log_key.open_checkpoint(note)

@@ -4,11 +4,19 @@
   events' subscribe, feed and delivery): what was asked for, what was released, and the
   agreement behind each decision. ``records_access_entry`` and ``events_access_entry``
   are its two callers' shapes.
+- ``notice_delivery_entry``: an access notice sent to the citizen portal's webhook,
+  audited as the portal reading the citizen's access log.
+- ``consent_delivery_entry``: a ``consent.changed`` event sent to a consumer's webhook
+  (which citizen's consent changed; no field released).
 - ``query_entry``: an auditor's, owner's or citizen portal's own query of the log.
 - ``policy_change_entry``: one new agreement version, its canonical JSON in full.
 - ``catalog_change_entry``: a new catalog, in full, with every signing-key change.
 - ``key_event_entry``: a key operation (a KEK made or rotated, data keys shredded).
 - ``case_entry``: a consumer closing one of its cases (delayed disclosure).
+- ``choice_entry``: a citizen's consent or objection made or changed, with a consent's
+  signed terms in full.
+- ``operator_entry``: an operator command on clients or signing keys (``client-create``,
+  ``client-disable``, ``signing-key-rotate``) or one that made a key.
 
 Entries hold names, versions and pseudonymous citizen ids, never a field value. This
 module imports no other domain's service, so any domain may import it.

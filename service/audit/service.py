@@ -104,9 +104,13 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _sequencer_engine(settings: Settings) -> AsyncEngine:
-    """The sequencer's own small pool. On SQLite it waits only briefly for the write lock:
-    a round that finds the database busy gives up and runs again next poll, rather than
-    holding up shutdown behind a long transaction."""
+    """The sequencer's own small pool, shared with the witness submitter. The sequencer
+    only reads its rounds here: on a SQLite file it writes through a connection of its own
+    (``sequencer._sqlite_writes``, with its own ``SQLITE_LOCK_WAIT_MS``), so on SQLite this
+    engine's writer is the witness submitter, storing cosignatures. Its connections wait
+    only briefly for the write lock: a submitter round that finds the database busy fails,
+    is logged and runs again next poll, rather than holding up shutdown behind a long
+    transaction."""
     engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
     if settings.is_sqlite:
 

@@ -98,7 +98,8 @@ async def register_citizen(
 ) -> Registered:
     """Register a citizen with a national id and the fields your department owns.
 
-    409 if a citizen with that national id is already registered.
+    409 if a citizen with that national id is already registered; 422 if `fields` names
+    `national_id` too (give it once, at the top level).
     """
     registered = await writes.register(records, caller, body.national_id, body.fields)
     response.headers["Location"] = f"/v1/citizens/{registered.id}"
@@ -198,7 +199,8 @@ async def write_fields(
 ) -> WriteOut:
     """Write fields your department owns, or that a `write` agreement delegates to it
     (then name that agreement's purpose). Send `If-Match` with the ETag you read: a stale
-    one gets 412 and nothing is written."""
+    one gets 412 and nothing is written. Writing `national_id` to one another citizen holds
+    is 409."""
     written = await writes.write(
         records,
         caller.for_purpose(body.purpose),

@@ -26,9 +26,14 @@ from service.etags import IfMatch
 from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import disclosure, repository, values
-from service.records.errors import NotPermitted, StaleVersion
+from service.records.errors import InvalidFieldValue, NotPermitted, StaleVersion
 from service.records.schemas import ErasureReason, Registered, WriteOut
-from service.records.service import RecordsService, now, registered_national_ids
+from service.records.service import (
+    RecordsService,
+    comparable_national_id,
+    now,
+    registered_national_ids,
+)
 from service.records.validation import NATIONAL_ID_FIELD, require_known, validated_values
 from service.records.validation import legal_basis as validated_legal_basis
 
@@ -101,6 +106,12 @@ async def register(
     records: RecordsService, facts: RequestFacts, national_id: str, fields: Mapping[str, Any]
 ) -> Registered:
     """A new citizen with the registrar's own fields; 409 if the national id exists."""
+    if NATIONAL_ID_FIELD in fields:
+        # Two national ids in one request: neither silently wins.
+        raise InvalidFieldValue(
+            "The national id is given once, at the top level, not among the fields.",
+            errors=[{"loc": ["fields", NATIONAL_ID_FIELD], "msg": "give the national id as national_id"}],
+        )
     started = now()
     async with records.transactions.connect() as conn:
         catalog, _policy = await records.snapshot(conn, facts)
@@ -128,13 +139,28 @@ async def register(
         # below sees every committed registration; on PostgreSQL an advisory lock on
         # the blind index does the same.
         await repository.insert_citizens(conn, [citizen_id], written_by, started)
-        wanted = values.normalise_for_index(clean[NATIONAL_ID_FIELD])
-        await lock_blind_indexes(conn, [records.keyring.blind_index(NATIONAL_ID_FIELD, wanted)])
-        if await registered_national_ids(conn, records.keyring, catalog, [wanted]):
-            raise Conflict("A citizen with that national id is already registered.")
+        await require_unregistered(records, conn, catalog, clean[NATIONAL_ID_FIELD], citizen_id)
         await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
         await audit_writer.append_in_transaction(conn, registered_entry(facts, catalog, citizen_id, clean))
     return Registered(id=citizen_id, status="active", version=1, fields=sorted(clean))
+
+
+async def require_unregistered(
+    records: RecordsService,
+    conn: AsyncConnection,
+    catalog: Catalog,
+    national_id: values.JsonValue,
+    citizen_id: str,
+) -> None:
+    """409 if a citizen other than ``citizen_id`` holds ``national_id``. Run in the writing
+    transaction after it holds SQLite's write lock (so every committed write is seen); on
+    PostgreSQL it first takes an advisory lock on the id's blind index until commit, so two
+    transactions storing the same id run one after the other."""
+    wanted = values.normalise_for_index(national_id)
+    await lock_blind_indexes(conn, [records.keyring.blind_index(NATIONAL_ID_FIELD, wanted)])
+    found = await registered_national_ids(conn, records.keyring, catalog, [wanted])
+    if found.get(comparable_national_id(wanted), citizen_id) != citizen_id:
+        raise Conflict("A citizen with that national id is already registered.")
 
 
 def registered_entry(
@@ -192,6 +218,9 @@ async def write(
             )
             if bumped is None:
                 raise StaleVersion("The record is not at the version you read; read it again.")
+            if NATIONAL_ID_FIELD in clean:
+                # As registration does, after the version bump took SQLite's write lock.
+                await require_unregistered(records, conn, catalog, clean[NATIONAL_ID_FIELD], citizen_id)
             versions = await store_values(
                 records, conn, catalog, citizen_id, clean, facts.principal.client_id, started
             )

@@ -1,0 +1,104 @@
+"""One national id, one citizen: registration and writes both refuse a national id another
+citizen holds (409), and a registration gives its national id once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from tests.records.conftest import RecordsEnv, as_
+from tests.records.test_citizens_api import problem
+
+REGISTRAR = as_("register", "registrar")
+REGISTER_WRITER = as_("register", "writer")
+WELFARE = as_("welfare", "consumer")
+
+
+def new_national_id() -> str:
+    return f"NI{uuid.uuid4().hex[:10].upper()}"
+
+
+async def set_national_id(env: RecordsEnv, citizen_id: str, national_id: str) -> httpx.Response:
+    return await env.client.patch(
+        f"/v1/citizens/{citizen_id}/fields",
+        json={"fields": {"national_id": national_id}, "reason": "corrected"},
+        headers=REGISTER_WRITER,
+    )
+
+
+async def holder(env: RecordsEnv, national_id: str) -> str | None:
+    """The citizen a lookup finds by ``national_id``, if any."""
+    response = await env.client.post(
+        "/v1/citizens/lookup",
+        json={"national_id": national_id, "purpose": "benefit-eligibility"},
+        headers=WELFARE,
+    )
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    found: str = response.json()["id"]
+    return found
+
+
+class TestWriteNationalId:
+    async def test_another_citizens_national_id_is_409_and_nothing_is_written(
+        self, records_env: RecordsEnv
+    ) -> None:
+        first, first_national_id = await records_env.register()
+        second, second_national_id = await records_env.register()
+        # Compared as registration compares: case and surrounding spaces do not matter.
+        response = await set_national_id(records_env, second, f" {first_national_id.lower()} ")
+        body = problem(response, 409)
+        assert body["type"].endswith("/conflict")
+        assert "already registered" in body["detail"]
+        assert first_national_id not in response.text
+        assert await holder(records_env, first_national_id) == first
+        assert await holder(records_env, second_national_id) == second
+
+    async def test_a_citizen_may_write_its_own_national_id_again(self, records_env: RecordsEnv) -> None:
+        citizen_id, national_id = await records_env.register()
+        response = await set_national_id(records_env, citizen_id, national_id.lower())
+        assert response.status_code == 200, response.text
+        assert await holder(records_env, national_id) == citizen_id
+
+    async def test_a_new_national_id_is_written(self, records_env: RecordsEnv) -> None:
+        citizen_id, old = await records_env.register()
+        new = new_national_id()
+        response = await set_national_id(records_env, citizen_id, new)
+        assert response.status_code == 200, response.text
+        assert await holder(records_env, new) == citizen_id
+        assert await holder(records_env, old) is None
+
+    async def test_racing_writes_and_a_registration_store_it_once(
+        self, committed_records_env: RecordsEnv
+    ) -> None:
+        env = committed_records_env
+        first, _ = await env.register()
+        second, _ = await env.register()
+        wanted = new_national_id()
+        register = env.client.post("/v1/citizens", json={"national_id": wanted}, headers=REGISTRAR)
+        answers = await asyncio.gather(
+            set_national_id(env, first, wanted), set_national_id(env, second, wanted), register
+        )
+        statuses = sorted(response.status_code for response in answers)
+        assert statuses in ([200, 409, 409], [201, 409, 409]), [r.text for r in answers]
+        winner = next(r for r in answers if r.status_code in (200, 201))
+        assert await holder(env, wanted) == winner.json()["id"]
+
+
+class TestRegisterNationalId:
+    async def test_a_national_id_among_the_fields_is_422(self, records_env: RecordsEnv) -> None:
+        top, among_fields = new_national_id(), new_national_id()
+        response = await records_env.client.post(
+            "/v1/citizens",
+            json={"national_id": top, "fields": {"national_id": among_fields, "given_name": "Twice"}},
+            headers=REGISTRAR,
+        )
+        body = problem(response, 422)
+        assert [e["loc"] for e in body["errors"]] == [["fields", "national_id"]]
+        assert top not in response.text
+        assert among_fields not in response.text
+        assert await holder(records_env, top) is None
+        assert await holder(records_env, among_fields) is None

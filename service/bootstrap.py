@@ -65,18 +65,25 @@ def production_overrides(settings: Settings) -> list[str]:
     return overrides
 
 
+def keys_in_token(settings: Settings) -> bool:
+    """With ``TELLONCE_KEY_PROVIDER=pkcs11`` there is no root key and the audit checkpoint
+    key is a key pair in the token (made there on first use): neither is a file."""
+    return settings.key_provider == "pkcs11"
+
+
 def missing_keys(settings: Settings) -> list[str]:
-    """The keys a production process needs and cannot find (development makes its own)."""
+    """The key files a production process needs and cannot find (development makes its own)."""
     if settings.allows_generated_keys:
         return []
     missing: list[str] = []
-    if settings.root_key is None and not settings.root_key_file.exists():
+    in_token = keys_in_token(settings)
+    if not in_token and settings.root_key is None and not settings.root_key_file.exists():
         missing.append(f"root key (TELLONCE_ROOT_KEY or {settings.root_key_file})")
     manifest = manifest_path(settings.data_dir)
     if not manifest.exists():
         missing.append(f"access-token signing key ({manifest.parent})")
     checkpoint_key = signing_key_path(settings)
-    if not checkpoint_key.exists():
+    if not in_token and not checkpoint_key.exists():
         missing.append(f"audit checkpoint key ({checkpoint_key})")
     return missing
 
@@ -186,9 +193,10 @@ async def _audit_created(settings: Settings, created: list[str]) -> None:
 
 
 def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[[str], None]) -> InitReport:
-    """Check the root key, create the missing signing keys, migrate; safe to run again."""
+    """Check the root key (or the token), create the missing signing keys, migrate; safe to
+    run again."""
     from service.audit.checkpoint import NoteSigner
-    from service.audit.config import AuditSettings, create_signing_key
+    from service.audit.config import AuditSettings, create_signing_key, load_signer
     from service.auth.keys import ensure_signing_key
     from service.crypto.errors import RootKeyUnavailable
     from service.crypto.providers import load_root_key
@@ -198,13 +206,27 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     if refusals:
         raise InitFailed("; ".join(refusals))
     report = InitReport()
+    in_token = keys_in_token(settings)
 
     def step(line: str) -> None:
         report.steps.append(line)
         say(line)
 
     # 1. The root key: every stored value is lost without it, so init never replaces one.
-    if settings.root_key is not None:
+    # With a PKCS#11 token there is none: the token holds the keys, and must open.
+    if in_token:
+        from service.crypto.hsm import open_token
+
+        try:
+            open_token(settings)
+        except RootKeyUnavailable as exc:
+            raise InitFailed(str(exc)) from None
+        step(f"key provider: PKCS#11 token {settings.pkcs11_token_label!r} (no root key)")
+        report.backup.append(
+            f"the PKCS#11 token {settings.pkcs11_token_label!r}: it holds the department keys and "
+            "the audit checkpoint key, which never leave it; back it up as your HSM provides"
+        )
+    elif settings.root_key is not None:
         source = "TELLONCE_ROOT_KEY"
     elif settings.root_key_file.exists():
         source = str(settings.root_key_file)
@@ -218,16 +240,17 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
             "`tellonce init --new-root-key` to create "
             f"{settings.root_key_file}"
         )
-    try:
-        load_root_key(settings)
-    except RootKeyUnavailable as exc:
-        raise InitFailed(str(exc)) from None
-    if not report.steps:
-        step(f"root key: present ({source})")
-    report.backup.append(
-        f"the root key ({source}): without it every stored value is unreadable; keep it apart from "
-        "database backups"
-    )
+    if not in_token:
+        try:
+            load_root_key(settings)
+        except RootKeyUnavailable as exc:
+            raise InitFailed(str(exc)) from None
+        if not report.steps:
+            step(f"root key: present ({source})")
+        report.backup.append(
+            f"the root key ({source}): without it every stored value is unreadable; keep it apart "
+            "from database backups"
+        )
 
     # 2. The access-token signing key.
     manifest = manifest_path(settings.data_dir)
@@ -236,16 +259,24 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     step(f"access-token signing key: {'present' if existed else 'created'} ({manifest.parent})")
     report.backup.append(f"{manifest.parent}/ (every replica needs the same folder)")
 
-    # 3. The audit checkpoint key (Ed25519 seed, base64, one line).
-    checkpoint_key = signing_key_path(settings)
-    created = create_signing_key(checkpoint_key)
-    step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
-    raw = base64.b64decode(checkpoint_key.read_bytes().strip(), validate=True)
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    # 3. The audit checkpoint key: an Ed25519 seed file (base64, one line), or a key pair
+    # in the token (made there by the first signer that asks for it, as here).
+    if in_token:
+        try:
+            signer = load_signer(settings, AuditSettings().origin)
+        except RootKeyUnavailable as exc:
+            raise InitFailed(str(exc)) from None
+        step("audit checkpoint key: in the PKCS#11 token")
+    else:
+        checkpoint_key = signing_key_path(settings)
+        created = create_signing_key(checkpoint_key)
+        step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
+        raw = base64.b64decode(checkpoint_key.read_bytes().strip(), validate=True)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    signer = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.from_private_bytes(raw))
+        signer = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.from_private_bytes(raw))
+        report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
     report.checkpoint_verifier_key = signer.verifier_key()
-    report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
 
     # 4. The schema.
     before = asyncio.run(_revisions(settings))
@@ -260,15 +291,16 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     if created_keys:
         asyncio.run(_audit_created(settings, created_keys))
 
-    # 5. A root key that does not open the stored KEKs would fail on the first read.
+    # 5. A root key (or token) that does not open the stored KEKs would fail on the first read.
+    opener = f"the PKCS#11 token {settings.pkcs11_token_label!r}" if in_token else "the root key"
     stored = asyncio.run(_stored_kek(settings))
     if stored is None:
         step("department keys: none stored yet (made on first use)")
     elif asyncio.run(_root_key_opens(settings, *stored)):
-        step(f"department keys: the root key opens them (checked {stored[0]} v{stored[1]})")
+        step(f"department keys: {opener} opens them (checked {stored[0]} v{stored[1]})")
     else:
         raise InitFailed(
-            f"the root key does not open the stored key of {stored[0]} v{stored[1]}: "
-            "this is not the root key this database was written with"
+            f"{opener} does not open the stored key of {stored[0]} v{stored[1]}: "
+            f"this is not {'the token' if in_token else 'the root key'} this database was written with"
         )
     return report

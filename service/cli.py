@@ -230,7 +230,8 @@ def init(
         False, "--new-root-key", help="Create root.key in the data directory if no root key is set."
     ),
 ) -> None:
-    """Prepare an installation: check the root key, create the signing keys, migrate.
+    """Prepare an installation: check the root key (or the PKCS#11 token), create the signing
+    keys, migrate.
 
     Safe to run again: it creates only what is missing and never replaces a key."""
     from service.bootstrap import InitFailed, initialise

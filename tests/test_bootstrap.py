@@ -22,6 +22,7 @@ from service.cli import app as cli_app
 from service.config import Settings, get_settings
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 from tests.fixtures.server import free_port
+from tests.fixtures.softhsm import make_token_store
 
 
 @pytest.fixture
@@ -118,6 +119,55 @@ class TestInit:
         code, _out, err = invoke("init")
         assert code == 1
         assert "the root key does not open the stored key of dvla" in err
+
+
+class TestInitWithToken:
+    """TELLONCE_KEY_PROVIDER=pkcs11: no root key, and the checkpoint key is in the token."""
+
+    def _init(self, token_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        # A process of its own: SoftHSM reads its token folder once per process.
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "init"],
+            env={**os.environ, **token_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def test_needs_no_key_file_but_the_access_token_key(
+        self, production_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        (tmp_path / "softhsm").mkdir()
+        token_env = make_token_store(tmp_path / "softhsm").env()
+        for name, value in token_env.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        refusal = startup_refusal(get_settings())
+        assert refusal is not None
+        assert "access-token signing key" in refusal
+        assert "root key" not in refusal
+        assert "audit checkpoint key" not in refusal
+
+        first = self._init(token_env)
+        assert first.returncode == 0, first.stderr
+        assert "no root key" in first.stdout
+        assert "audit checkpoint key: in the PKCS#11 token" in first.stdout
+        assert not (production_env / "root.key").exists()
+        assert not (production_env / "audit-checkpoint.key").exists()
+        assert startup_refusal(get_settings()) is None
+        # The verifier key given to auditors is the token's, the same in every process.
+        again = self._init(token_env)
+        assert again.returncode == 0, again.stderr
+        vkey_line = "audit checkpoint verifier key (give it to auditors): tellonce.example/audit+"
+        vkeys = {
+            line
+            for result in (first, again)
+            for line in result.stdout.splitlines()
+            if line.startswith(vkey_line)
+        }
+        assert len(vkeys) == 1, (first.stdout, again.stdout)
+        assert not (production_env / "audit-checkpoint.key").exists()
 
 
 class TestServeRefuses:

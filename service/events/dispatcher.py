@@ -78,7 +78,8 @@ class Dispatcher:
     ) -> None:
         self.runtime = runtime
         self.batch_size = batch_size
-        self._limit = asyncio.Semaphore(concurrency)
+        self._concurrency = max(1, concurrency)
+        self._limit = asyncio.Semaphore(self._concurrency)
         self._own_client = client is None
         # No redirects: a receiver must not bounce the service to another address.
         self.client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
@@ -106,8 +107,12 @@ class Dispatcher:
     # --- claims and attempts ----------------------------------------------------------
 
     def _lease(self) -> timedelta:
-        # Long enough for the POST to time out and the result to be written.
-        return timedelta(seconds=self.settings.webhook_timeout_seconds * 2 + 30)
+        # Long enough for every wave of the batch's POSTs (``concurrency`` at a time) to
+        # time out, and then some for the result to be written. A claim that still outlives
+        # its lease (a slow resolver or audit log, a stalled database) may be attempted again
+        # by another dispatcher: delivery is at least once, deduplicated on webhook-id.
+        waves = -(-self.batch_size // self._concurrency)
+        return timedelta(seconds=self.settings.webhook_timeout_seconds * (waves + 1) + 30)
 
     async def claim(self) -> list[repository.ClaimedDelivery]:
         async with self.runtime.engine.begin() as conn:
@@ -130,9 +135,9 @@ class Dispatcher:
             # Never let one batch stop the loop; what has no outcome yet counts as failed.
             logger.exception("webhook batch failed unexpectedly")
             for item in batch:
-                outcomes.setdefault(
-                    item.id, self._failure(item, f"internal error: {type(exc).__name__}", None)
-                )
+                # Only those without one: ``_failure`` counts a dead letter when it is made.
+                if item.id not in outcomes:
+                    outcomes[item.id] = self._failure(item, f"internal error: {type(exc).__name__}", None)
         await self._record(batch, outcomes)
         self.attempts_made += len(batch)
 
@@ -283,16 +288,20 @@ class Dispatcher:
         self, item: repository.ClaimedDelivery, body: str, secret: str, target: Pinned
     ) -> dict[str, Any]:
         message_id = webhook_id(item.id)
-        sent_at = utcnow()
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(sent_at.timestamp())),
-            "webhook-signature": Webhook(secret).sign(message_id, sent_at, body),
-            "user-agent": "tellonce-webhooks/1",
-            **target.headers,
-        }
         async with self._limit:
+            # Timestamped and signed when its turn to be sent comes, not when the batch was
+            # read: a receiver refuses a webhook-timestamp older than its tolerance (the
+            # Standard Webhooks libraries allow 5 minutes), and a delivery may wait here
+            # behind ``concurrency`` others for several timeouts.
+            sent_at = utcnow()
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": message_id,
+                "webhook-timestamp": str(int(sent_at.timestamp())),
+                "webhook-signature": Webhook(secret).sign(message_id, sent_at, body),
+                "user-agent": "tellonce-webhooks/1",
+                **target.headers,
+            }
             try:
                 response = await self.client.post(
                     target.url,

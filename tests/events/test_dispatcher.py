@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -99,6 +101,33 @@ class TestSignedDelivery:
         assert entry["purpose"] == "licence-administration"
         assert entry["decision"] == "permit"
         assert entry["source"] == receiver.url.removesuffix("/hooks/tellonce")
+
+    async def test_each_request_is_timestamped_when_its_turn_to_be_sent_comes(
+        self, dvla_hook: dict[str, Any], runtime: EventsRuntime, events_engine: AsyncEngine
+    ) -> None:
+        arrivals: list[tuple[float, httpx.Request]] = []
+
+        async def slow_receiver(request: httpx.Request) -> httpx.Response:
+            arrivals.append((time.time(), request))
+            await asyncio.sleep(1.5)
+            return httpx.Response(204)
+
+        http = httpx.AsyncClient(transport=httpx.MockTransport(slow_receiver))
+        one_at_a_time = Dispatcher(runtime, concurrency=1, client=http)
+        citizen = await add_citizen(events_engine)
+        for _ in range(2):
+            await emit(runtime, citizen, ["date_of_death"], "register")
+        try:
+            await one_at_a_time.run_once()
+        finally:
+            await one_at_a_time.aclose()
+            await http.aclose()
+        assert len(arrivals) == 2
+        # The second waited for the first's answer; its timestamp is when it left, not when
+        # the batch was read (a receiver refuses timestamps beyond its tolerance).
+        for arrived, request in arrivals:
+            assert arrived - int(request.headers["webhook-timestamp"]) < 1.5
+            Webhook(dvla_hook["secret"]).verify(request.content, dict(request.headers))
 
     async def test_events_of_other_fields_make_no_delivery(
         self,
@@ -267,6 +296,43 @@ class TestDeadLetters:
         assert delivered["status"] == "delivered"
         again = await api.post(f"/v1/subscriptions/{dvla_hook['id']}/redeliver")
         assert again.json() == {"requeued": 0}
+
+    async def test_a_batch_that_fails_unexpectedly_counts_each_dead_letter_once(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        runtime.settings = runtime.settings.model_copy(update={"webhook_max_attempts": 1})
+        dead: list[None] = []
+        dispatcher.on_dead = lambda: dead.append(None)
+        looked_up: list[str] = []
+        delivering = False
+
+        async def resolver(host: str, port: int) -> list[str]:
+            if not delivering:
+                return ["93.184.215.14"]
+            looked_up.append(host)
+            # The first receiver's address is refused (a dead letter, counted); looking up
+            # the second fails unexpectedly, which ends the batch.
+            if len(looked_up) == 1:
+                return ["0.0.0.0"]  # noqa: S104
+            raise RuntimeError("the resolver broke")
+
+        runtime.resolver = resolver
+        act_as(events_app, "dvla", "consumer")
+        first = await _subscribe(api, "https://hooks-a.example/in")
+        second = await _subscribe(api, "https://hooks-b.example/in")
+        delivering = True
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        deliveries = await _deliveries(api, first["id"]) + await _deliveries(api, second["id"])
+        errors = sorted((delivery["status"], delivery["last_error"].split(":")[0]) for delivery in deliveries)
+        assert errors == [("dead", "internal error"), ("dead", "target refused")]
+        # Two dead letters, each counted once.
+        assert len(dead) == 2
 
 
 class TestPolicyAtDelivery:

@@ -188,7 +188,9 @@ DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
 class DriverReads(Protocol):
-    """Read-only statements on the raw driver, on connections kept for the process's life.
+    """Statements on the raw driver, on connections kept for the process's life: the
+    per-request reads, and the shared rate limiter's ``rate_buckets`` upsert
+    (``service.auth.ratelimit``), which writes.
 
     ``sql`` uses ``?`` placeholders on every backend; rows come back as sequences."""
 

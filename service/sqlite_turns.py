@@ -17,9 +17,10 @@ from one first-come-first-served queue per database file and event loop, shared 
 engines of the process, and gives it back when that transaction ends. Only one of them could
 write at a time anyway; now they wait in order, each woken as the turn comes free, and
 SQLite's busy handler is left with the short waits behind the connections outside the queue
-(the audit writer's, the sequencer's and the import's own ``sqlite3`` connections, and other
-processes). A turn is given back as the COMMIT or ROLLBACK is sent: the next writer's first
-statement may wait in the busy handler for that commit to finish writing (milliseconds).
+(the audit writer's and the sequencer's own ``sqlite3`` connections, and other processes, a
+``tellonce import`` among them). A turn is given back as the COMMIT or ROLLBACK is sent: the
+next writer's first statement may wait in the busy handler for that commit to finish writing
+(milliseconds).
 
 A connection waits for its turn at most the service's busy timeout (10 s), then fails as
 SQLite would have ("database is locked"; a request answers 503).

@@ -6,7 +6,8 @@ that is an ORM session's connection or a long-lived Core connection on the hot p
 Hierarchy: the provider's root key wraps each department's KEK versions; a KEK wraps the
 data key of each (citizen, department); a data key encrypts that citizen's values.
 Data keys are made only here (``data_key_for_write``, ``new_data_keys``, and
-``data_keys_ahead`` for a bulk import on SQLite).
+``data_keys_ahead`` for a bulk import: ids guessed on SQLite, drawn from the sequence on
+PostgreSQL with ``draw_data_key_ids``).
 
 Over 400 lines for a reason: KEKs and data keys share the unwrap cache, the provider and
 the key-event hook, and each half needs the other's internals.
@@ -80,10 +81,6 @@ class DataKeysAhead:
     ids: list[int]
     keys: list[DataKey]
     rows: list[tuple[Any, ...]]
-
-    @property
-    def first_id(self) -> int:
-        return self.ids[0]
 
     @property
     def next_id(self) -> int:
@@ -411,7 +408,8 @@ class Keyring:
         self, conn: AsyncConnection, citizen_ids: Sequence[str], department: str
     ) -> dict[str, DataKey]:
         """``data_key_for_write`` for many citizens of one department (a bulk import):
-        their active keys in one query, and one insert for those who have none.
+        their active keys in one query per 500 citizens, and one insert for those who have
+        none.
 
         Raises ``CitizenShredded`` if any of them had their keys shredded."""
         wanted = list(dict.fromkeys(citizen_ids))

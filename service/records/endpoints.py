@@ -254,7 +254,8 @@ async def erase_citizen(
         Query(min_length=1, max_length=63, description="Your erase agreement's purpose (not the owner)."),
     ] = None,
 ) -> Response:
-    """Erase a citizen by destroying their data keys. Later reads get 410; the audit stays.
+    """Erase a citizen by destroying their data keys. Later reads get 410 (404 from a
+    caller that may not know the citizen existed); the audit stays.
 
     Only the department that owns `national_id` erases, or one holding an `erase`
     agreement on `national_id` (naming its purpose); anyone else gets 403."""

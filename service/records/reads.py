@@ -109,7 +109,8 @@ async def _decide_found(
     return _Decided(citizen, context, decisions, allowed)
 
 
-# The status a readable citizen has; what the one-statement read assumes, then checks.
+# The status the one-statement read assumes, then checks: the usual one. A citizen found
+# with another (deceased is readable too) is decided again for that status.
 ACTIVE = "active"
 
 

@@ -13,12 +13,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, utcnow
 
-# KEK states: active (wraps new data keys; exactly one per department), decrypt_only
+# KEK statuses: active (wraps new data keys; exactly one per department), decrypt_only
 # (still unwraps data keys not yet rewrapped), retired (unused, wrapped bytes destroyed).
-KEK_STATUSES = ("active", "decrypt_only", "retired")
-# Data-key states: active (the citizen's key for that department), replaced (a
+# Data-key statuses: active (the citizen's key for that department), replaced (a
 # re-encryption is moving its values), destroyed (replaced, then wiped), shredded (erased).
-DATA_KEY_STATUSES = ("active", "replaced", "destroyed", "shredded")
 
 _ID = BigInteger().with_variant(Integer, "sqlite")
 

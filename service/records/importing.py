@@ -111,7 +111,6 @@ class ImportReport:
     when resumed; ``elapsed`` and ``rows_this_run`` only this run."""
 
     counts: ImportCounts
-    total_rows: int
     resumed_after_line: int = 0
     already_finished: bool = False
     rows_this_run: int = 0
@@ -417,7 +416,7 @@ async def run_import(
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ValueError(f"a batch is 1 to {MAX_BATCH_SIZE} rows")
     importer = _Importer(engine, keyring, plan, actor)
-    report = ImportReport(ImportCounts(), plan.scanned.rows)
+    report = ImportReport(ImportCounts())
     department, mode, digest = plan.department, plan.mode, plan.scanned.sha256
     async with engine.begin() as conn:
         earlier = await import_progress.import_run(conn, department, mode, digest)

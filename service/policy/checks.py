@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, get_args
+from datetime import UTC, datetime
+from typing import Annotated, Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from service.catalog.schemas import Catalog, Identifier
@@ -145,6 +145,25 @@ def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str
     return f"{label}: {message[:1].lower()}{message[1:]}"
 
 
+# Each part's own validator: a part that passed is judged by its parsed value (a date, not
+# the number or text it was sent as), like the rest of an agreement that passed whole.
+_PART_VALIDATORS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(info.rebuild_annotation())
+    for name, info in AgreementSpec.model_fields.items()
+    if name in _STAND_INS
+}
+
+
+def _parsed_parts(parts: Mapping[str, Any]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for name, value in parts.items():
+        try:
+            parsed[name] = _PART_VALIDATORS[name].validate_python(value)
+        except ValidationError:
+            continue  # passed within the whole, so not expected; judged as its stand-in
+    return parsed
+
+
 def check_body(
     body: Mapping[str, Any],
     owner: str,
@@ -174,7 +193,7 @@ def check_body(
         for error in exc.errors():
             failed.add(str(error["loc"][0]) if error["loc"] else "")
             problems.append((tuple(error["loc"]), shape_message(error, parts)))
-        kept = {k: v for k, v in body.items() if k in _STAND_INS and k not in failed}
+        kept = _parsed_parts({k: v for k, v in body.items() if k in _STAND_INS and k not in failed})
         spec = AgreementSpec.model_construct(**(_STAND_INS | kept))
         reason = ""
     if agreement_id is not None and "id" not in failed and spec.id != agreement_id:
@@ -197,6 +216,15 @@ def check_body(
 MAX_DRAFTS = 1000
 
 
+def _in_utc(moment: datetime) -> datetime:
+    # A time zone is required (the store keeps UTC), and the instant must exist in UTC:
+    # 9999-12-31T23:59:59-12:00 does not.
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
+
+
 class _Simulation(BaseModel):
     """The envelope of a ``POST /v1/policies/simulate`` body; each draft in ``upsert`` is
     checked as an agreement by ``check_body``."""
@@ -205,7 +233,7 @@ class _Simulation(BaseModel):
 
     upsert: list[Any] = Field(default_factory=list, max_length=MAX_DRAFTS)
     remove: list[Identifier] = Field(default_factory=list, max_length=MAX_DRAFTS)
-    since: datetime | None = None
+    since: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
 
 
 _SIMULATION_PARTS = "upsert, remove and since"
@@ -225,7 +253,7 @@ def _simulation_message(error: ErrorDetails) -> str:
     if part == "remove":
         return f"{error.get('input')!r} is not an agreement id"
     if part == "since":
-        return "since must be a date and time, like 2026-11-01T00:00:00Z"
+        return "since must be a date and time with a time zone, like 2026-11-01T00:00:00Z"
     message = str(error["msg"])
     return f"{part}: {message[:1].lower()}{message[1:]}"
 
@@ -234,7 +262,8 @@ def _simulation_message(error: ErrorDetails) -> str:
 class CheckedSimulation:
     """A simulate body read: the drafts (as sent, each a mapping), the ids to remove and
     the window start, or every problem with the envelope and with each draft's shape
-    (``check_draft`` judges a draft once its owner is known)."""
+    (``check_body``, called by ``agreements.simulate_draft``, judges a draft once its
+    owner is known)."""
 
     drafts: list[tuple[int, Mapping[str, Any]]]
     remove: list[str]

@@ -196,6 +196,37 @@ class TestWriteAgreements:
         assert all(set(e) == {"loc", "msg"} for e in problem["errors"])
         assert (await client.get("/v1/policies/points-for-revenue")).status_code == 404
 
+    async def test_dates_that_passed_are_judged_as_dates_when_another_part_failed(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        # A number is a date to the schema (seconds since 1970: 2027-01-01), text is too.
+        dates = {"valid_from": 1798761600, "valid_until": "2027-06-01"}
+        expected = [
+            (
+                ["body", "id"],
+                "the agreement id must be lower-case letters, digits and hyphens, starting with a letter",
+            )
+        ]
+        created = await client.post("/v1/policies", json={**NEW_AGREEMENT, "id": "BAD", **dates})
+        problem = assert_problem(created, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == expected
+        replaced = await client.put(
+            "/v1/policies/licence-for-revenue",
+            json={**NEW_AGREEMENT, "id": "BAD", "fields": ["licence_status"], **dates},
+            headers={"If-Match": '"1"'},
+        )
+        assert_problem(replaced, 422, "validation-failed")
+        simulated = await client.post(
+            "/v1/policies/simulate", json={"upsert": [{**NEW_AGREEMENT, "id": "BAD", **dates}]}
+        )
+        assert_problem(simulated, 422, "validation-failed")
+        # And the order of the dates is still judged.
+        backwards = {"valid_from": 1798761600, "valid_until": "2026-06-01", "effect": "allow"}
+        response = await client.post("/v1/policies", json={**NEW_AGREEMENT, **backwards})
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [e["loc"] for e in problem["errors"]] == [["body", "valid_until"], ["body", "effect"]]
+
     async def test_a_replacement_hears_every_problem_at_once(
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:
@@ -551,7 +582,7 @@ class TestSimulate:
         problem = assert_problem(response, 422, "validation-failed")
         assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
             (["body", "remove", 0], "'Not An Id' is not an agreement id"),
-            (["body", "since"], "since must be a date and time, like 2026-11-01T00:00:00Z"),
+            (["body", "since"], "since must be a date and time with a time zone, like 2026-11-01T00:00:00Z"),
             (
                 ["body", "colour"],
                 "a simulation has no part called 'colour'; its parts are upsert, remove and since",
@@ -571,6 +602,22 @@ class TestSimulate:
             (["body", "upsert", 2], "each draft must be an agreement: a mapping of its parts"),
             (["body", "upsert", 3, "legal_basis"], "a permit needs a legal basis"),
         ]
+
+    @pytest.mark.parametrize("since", ["2026-11-01T00:00:00", "9999-12-31T23:59:59-12:00"])
+    async def test_since_without_a_time_zone_or_past_the_last_instant_is_422(
+        self, app: FastAPI, client: httpx.AsyncClient, since: str
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        body = {"upsert": [NEW_AGREEMENT], "since": since}
+        response = await client.post("/v1/policies/simulate", json=body)
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (["body", "since"], "since must be a date and time with a time zone, like 2026-11-01T00:00:00Z"),
+        ]
+        aware = await client.post(
+            "/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT], "since": "2026-11-01T00:00:00-12:00"}
+        )
+        assert aware.status_code == 200, aware.text
 
     async def test_a_list_that_is_not_one(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         act_as(app, "dvla", "data-owner")

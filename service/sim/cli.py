@@ -176,7 +176,9 @@ def demo(
         render(console, report)
         console.print()
         console_available = _answers(f"{base_url}/console/sign-in")
-        for line in government.sign_in_lines(prepared, base_url, console_available=console_available):
+        for line in government.sign_in_lines(
+            settings, prepared, base_url, console_available=console_available
+        ):
             console.print(line, soft_wrap=True, highlight=False, markup=False)
         if exit_after_report:
             return

@@ -182,7 +182,9 @@ async def run(
     return report
 
 
-def sign_in_lines(prepared: Prepared, base_url: str, *, console_available: bool) -> list[str]:
+def sign_in_lines(
+    settings: Settings, prepared: Prepared, base_url: str, *, console_available: bool
+) -> list[str]:
     owner = prepared.clients.owners["dvla"]
     auditor = prepared.clients.auditor
     lines = [f"API: {base_url}   docs: {base_url}/docs"]
@@ -192,7 +194,7 @@ def sign_in_lines(prepared: Prepared, base_url: str, *, console_available: bool)
     lines.append(
         f"auditor (audit-office): client_id {auditor.client_id}  client_secret {auditor.client_secret}"
     )
-    lines.append("every demo client's credentials: ./.tellonce/clients.json")
+    lines.append(f"every demo client's credentials: {settings.data_dir / CLIENTS_FILE}")
     return lines
 
 

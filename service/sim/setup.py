@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from service.auth import service as auth_service
 from service.config import Settings
 from service.db import Database
 from service.sim.client import Credentials
-from service.sim.population import Person, people
+from service.sim.population import Person
 
 CLIENTS_FILE = "clients.json"
 POPULATION_FILE = "population.json"
@@ -166,10 +166,3 @@ def person_fields(person: Person) -> dict[str, object]:
     for owned in person.owned.values():
         fields.update(owned)
     return fields
-
-
-ProgressCallback = Callable[[int], None]
-
-
-def population(count: int, seed: int) -> list[Person]:
-    return list(people(count, seed))

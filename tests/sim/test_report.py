@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from service.audit.value import value_by_owner
+from service.config import Settings
+from service.sim.client import Credentials
+from service.sim.government import Prepared, sign_in_lines
 from service.sim.report import AuditSummary, DemoReport, render
+from service.sim.setup import DemoClients
 from service.sim.tally import Denial, Tally
 
 
@@ -100,3 +105,15 @@ class TestRender:
         text = _rendered(report)
         assert "audit NOT verified: entry 7 at leaf 6 was changed" in text
         assert "audit verified:" not in text
+
+
+class TestSignInLines:
+    def test_names_the_clients_file_in_the_configured_data_directory(self, tmp_path: Path) -> None:
+        owner = Credentials("dvla", ("data-owner",), "dvla-owner", "owner-secret")
+        auditor = Credentials("audit-office", ("auditor",), "auditor", "auditor-secret")
+        prepared = Prepared(DemoClients({}, {"dvla": owner}, auditor), [], [], 7, tmp_path / "policies", {})
+        data = tmp_path / "elsewhere"
+        lines = sign_in_lines(
+            Settings(data_dir=data), prepared, "http://127.0.0.1:8000", console_available=False
+        )
+        assert lines[-1] == f"every demo client's credentials: {data / 'clients.json'}"

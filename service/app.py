@@ -96,7 +96,12 @@ def hot_routes() -> list[HotRoute]:
     ]
 
 
-# Background parts that live as long as the app (audit writer, sequencer, dispatcher).
+# What lives as long as the app, entered in this order and closed in reverse: the schema
+# gate (checks the schema in the background; the loops below wait for it), the raw-driver
+# reads, the compiled-policy holder, the auth runtime (token issuer and verifier), the
+# audit writer with, unless ``run_workers`` is false, the sequencer and (when witnesses
+# are configured) the witness submitter, the records read store, and the events runtime
+# with its PostgreSQL wake-ups and, unless ``run_workers`` is false, the webhook dispatcher.
 Lifecycle = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 LIFECYCLES: list[Lifecycle] = []
 LIFECYCLES.append(schema_lifecycle)
@@ -172,7 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     name_route_templates(app)
     # The hottest routes, inside the middleware below (``service.hotpath``).
     app.add_middleware(HotRoutes, routes=hot_routes())
-    # Outermost first: the request id must exist before the body limit can refuse.
+    # add_middleware puts each new layer outside the ones before it, so the request context
+    # (added last) is the outer one: the request id exists before the body limit can refuse.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     # The layers the hot routes skip when served in front of them: Starlette's and FastAPI's

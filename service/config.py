@@ -107,13 +107,13 @@ class Settings(BaseSettings):
         return SecretStr(raw)
 
     @model_validator(mode="after")
-    def _production_needs_keys(self) -> Settings:
+    def _pkcs11_settings_complete(self) -> Settings:
+        """In every environment: a token cannot be opened without its module, label and PIN."""
         if self.key_provider == "pkcs11":
             if not self.pkcs11_module or not self.pkcs11_token_label:
                 raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_MODULE and _TOKEN_LABEL")
             if self.pkcs11_pin is None and self.pkcs11_pin_file is None:
                 raise ValueError("TELLONCE_KEY_PROVIDER=pkcs11 needs TELLONCE_PKCS11_PIN or _PIN_FILE")
-            return self
         return self
 
     @model_validator(mode="after")

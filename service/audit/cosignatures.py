@@ -126,18 +126,14 @@ async def witnessed_at(db: Executor, checkpoint_id: int) -> datetime | None:
     return _aware((await db.execute(statement)).scalar())
 
 
-async def newest_witnessed(
-    db: Executor, max_size: int | None = None
-) -> tuple[CheckpointRow, datetime] | None:
-    """The largest checkpoint that reached the quorum (at most ``max_size``), and when."""
+async def newest_witnessed(db: Executor) -> tuple[CheckpointRow, datetime] | None:
+    """The largest checkpoint that reached the quorum, and when."""
     statement = (
         select(*_CHECKPOINT_COLUMNS, AuditWitnessedCheckpoint.witnessed_at)
         .join(AuditWitnessedCheckpoint, AuditWitnessedCheckpoint.checkpoint_id == AuditCheckpoint.id)
         .order_by(AuditWitnessedCheckpoint.tree_size.desc(), AuditCheckpoint.id.desc())
         .limit(1)
     )
-    if max_size is not None:
-        statement = statement.where(AuditWitnessedCheckpoint.tree_size <= max_size)
     row = (await db.execute(statement)).first()
     if row is None:
         return None

@@ -160,21 +160,6 @@ async def page_entries(
     ]
 
 
-async def page_sequenced(db: Executor, after_leaf: int, limit: int) -> list[tuple[int, int, str]]:
-    """(leaf index, entry id, canonical JSON) in leaf order, for verification and export."""
-    statement = (
-        select(AuditLeaf.leaf_index, AuditLeaf.entry_id, AuditEntryRow.canonical)
-        .outerjoin(AuditEntryRow, AuditEntryRow.id == AuditLeaf.entry_id)
-        .where(AuditLeaf.leaf_index > after_leaf)
-        .order_by(AuditLeaf.leaf_index)
-        .limit(limit)
-    )
-    return [
-        (int(leaf), int(entry_id), "" if canonical is None else str(canonical))
-        for leaf, entry_id, canonical in await db.execute(statement)
-    ]
-
-
 # Below every leaf index: the first page of a verification has no lower bound.
 FIRST_LEAF = -(2**63)
 

@@ -134,16 +134,14 @@ def cosigned_note(note: str, lines: dict[str, str], order: Sequence[str] = ()) -
     return note + "".join(lines[name] for name in names)
 
 
-async def witnessed_checkpoint_note(db: Executor, config: WitnessConfig, max_size: int | None = None) -> str:
+async def witnessed_checkpoint_note(db: Executor, config: WitnessConfig) -> str:
     """The newest checkpoint at quorum as one note: the log's line and every cosignature.
 
     Without witnesses configured, the newest signed checkpoint as it is.
     """
     if not config.enabled:
-        if max_size is None:
-            return await proofs.checkpoint_note(db)
-        raise NoCheckpoint("No witnesses are configured.")
-    found = await cosignature_repository.newest_witnessed(db, max_size)
+        return await proofs.checkpoint_note(db)
+    found = await cosignature_repository.newest_witnessed(db)
     if found is None:
         raise NoCheckpoint("No checkpoint has reached the witness quorum yet.")
     checkpoint, _at = found

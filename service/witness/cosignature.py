@@ -125,9 +125,6 @@ class CosignatureVerifier:
         name, key, public_key = parse_vkey(vkey, COSIGNATURE_ALGORITHM, "witness key", CosignatureError)
         return cls(name=name, key_id=key, public_key=public_key)
 
-    def vkey(self) -> str:
-        return vkey_text(self.name, COSIGNATURE_ALGORITHM, self.public_key)
-
     def find(self, body: str, lines: list[str]) -> Cosignature | None:
         """This witness's cosignature among ``lines`` over ``body``; None if it has none.
 

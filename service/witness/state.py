@@ -46,9 +46,7 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class Cosigned:
-    size: int
     cosignature: str  # one signature line, newline-terminated
-    note: str  # the submitted note with the cosignature appended
 
 
 class WitnessState:
@@ -151,4 +149,4 @@ class WitnessState:
             "note = excluded.note, cosigned_at = excluded.cosigned_at",
             (checkpoint.origin, checkpoint.size, checkpoint.root_hash, note, timestamp),
         )
-        return Cosigned(size=checkpoint.size, cosignature=line, note=note)
+        return Cosigned(cosignature=line)

@@ -1,11 +1,12 @@
 """The owner's check of every release of its fields on the live log.
 
-The same check as ``tellonce audit check-releases`` on an exported bundle, through the
-same service function (``service.audit.service.check_stored_releases``): the whole log is
-verified, and every release of the owner's fields to another department is decided again
-from what its entry records, against the agreement version it cites, signed by the key
-the owner gives. The form starts with the key the catalog in force holds; an owner who
-does not trust the operator pastes the key it keeps itself, as it would on the command line.
+The same check as ``tellonce audit check-releases`` on an exported bundle: the CLI runs
+``check_bundle_releases`` over the bundle and this page ``check_stored_releases`` over the
+stored log, both with the same ``ReleaseChecker``. The whole log is verified, and every
+release of the owner's fields to another department is decided again from what its entry
+records, against the agreement version it cites, signed by the key the owner gives. The
+form starts with the key the catalog in force holds; an owner who does not trust the
+operator pastes the key it keeps itself, as it would on the command line.
 """
 
 from __future__ import annotations

@@ -103,10 +103,16 @@ async def read_feed(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     wait: Annotated[float, Query(ge=0, le=events_feed.MAX_WAIT_SECONDS)] = 0,
 ) -> FeedPage:
-    """Changes to fields your department subscribed to and may still subscribe to now.
+    """The events of your department's subscriptions, oldest first: changes to fields it
+    subscribed to and may still subscribe to now, changes to citizens' consents to its own
+    agreements (`consent.changed`), and, for the citizen portal, access notices
+    (`access.recorded`).
 
-    Each item names a citizen, the fields that changed and their owner, never a value:
-    read values with `GET /v1/citizens/{id}` and a purpose. With `wait` (at most 30 s) the
-    call holds until a change arrives. Pass the returned `cursor` as `after` next time.
+    Never a value. A field change names a citizen, the fields that changed and their
+    owner: read values with `GET /v1/citizens/{id}` and a purpose. A consent change names
+    the consent, the agreement, its fields and purpose and the new status; an access notice
+    names the department, what it did, the fields and the purpose. With `wait` (at most
+    30 s) the call holds until an event arrives. Pass the returned `cursor` as `after` next
+    time.
     """
     return await events_feed.read_feed(runtime, consumer, after=after, limit=limit, wait=wait)

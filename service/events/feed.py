@@ -31,7 +31,8 @@ _FEED_BATCH = 500
 @dataclass
 class _FeedScan:
     items: list[EventData | AccessNotice | ConsentChanged]
-    # (citizen, owner, purpose) -> audit entry, for each event released in this read.
+    # The audit entries of this read, in order: one per (citizen, owner, purpose) of each
+    # field change released, and one per consent change or access notice told.
     entries: list[AuditEntry]
     cursor: int
     # True when the scan stopped at its budget with more of the outbox still to read.
@@ -167,7 +168,9 @@ async def read_feed(
 
     With ``wait`` the call holds until an event arrives or ``wait`` seconds pass: a commit
     in this process wakes it at once; commits in other processes are seen within the poll
-    interval. Every event returned is audited (action ``feed``) before the response.
+    interval. Every event returned is audited before the response: a field change or a
+    consent change as ``feed``, an access notice as ``access-log`` (the portal reading a
+    line of the citizen's access log).
     """
     position = decode_position(after, ["query", "after"]) if after else None
     deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)

@@ -29,7 +29,9 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         clock=lambda: app.state.clock(),
     )
     app.state.events = runtime
-    # What the records write path passes to ``events_service.notify`` after a commit.
+    # What ``events_service.notify(app.state)`` wakes after a commit (the consent and cases
+    # endpoints and the console pass the app's state; the records write path calls it
+    # with no argument and wakes the process-wide notifier, which this runtime uses too).
     app.state.events_notifier = runtime.notifier
     stop = asyncio.Event()
     dispatcher: Dispatcher | None = None

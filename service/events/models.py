@@ -1,10 +1,12 @@
 """The outbox of events, subscriptions, webhook deliveries, and the access-notice worker's place.
 
-Two kinds of event share the outbox: a change to a citizen's fields
-(``citizen.fields_changed``), and an access notice (``access.recorded``): a department
-read, verified or looked up a citizen, for a purpose. No table here holds a field value:
-an event names the citizen (by pseudonymous id) and field names; a consumer that wants
-the values reads them with a purpose.
+Three kinds of event share the outbox: a change to a citizen's fields
+(``citizen.fields_changed``); an access notice (``access.recorded``): a department read,
+verified or looked up a citizen, for a purpose; and a consent change
+(``consent.changed``): a citizen gave, paused, resumed or revoked consent to one of a
+consumer's agreements. No table here holds a field value: an event names the citizen (by
+pseudonymous id) and field names; a consumer that wants the values reads them with a
+purpose.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ CONSENT_CHANGED = "consent.changed"
 
 class OutboxEvent(Base):
     """One change to one citizen's fields of one owner, written in the change's transaction;
-    or one access notice, written by the notice worker from the audit log."""
+    one access notice, written by the notice worker from the audit log; or one change to a
+    citizen's consent, written in the consent's transaction."""
 
     __tablename__ = "event_outbox"
     __table_args__ = (
-        # Fan-out and the feed read one type after a position, past the other type's rows.
+        # Fan-out and the feed read one type after a position, past the other types' rows.
         Index("ix_event_outbox_type_position", "type", "position"),
         # AUTOINCREMENT on SQLite: a position is never reused, even after the newest row goes.
         {"sqlite_autoincrement": True},
@@ -45,7 +48,8 @@ class OutboxEvent(Base):
     owner: Mapped[str] = mapped_column(String(63))
     occurred_at: Mapped[datetime] = mapped_column()
     type: Mapped[str] = mapped_column(String(32), server_default=text(f"'{FIELDS_CHANGED}'"))
-    # An access notice's department, action, purpose, basis and disclosure (never a value).
+    # An access notice's department, action, purpose, basis and disclosure; a consent
+    # change's consent id, agreement, consumer, purpose and status (never a value).
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
@@ -60,7 +64,8 @@ class Subscription(Base):
     fields: Mapped[list[str]] = mapped_column(JSON)
     purpose: Mapped[str] = mapped_column(String(63))
     webhook_url: Mapped[str | None] = mapped_column(String(2048), default=None)
-    # The whsec_ signing secret, AES-GCM encrypted under a key derived from the root key.
+    # The whsec_ signing secret, AES-GCM encrypted under a key derived from the root key,
+    # or with TELLONCE_KEY_PROVIDER=pkcs11 under a key in the PKCS#11 token (secrets.py).
     secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     # The outbox head when the subscription was made: only later changes are told.
     start_position: Mapped[int] = mapped_column(Position)
@@ -69,17 +74,16 @@ class Subscription(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
-    # What it is told of: field changes (fields and purpose), or access notices (neither).
+    # What it is told of: field changes (fields and purpose), or access notices or consent
+    # changes (neither).
     type: Mapped[str] = mapped_column(String(32), server_default=text(f"'{FIELDS_CHANGED}'"))
-
-
-DELIVERY_STATUSES = ("pending", "delivered", "dead", "withheld", "cancelled")
 
 
 class Delivery(Base):
     """One event for one webhook subscription, and how its attempts went.
 
-    The id is the stable ``webhook-id`` of every attempt, so a receiver can de-duplicate.
+    Every attempt carries the same ``webhook-id``, ``msg_`` and the hex of this id, so a
+    receiver can de-duplicate.
     """
 
     __tablename__ = "event_deliveries"
@@ -92,6 +96,7 @@ class Delivery(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     subscription_id: Mapped[str] = mapped_column(ForeignKey("event_subscriptions.id"))
     event_position: Mapped[int] = mapped_column(Position, ForeignKey("event_outbox.position"))
+    # pending, delivered, dead, withheld or cancelled.
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column()
@@ -108,9 +113,11 @@ class Delivery(Base):
 class NoticeState(Base):
     """One row: the last audit entry the access-notice worker has turned into notices.
 
-    The worker locks it (UPDATE first) for each round, so rounds run one at a time and
-    an entry becomes at most one notice; the notices and the new position commit together,
-    so it becomes at least one."""
+    A round reads the position and works out its notices without the lock. To write them
+    it locks this row (UPDATE first) and goes on only if the position is still the one it
+    read, so an entry becomes at most one notice; the notices and the new position commit
+    together, so it becomes at least one. A round with nothing to add moves the position
+    with one conditional UPDATE (only from the position it read), committed by itself."""
 
     __tablename__ = "access_notice_state"
 

@@ -148,8 +148,8 @@ async def notify_on_commit(conn: AsyncConnection) -> None:
 
 
 async def insert_events(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Outbox rows (event_id, citizen_id, fields, owner, occurred_at; an access notice also
-    type and detail) in one executemany, positioned in their order."""
+    """Outbox rows (event_id, citizen_id, fields, owner, occurred_at; an access notice or a
+    consent change also type and detail) in one executemany, positioned in their order."""
     if rows:
         await conn.execute(insert(OutboxEvent), list(rows))
 

@@ -2,8 +2,9 @@
 
 The service must sign every delivery, so it cannot keep just a hash of the secret as it
 does for client secrets. It keeps the secret under AES-256-GCM with a key derived (HKDF)
-from the root key; the subscription id is the associated data, so a ciphertext copied to
-another subscription does not decrypt.
+from the root key or, with ``TELLONCE_KEY_PROVIDER=pkcs11``, with a key kept in the
+PKCS#11 token (``service.crypto.hsm.TokenSecretBox``); either way the subscription id is
+the associated data, so a ciphertext copied to another subscription does not decrypt.
 """
 
 from __future__ import annotations

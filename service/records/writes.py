@@ -117,8 +117,9 @@ async def register(
         catalog, _policy = await records.snapshot(conn, facts)
     clean = validated_values(catalog, {NATIONAL_ID_FIELD: national_id, **fields}, "fields")
     foreign = sorted(n for n in clean if (s := catalog.field(n)) and s.owner != facts.department)
-    if foreign:
-        entry = records.entry(
+
+    def refusal(status: int) -> AuditEntry:
+        return records.entry(
             facts,
             "register",
             citizen_id=None,
@@ -126,22 +127,31 @@ async def register(
             requested=list(clean),
             released=[],
             decisions={},
-            status=403,
+            status=status,
             decision="deny",
         )
+
+    if foreign:
         await records.refuse(
-            entry, Forbidden(f"A registrar sets only its own department's fields, not: {', '.join(foreign)}")
+            refusal(403),
+            Forbidden(f"A registrar sets only its own department's fields, not: {', '.join(foreign)}"),
         )
     citizen_id = str(uuid.uuid4())
     written_by = facts.principal.client_id
-    async with records.transactions.begin() as conn:
-        # Insert first: on SQLite that takes the write lock, so the duplicate check
-        # below sees every committed registration; on PostgreSQL an advisory lock on
-        # the blind index does the same.
-        await repository.insert_citizens(conn, [citizen_id], written_by, started)
-        await require_unregistered(records, conn, catalog, clean[NATIONAL_ID_FIELD], citizen_id)
-        await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
-        await audit_writer.append_in_transaction(conn, registered_entry(facts, catalog, citizen_id, clean))
+    try:
+        async with records.transactions.begin() as conn:
+            # Insert first: on SQLite that takes the write lock, so the duplicate check
+            # below sees every committed registration; on PostgreSQL an advisory lock on
+            # the blind index does the same.
+            await repository.insert_citizens(conn, [citizen_id], written_by, started)
+            await require_unregistered(records, conn, catalog, clean[NATIONAL_ID_FIELD], citizen_id)
+            await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
+            entry = registered_entry(facts, catalog, citizen_id, clean)
+            await audit_writer.append_in_transaction(conn, entry)
+    except Conflict as duplicate:
+        # Rolled back: audited as a refused attempt, once the transaction is over (the
+        # audit writer waits for SQLite's write lock, which it held).
+        await records.refuse(refusal(duplicate.status), duplicate)
     return Registered(id=citizen_id, status="active", version=1, fields=sorted(clean))
 
 

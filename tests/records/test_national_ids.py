@@ -14,6 +14,7 @@ from tests.records.test_citizens_api import problem
 REGISTRAR = as_("register", "registrar")
 REGISTER_WRITER = as_("register", "writer")
 WELFARE = as_("welfare", "consumer")
+AUDITOR = as_("audit-office", "auditor")
 
 
 def new_national_id() -> str:
@@ -89,6 +90,23 @@ class TestWriteNationalId:
 
 
 class TestRegisterNationalId:
+    async def test_a_duplicate_is_409_and_audited_as_a_refused_attempt(self, records_env: RecordsEnv) -> None:
+        _, national_id = await records_env.register()
+        response = await records_env.client.post(
+            "/v1/citizens",
+            json={"national_id": national_id, "fields": {"given_name": "Again"}},
+            headers=REGISTRAR,
+        )
+        problem(response, 409)
+        listed = await records_env.client.get(
+            "/v1/audit/entries", params={"action": "register", "decision": "deny"}, headers=AUDITOR
+        )
+        assert listed.status_code == 200, listed.text
+        refusals = [item["entry"] for item in listed.json()["items"]]
+        assert [(e["status"], e["citizen_id"], e["fields_released"]) for e in refusals] == [(409, None, [])]
+        assert sorted(refusals[0]["fields_requested"]) == ["given_name", "national_id"]
+        assert national_id not in listed.text
+
     async def test_a_national_id_among_the_fields_is_422(self, records_env: RecordsEnv) -> None:
         top, among_fields = new_national_id(), new_national_id()
         response = await records_env.client.post(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from service.auth import service as auth_service
@@ -41,7 +43,27 @@ from service.db import SessionDep
 from service.errors import NotFound
 
 logger = logging.getLogger("tellonce.console")
-router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+
+@asynccontextmanager
+async def console_lifecycle(app: FastAPI) -> AsyncIterator[None]:
+    """The console's part of the app's lifetime: the OpenID relying party made on the first
+    single sign-on (``oidc_sign_in``) holds an HTTP client, closed when the app stops.
+
+    The router's lifespan: ``include_router`` nests it inside the app's own lifecycles.
+    """
+    try:
+        yield
+    finally:
+        relying_party = getattr(app.state, "console_oidc", None)
+        if isinstance(relying_party, OidcSignIn):
+            app.state.console_oidc = None
+            await relying_party.aclose()
+
+
+router = APIRouter(
+    prefix="/console", route_class=ConsoleRoute, include_in_schema=False, lifespan=console_lifecycle
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_TYPES = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-reset serve test test-sqlite test-postgres lint typecheck bench fuzz clean softhsm replicas-up replicas-down
+.PHONY: install run run-reset test test-sqlite lint typecheck bench fuzz clean softhsm replicas-up replicas-down
 
 # The service and the department client library (clients/python), which the tests use.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -37,6 +37,7 @@ typecheck: install
 test: install
 	scripts/test.sh
 
+# pytest on SQLite only (no lint, types or PostgreSQL pass): the quick loop while working.
 test-sqlite: install
 	TELLONCE_TEST_DATABASE_URL= $(BIN)/pytest -q
 

@@ -21,7 +21,7 @@ from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, encrypt_value
 from service.crypto.blind_index import NORMALISATION_VERSION
 from service.crypto.keyring import Keyring
-from service.errors import Conflict, Forbidden
+from service.errors import Conflict, Forbidden, ServiceError
 from service.etags import IfMatch
 from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
@@ -200,7 +200,9 @@ async def write(
     if_match: IfMatch | None,
 ) -> WriteOut:
     """New versions of fields the caller owns, or that a ``write`` agreement delegates to
-    it for the stated purpose; 412 if ``if_match`` does not name the record's version."""
+    it for the stated purpose; 412 if ``if_match`` does not name the record's version, 409
+    if it gives ``national_id`` a value another citizen holds. A refusal (403, 412, 409) is
+    audited; 404 and 410 come before anything is decided and are not, as for a read."""
     # The writer's reason is required but not stored: it is free text and may well
     # hold personal data ("moved in with her mother at ..."), which the audit must not.
     del reason
@@ -211,54 +213,27 @@ async def write(
     require_known(catalog, [], facts.purpose, loc="fields")
     names = list(clean)
     written: WriteOut | None = None
-    async with records.transactions.begin() as conn:
-        citizen = disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
-        context = records.context(facts, citizen.status)
-        decisions = _write_decisions(catalog, policy, facts, names, context)
-        denied = [n for n in names if decisions[n].effect != "permit"]
-        if not denied:
-            death = catalog.death_field
-            status = "deceased" if death is not None and death.name in clean else None
-            bumped = await repository.bump_version(
-                conn,
-                citizen_id,
-                expected=None if if_match is None else if_match.versions,
-                now=started,
-                status=status,
-            )
-            if bumped is None:
-                raise StaleVersion("The record is not at the version you read; read it again.")
-            if NATIONAL_ID_FIELD in clean:
-                # As registration does, after the version bump took SQLite's write lock.
-                await require_unregistered(records, conn, catalog, clean[NATIONAL_ID_FIELD], citizen_id)
-            versions = await store_values(
-                records, conn, catalog, citizen_id, clean, facts.principal.client_id, started
-            )
-            entry = records.entry(
-                facts,
-                "write",
-                context=context,
-                citizen_id=citizen_id,
-                catalog=catalog,
-                requested=names,
-                released=names,
-                decisions=decisions,
-                status=200,
-            )
-            # The change events, one per owning department, in this same transaction:
-            # a write that rolls back tells no one. Field names only, never values.
-            for owner, changed in _fields_by_owner(catalog, names).items():
-                await events_service.record_change(
-                    conn, citizen_id=citizen_id, fields=changed, owner=owner, occurred_at=started
+    refused: ServiceError | None = None
+    try:
+        async with records.transactions.begin() as conn:
+            citizen = disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
+            context = records.context(facts, citizen.status)
+            decisions = _write_decisions(catalog, policy, facts, names, context)
+            denied = [n for n in names if decisions[n].effect != "permit"]
+            if not denied:
+                written = await _store_write(
+                    records, conn, facts, catalog, citizen_id, clean, decisions, context, if_match, started
                 )
-            # Last statement before commit: on PostgreSQL it holds the audit's order lock.
-            await audit_writer.append_in_transaction(conn, entry)
-            written = WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
+    except (StaleVersion, Conflict) as error:
+        # Refused after the decision: rolled back, then audited as a 403 is.
+        refused = error
     if written is not None:
         # Committed: wake feeds and dispatchers waiting in this process.
         events_service.notify()
         return written
-    reasons = "; ".join(decisions[n].reason for n in denied)
+    if refused is None:
+        reasons = "; ".join(decisions[n].reason for n in denied)
+        refused = NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}")
     refusal = records.entry(
         facts,
         "write",
@@ -268,10 +243,64 @@ async def write(
         requested=names,
         released=[],
         decisions=decisions,
-        status=403,
+        status=refused.status,
         decision="deny",
     )
-    await records.refuse(refusal, NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}"))
+    await records.refuse(refusal, refused)
+
+
+async def _store_write(
+    records: RecordsService,
+    conn: AsyncConnection,
+    facts: RequestFacts,
+    catalog: Catalog,
+    citizen_id: str,
+    clean: Mapping[str, values.JsonValue],
+    decisions: Mapping[str, Decision],
+    context: RequestContext,
+    if_match: IfMatch | None,
+    started: datetime,
+) -> WriteOut:
+    """A permitted write in its transaction: the version bump (412 if ``if_match`` does not
+    name the record's version), the national id's check (409), the values, the change
+    events and the audit entry."""
+    names = list(clean)
+    death = catalog.death_field
+    status = "deceased" if death is not None and death.name in clean else None
+    bumped = await repository.bump_version(
+        conn,
+        citizen_id,
+        expected=None if if_match is None else if_match.versions,
+        now=started,
+        status=status,
+    )
+    if bumped is None:
+        raise StaleVersion("The record is not at the version you read; read it again.")
+    if NATIONAL_ID_FIELD in clean:
+        # As registration does, after the version bump took SQLite's write lock.
+        await require_unregistered(records, conn, catalog, clean[NATIONAL_ID_FIELD], citizen_id)
+    written_by = facts.principal.client_id
+    versions = await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
+    entry = records.entry(
+        facts,
+        "write",
+        context=context,
+        citizen_id=citizen_id,
+        catalog=catalog,
+        requested=names,
+        released=names,
+        decisions=decisions,
+        status=200,
+    )
+    # The change events, one per owning department, in this same transaction:
+    # a write that rolls back tells no one. Field names only, never values.
+    for owner, changed in _fields_by_owner(catalog, names).items():
+        await events_service.record_change(
+            conn, citizen_id=citizen_id, fields=changed, owner=owner, occurred_at=started
+        )
+    # Last statement before commit: on PostgreSQL it holds the audit's order lock.
+    await audit_writer.append_in_transaction(conn, entry)
+    return WriteOut(id=citizen_id, status=bumped.status, version=bumped.version, fields=versions)
 
 
 def _write_decisions(

@@ -319,6 +319,18 @@ class TestWrite:
         assert read.json()["fields"]["address"]["value"] == "Same"
         assert read.headers["etag"] == '"1"'
 
+    async def test_stale_etag_is_audited_as_a_refused_write(self, records_env: RecordsEnv) -> None:
+        citizen_id, _ = await records_env.register(address="Same")
+        response = await records_env.client.patch(
+            f"/v1/citizens/{citizen_id}/fields",
+            json={"fields": {"address": "Lost"}, "reason": "late"},
+            headers={**REGISTER_WRITER, "If-Match": '"7"'},
+        )
+        problem(response, 412)
+        writes = [e for e in await audit_entries(records_env, citizen_id) if e["action"] == "write"]
+        assert [(e["status"], e["decision"], e["fields_released"]) for e in writes] == [(412, "deny", [])]
+        assert writes[0]["fields_requested"] == ["address"]
+
     async def test_concurrent_writers_with_the_same_etag_exactly_one_wins(
         self, committed_records_env: RecordsEnv
     ) -> None:

@@ -57,6 +57,12 @@ class TestWriteNationalId:
         assert first_national_id not in response.text
         assert await holder(records_env, first_national_id) == first
         assert await holder(records_env, second_national_id) == second
+        audited = await records_env.client.get(
+            "/v1/audit/entries", params={"citizen_id": second, "action": "write"}, headers=AUDITOR
+        )
+        assert [(e["entry"]["status"], e["entry"]["decision"]) for e in audited.json()["items"]] == [
+            (409, "deny")
+        ]
 
     async def test_a_citizen_may_write_its_own_national_id_again(self, records_env: RecordsEnv) -> None:
         citizen_id, national_id = await records_env.register()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,11 +58,28 @@ class AgreementPage:
     next_cursor: str | None
 
 
+# The longest author a version (``AgreementVersion.author``) and its audit entry (as the
+# entry's client id) can keep.
+AUTHOR_MAX = 200
+
+
 def author(principal: Principal) -> str:
-    """The author a new version records: the client, and the officer it acted for."""
-    if principal.on_behalf_of:
-        return f"{principal.client_id} for {principal.on_behalf_of}"
-    return principal.client_id
+    """The author a new version records: the client, and the officer it acted for.
+
+    A client id (up to 64 characters) and an X-On-Behalf-Of (up to 200) can make more than
+    ``AUTHOR_MAX``: the officer reference is then cut, the cut marked with an ellipsis and
+    followed by the SHA-256 of the whole reference, so what is stored claims nothing untrue
+    and still tells one officer from another.
+    """
+    officer = principal.on_behalf_of
+    if not officer:
+        return principal.client_id
+    whole = f"{principal.client_id} for {officer}"
+    if len(whole) <= AUTHOR_MAX:
+        return whole
+    tail = f"… (sha256 {hashlib.sha256(officer.encode()).hexdigest()[:16]})"
+    kept = officer[: max(0, AUTHOR_MAX - len(principal.client_id) - len(" for ") - len(tail))]
+    return f"{principal.client_id} for {kept}{tail}"[:AUTHOR_MAX]
 
 
 def _encode_cursor(value: str) -> str:
@@ -75,9 +93,14 @@ def _decode_cursor(cursor: str | None) -> str | None:
         # validate=True: urlsafe_b64decode would drop the characters outside the alphabet,
         # so that "!!" read as no cursor at all, the first page.
         padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        decoded = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadRequest("The cursor is not valid.") from None
+    # The service's cursors hold an agreement id or a version number; a forged one might
+    # hold a NUL, which PostgreSQL cannot even take as text.
+    if not decoded.isascii() or not decoded.isprintable():
+        raise BadRequest("The cursor is not valid.")
+    return decoded
 
 
 def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
@@ -157,7 +180,9 @@ async def list_versions(
     after_text = _decode_cursor(cursor)
     after = None
     if after_text is not None:
-        if not ascii_digits(after_text):
+        # Versions are 32-bit on PostgreSQL: more than 9 digits names no version, and would
+        # not fit as a query argument.
+        if not ascii_digits(after_text) or len(after_text) > 9:
             raise BadRequest("The cursor is not valid.")
         after = int(after_text)
     rows = await repository.page_versions(session, agreement_id, after=after, limit=limit + 1)

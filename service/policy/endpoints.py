@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 
 from service.auth.dependencies import Principal, require
 from service.db import SessionDep
@@ -32,6 +32,11 @@ PolicyWriter = Annotated[Principal, Depends(require("policies:write"))]
 Simulator = Annotated[Principal, Depends(require("policies:simulate"))]
 Explainer = Annotated[Principal, Depends(require("decisions:explain"))]
 Limit = Annotated[int, Query(ge=1, le=200)]
+# An agreement id as every agreement has one (``catalog.schemas.Identifier``): anything else
+# is refused before it reaches the store (PostgreSQL cannot even take a NUL as text).
+AgreementId = Annotated[
+    str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}$", max_length=63, description="The agreement's id.")
+]
 
 
 @asynccontextmanager
@@ -90,7 +95,7 @@ async def create_agreement(
 
 @router.get("/v1/policies/{agreement_id}", response_model=AgreementOut)
 async def get_agreement(
-    agreement_id: str, session: SessionDep, principal: PolicyReader, response: Response
+    agreement_id: AgreementId, session: SessionDep, principal: PolicyReader, response: Response
 ) -> AgreementOut:
     """The current version of one agreement; its ETag is the version number."""
     row = await agreements.get_agreement(session, principal, agreement_id)
@@ -100,7 +105,7 @@ async def get_agreement(
 
 @router.put("/v1/policies/{agreement_id}", response_model=AgreementOut)
 async def replace_agreement(
-    agreement_id: str,
+    agreement_id: AgreementId,
     body: AgreementBody,
     session: SessionDep,
     principal: PolicyWriter,
@@ -116,7 +121,7 @@ async def replace_agreement(
 
 @router.delete("/v1/policies/{agreement_id}", response_model=AgreementOut)
 async def revoke_agreement(
-    agreement_id: str,
+    agreement_id: AgreementId,
     session: SessionDep,
     principal: PolicyWriter,
     response: Response,
@@ -134,7 +139,7 @@ async def revoke_agreement(
 
 @router.get("/v1/policies/{agreement_id}/versions", response_model=AgreementPage)
 async def list_versions(
-    agreement_id: str,
+    agreement_id: AgreementId,
     session: SessionDep,
     principal: PolicyReader,
     cursor: str | None = None,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.catalog.models import CatalogVersion
 from service.policy.models import AgreementVersion
@@ -77,14 +79,34 @@ async def page_versions(
 
 async def add_version(
     session: AsyncSession, previous: AgreementVersion | None, row: AgreementVersion
-) -> None:
-    """Retire ``previous`` and make ``row`` current (two statements, one transaction)."""
+) -> bool:
+    """Retire ``previous`` and make ``row`` current (in the caller's transaction); ``False``
+    (nothing written) when another transaction got there first.
+
+    Checked, then written, with no lock between: two changes made from the same version
+    both get here. Retiring is conditional on ``previous`` still being current, so on
+    PostgreSQL the second waits for the first to commit and then retires nothing; a
+    second first version of one agreement breaks a unique index and is rolled back to the
+    savepoint. (SQLite lets one writer in at a time.)
+    """
     if previous is not None:
+        retired = await session.execute(
+            update(AgreementVersion)
+            .where(AgreementVersion.id == previous.id, AgreementVersion.is_current.is_(True))
+            .values(is_current=False)
+            .execution_options(synchronize_session=False)
+        )
+        if retired.rowcount != 1:  # type: ignore[attr-defined]
+            return False
         # Flushed first: the partial unique index allows one current version at a time.
-        previous.is_current = False
-        await session.flush()
-    session.add(row)
-    await session.flush()
+        set_committed_value(previous, "is_current", False)
+    try:
+        async with session.begin_nested():
+            session.add(row)
+            await session.flush()
+    except IntegrityError:
+        return False
+    return True
 
 
 async def version_contents(

@@ -28,6 +28,7 @@ from service.policy import epoch as policy_epoch
 from service.policy import repository
 from service.policy.engine import Agreement, CompiledPolicy, compile_policy
 from service.policy.epoch import EpochKey
+from service.policy.errors import AgreementExists, StaleAgreement
 from service.policy.loader import PolicyFolder, signature_problem
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
@@ -241,7 +242,9 @@ async def write_version(
     author: str,
     reason: str,
 ) -> AgreementVersion:
-    """Store a new immutable version and tell the hooks; the caller bumps the epoch."""
+    """Store a new immutable version and tell the hooks; the caller bumps the epoch.
+
+    409 (a new agreement) or 412 (a new version) when a concurrent change wrote first."""
     row = AgreementVersion(
         agreement_id=agreement_id,
         owner=owner,
@@ -253,7 +256,13 @@ async def write_version(
         reason=reason,
         is_current=True,
     )
-    await repository.add_version(session, previous, row)
+    if not await repository.add_version(session, previous, row):
+        # Another change to this agreement committed since it was read.
+        if previous is None:
+            raise AgreementExists(
+                f"An agreement {agreement_id!r} already exists; ids are unique across the catalog."
+            )
+        raise StaleAgreement(f"Agreement {agreement_id!r} changed since version {previous.version} was read.")
     document = version_text(content, owner)
     await _notify(
         session,

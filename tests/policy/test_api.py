@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,9 +14,13 @@ from fastapi import FastAPI
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth.dependencies import get_principal, optional_principal
 from service.policy import repository
+from service.policy import service as policy_service
 from service.policy.epoch import bump_epoch
+from service.policy.errors import AgreementExists, StaleAgreement
 from service.policy.models import AgreementVersion
+from service.policy.schemas import AgreementSpec
 from service.policy.simulate import ListSource, RecordedRequest
 from tests.fixtures.auth import act_as
 
@@ -339,6 +345,105 @@ class TestWriteAgreements:
         ).json()
         assert [v["version"] for v in second["items"]] == [2]
         assert second["next_cursor"] is None
+
+
+NUL_CURSORS = ("AA", "YQBi")
+
+
+class TestWhatReachesTheStore:
+    async def test_an_author_over_200_characters_is_cut_and_marked(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        # The longest client id and the longest X-On-Behalf-Of: 269 characters in all.
+        client_id, officer = "tc_" + "x" * 61, "officer " + "7" * 192
+        principal = dataclasses.replace(
+            act_as(app, "dvla", "data-owner", client_id=client_id), on_behalf_of=officer
+        )
+
+        async def _principal() -> Any:
+            return principal
+
+        app.dependency_overrides[get_principal] = _principal
+        app.dependency_overrides[optional_principal] = _principal
+        digest = hashlib.sha256(officer.encode()).hexdigest()[:16]
+        created = await client.post("/v1/policies", json=NEW_AGREEMENT)
+        assert created.status_code == 201, created.text
+        recorded = created.json()["author"]
+        assert len(recorded) == 200
+        assert recorded.startswith(f"{client_id} for officer 777")
+        assert recorded.endswith(f"… (sha256 {digest})")
+        path = "/v1/policies/points-for-revenue"
+        replaced = await client.put(path, json=NEW_AGREEMENT, headers={"If-Match": '"1"'})
+        assert replaced.status_code == 200, replaced.text
+        revoked = await client.delete(path, headers={"If-Match": '"2"'})
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["author"] == recorded
+        # One that fits is kept whole.
+        principal = dataclasses.replace(principal, on_behalf_of="officer 4411")
+        short = await client.post("/v1/policies", json={**NEW_AGREEMENT, "id": "points-for-revenue-2"})
+        assert short.json()["author"] == f"{client_id} for officer 4411"
+
+    @pytest.mark.parametrize("agreement_id", ["%00", "a%00b", "Licence-For-Revenue", "x" * 64])
+    async def test_an_id_no_agreement_can_have_is_422(
+        self, app: FastAPI, client: httpx.AsyncClient, agreement_id: str
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        path = f"/v1/policies/{agreement_id}"
+        assert_problem(await client.get(path), 422, "validation-failed")
+        assert_problem(await client.get(path + "/versions"), 422, "validation-failed")
+        assert_problem(await client.delete(path, headers={"If-Match": '"1"'}), 422, "validation-failed")
+        put = await client.put(path, json=NEW_AGREEMENT, headers={"If-Match": '"1"'})
+        assert_problem(put, 422, "validation-failed")
+
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            *NUL_CURSORS,  # a NUL; a, NUL, b
+            "OTk5OTk5OTk5OTk",  # 99999999999: no version has more than 9 digits
+            "MDAwMDAwMDAwMQ",  # 0000000001: 10 digits
+        ],
+    )
+    async def test_a_forged_cursor_is_400(self, app: FastAPI, client: httpx.AsyncClient, cursor: str) -> None:
+        act_as(app, "dvla", "data-owner")
+        if cursor in NUL_CURSORS:  # the list's cursor is an agreement id: digits are text to it
+            listed = await client.get("/v1/policies", params={"cursor": cursor})
+            assert_problem(listed, 400, "bad-request")
+        versions = await client.get("/v1/policies/licence-for-revenue/versions", params={"cursor": cursor})
+        assert_problem(versions, 400, "bad-request")
+
+
+class TestConcurrentChanges:
+    """Two changes made from the same read: the second to write is refused as stale (412)
+    or as a duplicate (409), never a 500 from the store's unique indexes."""
+
+    async def test_a_change_from_a_version_another_change_retired_is_412(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # Read as the first of two concurrent changes would have read it ...
+        row = await repository.current_version(session, "licence-for-revenue")
+        assert row is not None
+        read_version = row.version
+        # ... then another change commits first ...
+        act_as(app, "dvla", "data-owner")
+        path = "/v1/policies/licence-for-revenue"
+        revoked = await client.delete(path, headers={"If-Match": f'"{read_version}"'})
+        assert revoked.status_code == 200, revoked.text
+        # ... and this one writes from the version it read.
+        with pytest.raises(StaleAgreement):
+            await policy_service.revoke(session, row, author="t", reason="second")
+        versions = (await client.get(path + "/versions")).json()["items"]
+        assert [(v["version"], v["status"]) for v in versions] == [(1, "active"), (2, "revoked")]
+
+    async def test_a_second_first_version_of_one_agreement_is_409(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        assert (await client.post("/v1/policies", json=NEW_AGREEMENT)).status_code == 201
+        # A create that checked the id before the first one committed.
+        spec = AgreementSpec.model_validate(NEW_AGREEMENT)
+        with pytest.raises(AgreementExists):
+            await policy_service.put_agreement(session, None, spec, owner="dvla", author="t", reason="again")
+        assert (await client.get("/v1/policies/points-for-revenue")).json()["version"] == 1
 
 
 class TestAgreementsThatCouldBreakCompilation:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response, status
 
 from service.auth.dependencies import Principal, require
 from service.consent import service as consent_service
@@ -18,10 +18,22 @@ from service.consent.schemas import (
 )
 from service.db import SessionDep
 from service.events import service as events_service
+from service.records.schemas import CITIZEN_ID_PATTERN
 
 router = APIRouter(prefix="/v1/citizens", tags=["consent"])
 
 Portal = Annotated[Principal, Depends(require("citizens:consent"))]
+# Path ids in the forms the service issues them; anything else is refused (422) before it
+# reaches the store, which on PostgreSQL cannot even take a NUL as text.
+CitizenPath = Annotated[
+    str, Path(pattern=CITIZEN_ID_PATTERN, max_length=36, description="The citizen's pseudonymous id.")
+]
+ConsentPath = Annotated[
+    str, Path(pattern=CITIZEN_ID_PATTERN, max_length=36, description="The consent's id (a lower-case UUID).")
+]
+AgreementPath = Annotated[
+    str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}$", max_length=63, description="The agreement's id.")
+]
 
 
 def _actor(caller: Principal, request: Request) -> consent_service.Actor:
@@ -30,7 +42,7 @@ def _actor(caller: Principal, request: Request) -> consent_service.Actor:
 
 @router.post("/{citizen_id}/consents", status_code=status.HTTP_201_CREATED)
 async def give_consent(
-    citizen_id: str,
+    citizen_id: CitizenPath,
     body: ConsentIn,
     caller: Portal,
     request: Request,
@@ -51,8 +63,8 @@ async def give_consent(
 
 @router.patch("/{citizen_id}/consents/{consent_id}")
 async def change_consent(
-    citizen_id: str,
-    consent_id: str,
+    citizen_id: CitizenPath,
+    consent_id: ConsentPath,
     body: ConsentChange,
     caller: Portal,
     request: Request,
@@ -71,7 +83,7 @@ async def change_consent(
 
 @router.get("/{citizen_id}/consents")
 async def list_consents(
-    citizen_id: str,
+    citizen_id: CitizenPath,
     caller: Portal,  # noqa: ARG001 - the scope is the check
     request: Request,
     session: SessionDep,
@@ -85,7 +97,7 @@ async def list_consents(
 
 @router.post("/{citizen_id}/objections/{agreement}", status_code=status.HTTP_201_CREATED)
 async def object_to_agreement(
-    citizen_id: str, agreement: str, caller: Portal, request: Request, session: SessionDep
+    citizen_id: CitizenPath, agreement: AgreementPath, caller: Portal, request: Request, session: SessionDep
 ) -> ObjectionOut:
     """The citizen objects to an objectable agreement: it releases nothing of this
     citizen's from the next request on. 422 for an agreement that is not objectable."""
@@ -95,7 +107,7 @@ async def object_to_agreement(
 
 @router.delete("/{citizen_id}/objections/{agreement}", status_code=status.HTTP_204_NO_CONTENT)
 async def withdraw_objection(
-    citizen_id: str, agreement: str, caller: Portal, request: Request, session: SessionDep
+    citizen_id: CitizenPath, agreement: AgreementPath, caller: Portal, request: Request, session: SessionDep
 ) -> Response:
     """The citizen withdraws an objection; the agreement applies again from the next request."""
     runtime = consent_service.runtime_of(request.app.state)
@@ -105,7 +117,7 @@ async def withdraw_objection(
 
 @router.get("/{citizen_id}/objections")
 async def list_objections(
-    citizen_id: str,
+    citizen_id: CitizenPath,
     caller: Portal,  # noqa: ARG001 - the scope is the check
     request: Request,
     session: SessionDep,

@@ -33,6 +33,11 @@ class ConsentFinal(Conflict):
     slug = "consent-final"
 
 
+class ConsentChanged(Conflict):
+    title = "The consent changed while this request was made"
+    slug = "consent-changed"
+
+
 class ObjectionExists(Conflict):
     title = "The citizen has already objected to this agreement"
     slug = "objection-exists"

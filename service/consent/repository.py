@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.consent.models import Consent, Objection
@@ -167,10 +169,17 @@ async def page_consents(
     return [ConsentRow(**row._mapping) for row in rows]
 
 
-async def set_status(conn: AsyncConnection, consent_id: str, status: str, now: datetime) -> None:
-    await conn.execute(
-        update(consents).where(consents.c.id == consent_id).values(status=status, updated_at=now)
+async def set_status(conn: AsyncConnection, consent_id: str, read: str, status: str, now: datetime) -> bool:
+    """Change the consent's status from ``read`` (the stored status the caller judged) to
+    ``status``; ``False``, changing nothing, when another change came first. On PostgreSQL
+    a change racing this one waits for it to commit, then finds the status moved: a
+    resume can never overwrite a revoke (final)."""
+    result = await conn.execute(
+        update(consents)
+        .where(consents.c.id == consent_id, consents.c.status == read)
+        .values(status=status, updated_at=now)
     )
+    return bool(result.rowcount)
 
 
 async def citizen_objections(conn: AsyncConnection, citizen_id: str) -> list[ObjectionRow]:
@@ -191,8 +200,17 @@ async def has_objection(conn: AsyncConnection, citizen_id: str, agreement: str) 
     return found.first() is not None
 
 
-async def insert_objection(conn: AsyncConnection, citizen_id: str, agreement: str, now: datetime) -> None:
-    await conn.execute(insert(objections).values(citizen_id=citizen_id, agreement=agreement, created_at=now))
+async def insert_objection(conn: AsyncConnection, citizen_id: str, agreement: str, now: datetime) -> bool:
+    """Record the objection; ``False`` when the citizen has already objected (a concurrent
+    request's objection included: it is not an error to the store)."""
+    upsert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    inserted = await conn.execute(
+        upsert(objections)
+        .values(citizen_id=citizen_id, agreement=agreement, created_at=now)
+        .on_conflict_do_nothing(index_elements=["citizen_id", "agreement"])
+        .returning(objections.c.agreement)
+    )
+    return inserted.first() is not None
 
 
 async def delete_objection(conn: AsyncConnection, citizen_id: str, agreement: str) -> bool:

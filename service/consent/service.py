@@ -20,7 +20,7 @@ import binascii
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -34,6 +34,7 @@ from service.auth.keys import SigningKeys
 from service.consent import artefact, repository
 from service.consent.errors import (
     AgreementNotFound,
+    ConsentChanged,
     ConsentExists,
     ConsentFinal,
     ConsentNotFound,
@@ -176,6 +177,14 @@ async def grant(
                 "expires_at needs a time zone.",
                 errors=[{"loc": ["body", "expires_at"], "msg": "no time zone"}],
             )
+        try:
+            # Kept in UTC: 9999-12-31T23:59:59-12:00 is no instant there.
+            expires_at = expires_at.astimezone(UTC)
+        except OverflowError:
+            raise ValidationFailed(
+                "expires_at is later than the last instant the store can keep.",
+                errors=[{"loc": ["body", "expires_at"], "msg": "out of range"}],
+            ) from None
         if expires_at <= now:
             raise ValidationFailed(
                 "expires_at has passed.", errors=[{"loc": ["body", "expires_at"], "msg": "in the past"}]
@@ -251,7 +260,8 @@ async def change(
         return consent_out(row, now)
     if current in ("revoked", "expired"):
         raise ConsentFinal(f"Consent {row.id} is {current}: give a new consent instead.")
-    await repository.set_status(conn, row.id, status, now)
+    if not await repository.set_status(conn, row.id, row.status, status, now):
+        raise ConsentChanged(f"Consent {row.id} changed while this request was made; read it again.")
     agreement = await _logged_agreement(conn, runtime, row)
     await _tell_consumer(conn, row, agreement.owner, status, now)
     await _audit(conn, actor, "consent-change", citizen_id, agreement, status, purpose=row.purpose)
@@ -300,8 +310,17 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         created_at, consent_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created_at), consent_id
-    except (ValueError, binascii.Error, UnicodeError):
+        after = datetime.fromisoformat(created_at)
+        # The list's cursors hold an aware time and a consent id (a UUID); a forged one
+        # with a naive or out-of-range time, or a NUL, would reach the store as a 500.
+        if (
+            after.tzinfo is None
+            or len(consent_id) > 36
+            or not (consent_id.isascii() and consent_id.isprintable())
+        ):
+            raise ValueError("not a cursor this list gives")
+        return after.astimezone(UTC), consent_id
+    except (ValueError, OverflowError, binascii.Error, UnicodeError):
         raise BadRequest("The cursor is not one this list gave.") from None
 
 
@@ -343,7 +362,9 @@ async def object_to(
     if await repository.has_objection(conn, citizen_id, agreement.id):
         raise ObjectionExists(f"The citizen has already objected to {agreement.id}.")
     now = runtime.clock()
-    await repository.insert_objection(conn, citizen_id, agreement.id, now)
+    if not await repository.insert_objection(conn, citizen_id, agreement.id, now):
+        # A concurrent objection was recorded between the check above and this insert.
+        raise ObjectionExists(f"The citizen has already objected to {agreement.id}.")
     await _audit(conn, actor, "objection-change", citizen_id, agreement, "objected")
     return ObjectionOut(
         citizen_id=citizen_id,

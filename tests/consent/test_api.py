@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit.models import AuditEntryRow
+from service.consent import repository as consent_repository
+from service.consent.models import Consent
 from service.policy.simulate import ListSource, RecordedRequest
 from tests.consent.conftest import CONSENTED, OBJECTABLE, PORTAL, REVENUE, ConsentWorld, as_
 
@@ -305,3 +310,96 @@ class TestExplainAndSimulate:
             }
         ]
         assert body["withheld_by_choice"] == {"consent-required": 2}
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+class TestWhatReachesTheStore:
+    """Input the store cannot keep is refused as a 4xx before it gets there."""
+
+    async def test_an_expiry_past_the_last_instant_in_utc_is_422(self, world: ConsentWorld) -> None:
+        body = problem(await world.consent(expires_at="9999-12-31T23:59:59-12:00"), 422, "validation-failed")
+        assert body["errors"] == [{"loc": ["body", "expires_at"], "msg": "out of range"}]
+        later = await world.consent(expires_at="9999-12-30T23:59:59-12:00")
+        assert later.status_code == 201, later.text
+
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            _cursor("2026-11-01T00:00:00|00000000-0000-0000-0000-000000000000"),  # no time zone
+            _cursor("9999-12-31T23:59:59-12:00|00000000-0000-0000-0000-000000000000"),  # not in UTC
+            _cursor("2026-11-01T00:00:00+00:00|\x00"),
+            _cursor("2026-11-01T00:00:00+00:00|" + "a" * 37),
+        ],
+    )
+    async def test_a_forged_cursor_is_400(self, world: ConsentWorld, cursor: str) -> None:
+        path = f"/v1/citizens/{world.citizen_id}/consents"
+        problem(await world.client.get(path, params={"cursor": cursor}, headers=PORTAL), 400, "bad-request")
+
+    async def test_a_cursor_the_list_gave_still_pages(self, world: ConsentWorld) -> None:
+        first = (await world.consent()).json()
+        await world.set_status(first["id"], "revoked")
+        second = (await world.consent()).json()
+        path = f"/v1/citizens/{world.citizen_id}/consents"
+        page = (await world.client.get(path, params={"limit": 1}, headers=PORTAL)).json()
+        assert [c["id"] for c in page["items"]] == [first["id"]]
+        rest = await world.client.get(
+            path, params={"limit": 1, "cursor": page["next_cursor"]}, headers=PORTAL
+        )
+        assert [c["id"] for c in rest.json()["items"]] == [second["id"]]
+
+    @pytest.mark.parametrize("bad", ["%00", "a%00b", "NOT-A-UUID"])
+    async def test_path_ids_outside_their_form_are_422(self, world: ConsentWorld, bad: str) -> None:
+        citizen = f"/v1/citizens/{world.citizen_id}"
+        for method, path in (
+            ("POST", f"/v1/citizens/{bad}/consents"),
+            ("GET", f"/v1/citizens/{bad}/consents"),
+            ("GET", f"/v1/citizens/{bad}/objections"),
+            ("PATCH", f"{citizen}/consents/{bad}"),
+            ("POST", f"{citizen}/objections/{bad}"),
+            ("DELETE", f"{citizen}/objections/{bad}"),
+        ):
+            body = {"status": "paused"} if method == "PATCH" else {"agreement": CONSENTED["id"]}
+            response = await world.client.request(
+                method, path, json=body if method in ("POST", "PATCH") else None, headers=PORTAL
+            )
+            problem(response, 422, "validation-failed")
+
+
+class TestConcurrentChanges:
+    """A change that checked the store before a concurrent one wrote: 409, never a 500 and
+    never a lost revocation."""
+
+    async def test_an_objection_recorded_after_the_check_is_409(
+        self, world: ConsentWorld, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = f"/v1/citizens/{world.citizen_id}/objections/{OBJECTABLE['id']}"
+        assert (await world.client.post(path, headers=PORTAL)).status_code == 201
+
+        async def not_yet(*_args: Any) -> bool:
+            return False  # the check ran before the other request's objection was written
+
+        monkeypatch.setattr(consent_repository, "has_objection", not_yet)
+        problem(await world.client.post(path, headers=PORTAL), 409, "objection-exists")
+
+    async def test_a_resume_never_overwrites_a_revoke_made_after_it_read(
+        self, world: ConsentWorld, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        consent = (await world.consent()).json()
+        await world.set_status(consent["id"], "paused")
+        read = consent_repository.get_consent
+
+        async def revoked_after_the_read(conn: AsyncConnection, citizen_id: str, consent_id: str) -> Any:
+            row = await read(conn, citizen_id, consent_id)
+            # Another request revokes the consent and commits between this read and the write.
+            await conn.execute(update(Consent).where(Consent.id == consent_id).values(status="revoked"))
+            return row
+
+        monkeypatch.setattr(consent_repository, "get_consent", revoked_after_the_read)
+        problem(await world.set_status(consent["id"], "active"), 409, "consent-changed")
+        monkeypatch.undo()
+        listed = await world.client.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
+        assert [c["status"] for c in listed.json()["items"]] == ["revoked"]
+        problem(await world.read("benefit_status"), 403, "consent-required")

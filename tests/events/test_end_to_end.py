@@ -218,7 +218,8 @@ class TestWorkerProcess:
         data = Webhook(response.json()["secret"]).verify(request.body, request.headers)["data"]
         assert data["event_id"] == event_id
         assert code == 0, (tmp_path / "worker.log").read_text()
-        assert len(nices) > 1
+        # On SQLite the drivers' threads are among them; on PostgreSQL asyncpg needs none.
+        assert nices
         assert set(nices) == {max(7, os.getpriority(os.PRIO_PROCESS, 0))}
 
 

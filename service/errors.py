@@ -154,6 +154,46 @@ class DatabaseUnavailable(ServiceUnavailable):
     title, slug = "Database unavailable", "database-unavailable"
 
 
+class UnkeepableCharacter(BadRequest):
+    title, slug = "Character the store cannot keep", "unkeepable-character"
+
+
+def _unkeepable_character(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is text the database cannot store: a NUL, which
+    PostgreSQL's text refuses (SQLSTATE 22021, asyncpg's CharacterNotInRepertoireError), a
+    character the database's encoding lacks (22P05, UntranslatableCharacterError), or a
+    lone surrogate, which no driver can encode as UTF-8 (SQLite stores a NUL as it is)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) in _UNKEEPABLE_SQLSTATES:
+            return True
+        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in _ASYNCPG_UNKEEPABLE:
+            return True
+        if _surrogate(current):
+            return True
+        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
+
+
+def _surrogate(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, UnicodeEncodeError)
+        and exc.encoding.replace("-", "").lower() == "utf8"
+        and exc.reason == "surrogates not allowed"
+    )
+
+
+_UNKEEPABLE_SQLSTATES = frozenset({"22021", "22P05"})
+_ASYNCPG_UNKEEPABLE = frozenset({"CharacterNotInRepertoireError", "UntranslatableCharacterError"})
+# The value is never echoed: it is the caller's own input, and may be personal data.
+_UNKEEPABLE = "The request holds a character the store cannot keep (such as a NUL); nothing was changed."
+
+
 def _database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is the database being unreachable or gone away:
     a refused or dropped connection, a pool that cannot hand one out, a database that
@@ -298,8 +338,12 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
 
 
 async def _storage_error(request: Request, exc: Exception) -> ProblemResponse:
-    """A database or connection error: 503 when the database is unreachable (expected
-    while it is down or restarting, and no bug), otherwise on to the 500 handler."""
+    """A database or connection error: 400 when the request held text the database cannot
+    store (a safety net: inputs are checked before they get there), 503 when the database
+    is unreachable (expected while it is down or restarting, and no bug), otherwise on to
+    the 500 handler."""
+    if _unkeepable_character(exc):
+        return problem_response(UnkeepableCharacter(_UNKEEPABLE))
     if not _database_unavailable(exc):
         raise exc
     request_id = _request_id(request)
@@ -307,6 +351,14 @@ async def _storage_error(request: Request, exc: Exception) -> ProblemResponse:
     return problem_response(
         DatabaseUnavailable("The database cannot be reached; nothing was read or changed. Try again shortly.")
     )
+
+
+async def _encode_error(_request: Request, exc: Exception) -> ProblemResponse:
+    """A lone surrogate from the request met a driver outside SQLAlchemy's errors (the
+    SQLite driver raises the bare UnicodeEncodeError); any other encode error is a bug."""
+    if not _surrogate(exc):
+        raise exc
+    return problem_response(UnkeepableCharacter(_UNKEEPABLE))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
@@ -328,6 +380,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # Registered by type so that a 503 is an ordinary response, not a re-raised error.
     for storage_error in (sa_exc.SQLAlchemyError, OSError, sqlite3.Error, *_asyncpg_error_types()):
         app.add_exception_handler(storage_error, _storage_error)
+    app.add_exception_handler(UnicodeEncodeError, _encode_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

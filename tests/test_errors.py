@@ -13,11 +13,14 @@ import pytest
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
+from sqlalchemy import text as sql_text
 from starlette.types import Message
 
 from service.app import create_app
 from service.config import Settings
+from service.db import SessionDep
 from service.errors import BodyLimitMiddleware, Conflict, Gone, PreconditionFailed
+from tests.fixtures.databases import is_postgres
 from tests.fixtures.server import LiveServer, free_port
 
 PROBLEM = "application/problem+json"
@@ -54,6 +57,17 @@ async def gone() -> None:
 @probe.get("/_probe/stale")
 async def stale() -> None:
     raise PreconditionFailed("The record changed since you read it.")
+
+
+class Text(BaseModel):
+    text: str
+
+
+@probe.post("/_probe/keep")
+async def keep(body: Text, session: SessionDep) -> dict[str, Any]:
+    """Hands the text to the database as a query argument, as any write does."""
+    kept = (await session.execute(sql_text("SELECT CAST(:v AS TEXT)"), {"v": body.text})).scalar_one()
+    return {"length": len(kept)}
 
 
 @pytest.fixture
@@ -154,6 +168,35 @@ class TestProblemDetails:
             "/_probe/shape", content=big, headers={"content-type": "application/json"}
         )
         assert_problem(response, 413)
+
+
+class TestTextTheStoreCannotKeep:
+    """A safety net behind the inputs' own checks: text the database refuses is the
+    caller's 400, never a 500, and the value is not echoed."""
+
+    # JSON escapes: a NUL, and a lone surrogate (no UTF-8 encoding has one).
+    @pytest.mark.parametrize("escaped", [r"secret\u0000value", r"secret\ud800value"])
+    async def test_is_400_without_echoing_it(
+        self, probe_client: httpx.AsyncClient, database_url: str, escaped: str
+    ) -> None:
+        body = b'{"text": "' + escaped.encode() + b'"}'
+        response = await probe_client.post(
+            "/_probe/keep", content=body, headers={"Content-Type": "application/json"}
+        )
+        if "u0000" in escaped and not is_postgres(database_url):
+            # SQLite keeps a NUL as it is.
+            assert response.status_code == 200, response.text
+            return
+        problem = assert_problem(response, 400)
+        assert problem["type"].endswith("/unkeepable-character")
+        assert problem["detail"] == (
+            "The request holds a character the store cannot keep (such as a NUL); nothing was changed."
+        )
+        assert "secret" not in response.text
+
+    async def test_other_text_is_kept(self, probe_client: httpx.AsyncClient) -> None:
+        response = await probe_client.post("/_probe/keep", json={"text": "Zoë 🙂"})
+        assert response.json() == {"length": 5}
 
 
 class TestBodyLimitStreaming:

@@ -11,7 +11,7 @@ from typing import Any
 
 from service.audit.query import csv_header, csv_line
 
-CITIZEN = "c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N"
+CITIZEN = "5f0c3b7e-8d2a-4c1e-9b6f-2a7d4e8c1f03"
 AT = "2026-11-30T09:15:02.481Z"
 
 _AGREEMENT_IN: dict[str, Any] = {

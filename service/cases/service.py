@@ -1,7 +1,8 @@
 """Closing a case: from then on the citizen sees every access made under it.
 
-A case is opened by the first access that needs it (``open_for``, on the read path) and
-closed only by its own department. Closing is audited, refused or not, before the answer.
+A case is opened by the first access that needs it (``RecordsService.open_cases``, on the
+read path, through ``repository.open_case``) and closed only by its own department.
+Closing is audited, refused or not, before the answer.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ _parsed: dict[str, Catalog] = {}
 
 
 async def current_cached(conn: AsyncConnection) -> Catalog:
-    """The catalog in force, for the access path: one indexed lookup, parsed once."""
+    """The catalog in force, for callers that read it often (subscriptions, the import,
+    seeding, ``policies explain``): one indexed lookup, parsed once per content."""
     digest = (
         await conn.execute(
             select(_catalog_versions.c.content_hash).order_by(_catalog_versions.c.version.desc()).limit(1)

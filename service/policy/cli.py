@@ -182,7 +182,7 @@ async def _explain(
 @app.command("explain")
 def explain(
     consumer: str = typer.Option(..., help="The consumer department."),
-    action: str = typer.Option("read", help="read | lookup | verify | history | subscribe | write"),
+    action: str = typer.Option("read", help=" | ".join(ACTIONS)),
     field: list[str] = typer.Option(..., "--field", help="A field; repeat for several."),
     purpose: str = typer.Option(..., help="The purpose id."),
     case_ref: str | None = typer.Option(None, help="The case reference, if any."),

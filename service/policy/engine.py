@@ -210,6 +210,9 @@ class Grant:
     verify: Mapping[str, AllowedClaims] | None = None
     disclosure_delay: timedelta | None = None
     basis: Basis = "statutory"
+    # A stand-in forbid for an agreement the compiler refused (``withhold``), in place of
+    # every other grant of its owner's fields.
+    refused: bool = False
 
     def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
         """Why this grant does not apply to ``context``; ``None`` when it does."""
@@ -412,7 +415,12 @@ def _decide_field(
         missed = grant.miss(context, bindings)
         if grant.effect == "forbid":
             if missed is None or UNEVALUATED in missed:
-                reason = f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
+                reason = (
+                    f"agreement {grant.agreement} of this field's owner was refused when the policy "
+                    f"compiled, so no agreement of that owner releases its fields until it is fixed"
+                    if grant.refused
+                    else f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
+                )
                 decision = Decision(
                     name,
                     "deny",
@@ -487,6 +495,25 @@ def _grant(agreement: Agreement) -> Grant:
     )
 
 
+def _refused_grant(agreement_id: str, version: int) -> Grant:
+    """The forbid that stands in for a refused agreement: always applies, cites it."""
+    return Grant(
+        agreement=agreement_id,
+        version=version,
+        effect="forbid",
+        purposes=frozenset(),
+        starts=None,
+        ends=None,
+        valid_from=None,
+        valid_until=None,
+        require_case_ref=False,
+        when=None,
+        condition=None,
+        legal_basis=None,
+        refused=True,
+    )
+
+
 def compile_policy(
     agreements: Iterable[Agreement],
     field_owners: Mapping[str, str],
@@ -494,6 +521,7 @@ def compile_policy(
     *,
     epoch: int = 0,
     refuse: Callable[[Agreement, Exception], None] | None = None,
+    refused: Mapping[str, tuple[str, int]] | None = None,
 ) -> CompiledPolicy:
     """Build the index; raises ``ConditionError`` for a condition that does not compile.
 
@@ -502,10 +530,18 @@ def compile_policy(
     catalog no longer has simply never matches. With ``refuse``, an agreement that does
     not compile (whatever the error) is handed to it and left out instead of raising, so
     one stored agreement cannot stop the policy of every department from compiling.
+
+    A refused agreement fails closed for its owner: it may have been a forbid, or a
+    narrower version of a permit, so while any agreement of an owner is refused (here, or
+    before compiling: ``refused`` maps such owners to the agreement id and version) no
+    agreement releases that owner's fields to anyone; a stand-in forbid citing the refused
+    agreement takes the place of their grants. The owner's own access is unchanged, and
+    every other owner's fields are decided as before.
     """
     collected: dict[tuple[str, str], dict[str, list[Grant]]] = {}
     choices: dict[tuple[str, str], dict[str, set[str]]] = {}
     kept: list[Agreement] = []
+    withheld: dict[str, tuple[str, int]] = dict(refused or {})
     for agreement in agreements:
         try:
             grant = _grant(agreement)
@@ -513,6 +549,7 @@ def compile_policy(
             if refuse is None:
                 raise
             refuse(agreement, error)
+            withheld.setdefault(agreement.owner, (agreement.id, agreement.version))
             continue
         kept.append(agreement)
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an
@@ -533,6 +570,13 @@ def compile_policy(
             name: tuple(sorted(grants, key=lambda g: (g.effect != "forbid", g.agreement)))
             for name, grants in by_field.items()
         }
+    if withheld:
+        stand_ins = {owner: _refused_grant(*cited) for owner, cited in withheld.items()}
+        for decided in index.values():
+            for name in decided:
+                stand_in = stand_ins.get(field_owners.get(name, ""))
+                if stand_in is not None:
+                    decided[name] = (stand_in,)
     # Owners last: the owner's own access replaces anything an agreement says about it.
     for name, owner in field_owners.items():
         for action in ACTIONS:

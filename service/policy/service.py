@@ -58,9 +58,10 @@ def agreements_from_rows(
     """Active versions as engine agreements, each carrying its version digest.
 
     A row that no longer parses or converts, or whose owner has a signing key and whose
-    signature does not verify, is left out (so it grants nothing) and added to ``refusals``: the
-    signature is checked here, at compile time, so a row edited or inserted directly in
-    the database is never compiled, while the per-request path never checks a signature.
+    signature does not verify, is left out and added to ``refusals`` (its owner's fields then
+    fail closed, see ``compile_policy``): the signature is checked here, at compile time, so
+    a row edited or inserted directly in the database is never compiled, while the
+    per-request path never checks a signature.
     """
     verifiers: dict[str, OwnerVerifier] = {}
     for owner, vkey in (signing_keys or {}).items():
@@ -118,10 +119,17 @@ async def compile_snapshot(conn: AsyncConnection, epoch: int, key: EpochKey | No
     def refuse(agreement: Agreement, error: Exception) -> None:
         refused.append(Refusal(agreement.id, agreement.owner, agreement.version, _compile_problem(error)))
 
-    # One stored agreement that does not compile is refused (it grants nothing), never an
-    # error that would leave every department without a policy.
+    # One stored agreement that does not compile is refused, never an error that would
+    # leave every department without a policy; its owner's fields fail closed (see
+    # ``compile_policy``), whether it was refused here or by ``agreements_from_rows``.
+    before = {r.owner: (r.agreement_id, r.version) for r in reversed(refused)}
     policy = compile_policy(
-        agreements, catalog.field_owners, [p.id for p in catalog.purposes], epoch=epoch, refuse=refuse
+        agreements,
+        catalog.field_owners,
+        [p.id for p in catalog.purposes],
+        epoch=epoch,
+        refuse=refuse,
+        refused=before,
     )
     return PolicySnapshot(resolved_key, policy, catalog, tuple(refused))
 
@@ -161,7 +169,8 @@ class PolicyHolder:
         for refusal in refused:
             logger.error(
                 f"agreement {refusal.agreement_id} version {refusal.version} of {refusal.owner} "
-                f"refused at compile time, it grants nothing: {refusal.problem}"
+                f"refused at compile time, so no agreement of {refusal.owner} releases its fields: "
+                f"{refusal.problem}"
             )
             if self._on_refused is not None:
                 self._on_refused()

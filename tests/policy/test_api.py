@@ -492,6 +492,45 @@ class TestAgreementsThatCouldBreakCompilation:
         )
         assert others["tax_code"]["effect"] == "permit"
 
+    async def test_a_refused_forbid_fails_closed_for_its_owner_s_fields(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # DVLA permits welfare its points, and its forbid outranks the permit.
+        act_as(app, "dvla", "data-owner")
+        permit = {
+            "id": "points-for-welfare",
+            "consumer": "welfare",
+            "fields": ["points"],
+            "actions": ["read"],
+            "purposes": ["benefit-eligibility"],
+            "legal_basis": "Test Act 2026, s.1",
+        }
+        assert (await client.post("/v1/policies", json=permit)).status_code == 201
+        act_as(app, "audit-office", "auditor")
+        ask: dict[str, Any] = {"action": "read", "citizen_status": "active", "purpose": "benefit-eligibility"}
+        before = await explain(client, consumer="welfare", fields=["points"], **ask)
+        assert before["points"]["agreement"] == "no-points-for-welfare"
+        assert before["points"]["effect"] == "deny"
+        # The forbid's row is edited past the API until it no longer parses: left out, it
+        # would let the permit through. It fails closed instead, for every DVLA field.
+        row = await repository.current_version(session, "no-points-for-welfare")
+        assert row is not None
+        await session.execute(
+            update(AgreementVersion).where(AgreementVersion.id == row.id).values(content={"id": 7})
+        )
+        await bump_epoch(session)
+        after = await explain(
+            client, consumer="welfare", fields=["points", "licence_status", "given_name"], **ask
+        )
+        for name in ("points", "licence_status"):
+            assert after[name]["effect"] == "deny", after
+            assert after[name]["agreement"] == "no-points-for-welfare"
+            assert "refused when the policy compiled" in after[name]["reason"]
+        # Another owner's agreement still applies, and DVLA still reads its own fields.
+        assert after["given_name"]["effect"] == "permit", after
+        owner = await explain(client, consumer="dvla", fields=["points"], **ask)
+        assert owner["points"]["effect"] == "permit"
+
 
 class TestExplain:
     async def test_reasons_and_near_misses(self, app: FastAPI, client: httpx.AsyncClient) -> None:

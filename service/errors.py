@@ -11,7 +11,7 @@ import errno
 import logging
 import socket
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -158,11 +158,9 @@ class UnkeepableCharacter(BadRequest):
     title, slug = "Character the store cannot keep", "unkeepable-character"
 
 
-def _unkeepable_character(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is text the database cannot store: a NUL, which
-    PostgreSQL's text refuses (SQLSTATE 22021, asyncpg's CharacterNotInRepertoireError), a
-    character the database's encoding lacks (22P05, UntranslatableCharacterError), or a
-    lone surrogate, which no driver can encode as UTF-8 (SQLite stores a NUL as it is)."""
+def _caused_by(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc``, anything in its chain of causes and contexts, or a member of an
+    exception group among them ``matches``."""
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
     while stack:
@@ -170,14 +168,28 @@ def _unkeepable_character(exc: BaseException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if getattr(current, "sqlstate", None) in _UNKEEPABLE_SQLSTATES:
+        if matches(current):
             return True
-        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in _ASYNCPG_UNKEEPABLE:
-            return True
-        if _surrogate(current):
-            return True
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
         stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return False
+
+
+def _unkeepable_character(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is text the database cannot store: a NUL, which
+    PostgreSQL's text refuses (SQLSTATE 22021, asyncpg's CharacterNotInRepertoireError), a
+    character the database's encoding lacks (22P05, UntranslatableCharacterError), or a
+    lone surrogate, which no driver can encode as UTF-8 (SQLite stores a NUL as it is)."""
+    return _caused_by(exc, _is_unkeepable)
+
+
+def _is_unkeepable(exc: BaseException) -> bool:
+    if getattr(exc, "sqlstate", None) in _UNKEEPABLE_SQLSTATES:
+        return True
+    if type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in _ASYNCPG_UNKEEPABLE:
+        return True
+    return _surrogate(exc)
 
 
 def _surrogate(exc: BaseException) -> bool:
@@ -198,30 +210,22 @@ def _database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is the database being unreachable or gone away:
     a refused or dropped connection, a pool that cannot hand one out, a database that
     cannot be opened. Errors in a statement that did run (a constraint, bad SQL) are not."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
-            return True
-        if isinstance(current, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-            return True
-        if isinstance(current, ConnectionError | TimeoutError | sqlite3.OperationalError):
-            return True
-        if isinstance(current, socket.gaierror) or (
-            isinstance(current, OSError)
-            and (current.errno in _NETWORK_ERRNOS or str(current).startswith("Multiple exceptions"))
-        ):
-            return True
-        if type(current).__module__.startswith("asyncpg") and type(current).__name__ in _ASYNCPG_UNAVAILABLE:
-            return True
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+    return _caused_by(exc, _is_unavailable)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, ConnectionError | TimeoutError | sqlite3.OperationalError):
+        return True
+    if isinstance(exc, socket.gaierror) or (
+        isinstance(exc, OSError)
+        and (exc.errno in _NETWORK_ERRNOS or str(exc).startswith("Multiple exceptions"))
+    ):
+        return True
+    return type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in _ASYNCPG_UNAVAILABLE
 
 
 # Connection-level failures (a refused, reset or unreachable database server).

@@ -497,21 +497,7 @@ def _grant(agreement: Agreement) -> Grant:
 
 def _refused_grant(agreement_id: str, version: int) -> Grant:
     """The forbid that stands in for a refused agreement: always applies, cites it."""
-    return Grant(
-        agreement=agreement_id,
-        version=version,
-        effect="forbid",
-        purposes=frozenset(),
-        starts=None,
-        ends=None,
-        valid_from=None,
-        valid_until=None,
-        require_case_ref=False,
-        when=None,
-        condition=None,
-        legal_basis=None,
-        refused=True,
-    )
+    return replace(OWNER_GRANT, agreement=agreement_id, version=version, effect="forbid", refused=True)
 
 
 def compile_policy(

@@ -380,7 +380,10 @@ async def _run_hot_paths(url: str, data_dir: Path, root_key: str, recorder: Reco
             with recorder.named("batch get"):
                 response = await http.post(
                     "/v1/citizens/batch-get",
-                    json={"ids": [*citizens, "00000000-0000-4000-8000-000000000000"], "purpose": "benefit-eligibility"},
+                    json={
+                        "ids": [*citizens, "00000000-0000-4000-8000-000000000000"],
+                        "purpose": "benefit-eligibility",
+                    },
                     headers=bearer["dwp"],
                 )
             assert response.status_code == 200, response.text

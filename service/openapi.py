@@ -47,8 +47,9 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/audit/checkpoint"): {404},  # scope audit:verify unless served publicly
     ("GET", "/v1/audit/entries/{index}/proof"): {400, 404},
     ("GET", "/v1/audit/consistency"): {400, 404},
-    # 400 not a tile path, 403 an entry bundle without audit:export, 404 tree too small.
-    ("GET", "/v1/audit/tile/{tile}"): {400, 403, 404},
+    # 400 not a tile path, 403 an entry bundle without audit:export, 404 tree too small,
+    # 501 an entry bundle holding an entry over the 65,535 bytes its format can carry.
+    ("GET", "/v1/audit/tile/{tile}"): {400, 403, 404, 501},
     ("GET", "/v1/audit/entries"): {400},
     ("GET", "/v1/audit/export"): {400},
     ("GET", "/v1/audit/reports/usage"): {400},

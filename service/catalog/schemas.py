@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from service.policy.signing import OwnerVerifier, SigningKeyError
 
-Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+IDENTIFIER_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 # A purpose a request states: the id of one of the catalog's purposes.
 PurposeId = Identifier

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response, status
 
 from service.auth.dependencies import Principal, require
+from service.catalog.schemas import IDENTIFIER_PATTERN
 from service.consent import service as consent_service
 from service.consent.schemas import (
     ConsentChange,
@@ -32,7 +33,7 @@ ConsentPath = Annotated[
     str, Path(pattern=CITIZEN_ID_PATTERN, max_length=36, description="The consent's id (a lower-case UUID).")
 ]
 AgreementPath = Annotated[
-    str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}$", max_length=63, description="The agreement's id.")
+    str, Path(pattern=IDENTIFIER_PATTERN, max_length=63, description="The agreement's id.")
 ]
 
 

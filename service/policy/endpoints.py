@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 
 from service.auth.dependencies import Principal, require
+from service.catalog.schemas import IDENTIFIER_PATTERN
 from service.db import SessionDep
 from service.etags import etag, parse_if_match
 from service.policy import agreements
@@ -35,7 +36,7 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 # An agreement id as every agreement has one (``catalog.schemas.Identifier``): anything else
 # is refused before it reaches the store (PostgreSQL cannot even take a NUL as text).
 AgreementId = Annotated[
-    str, Path(pattern=r"^[a-z][a-z0-9-]{0,62}$", max_length=63, description="The agreement's id.")
+    str, Path(pattern=IDENTIFIER_PATTERN, max_length=63, description="The agreement's id.")
 ]
 
 

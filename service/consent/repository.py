@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -131,6 +132,17 @@ async def insert_consent(conn: AsyncConnection, row: ConsentRow) -> None:
     await conn.execute(insert(consents).values(**row.__dict__))
 
 
+async def hold_consents_of(conn: AsyncConnection, citizen_id: str, agreement: str) -> None:
+    """Until the transaction ends, make every other transaction that calls this for the same
+    citizen and agreement wait: on PostgreSQL a transaction-scoped advisory lock on the
+    pair. On SQLite the caller's first write does it (the database's one write lock), so
+    this does nothing there: see ``service.consent.service.grant``."""
+    if conn.dialect.name == "postgresql":
+        pair = hashlib.sha256(f"consent\0{citizen_id}\0{agreement}".encode()).digest()
+        key = int.from_bytes(pair[:8], "big", signed=True)
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 async def get_consent(conn: AsyncConnection, citizen_id: str, consent_id: str) -> ConsentRow | None:
     found = (
         await conn.execute(
@@ -140,13 +152,17 @@ async def get_consent(conn: AsyncConnection, citizen_id: str, consent_id: str) -
     return ConsentRow(**found._mapping) if found is not None else None
 
 
-async def open_consents(conn: AsyncConnection, citizen_id: str, agreement: str) -> list[ConsentRow]:
-    """The citizen's consents to ``agreement`` that are not revoked (expired ones included)."""
+async def open_consents(
+    conn: AsyncConnection, citizen_id: str, agreement: str, *, besides: str | None = None
+) -> list[ConsentRow]:
+    """The citizen's consents to ``agreement`` that are not revoked (expired ones included),
+    other than the consent ``besides``."""
     rows = await conn.execute(
         select(*_CONSENT_COLUMNS).where(
             consents.c.citizen_id == citizen_id,
             consents.c.agreement == agreement,
             consents.c.status != "revoked",
+            consents.c.id != (besides or ""),
         )
     )
     return [ConsentRow(**row._mapping) for row in rows]

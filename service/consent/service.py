@@ -189,11 +189,6 @@ async def grant(
             raise ValidationFailed(
                 "expires_at has passed.", errors=[{"loc": ["body", "expires_at"], "msg": "in the past"}]
             )
-    for held in await repository.open_consents(conn, citizen_id, agreement.id):
-        if status_at(held, now) in ("active", "paused"):
-            raise ConsentExists(
-                f"Consent {held.id} to {agreement.id} is {held.status}: resume or revoke it instead."
-            )
     consent_id = str(uuid.uuid4())
     fields = list(agreement.fields)
     purpose = agreement.purposes[0]
@@ -224,7 +219,19 @@ async def grant(
         data_life=body.data_life,
         signature=artefact.sign(terms, runtime.keys),
     )
+    # Two grants sent at once (a double click) must not both be stored, or revoking the one
+    # the citizen sees would leave the other in force. So the grants of one citizen to one
+    # agreement take turns: on PostgreSQL an advisory lock, on SQLite the write lock, which
+    # the insert takes (the reads before it each saw the store as it was then, and another
+    # grant may have committed since). Whoever comes second sees the first's consent and
+    # is refused; its insert is rolled back with the rest of its transaction.
+    await repository.hold_consents_of(conn, citizen_id, agreement.id)
     await repository.insert_consent(conn, row)
+    for held in await repository.open_consents(conn, citizen_id, agreement.id, besides=consent_id):
+        if status_at(held, now) in ("active", "paused"):
+            raise ConsentExists(
+                f"Consent {held.id} to {agreement.id} is {held.status}: resume or revoke it instead."
+            )
     await _tell_consumer(conn, row, agreement.owner, "active", now)
     await _audit(
         conn,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.records.conftest import RecordsEnv, as_, records_env
+from tests.records.conftest import RecordsEnv, as_, committed_records_env, records_env
 
-__all__ = ["CONSENTED", "OBJECTABLE", "ConsentWorld", "as_", "records_env"]
+__all__ = ["CONSENTED", "OBJECTABLE", "ConsentWorld", "as_", "committed_records_env", "records_env"]
 
 # Welfare lets revenue read and verify benefit status, for tax administration, with the
 # citizen's consent; the register lets revenue read given names unless the citizen objects.
@@ -63,18 +63,29 @@ class ConsentWorld:
         )
 
 
-@pytest.fixture
-async def world(records_env: RecordsEnv) -> ConsentWorld:
+async def _world(env: RecordsEnv) -> ConsentWorld:
     for owner, agreement in (("welfare", CONSENTED), ("register", OBJECTABLE)):
-        created = await records_env.client.post(
+        created = await env.client.post(
             "/v1/policies", json={**agreement, "reason": "consent tests"}, headers=as_(owner, "data-owner")
         )
         assert created.status_code == 201, created.text
-    citizen_id, _ = await records_env.register(given_name="Ada", address="1 High Street")
-    written = await records_env.client.patch(
+    citizen_id, _ = await env.register(given_name="Ada", address="1 High Street")
+    written = await env.client.patch(
         f"/v1/citizens/{citizen_id}/fields",
         json={"fields": {"benefit_status": "awarded"}, "reason": "claim"},
         headers=as_("welfare", "writer"),
     )
     assert written.status_code == 200, written.text
-    return ConsentWorld(records_env, citizen_id)
+    return ConsentWorld(env, citizen_id)
+
+
+@pytest.fixture
+async def world(records_env: RecordsEnv) -> ConsentWorld:
+    return await _world(records_env)
+
+
+@pytest.fixture
+async def committed_world(committed_records_env: RecordsEnv) -> ConsentWorld:
+    """The same world as a server runs it: each request its own committed transaction, so
+    requests sent together really run at the same time."""
+    return await _world(committed_records_env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime, timedelta
@@ -402,4 +403,22 @@ class TestConcurrentChanges:
         monkeypatch.undo()
         listed = await world.client.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
         assert [c["status"] for c in listed.json()["items"]] == ["revoked"]
+        problem(await world.read("benefit_status"), 403, "consent-required")
+
+    async def test_consents_given_at_once_store_one(self, committed_world: ConsentWorld) -> None:
+        """A double click in the portal: of grants sent together one is stored and the
+        others are 409, so revoking the consent the citizen sees leaves none in force."""
+        world = committed_world
+        answers = await asyncio.gather(*(world.consent() for _ in range(6)))
+        assert sorted(a.status_code for a in answers) == [201, 409, 409, 409, 409, 409], [
+            a.text for a in answers
+        ]
+        for answer in answers:
+            if answer.status_code == 409:
+                problem(answer, 409, "consent-exists")
+        listed = await world.client.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
+        (held,) = listed.json()["items"]
+        assert held["status"] == "active"
+        assert (await world.read("benefit_status")).status_code == 200
+        assert (await world.set_status(held["id"], "revoked")).status_code == 200
         problem(await world.read("benefit_status"), 403, "consent-required")

@@ -262,14 +262,18 @@ async def retire_current_many(
 
 
 async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> bool:
+    """Mark the citizen erased and drop its blind indexes; False (nothing changed) if it
+    was erased already."""
     result = await conn.execute(
         update(citizens)
         .where(citizens.c.id == citizen_id, citizens.c.status != "erased")
         .values(status="erased", erased_at=now, updated_at=now, version=citizens.c.version + 1)
     )
+    if not result.rowcount:
+        return False
     # Blind indexes go too: with the index key, they would confirm a guessed national id.
     await conn.execute(update(values).where(values.c.citizen_id == citizen_id).values(blind_index=None))
-    return bool(result.rowcount)
+    return True
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from service.etags import IfMatch
 from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import disclosure, repository, values
-from service.records.errors import InvalidFieldValue, NotPermitted, StaleVersion
+from service.records.errors import CitizenErased, InvalidFieldValue, NotPermitted, StaleVersion
 from service.records.schemas import ErasureReason, Registered, WriteOut
 from service.records.service import (
     RecordsService,
@@ -356,8 +356,13 @@ async def erase(
         decision = _erase_decision(catalog, policy, facts, context, reason, legal_basis)
         if decision.effect == "permit":
             disclosure.present(citizen)
+            # Marked first, and only if not erased yet: that update takes SQLite's write lock
+            # or waits for the citizen's row on PostgreSQL, so of erasures sent at once one
+            # shreds and is audited and the others, finding the citizen erased, are 410 (the
+            # read above may predate the first one's commit).
+            if not await repository.mark_erased(conn, citizen_id, started):
+                raise CitizenErased(disclosure.ERASED)
             await records.keyring.shred_citizen(conn, citizen_id)
-            await repository.mark_erased(conn, citizen_id, started)
             await audit_writer.append_in_transaction(
                 conn, _erase_entry(records, facts, citizen_id, catalog, decision, status=204)
             )

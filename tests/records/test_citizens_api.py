@@ -541,6 +541,24 @@ class TestBatchAndErase:
         actions = [e["action"] for e in await audit_entries(records_env, citizen_id)]
         assert "erase" in actions
 
+    async def test_erasures_sent_at_once_erase_once(self, committed_records_env: RecordsEnv) -> None:
+        """One shreds and is audited; the others find the citizen erased: 410, as an erasure
+        sent after it would."""
+        env = committed_records_env
+        citizen_id, _ = await env.register(given_name="Twice")
+        url = f"/v1/citizens/{citizen_id}"
+        answers = await asyncio.gather(
+            *(env.client.delete(url, params=ERASURE, headers=REGISTRAR) for _ in range(4))
+        )
+        assert sorted(a.status_code for a in answers) == [204, 410, 410, 410]
+        for answer in answers:
+            if answer.status_code == 410:
+                problem(answer, 410)
+        actions = [e["action"] for e in await audit_entries(env, citizen_id)]
+        assert actions.count("erase") == 1
+        read = await env.client.get(url, params={"purpose": "benefit-eligibility"}, headers=WELFARE)
+        problem(read, 410)
+
     async def test_consumer_cannot_erase(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register()
         url = f"/v1/citizens/{citizen_id}"

@@ -16,6 +16,7 @@ from service.audit.schemas import Action, AuditEntry, Reason
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
 from service.consent.repository import ChoiceRow
+from service.crypto.errors import DataKeyDestroyed
 from service.errors import TooManyRequests
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import claims as claim_limits
@@ -281,7 +282,20 @@ async def batch_get(
         decisions_by_citizen[citizen_id] = decisions
         allowed_any.update(allowed)
     rows = await records.store.current_values(list(decisions_by_citizen), sorted(allowed_any))
-    plain = await records.decrypt(catalog, rows)
+    while True:
+        try:
+            plain = await records.decrypt(catalog, rows)
+            break
+        except DataKeyDestroyed as shredded:
+            # Erased since their status was read: those citizens are answered as erased, as
+            # a read would be now, and the rest of the batch is still served.
+            erased = {row.citizen_id for row in rows if row.data_key_id in shredded.key_ids}
+            if not erased:
+                raise
+            for citizen_id in erased:
+                del decisions_by_citizen[citizen_id]
+                unavailable[citizen_id] = disclosure.ERASED_REASON
+            rows = [row for row in rows if row.citizen_id not in erased]
     current = {(row.citizen_id, row.field): row for row in rows}
     items: list[BatchItem] = []
     entries: list[AuditEntry] = []

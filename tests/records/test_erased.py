@@ -4,6 +4,9 @@ per citizen. Runs the service on the rolled-back test transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from service.records import reads, writes
@@ -61,3 +64,35 @@ class TestErasedCitizen:
         real, made_up = page.items
         assert real.model_dump(exclude={"id"}) == made_up.model_dump(exclude={"id"})
         assert made_up.withheld[0].reason == "no such citizen is available to you"
+
+
+class TestErasedDuringABatch:
+    async def test_a_citizen_erased_after_the_decision_is_answered_as_erased(
+        self, records_tx: RecordsTx, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Erased between its status being read and its values being decrypted: that
+        citizen is withheld as erased, and the rest of the batch is served (never a 410
+        for the whole batch)."""
+        registrar = facts_as("register", "registrar")
+        kept = await writes.register(records_tx.records, registrar, "ER7654321", {"given_name": "Kept"})
+        gone = await writes.register(records_tx.records, registrar, "ER7654322", {"given_name": "Gone"})
+        store = records_tx.records.store
+        load = store.current_values
+
+        async def erased_after_loading(citizen_ids: Sequence[str], fields: Sequence[str]) -> Any:
+            rows = await load(citizen_ids, fields)
+            await writes.erase(
+                records_tx.records, registrar, gone.id, reason="court-order", legal_basis="Court order 2026/7"
+            )
+            return rows
+
+        monkeypatch.setattr(store, "current_values", erased_after_loading)
+        page = await reads.batch_get(records_tx.records, WELFARE, [kept.id, gone.id], ["given_name"])
+        served, withheld = page.items
+        assert served.id == kept.id
+        assert served.fields["given_name"].value == "Kept"
+        assert withheld.id == gone.id
+        assert withheld.fields == {}
+        assert [(w.field, w.reason) for w in withheld.withheld] == [
+            ("given_name", "the citizen's record was erased")
+        ]

@@ -494,6 +494,42 @@ def choice_entry(
     )
 
 
+def explain_entry(
+    principal: Principal,
+    *,
+    source: str | None,
+    citizen_id: str,
+    consumer: str,
+    action: str,
+    owners: Iterable[str],
+    decided: Sequence[FieldDecision],
+    purpose: str | None,
+    case_ref: str | None,
+) -> AuditEntry:
+    """Decisions explained with one citizen's consents and objections, which the
+    explanation reveals: who asked (``principal``), for which consumer and action, and each
+    field's decision. Nothing is released, and the entry is not on the citizen's access
+    log (neither are the choices themselves)."""
+    asked = Reason.built(field="", effect="explained", reason=f"as {consumer} would {action}")
+    return AuditEntry.built(
+        time=utcnow(),
+        request_id=current_request_id(),
+        client_id=principal.client_id,
+        department=principal.department,
+        on_behalf_of=principal.on_behalf_of,
+        action="explain",
+        citizen_id=citizen_id,
+        owners=sorted(set(owners)),
+        fields_requested=[d.field for d in decided],
+        decision="permit",
+        reasons=[asked, *(_reason(d) for d in decided)],
+        purpose=purpose,
+        case_ref=case_ref,
+        status=200,
+        source=source,
+    )
+
+
 def operator_entry(actor: str, action: str, department: str, what: str) -> AuditEntry:
     """An operator command that changed who may call the service or what signs tokens
     (``client-create``, ``client-disable``, ``signing-key-rotate``), or made a key (init)."""

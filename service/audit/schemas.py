@@ -37,6 +37,7 @@ Action = Literal[
     "case-close",
     "consent-change",
     "objection-change",
+    "explain",
 ]
 Decision = Literal["permit", "deny", "partial", "error"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]

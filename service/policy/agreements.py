@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit import entries as audit_entries
+from service.audit import writer as audit_writer
 from service.auth import permissions
 from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
@@ -269,10 +271,13 @@ async def explain(
     fields: list[str],
     context: RequestContext,
     citizen_id: str | None = None,
+    source: str | None = None,
 ) -> dict[str, Explanation]:
     """Each field's decision with its near misses. A data owner asks about its own fields,
     or about its own department as consumer. With ``citizen_id``, consent-based and
-    objectable agreements are decided with that citizen's consents and objections."""
+    objectable agreements are decided with that citizen's consents and objections; the
+    answer then reveals them, so it is audited (an ``explain`` entry naming the citizen,
+    in the caller's transaction, which commits before the answer is sent)."""
     if not permissions.sees_all(principal) and consumer != principal.department:
         owners = (await policy_service.live_catalog(session)).field_owners
         if not permissions.may_explain(principal, consumer, [owners.get(f) for f in fields]):
@@ -282,10 +287,24 @@ async def explain(
     conn = await session.connection()
     policy = await policy_service.current_policy(conn, holder)
     needed = policy.choices_needed(consumer, action, fields)
-    if citizen_id is not None and needed:
-        rows = await consent_repository.choices(conn, [citizen_id], sorted(needed))
-        context = consent_repository.context_with_choices(context, citizen_id, rows)
-    return policy.explain(consumer, action, fields, context)
+    if citizen_id is None or not needed:
+        return policy.explain(consumer, action, fields, context)
+    rows = await consent_repository.choices(conn, [citizen_id], sorted(needed))
+    context = consent_repository.context_with_choices(context, citizen_id, rows)
+    explained = policy.explain(consumer, action, fields, context)
+    entry = audit_entries.explain_entry(
+        principal,
+        source=source,
+        citizen_id=citizen_id,
+        consumer=consumer,
+        action=action,
+        owners=[owner for name in fields if (owner := policy.field_owners.get(name))],
+        decided=[e.decision for e in explained.values()],
+        purpose=context.purpose or None,
+        case_ref=context.case_ref,
+    )
+    await audit_writer.append_in_transaction(conn, entry)
+    return explained
 
 
 async def simulate_draft(

@@ -161,7 +161,8 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
 
     An agreement with basis ``consent`` or ``objectable`` is decided with the consents and
     objections of ``citizen_id``, or without any when it is left out: the reason is then
-    ``consent-required`` (or ``objected``), and the near miss names the agreement.
+    ``consent-required`` (or ``objected``), and the near miss names the agreement. An
+    answer decided with a citizen's choices is audited (action ``explain``).
     """
     explained = await agreements.explain(
         session,
@@ -172,6 +173,7 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
         fields=list(body.fields),
         context=agreements.now_context(body.purpose, body.case_ref, body.citizen_status),
         citizen_id=body.citizen_id,
+        source=request.client.host if request.client else None,
     )
     return ExplainOut(
         decisions={

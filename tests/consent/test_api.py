@@ -268,6 +268,50 @@ class TestExplainAndSimulate:
             == f"objected: the citizen objected to agreement {OBJECTABLE['id']}"
         )
 
+    async def test_explaining_with_a_citizens_choices_is_audited(self, world: ConsentWorld) -> None:
+        """The answer reveals the citizen's consents and objections: an ``explain`` entry
+        names who asked, the citizen, the consumer and each field's decision. Without a
+        citizen nothing of one is read, and nothing is audited."""
+        ask = {
+            "consumer": "revenue",
+            "action": "read",
+            "fields": ["benefit_status", "given_name"],
+            "purpose": "tax-administration",
+        }
+        auditor = as_("audit-office", "auditor")
+        conn = world.env.audit.conn  # type: ignore[union-attr]
+
+        async def explained() -> list[dict[str, Any]]:
+            query = select(AuditEntryRow.canonical).where(AuditEntryRow.action == "explain")
+            rows = await conn.execute(query.order_by(AuditEntryRow.id))
+            return [json.loads(canonical) for (canonical,) in rows]
+
+        without = await world.client.post("/v1/decisions/explain", json=ask, headers=auditor)
+        assert without.status_code == 200
+        assert await explained() == []
+        await world.consent()
+        for_citizen = {**ask, "citizen_id": world.citizen_id}
+        answer = await world.client.post("/v1/decisions/explain", json=for_citizen, headers=auditor)
+        assert answer.status_code == 200, answer.text
+        (entry,) = await explained()
+        assert (entry["citizen_id"], entry["department"], entry["client_id"]) == (
+            world.citizen_id,
+            "audit-office",
+            "audit-office-client",
+        )
+        assert entry["owners"] == ["register", "welfare"]
+        assert entry["fields_requested"] == ["benefit_status", "given_name"]
+        assert entry["fields_released"] == []
+        assert entry["purpose"] == "tax-administration"
+        asked, *decided = entry["reasons"]
+        assert asked["reason"] == "as revenue would read"
+        assert [(r["field"], r["effect"]) for r in decided] == [
+            ("benefit_status", "permit"),
+            ("given_name", "permit"),
+        ]
+        assert "Ada" not in json.dumps(entry)
+        assert "awarded" not in json.dumps(entry)
+
     async def test_simulate_counts_what_consent_would_withhold(self, world: ConsentWorld) -> None:
         other, _ = await world.env.register(given_name="Bo")
         asked = [

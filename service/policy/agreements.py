@@ -48,7 +48,6 @@ from service.policy.signing import signing_text
 from service.policy.simulate import (
     RecordedRequestSource,
     SimulationResult,
-    draft_agreements,
     draft_policy,
     simulate,
 )
@@ -353,7 +352,7 @@ async def simulate_draft(
         await get_agreement(session, principal, agreement_id)
     conn = await session.connection()
     live = await policy_service.current_policy(conn, holder)
-    changed = draft_policy(live, draft_agreements(live.agreements, drafts, read.remove))
+    changed = draft_policy(live, drafts, read.remove)
 
     async def choices(
         citizen_id: str, context: RequestContext, agreement_ids: frozenset[str]

@@ -270,6 +270,10 @@ def _bindings(context: RequestContext) -> dict[str, Any]:
     }
 
 
+# A refused agreement: (owner, agreement id, version).
+Refused = tuple[str, str, int]
+
+
 @dataclass
 class CompiledPolicy:
     """The index of the live agreement versions; immutable once built, swapped whole."""
@@ -279,6 +283,9 @@ class CompiledPolicy:
     purposes: frozenset[str]
     epoch: int = 0
     agreements: tuple[Agreement, ...] = field(default=())
+    # The agreements refused when compiling, as (owner, id, version): each owner's fields
+    # are decided by a stand-in forbid instead of any agreement (see ``compile_policy``).
+    refused: tuple[Refused, ...] = field(default=())
     # (consumer, action) -> field -> ids of the consent-based and objectable agreements
     # that grant it: what a decision needs to know of the citizen's choices.
     choice_grants: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
@@ -507,7 +514,7 @@ def compile_policy(
     *,
     epoch: int = 0,
     refuse: Callable[[Agreement, Exception], None] | None = None,
-    refused: Mapping[str, tuple[str, int]] | None = None,
+    refused: Iterable[Refused] = (),
 ) -> CompiledPolicy:
     """Build the index; raises ``ConditionError`` for a condition that does not compile.
 
@@ -519,15 +526,16 @@ def compile_policy(
 
     A refused agreement fails closed for its owner: it may have been a forbid, or a
     narrower version of a permit, so while any agreement of an owner is refused (here, or
-    before compiling: ``refused`` maps such owners to the agreement id and version) no
-    agreement releases that owner's fields to anyone; a stand-in forbid citing the refused
-    agreement takes the place of their grants. The owner's own access is unchanged, and
-    every other owner's fields are decided as before.
+    before compiling: ``refused`` lists such agreements as (owner, id, version)) no
+    agreement releases that owner's fields to anyone; a stand-in forbid citing the owner's
+    first refused agreement takes the place of their grants. The owner's own access is
+    unchanged, and every other owner's fields are decided as before. The policy keeps every
+    refusal (``CompiledPolicy.refused``), so a draft compiled from it keeps them too.
     """
     collected: dict[tuple[str, str], dict[str, list[Grant]]] = {}
     choices: dict[tuple[str, str], dict[str, set[str]]] = {}
     kept: list[Agreement] = []
-    withheld: dict[str, tuple[str, int]] = dict(refused or {})
+    refusals: list[Refused] = list(refused)
     for agreement in agreements:
         try:
             grant = _grant(agreement)
@@ -535,7 +543,7 @@ def compile_policy(
             if refuse is None:
                 raise
             refuse(agreement, error)
-            withheld.setdefault(agreement.owner, (agreement.id, agreement.version))
+            refusals.append((agreement.owner, agreement.id, agreement.version))
             continue
         kept.append(agreement)
         # Only fields the agreement's owner owns in this catalog: an agreement kept from an
@@ -556,8 +564,10 @@ def compile_policy(
             name: tuple(sorted(grants, key=lambda g: (g.effect != "forbid", g.agreement)))
             for name, grants in by_field.items()
         }
-    if withheld:
-        stand_ins = {owner: _refused_grant(*cited) for owner, cited in withheld.items()}
+    if refusals:
+        stand_ins: dict[str, Grant] = {}
+        for owner, agreement_id, version in refusals:
+            stand_ins.setdefault(owner, _refused_grant(agreement_id, version))
         for decided in index.values():
             for name in decided:
                 stand_in = stand_ins.get(field_owners.get(name, ""))
@@ -573,6 +583,7 @@ def compile_policy(
         purposes=frozenset(purposes),
         epoch=epoch,
         agreements=tuple(kept),
+        refused=tuple(refusals),
         choice_grants={
             key: {name: frozenset(ids) for name, ids in by_field.items()} for key, by_field in choices.items()
         },

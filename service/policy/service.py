@@ -122,7 +122,7 @@ async def compile_snapshot(conn: AsyncConnection, epoch: int, key: EpochKey | No
     # One stored agreement that does not compile is refused, never an error that would
     # leave every department without a policy; its owner's fields fail closed (see
     # ``compile_policy``), whether it was refused here or by ``agreements_from_rows``.
-    before = {r.owner: (r.agreement_id, r.version) for r in reversed(refused)}
+    before = [(r.owner, r.agreement_id, r.version) for r in refused]
     policy = compile_policy(
         agreements,
         catalog.field_owners,

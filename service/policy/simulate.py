@@ -66,8 +66,20 @@ def draft_agreements(
     return [a for a in live if a.id not in removed] + list(replaced.values())
 
 
-def draft_policy(live: CompiledPolicy, agreements: Iterable[Agreement]) -> CompiledPolicy:
-    return compile_policy(agreements, live.field_owners, live.purposes, epoch=live.epoch)
+def draft_policy(live: CompiledPolicy, upsert: Iterable[Agreement], remove: Iterable[str]) -> CompiledPolicy:
+    """The live policy with ``upsert`` replacing (or adding) agreements by id and ``remove``
+    dropped. An agreement the live policy refused still fails its owner's fields closed
+    unless the draft replaces or removes it, so the simulation shows what the draft changes,
+    not what the refusal does."""
+    upsert = list(upsert)
+    changed = set(remove) | {a.id for a in upsert}
+    return compile_policy(
+        draft_agreements(live.agreements, upsert, remove),
+        live.field_owners,
+        live.purposes,
+        epoch=live.epoch,
+        refused=[r for r in live.refused if r[1] not in changed],
+    )
 
 
 ChangeKey = tuple[str, str, str, str, str, str]

@@ -17,6 +17,7 @@ from service.policy.engine import (
     compile_condition,
     compile_policy,
 )
+from service.policy.simulate import draft_policy
 
 OWNERS = {
     "national_id": "register",
@@ -357,3 +358,59 @@ class TestPermitsKept:
         )
         assert (before["licence_status"].version, after["licence_status"].version) == (3, 4)
         assert after["licence_status"].legal_basis == "Another Act"
+
+
+class TestRefusedAgreements:
+    """An agreement that does not compile fails its owner's fields closed, and a draft
+    compiled from the live policy (what simulate compares) keeps that unless it replaces
+    or removes the refused agreement."""
+
+    def _live(self) -> CompiledPolicy:
+        refused: list[str] = []
+        live = compile_policy(
+            [
+                agreement(),
+                agreement("broken-forbid", effect="forbid", when="citizen.status =="),
+                agreement("tax-code-for-welfare", owner="revenue", fields=("tax_code",)),
+            ],
+            OWNERS,
+            PURPOSES,
+            refuse=lambda a, _error: refused.append(a.id),
+        )
+        assert refused == ["broken-forbid"]
+        return live
+
+    def test_the_refusal_is_kept_and_fails_the_owner_closed(self) -> None:
+        live = self._live()
+        assert live.refused == (("dvla", "broken-forbid", 1),)
+        decided = live.decide("welfare", "read", ["licence_status", "tax_code"], context())
+        assert (decided["licence_status"].effect, decided["licence_status"].agreement) == (
+            "deny",
+            "broken-forbid",
+        )
+        assert decided["tax_code"].effect == "permit"
+
+    def test_a_draft_of_another_agreement_keeps_the_stand_in(self) -> None:
+        live = self._live()
+        draft = draft_policy(live, [agreement("tax-code-for-welfare", owner="revenue", fields=())], [])
+        decided = draft.decide("welfare", "read", ["licence_status"], context())["licence_status"]
+        assert (decided.effect, decided.agreement) == ("deny", "broken-forbid")
+        # Another of the owner's agreements drafted anew does not lift it either.
+        draft = draft_policy(live, [agreement(purposes=("tax-administration", "benefit-eligibility"))], [])
+        decided = draft.decide("welfare", "read", ["licence_status"], context())["licence_status"]
+        assert (decided.effect, decided.agreement) == ("deny", "broken-forbid")
+
+    def test_a_draft_that_replaces_or_removes_the_refused_agreement_lifts_it(self) -> None:
+        live = self._live()
+        mended = agreement("broken-forbid", effect="forbid", fields=("points",))
+        draft = draft_policy(live, [mended], [])
+        assert draft.refused == ()
+        assert (
+            draft.decide("welfare", "read", ["licence_status"], context())["licence_status"].effect
+            == "permit"
+        )
+        draft = draft_policy(live, [], ["broken-forbid"])
+        assert (
+            draft.decide("welfare", "read", ["licence_status"], context())["licence_status"].effect
+            == "permit"
+        )

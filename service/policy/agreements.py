@@ -360,7 +360,13 @@ async def simulate_draft(
         rows = await consent_repository.choices(conn, [citizen_id], sorted(agreement_ids))
         return consent_repository.context_with_choices(context, citizen_id, rows)
 
-    return await simulate(live, changed, recorded, read.since, choices)
+    # Only the fields of the departments whose agreements the draft adds, changes or
+    # removes can be decided differently, and only they are replayed and counted.
+    removed = set(read.remove)
+    changing = {a.owner for a in drafts} | {a.owner for a in live.agreements if a.id in removed}
+    changing |= {owner for owner, agreement_id, _version in live.refused if agreement_id in removed}
+    fields = {name for name, owner in live.field_owners.items() if owner in changing}
+    return await simulate(live, changed, recorded, read.since, choices, fields)
 
 
 def _draft_order(problem: Problem) -> tuple[int, int]:

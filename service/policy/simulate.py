@@ -7,7 +7,7 @@ provides the real ``RecordedRequestSource`` (put on ``app.state.recorded_request
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -101,11 +101,16 @@ async def simulate(
     source: RecordedRequestSource | None,
     since: datetime | None = None,
     choices: ChoiceLoader | None = None,
+    fields: Collection[str] | None = None,
 ) -> SimulationResult:
     """Decide every recorded request under both policies and count what would differ.
 
     With ``choices``, a request an agreement with a citizen's choice decides is decided
-    with that citizen's consents and objections (as ``choices`` gives them)."""
+    with that citizen's consents and objections (as ``choices`` gives them). With
+    ``fields`` (those of the departments whose agreements the draft changes: no other can
+    change), only they are decided and counted, and a request that asked none of them is
+    not evaluated, so a data owner learns nothing of the requests for other departments'
+    fields."""
     evaluated = 0
     changed = 0
     changes: Counter[ChangeKey] = Counter()
@@ -113,15 +118,20 @@ async def simulate(
     if source is None:
         return SimulationResult(0, 0, {}, {})
     async for request in source.recorded_requests(since):
+        asked: Sequence[str] = request.fields
+        if fields is not None:
+            asked = [name for name in asked if name in fields]
+            if not asked:
+                continue
         evaluated += 1
         context = RequestContext(request.purpose, request.case_ref, request.time, request.citizen_status)
-        needed = live.choices_needed(request.consumer, request.action, request.fields) | draft.choices_needed(
-            request.consumer, request.action, request.fields
+        needed = live.choices_needed(request.consumer, request.action, asked) | draft.choices_needed(
+            request.consumer, request.action, asked
         )
         if needed and choices is not None and request.citizen_id is not None:
             context = await choices(request.citizen_id, context, needed)
-        before = live.decide(request.consumer, request.action, request.fields, context)
-        after = draft.decide(request.consumer, request.action, request.fields, context)
+        before = live.decide(request.consumer, request.action, asked, context)
+        after = draft.decide(request.consumer, request.action, asked, context)
         differs = False
         for name, old in before.items():
             new = after[name]

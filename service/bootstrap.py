@@ -214,6 +214,11 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
 
     # 1. The root key: every stored value is lost without it, so init never replaces one.
     # With a PKCS#11 token there is none: the token holds the keys, and must open.
+    if in_token and new_root_key:
+        raise InitFailed(
+            "--new-root-key: with TELLONCE_KEY_PROVIDER=pkcs11 there is no root key (the token "
+            "holds the department keys); run `tellonce init` without it"
+        )
     if in_token:
         from service.crypto.hsm import open_token
 

@@ -124,10 +124,10 @@ class TestInit:
 class TestInitWithToken:
     """TELLONCE_KEY_PROVIDER=pkcs11: no root key, and the checkpoint key is in the token."""
 
-    def _init(self, token_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    def _init(self, token_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         # A process of its own: SoftHSM reads its token folder once per process.
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "init"],
+            [sys.executable, "-m", "service.cli", "init", *args],
             env={**os.environ, **token_env},
             capture_output=True,
             text=True,
@@ -168,6 +168,14 @@ class TestInitWithToken:
         }
         assert len(vkeys) == 1, (first.stdout, again.stdout)
         assert not (production_env / "audit-checkpoint.key").exists()
+
+    def test_a_new_root_key_is_refused_not_ignored(self, production_env: Path, tmp_path: Path) -> None:
+        (tmp_path / "softhsm").mkdir()
+        token_env = make_token_store(tmp_path / "softhsm").env()
+        refused = self._init(token_env, "--new-root-key")
+        assert refused.returncode == 1
+        assert "--new-root-key: with TELLONCE_KEY_PROVIDER=pkcs11 there is no root key" in refused.stderr
+        assert not (production_env / "root.key").exists()
 
 
 class TestServeRefuses:

@@ -233,15 +233,20 @@ class TestAudited:
         assert not any("awarded" in json.dumps(e) or "Ada" in json.dumps(e) for e in entries)
 
 
+# Why may revenue read the citizen's benefit status and given name, asked by an auditor.
+EXPLAIN_REVENUE_READ: dict[str, Any] = {
+    "consumer": "revenue",
+    "action": "read",
+    "fields": ["benefit_status", "given_name"],
+    "purpose": "tax-administration",
+}
+AUDITOR = as_("audit-office", "auditor")
+
+
 class TestExplainAndSimulate:
     async def test_explain_names_the_missing_consent_and_the_objection(self, world: ConsentWorld) -> None:
-        ask = {
-            "consumer": "revenue",
-            "action": "read",
-            "fields": ["benefit_status", "given_name"],
-            "purpose": "tax-administration",
-        }
-        auditor = as_("audit-office", "auditor")
+        ask = EXPLAIN_REVENUE_READ
+        auditor = AUDITOR
         explained = (await world.client.post("/v1/decisions/explain", json=ask, headers=auditor)).json()
         benefit = explained["decisions"]["benefit_status"]
         assert (benefit["effect"], benefit["reason"]) == ("deny", "consent-required")
@@ -272,13 +277,8 @@ class TestExplainAndSimulate:
         """The answer reveals the citizen's consents and objections: an ``explain`` entry
         names who asked, the citizen, the consumer and each field's decision. Without a
         citizen nothing of one is read, and nothing is audited."""
-        ask = {
-            "consumer": "revenue",
-            "action": "read",
-            "fields": ["benefit_status", "given_name"],
-            "purpose": "tax-administration",
-        }
-        auditor = as_("audit-office", "auditor")
+        ask = EXPLAIN_REVENUE_READ
+        auditor = AUDITOR
         conn = world.env.audit.conn  # type: ignore[union-attr]
 
         async def explained() -> list[dict[str, Any]]:

@@ -71,7 +71,7 @@ def draft_policy(live: CompiledPolicy, upsert: Iterable[Agreement], remove: Iter
     dropped. An agreement the live policy refused still fails its owner's fields closed
     unless the draft replaces or removes it, so the simulation shows what the draft changes,
     not what the refusal does."""
-    upsert = list(upsert)
+    upsert, remove = list(upsert), list(remove)
     changed = set(remove) | {a.id for a in upsert}
     return compile_policy(
         draft_agreements(live.agreements, upsert, remove),

@@ -275,6 +275,9 @@ async def _store_write(
         status=status,
     )
     if bumped is None:
+        # Erased since it was read (the update waited for the erasure, or took SQLite's
+        # write lock after it): 410 as a write sent after it gets, not a stale version.
+        disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
         raise StaleVersion("The record is not at the version you read; read it again.")
     if NATIONAL_ID_FIELD in clean:
         # As registration does, after the version bump took SQLite's write lock.

@@ -559,6 +559,23 @@ class TestBatchAndErase:
         read = await env.client.get(url, params={"purpose": "benefit-eligibility"}, headers=WELFARE)
         problem(read, 410)
 
+    async def test_writes_racing_an_erasure_are_written_before_it_or_410(
+        self, committed_records_env: RecordsEnv
+    ) -> None:
+        """A write without If-Match that loses the race is told the record was erased, as
+        one sent after the erasure is; never that its version is stale."""
+        env = committed_records_env
+        for _round in range(3):
+            citizen_id, _ = await env.register(given_name="Racing")
+            url = f"/v1/citizens/{citizen_id}"
+            write = {"fields": {"given_name": "Later"}, "reason": "correction"}
+            erase, *writes = await asyncio.gather(
+                env.client.delete(url, params=ERASURE, headers=REGISTRAR),
+                *(env.client.patch(f"{url}/fields", json=write, headers=REGISTER_WRITER) for _ in range(3)),
+            )
+            assert erase.status_code == 204
+            assert {w.status_code for w in writes} <= {200, 410}, [w.text for w in writes]
+
     async def test_consumer_cannot_erase(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register()
         url = f"/v1/citizens/{citizen_id}"

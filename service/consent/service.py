@@ -224,14 +224,18 @@ async def grant(
     # agreement take turns: on PostgreSQL an advisory lock, on SQLite the write lock, which
     # the insert takes (the reads before it each saw the store as it was then, and another
     # grant may have committed since). Whoever comes second sees the first's consent and
-    # is refused; its insert is rolled back with the rest of its transaction.
+    # is refused, its insert undone by rolling back to a savepoint, so that no caller
+    # (the console renders the refusal and commits) can keep it.
     await repository.hold_consents_of(conn, citizen_id, agreement.id)
+    inserted = await conn.begin_nested()
     await repository.insert_consent(conn, row)
     for held in await repository.open_consents(conn, citizen_id, agreement.id, besides=consent_id):
         if status_at(held, now) in ("active", "paused"):
+            await inserted.rollback()
             raise ConsentExists(
                 f"Consent {held.id} to {agreement.id} is {held.status}: resume or revoke it instead."
             )
+    await inserted.commit()
     await _tell_consumer(conn, row, agreement.owner, "active", now)
     await _audit(
         conn,

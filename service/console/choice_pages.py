@@ -18,6 +18,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.catalog.schemas import Catalog
 from service.consent import service as consent_service
@@ -157,6 +158,37 @@ async def _page(
     )
 
 
+class _Unoffered(Exception):
+    """A change or agreement the choices page does not offer; the message says which."""
+
+
+async def _change(
+    session: AsyncSession,
+    runtime: consent_service.ConsentRuntime,
+    actor: consent_service.Actor,
+    citizen_id: str,
+    change: str,
+    agreement: str,
+    consent_id: str,
+) -> None:
+    """The change the choices form asks for, by the consent service's rules."""
+    if change == "give":
+        try:
+            asked = ConsentIn(agreement=agreement)
+        except ValidationError:
+            # Not an agreement id at all ("", "Bad Id!"): the page offers none such.
+            raise _Unoffered("That agreement is not one this page offers.") from None
+        await consent_service.grant(session, runtime, actor, citizen_id, asked)
+    elif change in ("paused", "active", "revoked"):
+        await consent_service.change(session, runtime, actor, citizen_id, consent_id, change)
+    elif change == "object":
+        await consent_service.object_to(session, runtime, actor, citizen_id, agreement)
+    elif change == "withdraw":
+        await consent_service.withdraw_objection(session, runtime, actor, citizen_id, agreement)
+    else:
+        raise _Unoffered("That change is not one this page offers.")
+
+
 @router.post("/citizen/choices", response_class=HTMLResponse)
 async def change_choice(
     request: Request,
@@ -173,27 +205,14 @@ async def change_choice(
     change = str(form.get("change") or "")
     runtime = consent_service.runtime_of(request.app.state)
     actor = consent_service.Actor(viewer.principal, source_of(request))
-    unoffered = "That agreement is not one this page offers."
     try:
-        if change == "give":
-            try:
-                asked = ConsentIn(agreement=agreement)
-            except ValidationError:
-                # Not an agreement id at all ("", "Bad Id!"): the page offers none such.
-                return await _page(request, session, viewer, citizen_id, unoffered)
-            await consent_service.grant(session, runtime, actor, citizen_id, asked)
-        elif change in ("paused", "active", "revoked"):
-            await consent_service.change(session, runtime, actor, citizen_id, consent_id, change)
-        elif change == "object":
-            await consent_service.object_to(session, runtime, actor, citizen_id, agreement)
-        elif change == "withdraw":
-            await consent_service.withdraw_objection(session, runtime, actor, citizen_id, agreement)
-        else:
-            return await _page(
-                request, session, viewer, citizen_id, "That change is not one this page offers."
-            )
-    except ServiceError as refused:
-        return await _page(request, session, viewer, citizen_id, refused.detail)
+        # In a savepoint: a refused change keeps nothing it did, although the page that
+        # says so returns normally and the request's transaction commits.
+        async with session.begin_nested():
+            await _change(session, runtime, actor, citizen_id, change, agreement, consent_id)
+    except (ServiceError, _Unoffered) as refused:
+        message = refused.detail if isinstance(refused, ServiceError) else str(refused)
+        return await _page(request, session, viewer, citizen_id, message)
     if change in ("give", "paused", "active", "revoked"):
         # As the API's consent endpoints do: once committed (the session ends before
         # background tasks run), wake this process's feeds and dispatcher for the

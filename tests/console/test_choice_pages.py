@@ -68,6 +68,22 @@ class TestChoicesPage:
         assert paused.status_code == 303, paused.text
         assert notifier.generation == 2
 
+    async def test_a_consent_given_twice_is_stored_once(
+        self, world: ConsentWorld, portal: httpx.AsyncClient, notifier: EventNotifier
+    ) -> None:
+        """A second tab or a stale page gives the same consent again: refused on the page,
+        and nothing of it kept, so revoking the one consent shown stops the release."""
+        assert (await self._post(portal, world, change="give", agreement=CONSENTED["id"])).status_code == 303
+        again = await self._post(portal, world, change="give", agreement=CONSENTED["id"])
+        assert again.status_code == 409, again.text[-3000:]
+        assert "is active: resume or revoke it instead" in again.text
+        listed = await portal.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
+        [consent] = listed.json()["items"]
+        revoked = await self._post(portal, world, change="revoked", consent_id=consent["id"])
+        assert revoked.status_code == 303, revoked.text
+        listed = await portal.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
+        assert [given["status"] for given in listed.json()["items"]] == ["revoked"]
+
     @pytest.mark.parametrize("agreement", ["", "Bad Id!"])
     async def test_an_agreement_that_is_no_agreement_id_is_refused_on_the_page(
         self, world: ConsentWorld, portal: httpx.AsyncClient, notifier: EventNotifier, agreement: str

@@ -34,7 +34,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.audit.schemas import DECIDED_AS
-from service.policy.engine import Agreement, CompiledPolicy, ConditionError, RequestContext, compile_policy
+from service.policy.engine import (
+    Agreement,
+    CompiledPolicy,
+    ConditionError,
+    Consented,
+    RequestContext,
+    compile_policy,
+    consented,
+)
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OWNER, OwnerVerifier, text_digest
 
@@ -140,9 +148,10 @@ class ReleaseChecker:
         # policy change, after which a cited version may read differently.
         self._verdicts: dict[tuple[Any, ...], str] = {}
         self._pending: list[_Release] = []
-        # Citizen -> agreement -> (consent status, expiry), and citizen -> objected agreements,
-        # as the log's consent-change and objection-change entries so far leave them.
-        self._consents: dict[str, dict[str, tuple[str, datetime | None]]] = {}
+        # Citizen -> agreement -> (consent status, expiry, the fields its signed terms cover),
+        # and citizen -> objected agreements, as the log's consent-change and
+        # objection-change entries so far leave them.
+        self._consents: dict[str, dict[str, tuple[str, datetime | None, frozenset[Consented]]]] = {}
         self._objections: dict[str, set[str]] = {}
 
     # --- feeding ------------------------------------------------------------------------
@@ -301,27 +310,41 @@ class ReleaseChecker:
                 objected.discard(agreement)
             return
         held = self._consents.setdefault(citizen, {})
-        expires_at = held[agreement][1] if agreement in held else None
+        expires_at, covered = held[agreement][1:] if agreement in held else (None, frozenset[Consented]())
         document = entry.get("document")
         if isinstance(document, str):
-            # A new consent: its signed terms carry its expiry.
+            # A new consent: its signed terms carry its expiry and what it covers.
+            expires_at, covered = None, frozenset()
             try:
                 terms = json.loads(document)
-                expiry = terms.get("expires_at") if isinstance(terms, dict) else None
-                expires_at = datetime.fromisoformat(expiry) if isinstance(expiry, str) else None
             except ValueError:
-                expires_at = None
-        held[agreement] = (change, expires_at)
+                terms = None
+            if isinstance(terms, dict):
+                expiry = terms.get("expires_at")
+                try:
+                    expires_at = datetime.fromisoformat(expiry) if isinstance(expiry, str) else None
+                except ValueError:
+                    expires_at = None
+                fields = terms.get("fields")
+                if isinstance(fields, list):
+                    covered = consented(
+                        agreement,
+                        str(terms.get("consumer") or ""),
+                        str(terms.get("purpose") or ""),
+                        (str(name) for name in fields),
+                    )
+        held[agreement] = (change, expires_at, covered)
 
-    def _choices_of(self, citizen: str, time: datetime) -> tuple[frozenset[str], frozenset[str]]:
-        """The agreements the citizen held an active, unexpired consent to at ``time``, and
-        those it had objected to, as the log so far says."""
+    def _choices_of(self, citizen: str, time: datetime) -> tuple[frozenset[Consented], frozenset[str]]:
+        """What the citizen's active, unexpired consents at ``time`` covered (by their
+        signed terms), and the agreements it had objected to, as the log so far says."""
         held = self._consents.get(citizen)
         consents = (
             frozenset(
-                agreement
-                for agreement, (status, expires_at) in held.items()
+                covered
+                for status, expires_at, terms in held.values()
                 if status == "active" and (expires_at is None or expires_at > time)
+                for covered in terms
             )
             if held
             else frozenset()

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Table, and_, delete, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -17,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.consent.models import Consent, Objection
-from service.policy.engine import RequestContext
+from service.policy.engine import RequestContext, consented
 
 consents: Table = Consent.__table__  # type: ignore[assignment]
 objections: Table = Objection.__table__  # type: ignore[assignment]
@@ -25,12 +27,16 @@ objections: Table = Objection.__table__  # type: ignore[assignment]
 
 @dataclass(frozen=True)
 class ChoiceRow:
-    """An active consent (``consent`` true, with its expiry) or an objection of a citizen."""
+    """An active consent (``consent`` true, with its expiry and the consumer, purpose and
+    fields of its signed terms) or an objection of a citizen."""
 
     citizen_id: str
     consent: bool
     agreement: str
     expires_at: datetime | None
+    consumer: str = ""
+    purpose: str = ""
+    fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,18 +81,33 @@ _CONSENT_COLUMNS = (
 def raw_choices_query(where: str, *, postgres: bool = False) -> str:
     """The access path's question for a raw driver (``service.records.store``), with
     ``where`` the driver's condition on ``citizen_id`` and ``agreement``: rows of
-    ('c', citizen, agreement, NULL, expires_at) per active consent and ('o', citizen,
-    agreement, NULL, NULL) per objection. The fourth column is there so that a citizens
-    query ``(kind, id, status, version, NULL)`` can be joined to it with UNION ALL, one
-    round trip. Paused, revoked and expired consents release nothing; expiry is judged
-    against the request's own time by ``context_with_choices``."""
+    ('c', citizen, agreement, NULL, expires_at, consumer, purpose, fields) per active
+    consent (``fields`` its terms' JSON list) and ('o', citizen, agreement, NULL, NULL,
+    NULL, NULL, NULL) per objection. The fourth column is there so that a citizens query
+    ``(kind, id, status, version, NULL, NULL, NULL, NULL)`` can be joined to it with
+    UNION ALL, one round trip (``CHOICE_PADDING``). Paused, revoked and expired consents
+    release nothing; expiry is judged against the request's own time by
+    ``context_with_choices``."""
     number, instant = ("NULL::int", "NULL::timestamptz") if postgres else ("NULL", "NULL")
     return (
-        f"SELECT 'c', citizen_id, agreement, {number}, expires_at FROM {consents.name} "  # noqa: S608 (model names)
-        f"WHERE status = 'active' AND {where} "
-        f"UNION ALL SELECT 'o', citizen_id, agreement, {number}, {instant} "
+        f"SELECT 'c', citizen_id, agreement, {number}, expires_at, consumer, purpose, fields "  # noqa: S608 (model names)
+        f"FROM {consents.name} WHERE status = 'active' AND {where} "
+        f"UNION ALL SELECT 'o', citizen_id, agreement, {number}, {instant}, {CHOICE_PADDING[postgres]} "
         f"FROM {objections.name} WHERE {where}"
     )
+
+
+# The last three columns of a ``raw_choices_query`` row that is not a consent's.
+CHOICE_PADDING = {False: "NULL, NULL, NULL", True: "NULL::text, NULL::text, NULL::json"}
+
+
+def choice_row(r: Sequence[Any], expires_at: datetime | None) -> ChoiceRow:
+    """A row of ``raw_choices_query``, its expiry already read by the driver's caller."""
+    if r[0] != "c":
+        return ChoiceRow(r[1], False, r[2], None)
+    # JSON text from sqlite3 and asyncpg alike.
+    fields = json.loads(r[7]) if isinstance(r[7], str) else r[7]
+    return ChoiceRow(r[1], True, r[2], expires_at, r[5], r[6], tuple(fields))
 
 
 async def choices(
@@ -96,7 +117,14 @@ async def choices(
     if not citizen_ids or not agreements:
         return []
     active = await conn.execute(
-        select(consents.c.citizen_id, consents.c.agreement, consents.c.expires_at).where(
+        select(
+            consents.c.citizen_id,
+            consents.c.agreement,
+            consents.c.expires_at,
+            consents.c.consumer,
+            consents.c.purpose,
+            consents.c.fields,
+        ).where(
             consents.c.citizen_id.in_(citizen_ids),
             consents.c.agreement.in_(agreements),
             consents.c.status == "active",
@@ -107,7 +135,7 @@ async def choices(
             objections.c.citizen_id.in_(citizen_ids), objections.c.agreement.in_(agreements)
         )
     )
-    return [ChoiceRow(row[0], True, row[1], row[2]) for row in active] + [
+    return [ChoiceRow(row[0], True, row[1], row[2], row[3], row[4], tuple(row[5])) for row in active] + [
         ChoiceRow(row[0], False, row[1], None) for row in objected
     ]
 
@@ -115,14 +143,15 @@ async def choices(
 def context_with_choices(
     context: RequestContext, citizen_id: str, rows: Iterable[ChoiceRow]
 ) -> RequestContext:
-    """``context`` with the citizen's consents that are active and unexpired at the
-    context's time, and its objections, among ``rows``."""
+    """``context`` with the fields the citizen's consents that are active and unexpired
+    at the context's time cover (by their terms), and its objections, among ``rows``."""
     consents = frozenset(
-        row.agreement
+        held
         for row in rows
         if row.citizen_id == citizen_id
         and row.consent
         and (row.expires_at is None or row.expires_at > context.time)
+        for held in consented(row.agreement, row.consumer, row.purpose, row.fields)
     )
     objections = frozenset(row.agreement for row in rows if row.citizen_id == citizen_id and not row.consent)
     return replace(context, consents=consents, objections=objections)

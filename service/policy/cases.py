@@ -17,6 +17,7 @@ A case file is a list of cases (or ``cases: [...]``)::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -24,7 +25,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.policy.engine import Action, CompiledPolicy, Decision, RequestContext, compile_policy
+from service.policy.engine import (
+    Action,
+    CompiledPolicy,
+    Consented,
+    Decision,
+    RequestContext,
+    compile_policy,
+    consented,
+)
 from service.policy.loader import PolicyFolder
 from service.sourcefile import SourceError, SourceFileError, read_yaml
 
@@ -115,6 +124,17 @@ def _instant(value: datetime | date | None) -> datetime:
     return datetime.combine(value, time(12), tzinfo=UTC)
 
 
+def _consented(policy: CompiledPolicy, agreement_ids: Iterable[str]) -> frozenset[Consented]:
+    """A case's consents, each given to its agreement's terms as the policy has them."""
+    wanted = set(agreement_ids)
+    return frozenset(
+        held
+        for agreement in policy.agreements
+        if agreement.id in wanted and agreement.purposes
+        for held in consented(agreement.id, agreement.consumer, agreement.purposes[0], agreement.fields)
+    )
+
+
 def run_cases(policy: CompiledPolicy, cases: list[LoadedCase]) -> list[Mismatch]:
     mismatches = []
     for loaded in cases:
@@ -124,7 +144,7 @@ def run_cases(policy: CompiledPolicy, cases: list[LoadedCase]) -> list[Mismatch]
             case.case_ref,
             _instant(case.time),
             case.citizen_status,
-            consents=frozenset(case.consents),
+            consents=_consented(policy, case.consents),
             objections=frozenset(case.objections),
         )
         decisions = policy.decide(case.consumer, case.action, case.fields, context)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import cel
 
@@ -37,6 +37,25 @@ CHOICE_ACTIONS = frozenset({"read", "verify", "history"})
 # a consumer sees (and the problem type when nothing is released).
 CONSENT_REQUIRED = "consent-required"
 OBJECTED = "objected"
+
+
+class Consented(NamedTuple):
+    """One field a citizen's active consent covers, as its signed terms name it: the
+    agreement consented to, its consumer and purpose, and the field. A consent-based grant
+    applies only where the request's consumer, purpose and field are among them, so an
+    agreement widened or redirected after the citizen consented releases nothing new
+    under that consent."""
+
+    agreement: str
+    consumer: str
+    purpose: str
+    field: str
+
+
+def consented(agreement: str, consumer: str, purpose: str, fields: Iterable[str]) -> frozenset[Consented]:
+    """Every field of one consent's terms."""
+    return frozenset(Consented(agreement, consumer, purpose, name) for name in fields)
+
 
 UNEVALUATED = "condition could not be evaluated"
 NEEDS_CASE_REF = "needs a case reference"
@@ -85,16 +104,16 @@ class Agreement:
 class RequestContext:
     """What a condition and a grant's limits are checked against.
 
-    ``consents`` and ``objections`` are the ids of the agreements the citizen holds an
-    active consent to, or has objected to, among those the request needs
-    (``CompiledPolicy.choices_needed``); left empty, a consent-based grant does not apply
-    (fail closed) and an objectable one does."""
+    ``consents`` are the fields the citizen's active consents cover, by their terms
+    (``Consented``), and ``objections`` the ids of the agreements the citizen has objected
+    to, among those the request needs (``CompiledPolicy.choices_needed``); left empty, a
+    consent-based grant does not apply (fail closed) and an objectable one does."""
 
     purpose: str
     case_ref: str | None
     time: datetime
     citizen_status: str | None = None
-    consents: frozenset[str] = frozenset()
+    consents: frozenset[Consented] = frozenset()
     objections: frozenset[str] = frozenset()
 
 
@@ -214,8 +233,9 @@ class Grant:
     # every other grant of its owner's fields.
     refused: bool = False
 
-    def miss(self, context: RequestContext, bindings: dict[str, Any]) -> str | None:
-        """Why this grant does not apply to ``context``; ``None`` when it does."""
+    def miss(self, context: RequestContext, bindings: dict[str, Any], name: str, consumer: str) -> str | None:
+        """Why this grant does not apply to ``consumer`` acting on field ``name`` in
+        ``context``; ``None`` when it does."""
         if self.purposes and context.purpose not in self.purposes:
             return (
                 f"agreement {self.agreement} covers {', '.join(sorted(self.purposes))}, not {context.purpose}"
@@ -239,7 +259,14 @@ class Grant:
             if not met:
                 return f"agreement {self.agreement} condition not met: {self.when}"
         # The citizen's choice last: a miss here means everything else applied.
-        if self.basis == "consent" and self.agreement not in context.consents:
+        if self.basis == "consent" and (
+            Consented(self.agreement, consumer, context.purpose, name) not in context.consents
+        ):
+            if any(held.agreement == self.agreement for held in context.consents):
+                return (
+                    f"{CONSENT_REQUIRED}: the citizen's consent to agreement {self.agreement} was given "
+                    f"to terms that do not cover {consumer} using {name} for {context.purpose}"
+                )
             return f"{CONSENT_REQUIRED}: agreement {self.agreement} needs the citizen's active consent"
         if self.basis == "objectable" and self.agreement in context.objections:
             return f"{OBJECTED}: the citizen objected to agreement {self.agreement}"
@@ -419,7 +446,7 @@ def _decide_field(
     permit: Grant | None = None
     # Forbids are sorted first, so the first applicable forbid ends the search.
     for grant in grants:
-        missed = grant.miss(context, bindings)
+        missed = grant.miss(context, bindings, name, consumer)
         if grant.effect == "forbid":
             if missed is None or UNEVALUATED in missed:
                 reason = (

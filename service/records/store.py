@@ -162,8 +162,8 @@ def _utc(value: Any) -> datetime:
 
 
 def _choice_row(r: Any) -> consent_repository.ChoiceRow:
-    """A row of ``raw_choices_query``: (kind, citizen, agreement, NULL, expires_at)."""
-    return consent_repository.ChoiceRow(r[1], r[0] == "c", r[2], _utc(r[4]) if r[4] is not None else None)
+    """A row of ``raw_choices_query``."""
+    return consent_repository.choice_row(r, _utc(r[4]) if r[4] is not None else None)
 
 
 def _value_row(r: Any) -> ValueRow:
@@ -269,7 +269,8 @@ class PostgresStore:
             return await self.citizens(ids), []
         where = "citizen_id = ANY($1::text[]) AND agreement = ANY($2::text[])"
         query = (
-            f"SELECT 'p', {', '.join(c.name for c in repository.CITIZEN_COLUMNS)}, NULL::timestamptz "  # noqa: S608
+            f"SELECT 'p', {', '.join(c.name for c in repository.CITIZEN_COLUMNS)}, NULL::timestamptz, "  # noqa: S608
+            f"{consent_repository.CHOICE_PADDING[True]} "
             f"FROM {repository.citizens.name} WHERE id = ANY($1::text[]) "
             f"UNION ALL {consent_repository.raw_choices_query(where, postgres=True)}"
         )

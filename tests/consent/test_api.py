@@ -74,6 +74,44 @@ class TestConsentLifecycle:
         assert revoked.json()["status"] == "revoked"
         problem(await world.read("benefit_status"), 403, "consent-required")
 
+    async def test_a_consent_covers_only_the_terms_it_was_given_to(self, world: ConsentWorld) -> None:
+        """The owner changes the agreement's purpose after the citizen consented: the
+        consent names the old purpose, so it releases nothing for the new one."""
+        assert (await world.consent()).status_code == 201
+        assert (await world.read("benefit_status")).status_code == 200
+        path = f"/v1/policies/{CONSENTED['id']}"
+        owner = as_("welfare", "data-owner")
+        changed = {**CONSENTED, "purposes": ["fraud-investigation"], "reason": "a new purpose"}
+        replaced = await world.client.put(path, json=changed, headers={**owner, "If-Match": '"1"'})
+        assert replaced.status_code == 200, replaced.text
+        read = await world.client.get(
+            f"/v1/citizens/{world.citizen_id}",
+            params={"fields": "benefit_status", "purpose": "fraud-investigation"},
+            headers=REVENUE,
+        )
+        problem(read, 403, "consent-required")
+        explained = await world.client.post(
+            "/v1/decisions/explain",
+            json={
+                "consumer": "revenue",
+                "action": "read",
+                "fields": ["benefit_status"],
+                "purpose": "fraud-investigation",
+                "citizen_id": world.citizen_id,
+            },
+            headers=owner,
+        )
+        assert explained.status_code == 200, explained.text
+        [miss] = [
+            miss
+            for miss in explained.json()["decisions"]["benefit_status"]["near_misses"]
+            if miss["agreement"] == CONSENTED["id"]
+        ]
+        assert miss["reason"] == (
+            f"consent-required: the citizen's consent to agreement {CONSENTED['id']} was given to terms "
+            "that do not cover revenue using benefit_status for fraud-investigation"
+        )
+
     async def test_revoked_consent_cannot_be_reactivated(self, world: ConsentWorld) -> None:
         consent = (await world.consent()).json()
         await world.set_status(consent["id"], "revoked")

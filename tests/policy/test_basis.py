@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.catalog.loader import load_catalog
-from service.policy.engine import CONSENT_REQUIRED, OBJECTED
+from service.policy.engine import CONSENT_REQUIRED, OBJECTED, consented
 from service.policy.loader import check_agreement
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OwnerSigner, OwnerVerifier
@@ -22,9 +22,30 @@ class TestDecision:
         compiled = policy(CONSENT)
         [decision] = compiled.decide("welfare", "read", ["licence_status"], context()).values()
         assert (decision.effect, decision.reason) == ("deny", CONSENT_REQUIRED)
-        consented = context(consents=frozenset({CONSENT.id}))
-        [decision] = compiled.decide("welfare", "read", ["licence_status"], consented).values()
+        given = context(consents=consented(CONSENT.id, "welfare", "benefit-eligibility", ["licence_status"]))
+        [decision] = compiled.decide("welfare", "read", ["licence_status"], given).values()
         assert (decision.effect, decision.agreement) == ("permit", CONSENT.id)
+
+    def test_a_consent_releases_only_what_its_terms_name(self) -> None:
+        """An agreement widened (another field), redirected (another consumer) or
+        repurposed after the citizen consented releases nothing new under that consent."""
+        widened = agreement("licence-with-consent", basis="consent", fields=("licence_status", "points"))
+        compiled = policy(widened)
+        given = context(consents=consented(widened.id, "welfare", "benefit-eligibility", ["licence_status"]))
+        decisions = compiled.decide("welfare", "read", ["licence_status", "points"], given)
+        assert decisions["licence_status"].effect == "permit"
+        assert (decisions["points"].effect, decisions["points"].reason) == ("deny", CONSENT_REQUIRED)
+        [explained] = compiled.explain("welfare", "read", ["points"], given).values()
+        assert explained.near_misses[0].reason == (
+            f"consent-required: the citizen's consent to agreement {widened.id} was given to terms "
+            "that do not cover welfare using points for benefit-eligibility"
+        )
+        for consumer, purpose in (("revenue", "benefit-eligibility"), ("welfare", "tax-administration")):
+            elsewhere = context(
+                consents=consented(widened.id, consumer, purpose, ["licence_status", "points"])
+            )
+            [decision] = compiled.decide("welfare", "read", ["licence_status"], elsewhere).values()
+            assert (decision.effect, decision.reason) == ("deny", CONSENT_REQUIRED)
 
     def test_explain_names_the_missing_consent(self) -> None:
         [explained] = policy(CONSENT).explain("welfare", "read", ["licence_status"], context()).values()

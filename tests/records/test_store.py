@@ -236,6 +236,13 @@ class TestStoresAgree:
         ]
         [expiring] = [r for r in rows if r.citizen_id == first and r.agreement == "a-consent"]
         assert expiring.expires_at == datetime(2026, 12, 2, 9, 30, 15, 123456, tzinfo=UTC)
+        # A consent comes with the terms it was given to; an objection with none.
+        assert (expiring.consumer, expiring.purpose, expiring.fields) == (
+            "revenue",
+            "tax-administration",
+            ("points",),
+        )
+        assert {(r.consumer, r.purpose, r.fields) for r in rows if not r.consent} == {("", "", ())}
         assert second in {r.citizen_id for r in rows}
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.audit import citizen_proofs
 from service.audit import query as audit_query
@@ -184,11 +184,60 @@ async def search_entries(
         rows = await audit_repository.page_entries(
             conn, stored_filter, after, limit + 1, newest_first=newest_first
         )
+        view = await owner_view(conn, principal)
     await record_query(access.writer, principal, source=source, owners=[query.owner] if query.owner else [])
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [audit_query.entry_item(entry_id, leaf, canonical) for entry_id, leaf, canonical in rows]
+    items = [
+        narrowed(audit_query.entry_item(entry_id, leaf, canonical), view)
+        for entry_id, leaf, canonical in rows
+    ]
     return Page(items, rows[-1][0] if more else None)
+
+
+@dataclass(frozen=True)
+class OwnerView:
+    """What a data owner sees of the log: its department and the fields it owns."""
+
+    department: str
+    fields: frozenset[str]
+
+
+async def owner_view(conn: AsyncConnection, principal: Principal) -> OwnerView | None:
+    """The view ``principal`` is confined to; ``None`` for an auditor, who sees it all."""
+    department = permissions.owner_scope(principal)
+    if department is None:
+        return None
+    catalog = await catalog_service.current_cached(conn)
+    return OwnerView(department, frozenset(f.name for f in catalog.fields if f.owner == department))
+
+
+# The parts of an entry that list field names.
+_FIELD_LISTS = ("fields_requested", "fields_released")
+
+
+def narrowed(item: dict[str, Any], view: OwnerView | None) -> dict[str, Any]:
+    """A search item as ``view`` may see it (``None``: the whole entry). An entry that
+    also named other departments' fields keeps only the owner's: among the fields asked
+    for and released, among the reasons, and in ``owners``. Its legal bases, which do not
+    say which field each was for, are left out (the owner's reasons cite its agreements
+    and versions). Who asked, when, and for what purpose and case stay: that is the access
+    to the owner's fields. Such an item is marked ``"narrowed": true``; its entry is then
+    not the logged leaf (an auditor's proof calls show that)."""
+    if view is None:
+        return item
+    entry: dict[str, Any] = item["entry"]
+    reasons = [r for r in entry.get("reasons") or [] if isinstance(r, dict)]
+    named = {*(f for key in _FIELD_LISTS for f in entry.get(key) or []), *(r.get("field") for r in reasons)}
+    if named <= view.fields and set(entry.get("owners") or []) <= {view.department}:
+        return item
+    kept = dict(entry)
+    for key in _FIELD_LISTS:
+        kept[key] = [f for f in entry.get(key) or [] if f in view.fields]
+    kept["reasons"] = [r for r in reasons if r.get("field") in view.fields]
+    kept["owners"] = [o for o in entry.get("owners") or [] if o == view.department]
+    kept["legal_basis"] = []
+    return {**item, "entry": kept, "narrowed": True}
 
 
 async def export_entries(
@@ -201,25 +250,29 @@ async def export_entries(
 ) -> AsyncIterator[str]:
     """Every matching entry as JSON lines or CSV, read page by page as it is streamed.
 
-    The export is audited before the first line; the lines are produced lazily."""
+    The first page is read, and the export audited, before this returns: a query the
+    database refuses (or a database that is down) is an error answer, not a stream that
+    starts with 200 and breaks. The later pages are read lazily as the lines go out."""
     if not permissions.may_export_audit(principal):
         raise Forbidden(f"This call needs the scope {permissions.EXPORTS_AUDIT}.")
     stored_filter = entry_filter(principal, query)
+    async with access.connect() as conn:
+        first = await audit_repository.page_entries(conn, stored_filter, 0, EXPORT_PAGE)
+        view = await owner_view(conn, principal)
     await record_query(access.writer, principal, source=source, owners=[query.owner] if query.owner else [])
 
     async def lines() -> AsyncIterator[str]:
         if format == "csv":
             yield audit_query.csv_header()
-        after = 0
+        rows = first
         while True:
-            async with access.connect() as conn:
-                rows = await audit_repository.page_entries(conn, stored_filter, after, EXPORT_PAGE)
             for entry_id, leaf, canonical in rows:
-                item = audit_query.entry_item(entry_id, leaf, canonical)
+                item = narrowed(audit_query.entry_item(entry_id, leaf, canonical), view)
                 yield audit_query.csv_line(item) if format == "csv" else json.dumps(item) + "\n"
             if len(rows) < EXPORT_PAGE:
                 return
-            after = rows[-1][0]
+            async with access.connect() as conn:
+                rows = await audit_repository.page_entries(conn, stored_filter, rows[-1][0], EXPORT_PAGE)
 
     return lines()
 

@@ -137,13 +137,8 @@ async def search(
             newest_first=True,
         )
         names = {c.client_id: c.name for c in await auth_service.list_clients(session) if c.name}
-        # A data owner sees only its own fields of each entry (a registration names others').
-        owned = (
-            None
-            if permissions.sees_all(viewer.principal)
-            else {f.name for f in catalog.fields if f.owner == viewer.principal.department}
-        )
-        page = AuditPage([AuditRow.of(item, names, owned) for item in found.items], found.next_cursor)
+        # A data owner's items come narrowed to its own fields (``search.narrowed``).
+        page = AuditPage([AuditRow.of(item, names) for item in found.items], found.next_cursor)
     departments = [(d.id, d.name) for d in catalog.departments]
     selects = [
         ("consumer", "Consumer", departments),

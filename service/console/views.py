@@ -138,15 +138,10 @@ class AuditRow:
     client_name: str | None = None
 
     @classmethod
-    def of(
-        cls, item: dict[str, Any], client_names: dict[str, str] | None = None, owned: set[str] | None = None
-    ) -> AuditRow:
-        """From a search item, ``{id, leaf_index, entry}``; for a data owner (``owned``: the
-        fields its department owns) only its own fields of the entry."""
+    def of(cls, item: dict[str, Any], client_names: dict[str, str] | None = None) -> AuditRow:
+        """From a search item, ``{id, leaf_index, entry}`` (for a data owner already
+        narrowed to its own fields by ``service.audit.search``)."""
         entry: dict[str, Any] = item["entry"]
-
-        def shown(fields: list[str] | None) -> list[str]:
-            return [f for f in fields or [] if owned is None or f in owned]
 
         return cls(
             id=item["id"],
@@ -156,8 +151,8 @@ class AuditRow:
             department=entry["department"],
             action=entry["action"],
             citizen_id=entry.get("citizen_id"),
-            fields_requested=shown(entry.get("fields_requested")),
-            fields_released=shown(entry.get("fields_released")),
+            fields_requested=list(entry.get("fields_requested") or []),
+            fields_released=list(entry.get("fields_released") or []),
             decision=entry["decision"],
             purpose=entry.get("purpose"),
             status=int(entry.get("status", 0)),

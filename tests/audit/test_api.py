@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import merkle
+from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteVerifier
 from service.audit.schemas import AuditEntry, canonical_json
 from service.audit.writer import AuditWriter, get_audit_writer
@@ -250,6 +252,53 @@ class TestEntryQueries:
         # Asking for another owner's entries narrows to nothing rather than widening.
         assert await _items(client, citizen_id=citizen, owner="dvla") == []
 
+    async def test_a_data_owner_sees_only_its_own_fields_of_an_entry(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
+    ) -> None:
+        """A read of two owners' fields: each owner finds the entry, narrowed to its own
+        field, its reason and its name; the auditor gets the logged entry whole."""
+        citizen = str(uuid.uuid4())
+        [logged] = await audit_log.append_many(
+            [
+                make_entry(
+                    citizen_id=citizen,
+                    department="welfare",
+                    owners=["register", "dvla"],
+                    fields_requested=["address", "licence_status"],
+                    fields_released=["address", "licence_status"],
+                    reasons=[
+                        {
+                            "field": "address",
+                            "effect": "permit",
+                            "agreement": "welfare-address",
+                            "version": 1,
+                        },
+                        {
+                            "field": "licence_status",
+                            "effect": "permit",
+                            "agreement": "welfare-licence",
+                            "version": 3,
+                        },
+                    ],
+                    legal_basis=["Act of the register", "Act of the DVLA"],
+                    case_ref="CASE-7",
+                )
+            ]
+        )
+        act_as(app, "dvla", "data-owner")
+        [item] = await _items(client, citizen_id=citizen)
+        assert (item["id"], item["narrowed"]) == (logged, True)
+        entry = item["entry"]
+        assert entry["fields_requested"] == entry["fields_released"] == ["licence_status"]
+        assert [r["agreement"] for r in entry["reasons"]] == ["welfare-licence"]
+        assert (entry["owners"], entry["legal_basis"]) == (["dvla"], [])
+        assert (entry["department"], entry["case_ref"]) == ("welfare", "CASE-7")
+        act_as(app, "audit-office", "auditor")
+        [whole] = await _items(client, citizen_id=citizen)
+        assert "narrowed" not in whole
+        assert whole["entry"]["fields_released"] == ["address", "licence_status"]
+        assert whole["entry"]["legal_basis"] == ["Act of the register", "Act of the DVLA"]
+
     async def test_refusals(
         self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
     ) -> None:
@@ -312,6 +361,23 @@ class TestExport:
         assert [int(row["id"]) for row in rows] == ids
         assert rows[2]["decision"] == "deny"
         assert json.loads(rows[0]["owners"]) == ["dvla"]
+
+    async def test_a_first_page_the_database_cannot_read_is_an_error_answer(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        audit_log: TransactionAudit,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The first page is read before the answer starts: a database that is down (or
+        refuses the query) is a 503 problem, not a 200 whose stream breaks off."""
+        act_as(app, "audit-office", "auditor")
+
+        async def down(*_args: Any, **_kwargs: Any) -> Any:
+            raise ConnectionRefusedError("the database is down")
+
+        monkeypatch.setattr(audit_repository, "page_entries", down)
+        _problem(await client.get("/v1/audit/export"), 503)
 
     async def test_export_needs_the_export_scope(
         self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import pytest
 from starlette.datastructures import FormData
 
+from service.audit.search import OwnerView, narrowed
 from service.audit.value import value_by_owner
 from service.catalog.schemas import Catalog
 from service.console import audit_pages, chart, forms, wording
@@ -261,13 +262,43 @@ class TestAuditRows:
     }
 
     def test_an_owner_sees_only_its_own_fields_of_an_entry(self) -> None:
-        row = AuditRow.of(self.ITEM, {"tc_registrar": "Register office"}, {"licence_status"})
+        item = {
+            **self.ITEM,
+            "entry": {
+                **self.ITEM["entry"],
+                "owners": ["register", "dvla"],
+                "reasons": [
+                    {"field": "address", "effect": "permit", "agreement": "a", "version": 1},
+                    {"field": "licence_status", "effect": "permit", "agreement": "b", "version": 2},
+                ],
+                "legal_basis": ["Act A", "Act B"],
+            },
+        }
+        shown = narrowed(item, OwnerView("dvla", frozenset({"licence_status", "points"})))
+        assert shown["narrowed"] is True
+        entry = shown["entry"]
+        assert (entry["fields_requested"], entry["fields_released"]) == (
+            ["licence_status"],
+            ["licence_status"],
+        )
+        assert entry["reasons"] == [item["entry"]["reasons"][1]]
+        assert (entry["owners"], entry["legal_basis"]) == (["dvla"], [])
+        # Who asked, when and why stays: that is the access to the owner's field.
+        assert {k: entry[k] for k in ("client_id", "department", "time", "citizen_id")} == {
+            k: item["entry"][k] for k in ("client_id", "department", "time", "citizen_id")
+        }
+        row = AuditRow.of(shown, {"tc_registrar": "Register office"})
         assert row.fields_released == ["licence_status"]
-        assert row.fields_requested == ["licence_status"]
         assert row.client_name == "Register office"
 
+    def test_an_entry_of_the_owners_fields_alone_is_shown_whole(self) -> None:
+        item = {**self.ITEM, "entry": {**self.ITEM["entry"], "fields_requested": ["licence_status"]}}
+        item["entry"]["fields_released"] = ["licence_status"]
+        assert narrowed(item, OwnerView("dvla", frozenset({"licence_status"}))) is item
+
     def test_an_auditor_sees_every_field(self) -> None:
-        row = AuditRow.of(self.ITEM, {}, None)
+        assert narrowed(self.ITEM, None) is self.ITEM
+        row = AuditRow.of(self.ITEM, {})
         assert row.fields_released == ["national_id", "address", "licence_status"]
         assert row.client_name is None
 

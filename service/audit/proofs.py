@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from service.audit import merkle
+from service.audit import cosignatures, merkle
 from service.audit import repository as audit_repository
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.repository import Executor
@@ -19,13 +19,27 @@ async def _read_for(db: Executor, build: Any) -> Any:
     return build(lambda level, index: nodes[(level, index)])
 
 
-async def inclusion(db: Executor, leaf_index: int, tree_size: int | None) -> dict[str, Any]:
+async def inclusion(
+    db: Executor, leaf_index: int, tree_size: int | None, *, witnessed: bool = False
+) -> dict[str, Any]:
+    """The proof of ``leaf_index`` in the tree of ``tree_size``; by default in the tree of
+    the checkpoint ``GET /v1/audit/checkpoint`` serves, so the two verify together: with
+    witnesses (``witnessed``) the newest at quorum, otherwise the newest signed (or, before
+    the first, the tree as it stands)."""
     # The checkpoint before the size: the sequencer may sign a larger one between the two
     # reads, and a checkpoint read first is never larger than the tree read after it.
-    checkpoint = await audit_repository.latest_checkpoint(db) if tree_size is None else None
+    signed_size: int | None = None
+    if tree_size is None and witnessed:
+        found = await cosignatures.newest_witnessed(db)
+        if found is None:
+            raise NoCheckpoint("No checkpoint has reached the witness quorum yet; name a tree_size.")
+        signed_size = found[0].tree_size
+    elif tree_size is None:
+        latest = await audit_repository.latest_checkpoint(db)
+        signed_size = latest.tree_size if latest is not None else None
     size = await audit_repository.tree_size(db)
     if tree_size is None:
-        tree_size = checkpoint.tree_size if checkpoint else size
+        tree_size = signed_size if signed_size is not None else size
     if tree_size < 1 or tree_size > size:
         raise AuditQueryInvalid(f"tree_size must be between 1 and the current size {size}.")
     if leaf_index < 0 or leaf_index >= tree_size:

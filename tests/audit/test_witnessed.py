@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from service.app import create_app
 from service.audit import citizen_proofs, merkle
+from service.audit import repository as audit_repository
 from service.audit.checkpoint import Checkpoint, NoteVerifier
 from service.audit.cli import export_bundle
 from service.audit.config import AuditSettings, load_signer
@@ -121,6 +122,40 @@ class TestWitnessedCheckpoint:
             # The witness's own record agrees: it cosigned exactly this tree.
             latest = httpx.get(f"{witness.url}/checkpoint", params={"origin": checkpoint.origin}).text
             assert Checkpoint.parse_body(split_note(latest)[0]).size >= checkpoint.size
+
+    async def test_a_proof_by_default_is_in_the_served_checkpoints_tree(
+        self, witnessed_app: FastAPI, witnesses: list[WitnessProcess], log_vkey: str
+    ) -> None:
+        """While a witness is away the log signs checkpoints that reach no quorum; the
+        proof asked for without a size is in the tree of the checkpoint served, the newest
+        at quorum, so the two verify together."""
+        act_as(witnessed_app, "audit-office", "auditor")
+        await _seed(witnessed_app, 4)
+        async with _client(witnessed_app) as client:
+            note = await _witnessed_note(client, 4)
+            served = NoteVerifier.parse(log_vkey).open_checkpoint(note)
+            witnesses[0].stop()
+            await _seed(witnessed_app, 3)
+            database: Database = witnessed_app.state.database
+
+            async def signed_beyond() -> bool:
+                async with database.engine.connect() as conn:
+                    latest = await audit_repository.latest_checkpoint(conn)
+                return latest is not None and latest.tree_size > served.size
+
+            await poll(signed_beyond)
+            response = await client.get("/v1/audit/entries/0/proof")
+            assert response.status_code == 200, response.text
+            proof = response.json()
+            assert proof["tree_size"] == served.size
+            assert merkle.verify_inclusion(
+                base64.b64decode(proof["leaf_hash"]),
+                0,
+                served.size,
+                [base64.b64decode(h) for h in proof["hashes"]],
+                served.root_hash,
+            )
+            witnesses[0].start()
 
     async def test_needs_a_token_unless_public(
         self,

@@ -21,7 +21,7 @@ import binascii
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -235,6 +235,18 @@ def check_cosignatures(
     return best
 
 
+def _one_witness_per_key(witnesses: Sequence[CosignatureVerifier]) -> None:
+    """Refuse a public key given twice (under one name or two): a cosignature does not sign
+    its witness's name (C2SP tlog-cosignature), so it would count twice toward the quorum."""
+    for number, verifier in enumerate(witnesses):
+        for earlier in witnesses[:number]:
+            if earlier.public_key == verifier.public_key:
+                raise CosignatureError(
+                    f"the witness keys {earlier.name} and {verifier.name} are the same public key: "
+                    "give each witness once"
+                )
+
+
 async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int:
     """Write the bundle described in this module's docstring; return the tree size."""
     engine = create_engine(database_url)
@@ -326,6 +338,7 @@ def verify(
     try:
         verifier = _verifier_from(key)
         witnesses = [CosignatureVerifier.parse(_text_or_file(value)) for value in witness]
+        _one_witness_per_key(witnesses)
     except CheckpointError as exc:
         # A key that cannot be read says nothing of the log: a usage error, as above.
         typer.echo(f"--key/--witness: {exc}", err=True)

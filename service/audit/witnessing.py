@@ -102,6 +102,14 @@ def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
             raise WitnessConfigInvalid(f"{url}: {exc}") from None
         if any(w.name == verifier.name for w in found):
             raise WitnessConfigInvalid(f"the witness {verifier.name} is listed twice")
+        # A cosignature does not sign its witness's name (C2SP tlog-cosignature), so one key
+        # under two names would count one witness's cosignature twice toward the quorum.
+        twin = next((w for w in found if w.verifier.public_key == verifier.public_key), None)
+        if twin is not None:
+            raise WitnessConfigInvalid(
+                f"the witnesses {twin.name} and {verifier.name} have the same public key: "
+                "one witness counts once"
+            )
         found.append(WitnessEndpoint(url.rstrip("/"), verifier))
     return tuple(found)
 

@@ -210,6 +210,10 @@ class TestOfflineCosignatures:
         refused = _verify_cli(bundle, log_vkey, [witnesses[0], stranger], "--quorum", "2")
         assert refused.exit_code == 1
         assert "no checkpoint in the bundle is cosigned by 2" in refused.stderr
+        # Nor can one witness given twice: its one cosignature would count for two.
+        twice = _verify_cli(bundle, log_vkey, [witnesses[0], witnesses[0]], "--quorum", "2")
+        assert twice.exit_code == 2
+        assert "are the same public key: give each witness once" in twice.stderr
 
     async def test_split_view_rewritten_log_fails_offline(
         self,

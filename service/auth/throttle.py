@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.models import AuthFailure
+from service.auth.secrets import loggable_client_id
 from service.auth.server import plausible_client_id
 from service.config import Settings
 from service.db import utcnow
@@ -45,7 +46,7 @@ class Subjects:
         # An id no client can have is not counted (the address still is); a NUL in it
         # could not even reach PostgreSQL as text.
         if self.client_id and plausible_client_id(self.client_id):
-            keyed.append((f"client:{self.client_id[:64]}", settings.auth_failures_per_client))
+            keyed.append((f"client:{loggable_client_id(self.client_id)}", settings.auth_failures_per_client))
         if self.address:
             keyed.append((f"address:{self.address[:64]}", settings.auth_failures_per_address))
         return keyed

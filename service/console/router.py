@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from service.auth import service as auth_service
 from service.auth import throttle
 from service.auth.dependencies import Principal
+from service.auth.secrets import loggable_client_id
 from service.console import (
     agreement_editor,
     agreement_pages,
@@ -135,8 +136,9 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings) -> 
         await throttle.refuse_if_throttled(session, request, client_id, endpoint="console")
         client = await auth_service.client_with_secret(session, client_id, secret)
         if client is None or client.disabled_at is not None:
-            # The client id is logged to spot guessing; the secret never is.
-            logger.warning("console sign-in refused", extra={"client_id": client_id[:64]})
+            # The client id is logged to spot guessing; the secret never is, nor text that
+            # is no client id (it may be a secret in the wrong box).
+            logger.warning("console sign-in refused", extra={"client_id": loggable_client_id(client_id)})
             await throttle.record_failure(session, request, client_id, endpoint="console")
             errors["client_id"] = [
                 BAD_CREDENTIALS

@@ -4,6 +4,7 @@ transaction: clients made by the auth domain, pages answered by the policy and a
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.audit.models import AuditEntryRow
 from service.audit.search import get_audit_access
 from service.auth import service as auth_service
+from service.auth.models import AuthFailure
+from service.auth.secrets import loggable_client_id
 from service.console.config import ConsoleSettings
 from service.console.models import ConsoleSession
 from service.db import utcnow
@@ -168,6 +171,30 @@ class TestSignIn:
         assert (secret or people[name].secret) not in response.text
         assert "tellonce_console" not in client.cookies
         assert await stored_sessions(session) == []
+
+    async def test_a_secret_in_the_client_id_box_is_never_logged_or_stored(
+        self,
+        client: httpx.AsyncClient,
+        people: People,
+        session: AsyncSession,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Someone pastes their secret into both boxes: the refusal is logged and counted
+        for the throttle under a digest of that text, never the text itself."""
+        pasted = people["owner-1"].secret
+        with caplog.at_level(logging.WARNING, logger="tellonce"):
+            response = await sign_in(client, Person(pasted, pasted))
+        assert response.status_code == 401
+        assert pasted not in caplog.text
+        [refused] = [r for r in caplog.records if r.getMessage() == "console sign-in refused"]
+        logged = getattr(refused, "client_id", "")
+        assert logged == loggable_client_id(pasted)
+        assert logged.startswith("sha256:")
+        subjects = (await session.execute(select(AuthFailure.subject))).scalars().all()
+        assert subjects
+        assert not any(pasted in subject for subject in subjects)
+        # A well-formed id is kept as it is, so an operator can see who is being guessed at.
+        assert loggable_client_id(people["owner-1"].client_id) == people["owner-1"].client_id
 
     async def test_empty_fields_are_each_reported(self, client: httpx.AsyncClient, people: People) -> None:
         response = await sign_in(client, Person("", ""))

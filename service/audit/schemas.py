@@ -22,10 +22,10 @@ RecordAction = Literal[
     "batch-get",
     "subscribe",
     "deliver",
+    "feed",
 ]
 Action = Literal[
     RecordAction,
-    "feed",
     "policy-change",
     "catalog-change",
     "key-operation",

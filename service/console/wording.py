@@ -96,6 +96,7 @@ def access_sentence(
         "erase": ("erased", "tried to erase"),
         "subscribe": ("asked to be told of changes to", "asked to be told of changes to"),
         "deliver": ("was told of a change to", "was not told of a change to"),
+        "feed": ("was told of a change to", "was not told of a change to"),
     }
     done, attempted = verbs.get(action, (action, f"tried to {action}"))
     verb = attempted if refused else done

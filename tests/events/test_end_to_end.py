@@ -104,6 +104,15 @@ class TestWriteToFeed:
         assert feed_entries[-1]["department"] == "welfare"
         assert feed_entries[-1]["fields_released"] == ["address"]
         assert feed_entries[-1]["purpose"] == "benefit-eligibility"
+        # Being told of the change through the feed is on the citizen's access log, as a
+        # webhook delivery is.
+        act_as(full_app, "portal", "citizen-portal")
+        logged = (await http.get(f"/v1/citizens/{citizen}/access-log")).json()["items"]
+        assert [(item["department"], item["action"], item["fields"]) for item in logged][-1] == (
+            "welfare",
+            "feed",
+            ["address"],
+        )
 
     async def test_a_refused_write_emits_nothing(
         self, full_app: FastAPI, http: httpx.AsyncClient, events_engine: AsyncEngine

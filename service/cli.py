@@ -174,8 +174,9 @@ def _refuse_settings(exc: Any) -> NoReturn:
 
 def run() -> None:
     """The ``tellonce`` command. Settings are read, and the database opened, by whichever
-    command needs them, so a bad setting or a database that cannot be used may surface
-    from any of them: each is one line and exit 2, never a traceback."""
+    command needs them, so a bad setting, a database that cannot be used or one that was
+    never migrated may surface from any of them: each is one line and exit 2, never a
+    traceback."""
     from pydantic import ValidationError
 
     try:
@@ -188,12 +189,20 @@ def run() -> None:
         typer.echo(_settings_refusal(exc), err=True)
         sys.exit(2)
     except Exception as exc:  # re-raised below unless it is the database refusing
-        from service.db import unusable_database
+        from service.db import missing_schema, unusable_database
 
         reason = unusable_database(exc)
-        if reason is None:
+        if reason is not None:
+            typer.echo(f"tellonce: cannot use the database {_database_named()}: {reason}", err=True)
+            sys.exit(2)
+        missing = missing_schema(exc)
+        if missing is None:
             raise
-        typer.echo(f"tellonce: cannot use the database {_database_named()}: {reason}", err=True)
+        typer.echo(
+            f"tellonce: the database {_database_named()} has no schema, or an older one ({missing}): "
+            "run `tellonce db upgrade` first",
+            err=True,
+        )
         sys.exit(2)
 
 

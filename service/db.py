@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -380,22 +380,39 @@ def _from_driver(error: OSError) -> bool:
     return False
 
 
-def unusable_database(error: BaseException) -> str | None:
-    """Why the database could not be used, if that is what ``error`` (or what it wraps) is:
-    one line from the driver, which names the host, database or role but never a value.
-    None for any other error, which the caller lets through."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then what it wraps (a driver's error under SQLAlchemy's), or caused it."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        wrapped = getattr(current, "orig", None)
+        current = (
+            wrapped if isinstance(wrapped, BaseException) else (current.__cause__ or current.__context__)
+        )
+
+
+def missing_schema(error: BaseException) -> str | None:
+    """The driver's one line if ``error`` (or what it wraps) is a table that is not there:
+    a database that was never migrated, or is behind the code. None otherwise."""
+    for current in _causes(error):
+        if isinstance(current, sqlite3.OperationalError) and str(current).startswith("no such table: "):
+            return str(current)
+        if isinstance(current, asyncpg.UndefinedTableError):
+            return str(current).splitlines()[0]
+    return None
+
+
+def unusable_database(error: BaseException) -> str | None:
+    """Why the database could not be used, if that is what ``error`` (or what it wraps) is:
+    one line from the driver, which names the host, database or role but never a value.
+    None for any other error, which the caller lets through."""
+    for current in _causes(error):
         if isinstance(current, _REFUSALS):
             return str(current).splitlines()[0] if str(current) else type(current).__name__
         if isinstance(current, sqlite3.OperationalError) and str(current).lower() in _SQLITE_REFUSALS:
             return str(current)
         if isinstance(current, OSError) and _from_driver(current):
             return current.strerror or str(current) or type(current).__name__
-        wrapped = getattr(current, "orig", None)
-        current = (
-            wrapped if isinstance(wrapped, BaseException) else (current.__cause__ or current.__context__)
-        )
     return None

@@ -3,6 +3,7 @@ unreachable database is one line and exit 2, and explain refuses names it does n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from service.cli import LAZY_GROUPS
 from service.cli import app as cli_app
 from service.config import get_settings
 from tests.conftest import TEST_POLICIES
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 
 
 class TestLazyGroups:
@@ -150,6 +152,22 @@ class TestUnusableDatabase:
             f"tellonce: cannot use the database {url.replace('s3cret-7f3a', '***')}: "
             f"Connect call failed ('127.0.0.1', {url.split(':')[-1].split('/')[0]})"
         ]
+
+    @pytest.mark.parametrize("args", [["policies", "apply", "POLICIES"], ["clients", "list"]])
+    def test_a_database_never_migrated_is_one_line(
+        self, args: list[str], tmp_path: Path, database_url: str
+    ) -> None:
+        """An empty database (no `tellonce db upgrade` yet) says so, on SQLite and on
+        PostgreSQL, instead of a page of traceback."""
+        url = asyncio.run(create_scratch_database(database_url, migrate=False))
+        try:
+            result = self._run([str(TEST_POLICIES) if a == "POLICIES" else a for a in args], url, tmp_path)
+        finally:
+            asyncio.run(drop_scratch_database(url))
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"tellonce: the database {url} has no schema, or an older one (")
+        assert line.endswith("): run `tellonce db upgrade` first")
 
     def test_import_keeps_its_resume_advice(self, tmp_path: Path) -> None:
         register = tmp_path / "register.csv"

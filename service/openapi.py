@@ -341,8 +341,15 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 }
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in sorted(declared_statuses(method, path, route)):
+            statuses = declared_statuses(method, path, route)
+            for status in sorted(statuses):
                 responses[str(status)] = _problem_response(status)
+            if 428 in statuses:
+                # Optional in the signature, so that leaving it out is a 428 problem rather
+                # than a 422; required all the same, and documented so.
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "header" and parameter["name"].lower() == "if-match":
+                        parameter["required"] = True
             if key in RESPONSE_MEDIA:
                 responses["200"]["content"] = RESPONSE_MEDIA[key]
             for status_text, response in responses.items():

@@ -148,7 +148,7 @@ REQUEST_EXAMPLES: dict[tuple[str, str], Any] = {
     },
     ("POST", "/v1/citizens"): {
         "national_id": "QQ123456C",
-        "fields": {"full_name": "Ada Lovelace", "date_of_birth": "1990-12-10"},
+        "fields": {"given_name": "Ada", "family_name": "Lovelace", "date_of_birth": "1990-12-10"},
     },
     ("POST", "/v1/citizens/lookup"): {"national_id": "QQ123456C", "purpose": "benefit-eligibility"},
     ("POST", "/v1/citizens/batch-get"): {
@@ -328,7 +328,7 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
         "id": CITIZEN,
         "status": "active",
         "version": 1,
-        "fields": ["full_name", "date_of_birth"],
+        "fields": ["given_name", "family_name", "date_of_birth"],
     },
     ("POST", "/v1/citizens/lookup"): {"id": CITIZEN},
     ("POST", "/v1/citizens/batch-get"): {

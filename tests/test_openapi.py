@@ -10,8 +10,11 @@ import pytest
 from fastapi import FastAPI
 from jsonschema import Draft202012Validator
 
+from service.catalog.loader import load_catalog
 from service.errors import PROBLEM_JSON
 from service.openapi import api_routes, declared_statuses
+from service.records.validation import validated_values
+from tests.conftest import REPO_ROOT
 from tests.fixtures.statuses import answered
 
 
@@ -111,6 +114,27 @@ class TestDocument:
                 invalid += [f"{method} {path} {where}: {p}" for p in problems]
         assert missing == []
         assert invalid == []
+
+    def test_if_match_is_required_where_its_absence_is_428(self, document: dict[str, Any]) -> None:
+        for method, path, operation in operations(document):
+            headers = {p["name"].lower(): p for p in operation.get("parameters", []) if p["in"] == "header"}
+            if "428" in operation["responses"]:
+                assert headers["if-match"].get("required") is True, f"{method} {path}"
+            elif "if-match" in headers:
+                assert not headers["if-match"].get("required"), f"{method} {path}"
+
+    def test_the_registration_example_is_valid_for_the_shipped_catalog(
+        self, document: dict[str, Any]
+    ) -> None:
+        """Its fields are the demo catalog's, with values of their types, so a department
+        trying the example on `make run` gets a 201, not a 422."""
+        catalog = load_catalog(REPO_ROOT / "policies")
+        operation = document["paths"]["/v1/citizens"]["post"]
+        example = operation["requestBody"]["content"]["application/json"]["example"]
+        submitted = {"national_id": example["national_id"], **example["fields"]}
+        assert set(validated_values(catalog, submitted, "body")) == set(submitted)
+        response = operation["responses"]["201"]["content"]["application/json"]["example"]
+        assert set(response["fields"]) == set(example["fields"])
 
 
 async def _unauthenticated_sweep(app: FastAPI, client: httpx.AsyncClient) -> None:

@@ -149,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # /docs and /redoc are served by service/api_docs.py, from packaged assets.
         docs_url=None,
         redoc_url=None,
+        # No redirect from "/path/" to "/path": Starlette's builds its Location from the
+        # Host header, unauthenticated; a path with a stray slash is a 404 like any other.
+        redirect_slashes=False,
         title="tellonce",
         version=__version__,
         summary="Tell us once: one register, owner-controlled sharing, every access audited.",

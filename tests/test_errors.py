@@ -111,6 +111,13 @@ class TestProblemDetails:
     async def test_unknown_route_is_404(self, probe_client: httpx.AsyncClient) -> None:
         assert_problem(await probe_client.get("/v1/nothing-here"), 404)
 
+    async def test_a_trailing_slash_is_404_never_a_redirect_built_from_the_host(
+        self, probe_client: httpx.AsyncClient
+    ) -> None:
+        response = await probe_client.post("/v1/citizens/", json={}, headers={"Host": "evil.example"})
+        assert_problem(response, 404)
+        assert "location" not in response.headers
+
     async def test_wrong_method_is_405(self, probe_client: httpx.AsyncClient) -> None:
         response = await probe_client.delete("/healthz")
         assert_problem(response, 405)

@@ -11,7 +11,7 @@ import errno
 import logging
 import socket
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -75,15 +75,28 @@ class MalformedBody(ServiceError):
 
 
 class Unauthenticated(ServiceError):
+    """401 with the RFC 6750 challenge: ``error`` names what was wrong with a bearer token
+    sent; ``None`` when none was (no ``Authorization``, or another scheme), where RFC 6750
+    section 3.1 says the challenge carries no error code."""
+
     status, title, slug = 401, "Authentication required", "unauthenticated"
 
-    def __init__(self, detail: str | None = None, *, error: str = "invalid_token") -> None:
-        challenge = f'Bearer error="{error}"'
+    def __init__(self, detail: str | None = None, *, error: str | None = "invalid_token") -> None:
+        challenge = "Bearer" if error is None else f'Bearer error="{error}"'
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
 class Forbidden(ServiceError):
     status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class InsufficientScope(Forbidden):
+    """403 for a token without a scope the call needs, with the RFC 6750 challenge that
+    names the scopes (any one of ``scopes`` would do where ``detail`` says so)."""
+
+    def __init__(self, detail: str, scopes: Iterable[str]) -> None:
+        challenge = f'Bearer error="insufficient_scope", scope="{" ".join(sorted(scopes))}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
 class NotFound(ServiceError):

@@ -15,7 +15,7 @@ from service.audit.writer import AuditWriterDep, get_audit_writer
 from service.auth import permissions
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
 from service.db import DatabaseDep, SessionDep
-from service.errors import Forbidden, Unauthenticated
+from service.errors import Forbidden, InsufficientScope, Unauthenticated
 
 router = APIRouter(tags=["audit"])
 
@@ -74,11 +74,9 @@ async def _checkpoint_reader(
     if request.app.state.audit_settings.public_checkpoint:
         return principal
     if principal is None:
-        raise Unauthenticated(
-            "Send the access token as 'Authorization: Bearer <token>'.", error="invalid_request"
-        )
+        raise Unauthenticated("Send the access token as 'Authorization: Bearer <token>'.", error=None)
     if "audit:verify" not in principal.scopes:
-        raise Forbidden("This call needs the scope(s): audit:verify.")
+        raise InsufficientScope("This call needs the scope(s): audit:verify.", ("audit:verify",))
     return principal
 
 

@@ -37,7 +37,7 @@ from service.cases import rules
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
 from service.digits import ascii_digits
-from service.errors import Forbidden, NotFound
+from service.errors import Forbidden, InsufficientScope, NotFound
 from service.policy.terms import agreement_terms
 
 EXPORT_PAGE = 500
@@ -254,7 +254,9 @@ async def export_entries(
     database refuses (or a database that is down) is an error answer, not a stream that
     starts with 200 and breaks. The later pages are read lazily as the lines go out."""
     if not permissions.may_export_audit(principal):
-        raise Forbidden(f"This call needs the scope {permissions.EXPORTS_AUDIT}.")
+        raise InsufficientScope(
+            f"This call needs the scope {permissions.EXPORTS_AUDIT}.", (permissions.EXPORTS_AUDIT,)
+        )
     stored_filter = entry_filter(principal, query)
     async with access.connect() as conn:
         first = await audit_repository.page_entries(conn, stored_filter, 0, EXPORT_PAGE)

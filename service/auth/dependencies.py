@@ -23,7 +23,7 @@ from service.auth.runtime import get_auth
 from service.auth.scopes import scopes_for
 from service.auth.tokens import TokenInvalid
 from service.db import DriverReads, driver_reads
-from service.errors import Forbidden, TooManyRequests, Unauthenticated, ValidationFailed
+from service.errors import InsufficientScope, TooManyRequests, Unauthenticated, ValidationFailed
 
 ON_BEHALF_OF = "X-On-Behalf-Of"
 ON_BEHALF_OF_MAX = 200
@@ -61,10 +61,12 @@ def header(request: Request, name: bytes) -> str | None:
 def _bearer_token(request: Request) -> str:
     authorization = header(request, b"authorization")
     if not authorization:
-        raise Unauthenticated("A bearer access token is required.", error="invalid_request")
+        raise Unauthenticated("A bearer access token is required.", error=None)
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer":
+        raise Unauthenticated("Send the access token as 'Authorization: Bearer <token>'.", error=None)
+    if not token:
         raise Unauthenticated(
             "Send the access token as 'Authorization: Bearer <token>'.", error="invalid_request"
         )
@@ -139,7 +141,7 @@ def demand(principal: Principal, needed: frozenset[str]) -> Principal:
     """``principal`` if it carries every scope of ``needed``; 403 naming the missing ones."""
     missing = needed - principal.scopes
     if missing:
-        raise Forbidden(f"This call needs the scope(s): {', '.join(sorted(missing))}.")
+        raise InsufficientScope(f"This call needs the scope(s): {', '.join(sorted(missing))}.", missing)
     return principal
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from service.errors import Forbidden
+from service.errors import InsufficientScope
 
 if TYPE_CHECKING:
     from service.auth.dependencies import Principal
@@ -59,7 +59,9 @@ def may_read_audit(principal: Principal) -> bool:
 
 def require_audit_reader(principal: Principal) -> Principal:
     if not may_read_audit(principal):
-        raise Forbidden(f"This call needs the scope {SEES_ALL} or {READS_OWN_AUDIT}.")
+        raise InsufficientScope(
+            f"This call needs the scope {SEES_ALL} or {READS_OWN_AUDIT}.", (SEES_ALL, READS_OWN_AUDIT)
+        )
     return principal
 
 

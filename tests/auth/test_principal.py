@@ -24,10 +24,11 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **extra}
 
 
-def assert_unauthenticated(response: httpx.Response, error: str = "invalid_token") -> dict[str, Any]:
+def assert_unauthenticated(response: httpx.Response, error: str | None = "invalid_token") -> dict[str, Any]:
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.headers["www-authenticate"] == f'Bearer error="{error}"'
+    # RFC 6750, section 3.1: no error code when no bearer token was sent at all.
+    assert response.headers["www-authenticate"] == ("Bearer" if error is None else f'Bearer error="{error}"')
     body: dict[str, Any] = response.json()
     assert body["status"] == 401
     assert body["type"].startswith("https://tellonce.example/problems/")
@@ -70,12 +71,12 @@ class TestBearerToken:
         assert {d["id"] for d in response.json()["departments"]} >= {"welfare", "dvla"}
 
     async def test_missing_token(self, client: httpx.AsyncClient) -> None:
-        body = assert_unauthenticated(await client.get("/v1/catalog"), "invalid_request")
+        body = assert_unauthenticated(await client.get("/v1/catalog"), None)
         assert body["detail"] == "A bearer access token is required."
 
     async def test_other_scheme(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/v1/catalog", headers={"Authorization": "Basic Zm9vOmJhcg=="})
-        assert_unauthenticated(response, "invalid_request")
+        assert_unauthenticated(response, None)
 
     async def test_garbage_token(self, client: httpx.AsyncClient) -> None:
         body = assert_unauthenticated(await client.get("/v1/catalog", headers=bearer("not.a.jwt")))
@@ -198,6 +199,10 @@ class TestRoleScopeMatrix:
             if response.status_code == 403:
                 assert response.headers["content-type"] == "application/problem+json"
                 assert response.json()["detail"] == f"This call needs the scope(s): {scope}."
+                # RFC 6750, section 3.1: the challenge names the error and the scope.
+                assert response.headers["www-authenticate"] == (
+                    f'Bearer error="insufficient_scope", scope="{scope}"'
+                )
         assert outcomes == {scope: 200 if scope in ROLE_SCOPES[role] else 403 for scope in ALL_SCOPES}
 
     async def test_narrowed_token_loses_the_other_scopes(

@@ -126,8 +126,17 @@ class TestCatalogEndpoint:
         response = await client.get("/v1/catalog")
         assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
-        assert response.headers["www-authenticate"].startswith("Bearer")
+        # RFC 6750, section 3.1: no credentials sent, so the challenge carries no error code.
+        assert response.headers["www-authenticate"] == "Bearer"
         assert response.json()["title"] == "Authentication required"
+        for authorization, challenge in (
+            ("Basic dXNlcjpwYXNz", "Bearer"),
+            ("Bearer ", 'Bearer error="invalid_request"'),
+            ("Bearer not-a-token", 'Bearer error="invalid_token"'),
+        ):
+            refused = await client.get("/v1/catalog", headers={"Authorization": authorization})
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == challenge
 
 
 class TestPoliciesApplyCli:

@@ -286,15 +286,27 @@ async def _service_error(_request: Request, exc: Exception) -> ProblemResponse:
     return problem_response(exc)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> ProblemResponse:
+async def _validation_error(request: Request, exc: Exception) -> ProblemResponse:
     if not isinstance(exc, RequestValidationError):
         raise exc
     raw = exc.errors()
     if any(e.get("type") == "json_invalid" for e in raw):
         return problem_response(MalformedBody("The request body is not valid JSON."))
+    if any(tuple(e.get("loc", ())) == ("body",) for e in raw) and not _json_media_type(request):
+        # A JSON body route given another media type (or none): FastAPI hands it the raw
+        # bytes, which then fail as "not an object"; the caller's fix is the header.
+        return problem_response(
+            UnsupportedMediaType("Send the body as JSON, with 'Content-Type: application/json'.")
+        )
     errors = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in raw]
     # Never echo the submitted input back: it may be personal data.
     return problem_response(ValidationFailed("The request is not valid.", errors=errors))
+
+
+def _json_media_type(request: Request) -> bool:
+    """Whether the request's Content-Type is JSON (``application/json`` or ``+json``)."""
+    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 class AllowedMethods:

@@ -101,7 +101,7 @@ _DETAILS = {
     410: "This citizen's record was erased.",
     412: "The record changed since the ETag you sent; read it again.",
     413: "The request body is larger than 1048576 bytes.",
-    415: "Send the body as application/json.",
+    415: "Send the body as JSON, with 'Content-Type: application/json'.",
     422: "The request is not valid.",
     428: "Send If-Match with the agreement's ETag.",
     429: "This client is over its request rate; retry later.",
@@ -246,7 +246,8 @@ def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
     if has_input:
         statuses.add(422)
     if dependant.body_params:
-        statuses |= {400, 413}
+        # 400 for a body that is not JSON; 415 for one sent as another media type.
+        statuses |= {400, 413, 415}
     return statuses
 
 

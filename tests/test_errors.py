@@ -108,6 +108,20 @@ class TestProblemDetails:
         )
         assert_problem(response, 400)
 
+    @pytest.mark.parametrize("media", ["text/plain", "application/x-www-form-urlencoded", None])
+    async def test_a_json_body_sent_as_another_media_type_is_415(
+        self, probe_client: httpx.AsyncClient, media: str | None
+    ) -> None:
+        content = b'{"name": "Ada", "count": 1}'
+        headers = {"content-type": media} if media else {}
+        body = assert_problem(await probe_client.post("/_probe/shape", content=content, headers=headers), 415)
+        assert "application/json" in body["detail"]
+        for accepted in ("application/json; charset=utf-8", "application/merge-patch+json"):
+            response = await probe_client.post(
+                "/_probe/shape", content=content, headers={"content-type": accepted}
+            )
+            assert response.status_code == 200, accepted
+
     async def test_unknown_route_is_404(self, probe_client: httpx.AsyncClient) -> None:
         assert_problem(await probe_client.get("/v1/nothing-here"), 404)
 

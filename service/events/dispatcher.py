@@ -11,6 +11,11 @@ Each cycle it
    checks the target's addresses again (DNS rebinding), audits, signs to the Standard
    Webhooks spec and POSTs.
 
+A 2xx answer delivers. As the spec asks, a 410 Gone answer disables the subscription
+(nothing more is sent to it), and a ``Retry-After`` on a 429 or 503 answer is the least
+the next attempt waits. Any other failure is retried after a jittered exponential backoff
+until the attempts run out; then the delivery is ``dead`` until redelivered.
+
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
 """
@@ -23,7 +28,8 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,6 +57,10 @@ logger = logging.getLogger("tellonce.events")
 
 _jitter = random.Random()  # noqa: S311  (spreads retries; not a secret)
 _ERROR_LENGTH = 500
+# The receiver no longer wants these webhooks: the subscription is disabled (the spec's advice).
+GONE = 410
+# Answers whose Retry-After the next attempt honours: rate limited, or down for a while.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 def backoff_seconds(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -62,6 +72,24 @@ def backoff_seconds(attempt: int, *, base: float, cap: float, rng: random.Random
     ceiling = min(cap, base * 2.0 ** max(0, attempt - 1))
     jitter = (rng or _jitter).uniform(0, ceiling / 2)
     return ceiling / 2 + jitter
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """The wait a ``Retry-After`` header asks for (RFC 9110: delay-seconds or an HTTP-date),
+    never negative; None when there is none or it cannot be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # An HTTP-date is always GMT; "-0000" parses as naive.
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 class Dispatcher:
@@ -155,6 +183,14 @@ class Dispatcher:
         sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:
             subscription, event = item.subscription, item.event
+            if subscription.status != "active":
+                # Deleting or disabling a subscription cancels what it has queued, so this
+                # should not happen; the rule holds at the point of sending all the same.
+                outcomes[item.id] = {
+                    "status": "cancelled",
+                    "last_error": f"the subscription is {subscription.status}",
+                }
+                continue
             if subscription.client_id in disabled:
                 # Its client was disabled after subscribing: nothing more leaves for it, and
                 # that is final (nothing is read or sent, so there is nothing to audit).
@@ -314,29 +350,50 @@ class Dispatcher:
                 return self._failure(item, "the receiver did not answer in time", None)
             except httpx.HTTPError as exc:
                 return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
-        if 200 <= response.status_code < 300:
+        code = response.status_code
+        if 200 <= code < 300:
             return {
                 "status": "delivered",
                 "delivered_at": utcnow(),
-                "last_status_code": response.status_code,
+                "last_status_code": code,
                 "last_error": None,
             }
-        return self._failure(item, f"the receiver answered {response.status_code}", response.status_code)
+        if code == GONE:
+            # Final for this delivery; ``_record`` disables the subscription (see ``_gone``).
+            return {
+                "status": "cancelled",
+                "last_status_code": code,
+                "last_error": "the receiver answered 410 Gone; the subscription is disabled",
+            }
+        if code in RETRY_AFTER_STATUSES:
+            wait = retry_after_seconds(response.headers.get("retry-after"), utcnow())
+            if wait is not None:
+                return self._failure(
+                    item, f"the receiver answered {code} and asked to wait {wait:.0f} s", code, at_least=wait
+                )
+        return self._failure(item, f"the receiver answered {code}", code)
 
     def _failure(
-        self, item: repository.ClaimedDelivery, error: str, status_code: int | None
+        self,
+        item: repository.ClaimedDelivery,
+        error: str,
+        status_code: int | None,
+        *,
+        at_least: float | None = None,
     ) -> dict[str, Any]:
-        """A failed attempt: retried after a backoff, or ``dead`` once attempts run out."""
+        """A failed attempt: retried after a backoff, or ``dead`` once attempts run out.
+
+        ``at_least`` (a receiver's Retry-After) lengthens the backoff to that many seconds,
+        but never beyond the cap: a receiver cannot park its deliveries for longer."""
+        cap = self.settings.webhook_retry_cap_seconds
         if item.attempts >= self.settings.webhook_max_attempts:
             values: dict[str, Any] = {"status": "dead"}
             if self.on_dead is not None:
                 self.on_dead()
         else:
-            delay = backoff_seconds(
-                item.attempts,
-                base=self.settings.webhook_retry_base_seconds,
-                cap=self.settings.webhook_retry_cap_seconds,
-            )
+            delay = backoff_seconds(item.attempts, base=self.settings.webhook_retry_base_seconds, cap=cap)
+            if at_least is not None:
+                delay = max(delay, min(at_least, cap))
             values = {"status": "pending", "next_attempt_at": utcnow() + timedelta(seconds=delay)}
         values.update(last_error=_short(error), last_status_code=status_code)
         return values
@@ -344,11 +401,21 @@ class Dispatcher:
     async def _record(
         self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
     ) -> None:
+        gone: dict[str, str | None] = {}
         async with self.runtime.engine.begin() as conn:
             for item in batch:
                 values = outcomes.get(item.id) or self._failure(item, "no outcome", None)
                 if not await repository.record_result(conn, item.id, item.claim_token, values):
                     logger.warning("delivery %s: claim lost before its result was recorded", item.id)
+                if _gone(values):
+                    gone[item.subscription.id] = _origin(item.subscription.webhook_url)
+            # After the results: disabling cancels the subscription's other pending
+            # deliveries, including this batch's that are to be retried.
+            for subscription_id, origin in gone.items():
+                if await repository.disable_subscription(conn, subscription_id):
+                    logger.warning(
+                        "subscription %s disabled: its receiver %s answered 410 Gone", subscription_id, origin
+                    )
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -401,6 +468,11 @@ async def _wait_either(wake: Any, stop: asyncio.Event) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def _gone(values: dict[str, Any]) -> bool:
+    """Whether an attempt's outcome is the receiver's 410 Gone (only ``_post`` makes one)."""
+    return bool(values.get("status") == "cancelled" and values.get("last_status_code") == GONE)
 
 
 def _origin(url: str | None) -> str | None:

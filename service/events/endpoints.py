@@ -45,6 +45,10 @@ async def create_subscription(
     `GET /v1/events`. With one, changes are POSTed to it, signed to the Standard Webhooks
     spec with the `secret` in this response: it is shown only now, so keep it. The URL must
     be http or https and resolve only to public addresses.
+
+    A failed delivery is retried with a growing, jittered delay (by default for more than a
+    day; a `Retry-After` on a 429 or 503 answer is the least it waits), then marked `dead`.
+    A 410 Gone answer disables the subscription: nothing more is sent to it.
     """
     return await events_service.create_subscription(runtime, consumer, body)
 
@@ -56,19 +60,21 @@ async def list_subscriptions(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SubscriptionPage:
-    """Your department's active subscriptions, oldest first (secrets are never shown again)."""
+    """Your department's subscriptions, oldest first (secrets are never shown again):
+    `active` ones, and `disabled` ones, whose receiver answered 410 Gone. Deleted ones are
+    not listed."""
     return await events_service.list_subscriptions(runtime, consumer, cursor=cursor, limit=limit)
 
 
 @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut)
 async def get_subscription(subscription_id: str, consumer: Consumer, runtime: Runtime) -> SubscriptionOut:
-    """One of your department's subscriptions; 404 for any other."""
+    """One of your department's subscriptions, active or disabled; 404 for any other."""
     return await events_service.get_subscription(runtime, consumer, subscription_id)
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_subscription(subscription_id: str, consumer: Consumer, runtime: Runtime) -> Response:
-    """End a subscription. Deliveries still queued for it are cancelled."""
+    """End a subscription, active or disabled. Deliveries still queued for it are cancelled."""
     await events_service.delete_subscription(runtime, consumer, subscription_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -89,7 +95,11 @@ async def list_deliveries(
 
 @router.post("/subscriptions/{subscription_id}/redeliver", response_model=RedeliverOut)
 async def redeliver(subscription_id: str, consumer: Consumer, runtime: Runtime) -> RedeliverOut:
-    """Queue every `dead` delivery of the subscription again, with fresh attempts."""
+    """Queue every `dead` delivery of the subscription again, with fresh attempts.
+
+    409 if the subscription is disabled (its receiver answered 410 Gone): delete it and
+    subscribe again instead.
+    """
     return await events_service.redeliver(runtime, consumer, subscription_id)
 
 

@@ -191,9 +191,10 @@ async def list_subscriptions(
     after: tuple[datetime, str] | None,
     limit: int,
 ) -> list[SubscriptionRow]:
-    """A department's active subscriptions, oldest first, from after the keyset ``after``."""
+    """A department's active and disabled subscriptions (not the deleted ones), oldest
+    first, from after the keyset ``after``."""
     statement = select(*_SUBSCRIPTION_COLUMNS).where(
-        Subscription.department == department, Subscription.status == "active"
+        Subscription.department == department, Subscription.status.in_(["active", "disabled"])
     )
     if after is not None:
         created_at, last_id = after
@@ -228,6 +229,27 @@ async def delete_subscription(conn: AsyncConnection, subscription_id: str, now: 
         .where(Delivery.subscription_id == subscription_id, Delivery.status == "pending")
         .values(status="cancelled", claim_token=None)
     )
+
+
+async def disable_subscription(conn: AsyncConnection, subscription_id: str) -> bool:
+    """Disable an active subscription (its receiver answered 410 Gone) and cancel what it
+    still had queued, as a delete does; False, and nothing written, if it was not active.
+
+    Unlike a delete it keeps the sealed secret and stays visible to its department, which
+    sees why in its deliveries; fan-out and the feed read active subscriptions only."""
+    result = await conn.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, Subscription.status == "active")
+        .values(status="disabled")
+    )
+    if not result.rowcount:
+        return False
+    await conn.execute(
+        update(Delivery)
+        .where(Delivery.subscription_id == subscription_id, Delivery.status == "pending")
+        .values(status="cancelled", claim_token=None)
+    )
+    return True
 
 
 # --- fan-out: outbox events -> deliveries -------------------------------------------------

@@ -58,7 +58,9 @@ class SubscriptionOut(BaseModel):
     fields: list[str]
     purpose: str | None
     webhook_url: str | None
-    status: Literal["active", "deleted"]
+    # ``disabled``: its receiver answered 410 Gone, so nothing more is sent to it; its
+    # deliveries say when. Delete it, and subscribe again to be told once more.
+    status: Literal["active", "disabled", "deleted"]
     created_at: datetime
 
 

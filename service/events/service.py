@@ -26,7 +26,7 @@ from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.config import Settings
 from service.db import utcnow
-from service.errors import Forbidden
+from service.errors import Conflict, Forbidden
 from service.events import repository
 from service.events.access import AuditSink, PolicySource
 from service.events.cursors import bad_cursor, decode_position, decode_text, encode_position, encode_text
@@ -185,7 +185,9 @@ def _subscription_out(row: repository.SubscriptionRow) -> SubscriptionOut:
         fields=row.fields,
         purpose=row.purpose or None,
         webhook_url=row.webhook_url,
-        status="active" if row.status == "active" else "deleted",
+        status="active"
+        if row.status == "active"
+        else ("disabled" if row.status == "disabled" else "deleted"),
         created_at=row.created_at,
     )
 
@@ -326,10 +328,10 @@ def _unsafe(exc: UnsafeWebhookTarget) -> UnsafeWebhookUrl:
 async def _own_subscription(
     conn: AsyncConnection, caller: RequestFacts, subscription_id: str
 ) -> repository.SubscriptionRow:
-    """The subscription if it is the caller's department's and not deleted; 404 otherwise,
-    so one department cannot learn of another's subscriptions."""
+    """The subscription if it is the caller's department's and not deleted (it may be
+    disabled); 404 otherwise, so one department cannot learn of another's subscriptions."""
     row = await repository.get_subscription(conn, subscription_id)
-    if row is None or row.department != caller.department or row.status != "active":
+    if row is None or row.department != caller.department or row.status not in ("active", "disabled"):
         raise SubscriptionNotFound("No such subscription.")
     return row
 
@@ -403,9 +405,15 @@ async def list_deliveries(
 
 
 async def redeliver(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> RedeliverOut:
-    """Queue every dead delivery of the subscription again; policy is checked again at send."""
+    """Queue every dead delivery of the subscription again; policy is checked again at send.
+    Refused (409) once the subscription is disabled: its receiver asked for nothing more."""
     async with runtime.engine.begin() as conn:
-        await _own_subscription(conn, caller, subscription_id)
+        row = await _own_subscription(conn, caller, subscription_id)
+        if row.status == "disabled":
+            raise Conflict(
+                "The subscription is disabled: its receiver answered 410 Gone, so nothing more is "
+                "sent to it. Delete it, and subscribe again to be told once more."
+            )
         count = await repository.requeue_dead(conn, subscription_id, utcnow())
     if count:
         runtime.notifier.notify()

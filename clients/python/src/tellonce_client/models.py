@@ -392,7 +392,7 @@ class SubscriptionOut(Response):
     fields: list[str]
     purpose: str | None
     webhook_url: str | None
-    status: Literal["active", "deleted"]
+    status: Literal["active", "disabled", "deleted"]
     created_at: datetime
 
 

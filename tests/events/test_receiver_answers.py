@@ -1,0 +1,351 @@
+"""What the dispatcher does with a receiver's answer, as the Standard Webhooks spec advises:
+410 Gone disables the subscription, a Retry-After on 429 or 503 is the least the next
+attempt waits, and the default retry schedule spans more than a day."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook
+
+from service.config import Settings
+from service.db import utcnow
+from service.events.dispatcher import Dispatcher, backoff_seconds, retry_after_seconds
+from service.events.models import Delivery
+from service.events.service import EventsRuntime
+from tests.events.conftest import add_citizen, emit
+from tests.fixtures.auth import act_as
+from tests.fixtures.webhooks import WebhookReceiver
+
+PROBLEM = "application/problem+json"
+
+
+class ScriptedReceiver:
+    """A real receiver on a loopback port that gives every request the same answer: a
+    status and headers (``tests.fixtures.webhooks.WebhookReceiver`` sends no headers)."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status, self.headers = status, dict(headers or {})
+        self.received: list[dict[str, str]] = []
+        self.bodies: list[bytes] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                receiver.received.append({k.lower(): v for k, v in self.headers.items()})
+                receiver.bodies.append(body)
+                self.send_response(receiver.status)
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/hooks/tellonce"
+
+    def __enter__(self) -> ScriptedReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def gone_receiver() -> Iterator[ScriptedReceiver]:
+    with ScriptedReceiver(410) as running:
+        yield running
+
+
+def _assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert str(body["type"]).endswith("/" + slug)
+    return body
+
+
+async def _subscribe(api: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    response = await api.post(
+        "/v1/subscriptions",
+        json={"fields": ["date_of_death"], "purpose": "licence-administration", "webhook_url": url},
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def _deliveries(api: httpx.AsyncClient, subscription_id: str) -> list[dict[str, Any]]:
+    response = await api.get(f"/v1/subscriptions/{subscription_id}/deliveries")
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+class _Lowest(random.Random):
+    """Jitter that always draws the low end of its range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+class _Highest(random.Random):
+    """Jitter that always draws the high end of its range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class TestDefaultSchedule:
+    def _span(self, rng: random.Random) -> float:
+        defaults = Settings.model_fields
+        base = defaults["webhook_retry_base_seconds"].default
+        cap = defaults["webhook_retry_cap_seconds"].default
+        attempts = defaults["webhook_max_attempts"].default
+        # A delay follows every failed attempt but the last, which makes the delivery dead.
+        return sum(backoff_seconds(n, base=base, cap=cap, rng=rng) for n in range(1, attempts))
+
+    def test_retries_span_more_than_a_day_even_with_the_least_jitter(self) -> None:
+        assert self._span(_Lowest()) > timedelta(days=1).total_seconds()
+        # ... and not for ever: a receiver gone for good is dead within a few days.
+        assert self._span(_Highest()) < timedelta(days=3).total_seconds()
+
+    def test_the_first_retries_come_quickly(self) -> None:
+        defaults = Settings.model_fields
+        base = defaults["webhook_retry_base_seconds"].default
+        cap = defaults["webhook_retry_cap_seconds"].default
+        # A blip is retried within seconds, as in the spec's schedule (5 s).
+        assert backoff_seconds(1, base=base, cap=cap, rng=_Highest()) <= 5
+
+    def test_the_timeout_is_in_the_range_the_spec_recommends(self) -> None:
+        assert 15 <= Settings.model_fields["webhook_timeout_seconds"].default <= 30
+
+
+class TestRetryAfterHeader:
+    NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+
+    @pytest.mark.parametrize(
+        ("header", "seconds"),
+        [
+            ("120", 120.0),
+            (" 0 ", 0.0),
+            ("Thu, 03 Dec 2026 12:05:00 GMT", 300.0),
+            ("Thu, 03 Dec 2026 12:05:00 -0000", 300.0),
+            # A date already past asks for no wait.
+            ("Thu, 03 Dec 2026 11:00:00 GMT", 0.0),
+        ],
+    )
+    def test_reads_seconds_and_http_dates(self, header: str, seconds: float) -> None:
+        assert retry_after_seconds(header, self.NOW) == seconds
+
+    @pytest.mark.parametrize("header", [None, "", "-5", "1.5", "soon", "Thu, 99 Foo 2026"])
+    def test_anything_else_is_ignored(self, header: str | None) -> None:
+        assert retry_after_seconds(header, self.NOW) is None
+
+
+class TestRetryAfter:
+    @pytest.mark.parametrize(
+        ("status", "retry_after", "least", "most"),
+        [
+            (503, "120", 120, 125),
+            (429, "30", 30, 35),
+            # Never beyond the cap (600 s here; measured from the attempt, not the answer).
+            (503, "86400", 600, 605),
+            # Only 429 and 503 are asked for a wait; another failure keeps its backoff.
+            (500, "120", 0, 1),
+        ],
+    )
+    async def test_the_next_attempt_waits_at_least_as_asked_up_to_the_cap(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        status: int,
+        retry_after: str,
+        least: float,
+        most: float,
+    ) -> None:
+        runtime.settings = runtime.settings.model_copy(update={"webhook_retry_cap_seconds": 600.0})
+        with ScriptedReceiver(status, {"Retry-After": retry_after}) as receiver:
+            act_as(events_app, "dvla", "consumer")
+            hook = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            await dispatcher.run_once()
+            assert len(receiver.received) == 1
+        [delivery] = await _deliveries(api, hook["id"])
+        assert delivery["status"] == "pending"
+        assert delivery["last_status_code"] == status
+        waited = (
+            datetime.fromisoformat(delivery["next_attempt_at"])
+            - datetime.fromisoformat(delivery["last_attempt_at"])
+        ).total_seconds()
+        assert least <= waited <= most
+        if status == 500:
+            assert delivery["last_error"] == "the receiver answered 500"
+        else:
+            assert (
+                delivery["last_error"] == f"the receiver answered {status} and asked to wait {retry_after} s"
+            )
+
+    async def test_an_http_date_is_honoured_too(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        runtime.settings = runtime.settings.model_copy(update={"webhook_retry_cap_seconds": 600.0})
+        when = format_datetime(utcnow() + timedelta(seconds=300), usegmt=True)
+        with ScriptedReceiver(503, {"Retry-After": when}) as receiver:
+            act_as(events_app, "dvla", "consumer")
+            hook = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            await dispatcher.run_once()
+        [delivery] = await _deliveries(api, hook["id"])
+        waited = (
+            datetime.fromisoformat(delivery["next_attempt_at"])
+            - datetime.fromisoformat(delivery["last_attempt_at"])
+        ).total_seconds()
+        # The date has whole seconds: up to one less than asked.
+        assert 298 <= waited <= 305
+
+
+class TestGone:
+    async def test_a_410_disables_the_subscription_and_nothing_more_is_sent(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        gone_receiver: ScriptedReceiver,
+        receiver: WebhookReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        gone = await _subscribe(api, gone_receiver.url)
+        # Another subscription of the department, whose receiver is fine.
+        healthy = await _subscribe(api, receiver.url)
+        citizen = await add_citizen(events_engine)
+        await emit(runtime, citizen, ["date_of_death"], "register")
+        await dispatcher.run_once()
+
+        # One attempt, signed as ever; never retried.
+        [headers] = gone_receiver.received
+        Webhook(gone["secret"]).verify(gone_receiver.bodies[0], headers)
+        [cancelled] = await _deliveries(api, gone["id"])
+        assert cancelled["status"] == "cancelled"
+        assert cancelled["attempts"] == 1
+        assert cancelled["last_status_code"] == 410
+        assert cancelled["last_error"] == "the receiver answered 410 Gone; the subscription is disabled"
+        assert cancelled["next_attempt_at"] is None
+
+        shown = await api.get(f"/v1/subscriptions/{gone['id']}")
+        assert shown.status_code == 200
+        assert shown.json()["status"] == "disabled"
+        listed = (await api.get("/v1/subscriptions")).json()["items"]
+        assert {item["id"]: item["status"] for item in listed} == {
+            gone["id"]: "disabled",
+            healthy["id"]: "active",
+        }
+
+        # Later events go to the healthy subscription only.
+        await emit(runtime, citizen, ["date_of_death"], "register")
+        await dispatcher.run_once()
+        assert len(gone_receiver.received) == 1
+        assert len(await _deliveries(api, gone["id"])) == 1
+        assert [d["status"] for d in await _deliveries(api, healthy["id"])] == ["delivered", "delivered"]
+        assert len(receiver.accepted()) == 2
+
+    async def test_what_it_had_queued_is_cancelled(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        gone_receiver: ScriptedReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        gone = await _subscribe(api, gone_receiver.url)
+        citizen = await add_citizen(events_engine)
+        first = await emit(runtime, citizen, ["date_of_death"], "register")
+        await emit(runtime, citizen, ["date_of_death"], "register")
+        assert await dispatcher.fan_out() == 2
+        # The second waits for a retry an hour away when the first is answered 410.
+        async with events_engine.begin() as conn:
+            later = (
+                await conn.execute(select(Delivery.id).order_by(Delivery.event_position.desc()).limit(1))
+            ).scalar_one()
+            await conn.execute(
+                update(Delivery)
+                .where(Delivery.id == later)
+                .values(attempts=1, next_attempt_at=utcnow() + timedelta(hours=1))
+            )
+        await dispatcher.run_once()
+        assert len(gone_receiver.received) == 1
+        answered, queued = await _deliveries(api, gone["id"])
+        assert (answered["event_id"], answered["status"], answered["last_status_code"]) == (
+            first,
+            "cancelled",
+            410,
+        )
+        assert (queued["status"], queued["next_attempt_at"]) == ("cancelled", None)
+        # Nothing is left for a dispatcher to claim.
+        assert await dispatcher.claim() == []
+
+    async def test_a_disabled_subscription_can_be_read_and_deleted_but_not_redelivered(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        gone_receiver: ScriptedReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        gone = await _subscribe(api, gone_receiver.url)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        refused = _assert_problem(
+            await api.post(f"/v1/subscriptions/{gone['id']}/redeliver"), 409, "conflict"
+        )
+        assert "410 Gone" in refused["detail"]
+        # Another department still learns nothing of it.
+        act_as(events_app, "welfare", "consumer")
+        _assert_problem(await api.get(f"/v1/subscriptions/{gone['id']}"), 404, "subscription-not-found")
+        _assert_problem(
+            await api.post(f"/v1/subscriptions/{gone['id']}/redeliver"), 404, "subscription-not-found"
+        )
+        act_as(events_app, "dvla", "consumer")
+        assert (await api.delete(f"/v1/subscriptions/{gone['id']}")).status_code == 204
+        _assert_problem(await api.get(f"/v1/subscriptions/{gone['id']}"), 404, "subscription-not-found")
+        assert (await api.get("/v1/subscriptions")).json() == {"items": [], "next_cursor": None}

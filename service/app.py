@@ -30,7 +30,12 @@ from service.consent import endpoints as consent_endpoints
 from service.console import router as console_router
 from service.crypto.keyring import Keyring
 from service.db import Database, driver_reads_lifecycle, utcnow
-from service.errors import AllowedMethods, BodyLimitMiddleware, install_error_handlers
+from service.errors import (
+    AllowedMethods,
+    BodyLimitMiddleware,
+    RepeatedQueryMiddleware,
+    install_error_handlers,
+)
 from service.events import endpoints as events_endpoints
 from service.events.lifecycle import events_lifecycle
 from service.health import router as health_router
@@ -178,6 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.state.allowed_methods = AllowedMethods(app)
     name_route_templates(app)
+    # Innermost: a query parameter named twice is refused (the hot routes decline such a
+    # request, so it reaches this too).
+    app.add_middleware(RepeatedQueryMiddleware)
     # The hottest routes, inside the middleware below (``service.hotpath``).
     app.add_middleware(HotRoutes, routes=hot_routes())
     # add_middleware puts each new layer outside the ones before it, so the request context

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -494,3 +495,38 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": response.body})
+
+
+class RepeatedQueryMiddleware:
+    """Refuse an API request that names a query parameter more than once (422): no API
+    parameter takes a list, and taking one of the values (FastAPI takes the last) would
+    act, and audit, on a purpose or a filter the caller may not have meant."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            repeated = repeated_query_name(scope["query_string"])
+            if repeated is not None:
+                # The name, not a value; one that is no plain name is not echoed at all.
+                loc = ["query", repeated] if repeated.isidentifier() and len(repeated) <= 64 else ["query"]
+                error = ValidationFailed(
+                    "The request is not valid.", errors=[{"loc": loc, "msg": "given more than once"}]
+                )
+                await problem_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def repeated_query_name(query_string: bytes) -> str | None:
+    """The first query parameter name that ``query_string`` gives more than once, decoded
+    as Starlette decodes it; None when every name is given once."""
+    if not query_string:
+        return None
+    seen: set[str] = set()
+    for name, _value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name in seen:
+            return name
+        seen.add(name)
+    return None

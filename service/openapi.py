@@ -243,7 +243,9 @@ def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
         or dependant.body_params
         or any(d.query_params or d.header_params for d in _dependencies(dependant))
     )
-    if has_input:
+    if has_input or path.startswith("/v1/"):
+        # 422 also for a query parameter named twice, refused on every /v1/ path
+        # (``errors.RepeatedQueryMiddleware``).
         statuses.add(422)
     if dependant.body_params:
         # 400 for a body that is not JSON; 415 for one sent as another media type.

@@ -122,6 +122,14 @@ class TestProblemDetails:
             )
             assert response.status_code == 200, accepted
 
+    @pytest.mark.parametrize("path", ["/v1/audit/entries?limit=1&limit=2", "/v1/catalog?x=&x="])
+    async def test_a_query_parameter_named_twice_is_422(
+        self, probe_client: httpx.AsyncClient, path: str
+    ) -> None:
+        body = assert_problem(await probe_client.get(path), 422)
+        name = path.split("?")[1].split("=")[0]
+        assert body["errors"] == [{"loc": ["query", name], "msg": "given more than once"}]
+
     async def test_unknown_route_is_404(self, probe_client: httpx.AsyncClient) -> None:
         assert_problem(await probe_client.get("/v1/nothing-here"), 404)
 

@@ -147,28 +147,34 @@ async def read_citizen(
 _CITIZEN_OUT = TypeAdapter(CitizenOut)
 
 
-def _query(query_string: bytes) -> dict[str, str]:
-    """The query's parameters as Starlette's ``request.query_params`` parses them (a
-    repeated name: the last value, as FastAPI takes it), without its multi-dict. Without a
-    ``%`` or ``+`` nothing is decoded, and a split is ``parse_qsl``'s answer at a quarter of
-    its cost."""
+def _query(query_string: bytes) -> dict[str, str] | None:
+    """The query's parameters as Starlette's ``request.query_params`` parses them, without
+    its multi-dict; None when a name is repeated (``errors.RepeatedQueryMiddleware`` refuses
+    that). Without a ``%`` or ``+`` nothing is decoded, and a split is ``parse_qsl``'s
+    answer at a quarter of its cost."""
     text = query_string.decode("latin-1")
     if "%" in text or "+" in text:
-        return dict(parse_qsl(text, keep_blank_values=True))
+        pairs = parse_qsl(text, keep_blank_values=True)
+        parameters = dict(pairs)
+        return parameters if len(parameters) == len(pairs) else None
     parameters = {}
+    given = 0
     for pair in text.split("&"):
         if pair:
             name, _equals, value = pair.partition("=")
             parameters[name] = value
-    return parameters
+            given += 1
+    return parameters if len(parameters) == given else None
 
 
 async def read_citizen_hot(request: Request) -> Response | None:
     """``read_citizen`` as a hot route (``service.hotpath``): the same checks of its
-    parameters (None, for the declared route's 422, when one fails), then the same calls in
+    parameters (None, for the declared route's 422, when one fails or is repeated), then the same calls in
     the order its dependencies run, and the same body and ETag."""
     citizen_id: str = request.path_params["citizen_id"]
     query = _query(request.scope["query_string"])
+    if query is None:
+        return None
     purpose, fields = query.get("purpose"), query.get("fields")
     if (
         not is_citizen_id(citizen_id)

@@ -83,6 +83,13 @@ def request_facts(
     routes (``service.hotpath``) both gather them here; a hot route passes the ``purpose``
     its query states, as ``for_purpose`` would add it."""
     if reference is not None:
+        headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+        if sum(name == b"x-case-ref" for name, _value in headers) > 1:
+            # As X-On-Behalf-Of: one case per request, never one of two picked.
+            raise ValidationFailed(
+                "Send X-Case-Ref once.",
+                errors=[{"loc": ["header", "X-Case-Ref"], "msg": "given more than once"}],
+            )
         check_case_ref(reference, ["header", "X-Case-Ref"])
     client = request.scope.get("client")
     return RequestFacts(

@@ -258,6 +258,17 @@ class TestWrite:
         assert [(i["value"], i["version"]) for i in items] == [("New House", 2), ("Old House", 1)]
         assert items[0]["written_by"] == "register-client"
 
+    async def test_a_case_reference_sent_twice_is_422(self, records_env: RecordsEnv) -> None:
+        citizen_id, _ = await records_env.register(address="A")
+        response = await records_env.client.get(
+            f"/v1/citizens/{citizen_id}/fields/address/history",
+            params={"purpose": "fraud-investigation"},
+            headers=[*WELFARE.items(), ("X-Case-Ref", "FRAUD-1"), ("X-Case-Ref", "FRAUD-2")],
+        )
+        assert problem(response, 422)["errors"] == [
+            {"loc": ["header", "X-Case-Ref"], "msg": "given more than once"}
+        ]
+
     async def test_history_needs_its_case_reference(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register(address="A")
         response = await records_env.client.get(

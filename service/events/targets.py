@@ -93,6 +93,11 @@ def parse(url: str) -> SplitResult:
     is resolved."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeWebhookTarget(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if not url.isascii() or not url.isprintable() or " " in url:
+        # A URL is printable ASCII (RFC 3986; an international name is sent as IDNA). A NUL
+        # in the host would end the name the resolver checks early, so the address checked
+        # would not be the one named.
+        raise UnsafeWebhookTarget("the URL may hold only printable ASCII characters, without spaces")
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -49,6 +49,11 @@ class TestCheckTarget:
             ("https://a..b/x", "not a valid host name"),
             ("https://.example.com/", "not a valid host name"),
             ("https://" + "a" * 64 + ".example/", "not a valid host name"),
+            # The resolver would stop reading the name at the NUL: 127.0.0.1 would be checked.
+            ("http://127.0.0.1\x00.evil.example:8080/", "only printable ASCII"),
+            ("https://example.org/a b", "only printable ASCII"),
+            ("https://example.org/\u200ehook", "only printable ASCII"),
+            ("https://bücher.example/hook", "only printable ASCII"),
         ],
     )
     async def test_refuses(self, url: str, why: str) -> None:

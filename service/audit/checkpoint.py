@@ -1,10 +1,14 @@
 """C2SP signed notes carrying tlog-checkpoints, signed with Ed25519.
 
-Pure: no I/O. A checkpoint body is three lines: origin, tree size, base64 root hash.
-The note is the body, a blank line, then signature lines
-``— <name> <base64(key hash || signature)>``; the key hash is the first four bytes of
-SHA-256(name || "\\n" || 0x01 || public key), and the verifier key string is
+Pure: no I/O. A checkpoint body is three lines: origin, tree size, base64 root hash,
+then any non-empty extension lines. The note is the body, a blank line, then signature
+lines ``— <name> <base64(key hash || signature)>``; the key hash is the first four bytes
+of SHA-256(name || "\\n" || 0x01 || public key), and the verifier key string is
 ``<name>+<hex key hash>+<base64(0x01 || public key)>``.
+
+Notes are read as C2SP signed-note says: no ASCII control character but newline, every
+signature line well formed, lines by unknown keys ignored, and every line by a known
+key (its name and key id) verified: one that fails rejects the whole note.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,21 +77,59 @@ def parse_vkey(
     return name, expected_id, public_key
 
 
-def signature_lines(
-    lines: Iterable[str], name: str, key: bytes, size: int, error: type[CheckpointError], kind: str
-) -> Iterator[tuple[str, bytes]]:
-    """(line, decoded signature) for each signature line by ``name`` whose signature is
-    ``size`` bytes and starts with key id ``key``; lines of other keys are passed over."""
-    for line in lines:
-        fields = line.rstrip("\n").split(" ")
-        if len(fields) != 3 or fields[0] != SIGNATURE_DASH or fields[1] != name:
-            continue
-        try:
-            raw = base64.b64decode(fields[2], validate=True)
-        except (binascii.Error, ValueError):
-            raise error(f"a {kind} by {name} is not base64") from None
-        if len(raw) == size and raw[:4] == key:
-            yield line, raw
+# Any ASCII control character but newline (signed-note: those below U+0020).
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
+
+
+@dataclass(frozen=True)
+class NoteSignature:
+    """One signature line of a signed note."""
+
+    name: str
+    key_id: bytes
+    signature: bytes  # what follows the key id
+    line: str  # the line as written, without its newline
+
+
+def parse_signature_line(line: str, error: type[CheckpointError] = CheckpointError) -> NoteSignature:
+    """``— <key name> <base64(key id || signature)>``, or raise ``error``."""
+    name, space, encoded = line.removeprefix(f"{SIGNATURE_DASH} ").partition(" ")
+    if not line.startswith(f"{SIGNATURE_DASH} ") or not space or not valid_key_name(name):
+        raise error("a signature line is '\u2014 <key name> <base64 signature>'")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise error(f"a signature by {name} is not base64") from None
+    if len(raw) < 4:
+        raise error(f"a signature by {name} is shorter than its key id")
+    return NoteSignature(name=name, key_id=raw[:4], signature=raw[4:], line=line)
+
+
+def parse_note(note: str, error: type[CheckpointError] = CheckpointError) -> tuple[str, list[NoteSignature]]:
+    """(text with its final newline, signature lines) of a C2SP signed note, or raise ``error``.
+
+    The text is what precedes the note's last blank line; one or more signature lines
+    follow it. No ASCII control character but newline may appear anywhere in the note.
+    """
+    if _CONTROL.search(note):
+        raise error("a signed note contains no control character but newline")
+    separator = note.rfind("\n\n")
+    if separator < 0 or not note.endswith("\n") or separator + 2 == len(note):
+        raise error("a signed note is a text, a blank line and one or more signature lines")
+    text, block = note[: separator + 1], note[separator + 2 : -1]
+    return text, [parse_signature_line(line, error) for line in block.split("\n")]
+
+
+def signatures_by(signatures: Iterable[NoteSignature], name: str, key: bytes) -> Iterator[NoteSignature]:
+    """The signatures by the key of ``name`` and key id ``key``, each distinct line once;
+    lines of other keys (even sharing the name or the id) are passed over. The caller
+    verifies every one: a line of this key that does not verify is a forgery or a
+    corruption, and rejects the note."""
+    seen: set[str] = set()
+    for signature in signatures:
+        if signature.name == name and signature.key_id == key and signature.line not in seen:
+            seen.add(signature.line)
+            yield signature
 
 
 @dataclass(frozen=True)
@@ -103,6 +146,8 @@ class Checkpoint:
         lines = body.split("\n")
         if len(lines) < 4 or lines[-1] != "" or not lines[0]:
             raise CheckpointError("a checkpoint body is origin, size and root hash lines")
+        if "" in lines[3:-1]:
+            raise CheckpointError("a checkpoint's extension lines are not empty")
         if not ascii_digits(lines[1]) or (lines[1].startswith("0") and lines[1] != "0"):
             raise CheckpointError("the tree size is not a decimal number")
         try:
@@ -156,22 +201,37 @@ class NoteVerifier:
         name, expected_hash, public_key = parse_vkey(vkey, ED25519_ALGORITHM, "verifier key")
         return cls(name=name, key_hash=expected_hash, public_key=public_key)
 
+    def verifies(self, text: str, signature: NoteSignature) -> bool:
+        """Whether ``signature`` is this key's Ed25519 signature of ``text``."""
+        if (signature.name, signature.key_id) != (self.name, self.key_hash) or len(signature.signature) != 64:
+            return False
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature.signature, text.encode())
+        except InvalidSignature:
+            return False
+        return True
+
     def open(self, note: str) -> str:
-        """The note's body, if one of its signatures is ours and verifies; else raise."""
-        separator = note.rfind("\n\n")
-        if separator < 0 or not note.endswith("\n"):
-            raise CheckpointError("a signed note is a body, a blank line and signature lines")
-        body, signatures = note[: separator + 1], note[separator + 2 :]
-        public_key = Ed25519PublicKey.from_public_bytes(self.public_key)
-        for _line, raw in signature_lines(
-            signatures.splitlines(), self.name, self.key_hash, 68, CheckpointError, "signature"
-        ):
-            try:
-                public_key.verify(raw[4:], body.encode())
-            except InvalidSignature:
-                raise CheckpointError("the checkpoint signature does not verify") from None
-            return body
-        raise CheckpointError(f"the note carries no signature by {self.name}")
+        """The note's text, if it carries a signature by this key and every one verifies."""
+        return open_note(note, [self])
 
     def open_checkpoint(self, note: str) -> Checkpoint:
         return Checkpoint.parse_body(self.open(note))
+
+
+def open_note(note: str, verifiers: Iterable[NoteVerifier]) -> str:
+    """The text of ``note`` if it carries a signature by one of ``verifiers`` (the keys
+    trusted for it) and every signature line by one of them verifies; else raise
+    ``CheckpointError``. Lines by other keys are ignored (C2SP signed-note)."""
+    text, signatures = parse_note(note)
+    known = list(verifiers)
+    verified = False
+    for verifier in known:
+        for signature in signatures_by(signatures, verifier.name, verifier.key_hash):
+            if not verifier.verifies(text, signature):
+                raise CheckpointError(f"a signature by {verifier.name} does not verify")
+            verified = True
+    if not verified:
+        names = ", ".join(sorted({v.name for v in known}))
+        raise CheckpointError(f"the note carries no signature by {names}")
+    return text

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, tuple_
 
 from service.audit.models import AuditCheckpoint, AuditCosignature, AuditWitnessedCheckpoint
 from service.audit.repository import Executor
-from service.witness.cosignature import Cosignature
+from service.witness.cosignature import Cosignature, CosignatureVerifier, split_note, verified_cosignatures
 
 
 @dataclass(frozen=True)
@@ -126,22 +126,78 @@ async def witnessed_at(db: Executor, checkpoint_id: int) -> datetime | None:
     return _aware((await db.execute(statement)).scalar())
 
 
-async def newest_witnessed(db: Executor) -> tuple[CheckpointRow, datetime] | None:
-    """The largest checkpoint that reached the quorum, and when."""
-    statement = (
-        select(*_CHECKPOINT_COLUMNS, AuditWitnessedCheckpoint.witnessed_at)
-        .join(AuditWitnessedCheckpoint, AuditWitnessedCheckpoint.checkpoint_id == AuditCheckpoint.id)
-        .order_by(AuditWitnessedCheckpoint.tree_size.desc(), AuditCheckpoint.id.desc())
-        .limit(1)
+async def newest_witnessed(
+    db: Executor, witnesses: Sequence[CosignatureVerifier] | None = None, quorum: int = 0
+) -> tuple[CheckpointRow, datetime] | None:
+    """The largest checkpoint that reached the quorum, and when it last did (our clock).
+
+    The witnessed table records when a checkpoint reached the quorum of the witnesses
+    configured at the time. Given ``witnesses`` (those configured now), a checkpoint
+    counts only if at least ``quorum`` of them have a stored cosignature on it that their
+    key verifies now: a witness since removed, or one whose key has changed, no longer
+    counts. Without ``witnesses``, the table as recorded.
+    """
+    statement = select(*_CHECKPOINT_COLUMNS, AuditWitnessedCheckpoint.witnessed_at).join(
+        AuditWitnessedCheckpoint, AuditWitnessedCheckpoint.checkpoint_id == AuditCheckpoint.id
     )
-    row = (await db.execute(statement)).first()
-    if row is None:
-        return None
-    values = tuple(row)
+    order = (AuditWitnessedCheckpoint.tree_size.desc(), AuditCheckpoint.id.desc())
+    if witnesses is None:
+        row = (await db.execute(statement.order_by(*order).limit(1))).first()
+        return None if row is None else _witnessed(tuple(row))
+    names = [w.name for w in witnesses]
+    # Counted by name in SQL first, so only checkpoints that may be at quorum are read and
+    # their cosignatures verified; pages walk down from the largest.
+    named = (
+        select(func.count())
+        .select_from(AuditCosignature)
+        .where(AuditCosignature.checkpoint_id == AuditCheckpoint.id, AuditCosignature.witness.in_(names))
+        .scalar_subquery()
+    )
+    candidates = statement.where(named >= quorum).order_by(*order).limit(_PAGE)
+    after: tuple[int, int] | None = None
+    while True:
+        page = candidates
+        if after is not None:
+            page = page.where(tuple_(AuditWitnessedCheckpoint.tree_size, AuditCheckpoint.id) < after)
+        rows = [_witnessed(tuple(row)) for row in await db.execute(page)]
+        if not rows:
+            return None
+        lines = await _cosignature_lines(db, [checkpoint.id for checkpoint, _at in rows], names)
+        for checkpoint, at in rows:
+            body, _lines = split_note(checkpoint.note)
+            if len(verified_cosignatures(body, lines.get(checkpoint.id, {}), witnesses)) >= quorum:
+                return checkpoint, at
+        last = rows[-1][0]
+        after = (last.tree_size, last.id)
+
+
+async def newest_witnessed_time(
+    db: Executor, witnesses: Sequence[CosignatureVerifier], quorum: int
+) -> datetime | None:
+    """When the newest checkpoint at quorum of ``witnesses`` (see ``newest_witnessed``)
+    last reached it: the freshest witnessing, since only the newest checkpoint is ever
+    submitted to the witnesses and marked."""
+    found = await newest_witnessed(db, witnesses, quorum)
+    return None if found is None else found[1]
+
+
+# Witnessed checkpoints read at a time while looking for one still at quorum.
+_PAGE = 16
+
+
+def _witnessed(values: tuple[object, ...]) -> tuple[CheckpointRow, datetime]:
     checkpoint = _checkpoint(values[:5])
     return checkpoint, _aware(values[5]) or checkpoint.created_at  # type: ignore[arg-type]
 
 
-async def newest_witnessed_time(db: Executor) -> datetime | None:
-    """When the newest quorum was reached (the freshest witnessing of any checkpoint)."""
-    return _aware((await db.execute(select(func.max(AuditWitnessedCheckpoint.witnessed_at)))).scalar())
+async def _cosignature_lines(
+    db: Executor, checkpoint_ids: Sequence[int], witnesses: Sequence[str]
+) -> dict[int, dict[str, str]]:
+    """Checkpoint id -> witness name -> cosignature line, for those checkpoints and witnesses."""
+    statement = select(AuditCosignature.checkpoint_id, AuditCosignature.witness, AuditCosignature.line).where(
+        AuditCosignature.checkpoint_id.in_(checkpoint_ids), AuditCosignature.witness.in_(witnesses)
+    )
+    found: dict[int, dict[str, str]] = {}
+    for cid, witness, line in await db.execute(statement):
+        found.setdefault(int(cid), {})[str(witness)] = str(line)
+    return found

@@ -113,9 +113,11 @@ async def get_inclusion_proof(
     """An RFC 9162 inclusion proof of leaf ``index`` in the tree of ``tree_size`` (default: the
     checkpoint ``GET /v1/audit/checkpoint`` serves, the newest at the witness quorum when
     witnesses are configured), with the stored entry whose canonical JSON the leaf hashes."""
-    witnessed = request.app.state.witness_config.enabled
+    config = request.app.state.witness_config
     async with database.engine.connect() as conn:
-        proof = await proofs.inclusion(conn, index, tree_size, witnessed=witnessed)
+        proof = await proofs.inclusion(
+            conn, index, tree_size, witnesses=config.verifiers, quorum=config.quorum
+        )
     # The proof carries an entry, so reading it is an audit query like any other.
     await search.record_query(
         writer, caller, source=_source(request), citizen_id=proof["entry"].get("citizen_id")

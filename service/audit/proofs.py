@@ -4,12 +4,14 @@ signed checkpoint note. Read-only; the sequencer builds what they read."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 
 from service.audit import cosignatures, merkle
 from service.audit import repository as audit_repository
 from service.audit.errors import AuditQueryInvalid, LeafNotFound, NoCheckpoint
 from service.audit.repository import Executor
+from service.witness.cosignature import CosignatureVerifier
 
 
 async def _read_for(db: Executor, build: Any) -> Any:
@@ -20,17 +22,22 @@ async def _read_for(db: Executor, build: Any) -> Any:
 
 
 async def inclusion(
-    db: Executor, leaf_index: int, tree_size: int | None, *, witnessed: bool = False
+    db: Executor,
+    leaf_index: int,
+    tree_size: int | None,
+    *,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    quorum: int = 0,
 ) -> dict[str, Any]:
     """The proof of ``leaf_index`` in the tree of ``tree_size``; by default in the tree of
     the checkpoint ``GET /v1/audit/checkpoint`` serves, so the two verify together: with
-    witnesses (``witnessed``) the newest at quorum, otherwise the newest signed (or, before
-    the first, the tree as it stands)."""
+    ``witnesses`` configured, the newest at ``quorum`` of them, otherwise the newest signed
+    (or, before the first, the tree as it stands)."""
     # The checkpoint before the size: the sequencer may sign a larger one between the two
     # reads, and a checkpoint read first is never larger than the tree read after it.
     signed_size: int | None = None
-    if tree_size is None and witnessed:
-        found = await cosignatures.newest_witnessed(db)
+    if tree_size is None and witnesses:
+        found = await cosignatures.newest_witnessed(db, witnesses, quorum)
         if found is None:
             raise NoCheckpoint("No checkpoint has reached the witness quorum yet; name a tree_size.")
         signed_size = found[0].tree_size

@@ -6,8 +6,13 @@ It learns that size from the cosignatures already stored and re-syncs it from a 
 body. Cosignatures are checked with the witness's key, and ignored if dated more than
 a few minutes ahead, before they are stored; once a quorum of the configured witnesses
 has cosigned, the checkpoint is *witnessed* and becomes what
-``GET /v1/audit/checkpoint`` serves. While the log is idle the newest checkpoint is
-re-submitted every refresh period, so "recently witnessed" stays true of a quiet log.
+``GET /v1/audit/checkpoint`` serves, with one cosignature line per configured witness.
+While the log is idle the newest checkpoint is re-submitted every refresh period, so
+"recently witnessed" stays true of a quiet log.
+
+"At quorum" always means at quorum of the witnesses configured now: a checkpoint marked
+witnessed under an earlier configuration counts only while enough of today's witnesses
+have a stored cosignature on it that their keys verify.
 
 The gate fails closed: with a grace period set, once no checkpoint has reached the
 quorum for longer than that, reads and writes that release data answer 503. Requests
@@ -21,7 +26,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -37,7 +42,13 @@ from service.audit.errors import AuditUnavailable, NoCheckpoint
 from service.audit.repository import Executor
 from service.db import utcnow
 from service.digits import ascii_digits
-from service.witness.cosignature import Cosignature, CosignatureError, CosignatureVerifier, split_note
+from service.witness.cosignature import (
+    Cosignature,
+    CosignatureError,
+    CosignatureVerifier,
+    split_note,
+    verified_cosignatures,
+)
 from service.witness.protocol import submission_body
 
 logger = logging.getLogger("tellonce.audit.witnessing")
@@ -88,6 +99,10 @@ class WitnessConfig:
     def enabled(self) -> bool:
         return bool(self.witnesses)
 
+    @property
+    def verifiers(self) -> tuple[CosignatureVerifier, ...]:
+        return tuple(w.verifier for w in self.witnesses)
+
 
 def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
     """``URL=VKEY`` pairs separated by whitespace; the URL is the witness's submission prefix."""
@@ -135,25 +150,34 @@ def witness_config(audit: AuditSettings) -> WitnessConfig:
     )
 
 
-def cosigned_note(note: str, lines: dict[str, str], order: Sequence[str] = ()) -> str:
-    """The log's signed note with each witness's cosignature line appended (configured
-    witnesses first, in order, then any others by name)."""
-    names = [n for n in order if n in lines] + sorted(n for n in lines if n not in order)
+def cosigned_note(note: str, lines: Mapping[str, str], witnesses: Sequence[str] | None = None) -> str:
+    """The log's signed note with cosignature lines (witness name -> line) appended.
+
+    With ``witnesses`` (names), the line of each of them that has one, in that order, and
+    no other. Without, every line, by witness name: an exported bundle keeps the lines of
+    witnesses since removed, and a verifier ignores those whose keys it does not trust.
+    """
+    names = [n for n in witnesses if n in lines] if witnesses is not None else sorted(lines)
     return note + "".join(lines[name] for name in names)
 
 
 async def witnessed_checkpoint_note(db: Executor, config: WitnessConfig) -> str:
-    """The newest checkpoint at quorum as one note: the log's line and every cosignature.
+    """The newest checkpoint at quorum of the configured witnesses as one note: the log's
+    line, then the cosignature line of each configured witness whose key verifies it, in
+    the configured order (a witness since removed has none).
 
     Without witnesses configured, the newest signed checkpoint as it is.
     """
     if not config.enabled:
         return await proofs.checkpoint_note(db)
-    found = await cosignature_repository.newest_witnessed(db)
+    found = await cosignature_repository.newest_witnessed(db, config.verifiers, config.quorum)
     if found is None:
         raise NoCheckpoint("No checkpoint has reached the witness quorum yet.")
     checkpoint, _at = found
-    lines = await cosignature_repository.cosignatures_for(db, checkpoint.id)
+    stored = await cosignature_repository.cosignatures_for(db, checkpoint.id)
+    body, _lines = split_note(checkpoint.note)
+    verified = verified_cosignatures(body, stored, config.verifiers)
+    lines = {name: cosignature.line for name, cosignature in verified.items()}
     return cosigned_note(checkpoint.note, lines, [w.name for w in config.witnesses])
 
 
@@ -198,6 +222,14 @@ class WitnessSubmitter:
                 return False
             have = await cosignature_repository.cosignatures_for(conn, newest.id)
             witnessed_at = await cosignature_repository.witnessed_at(conn, newest.id)
+            # Only configured witnesses count, each by a stored line its key verifies now:
+            # cosignatures stored from a witness since removed from TELLONCE_AUDIT_WITNESSES
+            # stay in the bundle but are no longer trusted. A checkpoint marked witnessed
+            # under an earlier configuration that this one's quorum has not cosigned is
+            # witnessed again, now.
+            counted = set(verified_cosignatures(split_note(newest.note)[0], have, self.config.verifiers))
+            if witnessed_at is not None and len(counted) < self.config.quorum:
+                witnessed_at = None
             for witness in self.config.witnesses:
                 if witness.name not in self.known_sizes:
                     size = await cosignature_repository.last_cosigned_size(conn, witness.name)
@@ -207,7 +239,7 @@ class WitnessSubmitter:
                     return True
                 targets = list(self.config.witnesses)  # re-witness an idle log
             else:
-                targets = [w for w in self.config.witnesses if w.name not in have]
+                targets = [w for w in self.config.witnesses if w.name not in counted]
             # One proof per size the witnesses last cosigned (usually the same for all),
             # read on this connection before any witness is asked.
             proofs = {
@@ -219,11 +251,8 @@ class WitnessSubmitter:
         fresh = [c for c in results if c is not None]
         async with self.engine.begin() as conn:
             await cosignature_repository.store_cosignatures(conn, newest.id, fresh)
-            # Only configured witnesses count: cosignatures stored from a witness since removed
-            # from TELLONCE_AUDIT_WITNESSES stay in the bundle but are no longer trusted.
-            configured = {w.name for w in self.config.witnesses}
             cosigned = {c.witness for c in fresh}
-            count = len(cosigned) if witnessed_at is not None else len((set(have) & configured) | cosigned)
+            count = len(cosigned) if witnessed_at is not None else len(counted | cosigned)
             if count >= self.config.quorum:
                 await cosignature_repository.mark_witnessed(conn, newest, utcnow())
                 return True
@@ -337,7 +366,9 @@ class WitnessGate:
 
     async def refresh(self, engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
-            witnessed = await cosignature_repository.newest_witnessed_time(conn)
+            witnessed = await cosignature_repository.newest_witnessed_time(
+                conn, self.config.verifiers, self.config.quorum
+            )
             first = (
                 await cosignature_repository.first_checkpoint_time(conn)
                 if witnessed is None and self.first_checkpoint_at is None

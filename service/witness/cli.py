@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 import uvicorn
 
-from service.audit.checkpoint import CheckpointError, NoteVerifier
+from service.audit.checkpoint import CheckpointError
 from service.witness.cosignature import CosignatureError, CosignatureSigner
 from service.witness.server import create_witness_app
-from service.witness.state import WitnessState
+from service.witness.state import TrustedLog, WitnessState
 
 app = typer.Typer(no_args_is_help=True, help="A standalone witness that cosigns the audit log's checkpoints.")
 
@@ -28,9 +28,9 @@ def read_private_key(path: Path) -> CosignatureSigner:
     return CosignatureSigner.from_private_key_text(path.read_text())
 
 
-def _log_verifier(value: str) -> NoteVerifier:
+def _trusted_log(value: str) -> TrustedLog:
     path = Path(value)
-    return NoteVerifier.parse(path.read_text() if path.is_file() else value)
+    return TrustedLog.parse(path.read_text() if path.is_file() else value)
 
 
 @app.command("keygen")
@@ -59,13 +59,18 @@ def serve(
     key: Path = typer.Option(..., "--key", help="The witness private key file (from keygen)."),
     state: Path = typer.Option(..., "--state", help="The witness's own SQLite state file."),
     log: list[str] = typer.Option(
-        ..., "--log", help="A log's verifier key (vkey string or a file holding it); repeatable."
+        ...,
+        "--log",
+        help=(
+            "A log to follow: its verifier key, or its origin line, a space and its verifier key "
+            "(or a file holding either). Without an origin, the key's name is the origin. Repeatable."
+        ),
     ),
 ) -> None:
     """Run the witness: POST /add-checkpoint and GET /checkpoint?origin=ORIGIN."""
     try:
         signer = read_private_key(key)
-        logs = [_log_verifier(value) for value in log]
+        logs = [_trusted_log(value) for value in log]
     except (OSError, CheckpointError) as exc:
         typer.echo(f"cannot start the witness: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -22,8 +23,10 @@ from service.audit.checkpoint import (
     SIGNATURE_DASH,
     CheckpointError,
     key_id,
+    parse_note,
+    parse_signature_line,
     parse_vkey,
-    signature_lines,
+    signatures_by,
     valid_key_name,
     vkey_text,
 )
@@ -45,11 +48,10 @@ def signed_message(body: str, timestamp: int) -> bytes:
 
 
 def split_note(note: str) -> tuple[str, list[str]]:
-    """(body including its final newline, signature lines without their newline)."""
-    separator = note.rfind("\n\n")
-    if separator < 0 or not note.endswith("\n"):
-        raise CosignatureError("a signed note is a body, a blank line and signature lines")
-    return note[: separator + 1], note[separator + 2 :].splitlines()
+    """(body including its final newline, signature lines without their newline); raises
+    ``CosignatureError`` if ``note`` is not a C2SP signed note."""
+    body, signatures = parse_note(note, CosignatureError)
+    return body, [signature.line for signature in signatures]
 
 
 class CosignatureSigner:
@@ -128,19 +130,45 @@ class CosignatureVerifier:
     def find(self, body: str, lines: list[str]) -> Cosignature | None:
         """This witness's cosignature among ``lines`` over ``body``; None if it has none.
 
-        Lines from other keys are ignored; a line with this witness's name and key id
-        that does not verify raises, since it can only be a forgery or a corruption.
+        Lines from other keys are ignored; every line with this witness's name and key id
+        must verify, and one that does not (of the wrong length included) raises, since it
+        can only be a forgery or a corruption. Of several that verify, the first is
+        returned. A line that is no signature line raises too.
         """
         key = Ed25519PublicKey.from_public_bytes(self.public_key)
-        for line, raw in signature_lines(
-            lines, self.name, self.key_id, 4 + 8 + 64, CosignatureError, "cosignature"
-        ):
-            (timestamp,) = struct.unpack(">Q", raw[4:12])
+        signatures = [parse_signature_line(line.removesuffix("\n"), CosignatureError) for line in lines]
+        found: Cosignature | None = None
+        for signature in signatures_by(signatures, self.name, self.key_id):
+            if len(signature.signature) != 8 + 64:
+                raise CosignatureError(f"the cosignature by {self.name} is not {4 + 8 + 64} bytes")
+            (timestamp,) = struct.unpack(">Q", signature.signature[:8])
             if timestamp > MAX_TIMESTAMP:
                 raise CosignatureError(f"the cosignature by {self.name} has an impossible timestamp")
             try:
-                key.verify(raw[12:], signed_message(body, timestamp))
+                key.verify(signature.signature[8:], signed_message(body, timestamp))
             except InvalidSignature:
                 raise CosignatureError(f"the cosignature by {self.name} does not verify") from None
-            return Cosignature(self.name, timestamp, line.rstrip("\n") + "\n")
-        return None
+            if found is None:
+                found = Cosignature(self.name, timestamp, signature.line + "\n")
+        return found
+
+
+def verified_cosignatures(
+    body: str, lines: Mapping[str, str], witnesses: Iterable[CosignatureVerifier]
+) -> dict[str, Cosignature]:
+    """Witness name -> cosignature, for each of ``witnesses`` whose line in ``lines``
+    (witness name -> signature line) verifies over ``body`` with its key. Lines of other
+    witnesses, and a line its witness's key does not verify (one made with an older key
+    under the same name, or a corrupted one), are left out."""
+    found: dict[str, Cosignature] = {}
+    for witness in witnesses:
+        line = lines.get(witness.name)
+        if line is None:
+            continue
+        try:
+            cosignature = witness.find(body, [line])
+        except CosignatureError:
+            continue
+        if cosignature is not None:
+            found[witness.name] = cosignature
+    return found

@@ -1,5 +1,8 @@
 """The witness's own state: per log origin, the latest checkpoint it cosigned.
 
+Logs are known by their origin line (C2SP tlog-witness), each with the verifier keys
+trusted for it; a key's name only should match the origin (tlog-checkpoint).
+
 One SQLite file, never the tellonce database. ``add_checkpoint`` checks the submission
 against the stored size and saves the new checkpoint inside one ``BEGIN IMMEDIATE``
 transaction, so two submissions (even from two witness processes on the same file) are
@@ -18,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.audit import merkle
-from service.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
-from service.witness.cosignature import CosignatureSigner, split_note
+from service.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier, open_note, parse_note
+from service.witness.cosignature import CosignatureSigner
 from service.witness.protocol import Submission
 
 _SCHEMA = """
@@ -45,6 +48,28 @@ class Refusal(Exception):
 
 
 @dataclass(frozen=True)
+class TrustedLog:
+    """A log this witness follows: its origin line and one verifier key trusted for it."""
+
+    origin: str
+    verifier: NoteVerifier
+
+    @classmethod
+    def parse(cls, text: str) -> TrustedLog:
+        """``VKEY``, or ``ORIGIN VKEY``: the origin line, a space and the verifier key.
+
+        A verifier key holds no space, so the origin is all before the last space (without
+        surrounding whitespace); with no origin given, the key's name is the origin, as
+        tlog-checkpoint recommends and as a tellonce log names its key."""
+        head, _space, vkey = text.strip().rpartition(" ")
+        verifier = NoteVerifier.parse(vkey)
+        origin = head.strip() or verifier.name
+        if "\n" in origin:
+            raise CheckpointError("an origin is one line")
+        return cls(origin=origin, verifier=verifier)
+
+
+@dataclass(frozen=True)
 class Cosigned:
     cosignature: str  # one signature line, newline-terminated
 
@@ -54,16 +79,19 @@ class WitnessState:
         self,
         path: Path,
         signer: CosignatureSigner,
-        logs: Iterable[NoteVerifier],
+        logs: Iterable[TrustedLog | NoteVerifier],
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``logs``: the logs followed, each a ``TrustedLog`` or a bare verifier key, which
+        stands for the log whose origin is the key's name."""
         self.path = path
         self.signer = signer
         self.clock = clock
+        # Origin line -> the verifier keys trusted for that log.
         self.logs: dict[str, list[NoteVerifier]] = {}
-        for verifier in logs:
-            # A tellonce log's key is named by its origin line.
-            self.logs.setdefault(verifier.name, []).append(verifier)
+        for log in logs:
+            trusted = log if isinstance(log, TrustedLog) else TrustedLog(log.name, log)
+            self.logs.setdefault(trusted.origin, []).append(trusted.verifier)
         self._lock = threading.Lock()
         # The state is this witness's word on every log (a rollback would let it cosign a
         # fork): made readable by its owner only; SQLite gives its WAL the same mode. An
@@ -85,29 +113,28 @@ class WitnessState:
             row = self._db.execute("SELECT note FROM cosigned WHERE origin = ?", (origin,)).fetchone()
         return None if row is None else str(row[0])
 
-    def _open(self, note: str) -> Checkpoint:
+    def _open(self, note: str) -> tuple[Checkpoint, str]:
+        """The checkpoint and its body, once a key trusted for its origin has signed it and
+        no signature by such a key fails (C2SP signed-note: the whole note is refused)."""
         try:
-            body, _lines = split_note(note)
+            body, _signatures = parse_note(note)
             checkpoint = Checkpoint.parse_body(body)
         except CheckpointError as exc:
             raise Refusal(400, f"the checkpoint does not parse: {exc}") from None
         verifiers = self.logs.get(checkpoint.origin)
         if not verifiers:
             raise Refusal(404, f"this witness does not follow the log {checkpoint.origin!r}")
-        for verifier in verifiers:
-            try:
-                verifier.open(note)
-            except CheckpointError:
-                continue
-            return checkpoint
-        raise Refusal(403, "no signature on the checkpoint verifies with a key this witness trusts")
+        try:
+            open_note(note, verifiers)
+        except CheckpointError as exc:
+            raise Refusal(403, f"the checkpoint's signatures are not trusted: {exc}") from None
+        return checkpoint, body
 
     def add_checkpoint(self, submission: Submission) -> Cosigned:
         """Cosign ``submission`` or raise ``Refusal`` with the status tlog-witness gives."""
-        checkpoint = self._open(submission.note)
+        checkpoint, body = self._open(submission.note)
         if submission.old_size > checkpoint.size:
             raise Refusal(400, "the old size is larger than the checkpoint's size")
-        body, _lines = split_note(submission.note)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

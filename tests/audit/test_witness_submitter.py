@@ -1,5 +1,5 @@
 """The witness submitter against fake witnesses (httpx MockTransport): which cosignatures
-it keeps, and when a checkpoint counts as witnessed."""
+it keeps, and when a checkpoint counts as witnessed, under the witnesses configured now."""
 
 from __future__ import annotations
 
@@ -12,8 +12,16 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import cosignatures as cosignature_repository
+from service.audit.errors import NoCheckpoint
 from service.audit.models import AuditWitnessedCheckpoint
-from service.audit.witnessing import WitnessConfig, WitnessEndpoint, WitnessSubmitter
+from service.audit.witnessing import (
+    WitnessConfig,
+    WitnessEndpoint,
+    WitnessGate,
+    WitnessSubmitter,
+    cosigned_note,
+    witnessed_checkpoint_note,
+)
 from service.audit.writer import append_many_in_transaction
 from service.db import create_engine
 from service.witness.cosignature import CosignatureSigner, CosignatureVerifier, split_note
@@ -133,3 +141,106 @@ class TestQuorum:
             assert newest is not None
             assert await cosignature_repository.witnessed_at(conn, newest.id) is None
         assert set(await _stored(sequenced_engine)) == {"removed.example", "kept.example"}
+
+
+async def _served(engine: AsyncEngine, config: WitnessConfig) -> list[str]:
+    """The key names on the note ``GET /v1/audit/checkpoint`` serves under ``config``."""
+    async with engine.connect() as conn:
+        note = await witnessed_checkpoint_note(conn, config)
+    return [line.split(" ")[1] for line in split_note(note)[1]]
+
+
+async def _gate_time(engine: AsyncEngine, config: WitnessConfig) -> float | None:
+    gate = WitnessGate(config)
+    await gate.refresh(engine)
+    return gate.witnessed_at
+
+
+class TestConfigurationChange:
+    """The witnessed table says when a checkpoint reached the quorum of the witnesses
+    configured then; "at quorum" is always judged against the witnesses configured now."""
+
+    async def test_the_served_note_carries_only_the_configured_witnesses_lines(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        witnesses = FakeWitnesses({"a.example": _now, "b.example": _now, "c.example": _now})
+        before = _config(witnesses, ["a.example", "b.example"], 2)
+        assert await _round(sequenced_engine, witnesses, before)
+        assert (await _served(sequenced_engine, before))[1:] == ["a.example", "b.example"]
+        # a.example is removed: b.example alone is the quorum of 1, and the note is its line only.
+        now = _config(witnesses, ["c.example", "b.example"], 1)
+        log_name, *cosigners = await _served(sequenced_engine, now)
+        assert cosigners == ["b.example"]
+        # The export keeps every stored line: the bundle records what was cosigned.
+        async with sequenced_engine.connect() as conn:
+            newest = await cosignature_repository.newest_checkpoint(conn)
+            assert newest is not None
+            stored = await cosignature_repository.cosignatures_for(conn, newest.id)
+        exported = cosigned_note(newest.note, stored)
+        names = [line.split(" ")[1] for line in split_note(exported)[1]]
+        assert names == [log_name, "a.example", "b.example"]
+
+    async def test_a_checkpoint_witnessed_under_another_configuration_is_not_at_quorum(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        witnesses = FakeWitnesses({"a.example": _now, "c.example": _now, "d.example": _now})
+        before = _config(witnesses, ["a.example"], 1)
+        assert await _round(sequenced_engine, witnesses, before)
+        assert await _gate_time(sequenced_engine, before) is not None
+        now = _config(witnesses, ["c.example", "d.example"], 2)
+        async with sequenced_engine.connect() as conn:
+            assert await cosignature_repository.newest_witnessed(conn, now.verifiers, now.quorum) is None
+            assert await cosignature_repository.newest_witnessed_time(conn, now.verifiers, now.quorum) is None
+            # As recorded, for those that ask without a configuration.
+            assert await cosignature_repository.newest_witnessed(conn) is not None
+            with pytest.raises(NoCheckpoint):
+                await witnessed_checkpoint_note(conn, now)
+        # The fail-closed timer does not count the old quorum either.
+        assert await _gate_time(sequenced_engine, now) is None
+
+    async def test_a_witness_with_a_new_key_under_its_old_name_does_not_count(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        old = FakeWitnesses({"a.example": _now})
+        assert await _round(sequenced_engine, old, _config(old, ["a.example"], 1))
+        rekeyed = FakeWitnesses({"a.example": _now})
+        now = _config(rekeyed, ["a.example"], 1)
+        async with sequenced_engine.connect() as conn:
+            assert await cosignature_repository.newest_witnessed(conn, now.verifiers, 1) is None
+        assert await _gate_time(sequenced_engine, now) is None
+        # Its cosignature with the new key is asked for at once, and is what the note carries.
+        assert await _round(sequenced_engine, rekeyed, now)
+        async with sequenced_engine.connect() as conn:
+            note = await witnessed_checkpoint_note(conn, now)
+        assert now.witnesses[0].verifier.find(*split_note(note)) is not None
+        assert await _gate_time(sequenced_engine, now) is not None
+
+    async def test_the_submitter_earns_the_quorum_of_the_new_configuration_at_once(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        witnesses = FakeWitnesses({"a.example": _now, "b.example": _now, "c.example": _now})
+        assert await _round(sequenced_engine, witnesses, _config(witnesses, ["a.example"], 1))
+        # The mark is fresh (the refresh period is an hour), but not by these witnesses.
+        now = _config(witnesses, ["b.example", "c.example"], 2)
+        assert await _round(sequenced_engine, witnesses, now)
+        assert set(await _stored(sequenced_engine)) == {"a.example", "b.example", "c.example"}
+        assert (await _served(sequenced_engine, now))[1:] == ["b.example", "c.example"]
+        assert await _gate_time(sequenced_engine, now) is not None
+
+    async def test_the_submitter_does_not_claim_a_quorum_the_new_configuration_lacks(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        witnesses = FakeWitnesses({"a.example": _now, "b.example": _now, "c.example": _now})
+        assert await _round(sequenced_engine, witnesses, _config(witnesses, ["a.example"], 1))
+
+        def c_down(request: httpx.Request) -> httpx.Response:
+            if request.url.host == "c.example":
+                return httpx.Response(503)
+            return witnesses.handler(request)
+
+        now = _config(witnesses, ["b.example", "c.example"], 2)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(c_down)) as http:
+            assert not await WitnessSubmitter(sequenced_engine, now, http).run_once()
+        async with sequenced_engine.connect() as conn:
+            with pytest.raises(NoCheckpoint):
+                await witnessed_checkpoint_note(conn, now)

@@ -135,3 +135,36 @@ class TestKeygen:
         result = CliRunner().invoke(cli, ["witness", "keygen", "--name", "nao.example/w", "--out", str(out)])
         assert result.exit_code == 1
         assert out.read_text() == "existing"
+
+
+class TestCosignatureLines:
+    """Every line with the witness's name and key id is verified (C2SP signed-note)."""
+
+    @pytest.mark.parametrize("failing_first", [False, True], ids=["after", "before"])
+    def test_a_failing_line_beside_a_valid_one_is_refused(
+        self, signer: CosignatureSigner, failing_first: bool
+    ) -> None:
+        note = MemoryLog.new(size=3).note()
+        body, _lines = split_note(note)
+        valid = signer.cosign(body, 9)
+        failing = f"\u2014 {signer.name} {base64.b64encode(signer.key_id + bytes(72)).decode()}\n"
+        cosigned = note + (failing + valid if failing_first else valid + failing)
+        with pytest.raises(CosignatureError, match="does not verify"):
+            CosignatureVerifier.parse(signer.verifier_key()).find(*split_note(cosigned))
+
+    @pytest.mark.parametrize("length", [0, 8, 71, 73])
+    def test_a_line_of_the_wrong_length_is_refused_not_skipped(
+        self, signer: CosignatureSigner, length: int
+    ) -> None:
+        note = MemoryLog.new(size=3).note()
+        body, _lines = split_note(note)
+        encoded = base64.b64encode(signer.key_id + bytes([1]) * length).decode()
+        cosigned = note + signer.cosign(body, 9) + f"\u2014 {signer.name} {encoded}\n"
+        with pytest.raises(CosignatureError, match="76 bytes"):
+            CosignatureVerifier.parse(signer.verifier_key()).find(*split_note(cosigned))
+
+    def test_a_note_with_a_control_character_is_refused(self, signer: CosignatureSigner) -> None:
+        note = MemoryLog.new(size=3).note()
+        body, _lines = split_note(note)
+        with pytest.raises(CosignatureError, match="control character"):
+            split_note(note + signer.cosign(body, 9).replace(" ", "\t", 1))

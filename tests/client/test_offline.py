@@ -20,7 +20,7 @@ from tellonce_client import (
     WebhookVerifier,
     open_checkpoint,
 )
-from tellonce_client.proofs import leaf_hash, verify_consistency, verify_inclusion
+from tellonce_client.proofs import _parse_body, leaf_hash, verify_consistency, verify_inclusion
 
 from service.audit import merkle
 from service.audit.checkpoint import Checkpoint, NoteSigner
@@ -80,6 +80,42 @@ class TestCheckpoints:
             open_checkpoint(note, other.verifier_key())
         with pytest.raises(ProofError):
             open_checkpoint(note.replace("\n5\n", "\n6\n"), signer.verifier_key())
+
+    @pytest.mark.parametrize(
+        ("case", "why"),
+        [
+            # signed-note: no control character but newline, even in a body the key signed.
+            ("tab", "control character"),
+            # Every signature by the log's key must verify, a failing one after a good one too.
+            ("failing-after-good", "does not verify"),
+            # A line with the log key's name and hash but of another length is checked, and fails.
+            ("wrong-length", "does not verify"),
+            # A malformed signature line spoils the note.
+            ("malformed-line", "signature line"),
+            # At least one signature line.
+            ("unsigned", "blank line and signature lines"),
+        ],
+    )
+    def test_a_note_the_specs_refuse_is_refused(self, case: str, why: str) -> None:
+        signer = NoteSigner("tellonce.test/log", Ed25519PrivateKey.generate())
+        body = Checkpoint("tellonce.test/log", 5, bytes(32)).body()
+        note = signer.sign(body)
+        good = note[len(body) + 1 :]
+        _dash, name, signature = good.rstrip("\n").split(" ")
+        key_hash = base64.b64decode(signature)[:4]
+        notes = {
+            "tab": signer.sign(body + "an\textension\n"),
+            "failing-after-good": f"{note}\u2014 {name} {base64.b64encode(key_hash + bytes(64)).decode()}\n",
+            "wrong-length": f"{body}\n\u2014 {name} {base64.b64encode(key_hash + bytes(63)).decode()}\n",
+            "malformed-line": f"{note}not a signature line\n",
+            "unsigned": f"{body}\n",
+        }
+        with pytest.raises(ProofError, match=why):
+            open_checkpoint(notes[case], signer.verifier_key())
+
+    def test_an_empty_extension_line_is_refused(self) -> None:
+        with pytest.raises(ProofError, match="extension lines"):
+            _parse_body(Checkpoint("tellonce.test/log", 5, bytes(32)).body() + "ext\n" + "\n")
 
     def test_a_verifier_key_with_a_wrong_hash_is_refused(self) -> None:
         vkey = NoteSigner("log", Ed25519PrivateKey.generate()).verifier_key()

@@ -89,26 +89,36 @@ class VerifierKey:
 def open_checkpoint(note: str, vkey: str | VerifierKey) -> Checkpoint:
     """The checkpoint in ``note`` if the log's key signed it; raise otherwise.
 
-    Signature lines by other keys (witness cosignatures) are skipped, not trusted.
+    Read as C2SP signed-note and tlog-checkpoint require: no control character but newline,
+    a body and at least one well-formed signature line, and every line by the log's key
+    (its name and key hash) must verify, not just one of them. Lines by other keys (witness
+    cosignatures) are skipped, not trusted.
     """
     key = vkey if isinstance(vkey, VerifierKey) else VerifierKey.parse(vkey)
-    separator = note.rfind("\n\n")
-    if separator < 0 or not note.endswith("\n"):
+    if any(character < " " and character != "\n" for character in note):
+        raise ProofError("a signed note holds no control character but newline")
+    separator = note.find("\n\n")
+    if separator < 0 or not note.endswith("\n") or separator + 2 == len(note):
         raise ProofError("a signed note is a body, a blank line and signature lines")
     body, signatures = note[: separator + 1], note[separator + 2 :]
-    for line in signatures.splitlines():
+    signed = False
+    for line in signatures[:-1].split("\n"):
         fields = line.split(" ")
-        if len(fields) != 3 or fields[0] != SIGNATURE_DASH or fields[1] != key.name:
-            continue
+        if len(fields) != 3 or fields[0] != SIGNATURE_DASH or not fields[1]:
+            raise ProofError("a signature line is an em dash, a key name and a base64 signature")
         raw = _b64(fields[2], "a signature")
-        if len(raw) != 68 or raw[:4] != key.key_hash:
+        if fields[1] != key.name or raw[:4] != key.key_hash:
             continue
         try:
+            if len(raw) != 68:
+                raise InvalidSignature
             key.public_key.verify(raw[4:], body.encode())
         except InvalidSignature:
             raise ProofError("the checkpoint signature does not verify") from None
-        return _parse_body(body)
-    raise ProofError(f"the note carries no signature by {key.name}")
+        signed = True
+    if not signed:
+        raise ProofError(f"the note carries no signature by {key.name}")
+    return _parse_body(body)
 
 
 def _parse_body(body: str) -> Checkpoint:
@@ -120,6 +130,8 @@ def _parse_body(body: str) -> Checkpoint:
     root = _b64(lines[2], "the root hash")
     if len(root) != 32:
         raise ProofError("the root hash is not 32 bytes")
+    if any(not extension for extension in lines[3:-1]):
+        raise ProofError("a checkpoint's extension lines are not empty")
     return Checkpoint(origin=lines[0], size=int(lines[1]), root_hash=root)
 
 

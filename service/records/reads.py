@@ -335,25 +335,29 @@ async def batch_get(
 async def lookup(records: RecordsService, facts: RequestFacts, national_id: str) -> LookupOut:
     """A citizen's id by national id; 404 alike for unknown, erased and not allowed."""
     purpose = facts.stated_purpose
-    citizen_id: str | None = None
     async with records.transactions.connect() as conn:
         catalog, policy = await records.snapshot(conn, facts)
         require_known(catalog, [], purpose, loc="fields")
         canonical = canonical_national_id(national_id)
-        context = records.context(facts, None)
+        # The citizen is found first, whether or not the caller may be told, so that the
+        # decision sees its status as a read's does (a condition on citizen.status applies
+        # to lookups too), and a refusal costs the same search as an answer.
+        wanted = values.normalise_for_index(canonical)
+        found = await registered_national_ids(conn, records.keyring, catalog, [wanted])
+        citizen_id = found.get(comparable_national_id(wanted))
+        citizen = None
+        if citizen_id is not None:
+            citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+            if citizen is None or disclosure.erased(citizen):
+                citizen, citizen_id = None, None
+        context = records.context(facts, citizen.status if citizen is not None else None)
         decisions = policy.decide(facts.department, "lookup", [NATIONAL_ID_FIELD], context)
         if not decisions[NATIONAL_ID_FIELD].permitted:
             await records.require_case_ref(
                 facts, "lookup", None, catalog, policy, [NATIONAL_ID_FIELD], decisions, context
             )
-        if decisions[NATIONAL_ID_FIELD].effect == "permit":
-            wanted = values.normalise_for_index(canonical)
-            found = await registered_national_ids(conn, records.keyring, catalog, [wanted])
-            citizen_id = found.get(comparable_national_id(wanted))
-            if citizen_id is not None:
-                citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
-                if citizen is None or disclosure.erased(citizen):
-                    citizen_id = None
+        if decisions[NATIONAL_ID_FIELD].effect != "permit":
+            citizen_id = None
     entry = records.entry(
         facts,
         "lookup",

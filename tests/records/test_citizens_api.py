@@ -441,6 +441,54 @@ class TestLookupAndVerify:
         )
         assert problem(unknown, 404) == problem(not_allowed, 404)
 
+    async def test_lookup_decides_with_the_citizens_status(self, records_env: RecordsEnv) -> None:
+        """A lookup agreement's condition on citizen.status sees the citizen found, as a
+        read's does: a permit while alive applies, and a forbid once deceased stops it."""
+        owner = as_("register", "data-owner")
+        for agreement in (
+            {
+                "id": "lookup-for-revenue-while-alive",
+                "consumer": "revenue",
+                "fields": ["national_id"],
+                "actions": ["lookup"],
+                "purposes": ["tax-administration"],
+                "legal_basis": "Finance Act 2008, s.114",
+                "when": 'citizen.status == "active"',
+            },
+            {
+                "id": "no-lookup-of-the-dead-for-welfare",
+                "consumer": "welfare",
+                "effect": "forbid",
+                "fields": ["national_id"],
+                "actions": ["lookup"],
+                "legal_basis": "Register policy on deaths",
+                "when": 'citizen.status == "deceased"',
+            },
+        ):
+            created = await records_env.client.post(
+                "/v1/policies", json={**agreement, "reason": "lookup by status"}, headers=owner
+            )
+            assert created.status_code == 201, created.text
+        citizen_id, national_id = await records_env.register()
+
+        async def lookup(headers: dict[str, str], purpose: str) -> httpx.Response:
+            return await records_env.client.post(
+                "/v1/citizens/lookup", json={"national_id": national_id, "purpose": purpose}, headers=headers
+            )
+
+        alive = await lookup(REVENUE, "tax-administration")
+        assert alive.status_code == 200, alive.text
+        assert alive.json() == {"id": citizen_id}
+        assert (await lookup(WELFARE, "benefit-eligibility")).status_code == 200
+        died = await records_env.client.patch(
+            f"/v1/citizens/{citizen_id}/fields",
+            json={"fields": {"date_of_death": "2026-11-30"}, "reason": "death registered"},
+            headers=REGISTER_WRITER,
+        )
+        assert died.status_code == 200, died.text
+        problem(await lookup(REVENUE, "tax-administration"), 404)
+        problem(await lookup(WELFARE, "benefit-eligibility"), 404)
+
     async def test_verify_answers_booleans_only(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register(date_of_birth="2000-06-15")
         response = await records_env.client.post(

@@ -161,6 +161,13 @@ async def insert_consent(conn: AsyncConnection, row: ConsentRow) -> None:
     await conn.execute(insert(consents).values(**row.__dict__))
 
 
+async def withdraw_insert(conn: AsyncConnection, consent_id: str) -> None:
+    """Delete the consent this transaction just inserted (a grant that found, after its
+    insert, another open consent to the same agreement), so nothing of it is kept whatever
+    the caller then commits."""
+    await conn.execute(delete(consents).where(consents.c.id == consent_id))
+
+
 async def hold_consents_of(conn: AsyncConnection, citizen_id: str, agreement: str) -> None:
     """Until the transaction ends, make every other transaction that calls this for the same
     citizen and agreement wait: on PostgreSQL a transaction-scoped advisory lock on the

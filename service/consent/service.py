@@ -7,10 +7,11 @@ made; afterwards only its status moves: ``active`` <-> ``paused``, either -> ``r
 service's clock, so nothing has to run for it). An objection stands against one
 objectable agreement until withdrawn.
 
-Every change is audited in the same transaction. The access path reads these tables on
-every request that an agreement with a citizen's choice decides
-(``RecordsService.contexts_with_choices``), so a change applies to the next request in
-every process without any cache to invalidate.
+Every change is audited in the same transaction, and a refused change leaves nothing
+written behind it (the console renders a refusal on a transaction that then commits).
+The access path reads these tables on every request that an agreement with a citizen's
+choice decides (``RecordsService.contexts_with_choices``), so a change applies to the next
+request in every process without any cache to invalidate.
 """
 
 from __future__ import annotations
@@ -224,18 +225,18 @@ async def grant(
     # agreement take turns: on PostgreSQL an advisory lock, on SQLite the write lock, which
     # the insert takes (the reads before it each saw the store as it was then, and another
     # grant may have committed since). Whoever comes second sees the first's consent and
-    # is refused, its insert undone by rolling back to a savepoint, so that no caller
-    # (the console renders the refusal and commits) can keep it.
+    # is refused, its insert deleted again in the same transaction, so that no caller (the
+    # console renders the refusal and commits) can keep it. Not a savepoint: on SQLite a
+    # SAVEPOINT would open the transaction before the insert, and its reads' snapshot could
+    # then not take the write lock once another writer had committed.
     await repository.hold_consents_of(conn, citizen_id, agreement.id)
-    inserted = await conn.begin_nested()
     await repository.insert_consent(conn, row)
     for held in await repository.open_consents(conn, citizen_id, agreement.id, besides=consent_id):
         if status_at(held, now) in ("active", "paused"):
-            await inserted.rollback()
+            await repository.withdraw_insert(conn, consent_id)
             raise ConsentExists(
                 f"Consent {held.id} to {agreement.id} is {held.status}: resume or revoke it instead."
             )
-    await inserted.commit()
     await _tell_consumer(conn, row, agreement.owner, "active", now)
     await _audit(
         conn,

@@ -206,10 +206,9 @@ async def change_choice(
     runtime = consent_service.runtime_of(request.app.state)
     actor = consent_service.Actor(viewer.principal, source_of(request))
     try:
-        # In a savepoint: a refused change keeps nothing it did, although the page that
-        # says so returns normally and the request's transaction commits.
-        async with session.begin_nested():
-            await _change(session, runtime, actor, citizen_id, change, agreement, consent_id)
+        # A refused change writes nothing (the consent service's rule), so the page that
+        # says so may return normally and the request's transaction commit.
+        await _change(session, runtime, actor, citizen_id, change, agreement, consent_id)
     except (ServiceError, _Unoffered) as refused:
         message = refused.detail if isinstance(refused, ServiceError) else str(refused)
         return await _page(request, session, viewer, citizen_id, message)

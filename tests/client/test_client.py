@@ -146,6 +146,10 @@ class TestRetries:
         assert retry_after_seconds(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30.0
         assert retry_after_seconds("soon") is None
         assert retry_after_seconds(None) is None
+        # A date with the zone "-0000" parses as a naive time: read as GMT, not a crash.
+        minus_zero = format_datetime(now + timedelta(seconds=30), usegmt=True).replace("GMT", "-0000")
+        assert retry_after_seconds(minus_zero, now=now) == 30.0
+        assert retry_after_seconds("Wed, 32 Oct 2015 07:28:00 GMT") is None
 
     def test_backoff_is_capped(self) -> None:
         policy = RetryPolicy(base_seconds=1, cap_seconds=3)

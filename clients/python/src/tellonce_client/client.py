@@ -52,8 +52,11 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:
+        # "-0000" parses as a naive time; an HTTP date is always in GMT.
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 

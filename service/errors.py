@@ -132,6 +132,22 @@ class ValidationFailed(ServiceError):
     status, title, slug = 422, "Validation failed", "validation-failed"
 
 
+class InvalidCursor(ValidationFailed):
+    """A list's ``cursor`` (or the event feed's ``after``) that this service never gave.
+    422 on every list, as FastAPI answers the same parameter when it is too long."""
+
+    title, slug = "Invalid cursor", "invalid-cursor"
+
+
+def bad_cursor(loc: list[str | int] | None = None) -> InvalidCursor:
+    """The one refusal of a cursor, naming the parameter (``["query", "cursor"]`` unless
+    told) and never echoing the value."""
+    where: list[str | int] = ["query", "cursor"] if loc is None else loc
+    return InvalidCursor(
+        "The cursor is not one this service gave.", errors=[{"loc": where, "msg": "invalid cursor"}]
+    )
+
+
 class PreconditionRequired(ServiceError):
     status, title, slug = 428, "Precondition required", "precondition-required"
 

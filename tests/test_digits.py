@@ -20,17 +20,15 @@ from pydantic import ValidationError
 
 from service.audit import search
 from service.audit.checkpoint import Checkpoint, CheckpointError
-from service.audit.errors import AuditQueryInvalid
 from service.audit.tiles import TilePathInvalid, parse_tile_path
 from service.consent.schemas import ConsentIn
 from service.console.agreement_pages import version_number
 from service.console.forms import date_errors
 from service.console.web import ConsolePageError
 from service.digits import ascii_digits
-from service.errors import BadRequest, ValidationFailed
+from service.errors import BadRequest, InvalidCursor
 from service.etags import parse_if_match
 from service.events.cursors import decode_position, encode_text
-from service.events.errors import InvalidCursor
 from service.policy.terms import parse_duration
 from service.records.validation import parse_cursor as history_cursor
 from service.records.values import relative_date
@@ -52,11 +50,11 @@ def test_ascii_digits_are_exactly_0_to_9(text: str) -> None:
 @pytest.mark.parametrize("text", NOT_ASCII)
 class TestParsersRefuse:
     def test_audit_cursor(self, text: str) -> None:
-        with pytest.raises(AuditQueryInvalid):
+        with pytest.raises(InvalidCursor):
             search.parse_cursor(text)
 
     def test_history_cursor(self, text: str) -> None:
-        with pytest.raises(ValidationFailed):
+        with pytest.raises(InvalidCursor):
             history_cursor(text)
 
     def test_events_cursor(self, text: str) -> None:
@@ -86,24 +84,25 @@ class TestParsersRefuse:
 
 
 @pytest.mark.parametrize("text", NOT_ASCII)
-async def test_a_citizens_access_log_cursor_is_400_not_500(
+async def test_a_citizens_access_log_cursor_is_422_not_500(
     app: FastAPI, client: httpx.AsyncClient, text: str
 ) -> None:
     act_as(app, "portal", "citizen-portal")
     response = await client.get(
         "/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N/access-log", params={"cursor": text}
     )
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"] == [{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
 
 
 @pytest.mark.parametrize("text", NOT_ASCII)
-async def test_an_audit_search_cursor_is_400_not_500(
+async def test_an_audit_search_cursor_is_422_not_500(
     app: FastAPI, client: httpx.AsyncClient, text: str
 ) -> None:
     act_as(app, "audit-office", "auditor")
     response = await client.get("/v1/audit/entries", params={"cursor": text})
-    assert response.status_code == 400, response.text
+    assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
 
 

@@ -37,7 +37,7 @@ from service.cases import rules
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
 from service.digits import ascii_digits
-from service.errors import Forbidden, InsufficientScope, NotFound
+from service.errors import Forbidden, InsufficientScope, NotFound, bad_cursor
 from service.policy.terms import agreement_terms
 
 EXPORT_PAGE = 500
@@ -123,7 +123,7 @@ def parse_cursor(value: str | None) -> int:
     if value is None:
         return 0
     if not ascii_digits(value) or len(value) > 19 or int(value) > MAX_CURSOR:
-        raise AuditQueryInvalid("The cursor is not one this service returned.")
+        raise bad_cursor()
     return int(value)
 
 

@@ -46,7 +46,7 @@ from service.consent.errors import (
 )
 from service.consent.repository import ConsentRow
 from service.consent.schemas import ConsentIn, ConsentOut, ConsentPage, ConsentStatus, ObjectionOut
-from service.errors import BadRequest, NotFound, ValidationFailed
+from service.errors import NotFound, ValidationFailed, bad_cursor
 from service.events import service as events_service
 from service.policy.engine import Agreement
 from service.policy.service import PolicyHolder
@@ -333,7 +333,7 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
             raise ValueError("not a cursor this list gives")
         return after.astimezone(UTC), consent_id
     except (ValueError, OverflowError, binascii.Error, UnicodeError):
-        raise BadRequest("The cursor is not one this list gave.") from None
+        raise bad_cursor() from None
 
 
 async def list_consents(

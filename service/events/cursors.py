@@ -8,17 +8,11 @@ import base64
 import binascii
 
 from service.digits import ascii_digits
-from service.events.errors import InvalidCursor
+from service.errors import bad_cursor
 
 
 def encode_text(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def bad_cursor(loc: list[str | int]) -> InvalidCursor:
-    return InvalidCursor(
-        "The cursor is not one this service gave.", errors=[{"loc": loc, "msg": "invalid cursor"}]
-    )
 
 
 def decode_text(cursor: str, loc: list[str | int]) -> str:

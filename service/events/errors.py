@@ -19,7 +19,3 @@ class InvalidSubscription(ValidationFailed):
 
 class UnsafeWebhookUrl(ValidationFailed):
     title, slug = "Webhook URL refused", "webhook-url-refused"
-
-
-class InvalidCursor(ValidationFailed):
-    title, slug = "Invalid cursor", "invalid-cursor"

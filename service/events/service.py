@@ -26,10 +26,10 @@ from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
 from service.config import Settings
 from service.db import utcnow
-from service.errors import Conflict, Forbidden
+from service.errors import Conflict, Forbidden, bad_cursor
 from service.events import repository
 from service.events.access import AuditSink, PolicySource
-from service.events.cursors import bad_cursor, decode_position, decode_text, encode_position, encode_text
+from service.events.cursors import decode_position, decode_text, encode_position, encode_text
 from service.events.errors import (
     InvalidSubscription,
     SubscribeNotPermitted,
@@ -359,9 +359,9 @@ async def list_subscriptions(
         try:
             after = (datetime.fromisoformat(stamp), last_id)
         except ValueError:
-            raise bad_cursor(["query", "cursor"]) from None
+            raise bad_cursor() from None
         if after[0].tzinfo is None or not last_id:
-            raise bad_cursor(["query", "cursor"])
+            raise bad_cursor()
     async with runtime.engine.connect() as conn:
         rows = await repository.list_subscriptions(conn, caller.department, after=after, limit=limit + 1)
     page = rows[:limit]

@@ -27,7 +27,7 @@ from service.catalog.schemas import Catalog
 from service.consent import repository as consent_repository
 from service.db import utcnow
 from service.digits import ascii_digits
-from service.errors import BadRequest, ValidationFailed
+from service.errors import ValidationFailed, bad_cursor
 from service.etags import IfMatch
 from service.policy import repository
 from service.policy import service as policy_service
@@ -96,11 +96,11 @@ def _decode_cursor(cursor: str | None) -> str | None:
         padded = cursor + "=" * (-len(cursor) % 4)
         decoded = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest("The cursor is not valid.") from None
+        raise bad_cursor() from None
     # The service's cursors hold an agreement id or a version number; a forged one might
     # hold a NUL, which PostgreSQL cannot even take as text.
     if not decoded.isascii() or not decoded.isprintable():
-        raise BadRequest("The cursor is not valid.")
+        raise bad_cursor()
     return decoded
 
 
@@ -184,7 +184,7 @@ async def list_versions(
         # Versions are 32-bit on PostgreSQL: more than 9 digits names no version, and would
         # not fit as a query argument.
         if not ascii_digits(after_text) or len(after_text) > 9:
-            raise BadRequest("The cursor is not valid.")
+            raise bad_cursor()
         after = int(after_text)
     rows = await repository.page_versions(session, agreement_id, after=after, limit=limit + 1)
     more = len(rows) > limit

@@ -12,7 +12,7 @@ from typing import Any
 
 from service.catalog.schemas import Catalog
 from service.digits import ascii_digits
-from service.errors import ValidationFailed
+from service.errors import ValidationFailed, bad_cursor
 from service.records import values
 from service.records.errors import InvalidFieldValue
 
@@ -119,7 +119,5 @@ def parse_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     if not ascii_digits(cursor) or len(cursor) > 9:
-        raise ValidationFailed(
-            "The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid"}]
-        )
+        raise bad_cursor()
     return int(cursor)

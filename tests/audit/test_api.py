@@ -311,7 +311,7 @@ class TestEntryQueries:
         body = _problem(await client.get("/v1/audit/entries", params={"since": "yesterday"}), 400)
         assert body["errors"][0]["loc"] == ["query", "since"]
         _problem(await client.get("/v1/audit/entries", params={"action": "peek"}), 400)
-        _problem(await client.get("/v1/audit/entries", params={"cursor": "abc"}), 400)
+        _problem(await client.get("/v1/audit/entries", params={"cursor": "abc"}), 422)
         _problem(await client.get("/v1/audit/entries", params={"limit": 0}), 422)
 
     async def test_out_of_range_cursor_and_times_are_refused(
@@ -320,8 +320,8 @@ class TestEntryQueries:
         act_as(app, "audit-office", "auditor")
         # 19 digits, but above the largest 64-bit entry id.
         for cursor in (str(2**63), "9999999999999999999"):
-            body = _problem(await client.get("/v1/audit/entries", params={"cursor": cursor}), 400)
-            assert body["title"] == "Invalid audit query"
+            body = _problem(await client.get("/v1/audit/entries", params={"cursor": cursor}), 422)
+            assert body["title"] == "Invalid cursor"
         assert (await client.get("/v1/audit/entries", params={"cursor": str(2**63 - 1)})).status_code == 200
         # Valid ISO 8601 whose offset carries it outside the years a datetime can hold.
         for name, value in (("since", "0001-01-01T00:00:00+01:00"), ("until", "9999-12-31T23:59:59-01:00")):
@@ -478,8 +478,8 @@ class TestCitizenAccessLog:
         await register_citizen(citizen)
         act_as(app, "portal", "citizen-portal")
         response = await client.get(f"/v1/citizens/{citizen}/access-log", params={"cursor": str(2**63)})
-        body = _problem(response, 400)
-        assert body["title"] == "Invalid audit query"
+        body = _problem(response, 422)
+        assert body["title"] == "Invalid cursor"
 
 
 class TestFailClosed:

@@ -167,8 +167,8 @@ class TestConsentLifecycle:
             await world.env.client.get(
                 f"/v1/citizens/{world.citizen_id}/consents", params={"cursor": "%%%"}, headers=PORTAL
             ),
-            400,
-            "bad-request",
+            422,
+            "invalid-cursor",
         )
 
 
@@ -418,9 +418,10 @@ class TestWhatReachesTheStore:
             _cursor("2026-11-01T00:00:00+00:00|" + "a" * 37),
         ],
     )
-    async def test_a_forged_cursor_is_400(self, world: ConsentWorld, cursor: str) -> None:
+    async def test_a_forged_cursor_is_422(self, world: ConsentWorld, cursor: str) -> None:
         path = f"/v1/citizens/{world.citizen_id}/consents"
-        problem(await world.client.get(path, params={"cursor": cursor}, headers=PORTAL), 400, "bad-request")
+        listed = await world.client.get(path, params={"cursor": cursor}, headers=PORTAL)
+        problem(listed, 422, "invalid-cursor")
 
     async def test_a_cursor_the_list_gave_still_pages(self, world: ConsentWorld) -> None:
         first = (await world.consent()).json()

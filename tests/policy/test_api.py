@@ -115,12 +115,13 @@ class TestReadAgreements:
         act_as(app, "audit-office", "auditor")
         assert_problem(await client.post("/v1/policies", json=NEW_AGREEMENT), 403, "forbidden")
 
-    async def test_bad_cursor_is_400(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+    async def test_bad_cursor_is_422(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         act_as(app, "dvla", "data-owner")
-        assert_problem(
-            await client.get("/v1/policies/licence-for-revenue/versions?cursor=!!"), 400, "bad-request"
+        body = assert_problem(
+            await client.get("/v1/policies/licence-for-revenue/versions?cursor=!!"), 422, "invalid-cursor"
         )
-        assert_problem(await client.get("/v1/policies?cursor=!!"), 400, "bad-request")
+        assert body["errors"] == [{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+        assert_problem(await client.get("/v1/policies?cursor=!!"), 422, "invalid-cursor")
 
 
 class TestWriteAgreements:
@@ -403,13 +404,13 @@ class TestWhatReachesTheStore:
             "MDAwMDAwMDAwMQ",  # 0000000001: 10 digits
         ],
     )
-    async def test_a_forged_cursor_is_400(self, app: FastAPI, client: httpx.AsyncClient, cursor: str) -> None:
+    async def test_a_forged_cursor_is_422(self, app: FastAPI, client: httpx.AsyncClient, cursor: str) -> None:
         act_as(app, "dvla", "data-owner")
         if cursor in NUL_CURSORS:  # the list's cursor is an agreement id: digits are text to it
             listed = await client.get("/v1/policies", params={"cursor": cursor})
-            assert_problem(listed, 400, "bad-request")
+            assert_problem(listed, 422, "invalid-cursor")
         versions = await client.get("/v1/policies/licence-for-revenue/versions", params={"cursor": cursor})
-        assert_problem(versions, 400, "bad-request")
+        assert_problem(versions, 422, "invalid-cursor")
 
 
 class TestConcurrentChanges:

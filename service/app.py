@@ -33,6 +33,7 @@ from service.db import Database, driver_reads_lifecycle, utcnow
 from service.errors import (
     AllowedMethods,
     BodyLimitMiddleware,
+    HeadAsGetMiddleware,
     RepeatedQueryMiddleware,
     install_error_handlers,
 )
@@ -183,8 +184,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.state.allowed_methods = AllowedMethods(app)
     name_route_templates(app)
-    # Innermost: a query parameter named twice is refused (the hot routes decline such a
-    # request, so it reaches this too).
+    # Innermost: HEAD is answered as GET without the body (the hot routes serve GET only,
+    # so a HEAD of theirs reaches the routes they stand beside), and a query parameter
+    # named twice is refused (the hot routes decline such a request, so it reaches this too).
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RepeatedQueryMiddleware)
     # The hottest routes, inside the middleware below (``service.hotpath``).
     app.add_middleware(HotRoutes, routes=hot_routes())

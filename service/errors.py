@@ -348,7 +348,39 @@ class AllowedMethods:
         if root and path.startswith(root):
             path = path[len(root) :]
         methods = set().union(*(methods for pattern, methods in self._routes if pattern.match(path)))
+        if "GET" in methods:
+            methods.add("HEAD")  # answered as the GET is (``HeadAsGetMiddleware``)
         return ", ".join(sorted(methods))
+
+
+class HeadAsGetMiddleware:
+    """HEAD answered as the GET of the same target, without its body (RFC 9110, 9.3.2:
+    every general-purpose server supports GET and HEAD). The GET runs in full, so the
+    status and headers, ``Content-Length`` included, are those the GET would send, and a
+    HEAD of an audited read is audited as that read: its status alone tells whether the
+    read is allowed. A path with no GET answers 405 with its ``Allow``.
+
+    The scope is copied with the method changed, so the access log and the metrics around
+    this layer still name HEAD."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {
+                    "type": "http.response.body",
+                    "body": b"",
+                    "more_body": message.get("more_body", False),
+                }
+            await send(message)
+
+        await self.app(dict(scope, method="GET"), receive, headers_only)
 
 
 async def _http_error(request: Request, exc: Exception) -> ProblemResponse:

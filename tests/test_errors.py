@@ -143,18 +143,18 @@ class TestProblemDetails:
     async def test_wrong_method_is_405(self, probe_client: httpx.AsyncClient) -> None:
         response = await probe_client.delete("/healthz")
         assert_problem(response, 405)
-        assert response.headers["allow"] == "GET"
+        assert response.headers["allow"] == "GET, HEAD"
 
     @pytest.mark.parametrize(
         ("path", "allowed"),
         [
             # Two routes serve this path, one method each (RFC 9110: Allow lists every one).
-            ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N", "DELETE, GET"),
-            ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N/consents", "GET, POST"),
-            ("/v1/clients", "GET, POST"),
-            ("/v1/policies/an-agreement", "DELETE, GET, PUT"),
+            ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N", "DELETE, GET, HEAD"),
+            ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N/consents", "GET, HEAD, POST"),
+            ("/v1/clients", "GET, HEAD, POST"),
+            ("/v1/policies/an-agreement", "DELETE, GET, HEAD, PUT"),
             # The console's pages, from routers included in its router.
-            ("/console/sign-in", "GET, POST"),
+            ("/console/sign-in", "GET, HEAD, POST"),
         ],
     )
     async def test_405_allows_every_method_of_every_route_at_the_path(
@@ -164,6 +164,29 @@ class TestProblemDetails:
         assert_problem(response, 405)
         assert response.headers["allow"] == allowed
         assert len(response.headers.get_list("allow")) == 1
+
+    async def test_head_is_the_get_without_its_body(self, probe_client: httpx.AsyncClient) -> None:
+        got = await probe_client.get("/healthz")
+        head = await probe_client.head("/healthz")
+        assert (head.status_code, head.content) == (200, b"")
+        assert got.content
+        assert head.headers["content-length"] == got.headers["content-length"]
+        assert head.headers["content-type"] == got.headers["content-type"]
+
+    async def test_head_of_an_unauthenticated_api_call_is_its_401(
+        self, probe_client: httpx.AsyncClient
+    ) -> None:
+        got = await probe_client.get("/v1/catalog")
+        head = await probe_client.head("/v1/catalog")
+        assert got.status_code == head.status_code == 401
+        assert head.content == b""
+        assert head.headers["www-authenticate"] == got.headers["www-authenticate"]
+
+    async def test_head_where_no_get_is_405(self, probe_client: httpx.AsyncClient) -> None:
+        response = await probe_client.head("/oauth/token")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "POST"
+        assert response.content == b""
 
     async def test_405_allows_at_least_what_the_openapi_document_lists(
         self, app: FastAPI, probe_client: httpx.AsyncClient
@@ -289,6 +312,18 @@ def probe_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.e2e
+def test_head_over_http_sends_the_headers_and_no_body(probe_server: str) -> None:
+    with httpx.Client(timeout=10) as http:
+        got = http.get(f"{probe_server}/healthz")
+        head = http.head(f"{probe_server}/healthz")
+        # The same connection still reads a full answer after the HEAD.
+        again = http.get(f"{probe_server}/healthz")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == got.headers["content-length"]
+    assert again.json() == got.json()
 
 
 @pytest.mark.e2e

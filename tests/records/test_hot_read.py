@@ -156,6 +156,26 @@ class TestHotReadMatchesDeclaredRoute:
         reads = [item["entry"] for item in response.json()["items"] if item["entry"]["action"] == "read"]
         assert [entry["case_ref"] for entry in reads] == ["CASE-42", "CASE-42"]
 
+    async def test_head_is_the_read_without_its_body_and_is_audited(self, records_env: RecordsEnv) -> None:
+        citizen_id, _ = await records_env.register(given_name="Cy", address="1 High St")
+        url = f"/v1/citizens/{citizen_id}"
+        got = await records_env.client.get(url, params=READ, headers=WELFARE)
+        head = await records_env.client.head(url, params=READ, headers=WELFARE)
+        assert (got.status_code, head.status_code, head.content) == (200, 200, b"")
+        assert head.headers["etag"] == got.headers["etag"]
+        assert head.headers["content-length"] == got.headers["content-length"]
+        refused = await records_env.client.head(url, params=READ, headers=REVENUE)
+        assert (refused.status_code, refused.content) == (403, b"")
+        response = await records_env.client.get(
+            "/v1/audit/entries", params={"citizen_id": citizen_id}, headers=AUDITOR
+        )
+        reads = [item["entry"] for item in response.json()["items"] if item["entry"]["action"] == "read"]
+        assert [(entry["department"], entry["decision"]) for entry in reads] == [
+            ("welfare", "partial"),
+            ("welfare", "partial"),
+            ("revenue", "deny"),
+        ]
+
     @pytest.mark.parametrize(
         ("params", "headers", "status"),
         [

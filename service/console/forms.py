@@ -143,7 +143,8 @@ def _claims(form: FormData) -> Any:
         return None
     try:
         return json.loads(value[:CLAIMS_LIMIT])
-    except ValueError:
+    # RecursionError: arrays or objects nested deeper than the decoder goes ("[[[[…").
+    except (ValueError, RecursionError):
         return value  # judged (and refused) by the policy rules as any other value
 
 
@@ -228,7 +229,8 @@ def encode_draft(content: Mapping[str, Any]) -> str:
 def decode_draft(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
-    except ValueError:
+    # RecursionError: arrays or objects nested deeper than the decoder goes ("[[[[…").
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

@@ -321,6 +321,36 @@ class TestTheEditorRefusesWhatItCannotRead:
         assert page.headers["content-type"].startswith("text/html")
         assert "The draft could not be read" in page.text
 
+    @pytest.mark.parametrize("step", ["save", "change"])
+    async def test_a_carried_draft_nested_too_deep_to_decode_is_a_400_page(
+        self, client: httpx.AsyncClient, session: AsyncSession, step: str
+    ) -> None:
+        await _signed_in_owner(client, session, "register")
+        data = {"csrf_token": await _csrf(client), "step": step, "draft": "[" * 5000}
+        page = await client.post("/console/agreements/new", data=data)
+        assert page.status_code == 400
+        assert page.headers["content-type"].startswith("text/html")
+        assert "The draft could not be read" in page.text
+
+    async def test_allowed_claims_nested_too_deep_to_decode_are_a_form_error(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        """The hidden ``verify`` field edited into "[[[[…": refused by the policy rules as
+        any other claims that are not a mapping, on the form, never a server error."""
+        await _signed_in_owner(client, session, "register")
+        form = {
+            "csrf_token": await _csrf(client),
+            **{key: value for key, value in VALID.items() if isinstance(value, str)},
+            "fields": VALID["fields"],
+            "actions": VALID["actions"],
+            "purposes": VALID["purposes"],
+            "verify": "[" * 5000,
+        }
+        page = await client.post("/console/agreements/new", data=form)
+        assert page.status_code == 422
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'href="#verify"' in page.text
+
 
 @pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
 class TestAuditGivesTheApisAnswers:

@@ -136,7 +136,9 @@ class OidcSignIn:
             raise ValueError("OIDC needs TELLONCE_CONSOLE_OIDC_ISSUER, _CLIENT_ID and _CLIENT_SECRET")
         if settings.oidc_role_map is None:
             raise ValueError("OIDC needs TELLONCE_CONSOLE_OIDC_ROLE_MAP (the claim-to-role mapping file)")
-        self.issuer = settings.oidc_issuer.rstrip("/")
+        # Compared exactly with the discovery document's issuer and the ID token's iss (OIDC
+        # Discovery 4.3, Core 3.1.3.7), so kept as configured: some providers end it with "/".
+        self.issuer = settings.oidc_issuer
         self.client_id = settings.oidc_client_id
         self._secret = settings.oidc_client_secret.get_secret_value()
         self.scopes = settings.oidc_scopes
@@ -157,7 +159,8 @@ class OidcSignIn:
     async def metadata(self, *, refresh: bool = False) -> dict[str, Any]:
         if refresh or self._metadata is None or time.monotonic() - self._fetched_at > METADATA_TTL_SECONDS:
             try:
-                found = await self.http.get(f"{self.issuer}/.well-known/openid-configuration")
+                # A terminating "/" is removed before the well-known path is appended (Discovery 4).
+                found = await self.http.get(f"{self.issuer.rstrip('/')}/.well-known/openid-configuration")
                 found.raise_for_status()
                 metadata: dict[str, Any] = found.json()
                 keys = await self.http.get(str(metadata["jwks_uri"]))

@@ -1,0 +1,107 @@
+"""Single sign-on against a provider played by ``httpx.MockTransport``: the relying party
+(``console/oidc.py``) finishes a sign-in when the provider keeps to OpenID Connect, and
+turns every answer it cannot use into an ``OidcError`` (a page saying so), never another
+exception (a server error)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+from pydantic import SecretStr
+
+from service.console.config import ConsoleSettings
+from service.console.oidc import OidcError, OidcSignIn, _derive
+
+CLIENT_ID = "tellonce-console"
+PRE_TOKEN = "the-browser-cookie-token"
+SIGNING_KEY = RSAKey.generate_key(2048, parameters={"kid": "provider-key-1"})
+ROLE_MAP = "claim: groups\nrules:\n  - {group: register-owners, department: register, role: data-owner}\n"
+
+
+class Provider:
+    """A provider at ``https://id.example``: discovery, keys and a token endpoint whose
+    ID token names ``issuer``; each answer can be replaced by raw bytes."""
+
+    def __init__(self, issuer: str, **replaced: bytes) -> None:
+        self.issuer = issuer
+        self.replaced = replaced
+        self.asked: list[str] = []
+
+    def id_token(self) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": CLIENT_ID,
+            "sub": "ada",
+            "iat": now,
+            "exp": now + 300,
+            "nonce": _derive(PRE_TOKEN, "nonce"),
+            "groups": ["register-owners"],
+            "name": "Ada Lovelace",
+        }
+        return jwt.encode({"alg": "RS256", "kid": "provider-key-1"}, claims, SIGNING_KEY)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        self.asked.append(path)
+        answers: dict[str, Any] = {
+            "/.well-known/openid-configuration": {
+                "issuer": self.issuer,
+                "authorization_endpoint": "https://id.example/authorize",
+                "token_endpoint": "https://id.example/token",
+                "jwks_uri": "https://id.example/jwks",
+            },
+            "/jwks": KeySet([SIGNING_KEY]).as_dict(private=False),
+            "/token": {"id_token": self.id_token(), "access_token": "at", "token_type": "Bearer"},
+        }
+        name = path.strip("/").replace(".well-known/openid-configuration", "discovery")
+        if name in self.replaced:
+            return httpx.Response(200, content=self.replaced[name])
+        if path not in answers:
+            return httpx.Response(404)
+        return httpx.Response(200, content=json.dumps(answers[path]).encode())
+
+
+def relying_party(tmp_path: Path, issuer: str, provider: Provider) -> OidcSignIn:
+    role_map = tmp_path / "roles.yaml"
+    role_map.write_text(ROLE_MAP)
+    settings = ConsoleSettings(
+        oidc_issuer=issuer,
+        oidc_client_id=CLIENT_ID,
+        oidc_client_secret=SecretStr("console-secret-for-tests-only"),
+        oidc_role_map=role_map,
+    )
+    http = httpx.AsyncClient(transport=httpx.MockTransport(provider))
+    return OidcSignIn(settings, "https://tellonce.example", http=http)
+
+
+class TestTheIssuer:
+    @pytest.mark.parametrize("issuer", ["https://id.example", "https://id.example/"])
+    async def test_an_issuer_is_matched_exactly_as_configured(self, tmp_path: Path, issuer: str) -> None:
+        """Some providers' issuer ends with "/" (Auth0's does): the discovery document and
+        the ID token carry it so, and OpenID Connect compares it exactly."""
+        provider = Provider(issuer)
+        signed_in = relying_party(tmp_path, issuer, provider)
+        try:
+            identity = await signed_in.finish(PRE_TOKEN, "the-code")
+        finally:
+            await signed_in.aclose()
+        assert (identity.subject, identity.department, identity.roles) == ("ada", "register", {"data-owner"})
+        # The well-known path is appended once the terminating "/" is removed (Discovery 4).
+        assert provider.asked[0] == "/.well-known/openid-configuration"
+
+    async def test_a_provider_describing_another_issuer_is_refused(self, tmp_path: Path) -> None:
+        provider = Provider("https://id.example/")
+        signed_in = relying_party(tmp_path, "https://id.example", provider)
+        try:
+            with pytest.raises(OidcError, match="describes another issuer"):
+                await signed_in.finish(PRE_TOKEN, "the-code")
+        finally:
+            await signed_in.aclose()

@@ -43,6 +43,8 @@ OIDC_CLIENT_PREFIX = "oidc:"
 _LABEL = b"tellonce console oidc v1 "
 # Asymmetric signatures only: "none" and HMAC (keyed with the client secret) are refused.
 ID_TOKEN_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
+# What a discovery document must name for the code flow (OIDC Discovery 3).
+_ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri")
 # Discovery documents and signing keys are kept this long before they are fetched again.
 METADATA_TTL_SECONDS = 300.0
 
@@ -99,6 +101,18 @@ class Identity:
         if len(label) <= 64:
             return label
         return OIDC_CLIENT_PREFIX + hashlib.sha256(self.subject.encode()).hexdigest()[:59]
+
+
+def _json_object(answer: httpx.Response) -> dict[str, Any]:
+    """The JSON object a provider answered; an ``OidcError`` for anything else (an HTML
+    error page, a list), which would otherwise fail later as a server error."""
+    try:
+        found = answer.json()
+    except ValueError:  # not JSON, or not UTF-8
+        found = None
+    if not isinstance(found, dict):
+        raise OidcError("The sign-in service's answer could not be read; try again shortly.")
+    return found
 
 
 def _derive(pre_token: str, purpose: str) -> str:
@@ -162,14 +176,21 @@ class OidcSignIn:
                 # A terminating "/" is removed before the well-known path is appended (Discovery 4).
                 found = await self.http.get(f"{self.issuer.rstrip('/')}/.well-known/openid-configuration")
                 found.raise_for_status()
-                metadata: dict[str, Any] = found.json()
+                metadata = _json_object(found)
+                if not all(isinstance(metadata.get(name), str) for name in _ENDPOINTS):
+                    raise OidcError("The sign-in service's description could not be read.")
                 keys = await self.http.get(str(metadata["jwks_uri"]))
                 keys.raise_for_status()
-            except (httpx.HTTPError, KeyError, ValueError):
+            except httpx.HTTPError:
                 raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
             if metadata.get("issuer") != self.issuer:
                 raise OidcError("The sign-in service describes another issuer.")
-            self._metadata, self._keys = metadata, KeySet.import_key_set(keys.json())
+            published: Any = _json_object(keys)  # checked by joserfc as it imports them
+            try:
+                key_set = KeySet.import_key_set(published)
+            except (JoseError, ValueError, TypeError, KeyError, AttributeError):
+                raise OidcError("The sign-in service's signing keys could not be read.") from None
+            self._metadata, self._keys = metadata, key_set
             self._fetched_at = time.monotonic()
         return self._metadata
 
@@ -205,7 +226,7 @@ class OidcSignIn:
             raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
         if answer.status_code != 200:
             raise OidcError("The sign-in service refused the sign-in; start again.")
-        tokens: dict[str, Any] = answer.json()
+        tokens = _json_object(answer)
         claims = self._id_token_claims(str(tokens.get("id_token") or ""), _derive(pre_token, "nonce"))
         if self.role_map.claim not in claims and "userinfo_endpoint" in metadata:
             claims = {
@@ -253,7 +274,7 @@ class OidcSignIn:
             )
         except httpx.HTTPError:
             raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
-        info: dict[str, Any] = answer.json() if answer.status_code == 200 else {}
+        info = _json_object(answer) if answer.status_code == 200 else {}
         if info.get("sub") != claims.get("sub"):
             raise OidcError("The sign-in service's answer could not be verified; start again.")
         return info

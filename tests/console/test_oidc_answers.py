@@ -105,3 +105,33 @@ class TestTheIssuer:
                 await signed_in.finish(PRE_TOKEN, "the-code")
         finally:
             await signed_in.aclose()
+
+
+class TestAnswersItCannotUse:
+    @pytest.mark.parametrize(
+        ("answer", "body"),
+        [
+            ("discovery", b"<html>Service unavailable</html>"),
+            ("discovery", b"[1, 2]"),
+            ("discovery", b'{"issuer": "https://id.example", "jwks_uri": "https://id.example/jwks"}'),
+            ("jwks", b"<html>Service unavailable</html>"),
+            ("jwks", b"[1, 2]"),
+            ("jwks", b"{}"),
+            ("jwks", b'{"keys": [{"kty": "RSA"}]}'),
+            ("jwks", b'{"keys": [{"kty": "EC", "crv": "P-256", "x": "!", "y": "!"}]}'),
+            ("token", b"<html>Service unavailable</html>"),
+            ("token", b'["not", "an", "object"]'),
+            ("token", b"\xff\xfe"),
+        ],
+    )
+    async def test_an_answer_that_is_not_what_openid_connect_says_is_an_oidc_error(
+        self, tmp_path: Path, answer: str, body: bytes
+    ) -> None:
+        """The callback shows an ``OidcError`` as a page; any other exception was a 500."""
+        issuer = "https://id.example"
+        signed_in = relying_party(tmp_path, issuer, Provider(issuer, **{answer: body}))
+        try:
+            with pytest.raises(OidcError):
+                await signed_in.finish(PRE_TOKEN, "the-code")
+        finally:
+            await signed_in.aclose()

@@ -24,6 +24,7 @@ from service.console.sessions import SignedIn
 from service.console.views import AccessProof, AccessRow
 from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
 from service.db import SessionDep
+from service.digits import ascii_digits
 from service.errors import NotFound
 from service.witness.cosignature import split_note
 
@@ -32,7 +33,7 @@ router = APIRouter(route_class=ConsoleRoute)
 Portal = Depends(needs_role("citizen-portal"))
 # Citizen ids are UUIDs; anything else is refused before it reaches the log.
 _CITIZEN_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
-# At most this many accesses are shown, oldest first.
+# At most this many accesses are shown on a page, oldest first; a button shows the next ones.
 ACCESS_LOG_LIMIT = 1000
 
 
@@ -62,9 +63,17 @@ async def citizen_form(request: Request, viewer: SignedIn = Portal) -> Response:
             "citizen_id": "",
             "entries": None,
             "proof": None,
+            "shown": 0,
+            "next_after": None,
         },
         viewer=viewer,
     )
+
+
+def _count(value: object, digits: int) -> int:
+    """A count or cursor the page posted back to itself; 0 for anything else."""
+    text = value if isinstance(value, str) else ""
+    return int(text) if ascii_digits(text) and len(text) <= digits else 0
 
 
 @router.post("/citizen", response_class=HTMLResponse)
@@ -77,9 +86,13 @@ async def citizen_log(
 ) -> Response:
     form = await request.form()
     citizen_id = str(form.get("citizen_id") or "").strip()[:64]
+    # The next page of a log longer than one: where the last page stopped, and how many it
+    # and those before it showed.
+    after, shown = _count(form.get("after"), 18), _count(form.get("shown"), 9)
     errors: dict[str, list[str]] = {}
     entries = None
     proof = None
+    next_after = None
     if not citizen_id:
         errors["citizen_id"] = ["Enter the citizen's ID"]
     elif not _CITIZEN_ID.match(citizen_id):
@@ -90,7 +103,7 @@ async def citizen_log(
                 access,
                 viewer.principal,
                 citizen_id,
-                after=0,
+                after=after,
                 limit=ACCESS_LOG_LIMIT,
                 source=source_of(request),
                 now=request.app.state.clock(),
@@ -100,6 +113,7 @@ async def citizen_log(
             errors["citizen_id"] = ["No citizen has this ID"]
         else:
             rows = [AccessRow.of(item) for item in page.items]
+            next_after = page.next_cursor
             catalog = await catalog_of(session)
             entries = [
                 wording.access_sentence(
@@ -131,6 +145,8 @@ async def citizen_log(
             "citizen_id": citizen_id,
             "entries": entries,
             "proof": proof,
+            "shown": shown if entries else 0,
+            "next_after": next_after,
         },
         viewer=viewer,
         status_code=status,

@@ -23,7 +23,7 @@ from service.auth.dependencies import Principal
 from service.cases.models import Case
 from service.catalog import service as catalog_service
 from service.catalog.schemas import Catalog
-from service.console import forms
+from service.console import citizen_pages, forms
 from service.console.drafts import check_draft
 from service.db import utcnow
 from service.policy import service as policy_service
@@ -469,3 +469,42 @@ class TestTheCitizenViewHoldsInvestigations:
             "kept from you during an investigation and disclosed when the investigation closed on "
             "1 September 2026."
         ) in after
+
+
+@pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
+class TestTheCitizenViewShowsEveryAccess:
+    async def test_a_log_longer_than_a_page_goes_on_to_the_newest_access(
+        self, client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past one page the newest accesses were dropped, under a heading that gave the
+        page's length as the record's whole count."""
+        monkeypatch.setattr(citizen_pages, "ACCESS_LOG_LIMIT", 2)
+        now = utcnow()
+        session.add(Citizen(id="0000-beef-2", registered_by="tests", created_at=now, updated_at=now))
+        await session.flush()
+        conn = await session.connection()
+        for day in (1, 2, 3):
+            entry = make_entry(citizen_id="0000-beef-2", time=f"2026-03-0{day}T10:00:00+00:00")
+            await append_in_transaction(conn, entry)
+        created = await auth_service.create_client(session, department="portal", roles=["citizen-portal"])
+        assert created.client_secret is not None
+        await sign_in(client, created.client_id, created.client_secret)
+
+        first = await client.post(
+            "/console/citizen", data={"csrf_token": await _csrf(client), "citizen_id": "0000-beef-2"}
+        )
+        assert first.status_code == 200, first.text
+        assert "Accesses 1 to 2 to this record" in first.text
+        assert "On 2 March 2026" in first.text
+        assert "On 3 March 2026" not in first.text
+        found = re.search(r'<form[^>]*id="later-accesses".*?</form>', first.text, re.S)
+        assert found is not None
+        later_form = dict(re.findall(r'name="([a-z_]+)" value="([^"]*)"', found.group(0)))
+        assert later_form["citizen_id"] == "0000-beef-2"
+
+        later = await client.post("/console/citizen", data=later_form)
+        assert later.status_code == 200, later.text
+        assert "Accesses 3 to 3 to this record" in later.text
+        assert "On 3 March 2026" in later.text
+        assert "On 1 March 2026" not in later.text
+        assert 'id="later-accesses"' not in later.text

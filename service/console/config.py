@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import Request
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,26 @@ class ConsoleSettings(BaseSettings):
     @property
     def oidc_configured(self) -> bool:
         return bool(self.oidc_issuer)
+
+    @model_validator(mode="after")
+    def _oidc_settings_complete(self) -> ConsoleSettings:
+        """Single sign-on with all four settings and a role map that reads, or none of them:
+        otherwise the sign-in page would offer it and fail (500) on every attempt."""
+        given = {
+            "ISSUER": self.oidc_issuer,
+            "CLIENT_ID": self.oidc_client_id,
+            "CLIENT_SECRET": self.oidc_client_secret and self.oidc_client_secret.get_secret_value(),
+            "ROLE_MAP": self.oidc_role_map,
+        }
+        missing = [f"TELLONCE_CONSOLE_OIDC_{name}" for name, value in given.items() if not value]
+        if missing and len(missing) < len(given):
+            raise ValueError(f"single sign-on needs {', '.join(missing)} as well")
+        if self.oidc_role_map is not None and not missing:
+            # Imported here: console/oidc.py imports these settings.
+            from service.console.oidc import RoleMap
+
+            RoleMap.load(self.oidc_role_map)
+        return self
 
 
 def get_console_settings(request: Request) -> ConsoleSettings:

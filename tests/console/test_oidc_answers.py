@@ -6,6 +6,9 @@ exception (a server error)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from service.console.config import ConsoleSettings
 from service.console.oidc import OidcError, OidcSignIn, _derive
@@ -135,3 +138,56 @@ class TestAnswersItCannotUse:
                 await signed_in.finish(PRE_TOKEN, "the-code")
         finally:
             await signed_in.aclose()
+
+
+class TestIncompleteSettings:
+    """Single sign-on is configured whole or not at all: with the issuer alone the sign-in
+    page offered it and every attempt was a 500."""
+
+    @pytest.mark.parametrize("missing", ["oidc_client_id", "oidc_client_secret", "oidc_role_map"])
+    def test_a_missing_setting_is_refused_by_name(self, tmp_path: Path, missing: str) -> None:
+        role_map = tmp_path / "roles.yaml"
+        role_map.write_text(ROLE_MAP)
+        given: dict[str, Any] = {
+            "oidc_issuer": "https://id.example",
+            "oidc_client_id": CLIENT_ID,
+            "oidc_client_secret": SecretStr("console-secret-for-tests-only"),
+            "oidc_role_map": role_map,
+        }
+        del given[missing]
+        with pytest.raises(ValidationError, match=f"TELLONCE_CONSOLE_{missing.upper()}"):
+            ConsoleSettings(**given)
+
+    def test_a_role_map_that_does_not_read_is_refused(self, tmp_path: Path) -> None:
+        role_map = tmp_path / "roles.yaml"
+        role_map.write_text("claim: groups\n")
+        with pytest.raises(ValidationError, match="not a valid console role map"):
+            ConsoleSettings(
+                oidc_issuer="https://id.example",
+                oidc_client_id=CLIENT_ID,
+                oidc_client_secret=SecretStr("console-secret-for-tests-only"),
+                oidc_role_map=role_map,
+            )
+
+    def test_serve_refuses_to_start_with_one_line(self, tmp_path: Path) -> None:
+        env = {
+            **os.environ,
+            "TELLONCE_DATA_DIR": str(tmp_path / "data"),
+            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
+            "TELLONCE_CONSOLE_OIDC_ISSUER": "https://id.example",
+            "TELLONCE_CONSOLE_OIDC_CLIENT_SECRET": "console-secret-7f3a",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("tellonce: invalid settings: ")
+        assert "TELLONCE_CONSOLE_OIDC_CLIENT_ID" in line
+        assert "TELLONCE_CONSOLE_OIDC_ROLE_MAP" in line
+        assert "console-secret-7f3a" not in result.stderr

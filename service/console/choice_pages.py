@@ -43,6 +43,8 @@ _VERBS = {
     "subscribe": "be told of changes to",
     "write": "change",
 }
+# Consents read per call while the page gathers them all (the API's largest page).
+CONSENT_PAGE = 1000
 _STATUS_WORDS = {
     "active": "You have given your consent.",
     "paused": "You have paused your consent: nothing is shared until you resume it.",
@@ -80,9 +82,18 @@ async def _rows(
 ) -> tuple[list[ChoiceRow], list[ChoiceRow], list[ChoiceRow]]:
     runtime = consent_service.runtime_of(request.app.state)
     policy = await runtime.policy.current(await session.connection())
-    consents = (
-        await consent_service.list_consents(session, runtime, citizen_id, cursor=None, limit=1000)
-    ).items
+    # Every page, oldest first: the newest consent to each agreement is the one that holds,
+    # and past the first page it would otherwise be missed.
+    consents: list[ConsentOut] = []
+    cursor = None
+    while True:
+        page = await consent_service.list_consents(
+            session, runtime, citizen_id, cursor=cursor, limit=CONSENT_PAGE
+        )
+        consents.extend(page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
     objected = {o.agreement for o in await consent_service.list_objections(session, runtime, citizen_id)}
     newest: dict[str, ConsentOut] = {}
     for given in consents:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service as auth_service
+from service.console import choice_pages
 from service.events.notifier import EventNotifier
 from tests.consent.conftest import CONSENTED, PORTAL, ConsentWorld, records_env, world
 
@@ -93,3 +94,23 @@ class TestChoicesPage:
         assert page.headers["content-type"].startswith("text/html")
         assert "That agreement is not one this page offers." in page.text
         assert notifier.generation == 0
+
+    async def test_the_newest_consent_holds_past_the_first_page_of_consents(
+        self, world: ConsentWorld, portal: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With more consents than one page, the page read the first only: it showed an old
+        revoked consent and offered to give one, never to revoke the one in force."""
+        monkeypatch.setattr(choice_pages, "CONSENT_PAGE", 1)
+        first = await world.consent()
+        assert first.status_code == 201, first.text
+        assert (await world.set_status(first.json()["id"], "revoked")).status_code == 200
+        second = await world.consent()
+        assert second.status_code == 201, second.text
+        page = await portal.get(f"/console/citizen/choices?citizen_id={world.citizen_id}")
+        assert page.status_code == 200
+        found = re.search(rf'data-agreement="{CONSENTED["id"]}">(.*?)</li>', page.text, re.S)
+        assert found is not None
+        row = found.group(1)
+        assert "You have given your consent." in row
+        assert f'name="consent_id" value="{second.json()["id"]}"' in row
+        assert 'value="revoked">Revoke consent' in row

@@ -8,6 +8,7 @@ problem+json handlers are untouched.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -18,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.auth import service as auth_service
 from service.catalog import service as catalog_service
@@ -168,6 +170,12 @@ class ConsoleRoute(APIRoute):
                 response = error_page(
                     request, 400, "There is a problem with the request", "Check the address and try again."
                 )
+            except StarletteHTTPException as exc:
+                # Raised while the route reads its request: a posted form that does not
+                # parse (400), a body over the limit (413).
+                title = HTTPStatus(exc.status_code).phrase
+                response = error_page(request, exc.status_code, title, exc.detail)
+                response.headers.update(exc.headers or {})
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response

@@ -378,3 +378,19 @@ class TestPages:
         assert css.headers["content-type"].startswith("text/css")
         missing = await client.get("/console/static/..%2Fsessions.py")
         assert missing.status_code == 404
+
+    @pytest.mark.parametrize("path", ["/console/sign-in", "/console/agreements/new"])
+    async def test_a_posted_form_that_does_not_parse_is_an_html_400(
+        self, client: httpx.AsyncClient, people: People, path: str
+    ) -> None:
+        """A multipart body without its boundary: Starlette's own 400, shown as a console
+        page with the console's headers rather than as problem+json."""
+        await sign_in(client, people["owner-1"])
+        response = await client.post(
+            path, content=b"csrf_token=x", headers={"content-type": "multipart/form-data"}
+        )
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("text/html")
+        assert '<h1 class="heading-l">Bad Request</h1>' in response.text
+        assert "Missing boundary in multipart." in response.text
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]

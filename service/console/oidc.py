@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 import httpx
 import yaml
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -227,7 +227,13 @@ class OidcSignIn:
         if answer.status_code != 200:
             raise OidcError("The sign-in service refused the sign-in; start again.")
         tokens = _json_object(answer)
-        claims = self._id_token_claims(str(tokens.get("id_token") or ""), _derive(pre_token, "nonce"))
+        id_token = str(tokens.get("id_token") or "")
+        if not self._knows_signing_key(id_token):
+            # A key the provider published after ours were fetched (it rotated its keys):
+            # fetch them again now rather than refuse sign-ins until they go stale
+            # (OIDC Core 10.1.1).
+            metadata = await self.metadata(refresh=True)
+        claims = self._id_token_claims(id_token, _derive(pre_token, "nonce"))
         if self.role_map.claim not in claims and "userinfo_endpoint" in metadata:
             claims = {
                 **(await self._userinfo(metadata, str(tokens.get("access_token") or ""), claims)),
@@ -239,6 +245,14 @@ class OidcSignIn:
         department, roles = granted
         name = str(claims.get("name") or claims.get("email") or claims["sub"])
         return Identity(subject=str(claims["sub"]), department=department, roles=roles, name=name)
+
+    def _knows_signing_key(self, id_token: str) -> bool:
+        """False when the ID token names a key (``kid``) the fetched key set lacks."""
+        try:
+            kid = jws.extract_compact(id_token.encode()).headers().get("kid")
+        except (JoseError, ValueError):
+            return True  # refused by the full check, which gives the reason
+        return kid is None or self._keys is None or any(key.kid == kid for key in self._keys.keys)
 
     def _id_token_claims(self, id_token: str, nonce: str) -> dict[str, Any]:
         """The ID token's claims if the provider signed it for us, now, for this sign-in."""

@@ -36,6 +36,8 @@ class Provider:
         self.issuer = issuer
         self.replaced = replaced
         self.asked: list[str] = []
+        # The key it signs with and publishes; a test rotates it by replacing it.
+        self.key = SIGNING_KEY
 
     def id_token(self) -> str:
         now = int(time.time())
@@ -49,7 +51,7 @@ class Provider:
             "groups": ["register-owners"],
             "name": "Ada Lovelace",
         }
-        return jwt.encode({"alg": "RS256", "kid": "provider-key-1"}, claims, SIGNING_KEY)
+        return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, self.key)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -61,7 +63,7 @@ class Provider:
                 "token_endpoint": "https://id.example/token",
                 "jwks_uri": "https://id.example/jwks",
             },
-            "/jwks": KeySet([SIGNING_KEY]).as_dict(private=False),
+            "/jwks": KeySet([self.key]).as_dict(private=False),
             "/token": {"id_token": self.id_token(), "access_token": "at", "token_type": "Bearer"},
         }
         name = path.strip("/").replace(".well-known/openid-configuration", "discovery")
@@ -108,6 +110,33 @@ class TestTheIssuer:
                 await signed_in.finish(PRE_TOKEN, "the-code")
         finally:
             await signed_in.aclose()
+
+
+class TestKeyRotation:
+    async def test_an_id_token_signed_with_a_key_published_since_is_accepted(self, tmp_path: Path) -> None:
+        """The provider rotated its signing key after the console fetched its keys: the
+        keys are fetched again (OIDC Core 10.1.1) rather than every sign-in refused until
+        the cached ones go stale."""
+        provider = Provider("https://id.example")
+        signed_in = relying_party(tmp_path, "https://id.example", provider)
+        try:
+            await signed_in.metadata()
+            provider.key = RSAKey.generate_key(2048, parameters={"kid": "provider-key-2"})
+            identity = await signed_in.finish(PRE_TOKEN, "the-code")
+        finally:
+            await signed_in.aclose()
+        assert identity.subject == "ada"
+        assert provider.asked.count("/jwks") == 2
+
+    async def test_keys_are_not_fetched_again_for_a_key_already_known(self, tmp_path: Path) -> None:
+        provider = Provider("https://id.example")
+        signed_in = relying_party(tmp_path, "https://id.example", provider)
+        try:
+            await signed_in.finish(PRE_TOKEN, "the-code")
+            await signed_in.finish(PRE_TOKEN, "the-code")
+        finally:
+            await signed_in.aclose()
+        assert provider.asked.count("/jwks") == 1
 
 
 class TestAnswersItCannotUse:

@@ -274,8 +274,10 @@ class OidcSignIn:
             raise OidcError("The sign-in service's answer could not be verified; start again.") from None
         claims = dict(token.claims)
         audience = claims["aud"]
-        # With several audiences, the token must have been issued to us (OIDC Core 3.1.3.7).
-        if isinstance(audience, list) and len(audience) > 1 and claims.get("azp") != self.client_id:
+        several = isinstance(audience, list) and len(audience) > 1
+        # With several audiences, or an authorized party named at all, the token must have
+        # been issued to us (OIDC Core 3.1.3.7, steps 4 and 5).
+        if (several or "azp" in claims) and claims.get("azp") != self.client_id:
             raise OidcError("The sign-in service's answer could not be verified; start again.")
         return claims
 

@@ -38,6 +38,8 @@ class Provider:
         self.asked: list[str] = []
         # The key it signs with and publishes; a test rotates it by replacing it.
         self.key = SIGNING_KEY
+        # Claims added to (or replacing those of) the ID token it issues.
+        self.extra_claims: dict[str, Any] = {}
 
     def id_token(self) -> str:
         now = int(time.time())
@@ -50,6 +52,7 @@ class Provider:
             "nonce": _derive(PRE_TOKEN, "nonce"),
             "groups": ["register-owners"],
             "name": "Ada Lovelace",
+            **self.extra_claims,
         }
         return jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, self.key)
 
@@ -108,6 +111,33 @@ class TestTheIssuer:
         try:
             with pytest.raises(OidcError, match="describes another issuer"):
                 await signed_in.finish(PRE_TOKEN, "the-code")
+        finally:
+            await signed_in.aclose()
+
+
+class TestAudience:
+    @pytest.mark.parametrize(
+        ("claims", "accepted"),
+        [
+            ({"azp": CLIENT_ID}, True),
+            ({"aud": [CLIENT_ID, "another-client"], "azp": CLIENT_ID}, True),
+            ({"aud": [CLIENT_ID, "another-client"]}, False),
+            # One audience, ours, but issued to another client (Core 3.1.3.7, step 5).
+            ({"azp": "another-client"}, False),
+        ],
+    )
+    async def test_the_token_must_have_been_issued_to_the_console(
+        self, tmp_path: Path, claims: dict[str, Any], accepted: bool
+    ) -> None:
+        provider = Provider("https://id.example")
+        provider.extra_claims = claims
+        signed_in = relying_party(tmp_path, "https://id.example", provider)
+        try:
+            if accepted:
+                assert (await signed_in.finish(PRE_TOKEN, "the-code")).subject == "ada"
+            else:
+                with pytest.raises(OidcError, match="could not be verified"):
+                    await signed_in.finish(PRE_TOKEN, "the-code")
         finally:
             await signed_in.aclose()
 

@@ -1,7 +1,7 @@
 """Single sign-on against a provider played by ``httpx.MockTransport``: the relying party
 (``console/oidc.py``) finishes a sign-in when the provider keeps to OpenID Connect, and
 turns every answer it cannot use into an ``OidcError`` (a page saying so), never another
-exception (a server error)."""
+exception (a server error). And the settings: single sign-on is configured whole or not at all."""
 
 from __future__ import annotations
 

@@ -164,8 +164,12 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
         return token.claims
 
     def resolve_client_public_key(self, client: RegisteredClient) -> Key:
+        # authlib asks for the key before it checks the client's method: a secret client
+        # has none, and is refused here as it would be there.
+        if client.public_jwk is None:
+            raise InvalidClientError(description=f"The client cannot authenticate with method: {JWT_METHOD}")
         # Validated as a public EC, OKP or RSA key when the client was registered.
-        return jwk.import_key(client.public_jwk or {})
+        return jwk.import_key(client.public_jwk)
 
 
 class FormRequest(OAuth2Request):  # type: ignore[misc]

@@ -325,6 +325,15 @@ class TestPrivateKeyJwt:
         form = {**signed, "client_assertion": unsigned}
         assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
 
+    async def test_secret_client_cannot_use_an_assertion(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # The client has no key to check the signature with: 401, never a 500.
+        created = await register(session, "dvla", "consumer")
+        form = self.assertion(app, created.client_id, ECKey.generate_key("P-256", private=True))
+        body = assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+        assert "private_key_jwt" in body["error_description"]
+
     async def test_key_client_cannot_use_a_secret(
         self, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

@@ -211,9 +211,11 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     """The client the request claims to be, before any of it is verified.
 
     Also refuses what authlib would mishandle or silently accept: a Basic header that is
-    not base64 UTF-8 (authlib raises a UnicodeDecodeError), and several client
-    authentication methods in one request (RFC 6749 2.3 allows exactly one). An id that
-    is not printable ASCII claims no client: ``None``, as if none were given.
+    not base64 UTF-8 (authlib raises a UnicodeDecodeError), a header with a space but
+    nothing after the scheme (authlib splits it on any whitespace, a no-break space too,
+    and raises a ValueError), and several client authentication methods in one request
+    (RFC 6749 2.3 allows exactly one). An id that is not printable ASCII claims no client:
+    ``None``, as if none were given.
     """
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
@@ -222,6 +224,8 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
         raise MalformedClientAuthentication(
             "invalid_request", "Use exactly one client authentication method."
         )
+    if " " in authorization and len(authorization.split(None, 1)) < 2:
+        raise MalformedClientAuthentication("invalid_client", "The Authorization header has no credentials.")
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode()

@@ -167,6 +167,17 @@ class TestClientSecret:
         body = assert_oauth_error(response, 401, "invalid_client")
         assert body["error_description"] == "The Basic credentials are not base64 UTF-8."
 
+    # A scheme and a space, then only what Python (not HTTP) takes for whitespace: a server
+    # strips the trailing space and tab, not the no-break space (obs-text) or NEL.
+    @pytest.mark.parametrize("header", [b"Basic \xa0", b"Basic \x85", b"\xa0 Basic", b"Basic "])
+    async def test_authorization_header_without_credentials_is_401_invalid_client(
+        self, client: httpx.AsyncClient, header: bytes
+    ) -> None:
+        response = await client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, headers={b"Authorization": header}
+        )
+        assert_oauth_error(response, 401, "invalid_client")
+
     @pytest.mark.parametrize("client_id", ["\x00", "tc_\x00x", "tc_é", "tc_ x"])
     async def test_client_id_no_client_can_have_is_401_invalid_client(
         self, client: httpx.AsyncClient, client_id: str

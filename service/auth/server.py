@@ -24,6 +24,7 @@ from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     InvalidScopeError,
     JsonRequest,
+    OAuth2Error,
     OAuth2Request,
 )
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
@@ -50,6 +51,10 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # would be taken as an HMAC secret) or none. The server metadata says the same. Ed25519 is
 # RFC 9864's fully-specified name for EdDSA over that curve.
 ASSERTION_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256", "PS256"]
+# What a refused client authentication says, whatever failed: an unknown or disabled client,
+# a wrong secret, a method the client does not use, an assertion its key did not sign. The
+# token endpoint must not tell which client ids exist (``AssertionRefused`` is the exception).
+CLIENT_AUTHENTICATION_FAILED = "Client authentication failed."
 
 
 def plausible_client_id(client_id: str) -> bool:
@@ -119,6 +124,11 @@ class SeenAssertion:
     expires_at: float
 
 
+class AssertionRefused(InvalidClientError):  # type: ignore[misc]
+    """An assertion signed by the client's own key, refused for its claims (expired, another
+    audience, replayed...): its signer holds the key, so it is told what was wrong."""
+
+
 class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[misc]
     """RFC 7523 client authentication with the client's registered public JWK."""
 
@@ -160,7 +170,10 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
                 token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
         except JoseError as error:
             raise InvalidClientError(description=error.description) from error
-        self.verify_claims(token.claims)
+        try:
+            self.verify_claims(token.claims)
+        except InvalidClientError as error:
+            raise AssertionRefused(description=error.description) from error
         return token.claims
 
     def resolve_client_public_key(self, client: RegisteredClient) -> Key:
@@ -286,6 +299,13 @@ class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
 
     def create_json_request(self, request: PreparedTokenRequest) -> JsonRequest:
         return JsonRequest("POST", self.token_url, request.headers)
+
+    def handle_error_response(self, request: OAuth2Request, error: OAuth2Error) -> JSONResponse:
+        if isinstance(error, InvalidClientError) and not isinstance(error, AssertionRefused):
+            # authlib's own words tell an unknown client ("does not exist") from a known one.
+            error = InvalidClientError(description=CLIENT_AUTHENTICATION_FAILED)
+        response: JSONResponse = super().handle_error_response(request, error)
+        return response
 
     def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> JSONResponse:
         header_map = dict(headers)

@@ -342,8 +342,7 @@ class TestPrivateKeyJwt:
         # The client has no key to check the signature with: 401, never a 500.
         created = await register(session, "dvla", "consumer")
         form = self.assertion(app, created.client_id, ECKey.generate_key("P-256", private=True))
-        body = assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
-        assert "private_key_jwt" in body["error_description"]
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
 
     async def test_key_client_cannot_use_a_secret(
         self, client: httpx.AsyncClient, session: AsyncSession
@@ -353,6 +352,79 @@ class TestPrivateKeyJwt:
             "/oauth/token", data={"grant_type": "client_credentials"}, headers=basic(client_id, "anything")
         )
         assert_oauth_error(response, 401, "invalid_client")
+
+
+class TestFailureTellsNothing:
+    """A refused client authentication reads the same whether the client is unknown,
+    disabled, or known with the wrong credentials: the token endpoint must not tell
+    which client ids exist. Only a caller who proved the key learns what else was wrong."""
+
+    @staticmethod
+    def refusal(response: httpx.Response) -> tuple[dict[str, Any], str]:
+        body = assert_oauth_error(response, 401, "invalid_client")
+        return body, response.headers["www-authenticate"]
+
+    async def test_unknown_disabled_and_wrong_secret_read_the_same(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        known = await register(session, "dvla", "consumer")
+        disabled = await register(session, "dvla", "consumer")
+        assert disabled.client_secret is not None
+        await auth_service.disable_client(session, "operator:test", disabled.client_id)
+        attempts = [
+            (known.client_id, "not-the-secret"),
+            (disabled.client_id, disabled.client_secret),
+            ("tc_" + "A" * 24, "not-the-secret"),
+        ]
+        grant = {"grant_type": "client_credentials"}
+        by_basic = [
+            self.refusal(await client.post("/oauth/token", data=grant, headers=basic(cid, secret)))
+            for cid, secret in attempts
+        ]
+        by_post = [
+            self.refusal(
+                await client.post("/oauth/token", data={**grant, "client_id": cid, "client_secret": secret})
+            )
+            for cid, secret in attempts
+        ]
+        assert by_basic[0] == by_basic[1] == by_basic[2]
+        assert by_post[0] == by_post[1] == by_post[2]
+
+    async def test_assertion_for_unknown_secret_or_key_client_reads_the_same(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        key = ECKey.generate_key("P-256", private=True)
+        key_client = await register(session, "welfare", "consumer", public_jwk=key.as_dict(private=False))
+        secret_client = await register(session, "dvla", "consumer")
+        stranger = ECKey.generate_key("P-256", private=True)
+        refusals = []
+        for client_id in (key_client.client_id, secret_client.client_id, "tc_" + "B" * 24):
+            signed = private_key_jwt_sign(
+                stranger, client_id, runtime(app).token_url, alg="ES256", expires_in=60
+            )
+            form = {
+                "grant_type": "client_credentials",
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": signed if isinstance(signed, str) else signed.decode(),
+            }
+            refusals.append(self.refusal(await client.post("/oauth/token", data=form)))
+        assert refusals[0] == refusals[1] == refusals[2]
+
+    async def test_an_assertion_signed_by_the_key_says_what_was_wrong(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        key = ECKey.generate_key("P-256", private=True)
+        created = await register(session, "welfare", "consumer", public_jwk=key.as_dict(private=False))
+        signed = private_key_jwt_sign(
+            key, created.client_id, "https://elsewhere.example/token", alg="ES256", expires_in=60
+        )
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": signed if isinstance(signed, str) else signed.decode(),
+        }
+        body, _ = self.refusal(await client.post("/oauth/token", data=form))
+        assert "aud" in body["error_description"]
 
 
 class TestMetadata:

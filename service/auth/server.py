@@ -148,14 +148,16 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
     def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
         """Called once the signature, audience and times are verified. An assertion is a
         one-off credential (RFC 7523 3): one that lives longer than ``max_lifetime``
-        (``exp - iat``, or ``exp - now``) is refused. The id is handed on to be stored."""
+        (``exp - iat``, or ``exp - now``) is refused, saying so (authlib would answer a
+        False with "JWT ID is used before"). The id is handed on to be stored."""
         expires_at, issued_at = claims.get("exp"), claims.get("iat")
         if not isinstance(expires_at, int | float) or not jti or len(jti) > 255:
             return False
+        too_long = f"The assertion may live at most {self.max_lifetime} seconds (exp - iat, and exp - now)."
         if expires_at - time.time() > self.max_lifetime + self.leeway:
-            return False
+            raise InvalidClientError(description=too_long)
         if isinstance(issued_at, int | float) and expires_at - issued_at > self.max_lifetime:
-            return False
+            raise InvalidClientError(description=too_long)
         self.on_assertion(SeenAssertion(str(claims["sub"]), jti, float(expires_at) + self.leeway))
         return True
 

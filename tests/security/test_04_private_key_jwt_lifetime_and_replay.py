@@ -62,7 +62,7 @@ async def replica(settings: Settings, session: AsyncSession) -> AsyncIterator[ht
 
 class TestLifetime:
     async def test_an_assertion_valid_for_a_year_is_refused(
-        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, settings: Settings
     ) -> None:
         client_id, key = await _key_client(session)
         now = int(time.time())
@@ -70,6 +70,9 @@ class TestLifetime:
         response = await client.post("/oauth/token", data=form)
         assert response.status_code == 401
         assert response.json()["error"] == "invalid_client"
+        # Its signer is told why, not that the assertion was a replay.
+        cap = settings.assertion_max_lifetime_seconds
+        assert f"at most {cap} seconds" in response.json()["error_description"]
 
     async def test_exp_minus_iat_over_the_cap_is_refused(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, settings: Settings
@@ -78,7 +81,9 @@ class TestLifetime:
         now = int(time.time())
         cap = settings.assertion_max_lifetime_seconds
         form = _form(app, client_id, key, iat=now - cap, exp=now + 60)
-        assert (await client.post("/oauth/token", data=form)).status_code == 401
+        response = await client.post("/oauth/token", data=form)
+        assert response.status_code == 401
+        assert f"at most {cap} seconds" in response.json()["error_description"]
 
     async def test_a_short_lived_assertion_is_accepted(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

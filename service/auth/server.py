@@ -151,8 +151,14 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
         (``exp - iat``, or ``exp - now``) is refused, saying so (authlib would answer a
         False with "JWT ID is used before"). The id is handed on to be stored."""
         expires_at, issued_at = claims.get("exp"), claims.get("iat")
-        if not isinstance(expires_at, int | float) or not jti or len(jti) > 255:
+        if not isinstance(expires_at, int | float):
             return False
+        # As the registry (``used_assertions``) keeps it on every database: PostgreSQL
+        # cannot store a NUL, where SQLite would.
+        if not jti or len(jti) > 255 or "\x00" in jti:
+            raise InvalidClientError(
+                description="The assertion's jti must be 1 to 255 characters, without NUL."
+            )
         too_long = f"The assertion may live at most {self.max_lifetime} seconds (exp - iat, and exp - now)."
         if expires_at - time.time() > self.max_lifetime + self.leeway:
             raise InvalidClientError(description=too_long)

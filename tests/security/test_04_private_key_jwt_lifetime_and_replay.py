@@ -129,3 +129,15 @@ class TestReplay:
             )
         ).scalar_one()
         assert count == 1
+
+    @pytest.mark.parametrize("jti", ["", "a\x00b", "j" * 256])
+    async def test_a_jti_the_registry_cannot_keep_is_refused_alike_on_every_database(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, jti: str
+    ) -> None:
+        # SQLite kept a NUL and issued a token; PostgreSQL cannot store one (a problem+json
+        # 400). Both now refuse it as the token endpoint refuses a client: 401 invalid_client.
+        client_id, key = await _key_client(session)
+        response = await client.post("/oauth/token", data=_form(app, client_id, key, jti=jti))
+        assert response.status_code == 401, response.text
+        assert response.json()["error"] == "invalid_client"
+        assert "jti" in response.json()["error_description"]

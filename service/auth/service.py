@@ -8,13 +8,15 @@ change in the audit log, in the transaction that makes it, under the actor who m
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from joserfc import jwk
-from joserfc.errors import JoseError
+from joserfc.errors import JoseError, SecurityWarning
+from joserfc.jwk import RSAKey
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -37,6 +39,8 @@ PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
 # take the same time: a sign-in form must not tell which client ids exist.
 _NO_CLIENT_HASH = hash_secret("no such client: a value no secret hashes to in practice")
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+# RFC 7518 3.3: RS256 and PS256 keys MUST be at least this long.
+MIN_RSA_BITS = 2048
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ def parse_public_jwk(text: str) -> dict[str, Any]:
 
 
 def check_public_jwk(document: object) -> dict[str, Any]:
-    """``document`` if it is a public JWK (EC, OKP or RSA); refuses private keys and junk."""
+    """``document`` if it is a public JWK (EC, OKP or RSA); refuses private keys, RSA keys
+    under ``MIN_RSA_BITS`` and junk."""
     if not isinstance(document, dict):
         raise InvalidClientRegistration("The JWK must be a JSON object.")
     if PRIVATE_MEMBERS & document.keys():
@@ -73,9 +78,13 @@ def check_public_jwk(document: object) -> dict[str, Any]:
     if document.get("kty") not in PUBLIC_KEY_TYPES:
         raise InvalidClientRegistration("The JWK must be an EC, OKP or RSA public key.")
     try:
-        jwk.import_key(document)
+        with warnings.catch_warnings(action="ignore", category=SecurityWarning):
+            # joserfc only warns of a short RSA key; it is refused just below.
+            key = jwk.import_key(document)
     except (JoseError, ValueError, TypeError, KeyError):
         raise InvalidClientRegistration("The JWK is not a valid public key.") from None
+    if isinstance(key, RSAKey) and key.raw_value.key_size < MIN_RSA_BITS:
+        raise InvalidClientRegistration(f"An RSA key must have at least {MIN_RSA_BITS} bits (RFC 7518 3.3).")
     return document
 
 

@@ -3,11 +3,13 @@ clients, through the same service functions (and audit entries) as ``tellonce cl
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +29,12 @@ async def audited(session: AsyncSession, action: str) -> list[dict[str, Any]]:
         select(AuditEntryRow.canonical).where(AuditEntryRow.action == action).order_by(AuditEntryRow.id)
     )
     return [json.loads(canonical) for (canonical,) in rows]
+
+
+def int_to_base64url(value: int) -> str:
+    return (
+        base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+    )
 
 
 def assert_problem(response: httpx.Response, status: int) -> str:
@@ -111,6 +119,19 @@ class TestRegister:
         detail = assert_problem(response, 422)
         assert "private key" in detail
         assert "secret" not in response.text
+
+    async def test_an_rsa_key_under_2048_bits_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # RFC 7518 3.3: RS256 and PS256 keys MUST be 2048 bits or larger.
+        numbers = rsa.generate_private_key(65537, 1024).public_key().public_numbers()  # noqa: S505
+        weak = {"kty": "RSA", "n": int_to_base64url(numbers.n), "e": int_to_base64url(numbers.e)}
+        token = await token_for(app, session, "welfare", "admin")
+        response = await client.post(
+            "/v1/clients", json={"roles": ["consumer"], "jwk": weak}, headers=bearer(token)
+        )
+        assert "2048" in assert_problem(response, 422)
+        assert await audited(session, "client-create") == []
 
     @pytest.mark.parametrize("role", ["admin", "auditor", "citizen-portal"])
     async def test_roles_that_reach_across_departments_are_the_operators_to_grant(

@@ -59,6 +59,10 @@ async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONRes
             # RFC 6749 3.2: parameters must not be repeated.
             return _oauth_error("invalid_request", f"Parameter {name!r} is repeated or not text.")
         form[name] = value
+    if not form.get("grant_type"):
+        # RFC 6749 5.2: a missing parameter is invalid_request (authlib would answer
+        # unsupported_grant_type, which is for a grant type given but not supported).
+        return _oauth_error("invalid_request", "The grant_type parameter is required.")
     prepared = PreparedTokenRequest(request.headers, form)
     try:
         client_id = candidate_client_id(request.headers, form)

@@ -123,6 +123,21 @@ class TestClientSecret:
         )
         assert_oauth_error(response, 400, "unsupported_grant_type")
 
+    @pytest.mark.parametrize("grant_type", [None, ""])
+    async def test_missing_grant_type_is_invalid_request(
+        self, client: httpx.AsyncClient, session: AsyncSession, grant_type: str | None
+    ) -> None:
+        # RFC 6749 5.2: a missing required parameter is invalid_request;
+        # unsupported_grant_type is for a grant type the server does not support.
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        form = {"scope": "citizens:read"} | ({} if grant_type is None else {"grant_type": grant_type})
+        response = await client.post(
+            "/oauth/token", data=form, headers=basic(created.client_id, created.client_secret)
+        )
+        body = assert_oauth_error(response, 400, "invalid_request")
+        assert "grant_type" in body["error_description"]
+
     async def test_scope_beyond_the_roles_is_invalid_scope(
         self, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

@@ -28,7 +28,7 @@ from service.auth.errors import ClientNotFound, InvalidClientRegistration
 from service.auth.models import Client, UsedAssertion
 from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret, secret_matches
-from service.auth.server import SeenAssertion
+from service.auth.server import ASSERTION_ALGORITHMS, SeenAssertion
 from service.catalog import repository as catalog_repository
 from service.db import DriverReads, utcnow
 from service.errors import Forbidden
@@ -41,6 +41,9 @@ _NO_CLIENT_HASH = hash_secret("no such client: a value no secret hashes to in pr
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 # RFC 7518 3.3: RS256 and PS256 keys MUST be at least this long.
 MIN_RSA_BITS = 2048
+# The curves an assertion algorithm the token endpoint accepts (``ASSERTION_ALGORITHMS``)
+# verifies with: ES256 takes P-256, EdDSA takes Ed25519 and Ed448.
+SIGNING_CURVES = {"EC": {"P-256"}, "OKP": {"Ed25519", "Ed448"}}
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ def parse_public_jwk(text: str) -> dict[str, Any]:
 
 
 def check_public_jwk(document: object) -> dict[str, Any]:
-    """``document`` if it is a public JWK (EC, OKP or RSA); refuses private keys, RSA keys
-    under ``MIN_RSA_BITS`` and junk."""
+    """``document`` if it is a public JWK (EC, OKP or RSA) an accepted assertion can be
+    verified with; refuses private keys, RSA keys under ``MIN_RSA_BITS``, other keys and junk."""
     if not isinstance(document, dict):
         raise InvalidClientRegistration("The JWK must be a JSON object.")
     if PRIVATE_MEMBERS & document.keys():
@@ -85,6 +88,17 @@ def check_public_jwk(document: object) -> dict[str, Any]:
         raise InvalidClientRegistration("The JWK is not a valid public key.") from None
     if isinstance(key, RSAKey) and key.raw_value.key_size < MIN_RSA_BITS:
         raise InvalidClientRegistration(f"An RSA key must have at least {MIN_RSA_BITS} bits (RFC 7518 3.3).")
+    # A key no accepted assertion can be verified with would register a client that can
+    # never get a token; joserfc honours the key's own use, key_ops and alg.
+    curves = SIGNING_CURVES.get(document["kty"])
+    if curves is not None and document.get("crv") not in curves:
+        raise InvalidClientRegistration(f"An {document['kty']} key must be on {' or '.join(sorted(curves))}.")
+    if document.get("use", "sig") != "sig" or "verify" not in document.get("key_ops", ["verify"]):
+        raise InvalidClientRegistration(
+            "The JWK must be usable to verify signatures (use sig, key_ops verify)."
+        )
+    if document.get("alg", ASSERTION_ALGORITHMS[0]) not in ASSERTION_ALGORITHMS:
+        raise InvalidClientRegistration(f"The JWK's alg must be one of {', '.join(ASSERTION_ALGORITHMS)}.")
     return document
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
+from joserfc.jwk import ECKey, OKPKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -119,6 +120,29 @@ class TestRegister:
         detail = assert_problem(response, 422)
         assert "private key" in detail
         assert "secret" not in response.text
+
+    @pytest.mark.parametrize(
+        "public",
+        [
+            ECKey.generate_key("P-384", private=True).as_dict(private=False),  # ES384 is not accepted
+            OKPKey.generate_key("X25519", private=True).as_dict(private=False),  # a key-agreement key
+            {**ECKey.generate_key("P-256", private=True).as_dict(private=False), "use": "enc"},
+            {**ECKey.generate_key("P-256", private=True).as_dict(private=False), "alg": "HS256"},
+            {**ECKey.generate_key("P-256", private=True).as_dict(private=False), "key_ops": ["encrypt"]},
+        ],
+    )
+    async def test_a_key_no_accepted_assertion_can_be_verified_with_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, public: dict[str, Any]
+    ) -> None:
+        # Registered, such a client could never get a token: the token endpoint verifies
+        # assertions with ES256, EdDSA (Ed25519), RS256 or PS256 only, and joserfc honours the
+        # key's own use, alg and key_ops.
+        token = await token_for(app, session, "welfare", "admin")
+        response = await client.post(
+            "/v1/clients", json={"roles": ["consumer"], "jwk": public}, headers=bearer(token)
+        )
+        assert_problem(response, 422)
+        assert await audited(session, "client-create") == []
 
     async def test_an_rsa_key_under_2048_bits_is_refused(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

@@ -11,6 +11,7 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import operator
@@ -93,6 +94,13 @@ def create(
         typer.echo("Store the secret now: only its hash is kept, it cannot be shown again.")
 
 
+def _shown(name: str) -> Text:
+    """A client's name as a table cell: plain text, never Rich markup (a stray closing tag
+    raised MarkupError), with control characters (terminal escape codes) replaced. An
+    admin client names its department's clients through ``/v1/clients``."""
+    return Text("".join(char if char.isprintable() else "\ufffd" for char in name))
+
+
 @clients_app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON lines.")) -> None:
     """Every client, with its department, roles and state. Secrets are never shown."""
@@ -114,7 +122,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON lines."
     for c in clients:
         table.add_row(
             c.client_id,
-            c.name,
+            _shown(c.name),
             c.department,
             ",".join(c.roles),
             "private_key_jwt" if c.public_jwk else "secret",

@@ -81,6 +81,19 @@ class TestClientsCli:
         assert "writer" in table
         assert created["client_secret"] not in table
 
+    def test_table_shows_a_name_as_text_not_markup_or_terminal_codes(self, invoke: Invoke) -> None:
+        # A department's admin client names its clients through /v1/clients; the name must
+        # neither break the operator's table (a stray Rich closing tag raised MarkupError)
+        # nor reach the terminal as escape sequences (window title, colours, links).
+        name = "Benefits [/bold] \x1b]0;pwned\x07\x1b[2J"
+        code, _, _ = invoke("clients", "create", "--department", "dvla", "--roles", "writer", "--name", name)
+        assert code == 0
+        code, table, _ = invoke("clients", "list")
+        assert code == 0
+        assert "Benefits [/bold]" in table
+        assert "\x1b" not in table
+        assert "\x07" not in table
+
 
 @pytest.mark.e2e
 class TestAcrossProcesses:

@@ -234,8 +234,9 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     Also refuses what authlib would mishandle or silently accept: a Basic header that is
     not base64 UTF-8 (authlib raises a UnicodeDecodeError), a header with a space but
     nothing after the scheme (authlib splits it on any whitespace, a no-break space too,
-    and raises a ValueError), and several client authentication methods in one request
-    (RFC 6749 2.3 allows exactly one). An id that is not printable ASCII claims no client:
+    and raises a ValueError), an assertion nested too deep for ``json`` (a RecursionError
+    there too), and several client authentication methods in one request (RFC 6749 2.3
+    allows exactly one). An id that is not printable ASCII claims no client:
     ``None``, as if none were given.
     """
     authorization = headers.get("authorization", "")
@@ -261,6 +262,11 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
             payload = json.loads(extract_compact(form["client_assertion"].encode()).payload)
         except (JoseError, ValueError, UnicodeError):
             return None
+        except RecursionError:
+            # JSON nested too deep to parse (authlib would parse it again, and fail alike).
+            raise MalformedClientAuthentication(
+                "invalid_client", "The client assertion is not a JWT."
+            ) from None
         subject = payload.get("sub") if isinstance(payload, dict) else None
         return _claimed(subject) if isinstance(subject, str) else None
     return _claimed(form.get("client_id") or "")

@@ -359,6 +359,22 @@ class TestPrivateKeyJwt:
         form = self.assertion(app, created.client_id, ECKey.generate_key("P-256", private=True))
         assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
 
+    async def test_assertion_nested_too_deep_to_parse_is_invalid_client(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # Python's json gives up on deep nesting with a RecursionError (a 500), not a ValueError.
+        client_id, _ = await self.register_key_client(session)
+        header = base64.urlsafe_b64encode(b'{"alg":"ES256"}').rstrip(b"=").decode()
+        # 10 kB: under the size joserfc refuses to read a payload of.
+        payload = base64.urlsafe_b64encode(b"[" * 5_000 + b"]" * 5_000).rstrip(b"=").decode()
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": f"{header}.{payload}.c2ln",
+        }
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
     async def test_key_client_cannot_use_a_secret(
         self, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

@@ -235,9 +235,10 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     not base64 UTF-8 (authlib raises a UnicodeDecodeError), a header with a space but
     nothing after the scheme (authlib splits it on any whitespace, a no-break space too,
     and raises a ValueError), an assertion nested too deep for ``json`` (a RecursionError
-    there too), and several client authentication methods in one request (RFC 6749 2.3
-    allows exactly one). An id that is not printable ASCII claims no client:
-    ``None``, as if none were given.
+    there too), a ``client_id`` other than the assertion's subject (authlib ignores it;
+    RFC 7521 4.2 says it MUST name the same client), and several client authentication
+    methods in one request (RFC 6749 2.3 allows exactly one). An id that is not printable
+    ASCII claims no client: ``None``, as if none were given.
     """
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
@@ -268,6 +269,9 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
                 "invalid_client", "The client assertion is not a JWT."
             ) from None
         subject = payload.get("sub") if isinstance(payload, dict) else None
+        if "client_id" in form and form["client_id"] != subject:
+            # RFC 7521 4.2: a client_id sent along MUST name the assertion's client.
+            raise MalformedClientAuthentication("invalid_client", "client_id is not the assertion's subject.")
         return _claimed(subject) if isinstance(subject, str) else None
     return _claimed(form.get("client_id") or "")
 

@@ -268,6 +268,18 @@ class TestPrivateKeyJwt:
             "client_assertion": signed if isinstance(signed, str) else signed.decode(),
         }
 
+    async def test_client_id_other_than_the_assertions_subject_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # RFC 7521 4.2: a client_id sent with an assertion MUST name the assertion's client.
+        client_id, key = await self.register_key_client(session)
+        other = await register(session, "welfare", "consumer")
+        form = {**self.assertion(app, client_id, key), "client_id": other.client_id}
+        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+        # The same id, or none, is fine.
+        same = {**self.assertion(app, client_id, key), "client_id": client_id}
+        assert (await client.post("/oauth/token", data=same)).status_code == 200
+
     async def test_assertion_signed_by_another_key_is_invalid_client(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

@@ -28,7 +28,7 @@ from service.auth.errors import ClientNotFound, InvalidClientRegistration
 from service.auth.models import Client, UsedAssertion
 from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret, secret_matches
-from service.auth.server import ASSERTION_ALGORITHMS, SeenAssertion
+from service.auth.server import ASSERTION_ALGORITHMS, SeenAssertion, plausible_client_id
 from service.catalog import repository as catalog_repository
 from service.db import DriverReads, utcnow
 from service.errors import Forbidden
@@ -219,8 +219,9 @@ async def get_client(session: AsyncSession, client_id: str) -> Client | None:
 
 async def client_with_secret(session: AsyncSession, client_id: str, client_secret: str) -> Client | None:
     """The client whose secret this is, disabled or not; ``None`` for an unknown id or a
-    wrong secret, in the same time (the secret is compared in constant time)."""
-    client = await session.get(Client, client_id)
+    wrong secret, in the same time (the secret is compared in constant time). An id no
+    client can have is not looked up (PostgreSQL cannot even take a NUL as an argument)."""
+    client = await session.get(Client, client_id) if plausible_client_id(client_id) else None
     matches = secret_matches(client_secret, client.secret_hash if client else _NO_CLIENT_HASH)
     return client if client is not None and matches else None
 

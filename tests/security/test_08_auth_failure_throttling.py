@@ -175,3 +175,16 @@ class TestConsoleSignIn:
         assert refused.status_code == 429
         assert 1 <= int(refused.headers["retry-after"]) <= LONGEST_RETRY
         assert "Too many failed sign-in attempts" in refused.text
+
+    async def test_a_client_id_no_client_can_have_is_refused_like_a_wrong_secret(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # PostgreSQL cannot take a NUL as a query argument: the sign-in page answered a
+        # problem+json 400 there (the store's), and the 401 sign-in page on SQLite.
+        form = await client.get("/console/sign-in")
+        found = CSRF.search(form.text)
+        assert found is not None
+        data = {"csrf_token": found.group(1), "client_id": "tc_\x00abc", "client_secret": "wrong"}
+        response = await client.post("/console/sign-in", data=data)
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("text/html")

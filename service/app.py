@@ -21,7 +21,7 @@ from service.api_docs import install_docs
 from service.audit import endpoints as audit_endpoints
 from service.audit import service as audit_service
 from service.auth import endpoints as auth_endpoints
-from service.auth.runtime import auth_lifecycle
+from service.auth.runtime import TOKEN_PATH, auth_lifecycle
 from service.bootstrap import production_overrides, production_refusals
 from service.cases import endpoints as cases_endpoints
 from service.catalog import endpoints as catalog_endpoints
@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HotRoutes, routes=hot_routes())
     # add_middleware puts each new layer outside the ones before it, so the request context
     # (added last) is the outer one: the request id exists before the body limit can refuse.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, oauth_paths=[TOKEN_PATH])
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     # The layers the hot routes skip when served in front of them: Starlette's and FastAPI's
     # outermost three, then the two above. Tracing's middleware, when installed, wraps them

@@ -483,12 +483,14 @@ class BodyLimitMiddleware:
 
     A declared ``Content-Length`` over the limit is refused before any of the body is
     read. A chunked body is counted as it streams and refused as soon as it passes
-    the limit.
+    the limit. On ``oauth_paths`` (the token endpoint) the refusal is an RFC 6749 error
+    body, ``invalid_request``, as OAuth clients expect there.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, oauth_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.oauth_paths = frozenset(oauth_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -499,10 +501,10 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await self._send_problem(send, MalformedBody("Invalid Content-Length header."))
+                    await self._refuse(scope, send, MalformedBody("Invalid Content-Length header."))
                     return
                 if declared > self.limit:
-                    await self._send_problem(send, self._too_large())
+                    await self._refuse(scope, send, self._too_large())
                     return
         received = 0
         started = False
@@ -526,14 +528,18 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await self._send_problem(send, self._too_large())
+                await self._refuse(scope, send, self._too_large())
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"The request body exceeds the limit of {self.limit} bytes.")
 
-    @staticmethod
-    async def _send_problem(send: Send, error: ServiceError) -> None:
-        response = problem_response(error)
+    async def _refuse(self, scope: Scope, send: Send, error: ServiceError) -> None:
+        if scope.get("path") in self.oauth_paths:
+            body = {"error": "invalid_request", "error_description": error.detail}
+            headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+            response: JSONResponse = JSONResponse(body, status_code=error.status, headers=headers)
+        else:
+            response = problem_response(error)
         response.headers["Connection"] = "close"
         await send(
             {

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.auth import service as auth_service
 from service.auth import throttle
@@ -31,9 +32,8 @@ router = APIRouter(tags=["auth"])
 AuthDep = Annotated[AuthRuntime, Depends(get_auth)]
 
 
-def _oauth_error(error: str, description: str) -> JSONResponse:
+def _oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-    status = 400
     if error == "invalid_client":
         status = 401
         headers["WWW-Authenticate"] = 'Basic realm="tellonce"'
@@ -53,8 +53,16 @@ async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONRes
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return _oauth_error("invalid_request", "The body must be application/x-www-form-urlencoded.")
+    try:
+        submitted = await request.form()
+    except StarletteHTTPException as exc:
+        if exc.status_code != 413:
+            raise
+        # A chunked body over the limit, refused as it streams (errors.BodyLimitMiddleware,
+        # which answers a declared Content-Length over it itself, in the same words).
+        return _oauth_error("invalid_request", exc.detail, status=413)
     form: dict[str, str] = {}
-    for name, value in (await request.form()).multi_items():
+    for name, value in submitted.multi_items():
         if isinstance(value, UploadFile) or name in form:
             # RFC 6749 3.2: parameters must not be repeated.
             return _oauth_error("invalid_request", f"Parameter {name!r} is repeated or not text.")

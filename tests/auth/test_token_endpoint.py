@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import time
 import warnings
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -161,6 +162,23 @@ class TestClientSecret:
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         assert_oauth_error(response, 400, "invalid_request")
+
+    async def test_body_over_the_limit_is_413_invalid_request(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        # README and OpenAPI: the token endpoint's 413 is an RFC 6749 body, like its 400 and 401.
+        limit = app.state.settings.max_body_bytes
+        form = b"grant_type=client_credentials&scope=" + b"a" * limit
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        declared = await client.post("/oauth/token", content=form, headers=headers)
+        assert_oauth_error(declared, 413, "invalid_request")
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for start in range(0, len(form), 65_536):
+                yield form[start : start + 65_536]
+
+        streamed = await client.post("/oauth/token", content=chunked(), headers=headers)
+        assert_oauth_error(streamed, 413, "invalid_request")
 
     async def test_undecodable_basic_header_is_401_invalid_client(self, client: httpx.AsyncClient) -> None:
         header = "Basic " + base64.b64encode(b"\xff\xfe:secret").decode()

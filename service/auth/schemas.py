@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth.models import Client
+from service.auth.service import MAX_RATE_BURST, MAX_RATE_PER_SECOND
 
 
 class ClientIn(BaseModel):
@@ -29,10 +30,13 @@ class ClientIn(BaseModel):
         "and gets no secret.",
     )
     rate_per_second: float | None = Field(
-        default=None, gt=0, le=100_000, description="Requests per second (default: the service's)."
+        default=None,
+        gt=0,
+        le=MAX_RATE_PER_SECOND,
+        description="Requests per second (default: the service's).",
     )
     rate_burst: int | None = Field(
-        default=None, ge=1, le=1_000_000, description="Burst size (default: the service's)."
+        default=None, ge=1, le=MAX_RATE_BURST, description="Burst size (default: the service's)."
     )
 
 

@@ -39,6 +39,9 @@ PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
 # take the same time: a sign-in form must not tell which client ids exist.
 _NO_CLIENT_HASH = hash_secret("no such client: a value no secret hashes to in practice")
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+# A client's own rate limit: at most this many requests per second, and this burst.
+MAX_RATE_PER_SECOND = 100_000
+MAX_RATE_BURST = 1_000_000
 # RFC 7518 3.3: RS256 and PS256 keys MUST be at least this long.
 MIN_RSA_BITS = 2048
 # The curves an assertion algorithm the token endpoint accepts (``ASSERTION_ALGORITHMS``)
@@ -134,6 +137,13 @@ async def create_client(
     """Register a client. Without ``public_jwk`` it gets a secret, returned only here."""
     roles = sorted(set(roles))
     await _validate(session, department, roles)
+    # The API's schema says the same; the command's options only set a floor.
+    if rate_per_second is not None and not 0 < rate_per_second <= MAX_RATE_PER_SECOND:
+        raise InvalidClientRegistration(
+            f"The rate must be above 0 and at most {MAX_RATE_PER_SECOND} per second."
+        )
+    if rate_burst is not None and not 1 <= rate_burst <= MAX_RATE_BURST:
+        raise InvalidClientRegistration(f"The burst must be 1 to {MAX_RATE_BURST}.")
     client_id = new_client_id()
     secret = None if public_jwk is not None else new_client_secret()
     session.add(

@@ -57,6 +57,17 @@ class TestClientsCli:
             assert out == ""
         assert invoke("clients", "list", "--json")[1] == ""
 
+    @pytest.mark.parametrize(("option", "value"), [("--burst", "3000000000"), ("--rate", "inf")])
+    def test_rate_or_burst_out_of_range_exits_1(self, invoke: Invoke, option: str, value: str) -> None:
+        # As /v1/clients refuses them (422): a burst PostgreSQL's integer column cannot hold
+        # was a traceback there, and was stored on SQLite; an infinite rate lifts the limit.
+        code, out, err = invoke(
+            "clients", "create", "--department", "dvla", "--roles", "consumer", option, value
+        )
+        assert code == 1
+        assert err.startswith("error: ")
+        assert out == ""
+
     def test_private_jwk_is_refused(self, invoke: Invoke, tmp_path: Path) -> None:
         jwk_file = tmp_path / "private.jwk"
         jwk_file.write_text(json.dumps(ECKey.generate_key("P-256", private=True).as_dict(private=True)))

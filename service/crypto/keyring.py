@@ -104,7 +104,8 @@ class Keyring:
 
     ``data_keys`` RAISES ``DataKeyDestroyed`` (an HTTP 410 ``Gone``) when any asked-for key
     was shredded: a destroyed key is never silently left out. Shredding evicts the key from
-    this process's cache at once; other processes drop it within ``cache_ttl_seconds``
+    this process's cache at once and keeps it out (a read that loaded it before the erasure
+    committed does not put it back); other processes drop it within ``cache_ttl_seconds``
     (records also refuses erased citizens by their status).
     """
 
@@ -119,6 +120,9 @@ class Keyring:
         self.provider = provider
         self.data_key_cache: TTLCache[int, DataKey] = TTLCache(cache_size, cache_ttl_seconds, clock)
         self.kek_cache: TTLCache[tuple[str, int], Kek] = TTLCache(256, cache_ttl_seconds, clock)
+        # Data keys shredded here lately: a read that loaded one from the committed state
+        # before the erasure committed must not put it back into the cache afterwards.
+        self._shredded: TTLCache[int, bool] = TTLCache(cache_size, cache_ttl_seconds, clock)
         self._blind_indexer = provider.blind_indexer()
         # The one hook for key operations; the audit domain replaces it.
         self.on_key_event: KeyEventHook = log_key_event
@@ -240,7 +244,7 @@ class Keyring:
                     return cached
                 kek = await self.kek(conn, department, row.kek_version)
                 key = DataKey(row.id, department, row.kek_version, kek.unwrap(row.wrapped_key, citizen_id))
-                self.data_key_cache.put(key.id, key)
+                self._cache_data_key(key)
                 return key
             created = await self._create_data_key(conn, citizen_id, department)
             if created is not None:
@@ -300,7 +304,7 @@ class Keyring:
         if key_id is None:
             return None
         key = DataKey(key_id, department, kek.version, material)
-        self.data_key_cache.put(key.id, key)
+        self._cache_data_key(key)
         return key
 
     async def new_data_keys(
@@ -433,7 +437,7 @@ class Keyring:
                     key = DataKey(
                         row.id, department, row.kek_version, kek.unwrap(row.wrapped_key, row.citizen_id)
                     )
-                    self.data_key_cache.put(key.id, key)
+                    self._cache_data_key(key)
                 found[row.citizen_id] = key
         missing = [citizen_id for citizen_id in wanted if citizen_id not in found]
         if missing:
@@ -484,15 +488,19 @@ class Keyring:
             key = DataKey(
                 row.id, row.department, row.kek_version, kek.unwrap(row.wrapped_key, row.citizen_id)
             )
-            self.data_key_cache.put(key.id, key)
+            self._cache_data_key(key)
             found[key.id] = key
         return found
+
+    def _cache_data_key(self, key: DataKey) -> None:
+        if self._shredded.get(key.id) is None:
+            self.data_key_cache.put(key.id, key)
 
     async def shred_citizen(self, conn: AsyncConnection, citizen_id: str) -> int:
         """Crypto-shredding: destroy every data key of the citizen. Returns how many.
 
         The wrapped bytes are overwritten with NULL (SQLite's secure_delete zeroes the
-        freed cells), the rows are marked ``shredded``, and the keys leave the cache."""
+        freed cells), the rows are marked ``shredded``, and the keys leave the cache for good."""
         if conn.dialect.name == "sqlite":
             await conn.execute(text("PRAGMA secure_delete = ON"))
         rows = (
@@ -508,6 +516,8 @@ class Keyring:
                 .where(DATA_KEYS.c.id.in_([row.id for row in rows]))
                 .values(wrapped_key=None, status="shredded", destroyed_at=utcnow())
             )
+        for row in rows:
+            self._shredded.put(row.id, True)
         self.data_key_cache.evict(row.id for row in rows)
         per_department: dict[str, int] = {}
         for row in rows:

@@ -9,7 +9,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.crypto.aead import DataKey, decrypt_value
 from service.crypto.errors import CiphertextIntegrityError, CitizenShredded, DataKeyDestroyed, DataKeyMissing
@@ -244,3 +244,26 @@ async def read_all_values_for(conn: AsyncConnection, keyring: Keyring, citizen_i
         ).decode()
         for r in rows
     ]
+
+
+class TestShreddingWhileRead:
+    async def test_a_read_that_fetched_the_key_before_the_erasure_committed_does_not_cache_it(
+        self, scratch_engine: AsyncEngine
+    ) -> None:
+        """A read in the same process loads the wrapped key from the last committed state
+        while the erasure is still open, and unwraps it after the erasure evicted the cache:
+        the key must not come back into the cache, where it would outlive the erasure."""
+        keyring = make_keyring()
+        async with scratch_engine.begin() as conn:
+            (citizen,) = await add_citizens(conn, 1)
+            key = await keyring.data_key_for_write(conn, citizen, "register")
+        keyring.data_key_cache.clear()
+        async with scratch_engine.begin() as erasure:
+            assert await keyring.shred_citizen(erasure, citizen) == 1
+            async with scratch_engine.connect() as read:
+                # The concurrent read: the erasure is not committed, so the key still unwraps.
+                assert list(await keyring.data_keys(read, [key.id])) == [key.id]
+        assert key.id not in keyring.data_key_cache
+        async with scratch_engine.connect() as conn:
+            with pytest.raises(DataKeyDestroyed):
+                await keyring.data_keys(conn, [key.id])

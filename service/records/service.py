@@ -36,6 +36,7 @@ from service.config import Settings
 from service.consent import repository as consent_repository
 from service.crypto import blind_index
 from service.crypto.aead import DataKey, decrypt_value
+from service.crypto.errors import DataKeyDestroyed
 from service.crypto.keyring import Keyring
 from service.errors import ServiceError
 from service.observability import Metrics
@@ -341,15 +342,22 @@ async def registered_national_ids(
     """Registered citizens among ``national_ids``, as {comparable national id: citizen id}.
 
     Found by blind index (``indexes``, if the caller has computed them already), then
-    confirmed by decrypting: the index is truncated, so a candidate may be another value."""
+    confirmed by decrypting: the index is truncated, so a candidate may be another value.
+    A candidate whose data key is shredded was erased after the search saw its index (an
+    erasure drops it): erased, it holds no national id, as if the search had come later."""
     if catalog.field(NATIONAL_ID_FIELD) is None or not national_ids:
         return {}
     if indexes is None:
         indexes = [keyring.blind_index(NATIONAL_ID_FIELD, n) for n in national_ids]
     candidates = await repository.candidates_by_blind_indexes(conn, NATIONAL_ID_FIELD, indexes)
-    if not candidates:
-        return {}
-    keys = await keyring.data_keys(conn, {row.data_key_id for row in candidates})
+    while True:
+        if not candidates:
+            return {}
+        try:
+            keys = await keyring.data_keys(conn, {row.data_key_id for row in candidates})
+            break
+        except DataKeyDestroyed as shredded:
+            candidates = [row for row in candidates if row.data_key_id not in shredded.key_ids]
     wanted = {comparable_national_id(n) for n in national_ids}
     found: dict[str, str] = {}
     for (citizen_id, _field, _version), value in plaintexts(catalog, candidates, keys).items():

@@ -5,18 +5,21 @@ per citizen. Runs the service on the rolled-back test transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from sqlalchemy import Table, select, update
 
 from service.records import reads, writes
 from service.records.errors import CitizenErased, CitizenNotFound
+from service.records.models import FieldValue
 from tests.records.conftest import RecordsTx, facts_as
 
 PURPOSE = "benefit-eligibility"
 WELFARE = facts_as("welfare", "consumer", purpose=PURPOSE)  # may look citizens up
 PORTAL = facts_as("portal", "consumer", purpose=PURPOSE)  # no agreement at all
 MADE_UP = "00000000-0000-4000-8000-000000000042"
+VALUES = cast(Table, FieldValue.__table__)
 
 
 @pytest.fixture
@@ -96,3 +99,35 @@ class TestErasedDuringABatch:
         assert [(w.field, w.reason) for w in withheld.withheld] == [
             ("given_name", "the citizen's record was erased")
         ]
+
+
+class TestErasedDuringALookup:
+    async def test_a_citizen_erased_after_the_search_is_not_found(self, records_tx: RecordsTx) -> None:
+        """The blind-index search saw the citizen's national id before the erasure committed,
+        and its data key was shredded by the time the candidates were decrypted: the answer is
+        the 404 of an unknown national id, for a caller that may look citizens up and one that
+        may not, never a 410 that tells who was just erased."""
+        registrar = facts_as("register", "registrar")
+        registered = await writes.register(records_tx.records, registrar, "ER5550001", {})
+        index = (
+            await records_tx.conn.execute(
+                select(VALUES.c.blind_index).where(
+                    VALUES.c.citizen_id == registered.id, VALUES.c.field == "national_id"
+                )
+            )
+        ).scalar_one()
+        await writes.erase(
+            records_tx.records, registrar, registered.id, reason="court-order", legal_basis="Court order 1"
+        )
+        # What a search that ran before the erasure committed still found.
+        await records_tx.conn.execute(
+            update(VALUES)
+            .where(VALUES.c.citizen_id == registered.id, VALUES.c.field == "national_id")
+            .values(blind_index=index)
+        )
+        for caller in (WELFARE, PORTAL):
+            with pytest.raises(CitizenNotFound):
+                await reads.lookup(records_tx.records, caller, "ER5550001")
+        # Registering the national id again is not refused either: the erased citizen holds nothing.
+        again = await writes.register(records_tx.records, registrar, "ER5550001", {})
+        assert again.id != registered.id

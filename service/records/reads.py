@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from service import tracing
 from service.audit.schemas import Action, AuditEntry, Reason
@@ -173,6 +173,35 @@ async def _load(
         return rows, await records.decrypt(catalog, rows)
 
 
+def _erased_reason(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    requested: Sequence[str],
+    policy: CompiledPolicy,
+) -> str:
+    """Why a citizen whose data keys turned out shredded (erased after its status was read)
+    gets nothing: the reason a request sent after the erasure gets, erased or not known."""
+    erased = CitizenRow(citizen_id, "erased", 0)
+    context = records.context(facts, erased.status)
+    reason = disclosure.unavailable_reason(erased, policy, facts.department, action, requested, context)
+    return reason or disclosure.ERASED_REASON
+
+
+def _refuse_erased(
+    records: RecordsService,
+    facts: RequestFacts,
+    action: Action,
+    citizen_id: str,
+    requested: Sequence[str],
+    policy: CompiledPolicy,
+) -> NoReturn:
+    """Raise what a request sent after the citizen's erasure gets: 410 or 404."""
+    disclosure.readable(None, _erased_reason(records, facts, action, citizen_id, requested, policy))
+    raise CitizenNotFound(disclosure.NOT_KNOWN)  # not reached: readable refuses a reason
+
+
 async def _audit_release(
     records: RecordsService,
     facts: RequestFacts,
@@ -210,7 +239,10 @@ async def read(
     require_known(catalog, requested, purpose, loc="fields")
     decided, rows = await _decide_and_load(records, facts, "read", citizen_id, requested, catalog, policy)
     with tracing.span("crypto.decrypt", values=len(rows)):
-        plain = await records.decrypt(catalog, rows)
+        try:
+            plain = await records.decrypt(catalog, rows)
+        except DataKeyDestroyed:
+            _refuse_erased(records, facts, "read", citizen_id, requested, policy)
     current = {(row.citizen_id, row.field): row for row in rows}
     released = disclosure.released(catalog, citizen_id, decided.allowed, current, plain)
     await records.open_cases(facts, decided.decisions.values(), decided.context.time)
@@ -294,7 +326,9 @@ async def batch_get(
                 raise
             for citizen_id in erased:
                 del decisions_by_citizen[citizen_id]
-                unavailable[citizen_id] = disclosure.ERASED_REASON
+                unavailable[citizen_id] = _erased_reason(
+                    records, facts, "read", citizen_id, requested, policy
+                )
             rows = [row for row in rows if row.citizen_id not in erased]
     current = {(row.citizen_id, row.field): row for row in rows}
     items: list[BatchItem] = []
@@ -434,7 +468,10 @@ async def verify(
                 "the next UTC day.",
             ),
         )
-    rows, plain = await _load(records, catalog, citizen_id, allowed)
+    try:
+        rows, plain = await _load(records, catalog, citizen_id, allowed)
+    except DataKeyDestroyed:
+        _refuse_erased(records, facts, "verify", citizen_id, requested, policy)
     current = {row.field: plain[(citizen_id, row.field, row.version)] for row in rows}
     results: dict[str, bool] = {}
     for name in allowed:
@@ -484,7 +521,10 @@ async def history(
             )
         rows = await repository.history(conn, citizen_id, field, before_version=before, limit=limit + 1)
         page, more = rows[:limit], len(rows) > limit
-        plain = await records.decrypt(catalog, page, conn)
+        try:
+            plain = await records.decrypt(catalog, page, conn)
+        except DataKeyDestroyed:
+            _refuse_erased(records, facts, "history", citizen_id, [field], policy)
     await records.open_cases(facts, decisions.values(), context.time)
     await _audit_release(records, facts, "history", citizen_id, catalog, [field], [field], decisions, context)
     items = [

@@ -5,12 +5,13 @@ per citizen. Runs the service on the rolled-back test transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, select, update
 
-from service.records import reads, writes
+from service.records import reads, repository, writes
 from service.records.errors import CitizenErased, CitizenNotFound
 from service.records.models import FieldValue
 from tests.records.conftest import RecordsTx, facts_as
@@ -131,3 +132,122 @@ class TestErasedDuringALookup:
         # Registering the national id again is not refused either: the erased citizen holds nothing.
         again = await writes.register(records_tx.records, registrar, "ER5550001", {})
         assert again.id != registered.id
+
+
+REVENUE = facts_as("revenue", "consumer", purpose="tax-administration")  # reads, may not know
+
+
+class TestErasedDuringARead:
+    @pytest.fixture
+    async def erased_after_loading(self, records_tx: RecordsTx, monkeypatch: pytest.MonkeyPatch) -> str:
+        """A citizen erased between the read loading its values and decrypting them."""
+        registrar = facts_as("register", "registrar")
+        registered = await writes.register(records_tx.records, registrar, "ER8880001", {"given_name": "Gone"})
+        licence = {"licence_status": "valid"}
+        dvla = facts_as("dvla", "writer")
+        await writes.write(records_tx.records, dvla, registered.id, licence, reason="issued", if_match=None)
+        store = records_tx.records.store
+        load = store.citizen_with_values
+
+        async def erased_after(citizen_id: str, status: str, fields: Sequence[str]) -> Any:
+            found = await load(citizen_id, status, fields)
+            monkeypatch.setattr(store, "citizen_with_values", load)
+            await writes.erase(
+                records_tx.records,
+                registrar,
+                registered.id,
+                reason="court-order",
+                legal_basis="Court order 8",
+            )
+            return found
+
+        monkeypatch.setattr(store, "citizen_with_values", erased_after)
+        return registered.id
+
+    async def test_a_caller_that_may_know_gets_the_410_of_a_read_after_it(
+        self, records_tx: RecordsTx, erased_after_loading: str
+    ) -> None:
+        with pytest.raises(CitizenErased):
+            await reads.read(records_tx.records, WELFARE, erased_after_loading, ["given_name"])
+
+    async def test_a_caller_that_may_not_know_gets_the_404_of_a_read_after_it(
+        self, records_tx: RecordsTx, erased_after_loading: str
+    ) -> None:
+        """Revenue reads licence_status outright but has no lookup and no near miss: after
+        the erasure it is told 404, so the read that raced it must not say 410."""
+        for _before_and_after in range(2):
+            with pytest.raises(CitizenNotFound):
+                await reads.read(records_tx.records, REVENUE, erased_after_loading, ["licence_status"])
+
+    async def test_a_batch_tells_a_caller_that_may_not_know_what_it_tells_of_a_made_up_id(
+        self, records_tx: RecordsTx, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        registrar = facts_as("register", "registrar")
+        gone = await writes.register(records_tx.records, registrar, "ER8880002", {})
+        licence = {"licence_status": "valid"}
+        dvla = facts_as("dvla", "writer")
+        await writes.write(records_tx.records, dvla, gone.id, licence, reason="issued", if_match=None)
+        store = records_tx.records.store
+        load = store.current_values
+
+        async def erased_after_loading(citizen_ids: Sequence[str], fields: Sequence[str]) -> Any:
+            rows = await load(citizen_ids, fields)
+            monkeypatch.setattr(store, "current_values", load)
+            await writes.erase(
+                records_tx.records, registrar, gone.id, reason="court-order", legal_basis="Court order 9"
+            )
+            return rows
+
+        monkeypatch.setattr(store, "current_values", erased_after_loading)
+        for _before_and_after in range(2):
+            page = await reads.batch_get(records_tx.records, REVENUE, [gone.id, MADE_UP], ["licence_status"])
+            raced, made_up = page.items
+            assert raced.model_dump(exclude={"id"}) == made_up.model_dump(exclude={"id"})
+
+    async def test_verify_and_history_that_raced_the_erasure_answer_as_after_it(
+        self, records_tx: RecordsTx, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        registrar = facts_as("register", "registrar")
+        fields = {"date_of_birth": "1980-01-01", "address": "1 Lane"}
+        for n, ask in enumerate(("verify", "history")):
+            gone = await writes.register(records_tx.records, registrar, f"ER888001{n}", fields)
+
+            def erasing_after(load: Any, name: str, owner: Any, citizen_id: str = gone.id) -> Any:
+                async def erased_after(*args: Any, **kwargs: Any) -> Any:
+                    rows = await load(*args, **kwargs)
+                    monkeypatch.setattr(owner, name, load)
+                    await writes.erase(
+                        records_tx.records,
+                        registrar,
+                        citizen_id,
+                        reason="court-order",
+                        legal_basis="Order 10",
+                    )
+                    return rows
+
+                return erased_after
+
+            if ask == "verify":
+                store = records_tx.records.store
+                monkeypatch.setattr(
+                    store, "current_values", erasing_after(store.current_values, "current_values", store)
+                )
+                # Raced, then after: welfare may look citizens up, so both say erased.
+                for _before_and_after in range(2):
+                    with pytest.raises(CitizenErased):
+                        await reads.verify(
+                            records_tx.records, WELFARE, gone.id, {"date_of_birth": {"lte": "2000-01-01"}}
+                        )
+            else:
+                monkeypatch.setattr(
+                    repository, "history", erasing_after(repository.history, "history", repository)
+                )
+                fraud = replace(
+                    facts_as("welfare", "consumer", purpose="fraud-investigation"), case_ref="F-1"
+                )
+                # Raced, then after: not for fraud investigation, so both say not known.
+                for _before_and_after in range(2):
+                    with pytest.raises(CitizenNotFound):
+                        await reads.history(
+                            records_tx.records, fraud, gone.id, "address", cursor=None, limit=5
+                        )

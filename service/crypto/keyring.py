@@ -496,11 +496,15 @@ class Keyring:
         if self._shredded.get(key.id) is None:
             self.data_key_cache.put(key.id, key)
 
-    async def shred_citizen(self, conn: AsyncConnection, citizen_id: str) -> int:
+    async def shred_citizen(
+        self, conn: AsyncConnection, citizen_id: str, *, on_event: KeyEventHook | None = None
+    ) -> int:
         """Crypto-shredding: destroy every data key of the citizen. Returns how many.
 
         The wrapped bytes are overwritten with NULL (SQLite's secure_delete zeroes the
-        freed cells), the rows are marked ``shredded``, and the keys leave the cache for good."""
+        freed cells), the rows are marked ``shredded``, and the keys leave the cache for good.
+        The key events go to ``on_event`` if given (an erasure audits them in its own
+        transaction, so they are recorded only if it commits), else to ``on_key_event``."""
         if conn.dialect.name == "sqlite":
             await conn.execute(text("PRAGMA secure_delete = ON"))
         rows = (
@@ -523,7 +527,8 @@ class Keyring:
         for row in rows:
             per_department[row.department] = per_department.get(row.department, 0) + 1
         for department, count in sorted(per_department.items()):
-            await self.emit("data_keys.shredded", department, citizen_id=citizen_id, count=count)
+            event = KeyEvent("data_keys.shredded", department, {"citizen_id": citizen_id, "count": count})
+            await (on_event or self.on_key_event)(event)
         return len(rows)
 
 

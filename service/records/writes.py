@@ -9,18 +9,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import writer as audit_writer
+from service.audit.entries import key_event_entry
 from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, encrypt_value
 from service.crypto.blind_index import NORMALISATION_VERSION
-from service.crypto.keyring import Keyring
+from service.crypto.keyring import KeyEvent, Keyring
 from service.errors import Conflict, Forbidden, ServiceError
 from service.etags import IfMatch
 from service.events import service as events_service
@@ -365,13 +367,19 @@ async def erase(
             # read above may predate the first one's commit).
             if not await repository.mark_erased(conn, citizen_id, started):
                 raise CitizenErased(disclosure.ERASED)
-            await records.keyring.shred_citizen(conn, citizen_id)
+            await records.keyring.shred_citizen(conn, citizen_id, on_event=partial(_audit_key_event, conn))
             await audit_writer.append_in_transaction(
                 conn, _erase_entry(records, facts, citizen_id, catalog, decision, status=204)
             )
             return
     refusal = _erase_entry(records, facts, citizen_id, catalog, decision, status=403)
     await records.refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
+
+
+async def _audit_key_event(conn: AsyncConnection, event: KeyEvent) -> None:
+    """A shredding's key event, in the erasure's transaction: the trail says the keys were
+    destroyed only if the erasure commits."""
+    await audit_writer.append_in_transaction(conn, key_event_entry(event))
 
 
 def _erase_entry(

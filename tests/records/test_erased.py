@@ -11,16 +11,20 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import Table, select, update
 
+from service.audit import writer as audit_writer
+from service.audit.errors import AuditUnavailable
 from service.records import reads, repository, writes
 from service.records.errors import CitizenErased, CitizenNotFound
 from service.records.models import FieldValue
-from tests.records.conftest import RecordsTx, facts_as
+from tests.records.conftest import RecordsEnv, RecordsTx, as_, facts_as
 
 PURPOSE = "benefit-eligibility"
 WELFARE = facts_as("welfare", "consumer", purpose=PURPOSE)  # may look citizens up
 PORTAL = facts_as("portal", "consumer", purpose=PURPOSE)  # no agreement at all
 MADE_UP = "00000000-0000-4000-8000-000000000042"
 VALUES = cast(Table, FieldValue.__table__)
+REGISTRAR = as_("register", "registrar")
+ERASURE = {"reason": "court-order", "legal_basis": "Court order 2026/11"}
 
 
 @pytest.fixture
@@ -251,3 +255,45 @@ class TestErasedDuringARead:
                         await reads.history(
                             records_tx.records, fraud, gone.id, "address", cursor=None, limit=5
                         )
+
+
+class TestErasureThatRollsBack:
+    async def test_records_no_shredding_when_the_erasure_does_not_commit(
+        self, committed_records_env: RecordsEnv, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The erasure's own audit entry cannot be written, so it rolls back (503) and the
+        citizen's keys stay: the audit trail must not say they were shredded."""
+        env = committed_records_env
+        citizen_id, _ = await env.register(given_name="Kept")
+
+        async def audit_down(*_args: Any) -> int:
+            raise AuditUnavailable("The audit trail cannot be written.")
+
+        monkeypatch.setattr(audit_writer, "append_in_transaction", audit_down)
+        erase = await env.client.delete(f"/v1/citizens/{citizen_id}", params=ERASURE, headers=REGISTRAR)
+        assert erase.status_code == 503, erase.text
+        monkeypatch.undo()
+        await env.app.state.keyring.on_key_event.drain()
+        read = await env.client.get(
+            f"/v1/citizens/{citizen_id}", params={"purpose": PURPOSE}, headers=as_("welfare", "consumer")
+        )
+        assert read.json()["fields"]["given_name"]["value"] == "Kept"
+        entries = await env.client.get(
+            "/v1/audit/entries", params={"citizen_id": citizen_id}, headers=as_("audit-office", "auditor")
+        )
+        assert entries.status_code == 200, entries.text
+        actions = [item["entry"]["action"] for item in entries.json()["items"]]
+        assert "key-operation" not in actions
+        assert "register" in actions  # the query finds this citizen's entries
+        # Erased for real, the shredding is recorded with the erasure.
+        erase = await env.client.delete(f"/v1/citizens/{citizen_id}", params=ERASURE, headers=REGISTRAR)
+        assert erase.status_code == 204, erase.text
+        entries = await env.client.get(
+            "/v1/audit/entries", params={"citizen_id": citizen_id}, headers=as_("audit-office", "auditor")
+        )
+        shredded = [
+            item["entry"]["reasons"][0]["reason"]
+            for item in entries.json()["items"]
+            if item["entry"]["action"] == "key-operation"
+        ]
+        assert shredded == [f"data_keys.shredded: citizen_id={citizen_id}, count=1"]

@@ -155,9 +155,17 @@ VALUE_INSERT_COLUMNS = (
 
 
 async def insert_citizens(
-    conn: AsyncConnection, citizen_ids: Sequence[str], registered_by: str, now: datetime
+    conn: AsyncConnection,
+    citizen_ids: Sequence[str],
+    registered_by: str,
+    now: datetime,
+    deceased: Collection[str] = (),
 ) -> None:
-    rows = [(citizen_id, "active", 1, registered_by, now, now) for citizen_id in citizen_ids]
+    """New citizens, active but for those in ``deceased`` (registered with a date of death)."""
+    rows = [
+        (citizen_id, "deceased" if citizen_id in deceased else "active", 1, registered_by, now, now)
+        for citizen_id in citizen_ids
+    ]
     await bulk.insert_rows(conn, citizens, _CITIZEN_INSERT_COLUMNS, rows)
 
 

@@ -35,7 +35,7 @@ from service.records.service import (
     registered_national_ids,
 )
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
-from service.records.writes import encrypted_rows, owner_decisions, registered_entry
+from service.records.writes import encrypted_rows, owner_decisions, registered_entry, status_written
 
 
 async def register_population(
@@ -75,7 +75,8 @@ async def store_registrations(
     the citizens' insert holds SQLite's write lock."""
     ids = [str(uuid.uuid4()) for _ in cleaned]
     written_by = facts.principal.client_id
-    await repository.insert_citizens(conn, ids, written_by, started)
+    deceased = _deceased(catalog, ids, cleaned)
+    await repository.insert_citizens(conn, ids, written_by, started, deceased)
     if check is not None and await registered_national_ids(conn, keyring, catalog, check):
         raise Conflict("A citizen in the batch is already registered.")
     owners_of = [sorted({s.owner for n in clean if (s := catalog.field(n))}) for clean in cleaned]
@@ -112,6 +113,8 @@ class RegistrationsAhead:
     audit_rows: list[audit_writer.Values]
     written_by: str
     started: datetime
+    # Those registered with a date of death.
+    deceased: list[str]
 
     def without_material(self) -> RegistrationsAhead:
         """The same with the data keys only in their wrapped form, to send to the process
@@ -163,9 +166,21 @@ def registrations_ahead(
             started,
         )
     ]
+    audit_rows = registered_rows(facts, catalog, ids, cleaned)
     return RegistrationsAhead(
-        ids, keys, rows, registered_rows(facts, catalog, ids, cleaned), written_by, started
+        ids, keys, rows, audit_rows, written_by, started, _deceased(catalog, ids, cleaned)
     )
+
+
+def _deceased(
+    catalog: Catalog, citizen_ids: Sequence[str], cleaned: Sequence[Mapping[str, values.JsonValue]]
+) -> list[str]:
+    """The citizens among new ones whose values make them deceased (``status_written``)."""
+    return [
+        citizen_id
+        for citizen_id, clean in zip(citizen_ids, cleaned, strict=True)
+        if status_written(catalog, clean) == "deceased"
+    ]
 
 
 def registered_rows(
@@ -199,7 +214,7 @@ async def store_registrations_ahead(
     ``store_registrations``."""
     if not await keyring.data_keys_ahead_hold(conn, ahead.keys):
         return False
-    await repository.insert_citizens(conn, ahead.citizen_ids, ahead.written_by, ahead.started)
+    await repository.insert_citizens(conn, ahead.citizen_ids, ahead.written_by, ahead.started, ahead.deceased)
     await keyring.store_data_keys_ahead(conn, ahead.keys)
     await repository.insert_values(conn, ahead.value_rows)
     return True
@@ -219,13 +234,9 @@ async def store_revisions(
     encrypted under the citizen's data key as the next versions, and one change event per
     citizen. Returns the ``write`` audit entries for the caller to append last. A citizen
     erased meanwhile is skipped and has no entry."""
-    death = catalog.death_field
     bumped = await repository.bump_versions(
         conn,
-        [
-            (citizen_id, "deceased" if death is not None and death.name in fields else None)
-            for citizen_id, fields in revisions.items()
-        ],
+        [(citizen_id, status_written(catalog, fields)) for citizen_id, fields in revisions.items()],
         started,
     )
     present = {citizen_id: fields for citizen_id, fields in revisions.items() if citizen_id in bumped}

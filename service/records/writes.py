@@ -104,6 +104,13 @@ async def store_values(
     return versions
 
 
+def status_written(catalog: Catalog, names: Iterable[str]) -> str | None:
+    """The status storing values of ``names`` gives a citizen: deceased when the catalog's
+    death field is among them (at registration as in a later write), else unchanged."""
+    death = catalog.death_field
+    return "deceased" if death is not None and death.name in names else None
+
+
 async def register(
     records: RecordsService, facts: RequestFacts, national_id: str, fields: Mapping[str, Any]
 ) -> Registered:
@@ -140,12 +147,14 @@ async def register(
         )
     citizen_id = str(uuid.uuid4())
     written_by = facts.principal.client_id
+    status = status_written(catalog, clean) or "active"
     try:
         async with records.transactions.begin() as conn:
             # Insert first: on SQLite that takes the write lock, so the duplicate check
             # below sees every committed registration; on PostgreSQL an advisory lock on
             # the blind index does the same.
-            await repository.insert_citizens(conn, [citizen_id], written_by, started)
+            deceased = [citizen_id] if status == "deceased" else []
+            await repository.insert_citizens(conn, [citizen_id], written_by, started, deceased)
             await require_unregistered(records, conn, catalog, clean[NATIONAL_ID_FIELD], citizen_id)
             await store_values(records, conn, catalog, citizen_id, clean, written_by, started)
             entry = registered_entry(facts, catalog, citizen_id, clean)
@@ -154,7 +163,7 @@ async def register(
         # Rolled back: audited as a refused attempt, once the transaction is over (the
         # audit writer waits for SQLite's write lock, which it held).
         await records.refuse(refusal(duplicate.status), duplicate)
-    return Registered(id=citizen_id, status="active", version=1, fields=sorted(clean))
+    return Registered(id=citizen_id, status=status, version=1, fields=sorted(clean))
 
 
 async def require_unregistered(
@@ -267,8 +276,7 @@ async def _store_write(
     name the record's version), the national id's check (409), the values, the change
     events and the audit entry."""
     names = list(clean)
-    death = catalog.death_field
-    status = "deceased" if death is not None and death.name in clean else None
+    status = status_written(catalog, clean)
     bumped = await repository.bump_version(
         conn,
         citizen_id,

@@ -171,7 +171,8 @@ async def create_client(
 async def disable_client(client_id: ClientId, admin: Admin, session: SessionDep) -> ClientOut:
     """Disable one of your department's clients: its tokens are refused from the very next
     request, by every replica. Audited as `client-disable` under your client; disabling a
-    disabled client changes nothing. 404 for a client of another department."""
+    disabled client changes nothing. 404 for a client of another department; 403 for one
+    holding a role only an operator grants (auditor, admin)."""
     client = await auth_service.disable_client(
         session, admin.client_id, client_id, department=admin.department
     )

@@ -241,11 +241,21 @@ async def disable_client(
 ) -> Client:
     """Disable a client, audited (``client-disable``) under ``actor``; its tokens are
     refused from the very next request, in every process. With ``department`` (an admin
-    client's), only that department's clients are found: another's is 404, as if unknown.
-    Disabling a disabled client changes nothing and records nothing."""
+    client's), only that department's clients are found: another's is 404, as if unknown;
+    and only those it could have registered (``ADMIN_GRANTABLE_ROLES``): one holding a role
+    only an operator grants (an auditor, another admin) is 403, so a department's admin
+    cannot switch off the clients that check it. Disabling a disabled client changes
+    nothing and records nothing."""
     client = await session.get(Client, client_id)
     if client is None or (department is not None and client.department != department):
         raise ClientNotFound(f"No client {client_id!r}.")
+    if department is not None:
+        beyond = sorted(set(client.roles) - ADMIN_GRANTABLE_ROLES)
+        if beyond:
+            raise Forbidden(
+                f"Only an operator (tellonce clients disable) disables a client with the role(s): "
+                f"{', '.join(beyond)}."
+            )
     if client.disabled_at is None:
         client.disabled_at = utcnow()
         await session.flush()

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.models import AuditEntryRow
+from service.auth.models import Client
 from tests.fixtures.tokens import fetch_token, register, token_for
 
 pytestmark = pytest.mark.usefixtures("catalog_loaded")
@@ -264,6 +265,20 @@ class TestDisable:
         unknown = await client.post("/v1/clients/tc_nobody/disable", headers=bearer(token))
         assert assert_problem(other, 404) == f"No client {theirs.client_id!r}."
         assert assert_problem(unknown, 404) == "No client 'tc_nobody'."
+        assert await audited(session, "client-disable") == []
+
+    @pytest.mark.parametrize("roles", [("auditor",), ("admin",), ("consumer", "admin")])
+    async def test_a_client_only_an_operator_registers_is_403(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, roles: tuple[str, ...]
+    ) -> None:
+        target = await register(session, "welfare", *roles)
+        token = await token_for(app, session, "welfare", "admin")
+        refused = await client.post(f"/v1/clients/{target.client_id}/disable", headers=bearer(token))
+        assert "Only an operator" in assert_problem(refused, 403)
+        stored = await session.get(Client, target.client_id)
+        assert stored is not None
+        await session.refresh(stored)
+        assert stored.disabled_at is None
         assert await audited(session, "client-disable") == []
 
     async def test_an_overlong_id_is_422(

@@ -131,6 +131,10 @@ def import_file(
     the API validates a request, encrypted, blind-indexed and audited; rows already stored
     change nothing. Exit 1 if any row was refused (each listed with its line and reason,
     never its values), 2 if the file cannot be imported at all (nothing is written)."""
+    if reject_file is not None and reject_file.exists() and reject_file.samefile(file):
+        # Opened for writing, it would be emptied before a row of it was read.
+        errors.print("tellonce import: the reject file is the file being imported", markup=False)
+        raise typer.Exit(2)
     settings = get_settings()
     keyring = Keyring.from_settings(settings)
     key_events = KeyEventsCollected(operator.audit_client_id())

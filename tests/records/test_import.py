@@ -696,6 +696,25 @@ class TestRefusedRows:
         assert "no department 'nosuch' in the catalog" in unknown.stderr
 
 
+class TestRejectFile:
+    async def test_the_file_being_imported_is_refused_as_the_reject_file_and_kept(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(2)
+        rows = [_person(ids[0], 0), {**_person(ids[1], 1), "date_of_birth": "bad"}]
+        path = _write_csv(tmp_path / "people.csv", REGISTER_COLUMNS, rows)
+        original = path.read_bytes()
+        runs_before = await _count(store, select(func.count()).select_from(ImportRun))
+
+        result = _cli(store, tmp_path, "--department", "register", str(path), "--reject-file", str(path))
+
+        assert result.returncode == 2
+        assert "the reject file is the file being imported" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert path.read_bytes() == original
+        assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
+
 class TestJsonLines:
     async def test_typed_values_and_unreadable_lines(self, store: Store, tmp_path: Path) -> None:
         ids = _ids(4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -77,8 +78,9 @@ class _RowsPerSecond(ProgressColumn):
 
 
 class _RejectFile:
-    """Refused rows as CSV (line, reason), no values. On resume, the lines an earlier run
-    reported beyond the last committed row are dropped: their rows run again."""
+    """Refused rows as CSV (line, reason), no values, in a file only its owner may read. On
+    resume, the lines an earlier run reported beyond the last committed row are dropped:
+    their rows run again."""
 
     def __init__(self, path: Path, keep_up_to_line: int | None) -> None:
         kept: list[list[str]] = []
@@ -90,7 +92,10 @@ class _RejectFile:
                     for r in list(csv.reader(old))[1:]
                     if len(r) == 2 and ascii_digits(r[0]) and int(r[0]) <= keep_up_to_line
                 ]
-        self.handle: TextIO = path.open("w", newline="", encoding="utf-8")
+        # The reasons name fields of people's records: for the owner only, as a key file is.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # a file there already keeps its mode otherwise
+        self.handle: TextIO = os.fdopen(descriptor, "w", newline="", encoding="utf-8")
         self.writer = csv.writer(self.handle)
         self.writer.writerow(["line", "reason"])
         self.writer.writerows(kept)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -713,6 +714,28 @@ class TestRejectFile:
         assert "Traceback" not in result.stderr
         assert path.read_bytes() == original
         assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
+    async def test_is_readable_by_its_owner_only_whether_new_or_overwritten(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(4)
+        rejects = tmp_path / "rejects.csv"
+        for n, existing in enumerate((False, True)):
+            if existing:
+                rejects.write_text("old\n", encoding="utf-8")
+                rejects.chmod(0o644)
+            rows = [_person(ids[2 * n], 0), {**_person(ids[2 * n + 1], 1), "date_of_birth": "bad"}]
+            path = _write_csv(tmp_path / f"people{n}.csv", REGISTER_COLUMNS, rows)
+
+            result = _cli(
+                store, tmp_path, "--department", "register", str(path), "--reject-file", str(rejects)
+            )
+
+            assert result.returncode == 1, result.stderr
+            assert stat.S_IMODE(rejects.stat().st_mode) == 0o600
+            assert rejects.read_text().splitlines()[1:] == [
+                "3,date_of_birth must be an ISO 8601 date (YYYY-MM-DD)"
+            ]
 
 
 class TestJsonLines:

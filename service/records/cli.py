@@ -152,7 +152,12 @@ def import_file(
             earlier = await importing.earlier_run(database.engine, plan) if resume else None
             finished = earlier is not None and earlier.finished_at is not None
             keep = (earlier.last_line if earlier is not None else 0) if resume else None
-            rejects = _RejectFile(reject_file, keep) if reject_file else None
+            try:
+                rejects = _RejectFile(reject_file, keep) if reject_file else None
+            except OSError as exc:
+                # Before any row: nothing is written. The reason, not a traceback.
+                reason = exc.strerror or type(exc).__name__
+                raise importing.ImportRefused(f"cannot write the reject file: {reason}") from None
             columns = (
                 TextColumn("[bold]importing"),
                 BarColumn(),

@@ -737,6 +737,23 @@ class TestRejectFile:
                 "3,date_of_birth must be an ISO 8601 date (YYYY-MM-DD)"
             ]
 
+    @pytest.mark.parametrize("where", ["missing/rejects.csv", "."])
+    async def test_one_that_cannot_be_written_stops_it_before_any_row_in_one_line(
+        self, store: Store, tmp_path: Path, where: str
+    ) -> None:
+        (national_id,) = _ids(1)
+        path = _write_csv(tmp_path / "people.csv", REGISTER_COLUMNS, [_person(national_id, 0)])
+        runs_before = await _count(store, select(func.count()).select_from(ImportRun))
+
+        result = _cli(
+            store, tmp_path, "--department", "register", str(path), "--reject-file", str(tmp_path / where)
+        )
+
+        assert result.returncode == 2
+        assert result.stderr.startswith("tellonce import: cannot write the reject file")
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
 
 class TestJsonLines:
     async def test_typed_values_and_unreadable_lines(self, store: Store, tmp_path: Path) -> None:

@@ -84,10 +84,14 @@ def scan(path: Path, file_format: ImportFormat) -> ScannedFile:
 def _csv_shape(path: Path) -> tuple[tuple[str, ...], int]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise ImportFileError("the CSV file has no header row")
-        count = sum(1 for record in reader if any(record))
+        try:
+            header = next(reader, None)
+            if not header:
+                raise ImportFileError("the CSV file has no header row")
+            count = sum(1 for record in reader if any(record))
+        except csv.Error as exc:
+            # The reader's message names the rule (a cell over the limit), never the cell.
+            raise ImportFileError(f"the CSV file cannot be read at line {reader.line_num}: {exc}") from None
     return tuple(name.strip() for name in header), count
 
 

@@ -680,6 +680,24 @@ class TestRefusedRows:
         for value in (national_id, "Philippa", "1961-04-30", "Secret"):
             assert value not in result.stdout + result.stderr
 
+    async def test_a_cell_beyond_the_csv_readers_limit_stops_it_in_one_line(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        (national_id,) = _ids(1)
+        path = tmp_path / "huge.csv"
+        path.write_text(f"national_id,address\n{national_id},Secret{'x' * (17 << 20)}\n", encoding="utf-8")
+        runs_before = await _count(store, select(func.count()).select_from(ImportRun))
+
+        result = _cli(store, tmp_path, "--department", "register", str(path))
+
+        assert result.returncode == 2
+        message = " ".join(result.stderr.split())
+        assert message == (
+            "tellonce import: the CSV file cannot be read at line 2: field larger than field limit (16777216)"
+        )
+        assert "Secret" not in result.stdout + result.stderr
+        assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
     async def test_a_csv_file_read_as_json_lines_is_named_as_such(self, store: Store, tmp_path: Path) -> None:
         (national_id,) = _ids(1)
         path = _write_csv(tmp_path / "p.csv", ["national_id", "given_name"], [{"national_id": national_id}])

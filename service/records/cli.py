@@ -35,9 +35,10 @@ from service.records.import_files import ImportFormat
 from service.records.reindex import ReindexResult, rebuild_blind_indexes
 
 app = typer.Typer(no_args_is_help=True, help="Citizen records maintenance.")
-console = Console()
-# Progress and refused rows go to stderr, the summary to stdout.
-errors = Console(stderr=True)
+# Progress and refused rows go to stderr, the summary to stdout. Each line stays one line
+# (soft wrap), whatever the terminal's width: scripts read them line by line.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("reindex")

@@ -634,6 +634,22 @@ class TestRefusedRows:
         for value in ("31/12/1999", ids[1], "Imogen1"):
             assert value not in result.stdout + result.stderr
 
+    async def test_each_refused_row_is_one_line_on_stderr_however_long_its_reason(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        (national_id,) = _ids(1)
+        await _import(store, _write_csv(tmp_path / "first.csv", REGISTER_COLUMNS, [_person(national_id, 0)]))
+        path = _write_csv(tmp_path / "other.csv", REGISTER_COLUMNS, [_person(national_id, 1)])
+
+        result = _cli(store, tmp_path, "--department", "register", str(path))
+
+        assert result.returncode == 1, result.stderr
+        reason = (
+            "already registered, with other values of address, date_of_birth, given_name; "
+            "write them with --mode update"
+        )
+        assert f"line 2: {reason}" in result.stderr.splitlines()
+
     @pytest.mark.parametrize(
         ("department", "columns", "message"),
         [

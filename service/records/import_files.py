@@ -100,7 +100,8 @@ def _jsonl_shape(path: Path) -> tuple[tuple[str, ...], int]:
     shapes: set[frozenset[str]] = set()
     count = 0
     with path.open("rb") as handle:
-        for line in handle:
+        for number, raw in enumerate(handle, 1):
+            line = _without_bom(number, raw)
             if not line.strip():
                 continue
             count += 1
@@ -161,7 +162,8 @@ def _typed(kind: str, cell: str) -> Any:
 
 def _jsonl_rows(path: Path, after_line: int) -> Iterator[SourceRow]:
     with path.open("rb") as handle:
-        for number, line in enumerate(handle, 1):
+        for number, raw in enumerate(handle, 1):
+            line = _without_bom(number, raw)
             if number <= after_line or not line.strip():
                 continue
             try:
@@ -173,3 +175,9 @@ def _jsonl_rows(path: Path, after_line: int) -> Iterator[SourceRow]:
                 yield SourceRow(number, {}, "the line is not a JSON object")
                 continue
             yield SourceRow(number, parsed)
+
+
+def _without_bom(number: int, line: bytes) -> bytes:
+    """The line without the byte order mark a file may start with, as the CSV reader's
+    ``utf-8-sig`` drops it."""
+    return line.removeprefix(codecs.BOM_UTF8) if number == 1 else line

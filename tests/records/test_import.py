@@ -817,6 +817,20 @@ class TestJsonLines:
             importing.Rejection(6, "licence_status: a value is required (null cannot be written)"),
         ]
 
+    async def test_a_byte_order_mark_and_crlf_line_ends_are_read_as_in_csv(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(2)
+        path = tmp_path / "bom.jsonl"
+        lines = [json.dumps({"national_id": i, "given_name": "Bo"}) for i in ids]
+        path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+
+        imported = await _import(store, path, file_format="jsonl")
+
+        assert imported.rejections == []
+        assert imported.report.counts.registered == 2
+        assert await _read(store, await _lookup(store, ids[0]), ["given_name"]) == {"given_name": ("Bo", 1)}
+
     async def test_csv_cells_take_their_fields_types(self, store: Store, tmp_path: Path) -> None:
         ids = _ids(2)
         await _import(

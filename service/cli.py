@@ -260,7 +260,7 @@ def init(
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
-    port: int = typer.Option(8000, help="Port to bind."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to bind."),
     workers: int = typer.Option(1, min=1, help="Worker processes."),
     no_worker: bool = typer.Option(
         False, "--no-worker", help="Do not run the audit sequencer and event dispatcher in-process."

@@ -189,6 +189,27 @@ class TestUnusableDatabase:
         assert unusable_database(ValueError("no")) is None
 
 
+class TestPortOutOfRange:
+    """A port no socket can bind is a usage error before anything starts, as `demo` does."""
+
+    @pytest.mark.parametrize("command", [["serve"], ["witness", "serve"]])
+    @pytest.mark.parametrize("port", ["0", "65536", "99999999"])
+    def test_exit_2_naming_the_option(self, command: list[str], port: str, tmp_path: Path) -> None:
+        witness = ["--key", str(tmp_path / "k"), "--state", str(tmp_path / "s"), "--log", "x"]
+        args = [*command, "--port", port, *(witness if command[0] == "witness" else [])]
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "TELLONCE_DATA_DIR": str(tmp_path / "data")},
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Invalid value for '--port'" in result.stderr
+        assert "Uvicorn running" not in result.stderr
+
+
 class TestAuditVerifyExitCodes:
     """Exit 1 is a verdict on the log; what keeps the check from running is exit 2."""
 

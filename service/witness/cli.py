@@ -55,7 +55,7 @@ def keygen(
 @app.command("serve")
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    port: int = typer.Option(8100, "--port", help="Port to bind."),
+    port: int = typer.Option(8100, "--port", min=1, max=65535, help="Port to bind."),
     key: Path = typer.Option(..., "--key", help="The witness private key file (from keygen)."),
     state: Path = typer.Option(..., "--state", help="The witness's own SQLite state file."),
     log: list[str] = typer.Option(

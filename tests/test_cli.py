@@ -169,6 +169,24 @@ class TestUnusableDatabase:
         assert line.startswith(f"tellonce: the database {url} has no schema, or an older one (")
         assert line.endswith("): run `tellonce db upgrade` first")
 
+    def test_import_into_a_database_never_migrated_says_to_migrate(
+        self, tmp_path: Path, database_url: str
+    ) -> None:
+        """Not "stopped by a database error ... run again with --resume": nothing ran."""
+        register = tmp_path / "register.csv"
+        register.write_text("national_id,given_name\nZZ00000000A,Ada\n")
+        url = asyncio.run(create_scratch_database(database_url, migrate=False))
+        try:
+            result = self._run(["import", "--department", "register", str(register)], url, tmp_path)
+        finally:
+            asyncio.run(drop_scratch_database(url))
+        assert result.returncode == 2, result.stderr
+        # After the development root key's creation, if any: one line.
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"tellonce: the database {url} has no schema, or an older one (")
+        assert line.endswith("): run `tellonce db upgrade` first")
+        assert "--resume" not in result.stderr
+
     def test_import_keeps_its_resume_advice(self, tmp_path: Path) -> None:
         register = tmp_path / "register.csv"
         register.write_text("national_id,given_name\nZZ00000000A,Ada\n")

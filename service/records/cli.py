@@ -28,7 +28,7 @@ from service import operator
 from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto.keyring import Keyring
-from service.db import Database, unusable_database
+from service.db import Database, missing_schema, unusable_database
 from service.digits import ascii_digits
 from service.records import import_worker, importing
 from service.records.import_files import ImportFormat
@@ -211,6 +211,8 @@ def import_file(
         )
         raise typer.Exit(1) from None
     except (SQLAlchemyError, OSError) as exc:
+        if missing_schema(exc) is not None:
+            raise  # never migrated: the command's one line says to migrate, not to resume
         # The driver's message, never the statement's parameters (ciphertexts, blind indexes).
         reason = unusable_database(exc)
         if reason is None and isinstance(exc, OSError):

@@ -67,7 +67,7 @@ def create(
     """Register a client. Its secret is printed now and never again."""
     role_list = [r.strip() for r in roles.split(",") if r.strip()]
     try:
-        public_jwk = auth_service.parse_public_jwk(jwk.read_text()) if jwk else None
+        public_jwk = auth_service.parse_public_jwk(jwk.read_bytes()) if jwk else None
     except ServiceError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(1) from None

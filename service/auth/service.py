@@ -65,11 +65,12 @@ class NewClient:
         return out
 
 
-def parse_public_jwk(text: str) -> dict[str, Any]:
-    """A public JWK (EC, OKP or RSA) from JSON; refuses private keys and junk."""
+def parse_public_jwk(text: str | bytes) -> dict[str, Any]:
+    """A public JWK (EC, OKP or RSA) from JSON; refuses private keys and junk (bytes that
+    are not UTF-8 text, nesting too deep to parse, included)."""
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidClientRegistration("The JWK is not valid JSON.") from None
     return check_public_jwk(document)
 

@@ -77,6 +77,18 @@ class TestClientsCli:
         assert code == 1
         assert err == "error: The JWK contains private key material; register the public key.\n"
 
+    @pytest.mark.parametrize("content", [b"\xff\xfe\x00", b"[" * 100_000])
+    def test_a_jwk_file_that_is_not_json_text_is_one_line(
+        self, invoke: Invoke, tmp_path: Path, content: bytes
+    ) -> None:
+        jwk_file = tmp_path / "odd.jwk"
+        jwk_file.write_bytes(content)
+        code, _, err = invoke(
+            "clients", "create", "--department", "dvla", "--roles", "consumer", "--jwk", str(jwk_file)
+        )
+        assert code == 1
+        assert err == "error: The JWK is not valid JSON.\n"
+
     def test_disable_unknown_client_exits_1(self, invoke: Invoke) -> None:
         code, _, err = invoke("clients", "disable", "tc_nobody")
         assert code == 1

@@ -283,5 +283,8 @@ def keygen(
     except FileExistsError:
         typer.echo(f"{out} exists; a signing key is never overwritten", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"cannot write {out}: {exc.strerror or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(signer.verifier_key())
     typer.echo(f"private key written to {out}; add the line above as signing_key: of {department}", err=True)

@@ -253,6 +253,13 @@ class TestCommands:
         assert result.returncode == 1
         assert (tmp_path / "k").read_text() == "x"
 
+    def test_keygen_into_a_missing_folder_is_one_line(self, tmp_path: Path) -> None:
+        out = tmp_path / "absent" / "dvla.key"
+        result = _cli("owners", "keygen", "--department", "dvla", "--out", str(out))
+        assert result.returncode == 1
+        assert result.stderr == f"cannot write {out}: No such file or directory\n"
+        assert result.stdout == ""
+
     def test_apply_refuses_unsigned_and_stores_nothing(self, tmp_path: Path, scratch_database: str) -> None:
         folder, _signers = signed_folder(tmp_path, "dvla")
         edit_agreement_line(

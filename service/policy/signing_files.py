@@ -34,6 +34,8 @@ def read_private_key(path: Path) -> OwnerSigner:
         return OwnerSigner.parse(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SigningKeyError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SigningKeyError("not a signing key file (not UTF-8 text)") from None
 
 
 @dataclass

@@ -260,6 +260,15 @@ class TestCommands:
         assert result.stderr == f"cannot write {out}: No such file or directory\n"
         assert result.stdout == ""
 
+    @pytest.mark.parametrize("command", [["policies", "sign", "POLICIES"], ["owners", "sign"]])
+    def test_a_key_file_that_is_not_text_is_one_line(self, tmp_path: Path, command: list[str]) -> None:
+        key = tmp_path / "binary.key"
+        key.write_bytes(b"\xff\xfe\x00\x01")
+        args = [str(TEST_POLICIES) if part == "POLICIES" else part for part in command]
+        result = _cli(*args, "--key", str(key))
+        assert result.returncode == 1
+        assert result.stderr == f"{key}: not a signing key file (not UTF-8 text)\n"
+
     def test_apply_refuses_unsigned_and_stores_nothing(self, tmp_path: Path, scratch_database: str) -> None:
         folder, _signers = signed_folder(tmp_path, "dvla")
         edit_agreement_line(

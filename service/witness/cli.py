@@ -74,6 +74,9 @@ def serve(
     except (OSError, CheckpointError) as exc:
         typer.echo(f"cannot start the witness: {exc}", err=True)
         raise typer.Exit(2) from None
+    except UnicodeDecodeError:
+        typer.echo("cannot start the witness: a --key or --log file is not UTF-8 text", err=True)
+        raise typer.Exit(2) from None
     witness_state = WitnessState(state, signer, logs)
     typer.echo(f"witness {signer.verifier_key()} on http://{host}:{port}", err=True)
     try:

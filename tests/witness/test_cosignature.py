@@ -137,6 +137,26 @@ class TestKeygen:
         assert out.read_text() == "existing"
 
 
+class TestServeRefusals:
+    @pytest.mark.parametrize("which", ["key", "log"])
+    def test_a_key_or_log_file_that_is_not_text_is_one_line(
+        self, tmp_path: Path, signer: CosignatureSigner, which: str
+    ) -> None:
+        key = tmp_path / "witness.key"
+        key.write_text(signer.private_key_text())
+        binary = tmp_path / "binary"
+        binary.write_bytes(b"\xff\xfe\x00\x01")
+        args = ["--key", str(binary if which == "key" else key), "--state", str(tmp_path / "state.db")]
+        args += ["--log", str(binary) if which == "log" else signer.verifier_key()]
+
+        result = CliRunner().invoke(cli, ["witness", "serve", "--port", "8100", *args])
+
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("cannot start the witness: ")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "state.db").exists()
+
+
 class TestCosignatureLines:
     """Every line with the witness's name and key id is verified (C2SP signed-note)."""
 

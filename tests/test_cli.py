@@ -240,6 +240,23 @@ class TestAuditVerifyExitCodes:
         assert result.exit_code == 2, result.output
         assert "--key/--witness: a verifier key is" in result.stderr
 
+    @pytest.mark.parametrize("option", ["--key", "--witness", "--owner-key"])
+    def test_a_key_file_that_is_not_text_is_a_usage_error(self, tmp_path: Path, option: str) -> None:
+        bundle = tmp_path / "bundle.jsonl"
+        bundle.write_text("")
+        binary = tmp_path / "binary.vkey"
+        binary.write_bytes(b"\xff\xfe\x00\x01")
+        key = NoteSigner("audit.example/log", Ed25519PrivateKey.generate()).verifier_key()
+        if option == "--owner-key":
+            args = ["audit", "check-releases", "--bundle", str(bundle), "--owner", "dvla", "--owner-key"]
+            args += [str(binary), "--key", key]
+        else:
+            args = ["audit", "verify", "--bundle", str(bundle), "--key", key, option, str(binary)]
+        result = CliRunner().invoke(cli_app, args)
+        assert result.exit_code == 2, result.output
+        named = "--owner-key" if option == "--owner-key" else "--key/--witness"
+        assert result.stderr == f"{named}: cannot read {binary}: not UTF-8 text\n"
+
     def test_an_unreadable_bundle_is_not_a_verdict(self, tmp_path: Path) -> None:
         key = NoteSigner("audit.example/log", Ed25519PrivateKey.generate()).verifier_key()
         result = CliRunner().invoke(

@@ -60,9 +60,17 @@ def _verifier_from(key: str | None) -> NoteVerifier:
 
 
 def _text_or_file(value: str) -> str:
-    """A key given inline, or the text of the file it names."""
+    """A key given inline, or the text of the file it names; ``CheckpointError`` (a usage
+    error, not a verdict on the log) if that file cannot be read as text."""
     path = Path(value)
-    return path.read_text(encoding="utf-8") if path.is_file() else value
+    if not path.is_file():
+        return value
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"cannot read {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
 
 def trusted_checkpoint(path: Path, verifier: NoteVerifier) -> StoredCheckpoint:
@@ -413,7 +421,7 @@ def check_releases(
     """
     try:
         owner_verifier = OwnerVerifier.parse(_text_or_file(owner_key), owner)
-    except SigningKeyError as exc:
+    except (SigningKeyError, CheckpointError) as exc:
         typer.echo(f"--owner-key: {exc}", err=True)
         raise typer.Exit(2) from None
     try:

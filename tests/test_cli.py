@@ -298,6 +298,23 @@ def applied(scratch_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     get_settings.cache_clear()
 
 
+class TestAuditExport:
+    def test_a_bundle_that_cannot_be_written_is_one_line(
+        self, scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        monkeypatch.setenv("TELLONCE_ENV", "test")
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path / "data"))
+        get_settings.cache_clear()
+        out = tmp_path / "absent" / "bundle.jsonl"
+        try:
+            result = CliRunner().invoke(cli_app, ["audit", "export", "--out", str(out)])
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code == 1, result.output
+        assert result.stderr == f"cannot write {out}: No such file or directory\n"
+
+
 class TestPoliciesExplain:
     ASK = ("--field", "licence_status", "--purpose", "benefit-eligibility")
 

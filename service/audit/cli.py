@@ -391,7 +391,13 @@ def export(out: Path = typer.Option(..., "--out", help="The bundle file to write
     """Write the log, its cosigned checkpoints and the verifier key as one bundle for offline checks."""
     settings = get_settings()
     signer = load_signer(settings, AuditSettings().origin)
-    size = asyncio.run(export_bundle(settings.database_url, signer, out))
+    try:
+        size = asyncio.run(export_bundle(settings.database_url, signer, out))
+    except OSError as exc:
+        if unusable_database(exc) is not None:
+            raise  # `tellonce` names the database and exits 2
+        typer.echo(f"cannot write {out}: {exc.strerror or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"exported {size} entries to {out}")
 
 

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -41,7 +42,8 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
                 TimeRemainingColumn(),
                 console=console,
             ) as bar:
-                task = bar.add_task(label, total=None)
+                # The label names the department as typed: text, not rich markup.
+                task = bar.add_task(escape(label), total=None)
 
                 def report(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
@@ -56,7 +58,7 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
     try:
         return asyncio.run(main())
     except NoDepartmentKeys as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
 
 

@@ -336,6 +336,34 @@ class TestKeysCommand:
             get_settings.cache_clear()
         assert asyncio.run(read_in_fresh_loop(scratch_database, root)) == known
 
+    @pytest.mark.parametrize("command", ["rotate", "reencrypt"])
+    def test_a_department_name_with_brackets_is_printed_as_given(
+        self,
+        scratch_database: str,
+        root: bytes,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        command: str,
+    ) -> None:
+        """Not read as rich markup, whose unmatched closing tag was a MarkupError traceback."""
+        import base64
+
+        from service.cli import app
+
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        monkeypatch.setenv("TELLONCE_ENV", "test")
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(root).decode())
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(
+                app, ["keys", command, "--department", "[/bold]"], env={"COLUMNS": "200"}
+            )
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code == 1, result.output
+        assert "department '[/bold]' has no keys yet" in result.output
+
 
 async def populate_in_fresh_loop(url: str, keyring: Keyring) -> dict[int, str]:
     from service.db import create_engine

@@ -17,6 +17,7 @@ import codecs
 import csv
 import hashlib
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class SourceRow:
 
 def scan(path: Path, file_format: ImportFormat) -> ScannedFile:
     """Hash the file, check it is UTF-8, and read its columns and row count."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        # A pipe's rows would be gone by the second reading (or it would wait for a writer).
+        raise ImportFileError("the file is not a regular file (a pipe?): it is read more than once")
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0

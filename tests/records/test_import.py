@@ -714,6 +714,27 @@ class TestRefusedRows:
         assert "Secret" not in result.stdout + result.stderr
         assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
 
+    async def test_a_pipe_is_refused_as_such_rather_than_as_a_file_without_a_header(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """The file is read more than once (checked, then imported): a pipe's rows would be
+        gone by the second reading."""
+        (national_id,) = _ids(1)
+        fifo = tmp_path / "people.fifo"
+        os.mkfifo(fifo)
+        source = _write_csv(tmp_path / "people.csv", REGISTER_COLUMNS, [_person(national_id, 0)])
+        feeding = subprocess.Popen(["sh", "-c", 'cat "$1" > "$2"', "sh", str(source), str(fifo)])
+        try:
+            result = _cli(store, tmp_path, "--department", "register", str(fifo))
+        finally:
+            feeding.kill()
+            feeding.wait()
+
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            "tellonce import: the file is not a regular file (a pipe?): it is read more than once"
+        )
+
     async def test_a_csv_file_read_as_json_lines_is_named_as_such(self, store: Store, tmp_path: Path) -> None:
         (national_id,) = _ids(1)
         path = _write_csv(tmp_path / "p.csv", ["national_id", "given_name"], [{"national_id": national_id}])

@@ -31,6 +31,9 @@ ImportFormat = Literal["csv", "jsonl"]
 
 _CHUNK = 1 << 20
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
+# An integer field's values are within +-(2**53 - 1), at most 16 digits (records.values).
+_INTEGER_LIMIT = 2**53
+_MAX_INTEGER_DIGITS = 16
 # Cells longer than any field's limit are refused by validation; the csv module's own
 # limit (128 KiB) would otherwise stop the whole file at one oversized cell.
 csv.field_size_limit(1 << 24)
@@ -158,6 +161,10 @@ def _csv_rows(path: Path, catalog: Catalog, after_line: int) -> Iterator[SourceR
 def _typed(kind: str, cell: str) -> Any:
     """A CSV cell as the JSON value of its field's type, where it reads as one."""
     if kind == "integer" and _INTEGER.match(cell):
+        if len(cell.lstrip("+-").lstrip("0")) > _MAX_INTEGER_DIGITS:
+            # No integer in range has more digits, and int() refuses thousands of them
+            # (Python's conversion limit): the nearest value out of range, refused as such.
+            return -_INTEGER_LIMIT if cell.startswith("-") else _INTEGER_LIMIT
         return int(cell)
     if kind == "boolean" and cell in ("true", "false"):
         return cell == "true"

@@ -871,6 +871,34 @@ class TestJsonLines:
         assert await _read(store, citizen_id, ["licence_status"]) == {"licence_status": ("valid", 1)}
 
 
+class TestCsvIntegers:
+    async def test_a_cell_of_thousands_of_digits_is_refused_as_out_of_range(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """Not a ValueError from Python's limit on converting long digit strings, which
+        stopped the import."""
+        ids = _ids(3)
+        await _import(
+            store, _write_csv(tmp_path / "p.csv", ["national_id"], [{"national_id": i} for i in ids])
+        )
+        rows = [
+            {"national_id": ids[0], "points": "9" * 5000},
+            {"national_id": ids[1], "points": "-" + "9" * 17},
+            {"national_id": ids[2], "points": "0" * 30 + "7"},
+        ]
+
+        imported = await _import(
+            store, _write_csv(tmp_path / "d.csv", ["national_id", "points"], rows), "dvla", "update"
+        )
+
+        assert imported.rejections == [
+            importing.Rejection(2, "points is out of range"),
+            importing.Rejection(3, "points is out of range"),
+        ]
+        # Leading zeros are not digits of the value: 7 is written.
+        assert imported.report.counts.updated == 1
+
+
 class TestResume:
     async def test_killed_mid_file_then_resumed_stores_every_row_exactly_once(
         self, store: Store, tmp_path: Path

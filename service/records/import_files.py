@@ -30,7 +30,7 @@ from service.catalog.schemas import Catalog
 ImportFormat = Literal["csv", "jsonl"]
 
 _CHUNK = 1 << 20
-_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 # An integer field's values are within +-(2**53 - 1), at most 16 digits (records.values).
 _INTEGER_LIMIT = 2**53
 _MAX_INTEGER_DIGITS = 16
@@ -160,7 +160,7 @@ def _csv_rows(path: Path, catalog: Catalog, after_line: int) -> Iterator[SourceR
 
 def _typed(kind: str, cell: str) -> Any:
     """A CSV cell as the JSON value of its field's type, where it reads as one."""
-    if kind == "integer" and _INTEGER.match(cell):
+    if kind == "integer" and _INTEGER.fullmatch(cell):  # "$" would let a final line break in
         if len(cell.lstrip("+-").lstrip("0")) > _MAX_INTEGER_DIGITS:
             # No integer in range has more digits, and int() refuses thousands of them
             # (Python's conversion limit): the nearest value out of range, refused as such.

@@ -898,6 +898,20 @@ class TestCsvIntegers:
         # Leading zeros are not digits of the value: 7 is written.
         assert imported.report.counts.updated == 1
 
+    async def test_a_cell_with_a_line_break_after_its_digits_is_not_an_integer(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """Read as the API reads "6\\n": text, refused, not silently the integer 6."""
+        (national_id,) = _ids(1)
+        await _import(store, _write_csv(tmp_path / "p.csv", ["national_id"], [{"national_id": national_id}]))
+        path = tmp_path / "d.csv"
+        path.write_text(f'national_id,points\n{national_id},"6\n"\n', encoding="utf-8")
+
+        imported = await _import(store, path, "dvla", "update")
+
+        assert imported.rejections == [importing.Rejection(2, "points must be an integer")]
+        assert imported.report.counts.updated == 0
+
 
 class TestResume:
     async def test_killed_mid_file_then_resumed_stores_every_row_exactly_once(

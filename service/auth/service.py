@@ -8,6 +8,7 @@ change in the audit log, in the transaction that makes it, under the actor who m
 from __future__ import annotations
 
 import json
+import unicodedata
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -137,6 +138,12 @@ async def create_client(
 ) -> NewClient:
     """Register a client. Without ``public_jwk`` it gets a secret, returned only here."""
     roles = sorted(set(roles))
+    # The column's length; the name is printed on operators' terminals (`clients list`),
+    # where a control character (an escape sequence) would act rather than show.
+    if name is not None and (len(name) > 200 or any(unicodedata.category(ch) == "Cc" for ch in name)):
+        raise InvalidClientRegistration(
+            "A client's name is at most 200 characters, without control characters."
+        )
     await _validate(session, department, roles)
     # The API's schema says the same; the command's options only set a floor.
     if rate_per_second is not None and not 0 < rate_per_second <= MAX_RATE_PER_SECOND:

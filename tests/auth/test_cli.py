@@ -11,6 +11,7 @@ import pytest
 from joserfc.jwk import ECKey
 from typer.testing import CliRunner
 
+from service.auth.cli import _shown
 from service.cli import app as cli_app
 from service.config import get_settings
 from tests.conftest import TEST_POLICIES
@@ -104,18 +105,34 @@ class TestClientsCli:
         assert "writer" in table
         assert created["client_secret"] not in table
 
-    def test_table_shows_a_name_as_text_not_markup_or_terminal_codes(self, invoke: Invoke) -> None:
-        # A department's admin client names its clients through /v1/clients; the name must
-        # neither break the operator's table (a stray Rich closing tag raised MarkupError)
-        # nor reach the terminal as escape sequences (window title, colours, links).
-        name = "Benefits [/bold] \x1b]0;pwned\x07\x1b[2J"
+    @pytest.mark.parametrize("name", ["x" * 201, "Payments\x1b[2J", "Pay\nments"])
+    def test_a_name_too_long_or_with_control_characters_is_refused(self, invoke: Invoke, name: str) -> None:
+        """Stored names are shown on operators' terminals; the column holds 200 characters
+        (on PostgreSQL a longer name was a DataError traceback)."""
+        code, out, err = invoke(
+            "clients", "create", "--department", "dvla", "--roles", "writer", "--name", name
+        )
+        assert code == 1
+        assert err == "error: A client's name is at most 200 characters, without control characters.\n"
+        assert out == ""
+        assert invoke("clients", "list", "--json")[1] == ""
+
+    @pytest.mark.parametrize("name", ["Benefits [/bold]", "[red]Payments"])
+    def test_table_shows_a_name_with_brackets_as_given(self, invoke: Invoke, name: str) -> None:
+        """A name is text, not rich markup: one client's name cannot break the list."""
         code, _, _ = invoke("clients", "create", "--department", "dvla", "--roles", "writer", "--name", name)
         assert code == 0
         code, table, _ = invoke("clients", "list")
         assert code == 0
-        assert "Benefits [/bold]" in table
-        assert "\x1b" not in table
-        assert "\x07" not in table
+        assert name in table
+
+    def test_a_stored_name_with_terminal_codes_is_shown_without_them(self) -> None:
+        # A name stored before control characters were refused may still hold escape
+        # sequences (window title, colours, links): they must not reach the terminal.
+        shown = _shown("Benefits \x1b]0;pwned\x07\x1b[2J").plain
+        assert shown.startswith("Benefits ")
+        assert "\x1b" not in shown
+        assert "\x07" not in shown
 
 
 @pytest.mark.e2e

@@ -111,6 +111,10 @@ def main(
     """tellonce: tell-us-once data sharing for government."""
     from service import operator
 
+    refused = operator.refusal(actor.strip()) if actor else None
+    if refused is not None:
+        typer.echo(f"tellonce: --actor (or TELLONCE_ACTOR): {refused}", err=True)
+        raise typer.Exit(2)
     operator.choose(actor)
 
 

@@ -12,9 +12,25 @@ import os
 
 _chosen: str | None = None
 
+PREFIX = "operator:"
+# The audit entries' client column holds 200 characters, the prefix included.
+MAX_ACTOR_LENGTH = 200 - len(PREFIX)
+
+
+def refusal(actor: str) -> str | None:
+    """Why ``actor`` cannot name an operator in the audit log, or None if it can: at most
+    ``MAX_ACTOR_LENGTH`` characters (a longer one failed the audit insert on PostgreSQL,
+    after the command had begun), printable ones only (it is shown on terminals)."""
+    if len(actor) > MAX_ACTOR_LENGTH:
+        return f"the actor is at most {MAX_ACTOR_LENGTH} characters"
+    if not actor.isprintable():
+        return "the actor has a control character"
+    return None
+
 
 def choose(actor: str | None) -> None:
-    """Set by the ``tellonce`` command's ``--actor`` option for the rest of the process."""
+    """Set by the ``tellonce`` command's ``--actor`` option for the rest of the process
+    (already checked with ``refusal``)."""
     global _chosen
     _chosen = actor.strip() if actor and actor.strip() else None
 
@@ -24,4 +40,4 @@ def current() -> str:
 
 
 def audit_client_id() -> str:
-    return f"operator:{current()}"
+    return f"{PREFIX}{current()}"

@@ -228,6 +228,42 @@ class TestPortOutOfRange:
         assert "Uvicorn running" not in result.stderr
 
 
+class TestActor:
+    """The actor names an operator's audit entries (``operator:NAME``): one the audit's
+    client column cannot hold, or a control character, is refused before anything runs."""
+
+    @pytest.mark.parametrize(
+        ("args", "env", "reason"),
+        [
+            (["--actor", "a" * 192], {}, "the actor is at most 191 characters"),
+            ([], {"TELLONCE_ACTOR": "ops\x1b[2J"}, "the actor has a control character"),
+        ],
+    )
+    def test_refused_in_one_line_with_exit_2(
+        self, args: list[str], env: dict[str, str], reason: str, tmp_path: Path
+    ) -> None:
+        database = tmp_path / "never-made.db"
+        result = CliRunner().invoke(
+            cli_app,
+            [*args, "clients", "list"],
+            env={"TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{database}", **env},
+        )
+        assert result.exit_code == 2
+        assert result.stderr == f"tellonce: --actor (or TELLONCE_ACTOR): {reason}\n"
+        assert result.stdout == ""
+        assert not database.exists()
+
+    def test_the_longest_is_recorded_whole(self) -> None:
+        from service import operator
+
+        try:
+            operator.choose("a" * operator.MAX_ACTOR_LENGTH)
+            assert operator.refusal(operator.current()) is None
+            assert len(operator.audit_client_id()) == 200
+        finally:
+            operator.choose(None)
+
+
 class TestAuditVerifyExitCodes:
     """Exit 1 is a verdict on the log; what keeps the check from running is exit 2."""
 

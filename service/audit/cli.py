@@ -45,6 +45,7 @@ from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
 from service.db import create_engine, unusable_database
 from service.policy.signing import OwnerVerifier, SigningKeyError
+from service.private_files import open_owner_only
 from service.witness.cosignature import CosignatureError, CosignatureVerifier, split_note
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
@@ -263,7 +264,8 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
             size = await audit_repository.tree_size(conn)
             checkpoints = await audit_repository.all_checkpoints(conn)
             cosigned = await cosignature_repository.all_cosignatures(conn)
-        with out.open("w", encoding="utf-8") as handle:
+        # Who looked at which citizen, when and why: for the operator's eyes, as a key is.
+        with open_owner_only(out) as handle:
             header = {
                 "type": "bundle",
                 "format": 2,

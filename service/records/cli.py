@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -30,6 +29,7 @@ from service.config import get_settings
 from service.crypto.keyring import Keyring
 from service.db import Database, missing_schema, unusable_database
 from service.digits import ascii_digits
+from service.private_files import open_owner_only
 from service.records import import_worker, importing
 from service.records.import_files import ImportFormat
 from service.records.reindex import ReindexResult, rebuild_blind_indexes
@@ -94,9 +94,7 @@ class _RejectFile:
                     if len(r) == 2 and ascii_digits(r[0]) and int(r[0]) <= keep_up_to_line
                 ]
         # The reasons name fields of people's records: for the owner only, as a key file is.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(descriptor, 0o600)  # a file there already keeps its mode otherwise
-        self.handle: TextIO = os.fdopen(descriptor, "w", newline="", encoding="utf-8")
+        self.handle: TextIO = open_owner_only(path, newline="")
         self.writer = csv.writer(self.handle)
         self.writer.writerow(["line", "reason"])
         self.writer.writerows(kept)

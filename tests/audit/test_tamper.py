@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -82,8 +83,12 @@ class TestTamperEvidence:
         assert await verify_database(url, verifier) == ENTRIES
         assert await verify_database(url, verifier, parallel=_in_pages(url)) == ENTRIES
         bundle = tmp_path / "bundle.jsonl"
+        bundle.write_text("an older file, world-readable")
+        bundle.chmod(0o644)
         assert await export_bundle(url, signer, bundle) == ENTRIES
         assert verify_bundle(bundle, verifier) == ENTRIES
+        # Who looked at which citizen, and why: readable by the operator alone, as a key is.
+        assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
         kinds = [json.loads(line)["type"] for line in bundle.read_text().splitlines()]
         assert kinds[0] == "bundle"
         assert kinds.count("entry") == ENTRIES

@@ -374,6 +374,7 @@ class TestPoliciesExplain:
                 ["--consumer", "welfare", "--field", "licence_status", "--purpose", "curiosity"],
                 "unknown purpose 'curiosity'",
             ),
+            (["--consumer", "welfare", *ASK, "--citizen-status", "dead"], "unknown citizen status 'dead'"),
         ],
     )
     def test_unknown_names_exit_2_deciding_nothing(

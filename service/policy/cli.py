@@ -125,6 +125,10 @@ def run_tests(
     typer.echo(f"{checked} expectations passed in {len(cases)} cases")
 
 
+# The statuses a live citizen has, as the API's explain takes them (``ExplainIn``).
+EXPLAINED_STATUSES = ("active", "deceased")
+
+
 class UnknownNames(Exception):
     """Names in an explain question that the stored catalog does not have."""
 
@@ -152,6 +156,9 @@ def unknown_names(catalog: Catalog, consumer: str, action: str, fields: list[str
 async def _explain(
     consumer: str, action: str, fields: list[str], purpose: str, case_ref: str | None, status: str | None
 ) -> dict[str, Any]:
+    if status is not None and status not in EXPLAINED_STATUSES:
+        # A mistyped status would be decided as an unknown one, which reads like a decision.
+        raise UnknownNames([f"unknown citizen status {status!r} ({' or '.join(EXPLAINED_STATUSES)})"])
     database = Database(get_settings())
     try:
         async with database.engine.connect() as conn:

@@ -21,7 +21,10 @@ from service.crypto.keyring import Keyring
 from service.db import Database
 
 app = typer.Typer(no_args_is_help=True, help="Key-encryption keys and data keys.")
+# The outcome goes to standard output; the progress bar and refusals to standard error,
+# so that a script reading the outcome gets nothing else.
 console = Console()
+errors = Console(stderr=True)
 T = TypeVar("T")
 
 
@@ -40,7 +43,7 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
-                console=console,
+                console=errors,
             ) as bar:
                 # The label names the department as typed: text, not rich markup.
                 task = bar.add_task(escape(label), total=None)
@@ -58,7 +61,7 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
     try:
         return asyncio.run(main())
     except NoDepartmentKeys as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
+        errors.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
 
 

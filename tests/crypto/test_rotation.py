@@ -308,8 +308,9 @@ class TestKeysCommand:
             runner = CliRunner()
             rotated = runner.invoke(app, ["keys", "rotate", "--department", "register", "--batch-size", "4"])
             assert rotated.exit_code == 0, rotated.output
-            assert (
-                f"register: rotated to KEK v2; {CITIZENS} data keys rewrapped; retired: v1" in rotated.output
+            # The outcome alone on standard output; the progress bar goes to standard error.
+            assert rotated.stdout == (
+                f"register: rotated to KEK v2; {CITIZENS} data keys rewrapped; retired: v1\n"
             )
             reencrypted = runner.invoke(app, ["keys", "reencrypt", "--department", "dvla"])
             assert reencrypted.exit_code == 0, reencrypted.output
@@ -328,7 +329,8 @@ class TestKeysCommand:
                     app, ["keys", command, "--department", "dvlaa"], env={"COLUMNS": "200"}
                 )
                 assert unknown.exit_code == 1
-                assert "department 'dvlaa' has no keys yet" in unknown.output
+                assert "department 'dvlaa' has no keys yet" in unknown.stderr
+                assert unknown.stdout == ""
             missing = runner.invoke(app, ["keys", "rotate"])
             assert missing.exit_code == 2
             assert "--department" in missing.output

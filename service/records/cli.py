@@ -88,11 +88,17 @@ class _RejectFile:
         if keep_up_to_line is not None and path.exists():
             with path.open(newline="", encoding="utf-8") as old:
                 # Whole lines of committed rows only: a batch's lines are flushed before it commits.
-                kept = [
-                    r
-                    for r in list(csv.reader(old))[1:]
-                    if len(r) == 2 and ascii_digits(r[0]) and int(r[0]) <= keep_up_to_line
-                ]
+                try:
+                    kept = [
+                        r
+                        for r in list(csv.reader(old))[1:]
+                        if len(r) == 2 and ascii_digits(r[0]) and int(r[0]) <= keep_up_to_line
+                    ]
+                except UnicodeDecodeError:
+                    raise importing.ImportRefused(
+                        "the reject file to resume is not one an import wrote (not UTF-8): "
+                        "move it away or name another with --reject-file"
+                    ) from None
         # The reasons name fields of people's records: for the owner only, as a key file is.
         self.handle: TextIO = open_owner_only(path, newline="")
         self.writer = csv.writer(self.handle)

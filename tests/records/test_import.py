@@ -45,6 +45,7 @@ from service.db import create_engine
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
 from service.records import import_worker, importing, reads, seeding
+from service.records.cli import _RejectFile
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
 from service.records.service import RecordsService, registered_national_ids
@@ -808,6 +809,13 @@ class TestRejectFile:
         assert result.stderr.startswith("tellonce import: cannot write the reject file")
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
+    def test_one_to_resume_that_is_not_utf8_is_refused_and_left_as_it_is(self, tmp_path: Path) -> None:
+        rejects = tmp_path / "rejects.csv"
+        rejects.write_bytes(b"line,reason\n3,\xff\xfe not text\n")
+        with pytest.raises(importing.ImportRefused, match="not one an import wrote"):
+            _RejectFile(rejects, keep_up_to_line=10)
+        assert rejects.read_bytes() == b"line,reason\n3,\xff\xfe not text\n"
 
 
 class TestJsonLines:

@@ -87,6 +87,16 @@ class Unauthenticated(ServiceError):
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
+class MalformedAuthorization(ServiceError):
+    """400 for a Bearer ``Authorization`` header with no token after the scheme: RFC 6750,
+    section 3.1, answers ``invalid_request`` with 400, the challenge naming the error."""
+
+    status, title, slug = 400, "Malformed authorization", "malformed-authorization"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_request"'})
+
+
 class Forbidden(ServiceError):
     status, title, slug = 403, "Forbidden", "forbidden"
 

@@ -7,9 +7,9 @@ what the service really does:
   the scopes it requires;
 - an ``application/problem+json`` response (RFC 9457) for every status each route can
   return, with an example; the statuses come from rules (an authenticated route can answer
-  401, 403, 429 and 503; one with input can answer 422; one with a body 400 and 413) plus the
-  table below for what a route's own rules add. ``tests/test_openapi.py`` compares them
-  with what every route really answered in the test run;
+  400, 401, 403, 429 and 503; one with input can answer 422; one with a body 400, 413 and
+  415) plus the table below for what a route's own rules add. ``tests/test_openapi.py``
+  compares them with what every route really answered in the test run;
 - the form body of ``POST /oauth/token`` and its RFC 6749 error shape;
 - an example for every request body and success response, and the media types of those
   that are not JSON (``service/openapi_examples.py``).
@@ -40,9 +40,8 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/policies/{agreement_id}"): {404},
     ("POST", "/v1/policies"): {409},
     ("PUT", "/v1/policies/{agreement_id}"): {404, 409, 410, 412, 428},
-    ("GET", "/v1/policies"): {400},
     ("DELETE", "/v1/policies/{agreement_id}"): {400, 404, 409, 410, 412},
-    ("GET", "/v1/policies/{agreement_id}/versions"): {400, 404},
+    ("GET", "/v1/policies/{agreement_id}/versions"): {404},
     ("POST", "/v1/policies/simulate"): {404},
     ("GET", "/v1/audit/checkpoint"): {404},  # scope audit:verify unless served publicly
     ("GET", "/v1/audit/entries/{index}/proof"): {400, 404},
@@ -53,7 +52,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/audit/entries"): {400},
     ("GET", "/v1/audit/export"): {400},
     ("GET", "/v1/audit/reports/usage"): {400},
-    ("GET", "/v1/citizens/{citizen_id}/access-log"): {400, 404, 410},
+    ("GET", "/v1/citizens/{citizen_id}/access-log"): {404, 410},
     ("POST", "/v1/citizens"): {409, 503},
     ("POST", "/v1/citizens/lookup"): {404, 503},
     ("POST", "/v1/citizens/batch-get"): {503},
@@ -71,7 +70,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/cases/{case_ref}/close"): {404},
     ("POST", "/v1/citizens/{citizen_id}/consents"): {404, 409},
     ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): {404, 409},
-    ("GET", "/v1/citizens/{citizen_id}/consents"): {400, 404},
+    ("GET", "/v1/citizens/{citizen_id}/consents"): {404},
     ("POST", "/v1/citizens/{citizen_id}/objections/{agreement}"): {404, 409},
     ("DELETE", "/v1/citizens/{citizen_id}/objections/{agreement}"): {404},
     ("GET", "/v1/citizens/{citizen_id}/objections"): {404},
@@ -93,7 +92,7 @@ TOKEN_STATUSES = {400, 401, 413}
 TOKEN_PROBLEM_STATUSES = {429, 503}
 
 _DETAILS = {
-    400: "The cursor is not one this service issued.",
+    400: "Send the access token as 'Authorization: Bearer <token>'.",
     401: "A bearer access token is required.",
     403: "This call needs the scope(s): citizens:read.",
     404: "No such citizen, or this client may not know of it.",
@@ -232,7 +231,8 @@ def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
     if authenticated:
         # 503: the caller's standing, the catalog and the audit of the call are all read or
         # written in the database; when that fails the call is refused, never half-served.
-        statuses |= {401, 429, 503}
+        # 400: the Bearer scheme with no token (RFC 6750, 3.1: invalid_request).
+        statuses |= {400, 401, 429, 503}
         # 403: a scope the token lacks, or (scope-free routes) a role the rules refuse.
         statuses.add(403)
     dependant = route.dependant

@@ -23,7 +23,13 @@ from service.auth.runtime import get_auth
 from service.auth.scopes import scopes_for
 from service.auth.tokens import TokenInvalid
 from service.db import DriverReads, driver_reads
-from service.errors import InsufficientScope, TooManyRequests, Unauthenticated, ValidationFailed
+from service.errors import (
+    InsufficientScope,
+    MalformedAuthorization,
+    TooManyRequests,
+    Unauthenticated,
+    ValidationFailed,
+)
 
 ON_BEHALF_OF = "X-On-Behalf-Of"
 ON_BEHALF_OF_MAX = 200
@@ -67,9 +73,7 @@ def _bearer_token(request: Request) -> str:
     if scheme.lower() != "bearer":
         raise Unauthenticated("Send the access token as 'Authorization: Bearer <token>'.", error=None)
     if not token:
-        raise Unauthenticated(
-            "Send the access token as 'Authorization: Bearer <token>'.", error="invalid_request"
-        )
+        raise MalformedAuthorization("Send the access token as 'Authorization: Bearer <token>'.")
     return token
 
 

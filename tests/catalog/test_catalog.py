@@ -129,13 +129,16 @@ class TestCatalogEndpoint:
         # RFC 6750, section 3.1: no credentials sent, so the challenge carries no error code.
         assert response.headers["www-authenticate"] == "Bearer"
         assert response.json()["title"] == "Authentication required"
-        for authorization, challenge in (
-            ("Basic dXNlcjpwYXNz", "Bearer"),
-            ("Bearer ", 'Bearer error="invalid_request"'),
-            ("Bearer not-a-token", 'Bearer error="invalid_token"'),
+        # RFC 6750, section 3.1: a malformed request (the scheme and no token) is
+        # invalid_request with 400; a token that does not verify, invalid_token with 401.
+        for authorization, status, challenge in (
+            ("Basic dXNlcjpwYXNz", 401, "Bearer"),
+            ("Bearer ", 400, 'Bearer error="invalid_request"'),
+            ("Bearer not-a-token", 401, 'Bearer error="invalid_token"'),
         ):
             refused = await client.get("/v1/catalog", headers={"Authorization": authorization})
-            assert refused.status_code == 401
+            assert refused.status_code == status
+            assert refused.headers["content-type"] == "application/problem+json"
             assert refused.headers["www-authenticate"] == challenge
 
 

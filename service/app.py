@@ -28,6 +28,7 @@ from service.catalog import endpoints as catalog_endpoints
 from service.config import Settings, get_settings
 from service.consent import endpoints as consent_endpoints
 from service.console import router as console_router
+from service.console import web as console_web
 from service.crypto.keyring import Keyring
 from service.db import Database, driver_reads_lifecycle, utcnow
 from service.errors import (
@@ -183,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     install_docs(app)
     app.state.allowed_methods = AllowedMethods(app)
+    app.state.unrouted_page = console_web.unrouted_page
     name_route_templates(app)
     # Innermost: HEAD is answered as GET without the body (the hot routes serve GET only,
     # so a HEAD of theirs reaches the routes they stand beside), and a query parameter

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
@@ -393,7 +393,7 @@ class HeadAsGetMiddleware:
         await self.app(dict(scope, method="GET"), receive, headers_only)
 
 
-async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
     headers = dict(exc.headers or {})
@@ -420,7 +420,12 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
         body = error.problem() | {"status": exc.status_code, "title": str(exc.detail)}
         return ProblemResponse(body, status_code=exc.status_code, headers=headers or None)
     detail = str(exc.detail) if exc.status_code != 404 else "No such resource."
-    response = problem_response(error_type(detail))
+    # The console's pages answer in HTML (``app.state.unrouted_page``, set by the app).
+    unrouted_page: Callable[[Request, int, str], Response | None] | None = getattr(
+        request.app.state, "unrouted_page", None
+    )
+    page = unrouted_page(request, exc.status_code, detail) if unrouted_page is not None else None
+    response = page if page is not None else problem_response(error_type(detail))
     response.headers.update(headers)
     return response
 

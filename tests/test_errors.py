@@ -153,8 +153,8 @@ class TestProblemDetails:
             ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N/consents", "GET, HEAD, POST"),
             ("/v1/clients", "GET, HEAD, POST"),
             ("/v1/policies/an-agreement", "DELETE, GET, HEAD, PUT"),
-            # The console's pages, from routers included in its router.
-            ("/console/sign-in", "GET, HEAD, POST"),
+            # The console's pages answer 405 as an HTML page, with the same Allow
+            # (tests/console/test_sessions.py).
         ],
     )
     async def test_405_allows_every_method_of_every_route_at_the_path(

@@ -147,6 +147,19 @@ def error_page(request: Request, status: int, title: str, message: str) -> HTMLR
     )
 
 
+def unrouted_page(request: Request, status: int, detail: str) -> HTMLResponse | None:
+    """The console's HTML page, with its security headers, for a refusal at ``/console``
+    or under it that no console route raised (no such page, 404; a method the page does
+    not take, 405); None elsewhere, where the API's problem+json stands."""
+    path = request.url.path
+    if path != "/console" and not path.startswith("/console/"):
+        return None
+    response = error_page(request, status, HTTPStatus(status).phrase, detail)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 class ConsoleRoute(APIRoute):
     """Routes whose refusals are HTML pages, with the console's security headers."""
 

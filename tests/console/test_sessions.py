@@ -394,3 +394,21 @@ class TestPages:
         assert '<h1 class="heading-l">Bad Request</h1>' in response.text
         assert "Missing boundary in multipart." in response.text
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+    @pytest.mark.parametrize(
+        ("path", "allowed"), [("/console/sign-in", "GET, HEAD, POST"), ("/console", "GET, HEAD")]
+    )
+    async def test_a_method_a_page_does_not_take_is_an_html_405(
+        self, client: httpx.AsyncClient, path: str, allowed: str
+    ) -> None:
+        """Refused by routing, before any console route runs: still a console page with the
+        console's headers, while the API's 405 stays problem+json."""
+        refused = await client.put(path)
+        assert refused.status_code == 405
+        assert refused.headers["content-type"].startswith("text/html")
+        assert '<h1 class="heading-l">Method Not Allowed</h1>' in refused.text
+        assert refused.headers["allow"] == allowed
+        assert refused.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'none'" in refused.headers["content-security-policy"]
+        api = await client.put("/v1/catalog")
+        assert (api.status_code, api.headers["content-type"]) == (405, "application/problem+json")

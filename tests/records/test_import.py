@@ -846,6 +846,26 @@ class TestJsonLines:
             importing.Rejection(6, "licence_status: a value is required (null cannot be written)"),
         ]
 
+    async def test_a_line_naming_a_column_twice_is_refused_whole(self, store: Store, tmp_path: Path) -> None:
+        ids = _ids(3)
+        path = tmp_path / "twice.jsonl"
+        path.write_text(
+            "\n".join(
+                [
+                    # Two national ids: the parser would keep the second, another citizen.
+                    f'{{"national_id": "{ids[0]}", "given_name": "Al", "national_id" : "{ids[1]}"}}',
+                    # A value holding what ends a key is no repeat.
+                    json.dumps({"national_id": ids[2], "given_name": 'Al ":'}),
+                ]
+            )
+            + "\n"
+        )
+
+        imported = await _import(store, path, file_format="jsonl")
+
+        assert imported.rejections == [importing.Rejection(1, "the line names a column more than once")]
+        assert imported.report.counts.registered == 1
+
     async def test_a_byte_order_mark_and_crlf_line_ends_are_read_as_in_csv(
         self, store: Store, tmp_path: Path
     ) -> None:

@@ -35,6 +35,7 @@ from service.errors import (
     AllowedMethods,
     BodyLimitMiddleware,
     HeadAsGetMiddleware,
+    RepeatedKeyMiddleware,
     RepeatedQueryMiddleware,
     install_error_handlers,
 )
@@ -187,9 +188,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.unrouted_page = console_web.unrouted_page
     name_route_templates(app)
     # Innermost: HEAD is answered as GET without the body (the hot routes serve GET only,
-    # so a HEAD of theirs reaches the routes they stand beside), and a query parameter
-    # named twice is refused (the hot routes decline such a request, so it reaches this too).
+    # so a HEAD of theirs reaches the routes they stand beside), a JSON body naming a key
+    # twice is refused, and so is a query parameter named twice (the hot routes decline
+    # such a request, so it reaches this too).
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(RepeatedKeyMiddleware)
     app.add_middleware(RepeatedQueryMiddleware)
     # The hottest routes, inside the middleware below (``service.hotpath``).
     app.add_middleware(HotRoutes, routes=hot_routes())

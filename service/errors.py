@@ -8,7 +8,9 @@ validation errors, unknown routes and unexpected exceptions into
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import re
 import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -331,8 +333,12 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
 
 
 def _json_media_type(request: Request) -> bool:
-    """Whether the request's Content-Type is JSON (``application/json`` or ``+json``)."""
-    media = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    return _is_json(request.headers.get("content-type") or "")
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether a Content-Type is JSON (``application/json`` or ``application/*+json``)."""
+    media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
@@ -586,6 +592,82 @@ class RepeatedQueryMiddleware:
                 await problem_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RepeatedKeyMiddleware:
+    """Refuse an API request whose JSON body names a key twice in one object (422), as a
+    query parameter named twice is: the parser keeps the last value, and acting, and
+    auditing, on a national id or a purpose the caller may not have meant is worse than
+    asking again. The body is read here whole (``BodyLimitMiddleware``, outside, bounds
+    it) and handed on unchanged; one that is not JSON is left to the route's own 400."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or not _json_scope(scope):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = bytearray()
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        key = repeated_json_key(bytes(body))
+        if key is not None:
+            loc: list[str | int] = ["body", key] if key.isidentifier() and len(key) <= 64 else ["body"]
+            error = ValidationFailed(
+                "The request is not valid.", errors=[{"loc": loc, "msg": "given more than once"}]
+            )
+            await problem_response(error)(scope, receive, send)
+            return
+        replay = iter(messages)
+
+        async def replayed() -> Message:
+            for message in replay:
+                return message
+            return await receive()
+
+        await self.app(scope, replayed, send)
+
+
+def _json_scope(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return _is_json(value.decode("latin-1"))
+    return False
+
+
+# Where a JSON object's key ends (a quote, then a colon): every key ends so. A body without
+# one names no key; one with no more of them than its objects have keys repeats none.
+KEY_END = re.compile(rb'"\s*:')
+
+
+def repeated_json_key(body: bytes) -> str | None:
+    """The first key that a JSON object in ``body`` names twice, at any depth; None when
+    none is, or when ``body`` is not JSON (whoever reads it refuses that)."""
+    if not KEY_END.search(body):
+        return None
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key, value in items:
+            if key in found and not repeated:
+                repeated.append(key)
+            found[key] = value
+        return found
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return repeated[0] if repeated else None
 
 
 def repeated_query_name(query_string: bytes) -> str | None:

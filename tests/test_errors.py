@@ -130,6 +130,41 @@ class TestProblemDetails:
         name = path.split("?")[1].split("=")[0]
         assert body["errors"] == [{"loc": ["query", name], "msg": "given more than once"}]
 
+    @pytest.mark.parametrize(
+        ("body", "loc"),
+        [
+            (b'{"national_id": "a", "purpose": "p", "national_id": "b"}', ["body", "national_id"]),
+            (b'{"outer": {"x": 1, "x" : 2}}', ["body", "x"]),
+            (b'{"\\u0000": 1, "\\u0000": 2}', ["body"]),  # a key that is no plain name is not echoed
+        ],
+    )
+    async def test_a_json_key_named_twice_is_422(
+        self, probe_client: httpx.AsyncClient, body: bytes, loc: list[str]
+    ) -> None:
+        response = await probe_client.post(
+            "/v1/citizens/lookup", content=body, headers={"content-type": "application/json"}
+        )
+        problem = assert_problem(response, 422)
+        assert problem["errors"] == [{"loc": loc, "msg": "given more than once"}]
+        assert b'"a"' not in response.content
+        assert b'"b"' not in response.content
+
+    @pytest.mark.parametrize(
+        ("body", "status"),
+        [
+            (b'{"national_id": "a \\": b", "purpose": "p"}', 401),  # a value ending like a key
+            (b"[1, 1]", 401),
+            (b'{"national_id": ', 400),  # not JSON: the route's own refusal
+        ],
+    )
+    async def test_a_body_without_repeats_reaches_the_route(
+        self, probe_client: httpx.AsyncClient, body: bytes, status: int
+    ) -> None:
+        response = await probe_client.post(
+            "/v1/citizens/lookup", content=body, headers={"content-type": "application/json"}
+        )
+        assert_problem(response, status)
+
     async def test_unknown_route_is_404(self, probe_client: httpx.AsyncClient) -> None:
         assert_problem(await probe_client.get("/v1/nothing-here"), 404)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import json
 import re
 import stat
 from collections.abc import Iterator, Mapping
@@ -27,14 +26,12 @@ from typing import Any, Literal
 import orjson
 
 from service.catalog.schemas import Catalog
+from service.errors import KEY_END, repeated_json_key
 
 ImportFormat = Literal["csv", "jsonl"]
 
 _CHUNK = 1 << 20
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-# The end of a JSON object's key: every key ends so, so a line with no more of these than
-# the object has keys names none twice (a value may hold one too: then it is checked).
-_KEY_END = re.compile(rb'"\s*:')
 # An integer field's values are within +-(2**53 - 1), at most 16 digits (records.values).
 _INTEGER_LIMIT = 2**53
 _MAX_INTEGER_DIGITS = 16
@@ -189,25 +186,11 @@ def _jsonl_rows(path: Path, after_line: int) -> Iterator[SourceRow]:
             if not isinstance(parsed, dict):
                 yield SourceRow(number, {}, "the line is not a JSON object")
                 continue
-            if len(_KEY_END.findall(line)) > len(parsed) and _repeats_a_key(line):
+            if len(KEY_END.findall(line)) > len(parsed) and repeated_json_key(line) is not None:
                 # The parser keeps the last value: which one was meant is not for us to guess.
                 yield SourceRow(number, {}, "the line names a column more than once")
                 continue
             yield SourceRow(number, parsed)
-
-
-def _repeats_a_key(line: bytes) -> bool:
-    """Whether the JSON object on ``line`` names one key twice, at any depth."""
-    repeated = False
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal repeated
-        found = dict(items)
-        repeated = repeated or len(found) < len(items)
-        return found
-
-    json.loads(line, object_pairs_hook=pairs)
-    return repeated
 
 
 def _without_bom(number: int, line: bytes) -> bytes:

@@ -69,8 +69,9 @@ CLIENTS: dict[str, tuple[str, list[str], float | None, int | None]] = {
     "limited": ("welfare", ["consumer"], RATE, BURST),
     "disposable": ("welfare", ["consumer"], None, None),
     "welfare-admin": ("welfare", ["admin"], None, None),
-    # wrk's client: never limited, so every refusal it sees is the topology's doing.
-    "load": ("welfare", ["consumer"], 1e6, 10**6),
+    # wrk's client: as high a rate as a client may have, far above what the topology
+    # serves, so every refusal it sees is the topology's doing.
+    "load": ("welfare", ["consumer"], auth_service.MAX_RATE_PER_SECOND, auth_service.MAX_RATE_BURST),
 }
 
 

@@ -8,7 +8,6 @@ change in the audit log, in the transaction that makes it, under the actor who m
 from __future__ import annotations
 
 import json
-import unicodedata
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -139,8 +138,9 @@ async def create_client(
     """Register a client. Without ``public_jwk`` it gets a secret, returned only here."""
     roles = sorted(set(roles))
     # The column's length; the name is printed on operators' terminals (`clients list`),
-    # where a control character (an escape sequence) would act rather than show.
-    if name is not None and (len(name) > 200 or any(unicodedata.category(ch) == "Cc" for ch in name)):
+    # where a control character (an escape sequence) would act rather than show, and a
+    # format character (a bidirectional override) would show other text than it holds.
+    if name is not None and (len(name) > 200 or not name.isprintable()):
         raise InvalidClientRegistration(
             "A client's name is at most 200 characters, without control characters."
         )

@@ -147,17 +147,22 @@ def error_page(request: Request, status: int, title: str, message: str) -> HTMLR
     )
 
 
-def unrouted_page(request: Request, status: int, detail: str) -> HTMLResponse | None:
-    """The console's HTML page, with its security headers, for a refusal at ``/console``
-    or under it that no console route raised (no such page, 404; a method the page does
-    not take, 405); None elsewhere, where the API's problem+json stands."""
-    path = request.url.path
-    if path != "/console" and not path.startswith("/console/"):
-        return None
-    response = error_page(request, status, HTTPStatus(status).phrase, detail)
+def _secured(response: Response) -> Response:
+    """``response`` with the console's security headers, where it does not set its own."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
+
+
+def unrouted_page(request: Request, status: int, detail: str) -> Response | None:
+    """The console's HTML page, with its security headers, for a refusal at ``/console``
+    or under it that routing made before any console route ran (chiefly a method the page
+    does not take, 405; an unknown address is the catch-all route's own 404 page); None
+    elsewhere, where the API's problem+json stands."""
+    path = request.url.path
+    if path != "/console" and not path.startswith("/console/"):
+        return None
+    return _secured(error_page(request, status, HTTPStatus(status).phrase, detail))
 
 
 class ConsoleRoute(APIRoute):
@@ -189,9 +194,7 @@ class ConsoleRoute(APIRoute):
                 title = HTTPStatus(exc.status_code).phrase
                 response = error_page(request, exc.status_code, title, exc.detail)
                 response.headers.update(exc.headers or {})
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-            return response
+            return _secured(response)
 
         return handler
 

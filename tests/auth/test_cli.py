@@ -105,7 +105,7 @@ class TestClientsCli:
         assert "writer" in table
         assert created["client_secret"] not in table
 
-    @pytest.mark.parametrize("name", ["x" * 201, "Payments\x1b[2J", "Pay\nments"])
+    @pytest.mark.parametrize("name", ["x" * 201, "Payments\x1b[2J", "Pay\nments", "Pay\u202ements"])
     def test_a_name_too_long_or_with_control_characters_is_refused(self, invoke: Invoke, name: str) -> None:
         """Stored names are shown on operators' terminals; the column holds 200 characters
         (on PostgreSQL a longer name was a DataError traceback)."""

@@ -37,6 +37,8 @@ Action = Literal[
     "case-close",
     "consent-change",
     "objection-change",
+    "consent-list",
+    "objection-list",
     "explain",
 ]
 Decision = Literal["permit", "deny", "partial", "error"]

@@ -85,15 +85,18 @@ async def change_consent(
 @router.get("/{citizen_id}/consents")
 async def list_consents(
     citizen_id: CitizenPath,
-    caller: Portal,  # noqa: ARG001 - the scope is the check
+    caller: Portal,
     request: Request,
     session: SessionDep,
     cursor: str | None = Query(None, max_length=200),
     limit: int = Query(100, ge=1, le=1000),
 ) -> ConsentPage:
-    """The citizen's consents, oldest first, each with its status now."""
+    """The citizen's consents, oldest first, each with its status now. Audited
+    (``consent-list``)."""
     runtime = consent_service.runtime_of(request.app.state)
-    return await consent_service.list_consents(session, runtime, citizen_id, cursor=cursor, limit=limit)
+    return await consent_service.list_consents(
+        session, runtime, _actor(caller, request), citizen_id, cursor=cursor, limit=limit
+    )
 
 
 @router.post("/{citizen_id}/objections/{agreement}", status_code=status.HTTP_201_CREATED)
@@ -119,10 +122,11 @@ async def withdraw_objection(
 @router.get("/{citizen_id}/objections")
 async def list_objections(
     citizen_id: CitizenPath,
-    caller: Portal,  # noqa: ARG001 - the scope is the check
+    caller: Portal,
     request: Request,
     session: SessionDep,
 ) -> ObjectionPage:
-    """The agreements the citizen has objected to."""
+    """The agreements the citizen has objected to. Audited (``objection-list``)."""
     runtime = consent_service.runtime_of(request.app.state)
-    return ObjectionPage(items=await consent_service.list_objections(session, runtime, citizen_id))
+    items = await consent_service.list_objections(session, runtime, _actor(caller, request), citizen_id)
+    return ObjectionPage(items=items)

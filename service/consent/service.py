@@ -336,12 +336,9 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
         raise bad_cursor() from None
 
 
-async def list_consents(
-    session: AsyncSession, runtime: ConsentRuntime, citizen_id: str, *, cursor: str | None, limit: int
+async def _consent_page(
+    conn: AsyncConnection, runtime: ConsentRuntime, citizen_id: str, *, cursor: str | None, limit: int
 ) -> ConsentPage:
-    """The citizen's consents, oldest first, each with its status now."""
-    conn = await session.connection()
-    await _known_citizen(conn, citizen_id)
     rows = await repository.page_consents(conn, citizen_id, _after(cursor), limit + 1)
     now = runtime.clock()
     page = rows[:limit]
@@ -349,6 +346,32 @@ async def list_consents(
         items=[consent_out(row, now) for row in page],
         next_cursor=_cursor(page[-1]) if len(rows) > limit and page else None,
     )
+
+
+async def _audit_listing(conn: AsyncConnection, actor: Actor, action: AuditAction, citizen_id: str) -> None:
+    """A citizen's consents or objections were read through ``actor``: which agreements a
+    citizen agreed to or objected to is about the citizen, so the reading is audited, in
+    the request's transaction (committed before the answer leaves)."""
+    entry = audit_entries.query_entry(actor.principal, action, source=actor.source, citizen_id=citizen_id)
+    await audit_writer.append_in_transaction(conn, entry)
+
+
+async def list_consents(
+    session: AsyncSession,
+    runtime: ConsentRuntime,
+    actor: Actor,
+    citizen_id: str,
+    *,
+    cursor: str | None,
+    limit: int,
+) -> ConsentPage:
+    """One page of the citizen's consents, oldest first, each with its status now;
+    audited as ``consent-list``."""
+    conn = await session.connection()
+    await _known_citizen(conn, citizen_id)
+    page = await _consent_page(conn, runtime, citizen_id, cursor=cursor, limit=limit)
+    await _audit_listing(conn, actor, "consent-list", citizen_id)
+    return page
 
 
 # --- objections -------------------------------------------------------------------------
@@ -403,10 +426,17 @@ async def withdraw_objection(
 
 
 async def list_objections(
-    session: AsyncSession, runtime: ConsentRuntime, citizen_id: str
+    session: AsyncSession, runtime: ConsentRuntime, actor: Actor, citizen_id: str
 ) -> list[ObjectionOut]:
+    """The agreements the citizen has objected to; audited as ``objection-list``."""
     conn = await session.connection()
     await _known_citizen(conn, citizen_id)
+    objections = await _objections(conn, runtime, citizen_id)
+    await _audit_listing(conn, actor, "objection-list", citizen_id)
+    return objections
+
+
+async def _objections(conn: AsyncConnection, runtime: ConsentRuntime, citizen_id: str) -> list[ObjectionOut]:
     policy = await runtime.policy.current(conn)
     live: dict[str, Agreement] = {a.id: a for a in policy.agreements}
     out = []
@@ -422,6 +452,39 @@ async def list_objections(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Every consent (oldest first) and objection of one citizen: what the console's
+    choices page shows."""
+
+    consents: list[ConsentOut]
+    objections: list[ObjectionOut]
+
+
+CHOICES_PAGE = 1000
+
+
+async def all_choices(
+    session: AsyncSession, runtime: ConsentRuntime, actor: Actor, citizen_id: str
+) -> Choices:
+    """Every consent and objection of the citizen, read in pages, audited once each as
+    ``consent-list`` and ``objection-list`` (one view, not one entry per page)."""
+    conn = await session.connection()
+    await _known_citizen(conn, citizen_id)
+    consents: list[ConsentOut] = []
+    cursor = None
+    while True:
+        page = await _consent_page(conn, runtime, citizen_id, cursor=cursor, limit=CHOICES_PAGE)
+        consents.extend(page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    objections = await _objections(conn, runtime, citizen_id)
+    await _audit_listing(conn, actor, "consent-list", citizen_id)
+    await _audit_listing(conn, actor, "objection-list", citizen_id)
+    return Choices(consents, objections)
 
 
 def runtime_of(state: Any) -> ConsentRuntime:

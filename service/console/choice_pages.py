@@ -43,8 +43,6 @@ _VERBS = {
     "subscribe": "be told of changes to",
     "write": "change",
 }
-# Consents read per call while the page gathers them all (the API's largest page).
-CONSENT_PAGE = 1000
 _STATUS_WORDS = {
     "active": "You have given your consent.",
     "paused": "You have paused your consent: nothing is shared until you resume it.",
@@ -78,25 +76,16 @@ def _what(catalog: Catalog, agreement: Agreement) -> str:
 
 
 async def _rows(
-    request: Request, session: SessionDep, catalog: Catalog, citizen_id: str
+    request: Request, session: SessionDep, viewer: SignedIn, catalog: Catalog, citizen_id: str
 ) -> tuple[list[ChoiceRow], list[ChoiceRow], list[ChoiceRow]]:
     runtime = consent_service.runtime_of(request.app.state)
     policy = await runtime.policy.current(await session.connection())
-    # Every page, oldest first: the newest consent to each agreement is the one that holds,
-    # and past the first page it would otherwise be missed.
-    consents: list[ConsentOut] = []
-    cursor = None
-    while True:
-        page = await consent_service.list_consents(
-            session, runtime, citizen_id, cursor=cursor, limit=CONSENT_PAGE
-        )
-        consents.extend(page.items)
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    objected = {o.agreement for o in await consent_service.list_objections(session, runtime, citizen_id)}
+    # Every consent, oldest first: the newest consent to each agreement is the one that holds.
+    actor = consent_service.Actor(viewer.principal, source_of(request))
+    choices = await consent_service.all_choices(session, runtime, actor, citizen_id)
+    objected = {o.agreement for o in choices.objections}
     newest: dict[str, ConsentOut] = {}
-    for given in consents:
+    for given in choices.consents:
         newest[given.agreement] = given
     by_consent, by_objection, by_law = [], [], []
     for agreement in sorted(policy.agreements, key=lambda a: (a.basis, a.consumer, a.id)):
@@ -149,7 +138,7 @@ async def _page(
         errors["citizen_id"] = ["The citizen ID must be letters a to f, digits and hyphens, like 3f2c1d9e-…"]
     elif citizen_id:
         try:
-            rows = await _rows(request, session, await catalog_of(session), citizen_id)
+            rows = await _rows(request, session, viewer, await catalog_of(session), citizen_id)
         except NotFound:
             errors["citizen_id"] = ["No citizen has this ID"]
     status = 404 if errors.get("citizen_id") == ["No citizen has this ID"] else (400 if errors else 200)

@@ -271,6 +271,33 @@ class TestAudited:
         assert not any("awarded" in json.dumps(e) or "Ada" in json.dumps(e) for e in entries)
 
 
+    async def test_reading_a_citizens_choices_is_audited(self, world: ConsentWorld) -> None:
+        """Which agreements a citizen consented or objected to is about the citizen: each
+        listing is an entry naming the citizen and the portal, committed with the answer."""
+        await world.consent()
+        base = f"/v1/citizens/{world.citizen_id}"
+        assert (await world.client.get(f"{base}/consents", headers=PORTAL)).status_code == 200
+        assert (await world.client.get(f"{base}/objections", headers=PORTAL)).status_code == 200
+        conn = world.env.audit.conn  # type: ignore[union-attr]
+        rows = await conn.execute(
+            select(AuditEntryRow.canonical)
+            .where(AuditEntryRow.action.in_(["consent-list", "objection-list"]))
+            .order_by(AuditEntryRow.id)
+        )
+        entries = [json.loads(canonical) for (canonical,) in rows]
+        assert [(e["action"], e["citizen_id"], e["department"], e["decision"]) for e in entries] == [
+            ("consent-list", world.citizen_id, "portal", "permit"),
+            ("objection-list", world.citizen_id, "portal", "permit"),
+        ]
+        # A refused listing (an unknown citizen) reveals nothing and is not an access.
+        unknown = "00000000-0000-4000-8000-000000000000"
+        problem(await world.client.get(f"/v1/citizens/{unknown}/consents", headers=PORTAL), 404, "not-found")
+        after = await conn.execute(
+            select(AuditEntryRow.id).where(AuditEntryRow.action.in_(["consent-list", "objection-list"]))
+        )
+        assert len(after.all()) == 2
+
+
 # Why may revenue read the citizen's benefit status and given name, asked by an auditor.
 EXPLAIN_REVENUE_READ: dict[str, Any] = {
     "consumer": "revenue",

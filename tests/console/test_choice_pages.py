@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service as auth_service
-from service.console import choice_pages
+from service.audit.models import AuditEntryRow
+from service.consent import service as consent_service
 from service.events.notifier import EventNotifier
 from tests.consent.conftest import CONSENTED, PORTAL, ConsentWorld, records_env, world
 
@@ -100,7 +102,7 @@ class TestChoicesPage:
     ) -> None:
         """With more consents than one page, the page read the first only: it showed an old
         revoked consent and offered to give one, never to revoke the one in force."""
-        monkeypatch.setattr(choice_pages, "CONSENT_PAGE", 1)
+        monkeypatch.setattr(consent_service, "CHOICES_PAGE", 1)
         first = await world.consent()
         assert first.status_code == 201, first.text
         assert (await world.set_status(first.json()["id"], "revoked")).status_code == 200
@@ -114,3 +116,11 @@ class TestChoicesPage:
         assert "You have given your consent." in row
         assert f'name="consent_id" value="{second.json()["id"]}"' in row
         assert 'value="revoked">Revoke consent' in row
+        # The view read two pages of consents and the objections: audited once each.
+        conn = world.env.audit.conn  # type: ignore[union-attr]
+        rows = await conn.execute(
+            select(AuditEntryRow.action, AuditEntryRow.citizen_id)
+            .where(AuditEntryRow.action.in_(["consent-list", "objection-list"]))
+            .order_by(AuditEntryRow.id)
+        )
+        assert rows.all() == [("consent-list", world.citizen_id), ("objection-list", world.citizen_id)]

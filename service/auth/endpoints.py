@@ -13,13 +13,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.auth import service as auth_service
 from service.auth import throttle
+from service.auth.client_keys import ASSERTION_ALGORITHMS
 from service.auth.dependencies import Principal, require
 from service.auth.keys import ALGORITHM
 from service.auth.runtime import TOKEN_PATH, AuthRuntime, get_auth
 from service.auth.schemas import ClientIn, ClientList, ClientOut, NewClientOut
 from service.auth.scopes import ALL_SCOPES
 from service.auth.server import (
-    ASSERTION_ALGORITHMS,
     AUTH_METHODS,
     MalformedClientAuthentication,
     PreparedTokenRequest,

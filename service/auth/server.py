@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,27 +31,25 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
-from joserfc import jwk, jwt
+from joserfc import jwt
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import Key
 from joserfc.jws import extract_compact
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
+from service.auth.client_keys import ASSERTION_ALGORITHMS, UnusableKey, signing_key
 from service.auth.models import Client
 from service.auth.scopes import scopes_for
 from service.auth.secrets import secret_matches
 from service.auth.tokens import TokenIssuer
 
+logger = logging.getLogger("tellonce.auth")
+
 SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 JWT_METHOD = "private_key_jwt"
 AUTH_METHODS = [*SECRET_METHODS, JWT_METHOD]
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-# The algorithms a private_key_jwt assertion may be signed with, for the kinds of key a
-# client may register (EC P-256, OKP, RSA). Asymmetric only: never HS* (the public key
-# would be taken as an HMAC secret) or none. The server metadata says the same. Ed25519 is
-# RFC 9864's fully-specified name for EdDSA over that curve.
-ASSERTION_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256", "PS256"]
 # What a refused client authentication says, whatever failed: an unknown or disabled client,
 # a wrong secret, a method the client does not use, an assertion its key did not sign. The
 # token endpoint must not tell which client ids exist (``AssertionRefused`` is the exception).
@@ -189,8 +188,14 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
         # has none, and is refused here as it would be there.
         if client.public_jwk is None:
             raise InvalidClientError(description=f"The client cannot authenticate with method: {JWT_METHOD}")
-        # Validated as a public EC, OKP or RSA key when the client was registered.
-        return jwk.import_key(client.public_jwk)
+        # Checked again under today's rule, not only when the client was registered: a key
+        # that rule now refuses (an RSA key under 2048 bits registered before it) no longer
+        # authenticates. The refusal says no more than any other failed authentication.
+        try:
+            return signing_key(client.public_jwk)
+        except UnusableKey:
+            logger.warning("client %s: its registered key is no longer accepted", client.client_id)
+            raise InvalidClientError(description="The client's registered key is not accepted.") from None
 
 
 class FormRequest(OAuth2Request):  # type: ignore[misc]

@@ -8,15 +8,11 @@ change in the audit log, in the transaction that makes it, under the actor who m
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from joserfc import jwk
-from joserfc.errors import JoseError, SecurityWarning
-from joserfc.jwk import RSAKey
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -24,29 +20,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.audit import entries as audit_entries
 from service.audit import writer as audit_writer
+from service.auth import client_keys
 from service.auth.errors import ClientNotFound, InvalidClientRegistration
 from service.auth.models import Client, UsedAssertion
 from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret, secret_matches
-from service.auth.server import ASSERTION_ALGORITHMS, SeenAssertion, plausible_client_id
+from service.auth.server import SeenAssertion, plausible_client_id
 from service.catalog import repository as catalog_repository
 from service.db import DriverReads, utcnow
 from service.errors import Forbidden
 from service.policy import epoch as policy_epoch
 
-PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
 # Compared against when the client id is unknown, so an unknown id and a wrong secret
 # take the same time: a sign-in form must not tell which client ids exist.
 _NO_CLIENT_HASH = hash_secret("no such client: a value no secret hashes to in practice")
-PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 # A client's own rate limit: at most this many requests per second, and this burst.
 MAX_RATE_PER_SECOND = 100_000
 MAX_RATE_BURST = 1_000_000
-# RFC 7518 3.3: RS256 and PS256 keys MUST be at least this long.
-MIN_RSA_BITS = 2048
-# The curves an assertion algorithm the token endpoint accepts (``ASSERTION_ALGORITHMS``)
-# verifies with: ES256 takes P-256, EdDSA takes Ed25519 and Ed448.
-SIGNING_CURVES = {"EC": {"P-256"}, "OKP": {"Ed25519", "Ed448"}}
 
 
 @dataclass(frozen=True)
@@ -76,34 +66,12 @@ def parse_public_jwk(text: str | bytes) -> dict[str, Any]:
 
 
 def check_public_jwk(document: object) -> dict[str, Any]:
-    """``document`` if it is a public JWK (EC, OKP or RSA) an accepted assertion can be
-    verified with; refuses private keys, RSA keys under ``MIN_RSA_BITS``, other keys and junk."""
-    if not isinstance(document, dict):
-        raise InvalidClientRegistration("The JWK must be a JSON object.")
-    if PRIVATE_MEMBERS & document.keys():
-        raise InvalidClientRegistration("The JWK contains private key material; register the public key.")
-    if document.get("kty") not in PUBLIC_KEY_TYPES:
-        raise InvalidClientRegistration("The JWK must be an EC, OKP or RSA public key.")
+    """``document`` if it is a public JWK an accepted assertion can be verified with
+    (``client_keys.signing_key``'s rule); 422 saying why otherwise."""
     try:
-        with warnings.catch_warnings(action="ignore", category=SecurityWarning):
-            # joserfc only warns of a short RSA key; it is refused just below.
-            key = jwk.import_key(document)
-    except (JoseError, ValueError, TypeError, KeyError):
-        raise InvalidClientRegistration("The JWK is not a valid public key.") from None
-    if isinstance(key, RSAKey) and key.raw_value.key_size < MIN_RSA_BITS:
-        raise InvalidClientRegistration(f"An RSA key must have at least {MIN_RSA_BITS} bits (RFC 7518 3.3).")
-    # A key no accepted assertion can be verified with would register a client that can
-    # never get a token; joserfc honours the key's own use, key_ops and alg.
-    curves = SIGNING_CURVES.get(document["kty"])
-    if curves is not None and document.get("crv") not in curves:
-        raise InvalidClientRegistration(f"An {document['kty']} key must be on {' or '.join(sorted(curves))}.")
-    if document.get("use", "sig") != "sig" or "verify" not in document.get("key_ops", ["verify"]):
-        raise InvalidClientRegistration(
-            "The JWK must be usable to verify signatures (use sig, key_ops verify)."
-        )
-    if document.get("alg", ASSERTION_ALGORITHMS[0]) not in ASSERTION_ALGORITHMS:
-        raise InvalidClientRegistration(f"The JWK's alg must be one of {', '.join(ASSERTION_ALGORITHMS)}.")
-    return document
+        return client_keys.check(document)
+    except client_keys.UnusableKey as unusable:
+        raise InvalidClientRegistration(str(unusable)) from None
 
 
 async def _validate(session: AsyncSession, department: str, roles: list[str]) -> None:

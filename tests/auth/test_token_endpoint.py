@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -10,15 +11,39 @@ import httpx
 import jwt as pyjwt
 import pytest
 from authlib.oauth2.rfc7523 import private_key_jwt_sign
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI
 from joserfc import jwt as jose_jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service as auth_service
+from service.auth.models import Client
 from service.auth.scopes import ROLE_SCOPES
 from tests.fixtures.tokens import OAuthError, fetch_token, register, runtime
+
+
+def _b64int(number: int) -> str:
+    return (
+        base64.urlsafe_b64encode(number.to_bytes((number.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+    )
+
+
+def _rs256(claims: dict[str, Any], key: rsa.RSAPrivateKey) -> str:
+    """A compact RS256 JWS made with ``cryptography`` alone: the JOSE libraries refuse to
+    sign with a key as short as the one this is for."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = (
+        part(json.dumps({"alg": "RS256", "typ": "JWT"}).encode()) + "." + part(json.dumps(claims).encode())
+    )
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return signing_input + "." + part(signature)
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -369,6 +394,41 @@ class TestPrivateKeyJwt:
         expired = {**claims, "iat": now - 700, "exp": now - 600, "jti": f"{alg}-expired"}
         form["client_assertion"] = sign(alg, expired, key)
         assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
+    async def test_a_key_registered_before_the_rsa_floor_no_longer_authenticates(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        """A 1024-bit RSA key stored before registration refused such keys: its correctly
+        signed assertions are refused under today's rule, with the answer any failed
+        client authentication gets."""
+        strong = RSAKey.generate_key(2048, private=True)
+        created = await register(session, "welfare", "consumer", public_jwk=strong.as_dict(private=False))
+        weak = rsa.generate_private_key(65537, 1024)  # noqa: S505 - the key the rule refuses
+        numbers = weak.public_key().public_numbers()
+        weak_jwk = {"kty": "RSA", "n": _b64int(numbers.n), "e": _b64int(numbers.e)}
+        await session.execute(
+            update(Client).where(Client.client_id == created.client_id).values(public_jwk=weak_jwk)
+        )
+        await session.commit()
+        now = int(time.time())
+        claims = {
+            "iss": created.client_id,
+            "sub": created.client_id,
+            "aud": runtime(app).token_url,
+            "iat": now,
+            "exp": now + 60,
+            "jti": f"weak-{now}",
+        }
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": _rs256(claims, weak),
+        }
+        refused = assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+        unknown = {**form, "client_assertion": _rs256({**claims, "iss": "nobody", "sub": "nobody"}, weak)}
+        assert refused == assert_oauth_error(
+            await client.post("/oauth/token", data=unknown), 401, "invalid_client"
+        )
 
     async def test_unsigned_assertion_is_invalid_client(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

@@ -377,10 +377,10 @@ async def erase(
                 raise CitizenErased(disclosure.ERASED)
             await records.keyring.shred_citizen(conn, citizen_id, on_event=partial(_audit_key_event, conn))
             await audit_writer.append_in_transaction(
-                conn, _erase_entry(records, facts, citizen_id, catalog, decision, status=204)
+                conn, _erase_entry(records, facts, citizen_id, catalog, decision, context, status=204)
             )
             return
-    refusal = _erase_entry(records, facts, citizen_id, catalog, decision, status=403)
+    refusal = _erase_entry(records, facts, citizen_id, catalog, decision, context, status=403)
     await records.refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
 
 
@@ -396,9 +396,13 @@ def _erase_entry(
     citizen_id: str,
     catalog: Catalog,
     decision: Decision,
+    context: RequestContext,
     *,
     status: int,
 ) -> AuditEntry:
+    """With the decision's context: the entry's time is the decision's, and it records the
+    citizen's status the decision saw (as every decided access does), the inputs of an
+    erasure agreement's condition."""
     return records.entry(
         facts,
         "erase",
@@ -409,6 +413,7 @@ def _erase_entry(
         decisions={NATIONAL_ID_FIELD: decision},
         status=status,
         decision="permit" if decision.effect == "permit" else "deny",
+        context=context,
     )
 
 

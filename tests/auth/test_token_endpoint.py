@@ -46,6 +46,26 @@ def _rs256(claims: dict[str, Any], key: rsa.RSAPrivateKey) -> str:
     return signing_input + "." + part(signature)
 
 
+def assertion_claims(app: FastAPI, client_id: str, jti: str, now: int) -> dict[str, Any]:
+    """A private_key_jwt assertion's claims for ``client_id``, valid for a minute from ``now``."""
+    return {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": runtime(app).token_url,
+        "iat": now,
+        "exp": now + 60,
+        "jti": jti,
+    }
+
+
+def assertion_form(assertion: str) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+
+
 def basic(client_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()}
 
@@ -371,19 +391,8 @@ class TestPrivateKeyJwt:
         metadata = (await client.get("/.well-known/oauth-authorization-server")).json()
         assert alg in metadata["token_endpoint_auth_signing_alg_values_supported"]
         now = int(time.time())
-        claims = {
-            "iss": created.client_id,
-            "sub": created.client_id,
-            "aud": runtime(app).token_url,
-            "iat": now,
-            "exp": now + 60,
-            "jti": f"{alg}-{now}",
-        }
-        form = {
-            "grant_type": "client_credentials",
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": sign(alg, claims, key),
-        }
+        claims = assertion_claims(app, created.client_id, f"{alg}-{now}", now)
+        form = assertion_form(sign(alg, claims, key))
         response = await client.post("/oauth/token", data=form)
         assert response.status_code == 200, response.text
         jwks = (await client.get("/.well-known/jwks.json")).json()
@@ -411,19 +420,8 @@ class TestPrivateKeyJwt:
         )
         await session.commit()
         now = int(time.time())
-        claims = {
-            "iss": created.client_id,
-            "sub": created.client_id,
-            "aud": runtime(app).token_url,
-            "iat": now,
-            "exp": now + 60,
-            "jti": f"weak-{now}",
-        }
-        form = {
-            "grant_type": "client_credentials",
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": _rs256(claims, weak),
-        }
+        claims = assertion_claims(app, created.client_id, f"weak-{now}", now)
+        form = assertion_form(_rs256(claims, weak))
         refused = assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
         unknown = {**form, "client_assertion": _rs256({**claims, "iss": "nobody", "sub": "nobody"}, weak)}
         assert refused == assert_oauth_error(

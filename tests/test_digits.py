@@ -25,7 +25,7 @@ from service.consent.schemas import ConsentIn
 from service.console.agreement_pages import version_number
 from service.console.forms import date_errors
 from service.console.web import ConsolePageError
-from service.digits import ascii_digits
+from service.digits import ascii_digits, bounded_decimal
 from service.errors import BadRequest, InvalidCursor
 from service.etags import parse_if_match
 from service.events.cursors import decode_position, encode_text
@@ -45,6 +45,19 @@ def test_ascii_digits_are_exactly_0_to_9(text: str) -> None:
     assert ascii_digits(text) == (re.fullmatch(r"[0-9]+", text) is not None)
     if ascii_digits(text):
         assert int(text) >= 0
+
+
+@given(st.text(), st.integers(min_value=0, max_value=2**70))
+def test_bounded_decimal_is_a_plain_number_up_to_the_bound(text: str, maximum: int) -> None:
+    plain = re.fullmatch(r"0|[1-9][0-9]*", text) is not None
+    assert bounded_decimal(text, maximum) == (int(text) if plain and int(text) <= maximum else None)
+
+
+def test_bounded_decimal_reads_no_number_int_refuses() -> None:
+    # int() refuses a number of over 4,300 digits with ValueError.
+    assert bounded_decimal("9" * 5000, 2**63 - 1) is None
+    assert bounded_decimal(str(2**63 - 1), 2**63 - 1) == 2**63 - 1
+    assert bounded_decimal(str(2**63), 2**63 - 1) is None
 
 
 @pytest.mark.parametrize("text", NOT_ASCII)

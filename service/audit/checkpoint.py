@@ -25,10 +25,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from service.digits import ascii_digits
+from service.digits import bounded_decimal
 
 ED25519_ALGORITHM = b"\x01"
 SIGNATURE_DASH = "\u2014"
+# The largest tree size read: the reference implementations (Go's sumdb/tlog) read it as a
+# signed 64-bit integer, and so do the witness's SQLite and the service's BIGINT columns.
+MAX_TREE_SIZE = 2**63 - 1
 
 
 class CheckpointError(ValueError):
@@ -148,15 +151,16 @@ class Checkpoint:
             raise CheckpointError("a checkpoint body is origin, size and root hash lines")
         if "" in lines[3:-1]:
             raise CheckpointError("a checkpoint's extension lines are not empty")
-        if not ascii_digits(lines[1]) or (lines[1].startswith("0") and lines[1] != "0"):
-            raise CheckpointError("the tree size is not a decimal number")
+        size = bounded_decimal(lines[1], MAX_TREE_SIZE)
+        if size is None:
+            raise CheckpointError(f"the tree size is not a decimal number from 0 to {MAX_TREE_SIZE}")
         try:
             root = base64.b64decode(lines[2], validate=True)
         except (binascii.Error, ValueError):
             raise CheckpointError("the root hash is not base64") from None
         if len(root) != 32:
             raise CheckpointError("the root hash is not 32 bytes")
-        return cls(origin=lines[0], size=int(lines[1]), root_hash=root)
+        return cls(origin=lines[0], size=size, root_hash=root)
 
 
 class Ed25519Signing(Protocol):

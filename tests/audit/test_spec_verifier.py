@@ -578,3 +578,14 @@ class TestAWitnessFromTheSpec:
             foreign.append(other.signature_line(text))
         note = text + "\n" + mine + "".join(foreign) + mine
         _cosigned(await spec_witness.add(spec_log.request(0, note=note)), text, spec_witness)
+
+    @pytest.mark.parametrize("size", [str(2**63), str(2**64), "9" * 5000])
+    async def test_a_tree_size_beyond_63_bits_is_400(
+        self, spec_witness: Witness, spec_log: SpecLog, size: str
+    ) -> None:
+        """Signed by the trusted key, but no tree has that many leaves (the reference
+        implementations read the size as a signed 64-bit integer): refused, nothing stored."""
+        text = f"{spec_log.origin}\n{size}\n{base64.b64encode(leaf_hash(b'x')).decode()}\n"
+        note = f"{text}\n{spec_log.signature_line(text)}"
+        _problem(await spec_witness.add(spec_log.request(0, note=note, proof=[])), 400)
+        _cosigned(await spec_witness.add(spec_log.request(0)), spec_log.text(), spec_witness)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from service.audit import repository as audit_repository
 from service.audit.errors import EntryBundleUnrepresentable, TileNotFound
 from service.audit.repository import Executor
-from service.digits import ascii_digits
+from service.digits import ascii_digits, bounded_decimal
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
@@ -50,11 +50,11 @@ class TileRequest:
 
 
 def _decimal(text: str, *, low: int, high: int) -> int:
-    if not ascii_digits(text) or (len(text) > 1 and text[0] == "0"):
-        raise TilePathInvalid("a level or width is a decimal number without leading zeroes")
-    value = int(text)
-    if not low <= value <= high:
-        raise TilePathInvalid(f"{value} is outside {low}..{high}")
+    value = bounded_decimal(text, high)
+    if value is None or value < low:
+        raise TilePathInvalid(
+            f"a level or width is a decimal number from {low} to {high} without leading zeroes"
+        )
     return value
 
 

@@ -36,12 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import cosignatures as cosignature_repository
 from service.audit import proofs
+from service.audit.checkpoint import MAX_TREE_SIZE
 from service.audit.config import AuditSettings
 from service.audit.cosignatures import CheckpointRow
 from service.audit.errors import AuditUnavailable, NoCheckpoint
 from service.audit.repository import Executor
 from service.db import utcnow
-from service.digits import ascii_digits
+from service.digits import bounded_decimal
 from service.witness.cosignature import (
     Cosignature,
     CosignatureError,
@@ -282,11 +283,11 @@ class WitnessSubmitter:
                 logger.warning("witness %s unreachable: %s", witness.name, exc)
                 return None
             if response.status_code == 409:
-                latest = response.text.strip()
-                if not ascii_digits(latest):
+                latest = bounded_decimal(response.text.strip(), MAX_TREE_SIZE)
+                if latest is None:
                     logger.warning("witness %s sent a 409 without a size", witness.name)
                     return None
-                if int(latest) == old:
+                if latest == old:
                     # Same size, another root: the witness holds a different history.
                     logger.error(
                         "witness %s refuses checkpoint %d: it cosigned another tree of size %s",
@@ -295,7 +296,7 @@ class WitnessSubmitter:
                         latest,
                     )
                     return None
-                self.known_sizes[witness.name] = int(latest)
+                self.known_sizes[witness.name] = latest
                 continue
             if response.status_code != 200:
                 logger.error(

@@ -10,7 +10,8 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from service.digits import ascii_digits
+from service.audit.checkpoint import MAX_TREE_SIZE
+from service.digits import bounded_decimal
 
 MAX_PROOF_LINES = 63
 
@@ -27,9 +28,12 @@ class Submission:
 
 
 def _decimal(text: str) -> int:
-    if not ascii_digits(text) or (len(text) > 1 and text[0] == "0"):
-        raise MalformedSubmission("a size is a decimal number without leading zeroes")
-    return int(text)
+    size = bounded_decimal(text, MAX_TREE_SIZE)
+    if size is None:
+        raise MalformedSubmission(
+            f"a size is a decimal number without leading zeroes, at most {MAX_TREE_SIZE}"
+        )
+    return size
 
 
 def parse_submission(body: bytes) -> Submission:

@@ -395,6 +395,8 @@ class TestAnAuditorsVerifier:
             ("/v1/audit/tile/0/x999/x999/x999/x999/x999/x999/x999/x999/999", {}, 404),
             ("/v1/audit/tile/63/000.p/255", {}, 404),
             ("/v1/audit/tile/0/000.p/256", {}, 400),
+            ("/v1/audit/tile/" + "9" * 5000 + "/000", {}, 400),
+            ("/v1/audit/tile/0/000.p/" + "9" * 5000, {}, 400),
         ]
         for path, params, status in proofs_and_tiles:
             _problem(await audit_client.get(path, params=params), status)
@@ -547,6 +549,7 @@ class TestAWitnessFromTheSpec:
             "old",
             "old \u0660",
             "old 0\r",
+            "old " + "9" * 5000,
         ],
     )
     async def test_a_malformed_old_line_is_400(

@@ -143,6 +143,26 @@ class TestQuorum:
         assert set(await _stored(sequenced_engine)) == {"removed.example", "kept.example"}
 
 
+class TestMisbehavingWitnesses:
+    @pytest.mark.parametrize("size", ["9" * 5000, str(2**64), "007"])
+    async def test_a_409_without_a_readable_size_is_passed_over(
+        self, sequenced_engine: AsyncEngine, size: str
+    ) -> None:
+        """A 409 whose body is no tree size (here digits ``int`` refuses, a size beyond 63
+        bits, leading zeroes) costs that witness its turn; the others still reach the quorum."""
+        witnesses = FakeWitnesses({"good.example": _now, "odd.example": _now})
+
+        def odd(request: httpx.Request) -> httpx.Response:
+            if request.url.host == "odd.example":
+                return httpx.Response(409, text=f"{size}\n", headers={"Content-Type": "text/x.tlog.size"})
+            return witnesses.handler(request)
+
+        config = _config(witnesses, ["good.example", "odd.example"], quorum=1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(odd)) as http:
+            assert await WitnessSubmitter(sequenced_engine, config, http).run_once()
+        assert set(await _stored(sequenced_engine)) == {"good.example"}
+
+
 async def _served(engine: AsyncEngine, config: WitnessConfig) -> list[str]:
     """The key names on the note ``GET /v1/audit/checkpoint`` serves under ``config``."""
     async with engine.connect() as conn:

@@ -26,8 +26,10 @@ from service.witness.protocol import MalformedSubmission, parse_submission
 from service.witness.state import Refusal, WitnessState
 
 TLOG_SIZE = "text/x.tlog.size"
-# A body is a note of a few hundred bytes and at most 63 proof lines.
-MAX_BODY_BYTES = 64 * 1024
+# At most 63 proof lines (under 3 KB) and a note, which C2SP signed-note says a verifier
+# accepts with at least 16 signatures of up to "nearly 5kB" (post-quantum) each: about
+# 6.7 KB a line in base64, so some 110 KB in all.
+MAX_BODY_BYTES = 128 * 1024
 
 
 class InconsistentProof(ServiceError):

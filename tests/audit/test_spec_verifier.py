@@ -592,3 +592,16 @@ class TestAWitnessFromTheSpec:
         note = f"{text}\n{spec_log.signature_line(text)}"
         _problem(await spec_witness.add(spec_log.request(0, note=note, proof=[])), 400)
         _cosigned(await spec_witness.add(spec_log.request(0)), spec_log.text(), spec_witness)
+
+    async def test_a_note_with_16_signatures_of_post_quantum_size_is_accepted(
+        self, spec_witness: Witness, spec_log: SpecLog
+    ) -> None:
+        """signed-note: a verifier MUST accept at least 16 signatures, "post-quantum signatures
+        can be up to nearly 5kB in size"; tlog-witness: the note MAY carry several."""
+        text = spec_log.text()
+        foreign = "".join(
+            f"{EM_DASH} pq{i}.example/witness {base64.b64encode(bytes(5000)).decode()}\n" for i in range(15)
+        )
+        body = spec_log.request(0, note=f"{text}\n{spec_log.signature_line(text)}{foreign}")
+        assert len(body) > 100_000
+        _cosigned(await spec_witness.add(body), text, spec_witness)

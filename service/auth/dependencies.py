@@ -78,15 +78,21 @@ def _bearer_token(request: Request) -> str:
 
 
 def _on_behalf_of(request: Request) -> str | None:
+    """The officer named by X-On-Behalf-Of, read as UTF-8: the audit records the name that
+    was sent ("Zoë", not the "ZoÃ«" a Latin-1 reading of its bytes would make); bytes that
+    are not UTF-8 are refused rather than guessed at."""
     headers: list[tuple[bytes, bytes]] = request.scope["headers"]
-    values = [value.decode("latin-1") for key, value in headers if key == _ON_BEHALF_OF_KEY]
-    if not values:
+    raw = [value for key, value in headers if key == _ON_BEHALF_OF_KEY]
+    if not raw:
         return None
-    value = values[0]
-    if len(values) > 1 or not value or len(value) > ON_BEHALF_OF_MAX or not value.isprintable():
+    try:
+        value = raw[0].decode()
+    except UnicodeDecodeError:
+        value = ""
+    if len(raw) > 1 or not value or len(value) > ON_BEHALF_OF_MAX or not value.isprintable():
         raise ValidationFailed(
-            "X-On-Behalf-Of must be one printable value of at most 200 characters.",
-            errors=[{"loc": ["header", ON_BEHALF_OF], "msg": "printable, 1 to 200 characters"}],
+            "X-On-Behalf-Of must be one printable UTF-8 value of at most 200 characters.",
+            errors=[{"loc": ["header", ON_BEHALF_OF], "msg": "printable UTF-8, 1 to 200 characters"}],
         )
     return value
 

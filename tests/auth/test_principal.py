@@ -173,16 +173,34 @@ class TestOnBehalfOf:
         response = await client.get("/_test/whoami", headers=bearer(token))
         assert response.json()["on_behalf_of"] is None
 
-    @pytest.mark.parametrize("value", ["x" * 201, "tab\there"], ids=["too-long", "unprintable"])
-    async def test_invalid_value_is_422(
-        self, scoped_app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, value: str
+    async def test_a_name_sent_in_utf8_is_recorded_as_sent(
+        self, scoped_app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:
         token = await token_for(scoped_app, session, "welfare", "consumer")
-        response = await client.get("/_test/whoami", headers=bearer(token, **{"X-On-Behalf-Of": value}))
+        headers = {
+            b"authorization": f"Bearer {token}".encode(),
+            b"x-on-behalf-of": "Zoë Ødegård 4711".encode(),
+        }
+        response = await client.get("/_test/whoami", headers=headers)
+        assert response.status_code == 200
+        assert response.json()["on_behalf_of"] == "Zoë Ødegård 4711"
+
+    @pytest.mark.parametrize(
+        "value",
+        ["x" * 201, "tab\there", b"Zo\xeb"],
+        ids=["too-long", "unprintable", "not-utf8"],
+    )
+    async def test_invalid_value_is_422(
+        self, scoped_app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, value: str | bytes
+    ) -> None:
+        token = await token_for(scoped_app, session, "welfare", "consumer")
+        sent = value if isinstance(value, bytes) else value.encode()
+        headers = {b"authorization": f"Bearer {token}".encode(), b"x-on-behalf-of": sent}
+        response = await client.get("/_test/whoami", headers=headers)
         assert response.status_code == 422
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"] == [
-            {"loc": ["header", "X-On-Behalf-Of"], "msg": "printable, 1 to 200 characters"}
+            {"loc": ["header", "X-On-Behalf-Of"], "msg": "printable UTF-8, 1 to 200 characters"}
         ]
 
 

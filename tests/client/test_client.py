@@ -166,6 +166,17 @@ class TestCitizens:
         assert [item.field for item in citizen.withheld] == ["tax_code"]
         assert citizen.etag == etag_of(citizen.version)
 
+    async def test_an_officers_name_is_sent_and_recorded_as_written(self, client_site: ClientSite) -> None:
+        """X-On-Behalf-Of travels as UTF-8, so a name outside ASCII reaches the audit whole."""
+        citizen_id = await _register(client_site, "NI200009")
+        client_id, secret = client_site.secrets["welfare"]
+        async with TellonceClient(
+            client_site.url, ClientSecret(client_id, secret), on_behalf_of="Zoë Ødegård"
+        ) as officer:
+            await officer.read_citizen(citizen_id, PURPOSE, ["given_name"])
+        page = await client_site.client("auditor").audit_entries(citizen_id=citizen_id, action="read")
+        assert [item.entry["on_behalf_of"] for item in page.items] == ["Zoë Ødegård"]
+
     async def test_if_match_write_and_stale_write(self, client_site: ClientSite) -> None:
         citizen_id = await _register(client_site, "NI200002")
         registrar = client_site.client("registrar")

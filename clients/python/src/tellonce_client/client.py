@@ -86,7 +86,7 @@ class TellonceClient:
     """One department system's connection to tellonce.
 
     ``auth`` is a ``ClientSecret`` or ``PrivateKeyJwt``. ``on_behalf_of`` (the officer) is
-    sent as ``X-On-Behalf-Of`` on every call; ``case_ref`` arguments as ``X-Case-Ref``.
+    sent as ``X-On-Behalf-Of`` (UTF-8) on every call; ``case_ref`` arguments as ``X-Case-Ref``.
     ``on_response`` sees the final response of every API call (after retries), for counting.
     """
 
@@ -148,8 +148,11 @@ class TellonceClient:
             if authenticated and self.auth is not None:
                 token = await self.auth.token(self.http, self.token_url, renew=renewed)
                 sent["Authorization"] = f"Bearer {token}"
+            # As bytes, UTF-8: httpx would encode a text header as ASCII and refuse an
+            # officer's name such as "Zoë"; tellonce reads X-On-Behalf-Of as UTF-8.
+            raw = {name.encode("ascii"): value.encode() for name, value in sent.items()}
             response = await self.http.request(
-                method, f"{self.base_url}{path}", params=params, json=json, headers=sent
+                method, f"{self.base_url}{path}", params=params, json=json, headers=raw
             )
             if response.status_code == 401 and authenticated and self.auth is not None and not renewed:
                 renewed = True  # the token was revoked or the signing key rotated: one fresh try

@@ -10,6 +10,9 @@ import binascii
 from service.digits import ascii_digits
 from service.errors import bad_cursor
 
+# The largest position the outbox's 64-bit column holds; a cursor past it was never given.
+_MAX_POSITION = 2**63 - 1
+
 
 def encode_text(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -29,6 +32,6 @@ def encode_position(position: int) -> str:
 def decode_position(cursor: str, loc: list[str | int]) -> int:
     text = decode_text(cursor, loc)
     prefix, _, number = text.partition(":")
-    if prefix != "e1" or not ascii_digits(number):
+    if prefix != "e1" or not ascii_digits(number) or int(number) > _MAX_POSITION:
         raise bad_cursor(loc)
     return int(number)

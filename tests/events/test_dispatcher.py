@@ -20,6 +20,7 @@ from service.auth import service as auth_service
 from service.auth.models import Client
 from service.db import utcnow
 from service.events import service as events_service
+from service.events.cursors import encode_text
 from service.events.dispatcher import Dispatcher, backoff_seconds
 from service.events.models import Delivery
 from service.events.service import EventsRuntime
@@ -487,6 +488,17 @@ class TestDeliveriesApi:
         ).json()
         assert [d["event_id"] for d in rest["items"]] == sent[2:]
         assert rest["next_cursor"] is None
+
+    @pytest.mark.parametrize("cursor", ["%%%", encode_text(f"e1:{2**63}")])
+    async def test_a_cursor_it_did_not_give_is_422(
+        self, dvla_hook: dict[str, Any], api: httpx.AsyncClient, cursor: str
+    ) -> None:
+        response = await api.get(f"/v1/subscriptions/{dvla_hook['id']}/deliveries", params={"cursor": cursor})
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body["type"].endswith("/invalid-cursor")
+        assert body["errors"] == [{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
 
     async def test_deleting_the_subscription_cancels_what_is_queued(
         self,

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import create_engine
 from service.events import service as events_service
-from service.events.cursors import encode_position
+from service.events.cursors import encode_position, encode_text
 from service.events.notifier import postgres_wakeups
 from service.events.service import EventsRuntime
 from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit
@@ -233,7 +233,18 @@ class TestFeedRefusals:
         assert body["type"].endswith("/validation-failed")
         assert [e["loc"] for e in body["errors"]] == [loc]
 
-    @pytest.mark.parametrize("cursor", ["garbage!", "ZTE6LTE", "eDox", "ZTE6"])
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            "garbage!",
+            "ZTE6LTE",
+            "eDox",
+            "ZTE6",
+            # Well formed, but beyond any position the outbox's 64-bit column can hold.
+            encode_text(f"e1:{2**63}"),
+            encode_text("e1:" + "9" * 40),
+        ],
+    )
     async def test_foreign_cursor_is_422(self, welfare: httpx.AsyncClient, cursor: str) -> None:
         response = await welfare.get("/v1/events", params={"after": cursor})
         assert response.status_code == 422

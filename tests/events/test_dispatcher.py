@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import random
 import time
@@ -57,7 +60,65 @@ async def _deliveries(api: httpx.AsyncClient, subscription_id: str) -> list[dict
     return items
 
 
+def spec_verify(secret: str, headers: dict[str, str], body: bytes) -> None:
+    """The Standard Webhooks receiver's check, written from the spec and not the library's
+    code: the key is the base64-decoded bytes after ``whsec_``; the signed content is
+    ``{webhook-id}.{webhook-timestamp}.{body}``; ``webhook-timestamp`` is integer seconds
+    since the epoch; ``webhook-signature`` is a space-delimited list of ``v1,<base64
+    HMAC-SHA256>``, one of which must match."""
+    assert secret.startswith("whsec_")
+    key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    # The spec asks for a secret of 24 to 64 random bytes.
+    assert 24 <= len(key) <= 64
+    webhook_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+    assert timestamp.isascii(), timestamp
+    assert timestamp.isdigit(), timestamp
+    assert abs(time.time() - int(timestamp)) < 300
+    signed = webhook_id.encode() + b"." + timestamp.encode() + b"." + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    offered = headers["webhook-signature"].split(" ")
+    versions = [signature.partition(",") for signature in offered]
+    assert all(version == "v1" and comma == "," for version, comma, _ in versions), offered
+    if not any(hmac.compare_digest(expected, value) for _version, _comma, value in versions):
+        raise AssertionError("no webhook-signature matches the spec's HMAC of the delivery")
+
+
 class TestSignedDelivery:
+    async def test_every_attempt_verifies_by_the_spec_under_one_webhook_id(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        receiver.fail_next(1, status=500)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        async with running(dispatcher):
+            await receiver.until(1)
+        first, second = receiver.received
+        assert (first.answered, second.answered) == (500, 204)
+        # A retry is the same message: the same id and body, signed again when it leaves.
+        assert first.headers["webhook-id"] == second.headers["webhook-id"]
+        assert first.body == second.body
+        for request in (first, second):
+            spec_verify(dvla_hook["secret"], request.headers, request.body)
+        # Another secret, an altered body, id or timestamp: no signature matches.
+        other = "whsec_" + base64.b64encode(bytes(32)).decode()
+        altered = [
+            (other, second.headers, second.body),
+            (dvla_hook["secret"], second.headers, second.body + b" "),
+            (dvla_hook["secret"], {**second.headers, "webhook-id": "msg_other"}, second.body),
+            (
+                dvla_hook["secret"],
+                {**second.headers, "webhook-timestamp": str(int(second.headers["webhook-timestamp"]) - 1)},
+                second.body,
+            ),
+        ]
+        for secret, headers, body in altered:
+            with pytest.raises(AssertionError, match="no webhook-signature matches"):
+                spec_verify(secret, headers, body)
+
     async def test_receiver_verifies_the_signature_with_standardwebhooks(
         self,
         dvla_hook: dict[str, Any],

@@ -169,6 +169,31 @@ class TestRetryAfterHeader:
         assert retry_after_seconds(header, self.NOW) is None
 
 
+class TestRedirects:
+    @pytest.mark.parametrize("status", [302, 307])
+    async def test_a_redirect_is_a_failed_attempt_and_never_followed(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        status: int,
+    ) -> None:
+        # A receiver must not bounce the service to an address it never checked.
+        with ScriptedReceiver(status, {"Location": receiver.url}) as redirecting:
+            act_as(events_app, "dvla", "consumer")
+            hook = await _subscribe(api, redirecting.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            await dispatcher.run_once()
+            assert len(redirecting.received) == 1
+        assert receiver.received == []
+        [delivery] = await _deliveries(api, hook["id"])
+        assert (delivery["status"], delivery["last_status_code"]) == ("pending", status)
+        assert delivery["last_error"] == f"the receiver answered {status}"
+
+
 class TestRetryAfter:
     @pytest.mark.parametrize(
         ("status", "retry_after", "least", "most"),

@@ -15,6 +15,8 @@
 - ``case_entry``: a consumer closing one of its cases (delayed disclosure).
 - ``choice_entry``: a citizen's consent or objection made or changed, with a consent's
   signed terms in full.
+- ``subscription_change_entry``: an events subscription deleted by its department, or
+  disabled by the service when its receiver answered 410 Gone.
 - ``operator_entry``: an operator command on clients or signing keys (``client-create``,
   ``client-disable``, ``signing-key-rotate``) or one that made a key.
 
@@ -526,6 +528,40 @@ def explain_entry(
         purpose=purpose,
         case_ref=case_ref,
         status=200,
+        source=source,
+    )
+
+
+def subscription_change_entry(
+    *,
+    client_id: str,
+    department: str,
+    subscription_id: str,
+    change: str,
+    fields: Sequence[str],
+    owners: Iterable[str],
+    purpose: str | None,
+    status: int,
+    source: str | None,
+    on_behalf_of: str | None = None,
+    why: str = "",
+) -> AuditEntry:
+    """A subscription that changed (``change``: ``deleted``, ``disabled``), named with its
+    fields, their owners and its purpose. It releases nothing and names no citizen."""
+    said = f"subscription {subscription_id} {change}" + (f": {why}" if why else "")
+    return AuditEntry.built(
+        time=utcnow(),
+        request_id=current_request_id(),
+        client_id=client_id,
+        department=department,
+        on_behalf_of=on_behalf_of,
+        action="subscription-change",
+        owners=sorted(set(owners)),
+        fields_requested=fields,
+        decision="permit",
+        reasons=[Reason.built(field="", effect=change, reason=said)],
+        purpose=purpose,
+        status=status,
         source=source,
     )
 

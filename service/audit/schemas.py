@@ -40,6 +40,7 @@ Action = Literal[
     "consent-list",
     "objection-list",
     "explain",
+    "subscription-change",
 ]
 Decision = Literal["permit", "deny", "partial", "error"]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]

@@ -38,7 +38,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from standardwebhooks import Webhook
 
 from service import tracing
-from service.audit.entries import consent_delivery_entry, events_access_entry, notice_delivery_entry
+from service.audit.entries import (
+    SERVICE_ACTOR,
+    consent_delivery_entry,
+    events_access_entry,
+    notice_delivery_entry,
+    subscription_change_entry,
+)
 from service.audit.schemas import AuditEntry
 from service.auth import service as auth_service
 from service.config import Settings
@@ -49,7 +55,7 @@ from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED
 from service.events.notices import NoticeWorker
 from service.events.notifier import postgres_wakeups
 from service.events.secrets import SecretUndecryptable
-from service.events.service import EventsRuntime, dumps_payload, event_data, webhook_id
+from service.events.service import EventsRuntime, dumps_payload, event_data, field_owners, webhook_id
 from service.events.targets import Pinned, UnsafeWebhookTarget, check_target, pinned
 from service.records import public as records_public
 
@@ -401,21 +407,42 @@ class Dispatcher:
     async def _record(
         self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
     ) -> None:
-        gone: dict[str, str | None] = {}
+        gone: dict[str, repository.SubscriptionRow] = {}
+        disabled: list[AuditEntry] = []
         async with self.runtime.engine.begin() as conn:
             for item in batch:
                 values = outcomes.get(item.id) or self._failure(item, "no outcome", None)
                 if not await repository.record_result(conn, item.id, item.claim_token, values):
                     logger.warning("delivery %s: claim lost before its result was recorded", item.id)
                 if _gone(values):
-                    gone[item.subscription.id] = _origin(item.subscription.webhook_url)
+                    gone[item.subscription.id] = item.subscription
             # After the results: disabling cancels the subscription's other pending
             # deliveries, including this batch's that are to be retried.
-            for subscription_id, origin in gone.items():
+            for subscription_id, subscription in gone.items():
                 if await repository.disable_subscription(conn, subscription_id):
+                    origin = _origin(subscription.webhook_url)
                     logger.warning(
                         "subscription %s disabled: its receiver %s answered 410 Gone", subscription_id, origin
                     )
+                    disabled.append(
+                        subscription_change_entry(
+                            client_id=SERVICE_ACTOR,
+                            department=subscription.department,
+                            subscription_id=subscription_id,
+                            change="disabled",
+                            why="its receiver answered 410 Gone",
+                            fields=subscription.fields,
+                            owners=await field_owners(conn, subscription.fields),
+                            purpose=subscription.purpose or None,
+                            status=GONE,
+                            source=origin,
+                        )
+                    )
+        # Audited once the disabling is committed (only the dispatcher that disabled it
+        # tells). It is not undone when the audit cannot be written: it only stops
+        # deliveries, and ``_audited`` logs the failure.
+        if disabled:
+            await self._audited(disabled)
 
     # --- the loop ---------------------------------------------------------------------
 

@@ -74,7 +74,10 @@ async def get_subscription(subscription_id: str, consumer: Consumer, runtime: Ru
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_subscription(subscription_id: str, consumer: Consumer, runtime: Runtime) -> Response:
-    """End a subscription, active or disabled. Deliveries still queued for it are cancelled."""
+    """End a subscription, active or disabled. Deliveries still queued for it are cancelled.
+
+    The deletion is audited (action `subscription-change`) before it takes effect: while the
+    audit cannot be written the answer is 503 and the subscription stays."""
     await events_service.delete_subscription(runtime, consumer, subscription_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.audit.entries import events_access_entry, query_entry
+from service.audit.entries import events_access_entry, query_entry, subscription_change_entry
 from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
@@ -344,9 +344,36 @@ async def get_subscription(
 
 
 async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> None:
+    """End the subscription, audited first (``subscription-change``) as its making was: while
+    the audit cannot be written it stays as it is (503)."""
+    async with runtime.engine.connect() as conn:
+        row = await _own_subscription(conn, caller, subscription_id)
+        owners = await field_owners(conn, row.fields)
+    await runtime.audit.record(
+        [
+            subscription_change_entry(
+                client_id=caller.principal.client_id,
+                department=caller.department,
+                on_behalf_of=caller.principal.on_behalf_of,
+                subscription_id=subscription_id,
+                change="deleted",
+                fields=row.fields,
+                owners=owners,
+                purpose=row.purpose or None,
+                status=204,
+                source=caller.source,
+            )
+        ]
+    )
     async with runtime.engine.begin() as conn:
-        await _own_subscription(conn, caller, subscription_id)
         await repository.delete_subscription(conn, subscription_id, utcnow())
+
+
+async def field_owners(conn: AsyncConnection, fields: Sequence[str]) -> list[str]:
+    """The departments owning ``fields`` in the catalog in force: whom a subscription's
+    audit entries name, so each owner sees the subscriptions to its fields."""
+    catalog = await catalog_service.current_cached(conn)
+    return sorted({spec.owner for name in fields if (spec := catalog.field(name)) is not None})
 
 
 async def list_subscriptions(

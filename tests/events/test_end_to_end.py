@@ -177,6 +177,55 @@ class TestWriteToWebhook:
         assert len(receiver.received) == 1
 
 
+class TestSubscriptionChangesAudited:
+    async def test_a_deletion_is_in_the_stored_trail_and_found_by_its_action(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        events_engine: AsyncEngine,
+    ) -> None:
+        act_as(full_app, "dvla", "consumer", client_id="dvla-events")
+        created = await http.post(
+            "/v1/subscriptions",
+            json={
+                "fields": ["date_of_death", "licence_status"],
+                "purpose": "licence-administration",
+                "webhook_url": receiver.url + "?token=kept-private",
+            },
+        )
+        assert created.status_code == 201, created.text
+        subscription_id = created.json()["id"]
+        assert (await http.delete(f"/v1/subscriptions/{subscription_id}")).status_code == 204
+        [entry] = await _audit(events_engine, "subscription-change")
+        assert (entry["client_id"], entry["department"]) == ("dvla-events", "dvla")
+        assert entry["fields_requested"] == ["date_of_death", "licence_status"]
+        assert entry["fields_released"] == []
+        assert entry["owners"] == ["dvla", "register"]
+        assert entry["purpose"] == "licence-administration"
+        assert (entry["decision"], entry["status"], entry["citizen_id"]) == ("permit", 204, None)
+        assert entry["reasons"] == [
+            {
+                "field": "",
+                "effect": "deleted",
+                "agreement": None,
+                "version": None,
+                "digest": None,
+                "reason": f"subscription {subscription_id} deleted",
+            }
+        ]
+        # Never the secret, nor the receiver's path and query (which may hold a token).
+        assert created.json()["secret"] not in json.dumps(entry)
+        assert "kept-private" not in json.dumps(entry)
+        # An auditor finds it by its action.
+        act_as(full_app, "audit-office", "auditor")
+        found = await http.get("/v1/audit/entries", params={"action": "subscription-change"})
+        assert found.status_code == 200, found.text
+        assert [item["entry"]["reasons"][0]["reason"] for item in found.json()["items"]] == [
+            f"subscription {subscription_id} deleted"
+        ]
+
+
 class TestWorkerProcess:
     async def test_tellonce_worker_delivers_and_stops_on_sigterm(
         self,

@@ -24,7 +24,7 @@ from service.db import utcnow
 from service.events.dispatcher import Dispatcher, backoff_seconds, retry_after_seconds
 from service.events.models import Delivery
 from service.events.service import EventsRuntime
-from tests.events.conftest import add_citizen, emit
+from tests.events.conftest import ListAuditSink, add_citizen, emit
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -274,6 +274,7 @@ class TestGone:
         events_engine: AsyncEngine,
         gone_receiver: ScriptedReceiver,
         receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
     ) -> None:
         act_as(events_app, "dvla", "consumer")
         gone = await _subscribe(api, gone_receiver.url)
@@ -296,6 +297,20 @@ class TestGone:
         shown = await api.get(f"/v1/subscriptions/{gone['id']}")
         assert shown.status_code == 200
         assert shown.json()["status"] == "disabled"
+        # The service changed the subscription, on its receiver's word: audited as such.
+        [disabled] = audit_sink.of("subscription-change")
+        assert (disabled["client_id"], disabled["department"], disabled["status"]) == (
+            "tellonce-service",
+            "dvla",
+            410,
+        )
+        assert disabled["source"] == gone_receiver.url.removesuffix("/hooks/tellonce")
+        assert disabled["fields_requested"] == ["date_of_death"]
+        assert disabled["purpose"] == "licence-administration"
+        assert disabled["reasons"][0]["effect"] == "disabled"
+        assert disabled["reasons"][0]["reason"] == (
+            f"subscription {gone['id']} disabled: its receiver answered 410 Gone"
+        )
         listed = (await api.get("/v1/subscriptions")).json()["items"]
         assert {item["id"]: item["status"] for item in listed} == {
             gone["id"]: "disabled",

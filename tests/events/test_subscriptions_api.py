@@ -218,6 +218,30 @@ class TestReadAndDeleteSubscriptions:
         )
         assert (await api.get("/v1/subscriptions")).json() == {"items": [], "next_cursor": None}
 
+    async def test_a_deletion_is_audited_first_and_refused_while_the_audit_is_down(
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
+    ) -> None:
+        act_as(events_app, "welfare", "consumer")
+        subscription_id = await self._make(api, ["address"], "benefit-eligibility")
+        audit_sink.failing = True
+        _assert_problem(await api.delete(f"/v1/subscriptions/{subscription_id}"), 503, "unavailable")
+        assert (await api.get(f"/v1/subscriptions/{subscription_id}")).json()["status"] == "active"
+        assert audit_sink.of("subscription-change") == []
+        audit_sink.failing = False
+        assert (await api.delete(f"/v1/subscriptions/{subscription_id}")).status_code == 204
+        [entry] = audit_sink.of("subscription-change")
+        assert (entry["department"], entry["fields_requested"], entry["owners"]) == (
+            "welfare",
+            ["address"],
+            ["register"],
+        )
+        assert entry["reasons"][0]["reason"] == f"subscription {subscription_id} deleted"
+        # Another department's, or one already deleted: 404, and nothing changed to account for.
+        _assert_problem(
+            await api.delete(f"/v1/subscriptions/{subscription_id}"), 404, "subscription-not-found"
+        )
+        assert len(audit_sink.of("subscription-change")) == 1
+
     async def test_bad_list_cursor_is_422(self, events_app: FastAPI, api: httpx.AsyncClient) -> None:
         act_as(events_app, "welfare", "consumer")
         for cursor in ("%%%", "bm90LWEtY3Vyc29y"):

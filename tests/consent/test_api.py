@@ -270,7 +270,6 @@ class TestAudited:
         assert terms["fields"] == ["benefit_status"]
         assert not any("awarded" in json.dumps(e) or "Ada" in json.dumps(e) for e in entries)
 
-
     async def test_reading_a_citizens_choices_is_audited(self, world: ConsentWorld) -> None:
         """Which agreements a citizen consented or objected to is about the citizen: each
         listing is an entry naming the citizen and the portal, committed with the answer."""

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth import service as auth_service
 from service.audit.models import AuditEntryRow
+from service.auth import service as auth_service
 from service.consent import service as consent_service
 from service.events.notifier import EventNotifier
 from tests.consent.conftest import CONSENTED, PORTAL, ConsentWorld, records_env, world

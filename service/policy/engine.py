@@ -251,10 +251,13 @@ class Grant:
             if not bindings:
                 bindings.update(_bindings(context))
             try:
-                met = self.condition.execute(bindings) is True
+                met = self.condition.execute(bindings)
             except Exception:
-                # A condition that cannot be evaluated fails closed: a permit does not
-                # apply, while a forbid does (see ``_decide_field``).
+                met = None
+            if not isinstance(met, bool):
+                # A condition that errors, or gives anything but true or false, cannot be
+                # decided and fails closed: a permit does not apply, while a forbid does
+                # (see ``_decide_field``).
                 return f"agreement {self.agreement} {UNEVALUATED}: {self.when}"
             if not met:
                 return f"agreement {self.agreement} condition not met: {self.when}"

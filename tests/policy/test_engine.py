@@ -181,6 +181,19 @@ class TestDecide:
         forbid = agreement("no-licence", effect="forbid", purposes=(), when="citizen.status.startsWith('a')")
         assert decide_one(policy(agreement(), forbid), citizen_status=None)[0] == "deny"
 
+    @pytest.mark.parametrize("when", ["citizen.status", "request.case_ref", "1", '"true"'])
+    def test_condition_that_is_not_true_or_false_fails_closed(self, when: str) -> None:
+        # Neither true nor false cannot be decided: a forbid applies, a permit does not.
+        forbid = agreement("no-licence", effect="forbid", purposes=(), when=when)
+        assert decide_one(policy(agreement(), forbid), case_ref="C-1") == (
+            "deny",
+            "agreement no-licence forbids welfare to read licence_status",
+        )
+        assert decide_one(policy(agreement(when=when)), case_ref="C-1") == (
+            "deny",
+            f"agreement licence-for-welfare condition could not be evaluated: {when}",
+        )
+
     def test_owner_is_permitted_everything_on_its_own_fields(self) -> None:
         compiled = policy()
         for action in ACTIONS:

@@ -153,7 +153,9 @@ def _walk(
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(SourceError(file, line, "mapping keys must be plain scalars"))
                 continue
-            key = loader.construct_object(key_node)
+            key = _construct(loader, key_node, problems, file)
+            if key is _UNREADABLE:
+                continue
             if not isinstance(key, str | int):
                 key = str(key)
             if key in mapping:
@@ -167,4 +169,21 @@ def _walk(
             _walk(loader, item, (*path, index), lines, problems, file)
             for index, item in enumerate(node.value)
         ]
-    return loader.construct_object(node, deep=True)
+    value = _construct(loader, node, problems, file)
+    return None if value is _UNREADABLE else value
+
+
+# What ``_construct`` returns for a scalar it could not build (its problem is recorded).
+_UNREADABLE = object()
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, problems: list[SourceError], file: str) -> Any:
+    """The value of a scalar node; a value YAML recognises but cannot build (a date that
+    does not exist such as 2027-02-30, ``!!int abc``, a tag the safe loader does not know)
+    is a problem on its line, not an exception that would end the load without one."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
+        problems.append(SourceError(file, node.start_mark.line + 1, f"invalid value: {problem}"))
+        return _UNREADABLE

@@ -172,6 +172,25 @@ class TestLoader:
             f"(first in {folder / 'dvla.yaml'}:3)",
         ]
 
+    def test_a_value_yaml_cannot_build_is_an_error_at_its_line(self, tmp_path: Path) -> None:
+        # A date that does not exist, or a tag the safe loader refuses, ends YAML's own
+        # construction with an exception; each is reported at its line with the rest.
+        text = (
+            (TEST_POLICIES / "dvla.yaml")
+            .read_text()
+            .replace("valid_until: 2020-01-01", "valid_until: 2027-02-30")
+            .replace('"Road Traffic Offenders Act 1988"', "!!python/name:os.system")
+        )
+        folder = policy_folder(tmp_path, dvla=text)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        path = folder / "dvla.yaml"
+        assert [str(e) for e in caught.value.errors] == [
+            f"{path}:16: invalid value: day is out of range for month",
+            f"{path}:21: invalid value: could not determine a constructor for the tag "
+            "'tag:yaml.org,2002:python/name:os.system'",
+        ]
+
     def test_catalog_and_agreement_errors_together(self, tmp_path: Path) -> None:
         folder = policy_folder(tmp_path, dvla="owner: dvla\nagreements:\n  - id: x\n")
         (folder / "catalog.yaml").write_text("departments: []\npurposes: []\n")

@@ -33,6 +33,7 @@ from service.policy.loader import PolicyFolder, signature_problem
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OwnerVerifier, text_digest, version_digest, version_text
+from service.sourcefile import SourceError, SourceFileError
 
 logger = logging.getLogger("tellonce.policy")
 
@@ -322,12 +323,29 @@ class ApplyReport:
 async def apply_folder(
     session: AsyncSession, folder: PolicyFolder, *, author: str, reason: str, prune: bool = False
 ) -> ApplyReport:
-    """Store the catalog and every changed agreement of a validated folder, in one transaction."""
+    """Store the catalog and every changed agreement of a validated folder, in one transaction.
+
+    Raises ``SourceFileError``, storing nothing, for an agreement whose id another owner's
+    stored agreement has (active or revoked): ids are unique across the catalog, so one
+    owner's file never replaces, nor takes over the history of, another owner's agreement.
+    """
     report = ApplyReport()
+    current = {row.agreement_id: row for row in await repository.current_versions(session)}
+    taken = [
+        SourceError(
+            sourced.file,
+            sourced.line,
+            f"agreement {sourced.spec.id}: the id is taken by an agreement of {row.owner}; "
+            "agreement ids are unique across the catalog",
+        )
+        for sourced in folder.agreements
+        if (row := current.get(sourced.spec.id)) is not None and row.owner != sourced.owner
+    ]
+    if taken:
+        raise SourceFileError(taken)
     report.catalog_version = await catalog_service.store(
         session, folder.catalog, author=author, reason=reason
     )
-    current = {row.agreement_id: row for row in await repository.current_versions(session)}
     in_folder = set()
     for sourced in folder.agreements:
         spec = sourced.spec
@@ -337,7 +355,6 @@ async def apply_folder(
         if (
             previous is not None
             and previous.status == "active"
-            and previous.owner == sourced.owner
             and previous.content_hash == content_hash(content)
         ):
             report.unchanged.append(spec.id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,7 +14,8 @@ from service.policy import repository
 from service.policy import service as policy_service
 from service.policy.engine import RequestContext
 from service.policy.loader import load_policy_folder
-from tests.conftest import DEMO_POLICIES
+from service.sourcefile import SourceFileError
+from tests.conftest import DEMO_POLICIES, TEST_POLICIES
 
 
 @pytest.fixture
@@ -92,3 +95,35 @@ class TestLivePolicy:
         }
         assert write["address"].agreement == "address-updates-from-dvla"
         assert write["address"].legal_basis == "Digital Economy Act 2017, s.35 (public service delivery)"
+
+
+class TestApplyFolder:
+    async def test_an_id_another_owner_has_stored_is_refused_at_its_line(
+        self, session: AsyncSession, policies_loaded: policy_service.ApplyReport, tmp_path: Path
+    ) -> None:
+        # dvla's file drops licence-for-revenue (kept, as no --prune) and revenue's file
+        # takes the id for an agreement of its own: that would replace dvla's agreement.
+        folder = tmp_path / "policies"
+        shutil.copytree(TEST_POLICIES, folder)
+        dvla = (folder / "dvla.yaml").read_text()
+        start, end = dvla.index("  - id: licence-for-revenue"), dvla.index("  - id: no-points-for-welfare")
+        (folder / "dvla.yaml").write_text(dvla[:start] + dvla[end:])
+        taken = (
+            (TEST_POLICIES / "revenue.yaml").read_text().replace("tax-code-for-fraud", "licence-for-revenue")
+        )
+        (folder / "revenue.yaml").write_text(taken)
+        with pytest.raises(SourceFileError) as caught:
+            await policy_service.apply_folder(
+                session, load_policy_folder(folder), author="t", reason="r", prune=True
+            )
+        assert [str(e) for e in caught.value.errors] == [
+            f"{folder / 'revenue.yaml'}:3: agreement licence-for-revenue: the id is taken by an "
+            "agreement of dvla; agreement ids are unique across the catalog"
+        ]
+        row = await repository.current_version(session, "licence-for-revenue")
+        assert row is not None
+        assert (row.owner, row.version, row.status) == ("dvla", 1, "active")
+        # A revoked agreement keeps its id too.
+        await policy_service.revoke(session, row, author="t", reason="ended")
+        with pytest.raises(SourceFileError):
+            await policy_service.apply_folder(session, load_policy_folder(folder), author="t", reason="r")

@@ -21,7 +21,7 @@ from service.console.drafts import check_draft
 from service.console.forms import AgreementForm
 from service.console.sessions import SignedIn
 from service.console.views import Simulation
-from service.console.web import ConsolePageError, ConsoleRoute, catalog_of, csrf_checked, render
+from service.console.web import ConsolePageError, ConsoleRoute, catalog_of, csrf_checked, render, source_of
 from service.db import SessionDep
 from service.etags import IfMatch
 from service.policy import agreements
@@ -186,6 +186,7 @@ async def _submit(
         request.app.state.policy,
         request.app.state.recorded_requests,
         {"upsert": [checked.content]},
+        source=source_of(request),
     )
     simulation = Simulation.of(result)
     return _simulate_page(

@@ -312,9 +312,16 @@ async def simulate_draft(
     holder: policy_service.PolicyHolder,
     recorded: RecordedRequestSource | None,
     body: Mapping[str, Any],
+    *,
+    source: str | None = None,
 ) -> SimulationResult:
     """Replay recorded requests since ``body``'s ``since`` against the live agreements plus
     its ``upsert`` drafts minus its ``remove`` ids. Live policy is never changed.
+
+    The replay reads the audit log (and the citizens' consents and objections), so it is an
+    audit query and audited as one: an ``audit-query`` entry naming who asked, from
+    ``source``, and the owners whose fields were replayed, in the caller's transaction,
+    which commits before the answer is sent.
 
     Each draft is judged as a create would be (unsigned drafts are fine: nothing is
     stored), under its owner: the caller's department, or for an auditor the owner of its
@@ -366,7 +373,11 @@ async def simulate_draft(
     changing = {a.owner for a in drafts} | {a.owner for a in live.agreements if a.id in removed}
     changing |= {owner for owner, agreement_id, _version in live.refused if agreement_id in removed}
     fields = {name for name, owner in live.field_owners.items() if owner in changing}
-    return await simulate(live, changed, recorded, read.since, choices, fields)
+    result = await simulate(live, changed, recorded, read.since, choices, fields)
+    if recorded is not None:
+        entry = audit_entries.query_entry(principal, source=source, owners=sorted(changing))
+        await audit_writer.append_in_transaction(conn, entry)
+    return result
 
 
 def _draft_order(problem: Problem) -> tuple[int, int]:

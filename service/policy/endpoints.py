@@ -204,9 +204,16 @@ async def simulate_change(
     Consent-based and objectable agreements are replayed with each citizen's consents and
     objections as they stand now; `withheld_by_choice` counts the field decisions the
     draft withholds for lack of consent (`consent-required`) or for an objection.
+
+    The replay reads the audit log, so it is audited as an audit query (`audit-query`).
     """
     result = await agreements.simulate_draft(
-        session, principal, request.app.state.policy, request.app.state.recorded_requests, body
+        session,
+        principal,
+        request.app.state.policy,
+        request.app.state.recorded_requests,
+        body,
+        source=request.client.host if request.client else None,
     )
     changes = [
         ChangeOut.model_validate(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.models import AuditEntryRow
 from service.auth.dependencies import get_principal, optional_principal
 from service.policy import repository
 from service.policy import service as policy_service
@@ -698,6 +700,24 @@ class TestSimulate:
         # Nothing changed for real.
         assert (await client.get("/v1/policies/licence-status-for-welfare")).json()["status"] == "active"
         assert_problem(await client.get("/v1/policies/points-for-revenue"), 404, "agreement-not-found")
+
+    @pytest.mark.usefixtures("recorded_source")
+    async def test_the_replay_is_audited_as_an_audit_query(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # It reads the audit log, as a usage report does, so it is audited as one.
+        act_as(app, "dvla", "data-owner")
+        response = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
+        assert response.status_code == 200, response.text
+        rows = await session.execute(
+            select(AuditEntryRow.canonical).where(AuditEntryRow.action == "audit-query")
+        )
+        (entry,) = [json.loads(canonical) for (canonical,) in rows]
+        assert (entry["client_id"], entry["department"], entry["owners"]) == (
+            "dvla-data-owner",
+            "dvla",
+            ["dvla"],
+        )
 
     @pytest.mark.usefixtures("recorded_source")
     async def test_owner_may_only_simulate_its_own(self, app: FastAPI, client: httpx.AsyncClient) -> None:

@@ -15,6 +15,8 @@ because a condition runs on the hot path of every access it covers.
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -66,6 +68,20 @@ AllowedClaims = Mapping[str, tuple[Any, ...]]
 
 # The variables a condition may name; anything else is refused when it is compiled.
 CONDITION_VARIABLES = frozenset({"citizen", "request"})
+# What each variable holds (``_bindings``); a condition naming anything else of one of them
+# is refused when an agreement is checked (``check_condition_names``).
+CONDITION_ATTRIBUTES = {
+    "citizen": frozenset({"status"}),
+    "request": frozenset({"purpose", "case_ref", "time"}),
+}
+# A condition's tokens, enough to find what it selects from a variable: string literals
+# (raw, triple-quoted or not, so nothing inside one is read as a name), names, and any
+# other single character.
+_CONDITION_TOKEN = re.compile(
+    r"""(?P<string>(?:[bB]?[rR][bB]?)(?:'[^'\n]*'|"[^"\n]*")"""
+    r"""|[bB]?(?:'{3}[\s\S]*?'{3}|"{3}[\s\S]*?"{3}|'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))"""
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<other>\S)"
+)
 
 
 class ConditionError(ValueError):
@@ -190,6 +206,41 @@ def compile_condition(source: str) -> Any:
             "only citizen.status, request.purpose, request.case_ref and request.time exist"
         )
     return program
+
+
+def check_condition_names(source: str) -> None:
+    """Refuse (``ConditionError``) a condition that compiles but selects something its
+    variables do not hold (``citizen.stauts``, ``request["time_"]``): it could never be
+    evaluated, so a permit with it would never apply and a forbid always would."""
+    tokens = [(m.lastgroup, m.group()) for m in _CONDITION_TOKEN.finditer(source)]
+    tokens += [("other", "")] * 3  # so that every lookahead below finds a token
+    unknown: set[str] = set()
+    for index, (kind, text) in enumerate(tokens):
+        if kind != "name" or text not in CONDITION_ATTRIBUTES:
+            continue
+        if index > 0 and tokens[index - 1][1] == ".":
+            continue  # a member of something else, not the variable
+        opener, (selected_kind, selected), closer = (
+            tokens[index + 1][1],
+            tokens[index + 2],
+            tokens[index + 3][1],
+        )
+        if opener == "." and selected_kind == "name":
+            name = selected
+        elif opener == "[" and selected_kind == "string" and closer == "]":
+            try:
+                name = str(ast.literal_eval(selected))
+            except (ValueError, SyntaxError):
+                name = selected
+        else:
+            continue
+        if name not in CONDITION_ATTRIBUTES[text]:
+            unknown.add(f"{text}.{name}")
+    if unknown:
+        raise ConditionError(
+            f"condition names unknown variable(s) {', '.join(sorted(unknown))}; "
+            "only citizen.status, request.purpose, request.case_ref and request.time exist"
+        )
 
 
 def _start_of(day: date) -> datetime:

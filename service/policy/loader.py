@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from service.catalog.loader import CATALOG_FILE, load_catalog
 from service.catalog.schemas import Catalog
-from service.policy.engine import CHOICE_ACTIONS, ConditionError, compile_condition
+from service.policy.engine import CHOICE_ACTIONS, ConditionError, check_condition_names, compile_condition
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerVerifier
 from service.policy.terms import MAX_DELAY_LIMIT, parse_duration
@@ -99,6 +99,7 @@ def check_agreement(
     if spec.when is not None:
         try:
             compile_condition(spec.when)
+            check_condition_names(spec.when)
         except ConditionError as exc:
             problems.append((("when",), str(exc)))
     problems.extend(_check_identity_actions(spec))

@@ -14,6 +14,7 @@ from service.policy.engine import (
     CompiledPolicy,
     ConditionError,
     RequestContext,
+    check_condition_names,
     compile_condition,
     compile_policy,
 )
@@ -256,6 +257,31 @@ class TestConditions:
     def test_unknown_variable_is_refused(self) -> None:
         with pytest.raises(ConditionError, match="unknown variable"):
             compile_condition('user.name == "x"')
+
+    @pytest.mark.parametrize(
+        ("when", "unknown"),
+        [
+            ('citizen.stauts == "active"', "citizen.stauts"),
+            ('request.purpose == "x" || has(request.caseref)', "request.caseref"),
+            ('citizen["state"] == "active"', "citizen.state"),
+        ],
+    )
+    def test_a_name_the_variables_do_not_hold_is_refused(self, when: str, unknown: str) -> None:
+        # It compiles, but could never be evaluated: a permit would never apply.
+        compile_condition(when)
+        with pytest.raises(ConditionError, match=f"unknown variable\\(s\\) {unknown};"):
+            check_condition_names(when)
+
+    @pytest.mark.parametrize(
+        "when",
+        [
+            'citizen.status == "active" && request.case_ref != null',
+            'request.time.getHours() > 8 && citizen["status"] != "deceased"',
+            "request.purpose == 'citizen.anything' || x.citizen.y == 1",
+        ],
+    )
+    def test_the_names_the_variables_hold_pass(self, when: str) -> None:
+        check_condition_names(when)
 
     def test_bad_condition_fails_compilation(self) -> None:
         with pytest.raises(ConditionError):

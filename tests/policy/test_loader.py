@@ -172,6 +172,17 @@ class TestLoader:
             f"(first in {folder / 'dvla.yaml'}:3)",
         ]
 
+    def test_a_condition_on_a_name_no_variable_holds_is_an_error_at_its_line(self, tmp_path: Path) -> None:
+        text = (TEST_POLICIES / "dvla.yaml").read_text().replace("citizen.status ==", "citizen.stauts ==")
+        folder = policy_folder(tmp_path, dvla=text)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        assert [str(e) for e in caught.value.errors] == [
+            f"{folder / 'dvla.yaml'}:9: agreement licence-status-for-welfare: condition names unknown "
+            "variable(s) citizen.stauts; only citizen.status, request.purpose, request.case_ref and "
+            "request.time exist"
+        ]
+
     def test_a_value_yaml_cannot_build_is_an_error_at_its_line(self, tmp_path: Path) -> None:
         # A date that does not exist, or a tag the safe loader refuses, ends YAML's own
         # construction with an exception; each is reported at its line with the rest.

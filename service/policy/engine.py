@@ -74,9 +74,11 @@ CONDITION_ATTRIBUTES = {
     "citizen": frozenset({"status"}),
     "request": frozenset({"purpose", "case_ref", "time"}),
 }
-# A condition's tokens, enough to find what it selects from a variable: string literals
-# (raw, triple-quoted or not, so nothing inside one is read as a name), names, and any
-# other single character.
+# CEL's comprehension macros (``list.all(x, ...)``), refused in conditions.
+COMPREHENSIONS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+# A condition's tokens, enough to find what it selects from a variable and the macros it
+# calls: string literals (raw, triple-quoted or not, so nothing inside one is read as a
+# name), names, and any other single character.
 _CONDITION_TOKEN = re.compile(
     r"""(?P<string>(?:[bB]?[rR][bB]?)(?:'[^'\n]*'|"[^"\n]*")"""
     r"""|[bB]?(?:'{3}[\s\S]*?'{3}|"{3}[\s\S]*?"{3}|'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))"""
@@ -199,6 +201,22 @@ def compile_condition(source: str) -> Any:
     except (ValueError, RuntimeError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConditionError(f"invalid condition: {message}") from None
+    tokens = _condition_tokens(source)
+    macros = {
+        text
+        for index, (kind, text) in enumerate(tokens[1:-1], start=1)
+        if kind == "name"
+        and text in COMPREHENSIONS
+        and tokens[index - 1][1] == "."
+        and tokens[index + 1][1] == "("
+    }
+    if macros:
+        # Nested over list literals, they cost the product of the lists' lengths on every
+        # decision (a few hundred characters can hold the event loop for minutes), and the
+        # variables hold no list a condition needs to range over.
+        raise ConditionError(
+            f"condition uses {', '.join(sorted(macros))}: comprehensions are not supported in conditions"
+        )
     unknown = set(program.variables()) - CONDITION_VARIABLES
     if unknown:
         raise ConditionError(
@@ -208,11 +226,15 @@ def compile_condition(source: str) -> Any:
     return program
 
 
+def _condition_tokens(source: str) -> list[tuple[str | None, str]]:
+    return [(m.lastgroup, m.group()) for m in _CONDITION_TOKEN.finditer(source)]
+
+
 def check_condition_names(source: str) -> None:
     """Refuse (``ConditionError``) a condition that compiles but selects something its
     variables do not hold (``citizen.stauts``, ``request["time_"]``): it could never be
     evaluated, so a permit with it would never apply and a forbid always would."""
-    tokens = [(m.lastgroup, m.group()) for m in _CONDITION_TOKEN.finditer(source)]
+    tokens = _condition_tokens(source)
     tokens += [("other", "")] * 3  # so that every lookahead below finds a token
     unknown: set[str] = set()
     for index, (kind, text) in enumerate(tokens):

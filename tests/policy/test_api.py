@@ -768,6 +768,24 @@ class TestSimulate:
             (["body", "upsert", 3, "legal_basis"], "a permit needs a legal basis"),
         ]
 
+    async def test_a_draft_whose_condition_could_hold_the_server_is_422(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        # Never compiled nor replayed: a comprehension costs the product of its lists' lengths.
+        act_as(app, "dvla", "data-owner")
+        items = "[" + ",".join(["0"] * 40) + "]"
+        when = f"{items}.all(a, {items}.all(b, {items}.all(c, {items}.all(d, {items}.all(e, true)))))"
+        response = await client.post(
+            "/v1/policies/simulate", json={"upsert": [{**NEW_AGREEMENT, "when": when}]}
+        )
+        body = assert_problem(response, 422, "validation-failed")
+        assert body["errors"] == [
+            {
+                "loc": ["body", "upsert", 0, "when"],
+                "msg": "condition uses all: comprehensions are not supported in conditions",
+            }
+        ]
+
     @pytest.mark.parametrize("since", ["2026-11-01T00:00:00", "9999-12-31T23:59:59-12:00"])
     async def test_since_without_a_time_zone_or_past_the_last_instant_is_422(
         self, app: FastAPI, client: httpx.AsyncClient, since: str

@@ -19,7 +19,9 @@ from service.errors import ValidationFailed
 from service.observability import current_request_id
 from service.policy.epoch import EpochKey
 
-_CASE_REF = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,99}$")
+# A case reference: 1 to 100 printable ASCII characters, the first not a space.
+CASE_REF_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,99}$"
+_CASE_REF = re.compile(CASE_REF_PATTERN)
 # What the OpenAPI document says of a case reference; ``check_case_ref`` enforces it, with
 # its own message, so the parameters carry it as documentation only.
 CASE_REF_SCHEMA = {"pattern": _CASE_REF.pattern, "minLength": 1, "maxLength": 100}

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.auth.facts import CASE_REF_PATTERN
 from service.catalog.schemas import KEYED_BY_FIELD, FieldName, Identifier
 from service.policy.engine import Action, Agreement, Basis, Effect
 from service.policy.terms import Disclosure, parse_duration
@@ -136,7 +137,9 @@ class ExplainIn(BaseModel):
     action: Action
     fields: list[FieldName] = Field(min_length=1, max_length=200)
     purpose: Identifier
-    case_ref: str | None = Field(default=None, max_length=200)
+    # As a request's X-Case-Ref must be: a reference the citizen endpoints would refuse
+    # (422) is never explained as one that permits.
+    case_ref: str | None = Field(default=None, pattern=CASE_REF_PATTERN)
     citizen_status: Literal["active", "deceased"] | None = None
     # Decide with this citizen's consents and objections; without it, as for a citizen
     # who has given no consent and made no objection.

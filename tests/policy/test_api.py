@@ -624,6 +624,24 @@ class TestExplain:
         body = assert_problem(response, 422, "validation-failed")
         assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "action"), ("body", "fields")}
 
+    @pytest.mark.parametrize("case_ref", ["", "   ", "CASE\t1", "C" * 101, "CASÉ-1"])
+    async def test_a_case_ref_no_request_could_send_is_422(
+        self, app: FastAPI, client: httpx.AsyncClient, case_ref: str
+    ) -> None:
+        # tax-code-for-fraud requires a case reference; a read with this one would be 422,
+        # so it is never explained as one that permits.
+        act_as(app, "audit-office", "auditor")
+        ask = {
+            "consumer": "welfare",
+            "action": "read",
+            "fields": ["tax_code"],
+            "purpose": "fraud-investigation",
+        }
+        response = await client.post("/v1/decisions/explain", json={**ask, "case_ref": case_ref})
+        body = assert_problem(response, 422, "validation-failed")
+        assert [tuple(e["loc"]) for e in body["errors"]] == [("body", "case_ref")]
+        assert (await explain(client, **ask, case_ref="FRAUD-1"))["tax_code"]["effect"] == "permit"
+
 
 def recorded(
     consumer: str, fields: list[str], purpose: str, count: int = 1, **extra: Any

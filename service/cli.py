@@ -179,8 +179,8 @@ def _refuse_settings(exc: Any) -> NoReturn:
 def run() -> None:
     """The ``tellonce`` command. Settings are read, and the database opened, by whichever
     command needs them, so a bad setting, a database that cannot be used or one that was
-    never migrated may surface from any of them: each is one line and exit 2, never a
-    traceback."""
+    never migrated, or a root key that cannot be used, may surface from any of them: each
+    is one line and exit 2, never a traceback."""
     from pydantic import ValidationError
 
     try:
@@ -192,9 +192,14 @@ def run() -> None:
             raise
         typer.echo(_settings_refusal(exc), err=True)
         sys.exit(2)
-    except Exception as exc:  # re-raised below unless it is the database refusing
+    except Exception as exc:  # re-raised below unless it is the root key or the database refusing
+        from service.crypto.errors import RootKeyUnavailable
         from service.db import missing_schema, unusable_database
 
+        if isinstance(exc, RootKeyUnavailable):
+            # Its message names the setting or file and what is wrong, never the key.
+            typer.echo(f"tellonce: cannot use the root key: {exc}", err=True)
+            sys.exit(2)
         reason = unusable_database(exc)
         if reason is not None:
             typer.echo(f"tellonce: cannot use the database {_database_named()}: {reason}", err=True)

@@ -25,7 +25,9 @@ _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "todo"}
 class Settings(BaseSettings):
     """Process-wide configuration; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="TELLONCE_", extra="ignore")
+    # hide_input_in_errors: a refused TELLONCE_ROOT_KEY or PIN is never echoed by a
+    # validation error, wherever that error is printed or logged.
+    model_config = SettingsConfigDict(env_prefix="TELLONCE_", extra="ignore", hide_input_in_errors=True)
 
     env: Environment = "development"
     database_url: str = DEFAULT_DATABASE_URL

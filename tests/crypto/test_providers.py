@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.bootstrap import missing_keys
 from service.config import Settings
@@ -19,6 +23,12 @@ from service.crypto.providers import KeyProvider, LocalKeyProvider, load_root_ke
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(data_dir=tmp_path, database_url="sqlite+aiosqlite:///:memory:", **overrides)  # type: ignore[arg-type]
+
+
+def write_key_file(path: Path, content: str, mode: int = 0o600) -> Path:
+    path.write_text(content)
+    path.chmod(mode)
+    return path
 
 
 class TestRootKey:
@@ -50,9 +60,31 @@ class TestRootKey:
 
     def test_production_uses_a_provided_file(self, tmp_path: Path) -> None:
         raw = secrets.token_bytes(32)
-        (tmp_path / "root.key").write_text(base64.b64encode(raw).decode() + "\n")
+        write_key_file(tmp_path / "root.key", base64.b64encode(raw).decode() + "\n")
         settings = settings_for(tmp_path, env="production")
         assert load_root_key(settings).reveal() == raw
+
+    @pytest.mark.parametrize("env", ["production", "development"])
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+    def test_a_key_file_others_may_read_or_write_is_refused(
+        self, tmp_path: Path, env: str, mode: int
+    ) -> None:
+        """Fail closed: a root key any other account can read is no longer secret."""
+        text = base64.b64encode(secrets.token_bytes(32)).decode()
+        path = write_key_file(tmp_path / "root.key", text + "\n", mode)
+        with pytest.raises(RootKeyUnavailable, match=f"chmod 600 {path}") as caught:
+            load_root_key(settings_for(tmp_path, env=env))
+        assert f"mode {mode:o}" in str(caught.value)
+        assert text not in str(caught.value)
+        # The file is left as it is: tightening it would hide that the key was exposed.
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+
+    def test_a_setting_s_bad_key_is_never_echoed_by_validation(self) -> None:
+        text = base64.b64encode(b"ROOTKEYMARKER" + secrets.token_bytes(17)).decode()
+        with pytest.raises(ValidationError) as caught:
+            Settings(root_key=text, database_url="sqlite+aiosqlite:///:memory:")  # type: ignore[arg-type]
+        assert "exactly 32 bytes" in str(caught.value)
+        assert text not in str(caught.value)
 
     @pytest.mark.parametrize(
         ("content", "message"),
@@ -61,10 +93,59 @@ class TestRootKey:
     def test_a_bad_key_file_is_refused_without_echoing_it(
         self, tmp_path: Path, content: str, message: str
     ) -> None:
-        (tmp_path / "root.key").write_text(content)
+        write_key_file(tmp_path / "root.key", content)
         with pytest.raises(RootKeyUnavailable, match=message) as caught:
             load_root_key(settings_for(tmp_path, env="development"))
         assert content not in str(caught.value)
+
+
+ROTATE = ["keys", "rotate", "--department", "register"]
+
+
+class TestUnusableRootKeyOnTheCommandLine:
+    """A root key that cannot be used stops any command in one line naming the file and
+    the fix, exit 2: never a traceback, never the key."""
+
+    @pytest.mark.parametrize(
+        ("args", "content", "mode", "says"),
+        [
+            (ROTATE, base64.b64encode(b"ROOTKEYMARKER-short").decode(), 0o600, "is not 32 bytes"),
+            (
+                ROTATE,
+                base64.b64encode(b"ROOTKEYMARKER" + secrets.token_bytes(19)).decode(),
+                0o644,
+                "chmod 600",
+            ),
+            (["serve", "--no-worker", "--port", "1"], "ROOTKEYMARKER not base64!!", 0o600, "is not base64"),
+        ],
+    )
+    def test_one_line_and_exit_2(
+        self, tmp_path: Path, args: list[str], content: str, mode: int, says: str
+    ) -> None:
+        data = tmp_path / "data"
+        data.mkdir()
+        path = write_key_file(data / "root.key", content + "\n", mode)
+        env = {name: value for name, value in os.environ.items() if name != "TELLONCE_ROOT_KEY"}
+        env |= {
+            "TELLONCE_ENV": "test",
+            "TELLONCE_DATA_DIR": str(data),
+            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"tellonce: cannot use the root key: the root key in {path} ")
+        assert says in line
+        assert "ROOTKEYMARKER" not in result.stderr + result.stdout
+        assert content not in result.stderr + result.stdout
 
 
 class TestLocalProvider:

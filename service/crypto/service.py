@@ -103,23 +103,28 @@ async def rotate_department(
 ) -> RotationResult:
     """A new KEK version for ``department``, then every data key rewrapped under it.
 
-    If an earlier run was interrupted (keys remain on older versions), no new version is
-    made: the run resumes rewrapping to the active one. Old versions are retired (their
-    wrapped bytes destroyed) once no data key uses them."""
+    If an earlier run was interrupted (keys remain on older versions), or another run made
+    the new version first, no new version is made: the run resumes rewrapping to the active
+    one. Old versions are retired (their wrapped bytes destroyed) once no data key uses
+    them."""
     async with engine.begin() as conn:
         active = await _active_version(conn, department)
         if active is None:
             # A typo must not mint a KEK for a department that does not exist.
             raise NoDepartmentKeys(f"department {department!r} has no keys yet")
         resumed = await _count_behind(conn, department, active) > 0
-        if resumed:
-            target = await keyring.kek(conn, department, active)
-        else:
-            created = await keyring.create_kek_version(conn, department)
-            if created is None:
-                raise RuntimeError("another rotation of this department is running")
+        created = None if resumed else await keyring.create_kek_version(conn, department)
+        if created is not None:
             target = created
             await keyring.emit("kek.rotated", department, previous_version=active, version=target.version)
+        else:
+            # Resuming, or another rotation made the new version first (two runs at once):
+            # finish the rotation to whichever version is active now.
+            resumed = True
+            now_active = await _active_version(conn, department)
+            if now_active is None:
+                raise NoDepartmentKeys(f"department {department!r} has no keys yet")
+            target = await keyring.kek(conn, department, now_active)
         total = await _count_behind(conn, department, target.version)
 
     rewrap = (

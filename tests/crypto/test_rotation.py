@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -179,6 +180,36 @@ class TestRotate:
         # A later rotation starts a new version again.
         again = await key_service.rotate_department(scratch_engine, make_keyring(root), "register")
         assert (again.version, again.resumed, again.rewrapped) == (3, False, CITIZENS + 1)
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+
+    async def test_a_rotation_that_loses_the_race_for_the_new_version_joins_it(
+        self, scratch_engine: AsyncEngine, root: bytes, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two `keys rotate` at once: both saw v1 active with nothing behind; the other
+        one makes v2 first. This one was a RuntimeError traceback; it now finishes the
+        rotation to v2 (nothing left to rewrap) and makes no v3."""
+        keyring = make_keyring(root)
+        known = await populate(scratch_engine, keyring)
+        create_kek = keyring.provider.create_kek
+
+        async def create_kek_after_another_rotation(department: str, version: int) -> Any:
+            monkeypatch.setattr(keyring.provider, "create_kek", create_kek)
+            other = await key_service.rotate_department(scratch_engine, make_keyring(root), department)
+            assert (other.version, other.resumed, other.retired_versions) == (2, False, [1])
+            return await create_kek(department, version)
+
+        monkeypatch.setattr(keyring.provider, "create_kek", create_kek_after_another_rotation)
+        events: list[KeyEvent] = []
+
+        async def record(event: KeyEvent) -> None:
+            events.append(event)
+
+        keyring.on_key_event = record
+        result = await key_service.rotate_department(scratch_engine, keyring, "register", batch_size=BATCH)
+        assert (result.version, result.resumed, result.rewrapped) == (2, True, 0)
+        assert [e.action for e in events] == ["kek.rewrap_completed"]
+        assert await kek_rows(scratch_engine, "register") == [(1, "retired", False), (2, "active", True)]
+        assert {v for _, v, _, _ in await department_key_rows(scratch_engine, "register")} == {2}
         assert await readable_by_a_fresh_process(scratch_engine, root) == known
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.crypto.aead import DataKey
@@ -226,35 +227,9 @@ async def reencrypt_department(
     every value of theirs re-encrypted (and re-bound to the new key id), then the old
     data keys destroyed. Each batch of citizens is one transaction."""
     async with engine.begin() as conn:
-        job = (
-            await conn.execute(
-                select(KEY_JOBS.c.id, KEY_JOBS.c.cutoff_data_key_id).where(
-                    KEY_JOBS.c.department == department,
-                    KEY_JOBS.c.kind == "reencrypt",
-                    KEY_JOBS.c.finished_at.is_(None),
-                )
-            )
-        ).first()
-        resumed = job is not None
         if await _active_version(conn, department) is None:
             raise NoDepartmentKeys(f"department {department!r} has no keys yet")
-        if job is None:
-            cutoff = (await conn.execute(select(func.coalesce(func.max(DATA_KEYS.c.id), 0)))).scalar_one()
-            job_id = (
-                await conn.execute(
-                    insert(KEY_JOBS)
-                    .values(
-                        department=department,
-                        kind="reencrypt",
-                        cutoff_data_key_id=cutoff,
-                        processed=0,
-                        started_at=utcnow(),
-                    )
-                    .returning(KEY_JOBS.c.id)
-                )
-            ).scalar_one()
-        else:
-            job_id, cutoff = job.id, job.cutoff_data_key_id
+        job_id, cutoff, resumed = await _reencryption_job(conn, department)
         suspect = and_(
             DATA_KEYS.c.department == department,
             DATA_KEYS.c.status == "active",
@@ -266,17 +241,32 @@ async def reencrypt_department(
     values_done = 0
     while True:
         async with engine.begin() as conn:
-            rows = (
+            batch = (
                 await conn.execute(
-                    select(*WRAPPED_KEY_COLUMNS)
+                    select(DATA_KEYS.c.id)
                     .where(suspect)
                     .order_by(DATA_KEYS.c.id)
                     .limit(batch_size)
                     .with_for_update()
                 )
+            ).scalars()
+            batch_ids = list(batch)
+            if not batch_ids:
+                break
+            # Claim the batch before reading its keys: on SQLite this first write takes the
+            # lock, so what is read is current, and keys another run re-encrypted since the
+            # select above are no longer active and left to it. (PostgreSQL: locked above.)
+            # Setting them aside also frees the (citizen, department) slot for the new key.
+            rows = (
+                await conn.execute(
+                    update(DATA_KEYS)
+                    .where(DATA_KEYS.c.id.in_(batch_ids), DATA_KEYS.c.status == "active")
+                    .values(status="replaced")
+                    .returning(*WRAPPED_KEY_COLUMNS)
+                )
             ).all()
             if not rows:
-                break
+                continue
             values_done += await _reencrypt_batch(conn, keyring, department, rows)
             await conn.execute(
                 update(KEY_JOBS)
@@ -293,9 +283,43 @@ async def reencrypt_department(
     return ReencryptionResult(department, resumed, keys_done, values_done)
 
 
+async def _reencryption_job(conn: AsyncConnection, department: str) -> tuple[int, int, bool]:
+    """The department's unfinished re-encryption (id, cutoff, resumed), begun if none is:
+    a run started at the same time as another joins the job the other began."""
+    unfinished = select(KEY_JOBS.c.id, KEY_JOBS.c.cutoff_data_key_id).where(
+        KEY_JOBS.c.department == department,
+        KEY_JOBS.c.kind == "reencrypt",
+        KEY_JOBS.c.finished_at.is_(None),
+    )
+    job = (await conn.execute(unfinished)).first()
+    if job is not None:
+        return job.id, job.cutoff_data_key_id, True
+    cutoff = (await conn.execute(select(func.coalesce(func.max(DATA_KEYS.c.id), 0)))).scalar_one()
+    try:
+        async with conn.begin_nested():
+            job_id = (
+                await conn.execute(
+                    insert(KEY_JOBS)
+                    .values(
+                        department=department,
+                        kind="reencrypt",
+                        cutoff_data_key_id=cutoff,
+                        processed=0,
+                        started_at=utcnow(),
+                    )
+                    .returning(KEY_JOBS.c.id)
+                )
+            ).scalar_one()
+    except IntegrityError:  # the other run's job (one unfinished per department)
+        job = (await conn.execute(unfinished)).one()
+        return job.id, job.cutoff_data_key_id, True
+    return job_id, cutoff, False
+
+
 async def _reencrypt_batch(
     conn: AsyncConnection, keyring: Keyring, department: str, rows: Sequence[Any]
 ) -> int:
+    """Re-encrypt the values under the keys ``rows`` (claimed: set aside as ``replaced``)."""
     old_keys: dict[int, DataKey] = {}
     for row in rows:
         kek = await keyring.kek(conn, department, row.kek_version)
@@ -303,8 +327,6 @@ async def _reencrypt_batch(
             row.id, department, row.kek_version, kek.unwrap(row.wrapped_key, row.citizen_id)
         )
     old_ids = list(old_keys)
-    # Free the (citizen, department) slot so the new key can be the active one.
-    await conn.execute(update(DATA_KEYS).where(DATA_KEYS.c.id.in_(old_ids)).values(status="replaced"))
     fresh = await keyring.new_data_keys(conn, [(row.citizen_id, department) for row in rows])
     replacements = {row.id: (old_keys[row.id], fresh[(row.citizen_id, department)]) for row in rows}
     moved = await records_public.rebind_values(conn, replacements)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,35 @@ class TestReencrypt:
         assert jobs[0] is not None
         assert not register.reencryption_pending
 
+    async def test_two_runs_at_once_share_the_work(self, scratch_database: str, root: bytes) -> None:
+        """Two `keys reencrypt` at once (two engines, as two processes have). On SQLite the
+        second read a batch the first then re-encrypted, and failed on the unique active
+        key (IntegrityError traceback); now each batch is claimed before it is read."""
+        from service.db import create_engine
+
+        engines = [create_engine(scratch_database), create_engine(scratch_database)]
+        try:
+            known = await populate(engines[0], make_keyring(root))
+            old = {i for i, _, _, _ in await department_key_rows(engines[0], "register")}
+            results = await asyncio.gather(
+                *(
+                    key_service.reencrypt_department(engine, make_keyring(root), "register", batch_size=2)
+                    for engine in engines
+                )
+            )
+            # One began the job, the other joined it.
+            assert sorted(result.resumed for result in results) == [False, True]
+            assert sum(result.data_keys for result in results) == CITIZENS
+            assert sum(result.values for result in results) == 2 * CITIZENS + 3
+            rows = await department_key_rows(engines[0], "register")
+            assert {i for i, _, s, live in rows if s == "destroyed" and not live} == old
+            assert len([i for i, _, s, live in rows if s == "active" and live]) == CITIZENS
+            assert len(rows) == 2 * CITIZENS
+            assert await readable_by_a_fresh_process(engines[1], root) == known
+        finally:
+            for engine in engines:
+                await engine.dispose()
+
 
 class TestKeysCommand:
     def test_status_rotate_and_reencrypt(
@@ -323,7 +353,6 @@ class TestKeysCommand:
         tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        import asyncio
         import base64
 
         from service.cli import app

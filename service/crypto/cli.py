@@ -16,7 +16,7 @@ from service import operator
 from service.audit.key_events import KeyEventsCollected
 from service.config import get_settings
 from service.crypto import service as key_service
-from service.crypto.errors import NoDepartmentKeys
+from service.crypto.errors import KeyUnwrapError, NoDepartmentKeys
 from service.crypto.keyring import Keyring
 from service.db import Database
 
@@ -26,6 +26,7 @@ app = typer.Typer(no_args_is_help=True, help="Key-encryption keys and data keys.
 console = Console()
 errors = Console(stderr=True)
 T = TypeVar("T")
+UNWRAP_HINT = "is this the root key (or PKCS#11 token) this database's keys were made under?"
 
 
 def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitable[T]], label: str) -> T:
@@ -62,6 +63,11 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
         return asyncio.run(main())
     except NoDepartmentKeys as exc:
         errors.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    except KeyUnwrapError as exc:
+        # Another root key (or token) than the database's, or a tampered key row. Each
+        # finished batch is whole, so running again with the right key carries on.
+        errors.print(f"[red]{escape(str(exc))}[/red]: {UNWRAP_HINT}")
         raise typer.Exit(1) from None
 
 

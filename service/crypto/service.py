@@ -84,6 +84,20 @@ async def _active_version(conn: AsyncConnection, department: str) -> int | None:
     ).scalar_one_or_none()
 
 
+async def _active_kek_that_opens(conn: AsyncConnection, keyring: Keyring, department: str) -> int:
+    """The department's active KEK version, once this keyring has opened it.
+
+    Before any department-wide operation writes: with another root key (or token) than
+    the database's, a rotation would otherwise commit a new active KEK wrapped under that
+    key, and no new data key of the department could be made with the right one again."""
+    active = await _active_version(conn, department)
+    if active is None:
+        # A typo must not mint a KEK for a department that does not exist.
+        raise NoDepartmentKeys(f"department {department!r} has no keys yet")
+    await keyring.kek(conn, department, active)  # KeyUnwrapError if it cannot
+    return active
+
+
 async def _count_behind(conn: AsyncConnection, department: str, version: int) -> int:
     return (
         await conn.execute(
@@ -109,10 +123,7 @@ async def rotate_department(
     one. Old versions are retired (their wrapped bytes destroyed) once no data key uses
     them."""
     async with engine.begin() as conn:
-        active = await _active_version(conn, department)
-        if active is None:
-            # A typo must not mint a KEK for a department that does not exist.
-            raise NoDepartmentKeys(f"department {department!r} has no keys yet")
+        active = await _active_kek_that_opens(conn, keyring, department)
         resumed = await _count_behind(conn, department, active) > 0
         created = None if resumed else await keyring.create_kek_version(conn, department)
         if created is not None:
@@ -227,8 +238,7 @@ async def reencrypt_department(
     every value of theirs re-encrypted (and re-bound to the new key id), then the old
     data keys destroyed. Each batch of citizens is one transaction."""
     async with engine.begin() as conn:
-        if await _active_version(conn, department) is None:
-            raise NoDepartmentKeys(f"department {department!r} has no keys yet")
+        await _active_kek_that_opens(conn, keyring, department)
         job_id, cutoff, resumed = await _reencryption_job(conn, department)
         suspect = and_(
             DATA_KEYS.c.department == department,

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from service.config import get_settings
 from service.crypto import service as key_service
+from service.crypto.errors import KeyUnwrapError
 from service.crypto.keyring import DATA_KEYS, KEKS, KeyEvent, Keyring
 from service.crypto.models import KeyJob
 from tests.fixtures.crypto import FIELD_VALUES, add_citizens, make_keyring, read_all_values, write_value
@@ -211,6 +212,38 @@ class TestRotate:
         assert [e.action for e in events] == ["kek.rewrap_completed"]
         assert await kek_rows(scratch_engine, "register") == [(1, "retired", False), (2, "active", True)]
         assert {v for _, v, _, _ in await department_key_rows(scratch_engine, "register")} == {2}
+        assert await readable_by_a_fresh_process(scratch_engine, root) == known
+
+    async def test_another_root_key_writes_nothing(self, scratch_engine: AsyncEngine, root: bytes) -> None:
+        """Run with the wrong root key, rotate made and committed a new active KEK wrapped
+        under that key before failing to unwrap the old one: from then on no new citizen
+        of the department could be given a data key and every later rotation, with the
+        right key, failed too. Now both commands refuse before writing anything."""
+        keyring = make_keyring(root)
+        known = await populate(scratch_engine, keyring)
+
+        async def key_state() -> tuple[object, ...]:
+            async with scratch_engine.connect() as conn:
+                jobs = (await conn.execute(select(KeyJob.id))).all()
+            return (
+                await kek_rows(scratch_engine, "register"),
+                await department_key_rows(scratch_engine, "register"),
+                jobs,
+            )
+
+        before = await key_state()
+        stranger = make_keyring()
+        with pytest.raises(KeyUnwrapError):
+            await key_service.rotate_department(scratch_engine, stranger, "register")
+        with pytest.raises(KeyUnwrapError):
+            await key_service.reencrypt_department(scratch_engine, stranger, "register")
+        assert await key_state() == before
+        # The right key still writes a new citizen and rotates.
+        async with scratch_engine.begin() as conn:
+            (late,) = await add_citizens(conn, 1)
+            known[await write_value(conn, keyring, late, "given_name", "register", "Latecomer")] = "Latecomer"
+        result = await key_service.rotate_department(scratch_engine, make_keyring(root), "register")
+        assert (result.version, result.resumed, result.rewrapped) == (2, False, CITIZENS + 1)
         assert await readable_by_a_fresh_process(scratch_engine, root) == known
 
 
@@ -425,6 +458,43 @@ class TestKeysCommand:
             get_settings.cache_clear()
         assert result.exit_code == 1, result.output
         assert "department '[/bold]' has no keys yet" in result.output
+
+    def test_another_root_key_is_one_line_and_changes_nothing(
+        self,
+        scratch_database: str,
+        root: bytes,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A root key that does not open the department's KEK (the wrong one, or a
+        tampered row) was a KeyUnwrapError traceback; now one line and exit 1 (and
+        nothing written: TestRotate.test_another_root_key_writes_nothing)."""
+        import base64
+
+        from service.cli import app
+
+        known = asyncio.run(populate_in_fresh_loop(scratch_database, make_keyring(root)))
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        monkeypatch.setenv("TELLONCE_ENV", "test")
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+        get_settings.cache_clear()
+        try:
+            for command in ("rotate", "reencrypt"):
+                result = CliRunner().invoke(
+                    app, ["keys", command, "--department", "register"], env={"COLUMNS": "200"}
+                )
+                assert isinstance(result.exception, SystemExit), result.exception
+                assert result.exit_code == 1
+                assert result.stdout == ""
+                refusal = [line for line in result.stderr.splitlines() if "register" not in line]
+                assert refusal == [
+                    "a wrapped key did not unwrap under the root key: is this the root key "
+                    "(or PKCS#11 token) this database's keys were made under?"
+                ]
+        finally:
+            get_settings.cache_clear()
+        assert asyncio.run(read_in_fresh_loop(scratch_database, root)) == known
 
 
 async def populate_in_fresh_loop(url: str, keyring: Keyring) -> dict[int, str]:

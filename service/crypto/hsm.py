@@ -38,7 +38,7 @@ from service.config import Settings
 from service.crypto.blind_index import BlindIndexer
 from service.crypto.errors import KeyUnwrapError, RootKeyUnavailable
 from service.crypto.material import KeyMaterial
-from service.crypto.providers import data_key_context
+from service.crypto.providers import data_key_context, refuse_shared_secret_file
 
 REFERENCE_PREFIX = b"pkcs11:"
 KEK_LABEL_PREFIX = "tellonce/kek/"
@@ -71,10 +71,19 @@ def token_config(settings: Settings) -> TokenConfig:
     if settings.pkcs11_pin is not None:
         pin = settings.pkcs11_pin.get_secret_value()
     elif settings.pkcs11_pin_file is not None:
-        pin = Path(settings.pkcs11_pin_file).read_text().strip()
+        pin = _read_pin_file(Path(settings.pkcs11_pin_file))
     else:
         raise RootKeyUnavailable("set TELLONCE_PKCS11_PIN or TELLONCE_PKCS11_PIN_FILE")
     return TokenConfig(settings.pkcs11_module, settings.pkcs11_token_label, pin)
+
+
+def _read_pin_file(path: Path) -> str:
+    """The PIN in ``path``, held to the root key file's rule: private to this account."""
+    try:
+        refuse_shared_secret_file(path, "PKCS#11 PIN")
+        return path.read_text().strip()
+    except OSError as exc:
+        raise RootKeyUnavailable(f"the PKCS#11 PIN in {path} cannot be read ({exc.strerror})") from None
 
 
 class Token:

@@ -202,7 +202,7 @@ def load_root_key(settings: Settings) -> KeyMaterial:
         return _decode_root_key(settings.root_key.get_secret_value(), "TELLONCE_ROOT_KEY")
     path = settings.root_key_file
     if path.exists():
-        _refuse_shared_key_file(path)
+        refuse_shared_secret_file(path, "root key")
         return _decode_root_key(path.read_text(), str(path))
     if not settings.allows_generated_keys:
         raise RootKeyUnavailable(
@@ -211,15 +211,16 @@ def load_root_key(settings: Settings) -> KeyMaterial:
     return _create_root_key_file(path)
 
 
-def _refuse_shared_key_file(path: Path) -> None:
-    """Fail closed on a key file another account may read or replace: a root key others
-    could read is no longer secret. The file is left as it is, so the exposure is seen and
-    the key replaced, not quietly tightened."""
+def refuse_shared_secret_file(path: Path, secret: str) -> None:
+    """Fail closed on a file holding ``secret`` (the root key, a token PIN) that another
+    account may read or replace: a secret others could read is no longer secret. The file
+    is left as it is, so the exposure is seen and the secret replaced, not quietly
+    tightened."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise RootKeyUnavailable(
-            f"the root key in {path} is open to other accounts (mode {mode:o}): "
-            f"run chmod 600 {path}, and replace the key if anyone else may have read it"
+            f"the {secret} in {path} is open to other accounts (mode {mode:o}): "
+            f"run chmod 600 {path}, and replace the {secret} if anyone else may have read it"
         )
 
 

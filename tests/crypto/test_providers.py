@@ -99,6 +99,41 @@ class TestRootKey:
         assert content not in str(caught.value)
 
 
+class TestPinFile:
+    """TELLONCE_PKCS11_PIN_FILE is held to the root key file's rule: others may not read it,
+    and one that cannot be read is a one-line refusal (it was a FileNotFoundError)."""
+
+    def pin_settings(self, pin_file: Path) -> Settings:
+        return Settings(
+            database_url="sqlite+aiosqlite:///:memory:",
+            key_provider="pkcs11",
+            pkcs11_module="/nonexistent/libsofthsm2.so",
+            pkcs11_token_label="tellonce",
+            pkcs11_pin_file=pin_file,
+        )
+
+    def test_a_private_pin_file_is_read(self, tmp_path: Path) -> None:
+        from service.crypto.hsm import token_config
+
+        path = write_key_file(tmp_path / "pin", "PINMARKER-1234\n")
+        assert token_config(self.pin_settings(path)).pin == "PINMARKER-1234"
+
+    @pytest.mark.parametrize(
+        ("mode", "says"), [(0o644, "(mode 644): run chmod 600"), (None, "cannot be read")]
+    )
+    def test_an_unusable_pin_file_is_refused(self, tmp_path: Path, mode: int | None, says: str) -> None:
+        from service.crypto.hsm import token_config
+
+        path = tmp_path / "pin"
+        if mode is not None:
+            write_key_file(path, "PINMARKER-1234\n", mode)
+        with pytest.raises(RootKeyUnavailable) as caught:
+            token_config(self.pin_settings(path))
+        assert f"the PKCS#11 PIN in {path} " in str(caught.value)
+        assert says in str(caught.value)
+        assert "PINMARKER" not in str(caught.value)
+
+
 ROTATE = ["keys", "rotate", "--department", "register"]
 
 

@@ -19,7 +19,9 @@ SIGNING_KEY_FILE = "audit-checkpoint.key"
 
 
 class AuditSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TELLONCE_AUDIT_", extra="ignore")
+    # hide_input_in_errors: a refused witness list is not echoed (a witness URL may carry
+    # a credential), as the service's and the console's settings are not.
+    model_config = SettingsConfigDict(env_prefix="TELLONCE_AUDIT_", extra="ignore", hide_input_in_errors=True)
 
     # The checkpoint origin line, also the signing key's name: no spaces, no '+'.
     origin: str = Field(default="tellonce.example/audit", pattern=r"^[^\s+]+$")

@@ -12,7 +12,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ConsoleSettings(BaseSettings):
     """How long a signed-in session lasts, and how big a results page is."""
 
-    model_config = SettingsConfigDict(env_prefix="TELLONCE_CONSOLE_", extra="ignore")
+    # hide_input_in_errors: a refusal (single sign-on half configured, say) must not echo
+    # the settings it was given, the OpenID client secret among them.
+    model_config = SettingsConfigDict(
+        env_prefix="TELLONCE_CONSOLE_", extra="ignore", hide_input_in_errors=True
+    )
 
     # A session unused for this long is over; so is any session this old.
     idle_timeout_seconds: int = Field(default=15 * 60, ge=30)

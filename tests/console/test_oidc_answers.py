@@ -214,8 +214,11 @@ class TestIncompleteSettings:
             "oidc_role_map": role_map,
         }
         del given[missing]
-        with pytest.raises(ValidationError, match=f"TELLONCE_CONSOLE_{missing.upper()}"):
+        with pytest.raises(ValidationError, match=f"TELLONCE_CONSOLE_{missing.upper()}") as refused:
             ConsoleSettings(**given)
+        # The refusal names what is missing and never echoes what was given.
+        assert "console-secret-for-tests-only" not in str(refused.value)
+        assert "id.example" not in str(refused.value)
 
     def test_a_role_map_that_does_not_read_is_refused(self, tmp_path: Path) -> None:
         role_map = tmp_path / "roles.yaml"

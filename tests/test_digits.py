@@ -102,7 +102,7 @@ async def test_a_citizens_access_log_cursor_is_422_not_500(
 ) -> None:
     act_as(app, "portal", "citizen-portal")
     response = await client.get(
-        "/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N/access-log", params={"cursor": text}
+        "/v1/citizens/00000000-0000-4000-8000-000000000001/access-log", params={"cursor": text}
     )
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from service.audit import proofs, search, tiles, witnessing
@@ -16,6 +16,7 @@ from service.auth import permissions
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
 from service.db import DatabaseDep, SessionDep
 from service.errors import Forbidden, InsufficientScope, Unauthenticated
+from service.records.schemas import CITIZEN_ID_PATTERN
 
 router = APIRouter(tags=["audit"])
 
@@ -216,7 +217,11 @@ async def usage_report(
 
 @router.get("/v1/citizens/{citizen_id}/access-log")
 async def citizen_access_log(
-    citizen_id: str,
+    # In the form registration issues, as on every citizen route: anything else (a NUL
+    # would reach the database as text PostgreSQL refuses) is a 422 before any query.
+    citizen_id: Annotated[
+        str, Path(pattern=CITIZEN_ID_PATTERN, description="The citizen's pseudonymous id.")
+    ],
     caller: Portal,
     request: Request,
     access: search.AuditAccessDep,

@@ -104,6 +104,7 @@ def _requests(citizen_id: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("DELETE", url, {"params": ERASURE, "headers": REGISTRAR}),
         # A department that may not erase: its refusal is audited with the id.
         ("DELETE", url, {"params": ERASURE, "headers": as_("welfare", "registrar")}),
+        ("GET", f"{url}/access-log", {"headers": as_("portal", "citizen-portal")}),
     ]
 
 

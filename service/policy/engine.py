@@ -406,6 +406,14 @@ class CompiledPolicy:
                 needed.update(ids)
         return frozenset(needed)
 
+    def party_to(self, consumer: str, action: str, fields: Sequence[str]) -> bool:
+        """Whether a permit grants ``consumer`` ``action`` on one of ``fields`` for any
+        purpose, at any time, under any condition: whether it is a party to such sharing."""
+        by_field = self.index.get((consumer, action))
+        if by_field is None:
+            return False
+        return any(grant.effect == "permit" for name in fields for grant in by_field.get(name, ()))
+
     def decide(
         self, consumer: str, action: str, fields: Sequence[str], context: RequestContext
     ) -> dict[str, Decision]:

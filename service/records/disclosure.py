@@ -9,6 +9,8 @@ Pure: no I/O.
   it exists and 404 to anyone else. Read, verify and history raise it; batch-get says the
   same per citizen in ``withheld`` (``unavailable_reason``).
 - ``present``: for writes and erasure, by owners: 404 unknown, 410 erased.
+- ``may_know_writing``: whether a refused writer may learn that; one that may not is told
+  404 whether the citizen exists, is unknown or was erased.
 - ``released``: the ``FieldOut`` of each allowed field, from its current row.
 """
 
@@ -62,6 +64,24 @@ def may_know(
     explained = policy.explain(department, action, requested, context)
     return any(
         miss.effect == "permit" for explanation in explained.values() for miss in explanation.near_misses
+    )
+
+
+def may_know_writing(
+    policy: CompiledPolicy,
+    department: str,
+    requested: Sequence[str],
+    decisions: Mapping[str, Decision],
+    context: RequestContext,
+) -> bool:
+    """Whether a writer refused some of ``requested`` may learn whether the citizen exists
+    or was erased: it may when it may write one of the fields (the write would tell it),
+    when a ``write`` agreement names it over one of them (for whatever purpose: a delegate
+    that left its purpose out is still a party), or when it may look citizens up."""
+    return (
+        any(d.effect == "permit" for d in decisions.values())
+        or policy.party_to(department, "write", requested)
+        or may_know(policy, department, "write", requested, context)
     )
 
 

@@ -206,7 +206,9 @@ async def write_fields(
     """Write fields your department owns, or that a `write` agreement delegates to it
     (then name that agreement's purpose). Send `If-Match` with the ETag you read: a stale
     one gets 412 and nothing is written. Writing `national_id` to one another citizen holds
-    is 409."""
+    is 409. A field you may not write is 403; if you may write none of them, are party to
+    no `write` agreement over them and may not look citizens up, the answer is 404 whether
+    or not the citizen exists or was erased."""
     written = await writes.write(
         records,
         caller.for_purpose(body.purpose),

@@ -28,7 +28,13 @@ from service.etags import IfMatch
 from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import disclosure, repository, values
-from service.records.errors import CitizenErased, InvalidFieldValue, NotPermitted, StaleVersion
+from service.records.errors import (
+    CitizenErased,
+    CitizenNotFound,
+    InvalidFieldValue,
+    NotPermitted,
+    StaleVersion,
+)
 from service.records.schemas import ErasureReason, Registered, WriteOut
 from service.records.service import (
     RecordsService,
@@ -213,7 +219,10 @@ async def write(
     """New versions of fields the caller owns, or that a ``write`` agreement delegates to
     it for the stated purpose; 412 if ``if_match`` does not name the record's version, 409
     if it gives ``national_id`` a value another citizen holds. A refusal (403, 412, 409) is
-    audited; 404 and 410 come before anything is decided and are not, as for a read."""
+    audited. A caller that may write the fields is told 404 for an unknown citizen and 410
+    for an erased one, unaudited, as for a read; one that may not, and may not otherwise
+    learn who is registered (``disclosure.may_know_writing``), is told 404 alike for an
+    unknown, an existing and an erased citizen, and that refusal is audited."""
     # The writer's reason is required but not stored: it is free text and may well
     # hold personal data ("moved in with her mother at ..."), which the audit must not.
     del reason
@@ -227,10 +236,16 @@ async def write(
     refused: ServiceError | None = None
     try:
         async with records.transactions.begin() as conn:
-            citizen = disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
-            context = records.context(facts, citizen.status)
+            found = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+            context = records.context(facts, found.status if found else None)
             decisions = _write_decisions(catalog, policy, facts, names, context)
             denied = [n for n in names if decisions[n].effect != "permit"]
+            if denied and not disclosure.may_know_writing(
+                policy, facts.department, names, decisions, context
+            ):
+                refused = CitizenNotFound(disclosure.NOT_KNOWN)
+            else:
+                disclosure.present(found)
             if not denied:
                 written = await _store_write(
                     records, conn, facts, catalog, citizen_id, clean, decisions, context, if_match, started

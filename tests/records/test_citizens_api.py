@@ -668,3 +668,90 @@ class TestFailClosed:
         problem(response, 503)
         problem(batch, 503)
         assert "Secretname" not in response.text + batch.text
+
+
+class TestAStrangerCannotTellCitizensApart:
+    """A caller with no agreement over a citizen gets one answer for an unknown, an
+    existing and an erased citizen, from every route, so that no route is an oracle of
+    who is registered or who was erased (DESIGN: "404 if unknown or not allowed")."""
+
+    async def _three_citizens(self, env: RecordsEnv) -> list[str]:
+        existing, _ = await env.register(given_name="Present", address="Here", date_of_birth="1980-01-01")
+        erased, _ = await env.register(given_name="Gone", address="There")
+        erasure = await env.client.delete(f"/v1/citizens/{erased}", params=ERASURE, headers=REGISTRAR)
+        assert erasure.status_code == 204
+        return ["00000000-0000-4000-8000-000000000404", existing, erased]
+
+    @staticmethod
+    def _same_answer(responses: list[httpx.Response]) -> dict[str, Any]:
+        bodies = [problem(r, responses[0].status_code) for r in responses]
+        assert all(body == bodies[0] for body in bodies), [r.text for r in responses]
+        return bodies[0]
+
+    async def test_reads_verify_and_history_are_404_alike(self, records_env: RecordsEnv) -> None:
+        stranger = as_("portal", "consumer")
+        answers: dict[str, list[httpx.Response]] = {"read": [], "verify": [], "history": []}
+        for citizen_id in await self._three_citizens(records_env):
+            url = f"/v1/citizens/{citizen_id}"
+            answers["read"].append(
+                await records_env.client.get(url, params={"purpose": "benefit-eligibility"}, headers=stranger)
+            )
+            answers["verify"].append(
+                await records_env.client.post(
+                    f"{url}/verify",
+                    json={
+                        "purpose": "benefit-eligibility",
+                        "claims": {"date_of_birth": {"lte": "2000-01-01"}},
+                    },
+                    headers=stranger,
+                )
+            )
+            answers["history"].append(
+                await records_env.client.get(
+                    f"{url}/fields/address/history",
+                    params={"purpose": "fraud-investigation"},
+                    headers=stranger,
+                )
+            )
+        for responses in answers.values():
+            assert self._same_answer(responses)["status"] == 404
+
+    @pytest.mark.parametrize(
+        "purpose",
+        [pytest.param(None, id="as-an-owner"), pytest.param("tax-administration", id="as-a-delegate")],
+    )
+    async def test_a_write_without_rights_is_404_alike(
+        self, records_env: RecordsEnv, purpose: str | None
+    ) -> None:
+        """Revenue's writer may write no register field, as owner or delegate: it is told
+        nothing of whether the citizen exists or was erased, and nothing is written."""
+        body: dict[str, Any] = {"fields": {"address": "Elsewhere"}, "reason": "moved"}
+        if purpose:
+            body["purpose"] = purpose
+        citizens = await self._three_citizens(records_env)
+        responses = [
+            await records_env.client.patch(
+                f"/v1/citizens/{citizen_id}/fields", json=body, headers=as_("revenue", "writer")
+            )
+            for citizen_id in citizens
+        ]
+        assert self._same_answer(responses)["status"] == 404
+        read = await records_env.client.get(
+            f"/v1/citizens/{citizens[1]}",
+            params={"fields": "address", "purpose": "benefit-eligibility"},
+            headers=WELFARE,
+        )
+        assert read.json()["fields"]["address"]["value"] == "Here"
+        # Each attempt is still audited as refused, the existing citizen's too.
+        refused = [e for e in await audit_entries(records_env, citizens[1]) if e["action"] == "write"]
+        assert [(e["status"], e["decision"], e["fields_released"]) for e in refused] == [(404, "deny", [])]
+
+    async def test_a_party_to_a_write_agreement_still_learns_why(self, records_env: RecordsEnv) -> None:
+        """DVLA may write the address for address-update: without naming that purpose it is
+        told 403 and why for an existing citizen, and 404 and 410 as an owner would be."""
+        body = {"fields": {"address": "There"}, "reason": "citizen told DVLA"}
+        statuses = [
+            (await records_env.client.patch(f"/v1/citizens/{c}/fields", json=body, headers=DVLA)).status_code
+            for c in await self._three_citizens(records_env)
+        ]
+        assert statuses == [404, 403, 410]

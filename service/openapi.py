@@ -57,7 +57,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/citizens/lookup"): {404, 503},
     ("POST", "/v1/citizens/batch-get"): {503},
     ("GET", "/v1/citizens/{citizen_id}"): {404, 410, 503},
-    ("DELETE", "/v1/citizens/{citizen_id}"): {404, 410, 503},
+    ("DELETE", "/v1/citizens/{citizen_id}"): {404, 410, 412, 503},
     ("PATCH", "/v1/citizens/{citizen_id}/fields"): {404, 409, 410, 412, 503},
     ("GET", "/v1/citizens/{citizen_id}/fields/{field}/history"): {404, 410, 503},
     ("POST", "/v1/citizens/{citizen_id}/verify"): {404, 410, 503},

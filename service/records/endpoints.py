@@ -261,13 +261,20 @@ async def erase_citizen(
         str | None,
         Query(min_length=1, max_length=63, description="Your erase agreement's purpose (not the owner)."),
     ] = None,
+    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> Response:
     """Erase a citizen by destroying their data keys. Later reads get 410 (404 from a
     caller that may not know the citizen existed); the audit stays.
 
     Only the department that owns `national_id` erases, or one holding an `erase`
-    agreement on `national_id` (naming its purpose); anyone else gets 403."""
+    agreement on `national_id` (naming its purpose); anyone else gets 403. With `If-Match`,
+    a record no longer at the version it names gets 412 and is not erased."""
     await writes.erase(
-        records, caller.for_purpose(purpose), citizen_id, reason=reason, legal_basis=legal_basis
+        records,
+        caller.for_purpose(purpose),
+        citizen_id,
+        reason=reason,
+        legal_basis=legal_basis,
+        if_match=parse_if_match(if_match),
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -269,13 +269,16 @@ async def retire_current_many(
     return latest
 
 
-async def mark_erased(conn: AsyncConnection, citizen_id: str, now: datetime) -> bool:
-    """Mark the citizen erased and drop its blind indexes; False (nothing changed) if it
-    was erased already."""
+async def mark_erased(
+    conn: AsyncConnection, citizen_id: str, now: datetime, *, expected: Collection[int] | None = None
+) -> bool:
+    """Mark the citizen erased and drop its blind indexes, if its version is one of
+    ``expected`` (None: any); False (nothing changed) if it was erased already or stale."""
+    statement = update(citizens).where(citizens.c.id == citizen_id, citizens.c.status != "erased")
+    if expected is not None:
+        statement = statement.where(citizens.c.version.in_(sorted(expected)))
     result = await conn.execute(
-        update(citizens)
-        .where(citizens.c.id == citizen_id, citizens.c.status != "erased")
-        .values(status="erased", erased_at=now, updated_at=now, version=citizens.c.version + 1)
+        statement.values(status="erased", erased_at=now, updated_at=now, version=citizens.c.version + 1)
     )
     if not result.rowcount:
         return False

@@ -29,7 +29,6 @@ from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import disclosure, repository, values
 from service.records.errors import (
-    CitizenErased,
     CitizenNotFound,
     InvalidFieldValue,
     NotPermitted,
@@ -366,6 +365,7 @@ async def erase(
     *,
     reason: ErasureReason,
     legal_basis: str,
+    if_match: IfMatch | None = None,
 ) -> None:
     """Crypto-shred a citizen: the data keys are destroyed; the audit stays.
 
@@ -373,7 +373,8 @@ async def erase(
     an ``erase`` agreement on ``national_id`` (then stating that agreement's purpose). The
     reason (a fixed code, so no free text reaches the audit) and the stated legal basis are
     kept in the audit entry. A refusal is a 403 whether or not the citizen exists, and is
-    audited."""
+    audited; so is a 412 when ``if_match`` does not name the record's version (nothing is
+    erased)."""
     legal_basis = validated_legal_basis(legal_basis)
     started = now()
     async with records.transactions.begin() as conn:
@@ -388,15 +389,23 @@ async def erase(
             # or waits for the citizen's row on PostgreSQL, so of erasures sent at once one
             # shreds and is audited and the others, finding the citizen erased, are 410 (the
             # read above may predate the first one's commit).
-            if not await repository.mark_erased(conn, citizen_id, started):
-                raise CitizenErased(disclosure.ERASED)
-            await records.keyring.shred_citizen(conn, citizen_id, on_event=partial(_audit_key_event, conn))
-            await audit_writer.append_in_transaction(
-                conn, _erase_entry(records, facts, citizen_id, catalog, decision, context, status=204)
-            )
-            return
-    refusal = _erase_entry(records, facts, citizen_id, catalog, decision, context, status=403)
-    await records.refuse(refusal, NotPermitted(f"Not permitted to erase this citizen: {decision.reason}"))
+            expected = None if if_match is None else if_match.versions
+            if await repository.mark_erased(conn, citizen_id, started, expected=expected):
+                await records.keyring.shred_citizen(
+                    conn, citizen_id, on_event=partial(_audit_key_event, conn)
+                )
+                await audit_writer.append_in_transaction(
+                    conn, _erase_entry(records, facts, citizen_id, catalog, decision, context, status=204)
+                )
+                return
+            # Erased meanwhile (410), else at a version ``if_match`` does not name.
+            disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
+    if decision.effect == "permit":
+        refused: ServiceError = StaleVersion("The record is not at the version you read; read it again.")
+    else:
+        refused = NotPermitted(f"Not permitted to erase this citizen: {decision.reason}")
+    refusal = _erase_entry(records, facts, citizen_id, catalog, decision, context, status=refused.status)
+    await records.refuse(refusal, refused)
 
 
 async def _audit_key_event(conn: AsyncConnection, event: KeyEvent) -> None:
@@ -427,7 +436,7 @@ def _erase_entry(
         released=[],
         decisions={NATIONAL_ID_FIELD: decision},
         status=status,
-        decision="permit" if decision.effect == "permit" else "deny",
+        decision="permit" if status == 204 else "deny",
         context=context,
     )
 

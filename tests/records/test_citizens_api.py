@@ -636,6 +636,44 @@ class TestBatchAndErase:
             assert erase.status_code == 204
             assert {w.status_code for w in writes} <= {200, 410}, [w.text for w in writes]
 
+    @pytest.mark.parametrize(
+        ("if_match", "status"),
+        [
+            ('"1"', 412),
+            ('W/"2"', 412),
+            ('"abc"', 412),
+            ("yesterday", 400),
+            ('"2"', 204),
+            ('"1", "2"', 204),
+            ("*", 204),
+        ],
+    )
+    async def test_erasure_honours_if_match(
+        self, records_env: RecordsEnv, if_match: str, status: int
+    ) -> None:
+        """RFC 9110 section 13.1.1: If-Match is evaluated before the method is performed. A
+        registrar that read version 1 does not erase the record written since."""
+        citizen_id, _ = await records_env.register(given_name="Before")
+        write = {"fields": {"given_name": "After"}, "reason": "correction"}
+        written = await records_env.client.patch(
+            f"/v1/citizens/{citizen_id}/fields", json=write, headers=REGISTER_WRITER
+        )
+        assert written.headers["etag"] == '"2"'
+        url = f"/v1/citizens/{citizen_id}"
+        erase = await records_env.client.delete(
+            url, params=ERASURE, headers={**REGISTRAR, "If-Match": if_match}
+        )
+        assert erase.status_code == status, erase.text
+        read = await records_env.client.get(url, params={"purpose": "benefit-eligibility"}, headers=WELFARE)
+        if status == 204:
+            problem(read, 410)
+            return
+        problem(erase, status)
+        assert read.json()["fields"]["given_name"]["value"] == "After"
+        if status == 412:
+            refused = [e for e in await audit_entries(records_env, citizen_id) if e["action"] == "erase"]
+            assert [(e["status"], e["decision"]) for e in refused] == [(412, "deny")]
+
     async def test_consumer_cannot_erase(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register()
         url = f"/v1/citizens/{citizen_id}"

@@ -327,14 +327,16 @@ class TellonceClient:
         *,
         purpose: str | None = None,
         case_ref: str | None = None,
+        if_match: IfMatch = None,
     ) -> None:
         """Crypto-shred a citizen: the owner of ``national_id``, or a department with an
-        ``erase`` agreement (naming its ``purpose``). Reason and legal basis are audited."""
+        ``erase`` agreement (naming its ``purpose``). Reason and legal basis are audited.
+        With ``if_match`` (an ETag, or a read citizen) a record changed since is a 412."""
         await self.request(
             "DELETE",
             f"/v1/citizens/{citizen_id}",
             params=_params(reason=reason, legal_basis=legal_basis, purpose=purpose),
-            headers=self._case(case_ref),
+            headers={**_if_match(if_match), **self._case(case_ref)},
         )
 
     async def access_log(

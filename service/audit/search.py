@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from service.audit import citizen_proofs
 from service.audit import query as audit_query
 from service.audit import repository as audit_repository
-from service.audit.entries import query_entry
+from service.audit.entries import query_entry, summary
 from service.audit.errors import AuditQueryInvalid
 from service.audit.repository import Connect, EntryFilter
 from service.audit.schemas import ACTIONS, DECISIONS, RECORD_ACTIONS, Action, AuditEntry
@@ -127,8 +127,14 @@ def parse_cursor(value: str | None) -> int:
     return int(value)
 
 
-def entry_filter(principal: Principal, query: EntryQuery) -> EntryFilter:
-    """The stored filter for ``query``; a data owner is confined to entries touching its fields."""
+def entry_filter(
+    principal: Principal, query: EntryQuery, view: OwnerView | None = None
+) -> EntryFilter | None:
+    """The stored filter for ``query``; a data owner (``view``) is confined to entries
+    touching its fields. ``None`` when nothing the data owner may see can match: it named
+    another department as owner or another department's field, which the items it sees
+    never name, so matching on them would tell it what they leave out. A data owner's
+    ``decision`` is matched on its narrowed entries (``visible``), not stored here."""
     if query.decision is not None and query.decision not in DECISIONS:
         raise AuditQueryInvalid(
             f"decision must be one of {', '.join(DECISIONS)}.",
@@ -139,18 +145,40 @@ def entry_filter(principal: Principal, query: EntryQuery) -> EntryFilter:
             "action is not a known audit action.",
             errors=[{"loc": ["query", "action"], "msg": "unknown action"}],
         )
+    if view is not None and (
+        query.owner not in (None, view.department)
+        or (query.field is not None and query.field not in view.fields)
+    ):
+        return None
     return EntryFilter(
         citizen_id=query.citizen_id,
         consumer=query.consumer,
         owner=query.owner,
         field=query.field,
         purpose=query.purpose,
-        decision=query.decision,
+        decision=query.decision if view is None else None,
         action=query.action,
         since=query.since,
         until=query.until,
         visible_to_owner=permissions.owner_scope(principal),
     )
+
+
+def visible(item: dict[str, Any], view: OwnerView | None, query: EntryQuery) -> dict[str, Any] | None:
+    """``item`` as ``view`` sees it (``narrowed``), or ``None`` when that fails the query's
+    ``decision`` (an auditor's decision is matched in the database)."""
+    shown = narrowed(item, view)
+    if view is not None and query.decision is not None and shown["entry"]["decision"] != query.decision:
+        return None
+    return shown
+
+
+def _recorded_owners(query: EntryQuery, view: OwnerView | None) -> list[str]:
+    """The ``owners`` of a query's own entry: the owner it asked about, which a data owner
+    can only be itself (another department's data owner is not shown its queries)."""
+    if query.owner is None or (view is not None and query.owner != view.department):
+        return []
+    return [query.owner]
 
 
 async def record_query(
@@ -179,20 +207,28 @@ async def search_entries(
     """One page of matching entries, oldest first (the API) or newest first (the console), as
     ``{id, leaf_index, entry}`` items."""
     permissions.require_audit_reader(principal)
-    stored_filter = entry_filter(principal, query)
+    items: list[dict[str, Any]] = []
+    more = False
     async with access.connect() as conn:
-        rows = await audit_repository.page_entries(
-            conn, stored_filter, after, limit + 1, newest_first=newest_first
-        )
         view = await owner_view(conn, principal)
-    await record_query(access.writer, principal, source=source, owners=[query.owner] if query.owner else [])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    items = [
-        narrowed(audit_query.entry_item(entry_id, leaf, canonical), view)
-        for entry_id, leaf, canonical in rows
-    ]
-    return Page(items, rows[-1][0] if more else None)
+        stored_filter = entry_filter(principal, query, view)
+        scanned_to = after
+        while stored_filter is not None:
+            rows = await audit_repository.page_entries(
+                conn, stored_filter, scanned_to, limit + 1, newest_first=newest_first
+            )
+            for entry_id, leaf, canonical in rows:
+                if len(items) == limit:
+                    more = True
+                    break
+                scanned_to = entry_id
+                shown = visible(audit_query.entry_item(entry_id, leaf, canonical), view, query)
+                if shown is not None:
+                    items.append(shown)
+            if more or len(rows) <= limit:
+                break
+    await record_query(access.writer, principal, source=source, owners=_recorded_owners(query, view))
+    return Page(items, items[-1]["id"] if more else None)
 
 
 @dataclass(frozen=True)
@@ -221,9 +257,11 @@ def narrowed(item: dict[str, Any], view: OwnerView | None) -> dict[str, Any]:
     also named other departments' fields keeps only the owner's: among the fields asked
     for and released, among the reasons, and in ``owners``. Its legal bases, which do not
     say which field each was for, are left out (the owner's reasons cite its agreements
-    and versions). Who asked, when, and for what purpose and case stay: that is the access
-    to the owner's fields. Such an item is marked ``"narrowed": true``; its entry is then
-    not the logged leaf (an auditor's proof calls show that)."""
+    and versions). Its decision becomes that of the owner's fields alone (``partial`` would
+    say how the other departments' fields were decided). Who asked, when, and for what
+    purpose and case stay: that is the access to the owner's fields. Such an item is marked
+    ``"narrowed": true``; its entry is then not the logged leaf (an auditor's proof calls
+    show that)."""
     if view is None:
         return item
     entry: dict[str, Any] = item["entry"]
@@ -237,6 +275,8 @@ def narrowed(item: dict[str, Any], view: OwnerView | None) -> dict[str, Any]:
     kept["reasons"] = [r for r in reasons if r.get("field") in view.fields]
     kept["owners"] = [o for o in entry.get("owners") or [] if o == view.department]
     kept["legal_basis"] = []
+    if kept["fields_requested"] and entry.get("decision") != "error":
+        kept["decision"] = summary(kept["fields_requested"], kept["fields_released"])
     return {**item, "entry": kept, "narrowed": True}
 
 
@@ -257,11 +297,13 @@ async def export_entries(
         raise InsufficientScope(
             f"This call needs the scope {permissions.EXPORTS_AUDIT}.", (permissions.EXPORTS_AUDIT,)
         )
-    stored_filter = entry_filter(principal, query)
     async with access.connect() as conn:
-        first = await audit_repository.page_entries(conn, stored_filter, 0, EXPORT_PAGE)
         view = await owner_view(conn, principal)
-    await record_query(access.writer, principal, source=source, owners=[query.owner] if query.owner else [])
+        stored_filter = entry_filter(principal, query, view)
+        first: list[tuple[int, int | None, str]] = []
+        if stored_filter is not None:
+            first = await audit_repository.page_entries(conn, stored_filter, 0, EXPORT_PAGE)
+    await record_query(access.writer, principal, source=source, owners=_recorded_owners(query, view))
 
     async def lines() -> AsyncIterator[str]:
         if format == "csv":
@@ -269,9 +311,10 @@ async def export_entries(
         rows = first
         while True:
             for entry_id, leaf, canonical in rows:
-                item = narrowed(audit_query.entry_item(entry_id, leaf, canonical), view)
-                yield audit_query.csv_line(item) if format == "csv" else json.dumps(item) + "\n"
-            if len(rows) < EXPORT_PAGE:
+                item = visible(audit_query.entry_item(entry_id, leaf, canonical), view, query)
+                if item is not None:
+                    yield audit_query.csv_line(item) if format == "csv" else json.dumps(item) + "\n"
+            if stored_filter is None or len(rows) < EXPORT_PAGE:
                 return
             async with access.connect() as conn:
                 rows = await audit_repository.page_entries(conn, stored_filter, rows[-1][0], EXPORT_PAGE)

@@ -299,6 +299,47 @@ class TestEntryQueries:
         assert whole["entry"]["fields_released"] == ["address", "licence_status"]
         assert whole["entry"]["legal_basis"] == ["Act of the register", "Act of the DVLA"]
 
+    async def test_a_data_owner_cannot_filter_on_another_owners_part(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
+    ) -> None:
+        """The register's field was withheld and the DVLA's released: filtering on the
+        register as owner, on its field or on the whole entry's decision would tell the
+        DVLA what its narrowed item leaves out, and its query is not shown to the register."""
+        citizen = str(uuid.uuid4())
+        [logged] = await audit_log.append_many(
+            [
+                make_entry(
+                    citizen_id=citizen,
+                    owners=["dvla", "register"],
+                    fields_requested=["address", "licence_status"],
+                    fields_released=["licence_status"],
+                    decision="partial",
+                    reasons=[
+                        {"field": "address", "effect": "deny", "reason": "no agreement"},
+                        {"field": "licence_status", "effect": "permit", "agreement": "a1", "version": 1},
+                    ],
+                )
+            ]
+        )
+        client_id = f"dvla-owner-{uuid.uuid4().hex[:8]}"
+        act_as(app, "dvla", "data-owner", client_id=client_id)
+        [item] = await _items(client, citizen_id=citizen)
+        assert (item["id"], item["entry"]["decision"]) == (logged, "permit")
+        for leaking in ({"owner": "register"}, {"field": "address"}, {"decision": "partial"}):
+            assert await _items(client, citizen_id=citizen, **leaking) == [], leaking
+        for own in ({"owner": "dvla"}, {"field": "licence_status"}, {"decision": "permit"}):
+            assert [i["id"] for i in await _items(client, citizen_id=citizen, **own)] == [logged], own
+        act_as(app, "register", "data-owner")
+        [theirs] = await _items(client, citizen_id=citizen)
+        assert (theirs["entry"]["fields_requested"], theirs["entry"]["decision"]) == (["address"], "deny")
+        shown = await _items(client, action="audit-query")
+        assert [i for i in shown if i["entry"]["client_id"] == client_id] == []
+        act_as(app, "audit-office", "auditor")
+        assert [i["id"] for i in await _items(client, citizen_id=citizen, decision="partial")] == [logged]
+        queries = await _items(client, action="audit-query", consumer="dvla", limit=1000)
+        mine = {json.dumps(i["entry"]["owners"]) for i in queries if i["entry"]["client_id"] == client_id}
+        assert mine == {"[]", '["dvla"]'}
+
     async def test_refusals(
         self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
     ) -> None:

@@ -282,7 +282,7 @@ class TestAuditRows:
             ["licence_status"],
         )
         assert entry["reasons"] == [item["entry"]["reasons"][1]]
-        assert (entry["owners"], entry["legal_basis"]) == (["dvla"], [])
+        assert (entry["owners"], entry["legal_basis"], entry["decision"]) == (["dvla"], [], "permit")
         # Who asked, when and why stays: that is the access to the owner's field.
         assert {k: entry[k] for k in ("client_id", "department", "time", "citizen_id")} == {
             k: item["entry"][k] for k in ("client_id", "department", "time", "citizen_id")

@@ -255,10 +255,10 @@ _FIELD_LISTS = ("fields_requested", "fields_released")
 def narrowed(item: dict[str, Any], view: OwnerView | None) -> dict[str, Any]:
     """A search item as ``view`` may see it (``None``: the whole entry). An entry that
     also named other departments' fields keeps only the owner's: among the fields asked
-    for and released, among the reasons, and in ``owners``. Its legal bases, which do not
+    for and released, among the reasons about fields, and in ``owners``. Its legal bases, which do not
     say which field each was for, are left out (the owner's reasons cite its agreements
-    and versions). Its decision becomes that of the owner's fields alone (``partial`` would
-    say how the other departments' fields were decided). Who asked, when, and for what
+    and versions). An access's decision becomes that of the owner's fields alone (``partial``
+    would say how the other departments' fields were decided). Who asked, when, and for what
     purpose and case stay: that is the access to the owner's fields. Such an item is marked
     ``"narrowed": true``; its entry is then not the logged leaf (an auditor's proof calls
     show that)."""
@@ -266,16 +266,23 @@ def narrowed(item: dict[str, Any], view: OwnerView | None) -> dict[str, Any]:
         return item
     entry: dict[str, Any] = item["entry"]
     reasons = [r for r in entry.get("reasons") or [] if isinstance(r, dict)]
-    named = {*(f for key in _FIELD_LISTS for f in entry.get(key) or []), *(r.get("field") for r in reasons)}
+    # A reason with no field is about the entry as a whole (a policy change, an explanation
+    # asked for): it names no department's field, so it is not narrowed away.
+    named = {
+        *(f for key in _FIELD_LISTS for f in entry.get(key) or []),
+        *(r["field"] for r in reasons if r.get("field")),
+    }
     if named <= view.fields and set(entry.get("owners") or []) <= {view.department}:
         return item
     kept = dict(entry)
     for key in _FIELD_LISTS:
         kept[key] = [f for f in entry.get(key) or [] if f in view.fields]
-    kept["reasons"] = [r for r in reasons if r.get("field") in view.fields]
+    kept["reasons"] = [r for r in reasons if not r.get("field") or r["field"] in view.fields]
     kept["owners"] = [o for o in entry.get("owners") or [] if o == view.department]
     kept["legal_basis"] = []
-    if kept["fields_requested"] and entry.get("decision") != "error":
+    requested, released = entry.get("fields_requested") or [], entry.get("fields_released") or []
+    if kept["fields_requested"] and entry.get("decision") == summary(requested, released):
+        # A decision made of its fields (an access) is made again of the owner's alone.
         kept["decision"] = summary(kept["fields_requested"], kept["fields_released"])
     return {**item, "entry": kept, "narrowed": True}
 

@@ -340,6 +340,52 @@ class TestEntryQueries:
         mine = {json.dumps(i["entry"]["owners"]) for i in queries if i["entry"]["client_id"] == client_id}
         assert mine == {"[]", '["dvla"]'}
 
+    async def test_a_data_owner_sees_its_own_entries_about_no_field_whole(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
+    ) -> None:
+        """A policy change and an explanation name no other department's field: the
+        reasons about the whole entry (no field) and the entry's decision stay."""
+        citizen = str(uuid.uuid4())
+        change = {"field": "", "effect": "active", "agreement": "dvla-shares", "version": 4, "reason": "why"}
+        asked = {"field": "", "effect": "explained", "reason": "as welfare would read"}
+        decided = {"field": "licence_status", "effect": "permit", "agreement": "a1", "version": 1}
+        ids = await audit_log.append_many(
+            [
+                make_entry(
+                    citizen_id=citizen,
+                    action="policy-change",
+                    department="dvla",
+                    owners=["dvla"],
+                    fields_requested=[],
+                    fields_released=[],
+                    reasons=[change],
+                ),
+                make_entry(
+                    citizen_id=citizen,
+                    action="explain",
+                    department="welfare",
+                    owners=["dvla", "register"],
+                    fields_requested=["licence_status", "address"],
+                    fields_released=[],
+                    reasons=[
+                        asked,
+                        decided,
+                        {"field": "address", "effect": "deny", "reason": "no agreement"},
+                    ],
+                ),
+            ]
+        )
+        act_as(app, "dvla", "data-owner")
+        policy, explained = await _items(client, citizen_id=citizen)
+        assert policy["id"] == ids[0]
+        assert "narrowed" not in policy
+        assert policy["entry"]["reasons"] == [{**change, "digest": None}]
+        assert (explained["narrowed"], explained["entry"]["decision"]) == (True, "permit")
+        assert explained["entry"]["reasons"] == [
+            {**asked, "agreement": None, "version": None, "digest": None},
+            {**decided, "digest": None, "reason": ""},
+        ]
+
     async def test_refusals(
         self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
     ) -> None:

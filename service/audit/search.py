@@ -115,6 +115,14 @@ def parse_time(value: str | None, name: str) -> datetime | None:
         ) from None
 
 
+def check_range(since: datetime | None, until: datetime | None) -> None:
+    """A window that ends before it starts is a mistake, not a question with no answer."""
+    if since is not None and until is not None and until < since:
+        raise AuditQueryInvalid(
+            "until must not be before since.", errors=[{"loc": ["query", "until"], "msg": "before since"}]
+        )
+
+
 # Entry ids are 64-bit signed integers in the database; a larger cursor was never returned.
 MAX_CURSOR = 2**63 - 1
 
@@ -145,6 +153,7 @@ def entry_filter(
             "action is not a known audit action.",
             errors=[{"loc": ["query", "action"], "msg": "unknown action"}],
         )
+    check_range(query.since, query.until)
     if view is not None and (
         query.owner not in (None, view.department)
         or (query.field is not None and query.field not in view.fields)
@@ -344,6 +353,7 @@ async def usage_report(
     """Released fields counted by consumer, owner, field, purpose and period. A data owner
     reports only on its own fields (403 for another owner's)."""
     permissions.require_audit_reader(principal)
+    check_range(since, until)
     confined = permissions.owner_scope(principal)
     if confined is not None:
         if owner is not None and owner != confined:

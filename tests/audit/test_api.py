@@ -410,6 +410,13 @@ class TestEntryQueries:
             body = _problem(await client.get("/v1/audit/entries", params={"cursor": cursor}), 422)
             assert body["title"] == "Invalid cursor"
         assert (await client.get("/v1/audit/entries", params={"cursor": str(2**63 - 1)})).status_code == 200
+        # A window that ends before it starts (here by its offsets alone).
+        reversed_window = {"since": "2026-10-01T00:00:00-01:00", "until": "2026-10-01T00:30:00+00:00"}
+        for path in ("/v1/audit/entries", "/v1/audit/export", "/v1/audit/reports/usage"):
+            body = _problem(await client.get(path, params=reversed_window), 400)
+            assert body["errors"][0]["loc"] == ["query", "until"]
+            empty_window = {"since": "2026-10-01T00:00:00Z", "until": "2026-10-01T01:00:00+01:00"}
+            assert (await client.get(path, params=empty_window)).status_code == 200
         # Valid ISO 8601 whose offset carries it outside the years a datetime can hold.
         for name, value in (("since", "0001-01-01T00:00:00+01:00"), ("until", "9999-12-31T23:59:59-01:00")):
             for path in ("/v1/audit/entries", "/v1/audit/export", "/v1/audit/reports/usage"):

@@ -119,3 +119,19 @@ async def version_contents(
     wanted = or_(*(and_(table.c.agreement_id == a, table.c.version == v) for a, v in versions))
     result = await conn.execute(select(table.c.agreement_id, table.c.version, table.c.content).where(wanted))
     return {(str(r[0]), int(r[1])): dict(r[2]) for r in result}
+
+
+async def signatures_given(session: AsyncSession, agreement_id: str) -> dict[str, int]:
+    """Each owner's signature stored on a version of ``agreement_id``, with the first
+    version that carried it."""
+    rows = await session.execute(
+        select(AgreementVersion.version, AgreementVersion.content)
+        .where(AgreementVersion.agreement_id == agreement_id)
+        .order_by(AgreementVersion.version)
+    )
+    given: dict[str, int] = {}
+    for version, content in rows:
+        signature = content.get("signature") if isinstance(content, dict) else None
+        if isinstance(signature, str):
+            given.setdefault(signature, version)
+    return given

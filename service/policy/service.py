@@ -305,6 +305,35 @@ def require_signed(content: dict[str, Any], owner: str, catalog: Catalog) -> Non
         )
 
 
+async def spent_signature(
+    session: AsyncSession,
+    previous: AgreementVersion | None,
+    content: dict[str, Any],
+    owner: str,
+    catalog: Catalog,
+) -> str | None:
+    """Why ``content``'s signature may not be stored again, or ``None``.
+
+    A signature vouches for one grant of its text: once the version that carried it has
+    been revoked or replaced, storing it again would let whoever holds the old signed text
+    (a data-owner client without the signing key, say) bring back terms the owner ended.
+    So an owner with a signing key reinstates an agreement by signing it anew, with a
+    change (a later ``valid_from``, say: Ed25519 gives the same text the same signature).
+    Keeping the current version as it is stays allowed."""
+    signature = content.get("signature")
+    if previous is None or not isinstance(signature, str) or owner not in catalog.signing_keys:
+        return None
+    if previous.status == "active" and previous.content.get("signature") == signature:
+        return None
+    first = (await repository.signatures_given(session, previous.agreement_id)).get(signature)
+    if first is None:
+        return None
+    return (
+        f"its signature was given to version {first}, since revoked or replaced; to bring "
+        "the agreement back, sign it anew with a change (a later valid_from, say)"
+    )
+
+
 @dataclass
 class ApplyReport:
     catalog_version: int | None = None
@@ -325,9 +354,11 @@ async def apply_folder(
 ) -> ApplyReport:
     """Store the catalog and every changed agreement of a validated folder, in one transaction.
 
-    Raises ``SourceFileError``, storing nothing, for an agreement whose id another owner's
-    stored agreement has (active or revoked): ids are unique across the catalog, so one
-    owner's file never replaces, nor takes over the history of, another owner's agreement.
+    Raises ``SourceFileError``, storing nothing (the caller's transaction rolls back), for
+    an agreement whose id another owner's stored agreement has (active or revoked): ids are
+    unique across the catalog, so one owner's file never replaces, nor takes over the
+    history of, another owner's agreement; and for a signed agreement that would bring
+    back a signature already spent (``spent_signature``).
     """
     report = ApplyReport()
     current = {row.agreement_id: row for row in await repository.current_versions(session)}
@@ -360,6 +391,9 @@ async def apply_folder(
             report.unchanged.append(spec.id)
             continue
         require_signed(content, sourced.owner, folder.catalog)
+        spent = await spent_signature(session, previous, content, sourced.owner, folder.catalog)
+        if spent is not None:
+            raise SourceFileError([SourceError(sourced.file, sourced.line, f"agreement {spec.id}: {spent}")])
         await write_version(
             session,
             previous,
@@ -413,7 +447,14 @@ async def put_agreement(
     reason: str,
 ) -> AgreementVersion:
     """Create or replace an agreement (``agreements.py`` checked ownership and If-Match)."""
-    require_signed(spec.content(), owner, await live_catalog(session))
+    catalog = await live_catalog(session)
+    require_signed(spec.content(), owner, catalog)
+    spent = await spent_signature(session, previous, spec.content(), owner, catalog)
+    if spent is not None:
+        raise ValidationFailed(
+            f"Agreement {spec.id!r} is refused: {spent}.",
+            errors=[{"loc": ["body", "signature"], "msg": spent}],
+        )
     row = await write_version(
         session,
         previous,

@@ -10,10 +10,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.policy import repository as policy_repository
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OwnerSigner
+from service.sourcefile import SourceFileError
 from tests.fixtures.auth import act_as
 from tests.policy.test_api import assert_problem
 from tests.policy.test_signing import signed_folder
@@ -129,6 +131,42 @@ class TestReplaceAndRevokeSigned:
         revoked = await client.delete(path)
         assert revoked.status_code == 200, revoked.text
         assert revoked.json()["status"] == "revoked"
+
+    async def test_a_revoked_agreements_old_signature_does_not_bring_it_back(
+        self, app: FastAPI, client: httpx.AsyncClient, dvla_signer: OwnerSigner
+    ) -> None:
+        """A data-owner client holding the old signed text, but not the key, cannot undo a
+        revocation; the owner reinstates by signing anew, with a change."""
+        act_as(app, "dvla", "data-owner")
+        signed = dvla_signer.signed(NEW_AGREEMENT)
+        assert (await client.post("/v1/policies", json=signed)).status_code == 201
+        path = f"/v1/policies/{NEW_AGREEMENT['id']}"
+        assert (await client.delete(path)).status_code == 200
+        replayed = await client.put(path, json={**signed, "reason": "back"}, headers={"If-Match": '"2"'})
+        assert_signature_refused(replayed, "sign it anew")
+        assert (await client.get(path)).json()["status"] == "revoked"
+        resigned = dvla_signer.signed({**NEW_AGREEMENT, "valid_from": "2026-12-06"})
+        back = await client.put(path, json={**resigned, "reason": "back"}, headers={"If-Match": '"2"'})
+        assert back.status_code == 200, back.text
+        assert (back.json()["status"], back.json()["version"]) == ("active", 3)
+
+    async def test_applying_a_revoked_signed_agreement_again_is_refused_at_its_line(
+        self, session: AsyncSession, tmp_path: Path
+    ) -> None:
+        folder, _signers = signed_folder(tmp_path, "dvla")
+        await policy_service.apply_folder(session, load_policy_folder(folder), author="tests", reason="first")
+        row = await policy_repository.current_version(session, "licence-for-revenue")
+        assert row is not None
+        await policy_service.revoke(session, row, author="tests", reason="ended")
+        with pytest.raises(SourceFileError) as refused:
+            await policy_service.apply_folder(
+                session, load_policy_folder(folder), author="tests", reason="again"
+            )
+        [error] = refused.value.errors
+        assert Path(error.file).name == "dvla.yaml"
+        assert error.line > 0
+        assert "licence-for-revenue" in error.message
+        assert "sign it anew" in error.message
 
     async def test_simulating_an_unsigned_draft_is_allowed(
         self, app: FastAPI, client: httpx.AsyncClient, dvla_signer: OwnerSigner

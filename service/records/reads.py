@@ -388,10 +388,11 @@ async def lookup(records: RecordsService, facts: RequestFacts, national_id: str)
         decisions = policy.decide(facts.department, "lookup", [NATIONAL_ID_FIELD], context)
         if not decisions[NATIONAL_ID_FIELD].permitted:
             await records.require_case_ref(
-                facts, "lookup", None, catalog, policy, [NATIONAL_ID_FIELD], decisions, context
+                facts, "lookup", citizen_id, catalog, policy, [NATIONAL_ID_FIELD], decisions, context
             )
-        if decisions[NATIONAL_ID_FIELD].effect != "permit":
-            citizen_id = None
+        told = citizen_id is not None and decisions[NATIONAL_ID_FIELD].effect == "permit"
+    # A refused lookup of a registered citizen is audited under that citizen, so it is on
+    # their access log as a refused read is; the caller is answered as for an unknown id.
     entry = records.entry(
         facts,
         "lookup",
@@ -399,11 +400,11 @@ async def lookup(records: RecordsService, facts: RequestFacts, national_id: str)
         citizen_id=citizen_id,
         catalog=catalog,
         requested=[NATIONAL_ID_FIELD],
-        released=[NATIONAL_ID_FIELD] if citizen_id else [],
+        released=[NATIONAL_ID_FIELD] if told else [],
         decisions=decisions,
-        status=200 if citizen_id else 404,
+        status=200 if told else 404,
     )
-    if citizen_id is None:
+    if citizen_id is None or not told:
         # Unknown and not allowed give the same answer.
         await records.refuse(entry, CitizenNotFound("No citizen with that national id is known to you."))
     await records.open_cases(facts, decisions.values(), context.time)

@@ -441,6 +441,36 @@ class TestLookupAndVerify:
         )
         assert problem(unknown, 404) == problem(not_allowed, 404)
 
+    async def test_a_refused_lookup_is_on_the_citizens_access_log(self, records_env: RecordsEnv) -> None:
+        """The caller is told 404 as for an unknown national id, but the citizen whose
+        national id it was sees the refused attempt, as a refused read is shown."""
+        citizen_id, national_id = await records_env.register()
+        refused = await records_env.client.post(
+            "/v1/citizens/lookup",
+            json={"national_id": national_id, "purpose": "tax-administration"},
+            headers=REVENUE,
+        )
+        problem(refused, 404)
+        assert citizen_id not in refused.text
+        [entry] = [e for e in await audit_entries(records_env, citizen_id) if e["action"] == "lookup"]
+        assert (entry["department"], entry["decision"], entry["status"]) == ("revenue", "deny", 404)
+        assert entry["fields_released"] == []
+        log = await records_env.client.get(
+            f"/v1/citizens/{citizen_id}/access-log", headers=as_("portal", "citizen-portal")
+        )
+        assert log.status_code == 200, log.text
+        lookups = [i for i in log.json()["items"] if i["action"] == "lookup"]
+        assert lookups == [
+            {
+                "time": entry["time"],
+                "department": "revenue",
+                "action": "lookup",
+                "fields": ["national_id"],
+                "purpose": "tax-administration",
+                "decision": "deny",
+            }
+        ]
+
     async def test_lookup_decides_with_the_citizens_status(self, records_env: RecordsEnv) -> None:
         """A lookup agreement's condition on citizen.status sees the citizen found, as a
         read's does: a permit while alive applies, and a forbid once deceased stops it."""

@@ -23,6 +23,9 @@ router = APIRouter(tags=["audit"])
 Verifier = Annotated[Principal, Depends(require("audit:verify"))]
 Exporter = Annotated[Principal, Depends(require("audit:export"))]
 Portal = Annotated[Principal, Depends(require("citizens:access-log"))]
+# No length limit here: a cursor of any length the list did not give is the one
+# ``invalid-cursor`` refusal (``search.parse_cursor``), not a validation error.
+CURSOR_DOC = "The next_cursor of the previous page."
 
 
 async def _reader(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
@@ -143,7 +146,7 @@ async def list_entries(
     filters: Filters,
     request: Request,
     access: search.AuditAccessDep,
-    cursor: str | None = Query(None, max_length=20),
+    cursor: str | None = Query(None, description=CURSOR_DOC),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Audit entries in a stable order (oldest first), filtered, one page at a time.
@@ -193,7 +196,7 @@ async def usage_report(
     owner: str | None = Query(None, max_length=63),
     since: str | None = Query(None, max_length=40),
     until: str | None = Query(None, max_length=40),
-    cursor: str | None = Query(None, max_length=20),
+    cursor: str | None = Query(None, description=CURSOR_DOC),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Released fields counted by consumer, owner, field, purpose and day or month: the value
@@ -225,7 +228,7 @@ async def citizen_access_log(
     caller: Portal,
     request: Request,
     access: search.AuditAccessDep,
-    cursor: str | None = Query(None, max_length=20),
+    cursor: str | None = Query(None, description=CURSOR_DOC),
     limit: int = Query(100, ge=1, le=1000),
     proofs: bool = Query(
         False, description="Add to each line its inclusion proof against the witnessed checkpoint."

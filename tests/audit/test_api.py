@@ -406,9 +406,10 @@ class TestEntryQueries:
     ) -> None:
         act_as(app, "audit-office", "auditor")
         # 19 digits, but above the largest 64-bit entry id.
-        for cursor in (str(2**63), "9999999999999999999"):
-            body = _problem(await client.get("/v1/audit/entries", params={"cursor": cursor}), 422)
-            assert body["title"] == "Invalid cursor"
+        for cursor in (str(2**63), "9999999999999999999", "1" * 21):
+            for path in ("/v1/audit/entries", "/v1/audit/reports/usage"):
+                body = _problem(await client.get(path, params={"cursor": cursor}), 422)
+                assert body["title"] == "Invalid cursor"
         assert (await client.get("/v1/audit/entries", params={"cursor": str(2**63 - 1)})).status_code == 200
         # A window that ends before it starts (here by its offsets alone).
         reversed_window = {"since": "2026-10-01T00:00:00-01:00", "until": "2026-10-01T00:30:00+00:00"}
@@ -571,9 +572,14 @@ class TestCitizenAccessLog:
         citizen = str(uuid.uuid4())
         await register_citizen(citizen)
         act_as(app, "portal", "citizen-portal")
-        response = await client.get(f"/v1/citizens/{citizen}/access-log", params={"cursor": str(2**63)})
-        body = _problem(response, 422)
-        assert body["title"] == "Invalid cursor"
+        # Above the largest entry id, longer than any id, or not a number: each the one
+        # refusal of a cursor the list did not give, naming the parameter.
+        for cursor in (str(2**63), "1" * 21, "9" * 40, "", "-1", "1e3", "x" * 300):
+            response = await client.get(f"/v1/citizens/{citizen}/access-log", params={"cursor": cursor})
+            body = _problem(response, 422)
+            assert body["type"].endswith("/invalid-cursor"), cursor
+            assert body["errors"] == [{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+            assert body["detail"] == "The cursor is not one this service gave."
 
 
 class TestFailClosed:

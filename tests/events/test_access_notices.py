@@ -5,6 +5,7 @@ feed, the citizen's access log, an auditor's search, and closing a case."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -30,6 +31,7 @@ from service.db import utcnow
 from service.events import repository as events_repository
 from service.events.models import ACCESS_RECORDED, HeldNotice, NoticeState, OutboxEvent
 from service.events.notices import NoticeWorker
+from tests.audit import test_spec_verifier as spec
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -437,6 +439,31 @@ class TestDelayedDisclosure:
             return bool((await _access_log(full_app, http, ada))[-1]["proof"])
 
         assert await _until(sequenced)
+        # Every line's proof checks, as RFC 9162 writes it, against the signed checkpoint the
+        # page returns: the disclosed line's as well, and none of it came from the service's
+        # Merkle code; a line the checkpoint does not cover yet is null.
+        act_as(full_app, "portal", "citizen-portal")
+        page = (await http.get(f"/v1/citizens/{ada}/access-log", params={"proofs": "true"})).json()
+        log_key = spec.parse_vkey_text(full_app.state.audit_signer.verifier_key())
+        checkpoint = spec.parse_checkpoint_text(spec.verified_text(page["checkpoint"], log_key))
+        proven = 0
+        for item in page["items"]:
+            proof = item["proof"]
+            if proof is None:
+                continue
+            assert proof["tree_size"] == checkpoint.size
+            entry = proof["entry"]
+            assert (entry["time"], entry["department"], entry["citizen_id"]) == (
+                item["time"],
+                item["department"],
+                ada,
+            )
+            leaf = spec.leaf_hash(spec.canonical(proof["entry"]))
+            assert base64.b64decode(proof["leaf_hash"]) == leaf
+            path = [base64.b64decode(h) for h in proof["hashes"]]
+            assert spec.verify_inclusion(proof["leaf_index"], checkpoint.size, leaf, path, checkpoint.root)
+            proven += 1
+        assert proven >= 3  # the registration, the ordinary read and the disclosed one
         size, _checkpoints = await verify_stored_log(
             events_engine.connect, NoteVerifier.parse(full_app.state.audit_signer.verifier_key())
         )

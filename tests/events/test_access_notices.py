@@ -218,6 +218,30 @@ class TestAccessNotices:
         assert told.count(ada) >= 2
         assert told.count(bea) >= 3
 
+    async def test_a_notice_the_portal_failed_is_retried_as_the_same_message(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        events_engine: AsyncEngine,
+    ) -> None:
+        """The retry is the same signed message (one ``webhook-id``), made from the one
+        notice in the outbox; the access stays one line of the citizen's access log."""
+        runtime = full_app.state.events
+        runtime.settings = runtime.settings.model_copy(update={"webhook_retry_base_seconds": 0.05})
+        secret = await _subscribe_portal(full_app, http, receiver)
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        receiver.fail_next(1, status=500)
+        assert (await _read(full_app, http, "welfare", ada, "benefit-eligibility")).status_code == 200
+        [told] = await _notices(receiver, secret, 1)
+        assert (told["data"]["citizen_id"], told["data"]["action"]) == (ada, "read")
+        failed, delivered = receiver.received[:2]
+        assert (failed.answered, delivered.answered) == (500, 204)
+        assert failed.headers["webhook-id"] == delivered.headers["webhook-id"]
+        assert Webhook(secret).verify(failed.body, failed.headers) == told
+        assert await _notice_rows(events_engine, [ada]) == 1
+        assert [item["department"] for item in await _access_log(full_app, http, ada)] == ["welfare"]
+
     async def test_workers_racing_over_the_same_entries_tell_each_access_once(
         self, full_app: FastAPI, http: httpx.AsyncClient, events_engine: AsyncEngine
     ) -> None:

@@ -516,3 +516,49 @@ class TestDelayedDisclosure:
         [shown] = [item for item in await _access_log(full_app, http, ada) if item["department"] == "revenue"]
         assert shown["disclosed_by"] == "max-delay"
         assert shown["time"] == entry["time"]
+
+    async def test_shown_exactly_at_the_maximum_delay_and_at_once_under_a_case_already_closed(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+    ) -> None:
+        secret = await _subscribe_portal(full_app, http, receiver)
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        covert = await _read(full_app, http, "revenue", ada, "fraud-investigation", case_ref="FRAUD-10")
+        assert covert.status_code == 200, covert.text
+        act_as(full_app, "audit-office", "auditor")
+        found = await http.get("/v1/audit/entries", params={"citizen_id": ada, "consumer": "revenue"})
+        [accessed] = [_instant(i["entry"]["time"]) for i in found.json()["items"]]
+
+        async def revenue_lines() -> list[dict[str, Any]]:
+            return [
+                item for item in await _access_log(full_app, http, ada) if item["department"] == "revenue"
+            ]
+
+        # The agreement's max_delay is 30 days: held until that instant, shown from it.
+        full_app.state.clock = lambda: accessed + timedelta(days=30, microseconds=-1)
+        assert await revenue_lines() == []
+        full_app.state.clock = lambda: accessed + timedelta(days=30)
+        [shown] = await revenue_lines()
+        assert (shown["disclosed_by"], _instant(shown["disclosed_at"])) == (
+            "max-delay",
+            accessed + timedelta(days=30),
+        )
+        full_app.state.clock = utcnow
+
+        # Closed, then used again: an access under a closed case is shown, and told, at once.
+        act_as(full_app, "revenue", "consumer")
+        assert (await http.post("/v1/cases/FRAUD-10/close")).status_code == 200
+        # (The first access's notice went out at the maximum delay or at the closing,
+        # whichever the worker saw first.)
+        await _notices(receiver, secret, 1)
+        again = await _read(full_app, http, "revenue", ada, "fraud-investigation", case_ref="FRAUD-10")
+        assert again.status_code == 200, again.text
+        first, second = await revenue_lines()
+        assert (first["time"], first["disclosed_by"]) == (shown["time"], "case-closed")
+        assert second["disclosed_by"] == "case-closed"
+        assert second["disclosed_at"] == _instant(second["time"]).isoformat()
+        [_first, told] = await _notices(receiver, secret, 2)
+        assert (told["data"]["disclosed_by"], told["data"]["citizen_id"]) == ("case-closed", ada)
+        assert _instant(told["data"]["occurred_at"]) == _instant(second["time"])

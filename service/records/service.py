@@ -248,13 +248,23 @@ class RecordsService:
         )
         await self.refuse_request(facts, action, citizen_id, catalog, requested, decisions, context, error)
 
-    async def open_cases(self, facts: RequestFacts, decisions: Iterable[Decision], at: datetime) -> None:
+    async def open_cases(
+        self,
+        facts: RequestFacts,
+        decisions: Iterable[Decision],
+        at: datetime,
+        conn: AsyncConnection | None = None,
+    ) -> None:
         """Record the request's case if a delayed-disclosure agreement permitted a field,
-        before the access is audited: its department may then close it."""
+        before the access is audited: its department may then close it. A write opens it in
+        ``conn``, its own transaction, where its audit entry is appended too."""
         if facts.case_ref is None or not any(d.disclosure_delay and d.permitted for d in decisions):
             return
-        async with self.transactions.begin() as conn:
+        if conn is not None:
             await cases_repository.open_case(conn, facts.department, facts.case_ref, at)
+            return
+        async with self.transactions.begin() as own:
+            await cases_repository.open_case(own, facts.department, facts.case_ref, at)
 
     async def refuse_nothing_allowed(
         self,

@@ -217,11 +217,13 @@ async def write(
 ) -> WriteOut:
     """New versions of fields the caller owns, or that a ``write`` agreement delegates to
     it for the stated purpose; 412 if ``if_match`` does not name the record's version, 409
-    if it gives ``national_id`` a value another citizen holds. A refusal (403, 412, 409) is
-    audited. A caller that may write the fields is told 404 for an unknown citizen and 410
-    for an erased one, unaudited, as for a read; one that may not, and may not otherwise
-    learn who is registered (``disclosure.may_know_writing``), is told 404 alike for an
-    unknown, an existing and an erased citizen, and that refusal is audited."""
+    if it gives ``national_id`` a value another citizen holds; 422 without ``X-Case-Ref``
+    under a delayed-disclosure agreement, whose case a permitted write opens. A refusal
+    (403, 412, 409, 422) is audited. A caller that may write the fields is told 404 for an
+    unknown citizen and 410 for an erased one, unaudited, as for a read; one that may not,
+    and may not otherwise learn who is registered (``disclosure.may_know_writing``), is
+    told 404 alike for an unknown, an existing and an erased citizen, and that refusal is
+    audited."""
     # The writer's reason is required but not stored: it is free text and may well
     # hold personal data ("moved in with her mother at ..."), which the audit must not.
     del reason
@@ -246,6 +248,7 @@ async def write(
             else:
                 disclosure.present(found)
             if not denied:
+                await records.open_cases(facts, decisions.values(), context.time, conn)
                 written = await _store_write(
                     records, conn, facts, catalog, citizen_id, clean, decisions, context, if_match, started
                 )
@@ -257,6 +260,12 @@ async def write(
         events_service.notify()
         return written
     if refused is None:
+        if facts.purpose is not None:
+            # A delegated write (decided by policy) under a delayed-disclosure agreement
+            # without X-Case-Ref: 422, as a read is refused.
+            await records.require_case_ref(
+                facts, "write", citizen_id, catalog, policy, names, decisions, context
+            )
         reasons = "; ".join(decisions[n].reason for n in denied)
         refused = NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}")
     refusal = records.entry(

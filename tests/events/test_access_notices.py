@@ -562,3 +562,37 @@ class TestDelayedDisclosure:
         [_first, told] = await _notices(receiver, secret, 2)
         assert (told["data"]["disclosed_by"], told["data"]["citizen_id"]) == ("case-closed", ada)
         assert _instant(told["data"]["occurred_at"]) == _instant(second["time"])
+
+    async def test_a_delegated_write_under_a_case_is_held_until_its_department_closes_it(
+        self, full_app: FastAPI, http: httpx.AsyncClient
+    ) -> None:
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        act_as(full_app, "revenue", "writer")
+        written = await http.patch(
+            f"/v1/citizens/{ada}/fields",
+            json={
+                "fields": {"address": "9 Quiet Close"},
+                "reason": "fraud",
+                "purpose": "fraud-investigation",
+            },
+            headers={"X-Case-Ref": "W-1"},
+        )
+        assert written.status_code == 200, written.text
+
+        async def revenue_lines() -> list[dict[str, Any]]:
+            act_as(full_app, "portal", "citizen-portal")
+            response = await http.get(f"/v1/citizens/{ada}/access-log")
+            assert response.status_code == 200, response.text
+            return [item for item in response.json()["items"] if item["department"] == "revenue"]
+
+        assert await revenue_lines() == []
+        # The write opened the case, so its department can close it (it was 404).
+        act_as(full_app, "revenue", "consumer")
+        closed = await http.post("/v1/cases/W-1/close")
+        assert closed.status_code == 200, closed.text
+        [shown] = await revenue_lines()
+        assert (shown["action"], shown["fields"], shown["disclosed_by"]) == (
+            "write",
+            ["address"],
+            "case-closed",
+        )

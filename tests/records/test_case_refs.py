@@ -1,5 +1,5 @@
-"""A delayed-disclosure agreement is used only under a case: without ``X-Case-Ref`` a read
-and a batch-get are refused alike, with an audited 422 naming the header."""
+"""A delayed-disclosure agreement is used only under a case: without ``X-Case-Ref`` a read,
+a batch-get and a delegated write are refused alike, with an audited 422 naming the header."""
 
 from __future__ import annotations
 
@@ -70,3 +70,44 @@ class TestBatchGetCaseReference:
         assert batch.status_code == 200, batch.text
         (item,) = batch.json()["items"]
         assert item["fields"]["given_name"]["value"] == "Cased"
+
+
+# Revenue corrects addresses in its fraud investigations: a delegated write, disclosed to
+# the citizen only after the case closes.
+DELAYED_WRITE: dict[str, Any] = {
+    "id": "fraud-address-corrections-by-revenue",
+    "consumer": "revenue",
+    "fields": ["address"],
+    "actions": ["write"],
+    "purposes": ["fraud-investigation"],
+    "legal_basis": "Taxes Management Act 1970, s.20",
+    "disclosure": "after-case-closed",
+    "max_delay": "P30D",
+}
+REVENUE_WRITER = as_("revenue", "writer")
+
+
+class TestDelegatedWriteCaseReference:
+    async def test_a_delegated_write_without_one_is_refused_as_a_read_is(
+        self, records_env: RecordsEnv, citizen_id: str
+    ) -> None:
+        created = await records_env.client.post(
+            "/v1/policies", json=DELAYED_WRITE, headers=as_("register", "data-owner")
+        )
+        assert created.status_code == 201, created.text
+        body = {"fields": {"address": "1 Corrected Row"}, "reason": "fraud", "purpose": "fraud-investigation"}
+        path = f"/v1/citizens/{citizen_id}/fields"
+        missing = await records_env.client.patch(path, json=body, headers=REVENUE_WRITER)
+        missing_problem = problem(missing, 422)
+        assert missing_problem["type"].endswith("/case-ref-required")
+        assert missing_problem["errors"] == MISSING
+        written = await records_env.client.patch(
+            path, json=body, headers={**REVENUE_WRITER, "X-Case-Ref": "W-1"}
+        )
+        assert written.status_code == 200, written.text
+        writes = [
+            (e["status"], e["case_ref"], {r["agreement"] for r in e["reasons"]})
+            for e in await audit_entries(records_env, citizen_id)
+            if e["action"] == "write" and e["department"] == "revenue"
+        ]
+        assert writes == [(422, None, {DELAYED_WRITE["id"]}), (200, "W-1", {DELAYED_WRITE["id"]})]

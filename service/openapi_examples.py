@@ -320,6 +320,7 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
                 "action": "read",
                 "fields": ["licence_status"],
                 "purpose": "benefit-eligibility",
+                "decision": "permit",
             }
         ],
         "next_cursor": None,

@@ -20,6 +20,7 @@ from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteVerifier
 from service.audit.schemas import AuditEntry, canonical_json
 from service.audit.writer import AuditWriter, get_audit_writer
+from service.openapi_examples import RESPONSE_EXAMPLES
 from tests.audit.conftest import poll
 from tests.fixtures.audit import TransactionAudit, make_entry
 from tests.fixtures.auth import act_as
@@ -538,6 +539,9 @@ class TestCitizenAccessLog:
         assert body["next_cursor"]
         first = body["items"][0]
         assert set(first) == {"time", "department", "action", "fields", "purpose", "decision"}
+        # The example /docs shows is a line of the same shape.
+        [example] = RESPONSE_EXAMPLES[("GET", "/v1/citizens/{citizen_id}/access-log")]["items"]
+        assert set(example) == set(first)
         assert first["department"] == "welfare"
         assert first["fields"] == ["licence_status"]
         assert "officer-17" not in response.text

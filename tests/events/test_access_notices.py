@@ -596,3 +596,33 @@ class TestDelayedDisclosure:
             ["address"],
             "case-closed",
         )
+
+    async def test_one_reference_used_by_two_departments_is_two_cases(
+        self, full_app: FastAPI, http: httpx.AsyncClient
+    ) -> None:
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        for department in ("revenue", "welfare"):
+            act_as(full_app, department, "consumer")
+            read = await http.get(
+                f"/v1/citizens/{ada}",
+                params={"fields": "address", "purpose": "fraud-investigation"},
+                headers={"X-Case-Ref": "SHARED-1"},
+            )
+            assert read.status_code == 200, read.text
+
+        async def shown() -> list[str]:
+            act_as(full_app, "portal", "citizen-portal")
+            response = await http.get(f"/v1/citizens/{ada}/access-log")
+            assert response.status_code == 200, response.text
+            return [
+                i["department"] for i in response.json()["items"] if i["purpose"] == "fraud-investigation"
+            ]
+
+        assert await shown() == []
+        # Revenue closing its SHARED-1 discloses its own access only.
+        act_as(full_app, "revenue", "consumer")
+        assert (await http.post("/v1/cases/SHARED-1/close")).status_code == 200
+        assert await shown() == ["revenue"]
+        act_as(full_app, "welfare", "consumer")
+        assert (await http.post("/v1/cases/SHARED-1/close")).status_code == 200
+        assert await shown() == ["revenue", "welfare"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from service.digits import ascii_digits
+from service.digits import bounded_decimal
 from service.errors import bad_cursor
 
 # The largest position the outbox's 64-bit column holds; a cursor past it was never given.
@@ -32,6 +32,7 @@ def encode_position(position: int) -> str:
 def decode_position(cursor: str, loc: list[str | int]) -> int:
     text = decode_text(cursor, loc)
     prefix, _, number = text.partition(":")
-    if prefix != "e1" or not ascii_digits(number) or int(number) > _MAX_POSITION:
+    position = bounded_decimal(number, _MAX_POSITION) if prefix == "e1" else None
+    if position is None:
         raise bad_cursor(loc)
-    return int(number)
+    return position

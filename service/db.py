@@ -97,6 +97,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+@contextlib.asynccontextmanager
+async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
+    """``conn.begin_nested()`` that stays inside the caller's transaction on SQLite too.
+
+    pysqlite (Python 3.11's legacy transaction control) sends its BEGIN only in front of an
+    INSERT, UPDATE, DELETE or REPLACE. A SAVEPOINT sent before any of them opens a
+    transaction of its own, and its RELEASE commits it: what the savepoint wrote would
+    outlive a rollback of the caller's transaction (an audit entry that could not be
+    written would leave the change it describes committed). So the transaction is begun
+    first. A deferred BEGIN takes no lock: the first write still does."""
+    await begin_on_sqlite(conn)
+    async with conn.begin_nested():
+        yield
+
+
+async def begin_on_sqlite(conn: AsyncConnection) -> None:
+    """Open ``conn``'s SQLite transaction now if pysqlite has not (see ``savepoint``)."""
+    if conn.dialect.name != "sqlite":
+        return
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is not None and not driver.in_transaction:
+        await conn.exec_driver_sql("BEGIN")
+
+
 def sqlite_file(engine: AsyncEngine) -> str | None:
     """The database file of a SQLite engine, or None (PostgreSQL, in-memory, a URI): what
     a component that opens its own ``sqlite3`` connections to the same file needs."""

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.db import SqliteReads
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import SqliteReads, create_engine, savepoint
 
 _TAKE_THE_WRITE_LOCK = (
     "import sqlite3, sys\n"
@@ -48,3 +52,43 @@ class TestSqliteReads:
             assert _other_process_takes_the_write_lock(path) == "taken"
         finally:
             writer.close()
+
+
+class Rollback(Exception):
+    pass
+
+
+async def _savepoint_then_rollback(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT count(*) FROM savepoint_probe"))
+        async with savepoint(conn):
+            await conn.execute(text("INSERT INTO savepoint_probe (x) VALUES (1)"))
+        await conn.execute(text("INSERT INTO savepoint_probe (x) VALUES (2)"))
+        raise Rollback()
+
+
+class TestSavepoint:
+    async def test_a_savepoint_opened_before_any_write_rolls_back_with_its_transaction(
+        self, scratch_database: str
+    ) -> None:
+        """On SQLite, pysqlite sends no BEGIN in front of a SAVEPOINT, so a savepoint that
+        came before the transaction's first write opened a transaction of its own and its
+        RELEASE committed what it wrote, whatever the caller's transaction did after
+        (``conn.begin_nested()`` alone fails this test there). On PostgreSQL it always held."""
+        engine = create_engine(scratch_database)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE savepoint_probe (x INTEGER)"))
+            with pytest.raises(Rollback):
+                await _savepoint_then_rollback(engine)
+            async with engine.connect() as conn:
+                kept = (await conn.execute(text("SELECT x FROM savepoint_probe"))).scalars().all()
+            assert kept == []
+            async with engine.begin() as conn:
+                async with savepoint(conn):
+                    await conn.execute(text("INSERT INTO savepoint_probe (x) VALUES (3)"))
+            async with engine.connect() as conn:
+                kept = (await conn.execute(text("SELECT x FROM savepoint_probe"))).scalars().all()
+            assert kept == [3]
+        finally:
+            await engine.dispose()

@@ -48,7 +48,7 @@ from service.crypto.providers import (  # the KEK pieces, re-exported where call
     kek_context,
     provider_from_settings,
 )
-from service.db import UTCDateTime, utcnow
+from service.db import UTCDateTime, savepoint, utcnow
 
 logger = logging.getLogger("tellonce.crypto")
 __all__ = ["DataKeysAhead", "DepartmentKek", "Kek", "KeyEvent", "Keyring", "data_key_context", "kek_context"]
@@ -197,7 +197,7 @@ class Keyring:
         version = (latest or 0) + 1
         wrapped, kek = await self.provider.create_kek(department, version)
         try:
-            async with conn.begin_nested():
+            async with savepoint(conn):
                 await conn.execute(
                     update(KEKS)
                     .where(KEKS.c.department == department, KEKS.c.status == "active")
@@ -281,7 +281,7 @@ class Keyring:
             .with_for_update(read=True)
         )
         try:
-            async with conn.begin_nested():
+            async with savepoint(conn):
                 key_id = (
                     await conn.execute(
                         insert(DATA_KEYS)

@@ -20,7 +20,7 @@ from service.crypto.aead import DataKey
 from service.crypto.errors import NoDepartmentKeys
 from service.crypto.keyring import DATA_KEYS, KEKS, Keyring
 from service.crypto.models import KeyJob
-from service.db import utcnow
+from service.db import savepoint, utcnow
 from service.records import public as records_public
 
 KEY_JOBS = cast(Table, KeyJob.__table__)
@@ -306,7 +306,7 @@ async def _reencryption_job(conn: AsyncConnection, department: str) -> tuple[int
         return job.id, job.cutoff_data_key_id, True
     cutoff = (await conn.execute(select(func.coalesce(func.max(DATA_KEYS.c.id), 0)))).scalar_one()
     try:
-        async with conn.begin_nested():
+        async with savepoint(conn):
             job_id = (
                 await conn.execute(
                     insert(KEY_JOBS)

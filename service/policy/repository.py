@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from service.catalog.models import CatalogVersion
+from service.db import begin_on_sqlite
 from service.policy.models import AgreementVersion
 
 
@@ -101,6 +102,7 @@ async def add_version(
         # Flushed first: the partial unique index allows one current version at a time.
         set_committed_value(previous, "is_current", False)
     try:
+        await begin_on_sqlite(await session.connection())
         async with session.begin_nested():
             session.add(row)
             await session.flush()

@@ -38,6 +38,7 @@ from service.crypto import blind_index
 from service.crypto.aead import DataKey, decrypt_value
 from service.crypto.errors import DataKeyDestroyed
 from service.crypto.keyring import Keyring
+from service.db import savepoint
 from service.errors import ServiceError
 from service.observability import Metrics
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
@@ -76,7 +77,7 @@ class OneConnection:
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
-        async with self.conn.begin_nested():
+        async with savepoint(self.conn):
             yield self.conn
 
 

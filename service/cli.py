@@ -180,7 +180,8 @@ def run() -> None:
     """The ``tellonce`` command. Settings are read, and the database opened, by whichever
     command needs them, so a bad setting, a database that cannot be used or one that was
     never migrated, or a root key that cannot be used, may surface from any of them: each
-    is one line and exit 2, never a traceback."""
+    is one line and exit 2, never a traceback. An audit entry that cannot be written is one
+    line and exit 1."""
     from pydantic import ValidationError
 
     try:
@@ -193,9 +194,15 @@ def run() -> None:
         typer.echo(_settings_refusal(exc), err=True)
         sys.exit(2)
     except Exception as exc:  # re-raised below unless it is the root key or the database refusing
+        from service.audit.errors import AuditUnavailable
         from service.crypto.errors import RootKeyUnavailable
         from service.db import missing_schema, unusable_database
 
+        if isinstance(exc, AuditUnavailable):
+            # The change that needed the entry was rolled back with it; earlier commits
+            # (finished batches) stay, and running the command again carries on.
+            typer.echo(f"tellonce: {exc.detail}", err=True)
+            sys.exit(1)
         if isinstance(exc, RootKeyUnavailable):
             # Its message names the setting or file and what is wrong, never the key.
             typer.echo(f"tellonce: cannot use the root key: {exc}", err=True)

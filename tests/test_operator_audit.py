@@ -100,19 +100,20 @@ class TestOperatorActions:
         assert {c["client_id"] for c in changes} == {f"operator:{getpass.getuser()}"}
 
     def test_key_operations_name_the_operator(self, database: str) -> None:
-        from service.audit.key_events import KeyEventsCollected
+        from service.audit.key_events import KeyEventsInTransaction
         from service.crypto.keyring import KeyEvent
 
-        async def flush_one() -> int:
-            collected = KeyEventsCollected("operator:dave")
-            await collected(KeyEvent("kek.created", "dvla", {"version": 2}))
+        async def append_one() -> None:
             engine = create_engine(database)
             try:
-                return await collected.flush(engine)
+                async with engine.begin() as conn:
+                    await KeyEventsInTransaction("operator:dave")(
+                        conn, KeyEvent("kek.created", "dvla", {"version": 2})
+                    )
             finally:
                 await engine.dispose()
 
-        assert asyncio.run(flush_one()) == 1
+        asyncio.run(append_one())
         [entry] = asyncio.run(entries(database, "key-operation"))
         assert entry["client_id"] == "operator:dave"
         assert entry["reasons"][0]["reason"] == "kek.created: version=2"

@@ -1,68 +1,33 @@
-"""Key operations land in the same audit log as every access.
+"""Key operations land in the same audit log as every access, in their own transaction.
 
-Key events fire inside the transactions that cause them (a KEK made by a first write,
-keys shredded by an erasure). Appending through the batched writer there would wait on
-the very lock that transaction holds on SQLite, so they are queued and appended just
-after: through the writer in the server, in one transaction of their own in the CLI.
+A key event fires inside the transaction that causes it: a KEK made by a department's
+first write or by a rotation, data keys shredded by an erasure, a KEK version retired, a
+rotation or re-encryption finished. Its entry is appended on that same connection
+(``append_in_transaction``), so the trail holds the key change exactly when the change
+committed: a process killed after the commit cannot leave it unaudited, and an entry that
+cannot be written rolls the change back (``AuditUnavailable``, 503 through the API).
+
+On PostgreSQL the append takes the audit append lock until the transaction ends; a KEK is
+made once per department and rotation, so holding it for the rest of that one transaction
+costs the other writers little.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Sequence
-from typing import Any
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from service.audit.entries import key_event_entry
-from service.audit.writer import AuditWriter, append_many_in_transaction
+from service.audit.entries import SERVICE_ACTOR, key_event_entry
+from service.audit.writer import append_in_transaction
 from service.crypto.keyring import KeyEvent
 
-logger = logging.getLogger("tellonce.audit.key_events")
 
+class KeyEventsInTransaction:
+    """The key-event hook the audit domain installs on a keyring: each event is appended,
+    under ``actor``, in the transaction that caused it. The server's actor is the service;
+    a command's is the operator who ran it."""
 
-class KeyEventsToWriter:
-    """The server's key-event hook: each event is appended through the batched writer
-    right after the operation, on a task of its own."""
-
-    def __init__(self, writer: AuditWriter) -> None:
-        self.writer = writer
-        self.pending: set[asyncio.Task[Any]] = set()
-
-    async def __call__(self, event: KeyEvent) -> None:
-        task = asyncio.get_running_loop().create_task(self._append(event))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _append(self, event: KeyEvent) -> None:
-        try:
-            await self.writer.append(key_event_entry(event))
-        except Exception:
-            logger.exception("a key operation could not be audited", extra={"action": event.action})
-
-    async def drain(self) -> None:
-        if self.pending:
-            await asyncio.gather(*self.pending, return_exceptions=True)
-
-
-class KeyEventsCollected:
-    """The CLI's key-event hook: events are kept, then appended in one transaction under
-    the operator who ran the command."""
-
-    def __init__(self, actor: str) -> None:
+    def __init__(self, actor: str = SERVICE_ACTOR) -> None:
         self.actor = actor
-        self.events: list[KeyEvent] = []
 
-    async def __call__(self, event: KeyEvent) -> None:
-        self.events.append(event)
-
-    async def flush(self, engine: AsyncEngine) -> int:
-        events: Sequence[KeyEvent] = list(self.events)
-        self.events.clear()
-        if events:
-            async with engine.begin() as conn:
-                await append_many_in_transaction(
-                    conn, [key_event_entry(event, self.actor) for event in events]
-                )
-        return len(events)
+    async def __call__(self, conn: AsyncConnection, event: KeyEvent) -> None:
+        await append_in_transaction(conn, key_event_entry(event, self.actor))

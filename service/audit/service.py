@@ -18,7 +18,7 @@ from service.audit import repository as audit_repository
 from service.audit import witnessing
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
-from service.audit.key_events import KeyEventsToWriter
+from service.audit.key_events import KeyEventsInTransaction
 from service.audit.policy_changes import connect_policy_changes
 from service.audit.releases import ReleaseChecker, ReleaseReport
 from service.audit.replay import AuditedRequests
@@ -72,8 +72,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     )
     await writer.start()
     app.state.audit_writer = writer
-    key_events = KeyEventsToWriter(writer)
-    app.state.keyring.on_key_event = key_events
+    app.state.keyring.on_key_event = KeyEventsInTransaction()
     app.state.recorded_requests = AuditedRequests(engine)
     connect_policy_changes()
     stop = asyncio.Event()
@@ -96,7 +95,6 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         if task is not None:
             await task
-        await key_events.drain()
         await writer.stop()
         await writer_engine.dispose()
         if sequencer_engine is not None:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from service import operator
-from service.audit.key_events import KeyEventsCollected
+from service.audit.key_events import KeyEventsInTransaction
 from service.config import get_settings
 from service.crypto import service as key_service
 from service.crypto.errors import KeyUnwrapError, NoDepartmentKeys
@@ -32,9 +32,8 @@ UNWRAP_HINT = "is this the root key (or PKCS#11 token) this database's keys were
 def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitable[T]], label: str) -> T:
     settings = get_settings()
     keyring = Keyring.from_settings(settings)
-    # Key operations are audited: collected while the work runs, appended when it ends.
-    key_events = KeyEventsCollected(operator.audit_client_id())
-    keyring.on_key_event = key_events
+    # Key operations are audited under the operator, each in the transaction that makes it.
+    keyring.on_key_event = KeyEventsInTransaction(operator.audit_client_id())
 
     async def main() -> T:
         database = Database(settings)
@@ -52,10 +51,7 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
                 def report(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
 
-                try:
-                    return await work(database, keyring, report)
-                finally:
-                    await key_events.flush(database.engine)
+                return await work(database, keyring, report)
         finally:
             await database.dispose()
 

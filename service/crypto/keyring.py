@@ -66,7 +66,9 @@ class KeyEvent:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-KeyEventHook = Callable[[KeyEvent], Awaitable[None]]
+# Called with the connection whose transaction made the change, so the audit domain can
+# record the event in that same transaction.
+KeyEventHook = Callable[[AsyncConnection, KeyEvent], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class DataKeysAhead:
         return DataKeysAhead(self.department, self.kek_version, self.ids, [], self.rows)
 
 
-async def log_key_event(event: KeyEvent) -> None:
+async def log_key_event(_conn: AsyncConnection, event: KeyEvent) -> None:
     """The default hook until the audit domain connects: a structured log line."""
     logger.info(
         "key operation", extra={"action": event.action, "department": event.department, **event.detail}
@@ -124,7 +126,8 @@ class Keyring:
         # before the erasure committed must not put it back into the cache afterwards.
         self._shredded: TTLCache[int, bool] = TTLCache(cache_size, cache_ttl_seconds, clock)
         self._blind_indexer = provider.blind_indexer()
-        # The one hook for key operations; the audit domain replaces it.
+        # The one hook for key operations; the audit domain replaces it with one that
+        # appends each event in the transaction that made it.
         self.on_key_event: KeyEventHook = log_key_event
 
     @classmethod
@@ -134,8 +137,9 @@ class Keyring:
     def __repr__(self) -> str:
         return f"Keyring(provider={self.provider.name!r}, data_keys_cached={len(self.data_key_cache)})"
 
-    async def emit(self, action: str, department: str | None, **detail: Any) -> None:
-        await self.on_key_event(KeyEvent(action, department, detail))
+    async def emit(self, conn: AsyncConnection, action: str, department: str | None, **detail: Any) -> None:
+        """A key operation made in ``conn``'s transaction, to ``on_key_event``."""
+        await self.on_key_event(conn, KeyEvent(action, department, detail))
 
     # ---- blind index -------------------------------------------------------------------
 
@@ -217,7 +221,7 @@ class Keyring:
             await self.provider.destroy_kek(wrapped)
             return None
         self.kek_cache.put((department, version), kek)
-        await self.emit("kek.created", department, version=version, provider=self.provider.name)
+        await self.emit(conn, "kek.created", department, version=version, provider=self.provider.name)
         return kek
 
     # ---- data keys ---------------------------------------------------------------------
@@ -496,15 +500,13 @@ class Keyring:
         if self._shredded.get(key.id) is None:
             self.data_key_cache.put(key.id, key)
 
-    async def shred_citizen(
-        self, conn: AsyncConnection, citizen_id: str, *, on_event: KeyEventHook | None = None
-    ) -> int:
+    async def shred_citizen(self, conn: AsyncConnection, citizen_id: str) -> int:
         """Crypto-shredding: destroy every data key of the citizen. Returns how many.
 
         The wrapped bytes are overwritten with NULL (SQLite's secure_delete zeroes the
         freed cells), the rows are marked ``shredded``, and the keys leave the cache for good.
-        The key events go to ``on_event`` if given (an erasure audits them in its own
-        transaction, so they are recorded only if it commits), else to ``on_key_event``."""
+        A key event per department goes to ``on_key_event`` in the caller's transaction
+        (an erasure's), so it is recorded only if the erasure commits."""
         if conn.dialect.name == "sqlite":
             await conn.execute(text("PRAGMA secure_delete = ON"))
         rows = (
@@ -527,8 +529,7 @@ class Keyring:
         for row in rows:
             per_department[row.department] = per_department.get(row.department, 0) + 1
         for department, count in sorted(per_department.items()):
-            event = KeyEvent("data_keys.shredded", department, {"citizen_id": citizen_id, "count": count})
-            await (on_event or self.on_key_event)(event)
+            await self.emit(conn, "data_keys.shredded", department, citizen_id=citizen_id, count=count)
         return len(rows)
 
 

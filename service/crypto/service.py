@@ -128,7 +128,9 @@ async def rotate_department(
         created = None if resumed else await keyring.create_kek_version(conn, department)
         if created is not None:
             target = created
-            await keyring.emit("kek.rotated", department, previous_version=active, version=target.version)
+            await keyring.emit(
+                conn, "kek.rotated", department, previous_version=active, version=target.version
+            )
         else:
             # Resuming, or another rotation made the new version first (two runs at once):
             # finish the rotation to whichever version is active now.
@@ -191,9 +193,15 @@ async def rotate_department(
         progress(done, max(total, done))
 
     retired = await _retire_unused_versions(engine, keyring, department)
-    await keyring.emit(
-        "kek.rewrap_completed", department, version=target.version, rewrapped=done, retired_versions=retired
-    )
+    async with engine.begin() as conn:
+        await keyring.emit(
+            conn,
+            "kek.rewrap_completed",
+            department,
+            version=target.version,
+            rewrapped=done,
+            retired_versions=retired,
+        )
     return RotationResult(department, target.version, resumed, done, retired)
 
 
@@ -216,13 +224,13 @@ async def _retire_unused_versions(engine: AsyncEngine, keyring: Keyring, departm
                 .where(KEKS.c.department == department, KEKS.c.version.in_(versions))
                 .values(status="retired", wrapped_key=None, retired_at=utcnow())
             )
+            for version in versions:
+                await keyring.emit(conn, "kek.retired", department, version=version)
     # After the commit: a token-held KEK is destroyed in the token too.
     for row in unused:
         if row.wrapped_key is not None:
             await keyring.provider.destroy_kek(row.wrapped_key)
     keyring.kek_cache.evict((department, version) for version in versions)
-    for version in versions:
-        await keyring.emit("kek.retired", department, version=version)
     return versions
 
 
@@ -289,7 +297,7 @@ async def reencrypt_department(
 
     async with engine.begin() as conn:
         await conn.execute(update(KEY_JOBS).where(KEY_JOBS.c.id == job_id).values(finished_at=utcnow()))
-    await keyring.emit("data_keys.reencrypted", department, data_keys=keys_done, values=values_done)
+        await keyring.emit(conn, "data_keys.reencrypted", department, data_keys=keys_done, values=values_done)
     return ReencryptionResult(department, resumed, keys_done, values_done)
 
 

@@ -24,7 +24,7 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from service import operator
-from service.audit.key_events import KeyEventsCollected
+from service.audit.key_events import KeyEventsInTransaction
 from service.config import get_settings
 from service.crypto.keyring import Keyring
 from service.db import Database, missing_schema, unusable_database
@@ -147,8 +147,7 @@ def import_file(
         raise typer.Exit(2)
     settings = get_settings()
     keyring = Keyring.from_settings(settings)
-    key_events = KeyEventsCollected(operator.audit_client_id())
-    keyring.on_key_event = key_events
+    keyring.on_key_event = KeyEventsInTransaction(operator.audit_client_id())
 
     async def main() -> importing.ImportReport:
         database = Database(settings)
@@ -198,7 +197,6 @@ def import_file(
             finally:
                 if rejects is not None:
                     rejects.close()
-                await key_events.flush(database.engine)
         finally:
             await database.dispose()
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit import writer as audit_writer
-from service.audit.entries import key_event_entry
 from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, encrypt_value
 from service.crypto.blind_index import NORMALISATION_VERSION
-from service.crypto.keyring import KeyEvent, Keyring
+from service.crypto.keyring import Keyring
 from service.errors import Conflict, Forbidden, ServiceError
 from service.etags import IfMatch
 from service.events import service as events_service
@@ -400,9 +398,8 @@ async def erase(
             # read above may predate the first one's commit).
             expected = None if if_match is None else if_match.versions
             if await repository.mark_erased(conn, citizen_id, started, expected=expected):
-                await records.keyring.shred_citizen(
-                    conn, citizen_id, on_event=partial(_audit_key_event, conn)
-                )
+                # Its key events are audited in this transaction (the keyring's hook).
+                await records.keyring.shred_citizen(conn, citizen_id)
                 await audit_writer.append_in_transaction(
                     conn, _erase_entry(records, facts, citizen_id, catalog, decision, context, status=204)
                 )
@@ -415,12 +412,6 @@ async def erase(
         refused = NotPermitted(f"Not permitted to erase this citizen: {decision.reason}")
     refusal = _erase_entry(records, facts, citizen_id, catalog, decision, context, status=refused.status)
     await records.refuse(refusal, refused)
-
-
-async def _audit_key_event(conn: AsyncConnection, event: KeyEvent) -> None:
-    """A shredding's key event, in the erasure's transaction: the trail says the keys were
-    destroyed only if the erasure commits."""
-    await audit_writer.append_in_transaction(conn, key_event_entry(event))
 
 
 def _erase_entry(

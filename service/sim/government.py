@@ -16,7 +16,7 @@ from service import operator
 from service.audit import service as audit_service
 from service.audit.checkpoint import CheckpointError, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
-from service.audit.key_events import KeyEventsCollected
+from service.audit.key_events import KeyEventsInTransaction
 from service.audit.releases import ReleaseReport
 from service.auth import service as auth_service
 from service.auth.facts import RequestFacts
@@ -81,9 +81,9 @@ async def _seed(
     """Load the population in batches as an operator's import does: through
     ``records.seeding``, a transaction per batch."""
     keyring = Keyring.from_settings(settings)
-    # The first write of each owner makes its KEK: audited once seeding ends, as the CLI does.
-    key_events = KeyEventsCollected(operator.audit_client_id())
-    keyring.on_key_event = key_events
+    # The first write of each owner makes its KEK, audited in that batch's transaction as
+    # the CLI's import does.
+    keyring.on_key_event = KeyEventsInTransaction(operator.audit_client_id())
     ids: list[str] = []
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -98,7 +98,6 @@ async def _seed(
                 rows = [person_fields(p) for p in batch]
                 ids.extend(await seeding.register_population(conn, keyring, registrar, rows))
             progress.advance(task, len(batch))
-    await key_events.flush(database.engine)
     return ids
 
 

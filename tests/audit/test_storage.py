@@ -11,9 +11,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit.entries import SERVICE_ACTOR
-from service.audit.key_events import KeyEventsToWriter
+from service.audit.key_events import KeyEventsInTransaction
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode
-from service.audit.writer import AuditWriter, append_in_transaction
+from service.audit.writer import append_in_transaction
 from service.crypto.keyring import KeyEvent
 from service.db import Base
 from tests.fixtures.audit import make_entry
@@ -107,15 +107,10 @@ class TestEntry:
 
 
 class TestKeyEvents:
-    async def test_key_operations_go_through_the_writer(self, engine: AsyncEngine) -> None:
-        writer = AuditWriter(engine)
-        await writer.start()
-        hook = KeyEventsToWriter(writer)
-        try:
-            await hook(KeyEvent("kek-rotated", "dvla", {"version": 2}))
-            await hook.drain()
-        finally:
-            await writer.stop()
+    async def test_a_key_event_is_appended_in_the_transaction_that_made_it(self, engine: AsyncEngine) -> None:
+        hook = KeyEventsInTransaction()
+        async with engine.begin() as conn:
+            await hook(conn, KeyEvent("kek-rotated", "dvla", {"version": 2}))
         async with engine.connect() as conn:
             canonical = (
                 await conn.execute(select(AuditEntryRow.canonical).order_by(AuditEntryRow.id.desc()).limit(1))
@@ -134,3 +129,20 @@ class TestKeyEvents:
                 "reason": "kek-rotated: version=2",
             }
         ]
+
+    async def test_a_key_event_is_gone_with_a_rolled_back_transaction(self, engine: AsyncEngine) -> None:
+        """The trail says a key changed exactly when the change committed."""
+
+        async def count() -> int:
+            async with engine.connect() as conn:
+                return (await conn.execute(select(func.count()).select_from(AuditEntryRow))).scalar_one()
+
+        before = await count()
+        async with engine.connect() as conn:
+            transaction = await conn.begin()
+            await KeyEventsInTransaction("operator:dave")(
+                conn, KeyEvent("kek.created", "dvla", {"version": 2})
+            )
+            inside = (await conn.execute(select(func.count()).select_from(AuditEntryRow))).scalar_one()
+            await transaction.rollback()
+        assert (inside, await count()) == (before + 1, before)

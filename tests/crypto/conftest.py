@@ -27,7 +27,7 @@ def key_events(keyring: Keyring) -> list[KeyEvent]:
     """Every key event the keyring reports, in order."""
     events: list[KeyEvent] = []
 
-    async def record(event: KeyEvent) -> None:
+    async def record(_conn: AsyncConnection, event: KeyEvent) -> None:
         events.append(event)
 
     keyring.on_key_event = record

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typer.testing import CliRunner
 
 from service.config import get_settings
@@ -17,6 +23,7 @@ from service.crypto import service as key_service
 from service.crypto.errors import KeyUnwrapError
 from service.crypto.keyring import DATA_KEYS, KEKS, KeyEvent, Keyring
 from service.crypto.models import KeyJob
+from tests.conftest import REPO_ROOT, server_env
 from tests.fixtures.crypto import FIELD_VALUES, add_citizens, make_keyring, read_all_values, write_value
 
 CITIZENS = 23
@@ -103,7 +110,7 @@ class TestRotate:
         known = await populate(scratch_engine, keyring)
         events: list[KeyEvent] = []
 
-        async def record(event: KeyEvent) -> None:
+        async def record(_conn: AsyncConnection, event: KeyEvent) -> None:
             events.append(event)
 
         keyring.on_key_event = record
@@ -203,7 +210,7 @@ class TestRotate:
         monkeypatch.setattr(keyring.provider, "create_kek", create_kek_after_another_rotation)
         events: list[KeyEvent] = []
 
-        async def record(event: KeyEvent) -> None:
+        async def record(_conn: AsyncConnection, event: KeyEvent) -> None:
             events.append(event)
 
         keyring.on_key_event = record
@@ -263,7 +270,7 @@ class TestReencrypt:
 
         events: list[KeyEvent] = []
 
-        async def record(event: KeyEvent) -> None:
+        async def record(_conn: AsyncConnection, event: KeyEvent) -> None:
             events.append(event)
 
         keyring.on_key_event = record
@@ -515,3 +522,162 @@ async def read_in_fresh_loop(url: str, root: bytes) -> dict[int, str]:
         return await readable_by_a_fresh_process(engine, root)
     finally:
         await engine.dispose()
+
+
+class TestKilledRotation:
+    def test_a_rotation_killed_mid_way_has_already_audited_its_new_kek(
+        self, scratch_database: str, root: bytes, tmp_path: Path
+    ) -> None:
+        """`keys rotate` killed (SIGKILL) while it rewraps: the KEK it made and committed is
+        in the audit trail under the operator, because its entries were appended in the
+        transaction that made it (they used to be kept in memory until the command ended,
+        and a killed command left the new KEK unaudited). Run again, it finishes and says so."""
+        import base64
+
+        asyncio.run(_data_keys_in_fresh_loop(scratch_database, make_keyring(root), KILLED_ROTATION_KEYS))
+        env = {
+            **os.environ,
+            **server_env(scratch_database, tmp_path, base64.b64encode(root).decode()),
+        }
+        command = [sys.executable, "-m", "service.cli", "--actor", "dave", "keys", "rotate"]
+        command += ["--department", "register", "--batch-size", "1"]
+        process = subprocess.Popen(
+            command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not asyncio.run(_rewrapped_some(scratch_database)):
+                assert process.poll() is None, "the rotation ended before it could be killed"
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.wait(timeout=30)
+        assert process.returncode == -signal.SIGKILL
+        behind = {version for _, version, _, _ in asyncio.run(_key_rows_in_fresh_loop(scratch_database))}
+        assert behind == {1, 2}, "killed after the rotation had finished: the test proved nothing"
+
+        made = asyncio.run(_key_operations(scratch_database))
+        assert made == [
+            ("operator:dave", "kek.created: provider=local, version=2"),
+            ("operator:dave", "kek.rotated: previous_version=1, version=2"),
+        ]
+
+        finished = subprocess.run(
+            command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert finished.returncode == 0, finished.stderr
+        assert finished.stdout.startswith("register: resumed rotation to KEK v2;")
+        after = asyncio.run(_key_operations(scratch_database))
+        assert after[:2] == made
+        assert after[2] == ("operator:dave", "kek.retired: version=1")
+        assert after[3][0] == "operator:dave"
+        assert after[3][1].startswith("kek.rewrap_completed: retired_versions=[1], rewrapped=")
+        assert after[3][1].endswith(", version=2")
+        assert len(after) == 4
+
+    def test_an_audit_that_cannot_be_written_leaves_no_new_kek(
+        self,
+        scratch_database: str,
+        root: bytes,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """The KEK's entry is written in the transaction that makes it: when it cannot be,
+        the KEK is rolled back with it, and the command says so in one line, exit 1."""
+        import base64
+
+        from service.audit import key_events
+        from service.audit.errors import AuditUnavailable
+        from service.cli import run
+
+        asyncio.run(_data_keys_in_fresh_loop(scratch_database, make_keyring(root), 3))
+
+        async def audit_down(*_args: Any) -> int:
+            raise AuditUnavailable("The audit entry could not be written; nothing was changed.")
+
+        monkeypatch.setattr(key_events, "append_in_transaction", audit_down)
+        for name, value in server_env(scratch_database, tmp_path, base64.b64encode(root).decode()).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(sys, "argv", ["tellonce", "keys", "rotate", "--department", "register"])
+        get_settings.cache_clear()
+        try:
+            with pytest.raises(SystemExit) as exited:
+                run()
+        finally:
+            get_settings.cache_clear()
+        assert exited.value.code == 1
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            "tellonce: The audit entry could not be written; nothing was changed."
+        )
+        engine_rows = asyncio.run(_kek_rows_in_fresh_loop(scratch_database))
+        assert engine_rows == [(1, "active", True)]
+
+
+KILLED_ROTATION_KEYS = 2000
+
+
+async def _data_keys_in_fresh_loop(url: str, keyring: Keyring, count: int) -> None:
+    """``count`` citizens with a register data key each (under KEK v1)."""
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for citizen in await add_citizens(conn, count):
+                await keyring.data_key_for_write(conn, citizen, "register")
+    finally:
+        await engine.dispose()
+
+
+async def _key_rows_in_fresh_loop(url: str) -> list[tuple[int, int, str, bool]]:
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        return await department_key_rows(engine, "register")
+    finally:
+        await engine.dispose()
+
+
+async def _kek_rows_in_fresh_loop(url: str) -> list[tuple[int, str, bool]]:
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        return await kek_rows(engine, "register")
+    finally:
+        await engine.dispose()
+
+
+async def _rewrapped_some(url: str) -> bool:
+    """A data key already under KEK v2: the rotation's first transaction has committed."""
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            found = await conn.execute(select(DATA_KEYS.c.id).where(DATA_KEYS.c.kek_version == 2).limit(1))
+            return found.first() is not None
+    finally:
+        await engine.dispose()
+
+
+async def _key_operations(url: str) -> list[tuple[str, str]]:
+    """Every key operation in the trail: (actor, what)."""
+    from service.audit.models import AuditEntryRow
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(AuditEntryRow.canonical)
+                .where(AuditEntryRow.action == "key-operation")
+                .order_by(AuditEntryRow.id)
+            )
+            records = [json.loads(row[0]) for row in rows]
+    finally:
+        await engine.dispose()
+    return [(record["client_id"], record["reasons"][0]["reason"]) for record in records]

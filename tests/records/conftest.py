@@ -36,13 +36,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.app import create_app
-from service.audit.entries import key_event_entry
 from service.audit.models import AuditEntryRow
 from service.audit.search import get_audit_access
 from service.auth.dependencies import Principal, get_principal
 from service.auth.facts import RequestFacts
 from service.config import Settings
-from service.crypto.keyring import KeyEvent, Keyring
+from service.crypto.keyring import Keyring
 from service.db import get_session
 from service.errors import Unauthenticated
 from service.policy import service as policy_service
@@ -145,13 +144,8 @@ async def records_env(session: AsyncSession, settings: Settings) -> AsyncIterato
             clock=lambda: app.state.clock(),
         )
 
-    async def _key_event_in_the_transaction(event: KeyEvent) -> None:
-        # Key events fire inside the operation that causes them, on this connection.
-        await AuditInTransaction(conn).append(key_event_entry(event))
-
     app.dependency_overrides[records_service] = _records_on_the_transaction
     async with app.router.lifespan_context(app):
-        app.state.keyring.on_key_event = _key_event_in_the_transaction
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             env = RecordsEnv(app, client, settings.database_url, settings, AuditInTransaction(conn))

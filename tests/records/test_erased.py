@@ -273,7 +273,6 @@ class TestErasureThatRollsBack:
         erase = await env.client.delete(f"/v1/citizens/{citizen_id}", params=ERASURE, headers=REGISTRAR)
         assert erase.status_code == 503, erase.text
         monkeypatch.undo()
-        await env.app.state.keyring.on_key_event.drain()
         read = await env.client.get(
             f"/v1/citizens/{citizen_id}", params={"purpose": PURPOSE}, headers=as_("welfare", "consumer")
         )

@@ -92,10 +92,14 @@ class Settings(BaseSettings):
     # agreement leaves the claims open (an 'in' of N values counts N); then 429.
     verify_unconstrained_per_day: int = Field(default=3, ge=0)
     # Failed client authentications (token endpoint and console sign-in) allowed per client
-    # id and per source address in each window before 429; counted in the database.
+    # id from one source address, and per source address, in the current and the previous
+    # window before 429; counted in the database (service/auth/throttle.py). A ceiling per
+    # client id across addresses only when set: a client id is no secret, and any ceiling
+    # lets whoever has that many addresses lock the client out.
     auth_failure_window_seconds: int = Field(default=60, ge=1, le=86_400)
-    auth_failures_per_client: int = Field(default=10, ge=1)
+    auth_failures_per_client_address: int = Field(default=10, ge=1)
     auth_failures_per_address: int = Field(default=50, ge=1)
+    auth_failures_per_client: int | None = Field(default=None, ge=1)
     # private_key_jwt: the longest an assertion may live (exp - iat, and exp - now).
     assertion_max_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
 

@@ -60,8 +60,9 @@ class RateBucket(Base):
 
 
 class AuthFailure(Base):
-    """Failed client authentications in one window, per client id or per source address
-    (``subject`` is ``client:<id>`` or ``address:<ip>``); shared by every replica."""
+    """Failed client authentications in one window, per subject: ``client-address:<id> <ip>``,
+    ``address:<ip>``, or ``client:<id>`` when a ceiling per client is set
+    (``auth/throttle.py``); shared by every replica."""
 
     __tablename__ = "auth_failures"
 

@@ -1,13 +1,31 @@
-"""Failed client authentications, throttled per client id and per source address.
+"""Failed client authentications, throttled per client id at one source address and per
+source address.
 
 Used by ``POST /oauth/token`` and the console's sign-in. Failures are counted in the
 database in fixed windows (table ``auth_failures``), so every replica sees the same
 counts. A subject's count is its failures in the current window and the previous one
 together, so a burst that straddles a window boundary is counted whole instead of
-starting again from zero. Once a client id or an address has reached ``limit``, further
-attempts are refused with 429 and ``Retry-After`` (until enough of its failures have aged
-out of the two windows) without checking the credentials at all; crossing the limit is
-logged once.
+starting again from zero. Once a subject has reached its limit, further attempts are
+refused with 429 and ``Retry-After`` (until enough of its failures have aged out of the two
+windows) without checking the credentials at all; crossing the limit is logged once.
+
+The subjects:
+
+- a client id at one address (``client-address:<id> <address>``): wrong secrets or bad
+  assertions for a client refuse that client from that address only. A client id is not a
+  secret, so counting it alone would let anyone who learnt it lock the department's system
+  out of its tokens from anywhere;
+- an address (``address:<address>``), across every client id it names: one address
+  guessing at many clients;
+- a client id at every address (``client:<id>``), only when
+  ``TELLONCE_AUTH_FAILURES_PER_CLIENT`` is set. Unset by default: a secret is 256 random
+  bits and an assertion needs the client's private key, so no number of addresses can guess
+  one, while any such ceiling gives back the lockout to whoever has that many addresses.
+
+The address is the one the audit records, ``request.client.host``: the connection's peer,
+or the ``X-Forwarded-For`` address when that peer is a proxy uvicorn trusts
+(``FORWARDED_ALLOW_IPS``). Requests without one count, per client id, as from one unknown
+address.
 """
 
 from __future__ import annotations
@@ -32,6 +50,8 @@ from service.observability import Metrics
 
 logger = logging.getLogger("tellonce.auth.throttle")
 failures_table: Table = AuthFailure.__table__  # type: ignore[assignment]
+# Where a request without a source address is counted from (the ASGI server gave none).
+UNKNOWN_ADDRESS = "unknown"
 
 
 @dataclass(frozen=True)
@@ -43,12 +63,19 @@ class Subjects:
 
     def limits(self, settings: Settings) -> list[tuple[str, int]]:
         keyed: list[tuple[str, int]] = []
+        address = self.address[:64] if self.address else None
         # An id no client can have is not counted (the address still is); a NUL in it
-        # could not even reach PostgreSQL as text.
+        # could not even reach PostgreSQL as text. A loggable id holds no space, so the
+        # space before the address (which may hold anything a trusted proxy forwarded)
+        # keeps every pair apart.
         if self.client_id and plausible_client_id(self.client_id):
-            keyed.append((f"client:{loggable_client_id(self.client_id)}", settings.auth_failures_per_client))
-        if self.address:
-            keyed.append((f"address:{self.address[:64]}", settings.auth_failures_per_address))
+            client = loggable_client_id(self.client_id)
+            pair = f"client-address:{client} {address or UNKNOWN_ADDRESS}"
+            keyed.append((pair, settings.auth_failures_per_client_address))
+            if settings.auth_failures_per_client is not None:
+                keyed.append((f"client:{client}", settings.auth_failures_per_client))
+        if address:
+            keyed.append((f"address:{address}", settings.auth_failures_per_address))
         return keyed
 
 
@@ -77,6 +104,7 @@ async def _counts(
 
 def _context(request: Request, client_id: str | None) -> tuple[Settings, Subjects, Metrics | None]:
     settings: Settings = request.app.state.settings
+    # The source address the audit records (uvicorn has applied FORWARDED_ALLOW_IPS to it).
     subjects = Subjects(client_id, request.client.host if request.client else None)
     return settings, subjects, getattr(request.app.state, "metrics", None)
 
@@ -84,7 +112,8 @@ def _context(request: Request, client_id: str | None) -> tuple[Settings, Subject
 async def refuse_if_throttled(
     session: AsyncSession, request: Request, client_id: str | None, *, endpoint: str
 ) -> None:
-    """Raise ``TooManyRequests`` when the client id or the address is over its limit."""
+    """Raise ``TooManyRequests`` when the client id at this address, the address, or (with a
+    ceiling set) the client id is over its limit."""
     settings, subjects, metrics = _context(request, client_id)
     now = utcnow()
     window = _window(now, settings.auth_failure_window_seconds)
@@ -114,7 +143,7 @@ async def refuse_if_throttled(
 async def record_failure(
     session: AsyncSession, request: Request, client_id: str | None, *, endpoint: str
 ) -> None:
-    """Count one failed authentication against the client id and the address."""
+    """Count one failed authentication against each of its subjects."""
     settings, subjects, metrics = _context(request, client_id)
     now = utcnow()
     seconds = settings.auth_failure_window_seconds

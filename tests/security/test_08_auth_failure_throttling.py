@@ -1,10 +1,15 @@
 """Finding 8: no throttle on ``/oauth/token`` or the console's sign-in (300 wrong secrets
 in 1.7 s, all 401).
 
-Failures are counted per client id and per source address in the database (every replica
-shares the counts), over the current window and the previous one together; past the limit
-the answer is 429 problem+json with ``Retry-After``, without checking the credentials, and
-crossing the limit is logged and counted.
+Failures are counted per client id at one source address and per source address in the
+database (every replica shares the counts), over the current window and the previous one
+together; past the limit the answer is 429 problem+json with ``Retry-After``, without
+checking the credentials, and crossing the limit is logged and counted.
+
+A client id is not a secret, so failures for it from one address must not lock the client
+out at another: counted per client id alone, anyone who learnt the id could stop the
+department's system getting tokens. A ceiling per client id across addresses exists only
+when the operator sets one.
 """
 
 from __future__ import annotations
@@ -12,20 +17,31 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
+from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from fastapi import FastAPI
+from joserfc.jwk import ECKey
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.app import create_app
+from service.auth.models import AuthFailure
 from service.config import Settings
-from service.db import get_session
-from tests.fixtures.tokens import register
+from service.db import create_engine, get_session
+from tests.fixtures.tokens import register, runtime
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
+# Failures allowed for one client id from one address, and from one address in all.
 PER_CLIENT, PER_ADDRESS = 4, 7
+# Documentation addresses (RFC 5737): someone who learnt the client id, and the department's
+# system that holds its secret.
+ATTACKER, DEPARTMENT = "203.0.113.9", "198.51.100.7"
 WINDOW = 60
 # A subject's own failures in the current window keep counting through the next one.
 LONGEST_RETRY = 2 * WINDOW + 1
@@ -34,8 +50,16 @@ LONGEST_RETRY = 2 * WINDOW + 1
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"auth_failures_per_client": PER_CLIENT, "auth_failures_per_address": PER_ADDRESS}
+        update={"auth_failures_per_client_address": PER_CLIENT, "auth_failures_per_address": PER_ADDRESS}
     )
+
+
+@asynccontextmanager
+async def from_address(app: Any, address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """HTTP to ``app`` from a connection whose peer is ``address``."""
+    transport = httpx.ASGITransport(app=app, client=(address, 40_000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
 
 
 def _problem_429(response: httpx.Response) -> None:
@@ -44,10 +68,30 @@ def _problem_429(response: httpx.Response) -> None:
     assert 1 <= int(response.headers["retry-after"]) <= LONGEST_RETRY
 
 
-async def _token(client: httpx.AsyncClient, client_id: str, secret: str) -> httpx.Response:
+async def _token(
+    client: httpx.AsyncClient, client_id: str, secret: str, *, forwarded_for: str | None = None
+) -> httpx.Response:
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else None
     return await client.post(
-        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret), headers=headers
     )
+
+
+def _assertion(app: FastAPI, client_id: str, key: ECKey) -> dict[str, str]:
+    signed = private_key_jwt_sign(key, client_id, runtime(app).token_url, alg="ES256", expires_in=60)
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": signed if isinstance(signed, str) else signed.decode(),
+    }
+
+
+async def _console_sign_in(client: httpx.AsyncClient, client_id: str, secret: str) -> httpx.Response:
+    form = await client.get("/console/sign-in")
+    found = CSRF.search(form.text)
+    assert found is not None
+    data = {"csrf_token": found.group(1), "client_id": client_id, "client_secret": secret}
+    return await client.post("/console/sign-in", data=data)
 
 
 class Clock:
@@ -160,18 +204,14 @@ class TestConsoleSignIn:
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:
         created = await register(session, "register", "data-owner")
-
-        async def sign_in(secret: str) -> httpx.Response:
-            form = await client.get("/console/sign-in")
-            found = CSRF.search(form.text)
-            assert found is not None
-            data = {"csrf_token": found.group(1), "client_id": created.client_id, "client_secret": secret}
-            return await client.post("/console/sign-in", data=data)
-
-        statuses = [(await sign_in("wrong")).status_code for _ in range(PER_CLIENT)]
+        assert created.client_secret is not None
+        statuses = [
+            (await _console_sign_in(client, created.client_id, "wrong")).status_code
+            for _ in range(PER_CLIENT)
+        ]
         assert statuses == [401] * PER_CLIENT
         # The console shows its own HTML error page for a browser, with the same status and header.
-        refused = await sign_in(created.client_secret or "")
+        refused = await _console_sign_in(client, created.client_id, created.client_secret)
         assert refused.status_code == 429
         assert 1 <= int(refused.headers["retry-after"]) <= LONGEST_RETRY
         assert "Too many failed sign-in attempts" in refused.text
@@ -188,3 +228,177 @@ class TestConsoleSignIn:
         response = await client.post("/console/sign-in", data=data)
         assert response.status_code == 401
         assert response.headers["content-type"].startswith("text/html")
+
+
+class TestOneAddressCannotLockAClientOut:
+    async def test_failures_from_one_address_refuse_that_address_not_the_client_elsewhere(
+        self, app: FastAPI, session: AsyncSession
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        async with from_address(app, ATTACKER) as attacker, from_address(app, DEPARTMENT) as department:
+            statuses = [
+                (await _token(attacker, created.client_id, "wrong")).status_code for _ in range(PER_CLIENT)
+            ]
+            assert statuses == [401] * PER_CLIENT
+            # The attacker's address is refused for this client, even with the right secret.
+            _problem_429(await _token(attacker, created.client_id, created.client_secret))
+            # The department's system, at its own address, still gets its token...
+            granted = await _token(department, created.client_id, created.client_secret)
+            assert granted.status_code == 200, granted.text
+            # ...and a wrong secret of its own is counted there, not refused for the attacker's.
+            assert (await _token(department, created.client_id, "wrong")).status_code == 401
+
+    async def test_many_addresses_failing_for_one_client_do_not_lock_it_out(
+        self, app: FastAPI, session: AsyncSession, settings: Settings
+    ) -> None:
+        # No ceiling per client id unless the operator sets one (see TestCeilingPerClient).
+        assert settings.auth_failures_per_client is None
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        guessers = [f"203.0.113.{10 + n}" for n in range(3)]
+        for address in guessers:
+            async with from_address(app, address) as attacker:
+                statuses = [
+                    (await _token(attacker, created.client_id, "wrong")).status_code
+                    for _ in range(PER_CLIENT)
+                ]
+                assert statuses == [401] * PER_CLIENT, address
+                _problem_429(await _token(attacker, created.client_id, "wrong"))
+        async with from_address(app, DEPARTMENT) as department:
+            granted = await _token(department, created.client_id, created.client_secret)
+            assert granted.status_code == 200, granted.text
+
+    async def test_bad_assertions_for_a_key_client_refuse_only_their_address(
+        self, app: FastAPI, session: AsyncSession
+    ) -> None:
+        key = ECKey.generate_key("P-256", private=True)
+        created = await register(session, "welfare", "consumer", public_jwk=key.as_dict(private=False))
+        stranger = ECKey.generate_key("P-256", private=True)
+        async with from_address(app, ATTACKER) as attacker, from_address(app, DEPARTMENT) as department:
+            statuses = [
+                (
+                    await attacker.post("/oauth/token", data=_assertion(app, created.client_id, stranger))
+                ).status_code
+                for _ in range(PER_CLIENT)
+            ]
+            assert statuses == [401] * PER_CLIENT
+            _problem_429(await attacker.post("/oauth/token", data=_assertion(app, created.client_id, key)))
+            granted = await department.post("/oauth/token", data=_assertion(app, created.client_id, key))
+            assert granted.status_code == 200, granted.text
+
+    async def test_failures_are_kept_per_client_at_an_address_and_per_address(
+        self, app: FastAPI, session: AsyncSession
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        async with from_address(app, ATTACKER) as attacker:
+            assert (await _token(attacker, created.client_id, "wrong")).status_code == 401
+        subjects = set((await session.execute(select(AuthFailure.subject))).scalars())
+        assert subjects == {f"client-address:{created.client_id} {ATTACKER}", f"address:{ATTACKER}"}
+
+
+class TestProxies:
+    async def test_the_address_is_the_one_a_trusted_proxy_names_and_no_other(
+        self, app: FastAPI, session: AsyncSession
+    ) -> None:
+        """The throttle reads the source address the audit records: the connection's peer,
+        or what ``X-Forwarded-For`` says when that peer is a proxy uvicorn trusts
+        (``FORWARDED_ALLOW_IPS``). So an attacker who names the department's address
+        itself, from an address no one trusts, is counted at its own address."""
+        # What `tellonce serve` puts in front of the app (uvicorn's own middleware), trusting
+        # a proxy on 127.0.0.1; uvicorn types an ASGI app more narrowly than FastAPI does.
+        proxied = ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")  # type: ignore[arg-type]
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        async with from_address(proxied, ATTACKER) as direct, from_address(proxied, "127.0.0.1") as proxy:
+            for _ in range(PER_CLIENT):
+                response = await _token(direct, created.client_id, "wrong", forwarded_for=DEPARTMENT)
+                assert response.status_code == 401
+            _problem_429(
+                await _token(direct, created.client_id, created.client_secret, forwarded_for=DEPARTMENT)
+            )
+            granted = await _token(proxy, created.client_id, created.client_secret, forwarded_for=DEPARTMENT)
+            assert granted.status_code == 200, granted.text
+            _problem_429(
+                await _token(proxy, created.client_id, created.client_secret, forwarded_for=ATTACKER)
+            )
+
+
+CEILING = 6
+
+
+class TestCeilingPerClient:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return settings.model_copy(update={"auth_failures_per_client": CEILING})
+
+    async def test_a_ceiling_the_operator_sets_refuses_the_client_at_every_address(
+        self, app: FastAPI, session: AsyncSession, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        per_address = CEILING // 2  # below PER_CLIENT: no address reaches its own limit
+        logging.getLogger("tellonce.auth.throttle").addHandler(caplog.handler)
+        try:
+            for address in ("203.0.113.10", "203.0.113.11"):
+                async with from_address(app, address) as attacker:
+                    statuses = [
+                        (await _token(attacker, created.client_id, "wrong")).status_code
+                        for _ in range(per_address)
+                    ]
+                    assert statuses == [401] * per_address
+        finally:
+            logging.getLogger("tellonce.auth.throttle").removeHandler(caplog.handler)
+        async with from_address(app, DEPARTMENT) as department:
+            _problem_429(await _token(department, created.client_id, created.client_secret))
+        # Crossing the ceiling is logged under the client id; no address crossed its own limit.
+        crossed = {
+            getattr(record, "subject", None)
+            for record in caplog.records
+            if "repeated authentication failures" in record.getMessage()
+        }
+        assert crossed == {f"client:{created.client_id}"}
+
+
+class TestAcrossReplicas:
+    async def test_one_replica_refuses_the_attacker_another_serves_the_department(
+        self, settings: Settings, scratch_database: str
+    ) -> None:
+        """Two apps, each with its own engine on one database, as two replicas: the counts
+        they commit are the ones the other reads (SQLite file or PostgreSQL)."""
+        engine = create_engine(scratch_database)
+        try:
+            async with AsyncSession(engine) as setup:
+                created = await register(setup, "welfare", "consumer")
+                await setup.commit()
+        finally:
+            await engine.dispose()
+        assert created.client_secret is not None
+        replica = settings.model_copy(update={"database_url": scratch_database, "run_workers": False})
+        first, second = create_app(replica), create_app(replica)
+        async with first.router.lifespan_context(first), second.router.lifespan_context(second):
+            async with from_address(first, ATTACKER) as attacker:
+                for _ in range(PER_CLIENT):
+                    assert (await _token(attacker, created.client_id, "wrong")).status_code == 401
+            async with from_address(second, ATTACKER) as attacker:
+                _problem_429(await _token(attacker, created.client_id, created.client_secret))
+            for app in (first, second):
+                async with from_address(app, DEPARTMENT) as department:
+                    granted = await _token(department, created.client_id, created.client_secret)
+                    assert granted.status_code == 200, granted.text
+
+
+@pytest.mark.usefixtures("catalog_loaded")
+class TestConsoleSignInAtAnotherAddress:
+    async def test_failures_from_one_address_do_not_stop_the_owner_signing_in_at_another(
+        self, app: FastAPI, session: AsyncSession
+    ) -> None:
+        created = await register(session, "register", "data-owner")
+        assert created.client_secret is not None
+        async with from_address(app, ATTACKER) as attacker, from_address(app, DEPARTMENT) as owner:
+            for _ in range(PER_CLIENT):
+                assert (await _console_sign_in(attacker, created.client_id, "wrong")).status_code == 401
+            refused = await _console_sign_in(attacker, created.client_id, created.client_secret)
+            assert refused.status_code == 429
+            signed_in = await _console_sign_in(owner, created.client_id, created.client_secret)
+            assert signed_in.status_code == 303, signed_in.text

@@ -64,6 +64,9 @@ async def take_many(
     return list(await asyncio.gather(*(limiter.take(reads, "tc_shared", **bucket) for _ in range(count))))
 
 
+RATE = 5.0
+
+
 @pytest.mark.postgres
 class TestSharedRateLimiter:
     async def test_two_replicas_admit_the_burst_once_between_them(
@@ -112,19 +115,22 @@ class TestSharedRateLimiter:
     async def test_refills_at_the_rate_up_to_the_burst(
         self, replicas: tuple[CountedReads, CountedReads]
     ) -> None:
+        """At 5 tokens a second the three takes that empty the bucket have 200 ms before the
+        next token is due (at 50 a second a loaded machine took longer than the 20 ms, and the
+        third take found a token)."""
         reads, _ = replicas
         limiter = SharedRateLimiter(NO_REFILL, 400)
-        assert await take_many(limiter, reads, 2, rate=50.0, burst=2) == [None, None]
-        refused = await limiter.take(reads, "tc_shared", rate=50.0, burst=2)
+        assert await take_many(limiter, reads, 2, rate=RATE, burst=2) == [None, None]
+        refused = await limiter.take(reads, "tc_shared", rate=RATE, burst=2)
         assert refused is not None
-        assert refused <= 1 / 50
+        assert refused <= 1 / RATE
         deadline = time.monotonic() + 10
-        while (wait := await limiter.take(reads, "tc_shared", rate=50.0, burst=2)) is not None:
+        while (wait := await limiter.take(reads, "tc_shared", rate=RATE, burst=2)) is not None:
             assert time.monotonic() < deadline, "the bucket never refilled"
             await asyncio.sleep(wait)
-        # However long it rested, the bucket holds at most its burst.
-        await asyncio.sleep(0.1)
-        assert (await take_many(limiter, reads, 5, rate=50.0, burst=2)).count(None) == 2
+        # However long it rested (long enough for five tokens), the bucket holds at most its burst.
+        await asyncio.sleep(5 / RATE)
+        assert (await take_many(limiter, reads, 5, rate=RATE, burst=2)).count(None) == 2
 
 
 class TestChoosingTheStore:

@@ -16,7 +16,9 @@
 - ``choice_entry``: a citizen's consent or objection made or changed, with a consent's
   signed terms in full.
 - ``subscription_change_entry``: an events subscription deleted by its department, or
-  disabled by the service when its receiver answered 410 Gone.
+  disabled by the service when its receiver answered 410 Gone;
+  ``subscription_refusal_entry``: such a change refused, the subscription not being the
+  caller's department's.
 - ``operator_entry``: an operator command on clients or signing keys (``client-create``,
   ``client-disable``, ``signing-key-rotate``) or one that made a key.
 
@@ -562,6 +564,33 @@ def subscription_change_entry(
         reasons=[Reason.built(field="", effect=change, reason=said)],
         purpose=purpose,
         status=status,
+        source=source,
+    )
+
+
+def subscription_refusal_entry(
+    *,
+    client_id: str,
+    department: str,
+    subscription_id: str,
+    change: str,
+    source: str | None,
+    on_behalf_of: str | None = None,
+) -> AuditEntry:
+    """A change (``change``: ``deleted``, ...) refused with 404 because ``department`` has no
+    such subscription: another department's, an unknown or a deleted one, recorded alike so
+    that the log's entry of one is the entry of any (only the id asked for is named)."""
+    said = f"subscription {subscription_id} not {change}: {department} has no such subscription"
+    return AuditEntry.built(
+        time=utcnow(),
+        request_id=current_request_id(),
+        client_id=client_id,
+        department=department,
+        on_behalf_of=on_behalf_of,
+        action="subscription-change",
+        decision="deny",
+        reasons=[Reason.built(field="", effect="deny", reason=said)],
+        status=404,
         source=source,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from service.auth.facts import RequestFacts, facts
 from service.events import feed as events_feed
@@ -19,6 +19,7 @@ from service.events.schemas import (
     SubscriptionPage,
 )
 from service.events.service import EventsRuntime
+from service.records.schemas import CITIZEN_ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -32,6 +33,12 @@ def get_runtime(request: Request) -> EventsRuntime:
 
 
 Runtime = Annotated[EventsRuntime, Depends(get_runtime)]
+# A subscription id in the form the service issues (a lower-case UUID); anything else is
+# refused (422) before it reaches the store or, for a refused change, the audit log.
+SubscriptionPath = Annotated[
+    str,
+    Path(pattern=CITIZEN_ID_PATTERN, max_length=36, description="The subscription's id (a lower-case UUID)."),
+]
 
 
 @router.post("/subscriptions", status_code=status.HTTP_201_CREATED, response_model=SubscriptionCreated)
@@ -67,24 +74,30 @@ async def list_subscriptions(
 
 
 @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionOut)
-async def get_subscription(subscription_id: str, consumer: Consumer, runtime: Runtime) -> SubscriptionOut:
+async def get_subscription(
+    subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime
+) -> SubscriptionOut:
     """One of your department's subscriptions, active or disabled; 404 for any other."""
     return await events_service.get_subscription(runtime, consumer, subscription_id)
 
 
 @router.delete("/subscriptions/{subscription_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_subscription(subscription_id: str, consumer: Consumer, runtime: Runtime) -> Response:
+async def delete_subscription(
+    subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime
+) -> Response:
     """End a subscription, active or disabled. Deliveries still queued for it are cancelled.
 
     The deletion is audited (action `subscription-change`) before it takes effect: while the
-    audit cannot be written the answer is 503 and the subscription stays."""
+    audit cannot be written the answer is 503 and the subscription stays. A refused one
+    (404: another department's, an unknown or an already deleted subscription, answered
+    alike) is audited too, as refused."""
     await events_service.delete_subscription(runtime, consumer, subscription_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=DeliveryPage)
 async def list_deliveries(
-    subscription_id: str,
+    subscription_id: SubscriptionPath,
     consumer: Consumer,
     runtime: Runtime,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
@@ -97,7 +110,7 @@ async def list_deliveries(
 
 
 @router.post("/subscriptions/{subscription_id}/redeliver", response_model=RedeliverOut)
-async def redeliver(subscription_id: str, consumer: Consumer, runtime: Runtime) -> RedeliverOut:
+async def redeliver(subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime) -> RedeliverOut:
     """Queue every `dead` delivery of the subscription again, with fresh attempts.
 
     409 if the subscription is disabled (its receiver answered 410 Gone): delete it and

@@ -19,7 +19,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.audit.entries import events_access_entry, query_entry, subscription_change_entry
+from service.audit.entries import (
+    events_access_entry,
+    query_entry,
+    subscription_change_entry,
+    subscription_refusal_entry,
+)
 from service.audit.schemas import AuditEntry
 from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
@@ -330,10 +335,46 @@ async def _own_subscription(
 ) -> repository.SubscriptionRow:
     """The subscription if it is the caller's department's and not deleted (it may be
     disabled); 404 otherwise, so one department cannot learn of another's subscriptions."""
-    row = await repository.get_subscription(conn, subscription_id)
-    if row is None or row.department != caller.department or row.status not in ("active", "disabled"):
+    row = await _own_or_none(conn, caller, subscription_id)
+    if row is None:
         raise SubscriptionNotFound("No such subscription.")
     return row
+
+
+async def _own_or_none(
+    conn: AsyncConnection, caller: RequestFacts, subscription_id: str
+) -> repository.SubscriptionRow | None:
+    row = await repository.get_subscription(conn, subscription_id)
+    if row is None or row.department != caller.department or row.status not in ("active", "disabled"):
+        return None
+    return row
+
+
+async def _subscription_to_change(
+    runtime: EventsRuntime, caller: RequestFacts, subscription_id: str, change: str
+) -> tuple[repository.SubscriptionRow, list[str]]:
+    """The caller's subscription that it asks to change (``change``: ``deleted``, ...) and
+    the owners of its fields. A refusal (404, ``_own_subscription``) is audited before it is
+    answered, as every refused change is, and the same whether the subscription is another
+    department's, unknown or deleted; while the audit cannot be written the answer is 503."""
+    async with runtime.engine.connect() as conn:
+        row = await _own_or_none(conn, caller, subscription_id)
+        owners = await field_owners(conn, row.fields) if row is not None else []
+    if row is None:
+        await runtime.audit.record(
+            [
+                subscription_refusal_entry(
+                    client_id=caller.principal.client_id,
+                    department=caller.department,
+                    on_behalf_of=caller.principal.on_behalf_of,
+                    subscription_id=subscription_id,
+                    change=change,
+                    source=caller.source,
+                )
+            ]
+        )
+        raise SubscriptionNotFound("No such subscription.")
+    return row, owners
 
 
 async def get_subscription(
@@ -345,10 +386,8 @@ async def get_subscription(
 
 async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> None:
     """End the subscription, audited first (``subscription-change``) as its making was: while
-    the audit cannot be written it stays as it is (503)."""
-    async with runtime.engine.connect() as conn:
-        row = await _own_subscription(conn, caller, subscription_id)
-        owners = await field_owners(conn, row.fields)
+    the audit cannot be written it stays as it is (503). A refusal is audited too."""
+    row, owners = await _subscription_to_change(runtime, caller, subscription_id, "deleted")
     await runtime.audit.record(
         [
             subscription_change_entry(

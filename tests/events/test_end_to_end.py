@@ -217,12 +217,18 @@ class TestSubscriptionChangesAudited:
         # Never the secret, nor the receiver's path and query (which may hold a token).
         assert created.json()["secret"] not in json.dumps(entry)
         assert "kept-private" not in json.dumps(entry)
-        # An auditor finds it by its action.
+        # Deleting it again is refused, and the refusal is in the stored trail too.
+        act_as(full_app, "dvla", "consumer", client_id="dvla-events")
+        assert (await http.delete(f"/v1/subscriptions/{subscription_id}")).status_code == 404
+        _deleted, refused = await _audit(events_engine, "subscription-change")
+        assert (refused["decision"], refused["status"], refused["fields_requested"]) == ("deny", 404, [])
+        # An auditor finds both by their action.
         act_as(full_app, "audit-office", "auditor")
         found = await http.get("/v1/audit/entries", params={"action": "subscription-change"})
         assert found.status_code == 200, found.text
-        assert [item["entry"]["reasons"][0]["reason"] for item in found.json()["items"]] == [
-            f"subscription {subscription_id} deleted"
+        assert sorted(item["entry"]["reasons"][0]["reason"] for item in found.json()["items"]) == [
+            f"subscription {subscription_id} deleted",
+            f"subscription {subscription_id} not deleted: dvla has no such subscription",
         ]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -236,11 +239,12 @@ class TestReadAndDeleteSubscriptions:
             ["register"],
         )
         assert entry["reasons"][0]["reason"] == f"subscription {subscription_id} deleted"
-        # Another department's, or one already deleted: 404, and nothing changed to account for.
+        # One already deleted: 404, and the refused attempt is accounted for too.
         _assert_problem(
             await api.delete(f"/v1/subscriptions/{subscription_id}"), 404, "subscription-not-found"
         )
-        assert len(audit_sink.of("subscription-change")) == 1
+        _deleted, refused = audit_sink.of("subscription-change")
+        assert (refused["decision"], refused["status"]) == ("deny", 404)
 
     async def test_bad_list_cursor_is_422(self, events_app: FastAPI, api: httpx.AsyncClient) -> None:
         act_as(events_app, "welfare", "consumer")
@@ -249,3 +253,81 @@ class TestReadAndDeleteSubscriptions:
                 await api.get("/v1/subscriptions", params={"cursor": cursor}), 422, "invalid-cursor"
             )
             assert body["errors"] == [{"loc": ["query", "cursor"], "msg": "invalid cursor"}]
+
+
+class TestRefusedChangesAreAudited:
+    """A change refused because the subscription is not the caller's department's (another
+    department's, an unknown or a deleted one) is audited as refused, as a refused read or
+    a refused case closing is; the answer and the entry are the same whichever it was, so
+    neither tells one department of another's subscriptions."""
+
+    async def _theirs(self, events_app: FastAPI, api: httpx.AsyncClient) -> str:
+        act_as(events_app, "dvla", "consumer")
+        response = await api.post(
+            "/v1/subscriptions", json={"fields": ["date_of_death"], "purpose": "licence-administration"}
+        )
+        assert response.status_code == 201, response.text
+        subscription_id: str = response.json()["id"]
+        return subscription_id
+
+    @staticmethod
+    def _without_time(entry: dict[str, Any], subscription_id: str) -> dict[str, Any]:
+        kept = {k: v for k, v in entry.items() if k not in ("time", "request_id")}
+        kept["reasons"] = [
+            {**r, "reason": r["reason"].replace(subscription_id, "ID")} for r in entry["reasons"]
+        ]
+        return kept
+
+    async def test_another_departments_and_an_unknown_one_are_refused_alike_and_audited(
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
+    ) -> None:
+        theirs = await self._theirs(events_app, api)
+        unknown = str(uuid.uuid4())
+        act_as(events_app, "welfare", "consumer", client_id="welfare-cases")
+        answers = [await api.delete(f"/v1/subscriptions/{asked}") for asked in (theirs, unknown)]
+        bodies = [_assert_problem(answer, 404, "subscription-not-found") for answer in answers]
+        assert bodies[0] == bodies[1]
+        first, second = audit_sink.of("subscription-change")
+        assert (first["client_id"], first["department"]) == ("welfare-cases", "welfare")
+        assert (first["decision"], first["status"], first["citizen_id"]) == ("deny", 404, None)
+        # Nothing of the other department's subscription: not its fields, owners or purpose.
+        assert (first["fields_requested"], first["owners"], first["purpose"]) == ([], [], None)
+        assert first["reasons"] == [
+            {
+                "field": "",
+                "effect": "deny",
+                "agreement": None,
+                "version": None,
+                "digest": None,
+                "reason": f"subscription {theirs} not deleted: welfare has no such subscription",
+            }
+        ]
+        assert self._without_time(first, theirs) == self._without_time(second, unknown)
+        # Its owner's subscription is untouched.
+        act_as(events_app, "dvla", "consumer")
+        assert (await api.get(f"/v1/subscriptions/{theirs}")).json()["status"] == "active"
+
+    async def test_a_refusal_the_audit_cannot_record_is_503(
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
+    ) -> None:
+        theirs = await self._theirs(events_app, api)
+        act_as(events_app, "welfare", "consumer")
+        audit_sink.failing = True
+        _assert_problem(await api.delete(f"/v1/subscriptions/{theirs}"), 503, "unavailable")
+        assert audit_sink.of("subscription-change") == []
+
+    @pytest.mark.parametrize("asked", ["not-a-subscription", "0" * 36, str(uuid.uuid4()).upper()])
+    async def test_an_id_not_of_the_form_the_service_issues_is_422_and_not_audited(
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink, asked: str
+    ) -> None:
+        act_as(events_app, "welfare", "consumer")
+        for method, path in (
+            ("DELETE", f"/v1/subscriptions/{asked}"),
+            ("GET", f"/v1/subscriptions/{asked}"),
+            ("GET", f"/v1/subscriptions/{asked}/deliveries"),
+            ("POST", f"/v1/subscriptions/{asked}/redeliver"),
+        ):
+            body = _assert_problem(await api.request(method, path), 422, "validation-failed")
+            errors: Any = body["errors"]
+            assert [e["loc"] for e in errors] == [["path", "subscription_id"]], (method, body)
+        assert audit_sink.entries == []

@@ -64,6 +64,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/subscriptions"): {409},
     ("GET", "/v1/subscriptions/{subscription_id}"): {404},
     ("DELETE", "/v1/subscriptions/{subscription_id}"): {404},
+    ("POST", "/v1/subscriptions/{subscription_id}/enable"): {404},
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): {404},
     ("POST", "/v1/subscriptions/{subscription_id}/redeliver"): {404, 409},
     ("GET", "/v1/events"): {400},

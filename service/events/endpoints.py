@@ -55,7 +55,8 @@ async def create_subscription(
 
     A failed delivery is retried with a growing, jittered delay (by default for more than a
     day; a `Retry-After` on a 429 or 503 answer is the least it waits), then marked `dead`.
-    A 410 Gone answer disables the subscription: nothing more is sent to it.
+    A 410 Gone answer disables the subscription: nothing more is sent to it until you
+    enable it again (`POST /v1/subscriptions/{id}/enable`), which resumes where it stopped.
     """
     return await events_service.create_subscription(runtime, consumer, body)
 
@@ -68,8 +69,8 @@ async def list_subscriptions(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SubscriptionPage:
     """Your department's subscriptions, oldest first (secrets are never shown again):
-    `active` ones, and `disabled` ones, whose receiver answered 410 Gone. Deleted ones are
-    not listed."""
+    `active` ones, and `disabled` ones, whose receiver answered 410 Gone (enable them again
+    with `POST /v1/subscriptions/{id}/enable`). Deleted ones are not listed."""
     return await events_service.list_subscriptions(runtime, consumer, cursor=cursor, limit=limit)
 
 
@@ -95,6 +96,25 @@ async def delete_subscription(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.post("/subscriptions/{subscription_id}/enable", response_model=SubscriptionOut)
+async def enable_subscription(
+    subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime
+) -> SubscriptionOut:
+    """Enable again a subscription the service disabled because its receiver answered 410
+    Gone, once the receiver takes webhooks again. Delivery resumes where it stopped: the
+    deliveries the disabling cancelled are sent again (fresh attempts, the same
+    `webhook-id`, so a receiver de-duplicates), and so is every change that came while it
+    was disabled; nothing is lost, since events are kept. Each is checked against the
+    agreements when it is sent. Deliveries that were `dead` before stay so until you
+    redeliver them.
+
+    Audited (action `subscription-change`) before it takes effect: while the audit cannot be
+    written the answer is 503 and it stays disabled. An active subscription is answered as
+    it is. 404, audited as refused, for another department's, an unknown or a deleted
+    subscription (a deleted one cannot come back: subscribe again)."""
+    return await events_service.enable_subscription(runtime, consumer, subscription_id)
+
+
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=DeliveryPage)
 async def list_deliveries(
     subscription_id: SubscriptionPath,
@@ -113,8 +133,8 @@ async def list_deliveries(
 async def redeliver(subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime) -> RedeliverOut:
     """Queue every `dead` delivery of the subscription again, with fresh attempts.
 
-    409 if the subscription is disabled (its receiver answered 410 Gone): delete it and
-    subscribe again instead.
+    409 if the subscription is disabled (its receiver answered 410 Gone): enable it first
+    (`POST /v1/subscriptions/{id}/enable`).
     """
     return await events_service.redeliver(runtime, consumer, subscription_id)
 

@@ -235,8 +235,9 @@ async def disable_subscription(conn: AsyncConnection, subscription_id: str) -> b
     """Disable an active subscription (its receiver answered 410 Gone) and cancel what it
     still had queued, as a delete does; False, and nothing written, if it was not active.
 
-    Unlike a delete it keeps the sealed secret and stays visible to its department, which
-    sees why in its deliveries; fan-out and the feed read active subscriptions only."""
+    Unlike a delete it keeps the sealed secret and its ``fanout_position`` and stays visible
+    to its department, which sees why in its deliveries and may enable it again
+    (``enable_subscription``); fan-out and the feed read active subscriptions only."""
     result = await conn.execute(
         update(Subscription)
         .where(Subscription.id == subscription_id, Subscription.status == "active")
@@ -250,6 +251,30 @@ async def disable_subscription(conn: AsyncConnection, subscription_id: str) -> b
         .values(status="cancelled", claim_token=None)
     )
     return True
+
+
+async def enable_subscription(conn: AsyncConnection, subscription_id: str, now: datetime) -> int | None:
+    """Make a disabled subscription active again and queue, with fresh attempts, what the
+    disabling cancelled; None, and nothing written, if it was not disabled.
+
+    Only a disabled subscription has cancelled deliveries that are not final (a deleted one
+    is never enabled, and enabling requeues them all), so every cancelled one is requeued:
+    the one its receiver answered 410 and those it had queued. Its ``fanout_position``
+    stayed where the disabling left it, so fan-out then makes deliveries for the events
+    that came meanwhile. The number requeued."""
+    result = await conn.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, Subscription.status == "disabled")
+        .values(status="active")
+    )
+    if not result.rowcount:
+        return None
+    requeued = await conn.execute(
+        update(Delivery)
+        .where(Delivery.subscription_id == subscription_id, Delivery.status == "cancelled")
+        .values(status="pending", attempts=0, next_attempt_at=now, claim_token=None)
+    )
+    return int(requeued.rowcount)
 
 
 # --- fan-out: outbox events -> deliveries -------------------------------------------------

@@ -59,7 +59,7 @@ class SubscriptionOut(BaseModel):
     purpose: str | None
     webhook_url: str | None
     # ``disabled``: its receiver answered 410 Gone, so nothing more is sent to it; its
-    # deliveries say when. Delete it, and subscribe again to be told once more.
+    # deliveries say when. Enabling it again resumes delivery where it stopped.
     status: Literal["active", "disabled", "deleted"]
     created_at: datetime
 

@@ -408,6 +408,45 @@ async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subs
         await repository.delete_subscription(conn, subscription_id, utcnow())
 
 
+async def enable_subscription(
+    runtime: EventsRuntime, caller: RequestFacts, subscription_id: str
+) -> SubscriptionOut:
+    """Make a disabled subscription (its receiver answered 410 Gone) active again, audited
+    first (``subscription-change``, ``enabled``): while the audit cannot be written it stays
+    disabled (503). Delivery resumes where it stopped (``repository.enable_subscription``):
+    the deliveries the disabling cancelled are queued again with fresh attempts and the
+    same ``webhook-id``, and every event that came while it was disabled; the outbox is
+    never pruned, so none is missing. Each is checked against the policy when it
+    is sent, as always. An active subscription is answered as it is, and nothing is written."""
+    row, owners = await _subscription_to_change(runtime, caller, subscription_id, "enabled")
+    if row.status == "active":
+        return _subscription_out(row)
+    await runtime.audit.record(
+        [
+            subscription_change_entry(
+                client_id=caller.principal.client_id,
+                department=caller.department,
+                on_behalf_of=caller.principal.on_behalf_of,
+                subscription_id=subscription_id,
+                change="enabled",
+                fields=row.fields,
+                owners=owners,
+                purpose=row.purpose or None,
+                status=200,
+                source=caller.source,
+            )
+        ]
+    )
+    async with runtime.engine.begin() as conn:
+        await repository.enable_subscription(conn, subscription_id, utcnow())
+        now_row = await _own_or_none(conn, caller, subscription_id)
+    if now_row is None:
+        # Deleted between the read and the update: there is nothing to enable.
+        raise SubscriptionNotFound("No such subscription.")
+    runtime.notifier.notify()
+    return _subscription_out(now_row)
+
+
 async def field_owners(conn: AsyncConnection, fields: Sequence[str]) -> list[str]:
     """The departments owning ``fields`` in the catalog in force: whom a subscription's
     audit entries name, so each owner sees the subscriptions to its fields."""
@@ -472,13 +511,15 @@ async def list_deliveries(
 
 async def redeliver(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> RedeliverOut:
     """Queue every dead delivery of the subscription again; policy is checked again at send.
-    Refused (409) once the subscription is disabled: its receiver asked for nothing more."""
+    Refused (409) while the subscription is disabled: its receiver asked for nothing more,
+    until the department enables it again (``enable_subscription``)."""
     async with runtime.engine.begin() as conn:
         row = await _own_subscription(conn, caller, subscription_id)
         if row.status == "disabled":
             raise Conflict(
                 "The subscription is disabled: its receiver answered 410 Gone, so nothing more is "
-                "sent to it. Delete it, and subscribe again to be told once more."
+                f"sent to it. Enable it again with POST /v1/subscriptions/{subscription_id}/enable "
+                "once the receiver takes webhooks, then redeliver."
             )
         count = await repository.requeue_dead(conn, subscription_id, utcnow())
     if count:

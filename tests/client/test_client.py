@@ -362,6 +362,34 @@ class TestEvents:
         with pytest.raises(NotFound):
             await welfare.get_subscription(subscription.id)
 
+    async def test_a_subscription_disabled_by_a_410_is_enabled_again_and_catches_up(
+        self, client_site: ClientSite, receiver: WebhookReceiver
+    ) -> None:
+        welfare = client_site.client("welfare")
+        subscription = await welfare.subscribe(["address"], "address-update", webhook_url=receiver.url)
+        assert subscription.secret is not None
+        registrar = client_site.client("registrar")
+        citizen_id = await _register(client_site, "NI200012")
+        receiver.fail_next(1, status=410)
+        await registrar.write_fields(citizen_id, {"address": "1 Gone St"}, "moved")
+
+        async def disabled() -> bool:
+            return (await welfare.get_subscription(subscription.id)).status == "disabled"
+
+        await poll(disabled)
+        await registrar.write_fields(citizen_id, {"address": "2 Meanwhile Rd"}, "moved again")
+        enabled = await welfare.enable_subscription(subscription.id)
+        assert (enabled.id, enabled.status) == (subscription.id, "active")
+        # The change answered 410 and the one made while disabled: both arrive now, verified.
+        verifier = WebhookVerifier(subscription.secret)
+        accepted = await receiver.until(2)
+        events = [verifier.verify_event(r.headers, r.body) for r in accepted]
+        assert [event.citizen_id for event in events] == [citizen_id, citizen_id]
+        assert len({event.event_id for event in events}) == 2
+        with pytest.raises(NotFound):
+            await client_site.client("portal").enable_subscription(subscription.id)
+        await welfare.delete_subscription(subscription.id)
+
     async def test_feed_cursor(self, client_site: ClientSite) -> None:
         welfare = client_site.client("welfare")
         subscription = await welfare.subscribe(["date_of_death"], "civil-registration")

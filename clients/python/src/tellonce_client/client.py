@@ -555,6 +555,13 @@ class TellonceClient:
     async def delete_subscription(self, subscription_id: str) -> None:
         await self.request("DELETE", f"/v1/subscriptions/{subscription_id}")
 
+    async def enable_subscription(self, subscription_id: str) -> m.SubscriptionOut:
+        """Enable again a subscription the service disabled (its receiver answered 410 Gone):
+        delivery resumes where it stopped, with nothing that came meanwhile lost."""
+        return await self._call(
+            m.SubscriptionOut, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/enable"
+        )
+
     async def deliveries(
         self, subscription_id: str, *, cursor: str | None = None, limit: int | None = None
     ) -> m.DeliveryPage:

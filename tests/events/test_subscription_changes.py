@@ -1,0 +1,297 @@
+"""A department's changes to its own webhook subscription: enabling one the service
+disabled (delivery resumes where it stopped); refused alike, and audited, for any other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import utcnow
+from service.events.dispatcher import Dispatcher
+from service.events.models import Delivery
+from service.events.service import EventsRuntime
+from tests.events.conftest import ListAuditSink, add_citizen, emit, running
+from tests.events.test_dispatcher import spec_verify
+from tests.fixtures.auth import act_as
+from tests.fixtures.webhooks import WebhookReceiver
+
+PROBLEM = "application/problem+json"
+
+
+def _assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert str(body["type"]).endswith("/" + slug)
+    return body
+
+
+async def _subscribe(api: httpx.AsyncClient, url: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"fields": ["date_of_death"], "purpose": "licence-administration"}
+    if url is not None:
+        body["webhook_url"] = url
+    response = await api.post("/v1/subscriptions", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def _deliveries(api: httpx.AsyncClient, subscription_id: str) -> list[dict[str, Any]]:
+    response = await api.get(f"/v1/subscriptions/{subscription_id}/deliveries")
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def _event_ids(received: list[Any]) -> list[str]:
+    return [json.loads(request.body)["data"]["event_id"] for request in received]
+
+
+async def _disabled_by_a_410(
+    api: httpx.AsyncClient, dispatcher: Dispatcher, receiver: WebhookReceiver, hook: dict[str, Any]
+) -> None:
+    """The receiver answers the next webhook 410 Gone: the dispatcher disables ``hook``."""
+    receiver.fail_next(1, status=410)
+    await dispatcher.run_once()
+    assert [r.answered for r in receiver.received] == [410]
+    assert (await api.get(f"/v1/subscriptions/{hook['id']}")).json()["status"] == "disabled"
+
+
+class TestEnable:
+    async def test_delivery_resumes_where_it_stopped_with_nothing_lost(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer", client_id="dvla-events")
+        hook = await _subscribe(api, receiver.url)
+        citizen = await add_citizen(events_engine)
+        answered = await emit(runtime, citizen, ["date_of_death"], "register")
+        queued = await emit(runtime, citizen, ["date_of_death"], "register")
+        assert await dispatcher.fan_out() == 2
+        # The second waits for a retry an hour away when the first is answered 410 Gone.
+        async with events_engine.begin() as conn:
+            later = (
+                await conn.execute(select(Delivery.id).order_by(Delivery.event_position.desc()).limit(1))
+            ).scalar_one()
+            await conn.execute(
+                update(Delivery)
+                .where(Delivery.id == later)
+                .values(attempts=1, next_attempt_at=utcnow() + timedelta(hours=1))
+            )
+        await _disabled_by_a_410(api, dispatcher, receiver, hook)
+        gone_webhook_id = receiver.received[0].headers["webhook-id"]
+        # Changes made while it is disabled are not sent, but neither are they forgotten.
+        while_disabled = [await emit(runtime, citizen, ["date_of_death"], "register") for _ in range(2)]
+        await dispatcher.run_once()
+        assert len(receiver.received) == 1
+        assert [d["status"] for d in await _deliveries(api, hook["id"])] == ["cancelled", "cancelled"]
+
+        enabled = await api.post(f"/v1/subscriptions/{hook['id']}/enable")
+        assert enabled.status_code == 200, enabled.text
+        shown = enabled.json()
+        assert shown["status"] == "active"
+        assert "secret" not in shown
+        assert shown == (await api.get(f"/v1/subscriptions/{hook['id']}")).json()
+
+        async with running(dispatcher):
+            accepted = await receiver.until(4)
+        # Every change exactly once (sent side by side, so in any order), each signed by the
+        # spec with its secret; the one answered 410 keeps its webhook-id, so a receiver
+        # that saw it de-duplicates.
+        assert sorted(_event_ids(accepted)) == sorted([answered, queued, *while_disabled])
+        [again] = [r for r in accepted if json.loads(r.body)["data"]["event_id"] == answered]
+        assert again.headers["webhook-id"] == gone_webhook_id
+        for request in accepted:
+            spec_verify(hook["secret"], request.headers, request.body)
+        deliveries = await _deliveries(api, hook["id"])
+        assert [(d["event_id"], d["status"]) for d in deliveries] == [
+            (event_id, "delivered") for event_id in (answered, queued, *while_disabled)
+        ]
+        # Fresh attempts for those the disabling had cancelled.
+        assert [d["attempts"] for d in deliveries] == [1, 1, 1, 1]
+
+        # Disabled by the service, enabled by its department: both in the log.
+        disabled, enabling = audit_sink.of("subscription-change")
+        assert disabled["reasons"][0]["effect"] == "disabled"
+        assert (enabling["client_id"], enabling["department"]) == ("dvla-events", "dvla")
+        assert (enabling["decision"], enabling["status"], enabling["citizen_id"]) == ("permit", 200, None)
+        assert (enabling["fields_requested"], enabling["owners"], enabling["purpose"]) == (
+            ["date_of_death"],
+            ["register"],
+            "licence-administration",
+        )
+        assert enabling["reasons"][0]["effect"] == "enabled"
+        assert enabling["reasons"][0]["reason"] == f"subscription {hook['id']} enabled"
+        assert receiver.url.removesuffix("/hooks/tellonce") not in json.dumps(enabling)
+
+    async def test_a_later_410_disables_it_again_and_it_can_be_enabled_again(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        citizen = await add_citizen(events_engine)
+        first = await emit(runtime, citizen, ["date_of_death"], "register")
+        await _disabled_by_a_410(api, dispatcher, receiver, hook)
+        assert (await api.post(f"/v1/subscriptions/{hook['id']}/enable")).status_code == 200
+        receiver.fail_next(1, status=410)
+        await dispatcher.run_once()
+        assert (await api.get(f"/v1/subscriptions/{hook['id']}")).json()["status"] == "disabled"
+        second = await emit(runtime, citizen, ["date_of_death"], "register")
+        assert (await api.post(f"/v1/subscriptions/{hook['id']}/enable")).status_code == 200
+        async with running(dispatcher):
+            accepted = await receiver.until(2)
+        assert sorted(_event_ids(accepted)) == sorted([first, second])
+
+    async def test_a_dead_delivery_stays_dead_until_redelivered_which_is_no_longer_refused(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        citizen = await add_citizen(events_engine)
+        dead = await emit(runtime, citizen, ["date_of_death"], "register")
+        receiver.fail_always(500)
+        async with running(dispatcher):
+            deadline = time.monotonic() + 30
+            while [d["status"] for d in await _deliveries(api, hook["id"])] != ["dead"]:
+                assert time.monotonic() < deadline, await _deliveries(api, hook["id"])
+                await asyncio.sleep(0.02)
+        receiver.recover()
+        later = await emit(runtime, citizen, ["date_of_death"], "register")
+        receiver.fail_next(1, status=410)
+        await dispatcher.run_once()
+        refused = _assert_problem(
+            await api.post(f"/v1/subscriptions/{hook['id']}/redeliver"), 409, "conflict"
+        )
+        assert "410 Gone" in refused["detail"]
+        assert f"/v1/subscriptions/{hook['id']}/enable" in refused["detail"]
+        assert (await api.post(f"/v1/subscriptions/{hook['id']}/enable")).status_code == 200
+        async with running(dispatcher):
+            accepted = await receiver.until(1)
+        # Enabling resumes what the disabling stopped; what was dead before stays dead.
+        assert _event_ids(accepted) == [later]
+        assert [d["status"] for d in await _deliveries(api, hook["id"])] == ["dead", "delivered"]
+        assert (await api.post(f"/v1/subscriptions/{hook['id']}/redeliver")).json() == {"requeued": 1}
+        async with running(dispatcher):
+            accepted = await receiver.until(2)
+        assert _event_ids(accepted) == [later, dead]
+
+    async def test_enabling_an_active_subscription_changes_nothing(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        for hook in (await _subscribe(api, receiver.url), await _subscribe(api, None)):
+            response = await api.post(f"/v1/subscriptions/{hook['id']}/enable")
+            assert response.status_code == 200, response.text
+            assert response.json() == {k: v for k, v in hook.items() if k != "secret"}
+        assert audit_sink.of("subscription-change") == []
+
+    async def test_audited_first_and_refused_while_the_audit_is_down(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await _disabled_by_a_410(api, dispatcher, receiver, hook)
+        audit_sink.failing = True
+        _assert_problem(await api.post(f"/v1/subscriptions/{hook['id']}/enable"), 503, "unavailable")
+        assert (await api.get(f"/v1/subscriptions/{hook['id']}")).json()["status"] == "disabled"
+        assert [d["status"] for d in await _deliveries(api, hook["id"])] == ["cancelled"]
+
+
+class TestRefusedForAnyOther:
+    """Only the owning department may change a subscription; to any other it is 404, as an
+    unknown or deleted one is (no existence oracle), and the refusal is audited."""
+
+    @pytest.mark.parametrize("change", ["enable"])
+    async def test_another_departments_unknown_and_deleted_are_one_404(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+        change: str,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        theirs = await _subscribe(api, receiver.url)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await _disabled_by_a_410(api, dispatcher, receiver, theirs)
+        deleted = await _subscribe(api, receiver.url)
+        assert (await api.delete(f"/v1/subscriptions/{deleted['id']}")).status_code == 204
+        before = len(audit_sink.of("subscription-change"))
+        act_as(events_app, "welfare", "consumer")
+        asked = [theirs["id"], str(uuid.uuid4())]
+        bodies = [
+            _assert_problem(await api.post(f"/v1/subscriptions/{i}/{change}"), 404, "subscription-not-found")
+            for i in asked
+        ]
+        act_as(events_app, "dvla", "consumer")
+        bodies.append(
+            _assert_problem(
+                await api.post(f"/v1/subscriptions/{deleted['id']}/{change}"), 404, "subscription-not-found"
+            )
+        )
+        assert bodies[0] == bodies[1] == bodies[2]
+        refusals = audit_sink.of("subscription-change")[before:]
+        assert [(r["department"], r["decision"], r["status"]) for r in refusals] == [
+            ("welfare", "deny", 404),
+            ("welfare", "deny", 404),
+            ("dvla", "deny", 404),
+        ]
+        assert all(r["fields_requested"] == [] and r["owners"] == [] for r in refusals)
+        assert refusals[0]["reasons"][0]["reason"].startswith(f"subscription {theirs['id']} not ")
+        # Still disabled: nothing of the other department's changed.
+        assert (await api.get(f"/v1/subscriptions/{theirs['id']}")).json()["status"] == "disabled"
+
+    @pytest.mark.parametrize("change", ["enable"])
+    async def test_an_id_not_of_the_issued_form_is_422(
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink, change: str
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        body = _assert_problem(
+            await api.post(f"/v1/subscriptions/x'%3B--/{change}"), 422, "validation-failed"
+        )
+        assert [e["loc"] for e in body["errors"]] == [["path", "subscription_id"]]
+        assert audit_sink.entries == []

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_cap_seconds: float = Field(default=36_000.0, gt=0)
     webhook_max_attempts: int = Field(default=18, ge=1, le=100)
+    # After a subscription's signing secret is rotated, deliveries carry the old secret's
+    # signature beside the new one's for this long (0: the old one stops at once), so its
+    # receiver can switch secrets without refusing a delivery. At most a week.
+    webhook_secret_overlap_seconds: int = Field(default=86_400, ge=0, le=604_800)
     events_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
     # verify: comparisons a consumer may ask per citizen, field and UTC day where its
     # agreement leaves the claims open (an 'in' of N values counts N); then 429.

@@ -82,6 +82,7 @@ _SUBSCRIPTION = {
     "webhook_url": "https://dwp.example.gov.uk/hooks/tellonce",
     "status": "active",
     "created_at": AT,
+    "previous_secret_expires_at": None,
 }
 _EVENT = {
     "event_id": "evt_01JDQ3C4D5E6F7G8H9J0K1M2N3",
@@ -358,6 +359,11 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
     ("GET", "/v1/subscriptions"): {"items": [_SUBSCRIPTION], "next_cursor": None},
     ("GET", "/v1/subscriptions/{subscription_id}"): _SUBSCRIPTION,
     ("POST", "/v1/subscriptions/{subscription_id}/enable"): _SUBSCRIPTION,
+    ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret"): {
+        **_SUBSCRIPTION,
+        "previous_secret_expires_at": "2026-12-01T09:30:00+00:00",
+        "secret": "whsec_9bX2kQm4LrT7vYc1NpW8sJd3HfG6aZe0",
+    },
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): {
         "items": [
             {

@@ -9,7 +9,9 @@ Each cycle it
    dispatchers never hold the same attempt; SQLite has one writer and one dispatcher);
 3. for each: re-checks the policy with the citizen's current status (field changes),
    checks the target's addresses again (DNS rebinding), audits, signs to the Standard
-   Webhooks spec and POSTs.
+   Webhooks spec and POSTs. After a rotation of the subscription's secret, and until its
+   overlap ends, the old secret signs too: ``webhook-signature`` carries both values,
+   space separated, the new one first.
 
 A 2xx answer delivers. As the spec asks, a 410 Gone answer disables the subscription
 (nothing more is sent to it), and a ``Retry-After`` on a 429 or 503 answer is the least
@@ -54,7 +56,7 @@ from service.events.access import LivePolicy, OwnAuditSink
 from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED
 from service.events.notices import NoticeWorker
 from service.events.notifier import postgres_wakeups
-from service.events.secrets import SecretUndecryptable
+from service.events.secrets import SecretUndecryptable, previous_context
 from service.events.service import EventsRuntime, dumps_payload, event_data, field_owners, webhook_id
 from service.events.targets import Pinned, UnsafeWebhookTarget, check_target, pinned
 from service.records import public as records_public
@@ -263,7 +265,7 @@ class Dispatcher:
                 for item, _entry, _reasons in withheld:
                     outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
         ready: list[tuple[repository.ClaimedDelivery, AuditEntry, str, Pinned]] = []
-        secrets_by_subscription: dict[str, str] = {}
+        secrets_by_subscription: dict[str, list[str]] = {}
         checked: dict[str, str | Pinned] = {}
         for item, entry, released in sendable:
             subscription = item.subscription
@@ -274,11 +276,11 @@ class Dispatcher:
             if isinstance(target, str):
                 outcomes[item.id] = self._failure(item, f"target refused: {target}", None)
                 continue
-            secret = secrets_by_subscription.get(subscription.id) or self._secret(subscription)
-            if secret is None:
+            signing = secrets_by_subscription.get(subscription.id) or self._secrets(subscription)
+            if signing is None:
                 outcomes[item.id] = self._failure(item, "the signing secret could not be decrypted", None)
                 continue
-            secrets_by_subscription[subscription.id] = secret
+            secrets_by_subscription[subscription.id] = signing
             body = dumps_payload(event_data(item.event, released))
             ready.append((item, entry, body, target))
         if not ready:
@@ -318,16 +320,27 @@ class Dispatcher:
             return str(exc)
         return pinned(url, addresses[0])
 
-    def _secret(self, subscription: repository.SubscriptionRow) -> str | None:
+    def _secrets(self, subscription: repository.SubscriptionRow) -> list[str] | None:
+        """The secrets that sign the subscription's deliveries now: its secret and, while a
+        rotation's overlap lasts, the one it replaced; None if its secret does not open."""
         if subscription.secret_ciphertext is None:
             return None
         try:
-            return self.runtime.secret_box.open(subscription.secret_ciphertext, subscription.id)
+            signing = [self.runtime.secret_box.open(subscription.secret_ciphertext, subscription.id)]
         except SecretUndecryptable:
             return None
+        previous = subscription.previous_secret_ciphertext
+        if previous is not None and _previous_signs(subscription, self.runtime.clock()):
+            try:
+                signing.append(self.runtime.secret_box.open(previous, previous_context(subscription.id)))
+            except SecretUndecryptable:
+                # The current secret still signs; a receiver still on the old one sees the
+                # failures in its deliveries.
+                logger.warning("subscription %s: its previous secret did not open", subscription.id)
+        return signing
 
     async def _post(
-        self, item: repository.ClaimedDelivery, body: str, secret: str, target: Pinned
+        self, item: repository.ClaimedDelivery, body: str, secrets: list[str], target: Pinned
     ) -> dict[str, Any]:
         message_id = webhook_id(item.id)
         async with self._limit:
@@ -340,7 +353,10 @@ class Dispatcher:
                 "content-type": "application/json",
                 "webhook-id": message_id,
                 "webhook-timestamp": str(int(sent_at.timestamp())),
-                "webhook-signature": Webhook(secret).sign(message_id, sent_at, body),
+                # One ``v1,...`` value per secret, space separated, as the spec allows.
+                "webhook-signature": " ".join(
+                    Webhook(secret).sign(message_id, sent_at, body) for secret in secrets
+                ),
                 "user-agent": "tellonce-webhooks/1",
                 **target.headers,
             }
@@ -409,7 +425,16 @@ class Dispatcher:
     ) -> None:
         gone: dict[str, repository.SubscriptionRow] = {}
         disabled: list[AuditEntry] = []
+        now = self.runtime.clock()
+        # Rotated-out secrets whose overlap has ended are not kept past it.
+        expired = {
+            item.subscription.id
+            for item in batch
+            if item.subscription.previous_secret_ciphertext is not None
+            and not _previous_signs(item.subscription, now)
+        }
         async with self.runtime.engine.begin() as conn:
+            await repository.forget_previous_secrets(conn, sorted(expired), now)
             for item in batch:
                 values = outcomes.get(item.id) or self._failure(item, "no outcome", None)
                 if not await repository.record_result(conn, item.id, item.claim_token, values):
@@ -495,6 +520,12 @@ async def _wait_either(wake: Any, stop: asyncio.Event) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def _previous_signs(subscription: repository.SubscriptionRow, now: datetime) -> bool:
+    """Whether the secret a rotation replaced still signs the subscription's deliveries."""
+    until = subscription.previous_secret_expires_at
+    return subscription.previous_secret_ciphertext is not None and until is not None and now < until
 
 
 def _gone(values: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from service.events.schemas import (
     DeliveryPage,
     FeedPage,
     RedeliverOut,
+    SecretRotated,
     SubscriptionCreated,
     SubscriptionIn,
     SubscriptionOut,
@@ -113,6 +114,27 @@ async def enable_subscription(
     it is. 404, audited as refused, for another department's, an unknown or a deleted
     subscription (a deleted one cannot come back: subscribe again)."""
     return await events_service.enable_subscription(runtime, consumer, subscription_id)
+
+
+@router.post("/subscriptions/{subscription_id}/rotate-secret", response_model=SecretRotated)
+async def rotate_secret(
+    subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime
+) -> SecretRotated:
+    """Give a webhook subscription a new signing secret, returned in `secret` only now:
+    keep it. The service stores it only encrypted.
+
+    For an overlap (24 hours unless the operator set `TELLONCE_WEBHOOK_SECRET_OVERLAP_SECONDS`)
+    every delivery is signed with both secrets: `webhook-signature` carries two `v1,...`
+    values, the new secret's first, as Standard Webhooks allows, and a receiver accepts the
+    delivery if any value matches its secret. Switch your receiver to the new secret within
+    the overlap; `previous_secret_expires_at` says when the old one stops signing. A second
+    rotation within the overlap keeps only the secret it replaces: the older one stops at once.
+
+    Audited (action `subscription-change`) before it takes effect: while the audit cannot be
+    written the answer is 503 and the secret is unchanged. 409 for a subscription that reads
+    the feed (it has no secret). 404, audited as refused, for another department's, an
+    unknown or a deleted subscription."""
+    return await events_service.rotate_secret(runtime, consumer, subscription_id)
 
 
 @router.get("/subscriptions/{subscription_id}/deliveries", response_model=DeliveryPage)

@@ -67,6 +67,10 @@ class Subscription(Base):
     # The whsec_ signing secret, AES-GCM encrypted under a key derived from the root key,
     # or with TELLONCE_KEY_PROVIDER=pkcs11 under a key in the PKCS#11 token (secrets.py).
     secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    # After a rotation, the secret it replaced, sealed the same way but bound to its role
+    # (secrets.previous_context), and until when deliveries are signed with it too.
+    previous_secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     # The outbox head when the subscription was made: only later changes are told.
     start_position: Mapped[int] = mapped_column(Position)
     # How far the dispatcher has turned outbox events into deliveries (webhooks only).

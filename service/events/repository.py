@@ -55,6 +55,9 @@ class SubscriptionRow:
     status: str
     created_at: datetime
     type: str = FIELDS_CHANGED
+    # The secret a rotation replaced, while it still signs too (secrets.previous_context).
+    previous_secret_ciphertext: bytes | None = None
+    previous_secret_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ _SUBSCRIPTION_COLUMNS = (
     Subscription.status,
     Subscription.created_at,
     Subscription.type,
+    Subscription.previous_secret_ciphertext,
+    Subscription.previous_secret_expires_at,
 )
 
 
@@ -123,6 +128,8 @@ def _subscription(row: Any) -> SubscriptionRow:
         status=row.status,
         created_at=row.created_at,
         type=row.type,
+        previous_secret_ciphertext=row.previous_secret_ciphertext,
+        previous_secret_expires_at=row.previous_secret_expires_at,
     )
 
 
@@ -222,7 +229,13 @@ async def delete_subscription(conn: AsyncConnection, subscription_id: str, now: 
     await conn.execute(
         update(Subscription)
         .where(Subscription.id == subscription_id)
-        .values(status="deleted", deleted_at=now, secret_ciphertext=None)
+        .values(
+            status="deleted",
+            deleted_at=now,
+            secret_ciphertext=None,
+            previous_secret_ciphertext=None,
+            previous_secret_expires_at=None,
+        )
     )
     await conn.execute(
         update(Delivery)
@@ -275,6 +288,51 @@ async def enable_subscription(conn: AsyncConnection, subscription_id: str, now: 
         .values(status="pending", attempts=0, next_attempt_at=now, claim_token=None)
     )
     return int(requeued.rowcount)
+
+
+async def rotate_secret(
+    conn: AsyncConnection,
+    subscription_id: str,
+    *,
+    replaced: bytes | None,
+    sealed: bytes,
+    previous: bytes | None,
+    previous_until: datetime | None,
+) -> bool:
+    """Store a new sealed secret and, while it still signs too, the one it replaces; only if
+    the stored secret is still ``replaced`` (so of two rotations at once, one wins) and the
+    subscription is not deleted. Whether it was stored."""
+    current = (
+        Subscription.secret_ciphertext.is_(None)
+        if replaced is None
+        else Subscription.secret_ciphertext == replaced
+    )
+    result = await conn.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, Subscription.status.in_(["active", "disabled"]), current)
+        .values(
+            secret_ciphertext=sealed,
+            previous_secret_ciphertext=previous,
+            previous_secret_expires_at=previous_until,
+        )
+    )
+    return bool(result.rowcount)
+
+
+async def forget_previous_secrets(
+    conn: AsyncConnection, subscription_ids: Sequence[str], now: datetime
+) -> None:
+    """Drop the rotated-out secrets of these subscriptions whose overlap has ended (a later
+    rotation's, still in its overlap, stays)."""
+    if subscription_ids:
+        await conn.execute(
+            update(Subscription)
+            .where(
+                Subscription.id.in_(list(subscription_ids)),
+                Subscription.previous_secret_expires_at <= now,
+            )
+            .values(previous_secret_ciphertext=None, previous_secret_expires_at=None)
+        )
 
 
 # --- fan-out: outbox events -> deliveries -------------------------------------------------

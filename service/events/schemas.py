@@ -62,11 +62,21 @@ class SubscriptionOut(BaseModel):
     # deliveries say when. Enabling it again resumes delivery where it stopped.
     status: Literal["active", "disabled", "deleted"]
     created_at: datetime
+    # After a rotation of the signing secret, until when deliveries carry the old secret's
+    # signature too; null when only the current secret signs.
+    previous_secret_expires_at: datetime | None = None
 
 
 class SubscriptionCreated(SubscriptionOut):
     # Shown once, when the subscription is made; never again.
     secret: str | None = None
+
+
+class SecretRotated(SubscriptionOut):
+    """The subscription after its signing secret was rotated, with the new secret: shown
+    only now, never again."""
+
+    secret: str
 
 
 class SubscriptionPage(BaseModel):

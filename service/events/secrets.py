@@ -5,6 +5,10 @@ does for client secrets. It keeps the secret under AES-256-GCM with a key derive
 from the root key or, with ``TELLONCE_KEY_PROVIDER=pkcs11``, with a key kept in the
 PKCS#11 token (``service.crypto.hsm.TokenSecretBox``); either way the subscription id is
 the associated data, so a ciphertext copied to another subscription does not decrypt.
+
+After a rotation the secret it replaced is kept, sealed the same way, while it still
+signs; its associated data is ``previous_context(subscription_id)``, so neither sealed
+secret opens in the other's place.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ class SigningKeyUnavailable(ServiceUnavailable):
 
 class SecretUndecryptable(Exception):
     """A stored secret did not decrypt: a different root key, or a tampered row."""
+
+
+def previous_context(subscription_id: str) -> str:
+    """The associated data of a subscription's previous (rotated-out) secret."""
+    return f"{subscription_id}/previous"
 
 
 def new_signing_secret() -> str:

@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -52,12 +52,19 @@ from service.events.schemas import (
     DeliveryPage,
     EventData,
     RedeliverOut,
+    SecretRotated,
     SubscriptionCreated,
     SubscriptionIn,
     SubscriptionOut,
     SubscriptionPage,
 )
-from service.events.secrets import SecretBox, SecretSealer, new_signing_secret
+from service.events.secrets import (
+    SecretBox,
+    SecretSealer,
+    SecretUndecryptable,
+    new_signing_secret,
+    previous_context,
+)
 from service.events.targets import Resolver, UnsafeWebhookTarget, check_target, parse
 from service.policy.terms import AgreementTerms, agreement_terms
 
@@ -78,7 +85,8 @@ class EventsRuntime:
     notifier: EventNotifier = field(default_factory=lambda: feed_notifier)
     # None: the system resolver. Tests give a stub that never leaves the machine.
     resolver: Resolver | None = None
-    # What access notices take as now (delayed disclosure); tests move it forward.
+    # What access notices (delayed disclosure) and a rotated secret's overlap take as now;
+    # tests move it forward.
     clock: Callable[[], datetime] = utcnow
     # The terms of the agreement versions audit entries cite (basis, disclosure).
     terms: AgreementTerms = field(default_factory=lambda: agreement_terms)
@@ -180,7 +188,10 @@ def _validate_against_catalog(catalog: Catalog, body: SubscriptionIn, purpose: s
     return list(dict.fromkeys(body.fields))
 
 
-def _subscription_out(row: repository.SubscriptionRow) -> SubscriptionOut:
+def _subscription_out(row: repository.SubscriptionRow, now: datetime) -> SubscriptionOut:
+    """What the API shows of ``row`` at ``now`` (the rotated-out secret's end only while it
+    still signs)."""
+    until = row.previous_secret_expires_at
     return SubscriptionOut(
         id=row.id,
         type=ACCESS_RECORDED
@@ -194,6 +205,9 @@ def _subscription_out(row: repository.SubscriptionRow) -> SubscriptionOut:
         if row.status == "active"
         else ("disabled" if row.status == "disabled" else "deleted"),
         created_at=row.created_at,
+        previous_secret_expires_at=until
+        if until is not None and row.previous_secret_ciphertext is not None and until > now
+        else None,
     )
 
 
@@ -381,7 +395,7 @@ async def get_subscription(
     runtime: EventsRuntime, caller: RequestFacts, subscription_id: str
 ) -> SubscriptionOut:
     async with runtime.engine.connect() as conn:
-        return _subscription_out(await _own_subscription(conn, caller, subscription_id))
+        return _subscription_out(await _own_subscription(conn, caller, subscription_id), runtime.clock())
 
 
 async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> None:
@@ -420,7 +434,7 @@ async def enable_subscription(
     is sent, as always. An active subscription is answered as it is, and nothing is written."""
     row, owners = await _subscription_to_change(runtime, caller, subscription_id, "enabled")
     if row.status == "active":
-        return _subscription_out(row)
+        return _subscription_out(row, runtime.clock())
     await runtime.audit.record(
         [
             subscription_change_entry(
@@ -444,7 +458,75 @@ async def enable_subscription(
         # Deleted between the read and the update: there is nothing to enable.
         raise SubscriptionNotFound("No such subscription.")
     runtime.notifier.notify()
-    return _subscription_out(now_row)
+    return _subscription_out(now_row, runtime.clock())
+
+
+async def rotate_secret(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> SecretRotated:
+    """Give a webhook subscription a new signing secret, returned only now and stored only
+    sealed. For ``webhook_secret_overlap_seconds`` (default 24 h) deliveries carry the old
+    secret's signature beside the new one's (Standard Webhooks allows several, space
+    separated), so the receiver can switch without refusing one; then only the new one's.
+    A second rotation within the overlap keeps only the secret it replaces: the oldest
+    stops at once. Audited first (``subscription-change``, ``secret-rotated``): while the
+    audit cannot be written nothing changes (503). 409 for a feed subscription, which has
+    no secret, and for a rotation that lost a race with another."""
+    row, owners = await _subscription_to_change(runtime, caller, subscription_id, "secret-rotated")
+    if row.webhook_url is None:
+        raise Conflict("The subscription reads the feed and has no webhook, so it has no signing secret.")
+    now = runtime.clock()
+    overlap = runtime.settings.webhook_secret_overlap_seconds
+    replaced = None
+    if row.secret_ciphertext is not None and overlap > 0:
+        try:
+            replaced = runtime.secret_box.open(row.secret_ciphertext, subscription_id)
+        except SecretUndecryptable:
+            # Nothing signs with it now, so there is nothing to carry over (and a new secret
+            # is how such a subscription is mended).
+            replaced = None
+    until = now + timedelta(seconds=overlap) if replaced is not None else None
+    secret = new_signing_secret()
+    sealed = runtime.secret_box.seal(secret, subscription_id)
+    previous = (
+        runtime.secret_box.seal(replaced, previous_context(subscription_id)) if replaced is not None else None
+    )
+    why = (
+        f"the previous secret signs too until {until.isoformat()}"
+        if until is not None
+        else "the previous secret no longer signs"
+    )
+    await runtime.audit.record(
+        [
+            subscription_change_entry(
+                client_id=caller.principal.client_id,
+                department=caller.department,
+                on_behalf_of=caller.principal.on_behalf_of,
+                subscription_id=subscription_id,
+                change="secret-rotated",
+                why=why,
+                fields=row.fields,
+                owners=owners,
+                purpose=row.purpose or None,
+                status=200,
+                source=caller.source,
+            )
+        ]
+    )
+    async with runtime.engine.begin() as conn:
+        stored = await repository.rotate_secret(
+            conn,
+            subscription_id,
+            replaced=row.secret_ciphertext,
+            sealed=sealed,
+            previous=previous,
+            previous_until=until,
+        )
+        now_row = await _own_or_none(conn, caller, subscription_id)
+    if now_row is None:
+        raise SubscriptionNotFound("No such subscription.")
+    if not stored:
+        raise Conflict("The secret was rotated by another request at the same time; rotate again.")
+    shown = _subscription_out(now_row, now)
+    return SecretRotated(**shown.model_dump(), secret=secret)
 
 
 async def field_owners(conn: AsyncConnection, fields: Sequence[str]) -> list[str]:
@@ -474,7 +556,8 @@ async def list_subscriptions(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_text(f"{last.created_at.isoformat()}|{last.id}")
-    return SubscriptionPage(items=[_subscription_out(row) for row in page], next_cursor=next_cursor)
+    now = runtime.clock()
+    return SubscriptionPage(items=[_subscription_out(row, now) for row in page], next_cursor=next_cursor)
 
 
 # --- deliveries ---------------------------------------------------------------------------

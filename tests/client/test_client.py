@@ -390,6 +390,31 @@ class TestEvents:
             await client_site.client("portal").enable_subscription(subscription.id)
         await welfare.delete_subscription(subscription.id)
 
+    async def test_a_rotated_secret_signs_beside_the_old_one_through_the_overlap(
+        self, client_site: ClientSite, receiver: WebhookReceiver
+    ) -> None:
+        welfare = client_site.client("welfare")
+        subscription = await welfare.subscribe(["address"], "address-update", webhook_url=receiver.url)
+        assert subscription.secret is not None
+        rotated = await welfare.rotate_secret(subscription.id)
+        assert rotated.secret.startswith("whsec_")
+        assert rotated.secret != subscription.secret
+        assert rotated.previous_secret_expires_at is not None
+        shown = await welfare.get_subscription(subscription.id)
+        assert shown.previous_secret_expires_at == rotated.previous_secret_expires_at
+        citizen_id = await _register(client_site, "NI200013")
+        await client_site.client("registrar").write_fields(citizen_id, {"address": "3 New Key Ln"}, "moved")
+        [delivered] = await receiver.until(1)
+        # A receiver holding either secret accepts it.
+        for secret in (rotated.secret, subscription.secret):
+            assert (
+                WebhookVerifier(secret).verify_event(delivered.headers, delivered.body).citizen_id
+                == citizen_id
+            )
+        with pytest.raises(NotFound):
+            await client_site.client("portal").rotate_secret(subscription.id)
+        await welfare.delete_subscription(subscription.id)
+
     async def test_feed_cursor(self, client_site: ClientSite) -> None:
         welfare = client_site.client("welfare")
         subscription = await welfare.subscribe(["date_of_death"], "civil-registration")

@@ -1,5 +1,7 @@
 """A department's changes to its own webhook subscription: enabling one the service
-disabled (delivery resumes where it stopped); refused alike, and audited, for any other."""
+disabled (delivery resumes where it stopped) and rotating its signing secret (both
+secrets sign through an overlap, then only the new); refused alike, and audited, for any
+other."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,15 +17,17 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from service.db import utcnow
 from service.events.dispatcher import Dispatcher
-from service.events.models import Delivery
+from service.events.models import Delivery, Subscription
+from service.events.secrets import SecretBox, SecretUndecryptable
 from service.events.service import EventsRuntime
 from tests.events.conftest import ListAuditSink, add_citizen, emit, running
 from tests.events.test_dispatcher import spec_verify
 from tests.fixtures.auth import act_as
-from tests.fixtures.webhooks import WebhookReceiver
+from tests.fixtures.webhooks import Received, WebhookReceiver
 
 PROBLEM = "application/problem+json"
 
@@ -238,11 +242,259 @@ class TestEnable:
         assert [d["status"] for d in await _deliveries(api, hook["id"])] == ["cancelled"]
 
 
+async def _stored_secrets(engine: AsyncEngine, subscription_id: str) -> tuple[Any, Any, Any]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    Subscription.secret_ciphertext,
+                    Subscription.previous_secret_ciphertext,
+                    Subscription.previous_secret_expires_at,
+                ).where(Subscription.id == subscription_id)
+            )
+        ).one()
+    return row[0], row[1], row[2]
+
+
+def _verifies(secret: str, request: Received) -> bool:
+    """Whether the spec's check (``spec_verify``) and the standardwebhooks library, as a
+    receiver would run them, both accept ``request`` under ``secret``; they must agree."""
+    try:
+        spec_verify(secret, request.headers, request.body)
+    except AssertionError:
+        by_spec = False
+    else:
+        by_spec = True
+    try:
+        Webhook(secret).verify(request.body, request.headers)
+    except WebhookVerificationError:
+        by_library = False
+    else:
+        by_library = True
+    assert by_spec == by_library, (by_spec, by_library)
+    return by_spec
+
+
+class TestRotateSecret:
+    async def test_both_secrets_sign_through_the_overlap_and_then_only_the_new(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer", client_id="dvla-events")
+        hook = await _subscribe(api, receiver.url)
+        old = hook["secret"]
+        citizen = await add_citizen(events_engine)
+        asked_at = utcnow()
+        response = await api.post(f"/v1/subscriptions/{hook['id']}/rotate-secret")
+        assert response.status_code == 200, response.text
+        rotated = response.json()
+        new = rotated["secret"]
+        assert new.startswith("whsec_")
+        assert new != old
+        assert (rotated["id"], rotated["status"]) == (hook["id"], "active")
+        overlap = timedelta(seconds=runtime.settings.webhook_secret_overlap_seconds)
+        assert overlap == timedelta(hours=24)
+        until = datetime.fromisoformat(rotated["previous_secret_expires_at"])
+        assert asked_at + overlap <= until <= utcnow() + overlap
+        # Shown once: never in what GET and the list show, which tell when the old one stops.
+        shown = (await api.get(f"/v1/subscriptions/{hook['id']}")).json()
+        assert "secret" not in shown
+        assert shown == {k: v for k, v in rotated.items() if k != "secret"}
+
+        # Stored only sealed; the old one sealed as the previous, and each only as itself.
+        current, previous, expires = await _stored_secrets(events_engine, hook["id"])
+        for secret in (new, old):
+            for stored in (current, previous):
+                assert secret.encode() not in stored
+                assert secret.removeprefix("whsec_").encode() not in stored
+        assert runtime.secret_box.open(current, hook["id"]) == new
+        assert runtime.secret_box.open(previous, hook["id"] + "/previous") == old
+        with pytest.raises(SecretUndecryptable):
+            runtime.secret_box.open(previous, hook["id"])
+        assert expires == until
+
+        # Audited, and never with a secret in it.
+        [entry] = audit_sink.of("subscription-change")
+        assert (entry["client_id"], entry["department"]) == ("dvla-events", "dvla")
+        assert (entry["decision"], entry["status"]) == ("permit", 200)
+        assert (entry["fields_requested"], entry["owners"], entry["purpose"]) == (
+            ["date_of_death"],
+            ["register"],
+            "licence-administration",
+        )
+        assert entry["reasons"][0]["effect"] == "secret-rotated"
+        assert entry["reasons"][0]["reason"] == (
+            f"subscription {hook['id']} secret-rotated: "
+            f"the previous secret signs too until {until.isoformat()}"
+        )
+        for secret in (new, old):
+            assert secret.removeprefix("whsec_") not in json.dumps(entry)
+
+        # During the overlap: two signatures, the new one first; either secret verifies.
+        await emit(runtime, citizen, ["date_of_death"], "register")
+        await dispatcher.run_once()
+        [during] = receiver.accepted()
+        signatures = during.headers["webhook-signature"].split(" ")
+        assert len(signatures) == 2
+        assert _verifies(new, during)
+        assert _verifies(old, during)
+        assert signatures[0] == Webhook(new).sign(
+            during.headers["webhook-id"],
+            datetime.fromtimestamp(int(during.headers["webhook-timestamp"]), tz=until.tzinfo),
+            during.body.decode(),
+        )
+
+        # After it: one signature, the new secret's; the old one no longer verifies.
+        runtime.clock = lambda: utcnow() + overlap + timedelta(seconds=1)
+        await emit(runtime, citizen, ["date_of_death"], "register")
+        await dispatcher.run_once()
+        _during, after = receiver.accepted()
+        assert len(after.headers["webhook-signature"].split(" ")) == 1
+        assert _verifies(new, after)
+        assert not _verifies(old, after)
+        # The old secret is forgotten once it no longer signs, and no longer shown.
+        assert (await _stored_secrets(events_engine, hook["id"]))[1:] == (None, None)
+        assert (await api.get(f"/v1/subscriptions/{hook['id']}")).json()["previous_secret_expires_at"] is None
+
+    async def test_a_second_rotation_keeps_only_the_secret_it_replaces_as_the_previous(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        first = (await api.post(f"/v1/subscriptions/{hook['id']}/rotate-secret")).json()["secret"]
+        second = (await api.post(f"/v1/subscriptions/{hook['id']}/rotate-secret")).json()["secret"]
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        [request] = receiver.accepted()
+        assert len(request.headers["webhook-signature"].split(" ")) == 2
+        assert _verifies(second, request)
+        assert _verifies(first, request)
+        assert not _verifies(hook["secret"], request)
+
+    async def test_with_no_overlap_the_old_secret_stops_at_once(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        runtime.settings = runtime.settings.model_copy(update={"webhook_secret_overlap_seconds": 0})
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        rotated = (await api.post(f"/v1/subscriptions/{hook['id']}/rotate-secret")).json()
+        assert rotated["previous_secret_expires_at"] is None
+        assert (await _stored_secrets(events_engine, hook["id"]))[1:] == (None, None)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        [request] = receiver.accepted()
+        assert _verifies(rotated["secret"], request)
+        assert not _verifies(hook["secret"], request)
+
+    async def test_a_disabled_subscription_may_be_rotated_then_enabled(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await _disabled_by_a_410(api, dispatcher, receiver, hook)
+        rotated = await api.post(f"/v1/subscriptions/{hook['id']}/rotate-secret")
+        assert rotated.status_code == 200, rotated.text
+        assert rotated.json()["status"] == "disabled"
+        assert (await api.post(f"/v1/subscriptions/{hook['id']}/enable")).status_code == 200
+        async with running(dispatcher):
+            [request] = await receiver.until(1)
+        assert _verifies(rotated.json()["secret"], request)
+        assert _verifies(hook["secret"], request)
+
+    async def test_audited_first_and_refused_while_the_audit_is_down(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        before = await _stored_secrets(events_engine, hook["id"])
+        audit_sink.failing = True
+        body = _assert_problem(
+            await api.post(f"/v1/subscriptions/{hook['id']}/rotate-secret"), 503, "unavailable"
+        )
+        assert "whsec_" not in json.dumps(body)
+        assert await _stored_secrets(events_engine, hook["id"]) == before
+        audit_sink.failing = False
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        [request] = receiver.accepted()
+        assert request.headers["webhook-signature"].count("v1,") == 1
+        assert _verifies(hook["secret"], request)
+
+    async def test_a_secret_that_no_longer_opens_is_mended_with_no_overlap(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        # Sealed under another key (a new root key): nothing can sign with it.
+        async with events_engine.begin() as conn:
+            await conn.execute(
+                update(Subscription)
+                .where(Subscription.id == hook["id"])
+                .values(secret_ciphertext=SecretBox(b"\x02" * 32).seal(hook["secret"], hook["id"]))
+            )
+        rotated = (await api.post(f"/v1/subscriptions/{hook['id']}/rotate-secret")).json()
+        assert rotated["previous_secret_expires_at"] is None
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await dispatcher.run_once()
+        [request] = receiver.accepted()
+        assert request.headers["webhook-signature"].count("v1,") == 1
+        assert _verifies(rotated["secret"], request)
+
+    async def test_a_feed_subscription_has_no_secret_to_rotate(
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        pulled = await _subscribe(api, None)
+        body = _assert_problem(
+            await api.post(f"/v1/subscriptions/{pulled['id']}/rotate-secret"), 409, "conflict"
+        )
+        assert "no webhook" in body["detail"]
+        assert audit_sink.of("subscription-change") == []
+
+
 class TestRefusedForAnyOther:
     """Only the owning department may change a subscription; to any other it is 404, as an
     unknown or deleted one is (no existence oracle), and the refusal is audited."""
 
-    @pytest.mark.parametrize("change", ["enable"])
+    @pytest.mark.parametrize("change", ["enable", "rotate-secret"])
     async def test_another_departments_unknown_and_deleted_are_one_404(
         self,
         events_app: FastAPI,
@@ -285,7 +537,7 @@ class TestRefusedForAnyOther:
         # Still disabled: nothing of the other department's changed.
         assert (await api.get(f"/v1/subscriptions/{theirs['id']}")).json()["status"] == "disabled"
 
-    @pytest.mark.parametrize("change", ["enable"])
+    @pytest.mark.parametrize("change", ["enable", "rotate-secret"])
     async def test_an_id_not_of_the_issued_form_is_422(
         self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink, change: str
     ) -> None:

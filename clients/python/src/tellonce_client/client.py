@@ -562,6 +562,14 @@ class TellonceClient:
             m.SubscriptionOut, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/enable"
         )
 
+    async def rotate_secret(self, subscription_id: str) -> m.SecretRotated:
+        """A new signing secret for a webhook subscription (keep it: it is shown once). Until
+        ``previous_secret_expires_at`` deliveries are signed with the old secret too, so
+        switch your ``WebhookVerifier`` to the new one before then."""
+        return await self._call(
+            m.SecretRotated, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/rotate-secret"
+        )
+
     async def deliveries(
         self, subscription_id: str, *, cursor: str | None = None, limit: int | None = None
     ) -> m.DeliveryPage:

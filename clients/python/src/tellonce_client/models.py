@@ -394,12 +394,21 @@ class SubscriptionOut(Response):
     webhook_url: str | None
     status: Literal["active", "disabled", "deleted"]
     created_at: datetime
+    # After a rotation, until when deliveries carry the old secret's signature too.
+    previous_secret_expires_at: datetime | None = None
 
 
 class SubscriptionCreated(SubscriptionOut):
     """A new subscription; ``secret`` (for webhooks) is shown here and never again."""
 
     secret: str | None = None
+
+
+class SecretRotated(SubscriptionOut):
+    """A subscription with its new signing secret, shown here and never again; the old one
+    signs too until ``previous_secret_expires_at``."""
+
+    secret: str
 
 
 class SubscriptionPage(Response):

@@ -68,8 +68,8 @@ async def _decide(
     catalog: Catalog,
     policy: CompiledPolicy,
 ) -> _Decided:
-    """Find the citizen (404/410), decide each field, refuse (audited 403/404) if nothing is
-    allowed."""
+    """Find the citizen (404, or an audited 410), decide each field, refuse (audited 403/404)
+    if nothing is allowed."""
     # The citizen's consents and objections, when an agreement with a choice decides one of
     # the fields: read with the citizen (one round trip on PostgreSQL), on every request.
     needed = policy.choices_needed(facts.department, action, requested)
@@ -95,8 +95,7 @@ async def _decide_found(
 ) -> _Decided:
     """``_decide`` on the citizen and choices already read."""
     context = records.context(facts, found.status if found else None)
-    reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
-    citizen = disclosure.readable(found, reason)
+    citizen = await records.readable(facts, action, citizen_id, found, catalog, policy, requested, context)
     if choices:
         context = with_choices({citizen_id: context}, choices)[citizen_id]
     with tracing.span("policy.decide", fields=len(requested)):
@@ -173,33 +172,20 @@ async def _load(
         return rows, await records.decrypt(catalog, rows)
 
 
-def _erased_reason(
+async def _refuse_erased(
     records: RecordsService,
     facts: RequestFacts,
     action: Action,
     citizen_id: str,
-    requested: Sequence[str],
-    policy: CompiledPolicy,
-) -> str:
-    """Why a citizen whose data keys turned out shredded (erased after its status was read)
-    gets nothing: the reason a request sent after the erasure gets, erased or not known."""
-    erased = CitizenRow(citizen_id, "erased", 0)
-    context = records.context(facts, erased.status)
-    reason = disclosure.unavailable_reason(erased, policy, facts.department, action, requested, context)
-    return reason or disclosure.ERASED_REASON
-
-
-def _refuse_erased(
-    records: RecordsService,
-    facts: RequestFacts,
-    action: Action,
-    citizen_id: str,
+    catalog: Catalog,
     requested: Sequence[str],
     policy: CompiledPolicy,
 ) -> NoReturn:
-    """Raise what a request sent after the citizen's erasure gets: 410 or 404."""
-    disclosure.readable(None, _erased_reason(records, facts, action, citizen_id, requested, policy))
-    raise CitizenNotFound(disclosure.NOT_KNOWN)  # not reached: readable refuses a reason
+    """Raise what a request sent after the citizen's erasure gets: the audited 410, or 404."""
+    erased = CitizenRow(citizen_id, "erased", 0)
+    context = records.context(facts, erased.status)
+    await records.readable(facts, action, citizen_id, erased, catalog, policy, requested, context)
+    raise CitizenNotFound(disclosure.NOT_KNOWN)  # not reached: an erased citizen is not readable
 
 
 async def _audit_release(
@@ -242,7 +228,7 @@ async def read(
         try:
             plain = await records.decrypt(catalog, rows)
         except DataKeyDestroyed:
-            _refuse_erased(records, facts, "read", citizen_id, requested, policy)
+            await _refuse_erased(records, facts, "read", citizen_id, catalog, requested, policy)
     current = {(row.citizen_id, row.field): row for row in rows}
     released = disclosure.released(catalog, citizen_id, decided.allowed, current, plain)
     await records.open_cases(facts, decided.decisions.values(), decided.context.time)
@@ -269,11 +255,15 @@ async def read(
 async def batch_get(
     records: RecordsService, facts: RequestFacts, ids: Sequence[str], fields: Sequence[str] | None
 ) -> BatchPage:
-    """Many citizens, decided field by field for each, one audit entry per known citizen.
+    """Many citizens, decided field by field for each, one audit entry per citizen a read
+    would audit.
 
     A citizen read would answer 404 or 410 for gets an item with no fields and every
     field withheld with the reason read's answer gives (unknown, or erased); one the
-    caller may not learn exists gets exactly the item of a made-up id."""
+    caller may not learn exists gets exactly the item of a made-up id. An erased citizen
+    the caller may know existed is audited with read's 410, one that exists but may not
+    be known with read's 404; an unknown id, or an erased citizen the caller may not know
+    existed, has no entry, as a read of it has none."""
     purpose = facts.stated_purpose
     unique_ids = list(dict.fromkeys(ids))
     catalog, policy = await records.read_snapshot(facts)
@@ -283,8 +273,10 @@ async def batch_get(
     decisions_by_citizen: dict[str, dict[str, Decision]] = {}
     # Why a citizen gets nothing without a decision: unknown, or erased (as read says).
     unavailable: dict[str, str] = {}
-    # Citizens the caller may not learn exist: answered like unknown ids, still audited.
-    hidden: dict[str, dict[str, Decision]] = {}
+    # Citizens refused as a read would refuse them, audited with read's status and the
+    # decisions: 404 for those the caller may not learn exist (answered like unknown
+    # ids), 410 for those it may know were erased.
+    refused: dict[str, tuple[int, dict[str, Decision]]] = {}
     contexts: dict[str, RequestContext] = {}
     allowed_any: set[str] = set()
     for citizen_id in unique_ids:
@@ -293,12 +285,23 @@ async def batch_get(
     contexts = await records.contexts_with_choices(
         {i: c for i, c in contexts.items() if i in found}, policy, facts.department, "read", requested
     ) | {i: c for i, c in contexts.items() if i not in found}
-    for citizen_id in unique_ids:
-        citizen = found.get(citizen_id)
+
+    def answered_unavailable(citizen_id: str, citizen: CitizenRow | None) -> bool:
+        """Whether ``citizen`` gets nothing without a decision (unknown, or erased, as a
+        read says); one erased is refused with read's 410 if the caller may know it."""
         context = contexts[citizen_id]
         reason = disclosure.unavailable_reason(citizen, policy, facts.department, "read", requested, context)
-        if reason is not None:
-            unavailable[citizen_id] = reason
+        if reason is None:
+            return False
+        unavailable[citizen_id] = reason
+        if reason == disclosure.ERASED_REASON:
+            decisions = records.erased_decisions(facts, "batch-get", policy, requested, context)
+            refused[citizen_id] = (410, decisions)
+        return True
+
+    for citizen_id in unique_ids:
+        context = contexts[citizen_id]
+        if answered_unavailable(citizen_id, found.get(citizen_id)):
             continue
         decisions = policy.decide(facts.department, "read", requested, context)
         await records.require_case_ref(
@@ -308,7 +311,7 @@ async def batch_get(
         if not allowed and not disclosure.may_know(policy, facts.department, "read", requested, context):
             # Where a single read would answer 404, this citizen looks exactly like an
             # unknown id: the withheld reasons would otherwise tell them apart.
-            hidden[citizen_id] = decisions
+            refused[citizen_id] = (404, decisions)
             unavailable[citizen_id] = disclosure.NOT_KNOWN_REASON
             continue
         decisions_by_citizen[citizen_id] = decisions
@@ -326,9 +329,8 @@ async def batch_get(
                 raise
             for citizen_id in erased:
                 del decisions_by_citizen[citizen_id]
-                unavailable[citizen_id] = _erased_reason(
-                    records, facts, "read", citizen_id, requested, policy
-                )
+                contexts[citizen_id] = records.context(facts, "erased")
+                answered_unavailable(citizen_id, CitizenRow(citizen_id, "erased", 0))
             rows = [row for row in rows if row.citizen_id not in erased]
     current = {(row.citizen_id, row.field): row for row in rows}
     items: list[BatchItem] = []
@@ -338,9 +340,9 @@ async def batch_get(
         if decided is None:
             withheld = [Withheld(field=n, reason=unavailable[citizen_id]) for n in requested]
             items.append(BatchItem(id=citizen_id, fields={}, withheld=withheld))
-            if citizen_id not in hidden:
-                continue  # unknown or erased: nothing was decided, as for a single read
-            decisions, allowed, status = hidden[citizen_id], [], 404
+            if citizen_id not in refused:
+                continue  # unknown, or erased and not known to the caller: as for a single read
+            (status, decisions), allowed = refused[citizen_id], []
         else:
             decisions, allowed, status = decided, disclosure.allowed(requested, decided), 200
             released = disclosure.released(catalog, citizen_id, allowed, current, plain)
@@ -472,7 +474,7 @@ async def verify(
     try:
         rows, plain = await _load(records, catalog, citizen_id, allowed)
     except DataKeyDestroyed:
-        _refuse_erased(records, facts, "verify", citizen_id, requested, policy)
+        await _refuse_erased(records, facts, "verify", citizen_id, catalog, requested, policy)
     current = {row.field: plain[(citizen_id, row.field, row.version)] for row in rows}
     results: dict[str, bool] = {}
     for name in allowed:
@@ -506,8 +508,7 @@ async def history(
         require_known(catalog, [field], purpose, loc="field")
         found = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
         context = records.context(facts, found.status if found else None)
-        reason = disclosure.unavailable_reason(found, policy, facts.department, "history", [field], context)
-        disclosure.readable(found, reason)
+        await records.readable(facts, "history", citizen_id, found, catalog, policy, [field], context)
         chosen = await records.contexts_with_choices(
             {citizen_id: context}, policy, facts.department, "history", [field], conn
         )
@@ -525,7 +526,7 @@ async def history(
         try:
             plain = await records.decrypt(catalog, page, conn)
         except DataKeyDestroyed:
-            _refuse_erased(records, facts, "history", citizen_id, [field], policy)
+            await _refuse_erased(records, facts, "history", citizen_id, catalog, [field], policy)
     await records.open_cases(facts, decisions.values(), context.time)
     await _audit_release(records, facts, "history", citizen_id, catalog, [field], [field], decisions, context)
     items = [

@@ -44,6 +44,8 @@ from service.observability import Metrics
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.policy.service import PolicyHolder
 from service.records import disclosure, repository, values
+from service.records.errors import CitizenErased
+from service.records.repository import CitizenRow
 from service.records.store import CitizenStore, CoreStore
 from service.records.validation import NATIONAL_ID_FIELD
 
@@ -239,9 +241,7 @@ class RecordsService:
         missing = policy.missing_case_ref(facts.department, decided_as, decisions, context)
         if not missing:
             return
-        # The refusal cites the agreement it was refused under, so the citizen is shown it
-        # no sooner than an access under that agreement (``service.cases.rules``).
-        decisions = {**decisions, **{name: replace(missing[name], effect="deny") for name in missing}}
+        decisions = citing_missing_case_refs(decisions, missing)
         error = CaseRefRequired(
             f"An agreement with delayed disclosure covers {', '.join(sorted(missing))}: send the case "
             "reference in the X-Case-Ref header.",
@@ -282,6 +282,72 @@ class RecordsService:
         error = disclosure.refusal(policy, facts.department, action, requested, decisions, context)
         await self.refuse_request(facts, action, citizen_id, catalog, requested, decisions, context, error)
 
+    async def readable(
+        self,
+        facts: RequestFacts,
+        action: Action,
+        citizen_id: str,
+        found: CitizenRow | None,
+        catalog: Catalog,
+        policy: CompiledPolicy,
+        requested: Sequence[str],
+        context: RequestContext,
+    ) -> CitizenRow:
+        """The citizen a read may go on with (``disclosure.readable``); else 404 for an
+        unknown citizen or an erased one the caller may not know existed, or the audited
+        410 of an erased one it may (``refuse_erased``)."""
+        reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
+        if reason == disclosure.ERASED_REASON:
+            await self.refuse_erased(facts, action, citizen_id, catalog, policy, requested, context)
+        return disclosure.readable(found, reason)
+
+    async def refuse_erased(
+        self,
+        facts: RequestFacts,
+        action: Action,
+        citizen_id: str,
+        catalog: Catalog,
+        policy: CompiledPolicy,
+        requested: Sequence[str],
+        context: RequestContext,
+    ) -> NoReturn:
+        """Audit a read of an erased citizen's record as refused with 410, then raise it:
+        an attempt is an access, and one after the erasure is what an auditor looks for.
+        The entry is under the citizen's id with its status (``context``, erased), nothing
+        released (an erased citizen has no values), and ``erased_decisions``."""
+        decisions = self.erased_decisions(facts, action, policy, requested, context)
+        error = CitizenErased(disclosure.ERASED)
+        await self.refuse_request(facts, action, citizen_id, catalog, requested, decisions, context, error)
+
+    @staticmethod
+    def erased_decisions(
+        facts: RequestFacts,
+        action: Action,
+        policy: CompiledPolicy,
+        requested: Sequence[str],
+        context: RequestContext,
+    ) -> dict[str, Decision]:
+        """The decisions a request for an erased citizen's fields is audited with: the
+        policy's, as a refusal records them (``refused_decisions``), so the entry names the
+        agreements the request was made under."""
+        decisions = policy.decide(facts.department, DECIDED_AS.get(action, action), requested, context)
+        return RecordsService.refused_decisions(facts, action, policy, decisions, context)
+
+    @staticmethod
+    def refused_decisions(
+        facts: RequestFacts,
+        action: Action,
+        policy: CompiledPolicy,
+        decisions: Mapping[str, Decision],
+        context: RequestContext,
+    ) -> dict[str, Decision]:
+        """``decisions`` as a refusal for another reason than the case reference records
+        them: citing, for a field a delayed-disclosure agreement would permit under the case
+        reference the request lacks, that agreement (``citing_missing_case_refs``)."""
+        decided_as = DECIDED_AS.get(action, action)
+        missing = policy.missing_case_ref(facts.department, decided_as, decisions, context)
+        return citing_missing_case_refs(decisions, missing)
+
     async def refuse_request(
         self,
         facts: RequestFacts,
@@ -307,6 +373,16 @@ class RecordsService:
             context=context,
         )
         await self.refuse(entry, error)
+
+
+def citing_missing_case_refs(
+    decisions: Mapping[str, Decision], missing: Mapping[str, Decision]
+) -> dict[str, Decision]:
+    """``decisions`` with each field of ``missing`` (``CompiledPolicy.missing_case_ref``)
+    decided as the delayed-disclosure agreement that would permit it with a case reference,
+    denied. A refusal cites the agreement it was refused under, so the citizen is shown it
+    no sooner than an access under that agreement (``service.cases.rules``)."""
+    return {**decisions, **{name: replace(missing[name], effect="deny") for name in missing}}
 
 
 def with_choices(

@@ -27,6 +27,7 @@ from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.records import disclosure, repository, values
 from service.records.errors import (
+    CitizenErased,
     CitizenNotFound,
     InvalidFieldValue,
     NotPermitted,
@@ -217,11 +218,11 @@ async def write(
     it for the stated purpose; 412 if ``if_match`` does not name the record's version, 409
     if it gives ``national_id`` a value another citizen holds; 422 without ``X-Case-Ref``
     under a delayed-disclosure agreement, whose case a permitted write opens. A refusal
-    (403, 412, 409, 422) is audited. A caller that may write the fields is told 404 for an
-    unknown citizen and 410 for an erased one, unaudited, as for a read; one that may not,
-    and may not otherwise learn who is registered (``disclosure.may_know_writing``), is
-    told 404 alike for an unknown, an existing and an erased citizen, and that refusal is
-    audited."""
+    (403, 410, 412, 409, 422) is audited. A caller that may write the fields is told 404
+    for an unknown citizen (unaudited, as for a read: no one's record was reached) and 410
+    for an erased one; one that may not, and may not otherwise learn who is registered
+    (``disclosure.may_know_writing``), is told 404 alike for an unknown, an existing and an
+    erased citizen, and that refusal is audited (once, as 404)."""
     # The writer's reason is required but not stored: it is free text and may well
     # hold personal data ("moved in with her mother at ..."), which the audit must not.
     del reason
@@ -250,14 +251,19 @@ async def write(
                 written = await _store_write(
                     records, conn, facts, catalog, citizen_id, clean, decisions, context, if_match, started
                 )
-    except (StaleVersion, Conflict) as error:
-        # Refused after the decision: rolled back, then audited as a 403 is.
+    except (CitizenErased, StaleVersion, Conflict) as error:
+        # Refused after the decision (erased before it, or since it was read): rolled
+        # back, then audited as a 403 is.
         refused = error
     if written is not None:
         # Committed: wake feeds and dispatchers waiting in this process.
         events_service.notify()
         return written
-    if refused is None:
+    if isinstance(refused, CitizenErased) and facts.purpose is not None:
+        # A delegate's 410 cites a delayed-disclosure agreement it lacked the case reference
+        # for, as a read's does (``RecordsService.erased_decisions``).
+        decisions = records.refused_decisions(facts, "write", policy, decisions, context)
+    elif refused is None:
         if facts.purpose is not None:
             # A delegated write (decided by policy) under a delayed-disclosure agreement
             # without X-Case-Ref: 422, as a read is refused.
@@ -381,35 +387,41 @@ async def erase(
     reason (a fixed code, so no free text reaches the audit) and the stated legal basis are
     kept in the audit entry. A refusal is a 403 whether or not the citizen exists, and is
     audited; so is a 412 when ``if_match`` does not name the record's version (nothing is
-    erased)."""
+    erased), and the 410 of a citizen erased already."""
     legal_basis = validated_legal_basis(legal_basis)
     started = now()
-    async with records.transactions.begin() as conn:
-        catalog, policy = await records.snapshot(conn, facts)
-        require_known(catalog, [], facts.purpose, loc="query")
-        citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
-        context = records.context(facts, citizen.status if citizen else None)
-        decision = _erase_decision(catalog, policy, facts, context, reason, legal_basis)
+    refused: ServiceError | None = None
+    try:
+        async with records.transactions.begin() as conn:
+            catalog, policy = await records.snapshot(conn, facts)
+            require_known(catalog, [], facts.purpose, loc="query")
+            citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
+            context = records.context(facts, citizen.status if citizen else None)
+            decision = _erase_decision(catalog, policy, facts, context, reason, legal_basis)
+            if decision.effect == "permit":
+                disclosure.present(citizen)
+                # Marked first, and only if not erased yet: that update takes SQLite's write
+                # lock or waits for the citizen's row on PostgreSQL, so of erasures sent at
+                # once one shreds and is audited and the others, finding the citizen erased,
+                # are 410 (the read above may predate the first one's commit).
+                expected = None if if_match is None else if_match.versions
+                if await repository.mark_erased(conn, citizen_id, started, expected=expected):
+                    # Its key events are audited in this transaction (the keyring's hook).
+                    await records.keyring.shred_citizen(conn, citizen_id)
+                    await audit_writer.append_in_transaction(
+                        conn, _erase_entry(records, facts, citizen_id, catalog, decision, context, status=204)
+                    )
+                    return
+                # Erased meanwhile (410), else at a version ``if_match`` does not name.
+                disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
+    except CitizenErased as gone:
+        # Erased already: rolled back, then audited as a 403 is.
+        refused = gone
+    if refused is None:
         if decision.effect == "permit":
-            disclosure.present(citizen)
-            # Marked first, and only if not erased yet: that update takes SQLite's write lock
-            # or waits for the citizen's row on PostgreSQL, so of erasures sent at once one
-            # shreds and is audited and the others, finding the citizen erased, are 410 (the
-            # read above may predate the first one's commit).
-            expected = None if if_match is None else if_match.versions
-            if await repository.mark_erased(conn, citizen_id, started, expected=expected):
-                # Its key events are audited in this transaction (the keyring's hook).
-                await records.keyring.shred_citizen(conn, citizen_id)
-                await audit_writer.append_in_transaction(
-                    conn, _erase_entry(records, facts, citizen_id, catalog, decision, context, status=204)
-                )
-                return
-            # Erased meanwhile (410), else at a version ``if_match`` does not name.
-            disclosure.present((await repository.get_citizens(conn, [citizen_id])).get(citizen_id))
-    if decision.effect == "permit":
-        refused: ServiceError = StaleVersion("The record is not at the version you read; read it again.")
-    else:
-        refused = NotPermitted(f"Not permitted to erase this citizen: {decision.reason}")
+            refused = StaleVersion("The record is not at the version you read; read it again.")
+        else:
+            refused = NotPermitted(f"Not permitted to erase this citizen: {decision.reason}")
     refusal = _erase_entry(records, facts, citizen_id, catalog, decision, context, status=refused.status)
     await records.refuse(refusal, refused)
 

@@ -627,9 +627,13 @@ class TestBatchAndErase:
             f"/v1/citizens/{citizen_id}", params=ERASURE, headers=REGISTRAR
         )
         problem(again, 410)
-        [erased] = [e for e in await audit_entries(records_env, citizen_id) if e["action"] == "erase"]
-        # The citizen's status the decision saw is recorded, as for every decided access.
-        assert erased["citizen_status"] == "active"
+        erasures = [e for e in await audit_entries(records_env, citizen_id) if e["action"] == "erase"]
+        # The citizen's status the decision saw is recorded, as for every decided access;
+        # the second erasure is audited as refused with its 410.
+        assert [(e["status"], e["decision"], e["citizen_status"]) for e in erasures] == [
+            (204, "permit", "active"),
+            (410, "deny", "erased"),
+        ]
 
     async def test_erasures_sent_at_once_erase_once(self, committed_records_env: RecordsEnv) -> None:
         """One shreds and is audited; the others find the citizen erased: 410, as an erasure
@@ -644,8 +648,11 @@ class TestBatchAndErase:
         for answer in answers:
             if answer.status_code == 410:
                 problem(answer, 410)
-        actions = [e["action"] for e in await audit_entries(env, citizen_id)]
-        assert actions.count("erase") == 1
+        entries = await audit_entries(env, citizen_id)
+        # One shredding; the others are audited as the refusals they were.
+        assert [e["action"] for e in entries].count("key-operation") == 1
+        erasures = sorted((e["status"], e["decision"]) for e in entries if e["action"] == "erase")
+        assert erasures == [(204, "permit"), (410, "deny"), (410, "deny"), (410, "deny")]
         read = await env.client.get(url, params={"purpose": "benefit-eligibility"}, headers=WELFARE)
         problem(read, 410)
 

@@ -225,6 +225,29 @@ class TestHotReadMatchesDeclaredRoute:
         assert hot == declared
         assert hot[0] == 404
 
+    async def test_erased_citizen_is_410_and_audited_alike(self, records_env: RecordsEnv) -> None:
+        """The hot route's 410 goes through the records read as the declared route's does:
+        each is one refused entry with status 410 before the answer leaves."""
+        citizen_id, _ = await records_env.register(given_name="Cy")
+        erasure = await records_env.client.delete(
+            f"/v1/citizens/{citizen_id}",
+            params={"reason": "court-order", "legal_basis": "Court order 1"},
+            headers=as_("register", "registrar"),
+        )
+        assert erasure.status_code == 204, erasure.text
+        hot, declared, served = await _both(records_env, f"/v1/citizens/{citizen_id}", READ, WELFARE)
+        assert served == 0  # refused by raising, in the hot handler
+        assert hot == declared
+        assert hot[0] == 410
+        response = await records_env.client.get(
+            "/v1/audit/entries", params={"citizen_id": citizen_id, "action": "read"}, headers=AUDITOR
+        )
+        reads = [item["entry"] for item in response.json()["items"]]
+        assert [(e["department"], e["status"], e["decision"], e["fields_released"]) for e in reads] == [
+            ("welfare", 410, "deny", []),
+            ("welfare", 410, "deny", []),
+        ]
+
     @pytest.mark.parametrize(
         ("citizen_id", "params"),
         [

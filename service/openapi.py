@@ -52,7 +52,8 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/v1/audit/entries"): {400},
     ("GET", "/v1/audit/export"): {400},
     ("GET", "/v1/audit/reports/usage"): {400},
-    ("GET", "/v1/citizens/{citizen_id}/access-log"): {404, 410},
+    # 404 for an unknown citizen only: an erased citizen's audit stays, and so does its log.
+    ("GET", "/v1/citizens/{citizen_id}/access-log"): {404},
     ("POST", "/v1/citizens"): {409, 503},
     ("POST", "/v1/citizens/lookup"): {404, 503},
     ("POST", "/v1/citizens/batch-get"): {503},

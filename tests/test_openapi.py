@@ -123,6 +123,14 @@ class TestDocument:
             elif "if-match" in headers:
                 assert not headers["if-match"].get("required"), f"{method} {path}"
 
+    def test_the_access_log_declares_no_gone(self, document: dict[str, Any]) -> None:
+        """An erased citizen's access log answers 200 (the audit stays, and with it who
+        asked after the erasure: ``tests/records/test_erased_audited.py``), so it declares
+        404 for an unknown citizen and no 410."""
+        responses = document["paths"]["/v1/citizens/{citizen_id}/access-log"]["get"]["responses"]
+        assert "404" in responses
+        assert "410" not in responses
+
     def test_the_registration_example_is_valid_for_the_shipped_catalog(
         self, document: dict[str, Any]
     ) -> None:

@@ -20,6 +20,10 @@ REPLAYED_ACTIONS = {
 }
 
 
+# The status of an erased citizen, whose requests get nothing under any policy.
+ERASED = "erased"
+
+
 class AuditedRequests:
     """The audit store as simulate's source of past requests, paged by entry id.
 
@@ -27,6 +31,10 @@ class AuditedRequests:
     it are replayed with that status. Entries written before the status was recorded have
     none: they are replayed with a null status, as a decision on a citizen whose status is
     not known (``citizen.status == "active"`` is false for them, so it denies).
+
+    Requests for an erased citizen (status ``erased``: each refused with 410, or 404 to a
+    caller that may not know it existed) are left out: no agreement could change their
+    answer, so a draft would only seem to change them.
     """
 
     def __init__(self, engine: AsyncEngine, page_size: int = 2000) -> None:
@@ -53,6 +61,8 @@ class AuditedRequests:
                 last_id = row.id
                 entry = json.loads(row.canonical)
                 if not entry.get("purpose") or not entry.get("fields_requested"):
+                    continue
+                if entry.get("citizen_status") == ERASED:
                     continue
                 yield RecordedRequest(
                     consumer=entry["department"],

@@ -35,8 +35,9 @@ def _policy(**changes: object) -> CompiledPolicy:
 
 @pytest.fixture
 async def audited_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """A fresh committed database with reads of an active citizen, a deceased one, and one
-    recorded before the status was (no ``citizen_status``)."""
+    """A fresh committed database with reads of an active citizen, a deceased one, one
+    recorded before the status was (no ``citizen_status``), and one of an erased citizen,
+    refused with 410."""
     url = await create_scratch_database(database_url)
     engine = create_engine(url)
     read = {"purpose": "benefit-eligibility", "fields_requested": ["licence_status"], "owners": ["dvla"]}
@@ -48,6 +49,16 @@ async def audited_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
                 make_entry(citizen_status="active", **read),
                 make_entry(citizen_status="deceased", **read),
                 make_entry(**read),
+                make_entry(
+                    citizen_status="erased",
+                    status=410,
+                    decision="deny",
+                    fields_released=[],
+                    reasons=[
+                        {"field": "licence_status", "effect": "permit", "agreement": "a1", "version": 1}
+                    ],
+                    **read,
+                ),
             ],
         )
     yield engine
@@ -57,6 +68,8 @@ async def audited_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 class TestAuditedRequests:
     async def test_replays_the_recorded_citizen_status(self, audited_engine: AsyncEngine) -> None:
+        """A request for an erased citizen is not replayed: no agreement could change its
+        answer (410, or 404), so it would count as a change that changes nothing."""
         replayed = [r async for r in AuditedRequests(audited_engine).recorded_requests(None)]
         assert [r.citizen_status for r in replayed] == ["active", "active", "deceased", None]
 

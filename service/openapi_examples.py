@@ -74,7 +74,7 @@ _PROOF = {
     "entry": _ENTRY,
 }
 _SUBSCRIPTION = {
-    "id": "sub_01JDQ3A0B1C2D3E4F5G6H7J8K9",
+    "id": "2f6c1a9e-4b7d-4e21-8c3a-9d5e0f1b2c74",
     "type": "citizen.fields_changed",
     "department": "dwp",
     "fields": ["address", "date_of_death"],
@@ -85,7 +85,7 @@ _SUBSCRIPTION = {
     "previous_secret_expires_at": None,
 }
 _EVENT = {
-    "event_id": "evt_01JDQ3C4D5E6F7G8H9J0K1M2N3",
+    "event_id": "8a1d4c2e-7f3b-4a96-b5e0-3c9f6d2e1a08",
     "citizen_id": CITIZEN,
     "fields": ["address"],
     "owner": "council",

@@ -391,6 +391,37 @@ async def _subscription_to_change(
     return row, owners
 
 
+async def _audit_change(
+    runtime: EventsRuntime,
+    caller: RequestFacts,
+    subscription_id: str,
+    row: repository.SubscriptionRow,
+    owners: Sequence[str],
+    change: str,
+    status: int,
+    why: str = "",
+) -> None:
+    """The caller's ``change`` of its subscription, audited (``subscription-change``) before
+    it is made; ``AuditUnavailable`` (503) while the audit cannot be written."""
+    await runtime.audit.record(
+        [
+            subscription_change_entry(
+                client_id=caller.principal.client_id,
+                department=caller.department,
+                on_behalf_of=caller.principal.on_behalf_of,
+                subscription_id=subscription_id,
+                change=change,
+                why=why,
+                fields=row.fields,
+                owners=owners,
+                purpose=row.purpose or None,
+                status=status,
+                source=caller.source,
+            )
+        ]
+    )
+
+
 async def get_subscription(
     runtime: EventsRuntime, caller: RequestFacts, subscription_id: str
 ) -> SubscriptionOut:
@@ -402,22 +433,7 @@ async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subs
     """End the subscription, audited first (``subscription-change``) as its making was: while
     the audit cannot be written it stays as it is (503). A refusal is audited too."""
     row, owners = await _subscription_to_change(runtime, caller, subscription_id, "deleted")
-    await runtime.audit.record(
-        [
-            subscription_change_entry(
-                client_id=caller.principal.client_id,
-                department=caller.department,
-                on_behalf_of=caller.principal.on_behalf_of,
-                subscription_id=subscription_id,
-                change="deleted",
-                fields=row.fields,
-                owners=owners,
-                purpose=row.purpose or None,
-                status=204,
-                source=caller.source,
-            )
-        ]
-    )
+    await _audit_change(runtime, caller, subscription_id, row, owners, "deleted", 204)
     async with runtime.engine.begin() as conn:
         await repository.delete_subscription(conn, subscription_id, utcnow())
 
@@ -435,22 +451,7 @@ async def enable_subscription(
     row, owners = await _subscription_to_change(runtime, caller, subscription_id, "enabled")
     if row.status == "active":
         return _subscription_out(row, runtime.clock())
-    await runtime.audit.record(
-        [
-            subscription_change_entry(
-                client_id=caller.principal.client_id,
-                department=caller.department,
-                on_behalf_of=caller.principal.on_behalf_of,
-                subscription_id=subscription_id,
-                change="enabled",
-                fields=row.fields,
-                owners=owners,
-                purpose=row.purpose or None,
-                status=200,
-                source=caller.source,
-            )
-        ]
-    )
+    await _audit_change(runtime, caller, subscription_id, row, owners, "enabled", 200)
     async with runtime.engine.begin() as conn:
         await repository.enable_subscription(conn, subscription_id, utcnow())
         now_row = await _own_or_none(conn, caller, subscription_id)
@@ -494,23 +495,7 @@ async def rotate_secret(runtime: EventsRuntime, caller: RequestFacts, subscripti
         if until is not None
         else "the previous secret no longer signs"
     )
-    await runtime.audit.record(
-        [
-            subscription_change_entry(
-                client_id=caller.principal.client_id,
-                department=caller.department,
-                on_behalf_of=caller.principal.on_behalf_of,
-                subscription_id=subscription_id,
-                change="secret-rotated",
-                why=why,
-                fields=row.fields,
-                owners=owners,
-                purpose=row.purpose or None,
-                status=200,
-                source=caller.source,
-            )
-        ]
-    )
+    await _audit_change(runtime, caller, subscription_id, row, owners, "secret-rotated", 200, why=why)
     async with runtime.engine.begin() as conn:
         stored = await repository.rotate_secret(
             conn,

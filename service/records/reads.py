@@ -261,9 +261,9 @@ async def batch_get(
     A citizen read would answer 404 or 410 for gets an item with no fields and every
     field withheld with the reason read's answer gives (unknown, or erased); one the
     caller may not learn exists gets exactly the item of a made-up id. An erased citizen
-    the caller may know existed is audited with read's 410, one that exists but may not
-    be known with read's 404; an unknown id, or an erased citizen the caller may not know
-    existed, has no entry, as a read of it has none."""
+    is audited with read's status, 410 if the caller may know it existed and 404 if not,
+    and so is one that exists but may not be known (404); an unknown id has no entry, as
+    a read of it has none."""
     purpose = facts.stated_purpose
     unique_ids = list(dict.fromkeys(ids))
     catalog, policy = await records.read_snapshot(facts)
@@ -274,8 +274,8 @@ async def batch_get(
     # Why a citizen gets nothing without a decision: unknown, or erased (as read says).
     unavailable: dict[str, str] = {}
     # Citizens refused as a read would refuse them, audited with read's status and the
-    # decisions: 404 for those the caller may not learn exist (answered like unknown
-    # ids), 410 for those it may know were erased.
+    # decisions: 404 for those the caller may not learn exist or existed (answered like
+    # unknown ids), 410 for those it may know were erased.
     refused: dict[str, tuple[int, dict[str, Decision]]] = {}
     contexts: dict[str, RequestContext] = {}
     allowed_any: set[str] = set()
@@ -288,15 +288,16 @@ async def batch_get(
 
     def answered_unavailable(citizen_id: str, citizen: CitizenRow | None) -> bool:
         """Whether ``citizen`` gets nothing without a decision (unknown, or erased, as a
-        read says); one erased is refused with read's 410 if the caller may know it."""
+        read says); one erased is refused, and audited, with read's status: 410 if the
+        caller may know it existed, else 404."""
         context = contexts[citizen_id]
         reason = disclosure.unavailable_reason(citizen, policy, facts.department, "read", requested, context)
         if reason is None:
             return False
         unavailable[citizen_id] = reason
-        if reason == disclosure.ERASED_REASON:
+        if citizen is not None:
             decisions = records.erased_decisions(facts, "batch-get", policy, requested, context)
-            refused[citizen_id] = (410, decisions)
+            refused[citizen_id] = (410 if reason == disclosure.ERASED_REASON else 404, decisions)
         return True
 
     for citizen_id in unique_ids:

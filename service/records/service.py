@@ -44,7 +44,7 @@ from service.observability import Metrics
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
 from service.policy.service import PolicyHolder
 from service.records import disclosure, repository, values
-from service.records.errors import CitizenErased
+from service.records.errors import CitizenErased, CitizenNotFound
 from service.records.repository import CitizenRow
 from service.records.store import CitizenStore, CoreStore
 from service.records.validation import NATIONAL_ID_FIELD
@@ -294,10 +294,10 @@ class RecordsService:
         context: RequestContext,
     ) -> CitizenRow:
         """The citizen a read may go on with (``disclosure.readable``); else 404 for an
-        unknown citizen or an erased one the caller may not know existed, or the audited
-        410 of an erased one it may (``refuse_erased``)."""
+        unknown citizen, and for an erased one the audited refusal (``refuse_erased``):
+        410 to a caller that may know it existed, the 404 of an unknown id to any other."""
         reason = disclosure.unavailable_reason(found, policy, facts.department, action, requested, context)
-        if reason == disclosure.ERASED_REASON:
+        if found is not None and reason is not None:
             await self.refuse_erased(facts, action, citizen_id, catalog, policy, requested, context)
         return disclosure.readable(found, reason)
 
@@ -311,12 +311,19 @@ class RecordsService:
         requested: Sequence[str],
         context: RequestContext,
     ) -> NoReturn:
-        """Audit a read of an erased citizen's record as refused with 410, then raise it:
-        an attempt is an access, and one after the erasure is what an auditor looks for.
-        The entry is under the citizen's id with its status (``context``, erased), nothing
-        released (an erased citizen has no values), and ``erased_decisions``."""
+        """Audit a read of an erased citizen's record as refused, then raise the refusal:
+        410 if the caller may know the citizen existed (``disclosure.may_know``), else the
+        404 an unknown id gets, as a live citizen's record is refused to such a caller
+        (audited too). An attempt is an access, and one after the erasure is what an
+        auditor looks for. The entry is under the citizen's id with its status
+        (``context``, erased), nothing released (an erased citizen has no values), and
+        ``erased_decisions``."""
         decisions = self.erased_decisions(facts, action, policy, requested, context)
-        error = CitizenErased(disclosure.ERASED)
+        error: ServiceError = (
+            CitizenErased(disclosure.ERASED)
+            if disclosure.may_know(policy, facts.department, action, requested, context)
+            else CitizenNotFound(disclosure.NOT_KNOWN)
+        )
         await self.refuse_request(facts, action, citizen_id, catalog, requested, decisions, context, error)
 
     @staticmethod

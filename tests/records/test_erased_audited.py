@@ -234,3 +234,46 @@ class TestGoneFailsClosed:
         )
         _problem(response, 503)
         assert "erased" not in response.text
+
+
+class TestToldNotFound:
+    async def test_a_reader_that_may_not_know_is_told_404_and_audited_as_404(
+        self, records_env: RecordsEnv
+    ) -> None:
+        """Revenue may not look citizens up and is party to no agreement over given_name: an
+        erased citizen is answered as a made-up id (404), and audited with that 404 as a
+        live citizen's refused read is. A made-up id names no citizen and has no entry."""
+        erased = await _erased(records_env)
+        live, _ = await records_env.register(given_name="Alive")
+        made_up = "00000000-0000-4000-8000-000000000000"
+        revenue = as_("revenue", "consumer")
+        answers = []
+        for citizen_id in (erased, live, made_up):
+            response = await records_env.client.get(
+                f"/v1/citizens/{citizen_id}",
+                params={"purpose": PURPOSE, "fields": "given_name"},
+                headers=revenue,
+            )
+            answers.append(_problem(response, 404))
+        assert answers[0] == answers[1] == answers[2]
+        for citizen_id in (erased, live):
+            reads = [e for e in await _entries(records_env, citizen_id=citizen_id) if e["action"] == "read"]
+            assert [(e["status"], e["decision"], e["client_id"]) for e in reads] == [
+                (404, "deny", reads[0]["client_id"])
+            ]
+            assert reads[0]["department"] == "revenue"
+        assert await _entries(records_env, citizen_id=made_up) == []
+
+        batch = await records_env.client.post(
+            "/v1/citizens/batch-get",
+            json={"ids": [erased, live, made_up], "fields": ["given_name"], "purpose": PURPOSE},
+            headers=revenue,
+        )
+        assert batch.status_code == 200, batch.text
+        items = batch.json()["items"]
+        assert [item["withheld"] for item in items[:2]] == [items[2]["withheld"]] * 2
+        for citizen_id in (erased, live):
+            batched = [
+                e for e in await _entries(records_env, citizen_id=citizen_id) if e["action"] == "batch-get"
+            ]
+            assert [(e["status"], e["decision"]) for e in batched] == [(404, "deny")]

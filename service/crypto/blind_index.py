@@ -22,27 +22,47 @@ _FIELD_INFO = b"tellonce/blind-index/field/v1/"
 
 
 # Version 2 drops format (Cf) and control (Cc) characters; version 1 kept them, so an id
-# with a zero-width space indexed apart from the same id without. Rows carry the version
-# their index was computed with; `tellonce records reindex` rebuilds version 1 indexes.
-NORMALISATION_VERSION = 2
+# with a zero-width space indexed apart from the same id without. Version 3 drops whitespace
+# inside the value too; version 2 kept it, so "AB 12 34 56 C" indexed apart from
+# "AB123456C". Rows carry the version their index was computed with; `tellonce records
+# reindex` rebuilds the indexes of older versions.
+NORMALISATION_VERSION = 3
+
+# Unicode's White_Space property (PropList.txt): the ASCII spaces and line ends, NEL, the
+# no-break, ogham, en to hair, narrow no-break, medium mathematical and ideographic spaces,
+# and the line and paragraph separators. Never part of an identifier, wherever it stands.
+WHITESPACE = frozenset(
+    "\t\n\v\f\r \x85\xa0\u1680"
+    "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def without_whitespace(text: str) -> str:
+    """``text`` with every whitespace character removed: the one whitespace rule, which
+    the blind index and the stored spelling of an identifier (records.values) share."""
+    return "".join(ch for ch in text if ch not in WHITESPACE)
 
 
 def normalise(value: str) -> str:
-    """NFKC, without format or control characters, case-folded, trimmed. NFKC runs again
-    after folding: folding can denormalise."""
+    """NFKC, without whitespace, format or control characters, case-folded. NFKC runs again
+    after folding: folding can denormalise, and so can dropping a character between a
+    letter and its combining mark."""
     if value.isascii() and value.isprintable():
         # Printable ASCII (most identifiers): NFKC leaves it as it is, it holds no format
-        # or control character, and folding is lower(). The same result, several times faster.
-        return value.lower().strip()
+        # or control character, its only whitespace is the space, and folding is lower().
+        # The same result, several times faster.
+        return value.lower().replace(" ", "")
     return normalise_unicode(value)
 
 
 def normalise_unicode(value: str) -> str:
     """``normalise`` for any text, step by step."""
     composed = unicodedata.normalize("NFKC", value)
-    visible = "".join(ch for ch in composed if unicodedata.category(ch) not in ("Cf", "Cc"))
-    folded = unicodedata.normalize("NFKC", visible.casefold())
-    return folded.strip()
+    visible = "".join(
+        ch for ch in without_whitespace(composed) if unicodedata.category(ch) not in ("Cf", "Cc")
+    )
+    return unicodedata.normalize("NFKC", visible.casefold())
 
 
 class BlindIndexer:

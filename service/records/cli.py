@@ -48,8 +48,9 @@ def reindex(
     """Rebuild blind indexes computed with an older identifier normalisation.
 
     Safe to interrupt: run it again and it resumes after the last finished batch. Exit 1
-    if, afterwards, two citizens share one national id (look-alike ids registered twice
-    before normalisation); their ids are printed so the register can resolve them."""
+    if, afterwards, two citizens share one national id (look-alike ids, or one id with and
+    without spaces inside, registered twice before normalisation); their ids are printed so
+    the register can resolve them."""
     settings = get_settings()
     keyring = Keyring.from_settings(settings)
 

@@ -70,7 +70,8 @@ class FieldValue(Base):
     # Truncated HMAC of the normalised value, for searchable fields only.
     blind_index: Mapped[bytes | None] = mapped_column(LargeBinary(16), default=None)
     # The normalisation the blind index was computed with (service.crypto.blind_index).
-    # Rows from before version 2 read 1 until `tellonce records reindex` rebuilds them.
+    # Rows from before version 2 read 1; `tellonce records reindex` rebuilds every row
+    # below the current version.
     blind_index_version: Mapped[int] = mapped_column(
         Integer, default=NORMALISATION_VERSION, server_default=text("1")
     )

@@ -51,12 +51,12 @@ def validated_values(catalog: Catalog, submitted: Mapping[str, Any], loc: str) -
             errors.append({"loc": [loc, name], "msg": "a value is required (null cannot be written)"})
             continue
         try:
-            value = values.validate(spec, raw)
-            # A value citizens are found by is canonical before it is indexed or compared.
+            # A value citizens are found by is canonical before it is indexed or compared,
+            # and its length is the canonical one: the spaces of "AB 12 34 56 C" do not count.
             identifying = spec.searchable or name == NATIONAL_ID_FIELD
-            if identifying and spec.type == "string" and isinstance(value, str):
-                value = values.identifier(value)
-            clean[name] = value
+            if identifying and spec.type == "string" and isinstance(raw, str):
+                raw = values.identifier(raw)
+            clean[name] = values.validate(spec, raw)
         except values.ValueRejected as exc:
             errors.append({"loc": [loc, name], "msg": f"{name} {exc}"})
     if errors:

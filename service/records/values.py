@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.catalog.schemas import FieldSpec
+from service.crypto import blind_index
 
 JsonValue = str | int | bool | None
 
@@ -74,19 +75,24 @@ def validate(spec: FieldSpec, raw: Any) -> JsonValue:
 def identifier(raw: str) -> str:
     """The canonical form of an identifier that citizens are found by (a searchable string).
 
-    NFKC first, so a fullwidth or otherwise compatible spelling becomes the plain one; then
-    any format character (Unicode category Cf: zero-width spaces, direction overrides) or
-    control character that is left is refused rather than silently dropped, because two ids
-    that print the same must be one id. A lone surrogate (category Cs), which no UTF-8
+    NFKC first, so a fullwidth or otherwise compatible spelling becomes the plain one, and
+    trimmed; then any format character (Unicode category Cf: zero-width spaces, direction
+    overrides) or control character that is left is refused rather than silently dropped,
+    because two ids that print the same must be one id. Whitespace inside (a space, a
+    no-break or ideographic space) is not part of an identifier: it is removed, so
+    "AB 12 34 56 C" is stored as "AB123456C" (the blind index's whitespace rule,
+    ``blind_index.without_whitespace``), and NFKC runs again in case a removed space stood
+    between a letter and a combining mark. A lone surrogate (category Cs), which no UTF-8
     text holds, is refused too. Runs before the blind index and the duplicate check.
     """
     if not raw.isascii() and has_surrogate(raw):
         raise ValueRejected(SURROGATE)
-    canonical = unicodedata.normalize("NFKC", raw).strip()
+    composed = unicodedata.normalize("NFKC", raw).strip()
+    if any(unicodedata.category(ch) in ("Cf", "Cc") for ch in composed):
+        raise ValueRejected("must not contain invisible format or control characters")
+    canonical = unicodedata.normalize("NFKC", blind_index.without_whitespace(composed))
     if not canonical:
         raise ValueRejected("must not be empty")
-    if any(unicodedata.category(ch) in ("Cf", "Cc") for ch in canonical):
-        raise ValueRejected("must not contain invisible format or control characters")
     return canonical
 
 

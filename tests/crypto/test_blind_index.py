@@ -5,23 +5,46 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.crypto.aead import DataKey, encrypt_value
-from service.crypto.blind_index import BLIND_INDEX_BYTES, normalise, normalise_unicode
+from service.crypto.blind_index import (
+    BLIND_INDEX_BYTES,
+    NORMALISATION_VERSION,
+    WHITESPACE,
+    normalise,
+    normalise_unicode,
+)
 from service.crypto.providers import LocalKeyProvider
 from tests.fixtures.crypto import make_keyring
 
 ROOT = secrets.token_bytes(32)
 KEYRING = make_keyring(ROOT)
 
+# Printable ASCII with spaces drawn often, so that runs of them and leading, inner and
+# trailing ones all turn up.
+PRINTABLE_ASCII_WITH_SPACES = st.text(
+    alphabet=st.one_of(st.just(" "), st.characters(min_codepoint=0x20, max_codepoint=0x7E)), max_size=30
+)
+
 
 class TestNormalisation:
     def test_equivalent_spellings_share_an_index(self) -> None:
         equivalents = [
             ("AB123456C", "ab123456c", "  AB123456C\t", "\u00a0ab123456c\n"),
+            # Whitespace inside is not significant either (normalisation 3): the grouped
+            # spelling of an NI number, no-break and other-width spaces, line breaks.
+            (
+                "AB123456C",
+                "AB 12 34 56 C",
+                "ab  12\u00a034\u202f56\u2009c",
+                "AB\u300012\u168034\u2028\u202956C",
+                "AB\t12\n34\u008556\u205fC",
+            ),
+            ("SW1A 1AA", "SW1A1AA", "sw1a\u00a01aa"),
             # Full-width letters and digits fold to ASCII under NFKC.
             ("AB123456C", "\uff21\uff22\uff11\uff12\uff13\uff14\uff15\uff16\uff23"),
             # Composed and decomposed accents; case folding of sharp s.
@@ -38,7 +61,36 @@ class TestNormalisation:
         assert KEYRING.blind_index("national_id", "AB123456C") != KEYRING.blind_index(
             "national_id", "AB123456D"
         )
-        assert KEYRING.blind_index("national_id", "a b") != KEYRING.blind_index("national_id", "ab")
+        assert KEYRING.blind_index("national_id", "AB 12 34 56 C") != KEYRING.blind_index(
+            "national_id", "AB 12 34 56 D"
+        )
+        # Characters that look like a space but are not whitespace still count: U+200B is a
+        # format character (dropped as one), U+2800 (braille blank) and U+3164 (hangul filler)
+        # are letters or symbols.
+        assert KEYRING.blind_index("national_id", "a\u2800b") != KEYRING.blind_index("national_id", "ab")
+        assert KEYRING.blind_index("national_id", "a\u3164b") != KEYRING.blind_index("national_id", "ab")
+
+    def test_the_version_is_three(self) -> None:
+        # Rows indexed under an older version are rebuilt by `tellonce records reindex`.
+        assert NORMALISATION_VERSION == 3
+
+    def test_whitespace_is_unicodes_white_space_property(self) -> None:
+        # PropList.txt's White_Space: str.isspace() also takes U+001C..U+001F (information
+        # separators, control characters that the rule drops as such), nothing else differs.
+        separators = {chr(c) for c in range(0x1C, 0x20)}
+        spaces = {chr(c) for c in range(0x110000) if chr(c).isspace()} - separators
+        assert spaces == WHITESPACE
+        assert len(WHITESPACE) == 25
+
+    @given(st.text(max_size=30), st.sampled_from(sorted(WHITESPACE)), st.integers(min_value=0, max_value=30))
+    def test_whitespace_anywhere_leaves_the_index_alone(self, value: str, space: str, at: int) -> None:
+        spaced = value[:at] + space + value[at:]
+        assert normalise(spaced) == normalise(value)
+        assert KEYRING.blind_index("national_id", spaced) == KEYRING.blind_index("national_id", value)
+
+    @given(st.text(max_size=50))
+    def test_the_normalised_value_holds_no_whitespace(self, value: str) -> None:
+        assert not WHITESPACE.intersection(normalise(value))
 
     @given(st.text(max_size=50))
     def test_normalising_is_idempotent(self, value: str) -> None:
@@ -46,9 +98,24 @@ class TestNormalisation:
         assert normalise(once) == once
         assert KEYRING.blind_index("postcode", value) == KEYRING.blind_index("postcode", once)
 
-    @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=30))
+    @given(
+        st.one_of(
+            st.text(alphabet=st.characters(max_codepoint=127), max_size=30), PRINTABLE_ASCII_WITH_SPACES
+        )
+    )
     def test_the_ascii_shortcut_gives_the_full_rules_result(self, value: str) -> None:
         assert normalise(value) == normalise_unicode(value)
+
+    def test_no_single_character_normalises_to_whitespace(self) -> None:
+        # The full rule on every assigned code point alone: idempotent, and free of
+        # whitespace (no compatibility decomposition or case fold brings one back).
+        for code in range(0x110000):
+            character = chr(code)
+            if unicodedata.category(character) in ("Cn", "Cs"):
+                continue
+            once = normalise_unicode(character)
+            assert normalise_unicode(once) == once, hex(code)
+            assert not WHITESPACE.intersection(once), hex(code)
 
     @given(st.text(max_size=50))
     def test_index_is_sixteen_bytes_and_deterministic(self, value: str) -> None:

@@ -37,6 +37,7 @@ from service.audit.cli import verify_database
 from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
 from service.audit.sequencer import Sequencer, SequencerConfig
+from service.auth.facts import RequestFacts
 from service.catalog import service as catalog_service
 from service.config import Settings
 from service.crypto.keyring import Keyring
@@ -49,6 +50,7 @@ from service.records.cli import _RejectFile
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
 from service.records.service import RecordsService, registered_national_ids
+from service.records.validation import NATIONAL_ID_FIELD
 from tests.conftest import REPO_ROOT
 from tests.fixtures.audit import make_signer, sequence_all
 from tests.fixtures.databases import SQLITE_PREFIX, create_scratch_database, drop_scratch_database
@@ -56,6 +58,8 @@ from tests.records.conftest import apply_policies, facts_as
 
 ACTOR = "operator:importer"
 WELFARE = facts_as("welfare", "consumer", purpose="benefit-eligibility")
+# The owner of the national id, which may always read it.
+REGISTER = facts_as("register", "consumer", purpose="civil-registration")
 REGISTER_COLUMNS = ["national_id", "given_name", "date_of_birth", "address"]
 
 
@@ -154,10 +158,12 @@ async def _lookup(store: Store, national_id: str) -> str:
         return (await reads.lookup(records, WELFARE, national_id)).id
 
 
-async def _read(store: Store, citizen_id: str, fields: list[str]) -> dict[str, Any]:
+async def _read(
+    store: Store, citizen_id: str, fields: list[str], facts: RequestFacts = WELFARE
+) -> dict[str, Any]:
     async with store.engine.connect() as conn:
         records = RecordsService.in_transaction(conn, store.keyring, PolicyHolder())
-        citizen = await reads.read(records, WELFARE, citizen_id, fields)
+        citizen = await reads.read(records, facts, citizen_id, fields)
         return {name: (out.value, out.version) for name, out in citizen.fields.items()}
 
 
@@ -259,6 +265,70 @@ class TestRegisterMode:
         ]
         citizen_id = await _lookup(store, national_id)
         assert await _read(store, citizen_id, ["address"]) == {"address": (first["address"], 1)}
+
+
+def _grouped(national_id: str, space: str = " ") -> str:
+    """``national_id`` in groups of four, as a register's export might print it."""
+    return space.join(national_id[n : n + 4] for n in range(0, len(national_id), 4))
+
+
+class TestWhitespaceInsideNationalIds:
+    """An import compares national ids as registration does: whitespace inside is not part
+    of the id, so a spaced spelling is the same citizen (normalisation 3)."""
+
+    async def test_a_spaced_repeat_in_the_file_is_refused_as_a_repeat(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        first, second = _ids(2)
+        rows = [
+            _person(first, 0),
+            _person(_grouped(second, "\u00a0"), 1),
+            {**_person(_grouped(first), 2), "given_name": "Spaced"},
+            {**_person(second, 3), "given_name": "Unspaced"},
+        ]
+
+        imported = await _import(store, _write_csv(tmp_path / "spaced.csv", REGISTER_COLUMNS, rows))
+
+        repeat = f"{NATIONAL_ID_FIELD} repeats one on an earlier row of the file"
+        assert imported.rejections == [importing.Rejection(4, repeat), importing.Rejection(5, repeat)]
+        assert imported.report.counts.registered == 2
+        # Stored in the normalised spelling, found by either.
+        for national_id, n in ((first, 0), (second, 1)):
+            citizen_id = await _lookup(store, national_id)
+            assert await _lookup(store, _grouped(national_id)) == citizen_id
+            stored = await _read(store, citizen_id, ["national_id", "given_name"], REGISTER)
+            assert stored == {"national_id": (national_id, 1), "given_name": (f"Imogen{n}", 1)}
+
+    async def test_a_spaced_spelling_of_a_registered_id_is_that_citizen(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        same, other = _ids(2)
+        await _import(
+            store, _write_csv(tmp_path / "a.csv", REGISTER_COLUMNS, [_person(same, 0), _person(other, 1)])
+        )
+        citizens = [await _lookup(store, national_id) for national_id in (same, other)]
+        rows = [
+            _person(_grouped(same), 0),
+            {**_person(_grouped(other, "\u2009"), 1), "address": "9 Elsewhere"},
+        ]
+
+        again = await _import(store, _write_csv(tmp_path / "b.csv", REGISTER_COLUMNS, rows))
+
+        assert (again.report.counts.registered, again.report.counts.unchanged) == (0, 1)
+        assert again.rejections == [
+            importing.Rejection(
+                3, "already registered, with other values of address; write them with --mode update"
+            )
+        ]
+        licences = [{"national_id": _grouped(same.lower()), "licence_status": "valid"}]
+        updated = await _import(
+            store,
+            _write_csv(tmp_path / "l.csv", ["national_id", "licence_status"], licences),
+            "dvla",
+            "update",
+        )
+        assert (updated.report.counts.updated, updated.rejections) == (1, [])
+        assert await _read(store, citizens[0], ["licence_status"]) == {"licence_status": ("valid", 1)}
 
 
 class TestDataKeysMadeAhead:

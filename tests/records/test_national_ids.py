@@ -126,3 +126,93 @@ class TestRegisterNationalId:
         assert among_fields not in response.text
         assert await holder(records_env, top) is None
         assert await holder(records_env, among_fields) is None
+
+
+def grouped(national_id: str, space: str = " ") -> str:
+    """``national_id`` written in groups of two, as NI numbers are printed: "NI 1A 2B ..."."""
+    return space.join(national_id[n : n + 2] for n in range(0, len(national_id), 2))
+
+
+async def register_as(env: RecordsEnv, national_id: str) -> httpx.Response:
+    return await env.client.post(
+        "/v1/citizens", json={"national_id": national_id, "fields": {}}, headers=REGISTRAR
+    )
+
+
+async def stored_national_id(env: RecordsEnv, citizen_id: str) -> str:
+    read = await env.client.get(
+        f"/v1/citizens/{citizen_id}",
+        params={"fields": "national_id", "purpose": "civil-registration"},
+        headers=as_("register", "consumer"),
+    )
+    assert read.status_code == 200, read.text
+    value: str = read.json()["fields"]["national_id"]["value"]
+    return value
+
+
+class TestWhitespaceInsideANationalId:
+    """Whitespace inside a national id is not part of it (normalisation 3): "AB 12 34 56 C"
+    and "AB123456C" are one id, for the duplicate check, lookup and writes alike."""
+
+    async def test_a_spaced_spelling_of_a_registered_id_is_a_duplicate(self, records_env: RecordsEnv) -> None:
+        _, national_id = await records_env.register()
+        exact = problem(await register_as(records_env, national_id), 409)
+
+        for spelled in (
+            grouped(national_id),
+            grouped(national_id, "\u00a0"),
+            grouped(national_id, "\u3000\u2009"),
+        ):
+            spaced = await register_as(records_env, spelled)
+            body = problem(spaced, 409)
+            # The answer an exact duplicate gets, naming neither spelling.
+            assert {k: body[k] for k in ("type", "title", "detail")} == {
+                k: exact[k] for k in ("type", "title", "detail")
+            }
+            assert national_id not in spaced.text
+            assert spelled not in spaced.text
+
+    async def test_an_unspaced_spelling_of_a_spaced_registration_is_a_duplicate(
+        self, records_env: RecordsEnv
+    ) -> None:
+        national_id = new_national_id()
+        assert (await register_as(records_env, grouped(national_id))).status_code == 201
+        problem(await register_as(records_env, national_id), 409)
+        problem(await register_as(records_env, national_id.lower()), 409)
+
+    async def test_lookup_by_either_spelling_finds_the_citizen(self, records_env: RecordsEnv) -> None:
+        plain, _ = await records_env.register(national_id=(plain_id := new_national_id()))
+        spaced = (await register_as(records_env, grouped(spaced_id := new_national_id()))).json()["id"]
+
+        assert await holder(records_env, plain_id) == plain
+        assert await holder(records_env, grouped(plain_id)) == plain
+        assert await holder(records_env, grouped(plain_id, "\u00a0\u202f")) == plain
+        assert await holder(records_env, spaced_id) == spaced
+        assert await holder(records_env, grouped(spaced_id)) == spaced
+        assert await holder(records_env, grouped(spaced_id, "\u2028")) == spaced
+
+    async def test_the_stored_id_is_the_normalised_one(self, records_env: RecordsEnv) -> None:
+        national_id = new_national_id()
+        created = await register_as(records_env, " " + grouped(national_id, "\u00a0 ") + " ")
+        assert created.status_code == 201, created.text
+        assert await stored_national_id(records_env, created.json()["id"]) == national_id
+
+    async def test_a_control_character_inside_is_still_refused(self, records_env: RecordsEnv) -> None:
+        national_id = new_national_id()
+        for control in ("\t", "\n", "\u0085"):
+            response = await register_as(records_env, national_id[:4] + control + national_id[4:])
+            body = problem(response, 422)
+            assert national_id[4:] not in response.text
+            assert body["errors"][0]["loc"][-1] == "national_id"
+        assert await holder(records_env, national_id) is None
+
+    async def test_writing_another_citizens_id_spaced_is_409(self, records_env: RecordsEnv) -> None:
+        first, first_national_id = await records_env.register()
+        second, second_national_id = await records_env.register()
+        problem(await set_national_id(records_env, second, grouped(first_national_id)), 409)
+        assert await holder(records_env, first_national_id) == first
+        assert await holder(records_env, second_national_id) == second
+        # A citizen's own id, spaced, is its own: written in the normalised spelling.
+        response = await set_national_id(records_env, first, grouped(first_national_id.lower()))
+        assert response.status_code == 200, response.text
+        assert await stored_national_id(records_env, first) == first_national_id.lower()

@@ -110,3 +110,19 @@ class TestRegisterPopulation:
         assert "lost" not in str(errors)
         with pytest.raises(CitizenNotFound):
             await reads.lookup(records_tx.records, WELFARE, good["national_id"])
+
+    async def test_a_national_id_differing_only_in_whitespace_is_already_registered(
+        self, records_tx: RecordsTx
+    ) -> None:
+        first = _citizen()
+        await _seed(records_tx, [first])
+        spaced = " ".join(first["national_id"][n : n + 2] for n in range(0, len(first["national_id"]), 2))
+
+        with pytest.raises(Conflict):
+            await _seed(records_tx, [_citizen() | {"national_id": spaced}])
+        with pytest.raises(Conflict):
+            await _seed(
+                records_tx, [twin := _citizen(), {"national_id": twin["national_id"].replace("Z", "Z\u00a0")}]
+            )
+        found = await reads.lookup(records_tx.records, WELFARE, spaced)
+        assert found.id == (await reads.lookup(records_tx.records, WELFARE, first["national_id"])).id

@@ -17,7 +17,7 @@ from service.records import values
 from service.records.errors import InvalidFieldValue
 
 # The register's identity field: lookups and the duplicate check go through its blind index.
-NATIONAL_ID_FIELD = "national_id"
+NATIONAL_ID_FIELD = values.NATIONAL_ID_FIELD
 
 
 def requested_fields(catalog: Catalog, fields: Sequence[str] | None) -> list[str]:
@@ -51,11 +51,7 @@ def validated_values(catalog: Catalog, submitted: Mapping[str, Any], loc: str) -
             errors.append({"loc": [loc, name], "msg": "a value is required (null cannot be written)"})
             continue
         try:
-            # A value citizens are found by is canonical before it is indexed or compared,
-            # and its length is the canonical one: the spaces of "AB 12 34 56 C" do not count.
-            identifying = spec.searchable or name == NATIONAL_ID_FIELD
-            if identifying and spec.type == "string" and isinstance(raw, str):
-                raw = values.identifier(raw)
+            # An identifier comes back canonical (values.identifier), before it is indexed.
             clean[name] = values.validate(spec, raw)
         except values.ValueRejected as exc:
             errors.append({"loc": [loc, name], "msg": f"{name} {exc}"})

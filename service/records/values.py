@@ -40,19 +40,32 @@ def has_surrogate(text: str) -> bool:
     return False
 
 
+# The register's identity field (records.validation names it too).
+NATIONAL_ID_FIELD = "national_id"
+
+
+def is_identifier(spec: FieldSpec) -> bool:
+    """Whether ``spec``'s values are identifiers citizens are found by: a searchable string,
+    or the register's national id."""
+    return spec.type == "string" and (spec.searchable or spec.name == NATIONAL_ID_FIELD)
+
+
 def validate(spec: FieldSpec, raw: Any) -> JsonValue:
     """The canonical JSON value for ``raw``, or ``ValueRejected``."""
     if spec.type == "string":
         if not isinstance(raw, str):
             raise ValueRejected("must be a string")
+        # An identifier is canonical before it is indexed, compared or measured: the spaces
+        # of "AB 12 34 56 C" do not count towards its length.
+        text = identifier(raw) if is_identifier(spec) else raw
         limit = spec.max_length or DEFAULT_MAX_LENGTH
-        if len(raw) > limit:
+        if len(text) > limit:
             raise ValueRejected(f"must be at most {limit} characters")
-        if any(ord(ch) < 32 and ch not in "\t\n" for ch in raw):
+        if any(ord(ch) < 32 and ch not in "\t\n" for ch in text):
             raise ValueRejected("must not contain control characters")
-        if not raw.isascii() and has_surrogate(raw):
+        if not text.isascii() and has_surrogate(text):
             raise ValueRejected(SURROGATE)
-        return raw
+        return text
     if spec.type == "date":
         return _date(raw).isoformat()
     if spec.type == "integer":
@@ -90,10 +103,17 @@ def identifier(raw: str) -> str:
     composed = unicodedata.normalize("NFKC", raw).strip()
     if any(unicodedata.category(ch) in ("Cf", "Cc") for ch in composed):
         raise ValueRejected("must not contain invisible format or control characters")
-    canonical = unicodedata.normalize("NFKC", blind_index.without_whitespace(composed))
+    canonical = identifier_spelling(composed)
     if not canonical:
         raise ValueRejected("must not be empty")
     return canonical
+
+
+def identifier_spelling(text: str) -> str:
+    """The spelling ``identifier`` stores, refusing nothing: for comparing a value stored
+    before normalisation 3, which may hold spaces, with one stored since."""
+    composed = unicodedata.normalize("NFKC", text)
+    return unicodedata.normalize("NFKC", blind_index.without_whitespace(composed))
 
 
 def _date(raw: Any) -> dt.date:
@@ -157,8 +177,9 @@ def relative_date(text: str, today: dt.date) -> dt.date | None:
 
 
 def operand(spec: FieldSpec, raw: Any, today: dt.date) -> JsonValue:
-    """A claim's operand as a canonical value: validated like a value, and for a date,
-    a relative date (``today-18y``) resolved against ``today``."""
+    """A claim's operand as a canonical value: validated like a value (an identifier in the
+    spelling it is stored in), and for a date, a relative date (``today-18y``) resolved
+    against ``today``."""
     if spec.type == "date" and isinstance(raw, str):
         resolved = relative_date(raw, today)
         if resolved is not None:
@@ -175,8 +196,12 @@ def check_claim(
     spec: FieldSpec, value: JsonValue, operator: str, raw_operand: Any, today: dt.date | None = None
 ) -> bool:
     """Whether ``value <operator> operand`` holds. The operand is validated like a value
-    (a date may be relative to ``today``, the UTC date when not given)."""
+    (a date may be relative to ``today``, the UTC date when not given). An identifier is
+    compared in the spelling stored now, so a value stored with spaces inside before
+    normalisation 3 holds against the same id without them."""
     today = today or dt.datetime.now(dt.UTC).date()
+    if is_identifier(spec) and isinstance(value, str):
+        value = identifier_spelling(value)
     if operator == "in":
         if not isinstance(raw_operand, list) or not raw_operand or len(raw_operand) > 100:
             raise ValueRejected("'in' takes a list of 1 to 100 values")

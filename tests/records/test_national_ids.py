@@ -4,10 +4,13 @@ citizen holds (409), and a registration gives its national id once."""
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 import uuid
 
 import httpx
+import pytest
 
+from service.records import values
 from tests.records.conftest import RecordsEnv, as_
 from tests.records.test_citizens_api import problem
 
@@ -216,3 +219,55 @@ class TestWhitespaceInsideANationalId:
         response = await set_national_id(records_env, first, grouped(first_national_id.lower()))
         assert response.status_code == 200, response.text
         assert await stored_national_id(records_env, first) == first_national_id.lower()
+
+
+async def verify_national_id(env: RecordsEnv, citizen_id: str, claim: dict[str, object]) -> bool:
+    """The register's own verify of a citizen's national id (an owner may use its fields)."""
+    response = await env.client.post(
+        f"/v1/citizens/{citizen_id}/verify",
+        json={"purpose": "civil-registration", "claims": {"national_id": claim}},
+        headers=as_("register", "consumer"),
+    )
+    assert response.status_code == 200, response.text
+    result: bool = response.json()["results"]["national_id"]
+    return result
+
+
+class TestVerifyANationalId:
+    """A claim on an identifier compares it as it is stored: whitespace inside not part of it,
+    in the operand or in a value stored with spaces before normalisation 3."""
+
+    async def test_either_spelling_of_the_operand_holds(self, records_env: RecordsEnv) -> None:
+        national_id = new_national_id()
+        citizen_id = (await register_as(records_env, grouped(national_id))).json()["id"]
+
+        assert await verify_national_id(records_env, citizen_id, {"eq": national_id})
+        assert await verify_national_id(records_env, citizen_id, {"eq": grouped(national_id)})
+        assert await verify_national_id(
+            records_env, citizen_id, {"in": ["X", grouped(national_id, "\u00a0")]}
+        )
+        assert not await verify_national_id(records_env, citizen_id, {"eq": grouped(new_national_id())})
+
+    async def test_a_value_stored_with_spaces_is_compared_without_them(
+        self, records_env: RecordsEnv, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        national_id = new_national_id()
+        with monkeypatch.context() as patch:
+            # As normalisation 2 stored it: spaces inside kept.
+            patch.setattr(values, "identifier", lambda raw: unicodedata.normalize("NFKC", raw).strip())
+            created = await register_as(records_env, grouped(national_id))
+        citizen_id = created.json()["id"]
+        assert await stored_national_id(records_env, citizen_id) == grouped(national_id)
+
+        assert await verify_national_id(records_env, citizen_id, {"eq": national_id})
+        assert await verify_national_id(records_env, citizen_id, {"eq": grouped(national_id)})
+
+    async def test_an_operand_with_a_format_character_is_422(self, records_env: RecordsEnv) -> None:
+        citizen_id, national_id = await records_env.register()
+        response = await records_env.client.post(
+            f"/v1/citizens/{citizen_id}/verify",
+            json={"purpose": "civil-registration", "claims": {"national_id": {"eq": national_id + "\u200b"}}},
+            headers=as_("register", "consumer"),
+        )
+        problem(response, 422)
+        assert national_id not in response.text

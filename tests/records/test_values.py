@@ -18,6 +18,8 @@ DATE = FieldSpec(name="date_of_birth", owner="register", type="date")
 INTEGER = FieldSpec(name="points", owner="dvla", type="integer")
 BOOLEAN = FieldSpec(name="self_employed", owner="revenue", type="boolean")
 ENUM = FieldSpec(name="licence_status", owner="dvla", type="enum", values=["valid", "revoked"])
+# A searchable string: an identifier.
+NI_NUMBER = FieldSpec(name="ni_number", owner="dwp", type="string", searchable=True, max_length=9)
 
 
 class TestValidate:
@@ -71,6 +73,32 @@ class TestValidate:
     @given(st.booleans())
     def test_boolean_round_trip(self, flag: bool) -> None:
         assert values.decode(BOOLEAN, values.encode(BOOLEAN, values.validate(BOOLEAN, flag))) is flag
+
+
+class TestIdentifiers:
+    def test_an_identifier_is_stored_without_whitespace_and_measured_so(self) -> None:
+        assert values.validate(NI_NUMBER, " AB 12\u00a034\u300056 C ") == "AB123456C"
+        with pytest.raises(ValueRejected, match="at most 9"):
+            values.validate(NI_NUMBER, "AB 12 34 56 CD")
+
+    def test_other_strings_keep_their_spaces(self) -> None:
+        assert values.validate(STRING, " a  b ") == " a  b "
+
+    def test_a_control_character_inside_is_refused(self) -> None:
+        for control in ("\t", "\n", "\x85", "\u200b"):
+            with pytest.raises(ValueRejected, match="format or control"):
+                values.validate(NI_NUMBER, "AB12" + control + "3456C")
+
+    def test_claims_compare_the_stored_spelling(self) -> None:
+        today = dt.date(2026, 12, 6)
+        assert values.operand(NI_NUMBER, "AB 12 34 56 C", today) == "AB123456C"
+        assert values.check_claim(NI_NUMBER, "AB123456C", "eq", "AB 12 34 56 C") is True
+        assert values.check_claim(NI_NUMBER, "AB123456C", "in", ["X", "AB\u00a0123456C"]) is True
+        # A value stored with spaces before normalisation 3.
+        assert values.check_claim(NI_NUMBER, "AB 12 34 56 C", "eq", "AB123456C") is True
+        assert values.check_claim(NI_NUMBER, "AB123456C", "eq", "AB123456D") is False
+        with pytest.raises(ValueRejected):
+            values.check_claim(NI_NUMBER, "AB123456C", "eq", "AB123456C\u200b")
 
 
 class TestClaims:

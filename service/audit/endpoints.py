@@ -14,6 +14,7 @@ from service.audit.schemas import ACTIONS, DECISIONS
 from service.audit.writer import AuditWriterDep, get_audit_writer
 from service.auth import permissions
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
+from service.auth.facts import source_address
 from service.db import DatabaseDep, SessionDep
 from service.errors import Forbidden, InsufficientScope, Unauthenticated
 from service.records.schemas import CITIZEN_ID_PATTERN
@@ -34,10 +35,6 @@ async def _reader(principal: Annotated[Principal, Depends(get_principal)]) -> Pr
 
 
 Reader = Annotated[Principal, Depends(_reader)]
-
-
-def _source(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 class FilterParams:
@@ -124,7 +121,7 @@ async def get_inclusion_proof(
         )
     # The proof carries an entry, so reading it is an audit query like any other.
     await search.record_query(
-        writer, caller, source=_source(request), citizen_id=proof["entry"].get("citizen_id")
+        writer, caller, source=source_address(request), citizen_id=proof["entry"].get("citizen_id")
     )
     return proof
 
@@ -157,7 +154,7 @@ async def list_entries(
         filters.query,
         after=search.parse_cursor(cursor),
         limit=limit,
-        source=_source(request),
+        source=source_address(request),
     )
     return {"items": page.items, "next_cursor": _next(page.next_cursor)}
 
@@ -179,7 +176,9 @@ async def export_entries(
     format: search.ExportFormat = Query("jsonl"),
 ) -> StreamingResponse:
     """Every matching entry, streamed page by page as JSON lines or CSV."""
-    lines = await search.export_entries(access, caller, filters.query, format=format, source=_source(request))
+    lines = await search.export_entries(
+        access, caller, filters.query, format=format, source=source_address(request)
+    )
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     disposition = f'attachment; filename="audit.{format}"'
     return StreamingResponse(lines, media_type=media, headers={"Content-Disposition": disposition})
@@ -210,7 +209,7 @@ async def usage_report(
         owner=owner,
         since=search.parse_time(since, "since"),
         until=search.parse_time(until, "until"),
-        source=_source(request),
+        source=source_address(request),
     )
     start = search.parse_cursor(cursor)
     page = counts[start : start + limit]
@@ -252,7 +251,7 @@ async def citizen_access_log(
         citizen_id,
         after=search.parse_cursor(cursor),
         limit=limit,
-        source=_source(request),
+        source=source_address(request),
         now=request.app.state.clock(),
         proofs=request.app.state.witness_config if proofs else None,
     )
@@ -287,7 +286,7 @@ async def get_tile(
         if caller is None or not permissions.may_export_audit(caller):
             raise Forbidden("Entry bundles need the scope audit:export.")
         writer = await get_audit_writer(request)
-        await search.record_query(writer, caller, source=_source(request))
+        await search.record_query(writer, caller, source=source_address(request))
     async with database.engine.connect() as conn:
         body = await tiles.read_tile(conn, wanted)
     if wanted.width is None:

@@ -93,17 +93,24 @@ def request_facts(
                 errors=[{"loc": ["header", "X-Case-Ref"], "msg": "given more than once"}],
             )
         check_case_ref(reference, ["header", "X-Case-Ref"])
-    client = request.scope.get("client")
     return RequestFacts(
         principal=demand(principal, needed),
         request_id=current_request_id(),
-        # As ``request.client.host``, without building Starlette's ``Address``.
-        source=client[0] if client is not None else None,
+        source=source_address(request),
         case_ref=reference,
         purpose=purpose,
         # ``getattr(request.state, "epoch_key", None)``, from the dict ``request.state`` wraps.
         epoch_key=request.scope.get("state", {}).get("epoch_key"),
     )
+
+
+def source_address(request: Request) -> str | None:
+    """The address a request came from, as the audit records it and the failure throttle
+    counts it: the connection's peer, or the ``X-Forwarded-For`` address uvicorn puts in
+    its place when that peer is a proxy it trusts (``FORWARDED_ALLOW_IPS``). Read as
+    ``request.client.host`` is, without building Starlette's ``Address``."""
+    client = request.scope.get("client")
+    return client[0] if client is not None else None
 
 
 def facts(*scopes: str, case_ref: bool = True) -> Callable[..., Awaitable[RequestFacts]]:

@@ -40,6 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth.facts import source_address
 from service.auth.models import AuthFailure
 from service.auth.secrets import loggable_client_id
 from service.auth.server import plausible_client_id
@@ -104,8 +105,7 @@ async def _counts(
 
 def _context(request: Request, client_id: str | None) -> tuple[Settings, Subjects, Metrics | None]:
     settings: Settings = request.app.state.settings
-    # The source address the audit records (uvicorn has applied FORWARDED_ALLOW_IPS to it).
-    subjects = Subjects(client_id, request.client.host if request.client else None)
+    subjects = Subjects(client_id, source_address(request))
     return settings, subjects, getattr(request.app.state, "metrics", None)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response, status
 
 from service.auth.dependencies import Principal, require
+from service.auth.facts import source_address
 from service.catalog.schemas import IDENTIFIER_PATTERN
 from service.consent import service as consent_service
 from service.consent.schemas import (
@@ -38,7 +39,7 @@ AgreementPath = Annotated[
 
 
 def _actor(caller: Principal, request: Request) -> consent_service.Actor:
-    return consent_service.Actor(caller, request.client.host if request.client else None)
+    return consent_service.Actor(caller, source_address(request))
 
 
 @router.post("/{citizen_id}/consents", status_code=status.HTTP_201_CREATED)

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.console import forms
 from service.console.agreement_pages import Owner, changeable, page_names, version_number
@@ -21,7 +22,7 @@ from service.console.drafts import check_draft
 from service.console.forms import AgreementForm
 from service.console.sessions import SignedIn
 from service.console.views import Simulation
-from service.console.web import ConsolePageError, ConsoleRoute, catalog_of, csrf_checked, render, source_of
+from service.console.web import ConsolePageError, ConsoleRoute, catalog_of, csrf_checked, render
 from service.db import SessionDep
 from service.etags import IfMatch
 from service.policy import agreements
@@ -186,7 +187,7 @@ async def _submit(
         request.app.state.policy,
         request.app.state.recorded_requests,
         {"upsert": [checked.content]},
-        source=source_of(request),
+        source=source_address(request),
     )
     simulation = Simulation.of(result)
     return _simulate_page(

@@ -23,6 +23,7 @@ from service.audit.verify import VerificationFailed
 from service.auth import permissions
 from service.auth import service as auth_service
 from service.auth.dependencies import Principal
+from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.console import chart
 from service.console.sessions import SignedIn
@@ -37,7 +38,6 @@ from service.console.web import (
     department_name,
     needs_role,
     render,
-    source_of,
 )
 from service.db import SessionDep, utcnow
 from service.digits import ascii_digits
@@ -133,7 +133,7 @@ async def search(
             query,
             after=after,
             limit=settings.page_size,
-            source=source_of(request),
+            source=source_address(request),
             newest_first=True,
         )
         names = {c.client_id: c.name for c in await auth_service.list_clients(session) if c.name}
@@ -181,7 +181,7 @@ async def export_csv(
         first = next(iter(errors.values()))[0]
         raise ConsolePageError(400, "The export could not start", first)
     lines = await audit_search.export_entries(
-        access, viewer.principal, query, format="csv", source=source_of(request)
+        access, viewer.principal, query, format="csv", source=source_address(request)
     )
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
@@ -205,7 +205,7 @@ async def _checkpoint(access: audit_search.AuditAccess) -> CheckpointView | None
 async def _verify(request: Request, access: audit_search.AuditAccess, viewer: Principal) -> VerifyOutcome:
     """The whole-log check of ``tellonce audit verify``, recorded as an audit query first,
     anchored on the largest checkpoint an auditor verified before (``audit.observed``)."""
-    await audit_search.record_query(access.writer, viewer, source=source_of(request))
+    await audit_search.record_query(access.writer, viewer, source=source_address(request))
     signer: NoteSigner = request.app.state.audit_signer
     verifier = NoteVerifier.parse(signer.verifier_key())
     try:
@@ -271,7 +271,7 @@ async def _usage(
 ) -> list[UsageRow]:
     """The usage report the API serves, from ``since`` on (itself recorded as an audit query)."""
     counts = await audit_search.usage_report(
-        session, access, viewer, period=period, since=since, source=source_of(request)
+        session, access, viewer, period=period, since=since, source=source_address(request)
     )
     return [UsageRow.of(count) for count in counts]
 

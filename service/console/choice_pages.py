@@ -20,12 +20,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.consent import service as consent_service
 from service.consent.schemas import ConsentIn, ConsentOut
 from service.console import wording
 from service.console.sessions import SignedIn
-from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
+from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render
 from service.db import SessionDep
 from service.errors import NotFound, ServiceError
 from service.events import service as events_service
@@ -81,7 +82,7 @@ async def _rows(
     runtime = consent_service.runtime_of(request.app.state)
     policy = await runtime.policy.current(await session.connection())
     # Every consent, oldest first: the newest consent to each agreement is the one that holds.
-    actor = consent_service.Actor(viewer.principal, source_of(request))
+    actor = consent_service.Actor(viewer.principal, source_address(request))
     choices = await consent_service.all_choices(session, runtime, actor, citizen_id)
     objected = {o.agreement for o in choices.objections}
     newest: dict[str, ConsentOut] = {}
@@ -204,7 +205,7 @@ async def change_choice(
     consent_id = str(form.get("consent_id") or "")[:36]
     change = str(form.get("change") or "")
     runtime = consent_service.runtime_of(request.app.state)
-    actor = consent_service.Actor(viewer.principal, source_of(request))
+    actor = consent_service.Actor(viewer.principal, source_address(request))
     try:
         # A refused change writes nothing (the consent service's rule), so the page that
         # says so may return normally and the request's transaction commit.

@@ -19,10 +19,11 @@ from service.audit import search as audit_search
 from service.audit.checkpoint import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
 from service.audit.search import AuditAccessDep, Page
 from service.audit.witnessing import WitnessConfig
+from service.auth.facts import source_address
 from service.console import wording
 from service.console.sessions import SignedIn
 from service.console.views import AccessProof, AccessRow
-from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
+from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render
 from service.db import SessionDep
 from service.digits import ascii_digits
 from service.errors import NotFound
@@ -105,7 +106,7 @@ async def citizen_log(
                 citizen_id,
                 after=after,
                 limit=ACCESS_LOG_LIMIT,
-                source=source_of(request),
+                source=source_address(request),
                 now=request.app.state.clock(),
                 proofs=request.app.state.witness_config,
             )

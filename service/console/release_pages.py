@@ -21,9 +21,10 @@ from service.audit import service as audit_service
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.search import AuditAccessDep
 from service.audit.verify import VerificationFailed
+from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.console.sessions import SignedIn
-from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render, source_of
+from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render
 from service.db import SessionDep
 from service.policy.signing import OwnerVerifier, SigningKeyError
 
@@ -103,7 +104,7 @@ async def check_releases(
         return _page(request, catalog, viewer, key=key, errors={"owner_key": [message]})
     # An owner reading the log of its own fields: recorded as an audit query first.
     await audit_search.record_query(
-        access.writer, viewer.principal, source=source_of(request), owners=[department]
+        access.writer, viewer.principal, source=source_address(request), owners=[department]
     )
     signer: NoteSigner = request.app.state.audit_signer
     try:

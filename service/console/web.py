@@ -72,11 +72,6 @@ class ConsolePageError(Exception):
 Settings = Annotated[ConsoleSettings, Depends(get_console_settings)]
 
 
-def source_of(request: Request) -> str | None:
-    """The address the audit records as the source of a console request."""
-    return request.client.host if request.client else None
-
-
 def catalog_names(catalog: Catalog) -> dict[str, Any]:
     """Department and purpose names by id, for the templates."""
     return {

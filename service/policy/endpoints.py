@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
 
 from service.auth.dependencies import Principal, require
+from service.auth.facts import source_address
 from service.catalog.schemas import IDENTIFIER_PATTERN
 from service.db import SessionDep
 from service.etags import etag, parse_if_match
@@ -173,7 +174,7 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
         fields=list(body.fields),
         context=agreements.now_context(body.purpose, body.case_ref, body.citizen_status),
         citizen_id=body.citizen_id,
-        source=request.client.host if request.client else None,
+        source=source_address(request),
     )
     return ExplainOut(
         decisions={
@@ -213,7 +214,7 @@ async def simulate_change(
         request.app.state.policy,
         request.app.state.recorded_requests,
         body,
-        source=request.client.host if request.client else None,
+        source=source_address(request),
     )
     changes = [
         ChangeOut.model_validate(

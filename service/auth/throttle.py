@@ -22,14 +22,17 @@ The subjects:
   bits and an assertion needs the client's private key, so no number of addresses can guess
   one, while any such ceiling gives back the lockout to whoever has that many addresses.
 
-The address is the one the audit records, ``request.client.host``: the connection's peer,
-or the ``X-Forwarded-For`` address when that peer is a proxy uvicorn trusts
-(``FORWARDED_ALLOW_IPS``). Requests without one count, per client id, as from one unknown
-address.
+The address is the one the audit records (``facts.source_address``): the connection's
+peer, or the ``X-Forwarded-For`` address when that peer is a proxy uvicorn trusts
+(``FORWARDED_ALLOW_IPS``). An IPv6 address is counted by its /64, the block one host or site
+is given and could step through address by address past any per-address limit; an IPv4
+address mapped into IPv6 is counted as that IPv4 address. Requests without one count, per
+client id, as from one unknown address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,7 +67,7 @@ class Subjects:
 
     def limits(self, settings: Settings) -> list[tuple[str, int]]:
         keyed: list[tuple[str, int]] = []
-        address = self.address[:64] if self.address else None
+        address = counted_address(self.address)
         # An id no client can have is not counted (the address still is); a NUL in it
         # could not even reach PostgreSQL as text. A loggable id holds no space, so the
         # space before the address (which may hold anything a trusted proxy forwarded)
@@ -78,6 +81,23 @@ class Subjects:
         if address:
             keyed.append((f"address:{address}", settings.auth_failures_per_address))
         return keyed
+
+
+def counted_address(address: str | None) -> str | None:
+    """Where a failure from ``address`` is counted: an IPv6 address by its /64, an IPv4
+    address mapped into IPv6 as that IPv4 address, anything else as it is (at most 64
+    characters: a trusted proxy may forward any text)."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip), 64), strict=False))
+    return str(ip)
 
 
 def _window(now: datetime, seconds: int) -> datetime:

@@ -297,6 +297,39 @@ class TestOneAddressCannotLockAClientOut:
         assert subjects == {f"client-address:{created.client_id} {ATTACKER}", f"address:{ATTACKER}"}
 
 
+class TestIpv6:
+    """A host or site is given a whole IPv6 /64 and could step through it, one address
+    after another, past any limit per address: its failures are counted by the /64."""
+
+    async def test_addresses_of_one_64_are_counted_together_and_another_64_is_served(
+        self, app: FastAPI, session: AsyncSession
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        for n in range(PER_CLIENT):
+            async with from_address(app, f"2001:db8:1:2::{n + 1:x}") as attacker:
+                assert (await _token(attacker, created.client_id, "wrong")).status_code == 401
+        async with from_address(app, "2001:db8:1:2:ffff:ffff:ffff:fffe") as attacker:
+            _problem_429(await _token(attacker, created.client_id, created.client_secret))
+        async with from_address(app, "2001:db8:1:3::1") as department:
+            granted = await _token(department, created.client_id, created.client_secret)
+            assert granted.status_code == 200, granted.text
+        subjects = set((await session.execute(select(AuthFailure.subject))).scalars())
+        assert subjects == {
+            f"client-address:{created.client_id} 2001:db8:1:2::/64",
+            "address:2001:db8:1:2::/64",
+        }
+
+    async def test_an_ipv4_address_mapped_into_ipv6_is_counted_as_itself(
+        self, app: FastAPI, session: AsyncSession
+    ) -> None:
+        created = await register(session, "welfare", "consumer")
+        async with from_address(app, f"::ffff:{ATTACKER}") as mapped:
+            assert (await _token(mapped, created.client_id, "wrong")).status_code == 401
+        subjects = set((await session.execute(select(AuthFailure.subject))).scalars())
+        assert subjects == {f"client-address:{created.client_id} {ATTACKER}", f"address:{ATTACKER}"}
+
+
 class TestProxies:
     async def test_the_address_is_the_one_a_trusted_proxy_names_and_no_other(
         self, app: FastAPI, session: AsyncSession

@@ -343,11 +343,14 @@ class TestReplicas:
         assert wrk.returncode == 0, err.decode()
 
         # Only what was in flight on the killed replica may fail: a write sent before the
-        # kill, or on an idle connection to it that HAProxy had not yet seen closed (one per
-        # writer at most; HAProxy does not resend a write), and a read only if HAProxy could
-        # not resend it (it resends safe requests), one per wrk connection at most. Whatever
-        # HAProxy logged as failed was the killed replica's.
-        assert all(len(errors) <= 1 for errors in failed), failed
+        # kill, or on an idle connection to it that HAProxy had not yet seen closed (HAProxy
+        # does not resend a write), and a read only if HAProxy could not resend it (it
+        # resends safe requests), one per wrk connection at most. Whatever HAProxy logged as
+        # failed was the killed replica's. One writer may lose both: its write in flight
+        # there, then, sent at once, its next on such an idle connection (a CI run saw a
+        # writer's RemoteProtocolError and 502 16 ms apart), so the bound is two a writer
+        # on average, and every failure was sent around the kill (below).
+        assert sum(len(errors) for errors in failed) <= 2 * WRITERS, failed
         late = killed_at + IDLE_CONNECTION_GRACE
         assert all(sent < late for errors in failed for sent, _ in errors), (killed_at, failed)
         report = out.decode()

@@ -548,8 +548,9 @@ def subscription_change_entry(
     on_behalf_of: str | None = None,
     why: str = "",
 ) -> AuditEntry:
-    """A subscription that changed (``change``: ``deleted``, ``disabled``), named with its
-    fields, their owners and its purpose. It releases nothing and names no citizen."""
+    """A subscription that changed (``change``: ``deleted``, ``disabled``, ``enabled``,
+    ``secret-rotated``, with ``why`` when there is more to say), named with its fields, their
+    owners and its purpose. It releases nothing and names no citizen."""
     said = f"subscription {subscription_id} {change}" + (f": {why}" if why else "")
     return AuditEntry.built(
         time=utcnow(),

@@ -11,7 +11,6 @@ it is signed, audited and applies to the consumer's next request alike, and a co
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -26,16 +25,24 @@ from service.consent import service as consent_service
 from service.consent.schemas import ConsentIn, ConsentOut
 from service.console import wording
 from service.console.sessions import SignedIn
-from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render
+from service.console.web import (
+    CITIZEN_ID_HINT,
+    ConsoleRoute,
+    catalog_of,
+    csrf_checked,
+    form_citizen_id,
+    needs_role,
+    render,
+)
 from service.db import SessionDep
 from service.errors import NotFound, ServiceError
 from service.events import service as events_service
 from service.policy.engine import Agreement
+from service.records.schemas import is_citizen_id
 
 router = APIRouter(route_class=ConsoleRoute)
 
 Portal = Depends(needs_role("citizen-portal"))
-_CITIZEN_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
 _VERBS = {
     "read": "read",
     "verify": "check facts about",
@@ -127,7 +134,7 @@ async def citizen_choices(
     request: Request, session: SessionDep, citizen_id: str = "", viewer: SignedIn = Portal
 ) -> Response:
     """The citizen's consents and objections, and the agreements that apply by law."""
-    return await _page(request, session, viewer, citizen_id.strip()[:64])
+    return await _page(request, session, viewer, form_citizen_id(citizen_id))
 
 
 async def _page(
@@ -135,8 +142,8 @@ async def _page(
 ) -> Response:
     errors: dict[str, list[str]] = {}
     rows: tuple[list[ChoiceRow], list[ChoiceRow], list[ChoiceRow]] | None = None
-    if citizen_id and not _CITIZEN_ID.match(citizen_id):
-        errors["citizen_id"] = ["The citizen ID must be letters a to f, digits and hyphens, like 3f2c1d9e-…"]
+    if citizen_id and not is_citizen_id(citizen_id):
+        errors["citizen_id"] = [CITIZEN_ID_HINT]
     elif citizen_id:
         try:
             rows = await _rows(request, session, viewer, await catalog_of(session), citizen_id)
@@ -200,12 +207,15 @@ async def change_choice(
 ) -> Response:
     """Give, pause, resume or revoke a consent, or object or withdraw an objection."""
     form = await request.form()
-    citizen_id = str(form.get("citizen_id") or "").strip()[:64]
+    citizen_id = form_citizen_id(form.get("citizen_id"))
     agreement = str(form.get("agreement") or "")[:63]
     consent_id = str(form.get("consent_id") or "")[:36]
     change = str(form.get("change") or "")
     runtime = consent_service.runtime_of(request.app.state)
     actor = consent_service.Actor(viewer.principal, source_address(request))
+    if not is_citizen_id(citizen_id):
+        # Refused by its form, as the API refuses it, before any service is asked.
+        return await _page(request, session, viewer, citizen_id)
     try:
         # A refused change writes nothing (the consent service's rule), so the page that
         # says so may return normally and the request's transaction commit.

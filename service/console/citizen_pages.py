@@ -9,8 +9,6 @@ plain words what was proven and who cosigned it.
 
 from __future__ import annotations
 
-import re
-
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
 
@@ -23,17 +21,24 @@ from service.auth.facts import source_address
 from service.console import wording
 from service.console.sessions import SignedIn
 from service.console.views import AccessProof, AccessRow
-from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render
+from service.console.web import (
+    CITIZEN_ID_HINT,
+    ConsoleRoute,
+    catalog_of,
+    csrf_checked,
+    form_citizen_id,
+    needs_role,
+    render,
+)
 from service.db import SessionDep
 from service.digits import ascii_digits
 from service.errors import NotFound
+from service.records.schemas import is_citizen_id
 from service.witness.cosignature import split_note
 
 router = APIRouter(route_class=ConsoleRoute)
 
 Portal = Depends(needs_role("citizen-portal"))
-# Citizen ids are UUIDs; anything else is refused before it reaches the log.
-_CITIZEN_ID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
 # At most this many accesses are shown on a page, oldest first; a button shows the next ones.
 ACCESS_LOG_LIMIT = 1000
 
@@ -86,7 +91,7 @@ async def citizen_log(
     _portal: SignedIn = Portal,
 ) -> Response:
     form = await request.form()
-    citizen_id = str(form.get("citizen_id") or "").strip()[:64]
+    citizen_id = form_citizen_id(form.get("citizen_id"))
     # The next page of a log longer than one: where the last page stopped, and how many it
     # and those before it showed.
     after, shown = _count(form.get("after"), 18), _count(form.get("shown"), 9)
@@ -96,8 +101,9 @@ async def citizen_log(
     next_after = None
     if not citizen_id:
         errors["citizen_id"] = ["Enter the citizen's ID"]
-    elif not _CITIZEN_ID.match(citizen_id):
-        errors["citizen_id"] = ["The citizen ID must be letters a to f, digits and hyphens, like 3f2c1d9e-…"]
+    elif not is_citizen_id(citizen_id):
+        # Refused by its form, as the API refuses it, before it reaches the log.
+        errors["citizen_id"] = [CITIZEN_ID_HINT]
     else:
         try:
             page = await audit_search.citizen_access_log(

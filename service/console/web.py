@@ -72,6 +72,19 @@ class ConsolePageError(Exception):
 Settings = Annotated[ConsoleSettings, Depends(get_console_settings)]
 
 
+# What a console page says of a citizen id that is not of the form the service issues
+# (``records.schemas.is_citizen_id``, the API's one rule).
+CITIZEN_ID_HINT = "A citizen ID is 36 characters: digits, letters a to f and hyphens, like 3f2c1d9e-…"
+
+
+def form_citizen_id(value: object) -> str:
+    """A citizen id as typed into a console form or query: trimmed and lower-cased (a UUID
+    is the same in capitals), at most 64 characters kept for the page to show back. Ask
+    ``is_citizen_id`` of it before it goes anywhere."""
+    text = value if isinstance(value, str) else ""
+    return text.strip()[:64].lower()
+
+
 def catalog_names(catalog: Catalog) -> dict[str, Any]:
     """Department and purpose names by id, for the templates."""
     return {

@@ -97,6 +97,47 @@ class TestChoicesPage:
         assert "That agreement is not one this page offers." in page.text
         assert notifier.generation == 0
 
+    async def test_a_citizen_id_in_capitals_is_the_same_citizen(
+        self, world: ConsentWorld, portal: httpx.AsyncClient, notifier: EventNotifier
+    ) -> None:
+        """A UUID reads the same in capitals: the page takes it as the API's lower-case id."""
+        shouted = world.citizen_id.upper()
+        page = await portal.get(f"/console/citizen/choices?citizen_id={shouted}")
+        assert page.status_code == 200, page.text[-3000:]
+        assert f'value="{world.citizen_id}"' in page.text
+        data = {
+            "csrf_token": await _csrf(portal, "/console/citizen/choices"),
+            "citizen_id": f" {shouted} ",
+            "change": "give",
+            "agreement": CONSENTED["id"],
+        }
+        given = await portal.post("/console/citizen/choices", data=data)
+        assert given.status_code == 303, given.text[-3000:]
+        assert given.headers["location"] == f"/console/citizen/choices?citizen_id={world.citizen_id}"
+        listed = await portal.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
+        assert [c["status"] for c in listed.json()["items"]] == ["active"]
+
+    @pytest.mark.parametrize("citizen_id", ["0000-beef-1", "3f2c1d9e\x00", "g" * 36, "1" * 64])
+    async def test_a_citizen_id_of_another_form_is_refused_on_the_page(
+        self, world: ConsentWorld, portal: httpx.AsyncClient, notifier: EventNotifier, citizen_id: str
+    ) -> None:
+        """The API's one rule for a citizen id, on the page too: the change form took any
+        text for an id and passed it on to the consent service."""
+        shown = await portal.get("/console/citizen/choices", params={"citizen_id": citizen_id})
+        assert shown.status_code == 400
+        assert "A citizen ID is 36 characters" in shown.text
+        data = {
+            "csrf_token": await _csrf(portal, "/console/citizen/choices"),
+            "citizen_id": citizen_id,
+            "change": "give",
+            "agreement": CONSENTED["id"],
+        }
+        changed = await portal.post("/console/citizen/choices", data=data)
+        assert changed.status_code == 400, changed.text[-3000:]
+        assert changed.headers["content-type"].startswith("text/html")
+        assert "A citizen ID is 36 characters" in changed.text
+        assert notifier.generation == 0
+
     async def test_the_newest_consent_holds_past_the_first_page_of_consents(
         self, world: ConsentWorld, portal: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
     ) -> None:

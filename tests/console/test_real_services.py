@@ -406,6 +406,36 @@ class TestAuditGivesTheApisAnswers:
         act_as(app, "portal", "citizen-portal", client_id=created.client_id)
         assert (await client.get(f"/v1/citizens/{unknown}/access-log")).status_code == 404
 
+    @pytest.mark.parametrize("typed", ["0000-beef-1", "3f2c1d9e\x00", "G" * 36])
+    async def test_a_citizen_id_of_another_form_is_refused_as_the_api_refuses_it(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, typed: str
+    ) -> None:
+        created = await auth_service.create_client(session, department="portal", roles=["citizen-portal"])
+        assert created.client_secret is not None
+        await sign_in(client, created.client_id, created.client_secret)
+        page = await client.post(
+            "/console/citizen", data={"csrf_token": await _csrf(client), "citizen_id": typed}
+        )
+        assert page.status_code == 400
+        assert "A citizen ID is 36 characters" in page.text
+
+    async def test_a_citizen_id_in_capitals_shows_that_citizens_log(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        citizen = "00000000-0000-4000-8000-00000000bee3"
+        now = utcnow()
+        session.add(Citizen(id=citizen, registered_by="tests", created_at=now, updated_at=now))
+        await session.flush()
+        await append_in_transaction(await session.connection(), make_entry(citizen_id=citizen))
+        created = await auth_service.create_client(session, department="portal", roles=["citizen-portal"])
+        assert created.client_secret is not None
+        await sign_in(client, created.client_id, created.client_secret)
+        page = await client.post(
+            "/console/citizen", data={"csrf_token": await _csrf(client), "citizen_id": f" {citizen.upper()}"}
+        )
+        assert page.status_code == 200, page.text[-3000:]
+        assert "Welfare read your licence status" in html.unescape(page.text)
+
 
 @pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
 class TestTheCitizenViewHoldsInvestigations:
@@ -413,7 +443,14 @@ class TestTheCitizenViewHoldsInvestigations:
         self, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:
         now = utcnow()
-        session.add(Citizen(id="0000-beef-1", registered_by="tests", created_at=now, updated_at=now))
+        session.add(
+            Citizen(
+                id="00000000-0000-4000-8000-00000000bee1",
+                registered_by="tests",
+                created_at=now,
+                updated_at=now,
+            )
+        )
         session.add(
             AgreementVersion(
                 agreement_id="tax-code-for-fraud",
@@ -428,9 +465,9 @@ class TestTheCitizenViewHoldsInvestigations:
         )
         await session.flush()
         conn = await session.connection()
-        await append_in_transaction(conn, make_entry(citizen_id="0000-beef-1"))
+        await append_in_transaction(conn, make_entry(citizen_id="00000000-0000-4000-8000-00000000bee1"))
         held = make_entry(
-            citizen_id="0000-beef-1",
+            citizen_id="00000000-0000-4000-8000-00000000bee1",
             department="revenue",
             time="2026-03-03T10:00:00+00:00",
             case_ref="FRAUD-1",
@@ -448,7 +485,11 @@ class TestTheCitizenViewHoldsInvestigations:
 
         async def view() -> str:
             page = await client.post(
-                "/console/citizen", data={"csrf_token": await _csrf(client), "citizen_id": "0000-beef-1"}
+                "/console/citizen",
+                data={
+                    "csrf_token": await _csrf(client),
+                    "citizen_id": "00000000-0000-4000-8000-00000000bee1",
+                },
             )
             assert page.status_code == 200, page.text
             return html.unescape(page.text)
@@ -483,18 +524,28 @@ class TestTheCitizenViewShowsEveryAccess:
         page's length as the record's whole count."""
         monkeypatch.setattr(citizen_pages, "ACCESS_LOG_LIMIT", 2)
         now = utcnow()
-        session.add(Citizen(id="0000-beef-2", registered_by="tests", created_at=now, updated_at=now))
+        session.add(
+            Citizen(
+                id="00000000-0000-4000-8000-00000000bee2",
+                registered_by="tests",
+                created_at=now,
+                updated_at=now,
+            )
+        )
         await session.flush()
         conn = await session.connection()
         for day in (1, 2, 3):
-            entry = make_entry(citizen_id="0000-beef-2", time=f"2026-03-0{day}T10:00:00+00:00")
+            entry = make_entry(
+                citizen_id="00000000-0000-4000-8000-00000000bee2", time=f"2026-03-0{day}T10:00:00+00:00"
+            )
             await append_in_transaction(conn, entry)
         created = await auth_service.create_client(session, department="portal", roles=["citizen-portal"])
         assert created.client_secret is not None
         await sign_in(client, created.client_id, created.client_secret)
 
         first = await client.post(
-            "/console/citizen", data={"csrf_token": await _csrf(client), "citizen_id": "0000-beef-2"}
+            "/console/citizen",
+            data={"csrf_token": await _csrf(client), "citizen_id": "00000000-0000-4000-8000-00000000bee2"},
         )
         assert first.status_code == 200, first.text
         assert "Accesses 1 to 2 to this record" in first.text
@@ -503,7 +554,7 @@ class TestTheCitizenViewShowsEveryAccess:
         found = re.search(r'<form[^>]*id="later-accesses".*?</form>', first.text, re.S)
         assert found is not None
         later_form = dict(re.findall(r'name="([a-z_]+)" value="([^"]*)"', found.group(0)))
-        assert later_form["citizen_id"] == "0000-beef-2"
+        assert later_form["citizen_id"] == "00000000-0000-4000-8000-00000000bee2"
 
         later = await client.post("/console/citizen", data=later_form)
         assert later.status_code == 200, later.text

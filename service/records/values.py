@@ -110,8 +110,7 @@ def identifier(raw: str) -> str:
 
 
 def identifier_spelling(text: str) -> str:
-    """The spelling ``identifier`` stores, refusing nothing: for comparing a value stored
-    before normalisation 3, which may hold spaces, with one stored since."""
+    """The spelling ``identifier`` stores, refusing nothing: NFKC, without whitespace."""
     composed = unicodedata.normalize("NFKC", text)
     return unicodedata.normalize("NFKC", blind_index.without_whitespace(composed))
 
@@ -192,23 +191,32 @@ def comparisons(operations: Mapping[str, Any]) -> int:
     return sum(len(raw) if op == "in" and isinstance(raw, list) else 1 for op, raw in operations.items())
 
 
+def comparable(spec: FieldSpec, value: JsonValue) -> JsonValue:
+    """What ``eq`` and ``in`` compare: an identifier under the blind index's normalisation
+    (as lookup and the duplicate check compare it: case, compatible forms and whitespace
+    do not count), any other value as it is."""
+    if is_identifier(spec) and isinstance(value, str):
+        return blind_index.normalise(value)
+    return value
+
+
 def check_claim(
     spec: FieldSpec, value: JsonValue, operator: str, raw_operand: Any, today: dt.date | None = None
 ) -> bool:
     """Whether ``value <operator> operand`` holds. The operand is validated like a value
-    (a date may be relative to ``today``, the UTC date when not given). An identifier is
-    compared in the spelling stored now, so a value stored with spaces inside before
-    normalisation 3 holds against the same id without them."""
+    (a date may be relative to ``today``, the UTC date when not given). Identifiers are
+    compared as lookup and the duplicate check compare them (``comparable``): a claim holds
+    for every spelling that finds the citizen ("ab123456c" for "AB123456C"), and a value
+    stored with spaces inside before normalisation 3 for the same id without them."""
     today = today or dt.datetime.now(dt.UTC).date()
-    if is_identifier(spec) and isinstance(value, str):
-        value = identifier_spelling(value)
+    value = comparable(spec, value)
     if operator == "in":
         if not isinstance(raw_operand, list) or not raw_operand or len(raw_operand) > 100:
             raise ValueRejected("'in' takes a list of 1 to 100 values")
-        return any(value == operand(spec, item, today) for item in raw_operand)
+        return any(value == comparable(spec, operand(spec, item, today)) for item in raw_operand)
     expected = operand(spec, raw_operand, today)
     if operator == "eq":
-        return value == expected
+        return value == comparable(spec, expected)
     if operator in ("lte", "gte"):
         if spec.type not in ("date", "integer"):
             raise ValueRejected(f"'{operator}' applies only to dates and integers")

@@ -234,8 +234,20 @@ async def verify_national_id(env: RecordsEnv, citizen_id: str, claim: dict[str, 
 
 
 class TestVerifyANationalId:
-    """A claim on an identifier compares it as it is stored: whitespace inside not part of it,
-    in the operand or in a value stored with spaces before normalisation 3."""
+    """A claim on an identifier compares it as lookup and the duplicate check do: whitespace
+    inside and case not part of it, in the operand or in a value stored with spaces before
+    normalisation 3."""
+
+    async def test_every_spelling_lookup_finds_holds(self, records_env: RecordsEnv) -> None:
+        """Lookup found the citizen by "ab123456c" and refused to register it again as a
+        duplicate, while verify said the citizen's id was not "ab123456c"."""
+        national_id = new_national_id()
+        citizen_id = (await register_as(records_env, national_id)).json()["id"]
+        for spelled in (national_id.lower(), grouped(national_id.lower(), "\u00a0"), national_id.swapcase()):
+            assert await holder(records_env, spelled) == citizen_id
+            assert await verify_national_id(records_env, citizen_id, {"eq": spelled})
+            assert await verify_national_id(records_env, citizen_id, {"in": ["X", spelled]})
+        assert not await verify_national_id(records_env, citizen_id, {"eq": new_national_id().lower()})
 
     async def test_either_spelling_of_the_operand_holds(self, records_env: RecordsEnv) -> None:
         national_id = new_national_id()

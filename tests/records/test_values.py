@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.catalog.schemas import FieldSpec
+from service.crypto.blind_index import BlindIndexer
+from service.crypto.material import KeyMaterial
 from service.records import values
 from service.records.values import ValueRejected
 
@@ -20,6 +23,8 @@ BOOLEAN = FieldSpec(name="self_employed", owner="revenue", type="boolean")
 ENUM = FieldSpec(name="licence_status", owner="dvla", type="enum", values=["valid", "revoked"])
 # A searchable string: an identifier.
 NI_NUMBER = FieldSpec(name="ni_number", owner="dwp", type="string", searchable=True, max_length=9)
+# The blind indexes lookup and the duplicate check search by, under a fixed root.
+INDEXER = BlindIndexer(KeyMaterial(bytes(range(32))))
 
 
 class TestValidate:
@@ -99,6 +104,41 @@ class TestIdentifiers:
         assert values.check_claim(NI_NUMBER, "AB123456C", "eq", "AB123456D") is False
         with pytest.raises(ValueRejected):
             values.check_claim(NI_NUMBER, "AB123456C", "eq", "AB123456C\u200b")
+
+    def test_claims_on_an_identifier_ignore_case_as_lookup_does(self) -> None:
+        assert values.check_claim(NI_NUMBER, "AB123456C", "eq", "ab123456c") is True
+        assert values.check_claim(NI_NUMBER, "ab123456c", "in", ["X", "AB 123456 C"]) is True
+        # Fullwidth letters are the same id too (NFKC).
+        assert values.check_claim(NI_NUMBER, "AB123456C", "eq", "\uff41\uff42123456\uff43") is True
+        assert values.check_claim(NI_NUMBER, "AB123456C", "eq", "ab123456d") is False
+        # Other strings are compared as they are.
+        assert values.check_claim(STRING, "Rose Lane", "eq", "rose lane") is False
+        assert values.check_claim(STRING, "Rose Lane", "eq", "Rose Lane") is True
+
+    @given(st.text(min_size=1, max_size=9), st.data())
+    def test_an_identifier_claim_holds_when_the_blind_indexes_match(
+        self, stored: str, data: st.DataObject
+    ) -> None:
+        """eq holds exactly when lookup by the operand would find the stored value: when
+        the two have one blind index (under one key, one normalisation)."""
+        asked = data.draw(
+            st.sampled_from(
+                [
+                    stored.swapcase(),
+                    "\u00a0".join(stored),
+                    unicodedata.normalize("NFKD", stored),
+                    stored.upper(),
+                ]
+            )
+            | st.text(min_size=1, max_size=9)
+        )
+        try:
+            value = values.validate(NI_NUMBER, stored)
+            operand = values.operand(NI_NUMBER, asked, dt.date(2026, 12, 6))
+        except ValueRejected:
+            return
+        same_index = INDEXER.index("ni_number", str(value)) == INDEXER.index("ni_number", str(operand))
+        assert values.check_claim(NI_NUMBER, value, "eq", asked) is same_index
 
 
 class TestClaims:

@@ -36,13 +36,14 @@ def outside_agreements(
         if fixed is None or spec is None:
             continue
         permitted = {
-            (operator, values.operand(spec, threshold, today))
+            (operator, values.comparable(spec, values.operand(spec, threshold, today)))
             for operator, thresholds in fixed.items()
             for threshold in thresholds
         }
-        # An 'in' is a choice of 'eq' claims: each of its values must be a fixed 'eq'.
+        # An 'in' is a choice of 'eq' claims: each of its values must be a fixed 'eq'. Both
+        # sides compared as the claim itself is (an identifier without case or spaces).
         asked = [
-            (operator, values.operand(spec, operand, today))
+            (operator, values.comparable(spec, values.operand(spec, operand, today)))
             for op, raw in claims[name].items()
             for operator, operand in ([("eq", item) for item in raw] if op == "in" else [(op, raw)])
         ]

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.catalog.schemas import FieldSpec
+from service.catalog.schemas import Catalog, FieldSpec
 from service.crypto.blind_index import BlindIndexer
 from service.crypto.material import KeyMaterial
-from service.records import values
+from service.policy.engine import Decision
+from service.records import claims, values
 from service.records.values import ValueRejected
 
 STRING = FieldSpec(name="address", owner="register", type="string", max_length=10)
@@ -165,3 +166,29 @@ class TestClaims:
     def test_integer_ordering_matches_python(self, left: int, right: int) -> None:
         assert values.check_claim(INTEGER, left, "lte", right) is (left <= right)
         assert values.check_claim(INTEGER, left, "gte", right) is (left >= right)
+
+
+class TestFixedClaims:
+    """An agreement's fixed ``verify:`` claims are matched as claims compare: an identifier
+    without case or whitespace, anything else as it is."""
+
+    CATALOG = Catalog(departments=[], purposes=[], fields=[NI_NUMBER, STRING])
+
+    @staticmethod
+    def _outside(name: str, fixed: dict[str, tuple[Any, ...]], asked: dict[str, Any]) -> list[str]:
+        decision = Decision(
+            field=name, effect="permit", agreement="a", version=1, reason="", allowed_claims=fixed
+        )
+        return claims.outside_agreements(
+            TestFixedClaims.CATALOG, {name: asked}, {name: decision}, [name], dt.date(2026, 12, 6)
+        )
+
+    def test_an_identifier_in_another_spelling_is_the_fixed_claim(self) -> None:
+        fixed = {"eq": ("AB123456C",)}
+        assert self._outside("ni_number", fixed, {"eq": "ab 123456 c"}) == []
+        assert self._outside("ni_number", fixed, {"in": ["AB123456C", "ab123456c"]}) == []
+        assert self._outside("ni_number", fixed, {"eq": "AB123456D"}) != []
+
+    def test_another_string_must_be_the_fixed_claim_exactly(self) -> None:
+        assert self._outside("address", {"eq": ("Rose Lane",)}, {"eq": "Rose Lane"}) == []
+        assert self._outside("address", {"eq": ("Rose Lane",)}, {"eq": "rose lane"}) != []

@@ -247,6 +247,7 @@ def _print_summary(report: importing.ImportReport) -> None:
     )
     if report.rows_this_run:
         console.print(
-            f"this run: {report.rows_this_run:,} rows in {report.elapsed:.1f} s "
+            f"this run: {report.rows_this_run:,} {'row' if report.rows_this_run == 1 else 'rows'} "
+            f"in {report.elapsed:.1f} s "
             f"({report.rows_per_second:,.0f} rows/s)"
         )

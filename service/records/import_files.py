@@ -147,7 +147,8 @@ def _csv_rows(path: Path, catalog: Catalog, after_line: int) -> Iterator[SourceR
             if first <= after_line or not any(record):
                 continue
             if len(record) != width:
-                yield SourceRow(first, {}, f"the row has {len(record)} cells; the header has {width}")
+                cells = f"{len(record)} cell" if len(record) == 1 else f"{len(record)} cells"
+                yield SourceRow(first, {}, f"the row has {cells}; the header has {width}")
                 continue
             yield SourceRow(
                 first,

@@ -687,6 +687,31 @@ class TestRefusedRows:
         for secret in ("1970-02-31", "SECRETLY", "Repeated"):
             assert secret not in caplog.text
 
+    async def test_a_row_of_another_width_is_refused_by_its_count_of_cells(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(3)
+        path = tmp_path / "ragged.csv"
+        path.write_text(f"national_id,given_name\n{ids[0]},Ann\n{ids[1]},Bo,extra\n{ids[2]}\n")
+
+        imported = await _import(store, path)
+
+        assert imported.rejections == [
+            importing.Rejection(3, "the row has 3 cells; the header has 2"),
+            importing.Rejection(4, "the row has 1 cell; the header has 2"),
+        ]
+        assert (imported.report.counts.registered, imported.report.counts.rejected) == (1, 2)
+
+    async def test_the_summary_counts_one_row_as_one_row(self, store: Store, tmp_path: Path) -> None:
+        (national_id,) = _ids(1)
+        path = _write_csv(tmp_path / "one.csv", REGISTER_COLUMNS, [_person(national_id, 0)])
+
+        result = _cli(store, tmp_path, "--department", "register", str(path))
+
+        assert result.returncode == 0, result.stderr
+        assert "registered 1," in result.stdout
+        assert "this run: 1 row in " in result.stdout
+
     async def test_the_command_exits_1_and_shows_no_value(self, store: Store, tmp_path: Path) -> None:
         ids = _ids(2)
         rows = [_person(ids[0], 0), {**_person(ids[1], 1), "date_of_birth": "31/12/1999"}]

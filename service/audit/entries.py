@@ -547,11 +547,13 @@ def subscription_change_entry(
     source: str | None,
     on_behalf_of: str | None = None,
     why: str = "",
+    refused: bool = False,
 ) -> AuditEntry:
     """A subscription that changed (``change``: ``deleted``, ``disabled``, ``enabled``,
     ``secret-rotated``, with ``why`` when there is more to say), named with its fields, their
-    owners and its purpose. It releases nothing and names no citizen."""
-    said = f"subscription {subscription_id} {change}" + (f": {why}" if why else "")
+    owners and its purpose; or, ``refused``, a change that was asked for and not made
+    (decision deny, ``why`` saying why). It releases nothing and names no citizen."""
+    said = f"subscription {subscription_id} {'not ' if refused else ''}{change}" + (f": {why}" if why else "")
     return AuditEntry.built(
         time=utcnow(),
         request_id=current_request_id(),
@@ -561,7 +563,7 @@ def subscription_change_entry(
         action="subscription-change",
         owners=sorted(set(owners)),
         fields_requested=fields,
-        decision="permit",
+        decision="deny" if refused else "permit",
         reasons=[Reason.built(field="", effect=change, reason=said)],
         purpose=purpose,
         status=status,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.audit.entries import FieldDecision
 from service.audit.errors import AuditUnavailable
 from service.audit.schemas import AuditEntry
-from service.audit.writer import AuditWriter
+from service.audit.writer import AuditWriter, append_many_in_transaction
 
 if TYPE_CHECKING:
     from service.policy.service import PolicyHolder
@@ -44,6 +44,11 @@ class PolicySource(Protocol):
 class AuditSink(Protocol):
     async def record(self, entries: Sequence[AuditEntry]) -> None:
         """Return once every entry is durable; raise if they are not (then nothing leaves)."""
+
+    async def record_in(self, conn: AsyncConnection, entries: Sequence[AuditEntry]) -> None:
+        """Append the entries in ``conn``'s transaction, so they commit with the change it
+        makes, or neither does; raise if they cannot be written (the caller's transaction
+        must then not commit). Call it last before the commit."""
 
 
 class LivePolicy:
@@ -93,6 +98,9 @@ class AppAuditSink:
             raise AuditUnavailable("The audit writer is not running; nothing is released.")
         await writer.append_many(entries)
 
+    async def record_in(self, conn: AsyncConnection, entries: Sequence[AuditEntry]) -> None:
+        await append_many_in_transaction(conn, entries)
+
 
 class OwnAuditSink:
     """A writer of its own, for ``tellonce worker``, which has no app."""
@@ -108,3 +116,6 @@ class OwnAuditSink:
 
     async def record(self, entries: Sequence[AuditEntry]) -> None:
         await self.writer.append_many(entries)
+
+    async def record_in(self, conn: AsyncConnection, entries: Sequence[AuditEntry]) -> None:
+        await append_many_in_transaction(conn, entries)

@@ -224,11 +224,12 @@ async def active_subscriptions(conn: AsyncConnection, department: str) -> list[S
     return [_subscription(row) for row in result]
 
 
-async def delete_subscription(conn: AsyncConnection, subscription_id: str, now: datetime) -> None:
-    """Mark it deleted and cancel what it still had queued; delivery history stays."""
-    await conn.execute(
+async def delete_subscription(conn: AsyncConnection, subscription_id: str, now: datetime) -> bool:
+    """Mark it deleted and cancel what it still had queued; delivery history stays. False,
+    and nothing written, if it was deleted already."""
+    result = await conn.execute(
         update(Subscription)
-        .where(Subscription.id == subscription_id)
+        .where(Subscription.id == subscription_id, Subscription.status != "deleted")
         .values(
             status="deleted",
             deleted_at=now,
@@ -237,11 +238,14 @@ async def delete_subscription(conn: AsyncConnection, subscription_id: str, now: 
             previous_secret_expires_at=None,
         )
     )
+    if not result.rowcount:
+        return False
     await conn.execute(
         update(Delivery)
         .where(Delivery.subscription_id == subscription_id, Delivery.status == "pending")
         .values(status="cancelled", claim_token=None)
     )
+    return True
 
 
 async def disable_subscription(conn: AsyncConnection, subscription_id: str) -> bool:

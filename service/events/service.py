@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -375,24 +375,30 @@ async def _subscription_to_change(
         row = await _own_or_none(conn, caller, subscription_id)
         owners = await field_owners(conn, row.fields) if row is not None else []
     if row is None:
-        await runtime.audit.record(
-            [
-                subscription_refusal_entry(
-                    client_id=caller.principal.client_id,
-                    department=caller.department,
-                    on_behalf_of=caller.principal.on_behalf_of,
-                    subscription_id=subscription_id,
-                    change=change,
-                    source=caller.source,
-                )
-            ]
-        )
-        raise SubscriptionNotFound("No such subscription.")
+        await _refuse_unknown(runtime, caller, subscription_id, change)
     return row, owners
 
 
-async def _audit_change(
-    runtime: EventsRuntime,
+async def _refuse_unknown(
+    runtime: EventsRuntime, caller: RequestFacts, subscription_id: str, change: str
+) -> NoReturn:
+    """404 for a subscription the caller's department does not have, audited first."""
+    await runtime.audit.record(
+        [
+            subscription_refusal_entry(
+                client_id=caller.principal.client_id,
+                department=caller.department,
+                on_behalf_of=caller.principal.on_behalf_of,
+                subscription_id=subscription_id,
+                change=change,
+                source=caller.source,
+            )
+        ]
+    )
+    raise SubscriptionNotFound("No such subscription.")
+
+
+def _change_entry(
     caller: RequestFacts,
     subscription_id: str,
     row: repository.SubscriptionRow,
@@ -400,25 +406,23 @@ async def _audit_change(
     change: str,
     status: int,
     why: str = "",
-) -> None:
-    """The caller's ``change`` of its subscription, audited (``subscription-change``) before
-    it is made; ``AuditUnavailable`` (503) while the audit cannot be written."""
-    await runtime.audit.record(
-        [
-            subscription_change_entry(
-                client_id=caller.principal.client_id,
-                department=caller.department,
-                on_behalf_of=caller.principal.on_behalf_of,
-                subscription_id=subscription_id,
-                change=change,
-                why=why,
-                fields=row.fields,
-                owners=owners,
-                purpose=row.purpose or None,
-                status=status,
-                source=caller.source,
-            )
-        ]
+    refused: bool = False,
+) -> AuditEntry:
+    """The caller's ``change`` of its subscription as the audit records it
+    (``subscription-change``): made, or ``refused`` with ``status``."""
+    return subscription_change_entry(
+        client_id=caller.principal.client_id,
+        department=caller.department,
+        on_behalf_of=caller.principal.on_behalf_of,
+        subscription_id=subscription_id,
+        change=change,
+        why=why,
+        fields=row.fields,
+        owners=owners,
+        purpose=row.purpose or None,
+        status=status,
+        source=caller.source,
+        refused=refused,
     )
 
 
@@ -430,35 +434,47 @@ async def get_subscription(
 
 
 async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> None:
-    """End the subscription, audited first (``subscription-change``) as its making was: while
-    the audit cannot be written it stays as it is (503). A refusal is audited too."""
+    """End the subscription, audited (``subscription-change``) in the transaction that ends
+    it: the entry and the change commit together or not at all, so while the audit cannot
+    be written it stays as it is (503). A refusal is audited too, and so is a delete that
+    finds the subscription deleted meanwhile (404, as for any deleted one)."""
     row, owners = await _subscription_to_change(runtime, caller, subscription_id, "deleted")
-    await _audit_change(runtime, caller, subscription_id, row, owners, "deleted", 204)
     async with runtime.engine.begin() as conn:
-        await repository.delete_subscription(conn, subscription_id, utcnow())
+        deleted = await repository.delete_subscription(conn, subscription_id, utcnow())
+        if deleted:
+            await runtime.audit.record_in(
+                conn, [_change_entry(caller, subscription_id, row, owners, "deleted", 204)]
+            )
+    if not deleted:
+        await _refuse_unknown(runtime, caller, subscription_id, "deleted")
 
 
 async def enable_subscription(
     runtime: EventsRuntime, caller: RequestFacts, subscription_id: str
 ) -> SubscriptionOut:
     """Make a disabled subscription (its receiver answered 410 Gone) active again, audited
-    first (``subscription-change``, ``enabled``): while the audit cannot be written it stays
-    disabled (503). Delivery resumes where it stopped (``repository.enable_subscription``):
-    the deliveries the disabling cancelled are queued again with fresh attempts and the
-    same ``webhook-id``, and every event that came while it was disabled; the outbox is
-    never pruned, so none is missing. Each is checked against the policy when it
-    is sent, as always. An active subscription is answered as it is, and nothing is written."""
+    (``subscription-change``, ``enabled``) in the transaction that enables it: while the
+    audit cannot be written it stays disabled (503). Delivery resumes where it stopped
+    (``repository.enable_subscription``): the deliveries the disabling cancelled are queued
+    again with fresh attempts and the same ``webhook-id``, and every event that came while
+    it was disabled; the outbox is never pruned, so none is missing. Each is checked
+    against the policy when it is sent, as always. An active subscription (enabled by
+    another request meanwhile too) is answered as it is, and nothing is written."""
     row, owners = await _subscription_to_change(runtime, caller, subscription_id, "enabled")
     if row.status == "active":
         return _subscription_out(row, runtime.clock())
-    await _audit_change(runtime, caller, subscription_id, row, owners, "enabled", 200)
     async with runtime.engine.begin() as conn:
-        await repository.enable_subscription(conn, subscription_id, utcnow())
+        requeued = await repository.enable_subscription(conn, subscription_id, utcnow())
         now_row = await _own_or_none(conn, caller, subscription_id)
+        if requeued is not None:
+            await runtime.audit.record_in(
+                conn, [_change_entry(caller, subscription_id, row, owners, "enabled", 200)]
+            )
     if now_row is None:
         # Deleted between the read and the update: there is nothing to enable.
-        raise SubscriptionNotFound("No such subscription.")
-    runtime.notifier.notify()
+        await _refuse_unknown(runtime, caller, subscription_id, "enabled")
+    if requeued is not None:
+        runtime.notifier.notify()
     return _subscription_out(now_row, runtime.clock())
 
 
@@ -468,9 +484,10 @@ async def rotate_secret(runtime: EventsRuntime, caller: RequestFacts, subscripti
     secret's signature beside the new one's (Standard Webhooks allows several, space
     separated), so the receiver can switch without refusing one; then only the new one's.
     A second rotation within the overlap keeps only the secret it replaces: the oldest
-    stops at once. Audited first (``subscription-change``, ``secret-rotated``): while the
-    audit cannot be written nothing changes (503). 409 for a feed subscription, which has
-    no secret, and for a rotation that lost a race with another."""
+    stops at once. Audited (``subscription-change``, ``secret-rotated``) in the transaction
+    that stores the secret: while the audit cannot be written nothing changes (503). 409
+    for a feed subscription, which has no secret, and for a rotation that lost a race with
+    another, which is audited as refused and changes nothing."""
     row, owners = await _subscription_to_change(runtime, caller, subscription_id, "secret-rotated")
     if row.webhook_url is None:
         raise Conflict("The subscription reads the feed and has no webhook, so it has no signing secret.")
@@ -495,7 +512,6 @@ async def rotate_secret(runtime: EventsRuntime, caller: RequestFacts, subscripti
         if until is not None
         else "the previous secret no longer signs"
     )
-    await _audit_change(runtime, caller, subscription_id, row, owners, "secret-rotated", 200, why=why)
     async with runtime.engine.begin() as conn:
         stored = await repository.rotate_secret(
             conn,
@@ -506,9 +522,20 @@ async def rotate_secret(runtime: EventsRuntime, caller: RequestFacts, subscripti
             previous_until=until,
         )
         now_row = await _own_or_none(conn, caller, subscription_id)
+        if stored:
+            entry = _change_entry(caller, subscription_id, row, owners, "secret-rotated", 200, why=why)
+            await runtime.audit.record_in(conn, [entry])
     if now_row is None:
-        raise SubscriptionNotFound("No such subscription.")
+        await _refuse_unknown(runtime, caller, subscription_id, "secret-rotated")
     if not stored:
+        lost = "another request rotated the secret at the same time"
+        await runtime.audit.record(
+            [
+                _change_entry(
+                    caller, subscription_id, row, owners, "secret-rotated", 409, why=lost, refused=True
+                )
+            ]
+        )
         raise Conflict("The secret was rotated by another request at the same time; rotate again.")
     shown = _subscription_out(now_row, now)
     return SecretRotated(**shown.model_dump(), secret=secret)

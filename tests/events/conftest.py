@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import delete, insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from service.app import create_app
 from service.audit.schemas import AuditEntry
@@ -78,6 +78,11 @@ class ListAuditSink:
             raise ServiceUnavailable("The audit log could not record this access.")
         # Kept as the stored records, which is what the tests read.
         self.entries.extend(entry.to_record() for entry in entries)
+
+    async def record_in(self, conn: AsyncConnection, entries: Sequence[AuditEntry]) -> None:
+        # Kept at once, not at the commit: the service calls this only once its change is
+        # made and the commit is all that is left.
+        await self.record(entries)
 
     def of(self, action: str) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["action"] == action]

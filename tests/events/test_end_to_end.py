@@ -17,14 +17,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from standardwebhooks import Webhook
 
 from service.app import create_app
 from service.audit.models import AuditEntryRow
 from service.config import Settings
 from service.events import repository
+from service.events.models import Subscription
 from service.events.service import EventsRuntime
 from tests.events.conftest import LiveAgreements, add_citizen, emit
 from tests.fixtures.auth import act_as
@@ -230,6 +231,77 @@ class TestSubscriptionChangesAudited:
             f"subscription {subscription_id} deleted",
             f"subscription {subscription_id} not deleted: dvla has no such subscription",
         ]
+
+
+class TestSubscriptionChangesCommitWithTheirEntries:
+    async def test_a_rotation_that_loses_a_race_leaves_no_entry_saying_it_was_made(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        events_engine: AsyncEngine,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The entry was written first, on its own: a rotation that then found the secret
+        changed by another answered 409 while the stored trail said it was made (200)."""
+        act_as(full_app, "dvla", "consumer", client_id="dvla-events")
+        created = await http.post(
+            "/v1/subscriptions",
+            json={
+                "fields": ["date_of_death"],
+                "purpose": "licence-administration",
+                "webhook_url": receiver.url,
+            },
+        )
+        assert created.status_code == 201, created.text
+        subscription_id = created.json()["id"]
+        real_rotate = repository.rotate_secret
+
+        async def raced(conn: AsyncConnection, rotated_id: str, **stored: Any) -> bool:
+            # Another rotation commits first, on a connection of its own.
+            async with events_engine.begin() as other:
+                await other.execute(
+                    update(Subscription)
+                    .where(Subscription.id == rotated_id)
+                    .values(secret_ciphertext=b"sealed by the other rotation")
+                )
+            return await real_rotate(conn, rotated_id, **stored)
+
+        monkeypatch.setattr(repository, "rotate_secret", raced)
+        lost = await http.post(f"/v1/subscriptions/{subscription_id}/rotate-secret")
+        assert lost.status_code == 409, lost.text
+        assert "whsec_" not in lost.text
+        [entry] = [
+            e
+            for e in await _audit(events_engine, "subscription-change")
+            if subscription_id in e["reasons"][0]["reason"]
+        ]
+        assert (entry["decision"], entry["status"], entry["reasons"][0]["effect"]) == (
+            "deny",
+            409,
+            "secret-rotated",
+        )
+        assert entry["reasons"][0]["reason"] == (
+            f"subscription {subscription_id} not secret-rotated: "
+            "another request rotated the secret at the same time"
+        )
+        async with events_engine.connect() as conn:
+            kept = (
+                await conn.execute(
+                    select(Subscription.secret_ciphertext).where(Subscription.id == subscription_id)
+                )
+            ).scalar_one()
+        assert kept == b"sealed by the other rotation"
+
+        monkeypatch.setattr(repository, "rotate_secret", real_rotate)
+        made = await http.post(f"/v1/subscriptions/{subscription_id}/rotate-secret")
+        assert made.status_code == 200, made.text
+        entries = [
+            e
+            for e in await _audit(events_engine, "subscription-change")
+            if subscription_id in e["reasons"][0]["reason"]
+        ]
+        assert [(e["decision"], e["status"]) for e in entries] == [("deny", 409), ("permit", 200)]
 
 
 class TestWorkerProcess:

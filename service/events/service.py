@@ -302,8 +302,8 @@ async def _store_subscription(
     subscription_id = str(uuid.uuid4())
     secret = new_signing_secret() if body.webhook_url is not None else None
     sealed = runtime.secret_box.seal(secret, subscription_id) if secret is not None else None
-    # Audited before it is stored, so no subscription exists that the trail does not show.
-    await runtime.audit.record([entry])
+    # Audited in the transaction that stores it: no subscription exists that the trail does
+    # not show, and no entry shows one that was not stored.
     async with runtime.engine.begin() as conn:
         head = await repository.head_position(conn)
         await repository.insert_subscription(
@@ -323,6 +323,7 @@ async def _store_subscription(
                 "type": body.type,
             },
         )
+        await runtime.audit.record_in(conn, [entry])
     return SubscriptionCreated(
         id=subscription_id,
         type=body.type,

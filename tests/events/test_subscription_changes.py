@@ -222,7 +222,7 @@ class TestEnable:
             assert response.json() == {k: v for k, v in hook.items() if k != "secret"}
         assert audit_sink.of("subscription-change") == []
 
-    async def test_audited_first_and_refused_while_the_audit_is_down(
+    async def test_audited_with_the_change_and_refused_while_the_audit_is_down(
         self,
         events_app: FastAPI,
         api: httpx.AsyncClient,
@@ -426,7 +426,7 @@ class TestRotateSecret:
         assert _verifies(rotated.json()["secret"], request)
         assert _verifies(hook["secret"], request)
 
-    async def test_audited_first_and_refused_while_the_audit_is_down(
+    async def test_audited_with_the_change_and_refused_while_the_audit_is_down(
         self,
         events_app: FastAPI,
         api: httpx.AsyncClient,

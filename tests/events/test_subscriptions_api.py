@@ -221,7 +221,19 @@ class TestReadAndDeleteSubscriptions:
         )
         assert (await api.get("/v1/subscriptions")).json() == {"items": [], "next_cursor": None}
 
-    async def test_a_deletion_is_audited_first_and_refused_while_the_audit_is_down(
+    async def test_a_subscription_is_not_made_while_the_audit_is_down(
+        self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
+    ) -> None:
+        act_as(events_app, "welfare", "consumer")
+        audit_sink.failing = True
+        refused = await api.post(
+            "/v1/subscriptions", json={"fields": ["address"], "purpose": "benefit-eligibility"}
+        )
+        _assert_problem(refused, 503, "unavailable")
+        assert (await api.get("/v1/subscriptions")).json() == {"items": [], "next_cursor": None}
+        assert audit_sink.of("subscribe") == []
+
+    async def test_a_deletion_is_audited_with_it_and_refused_while_the_audit_is_down(
         self, events_app: FastAPI, api: httpx.AsyncClient, audit_sink: ListAuditSink
     ) -> None:
         act_as(events_app, "welfare", "consumer")

@@ -1,28 +1,17 @@
-"""Cursors the events API hands out: opaque base64url text that only this service reads
-back. A position in the outbox (``e1:N``) pages the feed and a subscription's
+"""Cursors the events API hands out: opaque text that only this service reads back
+(``service.cursors``). A position in the outbox (``e1:N``) pages the feed and a subscription's
 deliveries; a subscription listing pages by creation time and id."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-
+from service.cursors import decode_text, encode_text
 from service.digits import bounded_decimal
 from service.errors import bad_cursor
 
+__all__ = ["decode_position", "decode_text", "encode_position", "encode_text"]
+
 # The largest position the outbox's 64-bit column holds; a cursor past it was never given.
 _MAX_POSITION = 2**63 - 1
-
-
-def encode_text(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def decode_text(cursor: str, loc: list[str | int]) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise bad_cursor(loc) from None
 
 
 def encode_position(position: int) -> str:

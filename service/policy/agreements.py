@@ -10,8 +10,6 @@ The change itself (a new immutable version, its audit entry, the epoch bump) is
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from service.auth import permissions
 from service.auth.dependencies import Principal
 from service.catalog.schemas import Catalog
 from service.consent import repository as consent_repository
+from service.cursors import decode_text, encode_text
 from service.db import utcnow
 from service.digits import ascii_digits
 from service.errors import ValidationFailed, bad_cursor
@@ -83,25 +82,9 @@ def author(principal: Principal) -> str:
     return f"{principal.client_id} for {kept}{tail}"[:AUTHOR_MAX]
 
 
-def _encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        # validate=True: urlsafe_b64decode would drop the characters outside the alphabet,
-        # so that "!!" read as no cursor at all, the first page.
-        padded = cursor + "=" * (-len(cursor) % 4)
-        decoded = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise bad_cursor() from None
-    # The service's cursors hold an agreement id or a version number; a forged one might
-    # hold a NUL, which PostgreSQL cannot even take as text.
-    if not decoded.isascii() or not decoded.isprintable():
-        raise bad_cursor()
-    return decoded
+def _decoded(cursor: str | None) -> str | None:
+    """The agreement id or version number a cursor holds, or None for the first page."""
+    return None if cursor is None else decode_text(cursor)
 
 
 def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
@@ -166,11 +149,11 @@ async def list_agreements(
 ) -> AgreementPage:
     """The current version of every agreement ``principal`` may see, by id."""
     rows = await repository.page_current(
-        session, owner=permissions.owner_scope(principal), after=_decode_cursor(cursor), limit=limit + 1
+        session, owner=permissions.owner_scope(principal), after=_decoded(cursor), limit=limit + 1
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    return AgreementPage(rows, _encode_cursor(rows[-1].agreement_id) if more else None)
+    return AgreementPage(rows, encode_text(rows[-1].agreement_id) if more else None)
 
 
 async def list_versions(
@@ -178,7 +161,7 @@ async def list_versions(
 ) -> AgreementPage:
     """Every version of one visible agreement, oldest first."""
     await get_agreement(session, principal, agreement_id)
-    after_text = _decode_cursor(cursor)
+    after_text = _decoded(cursor)
     after = None
     if after_text is not None:
         # Versions are 32-bit on PostgreSQL: more than 9 digits names no version, and would
@@ -189,7 +172,7 @@ async def list_versions(
     rows = await repository.page_versions(session, agreement_id, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return AgreementPage(rows, _encode_cursor(str(rows[-1].version)) if more else None)
+    return AgreementPage(rows, encode_text(str(rows[-1].version)) if more else None)
 
 
 # --- changing -------------------------------------------------------------------------

@@ -211,9 +211,7 @@ async def usage_report(
         until=search.parse_time(until, "until"),
         source=source_address(request),
     )
-    start = search.parse_cursor(cursor)
-    page = counts[start : start + limit]
-    next_cursor = str(start + limit) if start + limit < len(counts) else None
+    page, next_cursor = search.usage_page(counts, cursor, limit)
     return {"items": page, "next_cursor": next_cursor}
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from service.audit import repository as audit_repository
@@ -115,9 +116,14 @@ async def usage_counts(
         if len(rows) < 1000:
             break
         after = rows[-1][0]
-    return [
+    report = [
         {"consumer": c, "owner": o, "field": f, "purpose": p, "period": d, "count": n}
-        for (c, o, f, p, d), n in sorted(
-            counts.items(), key=lambda kv: (kv[0][4], kv[0][0], kv[0][2], str(kv[0][3]))
-        )
+        for (c, o, f, p, d), n in counts.items()
     ]
+    return sorted(report, key=usage_order)
+
+
+def usage_order(row: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """The usage report's order, and each row's key in it: period, consumer, field, purpose
+    (a field has one owner, so no two rows share it)."""
+    return (row["period"], row["consumer"], row["field"], row["purpose"] or "")

@@ -36,6 +36,7 @@ from service.cases import repository as cases_repository
 from service.cases import rules
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
+from service.cursors import decode_text, encode_text
 from service.digits import ascii_digits
 from service.errors import Forbidden, InsufficientScope, NotFound, bad_cursor
 from service.policy.terms import agreement_terms
@@ -368,6 +369,45 @@ async def usage_report(
     counts = await audit_query.usage_counts(access.connect, stored_filter, period, field_owners, owner)
     await record_query(access.writer, principal, source=source, owners=[owner] if owner else [])
     return counts
+
+
+# A usage report's cursor: the key of the last row shown (``query.usage_order``), so the
+# next page starts after that row whatever rows the log has gained meanwhile. (An offset
+# shifted when a new consumer, field or purpose took a place before it, showing a row twice.)
+_USAGE_CURSOR = "u1:"
+_USAGE_KEY_MAX = 200
+
+
+def usage_page(
+    counts: Sequence[dict[str, Any]], cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of ``counts`` (in the report's order) after ``cursor``, ``limit`` of them,
+    and the cursor of the next page (None at the end)."""
+    after = _usage_after(cursor)
+    rows = [row for row in counts if after is None or audit_query.usage_order(row) > after]
+    page = rows[:limit]
+    if len(rows) <= limit:
+        return page, None
+    return page, encode_text(_USAGE_CURSOR + json.dumps(list(audit_query.usage_order(page[-1]))))
+
+
+def _usage_after(cursor: str | None) -> tuple[str, str, str, str] | None:
+    if cursor is None:
+        return None
+    text = decode_text(cursor)
+    if not text.startswith(_USAGE_CURSOR):
+        raise bad_cursor()
+    try:
+        key = json.loads(text[len(_USAGE_CURSOR) :])
+    except ValueError:
+        raise bad_cursor() from None
+    if (
+        not isinstance(key, list)
+        or len(key) != 4
+        or not all(isinstance(part, str) and len(part) <= _USAGE_KEY_MAX for part in key)
+    ):
+        raise bad_cursor()
+    return (key[0], key[1], key[2], key[3])
 
 
 async def citizen_access_log(

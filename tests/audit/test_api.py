@@ -520,6 +520,73 @@ class TestUsageReport:
         _problem(await client.get("/v1/audit/reports/usage", params={"period": "year"}), 422)
 
 
+class TestUsageReportPages:
+    async def _pages(self, client: httpx.AsyncClient, **params: Any) -> list[list[dict[str, Any]]]:
+        pages: list[list[dict[str, Any]]] = []
+        cursor = None
+        while True:
+            asked = {"period": "day", "limit": 1, **params, **({"cursor": cursor} if cursor else {})}
+            response = await client.get("/v1/audit/reports/usage", params=asked)
+            assert response.status_code == 200, response.text
+            pages.append(response.json()["items"])
+            cursor = response.json()["next_cursor"]
+            if cursor is None:
+                return pages
+
+    async def test_a_page_at_a_time_gives_every_row_once(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
+    ) -> None:
+        act_as(app, "audit-office", "auditor")
+        await _seed(audit_log, str(uuid.uuid4()))
+        whole = (await client.get("/v1/audit/reports/usage", params={"period": "day", "limit": 1000})).json()
+        assert whole["next_cursor"] is None
+        assert len(whole["items"]) >= 3
+        pages = await self._pages(client)
+        assert [row for page in pages for row in page] == whole["items"]
+
+    async def test_a_row_gained_between_pages_is_never_shown_twice(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
+    ) -> None:
+        """The cursor was an offset: a new row sorted before it (here a consumer whose name
+        sorts first, on the same day) pushed the last row shown onto the next page again."""
+        act_as(app, "audit-office", "auditor")
+        await _seed(audit_log, str(uuid.uuid4()))
+        first = await client.get("/v1/audit/reports/usage", params={"period": "day", "limit": 1})
+        [shown] = first.json()["items"]
+        day = shown["period"]
+        await audit_log.append_many(
+            [
+                make_entry(
+                    citizen_id=str(uuid.uuid4()),
+                    department="aaa-first-consumer",
+                    owners=["dvla"],
+                    fields_released=["licence_status"],
+                    time=f"{day}T00:00:00+00:00",
+                )
+            ]
+        )
+        rest = await self._pages(client, cursor=first.json()["next_cursor"])
+        later = [row for page in rest for row in page]
+        keys = [(r["period"], r["consumer"], r["field"], r["purpose"]) for r in [shown, *later]]
+        assert len(keys) == len(set(keys))
+        whole = (await client.get("/v1/audit/reports/usage", params={"period": "day", "limit": 1000})).json()
+        after = whole["items"][whole["items"].index(shown) + 1 :]
+        assert later == after
+
+    @pytest.mark.parametrize("cursor", ["1", "0", "!!", "dTE6bm90IGpzb24", "dTE6WzEsMiwzLDRd", "ZTE6Nw"])
+    async def test_a_cursor_the_report_did_not_give_is_422(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit, cursor: str
+    ) -> None:
+        """Among them the offsets it gave before ("1"), a cursor of the events feed and
+        cursors of the right form with the wrong content."""
+        act_as(app, "audit-office", "auditor")
+        await _seed(audit_log, str(uuid.uuid4()))
+        response = await client.get("/v1/audit/reports/usage", params={"cursor": cursor})
+        body = _problem(response, 422)
+        assert body["type"].endswith("/invalid-cursor")
+        assert cursor not in response.text
+
+
 class TestCitizenAccessLog:
     async def test_lists_accesses_without_officers(
         self,

@@ -16,8 +16,6 @@ request in every process without any cache to invalidate.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from service.consent.errors import (
 )
 from service.consent.repository import ConsentRow
 from service.consent.schemas import ConsentIn, ConsentOut, ConsentPage, ConsentStatus, ObjectionOut
+from service.cursors import decode_text, encode_text
 from service.errors import NotFound, ValidationFailed, bad_cursor
 from service.events import service as events_service
 from service.policy.engine import Agreement
@@ -314,25 +313,25 @@ async def _logged_agreement(conn: AsyncConnection, runtime: ConsentRuntime, row:
 
 
 def _cursor(row: ConsentRow) -> str:
-    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+    return encode_text(f"{row.created_at.isoformat()}|{row.id}")
 
 
 def _after(cursor: str | None) -> tuple[datetime, str] | None:
     if cursor is None:
         return None
+    # Printable ASCII, or refused (``service.cursors``): a NUL would reach the store.
+    created_at, bar, consent_id = decode_text(cursor).partition("|")
     try:
-        created_at, consent_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         after = datetime.fromisoformat(created_at)
-        # The list's cursors hold an aware time and a consent id (a UUID); a forged one
-        # with a naive or out-of-range time, or a NUL, would reach the store as a 500.
-        if (
-            after.tzinfo is None
-            or len(consent_id) > 36
-            or not (consent_id.isascii() and consent_id.isprintable())
-        ):
-            raise ValueError("not a cursor this list gives")
+    except ValueError:
+        raise bad_cursor() from None
+    # The list's cursors hold an aware time and a consent id (a UUID); a forged one with a
+    # naive or out-of-range time would reach the store as a 500.
+    if not bar or after.tzinfo is None or len(consent_id) > 36:
+        raise bad_cursor()
+    try:
         return after.astimezone(UTC), consent_id
-    except (ValueError, OverflowError, binascii.Error, UnicodeError):
+    except OverflowError:
         raise bad_cursor() from None
 
 

@@ -442,6 +442,9 @@ class TestWhatReachesTheStore:
             _cursor("9999-12-31T23:59:59-12:00|00000000-0000-0000-0000-000000000000"),  # not in UTC
             _cursor("2026-11-01T00:00:00+00:00|\x00"),
             _cursor("2026-11-01T00:00:00+00:00|" + "a" * 37),
+            _cursor("2026-11-01T00:00:00+00:00"),  # no consent id
+            _cursor("0001-01-01T00:00:00+14:00|00000000-0000-0000-0000-000000000000"),  # before year 1 in UTC
+            "AAAA!!",  # outside the base64url alphabet
         ],
     )
     async def test_a_forged_cursor_is_422(self, world: ConsentWorld, cursor: str) -> None:

@@ -89,8 +89,8 @@ async def delete_subscription(
 ) -> Response:
     """End a subscription, active or disabled. Deliveries still queued for it are cancelled.
 
-    The deletion is audited (action `subscription-change`) before it takes effect: while the
-    audit cannot be written the answer is 503 and the subscription stays. A refused one
+    The deletion is audited (action `subscription-change`) in the transaction that makes it:
+    while the audit cannot be written the answer is 503 and the subscription stays. A refused one
     (404: another department's, an unknown or an already deleted subscription, answered
     alike) is audited too, as refused."""
     await events_service.delete_subscription(runtime, consumer, subscription_id)
@@ -109,8 +109,8 @@ async def enable_subscription(
     agreements when it is sent. Deliveries that were `dead` before stay so until you
     redeliver them.
 
-    Audited (action `subscription-change`) before it takes effect: while the audit cannot be
-    written the answer is 503 and it stays disabled. An active subscription is answered as
+    Audited (action `subscription-change`) in the transaction that enables it: while the
+    audit cannot be written the answer is 503 and it stays disabled. An active subscription is answered as
     it is. 404, audited as refused, for another department's, an unknown or a deleted
     subscription (a deleted one cannot come back: subscribe again)."""
     return await events_service.enable_subscription(runtime, consumer, subscription_id)
@@ -130,9 +130,10 @@ async def rotate_secret(
     the overlap; `previous_secret_expires_at` says when the old one stops signing. A second
     rotation within the overlap keeps only the secret it replaces: the older one stops at once.
 
-    Audited (action `subscription-change`) before it takes effect: while the audit cannot be
-    written the answer is 503 and the secret is unchanged. 409 for a subscription that reads
-    the feed (it has no secret). 404, audited as refused, for another department's, an
+    Audited (action `subscription-change`) in the transaction that stores the new secret:
+    while the audit cannot be written the answer is 503 and the secret is unchanged. 409 for
+    a subscription that reads the feed (it has no secret), and for a rotation that lost to
+    another made at the same moment (nothing changed; audited as refused). 404, audited as refused, for another department's, an
     unknown or a deleted subscription."""
     return await events_service.rotate_secret(runtime, consumer, subscription_id)
 

@@ -65,6 +65,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/subscriptions"): {409},
     ("GET", "/v1/subscriptions/{subscription_id}"): {404},
     ("DELETE", "/v1/subscriptions/{subscription_id}"): {404},
+    ("POST", "/v1/subscriptions/{subscription_id}/disable"): {404},
     ("POST", "/v1/subscriptions/{subscription_id}/enable"): {404},
     ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret"): {404, 409},
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): {404},

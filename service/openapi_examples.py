@@ -358,6 +358,7 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/subscriptions"): {**_SUBSCRIPTION, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
     ("GET", "/v1/subscriptions"): {"items": [_SUBSCRIPTION], "next_cursor": None},
     ("GET", "/v1/subscriptions/{subscription_id}"): _SUBSCRIPTION,
+    ("POST", "/v1/subscriptions/{subscription_id}/disable"): {**_SUBSCRIPTION, "status": "disabled"},
     ("POST", "/v1/subscriptions/{subscription_id}/enable"): _SUBSCRIPTION,
     ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret"): {
         **_SUBSCRIPTION,

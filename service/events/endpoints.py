@@ -70,8 +70,9 @@ async def list_subscriptions(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> SubscriptionPage:
     """Your department's subscriptions, oldest first (secrets are never shown again):
-    `active` ones, and `disabled` ones, whose receiver answered 410 Gone (enable them again
-    with `POST /v1/subscriptions/{id}/enable`). Deleted ones are not listed."""
+    `active` ones, and `disabled` ones, whose receiver answered 410 Gone or which you
+    paused (enable them again with `POST /v1/subscriptions/{id}/enable`). Deleted ones are
+    not listed."""
     return await events_service.list_subscriptions(runtime, consumer, cursor=cursor, limit=limit)
 
 
@@ -97,22 +98,40 @@ async def delete_subscription(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.post("/subscriptions/{subscription_id}/disable", response_model=SubscriptionOut)
+async def disable_subscription(
+    subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime
+) -> SubscriptionOut:
+    """Pause an active subscription, while its receiver is down for maintenance say: nothing
+    more is delivered (or read from the feed) for it, and deliveries still queued are
+    cancelled, as after a 410 Gone answer. Enable it again (`POST
+    /v1/subscriptions/{id}/enable`) to resume where it stopped: the cancelled deliveries are
+    sent again under their same `webhook-id`, then every change that came meanwhile.
+
+    Audited (action `subscription-change`) in the transaction that disables it: while the
+    audit cannot be written the answer is 503 and it stays active. A disabled subscription
+    is answered as it is. 404, audited as refused, for another department's, an unknown or
+    a deleted subscription."""
+    return await events_service.disable_subscription(runtime, consumer, subscription_id)
+
+
 @router.post("/subscriptions/{subscription_id}/enable", response_model=SubscriptionOut)
 async def enable_subscription(
     subscription_id: SubscriptionPath, consumer: Consumer, runtime: Runtime
 ) -> SubscriptionOut:
     """Enable again a subscription the service disabled because its receiver answered 410
-    Gone, once the receiver takes webhooks again. Delivery resumes where it stopped: the
-    deliveries the disabling cancelled are sent again (fresh attempts, the same
-    `webhook-id`, so a receiver de-duplicates), and so is every change that came while it
-    was disabled; nothing is lost, since events are kept. Each is checked against the
-    agreements when it is sent. Deliveries that were `dead` before stay so until you
-    redeliver them.
+    Gone, once the receiver takes webhooks again, or one you paused (`.../disable`).
+    Delivery resumes where it stopped: the deliveries the disabling cancelled are sent
+    again (fresh attempts, the same `webhook-id`, so a receiver de-duplicates), and so is
+    every change that came while it was disabled; nothing is lost, since events are kept.
+    Each is checked against the agreements when it is sent. Deliveries that were `dead`
+    before stay so until you redeliver them.
 
     Audited (action `subscription-change`) in the transaction that enables it: while the
-    audit cannot be written the answer is 503 and it stays disabled. An active subscription is answered as
-    it is. 404, audited as refused, for another department's, an unknown or a deleted
-    subscription (a deleted one cannot come back: subscribe again)."""
+    audit cannot be written the answer is 503 and it stays disabled. An active
+    subscription is answered as it is. 404, audited as refused, for another department's,
+    an unknown or a deleted subscription (a deleted one cannot come back: subscribe
+    again)."""
     return await events_service.enable_subscription(runtime, consumer, subscription_id)
 
 
@@ -133,8 +152,8 @@ async def rotate_secret(
     Audited (action `subscription-change`) in the transaction that stores the new secret:
     while the audit cannot be written the answer is 503 and the secret is unchanged. 409 for
     a subscription that reads the feed (it has no secret), and for a rotation that lost to
-    another made at the same moment (nothing changed; audited as refused). 404, audited as refused, for another department's, an
-    unknown or a deleted subscription."""
+    another made at the same moment (nothing changed; audited as refused). 404, audited as
+    refused, for another department's, an unknown or a deleted subscription."""
     return await events_service.rotate_secret(runtime, consumer, subscription_id)
 
 

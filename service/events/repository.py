@@ -249,8 +249,9 @@ async def delete_subscription(conn: AsyncConnection, subscription_id: str, now: 
 
 
 async def disable_subscription(conn: AsyncConnection, subscription_id: str) -> bool:
-    """Disable an active subscription (its receiver answered 410 Gone) and cancel what it
-    still had queued, as a delete does; False, and nothing written, if it was not active.
+    """Disable an active subscription (its receiver answered 410 Gone, or its department
+    paused it) and cancel what it still had queued, as a delete does; False, and nothing
+    written, if it was not active.
 
     Unlike a delete it keeps the sealed secret and its ``fanout_position`` and stays visible
     to its department, which sees why in its deliveries and may enable it again

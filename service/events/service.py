@@ -450,10 +450,38 @@ async def delete_subscription(runtime: EventsRuntime, caller: RequestFacts, subs
         await _refuse_unknown(runtime, caller, subscription_id, "deleted")
 
 
+async def disable_subscription(
+    runtime: EventsRuntime, caller: RequestFacts, subscription_id: str
+) -> SubscriptionOut:
+    """Pause an active subscription (a receiver under maintenance, say): nothing more is
+    sent to it or read from the feed for it, and what it had queued is cancelled, as after
+    a 410 Gone answer; ``enable_subscription`` resumes it where it stopped, with nothing
+    lost. Audited (``subscription-change``, ``disabled``) in the transaction that disables
+    it: while the audit cannot be written it stays active (503). A disabled subscription
+    (disabled by another request meanwhile too) is answered as it is, and nothing is
+    written."""
+    row, owners = await _subscription_to_change(runtime, caller, subscription_id, "disabled")
+    if row.status == "disabled":
+        return _subscription_out(row, runtime.clock())
+    async with runtime.engine.begin() as conn:
+        disabled = await repository.disable_subscription(conn, subscription_id)
+        now_row = await _own_or_none(conn, caller, subscription_id)
+        if disabled:
+            entry = _change_entry(
+                caller, subscription_id, row, owners, "disabled", 200, why="by its department"
+            )
+            await runtime.audit.record_in(conn, [entry])
+    if now_row is None:
+        # Deleted between the read and the update: there is nothing to disable.
+        await _refuse_unknown(runtime, caller, subscription_id, "disabled")
+    return _subscription_out(now_row, runtime.clock())
+
+
 async def enable_subscription(
     runtime: EventsRuntime, caller: RequestFacts, subscription_id: str
 ) -> SubscriptionOut:
-    """Make a disabled subscription (its receiver answered 410 Gone) active again, audited
+    """Make a disabled subscription (its receiver answered 410 Gone, or its department
+    paused it: ``disable_subscription``) active again, audited
     (``subscription-change``, ``enabled``) in the transaction that enables it: while the
     audit cannot be written it stays disabled (503). Delivery resumes where it stopped
     (``repository.enable_subscription``): the deliveries the disabling cancelled are queued

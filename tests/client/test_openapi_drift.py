@@ -54,6 +54,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/subscriptions"): "list_subscriptions",
     ("GET", "/v1/subscriptions/{subscription_id}"): "get_subscription",
     ("DELETE", "/v1/subscriptions/{subscription_id}"): "delete_subscription",
+    ("POST", "/v1/subscriptions/{subscription_id}/disable"): "disable_subscription",
     ("POST", "/v1/subscriptions/{subscription_id}/enable"): "enable_subscription",
     ("POST", "/v1/subscriptions/{subscription_id}/rotate-secret"): "rotate_secret",
     ("GET", "/v1/subscriptions/{subscription_id}/deliveries"): "deliveries",

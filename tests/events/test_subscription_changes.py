@@ -242,6 +242,91 @@ class TestEnable:
         assert [d["status"] for d in await _deliveries(api, hook["id"])] == ["cancelled"]
 
 
+class TestDisable:
+    async def test_a_paused_subscription_gets_nothing_until_enabled_and_then_everything(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer", client_id="dvla-events")
+        hook = await _subscribe(api, receiver.url)
+        citizen = await add_citizen(events_engine)
+        queued = await emit(runtime, citizen, ["date_of_death"], "register")
+        assert await dispatcher.fan_out() == 1
+
+        paused = await api.post(f"/v1/subscriptions/{hook['id']}/disable")
+        assert paused.status_code == 200, paused.text
+        assert paused.json() == {**{k: v for k, v in hook.items() if k != "secret"}, "status": "disabled"}
+        assert paused.json() == (await api.get(f"/v1/subscriptions/{hook['id']}")).json()
+        while_paused = await emit(runtime, citizen, ["date_of_death"], "register")
+        await dispatcher.run_once()
+        assert receiver.received == []
+        assert [d["status"] for d in await _deliveries(api, hook["id"])] == ["cancelled"]
+        # Pausing it again changes nothing, and writes nothing.
+        again = await api.post(f"/v1/subscriptions/{hook['id']}/disable")
+        assert again.json() == paused.json()
+        [pausing] = audit_sink.of("subscription-change")
+        assert (pausing["client_id"], pausing["department"]) == ("dvla-events", "dvla")
+        assert (pausing["decision"], pausing["status"], pausing["citizen_id"]) == ("permit", 200, None)
+        assert pausing["reasons"][0]["effect"] == "disabled"
+        assert pausing["reasons"][0]["reason"] == f"subscription {hook['id']} disabled: by its department"
+
+        assert (await api.post(f"/v1/subscriptions/{hook['id']}/enable")).status_code == 200
+        async with running(dispatcher):
+            accepted = await receiver.until(2)
+        assert sorted(_event_ids(accepted)) == sorted([queued, while_paused])
+        for request in accepted:
+            spec_verify(hook["secret"], request.headers, request.body)
+        assert [e["reasons"][0]["effect"] for e in audit_sink.of("subscription-change")] == [
+            "disabled",
+            "enabled",
+        ]
+
+    async def test_a_paused_feed_subscription_feeds_nothing_until_enabled(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        feed = await _subscribe(api, None)
+        start = (await api.get("/v1/events")).json()["cursor"]
+        assert (await api.post(f"/v1/subscriptions/{feed['id']}/disable")).status_code == 200
+        told = await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        assert (await api.get("/v1/events", params={"after": start})).json()["items"] == []
+        assert (await api.post(f"/v1/subscriptions/{feed['id']}/enable")).status_code == 200
+        items = (await api.get("/v1/events", params={"after": start})).json()["items"]
+        assert [item["event_id"] for item in items] == [told]
+
+    async def test_refused_while_the_audit_is_down_and_for_another_department(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "dvla", "consumer")
+        hook = await _subscribe(api, receiver.url)
+        audit_sink.failing = True
+        _assert_problem(await api.post(f"/v1/subscriptions/{hook['id']}/disable"), 503, "unavailable")
+        assert (await api.get(f"/v1/subscriptions/{hook['id']}")).json()["status"] == "active"
+        audit_sink.failing = False
+        act_as(events_app, "welfare", "consumer")
+        _assert_problem(
+            await api.post(f"/v1/subscriptions/{hook['id']}/disable"), 404, "subscription-not-found"
+        )
+        [refused] = audit_sink.of("subscription-change")
+        assert (refused["decision"], refused["status"], refused["department"]) == ("deny", 404, "welfare")
+        act_as(events_app, "dvla", "consumer")
+        assert (await api.get(f"/v1/subscriptions/{hook['id']}")).json()["status"] == "active"
+
+
 async def _stored_secrets(engine: AsyncEngine, subscription_id: str) -> tuple[Any, Any, Any]:
     async with engine.connect() as conn:
         row = (

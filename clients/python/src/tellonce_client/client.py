@@ -555,9 +555,17 @@ class TellonceClient:
     async def delete_subscription(self, subscription_id: str) -> None:
         await self.request("DELETE", f"/v1/subscriptions/{subscription_id}")
 
+    async def disable_subscription(self, subscription_id: str) -> m.SubscriptionOut:
+        """Pause a subscription: nothing is delivered for it until ``enable_subscription``,
+        which resumes where it stopped."""
+        return await self._call(
+            m.SubscriptionOut, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/disable"
+        )
+
     async def enable_subscription(self, subscription_id: str) -> m.SubscriptionOut:
-        """Enable again a subscription the service disabled (its receiver answered 410 Gone):
-        delivery resumes where it stopped, with nothing that came meanwhile lost."""
+        """Enable again a subscription the service disabled (its receiver answered 410 Gone)
+        or you paused: delivery resumes where it stopped, with nothing that came meanwhile
+        lost."""
         return await self._call(
             m.SubscriptionOut, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/enable"
         )

@@ -2,7 +2,7 @@
 
 A case is opened by the first access that needs it (``RecordsService.open_cases``, on the
 read path, through ``repository.open_case``) and closed only by its own department.
-Closing is audited, refused or not, before the answer.
+Closing is audited in its own transaction, and a refusal before it is answered.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.audit.entries import case_entry
+from service.audit.writer import append_in_transaction
 from service.auth.facts import RequestFacts
 from service.cases import repository
 from service.cases.errors import CaseNotFound
@@ -32,13 +33,16 @@ async def close(
     case changes nothing and answers the same."""
     async with connect() as conn:
         found = await repository.get_case(conn, facts.department, case_ref)
-    # Durable in the log before the case is closed: no closing is unaccounted for.
-    await audit.append(case_entry(facts, case_ref, closed=found is not None, time=now))
     if found is None:
+        # The refusal is durable in the log before it is answered.
+        await audit.append(case_entry(facts, case_ref, closed=False, time=now))
         raise CaseNotFound("Your department has no case with that reference.")
     async with begin() as conn:
         await repository.close_case(conn, facts.department, case_ref, now, facts.principal.client_id)
         found = await repository.get_case(conn, facts.department, case_ref)
+        # In the closing's own transaction: no closing is unaccounted for, and no entry
+        # tells of a closing that did not commit (503 and still open if it cannot be written).
+        await append_in_transaction(conn, case_entry(facts, case_ref, closed=True, time=now))
     if found is None:  # cases are never deleted; this is only for the type checker
         raise CaseNotFound("Your department has no case with that reference.")
     return CaseOut(

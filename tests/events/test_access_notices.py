@@ -17,11 +17,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook
 
 from service.app import create_app
 from service.audit import repository as audit_repository
+from service.audit import writer as audit_writer
 from service.audit.checkpoint import NoteVerifier
 from service.audit.models import AuditEntryRow
 from service.audit.service import verify_stored_log
@@ -626,3 +628,40 @@ class TestDelayedDisclosure:
         act_as(full_app, "welfare", "consumer")
         assert (await http.post("/v1/cases/SHARED-1/close")).status_code == 200
         assert await shown() == ["revenue", "welfare"]
+
+    async def test_a_closing_whose_entry_cannot_be_written_leaves_the_case_open(
+        self,
+        full_app: FastAPI,
+        http: httpx.AsyncClient,
+        events_engine: AsyncEngine,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The closing and its entry commit together: with the audit failing the answer is
+        503 and the case stays open, so nothing held is disclosed without a trail."""
+        ada = await _register(full_app, http, _national_id(), "Ada", "9 Held Row")
+        act_as(full_app, "revenue", "consumer")
+        read = await http.get(
+            f"/v1/citizens/{ada}",
+            params={"fields": "address", "purpose": "fraud-investigation"},
+            headers={"X-Case-Ref": "KEPT-1"},
+        )
+        assert read.status_code == 200, read.text
+
+        async def failing(*_args: Any, **_kwargs: Any) -> Any:
+            raise OperationalError("INSERT INTO audit_entries", {}, Exception("disk full"))
+
+        monkeypatch.setattr(audit_writer, "insert_values", failing)
+        _problem(await http.post("/v1/cases/KEPT-1/close"), 503, "audit-unavailable")
+        monkeypatch.undo()
+        async with events_engine.connect() as conn:
+            closed_at = (
+                await conn.execute(
+                    select(Case.closed_at).where(Case.department == "revenue", Case.case_ref == "KEPT-1")
+                )
+            ).scalar_one()
+        assert closed_at is None
+        act_as(full_app, "portal", "citizen-portal")
+        log = (await http.get(f"/v1/citizens/{ada}/access-log")).json()["items"]
+        assert [i for i in log if i["purpose"] == "fraud-investigation"] == []
+        act_as(full_app, "revenue", "consumer")
+        assert (await http.post("/v1/cases/KEPT-1/close")).status_code == 200

@@ -2,9 +2,10 @@
 
 Two small seams: a ``PolicySource`` that answers "may this department still subscribe to
 these fields, for this purpose, for a citizen in this status, now?", and an ``AuditSink``
-that returns only once entries are durable. The live ones call ``service.policy`` (imported
-where it is used, as the policy domain's records path imports this domain) and the audit
-writer. The entries themselves are built by ``service.audit.entries``.
+that returns only once entries are durable (``record``), or appends them in the caller's
+transaction, to commit with the change it makes (``record_in``). The live ones call
+``service.policy`` (imported where it is used, as the policy domain's records path imports
+this domain) and the audit writer. The entries themselves are built by ``service.audit.entries``.
 """
 
 from __future__ import annotations

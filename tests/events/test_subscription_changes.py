@@ -1,7 +1,7 @@
 """A department's changes to its own webhook subscription: enabling one the service
-disabled (delivery resumes where it stopped) and rotating its signing secret (both
-secrets sign through an overlap, then only the new); refused alike, and audited, for any
-other."""
+disabled (delivery resumes where it stopped), pausing one until it is enabled again, and
+rotating its signing secret (both secrets sign through an overlap, then only the new);
+refused alike, and audited, for any other."""
 
 from __future__ import annotations
 

@@ -197,12 +197,15 @@ async def list_subscriptions(
     *,
     after: tuple[datetime, str] | None,
     limit: int,
+    with_notices: bool,
 ) -> list[SubscriptionRow]:
     """A department's active and disabled subscriptions (not the deleted ones), oldest
-    first, from after the keyset ``after``."""
+    first, from after the keyset ``after``; its access-notice ones only ``with_notices``."""
     statement = select(*_SUBSCRIPTION_COLUMNS).where(
         Subscription.department == department, Subscription.status.in_(["active", "disabled"])
     )
+    if not with_notices:
+        statement = statement.where(Subscription.type != ACCESS_RECORDED)
     if after is not None:
         created_at, last_id = after
         statement = statement.where(

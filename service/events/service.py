@@ -349,7 +349,9 @@ async def _own_subscription(
     conn: AsyncConnection, caller: RequestFacts, subscription_id: str
 ) -> repository.SubscriptionRow:
     """The subscription if it is the caller's department's and not deleted (it may be
-    disabled); 404 otherwise, so one department cannot learn of another's subscriptions."""
+    disabled); 404 otherwise, so one department cannot learn of another's subscriptions.
+    An access-notice subscription is the citizen portal's role's alone (``NOTICES_SCOPE``),
+    whichever client of the department asks, as in the feed and at its making."""
     row = await _own_or_none(conn, caller, subscription_id)
     if row is None:
         raise SubscriptionNotFound("No such subscription.")
@@ -361,6 +363,8 @@ async def _own_or_none(
 ) -> repository.SubscriptionRow | None:
     row = await repository.get_subscription(conn, subscription_id)
     if row is None or row.department != caller.department or row.status not in ("active", "disabled"):
+        return None
+    if row.type == ACCESS_RECORDED and NOTICES_SCOPE not in caller.principal.scopes:
         return None
     return row
 
@@ -580,6 +584,8 @@ async def field_owners(conn: AsyncConnection, fields: Sequence[str]) -> list[str
 async def list_subscriptions(
     runtime: EventsRuntime, caller: RequestFacts, *, cursor: str | None, limit: int
 ) -> SubscriptionPage:
+    """The department's subscriptions, oldest first; its access-notice ones only for the
+    citizen portal's role, which alone may make, feed or manage them."""
     after: tuple[datetime, str] | None = None
     if cursor:
         text = decode_text(cursor, ["query", "cursor"])
@@ -591,7 +597,13 @@ async def list_subscriptions(
         if after[0].tzinfo is None or not last_id:
             raise bad_cursor()
     async with runtime.engine.connect() as conn:
-        rows = await repository.list_subscriptions(conn, caller.department, after=after, limit=limit + 1)
+        rows = await repository.list_subscriptions(
+            conn,
+            caller.department,
+            after=after,
+            limit=limit + 1,
+            with_notices=NOTICES_SCOPE in caller.principal.scopes,
+        )
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:

@@ -632,3 +632,49 @@ class TestRefusedForAnyOther:
         )
         assert [e["loc"] for e in body["errors"]] == [["path", "subscription_id"]]
         assert audit_sink.entries == []
+
+
+class TestAccessNoticeSubscriptionsArePortalOnly:
+    """An access-notice subscription carries lines of citizens' access logs: only a client
+    with the citizen portal's role may make it, read it through the feed or manage it. Another
+    client of the same department is answered as for a subscription it does not have."""
+
+    async def test_a_client_without_the_portal_role_can_neither_see_nor_change_it(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        receiver: WebhookReceiver,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        act_as(events_app, "portal", "citizen-portal")
+        made = await api.post(
+            "/v1/subscriptions", json={"type": "access.recorded", "webhook_url": receiver.url}
+        )
+        assert made.status_code == 201, made.text
+        notices = made.json()
+        act_as(events_app, "portal", "consumer", client_id="portal-consumer-only")
+        assert (await api.get("/v1/subscriptions")).json()["items"] == []
+        before = len(audit_sink.of("subscription-change"))
+        for method, path in [
+            ("GET", ""),
+            ("GET", "/deliveries"),
+            ("POST", "/rotate-secret"),
+            ("POST", "/disable"),
+            ("POST", "/enable"),
+            ("POST", "/redeliver"),
+            ("DELETE", ""),
+        ]:
+            response = await api.request(method, f"/v1/subscriptions/{notices['id']}{path}")
+            _assert_problem(response, 404, "subscription-not-found")
+        # Each refused change is audited as refused, as for another department's.
+        refusals = audit_sink.of("subscription-change")[before:]
+        refused = [(r["department"], r["decision"], r["status"]) for r in refusals]
+        assert refused == [("portal", "deny", 404)] * 4
+        # The portal's client still has it, active.
+        act_as(events_app, "portal", "citizen-portal")
+        shown = await api.get(f"/v1/subscriptions/{notices['id']}")
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["status"] == "active"
+        listed = (await api.get("/v1/subscriptions")).json()["items"]
+        assert [item["id"] for item in listed] == [notices["id"]]
+        assert (await api.get(f"/v1/subscriptions/{notices['id']}/deliveries")).status_code == 200

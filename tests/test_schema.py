@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import Base, create_engine
+from service.db import Base, UTCDateTime, create_engine
+from service.events.models import Delivery
 from service.schema import alembic_config, check, head_revisions, upgrade_async
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 
@@ -91,5 +94,124 @@ class TestBlindIndexPartial:
             definitions = await definitions_at(url)
             assert "ix_field_values_blind_index_new" not in definitions
             assert definitions["ix_field_values_blind_index"].endswith("WHERE (blind_index IS NOT NULL)")
+        finally:
+            await drop_scratch_database(url)
+
+
+class TestDeliveryReleased:
+    """0019: what is known to have been released before keeps its event and citizen in the
+    deliveries list; a withheld delivery keeps no policy reasons."""
+
+    async def test_upgrade_marks_what_was_released_and_forgets_withholding_reasons(
+        self, database_url: str
+    ) -> None:
+        url = await create_scratch_database(database_url)
+        try:
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0018_webhook_secret_rotation")
+            when = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+            outbox = sa.table(
+                "event_outbox",
+                sa.column("position", sa.Integer),
+                sa.column("event_id"),
+                sa.column("citizen_id"),
+                sa.column("fields", sa.JSON),
+                sa.column("owner"),
+                sa.column("occurred_at", UTCDateTime(timezone=True)),
+            )
+            subscriptions = sa.table(
+                "event_subscriptions",
+                *(sa.column(name) for name in ("id", "department", "client_id", "purpose", "status")),
+                sa.column("fields", sa.JSON),
+                sa.column("start_position", sa.Integer),
+                sa.column("fanout_position", sa.Integer),
+                sa.column("created_at", UTCDateTime(timezone=True)),
+            )
+            deliveries = sa.table(
+                "event_deliveries",
+                *(sa.column(name) for name in ("id", "subscription_id", "status", "last_error")),
+                sa.column("event_position", sa.Integer),
+                sa.column("attempts", sa.Integer),
+                sa.column("last_status_code", sa.Integer),
+                *(
+                    sa.column(name, UTCDateTime(timezone=True))
+                    for name in ("next_attempt_at", "last_attempt_at", "delivered_at", "created_at")
+                ),
+            )
+            # (id, status, last status code, last error, delivered): as 0018 left them.
+            rows = [
+                ("delivered", "delivered", 204, None, True),
+                ("dead-answered", "dead", 500, "the receiver answered 500", False),
+                ("dead-unreached", "dead", None, "could not reach the receiver: ConnectError", False),
+                ("never-tried", "pending", None, None, False),
+                (
+                    "withheld",
+                    "withheld",
+                    None,
+                    "withheld by policy: address: agreement a condition not met",
+                    False,
+                ),
+                ("client-disabled", "withheld", None, "the subscribing client is disabled", False),
+            ]
+            engine = create_engine(url)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        subscriptions.insert().values(
+                            id="s",
+                            department="dvla",
+                            client_id="c",
+                            purpose="p",
+                            status="active",
+                            fields=["address"],
+                            start_position=0,
+                            fanout_position=0,
+                            created_at=when,
+                        )
+                    )
+                    for position, (name, status, code, error, delivered) in enumerate(rows, start=1):
+                        await conn.execute(
+                            outbox.insert().values(
+                                position=position,
+                                event_id=f"e-{name}",
+                                citizen_id="c1",
+                                fields=["address"],
+                                owner="register",
+                                occurred_at=when,
+                            )
+                        )
+                        await conn.execute(
+                            deliveries.insert().values(
+                                id=name,
+                                subscription_id="s",
+                                event_position=position,
+                                status=status,
+                                attempts=0 if name == "never-tried" else 1,
+                                last_status_code=code,
+                                last_error=error,
+                                next_attempt_at=when,
+                                created_at=when,
+                                last_attempt_at=None if name == "never-tried" else when,
+                                delivered_at=when if delivered else None,
+                            )
+                        )
+                await upgrade_async(url)
+                async with engine.connect() as conn:
+                    found = {
+                        row.id: (row.released_at is not None, row.last_error)
+                        for row in await conn.execute(
+                            sa.select(Delivery.id, Delivery.released_at, Delivery.last_error)
+                        )
+                    }
+            finally:
+                await engine.dispose()
+            assert found == {
+                "delivered": (True, None),
+                "dead-answered": (True, "the receiver answered 500"),
+                # Not known to have passed the audit before it failed: left unnamed.
+                "dead-unreached": (False, "could not reach the receiver: ConnectError"),
+                "never-tried": (False, None),
+                "withheld": (False, "withheld by policy"),
+                "client-disabled": (False, "the subscribing client is disabled"),
+            }
         finally:
             await drop_scratch_database(url)

@@ -187,7 +187,7 @@ class Dispatcher:
             disabled = await auth_service.disabled_clients(
                 conn, {item.subscription.client_id for item in batch}
             )
-        withheld: list[tuple[repository.ClaimedDelivery, AuditEntry, str]] = []
+        withheld: list[tuple[repository.ClaimedDelivery, AuditEntry]] = []
         sendable: list[tuple[repository.ClaimedDelivery, AuditEntry, list[str]]] = []
         for item in batch:
             subscription, event = item.subscription, item.event
@@ -251,18 +251,16 @@ class Dispatcher:
             if released:
                 sendable.append((item, entry, released))
             else:
-                reasons = "; ".join(f"{f}: {decisions[f].reason}" for f in requested)
-                withheld.append((item, entry, reasons))
+                withheld.append((item, entry))
         if withheld:
-            # The agreement no longer covers these: never sent, and that is final.
-            if await self._audited([entry for _item, entry, _reasons in withheld]):
-                for item, _entry, reasons in withheld:
-                    outcomes[item.id] = {
-                        "status": "withheld",
-                        "last_error": _short(f"withheld by policy: {reasons}"),
-                    }
+            # The agreement no longer covers these: never sent, and that is final. The
+            # reasons are in the audit entry, for the owners and auditors; the consumer's
+            # deliveries list is told only that the policy withheld it.
+            if await self._audited([entry for _item, entry in withheld]):
+                for item, _entry in withheld:
+                    outcomes[item.id] = {"status": "withheld", "last_error": "withheld by policy"}
             else:
-                for item, _entry, _reasons in withheld:
+                for item, _entry in withheld:
                     outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
         ready: list[tuple[repository.ClaimedDelivery, AuditEntry, str, Pinned]] = []
         secrets_by_subscription: dict[str, list[str]] = {}
@@ -298,8 +296,11 @@ class Dispatcher:
                 for item, _entry, body, target in ready
             )
         )
+        released_at = utcnow()
         for (item, _entry, _body, _target), values in zip(ready, results, strict=True):
-            outcomes[item.id] = values
+            # Audited as released before it was sent, whatever then became of the request:
+            # the deliveries list may name its event and citizen from now on.
+            outcomes[item.id] = {**values, "released_at": released_at}
 
     async def _audited(self, entries: list[AuditEntry]) -> bool:
         try:

@@ -165,7 +165,11 @@ async def list_deliveries(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeliveryPage:
-    """The webhook deliveries of a subscription: status, attempts, and the last error."""
+    """The webhook deliveries of a subscription: status, attempts, and the last error.
+
+    `event_id` and `citizen_id` are null until the event was released to your department
+    (audited and sent), and for a delivery the policy withheld: the list tells no more than
+    the feed would."""
     return await events_service.list_deliveries(
         runtime, consumer, subscription_id, cursor=cursor, limit=limit
     )

@@ -111,6 +111,11 @@ class Delivery(Base):
     last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When the event was last released to the subscribing department: the attempt's audit
+    # entry was written and the webhook sent. Until then (not yet decided, withheld by the
+    # policy, or stopped before the audit) the deliveries list does not name its event or
+    # citizen, as the feed does not tell of it.
+    released_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

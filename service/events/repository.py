@@ -582,6 +582,7 @@ async def list_deliveries(
             Delivery.last_status_code,
             Delivery.last_error,
             Delivery.delivered_at,
+            Delivery.released_at,
             Delivery.created_at,
             OutboxEvent.event_id,
             OutboxEvent.citizen_id,

@@ -140,8 +140,10 @@ class FeedPage(BaseModel):
 class DeliveryOut(BaseModel):
     id: str
     webhook_id: str
-    event_id: str
-    citizen_id: str
+    # Null until the event was released to the department (audited and sent), and for a
+    # delivery withheld by the policy: the list tells no more than the feed would.
+    event_id: str | None
+    citizen_id: str | None
     status: Literal["pending", "delivered", "dead", "withheld", "cancelled"]
     attempts: int
     next_attempt_at: datetime | None

@@ -619,6 +619,8 @@ async def list_subscriptions(
 async def list_deliveries(
     runtime: EventsRuntime, caller: RequestFacts, subscription_id: str, *, cursor: str | None, limit: int
 ) -> DeliveryPage:
+    """The subscription's deliveries in event order, each with its status and last attempt;
+    its event and citizen only where ``_told``."""
     after = decode_position(cursor, ["query", "cursor"]) if cursor else None
     async with runtime.engine.connect() as conn:
         await _own_subscription(conn, caller, subscription_id)
@@ -628,8 +630,8 @@ async def list_deliveries(
         DeliveryOut(
             id=row.id,
             webhook_id=webhook_id(row.id),
-            event_id=row.event_id,
-            citizen_id=row.citizen_id,
+            event_id=row.event_id if _told(row) else None,
+            citizen_id=row.citizen_id if _told(row) else None,
             status=row.status,
             attempts=row.attempts,
             next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
@@ -643,6 +645,14 @@ async def list_deliveries(
     ]
     next_cursor = encode_position(int(page[-1].event_position)) if len(rows) > limit else None
     return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
+def _told(row: Any) -> bool:
+    """Whether the deliveries list may name the delivery's event and citizen: only once the
+    event was released to the department (its audit entry written, the webhook sent), and
+    not once the policy withheld it. Otherwise the list would tell of a change, and of the
+    citizen it was to, that the policy kept from the department, unaudited."""
+    return row.released_at is not None and row.status != "withheld"
 
 
 async def redeliver(runtime: EventsRuntime, caller: RequestFacts, subscription_id: str) -> RedeliverOut:

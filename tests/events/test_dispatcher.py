@@ -414,13 +414,18 @@ class TestPolicyAtDelivery:
         await agreements.revoke("deaths-to-dvla")
         await dispatcher.run_once()
         [delivery] = await _deliveries(api, dvla_hook["id"])
+        # The list tells the consumer that one was withheld, not of which change or citizen,
+        # nor the policy's reasons: those are in the audit entry.
         assert delivery["status"] == "withheld"
-        assert "withheld by policy" in delivery["last_error"]
+        assert delivery["last_error"] == "withheld by policy"
+        assert delivery["citizen_id"] is None
+        assert delivery["event_id"] is None
         assert receiver.received == []
         [entry] = audit_sink.of("deliver")
         assert entry["decision"] == "deny"
         assert entry["fields_released"] == []
         assert entry["citizen_id"] == citizen
+        assert entry["reasons"][0]["reason"].startswith("no agreement lets dvla subscribe date_of_death")
 
     async def test_nothing_more_is_sent_to_a_disabled_client(
         self,
@@ -446,9 +451,10 @@ class TestPolicyAtDelivery:
             await emit(runtime, citizen, ["date_of_death"], "register")
             await dispatcher.run_once()
             [delivery] = await _deliveries(api, hook["id"])
-            assert (delivery["status"], delivery["last_error"]) == (
+            assert (delivery["status"], delivery["last_error"], delivery["citizen_id"]) == (
                 "withheld",
                 "the subscribing client is disabled",
+                None,
             )
             assert receiver.received == []
         finally:
@@ -472,10 +478,19 @@ class TestPolicyAtDelivery:
         )
         assert response.status_code == 201, response.text
         subscription_id = response.json()["id"]
-        await emit(runtime, await add_citizen(events_engine, status="deceased"), ["address"], "register")
-        told = await emit(runtime, await add_citizen(events_engine), ["address"], "register")
+        deceased = await add_citizen(events_engine, status="deceased")
+        await emit(runtime, deceased, ["address"], "register")
+        living = await add_citizen(events_engine)
+        told = await emit(runtime, living, ["address"], "register")
         await dispatcher.run_once()
-        assert [d["status"] for d in await _deliveries(api, subscription_id)] == ["withheld", "delivered"]
+        deliveries = await _deliveries(api, subscription_id)
+        # The deceased citizen's change is neither sent nor named in the list (nor why).
+        assert [(d["status"], d["citizen_id"], d["event_id"]) for d in deliveries] == [
+            ("withheld", None, None),
+            ("delivered", living, told),
+        ]
+        assert deceased not in json.dumps(deliveries)
+        assert "status" not in deliveries[0]["last_error"]
         [request] = receiver.received
         assert json.loads(request.body)["data"]["event_id"] == told
 
@@ -495,7 +510,19 @@ class TestPolicyAtDelivery:
         [delivery] = await _deliveries(api, dvla_hook["id"])
         assert delivery["status"] == "pending"
         assert delivery["last_error"] == "the audit log is unavailable; nothing was sent"
+        # Nothing was released, so the list does not name the change or its citizen either.
+        assert (delivery["citizen_id"], delivery["event_id"]) == (None, None)
         assert receiver.received == []
+        # Once the audit is back, it is released, sent and named.
+        audit_sink.failing = False
+        async with events_engine.begin() as conn:
+            await conn.execute(update(Delivery).values(next_attempt_at=utcnow()))
+        await dispatcher.run_once()
+        [delivery] = await _deliveries(api, dvla_hook["id"])
+        assert delivery["status"] == "delivered"
+        assert delivery["citizen_id"] is not None
+        [request] = receiver.received
+        assert json.loads(request.body)["data"]["event_id"] == delivery["event_id"]
 
     async def test_dns_rebinding_to_a_private_address_is_refused_at_delivery(
         self,
@@ -538,17 +565,24 @@ class TestDeliveriesApi:
         citizen = await add_citizen(events_engine)
         sent = [await emit(runtime, citizen, ["licence_status"], "dvla") for _ in range(3)]
         await dispatcher.fan_out()
-        first = (await api.get(f"/v1/subscriptions/{dvla_hook['id']}/deliveries", params={"limit": 2})).json()
-        assert [d["event_id"] for d in first["items"]] == sent[:2]
-        assert all(d["status"] == "pending" and d["attempts"] == 0 for d in first["items"])
-        rest = (
-            await api.get(
-                f"/v1/subscriptions/{dvla_hook['id']}/deliveries",
-                params={"limit": 2, "cursor": first["next_cursor"]},
-            )
-        ).json()
-        assert [d["event_id"] for d in rest["items"]] == sent[2:]
-        assert rest["next_cursor"] is None
+        path = f"/v1/subscriptions/{dvla_hook['id']}/deliveries"
+
+        async def pages() -> list[dict[str, Any]]:
+            first = (await api.get(path, params={"limit": 2})).json()
+            assert len(first["items"]) == 2
+            rest = (await api.get(path, params={"limit": 2, "cursor": first["next_cursor"]})).json()
+            assert rest["next_cursor"] is None
+            items: list[dict[str, Any]] = first["items"] + rest["items"]
+            return items
+
+        queued = await pages()
+        # Not yet released: listed, but without their events or citizen.
+        assert [(d["status"], d["attempts"], d["event_id"]) for d in queued] == [("pending", 0, None)] * 3
+        await dispatcher.run_once()
+        released = await pages()
+        assert [d["id"] for d in released] == [d["id"] for d in queued]
+        assert [d["event_id"] for d in released] == sent
+        assert {d["citizen_id"] for d in released} == {citizen}
 
     @pytest.mark.parametrize("cursor", ["%%%", encode_text(f"e1:{2**63}")])
     async def test_a_cursor_it_did_not_give_is_422(

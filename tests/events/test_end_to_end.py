@@ -175,6 +175,11 @@ class TestWriteToWebhook:
             assert time.monotonic() < deadline, deliveries
             await asyncio.sleep(0.02)
         assert [d["status"] for d in deliveries] == ["delivered", "withheld"]
+        # The first was released and is named; of the second the list tells no more than
+        # the feed would: neither its change nor its citizen, nor the policy's reasons.
+        assert deliveries[0]["citizen_id"] == citizen
+        assert (deliveries[1]["citizen_id"], deliveries[1]["event_id"]) == (None, None)
+        assert deliveries[1]["last_error"] == "withheld by policy"
         assert len(receiver.received) == 1
 
 

@@ -419,8 +419,9 @@ class SubscriptionPage(Response):
 class DeliveryOut(Response):
     id: str
     webhook_id: str
-    event_id: str
-    citizen_id: str
+    # None until the event was released to your department, and when it was withheld.
+    event_id: str | None
+    citizen_id: str | None
     status: Literal["pending", "delivered", "dead", "withheld", "cancelled"]
     attempts: int
     next_attempt_at: datetime | None

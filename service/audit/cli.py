@@ -66,6 +66,11 @@ def _text_or_file(value: str) -> str:
     path = Path(value)
     if not path.is_file():
         return value
+    return _read_text(path)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; ``CheckpointError`` (a usage error) if it cannot be read as UTF-8."""
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -74,9 +79,9 @@ def _text_or_file(value: str) -> str:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
 
-def trusted_checkpoint(path: Path, verifier: NoteVerifier) -> StoredCheckpoint:
-    """A checkpoint kept outside the log (a note an auditor saved), checked with the log key."""
-    note = path.read_text(encoding="utf-8")
+def trusted_checkpoint(path: Path, note: str, verifier: NoteVerifier) -> StoredCheckpoint:
+    """A checkpoint kept outside the log (a note an auditor saved in ``path``), checked
+    with the log key."""
     try:
         opened = verifier.open_checkpoint(note)
     except CheckpointError as exc:
@@ -126,10 +131,10 @@ async def verify_database(
         await engine.dispose()
 
 
-def _bundle_lines(path: Path, containing: bytes = b"") -> Iterator[tuple[bytes, dict[str, Any]]]:
-    """The bundle's lines and their records (read by ``quick_parse``) in order; with
-    ``containing``, only the lines that hold those bytes are parsed (a cheap filter:
-    every record of the wanted type holds them)."""
+def _bundle_lines(path: Path, containing: bytes = b"") -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """The bundle's lines, their numbers and their records (read by ``quick_parse``) in
+    order; with ``containing``, only the lines that hold those bytes are parsed (a cheap
+    filter: every record of the wanted type holds them)."""
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             if containing not in line:
@@ -140,12 +145,25 @@ def _bundle_lines(path: Path, containing: bytes = b"") -> Iterator[tuple[bytes, 
                 raise VerificationFailed(f"{path}:{number}: not a JSON line") from None
             if not isinstance(record, dict):
                 raise VerificationFailed(f"{path}:{number}: not a typed record")
-            yield line, record
+            yield number, line, record
 
 
 def _bundle_records(path: Path, containing: bytes = b"") -> Iterator[dict[str, Any]]:
-    for _line, record in _bundle_lines(path, containing):
+    for _number, _line, record in _bundle_lines(path, containing):
         yield record
+
+
+def _member(record: dict[str, Any], name: str, kind: type, where: str) -> Any:
+    """``record[name]`` if it is a ``kind`` (an integer not below 0, not a boolean);
+    ``VerificationFailed`` naming the line otherwise: a bundle is outside input."""
+    value = record.get(name)
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise VerificationFailed(f"{where}: {name} is not a whole number")
+    if isinstance(value, kind):
+        return value
+    raise VerificationFailed(f"{where}: {name} is missing or not a {kind.__name__}")
 
 
 def _exact_entry(line: bytes) -> Any:
@@ -163,13 +181,16 @@ def _b64(value: Any) -> bytes:
 
 def _bundle_checkpoints(path: Path) -> list[StoredCheckpoint]:
     # Checkpoints come after the entries: a first pass parses only the lines that name one.
-    return [
-        StoredCheckpoint(
-            int(r["tree_size"]), _b64(r["root_hash"]), str(r["note"]), f"checkpoint of size {r['tree_size']}"
-        )
-        for r in _bundle_records(path, b'"checkpoint"')
-        if r.get("type") == "checkpoint"
-    ]
+    checkpoints = []
+    for number, _line, record in _bundle_lines(path, b'"checkpoint"'):
+        if record.get("type") != "checkpoint":
+            continue
+        where = f"{path}:{number}"
+        size = _member(record, "tree_size", int, where)
+        root = _b64(_member(record, "root_hash", str, where))
+        note = _member(record, "note", str, where)
+        checkpoints.append(StoredCheckpoint(size, root, note, f"checkpoint of size {size}"))
+    return checkpoints
 
 
 def verify_bundle(
@@ -183,15 +204,16 @@ def verify_bundle(
     parsed once; the entry's canonical bytes are derived from it."""
     log = LogVerifier(verifier, _bundle_checkpoints(path), expectations or Expectations())
     add = log.add_record
-    for line, record in _bundle_lines(path):
+    for number, line, record in _bundle_lines(path):
         if record.get("type") != "entry":
             continue
-        leaf_index, label = int(record["leaf_index"]), f"entry {record.get('entry_id')}"
+        where = f"{path}:{number}"
+        leaf_index, label = _member(record, "leaf_index", int, where), f"entry {record.get('entry_id')}"
         entry = add(
             leaf_index,
             label,
             record.get("entry"),
-            _b64(record["leaf_hash"]),
+            _b64(_member(record, "leaf_hash", str, where)),
             _bundle_columns(record.get("columns")),
             partial(_exact_entry, line),
         )
@@ -354,8 +376,15 @@ def verify(
         typer.echo(f"--key/--witness: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
+        notes = [(path, _read_text(path)) for path in trusted]
+    except CheckpointError as exc:
+        # So is a trusted checkpoint's file that cannot be read (a note that does not
+        # open with the log's key is a verdict: exit 1, below).
+        typer.echo(f"--trusted-checkpoint: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
         expectations = Expectations(
-            trusted=tuple(trusted_checkpoint(path, verifier) for path in trusted),
+            trusted=tuple(trusted_checkpoint(path, note, verifier) for path, note in notes),
             min_size=min_size,
             allow_empty=allow_empty,
         )

@@ -98,6 +98,50 @@ class TestBundles:
             verify_bundle(bundle_of(tmp_path, [changed], hashed=[AWKWARD]), VERIFIER)
 
 
+class TestMalformedBundles:
+    """A bundle is outside input: a record missing a member, or holding one of another type,
+    is a verdict naming its line (``VerificationFailed``), never an exception of Python's."""
+
+    @pytest.mark.parametrize(
+        ("record_type", "change", "complaint"),
+        [
+            ("entry", {"leaf_index": None}, "leaf_index is not a whole number"),
+            ("entry", {"leaf_index": "x"}, "leaf_index is not a whole number"),
+            ("entry", {"leaf_index": -1}, "leaf_index is not a whole number"),
+            ("entry", {"leaf_index": True}, "leaf_index is not a whole number"),
+            ("entry", {"leaf_hash": None}, "leaf_hash is missing or not a str"),
+            ("entry", {"leaf_hash": 7}, "leaf_hash is missing or not a str"),
+            ("checkpoint", {"tree_size": "big"}, "tree_size is not a whole number"),
+            ("checkpoint", {"tree_size": None}, "tree_size is not a whole number"),
+            ("checkpoint", {"root_hash": None}, "root_hash is missing or not a str"),
+            ("checkpoint", {"note": ["x"]}, "note is missing or not a str"),
+        ],
+    )
+    def test_a_member_missing_or_of_another_type_names_its_line(
+        self, tmp_path: Path, record_type: str, change: dict[str, Any], complaint: str
+    ) -> None:
+        bundle = bundle_of(tmp_path, [{"plain": "entry"}])
+        lines = bundle.read_text(encoding="utf-8").splitlines()
+        number = next(n for n, line in enumerate(lines) if json.loads(line)["type"] == record_type)
+        record = json.loads(lines[number])
+        for name, value in change.items():
+            if value is None:
+                record.pop(name)
+            else:
+                record[name] = value
+        lines[number] = json.dumps(record)
+        bundle.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with pytest.raises(VerificationFailed, match=f"{bundle}:{number + 1}: {complaint}"):
+            verify_bundle(bundle, VERIFIER)
+
+    def test_a_bare_typed_record_is_a_verdict(self, tmp_path: Path) -> None:
+        bundle = bundle_of(tmp_path, [{"plain": "entry"}])
+        with bundle.open("a", encoding="utf-8") as handle:
+            handle.write('{"type": "entry"}\n')
+        with pytest.raises(VerificationFailed, match=r":4: leaf_index is not a whole number"):
+            verify_bundle(bundle, VERIFIER)
+
+
 class TestStoredEntries:
     def test_awkward_canonical_text_verifies(self) -> None:
         verifier = log()

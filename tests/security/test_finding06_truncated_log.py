@@ -125,6 +125,21 @@ class TestTruncatedLog:
         assert result.returncode == 1
         assert "does not match; an entry in that range was changed" in result.stderr
 
+    @pytest.mark.parametrize("content", [b"\xff\xfe not text", None])
+    async def test_a_trusted_checkpoint_file_that_cannot_be_read_is_a_usage_error(
+        self, sealed: tuple[str, AsyncEngine, NoteSigner, list[int]], tmp_path: Path, content: bytes | None
+    ) -> None:
+        # Not UTF-8, or not there: one line and exit 2 (no verdict on the log), no traceback.
+        url, _engine, signer, _ids = sealed
+        path = tmp_path / "kept.txt"
+        if content is not None:
+            path.write_bytes(content)
+        result = _cli(url, signer, "--trusted-checkpoint", str(path))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"--trusted-checkpoint: cannot read {path}: ")
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
     async def test_an_intact_log_passes_with_its_anchors(
         self, sealed: tuple[str, AsyncEngine, NoteSigner, list[int]], tmp_path: Path
     ) -> None:

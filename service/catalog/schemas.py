@@ -11,7 +11,8 @@ from service.policy.signing import OwnerVerifier, SigningKeyError
 
 IDENTIFIER_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
-FieldName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+FIELD_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+FieldName = Annotated[str, StringConstraints(pattern=FIELD_NAME_PATTERN)]
 # A purpose a request states: the id of one of the catalog's purposes.
 PurposeId = Identifier
 # For a dict keyed by field names: pydantic describes one with ``patternProperties`` alone,

@@ -3,6 +3,7 @@ every column is one the department may write in the chosen mode."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.catalog import service as catalog_service
-from service.catalog.schemas import Catalog
+from service.catalog.schemas import FIELD_NAME_PATTERN, Catalog
 from service.errors import ServiceError
 from service.records import import_files
 from service.records.import_files import ImportFormat, ScannedFile
@@ -61,6 +62,21 @@ async def plan_import(
     return ImportPlan(path, file_format, department, mode, catalog, scanned)
 
 
+_FIELD_NAME = re.compile(FIELD_NAME_PATTERN)
+
+
+def _names(names: Sequence[str]) -> str:
+    """Column names to repeat back: only those of a field name's form. Any other may be a
+    value (a JSON Lines object keyed by a national id, a CSV header line that is a row) or
+    carry terminal control sequences, so it is counted and not shown."""
+    shown = [name for name in names if _FIELD_NAME.fullmatch(name)]
+    hidden = len(names) - len(shown)
+    if not hidden:
+        return ", ".join(shown)
+    withheld = f"{hidden} not of a field name's form (not shown, in case they hold values)"
+    return ", ".join([*shown, withheld]) if shown else withheld
+
+
 def column_problems(
     catalog: Catalog,
     department: str,
@@ -86,10 +102,10 @@ def column_problems(
     problems: list[str] = []
     repeated = sorted({name for name in columns if columns.count(name) > 1})
     if repeated:
-        problems.append(f"columns named twice: {', '.join(repeated)}")
+        problems.append(f"columns named twice: {_names(repeated)}")
     unknown = sorted({name for name in columns if catalog.field(name) is None})
     if unknown:
-        problems.append(f"columns that are not catalog fields: {', '.join(unknown)}")
+        problems.append(f"columns that are not catalog fields: {_names(unknown)}")
     owners = catalog.field_owners
     foreign = sorted(
         {

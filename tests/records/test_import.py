@@ -792,6 +792,36 @@ class TestRefusedRows:
         for value in (national_id, "Philippa", "1961-04-30", "Secret"):
             assert value not in result.stdout + result.stderr
 
+    async def test_column_names_that_may_be_values_or_control_sequences_are_not_shown(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        national_id, other = _ids(2)
+        # One object of a JSON Lines file keyed by a value: a national id, and a name.
+        keyed = tmp_path / "keyed.jsonl"
+        keyed.write_text(
+            json.dumps({"national_id": national_id, "given_name": "X"})
+            + "\n"
+            + json.dumps({"national_id": national_id, other: "Q", "shoe_size": 4, "Sensitive Name": 1})
+            + "\n",
+            encoding="utf-8",
+        )
+        result = _cli(store, tmp_path, "--department", "register", "--format", "jsonl", str(keyed))
+        assert result.returncode == 2
+        assert (
+            "columns that are not catalog fields: shoe_size, 2 not of a field name's form "
+            "(not shown, in case they hold values)"
+        ) in result.stderr
+        for value in (other, "Sensitive Name"):
+            assert value not in result.stdout + result.stderr
+        # A header whose name would clear the terminal and set its title.
+        escaping = tmp_path / "escaping.csv"
+        escaping.write_text("national_id,given_name,\x1b[2J\x1b]0;owned\x07x,shoe_size\n", encoding="utf-8")
+        result = _cli(store, tmp_path, "--department", "register", str(escaping))
+        assert result.returncode == 2
+        assert "\x1b" not in result.stdout + result.stderr
+        assert "owned" not in result.stderr
+        assert "not catalog fields: shoe_size, 1 not of a field name's form" in result.stderr
+
     async def test_a_cell_beyond_the_csv_readers_limit_stops_it_in_one_line(
         self, store: Store, tmp_path: Path
     ) -> None:

@@ -17,8 +17,8 @@ app = typer.Typer(no_args_is_help=True, help="A standalone witness that cosigns 
 
 
 def write_private_key(signer: CosignatureSigner, out: Path) -> None:
-    """Write the key file with mode 0600; never overwrite an existing key."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Write the key file with mode 0600; never overwrite an existing key. Its folder must
+    exist (none is made, with whatever mode the umask would give it)."""
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(signer.private_key_text())
@@ -48,6 +48,10 @@ def keygen(
         write_private_key(signer, out)
     except FileExistsError:
         typer.echo(f"{out} exists; a witness key is never overwritten", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        # No such folder, or a file where a folder should be: said as it is.
+        typer.echo(f"cannot write {out}: {exc.strerror or type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
     typer.echo(signer.verifier_key())
 

@@ -136,6 +136,17 @@ class TestKeygen:
         assert result.exit_code == 1
         assert out.read_text() == "existing"
 
+    @pytest.mark.parametrize(
+        ("folder", "reason"), [("missing", "No such file or directory"), ("a-file", "Not a directory")]
+    )
+    def test_a_folder_that_is_not_there_is_said_so(self, tmp_path: Path, folder: str, reason: str) -> None:
+        (tmp_path / "a-file").write_text("not a folder")
+        out = tmp_path / folder / "nao.key"
+        result = CliRunner().invoke(cli, ["witness", "keygen", "--name", "nao.example/w", "--out", str(out)])
+        assert result.exit_code == 1
+        assert result.stderr.strip() == f"cannot write {out}: {reason}"
+        assert not (tmp_path / "missing").exists()
+
 
 class TestServeRefusals:
     @pytest.mark.parametrize("which", ["key", "log"])

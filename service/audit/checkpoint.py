@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from service.audit.merkle import EMPTY_ROOT
 from service.digits import bounded_decimal
 
 ED25519_ALGORITHM = b"\x01"
@@ -160,6 +161,10 @@ class Checkpoint:
             raise CheckpointError("the root hash is not base64") from None
         if len(root) != 32:
             raise CheckpointError("the root hash is not 32 bytes")
+        if size == 0 and root != EMPTY_ROOT:
+            # The root of the empty tree is the hash of nothing (RFC 9162, 2.1.1): a
+            # checkpoint of size 0 with any other root states a tree that cannot exist.
+            raise CheckpointError("a checkpoint of size 0 has the empty tree's root, SHA-256 of nothing")
         return cls(origin=lines[0], size=size, root_hash=root)
 
 

@@ -274,7 +274,17 @@ class WitnessSubmitter:
         for _attempt in range(2):
             old = self.known_sizes.get(witness.name, 0)
             if old > checkpoint.tree_size:
-                return None  # it has already cosigned a larger checkpoint: this one is old news
+                # ``checkpoint`` is the log's newest, yet this witness has cosigned a larger
+                # tree of this log: the log was rolled back (a restore from an older
+                # backup) or another history was signed with its key.
+                logger.error(
+                    "witness %s has cosigned a tree of size %d, larger than the log's newest "
+                    "checkpoint %d: the log was rolled back or forked",
+                    witness.name,
+                    old,
+                    checkpoint.tree_size,
+                )
+                return None
             proof = await self._proof(old, checkpoint.tree_size, known)
             body = submission_body(old, proof, checkpoint.note)
             try:

@@ -3,6 +3,7 @@ it keeps, and when a checkpoint counts as witnessed, under the witnesses configu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -264,3 +265,24 @@ class TestConfigurationChange:
         async with sequenced_engine.connect() as conn:
             with pytest.raises(NoCheckpoint):
                 await witnessed_checkpoint_note(conn, now)
+
+
+class TestRollback:
+    async def test_a_witness_ahead_of_the_newest_checkpoint_is_logged_as_a_rollback(
+        self, sequenced_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A witness that has cosigned a larger tree of this log than its newest checkpoint
+        (the database restored from an older backup): not cosigned, and said loudly."""
+        witnesses = FakeWitnesses({"ahead.example": _now})
+
+        def ahead(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(409, text="1000\n", headers={"Content-Type": "text/x.tlog.size"})
+
+        config = _config(witnesses, ["ahead.example"], quorum=1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(ahead)) as http:
+            with caplog.at_level(logging.ERROR, logger="tellonce.audit.witnessing"):
+                assert not await WitnessSubmitter(sequenced_engine, config, http).run_once()
+        assert await _stored(sequenced_engine) == {}
+        [record] = [r for r in caplog.records if "rolled back" in r.getMessage()]
+        assert record.levelno == logging.ERROR
+        assert "ahead.example has cosigned a tree of size 1000" in record.getMessage()

@@ -4,6 +4,7 @@ each log by its origin line (tlog-witness), whatever its key is named."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -79,6 +80,21 @@ class TestSignedNoteRules:
         note = _signed(log, "\nextension\n")
         assert_problem(await submit(witness, submission_body(0, [], note)), 400)
         assert await _nothing_cosigned(witness, log.signer.name)
+
+    async def test_an_empty_tree_with_another_root_is_400_and_its_own_root_is_cosigned(
+        self, witness: httpx.AsyncClient, log: MemoryLog, witness_signer: CosignatureSigner
+    ) -> None:
+        # RFC 9162, 2.1.1: the empty tree's root is SHA-256 of nothing; a size-0 checkpoint
+        # with any other root states a tree that cannot exist, and is not vouched for.
+        bogus = log.signer.sign(Checkpoint(log.signer.name, 0, b"\x11" * 32).body())
+        refused = await submit(witness, submission_body(0, [], bogus))
+        assert_problem(refused, 400)
+        assert "size 0" in refused.json()["detail"]
+        assert await _nothing_cosigned(witness, log.signer.name)
+        empty = log.signer.sign(Checkpoint(log.signer.name, 0, hashlib.sha256(b"").digest()).body())
+        response = await submit(witness, submission_body(0, [], empty))
+        assert response.status_code == 200, response.text
+        independent_verify(witness_signer.verifier_key(), empty + response.text)
 
     async def test_non_empty_extension_lines_are_cosigned_over_the_whole_text(
         self, witness: httpx.AsyncClient, log: MemoryLog, witness_signer: CosignatureSigner

@@ -539,14 +539,17 @@ def _decide_field(
                     if grant.refused
                     else f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
                 )
+                # Under a case, a forbid's refusal is held as any other refusal is (below):
+                # it cites the delayed-disclosure permit, the reason still naming the forbid.
+                cited = (_delayed_permit(grants) if context.case_ref else None) or grant
                 decision = Decision(
                     name,
                     "deny",
-                    grant.agreement,
-                    grant.version,
+                    cited.agreement,
+                    cited.version,
                     reason,
-                    grant.legal_basis,
-                    digest=grant.digest or None,
+                    cited.legal_basis,
+                    digest=cited.digest or None,
                 )
                 return (decision, tuple(misses))
             if explain:

@@ -278,7 +278,7 @@ async def batch_get(
     # unknown ids), 410 for those it may know were erased.
     refused: dict[str, tuple[int, dict[str, Decision]]] = {}
     contexts: dict[str, RequestContext] = {}
-    allowed_any: set[str] = set()
+    allowed_by_citizen: dict[str, frozenset[str]] = {}
     for citizen_id in unique_ids:
         citizen = found.get(citizen_id)
         contexts[citizen_id] = records.context(facts, citizen.status if citizen else None)
@@ -316,8 +316,16 @@ async def batch_get(
             unavailable[citizen_id] = disclosure.NOT_KNOWN_REASON
             continue
         decisions_by_citizen[citizen_id] = decisions
-        allowed_any.update(allowed)
-    rows = await records.store.current_values(list(decisions_by_citizen), sorted(allowed_any))
+        allowed_by_citizen[citizen_id] = frozenset(allowed)
+    # One query for the fields any of them may be given, then each citizen's own allowed
+    # fields only: a field allowed for one is never decrypted for another it is denied for.
+    rows = [
+        row
+        for row in await records.store.current_values(
+            list(decisions_by_citizen), sorted(frozenset[str]().union(*allowed_by_citizen.values()))
+        )
+        if row.field in allowed_by_citizen[row.citizen_id]
+    ]
     while True:
         try:
             plain = await records.decrypt(catalog, rows)
@@ -428,9 +436,14 @@ async def verify(
     validate_claims(catalog, claims)
     decided = await _decide(records, facts, "verify", citizen_id, requested, catalog, policy)
     decisions, allowed, context = decided.decisions, decided.allowed, decided.context
-    # A field the caller may read outright has nothing for verify to protect.
+    # A field the caller may read outright has nothing for verify to protect. Decided with
+    # the citizen's choices on the read agreements, not the verify ones: an objection to
+    # an objectable read agreement leaves the field unreadable, so its claims count.
+    read_context = (
+        await records.contexts_with_choices({citizen_id: context}, policy, facts.department, "read", allowed)
+    )[citizen_id]
     readable = {
-        n for n, d in policy.decide(facts.department, "read", allowed, context).items() if d.permitted
+        n for n, d in policy.decide(facts.department, "read", allowed, read_context).items() if d.permitted
     }
 
     def entry(status: int, released: Sequence[str], flags: Sequence[Reason] = ()) -> AuditEntry:

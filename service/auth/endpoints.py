@@ -4,6 +4,7 @@ registration and disabling of its department's clients)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -32,6 +33,9 @@ router = APIRouter(tags=["auth"])
 AuthDep = Annotated[AuthRuntime, Depends(get_auth)]
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     if error == "invalid_client":
@@ -56,17 +60,20 @@ async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONRes
     try:
         submitted = await request.form()
     except StarletteHTTPException as exc:
-        if exc.status_code != 413:
-            raise
-        # A chunked body over the limit, refused as it streams (errors.BodyLimitMiddleware,
-        # which answers a declared Content-Length over it itself, in the same words).
-        return _oauth_error("invalid_request", exc.detail, status=413)
+        # A chunked body over the limit, refused as it streams (413: errors.BodyLimitMiddleware
+        # answers a declared Content-Length over it itself, in the same words), or a body
+        # the form parser refuses (400: too many fields), answered as RFC 6749 5.2 says.
+        return _oauth_error("invalid_request", str(exc.detail), status=413 if exc.status_code == 413 else 400)
     form: dict[str, str] = {}
     for name, value in submitted.multi_items():
         if isinstance(value, UploadFile) or name in form:
-            # RFC 6749 3.2: parameters must not be repeated.
-            return _oauth_error("invalid_request", f"Parameter {name!r} is repeated or not text.")
+            # RFC 6749 3.2: parameters must not be repeated. The name is said only if it is
+            # plain: an error_description holds printable ASCII without '"' or '\' (5.2).
+            named = f"Parameter {name}" if _PLAIN_NAME.fullmatch(name) else "A parameter"
+            return _oauth_error("invalid_request", f"{named} is repeated or not text.")
         form[name] = value
+    # RFC 6749 3.2: a parameter sent without a value is treated as if it were omitted.
+    form = {name: value for name, value in form.items() if value}
     if not form.get("grant_type"):
         # RFC 6749 5.2: a missing parameter is invalid_request (authlib would answer
         # unsupported_grant_type, which is for a grant type given but not supported).

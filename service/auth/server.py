@@ -152,6 +152,10 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
         expires_at, issued_at = claims.get("exp"), claims.get("iat")
         if not isinstance(expires_at, int | float):
             return False
+        # A JSON number need not fit a float (10**400): refused, as no time, before any sum.
+        for name, value in (("exp", expires_at), ("iat", issued_at)):
+            if value is not None and not _a_time(value):
+                raise InvalidClientError(description=f"The assertion's {name} is not a time.")
         # As the registry (``used_assertions``) keeps it on every database: PostgreSQL
         # cannot store a NUL, where SQLite would.
         if not jti or len(jti) > 255 or "\x00" in jti:
@@ -231,6 +235,12 @@ class MalformedClientAuthentication(Exception):
         super().__init__(description)
         self.error = error
         self.description = description
+
+
+def _a_time(value: Any) -> bool:
+    """Whether ``value`` is a NumericDate this server can do sums with: a number (not a
+    boolean) within 2**53 seconds of the epoch either way, neither infinite nor NaN."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 2**53
 
 
 def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None:

@@ -3,9 +3,11 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import jwt as pyjwt
@@ -287,6 +289,55 @@ class TestClientSecret:
         body = assert_oauth_error(response, 400, "invalid_request")
         assert body["error_description"] == "Use exactly one client authentication method."
 
+    async def test_an_empty_parameter_is_as_if_omitted(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # RFC 6749 3.2: parameters sent without a value MUST be treated as if omitted, so an
+        # empty client_secret beside Basic credentials is not a second method.
+        created = await register(session, "dvla", "consumer")
+        assert created.client_secret is not None
+        response = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "client_secret": "", "scope": ""},
+            headers=basic(created.client_id, created.client_secret),
+        )
+        assert response.status_code == 200, response.text
+        empty_grant = await client.post(
+            "/oauth/token", data={"grant_type": ""}, headers=basic(created.client_id, created.client_secret)
+        )
+        body = assert_oauth_error(empty_grant, 400, "invalid_request")
+        assert body["error_description"] == "The grant_type parameter is required."
+
+    async def test_more_fields_than_the_parser_takes_is_an_oauth_error(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        body = b"grant_type=client_credentials&" + b"&".join(b"p%d=1" % i for i in range(1200))
+        response = await client.post(
+            "/oauth/token", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        assert_oauth_error(response, 400, "invalid_request")
+
+    @pytest.mark.parametrize(
+        ("name", "said"),
+        [
+            ("scope", "Parameter scope is repeated or not text."),
+            ("a'b", "A parameter is repeated or not text."),
+            ('a"b\\', "A parameter is repeated or not text."),
+            ("\u00e9", "A parameter is repeated or not text."),
+        ],
+    )
+    async def test_a_repeated_parameter_is_named_only_if_plain(
+        self, client: httpx.AsyncClient, name: str, said: str
+    ) -> None:
+        # RFC 6749 5.2: error_description is printable ASCII without '"' and '\\'.
+        body = urlencode([("grant_type", "client_credentials"), (name, "1"), (name, "2")]).encode()
+        response = await client.post(
+            "/oauth/token", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        described = assert_oauth_error(response, 400, "invalid_request")["error_description"]
+        assert described == said
+        assert all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in described)
+
     async def test_secret_is_stored_only_as_a_hash(self, session: AsyncSession) -> None:
         created = await register(session, "dvla", "consumer")
         assert created.client_secret is not None
@@ -342,6 +393,41 @@ class TestPrivateKeyJwt:
         # The same id, or none, is fine.
         same = {**self.assertion(app, client_id, key), "client_id": client_id}
         assert (await client.post("/oauth/token", data=same)).status_code == 200
+
+    async def test_an_empty_client_id_beside_an_assertion_is_as_if_omitted(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        form = {**self.assertion(app, client_id, key), "client_id": "", "client_secret": ""}
+        response = await client.post("/oauth/token", data=form)
+        assert response.status_code == 200, response.text
+
+    @pytest.mark.parametrize(
+        ("claims", "name"),
+        [
+            ({"exp": 10**400}, "exp"),
+            ({"exp": -(10**400)}, "exp"),
+            ({"iat": -(10**400)}, "iat"),
+            ({"exp": 2**53}, "exp"),
+        ],
+    )
+    async def test_a_time_no_float_holds_is_invalid_client(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        session: AsyncSession,
+        claims: dict[str, Any],
+        name: str,
+    ) -> None:
+        # JSON numbers have no limit; an exp or iat beyond any clock is refused, not a 500.
+        client_id, key = await self.register_key_client(session)
+        now = int(time.time())
+        signed = jose_jwt.encode(
+            {"alg": "ES256"}, {**assertion_claims(app, client_id, uuid.uuid4().hex, now), **claims}, key
+        )
+        response = await client.post("/oauth/token", data=assertion_form(signed))
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert name in body["error_description"] or "expired" in body["error_description"].lower()
 
     async def test_assertion_signed_by_another_key_is_invalid_client(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

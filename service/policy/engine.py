@@ -78,12 +78,16 @@ CONDITION_ATTRIBUTES = {
 COMPREHENSIONS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 # A condition's tokens, enough to find what it selects from a variable and the macros it
 # calls: string literals (raw, triple-quoted or not, so nothing inside one is read as a
-# name), names, and any other single character.
+# name), CEL's line comments (``//`` to the end of the line, dropped, so that none can
+# stand between a name and what follows it), names, and any other single character.
 _CONDITION_TOKEN = re.compile(
     r"""(?P<string>(?:[bB]?[rR][bB]?)(?:'[^'\n]*'|"[^"\n]*")"""
     r"""|[bB]?(?:'{3}[\s\S]*?'{3}|"{3}[\s\S]*?"{3}|'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))"""
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<other>\S)"
+    r"|(?P<comment>//[^\n]*)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<other>\S)"
 )
+# Functions whose cost has no bound a condition's length sets: a regular expression is
+# built again on every call, and a small one (``(?i)\w{200}``) takes tens of milliseconds.
+UNBOUNDED_FUNCTIONS = frozenset({"matches"})
 
 
 class ConditionError(ValueError):
@@ -217,6 +221,17 @@ def compile_condition(source: str) -> Any:
         raise ConditionError(
             f"condition uses {', '.join(sorted(macros))}: comprehensions are not supported in conditions"
         )
+    unbounded = {
+        text
+        for index, (kind, text) in enumerate(tokens[:-1])
+        if kind == "name" and text in UNBOUNDED_FUNCTIONS and tokens[index + 1][1] == "("
+    }
+    if unbounded:
+        # The CEL call holds the GIL throughout: one slow condition stalls every request.
+        raise ConditionError(
+            f"condition uses {', '.join(sorted(unbounded))}: regular expressions are not supported in "
+            "conditions (each costs without bound on every decision); use startsWith, endsWith or contains"
+        )
     unknown = set(program.variables()) - CONDITION_VARIABLES
     if unknown:
         raise ConditionError(
@@ -227,7 +242,8 @@ def compile_condition(source: str) -> Any:
 
 
 def _condition_tokens(source: str) -> list[tuple[str | None, str]]:
-    return [(m.lastgroup, m.group()) for m in _CONDITION_TOKEN.finditer(source)]
+    """The condition's tokens in order, its comments left out."""
+    return [(m.lastgroup, m.group()) for m in _CONDITION_TOKEN.finditer(source) if m.lastgroup != "comment"]
 
 
 def check_condition_names(source: str) -> None:
@@ -392,6 +408,28 @@ class CompiledPolicy:
     # (consumer, action) -> field -> ids of the consent-based and objectable agreements
     # that grant it: what a decision needs to know of the citizen's choices.
     choice_grants: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
+    # consumer -> its delayed-disclosure permits as (action, grant): what a refusal under a
+    # case cites when the field's own grants hold none (``case_hold``); filled on first use.
+    delayed: dict[str, tuple[tuple[str, Grant], ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def case_hold(self, consumer: str, action: str, purpose: str) -> Grant | None:
+        """The delayed-disclosure permit a refusal under a case cites when the refused
+        field's own grants hold none, so that no refusal shows an investigation early: one
+        of ``consumer``'s, for this action and purpose if it has one, else the nearest.
+        None if the consumer has no delayed-disclosure agreement (nothing to keep hidden)."""
+        known = self.delayed.get(consumer)
+        if known is None:
+            known = self.delayed[consumer] = tuple(
+                (each_action, grant)
+                for (each_consumer, each_action), by_field in self.index.items()
+                if each_consumer == consumer
+                for grants in by_field.values()
+                for grant in grants
+                if grant.effect == "permit" and grant.disclosure_delay is not None
+            )
+        if not known:
+            return None
+        return min(known, key=lambda pair: (pair[0] != action, purpose not in pair[1].purposes))[1]
 
     def choices_needed(self, consumer: str, action: str, fields: Sequence[str]) -> frozenset[str]:
         """The agreements whose citizen's consent or objection decides one of ``fields``;
@@ -470,6 +508,9 @@ class CompiledPolicy:
         by_field = self.index.get((consumer, action))
         # Built on the first condition that needs it, then shared by every field.
         bindings: dict[str, Any] = {}
+        # Under a case, a refusal cites a delayed-disclosure permit (its field's own, else
+        # this one) so the citizen is shown it no sooner than an access under the case.
+        hold = self.case_hold(consumer, action, context.purpose) if context.case_ref else None
         for name in fields:
             grants = by_field.get(name) if by_field is not None else None
             if not grants:
@@ -477,9 +518,9 @@ class CompiledPolicy:
                     reason = f"unknown field {name!r}"
                 else:
                     reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
-                results[name] = (Decision(name, "deny", None, None, reason), ())
+                results[name] = (_refusal(name, reason, hold), ())
                 continue
-            results[name] = _decide_field(name, consumer, action, grants, context, bindings, explain)
+            results[name] = _decide_field(name, consumer, action, grants, context, bindings, explain, hold)
         return results
 
 
@@ -523,7 +564,10 @@ def _decide_field(
     context: RequestContext,
     bindings: dict[str, Any],
     explain: bool,
+    hold: Grant | None = None,
 ) -> tuple[Decision, tuple[NearMiss, ...]]:
+    """The field's decision (and, with ``explain``, its near misses). A refusal under a
+    case cites the field's own delayed-disclosure permit if it has one, else ``hold``."""
     if grants[0] is OWNER_GRANT:
         return (Decision(name, "permit", None, None, "owner"), ())
     misses: list[NearMiss] = []
@@ -541,17 +585,8 @@ def _decide_field(
                 )
                 # Under a case, a forbid's refusal is held as any other refusal is (below):
                 # it cites the delayed-disclosure permit, the reason still naming the forbid.
-                cited = (_delayed_permit(grants) if context.case_ref else None) or grant
-                decision = Decision(
-                    name,
-                    "deny",
-                    cited.agreement,
-                    cited.version,
-                    reason,
-                    cited.legal_basis,
-                    digest=cited.digest or None,
-                )
-                return (decision, tuple(misses))
+                held = (_delayed_permit(grants) or hold) if context.case_ref else None
+                return (_refusal(name, reason, held or grant), tuple(misses))
             if explain:
                 misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
             continue
@@ -574,16 +609,21 @@ def _decide_field(
         reason = "; ".join(permit_misses)
     else:
         reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
-    held = _delayed_permit(grants) if context.case_ref else None
-    if held is not None:
-        # Refused under a case: the refusal cites the delayed-disclosure agreement the
-        # consumer asked under, so the citizen is shown the attempt no sooner than an
-        # access under it (``service.cases.rules``); the reason still says why.
-        decision = Decision(
-            name, "deny", held.agreement, held.version, reason, held.legal_basis, digest=held.digest or None
-        )
-        return (decision, tuple(misses) if explain else ())
-    return (Decision(name, "deny", None, None, reason), tuple(misses) if explain else ())
+    # Refused under a case: the refusal cites the delayed-disclosure agreement the consumer
+    # asked under, so the citizen is shown the attempt no sooner than an access under it
+    # (``service.cases.rules``); the reason still says why.
+    held = (_delayed_permit(grants) or hold) if context.case_ref else None
+    return (_refusal(name, reason, held), tuple(misses) if explain else ())
+
+
+def _refusal(name: str, reason: str, cited: Grant | None) -> Decision:
+    """A deny for ``reason``, citing ``cited`` (the forbid, or the delayed-disclosure permit
+    that holds a refusal under a case) or no agreement."""
+    if cited is None:
+        return Decision(name, "deny", None, None, reason)
+    return Decision(
+        name, "deny", cited.agreement, cited.version, reason, cited.legal_basis, digest=cited.digest or None
+    )
 
 
 def _delayed_permit(grants: tuple[Grant, ...]) -> Grant | None:

@@ -292,6 +292,36 @@ class TestConditions:
             compile_condition(when)
         compile_condition(f'request.purpose in ["{macro}"] || request.purpose == ".{macro}("')
 
+    @pytest.mark.parametrize("macro", ["all", "exists", "map"])
+    def test_a_comment_does_not_hide_a_comprehension(self, macro: str) -> None:
+        # CEL's line comments may stand between a name and its call.
+        items = "[" + ",".join(["0"] * 30) + "]"
+        when = f"{items}.{macro} // hidden\n (a, {items}.all // too\n (b, true))"
+        with pytest.raises(ConditionError, match="comprehensions are not supported"):
+            compile_condition(when)
+
+    def test_a_comment_does_not_hide_a_misspelt_name(self) -> None:
+        with pytest.raises(ConditionError, match=r"unknown variable\(s\) citizen\.stauts;"):
+            check_condition_names('citizen // hidden\n .stauts == "active"')
+        # A comment itself, and "//" inside a string, are fine.
+        compile_condition('citizen.status == "active" // the living only')
+        check_condition_names('request.purpose == "a//b" || citizen.status == "x" // note')
+
+    @pytest.mark.parametrize(
+        "when",
+        [
+            '"".matches("(?i)\\\\w{200}")',
+            'request.case_ref.matches("^F")',
+            'matches(request.purpose, "x")',
+            'request.purpose.matches // hidden\n ("x")',
+        ],
+    )
+    def test_a_regular_expression_is_refused(self, when: str) -> None:
+        # Built on every call: 70 of "(?i)\\w{200}" took about 4 s per decision.
+        with pytest.raises(ConditionError, match="regular expressions are not supported"):
+            compile_condition(when)
+        compile_condition('request.purpose == "matches(" || request.case_ref.startsWith("F")')
+
     def test_bad_condition_fails_compilation(self) -> None:
         with pytest.raises(ConditionError):
             policy(agreement(when="1 +"))

@@ -1,7 +1,7 @@
 """Three rules of the access path held where they were missed: the verify limit counts a
-field the citizen objected to reading; a refusal by a forbid under a case is held from the
-citizen like any refusal under it; and batch-get decrypts for each citizen only the fields
-that citizen's decisions allow."""
+field the citizen objected to reading; every refusal under a case (by a forbid, or of a
+field no delayed-disclosure agreement covers) is held from the citizen like an access under
+it; and batch-get decrypts for each citizen only the fields that citizen's decisions allow."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ class TestVerifyLimitAfterAnObjection:
         assert await _claims(env, other, LIMIT + 1) == [200] * LIMIT + [429]
 
 
-class TestForbidUnderACase:
+class TestRefusalsUnderACase:
     async def _access_log(self, env: RecordsEnv, citizen_id: str) -> list[dict[str, Any]]:
         page = await env.client.get(f"/v1/citizens/{citizen_id}/access-log", headers=PORTAL)
         assert page.status_code == 200, page.text
@@ -135,6 +135,54 @@ class TestForbidUnderACase:
         [reason] = entry["reasons"]
         assert reason["agreement"] == DELAYED["id"]
         assert FORBID["id"] in reason["reason"]
+
+    @pytest.mark.parametrize("action", ["read", "verify"])
+    async def test_a_refusal_of_a_field_no_delayed_agreement_covers_is_held_too(
+        self, records_env: RecordsEnv, session: AsyncSession, action: str
+    ) -> None:
+        # Revenue's delayed agreement covers given_name; it asks under the case for the date
+        # of birth, which nothing lets it read: the attempt would show the investigation.
+        env = records_env
+        await _agree(env, DELAYED)
+        citizen_id, _ = await env.register(given_name="Ada", date_of_birth="1980-06-15")
+        headers = {**REVENUE, "X-Case-Ref": "FRAUD-77"}
+        if action == "read":
+            refused = await env.client.get(
+                f"/v1/citizens/{citizen_id}",
+                params={"fields": "date_of_birth", "purpose": "fraud-investigation"},
+                headers=headers,
+            )
+        else:
+            refused = await env.client.post(
+                f"/v1/citizens/{citizen_id}/verify",
+                json={"purpose": "fraud-investigation", "claims": {"date_of_birth": {"lte": "1990-01-01"}}},
+                headers=headers,
+            )
+        assert refused.status_code in (403, 404), refused.text
+        assert await self._access_log(env, citizen_id) == []
+        rows = await session.execute(
+            select(AuditEntryRow.canonical).where(
+                AuditEntryRow.citizen_id == citizen_id, AuditEntryRow.action == action
+            )
+        )
+        [entry] = [json.loads(canonical) for (canonical,) in rows]
+        assert [(r["agreement"], r["effect"]) for r in entry["reasons"]] == [(DELAYED["id"], "deny")]
+        assert entry["reasons"][0]["reason"].startswith("no agreement lets revenue")
+
+    async def test_a_department_with_no_delayed_agreement_is_refused_in_the_open(
+        self, records_env: RecordsEnv
+    ) -> None:
+        # Nothing of revenue's is under delayed disclosure: there is no case to keep hidden.
+        env = records_env
+        citizen_id, _ = await env.register(date_of_birth="1980-06-15")
+        refused = await env.client.get(
+            f"/v1/citizens/{citizen_id}",
+            params={"fields": "date_of_birth", "purpose": "fraud-investigation"},
+            headers={**REVENUE, "X-Case-Ref": "FRAUD-77"},
+        )
+        assert refused.status_code in (403, 404), refused.text
+        [shown] = await self._access_log(env, citizen_id)
+        assert shown["decision"] == "deny"
 
     async def test_without_a_case_the_forbid_is_cited_and_the_refusal_shown(
         self, records_env: RecordsEnv

@@ -17,13 +17,26 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
 from fastapi import Request
-from sqlalchemy import LargeBinary, String, Table, func, insert, literal, select, text, update
+from sqlalchemy import (
+    Connection,
+    LargeBinary,
+    String,
+    Table,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import event as sqlalchemy_events
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -109,6 +122,10 @@ class Keyring:
     this process's cache at once and keeps it out (a read that loaded it before the erasure
     committed does not put it back); other processes drop it within ``cache_ttl_seconds``
     (records also refuses erased citizens by their status).
+
+    A key made in a transaction is cached at once (the transaction reads it back), and
+    forgotten if that transaction, or a savepoint in it, rolls back (``_made_in``): its id
+    or KEK version may be given to another key next, which must not be answered with it.
     """
 
     def __init__(
@@ -125,6 +142,11 @@ class Keyring:
         # Data keys shredded here lately: a read that loaded one from the committed state
         # before the erasure committed must not put it back into the cache afterwards.
         self._shredded: TTLCache[int, bool] = TTLCache(cache_size, cache_ttl_seconds, clock)
+        # Per open connection: the data-key ids and KEK versions made in its transaction,
+        # until it commits; evicted from the caches if it rolls back.
+        self._made: weakref.WeakKeyDictionary[Connection, tuple[set[int], set[tuple[str, int]]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._blind_indexer = provider.blind_indexer()
         # The one hook for key operations; the audit domain replaces it with one that
         # appends each event in the transaction that made it.
@@ -136,6 +158,46 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(provider={self.provider.name!r}, data_keys_cached={len(self.data_key_cache)})"
+
+    def _made_in(
+        self, conn: AsyncConnection, key_ids: Iterable[int] = (), kek: tuple[str, int] | None = None
+    ) -> None:
+        """Note keys made in ``conn``'s transaction: until it commits, a rollback (of it or
+        of a savepoint in it) evicts them from the caches, however they got there."""
+        sync = conn.sync_connection
+        if sync is None:
+            return
+        made = self._made.get(sync)
+        if made is None:
+            made = self._made[sync] = (set(), set())
+            sqlalchemy_events.listen(sync, "commit", self._kept)
+            sqlalchemy_events.listen(sync, "rollback", self._undone)
+            sqlalchemy_events.listen(sync, "rollback_savepoint", self._undone_to_savepoint)
+        made[0].update(key_ids)
+        if kek is not None:
+            made[1].add(kek)
+
+    def _kept(self, sync: Connection) -> None:
+        made = self._made.get(sync)
+        if made is not None:
+            made[0].clear()
+            made[1].clear()
+
+    def _undone(self, sync: Connection) -> None:
+        made = self._made.get(sync)
+        if made is not None:
+            self.data_key_cache.evict(made[0])
+            self.kek_cache.evict(made[1])
+            made[0].clear()
+            made[1].clear()
+
+    def _undone_to_savepoint(self, sync: Connection, _name: Any, _context: Any) -> None:
+        # Evicted, and still noted: read back later in the transaction, they are cached
+        # again, and a rollback of the whole of it must evict them again.
+        made = self._made.get(sync)
+        if made is not None:
+            self.data_key_cache.evict(made[0])
+            self.kek_cache.evict(made[1])
 
     async def emit(self, conn: AsyncConnection, action: str, department: str | None, **detail: Any) -> None:
         """A key operation made in ``conn``'s transaction, to ``on_key_event``."""
@@ -220,6 +282,7 @@ class Keyring:
         except IntegrityError:
             await self.provider.destroy_kek(wrapped)
             return None
+        self._made_in(conn, kek=(department, version))
         self.kek_cache.put((department, version), kek)
         await self.emit(conn, "kek.created", department, version=version, provider=self.provider.name)
         return kek
@@ -307,6 +370,7 @@ class Keyring:
             return None  # another writer made the key first; read theirs
         if key_id is None:
             return None
+        self._made_in(conn, [key_id])
         key = DataKey(key_id, department, kek.version, material)
         self._cache_data_key(key)
         return key
@@ -338,6 +402,7 @@ class Keyring:
                 for (citizen_id, department), material in zip(pairs, materials, strict=True)
             ],
         )
+        self._made_in(conn, key_ids)
         return {
             pair: DataKey(key_id, pair[1], keks[pair[1]].version, material)
             for pair, key_id, material in zip(pairs, key_ids, materials, strict=True)
@@ -398,6 +463,7 @@ class Keyring:
 
     async def store_data_keys_ahead(self, conn: AsyncConnection, ahead: DataKeysAhead) -> None:
         """Insert keys that ``data_keys_ahead_hold`` accepted in this transaction."""
+        self._made_in(conn, ahead.ids)
         await bulk.insert_rows(
             conn,
             DATA_KEYS,

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.catalog.schemas import Catalog
+from service.records.validation import NATIONAL_ID_FIELD
 from service.sourcefile import SourceDocument, SourceError, SourceFileError, read_yaml
 
 CATALOG_FILE = "catalog.yaml"
@@ -69,6 +70,12 @@ def _cross_check(catalog: Catalog, document: SourceDocument) -> list[SourceError
         if spec.max_length is not None and spec.type != "string":
             problems.append(
                 document.error((*where, "max_length"), f"field {spec.name!r}: only a string has max_length")
+            )
+        if spec.name == NATIONAL_ID_FIELD and not (spec.searchable and spec.type == "string"):
+            # Its blind index is how a citizen is found by national id, and how a second
+            # registration of one id is refused: without it both would silently stop.
+            problems.append(
+                document.error(where, f"field {spec.name!r}: the national id must be a searchable string")
             )
         if spec.marks_death:
             death_fields += 1

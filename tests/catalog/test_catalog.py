@@ -69,6 +69,8 @@ class TestCatalogLoader:
         path = str(folder / "catalog.yaml")
         assert [str(e) for e in caught.value.errors] == [
             f"{path}:4: duplicate department 'register'",
+            # Not searchable: nothing could find a citizen by it or refuse a second registration.
+            f"{path}:10: field 'national_id': the national id must be a searchable string",
             f"{path}:13: field 'licence_status': an enum needs values",
             f"{path}:14: field 'licence_status': unknown owner 'dvla'",
         ]

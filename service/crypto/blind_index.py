@@ -24,9 +24,12 @@ _FIELD_INFO = b"tellonce/blind-index/field/v1/"
 # Version 2 drops format (Cf) and control (Cc) characters; version 1 kept them, so an id
 # with a zero-width space indexed apart from the same id without. Version 3 drops whitespace
 # inside the value too; version 2 kept it, so "AB 12 34 56 C" indexed apart from
-# "AB123456C". Rows carry the version their index was computed with; `tellonce records
-# reindex` rebuilds the indexes of older versions.
-NORMALISATION_VERSION = 3
+# "AB123456C". Version 4 drops every default-ignorable code point as well; version 3 kept
+# those that are not format characters (the combining grapheme joiner, variation selectors,
+# Mongolian free variation selectors, Khmer inherent vowels, Hangul fillers), so an id
+# followed by U+034F indexed apart from the same id without. Rows carry the version their
+# index was computed with; `tellonce records reindex` rebuilds the indexes of older versions.
+NORMALISATION_VERSION = 4
 
 # Unicode's White_Space property (PropList.txt): the ASCII spaces and line ends, NEL, the
 # no-break, ogham, en to hair, narrow no-break, medium mathematical and ideographic spaces,
@@ -38,6 +41,45 @@ WHITESPACE = frozenset(
 )
 
 
+# Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt): code points
+# that display as nothing at all unless a renderer supports them, so two ids differing only
+# by them print the same. Most are format characters (U+00AD, U+200B..U+200F, U+2060..,
+# U+FEFF, the tags); the rest are combining marks (U+034F, U+17B4..U+17B5, U+180B..U+180D,
+# U+180F, the variation selectors), the Hangul fillers, and ranges reserved as ignorable
+# (U+2065, U+FFF0..U+FFF8, U+E0000..U+E0FFF). The property is stable for assigned code
+# points and its reserved ranges are fixed, so the index does not move with the Unicode
+# version.
+_DEFAULT_IGNORABLE_RANGES = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+DEFAULT_IGNORABLE = frozenset(
+    chr(code) for first, last in _DEFAULT_IGNORABLE_RANGES for code in range(first, last + 1)
+)
+
+
+def invisible(ch: str) -> bool:
+    """Whether ``ch`` prints as nothing and is never part of an identifier: a format (Cf) or
+    control (Cc) character, or any other default-ignorable code point. The one rule that
+    the blind index drops and an identifier's validation (records.values) refuses."""
+    return ch in DEFAULT_IGNORABLE or unicodedata.category(ch) in ("Cf", "Cc")
+
+
 def without_whitespace(text: str) -> str:
     """``text`` with every whitespace character removed: the one whitespace rule, which
     the blind index and the stored spelling of an identifier (records.values) share."""
@@ -45,12 +87,13 @@ def without_whitespace(text: str) -> str:
 
 
 def normalise(value: str) -> str:
-    """NFKC, without whitespace, format or control characters, case-folded. NFKC runs again
+    """NFKC, without whitespace or invisible characters (format, control or otherwise
+    default-ignorable), case-folded. NFKC runs again
     after folding: folding can denormalise, and so can dropping a character between a
     letter and its combining mark."""
     if value.isascii() and value.isprintable():
-        # Printable ASCII (most identifiers): NFKC leaves it as it is, it holds no format
-        # or control character, its only whitespace is the space, and folding is lower().
+        # Printable ASCII (most identifiers): NFKC leaves it as it is, it holds no invisible
+        # character, its only whitespace is the space, and folding is lower().
         # The same result, several times faster.
         return value.lower().replace(" ", "")
     return normalise_unicode(value)
@@ -59,9 +102,7 @@ def normalise(value: str) -> str:
 def normalise_unicode(value: str) -> str:
     """``normalise`` for any text, step by step."""
     composed = unicodedata.normalize("NFKC", value)
-    visible = "".join(
-        ch for ch in without_whitespace(composed) if unicodedata.category(ch) not in ("Cf", "Cc")
-    )
+    visible = "".join(ch for ch in without_whitespace(composed) if not invisible(ch))
     return unicodedata.normalize("NFKC", visible.casefold())
 
 

@@ -28,6 +28,7 @@ class ValueRejected(ValueError):
 
 
 SURROGATE = "must be Unicode text (a lone surrogate such as \\ud800 is not)"
+INVISIBLE = "must not contain invisible characters (format, control or other default-ignorable ones)"
 
 
 def has_surrogate(text: str) -> bool:
@@ -89,20 +90,22 @@ def identifier(raw: str) -> str:
     """The canonical form of an identifier that citizens are found by (a searchable string).
 
     NFKC first, so a fullwidth or otherwise compatible spelling becomes the plain one, and
-    trimmed; then any format character (Unicode category Cf: zero-width spaces, direction
-    overrides) or control character that is left is refused rather than silently dropped,
-    because two ids that print the same must be one id. Whitespace inside (a space, a
-    no-break or ideographic space) is not part of an identifier: it is removed, so
-    "AB 12 34 56 C" is stored as "AB123456C" (the blind index's whitespace rule,
-    ``blind_index.without_whitespace``), and NFKC runs again in case a removed space stood
-    between a letter and a combining mark. A lone surrogate (category Cs), which no UTF-8
-    text holds, is refused too. Runs before the blind index and the duplicate check.
+    trimmed; then any invisible character that is left (``blind_index.invisible``: a format
+    character such as a zero-width space or direction override, a control character, or
+    another default-ignorable code point such as U+034F or a variation selector) is refused
+    rather than silently dropped, because two ids that print the same must be one id.
+    Whitespace inside (a space, a no-break or ideographic space) is not part of an
+    identifier: it is removed, so "AB 12 34 56 C" is stored as "AB123456C" (the blind
+    index's whitespace rule, ``blind_index.without_whitespace``), and NFKC runs again in
+    case a removed space stood between a letter and a combining mark. A lone surrogate
+    (category Cs), which no UTF-8 text holds, is refused too. Runs before the blind index
+    and the duplicate check.
     """
     if not raw.isascii() and has_surrogate(raw):
         raise ValueRejected(SURROGATE)
     composed = unicodedata.normalize("NFKC", raw).strip()
-    if any(unicodedata.category(ch) in ("Cf", "Cc") for ch in composed):
-        raise ValueRejected("must not contain invisible format or control characters")
+    if any(blind_index.invisible(ch) for ch in composed):
+        raise ValueRejected(INVISIBLE)
     canonical = identifier_spelling(composed)
     if not canonical:
         raise ValueRejected("must not be empty")

@@ -54,6 +54,9 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # a wrong secret, a method the client does not use, an assertion its key did not sign. The
 # token endpoint must not tell which client ids exist (``AssertionRefused`` is the exception).
 CLIENT_AUTHENTICATION_FAILED = "Client authentication failed."
+# Seconds of clock skew allowed between a client and this server: an assertion is accepted
+# until ``exp`` plus this, and its ``iat`` and ``nbf`` may be this far in the future.
+ASSERTION_LEEWAY = 30
 
 
 def plausible_client_id(client_id: str) -> bool:
@@ -136,7 +139,7 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
     def __init__(
         self, audiences: list[str], max_lifetime: int, on_assertion: Callable[[SeenAssertion], None]
     ) -> None:
-        super().__init__(validate_jti=True, leeway=30)
+        super().__init__(validate_jti=True, leeway=ASSERTION_LEEWAY)
         self.audiences = audiences
         self.max_lifetime = max_lifetime
         self.on_assertion = on_assertion
@@ -145,10 +148,12 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
         return self.audiences
 
     def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
-        """Called once the signature, audience and times are verified. An assertion is a
-        one-off credential (RFC 7523 3): one that lives longer than ``max_lifetime``
-        (``exp - iat``, or ``exp - now``) is refused, saying so (authlib would answer a
-        False with "JWT ID is used before"). The id is handed on to be stored."""
+        """Called once the signature, audience and times are verified (joserfc checks
+        each of ``exp``, ``iat`` and ``nbf`` against the clock, with the leeway). An
+        assertion valid at no time (``exp`` at or before its ``iat`` or ``nbf``) is refused,
+        and so, as a one-off credential (RFC 7523 3), is one that lives longer than
+        ``max_lifetime`` (``exp - iat``, or ``exp - now``), each saying so (authlib would
+        answer a False with "JWT ID is used before"). The id is handed on to be stored."""
         expires_at, issued_at = claims.get("exp"), claims.get("iat")
         if not isinstance(expires_at, int | float):
             return False
@@ -156,6 +161,12 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
         for name, value in (("exp", expires_at), ("iat", issued_at)):
             if value is not None and not _a_time(value):
                 raise InvalidClientError(description=f"The assertion's {name} is not a time.")
+        # Within the leeway each time passes the clock on its own (an iat 20 s ahead and an
+        # exp 10 s ahead, or an exp 10 s past and an iat of now); together they say the
+        # assertion expired before it was issued, or before it became valid.
+        for name, value in (("iat", issued_at), ("nbf", claims.get("nbf"))):
+            if isinstance(value, int | float) and value >= expires_at:
+                raise InvalidClientError(description=f"The assertion's exp must be after its {name}.")
         # As the registry (``used_assertions``) keeps it on every database: PostgreSQL
         # cannot store a NUL, where SQLite would.
         if not jti or len(jti) > 255 or "\x00" in jti:

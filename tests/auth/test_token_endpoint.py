@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth import service as auth_service
 from service.auth.models import Client
 from service.auth.scopes import ROLE_SCOPES
+from service.auth.server import ASSERTION_LEEWAY
 from tests.fixtures.tokens import OAuthError, fetch_token, register, runtime
 
 
@@ -428,6 +429,93 @@ class TestPrivateKeyJwt:
         response = await client.post("/oauth/token", data=assertion_form(signed))
         body = assert_oauth_error(response, 401, "invalid_client")
         assert name in body["error_description"] or "expired" in body["error_description"].lower()
+
+    async def post_claims(
+        self, app: FastAPI, client: httpx.AsyncClient, client_id: str, key: ECKey, **claims: Any
+    ) -> httpx.Response:
+        """POST an assertion with ``claims`` over a valid one's (iat now, exp in a minute)."""
+        now = int(time.time())
+        signed = jose_jwt.encode(
+            {"alg": "ES256"}, {**assertion_claims(app, client_id, uuid.uuid4().hex, now), **claims}, key
+        )
+        return await client.post("/oauth/token", data=assertion_form(signed))
+
+    @pytest.mark.parametrize(
+        ("issued", "expires"),
+        [
+            # Expired 10 s ago (inside the clock-skew leeway exp is given), issued now.
+            (0, -10),
+            # Issued and expiring in the future, both within the leeway of now.
+            (20, 10),
+            # Expired the instant it was issued: valid at no time.
+            (5, 5),
+        ],
+    )
+    async def test_an_assertion_issued_when_or_after_it_expires_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, issued: int, expires: int
+    ) -> None:
+        # Such an assertion was never valid, yet each of its times on its own passed the
+        # clock check (and exp - iat, negative, was under the lifetime cap): a token.
+        client_id, key = await self.register_key_client(session)
+        now = int(time.time())
+        response = await self.post_claims(app, client, client_id, key, iat=now + issued, exp=now + expires)
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert body["error_description"] == "The assertion's exp must be after its iat."
+
+    @pytest.mark.parametrize(
+        ("not_before", "expires", "description"),
+        [
+            (120, 180, "The token is not yet valid"),
+            # Valid from 20 s on, expired from 10 s on: valid at no time.
+            (20, 10, "The assertion's exp must be after its nbf."),
+            (10, 10, "The assertion's exp must be after its nbf."),
+        ],
+    )
+    async def test_an_assertion_not_yet_valid_or_valid_at_no_time_is_invalid_client(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        session: AsyncSession,
+        not_before: int,
+        expires: int,
+        description: str,
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        now = int(time.time())
+        response = await self.post_claims(
+            app, client, client_id, key, iat=now - 5, nbf=now + not_before, exp=now + expires
+        )
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert body["error_description"] == description
+
+    async def test_an_assertion_issued_in_the_future_beyond_the_leeway_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        now = int(time.time())
+        response = await self.post_claims(
+            app, client, client_id, key, iat=now + ASSERTION_LEEWAY + 60, exp=now + ASSERTION_LEEWAY + 120
+        )
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert body["error_description"] == "The token was issued in the future"
+
+    @pytest.mark.parametrize(
+        "times",
+        [
+            # A clock a little ahead of the server's, and one a little behind.
+            {"iat": 20, "nbf": 20, "exp": 80},
+            {"iat": -80, "nbf": -80, "exp": -20},
+            {"nbf": -5, "exp": 60},
+        ],
+    )
+    async def test_times_within_the_leeway_in_order_are_accepted(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, times: dict[str, int]
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        now = int(time.time())
+        claims = {name: now + offset for name, offset in times.items()}
+        response = await self.post_claims(app, client, client_id, key, **claims)
+        assert response.status_code == 200, response.text
 
     async def test_assertion_signed_by_another_key_is_invalid_client(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

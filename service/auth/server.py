@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -178,7 +179,9 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
             raise InvalidClientError(description=too_long)
         if isinstance(issued_at, int | float) and expires_at - issued_at > self.max_lifetime:
             raise InvalidClientError(description=too_long)
-        self.on_assertion(SeenAssertion(str(claims["sub"]), jti, float(expires_at) + self.leeway))
+        # joserfc reads the clock in whole seconds, so an exp with a fraction is accepted
+        # until the next whole second after exp + leeway: the id is kept as long.
+        self.on_assertion(SeenAssertion(str(claims["sub"]), jti, float(math.ceil(expires_at) + self.leeway)))
         return True
 
     def process_assertion_claims(self, assertion: str, resolve_key: Key) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,7 +22,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import create_app
+from service.auth import service as auth_service
 from service.auth.models import UsedAssertion
+from service.auth.server import ASSERTION_LEEWAY
 from service.config import Settings
 from service.db import get_session
 from tests.fixtures.tokens import register, runtime
@@ -129,6 +132,23 @@ class TestReplay:
             )
         ).scalar_one()
         assert count == 1
+
+    async def test_an_exp_with_a_fraction_is_not_replayed_after_its_jti_is_deleted(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # joserfc reads the clock in whole seconds: an exp of T + 0.5 is accepted until
+        # T + 1 + leeway. Its jti was kept only until T + 0.5 + leeway, and deleted by the
+        # next request after that, so a replay in the half second between was taken.
+        client_id, key = await _key_client(session)
+        exp = int(time.time()) + 60.5
+        form = _form(app, client_id, key, jti="fractional", exp=exp)
+        assert (await client.post("/oauth/token", data=form)).status_code == 200
+        later = exp + ASSERTION_LEEWAY + 0.25
+        monkeypatch.setattr("joserfc._rfc7519.claims._generate_now", lambda: int(later))
+        monkeypatch.setattr(auth_service, "utcnow", lambda: datetime.fromtimestamp(later, UTC))
+        replayed = await client.post("/oauth/token", data=form)
+        assert replayed.status_code == 401, replayed.text
+        assert replayed.json()["error_description"] == "The client assertion was already used."
 
     @pytest.mark.parametrize("jti", ["", "a\x00b", "j" * 256])
     async def test_a_jti_the_registry_cannot_keep_is_refused_alike_on_every_database(

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 
 from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
@@ -22,7 +23,7 @@ from service.console.drafts import check_draft
 from service.console.forms import AgreementForm
 from service.console.sessions import SignedIn
 from service.console.views import Simulation
-from service.console.web import ConsolePageError, ConsoleRoute, catalog_of, csrf_checked, render
+from service.console.web import ConsolePageError, ConsoleRoute, Posted, catalog_of, csrf_checked, render
 from service.db import SessionDep
 from service.etags import IfMatch
 from service.policy import agreements
@@ -117,6 +118,7 @@ async def _submit(
     request: Request,
     session: AsyncSession,
     viewer: SignedIn,
+    posted: FormData,
     *,
     expected_version: int | None,
     agreement_id: str | None,
@@ -128,7 +130,6 @@ async def _submit(
     ``step=save``: check the carried draft again (it came back from the browser), then save.
     """
     catalog = await catalog_of(session)
-    posted = await request.form()
     step = posted.get("step")
     reason = str(posted.get("reason") or "").strip()[:1000]
     if step in ("save", "change"):
@@ -207,8 +208,9 @@ async def create_agreement(
     session: SessionDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
+    posted: FormData = Posted,
 ) -> Response:
-    return await _submit(request, session, viewer, expected_version=None, agreement_id=None)
+    return await _submit(request, session, viewer, posted, expected_version=None, agreement_id=None)
 
 
 @router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
@@ -234,7 +236,9 @@ async def change_agreement(
     session: SessionDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
+    posted: FormData = Posted,
 ) -> Response:
-    posted = await request.form()
     expected = version_number(posted.get("expected_version"))
-    return await _submit(request, session, viewer, expected_version=expected, agreement_id=agreement_id)
+    return await _submit(
+        request, session, viewer, posted, expected_version=expected, agreement_id=agreement_id
+    )

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 
 from service.auth import permissions
 from service.catalog.schemas import Catalog
@@ -17,6 +18,7 @@ from service.console.views import AgreementRecord
 from service.console.web import (
     ConsolePageError,
     ConsoleRoute,
+    Posted,
     catalog_names,
     catalog_of,
     csrf_checked,
@@ -220,12 +222,11 @@ async def revoke_page(
 @router.post("/agreements/{agreement_id}/revoke")
 async def revoke(
     agreement_id: str,
-    request: Request,
     session: SessionDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
+    posted: FormData = Posted,
 ) -> Response:
-    posted = await request.form()
     expected = version_number(posted.get("expected_version"))
     reason = str(posted.get("reason") or "").strip()[:1000] or "revoked in the console"
     row = await agreements.revoke_agreement(

@@ -18,6 +18,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 
 from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
@@ -28,6 +29,7 @@ from service.console.sessions import SignedIn
 from service.console.web import (
     CITIZEN_ID_HINT,
     ConsoleRoute,
+    Posted,
     catalog_of,
     csrf_checked,
     form_citizen_id,
@@ -204,9 +206,9 @@ async def change_choice(
     after_commit: BackgroundTasks,
     viewer: SignedIn = Depends(csrf_checked),
     _portal: SignedIn = Portal,
+    form: FormData = Posted,
 ) -> Response:
     """Give, pause, resume or revoke a consent, or object or withdraw an objection."""
-    form = await request.form()
     citizen_id = form_citizen_id(form.get("citizen_id"))
     agreement = str(form.get("agreement") or "")[:63]
     consent_id = str(form.get("consent_id") or "")[:36]

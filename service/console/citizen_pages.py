@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
+from starlette.datastructures import FormData
 
 from service.audit import citizen_proofs
 from service.audit import search as audit_search
@@ -24,6 +25,7 @@ from service.console.views import AccessProof, AccessRow
 from service.console.web import (
     CITIZEN_ID_HINT,
     ConsoleRoute,
+    Posted,
     catalog_of,
     csrf_checked,
     form_citizen_id,
@@ -89,8 +91,8 @@ async def citizen_log(
     access: AuditAccessDep,
     viewer: SignedIn = Depends(csrf_checked),
     _portal: SignedIn = Portal,
+    form: FormData = Posted,
 ) -> Response:
-    form = await request.form()
     citizen_id = form_citizen_id(form.get("citizen_id"))
     # The next page of a log longer than one: where the last page stopped, and how many it
     # and those before it showed.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
+from starlette.datastructures import FormData
 
 from service.audit import search as audit_search
 from service.audit import service as audit_service
@@ -24,7 +25,7 @@ from service.audit.verify import VerificationFailed
 from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.console.sessions import SignedIn
-from service.console.web import ConsoleRoute, catalog_of, csrf_checked, needs_role, render
+from service.console.web import ConsoleRoute, Posted, catalog_of, csrf_checked, needs_role, render
 from service.db import SessionDep
 from service.policy.signing import OwnerVerifier, SigningKeyError
 
@@ -87,10 +88,10 @@ async def check_releases(
     access: AuditAccessDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
+    posted: FormData = Posted,
 ) -> Response:
     catalog = await catalog_of(session)
     department = viewer.principal.department
-    posted = await request.form()
     given = posted.get("owner_key")
     key = given.strip()[:KEY_LIMIT] if isinstance(given, str) else ""
     if not key:

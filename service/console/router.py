@@ -31,6 +31,7 @@ from service.console.web import (
     Checked,
     ConsolePageError,
     ConsoleRoute,
+    PostedForm,
     Settings,
     Viewer,
     catalog_of,
@@ -111,8 +112,7 @@ async def sign_in_page(request: Request, next: str | None = None, signed_out: st
 
 
 @router.post("/sign-in", response_class=HTMLResponse)
-async def sign_in(request: Request, session: SessionDep, settings: Settings) -> Response:
-    form = await request.form()
+async def sign_in(request: Request, session: SessionDep, settings: Settings, form: PostedForm) -> Response:
     pre = presession_token(request)
     submitted = form.get(CSRF_FIELD)
     if not console_sessions.csrf_matches(pre, submitted if isinstance(submitted, str) else None):

@@ -1,4 +1,5 @@
-"""Console plumbing: templates, the HTML error pages, cookies, sign-in and CSRF guards.
+"""Console plumbing: templates, the HTML error pages, cookies, sign-in and CSRF guards,
+and the posted form.
 
 Console routes use ``ConsoleRoute``, which turns every refusal into an HTML page (the
 console is HTML, so its errors are too) and adds the security headers; the API's
@@ -7,7 +8,7 @@ problem+json handlers are untouched.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.auth import service as auth_service
@@ -240,9 +242,38 @@ def needs_role(*roles: str) -> Callable[..., Awaitable[SignedIn]]:
     return dependency
 
 
-async def csrf_checked(request: Request, viewer: Viewer) -> SignedIn:
+# The limits a posted form is read with (Starlette's defaults, named here for all console
+# forms; the body as a whole is bounded before, by errors.BodyLimitMiddleware). A form over
+# one is Starlette's 400, which ConsoleRoute shows as a page.
+FORM_MAX_FIELDS = 1000
+FORM_MAX_FILES = 1000
+FORM_MAX_PART_BYTES = 1024 * 1024
+
+
+async def posted_form(request: Request) -> AsyncIterator[FormData]:
+    """The posted form, read with the console's limits and closed once the page is made.
+
+    Closing matters for a file sent with the form (no console form asks for one): Starlette
+    keeps it in a spooled temporary file, otherwise left open until the garbage collector
+    finds it. Console pages take the form through ``Posted``, never ``request.form()``;
+    the CSRF check and the page share one form, read once.
+    """
+    form = await request.form(
+        max_files=FORM_MAX_FILES, max_fields=FORM_MAX_FIELDS, max_part_size=FORM_MAX_PART_BYTES
+    )
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+# "function": closed when the page's function returns (or raises), before the response is sent.
+Posted = Depends(posted_form, scope="function")
+PostedForm = Annotated[FormData, Posted]
+
+
+async def csrf_checked(viewer: Viewer, form: PostedForm) -> SignedIn:
     """The viewer, if the posted form carries the session's CSRF token; a 403 page otherwise."""
-    form = await request.form()
     submitted = form.get(CSRF_FIELD)
     if not console_sessions.csrf_matches(viewer.token, submitted if isinstance(submitted, str) else None):
         raise ConsolePageError(

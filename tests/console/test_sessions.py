@@ -15,6 +15,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartParser
 
 from service.audit.models import AuditEntryRow
 from service.audit.search import get_audit_access
@@ -343,6 +345,95 @@ class TestCsrf:
         assert "were hashed again" in done.text or "Verification failed: " in done.text
         # The verification is itself an audit query, by the signed-in client.
         assert await audit_queries(session) == [people["auditor-1"].client_id]
+
+
+class TestPostedForms:
+    """A posted form is read once, with the console's limits, and closed when its page is
+    done: a file sent with it (no console form asks for one) does not keep its spooled
+    temporary file open until the garbage collector finds it."""
+
+    @pytest.fixture
+    def uploads(self, monkeypatch: pytest.MonkeyPatch) -> list[UploadFile]:
+        """Every file of every multipart form parsed, as Starlette's parser made it."""
+        made: list[UploadFile] = []
+        parse = MultiPartParser.parse
+
+        async def recording(parser: MultiPartParser) -> FormData:
+            form = await parse(parser)
+            made.extend(value for _, value in form.multi_items() if isinstance(value, UploadFile))
+            return form
+
+        monkeypatch.setattr(MultiPartParser, "parse", recording)
+        return made
+
+    @pytest.mark.parametrize(
+        ("person", "path", "status"),
+        [
+            # Read by the page itself, which checks the pre-session's token.
+            ("owner-1", "/console/sign-in", 303),
+            # Read by the CSRF check alone.
+            ("owner-1", "/console/sign-out", 303),
+            ("auditor-1", "/console/audit/integrity/verify", 200),
+            # Read by the CSRF check, then by the page.
+            ("owner-1", "/console/agreements/new", 422),
+            ("owner-1", "/console/agreements/no-such/revoke", 400),
+            ("owner-1", "/console/releases/check", 422),
+        ],
+    )
+    async def test_an_uploaded_file_is_closed_once_the_page_is_sent(
+        self,
+        client: httpx.AsyncClient,
+        people: People,
+        uploads: list[UploadFile],
+        person: str,
+        path: str,
+        status: int,
+    ) -> None:
+        fields = {"client_id": people[person].client_id, "client_secret": people[person].secret}
+        if path == "/console/sign-in":
+            fields["csrf_token"] = csrf_of(await client.get("/console/sign-in"))
+        else:
+            await sign_in(client, people[person])
+            fields = {"csrf_token": csrf_of(await client.get("/console"))}
+        files = {"attachment": ("notes.txt", b"not asked for" * 100, "text/plain")}
+        response = await client.post(path, data=fields, files=files)
+        assert response.status_code == status, response.text[:500]
+        assert len(uploads) == 1
+        assert uploads[0].file.closed
+
+    async def test_a_form_refused_for_its_token_still_has_its_file_closed(
+        self, client: httpx.AsyncClient, people: People, uploads: list[UploadFile]
+    ) -> None:
+        await sign_in(client, people["owner-1"])
+        files = {"attachment": ("notes.txt", b"x", "text/plain")}
+        response = await client.post("/console/agreements/new", data={"csrf_token": "0" * 64}, files=files)
+        assert response.status_code == 403
+        assert len(uploads) == 1
+        assert uploads[0].file.closed
+
+    @pytest.mark.parametrize(
+        ("part", "refusal"),
+        [
+            ("field", "Too many fields. Maximum number of fields is 1000."),
+            ("file", "Too many files. Maximum number of files is 1000."),
+        ],
+    )
+    async def test_a_form_over_a_limit_is_an_html_400(
+        self, client: httpx.AsyncClient, people: People, uploads: list[UploadFile], part: str, refusal: str
+    ) -> None:
+        await sign_in(client, people["owner-1"])
+        fields = {"csrf_token": csrf_of(await client.get("/console"))}
+        files = [("attachment", ("notes.txt", b"x", "text/plain"))]
+        if part == "field":
+            fields |= {f"p{n}": "x" for n in range(1000)}
+        else:
+            files *= 1001
+        response = await client.post("/console/agreements/new", data=fields, files=files)
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("text/html")
+        assert '<h1 class="heading-l">Bad Request</h1>' in response.text
+        assert refusal in response.text
+        assert uploads == []  # refused while parsing: Starlette's parser closed its own files
 
 
 class TestPages:

@@ -1,10 +1,30 @@
-"""Files the service writes for its operator that hold what only they should read."""
+"""Files that hold what only their owner should read: those the service writes for its
+operator, and the secrets (root key, PIN, owner and witness keys) it reads from files."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TextIO
+
+
+class SharedSecretFile(Exception):
+    """A file holding a secret grants some access to its group or to other accounts."""
+
+
+def check_owner_only(path: Path, secret: str) -> None:
+    """Fail closed on a file holding ``secret`` (the root key, a token PIN, an owner or
+    witness key) that another account may read or replace: a secret others could read is
+    no longer secret. Raises ``SharedSecretFile`` with the one-line remedy (and ``OSError``
+    if the file cannot be looked at). The file is left as it is, so the exposure is seen
+    and the secret replaced, not quietly tightened."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise SharedSecretFile(
+            f"the {secret} in {path} is open to other accounts (mode {mode:o}): "
+            f"run chmod 600 {path}, and replace the {secret} if anyone else may have read it"
+        )
 
 
 def open_owner_only(path: Path, *, newline: str | None = None) -> TextIO:

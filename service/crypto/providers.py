@@ -14,7 +14,6 @@ import binascii
 import logging
 import os
 import secrets
-import stat
 import struct
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -29,6 +28,7 @@ from service.crypto.aead import DATA_KEY_BYTES
 from service.crypto.blind_index import BlindIndexer
 from service.crypto.errors import KeyUnwrapError, RootKeyUnavailable
 from service.crypto.material import KeyMaterial
+from service.private_files import SharedSecretFile, check_owner_only
 
 logger = logging.getLogger("tellonce.crypto")
 
@@ -213,15 +213,12 @@ def load_root_key(settings: Settings) -> KeyMaterial:
 
 def refuse_shared_secret_file(path: Path, secret: str) -> None:
     """Fail closed on a file holding ``secret`` (the root key, a token PIN) that another
-    account may read or replace: a secret others could read is no longer secret. The file
-    is left as it is, so the exposure is seen and the secret replaced, not quietly
-    tightened."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise RootKeyUnavailable(
-            f"the {secret} in {path} is open to other accounts (mode {mode:o}): "
-            f"run chmod 600 {path}, and replace the {secret} if anyone else may have read it"
-        )
+    account may read or replace, by the rule every secret file is held to
+    (``check_owner_only``), as ``RootKeyUnavailable``."""
+    try:
+        check_owner_only(path, secret)
+    except SharedSecretFile as exc:
+        raise RootKeyUnavailable(str(exc)) from None
 
 
 def _create_root_key_file(path: Path) -> KeyMaterial:

@@ -23,6 +23,7 @@ from service.policy.engine import ACTIONS, RequestContext
 from service.policy.loader import load_policy_folder
 from service.policy.signing import OwnerSigner, SigningKeyError
 from service.policy.signing_files import read_private_key, sign_folder, write_private_key
+from service.private_files import SharedSecretFile
 from service.sourcefile import SourceFileError
 
 app = typer.Typer(no_args_is_help=True, help="Agreements and the catalog, from policy files.")
@@ -210,11 +211,20 @@ def explain(
 @app.command("sign")
 def sign(
     directory: Path = typer.Argument(..., exists=True, file_okay=False, help="The policy folder."),
-    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="The owner's private key file."),
+    key: Path = typer.Option(
+        ...,
+        "--key",
+        exists=True,
+        dir_okay=False,
+        help="The owner's private key file (refused if other accounts may read it).",
+    ),
 ) -> None:
     """Sign, in place, every agreement of the key's department in DIR (comments and layout kept)."""
     try:
         report = sign_folder(directory, read_private_key(key))
+    except SharedSecretFile as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
     except SigningKeyError as exc:
         typer.echo(f"{key}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -257,7 +267,13 @@ def verify(
 
 @owners_app.command("sign")
 def sign_text(
-    key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, help="The owner's private key file."),
+    key: Path = typer.Option(
+        ...,
+        "--key",
+        exists=True,
+        dir_okay=False,
+        help="The owner's private key file (refused if other accounts may read it).",
+    ),
 ) -> None:
     """Sign the text on stdin (the console's "text to sign") and print the base64 signature.
 
@@ -268,6 +284,9 @@ def sign_text(
 
     try:
         signer = read_private_key(key)
+    except SharedSecretFile as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
     except SigningKeyError as exc:
         typer.echo(f"{key}: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from service.policy.loader import policy_files, validated_policy_file
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerSigner, OwnerVerifier, SigningKeyError
+from service.private_files import check_owner_only
 from service.sourcefile import SourceError, SourceFileError, parse_yaml
 
 
@@ -30,7 +31,11 @@ def write_private_key(path: Path, signer: OwnerSigner) -> None:
 
 
 def read_private_key(path: Path) -> OwnerSigner:
+    """The owner key in ``path``. Raises ``SharedSecretFile``, reading nothing, if the file
+    is open to other accounts (``check_owner_only``), and ``SigningKeyError`` if it cannot
+    be read or holds no owner key."""
     try:
+        check_owner_only(path, "owner key")
         return OwnerSigner.parse(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SigningKeyError(f"cannot read {path}: {exc.strerror}") from None

@@ -16,8 +16,9 @@ from service.catalog.loader import CATALOG_FILE
 from service.db import Database
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
-from service.policy.signing import OwnerSigner
+from service.policy.signing import OwnerSigner, SigningKeyError
 from service.policy.signing_files import read_private_key, sign_folder, write_private_key
+from service.private_files import SharedSecretFile
 from service.sim.setup import DemoClients
 
 # The departments that sign their agreements in the demo.
@@ -32,7 +33,9 @@ def owner_key_path(data_dir: Path, department: str) -> Path:
 def signed_policies(source: Path, data_dir: Path) -> tuple[Path, dict[str, str]]:
     """A copy of ``source`` under the data dir in which each of ``SIGNING_OWNERS`` has a
     signing key (made there, mode 0600, on the first run; never in the repository) and
-    has signed its agreements. Returns the folder and each owner's verifier key."""
+    has signed its agreements. Returns the folder and each owner's verifier key; raises
+    ``RuntimeError`` if a key file kept from an earlier run cannot be used (not a key, or
+    open to other accounts)."""
     folder = data_dir / SIGNED_FOLDER
     if folder.exists():
         shutil.rmtree(folder)
@@ -42,7 +45,13 @@ def signed_policies(source: Path, data_dir: Path) -> tuple[Path, dict[str, str]]
         path = owner_key_path(data_dir, department)
         if not path.exists():
             write_private_key(path, OwnerSigner.generate(department))
-        signers[department] = read_private_key(path)
+        try:
+            signers[department] = read_private_key(path)
+        except (SigningKeyError, SharedSecretFile) as exc:
+            raise RuntimeError(
+                f"the owner key of {department} ({path}) cannot be read: {exc}; "
+                "`make run-reset` (tellonce demo --reset) starts again"
+            ) from None
     catalog = yaml.safe_load((folder / CATALOG_FILE).read_text(encoding="utf-8"))
     for department in catalog["departments"]:
         if department["id"] in signers:

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from service.config import Settings
+from service.private_files import SharedSecretFile
 from service.witness.cli import read_private_key, write_private_key
 from service.witness.cosignature import CosignatureError, CosignatureSigner
 
@@ -74,7 +75,7 @@ def _signer(folder: Path, spec: WitnessSpec) -> CosignatureSigner:
         write_private_key(CosignatureSigner.generate(spec.name), path)
     try:
         return read_private_key(path)
-    except (OSError, CosignatureError) as exc:
+    except (OSError, CosignatureError, SharedSecretFile) as exc:
         raise RuntimeError(
             f"the key of {spec.title}'s witness ({path}) cannot be read: {exc}; "
             "`make run-reset` (tellonce demo --reset) starts again"

@@ -9,6 +9,7 @@ import typer
 import uvicorn
 
 from service.audit.checkpoint import CheckpointError
+from service.private_files import SharedSecretFile, check_owner_only
 from service.witness.cosignature import CosignatureError, CosignatureSigner
 from service.witness.server import create_witness_app
 from service.witness.state import TrustedLog, WitnessState
@@ -25,6 +26,9 @@ def write_private_key(signer: CosignatureSigner, out: Path) -> None:
 
 
 def read_private_key(path: Path) -> CosignatureSigner:
+    """The witness key in ``path``. Raises ``SharedSecretFile``, reading nothing, if the
+    file is open to other accounts (``check_owner_only``)."""
+    check_owner_only(path, "witness key")
     return CosignatureSigner.from_private_key_text(path.read_text())
 
 
@@ -60,7 +64,11 @@ def keygen(
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     port: int = typer.Option(8100, "--port", min=1, max=65535, help="Port to bind."),
-    key: Path = typer.Option(..., "--key", help="The witness private key file (from keygen)."),
+    key: Path = typer.Option(
+        ...,
+        "--key",
+        help="The witness private key file (from keygen; refused if other accounts may read it).",
+    ),
     state: Path = typer.Option(..., "--state", help="The witness's own SQLite state file."),
     log: list[str] = typer.Option(
         ...,
@@ -75,7 +83,7 @@ def serve(
     try:
         signer = read_private_key(key)
         logs = [_trusted_log(value) for value in log]
-    except (OSError, CheckpointError) as exc:
+    except (OSError, CheckpointError, SharedSecretFile) as exc:
         typer.echo(f"cannot start the witness: {exc}", err=True)
         raise typer.Exit(2) from None
     except UnicodeDecodeError:

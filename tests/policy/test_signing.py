@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -219,12 +220,17 @@ def load_policy_folder_spec(raw: dict[str, object]) -> dict[str, object]:
     return AgreementSpec.model_validate(raw).content()
 
 
-def _cli(*args: str, env_url: str | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env_url: str | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TELLONCE_ENV": "test"}
     if env_url is not None:
         env["TELLONCE_DATABASE_URL"] = env_url
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "service.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -264,6 +270,7 @@ class TestCommands:
     def test_a_key_file_that_is_not_text_is_one_line(self, tmp_path: Path, command: list[str]) -> None:
         key = tmp_path / "binary.key"
         key.write_bytes(b"\xff\xfe\x00\x01")
+        key.chmod(0o600)
         args = [str(TEST_POLICIES) if part == "POLICIES" else part for part in command]
         result = _cli(*args, "--key", str(key))
         assert result.returncode == 1
@@ -279,6 +286,70 @@ class TestCommands:
         assert "dvla.yaml:" in result.stderr
         assert "does not verify" in result.stderr
         assert "nothing stored" in result.stderr
+
+
+class TestKeyFileMode:
+    """An owner key file other accounts may read or write is refused, as the root key's is:
+    one line saying what to run, exit 1, nothing signed, and the file left as it is."""
+
+    def unsigned_folder(self, tmp_path: Path, signer: OwnerSigner) -> Path:
+        """A copy of the test policies whose catalog names ``signer``'s key, not signed yet."""
+        folder = tmp_path / "policies"
+        shutil.copytree(TEST_POLICIES, folder, ignore=shutil.ignore_patterns("tests"))
+        edit_agreement_line(
+            folder / "catalog.yaml", "- id: dvla\n", f"- id: dvla\n    signing_key: {signer.verifier_key()}\n"
+        )
+        return folder
+
+    def key_file(self, tmp_path: Path, signer: OwnerSigner, mode: int) -> Path:
+        key = tmp_path / "dvla.key"
+        write_private_key(key, signer)
+        key.chmod(mode)
+        return key
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=oct)
+    @pytest.mark.parametrize("command", [["policies", "sign", "FOLDER"], ["owners", "sign"]])
+    def test_a_key_open_to_other_accounts_is_refused(
+        self, tmp_path: Path, command: list[str], mode: int
+    ) -> None:
+        signer = OwnerSigner.generate("dvla")
+        folder = self.unsigned_folder(tmp_path, signer)
+        before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+        key = self.key_file(tmp_path, signer, mode)
+        args = [str(folder) if part == "FOLDER" else part for part in command]
+
+        result = _cli(*args, "--key", str(key), stdin="text to sign\n")
+
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (
+            f"the owner key in {key} is open to other accounts (mode {mode:o}): run chmod 600 {key}, "
+            "and replace the owner key if anyone else may have read it\n"
+        )
+        assert result.stdout == ""
+        assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+        # Left as it is: tightening it would hide that the key was exposed.
+        assert stat.S_IMODE(key.stat().st_mode) == mode
+
+    def test_policies_sign_with_an_owner_only_key_signs(self, tmp_path: Path) -> None:
+        signer = OwnerSigner.generate("dvla")
+        folder = self.unsigned_folder(tmp_path, signer)
+        key = self.key_file(tmp_path, signer, 0o600)
+
+        result = _cli("policies", "sign", str(folder), "--key", str(key))
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("signed ")
+        # The catalog names dvla's key: the folder loads only if each of its agreements verifies.
+        assert all(a.spec.signature for a in load_policy_folder(folder).agreements if a.owner == "dvla")
+
+    def test_owners_sign_with_an_owner_only_key_signs(self, tmp_path: Path) -> None:
+        signer = OwnerSigner.generate("dvla")
+        key = self.key_file(tmp_path, signer, 0o600)
+
+        result = _cli("owners", "sign", "--key", str(key), stdin="text to sign\n")
+
+        assert result.returncode == 0, result.stderr
+        assert base64.b64decode(result.stdout.strip()) == signer.sign_text("text to sign")
 
 
 class TestCompileTimeCheck:

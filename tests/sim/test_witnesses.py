@@ -13,6 +13,7 @@ from service.config import Settings
 from service.sim import witnesses as demo_witnesses
 from service.sim.audit_check import cosigners
 from service.sim.witnesses import DemoWitness, start_witnesses, stop_witnesses, witnesses_setting
+from service.witness.cli import write_private_key
 from service.witness.cosignature import CosignatureSigner, CosignatureVerifier, split_note
 from tests.fixtures.tlog import MemoryLog
 
@@ -107,6 +108,7 @@ class TestDemoWitnesses:
         folder = settings.data_dir / demo_witnesses.WITNESSES_DIR
         folder.mkdir(parents=True)
         (folder / "ico.key").write_text("not a key\n")
+        (folder / "ico.key").chmod(0o600)
         started: list[DemoWitness] = []
         real_start = demo_witnesses._start
 
@@ -122,3 +124,30 @@ class TestDemoWitnesses:
             start_witnesses(settings, log.signer.verifier_key())
         assert [w.spec.slug for w in started] == ["nao"]
         assert started[0].process.poll() is not None
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640], ids=oct)
+    def test_a_kept_key_open_to_other_accounts_starts_no_witness(
+        self, settings: Settings, log: MemoryLog, monkeypatch: pytest.MonkeyPatch, mode: int
+    ) -> None:
+        folder = settings.data_dir / demo_witnesses.WITNESSES_DIR
+        folder.mkdir(parents=True)
+        key = folder / "nao.key"
+        write_private_key(CosignatureSigner.generate("audit-office.demo.gov.example/witness"), key)
+        key.chmod(mode)
+        started: list[DemoWitness] = []
+        real_start = demo_witnesses._start
+
+        def recording_start(*args: object) -> DemoWitness:
+            witness = real_start(*args)  # type: ignore[arg-type]
+            started.append(witness)
+            return witness
+
+        monkeypatch.setattr(demo_witnesses, "_start", recording_start)
+        try:
+            with pytest.raises(RuntimeError) as caught:
+                start_witnesses(settings, log.signer.verifier_key())
+        finally:
+            stop_witnesses(started)
+        assert f"the witness key in {key} is open to other accounts (mode {mode:o})" in str(caught.value)
+        assert started == []
+        assert stat.S_IMODE(key.stat().st_mode) == mode

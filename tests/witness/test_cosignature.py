@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from service.cli import app as cli
+from service.witness import cli as witness_cli
 from service.witness.cosignature import (
     CosignatureError,
     CosignatureSigner,
@@ -155,8 +156,10 @@ class TestServeRefusals:
     ) -> None:
         key = tmp_path / "witness.key"
         key.write_text(signer.private_key_text())
+        key.chmod(0o600)
         binary = tmp_path / "binary"
         binary.write_bytes(b"\xff\xfe\x00\x01")
+        binary.chmod(0o600)
         args = ["--key", str(binary if which == "key" else key), "--state", str(tmp_path / "state.db")]
         args += ["--log", str(binary) if which == "log" else signer.verifier_key()]
 
@@ -166,6 +169,57 @@ class TestServeRefusals:
         assert result.stderr.startswith("cannot start the witness: ")
         assert len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "state.db").exists()
+
+
+class TestServeKeyFileMode:
+    """A witness key file other accounts may read or write is refused, as the root key's
+    is: one line saying what to run, exit 2, nothing served, the file left as it is."""
+
+    @pytest.fixture
+    def served(self, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+        """What ``uvicorn.run`` was asked to serve (nothing listens in these tests)."""
+        apps: list[object] = []
+        monkeypatch.setattr(witness_cli.uvicorn, "run", lambda app, **_options: apps.append(app))
+        return apps
+
+    def serve(self, tmp_path: Path, signer: CosignatureSigner, mode: int) -> tuple[Path, Result]:
+        key = tmp_path / "witness.key"
+        witness_cli.write_private_key(signer, key)
+        key.chmod(mode)
+        args = [
+            "--key",
+            str(key),
+            "--state",
+            str(tmp_path / "state.db"),
+            "--log",
+            MemoryLog.new().signer.verifier_key(),
+        ]
+        return key, CliRunner().invoke(cli, ["witness", "serve", "--port", "8100", *args])
+
+    @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=oct)
+    def test_a_key_open_to_other_accounts_is_refused(
+        self, tmp_path: Path, signer: CosignatureSigner, served: list[object], mode: int
+    ) -> None:
+        key, result = self.serve(tmp_path, signer, mode)
+
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (
+            f"cannot start the witness: the witness key in {key} is open to other accounts "
+            f"(mode {mode:o}): run chmod 600 {key}, and replace the witness key if anyone else "
+            "may have read it\n"
+        )
+        assert served == []
+        assert not (tmp_path / "state.db").exists()
+        assert stat.S_IMODE(key.stat().st_mode) == mode
+
+    def test_an_owner_only_key_is_served(
+        self, tmp_path: Path, signer: CosignatureSigner, served: list[object]
+    ) -> None:
+        _key, result = self.serve(tmp_path, signer, 0o600)
+
+        assert result.exit_code == 0, result.output
+        assert len(served) == 1
+        assert f"witness {signer.verifier_key()} on http://127.0.0.1:8100" in result.stderr
 
 
 class TestCosignatureLines:

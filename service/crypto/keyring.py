@@ -184,16 +184,16 @@ class Keyring:
             made[1].clear()
 
     def _undone(self, sync: Connection) -> None:
-        made = self._made.get(sync)
-        if made is not None:
-            self.data_key_cache.evict(made[0])
-            self.kek_cache.evict(made[1])
-            made[0].clear()
-            made[1].clear()
+        self._evict_made(sync)
+        self._kept(sync)
 
     def _undone_to_savepoint(self, sync: Connection, _name: Any, _context: Any) -> None:
         # Evicted, and still noted: read back later in the transaction, they are cached
         # again, and a rollback of the whole of it must evict them again.
+        self._evict_made(sync)
+
+    def _evict_made(self, sync: Connection) -> None:
+        """Evict from both caches the keys made in ``sync``'s transaction so far."""
         made = self._made.get(sync)
         if made is not None:
             self.data_key_cache.evict(made[0])

@@ -626,25 +626,27 @@ async def list_deliveries(
         await _own_subscription(conn, caller, subscription_id)
         rows = await repository.list_deliveries(conn, subscription_id, after=after, limit=limit + 1)
     page = rows[:limit]
-    items = [
-        DeliveryOut(
-            id=row.id,
-            webhook_id=webhook_id(row.id),
-            event_id=row.event_id if _told(row) else None,
-            citizen_id=row.citizen_id if _told(row) else None,
-            status=row.status,
-            attempts=row.attempts,
-            next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
-            last_attempt_at=row.last_attempt_at,
-            last_status_code=row.last_status_code,
-            last_error=row.last_error,
-            delivered_at=row.delivered_at,
-            created_at=row.created_at,
-        )
-        for row in page
-    ]
+    items = [_delivery_out(row) for row in page]
     next_cursor = encode_position(int(page[-1].event_position)) if len(rows) > limit else None
     return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
+def _delivery_out(row: Any) -> DeliveryOut:
+    told = _told(row)
+    return DeliveryOut(
+        id=row.id,
+        webhook_id=webhook_id(row.id),
+        event_id=row.event_id if told else None,
+        citizen_id=row.citizen_id if told else None,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        last_attempt_at=row.last_attempt_at,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        delivered_at=row.delivered_at,
+        created_at=row.created_at,
+    )
 
 
 def _told(row: Any) -> bool:

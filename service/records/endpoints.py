@@ -267,8 +267,9 @@ async def erase_citizen(
     caller that may not know the citizen existed); the audit stays.
 
     Only the department that owns `national_id` erases, or one holding an `erase`
-    agreement on `national_id` (naming its purpose); anyone else gets 403. With `If-Match`,
-    a record no longer at the version it names gets 412 and is not erased."""
+    agreement on `national_id` (naming its purpose); anyone else gets 403, the same for a
+    made-up id (which is not audited: it names no citizen). With `If-Match`, a record no
+    longer at the version it names gets 412 and is not erased."""
     await writes.erase(
         records,
         caller.for_purpose(purpose),

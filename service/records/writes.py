@@ -219,10 +219,11 @@ async def write(
     if it gives ``national_id`` a value another citizen holds; 422 without ``X-Case-Ref``
     under a delayed-disclosure agreement, whose case a permitted write opens. A refusal
     (403, 410, 412, 409, 422) is audited. A caller that may write the fields is told 404
-    for an unknown citizen (unaudited, as for a read: no one's record was reached) and 410
-    for an erased one; one that may not, and may not otherwise learn who is registered
-    (``disclosure.may_know_writing``), is told 404 alike for an unknown, an existing and an
-    erased citizen, and that refusal is audited (once, as 404)."""
+    for an unknown citizen and 410 for an erased one; one that may not, and may not
+    otherwise learn who is registered (``disclosure.may_know_writing``), is told 404 alike
+    for an unknown, an existing and an erased citizen, and that refusal of an existing or
+    erased citizen is audited (once, as 404). An unknown citizen's 404 is never audited,
+    as for a read: a made-up id names no citizen and has no entry."""
     # The writer's reason is required but not stored: it is free text and may well
     # hold personal data ("moved in with her mother at ..."), which the audit must not.
     del reason
@@ -272,6 +273,10 @@ async def write(
             )
         reasons = "; ".join(decisions[n].reason for n in denied)
         refused = NotPermitted(f"Not permitted to write {', '.join(denied)}: {reasons}")
+    if found is None:
+        # The 404 of a caller that may not know (the only refusal an unknown citizen gets
+        # here): the same answer as an existing citizen's, but a made-up id has no entry.
+        raise refused
     refusal = records.entry(
         facts,
         "write",
@@ -385,9 +390,11 @@ async def erase(
     Only the department that owns ``national_id`` (the register), or a department holding
     an ``erase`` agreement on ``national_id`` (then stating that agreement's purpose). The
     reason (a fixed code, so no free text reaches the audit) and the stated legal basis are
-    kept in the audit entry. A refusal is a 403 whether or not the citizen exists, and is
-    audited; so is a 412 when ``if_match`` does not name the record's version (nothing is
-    erased), and the 410 of a citizen erased already."""
+    kept in the audit entry. Anyone else is refused with a 403 whether or not the citizen
+    exists, audited for a citizen that does (existing or erased; as for a read, a made-up
+    id names no citizen and has no entry). A 412 when ``if_match`` does not name the
+    record's version (nothing is erased) is audited, and so is the 410 of a citizen erased
+    already; a department that may erase is told 404, unaudited, for an unknown citizen."""
     legal_basis = validated_legal_basis(legal_basis)
     started = now()
     refused: ServiceError | None = None
@@ -422,6 +429,10 @@ async def erase(
             refused = StaleVersion("The record is not at the version you read; read it again.")
         else:
             refused = NotPermitted(f"Not permitted to erase this citizen: {decision.reason}")
+    if citizen is None:
+        # The 403 an existing citizen's erasure gets, so it tells no one who is registered;
+        # but a made-up id names no citizen and has no entry (as for a read).
+        raise refused
     refusal = _erase_entry(records, facts, citizen_id, catalog, decision, context, status=refused.status)
     await records.refuse(refusal, refused)
 

@@ -711,6 +711,16 @@ class TestBatchAndErase:
             refused = [e for e in await audit_entries(records_env, citizen_id) if e["action"] == "erase"]
             assert [(e["status"], e["decision"]) for e in refused] == [(412, "deny")]
 
+    async def test_the_register_is_told_404_for_a_made_up_id_and_nothing_is_audited(
+        self, records_env: RecordsEnv
+    ) -> None:
+        """The register may know who is registered: 404 (as a write's), and no entry, since
+        a made-up id names no citizen."""
+        made_up = "00000000-0000-4000-8000-000000000404"
+        erase = await records_env.client.delete(f"/v1/citizens/{made_up}", params=ERASURE, headers=REGISTRAR)
+        problem(erase, 404)
+        assert await audit_entries(records_env, made_up) == []
+
     async def test_consumer_cannot_erase(self, records_env: RecordsEnv) -> None:
         citizen_id, _ = await records_env.register()
         url = f"/v1/citizens/{citizen_id}"
@@ -743,6 +753,21 @@ class TestFailClosed:
         problem(response, 503)
         problem(batch, 503)
         assert "Secretname" not in response.text + batch.text
+
+    async def test_a_refused_erasure_is_503_when_the_audit_fails(self, records_env: RecordsEnv) -> None:
+        """An existing citizen's erasure refused to another department is audited before the
+        403 leaves; without the audit it is 503, and nothing is erased."""
+        citizen_id, _ = await records_env.register(given_name="Kept")
+        records_env.audit = _FailingAudit()
+        refused = await records_env.client.delete(
+            f"/v1/citizens/{citizen_id}", params=ERASURE, headers=as_("welfare", "registrar")
+        )
+        problem(refused, 503)
+        records_env.audit = None
+        read = await records_env.client.get(
+            f"/v1/citizens/{citizen_id}", params={"purpose": "benefit-eligibility"}, headers=WELFARE
+        )
+        assert read.json()["fields"]["given_name"]["value"] == "Kept"
 
 
 class TestAStrangerCannotTellCitizensApart:
@@ -817,9 +842,33 @@ class TestAStrangerCannotTellCitizensApart:
             headers=WELFARE,
         )
         assert read.json()["fields"]["address"]["value"] == "Here"
-        # Each attempt is still audited as refused, the existing citizen's too.
+        # Each attempt is still audited as refused, the existing citizen's too; a made-up id
+        # names no citizen and has no entry (as a read's).
         refused = [e for e in await audit_entries(records_env, citizens[1]) if e["action"] == "write"]
         assert [(e["status"], e["decision"], e["fields_released"]) for e in refused] == [(404, "deny", [])]
+        assert await audit_entries(records_env, citizens[0]) == []
+
+    async def test_an_erasure_without_rights_is_403_alike(self, records_env: RecordsEnv) -> None:
+        """Welfare's registrar does not own national_id and holds no erase agreement: one 403
+        for an unknown, an existing and an erased citizen. The refusals of the existing and
+        the erased citizen are audited; the made-up id names no citizen and has no entry."""
+        citizens = await self._three_citizens(records_env)
+        responses = [
+            await records_env.client.delete(
+                f"/v1/citizens/{citizen_id}", params=ERASURE, headers=as_("welfare", "registrar")
+            )
+            for citizen_id in citizens
+        ]
+        assert self._same_answer(responses)["status"] == 403
+        made_up, existing, erased = citizens
+        assert await audit_entries(records_env, made_up) == []
+        for citizen_id, status in ((existing, "active"), (erased, "erased")):
+            refused = [
+                (e["department"], e["status"], e["decision"], e["citizen_status"])
+                for e in await audit_entries(records_env, citizen_id)
+                if e["action"] == "erase" and e["decision"] == "deny"
+            ]
+            assert refused == [("welfare", 403, "deny", status)]
 
     async def test_a_party_to_a_write_agreement_still_learns_why(self, records_env: RecordsEnv) -> None:
         """DVLA may write the address for address-update: without naming that purpose it is

@@ -7,6 +7,8 @@ erasure names a reason and a legal basis, and the audit entry keeps both.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.records.conftest import RecordsEnv, as_
 from tests.security.conftest import audit_entries, problem
 
@@ -44,15 +46,32 @@ class TestOnlyTheRegisterOrAnEraseAgreementErases:
         ]
         assert [(e["department"], e["decision"], e["status"]) for e in denied] == [("welfare", "deny", 403)]
 
-    async def test_the_refusal_is_the_same_for_a_made_up_id(self, security_env: RecordsEnv) -> None:
+    @pytest.mark.parametrize(
+        ("headers", "purpose"),
+        [
+            pytest.param(WELFARE_REGISTRAR, None, id="another-department"),
+            pytest.param(REVENUE_REGISTRAR, "tax-administration", id="an-agreement-for-another-purpose"),
+        ],
+    )
+    async def test_the_refusal_is_the_same_for_a_made_up_id_which_has_no_entry(
+        self, security_env: RecordsEnv, headers: dict[str, str], purpose: str | None
+    ) -> None:
+        """The same 403 tells nothing of whether the citizen exists; the existing citizen's
+        refusal is audited, and a made-up id names no citizen and has no entry (as a read's)."""
         citizen_id, _ = await security_env.register(given_name="Kept")
-        real = await security_env.client.delete(
-            f"/v1/citizens/{citizen_id}", params=ERASURE, headers=WELFARE_REGISTRAR
-        )
+        made_up_id = "00000000-0000-4000-8000-000000000000"
+        params = {**ERASURE, "purpose": purpose} if purpose else ERASURE
+        real = await security_env.client.delete(f"/v1/citizens/{citizen_id}", params=params, headers=headers)
         made_up = await security_env.client.delete(
-            "/v1/citizens/00000000-0000-4000-8000-000000000000", params=ERASURE, headers=WELFARE_REGISTRAR
+            f"/v1/citizens/{made_up_id}", params=params, headers=headers
         )
-        assert (real.status_code, real.json()["detail"]) == (made_up.status_code, made_up.json()["detail"])
+
+        assert problem(real, 403) == problem(made_up, 403)
+        refused = [
+            e for e in await audit_entries(security_env, citizen_id=citizen_id) if e["action"] == "erase"
+        ]
+        assert [(e["decision"], e["status"]) for e in refused] == [("deny", 403)]
+        assert await audit_entries(security_env, citizen_id=made_up_id) == []
 
     async def test_an_erase_agreement_permits_it_for_its_purpose_only(self, security_env: RecordsEnv) -> None:
         citizen_id, _ = await security_env.register(given_name="Kept")

@@ -9,21 +9,19 @@ from the command). On a committed store of its own: the rebuild commits as it go
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import subprocess
 import sys
 import unicodedata
 
 import pytest
-from sqlalchemy import text
 
 from service.crypto.blind_index import NORMALISATION_VERSION
 from service.db import Database
 from service.records import values
 from service.records.reindex import rebuild_blind_indexes
 from tests.conftest import REPO_ROOT
+from tests.fixtures.legacy_index import index_versions, registered_under
 from tests.records.conftest import RecordsEnv
 from tests.records.test_national_ids import grouped, holder, new_national_id, register_as, stored_national_id
 
@@ -36,44 +34,19 @@ def _identifier_v2(raw: str) -> str:
     return canonical
 
 
-def _index_v2(env: RecordsEnv, value: str) -> bytes:
-    """The blind index as normalisation 2 computed it: whitespace inside kept."""
+def _normalise_v2(value: str) -> str:
+    """What normalisation 2 hashed: whitespace inside kept."""
     composed = unicodedata.normalize("NFKC", value)
     visible = "".join(ch for ch in composed if unicodedata.category(ch) not in ("Cf", "Cc"))
-    normalised = unicodedata.normalize("NFKC", visible.casefold()).strip()
-    mac = env.app.state.keyring._blind_indexer._field_mac("national_id").copy()
-    assert isinstance(mac, hmac.HMAC)
-    assert mac.digest_size == hashlib.sha256().digest_size
-    mac.update(normalised.encode())
-    return mac.digest()[:16]
+    return unicodedata.normalize("NFKC", visible.casefold()).strip()
 
 
 async def _registered_under_v2(env: RecordsEnv, spelled: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A citizen registered before normalisation 3: its id stored with its spaces, and its
     index computed with them and marked version 2."""
-    with monkeypatch.context() as patch:
-        patch.setattr(values, "identifier", _identifier_v2)
-        created = await register_as(env, spelled)
-    assert created.status_code == 201, created.text
-    citizen_id: str = created.json()["id"]
-    async with env.app.state.database.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE field_values SET blind_index = :index, blind_index_version = 2 "
-                "WHERE citizen_id = :citizen AND field = 'national_id'"
-            ),
-            {"index": _index_v2(env, spelled), "citizen": citizen_id},
-        )
-    return citizen_id
-
-
-async def _versions(env: RecordsEnv, citizen_ids: list[str]) -> list[int]:
-    async with env.app.state.database.engine.connect() as conn:
-        rows = await conn.execute(
-            text("SELECT citizen_id, blind_index_version FROM field_values WHERE field = 'national_id'")
-        )
-        by_citizen = {row[0]: row[1] for row in rows}
-    return [by_citizen[c] for c in citizen_ids]
+    return await registered_under(
+        env, register_as, spelled, monkeypatch, identifier=_identifier_v2, normalise=_normalise_v2, version=2
+    )
 
 
 class TestReindexWhitespace:
@@ -88,7 +61,7 @@ class TestReindexWhitespace:
         # unspaced registers a second citizen, and the spaced one is not found unspaced.
         plain_shared = (await register_as(env, shared_id)).json()["id"]
         assert await holder(env, alone_id) is None
-        assert await _versions(env, [legacy_shared, legacy_alone, plain_shared]) == [
+        assert await index_versions(env, [legacy_shared, legacy_alone, plain_shared]) == [
             2,
             2,
             NORMALISATION_VERSION,
@@ -104,16 +77,15 @@ class TestReindexWhitespace:
             with pytest.raises(KeyboardInterrupt):
                 await rebuild_blind_indexes(database, keyring, batch_size=1, progress=interrupt)
             # The first batch committed before the interruption; the second did not run.
-            assert await _versions(env, [legacy_shared, legacy_alone]) == [NORMALISATION_VERSION, 2]
+            assert await index_versions(env, [legacy_shared, legacy_alone]) == [NORMALISATION_VERSION, 2]
 
             result = await rebuild_blind_indexes(database, keyring, batch_size=1)
         finally:
             await database.dispose()
 
         assert (result.rebuilt, result.changed) == (1, 1)
-        assert (
-            await _versions(env, [legacy_shared, legacy_alone, plain_shared]) == [NORMALISATION_VERSION] * 3
-        )
+        versions = await index_versions(env, [legacy_shared, legacy_alone, plain_shared])
+        assert versions == [NORMALISATION_VERSION] * 3
         assert result.shared == [sorted([legacy_shared, plain_shared])]
         # Found by either spelling now. The stored value keeps the spelling normalisation 2
         # stored (NFKC made the no-break spaces plain ones): a rebuild changes indexes only.

@@ -11,21 +11,18 @@ citizens registered before agree, then lists the citizens that share one id.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import unicodedata
 
 import pytest
-from sqlalchemy import text
 
 from service.crypto.blind_index import NORMALISATION_VERSION, WHITESPACE
 from service.db import Database
 from service.records import values
 from service.records.reindex import rebuild_blind_indexes
+from tests.fixtures.legacy_index import index_versions, registered_under
 from tests.records.conftest import RecordsEnv, as_
 from tests.records.test_citizens_api import problem
 from tests.records.test_national_ids import holder, new_national_id, register_as, stored_national_id
-from tests.records.test_reindex import _versions
 
 # Default-ignorable code points that are neither format nor control characters: the ones
 # normalisation 3 let through.
@@ -41,37 +38,21 @@ def _identifier_v3(raw: str) -> str:
     return values.identifier_spelling(canonical)
 
 
-def _index_v3(env: RecordsEnv, value: str) -> bytes:
-    """The blind index as normalisation 3 computed it: invisible marks kept."""
+def _normalise_v3(value: str) -> str:
+    """What normalisation 3 hashed: invisible marks kept."""
     composed = unicodedata.normalize("NFKC", value)
     visible = "".join(
         ch for ch in composed if ch not in WHITESPACE and unicodedata.category(ch) not in ("Cf", "Cc")
     )
-    normalised = unicodedata.normalize("NFKC", visible.casefold())
-    mac = env.app.state.keyring._blind_indexer._field_mac("national_id").copy()
-    assert isinstance(mac, hmac.HMAC)
-    assert mac.digest_size == hashlib.sha256().digest_size
-    mac.update(normalised.encode())
-    return mac.digest()[:16]
+    return unicodedata.normalize("NFKC", visible.casefold())
 
 
 async def _registered_under_v3(env: RecordsEnv, spelled: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A citizen registered before normalisation 4: its id stored with its mark, and its
     index computed with it and marked version 3."""
-    with monkeypatch.context() as patch:
-        patch.setattr(values, "identifier", _identifier_v3)
-        created = await register_as(env, spelled)
-    assert created.status_code == 201, created.text
-    citizen_id: str = created.json()["id"]
-    async with env.app.state.database.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE field_values SET blind_index = :index, blind_index_version = 3 "
-                "WHERE citizen_id = :citizen AND field = 'national_id'"
-            ),
-            {"index": _index_v3(env, spelled), "citizen": citizen_id},
-        )
-    return citizen_id
+    return await registered_under(
+        env, register_as, spelled, monkeypatch, identifier=_identifier_v3, normalise=_normalise_v3, version=3
+    )
 
 
 class TestInvisibleMarksAreRefused:
@@ -108,7 +89,7 @@ class TestReindexInvisibleMarks:
         # registers a second citizen, and the marked one is not found by its plain spelling.
         plain_shared = (await register_as(env, shared_id)).json()["id"]
         assert await holder(env, alone_id) is None
-        assert await _versions(env, [legacy_shared, legacy_alone, plain_shared]) == [
+        assert await index_versions(env, [legacy_shared, legacy_alone, plain_shared]) == [
             3,
             3,
             NORMALISATION_VERSION,
@@ -122,7 +103,7 @@ class TestReindexInvisibleMarks:
 
         assert (result.rebuilt, result.changed) == (2, 2)
         assert NORMALISATION_VERSION == 4
-        assert await _versions(env, [legacy_shared, legacy_alone, plain_shared]) == [4, 4, 4]
+        assert await index_versions(env, [legacy_shared, legacy_alone, plain_shared]) == [4, 4, 4]
         assert result.shared == [sorted([legacy_shared, plain_shared])]
         # Found by its plain spelling now, and the duplicate check sees it. A rebuild changes
         # indexes only: the stored value keeps the mark until it is next written.

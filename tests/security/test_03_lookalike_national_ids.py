@@ -8,24 +8,22 @@ and bulk registration; `tellonce records reindex` rebuilds indexes made before.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import unicodedata
 import uuid
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from service.auth.dependencies import Principal
 from service.auth.facts import RequestFacts
 from service.crypto.blind_index import NORMALISATION_VERSION
 from service.db import Database
 from service.errors import Conflict
-from service.records import seeding, values
+from service.records import seeding
 from service.records.errors import InvalidFieldValue
 from service.records.reindex import rebuild_blind_indexes
+from tests.fixtures.legacy_index import index_versions, registered_under
 from tests.records.conftest import RecordsEnv, as_
 from tests.security.conftest import problem
 
@@ -118,41 +116,18 @@ class TestBulkRegistration:
             await _seed(security_env, [{"national_id": _fresh_id() + "\u200b"}])
 
 
-def _old_index(env: RecordsEnv, value: str) -> bytes:
-    """The blind index as normalisation 1 computed it: format characters kept."""
-    old = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
-    mac = env.app.state.keyring._blind_indexer._field_mac("national_id").copy()
-    assert isinstance(mac, hmac.HMAC)
-    assert mac.digest_size == hashlib.sha256().digest_size
-    mac.update(old.encode())
-    return mac.digest()[:16]
+def _normalise_v1(value: str) -> str:
+    """What normalisation 1 hashed: format characters kept."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
 
 
 class TestReindex:
     async def _legacy(self, env: RecordsEnv, spelled: str, monkeypatch: pytest.MonkeyPatch) -> str:
         """A citizen registered before normalisation 2: the id kept its invisible character
         and its index was computed with it."""
-        with monkeypatch.context() as patch:
-            patch.setattr(values, "identifier", lambda raw: raw)
-            created = await _register(env, spelled)
-        citizen_id: str = created.json()["id"]
-        async with env.app.state.database.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE field_values SET blind_index = :index, blind_index_version = 1 "
-                    "WHERE citizen_id = :citizen AND field = 'national_id'"
-                ),
-                {"index": _old_index(env, spelled), "citizen": citizen_id},
-            )
-        return citizen_id
-
-    async def _versions(self, env: RecordsEnv, citizen_ids: list[str]) -> list[int]:
-        async with env.app.state.database.engine.connect() as conn:
-            rows = await conn.execute(
-                text("SELECT citizen_id, blind_index_version FROM field_values WHERE field = 'national_id'")
-            )
-            by_citizen = {row[0]: row[1] for row in rows}
-        return [by_citizen[c] for c in citizen_ids]
+        return await registered_under(
+            env, _register, spelled, monkeypatch, identifier=str, normalise=_normalise_v1, version=1
+        )
 
     async def test_rebuilds_old_indexes_resumably_and_reports_lookalikes(
         self, security_env: RecordsEnv, monkeypatch: pytest.MonkeyPatch
@@ -162,7 +137,7 @@ class TestReindex:
         legacy_second = await self._legacy(security_env, second + "\u2060", monkeypatch)
         # Before the rebuild, the old index let the plain id register beside the look-alike.
         plain_first = (await _register(security_env, first)).json()["id"]
-        assert await self._versions(security_env, [legacy_first, legacy_second]) == [1, 1]
+        assert await index_versions(security_env, [legacy_first, legacy_second]) == [1, 1]
 
         database = Database(security_env.settings)
         keyring = security_env.app.state.keyring
@@ -174,7 +149,7 @@ class TestReindex:
             with pytest.raises(KeyboardInterrupt):
                 await rebuild_blind_indexes(database, keyring, batch_size=1, progress=interrupt)
             # The first batch committed before the interruption; the second did not run.
-            assert await self._versions(security_env, [legacy_first, legacy_second]) == [
+            assert await index_versions(security_env, [legacy_first, legacy_second]) == [
                 NORMALISATION_VERSION,
                 1,
             ]
@@ -186,7 +161,7 @@ class TestReindex:
         assert result.rebuilt == 1
         assert result.changed == 1
         # Rebuilt under the current normalisation (3 since whitespace inside stopped counting).
-        assert await self._versions(security_env, [legacy_first, legacy_second]) == [
+        assert await index_versions(security_env, [legacy_first, legacy_second]) == [
             NORMALISATION_VERSION,
             NORMALISATION_VERSION,
         ]

@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from typer.testing import CliRunner, Result
@@ -179,7 +180,7 @@ class TestServeKeyFileMode:
     def served(self, monkeypatch: pytest.MonkeyPatch) -> list[object]:
         """What ``uvicorn.run`` was asked to serve (nothing listens in these tests)."""
         apps: list[object] = []
-        monkeypatch.setattr(witness_cli.uvicorn, "run", lambda app, **_options: apps.append(app))
+        monkeypatch.setattr(uvicorn, "run", lambda app, **_options: apps.append(app))
         return apps
 
     def serve(self, tmp_path: Path, signer: CosignatureSigner, mode: int) -> tuple[Path, Result]:

@@ -1,9 +1,11 @@
 """Finding 3: national ids that look the same were different citizens.
 
 A fullwidth spelling, the same id followed by U+200B, or one holding U+202E each
-registered a new citizen. Ids are NFKC-normalised and refused if format (Cf) or control
-characters remain, before the blind index and the duplicate check, on register, lookup
-and bulk registration; `tellonce records reindex` rebuilds indexes made before.
+registered a new citizen. Ids are NFKC-normalised and refused if format (Cf), control or
+other default-ignorable characters remain (the last are tested in
+tests/records/test_reindex_invisible.py), before the blind index and the duplicate check,
+on register, lookup and bulk registration; `tellonce records reindex` rebuilds indexes
+made before.
 """
 
 from __future__ import annotations

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from service.audit.schemas import Action, AuditEntry, Decision, Reason
 from service.db import utcnow
 from service.observability import current_request_id
+from service.policy.terms import format_duration
 
 if TYPE_CHECKING:
     from service.auth.dependencies import Principal
@@ -67,6 +68,8 @@ class FieldDecision(Protocol):
     def legal_basis(self) -> str | None: ...
     @property
     def digest(self) -> str | None: ...
+    @property
+    def held_for(self) -> timedelta | None: ...
 
 
 class AccessFacts(Protocol):
@@ -125,7 +128,7 @@ def _owners(catalog: Catalog, requested: Sequence[str]) -> list[str]:
 # decisions repeat (the same agreement deciding the same field for the same reason), so
 # most are made once instead of once per field per entry; bounded by clearing it.
 _REASONS_KEPT = 4096
-_reasons: dict[tuple[str, str, str | None, int | None, str | None, str], Reason] = {}
+_reasons: dict[tuple[str, str, str | None, int | None, str | None, str, timedelta | None], Reason] = {}
 
 
 def _reason(decision: FieldDecision) -> Reason:
@@ -136,14 +139,21 @@ def _reason(decision: FieldDecision) -> Reason:
         decision.version,
         decision.digest,
         decision.reason,
+        decision.held_for,
     )
     known = _reasons.get(key)
     if known is None:
         if len(_reasons) >= _REASONS_KEPT:
             _reasons.clear()
-        field, effect, agreement, version, digest, reason = key
+        field, effect, agreement, version, digest, reason, held_for = key
         known = _reasons[key] = Reason.built(
-            field=field, effect=effect, agreement=agreement, version=version, digest=digest, reason=reason
+            field=field,
+            effect=effect,
+            agreement=agreement,
+            version=version,
+            digest=digest,
+            reason=reason,
+            held_for=format_duration(held_for) if held_for is not None else None,
         )
     return known
 

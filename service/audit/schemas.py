@@ -90,6 +90,11 @@ class Reason(BaseModel):
     # SHA-256 (hex) of the cited agreement version's canonical JSON, signature included.
     digest: str | None = None
     reason: str = ""
+    # A refusal under a case held from the citizen without citing a delayed-disclosure
+    # agreement (the field's owner gave the consumer none, and another owner's must not be
+    # named): the longest it is held, as an ISO 8601 duration (``P30D``), as a cited
+    # agreement's ``max_delay`` would hold it (``service.cases.rules``).
+    held_for: str | None = None
 
     @classmethod
     def built(
@@ -101,6 +106,7 @@ class Reason(BaseModel):
         version: int | None = None,
         digest: str | None = None,
         reason: str = "",
+        held_for: str | None = None,
     ) -> Reason:
         """A reason from typed values, not validated again (see ``AuditEntry.built``)."""
         return _unvalidated(
@@ -112,6 +118,7 @@ class Reason(BaseModel):
                 "version": version,
                 "digest": digest,
                 "reason": reason,
+                "held_for": held_for,
             },
         )
 

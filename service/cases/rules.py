@@ -3,9 +3,12 @@
 An access permitted by an agreement with ``disclosure: after-case-closed`` is held from
 the citizen (their access log and access notices) until the consumer closes the case it
 was made under, or the agreement's ``max_delay`` has passed since the access; then it is
-shown with its original time. Everything else is shown at once. Auditors always see it.
-The rules read only the audit entry, the terms of the agreement versions it cites, and
-when its case was closed, so anyone holding those can check them.
+shown with its original time. A refusal under a case is held the same way: it cites such
+an agreement of the refused field's owner, or, where that owner has none for the consumer,
+it names the longest it is held itself (its reason's ``held_for``), so that no owner's
+reasons cite another owner's agreement. Everything else is shown at once. Auditors
+always see it. The rules read only the audit entry, the terms of the agreement versions
+it cites, and when its case was closed, so anyone holding those can check them.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from service.policy.terms import Cited, Terms
+from service.policy.terms import Cited, Terms, parse_duration
 
 DisclosedBy = Literal["case-closed", "max-delay"]
 
@@ -36,14 +39,25 @@ def all_cited(entries: Iterable[Mapping[str, Any]]) -> set[Cited]:
     return {c for entry in entries for c in cited(entry)}
 
 
+def holds(entry: Mapping[str, Any]) -> list[timedelta]:
+    """The delays ``entry``'s refusals under a case name themselves (``held_for``), held
+    without citing a delayed-disclosure agreement."""
+    return [parse_duration(str(r["held_for"])) for r in entry.get("reasons", ()) if r.get("held_for")]
+
+
 def delay_of(entry: Mapping[str, Any], terms: Mapping[Cited, Terms]) -> timedelta | None:
-    """The longest delay of the agreements ``entry`` cites; None: shown at once."""
-    return longest_delay(cited(entry), terms)
+    """The longest delay of the agreements ``entry`` cites and of the holds its refusals
+    name; None: shown at once."""
+    return longest_delay(cited(entry), terms, holds(entry))
 
 
-def longest_delay(cites: Iterable[Cited], terms: Mapping[Cited, Terms]) -> timedelta | None:
-    """The longest delay of the agreement versions ``cites``; None: shown at once."""
+def longest_delay(
+    cites: Iterable[Cited], terms: Mapping[Cited, Terms], held: Iterable[timedelta] = ()
+) -> timedelta | None:
+    """The longest delay of the agreement versions ``cites`` and of ``held`` (``holds``);
+    None: shown at once."""
     delays = [d for c in cites if (d := terms[c].delay) is not None]
+    delays.extend(held)
     return max(delays) if delays else None
 
 

@@ -171,7 +171,7 @@ class NoticeWorker:
             (i, e, rules.cited(e)) for i, e in parsed if e.get("citizen_id") and e.get("fields_released")
         ]
         terms = await self.terms.of(conn, {c for _i, _e, cites in entries for c in cites})
-        delays = {i: rules.longest_delay(cites, terms) for i, _e, cites in entries}
+        delays = {i: rules.longest_delay(cites, terms, rules.holds(e)) for i, e, cites in entries}
         closed = await cases_repository.closed_at(
             conn,
             {(e["department"], e["case_ref"]) for i, e, _c in entries if delays[i] and e.get("case_ref")},

@@ -156,6 +156,10 @@ class Decision:
     allowed_claims: AllowedClaims | None = None
     # Permitted under delayed disclosure: the deciding agreement's ``max_delay``.
     disclosure_delay: timedelta | None = None
+    # Refused under a case, citing no delayed-disclosure agreement (the refused field's
+    # owner has none for the consumer) yet held from the citizen as an access under one
+    # would be: the longest it is held (``CaseHold``; its audit reason's ``held_for``).
+    held_for: timedelta | None = None
 
     @property
     def permitted(self) -> bool:
@@ -393,6 +397,19 @@ def _bindings(context: RequestContext) -> dict[str, Any]:
 Refused = tuple[str, str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class CaseHold:
+    """How a refusal under a case is held from the citizen when the refused field's own
+    grants hold no delayed-disclosure permit (``CompiledPolicy.case_hold``)."""
+
+    # A delayed-disclosure permit the refused field's owner gave the consumer, which the
+    # refusal cites; None when that owner gave it none.
+    cited: Grant | None
+    # Without one, how long the refusal is held (the ``max_delay`` of the consumer's
+    # nearest delayed-disclosure permit, of another owner, which the refusal does not name).
+    delay: timedelta
+
+
 @dataclass
 class CompiledPolicy:
     """The index of the live agreement versions; immutable once built, swapped whole."""
@@ -408,28 +425,42 @@ class CompiledPolicy:
     # (consumer, action) -> field -> ids of the consent-based and objectable agreements
     # that grant it: what a decision needs to know of the citizen's choices.
     choice_grants: dict[tuple[str, str], dict[str, frozenset[str]]] = field(default_factory=dict)
-    # consumer -> its delayed-disclosure permits as (action, grant): what a refusal under a
-    # case cites when the field's own grants hold none (``case_hold``); filled on first use.
-    delayed: dict[str, tuple[tuple[str, Grant], ...]] = field(default_factory=dict, repr=False, compare=False)
+    # consumer -> its delayed-disclosure permits as (action, owner of the field, grant,
+    # its max_delay): what a refusal under a case is held by when the field's own grants
+    # hold none (``case_hold``); filled on first use.
+    delayed: dict[str, tuple[tuple[str, str | None, Grant, timedelta], ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
-    def case_hold(self, consumer: str, action: str, purpose: str) -> Grant | None:
-        """The delayed-disclosure permit a refusal under a case cites when the refused
-        field's own grants hold none, so that no refusal shows an investigation early: one
-        of ``consumer``'s, for this action and purpose if it has one, else the nearest.
-        None if the consumer has no delayed-disclosure agreement (nothing to keep hidden)."""
+    def case_hold(self, consumer: str, action: str, purpose: str, owner: str | None) -> CaseHold | None:
+        """How a refusal under a case of a field ``owner`` owns (None: a field the catalog
+        does not know) is held when the field's own grants hold no delayed-disclosure
+        permit, so that no refusal shows an investigation early. It cites one of the
+        consumer's delayed-disclosure permits that ``owner`` gave, for this action and
+        purpose if there is one, else the nearest. Never another owner's: ``owner`` would
+        see that agreement in its own audit view and explanations. Without one of
+        ``owner``'s, the refusal cites none and is held as long as the consumer's nearest
+        permit would hold it. None if the consumer has no delayed-disclosure agreement
+        (nothing to keep hidden)."""
         known = self.delayed.get(consumer)
         if known is None:
             known = self.delayed[consumer] = tuple(
-                (each_action, grant)
+                (each_action, self.field_owners.get(name), grant, grant.disclosure_delay)
                 for (each_consumer, each_action), by_field in self.index.items()
                 if each_consumer == consumer
-                for grants in by_field.values()
+                for name, grants in by_field.items()
                 for grant in grants
                 if grant.effect == "permit" and grant.disclosure_delay is not None
             )
         if not known:
             return None
-        return min(known, key=lambda pair: (pair[0] != action, purpose not in pair[1].purposes))[1]
+        own = [each for each in known if each[1] == owner]
+        # Same action and purpose first; then by agreement id, so decisions are reproducible.
+        _action, _owner, grant, delay = min(
+            own or known,
+            key=lambda each: (each[0] != action, purpose not in each[2].purposes, each[2].agreement),
+        )
+        return CaseHold(grant if own else None, delay)
 
     def choices_needed(self, consumer: str, action: str, fields: Sequence[str]) -> frozenset[str]:
         """The agreements whose citizen's consent or objection decides one of ``fields``;
@@ -508,17 +539,25 @@ class CompiledPolicy:
         by_field = self.index.get((consumer, action))
         # Built on the first condition that needs it, then shared by every field.
         bindings: dict[str, Any] = {}
-        # Under a case, a refusal cites a delayed-disclosure permit (its field's own, else
-        # this one) so the citizen is shown it no sooner than an access under the case.
-        hold = self.case_hold(consumer, action, context.purpose) if context.case_ref else None
+        # Under a case, how a refusal of each owner's fields is held when the field's own
+        # grants hold no delayed-disclosure permit (``case_hold``), found once per owner.
+        holds: dict[str | None, CaseHold | None] = {}
         for name in fields:
+            hold: CaseHold | None = None
+            if context.case_ref:
+                owner = self.field_owners.get(name)
+                if owner in holds:
+                    hold = holds[owner]
+                else:
+                    hold = holds[owner] = self.case_hold(consumer, action, context.purpose, owner)
             grants = by_field.get(name) if by_field is not None else None
             if not grants:
                 if name not in self.field_owners:
                     reason = f"unknown field {name!r}"
                 else:
                     reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
-                results[name] = (_refusal(name, reason, hold), ())
+                held = _held_refusal(name, reason, (), hold, None) if context.case_ref else None
+                results[name] = (held or _refusal(name, reason, None), ())
                 continue
             results[name] = _decide_field(name, consumer, action, grants, context, bindings, explain, hold)
         return results
@@ -564,10 +603,11 @@ def _decide_field(
     context: RequestContext,
     bindings: dict[str, Any],
     explain: bool,
-    hold: Grant | None = None,
+    hold: CaseHold | None = None,
 ) -> tuple[Decision, tuple[NearMiss, ...]]:
     """The field's decision (and, with ``explain``, its near misses). A refusal under a
-    case cites the field's own delayed-disclosure permit if it has one, else ``hold``."""
+    case is held by the field's own delayed-disclosure permit if it has one, else by
+    ``hold`` (``_held_refusal``)."""
     if grants[0] is OWNER_GRANT:
         return (Decision(name, "permit", None, None, "owner"), ())
     misses: list[NearMiss] = []
@@ -584,9 +624,10 @@ def _decide_field(
                     else f"agreement {grant.agreement} forbids {consumer} to {action} {name}"
                 )
                 # Under a case, a forbid's refusal is held as any other refusal is (below):
-                # it cites the delayed-disclosure permit, the reason still naming the forbid.
-                held = (_delayed_permit(grants) or hold) if context.case_ref else None
-                return (_refusal(name, reason, held or grant), tuple(misses))
+                # it cites the delayed-disclosure permit, the reason still naming the forbid,
+                # or, with none of its owner's, the forbid itself, held all the same.
+                held = _held_refusal(name, reason, grants, hold, grant) if context.case_ref else None
+                return (held or _refusal(name, reason, grant), tuple(misses))
             if explain:
                 misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
             continue
@@ -609,20 +650,42 @@ def _decide_field(
         reason = "; ".join(permit_misses)
     else:
         reason = f"no agreement lets {consumer} {action} {name} for {context.purpose}"
-    # Refused under a case: the refusal cites the delayed-disclosure agreement the consumer
-    # asked under, so the citizen is shown the attempt no sooner than an access under it
-    # (``service.cases.rules``); the reason still says why.
-    held = (_delayed_permit(grants) or hold) if context.case_ref else None
-    return (_refusal(name, reason, held), tuple(misses) if explain else ())
+    # Refused under a case: the refusal is held, so the citizen is shown the attempt no
+    # sooner than an access under it (``service.cases.rules``); the reason still says why.
+    held = _held_refusal(name, reason, grants, hold, None) if context.case_ref else None
+    return (held or _refusal(name, reason, None), tuple(misses) if explain else ())
 
 
-def _refusal(name: str, reason: str, cited: Grant | None) -> Decision:
+def _held_refusal(
+    name: str, reason: str, grants: tuple[Grant, ...], hold: CaseHold | None, otherwise: Grant | None
+) -> Decision | None:
+    """A refusal under a case, held from the citizen: it cites the field's own delayed-
+    disclosure permit (one of ``grants``), else the one of its owner's that ``hold`` names;
+    with neither, it cites ``otherwise`` (the forbid that refused, or no agreement) and is
+    held for ``hold``'s delay (``Decision.held_for``). None when nothing holds it (the
+    consumer has no delayed-disclosure agreement): the refusal is shown at once."""
+    cited = _delayed_permit(grants) or (hold.cited if hold is not None else None)
+    if cited is not None:
+        return _refusal(name, reason, cited)
+    if hold is None:
+        return None
+    return _refusal(name, reason, otherwise, held_for=hold.delay)
+
+
+def _refusal(name: str, reason: str, cited: Grant | None, held_for: timedelta | None = None) -> Decision:
     """A deny for ``reason``, citing ``cited`` (the forbid, or the delayed-disclosure permit
-    that holds a refusal under a case) or no agreement."""
+    that holds a refusal under a case) or no agreement; ``held_for``: see ``Decision``."""
     if cited is None:
-        return Decision(name, "deny", None, None, reason)
+        return Decision(name, "deny", None, None, reason, held_for=held_for)
     return Decision(
-        name, "deny", cited.agreement, cited.version, reason, cited.legal_basis, digest=cited.digest or None
+        name,
+        "deny",
+        cited.agreement,
+        cited.version,
+        reason,
+        cited.legal_basis,
+        digest=cited.digest or None,
+        held_for=held_for,
     )
 
 

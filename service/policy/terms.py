@@ -41,6 +41,18 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
+def format_duration(delay: timedelta) -> str:
+    """``delay`` as ``parse_duration`` reads it, in whole days, hours, minutes and seconds
+    (``P365D``, ``P1DT12H``); what an audit reason's ``held_for`` says."""
+    days, rest = divmod(int(delay.total_seconds()), 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    time = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
+    if not days and not time:
+        return "PT0S"
+    return f"P{f'{days}D' if days else ''}{f'T{time}' if time else ''}"
+
+
 @dataclass(frozen=True)
 class Terms:
     basis: Basis

@@ -380,11 +380,11 @@ class TestEntryQueries:
         policy, explained = await _items(client, citizen_id=citizen)
         assert policy["id"] == ids[0]
         assert "narrowed" not in policy
-        assert policy["entry"]["reasons"] == [{**change, "digest": None}]
+        assert policy["entry"]["reasons"] == [{**change, "digest": None, "held_for": None}]
         assert (explained["narrowed"], explained["entry"]["decision"]) == (True, "permit")
         assert explained["entry"]["reasons"] == [
-            {**asked, "agreement": None, "version": None, "digest": None},
-            {**decided, "digest": None, "reason": ""},
+            {**asked, "agreement": None, "version": None, "digest": None, "held_for": None},
+            {**decided, "digest": None, "reason": "", "held_for": None},
         ]
 
     async def test_refusals(

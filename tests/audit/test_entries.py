@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -23,6 +23,7 @@ from service.catalog.loader import load_catalog
 from service.crypto.keyring import KeyEvent
 from service.policy.engine import Decision
 from service.policy.service import PolicyChange
+from service.policy.terms import format_duration
 
 CATALOG = load_catalog(Path(__file__).parents[1] / "fixtures" / "policies")
 WELFARE = Principal.with_roles("welfare-app", "welfare", "consumer")
@@ -179,6 +180,7 @@ _decisions_drawn = st.lists(
         reason=_text,
         legal_basis=st.none() | _text,
         digest=st.none() | _text,
+        held_for=st.none() | st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=1826)),
     ),
     max_size=3,
 )
@@ -304,6 +306,7 @@ class TestBuiltEntries:
                     "version": d.version,
                     "digest": d.digest,
                     "reason": d.reason,
+                    "held_for": format_duration(d.held_for) if d.held_for is not None else None,
                 }
                 for d in kept
             ],

@@ -127,6 +127,7 @@ class TestKeyEvents:
                 "version": None,
                 "digest": None,
                 "reason": "kek-rotated: version=2",
+                "held_for": None,
             }
         ]
 

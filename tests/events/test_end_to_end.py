@@ -218,6 +218,7 @@ class TestSubscriptionChangesAudited:
                 "version": None,
                 "digest": None,
                 "reason": f"subscription {subscription_id} deleted",
+                "held_for": None,
             }
         ]
         # Never the secret, nor the receiver's path and query (which may hold a token).

@@ -312,6 +312,7 @@ class TestRefusedChangesAreAudited:
                 "version": None,
                 "digest": None,
                 "reason": f"subscription {theirs} not deleted: welfare has no such subscription",
+                "held_for": None,
             }
         ]
         assert self._without_time(first, theirs) == self._without_time(second, unknown)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import assume, given, settings
@@ -13,6 +13,7 @@ from service.policy.engine import (
     Agreement,
     CompiledPolicy,
     ConditionError,
+    Decision,
     RequestContext,
     check_condition_names,
     compile_condition,
@@ -217,6 +218,107 @@ class TestDecide:
 
     def test_epoch_is_kept(self) -> None:
         assert policy().epoch == 7
+
+
+def delayed(
+    agreement_id: str, owner: str, fields: tuple[str, ...], days: int, **changes: object
+) -> Agreement:
+    """A delayed-disclosure permit for welfare (``disclosure: after-case-closed``)."""
+    values: dict[str, object] = {
+        "owner": owner,
+        "fields": fields,
+        "purposes": ("fraud-investigation",),
+        "disclosure_delay": timedelta(days=days),
+    }
+    values.update(changes)
+    return agreement(agreement_id, **values)
+
+
+def under_a_case(
+    compiled: CompiledPolicy, *fields: str, purpose: str = "fraud-investigation"
+) -> dict[str, Decision]:
+    return compiled.decide("welfare", "read", list(fields), context(purpose, case_ref="FRAUD-1"))
+
+
+class TestRefusalsUnderACase:
+    """A refusal under a case is held from the citizen, and cites only an agreement of the
+    refused field's owner: that owner sees the reason in its own audit view."""
+
+    def test_another_owners_delayed_agreement_is_not_cited_but_the_refusal_is_held(self) -> None:
+        # Only the register gave welfare a delayed-disclosure agreement; dvla's points are
+        # refused under the case.
+        compiled = policy(delayed("register-fraud-reads", "register", ("address",), 30))
+        refused = under_a_case(compiled, "points")["points"]
+        assert (refused.effect, refused.agreement, refused.version) == ("deny", None, None)
+        assert (refused.legal_basis, refused.digest) == (None, None)
+        assert refused.reason == "no agreement lets welfare read points for fraud-investigation"
+        assert refused.held_for == timedelta(days=30)
+        # The register's own field still cites its own agreement.
+        address = under_a_case(compiled, "address", purpose="tax-administration")["address"]
+        assert (address.agreement, address.held_for) == ("register-fraud-reads", None)
+        # So does an explanation dvla asks for about its field.
+        explained = compiled.explain(
+            "welfare", "read", ["points"], context("fraud-investigation", case_ref="C")
+        )
+        assert explained["points"].decision.agreement is None
+        assert "register-fraud-reads" not in repr(explained["points"])
+
+    def test_a_field_with_grants_of_its_owner_none_delayed_is_held_without_a_citation(self) -> None:
+        compiled = policy(
+            delayed("register-fraud-reads", "register", ("address",), 30),
+            agreement("licence-for-welfare", purposes=("benefit-eligibility",)),
+        )
+        refused = under_a_case(compiled, "licence_status")["licence_status"]
+        assert (refused.effect, refused.agreement, refused.held_for) == ("deny", None, timedelta(days=30))
+        assert (
+            refused.reason
+            == "agreement licence-for-welfare covers benefit-eligibility, not fraud-investigation"
+        )
+
+    def test_a_forbid_of_an_owner_with_no_delayed_agreement_is_cited_and_held(self) -> None:
+        compiled = policy(
+            delayed("register-fraud-reads", "register", ("address",), 30),
+            agreement("no-points-for-welfare", fields=("points",), effect="forbid", purposes=()),
+        )
+        refused = under_a_case(compiled, "points")["points"]
+        assert (refused.agreement, refused.held_for) == ("no-points-for-welfare", timedelta(days=30))
+
+    def test_the_owners_own_delayed_agreement_is_cited_before_another_owners(self) -> None:
+        # The register's matches the action and purpose; dvla's, on another field, another
+        # purpose: dvla's field cites dvla's.
+        compiled = policy(
+            delayed("register-fraud-reads", "register", ("address",), 30),
+            delayed(
+                "dvla-licence-checks", "dvla", ("licence_status",), 90, purposes=("benefit-eligibility",)
+            ),
+        )
+        refused = under_a_case(compiled, "points")["points"]
+        assert (refused.agreement, refused.version) == ("dvla-licence-checks", 1)
+        assert refused.held_for is None
+        # And the register's fields cite the register's.
+        assert under_a_case(compiled, "national_id")["national_id"].agreement == "register-fraud-reads"
+
+    def test_of_the_owners_agreements_the_same_action_and_purpose_first(self) -> None:
+        compiled = policy(
+            delayed(
+                "a-dvla-other-purpose", "dvla", ("licence_status",), 90, purposes=("benefit-eligibility",)
+            ),
+            delayed("b-dvla-other-action", "dvla", ("licence_status",), 60, actions=("verify",)),
+            delayed("c-dvla-fraud", "dvla", ("licence_status",), 30),
+        )
+        assert under_a_case(compiled, "points")["points"].agreement == "c-dvla-fraud"
+        # Without one for the purpose: the same action first.
+        assert under_a_case(compiled, "points", purpose="tax-administration")["points"].agreement == (
+            "a-dvla-other-purpose"
+        )
+
+    def test_a_consumer_with_no_delayed_agreement_is_refused_in_the_open(self) -> None:
+        refused = under_a_case(policy(agreement()), "points")["points"]
+        assert (refused.agreement, refused.held_for) == (None, None)
+        # And without a case nothing is held.
+        compiled = policy(delayed("register-fraud-reads", "register", ("address",), 30))
+        plain = compiled.decide("welfare", "read", ["points"], context("fraud-investigation"))["points"]
+        assert (plain.agreement, plain.held_for) == (None, None)
 
 
 class TestExplain:

@@ -6,6 +6,7 @@ it; and batch-get decrypts for each citizen only the fields that citizen's decis
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -168,6 +169,100 @@ class TestRefusalsUnderACase:
         [entry] = [json.loads(canonical) for (canonical,) in rows]
         assert [(r["agreement"], r["effect"]) for r in entry["reasons"]] == [(DELAYED["id"], "deny")]
         assert entry["reasons"][0]["reason"].startswith("no agreement lets revenue")
+
+    @pytest.mark.parametrize(
+        ("field", "purpose", "cited"),
+        [
+            # No agreement of dvla's covers it for revenue.
+            ("points", "fraud-investigation", None),
+            # dvla's agreement covers it for another purpose.
+            ("licence_status", "fraud-investigation", None),
+            # dvla's forbid refuses it: the forbid is dvla's own, and is cited.
+            ("licence_number", "tax-administration", "revenue-never-licence-number"),
+        ],
+    )
+    async def test_a_refusal_of_another_owners_field_is_held_without_citing_its_agreement(
+        self, records_env: RecordsEnv, session: AsyncSession, field: str, purpose: str, cited: str | None
+    ) -> None:
+        # Revenue's only delayed agreement is the register's; under the case it asks for a
+        # field of dvla's. The refusal must not show the investigation early, nor show dvla
+        # (in its own audit view) an agreement of the register's.
+        env = records_env
+        await _agree(env, DELAYED)
+        citizen_id, _ = await env.register(given_name="Ada")
+        refused = await env.client.get(
+            f"/v1/citizens/{citizen_id}",
+            params={"fields": field, "purpose": purpose},
+            headers={**REVENUE, "X-Case-Ref": "FRAUD-78"},
+        )
+        assert refused.status_code in (403, 404), refused.text
+        assert await self._access_log(env, citizen_id) == []
+        rows = await session.execute(
+            select(AuditEntryRow.canonical).where(
+                AuditEntryRow.citizen_id == citizen_id, AuditEntryRow.action == "read"
+            )
+        )
+        [entry] = [json.loads(canonical) for (canonical,) in rows]
+        [reason] = entry["reasons"]
+        assert (reason["field"], reason["effect"], reason["agreement"]) == (field, "deny", cited)
+        # Held as long as the register's agreement would hold it (its max_delay), by the
+        # reason itself.
+        assert reason["held_for"] == "P30D"
+        assert entry["legal_basis"] == []
+        assert DELAYED["id"] not in json.dumps(entry)
+        assert DELAYED["legal_basis"] not in json.dumps(entry)
+        seen = await env.client.get(
+            "/v1/audit/entries", params={"citizen_id": citizen_id}, headers=as_("dvla", "data-owner")
+        )
+        assert seen.status_code == 200, seen.text
+        [item] = [i for i in seen.json()["items"] if i["entry"]["action"] == "read"]
+        assert item["entry"]["reasons"] == [reason]
+        assert DELAYED["id"] not in seen.text
+        # Shown once that delay has passed, as an access under the agreement would be.
+        accessed = datetime.fromisoformat(entry["time"])
+        env.app.state.clock = lambda: accessed + timedelta(days=30, microseconds=-1)
+        assert await self._access_log(env, citizen_id) == []
+        env.app.state.clock = lambda: accessed + timedelta(days=30)
+        [shown] = await self._access_log(env, citizen_id)
+        assert (shown["decision"], shown["disclosed_by"]) == ("deny", "max-delay")
+
+    async def test_the_fields_owner_cites_its_own_delayed_agreement_first(
+        self, records_env: RecordsEnv, session: AsyncSession
+    ) -> None:
+        # dvla gave revenue a delayed agreement too (for another purpose): dvla's field
+        # cites dvla's, the register's the register's, each held by it.
+        env = records_env
+        await _agree(env, DELAYED)
+        dvla_delayed = {
+            **DELAYED,
+            "id": "dvla-licence-checks-for-revenue",
+            "fields": ["licence_status"],
+            "purposes": ["tax-administration"],
+            "max_delay": "P60D",
+        }
+        made = await env.client.post(
+            "/v1/policies", json={**dvla_delayed, "reason": "test"}, headers=as_("dvla", "data-owner")
+        )
+        assert made.status_code == 201, made.text
+        citizen_id, _ = await env.register(given_name="Ada", date_of_birth="1980-06-15")
+        refused = await env.client.get(
+            f"/v1/citizens/{citizen_id}",
+            params={"fields": "points,date_of_birth", "purpose": "fraud-investigation"},
+            headers={**REVENUE, "X-Case-Ref": "FRAUD-79"},
+        )
+        assert refused.status_code in (403, 404), refused.text
+        assert await self._access_log(env, citizen_id) == []
+        rows = await session.execute(
+            select(AuditEntryRow.canonical).where(
+                AuditEntryRow.citizen_id == citizen_id, AuditEntryRow.action == "read"
+            )
+        )
+        [entry] = [json.loads(canonical) for (canonical,) in rows]
+        assert {r["field"]: r["agreement"] for r in entry["reasons"]} == {
+            "points": dvla_delayed["id"],
+            "date_of_birth": DELAYED["id"],
+        }
+        assert [r["held_for"] for r in entry["reasons"]] == [None, None]
 
     async def test_a_department_with_no_delayed_agreement_is_refused_in_the_open(
         self, records_env: RecordsEnv

@@ -13,10 +13,12 @@ Each cycle it
    overlap ends, the old secret signs too: ``webhook-signature`` carries both values,
    space separated, the new one first.
 
-A 2xx answer delivers. As the spec asks, a 410 Gone answer disables the subscription
-(nothing more is sent to it), and a ``Retry-After`` on a 429 or 503 answer is the least
-the next attempt waits. Any other failure is retried after a jittered exponential backoff
-until the attempts run out; then the delivery is ``dead`` until redelivered.
+A 2xx answer delivers; only an answer's status and headers are read, never its body, and
+``TELLONCE_WEBHOOK_TIMEOUT_SECONDS`` bounds the whole attempt. As the spec asks, a 410
+Gone answer disables the subscription (nothing more is sent to it), and a ``Retry-After``
+on a 429 or 503 answer is the least the next attempt waits. Any other failure is retried
+after a jittered exponential backoff until the attempts run out; then the delivery is
+``dead`` until redelivered.
 
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
@@ -88,7 +90,9 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    # delay-seconds is ASCII digits: ``isdigit`` alone also takes "²" (a latin-1 byte),
+    # which ``float`` refuses, and other scripts' digits.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -361,19 +365,30 @@ class Dispatcher:
                 "user-agent": "tellonce-webhooks/1",
                 **target.headers,
             }
+            timeout = self.settings.webhook_timeout_seconds
             try:
-                response = await self.client.post(
-                    target.url,
-                    content=body.encode(),
-                    headers=headers,
-                    timeout=self.settings.webhook_timeout_seconds,
-                    extensions=target.extensions,
-                )
-            except httpx.TimeoutException:
+                # The timeout bounds the whole attempt, not each read (httpx's own timeout
+                # starts again with every byte, so a receiver trickling its answer could hold
+                # the attempt past the claim's lease). Only the status and headers are read:
+                # success is the status code, and an answer's body, however long, is never
+                # taken into memory (leaving the block closes the connection).
+                async with (
+                    asyncio.timeout(timeout),
+                    self.client.stream(
+                        "POST",
+                        target.url,
+                        content=body.encode(),
+                        headers=headers,
+                        timeout=timeout,
+                        extensions=target.extensions,
+                    ) as response,
+                ):
+                    code = response.status_code
+                    retry_after = response.headers.get("retry-after")
+            except (TimeoutError, httpx.TimeoutException):
                 return self._failure(item, "the receiver did not answer in time", None)
             except httpx.HTTPError as exc:
                 return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
-        code = response.status_code
         if 200 <= code < 300:
             return {
                 "status": "delivered",
@@ -389,7 +404,7 @@ class Dispatcher:
                 "last_error": "the receiver answered 410 Gone; the subscription is disabled",
             }
         if code in RETRY_AFTER_STATUSES:
-            wait = retry_after_seconds(response.headers.get("retry-after"), utcnow())
+            wait = retry_after_seconds(retry_after, utcnow())
             if wait is not None:
                 return self._failure(
                     item, f"the receiver answered {code} and asked to wait {wait:.0f} s", code, at_least=wait

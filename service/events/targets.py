@@ -2,7 +2,7 @@
 
 A URL must be http or https, name a host, and carry no credentials. Every address the
 host resolves to must be a public unicast address; private, loopback, link-local,
-multicast, reserved, shared and unspecified addresses are refused unless the
+site-local, multicast, reserved, shared and unspecified addresses are refused unless the
 development setting ``TELLONCE_WEBHOOK_ALLOW_PRIVATE`` allows them. An IPv6 address that
 carries an IPv4 address (IPv4-mapped, IPv4-compatible, 6to4 ``2002::/16``, Teredo, NAT64
 ``64:ff9b::/96``) is judged by the IPv4 address too. The dispatcher checks again before
@@ -79,6 +79,9 @@ def refusal(address: IPAddress, *, allow_private: bool) -> str | None:
         return "is a loopback address"
     if address.is_link_local:
         return "is a link-local address"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        # fec0::/10: deprecated (RFC 3879), yet neither private nor reserved to ``ipaddress``.
+        return "is a site-local address"
     if address.is_private:
         return "is a private address"
     if address.is_reserved:

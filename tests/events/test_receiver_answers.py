@@ -4,9 +4,13 @@ attempt waits, and the default retry schedule spans more than a day."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -164,7 +168,21 @@ class TestRetryAfterHeader:
     def test_reads_seconds_and_http_dates(self, header: str, seconds: float) -> None:
         assert retry_after_seconds(header, self.NOW) == seconds
 
-    @pytest.mark.parametrize("header", [None, "", "-5", "1.5", "soon", "Thu, 99 Foo 2026"])
+    @pytest.mark.parametrize(
+        "header",
+        [
+            None,
+            "",
+            "-5",
+            "1.5",
+            "soon",
+            "Thu, 99 Foo 2026",
+            # Digits to str.isdigit(), but not the ASCII DIGITs of delay-seconds (RFC 9110):
+            # a superscript two (byte 0xB2, as a latin-1 header) and Arabic-Indic 120.
+            "\xb2",
+            "\u0661\u0662\u0660",
+        ],
+    )
     def test_anything_else_is_ignored(self, header: str | None) -> None:
         assert retry_after_seconds(header, self.NOW) is None
 
@@ -262,6 +280,32 @@ class TestRetryAfter:
         ).total_seconds()
         # The date has whole seconds: up to one less than asked.
         assert 298 <= waited <= 305
+
+    async def test_an_unreadable_one_keeps_the_backoff_and_spoils_no_other_delivery(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        # http.server sends the header as latin-1: the byte 0xB2, a superscript two.
+        with ScriptedReceiver(503, {"Retry-After": "\xb2"}) as odd:
+            act_as(events_app, "dvla", "consumer")
+            hook = await _subscribe(api, odd.url)
+            healthy = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            await dispatcher.run_once()
+            assert len(odd.received) == 1
+        # The healthy receiver's delivery, in the same batch, is delivered and not sent again.
+        [delivered] = await _deliveries(api, healthy["id"])
+        assert (delivered["status"], delivered["attempts"]) == ("delivered", 1)
+        [failed] = await _deliveries(api, hook["id"])
+        assert (failed["status"], failed["last_status_code"]) == ("pending", 503)
+        assert failed["last_error"] == "the receiver answered 503"
+        await dispatcher.run_once()
+        assert len(receiver.received) == 1
 
 
 class TestGone:
@@ -389,3 +433,118 @@ class TestGone:
         assert (await api.delete(f"/v1/subscriptions/{gone['id']}")).status_code == 204
         _assert_problem(await api.get(f"/v1/subscriptions/{gone['id']}"), 404, "subscription-not-found")
         assert (await api.get("/v1/subscriptions")).json() == {"items": [], "next_cursor": None}
+
+
+class RawReceiver:
+    """A receiver on a loopback port that reads each request whole, then writes its answer
+    with ``answer(connection)``: slowly, or without end, as no well-behaved server would."""
+
+    def __init__(self, answer: Callable[[socket.socket, threading.Event], None]) -> None:
+        self._answer = answer
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"http://{host}:{port}/hooks/tellonce"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                stream = connection.makefile("rb")
+                lines = iter(stream.readline, b"\r\n")
+                next(lines)
+                headers = {}
+                for line in lines:
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = stream.read(int(headers.get("content-length") or 0))
+                self.requests.append((headers, body))
+                with contextlib.suppress(OSError):
+                    self._answer(connection, self.stop)
+
+    def __enter__(self) -> RawReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=10)
+        self._listener.close()
+
+
+def _dripping_headers(connection: socket.socket, stop: threading.Event) -> None:
+    """A 200 whose status line and headers come one byte every 0.2 s: each read gets a byte
+    well within any timeout, but the answer takes about 12 s to arrive."""
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: 0123456789012\r\n\r\n":
+        if stop.wait(0.2):
+            return
+        connection.sendall(bytes([byte]))
+
+
+def _endless_body(connection: socket.socket, stop: threading.Event) -> None:
+    """A 200 at once, then a chunked body that never ends (about 6 MB a second)."""
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    while not stop.wait(0.01):
+        connection.sendall(chunk)
+
+
+class TestSlowAndEndlessAnswers:
+    async def test_one_attempt_takes_no_longer_than_the_timeout_however_the_answer_trickles(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        # TELLONCE_WEBHOOK_TIMEOUT_SECONDS is how long one POST may take, all of it: the
+        # claim's lease is reckoned from it, so an attempt that outlived it would be made
+        # again by another dispatcher while this one still waits.
+        runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
+        with RawReceiver(_dripping_headers) as receiver:
+            act_as(events_app, "dvla", "consumer")
+            hook = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            started = time.monotonic()
+            await asyncio.wait_for(dispatcher.run_once(), 30)
+            took = time.monotonic() - started
+        assert len(receiver.requests) == 1
+        assert took < 4, took
+        [delivery] = await _deliveries(api, hook["id"])
+        assert (delivery["status"], delivery["last_status_code"]) == ("pending", None)
+        assert delivery["last_error"] == "the receiver did not answer in time"
+
+    async def test_a_2xx_is_delivered_without_reading_the_answers_body(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        # Success is the status code (the spec: "responded to with a 2xx status code"); a
+        # body with no end (or gigabytes of one) is never read into the service's memory.
+        runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 3.0})
+        with RawReceiver(_endless_body) as receiver:
+            act_as(events_app, "dvla", "consumer")
+            hook = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            started = time.monotonic()
+            await asyncio.wait_for(dispatcher.run_once(), 10)
+            took = time.monotonic() - started
+        assert took < 2, took
+        [(headers, body)] = receiver.requests
+        Webhook(hook["secret"]).verify(body, headers)
+        [delivery] = await _deliveries(api, hook["id"])
+        assert (delivery["status"], delivery["last_status_code"]) == ("delivered", 200)
+        assert delivery["attempts"] == 1

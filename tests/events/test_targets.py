@@ -41,6 +41,9 @@ class TestCheckTarget:
             ("https://172.16.5.4/hook", "private"),
             ("https://169.254.169.254/latest/meta-data", "link-local"),
             ("https://[fe80::1]/hook", "link-local"),
+            # Deprecated (RFC 3879) but still routed inside the sites that use it.
+            ("https://[fec0::1]/hook", "site-local"),
+            ("https://[feff:ffff::1]/hook", "site-local"),
             ("https://224.0.0.1/hook", "multicast"),
             ("https://0.0.0.0/hook", "unspecified"),
             ("https://[::ffff:127.0.0.1]/hook", "loopback"),

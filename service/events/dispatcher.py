@@ -121,8 +121,13 @@ class Dispatcher:
         self._concurrency = max(1, concurrency)
         self._limit = asyncio.Semaphore(self._concurrency)
         self._own_client = client is None
-        # No redirects: a receiver must not bounce the service to another address.
-        self.client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        # No redirects: a receiver must not bounce the service to another address. No kept
+        # connections: targets are pinned to their resolved address, so the pool is keyed by
+        # address, and an https connection made (its certificate checked) for one host name
+        # would otherwise carry a later delivery for another name on the same address.
+        self.client = client or httpx.AsyncClient(
+            follow_redirects=False, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         tracing.instrument_httpx(self.client)
         # Told each time a delivery goes to the dead-letter state (the metrics count them).
         self.on_dead = on_dead

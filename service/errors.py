@@ -17,10 +17,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, params
+from fastapi._compat import ModelField
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import RouteContext, iter_route_contexts
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
@@ -347,13 +350,19 @@ class AllowedMethods:
     15.5.6: every method the resource supports). Starlette names only the methods of the
     first route whose path matched, so a path served by two routes (``GET`` and ``DELETE
     /v1/citizens/{id}``) lost one. Built once from the app's routes, after they are all
-    included (``app.state.allowed_methods``)."""
+    included (``app.state.allowed_methods``).
+
+    A route counts only where the path's segments are values its path parameters take:
+    ``/v1/citizens/lookup`` has the shape of ``/v1/citizens/{citizen_id}``, but ``lookup``
+    is no citizen id (its ``GET`` is a 422), so that path allows ``POST`` alone, as
+    /openapi.json says. A path no route takes (``/v1/citizens/not-an-id``) still names the
+    methods of every route of its shape: a 405 always carries ``Allow``."""
 
     def __init__(self, app: FastAPI) -> None:
         # FastAPI's own walk of the routes, through every included router, as its OpenAPI
         # document is made from.
         self._routes = [
-            (compile_path(context.path)[0], frozenset(context.methods))
+            (compile_path(context.path)[0], frozenset(context.methods), _path_fields(context))
             for context in iter_route_contexts(app.routes)
             if context.path and context.methods
         ]
@@ -363,10 +372,33 @@ class AllowedMethods:
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        methods = set().union(*(methods for pattern, methods in self._routes if pattern.match(path)))
+        shaped = [
+            (methods, fields, match.groupdict())
+            for pattern, methods, fields in self._routes
+            if (match := pattern.match(path))
+        ]
+        taken = [methods for methods, fields, values in shaped if _takes(fields, values)]
+        methods = set().union(*(taken or [methods for methods, _fields, _values in shaped]))
         if "GET" in methods:
             methods.add("HEAD")  # answered as the GET is (``HeadAsGetMiddleware``)
         return ", ".join(sorted(methods))
+
+
+def _path_fields(context: RouteContext) -> dict[str, ModelField]:
+    """A route's declared path parameters by name (none for a plain Starlette route)."""
+    dependant: Dependant | None = getattr(context.route, "dependant", None)
+    if dependant is None:
+        return {}
+    declared = get_flat_params(dependant)
+    return {field.alias: field for field in declared if isinstance(field.field_info, params.Path)}
+
+
+def _takes(fields: Mapping[str, ModelField], values: Mapping[str, str]) -> bool:
+    """Whether each path parameter validates, as the route itself would check it."""
+    for name, value in values.items():
+        if name in fields and fields[name].validate(value, {}, loc=("path", name))[1]:
+            return False
+    return True
 
 
 class HeadAsGetMiddleware:

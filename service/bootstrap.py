@@ -4,7 +4,8 @@ Production never generates a key by itself (a key made silently on one replica i
 others do not have). ``tellonce init`` is the one step that creates them, on purpose, and says
 what it made and what to back up. ``serve`` and ``worker`` call :func:`startup_refusal` first,
 so a missing key or a refused setting stops the process with one line naming the fix instead
-of a traceback from deep inside the first component that needed it.
+of a traceback from deep inside the first component that needed it, and then
+:func:`check_secret_files`, so a key file other accounts may read stops it the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from service.audit.config import signing_key_path
-from service.auth.keys import manifest_path
+from service.audit.config import SIGNING_KEY_NAME, signing_key_path
+from service.auth.keys import check_key_files, manifest_path
 from service.config import Settings
+from service.private_files import SharedSecretFile, check_owner_only, make_private_dir
 
 logger = logging.getLogger("tellonce.bootstrap")
 
@@ -88,6 +90,22 @@ def missing_keys(settings: Settings) -> list[str]:
     return missing
 
 
+def check_secret_files(settings: Settings) -> None:
+    """Refuse, with ``SharedSecretFile`` (one line naming the file and ``chmod 600``), if a
+    file in which this installation keeps a secret it reads grants any access to its group
+    or to other accounts, in every environment: the root key file (unless
+    ``TELLONCE_ROOT_KEY`` is set), the audit checkpoint key and the access-token signing
+    keys. Files not made yet are not looked for (``missing_keys`` says which are needed).
+    Each is also checked where it is read; this is the check before anything starts."""
+    if not keys_in_token(settings):
+        if settings.root_key is None and settings.root_key_file.exists():
+            check_owner_only(settings.root_key_file, "root key")
+        checkpoint_key = signing_key_path(settings)
+        if checkpoint_key.exists():
+            check_owner_only(checkpoint_key, SIGNING_KEY_NAME)
+    check_key_files(settings.data_dir)
+
+
 def startup_refusal(settings: Settings) -> str | None:
     """One line saying why this process must not start and what fixes it, or None."""
     refusals = production_refusals(settings)
@@ -116,7 +134,7 @@ class InitReport:
 
 
 def _write_root_key(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     # O_EXCL and 0600 from the start: never readable by others, never overwritten.
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
@@ -196,7 +214,8 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     """Check the root key (or the token), create the missing signing keys, migrate; safe to
     run again."""
     from service.audit.checkpoint import NoteSigner
-    from service.audit.config import AuditSettings, create_signing_key, load_signer
+    from service.audit.config import AuditSettings, create_signing_key, load_signer, read_signing_key
+    from service.audit.errors import SigningKeyMissing
     from service.auth.keys import ensure_signing_key
     from service.crypto.errors import RootKeyUnavailable
     from service.crypto.providers import load_root_key
@@ -205,6 +224,11 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     refusals = production_refusals(settings)
     if refusals:
         raise InitFailed("; ".join(refusals))
+    # A key file others may read is refused before anything is made or changed.
+    try:
+        check_secret_files(settings)
+    except SharedSecretFile as exc:
+        raise InitFailed(str(exc)) from None
     report = InitReport()
     in_token = keys_in_token(settings)
 
@@ -276,10 +300,10 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
         checkpoint_key = signing_key_path(settings)
         created = create_signing_key(checkpoint_key)
         step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
-        raw = base64.b64decode(checkpoint_key.read_bytes().strip(), validate=True)
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        signer = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.from_private_bytes(raw))
+        try:
+            signer = NoteSigner(AuditSettings().origin, read_signing_key(checkpoint_key))
+        except (SharedSecretFile, SigningKeyMissing) as exc:
+            raise InitFailed(str(exc)) from None
         report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
     report.checkpoint_verifier_key = signer.verifier_key()
 

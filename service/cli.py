@@ -179,9 +179,10 @@ def _refuse_settings(exc: Any) -> NoReturn:
 def run() -> None:
     """The ``tellonce`` command. Settings are read, and the database opened, by whichever
     command needs them, so a bad setting, a database that cannot be used or one that was
-    never migrated, or a root key that cannot be used, may surface from any of them: each
-    is one line and exit 2, never a traceback. An audit entry that cannot be written is one
-    line and exit 1."""
+    never migrated, a root key that cannot be used, or a file holding a secret (the audit
+    checkpoint key, an access-token signing key) that other accounts may read, may surface
+    from any of them: each is one line and exit 2, never a traceback. An audit entry that
+    cannot be written is one line and exit 1."""
     from pydantic import ValidationError
 
     try:
@@ -193,10 +194,11 @@ def run() -> None:
             raise
         typer.echo(_settings_refusal(exc), err=True)
         sys.exit(2)
-    except Exception as exc:  # re-raised below unless it is the root key or the database refusing
+    except Exception as exc:  # re-raised below unless it is a key or the database refusing
         from service.audit.errors import AuditUnavailable
         from service.crypto.errors import RootKeyUnavailable
         from service.db import missing_schema, unusable_database
+        from service.private_files import SharedSecretFile
 
         if isinstance(exc, AuditUnavailable):
             # The change that needed the entry was rolled back with it; earlier commits
@@ -206,6 +208,10 @@ def run() -> None:
         if isinstance(exc, RootKeyUnavailable):
             # Its message names the setting or file and what is wrong, never the key.
             typer.echo(f"tellonce: cannot use the root key: {exc}", err=True)
+            sys.exit(2)
+        if isinstance(exc, SharedSecretFile):
+            # As the root key's: the file is named and left as it is, the key never read.
+            typer.echo(f"tellonce: cannot use the {exc.secret}: {exc}", err=True)
             sys.exit(2)
         reason = unusable_database(exc)
         if reason is not None:
@@ -232,12 +238,16 @@ def _database_named() -> str:
 
 
 def _refuse_if_not_ready(settings: Any) -> None:
-    from service.bootstrap import startup_refusal
+    """Stop ``serve`` or ``worker`` before it starts: a refused setting or a missing key is
+    one line and exit 1; a key file other accounts may read raises ``SharedSecretFile``
+    (one line and exit 2 from ``run``, as the root key's refusal)."""
+    from service.bootstrap import check_secret_files, startup_refusal
 
     refusal = startup_refusal(settings)
     if refusal is not None:
         typer.echo(f"tellonce: {refusal}", err=True)
         raise typer.Exit(1)
+    check_secret_files(settings)
 
 
 @db_app.command("upgrade")

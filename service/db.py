@@ -38,6 +38,7 @@ from sqlalchemy.types import TypeDecorator
 from service import tracing
 from service.config import Settings
 from service.hotpath import app_state
+from service.private_files import make_private_dir
 from service.sqlite_turns import queue_writers
 
 NAMING_CONVENTION = {
@@ -131,8 +132,9 @@ def sqlite_file(engine: AsyncEngine) -> str | None:
 
 
 def ensure_sqlite_dir(url: str) -> None:
-    """Create the folder of a file-backed SQLite URL, so a fresh checkout just works, and
-    the database file readable by its owner only (0600, like the key files).
+    """Create the folder of a file-backed SQLite URL (0700 if it is made here: by default it
+    is the data dir, ``./.tellonce``), so a fresh checkout just works, and the database file
+    readable by its owner only (0600, like the key files).
 
     SQLite creates the ``-wal`` and ``-shm`` files with the database file's mode, so those
     follow; files left 0644 by an older version are tightened here too."""
@@ -141,7 +143,7 @@ def ensure_sqlite_dir(url: str) -> None:
         path = url[len(prefix) :].split("?", 1)[0]
         if path and path != ":memory:" and not path.startswith("file:"):
             database = Path(path)
-            database.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(database.parent)
             # Never open an existing database file here: closing any descriptor of a file drops
             # every POSIX lock this process holds on it, so a second engine made while the first
             # holds a connection would silently unlock it (SQLite's documented corruption path).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from pathlib import Path
 
@@ -14,8 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.audit.checkpoint import NoteSigner
 from service.audit.errors import SigningKeyMissing
 from service.config import Settings
+from service.private_files import check_owner_only, make_private_dir
 
 SIGNING_KEY_FILE = "audit-checkpoint.key"
+# What the key is called in a refusal ("the audit checkpoint key in FILE is open to ...").
+SIGNING_KEY_NAME = "audit checkpoint key"
 
 
 class AuditSettings(BaseSettings):
@@ -53,8 +57,8 @@ def signing_key_path(settings: Settings) -> Path:
 def create_signing_key(path: Path) -> bool:
     """Write a new Ed25519 seed (base64 of 32 raw bytes, one line, mode 0600) unless the file
     exists; True if this call wrote it. Used by ``tellonce init`` and, outside production,
-    by the first process that needs the key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    by the first process that needs the key. The data dir, if this makes it, is 0700."""
+    make_private_dir(path.parent)
     seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     try:
         # O_EXCL: two processes starting together must not overwrite each other's key.
@@ -66,8 +70,23 @@ def create_signing_key(path: Path) -> bool:
     return True
 
 
+def read_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 key whose seed ``path`` holds. Raises ``SharedSecretFile``, reading
+    nothing, if the file is open to other accounts (``check_owner_only``, in every
+    environment), and ``SigningKeyMissing`` if it does not hold a base64 32-byte seed."""
+    check_owner_only(path, SIGNING_KEY_NAME)
+    try:
+        raw = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise SigningKeyMissing(f"{path} does not hold a base64 32-byte Ed25519 seed")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
 def load_signer(settings: Settings, origin: str) -> NoteSigner:
-    """Read the Ed25519 seed; development and test make one (mode 0600), production refuses.
+    """Read the Ed25519 seed (``read_signing_key``: a file open to other accounts is
+    refused); development and test make one (mode 0600), production refuses.
 
     With ``TELLONCE_KEY_PROVIDER=pkcs11`` the key pair is in the token instead (made there
     on first use) and never leaves it."""
@@ -83,7 +102,4 @@ def load_signer(settings: Settings, origin: str) -> NoteSigner:
                 "run `tellonce init`"
             )
         create_signing_key(path)
-    raw = base64.b64decode(path.read_bytes().strip(), validate=True)
-    if len(raw) != 32:
-        raise SigningKeyMissing(f"{path} does not hold a base64 32-byte Ed25519 seed")
-    return NoteSigner(origin, Ed25519PrivateKey.from_private_bytes(raw))
+    return NoteSigner(origin, read_signing_key(path))

@@ -1,7 +1,9 @@
 """The access-token signing keys: ES256 keys in ``$TELLONCE_DATA_DIR/signing-keys``.
 
-The folder holds one PEM file per key (mode 0600) and ``manifest.json``, which names
-the active key and when each key was created and retired. Rotation makes a new key
+The folder (0700 when this makes it) holds one PEM file per key (mode 0600) and
+``manifest.json``, which names the active key and when each key was created and retired.
+A PEM file other accounts may read or write is refused wherever it is read
+(``check_owner_only``), in every environment. Rotation makes a new key
 active and stamps the old one retired; a retired key stays in the JWKS until every
 token it signed has expired. Every process (each uvicorn worker, the CLI) reads the
 folder itself, and re-reads it when the manifest changes, so a rotation done by the
@@ -25,9 +27,12 @@ from typing import Any
 from joserfc.jwk import ECKey
 
 from service.db import utcnow
+from service.private_files import check_owner_only, make_private_dir
 
 ALGORITHM = "ES256"
 MANIFEST = "manifest.json"
+# What a key is called in a refusal ("the access-token signing key in FILE is open to ...").
+KEY_NAME = "access-token signing key"
 
 
 class SigningKeyMissing(RuntimeError):
@@ -50,9 +55,24 @@ def manifest_path(data_dir: Path) -> Path:
     return _key_folder(data_dir) / MANIFEST
 
 
+def check_key_files(data_dir: Path) -> None:
+    """Refuse (``SharedSecretFile``) if any private key file in the folder is open to
+    other accounts: what ``serve``, ``worker`` and ``init`` check before they start."""
+    folder = _key_folder(data_dir)
+    for path in sorted(folder.glob("*.pem")):
+        check_owner_only(path, KEY_NAME)
+
+
+def _read_private_pem(path: Path) -> bytes:
+    check_owner_only(path, KEY_NAME)
+    return path.read_bytes()
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The data dir and the key folder are made 0700 (a folder already there is left as it is).
+    make_private_dir(folder.parent)
+    make_private_dir(folder)
     with (folder / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -153,7 +173,8 @@ class SigningKeys:
         self.refresh()
 
     def refresh(self) -> bool:
-        """Re-read the folder if the manifest changed; True if it did."""
+        """Re-read the folder if the manifest changed; True if it did. Raises
+        ``SharedSecretFile`` if a key file is open to other accounts."""
         try:
             mtime = (self.folder / MANIFEST).stat().st_mtime_ns
         except FileNotFoundError:
@@ -171,7 +192,7 @@ class SigningKeys:
                 if not self._still_verifies(entry.retired_at):
                     continue
                 retired_at[entry.kid] = entry.retired_at
-            pem = (self.folder / f"{entry.kid}.pem").read_bytes()
+            pem = _read_private_pem(self.folder / f"{entry.kid}.pem")
             by_kid[entry.kid] = ECKey.import_key(
                 pem, parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"}
             )
@@ -227,7 +248,7 @@ class SigningKeys:
         _active, entries = manifest
         keys = [
             ECKey.import_key(
-                (self.folder / f"{entry.kid}.pem").read_bytes(),
+                _read_private_pem(self.folder / f"{entry.kid}.pem"),
                 parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"},
             ).as_dict(private=False)
             for entry in entries

@@ -28,7 +28,7 @@ from service.crypto.aead import DATA_KEY_BYTES
 from service.crypto.blind_index import BlindIndexer
 from service.crypto.errors import KeyUnwrapError, RootKeyUnavailable
 from service.crypto.material import KeyMaterial
-from service.private_files import SharedSecretFile, check_owner_only
+from service.private_files import SharedSecretFile, check_owner_only, make_private_dir
 
 logger = logging.getLogger("tellonce.crypto")
 
@@ -222,7 +222,7 @@ def refuse_shared_secret_file(path: Path, secret: str) -> None:
 
 
 def _create_root_key_file(path: Path) -> KeyMaterial:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # the data dir: 0700 if this makes it
     encoded = base64.b64encode(secrets.token_bytes(ROOT_KEY_BYTES))
     # O_EXCL: two processes starting together must not both write a different key.
     try:

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from service.config import Settings
 from service.crypto.errors import KeyUnwrapError
 from service.errors import ServiceUnavailable
+from service.private_files import SharedSecretFile, check_owner_only
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  (the Standard Webhooks prefix, not a secret)
 _VERSION = b"\x01"
@@ -53,9 +54,17 @@ def new_signing_secret() -> str:
 
 
 def _root_key(settings: Settings) -> bytes:
+    """The root key, held to the keyring's rules: a key file other accounts may read or
+    write is refused (``check_owner_only``), as ``serve`` and ``worker`` refuse it at start."""
     if settings.root_key is not None:
         text = settings.root_key.get_secret_value()
     elif settings.root_key_file.is_file():
+        try:
+            check_owner_only(settings.root_key_file, "root key")
+        except SharedSecretFile:
+            raise SigningKeyUnavailable(
+                "The root key file is open to other accounts, so webhook secrets cannot be kept."
+            ) from None
         text = settings.root_key_file.read_text()
     else:
         raise SigningKeyUnavailable("No root key is configured, so webhook secrets cannot be kept.")

@@ -25,6 +25,7 @@ from service.crypto.keyring import Keyring
 from service.crypto.providers import load_root_key
 from service.db import Database, create_engine, ensure_sqlite_dir
 from service.policy.signing import OwnerVerifier
+from service.private_files import make_private_dir
 from service.records import seeding
 from service.schema import upgrade_async
 from service.sim import audit_check, runner
@@ -103,7 +104,7 @@ async def _seed(
 
 async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, console: Console) -> Prepared:
     """Migrate, apply policies, make clients and keys, seed (or reuse) the population."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)
     ensure_sqlite_dir(settings.database_url)
     console.print("migrating the embedded store")
     await upgrade_async(settings.database_url)

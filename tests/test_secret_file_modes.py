@@ -1,0 +1,323 @@
+"""The secrets the service keeps in files under its data dir (the audit checkpoint key, the
+access-token signing keys, and the root key as the webhook secrets and ``worker`` read it)
+are held to the root key file's rule: a file with any group or other permission bit is
+refused in every environment, left as it is, with one line naming it and ``chmod 600``;
+the data dir, when the service makes it, is 0700."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from service.audit.config import create_signing_key, load_signer, signing_key_path
+from service.audit.errors import SigningKeyMissing
+from service.auth.keys import SigningKeys, check_key_files, ensure_signing_key, rotate_signing_key
+from service.auth.runtime import AuthRuntime
+from service.bootstrap import check_secret_files
+from service.cli import app as cli_app
+from service.config import Settings, get_settings
+from service.crypto.providers import load_root_key
+from service.db import ensure_sqlite_dir
+from service.events.secrets import SecretBox, SigningKeyUnavailable
+from service.private_files import SharedSecretFile
+from tests.fixtures.server import free_port
+
+CHECKPOINT = "audit checkpoint key"
+TOKEN_KEY = "access-token signing key"
+SHARED_MODES = [0o644, 0o640]
+
+
+def refusal(secret: str, path: Path, mode: int) -> str:
+    return (
+        f"the {secret} in {path} is open to other accounts (mode {mode:o}): run chmod 600 {path}, "
+        f"and replace the {secret} if anyone else may have read it"
+    )
+
+
+def settings_for(data: Path, env: str = "test", **update: object) -> Settings:
+    return Settings(env=env, data_dir=data, database_url="sqlite+aiosqlite:///:memory:", **update)  # type: ignore[arg-type]
+
+
+def only_pem(data: Path) -> Path:
+    (pem,) = (data / "signing-keys").glob("*.pem")
+    return pem
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+class TestCheckpointKey:
+    @pytest.mark.parametrize("env", ["production", "development"])
+    @pytest.mark.parametrize("mode", SHARED_MODES, ids=oct)
+    def test_a_key_others_may_read_is_refused_and_left_as_it_is(
+        self, tmp_path: Path, env: str, mode: int
+    ) -> None:
+        settings = settings_for(tmp_path, env)
+        path = signing_key_path(settings)
+        assert create_signing_key(path)
+        path.chmod(mode)
+        before = path.read_bytes()
+        with pytest.raises(SharedSecretFile) as caught:
+            load_signer(settings, "tellonce.example/audit")
+        assert str(caught.value) == refusal(CHECKPOINT, path, mode)
+        assert before.strip().decode() not in str(caught.value)
+        assert mode_of(path) == mode
+        assert path.read_bytes() == before
+
+    def test_a_private_key_signs(self, tmp_path: Path) -> None:
+        settings = settings_for(tmp_path, "production")
+        create_signing_key(signing_key_path(settings))
+        signer = load_signer(settings, "tellonce.example/audit")
+        assert signer.verifier_key().startswith("tellonce.example/audit+")
+
+    def test_a_key_that_is_not_base64_is_one_error_not_a_traceback(self, tmp_path: Path) -> None:
+        settings = settings_for(tmp_path)
+        path = signing_key_path(settings)
+        path.write_text("not base64!!\n")
+        path.chmod(0o600)
+        with pytest.raises(SigningKeyMissing, match="does not hold a base64 32-byte Ed25519 seed"):
+            load_signer(settings, "tellonce.example/audit")
+
+
+class TestAccessTokenSigningKeys:
+    @pytest.mark.parametrize("env", ["production", "development"])
+    @pytest.mark.parametrize("mode", SHARED_MODES, ids=oct)
+    def test_a_key_others_may_read_is_refused(self, tmp_path: Path, env: str, mode: int) -> None:
+        ensure_signing_key(tmp_path, may_generate=True)
+        pem = only_pem(tmp_path)
+        pem.chmod(mode)
+        expected = refusal(TOKEN_KEY, pem, mode)
+        with pytest.raises(SharedSecretFile) as caught:
+            SigningKeys(tmp_path, 300)
+        assert str(caught.value) == expected
+        with pytest.raises(SharedSecretFile):
+            AuthRuntime.create(settings_for(tmp_path, env))
+        with pytest.raises(SharedSecretFile):
+            check_key_files(tmp_path)
+        assert mode_of(pem) == mode
+
+    def test_a_retired_key_is_held_to_the_rule_too(self, tmp_path: Path) -> None:
+        """A retired key no longer verifies tokens, but it could still sign evidence."""
+        ensure_signing_key(tmp_path, may_generate=True)
+        old = only_pem(tmp_path)
+        keys = SigningKeys(tmp_path, 300)
+        rotate_signing_key(tmp_path)
+        old.chmod(0o640)
+        with pytest.raises(SharedSecretFile, match=f"in {old} is open to other accounts"):
+            check_key_files(tmp_path)
+        with pytest.raises(SharedSecretFile):
+            keys.evidence_jwks()
+
+    def test_private_keys_are_used(self, tmp_path: Path) -> None:
+        ensure_signing_key(tmp_path, may_generate=True)
+        rotate_signing_key(tmp_path)
+        check_key_files(tmp_path)
+        keys = SigningKeys(tmp_path, 300)
+        assert len(keys.evidence_jwks()["keys"]) == 2
+
+
+class TestWebhookSecretsUnderTheRootKeyFile:
+    @pytest.mark.parametrize("mode", SHARED_MODES, ids=oct)
+    def test_a_root_key_file_others_may_read_is_refused(self, tmp_path: Path, mode: int) -> None:
+        settings = settings_for(tmp_path)
+        load_root_key(settings)  # made 0600
+        settings.root_key_file.chmod(mode)
+        with pytest.raises(SigningKeyUnavailable, match="open to other accounts"):
+            SecretBox.from_settings(settings)
+        assert mode_of(settings.root_key_file) == mode
+
+    def test_a_private_root_key_file_seals(self, tmp_path: Path) -> None:
+        settings = settings_for(tmp_path)
+        load_root_key(settings)
+        box = SecretBox.from_settings(settings)
+        assert box.open(box.seal("whsec_x", "sub-1"), "sub-1") == "whsec_x"
+
+
+class TestCheckSecretFiles:
+    """What serve, worker and init check before they start."""
+
+    def make_keys(self, data: Path) -> Settings:
+        settings = settings_for(data)
+        load_root_key(settings)
+        create_signing_key(signing_key_path(settings))
+        ensure_signing_key(data, may_generate=True)
+        return settings
+
+    def test_private_files_pass(self, tmp_path: Path) -> None:
+        check_secret_files(self.make_keys(tmp_path))
+
+    @pytest.mark.parametrize("mode", SHARED_MODES, ids=oct)
+    @pytest.mark.parametrize("which", ["root key", CHECKPOINT, TOKEN_KEY])
+    def test_each_file_is_checked(self, tmp_path: Path, which: str, mode: int) -> None:
+        settings = self.make_keys(tmp_path)
+        path = {
+            "root key": settings.root_key_file,
+            CHECKPOINT: signing_key_path(settings),
+            TOKEN_KEY: only_pem(tmp_path),
+        }[which]
+        path.chmod(mode)
+        with pytest.raises(SharedSecretFile) as caught:
+            check_secret_files(settings)
+        assert str(caught.value) == refusal(which, path, mode)
+        assert caught.value.secret == which
+        assert mode_of(path) == mode
+
+    def test_a_root_key_file_the_setting_overrides_is_not_read(self, tmp_path: Path, root_key: str) -> None:
+        self.make_keys(tmp_path).root_key_file.chmod(0o644)
+        check_secret_files(settings_for(tmp_path, root_key=root_key))
+
+
+class TestInit:
+    @pytest.fixture
+    def env(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+        data = tmp_path / "data"
+        for name in list(os.environ):
+            if name.startswith("TELLONCE_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("TELLONCE_ENV", "test")
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(data))
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'db' / 't.db'}")
+        get_settings.cache_clear()
+        yield data
+        get_settings.cache_clear()
+
+    @pytest.mark.parametrize("mode", SHARED_MODES, ids=oct)
+    def test_refuses_a_checkpoint_key_others_may_read_before_making_anything(
+        self, env: Path, mode: int
+    ) -> None:
+        path = env / "audit-checkpoint.key"
+        create_signing_key(path)
+        path.chmod(mode)
+        result = CliRunner().invoke(cli_app, ["init"])
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [f"tellonce init: {refusal(CHECKPOINT, path, mode)}"]
+        assert mode_of(path) == mode
+        assert not (env / "root.key").exists()
+        assert not (env / "signing-keys").exists()
+
+    def test_refuses_an_access_token_key_others_may_read(self, env: Path) -> None:
+        ensure_signing_key(env, may_generate=True)
+        pem = only_pem(env)
+        pem.chmod(0o640)
+        result = CliRunner().invoke(cli_app, ["init"])
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [f"tellonce init: {refusal(TOKEN_KEY, pem, 0o640)}"]
+
+    def test_makes_the_data_dir_0700_and_keeps_an_existing_one_s_mode(
+        self, env: Path, tmp_path: Path
+    ) -> None:
+        result = CliRunner().invoke(cli_app, ["init"])
+        assert result.exit_code == 0, result.stderr
+        assert mode_of(env) == 0o700
+        assert mode_of(env / "signing-keys") == 0o700
+        assert mode_of(tmp_path / "db") == 0o700  # the SQLite file's folder, made here
+        for path in (env / "root.key", env / "audit-checkpoint.key", only_pem(env)):
+            assert mode_of(path) == 0o600, path
+        # Run again on a folder the operator opened: its mode is theirs, not changed silently.
+        env.chmod(0o755)
+        result = CliRunner().invoke(cli_app, ["init"])
+        assert result.exit_code == 0, result.stderr
+        assert mode_of(env) == 0o755
+
+
+class TestDataDirMade0700:
+    def test_by_each_key_that_makes_it(self, tmp_path: Path) -> None:
+        root = tmp_path / "a" / "root"
+        load_root_key(settings_for(root))
+        checkpoint = tmp_path / "b" / "checkpoint"
+        create_signing_key(checkpoint / "audit-checkpoint.key")
+        tokens = tmp_path / "c" / "tokens"
+        ensure_signing_key(tokens, may_generate=True)
+        database = tmp_path / "d" / "db"
+        ensure_sqlite_dir(f"sqlite+aiosqlite:///{database / 't.db'}")
+        for folder in (root, checkpoint, tokens, tokens / "signing-keys", database):
+            assert mode_of(folder) == 0o700, folder
+        # Parents are made as `mkdir -p` makes them; only the folder holding the keys is 0700.
+        assert mode_of(tmp_path / "a") & 0o700 == 0o700
+
+    def test_an_existing_folder_keeps_its_mode(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        data.mkdir(mode=0o755)
+        data.chmod(0o755)
+        load_root_key(settings_for(data))
+        ensure_signing_key(data, may_generate=True)
+        assert mode_of(data) == 0o755
+        assert mode_of(data / "root.key") == 0o600
+
+
+class TestCommandsStop:
+    """serve, worker and init, as processes: one line, the file named, the root key's exit code."""
+
+    def run(self, data: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("TELLONCE_")}
+        env |= {
+            "TELLONCE_ENV": "test",
+            "TELLONCE_DATA_DIR": str(data),
+            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            check=False,
+        )
+
+    def keys(self, data: Path) -> dict[str, Path]:
+        settings = settings_for(data)
+        load_root_key(settings)
+        create_signing_key(signing_key_path(settings))
+        ensure_signing_key(data, may_generate=True)
+        return {
+            "root key": settings.root_key_file,
+            CHECKPOINT: signing_key_path(settings),
+            TOKEN_KEY: only_pem(data),
+        }
+
+    @pytest.mark.parametrize(
+        ("command", "which", "mode"),
+        [
+            ("serve", CHECKPOINT, 0o644),
+            ("serve", TOKEN_KEY, 0o640),
+            ("worker", CHECKPOINT, 0o640),
+            ("worker", TOKEN_KEY, 0o644),
+            ("worker", "root key", 0o644),
+            ("init", CHECKPOINT, 0o644),
+            ("init", TOKEN_KEY, 0o640),
+        ],
+        ids=lambda value: oct(value) if isinstance(value, int) else value,
+    )
+    def test_a_key_file_others_may_read(self, tmp_path: Path, command: str, which: str, mode: int) -> None:
+        data = tmp_path / "data"
+        path = self.keys(data)[which]
+        before = path.read_bytes()
+        path.chmod(mode)
+        args = ["serve", "--port", str(free_port())] if command == "serve" else [command]
+        result = self.run(data, tmp_path, *args)
+        assert "Traceback" not in result.stderr
+        if command == "init":
+            assert result.returncode == 1, result.stderr
+            expected = f"tellonce init: {refusal(which, path, mode)}"
+        else:
+            assert result.returncode == 2, result.stderr
+            expected = f"tellonce: cannot use the {which}: {refusal(which, path, mode)}"
+        assert result.stderr.strip().splitlines() == [expected]
+        assert before.decode() not in result.stdout + result.stderr
+        assert mode_of(path) == mode
+        assert path.read_bytes() == before
+
+    def test_private_keys_are_accepted(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        self.keys(data)
+        result = self.run(data, tmp_path, "init")
+        assert result.returncode == 0, result.stderr
+        assert "audit checkpoint key: present" in result.stdout

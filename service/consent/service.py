@@ -178,14 +178,18 @@ async def grant(
                 errors=[{"loc": ["body", "expires_at"], "msg": "no time zone"}],
             )
         try:
-            # Kept in UTC: 9999-12-31T23:59:59-12:00 is no instant there.
+            # Kept in UTC: 9999-12-31T23:59:59-12:00 is no instant there, and neither is
+            # 0001-01-01T00:00:00+01:00, which is long past rather than too late.
             expires_at = expires_at.astimezone(UTC)
+            passed = expires_at <= now
         except OverflowError:
-            raise ValidationFailed(
-                "expires_at is later than the last instant the store can keep.",
-                errors=[{"loc": ["body", "expires_at"], "msg": "out of range"}],
-            ) from None
-        if expires_at <= now:
+            if expires_at.year > 1:
+                raise ValidationFailed(
+                    "expires_at is later than the last instant the store can keep.",
+                    errors=[{"loc": ["body", "expires_at"], "msg": "out of range"}],
+                ) from None
+            passed = True
+        if passed:
             raise ValidationFailed(
                 "expires_at has passed.", errors=[{"loc": ["body", "expires_at"], "msg": "in the past"}]
             )

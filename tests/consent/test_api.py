@@ -435,6 +435,12 @@ class TestWhatReachesTheStore:
         later = await world.consent(expires_at="9999-12-30T23:59:59-12:00")
         assert later.status_code == 201, later.text
 
+    async def test_an_expiry_before_the_first_instant_in_utc_has_passed(self, world: ConsentWorld) -> None:
+        """Year 1 at +01:00 is no instant in UTC either, but it is long past, not too late."""
+        body = problem(await world.consent(expires_at="0001-01-01T00:00:00+01:00"), 422, "validation-failed")
+        assert body["detail"] == "expires_at has passed."
+        assert body["errors"] == [{"loc": ["body", "expires_at"], "msg": "in the past"}]
+
     @pytest.mark.parametrize(
         "cursor",
         [

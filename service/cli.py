@@ -178,11 +178,11 @@ def _refuse_settings(exc: Any) -> NoReturn:
 
 def run() -> None:
     """The ``tellonce`` command. Settings are read, and the database opened, by whichever
-    command needs them, so a bad setting, a database that cannot be used or one that was
-    never migrated, a root key that cannot be used, or a file holding a secret (the audit
-    checkpoint key, an access-token signing key) that other accounts may read, may surface
-    from any of them: each is one line and exit 2, never a traceback. An audit entry that
-    cannot be written is one line and exit 1."""
+    command needs them, so a bad setting, a database that cannot be used, one that was
+    never migrated or one a newer release migrated, a root key that cannot be used, or a
+    file holding a secret (the audit checkpoint key, an access-token signing key) that
+    other accounts may read, may surface from any of them: each is one line and exit 2,
+    never a traceback. An audit entry that cannot be written is one line and exit 1."""
     from pydantic import ValidationError
 
     try:
@@ -199,12 +199,16 @@ def run() -> None:
         from service.crypto.errors import RootKeyUnavailable
         from service.db import missing_schema, unusable_database
         from service.private_files import SharedSecretFile
+        from service.schema import NewerSchema
 
         if isinstance(exc, AuditUnavailable):
             # The change that needed the entry was rolled back with it; earlier commits
             # (finished batches) stay, and running the command again carries on.
             typer.echo(f"tellonce: {exc.detail}", err=True)
             sys.exit(1)
+        if isinstance(exc, NewerSchema):
+            typer.echo(f"tellonce: {exc}", err=True)
+            sys.exit(2)
         if isinstance(exc, RootKeyUnavailable):
             # Its message names the setting or file and what is wrong, never the key.
             typer.echo(f"tellonce: cannot use the root key: {exc}", err=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from alembic import command
@@ -28,6 +28,25 @@ def _migrations_dir() -> Path:
 MIGRATIONS_DIR = _migrations_dir()
 
 
+class NewerSchema(RuntimeError):
+    """The database is at a revision these migrations do not have: a newer release migrated
+    it. The message is one line naming the revision and what to do."""
+
+
+def refuse_newer_schema(current: Iterable[str], script: ScriptDirectory) -> None:
+    """Raise ``NewerSchema`` if any of the database's ``current`` revisions is not one of
+    ``script``'s; called by ``migrations/env.py`` before it migrates either way, where
+    Alembic itself would fail with a traceback ("Can't locate revision")."""
+    known = {revision.revision for revision in script.walk_revisions()}
+    unknown = sorted(set(current) - known)
+    if unknown:
+        raise NewerSchema(
+            f"the database is at revision {', '.join(unknown)}, which this release does not know "
+            "(a newer release migrated it): this release cannot migrate it; run the newer "
+            "release, or restore the backup taken before its upgrade"
+        )
+
+
 def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -39,7 +58,9 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Migrate to ``revision``. Synchronous: Alembic's env runs its own event loop."""
+    """Migrate to ``revision``; nothing is done if the database is already there. Synchronous:
+    Alembic's env runs its own event loop. Raises ``NewerSchema``, nothing done, if the
+    database was migrated by a newer release."""
     command.upgrade(alembic_config(database_url), revision)
 
 

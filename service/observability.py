@@ -2,7 +2,9 @@
 
 One pure ASGI middleware gives every request an id (kept in a context variable so that
 every log line carries it), times it, and counts it by route template and status. It
-logs the method, the route template and the status; never a request body or query.
+logs the method, the route template and the status; never a request body, path or query
+(a caller may put a national id in either). The server span, when tracing is on, gets
+the same template in place of the path and query it was sent.
 """
 
 from __future__ import annotations
@@ -258,6 +260,9 @@ class RequestContext:
     def end(self, scope: Scope, token: Token[str], status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
         route = _route_template(scope)
+        # A 500's answer is sent by Starlette's error middleware, outside this one: its
+        # span is still open here.
+        tracing.name_request_route(route)
         method = scope.get("method", "-")
         key = (route, method, str(status))
         counter = self._counted.get(key)
@@ -302,6 +307,8 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Before the body: the server span ends with it.
+                tracing.name_request_route(_route_template(scope))
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}

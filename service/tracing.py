@@ -7,7 +7,9 @@ client are instrumented, the per-request raw-driver reads are ``db.read`` spans
 writer's group commits are ``audit.batch`` spans linked to every request they carry.
 Each server span carries ``tellonce.request_id``, and each log line written inside a span
 carries its ``trace_id`` and ``span_id``, so a slow request in the logs leads to its trace
-and back. Spans are exported over OTLP/HTTP with the SDK's standard ``OTEL_*`` variables.
+and back. A server span names its route by template, as the access log does: the path and
+query it was sent are not kept (``name_request_route``). Spans are exported over OTLP/HTTP
+with the SDK's standard ``OTEL_*`` variables.
 
 When off, ``span`` returns a shared do-nothing context manager: the hot path pays one
 global read per span.
@@ -143,6 +145,33 @@ def annotate_request(request_id: str) -> None:
     current = trace.get_current_span()
     if current.is_recording():
         current.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+
+
+# Where the ASGI instrumentation records the request's path and query as sent, under the
+# old and the new HTTP semantic conventions.
+_SENT_PATH_ATTRIBUTES = ("http.target", "url.path")
+_SENT_URL_ATTRIBUTES = ("http.url", "url.full")
+_SENT_QUERY_ATTRIBUTE = "url.query"
+
+
+def name_request_route(route: str) -> None:
+    """Put ``route``, the route template, where the current (server) span has the path.
+
+    The ASGI instrumentation records the path and query string as they were sent: a caller
+    who puts a national id where a citizen id belongs, or in a query parameter, would have
+    it exported in plaintext. The span keeps what the access log keeps, the template (or
+    "unmatched"); the query is dropped. Called when the request ends, before the span does."""
+    if _tracer is None:
+        return
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return
+    recorded = getattr(current, "attributes", None) or {}
+    for key in _SENT_PATH_ATTRIBUTES + _SENT_URL_ATTRIBUTES:
+        if key in recorded:
+            current.set_attribute(key, route)
+    if _SENT_QUERY_ATTRIBUTE in recorded:
+        current.set_attribute(_SENT_QUERY_ATTRIBUTE, "")
 
 
 def log_fields() -> dict[str, str]:

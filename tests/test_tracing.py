@@ -29,6 +29,7 @@ from service.db import Database
 from service.observability import JsonFormatter
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
+from service.records import reads
 from tests.conftest import TEST_POLICIES
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 from tests.fixtures.webhooks import WebhookReceiver
@@ -139,6 +140,10 @@ async def _register(traced: Traced, national_id: str) -> str:
     return citizen_id
 
 
+async def _fails(*_args: object, **_kwargs: object) -> None:
+    raise RuntimeError("a bug")
+
+
 def _is_delivery(span: ReadableSpan, url: str) -> bool:
     attributes = span.attributes or {}
     return span.kind is SpanKind.CLIENT and url in str(
@@ -208,6 +213,51 @@ class TestReadTrace:
         names = {span.name for span in traced.exporter.get_finished_spans()}
         assert "auth" in names
         assert "crypto.decrypt" not in names
+
+
+class TestNoPersonalDataInSpans:
+    async def test_a_national_id_sent_in_a_path_or_query_is_not_in_any_span(
+        self, traced: Traced, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        citizen_id = await _register(traced, "NI400003")
+        traced.exporter.clear()
+        welfare = traced.headers("welfare")
+        # A national id where the citizen id belongs (a 422), in a query parameter the
+        # endpoint does not take (ignored), and in a path no route serves (a 404).
+        mistaken = await traced.client.get(
+            "/v1/citizens/ZX9Q7731", params={"purpose": PURPOSE}, headers=welfare
+        )
+        assert mistaken.status_code == 422, mistaken.text
+        stray = await traced.client.get(
+            f"/v1/citizens/{citizen_id}",
+            params={"purpose": PURPOSE, "national_id": "QZ123456"},
+            headers=welfare,
+        )
+        assert stray.status_code == 200, stray.text
+        unmatched = await traced.client.get(
+            "/v1/people/QZ654321", params={"who": "QZ654321"}, headers=welfare
+        )
+        assert unmatched.status_code == 404, unmatched.text
+        # A 500, whose answer Starlette's error middleware sends.
+        monkeypatch.setattr(reads, "read", _fails)
+        with pytest.raises(RuntimeError):
+            await traced.client.get(
+                f"/v1/citizens/{citizen_id}", params={"purpose": PURPOSE, "nid": "QZ765432"}, headers=welfare
+            )
+        spans = list(traced.exporter.get_finished_spans())
+        server = [span for span in spans if span.kind is SpanKind.SERVER]
+        assert len(server) == 4
+        recorded = json.dumps(
+            [
+                [span.name, dict(span.attributes or {}), [dict(e.attributes or {}) for e in span.events]]
+                for span in spans
+            ]
+        )
+        for national_id in ("ZX9Q7731", "QZ123456", "QZ654321", "QZ765432"):
+            assert national_id not in recorded
+        # What the access log keeps: the route template, or "unmatched".
+        targets = sorted(str((span.attributes or {}).get("http.target")) for span in server)
+        assert targets == ["/v1/citizens/{citizen_id}"] * 3 + ["unmatched"]
 
 
 class TestWebhookTrace:

@@ -156,6 +156,9 @@ def ensure_sqlite_dir(url: str) -> None:
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+    # A statement's error names its statement, never its bound values: they may be an
+    # officer's name, a reason or a legal basis, and an error is logged.
+    kwargs.setdefault("hide_parameters", True)
     if database_url.startswith("sqlite"):
         ensure_sqlite_dir(database_url)
         engine = create_async_engine(database_url, **kwargs)

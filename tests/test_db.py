@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import SqliteReads, create_engine, savepoint
@@ -92,3 +93,17 @@ class TestSavepoint:
             assert kept == [3]
         finally:
             await engine.dispose()
+
+
+class TestStatementErrors:
+    async def test_an_error_names_the_statement_never_its_values(self, engine: AsyncEngine) -> None:
+        """A failed statement's error is logged: its text must not carry the bound values (an
+        officer's name, a reason, a legal basis), only the statement."""
+        with pytest.raises(DBAPIError) as failed:
+            async with engine.connect() as conn:
+                await conn.execute(
+                    text("SELECT CAST(:officer AS INTEGER) + no_such_column"), {"officer": "Zebedee Quux-7Q"}
+                )
+        assert "no_such_column" in str(failed.value)
+        assert "Zebedee" not in str(failed.value)
+        assert "Zebedee" not in repr(failed.value)

@@ -55,7 +55,7 @@ from service.openapi import install_openapi
 from service.policy import endpoints as policy_endpoints
 from service.records import endpoints as records_endpoints
 from service.records import records_lifecycle
-from service.schema import SchemaGate, head_revisions
+from service.schema import SchemaGate, head_revisions, known_revisions
 from service.tracing import install_tracing
 
 logger = logging.getLogger("tellonce.app")
@@ -169,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = Database(settings)
     app.state.metrics = Metrics()
     app.state.schema_heads = head_revisions()
+    app.state.schema_known = known_revisions()
     app.state.keyring = Keyring.from_settings(settings)
     # Looked up on every request with getattr(..., None): set from the start, since a
     # missing attribute costs Starlette an exception each time. The witnessing lifecycle

@@ -14,7 +14,7 @@ from service.db import Database, DatabaseDep
 from service.errors import ServiceUnavailable
 from service.events import repository as events_repository
 from service.observability import Metrics
-from service.schema import current_revisions
+from service.schema import current_revisions, newer_schema
 
 logger = logging.getLogger("tellonce.health")
 router = APIRouter(tags=["operations"])
@@ -28,8 +28,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
-    """The database is reachable and migrated to the code's head revision, and (with a
-    witness grace period set) the audit log has been witnessed recently enough."""
+    """The database is reachable and migrated to the code's head revision (or to a newer
+    one, which a newer release made: ``schema.newer_schema``), and (with a witness grace
+    period set) the audit log has been witnessed recently enough."""
     expected: set[str] = request.app.state.schema_heads
     try:
         async with database.engine.connect() as connection:
@@ -37,7 +38,7 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
         current = await current_revisions(database.engine)
     except Exception as exc:
         raise ServiceUnavailable("The database is not reachable.") from exc
-    if current != expected:
+    if current != expected and not newer_schema(current, request.app.state.schema_known):
         raise ServiceUnavailable("The database is not migrated; run `tellonce db upgrade`.")
     gate = getattr(request.app.state, "witness_gate", None)
     reason = gate.stale_reason() if gate is not None else None

@@ -74,6 +74,21 @@ def head_revisions() -> set[str]:
     return set(script.get_heads())
 
 
+def known_revisions() -> frozenset[str]:
+    """Every revision these migrations have, head or not."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
+def newer_schema(current: set[str], known: frozenset[str]) -> bool:
+    """Whether the database is at a revision these migrations do not have: a newer release
+    migrated it. The migration policy is additive first (docs/operations.md), so the
+    release before it serves on that schema: a rolling upgrade keeps the old processes
+    ready while the new ones start, and a code rollback runs without a schema rollback.
+    Any other revision than the head (an older one, or none) is not ready."""
+    return bool(current) and not current <= known
+
+
 async def current_revisions(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as connection:
         heads = await connection.run_sync(
@@ -88,7 +103,8 @@ async def upgrade_async(database_url: str) -> None:
 
 
 class SchemaGate:
-    """Holds the background loops back until the database is at the code's head revision.
+    """Holds the background loops back until the database is at the code's head revision
+    (or at a newer one: ``newer_schema``).
 
     Against an unmigrated (or unreachable) database every loop would fail each round and log
     a traceback each time. Instead the gate logs one line saying what to run, answers
@@ -99,11 +115,14 @@ class SchemaGate:
     def __init__(self, engine: AsyncEngine, *, first_delay: float = 0.5, max_delay: float = 30.0) -> None:
         self.engine = engine
         self.heads = head_revisions()
+        self.known = known_revisions()
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.ready = asyncio.Event()
 
     async def _current(self) -> tuple[bool, str]:
+        """Whether the schema serves, and what to say: the problem when it does not, a
+        note when it is newer than this code (``newer_schema``)."""
         try:
             current = await current_revisions(self.engine)
         except (SQLAlchemyError, OSError) as exc:
@@ -111,6 +130,11 @@ class SchemaGate:
         if current == self.heads:
             return True, ""
         have = ", ".join(sorted(current)) or "no schema"
+        if newer_schema(current, self.known):
+            return True, (
+                f"the database is at {have}, which this release does not know (a newer release "
+                "migrated it); serving on it, as the additive migration policy allows the release before"
+            )
         want = ", ".join(sorted(self.heads))
         return False, f"the database is at {have} but this code needs {want}: run `tellonce db upgrade`"
 
@@ -121,7 +145,9 @@ class SchemaGate:
         while not stop.is_set():
             ready, problem = await self._current()
             if ready:
-                if told:
+                if problem:
+                    logger.warning("%s", problem)
+                elif told:
                     logger.info("database ready; background work starting")
                 self.ready.set()
                 return True

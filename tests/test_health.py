@@ -10,12 +10,15 @@ import time
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from service.app import create_app
 from service.cli import _run_workers
 from service.config import Settings
+from service.db import create_engine
 from service.heap import GEN0_THRESHOLD
 from service.observability import _RequestIds
+from service.schema import SchemaGate, upgrade_async
 from tests.fixtures.server import LiveServer
 
 
@@ -41,6 +44,41 @@ class TestHealth:
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert "tellonce db upgrade" in response.json()["detail"]
+
+    @pytest.mark.parametrize(
+        ("revision", "status"),
+        [
+            # A newer release migrated it: under the additive policy this release serves on
+            # it, so a rolling upgrade keeps the old processes in the load balancer.
+            ("0099_from_a_newer_release", 200),
+            # An older revision this code knows: it needs `tellonce db upgrade`.
+            ("0018_webhook_secret_rotation", 503),
+        ],
+    )
+    async def test_readyz_on_a_schema_of_another_release(
+        self, settings: Settings, tmp_path: object, revision: str, status: int
+    ) -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path}/other.db"
+        await upgrade_async(url)
+        engine = create_engine(url)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+        try:
+            gate = SchemaGate(engine, first_delay=0.01, max_delay=0.02)
+            stop = asyncio.Event()
+            waiting = asyncio.create_task(gate.wait(stop))
+            await asyncio.sleep(0.1)
+            stop.set()
+            # The background work starts on the newer schema, and waits on the older one.
+            assert await waiting is (status == 200)
+        finally:
+            await engine.dispose()
+        app: FastAPI = create_app(settings.model_copy(update={"database_url": url}))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            response = await http.get("/readyz")
+        await app.state.database.dispose()
+        assert response.status_code == status, response.text
 
     async def test_metrics_count_requests_by_route(self, client: httpx.AsyncClient) -> None:
         await client.get("/healthz")

@@ -7,6 +7,7 @@ index cannot be matched against another's. Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import unicodedata
@@ -27,8 +28,11 @@ _FIELD_INFO = b"tellonce/blind-index/field/v1/"
 # "AB123456C". Version 4 drops every default-ignorable code point as well; version 3 kept
 # those that are not format characters (the combining grapheme joiner, variation selectors,
 # Mongolian free variation selectors, Khmer inherent vowels, Hangul fillers), so an id
-# followed by U+034F indexed apart from the same id without. Rows carry the version their
-# index was computed with; `tellonce records reindex` rebuilds the indexes of older versions.
+# followed by U+034F indexed apart from the same id without. Version 4 also writes every
+# decimal digit as its ASCII digit (``ascii_digits``); version 3 kept them, so "ZX9Q7731"
+# written with Arabic-Indic digits (U+0660..U+0669) indexed apart from it. Rows carry the
+# version their index was computed with; `tellonce records reindex` rebuilds the indexes
+# of older versions.
 NORMALISATION_VERSION = 4
 
 # Unicode's White_Space property (PropList.txt): the ASCII spaces and line ends, NEL, the
@@ -80,6 +84,25 @@ def invisible(ch: str) -> bool:
     return ch in DEFAULT_IGNORABLE or unicodedata.category(ch) in ("Cf", "Cc")
 
 
+@functools.cache
+def _digits() -> dict[int, str]:
+    """Every decimal digit of another script (Unicode category Nd: Arabic-Indic, Devanagari,
+    Thai...) to its ASCII digit. NFKC already folds the compatibility forms (fullwidth,
+    mathematical and circled digits, superscripts); these are digits in their own right.
+    Made on first use (a walk of every code point, about 0.1 s), not at import."""
+    return {
+        code: str(unicodedata.decimal(chr(code)))
+        for code in range(0x80, 0x110000)
+        if unicodedata.category(chr(code)) == "Nd"
+    }
+
+
+def ascii_digits(text: str) -> str:
+    """``text`` with each decimal digit written as its ASCII digit: an identifier's number
+    is the same number in any script, as its blind index and stored spelling say."""
+    return text if text.isascii() else text.translate(_digits())
+
+
 def without_whitespace(text: str) -> str:
     """``text`` with every whitespace character removed: the one whitespace rule, which
     the blind index and the stored spelling of an identifier (records.values) share."""
@@ -88,7 +111,7 @@ def without_whitespace(text: str) -> str:
 
 def normalise(value: str) -> str:
     """NFKC, without whitespace or invisible characters (format, control or otherwise
-    default-ignorable), case-folded. NFKC runs again
+    default-ignorable), decimal digits in ASCII, case-folded. NFKC runs again
     after folding: folding can denormalise, and so can dropping a character between a
     letter and its combining mark."""
     if value.isascii() and value.isprintable():
@@ -102,7 +125,7 @@ def normalise(value: str) -> str:
 def normalise_unicode(value: str) -> str:
     """``normalise`` for any text, step by step."""
     composed = unicodedata.normalize("NFKC", value)
-    visible = "".join(ch for ch in without_whitespace(composed) if not invisible(ch))
+    visible = "".join(ch for ch in without_whitespace(ascii_digits(composed)) if not invisible(ch))
     return unicodedata.normalize("NFKC", visible.casefold())
 
 

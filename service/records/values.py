@@ -94,10 +94,12 @@ def identifier(raw: str) -> str:
     character such as a zero-width space or direction override, a control character, or
     another default-ignorable code point such as U+034F or a variation selector) is refused
     rather than silently dropped, because two ids that print the same must be one id.
-    Whitespace inside (a space, a no-break or ideographic space) is not part of an
-    identifier: it is removed, so "AB 12 34 56 C" is stored as "AB123456C" (the blind
-    index's whitespace rule, ``blind_index.without_whitespace``), and NFKC runs again in
-    case a removed space stood between a letter and a combining mark. A lone surrogate
+    Decimal digits of any script are written as ASCII digits (Arabic-Indic, Devanagari...:
+    ``blind_index.ascii_digits``). Whitespace inside (a space, a no-break or ideographic
+    space) is not part of an identifier: it is removed, so "AB 12 34 56 C" is stored as
+    "AB123456C" (the blind index's whitespace rule, ``blind_index.without_whitespace``),
+    and NFKC runs again in case a removed space stood between a letter and a combining
+    mark. A lone surrogate
     (category Cs), which no UTF-8 text holds, is refused too. Runs before the blind index
     and the duplicate check.
     """
@@ -113,9 +115,10 @@ def identifier(raw: str) -> str:
 
 
 def identifier_spelling(text: str) -> str:
-    """The spelling ``identifier`` stores, refusing nothing: NFKC, without whitespace."""
+    """The spelling ``identifier`` stores, refusing nothing: NFKC, without whitespace, its
+    decimal digits in ASCII (``blind_index.ascii_digits``)."""
     composed = unicodedata.normalize("NFKC", text)
-    return unicodedata.normalize("NFKC", blind_index.without_whitespace(composed))
+    return unicodedata.normalize("NFKC", blind_index.without_whitespace(blind_index.ascii_digits(composed)))
 
 
 def _date(raw: Any) -> dt.date:

@@ -17,6 +17,7 @@ from service.crypto.blind_index import (
     DEFAULT_IGNORABLE,
     NORMALISATION_VERSION,
     WHITESPACE,
+    ascii_digits,
     invisible,
     normalise,
     normalise_unicode,
@@ -99,6 +100,20 @@ class TestNormalisation:
             assert normalise(spelled) == normalise(plain), hex(ord(mark))
             assert KEYRING.blind_index("national_id", spelled) == KEYRING.blind_index("national_id", plain)
 
+    def test_digits_of_any_script_are_ascii_digits(self) -> None:
+        # Normalisation 4: Arabic-Indic, extended Arabic-Indic, Devanagari, Thai, Osmanya
+        # (outside the BMP) and fullwidth (NFKC's already) digits are the ASCII ones.
+        for zero in (0x30, 0x660, 0x6F0, 0x966, 0xE50, 0x104A0, 0xFF10):
+            spelled = "AB" + "".join(chr(zero + d) for d in (1, 2, 3, 4, 5, 6)) + "C"
+            assert normalise(spelled) == "ab123456c", hex(zero)
+            assert KEYRING.blind_index("national_id", spelled) == KEYRING.blind_index(
+                "national_id", "AB123456C"
+            )
+        assert ascii_digits("\u0661\u0662x") == "12x"
+        # Only decimal digits: a superscript or a circled number is NFKC's to fold, and a
+        # numeral that is not a digit (Roman, CJK) stays what it is.
+        assert ascii_digits("\u00b2\u2460\u2163\u4e09") == "\u00b2\u2460\u2163\u4e09"
+
     def test_default_ignorable_is_unicodes_property(self) -> None:
         # DerivedCoreProperties.txt's Default_Ignorable_Code_Point, as the regex module
         # (which carries its own Unicode data) reads it: the hard-coded ranges are the property.
@@ -163,6 +178,7 @@ class TestNormalisation:
             assert normalise_unicode(once) == once, hex(code)
             assert not WHITESPACE.intersection(once), hex(code)
             assert not any(invisible(ch) for ch in once), hex(code)
+            assert not any(unicodedata.category(ch) == "Nd" and not ch.isascii() for ch in once), hex(code)
 
     @given(st.text(max_size=50))
     def test_index_is_sixteen_bytes_and_deterministic(self, value: str) -> None:

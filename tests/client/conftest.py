@@ -35,6 +35,7 @@ CLIENTS: dict[str, tuple[str, str, float | None]] = {
     # One request at a time, refilled every two seconds: the retry tests' 429s.
     "throttled": ("welfare", "consumer", 0.5),
     "throttled-no-retry": ("welfare", "consumer", 0.5),
+    "throttled-renewal": ("welfare", "consumer", 0.5),
 }
 
 
@@ -45,6 +46,8 @@ class ClientSite:
     jwt_client_id: str
     jwt_private_pem: bytes
     jwt_key_id: str
+    # The server's database, for a test that changes what an operator would (the catalog).
+    settings: Settings
     open_clients: list[TellonceClient] = field(default_factory=list)
 
     @property
@@ -109,7 +112,8 @@ async def client_site(
         }
         server = await asyncio.to_thread(start_server, env, data / "server.log", timeout=90, port=port)
         pem = private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        site = ClientSite(server, secrets, jwt_client_id, pem, key_id)
+        settings = Settings(env="test", database_url=url, data_dir=data, root_key=root_key)  # type: ignore[arg-type]
+        site = ClientSite(server, secrets, jwt_client_id, pem, key_id, settings)
         try:
             yield site
         finally:

@@ -35,6 +35,8 @@ from tellonce_client import (
 )
 from tellonce_client import models as m
 
+from service.catalog import service as catalog_service
+from service.db import Database
 from tests.client.conftest import ClientSite
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -56,6 +58,24 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class RevokedFirst(ClientSecret):
+    """Hands out first a token the service refuses (as one revoked since it was cached), and
+    counts the tokens it fetches."""
+
+    fetches = 0
+    refused_once = False
+
+    async def token(self, http: httpx.AsyncClient, token_url: str, *, renew: bool = False) -> str:
+        if not self.refused_once:
+            self.refused_once = True
+            return "revoked-token"
+        return await super().token(http, token_url, renew=renew)
+
+    def _form(self, token_url: str) -> tuple[dict[str, str], httpx.Auth | None]:
+        self.fetches += 1
+        return super()._form(token_url)
 
 
 async def _register(site: ClientSite, national_id: str) -> str:
@@ -150,6 +170,22 @@ class TestRetries:
         minus_zero = format_datetime(now + timedelta(seconds=30), usegmt=True).replace("GMT", "-0000")
         assert retry_after_seconds(minus_zero, now=now) == 30.0
         assert retry_after_seconds("Wed, 32 Oct 2015 07:28:00 GMT") is None
+        # Digits other than ASCII's are no delay (float("\u00b2") raised out of the retry loop).
+        assert retry_after_seconds("\u00b2") is None
+
+    async def test_a_renewed_token_serves_the_retries_after_it(self, client_site: ClientSite) -> None:
+        """A refused token is replaced once; a 429 after that is retried with the new token,
+        not with one more fetched for every retry."""
+        client_id, secret = client_site.secrets["throttled-renewal"]
+        await client_site.client("throttled-renewal").catalog()  # the burst of one
+        auth = RevokedFirst(client_id, secret)
+        seen: list[int] = []
+        async with TellonceClient(
+            client_site.url, auth, on_response=lambda r: seen.append(r.status_code)
+        ) as client:
+            await client.catalog()  # 401, a new token, 429, then served with that token
+        assert seen == [200]
+        assert auth.fetches == 1
 
     def test_backoff_is_capped(self) -> None:
         policy = RetryPolicy(base_seconds=1, cap_seconds=3)
@@ -464,6 +500,46 @@ class TestAudit:
         forged = newer_note.replace(newer_note.split("\n")[2], older_note.split("\n")[2], 1)
         with pytest.raises(ProofError):
             open_checkpoint(forged, vkey)
+
+    async def test_an_export_is_sent_as_every_call_is(self, client_site: ClientSite) -> None:
+        """The export carries the officer (recorded in the audit of the export itself) and
+        renews a refused token, like every other call."""
+        citizen_id = await _register(client_site, "NI200024")
+        client_id, secret = client_site.secrets["auditor"]
+        officer = "Åse Eksportør"
+        auth = RevokedFirst(client_id, secret)
+        async with TellonceClient(client_site.url, auth, on_behalf_of=officer) as client:
+            exported = [json.loads(line) async for line in client.export_audit(citizen_id=citizen_id)]
+        assert [line["entry"]["action"] for line in exported] == ["register"]
+        queries = [
+            item.entry
+            async for item in client_site.client("auditor").iter_audit_entries(
+                page_size=1000, action="audit-query", consumer="audit-office"
+            )
+        ]
+        assert [entry["client_id"] for entry in queries if entry["on_behalf_of"] == officer] == [client_id]
+
+    async def test_usage_of_a_field_the_catalog_no_longer_has(self, client_site: ClientSite) -> None:
+        """A field released before a catalog change dropped it has no owner now: its usage
+        row says so (null), and the client reads the report instead of failing on it."""
+        citizen_id = await _register(client_site, "NI200025")
+        await client_site.client("welfare").read_citizen(citizen_id, PURPOSE, ["address"])
+        database = Database(client_site.settings)
+        try:
+            async with database.sessions.begin() as session:
+                _version, catalog = await catalog_service.current(session)
+                content = catalog.model_dump()
+                content["fields"] = [spec for spec in content["fields"] if spec["name"] != "address"]
+                dropped = type(catalog).model_validate(content)
+                await catalog_service.store(session, dropped, author="tests", reason="drop address")
+            try:
+                usage = [row async for row in client_site.client("auditor").iter_usage(consumer="welfare")]
+            finally:
+                async with database.sessions.begin() as session:
+                    await catalog_service.store(session, catalog, author="tests", reason="restore address")
+        finally:
+            await database.dispose()
+        assert {row.owner for row in usage if row.field == "address"} == {None}
 
     async def test_entries_export_usage_and_access_log(self, client_site: ClientSite) -> None:
         citizen_id = await _register(client_site, "NI200022")

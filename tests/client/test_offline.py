@@ -64,6 +64,17 @@ class TestMerkleProofs:
             with pytest.raises(ProofError):
                 verify_consistency(first, second, first_root, merkle.leaf_hash(b"forged"), proof)
 
+    @pytest.mark.parametrize("second", [0, 1, 5])
+    def test_the_empty_tree_has_one_root(self, second: int) -> None:
+        """Every tree extends the empty one, but only under the empty tree's own root:
+        a size-0 checkpoint with any other root is refused, not taken on the log's word."""
+        _leaves, read = _tree(max(second, 1))
+        second_root = merkle.root_hash(read, second)
+        verify_consistency(0, second, merkle.EMPTY_ROOT, second_root, [])
+        forged = merkle.leaf_hash(b"forged")
+        with pytest.raises(ProofError, match="empty tree"):
+            verify_consistency(0, second, forged, forged if second == 0 else second_root, [])
+
 
 class TestCheckpoints:
     def test_a_note_signed_by_the_service_opens(self) -> None:
@@ -116,6 +127,14 @@ class TestCheckpoints:
     def test_an_empty_extension_line_is_refused(self) -> None:
         with pytest.raises(ProofError, match="extension lines"):
             _parse_body(Checkpoint("tellonce.test/log", 5, bytes(32)).body() + "ext\n" + "\n")
+
+    @pytest.mark.parametrize("size", ["\u0665", "\u00b2", "+5", " 5"])
+    def test_a_tree_size_not_in_ascii_digits_is_refused(self, size: str) -> None:
+        """tlog-checkpoint: the size is ASCII decimal; other Unicode digits are a ProofError
+        (a superscript two was a bare ValueError, an Arabic-Indic five read as 5)."""
+        body = f"tellonce.test/log\n{size}\n{base64.b64encode(bytes(32)).decode()}\n"
+        with pytest.raises(ProofError, match="tree size"):
+            _parse_body(body)
 
     def test_a_verifier_key_with_a_wrong_hash_is_refused(self) -> None:
         vkey = NoteSigner("log", Ed25519PrivateKey.generate()).verifier_key()

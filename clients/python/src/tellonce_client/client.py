@@ -48,7 +48,7 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -139,33 +139,58 @@ class TellonceClient:
         authenticated: bool = True,
     ) -> httpx.Response:
         """Send one API call with retries; raise ``ApiError`` unless the answer is 2xx or 3xx."""
+        return await self._send(
+            method, path, params=params, json=json, headers=headers, authenticated=authenticated
+        )
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        authenticated: bool = True,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """``request``; with ``stream`` the successful response's body is left unread, for
+        the caller to iterate and close (an error's body is read for its problem)."""
         sent = dict(headers or {})
         if self.on_behalf_of:
             sent.setdefault("X-On-Behalf-Of", self.on_behalf_of)
-        renewed = False
+        # A token the service refused is replaced once; the one fetched then serves every
+        # later attempt (a retried 429 or 503 fetches no further token).
+        renew = renewed = False
         attempt = 0
         while True:
             if authenticated and self.auth is not None:
-                token = await self.auth.token(self.http, self.token_url, renew=renewed)
+                token = await self.auth.token(self.http, self.token_url, renew=renew)
+                renew = False
                 sent["Authorization"] = f"Bearer {token}"
             # As bytes, UTF-8: httpx would encode a text header as ASCII and refuse an
             # officer's name such as "Zoë"; tellonce reads X-On-Behalf-Of as UTF-8.
             raw = {name.encode("ascii"): value.encode() for name, value in sent.items()}
-            response = await self.http.request(
+            sending = self.http.build_request(
                 method, f"{self.base_url}{path}", params=params, json=json, headers=raw
             )
+            response = await self.http.send(sending, stream=stream)
             if response.status_code == 401 and authenticated and self.auth is not None and not renewed:
-                renewed = True  # the token was revoked or the signing key rotated: one fresh try
+                await response.aclose()
+                renew = renewed = True  # the token was revoked or the signing key rotated: one fresh try
                 continue
             if response.status_code in RETRY_STATUSES and attempt + 1 < self.retry.attempts:
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
                 if wait is None:
                     wait = self.retry.backoff(attempt)
                 if wait <= self.retry.max_retry_after_seconds:
+                    await response.aclose()
                     attempt += 1
                     await asyncio.sleep(wait)
                     continue
             break
+        if stream and response.status_code >= 400:
+            await response.aread()
         if self.on_response is not None:
             self.on_response(response)
         raise_for_problem(response)
@@ -647,20 +672,17 @@ class TellonceClient:
         return _follow(lambda cursor: self.audit_entries(cursor=cursor, limit=page_size, **filters))
 
     async def export_audit(self, *, format: str = "jsonl", **filters: str | None) -> AsyncIterator[str]:
-        """The export, streamed line by line (JSON lines, or CSV with its header first)."""
-        headers: dict[str, str] = {}
-        if self.auth is not None:
-            headers["Authorization"] = f"Bearer {await self.auth.token(self.http, self.token_url)}"
+        """The export, streamed line by line (JSON lines, or CSV with its header first). Sent
+        as every other call is: with the officer, a token renewed once if refused, and 429
+        and 503 retried before the first line."""
         params = _params(format=format, **filters)
-        async with self.http.stream(
-            "GET", f"{self.base_url}/v1/audit/export", params=params, headers=headers
-        ) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise_for_problem(response)
+        response = await self._send("GET", "/v1/audit/export", params=params, stream=True)
+        try:
             async for line in response.aiter_lines():
                 if line:
                     yield line
+        finally:
+            await response.aclose()
 
     async def usage_report(
         self,

@@ -546,7 +546,8 @@ class AuditEntryPage(Response):
 
 class UsageRow(Response):
     consumer: str
-    owner: str
+    # None for a field the catalog in force no longer has (its owner is not known).
+    owner: str | None
     field: str
     purpose: str | None
     period: str

@@ -25,6 +25,8 @@ from tellonce_client.errors import TellonceError
 from tellonce_client.models import ConsistencyProof, InclusionProof
 
 ED25519 = b"\x01"
+# RFC 9162 section 2.1.1: the hash of an empty list of leaves.
+EMPTY_ROOT = hashlib.sha256(b"").digest()
 SIGNATURE_DASH = "\u2014"
 
 
@@ -125,7 +127,7 @@ def _parse_body(body: str) -> Checkpoint:
     lines = body.split("\n")
     if len(lines) < 4 or lines[-1] != "" or not lines[0]:
         raise ProofError("a checkpoint body is origin, size and root hash lines")
-    if not lines[1].isdigit():
+    if not (lines[1].isascii() and lines[1].isdigit()):
         raise ProofError("the tree size is not a decimal number")
     root = _b64(lines[2], "the root hash")
     if len(root) != 32:
@@ -163,6 +165,10 @@ def verify_consistency(
     """RFC 9162 section 2.1.4.2: raise unless tree ``second`` extends tree ``first``."""
     if first > second or first < 0:
         raise ProofError("the first tree is larger than the second")
+    if first == 0 and first_root != EMPTY_ROOT:
+        # Every tree extends the empty one, whose root is fixed: a log that signed another
+        # root for size 0 is not believed.
+        raise ProofError("the empty tree's root is the SHA-256 of nothing")
     if first == second:
         if path or first_root != second_root:
             raise ProofError("equal sizes need an empty proof and equal roots")

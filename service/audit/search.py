@@ -399,7 +399,8 @@ def _usage_after(cursor: str | None) -> tuple[str, str, str, str] | None:
         raise bad_cursor()
     try:
         key = json.loads(text[len(_USAGE_CURSOR) :])
-    except ValueError:
+    except (ValueError, RecursionError):
+        # A forged cursor may nest its JSON too deep to parse; no cursor given nests at all.
         raise bad_cursor() from None
     if (
         not isinstance(key, list)

@@ -70,7 +70,10 @@ async def count_open_claims(
         return [], []
     totals: dict[str, tuple[int, int]] = {}
     async with records.transactions.begin() as conn:
-        for name in open_fields:
+        # Each count holds its row until the commit. Counted in one order (the fields'
+        # names, not the order the claims were sent in), two requests asking of the same
+        # fields cannot each hold a row the other waits for (a deadlock on PostgreSQL).
+        for name in sorted(open_fields):
             asked = values.comparisons(claims[name])
             total = await repository.add_verify_comparisons(
                 conn,
@@ -81,10 +84,17 @@ async def count_open_claims(
                 comparisons=asked,
             )
             totals[name] = (asked, total)
+    if any(total == asked for asked, total in totals.values()):
+        # A first count of the day: earlier days' counts go, in a transaction of their own
+        # (deleting them where rows are counted would hold them while waiting for a row
+        # another request holds, and that one may be deleting them too).
+        async with records.transactions.begin() as conn:
+            await repository.prune_verify_comparisons(conn, before=today)
     limit = records.open_claims_per_day
     flags: list[Reason] = []
     limited: list[str] = []
-    for name, (asked, total) in totals.items():
+    for name in open_fields:
+        asked, total = totals[name]
         over = total > limit
         if over:
             limited.append(name)

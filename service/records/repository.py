@@ -382,8 +382,9 @@ async def add_verify_comparisons(
 ) -> int:
     """Add ``comparisons`` to today's count for (consumer, citizen, field); the new total.
 
-    One atomic upsert, so concurrent requests in any process count exactly. The first
-    count of a day prunes the rows of earlier days."""
+    One atomic upsert, so concurrent requests in any process count exactly. It holds the
+    row until the transaction ends: a transaction counting several fields counts them in
+    one order (``claims.count_open_claims``)."""
     upsert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
     statement = upsert(probes).values(
         consumer=consumer, citizen_id=citizen_id, field=field, day=day, comparisons=comparisons
@@ -392,7 +393,9 @@ async def add_verify_comparisons(
         index_elements=[probes.c.consumer, probes.c.citizen_id, probes.c.field, probes.c.day],
         set_={"comparisons": probes.c.comparisons + comparisons},
     ).returning(probes.c.comparisons)
-    total = int((await conn.execute(counted)).scalar_one())
-    if total == comparisons:
-        await conn.execute(delete(probes).where(probes.c.day < day))
-    return total
+    return int((await conn.execute(counted)).scalar_one())
+
+
+async def prune_verify_comparisons(conn: AsyncConnection, *, before: date) -> None:
+    """Delete the counts of the days before ``before``: they limit nothing any more."""
+    await conn.execute(delete(probes).where(probes.c.day < before))

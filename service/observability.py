@@ -308,7 +308,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Before the body: the server span ends with it.
-                tracing.name_request_route(_route_template(scope))
+                if tracing.enabled():
+                    tracing.name_request_route(_route_template(scope))
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from tellonce_client import (
+    ApiError,
     ClientSecret,
     Forbidden,
     Gone,
@@ -84,6 +85,72 @@ async def _register(site: ClientSite, national_id: str) -> str:
         national_id, {"given_name": "Ada", "date_of_birth": "1980-02-03", "address": "1 High St"}
     )
     return created.id
+
+
+# A caller-supplied id that, unencoded, would climb a route, add a query and cut a fragment.
+ODD_ID = "a/../b?x=1#f"
+
+
+def _id_calls(client: TellonceClient, odd: str) -> list[Awaitable[object]]:
+    """Every call with a caller-supplied path segment, ``odd`` as that segment."""
+    agreement = m.AgreementIn(id="odd", consumer="welfare", fields=["address"], actions=["read"])
+    return [
+        client.read_citizen(odd, PURPOSE),
+        client.write_fields(odd, {"address": "x"}, "moved"),
+        client.field_history(odd, "address", PURPOSE),
+        client.field_history("c1", odd, PURPOSE),
+        client.verify(odd, PURPOSE, {}),
+        client.erase_citizen(odd, "request", "art. 17"),  # type: ignore[arg-type]
+        client.access_log(odd),
+        client.give_consent(odd, "agreement"),
+        client.change_consent(odd, "consent", "paused"),
+        client.change_consent("c1", odd, "paused"),
+        client.list_consents(odd),
+        client.object_to(odd, "agreement"),
+        client.object_to("c1", odd),
+        client.withdraw_objection("c1", odd),
+        client.list_objections(odd),
+        client.get_agreement(odd),
+        client.replace_agreement(odd, agreement, if_match='"1"'),
+        client.revoke_agreement(odd),
+        client.agreement_versions(odd),
+        client.close_case(odd),
+        client.disable_client(odd),
+        client.get_subscription(odd),
+        client.delete_subscription(odd),
+        client.disable_subscription(odd),
+        client.enable_subscription(odd),
+        client.rotate_secret(odd),
+        client.deliveries(odd),
+        client.redeliver(odd),
+        client.tile(odd.replace("/", "_")),
+    ]
+
+
+class TestPaths:
+    @pytest.mark.parametrize(("odd", "sent"), [(ODD_ID, "a%2F..%2Fb%3Fx%3D1%23f"), ("..", "%2E%2E")])
+    async def test_an_id_reaches_the_server_as_one_segment(
+        self, client_site: ClientSite, odd: str, sent: str
+    ) -> None:
+        """Whatever an id holds, the request line carries it as one percent-encoded segment
+        of the route asked for, with no query it did not mean; the server answers that
+        route's refusal, never another route's answer."""
+        answered: list[httpx.Response] = []
+        client_id, secret = client_site.secrets["welfare"]
+        async with TellonceClient(
+            client_site.url, ClientSecret(client_id, secret), on_response=answered.append
+        ) as client:
+            calls = _id_calls(client, odd)
+            for call in calls:
+                with pytest.raises(ApiError):
+                    await call
+        assert len(answered) == len(calls)
+        for response in answered:
+            url = response.request.url
+            segments = url.raw_path.decode().split("?")[0].split("/")
+            assert sent.replace("%2F", "_") in segments or sent in segments, url.raw_path
+            assert b"x=1" not in url.query, url.raw_path
+            assert response.status_code in {403, 404, 405, 422}, (url.raw_path, response.status_code)
 
 
 class TestTokens:

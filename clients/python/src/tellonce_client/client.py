@@ -77,6 +77,22 @@ def _if_match(value: IfMatch) -> dict[str, str]:
     return {"If-Match": etag}
 
 
+def _segment(value: object) -> str:
+    """One caller-supplied path segment, percent-encoded whole: a ``/``, ``?`` or ``#`` in
+    it cannot reach another route or add a query, and a segment of dots (which a URL
+    resolves as "here" or "up") is sent with its dots encoded, as the value it is."""
+    text = str(value)
+    if not text:
+        raise ValueError("a path segment cannot be empty")
+    encoded = quote(text, safe="")
+    return encoded.replace(".", "%2E") if text in {".", ".."} else encoded
+
+
+def _path(template: str, *values: object) -> str:
+    """``template`` with each ``{}`` replaced by a value as one ``_segment``."""
+    return template.format(*(_segment(value) for value in values))
+
+
 def _params(**values: Any) -> dict[str, str]:
     """Query parameters, leaving out the ones not given."""
     return {name: str(value) for name, value in values.items() if value is not None}
@@ -262,7 +278,11 @@ class TellonceClient:
         """The allowed fields; ``withheld`` names the others. ``etag`` is the record's version."""
         params = _params(purpose=purpose, fields=",".join(fields) if fields else None)
         return await self._call(
-            m.CitizenOut, "GET", f"/v1/citizens/{citizen_id}", params=params, headers=self._case(case_ref)
+            m.CitizenOut,
+            "GET",
+            _path("/v1/citizens/{}", citizen_id),
+            params=params,
+            headers=self._case(case_ref),
         )
 
     async def batch_get(
@@ -294,7 +314,7 @@ class TellonceClient:
             body.purpose = purpose
         headers = {**_if_match(if_match), **self._case(case_ref)}
         return await self._call(
-            m.WriteOut, "PATCH", f"/v1/citizens/{citizen_id}/fields", body=body, headers=headers
+            m.WriteOut, "PATCH", _path("/v1/citizens/{}/fields", citizen_id), body=body, headers=headers
         )
 
     async def field_history(
@@ -311,7 +331,7 @@ class TellonceClient:
         return await self._call(
             m.HistoryPage,
             "GET",
-            f"/v1/citizens/{citizen_id}/fields/{field}/history",
+            _path("/v1/citizens/{}/fields/{}/history", citizen_id, field),
             params=params,
             headers=self._case(case_ref),
         )
@@ -341,7 +361,11 @@ class TellonceClient:
     ) -> m.VerifyOut:
         body = m.VerifyClaims(purpose=purpose, claims=dict(claims))
         return await self._call(
-            m.VerifyOut, "POST", f"/v1/citizens/{citizen_id}/verify", body=body, headers=self._case(case_ref)
+            m.VerifyOut,
+            "POST",
+            _path("/v1/citizens/{}/verify", citizen_id),
+            body=body,
+            headers=self._case(case_ref),
         )
 
     async def erase_citizen(
@@ -359,7 +383,7 @@ class TellonceClient:
         With ``if_match`` (an ETag, or a read citizen) a record changed since is a 412."""
         await self.request(
             "DELETE",
-            f"/v1/citizens/{citizen_id}",
+            _path("/v1/citizens/{}", citizen_id),
             params=_params(reason=reason, legal_basis=legal_basis, purpose=purpose),
             headers={**_if_match(if_match), **self._case(case_ref)},
         )
@@ -377,7 +401,7 @@ class TellonceClient:
         return await self._call(
             m.AccessLogPage,
             "GET",
-            f"/v1/citizens/{citizen_id}/access-log",
+            _path("/v1/citizens/{}/access-log", citizen_id),
             params=_params(cursor=cursor, limit=limit, proofs="true" if proofs else None),
         )
 
@@ -398,13 +422,15 @@ class TellonceClient:
     ) -> m.ConsentOut:
         """The citizen consents to a consent-based agreement; keep ``signature`` as evidence."""
         body = m.ConsentIn(agreement=agreement, expires_at=expires_at, data_life=data_life)
-        return await self._call(m.ConsentOut, "POST", f"/v1/citizens/{citizen_id}/consents", body=body)
+        return await self._call(
+            m.ConsentOut, "POST", _path("/v1/citizens/{}/consents", citizen_id), body=body
+        )
 
     async def change_consent(self, citizen_id: str, consent_id: str, status: str) -> m.ConsentOut:
         """Pause (``paused``), resume (``active``) or revoke (``revoked``, final) a consent."""
         body = m.ConsentChange.model_validate({"status": status})
         return await self._call(
-            m.ConsentOut, "PATCH", f"/v1/citizens/{citizen_id}/consents/{consent_id}", body=body
+            m.ConsentOut, "PATCH", _path("/v1/citizens/{}/consents/{}", citizen_id, consent_id), body=body
         )
 
     async def list_consents(
@@ -413,7 +439,7 @@ class TellonceClient:
         return await self._call(
             m.ConsentPage,
             "GET",
-            f"/v1/citizens/{citizen_id}/consents",
+            _path("/v1/citizens/{}/consents", citizen_id),
             params=_params(cursor=cursor, limit=limit),
         )
 
@@ -422,13 +448,15 @@ class TellonceClient:
 
     async def object_to(self, citizen_id: str, agreement: str) -> m.ObjectionOut:
         """The citizen objects to an objectable agreement."""
-        return await self._call(m.ObjectionOut, "POST", f"/v1/citizens/{citizen_id}/objections/{agreement}")
+        return await self._call(
+            m.ObjectionOut, "POST", _path("/v1/citizens/{}/objections/{}", citizen_id, agreement)
+        )
 
     async def withdraw_objection(self, citizen_id: str, agreement: str) -> None:
-        await self.request("DELETE", f"/v1/citizens/{citizen_id}/objections/{agreement}")
+        await self.request("DELETE", _path("/v1/citizens/{}/objections/{}", citizen_id, agreement))
 
     async def list_objections(self, citizen_id: str) -> m.ObjectionPage:
-        return await self._call(m.ObjectionPage, "GET", f"/v1/citizens/{citizen_id}/objections")
+        return await self._call(m.ObjectionPage, "GET", _path("/v1/citizens/{}/objections", citizen_id))
 
     # --- policies -----------------------------------------------------------------------
 
@@ -443,7 +471,7 @@ class TellonceClient:
         return _follow(lambda cursor: self.list_agreements(cursor=cursor, limit=page_size))
 
     async def get_agreement(self, agreement_id: str) -> m.AgreementOut:
-        return await self._call(m.AgreementOut, "GET", f"/v1/policies/{agreement_id}")
+        return await self._call(m.AgreementOut, "GET", _path("/v1/policies/{}", agreement_id))
 
     async def create_agreement(self, agreement: m.AgreementIn) -> m.AgreementOut:
         return await self._call(m.AgreementOut, "POST", "/v1/policies", body=agreement)
@@ -453,7 +481,11 @@ class TellonceClient:
     ) -> m.AgreementOut:
         """A new version; ``if_match`` is the ETag (or the agreement) read: 412 if stale."""
         return await self._call(
-            m.AgreementOut, "PUT", f"/v1/policies/{agreement_id}", body=agreement, headers=_if_match(if_match)
+            m.AgreementOut,
+            "PUT",
+            _path("/v1/policies/{}", agreement_id),
+            body=agreement,
+            headers=_if_match(if_match),
         )
 
     async def update_agreement(
@@ -480,7 +512,7 @@ class TellonceClient:
         return await self._call(
             m.AgreementOut,
             "DELETE",
-            f"/v1/policies/{agreement_id}",
+            _path("/v1/policies/{}", agreement_id),
             params=_params(reason=reason),
             headers=_if_match(if_match),
         )
@@ -491,7 +523,7 @@ class TellonceClient:
         return await self._call(
             m.AgreementPage,
             "GET",
-            f"/v1/policies/{agreement_id}/versions",
+            _path("/v1/policies/{}/versions", agreement_id),
             params=_params(cursor=cursor, limit=limit),
         )
 
@@ -529,7 +561,7 @@ class TellonceClient:
 
     async def close_case(self, case_ref: str) -> m.CaseOut:
         """Close one of your department's cases: the citizen now sees its accesses."""
-        return await self._call(m.CaseOut, "POST", f"/v1/cases/{quote(case_ref, safe='')}/close")
+        return await self._call(m.CaseOut, "POST", _path("/v1/cases/{}/close", case_ref))
 
     async def list_clients(self) -> m.ClientList:
         """An admin client: every client of its department (never a secret)."""
@@ -562,7 +594,7 @@ class TellonceClient:
 
     async def disable_client(self, client_id: str) -> m.ClientOut:
         """An admin client: disable one of its department's clients, from its next request."""
-        return await self._call(m.ClientOut, "POST", f"/v1/clients/{quote(client_id, safe='')}/disable")
+        return await self._call(m.ClientOut, "POST", _path("/v1/clients/{}/disable", client_id))
 
     async def list_subscriptions(
         self, *, cursor: str | None = None, limit: int | None = None
@@ -575,16 +607,16 @@ class TellonceClient:
         return _follow(lambda cursor: self.list_subscriptions(cursor=cursor, limit=page_size))
 
     async def get_subscription(self, subscription_id: str) -> m.SubscriptionOut:
-        return await self._call(m.SubscriptionOut, "GET", f"/v1/subscriptions/{subscription_id}")
+        return await self._call(m.SubscriptionOut, "GET", _path("/v1/subscriptions/{}", subscription_id))
 
     async def delete_subscription(self, subscription_id: str) -> None:
-        await self.request("DELETE", f"/v1/subscriptions/{subscription_id}")
+        await self.request("DELETE", _path("/v1/subscriptions/{}", subscription_id))
 
     async def disable_subscription(self, subscription_id: str) -> m.SubscriptionOut:
         """Pause a subscription: nothing is delivered for it until ``enable_subscription``,
         which resumes where it stopped."""
         return await self._call(
-            m.SubscriptionOut, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/disable"
+            m.SubscriptionOut, "POST", _path("/v1/subscriptions/{}/disable", subscription_id)
         )
 
     async def enable_subscription(self, subscription_id: str) -> m.SubscriptionOut:
@@ -592,7 +624,7 @@ class TellonceClient:
         or you paused: delivery resumes where it stopped, with nothing that came meanwhile
         lost."""
         return await self._call(
-            m.SubscriptionOut, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/enable"
+            m.SubscriptionOut, "POST", _path("/v1/subscriptions/{}/enable", subscription_id)
         )
 
     async def rotate_secret(self, subscription_id: str) -> m.SecretRotated:
@@ -600,7 +632,7 @@ class TellonceClient:
         ``previous_secret_expires_at`` deliveries are signed with the old secret too, so
         switch your ``WebhookVerifier`` to the new one before then."""
         return await self._call(
-            m.SecretRotated, "POST", f"/v1/subscriptions/{quote(subscription_id, safe='')}/rotate-secret"
+            m.SecretRotated, "POST", _path("/v1/subscriptions/{}/rotate-secret", subscription_id)
         )
 
     async def deliveries(
@@ -609,7 +641,7 @@ class TellonceClient:
         return await self._call(
             m.DeliveryPage,
             "GET",
-            f"/v1/subscriptions/{subscription_id}/deliveries",
+            _path("/v1/subscriptions/{}/deliveries", subscription_id),
             params=_params(cursor=cursor, limit=limit),
         )
 
@@ -619,7 +651,9 @@ class TellonceClient:
         return _follow(lambda cursor: self.deliveries(subscription_id, cursor=cursor, limit=page_size))
 
     async def redeliver(self, subscription_id: str) -> m.RedeliverOut:
-        return await self._call(m.RedeliverOut, "POST", f"/v1/subscriptions/{subscription_id}/redeliver")
+        return await self._call(
+            m.RedeliverOut, "POST", _path("/v1/subscriptions/{}/redeliver", subscription_id)
+        )
 
     async def events(
         self, after: str | None = None, *, wait: float | None = None, limit: int | None = None
@@ -642,13 +676,15 @@ class TellonceClient:
         return await self._call(
             m.InclusionProof,
             "GET",
-            f"/v1/audit/entries/{index}/proof",
+            _path("/v1/audit/entries/{}/proof", index),
             params=_params(tree_size=tree_size),
         )
 
     async def tile(self, tile: str) -> bytes:
-        """A C2SP tlog-tiles resource, e.g. ``"0/x001/234"`` or ``"entries/000.p/17"``."""
-        return (await self.request("GET", f"/v1/audit/tile/{tile}")).content
+        """A C2SP tlog-tiles resource, e.g. ``"0/x001/234"`` or ``"entries/000.p/17"``: its
+        ``/`` separate segments, each of which is sent as one ``_segment``."""
+        path = "/".join(_segment(part) for part in tile.split("/"))
+        return (await self.request("GET", f"/v1/audit/tile/{path}")).content
 
     async def consistency_proof(self, first: int, second: int) -> m.ConsistencyProof:
         return await self._call(

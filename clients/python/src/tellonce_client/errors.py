@@ -17,7 +17,8 @@ class ApiError(TellonceError):
     status: int
 
     def __init__(self, status: int, problem: Problem, response: httpx.Response) -> None:
-        super().__init__(f"{status} {problem.title}: {problem.detail or ''}".rstrip(": "))
+        title = problem.title or response.reason_phrase or str(status)
+        super().__init__(f"{status} {title}: {problem.detail or ''}".rstrip(": "))
         self.status = status
         self.problem = problem
         self.response = response
@@ -96,5 +97,8 @@ def raise_for_problem(response: httpx.Response) -> None:
         # Not a problem document (a proxy's page, say): the status line stands in for one.
         reason = response.reason_phrase or str(response.status_code)
         problem = Problem(type="about:blank", title=reason, status=response.status_code, detail=reason)
+    if problem.status is None:
+        # A problem may leave its status out (RFC 9457 section 3.1.2): the response's is it.
+        problem.status = response.status_code
     error_class = _BY_STATUS.get(response.status_code, ApiError)
     raise error_class(response.status_code, problem, response)

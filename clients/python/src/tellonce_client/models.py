@@ -10,7 +10,17 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticUseDefault
 
 AgreementAction = Literal["read", "lookup", "verify", "history", "subscribe", "write", "erase"]
 # A ``verify`` agreement's fixed claims: field -> operator -> the allowed operands.
@@ -56,14 +66,29 @@ class ProblemError(Response):
     msg: str
 
 
-class Problem(Response):
-    """An RFC 9457 problem detail, as every error of the service is."""
+def _ignored_if_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """RFC 9457 section 3.1: a member whose value has the wrong type is ignored."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticUseDefault() from None
 
-    type: str
-    title: str
-    status: int
-    detail: str
+
+class Problem(Response):
+    """An RFC 9457 problem detail, as every error of the service is. Every member is
+    optional there (``type`` is ``about:blank`` when absent), so a problem from a proxy or
+    gateway reads too; its extension members are in ``extensions``."""
+
+    type: Annotated[str, WrapValidator(_ignored_if_invalid)] = "about:blank"
+    title: Annotated[str | None, WrapValidator(_ignored_if_invalid)] = None
+    status: Annotated[int | None, WrapValidator(_ignored_if_invalid)] = None
+    detail: Annotated[str | None, WrapValidator(_ignored_if_invalid)] = None
     errors: list[ProblemError] = Field(default_factory=list)
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """The members RFC 9457 does not define and this model does not name."""
+        return dict(self.model_extra or {})
 
 
 # --- catalog ------------------------------------------------------------------------

@@ -168,3 +168,38 @@ class TestWebhooks:
             WebhookVerifier(secret).verify(headers, body, now=time.time() - 600)
         with pytest.raises(WebhookVerificationError):
             WebhookVerifier(secret).verify({"webhook-id": "msg_1"}, body)
+
+    @pytest.mark.parametrize(
+        ("body", "why"),
+        [
+            (b"SECRET-NI123456 not json", "not JSON"),
+            (b"\xff\xfe SECRET-NI123456", "not JSON"),
+            (b"[" * 100_000, "not JSON"),
+            (b'["SECRET-NI123456"]', "not a JSON object"),
+            (b'"SECRET-NI123456"', "not a JSON object"),
+        ],
+    )
+    def test_a_signed_body_that_is_not_a_json_object_is_refused(self, body: bytes, why: str) -> None:
+        """Signed by the secret's holder, yet no payload: the verification error says so
+        without showing the body."""
+        secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+        now = int(time.time())
+        signature = WebhookVerifier(secret).sign("msg_1", now, body)
+        headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now), "webhook-signature": signature}
+        for verify in (WebhookVerifier(secret).verify, WebhookVerifier(secret).verify_event):
+            with pytest.raises(WebhookVerificationError, match=why) as refused:
+                verify(headers, body)
+            assert "SECRET" not in str(refused.value)
+            # The decoder's error, which carries the body (its ``doc``), is not chained on.
+            assert refused.value.__cause__ is None
+            assert refused.value.__context__ is None or refused.value.__suppress_context__
+
+    @pytest.mark.parametrize(
+        "event", [{"type": "citizen.fields_changed"}, {"type": "citizen.fields_changed", "data": []}]
+    )
+    def test_a_signed_event_without_its_data_is_refused(self, event: dict[str, object]) -> None:
+        secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+        body = json.dumps(event).encode()
+        headers = self._signed(secret, body, datetime.now(UTC))
+        with pytest.raises(WebhookVerificationError, match="data"):
+            WebhookVerifier(secret).verify_event(headers, body)

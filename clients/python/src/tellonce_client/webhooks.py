@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from tellonce_client.errors import TellonceError
 from tellonce_client.models import EventData
 
@@ -25,7 +27,8 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 
 class WebhookVerificationError(TellonceError):
-    """The delivery is not from the holder of the secret, or is too old or too new."""
+    """The delivery is not from the holder of the secret, is too old or too new, or is
+    not a JSON object (or, for ``verify_event``, not the event expected)."""
 
 
 class WebhookVerifier:
@@ -64,15 +67,25 @@ class WebhookVerifier:
         if abs(current - timestamp) > self.tolerance_seconds:
             raise WebhookVerificationError("webhook-timestamp is outside the tolerance")
         expected = self.sign(message_id, timestamp, body).encode()
-        for candidate in signatures.split(" "):
-            if hmac.compare_digest(candidate.encode(), expected):
-                payload: dict[str, Any] = json.loads(body)
-                return payload
-        raise WebhookVerificationError("no signature matches")
+        if not any(hmac.compare_digest(candidate.encode(), expected) for candidate in signatures.split(" ")):
+            raise WebhookVerificationError("no signature matches")
+        # Signed, yet not a payload (a sender's bug): refused as one, the body left unshown.
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            raise WebhookVerificationError("the signed body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise WebhookVerificationError("the signed body is not a JSON object")
+        return payload
 
     def verify_event(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> EventData:
         """A verified ``citizen.fields_changed`` delivery's ``data``."""
         payload = self.verify(headers, body, now=now)
         if payload.get("type") != "citizen.fields_changed":
             raise WebhookVerificationError(f"unexpected event type {payload.get('type')!r}")
-        return EventData.model_validate(payload["data"])
+        try:
+            return EventData.model_validate(payload.get("data"))
+        except ValidationError:
+            raise WebhookVerificationError(
+                "the event's data is not a citizen.fields_changed event's"
+            ) from None

@@ -4,15 +4,18 @@ webhooks and audit proofs, as a department's system would use them."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import httpx
 import pytest
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from tellonce_client import (
     ApiError,
     ClientSecret,
@@ -36,6 +39,9 @@ from tellonce_client import (
 )
 from tellonce_client import models as m
 
+from service.auth import service as auth_service
+from service.auth.models import Client
+from service.auth.secrets import hash_secret
 from service.catalog import service as catalog_service
 from service.db import Database
 from tests.client.conftest import ClientSite
@@ -195,6 +201,36 @@ class TestTokens:
         async with TellonceClient(client_site.url, ClientSecret(client_id, "not-the-secret")) as client:
             with pytest.raises(TokenError):
                 await client.catalog()
+
+    def test_basic_credentials_are_form_encoded(self) -> None:
+        """RFC 6749 2.3.1: id and secret are form-encoded before they are Basic's user and
+        password, so a ":" in the id is no separator; the server's decoding gives them back."""
+        client_id, secret = "id:with+odd%chars é", "s p+a:c%41/?"
+        auth = ClientSecret(client_id, secret)._form("http://127.0.0.1/oauth/token")[1]
+        assert auth is not None
+        header = next(auth.auth_flow(httpx.Request("POST", "http://127.0.0.1/oauth/token")))
+        authorization = header.headers["Authorization"]
+        sent = base64.b64decode(authorization.removeprefix("Basic ")).decode("ascii")
+        assert sent == "id%3Awith%2Bodd%25chars%20%C3%A9:s%20p%2Ba%3Ac%2541%2F%3F"
+        assert extract_basic_authorization({"Authorization": authorization}) == (client_id, secret)
+        assert unquote_plus(sent.split(":")[0]) == client_id
+        assert unquote_plus(sent.split(":")[1]) == secret
+
+    async def test_a_secret_that_form_encoding_changes_authenticates(self, client_site: ClientSite) -> None:
+        """The server issues ids and secrets form-encoding leaves alone; a stored secret with
+        ":", "+", "%XX" and a space in it, sent by the client, is the secret the server checks."""
+        secret = "s p+a:c%41"
+        database = Database(client_site.settings)
+        try:
+            async with database.sessions.begin() as session:
+                created = await auth_service.create_client(session, department="welfare", roles=["consumer"])
+                stored = await session.get(Client, created.client_id)
+                assert stored is not None
+                stored.secret_hash = hash_secret(secret)
+        finally:
+            await database.dispose()
+        async with TellonceClient(client_site.url, ClientSecret(created.client_id, secret)) as client:
+            assert (await client.catalog()).version >= 1
 
     def test_secrets_stay_out_of_reprs(self, client_site: ClientSite, jwt_auth: PrivateKeyJwt) -> None:
         client_id, secret = client_site.secrets["welfare"]

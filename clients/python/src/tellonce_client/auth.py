@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -62,7 +63,8 @@ class TokenSource:
 
 
 class ClientSecret(TokenSource):
-    """``client_secret_basic``: the client id and secret as HTTP Basic credentials."""
+    """``client_secret_basic``: the client id and secret as HTTP Basic credentials, each
+    form-encoded first as RFC 6749 section 2.3.1 requires."""
 
     def __init__(
         self,
@@ -76,7 +78,15 @@ class ClientSecret(TokenSource):
         self._secret = client_secret
 
     def _form(self, token_url: str) -> tuple[dict[str, str], httpx.Auth | None]:  # noqa: ARG002
-        return {}, httpx.BasicAuth(self.client_id, self._secret)
+        return {}, httpx.BasicAuth(_form_encoded(self.client_id), _form_encoded(self._secret))
+
+
+def _form_encoded(value: str) -> str:
+    """``value`` as RFC 6749 section 2.3.1 has a Basic user or password: encoded as
+    ``application/x-www-form-urlencoded`` (UTF-8, every byte but the unreserved ones as
+    ``%XX``), so a ``:`` in it is no separator. A space is sent as ``%20``, which a form
+    decoder and a plain percent-decoder (authlib's) both read back as a space."""
+    return quote(value, safe="")
 
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey

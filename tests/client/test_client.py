@@ -199,8 +199,34 @@ class TestTokens:
     async def test_a_wrong_secret_is_a_token_error(self, client_site: ClientSite) -> None:
         client_id, _secret = client_site.secrets["welfare"]
         async with TellonceClient(client_site.url, ClientSecret(client_id, "not-the-secret")) as client:
-            with pytest.raises(TokenError):
+            with pytest.raises(TokenError) as refused:
                 await client.catalog()
+        # RFC 6749 5.2: the server's error and its description are kept, and shown.
+        assert refused.value.status == 401
+        assert refused.value.error == "invalid_client"
+        assert refused.value.error_description
+        assert refused.value.error_description in str(refused.value)
+        assert "not-the-secret" not in str(refused.value)
+
+    def test_a_token_errors_uri_is_kept_and_odd_members_left_out(self) -> None:
+        body = {
+            "error": "invalid_client",
+            "error_description": "Client authentication failed.",
+            "error_uri": "https://docs.example/errors#invalid_client",
+        }
+        error = TokenError.from_response(httpx.Response(401, json=body), "tc_x")
+        assert (error.error, error.error_description, error.error_uri) == tuple(body.values())
+        assert str(error) == (
+            "the token endpoint answered 401 for tc_x: invalid_client: Client authentication failed."
+            " (see https://docs.example/errors#invalid_client)"
+        )
+        odd = TokenError.from_response(
+            httpx.Response(400, json={"error": 5, "error_description": ["x"]}), "tc_x"
+        )
+        assert (odd.error, odd.error_description, odd.error_uri) == (None, None, None)
+        assert str(odd) == "the token endpoint answered 400 for tc_x"
+        page = TokenError.from_response(httpx.Response(502, text="<html>bad gateway</html>"), "tc_x")
+        assert (page.status, page.error) == (502, None)
 
     def test_basic_credentials_are_form_encoded(self) -> None:
         """RFC 6749 2.3.1: id and secret are form-encoded before they are Basic's user and

@@ -54,7 +54,7 @@ class TokenSource:
             form["grant_type"] = "client_credentials"
             response = await http.post(token_url, data=form, auth=auth or httpx.USE_CLIENT_DEFAULT)
             if response.status_code != 200:
-                raise TokenError(f"the token endpoint answered {response.status_code} for {self.client_id}")
+                raise TokenError.from_response(response, self.client_id)
             body: dict[str, Any] = response.json()
             lifetime = float(body.get("expires_in", 300))
             self._token = str(body["access_token"])

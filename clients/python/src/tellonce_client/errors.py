@@ -69,7 +69,50 @@ class Unavailable(ApiError):
 
 
 class TokenError(TellonceError):
-    """The token endpoint refused the client's credentials."""
+    """The token endpoint refused the client's credentials. ``error``,
+    ``error_description`` and ``error_uri`` are its RFC 6749 section 5.2 answer (written by
+    the server, never personal data), each ``None`` where it gave none."""
+
+    def __init__(
+        self,
+        status: int,
+        client_id: str,
+        *,
+        error: str | None = None,
+        error_description: str | None = None,
+        error_uri: str | None = None,
+    ) -> None:
+        said = ": ".join(part for part in (error, error_description) if part)
+        message = f"the token endpoint answered {status} for {client_id}"
+        message += f": {said}" if said else ""
+        message += f" (see {error_uri})" if error_uri else ""
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.error_description = error_description
+        self.error_uri = error_uri
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, client_id: str) -> TokenError:
+        """The error of a token endpoint's refusal; its body's members that are not text
+        (or a body that is not a JSON object) are left out."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        members = body if isinstance(body, dict) else {}
+
+        def text(name: str) -> str | None:
+            value = members.get(name)
+            return value if isinstance(value, str) else None
+
+        return cls(
+            response.status_code,
+            client_id,
+            error=text("error"),
+            error_description=text("error_description"),
+            error_uri=text("error_uri"),
+        )
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

@@ -137,7 +137,7 @@ REQUEST_EXAMPLES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/decisions/explain"): {
         "consumer": "dwp",
         "action": "read",
-        "fields": ["licence_status"],
+        "fields": ["licence_status", "vehicle_registration"],
         "purpose": "benefit-eligibility",
         "case_ref": "PIP-2026-0042",
         "citizen_status": "active",
@@ -220,8 +220,18 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
                 "version": 3,
                 "reason": "permitted",
                 "legal_basis": "Social Security Administration Act 1992, s.122",
+                "held_for": None,
                 "near_misses": [],
-            }
+            },
+            "vehicle_registration": {
+                "effect": "deny",
+                "agreement": None,
+                "version": None,
+                "reason": "no agreement lets dwp read vehicle_registration for benefit-eligibility",
+                "legal_basis": None,
+                "held_for": "P365D",
+                "near_misses": [],
+            },
         }
     },
     ("POST", "/v1/policies/simulate"): {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -360,6 +361,43 @@ class TestPoliciesExplain:
         )
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["decisions"]["licence_status"]["effect"] == "permit"
+
+    def test_a_held_refusal_says_how_long_it_is_held(
+        self, scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # revenue's only delayed-disclosure agreement is the register's: under a case, a
+        # refusal of dvla's field cites none and is held for the register's max_delay.
+        folder = tmp_path / "policies"
+        shutil.copytree(TEST_POLICIES, folder)
+        with (folder / "register.yaml").open("a") as register:
+            register.write(
+                "  - id: fraud-names-for-revenue\n"
+                "    consumer: revenue\n"
+                "    fields: [given_name]\n"
+                "    actions: [read]\n"
+                "    purposes: [fraud-investigation]\n"
+                '    legal_basis: "Test Act s.20"\n'
+                "    disclosure: after-case-closed\n"
+                "    max_delay: P30D\n"
+            )
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        monkeypatch.setenv("TELLONCE_ENV", "test")
+        get_settings.cache_clear()
+        try:
+            applied = CliRunner().invoke(cli_app, ["policies", "apply", str(folder)])
+            assert applied.exit_code == 0, applied.output
+            ask = ["policies", "explain", "--consumer", "revenue", "--field", "points"]
+            ask += ["--purpose", "fraud-investigation"]
+            held = CliRunner().invoke(cli_app, [*ask, "--case-ref", "FRAUD-1"])
+            plain = CliRunner().invoke(cli_app, ask)
+        finally:
+            get_settings.cache_clear()
+        assert held.exit_code == 0, held.output
+        decision = json.loads(held.stdout)["decisions"]["points"]
+        assert (decision["effect"], decision["agreement"], decision["held_for"]) == ("deny", None, "P30D")
+        assert "fraud-names-for-revenue" not in held.stdout
+        assert plain.exit_code == 0, plain.output
+        assert json.loads(plain.stdout)["decisions"]["points"]["held_for"] is None
 
     @pytest.mark.parametrize(
         ("args", "message"),

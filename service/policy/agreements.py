@@ -50,6 +50,7 @@ from service.policy.simulate import (
     draft_policy,
     simulate,
 )
+from service.policy.terms import format_duration
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,21 @@ async def explain(
     )
     await audit_writer.append_in_transaction(conn, entry)
     return explained
+
+
+def explanation_record(explanation: Explanation) -> dict[str, Any]:
+    """One field's explanation as the API and ``tellonce policies explain`` show it: the
+    decision as the audit records it, its near misses, and ``held_for``: for a refusal under
+    a case held from the citizen without citing an agreement (the refused field's owner gave
+    the consumer no delayed-disclosure agreement), the longest it is held, as an ISO 8601
+    duration as the audit reason's ``held_for`` is written; null otherwise. It is a duration
+    only, never the agreement it comes from, which may be another owner's."""
+    decision = explanation.decision
+    return {
+        **decision.to_record(),
+        "held_for": format_duration(decision.held_for) if decision.held_for is not None else None,
+        "near_misses": [m.to_record() for m in explanation.near_misses],
+    }
 
 
 async def simulate_draft(

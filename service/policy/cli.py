@@ -18,6 +18,7 @@ from service.config import get_settings
 from service.db import Database, utcnow
 from service.policy import repository
 from service.policy import service as policy_service
+from service.policy.agreements import explanation_record
 from service.policy.cases import describe, folder_policy, load_cases, run_cases
 from service.policy.engine import ACTIONS, RequestContext
 from service.policy.loader import load_policy_folder
@@ -175,13 +176,7 @@ async def _explain(
             explained = policy.explain(consumer, action, fields, context)
             return {
                 "epoch": policy.epoch,
-                "decisions": {
-                    name: {
-                        **e.decision.to_record(),
-                        "near_misses": [m.to_record() for m in e.near_misses],
-                    }
-                    for name, e in explained.items()
-                },
+                "decisions": {name: explanation_record(e) for name, e in explained.items()},
             }
     finally:
         await database.dispose()

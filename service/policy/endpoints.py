@@ -164,6 +164,11 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
     objections of ``citizen_id``, or without any when it is left out: the reason is then
     ``consent-required`` (or ``objected``), and the near miss names the agreement. An
     answer decided with a citizen's choices is audited (action ``explain``).
+
+    With ``case_ref``, a refusal the citizen's access log holds back without citing an
+    agreement (the field's owner gave the consumer no delayed-disclosure agreement, but
+    another owner did) says how long it is held at most in ``held_for``, an ISO 8601
+    duration such as ``P365D``; its agreement is not named.
     """
     explained = await agreements.explain(
         session,
@@ -176,20 +181,20 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
         citizen_id=body.citizen_id,
         source=source_address(request),
     )
-    return ExplainOut(
-        decisions={
-            name: DecisionOut(
-                effect=e.decision.effect,
-                agreement=e.decision.agreement,
-                version=e.decision.version,
-                reason=e.decision.reason,
-                legal_basis=e.decision.legal_basis,
-                allowed_claims=e.decision.to_record()["allowed_claims"],
-                near_misses=[NearMissOut(**m.to_record()) for m in e.near_misses],
-            )
-            for name, e in explained.items()
-        }
-    )
+    decisions: dict[str, DecisionOut] = {}
+    for name, e in explained.items():
+        record = agreements.explanation_record(e)
+        decisions[name] = DecisionOut(
+            effect=record["effect"],
+            agreement=record["agreement"],
+            version=record["version"],
+            reason=record["reason"],
+            legal_basis=record["legal_basis"],
+            allowed_claims=record["allowed_claims"],
+            held_for=record["held_for"],
+            near_misses=[NearMissOut(**m) for m in record["near_misses"]],
+        )
+    return ExplainOut(decisions=decisions)
 
 
 @router.post("/v1/policies/simulate", response_model=SimulateOut)

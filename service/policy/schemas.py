@@ -162,6 +162,11 @@ class DecisionOut(BaseModel):
     # For ``verify``: the claims the deciding agreement allows on this field (null: any,
     # limited per consumer, citizen and day).
     allowed_claims: dict[str, list[Any]] | None = None
+    # A refusal under a case held from the citizen's access log without citing an
+    # agreement (the field's owner gave the consumer no delayed-disclosure agreement): the
+    # longest it is held, as an ISO 8601 duration (``P30D``), as the audit reason's
+    # ``held_for``; null otherwise.
+    held_for: str | None = None
     near_misses: list[NearMissOut] = Field(default_factory=list)
 
 

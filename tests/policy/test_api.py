@@ -37,6 +37,18 @@ NEW_AGREEMENT: dict[str, Any] = {
     "legal_basis": "Finance Act 2008, Sch. 36",
 }
 
+# A delayed-disclosure agreement of the register's: revenue's only one.
+DELAYED: dict[str, Any] = {
+    "id": "fraud-names-for-revenue",
+    "consumer": "revenue",
+    "fields": ["given_name"],
+    "actions": ["read"],
+    "purposes": ["fraud-investigation"],
+    "legal_basis": "Test Act s.20",
+    "disclosure": "after-case-closed",
+    "max_delay": "P30D",
+}
+
 
 def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
@@ -552,6 +564,7 @@ class TestExplain:
             "reason": "agreement tax-code-for-fraud covers fraud-investigation, not benefit-eligibility",
             "legal_basis": None,
             "allowed_claims": None,
+            "held_for": None,
             "near_misses": [
                 {
                     "agreement": "tax-code-for-fraud",
@@ -591,6 +604,39 @@ class TestExplain:
         )
         assert with_ref["tax_code"]["effect"] == "permit"
         assert with_ref["tax_code"]["legal_basis"] == "Welfare Reform Act 2012, s.127"
+
+    async def test_a_held_refusal_says_how_long_it_is_held_without_naming_the_agreement(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        # revenue's only delayed-disclosure agreement is the register's. Under a case, a
+        # refusal of dvla's field cites no agreement of dvla's, and is held from the citizen
+        # for the register's max_delay: dvla is told it is held and for how long, never
+        # the register's agreement.
+        act_as(app, "register", "data-owner")
+        made = await client.post("/v1/policies", json={**DELAYED, "reason": "test"})
+        assert made.status_code == 201, made.text
+        act_as(app, "dvla", "data-owner")
+        ask: dict[str, Any] = {
+            "consumer": "revenue",
+            "action": "read",
+            "fields": ["points"],
+            "purpose": "fraud-investigation",
+        }
+        response = await client.post("/v1/decisions/explain", json={**ask, "case_ref": "FRAUD-1"})
+        assert response.status_code == 200, response.text
+        held = response.json()["decisions"]["points"]
+        assert (held["effect"], held["agreement"], held["version"]) == ("deny", None, None)
+        assert held["held_for"] == "P30D"
+        assert DELAYED["id"] not in response.text
+        assert DELAYED["legal_basis"] not in response.text
+        # Without a case nothing is held.
+        assert (await explain(client, **ask))["points"]["held_for"] is None
+        # The register's own field cites its own agreement, which says how long it holds.
+        act_as(app, "register", "data-owner")
+        own = await explain(
+            client, **{**ask, "fields": ["given_name"], "purpose": "tax-administration"}, case_ref="FRAUD-1"
+        )
+        assert (own["given_name"]["agreement"], own["given_name"]["held_for"]) == (DELAYED["id"], None)
 
     async def test_owner_explains_own_fields_or_own_requests_only(
         self, app: FastAPI, client: httpx.AsyncClient

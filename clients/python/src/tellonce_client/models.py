@@ -315,6 +315,9 @@ class DecisionOut(Response):
     reason: str
     legal_basis: str | None = None
     allowed_claims: dict[str, list[Any]] | None = None
+    # A refusal under a case held from the citizen without citing an agreement: the
+    # longest it is held (ISO 8601, e.g. ``P30D``); null otherwise.
+    held_for: str | None = None
     near_misses: list[NearMissOut] = Field(default_factory=list)
 
 

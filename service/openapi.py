@@ -37,6 +37,10 @@ SECURITY_SCHEME = "oauth2"
 # What a route's own rules add to the statuses the general rules give it.
 ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/readyz"): {503},
+    # 503: a signing key file re-read while serving is open to other accounts, missing or
+    # unreadable (``SigningKeysUnusable``).
+    ("GET", "/.well-known/jwks.json"): {503},
+    ("GET", "/.well-known/evidence-keys.json"): {503},
     ("GET", "/v1/policies/{agreement_id}"): {404},
     ("POST", "/v1/policies"): {409},
     ("PUT", "/v1/policies/{agreement_id}"): {404, 409, 410, 412, 428},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.errors import NotFound, ServiceError, Unauthenticated
+from service.errors import NotFound, ServiceError, ServiceUnavailable, Unauthenticated
 
 
 class InvalidToken(Unauthenticated):
@@ -17,3 +17,12 @@ class ClientNotFound(NotFound):
 
 class InvalidClientRegistration(ServiceError):
     status, title, slug = 422, "Invalid client registration", "invalid-client-registration"
+
+
+class SigningKeysUnusable(ServiceUnavailable):
+    """A running server re-read its access-token signing keys and refused them: a key file
+    open to other accounts, missing or unreadable. The operator's key setup fails closed
+    (nothing is signed or served from the keys) until the files are fixed; the detail
+    names the problem, never a path or key material (the log has the path)."""
+
+    title, slug = "Signing keys unusable", "signing-keys-unusable"

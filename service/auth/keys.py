@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -26,8 +27,11 @@ from typing import Any
 
 from joserfc.jwk import ECKey
 
+from service.auth.errors import SigningKeysUnusable
 from service.db import utcnow
-from service.private_files import check_owner_only, make_private_dir
+from service.private_files import SharedSecretFile, check_owner_only, make_private_dir
+
+logger = logging.getLogger("tellonce.auth")
 
 ALGORITHM = "ES256"
 MANIFEST = "manifest.json"
@@ -160,8 +164,36 @@ def rotate_signing_key(data_dir: Path) -> str:
         return entry.kid
 
 
+@contextmanager
+def _served(folder: Path) -> Iterator[None]:
+    """Re-read key files for a request of a running server. A key file open to other
+    accounts (``SharedSecretFile``), missing or unreadable (``OSError``,
+    ``SigningKeyMissing``) is the operator's key setup failing closed: the request is
+    refused with ``SigningKeysUnusable`` (503), logged with the path, until it is fixed."""
+    try:
+        yield
+    except SharedSecretFile as exc:
+        # The message names the file and the remedy (``chmod 600``), never the key.
+        logger.error("refusing to serve: %s", exc)
+        raise SigningKeysUnusable(
+            "An access-token signing key file is open to other accounts, so the service will not "
+            "use it until the operator fixes its permissions."
+        ) from None
+    except (OSError, SigningKeyMissing) as exc:
+        path = exc.filename if isinstance(exc, OSError) and exc.filename else folder
+        logger.error("refusing to serve: cannot read the %s in %s (%s)", KEY_NAME, path, type(exc).__name__)
+        raise SigningKeysUnusable(
+            "An access-token signing key file is missing or cannot be read; the operator must restore it."
+        ) from None
+
+
 class SigningKeys:
-    """The keys one process signs and verifies with, re-read when the manifest changes."""
+    """The keys one process signs and verifies with, re-read when the manifest changes.
+
+    At startup a key file open to other accounts raises ``SharedSecretFile`` (and a missing
+    one ``SigningKeyMissing`` or ``OSError``), which the command reports; what a request
+    re-reads later (``refresh``, ``verification_key``, ``jwks``, ``evidence_jwks``) is
+    refused as ``SigningKeysUnusable`` (503) instead (``_served``)."""
 
     def __init__(self, data_dir: Path, token_ttl_seconds: int) -> None:
         self.folder = _key_folder(data_dir)
@@ -170,11 +202,16 @@ class SigningKeys:
         self._active: ECKey | None = None
         self._by_kid: dict[str, ECKey] = {}
         self._retired_at: dict[str, datetime] = {}
-        self.refresh()
+        self._reload()
 
     def refresh(self) -> bool:
         """Re-read the folder if the manifest changed; True if it did. Raises
-        ``SharedSecretFile`` if a key file is open to other accounts."""
+        ``SigningKeysUnusable`` if a key file is open to other accounts, missing or
+        unreadable."""
+        with _served(self.folder):
+            return self._reload()
+
+    def _reload(self) -> bool:
         try:
             mtime = (self.folder / MANIFEST).stat().st_mtime_ns
         except FileNotFoundError:
@@ -241,16 +278,18 @@ class SigningKeys:
         """Every public key this service has signed with, retired ones included, as
         ``/.well-known/evidence-keys.json`` serves them: a consent artefact is kept as
         evidence for years, long after its key stopped verifying access tokens. Public
-        halves only, read from the folder on each call (rare), never dropped."""
-        manifest = _read_manifest(self.folder)
-        if manifest is None:
-            raise SigningKeyMissing(f"no access-token signing key in {self.folder}")
-        _active, entries = manifest
-        keys = [
-            ECKey.import_key(
-                _read_private_pem(self.folder / f"{entry.kid}.pem"),
-                parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"},
-            ).as_dict(private=False)
-            for entry in entries
-        ]
+        halves only, read from the folder on each call (rare), never dropped. Raises
+        ``SigningKeysUnusable`` as ``refresh`` does."""
+        with _served(self.folder):
+            manifest = _read_manifest(self.folder)
+            if manifest is None:
+                raise SigningKeyMissing(f"no access-token signing key in {self.folder}")
+            _active, entries = manifest
+            keys = [
+                ECKey.import_key(
+                    _read_private_pem(self.folder / f"{entry.kid}.pem"),
+                    parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"},
+                ).as_dict(private=False)
+                for entry in entries
+            ]
         return {"keys": keys}

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 
@@ -11,6 +13,7 @@ from service.auth.keys import SigningKeyMissing, SigningKeys, ensure_signing_key
 from service.auth.runtime import AuthRuntime
 from service.config import Settings
 from service.consent import artefact as consent_artefact
+from tests.fixtures.server import LiveServer
 
 
 class TestSigningKeys:
@@ -80,3 +83,54 @@ class TestSigningKeys:
         assert not [k for k in evidence["keys"] if "d" in k]
         key = jwt.PyJWKSet.from_dict(evidence)[jwt.get_unverified_header(signature)["kid"]]
         assert jwt.decode(signature, key.key, algorithms=["ES256"])["jti"] == "c-1"
+
+
+@pytest.mark.e2e
+class TestKeyFilesReReadWhileServing:
+    """A running server re-reads its signing keys: one open to other accounts, missing or
+    unreadable is the operator's key setup failing closed, a 503 problem, not a 500."""
+
+    def _assert_unusable(self, response: httpx.Response, pem: Path) -> None:
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"]
+        body = response.json()
+        assert (body["status"], body["type"]) == (
+            503,
+            "https://tellonce.example/problems/signing-keys-unusable",
+        )
+        # The detail names the problem, never the file or the key.
+        assert "signing key file" in body["detail"]
+        assert str(pem.parent) not in response.text
+        assert "PRIVATE KEY" not in response.text
+
+    def test_a_key_file_opened_to_others_or_missing_is_503_until_fixed(
+        self, live_server: LiveServer, tmp_path: Path
+    ) -> None:
+        folder = tmp_path / "data" / "signing-keys"
+        [pem] = folder.glob("*.pem")
+        manifest = folder / "manifest.json"
+        with httpx.Client(base_url=live_server.base_url, timeout=10) as http:
+            assert http.get("/.well-known/evidence-keys.json").status_code == 200
+            pem.chmod(0o644)
+            try:
+                self._assert_unusable(http.get("/.well-known/evidence-keys.json"), pem)
+                # A changed manifest makes the server re-read every key it uses.
+                before = manifest.stat()
+                os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+                self._assert_unusable(http.get("/.well-known/jwks.json"), pem)
+            finally:
+                pem.chmod(0o600)
+            assert http.get("/.well-known/evidence-keys.json").status_code == 200
+            assert http.get("/.well-known/jwks.json").status_code == 200
+            moved = pem.with_suffix(".moved")
+            pem.rename(moved)
+            try:
+                self._assert_unusable(http.get("/.well-known/evidence-keys.json"), pem)
+            finally:
+                moved.rename(pem)
+            assert http.get("/.well-known/evidence-keys.json").status_code == 200
+        log = live_server.log()
+        assert f"the access-token signing key in {pem} is open to other accounts" in log
+        assert f"cannot read the access-token signing key in {pem}" in log
+        assert "PRIVATE KEY" not in log

@@ -46,13 +46,18 @@ async def get_case(conn: AsyncConnection, department: str, case_ref: str) -> Cas
     return None if row is None else CaseRow(row[0], row[1], row[2], row[3])
 
 
-async def close_case(conn: AsyncConnection, department: str, case_ref: str, at: datetime, by: str) -> None:
-    """Close an open case (a closed one keeps its first closing)."""
-    await conn.execute(
+async def close_case(conn: AsyncConnection, department: str, case_ref: str, at: datetime, by: str) -> bool:
+    """Close an open case; False if it was closed already (it keeps its first closing).
+
+    One conditional UPDATE, so of two closings at once exactly one changes the row: the
+    other waits for its row lock (PostgreSQL) or the write lock (SQLite), then finds the
+    case closed."""
+    result = await conn.execute(
         update(Case)
         .where(Case.department == department, Case.case_ref == case_ref, Case.closed_at.is_(None))
         .values(closed_at=at, closed_by=by)
     )
+    return result.rowcount == 1
 
 
 async def closed_at(conn: AsyncConnection, keys: Iterable[CaseKey]) -> dict[CaseKey, datetime]:

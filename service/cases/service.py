@@ -38,11 +38,13 @@ async def close(
         await audit.append(case_entry(facts, case_ref, closed=False, time=now))
         raise CaseNotFound("Your department has no case with that reference.")
     async with begin() as conn:
-        await repository.close_case(conn, facts.department, case_ref, now, facts.principal.client_id)
+        closed = await repository.close_case(conn, facts.department, case_ref, now, facts.principal.client_id)
         found = await repository.get_case(conn, facts.department, case_ref)
-        # In the closing's own transaction: no closing is unaccounted for, and no entry
-        # tells of a closing that did not commit (503 and still open if it cannot be written).
-        await append_in_transaction(conn, case_entry(facts, case_ref, closed=True, time=now))
+        if closed:
+            # In the closing's own transaction: no closing is unaccounted for, and no entry
+            # tells of a closing that did not commit (503 and still open if it cannot be
+            # written). A repeat closing changed nothing, so it tells of nothing.
+            await append_in_transaction(conn, case_entry(facts, case_ref, closed=True, time=now))
     if found is None:  # cases are never deleted; this is only for the type checker
         raise CaseNotFound("Your department has no case with that reference.")
     return CaseOut(

@@ -665,3 +665,38 @@ class TestDelayedDisclosure:
         assert [i for i in log if i["purpose"] == "fraud-investigation"] == []
         act_as(full_app, "revenue", "consumer")
         assert (await http.post("/v1/cases/KEPT-1/close")).status_code == 200
+
+    async def test_closing_a_closed_case_answers_the_same_and_writes_no_second_closing(
+        self, full_app: FastAPI, http: httpx.AsyncClient
+    ) -> None:
+        """A repeat closing, one after the other or two at once, changes nothing: the same
+        answer (the first closing's time) and exactly one closing entry per case."""
+        ada = await _register(full_app, http, _national_id(), "Ada", "7 Hidden Row")
+        one_after, at_once = f"AGAIN-{uuid.uuid4().hex[:8]}", f"RACE-{uuid.uuid4().hex[:8]}"
+        for case_ref in (one_after, at_once):
+            read = await _read(full_app, http, "revenue", ada, "fraud-investigation", case_ref=case_ref)
+            assert read.status_code == 200, read.text
+
+        first = await http.post(f"/v1/cases/{one_after}/close")
+        assert first.status_code == 200, first.text
+        assert first.json()["closed_at"] is not None
+        again = await http.post(f"/v1/cases/{one_after}/close")
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+
+        racing = await asyncio.gather(*(http.post(f"/v1/cases/{at_once}/close") for _ in range(2)))
+        assert [r.status_code for r in racing] == [200, 200], [r.text for r in racing]
+        assert racing[0].json() == racing[1].json()
+
+        # A refusal is still audited, every time.
+        unknown = f"NEVER-{uuid.uuid4().hex[:8]}"
+        for _ in range(2):
+            _problem(await http.post(f"/v1/cases/{unknown}/close"), 404, "case-not-found")
+
+        act_as(full_app, "audit-office", "auditor")
+        found = await http.get("/v1/audit/entries", params={"action": "case-close", "limit": 1000})
+        assert found.status_code == 200, found.text
+        closings = [(i["entry"]["case_ref"], i["entry"]["status"]) for i in found.json()["items"]]
+        assert sorted(c for c in closings if c[0] in (one_after, at_once, unknown)) == sorted(
+            [(one_after, 200), (at_once, 200), (unknown, 404), (unknown, 404)]
+        )

@@ -35,6 +35,7 @@ from service.errors import (
     AllowedMethods,
     BodyLimitMiddleware,
     HeadAsGetMiddleware,
+    NamedPathMiddleware,
     RepeatedKeyMiddleware,
     RepeatedQueryMiddleware,
     install_error_handlers,
@@ -188,10 +189,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.allowed_methods = AllowedMethods(app)
     app.state.unrouted_page = console_web.unrouted_page
     name_route_templates(app)
-    # Innermost: HEAD is answered as GET without the body (the hot routes serve GET only,
-    # so a HEAD of theirs reaches the routes they stand beside), a JSON body naming a key
-    # twice is refused, and so is a query parameter named twice (the hot routes decline
-    # such a request, so it reaches this too).
+    # Innermost: a method the routes declared at a path's name do not serve is 405 (not
+    # the request of a route whose parameter has that name's form; the hot routes decline
+    # such names, so they reach this too), HEAD is answered as GET without the body (the
+    # hot routes serve GET only, so a HEAD of theirs reaches the routes they stand beside),
+    # a JSON body naming a key twice is refused, and so is a query parameter named twice
+    # (the hot routes decline such a request, so it reaches this too).
+    app.add_middleware(NamedPathMiddleware, allowed_methods=app.state.allowed_methods)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(RepeatedKeyMiddleware)
     app.add_middleware(RepeatedQueryMiddleware)

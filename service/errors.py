@@ -356,22 +356,39 @@ class AllowedMethods:
     ``/v1/citizens/lookup`` has the shape of ``/v1/citizens/{citizen_id}``, but ``lookup``
     is no citizen id (its ``GET`` is a 422), so that path allows ``POST`` alone, as
     /openapi.json says. A path no route takes (``/v1/citizens/not-an-id``) still names the
-    methods of every route of its shape: a 405 always carries ``Allow``."""
+    methods of every route of its shape: a 405 always carries ``Allow``.
+
+    A path a route declares by name is served by the routes declared at that name alone:
+    ``simulate`` in ``/v1/policies/simulate`` is no agreement id, though it has the form of
+    one, so that path allows ``POST`` alone too (``by_name``, which ``NamedPathMiddleware``
+    enforces: Starlette would send a ``GET`` to the parameter's route)."""
 
     def __init__(self, app: FastAPI) -> None:
         # FastAPI's own walk of the routes, through every included router, as its OpenAPI
         # document is made from.
-        self._routes = [
-            (compile_path(context.path)[0], frozenset(context.methods), _path_fields(context))
+        declared = [
+            (context.path, frozenset(context.methods), _path_fields(context))
             for context in iter_route_contexts(app.routes)
             if context.path and context.methods
         ]
+        self._routes = [(compile_path(path)[0], methods, fields) for path, methods, fields in declared]
+        named: dict[str, set[str]] = {}
+        for path, methods, _fields in declared:
+            if not compile_path(path)[2]:  # no path parameters
+                named.setdefault(path, set()).update(methods)
+        # Only the names a route with a parameter also matches with another method: where
+        # none does, Starlette's routing answers the same.
+        self.by_name: dict[str, frozenset[str]] = {
+            path: frozenset(methods | ({"HEAD"} if "GET" in methods else set()))
+            for path, methods in named.items()
+            if any(pattern.match(path) and not served <= methods for pattern, served, _fields in self._routes)
+        }
 
     def at(self, scope: Scope) -> str:
-        path: str = scope["path"]
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
+        path = _app_path(scope)
+        named = self.by_name.get(path)
+        if named is not None:
+            return ", ".join(sorted(named))
         shaped = [
             (methods, fields, match.groupdict())
             for pattern, methods, fields in self._routes
@@ -382,6 +399,39 @@ class AllowedMethods:
         if "GET" in methods:
             methods.add("HEAD")  # answered as the GET is (``HeadAsGetMiddleware``)
         return ", ".join(sorted(methods))
+
+
+def _app_path(scope: Scope) -> str:
+    """The request's path within the app (without the ``root_path`` it is served under)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
+
+
+class NamedPathMiddleware:
+    """405, with ``Allow``, for a method the routes declared at a path's name do not serve,
+    where a route with a path parameter of the same shape serves it (``GET
+    /v1/citizens/lookup`` is not a read of citizen ``lookup``, a 422, and ``GET
+    /v1/policies/simulate`` not a read of an agreement). ``AllowedMethods.by_name`` holds
+    those names; any other path is left to routing, one dictionary lookup per request.
+
+    The answer is the app's own 405 (``_http_error``), as routing would give it; the body,
+    if any, is not read."""
+
+    def __init__(self, app: ASGIApp, allowed_methods: AllowedMethods) -> None:
+        self.app = app
+        self.by_name = allowed_methods.by_name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            named = self.by_name.get(_app_path(scope))
+            if named is not None and scope["method"] not in named:
+                response = await _http_error(Request(scope, receive), StarletteHTTPException(405))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _path_fields(context: RouteContext) -> dict[str, ModelField]:

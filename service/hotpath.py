@@ -124,6 +124,10 @@ class HotRoutes:
             return await handler(request, exc)  # type: ignore[no-any-return]
         if response is None:
             scope[DECLINED] = True
+            # Not routed yet: routing puts the route that takes it in the scope, and a
+            # refusal before any does (a 405 of a path's name) is not counted as this one's.
+            for key in ("route", "endpoint", "path_params"):
+                scope.pop(key, None)
         return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -20,6 +20,7 @@ from service.app import create_app
 from service.config import Settings
 from service.db import SessionDep
 from service.errors import BodyLimitMiddleware, Conflict, Gone, PreconditionFailed
+from tests.fixtures.auth import act_as
 from tests.fixtures.databases import is_postgres
 from tests.fixtures.server import LiveServer, free_port
 
@@ -194,6 +195,9 @@ class TestProblemDetails:
             ("/v1/citizens/c_01JDQ2V7X3M9K4T8R6W5Y0ZB1N", "DELETE, GET, HEAD"),
             ("/v1/clients", "GET, HEAD, POST"),
             ("/v1/policies/an-agreement", "DELETE, GET, HEAD, PUT"),
+            # Named by a route, though of the shape of /v1/policies/{agreement_id}: that
+            # route's methods alone.
+            ("/v1/policies/simulate", "POST"),
             # The console's pages answer 405 as an HTML page, with the same Allow
             # (tests/console/test_sessions.py).
         ],
@@ -205,6 +209,42 @@ class TestProblemDetails:
         assert_problem(response, 405)
         assert response.headers["allow"] == allowed
         assert len(response.headers.get_list("allow")) == 1
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("GET", "/v1/citizens/lookup"),
+            ("HEAD", "/v1/citizens/lookup"),
+            ("DELETE", "/v1/citizens/lookup"),
+            ("GET", "/v1/citizens/batch-get"),
+            ("DELETE", "/v1/citizens/batch-get"),
+            ("GET", "/v1/policies/simulate"),
+            ("PUT", "/v1/policies/simulate"),
+            ("DELETE", "/v1/policies/simulate"),
+        ],
+    )
+    async def test_a_method_a_named_path_does_not_serve_is_405_not_a_parameters_route(
+        self, app: FastAPI, probe_client: httpx.AsyncClient, method: str, path: str
+    ) -> None:
+        """``lookup`` has the form of no citizen id (the GET route's 422) and ``simulate``
+        that of an agreement id (its 404): neither is, so either way the answer is 405,
+        signed in or not, and ``GET /v1/citizens/{citizen_id}`` on the hot path included."""
+        for signed_in in (False, True):
+            if signed_in:
+                act_as(app, "dvla", "data-owner" if "policies" in path else "consumer")
+            response = await probe_client.request(method, path, json={} if method == "PUT" else None)
+            assert response.status_code == 405, response.text
+            assert response.headers["allow"] == "POST"
+            if method != "HEAD":
+                assert_problem(response, 405)
+
+    async def test_a_console_page_named_for_post_is_405_not_the_catch_all_404(
+        self, probe_client: httpx.AsyncClient
+    ) -> None:
+        response = await probe_client.get("/console/sign-out")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "POST"
+        assert response.headers["content-type"].startswith("text/html")
 
     async def test_head_is_the_get_without_its_body(self, probe_client: httpx.AsyncClient) -> None:
         got = await probe_client.get("/healthz")

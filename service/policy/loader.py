@@ -51,6 +51,11 @@ def signature_problem(content: dict[str, Any], owner: str, catalog: Catalog) -> 
     return OwnerVerifier.parse(vkey).problem(content, owner)
 
 
+# Ids an agreement cannot take: ``/v1/policies/<id>`` names another route there
+# (``POST /v1/policies/simulate``), so no method of the agreement's routes would reach it.
+RESERVED_AGREEMENT_IDS = frozenset({"simulate"})
+
+
 def check_agreement(
     spec: AgreementSpec, owner: str, catalog: Catalog, *, signed: bool = True
 ) -> list[Problem]:
@@ -60,6 +65,10 @@ def check_agreement(
     have signed it; a draft that is only simulated need not be.
     """
     problems: list[Problem] = []
+    if spec.id in RESERVED_AGREEMENT_IDS:
+        problems.append(
+            (("id",), f"the id {spec.id!r} is reserved (/v1/policies/{spec.id} is another route)")
+        )
     departments = {d.id for d in catalog.departments}
     purposes = {p.id for p in catalog.purposes}
     owners = catalog.field_owners

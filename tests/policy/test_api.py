@@ -153,6 +153,19 @@ class TestWriteAgreements:
         taken = await client.post("/v1/policies", json={**NEW_AGREEMENT, "id": "tax-code-for-fraud"})
         assert_problem(taken, 409, "agreement-exists")
 
+    async def test_an_id_another_route_names_is_422(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        """``/v1/policies/simulate`` is the simulate route: an agreement of that id could be
+        neither read, replaced nor revoked."""
+        act_as(app, "dvla", "data-owner")
+        response = await client.post("/v1/policies", json={**NEW_AGREEMENT, "id": "simulate"})
+        body = assert_problem(response, 422, "validation-failed")
+        assert body["errors"] == [
+            {
+                "loc": ["body", "id"],
+                "msg": "the id 'simulate' is reserved (/v1/policies/simulate is another route)",
+            }
+        ]
+
     async def test_granting_another_owners_field_is_403(
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:

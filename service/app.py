@@ -35,8 +35,8 @@ from service.errors import (
     AllowedMethods,
     BodyLimitMiddleware,
     HeadAsGetMiddleware,
+    JsonBodyMiddleware,
     NamedPathMiddleware,
-    RepeatedKeyMiddleware,
     RepeatedQueryMiddleware,
     install_error_handlers,
 )
@@ -193,11 +193,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the request of a route whose parameter has that name's form; the hot routes decline
     # such names, so they reach this too), HEAD is answered as GET without the body (the
     # hot routes serve GET only, so a HEAD of theirs reaches the routes they stand beside),
-    # a JSON body naming a key twice is refused, and so is a query parameter named twice
-    # (the hot routes decline such a request, so it reaches this too).
+    # a JSON body not in UTF-8 or naming a key twice is refused, and so is a query
+    # parameter named twice (the hot routes decline such a request, so it reaches this too).
     app.add_middleware(NamedPathMiddleware, allowed_methods=app.state.allowed_methods)
     app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(RepeatedKeyMiddleware)
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(RepeatedQueryMiddleware)
     # The hottest routes, inside the middleware below (``service.hotpath``).
     app.add_middleware(HotRoutes, routes=hot_routes())

@@ -676,19 +676,37 @@ class RepeatedQueryMiddleware:
         await self.app(scope, receive, send)
 
 
-class RepeatedKeyMiddleware:
-    """Refuse an API request whose JSON body names a key twice in one object (422), as a
-    query parameter named twice is: the parser keeps the last value, and acting, and
-    auditing, on a national id or a purpose the caller may not have meant is worse than
-    asking again. The body is read here whole (``BodyLimitMiddleware``, outside, bounds
-    it) and handed on unchanged; one that is not JSON is left to the route's own 400."""
+class JsonBodyMiddleware:
+    """Refuse an API request whose JSON body is not UTF-8 or names a key twice.
+
+    RFC 8259 (8.1) requires UTF-8 for JSON exchanged between systems, but Python's parser
+    takes UTF-16 and UTF-32 too, guessed from where the NUL bytes are: a body in another
+    encoding is 400, and a ``charset`` parameter naming one is 415 before the body is
+    read. A UTF-8 byte order mark is ignored, as RFC 8259 allows a parser to (the parsers
+    behind this skip it).
+
+    A key named twice in one object is 422, as a query parameter named twice is: the
+    parser keeps the last value, and acting, and auditing, on a national id or a purpose
+    the caller may not have meant is worse than asking again.
+
+    The body is read here whole (``BodyLimitMiddleware``, outside, bounds it) and handed
+    on unchanged; one that is not JSON is left to the route's own 400. Neither refusal
+    echoes the body."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or not _json_scope(scope):
+        content_type = _json_content_type(scope) if scope["type"] == "http" else None
+        if content_type is None or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
+            return
+        charset = _charset(content_type)
+        if charset is not None and charset != "utf-8":
+            refusal: ServiceError = UnsupportedMediaType(
+                "Send the body as UTF-8 JSON: 'Content-Type: application/json' names no other charset."
+            )
+            await problem_response(refusal)(scope, receive, send)
             return
         messages: list[Message] = []
         body = bytearray()
@@ -700,6 +718,11 @@ class RepeatedKeyMiddleware:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        if not _is_utf8_json_text(bytes(body)):
+            await problem_response(MalformedBody("The request body must be JSON encoded as UTF-8."))(
+                scope, receive, send
+            )
+            return
         key = repeated_json_key(bytes(body))
         if key is not None:
             loc: list[str | int] = ["body", key] if key.isidentifier() and len(key) <= 64 else ["body"]
@@ -718,11 +741,35 @@ class RepeatedKeyMiddleware:
         await self.app(scope, replayed, send)
 
 
-def _json_scope(scope: Scope) -> bool:
+def _is_utf8_json_text(body: bytes) -> bool:
+    """Whether ``body`` is UTF-8 that the JSON parser will read as UTF-8. A NUL byte is
+    valid UTF-8 but never in a JSON text (a string escapes it), and the parser would take
+    its place as a sign of UTF-16 or UTF-32."""
+    if b"\x00" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a Content-Type, lower-cased and unquoted; None if none."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def _json_content_type(scope: Scope) -> str | None:
+    """The request's Content-Type if it is JSON (as FastAPI then parses the body); else None."""
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return _is_json(value.decode("latin-1"))
-    return False
+            content_type = value.decode("latin-1")
+            return content_type if _is_json(content_type) else None
+    return None
 
 
 # Where a JSON object's key ends (a quote, then a colon): every key ends so. A body without

@@ -79,6 +79,10 @@ async def probe_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+# A lookup body, for the encodings a JSON body may not be sent in.
+LOOKUP = '{"national_id": "AB123456C", "purpose": "benefit-eligibility"}'
+
+
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status
     assert response.headers["content-type"] == PROBLEM
@@ -122,6 +126,61 @@ class TestProblemDetails:
                 "/_probe/shape", content=content, headers={"content-type": accepted}
             )
             assert response.status_code == 200, accepted
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            LOOKUP.encode("utf-16"),  # with its byte order mark
+            LOOKUP.encode("utf-16-le"),
+            LOOKUP.encode("utf-16-be"),
+            LOOKUP.encode("utf-32"),
+            LOOKUP.encode("utf-32-le"),
+            LOOKUP.replace("AB", "\u00c9B").encode("latin-1"),
+            LOOKUP.encode("utf-8") + b"\x00",
+        ],
+    )
+    async def test_a_json_body_not_in_utf8_is_400_without_echoing_it(
+        self, probe_client: httpx.AsyncClient, content: bytes
+    ) -> None:
+        """RFC 8259, 8.1: JSON between systems is UTF-8; Python's parser would take UTF-16
+        and UTF-32 (this body answered 401, read, before)."""
+        for media in ("application/json", "application/json; charset=utf-8"):
+            response = await probe_client.post(
+                "/v1/citizens/lookup", content=content, headers={"content-type": media}
+            )
+            problem = assert_problem(response, 400)
+            assert problem["detail"] == "The request body must be JSON encoded as UTF-8."
+            assert "123456" not in response.text
+
+    @pytest.mark.parametrize("charset", ["utf-16", "UTF-32", '"iso-8859-1"'])
+    async def test_a_json_body_in_another_named_charset_is_415(
+        self, probe_client: httpx.AsyncClient, charset: str
+    ) -> None:
+        response = await probe_client.post(
+            "/v1/citizens/lookup",
+            content=LOOKUP.encode("utf-8"),
+            headers={"content-type": f"application/json; charset={charset}"},
+        )
+        problem = assert_problem(response, 415)
+        assert "UTF-8" in problem["detail"]
+        assert "123456" not in response.text
+
+    @pytest.mark.parametrize(
+        ("content", "media"),
+        [
+            (LOOKUP.encode("utf-8"), "application/json; Charset=UTF-8"),
+            # RFC 8259: a parser may ignore a byte order mark; this one does.
+            (b"\xef\xbb\xbf" + LOOKUP.encode("utf-8"), "application/json"),
+            (LOOKUP.replace("AB", "\u00c9B").encode("utf-8"), "application/json"),
+        ],
+    )
+    async def test_a_utf8_json_body_reaches_the_route(
+        self, probe_client: httpx.AsyncClient, content: bytes, media: str
+    ) -> None:
+        response = await probe_client.post(
+            "/v1/citizens/lookup", content=content, headers={"content-type": media}
+        )
+        assert_problem(response, 401)  # read, then refused for want of a token
 
     @pytest.mark.parametrize("path", ["/v1/audit/entries?limit=1&limit=2", "/v1/catalog?x=&x="])
     async def test_a_query_parameter_named_twice_is_422(

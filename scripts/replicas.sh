@@ -103,11 +103,13 @@ up() {
   start worker "${tellonce[@]}" worker
   export TELLONCE_HAPROXY_BIND=127.0.0.1:$front
   haproxy -c -q -f deploy/haproxy/haproxy.cfg -f "$backend"
-  start haproxy haproxy -db -f deploy/haproxy/haproxy.cfg -f "$backend"
 
+  # HAProxy only once every replica is ready: it counts a server up from its start, but
+  # one whose first checks fail (still starting) is out of the rotation until two pass.
   for n in $(seq 1 "$count"); do
     await_ready "http://127.0.0.1:${ports[$((n - 1))]}/readyz"
   done
+  start haproxy haproxy -db -f deploy/haproxy/haproxy.cfg -f "$backend"
   await_ready "http://127.0.0.1:$front/readyz"
   echo "tellonce: $count replicas and a worker behind HAProxy at http://127.0.0.1:$front (pids and logs in $state)"
 }

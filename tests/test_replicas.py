@@ -85,6 +85,9 @@ class Site:
     secrets: dict[str, tuple[str, str]]
     key_client: tuple[str, ECKey]
     open_clients: list[TellonceClient] = field(default_factory=list)
+    # Which replica answered each of REPLICAS readiness checks through HAProxy sent the
+    # moment `up` returned.
+    first_answers: list[str] = field(default_factory=list)
 
     def client(self, name: str, base_url: str | None = None) -> TellonceClient:
         made = TellonceClient(base_url or self.front, ClientSecret(*self.secrets[name]), retry=NO_RETRY)
@@ -162,6 +165,10 @@ async def site(
         started = await asyncio.to_thread(site.script, "up")
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"behind HAProxy at {site.front}" in started.stdout
+        async with httpx.AsyncClient() as http:
+            for _ in range(REPLICAS):
+                ready = await http.get(f"{site.front}/readyz")
+                site.first_answers.append(ready.headers.get("x-tellonce-replica", str(ready.status_code)))
         site.secrets = await _make_clients(url, data, root_key, key.as_dict(private=False))
         site.key_client = (site.secrets["key"][0], key)
         yield site
@@ -198,6 +205,10 @@ async def _register(site: Site, count: int) -> list[str]:
 
 
 class TestReplicas:
+    def test_up_returns_with_every_replica_in_the_rotation(self, site: Site) -> None:
+        # The README's check after `scripts/replicas.sh up`: api1, api2, api3 in turn, at once.
+        assert sorted(site.first_answers) == ["api1", "api2", "api3"]
+
     async def test_the_rate_limit_holds_across_replicas(self, site: Site) -> None:
         answered: list[httpx.Response] = []
         api = TellonceClient(

@@ -58,12 +58,13 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
     try:
         return asyncio.run(main())
     except NoDepartmentKeys as exc:
-        errors.print(f"[red]{escape(str(exc))}[/red]")
+        # soft_wrap: each refusal is one line whatever the width (rich's 80 in a log file).
+        errors.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyUnwrapError as exc:
         # Another root key (or token) than the database's, or a tampered key row. Each
         # finished batch is whole, so running again with the right key carries on.
-        errors.print(f"[red]{escape(str(exc))}[/red]: {UNWRAP_HINT}")
+        errors.print(f"[red]{escape(str(exc))}[/red]: {UNWRAP_HINT}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 

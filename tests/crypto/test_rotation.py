@@ -475,10 +475,14 @@ class TestKeysCommand:
     ) -> None:
         """A root key that does not open the department's KEK (the wrong one, or a
         tampered row) was a KeyUnwrapError traceback; now one line and exit 1 (and
-        nothing written: TestRotate.test_another_root_key_writes_nothing)."""
+        nothing written: TestRotate.test_another_root_key_writes_nothing). One line on a
+        narrow terminal too, and in a log file (rich's 80 columns)."""
         import base64
 
         from service.cli import app
+        from service.crypto import cli as crypto_cli
+
+        monkeypatch.setattr(crypto_cli.errors, "width", 60)
 
         known = asyncio.run(populate_in_fresh_loop(scratch_database, make_keyring(root)))
         monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)

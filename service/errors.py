@@ -302,8 +302,20 @@ def problem_response(error: ServiceError) -> ProblemResponse:
     return ProblemResponse(error.problem(), status_code=error.status, headers=error.headers)
 
 
-def _loc(parts: Sequence[Any]) -> list[str | int]:
-    return [p if isinstance(p, int) else str(p) for p in parts]
+def _loc(parts: Sequence[Any], refused_keys: set[tuple[Any, ...]]) -> list[str | int]:
+    """An error's location, with ``"[key]"`` in place of a key the caller chose that its
+    pattern refused (``refused_keys``: their locations).
+
+    pydantic locates such a key as ``[..., key, "[key]"]``, and an error in the value under
+    it as ``[..., key, ...]``: a national id sent where a field name belongs would be
+    repeated in both."""
+    kept: list[str | int] = []
+    for n, part in enumerate(parts):
+        if tuple(parts[: n + 1]) not in refused_keys:
+            kept.append(part if isinstance(part, int) else str(part))
+        elif n + 1 == len(parts) or parts[n + 1] != "[key]":
+            kept.append("[key]")
+    return kept
 
 
 def _request_id(request: Request) -> str:
@@ -330,8 +342,10 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
         return problem_response(
             UnsupportedMediaType("Send the body as JSON, with 'Content-Type: application/json'.")
         )
-    errors = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in raw]
-    # Never echo the submitted input back: it may be personal data.
+    # Never echo the submitted input back: it may be personal data. Neither the value
+    # (``input``) nor a key that fails its pattern (``_loc``).
+    refused_keys = {tuple(e["loc"][:-1]) for e in raw if e.get("loc", ())[-1:] == ("[key]",)}
+    errors = [{"loc": _loc(e.get("loc", ()), refused_keys), "msg": str(e.get("msg", ""))} for e in raw]
     return problem_response(ValidationFailed("The request is not valid.", errors=errors))
 
 

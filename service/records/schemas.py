@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from service.catalog.schemas import KEYED_BY_FIELD, FieldName, PurposeId
 
@@ -56,9 +56,15 @@ class WriteFields(_In):
     purpose: PurposeId | None = None
 
 
+# A claim: an object of operators. Its shape is checked by the records layer
+# (``validation.validate_claims``), once its field is known to the catalog: checked here,
+# an error would be located under the key the caller sent, which may be a value.
+Claim = Annotated[Any, WithJsonSchema({"type": "object", "additionalProperties": True})]
+
+
 class VerifyClaims(_In):
     purpose: PurposeId
-    claims: Annotated[dict[FieldName, dict[str, Any]], KEYED_BY_FIELD] = Field(min_length=1, max_length=50)
+    claims: Annotated[dict[FieldName, Claim], KEYED_BY_FIELD] = Field(min_length=1, max_length=50)
 
 
 class BatchGet(_In):

@@ -26,26 +26,33 @@ def requested_fields(catalog: Catalog, fields: Sequence[str] | None) -> list[str
 
 
 def require_known(catalog: Catalog, fields: Sequence[str], purpose: str | None, *, loc: str) -> None:
-    """Every field and the purpose must be in the catalog."""
+    """Every field and the purpose must be in the catalog.
+
+    A name the catalog does not know is never repeated in the answer: it is the caller's
+    input, and may be a value (a national id) sent where a name belongs. An unknown field
+    is located by its position among the fields named."""
     errors: list[dict[str, Any]] = [
-        {"loc": [loc, name], "msg": f"unknown field {name!r}"}
-        for name in fields
+        {"loc": [loc, index], "msg": "unknown field"}
+        for index, name in enumerate(fields)
         if catalog.field(name) is None
     ]
     if purpose is not None and catalog.purpose(purpose) is None:
-        errors.append({"loc": ["purpose"], "msg": f"unknown purpose {purpose!r}"})
+        errors.append({"loc": ["purpose"], "msg": "unknown purpose"})
     if errors:
         raise ValidationFailed("The request names something the catalog does not know.", errors=errors)
 
 
 def validated_values(catalog: Catalog, submitted: Mapping[str, Any], loc: str) -> dict[str, values.JsonValue]:
-    """Submitted field values, each checked against its catalog type and normalised."""
+    """Submitted field values, each checked against its catalog type and normalised.
+
+    A field the catalog does not know is located by its position in ``submitted``, never
+    named (``require_known``); a known field is named, the value never repeated."""
     errors: list[dict[str, Any]] = []
     clean: dict[str, values.JsonValue] = {}
-    for name, raw in submitted.items():
+    for index, (name, raw) in enumerate(submitted.items()):
         spec = catalog.field(name)
         if spec is None:
-            errors.append({"loc": [loc, name], "msg": f"unknown field {name!r}"})
+            errors.append({"loc": [loc, index], "msg": "unknown field"})
             continue
         if raw is None:
             errors.append({"loc": [loc, name], "msg": "a value is required (null cannot be written)"})
@@ -86,19 +93,25 @@ def legal_basis(text: str) -> str:
     return stripped
 
 
-def validate_claims(catalog: Catalog, claims: Mapping[str, Mapping[str, Any]]) -> None:
-    """Each claim names a known operator and an operand of the field's type."""
+def validate_claims(catalog: Catalog, claims: Mapping[str, Any]) -> None:
+    """Each claim names a known operator and an operand of the field's type.
+
+    An unknown operator is located by its position in the claim, never named (it is the
+    caller's input, as ``require_known`` says of names)."""
     errors: list[dict[str, Any]] = []
     for name, operations in claims.items():
         spec = catalog.field(name)
         if spec is None:
             continue
+        if not isinstance(operations, dict):
+            errors.append({"loc": ["claims", name], "msg": "a claim is an object of operators"})
+            continue
         if not operations:
             errors.append({"loc": ["claims", name], "msg": "a claim needs an operator"})
-        for operator, operand in operations.items():
+        for index, (operator, operand) in enumerate(operations.items()):
             if operator not in values.CLAIM_OPERATORS:
                 errors.append(
-                    {"loc": ["claims", name, operator], "msg": "operator must be one of eq, lte, gte, in"}
+                    {"loc": ["claims", name, index], "msg": "operator must be one of eq, lte, gte, in"}
                 )
                 continue
             try:

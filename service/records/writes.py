@@ -128,7 +128,8 @@ async def register(
     started = now()
     async with records.transactions.connect() as conn:
         catalog, _policy = await records.snapshot(conn, facts)
-    clean = validated_values(catalog, {NATIONAL_ID_FIELD: national_id, **fields}, "fields")
+    # The national id last: an unknown field is located by its position in ``fields``.
+    clean = validated_values(catalog, {**fields, NATIONAL_ID_FIELD: national_id}, "fields")
     foreign = sorted(n for n in clean if (s := catalog.field(n)) and s.owner != facts.department)
 
     def refusal(status: int) -> AuditEntry:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Environment = Literal["development", "test", "production"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.tellonce/tellonce.db"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "todo"}
 
 
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     policies_dir: Path = Path("./policies")
     # Requests whose body exceeds this are refused with 413 while streaming.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case (``_log_level_is_known``).
     log_level: str = "INFO"
     log_json: bool = True
     # The public base URL: used as the token issuer and in metadata documents.
@@ -122,6 +124,17 @@ class Settings(BaseSettings):
         if len(decoded) != 32:
             raise ValueError("TELLONCE_ROOT_KEY must decode to exactly 32 bytes")
         return SecretStr(raw)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_known(cls, value: str) -> str:
+        """A standard level, upper-cased. Not uvicorn's TRACE, below DEBUG: its lines hold
+        each request's path and query as sent, and a caller may put a national id in either
+        (the access log keeps the route template only; ``service.observability``)."""
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"TELLONCE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @model_validator(mode="after")
     def _pkcs11_settings_complete(self) -> Settings:

@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from service.auth import service as auth_service
 from service.config import Settings
@@ -663,3 +664,31 @@ class TestNoPlaintextAnywhere:
         blob = sinks[sink] if sink != "database" else sinks.get("pg_dump", sinks.get("database files", b""))
         assert blob
         assert found(blob, canaries.every) == []
+
+
+class TestNoLevelThatLogsPaths:
+    """uvicorn's TRACE level, below DEBUG, logs each request's scope: its path and query as
+    sent, where a caller may have put a national id. The service refuses it."""
+
+    @pytest.mark.parametrize("level", ["TRACE", "trace", "5", "VERBOSE"])
+    def test_a_level_below_debug_or_unknown_is_refused(self, level: str) -> None:
+        with pytest.raises(ValidationError, match="TELLONCE_LOG_LEVEL must be one of"):
+            Settings(log_level=level)
+
+    @pytest.mark.parametrize(
+        ("level", "kept"), [("debug", "DEBUG"), (" Info ", "INFO"), ("WARNING", "WARNING")]
+    )
+    def test_the_standard_levels_are_kept_upper_cased(self, level: str, kept: str) -> None:
+        assert Settings(log_level=level).log_level == kept
+
+    def test_serve_will_not_start_at_trace(self, tmp_path: Path, root_key: str, database_url: str) -> None:
+        env = server_env(database_url, tmp_path, root_key) | {"TELLONCE_LOG_LEVEL": "TRACE"}
+        refused = ""
+        try:
+            server = start_server(env, tmp_path / "server.log", timeout=30)
+        except RuntimeError as exc:
+            refused = str(exc)
+        else:
+            server.stop()  # the old code served: stop it before failing
+        assert "TELLONCE_LOG_LEVEL must be one of" in refused
+        assert "Traceback" not in refused

@@ -216,7 +216,7 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     from service.audit.checkpoint import NoteSigner
     from service.audit.config import AuditSettings, create_signing_key, load_signer, read_signing_key
     from service.audit.errors import SigningKeyMissing
-    from service.auth.keys import ensure_signing_key
+    from service.auth.keys import SigningKeyCorrupt, SigningKeys, ensure_signing_key
     from service.crypto.errors import RootKeyUnavailable
     from service.crypto.providers import load_root_key
     from service.schema import head_revisions, upgrade
@@ -285,6 +285,15 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     manifest = manifest_path(settings.data_dir)
     existed = manifest.exists()
     ensure_signing_key(settings.data_dir, may_generate=True)
+    # Read as a server reads them: "present" means usable, not merely there.
+    try:
+        SigningKeys(settings.data_dir, settings.access_token_ttl_seconds)
+    except SigningKeyCorrupt as exc:
+        raise InitFailed(str(exc)) from None
+    except OSError as exc:
+        raise InitFailed(
+            f"cannot read the access-token signing key in {exc.filename}: {exc.strerror}"
+        ) from None
     step(f"access-token signing key: {'present' if existed else 'created'} ({manifest.parent})")
     report.backup.append(f"{manifest.parent}/ (every replica needs the same folder)")
 

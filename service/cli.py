@@ -181,8 +181,9 @@ def run() -> None:
     command needs them, so a bad setting, a database that cannot be used, one that was
     never migrated or one a newer release migrated, a root key that cannot be used, or a
     file holding a secret (the audit checkpoint key, an access-token signing key) that
-    other accounts may read, may surface from any of them: each is one line and exit 2,
-    never a traceback. An audit entry that cannot be written is one line and exit 1."""
+    other accounts may read, or an access-token signing-key file that cannot be parsed,
+    may surface from any of them: each is one line and exit 2, never a traceback. An audit
+    entry that cannot be written is one line and exit 1."""
     from pydantic import ValidationError
 
     try:
@@ -196,6 +197,7 @@ def run() -> None:
         sys.exit(2)
     except Exception as exc:  # re-raised below unless it is a key or the database refusing
         from service.audit.errors import AuditUnavailable
+        from service.auth.keys import KEY_NAME, SigningKeyCorrupt
         from service.crypto.errors import RootKeyUnavailable
         from service.db import missing_schema, unusable_database
         from service.private_files import SharedSecretFile
@@ -216,6 +218,10 @@ def run() -> None:
         if isinstance(exc, SharedSecretFile):
             # As the root key's: the file is named and left as it is, the key never read.
             typer.echo(f"tellonce: cannot use the {exc.secret}: {exc}", err=True)
+            sys.exit(2)
+        if isinstance(exc, SigningKeyCorrupt):
+            # The file is named, never what it holds.
+            typer.echo(f"tellonce: cannot use the {KEY_NAME}s: {exc}", err=True)
             sys.exit(2)
         reason = unusable_database(exc)
         if reason is not None:
@@ -319,6 +325,20 @@ def serve(
     AuditSettings()
     ConsoleSettings()
     _refuse_if_not_ready(settings)
+    # The keys read as each worker reads them at startup, so a file missing or that cannot
+    # be parsed is one line rather than each worker's failed start-up traceback. With no
+    # manifest (development and test only: production was refused above) the app makes one.
+    from service.auth.keys import SigningKeys, manifest_path
+
+    if manifest_path(settings.data_dir).exists():
+        try:
+            SigningKeys(settings.data_dir, settings.access_token_ttl_seconds)
+        except OSError as exc:
+            typer.echo(
+                f"tellonce: cannot read the access-token signing key in {exc.filename}: {exc.strerror}",
+                err=True,
+            )
+            raise typer.Exit(2) from None
     # One line (from ``run``) for a database that is not there, rather than each worker's
     # failed start-up traceback from uvicorn. The worker command waits for it instead.
     asyncio.run(reach(settings.database_url))

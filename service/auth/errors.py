@@ -21,8 +21,9 @@ class InvalidClientRegistration(ServiceError):
 
 class SigningKeysUnusable(ServiceUnavailable):
     """A running server re-read its access-token signing keys and refused them: a key file
-    open to other accounts, missing or unreadable. The operator's key setup fails closed
-    (nothing is signed or served from the keys) until the files are fixed; the detail
-    names the problem, never a path or key material (the log has the path)."""
+    open to other accounts, missing or unreadable, or a key file or the manifest that cannot
+    be parsed. The operator's key setup fails closed (nothing is signed or served from the
+    keys) until the files are fixed; the detail names the problem, never a path or key
+    material (the log has the path)."""
 
     title, slug = "Signing keys unusable", "signing-keys-unusable"

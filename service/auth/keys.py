@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from service.auth.errors import SigningKeysUnusable
@@ -41,6 +42,17 @@ KEY_NAME = "access-token signing key"
 
 class SigningKeyMissing(RuntimeError):
     """Production found no signing key and may not make one."""
+
+
+class SigningKeyCorrupt(RuntimeError):
+    """A signing-key file (the manifest or a PEM file it names) is there but cannot be
+    parsed. The message names the file and the remedy, never its content."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(
+            f"the {what} in {path} cannot be parsed: restore the {path.parent} folder from a backup"
+        )
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,21 @@ def _read_private_pem(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _import_key(folder: Path, kid: str) -> ECKey:
+    """The private key ``kid`` from its PEM file. Raises ``SigningKeyCorrupt`` if it is not
+    a P-256 private key (``ES256`` signs with nothing else)."""
+    path = folder / f"{kid}.pem"
+    pem = _read_private_pem(path)
+    try:
+        key = ECKey.import_key(pem, parameters={"kid": kid, "alg": ALGORITHM, "use": "sig"})
+    except (ValueError, JoseError):
+        # ValueError: not a key (cryptography); JoseError: a key, but not an EC one.
+        raise SigningKeyCorrupt(path, KEY_NAME) from None
+    if not key.is_private or key.curve_name != "P-256":
+        raise SigningKeyCorrupt(path, KEY_NAME)
+    return key
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     # The data dir and the key folder are made 0700 (a folder already there is left as it is).
@@ -93,19 +120,44 @@ def _write_private(path: Path, content: bytes) -> None:
 
 
 def _read_manifest(folder: Path) -> tuple[str, list[KeyEntry]] | None:
+    """The active kid and every key's entry, or None if there is no manifest. Raises
+    ``SigningKeyCorrupt`` if it is not the JSON ``_write_manifest`` writes."""
     path = folder / MANIFEST
     if not path.exists():
         return None
-    raw = json.loads(path.read_text())
-    entries = [
-        KeyEntry(
-            kid=item["kid"],
-            created_at=datetime.fromisoformat(item["created_at"]),
-            retired_at=datetime.fromisoformat(item["retired_at"]) if item.get("retired_at") else None,
-        )
-        for item in raw["keys"]
-    ]
-    return str(raw["active"]), entries
+    try:
+        # ValueError: not UTF-8 or not JSON, or a time fromisoformat refuses; KeyError: a
+        # member missing; TypeError: a member of the wrong type.
+        raw = json.loads(path.read_text())
+        entries = [
+            KeyEntry(
+                kid=_text(item["kid"]),
+                created_at=_aware(datetime.fromisoformat(item["created_at"])),
+                retired_at=_aware(datetime.fromisoformat(item["retired_at"]))
+                if item.get("retired_at")
+                else None,
+            )
+            for item in raw["keys"]
+        ]
+        active = _text(raw["active"])
+        if active not in {entry.kid for entry in entries}:
+            raise KeyError(active)
+    except (ValueError, KeyError, TypeError):
+        raise SigningKeyCorrupt(path, "access-token signing-key manifest") from None
+    return active, entries
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("not a non-empty string")
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    # A time without its offset cannot be compared with ``utcnow()``.
+    if value.tzinfo is None:
+        raise ValueError("no UTC offset")
+    return value
 
 
 def _write_manifest(folder: Path, active: str, entries: list[KeyEntry]) -> None:
@@ -168,7 +220,8 @@ def rotate_signing_key(data_dir: Path) -> str:
 def _served(folder: Path) -> Iterator[None]:
     """Re-read key files for a request of a running server. A key file open to other
     accounts (``SharedSecretFile``), missing or unreadable (``OSError``,
-    ``SigningKeyMissing``) is the operator's key setup failing closed: the request is
+    ``SigningKeyMissing``), or a manifest or key file that cannot be parsed
+    (``SigningKeyCorrupt``) is the operator's key setup failing closed: the request is
     refused with ``SigningKeysUnusable`` (503), logged with the path, until it is fixed."""
     try:
         yield
@@ -185,13 +238,20 @@ def _served(folder: Path) -> Iterator[None]:
         raise SigningKeysUnusable(
             "An access-token signing key file is missing or cannot be read; the operator must restore it."
         ) from None
+    except SigningKeyCorrupt as exc:
+        # The message names the file and that it cannot be parsed, never what it holds.
+        logger.error("refusing to serve: %s", exc)
+        raise SigningKeysUnusable(
+            "An access-token signing key file or its manifest cannot be parsed; the operator must restore it."
+        ) from None
 
 
 class SigningKeys:
     """The keys one process signs and verifies with, re-read when the manifest changes.
 
-    At startup a key file open to other accounts raises ``SharedSecretFile`` (and a missing
-    one ``SigningKeyMissing`` or ``OSError``), which the command reports; what a request
+    At startup a key file open to other accounts raises ``SharedSecretFile`` (a missing one
+    ``SigningKeyMissing`` or ``OSError``, one that cannot be parsed ``SigningKeyCorrupt``),
+    which the command reports; what a request
     re-reads later (``refresh``, ``verification_key``, ``jwks``, ``evidence_jwks``) is
     refused as ``SigningKeysUnusable`` (503) instead (``_served``)."""
 
@@ -206,8 +266,8 @@ class SigningKeys:
 
     def refresh(self) -> bool:
         """Re-read the folder if the manifest changed; True if it did. Raises
-        ``SigningKeysUnusable`` if a key file is open to other accounts, missing or
-        unreadable."""
+        ``SigningKeysUnusable`` if a key file is open to other accounts, missing,
+        unreadable or cannot be parsed."""
         with _served(self.folder):
             return self._reload()
 
@@ -229,10 +289,7 @@ class SigningKeys:
                 if not self._still_verifies(entry.retired_at):
                     continue
                 retired_at[entry.kid] = entry.retired_at
-            pem = _read_private_pem(self.folder / f"{entry.kid}.pem")
-            by_kid[entry.kid] = ECKey.import_key(
-                pem, parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"}
-            )
+            by_kid[entry.kid] = _import_key(self.folder, entry.kid)
         self._by_kid = by_kid
         self._retired_at = retired_at
         self._active = by_kid[active]
@@ -285,11 +342,5 @@ class SigningKeys:
             if manifest is None:
                 raise SigningKeyMissing(f"no access-token signing key in {self.folder}")
             _active, entries = manifest
-            keys = [
-                ECKey.import_key(
-                    _read_private_pem(self.folder / f"{entry.kid}.pem"),
-                    parameters={"kid": entry.kid, "alg": ALGORITHM, "use": "sig"},
-                ).as_dict(private=False)
-                for entry in entries
-            ]
+            keys = [_import_key(self.folder, entry.kid).as_dict(private=False) for entry in entries]
         return {"keys": keys}

@@ -7,6 +7,7 @@ carries a token that expires in flight. Concurrent callers share one fetch.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -55,11 +56,40 @@ class TokenSource:
             response = await http.post(token_url, data=form, auth=auth or httpx.USE_CLIENT_DEFAULT)
             if response.status_code != 200:
                 raise TokenError.from_response(response, self.client_id)
-            body: dict[str, Any] = response.json()
-            lifetime = float(body.get("expires_in", 300))
-            self._token = str(body["access_token"])
+            token, lifetime = _token_answer(response, self.client_id)
+            self._token = token
             self._refresh_at = self._clock() + lifetime - min(self.refresh_margin, lifetime / 2)
             return self._token
+
+
+def _token_answer(response: httpx.Response, client_id: str) -> tuple[str, float]:
+    """The token and its lifetime in seconds (300 if the answer gives none) from a token
+    endpoint's 200 (RFC 6749 section 5.1). A body that is not such an answer raises
+    ``TokenError`` saying what is wrong with it, never what it holds (it may hold a token)."""
+
+    def refuse(reason: str) -> TokenError:
+        return TokenError(response.status_code, client_id, reason=reason)
+
+    try:
+        body: Any = response.json()
+    except ValueError:  # not JSON, or not in the encoding it claims
+        raise refuse("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise refuse("the body is not a JSON object")
+    token = body.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise refuse("access_token is missing or not a string")
+    lifetime = body.get("expires_in", 300)
+    # A number; a string of one is taken as the number it spells (bool is not a number here).
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float | str):
+        raise refuse("expires_in is not a number")
+    try:
+        seconds = float(lifetime)
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
+        raise refuse("expires_in is not a number") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise refuse("expires_in is not a finite number of seconds, zero or more")
+    return token, seconds
 
 
 class ClientSecret(TokenSource):

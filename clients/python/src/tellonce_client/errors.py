@@ -69,9 +69,11 @@ class Unavailable(ApiError):
 
 
 class TokenError(TellonceError):
-    """The token endpoint refused the client's credentials. ``error``,
-    ``error_description`` and ``error_uri`` are its RFC 6749 section 5.2 answer (written by
-    the server, never personal data), each ``None`` where it gave none."""
+    """The token endpoint refused the client's credentials, or answered 200 with no usable
+    token. ``error``, ``error_description`` and ``error_uri`` are its RFC 6749 section 5.2
+    answer (written by the server, never personal data), each ``None`` where it gave none;
+    ``reason`` says what was wrong with a 200's body (never what the body holds: it may hold
+    a token), ``None`` for a refusal."""
 
     def __init__(
         self,
@@ -81,9 +83,11 @@ class TokenError(TellonceError):
         error: str | None = None,
         error_description: str | None = None,
         error_uri: str | None = None,
+        reason: str | None = None,
     ) -> None:
         said = ": ".join(part for part in (error, error_description) if part)
         message = f"the token endpoint answered {status} for {client_id}"
+        message += f" with no usable token: {reason}" if reason else ""
         message += f": {said}" if said else ""
         message += f" (see {error_uri})" if error_uri else ""
         super().__init__(message)
@@ -91,6 +95,7 @@ class TokenError(TellonceError):
         self.error = error
         self.error_description = error_description
         self.error_uri = error_uri
+        self.reason = reason
 
     @classmethod
     def from_response(cls, response: httpx.Response, client_id: str) -> TokenError:

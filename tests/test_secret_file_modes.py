@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from service.audit.config import create_signing_key, load_signer, signing_key_path
 from service.audit.errors import SigningKeyMissing
+from service.auth.errors import SigningKeysUnusable
 from service.auth.keys import SigningKeys, check_key_files, ensure_signing_key, rotate_signing_key
 from service.auth.runtime import AuthRuntime
 from service.bootstrap import check_secret_files
@@ -113,7 +114,8 @@ class TestAccessTokenSigningKeys:
         old.chmod(0o640)
         with pytest.raises(SharedSecretFile, match=f"in {old} is open to other accounts"):
             check_key_files(tmp_path)
-        with pytest.raises(SharedSecretFile):
+        # Re-read for a request, it is the 503 refusal (``SigningKeysUnusable``).
+        with pytest.raises(SigningKeysUnusable):
             keys.evidence_jwks()
 
     def test_private_keys_are_used(self, tmp_path: Path) -> None:

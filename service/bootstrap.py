@@ -120,6 +120,28 @@ def startup_refusal(settings: Settings) -> str | None:
     return None
 
 
+def lost_checkpoint_key(path: Path, held: int) -> str:
+    """``tellonce init``'s refusal to replace a lost audit checkpoint key unasked."""
+    return (
+        f"the audit checkpoint key {path} is missing but the database holds {held} checkpoints "
+        "signed with it: put the backed-up key file back (a restore brings back the data "
+        "directory with the database) and run init again, or run `tellonce init "
+        "--new-checkpoint-key` to make a new key, after which `tellonce audit verify` fails "
+        "from the first of those checkpoints"
+    )
+
+
+def new_key_warning(held: int) -> str:
+    """What ``--new-checkpoint-key`` costs, said when it made a key."""
+    return (
+        f"the {held} checkpoints already stored were signed by the lost key and verify only "
+        "with its verifier key; `tellonce audit verify` checks every checkpoint with one key, "
+        "so from now on it fails from the first of them (a bundle exported before the loss "
+        "still verifies with `tellonce audit verify --bundle FILE --key OLD-VERIFIER-KEY`); "
+        "give auditors the new verifier key below"
+    )
+
+
 class InitFailed(RuntimeError):
     """``tellonce init`` stopped; the message says why and what to do."""
 
@@ -130,6 +152,7 @@ class InitReport:
 
     steps: list[str] = field(default_factory=list)
     backup: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     checkpoint_verifier_key: str = ""
 
 
@@ -180,6 +203,23 @@ async def _root_key_opens(settings: Settings, department: str, version: int) -> 
     return True
 
 
+async def _signed_checkpoints(settings: Settings) -> int:
+    """How many signed audit checkpoints the database holds (0 before its first migration)."""
+    from sqlalchemy import func, inspect, select
+
+    from service.audit.models import AuditCheckpoint
+    from service.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            if not await conn.run_sync(lambda sync: inspect(sync).has_table(AuditCheckpoint.__tablename__)):
+                return 0
+            return int((await conn.execute(select(func.count()).select_from(AuditCheckpoint))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
 async def _revisions(settings: Settings) -> set[str]:
     from service.db import create_engine
     from service.schema import current_revisions
@@ -210,9 +250,18 @@ async def _audit_created(settings: Settings, created: list[str]) -> None:
         await engine.dispose()
 
 
-def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[[str], None]) -> InitReport:
+def initialise(
+    settings: Settings,
+    *,
+    new_root_key: bool = False,
+    new_checkpoint_key: bool = False,
+    say: Callable[[str], None],
+) -> InitReport:
     """Check the root key (or the token), create the missing signing keys, migrate; safe to
-    run again."""
+    run again. A missing audit checkpoint key file is made anew only while the database
+    holds no signed checkpoint, or with ``new_checkpoint_key``: the stored checkpoints were
+    signed by the lost key, and ``tellonce audit verify`` (one key for every checkpoint)
+    fails from the first of them once another key signs."""
     from service.audit.checkpoint import NoteSigner
     from service.audit.config import AuditSettings, create_signing_key, load_signer, read_signing_key
     from service.audit.errors import SigningKeyMissing
@@ -242,6 +291,11 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
         raise InitFailed(
             "--new-root-key: with TELLONCE_KEY_PROVIDER=pkcs11 there is no root key (the token "
             "holds the department keys); run `tellonce init` without it"
+        )
+    if in_token and new_checkpoint_key:
+        raise InitFailed(
+            "--new-checkpoint-key: with TELLONCE_KEY_PROVIDER=pkcs11 the audit checkpoint key is "
+            "a key pair in the token, not a file; run `tellonce init` without it"
         )
     if in_token:
         from service.crypto.hsm import open_token
@@ -281,6 +335,13 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
             "from database backups"
         )
 
+    # A lost checkpoint key is not replaced unasked: the stored checkpoints would no longer verify.
+    signed_by_lost_key = 0
+    if not in_token and not signing_key_path(settings).exists():
+        signed_by_lost_key = asyncio.run(_signed_checkpoints(settings))
+        if signed_by_lost_key and not new_checkpoint_key:
+            raise InitFailed(lost_checkpoint_key(signing_key_path(settings), signed_by_lost_key))
+
     # 2. The access-token signing key.
     manifest = manifest_path(settings.data_dir)
     existed = manifest.exists()
@@ -308,7 +369,14 @@ def initialise(settings: Settings, *, new_root_key: bool = False, say: Callable[
     else:
         checkpoint_key = signing_key_path(settings)
         created = create_signing_key(checkpoint_key)
-        step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
+        if created and signed_by_lost_key:
+            step(
+                f"audit checkpoint key: created ({checkpoint_key}) with --new-checkpoint-key; "
+                f"{signed_by_lost_key} stored checkpoints were signed by the lost key"
+            )
+            report.warnings.append(new_key_warning(signed_by_lost_key))
+        else:
+            step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
         try:
             signer = NoteSigner(AuditSettings().origin, read_signing_key(checkpoint_key))
         except (SharedSecretFile, SigningKeyMissing) as exc:

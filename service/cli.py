@@ -274,6 +274,12 @@ def init(
     new_root_key: bool = typer.Option(
         False, "--new-root-key", help="Create root.key in the data directory if no root key is set."
     ),
+    new_checkpoint_key: bool = typer.Option(
+        False,
+        "--new-checkpoint-key",
+        help="Make a new audit checkpoint key although the database holds checkpoints signed by "
+        "the missing one (tellonce audit verify then fails from the first of them).",
+    ),
 ) -> None:
     """Prepare an installation: check the root key (or the PKCS#11 token), create the signing
     keys, migrate.
@@ -283,10 +289,14 @@ def init(
 
     settings = _settings_or_exit()
     try:
-        report = initialise(settings, new_root_key=new_root_key, say=typer.echo)
+        report = initialise(
+            settings, new_root_key=new_root_key, new_checkpoint_key=new_checkpoint_key, say=typer.echo
+        )
     except InitFailed as exc:
         typer.echo(f"tellonce init: {exc}", err=True)
         raise typer.Exit(1) from None
+    for warning in report.warnings:
+        typer.echo(f"tellonce init: warning: {warning}", err=True)
     typer.echo(f"audit checkpoint verifier key (give it to auditors): {report.checkpoint_verifier_key}")
     typer.echo("back up:")
     for item in report.backup:

@@ -66,6 +66,27 @@ async def _store_a_kek(settings: Settings, department: str) -> None:
         await engine.dispose()
 
 
+async def _sign_checkpoints(settings: Settings) -> int:
+    """Sequence the log with the installation's checkpoint key, a checkpoint per round, as
+    a running worker would; the number of checkpoints stored."""
+    from sqlalchemy import func, select
+
+    from service.audit.checkpoint import NoteSigner
+    from service.audit.config import AuditSettings, read_signing_key, signing_key_path
+    from service.audit.models import AuditCheckpoint
+    from service.db import create_engine
+    from tests.fixtures.audit import make_sequencer, sequence_all
+
+    signer = NoteSigner(AuditSettings().origin, read_signing_key(signing_key_path(settings)))
+    engine = create_engine(settings.database_url)
+    try:
+        await sequence_all(make_sequencer(engine, signer, every=1))
+        async with engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(AuditCheckpoint))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
 def invoke(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(cli_app, list(args))
     return result.exit_code, result.stdout, result.stderr
@@ -119,6 +140,52 @@ class TestInit:
         code, _out, err = invoke("init")
         assert code == 1
         assert "the root key does not open the stored key of dvla" in err
+
+    def test_a_lost_checkpoint_key_is_not_replaced_unasked(self, production_env: Path) -> None:
+        assert invoke("init", "--new-root-key")[0] == 0  # its key creation is audited: entries
+        held = asyncio.run(_sign_checkpoints(get_settings()))
+        assert held >= 1
+        checkpoint_key = production_env / "audit-checkpoint.key"
+        checkpoint_key.unlink()  # a restore that left the data directory behind
+
+        code, _out, err = invoke("init")
+        assert code == 1
+        assert err.strip().splitlines() == [
+            f"tellonce init: the audit checkpoint key {checkpoint_key} is missing but the database "
+            f"holds {held} checkpoints signed with it: put the backed-up key file back (a restore "
+            "brings back the data directory with the database) and run init again, or run "
+            "`tellonce init --new-checkpoint-key` to make a new key, after which `tellonce audit "
+            "verify` fails from the first of those checkpoints"
+        ]
+        assert not checkpoint_key.exists()
+
+        code, out, err = invoke("init", "--new-checkpoint-key")
+        assert code == 0, err
+        assert checkpoint_key.exists()
+        assert (
+            f"audit checkpoint key: created ({checkpoint_key}) with --new-checkpoint-key; "
+            f"{held} stored checkpoints were signed by the lost key"
+        ) in out
+        [warning] = err.strip().splitlines()
+        assert warning.startswith(
+            f"tellonce init: warning: the {held} checkpoints already stored were signed"
+        )
+        assert "verify only with its verifier key" in warning
+        # What the warning says: verify, with the new key, fails from the first checkpoint.
+        code, _out, err = invoke("audit", "verify")
+        assert code == 1
+        assert "audit log does NOT verify" in err
+        # Once made, the key is present: init is quiet again and never replaces it.
+        code, again, err = invoke("init", "--new-checkpoint-key")
+        assert code == 0, err
+        assert f"audit checkpoint key: present ({checkpoint_key})" in again
+        assert err == ""
+
+    def test_a_fresh_install_makes_the_checkpoint_key_unasked(self, production_env: Path) -> None:
+        code, out, err = invoke("init", "--new-root-key")
+        assert code == 0, err
+        assert "audit checkpoint key: created" in out
+        assert "--new-checkpoint-key" not in out + err
 
 
 class TestInitWithToken:
@@ -176,6 +243,17 @@ class TestInitWithToken:
         assert refused.returncode == 1
         assert "--new-root-key: with TELLONCE_KEY_PROVIDER=pkcs11 there is no root key" in refused.stderr
         assert not (production_env / "root.key").exists()
+
+    def test_a_new_checkpoint_key_is_refused_not_ignored(self, production_env: Path, tmp_path: Path) -> None:
+        (tmp_path / "softhsm").mkdir()
+        token_env = make_token_store(tmp_path / "softhsm").env()
+        refused = self._init(token_env, "--new-checkpoint-key")
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [
+            "tellonce init: --new-checkpoint-key: with TELLONCE_KEY_PROVIDER=pkcs11 the audit "
+            "checkpoint key is a key pair in the token, not a file; run `tellonce init` without it"
+        ]
+        assert not production_env.exists() or not any(production_env.iterdir())
 
 
 class TestServeRefuses:

@@ -165,8 +165,9 @@ def _write_root_key(path: Path) -> None:
 
 
 async def _stored_kek(settings: Settings) -> tuple[str, int] | None:
-    """One department KEK version from the database, to prove the root key opens it."""
-    from sqlalchemy import select
+    """One department KEK version from the database, to prove the root key opens it (None
+    before the first migration too)."""
+    from sqlalchemy import inspect, select
 
     from service.crypto.models import KeyEncryptionKey
     from service.db import create_engine
@@ -174,6 +175,8 @@ async def _stored_kek(settings: Settings) -> tuple[str, int] | None:
     engine = create_engine(settings.database_url)
     try:
         async with engine.connect() as conn:
+            if not await conn.run_sync(lambda sync: inspect(sync).has_table(KeyEncryptionKey.__tablename__)):
+                return None
             row = (
                 await conn.execute(
                     select(KeyEncryptionKey.department, KeyEncryptionKey.version)
@@ -261,14 +264,20 @@ def initialise(
     run again. A missing audit checkpoint key file is made anew only while the database
     holds no signed checkpoint, or with ``new_checkpoint_key``: the stored checkpoints were
     signed by the lost key, and ``tellonce audit verify`` (one key for every checkpoint)
-    fails from the first of them once another key signs."""
+    fails from the first of them once another key signs.
+
+    Everything that can refuse is checked before anything is made: a refused init
+    (``InitFailed``, or ``NewerSchema`` for a database a newer release migrated) leaves the
+    data directory, the token and the database as they were."""
+    from alembic.script import ScriptDirectory
+
     from service.audit.checkpoint import NoteSigner
     from service.audit.config import AuditSettings, create_signing_key, load_signer, read_signing_key
     from service.audit.errors import SigningKeyMissing
     from service.auth.keys import SigningKeyCorrupt, SigningKeys, ensure_signing_key
     from service.crypto.errors import RootKeyUnavailable
     from service.crypto.providers import load_root_key
-    from service.schema import head_revisions, upgrade
+    from service.schema import alembic_config, head_revisions, refuse_newer_schema, upgrade
 
     refusals = production_refusals(settings)
     if refusals:
@@ -285,8 +294,7 @@ def initialise(
         report.steps.append(line)
         say(line)
 
-    # 1. The root key: every stored value is lost without it, so init never replaces one.
-    # With a PKCS#11 token there is none: the token holds the keys, and must open.
+    # The checks. Nothing is made until every one has passed.
     if in_token and new_root_key:
         raise InitFailed(
             "--new-root-key: with TELLONCE_KEY_PROVIDER=pkcs11 there is no root key (the token "
@@ -297,6 +305,9 @@ def initialise(
             "--new-checkpoint-key: with TELLONCE_KEY_PROVIDER=pkcs11 the audit checkpoint key is "
             "a key pair in the token, not a file; run `tellonce init` without it"
         )
+    # The root key: every stored value is lost without it, so init never replaces one.
+    # With a PKCS#11 token there is none: the token holds the keys, and must open.
+    make_root_key = False
     if in_token:
         from service.crypto.hsm import open_token
 
@@ -304,43 +315,87 @@ def initialise(
             open_token(settings)
         except RootKeyUnavailable as exc:
             raise InitFailed(str(exc)) from None
-        step(f"key provider: PKCS#11 token {settings.pkcs11_token_label!r} (no root key)")
-        report.backup.append(
-            f"the PKCS#11 token {settings.pkcs11_token_label!r}: it holds the department keys and "
-            "the audit checkpoint key, which never leave it; back it up as your HSM provides"
-        )
     elif settings.root_key is not None:
         source = "TELLONCE_ROOT_KEY"
     elif settings.root_key_file.exists():
         source = str(settings.root_key_file)
     elif new_root_key or settings.allows_generated_keys:
-        _write_root_key(settings.root_key_file)
+        make_root_key = True
         source = str(settings.root_key_file)
-        step(f"root key: created {source} (mode 0600)")
     else:
         raise InitFailed(
             "no root key: set TELLONCE_ROOT_KEY (base64 of 32 bytes, from your key store) or run "
             "`tellonce init --new-root-key` to create "
             f"{settings.root_key_file}"
         )
-    if not in_token:
+    if not in_token and not make_root_key:
         try:
             load_root_key(settings)
         except RootKeyUnavailable as exc:
             raise InitFailed(str(exc)) from None
-        if not report.steps:
+
+    # An audit checkpoint key file that is there must be usable.
+    checkpoint_key = signing_key_path(settings)
+    if not in_token and checkpoint_key.exists():
+        try:
+            read_signing_key(checkpoint_key)
+        except (SharedSecretFile, SigningKeyMissing) as exc:
+            raise InitFailed(str(exc)) from None
+
+    # Then what the database holds (read only once the checks above passed; an SQLite file
+    # is made by the first connection). One a newer release migrated is neither read nor
+    # migrated here.
+    before = asyncio.run(_revisions(settings))
+    refuse_newer_schema(before, ScriptDirectory.from_config(alembic_config(settings.database_url)))
+
+    # A root key (or token) that does not open the stored KEKs would fail on the first read.
+    opener = f"the PKCS#11 token {settings.pkcs11_token_label!r}" if in_token else "the root key"
+    stored = asyncio.run(_stored_kek(settings))
+    if stored is None:
+        department_keys = "department keys: none stored yet (made on first use)"
+    elif make_root_key:
+        raise InitFailed(
+            f"no root key, and the database holds department keys ({stored[0]} v{stored[1]}) "
+            "that a new one would not open: set TELLONCE_ROOT_KEY from your key store, or put "
+            f"{settings.root_key_file} back"
+        )
+    elif asyncio.run(_root_key_opens(settings, *stored)):
+        department_keys = f"department keys: {opener} opens them (checked {stored[0]} v{stored[1]})"
+    else:
+        raise InitFailed(
+            f"{opener} does not open the stored key of {stored[0]} v{stored[1]}: "
+            f"this is not {'the token' if in_token else 'the root key'} this database was written with"
+        )
+
+    # A lost checkpoint key is not replaced unasked: the stored checkpoints would no longer verify.
+    signed_by_lost_key = 0
+    if not in_token and not checkpoint_key.exists():
+        signed_by_lost_key = asyncio.run(_signed_checkpoints(settings))
+        if signed_by_lost_key and not new_checkpoint_key:
+            raise InitFailed(lost_checkpoint_key(checkpoint_key, signed_by_lost_key))
+
+    # 1. The root key, or the token and its checkpoint key pair (made there by the first
+    # signer that asks for it, as here).
+    if in_token:
+        try:
+            signer = load_signer(settings, AuditSettings().origin)
+        except RootKeyUnavailable as exc:
+            raise InitFailed(str(exc)) from None
+        step(f"key provider: PKCS#11 token {settings.pkcs11_token_label!r} (no root key)")
+        report.backup.append(
+            f"the PKCS#11 token {settings.pkcs11_token_label!r}: it holds the department keys and "
+            "the audit checkpoint key, which never leave it; back it up as your HSM provides"
+        )
+    else:
+        if make_root_key:
+            _write_root_key(settings.root_key_file)
+            step(f"root key: created {source} (mode 0600)")
+        else:
             step(f"root key: present ({source})")
         report.backup.append(
             f"the root key ({source}): without it every stored value is unreadable; keep it apart "
             "from database backups"
         )
-
-    # A lost checkpoint key is not replaced unasked: the stored checkpoints would no longer verify.
-    signed_by_lost_key = 0
-    if not in_token and not signing_key_path(settings).exists():
-        signed_by_lost_key = asyncio.run(_signed_checkpoints(settings))
-        if signed_by_lost_key and not new_checkpoint_key:
-            raise InitFailed(lost_checkpoint_key(signing_key_path(settings), signed_by_lost_key))
 
     # 2. The access-token signing key.
     manifest = manifest_path(settings.data_dir)
@@ -358,16 +413,10 @@ def initialise(
     step(f"access-token signing key: {'present' if existed else 'created'} ({manifest.parent})")
     report.backup.append(f"{manifest.parent}/ (every replica needs the same folder)")
 
-    # 3. The audit checkpoint key: an Ed25519 seed file (base64, one line), or a key pair
-    # in the token (made there by the first signer that asks for it, as here).
+    # 3. The audit checkpoint key: an Ed25519 seed file (base64, one line), or in the token.
     if in_token:
-        try:
-            signer = load_signer(settings, AuditSettings().origin)
-        except RootKeyUnavailable as exc:
-            raise InitFailed(str(exc)) from None
         step("audit checkpoint key: in the PKCS#11 token")
     else:
-        checkpoint_key = signing_key_path(settings)
         created = create_signing_key(checkpoint_key)
         if created and signed_by_lost_key:
             step(
@@ -377,15 +426,11 @@ def initialise(
             report.warnings.append(new_key_warning(signed_by_lost_key))
         else:
             step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
-        try:
-            signer = NoteSigner(AuditSettings().origin, read_signing_key(checkpoint_key))
-        except (SharedSecretFile, SigningKeyMissing) as exc:
-            raise InitFailed(str(exc)) from None
+        signer = NoteSigner(AuditSettings().origin, read_signing_key(checkpoint_key))
         report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
     report.checkpoint_verifier_key = signer.verifier_key()
 
     # 4. The schema.
-    before = asyncio.run(_revisions(settings))
     upgrade(settings.database_url)
     heads = head_revisions()
     if before == heads:
@@ -397,16 +442,6 @@ def initialise(
     if created_keys:
         asyncio.run(_audit_created(settings, created_keys))
 
-    # 5. A root key (or token) that does not open the stored KEKs would fail on the first read.
-    opener = f"the PKCS#11 token {settings.pkcs11_token_label!r}" if in_token else "the root key"
-    stored = asyncio.run(_stored_kek(settings))
-    if stored is None:
-        step("department keys: none stored yet (made on first use)")
-    elif asyncio.run(_root_key_opens(settings, *stored)):
-        step(f"department keys: {opener} opens them (checked {stored[0]} v{stored[1]})")
-    else:
-        raise InitFailed(
-            f"{opener} does not open the stored key of {stored[0]} v{stored[1]}: "
-            f"this is not {'the token' if in_token else 'the root key'} this database was written with"
-        )
+    # 5. The department keys, checked above.
+    step(department_keys)
     return report

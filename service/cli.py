@@ -284,7 +284,8 @@ def init(
     """Prepare an installation: check the root key (or the PKCS#11 token), create the signing
     keys, migrate.
 
-    Safe to run again: it creates only what is missing and never replaces a key."""
+    Safe to run again: it creates only what is missing and never replaces a key. Every check
+    that can refuse runs first, so a refused init makes nothing."""
     from service.bootstrap import InitFailed, initialise
 
     settings = _settings_or_exit()

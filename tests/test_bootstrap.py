@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -85,6 +86,28 @@ async def _sign_checkpoints(settings: Settings) -> int:
             return int((await conn.execute(select(func.count()).select_from(AuditCheckpoint))).scalar_one())
     finally:
         await engine.dispose()
+
+
+async def _stamp(settings: Settings, revision: str) -> None:
+    """Mark the database as migrated to ``revision``, as a newer release would leave it."""
+    from sqlalchemy import text
+
+    from service.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+    finally:
+        await engine.dispose()
+
+
+def _contents(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file and folder under ``folder``: its mode and bytes (a folder's are empty)."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_mode, path.read_bytes() if path.is_file() else b"")
+        for path in sorted(folder.rglob("*"))
+    }
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -186,6 +209,64 @@ class TestInit:
         assert code == 0, err
         assert "audit checkpoint key: created" in out
         assert "--new-checkpoint-key" not in out + err
+
+
+class TestRefusedInitMakesNothing:
+    """Every refusal is checked before init makes a file: the data directory stays as it was."""
+
+    @pytest.fixture
+    def installed(self, production_env: Path) -> Path:
+        """An installation with a stored department key, whose data directory then lost both
+        signing keys (``init`` would make them again)."""
+        assert invoke("init", "--new-root-key")[0] == 0
+        asyncio.run(_store_a_kek(get_settings(), "dvla"))
+        return production_env
+
+    @staticmethod
+    def _lose_signing_keys(data: Path) -> dict[str, tuple[int, bytes]]:
+        (data / "audit-checkpoint.key").unlink()
+        shutil.rmtree(data / "signing-keys")
+        return _contents(data)
+
+    def test_a_wrong_root_key(self, installed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        before = self._lose_signing_keys(installed)
+        monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(os.urandom(32)).decode())
+        get_settings.cache_clear()
+        code, _out, err = invoke("init")
+        assert code == 1
+        assert "the root key does not open the stored key of dvla v1" in err
+        assert _contents(installed) == before
+
+    def test_a_new_root_key_where_the_database_holds_department_keys(self, installed: Path) -> None:
+        (installed / "root.key").unlink()
+        before = self._lose_signing_keys(installed)
+        code, _out, err = invoke("init", "--new-root-key")
+        assert code == 1
+        assert err.strip().splitlines() == [
+            "tellonce init: no root key, and the database holds department keys (dvla v1) that a "
+            "new one would not open: set TELLONCE_ROOT_KEY from your key store, or put "
+            f"{installed / 'root.key'} back"
+        ]
+        assert _contents(installed) == before
+
+    def test_stored_checkpoints_and_a_missing_checkpoint_key(self, installed: Path) -> None:
+        assert asyncio.run(_sign_checkpoints(get_settings())) >= 1
+        before = self._lose_signing_keys(installed)
+        code, _out, err = invoke("init")
+        assert code == 1
+        assert "the audit checkpoint key" in err
+        assert "--new-checkpoint-key" in err
+        assert _contents(installed) == before
+
+    def test_a_schema_a_newer_release_migrated(self, installed: Path) -> None:
+        from service.schema import NewerSchema
+
+        asyncio.run(_stamp(get_settings(), "29991231_newer"))
+        before = self._lose_signing_keys(installed)
+        result = CliRunner().invoke(cli_app, ["init"])
+        assert isinstance(result.exception, NewerSchema)
+        assert "29991231_newer" in str(result.exception)
+        assert _contents(installed) == before
 
 
 class TestInitWithToken:

@@ -69,12 +69,30 @@ def production_overrides(settings: Settings) -> list[str]:
 
 def keys_in_token(settings: Settings) -> bool:
     """With ``TELLONCE_KEY_PROVIDER=pkcs11`` there is no root key and the audit checkpoint
-    key is a key pair in the token (made there on first use): neither is a file."""
+    key is a key pair in the token (made there by ``tellonce init``, or outside production
+    by the first signer): neither is a file."""
     return settings.key_provider == "pkcs11"
 
 
+def token_checkpoint_key(settings: Settings) -> str:
+    """Where the audit checkpoint key pair is, with ``TELLONCE_KEY_PROVIDER=pkcs11``."""
+    from service.crypto.hsm import AUDIT_SIGNING_LABEL
+
+    return f"key pair {AUDIT_SIGNING_LABEL!r} in the PKCS#11 token {settings.pkcs11_token_label!r}"
+
+
+def _checkpoint_key_in_token(settings: Settings) -> bool:
+    """Whether the token holds the audit checkpoint key pair (looked for, never made);
+    ``RootKeyUnavailable`` if the token cannot be opened."""
+    from service.crypto.hsm import has_ed25519_pair, open_token
+
+    return has_ed25519_pair(open_token(settings))
+
+
 def missing_keys(settings: Settings) -> list[str]:
-    """The key files a production process needs and cannot find (development makes its own)."""
+    """The keys a production process needs and cannot find (development makes its own):
+    files, and with a PKCS#11 token the checkpoint key pair in it (``RootKeyUnavailable``
+    if the token cannot be opened)."""
     if settings.allows_generated_keys:
         return []
     missing: list[str] = []
@@ -84,9 +102,11 @@ def missing_keys(settings: Settings) -> list[str]:
     manifest = manifest_path(settings.data_dir)
     if not manifest.exists():
         missing.append(f"access-token signing key ({manifest.parent})")
-    checkpoint_key = signing_key_path(settings)
-    if not in_token and not checkpoint_key.exists():
-        missing.append(f"audit checkpoint key ({checkpoint_key})")
+    if in_token:
+        if not _checkpoint_key_in_token(settings):
+            missing.append(f"audit checkpoint key ({token_checkpoint_key(settings)})")
+    elif not signing_key_path(settings).exists():
+        missing.append(f"audit checkpoint key ({signing_key_path(settings)})")
     return missing
 
 
@@ -120,14 +140,21 @@ def startup_refusal(settings: Settings) -> str | None:
     return None
 
 
-def lost_checkpoint_key(path: Path, held: int) -> str:
-    """``tellonce init``'s refusal to replace a lost audit checkpoint key unasked."""
+def lost_checkpoint_key(settings: Settings, held: int) -> str:
+    """``tellonce init``'s refusal to replace a lost audit checkpoint key unasked: a file,
+    or a key pair in the PKCS#11 token."""
+    if keys_in_token(settings):
+        missing = f"the audit checkpoint {token_checkpoint_key(settings)} is missing"
+        restore = "restore the token's key pair from its backup (as your HSM provides)"
+    else:
+        missing = f"the audit checkpoint key {signing_key_path(settings)} is missing"
+        restore = (
+            "put the backed-up key file back (a restore brings back the data directory with the database)"
+        )
     return (
-        f"the audit checkpoint key {path} is missing but the database holds {held} checkpoints "
-        "signed with it: put the backed-up key file back (a restore brings back the data "
-        "directory with the database) and run init again, or run `tellonce init "
-        "--new-checkpoint-key` to make a new key, after which `tellonce audit verify` fails "
-        "from the first of those checkpoints"
+        f"{missing} but the database holds {held} checkpoints signed with it: {restore} and "
+        "run init again, or run `tellonce init --new-checkpoint-key` to make a new key, after "
+        "which `tellonce audit verify` fails from the first of those checkpoints"
     )
 
 
@@ -266,13 +293,15 @@ def initialise(
     signed by the lost key, and ``tellonce audit verify`` (one key for every checkpoint)
     fails from the first of them once another key signs.
 
+    With a PKCS#11 token the same holds for the checkpoint key pair in the token.
+
     Everything that can refuse is checked before anything is made: a refused init
     (``InitFailed``, or ``NewerSchema`` for a database a newer release migrated) leaves the
     data directory, the token and the database as they were."""
     from alembic.script import ScriptDirectory
 
     from service.audit.checkpoint import NoteSigner
-    from service.audit.config import AuditSettings, create_signing_key, load_signer, read_signing_key
+    from service.audit.config import AuditSettings, create_signing_key, read_signing_key
     from service.audit.errors import SigningKeyMissing
     from service.auth.keys import SigningKeyCorrupt, SigningKeys, ensure_signing_key
     from service.crypto.errors import RootKeyUnavailable
@@ -300,19 +329,12 @@ def initialise(
             "--new-root-key: with TELLONCE_KEY_PROVIDER=pkcs11 there is no root key (the token "
             "holds the department keys); run `tellonce init` without it"
         )
-    if in_token and new_checkpoint_key:
-        raise InitFailed(
-            "--new-checkpoint-key: with TELLONCE_KEY_PROVIDER=pkcs11 the audit checkpoint key is "
-            "a key pair in the token, not a file; run `tellonce init` without it"
-        )
     # The root key: every stored value is lost without it, so init never replaces one.
     # With a PKCS#11 token there is none: the token holds the keys, and must open.
     make_root_key = False
     if in_token:
-        from service.crypto.hsm import open_token
-
         try:
-            open_token(settings)
+            checkpoint_key_present = _checkpoint_key_in_token(settings)
         except RootKeyUnavailable as exc:
             raise InitFailed(str(exc)) from None
     elif settings.root_key is not None:
@@ -334,13 +356,15 @@ def initialise(
         except RootKeyUnavailable as exc:
             raise InitFailed(str(exc)) from None
 
-    # An audit checkpoint key file that is there must be usable.
     checkpoint_key = signing_key_path(settings)
-    if not in_token and checkpoint_key.exists():
-        try:
-            read_signing_key(checkpoint_key)
-        except (SharedSecretFile, SigningKeyMissing) as exc:
-            raise InitFailed(str(exc)) from None
+    if not in_token:
+        checkpoint_key_present = checkpoint_key.exists()
+        # An audit checkpoint key file that is there must be usable.
+        if checkpoint_key_present:
+            try:
+                read_signing_key(checkpoint_key)
+            except (SharedSecretFile, SigningKeyMissing) as exc:
+                raise InitFailed(str(exc)) from None
 
     # Then what the database holds (read only once the checks above passed; an SQLite file
     # is made by the first connection). One a newer release migrated is neither read nor
@@ -369,18 +393,13 @@ def initialise(
 
     # A lost checkpoint key is not replaced unasked: the stored checkpoints would no longer verify.
     signed_by_lost_key = 0
-    if not in_token and not checkpoint_key.exists():
+    if not checkpoint_key_present:
         signed_by_lost_key = asyncio.run(_signed_checkpoints(settings))
         if signed_by_lost_key and not new_checkpoint_key:
-            raise InitFailed(lost_checkpoint_key(checkpoint_key, signed_by_lost_key))
+            raise InitFailed(lost_checkpoint_key(settings, signed_by_lost_key))
 
-    # 1. The root key, or the token and its checkpoint key pair (made there by the first
-    # signer that asks for it, as here).
+    # 1. The root key, or the token.
     if in_token:
-        try:
-            signer = load_signer(settings, AuditSettings().origin)
-        except RootKeyUnavailable as exc:
-            raise InitFailed(str(exc)) from None
         step(f"key provider: PKCS#11 token {settings.pkcs11_token_label!r} (no root key)")
         report.backup.append(
             f"the PKCS#11 token {settings.pkcs11_token_label!r}: it holds the department keys and "
@@ -413,21 +432,28 @@ def initialise(
     step(f"access-token signing key: {'present' if existed else 'created'} ({manifest.parent})")
     report.backup.append(f"{manifest.parent}/ (every replica needs the same folder)")
 
-    # 3. The audit checkpoint key: an Ed25519 seed file (base64, one line), or in the token.
+    # 3. The audit checkpoint key: an Ed25519 seed file (base64, one line), or a key pair
+    # in the token.
     if in_token:
-        step("audit checkpoint key: in the PKCS#11 token")
+        from service.crypto.hsm import TokenEd25519Key, open_token
+
+        where = token_checkpoint_key(settings)
+        # The token opened, and can make an Ed25519 pair, in the checks above.
+        signer = NoteSigner(AuditSettings().origin, TokenEd25519Key(open_token(settings), create=True))
+        created = not checkpoint_key_present
     else:
+        where = str(checkpoint_key)
         created = create_signing_key(checkpoint_key)
-        if created and signed_by_lost_key:
-            step(
-                f"audit checkpoint key: created ({checkpoint_key}) with --new-checkpoint-key; "
-                f"{signed_by_lost_key} stored checkpoints were signed by the lost key"
-            )
-            report.warnings.append(new_key_warning(signed_by_lost_key))
-        else:
-            step(f"audit checkpoint key: {'created' if created else 'present'} ({checkpoint_key})")
         signer = NoteSigner(AuditSettings().origin, read_signing_key(checkpoint_key))
         report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
+    if created and signed_by_lost_key:
+        step(
+            f"audit checkpoint key: created ({where}) with --new-checkpoint-key; "
+            f"{signed_by_lost_key} stored checkpoints were signed by the lost key"
+        )
+        report.warnings.append(new_key_warning(signed_by_lost_key))
+    else:
+        step(f"audit checkpoint key: {'created' if created else 'present'} ({where})")
     report.checkpoint_verifier_key = signer.verifier_key()
 
     # 4. The schema.

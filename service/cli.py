@@ -248,9 +248,10 @@ def _database_named() -> str:
 
 
 def _refuse_if_not_ready(settings: Any) -> None:
-    """Stop ``serve`` or ``worker`` before it starts: a refused setting or a missing key is
-    one line and exit 1; a key file other accounts may read raises ``SharedSecretFile``
-    (one line and exit 2 from ``run``, as the root key's refusal)."""
+    """Stop ``serve`` or ``worker`` before it starts: a refused setting or a missing key (a
+    file, or with a PKCS#11 token the checkpoint key pair in it) is one line and exit 1; a
+    key file other accounts may read raises ``SharedSecretFile``, and a token that cannot be
+    opened ``RootKeyUnavailable`` (each one line and exit 2 from ``run``)."""
     from service.bootstrap import check_secret_files, startup_refusal
 
     refusal = startup_refusal(settings)
@@ -277,8 +278,9 @@ def init(
     new_checkpoint_key: bool = typer.Option(
         False,
         "--new-checkpoint-key",
-        help="Make a new audit checkpoint key although the database holds checkpoints signed by "
-        "the missing one (tellonce audit verify then fails from the first of them).",
+        help="Make a new audit checkpoint key (a file, or a key pair in the PKCS#11 token) although "
+        "the database holds checkpoints signed by the missing one (tellonce audit verify then fails "
+        "from the first of them).",
     ),
 ) -> None:
     """Prepare an installation: check the root key (or the PKCS#11 token), create the signing

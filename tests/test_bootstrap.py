@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.app import StartupRefused, create_app
-from service.bootstrap import production_overrides, startup_refusal
+from service.bootstrap import _signed_checkpoints, production_overrides, startup_refusal
 from service.cli import app as cli_app
 from service.config import Settings, get_settings
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
@@ -269,13 +269,73 @@ class TestRefusedInitMakesNothing:
         assert _contents(installed) == before
 
 
+# Run in a process of their own with the token's settings (SoftHSM reads its token folder
+# once per process): what ``serve`` and ``worker`` check first, and whether the first signer
+# would make the checkpoint key pair.
+_TOKEN_STARTUP = """
+from pkcs11 import ObjectClass
+from pkcs11.exceptions import NoSuchKey
+
+from service.audit.config import load_signer
+from service.audit.errors import SigningKeyMissing
+from service.bootstrap import startup_refusal
+from service.config import get_settings
+from service.crypto.hsm import AUDIT_SIGNING_LABEL, open_token
+
+settings = get_settings()
+print(startup_refusal(settings))
+try:
+    load_signer(settings, "tellonce.example/audit")
+    print("signer: loaded")
+except SigningKeyMissing as exc:
+    print(f"signer: {exc}")
+try:
+    open_token(settings).find(ObjectClass.PRIVATE_KEY, AUDIT_SIGNING_LABEL)
+    print("pair in token: True")
+except NoSuchKey:
+    print("pair in token: False")
+"""
+_TOKEN_SIGN_CHECKPOINTS = """
+import asyncio
+
+from service.audit.config import AuditSettings, load_signer
+from service.config import get_settings
+from service.db import create_engine
+from tests.fixtures.audit import make_sequencer, sequence_all
+
+
+async def main() -> None:
+    settings = get_settings()
+    engine = create_engine(settings.database_url)
+    try:
+        await sequence_all(make_sequencer(engine, load_signer(settings, AuditSettings().origin), every=1))
+    finally:
+        await engine.dispose()
+
+
+asyncio.run(main())
+"""
+_TOKEN_LOSE_CHECKPOINT_KEY = """
+from pkcs11 import ObjectClass
+
+from service.config import get_settings
+from service.crypto.hsm import AUDIT_SIGNING_LABEL, open_token
+
+token = open_token(get_settings())
+for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+    key = token.find(object_class, AUDIT_SIGNING_LABEL)
+    with token.lock:
+        key.destroy()
+"""
+
+
 class TestInitWithToken:
     """TELLONCE_KEY_PROVIDER=pkcs11: no root key, and the checkpoint key is in the token."""
 
-    def _init(self, token_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    def _run(self, token_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         # A process of its own: SoftHSM reads its token folder once per process.
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "init", *args],
+            [sys.executable, *args],
             env={**os.environ, **token_env},
             capture_output=True,
             text=True,
@@ -283,27 +343,37 @@ class TestInitWithToken:
             check=False,
         )
 
-    def test_needs_no_key_file_but_the_access_token_key(
-        self, production_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def _init(self, token_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run(token_env, "-m", "service.cli", "init", *args)
+
+    def _python(self, token_env: dict[str, str], code: str) -> list[str]:
+        result = self._run(token_env, "-c", code)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    def test_needs_no_key_file_but_the_access_token_key(self, production_env: Path, tmp_path: Path) -> None:
         (tmp_path / "softhsm").mkdir()
         token_env = make_token_store(tmp_path / "softhsm").env()
-        for name, value in token_env.items():
-            monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-        refusal = startup_refusal(get_settings())
-        assert refusal is not None
+        refusal, signer, pair = self._python(token_env, _TOKEN_STARTUP)
         assert "access-token signing key" in refusal
         assert "root key" not in refusal
-        assert "audit checkpoint key" not in refusal
+        # Production makes the key pair in `init` only, as it makes the key file.
+        assert (
+            "audit checkpoint key (key pair 'tellonce/audit-signing' in the PKCS#11 token 'tellonce-test')"
+        ) in refusal
+        assert signer.startswith("signer: no audit checkpoint key pair 'tellonce/audit-signing'")
+        assert pair == "pair in token: False"
 
         first = self._init(token_env)
         assert first.returncode == 0, first.stderr
         assert "no root key" in first.stdout
-        assert "audit checkpoint key: in the PKCS#11 token" in first.stdout
+        assert (
+            "audit checkpoint key: created (key pair 'tellonce/audit-signing' in the PKCS#11 token "
+            "'tellonce-test')"
+        ) in first.stdout
         assert not (production_env / "root.key").exists()
         assert not (production_env / "audit-checkpoint.key").exists()
-        assert startup_refusal(get_settings()) is None
+        assert self._python(token_env, _TOKEN_STARTUP) == ["None", "signer: loaded", "pair in token: True"]
         # The verifier key given to auditors is the token's, the same in every process.
         again = self._init(token_env)
         assert again.returncode == 0, again.stderr
@@ -325,16 +395,67 @@ class TestInitWithToken:
         assert "--new-root-key: with TELLONCE_KEY_PROVIDER=pkcs11 there is no root key" in refused.stderr
         assert not (production_env / "root.key").exists()
 
-    def test_a_new_checkpoint_key_is_refused_not_ignored(self, production_env: Path, tmp_path: Path) -> None:
+    def test_a_lost_checkpoint_key_pair_is_not_replaced_unasked(
+        self, production_env: Path, tmp_path: Path
+    ) -> None:
         (tmp_path / "softhsm").mkdir()
         token_env = make_token_store(tmp_path / "softhsm").env()
-        refused = self._init(token_env, "--new-checkpoint-key")
+        where = "key pair 'tellonce/audit-signing' in the PKCS#11 token 'tellonce-test'"
+        assert self._init(token_env).returncode == 0  # its key creation is audited: entries
+        self._python(token_env, _TOKEN_SIGN_CHECKPOINTS)
+        held = asyncio.run(_signed_checkpoints(get_settings()))
+        assert held >= 1
+        verified = self._run(token_env, "-m", "service.cli", "audit", "verify")
+        assert verified.returncode == 0, verified.stderr
+        self._python(token_env, _TOKEN_LOSE_CHECKPOINT_KEY)  # a token restored without it
+
+        # serve and worker refuse to start, as with a missing key file, and no signer makes one.
+        refusal, signer, pair = self._python(token_env, _TOKEN_STARTUP)
+        assert refusal == f"cannot start: missing audit checkpoint key ({where}); run `tellonce init`"
+        assert signer == (
+            f"signer: no audit checkpoint {where}; production does not generate one: run `tellonce init`"
+        )
+        assert pair == "pair in token: False"
+
+        refused = self._init(token_env)
         assert refused.returncode == 1
         assert refused.stderr.strip().splitlines() == [
-            "tellonce init: --new-checkpoint-key: with TELLONCE_KEY_PROVIDER=pkcs11 the audit "
-            "checkpoint key is a key pair in the token, not a file; run `tellonce init` without it"
+            f"tellonce init: the audit checkpoint {where} is missing but the database holds {held} "
+            "checkpoints signed with it: restore the token's key pair from its backup (as your HSM "
+            "provides) and run init again, or run `tellonce init --new-checkpoint-key` to make a new "
+            "key, after which `tellonce audit verify` fails from the first of those checkpoints"
         ]
-        assert not production_env.exists() or not any(production_env.iterdir())
+        assert self._python(token_env, _TOKEN_STARTUP)[2] == "pair in token: False"
+
+        made = self._init(token_env, "--new-checkpoint-key")
+        assert made.returncode == 0, made.stderr
+        assert (
+            f"audit checkpoint key: created ({where}) with --new-checkpoint-key; "
+            f"{held} stored checkpoints were signed by the lost key"
+        ) in made.stdout
+        [warning] = made.stderr.strip().splitlines()
+        assert warning.startswith(
+            f"tellonce init: warning: the {held} checkpoints already stored were signed"
+        )
+        # What the warning says: verify, with the new key, fails from the first checkpoint.
+        verified = self._run(token_env, "-m", "service.cli", "audit", "verify")
+        assert verified.returncode == 1
+        assert "audit log does NOT verify" in verified.stderr
+        again = self._init(token_env, "--new-checkpoint-key")
+        assert again.returncode == 0, again.stderr
+        assert f"audit checkpoint key: present ({where})" in again.stdout
+        assert again.stderr == ""
+
+    def test_a_fresh_token_gets_its_checkpoint_key_pair_unasked(
+        self, production_env: Path, tmp_path: Path
+    ) -> None:
+        (tmp_path / "softhsm").mkdir()
+        token_env = make_token_store(tmp_path / "softhsm").env()
+        for args in ((), ("--new-checkpoint-key",)):
+            result = self._init(token_env, *args)
+            assert result.returncode == 0, result.stderr
+            assert result.stderr == ""
+        assert "audit checkpoint key: present (key pair 'tellonce/audit-signing'" in result.stdout
 
 
 class TestServeRefuses:

@@ -88,12 +88,23 @@ def load_signer(settings: Settings, origin: str) -> NoteSigner:
     """Read the Ed25519 seed (``read_signing_key``: a file open to other accounts is
     refused); development and test make one (mode 0600), production refuses.
 
-    With ``TELLONCE_KEY_PROVIDER=pkcs11`` the key pair is in the token instead (made there
-    on first use) and never leaves it."""
+    With ``TELLONCE_KEY_PROVIDER=pkcs11`` the key pair is in the token instead and never
+    leaves it; a missing pair is made there by the same rule: development and test make
+    one, production refuses (``tellonce init`` makes it, and will not replace a lost one
+    unasked while the database holds checkpoints it signed)."""
     if settings.key_provider == "pkcs11":
-        from service.crypto.hsm import TokenEd25519Key, open_token
+        from pkcs11.exceptions import NoSuchKey
 
-        return NoteSigner(origin, TokenEd25519Key(open_token(settings)))
+        from service.crypto.hsm import AUDIT_SIGNING_LABEL, TokenEd25519Key, open_token
+
+        try:
+            key = TokenEd25519Key(open_token(settings), create=settings.allows_generated_keys)
+        except NoSuchKey:
+            raise SigningKeyMissing(
+                f"no audit checkpoint key pair {AUDIT_SIGNING_LABEL!r} in the PKCS#11 token "
+                f"{settings.pkcs11_token_label!r}; production does not generate one: run `tellonce init`"
+            ) from None
+        return NoteSigner(origin, key)
     path = signing_key_path(settings)
     if not path.exists():
         if not settings.allows_generated_keys:

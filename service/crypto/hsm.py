@@ -146,12 +146,16 @@ class Token:
                     template=dict(_SECRET),
                 )
 
-    def ed25519_pair(self, label: str) -> tuple[Any, Any]:
+    def ed25519_pair(self, label: str, *, create: bool) -> tuple[Any, Any]:
+        """The (public, private) pair of that label; ``NoSuchKey`` if either is missing,
+        unless ``create``, which generates the pair then."""
         with self.lock:
             try:
                 private = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
                 public = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
             except NoSuchKey:
+                if not create:
+                    raise
                 public, private = self._session.generate_keypair(
                     KeyType.EC_EDWARDS,
                     mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
@@ -277,14 +281,31 @@ def _label(stored: bytes) -> str:
     return stored[len(REFERENCE_PREFIX) :].decode()
 
 
-class TokenEd25519Key:
-    """An Ed25519 private key in the token, shaped like ``cryptography``'s for ``NoteSigner``."""
+def _require_eddsa(token: Token) -> None:
+    if not token.supports(Mechanism.EC_EDWARDS_KEY_PAIR_GEN, Mechanism.EDDSA):
+        raise RootKeyUnavailable("this PKCS#11 module has no Ed25519 (CKM_EDDSA)")
 
-    def __init__(self, token: Token, label: str = AUDIT_SIGNING_LABEL) -> None:
-        if not token.supports(Mechanism.EC_EDWARDS_KEY_PAIR_GEN, Mechanism.EDDSA):
-            raise RootKeyUnavailable("this PKCS#11 module has no Ed25519 (CKM_EDDSA)")
+
+def has_ed25519_pair(token: Token, label: str = AUDIT_SIGNING_LABEL) -> bool:
+    """Whether the token holds the Ed25519 key pair of that label (looked for, never made);
+    ``RootKeyUnavailable`` if the token cannot make or use one."""
+    _require_eddsa(token)
+    try:
+        token.ed25519_pair(label, create=False)
+    except NoSuchKey:
+        return False
+    return True
+
+
+class TokenEd25519Key:
+    """An Ed25519 private key in the token, shaped like ``cryptography``'s for ``NoteSigner``.
+
+    A missing pair is generated only with ``create``; otherwise it is ``NoSuchKey``."""
+
+    def __init__(self, token: Token, label: str = AUDIT_SIGNING_LABEL, *, create: bool) -> None:
+        _require_eddsa(token)
         self._token = token
-        public, self._private = token.ed25519_pair(label)
+        public, self._private = token.ed25519_pair(label, create=create)
         with token.lock:
             point = bytes(public[Attribute.EC_POINT])
         # CKA_EC_POINT is a DER OCTET STRING holding the 32-byte key.

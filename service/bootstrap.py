@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,7 +24,13 @@ from urllib.parse import urlsplit
 from service.audit.config import SIGNING_KEY_NAME, signing_key_path
 from service.auth.keys import check_key_files, manifest_path
 from service.config import Settings
-from service.private_files import SharedSecretFile, check_owner_only, make_private_dir
+from service.private_files import (
+    SharedSecretFile,
+    check_owner_only,
+    check_usable_dir,
+    make_private_dir,
+    os_refusal,
+)
 
 logger = logging.getLogger("tellonce.bootstrap")
 
@@ -173,6 +180,19 @@ class InitFailed(RuntimeError):
     """``tellonce init`` stopped; the message says why and what to do."""
 
 
+@contextlib.contextmanager
+def _data_dir_errors(settings: Settings) -> Iterator[None]:
+    """A file or folder of the data directory that cannot be used (not a folder, not
+    readable or writable): ``InitFailed`` naming it and the OS reason, not a traceback. An
+    ``OSError`` naming no file (not the data directory's) goes on as it was."""
+    try:
+        yield
+    except OSError as exc:
+        if not exc.filename:
+            raise
+        raise InitFailed(f"cannot use the data directory {settings.data_dir}: {os_refusal(exc)}") from None
+
+
 @dataclass
 class InitReport:
     """What ``tellonce init`` found and did, and what the operator must back up."""
@@ -297,7 +317,10 @@ def initialise(
 
     Everything that can refuse is checked before anything is made: a refused init
     (``InitFailed``, or ``NewerSchema`` for a database a newer release migrated) leaves the
-    data directory, the token and the database as they were."""
+    data directory, the token and the database as they were. A data directory, or its
+    signing-keys folder, that is not a folder or cannot be read (or written, where a key is
+    to be made) is one of those refusals; a write the OS refuses after every check passed
+    is ``InitFailed`` too, naming the file, but what was made before it stays."""
     from alembic.script import ScriptDirectory
 
     from service.audit.checkpoint import NoteSigner
@@ -311,9 +334,14 @@ def initialise(
     refusals = production_refusals(settings)
     if refusals:
         raise InitFailed("; ".join(refusals))
-    # A key file others may read is refused before anything is made or changed.
+    key_folder = manifest_path(settings.data_dir).parent
+    # A data directory that cannot be read, and a key file others may read, are refused
+    # before anything is made or changed.
     try:
-        check_secret_files(settings)
+        with _data_dir_errors(settings):
+            for folder in (settings.data_dir, key_folder):
+                check_usable_dir(folder, write=False)
+            check_secret_files(settings)
     except SharedSecretFile as exc:
         raise InitFailed(str(exc)) from None
     report = InitReport()
@@ -365,6 +393,11 @@ def initialise(
                 read_signing_key(checkpoint_key)
             except (SharedSecretFile, SigningKeyMissing) as exc:
                 raise InitFailed(str(exc)) from None
+    # Folders that keys are to be made in must be writable.
+    manifest = manifest_path(settings.data_dir)
+    with _data_dir_errors(settings):
+        check_usable_dir(settings.data_dir, write=make_root_key or not (in_token or checkpoint_key_present))
+        check_usable_dir(key_folder, write=not manifest.exists())
 
     # Then what the database holds (read only once the checks above passed; an SQLite file
     # is made by the first connection). One a newer release migrated is neither read nor
@@ -398,63 +431,64 @@ def initialise(
         if signed_by_lost_key and not new_checkpoint_key:
             raise InitFailed(lost_checkpoint_key(settings, signed_by_lost_key))
 
-    # 1. The root key, or the token.
-    if in_token:
-        step(f"key provider: PKCS#11 token {settings.pkcs11_token_label!r} (no root key)")
-        report.backup.append(
-            f"the PKCS#11 token {settings.pkcs11_token_label!r}: it holds the department keys and "
-            "the audit checkpoint key, which never leave it; back it up as your HSM provides"
-        )
-    else:
-        if make_root_key:
-            _write_root_key(settings.root_key_file)
-            step(f"root key: created {source} (mode 0600)")
+    # Steps 1 to 3 write in the data directory: checked above, but it may still refuse.
+    with _data_dir_errors(settings):
+        # 1. The root key, or the token.
+        if in_token:
+            step(f"key provider: PKCS#11 token {settings.pkcs11_token_label!r} (no root key)")
+            report.backup.append(
+                f"the PKCS#11 token {settings.pkcs11_token_label!r}: it holds the department keys and "
+                "the audit checkpoint key, which never leave it; back it up as your HSM provides"
+            )
         else:
-            step(f"root key: present ({source})")
-        report.backup.append(
-            f"the root key ({source}): without it every stored value is unreadable; keep it apart "
-            "from database backups"
-        )
+            if make_root_key:
+                _write_root_key(settings.root_key_file)
+                step(f"root key: created {source} (mode 0600)")
+            else:
+                step(f"root key: present ({source})")
+            report.backup.append(
+                f"the root key ({source}): without it every stored value is unreadable; keep it apart "
+                "from database backups"
+            )
 
-    # 2. The access-token signing key.
-    manifest = manifest_path(settings.data_dir)
-    existed = manifest.exists()
-    ensure_signing_key(settings.data_dir, may_generate=True)
-    # Read as a server reads them: "present" means usable, not merely there.
-    try:
-        SigningKeys(settings.data_dir, settings.access_token_ttl_seconds)
-    except SigningKeyCorrupt as exc:
-        raise InitFailed(str(exc)) from None
-    except OSError as exc:
-        raise InitFailed(
-            f"cannot read the access-token signing key in {exc.filename}: {exc.strerror}"
-        ) from None
-    step(f"access-token signing key: {'present' if existed else 'created'} ({manifest.parent})")
-    report.backup.append(f"{manifest.parent}/ (every replica needs the same folder)")
+        # 2. The access-token signing key.
+        existed = manifest.exists()
+        ensure_signing_key(settings.data_dir, may_generate=True)
+        # Read as a server reads them: "present" means usable, not merely there.
+        try:
+            SigningKeys(settings.data_dir, settings.access_token_ttl_seconds)
+        except SigningKeyCorrupt as exc:
+            raise InitFailed(str(exc)) from None
+        except OSError as exc:
+            raise InitFailed(
+                f"cannot read the access-token signing key in {exc.filename}: {exc.strerror}"
+            ) from None
+        step(f"access-token signing key: {'present' if existed else 'created'} ({manifest.parent})")
+        report.backup.append(f"{manifest.parent}/ (every replica needs the same folder)")
 
-    # 3. The audit checkpoint key: an Ed25519 seed file (base64, one line), or a key pair
-    # in the token.
-    if in_token:
-        from service.crypto.hsm import TokenEd25519Key, open_token
+        # 3. The audit checkpoint key: an Ed25519 seed file (base64, one line), or a key pair
+        # in the token.
+        if in_token:
+            from service.crypto.hsm import TokenEd25519Key, open_token
 
-        where = token_checkpoint_key(settings)
-        # The token opened, and can make an Ed25519 pair, in the checks above.
-        signer = NoteSigner(AuditSettings().origin, TokenEd25519Key(open_token(settings), create=True))
-        created = not checkpoint_key_present
-    else:
-        where = str(checkpoint_key)
-        created = create_signing_key(checkpoint_key)
-        signer = NoteSigner(AuditSettings().origin, read_signing_key(checkpoint_key))
-        report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
-    if created and signed_by_lost_key:
-        step(
-            f"audit checkpoint key: created ({where}) with --new-checkpoint-key; "
-            f"{signed_by_lost_key} stored checkpoints were signed by the lost key"
-        )
-        report.warnings.append(new_key_warning(signed_by_lost_key))
-    else:
-        step(f"audit checkpoint key: {'created' if created else 'present'} ({where})")
-    report.checkpoint_verifier_key = signer.verifier_key()
+            where = token_checkpoint_key(settings)
+            # The token opened, and can make an Ed25519 pair, in the checks above.
+            signer = NoteSigner(AuditSettings().origin, TokenEd25519Key(open_token(settings), create=True))
+            created = not checkpoint_key_present
+        else:
+            where = str(checkpoint_key)
+            created = create_signing_key(checkpoint_key)
+            signer = NoteSigner(AuditSettings().origin, read_signing_key(checkpoint_key))
+            report.backup.append(f"{checkpoint_key} (every replica needs the same key)")
+        if created and signed_by_lost_key:
+            step(
+                f"audit checkpoint key: created ({where}) with --new-checkpoint-key; "
+                f"{signed_by_lost_key} stored checkpoints were signed by the lost key"
+            )
+            report.warnings.append(new_key_warning(signed_by_lost_key))
+        else:
+            step(f"audit checkpoint key: {'created' if created else 'present'} ({where})")
+        report.checkpoint_verifier_key = signer.verifier_key()
 
     # 4. The schema.
     upgrade(settings.database_url)

@@ -5,6 +5,7 @@ checkpoint key, the access-token signing keys, owner and witness keys)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -36,13 +37,44 @@ def check_owner_only(path: Path, secret: str) -> None:
         raise SharedSecretFile(path, secret, mode)
 
 
+def _not_a_folder(path: Path) -> NotADirectoryError:
+    return NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+
+
 def make_private_dir(path: Path) -> None:
     """Create the folder ``path`` readable by its owner only (0700) if it is missing; its
     missing parents are made as ``mkdir -p`` makes them. A folder already there keeps its
-    mode: the secret files in it are held to ``check_owner_only`` one by one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mode: the secret files in it are held to ``check_owner_only`` one by one. Something
+    other than a folder at ``path`` or one of its parents is ``NotADirectoryError`` naming it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a parent is there, and is not a folder
+        raise _not_a_folder(Path(exc.filename or path.parent)) from None
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
+    if not path.is_dir():
+        raise _not_a_folder(path)
+
+
+def check_usable_dir(path: Path, *, write: bool) -> None:
+    """Raise the ``OSError`` that using the folder ``path`` would meet, making nothing: its
+    nearest part already there is not a folder (``NotADirectoryError``), or this account
+    cannot read and enter it, or write in it when ``write`` or when ``path`` is still to be
+    made there (``PermissionError``)."""
+    there = path
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        raise _not_a_folder(there)
+    needed = os.R_OK | os.X_OK | (os.W_OK if write or there != path else 0)
+    if not os.access(there, needed):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(there))
+
+
+def os_refusal(exc: OSError) -> str:
+    """``PATH: reason`` for an OS call that failed on a file or folder (its first path)."""
+    reason = exc.strerror or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def open_owner_only(path: Path, *, newline: str | None = None) -> TextIO:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import os
 import shutil
 import stat
@@ -209,6 +210,94 @@ class TestInit:
         assert code == 0, err
         assert "audit checkpoint key: created" in out
         assert "--new-checkpoint-key" not in out + err
+
+
+class TestUnusableDataDirectory:
+    """A data directory, or its signing-keys folder, that cannot be used is one line naming
+    the path and the OS reason (as root, a file where a folder is expected stands in for a
+    permissions error, and a refused ``os.access`` or write for one), never a traceback."""
+
+    def _under_a_file(self, production_env: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+        blocker = production_env.parent / "not-a-folder"
+        blocker.write_text("")
+        data = blocker / "data"
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(data))
+        get_settings.cache_clear()
+        return blocker, data
+
+    def test_a_data_directory_under_a_file(
+        self, production_env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        blocker, data = self._under_a_file(production_env, monkeypatch)
+        code, out, err = invoke("init", "--new-root-key")
+        assert code == 1
+        assert out == ""
+        assert err.splitlines() == [
+            f"tellonce init: cannot use the data directory {data}: {blocker}: Not a directory"
+        ]
+
+        code, out, err = invoke("auth", "rotate-signing-key")
+        assert code == 2
+        assert err.splitlines() == [
+            f"tellonce: cannot use the access-token signing keys in {data}: {blocker}: Not a directory"
+        ]
+
+    def test_a_file_where_the_signing_keys_folder_is(self, production_env: Path) -> None:
+        production_env.mkdir()
+        folder = production_env / "signing-keys"
+        folder.write_text("")
+        code, out, err = invoke("init", "--new-root-key")
+        assert out == ""
+        assert code == 1
+        assert err.splitlines() == [
+            f"tellonce init: cannot use the data directory {production_env}: {folder}: Not a directory"
+        ]
+        # Refused before anything was made.
+        assert [path.name for path in production_env.iterdir()] == ["signing-keys"]
+
+        code, _out, err = invoke("auth", "rotate-signing-key")
+        assert code == 2
+        assert err.splitlines() == [
+            f"tellonce: cannot use the access-token signing keys in {production_env}: "
+            f"{folder}: Not a directory"
+        ]
+
+    def test_a_folder_this_account_may_not_write(
+        self, production_env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        production_env.mkdir()
+        monkeypatch.setattr("service.private_files.os.access", lambda _path, _mode: False)
+        code, _out, err = invoke("init", "--new-root-key")
+        assert code == 1
+        assert err.splitlines() == [
+            f"tellonce init: cannot use the data directory {production_env}: "
+            f"{production_env}: Permission denied"
+        ]
+        assert not any(production_env.iterdir())
+
+    def test_a_write_refused_after_the_checks(
+        self, production_env: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def refused(path: Path, _content: bytes) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        monkeypatch.setattr("service.auth.keys._write_private", refused)
+        code, _out, err = invoke("init", "--new-root-key")
+        assert code == 1
+        [line] = err.splitlines()
+        assert line.startswith(
+            f"tellonce init: cannot use the data directory {production_env}: {production_env}/signing-keys/"
+        )
+        assert line.endswith(".pem: Permission denied")
+
+        code, _out, err = invoke("auth", "rotate-signing-key")
+        assert code == 2
+        [line] = err.splitlines()
+        assert line.startswith(
+            f"tellonce: cannot use the access-token signing keys in {production_env}: "
+            f"{production_env}/signing-keys/"
+        )
+        assert line.endswith(".pem: Permission denied")
 
 
 class TestRefusedInitMakesNothing:

@@ -18,10 +18,11 @@ from service import operator
 from service.audit import entries
 from service.audit import writer as audit_writer
 from service.auth import service as auth_service
-from service.auth.keys import rotate_signing_key
+from service.auth.keys import KEY_NAME, rotate_signing_key
 from service.config import get_settings
 from service.db import Database
 from service.errors import ServiceError
+from service.private_files import os_refusal
 
 clients_app = typer.Typer(no_args_is_help=True, help="OAuth2 clients of department systems.")
 auth_app = typer.Typer(no_args_is_help=True, help="Access-token signing keys.")
@@ -145,7 +146,14 @@ def disable(client_id: str = typer.Argument(..., help="The client to disable."))
 @auth_app.command("rotate-signing-key")
 def rotate() -> None:
     """Make a new access-token signing key active; the old one verifies until its tokens expire."""
-    kid = rotate_signing_key(get_settings().data_dir)
+    data_dir = get_settings().data_dir
+    try:
+        kid = rotate_signing_key(data_dir)
+    except OSError as exc:
+        # The folder (or the data directory) is not a folder, or cannot be read or written:
+        # one line and exit 2, as a key file that cannot be parsed.
+        typer.echo(f"tellonce: cannot use the {KEY_NAME}s in {data_dir}: {os_refusal(exc)}", err=True)
+        raise typer.Exit(2) from None
 
     async def work(session: AsyncSession) -> None:
         await _audit(session, "signing-key-rotate", "", f"access-token signing key {kid} made active")

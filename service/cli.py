@@ -181,8 +181,9 @@ def run() -> None:
     command needs them, so a bad setting, a database that cannot be used, one that was
     never migrated or one a newer release migrated, a root key that cannot be used, or a
     file holding a secret (the audit checkpoint key, an access-token signing key) that
-    other accounts may read, or an access-token signing-key file that cannot be parsed,
-    may surface from any of them: each is one line and exit 2, never a traceback. An audit
+    other accounts may read, an access-token signing-key file that cannot be parsed, or
+    (in production) an audit checkpoint key that is missing or is no Ed25519 seed, may
+    surface from any of them: each is one line and exit 2, never a traceback. An audit
     entry that cannot be written is one line and exit 1."""
     from pydantic import ValidationError
 
@@ -197,6 +198,7 @@ def run() -> None:
         sys.exit(2)
     except Exception as exc:  # re-raised below unless it is a key or the database refusing
         from service.audit.errors import AuditUnavailable
+        from service.audit.errors import SigningKeyMissing as CheckpointKeyMissing
         from service.auth.keys import KEY_NAME, SigningKeyCorrupt
         from service.crypto.errors import RootKeyUnavailable
         from service.db import missing_schema, unusable_database
@@ -218,6 +220,11 @@ def run() -> None:
         if isinstance(exc, SharedSecretFile):
             # As the root key's: the file is named and left as it is, the key never read.
             typer.echo(f"tellonce: cannot use the {exc.secret}: {exc}", err=True)
+            sys.exit(2)
+        if isinstance(exc, CheckpointKeyMissing):
+            # Production makes no checkpoint key: the message names the file or the token's
+            # key pair and says to run ``tellonce init``.
+            typer.echo(f"tellonce: cannot use the audit checkpoint key: {exc}", err=True)
             sys.exit(2)
         if isinstance(exc, SigningKeyCorrupt):
             # The file is named, never what it holds.

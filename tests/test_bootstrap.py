@@ -212,6 +212,30 @@ class TestInit:
         assert "--new-checkpoint-key" not in out + err
 
 
+class TestCommandsWithoutTheCheckpointKey:
+    @pytest.mark.parametrize("command", [("audit", "verify"), ("audit", "export", "--out", "bundle.jsonl")])
+    def test_a_missing_checkpoint_key_is_one_line_not_a_traceback(
+        self, production_env: Path, command: tuple[str, ...]
+    ) -> None:
+        assert invoke("init", "--new-root-key")[0] == 0
+        checkpoint_key = production_env / "audit-checkpoint.key"
+        checkpoint_key.unlink()
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *command],
+            cwd=production_env.parent,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("tellonce: cannot use the audit checkpoint key: ")
+        assert str(checkpoint_key) in line
+        assert "run `tellonce init`" in line
+
+
 class TestUnusableDataDirectory:
     """A data directory, or its signing-keys folder, that cannot be used is one line naming
     the path and the OS reason (as root, a file where a folder is expected stands in for a

@@ -200,7 +200,9 @@ async def record_query(
     citizen_id: str | None = None,
     owners: Sequence[str] = (),
 ) -> None:
-    """Audit a query of the log, durably, before any of its result leaves."""
+    """Audit a query of the log, durably, before any of its result leaves; ``citizen_id`` is
+    the citizen it asked about (a search or export filtered on one, a proof of an entry
+    naming one, a citizen's access log), so the log says who looked into that citizen."""
     await writer.append(query_entry(principal, action, source=source, citizen_id=citizen_id, owners=owners))
 
 
@@ -237,7 +239,13 @@ async def search_entries(
                     items.append(shown)
             if more or len(rows) <= limit:
                 break
-    await record_query(access.writer, principal, source=source, owners=_recorded_owners(query, view))
+    await record_query(
+        access.writer,
+        principal,
+        source=source,
+        citizen_id=query.citizen_id,
+        owners=_recorded_owners(query, view),
+    )
     return Page(items, items[-1]["id"] if more else None)
 
 
@@ -320,7 +328,13 @@ async def export_entries(
         first: list[tuple[int, int | None, str]] = []
         if stored_filter is not None:
             first = await audit_repository.page_entries(conn, stored_filter, 0, EXPORT_PAGE)
-    await record_query(access.writer, principal, source=source, owners=_recorded_owners(query, view))
+    await record_query(
+        access.writer,
+        principal,
+        source=source,
+        citizen_id=query.citizen_id,
+        owners=_recorded_owners(query, view),
+    )
 
     async def lines() -> AsyncIterator[str]:
         if format == "csv":

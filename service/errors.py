@@ -522,14 +522,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         body = error.problem() | {"status": exc.status_code, "title": str(exc.detail)}
         return ProblemResponse(body, status_code=exc.status_code, headers=headers or None)
     detail = str(exc.detail) if exc.status_code != 404 else "No such resource."
-    # The console's pages answer in HTML (``app.state.unrouted_page``, set by the app).
-    unrouted_page: Callable[[Request, int, str], Response | None] | None = getattr(
-        request.app.state, "unrouted_page", None
-    )
-    page = unrouted_page(request, exc.status_code, detail) if unrouted_page is not None else None
-    response = page if page is not None else problem_response(error_type(detail))
+    response = refusal_response(request, error_type(detail))
     response.headers.update(headers)
     return response
+
+
+def refusal_response(request: Request, error: ServiceError) -> Response:
+    """``error`` as problem+json, or at the console's addresses as its HTML page
+    (``app.state.unrouted_page``, set by the app): for refusals made before any route ran."""
+    state = getattr(request.scope.get("app"), "state", None)
+    unrouted_page: Callable[[Request, int, str], Response | None] | None = getattr(
+        state, "unrouted_page", None
+    )
+    page = unrouted_page(request, error.status, error.detail) if unrouted_page is not None else None
+    if page is None:
+        return problem_response(error)
+    page.headers.update(error.headers)
+    return page
 
 
 async def _storage_error(request: Request, exc: Exception) -> ProblemResponse:
@@ -601,7 +610,8 @@ class BodyLimitMiddleware:
     A declared ``Content-Length`` over the limit is refused before any of the body is
     read. A chunked body is counted as it streams and refused as soon as it passes
     the limit. On ``oauth_paths`` (the token endpoint) the refusal is an RFC 6749 error
-    body, ``invalid_request``, as OAuth clients expect there.
+    body, ``invalid_request``, as OAuth clients expect there; at the console's addresses,
+    its HTML page (``refusal_response``).
     """
 
     def __init__(self, app: ASGIApp, limit: int, oauth_paths: Iterable[str] = ()) -> None:
@@ -651,12 +661,13 @@ class BodyLimitMiddleware:
         return PayloadTooLarge(f"The request body exceeds the limit of {self.limit} bytes.")
 
     async def _refuse(self, scope: Scope, send: Send, error: ServiceError) -> None:
+        response: Response
         if scope.get("path") in self.oauth_paths:
             body = {"error": "invalid_request", "error_description": error.detail}
             headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-            response: JSONResponse = JSONResponse(body, status_code=error.status, headers=headers)
+            response = JSONResponse(body, status_code=error.status, headers=headers)
         else:
-            response = problem_response(error)
+            response = refusal_response(Request(scope), error)
         response.headers["Connection"] = "close"
         await send(
             {

@@ -529,7 +529,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def refusal_response(request: Request, error: ServiceError) -> Response:
     """``error`` as problem+json, or at the console's addresses as its HTML page
-    (``app.state.unrouted_page``, set by the app): for refusals made before any route ran."""
+    (``app.state.unrouted_page``, set by the app): for refusals made outside the console's
+    routes (before any route ran, or by an app-wide safety net)."""
     state = getattr(request.scope.get("app"), "state", None)
     unrouted_page: Callable[[Request, int, str], Response | None] | None = getattr(
         state, "unrouted_page", None
@@ -541,28 +542,31 @@ def refusal_response(request: Request, error: ServiceError) -> Response:
     return page
 
 
-async def _storage_error(request: Request, exc: Exception) -> ProblemResponse:
+async def _storage_error(request: Request, exc: Exception) -> Response:
     """A database or connection error: 400 when the request held text the database cannot
     store (a safety net: inputs are checked before they get there), 503 when the database
     is unreachable (expected while it is down or restarting, and no bug), otherwise on to
-    the 500 handler."""
+    the 500 handler. At the console's addresses, the refusal is its HTML page."""
     if _unkeepable_character(exc):
-        return problem_response(UnkeepableCharacter(_UNKEEPABLE))
+        return refusal_response(request, UnkeepableCharacter(_UNKEEPABLE))
     if not _database_unavailable(exc):
         raise exc
     request_id = _request_id(request)
     logger.warning("database unavailable", extra={"request_id": request_id, "error": type(exc).__name__})
-    return problem_response(
-        DatabaseUnavailable("The database cannot be reached; nothing was read or changed. Try again shortly.")
+    return refusal_response(
+        request,
+        DatabaseUnavailable(
+            "The database cannot be reached; nothing was read or changed. Try again shortly."
+        ),
     )
 
 
-async def _encode_error(_request: Request, exc: Exception) -> ProblemResponse:
+async def _encode_error(request: Request, exc: Exception) -> Response:
     """A lone surrogate from the request met a driver outside SQLAlchemy's errors (the
     SQLite driver raises the bare UnicodeEncodeError); any other encode error is a bug."""
     if not _surrogate(exc):
         raise exc
-    return problem_response(UnkeepableCharacter(_UNKEEPABLE))
+    return refusal_response(request, UnkeepableCharacter(_UNKEEPABLE))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:

@@ -474,3 +474,71 @@ async def test_pages_take_hostile_cookies(fuzz: Fuzz) -> None:
     for method in ("PUT", "DELETE", "PATCH"):
         await fuzz.send(f"{method} /console/agreements", "owner", method, "/console/agreements")
     assert fuzz.failures == [], "\n".join(fuzz.failures)
+
+
+async def test_text_the_store_cannot_keep_is_refused_on_a_page(fuzz: Fuzz) -> None:
+    """A NUL where every other check passes, so it would reach the store (PostgreSQL's text
+    cannot hold one): in a revoke's reason, and in a saved draft's reason, legal basis and
+    condition. PostgreSQL refuses it (a 400 page); SQLite keeps it as it is (saved, 303)."""
+    answers: list[httpx.Response] = []
+    token = await fuzz.csrf("owner")
+    revoke = encode([("csrf_token", token), ("expected_version", "1"), ("reason", "a%00b")])
+    answers.append(
+        await fuzz.send(
+            "revoke reason=nul", "owner", "POST", f"/console/agreements/{AGREEMENT}/revoke", content=revoke
+        )
+    )
+    draft = {
+        "id": "fuzz-agreement",
+        "consumer": "welfare",
+        "fields": ["address"],
+        "actions": ["read"],
+        "purposes": ["benefit-eligibility"],
+        "effect": "permit",
+        "legal_basis": "Social Security Administration Act 1992, s.122",
+    }
+    # Each its own new agreement and its own agreement changed, so SQLite saves them all.
+    for label, changes, reason, changed in (
+        ("reason", {"id": "fuzz-reason"}, "a%00b", "lookup-for-welfare"),
+        ("legal basis", {"id": "fuzz-basis", "legal_basis": "a\x00b"}, "fuzz", "deaths-to-welfare"),
+        (
+            "when",
+            {"id": "fuzz-when", "when": "citizen.status == 'a\x00b'"},
+            "fuzz",
+            "address-updates-from-dvla",
+        ),
+    ):
+        body = encode(
+            [
+                ("csrf_token", token),
+                ("step", "save"),
+                ("draft", quote_plus(json.dumps(draft | changes))),
+                ("reason", reason),
+            ]
+        )
+        answers.append(
+            await fuzz.send(f"save {label}=nul", "owner", "POST", "/console/agreements/new", content=body)
+        )
+        edit = encode(
+            [
+                ("csrf_token", token),
+                ("step", "save"),
+                ("expected_version", "1"),
+                ("draft", quote_plus(json.dumps(draft | changes | {"id": changed}))),
+                ("reason", reason),
+            ]
+        )
+        answers.append(
+            await fuzz.send(
+                f"edit {label}=nul",
+                "owner",
+                "POST",
+                f"/console/agreements/{changed}/edit",
+                content=edit,
+            )
+        )
+    assert fuzz.failures == [], "\n".join(fuzz.failures)
+    for answer in answers:
+        assert answer.status_code in (303, 400), answer.text[:2000]
+        if answer.status_code == 400:
+            assert "The request holds a character the store cannot keep" in answer.text

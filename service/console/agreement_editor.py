@@ -18,7 +18,7 @@ from starlette.datastructures import FormData
 from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.console import forms
-from service.console.agreement_pages import Owner, changeable, page_names, version_number
+from service.console.agreement_pages import AgreementId, Owner, changeable, page_names, version_number
 from service.console.drafts import check_draft
 from service.console.forms import AgreementForm
 from service.console.sessions import SignedIn
@@ -215,7 +215,7 @@ async def create_agreement(
 
 @router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
 async def edit_agreement(
-    agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
+    agreement_id: AgreementId, request: Request, session: SessionDep, viewer: SignedIn = Owner
 ) -> Response:
     catalog = await catalog_of(session)
     current = await changeable(
@@ -231,7 +231,7 @@ async def edit_agreement(
 
 @router.post("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
 async def change_agreement(
-    agreement_id: str,
+    agreement_id: AgreementId,
     request: Request,
     session: SessionDep,
     viewer: SignedIn = Depends(csrf_checked),

@@ -3,15 +3,15 @@ Creating and changing one (check, simulate, save) is the editor, ``agreement_edi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from service.auth import permissions
-from service.catalog.schemas import Catalog
+from service.catalog.schemas import IDENTIFIER_PATTERN, Catalog
 from service.console import forms
 from service.console.sessions import SignedIn
 from service.console.views import AgreementRecord
@@ -37,6 +37,10 @@ router = APIRouter(route_class=ConsoleRoute)
 # Agreements and versions read per call while a page gathers them all.
 PAGE = 200
 OwnerOrAuditor = Depends(needs_role("data-owner", "auditor"))
+# An agreement id in the address, as the API's (``policy.endpoints.AgreementId``): anything
+# that is no id is refused (the 400 page) before it reaches the store, which may not even
+# take it as text (PostgreSQL and a NUL).
+AgreementId = Annotated[str, Path(pattern=IDENTIFIER_PATTERN, max_length=63)]
 Owner = Depends(needs_role("data-owner"))
 
 
@@ -118,7 +122,7 @@ async def list_agreements(
 
 @router.get("/agreements/{agreement_id}/saved", response_class=HTMLResponse)
 async def saved(
-    agreement_id: str,
+    agreement_id: AgreementId,
     request: Request,
     session: SessionDep,
     version: str = "",
@@ -148,7 +152,7 @@ async def saved(
 
 @router.get("/agreements/{agreement_id}", response_class=HTMLResponse)
 async def agreement_detail(
-    agreement_id: str,
+    agreement_id: AgreementId,
     request: Request,
     session: SessionDep,
     viewer: SignedIn = OwnerOrAuditor,
@@ -172,7 +176,7 @@ async def agreement_detail(
 
 @router.get("/agreements/{agreement_id}/diff", response_class=HTMLResponse)
 async def agreement_diff(
-    agreement_id: str,
+    agreement_id: AgreementId,
     request: Request,
     session: SessionDep,
     viewer: SignedIn = OwnerOrAuditor,
@@ -201,7 +205,7 @@ async def agreement_diff(
 
 @router.get("/agreements/{agreement_id}/revoke", response_class=HTMLResponse)
 async def revoke_page(
-    agreement_id: str, request: Request, session: SessionDep, viewer: SignedIn = Owner
+    agreement_id: AgreementId, request: Request, session: SessionDep, viewer: SignedIn = Owner
 ) -> Response:
     catalog = await catalog_of(session)
     current = await changeable(
@@ -221,7 +225,7 @@ async def revoke_page(
 
 @router.post("/agreements/{agreement_id}/revoke")
 async def revoke(
-    agreement_id: str,
+    agreement_id: AgreementId,
     session: SessionDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,

@@ -29,6 +29,7 @@ from service.console import chart
 from service.console.sessions import SignedIn
 from service.console.views import AuditPage, AuditRow, CheckpointView, UsageRow, VerifyOutcome
 from service.console.web import (
+    CITIZEN_ID_HINT,
     ConsolePageError,
     ConsoleRoute,
     Settings,
@@ -36,11 +37,13 @@ from service.console.web import (
     catalog_of,
     csrf_checked,
     department_name,
+    form_citizen_id,
     needs_role,
     render,
 )
 from service.db import SessionDep, utcnow
 from service.digits import ascii_digits
+from service.records.schemas import is_citizen_id
 
 router = APIRouter(route_class=ConsoleRoute)
 
@@ -66,6 +69,11 @@ def parse_query(params: dict[str, str], catalog: Catalog) -> tuple[EntryQuery, d
     """The search form's values as a query, and the problems by field (dates are whole days)."""
     errors: dict[str, list[str]] = {}
     text = {name: params.get(name, "").strip()[:64] or None for name in FILTER_NAMES}
+    # Lower-cased, as the citizen pages take it (``form_citizen_id``); refused unless it has
+    # the form of a citizen id, so other text (a NUL among it) never reaches the store.
+    text["citizen_id"] = form_citizen_id(text["citizen_id"]) or None
+    if text["citizen_id"] is not None and not is_citizen_id(text["citizen_id"]):
+        errors["citizen_id"] = [CITIZEN_ID_HINT]
     if text["decision"] is not None and text["decision"] not in DECISIONS:
         errors["decision"] = ["Choose a decision from the list"]
     for name, known in (

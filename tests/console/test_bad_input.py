@@ -550,3 +550,25 @@ async def test_text_the_store_cannot_keep_is_refused_on_a_page(fuzz: Fuzz) -> No
         assert answer.status_code in (303, 400), answer.text[:2000]
         if answer.status_code == 400:
             assert "The request holds a character the store cannot keep" in answer.text
+
+
+async def test_an_audit_search_for_text_that_is_no_citizen_id_is_refused_on_its_form(fuzz: Fuzz) -> None:
+    """The citizen filter takes a citizen id, as the citizen pages do (capitals allowed);
+    other text is refused beside its box and never reaches the store."""
+    for kind in ("nul", "nul-inside", "markup", "long", "dotdot", "control"):
+        value = HOSTILE[kind][:60_000]
+        page = await fuzz.send(
+            f"audit citizen_id={kind}", "auditor", "GET", f"/console/audit?citizen_id={value}"
+        )
+        assert page.status_code == 400
+        assert 'id="citizen_id-error"' in page.text
+        export = await fuzz.send(
+            f"export citizen_id={kind}", "auditor", "GET", f"/console/audit/export.csv?citizen_id={value}"
+        )
+        assert export.status_code == 400
+        assert "A citizen ID is 36 characters" in export.text
+    found = await fuzz.send(
+        "audit citizen_id=capitals", "auditor", "GET", f"/console/audit?citizen_id={CITIZEN.upper()}"
+    )
+    assert found.status_code == 200
+    assert fuzz.failures == [], "\n".join(fuzz.failures)

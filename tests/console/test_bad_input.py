@@ -8,7 +8,9 @@ its handler) set to missing, empty, 100k long, NUL, a lone surrogate or other by
 are not UTF-8, repeated, the wrong type, impossible dates, script, and its path
 parameters to unknown, ``..``, ``%2F`` and very long ids; each form also without or with
 a wrong CSRF token, as JSON, with a file for a field, oversized as multipart, and with
-a body that is not UTF-8. ``test_every_console_route_is_probed`` keeps the list whole.
+a body that is not UTF-8; each page with hostile session cookies. A NUL is also sent
+where every other check passes, so that on PostgreSQL it would reach the store.
+``test_every_console_route_is_probed`` keeps the list whole.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class Probe:
 
     method: str
     path: str  # the route's template
-    role: str | None  # "owner", "auditor", "portal", or None for a page open to all
+    # "owner", "auditor", "portal", "leaver" (an owner, for sign-out), or None: open to all
+    role: str | None
     fields: tuple[str, ...] = ()  # form fields (POST) or query parameters (GET)
     base: dict[str, str] = field(default_factory=dict)  # a good value for each, unescaped
 

@@ -40,7 +40,7 @@ from service.policy.errors import (
     NotFieldOwner,
     StaleAgreement,
 )
-from service.policy.loader import Problem
+from service.policy.loader import NUL_REFUSED, Problem, has_nul
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import signing_text
@@ -100,9 +100,12 @@ def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
 
 
 def _refuse_problems(problems: list[Problem]) -> None:
+    """422 listing every problem, in ``errors`` and in the detail (which is what the console's
+    page shows, where a problem is found only as the agreement is saved)."""
     if problems:
+        listed = "; ".join(f"{'.'.join(str(part) for part in loc)}: {message}" for loc, message in problems)
         raise ValidationFailed(
-            "The agreement has problems; each is listed in errors.",
+            f"The agreement has problems: {listed}.",
             errors=[{"loc": ["body", *loc], "msg": message} for loc, message in problems],
         )
 
@@ -234,7 +237,11 @@ async def revoke_agreement(
     session: AsyncSession, principal: Principal, agreement_id: str, *, expected: IfMatch | None, reason: str
 ) -> AgreementVersion:
     """A new version with status ``revoked``, in force from the next request; 409 if it
-    already is."""
+    already is; 422 for a reason holding a NUL (the rule ``check_agreement`` holds free text to)."""
+    if has_nul(reason):
+        raise ValidationFailed(
+            f"The reason for the revocation {NUL_REFUSED}.", errors=[{"loc": ["reason"], "msg": NUL_REFUSED}]
+        )
     row = await _changeable(session, principal, agreement_id, expected, "revokes")
     if row.status == "revoked":
         raise AgreementRevoked(f"Agreement {agreement_id!r} is already revoked.")

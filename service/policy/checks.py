@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 
 from service.catalog.schemas import Catalog, Identifier
 from service.policy.engine import Action
-from service.policy.loader import Problem, check_agreement
+from service.policy.loader import NUL_REFUSED, Problem, check_agreement, has_nul
 from service.policy.schemas import AgreementIn, AgreementSpec
 
 # What each part of an agreement is called in a message.
@@ -196,6 +196,8 @@ def check_body(
         kept = _parsed_parts({k: v for k, v in body.items() if k in _STAND_INS and k not in failed})
         spec = AgreementSpec.model_construct(**(_STAND_INS | kept))
         reason = ""
+    if has_nul(reason):
+        problems.append((("reason",), NUL_REFUSED))
     if agreement_id is not None and "id" not in failed and spec.id != agreement_id:
         problems.append((("id",), f"the id must be the agreement's own id, {agreement_id}"))
     for loc, message in check_agreement(spec, owner, catalog, signed=signed):

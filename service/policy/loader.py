@@ -55,6 +55,15 @@ def signature_problem(content: dict[str, Any], owner: str, catalog: Catalog) -> 
 # (``POST /v1/policies/simulate``), so no method of the agreement's routes would reach it.
 RESERVED_AGREEMENT_IDS = frozenset({"simulate"})
 
+# Free text an agreement carries. A NUL is refused in all of it: PostgreSQL cannot store
+# one in text, and SQLite would, so the same agreement would be kept on one and not the
+# other (``service.policy.agreements.revoke_agreement`` holds a revoke's reason to it too).
+NUL_REFUSED = "must not contain a NUL character"
+
+
+def has_nul(text: str | None) -> bool:
+    return text is not None and "\x00" in text
+
 
 def check_agreement(
     spec: AgreementSpec, owner: str, catalog: Catalog, *, signed: bool = True
@@ -65,6 +74,13 @@ def check_agreement(
     have signed it; a draft that is only simulated need not be.
     """
     problems: list[Problem] = []
+    for name in ("legal_basis", "when", "max_delay", "signature"):
+        if has_nul(getattr(spec, name)):
+            problems.append(((name,), NUL_REFUSED))
+    for field, claims in (spec.verify or {}).items():
+        for operator, thresholds in claims.items():
+            if any(isinstance(t, str) and has_nul(t) for t in thresholds):
+                problems.append((("verify", field, operator), NUL_REFUSED))
     if spec.id in RESERVED_AGREEMENT_IDS:
         problems.append(
             (("id",), f"the id {spec.id!r} is reserved (/v1/policies/{spec.id} is another route)")

@@ -166,6 +166,35 @@ class TestWriteAgreements:
             }
         ]
 
+    @pytest.mark.parametrize(
+        ("change", "loc"),
+        [
+            ({"legal_basis": "Finance Act\x00 2008"}, ["body", "legal_basis"]),
+            ({"when": 'citizen.status == "active\x00"'}, ["body", "when"]),
+            ({"reason": "new\x00pilot"}, ["body", "reason"]),
+        ],
+    )
+    async def test_a_nul_in_its_text_is_422_on_every_database(
+        self, app: FastAPI, client: httpx.AsyncClient, change: dict[str, str], loc: list[str]
+    ) -> None:
+        """PostgreSQL cannot keep a NUL in text and SQLite would: the agreement is refused
+        alike on both, before the store is asked."""
+        act_as(app, "dvla", "data-owner")
+        response = await client.post("/v1/policies", json={**NEW_AGREEMENT, **change})
+        body = assert_problem(response, 422, "validation-failed")
+        assert {"loc": loc, "msg": "must not contain a NUL character"} in body["errors"]
+        assert_problem(await client.get("/v1/policies/points-for-revenue"), 404, "agreement-not-found")
+
+    async def test_a_revoke_whose_reason_holds_a_nul_is_422_and_revokes_nothing(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        path = "/v1/policies/licence-status-for-welfare"
+        response = await client.delete(path, params={"reason": "ended\x00"})
+        body = assert_problem(response, 422, "validation-failed")
+        assert body["errors"] == [{"loc": ["reason"], "msg": "must not contain a NUL character"}]
+        assert (await client.get(path)).json()["status"] == "active"
+
     async def test_granting_another_owners_field_is_403(
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from service.crypto.providers import load_root_key
 from service.db import ensure_sqlite_dir
 from service.events.secrets import SecretBox, SigningKeyUnavailable
 from service.private_files import SharedSecretFile
+from tests.fixtures.cli import run_cli, scratch_env
 from tests.fixtures.server import free_port
 
 CHECKPOINT = "audit checkpoint key"
@@ -258,22 +257,6 @@ class TestDataDirMade0700:
 class TestCommandsStop:
     """serve, worker and init, as processes: one line, the file named, the root key's exit code."""
 
-    def run(self, data: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {name: value for name, value in os.environ.items() if not name.startswith("TELLONCE_")}
-        env |= {
-            "TELLONCE_ENV": "test",
-            "TELLONCE_DATA_DIR": str(data),
-            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
-        }
-        return subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=env,
-            check=False,
-        )
-
     def keys(self, data: Path) -> dict[str, Path]:
         settings = settings_for(data)
         load_root_key(settings)
@@ -304,7 +287,7 @@ class TestCommandsStop:
         before = path.read_bytes()
         path.chmod(mode)
         args = ["serve", "--port", str(free_port())] if command == "serve" else [command]
-        result = self.run(data, tmp_path, *args)
+        result = run_cli(scratch_env(data, tmp_path / "tellonce.db"), *args)
         assert "Traceback" not in result.stderr
         if command == "init":
             assert result.returncode == 1, result.stderr
@@ -320,6 +303,6 @@ class TestCommandsStop:
     def test_private_keys_are_accepted(self, tmp_path: Path) -> None:
         data = tmp_path / "data"
         self.keys(data)
-        result = self.run(data, tmp_path, "init")
+        result = run_cli(scratch_env(data, tmp_path / "tellonce.db"), "init")
         assert result.returncode == 0, result.stderr
         assert "audit checkpoint key: present" in result.stdout

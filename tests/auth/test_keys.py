@@ -3,8 +3,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from service.auth.keys import (
 from service.auth.runtime import AuthRuntime
 from service.config import Settings
 from service.consent import artefact as consent_artefact
+from tests.fixtures.cli import run_cli, scratch_env
 from tests.fixtures.server import LiveServer, free_port
 
 # Written into a corrupt file: it must never appear in an answer, a log or a command's output.
@@ -254,22 +253,6 @@ class TestCorruptKeyFilesStopCommands:
     """A signing-key file that cannot be parsed stops a command before it starts: one line
     naming the file, never what it holds, and no traceback."""
 
-    def run(self, data: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {name: value for name, value in os.environ.items() if not name.startswith("TELLONCE_")}
-        env |= {
-            "TELLONCE_ENV": "test",
-            "TELLONCE_DATA_DIR": str(data),
-            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
-        }
-        return subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
-
     @pytest.mark.parametrize(
         ("command", "which"),
         [
@@ -293,7 +276,7 @@ class TestCorruptKeyFilesStopCommands:
             path, what = folder / "manifest.json", "access-token signing-key manifest"
             path.write_text(corrupt_manifests(pem.stem)["not JSON"])
         args = ["serve", "--port", str(free_port())] if command == "serve" else command.split()
-        result = self.run(data, tmp_path, *args)
+        result = run_cli(scratch_env(data, tmp_path / "tellonce.db"), *args)
         assert "Traceback" not in result.stderr
         assert MARKER not in result.stdout + result.stderr
         refusal = f"the {what} in {path} cannot be parsed: restore the {folder} folder from a backup"
@@ -312,7 +295,7 @@ class TestCorruptKeyFilesStopCommands:
         ensure_signing_key(data, may_generate=True)
         (pem,) = (data / "signing-keys").glob("*.pem")
         pem.unlink()
-        result = self.run(data, tmp_path, "serve", "--port", str(free_port()))
+        result = run_cli(scratch_env(data, tmp_path / "tellonce.db"), "serve", "--port", str(free_port()))
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [
             f"tellonce: cannot read the access-token signing key in {pem}: No such file or directory"

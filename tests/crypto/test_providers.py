@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from service.crypto.errors import KeyUnwrapError, RootKeyUnavailable
 from service.crypto.keyring import Keyring
 from service.crypto.material import KeyMaterial
 from service.crypto.providers import KeyProvider, LocalKeyProvider, load_root_key
+from tests.fixtures.cli import run_cli, scratch_env
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
@@ -160,20 +158,7 @@ class TestUnusableRootKeyOnTheCommandLine:
         data = tmp_path / "data"
         data.mkdir()
         path = write_key_file(data / "root.key", content + "\n", mode)
-        env = {name: value for name, value in os.environ.items() if name != "TELLONCE_ROOT_KEY"}
-        env |= {
-            "TELLONCE_ENV": "test",
-            "TELLONCE_DATA_DIR": str(data),
-            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
-        )
+        result = run_cli(scratch_env(data, tmp_path / "tellonce.db"), *args)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         (line,) = result.stderr.strip().splitlines()

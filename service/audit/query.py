@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from service.audit import repository as audit_repository
 from service.audit.repository import Connect, EntryFilter
@@ -94,31 +93,27 @@ def access_item(canonical: str, shown: Shown = SHOWN_AT_ONCE) -> dict[str, Any]:
 async def usage_counts(
     connect: Connect,
     entry_filter: EntryFilter,
-    period: str,
+    period: Literal["day", "month"],
     field_owners: dict[str, str],
     only_owner: str | None,
 ) -> list[dict[str, Any]]:
-    """Count released fields by (consumer, owner, field, purpose, period), paging the log."""
-    counts: Counter[tuple[str, str | None, str, str | None, str]] = Counter()
-    width = 10 if period == "day" else 7
-    after = 0
-    while True:
-        async with connect() as conn:
-            rows = await audit_repository.page_entries(conn, entry_filter, after, 1000)
-        for _entry_id, _leaf, canonical in rows:
-            entry = json.loads(canonical)
-            for name in entry["fields_released"]:
-                owner = field_owners.get(name)
-                if only_owner is not None and owner != only_owner:
-                    continue
-                key = (entry["department"], owner, name, entry["purpose"], entry["time"][:width])
-                counts[key] += 1
-        if len(rows) < 1000:
-            break
-        after = rows[-1][0]
+    """Released fields counted by (consumer, owner, field, purpose, period), the counting
+    done by the database (``repository.released_counts``); a field's owner is the
+    catalog's, and with ``only_owner`` only that owner's fields are counted."""
+    async with connect() as conn:
+        groups = await audit_repository.released_counts(conn, entry_filter, period)
+    # One row a group: a field has one owner, so no two groups share a row.
     report = [
-        {"consumer": c, "owner": o, "field": f, "purpose": p, "period": d, "count": n}
-        for (c, o, f, p, d), n in counts.items()
+        {
+            "consumer": consumer,
+            "owner": field_owners.get(name),
+            "field": name,
+            "purpose": purpose,
+            "period": day,
+            "count": count,
+        }
+        for consumer, purpose, day, name, count in groups
+        if only_owner is None or field_owners.get(name) == only_owner
     ]
     return sorted(report, key=usage_order)
 

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
-from sqlalchemy import ColumnElement, and_, func, or_, select, text
+from sqlalchemy import JSON, ColumnElement, Text, and_, cast, func, or_, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.audit import merkle
@@ -134,6 +135,59 @@ class EntryFilter:
         if self.until is not None:
             found.append(entries.time < self.until)
         return found
+
+
+async def released_counts(
+    db: AsyncConnection, entry_filter: EntryFilter, period: Literal["day", "month"]
+) -> list[tuple[str, str | None, str, str, int]]:
+    """How many entries matching ``entry_filter`` released each field: (department,
+    purpose, period, field, count), the period being the UTC day (``2026-11-29``) or
+    month (``2026-11``) of the entry's time, the column ``since`` and ``until`` filter on.
+
+    The database groups the matching entries in one pass and reads each one's
+    ``fields_released`` with its own JSON functions, so what comes back is a row per group,
+    not per entry. SQLite unnests the lists (``json_each``). PostgreSQL groups by the list
+    as it is written, which is quicker there than unnesting, and the few distinct lists
+    are split here.
+    """
+    entries = AuditEntryRow
+    if db.dialect.name == "sqlite":
+        released = func.json_each(entries.canonical, "$.fields_released").table_valued("value")
+        # The column holds UTC as "YYYY-MM-DD HH:MM:SS.ffffff" (``writer.sqlite_time_text``).
+        when = func.substr(entries.time, 1, 10 if period == "day" else 7).label("usage_period")
+        unnested = (
+            select(
+                entries.department,
+                entries.purpose,
+                when,
+                released.c.value.label("released_field"),
+                func.count(),
+            )
+            .select_from(entries)
+            .join(released, true())
+            .where(*entry_filter.conditions())
+            # By the labels: one expression grouped and shown, whatever its parameters.
+            .group_by(entries.department, entries.purpose, "usage_period", "released_field")
+        )
+        return [
+            (str(department), purpose, str(day), str(name), int(count))
+            for department, purpose, day, name, count in await db.execute(unnested)
+        ]
+    # ``json``, not ``jsonb``: its input keeps the text as it is and accepts every escape
+    # an entry may hold; only ``fields_released`` is read from it.
+    listed = cast(cast(entries.canonical, JSON)["fields_released"], Text).label("released_list")
+    pattern = "YYYY-MM-DD" if period == "day" else "YYYY-MM"
+    when = func.to_char(func.timezone("UTC", entries.time), pattern).label("usage_period")
+    statement = (
+        select(entries.department, entries.purpose, when, listed, func.count())
+        .where(*entry_filter.conditions())
+        .group_by(entries.department, entries.purpose, "usage_period", "released_list")
+    )
+    counts: Counter[tuple[str, str | None, str, str]] = Counter()
+    for department, purpose, day, names, count in await db.execute(statement):
+        for name in json.loads(names):
+            counts[str(department), purpose, str(day), str(name)] += int(count)
+    return [(*group, count) for group, count in counts.items()]
 
 
 async def page_entries(

@@ -6,8 +6,11 @@ import base64
 import csv
 import io
 import json
+import random
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
@@ -530,6 +533,85 @@ class TestUsageReport:
         body = _problem(await client.get("/v1/audit/reports/usage", params={"owner": "register"}), 403)
         assert "own fields" in body["detail"]
         _problem(await client.get("/v1/audit/reports/usage", params={"period": "year"}), 422)
+
+
+# The test catalog's owners of the fields the report tests release.
+_OWNERS = {"address": "register", "given_name": "register", "licence_status": "dvla", "points": "dvla"}
+
+
+class TestUsageReportCounts:
+    """The database counts the report: every entry's released fields, grouped by consumer,
+    field, purpose and the UTC day or month of the entry's time. Checked against a count
+    made here from the entries written."""
+
+    def _entries(self) -> list[AuditEntry]:
+        rng = random.Random(20261207)
+        times = [
+            "2026-10-31T23:59:59.999999+00:00",
+            "2026-11-01T00:00:00+00:00",
+            "2026-11-01T12:30:00+00:00",
+            "2026-11-02T08:00:00+00:00",
+            # 01:30 UTC on 1 November: counted on that UTC day and month, as ``since`` and
+            # ``until`` see it, not on the 31 October its own offset shows.
+            "2026-10-31T23:30:00-02:00",
+        ]
+        entries = []
+        for _ in range(60):
+            released = rng.sample(sorted(_OWNERS), rng.randint(0, 3))
+            entries.append(
+                make_entry(
+                    citizen_id=str(uuid.uuid4()),
+                    department=rng.choice(["welfare", "revenue", "health"]),
+                    owners=sorted({_OWNERS[name] for name in released} or {"dvla"}),
+                    fields_requested=released or ["points"],
+                    fields_released=released,
+                    decision="permit" if released else "deny",
+                    purpose=rng.choice(["benefit-eligibility", "tax-administration"]),
+                    time=rng.choice(times),
+                )
+            )
+        return entries
+
+    @staticmethod
+    def _expected(entries: Sequence[AuditEntry], width: int, owner: str | None) -> list[dict[str, Any]]:
+        counts: Counter[tuple[str, str, str, str]] = Counter()
+        for entry in entries:
+            utc = datetime.fromisoformat(entry.time).astimezone(UTC).isoformat()[:width]
+            for name in entry.fields_released:
+                if owner is None or _OWNERS[name] == owner:
+                    counts[utc, entry.department, name, entry.purpose or ""] += 1
+        return [
+            {"consumer": c, "owner": _OWNERS[f], "field": f, "purpose": p, "period": d, "count": n}
+            for (d, c, f, p), n in sorted(counts.items())
+        ]
+
+    @pytest.mark.parametrize(("period", "width"), [("day", 10), ("month", 7)])
+    async def test_every_released_field_is_counted_once(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit, period: str, width: int
+    ) -> None:
+        entries = self._entries()
+        await audit_log.append_many(entries)
+        act_as(app, "audit-office", "auditor")
+        response = await client.get("/v1/audit/reports/usage", params={"period": period, "limit": 1000})
+        assert response.status_code == 200, response.text
+        assert response.json()["items"] == self._expected(entries, width, None)
+        act_as(app, "dvla", "data-owner")
+        response = await client.get("/v1/audit/reports/usage", params={"period": period, "limit": 1000})
+        assert response.json()["items"] == self._expected(entries, width, "dvla")
+
+    async def test_since_and_until_bound_the_count_by_utc_time(
+        self, app: FastAPI, client: httpx.AsyncClient, audit_log: TransactionAudit
+    ) -> None:
+        entries = self._entries()
+        await audit_log.append_many(entries)
+        act_as(app, "audit-office", "auditor")
+        first, last = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
+        asked = {"period": "day", "limit": "1000", "since": first.isoformat(), "until": last.isoformat()}
+        response = await client.get("/v1/audit/reports/usage", params=asked)
+        assert response.status_code == 200, response.text
+        inside = [entry for entry in entries if first <= datetime.fromisoformat(entry.time) < last]
+        assert response.json()["items"] == self._expected(inside, 10, None)
+        assert {row["period"] for row in response.json()["items"]} == {"2026-11-01"}
 
 
 class TestUsageReportPages:

@@ -43,6 +43,16 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
+# The attributes every log record has; any other one was passed by the call in ``extra``.
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def _extra(record: logging.LogRecord) -> dict[str, Any]:
+    """What the call passed in ``extra`` (the subject a throttle refuses, an agreement's id
+    and version...): the line's facts, which both formats write."""
+    return {key: value for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES}
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, always with the request id."""
 
@@ -54,13 +64,24 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None) or current_request_id(),
         }
-        for key in ("method", "route", "status", "duration_ms", "client_id"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
+        for key, value in _extra(record).items():
+            entry.setdefault(key, value)
         entry.update(tracing.log_fields())
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines, for ``TELLONCE_LOG_JSON=false``: the message, then ``key=value`` for
+    each fact passed in ``extra``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        facts = "".join(f" {key}={value}" for key, value in _extra(record).items())
+        return super().formatMessage(record) + facts
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
@@ -68,7 +89,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("tellonce")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -14,6 +14,7 @@ when the operator sets one.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ from service.app import create_app
 from service.auth.models import AuthFailure
 from service.config import Settings
 from service.db import create_engine, get_session
+from service.observability import JsonFormatter, TextFormatter
 from tests.fixtures.tokens import register, runtime
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
@@ -172,6 +174,28 @@ class TestTokenEndpoint:
         metrics = (await client.get("/metrics")).text
         assert 'tellonce_auth_failures_total{endpoint="token"} 4.0' in metrics
         assert 'tellonce_auth_throttled_total{endpoint="token"} 1.0' in metrics
+
+    async def test_the_log_line_names_the_subject_it_throttles(
+        self, app: FastAPI, session: AsyncSession, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The line is written as the service writes it (JSON lines, or plain text with
+        TELLONCE_LOG_JSON=false), and says which client id at which address crossed the
+        limit: a record that merely carries it is not a log an operator can read."""
+        created = await register(session, "welfare", "consumer")
+        logging.getLogger("tellonce.auth.throttle").addHandler(caplog.handler)
+        try:
+            async with from_address(app, ATTACKER) as attacker:
+                for _ in range(PER_CLIENT):
+                    await _token(attacker, created.client_id, "wrong")
+        finally:
+            logging.getLogger("tellonce.auth.throttle").removeHandler(caplog.handler)
+        record = next(r for r in caplog.records if "repeated authentication failures" in r.getMessage())
+
+        subject = f"client-address:{created.client_id} {ATTACKER}"
+        line = json.loads(JsonFormatter().format(record))
+        assert line["message"] == "repeated authentication failures: throttling"
+        assert (line["subject"], line["endpoint"], line["failures"]) == (subject, "token", PER_CLIENT)
+        assert f"subject={subject}" in TextFormatter().format(record)
 
     async def test_guessing_many_client_ids_from_one_address_is_throttled(
         self, client: httpx.AsyncClient

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -29,7 +30,7 @@ from service.policy.models import AgreementVersion
 from service.policy.signing import OwnerSigner, OwnerVerifier, SigningKeyError, signing_text, version_digest
 from service.policy.signing_files import read_private_key, sign_folder, write_private_key
 from service.sourcefile import SourceFileError
-from tests.conftest import TEST_POLICIES
+from tests.conftest import REPO_ROOT, TEST_POLICIES
 
 AGREEMENT = {
     "id": "revenue-reads-licence",
@@ -69,6 +70,22 @@ class TestSigningText:
         assert '"signature"' not in text
         # UTF-8, not \\u escapes, as audit entries.
         assert "“quoted”" in text
+
+    def test_the_readme_command_prints_the_same_text(self) -> None:
+        """README, "What is signed": its command, for signing outside tellonce, run as
+        written (but with this interpreter) on an agreement sent as JSON."""
+        readme = (REPO_ROOT / "README.md").read_text()
+        block = readme.split("Outside tellonce, for example:\n\n```\n", 1)[1].split("```", 1)[0]
+        assert block.startswith("python -c ")
+        command = f"{shlex.quote(sys.executable)} {block.removeprefix('python ')}"
+        printed = subprocess.run(
+            ["sh", "-c", command],
+            input=json.dumps({**AGREEMENT, "signature": "xyz"}),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert printed == signing_text(AGREEMENT, "dvla")
 
     def test_a_signature_verifies_and_any_change_breaks_it(self) -> None:
         signer = OwnerSigner.generate("dvla")

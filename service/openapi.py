@@ -305,6 +305,20 @@ def _token_operation(operation: dict[str, Any]) -> None:
     operation["security"] = [{"clientBasic": []}, {}]
 
 
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without the null branch FastAPI gives an optional one: a query
+    string, header or path carries text, and an optional parameter is left out, never sent
+    as null (a generator that sends null sends the text "null")."""
+    branches = schema.get("anyOf")
+    if not branches or {"type": "null"} not in branches:
+        return schema
+    rest = [branch for branch in branches if branch != {"type": "null"}]
+    outer = {key: value for key, value in schema.items() if key != "anyOf"}
+    if len(rest) == 1:
+        return {**rest[0], **outer}
+    return {**outer, "anyOf": rest}
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title,
@@ -350,6 +364,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 operation["requestBody"]["content"]["application/json"]["schema"] = {
                     "$ref": f"#/components/schemas/{model.__name__}"
                 }
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _without_null(parameter["schema"])
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
             statuses = declared_statuses(method, path, route)

@@ -3,6 +3,7 @@ and the statuses each route declares against those it really answered in this te
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -122,6 +123,18 @@ class TestDocument:
                 assert headers["if-match"].get("required") is True, f"{method} {path}"
             elif "if-match" in headers:
                 assert not headers["if-match"].get("required"), f"{method} {path}"
+
+    def test_no_parameter_may_be_null(self, document: dict[str, Any]) -> None:
+        """A query string, header or path carries text, and an optional parameter is left
+        out. A parameter documented as nullable has a generated client or fuzzer send the
+        text "null", which an If-Match or a cursor refuses."""
+        nullable = [
+            f"{method} {path} {parameter['in']} {parameter['name']}"
+            for method, path, operation in operations(document)
+            for parameter in operation.get("parameters", [])
+            if '"null"' in json.dumps(parameter["schema"])
+        ]
+        assert nullable == []
 
     def test_the_access_log_declares_no_gone(self, document: dict[str, Any]) -> None:
         """An erased citizen's access log answers 200 (the audit stays, and with it who

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Header
 
 from service.digits import ascii_digits
 from service.errors import BadRequest
@@ -28,6 +31,22 @@ _MEMBER = re.compile(r'[ \t]*(?:(W/)?"([\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(?:,|\
 # A version number has at most this many digits: versions are 32-bit integers in the
 # database, and a longer number sent to PostgreSQL as one would fail there, not as a 412.
 _MAX_DIGITS = 9
+
+# The whole header ``parse_if_match`` reads without a 400, for the OpenAPI document: "*",
+# or a comma-separated list of entity tags in which a member may be empty.
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+_LIST_MEMBER = rf"[ \t]*(?:{_ENTITY_TAG})?[ \t]*"
+IF_MATCH_PATTERN = rf"^(?:[ \t]*\*[ \t]*|(?:{_LIST_MEMBER},)*{_LIST_MEMBER})$"
+
+IfMatchHeader = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='"*" or the ETag you read, such as "3"; a list of ETags names any of them.',
+        # Documentation only: ``parse_if_match`` checks it, with its own 400.
+        json_schema_extra={"pattern": IF_MATCH_PATTERN},
+    ),
+]
 
 
 def etag(version: int) -> str:

@@ -4,12 +4,14 @@ names no version of ours fails the precondition, and a value that is no list is 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import BadRequest
-from service.etags import IfMatch, etag, parse_if_match
+from service.etags import IF_MATCH_PATTERN, IfMatch, etag, parse_if_match
 
 
 def versions(value: str) -> frozenset[int] | None:
@@ -69,3 +71,29 @@ class TestParse:
             parse_if_match(value)
         except BadRequest:
             pass
+
+
+def is_read(value: str) -> bool:
+    try:
+        parse_if_match(value)
+    except BadRequest:
+        return False
+    return True
+
+
+class TestDocumentedPattern:
+    """``IF_MATCH_PATTERN``, the header's pattern in /openapi.json, is the grammar the parser
+    reads: a value it matches is never a 400, and a value it does not match always is. A
+    client generated from the document can check the header before it sends it."""
+
+    @given(st.text(alphabet=' \t,*"W/w3a0;\x7f\x80\xd9\u0663', max_size=16))
+    def test_matches_exactly_what_the_parser_reads(self, value: str) -> None:
+        assert (re.fullmatch(IF_MATCH_PATTERN, value) is not None) == is_read(value)
+
+    @given(st.from_regex(IF_MATCH_PATTERN, fullmatch=True))
+    def test_every_value_it_matches_is_read(self, value: str) -> None:
+        assert is_read(value)
+
+    @pytest.mark.parametrize("value", ["*", ' "3" ', '"3",,"5",', 'W/"3", "4"', "", '"a,b", "2"'])
+    def test_the_lists_above_match(self, value: str) -> None:
+        assert re.fullmatch(IF_MATCH_PATTERN, value)

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 from service.catalog.loader import load_catalog
 from service.errors import PROBLEM_JSON
+from service.etags import IF_MATCH_PATTERN
 from service.openapi import api_routes, declared_statuses
 from service.records.validation import validated_values
 from tests.conftest import REPO_ROOT
@@ -135,6 +136,25 @@ class TestDocument:
             if '"null"' in json.dumps(parameter["schema"])
         ]
         assert nullable == []
+
+    def test_if_match_documents_the_grammar_the_server_reads(self, document: dict[str, Any]) -> None:
+        """Every If-Match carries the pattern ``parse_if_match`` reads (``tests/test_etags.py``):
+        a value outside it is the 400 "If-Match must be ..."."""
+        documented = {
+            f"{method} {path}": (parameter["name"], parameter["schema"].get("pattern"))
+            for method, path, operation in operations(document)
+            for parameter in operation.get("parameters", [])
+            if parameter["in"] == "header" and parameter["name"].lower() == "if-match"
+        }
+        assert documented == dict.fromkeys(
+            (
+                "PUT /v1/policies/{agreement_id}",
+                "DELETE /v1/policies/{agreement_id}",
+                "DELETE /v1/citizens/{citizen_id}",
+                "PATCH /v1/citizens/{citizen_id}/fields",
+            ),
+            ("If-Match", IF_MATCH_PATTERN),
+        )
 
     def test_the_access_log_declares_no_gone(self, document: dict[str, Any]) -> None:
         """An erased citizen's access log answers 200 (the audit stays, and with it who

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Response
 
 from service.auth.dependencies import Principal, require
 from service.auth.facts import source_address
 from service.catalog.schemas import IDENTIFIER_PATTERN
 from service.db import SessionDep
-from service.etags import etag, parse_if_match
+from service.etags import IfMatchHeader, etag, parse_if_match
 from service.policy import agreements
 from service.policy import service as policy_service
 from service.policy.models import AgreementVersion
@@ -112,7 +112,7 @@ async def replace_agreement(
     session: SessionDep,
     principal: PolicyWriter,
     response: Response,
-    if_match: Annotated[str | None, Header()] = None,
+    if_match: IfMatchHeader = None,
 ) -> AgreementOut:
     """Replace an agreement with a new version. Needs `If-Match` with the version read (412 if stale)."""
     expected = parse_if_match(if_match)
@@ -128,7 +128,7 @@ async def revoke_agreement(
     principal: PolicyWriter,
     response: Response,
     reason: Annotated[str, Query(max_length=1000)] = "revoked",
-    if_match: Annotated[str | None, Header()] = None,
+    if_match: IfMatchHeader = None,
 ) -> AgreementOut:
     """Revoke an agreement: a new version with status `revoked`, in force from the next request."""
     expected = parse_if_match(if_match)

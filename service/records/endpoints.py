@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import TypeAdapter
 
 from service.audit.writer import get_audit_writer
@@ -14,7 +14,7 @@ from service.auth.facts import RequestFacts, facts, request_facts
 from service.crypto.keyring import Keyring
 from service.db import Database
 from service.errors import ValidationFailed
-from service.etags import etag, parse_if_match
+from service.etags import IfMatchHeader, etag, parse_if_match
 from service.hotpath import app_state, stand_in
 from service.records import reads, writes
 from service.records.schemas import (
@@ -201,7 +201,7 @@ async def write_fields(
     response: Response,
     records: Records,
     caller: Annotated[RequestFacts, Depends(facts("citizens:write"))],
-    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+    if_match: IfMatchHeader = None,
 ) -> WriteOut:
     """Write fields your department owns, or that a `write` agreement delegates to it
     (then name that agreement's purpose). Send `If-Match` with the ETag you read: a stale
@@ -261,7 +261,7 @@ async def erase_citizen(
         str | None,
         Query(min_length=1, max_length=63, description="Your erase agreement's purpose (not the owner)."),
     ] = None,
-    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+    if_match: IfMatchHeader = None,
 ) -> Response:
     """Erase a citizen by destroying their data keys. Later reads get 410 (404 from a
     caller that may not know the citizen existed); the audit stays.

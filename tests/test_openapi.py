@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from jsonschema import Draft202012Validator
 
+from service.audit.tiles import TILE_PATH_PATTERN
 from service.catalog.loader import load_catalog
 from service.errors import PROBLEM_JSON
 from service.etags import IF_MATCH_PATTERN
@@ -155,6 +156,12 @@ class TestDocument:
             ),
             ("If-Match", IF_MATCH_PATTERN),
         )
+
+    def test_the_tile_path_documents_the_grammar_the_server_reads(self, document: dict[str, Any]) -> None:
+        """Anything else is the 400 "Not a tile path" (``tests/audit/test_tiles.py``)."""
+        (parameter,) = document["paths"]["/v1/audit/tile/{tile}"]["get"]["parameters"]
+        assert parameter["name"] == "tile"
+        assert parameter["schema"]["pattern"] == TILE_PATH_PATTERN
 
     def test_the_access_log_declares_no_gone(self, document: dict[str, Any]) -> None:
         """An erased citizen's access log answers 200 (the audit stays, and with it who

@@ -263,7 +263,8 @@ IMMUTABLE = "max-age=31536000, immutable"
 
 @router.get("/v1/audit/tile/{tile:path}", response_class=Response)
 async def get_tile(
-    tile: str,
+    # Documentation only: ``parse_tile_path`` checks it, with its own 400.
+    tile: Annotated[str, Path(json_schema_extra={"pattern": tiles.TILE_PATH_PATTERN})],
     request: Request,
     database: DatabaseDep,
     caller: Annotated[Principal | None, Depends(_checkpoint_reader)],

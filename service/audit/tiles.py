@@ -24,6 +24,16 @@ TILE_WIDTH = 1 << TILE_HEIGHT
 MAX_ENTRY_BYTES = 0xFFFF
 
 
+# Every path ``parse_tile_path`` reads, for the OpenAPI document: a level of 0 to 63 or
+# "entries"; the index in 3-digit groups, all but the last prefixed x and the first not
+# x000; then, for a partial tile, ".p/" and a width of 1 to 255. Without leading zeroes.
+TILE_PATH_PATTERN = (
+    r"^(?:entries|[0-9]|[1-5][0-9]|6[0-3])/"
+    r"(?:x(?:00[1-9]|0[1-9][0-9]|[1-9][0-9]{2})/(?:x[0-9]{3}/)*)?[0-9]{3}"
+    r"(?:\.p/(?:[1-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5]))?$"
+)
+
+
 class TilePathInvalid(ValueError):
     """Not a tile path of the form <L>/<N>[.p/<W>] or entries/<N>[.p/<W>]."""
 

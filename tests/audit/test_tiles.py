@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import httpx
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 from service.audit import merkle
 from service.audit.checkpoint import NoteVerifier
 from service.audit.models import AuditEntryRow
-from service.audit.tiles import TilePathInvalid, parse_tile_path, tile_path
+from service.audit.tiles import TILE_PATH_PATTERN, TilePathInvalid, parse_tile_path, tile_path
 from service.audit.writer import AuditWriter
 from tests.audit.conftest import poll
 from tests.fixtures.audit import make_entry
@@ -58,6 +59,33 @@ class TestTilePaths:
     def test_refuses_malformed_paths(self, path: str) -> None:
         with pytest.raises(TilePathInvalid):
             parse_tile_path(path)
+        assert re.fullmatch(TILE_PATH_PATTERN, path) is None
+
+
+class TestDocumentedPattern:
+    """``TILE_PATH_PATTERN``, the tile parameter's pattern in /openapi.json, is what
+    ``parse_tile_path`` reads: a path it matches is never the 400 "Not a tile path", and a
+    path it does not match always is."""
+
+    @given(st.from_regex(TILE_PATH_PATTERN, fullmatch=True))
+    def test_every_path_it_matches_is_read(self, path: str) -> None:
+        request = parse_tile_path(path)
+        assert tile_path(request.level, request.index, request.width) == path
+
+    @given(st.text(alphabet="0123456789x/.pentries", max_size=20))
+    def test_matches_exactly_what_the_parser_reads(self, path: str) -> None:
+        try:
+            parse_tile_path(path)
+        except TilePathInvalid:
+            read = False
+        else:
+            read = True
+        assert (re.fullmatch(TILE_PATH_PATTERN, path) is not None) == read
+
+    @pytest.mark.parametrize("path", ["63/000", "entries/x999/999.p/1", "0/999.p/255", "9/x010/000"])
+    def test_matches_the_edges(self, path: str) -> None:
+        assert re.fullmatch(TILE_PATH_PATTERN, path)
+        parse_tile_path(path)
 
     @given(
         st.integers(0, 10**12),

@@ -4,13 +4,17 @@ and the statuses each route declares against those it really answered in this te
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from service.audit.search import TIME_QUERY_SCHEMA, parse_time
 from service.audit.tiles import TILE_PATH_PATTERN
 from service.catalog.loader import load_catalog
 from service.errors import PROBLEM_JSON
@@ -163,6 +167,15 @@ class TestDocument:
         assert parameter["name"] == "tile"
         assert parameter["schema"]["pattern"] == TILE_PATH_PATTERN
 
+    def test_audit_times_are_documented_as_dates_and_times(self, document: dict[str, Any]) -> None:
+        """``since`` and ``until`` are an RFC 3339 date-time or a date; any other text is the
+        400 "since is not an ISO 8601 date or time" (``TestAuditTimes`` reads every one)."""
+        for path in ("/v1/audit/entries", "/v1/audit/export", "/v1/audit/reports/usage"):
+            schemas = {p["name"]: p["schema"] for p in document["paths"][path]["get"]["parameters"]}
+            for name in ("since", "until"):
+                assert schemas[name]["anyOf"] == TIME_QUERY_SCHEMA["anyOf"], f"{path} {name}"
+                assert schemas[name]["maxLength"] == 40
+
     def test_the_access_log_declares_no_gone(self, document: dict[str, Any]) -> None:
         """An erased citizen's access log answers 200 (the audit stays, and with it who
         asked after the erasure: ``tests/records/test_erased_audited.py``), so it declares
@@ -183,6 +196,31 @@ class TestDocument:
         assert set(validated_values(catalog, submitted, "body")) == set(submitted)
         response = operation["responses"]["201"]["content"]["application/json"]["example"]
         assert set(response["fields"]) == set(example["fields"])
+
+
+# RFC 3339 offsets, as a generator writes them: Z or +hh:mm / -hh:mm.
+_OFFSETS = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+
+
+class TestAuditTimes:
+    """Every value of the documented formats is a time the audit search reads."""
+
+    @given(
+        st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)), _OFFSETS, st.booleans()
+    )
+    def test_every_rfc_3339_date_time_is_read(self, moment: datetime, offset: timezone, zulu: bool) -> None:
+        text = moment.replace(tzinfo=offset).isoformat()
+        if zulu:
+            text = moment.isoformat() + "Z"
+        parsed = parse_time(text, "since")
+        assert parsed is not None
+        assert parsed.tzinfo is UTC
+
+    @given(st.dates())
+    def test_every_date_is_its_midnight_utc(self, day: date) -> None:
+        assert parse_time(day.isoformat(), "until") == datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 async def _unauthenticated_sweep(app: FastAPI, client: httpx.AsyncClient) -> None:

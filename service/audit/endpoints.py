@@ -49,8 +49,12 @@ class FilterParams:
         # enums tell the OpenAPI document's readers which there are.
         decision: str | None = Query(None, max_length=16, json_schema_extra={"enum": list(DECISIONS)}),
         action: str | None = Query(None, max_length=32, json_schema_extra={"enum": list(ACTIONS)}),
-        since: str | None = Query(None, max_length=40, description="ISO 8601, inclusive"),
-        until: str | None = Query(None, max_length=40, description="ISO 8601, exclusive"),
+        since: str | None = Query(
+            None, max_length=40, description="ISO 8601, inclusive", json_schema_extra=search.TIME_QUERY_SCHEMA
+        ),
+        until: str | None = Query(
+            None, max_length=40, description="ISO 8601, exclusive", json_schema_extra=search.TIME_QUERY_SCHEMA
+        ),
     ) -> None:
         self.query = search.EntryQuery(
             citizen_id=citizen_id,
@@ -193,8 +197,12 @@ async def usage_report(
     period: Literal["day", "month"] = Query("month"),
     consumer: str | None = Query(None, max_length=63),
     owner: str | None = Query(None, max_length=63),
-    since: str | None = Query(None, max_length=40),
-    until: str | None = Query(None, max_length=40),
+    since: str | None = Query(
+        None, max_length=40, description="ISO 8601, inclusive", json_schema_extra=search.TIME_QUERY_SCHEMA
+    ),
+    until: str | None = Query(
+        None, max_length=40, description="ISO 8601, exclusive", json_schema_extra=search.TIME_QUERY_SCHEMA
+    ),
     cursor: str | None = Query(None, description=CURSOR_DOC),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:

@@ -116,6 +116,15 @@ def parse_time(value: str | None, name: str) -> datetime | None:
         ) from None
 
 
+# What the OpenAPI document says of ``since`` and ``until``: an RFC 3339 date-time, or a
+# date (its midnight UTC). ``parse_time`` checks them, with its own 400, and also reads the
+# other ISO 8601 forms ``datetime.fromisoformat`` knows.
+TIME_QUERY_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}],
+    "maxLength": 40,
+}
+
+
 def check_range(since: datetime | None, until: datetime | None) -> None:
     """A window that ends before it starts is a mistake, not a question with no answer."""
     if since is not None and until is not None and until < since:

@@ -37,6 +37,8 @@ _MAX_DIGITS = 9
 _ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
 _LIST_MEMBER = rf"[ \t]*(?:{_ENTITY_TAG})?[ \t]*"
 IF_MATCH_PATTERN = rf"^(?:[ \t]*\*[ \t]*|(?:{_LIST_MEMBER},)*{_LIST_MEMBER})$"
+# The list alone, for a route that needs the version read: there "*" names none (428).
+IF_MATCH_LIST_PATTERN = rf"^(?:{_LIST_MEMBER},)*{_LIST_MEMBER}$"
 
 IfMatchHeader = Annotated[
     str | None,
@@ -45,6 +47,14 @@ IfMatchHeader = Annotated[
         description='"*" or the ETag you read, such as "3"; a list of ETags names any of them.',
         # Documentation only: ``parse_if_match`` checks it, with its own 400.
         json_schema_extra={"pattern": IF_MATCH_PATTERN},
+    ),
+]
+VersionIfMatchHeader = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='The ETag you read, such as "3"; "*" names no version, so it is a 428.',
+        json_schema_extra={"pattern": IF_MATCH_LIST_PATTERN},
     ),
 ]
 

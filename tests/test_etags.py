@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import BadRequest
-from service.etags import IF_MATCH_PATTERN, IfMatch, etag, parse_if_match
+from service.etags import IF_MATCH_LIST_PATTERN, IF_MATCH_PATTERN, IfMatch, etag, parse_if_match
 
 
 def versions(value: str) -> frozenset[int] | None:
@@ -93,6 +93,12 @@ class TestDocumentedPattern:
     @given(st.from_regex(IF_MATCH_PATTERN, fullmatch=True))
     def test_every_value_it_matches_is_read(self, value: str) -> None:
         assert is_read(value)
+
+    @given(st.text(alphabet=' \t,*"W/w3a0;\x7f\x80\xd9\u0663', max_size=16))
+    def test_the_list_pattern_is_the_same_without_star(self, value: str) -> None:
+        """For a route that needs the version read (replacing an agreement), "*" is a 428."""
+        names_versions = is_read(value) and parse_if_match(value) != IfMatch(None)
+        assert (re.fullmatch(IF_MATCH_LIST_PATTERN, value) is not None) == names_versions
 
     @pytest.mark.parametrize("value", ["*", ' "3" ', '"3",,"5",', 'W/"3", "4"', "", '"a,b", "2"'])
     def test_the_lists_above_match(self, value: str) -> None:

@@ -12,7 +12,7 @@ from service.auth.dependencies import Principal, require
 from service.auth.facts import source_address
 from service.catalog.schemas import IDENTIFIER_PATTERN
 from service.db import SessionDep
-from service.etags import IfMatchHeader, etag, parse_if_match
+from service.etags import IfMatchHeader, VersionIfMatchHeader, etag, parse_if_match
 from service.policy import agreements
 from service.policy import service as policy_service
 from service.policy.models import AgreementVersion
@@ -112,7 +112,7 @@ async def replace_agreement(
     session: SessionDep,
     principal: PolicyWriter,
     response: Response,
-    if_match: IfMatchHeader = None,
+    if_match: VersionIfMatchHeader = None,
 ) -> AgreementOut:
     """Replace an agreement with a new version. Needs `If-Match` with the version read (412 if stale)."""
     expected = parse_if_match(if_match)

@@ -85,6 +85,34 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/v1/clients/{client_id}/disable"): {404},
 }
 
+# Headers the contract promises on a success (DESIGN.md, REST surface): a versioned
+# resource's ETag, for the If-Match of the next write, and where a POST put what it made.
+_ETAG = {
+    "description": 'The version as a strong ETag, such as "3": send it back in If-Match.',
+    "required": True,
+    "schema": {"type": "string", "pattern": '^"[1-9][0-9]*"$'},
+}
+_LOCATION = {
+    "description": "The address of what was made.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+SUCCESS_HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("POST", "/v1/citizens"): {"ETag": _ETAG, "Location": _LOCATION},
+    ("GET", "/v1/citizens/{citizen_id}"): {"ETag": _ETAG},
+    ("PATCH", "/v1/citizens/{citizen_id}/fields"): {"ETag": _ETAG},
+    ("POST", "/v1/policies"): {"ETag": _ETAG, "Location": _LOCATION},
+    ("GET", "/v1/policies/{agreement_id}"): {"ETag": _ETAG},
+    ("PUT", "/v1/policies/{agreement_id}"): {"ETag": _ETAG},
+    ("DELETE", "/v1/policies/{agreement_id}"): {"ETag": _ETAG},
+}
+# Every 429 and 503 says when to try again (``TooManyRequests``, ``ServiceUnavailable``).
+RETRY_AFTER = {
+    "description": "Seconds to wait before trying again.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+
 # Routes that read their JSON body as sent and check it in their domain, so that every
 # problem comes back in one answer: the model the body must fit, for the document.
 RAW_BODY_MODELS: dict[tuple[str, str], type[BaseModel]] = {
@@ -263,7 +291,7 @@ def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
 
 def _problem_response(status: int) -> dict[str, Any]:
     title = _titles().get(status, ("Error", ""))[0]
-    return {
+    response: dict[str, Any] = {
         "description": title,
         "content": {
             PROBLEM_JSON: {
@@ -272,6 +300,9 @@ def _problem_response(status: int) -> dict[str, Any]:
             }
         },
     }
+    if status in (429, 503):
+        response["headers"] = {"Retry-After": RETRY_AFTER}
+    return response
 
 
 def _token_operation(operation: dict[str, Any]) -> None:
@@ -379,6 +410,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                         parameter["required"] = True
             if key in RESPONSE_MEDIA:
                 responses["200"]["content"] = RESPONSE_MEDIA[key]
+            if key in SUCCESS_HEADERS:
+                (success,) = (status for status in responses if status.startswith("2"))
+                responses[success]["headers"] = SUCCESS_HEADERS[key]
             for status_text, response in responses.items():
                 if status_text.startswith("2") and key in RESPONSE_EXAMPLES:
                     for media in response.get("content", {}).values():

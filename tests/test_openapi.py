@@ -4,6 +4,7 @@ and the statuses each route declares against those it really answered in this te
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -173,6 +174,42 @@ class TestDocument:
             for name in ("since", "until"):
                 assert schemas[name]["anyOf"] == TIME_QUERY_SCHEMA["anyOf"], f"{path} {name}"
                 assert schemas[name]["maxLength"] == 40
+
+    def test_success_responses_declare_the_headers_the_contract_promises(
+        self, document: dict[str, Any]
+    ) -> None:
+        """DESIGN.md: reads and writes of a citizen, and an agreement, return its ETag, which
+        the next write sends in If-Match (a replacement without it is 428); a POST says where
+        it put what it made. A client generated from the document sees only what it declares
+        (``tests/records/test_citizens_api.py`` and ``tests/policy/test_api.py`` check the
+        server sends them)."""
+        declared = {
+            f"{method} {path} {status}": sorted(response["headers"])
+            for method, path, operation in operations(document)
+            for status, response in operation["responses"].items()
+            if status.startswith("2") and "headers" in response
+        }
+        assert declared == {
+            "POST /v1/citizens 201": ["ETag", "Location"],
+            "GET /v1/citizens/{citizen_id} 200": ["ETag"],
+            "PATCH /v1/citizens/{citizen_id}/fields 200": ["ETag"],
+            "POST /v1/policies 201": ["ETag", "Location"],
+            "GET /v1/policies/{agreement_id} 200": ["ETag"],
+            "PUT /v1/policies/{agreement_id} 200": ["ETag"],
+            "DELETE /v1/policies/{agreement_id} 200": ["ETag"],
+        }
+        etag = document["paths"]["/v1/citizens/{citizen_id}"]["get"]["responses"]["200"]["headers"]["ETag"]
+        assert etag["required"] is True
+        assert re.fullmatch(etag["schema"]["pattern"], '"3"')
+
+    def test_every_429_and_503_declares_retry_after(self, document: dict[str, Any]) -> None:
+        missing = [
+            f"{method} {path} {status}"
+            for method, path, operation in operations(document)
+            for status, response in operation["responses"].items()
+            if status in ("429", "503") and "Retry-After" not in response.get("headers", {})
+        ]
+        assert missing == []
 
     def test_the_access_log_declares_no_gone(self, document: dict[str, Any]) -> None:
         """An erased citizen's access log answers 200 (the audit stays, and with it who

@@ -37,6 +37,13 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://tellonce.example/problems/"
 
 
+# Where a problem's input came from: its source (``body``, ``query``, ``path`` or
+# ``header``) and then the input's name, as FastAPI's request validation locates it and
+# ``ProblemError`` in the OpenAPI document promises (``("query", "purpose")``). Checks take
+# the prefix from their call site as a constant, and build a list from it only to refuse.
+Loc = tuple[str | int, ...]
+
+
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_JSON
 

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from service.auth.dependencies import Principal, demand, get_principal
-from service.errors import ValidationFailed
+from service.errors import Loc, ValidationFailed
 from service.observability import current_request_id
 from service.policy.epoch import EpochKey
 
@@ -63,12 +63,11 @@ class RequestFacts:
         """The same request, stating ``purpose``."""
         return replace(self, purpose=purpose)
 
-    @property
-    def stated_purpose(self) -> str:
-        """The purpose, which an access to citizen data must state."""
+    def stated_purpose(self, at: Loc) -> str:
+        """The purpose, which an access to citizen data must state (sent at ``at``)."""
         if not self.purpose:
             raise ValidationFailed(
-                "A purpose is required.", errors=[{"loc": ["purpose"], "msg": "a purpose is required"}]
+                "A purpose is required.", errors=[{"loc": list(at), "msg": "a purpose is required"}]
             )
         return self.purpose
 

@@ -240,7 +240,8 @@ async def revoke_agreement(
     already is; 422 for a reason holding a NUL (the rule ``check_agreement`` holds free text to)."""
     if has_nul(reason):
         raise ValidationFailed(
-            f"The reason for the revocation {NUL_REFUSED}.", errors=[{"loc": ["reason"], "msg": NUL_REFUSED}]
+            f"The reason for the revocation {NUL_REFUSED}.",
+            errors=[{"loc": ["query", "reason"], "msg": NUL_REFUSED}],
         )
     row = await _changeable(session, principal, agreement_id, expected, "revokes")
     if row.status == "revoked":

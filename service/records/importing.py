@@ -203,7 +203,9 @@ class _Importer:
         if NATIONAL_ID_FIELD not in submitted:
             return None
         try:
-            clean = validated_values(self.catalog, {NATIONAL_ID_FIELD: submitted[NATIONAL_ID_FIELD]}, "row")
+            clean = validated_values(
+                self.catalog, {NATIONAL_ID_FIELD: submitted[NATIONAL_ID_FIELD]}, ("row",)
+            )
         except ServiceError:
             return None
         return values.normalise_for_index(clean[NATIONAL_ID_FIELD])
@@ -221,7 +223,7 @@ class _Importer:
             batch.reject(row.line, row.unreadable)
             return None
         try:
-            clean = validated_values(self.catalog, row.values, "row")
+            clean = validated_values(self.catalog, row.values, ("row",))
         except ServiceError as exc:
             batch.reject(row.line, _reasons(exc))
             # A valid national id on a refused row still counts as seen: the file names

@@ -219,10 +219,10 @@ async def read(
     records: RecordsService, facts: RequestFacts, citizen_id: str, fields: Sequence[str] | None
 ) -> CitizenOut:
     """One citizen's allowed fields for the stated purpose; 403/404 if none, 410 if erased."""
-    purpose = facts.stated_purpose
+    purpose = facts.stated_purpose(("query", "purpose"))
     catalog, policy = await records.read_snapshot(facts)
     requested = requested_fields(catalog, fields)
-    require_known(catalog, requested, purpose, loc="fields")
+    require_known(catalog, requested, purpose, fields_at=("query", "fields"), purpose_at=("query", "purpose"))
     decided, rows = await _decide_and_load(records, facts, "read", citizen_id, requested, catalog, policy)
     with tracing.span("crypto.decrypt", values=len(rows)):
         try:
@@ -264,11 +264,11 @@ async def batch_get(
     is audited with read's status, 410 if the caller may know it existed and 404 if not,
     and so is one that exists but may not be known (404); an unknown id has no entry, as
     a read of it has none."""
-    purpose = facts.stated_purpose
+    purpose = facts.stated_purpose(("body", "purpose"))
     unique_ids = list(dict.fromkeys(ids))
     catalog, policy = await records.read_snapshot(facts)
     requested = requested_fields(catalog, fields)
-    require_known(catalog, requested, purpose, loc="fields")
+    require_known(catalog, requested, purpose, fields_at=("body", "fields"), purpose_at=("body", "purpose"))
     found = await records.store.citizens(unique_ids)
     decisions_by_citizen: dict[str, dict[str, Decision]] = {}
     # Why a citizen gets nothing without a decision: unknown, or erased (as read says).
@@ -379,10 +379,10 @@ async def batch_get(
 
 async def lookup(records: RecordsService, facts: RequestFacts, national_id: str) -> LookupOut:
     """A citizen's id by national id; 404 alike for unknown, erased and not allowed."""
-    purpose = facts.stated_purpose
+    purpose = facts.stated_purpose(("body", "purpose"))
     async with records.transactions.connect() as conn:
         catalog, policy = await records.snapshot(conn, facts)
-        require_known(catalog, [], purpose, loc="fields")
+        require_known(catalog, [], purpose, purpose_at=("body", "purpose"))
         canonical = canonical_national_id(national_id)
         # The citizen is found first, whether or not the caller may be told, so that the
         # decision sees its status as a read's does (a condition on citizen.status applies
@@ -429,11 +429,11 @@ async def verify(
     """Whether each claim holds, as booleans; the values never leave. What may be asked is
     limited (``claims.py``): a claim the agreement does not fix is 403, open claims past
     the daily limit are 429."""
-    purpose = facts.stated_purpose
+    purpose = facts.stated_purpose(("body", "purpose"))
     catalog, policy = await records.read_snapshot(facts)
     requested = list(claims)
-    require_known(catalog, requested, purpose, loc="claims")
-    validate_claims(catalog, claims)
+    require_known(catalog, requested, purpose, fields_at=("body", "claims"), purpose_at=("body", "purpose"))
+    validate_claims(catalog, claims, ("body", "claims"))
     decided = await _decide(records, facts, "verify", citizen_id, requested, catalog, policy)
     decisions, allowed, context = decided.decisions, decided.allowed, decided.context
     # A field the caller may read outright has nothing for verify to protect. Decided with
@@ -515,11 +515,18 @@ async def history(
     limit: int,
 ) -> HistoryPage:
     """Earlier versions of one field, newest first, ``limit`` a page."""
-    purpose = facts.stated_purpose
+    purpose = facts.stated_purpose(("query", "purpose"))
     before = parse_cursor(cursor)
     async with records.transactions.connect() as conn:
         catalog, policy = await records.snapshot(conn, facts)
-        require_known(catalog, [field], purpose, loc="field")
+        require_known(
+            catalog,
+            [field],
+            purpose,
+            fields_at=("path", "field"),
+            positional=False,
+            purpose_at=("query", "purpose"),
+        )
         found = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
         context = records.context(facts, found.status if found else None)
         await records.readable(facts, "history", citizen_id, found, catalog, policy, [field], context)

@@ -47,7 +47,7 @@ async def register_population(
     missing, already registered or appears twice in the batch."""
     started = now()
     catalog = await catalog_service.current_cached(conn)
-    cleaned = [validated_values(catalog, submitted, "fields") for submitted in citizens]
+    cleaned = [validated_values(catalog, submitted, ("fields",)) for submitted in citizens]
     wanted = [values.normalise_for_index(clean.get(NATIONAL_ID_FIELD, "")) for clean in cleaned]
     comparable = {comparable_national_id(n) for n in wanted}
     if not all(wanted) or len(comparable) != len(wanted):

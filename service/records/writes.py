@@ -21,7 +21,7 @@ from service.catalog.schemas import Catalog
 from service.crypto.aead import DataKey, encrypt_value
 from service.crypto.blind_index import NORMALISATION_VERSION
 from service.crypto.keyring import Keyring
-from service.errors import Conflict, Forbidden, ServiceError
+from service.errors import Conflict, Forbidden, Loc, ServiceError
 from service.etags import IfMatch
 from service.events import service as events_service
 from service.policy.engine import CompiledPolicy, Decision, RequestContext
@@ -115,6 +115,10 @@ def status_written(catalog: Catalog, names: Iterable[str]) -> str | None:
     return "deceased" if death is not None and death.name in names else None
 
 
+# A registration sends the national id beside ``fields``, at the top of its body.
+_TOP_LEVEL_NATIONAL_ID: Mapping[str, Loc] = {NATIONAL_ID_FIELD: ("body", NATIONAL_ID_FIELD)}
+
+
 async def register(
     records: RecordsService, facts: RequestFacts, national_id: str, fields: Mapping[str, Any]
 ) -> Registered:
@@ -123,13 +127,20 @@ async def register(
         # Two national ids in one request: neither silently wins.
         raise InvalidFieldValue(
             "The national id is given once, at the top level, not among the fields.",
-            errors=[{"loc": ["fields", NATIONAL_ID_FIELD], "msg": "give the national id as national_id"}],
+            errors=[
+                {"loc": ["body", "fields", NATIONAL_ID_FIELD], "msg": "give the national id as national_id"}
+            ],
         )
     started = now()
     async with records.transactions.connect() as conn:
         catalog, _policy = await records.snapshot(conn, facts)
     # The national id last: an unknown field is located by its position in ``fields``.
-    clean = validated_values(catalog, {**fields, NATIONAL_ID_FIELD: national_id}, "fields")
+    clean = validated_values(
+        catalog,
+        {**fields, NATIONAL_ID_FIELD: national_id},
+        ("body", "fields"),
+        located=_TOP_LEVEL_NATIONAL_ID,
+    )
     foreign = sorted(n for n in clean if (s := catalog.field(n)) and s.owner != facts.department)
 
     def refusal(status: int) -> AuditEntry:
@@ -231,8 +242,8 @@ async def write(
     started = now()
     async with records.transactions.connect() as conn:
         catalog, policy = await records.snapshot(conn, facts)
-    clean = validated_values(catalog, fields, "fields")
-    require_known(catalog, [], facts.purpose, loc="fields")
+    clean = validated_values(catalog, fields, ("body", "fields"))
+    require_known(catalog, [], facts.purpose, purpose_at=("body", "purpose"))
     names = list(clean)
     written: WriteOut | None = None
     refused: ServiceError | None = None
@@ -402,7 +413,7 @@ async def erase(
     try:
         async with records.transactions.begin() as conn:
             catalog, policy = await records.snapshot(conn, facts)
-            require_known(catalog, [], facts.purpose, loc="query")
+            require_known(catalog, [], facts.purpose, purpose_at=("query", "purpose"))
             citizen = (await repository.get_citizens(conn, [citizen_id])).get(citizen_id)
             context = records.context(facts, citizen.status if citizen else None)
             decision = _erase_decision(catalog, policy, facts, context, reason, legal_basis)

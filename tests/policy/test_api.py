@@ -192,7 +192,7 @@ class TestWriteAgreements:
         path = "/v1/policies/licence-status-for-welfare"
         response = await client.delete(path, params={"reason": "ended\x00"})
         body = assert_problem(response, 422, "validation-failed")
-        assert body["errors"] == [{"loc": ["reason"], "msg": "must not contain a NUL character"}]
+        assert body["errors"] == [{"loc": ["query", "reason"], "msg": "must not contain a NUL character"}]
         assert (await client.get(path)).json()["status"] == "active"
 
     async def test_granting_another_owners_field_is_403(

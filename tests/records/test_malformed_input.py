@@ -42,7 +42,7 @@ class TestLoneSurrogates:
         body = {"national_id": "QQ900001A", "fields": {"given_name": f"Ad{SURROGATE}"}}
         response = await send_json(records_env, "POST", "/v1/citizens", body, REGISTRAR)
         errors = problem(response, 422)["errors"]
-        assert [tuple(e["loc"]) for e in errors] == [("fields", "given_name")]
+        assert [tuple(e["loc"]) for e in errors] == [("body", "fields", "given_name")]
 
     async def test_in_a_registered_national_id_is_422(self, records_env: RecordsEnv) -> None:
         body = {"national_id": f"QQ9{SURROGATE}", "fields": {}}
@@ -56,7 +56,7 @@ class TestLoneSurrogates:
         url = f"/v1/citizens/{citizen_id}/fields"
         response = await send_json(records_env, "PATCH", url, body, REGISTER_WRITER)
         errors = problem(response, 422)["errors"]
-        assert [tuple(e["loc"]) for e in errors] == [("fields", "address")]
+        assert [tuple(e["loc"]) for e in errors] == [("body", "fields", "address")]
 
     async def test_in_a_looked_up_national_id_is_422(self, records_env: RecordsEnv) -> None:
         body = {"national_id": f"QQ{SURROGATE}", "purpose": "benefit-eligibility"}

@@ -124,7 +124,7 @@ class TestRegisterNationalId:
             headers=REGISTRAR,
         )
         body = problem(response, 422)
-        assert [e["loc"] for e in body["errors"]] == [["fields", "national_id"]]
+        assert [e["loc"] for e in body["errors"]] == [["body", "fields", "national_id"]]
         assert top not in response.text
         assert among_fields not in response.text
         assert await holder(records_env, top) is None

@@ -30,7 +30,7 @@ class TestRegisterFile:
                 assert spec is not None
                 assert spec.owner == DEPARTMENT
             # Raises ValidationFailed, as the API would answer 422, on any bad value.
-            validated_values(catalog, fields, "fields")
+            validated_values(catalog, fields, ("fields",))
 
     def test_same_seed_same_file(self, tmp_path: Path) -> None:
         first = write_register_file(tmp_path / "a.csv", 500, seed=7).read_bytes()

@@ -11,6 +11,11 @@ import binascii
 
 from service.errors import bad_cursor
 
+# What the OpenAPI document says of the cursor of a list that refuses an empty one (every
+# cursor given is non-empty). The refusal is ``invalid-cursor`` (``bad_cursor``), as for any
+# cursor the list did not give, so a parameter carries this as documentation only.
+NON_EMPTY_CURSOR_SCHEMA = {"minLength": 1}
+
 
 def encode_text(text: str) -> str:
     """``text`` (printable ASCII) as a cursor."""

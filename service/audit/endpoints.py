@@ -15,6 +15,7 @@ from service.audit.writer import AuditWriterDep, get_audit_writer
 from service.auth import permissions
 from service.auth.dependencies import Principal, get_principal, optional_principal, require
 from service.auth.facts import source_address
+from service.cursors import NON_EMPTY_CURSOR_SCHEMA
 from service.db import DatabaseDep, SessionDep
 from service.errors import Forbidden, InsufficientScope, Unauthenticated
 from service.records.schemas import CITIZEN_ID_PATTERN
@@ -147,7 +148,7 @@ async def list_entries(
     filters: Filters,
     request: Request,
     access: search.AuditAccessDep,
-    cursor: str | None = Query(None, description=CURSOR_DOC),
+    cursor: str | None = Query(None, description=CURSOR_DOC, json_schema_extra=NON_EMPTY_CURSOR_SCHEMA),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Audit entries in a stable order (oldest first), filtered, one page at a time.
@@ -203,7 +204,7 @@ async def usage_report(
     until: str | None = Query(
         None, max_length=40, description="ISO 8601, exclusive", json_schema_extra=search.TIME_QUERY_SCHEMA
     ),
-    cursor: str | None = Query(None, description=CURSOR_DOC),
+    cursor: str | None = Query(None, description=CURSOR_DOC, json_schema_extra=NON_EMPTY_CURSOR_SCHEMA),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Released fields counted by consumer, owner, field, purpose and day or month: the value
@@ -233,7 +234,7 @@ async def citizen_access_log(
     caller: Portal,
     request: Request,
     access: search.AuditAccessDep,
-    cursor: str | None = Query(None, description=CURSOR_DOC),
+    cursor: str | None = Query(None, description=CURSOR_DOC, json_schema_extra=NON_EMPTY_CURSOR_SCHEMA),
     limit: int = Query(100, ge=1, le=1000),
     proofs: bool = Query(
         False, description="Add to each line its inclusion proof against the witnessed checkpoint."

@@ -18,6 +18,7 @@ from service.consent.schemas import (
     ObjectionOut,
     ObjectionPage,
 )
+from service.cursors import NON_EMPTY_CURSOR_SCHEMA
 from service.db import SessionDep
 from service.events import service as events_service
 from service.records.schemas import CITIZEN_ID_PATTERN
@@ -89,7 +90,7 @@ async def list_consents(
     caller: Portal,
     request: Request,
     session: SessionDep,
-    cursor: str | None = Query(None, max_length=200),
+    cursor: str | None = Query(None, max_length=200, json_schema_extra=NON_EMPTY_CURSOR_SCHEMA),
     limit: int = Query(100, ge=1, le=1000),
 ) -> ConsentPage:
     """The citizen's consents, oldest first, each with its status now. Audited

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Res
 from service.auth.dependencies import Principal, require
 from service.auth.facts import source_address
 from service.catalog.schemas import IDENTIFIER_PATTERN
+from service.cursors import NON_EMPTY_CURSOR_SCHEMA
 from service.db import SessionDep
 from service.etags import IfMatchHeader, VersionIfMatchHeader, etag, parse_if_match
 from service.policy import agreements
@@ -144,7 +145,7 @@ async def list_versions(
     agreement_id: AgreementId,
     session: SessionDep,
     principal: PolicyReader,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(json_schema_extra=NON_EMPTY_CURSOR_SCHEMA)] = None,
     limit: Limit = 50,
 ) -> AgreementPage:
     """Every version of one agreement, oldest first, with author, time and reason."""

@@ -12,6 +12,7 @@ from service.audit.writer import get_audit_writer
 from service.auth.dependencies import Principal, get_principal, header
 from service.auth.facts import RequestFacts, facts, request_facts
 from service.crypto.keyring import Keyring
+from service.cursors import NON_EMPTY_CURSOR_SCHEMA
 from service.db import Database
 from service.errors import ValidationFailed
 from service.etags import IfMatchHeader, etag, parse_if_match
@@ -228,7 +229,7 @@ async def field_history(
     purpose: PurposeQuery,
     records: Records,
     caller: Annotated[RequestFacts, Depends(facts("citizens:history"))],
-    cursor: Annotated[str | None, Query(max_length=12)] = None,
+    cursor: Annotated[str | None, Query(max_length=12, json_schema_extra=NON_EMPTY_CURSOR_SCHEMA)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> HistoryPage:
     """Earlier versions of one field, newest first, if a `history` agreement allows it."""

@@ -147,3 +147,44 @@ class TestProblemLocations:
             assert len(error["loc"]) >= 2, error
             assert error["loc"][0] in SOURCES, error
         assert sorted((e["loc"] for e in errors), key=str) == sorted(case.locs, key=str)
+
+
+# Every list's cursor parameter (the event feed's ``after``), and who may read the list.
+CURSORS = {
+    ("/v1/policies", "cursor"): OWNER,
+    ("/v1/policies/{agreement_id}/versions", "cursor"): OWNER,
+    ("/v1/audit/entries", "cursor"): AUDITOR,
+    ("/v1/audit/reports/usage", "cursor"): AUDITOR,
+    ("/v1/citizens/{citizen_id}/access-log", "cursor"): PORTAL,
+    ("/v1/citizens/{citizen_id}/consents", "cursor"): PORTAL,
+    ("/v1/citizens/{citizen_id}/fields/{field}/history", "cursor"): WELFARE,
+    ("/v1/subscriptions", "cursor"): WELFARE,
+    ("/v1/events", "after"): WELFARE,
+}
+
+
+class TestEmptyCursors:
+    async def test_the_document_says_min_length_1_where_an_empty_cursor_is_refused(
+        self, records_env: RecordsEnv
+    ) -> None:
+        citizen_id, _ = await records_env.register(address="Old House")
+        document = records_env.app.openapi()
+        listed = {
+            (path, parameter["name"])
+            for path, operations in document["paths"].items()
+            for parameter in operations.get("get", {}).get("parameters", [])
+            if parameter["in"] == "query" and parameter["name"] in ("cursor", "after")
+        }
+        # Deliveries need a subscription of the caller's own; its cursor is read as the feed's.
+        assert listed - set(CURSORS) == {("/v1/subscriptions/{subscription_id}/deliveries", "cursor")}
+        for (path, name), caller in CURSORS.items():
+            parameter = next(p for p in document["paths"][path]["get"]["parameters"] if p["name"] == name)
+            url = path.format(agreement_id="welfare-reads-licence", citizen_id=citizen_id, field="address")
+            response = await records_env.client.get(
+                url, params={name: "", "purpose": "benefit-eligibility"}, headers=caller
+            )
+            refused = response.status_code == 422
+            assert response.status_code in (200, 422), (path, response.text)
+            assert parameter["schema"].get("minLength", 0) == (1 if refused else 0), (path, name)
+            if refused:
+                assert response.json()["errors"] == [{"loc": ["query", name], "msg": "invalid cursor"}]

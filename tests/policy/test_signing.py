@@ -31,6 +31,7 @@ from service.policy.signing import OwnerSigner, OwnerVerifier, SigningKeyError, 
 from service.policy.signing_files import read_private_key, sign_folder, write_private_key
 from service.sourcefile import SourceFileError
 from tests.conftest import REPO_ROOT, TEST_POLICIES
+from tests.fixtures.cli import run_cli
 
 AGREEMENT = {
     "id": "revenue-reads-licence",
@@ -241,14 +242,7 @@ def _cli(*args: str, env_url: str | None = None, stdin: str = "") -> subprocess.
     env = {**os.environ, "TELLONCE_ENV": "test"}
     if env_url is not None:
         env["TELLONCE_DATABASE_URL"] = env_url
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    return run_cli(env, *args, stdin=stdin)
 
 
 class TestCommands:

@@ -134,9 +134,11 @@ class TestCreateSubscription:
         )
         body = _assert_problem(response, 422, "invalid-subscription")
         assert body["errors"] == [
-            {"loc": ["body", "fields", 1], "msg": "unknown field 'shoe_size'"},
-            {"loc": ["body", "purpose"], "msg": "unknown purpose 'gossip'"},
+            {"loc": ["body", "fields", 1], "msg": "unknown field"},
+            {"loc": ["body", "purpose"], "msg": "unknown purpose"},
         ]
+        assert "shoe_size" not in response.text
+        assert "gossip" not in response.text
 
     async def test_malformed_body_is_422(self, events_app: FastAPI, api: httpx.AsyncClient) -> None:
         act_as(events_app, "welfare", "consumer")

@@ -233,6 +233,11 @@ async def replace_agreement(
     )
 
 
+# How often a revocation without If-Match is decided again after losing a race to another
+# change of the same agreement; each loss means that other change committed.
+REVOKE_ATTEMPTS = 5
+
+
 async def revoke_agreement(
     session: AsyncSession, principal: Principal, agreement_id: str, *, expected: IfMatch | None, reason: str
 ) -> AgreementVersion:
@@ -243,10 +248,20 @@ async def revoke_agreement(
             f"The reason for the revocation {NUL_REFUSED}.",
             errors=[{"loc": ["query", "reason"], "msg": NUL_REFUSED}],
         )
-    row = await _changeable(session, principal, agreement_id, expected, "revokes")
-    if row.status == "revoked":
-        raise AgreementRevoked(f"Agreement {agreement_id!r} is already revoked.")
-    return await policy_service.revoke(session, row, author=author(principal), reason=reason)
+    for attempt in range(REVOKE_ATTEMPTS):
+        row = await _changeable(session, principal, agreement_id, expected, "revokes")
+        if row.status == "revoked":
+            raise AgreementRevoked(f"Agreement {agreement_id!r} is already revoked.")
+        try:
+            return await policy_service.revoke(session, row, author=author(principal), reason=reason)
+        except StaleAgreement:
+            # Another change committed since ``row`` was read: decide again on the version
+            # now current, as for a revocation sent a moment later. That is 412 if an
+            # If-Match no longer holds, 409 if the other change revoked it, and otherwise
+            # this revocation; never a 412 for a caller that stated no precondition.
+            if attempt == REVOKE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 # --- explain and simulate ---------------------------------------------------------------

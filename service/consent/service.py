@@ -254,6 +254,11 @@ async def grant(
     return consent_out(row, now)
 
 
+# How often a change is decided again after losing a race to another change of the same
+# consent; each loss means that other change committed.
+CHANGE_ATTEMPTS = 5
+
+
 async def change(
     session: AsyncSession,
     runtime: ConsentRuntime,
@@ -266,17 +271,23 @@ async def change(
     nothing; a revoked or expired consent never changes again (409)."""
     conn = await session.connection()
     await _known_citizen(conn, citizen_id)
-    row = await repository.get_consent(conn, citizen_id, consent_id) if len(consent_id) <= 36 else None
-    if row is None:
-        raise ConsentNotFound(f"The citizen has no consent {consent_id!r}.")
-    now = runtime.clock()
-    current = status_at(row, now)
-    if current == status:
-        return consent_out(row, now)
-    if current in ("revoked", "expired"):
-        raise ConsentFinal(f"Consent {row.id} is {current}: give a new consent instead.")
-    if not await repository.set_status(conn, row.id, row.status, status, now):
-        raise ConsentChanged(f"Consent {row.id} changed while this request was made; read it again.")
+    for _attempt in range(CHANGE_ATTEMPTS):
+        row = await repository.get_consent(conn, citizen_id, consent_id) if len(consent_id) <= 36 else None
+        if row is None:
+            raise ConsentNotFound(f"The citizen has no consent {consent_id!r}.")
+        now = runtime.clock()
+        current = status_at(row, now)
+        if current == status:
+            return consent_out(row, now)
+        if current in ("revoked", "expired"):
+            raise ConsentFinal(f"Consent {row.id} is {current}: give a new consent instead.")
+        if await repository.set_status(conn, row.id, row.status, status, now):
+            break
+        # Another change committed since ``row`` was read: decide again on the status now
+        # stored, as for a change sent a moment later (so two revocations sent together
+        # both answer as revoked, and a resume that lost to a revocation is 409 final).
+    else:
+        raise ConsentChanged(f"Consent {consent_id} changed while this request was made; read it again.")
     agreement = await _logged_agreement(conn, runtime, row)
     await _tell_consumer(conn, row, agreement.owner, status, now)
     await _audit(conn, actor, "consent-change", citizen_id, agreement, status, purpose=row.purpose)

@@ -489,8 +489,8 @@ class TestWhatReachesTheStore:
 
 
 class TestConcurrentChanges:
-    """A change that checked the store before a concurrent one wrote: 409, never a 500 and
-    never a lost revocation."""
+    """A change that checked the store before a concurrent one wrote: answered as if sent
+    after it (here 409), never a 500 and never a lost revocation."""
 
     async def test_an_objection_recorded_after_the_check_is_409(
         self, world: ConsentWorld, monkeypatch: pytest.MonkeyPatch
@@ -518,7 +518,8 @@ class TestConcurrentChanges:
             return row
 
         monkeypatch.setattr(consent_repository, "get_consent", revoked_after_the_read)
-        problem(await world.set_status(consent["id"], "active"), 409, "consent-changed")
+        # Decided again on the status now stored: revoked, so final, as for a resume sent later.
+        problem(await world.set_status(consent["id"], "active"), 409, "consent-final")
         monkeypatch.undo()
         listed = await world.client.get(f"/v1/citizens/{world.citizen_id}/consents", headers=PORTAL)
         assert [c["status"] for c in listed.json()["items"]] == ["revoked"]

@@ -209,9 +209,10 @@ class TestCitizenWrites:
         for _round in range(3):
             citizen_id = await world.register(address="Start", given_name="Ada")
             url = f"/v1/citizens/{citizen_id}"
-            (erased, acknowledged), *readers = await asyncio.gather(
-                _erase(world, url), *(_reads(world, url) for _ in range(4))
+            erasure, readers = await asyncio.gather(
+                _erase(world, url), asyncio.gather(*(_reads(world, url) for _ in range(4)))
             )
+            erased, acknowledged = erasure
             assert erased.status_code == 204, erased.text
             for sent, answer in (pair for reader in readers for pair in reader):
                 no_500([answer])

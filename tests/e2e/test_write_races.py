@@ -3,8 +3,8 @@
 Each test fires a batch of simultaneous requests (httpx over loopback, as department
 systems would) at the same citizen, agreement, consent or subscription, a few rounds
 over, and checks what a sequence of the same requests would give: no 500, no lost or
-doubled write, one outbox event per committed write, and every refusal audited as a
-refusal. Each ends with the whole-log check of ``tellonce audit verify``.
+doubled write, one outbox event per committed write, and every audit entry of a refused
+request a refusal. Each ends with the whole-log check of ``tellonce audit verify``.
 
 Races already tested elsewhere are not repeated here: writers sharing an ETag and
 erasures racing writes (tests/records/test_citizens_api.py), a registration racing

@@ -79,7 +79,13 @@ class RoleMap(BaseModel):
     def grant(self, claims: dict[str, Any]) -> tuple[str, set[str]] | None:
         """(department, roles) for a user's claims, or None if no rule matches."""
         value = claims.get(self.claim)
-        groups = {value} if isinstance(value, str) else {g for g in value or () if isinstance(g, str)}
+        # A group name, or a list of them; any other JSON (a number, an object) names none.
+        if isinstance(value, str):
+            groups = {value}
+        elif isinstance(value, list):
+            groups = {g for g in value if isinstance(g, str)}
+        else:
+            groups = set()
         department = next((rule.department for rule in self.rules if rule.group in groups), None)
         if department is None:
             return None
@@ -113,6 +119,17 @@ def _json_object(answer: httpx.Response) -> dict[str, Any]:
     if not isinstance(found, dict):
         raise OidcError("The sign-in service's answer could not be read; try again shortly.")
     return found
+
+
+def _shown_name(claims: dict[str, Any], subject: str) -> str:
+    """What the sign-in page calls the person: their name or email address as the provider
+    gives it, without control characters and at most 200 characters; else the subject."""
+    for claim in ("name", "email"):
+        value = claims.get(claim)
+        shown = "".join(c for c in value if c.isprintable())[:200].strip() if isinstance(value, str) else ""
+        if shown:
+            return shown
+    return subject
 
 
 def _derive(pre_token: str, purpose: str) -> str:
@@ -208,9 +225,15 @@ class OidcSignIn:
         }
         return f"{metadata['authorization_endpoint']}?{urlencode(query)}"
 
-    async def finish(self, pre_token: str, code: str) -> Identity:
-        """Exchange the code (with the PKCE verifier), check the ID token, map the groups."""
+    async def finish(self, pre_token: str, code: str, *, issuer: str | None = None) -> Identity:
+        """Check the answer's ``issuer`` (its ``iss``, None if it named none), exchange the
+        code (with the PKCE verifier), check the ID token, map the groups."""
         metadata = await self.metadata()
+        # RFC 9207 (2.4): an answer naming another issuer is not our provider's (a mix-up);
+        # nor, from a provider that says it names itself, is one naming none.
+        names_itself = metadata.get("authorization_response_iss_parameter_supported") is True
+        if (issuer is not None and issuer != self.issuer) or (issuer is None and names_itself):
+            raise OidcError("The sign-in service's answer could not be verified; start again.")
         try:
             answer = await self.http.post(
                 str(metadata["token_endpoint"]),
@@ -243,8 +266,14 @@ class OidcSignIn:
         if granted is None:
             raise OidcError("Your account is not given a role in the console. Ask your administrator.")
         department, roles = granted
-        name = str(claims.get("name") or claims.get("email") or claims["sub"])
-        return Identity(subject=str(claims["sub"]), department=department, roles=roles, name=name)
+        subject = str(claims["sub"])  # a string: joserfc refuses any other
+        # At most 255 characters (OIDC Core 2), none a control or format character: the
+        # audit and every page name the person by it, and PostgreSQL's text keeps no NUL.
+        if not 0 < len(subject) <= 255 or not subject.isprintable():
+            raise OidcError("The sign-in service's answer could not be verified; start again.")
+        return Identity(
+            subject=subject, department=department, roles=roles, name=_shown_name(claims, subject)
+        )
 
     def _knows_signing_key(self, id_token: str) -> bool:
         """False when the ID token names a key (``kid``) the fetched key set lacks."""

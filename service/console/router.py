@@ -84,9 +84,20 @@ async def static_file(name: str) -> Response:
     return Response(body, media_type=STATIC_TYPES[name], headers={"Cache-Control": "public, max-age=3600"})
 
 
+# The longest path a sign-in returns to: a single sign-on carries it in ``state``, which
+# ``oidc.check_state`` takes up to 2048 characters long (the path base64-encoded, and a MAC).
+NEXT_LIMIT_BYTES = 1024
+
+
 def _safe_next(target: str | None) -> str:
     # Only a path inside the console: never an open redirect to another site.
-    if target and target.startswith("/console") and not target.startswith("//") and "\\" not in target:
+    if (
+        target
+        and target.startswith("/console")
+        and not target.startswith("//")
+        and "\\" not in target
+        and len(target.encode(errors="replace")) <= NEXT_LIMIT_BYTES
+    ):
         return target
     return "/console"
 
@@ -252,24 +263,31 @@ async def oidc_start(request: Request, next: str | None = None) -> Response:
     return response
 
 
+# The parameters of the provider's answer that the console reads (OIDC Core 3.1.2.5 and
+# 3.1.2.6, RFC 9207).
+CALLBACK_PARAMETERS = ("code", "state", "iss", "error")
+
+
 @router.get("/oidc/callback")
-async def oidc_callback(
-    request: Request,
-    session: SessionDep,
-    settings: Settings,
-    code: str | None = None,
-    state: str | None = None,
-    error: str | None = None,
-) -> Response:
+async def oidc_callback(request: Request, session: SessionDep, settings: Settings) -> Response:
+    """The provider's answer: ``code`` and ``state``, with ``iss`` naming the provider, or
+    ``error`` (its ``error_description`` is never shown: the provider's text, sent through
+    the browser, is anyone's)."""
     relying_party = oidc_sign_in(request)
     if relying_party is None:
         raise NotFound("Single sign-on is not configured.")
     token = request.cookies.get(OIDC_COOKIE)
+    answer = request.query_params
+    code = answer.get("code")
     try:
-        next_path = _safe_next(check_state(token, state))
-        if error or not code or len(code) > 2048:
+        # No parameter more than once (RFC 6749 3.1): an answer that names one twice is not
+        # the provider's, and acting on either value would be a guess.
+        if any(len(answer.getlist(name)) > 1 for name in CALLBACK_PARAMETERS):
+            raise OidcError("The sign-in service's answer could not be read; start again.")
+        next_path = _safe_next(check_state(token, answer.get("state")))
+        if "error" in answer or not code or len(code) > 2048:
             raise OidcError("The sign-in was cancelled or refused; start again.")
-        identity = await relying_party.finish(token or "", code)
+        identity = await relying_party.finish(token or "", code, issuer=answer.get("iss"))
     except OidcError as exc:
         logger.warning("console single sign-on refused", extra={"client_id": "oidc"})
         raise ConsolePageError(403, "You could not be signed in", str(exc)) from None

@@ -13,6 +13,13 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e clients/python
 	@touch $(STAMP)
 
+# The tests' npm packages, each locked in its folder: the OpenID provider of the single
+# sign-on tests and axe-core for the accessibility tests. npm ci writes
+# node_modules/.package-lock.json, so a folder is installed again only when its lock changes.
+NODE_TEST_DEPS := tests/oidc/node_modules/.package-lock.json tests/a11y/node_modules/.package-lock.json
+tests/%/node_modules/.package-lock.json: tests/%/package-lock.json
+	npm ci --prefix tests/$* --no-audit --no-fund
+
 install: $(STAMP)
 
 # The demo government: migrate, load policies/, seed, serve on 127.0.0.1:8000, live
@@ -34,11 +41,11 @@ typecheck: install
 	$(BIN)/mypy
 
 # Lint, types, then pytest on SQLite and on PostgreSQL (see scripts/test.sh).
-test: install
+test: install $(NODE_TEST_DEPS)
 	scripts/test.sh
 
 # pytest on SQLite only (no lint, types or PostgreSQL pass): the quick loop while working.
-test-sqlite: install
+test-sqlite: install $(NODE_TEST_DEPS)
 	TELLONCE_TEST_DATABASE_URL= $(BIN)/pytest -q
 
 # A SoftHSM2 token for TELLONCE_KEY_PROVIDER=pkcs11 (Debian's softhsm2, installed if

@@ -41,6 +41,16 @@ async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
+async def committed_engine(scratch_database: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh migrated database of the test's own, on the suite's backend:
+    for tests whose audit entries really commit, which the run's database must never hold
+    (``run_database_holds_no_audit_log`` in ``tests/conftest.py`` says why)."""
+    engine = create_engine(scratch_database)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
 async def audit_database(database_url: str, settings: Settings) -> AsyncIterator[str]:
     """A fresh committed database for one test, with the test catalog applied."""
     url = await create_scratch_database(database_url)

@@ -70,11 +70,11 @@ class TestAppendInTransaction:
             count = (await conn.execute(select(func.count()).where(AuditEntryRow.id == entry_id))).scalar()
         assert count == 0
 
-    async def test_commits_with_the_change(self, engine: AsyncEngine) -> None:
+    async def test_commits_with_the_change(self, committed_engine: AsyncEngine) -> None:
         entry = make_entry(action="write")
-        async with engine.begin() as conn:
+        async with committed_engine.begin() as conn:
             entry_id = await append_in_transaction(conn, entry)
-        async with engine.connect() as conn:
+        async with committed_engine.connect() as conn:
             canonical = (
                 await conn.execute(select(AuditEntryRow.canonical).where(AuditEntryRow.id == entry_id))
             ).scalar()
@@ -107,11 +107,13 @@ class TestEntry:
 
 
 class TestKeyEvents:
-    async def test_a_key_event_is_appended_in_the_transaction_that_made_it(self, engine: AsyncEngine) -> None:
+    async def test_a_key_event_is_appended_in_the_transaction_that_made_it(
+        self, committed_engine: AsyncEngine
+    ) -> None:
         hook = KeyEventsInTransaction()
-        async with engine.begin() as conn:
+        async with committed_engine.begin() as conn:
             await hook(conn, KeyEvent("kek-rotated", "dvla", {"version": 2}))
-        async with engine.connect() as conn:
+        async with committed_engine.connect() as conn:
             canonical = (
                 await conn.execute(select(AuditEntryRow.canonical).order_by(AuditEntryRow.id.desc()).limit(1))
             ).scalar_one()

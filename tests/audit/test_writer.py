@@ -25,8 +25,8 @@ from tests.fixtures.audit import make_entry
 
 
 @pytest.fixture
-async def writer(engine: AsyncEngine) -> AsyncIterator[AuditWriter]:
-    audit_writer = AuditWriter(engine)
+async def writer(committed_engine: AsyncEngine) -> AsyncIterator[AuditWriter]:
+    audit_writer = AuditWriter(committed_engine)
     await audit_writer.start()
     yield audit_writer
     await audit_writer.stop()
@@ -40,7 +40,7 @@ async def _count(engine: AsyncEngine, ids: list[int]) -> int:
 
 class TestGroupCommit:
     async def test_concurrent_appends_share_transactions(
-        self, writer: AuditWriter, engine: AsyncEngine
+        self, writer: AuditWriter, committed_engine: AsyncEngine
     ) -> None:
         entries = [make_entry(request_id=f"group-{i}") for i in range(300)]
         ids = await asyncio.gather(*(writer.append(entry) for entry in entries))
@@ -48,14 +48,14 @@ class TestGroupCommit:
         assert writer.entries_committed == 300
         assert writer.batches_committed < 300
         # Durable: a separate connection sees every one as soon as append returned.
-        assert await _count(engine, list(ids)) == 300
+        assert await _count(committed_engine, list(ids)) == 300
 
     async def test_each_entry_is_stored_with_its_own_id(
-        self, writer: AuditWriter, engine: AsyncEngine
+        self, writer: AuditWriter, committed_engine: AsyncEngine
     ) -> None:
         entries = [make_entry(request_id=f"own-{i}") for i in range(20)]
         ids = await asyncio.gather(*(writer.append(entry) for entry in entries))
-        async with engine.connect() as conn:
+        async with committed_engine.connect() as conn:
             rows = dict(
                 (
                     await conn.execute(
@@ -66,13 +66,15 @@ class TestGroupCommit:
         for entry, entry_id in zip(entries, ids, strict=True):
             assert rows[entry_id] == entry.canonical()
 
-    async def test_append_many_returns_ids_in_order(self, writer: AuditWriter, engine: AsyncEngine) -> None:
+    async def test_append_many_returns_ids_in_order(
+        self, writer: AuditWriter, committed_engine: AsyncEngine
+    ) -> None:
         entries = [make_entry(request_id=f"many-{i}") for i in range(50)]
         ids = await writer.append_many(entries)
         assert ids == sorted(ids)
-        assert await _count(engine, ids) == 50
+        assert await _count(committed_engine, ids) == 50
         # Each id is its own entry's: the batch's ids are handed back in the rows' order.
-        async with engine.connect() as conn:
+        async with committed_engine.connect() as conn:
             query = select(AuditEntryRow.id, AuditEntryRow.canonical).where(AuditEntryRow.id.in_(ids))
             stored = dict((await conn.execute(query)).all())
         assert [stored[entry_id] for entry_id in ids] == [entry.canonical() for entry in entries]
@@ -88,11 +90,11 @@ async def _stored(engine: AsyncEngine, request_id_prefix: str) -> dict[int, str]
 
 
 class TestFailClosed:
-    async def test_failed_commit_fails_every_waiter(self, engine: AsyncEngine) -> None:
+    async def test_failed_commit_fails_every_waiter(self, committed_engine: AsyncEngine) -> None:
         async def refuse(_conn: AsyncConnection) -> None:
             raise OSError("disk full")
 
-        failing = AuditWriter(engine, before_commit=refuse)
+        failing = AuditWriter(committed_engine, before_commit=refuse)
         await failing.start()
         try:
             results = await asyncio.gather(
@@ -108,7 +110,7 @@ class TestFailClosed:
         assert problem["status"] == 503
         assert problem["type"].endswith("audit-unavailable")
         assert failing.entries_committed == 0
-        async with engine.connect() as conn:
+        async with committed_engine.connect() as conn:
             found = await conn.execute(
                 select(func.count()).where(AuditEntryRow.canonical.like('%"request_id":"fail-%'))
             )
@@ -119,14 +121,14 @@ class TestFailClosed:
         with pytest.raises(AuditUnavailable):
             await stopped.append(make_entry())
 
-    async def test_writer_recovers_after_a_failed_batch(self, engine: AsyncEngine) -> None:
+    async def test_writer_recovers_after_a_failed_batch(self, committed_engine: AsyncEngine) -> None:
         failures = [True]
 
         async def fail_once(_conn: AsyncConnection) -> None:
             if failures.pop() if failures else False:
                 raise OSError("transient")
 
-        flaky = AuditWriter(engine, before_commit=fail_once)
+        flaky = AuditWriter(committed_engine, before_commit=fail_once)
         await flaky.start()
         try:
             with pytest.raises(AuditUnavailable):
@@ -174,14 +176,14 @@ class TestFailedCommitOnTheFastPath:
         assert not any(entry.canonical() in stored_texts for entry in refused)
 
     async def test_postgres_batch_whose_connection_dies_at_the_lock_fails_every_waiter(
-        self, writer: AuditWriter, engine: AsyncEngine, on_postgres: bool
+        self, writer: AuditWriter, committed_engine: AsyncEngine, on_postgres: bool
     ) -> None:
         if not on_postgres:
             pytest.skip(
                 "needs PostgreSQL: the append lock is a PostgreSQL advisory lock; SQLite has one writer"
             )
         run = uuid.uuid4().hex
-        async with engine.connect() as holder:
+        async with committed_engine.connect() as holder:
             # Hold the append lock, so the writer's batch waits at it, then end its session.
             await holder.execute(text(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"))
             appends = [
@@ -209,7 +211,7 @@ class TestFailedCommitOnTheFastPath:
             await holder.rollback()
         assert all(isinstance(result, AuditUnavailable) for result in results)
         assert writer.entries_committed == 0
-        assert await _stored(engine, f"killed-{run}-") == {}
+        assert await _stored(committed_engine, f"killed-{run}-") == {}
         # The pool drops the dead connections; the next batch commits.
         assert await writer.append(make_entry(request_id="after-killed")) > 0
 

@@ -16,9 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service.app import create_app
+from service.audit.models import AuditEntryRow
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.config import Settings
@@ -91,6 +93,12 @@ async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
             # SAVEPOINT would open the real transaction and its RELEASE (a commit inside
             # the request) would reach the disk. With it, everything is rolled back.
             await connection.exec_driver_sql("BEGIN")
+        # Nothing may commit to this database while a test runs: from the test's first read
+        # this is a read transaction, which SQLite upgrades at the test's first write, and it
+        # fails that write at once ("database is locked", no busy wait) if another connection
+        # committed since that read or holds the write lock at that moment. So tests that
+        # must commit use ``scratch_database``, and ``run_database_holds_no_audit_log`` fails
+        # a test that would make the app's sequencer a writer here.
         test_session = AsyncSession(
             bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
         )
@@ -99,6 +107,28 @@ async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
         finally:
             await test_session.close()
             await transaction.rollback()
+
+
+@pytest.fixture(autouse=True)
+async def run_database_holds_no_audit_log(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fails a test that leaves committed audit entries in the run's database.
+
+    Every ``app`` runs the audit sequencer, which sees committed rows only. On a log that
+    holds committed entries it is a writer: it sequences those not yet sequenced, and each
+    new sequencer owes a checkpoint of them a second after it starts; it tries its write
+    every round until it goes through. Under load one such write committed between a
+    test's first read and its first write, which then failed at once ("database is
+    locked", see ``session``). On an empty log the sequencer never writes."""
+    yield
+    if "engine" not in request.fixturenames:
+        return
+    engine: AsyncEngine = request.getfixturevalue("engine")
+    async with engine.connect() as conn:
+        committed = (await conn.execute(select(func.count()).select_from(AuditEntryRow))).scalar_one()
+    assert committed == 0, (
+        f"the run's database holds {committed} committed audit entries (this test or one before it "
+        "committed them): commit on a database of the test's own (scratch_database) instead"
+    )
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 PathKey = tuple[str | int, ...]
 
@@ -55,8 +56,12 @@ class SourceDocument:
         return SourceError(self.file, self.line_of(loc), message)
 
     def pydantic_errors(self, exc: ValidationError, prefix: PathKey = ()) -> list[SourceError]:
+        return self.schema_errors(exc.errors(include_url=False), prefix)
+
+    def schema_errors(self, items: Iterable[ErrorDetails], prefix: PathKey = ()) -> list[SourceError]:
+        """Each schema refusal at its line, as ``path.to.part: pydantic's message``."""
         errors = []
-        for item in exc.errors(include_url=False):
+        for item in items:
             loc = tuple(item["loc"])
             where = ".".join(str(part) for part in (*prefix, *loc)) or "document"
             errors.append(self.error((*prefix, *loc), f"{where}: {item['msg']}"))

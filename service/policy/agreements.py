@@ -40,8 +40,8 @@ from service.policy.errors import (
     NotFieldOwner,
     StaleAgreement,
 )
-from service.policy.loader import NUL_REFUSED, Problem, has_nul
 from service.policy.models import AgreementVersion
+from service.policy.rules import NUL_REFUSED, Problem, has_nul
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import signing_text
 from service.policy.simulate import (

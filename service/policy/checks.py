@@ -2,10 +2,11 @@
 ``POST /v1/policies/simulate`` body, or the console's draft), checked in one round: its
 shape and the catalog rules together, every problem in words.
 
-The shape is ``AgreementIn``'s; the rules are the loader's ``check_agreement``. A part
-that fails the shape is judged by nothing else (its catalog problems would be about a
-value the caller did not send), and neither is a rule that depends on it; everything
-else is judged, so a body with a bad id and no legal basis hears about both at once.
+The shape is ``AgreementIn``'s, judged part by part; the rules are
+``service.policy.rules.check_agreement``, the loader's too. A part that fails its shape is
+judged by nothing else (its catalog problems would be about a value the caller did not
+send), and neither is a rule that reads it; everything else is judged, so a forbid with a
+consent basis, no fields and a start date in month 13 hears about all three at once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic_core import ErrorDetails
 
 from service.catalog.schemas import Catalog, Identifier
 from service.policy.engine import Action
-from service.policy.loader import NUL_REFUSED, Problem, check_agreement, has_nul
+from service.policy.rules import NUL_REFUSED, Problem, check_agreement, has_nul
 from service.policy.schemas import AgreementIn, AgreementSpec
 
 # What each part of an agreement is called in a message.
@@ -57,18 +58,6 @@ _PATTERNS = {
 }
 _ORDER = {part: index for index, part in enumerate(LABELS)}
 _ACTIONS = ", ".join(get_args(Action))
-# The rules that read another part: when that part failed its shape, they are not judged.
-_DEPENDS = {
-    "actions": {"fields"},
-    "purposes": {"effect"},
-    "legal_basis": {"effect"},
-    "require_case_ref": {"effect"},
-    "disclosure": {"effect"},
-    "max_delay": {"disclosure", "effect"},
-    "valid_until": {"valid_from"},
-    "verify": {"fields", "actions", "effect"},
-    "basis": {"actions", "purposes", "effect"},
-}
 # What a part that failed its shape is judged with instead, so the rest can be judged.
 _STAND_INS: dict[str, Any] = {
     "id": "draft",
@@ -98,6 +87,18 @@ class CheckedAgreement:
     spec: AgreementSpec | None
     reason: str
     problems: list[Problem]
+
+
+@dataclass(frozen=True)
+class ReadAgreement:
+    """A body read against the agreement's schema, each part on its own: ``spec`` holds
+    the parts that passed, and a stand-in for each part in ``failed`` (refused as
+    ``schema_errors``, pydantic's own account of each)."""
+
+    spec: AgreementSpec
+    reason: str
+    schema_errors: list[ErrorDetails]
+    failed: frozenset[str]
 
 
 def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str:
@@ -164,6 +165,43 @@ def _parsed_parts(parts: Mapping[str, Any]) -> dict[str, Any]:
     return parsed
 
 
+def read_body(body: Mapping[str, Any], *, with_reason: bool = True) -> ReadAgreement:
+    """``body`` read as an agreement entry, with the ``reason`` for the change if
+    ``with_reason`` (a draft to simulate and a policy file's entry have none)."""
+    try:
+        if with_reason:
+            submitted = AgreementIn.model_validate(body)
+            return ReadAgreement(submitted.spec(), submitted.reason, [], frozenset())
+        return ReadAgreement(AgreementSpec.model_validate(body), "", [], frozenset())
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    failed = frozenset(str(error["loc"][0]) if error["loc"] else "" for error in errors)
+    kept = _parsed_parts({k: v for k, v in body.items() if k in _STAND_INS and k not in failed})
+    spec = AgreementSpec.model_construct(**(_STAND_INS | kept))
+    reason = body.get("reason", "") if with_reason and "reason" not in failed else ""
+    return ReadAgreement(spec, reason if isinstance(reason, str) else "", errors, failed)
+
+
+def rule_problems(
+    read: ReadAgreement,
+    owner: str,
+    catalog: Catalog,
+    *,
+    agreement_id: str | None = None,
+    signed: bool = True,
+) -> list[Problem]:
+    """Every rule ``read`` breaks as an agreement ``owner`` grants, judged on the parts
+    that passed their shape (``check_agreement``). ``agreement_id`` (a change to an
+    existing agreement) is the id the body must carry."""
+    problems: list[Problem] = []
+    if has_nul(read.reason):
+        problems.append((("reason",), NUL_REFUSED))
+    if agreement_id is not None and "id" not in read.failed and read.spec.id != agreement_id:
+        problems.append((("id",), f"the id must be the agreement's own id, {agreement_id}"))
+    problems += check_agreement(read.spec, owner, catalog, signed=signed, unknown=read.failed)
+    return problems
+
+
 def check_body(
     body: Mapping[str, Any],
     owner: str,
@@ -173,46 +211,20 @@ def check_body(
     signed: bool = True,
     with_reason: bool = True,
 ) -> CheckedAgreement:
-    """Every problem with ``body`` as an agreement ``owner`` grants, at once.
+    """Every problem with ``body`` as an agreement ``owner`` grants, at once, in words:
+    each part's shape, and every rule over the parts that passed theirs.
 
-    ``body`` is an agreement entry, with the ``reason`` for the change if ``with_reason``
-    (a draft to simulate changes nothing, so it has none). ``agreement_id`` (a change to
-    an existing agreement) is the id the body must carry. ``signed`` as for
-    ``check_agreement``.
+    ``with_reason`` as for ``read_body``; ``agreement_id`` as for ``rule_problems``;
+    ``signed`` as for ``check_agreement``.
     """
-    problems: list[Problem] = []
-    failed: set[str] = set()
+    read = read_body(body, with_reason=with_reason)
     parts = LABELS if with_reason else {k: v for k, v in LABELS.items() if k != "reason"}
-    try:
-        if with_reason:
-            submitted = AgreementIn.model_validate(body)
-            spec, reason = submitted.spec(), submitted.reason
-        else:
-            spec, reason = AgreementSpec.model_validate(body), ""
-    except ValidationError as exc:
-        for error in exc.errors():
-            failed.add(str(error["loc"][0]) if error["loc"] else "")
-            problems.append((tuple(error["loc"]), shape_message(error, parts)))
-        kept = _parsed_parts({k: v for k, v in body.items() if k in _STAND_INS and k not in failed})
-        spec = AgreementSpec.model_construct(**(_STAND_INS | kept))
-        reason = ""
-    if has_nul(reason):
-        problems.append((("reason",), NUL_REFUSED))
-    if agreement_id is not None and "id" not in failed and spec.id != agreement_id:
-        problems.append((("id",), f"the id must be the agreement's own id, {agreement_id}"))
-    for loc, message in check_agreement(spec, owner, catalog, signed=signed):
-        part = str(loc[0])
-        if part in failed or _DEPENDS.get(part, set()) & failed:
-            continue
-        if part == "signature" and failed and spec.signature is not None:
-            # A signature over a body that failed its shape cannot be judged; a missing
-            # one can.
-            continue
-        problems.append((loc, message))
+    problems = [(tuple(error["loc"]), shape_message(error, parts)) for error in read.schema_errors]
+    problems += rule_problems(read, owner, catalog, agreement_id=agreement_id, signed=signed)
     if problems:
         problems.sort(key=lambda problem: _ORDER.get(str(problem[0][0]) if problem[0] else "", len(_ORDER)))
-        return CheckedAgreement(None, reason, problems)
-    return CheckedAgreement(spec, reason, [])
+        return CheckedAgreement(None, read.reason, problems)
+    return CheckedAgreement(read.spec, read.reason, [])
 
 
 MAX_DRAFTS = 1000

@@ -29,8 +29,9 @@ from service.policy import repository
 from service.policy.engine import Agreement, CompiledPolicy, compile_policy
 from service.policy.epoch import EpochKey
 from service.policy.errors import AgreementExists, StaleAgreement
-from service.policy.loader import PolicyFolder, signature_problem
+from service.policy.loader import PolicyFolder
 from service.policy.models import AgreementVersion
+from service.policy.rules import signature_problem
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OwnerVerifier, text_digest, version_digest, version_text
 from service.sourcefile import SourceError, SourceFileError

@@ -7,7 +7,7 @@ from typing import Any
 
 from service.catalog.loader import load_catalog
 from service.policy.engine import CONSENT_REQUIRED, OBJECTED, consented
-from service.policy.loader import check_agreement
+from service.policy.rules import check_agreement
 from service.policy.schemas import AgreementSpec
 from service.policy.signing import OwnerSigner, OwnerVerifier
 from tests.conftest import TEST_POLICIES

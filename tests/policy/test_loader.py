@@ -126,7 +126,10 @@ class TestLoader:
             load_policy_folder(folder)
         path = str(folder / "dvla.yaml")
         lines = [str(e) for e in caught.value.errors]
+        # The first agreement's unknown action does not hide its fields' problems.
         assert lines == [
+            f"{path}:5: agreement licence-for-welfare: dvla does not own field 'tax_code' (owner: revenue)",
+            f"{path}:5: agreement licence-for-welfare: unknown field 'shoe_size'",
             f"{path}:6: agreements.0.actions.1: Input should be 'read', 'lookup', 'verify', 'history', "
             "'subscribe', 'write' or 'erase'",
             f"{path}:9: duplicate agreement id 'licence-for-welfare' (first in {path}:3)",

@@ -352,6 +352,66 @@ class TestTheEditorRefusesWhatItCannotRead:
         assert 'href="#verify"' in page.text
 
 
+# Independent mistakes on one form, each with the field it lands on and its message. The
+# effect (forbid) refuses the consent basis and the delayed disclosure; the rest are each
+# wrong on their own, and the basis is judged though no action was ticked.
+EVERY_MISTAKE = {
+    "id": "address-for-welfare",
+    "consumer": "welfare",
+    "purposes": ["benefit-eligibility", "gossip"],
+    "legal_basis": "Social Security Administration Act 1992, s.122",
+    "effect": "forbid",
+    "basis": "consent",
+    "disclosure": "after-case-closed",
+    "max_delay": "P1Y",
+    "valid_from-day": "1",
+    "valid_from-month": "13",
+    "valid_from-year": "2027",
+}
+EVERY_PROBLEM = [
+    ("fields", "An agreement needs at least one field"),
+    ("actions", "An agreement needs at least one action"),
+    ("purposes", "Unknown purpose 'gossip'"),
+    ("purposes", "A consent is given to one purpose: name exactly one"),
+    ("valid_from", "Valid from must be a real date"),
+    ("disclosure", "Only a permit can delay disclosure"),
+    (
+        "max_delay",
+        "'P1Y' is not an ISO 8601 duration in weeks, days, hours, minutes or seconds (e.g. P365D)",
+    ),
+    ("basis", "Only a permit can have basis consent"),
+]
+SUMMARY = re.compile(r'<ul class="error-summary__list">(.*?)</ul>', re.S)
+SUMMARY_ITEM = re.compile(r'<li><a href="#([a-z_]+)">(.*?)</a></li>')
+
+
+@pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
+class TestTheFormReportsEveryProblemAtOnce:
+    @pytest.mark.parametrize("editing", [False, True])
+    async def test_independent_mistakes_are_all_in_the_summary_and_beside_their_fields(
+        self, client: httpx.AsyncClient, session: AsyncSession, editing: bool
+    ) -> None:
+        await _signed_in_owner(client, session, "register")
+        path = "/console/agreements/new"
+        form: dict[str, Any] = {"csrf_token": await _csrf(client), **EVERY_MISTAKE}
+        if editing:
+            assert (await _save(client, path, dict(VALID))).status_code == 303
+            path = f"/console/agreements/{VALID['id']}/edit"
+            form["expected_version"] = "1"
+        page = await client.post(path, data=form)
+        assert page.status_code == 422
+        summary = SUMMARY.search(page.text)
+        assert summary is not None
+        shown = [(name, html.unescape(text)) for name, text in SUMMARY_ITEM.findall(summary.group(1))]
+        assert shown == EVERY_PROBLEM
+        for name, message in EVERY_PROBLEM:
+            beside = (
+                f'<p class="error-message" id="{name}-error"><span class="visually-hidden">Error:</span> '
+                f"{html.escape(message, quote=False)}</p>"
+            )
+            assert beside in page.text.replace("&#39;", "'")
+
+
 @pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
 class TestAuditGivesTheApisAnswers:
     async def test_a_data_owner_sees_the_same_entries_in_both_and_each_search_is_recorded(

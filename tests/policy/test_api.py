@@ -259,6 +259,67 @@ class TestWriteAgreements:
         assert all(set(e) == {"loc", "msg"} for e in problem["errors"])
         assert (await client.get("/v1/policies/points-for-revenue")).status_code == 404
 
+    @pytest.mark.parametrize("method", ["POST", "PUT"])
+    async def test_independent_problems_come_back_in_one_422(
+        self, app: FastAPI, client: httpx.AsyncClient, method: str
+    ) -> None:
+        """A forbid with a consent basis and a delayed disclosure, no fields, an action that
+        is none, a start date in month 13, an unknown purpose and a malformed delay: each
+        problem is reported at its loc in the one answer, the forbid's refusals with the rest."""
+        act_as(app, "dvla", "data-owner")
+        agreement_id = "points-for-revenue" if method == "POST" else "licence-for-revenue"
+        body = {
+            **NEW_AGREEMENT,
+            "id": agreement_id,
+            "fields": [],
+            "actions": ["read", "delete"],
+            "purposes": ["gossip"],
+            "valid_from": "2027-13-01",
+            "require_case_ref": True,
+            "disclosure": "after-case-closed",
+            "max_delay": "P1Y",
+            "effect": "forbid",
+            "basis": "consent",
+        }
+        if method == "POST":
+            response = await client.post("/v1/policies", json=body)
+        else:
+            response = await client.put(
+                f"/v1/policies/{agreement_id}", json=body, headers={"If-Match": '"1"'}
+            )
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (["body", "fields"], "an agreement needs at least one field"),
+            (
+                ["body", "actions", 1],
+                "'delete' is not an action; the actions are "
+                "read, lookup, verify, history, subscribe, write, erase",
+            ),
+            (["body", "purposes", 0], "unknown purpose 'gossip'"),
+            (["body", "valid_from"], "the start date must be a real date, like 2027-01-31"),
+            (["body", "require_case_ref"], "only a permit can require a case reference"),
+            (["body", "disclosure"], "only a permit can delay disclosure"),
+            (
+                ["body", "max_delay"],
+                "'P1Y' is not an ISO 8601 duration in weeks, days, hours, minutes or seconds (e.g. P365D)",
+            ),
+            (["body", "basis"], "only a permit can have basis consent"),
+        ]
+
+    async def test_a_bad_effect_hides_only_the_rules_that_read_it(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        """An effect that is none leaves the permit-only rules unjudged, and nothing else."""
+        act_as(app, "dvla", "data-owner")
+        body = {**NEW_AGREEMENT, "effect": "allow", "purposes": ["gossip"], "legal_basis": "Act\x00 2008"}
+        response = await client.post("/v1/policies", json=body)
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (["body", "purposes", 0], "unknown purpose 'gossip'"),
+            (["body", "legal_basis"], "must not contain a NUL character"),
+            (["body", "effect"], "the effect must be permit or forbid"),
+        ]
+
     async def test_dates_that_passed_are_judged_as_dates_when_another_part_failed(
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:

@@ -205,6 +205,24 @@ class TestLoader:
             "'tag:yaml.org,2002:python/name:os.system'",
         ]
 
+    def test_an_entry_that_fails_the_schema_is_still_judged_by_the_rules(self, tmp_path: Path) -> None:
+        """``tellonce policies validate/apply`` reads an entry as the API reads a body: no
+        fields and a basis a forbid cannot have come back together."""
+        text = (
+            "owner: dvla\nagreements:\n  - id: forbid-by-consent\n    consumer: revenue\n"
+            "    fields: []\n    actions: [read]\n    purposes: [gossip]\n    effect: forbid\n"
+            "    basis: consent\n"
+        )
+        folder = policy_folder(tmp_path, dvla=text)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        path = folder / "dvla.yaml"
+        assert [str(e) for e in caught.value.errors] == [
+            f"{path}:5: agreements.0.fields: List should have at least 1 item after validation, not 0",
+            f"{path}:7: agreement forbid-by-consent: unknown purpose 'gossip'",
+            f"{path}:9: agreement forbid-by-consent: only a permit can have basis consent",
+        ]
+
     def test_catalog_and_agreement_errors_together(self, tmp_path: Path) -> None:
         folder = policy_folder(tmp_path, dvla="owner: dvla\nagreements:\n  - id: x\n")
         (folder / "catalog.yaml").write_text("departments: []\npurposes: []\n")

@@ -46,11 +46,16 @@ RUN_AXE = r"""async (tags) => {
 }"""
 
 # What axe does not check of the GOV.UK error pattern: each field's error message is part of
-# its field's description, and each link in the error summary leads to an element.
+# its field's description, each link in the error summary leads to an element, and no id
+# is on two elements (a field with several problems has one message element holding them).
 ERROR_PATTERN = r"""() => {
   const described = new Set([...document.querySelectorAll("[aria-describedby]")]
     .flatMap(e => e.getAttribute("aria-describedby").split(/\s+/)));
   const problems = [];
+  const ids = [...document.querySelectorAll("[id]")].map(e => e.id);
+  for (const id of new Set(ids.filter((id, i) => ids.indexOf(id) !== i))) {
+    problems.push(`id ${id} is on more than one element`);
+  }
   for (const message of document.querySelectorAll(".error-message")) {
     if (!message.id || !described.has(message.id)) {
       problems.push(`error message #${message.id} describes no field: ${message.textContent.trim()}`);

@@ -4,8 +4,9 @@ Pure: no I/O. ``ReleaseChecker`` is fed the log's entries in leaf order (from an
 bundle by ``tellonce audit check-releases``, or from the database by the console's owner
 view) and, for every entry that released a field of the owner to another department:
 
-1. finds the agreement version the entry cites for that field among the log's
-   policy-change entries (each carries the version's canonical JSON);
+1. finds the agreement version the entry cites for that field among the log's permitted
+   policy-change entries (each carries the version's canonical JSON; a refused change,
+   decision ``deny``, stored no version);
 2. checks that the cited digest is the SHA-256 of that JSON (an agreement swapped in the
    database after signing shows here), that the version is the owner's, active, and
    signed by the owner's key (given by the owner, never taken from the log);
@@ -160,7 +161,10 @@ class ReleaseChecker:
         self.report.entries += 1
         action = entry.get("action")
         if action == "policy-change":
-            self._policy_change(entry)
+            # Only a permitted change stored a version; a refused one (decision deny)
+            # stored nothing, and however it reads it names no version a release may cite.
+            if entry.get("decision") == "permit":
+                self._policy_change(entry)
             return
         if action == "catalog-change":
             self._catalog_change(entry)

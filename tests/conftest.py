@@ -21,11 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service.app import create_app
 from service.audit.models import AuditEntryRow
+from service.audit.writer import get_refusal_writer
 from service.catalog import service as catalog_service
 from service.catalog.loader import load_catalog
 from service.config import Settings
 from service.db import create_engine, get_session
 from service.schema import upgrade
+from tests.fixtures.audit import TransactionAudit
 from tests.fixtures.auth import standing_on
 from tests.fixtures.databases import (
     base_database_url,
@@ -146,6 +148,9 @@ async def app(settings: Settings, session: AsyncSession) -> AsyncIterator[FastAP
         await session.flush()
 
     application.dependency_overrides[get_session] = _test_session
+    # Refused policy changes are recorded in the test's transaction too, not committed
+    # beside it by the app's writer (``tests/policy/test_refusals_audited.py`` runs that one).
+    application.dependency_overrides[get_refusal_writer] = lambda: TransactionAudit(session)
     async with application.router.lifespan_context(application):
         standing_on(application, session)
         yield application

@@ -9,7 +9,8 @@
 - ``consent_delivery_entry``: a ``consent.changed`` event sent to a consumer's webhook
   (which citizen's consent changed; no field released).
 - ``query_entry``: an auditor's, owner's or citizen portal's own query of the log.
-- ``policy_change_entry``: one new agreement version, its canonical JSON in full.
+- ``policy_change_entry``: one new agreement version, its canonical JSON in full;
+  ``policy_refusal_entry``: a change of an agreement refused (403 or 404), nothing stored.
 - ``catalog_change_entry``: a new catalog, in full, with every signing-key change.
 - ``key_event_entry``: a key operation (a KEK made or rotated, data keys shredded).
 - ``case_entry``: a consumer closing one of its cases (delayed disclosure).
@@ -420,6 +421,41 @@ def policy_change_entry(change: PolicyChange) -> AuditEntry:
         ],
         status=200,
         document=change.document or None,
+    )
+
+
+def policy_refusal_entry(
+    principal: Principal,
+    *,
+    agreement_id: str | None,
+    change: str,
+    status: int,
+    why: str,
+    source: str | None,
+    owners: Iterable[str] = (),
+) -> AuditEntry:
+    """A change of an agreement (``change``: ``created``, ``replaced``, ``revoked``) that
+    ``principal`` asked for and was refused with ``status``: 403 for an agreement over other
+    departments' fields (``owners`` names them beside the caller's department), or one only
+    its owner changes; 404 for one the caller's department does not have, another's or
+    none, recorded alike so the entry of one is the entry of any (only the id asked for is
+    named). ``agreement_id`` is None when the request named no valid one.
+
+    Decision ``deny``, with no version and no document: nothing was stored, and the
+    releases check takes agreement versions from permitted policy-change entries only."""
+    said = f"agreement {agreement_id or '(no valid id)'} not {change}: {why}"
+    return AuditEntry.built(
+        time=utcnow(),
+        request_id=current_request_id(),
+        client_id=principal.client_id,
+        department=principal.department,
+        on_behalf_of=principal.on_behalf_of,
+        action="policy-change",
+        owners=sorted({principal.department, *owners}),
+        decision="deny",
+        reasons=[Reason.built(field="", effect="deny", agreement=agreement_id, reason=said)],
+        status=status,
+        source=source,
     )
 
 

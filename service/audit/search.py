@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -27,9 +27,9 @@ from service.audit import repository as audit_repository
 from service.audit.entries import query_entry, summary
 from service.audit.errors import AuditQueryInvalid
 from service.audit.repository import Connect, EntryFilter
-from service.audit.schemas import ACTIONS, DECISIONS, RECORD_ACTIONS, Action, AuditEntry
+from service.audit.schemas import ACTIONS, DECISIONS, RECORD_ACTIONS, Action
 from service.audit.witnessing import WitnessConfig
-from service.audit.writer import AuditWriterDep
+from service.audit.writer import AuditWriterDep, EntrySink
 from service.auth import permissions
 from service.auth.dependencies import Principal
 from service.cases import repository as cases_repository
@@ -43,12 +43,6 @@ from service.policy.terms import agreement_terms
 
 EXPORT_PAGE = 500
 ExportFormat = Literal["jsonl", "csv"]
-
-
-class EntrySink(Protocol):
-    async def append(self, entry: AuditEntry) -> int:
-        """Return once ``entry`` is durable; raise ``AuditUnavailable`` if it is not."""
-        ...
 
 
 @dataclass(frozen=True)

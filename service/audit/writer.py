@@ -2,6 +2,8 @@
 
 ``append_in_transaction`` puts an entry in a write's own transaction, so the change and
 its entry commit together. ``AuditWriter`` is group commit for read-path entries.
+``AfterRollback`` records a refused change: the request's transaction is rolled back, and
+the entry goes through the batched writer, in a transaction of its own.
 
 A handler awaits ``append(entry)``; it returns only once the entry's transaction has
 committed. Entries that arrive while a batch is committing wait for the next one, so
@@ -30,19 +32,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import orjson
 from fastapi import Depends, Request
 from opentelemetry.trace import Link
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from service import tracing
 from service.audit.errors import AuditUnavailable
 from service.audit.schemas import AuditEntry, entry_canonical
+from service.db import SessionDep, sqlite_file
 from service.db import _sqlite_pragmas as sqlite_pragmas
-from service.db import sqlite_file
 
 logger = logging.getLogger("tellonce.audit")
 
@@ -224,6 +226,12 @@ async def append_rows_in_transaction(conn: AsyncConnection, rows: Sequence[Value
         return await insert_values(conn, rows)
     except SQLAlchemyError as exc:
         raise AuditUnavailable("The audit entries could not be written; nothing was changed.") from exc
+
+
+class EntrySink(Protocol):
+    async def append(self, entry: AuditEntry) -> int:
+        """Return once ``entry`` is durable; raise ``AuditUnavailable`` if it is not."""
+        ...
 
 
 # How long a SQLite batch waits for the write lock (the serving processes' writers, the
@@ -597,3 +605,33 @@ async def get_audit_writer(request: Request) -> AuditWriter:
 
 
 AuditWriterDep = Annotated[AuditWriter, Depends(get_audit_writer)]
+
+
+class AfterRollback:
+    """An ``EntrySink`` for a request refused a change: the request's transaction is rolled
+    back first (nothing of the refused change stays, and on SQLite the write lock it may
+    hold, a console session's touch for one, is let go, where the writer would wait for
+    it), then the app's batched writer commits the entry in a transaction of its own. It
+    returns once the entry is durable; ``AuditUnavailable`` (503) while the writer is down.
+
+    The writer is looked up when a refusal is recorded, not when the request starts, so a
+    change that is made (audited in its own transaction) does not depend on it."""
+
+    def __init__(self, session: AsyncSession, state: Any) -> None:
+        self.session = session
+        self._state = state
+
+    async def append(self, entry: AuditEntry) -> int:
+        await self.session.rollback()
+        writer: AuditWriter | None = getattr(self._state, "audit_writer", None)
+        if writer is None:
+            raise AuditUnavailable("The audit writer is not running; nothing was changed.")
+        return await writer.append(entry)
+
+
+async def get_refusal_writer(request: Request, session: SessionDep) -> EntrySink:
+    """Where a refused change of the request's session is recorded (``AfterRollback``)."""
+    return AfterRollback(session, request.app.state)
+
+
+RefusalWriterDep = Annotated[EntrySink, Depends(get_refusal_writer)]

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
+from service.audit.writer import EntrySink, RefusalWriterDep
 from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.console import forms
@@ -119,6 +120,7 @@ async def _submit(
     session: AsyncSession,
     viewer: SignedIn,
     posted: FormData,
+    refusals: EntrySink,
     *,
     expected_version: int | None,
     agreement_id: str | None,
@@ -128,6 +130,8 @@ async def _submit(
     ``step`` absent: the form was posted; check it, then show the simulation.
     ``step=change``: back from the simulation to the form, values kept.
     ``step=save``: check the carried draft again (it came back from the browser), then save.
+    A save beyond the owner's rights (another's agreement, another department's fields) is
+    refused and audited as the API refuses it, before the draft's own problems are shown.
     """
     catalog = await catalog_of(session)
     step = posted.get("step")
@@ -151,6 +155,11 @@ async def _submit(
         # The id of an existing agreement is fixed by the address, whatever was posted.
         values["id"] = agreement_id
         draft["id"] = agreement_id
+    source = source_address(request)
+    if step == "save":
+        await agreements.refuse_overreach(
+            session, viewer.principal, draft, agreement_id=agreement_id, audit=refusals, source=source
+        )
     checked = await check_draft(session, catalog, viewer.principal, draft, creating=expected_version is None)
     # Every problem at once: the dates typed in boxes, and everything the policy domain found.
     problems = forms.date_errors(values) + checked.errors
@@ -174,10 +183,18 @@ async def _submit(
     if step == "save":
         body = checked.content | {"reason": reason}
         if expected_version is None:
-            saved = await agreements.create_agreement(session, viewer.principal, body)
+            saved = await agreements.create_agreement(
+                session, viewer.principal, body, audit=refusals, source=source
+            )
         else:
             saved = await agreements.replace_agreement(
-                session, viewer.principal, spec.id, body, expected=IfMatch.version(expected_version)
+                session,
+                viewer.principal,
+                spec.id,
+                body,
+                expected=IfMatch.version(expected_version),
+                audit=refusals,
+                source=source,
             )
         return RedirectResponse(
             f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303
@@ -188,7 +205,7 @@ async def _submit(
         request.app.state.policy,
         request.app.state.recorded_requests,
         {"upsert": [checked.content]},
-        source=source_address(request),
+        source=source,
     )
     simulation = Simulation.of(result)
     return _simulate_page(
@@ -206,11 +223,12 @@ async def _submit(
 async def create_agreement(
     request: Request,
     session: SessionDep,
+    refusals: RefusalWriterDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
     posted: FormData = Posted,
 ) -> Response:
-    return await _submit(request, session, viewer, posted, expected_version=None, agreement_id=None)
+    return await _submit(request, session, viewer, posted, refusals, expected_version=None, agreement_id=None)
 
 
 @router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
@@ -234,11 +252,12 @@ async def change_agreement(
     agreement_id: AgreementId,
     request: Request,
     session: SessionDep,
+    refusals: RefusalWriterDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
     posted: FormData = Posted,
 ) -> Response:
     expected = version_number(posted.get("expected_version"))
     return await _submit(
-        request, session, viewer, posted, expected_version=expected, agreement_id=agreement_id
+        request, session, viewer, posted, refusals, expected_version=expected, agreement_id=agreement_id
     )

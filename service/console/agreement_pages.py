@@ -10,7 +10,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
+from service.audit.writer import RefusalWriterDep
 from service.auth import permissions
+from service.auth.facts import source_address
 from service.catalog.schemas import IDENTIFIER_PATTERN, Catalog
 from service.console import forms
 from service.console.sessions import SignedIn
@@ -226,7 +228,9 @@ async def revoke_page(
 @router.post("/agreements/{agreement_id}/revoke")
 async def revoke(
     agreement_id: AgreementId,
+    request: Request,
     session: SessionDep,
+    refusals: RefusalWriterDep,
     viewer: SignedIn = Depends(csrf_checked),
     _owner: SignedIn = Owner,
     posted: FormData = Posted,
@@ -234,7 +238,13 @@ async def revoke(
     expected = version_number(posted.get("expected_version"))
     reason = str(posted.get("reason") or "").strip()[:1000] or "revoked in the console"
     row = await agreements.revoke_agreement(
-        session, viewer.principal, agreement_id, expected=IfMatch.version(expected), reason=reason
+        session,
+        viewer.principal,
+        agreement_id,
+        expected=IfMatch.version(expected),
+        reason=reason,
+        audit=refusals,
+        source=source_address(request),
     )
     return RedirectResponse(
         f"/console/agreements/{row.agreement_id}/saved?version={row.version}", status_code=303

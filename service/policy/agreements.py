@@ -4,6 +4,8 @@ and the console both call.
 Each function takes the caller and the request's session. Visibility comes from
 ``service.auth.permissions``: another owner's agreement is reported missing (its
 existence is not the caller's to know), and only the owning department changes its own.
+A change refused as beyond the caller's rights (404, 403) is audited before it is
+answered (``_Refusal``); the benign refusals (409, 412, 428, 422) are not.
 The change itself (a new immutable version, its audit entry, the epoch bump) is
 ``service.policy.service``'s.
 """
@@ -11,17 +13,19 @@ The change itself (a new immutable version, its audit entry, the epoch bump) is
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit import entries as audit_entries
 from service.audit import writer as audit_writer
+from service.audit.writer import EntrySink
 from service.auth import permissions
 from service.auth.dependencies import Principal
-from service.catalog.schemas import Catalog
+from service.catalog.schemas import IDENTIFIER_PATTERN, Catalog
 from service.consent import repository as consent_repository
 from service.cursors import decode_text, encode_text
 from service.db import utcnow
@@ -88,15 +92,22 @@ def _decoded(cursor: str | None) -> str | None:
     return None if cursor is None else decode_text(cursor)
 
 
-def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
-    """403 when the agreement covers another department's fields (named as sent)."""
+def _foreign_owners(fields: object, owner: str, catalog: Catalog) -> list[str]:
+    """The other departments whose fields ``fields`` (as sent) names, by id."""
     owners = catalog.field_owners
     named = [f for f in fields if isinstance(f, str)] if isinstance(fields, list) else []
-    foreign = sorted({owners[f] for f in named if f in owners and owners[f] != owner})
+    return sorted({owners[f] for f in named if f in owners and owners[f] != owner})
+
+
+def _grants_only_own(owner: str, foreign: list[str]) -> str:
+    return f"{owner} may grant only its own fields; this covers fields of {', '.join(foreign)}"
+
+
+def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
+    """403 when the agreement covers another department's fields (named as sent)."""
+    foreign = _foreign_owners(fields, owner, catalog)
     if foreign:
-        raise NotFieldOwner(
-            f"{owner} may grant only its own fields; this covers fields of {', '.join(foreign)}."
-        )
+        raise NotFieldOwner(f"{_grants_only_own(owner, foreign)}.")
 
 
 def _refuse_problems(problems: list[Problem]) -> None:
@@ -113,10 +124,9 @@ def _refuse_problems(problems: list[Problem]) -> None:
 async def _accepted(
     session: AsyncSession, principal: Principal, body: Mapping[str, Any], agreement_id: str | None = None
 ) -> tuple[AgreementSpec, str]:
-    """The submitted agreement and reason: 403 for another department's fields, 422 with
-    every other problem."""
+    """The submitted agreement and reason (its fields already found to be the caller's,
+    ``_Refusal.own_fields_only``): 422 with every problem."""
     catalog = await policy_service.live_catalog(session)
-    _refuse_foreign(body.get("fields"), principal.department, catalog)
     checked = check_body(body, principal.department, catalog, agreement_id=agreement_id)
     _refuse_problems(checked.problems)
     if checked.spec is None:  # never: a body without a spec has problems
@@ -182,12 +192,112 @@ async def list_versions(
 # --- changing -------------------------------------------------------------------------
 
 
+def _named_id(value: object) -> str | None:
+    """``value`` if it is an id an agreement can have, so an audit entry may name it; None
+    otherwise (a body's id is read before it is checked, and could be anything)."""
+    return value if isinstance(value, str) and re.fullmatch(IDENTIFIER_PATTERN, value) else None
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A change (``change``: ``created``, ``replaced``, ``revoked``) of ``agreement_id`` asked
+    for by ``principal``, and where a refusal of it beyond the caller's rights is recorded.
+
+    Such a refusal is audited as a ``policy-change`` entry with decision ``deny`` and the
+    status answered (``entries.policy_refusal_entry``), durably, before it is raised:
+    ``audit`` commits it in a transaction of its own, since the change is not made (the
+    app's, ``audit.writer.AfterRollback``, rolls the request's transaction back first). If
+    it cannot be written, the answer is ``AuditUnavailable`` (503) instead.
+
+    Benign refusals are not audited: 409 (the id is taken, or already revoked), 412 (a
+    stale version), 428 (no If-Match) and 422 (an agreement with problems) concern the
+    owner's own agreements, or are the ordinary races of concurrent edits."""
+
+    principal: Principal
+    change: str
+    agreement_id: str | None
+    audit: EntrySink
+    source: str | None
+
+    async def refuse(
+        self, status: int, why: str, error: Exception, owners: list[str] | None = None
+    ) -> NoReturn:
+        entry = audit_entries.policy_refusal_entry(
+            self.principal,
+            agreement_id=_named_id(self.agreement_id),
+            change=self.change,
+            status=status,
+            why=why,
+            source=self.source,
+            owners=owners or [],
+        )
+        await self.audit.append(entry)
+        raise error
+
+    async def changeable(self, session: AsyncSession, agreement_id: str) -> AgreementVersion:
+        """The current version, if the caller's department owns it: 404 when the caller
+        may not see it or there is none (the same entry for both), 403 when it sees it
+        (an auditor) but does not own it."""
+        row = await repository.current_version(session, agreement_id)
+        department = self.principal.department
+        if row is None or not permissions.sees_agreement(self.principal, row.owner):
+            await self.refuse(
+                404,
+                f"{department} has no such agreement",
+                AgreementNotFound(f"No agreement {agreement_id!r}."),
+            )
+        if not permissions.changes_agreement(self.principal, row.owner):
+            verb = "revokes" if self.change == "revoked" else "changes"
+            await self.refuse(
+                403,
+                f"only its owner, {row.owner}, {verb} it",
+                NotFieldOwner(f"Only the owning department {verb} its agreements."),
+                [row.owner],
+            )
+        return row
+
+    async def own_fields_only(self, session: AsyncSession, body: Mapping[str, Any]) -> None:
+        """403 when ``body`` covers another department's fields; the entry names those
+        departments (their ids, never the fields' values)."""
+        department = self.principal.department
+        foreign = _foreign_owners(body.get("fields"), department, await policy_service.live_catalog(session))
+        if foreign:
+            why = _grants_only_own(department, foreign)
+            await self.refuse(403, why, NotFieldOwner(f"{why}."), foreign)
+
+
+async def refuse_overreach(
+    session: AsyncSession,
+    principal: Principal,
+    body: Mapping[str, Any],
+    *,
+    agreement_id: str | None,
+    audit: EntrySink,
+    source: str | None = None,
+) -> None:
+    """What a create (``agreement_id`` None) or a replacement of ``agreement_id`` with
+    ``body`` refuses first, and audits, as beyond the caller's rights (``_Refusal``): 404
+    for an agreement it does not have, 403 for another department's fields. The console
+    runs it before saving a draft, whose problems it otherwise shows on the form."""
+    change = "created" if agreement_id is None else "replaced"
+    refusal = _Refusal(principal, change, agreement_id or body.get("id"), audit, source)
+    if agreement_id is not None:
+        await refusal.changeable(session, agreement_id)
+    await refusal.own_fields_only(session, body)
+
+
 async def create_agreement(
-    session: AsyncSession, principal: Principal, body: Mapping[str, Any]
+    session: AsyncSession,
+    principal: Principal,
+    body: Mapping[str, Any],
+    *,
+    audit: EntrySink,
+    source: str | None = None,
 ) -> AgreementVersion:
     """A new agreement over the caller's fields from ``body`` (an agreement entry and the
-    ``reason`` for it): 403 for another's fields, 422 listing every problem, 409 if the id
-    is taken."""
+    ``reason`` for it): 403 for another's fields (audited, as ``_Refusal`` says), 422
+    listing every problem, 409 if the id is taken."""
+    await refuse_overreach(session, principal, body, agreement_id=None, audit=audit, source=source)
     spec, reason = await _accepted(session, principal, body)
     if await id_taken(session, spec.id):
         raise AgreementExists(f"An agreement {spec.id!r} already exists; ids are unique across the catalog.")
@@ -196,15 +306,10 @@ async def create_agreement(
     )
 
 
-async def _changeable(
-    session: AsyncSession, principal: Principal, agreement_id: str, expected: IfMatch | None, verb: str
-) -> AgreementVersion:
-    row = await get_agreement(session, principal, agreement_id)
-    if not permissions.changes_agreement(principal, row.owner):
-        raise NotFieldOwner(f"Only the owning department {verb} its agreements.")
+def _fresh(row: AgreementVersion, expected: IfMatch | None) -> None:
+    """412 unless ``expected`` (when sent) names the current version."""
     if expected is not None and not expected.holds(row.version):
-        raise StaleAgreement(f"Agreement {agreement_id!r} is at version {row.version}; read it again.")
-    return row
+        raise StaleAgreement(f"Agreement {row.agreement_id!r} is at version {row.version}; read it again.")
 
 
 async def replace_agreement(
@@ -214,12 +319,18 @@ async def replace_agreement(
     body: Mapping[str, Any],
     *,
     expected: IfMatch | None,
+    audit: EntrySink,
+    source: str | None = None,
 ) -> AgreementVersion:
     """A new version of one of the caller's agreements from ``body`` (as for a create; its
     id must be ``agreement_id``), if ``expected`` names the current version (428 without
     it or with ``*``, which names none; 412 if stale). A revoked agreement comes back into
-    force this way."""
-    row = await _changeable(session, principal, agreement_id, expected, "changes")
+    force this way. 404 for an agreement the caller does not have and 403 for another's
+    fields come first, audited (``_Refusal``)."""
+    refusal = _Refusal(principal, "replaced", agreement_id, audit, source)
+    row = await refusal.changeable(session, agreement_id)
+    await refusal.own_fields_only(session, body)
+    _fresh(row, expected)
     if expected is None or expected.versions is None:
         raise AgreementVersionRequired("Send If-Match with the ETag of the version you read.")
     spec, reason = await _accepted(session, principal, body, agreement_id)
@@ -239,17 +350,29 @@ REVOKE_ATTEMPTS = 5
 
 
 async def revoke_agreement(
-    session: AsyncSession, principal: Principal, agreement_id: str, *, expected: IfMatch | None, reason: str
+    session: AsyncSession,
+    principal: Principal,
+    agreement_id: str,
+    *,
+    expected: IfMatch | None,
+    reason: str,
+    audit: EntrySink,
+    source: str | None = None,
 ) -> AgreementVersion:
-    """A new version with status ``revoked``, in force from the next request; 409 if it
-    already is; 422 for a reason holding a NUL (the rule ``check_agreement`` holds free text to)."""
+    """A new version with status ``revoked``, in force from the next request; 404 for an
+    agreement the caller does not have (audited, ``_Refusal``); 412 if ``expected`` (when
+    sent) no longer holds; 409 if it already is revoked; 422 for a reason holding a NUL (the
+    rule ``check_agreement`` holds free text to). A revocation that loses a race to another
+    change is decided again on the version then current (``REVOKE_ATTEMPTS``)."""
     if has_nul(reason):
         raise ValidationFailed(
             f"The reason for the revocation {NUL_REFUSED}.",
             errors=[{"loc": ["query", "reason"], "msg": NUL_REFUSED}],
         )
+    refusal = _Refusal(principal, "revoked", agreement_id, audit, source)
     for attempt in range(REVOKE_ATTEMPTS):
-        row = await _changeable(session, principal, agreement_id, expected, "revokes")
+        row = await refusal.changeable(session, agreement_id)
+        _fresh(row, expected)
         if row.status == "revoked":
             raise AgreementRevoked(f"Agreement {agreement_id!r} is already revoked.")
         try:

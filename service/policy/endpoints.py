@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Response
 
+from service.audit.writer import RefusalWriterDep
 from service.auth.dependencies import Principal, require
 from service.auth.facts import source_address
 from service.catalog.schemas import IDENTIFIER_PATTERN
@@ -86,11 +87,19 @@ AgreementBody = Annotated[dict[str, Any], Body()]
 
 @router.post("/v1/policies", response_model=AgreementOut, status_code=201)
 async def create_agreement(
-    body: AgreementBody, session: SessionDep, principal: PolicyWriter, response: Response
+    body: AgreementBody,
+    request: Request,
+    session: SessionDep,
+    principal: PolicyWriter,
+    refusals: RefusalWriterDep,
+    response: Response,
 ) -> AgreementOut:
-    """Grant a new agreement over your department's fields. 409 if the id is taken; 422
-    lists every problem with the agreement at once."""
-    row = await agreements.create_agreement(session, principal, body)
+    """Grant a new agreement over your department's fields. 403 if it covers another
+    department's fields, audited (a `policy-change` entry with decision `deny`); 409 if the
+    id is taken; 422 lists every problem with the agreement at once."""
+    row = await agreements.create_agreement(
+        session, principal, body, audit=refusals, source=source_address(request)
+    )
     response.headers["ETag"] = etag(row.version)
     response.headers["Location"] = f"/v1/policies/{row.agreement_id}"
     return _out(row)
@@ -110,14 +119,27 @@ async def get_agreement(
 async def replace_agreement(
     agreement_id: AgreementId,
     body: AgreementBody,
+    request: Request,
     session: SessionDep,
     principal: PolicyWriter,
+    refusals: RefusalWriterDep,
     response: Response,
     if_match: VersionIfMatchHeader = None,
 ) -> AgreementOut:
-    """Replace an agreement with a new version. Needs `If-Match` with the version read (412 if stale)."""
+    """Replace an agreement with a new version. Needs `If-Match` with the version read (412 if stale).
+
+    404 for an agreement your department does not have and 403 for another department's
+    fields are audited (a `policy-change` entry with decision `deny`)."""
     expected = parse_if_match(if_match)
-    row = await agreements.replace_agreement(session, principal, agreement_id, body, expected=expected)
+    row = await agreements.replace_agreement(
+        session,
+        principal,
+        agreement_id,
+        body,
+        expected=expected,
+        audit=refusals,
+        source=source_address(request),
+    )
     response.headers["ETag"] = etag(row.version)
     return _out(row)
 
@@ -125,16 +147,27 @@ async def replace_agreement(
 @router.delete("/v1/policies/{agreement_id}", response_model=AgreementOut)
 async def revoke_agreement(
     agreement_id: AgreementId,
+    request: Request,
     session: SessionDep,
     principal: PolicyWriter,
+    refusals: RefusalWriterDep,
     response: Response,
     reason: Annotated[str, Query(max_length=1000)] = "revoked",
     if_match: IfMatchHeader = None,
 ) -> AgreementOut:
-    """Revoke an agreement: a new version with status `revoked`, in force from the next request."""
+    """Revoke an agreement: a new version with status `revoked`, in force from the next request.
+
+    404 for an agreement your department does not have is audited (a `policy-change` entry
+    with decision `deny`)."""
     expected = parse_if_match(if_match)
     row = await agreements.revoke_agreement(
-        session, principal, agreement_id, expected=expected, reason=reason
+        session,
+        principal,
+        agreement_id,
+        expected=expected,
+        reason=reason,
+        audit=refusals,
+        source=source_address(request),
     )
     response.headers["ETag"] = etag(row.version)
     return _out(row)

@@ -37,7 +37,8 @@ from service.catalog.schemas import Catalog
 from service.config import Settings
 from service.db import create_engine
 from service.policy.models import AgreementVersion, PolicyEpoch
-from service.policy.signing import OwnerSigner, OwnerVerifier
+from service.policy.schemas import AgreementSpec
+from service.policy.signing import OwnerSigner, OwnerVerifier, text_digest, version_text
 from service.policy.signing_files import sign_folder
 from tests.fixtures.audit import make_sequencer, sequence_all
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
@@ -420,6 +421,148 @@ class TestCheckReleases:
         # DVLA's licence_status in the same forged entry is not covered for that purpose either.
         dvla = await world.check("dvla")
         assert [u.field for u in dvla.unjustified] == ["licence_status"]
+
+
+async def _policy_entries(url: str, decision: str) -> list[dict[str, Any]]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(AuditEntryRow.canonical)
+                .where(AuditEntryRow.action == "policy-change", AuditEntryRow.decision == decision)
+                .order_by(AuditEntryRow.id)
+            )
+            return [json.loads(text) for text in rows.scalars()]
+    finally:
+        await engine.dispose()
+
+
+class TestRefusedPolicyChanges:
+    """A change beyond the owner's rights is refused with an entry of decision ``deny``,
+    which the app commits on its own (the change itself rolls back) and which names no
+    agreement version: the log still verifies and every release is still justified."""
+
+    async def test_refusals_are_committed_and_leave_the_check_clean(self, world: World) -> None:
+        owner = as_("register", "data-owner")
+        foreign = {
+            "id": "register-grants-licence",
+            "consumer": "welfare",
+            "fields": ["given_name", "licence_status"],
+            "actions": ["read"],
+            "purposes": ["benefit-eligibility"],
+            "legal_basis": "Test Act s.1",
+        }
+        async for client in world.serve():
+            await _traffic(client)
+            created = await client.post("/v1/policies", json=foreign, headers=owner)
+            assert created.status_code == 403, created.text
+            replaced = await client.put(
+                "/v1/policies/welfare-reads-licence", json=foreign, headers={**owner, "If-Match": '"1"'}
+            )
+            assert replaced.status_code == 404, replaced.text
+            revoked = await client.delete("/v1/policies/no-such-agreement", headers=owner)
+            assert revoked.status_code == 404, revoked.text
+            # Releases after the refusals are decided (and checked) as before them.
+            await _traffic_after_refusals(client)
+        refused = await _policy_entries(world.url, "deny")
+        assert [(e["status"], e["reasons"][0]["agreement"]) for e in refused] == [
+            (403, "register-grants-licence"),
+            (404, "welfare-reads-licence"),
+            (404, "no-such-agreement"),
+        ]
+        assert all(e["document"] is None and e["reasons"][0]["version"] is None for e in refused)
+        register = await world.check("register")
+        assert (register.unjustified, register.releases) == ([], 4)
+        dvla = await world.check("dvla")
+        assert (dvla.unjustified, dvla.releases) == ([], 3)
+
+    async def test_a_deny_entry_is_never_taken_for_a_version(self, world: World) -> None:
+        """Even one that carries a signed version and its document (no refusal writes
+        either): only permitted policy-change entries stored versions. Taken for one, this
+        forbid would be in force, and the register's releases unjustified."""
+        content = AgreementSpec.model_validate(
+            {
+                "id": "forged-forbid",
+                "consumer": "welfare",
+                "fields": ["given_name", "address"],
+                "actions": ["read"],
+                "purposes": [],
+                "effect": "forbid",
+            }
+        ).content()
+        document = version_text(world.signers["register"].signed(content), "register")
+        forged = AuditEntry.model_validate(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "request_id": "forged",
+                "client_id": "register-client",
+                "department": "register",
+                "action": "policy-change",
+                "owners": ["register"],
+                "decision": "deny",
+                "reasons": [
+                    {
+                        "field": "",
+                        "effect": "active",
+                        "agreement": "forged-forbid",
+                        "version": 1,
+                        "digest": text_digest(document),
+                    }
+                ],
+                "status": 403,
+                "document": document,
+            }
+        )
+        engine = create_engine(world.url)
+        try:
+            async with engine.begin() as conn:
+                await audit_writer.append_in_transaction(conn, forged)
+        finally:
+            await engine.dispose()
+        async for client in world.serve():
+            await _traffic(client)
+        register = await world.check("register")
+        assert (register.unjustified, register.releases) == ([], 3)
+
+
+class TestRefusalsFailClosed:
+    async def test_while_the_audit_cannot_be_written_a_refusal_is_503(self, world: World) -> None:
+        app: FastAPI = create_app(world.settings)
+        app.dependency_overrides[get_principal] = _principal_from_header
+        async with app.router.lifespan_context(app):
+            await app.state.audit_writer.stop()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                response = await client.delete(
+                    "/v1/policies/no-such-agreement", headers=as_("register", "data-owner")
+                )
+        assert response.status_code == 503, response.text
+        assert response.json()["type"].endswith("/audit-unavailable")
+        assert await _policy_entries(world.url, "deny") == []
+
+
+async def _traffic_after_refusals(client: httpx.AsyncClient) -> None:
+    """One more release of each owner's fields."""
+    registered = await client.post(
+        "/v1/citizens",
+        json={"national_id": "NI0000000B2", "fields": {"given_name": "Bo", "address": "2 Lane"}},
+        headers=as_("register", "registrar"),
+    )
+    assert registered.status_code == 201, registered.text
+    citizen = registered.json()["id"]
+    written = await client.patch(
+        f"/v1/citizens/{citizen}/fields",
+        json={"fields": {"licence_status": "valid"}, "reason": "issued"},
+        headers=as_("dvla", "writer"),
+    )
+    assert written.status_code == 200, written.text
+    read = await client.get(
+        f"/v1/citizens/{citizen}",
+        params={"fields": "given_name,licence_status", "purpose": "benefit-eligibility"},
+        headers=as_("welfare", "consumer"),
+    )
+    assert read.status_code == 200, read.text
+    assert set(read.json()["fields"]) == {"given_name", "licence_status"}
 
 
 async def _entry_by_request(url: str, request_id: str) -> int:

@@ -5,6 +5,7 @@ functions the API calls (so both give the same answers)."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from service.catalog.schemas import Catalog
 from service.console import citizen_pages, forms
 from service.console.drafts import check_draft
 from service.db import utcnow
+from service.policy import repository as policy_repository
 from service.policy import service as policy_service
 from service.policy.models import AgreementVersion
 from service.policy.schemas import AgreementSpec
@@ -285,6 +287,84 @@ class TestAgreementsGiveTheApisAnswers:
         assert "There is no agreement points-for-welfare you can see" in page.text
         act_as(app, "register", "data-owner", client_id=client_id)
         assert (await client.get("/v1/policies/points-for-welfare")).status_code == 404
+
+
+async def _deny_entries(session: AsyncSession) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(AuditEntryRow.canonical)
+        .where(AuditEntryRow.action == "policy-change", AuditEntryRow.decision == "deny")
+        .order_by(AuditEntryRow.id)
+    )
+    return [json.loads(text) for text in rows.scalars()]
+
+
+@pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")
+class TestOverreachIsAuditedAsInTheApi:
+    """The console saves through the policy API's functions, so a change beyond the owner's
+    rights is refused and audited alike (``tests/policy/test_refusals_audited.py``)."""
+
+    async def test_saving_another_departments_field_is_403_and_one_deny_entry(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        client_id = await _signed_in_owner(client, session, "register")
+        draft = VALID | {"fields": ["address", "licence_status"]}
+        page = await _save(client, "/console/agreements/new", draft)
+        assert page.status_code == 403
+        assert "register may grant only its own fields; this covers fields of dvla." in page.text
+        [entry] = await _deny_entries(session)
+        assert (entry["client_id"], entry["status"], entry["owners"]) == (
+            client_id,
+            403,
+            ["dvla", "register"],
+        )
+        assert [(r["agreement"], r["reason"]) for r in entry["reasons"]] == [
+            (
+                VALID["id"],
+                f"agreement {VALID['id']} not created: "
+                "register may grant only its own fields; this covers fields of dvla",
+            )
+        ]
+        assert await policy_repository.current_version(session, VALID["id"]) is None
+
+    @pytest.mark.parametrize(("step", "change"), [("edit", "replaced"), ("revoke", "revoked")])
+    async def test_another_owners_agreement_and_an_unknown_one_are_404_and_read_alike(
+        self, client: httpx.AsyncClient, session: AsyncSession, step: str, change: str
+    ) -> None:
+        spec = AgreementSpec.model_validate(VALID | {"id": "points-for-welfare", "fields": ["points"]})
+        await policy_service.put_agreement(session, None, spec, owner="dvla", author="tests", reason="")
+        await _signed_in_owner(client, session, "register")
+        for agreement in ("points-for-welfare", "no-such-agreement"):
+            path = f"/console/agreements/{agreement}/{step}"
+            if step == "edit":
+                page = await _save(client, path, VALID | {"id": agreement}, expected_version="1")
+            else:
+                page = await client.post(
+                    path, data={"csrf_token": await _csrf(client), "expected_version": "1"}
+                )
+            assert page.status_code == 404, page.text
+            assert f"No agreement &#39;{agreement}&#39;." in page.text
+        another, unknown = await _deny_entries(session)
+        for entry, agreement in ((another, "points-for-welfare"), (unknown, "no-such-agreement")):
+            assert [r["reason"] for r in entry["reasons"]] == [
+                f"agreement {agreement} not {change}: register has no such agreement"
+            ]
+            assert (entry["status"], entry["owners"]) == (404, ["register"])
+        current = await policy_repository.current_version(session, "points-for-welfare")
+        assert current is not None
+        assert (current.version, current.status) == (1, "active")
+
+    async def test_a_stale_save_and_a_second_revoke_write_nothing(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        await _signed_in_owner(client, session, "register")
+        assert (await _save(client, "/console/agreements/new", dict(VALID))).status_code == 303
+        path = f"/console/agreements/{VALID['id']}"
+        assert (await _save(client, f"{path}/edit", dict(VALID), expected_version="7")).status_code == 412
+        revoke = {"csrf_token": await _csrf(client), "expected_version": "1"}
+        assert (await client.post(f"{path}/revoke", data=revoke)).status_code == 303
+        again = {"csrf_token": await _csrf(client), "expected_version": "2"}
+        assert (await client.post(f"{path}/revoke", data=again)).status_code == 409
+        assert await _deny_entries(session) == []
 
 
 @pytest.mark.usefixtures("catalog_loaded", "audit_in_transaction")

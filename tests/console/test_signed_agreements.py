@@ -28,6 +28,7 @@ from service.policy.loader import load_policy_folder
 from service.policy.signing import OwnerSigner, signing_text
 from service.policy.signing_files import write_private_key
 from tests.console.test_real_services import sign_in
+from tests.fixtures.audit import TransactionAudit
 from tests.policy.test_signing import signed_folder
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
@@ -275,7 +276,7 @@ class TestAllowedClaimsKept:
             "legal_basis": "Social Security Administration Act 1992, s.122",
             "verify": claims,
         }
-        await agreements.create_agreement(session, owner, body)
+        await agreements.create_agreement(session, owner, body, audit=TransactionAudit(session))
         await sign_in_as(session, client, "register")
         page = await client.get("/console/agreements/age-for-welfare/edit")
         carried = re.search(r'name="verify" value="([^"]*)"', page.text)

@@ -1,0 +1,218 @@
+"""A change of an agreement beyond the caller's rights is audited before it is refused: a
+``policy-change`` entry with decision ``deny`` and the status answered. Benign refusals
+(409, 412, 428, 422) are the owner's own business and write nothing.
+
+Here the refusals are recorded in the test's transaction (``tests/conftest.py``);
+``tests/audit/test_releases.py`` runs the app's own path, which commits them on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.audit.models import AuditEntryRow
+from service.audit.search import get_audit_access
+from tests.fixtures.audit import TransactionAudit
+from tests.fixtures.auth import act_as
+from tests.policy.test_api import NEW_AGREEMENT, assert_problem
+
+pytestmark = pytest.mark.usefixtures("policies_loaded")
+
+# DVLA's agreement, in force at version 1 (tests/fixtures/policies/dvla.yaml).
+DVLA_AGREEMENT = "licence-for-revenue"
+DVLA_BODY: dict[str, Any] = {
+    "id": DVLA_AGREEMENT,
+    "consumer": "revenue",
+    "fields": ["licence_status"],
+    "actions": ["read"],
+    "purposes": ["tax-administration"],
+    "legal_basis": "Finance Act 2008, Sch. 36",
+}
+
+
+async def policy_entries(session: AsyncSession, decision: str = "deny") -> list[dict[str, Any]]:
+    """The ``policy-change`` entries with ``decision``, in log order, as stored."""
+    rows = await session.execute(
+        select(AuditEntryRow.canonical)
+        .where(AuditEntryRow.action == "policy-change", AuditEntryRow.decision == decision)
+        .order_by(AuditEntryRow.id)
+    )
+    return [json.loads(text) for text in rows.scalars()]
+
+
+def refusal_reason(agreement: str | None, said: str) -> dict[str, Any]:
+    return {
+        "field": "",
+        "effect": "deny",
+        "agreement": agreement,
+        "version": None,
+        "digest": None,
+        "reason": said,
+        "held_for": None,
+    }
+
+
+class TestAnotherDepartmentsFields:
+    async def test_a_create_over_them_is_403_and_one_deny_entry_names_the_agreement_and_departments(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "dvla", "data-owner", client_id="dvla-owner")
+        body = {**NEW_AGREEMENT, "fields": ["points", "tax_code", "given_name"]}
+        response = await client.post("/v1/policies", json=body)
+        problem = assert_problem(response, 403, "not-field-owner")
+        assert (
+            problem["detail"]
+            == "dvla may grant only its own fields; this covers fields of register, revenue."
+        )
+        [entry] = await policy_entries(session)
+        said = (
+            "agreement points-for-revenue not created: "
+            "dvla may grant only its own fields; this covers fields of register, revenue"
+        )
+        assert entry["reasons"] == [refusal_reason("points-for-revenue", said)]
+        assert (entry["client_id"], entry["department"], entry["status"]) == ("dvla-owner", "dvla", 403)
+        assert entry["owners"] == ["dvla", "register", "revenue"]
+        # Departments only: no field, no version, no document.
+        assert (entry["fields_requested"], entry["fields_released"], entry["document"]) == ([], [], None)
+        assert_problem(await client.get("/v1/policies/points-for-revenue"), 404, "agreement-not-found")
+
+    async def test_a_replacement_over_them_is_403_and_one_deny_entry(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "dvla", "data-owner", client_id="dvla-owner")
+        body = {**DVLA_BODY, "fields": ["licence_status", "tax_code"]}
+        response = await client.put(f"/v1/policies/{DVLA_AGREEMENT}", json=body, headers={"If-Match": '"1"'})
+        assert_problem(response, 403, "not-field-owner")
+        [entry] = await policy_entries(session)
+        said = (
+            f"agreement {DVLA_AGREEMENT} not replaced: "
+            "dvla may grant only its own fields; this covers fields of revenue"
+        )
+        assert entry["reasons"] == [refusal_reason(DVLA_AGREEMENT, said)]
+        assert (entry["owners"], entry["status"]) == (["dvla", "revenue"], 403)
+        # Without If-Match the overreach is refused (and audited) all the same, before the 428.
+        response = await client.put(f"/v1/policies/{DVLA_AGREEMENT}", json=body)
+        assert_problem(response, 403, "not-field-owner")
+        assert len(await policy_entries(session)) == 2
+        assert (await client.get(f"/v1/policies/{DVLA_AGREEMENT}")).headers["etag"] == '"1"'
+
+    async def test_a_body_id_no_agreement_can_have_is_not_named(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        # A national id pasted where the agreement's id goes stays out of the log.
+        body = {**NEW_AGREEMENT, "id": "AB123456C", "fields": ["tax_code"]}
+        assert_problem(await client.post("/v1/policies", json=body), 403, "not-field-owner")
+        [entry] = await policy_entries(session)
+        said = (
+            "agreement (no valid id) not created: "
+            "dvla may grant only its own fields; this covers fields of revenue"
+        )
+        assert entry["reasons"] == [refusal_reason(None, said)]
+        assert "AB123456C" not in json.dumps(entry)
+
+
+class TestAnAgreementTheCallerDoesNotHave:
+    @pytest.mark.parametrize(("method", "change"), [("PUT", "replaced"), ("DELETE", "revoked")])
+    async def test_another_owners_and_an_unknown_one_are_404_with_entries_that_read_alike(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, method: str, change: str
+    ) -> None:
+        act_as(app, "revenue", "data-owner", client_id="revenue-owner")
+        body = {**DVLA_BODY, "fields": ["tax_code"]}
+        for agreement in (DVLA_AGREEMENT, "no-such-agreement"):
+            response = await client.request(
+                method,
+                f"/v1/policies/{agreement}",
+                json=body if method == "PUT" else None,
+                headers={"If-Match": '"1"'},
+            )
+            problem = assert_problem(response, 404, "agreement-not-found")
+            assert problem["detail"] == f"No agreement {agreement!r}."
+        another, unknown = await policy_entries(session)
+        for entry, agreement in ((another, DVLA_AGREEMENT), (unknown, "no-such-agreement")):
+            said = f"agreement {agreement} not {change}: revenue has no such agreement"
+            assert entry["reasons"] == [refusal_reason(agreement, said)]
+            assert (entry["owners"], entry["status"], entry["client_id"]) == (
+                ["revenue"],
+                404,
+                "revenue-owner",
+            )
+
+        def alike(entry: dict[str, Any], agreement: str) -> str:
+            rest = {k: v for k, v in entry.items() if k not in ("time", "request_id")}
+            return json.dumps(rest, sort_keys=True).replace(agreement, "ID")
+
+        # Only the id asked for tells them apart: nothing says the first one exists.
+        assert alike(another, DVLA_AGREEMENT) == alike(unknown, "no-such-agreement")
+        act_as(app, "dvla", "data-owner")
+        current = (await client.get(f"/v1/policies/{DVLA_AGREEMENT}")).json()
+        assert (current["version"], current["status"]) == (1, "active")
+
+    async def test_an_auditor_who_sees_it_but_does_not_own_it_is_403_and_audited(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "audit-office", "auditor", "data-owner")
+        response = await client.delete(f"/v1/policies/{DVLA_AGREEMENT}", headers={"If-Match": '"1"'})
+        problem = assert_problem(response, 403, "not-field-owner")
+        assert problem["detail"] == "Only the owning department revokes its agreements."
+        [entry] = await policy_entries(session)
+        said = f"agreement {DVLA_AGREEMENT} not revoked: only its owner, dvla, revokes it"
+        assert entry["reasons"] == [refusal_reason(DVLA_AGREEMENT, said)]
+        assert (entry["owners"], entry["status"]) == (["audit-office", "dvla"], 403)
+
+
+class TestBenignRefusals:
+    async def test_conflicts_stale_versions_missing_if_match_and_problems_write_nothing(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        path = f"/v1/policies/{DVLA_AGREEMENT}"
+        assert_problem(await client.post("/v1/policies", json=DVLA_BODY), 409, "agreement-exists")
+        invalid = {**NEW_AGREEMENT, "purposes": ["astrology"]}
+        assert_problem(await client.post("/v1/policies", json=invalid), 422, "validation-failed")
+        assert_problem(await client.put(path, json=DVLA_BODY), 428, "if-match-required")
+        assert_problem(
+            await client.put(path, json=DVLA_BODY, headers={"If-Match": '"7"'}), 412, "stale-agreement"
+        )
+        mismatch = {**DVLA_BODY, "id": "another-id"}
+        assert_problem(
+            await client.put(path, json=mismatch, headers={"If-Match": '"1"'}), 422, "validation-failed"
+        )
+        assert_problem(await client.delete(path, headers={"If-Match": '"7"'}), 412, "stale-agreement")
+        nul = await client.delete(path, params={"reason": "a\x00b"}, headers={"If-Match": '"1"'})
+        assert_problem(nul, 422, "validation-failed")
+        assert (await client.delete(path, headers={"If-Match": '"1"'})).status_code == 200
+        assert_problem(await client.delete(path), 409, "agreement-revoked")
+        assert await policy_entries(session) == []
+        # The one change made is audited as every change is.
+        revoked = (await policy_entries(session, "permit"))[-1]["reasons"]
+        assert [(r["agreement"], r["version"], r["effect"]) for r in revoked] == [
+            (DVLA_AGREEMENT, 2, "revoked")
+        ]
+
+
+class TestTheAuditorSeesThem:
+    async def test_the_audit_api_lists_the_refusals_as_policy_changes(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        app.dependency_overrides[get_audit_access] = TransactionAudit(session).access
+        act_as(app, "dvla", "data-owner")
+        foreign = {**NEW_AGREEMENT, "fields": ["tax_code"]}
+        assert (await client.post("/v1/policies", json=foreign)).status_code == 403
+        act_as(app, "revenue", "data-owner")
+        assert (await client.delete("/v1/policies/no-such-agreement")).status_code == 404
+        act_as(app, "audit-office", "auditor")
+        response = await client.get("/v1/audit/entries", params={"action": "policy-change"})
+        assert response.status_code == 200, response.text
+        listed = [item["entry"] for item in response.json()["items"]]
+        refused = [(e["department"], e["status"]) for e in listed if e["decision"] == "deny"]
+        assert sorted(refused) == [("dvla", 403), ("revenue", 404)]
+        denied = await client.get("/v1/audit/entries", params={"action": "policy-change", "decision": "deny"})
+        assert len(denied.json()["items"]) == 2

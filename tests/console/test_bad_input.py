@@ -27,17 +27,10 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.audit.search import get_audit_access
 from service.auth import service as auth_service
-from service.db import get_session, utcnow
-from service.policy import service as policy_service
-from service.policy.loader import load_policy_folder
-from service.records.models import Citizen
-from tests.conftest import TEST_POLICIES
 from tests.console.test_sessions import csrf_of
-from tests.fixtures.audit import TransactionAudit
+from tests.fixtures.console import CITIZEN, fuzz_ground
 
-CITIZEN = "00000000-0000-4000-8000-00000000f022"
 AGREEMENT = "identity-for-welfare"  # register's, in tests/fixtures/policies
 # Markup that would run if a page echoed it unescaped; every hostile value below carries it
 # in one form or another, and no page may contain it as it was sent.
@@ -272,25 +265,7 @@ class Fuzz:
 @pytest.fixture
 async def fuzz(app: FastAPI, session: AsyncSession, catalog_loaded: None) -> AsyncIterator[Fuzz]:
     """The test policies in force, one citizen, and a signed-in client for each console role."""
-    app.dependency_overrides[get_audit_access] = TransactionAudit(session).access
-    await policy_service.apply_folder(
-        session, load_policy_folder(TEST_POLICIES), author="tests", reason="fuzz"
-    )
-    now = utcnow()
-    session.add(Citizen(id=CITIZEN, registered_by="tests", created_at=now, updated_at=now))
-
-    async def per_request() -> AsyncIterator[AsyncSession]:
-        # As ``get_session``: each request commits or rolls back its own work (here to a
-        # savepoint, inside the test's rolled-back transaction), so one refused statement
-        # does not spoil the requests after it.
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
-
-    app.dependency_overrides[get_session] = per_request
+    await fuzz_ground(app, session)
     server = Server()
     logger = logging.getLogger("tellonce")
     logger.addHandler(server)

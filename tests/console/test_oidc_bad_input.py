@@ -43,24 +43,18 @@ from pydantic import SecretStr
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.audit.search import get_audit_access
 from service.console.config import ConsoleSettings
 from service.console.models import ConsoleSession
 from service.console.oidc import OidcSignIn
 from service.console.sessions import token_hash
-from service.db import get_session, utcnow
-from service.policy import service as policy_service
-from service.policy.loader import load_policy_folder
-from service.records.models import Citizen
-from tests.conftest import TEST_POLICIES
+from service.db import utcnow
 from tests.console.test_sessions import csrf_of
-from tests.fixtures.audit import TransactionAudit
+from tests.fixtures.console import CITIZEN, fuzz_ground
 
 SITE = "http://testserver"
 ISSUER = "https://id.example"
 CLIENT_ID = "tellonce-console"
 CLIENT_SECRET = "console-secret-for-tests-only"
-CITIZEN = "00000000-0000-4000-8000-00000000f022"
 AGREEMENT = "identity-for-welfare"  # register's, in tests/fixtures/policies
 SIGNING_KEY = RSAKey.generate_key(2048, parameters={"kid": "provider-key-1"})
 ROLE_MAP = """\
@@ -235,24 +229,7 @@ async def sso(
     app.state.console_oidc = OidcSignIn(
         console, SITE, http=httpx.AsyncClient(transport=httpx.MockTransport(provider))
     )
-    app.dependency_overrides[get_audit_access] = TransactionAudit(session).access
-    await policy_service.apply_folder(
-        session, load_policy_folder(TEST_POLICIES), author="tests", reason="fuzz"
-    )
-    now = utcnow()
-    session.add(Citizen(id=CITIZEN, registered_by="tests", created_at=now, updated_at=now))
-
-    async def per_request() -> AsyncIterator[AsyncSession]:
-        # As ``get_session``: each request commits or rolls back its own work (to a
-        # savepoint inside the test's rolled-back transaction).
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
-
-    app.dependency_overrides[get_session] = per_request
+    await fuzz_ground(app, session)
     await session.commit()
     log = Log()
     root = logging.getLogger()

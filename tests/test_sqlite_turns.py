@@ -10,16 +10,17 @@ other rows has nothing to wait for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.app import create_app
 from service.audit import cosignatures as cosignature_repository
@@ -33,6 +34,7 @@ from service.config import Settings
 from service.db import Database, create_engine, sqlite_file
 from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
+from service.records import repository as records_repository
 from service.records.models import Citizen
 from service.sqlite_turns import turns_for
 from tests.audit.conftest import poll
@@ -227,3 +229,37 @@ class TestUnderLoad:
             assert await appending > 0
         refused = [a.text for a in answers if a.status_code != 200]
         assert [a.status_code for a in answers] == [200] * 20, refused
+
+
+class TestReadThenWrite:
+    async def test_a_field_write_stands_when_the_audit_commits_between_its_read_and_its_write(
+        self, served: Served, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A field write reads the citizen inside its transaction before it writes. On SQLite
+        that read must not fix a snapshot its write then cannot use (SQLITE_BUSY_SNAPSHOT at
+        once, a 503): here the audit writer commits a batch on its own connection in between,
+        and the write still answers 200."""
+        registered = await served.client.post(
+            "/v1/citizens",
+            json={"national_id": "NI500002", "fields": {"given_name": "Ada", "address": "1 High St"}},
+            headers=served.registrar,
+        )
+        assert registered.status_code == 201, registered.text
+        writer: AuditWriter = served.app.state.audit_writer
+        read_citizens = records_repository.get_citizens
+        committed: list[int] = []
+
+        async def read_then_audit_commits(conn: AsyncConnection, ids: Sequence[str]) -> Any:
+            found = await read_citizens(conn, ids)
+            committed.extend(await writer.append_many([make_entry()]))
+            return found
+
+        monkeypatch.setattr(records_repository, "get_citizens", read_then_audit_commits)
+        written = await served.client.patch(
+            f"/v1/citizens/{registered.json()['id']}/fields",
+            json={"fields": {"address": "2 Low Rd"}, "reason": "moved"},
+            headers=served.registrar,
+        )
+        assert written.status_code == 200, written.text
+        assert written.json()["version"] == 2
+        assert len(committed) == 1

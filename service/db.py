@@ -107,19 +107,26 @@ async def savepoint(conn: AsyncConnection) -> AsyncIterator[None]:
     transaction of its own, and its RELEASE commits it: what the savepoint wrote would
     outlive a rollback of the caller's transaction (an audit entry that could not be
     written would leave the change it describes committed). So the transaction is begun
-    first. A deferred BEGIN takes no lock: the first write still does."""
+    first, and as a writing one (``begin_on_sqlite``)."""
     await begin_on_sqlite(conn)
     async with conn.begin_nested():
         yield
 
 
 async def begin_on_sqlite(conn: AsyncConnection) -> None:
-    """Open ``conn``'s SQLite transaction now if pysqlite has not (see ``savepoint``)."""
+    """Open ``conn``'s SQLite transaction now if pysqlite has not (see ``savepoint``), for a
+    caller that is about to write: with the write lock, after this process's write turn.
+
+    In WAL mode a deferred BEGIN reads from a snapshot taken at its first read, and a write
+    after that read fails at once ("database is locked", SQLITE_BUSY_SNAPSHOT, no busy
+    timeout) if any other connection committed since, or holds the write lock. So it is
+    ``BEGIN IMMEDIATE``, which waits for the lock like any first write; the turn is taken
+    before it (``service.sqlite_turns``)."""
     if conn.dialect.name != "sqlite":
         return
     driver = (await conn.get_raw_connection()).driver_connection
     if driver is not None and not driver.in_transaction:
-        await conn.exec_driver_sql("BEGIN")
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def sqlite_file(engine: AsyncEngine) -> str | None:

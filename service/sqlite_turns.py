@@ -12,13 +12,14 @@ writer (which tries again every 50 to 500 us), for seconds on end: field writes 
 waits 250 ms, gave up ("database is locked", SQLITE_BUSY) 6 to 13 times in 30 s.
 
 So every engine ``service.db.create_engine`` makes on a SQLite file takes a turn, before the
-statement that starts a write transaction (the one pysqlite puts its BEGIN in front of),
-from one first-come-first-served queue per database file and event loop, shared by all the
-engines of the process, and gives it back when that transaction ends. Only one of them could
-write at a time anyway; now they wait in order, each woken as the turn comes free, and
-SQLite's busy handler is left with the short waits behind the connections outside the queue
-(the audit writer's and the sequencer's own ``sqlite3`` connections, and other processes, a
-``tellonce import`` among them). A turn is given back as the COMMIT or ROLLBACK is sent: the
+statement that starts a write transaction (the one pysqlite puts its BEGIN in front of, or
+the ``BEGIN IMMEDIATE`` of ``service.db.begin_on_sqlite``), from one first-come-first-served
+queue per database file and event loop, shared by all the engines of the process, and gives
+it back when that transaction ends. Only one of them could write at a time anyway; now
+they wait in order, each woken as the turn comes free, and SQLite's busy handler is left
+with the short waits behind the connections outside the queue (the audit writer's and the
+sequencer's own ``sqlite3`` connections, and other processes, a ``tellonce import`` among
+them). A turn is given back as the COMMIT or ROLLBACK is sent: the
 next writer's first statement may wait in the busy handler for that commit to finish writing
 (milliseconds).
 
@@ -38,9 +39,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import AdaptedConnection, Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-# The statements before which pysqlite (legacy transaction control, Python 3.11) opens a
-# transaction, and so the ones that take the write lock.
-_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+# The statements that take the write lock: those before which pysqlite (legacy transaction
+# control, Python 3.11) opens a transaction, and a transaction begun as a writing one.
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")
 # Where a connection keeps the turn it holds (its pool record's ``info``, which lives as
 # long as the driver connection).
 _TURN = "tellonce_sqlite_write_turn"
@@ -96,7 +97,7 @@ def turns_for(path: str) -> WriteTurns:
 
 
 def _starts_write(statement: str) -> bool:
-    return statement.lstrip()[:7].upper().startswith(_WRITES)
+    return statement.lstrip()[:15].upper().startswith(_WRITES)
 
 
 def _in_transaction(conn: Connection) -> bool:

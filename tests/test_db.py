@@ -12,7 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import SqliteReads, create_engine, savepoint
+from service.db import SqliteReads, create_engine, savepoint, sqlite_file
+from service.sqlite_turns import turns_for
 
 _TAKE_THE_WRITE_LOCK = (
     "import sqlite3, sys\n"
@@ -91,6 +92,73 @@ class TestSavepoint:
             async with engine.connect() as conn:
                 kept = (await conn.execute(text("SELECT x FROM savepoint_probe"))).scalars().all()
             assert kept == [3]
+        finally:
+            await engine.dispose()
+
+
+async def _another_connection_commits(engine: AsyncEngine) -> bool:
+    """Whether a connection outside ``engine``'s write turns commits a row into another
+    table now. On SQLite it is a plain ``sqlite3`` connection, as the audit writer's is,
+    that does not wait for the write lock (timeout 0)."""
+    path = sqlite_file(engine)
+    if path is None:
+        async with engine.begin() as other:
+            await other.execute(text("INSERT INTO unrelated_probe (x) VALUES (1)"))
+        return True
+    plain = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        plain.execute("INSERT INTO unrelated_probe (x) VALUES (1)")
+    except sqlite3.OperationalError as exc:
+        refusal = str(exc)
+    else:
+        return True
+    finally:
+        plain.close()
+    assert refusal == "database is locked"
+    return False
+
+
+class TestSavepointWrites:
+    async def test_a_read_in_a_savepoint_leaves_its_write_standing_when_another_connection_writes(
+        self, scratch_database: str
+    ) -> None:
+        """In WAL mode a deferred BEGIN's first read fixes its snapshot, and a write after
+        another connection committed failed at once ("database is locked",
+        SQLITE_BUSY_SNAPSHOT, no busy timeout: a request answered 503). A savepoint now
+        begins a writing transaction (BEGIN IMMEDIATE, after the process's write turn), so
+        the other connection waits for it instead and the read and the write both stand."""
+        engine = create_engine(scratch_database)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE savepoint_probe (x INTEGER)"))
+                await conn.execute(text("CREATE TABLE unrelated_probe (x INTEGER)"))
+            async with engine.begin() as conn:
+                async with savepoint(conn):
+                    path = sqlite_file(engine)
+                    # The turn before the lock: no inversion with the process's other writers.
+                    assert path is None or turns_for(path).taken
+                    seen = (await conn.execute(text("SELECT count(*) FROM savepoint_probe"))).scalar_one()
+                    committed_between = await _another_connection_commits(engine)
+                    await conn.execute(text("INSERT INTO savepoint_probe (x) VALUES (:x)"), {"x": seen + 1})
+            assert committed_between is (path is None)
+            async with engine.connect() as conn:
+                kept = (await conn.execute(text("SELECT x FROM savepoint_probe"))).scalars().all()
+            assert kept == [1]
+            assert path is None or not turns_for(path).taken
+        finally:
+            await engine.dispose()
+
+    async def test_a_transaction_that_only_reads_takes_no_write_lock(self, scratch_database: str) -> None:
+        """Reads are not serialised: another connection commits while one reads in a transaction."""
+        engine = create_engine(scratch_database)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE unrelated_probe (x INTEGER)"))
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT count(*) FROM unrelated_probe"))
+                assert await _another_connection_commits(engine)
+                path = sqlite_file(engine)
+                assert path is None or not turns_for(path).taken
         finally:
             await engine.dispose()
 

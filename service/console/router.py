@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -87,19 +89,33 @@ async def static_file(name: str) -> Response:
 # The longest path a sign-in returns to: a single sign-on carries it in ``state``, which
 # ``oidc.check_state`` takes up to 2048 characters long (the path base64-encoded, and a MAC).
 NEXT_LIMIT_BYTES = 1024
+CONSOLE_HOME = "/console"
 
 
 def _safe_next(target: str | None) -> str:
-    # Only a path inside the console: never an open redirect to another site.
-    if (
-        target
-        and target.startswith("/console")
-        and not target.startswith("//")
-        and "\\" not in target
-        and len(target.encode(errors="replace")) <= NEXT_LIMIT_BYTES
-    ):
-        return target
-    return "/console"
+    """Where a sign-in returns to: ``target`` if it is a normalised path inside the console,
+    else the console's home page. Never an open redirect to another site, nor a path that a
+    browser resolves to outside ``/console`` (``/console/../v1``, or ``/console/%2e%2e/v1``,
+    whose ``%2e`` a browser reads as a dot)."""
+    if not target or len(target.encode(errors="replace")) > NEXT_LIMIT_BYTES:
+        return CONSOLE_HOME
+    path = re.split(r"[?#]", target, maxsplit=1)[0]
+    # Decoded until nothing changes, so no escaping (once or more) hides a dot segment, a
+    # slash or a backslash. Each round shortens the text, so the loop ends.
+    decoded = path
+    while (once := unquote(decoded)) != decoded:
+        decoded = once
+    # A browser drops tabs and line breaks from an address and reads "\\" as "/": no
+    # console address holds a backslash or a control character, escaped or not.
+    if re.search(r"[\x00-\x1f\x7f\\]", target + decoded):
+        return CONSOLE_HOME
+    if any(form.split("/")[:2] != ["", "console"] for form in (path, decoded)):
+        return CONSOLE_HOME
+    segments = decoded.split("/")
+    inner = segments[2:-1] if segments[-1:] == [""] else segments[2:]  # a trailing slash aside
+    if any(segment in ("", ".", "..") for segment in inner):
+        return CONSOLE_HOME
+    return target
 
 
 @router.get("/sign-in", response_class=HTMLResponse)

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.console.config import ConsoleSettings
 from service.console.models import ConsoleSession
 from service.console.oidc import OidcSignIn
+from service.console.router import CONSOLE_HOME, _safe_next
 from service.console.sessions import token_hash
 from service.db import utcnow
 from tests.console.test_sessions import csrf_of
@@ -246,17 +247,27 @@ async def sso(
 # --- what every answer must be ------------------------------------------------------------
 
 
-def lands_on(base: str, target: str) -> str:
-    """Where a browser goes for ``target`` on the page at ``base``: the WHATWG URL parser
-    drops tabs and line breaks, trims C0 controls and spaces, and reads ``\\`` as ``/``."""
+def lands_at(base: str, target: str) -> tuple[str, str]:
+    """Where a browser goes for ``target`` on the page at ``base``, as ``(origin, path)``:
+    the WHATWG URL parser drops tabs and line breaks, trims C0 controls and spaces, reads
+    ``\\`` as ``/``, and takes ``%2e`` for a dot in a dot segment."""
     cleaned = re.sub(r"[\t\n\r]", "", target).strip(
         "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e"
         "\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19"
         "\x1a\x1b\x1c\x1d\x1e\x1f "
     )
-    joined = urljoin(base, cleaned.replace("\\", "/"))
-    parts = urlsplit(joined)
-    return f"{parts.scheme}://{parts.netloc}"
+    cleaned = re.sub("%2e", ".", cleaned.replace("\\", "/"), flags=re.IGNORECASE)
+    parts = urlsplit(urljoin(base, cleaned))
+    return f"{parts.scheme}://{parts.netloc}", parts.path
+
+
+def lands_on(base: str, target: str) -> str:
+    """The origin a browser goes to for ``target`` on the page at ``base``."""
+    return lands_at(base, target)[0]
+
+
+def in_console(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
 
 
 ONWARD = re.compile(r'(?:href|action)="([^"]*)"|content="0;url=([^"]*)"')
@@ -525,8 +536,9 @@ class TestWhereASignInReturns:
             assert finished.status_code == 200, finished.text[:2000]
             assert judge(finished, [next_path]) == []
             [refresh] = re.findall(r'content="0;url=([^"]*)"', finished.text)
-            assert lands_on(SITE + "/console/oidc/callback", unescape(refresh)) == SITE
-            assert unescape(refresh).startswith("/console")
+            origin, path = lands_at(SITE + "/console/oidc/callback", unescape(refresh))
+            assert origin == SITE
+            assert in_console(path), refresh
             assert log_problems(sso.log, [code, state]) == []
 
     async def test_a_long_console_path_to_return_to_still_signs_in(self, sso: Sso) -> None:
@@ -540,6 +552,107 @@ class TestWhereASignInReturns:
                 )
                 assert finished.status_code == 200, finished.text[:2000]
                 assert 'content="0;url=/console"' in finished.text
+
+
+# Paths that start "/console" but that a browser resolves to outside it, or that are not
+# the normalised path of a console page: a sign-in returns to the console's home instead.
+LEAVES_THE_CONSOLE = (
+    "/console/../v1/citizens",
+    "/console/..",
+    "/console/.",
+    "/console/./audit",
+    "/console/audit/../../v1/audit",
+    "/console/..//evil.example",
+    "/console/%2e%2e/v1/citizens",
+    "/console/%2E%2e/v1/citizens",
+    "/console/.%2e/v1/citizens",
+    "/console/%2e/../v1/citizens",
+    "/console/%252e%252e/v1/citizens",
+    "/console%2F..%2Fv1/citizens",
+    "/console/..%2Fv1/citizens",
+    "/console/..%5Cv1/citizens",
+    "/console\\..\\v1/citizens",
+    "/console/.\t./v1/citizens",
+    "/console/.%09./v1/citizens",
+    "/console//evil.example",
+    "/consoles",
+    "/console-admin/",
+    "/console%2Dadmin",
+)
+# Normalised console paths, kept as they are.
+STAYS_IN_THE_CONSOLE = (
+    "/console",
+    "/console/",
+    "/console/audit",
+    "/console/agreements/address-for-welfare/edit",
+    "/console/agreements/Not%20An%20Id",
+    "/console/agreements/a.b",
+    "/console/...",
+    "/console/audit?consumer=welfare&since=2026-01-01",
+    "/console/audit?next=/../v1",
+)
+# Pieces a hostile path is made of.
+PATH_PIECES = st.sampled_from(
+    [
+        "/",
+        ".",
+        "..",
+        "%2e",
+        "%2E",
+        "%25",
+        "2e",
+        "%2f",
+        "%5c",
+        "\\",
+        "\t",
+        "%09",
+        "//",
+        "console",
+        "v1",
+        "?",
+        "#",
+        " ",
+        "@",
+    ]
+)
+
+
+class TestTheNextPath:
+    """``_safe_next`` keeps only a normalised path inside the console (dot segments, escaped
+    or not, backslashes and control characters are refused), and any other path is the
+    console's home."""
+
+    @pytest.mark.parametrize("target", LEAVES_THE_CONSOLE)
+    def test_a_path_that_leaves_the_console_is_the_home_page(self, target: str) -> None:
+        assert _safe_next(target) == CONSOLE_HOME
+
+    @pytest.mark.parametrize("target", STAYS_IN_THE_CONSOLE)
+    def test_a_normalised_console_path_is_kept(self, target: str) -> None:
+        assert _safe_next(target) == target
+
+    @settings(max_examples=400, deadline=None, derandomize=True)
+    @given(
+        prefix=st.sampled_from(["/console", "/console/", "/console/audit/", ""]),
+        pieces=st.lists(PATH_PIECES, max_size=8),
+    )
+    def test_what_is_kept_lands_in_the_console(self, prefix: str, pieces: list[str]) -> None:
+        target = prefix + "".join(pieces)
+        kept = _safe_next(target)
+        assert kept in (target, CONSOLE_HOME)
+        for page in ("/console/sign-in", "/console/oidc/callback", "/console/audit/integrity"):
+            origin, path = lands_at(SITE + page, kept)
+            assert origin == SITE
+            assert in_console(path), (target, page)
+
+    @pytest.mark.parametrize("target", LEAVES_THE_CONSOLE)
+    async def test_a_single_sign_on_does_not_return_outside_the_console(self, sso: Sso, target: str) -> None:
+        async with sso.browser() as browser:
+            code, state = await sso.start(browser, quote(target, safe=""))
+            finished = await browser.get(
+                "/console/oidc/callback", params={"code": code, "state": state, "iss": ISSUER}
+            )
+            assert finished.status_code == 200, finished.text[:2000]
+            assert 'content="0;url=/console"' in finished.text
 
 
 # --- the session cookie and CSRF tokens -------------------------------------------------------

@@ -87,6 +87,13 @@ class MalformedBody(ServiceError):
     status, title, slug = 400, "Malformed request body", "malformed-body"
 
 
+class MalformedRequest(ServiceError):
+    """Bytes that are no HTTP/1.1 request, refused by the server before any app sees them
+    (``service.malformed_http``)."""
+
+    status, title, slug = 400, "Malformed HTTP request", "malformed-request"
+
+
 class Unauthenticated(ServiceError):
     """401 with the RFC 6750 challenge: ``error`` names what was wrong with a bearer token
     sent; ``None`` when none was (no ``Authorization``, or another scheme), where RFC 6750

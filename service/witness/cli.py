@@ -9,6 +9,7 @@ import typer
 import uvicorn
 
 from service.audit.checkpoint import CheckpointError
+from service.malformed_http import HTTP_PROTOCOL
 from service.private_files import SharedSecretFile, check_owner_only
 from service.witness.cosignature import CosignatureError, CosignatureSigner
 from service.witness.server import create_witness_app
@@ -96,6 +97,7 @@ def serve(
             create_witness_app(witness_state),
             host=host,
             port=port,
+            http=HTTP_PROTOCOL,
             access_log=False,
             log_level="warning",
             server_header=False,

@@ -1,0 +1,163 @@
+"""Bytes that are no HTTP request, sent over a raw socket to a real server.
+
+The HTTP parser refuses them before the app sees them; the answer is still the service's
+400 problem+json (RFC 9457), which never repeats what was sent, the connection closes, and
+the server goes on serving. For ``tellonce serve``, ``tellonce witness serve``, and each
+HTTP/1.1 implementation uvicorn may pick (``service.malformed_http``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import uvicorn
+
+from service.malformed_http import HTTP_PROTOCOL, ProblemH11Protocol
+from service.witness.cosignature import CosignatureSigner
+from service.witness.server import create_witness_app
+from service.witness.state import TrustedLog, WitnessState
+from tests.fixtures.server import LiveServer, free_port
+from tests.fixtures.tlog import MemoryLog
+from tests.fixtures.witnesses import WitnessProcess
+
+pytestmark = pytest.mark.e2e
+
+# In every request below, where a person's details could be: none may come back.
+MARKER = b"officer-Okonkwo-7731"
+# The start of a good request, before a bad line.
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+MALFORMED = {
+    "a control byte in a header value": HEALTHZ + b"X-On-Behalf-Of: " + MARKER + b"\x01b\r\n\r\n",
+    "a NUL in a header value": HEALTHZ + b"X-Case-Ref: " + MARKER + b"\x00\r\n\r\n",
+    "a request line that is no request line": MARKER + b"\r\n\r\n",
+    "a request line with a space in the target": b"GET /v1/" + MARKER + b" x HTTP/1.1\r\nHost: a\r\n\r\n",
+    "a header line with no colon": HEALTHZ + MARKER + b"\r\n\r\n",
+    "a header name with a space": HEALTHZ + b"X Case: " + MARKER + b"\r\n\r\n",
+}
+
+
+def exchange(address: tuple[str, int], request: bytes) -> bytes:
+    """Send ``request`` and read until the server closes the connection (it must)."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(request)
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+    return bytes(received)
+
+
+def assert_problem_400(raw: bytes) -> None:
+    """``raw`` is one complete 400 problem+json (RFC 9457) that closes the connection and
+    repeats nothing of the request."""
+    head, separator, body = raw.partition(b"\r\n\r\n")
+    assert separator, raw
+    status_line, *header_lines = head.decode("ascii").split("\r\n")
+    assert status_line == "HTTP/1.1 400 Bad Request", raw
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        assert name.lower() not in headers, raw
+        headers[name.lower()] = value.strip()
+    assert headers["content-type"] == "application/problem+json", raw
+    assert headers["connection"] == "close", raw
+    assert int(headers["content-length"]) == len(body), raw
+    problem = json.loads(body)
+    assert set(problem) == {"type", "title", "status", "detail"}, problem
+    assert problem["type"] == "https://tellonce.example/problems/malformed-request"
+    assert problem["status"] == 400
+    assert isinstance(problem["title"], str)
+    assert problem["title"]
+    assert isinstance(problem["detail"], str)
+    assert problem["detail"]
+    assert MARKER not in raw
+    assert MARKER.lower() not in raw.lower()
+
+
+def loopback(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname == "127.0.0.1"
+    assert parts.port is not None
+    return parts.hostname, parts.port
+
+
+class TestServe:
+    def test_a_malformed_request_is_a_400_problem_that_echoes_nothing(self, live_server: LiveServer) -> None:
+        for request in MALFORMED.values():
+            assert_problem_400(exchange(loopback(live_server.base_url), request))
+        # Each refusal closed its own connection only: the server still serves.
+        assert httpx.get(f"{live_server.base_url}/healthz", timeout=10).status_code == 200
+        catalog = httpx.get(f"{live_server.base_url}/v1/catalog", timeout=10)
+        assert catalog.status_code == 401
+        assert catalog.headers["content-type"] == "application/problem+json"
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Iterator[WitnessProcess]:
+    log_vkey = MemoryLog.new().signer.verifier_key()
+    process = WitnessProcess("audit-office.example/witness", tmp_path / "witness", log_vkey)
+    process.start()
+    yield process
+    process.stop()
+
+
+class TestWitnessServe:
+    def test_a_malformed_request_is_a_400_problem_that_echoes_nothing(self, witness: WitnessProcess) -> None:
+        for request in MALFORMED.values():
+            assert_problem_400(exchange(loopback(witness.url), request))
+        still = httpx.get(f"{witness.url}/checkpoint", params={"origin": "unknown.example"}, timeout=10)
+        assert still.status_code == 404
+        assert still.headers["content-type"] == "application/problem+json"
+
+
+@pytest.fixture
+def witness_state(tmp_path: Path) -> Iterator[WitnessState]:
+    log_vkey = MemoryLog.new().signer.verifier_key()
+    signer = CosignatureSigner.generate("audit-office.example/witness")
+    state = WitnessState(tmp_path / "state.db", signer, [TrustedLog.parse(log_vkey)])
+    yield state
+    state.close()
+
+
+class TestEachImplementation:
+    """``HTTP_PROTOCOL`` is httptools's where it is installed (as here); the h11 one is
+    what uvicorn picks without it. Each serves the witness app in this process."""
+
+    @pytest.mark.parametrize("protocol", [HTTP_PROTOCOL, ProblemH11Protocol], ids=lambda p: p.__name__)
+    def test_a_malformed_request_is_a_400_problem_that_echoes_nothing(
+        self, witness_state: WitnessState, protocol: type
+    ) -> None:
+        port = free_port()
+        config = uvicorn.Config(
+            create_witness_app(witness_state),
+            host="127.0.0.1",
+            port=port,
+            http=protocol,
+            lifespan="off",
+            log_level="error",
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                assert thread.is_alive()
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.02)
+            for what, request in MALFORMED.items():
+                if protocol is ProblemH11Protocol and what == "a control byte in a header value":
+                    continue  # h11 hands such a value to the app (NUL it refuses)
+                assert_problem_400(exchange(("127.0.0.1", port), request))
+            still = httpx.get(f"http://127.0.0.1:{port}/checkpoint", params={"origin": "x"}, timeout=10)
+            assert still.status_code == 404
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)

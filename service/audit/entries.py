@@ -459,6 +459,37 @@ def policy_refusal_entry(
     )
 
 
+def explain_refusal_entry(
+    principal: Principal,
+    *,
+    consumer: str,
+    action: str,
+    owners: Iterable[str],
+    source: str | None,
+) -> AuditEntry:
+    """An explanation ``principal`` asked for and was refused (403): a data owner asking how
+    another ``consumer`` is decided on fields of other departments (``owners``, beside the
+    caller's; fields the catalog does not know name none). It names the consumer and the
+    action asked about and those departments, never the fields, a citizen or a value."""
+    said = (
+        f"explain as {consumer} would {action} refused: {principal.department} explains decisions "
+        "on its own fields or for its own department"
+    )
+    return AuditEntry.built(
+        time=utcnow(),
+        request_id=current_request_id(),
+        client_id=principal.client_id,
+        department=principal.department,
+        on_behalf_of=principal.on_behalf_of,
+        action="explain",
+        owners=sorted({principal.department, *owners}),
+        decision="deny",
+        reasons=[Reason.built(field="", effect="deny", reason=said)],
+        status=403,
+        source=source,
+    )
+
+
 def catalog_change_entry(change: CatalogChange) -> AuditEntry:
     """The new catalog in full, and one reason per department whose signing key changed,
     naming the old and the new verifier key (``none`` for no key)."""

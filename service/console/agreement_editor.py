@@ -205,6 +205,7 @@ async def _submit(
         request.app.state.policy,
         request.app.state.recorded_requests,
         {"upsert": [checked.content]},
+        audit=refusals,
         source=source,
     )
     simulation = Simulation.of(result)

@@ -103,13 +103,6 @@ def _grants_only_own(owner: str, foreign: list[str]) -> str:
     return f"{owner} may grant only its own fields; this covers fields of {', '.join(foreign)}"
 
 
-def _refuse_foreign(fields: object, owner: str, catalog: Catalog) -> None:
-    """403 when the agreement covers another department's fields (named as sent)."""
-    foreign = _foreign_owners(fields, owner, catalog)
-    if foreign:
-        raise NotFieldOwner(f"{_grants_only_own(owner, foreign)}.")
-
-
 def _refuse_problems(problems: list[Problem]) -> None:
     """422 listing every problem, in ``errors`` and in the detail (which is what the console's
     page shows, where a problem is found only as the agreement is saved)."""
@@ -200,8 +193,9 @@ def _named_id(value: object) -> str | None:
 
 @dataclass(frozen=True)
 class _Refusal:
-    """A change (``change``: ``created``, ``replaced``, ``revoked``) of ``agreement_id`` asked
-    for by ``principal``, and where a refusal of it beyond the caller's rights is recorded.
+    """A change (``change``: ``created``, ``replaced``, ``revoked``, or ``simulated`` for a
+    draft replayed by simulate) of ``agreement_id`` asked for by ``principal``, and where a
+    refusal of it beyond the caller's rights is recorded.
 
     Such a refusal is audited as a ``policy-change`` entry with decision ``deny`` and the
     status answered (``entries.policy_refusal_entry``), durably, before it is raised:
@@ -256,14 +250,17 @@ class _Refusal:
             )
         return row
 
-    async def own_fields_only(self, session: AsyncSession, body: Mapping[str, Any]) -> None:
-        """403 when ``body`` covers another department's fields; the entry names those
-        departments (their ids, never the fields' values)."""
-        department = self.principal.department
-        foreign = _foreign_owners(body.get("fields"), department, await policy_service.live_catalog(session))
+    async def own_fields_only(
+        self, session: AsyncSession, body: Mapping[str, Any], owner: str | None = None
+    ) -> None:
+        """403 when ``body`` covers fields of departments other than ``owner`` (the caller's
+        department unless named); the entry names those departments (their ids, never the
+        fields or their values)."""
+        owner = owner or self.principal.department
+        foreign = _foreign_owners(body.get("fields"), owner, await policy_service.live_catalog(session))
         if foreign:
-            why = _grants_only_own(department, foreign)
-            await self.refuse(403, why, NotFieldOwner(f"{why}."), foreign)
+            why = _grants_only_own(owner, foreign)
+            await self.refuse(403, why, NotFieldOwner(f"{why}."), [owner, *foreign])
 
 
 async def refuse_overreach(
@@ -399,17 +396,26 @@ async def explain(
     action: str,
     fields: list[str],
     context: RequestContext,
+    audit: EntrySink,
     citizen_id: str | None = None,
     source: str | None = None,
 ) -> dict[str, Explanation]:
     """Each field's decision with its near misses. A data owner asks about its own fields,
-    or about its own department as consumer. With ``citizen_id``, consent-based and
+    or about its own department as consumer; asked about another department's fields for
+    another consumer, it is refused (403), and the refusal is audited first, durably, through
+    ``audit`` (``entries.explain_refusal_entry``, as ``_Refusal`` records a refused change;
+    503 if it cannot be written). With ``citizen_id``, consent-based and
     objectable agreements are decided with that citizen's consents and objections; the
     answer then reveals them, so it is audited (an ``explain`` entry naming the citizen,
     in the caller's transaction, which commits before the answer is sent)."""
     if not permissions.sees_all(principal) and consumer != principal.department:
         owners = (await policy_service.live_catalog(session)).field_owners
         if not permissions.may_explain(principal, consumer, [owners.get(f) for f in fields]):
+            foreign = sorted({o for f in fields if (o := owners.get(f)) and o != principal.department})
+            entry = audit_entries.explain_refusal_entry(
+                principal, consumer=consumer, action=action, owners=foreign, source=source
+            )
+            await audit.append(entry)
             raise NotFieldOwner(
                 "A data owner explains decisions on its own fields or for its own department."
             )
@@ -458,6 +464,7 @@ async def simulate_draft(
     recorded: RecordedRequestSource | None,
     body: Mapping[str, Any],
     *,
+    audit: EntrySink,
     source: str | None = None,
 ) -> SimulationResult:
     """Replay recorded requests since ``body``'s ``since`` against the live agreements plus
@@ -470,9 +477,9 @@ async def simulate_draft(
 
     Each draft is judged as a create would be (unsigned drafts are fine: nothing is
     stored), under its owner: the caller's department, or for an auditor the owner of its
-    fields. 403 for a draft over another department's fields; otherwise 422 listing every
-    problem with the body and every draft at once; 404 for an id to remove the caller may
-    not see.
+    fields. 403 for a draft over another department's fields, audited as a refused change
+    (``_Refusal``, change ``simulated``); otherwise 422 listing every problem with the body
+    and every draft at once; 404 for an id to remove the caller may not see.
     """
     catalog = await policy_service.live_catalog(session)
     owners = catalog.field_owners
@@ -483,7 +490,9 @@ async def simulate_draft(
         fields = draft.get("fields")
         if permissions.sees_all(principal) and isinstance(fields, list):
             owner = next((owners[f] for f in fields if isinstance(f, str) and f in owners), owner)
-        _refuse_foreign(fields, owner, catalog)
+        await _Refusal(principal, "simulated", draft.get("id"), audit, source).own_fields_only(
+            session, draft, owner
+        )
         owned.append((index, draft, owner))
     problems = list(read.problems)
     specs: list[tuple[AgreementSpec, str]] = []

@@ -186,13 +186,19 @@ async def list_versions(
 
 
 @router.post("/v1/decisions/explain", response_model=ExplainOut)
-async def explain(body: ExplainIn, request: Request, session: SessionDep, principal: Explainer) -> ExplainOut:
+async def explain(
+    body: ExplainIn,
+    request: Request,
+    session: SessionDep,
+    principal: Explainer,
+    refusals: RefusalWriterDep,
+) -> ExplainOut:
     """Why can (or can't) a consumer do an action on fields for a purpose, field by field.
 
     Each decision names the agreement and version that decided it, and the near misses:
     agreements that would apply but for the purpose, the dates, a case reference or a
     condition. A data owner may ask about its own fields or about its own department
-    as consumer.
+    as consumer; 403 otherwise, audited (an `explain` entry with decision `deny`).
 
     An agreement with basis ``consent`` or ``objectable`` is decided with the consents and
     objections of ``citizen_id``, or without any when it is left out: the reason is then
@@ -212,6 +218,7 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
         action=body.action,
         fields=list(body.fields),
         context=agreements.now_context(body.purpose, body.case_ref, body.citizen_status),
+        audit=refusals,
         citizen_id=body.citizen_id,
         source=source_address(request),
     )
@@ -233,13 +240,19 @@ async def explain(body: ExplainIn, request: Request, session: SessionDep, princi
 
 @router.post("/v1/policies/simulate", response_model=SimulateOut)
 async def simulate_change(
-    body: AgreementBody, request: Request, session: SessionDep, principal: Simulator
+    body: AgreementBody,
+    request: Request,
+    session: SessionDep,
+    principal: Simulator,
+    refusals: RefusalWriterDep,
 ) -> SimulateOut:
     """Replay recorded requests against a draft (live agreements plus `upsert`, minus `remove`).
 
     Reports every decision that would change, counted by consumer, field, action and
     purpose. Live policy is never changed. The body (`SimulateIn`) is checked in one
-    round: every problem with it and with each draft is listed at once.
+    round: every problem with it and with each draft is listed at once. A draft over
+    another department's fields is 403, audited (a `policy-change` entry with decision
+    `deny`).
 
     Consent-based and objectable agreements are replayed with each citizen's consents and
     objections as they stand now; `withheld_by_choice` counts the field decisions the
@@ -253,6 +266,7 @@ async def simulate_change(
         request.app.state.policy,
         request.app.state.recorded_requests,
         body,
+        audit=refusals,
         source=source_address(request),
     )
     changes = [

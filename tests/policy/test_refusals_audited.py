@@ -17,8 +17,10 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.errors import AuditUnavailable
 from service.audit.models import AuditEntryRow
 from service.audit.search import get_audit_access
+from service.audit.writer import get_refusal_writer
 from tests.fixtures.audit import TransactionAudit
 from tests.fixtures.auth import act_as
 from tests.policy.test_api import NEW_AGREEMENT, assert_problem
@@ -216,3 +218,84 @@ class TestTheAuditorSeesThem:
         assert sorted(refused) == [("dvla", 403), ("revenue", 404)]
         denied = await client.get("/v1/audit/entries", params={"action": "policy-change", "decision": "deny"})
         assert len(denied.json()["items"]) == 2
+
+
+class _FailingAudit:
+    """A refusal sink whose storage is down: every append fails."""
+
+    async def append(self, entry: Any) -> int:
+        raise AuditUnavailable("The audit trail cannot be written.")
+
+
+# Asked by revenue's owner about dvla's points, for welfare: neither its fields nor its requests.
+FOREIGN_EXPLAIN = {
+    "consumer": "welfare",
+    "action": "read",
+    "fields": ["points"],
+    "purpose": "benefit-eligibility",
+}
+
+
+class TestSimulateAndExplainBeyondTheCallersRights:
+    async def test_a_simulated_draft_over_another_departments_fields_is_403_and_one_deny_entry(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "revenue", "data-owner", client_id="revenue-owner")
+        response = await client.post("/v1/policies/simulate", json={"upsert": [NEW_AGREEMENT]})
+        problem = assert_problem(response, 403, "not-field-owner")
+        why = "revenue may grant only its own fields; this covers fields of dvla"
+        assert problem["detail"] == f"{why}."
+        [entry] = await policy_entries(session)
+        said = f"agreement points-for-revenue not simulated: {why}"
+        assert entry["reasons"] == [refusal_reason("points-for-revenue", said)]
+        assert (entry["client_id"], entry["department"], entry["status"]) == ("revenue-owner", "revenue", 403)
+        assert entry["owners"] == ["dvla", "revenue"]
+        assert (entry["fields_requested"], entry["fields_released"], entry["document"]) == ([], [], None)
+
+    async def test_an_auditors_draft_spanning_two_owners_names_both(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "audit-office", "auditor")
+        draft = {**NEW_AGREEMENT, "fields": ["points", "tax_code"]}
+        response = await client.post("/v1/policies/simulate", json={"upsert": [draft]})
+        assert_problem(response, 403, "not-field-owner")
+        [entry] = await policy_entries(session)
+        said = (
+            "agreement points-for-revenue not simulated: "
+            "dvla may grant only its own fields; this covers fields of revenue"
+        )
+        assert entry["reasons"] == [refusal_reason("points-for-revenue", said)]
+        assert entry["owners"] == ["audit-office", "dvla", "revenue"]
+
+    async def test_an_explain_about_another_departments_fields_is_403_and_one_deny_entry(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "revenue", "data-owner", client_id="revenue-owner")
+        response = await client.post("/v1/decisions/explain", json=FOREIGN_EXPLAIN)
+        assert_problem(response, 403, "not-field-owner")
+        rows = await session.execute(
+            select(AuditEntryRow.canonical)
+            .where(AuditEntryRow.action == "explain")
+            .order_by(AuditEntryRow.id)
+        )
+        [entry] = [json.loads(text) for text in rows.scalars()]
+        said = (
+            "explain as welfare would read refused: "
+            "revenue explains decisions on its own fields or for its own department"
+        )
+        assert entry["reasons"] == [refusal_reason(None, said)]
+        assert (entry["decision"], entry["status"], entry["client_id"]) == ("deny", 403, "revenue-owner")
+        assert entry["owners"] == ["dvla", "revenue"]
+        # What was asked about, by department: no field, no citizen.
+        assert (entry["fields_requested"], entry["citizen_id"]) == ([], None)
+
+    @pytest.mark.parametrize(
+        ("path", "body"),
+        [("/v1/policies/simulate", {"upsert": [NEW_AGREEMENT]}), ("/v1/decisions/explain", FOREIGN_EXPLAIN)],
+    )
+    async def test_without_an_audit_the_answer_is_503(
+        self, app: FastAPI, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+    ) -> None:
+        app.dependency_overrides[get_refusal_writer] = _FailingAudit
+        act_as(app, "revenue", "data-owner")
+        assert_problem(await client.post(path, json=body), 503, "audit-unavailable")

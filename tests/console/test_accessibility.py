@@ -4,7 +4,8 @@ WCAG 2.2 AA, and the agreement form and audit search walked with the Tab key.
 axe-core comes from the npm registry, locked in ``tests/a11y/package-lock.json`` and
 installed by ``npm ci --prefix tests/a11y`` (``.ci/run`` and ``make test`` run it); its
 ``axe.min.js`` is read from there and run in each page. Each walk below visits pages the
-way a person would and checks each one as it stands, errors shown and all.
+way a person would and checks each one as it stands, errors shown and all, and checks its
+headings itself (axe lets a page begin with an h2): the h1 first, one h1, no level skipped.
 ``test_every_console_route_is_walked`` compares the routes the walks cover with the app's
 console routes, so a page added later without a walk fails it.
 """
@@ -70,6 +71,31 @@ ERROR_PATTERN = r"""() => {
   return problems;
 }"""
 
+# What axe does not check of the headings: its heading-order rule lets a page begin at any
+# level (an h2 panel above the h1 passed), and page-has-heading-one asks for at least one
+# h1. Here: the page's first heading is its h1, it has exactly one, and no level is skipped
+# on the way down (heading-order's own check, kept so the three stand together).
+HEADING_ORDER = r"""() => {
+  const headings = [...document.querySelectorAll("h1, h2, h3, h4, h5, h6, [role=heading]")]
+    .filter(h => !h.closest("[hidden], [aria-hidden=true]"))
+    .map(h => ({
+      level: Number(h.getAttribute("aria-level") || h.tagName.slice(1)),
+      text: h.textContent.trim().replace(/\s+/g, " ").slice(0, 60),
+    }));
+  const problems = [];
+  const ones = headings.filter(h => h.level === 1);
+  if (ones.length !== 1) problems.push(`${ones.length} h1 headings, not one`);
+  if (headings.length && headings[0].level !== 1) {
+    problems.push(`the first heading is h${headings[0].level} "${headings[0].text}", not the h1`);
+  }
+  headings.forEach((h, i) => {
+    if (i > 0 && h.level > headings[i - 1].level + 1) {
+      problems.push(`h${h.level} "${h.text}" follows h${headings[i - 1].level}: a level is skipped`);
+    }
+  });
+  return problems;
+}"""
+
 # Console routes that never answer with a page of their own, and why.
 NOT_PAGES = {
     ("GET", "/console/static/{name}"): "the stylesheet and script",
@@ -100,7 +126,7 @@ class Audit:
             await self.page.evaluate(self.source)
         violations: list[dict[str, Any]] = await self.page.evaluate(RUN_AXE, list(AXE_TAGS))
         self.checked.append(name)
-        for problem in await self.page.evaluate(ERROR_PATTERN):
+        for problem in await self.page.evaluate(ERROR_PATTERN) + await self.page.evaluate(HEADING_ORDER):
             self.findings.append(f"{name} ({self.page.url}): {problem}")
         for violation in violations:
             targets = "\n      ".join(violation["targets"])

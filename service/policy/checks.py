@@ -6,22 +6,25 @@ The shape is ``AgreementIn``'s, judged part by part; the rules are
 ``service.policy.rules.check_agreement``, the loader's too. A part that fails its shape is
 judged by nothing else (its catalog problems would be about a value the caller did not
 send), and neither is a rule that reads it; everything else is judged, so a forbid with a
-consent basis, no fields and a start date in month 13 hears about all three at once.
+consent basis, no fields and a start date in month 13 hears about all three at once. In a
+list whose items failed one by one, the items that passed are judged item by item all the
+same: ``fields: [Bad, tax_code]`` hears that ``Bad`` is no field name and that the owner
+does not own ``tax_code``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from service.catalog.schemas import Catalog, Identifier
 from service.policy.engine import Action
-from service.policy.rules import NUL_REFUSED, Problem, check_agreement, has_nul
+from service.policy.rules import NUL_REFUSED, Items, Problem, check_agreement, has_nul
 from service.policy.schemas import AgreementIn, AgreementSpec
 
 # What each part of an agreement is called in a message.
@@ -93,12 +96,15 @@ class CheckedAgreement:
 class ReadAgreement:
     """A body read against the agreement's schema, each part on its own: ``spec`` holds
     the parts that passed, and a stand-in for each part in ``failed`` (refused as
-    ``schema_errors``, pydantic's own account of each)."""
+    ``schema_errors``, pydantic's own account of each). ``items``: for a list part in
+    ``failed`` only because some of its items failed their shape, the items that passed
+    theirs, each with its index as sent (``check_agreement`` judges them one by one)."""
 
     spec: AgreementSpec
     reason: str
     schema_errors: list[ErrorDetails]
     failed: frozenset[str]
+    items: Mapping[str, Items] = field(default_factory=dict)
 
 
 def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str:
@@ -165,6 +171,44 @@ def _parsed_parts(parts: Mapping[str, Any]) -> dict[str, Any]:
     return parsed
 
 
+# The item validator of each list part, such as ``fields`` (a list of field names).
+_ITEM_VALIDATORS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(get_args(info.annotation)[0])
+    for name, info in AgreementSpec.model_fields.items()
+    if name in _STAND_INS and get_origin(info.annotation) is list
+}
+
+
+def _well_formed_items(body: Mapping[str, Any], errors: list[ErrorDetails]) -> dict[str, Items]:
+    """For each list part refused only item by item, the items that passed their shape
+    (with their indices); a list refused as a whole (not a list, empty) has none."""
+    refused: dict[str, set[int]] = {}
+    whole: set[str] = set()
+    for error in errors:
+        loc = error["loc"]
+        if not loc or str(loc[0]) not in _ITEM_VALIDATORS:
+            continue
+        if len(loc) > 1 and isinstance(loc[1], int):
+            refused.setdefault(str(loc[0]), set()).add(loc[1])
+        else:
+            whole.add(str(loc[0]))
+    items: dict[str, Items] = {}
+    for name, indices in refused.items():
+        values = body.get(name)
+        if name in whole or not isinstance(values, list):
+            continue
+        kept: list[tuple[int, Any]] = []
+        for index, value in enumerate(values):
+            if index in indices:
+                continue
+            try:
+                kept.append((index, _ITEM_VALIDATORS[name].validate_python(value)))
+            except ValidationError:
+                continue  # passed within the list, so not expected; left unjudged
+        items[name] = kept
+    return items
+
+
 def read_body(body: Mapping[str, Any], *, with_reason: bool = True) -> ReadAgreement:
     """``body`` read as an agreement entry, with the ``reason`` for the change if
     ``with_reason`` (a draft to simulate and a policy file's entry have none)."""
@@ -179,7 +223,8 @@ def read_body(body: Mapping[str, Any], *, with_reason: bool = True) -> ReadAgree
     kept = _parsed_parts({k: v for k, v in body.items() if k in _STAND_INS and k not in failed})
     spec = AgreementSpec.model_construct(**(_STAND_INS | kept))
     reason = body.get("reason", "") if with_reason and "reason" not in failed else ""
-    return ReadAgreement(spec, reason if isinstance(reason, str) else "", errors, failed)
+    items = _well_formed_items(body, errors)
+    return ReadAgreement(spec, reason if isinstance(reason, str) else "", errors, failed, items)
 
 
 def rule_problems(
@@ -198,7 +243,9 @@ def rule_problems(
         problems.append((("reason",), NUL_REFUSED))
     if agreement_id is not None and "id" not in read.failed and read.spec.id != agreement_id:
         problems.append((("id",), f"the id must be the agreement's own id, {agreement_id}"))
-    problems += check_agreement(read.spec, owner, catalog, signed=signed, unknown=read.failed)
+    problems += check_agreement(
+        read.spec, owner, catalog, signed=signed, unknown=read.failed, items=read.items
+    )
     return problems
 
 

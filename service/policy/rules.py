@@ -5,14 +5,16 @@ console all run (the last two through ``service.policy.checks``).
 Each rule names the parts of the agreement it reads. A part that failed its shape is
 ``unknown``: no rule that reads it is judged (its problem would be about a value the
 author did not write, or one already refused), and every other rule is, so independent
-problems are all reported at once.
+problems are all reported at once. A rule that judges a list item by item (a field's
+owner, a purpose's existence) still judges the items of an unknown list that passed their
+own shape, where only other items failed theirs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from service.catalog.schemas import Catalog
 from service.policy.engine import CHOICE_ACTIONS, ConditionError, check_condition_names, compile_condition
@@ -23,6 +25,9 @@ from service.records import values as record_values
 from service.sourcefile import PathKey
 
 Problem = tuple[PathKey, str]
+T = TypeVar("T")
+# The items of a list part, each with its index in the list as sent.
+Items = Sequence[tuple[int, Any]]
 
 
 def signature_problem(content: dict[str, Any], owner: str, catalog: Catalog) -> str | None:
@@ -49,13 +54,22 @@ def has_nul(text: str | None) -> bool:
 
 
 class _Known:
-    """Which parts of an agreement a rule may read: those that passed their shape."""
+    """Which parts of an agreement a rule may read: those that passed their shape, and the
+    well-formed items of a list part only some of whose items failed theirs."""
 
-    def __init__(self, unknown: Collection[str]) -> None:
+    def __init__(self, unknown: Collection[str], items: Mapping[str, Items]) -> None:
         self._unknown = frozenset(unknown)
+        self._items = items
 
     def __call__(self, *parts: str) -> bool:
         return self._unknown.isdisjoint(parts)
+
+    def items(self, part: str, values: Sequence[T]) -> list[tuple[int, T]]:
+        """The items of list ``part`` (``values`` when it passed its shape) a rule judging
+        one item at a time may read, each with its index as sent."""
+        if part not in self._unknown:
+            return list(enumerate(values))
+        return list(self._items.get(part, ()))
 
     @property
     def any_unknown(self) -> bool:
@@ -69,15 +83,17 @@ def check_agreement(
     *,
     signed: bool = True,
     unknown: Collection[str] = frozenset(),
+    items: Mapping[str, Items] | None = None,
 ) -> list[Problem]:
     """Every way ``spec`` does not fit ``catalog`` when granted by ``owner``; ``[]`` if none.
 
     ``unknown``: the parts that failed their shape (``spec`` holds a stand-in for each);
-    a rule reading any of them is not judged. With ``signed`` (everywhere an agreement is
-    stored), an owner with a signing key must have signed it; a draft that is only
-    simulated need not be.
+    a rule reading any of them is not judged, except item by item over ``items``: for an
+    unknown list part only some of whose items failed their shape, the items that passed,
+    each with its index as sent. With ``signed`` (everywhere an agreement is stored), an
+    owner with a signing key must have signed it; a draft that is only simulated need not be.
     """
-    known = _Known(unknown)
+    known = _Known(unknown, items or {})
     problems: list[Problem] = []
     for name in ("legal_basis", "when", "max_delay", "signature"):
         if known(name) and has_nul(getattr(spec, name)):
@@ -93,13 +109,11 @@ def check_agreement(
         )
     if known("consumer"):
         problems.extend(_check_consumer(spec, owner, catalog))
-    if known("fields"):
-        problems.extend(_check_fields(spec, owner, catalog))
-    if known("purposes"):
-        purposes = {p.id for p in catalog.purposes}
-        for index, purpose in enumerate(spec.purposes):
-            if purpose not in purposes:
-                problems.append((("purposes", index), f"unknown purpose {purpose!r}"))
+    problems.extend(_check_fields(known.items("fields", spec.fields), owner, catalog))
+    purposes = {p.id for p in catalog.purposes}
+    for index, purpose in known.items("purposes", spec.purposes):
+        if purpose not in purposes:
+            problems.append((("purposes", index), f"unknown purpose {purpose!r}"))
     if known("effect") and spec.effect == "permit":
         if known("purposes") and not spec.purposes:
             problems.append((("purposes",), "a permit needs at least one purpose"))
@@ -126,8 +140,9 @@ def check_agreement(
             check_condition_names(spec.when)
         except ConditionError as exc:
             problems.append((("when",), str(exc)))
-    if known("actions", "fields"):
-        problems.extend(_check_identity_actions(spec))
+    problems.extend(
+        _check_identity_actions(known.items("actions", spec.actions), known.items("fields", spec.fields))
+    )
     problems.extend(_check_basis(spec, known))
     if known("verify") and spec.verify is not None:
         problems.extend(_check_allowed_claims(spec, catalog, known))
@@ -148,10 +163,10 @@ def _check_consumer(spec: AgreementSpec, owner: str, catalog: Catalog) -> list[P
     return []
 
 
-def _check_fields(spec: AgreementSpec, owner: str, catalog: Catalog) -> list[Problem]:
+def _check_fields(fields: list[tuple[int, str]], owner: str, catalog: Catalog) -> list[Problem]:
     problems: list[Problem] = []
     owners = catalog.field_owners
-    for index, field_name in enumerate(spec.fields):
+    for index, field_name in fields:
         field_owner = owners.get(field_name)
         if field_owner is None:
             problems.append((("fields", index), f"unknown field {field_name!r}"))
@@ -204,12 +219,12 @@ IDENTITY_FIELD = "national_id"
 IDENTITY_ACTIONS = ("lookup", "erase")
 
 
-def _check_identity_actions(spec: AgreementSpec) -> list[Problem]:
+def _check_identity_actions(actions: list[tuple[int, str]], fields: list[tuple[int, str]]) -> list[Problem]:
     problems: list[Problem] = []
-    for action in spec.actions:
+    for _index, action in actions:
         if action not in IDENTITY_ACTIONS:
             continue
-        for index, field in enumerate(spec.fields):
+        for index, field in fields:
             if field == IDENTITY_FIELD:
                 continue
             problems.append(
@@ -231,16 +246,15 @@ def _check_basis(spec: AgreementSpec, known: _Known) -> list[Problem]:
     problems: list[Problem] = []
     if known("effect") and spec.effect != "permit":
         problems.append((("basis",), f"only a permit can have basis {spec.basis}"))
-    if known("actions"):
-        for index, action in enumerate(spec.actions):
-            if action not in CHOICE_ACTIONS:
-                allowed = ", ".join(sorted(CHOICE_ACTIONS))
-                problems.append(
-                    (
-                        ("actions", index),
-                        f"an agreement with basis {spec.basis} grants only {allowed}, not {action}",
-                    )
+    for index, action in known.items("actions", spec.actions):
+        if action not in CHOICE_ACTIONS:
+            allowed = ", ".join(sorted(CHOICE_ACTIONS))
+            problems.append(
+                (
+                    ("actions", index),
+                    f"an agreement with basis {spec.basis} grants only {allowed}, not {action}",
                 )
+            )
     if known("purposes") and spec.basis == "consent" and len(spec.purposes) > 1:
         problems.append((("purposes",), "a consent is given to one purpose: name exactly one"))
     return problems

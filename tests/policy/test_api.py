@@ -259,6 +259,23 @@ class TestWriteAgreements:
         assert all(set(e) == {"loc", "msg"} for e in problem["errors"])
         assert (await client.get("/v1/policies/points-for-revenue")).status_code == 404
 
+    async def test_a_malformed_item_does_not_hide_the_others_catalog_problems(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        act_as(app, "dvla", "data-owner")
+        body = {**NEW_AGREEMENT, "fields": ["Bad", "shoe_size"], "purposes": ["gossip", "Not A Purpose"]}
+        response = await client.post("/v1/policies", json=body)
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (["body", "fields", 0], "'Bad' is not a field name: lower-case letters, digits and underscores"),
+            (["body", "fields", 1], "unknown field 'shoe_size'"),
+            (
+                ["body", "purposes", 1],
+                "'Not A Purpose' is not a purpose id: lower-case letters, digits and hyphens",
+            ),
+            (["body", "purposes", 0], "unknown purpose 'gossip'"),
+        ]
+
     @pytest.mark.parametrize("method", ["POST", "PUT"])
     async def test_independent_problems_come_back_in_one_422(
         self, app: FastAPI, client: httpx.AsyncClient, method: str

@@ -57,3 +57,33 @@ class TestEveryIndependentProblem:
         reported = {str(loc[0]) for loc, _message in checked.problems}
         assert reported >= broken
         assert len(checked.problems) >= len(broken)
+
+
+# Items of a list part, each judged on its own: the valid one, one failing its shape and
+# ones breaking a catalog rule (unknown, or another department's).
+FIELD_ITEMS = ["points", "Bad", "shoe_size", "tax_code", 7]
+PURPOSE_ITEMS = ["tax-administration", "Gossip!", "gossip", None]
+
+
+class TestEveryBrokenItem:
+    @given(
+        st.lists(st.sampled_from(FIELD_ITEMS), min_size=1, max_size=6),
+        st.lists(st.sampled_from(PURPOSE_ITEMS), min_size=1, max_size=6),
+    )
+    def test_each_broken_item_is_reported_at_its_index_whatever_the_others(
+        self, fields: list[Any], purposes: list[Any]
+    ) -> None:
+        body = VALID | {"fields": fields, "purposes": purposes}
+        checked = check_body(body, "dvla", CATALOG)
+        reported = {loc[:2] for loc, _message in checked.problems if len(loc) > 1}
+        broken = {("fields", i) for i, item in enumerate(fields) if item != "points"}
+        broken |= {("purposes", i) for i, item in enumerate(purposes) if item != "tax-administration"}
+        assert reported == broken
+        assert (checked.spec is None) == bool(broken)
+
+    def test_a_malformed_field_does_not_hide_another_departments_field(self) -> None:
+        checked = check_body(VALID | {"fields": ["Bad", "tax_code"]}, "dvla", CATALOG)
+        assert checked.problems == [
+            (("fields", 0), "'Bad' is not a field name: lower-case letters, digits and underscores"),
+            (("fields", 1), "dvla does not own field 'tax_code' (owner: revenue)"),
+        ]

@@ -223,6 +223,20 @@ class TestLoader:
             f"{path}:9: agreement forbid-by-consent: only a permit can have basis consent",
         ]
 
+    def test_a_malformed_field_does_not_hide_the_others_problems(self, tmp_path: Path) -> None:
+        text = BROKEN_REVENUE.replace("owner: revenue", "owner: dvla").replace(
+            "fields: [tax_code]", "fields: [Bad, tax_code, shoe_size, points]"
+        )
+        folder = policy_folder(tmp_path, dvla=text)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        path = folder / "dvla.yaml"
+        assert [str(e) for e in caught.value.errors] == [
+            f"{path}:5: agreement licence-for-welfare: dvla does not own field 'tax_code' (owner: revenue)",
+            f"{path}:5: agreement licence-for-welfare: unknown field 'shoe_size'",
+            f"{path}:5: agreements.0.fields.0: String should match pattern '^[a-z][a-z0-9_]{{0,62}}$'",
+        ]
+
     def test_catalog_and_agreement_errors_together(self, tmp_path: Path) -> None:
         folder = policy_folder(tmp_path, dvla="owner: dvla\nagreements:\n  - id: x\n")
         (folder / "catalog.yaml").write_text("departments: []\npurposes: []\n")

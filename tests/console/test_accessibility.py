@@ -6,8 +6,13 @@ installed by ``npm ci --prefix tests/a11y`` (``.ci/run`` and ``make test`` run i
 ``axe.min.js`` is read from there and run in each page. Each walk below visits pages the
 way a person would and checks each one as it stands, errors shown and all, and checks its
 headings itself (axe lets a page begin with an h2): the h1 first, one h1, no level skipped.
-``test_every_console_route_is_walked`` compares the routes the walks cover with the app's
-console routes, so a page added later without a walk fails it.
+Most walks are on the console site of ``tests/console/conftest.py``; the releases page of a
+department with a catalog signing key is walked on the signed site of
+``test_signed_browser.py``, and single sign-on's pages on the site and OpenID provider of
+``test_oidc.py``. ``test_every_console_route_is_walked`` and
+``test_every_console_template_is_walked`` compare the routes and the templates the walks
+cover with the app's console routes and the console's templates, so a page added later
+without a walk fails them.
 """
 
 from __future__ import annotations
@@ -16,15 +21,26 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from playwright.async_api import Page, expect
 
+from service.policy.signing import OwnerSigner
 from tests.conftest import REPO_ROOT
 from tests.console.conftest import ConsoleSite, sign_in
+from tests.console.test_oidc import (  # noqa: F401 - fixtures used by name
+    OidcSite,
+    oidc_context,
+    oidc_page,
+    oidc_site,
+    provider_login,
+)
+from tests.console.test_signed_browser import signed_page, signed_site  # noqa: F401 - fixtures used by name
 
 pytestmark = pytest.mark.e2e
 
@@ -136,26 +152,39 @@ class Audit:
             )
 
 
-Walk = Callable[[Page, ConsoleSite, Audit], Awaitable[None]]
+# A walk is given the page and the site it walks: a ConsoleSite, or an OidcSite for the
+# single sign-on walk.
+Walk = Callable[[Page, Any, Audit], Awaitable[None]]
+TEMPLATES = Path(REPO_ROOT / "service" / "console" / "templates")
+# Templates that are never a page by themselves: the layout every page extends, and macros.
+NOT_PAGE_TEMPLATES = {"base.html": "the layout of every page", "macros.html": "macros"}
 
 
 @dataclass(frozen=True)
 class Walked:
-    role: str | None  # signed in as this client of tests/console/conftest.py's CLIENTS
+    role: str | None  # signed in as this client of the site's clients
     routes: tuple[tuple[str, str], ...]  # (method, route) whose pages the walk checks
+    templates: tuple[str, ...]  # the templates of the pages it checks
+    site: str  # the site it walks: "console" (console_site), "signed" or "oidc"
     walk: Walk
 
 
 WALKS: dict[str, Walked] = {}
 
 
-def walk(role: str | None, *routes: str) -> Callable[[Walk], Walk]:
+def walk(
+    role: str | None, *routes: str, templates: tuple[str, ...], site: str = "console"
+) -> Callable[[Walk], Walk]:
     def register(function: Walk) -> Walk:
         parsed = tuple((route.split(" ", 1)[0], route.split(" ", 1)[1]) for route in routes)
-        WALKS[function.__name__.removeprefix("walk_")] = Walked(role, parsed, function)
+        WALKS[function.__name__.removeprefix("walk_")] = Walked(role, parsed, templates, site, function)
         return function
 
     return register
+
+
+def walks_on(site: str) -> list[str]:
+    return [name for name, walked in WALKS.items() if walked.site == site]
 
 
 async def submit(page: Page, button: str) -> None:
@@ -164,7 +193,7 @@ async def submit(page: Page, button: str) -> None:
         await page.get_by_role("button", name=button).click()
 
 
-@walk(None, "GET /console/sign-in", "POST /console/sign-in")
+@walk(None, "GET /console/sign-in", "POST /console/sign-in", templates=("sign_in.html",))
 async def walk_sign_in(page: Page, site: ConsoleSite, audit: Audit) -> None:
     await page.goto("/console/sign-in")
     await audit.check("sign-in")
@@ -180,14 +209,20 @@ async def walk_sign_in(page: Page, site: ConsoleSite, audit: Audit) -> None:
     await audit.check("sign-in refused to a consumer")
 
 
-@walk("owner", "POST /console/sign-out")
+@walk("owner", "POST /console/sign-out", templates=("sign_in.html",))
 async def walk_sign_out(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     await submit(page, "Sign out")
     await expect(page.locator(".notification")).to_be_visible()
     await audit.check("signed out")
 
 
-@walk(None, "GET /console/{rest:path}", "GET /console/oidc/start", "GET /console/oidc/callback")
+@walk(
+    None,
+    "GET /console/{rest:path}",
+    "GET /console/oidc/start",
+    "GET /console/oidc/callback",
+    templates=("error.html",),
+)
 async def walk_errors_signed_out(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     for address in ("/console/no-such-page", "/console/oidc/start", "/console/oidc/callback"):
         response = await page.goto(address)
@@ -196,7 +231,7 @@ async def walk_errors_signed_out(page: Page, _site: ConsoleSite, audit: Audit) -
         await audit.check(f"404 at {address}")
 
 
-@walk("owner", "GET /console/{rest:path}")
+@walk("owner", "GET /console/{rest:path}", templates=("error.html",))
 async def walk_errors_signed_in(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     for address, status in (
         ("/console/no-such-page", 404),
@@ -217,17 +252,17 @@ async def walk_errors_signed_in(page: Page, _site: ConsoleSite, audit: Audit) ->
     await audit.check("403 for a form without its token")
 
 
-@walk("owner", "GET /console")
+@walk("owner", "GET /console", templates=("home.html",))
 async def walk_home_owner(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     await audit.check("home")
 
 
-@walk("auditor", "GET /console")
+@walk("auditor", "GET /console", templates=("home.html",))
 async def walk_home_auditor(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     await audit.check("home")
 
 
-@walk("portal", "GET /console")
+@walk("portal", "GET /console", templates=("home.html",))
 async def walk_home_portal(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     await audit.check("home")
 
@@ -244,6 +279,15 @@ async def walk_home_portal(page: Page, _site: ConsoleSite, audit: Audit) -> None
     "GET /console/agreements/{agreement_id}/diff",
     "GET /console/agreements/{agreement_id}/revoke",
     "POST /console/agreements/{agreement_id}/revoke",
+    templates=(
+        "agreements/list.html",
+        "agreements/form.html",
+        "agreements/simulate.html",
+        "agreements/confirmation.html",
+        "agreements/detail.html",
+        "agreements/diff.html",
+        "agreements/revoke.html",
+    ),
 )
 async def walk_agreements_owner(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     await page.goto("/console/agreements")
@@ -316,6 +360,7 @@ async def walk_agreements_owner(page: Page, _site: ConsoleSite, audit: Audit) ->
     "GET /console/agreements",
     "GET /console/agreements/{agreement_id}",
     "GET /console/agreements/{agreement_id}/diff",
+    templates=("agreements/list.html", "agreements/detail.html", "agreements/diff.html"),
 )
 async def walk_agreements_auditor(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     await page.goto("/console/agreements")
@@ -332,6 +377,7 @@ async def walk_agreements_auditor(page: Page, _site: ConsoleSite, audit: Audit) 
     "GET /console/audit/integrity",
     "POST /console/audit/integrity/verify",
     "GET /console/audit/usage",
+    templates=("audit/search.html", "audit/integrity.html", "audit/usage.html"),
 )
 async def walk_audit_auditor(page: Page, site: ConsoleSite, audit: Audit) -> None:
     await page.goto("/console/audit")
@@ -363,7 +409,12 @@ async def walk_audit_auditor(page: Page, site: ConsoleSite, audit: Audit) -> Non
 
 
 @walk(
-    "owner", "GET /console/audit", "GET /console/audit/usage", "GET /console/value", "GET /console/releases"
+    "owner",
+    "GET /console/audit",
+    "GET /console/audit/usage",
+    "GET /console/value",
+    "GET /console/releases",
+    templates=("audit/search.html", "audit/usage.html", "value.html", "audit/releases.html"),
 )
 async def walk_audit_owner(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     await page.goto("/console/audit")
@@ -378,7 +429,7 @@ async def walk_audit_owner(page: Page, _site: ConsoleSite, audit: Audit) -> None
     await audit.check("releases")
 
 
-@walk("owner", "POST /console/releases/check")
+@walk("owner", "POST /console/releases/check", templates=("audit/releases.html",))
 async def walk_releases_check(page: Page, _site: ConsoleSite, audit: Audit) -> None:
     # The site's register has no signing key, so the page offers no form; a check posted
     # anyway, with a key that is not one, is refused on the page.
@@ -410,6 +461,7 @@ async def walk_releases_check(page: Page, _site: ConsoleSite, audit: Audit) -> N
     "POST /console/citizen",
     "GET /console/citizen/choices",
     "POST /console/citizen/choices",
+    templates=("citizen.html", "citizen_choices.html"),
 )
 async def walk_citizen(page: Page, site: ConsoleSite, audit: Audit) -> None:
     await page.goto("/console/citizen")
@@ -437,16 +489,116 @@ async def walk_citizen(page: Page, site: ConsoleSite, audit: Audit) -> None:
     await audit.check("citizen choices after a change")
 
 
+@walk(
+    "owner",
+    "GET /console/releases",
+    "POST /console/releases/check",
+    templates=("audit/releases.html",),
+    site="signed",
+)
+async def walk_releases_signed(page: Page, _site: ConsoleSite, audit: Audit) -> None:
+    # DVLA has a signing key in this site's catalog: the page offers the check, the key
+    # filled in, and answers it with a result panel.
+    await page.goto("/console/releases")
+    await expect(page.get_by_label("Your department's signing key")).not_to_have_value("")
+    await audit.check("releases, signed")
+    await submit(page, "Check every release now")
+    await expect(page.locator("#releases-result")).to_contain_text("Every release was justified")
+    await audit.check("releases checked, all justified")
+    # Another key of DVLA's: no release is justified by an agreement it signed.
+    await page.get_by_label("Your department's signing key").fill(OwnerSigner.generate("dvla").verifier_key())
+    await submit(page, "Check every release now")
+    await expect(page.locator("#unjustified")).to_be_visible()
+    await audit.check("releases checked, some not justified")
+    await page.get_by_label("Your department's signing key").fill("not-a-key")
+    await submit(page, "Check every release now")
+    await expect(page.locator(".error-summary")).to_be_visible()
+    await audit.check("releases check with a bad key, signed")
+
+
+async def cancel_navigations_to(page: Page, address: str) -> Callable[[str], bool]:
+    """Cancel each navigation to ``address`` (its query aside), so the page that starts it
+    stays to be checked: ``continue.html`` moves on at once by itself (a meta refresh).
+    Returns the matcher, to ``unroute`` with."""
+
+    def matches(url: str) -> bool:
+        return url.split("?", 1)[0] == address
+
+    await page.route(matches, lambda route: route.abort("aborted"))
+    return matches
+
+
+@walk(
+    None,
+    "GET /console/sign-in",
+    "GET /console/oidc/start",
+    "GET /console/oidc/callback",
+    "POST /console/sign-out",
+    templates=("sign_in.html", "continue.html"),
+    site="oidc",
+)
+async def walk_single_sign_on(page: Page, site: OidcSite, audit: Audit) -> None:
+    await page.goto("/console/sign-in?next=/console/agreements")
+    await audit.check("sign-in with single sign-on")
+    agreements = await cancel_navigations_to(page, f"{site.url}/console/agreements")
+    await page.get_by_role("link", name="Sign in with your organisation account").click()
+    await provider_login(page, "ada")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Signed in as Ada Lovelace")
+    await audit.check("continue after a single sign-on")
+    # Still the page that was checked: its navigation onward was cancelled.
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Signed in as Ada Lovelace")
+
+    await page.unroute(agreements)
+    await page.goto("/console/agreements")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Agreements of Register")
+    end_session = await provider_end_session(site)
+    await cancel_navigations_to(page, end_session)
+    await submit(page, "Sign out")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("You have signed out of the console")
+    await audit.check("continue to sign out at the provider")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("You have signed out of the console")
+
+
+async def provider_end_session(site: OidcSite) -> str:
+    """The provider's end-session endpoint, from its discovery document."""
+    async with httpx.AsyncClient() as http:
+        discovery = await http.get(f"{site.issuer}/.well-known/openid-configuration")
+    endpoint: str = discovery.json()["end_session_endpoint"]
+    return endpoint
+
+
+async def run_walk(walked: Walked, page: Page, site: Any, sign_in_to: ConsoleSite | None) -> None:
+    if walked.role is not None:
+        assert sign_in_to is not None
+        await sign_in(page, sign_in_to, walked.role)
+    audit = Audit(page, axe_source())
+    await walked.walk(page, site, audit)
+    assert audit.checked
+    assert not audit.findings, "axe found:\n" + "\n".join(audit.findings)
+
+
 class TestAxe:
-    @pytest.mark.parametrize("name", list(WALKS))
+    @pytest.mark.parametrize("name", walks_on("console"))
     async def test_page_has_no_violations(self, name: str, page: Page, console_site: ConsoleSite) -> None:
-        walked = WALKS[name]
-        if walked.role is not None:
-            await sign_in(page, console_site, walked.role)
-        audit = Audit(page, axe_source())
-        await walked.walk(page, console_site, audit)
-        assert audit.checked
-        assert not audit.findings, "axe found:\n" + "\n".join(audit.findings)
+        await run_walk(WALKS[name], page, console_site, console_site)
+
+    @pytest.mark.parametrize("name", walks_on("signed"))
+    async def test_page_of_a_signing_department_has_no_violations(
+        self,
+        name: str,
+        signed_page: Page,  # noqa: F811 - the imported fixture
+        signed_site: tuple[ConsoleSite, OwnerSigner],  # noqa: F811 - the imported fixture
+    ) -> None:
+        await run_walk(WALKS[name], signed_page, signed_site[0], signed_site[0])
+
+    @pytest.mark.parametrize("name", walks_on("oidc"))
+    async def test_single_sign_on_page_has_no_violations(
+        self,
+        name: str,
+        oidc_page: Page,  # noqa: F811 - the imported fixture
+        oidc_site: OidcSite,  # noqa: F811 - the imported fixture
+    ) -> None:
+        await run_walk(WALKS[name], oidc_page, oidc_site, None)
 
 
 def test_every_console_route_is_walked(app: FastAPI) -> None:
@@ -459,6 +611,16 @@ def test_every_console_route_is_walked(app: FastAPI) -> None:
     walked = {entry for each in WALKS.values() for entry in each.routes}
     assert routes == walked | set(NOT_PAGES)
     assert not walked & set(NOT_PAGES)
+
+
+def test_every_console_template_is_walked() -> None:
+    """A route walked for one of its pages says nothing of its others: the single sign-on
+    callback was walked only as the 404 of a site without single sign-on, and its
+    ``continue.html`` never. So every page template must be named by a walk too."""
+    templates = {path.relative_to(TEMPLATES).as_posix() for path in TEMPLATES.rglob("*.html")}
+    walked = {name for each in WALKS.values() for name in each.templates}
+    assert templates == walked | set(NOT_PAGE_TEMPLATES)
+    assert not walked & set(NOT_PAGE_TEMPLATES)
 
 
 # The elements Tab should stop at, in document order (the console sets no positive

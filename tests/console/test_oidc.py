@@ -145,7 +145,7 @@ async def oidc_page(oidc_context: BrowserContext) -> Page:
     return await oidc_context.new_page()
 
 
-async def _provider_login(page: Page, login: str) -> None:
+async def provider_login(page: Page, login: str) -> None:
     """oidc-provider's development login form: any password, the login names the account."""
     await expect(page).to_have_url(re.compile(r"^http://127\.0\.0\.1:\d+/interaction/"))
     await page.locator("input[name=login]").fill(login)
@@ -163,7 +163,7 @@ class TestSingleSignOn:
         # The client-secret form stays beside it, for development.
         await expect(page.get_by_label("Client ID")).to_be_visible()
         await page.get_by_role("link", name="Sign in with your organisation account").click()
-        await _provider_login(page, "ada")
+        await provider_login(page, "ada")
         # Back where the person was going, with a console session for the mapped role.
         await expect(page).to_have_url(f"{oidc_site.url}/console/agreements")
         header = page.locator("header")
@@ -186,7 +186,7 @@ class TestSingleSignOn:
     async def test_groups_choose_the_department_and_role(self, oidc_page: Page) -> None:
         page = oidc_page
         await page.goto("/console/oidc/start?next=/console")
-        await _provider_login(page, "alan")
+        await provider_login(page, "alan")
         await expect(page.locator("header")).to_contain_text("oidc:alan")
         await expect(page.locator("header")).to_contain_text("audit-office")
         await expect(page.locator("header")).to_contain_text("Auditor")
@@ -194,7 +194,7 @@ class TestSingleSignOn:
     async def test_an_account_without_a_mapped_group_is_refused(self, oidc_page: Page) -> None:
         page = oidc_page
         await page.goto("/console/oidc/start")
-        await _provider_login(page, "eve")
+        await provider_login(page, "eve")
         await expect(page.get_by_role("heading", level=1)).to_have_text("You could not be signed in")
         await expect(page.get_by_text("not given a role")).to_be_visible()
         await page.goto("/console")

@@ -4,6 +4,11 @@ Policy and catalog files are written by people, so every problem is reported as
 ``FILE:LINE: message``. The loader walks PyYAML's node tree and remembers the line of
 every mapping key and sequence item, keyed by the same path tuple that pydantic uses
 in an error's ``loc``.
+
+A scalar YAML recognises but cannot build (an unquoted ``2027-13-01`` is a timestamp in
+month 13) is a problem on its line. A reader that judges the document's parts on their own
+(the policy loader) may keep going past it: the value is then left in place as an
+``Unreadable``, which no typed schema accepts, so only the part holding it is refused.
 """
 
 from __future__ import annotations
@@ -35,13 +40,24 @@ class SourceError:
         return f"{self.file}:{self.line}: {self.message}"
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """Where a scalar YAML could not build stood: its text as written, and why not."""
+
+    text: str
+    problem: str
+
+
 @dataclass
 class SourceDocument:
-    """A parsed YAML document with the line of every path in it."""
+    """A parsed YAML document with the line of every path in it. ``unreadable``: the path of
+    each value left as an ``Unreadable`` (or, for a mapping key, of its mapping), with its
+    problem; only a document read with ``keep_unreadable`` has any."""
 
     file: str
     data: Any
     lines: dict[PathKey, int] = field(default_factory=dict)
+    unreadable: list[tuple[PathKey, SourceError]] = field(default_factory=list)
 
     def line_of(self, loc: Sequence[str | int]) -> int:
         """The line of the deepest known prefix of ``loc``."""
@@ -59,9 +75,12 @@ class SourceDocument:
         return self.schema_errors(exc.errors(include_url=False), prefix)
 
     def schema_errors(self, items: Iterable[ErrorDetails], prefix: PathKey = ()) -> list[SourceError]:
-        """Each schema refusal at its line, as ``path.to.part: pydantic's message``."""
+        """Each schema refusal at its line, as ``path.to.part: pydantic's message``; the
+        refusal of an ``Unreadable`` is left out (its own problem says more)."""
         errors = []
         for item in items:
+            if isinstance(item.get("input"), Unreadable):
+                continue
             loc = tuple(item["loc"])
             where = ".".join(str(part) for part in (*prefix, *loc)) or "document"
             errors.append(self.error((*prefix, *loc), f"{where}: {item['msg']}"))
@@ -99,9 +118,11 @@ def _refuse_anchors(text: str, file: str) -> None:
         raise SourceFileError(problems)
 
 
-def parse_yaml(text: str, file: str) -> SourceDocument:
+def parse_yaml(text: str, file: str, *, keep_unreadable: bool = False) -> SourceDocument:
     """Parse one YAML document, refusing duplicate keys, merge keys, anchors and aliases,
-    and text over ``MAX_SOURCE_BYTES``."""
+    and text over ``MAX_SOURCE_BYTES``. A value YAML cannot build is refused too, unless
+    ``keep_unreadable``: it is then left in place as an ``Unreadable`` and listed in the
+    document's ``unreadable``, for the caller to report."""
     if len(text.encode("utf-8")) > MAX_SOURCE_BYTES:
         raise SourceFileError([SourceError(file, 1, f"file is larger than {MAX_SOURCE_BYTES} bytes")])
     _refuse_anchors(text, file)
@@ -119,15 +140,16 @@ def parse_yaml(text: str, file: str) -> SourceDocument:
         if node is None:
             return document
         problems: list[SourceError] = []
-        document.data = _walk(loader, node, (), document.lines, problems, file)
-        if problems:
-            raise SourceFileError(problems)
+        document.data = _walk(loader, node, (), document, problems)
+        if problems or (document.unreadable and not keep_unreadable):
+            raise SourceFileError([*problems, *(error for _path, error in document.unreadable)])
         return document
     finally:
         loader.dispose()
 
 
-def read_yaml(path: Path) -> SourceDocument:
+def read_yaml(path: Path, *, keep_unreadable: bool = False) -> SourceDocument:
+    """``path`` parsed as ``parse_yaml`` parses text."""
     try:
         if path.stat().st_size > MAX_SOURCE_BYTES:
             raise SourceFileError(
@@ -136,17 +158,17 @@ def read_yaml(path: Path) -> SourceDocument:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceFileError([SourceError(str(path), 0, f"cannot read file: {exc}")]) from None
-    return parse_yaml(text, str(path))
+    return parse_yaml(text, str(path), keep_unreadable=keep_unreadable)
 
 
 def _walk(
     loader: yaml.SafeLoader,
     node: yaml.Node,
     path: PathKey,
-    lines: dict[PathKey, int],
+    document: SourceDocument,
     problems: list[SourceError],
-    file: str,
 ) -> Any:
+    lines, file = document.lines, document.file
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         mapping: dict[Any, Any] = {}
@@ -158,8 +180,8 @@ def _walk(
             if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(SourceError(file, line, "mapping keys must be plain scalars"))
                 continue
-            key = _construct(loader, key_node, problems, file)
-            if key is _UNREADABLE:
+            key = _construct(loader, key_node, path, document)
+            if isinstance(key, Unreadable):
                 continue
             if not isinstance(key, str | int):
                 key = str(key)
@@ -167,28 +189,25 @@ def _walk(
                 problems.append(SourceError(file, line, f"duplicate key {key!r}"))
                 continue
             lines[(*path, key)] = line
-            mapping[key] = _walk(loader, value_node, (*path, key), lines, problems, file)
+            mapping[key] = _walk(loader, value_node, (*path, key), document, problems)
         return mapping
     if isinstance(node, yaml.SequenceNode):
         return [
-            _walk(loader, item, (*path, index), lines, problems, file)
-            for index, item in enumerate(node.value)
+            _walk(loader, item, (*path, index), document, problems) for index, item in enumerate(node.value)
         ]
-    value = _construct(loader, node, problems, file)
-    return None if value is _UNREADABLE else value
+    return _construct(loader, node, path, document)
 
 
-# What ``_construct`` returns for a scalar it could not build (its problem is recorded).
-_UNREADABLE = object()
-
-
-def _construct(loader: yaml.SafeLoader, node: yaml.Node, problems: list[SourceError], file: str) -> Any:
-    """The value of a scalar node; a value YAML recognises but cannot build (a date that
-    does not exist such as 2027-02-30, ``!!int abc``, a tag the safe loader does not know)
-    is a problem on its line, not an exception that would end the load without one."""
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, document: SourceDocument) -> Any:
+    """The value of a scalar node at ``path``; a value YAML recognises but cannot build (a
+    date that does not exist such as 2027-02-30, ``!!int abc``, a tag the safe loader does
+    not know) is an ``Unreadable``, its problem recorded on its line in the document's
+    ``unreadable``, not an exception that would end the load without one."""
     try:
         return loader.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
         problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
-        problems.append(SourceError(file, node.start_mark.line + 1, f"invalid value: {problem}"))
-        return _UNREADABLE
+        text = node.value if isinstance(node.value, str) else ""
+        line = node.start_mark.line + 1
+        document.unreadable.append((path, SourceError(document.file, line, f"invalid value: {problem}")))
+        return Unreadable(text, str(problem))

@@ -3,7 +3,9 @@
 Every problem is reported, each as ``FILE:LINE: message``; nothing is returned unless
 the whole folder is valid. Each agreement is read and judged by ``service.policy.checks``
 (``read_body`` and ``rule_problems``), as the API and the console judge theirs: a schema
-problem in one part does not hide the rules broken by the others.
+problem in one part does not hide the rules broken by the others. Nor does a value YAML
+cannot build (an unquoted ``valid_from: 2027-13-01``): it is that entry's problem, named
+with the part and the line, and the part is judged as one that failed its shape.
 """
 
 from __future__ import annotations
@@ -63,16 +65,26 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
     seen_owners: dict[str, str] = {}
     for path in policy_files(directory):
         try:
-            document = read_yaml(path)
+            document = read_yaml(path, keep_unreadable=True)
         except SourceFileError as exc:
             errors.extend(exc.errors)
             continue
         if not isinstance(document.data, dict):
             errors.append(document.error((), "a policy file must be a mapping with owner and agreements"))
+            errors.extend(error for _at, error in document.unreadable)
             continue
         policy_file = validated_policy_file(document, errors)
         if policy_file is None:
+            errors.extend(error for _at, error in document.unreadable)
             continue
+        # A value YAML could not build in an agreement entry is that entry's problem, named
+        # below with the entry; one anywhere else is reported as it is.
+        unreadable: dict[int, list[tuple[PathKey, SourceError]]] = {}
+        for at, error in document.unreadable:
+            if len(at) > 1 and at[0] == "agreements" and isinstance(at[1], int):
+                unreadable.setdefault(at[1], []).append((at[2:], error))
+            else:
+                errors.append(error)
         owner = policy_file.owner
         if catalog is not None and catalog.department(owner) is None:
             errors.append(document.error(("owner",), f"unknown department {owner!r}"))
@@ -99,6 +111,11 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
             errors.extend(document.schema_errors(read.schema_errors, prefix=where))
             problems = rule_problems(read, owner, catalog) if catalog is not None else []
             name = raw_id if isinstance(raw_id, str) else f"at {'.'.join(map(str, where))}"
+            for part, error in unreadable.get(index, []):
+                named = ": ".join(
+                    [f"agreement {name}", *([".".join(map(str, part))] if part else []), error.message]
+                )
+                errors.append(SourceError(error.file, error.line, named))
             for loc, message in problems:
                 errors.append(document.error((*where, *loc), f"agreement {name}: {message}"))
             if not read.schema_errors and not problems:

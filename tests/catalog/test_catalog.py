@@ -82,6 +82,13 @@ class TestCatalogLoader:
         assert caught.value.errors[0].line in (3, 4)
         assert "invalid YAML" in caught.value.errors[0].message
 
+    def test_a_value_yaml_cannot_build_fails_the_catalog(self) -> None:
+        # The policy loader judges such a value as its entry's problem; the catalog, read by
+        # the same loader, is refused with it (its parts are not judged one by one).
+        with pytest.raises(SourceFileError) as caught:
+            parse_yaml("departments:\n  - id: a\n    name: 2027-13-01\n", "c.yaml")
+        assert [str(e) for e in caught.value.errors] == ["c.yaml:3: invalid value: month must be in 1..12"]
+
     def test_duplicate_keys_are_refused(self) -> None:
         with pytest.raises(SourceFileError) as caught:
             parse_yaml("a: 1\nb: 2\na: 3\n", "d.yaml")

@@ -113,6 +113,28 @@ def run_cli_process(*args: str, database_url: str | None = None) -> subprocess.C
     )
 
 
+# An unquoted date in month 13, which YAML reads as a timestamp and cannot build, in a file
+# with other problems.
+UNREADABLE_DATE = """\
+owner: dvla
+agreements:
+  - id: points-for-revenue
+    consumer: revenue
+    fields: [points]
+    actions: [read]
+    purposes: [gossip]
+    legal_basis: "law"
+    valid_from: 2027-13-01
+    valid_until: 2027-12-31
+  - id: status-for-welfare
+    consumer: nobody
+    fields: [licence_status]
+    actions: [delete]
+    purposes: [benefit-eligibility]
+    legal_basis: "law"
+"""
+
+
 class TestLoader:
     def test_demo_and_test_folders_are_valid(self) -> None:
         demo = load_policy_folder(DEMO_POLICIES)
@@ -200,9 +222,39 @@ class TestLoader:
             load_policy_folder(folder)
         path = folder / "dvla.yaml"
         assert [str(e) for e in caught.value.errors] == [
-            f"{path}:16: invalid value: day is out of range for month",
-            f"{path}:21: invalid value: could not determine a constructor for the tag "
-            "'tag:yaml.org,2002:python/name:os.system'",
+            f"{path}:16: agreement licence-for-revenue: valid_until: invalid value: "
+            "day is out of range for month",
+            f"{path}:21: agreement no-points-for-welfare: legal_basis: invalid value: could not determine a "
+            "constructor for the tag 'tag:yaml.org,2002:python/name:os.system'",
+        ]
+
+    def test_a_value_yaml_cannot_build_does_not_hide_the_files_other_problems(self, tmp_path: Path) -> None:
+        folder = policy_folder(tmp_path, dvla=UNREADABLE_DATE)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        path = folder / "dvla.yaml"
+        assert [str(e) for e in caught.value.errors] == [
+            # The entry's other parts are judged all the same.
+            f"{path}:7: agreement points-for-revenue: unknown purpose 'gossip'",
+            f"{path}:9: agreement points-for-revenue: valid_from: invalid value: month must be in 1..12",
+            f"{path}:12: agreement status-for-welfare: unknown department 'nobody'",
+            f"{path}:14: agreements.1.actions.0: Input should be 'read', 'lookup', 'verify', 'history', "
+            "'subscribe', 'write' or 'erase'",
+        ]
+
+    def test_a_value_yaml_cannot_build_outside_an_agreement_is_reported_as_it_is(
+        self, tmp_path: Path
+    ) -> None:
+        text = UNREADABLE_DATE.replace("owner: dvla", "owner: !!int dvla")
+        folder = policy_folder(tmp_path, dvla=text)
+        with pytest.raises(SourceFileError) as caught:
+            load_policy_folder(folder)
+        path = folder / "dvla.yaml"
+        # The file fails as a whole (no owner to judge its entries under), with every value
+        # YAML could not build, and nothing of the schema's refusal of them.
+        assert [str(e) for e in caught.value.errors] == [
+            f"{path}:1: invalid value: invalid literal for int() with base 10: 'dvla'",
+            f"{path}:9: invalid value: month must be in 1..12",
         ]
 
     def test_an_entry_that_fails_the_schema_is_still_judged_by_the_rules(self, tmp_path: Path) -> None:
@@ -361,6 +413,33 @@ class TestApplyCli:
             database_url=scratch_database,
         )
         # Not even the (valid) catalog was stored: explain has nothing to decide against.
+        assert explained.returncode == 2
+        assert "No catalog has been applied yet" in explained.stderr
+
+    def test_a_file_with_a_value_yaml_cannot_build_stores_nothing(
+        self, tmp_path: Path, scratch_database: str
+    ) -> None:
+        folder = policy_folder(tmp_path, dvla=UNREADABLE_DATE)
+        result = run_cli("apply", str(folder), database_url=scratch_database)
+        assert result.returncode == 1
+        path = folder / "dvla.yaml"
+        assert (
+            f"{path}:9: agreement points-for-revenue: valid_from: invalid value: month must be in 1..12"
+            in (result.stderr)
+        )
+        assert f"{path}:12: agreement status-for-welfare: unknown department 'nobody'" in result.stderr
+        assert "nothing stored" in result.stderr
+        # Not even the valid catalog: nothing was applied.
+        explained = run_cli(
+            "explain",
+            "--consumer",
+            "revenue",
+            "--field",
+            "points",
+            "--purpose",
+            "tax-administration",
+            database_url=scratch_database,
+        )
         assert explained.returncode == 2
         assert "No catalog has been applied yet" in explained.stderr
 

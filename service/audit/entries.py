@@ -462,18 +462,19 @@ def policy_refusal_entry(
 def explain_refusal_entry(
     principal: Principal,
     *,
-    consumer: str,
+    consumer: str | None,
     action: str,
     owners: Iterable[str],
     source: str | None,
 ) -> AuditEntry:
     """An explanation ``principal`` asked for and was refused (403): a data owner asking how
-    another ``consumer`` is decided on fields of other departments (``owners``, beside the
-    caller's; fields the catalog does not know name none). It names the consumer and the
-    action asked about and those departments, never the fields, a citizen or a value."""
+    another ``consumer`` (None when it is no department the catalog knows) is decided on
+    fields of other departments (``owners``, beside the caller's; fields the catalog does
+    not know name none). It names the consumer and the action asked about and those
+    departments, never the fields, a citizen or a value."""
     said = (
-        f"explain as {consumer} would {action} refused: {principal.department} explains decisions "
-        "on its own fields or for its own department"
+        f"explain as {consumer or '(an unknown department)'} would {action} refused: "
+        f"{principal.department} explains decisions on its own fields or for its own department"
     )
     return AuditEntry.built(
         time=utcnow(),

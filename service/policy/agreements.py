@@ -409,11 +409,14 @@ async def explain(
     answer then reveals them, so it is audited (an ``explain`` entry naming the citizen,
     in the caller's transaction, which commits before the answer is sent)."""
     if not permissions.sees_all(principal) and consumer != principal.department:
-        owners = (await policy_service.live_catalog(session)).field_owners
+        catalog = await policy_service.live_catalog(session)
+        owners = catalog.field_owners
         if not permissions.may_explain(principal, consumer, [owners.get(f) for f in fields]):
             foreign = sorted({o for f in fields if (o := owners.get(f)) and o != principal.department})
+            # Only a department the catalog knows is named: the consumer is text as sent.
+            named = consumer if catalog.department(consumer) is not None else None
             entry = audit_entries.explain_refusal_entry(
-                principal, consumer=consumer, action=action, owners=foreign, source=source
+                principal, consumer=named, action=action, owners=foreign, source=source
             )
             await audit.append(entry)
             raise NotFieldOwner(

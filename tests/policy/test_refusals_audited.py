@@ -289,6 +289,20 @@ class TestSimulateAndExplainBeyondTheCallersRights:
         # What was asked about, by department: no field, no citizen.
         assert (entry["fields_requested"], entry["citizen_id"]) == ([], None)
 
+    async def test_an_explain_for_a_consumer_no_department_is_does_not_name_it(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        act_as(app, "revenue", "data-owner")
+        # A reference pasted where the consumer goes stays out of the log.
+        body = {**FOREIGN_EXPLAIN, "consumer": "ab123456c"}
+        assert_problem(await client.post("/v1/decisions/explain", json=body), 403, "not-field-owner")
+        rows = await session.execute(select(AuditEntryRow.canonical).where(AuditEntryRow.action == "explain"))
+        [text] = rows.scalars()
+        assert "ab123456c" not in text
+        assert json.loads(text)["reasons"][0]["reason"].startswith(
+            "explain as (an unknown department) would read"
+        )
+
     @pytest.mark.parametrize(
         ("path", "body"),
         [("/v1/policies/simulate", {"upsert": [NEW_AGREEMENT]}), ("/v1/decisions/explain", FOREIGN_EXPLAIN)],

@@ -176,6 +176,18 @@ def unrouted_page(request: Request, status: int, detail: str) -> Response | None
     return _secured(error_page(request, status, HTTPStatus(status).phrase, detail))
 
 
+def sign_in_return(request: Request) -> str:
+    """Where sign-in returns to: the page asked for, its query kept (``/console/audit?consumer=x``
+    comes back filtered), or its path alone when the whole would be over the ``next``
+    limit the sign-in page holds it to (``router.NEXT_LIMIT_BYTES``)."""
+    from service.console.router import NEXT_LIMIT_BYTES  # the router imports this module
+
+    path = quote(request.url.path)
+    query = request.url.query
+    target = f"{path}?{query}" if query else path
+    return target if len(target.encode()) <= NEXT_LIMIT_BYTES else path
+
+
 class ConsoleRoute(APIRoute):
     """Routes whose refusals are HTML pages, with the console's security headers."""
 
@@ -187,8 +199,8 @@ class ConsoleRoute(APIRoute):
             try:
                 response = await original(request)
             except SignInRequired:
-                target = quote(request.url.path) if request.method == "GET" else ""
-                location = "/console/sign-in" + (f"?next={target}" if target else "")
+                target = sign_in_return(request) if request.method == "GET" else ""
+                location = "/console/sign-in" + (f"?next={quote(target, safe='/')}" if target else "")
                 response = RedirectResponse(location, status_code=303)
             except ConsolePageError as exc:
                 response = error_page(request, exc.status, exc.title, exc.message)

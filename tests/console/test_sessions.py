@@ -237,6 +237,36 @@ class TestSignIn:
         response = await sign_in(client, people["owner-1"], next="/console/audit")
         assert response.headers["location"] == "/console/audit"
 
+    async def test_a_signed_out_visit_returns_to_the_page_with_its_query(
+        self, client: httpx.AsyncClient, people: People
+    ) -> None:
+        """The query of the page asked for survives sign-in: a filtered audit search comes
+        back filtered, its own escapes intact."""
+        asked = "/console/audit?consumer=dwp&purpose=benefit%20eligibility"
+        response = await client.get(asked)
+        assert response.status_code == 303
+        location = response.headers["location"]
+        assert location == (
+            "/console/sign-in?next=/console/audit%3Fconsumer%3Ddwp%26purpose%3Dbenefit%2520eligibility"
+        )
+        form = await client.get(location)
+        assert 'value="/console/audit?consumer=dwp&amp;purpose=benefit%20eligibility"' in form.text
+        (target,) = httpx.URL(location).params.get_list("next")
+        response = await sign_in(client, people["owner-1"], next=target)
+        assert response.headers["location"] == asked
+
+    async def test_a_query_that_would_make_next_too_long_is_dropped(
+        self, client: httpx.AsyncClient, people: People
+    ) -> None:
+        """Over the limit of ``next`` (1024 bytes), the page's path is kept without its query
+        rather than sending the person to the console's home page."""
+        response = await client.get("/console/audit?consumer=" + "x" * 1024)
+        assert response.headers["location"] == "/console/sign-in?next=/console/audit"
+        within = "/console/audit?consumer=" + "x" * (1024 - len("/console/audit?consumer="))
+        response = await client.get(within)
+        (target,) = httpx.URL(response.headers["location"]).params.get_list("next")
+        assert target == within
+
 
 class TestSessionLifetime:
     async def test_idle_session_expires(

@@ -6,6 +6,7 @@ the data dir, when the service makes it, is 0700."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -127,13 +128,43 @@ class TestAccessTokenSigningKeys:
 
 class TestWebhookSecretsUnderTheRootKeyFile:
     @pytest.mark.parametrize("mode", SHARED_MODES, ids=oct)
-    def test_a_root_key_file_others_may_read_is_refused(self, tmp_path: Path, mode: int) -> None:
+    def test_a_root_key_file_others_may_read_is_refused(
+        self, tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A 503 whose detail names no path; the operator's log names the file and the remedy."""
         settings = settings_for(tmp_path)
         load_root_key(settings)  # made 0600
         settings.root_key_file.chmod(mode)
-        with pytest.raises(SigningKeyUnavailable, match="open to other accounts"):
-            SecretBox.from_settings(settings)
+        with caplog.at_level(logging.ERROR, logger="tellonce.events"):
+            with pytest.raises(SigningKeyUnavailable, match="open to other accounts") as caught:
+                SecretBox.from_settings(settings)
+        assert (caught.value.status, caught.value.slug) == (503, "webhook-signing-unavailable")
+        assert str(tmp_path) not in caught.value.detail
+        assert [r.getMessage() for r in caplog.records if r.name == "tellonce.events"] == [
+            "refusing to keep webhook secrets: " + refusal("root key", settings.root_key_file, mode)
+        ]
         assert mode_of(settings.root_key_file) == mode
+
+    def test_a_root_key_file_that_cannot_be_read_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An unreadable key file (the tests run as root, so its mode cannot deny the read)
+        is the same 503, not an unhandled ``OSError``; the log names the file."""
+        settings = settings_for(tmp_path)
+        load_root_key(settings)
+        root_key_file = settings.root_key_file
+
+        def denied(path: Path, *args: object, **kwargs: object) -> str:
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(Path, "read_text", denied)
+        with caplog.at_level(logging.ERROR, logger="tellonce.events"):
+            with pytest.raises(SigningKeyUnavailable, match="cannot be read") as caught:
+                SecretBox.from_settings(settings)
+        assert str(tmp_path) not in caught.value.detail
+        assert [r.getMessage() for r in caplog.records if r.name == "tellonce.events"] == [
+            f"refusing to keep webhook secrets: cannot read the root key in {root_key_file} (PermissionError)"
+        ]
 
     def test_a_private_root_key_file_seals(self, tmp_path: Path) -> None:
         settings = settings_for(tmp_path)

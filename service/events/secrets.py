@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import secrets
 from typing import Protocol
@@ -33,6 +34,8 @@ SECRET_PREFIX = "whsec_"  # noqa: S105  (the Standard Webhooks prefix, not a sec
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 _HKDF_INFO = b"tellonce/events/webhook-secrets/v1"
+
+logger = logging.getLogger("tellonce.events")
 
 
 class SigningKeyUnavailable(ServiceUnavailable):
@@ -55,17 +58,31 @@ def new_signing_secret() -> str:
 
 def _root_key(settings: Settings) -> bytes:
     """The root key, held to the keyring's rules: a key file other accounts may read or
-    write is refused (``check_owner_only``), as ``serve`` and ``worker`` refuse it at start."""
+    write is refused (``check_owner_only``), as ``serve`` and ``worker`` refuse it at start.
+    Read by a running server, a key file open to other accounts or that cannot be read is
+    the operator's setup failing closed: ``SigningKeyUnavailable`` (503), its detail naming
+    no path, and the reason logged with the path for the operator."""
     if settings.root_key is not None:
         text = settings.root_key.get_secret_value()
     elif settings.root_key_file.is_file():
         try:
             check_owner_only(settings.root_key_file, "root key")
-        except SharedSecretFile:
+            text = settings.root_key_file.read_text()
+        except SharedSecretFile as exc:
+            # The message names the file and the remedy (``chmod 600``), never the key.
+            logger.error("refusing to keep webhook secrets: %s", exc)
             raise SigningKeyUnavailable(
                 "The root key file is open to other accounts, so webhook secrets cannot be kept."
             ) from None
-        text = settings.root_key_file.read_text()
+        except OSError as exc:
+            logger.error(
+                "refusing to keep webhook secrets: cannot read the root key in %s (%s)",
+                settings.root_key_file,
+                type(exc).__name__,
+            )
+            raise SigningKeyUnavailable(
+                "The root key file cannot be read, so webhook secrets cannot be kept."
+            ) from None
     else:
         raise SigningKeyUnavailable("No root key is configured, so webhook secrets cannot be kept.")
     try:

@@ -161,7 +161,8 @@ def lost_checkpoint_key(settings: Settings, held: int) -> str:
     return (
         f"{missing} but the database holds {held} checkpoints signed with it: {restore} and "
         "run init again, or run `tellonce init --new-checkpoint-key` to make a new key, after "
-        "which `tellonce audit verify` fails from the first of those checkpoints"
+        "which `tellonce audit verify` fails from the first of those checkpoints unless given "
+        "the lost key's verifier key too"
     )
 
 
@@ -169,10 +170,10 @@ def new_key_warning(held: int) -> str:
     """What ``--new-checkpoint-key`` costs, said when it made a key."""
     return (
         f"the {held} checkpoints already stored were signed by the lost key and verify only "
-        "with its verifier key; `tellonce audit verify` checks every checkpoint with one key, "
-        "so from now on it fails from the first of them (a bundle exported before the loss "
-        "still verifies with `tellonce audit verify --bundle FILE --key OLD-VERIFIER-KEY`); "
-        "give auditors the new verifier key below"
+        "with its verifier key; the change of key is recorded in the audit log, and "
+        "`tellonce audit verify --key OLD-VERIFIER-KEY --key NEW-VERIFIER-KEY` checks each "
+        "checkpoint against the key in force at its size (without the old key it fails from "
+        "the first of them); give auditors the new verifier key below"
     )
 
 
@@ -270,6 +271,37 @@ async def _signed_checkpoints(settings: Settings) -> int:
         await engine.dispose()
 
 
+async def _lost_key_checkpoint(settings: Settings, origin: str) -> tuple[int, str]:
+    """(size, ``<name>+<hex key id>`` of the key that signed it) of the largest stored
+    checkpoint: the last the lost key signed. A note's signature line names its key so."""
+    from sqlalchemy import select
+
+    from service.audit.checkpoint import CheckpointError, parse_note
+    from service.audit.models import AuditCheckpoint
+    from service.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            size, note = (
+                await conn.execute(
+                    select(AuditCheckpoint.tree_size, AuditCheckpoint.note)
+                    .order_by(AuditCheckpoint.tree_size.desc())
+                    .limit(1)
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    try:
+        _text, signatures = parse_note(str(note))
+    except CheckpointError as exc:
+        raise InitFailed(f"the stored checkpoint of size {size} cannot be read: {exc}") from None
+    for signature in signatures:
+        if signature.name == origin:
+            return int(size), f"{signature.name}+{signature.key_id.hex()}"
+    raise InitFailed(f"the stored checkpoint of size {size} carries no signature by {origin}")
+
+
 async def _revisions(settings: Settings) -> set[str]:
     from service.db import create_engine
     from service.schema import current_revisions
@@ -281,20 +313,28 @@ async def _revisions(settings: Settings) -> set[str]:
         await engine.dispose()
 
 
-async def _audit_created(settings: Settings, created: list[str]) -> None:
-    """Key creation is a key operation: recorded under the operator who ran init."""
+async def _audit_created(
+    settings: Settings, created: list[str], checkpoint_key_change: tuple[str, str, int] | None = None
+) -> None:
+    """Key creation is a key operation: recorded under the operator who ran init. A new
+    checkpoint key that replaces a lost one (``checkpoint_key_change``: the old key's
+    ``<name>+<hex key id>``, the new verifier key, the size of the old key's last
+    checkpoint) is recorded as a checkpoint-key change, which ``audit verify`` reads."""
     from service import operator
     from service.audit import entries
     from service.audit import writer as audit_writer
+    from service.audit.checkpoint_keys import key_change_entry
     from service.db import create_engine
 
     engine = create_engine(settings.database_url)
+    actor = operator.audit_client_id()
     try:
         async with engine.begin() as conn:
             for line in created:
-                entry = entries.operator_entry(
-                    operator.audit_client_id(), "key-operation", "", f"init: {line}"
-                )
+                if checkpoint_key_change is not None and line.startswith("audit checkpoint key: created"):
+                    entry = key_change_entry(actor, f"init: {line}", *checkpoint_key_change)
+                else:
+                    entry = entries.operator_entry(actor, "key-operation", "", f"init: {line}")
                 await audit_writer.append_in_transaction(conn, entry)
     finally:
         await engine.dispose()
@@ -310,8 +350,8 @@ def initialise(
     """Check the root key (or the token), create the missing signing keys, migrate; safe to
     run again. A missing audit checkpoint key file is made anew only while the database
     holds no signed checkpoint, or with ``new_checkpoint_key``: the stored checkpoints were
-    signed by the lost key, and ``tellonce audit verify`` (one key for every checkpoint)
-    fails from the first of them once another key signs.
+    signed by the lost key, so the new key is recorded in the log as a checkpoint-key change
+    (``audit.checkpoint_keys``), and ``tellonce audit verify`` then needs both verifier keys.
 
     With a PKCS#11 token the same holds for the checkpoint key pair in the token.
 
@@ -426,10 +466,14 @@ def initialise(
 
     # A lost checkpoint key is not replaced unasked: the stored checkpoints would no longer verify.
     signed_by_lost_key = 0
+    lost_key: tuple[int, str] | None = None
     if not checkpoint_key_present:
         signed_by_lost_key = asyncio.run(_signed_checkpoints(settings))
         if signed_by_lost_key and not new_checkpoint_key:
             raise InitFailed(lost_checkpoint_key(settings, signed_by_lost_key))
+        if signed_by_lost_key:
+            # Named in the log with the new key, so auditors can hold each checkpoint to its key.
+            lost_key = asyncio.run(_lost_key_checkpoint(settings, AuditSettings().origin))
 
     # Steps 1 to 3 write in the data directory: checked above, but it may still refuse.
     with _data_dir_errors(settings):
@@ -500,7 +544,10 @@ def initialise(
     report.backup.append("the database (pg_dump, or the SQLite file through its backup API)")
     created_keys = [line for line in report.steps if ": created" in line and not line.startswith("root key")]
     if created_keys:
-        asyncio.run(_audit_created(settings, created_keys))
+        change = None
+        if lost_key is not None and created:
+            change = (lost_key[1], report.checkpoint_verifier_key, lost_key[0])
+        asyncio.run(_audit_created(settings, created_keys, change))
 
     # 5. The department keys, checked above.
     step(department_keys)

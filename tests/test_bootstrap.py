@@ -179,7 +179,8 @@ class TestInit:
             f"holds {held} checkpoints signed with it: put the backed-up key file back (a restore "
             "brings back the data directory with the database) and run init again, or run "
             "`tellonce init --new-checkpoint-key` to make a new key, after which `tellonce audit "
-            "verify` fails from the first of those checkpoints"
+            "verify` fails from the first of those checkpoints unless given the lost key's verifier "
+            "key too"
         ]
         assert not checkpoint_key.exists()
 
@@ -536,7 +537,8 @@ class TestInitWithToken:
             f"tellonce init: the audit checkpoint {where} is missing but the database holds {held} "
             "checkpoints signed with it: restore the token's key pair from its backup (as your HSM "
             "provides) and run init again, or run `tellonce init --new-checkpoint-key` to make a new "
-            "key, after which `tellonce audit verify` fails from the first of those checkpoints"
+            "key, after which `tellonce audit verify` fails from the first of those checkpoints "
+            "unless given the lost key's verifier key too"
         ]
         assert self._python(token_env, _TOKEN_STARTUP)[2] == "pair in token: False"
 

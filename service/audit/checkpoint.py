@@ -210,6 +210,10 @@ class NoteVerifier:
         name, expected_hash, public_key = parse_vkey(vkey, ED25519_ALGORITHM, "verifier key")
         return cls(name=name, key_hash=expected_hash, public_key=public_key)
 
+    def label(self) -> str:
+        """``<name>+<hex key id>``: the key as a note's signature line names it."""
+        return f"{self.name}+{self.key_hash.hex()}"
+
     def verifies(self, text: str, signature: NoteSignature) -> bool:
         """Whether ``signature`` is this key's Ed25519 signature of ``text``."""
         if (signature.name, signature.key_id) != (self.name, self.key_hash) or len(signature.signature) != 64:
@@ -228,19 +232,30 @@ class NoteVerifier:
         return Checkpoint.parse_body(self.open(note))
 
 
+def signing_keys(note: str, verifiers: Iterable[NoteVerifier]) -> tuple[str, list[NoteVerifier]]:
+    """(text of ``note``, those of ``verifiers`` that signed it). Every signature line by
+    one of them must verify, else ``CheckpointError``: a forgery or a corruption rejects
+    the note. Lines by other keys are ignored (C2SP signed-note), so the list may be empty."""
+    text, signatures = parse_note(note)
+    signed = []
+    for verifier in verifiers:
+        found = False
+        for signature in signatures_by(signatures, verifier.name, verifier.key_hash):
+            if not verifier.verifies(text, signature):
+                raise CheckpointError(f"a signature by {verifier.name} does not verify")
+            found = True
+        if found:
+            signed.append(verifier)
+    return text, signed
+
+
 def open_note(note: str, verifiers: Iterable[NoteVerifier]) -> str:
     """The text of ``note`` if it carries a signature by one of ``verifiers`` (the keys
     trusted for it) and every signature line by one of them verifies; else raise
     ``CheckpointError``. Lines by other keys are ignored (C2SP signed-note)."""
-    text, signatures = parse_note(note)
     known = list(verifiers)
-    verified = False
-    for verifier in known:
-        for signature in signatures_by(signatures, verifier.name, verifier.key_hash):
-            if not verifier.verifies(text, signature):
-                raise CheckpointError(f"a signature by {verifier.name} does not verify")
-            verified = True
-    if not verified:
+    text, signed = signing_keys(note, known)
+    if not signed:
         names = ", ".join(sorted({v.name for v in known}))
         raise CheckpointError(f"the note carries no signature by {names}")
     return text

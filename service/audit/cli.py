@@ -10,7 +10,9 @@ The bundle is one JSON-lines file of typed records:
   note carrying every witness cosignature the log holds for it.
 
 Offline verification trusts only the keys given on the command line: the log's
-verifier key, and the witnesses' keys for ``--witness``.
+verifier keys (several where the checkpoint key changed: each checkpoint is held to the
+key the log records in force at its size, ``checkpoint_keys``), and the witnesses' keys
+for ``--witness``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ from service.audit import witnessing
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.releases import ReleaseChecker, ReleaseReport
-from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed, quick_parse
+from service.audit.verify import (
+    Expectations,
+    LogVerifier,
+    StoredCheckpoint,
+    TrustedKeys,
+    VerificationFailed,
+    open_checkpoint,
+    quick_parse,
+    trusted_keys,
+)
 from service.audit.verify_pages import Parallel
 from service.audit.writer import FILTER_COLUMNS
 from service.config import get_settings
@@ -79,13 +90,23 @@ def _read_text(path: Path) -> str:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
 
-def trusted_checkpoint(path: Path, note: str, verifier: NoteVerifier) -> StoredCheckpoint:
+def _verifiers_from(keys: Sequence[str]) -> list[NoteVerifier]:
+    """The trusted log keys given with ``--key`` (each inline or in a file), each once; the
+    installation's own key if none is given."""
+    if not keys:
+        return [_verifier_from(None)]
+    verifiers: list[NoteVerifier] = []
+    for key in keys:
+        verifier = _verifier_from(key)
+        if verifier not in verifiers:
+            verifiers.append(verifier)
+    return verifiers
+
+
+def trusted_checkpoint(path: Path, note: str, verifier: TrustedKeys) -> StoredCheckpoint:
     """A checkpoint kept outside the log (a note an auditor saved in ``path``), checked
-    with the log key."""
-    try:
-        opened = verifier.open_checkpoint(note)
-    except CheckpointError as exc:
-        raise VerificationFailed(f"trusted checkpoint {path}: {exc}") from None
+    with the log's keys."""
+    opened, _signed = open_checkpoint(note, trusted_keys(verifier), f"trusted checkpoint {path}")
     return StoredCheckpoint(
         opened.size, opened.root_hash, note, f"trusted checkpoint {path} (size {opened.size})"
     )
@@ -100,13 +121,23 @@ def parallel_verification(database_url: str) -> Parallel | None:
 
 async def verify_database(
     database_url: str,
-    verifier: NoteVerifier,
+    verifier: TrustedKeys,
     expectations: Expectations | None = None,
     parallel: Parallel | None = None,
 ) -> int:
     """Check the log in the database up to the size it has when the check starts (a
     running server keeps appending), in worker processes as ``parallel`` says, else in
     this one; return that size or raise ``VerificationFailed``."""
+    return (await database_verification(database_url, verifier, expectations, parallel)).compact.size
+
+
+async def database_verification(
+    database_url: str,
+    verifier: TrustedKeys,
+    expectations: Expectations | None = None,
+    parallel: Parallel | None = None,
+) -> LogVerifier:
+    """``verify_database``, returning the finished verification (which key verified what)."""
     engine = create_engine(database_url)
     try:
         with Progress(
@@ -123,10 +154,11 @@ async def verify_database(
             def report(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            size, _checked = await audit_service.verify_stored_log(
+            log = await audit_service.stored_log_verification(
                 engine.connect, verifier, report, expectations, parallel=parallel
             )
-            return size
+            log.finish()
+            return log
     finally:
         await engine.dispose()
 
@@ -195,13 +227,23 @@ def _bundle_checkpoints(path: Path) -> list[StoredCheckpoint]:
 
 def verify_bundle(
     path: Path,
-    verifier: NoteVerifier,
+    verifier: TrustedKeys,
     expectations: Expectations | None = None,
     on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
 ) -> int:
     """Recompute the bundle's log and check its checkpoints and stored columns; the tree size.
     Each verified entry is also handed to ``on_entry`` (``check-releases``). Each line is
     parsed once; the entry's canonical bytes are derived from it."""
+    return bundle_verification(path, verifier, expectations, on_entry).compact.size
+
+
+def bundle_verification(
+    path: Path,
+    verifier: TrustedKeys,
+    expectations: Expectations | None = None,
+    on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
+) -> LogVerifier:
+    """``verify_bundle``, returning the finished verification (which key verified what)."""
     log = LogVerifier(verifier, _bundle_checkpoints(path), expectations or Expectations())
     add = log.add_record
     for number, line, record in _bundle_lines(path):
@@ -217,9 +259,11 @@ def verify_bundle(
             _bundle_columns(record.get("columns")),
             partial(_exact_entry, line),
         )
+        log.note_entry(leaf_index, entry)
         if on_entry is not None:
             on_entry(leaf_index, label, entry)
-    return log.finish()
+    log.finish()
+    return log
 
 
 def _bundle_columns(columns: Any) -> tuple[Any, ...] | None:
@@ -333,8 +377,14 @@ async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int
 @app.command("verify")
 def verify(
     bundle: Path | None = typer.Option(None, "--bundle", help="Verify an exported bundle, offline."),
-    key: str | None = typer.Option(
-        None, "--key", help="The verifier key (vkey string or a file holding it); required with --bundle."
+    key: list[str] = typer.Option(
+        [],
+        "--key",
+        help=(
+            "A verifier key you trust for the log's checkpoints (vkey string or a file holding it); "
+            "repeatable: give each key that signed, old and new, after a checkpoint-key change. "
+            "Required with --bundle; default: the installation's key."
+        ),
     ),
     witness: list[str] = typer.Option(
         [], "--witness", help="A witness's vkey (or a file holding it); repeatable. Needs --bundle."
@@ -353,22 +403,23 @@ def verify(
     ),
 ) -> None:
     """Recompute every leaf and the tree, re-derive every filter column, and check every
-    checkpoint (and cosignatures, offline). Exit 1 naming the first bad entry;
-    exit 2 if the log could not be read at all."""
+    checkpoint (and cosignatures, offline), each against the key the log records in force
+    at its size. Exit 1 naming the first bad entry; exit 2 if the log could not be read at
+    all. Prints which key verified which checkpoints."""
     if witness and bundle is None:
         typer.echo("--witness checks the cosignatures in a bundle: pass --bundle too", err=True)
         raise typer.Exit(2)
     if quorum is not None and quorum > len(witness):
         typer.echo(f"--quorum {quorum} needs at least {quorum} --witness keys", err=True)
         raise typer.Exit(2)
-    if bundle is not None and key is None:
+    if bundle is not None and not key:
         # Before any key is read: without --key the installation's own key would be
         # loaded (and, outside production, made) to check a bundle it must not vouch for.
         typer.echo("--bundle needs --key: offline verification trusts only the key you give", err=True)
         raise typer.Exit(2)
     witnessed: WitnessedCheckpoint | None = None
     try:
-        verifier = _verifier_from(key)
+        verifier = _verifiers_from(key)
         witnesses = [CosignatureVerifier.parse(_text_or_file(value)) for value in witness]
         _one_witness_per_key(witnesses)
     except CheckpointError as exc:
@@ -389,14 +440,14 @@ def verify(
             allow_empty=allow_empty,
         )
         if bundle is not None:
-            size = verify_bundle(bundle, verifier, expectations)
+            log = bundle_verification(bundle, verifier, expectations)
             if witnesses:
                 witnessed = check_cosignatures(
                     _bundle_checkpoints(bundle), witnesses, quorum if quorum is not None else len(witnesses)
                 )
         else:
             url = get_settings().database_url
-            size = asyncio.run(verify_database(url, verifier, expectations, parallel_verification(url)))
+            log = asyncio.run(database_verification(url, verifier, expectations, parallel_verification(url)))
     except (VerificationFailed, CheckpointError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -406,6 +457,7 @@ def verify(
         # Not a verdict on the log: exit 1 is kept for a log that fails its checks.
         typer.echo(f"audit log not checked: {exc}", err=True)
         raise typer.Exit(2) from None
+    size = log.compact.size
     if witnessed is not None:
         root = base64.b64encode(witnessed.root_hash).decode()
         typer.echo(
@@ -415,6 +467,19 @@ def verify(
         )
     else:
         typer.echo(f"audit log verified: {size} entries, every checkpoint and column valid")
+    for line in key_ranges(log):
+        typer.echo(line)
+    for switch in log.unrecorded_key_switches:
+        typer.echo(f"warning: {switch}", err=True)
+
+
+def key_ranges(log: LogVerifier) -> list[str]:
+    """One line per run of checkpoints (by size) that one key verified."""
+    return [
+        f"checkpoints of size {run.first_size} to {run.last_size} ({run.checkpoints}): "
+        f"verified with {run.key}"
+        for run in log.key_ranges
+    ]
 
 
 @app.command("export")

@@ -319,6 +319,28 @@ async def all_checkpoints(db: Executor) -> list[tuple[int, int, bytes, str]]:
     return [(int(i), int(s), bytes(r), str(n)) for i, s, r, n in await db.execute(statement)]
 
 
+async def operator_key_operations(db: Executor, below: int) -> list[tuple[int, str, bytes | None]]:
+    """(leaf index, canonical JSON, recorded leaf hash) of every sequenced key operation
+    below leaf ``below`` that no department made (operators' commands, such as a change of
+    checkpoint key), in leaf order. Both columns filtered on are derived again from the
+    entry by ``audit verify``, so an entry cannot leave this answer unnoticed."""
+    statement = (
+        select(AuditLeaf.leaf_index, AuditEntryRow.canonical, AuditNode.hash)
+        .join(AuditEntryRow, AuditEntryRow.id == AuditLeaf.entry_id)
+        .outerjoin(AuditNode, and_(AuditNode.level == 0, AuditNode.index == AuditLeaf.leaf_index))
+        .where(
+            AuditEntryRow.department == "",
+            AuditEntryRow.action == "key-operation",
+            AuditLeaf.leaf_index < below,
+        )
+        .order_by(AuditLeaf.leaf_index)
+    )
+    return [
+        (int(leaf), str(canonical), None if recorded is None else bytes(recorded))
+        for leaf, canonical, recorded in await db.execute(statement)
+    ]
+
+
 async def citizen_exists(db: Executor, citizen_id: str) -> bool:
     """Whether the register knows ``citizen_id`` (asked of records, which owns the table)."""
     return citizen_id in await records_public.citizen_statuses(db, [citizen_id])

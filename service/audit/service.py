@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,8 +15,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import tracing
+from service.audit import merkle, witnessing
 from service.audit import repository as audit_repository
-from service.audit import witnessing
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.config import AuditSettings, load_signer
 from service.audit.key_events import KeyEventsInTransaction
@@ -24,7 +25,13 @@ from service.audit.releases import ReleaseChecker, ReleaseReport
 from service.audit.replay import AuditedRequests
 from service.audit.repository import Connect
 from service.audit.sequencer import Sequencer, SequencerConfig
-from service.audit.verify import Expectations, LogVerifier, StoredCheckpoint, VerificationFailed
+from service.audit.verify import (
+    Expectations,
+    LogVerifier,
+    StoredCheckpoint,
+    TrustedKeys,
+    VerificationFailed,
+)
 from service.audit.verify_pages import Parallel, verify_in_pages
 from service.audit.writer import AuditWriter
 from service.config import Settings
@@ -126,7 +133,7 @@ VERIFY_PAGE = 5000
 
 async def verify_stored_log(
     connect: Connect,
-    verifier: NoteVerifier,
+    verifier: TrustedKeys,
     progress: Callable[[int, int], None] | None = None,
     expectations: Expectations | None = None,
     on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
@@ -140,7 +147,7 @@ async def verify_stored_log(
 
 async def stored_log_verification(
     connect: Connect,
-    verifier: NoteVerifier,
+    verifier: TrustedKeys,
     progress: Callable[[int, int], None] | None = None,
     expectations: Expectations | None = None,
     on_entry: Callable[[int, str, dict[str, Any]], None] | None = None,
@@ -165,7 +172,18 @@ async def stored_log_verification(
             for cid, size, root, note in await audit_repository.all_checkpoints(conn)
         ]
         size = await audit_repository.tree_size(conn)
+        key_operations = await audit_repository.operator_key_operations(conn, size)
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
+    for leaf_index, canonical, recorded in key_operations:
+        # Read apart from the walk below, which checks every recorded leaf hash against the
+        # tree: this one must be the entry's, so the change read is the change verified.
+        if recorded != merkle.leaf_hash(canonical.encode()):
+            raise VerificationFailed(
+                f"the key operation at leaf {leaf_index} no longer matches its leaf hash"
+            )
+        entry = json.loads(canonical)
+        if isinstance(entry, dict):
+            log.note_entry(leaf_index, entry)
 
     async def unsequenced_entry() -> int | None:
         async with connect() as conn:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.audit import merkle
-from service.audit.checkpoint import CheckpointError, NoteVerifier
+from service.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier, signing_keys
+from service.audit.checkpoint_keys import KeyChange, KeyRange, assign_keys, key_change
 from service.audit.leaf_checks import (
     VerificationFailed,
     check_leaves,
@@ -27,7 +28,41 @@ from service.audit.leaf_checks import (
 from service.audit.schemas import canonical_json
 
 # Named here for the callers that verify a whole log.
-__all__ = ["Expectations", "LogVerifier", "StoredCheckpoint", "VerificationFailed", "quick_parse"]
+__all__ = [
+    "Expectations",
+    "LogVerifier",
+    "StoredCheckpoint",
+    "TrustedKeys",
+    "VerificationFailed",
+    "quick_parse",
+]
+
+# The verifier keys an auditor trusts for the log's checkpoints: one, or several when the
+# checkpoint key changed (each checkpoint is then held to the key in force at its size).
+TrustedKeys = NoteVerifier | Sequence[NoteVerifier]
+
+
+def trusted_keys(keys: TrustedKeys) -> tuple[NoteVerifier, ...]:
+    return (keys,) if isinstance(keys, NoteVerifier) else tuple(keys)
+
+
+def open_checkpoint(
+    note: str, keys: Sequence[NoteVerifier], label: str
+) -> tuple[Checkpoint, list[NoteVerifier]]:
+    """The checkpoint ``note`` signs, and which of ``keys`` signed it (at least one, and its
+    name the checkpoint's origin); ``VerificationFailed`` naming ``label`` otherwise."""
+    try:
+        text, signed = signing_keys(note, keys)
+        if not signed:
+            raise CheckpointError(
+                f"signed by no trusted key (trusted: {', '.join(key.label() for key in keys)})"
+            )
+        opened = Checkpoint.parse_body(text)
+    except CheckpointError as exc:
+        raise VerificationFailed(f"{label}: {exc}") from None
+    if opened.origin not in {key.name for key in signed}:
+        raise VerificationFailed(f"{label}: origin {opened.origin!r} is not this log's")
+    return opened, signed
 
 
 @dataclass
@@ -55,32 +90,44 @@ class Expectations:
 
 @dataclass
 class LogVerifier:
-    verifier: NoteVerifier
+    """``verifier``: the trusted keys. ``key_changes``: the checkpoint-key changes the log
+    records, when they are read apart from the leaves (``note_entry`` finds them among the
+    leaves it is shown). ``finish`` holds each checkpoint to the key in force at its size
+    and sets ``key_ranges`` (which key verified which checkpoints) and ``unrecorded_key_switches``."""
+
+    verifier: TrustedKeys
     checkpoints: list[StoredCheckpoint]
     expectations: Expectations = field(default_factory=Expectations)
+    key_changes: list[KeyChange] = field(default_factory=list)
     compact: merkle.CompactRange = field(default_factory=merkle.CompactRange)
     checked_checkpoints: int = 0
     # The largest checkpoint whose root this verification recomputed and matched.
     newest_checked: StoredCheckpoint | None = None
     _last_good_size: int = 0
+    key_ranges: list[KeyRange] = field(default_factory=list)
+    unrecorded_key_switches: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.own_checkpoints = len(self.checkpoints)
         self.checkpoints = sorted([*self.checkpoints, *self.expectations.trusted], key=lambda c: c.tree_size)
         self._next = 0
+        keys = trusted_keys(self.verifier)
+        self._signers: list[list[NoteVerifier]] = []
         # Signatures first: a forged checkpoint is named even before its size is reached.
         for checkpoint in self.checkpoints:
-            try:
-                opened = self.verifier.open_checkpoint(checkpoint.note)
-            except CheckpointError as exc:
-                raise VerificationFailed(f"{checkpoint.label}: {exc}") from None
-            if opened.origin != self.verifier.name:
-                raise VerificationFailed(f"{checkpoint.label}: origin {opened.origin!r} is not this log's")
+            opened, signed = open_checkpoint(checkpoint.note, keys, checkpoint.label)
+            self._signers.append(signed)
             if opened.size != checkpoint.tree_size or opened.root_hash != checkpoint.root_hash:
                 raise VerificationFailed(
                     f"{checkpoint.label}: the stored size or root differs from the signed note"
                 )
         self._check_reached()
+
+    def note_entry(self, leaf_index: int, entry: dict[str, Any]) -> None:
+        """Take note of a verified entry that records a checkpoint-key change, if it does."""
+        change = key_change(leaf_index, entry)
+        if change is not None:
+            self.key_changes.append(change)
 
     def add(
         self,
@@ -237,4 +284,9 @@ class LogVerifier:
                     "the log holds no signed checkpoint, so nothing commits to its contents "
                     "(pass --allow-empty if that is expected)"
                 )
+        self.key_ranges, self.unrecorded_key_switches = assign_keys(
+            [(checkpoint.tree_size, checkpoint.label) for checkpoint in self.checkpoints],
+            self._signers,
+            self.key_changes,
+        )
         return size

@@ -1,0 +1,176 @@
+"""Which key signed which checkpoints: the log's record of a checkpoint-key change, and
+the rule ``tellonce audit verify`` applies to it.
+
+Pure: no I/O. When the audit checkpoint key is lost and ``tellonce init
+--new-checkpoint-key`` makes another, init appends a ``key-operation`` entry whose
+``document`` names the key it replaced (``<name>+<hex key id>``, as the stored
+checkpoints' signature lines name it: the lost key's public key may be known to no one
+but its auditors), the new verifier key, and the size of the last checkpoint the old key
+signed. The tree goes on; only the signer changes.
+
+A verifier given the keys it trusts then holds every checkpoint to the key in force at
+its size: the old key up to that size, the new one after it. A checkpoint signed after a
+change by the old key, or before it by the new one, fails, and so does a key the log never
+put in force. A log that records no change (one written before this record existed) may be
+signed by any of the trusted keys; a switch between them is reported, not refused.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.audit.checkpoint import CheckpointError, NoteVerifier
+from service.audit.entries import operator_entry
+from service.audit.leaf_checks import VerificationFailed
+from service.audit.schemas import AuditEntry, canonical_json
+
+# The document's one member: what marks a key-operation entry as a checkpoint-key change.
+_CHANGE = "checkpoint_key_change"
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """A checkpoint-key change as the entry at ``leaf_index`` records it."""
+
+    leaf_index: int
+    old_key: str  # <name>+<hex key id>
+    new_key: str  # the new verifier key (vkey)
+    signed_up_to: int  # the size of the last checkpoint the old key signed
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Consecutive checkpoints (by size) that one key verified."""
+
+    key: str  # <name>+<hex key id>
+    first_size: int
+    last_size: int
+    checkpoints: int
+
+
+def key_change_entry(actor: str, what: str, old_key: str, new_key: str, signed_up_to: int) -> AuditEntry:
+    """The entry ``tellonce init --new-checkpoint-key`` appends: ``what`` in its reason, the
+    change in its document."""
+    entry = operator_entry(actor, "key-operation", "", what)
+    document = {_CHANGE: {"old_key": old_key, "new_key": new_key, "signed_up_to": signed_up_to}}
+    return entry.model_copy(update={"document": canonical_json(document)})
+
+
+def key_change(leaf_index: int, entry: Mapping[str, Any]) -> KeyChange | None:
+    """The checkpoint-key change the verified ``entry`` at ``leaf_index`` records, or None
+    if it records none. An entry that claims one but does not say it fully fails: it was
+    signed into the log, so it is the log's word and must be read."""
+    if entry.get("action") != "key-operation" or not isinstance(entry.get("document"), str):
+        return None
+    try:
+        document = json.loads(entry["document"])
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or _CHANGE not in document:
+        return None
+    change = document[_CHANGE]
+    where = f"the checkpoint-key change at leaf {leaf_index}"
+    if not isinstance(change, dict):
+        raise VerificationFailed(f"{where} is not an object")
+    old_key, new_key, size = change.get("old_key"), change.get("new_key"), change.get("signed_up_to")
+    if not isinstance(old_key, str) or not isinstance(new_key, str):
+        raise VerificationFailed(f"{where} does not name its old and new keys")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise VerificationFailed(f"{where} does not give the size its old key signed up to")
+    try:
+        NoteVerifier.parse(new_key)
+    except CheckpointError as exc:
+        raise VerificationFailed(f"{where}: {exc}") from None
+    return KeyChange(leaf_index, old_key, new_key, size)
+
+
+def _check_changes(changes: Sequence[KeyChange]) -> None:
+    """The changes must follow one another: each replaces the key the one before put in
+    force, after a checkpoint no smaller, and is logged after the checkpoint it names."""
+    for number, change in enumerate(changes):
+        if change.leaf_index < change.signed_up_to:
+            raise VerificationFailed(
+                f"the checkpoint-key change at leaf {change.leaf_index} says the old key signed up to "
+                f"size {change.signed_up_to}, past the change itself"
+            )
+        if number == 0:
+            continue
+        before = changes[number - 1]
+        in_force = NoteVerifier.parse(before.new_key).label()
+        if change.old_key != in_force:
+            raise VerificationFailed(
+                f"the checkpoint-key change at leaf {change.leaf_index} replaces {change.old_key}, but the "
+                f"change at leaf {before.leaf_index} put {in_force} in force"
+            )
+        if change.signed_up_to < before.signed_up_to:
+            raise VerificationFailed(
+                f"the checkpoint-key change at leaf {change.leaf_index} says the old key signed up to "
+                f"size {change.signed_up_to}, before the change at leaf {before.leaf_index} "
+                f"(size {before.signed_up_to})"
+            )
+
+
+def _signed(signers: Sequence[NoteVerifier]) -> str:
+    return ", ".join(key.label() for key in signers)
+
+
+def assign_keys(
+    checkpoints: Sequence[tuple[int, str]],
+    signers: Sequence[Sequence[NoteVerifier]],
+    changes: Sequence[KeyChange],
+) -> tuple[list[KeyRange], list[str]]:
+    """Hold each checkpoint (size, label; in size order) to the key in force at its size;
+    ``signers`` are the trusted keys whose signature each one carries (at least one).
+
+    Returns the ranges of checkpoints each key verified, and a line for each switch of key
+    that the log does not record (only where it records no change at all); raises
+    ``VerificationFailed`` naming the first checkpoint signed by a key not in force."""
+    changes = sorted(changes, key=lambda change: change.leaf_index)
+    _check_changes(changes)
+    sizes = [change.signed_up_to for change in changes]
+    new_keys = [NoteVerifier.parse(change.new_key).label() for change in changes]
+    ranges: list[KeyRange] = []
+    unrecorded: list[str] = []
+    for (size, label), signed in zip(checkpoints, signers, strict=True):
+        # How many changes came before this checkpoint: its size is past their old keys'.
+        segment = bisect_left(sizes, size)
+        if segment:
+            change = changes[segment - 1]
+            required: str | None = new_keys[segment - 1]
+            refused = (
+                f"{label} is signed by {_signed(signed)}, not by {required}, which the checkpoint-key "
+                f"change at leaf {change.leaf_index} put in force after size {change.signed_up_to}"
+            )
+        elif changes:
+            change = changes[0]
+            required = change.old_key
+            refused = (
+                f"{label} is signed by {_signed(signed)}, not by {required}, which signed every "
+                f"checkpoint up to size {change.signed_up_to} (the checkpoint-key change at leaf "
+                f"{change.leaf_index})"
+            )
+        else:
+            required = None
+        labels = [key.label() for key in signed]
+        if required is not None:
+            if required not in labels:
+                raise VerificationFailed(refused)
+            key = required
+        else:
+            previous = ranges[-1].key if ranges else None
+            key = previous if previous in labels else labels[0]
+            if previous is not None and key != previous:
+                unrecorded.append(
+                    f"{label} is signed by {key}, the checkpoints before it by {previous}: the log "
+                    "records no change of checkpoint key"
+                )
+        if ranges and ranges[-1].key == key:
+            last = ranges[-1]
+            ranges[-1] = KeyRange(key, last.first_size, size, last.checkpoints + 1)
+        else:
+            ranges.append(KeyRange(key, size, size, 1))
+    return ranges, unrecorded

@@ -1,0 +1,239 @@
+"""`tellonce audit verify` across a change of checkpoint key: the key lost, a new one made
+with `tellonce init --new-checkpoint-key`, the log going on under it. Each checkpoint is
+held to the key the log records in force at its size, live and in an exported bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from service.audit.checkpoint import NoteSigner, NoteVerifier
+from service.audit.checkpoint_keys import KeyChange, KeyRange, assign_keys
+from service.audit.config import AuditSettings, read_signing_key, signing_key_path
+from service.audit.models import AuditCheckpoint
+from service.audit.verify import VerificationFailed
+from service.audit.writer import append_many_in_transaction as append_many
+from service.cli import app as cli_app
+from service.config import get_settings
+from service.db import create_engine
+from tests.fixtures.audit import make_entry, make_sequencer, sequence_all
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli_app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+async def _grow(signer: NoteSigner, entries: int) -> list[int]:
+    """Append ``entries`` entries and sequence them with ``signer``, a checkpoint every 3
+    leaves (and one at the end); the sizes of the checkpoints stored, all of them."""
+    engine = create_engine(get_settings().database_url)
+    try:
+        async with engine.begin() as conn:
+            await append_many(conn, [make_entry(request_id=f"k-{n}") for n in range(entries)])
+        await sequence_all(make_sequencer(engine, signer, every=3))
+        async with engine.connect() as conn:
+            return list((await conn.scalars(select(AuditCheckpoint.tree_size).order_by("tree_size"))).all())
+    finally:
+        await engine.dispose()
+
+
+def _installed_signer() -> NoteSigner:
+    return NoteSigner(AuditSettings().origin, read_signing_key(signing_key_path(get_settings())))
+
+
+def _label(signer: NoteSigner) -> str:
+    return f"{signer.name}+{signer.key_hash.hex()}"
+
+
+@dataclass
+class ChangedLog:
+    old: NoteSigner
+    new: NoteSigner
+    old_sizes: list[int]  # the checkpoints the old key signed
+    new_sizes: list[int]  # and the new one, after the change
+    bundle: Path
+
+
+@pytest.fixture
+def changed_log(
+    scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ChangedLog]:
+    """An installation whose checkpoint key was lost after it signed some checkpoints, and
+    replaced the supported way; the new key then signed more. Exported as a bundle too."""
+    for name in list(os.environ):
+        if name.startswith("TELLONCE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TELLONCE_ENV", "test")
+    monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+    monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    code, _out, err = invoke("init")
+    assert code == 0, err
+    old = _installed_signer()
+    old_sizes = asyncio.run(_grow(old, 16))
+    signing_key_path(get_settings()).unlink()  # lost for good
+    code, _out, err = invoke("init", "--new-checkpoint-key")
+    assert code == 0, err
+    assert "--key OLD-VERIFIER-KEY --key NEW-VERIFIER-KEY" in err
+    new = _installed_signer()
+    new_sizes = asyncio.run(_grow(new, 12))[len(old_sizes) :]
+    assert len(old_sizes) > 1
+    assert len(new_sizes) > 1
+    bundle = tmp_path / "log.jsonl"
+    code, _out, err = invoke("audit", "export", "--out", str(bundle))
+    assert code == 0, err
+    yield ChangedLog(old, new, old_sizes, new_sizes, bundle)
+    get_settings.cache_clear()
+
+
+class TestVerifyAcrossAKeyChange:
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_both_keys_verify_the_whole_log_and_say_which_signed_what(
+        self, changed_log: ChangedLog, offline: bool
+    ) -> None:
+        log = changed_log
+        where = ("--bundle", str(log.bundle)) if offline else ()
+        code, out, err = invoke(
+            "audit", "verify", *where, "--key", log.old.verifier_key(), "--key", log.new.verifier_key()
+        )
+        assert code == 0, err
+        assert err.strip() == ""  # no warning: the log records the change
+        lines = out.strip().splitlines()
+        assert lines[0].startswith("audit log verified: ")
+        assert lines[1:] == [
+            f"checkpoints of size {log.old_sizes[0]} to {log.old_sizes[-1]} ({len(log.old_sizes)}): "
+            f"verified with {_label(log.old)}",
+            f"checkpoints of size {log.new_sizes[0]} to {log.new_sizes[-1]} ({len(log.new_sizes)}): "
+            f"verified with {_label(log.new)}",
+        ]
+
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_the_new_key_alone_fails_naming_the_first_checkpoint(
+        self, changed_log: ChangedLog, offline: bool
+    ) -> None:
+        where = ("--bundle", str(changed_log.bundle)) if offline else ()
+        code, _out, err = invoke("audit", "verify", *where, "--key", changed_log.new.verifier_key())
+        assert code == 1
+        first = changed_log.old_sizes[0]
+        assert re.search(
+            rf"size {first}\)?: signed by no trusted key \(trusted: {re.escape(_label(changed_log.new))}\)",
+            err,
+        )
+
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_the_old_key_alone_fails_naming_the_first_checkpoint_after_the_change(
+        self, changed_log: ChangedLog, offline: bool
+    ) -> None:
+        where = ("--bundle", str(changed_log.bundle)) if offline else ()
+        code, _out, err = invoke("audit", "verify", *where, "--key", changed_log.old.verifier_key())
+        assert code == 1
+        first_new = changed_log.new_sizes[0]
+        assert re.search(rf"size {first_new}\)?: signed by no trusted key", err)
+
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_a_checkpoint_signed_by_an_untrusted_key_fails(
+        self, changed_log: ChangedLog, offline: bool, tmp_path: Path
+    ) -> None:
+        attacker = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        forged = asyncio.run(_grow(attacker, 4))[-1]
+        bundle = tmp_path / "forged.jsonl"
+        assert invoke("audit", "export", "--out", str(bundle))[0] == 0
+        where = ("--bundle", str(bundle)) if offline else ()
+        keys = ("--key", changed_log.old.verifier_key(), "--key", changed_log.new.verifier_key())
+        code, _out, err = invoke("audit", "verify", *where, *keys)
+        assert code == 1
+        assert re.search(rf"size {forged}\)?: signed by no trusted key", err)
+        # Even an auditor who was handed the attacker's key: the log never put it in force.
+        code, _out, err = invoke("audit", "verify", *where, *keys, "--key", attacker.verifier_key())
+        assert code == 1
+        assert f"size {forged}" in err
+        assert f"is signed by {_label(attacker)}, not by {_label(changed_log.new)}" in err
+
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_the_old_key_signing_after_the_change_fails(
+        self, changed_log: ChangedLog, offline: bool, tmp_path: Path
+    ) -> None:
+        late = asyncio.run(_grow(changed_log.old, 4))[-1]  # a leaked old key, still signing
+        bundle = tmp_path / "late.jsonl"
+        assert invoke("audit", "export", "--out", str(bundle))[0] == 0
+        where = ("--bundle", str(bundle)) if offline else ()
+        code, _out, err = invoke(
+            "audit",
+            "verify",
+            *where,
+            "--key",
+            changed_log.old.verifier_key(),
+            "--key",
+            changed_log.new.verifier_key(),
+        )
+        assert code == 1
+        assert re.search(
+            rf"size {late}\)? is signed by {re.escape(_label(changed_log.old))}, "
+            rf"not by {re.escape(_label(changed_log.new))}, "
+            "which the checkpoint-key change at leaf",
+            err,
+        )
+        assert f"put in force after size {changed_log.old_sizes[-1]}" in err
+
+
+def _verifier() -> tuple[NoteSigner, NoteVerifier]:
+    signer = NoteSigner("tellonce.test/audit", Ed25519PrivateKey.generate())
+    return signer, NoteVerifier.parse(signer.verifier_key())
+
+
+class TestAssignKeys:
+    def test_the_new_key_before_the_change_fails(self) -> None:
+        old_signer, old = _verifier()
+        new_signer, new = _verifier()
+        change = KeyChange(10, _label(old_signer), new_signer.verifier_key(), signed_up_to=6)
+        with pytest.raises(VerificationFailed) as failed:
+            assign_keys([(3, "checkpoint of size 3"), (6, "checkpoint of size 6")], [[old], [new]], [change])
+        assert str(failed.value) == (
+            f"checkpoint of size 6 is signed by {new.label()}, not by {old.label()}, which signed every "
+            "checkpoint up to size 6 (the checkpoint-key change at leaf 10)"
+        )
+
+    def test_a_checkpoint_signed_by_both_keys_counts_for_the_one_in_force(self) -> None:
+        old_signer, old = _verifier()
+        new_signer, new = _verifier()
+        change = KeyChange(4, _label(old_signer), new_signer.verifier_key(), signed_up_to=4)
+        ranges, unrecorded = assign_keys(
+            [(4, "a"), (8, "b"), (9, "c")], [[old, new], [old, new], [new]], [change]
+        )
+        assert ranges == [KeyRange(old.label(), 4, 4, 1), KeyRange(new.label(), 8, 9, 2)]
+        assert unrecorded == []
+
+    def test_a_change_the_log_does_not_record_is_reported_not_refused(self) -> None:
+        _old_signer, old = _verifier()
+        _new_signer, new = _verifier()
+        ranges, unrecorded = assign_keys([(2, "a"), (5, "b"), (7, "c")], [[old], [new], [new]], [])
+        assert ranges == [KeyRange(old.label(), 2, 2, 1), KeyRange(new.label(), 5, 7, 2)]
+        assert unrecorded == [
+            f"b is signed by {new.label()}, the checkpoints before it by {old.label()}: the log "
+            "records no change of checkpoint key"
+        ]
+
+    def test_a_second_change_must_replace_the_key_the_first_put_in_force(self) -> None:
+        first_signer, _first = _verifier()
+        second_signer, second = _verifier()
+        third_signer, _third = _verifier()
+        changes = [
+            KeyChange(3, _label(first_signer), second_signer.verifier_key(), signed_up_to=3),
+            KeyChange(9, _label(first_signer), third_signer.verifier_key(), signed_up_to=9),
+        ]
+        with pytest.raises(VerificationFailed) as failed:
+            assign_keys([(5, "a")], [[second]], changes)
+        assert str(failed.value) == (
+            f"the checkpoint-key change at leaf 9 replaces {_label(first_signer)}, but the change at "
+            f"leaf 3 put {second.label()} in force"
+        )

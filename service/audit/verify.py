@@ -55,7 +55,7 @@ def open_checkpoint(
         text, signed = signing_keys(note, keys)
         if not signed:
             raise CheckpointError(
-                f"signed by no trusted key (trusted: {', '.join(key.label() for key in keys)})"
+                f"the note carries no signature by a trusted key ({', '.join(key.label() for key in keys)})"
             )
         opened = Checkpoint.parse_body(text)
     except CheckpointError as exc:

@@ -126,7 +126,8 @@ class TestVerifyAcrossAKeyChange:
         assert code == 1
         first = changed_log.old_sizes[0]
         assert re.search(
-            rf"size {first}\)?: signed by no trusted key \(trusted: {re.escape(_label(changed_log.new))}\)",
+            rf"size {first}\)?: the note carries no signature by a trusted key "
+            rf"\({re.escape(_label(changed_log.new))}\)",
             err,
         )
 
@@ -138,7 +139,7 @@ class TestVerifyAcrossAKeyChange:
         code, _out, err = invoke("audit", "verify", *where, "--key", changed_log.old.verifier_key())
         assert code == 1
         first_new = changed_log.new_sizes[0]
-        assert re.search(rf"size {first_new}\)?: signed by no trusted key", err)
+        assert re.search(rf"size {first_new}\)?: the note carries no signature by a trusted key", err)
 
     @pytest.mark.parametrize("offline", [False, True])
     def test_a_checkpoint_signed_by_an_untrusted_key_fails(
@@ -152,7 +153,7 @@ class TestVerifyAcrossAKeyChange:
         keys = ("--key", changed_log.old.verifier_key(), "--key", changed_log.new.verifier_key())
         code, _out, err = invoke("audit", "verify", *where, *keys)
         assert code == 1
-        assert re.search(rf"size {forged}\)?: signed by no trusted key", err)
+        assert re.search(rf"size {forged}\)?: the note carries no signature by a trusted key", err)
         # Even an auditor who was handed the attacker's key: the log never put it in force.
         code, _out, err = invoke("audit", "verify", *where, *keys, "--key", attacker.verifier_key())
         assert code == 1

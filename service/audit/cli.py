@@ -498,7 +498,7 @@ def export(out: Path = typer.Option(..., "--out", help="The bundle file to write
 
 
 def check_bundle_releases(
-    path: Path, verifier: NoteVerifier, owner: str, owner_key: OwnerVerifier
+    path: Path, verifier: TrustedKeys, owner: str, owner_key: OwnerVerifier
 ) -> ReleaseReport:
     """Verify the bundle as ``audit verify --bundle`` does, re-deciding each release on the way."""
     checker = ReleaseChecker(owner, owner_key)
@@ -511,8 +511,13 @@ def check_releases(
     bundle: Path = typer.Option(..., "--bundle", exists=True, dir_okay=False, help="An exported bundle."),
     owner: str = typer.Option(..., "--owner", help="The owning department whose releases are checked."),
     owner_key: str = typer.Option(..., "--owner-key", help="The owner's vkey (or a file holding it)."),
-    key: str | None = typer.Option(
-        None, "--key", help="The log's verifier key (vkey or file); default: the one in the bundle's header."
+    key: list[str] = typer.Option(
+        [],
+        "--key",
+        help=(
+            "A verifier key of the log (vkey or file); repeatable, as for `audit verify`; "
+            "default: the one in the bundle's header."
+        ),
     ),
 ) -> None:
     """Re-decide, offline, every release of OWNER's fields in the bundle.
@@ -527,14 +532,14 @@ def check_releases(
         typer.echo(f"--owner-key: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        log_key = key
-        if log_key is None:
-            log_key = _bundle_key(bundle)
+        log_keys = key
+        if not log_keys:
+            log_keys = [_bundle_key(bundle)]
             typer.echo(
                 "the log's verifier key is the one the bundle names; pass --key to trust only a key you hold",
                 err=True,
             )
-        report = check_bundle_releases(bundle, _verifier_from(log_key), owner, owner_verifier)
+        report = check_bundle_releases(bundle, _verifiers_from(log_keys), owner, owner_verifier)
     except (VerificationFailed, CheckpointError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None

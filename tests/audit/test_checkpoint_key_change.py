@@ -13,18 +13,22 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from service.audit.checkpoint import NoteSigner, NoteVerifier
 from service.audit.checkpoint_keys import KeyChange, KeyRange, assign_keys
+from service.audit.cli import export_bundle, verify_database
 from service.audit.config import AuditSettings, read_signing_key, signing_key_path
-from service.audit.models import AuditCheckpoint
+from service.audit.models import AuditCheckpoint, AuditEntryRow
 from service.audit.verify import VerificationFailed
+from service.audit.verify_pages import Parallel
 from service.audit.writer import append_many_in_transaction as append_many
 from service.cli import app as cli_app
 from service.config import get_settings
 from service.db import create_engine
+from service.policy.signing import OwnerSigner
+from tests.audit.test_tamper import _drop_triggers
 from tests.fixtures.audit import make_entry, make_sequencer, sequence_all
 
 
@@ -185,6 +189,97 @@ class TestVerifyAcrossAKeyChange:
             err,
         )
         assert f"put in force after size {changed_log.old_sizes[-1]}" in err
+
+
+class TestKeyChangeElsewhere:
+    async def test_worker_processes_hold_checkpoints_to_their_keys_too(self, changed_log: ChangedLog) -> None:
+        url = get_settings().database_url
+        in_pages = Parallel(url, workers=2, page=4, from_size=0)
+        keys = [NoteVerifier.parse(signer.verifier_key()) for signer in (changed_log.old, changed_log.new)]
+        assert await verify_database(url, keys, parallel=in_pages) == await verify_database(url, keys)
+        with pytest.raises(
+            VerificationFailed, match=rf"size {changed_log.new_sizes[0]}\): the note carries no"
+        ):
+            await verify_database(url, keys[:1], parallel=in_pages)
+
+    def test_check_releases_takes_both_keys(self, changed_log: ChangedLog) -> None:
+        owner = ("--owner", "register", "--owner-key", OwnerSigner.generate("register").verifier_key())
+        bundle = ("--bundle", str(changed_log.bundle))
+        code, _out, err = invoke(
+            "audit",
+            "check-releases",
+            *bundle,
+            *owner,
+            "--key",
+            changed_log.old.verifier_key(),
+            "--key",
+            changed_log.new.verifier_key(),
+        )
+        assert code == 0, err
+        code, _out, err = invoke(
+            "audit", "check-releases", *bundle, *owner, "--key", changed_log.new.verifier_key()
+        )
+        assert code == 1
+        assert "audit log does NOT verify" in err
+
+    async def test_a_recorded_change_edited_in_the_database_is_named(self, changed_log: ChangedLog) -> None:
+        url = get_settings().database_url
+        engine = create_engine(url)
+        try:
+            await _drop_triggers(engine)
+            async with engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        select(AuditEntryRow.id, AuditEntryRow.canonical).where(
+                            AuditEntryRow.canonical.contains("checkpoint_key_change")
+                        )
+                    )
+                ).one()
+                attacker = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+                edited = row.canonical.replace(changed_log.new.verifier_key(), attacker.verifier_key())
+                await conn.execute(
+                    update(AuditEntryRow).where(AuditEntryRow.id == row.id).values(canonical=edited)
+                )
+        finally:
+            await engine.dispose()
+        keys = [NoteVerifier.parse(signer.verifier_key()) for signer in (changed_log.old, changed_log.new)]
+        with pytest.raises(
+            VerificationFailed, match=r"the key operation at leaf \d+ no longer matches its leaf hash"
+        ):
+            await verify_database(url, keys)
+
+
+class TestALogThatRecordsNoChange:
+    def test_both_keys_verify_it_and_the_switch_is_reported(
+        self, scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A log whose key changed before init recorded changes: nothing in it says so.
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        get_settings.cache_clear()
+        first = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        second = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        sizes = asyncio.run(_grow(first, 6))
+        switched = asyncio.run(_grow(second, 6))[len(sizes)]
+        bundle = tmp_path / "log.jsonl"
+        asyncio.run(export_bundle(scratch_database, second, bundle))
+        code, out, err = invoke(
+            "audit",
+            "verify",
+            "--bundle",
+            str(bundle),
+            "--key",
+            first.verifier_key(),
+            "--key",
+            second.verifier_key(),
+        )
+        get_settings.cache_clear()
+        assert code == 0, err
+        assert f"verified with {_label(first)}" in out
+        assert f"verified with {_label(second)}" in out
+        assert err.strip() == (
+            f"warning: checkpoint of size {switched} is signed by {_label(second)}, the checkpoints "
+            f"before it by {_label(first)}: the log records no change of checkpoint key"
+        )
 
 
 def _verifier() -> tuple[NoteSigner, NoteVerifier]:

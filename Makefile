@@ -40,7 +40,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# Lint, types, then pytest on SQLite and on PostgreSQL (see scripts/test.sh).
+# Lint, types, then pytest on SQLite and on PostgreSQL side by side (see scripts/test.sh).
 test: install $(NODE_TEST_DEPS)
 	scripts/test.sh
 

@@ -1,5 +1,5 @@
 """The rules one agreement must keep against the catalog: the policy domain's own
-validation, which the loader (``tellonce policies validate/apply``), the API and the
+validation, which the loader (``tellonce policies apply``), the API and the
 console all run (the last two through ``service.policy.checks``).
 
 Each rule names the parts of the agreement it reads. A part that failed its shape is

@@ -258,7 +258,7 @@ class TestLoader:
         ]
 
     def test_an_entry_that_fails_the_schema_is_still_judged_by_the_rules(self, tmp_path: Path) -> None:
-        """``tellonce policies validate/apply`` reads an entry as the API reads a body: no
+        """``tellonce policies apply`` reads an entry as the API reads a body: no
         fields and a basis a forbid cannot have come back together."""
         text = (
             "owner: dvla\nagreements:\n  - id: forbid-by-consent\n    consumer: revenue\n"

@@ -21,7 +21,7 @@ from service.policy import service as policy_service
 from service.policy.loader import load_policy_folder
 from tests.conftest import TEST_POLICIES, server_env
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
-from tests.fixtures.server import LiveServer, free_port, start_server
+from tests.fixtures.server import LiveServer, start_server
 from tests.fixtures.webhooks import WebhookReceiver
 
 # name -> (department, roles, rate per second or None for the default)
@@ -101,16 +101,14 @@ async def client_site(
     jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True), "kid": key_id}
     try:
         secrets, jwt_client_id = await _prepare(url, data, root_key, jwk)
-        port = free_port()
         env = server_env(url, data, root_key) | {
-            # The token endpoint's URL is a private_key_jwt assertion's audience.
-            "TELLONCE_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "TELLONCE_AUDIT_CHECKPOINT_INTERVAL_MS": "50",
             "TELLONCE_WEBHOOK_ALLOW_PRIVATE": "true",
             "TELLONCE_EVENTS_POLL_INTERVAL_SECONDS": "0.1",
             "TELLONCE_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
         }
-        server = await asyncio.to_thread(start_server, env, data / "server.log", timeout=90, port=port)
+        # public_url: the token endpoint's URL is a private_key_jwt assertion's audience.
+        server = await asyncio.to_thread(start_server, env, data / "server.log", timeout=90, public_url=True)
         pem = private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         settings = Settings(env="test", database_url=url, data_dir=data, root_key=root_key)  # type: ignore[arg-type]
         site = ClientSite(server, secrets, jwt_client_id, pem, key_id, settings)

@@ -177,9 +177,9 @@ async def console_site(
     site.witnesses = [
         WitnessProcess(name, tmp_path_factory.mktemp("witness"), log_vkey) for name in WITNESS_NAMES
     ]
-    env["TELLONCE_AUDIT_WITNESSES"] = " ".join(witness.config for witness in site.witnesses)
     try:
         await asyncio.gather(*(asyncio.to_thread(witness.start) for witness in site.witnesses))
+        env["TELLONCE_AUDIT_WITNESSES"] = " ".join(witness.config for witness in site.witnesses)
         await site.cli("policies", "apply", str(CONSOLE_POLICIES))
         printed = await asyncio.gather(
             *(

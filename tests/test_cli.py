@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from service.cli import app as cli_app
 from service.config import get_settings
 from tests.conftest import TEST_POLICIES
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.fixtures.server import refused_port
 
 
 class TestLazyGroups:
@@ -119,13 +119,6 @@ class TestInvalidSettings:
             assert value not in result.stderr
 
 
-def _refused_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class TestUnusableDatabase:
     """A database that cannot be reached is one line naming it (password masked) and the
     driver's reason, from any command; never a traceback, never an audit verdict."""
@@ -146,8 +139,9 @@ class TestUnusableDatabase:
         [["db", "upgrade"], ["audit", "verify"], ["policies", "apply", "POLICIES"], ["serve", "--no-worker"]],
     )
     def test_refused_connection(self, args: list[str], tmp_path: Path) -> None:
-        url = f"postgresql+asyncpg://auditor:s3cret-7f3a@127.0.0.1:{_refused_port()}/register"
-        result = self._run([str(TEST_POLICIES) if a == "POLICIES" else a for a in args], url, tmp_path)
+        with refused_port() as port:
+            url = f"postgresql+asyncpg://auditor:s3cret-7f3a@127.0.0.1:{port}/register"
+            result = self._run([str(TEST_POLICIES) if a == "POLICIES" else a for a in args], url, tmp_path)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().splitlines() == [
             f"tellonce: cannot use the database {url.replace('s3cret-7f3a', '***')}: "
@@ -191,8 +185,9 @@ class TestUnusableDatabase:
     def test_import_keeps_its_resume_advice(self, tmp_path: Path) -> None:
         register = tmp_path / "register.csv"
         register.write_text("national_id,given_name\nZZ00000000A,Ada\n")
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:{_refused_port()}/register"
-        result = self._run(["import", "--department", "register", str(register)], url, tmp_path)
+        with refused_port() as port:
+            url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/register"
+            result = self._run(["import", "--department", "register", str(register)], url, tmp_path)
         assert result.returncode == 1, result.stderr
         message = " ".join(result.stderr.split())
         assert "tellonce import: stopped by a database error (Connect call failed" in message

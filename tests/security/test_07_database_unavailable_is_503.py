@@ -7,7 +7,6 @@ problem+json with ``Retry-After``, and nothing is read or changed.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +18,7 @@ from sqlalchemy import text
 
 from service.db import Database, PostgresReads
 from service.records.store import PostgresStore
+from tests.fixtures.server import refused_port
 from tests.records.conftest import RecordsEnv, as_
 
 REGISTER = as_("register", "registrar")
@@ -27,33 +27,26 @@ WELFARE = as_("welfare", "consumer")
 SECRET_NAME = "Unavailable-Ursula"
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @asynccontextmanager
 async def database_refusing_connections(env: RecordsEnv) -> AsyncIterator[None]:
     """The app's database, its read pool included, now at an address nothing listens on
     (as a stopped PostgreSQL refuses connections)."""
-    port = _closed_port()
-    state = env.app.state
-    saved = state.database, state.records_store, state.driver_reads
-    state.database = Database(
-        env.settings.model_copy(
-            update={"database_url": f"postgresql+asyncpg://tellonce:unused@127.0.0.1:{port}/tellonce"}
+    with refused_port() as port:
+        state = env.app.state
+        saved = state.database, state.records_store, state.driver_reads
+        address = f"tellonce:unused@127.0.0.1:{port}/tellonce"
+        state.database = Database(
+            env.settings.model_copy(update={"database_url": f"postgresql+asyncpg://{address}"})
         )
-    )
-    pool = await asyncpg.create_pool(f"postgresql://tellonce:unused@127.0.0.1:{port}/tellonce", min_size=0)
-    state.records_store = PostgresStore(pool)
-    state.driver_reads = PostgresReads(pool)
-    try:
-        yield
-    finally:
-        await state.database.dispose()
-        await pool.close()
-        state.database, state.records_store, state.driver_reads = saved
+        pool = await asyncpg.create_pool(f"postgresql://{address}", min_size=0)
+        state.records_store = PostgresStore(pool)
+        state.driver_reads = PostgresReads(pool)
+        try:
+            yield
+        finally:
+            await state.database.dispose()
+            await pool.close()
+            state.database, state.records_store, state.driver_reads = saved
 
 
 def _assert_503(response: httpx.Response) -> dict[str, Any]:

@@ -631,9 +631,9 @@ class TestServeRefuses:
 
 class TestProductionOverrides:
     def _production(self, settings: Settings, **update: object) -> Settings:
-        return settings.model_copy(
-            update={"env": "production", "database_url": "sqlite+aiosqlite:///./x.db", **update}
-        )
+        # In the test run's data folder: making the app makes the SQLite file.
+        database_url = f"sqlite+aiosqlite:///{settings.data_dir / 'production.db'}"
+        return settings.model_copy(update={"env": "production", "database_url": database_url, **update})
 
     def test_create_app_refuses_without_override(self, settings: Settings) -> None:
         with pytest.raises(StartupRefused, match="production refuses SQLite"):

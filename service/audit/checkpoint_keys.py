@@ -11,8 +11,9 @@ signed. The tree goes on; only the signer changes.
 A verifier given the keys it trusts then holds every checkpoint to the key in force at
 its size: the old key up to that size, the new one after it. A checkpoint signed after a
 change by the old key, or before it by the new one, fails, and so does a key the log never
-put in force. A log that records no change (one written before this record existed) may be
-signed by any of the trusted keys; a switch between them is reported, not refused.
+put in force, or a change that puts a replaced key back in force. A log that records no
+change (one written before this record existed) may be signed by any of the trusted keys;
+a switch between them is reported, not refused.
 """
 
 from __future__ import annotations
@@ -90,8 +91,18 @@ def key_change(leaf_index: int, entry: Mapping[str, Any]) -> KeyChange | None:
 
 def _check_changes(changes: Sequence[KeyChange]) -> None:
     """The changes must follow one another: each replaces the key the one before put in
-    force, after a checkpoint no smaller, and is logged after the checkpoint it names."""
+    force, after a checkpoint no smaller, and is logged after the checkpoint it names. A
+    key once replaced stays so: a key is replaced because it was lost, and may have leaked,
+    so no later change puts it back in force."""
+    replaced: dict[str, int] = {}  # key -> the leaf of the change that replaced it
     for number, change in enumerate(changes):
+        replaced.setdefault(change.old_key, change.leaf_index)
+        new_key = NoteVerifier.parse(change.new_key).label()
+        if new_key in replaced:
+            raise VerificationFailed(
+                f"the checkpoint-key change at leaf {change.leaf_index} puts {new_key} back in force, "
+                f"which the checkpoint-key change at leaf {replaced[new_key]} replaced"
+            )
         if change.leaf_index < change.signed_up_to:
             raise VerificationFailed(
                 f"the checkpoint-key change at leaf {change.leaf_index} says the old key signed up to "

@@ -7,20 +7,21 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
 from service.audit.checkpoint import NoteSigner, NoteVerifier
-from service.audit.checkpoint_keys import KeyChange, KeyRange, assign_keys
+from service.audit.checkpoint_keys import KeyChange, KeyRange, assign_keys, key_change_entry
 from service.audit.cli import export_bundle, verify_database
 from service.audit.config import AuditSettings, read_signing_key, signing_key_path
-from service.audit.models import AuditCheckpoint, AuditEntryRow
+from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf
+from service.audit.schemas import AuditEntry
 from service.audit.verify import VerificationFailed
 from service.audit.verify_pages import Parallel
 from service.audit.writer import append_many_in_transaction as append_many
@@ -249,6 +250,52 @@ class TestKeyChangeElsewhere:
             await verify_database(url, keys)
 
 
+async def _append_and_sign(signer: NoteSigner, first: Callable[[int], AuditEntry], entries: int) -> int:
+    """Append ``first(size)`` at leaf ``size`` (the tree size now) and ``entries`` more, as
+    someone with the database does, sign them with ``signer``, and return ``size``."""
+    engine = create_engine(get_settings().database_url)
+    try:
+        async with engine.connect() as conn:
+            size = int(await conn.scalar(select(func.count()).select_from(AuditLeaf)) or 0)
+        async with engine.begin() as conn:
+            more = [make_entry(request_id=f"t-{n}") for n in range(entries)]
+            await append_many(conn, [first(size), *more])
+        await sequence_all(make_sequencer(engine, signer, every=3))
+        return size
+    finally:
+        await engine.dispose()
+
+
+class TestAForgedChange:
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_a_change_back_to_the_replaced_key_fails(
+        self, changed_log: ChangedLog, offline: bool, tmp_path: Path
+    ) -> None:
+        # The old key leaked; with the database too, one writes a change back to it and
+        # signs on with it. The change put the new key in force for good.
+        log = changed_log
+        size = asyncio.run(
+            _append_and_sign(
+                log.old,
+                lambda size: key_change_entry(
+                    "operator", "init: back", _label(log.new), log.old.verifier_key(), size
+                ),
+                4,
+            )
+        )
+        assert size == log.new_sizes[-1]
+        bundle = tmp_path / "back.jsonl"
+        assert invoke("audit", "export", "--out", str(bundle))[0] == 0
+        where = ("--bundle", str(bundle)) if offline else ()
+        keys = ("--key", log.old.verifier_key(), "--key", log.new.verifier_key())
+        code, _out, err = invoke("audit", "verify", *where, *keys)
+        assert code == 1
+        assert (
+            f"the checkpoint-key change at leaf {size} puts {_label(log.old)} back in force, which the "
+            "checkpoint-key change at leaf"
+        ) in err
+
+
 class TestALogThatRecordsNoChange:
     def test_both_keys_verify_it_and_the_switch_is_reported(
         self, scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -332,4 +379,14 @@ class TestAssignKeys:
         assert str(failed.value) == (
             f"the checkpoint-key change at leaf 9 replaces {_label(first_signer)}, but the change at "
             f"leaf 3 put {second.label()} in force"
+        )
+
+    def test_a_change_may_not_keep_the_key_it_replaces(self) -> None:
+        signer, key = _verifier()
+        change = KeyChange(5, _label(signer), signer.verifier_key(), signed_up_to=5)
+        with pytest.raises(VerificationFailed) as failed:
+            assign_keys([(5, "a"), (8, "b")], [[key], [key]], [change])
+        assert str(failed.value) == (
+            f"the checkpoint-key change at leaf 5 puts {key.label()} back in force, which the "
+            "checkpoint-key change at leaf 5 replaced"
         )

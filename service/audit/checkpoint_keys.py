@@ -63,8 +63,9 @@ def key_change_entry(actor: str, what: str, old_key: str, new_key: str, signed_u
 
 def key_change(leaf_index: int, entry: Mapping[str, Any]) -> KeyChange | None:
     """The checkpoint-key change the verified ``entry`` at ``leaf_index`` records, or None
-    if it records none. An entry that claims one but does not say it fully fails: it was
-    signed into the log, so it is the log's word and must be read."""
+    if it records none. An entry that claims one but does not say it fully, or that a
+    department made (an operator's command makes it), fails: it was signed into the log, so
+    it is the log's word and must be read."""
     if entry.get("action") != "key-operation" or not isinstance(entry.get("document"), str):
         return None
     try:
@@ -75,6 +76,12 @@ def key_change(leaf_index: int, entry: Mapping[str, Any]) -> KeyChange | None:
         return None
     change = document[_CHANGE]
     where = f"the checkpoint-key change at leaf {leaf_index}"
+    if entry.get("department") != "":
+        # No department's key operation carries one: it is a forgery, refused alike live and offline.
+        raise VerificationFailed(
+            f"{where} was made by department {entry.get('department')!r}: only an operator's command "
+            "changes the checkpoint key"
+        )
     if not isinstance(change, dict):
         raise VerificationFailed(f"{where} is not an object")
     old_key, new_key, size = change.get("old_key"), change.get("new_key"), change.get("signed_up_to")

@@ -319,20 +319,17 @@ async def all_checkpoints(db: Executor) -> list[tuple[int, int, bytes, str]]:
     return [(int(i), int(s), bytes(r), str(n)) for i, s, r, n in await db.execute(statement)]
 
 
-async def operator_key_operations(db: Executor, below: int) -> list[tuple[int, str, bytes | None]]:
+async def key_operations(db: Executor, below: int) -> list[tuple[int, str, bytes | None]]:
     """(leaf index, canonical JSON, recorded leaf hash) of every sequenced key operation
-    below leaf ``below`` that no department made (operators' commands, such as a change of
-    checkpoint key), in leaf order. Both columns filtered on are derived again from the
-    entry by ``audit verify``, so an entry cannot leave this answer unnoticed."""
+    below leaf ``below``, in leaf order: those that may record a change of checkpoint key
+    (``audit.checkpoint_keys.key_change`` decides which do, and refuses one a department
+    made). The column filtered on is derived again from the entry by ``audit verify``, so
+    an entry cannot leave this answer unnoticed."""
     statement = (
         select(AuditLeaf.leaf_index, AuditEntryRow.canonical, AuditNode.hash)
         .join(AuditEntryRow, AuditEntryRow.id == AuditLeaf.entry_id)
         .outerjoin(AuditNode, and_(AuditNode.level == 0, AuditNode.index == AuditLeaf.leaf_index))
-        .where(
-            AuditEntryRow.department == "",
-            AuditEntryRow.action == "key-operation",
-            AuditLeaf.leaf_index < below,
-        )
+        .where(AuditEntryRow.action == "key-operation", AuditLeaf.leaf_index < below)
         .order_by(AuditLeaf.leaf_index)
     )
     return [

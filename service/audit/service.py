@@ -172,7 +172,7 @@ async def stored_log_verification(
             for cid, size, root, note in await audit_repository.all_checkpoints(conn)
         ]
         size = await audit_repository.tree_size(conn)
-        key_operations = await audit_repository.operator_key_operations(conn, size)
+        key_operations = await audit_repository.key_operations(conn, size)
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
     for leaf_index, canonical, recorded in key_operations:
         # Read apart from the walk below, which checks every recorded leaf hash against the

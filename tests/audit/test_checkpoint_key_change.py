@@ -295,6 +295,26 @@ class TestAForgedChange:
             "checkpoint-key change at leaf"
         ) in err
 
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_a_change_made_by_a_department_fails_alike_live_and_offline(
+        self, changed_log: ChangedLog, offline: bool, tmp_path: Path
+    ) -> None:
+        log = changed_log
+        attacker = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        forged = key_change_entry("register-writer", "rotate", _label(log.new), attacker.verifier_key(), 1)
+        forged = forged.model_copy(update={"department": "register", "owners": ["register"]})
+        at = asyncio.run(_append_and_sign(log.new, lambda _size: forged, 4))
+        bundle = tmp_path / "department.jsonl"
+        assert invoke("audit", "export", "--out", str(bundle))[0] == 0
+        where = ("--bundle", str(bundle)) if offline else ()
+        keys = ("--key", log.old.verifier_key(), "--key", log.new.verifier_key())
+        code, _out, err = invoke("audit", "verify", *where, *keys)
+        assert code == 1
+        assert (
+            f"the checkpoint-key change at leaf {at} was made by department 'register': only an "
+            "operator's command changes the checkpoint key"
+        ) in err
+
 
 class TestALogThatRecordsNoChange:
     def test_both_keys_verify_it_and_the_switch_is_reported(

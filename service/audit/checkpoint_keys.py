@@ -12,8 +12,9 @@ A verifier given the keys it trusts then holds every checkpoint to the key in fo
 its size: the old key up to that size, the new one after it. A checkpoint signed after a
 change by the old key, or before it by the new one, fails, and so does a key the log never
 put in force, or a change that puts a replaced key back in force. A log that records no
-change (one written before this record existed) may be signed by any of the trusted keys;
-a switch between them is reported, not refused.
+change (one written before this record existed) may be signed by any of the trusted keys,
+each over one run of checkpoints: a switch between them is reported, not refused, but a
+key that signs again after another followed it fails, as it would after a recorded change.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def assign_keys(
 
     Returns the ranges of checkpoints each key verified, and a line for each switch of key
     that the log does not record (only where it records no change at all); raises
-    ``VerificationFailed`` naming the first checkpoint signed by a key not in force."""
+    ``VerificationFailed`` naming the first checkpoint signed by a key not in force, or, in
+    a log that records no change, by a key that signs again after another followed it."""
     changes = sorted(changes, key=lambda change: change.leaf_index)
     _check_changes(changes)
     sizes = [change.signed_up_to for change in changes]
@@ -180,7 +182,20 @@ def assign_keys(
             key = required
         else:
             previous = ranges[-1].key if ranges else None
-            key = previous if previous in labels else labels[0]
+            # A key another followed does not sign again: a recorded change refuses that too.
+            followed = {earlier.key for earlier in ranges[:-1]}
+            fresh = [candidate for candidate in labels if candidate not in followed]
+            if previous in labels:
+                key = previous
+            elif fresh:
+                key = fresh[0]
+            else:
+                last = ranges[-1]
+                raise VerificationFailed(
+                    f"{label} is signed by {_signed(signed)} again, after {last.key} signed the "
+                    f"checkpoints of size {last.first_size} to {last.last_size}: the log records no "
+                    "change of checkpoint key, and a key that another followed signs no more"
+                )
             if previous is not None and key != previous:
                 unrecorded.append(
                     f"{label} is signed by {key}, the checkpoints before it by {previous}: the log "

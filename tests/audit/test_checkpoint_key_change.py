@@ -348,6 +348,34 @@ class TestALogThatRecordsNoChange:
             f"before it by {_label(first)}: the log records no change of checkpoint key"
         )
 
+    def test_a_key_signing_again_after_another_fails(
+        self, scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The first key leaked, and signs on after the second took over: the pattern a
+        # recorded change refuses, so the log that records none must not pass with a warning.
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        get_settings.cache_clear()
+        first = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        second = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        before = asyncio.run(_grow(first, 6))
+        sizes = asyncio.run(_grow(second, 6))
+        by_second = sizes[len(before) :]
+        again = asyncio.run(_grow(first, 6))[len(sizes)]
+        bundle = tmp_path / "log.jsonl"
+        asyncio.run(export_bundle(scratch_database, first, bundle))
+        keys = ("--key", first.verifier_key(), "--key", second.verifier_key())
+        for where in ((), ("--bundle", str(bundle))):
+            code, _out, err = invoke("audit", "verify", *where, *keys)
+            assert code == 1
+            assert re.search(
+                rf"size {again}\)? is signed by {re.escape(_label(first))} again, after "
+                rf"{re.escape(_label(second))} signed the checkpoints of size {by_second[0]} to "
+                rf"{by_second[-1]}: the log records no change of checkpoint key, and a key that "
+                "another followed signs no more",
+                err,
+            ), err
+        get_settings.cache_clear()
+
 
 def _verifier() -> tuple[NoteSigner, NoteVerifier]:
     signer = NoteSigner("tellonce.test/audit", Ed25519PrivateKey.generate())

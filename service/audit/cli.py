@@ -499,11 +499,12 @@ def export(out: Path = typer.Option(..., "--out", help="The bundle file to write
 
 def check_bundle_releases(
     path: Path, verifier: TrustedKeys, owner: str, owner_key: OwnerVerifier
-) -> ReleaseReport:
-    """Verify the bundle as ``audit verify --bundle`` does, re-deciding each release on the way."""
+) -> tuple[ReleaseReport, list[str]]:
+    """Verify the bundle as ``audit verify --bundle`` does, re-deciding each release on the
+    way; the report, and the switches of checkpoint key the log does not record."""
     checker = ReleaseChecker(owner, owner_key)
-    verify_bundle(path, verifier, on_entry=checker.add)
-    return checker.finish()
+    log = bundle_verification(path, verifier, on_entry=checker.add)
+    return checker.finish(), log.unrecorded_key_switches
 
 
 @app.command("check-releases")
@@ -539,10 +540,12 @@ def check_releases(
                 "the log's verifier key is the one the bundle names; pass --key to trust only a key you hold",
                 err=True,
             )
-        report = check_bundle_releases(bundle, _verifiers_from(log_keys), owner, owner_verifier)
+        report, unrecorded = check_bundle_releases(bundle, _verifiers_from(log_keys), owner, owner_verifier)
     except (VerificationFailed, CheckpointError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None
+    for switch in unrecorded:
+        typer.echo(f"warning: {switch}", err=True)
     for unjustified in report.unjustified:
         typer.echo(f"unjustified: {unjustified}", err=True)
     if not report.justified:

@@ -339,14 +339,30 @@ class TestALogThatRecordsNoChange:
             "--key",
             second.verifier_key(),
         )
-        get_settings.cache_clear()
         assert code == 0, err
         assert f"verified with {_label(first)}" in out
         assert f"verified with {_label(second)}" in out
-        assert err.strip() == (
+        warning = (
             f"warning: checkpoint of size {switched} is signed by {_label(second)}, the checkpoints "
             f"before it by {_label(first)}: the log records no change of checkpoint key"
         )
+        assert err.strip() == warning
+        # check-releases verifies the same bundle with the same keys, and says so too.
+        owner = ("--owner", "register", "--owner-key", OwnerSigner.generate("register").verifier_key())
+        code, _out, err = invoke(
+            "audit",
+            "check-releases",
+            "--bundle",
+            str(bundle),
+            *owner,
+            "--key",
+            first.verifier_key(),
+            "--key",
+            second.verifier_key(),
+        )
+        assert code == 0, err
+        assert err.strip() == warning
+        get_settings.cache_clear()
 
     def test_a_key_signing_again_after_another_fails(
         self, scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -128,7 +128,8 @@ class World:
         bundle = await self.export()
         verifier = NoteVerifier.parse(self.signer().verifier_key())
         owner_key = OwnerVerifier.parse(self.signers[owner].verifier_key(), owner)
-        return check_bundle_releases(bundle, verifier, owner, owner_key)
+        report, _unrecorded = check_bundle_releases(bundle, verifier, owner, owner_key)
+        return report
 
     async def serve(self) -> AsyncIterator[httpx.AsyncClient]:
         app: FastAPI = create_app(self.settings)

@@ -93,7 +93,8 @@ class LogVerifier:
     """``verifier``: the trusted keys. ``key_changes``: the checkpoint-key changes the log
     records, when they are read apart from the leaves (``note_entry`` finds them among the
     leaves it is shown). ``finish`` holds each checkpoint to the key in force at its size
-    and sets ``key_ranges`` (which key verified which checkpoints) and ``unrecorded_key_switches``."""
+    and sets ``key_ranges`` (which key verified which checkpoints) and ``unrecorded_key_switches``;
+    given several keys, it fails if one of them verified no checkpoint (when any did)."""
 
     verifier: TrustedKeys
     checkpoints: list[StoredCheckpoint]
@@ -289,4 +290,15 @@ class LogVerifier:
             self._signers,
             self.key_changes,
         )
+        keys = trusted_keys(self.verifier)
+        if len(keys) > 1 and self.key_ranges:
+            # The log picks which of several keys signs where; each given key must have signed,
+            # or a log signed wholly by one (an old key that leaked) would pass as the whole.
+            used = {run.key for run in self.key_ranges}
+            for key in keys:
+                if key.label() not in used:
+                    raise VerificationFailed(
+                        f"{key.label()} verified no checkpoint: each key given must have signed some "
+                        "of the log's checkpoints (give only the keys that signed it)"
+                    )
         return size

@@ -392,6 +392,30 @@ class TestALogThatRecordsNoChange:
             ), err
         get_settings.cache_clear()
 
+    @pytest.mark.parametrize("offline", [False, True])
+    def test_a_key_given_that_signed_nothing_fails(
+        self, scratch_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: bool
+    ) -> None:
+        # A leaked old key alone signs a whole forged log, with no change in it: given both
+        # keys, the auditor says the new one signed part of the log, and here it signed none.
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        get_settings.cache_clear()
+        leaked = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        current = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
+        asyncio.run(_grow(leaked, 9))
+        bundle = tmp_path / "forged.jsonl"
+        asyncio.run(export_bundle(scratch_database, leaked, bundle))
+        where = ("--bundle", str(bundle)) if offline else ()
+        code, _out, err = invoke(
+            "audit", "verify", *where, "--key", leaked.verifier_key(), "--key", current.verifier_key()
+        )
+        get_settings.cache_clear()
+        assert code == 1
+        assert err.strip() == (
+            f"audit log does NOT verify: {_label(current)} verified no checkpoint: each key given "
+            "must have signed some of the log's checkpoints (give only the keys that signed it)"
+        )
+
 
 def _verifier() -> tuple[NoteSigner, NoteVerifier]:
     signer = NoteSigner("tellonce.test/audit", Ed25519PrivateKey.generate())

@@ -775,7 +775,12 @@ def event_data(
 
 
 def dumps_payload(data: EventData | AccessNotice | ConsentChanged) -> str:
-    """The webhook body: compact JSON of ``{"type", "data"}``, exactly the bytes signed."""
+    """The webhook body: compact JSON of ``{"type", "timestamp", "data"}``, exactly the bytes
+    signed. ``timestamp`` is when the event occurred, as Standard Webhooks' payload structure
+    asks: the event's ``occurred_at``, written exactly as in ``data`` (an access notice's is
+    the access's own time, even when it is disclosed later). Each attempt rebuilds the body
+    from the stored event, so every attempt of one delivery carries the same timestamp."""
     kind = data.type if isinstance(data, (AccessNotice, ConsentChanged)) else EVENT_TYPE
-    payload = {"type": kind, "data": data.model_dump(mode="json")}
+    told = data.model_dump(mode="json")
+    payload = {"type": kind, "timestamp": told["occurred_at"], "data": told}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

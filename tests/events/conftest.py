@@ -12,13 +12,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from service.app import create_app
@@ -222,3 +223,15 @@ async def emit(runtime: EventsRuntime, citizen_id: str, fields: Sequence[str], o
         event_id = await events_service.record_change(conn, citizen_id=citizen_id, fields=fields, owner=owner)
     events_service.notify(runtime.notifier)
     return event_id
+
+
+async def occurred_at(engine: AsyncEngine, event_id: str, *, move_to: datetime | None = None) -> datetime:
+    """When the outbox says the event occurred; with ``move_to``, after moving it there first
+    (to tell the event's own time apart from when anything was sent)."""
+    async with engine.begin() as conn:
+        if move_to is not None:
+            await conn.execute(
+                update(OutboxEvent).where(OutboxEvent.event_id == event_id).values(occurred_at=move_to)
+            )
+        found = await conn.execute(select(OutboxEvent.occurred_at).where(OutboxEvent.event_id == event_id))
+        return found.scalar_one()

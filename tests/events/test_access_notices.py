@@ -34,8 +34,9 @@ from service.events import repository as events_repository
 from service.events.models import ACCESS_RECORDED, HeldNotice, NoticeState, OutboxEvent
 from service.events.notices import NoticeWorker
 from tests.audit import test_spec_verifier as spec
+from tests.events.conftest import occurred_at
 from tests.fixtures.auth import act_as
-from tests.fixtures.webhooks import WebhookReceiver
+from tests.fixtures.webhooks import WebhookReceiver, stamped_at
 
 PROBLEM = "application/problem+json"
 # Plaintext the tests register; no notice may carry any of it (nor a national id).
@@ -196,6 +197,9 @@ class TestAccessNotices:
             [(True, "read"), (True, "batch-get"), (False, "batch-get"), (False, "lookup"), (False, "verify")]
         )
         assert {p["type"] for p in payloads} == {ACCESS_RECORDED}
+        # Each body's timestamp is when its access occurred, as the outbox notice has it.
+        for payload in payloads:
+            assert stamped_at(payload) == await occurred_at(events_engine, payload["data"]["event_id"])
         read_notice = next(n for n in notices if n["action"] == "read")
         assert read_notice["department"] == "welfare"
         assert read_notice["fields"] == ["address", "given_name"]
@@ -241,6 +245,8 @@ class TestAccessNotices:
         assert (failed.answered, delivered.answered) == (500, 204)
         assert failed.headers["webhook-id"] == delivered.headers["webhook-id"]
         assert Webhook(secret).verify(failed.body, failed.headers) == told
+        assert stamped_at(json.loads(failed.body)) == stamped_at(told)
+        assert stamped_at(told) == await occurred_at(events_engine, told["data"]["event_id"])
         assert await _notice_rows(events_engine, [ada]) == 1
         assert [item["department"] for item in await _access_log(full_app, http, ada)] == ["welfare"]
 
@@ -418,6 +424,8 @@ class TestDelayedDisclosure:
         assert (data["department"], data["disclosed_by"]) == ("revenue", "case-closed")
         assert _instant(data["occurred_at"]) == _instant(accessed_at)
         assert data["disclosed_at"] is not None
+        # Told when the access occurred, not when it was disclosed.
+        assert stamped_at(disclosed) == _instant(accessed_at) < _instant(data["disclosed_at"])
         log = await _access_log(full_app, http, ada)
         # The access under the case; not the refusal without one, which no closing covers.
         shown = [item for item in log if item["department"] == "revenue"]

@@ -27,9 +27,9 @@ from service.events.cursors import encode_text
 from service.events.dispatcher import Dispatcher, backoff_seconds
 from service.events.models import Delivery
 from service.events.service import EventsRuntime
-from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit, running
+from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit, occurred_at, running
 from tests.fixtures.auth import act_as
-from tests.fixtures.webhooks import WebhookReceiver
+from tests.fixtures.webhooks import WebhookReceiver, stamped_at
 
 
 async def _subscribe(api: httpx.AsyncClient, url: str) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class TestSignedDelivery:
         events_engine: AsyncEngine,
     ) -> None:
         receiver.fail_next(1, status=500)
-        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        event_id = await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
         async with running(dispatcher):
             await receiver.until(1)
         first, second = receiver.received
@@ -101,6 +101,9 @@ class TestSignedDelivery:
         # A retry is the same message: the same id and body, signed again when it leaves.
         assert first.headers["webhook-id"] == second.headers["webhook-id"]
         assert first.body == second.body
+        # The body's timestamp is when the event occurred, on each attempt.
+        occurred = await occurred_at(events_engine, event_id)
+        assert stamped_at(json.loads(first.body)) == stamped_at(json.loads(second.body)) == occurred
         for request in (first, second):
             spec_verify(dvla_hook["secret"], request.headers, request.body)
         # Another secret, an altered body, id or timestamp: no signature matches.
@@ -134,7 +137,10 @@ class TestSignedDelivery:
         async with running(dispatcher):
             [request] = await receiver.until(1)
         verified = Webhook(dvla_hook["secret"]).verify(request.body, request.headers)
+        assert list(verified) == ["type", "timestamp", "data"]
         assert verified["type"] == "citizen.fields_changed"
+        # Standard Webhooks' payload structure: the time the event occurred, in RFC 3339.
+        assert stamped_at(verified) == await occurred_at(events_engine, event_id)
         data = verified["data"]
         assert data["event_id"] == event_id
         assert data["citizen_id"] == citizen
@@ -224,6 +230,8 @@ class TestConsentChanged:
         )
         assert subscribed.status_code == 201, subscribed.text
         citizen = await add_citizen(events_engine)
+        # Changed a while before it is sent: the body's timestamp is the change's time.
+        changed_at = utcnow() - timedelta(minutes=7)
         async with events_engine.begin() as conn:
             for consumer, consent_id in (("hmrc", "c-hmrc"), ("dvla", "c-dvla")):
                 await events_service.record_consent_change(
@@ -236,12 +244,13 @@ class TestConsentChanged:
                     purpose="licence-administration",
                     fields=["address"],
                     status="revoked",
-                    occurred_at=utcnow(),
+                    occurred_at=changed_at,
                 )
         async with running(dispatcher):
             [request] = await receiver.until(1)
         verified = Webhook(subscribed.json()["secret"]).verify(request.body, request.headers)
         assert verified["type"] == "consent.changed"
+        assert stamped_at(verified) == changed_at
         data = verified["data"]
         # Only DVLA's own agreement; names and the status, nothing else.
         assert (data["consent_id"], data["agreement"], data["status"]) == (
@@ -276,19 +285,63 @@ class TestRetries:
         audit_sink: ListAuditSink,
     ) -> None:
         receiver.fail_next(2, status=503)
-        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        event_id = await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
         async with running(dispatcher):
             await receiver.until(1)
         assert [r.answered for r in receiver.received] == [503, 503, 204]
         assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+        occurred = await occurred_at(events_engine, event_id)
         for request in receiver.received:
-            Webhook(dvla_hook["secret"]).verify(request.body, request.headers)
+            verified = Webhook(dvla_hook["secret"]).verify(request.body, request.headers)
+            assert stamped_at(verified) == occurred
         [delivery] = await _deliveries(api, dvla_hook["id"])
         assert delivery["status"] == "delivered"
         assert delivery["attempts"] == 3
         assert delivery["last_error"] is None
         # Every attempt released the event, so every attempt is in the audit trail.
         assert len(audit_sink.of("deliver")) == 3
+
+    async def test_a_retry_rebuilt_without_a_field_no_longer_released_keeps_its_timestamp(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        agreements: LiveAgreements,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        act_as(events_app, "welfare", "consumer")
+        response = await api.post(
+            "/v1/subscriptions",
+            json={
+                "fields": ["date_of_death", "address"],
+                "purpose": "benefit-eligibility",
+                "webhook_url": receiver.url,
+            },
+        )
+        assert response.status_code == 201, response.text
+        secret = response.json()["secret"]
+        citizen = await add_citizen(events_engine)
+        event_id = await emit(runtime, citizen, ["date_of_death", "address"], "register")
+        # The change happened an hour before anything is sent.
+        occurred = await occurred_at(events_engine, event_id, move_to=utcnow() - timedelta(hours=1))
+        receiver.fail_next(1, status=503)
+        await dispatcher.run_once()
+        # Between the attempts, welfare loses date of death: the retry's body is made again
+        # without it, and still says when the change occurred.
+        await agreements.revoke("deaths-to-welfare")
+        async with running(dispatcher):
+            await receiver.until(1)
+        failed, delivered = receiver.received
+        assert (failed.answered, delivered.answered) == (503, 204)
+        assert failed.headers["webhook-id"] == delivered.headers["webhook-id"]
+        first = Webhook(secret).verify(failed.body, failed.headers)
+        second = Webhook(secret).verify(delivered.body, delivered.headers)
+        assert first["data"]["fields"] == ["date_of_death", "address"]
+        assert second["data"]["fields"] == ["address"]
+        assert first["timestamp"] == second["timestamp"]
+        assert stamped_at(first) == stamped_at(second) == occurred
 
     def test_backoff_grows_exponentially_with_jitter_up_to_the_cap(self) -> None:
         rng = random.Random(7)
@@ -643,7 +696,7 @@ class TestClaims:
             await first.aclose()
             await second.aclose()
 
-    async def test_payload_is_compact_json_of_type_and_data(
+    async def test_payload_is_compact_json_of_type_timestamp_and_data(
         self,
         dvla_hook: dict[str, Any],
         dispatcher: Dispatcher,
@@ -655,6 +708,7 @@ class TestClaims:
         async with running(dispatcher):
             [request] = await receiver.until(1)
         payload = json.loads(request.body)
-        assert list(payload) == ["type", "data"]
+        assert list(payload) == ["type", "timestamp", "data"]
+        assert request.body == json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         assert int(request.headers["webhook-timestamp"]) > 0
         assert request.headers["webhook-signature"].startswith("v1,")

@@ -27,9 +27,9 @@ from service.config import Settings
 from service.events import repository
 from service.events.models import Subscription
 from service.events.service import EventsRuntime
-from tests.events.conftest import LiveAgreements, add_citizen, emit
+from tests.events.conftest import LiveAgreements, add_citizen, emit, occurred_at
 from tests.fixtures.auth import act_as
-from tests.fixtures.webhooks import WebhookReceiver
+from tests.fixtures.webhooks import WebhookReceiver, stamped_at
 
 
 @pytest.fixture
@@ -151,9 +151,12 @@ class TestWriteToWebhook:
         written = await _patch(full_app, http, citizen, {"date_of_death": "2026-11-28"}, etag)
         assert written.status_code == 200, written.text
         [request] = await receiver.until(1)
-        data = Webhook(secret).verify(request.body, request.headers)["data"]
+        payload = Webhook(secret).verify(request.body, request.headers)
+        data = payload["data"]
         assert data["citizen_id"] == citizen
         assert data["fields"] == ["date_of_death"]
+        # The write's own change event says when it occurred, at the top as well.
+        assert stamped_at(payload) == await occurred_at(events_engine, data["event_id"])
         [entry] = [e for e in await _audit(events_engine, "deliver") if e["citizen_id"] == citizen]
         assert entry["department"] == "dvla"
         assert entry["fields_released"] == ["date_of_death"]

@@ -45,7 +45,7 @@ from service.auth.secrets import hash_secret
 from service.catalog import service as catalog_service
 from service.db import Database
 from tests.client.conftest import ClientSite
-from tests.fixtures.webhooks import WebhookReceiver
+from tests.fixtures.webhooks import WebhookReceiver, stamped_at
 
 pytestmark = pytest.mark.e2e
 
@@ -511,6 +511,8 @@ class TestEvents:
         event = verifier.verify_event(delivered.headers, delivered.body)
         assert event.citizen_id == citizen_id
         assert event.fields == ["address"]
+        # The payload's timestamp (Standard Webhooks) is the event's time, as ``occurred_at``.
+        assert stamped_at(verifier.verify(delivered.headers, delivered.body)) == event.occurred_at
         with pytest.raises(WebhookVerificationError):
             verifier.verify(delivered.headers, delivered.body.replace(b"address", b"addresx"))
         with pytest.raises(WebhookVerificationError):

@@ -158,6 +158,24 @@ class TestWebhooks:
         headers = self._signed(secret, body, datetime.now(UTC))
         assert WebhookVerifier(secret).verify(headers, body)["type"] == "citizen.fields_changed"
 
+    def test_a_delivery_with_its_timestamp_is_read_whole_and_as_its_event(self) -> None:
+        """tellonce's body, ``{"type", "timestamp", "data"}``: ``verify`` returns all of it,
+        ``verify_event`` the event, whose ``occurred_at`` the timestamp repeats."""
+        secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+        data = {
+            "event_id": "evt-1",
+            "citizen_id": "c-1",
+            "fields": ["address"],
+            "owner": "register",
+            "occurred_at": "2026-11-29T08:00:00.123456Z",
+        }
+        payload = {"type": "citizen.fields_changed", "timestamp": data["occurred_at"], "data": data}
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = self._signed(secret, body, datetime.now(UTC))
+        assert WebhookVerifier(secret).verify(headers, body) == payload
+        event = WebhookVerifier(secret).verify_event(headers, body)
+        assert event.occurred_at == datetime(2026, 11, 29, 8, 0, 0, 123456, tzinfo=UTC)
+
     def test_wrong_secret_stale_time_or_missing_headers_are_refused(self) -> None:
         secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
         body = b'{"type":"citizen.fields_changed","data":{}}'

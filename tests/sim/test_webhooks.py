@@ -10,14 +10,16 @@ from standardwebhooks.webhooks import Webhook
 
 from service.sim.webhooks import WebhookReceivers
 
+# As tellonce sends it: the event's time at the top as well (Standard Webhooks' payload).
 EVENT = {
     "type": "citizen.fields_changed",
+    "timestamp": "2026-11-29T08:00:00Z",
     "data": {
         "event_id": "evt-1",
         "citizen_id": "c-1",
         "fields": ["address"],
         "owner": "register",
-        "occurred_at": "2026-11-29T08:00:00+00:00",
+        "occurred_at": "2026-11-29T08:00:00Z",
     },
 }
 

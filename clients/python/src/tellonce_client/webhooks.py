@@ -52,7 +52,10 @@ class WebhookVerifier:
         return "v1," + base64.b64encode(digest).decode()
 
     def verify(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> dict[str, Any]:
-        """The delivery's JSON payload if its signature and timestamp hold; else raise."""
+        """The delivery's JSON payload if its signature and ``webhook-timestamp`` hold; else raise.
+
+        tellonce's payload is ``{"type", "timestamp", "data"}``: ``timestamp`` (RFC 3339) is
+        when the event occurred, the same as ``data["occurred_at"]``, on every attempt."""
         lowered = {name.lower(): value for name, value in headers.items()}
         message_id = lowered.get("webhook-id")
         timestamp_text = lowered.get("webhook-timestamp")
@@ -79,7 +82,8 @@ class WebhookVerifier:
         return payload
 
     def verify_event(self, headers: Mapping[str, str], body: bytes, *, now: float | None = None) -> EventData:
-        """A verified ``citizen.fields_changed`` delivery's ``data``."""
+        """A verified ``citizen.fields_changed`` delivery's ``data``; its ``occurred_at`` is
+        the payload's ``timestamp``."""
         payload = self.verify(headers, body, now=now)
         if payload.get("type") != "citizen.fields_changed":
             raise WebhookVerificationError(f"unexpected event type {payload.get('type')!r}")

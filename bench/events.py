@@ -212,7 +212,8 @@ async def _events(
 
 async def _baseline(receiver: Receiver, http: httpx.AsyncClient) -> dict[str, Any]:
     body = (
-        b'{"type":"citizen.fields_changed","data":{"event_id":"' + str(uuid.uuid4()).encode() + b'",'
+        b'{"type":"citizen.fields_changed","timestamp":"2026-11-29T08:00:00.000000Z",'
+        b'"data":{"event_id":"' + str(uuid.uuid4()).encode() + b'",'
         b'"citizen_id":"' + str(uuid.uuid4()).encode() + b'","fields":["address"],"owner":"register",'
         b'"occurred_at":"2026-11-29T08:00:00.000000Z"}}'
     )

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import Base, UTCDateTime, create_engine
 from service.events.models import Delivery
-from service.schema import alembic_config, check, head_revisions, upgrade_async
+from service.schema import alembic_config, check, head_revisions, known_revisions, upgrade_async
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 
 
@@ -158,6 +158,12 @@ class TestMigrations:
 
     def test_single_head(self) -> None:
         assert len(head_revisions()) == 1
+
+    def test_the_revisions_read_once_are_the_folders(self) -> None:
+        # head_revisions and known_revisions read the folder once per process.
+        script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+        assert head_revisions() == set(script.get_heads())
+        assert known_revisions() == set(revisions_oldest_first())
 
     async def test_partial_indexes_match_the_models(self, engine: AsyncEngine) -> None:
         # `alembic check` compares neither an index's WHERE nor its absence.

@@ -23,7 +23,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import RouteContext, iter_route_contexts
+from fastapi.routing import RouteContext
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
@@ -377,7 +377,7 @@ class AllowedMethods:
     """The methods served at each path, for the ``Allow`` header of a 405 (RFC 9110,
     15.5.6: every method the resource supports). Starlette names only the methods of the
     first route whose path matched, so a path served by two routes (``GET`` and ``DELETE
-    /v1/citizens/{id}``) lost one. Built once from the app's routes, after they are all
+    /v1/citizens/{id}``) lost one. Built from the routes an app declares, after they are all
     included (``app.state.allowed_methods``).
 
     A route counts only where the path's segments are values its path parameters take:
@@ -391,12 +391,12 @@ class AllowedMethods:
     one, so that path allows ``POST`` alone too (``by_name``, which ``NamedPathMiddleware``
     enforces: Starlette would send a ``GET`` to the parameter's route)."""
 
-    def __init__(self, app: FastAPI) -> None:
-        # FastAPI's own walk of the routes, through every included router, as its OpenAPI
-        # document is made from.
+    def __init__(self, routes: Iterable[RouteContext]) -> None:
+        # ``routes``: FastAPI's own walk of the app's routes, through every included router,
+        # as its OpenAPI document is made from (``service.app.declared_routes``).
         declared = [
             (context.path, frozenset(context.methods), _path_fields(context))
-            for context in iter_route_contexts(app.routes)
+            for context in routes
             if context.path and context.methods
         ]
         self._routes = [(compile_path(path)[0], methods, fields) for path, methods, fields in declared]

@@ -15,12 +15,12 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import RouteContext
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -199,14 +199,16 @@ class Metrics:
 _SERVED_TEMPLATE = "tellonce_served_template"
 
 
-def name_route_templates(app: FastAPI) -> None:
-    """Give each route that a router includes under a prefix the template it is served at.
+def name_route_templates(routes: Iterable[RouteContext]) -> None:
+    """Give each route that a router includes under a prefix the template it is served at;
+    ``routes``: FastAPI's walk of an app's routes (``service.app.declared_routes``).
 
     FastAPI (0.165) puts the route as declared in the request's scope, so a console page
     declared as ``/agreements`` in a router the console includes under ``/console`` was
-    counted and logged as ``/agreements``. Walked once, after every router is included;
-    the prefixes are fixed, so an app made again sets the same values."""
-    for context in iter_route_contexts(app.routes):
+    counted and logged as ``/agreements``. The attribute is set on the route as declared,
+    which every app made in the process shares; the prefixes are fixed, so an app made
+    again sets the same values."""
+    for context in routes:
         route, served = context.original_route, context.path_format
         if served and getattr(route, "path_format", None) != served:
             setattr(route, _SERVED_TEMPLATE, served)

@@ -12,13 +12,15 @@ refuses the method before a route's dependencies run).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
+from fastapi.routing import RouteContext, iter_route_contexts
 from starlette.routing import compile_path
 
+from service.app import declared_routes
 from service.errors import PROBLEM_JSON
 from tests.fixtures.auth import act_as
 
@@ -105,6 +107,22 @@ class TestMethodsANamedPathDoesNotServe:
             if path in document["paths"]:
                 listed = {method.upper() for method in document["paths"][path]}
                 assert listed | ({"HEAD"} if "GET" in listed else set()) == allowed, path
+
+
+class TestTheRoutesWalkedOnce:
+    def test_are_the_routes_of_every_app_made(self, app: FastAPI) -> None:
+        """``Allow`` and the route templates come from one walk per process
+        (``declared_routes``); every app declares the same routes, in the same order."""
+
+        def walked(contexts: Iterable[RouteContext]) -> list[tuple[str | None, frozenset[str], str]]:
+            return [
+                (context.path_format, frozenset(context.methods or ()), getattr(route, "name", ""))
+                for context in contexts
+                for route in [context.original_route]
+            ]
+
+        assert walked(declared_routes()) == walked(iter_route_contexts(app.routes))
+        assert len(declared_routes()) > 50
 
 
 class TestAParameterBesideANamedPath:

@@ -7,6 +7,7 @@ Alembic; each test then runs inside one transaction that is rolled back.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -33,6 +34,7 @@ from tests.fixtures.databases import (
     base_database_url,
     create_scratch_database,
     drop_scratch_database,
+    drop_templates,
     is_postgres,
 )
 from tests.fixtures.server import LiveServer, start_server
@@ -208,6 +210,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The comparison of declared and answered statuses reads what every other test answered.
     last = [item for item in items if item.get_closest_marker("after_all") is not None]
     items[:] = [item for item in items if item not in last] + last
+
+
+def pytest_sessionfinish() -> None:
+    # The migrated databases the run's scratch databases were copied from.
+    asyncio.run(drop_templates())
 
 
 def pytest_report_header() -> str:

@@ -121,14 +121,9 @@ class Dispatcher:
         self._concurrency = max(1, concurrency)
         self._limit = asyncio.Semaphore(self._concurrency)
         self._own_client = client is None
-        # No redirects: a receiver must not bounce the service to another address. No kept
-        # connections: targets are pinned to their resolved address, so the pool is keyed by
-        # address, and an https connection made (its certificate checked) for one host name
-        # would otherwise carry a later delivery for another name on the same address.
-        self.client = client or httpx.AsyncClient(
-            follow_redirects=False, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
-        )
-        tracing.instrument_httpx(self.client)
+        self._client = client
+        if client is not None:
+            tracing.instrument_httpx(client)
         # Told each time a delivery goes to the dead-letter state (the metrics count them).
         self.on_dead = on_dead
         self.attempts_made = 0
@@ -138,9 +133,25 @@ class Dispatcher:
     def settings(self) -> Settings:
         return self.runtime.settings
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client deliveries are sent with, made at the first delivery: making one
+        loads the CA bundle (about 40 ms), which a process that never delivers need not pay.
+
+        No redirects: a receiver must not bounce the service to another address. No kept
+        connections: targets are pinned to their resolved address, so the pool is keyed by
+        address, and an https connection made (its certificate checked) for one host name
+        would otherwise carry a later delivery for another name on the same address."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+            )
+            tracing.instrument_httpx(self._client)
+        return self._client
+
     async def aclose(self) -> None:
-        if self._own_client:
-            await self.client.aclose()
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
 
     # --- fan-out ----------------------------------------------------------------------
 

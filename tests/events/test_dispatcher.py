@@ -213,6 +213,27 @@ class TestSignedDelivery:
         assert len(await _deliveries(api, dvla_hook["id"])) == 1
 
 
+class TestItsHttpClient:
+    async def test_is_made_at_the_first_delivery_and_kept(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        receiver: WebhookReceiver,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        # Making one loads the CA bundle: an app whose dispatcher never delivers pays nothing.
+        await dispatcher.fan_out()
+        assert dispatcher._client is None
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        async with running(dispatcher):
+            await receiver.until(1)
+        made = dispatcher._client
+        assert made is not None
+        assert dispatcher.client is made
+        assert made.follow_redirects is False
+
+
 class TestConsentChanged:
     async def test_the_consumer_gets_its_agreements_consent_changes_signed_and_without_values(
         self,

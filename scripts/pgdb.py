@@ -37,8 +37,13 @@ async def drop(url: str) -> None:
     name = make_url(url).database
     connection = await _admin()
     try:
-        # Scratch databases made by tests beside this one go too.
-        rows = await connection.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", f"{name}%")
+        # Scratch databases made by tests beside this one (``<name>_<hex>``) go too; compared
+        # as text, since LIKE would read the ``_`` in the name as any character.
+        rows = await connection.fetch(
+            "SELECT datname FROM pg_database WHERE datname = $1 OR left(datname, length($2)) = $2",
+            name,
+            f"{name}_",
+        )
         for row in rows:
             await connection.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
     finally:

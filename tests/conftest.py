@@ -36,6 +36,7 @@ from tests.fixtures.databases import (
     drop_scratch_database,
     drop_templates,
     is_postgres,
+    remove_base_database,
 )
 from tests.fixtures.server import LiveServer, start_server
 from tests.fixtures.statuses import RecordedMetrics
@@ -46,10 +47,11 @@ DEMO_POLICIES = REPO_ROOT / "policies"
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url() -> Iterator[str]:
     url = base_database_url()
     upgrade(url)
-    return url
+    yield url
+    remove_base_database(url)
 
 
 @pytest.fixture(scope="session")

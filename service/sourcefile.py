@@ -26,6 +26,10 @@ PathKey = tuple[str | int, ...]
 
 # Policy and catalog files are small; a larger file is refused before it is parsed.
 MAX_SOURCE_BYTES = 1024 * 1024
+# Nor are they deep (an agreement's condition sits at about six levels): deeper nesting is
+# refused before it is built, since PyYAML's composer, like the walk below, recurses once
+# per level, and a few thousand ``[`` would exhaust Python's stack.
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, order=True)
@@ -95,27 +99,49 @@ class SourceFileError(Exception):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
-def _refuse_anchors(text: str, file: str) -> None:
-    """Anchors and aliases (``&a``, ``*a``) are refused before anything is built: an alias
-    is expanded wherever it appears, so nested aliases grow exponentially (a "billion
-    laughs" bomb), and policy files have no need of them. The scan is one linear pass."""
+def _scan(text: str, file: str) -> None:
+    """Refuse, before anything is built, what building would make dangerous. Anchors and
+    aliases (``&a``, ``*a``): an alias is expanded wherever it appears, so nested aliases
+    grow exponentially (a "billion laughs" bomb), and policy files have no need of them.
+    Nesting deeper than ``MAX_DEPTH``. The scan is one linear pass of the parser's events,
+    which keeps no stack of Python calls."""
     problems: list[SourceError] = []
+    depth = 0
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = event.start_mark.line + 1 if event.start_mark is not None else 1
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    problems.append(SourceError(file, line, f"nested deeper than {MAX_DEPTH} levels"))
+                    break
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
             anchor = getattr(event, "anchor", None)
             if anchor is None:
                 continue
             kind = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
-            line = event.start_mark.line + 1 if event.start_mark is not None else 1
             problems.append(
                 SourceError(
                     file, line, f"YAML anchors and aliases (&, *) are not supported (found {kind} {anchor!r})"
                 )
             )
-    except yaml.YAMLError:
-        return  # reported, with its line, by the parse that follows
+    except yaml.MarkedYAMLError:
+        pass  # reported, with its line, by the parse that follows
+    except yaml.YAMLError as exc:
+        raise SourceFileError([_unreadable_text(text, file, exc)]) from None
     if problems:
         raise SourceFileError(problems)
+
+
+def _unreadable_text(text: str, file: str, exc: yaml.YAMLError) -> SourceError:
+    """A character YAML does not allow in a document (a control character such as U+0007,
+    U+FFFF), which PyYAML's reader refuses before it parses: the problem on its line, the
+    character named by its code point only."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        return SourceError(file, line, f"invalid YAML: character #x{exc.character:04x} is not allowed")
+    return SourceError(file, 1, f"invalid YAML: {exc}")
 
 
 def parse_yaml(text: str, file: str, *, keep_unreadable: bool = False) -> SourceDocument:
@@ -125,7 +151,7 @@ def parse_yaml(text: str, file: str, *, keep_unreadable: bool = False) -> Source
     document's ``unreadable``, for the caller to report."""
     if len(text.encode("utf-8")) > MAX_SOURCE_BYTES:
         raise SourceFileError([SourceError(file, 1, f"file is larger than {MAX_SOURCE_BYTES} bytes")])
-    _refuse_anchors(text, file)
+    _scan(text, file)
     loader = yaml.SafeLoader(text)
     try:
         try:

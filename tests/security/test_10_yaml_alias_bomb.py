@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.policy.loader import load_policy_folder
-from service.sourcefile import MAX_SOURCE_BYTES, SourceFileError
+from service.sourcefile import MAX_DEPTH, MAX_SOURCE_BYTES, SourceFileError
 from tests.security.conftest import SECURITY_POLICIES
 
 
@@ -90,3 +90,69 @@ def test_a_file_over_the_size_cap_is_refused_unread(tmp_path: Path) -> None:
     assert [str(e) for e in caught.value.errors] == [
         f"{folder / 'register.yaml'}:1: file is larger than {MAX_SOURCE_BYTES} bytes"
     ]
+
+
+# Characters YAML does not allow anywhere in a document: PyYAML's reader refused them
+# before the parse, with a ReaderError that escaped as a traceback.
+NOT_ALLOWED = ["\x00", "\x07", "\x1b", "\ufffe", "\uffff"]
+
+
+@pytest.mark.parametrize("character", NOT_ALLOWED, ids=[f"U+{ord(c):04X}" for c in NOT_ALLOWED])
+def test_a_character_yaml_does_not_allow_is_a_problem_on_its_line(tmp_path: Path, character: str) -> None:
+    folder = _folder(tmp_path, f"owner: register\nagreements: []\nnote: 'a{character}b'\n")
+    with pytest.raises(SourceFileError) as caught:
+        load_policy_folder(folder)
+    assert [str(e) for e in caught.value.errors] == [
+        f"{folder / 'register.yaml'}:3: invalid YAML: character #x{ord(character):04x} is not allowed"
+    ]
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "agreements: " + "[" * 5000 + "]" * 5000,
+        "agreements:\n" + "".join("  " * depth + "- \n" for depth in range(1, 300)),
+        "agreements: " + "{a: " * 5000 + "1" + "}" * 5000,
+    ],
+    ids=["flow-lists", "block-lists", "flow-mappings"],
+)
+def test_nesting_deeper_than_the_limit_is_refused_before_it_is_built(tmp_path: Path, nested: str) -> None:
+    # Built, it overflowed Python's stack (RecursionError) in PyYAML's composer.
+    folder = _folder(tmp_path, f"owner: register\n{nested}\n")
+    with pytest.raises(SourceFileError) as caught:
+        load_policy_folder(folder)
+    [error] = caught.value.errors
+    assert error.file == str(folder / "register.yaml")
+    assert error.message == f"nested deeper than {MAX_DEPTH} levels"
+
+
+def test_nesting_up_to_the_limit_is_read(tmp_path: Path) -> None:
+    folder = _folder(
+        tmp_path, "owner: register\nagreements: []\nnote: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+    )
+    with pytest.raises(SourceFileError) as caught:
+        load_policy_folder(folder)
+    # Read whole: what is left is the policy file's own problem with the unknown key.
+    assert all(
+        "nested deeper" not in e.message and "invalid YAML" not in e.message for e in caught.value.errors
+    )
+
+
+@pytest.mark.parametrize("bad", ["note: 'a\x07b'", "agreements: " + "[" * 3000], ids=["U+0007", "deep"])
+def test_policies_apply_exits_1_naming_the_line_not_a_traceback(
+    tmp_path: Path, scratch_database: str, bad: str
+) -> None:
+    folder = _folder(tmp_path, f"owner: register\n{bad}\n")
+    env = {**os.environ, "TELLONCE_DATABASE_URL": scratch_database, "TELLONCE_ENV": "test"}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "policies", "apply", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"{folder / 'register.yaml'}:2:" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "\x07" not in result.stdout + result.stderr

@@ -207,3 +207,51 @@ def assign_keys(
         else:
             ranges.append(KeyRange(key, size, size, 1))
     return ranges, unrecorded
+
+
+def key_range_lines(ranges: Sequence[KeyRange]) -> list[str]:
+    """One line per run of checkpoints (by size) that one key verified, as ``tellonce audit
+    verify`` prints them after its verdict and the console's "verify now" shows them."""
+    return [
+        f"checkpoints of size {run.first_size} to {run.last_size} ({run.checkpoints}): "
+        f"verified with {run.key}"
+        for run in ranges
+    ]
+
+
+@dataclass(frozen=True)
+class ReplacedKey:
+    """A key the log records as replaced, and the checkpoints it signed: those of a size
+    after ``after_size`` (0 for the log's first key) up to ``up_to_size``."""
+
+    key: str  # <name>+<hex key id>
+    after_size: int
+    up_to_size: int
+    leaf_index: int  # of the change that replaced it
+
+
+def replaced_keys_missing(
+    changes: Sequence[KeyChange], keys: Sequence[NoteVerifier], tree_size: int | None
+) -> list[ReplacedKey]:
+    """Why a checkpoint of ``tree_size`` carried no signature by any of ``keys``, if the
+    log's record of key changes says why: the key in force at that size is one the changes
+    replaced, and ``keys`` do not hold it. Then every replaced key that ``keys`` do not hold,
+    in the order the changes replaced them (the keys a verification needs besides these);
+    else (or with no size) nothing. The changes are the log's word, unverified here: this
+    explains a failure, it never lets a log pass."""
+    if tree_size is None:
+        return []
+    changes = sorted(changes, key=lambda change: change.leaf_index)
+    given = {key.label() for key in keys}
+    missing: list[ReplacedKey] = []
+    in_force: str | None = None
+    after = 0
+    for change in changes:
+        if in_force is None and tree_size <= change.signed_up_to:
+            in_force = change.old_key
+        if change.old_key not in given:
+            missing.append(ReplacedKey(change.old_key, after, change.signed_up_to, change.leaf_index))
+        after = change.signed_up_to
+    if in_force is None or in_force in given:
+        return []
+    return missing

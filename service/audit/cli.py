@@ -39,6 +39,7 @@ from service.audit import repository as audit_repository
 from service.audit import service as audit_service
 from service.audit import witnessing
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
+from service.audit.checkpoint_keys import key_range_lines
 from service.audit.config import AuditSettings, load_signer
 from service.audit.releases import ReleaseChecker, ReleaseReport
 from service.audit.verify import (
@@ -47,6 +48,7 @@ from service.audit.verify import (
     StoredCheckpoint,
     TrustedKeys,
     VerificationFailed,
+    distinct_keys,
     open_checkpoint,
     quick_parse,
     trusted_keys,
@@ -95,12 +97,7 @@ def _verifiers_from(keys: Sequence[str]) -> list[NoteVerifier]:
     installation's own key if none is given."""
     if not keys:
         return [_verifier_from(None)]
-    verifiers: list[NoteVerifier] = []
-    for key in keys:
-        verifier = _verifier_from(key)
-        if verifier not in verifiers:
-            verifiers.append(verifier)
-    return verifiers
+    return distinct_keys(_verifier_from(key) for key in keys)
 
 
 def trusted_checkpoint(path: Path, note: str, verifier: TrustedKeys) -> StoredCheckpoint:
@@ -467,19 +464,10 @@ def verify(
         )
     else:
         typer.echo(f"audit log verified: {size} entries, every checkpoint and column valid")
-    for line in key_ranges(log):
+    for line in key_range_lines(log.key_ranges):
         typer.echo(line)
     for switch in log.unrecorded_key_switches:
         typer.echo(f"warning: {switch}", err=True)
-
-
-def key_ranges(log: LogVerifier) -> list[str]:
-    """One line per run of checkpoints (by size) that one key verified."""
-    return [
-        f"checkpoints of size {run.first_size} to {run.last_size} ({run.checkpoints}): "
-        f"verified with {run.key}"
-        for run in log.key_ranges
-    ]
 
 
 @app.command("export")

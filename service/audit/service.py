@@ -18,6 +18,7 @@ from service import tracing
 from service.audit import merkle, witnessing
 from service.audit import repository as audit_repository
 from service.audit.checkpoint import NoteSigner, NoteVerifier
+from service.audit.checkpoint_keys import KeyChange, key_change
 from service.audit.config import AuditSettings, load_signer
 from service.audit.key_events import KeyEventsInTransaction
 from service.audit.policy_changes import connect_policy_changes
@@ -175,15 +176,9 @@ async def stored_log_verification(
         key_operations = await audit_repository.key_operations(conn, size)
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
     for leaf_index, canonical, recorded in key_operations:
-        # Read apart from the walk below, which checks every recorded leaf hash against the
-        # tree: this one must be the entry's, so the change read is the change verified.
-        if recorded != merkle.leaf_hash(canonical.encode()):
-            raise VerificationFailed(
-                f"the key operation at leaf {leaf_index} no longer matches its leaf hash"
-            )
-        entry = json.loads(canonical)
-        if isinstance(entry, dict):
-            log.note_entry(leaf_index, entry)
+        change = _recorded_change(leaf_index, canonical, recorded)
+        if change is not None:
+            log.key_changes.append(change)
 
     async def unsequenced_entry() -> int | None:
         async with connect() as conn:
@@ -209,6 +204,36 @@ async def stored_log_verification(
     if log.compact.size != size:
         raise VerificationFailed(f"the log records {size} leaves but only {log.compact.size} are stored")
     return log
+
+
+def _recorded_change(leaf_index: int, canonical: str, recorded: bytes | None) -> KeyChange | None:
+    """The checkpoint-key change a stored key operation records, if it records one.
+
+    Read apart from the walk over every leaf, which checks each recorded leaf hash against
+    the tree: this one must be the entry's, so the change read is the change verified."""
+    if recorded != merkle.leaf_hash(canonical.encode()):
+        raise VerificationFailed(f"the key operation at leaf {leaf_index} no longer matches its leaf hash")
+    entry = json.loads(canonical)
+    return key_change(leaf_index, entry) if isinstance(entry, dict) else None
+
+
+async def recorded_key_changes(connect: Connect) -> list[KeyChange]:
+    """The checkpoint-key changes the stored log records, read as the whole-log check reads
+    them, to say why a verification failed (``checkpoint_keys.replaced_keys_missing``), never
+    to pass one: a key operation that the check would refuse is left out, for the check
+    itself to name."""
+    async with connect() as conn:
+        size = await audit_repository.tree_size(conn)
+        key_operations = await audit_repository.key_operations(conn, size)
+    changes = []
+    for leaf_index, canonical, recorded in key_operations:
+        try:
+            change = _recorded_change(leaf_index, canonical, recorded)
+        except (VerificationFailed, ValueError):
+            continue
+        if change is not None:
+            changes.append(change)
+    return changes
 
 
 async def _verify_in_process(

@@ -11,7 +11,7 @@ so a truncated or emptied log does not pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +31,11 @@ from service.audit.schemas import canonical_json
 __all__ = [
     "Expectations",
     "LogVerifier",
+    "NoTrustedSignature",
     "StoredCheckpoint",
     "TrustedKeys",
     "VerificationFailed",
+    "distinct_keys",
     "quick_parse",
 ]
 
@@ -46,16 +48,38 @@ def trusted_keys(keys: TrustedKeys) -> tuple[NoteVerifier, ...]:
     return (keys,) if isinstance(keys, NoteVerifier) else tuple(keys)
 
 
+def distinct_keys(keys: Iterable[NoteVerifier]) -> list[NoteVerifier]:
+    """``keys`` in the order given, each once: the trusted keys of one verification."""
+    distinct: list[NoteVerifier] = []
+    for key in keys:
+        if key not in distinct:
+            distinct.append(key)
+    return distinct
+
+
+class NoTrustedSignature(VerificationFailed):
+    """A checkpoint carries no signature by any trusted key. ``tree_size`` is the size it
+    is stored with (its note is not read, as nothing vouches for it), if known: the size at
+    which a caller can find, in the log's record of key changes, which key signed it."""
+
+    def __init__(self, message: str, tree_size: int | None = None) -> None:
+        super().__init__(message)
+        self.tree_size = tree_size
+
+
 def open_checkpoint(
-    note: str, keys: Sequence[NoteVerifier], label: str
+    note: str, keys: Sequence[NoteVerifier], label: str, tree_size: int | None = None
 ) -> tuple[Checkpoint, list[NoteVerifier]]:
     """The checkpoint ``note`` signs, and which of ``keys`` signed it (at least one, and its
-    name the checkpoint's origin); ``VerificationFailed`` naming ``label`` otherwise."""
+    name the checkpoint's origin); ``VerificationFailed`` naming ``label`` otherwise
+    (``NoTrustedSignature``, carrying ``tree_size``, when none of ``keys`` signed it)."""
     try:
         text, signed = signing_keys(note, keys)
         if not signed:
-            raise CheckpointError(
-                f"the note carries no signature by a trusted key ({', '.join(key.label() for key in keys)})"
+            raise NoTrustedSignature(
+                f"{label}: the note carries no signature by a trusted key "
+                f"({', '.join(key.label() for key in keys)})",
+                tree_size,
             )
         opened = Checkpoint.parse_body(text)
     except CheckpointError as exc:
@@ -116,7 +140,7 @@ class LogVerifier:
         self._signers: list[list[NoteVerifier]] = []
         # Signatures first: a forged checkpoint is named even before its size is reached.
         for checkpoint in self.checkpoints:
-            opened, signed = open_checkpoint(checkpoint.note, keys, checkpoint.label)
+            opened, signed = open_checkpoint(checkpoint.note, keys, checkpoint.label, checkpoint.tree_size)
             self._signers.append(signed)
             if opened.size != checkpoint.tree_size or opened.root_hash != checkpoint.root_hash:
                 raise VerificationFailed(

@@ -12,14 +12,17 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 
 from service.audit import observed as audit_observed
 from service.audit import repository as audit_repository
 from service.audit import search as audit_search
-from service.audit.checkpoint import NoteSigner, NoteVerifier
+from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
+from service.audit.checkpoint_keys import key_range_lines
+from service.audit.observed import ReplacedKeysNotGiven
 from service.audit.search import AuditAccessDep, EntryQuery
 from service.audit.value import Release, releases_to_others
-from service.audit.verify import VerificationFailed
+from service.audit.verify import VerificationFailed, distinct_keys
 from service.auth import permissions
 from service.auth import service as auth_service
 from service.auth.dependencies import Principal
@@ -32,6 +35,7 @@ from service.console.web import (
     CITIZEN_ID_HINT,
     ConsolePageError,
     ConsoleRoute,
+    Posted,
     Settings,
     catalog_names,
     catalog_of,
@@ -210,16 +214,74 @@ async def _checkpoint(access: audit_search.AuditAccess) -> CheckpointView | None
     return CheckpointView(row.tree_size, base64.b64encode(row.root_hash).decode(), row.created_at)
 
 
-async def _verify(request: Request, access: audit_search.AuditAccess, viewer: Principal) -> VerifyOutcome:
+# The integrity form's field for the verifier keys of replaced checkpoint keys, and its limits.
+REPLACED_KEYS = "replaced_keys"
+REPLACED_KEYS_LABEL = "Verifier keys of replaced checkpoint keys"
+REPLACED_KEYS_MAX = 20
+REPLACED_KEYS_BYTES = 8 * 1024
+
+
+def parse_replaced_keys(text: str) -> tuple[list[NoteVerifier], list[str]]:
+    """The verifier keys pasted one per line (blank lines skipped), and the problems with
+    them, worded for the form: none is read past the limits."""
+    if len(text.encode()) > REPLACED_KEYS_BYTES:
+        return [], [
+            f"{REPLACED_KEYS_LABEL} must be at most {REPLACED_KEYS_BYTES // 1024} KiB: paste only the "
+            "verifier keys of the replaced keys, one per line"
+        ]
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) > REPLACED_KEYS_MAX:
+        return [], [
+            f"{REPLACED_KEYS_LABEL} can hold at most {REPLACED_KEYS_MAX} keys; you entered {len(lines)}"
+        ]
+    keys: list[NoteVerifier] = []
+    problems: list[str] = []
+    for number, line in lines:
+        try:
+            keys.append(NoteVerifier.parse(line))
+        except CheckpointError as exc:
+            # The parser's words name what is wrong, never the text given.
+            problems.append(f"Line {number} of the verifier keys is not an Ed25519 verifier key: {exc}")
+    return keys, problems
+
+
+def _replaced_message(failure: ReplacedKeysNotGiven) -> str:
+    """The failure, in plain words, where the log records that keys it no longer holds
+    signed checkpoints: which keys, which checkpoints, and where to paste them."""
+    spans = []
+    for key in failure.replaced:
+        sizes = (
+            f"up to size {key.up_to_size}"
+            if key.after_size == 0
+            else f"after size {key.after_size} up to size {key.up_to_size}"
+        )
+        spans.append(f"the checkpoints {sizes} were signed by the replaced key {key.key}")
+    if len(failure.replaced) == 1:
+        held, paste = "that key", "Paste that key's verifier key"
+    else:
+        held, paste = "those keys", "Paste their verifier keys, one per line,"
+    return (
+        f"This log records that its checkpoint key was replaced: {'; '.join(spans)}. This service "
+        f"no longer holds {held}, so it cannot check those checkpoints by itself. {paste} into "
+        f'"{REPLACED_KEYS_LABEL}" below and verify again. A verifier key is what tellonce init '
+        "printed when the key was made, for auditors to keep."
+    )
+
+
+async def _verify(
+    request: Request, access: audit_search.AuditAccess, viewer: Principal, replaced: list[NoteVerifier]
+) -> VerifyOutcome:
     """The whole-log check of ``tellonce audit verify``, recorded as an audit query first,
-    anchored on the largest checkpoint an auditor verified before (``audit.observed``)."""
+    anchored on the largest checkpoint an auditor verified before (``audit.observed``).
+    It trusts the installation's own key and the verifier keys of replaced keys the
+    auditor gave, as the CLI trusts several ``--key``."""
     await audit_search.record_query(access.writer, viewer, source=source_address(request))
     signer: NoteSigner = request.app.state.audit_signer
-    verifier = NoteVerifier.parse(signer.verifier_key())
+    keys = distinct_keys([NoteVerifier.parse(signer.verifier_key()), *replaced])
     try:
-        result = await audit_observed.verify_for_auditor(
-            access.connect, access.begin, verifier, viewer.client_id
-        )
+        result = await audit_observed.verify_for_auditor(access.connect, access.begin, keys, viewer.client_id)
+    except ReplacedKeysNotGiven as failure:
+        return VerifyOutcome(False, 0, _replaced_message(failure))
     except VerificationFailed as failure:
         return VerifyOutcome(False, 0, f"Verification failed: {failure}")
     anchored = (
@@ -233,18 +295,44 @@ async def _verify(request: Request, access: audit_search.AuditAccess, viewer: Pr
         f"All {result.size} entries were hashed again and every column auditors filter on was "
         f"checked against its entry; the tree matches all {result.checkpoints} signed checkpoints."
         + anchored,
+        tuple(key_range_lines(result.key_ranges)),
+        result.unrecorded_key_switches,
+    )
+
+
+def _integrity_page(
+    request: Request,
+    checkpoint: CheckpointView | None,
+    viewer: SignedIn,
+    *,
+    outcome: VerifyOutcome | None = None,
+    replaced_keys: str = "",
+    errors: dict[str, list[str]] | None = None,
+) -> Response:
+    signer: NoteSigner = request.app.state.audit_signer
+    errors = errors or {}
+    return render(
+        request,
+        "audit/integrity.html",
+        {
+            "section": "integrity",
+            "checkpoint": checkpoint,
+            "outcome": outcome,
+            "own_key": NoteVerifier.parse(signer.verifier_key()).label(),
+            "replaced_keys": replaced_keys,
+            "replaced_keys_label": REPLACED_KEYS_LABEL,
+            "replaced_keys_max": REPLACED_KEYS_MAX,
+            "errors": errors,
+            "error_list": [(name, message) for name, messages in errors.items() for message in messages],
+        },
+        viewer=viewer,
+        status_code=422 if errors else 200,
     )
 
 
 @router.get("/audit/integrity", response_class=HTMLResponse)
 async def integrity(request: Request, access: AuditAccessDep, viewer: SignedIn = Auditor) -> Response:
-    checkpoint = await _checkpoint(access)
-    return render(
-        request,
-        "audit/integrity.html",
-        {"section": "integrity", "checkpoint": checkpoint, "outcome": None},
-        viewer=viewer,
-    )
+    return _integrity_page(request, await _checkpoint(access), viewer)
 
 
 @router.post("/audit/integrity/verify", response_class=HTMLResponse)
@@ -253,15 +341,20 @@ async def verify_now(
     access: AuditAccessDep,
     viewer: SignedIn = Depends(csrf_checked),
     _auditor: SignedIn = Auditor,
+    posted: FormData = Posted,
 ) -> Response:
-    outcome = await _verify(request, access, viewer.principal)
-    checkpoint = await _checkpoint(access)
-    return render(
-        request,
-        "audit/integrity.html",
-        {"section": "integrity", "checkpoint": checkpoint, "outcome": outcome},
-        viewer=viewer,
-    )
+    given = posted.get(REPLACED_KEYS)
+    # Public keys, echoed back in the field (escaped, as every value the page shows), but
+    # never more of them than the field takes.
+    text = given[:REPLACED_KEYS_BYTES] if isinstance(given, str) else ""
+    replaced, problems = parse_replaced_keys(given if isinstance(given, str) else "")
+    if problems:
+        # Refused before the check: nothing was verified, so no audit query is recorded.
+        return _integrity_page(
+            request, await _checkpoint(access), viewer, replaced_keys=text, errors={REPLACED_KEYS: problems}
+        )
+    outcome = await _verify(request, access, viewer.principal, replaced)
+    return _integrity_page(request, await _checkpoint(access), viewer, outcome=outcome, replaced_keys=text)
 
 
 def _releases(rows: list[UsageRow]) -> list[Release]:

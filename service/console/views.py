@@ -178,6 +178,10 @@ class VerifyOutcome:
     ok: bool
     size: int
     message: str
+    # Which key verified which checkpoints, as `tellonce audit verify` prints it after its verdict.
+    key_lines: tuple[str, ...] = ()
+    # Switches of checkpoint key the log does not record (the CLI's warnings).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
 from service.audit.checkpoint import NoteSigner, NoteVerifier
-from service.audit.checkpoint_keys import KeyChange, KeyRange, assign_keys, key_change_entry
+from service.audit.checkpoint_keys import (
+    KeyChange,
+    KeyRange,
+    ReplacedKey,
+    assign_keys,
+    key_change_entry,
+    replaced_keys_missing,
+)
 from service.audit.cli import export_bundle, verify_database
 from service.audit.config import AuditSettings, read_signing_key, signing_key_path
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf
@@ -478,3 +485,35 @@ class TestAssignKeys:
             f"the checkpoint-key change at leaf 5 puts {key.label()} back in force, which the "
             "checkpoint-key change at leaf 5 replaced"
         )
+
+
+class TestReplacedKeysMissing:
+    """Why a checkpoint carried no trusted signature, from the log's record of changes."""
+
+    def _chain(self) -> tuple[list[NoteVerifier], list[KeyChange]]:
+        signers = [_verifier() for _ in range(3)]
+        changes = [
+            KeyChange(6, _label(signers[0][0]), signers[1][0].verifier_key(), signed_up_to=5),
+            KeyChange(12, _label(signers[1][0]), signers[2][0].verifier_key(), signed_up_to=10),
+        ]
+        return [key for _signer, key in signers], changes
+
+    def test_every_replaced_key_not_given_is_named_with_its_checkpoints(self) -> None:
+        keys, changes = self._chain()
+        assert replaced_keys_missing(changes, keys[2:], 3) == [
+            ReplacedKey(keys[0].label(), 0, 5, 6),
+            ReplacedKey(keys[1].label(), 5, 10, 12),
+        ]
+        # The first key given: the second is still missing, and the failure is in its checkpoints.
+        assert replaced_keys_missing(changes, [keys[0], keys[2]], 8) == [
+            ReplacedKey(keys[1].label(), 5, 10, 12)
+        ]
+
+    def test_nothing_where_the_key_in_force_was_given_or_the_size_is_unknown(self) -> None:
+        keys, changes = self._chain()
+        # A checkpoint after the last change: the key in force is the installation's own.
+        assert replaced_keys_missing(changes, keys[2:], 11) == []
+        # A checkpoint in the first key's run, and that key was given: some other key signed it.
+        assert replaced_keys_missing(changes, [keys[0], keys[2]], 4) == []
+        assert replaced_keys_missing(changes, keys[2:], None) == []
+        assert replaced_keys_missing([], keys[2:], 3) == []

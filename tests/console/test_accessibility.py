@@ -26,10 +26,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from playwright.async_api import Page, expect
 
+from service.audit.checkpoint import NoteSigner
+from service.audit.config import AuditSettings
 from service.policy.signing import OwnerSigner
 from tests.conftest import REPO_ROOT
 from tests.console.conftest import ConsoleSite, sign_in
@@ -402,7 +405,19 @@ async def walk_audit_auditor(page: Page, site: ConsoleSite, audit: Audit) -> Non
     await audit.check("integrity")
     await submit(page, "Verify the whole log now")
     await expect(page.locator("#verify-result")).to_contain_text("The log verified")
+    await expect(page.locator("#verify-keys")).to_be_visible()
     await audit.check("integrity, verified")
+    # The verifier keys of replaced checkpoint keys: a line that is not one is the field's error,
+    await page.get_by_label("Verifier keys of replaced checkpoint keys").fill("not a key")
+    await submit(page, "Verify the whole log now")
+    await expect(page.locator("#replaced_keys-error")).to_be_visible()
+    await audit.check("integrity with a line that is not a key")
+    # and a key that signed none of the site's checkpoints fails the check.
+    stranger = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate()).verifier_key()
+    await page.get_by_label("Verifier keys of replaced checkpoint keys").fill(stranger)
+    await submit(page, "Verify the whole log now")
+    await expect(page.locator("#verify-result")).to_contain_text("verified no checkpoint")
+    await audit.check("integrity, a key given signed nothing")
 
     await page.goto("/console/audit/usage")
     await audit.check("usage")

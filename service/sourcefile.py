@@ -174,17 +174,22 @@ def parse_yaml(text: str, file: str, *, keep_unreadable: bool = False) -> Source
         loader.dispose()
 
 
-def read_yaml(path: Path, *, keep_unreadable: bool = False) -> SourceDocument:
-    """``path`` parsed as ``parse_yaml`` parses text."""
+def read_source_text(path: Path) -> str:
+    """The text of ``path``; ``SourceFileError`` if it is over ``MAX_SOURCE_BYTES``, cannot
+    be read (a folder, a symlink loop) or is not UTF-8."""
     try:
         if path.stat().st_size > MAX_SOURCE_BYTES:
             raise SourceFileError(
                 [SourceError(str(path), 1, f"file is larger than {MAX_SOURCE_BYTES} bytes")]
             )
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceFileError([SourceError(str(path), 0, f"cannot read file: {exc}")]) from None
-    return parse_yaml(text, str(path), keep_unreadable=keep_unreadable)
+
+
+def read_yaml(path: Path, *, keep_unreadable: bool = False) -> SourceDocument:
+    """``path`` (read by ``read_source_text``) parsed as ``parse_yaml`` parses text."""
+    return parse_yaml(read_source_text(path), str(path), keep_unreadable=keep_unreadable)
 
 
 def _walk(

@@ -20,7 +20,7 @@ from service.policy.loader import policy_files, validated_policy_file
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerSigner, OwnerVerifier, SigningKeyError
 from service.private_files import check_owner_only
-from service.sourcefile import SourceError, SourceFileError, parse_yaml
+from service.sourcefile import SourceError, SourceFileError, parse_yaml, read_source_text
 
 
 def write_private_key(path: Path, signer: OwnerSigner) -> None:
@@ -101,15 +101,16 @@ def _edit_in_place(text: str, signatures: dict[int, str]) -> str | None:
 def sign_folder(directory: Path, signer: OwnerSigner) -> SignReport:
     """Sign every agreement of ``signer``'s department in ``directory``, in place.
 
-    Raises ``SourceFileError`` (and writes nothing) if one of its files does not parse
-    or holds an agreement that is not valid as written: an owner signs what it can read.
+    Raises ``SourceFileError`` (and writes nothing) if one of its files cannot be read (a
+    folder, a symlink loop, not UTF-8), does not parse or holds an agreement that is not
+    valid as written: an owner signs what it can read.
     """
     report = SignReport()
     errors: list[SourceError] = []
     planned: list[tuple[Path, str, dict[int, str], list[dict[str, Any]], str]] = []
     verifier = OwnerVerifier.parse(signer.verifier_key())
     for path in policy_files(directory):
-        text = path.read_text(encoding="utf-8")
+        text = read_source_text(path)
         document = parse_yaml(text, str(path))
         if not isinstance(document.data, dict) or document.data.get("owner") != signer.department:
             continue

@@ -170,7 +170,7 @@ def _bundle_lines(path: Path, containing: bytes = b"") -> Iterator[tuple[int, by
                 continue
             try:
                 record = quick_parse(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
                 raise VerificationFailed(f"{path}:{number}: not a JSON line") from None
             if not isinstance(record, dict):
                 raise VerificationFailed(f"{path}:{number}: not a typed record")
@@ -248,14 +248,19 @@ def bundle_verification(
             continue
         where = f"{path}:{number}"
         leaf_index, label = _member(record, "leaf_index", int, where), f"entry {record.get('entry_id')}"
-        entry = add(
-            leaf_index,
-            label,
-            record.get("entry"),
-            _b64(_member(record, "leaf_hash", str, where)),
-            _bundle_columns(record.get("columns")),
-            partial(_exact_entry, line),
-        )
+        try:
+            entry = add(
+                leaf_index,
+                label,
+                record.get("entry"),
+                _b64(_member(record, "leaf_hash", str, where)),
+                _bundle_columns(record.get("columns")),
+                partial(_exact_entry, line),
+            )
+        except RecursionError:
+            # orjson reads 1,024 levels; writing the canonical bytes, or ``json`` reading
+            # the entry again, recurses once per level and may run out of stack first.
+            raise VerificationFailed(f"{where}: nested too deeply to read") from None
         log.note_entry(leaf_index, entry)
         if on_entry is not None:
             on_entry(leaf_index, label, entry)

@@ -9,14 +9,21 @@ never a Python traceback, and never a value the file holds.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from service.audit.checkpoint import NoteSigner
+from service.audit.merkle import leaf_hash
+from service.audit.schemas import canonical_json
 from service.policy.signing import OwnerSigner
 from service.policy.signing_files import write_private_key
 
@@ -77,3 +84,43 @@ def test_policies_sign_names_a_policy_file_it_cannot_read(kind: str, tmp_path: P
     result = _cli(["policies", "sign", str(folder), "--key", str(key)], tmp_path)
     _one_line(result, 1, f"{folder / 'zz.yaml'}:0: cannot read file:", "nothing signed")
     assert (folder / "dvla.yaml").read_text() == before
+
+
+# --- audit bundles (audit verify --bundle, audit check-releases) ---------------------------
+
+LOG_KEY = NoteSigner("tellonce.example/audit", Ed25519PrivateKey.generate()).verifier_key()
+
+
+def _entry_line(entry: dict[str, Any], leaf_index: int = 0) -> str:
+    """A bundle line whose leaf hash is its entry's own: it passes the hash check."""
+    leaf = base64.b64encode(leaf_hash(canonical_json(entry).encode())).decode()
+    record = {"type": "entry", "leaf_index": leaf_index, "entry_id": leaf_index + 1, "leaf_hash": leaf}
+    return json.dumps({**record, "entry": entry})
+
+
+def _bundle(tmp_path: Path, *lines: str) -> Path:
+    header = {"type": "bundle", "format": 2, "origin": "tellonce.example/audit", "verifier_key": LOG_KEY}
+    path = tmp_path / "bundle.jsonl"
+    path.write_text("\n".join([json.dumps({**header, "tree_size": len(lines)}), *lines]) + "\n")
+    return path
+
+
+def test_a_bundle_line_nested_past_the_parser_s_stack_is_not_json(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, "[" * 100_000 + "]" * 100_000)
+    result = _cli(["audit", "verify", "--bundle", str(bundle), "--key", LOG_KEY], tmp_path)
+    _one_line(result, 1, f"audit log does NOT verify: {bundle}:2: not a JSON line")
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_an_entry_too_deep_to_hash_is_named_by_its_line(levels: int, tmp_path: Path) -> None:
+    # orjson reads 1,000 levels; it writes only 255, and ``json``, which writes the entry's
+    # canonical bytes then, runs out of stack first at 1,000.
+    line = _entry_line({"action": "read"})
+    assert line.endswith('"read"}}')
+    text = line[: -len("}}")] + ', "deep": ' + "[" * levels + "]" * levels + "}}"
+    bundle = _bundle(tmp_path, text)
+    result = _cli(["audit", "verify", "--bundle", str(bundle), "--key", LOG_KEY], tmp_path)
+    if levels == 300:  # written by ``json``: its hash is not the one recorded
+        _one_line(result, 1, "entry 1 at leaf 0 no longer matches its leaf hash")
+    else:
+        _one_line(result, 1, f"audit log does NOT verify: {bundle}:2: nested too deeply to read")

@@ -58,6 +58,19 @@ _DAY, _INSTANT = "day", "instant"
 _AT_ITS_TIME = "\x00at its time"
 
 
+def _items(value: Any) -> list[Any]:
+    """``value`` if it is a list, else no items: an entry read from a bundle is outside
+    input, and a member the service writes as a list may hold anything there."""
+    return value if isinstance(value, list) else []
+
+
+def _instant(text: str) -> datetime:
+    """An ISO 8601 time as an instant, one without an offset read as UTC (as the bundle's
+    columns are), so that any two compare; ``ValueError`` if it is none."""
+    time = datetime.fromisoformat(text)
+    return time if time.tzinfo is not None else time.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class _Compiled:
     policy: CompiledPolicy
@@ -173,20 +186,20 @@ class ReleaseChecker:
             self._choice_change(str(action), entry)
             return
         policy_action = RELEASE_ACTIONS.get(str(action))
-        released = entry.get("fields_released") or []
+        released = _items(entry.get("fields_released"))
         consumer = str(entry.get("department") or "")
         if policy_action is None or not released or consumer == self.owner:
             # Not a decided access (a registration stores values, an erasure removes
             # them), nothing released, or the owner's own access to its own fields.
             return
         owned = self._owned_fields()
-        mine = [name for name in released if name in owned]
+        mine = [name for name in released if isinstance(name, str) and name in owned]
         if not mine:
             return
         self.report.releases += 1
         self.report.fields += len(mine)
         try:
-            time = datetime.fromisoformat(str(entry["time"]))
+            time = _instant(str(entry["time"]))
         except (KeyError, ValueError):
             for name in mine:
                 self._unjustified(leaf_index, label, name, "the entry's time is not an ISO 8601 timestamp")
@@ -194,7 +207,11 @@ class ReleaseChecker:
         purpose, case_ref = str(entry.get("purpose") or ""), entry.get("case_ref")
         citizen_status = entry.get("citizen_status")
         consents, objections = self._choices_of(str(entry.get("citizen_id") or ""), time)
-        reasons = {r.get("field"): r for r in entry.get("reasons") or [] if isinstance(r, Mapping)}
+        reasons = {
+            r.get("field"): r
+            for r in _items(entry.get("reasons"))
+            if isinstance(r, Mapping) and isinstance(r.get("field"), str)
+        }
         generation = len(self._generations) - 1
         for name in mine:
             cited = reasons.get(name)
@@ -257,9 +274,9 @@ class ReleaseChecker:
 
     def _policy_change(self, entry: Mapping[str, Any]) -> None:
         self._verdicts.clear()
-        reasons = entry.get("reasons") or []
+        reasons = _items(entry.get("reasons"))
         document = entry.get("document")
-        if not reasons or not isinstance(document, str):
+        if not reasons or not isinstance(document, str) or not isinstance(reasons[0], Mapping):
             return
         reason = reasons[0]
         agreement_id, version, status = reason.get("agreement"), reason.get("version"), reason.get("effect")
@@ -281,7 +298,7 @@ class ReleaseChecker:
         digest = text_digest(document)
         try:
             content = json.loads(document)
-        except ValueError:
+        except (ValueError, RecursionError):
             return LoggedVersion(
                 agreement_id, version, "", status, digest, None, "the logged text is not JSON"
             )
@@ -302,7 +319,7 @@ class ReleaseChecker:
 
     def _choice_change(self, action: str, entry: Mapping[str, Any]) -> None:
         citizen = str(entry.get("citizen_id") or "")
-        reasons = [r for r in entry.get("reasons") or [] if isinstance(r, Mapping)]
+        reasons = [r for r in _items(entry.get("reasons")) if isinstance(r, Mapping)]
         if not citizen or not reasons or not reasons[0].get("agreement"):
             return
         agreement, change = str(reasons[0]["agreement"]), str(reasons[0].get("effect") or "")
@@ -321,12 +338,12 @@ class ReleaseChecker:
             expires_at, covered = None, frozenset()
             try:
                 terms = json.loads(document)
-            except ValueError:
+            except (ValueError, RecursionError):
                 terms = None
             if isinstance(terms, dict):
                 expiry = terms.get("expires_at")
                 try:
-                    expires_at = datetime.fromisoformat(expiry) if isinstance(expiry, str) else None
+                    expires_at = _instant(expiry) if isinstance(expiry, str) else None
                 except ValueError:
                     expires_at = None
                 fields = terms.get("fields")
@@ -364,7 +381,7 @@ class ReleaseChecker:
             self._owned = {
                 str(spec["name"]) for spec in catalog.get("fields", []) if spec.get("owner") == self.owner
             }
-        except (ValueError, AttributeError, KeyError, TypeError):
+        except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
             return
 
     def _owned_fields(self) -> set[str]:

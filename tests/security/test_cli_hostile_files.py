@@ -20,11 +20,14 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.audit.checkpoint import NoteSigner
 from service.audit.merkle import leaf_hash
+from service.audit.releases import ReleaseChecker
 from service.audit.schemas import canonical_json
-from service.policy.signing import OwnerSigner
+from service.policy.signing import OwnerSigner, OwnerVerifier
 from service.policy.signing_files import write_private_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,3 +127,59 @@ def test_an_entry_too_deep_to_hash_is_named_by_its_line(levels: int, tmp_path: P
         _one_line(result, 1, "entry 1 at leaf 0 no longer matches its leaf hash")
     else:
         _one_line(result, 1, f"audit log does NOT verify: {bundle}:2: nested too deeply to read")
+
+
+def test_check_releases_of_entries_the_service_never_writes_is_a_verdict(tmp_path: Path) -> None:
+    owner_key = OwnerSigner.generate("dvla").verifier_key()
+    catalog = {"fields": [{"name": "licence_status", "owner": "dvla"}]}
+    entries = [
+        {"action": "catalog-change", "document": json.dumps(catalog)},
+        {"action": "read", "department": "dwp", "fields_released": [["licence_status"]]},
+        {"action": "policy-change", "decision": "permit", "reasons": {"0": 1}, "document": "{}"},
+        {"action": "consent-change", "citizen_id": "c1", "reasons": True},
+    ]
+    bundle = _bundle(tmp_path, *(_entry_line(entry, index) for index, entry in enumerate(entries)))
+    args = ["audit", "check-releases", "--bundle", str(bundle), "--owner", "dvla", "--owner-key", owner_key]
+    result = _cli([*args, "--key", LOG_KEY], tmp_path)
+    # Every entry is read; the verdict is on the log, which no checkpoint signs.
+    _one_line(result, 1, "audit log does NOT verify: the log holds no signed checkpoint")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+_consent_terms = st.builds(
+    lambda expiry, fields: json.dumps({"expires_at": expiry, "fields": fields, "consumer": "dwp"}),
+    st.sampled_from(["2026-06-01T00:00:00+00:00", "2026-06-01T00:00:00", "2026-06-01", None]),
+    st.just(["licence_status"]) | _json,
+)
+_logged_entry = st.fixed_dictionaries(
+    {"citizen_id": st.just("c1") | _json},
+    optional={
+        "action": st.sampled_from(["policy-change", "consent-change", "objection-change", "read"]) | _json,
+        "decision": st.just("permit") | _json,
+        "reasons": st.just([{"agreement": "a1", "effect": "active", "field": "licence_status"}]) | _json,
+        "document": _consent_terms | st.text(max_size=4) | _json,
+        "fields_released": st.just(["licence_status"]) | _json,
+        "department": st.just("dwp") | _json,
+        "time": st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00"]) | _json,
+        "purpose": _json,
+        "case_ref": _json,
+        "citizen_status": _json,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_logged_entry, min_size=1, max_size=4))
+def test_release_checker_reads_any_json_entry(entries: list[dict[str, Any]]) -> None:
+    """Whatever JSON a bundle's entries hold, each is judged, never a crash."""
+    signer = OwnerSigner.generate("dvla")
+    checker = ReleaseChecker("dvla", OwnerVerifier.parse(signer.verifier_key(), "dvla"))
+    catalog = {"fields": [{"name": "licence_status", "owner": "dvla"}]}
+    checker.add(0, "entry 1", {"action": "catalog-change", "document": json.dumps(catalog)})
+    for index, entry in enumerate(entries, 1):
+        checker.add(index, f"entry {index + 1}", entry)
+    checker.finish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import typer
@@ -90,7 +91,13 @@ def serve(
     except UnicodeDecodeError:
         typer.echo("cannot start the witness: a --key or --log file is not UTF-8 text", err=True)
         raise typer.Exit(2) from None
-    witness_state = WitnessState(state, signer, logs)
+    try:
+        witness_state = WitnessState(state, signer, logs)
+    except (OSError, sqlite3.Error) as exc:
+        # Said here: ``tellonce`` would take an SQLite error for its own database's.
+        reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
+        typer.echo(f"cannot start the witness: cannot use the state file {state}: {reason}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"witness {signer.verifier_key()} on http://{host}:{port}", err=True)
     try:
         uvicorn.run(

@@ -12,8 +12,10 @@ decided one after the other: the rollback race the spec warns about cannot happe
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -96,9 +98,13 @@ class WitnessState:
         # The state is this witness's word on every log (a rollback would let it cosign a
         # fork): made readable by its owner only; SQLite gives its WAL the same mode. An
         # existing file is not opened here: closing a descriptor of it would release the
-        # locks any SQLite connection of this process holds on it (POSIX).
+        # locks any SQLite connection of this process holds on it (POSIX). Anything else
+        # there (a folder) is refused, its mode left as it is: ``OSError``, as is a path
+        # that cannot be opened; a file that is not an SQLite database is ``sqlite3.Error``.
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         os.chmod(path, 0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

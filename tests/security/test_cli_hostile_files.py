@@ -29,6 +29,7 @@ from service.audit.releases import ReleaseChecker
 from service.audit.schemas import canonical_json
 from service.policy.signing import OwnerSigner, OwnerVerifier
 from service.policy.signing_files import write_private_key
+from service.witness.cosignature import CosignatureSigner
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "policies"
@@ -183,3 +184,34 @@ def test_release_checker_reads_any_json_entry(entries: list[dict[str, Any]]) -> 
     for index, entry in enumerate(entries, 1):
         checker.add(index, f"entry {index + 1}", entry)
     checker.finish()
+
+
+# --- the witness's state file (witness serve --state) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("folder", "not a regular file"),
+        ("symlink loop", "Too many levels of symbolic links"),
+        ("not sqlite", "file is not a database"),
+    ],
+)
+def test_witness_serve_names_a_state_file_it_cannot_use(kind: str, reason: str, tmp_path: Path) -> None:
+    key = tmp_path / "witness.key"
+    key.write_text(CosignatureSigner.generate("witness.example/w").private_key_text())
+    key.chmod(0o600)
+    state = tmp_path / "state.db"
+    if kind == "not sqlite":
+        state.write_bytes(b"national id QQ123456C, not a database\n" * 100)
+    else:
+        _unreadable(kind, state)
+    mode = state.lstat().st_mode
+    result = _cli(
+        ["witness", "serve", "--port", "1", "--key", str(key), "--state", str(state), "--log", LOG_KEY],
+        tmp_path,
+    )
+    _one_line(result, 2, f"cannot start the witness: cannot use the state file {state}: {reason}")
+    assert "QQ123456C" not in result.stderr
+    if kind == "folder":  # refused as it is: a folder's mode is not the state file's 0600
+        assert state.lstat().st_mode == mode

@@ -73,10 +73,15 @@ def create_signing_key(path: Path) -> bool:
 def read_signing_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 key whose seed ``path`` holds. Raises ``SharedSecretFile``, reading
     nothing, if the file is open to other accounts (``check_owner_only``, in every
-    environment), and ``SigningKeyMissing`` if it does not hold a base64 32-byte seed."""
-    check_owner_only(path, SIGNING_KEY_NAME)
+    environment), and ``SigningKeyMissing`` if it cannot be read (a folder, a symlink loop)
+    or does not hold a base64 32-byte seed."""
     try:
-        raw = base64.b64decode(path.read_bytes().strip(), validate=True)
+        check_owner_only(path, SIGNING_KEY_NAME)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SigningKeyMissing(f"{path} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32:

@@ -215,3 +215,15 @@ def test_witness_serve_names_a_state_file_it_cannot_use(kind: str, reason: str, 
     assert "QQ123456C" not in result.stderr
     if kind == "folder":  # refused as it is: a folder's mode is not the state file's 0600
         assert state.lstat().st_mode == mode
+
+
+# --- the data directory's keys ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink loop"])
+def test_an_audit_checkpoint_key_that_cannot_be_read_is_one_line(kind: str, tmp_path: Path) -> None:
+    key = tmp_path / "data" / "audit-checkpoint.key"
+    key.parent.mkdir(mode=0o700)
+    _unreadable(kind, key)
+    result = _cli(["audit", "export", "--out", str(tmp_path / "bundle.jsonl")], tmp_path)
+    _one_line(result, 2, f"tellonce: cannot use the audit checkpoint key: {key} cannot be read: ")

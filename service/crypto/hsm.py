@@ -84,6 +84,8 @@ def _read_pin_file(path: Path) -> str:
         return path.read_text().strip()
     except OSError as exc:
         raise RootKeyUnavailable(f"the PKCS#11 PIN in {path} cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise RootKeyUnavailable(f"the PKCS#11 PIN in {path} cannot be read (not UTF-8 text)") from None
 
 
 class Token:

@@ -202,13 +202,27 @@ def load_root_key(settings: Settings) -> KeyMaterial:
         return _decode_root_key(settings.root_key.get_secret_value(), "TELLONCE_ROOT_KEY")
     path = settings.root_key_file
     if path.exists():
-        refuse_shared_secret_file(path, "root key")
-        return _decode_root_key(path.read_text(), str(path))
+        return _read_root_key_file(path)
     if not settings.allows_generated_keys:
         raise RootKeyUnavailable(
             f"production refuses to generate a root key: set TELLONCE_ROOT_KEY or provide {path}"
         )
     return _create_root_key_file(path)
+
+
+def _read_root_key_file(path: Path) -> KeyMaterial:
+    """The root key in ``path``; ``RootKeyUnavailable`` naming the file if other accounts
+    may read it, it cannot be read (a folder, a symlink loop) or it holds no root key."""
+    try:
+        refuse_shared_secret_file(path, "root key")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RootKeyUnavailable(
+            f"the root key in {path} cannot be read: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise RootKeyUnavailable(f"the root key in {path} is not base64") from None
+    return _decode_root_key(text, str(path))
 
 
 def refuse_shared_secret_file(path: Path, secret: str) -> None:
@@ -228,7 +242,7 @@ def _create_root_key_file(path: Path) -> KeyMaterial:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _decode_root_key(path.read_text(), str(path))
+        return _read_root_key_file(path)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(encoded + b"\n")
     logger.warning("generated a new root key file", extra={"path": str(path)})

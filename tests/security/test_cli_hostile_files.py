@@ -227,3 +227,37 @@ def test_an_audit_checkpoint_key_that_cannot_be_read_is_one_line(kind: str, tmp_
     _unreadable(kind, key)
     result = _cli(["audit", "export", "--out", str(tmp_path / "bundle.jsonl")], tmp_path)
     _one_line(result, 2, f"tellonce: cannot use the audit checkpoint key: {key} cannot be read: ")
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [("folder", "cannot be read"), ("symlink loop", "cannot be read"), ("utf-16", "is not base64")],
+)
+def test_a_root_key_file_that_cannot_be_read_is_one_line(kind: str, problem: str, tmp_path: Path) -> None:
+    key = tmp_path / "data" / "root.key"
+    key.parent.mkdir(mode=0o700)
+    _unreadable(kind, key)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("national_id,given_name\nQQ123456C,Alice\n")
+    result = _cli(["import", "--department", "register", str(rows)], tmp_path)
+    _one_line(result, 2, f"tellonce: cannot use the root key: the root key in {key} {problem}")
+
+
+def test_a_pkcs11_pin_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    from service.config import Settings
+    from service.crypto.errors import RootKeyUnavailable
+    from service.crypto.hsm import token_config
+
+    pin = tmp_path / "pin"
+    _unreadable("utf-16", pin)
+    settings = Settings(
+        database_url="sqlite+aiosqlite:///:memory:",
+        key_provider="pkcs11",
+        pkcs11_module="/nonexistent/libsofthsm2.so",
+        pkcs11_token_label="tellonce",
+        pkcs11_pin_file=pin,
+    )
+    with pytest.raises(
+        RootKeyUnavailable, match=f"the PKCS#11 PIN in {pin} cannot be read \\(not UTF-8 text\\)"
+    ):
+        token_config(settings)

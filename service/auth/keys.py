@@ -127,7 +127,8 @@ def _read_manifest(folder: Path) -> tuple[str, list[KeyEntry]] | None:
         return None
     try:
         # ValueError: not UTF-8 or not JSON, or a time fromisoformat refuses; KeyError: a
-        # member missing; TypeError: a member of the wrong type.
+        # member missing; TypeError: a member of the wrong type; RecursionError: JSON
+        # nested past the parser's stack.
         raw = json.loads(path.read_text())
         entries = [
             KeyEntry(
@@ -142,7 +143,7 @@ def _read_manifest(folder: Path) -> tuple[str, list[KeyEntry]] | None:
         active = _text(raw["active"])
         if active not in {entry.kid for entry in entries}:
             raise KeyError(active)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise SigningKeyCorrupt(path, "access-token signing-key manifest") from None
     return active, entries
 

@@ -261,3 +261,13 @@ def test_a_pkcs11_pin_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
         RootKeyUnavailable, match=f"the PKCS#11 PIN in {pin} cannot be read \\(not UTF-8 text\\)"
     ):
         token_config(settings)
+
+
+def test_a_signing_key_manifest_nested_past_the_parser_s_stack_cannot_be_parsed(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "signing-keys"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = _cli(["auth", "rotate-signing-key"], tmp_path)
+    _one_line(
+        result, 2, f"the access-token signing-key manifest in {folder / 'manifest.json'} cannot be parsed"
+    )

@@ -28,7 +28,7 @@ from service.audit.key_events import KeyEventsInTransaction
 from service.config import get_settings
 from service.crypto.keyring import Keyring
 from service.db import Database, missing_schema, unusable_database
-from service.digits import ascii_digits
+from service.digits import bounded_decimal
 from service.private_files import open_owner_only
 from service.records import import_worker, importing
 from service.records.import_files import ImportFormat
@@ -88,17 +88,26 @@ class _RejectFile:
         kept: list[list[str]] = []
         if keep_up_to_line is not None and path.exists():
             with path.open(newline="", encoding="utf-8") as old:
-                # Whole lines of committed rows only: a batch's lines are flushed before it commits.
+                # Whole lines of committed rows only: a batch's lines are flushed before it
+                # commits. A line number too long for ``int`` is past any committed line (an
+                # import writes them without leading zeros).
+                reader = csv.reader(old)
                 try:
                     kept = [
                         r
-                        for r in list(csv.reader(old))[1:]
-                        if len(r) == 2 and ascii_digits(r[0]) and int(r[0]) <= keep_up_to_line
+                        for r in list(reader)[1:]
+                        if len(r) == 2 and bounded_decimal(r[0], keep_up_to_line) is not None
                     ]
                 except UnicodeDecodeError:
                     raise importing.ImportRefused(
                         "the reject file to resume is not one an import wrote (not UTF-8): "
                         "move it away or name another with --reject-file"
+                    ) from None
+                except csv.Error as exc:
+                    # The reader's message names the rule (a cell over the limit), never the cell.
+                    raise importing.ImportRefused(
+                        f"the reject file to resume is not one an import wrote (line {reader.line_num}: "
+                        f"{exc}): move it away or name another with --reject-file"
                     ) from None
         # The reasons name fields of people's records: for the owner only, as a key file is.
         self.handle: TextIO = open_owner_only(path, newline="")

@@ -271,3 +271,31 @@ def test_a_signing_key_manifest_nested_past_the_parser_s_stack_cannot_be_parsed(
     _one_line(
         result, 2, f"the access-token signing-key manifest in {folder / 'manifest.json'} cannot be parsed"
     )
+
+
+# --- tellonce import --resume: the reject file an earlier run wrote ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "refusal"),
+    [
+        ("9" * 5000 + ",x\n", None),  # past int()'s 4,300 digits: past any committed line
+        ("1," + "x" * (17 << 20) + "\n", "field larger than field limit"),
+    ],
+)
+def test_resume_reads_a_hostile_reject_file_without_a_traceback(
+    rows: str, refusal: str | None, tmp_path: Path
+) -> None:
+    from service.records.cli import _RejectFile
+    from service.records.importing import ImportRefused
+
+    path = tmp_path / "rejects.csv"
+    path.write_text("line,reason\n2,kept\n" + rows)
+    if refusal is None:
+        _RejectFile(path, keep_up_to_line=10).close()
+        assert path.read_bytes() == b"line,reason\r\n2,kept\r\n"
+        return
+    with pytest.raises(
+        ImportRefused, match=f"the reject file to resume is not one an import wrote .*{refusal}"
+    ):
+        _RejectFile(path, keep_up_to_line=10)

@@ -27,7 +27,6 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 import httpx
-import yaml
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
@@ -35,6 +34,7 @@ from joserfc.jwk import KeySet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.console.config import ConsoleSettings
+from service.sourcefile import SourceFileError, read_yaml
 
 ConsoleRole = Literal["data-owner", "auditor", "citizen-portal"]
 CALLBACK_PATH = "/console/oidc/callback"
@@ -71,9 +71,15 @@ class RoleMap(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> RoleMap:
+        """The role map in ``path``, read as policy files are (``read_yaml``: a file that
+        cannot be read, a character YAML does not allow, anchors and aliases, nesting past
+        ``MAX_DEPTH`` are each ``FILE:LINE: message``); ``ValueError`` saying why not."""
         try:
-            return cls.model_validate(yaml.safe_load(path.read_text()))
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            return cls.model_validate(read_yaml(path).data)
+        except SourceFileError as exc:
+            problems = "; ".join(str(error) for error in exc.errors)
+            raise ValueError(f"{path}: not a valid console role map ({problems})") from None
+        except ValidationError as exc:
             raise ValueError(f"{path}: not a valid console role map ({exc})") from None
 
     def grant(self, claims: dict[str, Any]) -> tuple[str, set[str]] | None:

@@ -299,3 +299,30 @@ def test_resume_reads_a_hostile_reject_file_without_a_traceback(
         ImportRefused, match=f"the reject file to resume is not one an import wrote .*{refusal}"
     ):
         _RejectFile(path, keep_up_to_line=10)
+
+
+# --- the console's single sign-on role map (TELLONCE_CONSOLE_OIDC_ROLE_MAP) ------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[" * 3000 + "]" * 3000, ":1: nested deeper than 64 levels"),
+        ("claim: groups\nrules: &r [*r]\n", ":2: YAML anchors and aliases (&, *) are not supported"),
+        ("claim: gro\x07ups\n", ":1: invalid YAML: character #x0007 is not allowed"),
+    ],
+)
+def test_serve_refuses_a_hostile_role_map_in_one_line(content: str, problem: str, tmp_path: Path) -> None:
+    role_map = tmp_path / "roles.yaml"
+    role_map.write_text(content)
+    result = _cli(
+        ["serve", "--port", "1"],
+        tmp_path,
+        TELLONCE_CONSOLE_OIDC_ISSUER="https://id.example",
+        TELLONCE_CONSOLE_OIDC_CLIENT_ID="console",
+        TELLONCE_CONSOLE_OIDC_CLIENT_SECRET="console-secret-7f3a",
+        TELLONCE_CONSOLE_OIDC_ROLE_MAP=str(role_map),
+    )
+    _one_line(result, 2, "tellonce: invalid settings: ", f"not a valid console role map ({role_map}{problem}")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "console-secret-7f3a" not in result.stderr

@@ -133,7 +133,7 @@ def test_an_entry_too_deep_to_hash_is_named_by_its_line(levels: int, tmp_path: P
 def test_check_releases_of_entries_the_service_never_writes_is_a_verdict(tmp_path: Path) -> None:
     owner_key = OwnerSigner.generate("dvla").verifier_key()
     catalog = {"fields": [{"name": "licence_status", "owner": "dvla"}]}
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"action": "catalog-change", "document": json.dumps(catalog)},
         {"action": "read", "department": "dwp", "fields_released": [["licence_status"]]},
         {"action": "policy-change", "decision": "permit", "reasons": {"0": 1}, "document": "{}"},

@@ -52,10 +52,10 @@ def test_an_alias_bomb_is_refused_at_its_first_anchor(tmp_path: Path) -> None:
     assert "anchors and aliases" in first.message
 
 
-def test_policies_apply_exits_1_naming_file_and_line(tmp_path: Path, scratch_database: str) -> None:
-    folder = _folder(tmp_path, BOMB)
-    env = {**os.environ, "TELLONCE_DATABASE_URL": scratch_database, "TELLONCE_ENV": "test"}
-    result = subprocess.run(
+def _apply(folder: Path, database_url: str) -> subprocess.CompletedProcess[str]:
+    """``tellonce policies apply FOLDER``, run as a user runs it."""
+    env = {**os.environ, "TELLONCE_DATABASE_URL": database_url, "TELLONCE_ENV": "test"}
+    return subprocess.run(
         [sys.executable, "-m", "service.cli", "policies", "apply", str(folder)],
         env=env,
         capture_output=True,
@@ -63,6 +63,11 @@ def test_policies_apply_exits_1_naming_file_and_line(tmp_path: Path, scratch_dat
         timeout=120,
         check=False,
     )
+
+
+def test_policies_apply_exits_1_naming_file_and_line(tmp_path: Path, scratch_database: str) -> None:
+    folder = _folder(tmp_path, BOMB)
+    result = _apply(folder, scratch_database)
     assert result.returncode == 1
     assert f"{folder / 'register.yaml'}:2:" in result.stdout + result.stderr
 
@@ -143,15 +148,7 @@ def test_policies_apply_exits_1_naming_the_line_not_a_traceback(
     tmp_path: Path, scratch_database: str, bad: str
 ) -> None:
     folder = _folder(tmp_path, f"owner: register\n{bad}\n")
-    env = {**os.environ, "TELLONCE_DATABASE_URL": scratch_database, "TELLONCE_ENV": "test"}
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "policies", "apply", str(folder)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _apply(folder, scratch_database)
     assert result.returncode == 1
     assert f"{folder / 'register.yaml'}:2:" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -4,6 +4,8 @@ its signed checkpoints, and webhooks signed by the ``standardwebhooks`` library.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from datetime import UTC, datetime
@@ -221,3 +223,94 @@ class TestWebhooks:
         headers = self._signed(secret, body, datetime.now(UTC))
         with pytest.raises(WebhookVerificationError, match="data"):
             WebhookVerifier(secret).verify_event(headers, body)
+
+
+def _spec_signature(key: bytes, message_id: str, timestamp: str, body: bytes) -> str:
+    """A ``v1,...`` value made from the spec alone: HMAC-SHA256 over ``id.timestamp.body``,
+    the timestamp exactly as the header writes it."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+class TestWebhookHeadersToTheLetter:
+    KEY = b"k" * 32
+    SECRET = "whsec_" + base64.b64encode(KEY).decode()
+    BODY = b'{"type":"citizen.fields_changed","timestamp":"t","data":{}}'
+
+    def _headers(self, timestamp: str, signature: str) -> dict[str, str]:
+        return {"webhook-id": "msg_1", "webhook-timestamp": timestamp, "webhook-signature": signature}
+
+    @pytest.mark.parametrize(
+        "written",
+        [
+            "+{now}",
+            " {now} ",
+            "{now}\n",
+            "{now:_}",
+            "0{now}",
+            # Arabic-Indic digits, which int() reads as the same number.
+            "{arabic}",
+        ],
+    )
+    def test_a_timestamp_not_written_as_plain_digits_is_refused(self, written: str) -> None:
+        """``webhook-timestamp`` is integer seconds, and the signed content holds it as the
+        header writes it: a header rewritten to another spelling of the same number is not
+        the content that was signed, whichever of the two spellings the signature is over."""
+        now = int(time.time())
+        arabic = "".join(chr(0x660 + int(digit)) for digit in str(now))
+        header = written.format(now=now, arabic=arabic)
+        for signed_timestamp in (str(now), header):
+            signature = _spec_signature(self.KEY, "msg_1", signed_timestamp, self.BODY)
+            with pytest.raises(WebhookVerificationError, match="webhook-timestamp"):
+                WebhookVerifier(self.SECRET).verify(self._headers(header, signature), self.BODY)
+
+    @pytest.mark.parametrize("digits", [20, 400, 4000, 5000])
+    def test_a_timestamp_of_very_many_digits_is_refused_not_a_crash(self, digits: int) -> None:
+        header = "9" * digits
+        signature = _spec_signature(self.KEY, "msg_1", header, self.BODY)
+        with pytest.raises(WebhookVerificationError, match="webhook-timestamp"):
+            WebhookVerifier(self.SECRET).verify(self._headers(header, signature), self.BODY)
+
+    @pytest.mark.parametrize("offset", [-301, 301, -(10**9), 10**9])
+    def test_too_old_or_too_far_ahead_is_refused(self, offset: int) -> None:
+        header = str(int(time.time()) + offset)
+        signature = _spec_signature(self.KEY, "msg_1", header, self.BODY)
+        with pytest.raises(WebhookVerificationError, match="tolerance"):
+            WebhookVerifier(self.SECRET).verify(self._headers(header, signature), self.BODY)
+
+    @pytest.mark.parametrize(
+        "others",
+        [
+            "",
+            "nocomma",
+            "v1",
+            "v1,",
+            "v1,!!!not-base64",
+            "v2,{value}",
+            "v1a,{value}",
+            "V1,{value}",
+            "v1,{value}x",
+            "v1,{unpadded}",
+            "v1, {value}",
+            "v1,é",
+        ],
+    )
+    def test_malformed_or_unknown_values_never_match_and_do_not_hide_a_good_one(self, others: str) -> None:
+        """A value of another version (``v1a`` is the asymmetric scheme), without a comma, or
+        not base64 never matches, even around the right bytes; one matching ``v1`` value
+        among them verifies."""
+        now = str(int(time.time()))
+        good = _spec_signature(self.KEY, "msg_1", now, self.BODY)
+        value = good.removeprefix("v1,")
+        bad = others.format(value=value, unpadded=value.rstrip("="))
+        verifier = WebhookVerifier(self.SECRET)
+        if bad:
+            with pytest.raises(WebhookVerificationError):
+                verifier.verify(self._headers(now, bad), self.BODY)
+        for mixed in (f"{bad} {good}", f"{good} {bad}"):
+            assert verifier.verify(self._headers(now, mixed.strip()), self.BODY)["type"]
+
+    @pytest.mark.parametrize("secret", ["whsec_", "", "whsec_===="])
+    def test_an_empty_secret_is_refused(self, secret: str) -> None:
+        with pytest.raises(ValueError, match="whsec_"):
+            WebhookVerifier(secret)

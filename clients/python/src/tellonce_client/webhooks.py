@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,10 @@ from tellonce_client.models import EventData
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of every secret, not one
 DEFAULT_TOLERANCE_SECONDS = 300
+# Integer seconds written as plain ASCII digits, no sign, space or leading zero: the one
+# spelling whose number, written again, is the header's text the signed content holds.
+# Eighteen digits are far beyond any tolerance, and the number stays a float's.
+_TIMESTAMP = re.compile(r"[1-9][0-9]{0,17}")
 
 
 class WebhookVerificationError(TellonceError):
@@ -40,6 +45,8 @@ class WebhookVerifier:
             self._key = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("a webhook secret is whsec_ followed by base64") from None
+        if not self._key:
+            raise ValueError("a webhook secret is whsec_ followed by base64 of the key; it is empty")
         self.tolerance_seconds = tolerance_seconds
 
     def __repr__(self) -> str:
@@ -62,10 +69,11 @@ class WebhookVerifier:
         signatures = lowered.get("webhook-signature")
         if not message_id or not timestamp_text or not signatures:
             raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
-        try:
-            timestamp = int(timestamp_text)
-        except ValueError:
-            raise WebhookVerificationError("webhook-timestamp is not an integer") from None
+        # int() alone would also read "+1", " 1 ", "1_0" or other scripts' digits, each a
+        # header other than the one whose text was signed.
+        if not _TIMESTAMP.fullmatch(timestamp_text):
+            raise WebhookVerificationError("webhook-timestamp is not an integer in seconds")
+        timestamp = int(timestamp_text)
         current = time.time() if now is None else now
         if abs(current - timestamp) > self.tolerance_seconds:
             raise WebhookVerificationError("webhook-timestamp is outside the tolerance")

@@ -157,6 +157,10 @@ class UnsupportedMediaType(ServiceError):
     status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
 
 
+class RangeNotSatisfiable(ServiceError):
+    status, title, slug = 416, "Range not satisfiable", "range-not-satisfiable"
+
+
 class ValidationFailed(ServiceError):
     status, title, slug = 422, "Validation failed", "validation-failed"
 

@@ -496,3 +496,41 @@ class TestBodyLimitOverHttp:
             timeout=10,
         )
         assert_problem(response, 413)
+
+
+class TestDocsAssetsRanges:
+    """The docs' static assets honour ``Range``; a Range they cannot serve is refused as a
+    problem like every other refusal, not Starlette's plain text."""
+
+    @pytest.mark.parametrize(
+        ("method", "range_header", "status"),
+        [
+            ("GET", "bytes=999999999-", 416),
+            ("HEAD", "bytes=999999999-", 416),
+            ("GET", "bytes=abc", 400),
+            ("GET", "items=0-1", 400),
+            ("GET", "bytes=5-1", 400),
+        ],
+    )
+    async def test_a_range_it_cannot_serve_is_a_problem(
+        self, probe_client: httpx.AsyncClient, method: str, range_header: str, status: int
+    ) -> None:
+        response = await probe_client.request(
+            method, "/docs-assets/swagger-ui.css", headers={"Range": range_header}
+        )
+        assert response.status_code == status
+        assert response.headers["content-type"] == PROBLEM
+        if method == "HEAD":
+            assert response.content == b""
+            return
+        body = assert_problem(response, status)
+        assert range_header not in body["detail"]
+        if status == 416:
+            assert body["type"].endswith("/range-not-satisfiable")
+            size = int(response.headers["content-range"].removeprefix("bytes */"))
+            assert size > 0
+
+    async def test_a_range_it_can_serve_is_served(self, probe_client: httpx.AsyncClient) -> None:
+        response = await probe_client.get("/docs-assets/swagger-ui.css", headers={"Range": "bytes=0-9"})
+        assert response.status_code == 206
+        assert len(response.content) == 10

@@ -339,6 +339,8 @@ class Tokens:
     disabled: str
     expired: str
     tampered: str
+    # A consumer's token asked for with citizens:read alone.
+    narrowed: str
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +349,12 @@ async def tokens(matrix: Env) -> Tokens:
     env = matrix.env
     http = env.client
     made: dict[str, tuple[str, str]] = {}
-    for name, roles in (("consumer", ["consumer"]), ("writer", ["writer"]), ("disabled", ["consumer"])):
+    for name, roles in (
+        ("consumer", ["consumer"]),
+        ("writer", ["writer"]),
+        ("disabled", ["consumer"]),
+        ("narrowed", ["consumer"]),
+    ):
         created = _ok(await http.post("/v1/clients", json={"roles": roles}, headers=WELFARE_ADMIN), 201)
         made[name] = (created["client_id"], created["client_secret"])
     with real_tokens(env):
@@ -359,12 +366,27 @@ async def tokens(matrix: Env) -> Tokens:
             return str(_ok(answer)["access_token"])
 
         consumer, writer, disabled = await token("consumer"), await token("writer"), await token("disabled")
+        # A client asks for scopes beyond its roles: refused; for fewer: granted only those.
+        beyond = await http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "citizens:read admin:clients"},
+            auth=made["narrowed"],
+        )
+        assert beyond.status_code == 400, beyond.text
+        assert beyond.json()["error"] == "invalid_scope"
+        fewer = await http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "citizens:read"},
+            auth=made["narrowed"],
+        )
+        assert _ok(fewer)["scope"] == "citizens:read"
+        narrowed = str(fewer.json()["access_token"])
     _ok(await http.post(f"/v1/clients/{made['disabled'][0]}/disable", headers=WELFARE_ADMIN))
     auth = env.app.state.auth
     expired = TokenIssuer(auth.keys, auth.issuer.issuer, auth.issuer.audience, -600).issue(
         client_id=made["consumer"][0], department="welfare", roles=["consumer"], scope="citizens:read"
     )["access_token"]
-    return Tokens(consumer, writer, disabled, str(expired), _tampered(consumer))
+    return Tokens(consumer, writer, disabled, str(expired), _tampered(consumer), narrowed)
 
 
 @contextmanager
@@ -416,6 +438,8 @@ async def _ask_with_tokens(
             ("not a bearer token", {"Authorization": "Basic d2VsZmFyZTp4"}, 401),
         ]
         # A token whose scopes lack the route's: 403 insufficient_scope.
+        if needs and needs <= ROLE_SCOPES["consumer"] and needs != {"citizens:read"}:
+            bad.append(("narrowed token", {"Authorization": f"Bearer {tokens.narrowed}"}, 403))
         if needs and needs <= ROLE_SCOPES["consumer"]:
             bad.append(("writer token", {"Authorization": f"Bearer {tokens.writer}"}, 403))
         elif needs or path.startswith("/v1/audit/"):
@@ -629,7 +653,6 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
         ],
         ("POST", "/v1/citizens/{citizen_id}/objections/{agreement}"): [
             Probe(REVENUE, "POST", f"/v1/citizens/{c}/objections/{OBJECTABLE_AGREEMENT}", (403,)),
-            Probe(PORTAL, "POST", f"/v1/citizens/{c}/objections/{CONSENT_AGREEMENT}", (404, 409, 422)),
         ],
         ("DELETE", "/v1/citizens/{citizen_id}/objections/{agreement}"): [
             Probe(REVENUE, "DELETE", f"/v1/citizens/{c}/objections/{OBJECTABLE_AGREEMENT}", (403,)),
@@ -660,12 +683,13 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
                 json={"ids": [c], "fields": ["address"], "purpose": "tax-administration"},
             ),
         ],
+        # Revenue is party to no lookup agreement: it may not learn the citizen exists (404).
         ("POST", "/v1/citizens/lookup"): [
             Probe(
                 REVENUE,
                 "POST",
                 "/v1/citizens/lookup",
-                (403, 404),
+                (404,),
                 json={"national_id": w.national_id, "purpose": "tax-administration"},
             ),
         ],
@@ -683,7 +707,7 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
                 REVENUE,
                 "GET",
                 f"/v1/citizens/{c}/fields/address/history",
-                (403, 404),
+                (404,),
                 params={"purpose": "tax-administration"},
             ),
         ],
@@ -799,3 +823,45 @@ async def test_other_departments_lists_hold_nothing_of_theirs(matrix: Env) -> No
         assert not leaked, f"{who} GET {url} {params} shows {leaked}: {response.text}"
         if params:
             assert response.json()["items"] == [], response.text
+
+
+async def test_a_stranger_cannot_tell_a_citizen_from_a_made_up_id(matrix: Env) -> None:
+    """A department party to no agreement over a citizen's fields may not learn the citizen
+    exists: every citizen route answers it for a real id exactly as for a made-up one."""
+    http, w = matrix.env.client, matrix.world
+    made_up = str(uuid.uuid4())
+    erase = {"reason": "duplicate-record", "legal_basis": "Test Act s.29", "purpose": "civil-registration"}
+    asks: list[tuple[dict[str, str], str, str, dict[str, Any]]] = [
+        (
+            as_("audit-office", "consumer"),
+            "GET",
+            "/v1/citizens/{}",
+            {"params": {"fields": "given_name,address", "purpose": "benefit-eligibility"}},
+        ),
+        (
+            as_("audit-office", "consumer"),
+            "GET",
+            "/v1/citizens/{}/fields/address/history",
+            {"params": {"purpose": "fraud-investigation"}},
+        ),
+        (
+            as_("audit-office", "consumer"),
+            "POST",
+            "/v1/citizens/{}/verify",
+            {"json": {"purpose": "benefit-eligibility", "claims": {"date_of_birth": {"lte": "2000-01-01"}}}},
+        ),
+        (
+            as_("audit-office", "writer"),
+            "PATCH",
+            "/v1/citizens/{}/fields",
+            {"json": {"fields": {"address": "9 Hijack Row"}, "reason": "moved", "purpose": "address-update"}},
+        ),
+        (as_("welfare", "registrar"), "DELETE", "/v1/citizens/{}", {"params": erase}),
+    ]
+    for who, method, path, kwargs in asks:
+        answers = []
+        for citizen in (w.citizen, made_up):
+            response = await http.request(method, path.format(citizen), headers=who, **kwargs)
+            _refused(response, (403, 404), w.canaries, citizen)
+            answers.append((response.status_code, response.text.replace(citizen, "<id>")))
+        assert answers[0] == answers[1], f"{who} {method} {path}: {answers}"

@@ -470,6 +470,7 @@ class Probe:
     statuses: tuple[int, ...]
     json: Any = None
     params: dict[str, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
@@ -535,10 +536,16 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
         ],
         ("PUT", "/v1/policies/{agreement_id}"): [
             Probe(WELFARE_OWNER, "PUT", policy, (404,), json=change),
+            # Neither the current version nor a stale one tells it the agreement exists.
+            Probe(WELFARE_OWNER, "PUT", policy, (404,), json=change, headers={"If-Match": '"1"'}),
+            Probe(WELFARE_OWNER, "PUT", policy, (404,), json=change, headers={"If-Match": '"99"'}),
             Probe(AUDITOR, "PUT", policy, (403,), json=change),
         ],
         ("DELETE", "/v1/policies/{agreement_id}"): [
             Probe(WELFARE_OWNER, "DELETE", policy, (404,), params={"reason": "x"}),
+            Probe(
+                WELFARE_OWNER, "DELETE", policy, (404,), params={"reason": "x"}, headers={"If-Match": '"99"'}
+            ),
             Probe(AUDITOR, "DELETE", policy, (403,), params={"reason": "x"}),
         ],
         ("POST", "/v1/policies"): [
@@ -792,7 +799,11 @@ async def test_parties_matrix(matrix: Env) -> None:
         assert probes, (method, path)
         for probe in probes:
             response = await http.request(
-                probe.method, probe.url, headers=probe.who, json=probe.json, params=probe.params
+                probe.method,
+                probe.url,
+                headers={**probe.who, **probe.headers},
+                json=probe.json,
+                params=probe.params,
             )
             sent = probe.url + json.dumps(probe.json) + json.dumps(probe.params)
             _refused(response, probe.statuses, world.canaries, sent)
@@ -856,12 +867,33 @@ async def test_a_stranger_cannot_tell_a_citizen_from_a_made_up_id(matrix: Env) -
             "/v1/citizens/{}/fields",
             {"json": {"fields": {"address": "9 Hijack Row"}, "reason": "moved", "purpose": "address-update"}},
         ),
+        (
+            as_("audit-office", "writer"),
+            "PATCH",
+            "/v1/citizens/{}/fields",
+            {
+                "json": {
+                    "fields": {"address": "9 Hijack Row"},
+                    "reason": "moved",
+                    "purpose": "address-update",
+                },
+                "headers": {"If-Match": '"99"'},
+            },
+        ),
         (as_("welfare", "registrar"), "DELETE", "/v1/citizens/{}", {"params": erase}),
+        (
+            as_("welfare", "registrar"),
+            "DELETE",
+            "/v1/citizens/{}",
+            {"params": erase, "headers": {"If-Match": '"99"'}},
+        ),
     ]
     for who, method, path, kwargs in asks:
         answers = []
         for citizen in (w.citizen, made_up):
-            response = await http.request(method, path.format(citizen), headers=who, **kwargs)
+            extra = kwargs.get("headers", {})
+            rest = {k: v for k, v in kwargs.items() if k != "headers"}
+            response = await http.request(method, path.format(citizen), headers={**who, **extra}, **rest)
             _refused(response, (403, 404), w.canaries, citizen)
             answers.append((response.status_code, response.text.replace(citizen, "<id>")))
         assert answers[0] == answers[1], f"{who} {method} {path}: {answers}"

@@ -604,6 +604,7 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
             ),
             Probe(WELFARE_ADMIN, "POST", "/v1/clients", (403,), json={"roles": ["auditor"]}),
             Probe(WELFARE_OWNER, "POST", "/v1/clients", (403,), json={"roles": ["consumer"]}),
+            Probe(AUDITOR, "POST", "/v1/clients", (403,), json={"roles": ["consumer"]}),
         ],
         ("POST", "/v1/clients/{client_id}/disable"): [
             Probe(WELFARE_ADMIN, "POST", f"/v1/clients/{w.register_client}/disable", (404,)),
@@ -611,11 +612,13 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
             # Its own department's admin, which only the operator's command disables.
             Probe(WELFARE_ADMIN, "POST", f"/v1/clients/{w.welfare_admin}/disable", (403,)),
             Probe(WELFARE, "POST", f"/v1/clients/{w.welfare_client}/disable", (403,)),
+            Probe(AUDITOR, "POST", f"/v1/clients/{w.welfare_client}/disable", (403,)),
         ],
         # Another department's case.
         ("POST", "/v1/cases/{case_ref}/close"): [
             Probe(WELFARE, "POST", f"/v1/cases/{ref}/close", (404,)),
             Probe(DVLA, "POST", f"/v1/cases/{ref}/close", (404,)),
+            Probe(AUDITOR, "POST", f"/v1/cases/{ref}/close", (403,)),
         ],
         # The audit: writes to nobody but the auditor's scopes; a consumer reads none of it.
         ("GET", "/v1/audit/entries"): [
@@ -641,7 +644,11 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
             Probe(DVLA, "GET", f"/v1/citizens/{c}/consents", (403,))
         ],
         ("POST", "/v1/citizens/{citizen_id}/consents"): [
-            Probe(DVLA, "POST", f"/v1/citizens/{c}/consents", (403,), json={"agreement": CONSENT_AGREEMENT})
+            # The consumer the consent is for, or an auditor, never gives it for the citizen.
+            Probe(DVLA, "POST", f"/v1/citizens/{c}/consents", (403,), json={"agreement": CONSENT_AGREEMENT}),
+            Probe(
+                AUDITOR, "POST", f"/v1/citizens/{c}/consents", (403,), json={"agreement": CONSENT_AGREEMENT}
+            ),
         ],
         ("PATCH", "/v1/citizens/{citizen_id}/consents/{consent_id}"): [
             Probe(
@@ -663,6 +670,7 @@ def _probes(w: World) -> dict[tuple[str, str], list[Probe]]:
         ],
         ("DELETE", "/v1/citizens/{citizen_id}/objections/{agreement}"): [
             Probe(REVENUE, "DELETE", f"/v1/citizens/{c}/objections/{OBJECTABLE_AGREEMENT}", (403,)),
+            Probe(AUDITOR, "DELETE", f"/v1/citizens/{c}/objections/{OBJECTABLE_AGREEMENT}", (403,)),
         ],
         # Citizens: another department's fields, and roles acting beyond their reach.
         ("GET", "/v1/citizens/{citizen_id}"): [

@@ -14,6 +14,7 @@ import re
 import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -536,8 +537,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     }
     error_type = mapped.get(exc.status_code)
     if error_type is None:
-        error = ServiceError(str(exc.detail))
-        body = error.problem() | {"status": exc.status_code, "title": str(exc.detail)}
+        # No problem type of the service's own: RFC 9457's ``about:blank``, titled with the
+        # status's phrase (4.2.1), the exception's text as the detail.
+        try:
+            phrase = HTTPStatus(exc.status_code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = {"type": "about:blank", "title": phrase, "status": exc.status_code, "detail": str(exc.detail)}
         return ProblemResponse(body, status_code=exc.status_code, headers=headers or None)
     detail = str(exc.detail) if exc.status_code != 404 else "No such resource."
     response = refusal_response(request, error_type(detail))

@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
 from sqlalchemy import text as sql_text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
 from service.app import create_app
@@ -53,6 +54,12 @@ async def conflict() -> None:
 @probe.get("/_probe/gone")
 async def gone() -> None:
     raise Gone("This record was erased.")
+
+
+@probe.get("/_probe/teapot")
+async def teapot() -> None:
+    # What a library may raise with a status the service has no problem type of its own for.
+    raise StarletteHTTPException(status_code=418, detail="Short and stout.")
 
 
 @probe.get("/_probe/stale")
@@ -496,6 +503,22 @@ class TestBodyLimitOverHttp:
             timeout=10,
         )
         assert_problem(response, 413)
+
+
+class TestAnHttpErrorOfAnotherStatus:
+    async def test_is_about_blank_titled_by_its_status(self, probe_client: httpx.AsyncClient) -> None:
+        """RFC 9457, 4.2.1: a status without a problem type of its own is ``about:blank``,
+        titled with the status's phrase; never another type's URI (whose title then varied
+        with the detail, and whose status was another)."""
+        response = await probe_client.get("/_probe/teapot")
+        assert response.status_code == 418
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json() == {
+            "type": "about:blank",
+            "title": "I'm a Teapot",
+            "status": 418,
+            "detail": "Short and stout.",
+        }
 
 
 class TestDocsAssetsRanges:

@@ -95,6 +95,14 @@ class MalformedRequest(ServiceError):
     status, title, slug = 400, "Malformed HTTP request", "malformed-request"
 
 
+class RequestHeadTooLarge(ServiceError):
+    """A request line and header fields longer than the server reads
+    (``service.malformed_http.HEAD_LIMIT``), refused before any app sees them (RFC 6585
+    section 5)."""
+
+    status, title, slug = 431, "Request header fields too large", "request-header-too-large"
+
+
 class Unauthenticated(ServiceError):
     """401 with the RFC 6750 challenge: ``error`` names what was wrong with a bearer token
     sent; ``None`` when none was (no ``Authorization``, or another scheme), where RFC 6750

@@ -9,6 +9,8 @@ HTTP/1.1 implementation uvicorn may pick (``service.malformed_http``).
 from __future__ import annotations
 
 import json
+import re
+import select
 import socket
 import threading
 import time
@@ -20,7 +22,7 @@ import httpx
 import pytest
 import uvicorn
 
-from service.malformed_http import HTTP_PROTOCOL, ProblemH11Protocol
+from service.malformed_http import HEAD_LIMIT, HTTP_PROTOCOL, ProblemH11Protocol
 from service.witness.cosignature import CosignatureSigner
 from service.witness.server import create_witness_app
 from service.witness.state import TrustedLog, WitnessState
@@ -57,10 +59,16 @@ def exchange(address: tuple[str, int], request: bytes) -> bytes:
 def assert_problem_400(raw: bytes) -> None:
     """``raw`` is one complete 400 problem+json (RFC 9457) that closes the connection and
     repeats nothing of the request."""
+    assert_problem(raw, "400 Bad Request", "malformed-request")
+
+
+def assert_problem(raw: bytes, status: str, slug: str) -> None:
+    """``raw`` is one complete problem+json (RFC 9457) of ``status`` and ``slug`` that
+    closes the connection and repeats nothing of the request."""
     head, separator, body = raw.partition(b"\r\n\r\n")
     assert separator, raw
     status_line, *header_lines = head.decode("ascii").split("\r\n")
-    assert status_line == "HTTP/1.1 400 Bad Request", raw
+    assert status_line == f"HTTP/1.1 {status}", raw
     headers: dict[str, str] = {}
     for line in header_lines:
         name, _, value = line.partition(":")
@@ -71,14 +79,72 @@ def assert_problem_400(raw: bytes) -> None:
     assert int(headers["content-length"]) == len(body), raw
     problem = json.loads(body)
     assert set(problem) == {"type", "title", "status", "detail"}, problem
-    assert problem["type"] == "https://tellonce.example/problems/malformed-request"
-    assert problem["status"] == 400
+    assert problem["type"] == f"https://tellonce.example/problems/{slug}"
+    assert problem["status"] == int(status.split()[0])
     assert isinstance(problem["title"], str)
     assert problem["title"]
     assert isinstance(problem["detail"], str)
     assert problem["detail"]
     assert MARKER not in raw
     assert MARKER.lower() not in raw.lower()
+
+
+def head_of(size: int, path: bytes = b"/healthz") -> bytes:
+    """A finished request head of exactly ``size`` bytes, padded in one header whose value
+    is the marker repeated."""
+    start = b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+    end = b"\r\n\r\n"
+    padding = size - len(start) - len(end)
+    return start + (MARKER * (padding // len(MARKER) + 1))[:padding] + end
+
+
+TOO_LARGE = ("431 Request Header Fields Too Large", "request-header-too-large")
+
+
+def answer_before_the_end(sock: socket.socket) -> bytes:
+    """The server's answer to an unfinished head, which must come without the head being
+    finished, read to the connection's close."""
+    readable, _, _ = select.select([sock], [], [], 20)
+    assert readable, "no answer to a head past the limit: the server kept reading it"
+    received = bytearray()
+    while chunk := sock.recv(65536):
+        received += chunk
+    return bytes(received)
+
+
+def assert_heads_are_limited(address: tuple[str, int], path: bytes) -> None:
+    """A head of exactly ``HEAD_LIMIT`` bytes is read and answered; one that keeps growing
+    past it, dripped a KiB at a time or sent at once, is refused as 431 problem+json before
+    it ends."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head_of(HEAD_LIMIT, path))
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 "), answer
+    assert not answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer
+    dripped = head_of(HEAD_LIMIT + 1024, path)[:-4]
+    with socket.create_connection(address, timeout=10) as sock:
+        for start in range(0, len(dripped), 1024):
+            sock.sendall(dripped[start : start + 1024])
+            time.sleep(0.002)
+        assert_problem(answer_before_the_end(sock), *TOO_LARGE)
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head_of(2 * HEAD_LIMIT, path)[:-4])
+        assert_problem(answer_before_the_end(sock), *TOO_LARGE)
+    # A body longer than the limit, and requests pipelined after it, are no head: each is
+    # answered (the server reads them in pieces of the limit).
+    body = b"x" * (8 * HEAD_LIMIT)
+    post = b"POST /add-checkpoint HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    pipelined = head_of(HEAD_LIMIT // 2, path) + head_of(HEAD_LIMIT, path)
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(post + body + pipelined)
+        received = bytearray()
+        while len(re.findall(rb"HTTP/1\.1 \d{3} ", received)) < 3:
+            chunk = sock.recv(65536)
+            assert chunk, bytes(received)
+            received += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert b"431" not in statuses, bytes(received)
+    assert b"malformed-request" not in received, bytes(received)
 
 
 def loopback(url: str) -> tuple[str, int]:
@@ -97,6 +163,12 @@ class TestServe:
         catalog = httpx.get(f"{live_server.base_url}/v1/catalog", timeout=10)
         assert catalog.status_code == 401
         assert catalog.headers["content-type"] == "application/problem+json"
+
+    def test_a_head_past_the_limit_is_a_431_problem_that_echoes_nothing(
+        self, live_server: LiveServer
+    ) -> None:
+        assert_heads_are_limited(loopback(live_server.base_url), b"/healthz")
+        assert httpx.get(f"{live_server.base_url}/healthz", timeout=10).status_code == 200
 
 
 @pytest.fixture
@@ -156,6 +228,35 @@ class TestEachImplementation:
                 if protocol is ProblemH11Protocol and what == "a control byte in a header value":
                     continue  # h11 hands such a value to the app (NUL it refuses)
                 assert_problem_400(exchange(("127.0.0.1", port), request))
+            still = httpx.get(f"http://127.0.0.1:{port}/checkpoint", params={"origin": "x"}, timeout=10)
+            assert still.status_code == 404
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+    @pytest.mark.parametrize("protocol", [HTTP_PROTOCOL, ProblemH11Protocol], ids=lambda p: p.__name__)
+    def test_a_head_past_the_limit_is_a_431_problem_that_echoes_nothing(
+        self, witness_state: WitnessState, protocol: type
+    ) -> None:
+        port = free_port()
+        config = uvicorn.Config(
+            create_witness_app(witness_state),
+            host="127.0.0.1",
+            port=port,
+            http=protocol,
+            lifespan="off",
+            log_level="error",
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started:
+                assert thread.is_alive()
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.02)
+            assert_heads_are_limited(("127.0.0.1", port), b"/checkpoint?origin=x")
             still = httpx.get(f"http://127.0.0.1:{port}/checkpoint", params={"origin": "x"}, timeout=10)
             assert still.status_code == 404
         finally:

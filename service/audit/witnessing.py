@@ -65,6 +65,11 @@ GATE_REFRESH_SECONDS = 1.0
 # 9999 could not even be stored, and must not cost the other witnesses' cosignatures.
 MAX_COSIGNATURE_FUTURE_SECONDS = 300
 
+# The most of a witness's answer read: a 200 is a few cosignature lines (about 120 bytes
+# each for Ed25519) and a 409 a number. A witness that sends more is cut off, so a broken
+# or hostile one cannot fill the sequencer's memory.
+MAX_WITNESS_ANSWER_BYTES = 64 * 1024
+
 
 class WitnessConfigInvalid(ValueError):
     """TELLONCE_AUDIT_WITNESSES or the quorum cannot be used."""
@@ -189,6 +194,10 @@ async def _consistency(db: Executor, old: int, size: int) -> list[bytes]:
     return [base64.b64decode(h) for h in found["hashes"]]
 
 
+class WitnessAnswerInvalid(Exception):
+    """A witness's answer that is too long or not UTF-8 text."""
+
+
 class WitnessSubmitter:
     """Gets the newest checkpoint cosigned by the quorum; one round per ``run_once``."""
 
@@ -259,6 +268,28 @@ class WitnessSubmitter:
                 return True
         return witnessed_at is not None
 
+    async def _post(self, witness: WitnessEndpoint, body: bytes) -> tuple[int, str]:
+        """(status, text) of ``witness``'s answer to an add-checkpoint request.
+
+        The timeout bounds the whole exchange (``TimeoutError``), not each read: a witness
+        dripping its answer a byte at a time would otherwise hold the round, and every other
+        witness's cosignature with it. At most ``MAX_WITNESS_ANSWER_BYTES`` are read; a
+        longer answer, or one that is not UTF-8 (as C2SP text is), is ``WitnessAnswerInvalid``.
+        """
+        async with asyncio.timeout(self.config.timeout_seconds):
+            request = self._client().stream("POST", f"{witness.url}/add-checkpoint", content=body)
+            async with request as response:
+                received = bytearray()
+                async for chunk in response.aiter_bytes():
+                    received += chunk
+                    if len(received) > MAX_WITNESS_ANSWER_BYTES:
+                        raise WitnessAnswerInvalid(f"an answer over {MAX_WITNESS_ANSWER_BYTES} bytes")
+                status = response.status_code
+        try:
+            return status, received.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WitnessAnswerInvalid("an answer that is not UTF-8") from None
+
     async def _proof(self, old: int, size: int, known: dict[int, list[bytes]]) -> list[bytes]:
         """The consistency proof from ``old`` to ``size``: from ``known`` (read with the
         round's first queries) or, after a 409 named another size, read now."""
@@ -288,12 +319,20 @@ class WitnessSubmitter:
             proof = await self._proof(old, checkpoint.tree_size, known)
             body = submission_body(old, proof, checkpoint.note)
             try:
-                response = await self._client().post(f"{witness.url}/add-checkpoint", content=body)
+                status, answer = await self._post(witness, body)
             except httpx.HTTPError as exc:
                 logger.warning("witness %s unreachable: %s", witness.name, exc)
                 return None
-            if response.status_code == 409:
-                latest = bounded_decimal(response.text.strip(), MAX_TREE_SIZE)
+            except TimeoutError:
+                logger.warning(
+                    "witness %s did not answer within %g s", witness.name, self.config.timeout_seconds
+                )
+                return None
+            except WitnessAnswerInvalid as exc:
+                logger.error("witness %s sent %s", witness.name, exc)
+                return None
+            if status == 409:
+                latest = bounded_decimal(answer.strip(), MAX_TREE_SIZE)
                 if latest is None:
                     logger.warning("witness %s sent a 409 without a size", witness.name)
                     return None
@@ -308,16 +347,16 @@ class WitnessSubmitter:
                     return None
                 self.known_sizes[witness.name] = latest
                 continue
-            if response.status_code != 200:
+            if status != 200:
                 logger.error(
                     "witness %s refused checkpoint %d with %d",
                     witness.name,
                     checkpoint.tree_size,
-                    response.status_code,
+                    status,
                 )
                 return None
             try:
-                body_text, lines = split_note(checkpoint.note + response.text)
+                body_text, lines = split_note(checkpoint.note + answer)
                 found = witness.verifier.find(body_text, lines)
             except CosignatureError as exc:
                 logger.error("witness %s returned a bad cosignature: %s", witness.name, exc)

@@ -683,3 +683,120 @@ class TestHostileWitness:
             server.close()
             await server.wait_closed()
         assert set(await _stored(sequenced_engine)) == {"good.example"}
+
+
+def verify_consistency(
+    first: int, second: int, proof: list[bytes], first_root: bytes, second_root: bytes
+) -> bool:
+    """RFC 9162 2.1.4.2, step by step."""
+    if first == second:
+        return not proof and first_root == second_root
+    if first == 0:
+        return not proof
+    path = [first_root, *proof] if first & (first - 1) == 0 else list(proof)
+    if not path:
+        return False
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = _node(c, fr), _node(c, sr)
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = _node(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and fr == first_root and sr == second_root
+
+
+class SpecWitness:
+    """A witness written from tlog-witness: it reads each request to the letter, checks the
+    proof against the last root it cosigned and cosigns with a key of its own."""
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.size = 0
+        self.root: bytes | None = None
+        self.requests: list[tuple[int, list[bytes], str]] = []
+
+    def vkey(self) -> str:
+        public = raw_public(self.key)
+        return (
+            f"spec.example+{key_id('spec.example', 4, public).hex()}+"
+            + base64.b64encode(b"\x04" + public).decode()
+        )
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST"
+        assert request.url.path == "/add-checkpoint"
+        text = request.content.decode("utf-8")
+        head, blank, note = text.partition("\n\n")
+        assert blank
+        lines = head.split("\n")
+        assert lines[0].startswith("old ")
+        old_text = lines[0][4:]
+        assert old_text.isascii()
+        assert old_text.isdigit()
+        assert old_text == "0" or not old_text.startswith("0")
+        old = int(old_text)
+        proof = [base64.b64decode(line, validate=True) for line in lines[1:]]
+        assert all(len(h) == 32 for h in proof)
+        assert len(proof) <= 63
+        assert note.endswith("\n")
+        body = note[: note.rfind("\n\n") + 1]
+        _origin, size_text, root_text = body.split("\n")[:3]
+        size, root = int(size_text), base64.b64decode(root_text)
+        self.requests.append((old, proof, body))
+        if old != self.size:
+            return httpx.Response(
+                409, headers={"Content-Type": "text/x.tlog.size"}, content=b"%d\n" % self.size
+            )
+        if self.root is None:
+            assert not proof
+        else:
+            assert verify_consistency(old, size, proof, self.root, root)
+        self.size, self.root = size, root
+        return httpx.Response(200, text=forged_cosignature("spec.example", self.key, body, int(time.time())))
+
+
+class TestSubmitterRequests:
+    async def test_requests_read_to_the_letter_and_proofs_verify(self, sequenced_engine: AsyncEngine) -> None:
+        spec = SpecWitness()
+        endpoint = WitnessEndpoint("http://spec.example", CosignatureVerifier.parse(spec.vkey()))
+        config = _config([endpoint], quorum=1)
+        sequencer = make_sequencer(sequenced_engine, make_signer(), every=1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(spec.handler)) as http:
+            submitter = WitnessSubmitter(sequenced_engine, config, http)
+            assert await submitter.run_once()
+            for grow in (1, 4, 9):
+                async with sequenced_engine.begin() as conn:
+                    await append_many_in_transaction(conn, [make_entry() for _ in range(grow)])
+                await sequence_all(sequencer)
+                assert await submitter.run_once()
+        sizes = [(old, int(body.split("\n")[1])) for old, _proof, body in spec.requests]
+        assert sizes == [(0, 3), (3, 4), (4, 8), (8, 17)]
+        assert all(proof for old, proof, _body in spec.requests if old)
+        stored = await _stored(sequenced_engine)
+        assert cosignatures_in(stored["spec.example"], spec.vkey(), spec.requests[-1][2])
+
+
+class TestRelayedCosignature:
+    async def test_a_witness_relaying_anothers_cosignature_is_not_counted(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        witnesses = Witnesses()
+
+        def relay(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(
+                200, text=witnesses.keys["good.example"].cosign(_body_of(request), int(time.time()))
+            )
+
+        witnesses.answer = relay
+        config = _config([witnesses.endpoint("good.example"), witnesses.endpoint("bad.example")], quorum=2)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(witnesses.handler)) as http:
+            assert not await WitnessSubmitter(sequenced_engine, config, http).run_once()
+        assert set(await _stored(sequenced_engine)) == {"good.example"}

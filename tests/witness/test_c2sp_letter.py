@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import cosignatures as cosignature_repository
+from service.audit import tiles
+from service.audit.errors import TileNotFound
 from service.audit.witnessing import WitnessConfig, WitnessEndpoint, WitnessSubmitter
 from service.audit.writer import append_many_in_transaction
 from service.db import create_engine
@@ -800,3 +802,37 @@ class TestRelayedCosignature:
         async with httpx.AsyncClient(transport=httpx.MockTransport(witnesses.handler)) as http:
             assert not await WitnessSubmitter(sequenced_engine, config, http).run_once()
         assert set(await _stored(sequenced_engine)) == {"good.example"}
+
+
+class TestTiles:
+    """tlog-tiles as a monitor reads it: an entry bundle is uint16 big-endian length-prefixed
+    entries; a level-0 hash tile is their RFC 6962 leaf hashes; partial tiles are .p/<W>."""
+
+    async def test_bundle_and_tile_rebuild_the_signed_root(self, sequenced_engine: AsyncEngine) -> None:
+        async with sequenced_engine.connect() as conn:
+            newest = await cosignature_repository.newest_checkpoint(conn)
+            assert newest is not None
+            assert newest.tree_size == 3
+            bundle = await tiles.read_tile(conn, tiles.parse_tile_path("entries/000.p/3"))
+            hashes = await tiles.read_tile(conn, tiles.parse_tile_path("0/000.p/3"))
+            for unavailable in (
+                "0/000",
+                "entries/000",
+                "0/000.p/4",
+                "entries/000.p/4",
+                "1/000.p/1",
+                "0/001.p/1",
+            ):
+                with pytest.raises(TileNotFound):
+                    await tiles.read_tile(conn, tiles.parse_tile_path(unavailable))
+        entries, position = [], 0
+        while position < len(bundle):
+            length = int.from_bytes(bundle[position : position + 2], "big")
+            entries.append(bundle[position + 2 : position + 2 + length])
+            position += 2 + length
+        assert position == len(bundle)
+        leaves = [_leaf(entry) for entry in entries]
+        assert len(leaves) == 3
+        assert hashes == b"".join(leaves)
+        signed_root = base64.b64decode(newest.note.split("\n")[2])
+        assert mth(leaves) == signed_root

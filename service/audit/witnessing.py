@@ -47,6 +47,7 @@ from service.witness.cosignature import (
     Cosignature,
     CosignatureError,
     CosignatureVerifier,
+    answer_lines,
     split_note,
     verified_cosignatures,
 )
@@ -356,8 +357,7 @@ class WitnessSubmitter:
                 )
                 return None
             try:
-                body_text, lines = split_note(checkpoint.note + answer)
-                found = witness.verifier.find(body_text, lines)
+                found = witness.verifier.find(split_note(checkpoint.note)[0], answer_lines(answer))
             except CosignatureError as exc:
                 logger.error("witness %s returned a bad cosignature: %s", witness.name, exc)
                 return None

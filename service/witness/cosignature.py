@@ -54,6 +54,24 @@ def split_note(note: str) -> tuple[str, list[str]]:
     return body, [signature.line for signature in signatures]
 
 
+def answer_lines(answer: str) -> list[str]:
+    """The signature lines (without their newline) of a witness's add-checkpoint answer:
+    one or more note signature lines, each ending in a newline (C2SP tlog-witness), and
+    nothing else; else ``CosignatureError``.
+
+    They are checked against the checkpoint's own body, not read by appending the answer
+    to the note: an answer starting with a blank line would move the note's last blank
+    line, and the text its cosignature is checked over would then be another one (the
+    whole note, the log's signature line included).
+    """
+    if not answer.endswith("\n") or any(ch < " " and ch != "\n" for ch in answer):
+        raise CosignatureError("a witness answers with signature lines, each ending in a newline")
+    lines = answer[:-1].split("\n")
+    for line in lines:
+        parse_signature_line(line, CosignatureError)
+    return lines
+
+
 class CosignatureSigner:
     """A witness's Ed25519 cosigning key. Its repr never shows the private key."""
 

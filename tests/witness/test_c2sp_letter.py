@@ -836,3 +836,25 @@ class TestTiles:
         assert hashes == b"".join(leaves)
         signed_root = base64.b64decode(newest.note.split("\n")[2])
         assert mth(leaves) == signed_root
+
+
+class TestAnswerShiftingTheBody:
+    async def test_a_leading_blank_line_does_not_make_the_log_check_another_text(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        """An answer starting with a blank line, concatenated to the note, moves the note's last
+        blank line: read that way, the signed text would be the whole note, signature line
+        included. A cosignature over that text is not one over the checkpoint."""
+        witnesses = Witnesses()
+
+        def shifted(request: httpx.Request) -> httpx.Response:
+            note = request.content.decode().partition("\n\n")[2]
+            return httpx.Response(
+                200, text="\n" + witnesses.keys["bad.example"].cosign(note, int(time.time()))
+            )
+
+        witnesses.answer = shifted
+        config = _config([witnesses.endpoint("bad.example")], quorum=1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(witnesses.handler)) as http:
+            assert not await WitnessSubmitter(sequenced_engine, config, http).run_once()
+        assert await _stored(sequenced_engine) == {}

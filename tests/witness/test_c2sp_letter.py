@@ -858,3 +858,30 @@ class TestAnswerShiftingTheBody:
         async with httpx.AsyncClient(transport=httpx.MockTransport(witnesses.handler)) as http:
             assert not await WitnessSubmitter(sequenced_engine, config, http).run_once()
         assert await _stored(sequenced_engine) == {}
+
+
+class TestSizes:
+    async def test_sixteen_post_quantum_sized_signatures_are_accepted(
+        self, witness: httpx.AsyncClient, log: Log, signer: CosignatureSigner
+    ) -> None:
+        """signed-note: a verifier MUST accept at least 16 signatures, and post-quantum ones
+        are "nearly 5kB": 15 such lines by unknown keys beside the log's own."""
+        body = log.body()
+        big = "".join(
+            f"{DASH} pq{i}.example {base64.b64encode(bytes([i]) * 4 + b'q' * 4900).decode()}\n"
+            for i in range(15)
+        )
+        request = log.request(0, note=body + "\n" + big + log.signature_line(body))
+        assert len(request) > 96 * 1024
+        assert_cosigned(await post(witness, request), signer, body)
+
+    async def test_a_body_far_over_the_limit_is_413(self, witness: httpx.AsyncClient, log: Log) -> None:
+        body = log.body()
+        filler = "".join(
+            f"{DASH} pq{i}.example {base64.b64encode(b'q' * 5000).decode()}\n" for i in range(100)
+        )
+        response = await post(witness, log.request(0, note=body + "\n" + filler + log.signature_line(body)))
+        assert response.status_code == 413
+
+    async def test_other_methods_are_405(self, witness: httpx.AsyncClient) -> None:
+        assert (await witness.get("/add-checkpoint")).status_code == 405

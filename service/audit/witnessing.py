@@ -118,6 +118,7 @@ def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
         url, separator, vkey = pair.partition("=")
         if not separator or not url.startswith(("http://", "https://")):
             raise WitnessConfigInvalid(f"{pair!r} is not URL=VKEY")
+        _check_url(url)
         try:
             verifier = CosignatureVerifier.parse(vkey)
         except CosignatureError as exc:
@@ -134,6 +135,20 @@ def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
             )
         found.append(WitnessEndpoint(url.rstrip("/"), verifier))
     return tuple(found)
+
+
+def _check_url(url: str) -> None:
+    """Refuse a witness URL no request could be sent to (no host, a port that is not a
+    number from 1 to 65535), so it is said at start-up rather than on every round."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except httpx.InvalidURL as exc:
+        raise WitnessConfigInvalid(f"{url}: not a URL ({exc})") from None
+    if not parsed.host:
+        raise WitnessConfigInvalid(f"{url}: a witness URL names a host")
+    if port is not None and not 1 <= port <= 65535:
+        raise WitnessConfigInvalid(f"{url}: the port is not from 1 to 65535")
 
 
 def witness_config(audit: AuditSettings) -> WitnessConfig:
@@ -258,7 +273,7 @@ class WitnessSubmitter:
                 for old in {self.known_sizes[w.name] for w in targets}
                 if old <= newest.tree_size
             }
-        results = await asyncio.gather(*(self._cosign(w, newest, proofs) for w in targets))
+        results = await asyncio.gather(*(self._cosign_or_none(w, newest, proofs) for w in targets))
         fresh = [c for c in results if c is not None]
         async with self.engine.begin() as conn:
             await cosignature_repository.store_cosignatures(conn, newest.id, fresh)
@@ -298,6 +313,18 @@ class WitnessSubmitter:
             async with self.engine.connect() as conn:
                 known[old] = await _consistency(conn, old, size)
         return known[old]
+
+    async def _cosign_or_none(
+        self, witness: WitnessEndpoint, checkpoint: CheckpointRow, known: dict[int, list[bytes]]
+    ) -> Cosignature | None:
+        """``_cosign``, with anything unforeseen in one witness's exchange (an address the
+        HTTP client cannot even try) logged and that witness left out: it must not cost
+        the other witnesses the cosignatures they gave in the same round."""
+        try:
+            return await self._cosign(witness, checkpoint, known)
+        except Exception:
+            logger.exception("asking witness %s for a cosignature failed", witness.name)
+            return None
 
     async def _cosign(
         self, witness: WitnessEndpoint, checkpoint: CheckpointRow, known: dict[int, list[bytes]]

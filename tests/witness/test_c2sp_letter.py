@@ -34,7 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.audit import cosignatures as cosignature_repository
 from service.audit import tiles
 from service.audit.errors import TileNotFound
-from service.audit.witnessing import WitnessConfig, WitnessEndpoint, WitnessSubmitter
+from service.audit.witnessing import (
+    WitnessConfig,
+    WitnessConfigInvalid,
+    WitnessEndpoint,
+    WitnessSubmitter,
+    parse_witnesses,
+)
 from service.audit.writer import append_many_in_transaction
 from service.db import create_engine
 from service.witness.cosignature import CosignatureSigner, CosignatureVerifier
@@ -885,3 +891,24 @@ class TestSizes:
 
     async def test_other_methods_are_405(self, witness: httpx.AsyncClient) -> None:
         assert (await witness.get("/add-checkpoint")).status_code == 405
+
+
+class TestBrokenWitnessUrl:
+    @pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://host:port", "http://"])
+    def test_is_refused_in_the_configuration(self, url: str) -> None:
+        vkey = CosignatureSigner.generate("w.example").verifier_key()
+        with pytest.raises(WitnessConfigInvalid):
+            parse_witnesses(f"{url}={vkey}")
+
+    async def test_does_not_cost_the_other_witnesses_their_cosignatures(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        witnesses = Witnesses()
+        config = _config(
+            [witnesses.endpoint("good.example"), witnesses.endpoint("bad.example", "http://127.0.0.1:99999")],
+            quorum=1,
+        )
+        mounts = {"http://good.example": httpx.MockTransport(witnesses.handler)}
+        async with httpx.AsyncClient(mounts=mounts, timeout=2) as http:
+            assert await WitnessSubmitter(sequenced_engine, config, http).run_once()
+        assert set(await _stored(sequenced_engine)) == {"good.example"}

@@ -912,3 +912,19 @@ class TestBrokenWitnessUrl:
         async with httpx.AsyncClient(mounts=mounts, timeout=2) as http:
             assert await WitnessSubmitter(sequenced_engine, config, http).run_once()
         assert set(await _stored(sequenced_engine)) == {"good.example"}
+
+
+class TestMonitorView:
+    async def test_latest_checkpoint_is_the_note_with_the_cosignature(
+        self, witness: httpx.AsyncClient, log: Log, signer: CosignatureSigner
+    ) -> None:
+        assert (await witness.get("/checkpoint", params={"origin": ORIGIN})).status_code == 404
+        assert_cosigned(await post(witness, log.request(0)), signer, log.body())
+        response = await witness.get("/checkpoint", params={"origin": ORIGIN})
+        assert response.status_code == 200
+        note = response.text
+        separator = note.rfind("\n\n")
+        text, signatures = note[: separator + 1], note[separator + 2 :]
+        assert text == log.body()
+        assert signatures.startswith(log.signature_line(text))
+        assert len(cosignatures_in(signatures, signer.verifier_key(), text)) == 1

@@ -289,18 +289,20 @@ class WitnessSubmitter:
 
         The timeout bounds the whole exchange (``TimeoutError``), not each read: a witness
         dripping its answer a byte at a time would otherwise hold the round, and every other
-        witness's cosignature with it. At most ``MAX_WITNESS_ANSWER_BYTES`` are read; a
-        longer answer, or one that is not UTF-8 (as C2SP text is), is ``WitnessAnswerInvalid``.
+        witness's cosignature with it. Only a 200's and a 409's text is read (other answers
+        are refusals, whatever they say), at most ``MAX_WITNESS_ANSWER_BYTES`` of it; a longer
+        one, or one that is not UTF-8 (as C2SP text is), is ``WitnessAnswerInvalid``.
         """
+        received = bytearray()
         async with asyncio.timeout(self.config.timeout_seconds):
             request = self._client().stream("POST", f"{witness.url}/add-checkpoint", content=body)
             async with request as response:
-                received = bytearray()
-                async for chunk in response.aiter_bytes():
-                    received += chunk
-                    if len(received) > MAX_WITNESS_ANSWER_BYTES:
-                        raise WitnessAnswerInvalid(f"an answer over {MAX_WITNESS_ANSWER_BYTES} bytes")
                 status = response.status_code
+                if status in (200, 409):
+                    async for chunk in response.aiter_bytes():
+                        received += chunk
+                        if len(received) > MAX_WITNESS_ANSWER_BYTES:
+                            raise WitnessAnswerInvalid(f"an answer over {MAX_WITNESS_ANSWER_BYTES} bytes")
         try:
             return status, received.decode("utf-8")
         except UnicodeDecodeError:

@@ -928,3 +928,15 @@ class TestMonitorView:
         assert text == log.body()
         assert signatures.startswith(log.signature_line(text))
         assert len(cosignatures_in(signatures, signer.verifier_key(), text)) == 1
+
+
+class TestLongRefusal:
+    async def test_a_long_error_page_is_a_refusal_not_read(
+        self, sequenced_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        witnesses = Witnesses()
+        witnesses.answer = lambda _r: httpx.Response(502, text="<html>" + "x" * 200_000 + "</html>")
+        config = _config([witnesses.endpoint("good.example"), witnesses.endpoint("bad.example")], quorum=1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(witnesses.handler)) as http:
+            assert await WitnessSubmitter(sequenced_engine, config, http).run_once()
+        assert "refused checkpoint 3 with 502" in caplog.text

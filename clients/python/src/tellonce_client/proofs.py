@@ -28,6 +28,10 @@ ED25519 = b"\x01"
 # RFC 9162 section 2.1.1: the hash of an empty list of leaves.
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 SIGNATURE_DASH = "\u2014"
+HASH_SIZE = 32
+# The largest tree size read, as the service and Go's sumdb/tlog read it (a signed 64-bit
+# integer): a checkpoint claiming more is a lie, refused before ``int`` reads the digits.
+MAX_TREE_SIZE = 2**63 - 1
 
 
 class ProofError(TellonceError):
@@ -127,20 +131,37 @@ def _parse_body(body: str) -> Checkpoint:
     lines = body.split("\n")
     if len(lines) < 4 or lines[-1] != "" or not lines[0]:
         raise ProofError("a checkpoint body is origin, size and root hash lines")
-    if not (lines[1].isascii() and lines[1].isdigit()):
+    digits = lines[1]
+    if not (digits.isascii() and digits.isdigit()) or (len(digits) > 1 and digits[0] == "0"):
         raise ProofError("the tree size is not a decimal number")
+    # The length first: ``int`` refuses (a bare ValueError) over 4,300 digits.
+    if len(digits) > len(str(MAX_TREE_SIZE)) or int(digits) > MAX_TREE_SIZE:
+        raise ProofError(f"the tree size is larger than {MAX_TREE_SIZE}")
     root = _b64(lines[2], "the root hash")
-    if len(root) != 32:
+    if len(root) != HASH_SIZE:
         raise ProofError("the root hash is not 32 bytes")
     if any(not extension for extension in lines[3:-1]):
         raise ProofError("a checkpoint's extension lines are not empty")
-    return Checkpoint(origin=lines[0], size=int(lines[1]), root_hash=root)
+    size = int(digits)
+    if size == 0 and root != EMPTY_ROOT:
+        # RFC 9162 2.1.1: the empty tree's root is fixed; a log that signs another lies.
+        raise ProofError("a checkpoint of size 0 has the empty tree's root, SHA-256 of nothing")
+    return Checkpoint(origin=lines[0], size=size, root_hash=root)
+
+
+def _hashes(values: Sequence[bytes], what: str) -> None:
+    """Refuse a hash that is not 32 bytes: no honest proof holds one."""
+    for value in values:
+        if len(value) != HASH_SIZE:
+            raise ProofError(f"{what} is {len(value)} bytes, not {HASH_SIZE}")
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes) -> None:
     """RFC 9162 section 2.1.3.2: raise unless ``leaf`` is at ``index`` in the tree ``root``."""
     if index >= size or index < 0:
         raise ProofError("the leaf index is outside the tree")
+    _hashes([leaf, root], "a leaf or root hash")
+    _hashes(path, "a proof hash")
     fn, sn, hashed = index, size - 1, leaf
     for sibling in path:
         if sn == 0:
@@ -165,6 +186,8 @@ def verify_consistency(
     """RFC 9162 section 2.1.4.2: raise unless tree ``second`` extends tree ``first``."""
     if first > second or first < 0:
         raise ProofError("the first tree is larger than the second")
+    _hashes([first_root, second_root], "a root hash")
+    _hashes(path, "a proof hash")
     if first == 0 and first_root != EMPTY_ROOT:
         # Every tree extends the empty one, whose root is fixed: a log that signed another
         # root for size 0 is not believed.

@@ -8,6 +8,7 @@ thousand accesses costs a few queries, not a thousand.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,16 +100,37 @@ def check_proofs(
     for proof in proofs:
         if proof is None:
             continue
-        leaf = merkle.leaf_hash(
-            json.dumps(proof["entry"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        )
-        if base64.b64decode(proof["leaf_hash"]) != leaf or not merkle.verify_inclusion(
-            leaf,
-            proof["leaf_index"],
-            proof["tree_size"],
-            [base64.b64decode(h) for h in proof["hashes"]],
-            checkpoint.root_hash,
-        ):
-            raise CosignatureError(f"the proof of leaf {proof['leaf_index']} does not verify")
+        index = proof.get("leaf_index") if isinstance(proof, dict) else None
+        if not _proves(proof, checkpoint):
+            raise CosignatureError(f"the proof of leaf {index!r} does not verify")
         verified += 1
     return ProofCheck(verified, len(proofs) - verified, witnesses)
+
+
+def _digest(value: Any) -> bytes:
+    """A base64 hash of 32 bytes, or ``ValueError``."""
+    if not isinstance(value, str):
+        raise ValueError("not base64 text")
+    digest = binascii.a2b_base64(value, strict_mode=True)
+    if len(digest) != len(merkle.EMPTY_ROOT):
+        raise ValueError("not a 32-byte hash")
+    return digest
+
+
+def _proves(proof: Any, checkpoint: Checkpoint) -> bool:
+    """Whether ``proof`` (as ``proofs_for`` builds one, read as outside input) shows its
+    entry in the tree ``checkpoint`` signs: of that tree's size (RFC 9162 binds the leaf
+    index to the tree size the path is walked for), its entry hashing to its leaf hash,
+    and its path leading to the signed root."""
+    try:
+        entry, index, size = proof["entry"], proof["leaf_index"], proof["tree_size"]
+        if not isinstance(entry, dict) or type(index) is not int or type(size) is not int:
+            return False
+        recorded, path = _digest(proof["leaf_hash"]), [_digest(h) for h in proof["hashes"]]
+        canonical = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (KeyError, TypeError, ValueError, binascii.Error, RecursionError):
+        return False
+    if size != checkpoint.size:
+        return False
+    leaf = merkle.leaf_hash(canonical.encode())
+    return recorded == leaf and merkle.verify_inclusion(leaf, index, size, path, checkpoint.root_hash)

@@ -272,7 +272,15 @@ class LogVerifier:
         ):
             checkpoint = self.checkpoints[self._next]
             if checkpoint.tree_size == self.compact.size:
-                if self.compact.root() != checkpoint.root_hash:
+                previous = self.newest_checked
+                if previous is not None and previous.tree_size == checkpoint.tree_size:
+                    if previous.root_hash != checkpoint.root_hash:
+                        # The leaves were checked against the other one: a fork, not a changed entry.
+                        raise VerificationFailed(
+                            f"{checkpoint.label} and {previous.label} are both signed for size "
+                            f"{checkpoint.tree_size} with different roots: the log forked"
+                        )
+                elif self.compact.root() != checkpoint.root_hash:
                     raise VerificationFailed(
                         f"{checkpoint.label}: the root of leaves {self._last_good_size}.."
                         f"{checkpoint.tree_size - 1} does not match; an entry in that range was changed"

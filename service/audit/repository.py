@@ -54,6 +54,12 @@ async def tree_size(db: Executor) -> int:
     return int(size or 0)
 
 
+async def stored_leaf_count(db: Executor) -> int:
+    """How many leaf rows the database holds: what bounds a verification's pages, whatever
+    tree size the sequencer's row claims."""
+    return int((await db.execute(select(func.count()).select_from(AuditLeaf))).scalar() or 0)
+
+
 async def latest_checkpoint(db: Executor) -> AuditCheckpoint | None:
     statement = select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc(), AuditCheckpoint.id.desc())
     if isinstance(db, AsyncSession):

@@ -173,6 +173,10 @@ async def stored_log_verification(
             for cid, size, root, note in await audit_repository.all_checkpoints(conn)
         ]
         size = await audit_repository.tree_size(conn)
+        # Read after the size, so at least the size's leaves when the log is whole: the
+        # pages below are as many as the rows stored, not as the size claims (a row
+        # claiming 2**63-1 leaves must not make 2**50 pages).
+        reach = min(size, await audit_repository.stored_leaf_count(conn))
         key_operations = await audit_repository.key_operations(conn, size)
     log = LogVerifier(verifier, checkpoints, expectations or Expectations())
     for leaf_index, canonical, recorded in key_operations:
@@ -184,12 +188,12 @@ async def stored_log_verification(
         async with connect() as conn:
             return await audit_repository.unsequenced_entry(conn)
 
-    if parallel is not None and on_entry is None and size >= parallel.from_size:
+    if parallel is not None and on_entry is None and reach >= parallel.from_size:
         # That query reads every entry (a third of a second at 200,000): it runs while the
         # workers check pages, and its answer is taken after theirs, in the same order.
         unsequenced_task = asyncio.create_task(unsequenced_entry())
         try:
-            await verify_in_pages(log, parallel, size, progress)
+            await verify_in_pages(log, parallel, reach, progress)
         except BaseException:
             unsequenced_task.cancel()
             with contextlib.suppress(BaseException):

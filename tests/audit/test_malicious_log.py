@@ -20,15 +20,22 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
 from typer.testing import CliRunner
 
-from service.audit import merkle
-from service.audit.checkpoint import Checkpoint, NoteSigner
+from service.audit import merkle, verify_pages
+from service.audit.checkpoint import Checkpoint, NoteSigner, NoteVerifier
 from service.audit.citizen_proofs import check_proofs
+from service.audit.cli import verify_database
 from service.audit.schemas import canonical_json
+from service.audit.verify import LogVerifier, VerificationFailed
+from service.audit.verify_pages import Parallel
+from service.audit.writer import AuditWriter
 from service.cli import app as cli_app
+from service.db import create_engine
 from service.witness.cosignature import CosignatureError
 from tests.audit.test_citizen_proofs import Page
+from tests.fixtures.audit import make_entry, make_sequencer, sequence_all
 
 ORIGIN = "liar.example/audit"
 SIGNER = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
@@ -299,3 +306,47 @@ class TestCitizenProofs:
         page = Page()
         with pytest.raises(CosignatureError, match="the proof of leaf None does not verify"):
             page_check(page, ["a string"])  # type: ignore[list-item]
+
+
+@pytest.fixture
+async def stored_log(scratch_database: str) -> str:
+    """12 entries in the database, sequenced with a checkpoint every 4, signed by SIGNER."""
+    engine = create_engine(scratch_database)
+    writer = AuditWriter(engine)
+    await writer.start()
+    await writer.append_many([make_entry(request_id=f"m-{n}") for n in range(12)])
+    await writer.stop()
+    await sequence_all(make_sequencer(engine, SIGNER, every=4))
+    await engine.dispose()
+    return scratch_database
+
+
+class TestAStoredLogClaimingAnAbsurdSize:
+    @pytest.mark.parametrize("claimed", [2**63 - 1, 10**12])
+    async def test_is_refused_in_time_bounded_by_the_rows_stored(
+        self, stored_log: str, claimed: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The sequencer's row says the tree holds ``claimed`` leaves: the verification,
+        in one process or in pages, refuses it after reading the 12 stored, and never
+        plans pages for leaves that are not there (it planned 2**61 of them, and hung)."""
+        engine = create_engine(stored_log)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE audit_sequencer SET tree_size = :size"), {"size": claimed})
+        await engine.dispose()
+        planned: list[int] = []
+        bounds = verify_pages.page_bounds
+
+        def counted(log: LogVerifier, size: int, page: int) -> list[tuple[int, int, list[int]]]:
+            planned.append(size)
+            assert size <= 12, f"pages planned for {size} leaves"
+            return bounds(log, size, page)
+
+        monkeypatch.setattr(verify_pages, "page_bounds", counted)
+        verifier = NoteVerifier.parse(SIGNER.verifier_key())
+        why = f"the log records {claimed} leaves but only 12 are stored"
+        for parallel in (None, Parallel(stored_log, workers=2, page=4, from_size=0)):
+            started = time.monotonic()
+            with pytest.raises(VerificationFailed, match=why):
+                await verify_database(stored_log, verifier, parallel=parallel)
+            assert time.monotonic() - started < 20
+        assert planned == [12]

@@ -180,7 +180,7 @@ TAMPER = [
 
 
 class TestAgainstTheRfc:
-    @settings(max_examples=400, deadline=None)
+    @settings(max_examples=250, deadline=None)
     @given(
         st.integers(1, 130),
         st.data(),
@@ -213,7 +213,7 @@ class TestAgainstTheRfc:
         service = merkle.verify_inclusion(leaf, claimed_index, claimed_size, path, root)
         assert client == service == expected
 
-    @settings(max_examples=400, deadline=None)
+    @settings(max_examples=250, deadline=None)
     @given(
         st.integers(0, 130),
         st.data(),

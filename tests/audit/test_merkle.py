@@ -1,4 +1,4 @@
-"""Merkle proofs against an independent verifier written here from RFC 9162."""
+"""Merkle proofs against an independent verifier written from RFC 9162 (``tests.fixtures.rfc9162``)."""
 
 from __future__ import annotations
 
@@ -8,82 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.audit import merkle
-
-# --- An independent RFC 9162 implementation: nothing below imports the service's verifier.
-
-
-def _leaf(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
+from tests.fixtures import rfc9162
 
 
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def _mth(leaves: list[bytes]) -> bytes:
-    """MTH(D[n]) of section 2.1.1, by the definition."""
-    if not leaves:
-        return hashlib.sha256(b"").digest()
-    if len(leaves) == 1:
-        return _leaf(leaves[0])
-    k = 1
-    while k * 2 < len(leaves):
-        k *= 2
-    return _node(_mth(leaves[:k]), _mth(leaves[k:]))
-
-
-def rfc_verify_inclusion(
-    leaf_index: int, tree_size: int, leaf_hash: bytes, path: list[bytes], root: bytes
-) -> bool:
-    """Section 2.1.3.2, step by step."""
-    if leaf_index >= tree_size:
-        return False
-    fn, sn, r = leaf_index, tree_size - 1, leaf_hash
-    for p in path:
-        if sn == 0:
-            return False
-        if fn % 2 == 1 or fn == sn:
-            r = _node(p, r)
-            if fn % 2 == 0:
-                while not (fn % 2 == 1 or fn == 0):
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            r = _node(r, p)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and r == root
+def _mth(data: list[bytes]) -> bytes:
+    """MTH(D[n]) of the entries ``data``, by the RFC's definition (``tests.fixtures.rfc9162``)."""
+    return rfc9162.mth([rfc9162.leaf_hash(item) for item in data])
 
 
 def rfc_verify_consistency(
     first: int, second: int, first_hash: bytes, second_hash: bytes, proof: list[bytes]
 ) -> bool:
-    """Section 2.1.4.2, step by step (first > 0 and first < second)."""
-    path = list(proof)
-    if first & (first - 1) == 0:
-        path = [first_hash, *path]
-    if not path:
-        return False
-    fn, sn = first - 1, second - 1
-    while fn % 2 == 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn % 2 == 1 or fn == sn:
-            fr = _node(c, fr)
-            sr = _node(c, sr)
-            if fn % 2 == 0:
-                while not (fn % 2 == 1 or fn == 0):
-                    fn >>= 1
-                    sn >>= 1
-        else:
-            sr = _node(sr, c)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and fr == first_hash and sr == second_hash
+    """Section 2.1.4.2, step by step (``tests.fixtures.rfc9162``)."""
+    return rfc9162.verify_consistency(first, second, proof, first_hash, second_hash)
 
 
 # --- The tree under test, built the way the sequencer builds it.
@@ -125,8 +62,8 @@ class TestInclusionProof:
         size = data.draw(st.integers(min_value=index + 1, max_value=n))
         sub_root = _mth(leaves[:size])
         proof = merkle.inclusion_proof(read, index, size)
-        leaf = _leaf(leaves[index])
-        assert rfc_verify_inclusion(index, size, leaf, proof, sub_root)
+        leaf = rfc9162.leaf_hash(leaves[index])
+        assert rfc9162.verify_inclusion(index, size, leaf, proof, sub_root)
         assert merkle.verify_inclusion(leaf, index, size, proof, sub_root)
         assert size < n or sub_root == root
         # Altered: a flipped hash, a dropped hash, an extra hash, another leaf, another index.
@@ -134,13 +71,13 @@ class TestInclusionProof:
             which = data.draw(st.integers(min_value=0, max_value=len(proof) - 1))
             bad = [*proof]
             bad[which] = _flip(bad[which])
-            assert not rfc_verify_inclusion(index, size, leaf, bad, sub_root)
-            assert not rfc_verify_inclusion(index, size, leaf, proof[:-1], sub_root)
-        assert not rfc_verify_inclusion(index, size, leaf, [*proof, leaf], sub_root)
-        assert not rfc_verify_inclusion(index, size, _flip(leaf), proof, sub_root)
+            assert not rfc9162.verify_inclusion(index, size, leaf, bad, sub_root)
+            assert not rfc9162.verify_inclusion(index, size, leaf, proof[:-1], sub_root)
+        assert not rfc9162.verify_inclusion(index, size, leaf, [*proof, leaf], sub_root)
+        assert not rfc9162.verify_inclusion(index, size, _flip(leaf), proof, sub_root)
         if size > 1:
             other = (index + 1) % size
-            assert not rfc_verify_inclusion(other, size, leaf, proof, sub_root)
+            assert not rfc9162.verify_inclusion(other, size, leaf, proof, sub_root)
 
     def test_out_of_range_index_is_refused(self) -> None:
         _leaves, read, _compact = _build(4)

@@ -39,59 +39,8 @@ from tellonce_client.proofs import (
 
 from service.audit import merkle
 from service.audit.checkpoint import NoteSigner
-
-# --- RFC 9162, section 2.1, as the RFC defines it (recursive, no shortcuts) ----------------
-
-
-def ref_leaf(entry: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + entry).digest()
-
-
-def ref_k(n: int) -> int:
-    """The largest power of two smaller than n (n > 1)."""
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
-def ref_mth(leaves: list[bytes]) -> bytes:
-    """MTH(D[n]) over leaf hashes."""
-    if not leaves:
-        return hashlib.sha256(b"").digest()
-    if len(leaves) == 1:
-        return leaves[0]
-    k = ref_k(len(leaves))
-    return hashlib.sha256(b"\x01" + ref_mth(leaves[:k]) + ref_mth(leaves[k:])).digest()
-
-
-def ref_path(m: int, leaves: list[bytes]) -> list[bytes]:
-    """PATH(m, D[n]), section 2.1.3.1."""
-    n = len(leaves)
-    if n == 1:
-        return []
-    k = ref_k(n)
-    if m < k:
-        return [*ref_path(m, leaves[:k]), ref_mth(leaves[k:])]
-    return [*ref_path(m - k, leaves[k:]), ref_mth(leaves[:k])]
-
-
-def ref_subproof(m: int, leaves: list[bytes], b: bool) -> list[bytes]:
-    """SUBPROOF(m, D[n], b), section 2.1.4.1."""
-    n = len(leaves)
-    if m == n:
-        return [] if b else [ref_mth(leaves)]
-    k = ref_k(n)
-    if m <= k:
-        return [*ref_subproof(m, leaves[:k], b), ref_mth(leaves[k:])]
-    return [*ref_subproof(m - k, leaves[k:], False), ref_mth(leaves[:k])]
-
-
-def ref_proof(m: int, leaves: list[bytes]) -> list[bytes]:
-    """PROOF(m, D[n]) for 0 < m < n; empty for m = 0 or m = n (the RFC's edge cases)."""
-    if m in (0, len(leaves)):
-        return []
-    return ref_subproof(m, leaves, True)
+from tests.fixtures import rfc9162
+from tests.fixtures.rfc9162 import leaf_hash, mth
 
 
 def ref_inclusion_holds(
@@ -102,7 +51,7 @@ def ref_inclusion_holds(
     if not 0 <= index < size <= len(leaves):
         return False
     tree = leaves[:size]
-    return leaf == tree[index] and root == ref_mth(tree) and path == ref_path(index, tree)
+    return leaf == tree[index] and root == mth(tree) and path == rfc9162.path(index, tree)
 
 
 def ref_consistency_holds(
@@ -113,16 +62,16 @@ def ref_consistency_holds(
     by itself, and otherwise, barring a collision, only the tree's own proof shows it."""
     if not 0 <= first <= second <= len(leaves):
         return False
-    if first == 0 and first_root != ref_mth([]):
+    if first == 0 and first_root != mth([]):
         return False
     if first == second:
         return first_root == second_root and not path
     if first == 0:
         return not path
     return (
-        first_root == ref_mth(leaves[:first])
-        and second_root == ref_mth(leaves[:second])
-        and path == ref_proof(first, leaves[:second])
+        first_root == mth(leaves[:first])
+        and second_root == mth(leaves[:second])
+        and path == rfc9162.proof(first, leaves[:second])
     )
 
 
@@ -136,7 +85,7 @@ def accepts(check: Callable[[], Any]) -> bool:
 
 
 def tree(size: int) -> list[bytes]:
-    return [ref_leaf(f"leaf {n}".encode()) for n in range(size)]
+    return [leaf_hash(f"leaf {n}".encode()) for n in range(size)]
 
 
 def tampered(how: str, path: list[bytes], n: int) -> list[bytes]:
@@ -193,8 +142,8 @@ class TestAgainstTheRfc:
     ) -> None:
         leaves = tree(size + 2)
         index = data.draw(st.integers(0, size - 1))
-        path = tampered(tamper, ref_path(index, leaves[:size]), n)
-        leaf, claimed_index, claimed_size, root = leaves[index], index, size, ref_mth(leaves[:size])
+        path = tampered(tamper, rfc9162.path(index, leaves[:size]), n)
+        leaf, claimed_index, claimed_size, root = leaves[index], index, size, mth(leaves[:size])
         if claim == "other-index":
             claimed_index = data.draw(st.integers(-1, size + 1))
         elif claim == "other-size":
@@ -203,11 +152,11 @@ class TestAgainstTheRfc:
             # the size on trust, and the path of leaf 0 of 66 leaves leads to their root as
             # if for 65; so a proof's size must be the signed checkpoint's.)
             claimed_size = data.draw(st.integers(0, size + 2))
-            root = ref_mth(leaves[:claimed_size])
+            root = mth(leaves[:claimed_size])
         elif claim == "other-leaf":
             leaf = leaves[(index + 1) % (size + 2)]
         elif claim == "other-root":
-            root = ref_mth(leaves[: data.draw(st.integers(0, size + 2))])
+            root = mth(leaves[: data.draw(st.integers(0, size + 2))])
         expected = ref_inclusion_holds(leaves, leaf, claimed_index, claimed_size, path, root)
         client = accepts(lambda: verify_inclusion(leaf, claimed_index, claimed_size, path, root))
         service = merkle.verify_inclusion(leaf, claimed_index, claimed_size, path, root)
@@ -226,20 +175,20 @@ class TestAgainstTheRfc:
     ) -> None:
         leaves = tree(second + 2)
         first = data.draw(st.integers(0, second))
-        path = tampered(tamper, ref_proof(first, leaves[:second]), n)
+        path = tampered(tamper, rfc9162.proof(first, leaves[:second]), n)
         m, k = first, second
-        first_root, second_root = ref_mth(leaves[:first]), ref_mth(leaves[:second])
+        first_root, second_root = mth(leaves[:first]), mth(leaves[:second])
         if claim == "other-first":
             # Sizes come with their roots, as checkpoints sign them (see above).
             m = data.draw(st.integers(0, second + 1))
-            first_root = ref_mth(leaves[:m])
+            first_root = mth(leaves[:m])
         elif claim == "other-second":
             k = data.draw(st.integers(0, second + 2))
-            second_root = ref_mth(leaves[:k])
+            second_root = mth(leaves[:k])
         elif claim == "other-first-root":
-            first_root = ref_mth(leaves[: data.draw(st.integers(0, second + 2))])
+            first_root = mth(leaves[: data.draw(st.integers(0, second + 2))])
         elif claim == "other-second-root":
-            second_root = ref_mth(leaves[: data.draw(st.integers(0, second + 2))])
+            second_root = mth(leaves[: data.draw(st.integers(0, second + 2))])
         expected = ref_consistency_holds(leaves, m, k, first_root, second_root, path)
         client = accepts(lambda: verify_consistency(m, k, first_root, second_root, path))
         service = merkle.verify_consistency(m, k, path, first_root, second_root)
@@ -252,13 +201,13 @@ class TestAgainstTheRfc:
             leaves = tree(size)
 
             def read(level: int, index: int, leaves: list[bytes] = leaves) -> bytes:
-                return ref_mth(leaves[index << level : (index + 1) << level])
+                return mth(leaves[index << level : (index + 1) << level])
 
-            assert merkle.root_hash(read, size) == ref_mth(leaves)
+            assert merkle.root_hash(read, size) == mth(leaves)
             for index in range(size):
-                assert merkle.inclusion_proof(read, index, size) == ref_path(index, leaves)
+                assert merkle.inclusion_proof(read, index, size) == rfc9162.path(index, leaves)
             for first in range(size + 1):
-                assert merkle.consistency_proof(read, first, size) == ref_proof(first, leaves)
+                assert merkle.consistency_proof(read, first, size) == rfc9162.proof(first, leaves)
 
 
 # --- a log server that lies ---------------------------------------------------------------
@@ -272,7 +221,7 @@ class Log:
     def __init__(self, size: int) -> None:
         self.signer = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
         self.entries = [{"n": n, "action": "read"} for n in range(size)]
-        self.leaves = [ref_leaf(canonical_entry(e)) for e in self.entries]
+        self.leaves = [leaf_hash(canonical_entry(e)) for e in self.entries]
         # Each answer the server gives, by path: replaced by a test to make it lie.
         self.checkpoint: Callable[[], str] = self.note
         self.inclusion: Callable[[int, int], dict[str, Any]] = self.inclusion_answer
@@ -286,7 +235,7 @@ class Log:
         self, size: int | None = None, root: bytes | None = None, signer: NoteSigner | None = None
     ) -> str:
         size = len(self.leaves) if size is None else size
-        root = ref_mth(self.leaves[:size]) if root is None else root
+        root = mth(self.leaves[:size]) if root is None else root
         body = f"{ORIGIN}\n{size}\n{base64.b64encode(root).decode()}\n"
         return (signer or self.signer).sign(body)
 
@@ -295,7 +244,7 @@ class Log:
             "leaf_index": index,
             "tree_size": size,
             "leaf_hash": b64(self.leaves[index]),
-            "hashes": [b64(h) for h in ref_path(index, self.leaves[:size])],
+            "hashes": [b64(h) for h in rfc9162.path(index, self.leaves[:size])],
             "entry": self.entries[index],
         }
 
@@ -303,7 +252,7 @@ class Log:
         return {
             "first": first,
             "second": second,
-            "hashes": [b64(h) for h in ref_proof(first, self.leaves[:second])],
+            "hashes": [b64(h) for h in rfc9162.proof(first, self.leaves[:second])],
         }
 
 
@@ -398,7 +347,7 @@ class TestAnHonestServer:
     def test_a_checkpoint_of_the_empty_tree_opens_and_proves_no_entry(self) -> None:
         log = Log(0)
         assert open_checkpoint(log.note(), log.vkey).size == 0
-        leaf = b64(ref_leaf(canonical_entry({})))
+        leaf = b64(leaf_hash(canonical_entry({})))
         proof = InclusionProof(leaf_index=0, tree_size=0, leaf_hash=leaf, hashes=[], entry={})
         with pytest.raises(ProofError, match="outside the tree"):
             verify_entry(proof, log.note(), log.vkey)
@@ -458,15 +407,15 @@ class TestALyingServer:
     )
     def test_a_lying_checkpoint_is_refused(self, log: Log, url: str, checkpoint: str, why: str) -> None:
         stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
-        root = b64(ref_mth(log.leaves))
+        root = b64(mth(log.leaves))
         notes: dict[str, Callable[[], str]] = {
             "root-not-of-the-tree": lambda: log.note(root=hashlib.sha256(b"other").digest()),
-            "absurd-size": lambda: log.note(size=2**63 - 1, root=ref_mth(log.leaves)),
+            "absurd-size": lambda: log.note(size=2**63 - 1, root=mth(log.leaves)),
             "beyond-63-bits": lambda: log.signer.sign(f"{ORIGIN}\n{2**64}\n{root}\n"),
             "five-thousand-digits": lambda: log.signer.sign(f"{ORIGIN}\n{'9' * 5000}\n{root}\n"),
             "leading-zero": lambda: log.signer.sign(f"{ORIGIN}\n013\n{root}\n"),
             "unknown-key": lambda: log.note(signer=stranger),
-            "empty-with-a-root": lambda: log.note(size=0, root=ref_mth(log.leaves)),
+            "empty-with-a-root": lambda: log.note(size=0, root=mth(log.leaves)),
             "changed-after-signing": lambda: log.note().replace("\n13\n", "\n14\n"),
         }
         log.checkpoint = notes[checkpoint]
@@ -503,7 +452,7 @@ class TestALyingServer:
         older = log.note(5)
         honest = log.consistency_answer
         stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
-        forked = [*log.leaves[:3], ref_leaf(b"rewritten"), *log.leaves[4:]]
+        forked = [*log.leaves[:3], leaf_hash(b"rewritten"), *log.leaves[4:]]
         if lie == "valid-for-other-sizes":
             # A true proof, for 4 -> 13: served for 5 -> 13.
             log.consistency = lambda first, second: {**honest(4, second), "first": first}
@@ -525,9 +474,9 @@ class TestALyingServer:
             log.consistency = lambda f, s: {"first": f, "second": s, "hashes": []}
         elif lie == "fork":
             older = log.note(13)
-            log.checkpoint = lambda: log.note(13, ref_mth(forked))
+            log.checkpoint = lambda: log.note(13, mth(forked))
         elif lie == "fork-after-growth":
-            log.checkpoint = lambda: log.note(13, ref_mth(forked))
+            log.checkpoint = lambda: log.note(13, mth(forked))
         elif lie == "absurd-size":
             log.checkpoint = lambda: log.note(2**63 - 1, bytes(32))
             log.consistency = lambda f, s: {"first": f, "second": s, "hashes": [b64(bytes(32))] * 5000}
@@ -538,8 +487,8 @@ class TestALyingServer:
     def test_checkpoints_of_another_log_are_refused(self, log: Log) -> None:
         other = NoteSigner("other.example/log", Ed25519PrivateKey.generate())
         # The same key under two names would be two keys; here one key signs two origins.
-        mixed = log.signer.sign(f"other.example/log\n13\n{b64(ref_mth(log.leaves))}\n")
-        proof = ConsistencyProof(first=5, second=13, hashes=[b64(h) for h in ref_proof(5, log.leaves)])
+        mixed = log.signer.sign(f"other.example/log\n13\n{b64(mth(log.leaves))}\n")
+        proof = ConsistencyProof(first=5, second=13, hashes=[b64(h) for h in rfc9162.proof(5, log.leaves)])
         with pytest.raises(ProofError, match="different logs"):
             verify_checkpoints(log.note(5), mixed, proof, log.vkey)
         stranger = other.sign(f"other.example/log\n13\n{b64(bytes(32))}\n")

@@ -8,6 +8,7 @@ HTTP/1.1 implementation uvicorn may pick (``service.malformed_http``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import select
@@ -198,67 +199,56 @@ def witness_state(tmp_path: Path) -> Iterator[WitnessState]:
     state.close()
 
 
+@contextlib.contextmanager
+def serving(state: WitnessState, protocol: type) -> Iterator[tuple[str, int]]:
+    """The witness app served in this process over ``protocol``, at the address yielded;
+    still answering after what the test sent."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_witness_app(state),
+        host="127.0.0.1",
+        port=port,
+        http=protocol,
+        lifespan="off",
+        log_level="error",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        yield "127.0.0.1", port
+        still = httpx.get(f"http://127.0.0.1:{port}/checkpoint", params={"origin": "x"}, timeout=10)
+        assert still.status_code == 404
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+PROTOCOLS = pytest.mark.parametrize("protocol", [HTTP_PROTOCOL, ProblemH11Protocol], ids=lambda p: p.__name__)
+
+
 class TestEachImplementation:
     """``HTTP_PROTOCOL`` is httptools's where it is installed (as here); the h11 one is
     what uvicorn picks without it. Each serves the witness app in this process."""
 
-    @pytest.mark.parametrize("protocol", [HTTP_PROTOCOL, ProblemH11Protocol], ids=lambda p: p.__name__)
+    @PROTOCOLS
     def test_a_malformed_request_is_a_400_problem_that_echoes_nothing(
         self, witness_state: WitnessState, protocol: type
     ) -> None:
-        port = free_port()
-        config = uvicorn.Config(
-            create_witness_app(witness_state),
-            host="127.0.0.1",
-            port=port,
-            http=protocol,
-            lifespan="off",
-            log_level="error",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not server.started:
-                assert thread.is_alive()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.02)
+        with serving(witness_state, protocol) as address:
             for what, request in MALFORMED.items():
                 if protocol is ProblemH11Protocol and what == "a control byte in a header value":
                     continue  # h11 hands such a value to the app (NUL it refuses)
-                assert_problem_400(exchange(("127.0.0.1", port), request))
-            still = httpx.get(f"http://127.0.0.1:{port}/checkpoint", params={"origin": "x"}, timeout=10)
-            assert still.status_code == 404
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
+                assert_problem_400(exchange(address, request))
 
-    @pytest.mark.parametrize("protocol", [HTTP_PROTOCOL, ProblemH11Protocol], ids=lambda p: p.__name__)
+    @PROTOCOLS
     def test_a_head_past_the_limit_is_a_431_problem_that_echoes_nothing(
         self, witness_state: WitnessState, protocol: type
     ) -> None:
-        port = free_port()
-        config = uvicorn.Config(
-            create_witness_app(witness_state),
-            host="127.0.0.1",
-            port=port,
-            http=protocol,
-            lifespan="off",
-            log_level="error",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not server.started:
-                assert thread.is_alive()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.02)
-            assert_heads_are_limited(("127.0.0.1", port), b"/checkpoint?origin=x")
-            still = httpx.get(f"http://127.0.0.1:{port}/checkpoint", params={"origin": "x"}, timeout=10)
-            assert still.status_code == 404
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
+        with serving(witness_state, protocol) as address:
+            assert_heads_are_limited(address, b"/checkpoint?origin=x")

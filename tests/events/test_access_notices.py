@@ -35,6 +35,7 @@ from service.events.models import ACCESS_RECORDED, HeldNotice, NoticeState, Outb
 from service.events.notices import NoticeWorker
 from tests.audit import test_spec_verifier as spec
 from tests.events.conftest import occurred_at
+from tests.fixtures import rfc9162
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver, stamped_at
 
@@ -492,10 +493,10 @@ class TestDelayedDisclosure:
                 item["department"],
                 ada,
             )
-            leaf = spec.leaf_hash(spec.canonical(proof["entry"]))
+            leaf = rfc9162.leaf_hash(spec.canonical(proof["entry"]))
             assert base64.b64decode(proof["leaf_hash"]) == leaf
             path = [base64.b64decode(h) for h in proof["hashes"]]
-            assert spec.verify_inclusion(proof["leaf_index"], checkpoint.size, leaf, path, checkpoint.root)
+            assert rfc9162.verify_inclusion(proof["leaf_index"], checkpoint.size, leaf, path, checkpoint.root)
             proven += 1
         assert proven >= 3  # the registration, the ordinary read and the disclosed one
         size, _checkpoints = await verify_stored_log(

@@ -46,57 +46,14 @@ from service.db import create_engine
 from service.witness.cosignature import CosignatureSigner, CosignatureVerifier
 from service.witness.server import create_witness_app
 from service.witness.state import TrustedLog, WitnessState
+from tests.fixtures import rfc9162
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.fixtures.rfc9162 import leaf_hash, mth, verify_consistency
 
 DASH = "\u2014"
 WITNESS_NAME = "witness.example/letter"
 ORIGIN = "log.example/letter"
-
-
-# --- RFC 6962 / 9162 Merkle trees, from the RFC -------------------------------------------
-
-
-def _leaf(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
-
-
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def _split(n: int) -> int:
-    """The largest power of two smaller than ``n`` (n > 1)."""
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
-def mth(leaves: list[bytes]) -> bytes:
-    if not leaves:
-        return hashlib.sha256(b"").digest()
-    if len(leaves) == 1:
-        return leaves[0]
-    k = _split(len(leaves))
-    return _node(mth(leaves[:k]), mth(leaves[k:]))
-
-
-def _subproof(m: int, leaves: list[bytes], complete: bool) -> list[bytes]:
-    n = len(leaves)
-    if m == n:
-        return [] if complete else [mth(leaves)]
-    k = _split(n)
-    if m <= k:
-        return [*_subproof(m, leaves[:k], complete), mth(leaves[k:])]
-    return [*_subproof(m - k, leaves[k:], False), mth(leaves[:k])]
-
-
-def consistency_proof(m: int, leaves: list[bytes]) -> list[bytes]:
-    """PROOF(m, D[n]) of RFC 6962 2.1.2 (empty when m is 0 or n)."""
-    if m in (0, len(leaves)):
-        return []
-    return _subproof(m, leaves, True)
 
 
 # --- signed notes and cosignatures, from C2SP ---------------------------------------------
@@ -122,13 +79,13 @@ class Log:
 
     def grow(self, count: int, tag: bytes = b"leaf") -> None:
         start = len(self.leaves)
-        self.leaves += [_leaf(tag + b" %d" % (start + i)) for i in range(count)]
+        self.leaves += [leaf_hash(tag + b" %d" % (start + i)) for i in range(count)]
 
     def fork(self, index: int) -> Log:
         other = Log(self.origin, self.key_name)
         other.key = self.key
         other.leaves = list(self.leaves)
-        other.leaves[index] = _leaf(b"another history")
+        other.leaves[index] = leaf_hash(b"another history")
         return other
 
     def vkey(self) -> str:
@@ -153,7 +110,7 @@ class Log:
 
     def request(self, old: int, size: int | None = None, note: str | None = None) -> bytes:
         size = len(self.leaves) if size is None else size
-        proof = consistency_proof(old, self.leaves[:size]) if old <= size else []
+        proof = rfc9162.proof(old, self.leaves[:size]) if old <= size else []
         lines = [f"old {old}\n", *(base64.b64encode(h).decode() + "\n" for h in proof)]
         return ("".join(lines) + "\n" + (note if note is not None else self.note(size))).encode()
 
@@ -343,8 +300,8 @@ class TestStatusCodes:
         assert (await post(witness, fork.request(13))).status_code == 422
         # A proof of the right shape but one hash short, one too many, or from another size.
         log.grow(5)
-        proof = consistency_proof(13, log.leaves)
-        for hashes in (proof[:-1], [*proof, proof[0]], consistency_proof(12, log.leaves)):
+        proof = rfc9162.proof(13, log.leaves)
+        for hashes in (proof[:-1], [*proof, proof[0]], rfc9162.proof(12, log.leaves)):
             lines = "".join(base64.b64encode(h).decode() + "\n" for h in hashes)
             body = f"old 13\n{lines}\n{log.note()}".encode()
             assert (await post(witness, body)).status_code == 422
@@ -693,34 +650,6 @@ class TestHostileWitness:
         assert set(await _stored(sequenced_engine)) == {"good.example"}
 
 
-def verify_consistency(
-    first: int, second: int, proof: list[bytes], first_root: bytes, second_root: bytes
-) -> bool:
-    """RFC 9162 2.1.4.2, step by step."""
-    if first == second:
-        return not proof and first_root == second_root
-    if first == 0:
-        return not proof
-    path = [first_root, *proof] if first & (first - 1) == 0 else list(proof)
-    if not path:
-        return False
-    fn, sn = first - 1, second - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr, sr = _node(c, fr), _node(c, sr)
-            while not fn & 1 and fn != 0:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = _node(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and fr == first_root and sr == second_root
-
-
 class SpecWitness:
     """A witness written from tlog-witness: it reads each request to the letter, checks the
     proof against the last root it cosigned and cosigns with a key of its own."""
@@ -837,7 +766,7 @@ class TestTiles:
             entries.append(bundle[position + 2 : position + 2 + length])
             position += 2 + length
         assert position == len(bundle)
-        leaves = [_leaf(entry) for entry in entries]
+        leaves = [leaf_hash(entry) for entry in entries]
         assert len(leaves) == 3
         assert hashes == b"".join(leaves)
         signed_root = base64.b64decode(newest.note.split("\n")[2])

@@ -20,6 +20,11 @@ on a 429 or 503 answer is the least the next attempt waits. Any other failure is
 after a jittered exponential backoff until the attempts run out; then the delivery is
 ``dead`` until redelivered.
 
+A batch's attempts take turns by subscription, and once one attempt to a receiver gets no
+answer (a timeout, a refused connection, a TLS error) its deliveries later in the batch are
+not sent but counted as failed attempts and retried: a receiver that does not answer holds
+the batch, and so every other receiver, for about one timeout, not one per delivery.
+
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
 """
@@ -34,7 +39,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -64,6 +69,7 @@ from service.events.targets import Pinned, UnsafeWebhookTarget, check_target, pi
 from service.records import public as records_public
 
 logger = logging.getLogger("tellonce.events")
+_T = TypeVar("_T")
 
 _jitter = random.Random()  # noqa: S311  (spreads retries; not a secret)
 _ERROR_LENGTH = 500
@@ -310,9 +316,14 @@ class Dispatcher:
                     item, "the audit log is unavailable; nothing was sent", None
                 )
             return
+        # Taken in turn, one subscription's first delivery, then the next one's, and so on:
+        # the first ``concurrency`` attempts of the batch go to as many receivers as it has,
+        # not all to the one whose events came first (which may be the one not answering).
+        ready = _taking_turns(ready, key=lambda entry: entry[0].subscription.id)
+        unreachable: dict[str, str] = {}
         results = await asyncio.gather(
             *(
-                self._post(item, body, secrets_by_subscription[item.subscription.id], target)
+                self._post(item, body, secrets_by_subscription[item.subscription.id], target, unreachable)
                 for item, _entry, body, target in ready
             )
         )
@@ -361,10 +372,27 @@ class Dispatcher:
         return signing
 
     async def _post(
-        self, item: repository.ClaimedDelivery, body: str, secrets: list[str], target: Pinned
+        self,
+        item: repository.ClaimedDelivery,
+        body: str,
+        secrets: list[str],
+        target: Pinned,
+        unreachable: dict[str, str],
     ) -> dict[str, Any]:
+        """One attempt. ``unreachable`` is shared by the batch: once an attempt to a receiver
+        gets no answer (a timeout, a refused connection, a TLS error), that receiver's
+        deliveries whose turn comes later in the batch are not sent but retried as failed,
+        so one receiver that does not answer holds the batch (and every other receiver's
+        deliveries in the next one) for one timeout, not one for each of its deliveries."""
         message_id = webhook_id(item.id)
+        receiver = item.subscription.webhook_url or ""
         async with self._limit:
+            if receiver in unreachable:
+                return self._failure(
+                    item,
+                    f"not sent: another attempt to the receiver failed just before ({unreachable[receiver]})",
+                    None,
+                )
             # Timestamped and signed when its turn to be sent comes, not when the batch was
             # read: a receiver refuses a webhook-timestamp older than its tolerance (the
             # Standard Webhooks libraries allow 5 minutes), and a delivery may wait here
@@ -402,8 +430,10 @@ class Dispatcher:
                     code = response.status_code
                     retry_after = response.headers.get("retry-after")
             except (TimeoutError, httpx.TimeoutException):
+                unreachable.setdefault(receiver, "it did not answer in time")
                 return self._failure(item, "the receiver did not answer in time", None)
             except httpx.HTTPError as exc:
+                unreachable.setdefault(receiver, f"could not reach it: {type(exc).__name__}")
                 return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
         if 200 <= code < 300:
             return {
@@ -552,6 +582,18 @@ async def _wait_either(wake: Any, stop: asyncio.Event) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def _taking_turns(entries: Sequence[_T], *, key: Callable[[_T], str]) -> list[_T]:
+    """``entries`` reordered round-robin by ``key``: each key's first, in the order the keys
+    first appear, then each key's second, and so on; each key's own order is kept."""
+    queues: dict[str, list[_T]] = {}
+    for entry in entries:
+        queues.setdefault(key(entry), []).append(entry)
+    turns = list(queues.values())
+    return [
+        queue[i] for i in range(max((len(q) for q in turns), default=0)) for queue in turns if i < len(queue)
+    ]
 
 
 def _previous_signs(subscription: repository.SubscriptionRow, now: datetime) -> bool:

@@ -577,3 +577,80 @@ class TestNoConnectionIsReused:
                 await asyncio.wait_for(dispatcher.run_once(), 30)
             assert len(receiver.received) == 2
             assert receiver.connections == 2
+
+
+class SilentReceiver:
+    """A receiver on a loopback port that takes every connection and never answers;
+    ``connections`` counts them."""
+
+    def __init__(self) -> None:
+        self.connections: list[socket.socket] = []
+        self.stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener.settimeout(0.05)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._listener.getsockname()[:2]
+        return f"http://{host}:{port}/hooks/tellonce"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self.connections.append(self._listener.accept()[0])
+
+    def __enter__(self) -> SilentReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=5)
+        for connection in self.connections:
+            connection.close()
+        self._listener.close()
+
+
+class TestOneReceiverNotAnswering:
+    async def test_holds_no_other_receivers_delivery_and_the_batch_for_one_timeout_only(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        # Two attempts at a time: before, the silent receiver's four earlier deliveries took
+        # both, a timeout each wave, and the answering receiver's came third, 2 s later.
+        runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
+        dispatcher = Dispatcher(runtime, concurrency=2)
+        try:
+            with SilentReceiver() as silent:
+                act_as(events_app, "dvla", "consumer")
+                stuck = await _subscribe(api, silent.url)
+                for _ in range(4):
+                    await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                await dispatcher.fan_out()
+                answering = await _subscribe(api, receiver.url)
+                await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                started = asyncio.get_running_loop().time()
+                cycle = asyncio.create_task(dispatcher.run_once())
+                while not receiver.received and not cycle.done():
+                    await asyncio.sleep(0.02)
+                told_after = asyncio.get_running_loop().time() - started
+                await asyncio.wait_for(cycle, 30)
+                took = asyncio.get_running_loop().time() - started
+                # The first attempt and the one that took the answering receiver's slot
+                # after it; the other three wait for the next round, unsent.
+                assert len(silent.connections) == 2
+        finally:
+            await dispatcher.aclose()
+        assert told_after < 0.8
+        assert took < 1.9
+        [delivered] = await _deliveries(api, answering["id"])
+        assert delivered["status"] == "delivered"
+        errors = sorted(delivery["last_error"] for delivery in await _deliveries(api, stuck["id"]))
+        unsent = "not sent: another attempt to the receiver failed just before (it did not answer in time)"
+        assert errors == [unsent] * 3 + ["the receiver did not answer in time"] * 2
+        assert {delivery["status"] for delivery in await _deliveries(api, stuck["id"])} == {"pending"}

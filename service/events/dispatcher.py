@@ -8,7 +8,8 @@ Each cycle it
 2. claims due deliveries (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
    dispatchers never hold the same attempt; SQLite has one writer and one dispatcher);
 3. for each: re-checks the policy with the citizen's current status (field changes),
-   checks the target's addresses again (DNS rebinding), audits, signs to the Standard
+   checks the target's addresses again (DNS rebinding; every target at once, each
+   resolution within ``TELLONCE_WEBHOOK_TIMEOUT_SECONDS``), audits, signs to the Standard
    Webhooks spec and POSTs. After a rotation of the subscription's secret, and until its
    overlap ends, the old secret signs too: ``webhook-signature`` carries both values,
    space separated, the new one first.
@@ -169,9 +170,10 @@ class Dispatcher:
     # --- claims and attempts ----------------------------------------------------------
 
     def _lease(self) -> timedelta:
-        # Long enough for every wave of the batch's POSTs (``concurrency`` at a time) to
-        # time out, and then some for the result to be written. A claim that still outlives
-        # its lease (a slow resolver or audit log, a stalled database) may be attempted again
+        # Long enough for the targets' resolution and every wave of the batch's POSTs
+        # (``concurrency`` at a time) to time out, and then some for the result to be
+        # written. A claim that still outlives its lease (a slow audit log, a stalled
+        # database) may be attempted again
         # by another dispatcher: delivery is at least once, deduplicated on webhook-id.
         waves = -(-self.batch_size // self._concurrency)
         return timedelta(seconds=self.settings.webhook_timeout_seconds * (waves + 1) + 30)
@@ -290,13 +292,15 @@ class Dispatcher:
                     outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
         ready: list[tuple[repository.ClaimedDelivery, AuditEntry, str, Pinned]] = []
         secrets_by_subscription: dict[str, list[str]] = {}
-        checked: dict[str, str | Pinned] = {}
+        # Every target checked at once, each within the timeout: a host whose name servers
+        # never answer holds its own deliveries, not the batch for a resolver timeout each.
+        urls = list(
+            dict.fromkeys(item.subscription.webhook_url or "" for item, _entry, _released in sendable)
+        )
+        checked = dict(zip(urls, await asyncio.gather(*(self._target(url) for url in urls)), strict=True))
         for item, entry, released in sendable:
             subscription = item.subscription
-            url = subscription.webhook_url or ""
-            if url not in checked:
-                checked[url] = await self._target(url)
-            target = checked[url]
+            target = checked[subscription.webhook_url or ""]
             if isinstance(target, str):
                 outcomes[item.id] = self._failure(item, f"target refused: {target}", None)
                 continue
@@ -345,11 +349,14 @@ class Dispatcher:
         """Why ``url`` may not be called now, or the request pinned to the address that was
         checked: connecting to it, not to a fresh resolution, closes the DNS-rebinding gap."""
         try:
-            addresses = await check_target(
-                url, allow_private=self.settings.webhook_allow_private, resolver=self.runtime.resolver
-            )
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+                addresses = await check_target(
+                    url, allow_private=self.settings.webhook_allow_private, resolver=self.runtime.resolver
+                )
         except UnsafeWebhookTarget as exc:
             return str(exc)
+        except TimeoutError:
+            return f"the host {urlsplit(url).hostname} could not be resolved in time"
         return pinned(url, addresses[0])
 
     def _secrets(self, subscription: repository.SubscriptionRow) -> list[str] | None:

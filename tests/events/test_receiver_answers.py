@@ -654,3 +654,44 @@ class TestOneReceiverNotAnswering:
         unsent = "not sent: another attempt to the receiver failed just before (it did not answer in time)"
         assert errors == [unsent] * 3 + ["the receiver did not answer in time"] * 2
         assert {delivery["status"] for delivery in await _deliveries(api, stuck["id"])} == {"pending"}
+
+
+class TestAHostThatDoesNotResolve:
+    async def test_holds_only_its_own_deliveries_for_no_longer_than_the_timeout(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        # A subscriber's own name servers may never answer; before, each attempt waited
+        # for the resolver, one host after another, and the batch with it.
+        runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
+        port = int(receiver.url.rsplit(":", 1)[1].split("/", 1)[0])
+        silent = asyncio.Event()
+
+        async def resolver(host: str, _port: int) -> list[str]:
+            if host == "silent.dns.test" and silent.is_set():
+                await asyncio.sleep(60)
+            return ["127.0.0.1"]
+
+        runtime.resolver = resolver
+        act_as(events_app, "dvla", "consumer")
+        stuck = await _subscribe(api, f"http://silent.dns.test:{port}/hooks/tellonce")
+        answering = await _subscribe(api, f"http://answers.dns.test:{port}/hooks/tellonce")
+        silent.set()
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(dispatcher.run_once(), 10)
+        assert asyncio.get_running_loop().time() - started < 2.5
+        [request] = receiver.received
+        assert request.headers["host"] == f"answers.dns.test:{port}"
+        [delivered] = await _deliveries(api, answering["id"])
+        assert delivered["status"] == "delivered"
+        [refused] = await _deliveries(api, stuck["id"])
+        assert (refused["status"], refused["last_error"]) == (
+            "pending",
+            "target refused: the host silent.dns.test could not be resolved in time",
+        )

@@ -173,8 +173,8 @@ class Dispatcher:
         # Long enough for the targets' resolution and every wave of the batch's POSTs
         # (``concurrency`` at a time) to time out, and then some for the result to be
         # written. A claim that still outlives its lease (a slow audit log, a stalled
-        # database) may be attempted again
-        # by another dispatcher: delivery is at least once, deduplicated on webhook-id.
+        # database) may be attempted again by another dispatcher: delivery is at least
+        # once, deduplicated on webhook-id.
         waves = -(-self.batch_size // self._concurrency)
         return timedelta(seconds=self.settings.webhook_timeout_seconds * (waves + 1) + 30)
 

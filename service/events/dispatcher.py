@@ -442,6 +442,14 @@ class Dispatcher:
             except httpx.HTTPError as exc:
                 unreachable.setdefault(receiver, f"could not reach it: {type(exc).__name__}")
                 return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
+            except Exception as exc:
+                # Not one of httpx's errors (none is known to come from a URL the API
+                # accepts): this attempt fails alone, not the batch with it, whose other
+                # receivers' answers would be lost and their deliveries sent again. Only the
+                # error's type is logged: its text may hold the URL, whose path may hold a token.
+                logger.error("webhook delivery %s failed unexpectedly: %s", item.id, type(exc).__name__)
+                unreachable.setdefault(receiver, f"could not reach it: {type(exc).__name__}")
+                return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
         if 200 <= code < 300:
             return {
                 "status": "delivered",

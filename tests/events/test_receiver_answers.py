@@ -695,3 +695,45 @@ class TestAHostThatDoesNotResolve:
             "pending",
             "target refused: the host silent.dns.test could not be resolved in time",
         )
+
+
+class _OddTransport(httpx.AsyncHTTPTransport):
+    """Raises an error that is none of httpx's for a request whose query is ``odd``."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.query == b"odd":
+            raise ValueError("not an httpx error")
+        return await super().handle_async_request(request)
+
+
+class TestAnErrorOutsideHttpx:
+    async def test_fails_its_own_attempt_not_the_batch(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        # Before, it left the batch's gather: every delivery of the batch was recorded as
+        # failed ("internal error"), the one its receiver had taken too, and sent again.
+        client = httpx.AsyncClient(
+            transport=_OddTransport(), follow_redirects=False, trust_env=False, timeout=5
+        )
+        dispatcher = Dispatcher(runtime, client=client)
+        try:
+            act_as(events_app, "dvla", "consumer")
+            odd = await _subscribe(api, receiver.url + "?odd")
+            fine = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            await asyncio.wait_for(dispatcher.run_once(), 30)
+        finally:
+            await client.aclose()
+        assert len(receiver.received) == 1
+        [delivered] = await _deliveries(api, fine["id"])
+        assert (delivered["status"], delivered["last_error"]) == ("delivered", None)
+        [failed] = await _deliveries(api, odd["id"])
+        assert (failed["status"], failed["last_error"]) == (
+            "pending",
+            "could not reach the receiver: ValueError",
+        )

@@ -737,3 +737,32 @@ class TestAnErrorOutsideHttpx:
             "pending",
             "could not reach the receiver: ValueError",
         )
+
+
+class TestAnOddPortIsRefusedAtCreation:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://hooks.example:abc/hook",
+            "http://hooks.example:65536/hook",
+            "http://hooks.example:99999/hook",
+            "http://hooks.example:-1/hook",
+            "http://hooks.example:0/hook",
+            "http://[::1/hook",
+        ],
+    )
+    async def test_with_a_422_before_anything_is_resolved(
+        self, events_app: FastAPI, api: httpx.AsyncClient, runtime: EventsRuntime, url: str
+    ) -> None:
+        # The dispatcher would otherwise meet it at every attempt, outside httpx's errors.
+        async def resolver(host: str, _port: int) -> list[str]:
+            raise AssertionError(f"{host} was resolved")
+
+        runtime.resolver = resolver
+        act_as(events_app, "dvla", "consumer")
+        response = await api.post(
+            "/v1/subscriptions",
+            json={"fields": ["date_of_death"], "purpose": "licence-administration", "webhook_url": url},
+        )
+        body = _assert_problem(response, 422, "webhook-url-refused")
+        assert body["errors"][0]["loc"] == ["body", "webhook_url"]

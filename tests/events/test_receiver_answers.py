@@ -766,3 +766,53 @@ class TestAnOddPortIsRefusedAtCreation:
         )
         body = _assert_problem(response, 422, "webhook-url-refused")
         assert body["errors"][0]["loc"] == ["body", "webhook_url"]
+
+
+def _answering(raw: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
+        connection.sendall(raw)
+
+    return answer
+
+
+class TestOddAnswers:
+    @pytest.mark.parametrize(
+        ("raw", "code", "error"),
+        [
+            # Informational only (the receiver keeps the connection open): no final answer.
+            (b"HTTP/1.1 103 Early Hints\r\n\r\n", None, "the receiver did not answer in time"),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nSECRET",
+                None,
+                "could not reach the receiver: RemoteProtocolError",
+            ),
+            # A redirect without a Location, and statuses past 599: failures by their code.
+            (b"HTTP/1.1 302 Found\r\nContent-Length: 6\r\n\r\nSECRET", 302, "the receiver answered 302"),
+            (b"HTTP/1.1 999 Odd\r\nContent-Length: 6\r\n\r\nSECRET", 999, "the receiver answered 999"),
+            (b"SECRET not http at all\r\n\r\n", None, "could not reach the receiver: RemoteProtocolError"),
+        ],
+    )
+    async def test_each_is_a_failed_attempt_that_echoes_nothing_of_the_answer(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        raw: bytes,
+        code: int | None,
+        error: str,
+    ) -> None:
+        runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
+        with RawReceiver(_answering(raw)) as odd:
+            act_as(events_app, "dvla", "consumer")
+            hook = await _subscribe(api, odd.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            await asyncio.wait_for(dispatcher.run_once(), 30)
+        [delivery] = await _deliveries(api, hook["id"])
+        assert (delivery["status"], delivery["last_status_code"], delivery["last_error"]) == (
+            "pending",
+            code,
+            error,
+        )
+        assert "SECRET" not in str(delivery)

@@ -444,24 +444,24 @@ class TestDeadLetters:
         runtime.settings = runtime.settings.model_copy(update={"webhook_max_attempts": 1})
         dead: list[None] = []
         dispatcher.on_dead = lambda: dead.append(None)
-        looked_up: list[str] = []
         delivering = False
 
         async def resolver(host: str, port: int) -> list[str]:
-            if not delivering:
-                return ["93.184.215.14"]
-            looked_up.append(host)
-            # The first receiver's address is refused (a dead letter, counted); looking up
-            # the second fails unexpectedly, which ends the batch.
-            if len(looked_up) == 1:
+            # The first receiver's address is refused (a dead letter, counted).
+            if delivering and host == "hooks-a.example":
                 return ["0.0.0.0"]  # noqa: S104
-            raise RuntimeError("the resolver broke")
+            return ["93.184.215.14"]
+
+        async def broken(*args: object) -> dict[str, Any]:
+            # Sending the second one fails unexpectedly, which ends the batch.
+            raise RuntimeError("the sender broke")
 
         runtime.resolver = resolver
         act_as(events_app, "dvla", "consumer")
         first = await _subscribe(api, "https://hooks-a.example/in")
         second = await _subscribe(api, "https://hooks-b.example/in")
         delivering = True
+        dispatcher._post = broken  # type: ignore[method-assign]
         await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
         await dispatcher.run_once()
         deliveries = await _deliveries(api, first["id"]) + await _deliveries(api, second["id"])

@@ -357,6 +357,11 @@ class Dispatcher:
             return str(exc)
         except TimeoutError:
             return f"the host {urlsplit(url).hostname} could not be resolved in time"
+        except Exception as exc:
+            # A resolver failing in a way it should not: this target's deliveries fail, not
+            # the batch with every other receiver's.
+            logger.error("webhook target check failed unexpectedly: %s", type(exc).__name__)
+            return f"the host {urlsplit(url).hostname} could not be resolved"
         return pinned(url, addresses[0])
 
     def _secrets(self, subscription: repository.SubscriptionRow) -> list[str] | None:

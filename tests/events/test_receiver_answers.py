@@ -816,3 +816,37 @@ class TestOddAnswers:
             error,
         )
         assert "SECRET" not in str(delivery)
+
+
+class TestAResolverThatBreaks:
+    async def test_fails_that_targets_deliveries_not_the_batch(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        port = int(receiver.url.rsplit(":", 1)[1].split("/", 1)[0])
+        breaking = False
+
+        async def resolver(host: str, _port: int) -> list[str]:
+            if breaking and host == "broken.dns.test":
+                raise RuntimeError("the resolver broke")
+            return ["127.0.0.1"]
+
+        runtime.resolver = resolver
+        act_as(events_app, "dvla", "consumer")
+        broken = await _subscribe(api, f"http://broken.dns.test:{port}/hooks/tellonce")
+        fine = await _subscribe(api, f"http://fine.dns.test:{port}/hooks/tellonce")
+        breaking = True
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        await asyncio.wait_for(dispatcher.run_once(), 30)
+        [delivered] = await _deliveries(api, fine["id"])
+        assert delivered["status"] == "delivered"
+        [refused] = await _deliveries(api, broken["id"])
+        assert (refused["status"], refused["last_error"]) == (
+            "pending",
+            "target refused: the host broken.dns.test could not be resolved",
+        )

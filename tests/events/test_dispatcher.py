@@ -461,7 +461,7 @@ class TestDeadLetters:
         first = await _subscribe(api, "https://hooks-a.example/in")
         second = await _subscribe(api, "https://hooks-b.example/in")
         delivering = True
-        dispatcher._post = broken  # type: ignore[method-assign]
+        dispatcher._post = broken  # type: ignore[method-assign,assignment]
         await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
         await dispatcher.run_once()
         deliveries = await _deliveries(api, first["id"]) + await _deliveries(api, second["id"])

@@ -17,9 +17,11 @@ adds its role.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +47,16 @@ _LABEL = b"tellonce console oidc v1 "
 ID_TOKEN_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"]
 # What a discovery document must name for the code flow (OIDC Discovery 3).
 _ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri")
+# Endpoints a discovery document may name besides those; each must be an address too.
+_OPTIONAL_ENDPOINTS = ("userinfo_endpoint", "end_session_endpoint")
 # Discovery documents and signing keys are kept this long before they are fetched again.
 METADATA_TTL_SECONDS = 300.0
+# Each exchange with the provider as a whole (connecting, asking, every byte of the answer)
+# takes at most this long, and its answer (as decoded) at most this many bytes: a provider
+# that never answers, drips its answer or sends one without end cannot hold a worker or
+# fill its memory. (httpx's own timeout bounds each read, not the exchange.)
+FETCH_SECONDS = 10.0
+ANSWER_BYTES = 1024 * 1024
 
 
 class OidcError(Exception):
@@ -115,11 +125,19 @@ class Identity:
         return OIDC_CLIENT_PREFIX + hashlib.sha256(self.subject.encode()).hexdigest()[:59]
 
 
-def _json_object(answer: httpx.Response) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Answer:
+    """What the provider answered, read whole within the limits."""
+
+    status_code: int
+    content: bytes
+
+
+def _json_object(answer: _Answer) -> dict[str, Any]:
     """The JSON object a provider answered; an ``OidcError`` for anything else (an HTML
     error page, a list), which would otherwise fail later as a server error."""
     try:
-        found = answer.json()
+        found = json.loads(answer.content)
     except ValueError:  # not JSON, or not UTF-8
         found = None
     if not isinstance(found, dict):
@@ -186,6 +204,8 @@ class OidcSignIn:
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
+        self.fetch_seconds = FETCH_SECONDS
+        self.answer_bytes = ANSWER_BYTES
 
     def __repr__(self) -> str:
         return f"OidcSignIn(issuer={self.issuer!r}, client_id={self.client_id!r})"
@@ -193,21 +213,58 @@ class OidcSignIn:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def _fetch(self, method: str, url: str, **sent: Any) -> _Answer:
+        """One exchange with the provider, bounded as a whole: ``fetch_seconds`` from
+        asking to the answer's last byte, ``answer_bytes`` of answer (after any
+        ``Content-Encoding`` is undone, so a small compressed body cannot grow past it);
+        an ``OidcError`` otherwise, as for a provider that cannot be reached."""
+        try:
+            async with asyncio.timeout(self.fetch_seconds):
+                async with self.http.stream(method, url, **sent) as answer:
+                    content = bytearray()
+                    async for chunk in answer.aiter_bytes():
+                        content += chunk
+                        if len(content) > self.answer_bytes:
+                            raise OidcError(
+                                "The sign-in service's answer could not be read; try again shortly."
+                            )
+        # InvalidURL is no HTTPError; endpoints are checked when the description is read.
+        except (httpx.HTTPError, httpx.InvalidURL, TimeoutError):
+            raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
+        return _Answer(answer.status_code, bytes(content))
+
+    def _is_endpoint(self, value: Any) -> bool:
+        """An absolute address with a host, by HTTPS (or by HTTP when the configured issuer
+        is, as on loopback for development): not a relative path, not ``javascript:``, and
+        no downgrade from an HTTPS issuer to plain HTTP."""
+        if not isinstance(value, str):
+            return False
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL:
+            return False
+        schemes = {"https", "http"} if self.issuer.startswith("http://") else {"https"}
+        return url.scheme in schemes and bool(url.host)
+
     async def metadata(self, *, refresh: bool = False) -> dict[str, Any]:
         if refresh or self._metadata is None or time.monotonic() - self._fetched_at > METADATA_TTL_SECONDS:
-            try:
-                # A terminating "/" is removed before the well-known path is appended (Discovery 4).
-                found = await self.http.get(f"{self.issuer.rstrip('/')}/.well-known/openid-configuration")
-                found.raise_for_status()
-                metadata = _json_object(found)
-                if not all(isinstance(metadata.get(name), str) for name in _ENDPOINTS):
-                    raise OidcError("The sign-in service's description could not be read.")
-                keys = await self.http.get(str(metadata["jwks_uri"]))
-                keys.raise_for_status()
-            except httpx.HTTPError:
-                raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
+            # A terminating "/" is removed before the well-known path is appended (Discovery 4).
+            found = await self._fetch("GET", f"{self.issuer.rstrip('/')}/.well-known/openid-configuration")
+            if not 200 <= found.status_code < 300:
+                raise OidcError("The sign-in service cannot be reached; try again shortly.")
+            metadata = _json_object(found)
+            if not all(self._is_endpoint(metadata.get(name)) for name in _ENDPOINTS) or not all(
+                self._is_endpoint(metadata[name])
+                for name in _OPTIONAL_ENDPOINTS
+                if metadata.get(name) is not None  # null is as good as absent
+            ):
+                raise OidcError("The sign-in service's description could not be read.")
             if metadata.get("issuer") != self.issuer:
                 raise OidcError("The sign-in service describes another issuer.")
+            # Not followed if it redirects: the keys are where the description says.
+            keys = await self._fetch("GET", str(metadata["jwks_uri"]))
+            if not 200 <= keys.status_code < 300:
+                raise OidcError("The sign-in service cannot be reached; try again shortly.")
             published: Any = _json_object(keys)  # checked by joserfc as it imports them
             try:
                 key_set = KeySet.import_key_set(published)
@@ -240,22 +297,25 @@ class OidcSignIn:
         names_itself = metadata.get("authorization_response_iss_parameter_supported") is True
         if (issuer is not None and issuer != self.issuer) or (issuer is None and names_itself):
             raise OidcError("The sign-in service's answer could not be verified; start again.")
-        try:
-            answer = await self.http.post(
-                str(metadata["token_endpoint"]),
-                data={
-                    "grant_type": "authorization_code",
-                    "code": code,
-                    "redirect_uri": self.redirect_uri,
-                    "code_verifier": _derive(pre_token, "pkce"),
-                },
-                auth=(self.client_id, self._secret),
-            )
-        except httpx.HTTPError:
-            raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
+        answer = await self._fetch(
+            "POST",
+            str(metadata["token_endpoint"]),
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": self.redirect_uri,
+                "code_verifier": _derive(pre_token, "pkce"),
+            },
+            auth=(self.client_id, self._secret),
+        )
         if answer.status_code != 200:
             raise OidcError("The sign-in service refused the sign-in; start again.")
         tokens = _json_object(answer)
+        # A Bearer token, as OIDC Core 3.1.3.3 requires (RFC 6749 5.1: compared without
+        # case); another type is not to be sent to the userinfo endpoint as one.
+        token_type = tokens.get("token_type")
+        if not (isinstance(token_type, str) and token_type.lower() == "bearer"):
+            raise OidcError("The sign-in service's answer could not be verified; start again.")
         id_token = str(tokens.get("id_token") or "")
         if not self._knows_signing_key(id_token):
             # A key the provider published after ours were fetched (it rotated its keys):
@@ -263,7 +323,7 @@ class OidcSignIn:
             # (OIDC Core 10.1.1).
             metadata = await self.metadata(refresh=True)
         claims = self._id_token_claims(id_token, _derive(pre_token, "nonce"))
-        if self.role_map.claim not in claims and "userinfo_endpoint" in metadata:
+        if self.role_map.claim not in claims and metadata.get("userinfo_endpoint") is not None:
             claims = {
                 **(await self._userinfo(metadata, str(tokens.get("access_token") or ""), claims)),
                 **claims,
@@ -319,12 +379,9 @@ class OidcSignIn:
     async def _userinfo(
         self, metadata: dict[str, Any], access_token: str, claims: dict[str, Any]
     ) -> dict[str, Any]:
-        try:
-            answer = await self.http.get(
-                str(metadata["userinfo_endpoint"]), headers={"Authorization": f"Bearer {access_token}"}
-            )
-        except httpx.HTTPError:
-            raise OidcError("The sign-in service cannot be reached; try again shortly.") from None
+        answer = await self._fetch(
+            "GET", str(metadata["userinfo_endpoint"]), headers={"Authorization": f"Bearer {access_token}"}
+        )
         info = _json_object(answer) if answer.status_code == 200 else {}
         if info.get("sub") != claims.get("sub"):
             raise OidcError("The sign-in service's answer could not be verified; start again.")

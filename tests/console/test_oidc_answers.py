@@ -253,3 +253,59 @@ class TestIncompleteSettings:
         assert "TELLONCE_CONSOLE_OIDC_CLIENT_ID" in line
         assert "TELLONCE_CONSOLE_OIDC_ROLE_MAP" in line
         assert "console-secret-7f3a" not in result.stderr
+
+
+class TestEndpoints:
+    """Every endpoint in the discovery document is an absolute HTTPS address (HTTP only
+    when the configured issuer is itself HTTP, as on loopback for development)."""
+
+    @pytest.mark.parametrize(
+        "changed",
+        [
+            {"token_endpoint": "http://id.example/token"},
+            {"jwks_uri": "http://id.example/jwks"},
+            {"authorization_endpoint": "http://id.example/authorize"},
+            {"userinfo_endpoint": "http://id.example/userinfo"},
+            {"end_session_endpoint": "javascript:alert(1)"},
+            {"token_endpoint": "/token"},
+        ],
+        ids=repr,
+    )
+    async def test_an_endpoint_that_would_leave_https_is_refused(
+        self, tmp_path: Path, changed: dict[str, str]
+    ) -> None:
+        """A plain-HTTP token endpoint would be sent the client secret and the code in clear."""
+        issuer = "https://id.example"
+        described = {
+            "issuer": issuer,
+            "authorization_endpoint": "https://id.example/authorize",
+            "token_endpoint": "https://id.example/token",
+            "jwks_uri": "https://id.example/jwks",
+            **changed,
+        }
+        provider = Provider(issuer, discovery=json.dumps(described).encode())
+        signed_in = relying_party(tmp_path, issuer, provider)
+        try:
+            with pytest.raises(OidcError, match="description could not be read"):
+                await signed_in.finish(PRE_TOKEN, "the-code")
+        finally:
+            await signed_in.aclose()
+        assert provider.asked == ["/.well-known/openid-configuration"]
+
+    async def test_an_optional_endpoint_given_as_null_is_absent(self, tmp_path: Path) -> None:
+        issuer = "https://id.example"
+        described = {
+            "issuer": issuer,
+            "authorization_endpoint": "https://id.example/authorize",
+            "token_endpoint": "https://id.example/token",
+            "jwks_uri": "https://id.example/jwks",
+            "userinfo_endpoint": None,
+            "end_session_endpoint": None,
+        }
+        provider = Provider(issuer, discovery=json.dumps(described).encode())
+        signed_in = relying_party(tmp_path, issuer, provider)
+        try:
+            assert (await signed_in.finish(PRE_TOKEN, "the-code")).subject == "ada"
+            assert await signed_in.sign_out_url() is None
+        finally:
+            await signed_in.aclose()

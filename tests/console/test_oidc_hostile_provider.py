@@ -239,10 +239,10 @@ def huge_json(handler: BaseHTTPRequestHandler) -> None:
 
 
 def gzip_bomb(handler: BaseHTTPRequestHandler) -> None:
-    """A well-formed token response in a few KiB on the wire that decompress to 64 MiB."""
+    """A well-formed token response in a few KiB on the wire that decompress to 8 MiB."""
     provider: FakeProvider = handler.server.provider  # type: ignore[attr-defined]
     _, response = provider.token({"code": secrets.token_urlsafe()})
-    response["padding"] = "a" * (64 * 1024 * 1024)
+    response["padding"] = "a" * (8 * 1024 * 1024)
     send(handler, 200, gzip.compress(json.dumps(response).encode(), compresslevel=6), Content_Encoding="gzip")
 
 
@@ -523,6 +523,10 @@ class TestTransport:
         # One fetch's limit, and the rest of the sign-in's fetches at loopback speed.
         assert time.monotonic() - began < FETCH_SECONDS + 3
         refused(answer_page, caplog, sso.provider)
+        if answer in (never_answers, drips):
+            assert "cannot be reached" in answer_page.text
+        if answer in (endless, huge_json, gzip_bomb):
+            assert "could not be read" in answer_page.text
 
 
 class TestTheTokenEndpoint:

@@ -330,7 +330,7 @@ def serve(
 
     from service.config import get_settings
     from service.db import reach
-    from service.malformed_http import HTTP_PROTOCOL
+    from service.read_deadline import SERVE_HTTP_PROTOCOL
 
     # A serving process keeps its startup heap for life (``Settings.freeze_startup_heap``).
     os.environ.setdefault("TELLONCE_FREEZE_STARTUP_HEAP", "true")
@@ -369,7 +369,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        http=HTTP_PROTOCOL,
+        http=SERVE_HTTP_PROTOCOL,
         access_log=False,
         log_level=settings.log_level.lower(),
         server_header=False,

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     policies_dir: Path = Path("./policies")
     # Requests whose body exceeds this are refused with 413 while streaming.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # A request's head and body must arrive within this many seconds of its first byte (of
+    # the connection's opening, for its first request), or it is refused with 408 and the
+    # connection closed (service/read_deadline.py): a client dripping bytes holds nothing.
+    request_read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     # DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case (``_log_level_is_known``).
     log_level: str = "INFO"
     log_json: bool = True

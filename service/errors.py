@@ -103,6 +103,14 @@ class RequestHeadTooLarge(ServiceError):
     status, title, slug = 431, "Request header fields too large", "request-header-too-large"
 
 
+class RequestTimeout(ServiceError):
+    """A request whose head and body did not arrive in the time the server allows for
+    reading one (``service.read_deadline``): answered by the server itself, and the
+    connection closed."""
+
+    status, title, slug = 408, "Request timeout", "request-timeout"
+
+
 class Unauthenticated(ServiceError):
     """401 with the RFC 6750 challenge: ``error`` names what was wrong with a bearer token
     sent; ``None`` when none was (no ``Authorization``, or another scheme), where RFC 6750

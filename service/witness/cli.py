@@ -10,8 +10,8 @@ import typer
 import uvicorn
 
 from service.audit.checkpoint import CheckpointError
-from service.malformed_http import HTTP_PROTOCOL
 from service.private_files import SharedSecretFile, check_owner_only
+from service.read_deadline import HTTP_PROTOCOL
 from service.witness.cosignature import CosignatureError, CosignatureSigner
 from service.witness.server import create_witness_app
 from service.witness.state import TrustedLog, WitnessState

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import RouteContext
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -109,6 +110,13 @@ class RequestTimeout(ServiceError):
     connection closed."""
 
     status, title, slug = 408, "Request timeout", "request-timeout"
+
+
+class IncompleteRequest(ServiceError):
+    """A request whose client closed the connection before its body arrived whole: the
+    answer is never delivered, but the request ends as a refusal, not an unhandled error."""
+
+    status, title, slug = 400, "Incomplete request", "incomplete-request"
 
 
 class Unauthenticated(ServiceError):
@@ -609,6 +617,16 @@ async def _encode_error(request: Request, exc: Exception) -> Response:
     return refusal_response(request, UnkeepableCharacter(_UNKEEPABLE))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:  # noqa: ARG001
+    """The client closed the connection while its body was read (``request.form()``):
+    nothing was done, and nobody is left to answer. Not logged: any client can close a
+    connection, as often as it likes, and each would otherwise log a traceback."""
+    return refusal_response(
+        request,
+        IncompleteRequest("The connection closed before the request's body arrived whole; nothing was done."),
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
     request_id = _request_id(request)
     logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
@@ -629,6 +647,7 @@ def install_error_handlers(app: FastAPI) -> None:
     for storage_error in (sa_exc.SQLAlchemyError, OSError, sqlite3.Error, *_asyncpg_error_types()):
         app.add_exception_handler(storage_error, _storage_error)
     app.add_exception_handler(UnicodeEncodeError, _encode_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -214,6 +214,17 @@ def name_route_templates(routes: Iterable[RouteContext]) -> None:
             setattr(route, _SERVED_TEMPLATE, served)
 
 
+# The methods counted by name; any other (h11 passes any token a client sends as the
+# method, and each new label value would be a new series kept for the process's life) is
+# counted as "other".
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def _counted_method(scope: Scope) -> str:
+    method = scope.get("method", "-")
+    return method if method in COUNTED_METHODS else "other"
+
+
 def _route_template(scope: Scope) -> str:
     # The template without converters ("/v1/audit/tile/{tile}", not "{tile:path}"), as the
     # OpenAPI document names it, with the prefixes it is served under.
@@ -286,7 +297,7 @@ class RequestContext:
         # A 500's answer is sent by Starlette's error middleware, outside this one: its
         # span is still open here.
         tracing.name_request_route(route)
-        method = scope.get("method", "-")
+        method = _counted_method(scope)
         key = (route, method, str(status))
         counter = self._counted.get(key)
         if counter is None:

@@ -13,6 +13,12 @@ the server answers 408 problem+json itself, as it answers bytes it cannot parse
 (``service.malformed_http``), and closes the connection; if the app has already begun
 its answer, the connection is only closed. The app sees a client that went away.
 
+The same holds for answers: a client that stops reading one (the transport's buffer past
+its high-water mark) has ``read_timeout`` seconds to read enough for writing to resume
+(as nginx's ``send_timeout``); else the connection is aborted and what was left of the
+answer dropped. Without it, an answer nobody reads (a batch-get's megabyte) is kept in
+memory for as long as the connection lasts.
+
 The deadline is kept by the protocol classes (a mixin each for uvicorn's httptools and
 h11 protocols), over ``service.malformed_http``'s: ``HTTP_PROTOCOL`` here is the class to
 give ``uvicorn.run(http=...)``. ``tellonce serve`` reads the deadline from
@@ -57,6 +63,7 @@ class _ReadDeadline:
     cycle: Any
     server_state: Any
     _deadline: asyncio.TimerHandle | None = None
+    _write_deadline: asyncio.TimerHandle | None = None
 
     def _read_timeout(self) -> float:
         return self.read_timeout
@@ -71,6 +78,32 @@ class _ReadDeadline:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _gone(self) -> None:
+        """The connection is lost: neither deadline is kept."""
+        self._read()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def pause_writing(self) -> None:
+        """The client stopped reading (the transport's buffer is past its high-water mark):
+        it has ``read_timeout`` seconds to read enough to resume writing."""
+        super().pause_writing()  # type: ignore[misc]
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self._read_timeout(), self._not_reading)
+
+    def resume_writing(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        super().resume_writing()  # type: ignore[misc]
+
+    def _not_reading(self) -> None:
+        """The answer is dropped unsent: nobody was reading it."""
+        self._write_deadline = None
+        if not self.transport.is_closing():
+            self.transport.abort()
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -105,7 +138,7 @@ class _H11ReadDeadline(_ReadDeadline):
         self._track()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._read()
+        self._gone()
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _track(self) -> None:
@@ -139,7 +172,7 @@ class _HttpToolsReadDeadline(_ReadDeadline):
         self._read()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._read()
+        self._gone()
         super().connection_lost(exc)  # type: ignore[misc]
 
 

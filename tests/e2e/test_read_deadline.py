@@ -13,10 +13,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import read_deadline
 from service.witness.cosignature import CosignatureSigner
@@ -95,17 +97,12 @@ def witness_state(tmp_path: Path) -> Iterator[WitnessState]:
     state.close()
 
 
-@pytest.fixture(params=PROTOCOLS, ids=lambda p: p.__name__)
-def serving(request: pytest.FixtureRequest, witness_state: WitnessState) -> Iterator[tuple[str, int]]:
-    """The witness app served in this process with a 0.3 s read deadline."""
+@contextmanager
+def serve(app: ASGIApp, protocol: type) -> Iterator[tuple[str, int]]:
+    """``app`` served in this process with ``protocol``."""
     port = free_port()
     config = uvicorn.Config(
-        create_witness_app(witness_state),
-        host="127.0.0.1",
-        port=port,
-        http=request.param,
-        lifespan="off",
-        log_level="error",
+        app, host="127.0.0.1", port=port, http=protocol, lifespan="off", log_level="error"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run)
@@ -120,6 +117,41 @@ def serving(request: pytest.FixtureRequest, witness_state: WitnessState) -> Iter
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(params=PROTOCOLS, ids=lambda p: p.__name__)
+def protocol(request: pytest.FixtureRequest) -> type:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def serving(protocol: type, witness_state: WitnessState) -> Iterator[tuple[str, int]]:
+    """The witness app served in this process with a 0.3 s read deadline."""
+    with serve(create_witness_app(witness_state), protocol) as address:
+        yield address
+
+
+# Far more than the socket buffers of both ends hold.
+LARGE = 16 * 1024 * 1024
+
+
+def large_answer(gone: threading.Event) -> ASGIApp:
+    """An app answering every request with ``LARGE`` bytes, a megabyte at a time, that sets
+    ``gone`` once it has sent them all: while the client reads none of them, only a
+    connection the server let go lets it (the server drops what is sent after)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        await receive()
+        headers = [(b"content-length", str(LARGE).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        chunk = b"x" * (1024 * 1024)
+        for _ in range(LARGE // len(chunk)):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        gone.set()
+
+    return app
 
 
 class TestEachImplementation:
@@ -142,6 +174,15 @@ class TestEachImplementation:
                 # Idle past the read deadline (within uvicorn's keep-alive of 5 s): the
                 # connection is still there for the next request.
                 time.sleep(DEADLINE * 3)
+
+    def test_an_answer_nobody_reads_is_dropped_and_the_connection_closed(self, protocol: type) -> None:
+        gone = threading.Event()
+        with serve(large_answer(gone), protocol) as address, socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(address)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            # Nothing read: the server lets the connection go rather than keep the answer.
+            assert gone.wait(timeout=20), "the server still holds the unread answer"
 
 
 class TestServe:

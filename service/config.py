@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
     webhook_retry_cap_seconds: float = Field(default=36_000.0, gt=0)
     webhook_max_attempts: int = Field(default=18, ge=1, le=100)
+    # Subscriptions (not deleted) one department may have; one more is refused with 409.
+    max_subscriptions_per_department: int = Field(default=100, ge=1, le=100_000)
     # After a subscription's signing secret is rotated, deliveries carry the old secret's
     # signature beside the new one's for this long (0: the old one stops at once), so its
     # receiver can switch secrets without refusing a delivery. At most a week.

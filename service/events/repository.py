@@ -185,6 +185,16 @@ async def insert_subscription(conn: AsyncConnection, values: dict[str, Any]) -> 
     await conn.execute(insert(Subscription).values(**values))
 
 
+async def count_subscriptions(conn: AsyncConnection, department: str) -> int:
+    """The department's subscriptions not deleted (active or disabled)."""
+    result = await conn.execute(
+        select(func.count())
+        .select_from(Subscription)
+        .where(Subscription.department == department, Subscription.status != "deleted")
+    )
+    return int(result.scalar_one())
+
+
 async def get_subscription(conn: AsyncConnection, subscription_id: str) -> SubscriptionRow | None:
     result = await conn.execute(select(*_SUBSCRIPTION_COLUMNS).where(Subscription.id == subscription_id))
     row = result.first()

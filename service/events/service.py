@@ -308,7 +308,16 @@ async def _store_subscription(
     sealed = runtime.secret_box.seal(secret, subscription_id) if secret is not None else None
     # Audited in the transaction that stores it: no subscription exists that the trail does
     # not show, and no entry shows one that was not stored.
+    limit = runtime.settings.max_subscriptions_per_department
     async with runtime.engine.begin() as conn:
+        # Each subscription is a delivery of every change it is told of: without a bound,
+        # one department's subscriptions would multiply the dispatcher's work (and the
+        # requests it sends to a webhook URL) as many times as it liked.
+        if await repository.count_subscriptions(conn, caller.department) >= limit:
+            raise Conflict(
+                f"Your department has {limit} subscriptions, the most it may have "
+                "(TELLONCE_MAX_SUBSCRIPTIONS_PER_DEPARTMENT); delete one it no longer needs first."
+            )
         head = await repository.head_position(conn)
         await repository.insert_subscription(
             conn,

@@ -104,21 +104,6 @@ class RequestHeadTooLarge(ServiceError):
     status, title, slug = 431, "Request header fields too large", "request-header-too-large"
 
 
-class RequestTimeout(ServiceError):
-    """A request whose head and body did not arrive in the time the server allows for
-    reading one (``service.read_deadline``): answered by the server itself, and the
-    connection closed."""
-
-    status, title, slug = 408, "Request timeout", "request-timeout"
-
-
-class IncompleteRequest(ServiceError):
-    """A request whose client closed the connection before its body arrived whole: the
-    answer is never delivered, but the request ends as a refusal, not an unhandled error."""
-
-    status, title, slug = 400, "Incomplete request", "incomplete-request"
-
-
 class Unauthenticated(ServiceError):
     """401 with the RFC 6750 challenge: ``error`` names what was wrong with a bearer token
     sent; ``None`` when none was (no ``Authorization``, or another scheme), where RFC 6750
@@ -208,6 +193,21 @@ def bad_cursor(loc: list[str | int] | None = None) -> InvalidCursor:
 
 class PreconditionRequired(ServiceError):
     status, title, slug = 428, "Precondition required", "precondition-required"
+
+
+class RequestTimeout(ServiceError):
+    """A request whose head and body did not arrive in the time the server allows for
+    reading one (``service.read_deadline``): answered by the server itself, and the
+    connection closed."""
+
+    status, title, slug = 408, "Request timeout", "request-timeout"
+
+
+class IncompleteRequest(ServiceError):
+    """A request whose client closed the connection before its body arrived whole: the
+    answer is never delivered, but the request ends as a refusal, not an unhandled error."""
+
+    status, title, slug = 400, "Incomplete request", "incomplete-request"
 
 
 class TooManyRequests(ServiceError):

@@ -3,7 +3,8 @@
 uvicorn answers a request it cannot parse (a control byte in a header value, a request
 line or a header line it cannot read) itself, before any app sees it, with a plain-text
 400. The protocol classes here answer that 400 with the service's problem+json instead,
-for ``tellonce serve`` and ``tellonce witness serve`` alike (``uvicorn.run(http=...)``).
+for ``tellonce serve`` and ``tellonce witness serve`` alike, which serve them through
+``service.read_deadline``'s subclasses (adding a deadline for reading each request).
 ``HTTP_PROTOCOL`` is the one uvicorn's ``auto`` would pick: httptools when it is
 installed, h11 otherwise.
 

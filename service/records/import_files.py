@@ -9,6 +9,10 @@ catalog type: an integer field's cell is read as a decimal integer and a boolean
 ``true`` or ``false`` as a boolean (anything else stays text, which the catalog
 validation then refuses by type). An empty cell means "no value" and is left out, as
 the API has no way to write null. A JSON line is passed on as it is.
+
+A file cut short (a truncated copy) never imports half a value: a CSV file that ends
+inside a quoted cell refuses the row that opens it, and a JSON line cut short is not
+valid JSON, refused as such.
 """
 
 from __future__ import annotations
@@ -135,9 +139,24 @@ def rows(
         yield from _jsonl_rows(path, after_line)
 
 
+class _Lines:
+    """A file's lines for the CSV reader, noting when they run out. A record the reader
+    hands back after that ended with the file, not a line: it is inside a quoted cell
+    the file never closes (the reader, not being strict, keeps the half it read)."""
+
+    def __init__(self, handle: Iterator[str]) -> None:
+        self.handle = handle
+        self.ended = False
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.handle
+        self.ended = True
+
+
 def _csv_rows(path: Path, catalog: Catalog, after_line: int) -> Iterator[SourceRow]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
+        lines = _Lines(handle)
+        reader = csv.reader(lines)
         header = [name.strip() for name in next(reader)]
         types = [spec.type if (spec := catalog.field(name)) else "string" for name in header]
         width = len(header)
@@ -145,6 +164,14 @@ def _csv_rows(path: Path, catalog: Catalog, after_line: int) -> Iterator[SourceR
         for record in reader:
             first, line = line, reader.line_num + 1
             if first <= after_line or not any(record):
+                continue
+            if lines.ended:
+                # A truncated copy: the cell's value is half written. Never imported.
+                # The rest of the file is in that cell: the lines it swallowed are named.
+                span = f" (lines {first} to {reader.line_num})" if reader.line_num > first else ""
+                yield SourceRow(
+                    first, {}, f"the file ends inside a quoted cell this row opens{span}: is it cut short?"
+                )
                 continue
             if len(record) != width:
                 cells = f"{len(record)} cell" if len(record) == 1 else f"{len(record)} cells"

@@ -43,6 +43,7 @@ from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.crypto.models import DataKeyRecord
 from service.db import create_engine
+from service.errors import ServiceError
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
 from service.records import import_worker, importing, reads, seeding
@@ -702,6 +703,37 @@ class TestRefusedRows:
         ]
         assert (imported.report.counts.registered, imported.report.counts.rejected) == (1, 2)
 
+    @pytest.mark.parametrize(
+        ("cut", "lines"),
+        [
+            ('"12 Half Wri', ""),  # cut inside the last cell
+            ('"12 Half Wri\nte Street\n', " (lines 3 to 4)"),  # inside a cell that spans lines
+            ('"12 Half Wri""', ""),  # just after a doubled quote
+        ],
+    )
+    async def test_a_file_cut_short_inside_a_quoted_cell_refuses_that_row(
+        self, store: Store, tmp_path: Path, cut: str, lines: str
+    ) -> None:
+        # A truncated copy of an export: the csv reader, not strict, would hand back the
+        # cell's first half as if it were the whole value.
+        ids = _ids(2)
+        path = tmp_path / "cut.csv"
+        path.write_text(f"national_id,address\n{ids[0]},1 Whole Road\n{ids[1]},{cut}")
+        rejects = tmp_path / "rejects.csv"
+
+        result = _cli(store, tmp_path, "--department", "register", str(path), "--reject-file", str(rejects))
+
+        assert result.returncode == 1, result.stderr
+        assert "registered 1, updated 0, unchanged 0, rejected 1" in result.stdout
+        assert rejects.read_text().splitlines() == [
+            "line,reason",
+            f"3,the file ends inside a quoted cell this row opens{lines}: is it cut short?",
+        ]
+        for value in ("Half", ids[1]):
+            assert value not in result.stdout + result.stderr + rejects.read_text()
+        with pytest.raises(ServiceError):
+            await _lookup(store, ids[1])
+
     async def test_the_summary_counts_one_row_as_one_row(self, store: Store, tmp_path: Path) -> None:
         (national_id,) = _ids(1)
         path = _write_csv(tmp_path / "one.csv", REGISTER_COLUMNS, [_person(national_id, 0)])
@@ -970,6 +1002,19 @@ class TestJsonLines:
             importing.Rejection(5, "the line is not a JSON object"),
             importing.Rejection(6, "licence_status: a value is required (null cannot be written)"),
         ]
+
+    async def test_a_last_line_cut_short_is_refused_not_imported(self, store: Store, tmp_path: Path) -> None:
+        ids = _ids(2)
+        whole = json.dumps({"national_id": ids[1], "given_name": "Half Written"})
+        path = tmp_path / "cut.jsonl"
+        for cut in (len(whole) - 1, whole.index("Half") + 4, whole.index('"given_name"')):
+            path.write_text(json.dumps({"national_id": ids[0], "given_name": "Al"}) + "\n" + whole[:cut])
+
+            imported = await _import(store, path, file_format="jsonl")
+
+            assert imported.rejections == [importing.Rejection(2, "the line is not valid JSON")]
+            with pytest.raises(ServiceError):
+                await _lookup(store, ids[1])
 
     async def test_a_line_naming_a_column_twice_is_refused_whole(self, store: Store, tmp_path: Path) -> None:
         ids = _ids(3)

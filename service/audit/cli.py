@@ -201,11 +201,12 @@ def _exact_entry(line: bytes) -> Any:
     return record.get("entry") if isinstance(record, dict) else None
 
 
-def _b64(value: Any) -> bytes:
+def _b64(value: Any, where: str, name: str) -> bytes:
+    """A bundle's base64 hash; ``VerificationFailed`` naming the line and member otherwise."""
     try:
         return binascii.a2b_base64(str(value), strict_mode=True)
     except (binascii.Error, ValueError):
-        raise VerificationFailed("a hash in the bundle is not base64") from None
+        raise VerificationFailed(f"{where}: {name} is not base64") from None
 
 
 def _bundle_checkpoints(path: Path) -> list[StoredCheckpoint]:
@@ -216,7 +217,7 @@ def _bundle_checkpoints(path: Path) -> list[StoredCheckpoint]:
             continue
         where = f"{path}:{number}"
         size = _member(record, "tree_size", int, where)
-        root = _b64(_member(record, "root_hash", str, where))
+        root = _b64(_member(record, "root_hash", str, where), where, "root_hash")
         note = _member(record, "note", str, where)
         checkpoints.append(StoredCheckpoint(size, root, note, f"checkpoint of size {size}"))
     return checkpoints
@@ -253,8 +254,8 @@ def bundle_verification(
                 leaf_index,
                 label,
                 record.get("entry"),
-                _b64(_member(record, "leaf_hash", str, where)),
-                _bundle_columns(record.get("columns")),
+                _b64(_member(record, "leaf_hash", str, where), where, "leaf_hash"),
+                _bundle_columns(record, where),
                 partial(_exact_entry, line),
             )
         except RecursionError:
@@ -268,10 +269,15 @@ def bundle_verification(
     return log
 
 
-def _bundle_columns(columns: Any) -> tuple[Any, ...] | None:
-    """A bundle's stored columns in ``FILTER_COLUMNS`` order, ``time`` as an instant."""
-    if not isinstance(columns, dict):
+def _bundle_columns(record: dict[str, Any], where: str) -> tuple[Any, ...] | None:
+    """An entry's stored columns in ``FILTER_COLUMNS`` order, ``time`` as an instant; None
+    for an entry that carries none. Columns that are there but not a JSON object are
+    ``VerificationFailed`` naming the line: skipping their check would pass them unseen."""
+    if "columns" not in record:
         return None
+    columns = record["columns"]
+    if not isinstance(columns, dict):
+        raise VerificationFailed(f"{where}: columns is not a JSON object")
     values = [columns.get(column) for column in FILTER_COLUMNS]
     try:
         time = datetime.fromisoformat(str(values[0]))

@@ -130,6 +130,30 @@ def test_an_entry_too_deep_to_hash_is_named_by_its_line(levels: int, tmp_path: P
         _one_line(result, 1, f"audit log does NOT verify: {bundle}:2: nested too deeply to read")
 
 
+@pytest.mark.parametrize("columns", [None, [], "time", 0, True])
+def test_entry_columns_that_are_not_an_object_fail_verification(columns: Any, tmp_path: Path) -> None:
+    # Skipping the column check would let a bundle pass with its columns unchecked.
+    record = json.loads(_entry_line({"action": "read"}))
+    bundle = _bundle(tmp_path, json.dumps({**record, "columns": columns}))
+    for command in ("verify", "check-releases"):
+        owner = ["--owner", "dvla", "--owner-key", OwnerSigner.generate("dvla").verifier_key()]
+        args = ["audit", command, "--bundle", str(bundle), "--key", LOG_KEY]
+        result = _cli([*args, *owner] if command == "check-releases" else args, tmp_path)
+        _one_line(result, 1, f"audit log does NOT verify: {bundle}:2: columns is not a JSON object")
+
+
+@pytest.mark.parametrize(("kind", "line"), [("leaf_hash", 2), ("root_hash", 3)])
+def test_a_hash_that_is_not_base64_is_named_by_its_line(kind: str, line: int, tmp_path: Path) -> None:
+    entry = json.loads(_entry_line({"action": "read"}))
+    checkpoint = {"type": "checkpoint", "tree_size": 1, "root_hash": entry["leaf_hash"], "note": "x"}
+    (entry if kind == "leaf_hash" else checkpoint)[kind] = "not base64!"
+    # Checkpoints are opened before the entries are read: one for the root hash only.
+    lines = [json.dumps(entry), *([json.dumps(checkpoint)] if kind == "root_hash" else [])]
+    bundle = _bundle(tmp_path, *lines)
+    result = _cli(["audit", "verify", "--bundle", str(bundle), "--key", LOG_KEY], tmp_path)
+    _one_line(result, 1, f"audit log does NOT verify: {bundle}:{line}: {kind} is not base64")
+
+
 def test_check_releases_of_entries_the_service_never_writes_is_a_verdict(tmp_path: Path) -> None:
     owner_key = OwnerSigner.generate("dvla").verifier_key()
     catalog = {"fields": [{"name": "licence_status", "owner": "dvla"}]}

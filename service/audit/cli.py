@@ -41,6 +41,7 @@ from service.audit import witnessing
 from service.audit.checkpoint import CheckpointError, NoteSigner, NoteVerifier
 from service.audit.checkpoint_keys import key_range_lines
 from service.audit.config import AuditSettings, load_signer
+from service.audit.key_arguments import parse_key_argument, read_text_file
 from service.audit.releases import ReleaseChecker, ReleaseReport
 from service.audit.verify import (
     Expectations,
@@ -70,26 +71,7 @@ def _verifier_from(key: str | None) -> NoteVerifier:
     if key is None:
         settings = get_settings()
         return NoteVerifier.parse(load_signer(settings, AuditSettings().origin).verifier_key())
-    return NoteVerifier.parse(_text_or_file(key))
-
-
-def _text_or_file(value: str) -> str:
-    """A key given inline, or the text of the file it names; ``CheckpointError`` (a usage
-    error, not a verdict on the log) if that file cannot be read as text."""
-    path = Path(value)
-    if not path.is_file():
-        return value
-    return _read_text(path)
-
-
-def _read_text(path: Path) -> str:
-    """The file's text; ``CheckpointError`` (a usage error) if it cannot be read as UTF-8."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CheckpointError(f"cannot read {path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    return parse_key_argument(key, NoteVerifier.parse)
 
 
 def _verifiers_from(keys: Sequence[str]) -> list[NoteVerifier]:
@@ -428,14 +410,14 @@ def verify(
     witnessed: WitnessedCheckpoint | None = None
     try:
         verifier = _verifiers_from(key)
-        witnesses = [CosignatureVerifier.parse(_text_or_file(value)) for value in witness]
+        witnesses = [parse_key_argument(value, CosignatureVerifier.parse) for value in witness]
         _one_witness_per_key(witnesses)
     except CheckpointError as exc:
         # A key that cannot be read says nothing of the log: a usage error, as above.
         typer.echo(f"--key/--witness: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        notes = [(path, _read_text(path)) for path in trusted]
+        notes = [(path, read_text_file(path)) for path in trusted]
     except CheckpointError as exc:
         # So is a trusted checkpoint's file that cannot be read (a note that does not
         # open with the log's key is a verdict: exit 1, below).
@@ -527,7 +509,7 @@ def check_releases(
     engine, given what the entry records, permits it. Exit 1 naming each unjustified one.
     """
     try:
-        owner_verifier = OwnerVerifier.parse(_text_or_file(owner_key), owner)
+        owner_verifier = parse_key_argument(owner_key, partial(OwnerVerifier.parse, department=owner))
     except (SigningKeyError, CheckpointError) as exc:
         typer.echo(f"--owner-key: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -10,6 +10,7 @@ import typer
 import uvicorn
 
 from service.audit.checkpoint import CheckpointError
+from service.audit.key_arguments import parse_key_argument
 from service.private_files import SharedSecretFile, check_owner_only
 from service.read_deadline import HTTP_PROTOCOL
 from service.witness.cosignature import CosignatureError, CosignatureSigner
@@ -31,12 +32,17 @@ def read_private_key(path: Path) -> CosignatureSigner:
     """The witness key in ``path``. Raises ``SharedSecretFile``, reading nothing, if the
     file is open to other accounts (``check_owner_only``)."""
     check_owner_only(path, "witness key")
-    return CosignatureSigner.from_private_key_text(path.read_text())
+    try:
+        return CosignatureSigner.from_private_key_text(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CosignatureError(f"{path}: not UTF-8 text") from None
+    except CosignatureError as exc:
+        # The problem and the file, never the key's text.
+        raise CosignatureError(f"{path}: {exc}") from None
 
 
 def _trusted_log(value: str) -> TrustedLog:
-    path = Path(value)
-    return TrustedLog.parse(path.read_text() if path.is_file() else value)
+    return parse_key_argument(value, TrustedLog.parse)
 
 
 @app.command("keygen")
@@ -87,9 +93,6 @@ def serve(
         logs = [_trusted_log(value) for value in log]
     except (OSError, CheckpointError, SharedSecretFile) as exc:
         typer.echo(f"cannot start the witness: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except UnicodeDecodeError:
-        typer.echo("cannot start the witness: a --key or --log file is not UTF-8 text", err=True)
         raise typer.Exit(2) from None
     try:
         witness_state = WitnessState(state, signer, logs)

@@ -210,6 +210,48 @@ def test_release_checker_reads_any_json_entry(entries: list[dict[str, Any]]) -> 
     checker.finish()
 
 
+# --- keys given as files (--key, --witness, --owner-key, --log) ------------------------------
+
+# Shaped as a key, wrong inside: the refusal names the rule and the file, never the text.
+_BAD_KEY = "audit.example+zz00+S3cretKeyMaterialQQ=="
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "code"),
+    [
+        ("verify", "--key", 2),
+        ("verify", "--witness", 2),
+        ("check-releases", "--owner-key", 2),
+        ("check-releases", "--key", 1),  # read as part of the verdict (see the report)
+        ("serve", "--log", 2),
+        ("serve", "--key", 2),
+    ],
+)
+def test_a_key_file_that_does_not_parse_is_named(command: str, option: str, code: int, tmp_path: Path) -> None:
+    bad = tmp_path / "given.key"
+    bad.write_text(("PRIVATE+KEY+" if (command, option) == ("serve", "--key") else "") + _BAD_KEY + "\n")
+    bad.chmod(0o600)
+    bundle = _bundle(tmp_path)
+    given = {option: str(bad)}
+    if command == "serve":
+        witness_key = tmp_path / "witness.key"
+        witness_key.write_text(CosignatureSigner.generate("witness.example/w").private_key_text())
+        witness_key.chmod(0o600)
+        args = ["witness", "serve", "--port", "1", "--state", str(tmp_path / "state.db")]
+        args += ["--key", given.get("--key", str(witness_key)), "--log", given.get("--log", LOG_KEY)]
+    else:
+        args = ["audit", command, "--bundle", str(bundle), "--key", given.get("--key", LOG_KEY)]
+        if command == "verify" and option == "--witness":
+            args += ["--witness", str(bad)]
+        if command == "check-releases":
+            owner_key = OwnerSigner.generate("dvla").verifier_key()
+            args += ["--owner", "dvla", "--owner-key", given.get("--owner-key", owner_key)]
+    result = _cli(args, tmp_path)
+    _one_line(result, code, f"{bad}: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "S3cret" not in result.stderr
+
+
 # --- the witness's state file (witness serve --state) ---------------------------------------
 
 

@@ -514,14 +514,19 @@ def check_releases(
         typer.echo(f"--owner-key: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        log_keys = key
-        if not log_keys:
-            log_keys = [_bundle_key(bundle)]
+        # A --key that cannot be read says nothing of the log: a usage error, as in verify.
+        given = _verifiers_from(key) if key else None
+    except CheckpointError as exc:
+        typer.echo(f"--key: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        if given is None:
+            given = _verifiers_from([_bundle_key(bundle)])
             typer.echo(
                 "the log's verifier key is the one the bundle names; pass --key to trust only a key you hold",
                 err=True,
             )
-        report, unrecorded = check_bundle_releases(bundle, _verifiers_from(log_keys), owner, owner_verifier)
+        report, unrecorded = check_bundle_releases(bundle, given, owner, owner_verifier)
     except (VerificationFailed, CheckpointError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -222,7 +222,7 @@ _BAD_KEY = "audit.example+zz00+S3cretKeyMaterialQQ=="
         ("verify", "--key", 2),
         ("verify", "--witness", 2),
         ("check-releases", "--owner-key", 2),
-        ("check-releases", "--key", 1),  # read as part of the verdict (see the report)
+        ("check-releases", "--key", 2),
         ("serve", "--log", 2),
         ("serve", "--key", 2),
     ],

@@ -43,6 +43,14 @@ def policy_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.yaml") if p.name != CATALOG_FILE)
 
 
+def not_a_mapping(document: SourceDocument) -> SourceError | None:
+    """The refusal of a policy file that is not a mapping (empty, a list, a scalar), or
+    None: ``apply`` and ``sign`` alike refuse such a file rather than pass it over."""
+    if isinstance(document.data, dict):
+        return None
+    return document.error((), "a policy file must be a mapping with owner and agreements")
+
+
 def validated_policy_file(document: SourceDocument, errors: list[SourceError]) -> PolicyFile | None:
     """The policy file ``document`` holds, or None with its problems added to ``errors``."""
     try:
@@ -69,8 +77,8 @@ def load_policy_folder(directory: Path) -> PolicyFolder:
         except SourceFileError as exc:
             errors.extend(exc.errors)
             continue
-        if not isinstance(document.data, dict):
-            errors.append(document.error((), "a policy file must be a mapping with owner and agreements"))
+        if (refusal := not_a_mapping(document)) is not None:
+            errors.append(refusal)
             errors.extend(error for _at, error in document.unreadable)
             continue
         policy_file = validated_policy_file(document, errors)

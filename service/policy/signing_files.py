@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from service.policy.loader import policy_files, validated_policy_file
+from service.policy.loader import not_a_mapping, policy_files, validated_policy_file
 from service.policy.schemas import AgreementSpec, PolicyFile
 from service.policy.signing import OwnerSigner, OwnerVerifier, SigningKeyError
 from service.private_files import check_owner_only
@@ -112,7 +112,11 @@ def sign_folder(directory: Path, signer: OwnerSigner) -> SignReport:
     for path in policy_files(directory):
         text = read_source_text(path)
         document = parse_yaml(text, str(path))
-        if not isinstance(document.data, dict) or document.data.get("owner") != signer.department:
+        if (refusal := not_a_mapping(document)) is not None:
+            # Refused as apply refuses it: whose file it is cannot be told.
+            errors.append(refusal)
+            continue
+        if document.data.get("owner") != signer.department:
             continue
         policy_file = validated_policy_file(document, errors)
         if policy_file is None:

@@ -27,8 +27,10 @@ from service.audit.checkpoint import NoteSigner
 from service.audit.merkle import leaf_hash
 from service.audit.releases import ReleaseChecker
 from service.audit.schemas import canonical_json
+from service.policy.loader import load_policy_folder
 from service.policy.signing import OwnerSigner, OwnerVerifier
 from service.policy.signing_files import write_private_key
+from service.sourcefile import SourceFileError
 from service.witness.cosignature import CosignatureSigner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +90,28 @@ def test_policies_sign_names_a_policy_file_it_cannot_read(kind: str, tmp_path: P
     result = _cli(["policies", "sign", str(folder), "--key", str(key)], tmp_path)
     _one_line(result, 1, f"{folder / 'zz.yaml'}:0: cannot read file:", "nothing signed")
     assert (folder / "dvla.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("content", ["", "# nothing here\n", "- owner: dvla\n", "dvla\n"])
+def test_policies_sign_refuses_a_policy_file_that_is_not_a_mapping_as_apply_does(
+    content: str, tmp_path: Path
+) -> None:
+    # Passed over as "not its department's", it would leave an owner believing all signed.
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    (folder / "zz.yaml").write_text(content)
+    key = tmp_path / "dvla.key"
+    write_private_key(key, OwnerSigner.generate("dvla"))
+    before = (folder / "dvla.yaml").read_text()
+    refusal = "a policy file must be a mapping with owner and agreements"
+    result = _cli(["policies", "sign", str(folder), "--key", str(key)], tmp_path)
+    _one_line(result, 1, f"{folder / 'zz.yaml'}:", refusal, "1 error(s); nothing signed")
+    assert (folder / "dvla.yaml").read_text() == before
+    # The same refusal, at the same line, as apply's.
+    with pytest.raises(SourceFileError) as refused:
+        load_policy_folder(folder)
+    (applied,) = [str(error) for error in refused.value.errors if "zz.yaml" in str(error)]
+    assert applied in result.stderr.splitlines()
 
 
 # --- audit bundles (audit verify --bundle, audit check-releases) ---------------------------
@@ -227,7 +251,9 @@ _BAD_KEY = "audit.example+zz00+S3cretKeyMaterialQQ=="
         ("serve", "--key", 2),
     ],
 )
-def test_a_key_file_that_does_not_parse_is_named(command: str, option: str, code: int, tmp_path: Path) -> None:
+def test_a_key_file_that_does_not_parse_is_named(
+    command: str, option: str, code: int, tmp_path: Path
+) -> None:
     bad = tmp_path / "given.key"
     bad.write_text(("PRIVATE+KEY+" if (command, option) == ("serve", "--key") else "") + _BAD_KEY + "\n")
     bad.chmod(0o600)

@@ -19,6 +19,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from tellonce_client._http import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT_SECONDS, exchange
 from tellonce_client.errors import TokenError
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -30,7 +31,13 @@ Clock = Callable[[], float]
 
 
 class TokenSource:
-    """Fetches and caches access tokens for one client from the service's token endpoint."""
+    """Fetches and caches access tokens for one client from the service's token endpoint.
+
+    ``timeout`` bounds each fetch in all (not only each read), ``max_response_bytes`` the
+    answer read; set them on the instance to change them."""
+
+    timeout: float | None = DEFAULT_TIMEOUT_SECONDS
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __init__(self, client_id: str, *, refresh_margin: float, clock: Clock) -> None:
         self.client_id = client_id
@@ -47,13 +54,22 @@ class TokenSource:
         raise NotImplementedError
 
     async def token(self, http: httpx.AsyncClient, token_url: str, *, renew: bool = False) -> str:
-        """A token that is not near expiry; a new one if ``renew`` (the service refused the last)."""
+        """A token that is not near expiry; a new one if ``renew`` (the service refused the
+        last). A fetch takes at most ``timeout`` seconds in all and reads at most
+        ``max_response_bytes`` (``ResponseTimeout``, ``ResponseTooLarge`` otherwise)."""
         async with self._lock:
             if not renew and self._token is not None and self._clock() < self._refresh_at:
                 return self._token
             form, auth = self._form(token_url)
             form["grant_type"] = "client_credentials"
-            response = await http.post(token_url, data=form, auth=auth or httpx.USE_CLIENT_DEFAULT)
+            request = http.build_request("POST", token_url, data=form)
+            response = await exchange(
+                http,
+                request,
+                timeout=self.timeout,
+                max_bytes=self.max_response_bytes,
+                auth=auth or httpx.USE_CLIENT_DEFAULT,
+            )
             if response.status_code != 200:
                 raise TokenError.from_response(response, self.client_id)
             token, lifetime = _token_answer(response, self.client_id)
@@ -72,7 +88,7 @@ def _token_answer(response: httpx.Response, client_id: str) -> tuple[str, float]
 
     try:
         body: Any = response.json()
-    except ValueError:  # not JSON, or not in the encoding it claims
+    except (ValueError, RecursionError):  # not JSON, not in the encoding it claims, nested too deep
         raise refuse("the body is not JSON") from None
     if not isinstance(body, dict):
         raise refuse("the body is not a JSON object")

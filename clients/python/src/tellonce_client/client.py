@@ -17,11 +17,23 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from tellonce_client import models as m
+from tellonce_client._http import (
+    DEFAULT_MAX_LINE_CHARS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT_SECONDS,
+    exchange,
+    lines,
+)
 from tellonce_client.auth import TokenSource
-from tellonce_client.errors import PreconditionFailed, raise_for_problem
+from tellonce_client.errors import (
+    InvalidResponse,
+    PreconditionFailed,
+    ResponseTimeout,
+    raise_for_problem,
+)
 
 ModelT = TypeVar("ModelT", bound=m.Response)
 
@@ -104,6 +116,8 @@ class TellonceClient:
     ``auth`` is a ``ClientSecret`` or ``PrivateKeyJwt``. ``on_behalf_of`` (the officer) is
     sent as ``X-On-Behalf-Of`` (UTF-8) on every call; ``case_ref`` arguments as ``X-Case-Ref``.
     ``on_response`` sees the final response of every API call (after retries), for counting.
+    ``timeout`` bounds each exchange in all (connect, send, the answer's headers and body:
+    ``ResponseTimeout``), ``max_response_bytes`` the body read (``ResponseTooLarge``).
     """
 
     def __init__(
@@ -115,13 +129,19 @@ class TellonceClient:
         retry: RetryPolicy | None = None,
         on_behalf_of: str | None = None,
         on_response: Callable[[httpx.Response], None] | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_line_chars: int = DEFAULT_MAX_LINE_CHARS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.auth = auth
         self.retry = retry or RetryPolicy()
         self.on_behalf_of = on_behalf_of
         self.on_response = on_response
+        # Each exchange (token fetches too) in all, not only each read as httpx's timeout.
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        self.max_line_chars = max_line_chars
         self._owns_http = http is None
         self.http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
@@ -169,6 +189,7 @@ class TellonceClient:
         headers: Mapping[str, str] | None = None,
         authenticated: bool = True,
         stream: bool = False,
+        extra_seconds: float = 0.0,
     ) -> httpx.Response:
         """``request``; with ``stream`` the successful response's body is left unread, for
         the caller to iterate and close (an error's body is read for its problem)."""
@@ -188,9 +209,20 @@ class TellonceClient:
             # officer's name such as "Zoë"; tellonce reads X-On-Behalf-Of as UTF-8.
             raw = {name.encode("ascii"): value.encode() for name, value in sent.items()}
             sending = self.http.build_request(
-                method, f"{self.base_url}{path}", params=params, json=json, headers=raw
+                method,
+                f"{self.base_url}{path}",
+                params=params,
+                json=json,
+                headers=raw,
+                timeout=_longer(self.http.timeout, extra_seconds),
             )
-            response = await self.http.send(sending, stream=stream)
+            response = await exchange(
+                self.http,
+                sending,
+                timeout=None if self.timeout is None else self.timeout + extra_seconds,
+                max_bytes=self.max_response_bytes,
+                stream=stream,
+            )
             if response.status_code == 401 and authenticated and self.auth is not None and not renewed:
                 await response.aclose()
                 renew = renewed = True  # the token was revoked or the signing key rotated: one fresh try
@@ -205,8 +237,6 @@ class TellonceClient:
                     await asyncio.sleep(wait)
                     continue
             break
-        if stream and response.status_code >= 400:
-            await response.aread()
         if self.on_response is not None:
             self.on_response(response)
         raise_for_problem(response)
@@ -221,15 +251,17 @@ class TellonceClient:
         params: Mapping[str, str] | None = None,
         body: BaseModel | None = None,
         headers: Mapping[str, str] | None = None,
+        extra_seconds: float = 0.0,
     ) -> ModelT:
-        response = await self.request(
+        response = await self._send(
             method,
             path,
             params=params,
             json=body.model_dump(mode="json", exclude_unset=True) if body is not None else None,
             headers=headers,
+            extra_seconds=extra_seconds,
         )
-        parsed = model.model_validate(response.json())
+        parsed = _parsed(model, response)
         if isinstance(parsed, m.Tagged):
             parsed._etag = response.headers.get("ETag")
         return parsed
@@ -242,12 +274,16 @@ class TellonceClient:
 
     async def healthz(self) -> dict[str, Any]:
         response = await self.request("GET", "/healthz", authenticated=False)
-        result: dict[str, Any] = response.json()
+        result = _json(response)
+        if not isinstance(result, dict):
+            raise InvalidResponse(f"the answer to {_where(response)} is not a JSON object")
         return result
 
     async def readyz(self) -> dict[str, Any]:
         response = await self.request("GET", "/readyz", authenticated=False)
-        result: dict[str, Any] = response.json()
+        result = _json(response)
+        if not isinstance(result, dict):
+            raise InvalidResponse(f"the answer to {_where(response)} is not a JSON object")
         return result
 
     async def catalog(self) -> m.CatalogOut:
@@ -660,7 +696,8 @@ class TellonceClient:
     ) -> m.FeedPage:
         """One page of the event feed; pass its ``cursor`` as ``after`` next time."""
         params = _params(after=after, limit=limit, wait=f"{wait:g}" if wait is not None else None)
-        return await self._call(m.FeedPage, "GET", "/v1/events", params=params)
+        # The service may hold a long poll open for ``wait`` seconds before it answers.
+        return await self._call(m.FeedPage, "GET", "/v1/events", params=params, extra_seconds=wait or 0.0)
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -710,13 +747,27 @@ class TellonceClient:
     async def export_audit(self, *, format: str = "jsonl", **filters: str | None) -> AsyncIterator[str]:
         """The export, streamed line by line (JSON lines, or CSV with its header first). Sent
         as every other call is: with the officer, a token renewed once if refused, and 429
-        and 503 retried before the first line."""
+        and 503 retried before the first line. The export as a whole may take long, but each
+        line comes within the client's ``timeout`` (``ResponseTimeout``) and is at most
+        ``max_line_chars`` long (``ResponseTooLarge``)."""
         params = _params(format=format, **filters)
         response = await self._send("GET", "/v1/audit/export", params=params, stream=True)
         try:
-            async for line in response.aiter_lines():
-                if line:
-                    yield line
+            read = lines(response, self.max_line_chars)
+            while True:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        line = await anext(read)
+                        while not line:  # an empty line is no line, nor a reason to wait longer
+                            line = await anext(read)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise ResponseTimeout(
+                        f"a line of the answer to {_where(response)} took more than {self.timeout:g} seconds",
+                        request=response.request,
+                    ) from None
+                yield line
         finally:
             await response.aclose()
 
@@ -749,6 +800,7 @@ class TellonceClient:
 async def _follow(fetch: Callable[[str | None], Awaitable[Any]]) -> AsyncIterator[Any]:
     """Every item of a cursor-paged list, fetching the next page as the last is used up."""
     cursor: str | None = None
+    seen: set[str] = set()
     while True:
         page = await fetch(cursor)
         for item in page.items:
@@ -756,3 +808,53 @@ async def _follow(fetch: Callable[[str | None], Awaitable[Any]]) -> AsyncIterato
         cursor = page.next_cursor
         if not cursor:
             return
+        # The service gives a cursor only after a page of items, and never the same one twice:
+        # a server that does either would keep this loop going for ever.
+        if not page.items:
+            raise InvalidResponse("the service gave an empty page with a next_cursor")
+        if cursor in seen:
+            raise InvalidResponse("the service gave a next_cursor it had given before")
+        seen.add(cursor)
+
+
+def _longer(timeout: httpx.Timeout, extra_seconds: float) -> httpx.Timeout:
+    """``timeout`` with ``extra_seconds`` more to read (a long poll's wait)."""
+    if not extra_seconds or timeout.read is None:
+        return timeout
+    return httpx.Timeout(
+        connect=timeout.connect, read=timeout.read + extra_seconds, write=timeout.write, pool=timeout.pool
+    )
+
+
+def _where(response: httpx.Response) -> str:
+    # The method and path only: a query may hold a national id or a citizen id.
+    return f"{response.request.method} {response.request.url.path}"
+
+
+def _json(response: httpx.Response) -> Any:
+    """The answer's JSON; ``InvalidResponse`` (never showing the body) if it is not JSON."""
+    try:
+        return response.json()
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
+        raise InvalidResponse(f"the answer to {_where(response)} is not JSON") from None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "the body"
+
+
+def _parsed(model: type[ModelT], response: httpx.Response) -> ModelT:
+    """The answer as ``model``; ``InvalidResponse`` naming where the body is not of its
+    shape (locations and what was expected, never the values: they may be personal data)."""
+    try:
+        return model.model_validate(_json(response))
+    except ValidationError as invalid:
+        wrong = invalid.errors(include_url=False, include_input=False, include_context=False)
+        said = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'the body'}: {error['msg']}"
+            for error in wrong[:3]
+        )
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise InvalidResponse(
+            f"the answer to {_where(response)} is not a {model.__name__}: {said}{more}"
+        ) from None

@@ -68,6 +68,26 @@ class Unavailable(ApiError):
     """503, after the client's retries ran out (for instance the audit could not be written)."""
 
 
+class InvalidResponse(TellonceError, ValueError):
+    """The service answered with a body this client cannot use: not JSON, not of the shape
+    the call returns, or a cursor it had already given. The message says what is wrong and
+    where, never what the body holds (it may hold personal data). A ``ValueError`` too, as
+    the parse errors it replaces were."""
+
+
+class ResponseTooLarge(InvalidResponse):
+    """The answer is larger than the client's ``max_response_bytes`` (or a line of the
+    audit export longer than ``max_line_chars``): it was not read further."""
+
+
+class ResponseTimeout(TellonceError, httpx.TimeoutException):
+    """One exchange took longer than the client's ``timeout`` in all (a server dripping its
+    answer, or sending one without end). An ``httpx.TimeoutException`` too."""
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+        super().__init__(message, request=request)
+
+
 class TokenError(TellonceError):
     """The token endpoint refused the client's credentials, or answered 200 with no usable
     token. ``error``, ``error_description`` and ``error_uri`` are its RFC 6749 section 5.2
@@ -103,7 +123,7 @@ class TokenError(TellonceError):
         (or a body that is not a JSON object) are left out."""
         try:
             body = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
             body = None
         members = body if isinstance(body, dict) else {}
 
@@ -141,7 +161,7 @@ def raise_for_problem(response: httpx.Response) -> None:
         return
     try:
         problem = Problem.model_validate(response.json())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
         # Not a problem document (a proxy's page, say): the status line stands in for one.
         reason = response.reason_phrase or str(response.status_code)
         problem = Problem(type="about:blank", title=reason, status=response.status_code, detail=reason)

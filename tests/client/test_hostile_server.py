@@ -321,3 +321,37 @@ class TestPaging:
         hostile.routes["/v1/audit/reports/usage"] = handle
         async with client(hostile) as api:
             assert len([row async for row in api.iter_usage()]) == 3
+
+
+class TestRetriesAndTokensAreBounded:
+    """Guards (these held before the bounds above): no absurd wait, no loop."""
+
+    @pytest.mark.parametrize(
+        "retry_after", ["9" * 400, "99999999", "Fri, 31 Dec 9999 23:59:59 GMT", "-5", "soon", "1e9"]
+    )
+    async def test_an_absurd_retry_after_is_never_waited(
+        self, hostile: HostileServer, retry_after: str
+    ) -> None:
+        def handle(request: BaseHTTPRequestHandler) -> None:
+            request.send_response(503)
+            request.send_header("retry-after", retry_after)
+            request.send_header("content-length", "0")
+            request.end_headers()
+
+        hostile.routes["/v1/catalog"] = handle
+        async with client(hostile) as api:
+            started = time.monotonic()
+            with pytest.raises(TellonceError):
+                await api.catalog()
+        # Waited at most the capped backoff (0.25 + 0.5 + 1 seconds), never the Retry-After.
+        assert time.monotonic() - started < 3
+
+    async def test_a_service_refusing_every_token_is_asked_twice(self, hostile: HostileServer) -> None:
+        hostile.routes["/oauth/token"] = json_answer(200, {"access_token": "t", "expires_in": 0})
+        hostile.routes["/v1/catalog"] = json_answer(401, {"title": "Unauthorized"})
+        async with TellonceClient(hostile.url, ClientSecret("tc_x", "s"), timeout=2) as api:
+            with pytest.raises(TellonceError) as raised:
+                await api.catalog()
+        assert getattr(raised.value, "status", None) == 401
+        assert hostile.hits["/oauth/token"] == 2
+        assert hostile.hits["/v1/catalog"] == 2

@@ -21,7 +21,9 @@ from tellonce_client import (
     WebhookVerificationError,
     WebhookVerifier,
     open_checkpoint,
+    verify_entry,
 )
+from tellonce_client.models import InclusionProof
 from tellonce_client.proofs import _parse_body, leaf_hash, verify_consistency, verify_inclusion
 
 from service.audit import merkle
@@ -76,6 +78,22 @@ class TestMerkleProofs:
         forged = merkle.leaf_hash(b"forged")
         with pytest.raises(ProofError, match="empty tree"):
             verify_consistency(0, second, forged, forged if second == 0 else second_root, [])
+
+
+class TestHostileProofs:
+    def test_an_entry_that_is_not_unicode_is_a_proof_error(self) -> None:
+        """A server may send, with the log's real checkpoint, an entry whose JSON holds a
+        lone surrogate escape (which Python's JSON parser accepts): no UTF-8 encodes it."""
+        signer = NoteSigner("tellonce.test/log", Ed25519PrivateKey.generate())
+        note = signer.sign(Checkpoint("tellonce.test/log", 1, bytes(32)).body())
+        proof = InclusionProof.model_validate(
+            json.loads(
+                '{"leaf_index": 0, "tree_size": 1, "leaf_hash": "AA==", "hashes": [], '
+                '"entry": {"x": "\\ud800"}}'
+            )
+        )
+        with pytest.raises(ProofError, match="not Unicode"):
+            verify_entry(proof, note, signer.verifier_key())
 
 
 class TestCheckpoints:

@@ -237,7 +237,10 @@ def verify_entry(proof: InclusionProof, checkpoint_note: str, vkey: str | Verifi
     checkpoint = open_checkpoint(checkpoint_note, vkey)
     if checkpoint.size != proof.tree_size:
         raise ProofError(f"the proof is for tree size {proof.tree_size}, the checkpoint {checkpoint.size}")
-    leaf = leaf_hash(canonical_entry(proof.entry))
+    try:
+        leaf = leaf_hash(canonical_entry(proof.entry))
+    except UnicodeEncodeError:  # a lone surrogate, which JSON can escape and UTF-8 cannot encode
+        raise ProofError("the entry is not Unicode text") from None
     if _b64(proof.leaf_hash, "the leaf hash") != leaf:
         raise ProofError("the entry does not hash to the proof's leaf hash")
     path = [_b64(h, "a proof hash") for h in proof.hashes]

@@ -26,6 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 
+from service.auth.dependencies import ON_BEHALF_OF, ON_BEHALF_OF_MAX
 from service.auth.runtime import TOKEN_PATH
 from service.auth.scopes import ROLE_SCOPES
 from service.errors import PROBLEM_BASE, PROBLEM_JSON, ServiceError
@@ -105,6 +106,14 @@ SUCCESS_HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/v1/policies/{agreement_id}"): {"ETag": _ETAG},
     ("PUT", "/v1/policies/{agreement_id}"): {"ETag": _ETAG},
     ("DELETE", "/v1/policies/{agreement_id}"): {"ETag": _ETAG},
+}
+# The officer a client acts for, recorded in the audit; every authenticated route takes it.
+ON_BEHALF_OF_PARAMETER: dict[str, Any] = {
+    "name": ON_BEHALF_OF,
+    "in": "header",
+    "required": False,
+    "description": "The officer the client acts for, recorded in the audit: one printable UTF-8 value.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": ON_BEHALF_OF_MAX},
 }
 # Every 429 and 503 says when to try again (``TooManyRequests``, ``ServiceUnavailable``).
 RETRY_AFTER = {
@@ -423,6 +432,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             authenticated, scopes = authentication(route)
             if authenticated:
                 operation["security"] = [{SECURITY_SCHEME: sorted(scopes)}]
+                # Read by the token check itself (``service.auth.dependencies``), not by a
+                # route parameter, so declared here: DESIGN.md's optional, recorded header.
+                operation.setdefault("parameters", []).append(ON_BEHALF_OF_PARAMETER)
                 if token_optional(route):
                     operation["security"].append({})
     return schema

@@ -162,7 +162,8 @@ class TestDocument:
 
     def test_the_tile_path_documents_the_grammar_the_server_reads(self, document: dict[str, Any]) -> None:
         """Anything else is the 400 "Not a tile path" (``tests/audit/test_tiles.py``)."""
-        (parameter,) = document["paths"]["/v1/audit/tile/{tile}"]["get"]["parameters"]
+        parameters = document["paths"]["/v1/audit/tile/{tile}"]["get"]["parameters"]
+        (parameter,) = [p for p in parameters if p["in"] == "path"]
         assert parameter["name"] == "tile"
         assert parameter["schema"]["pattern"] == TILE_PATH_PATTERN
 

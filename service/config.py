@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Environment = Literal["development", "test", "production"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.tellonce/tellonce.db"
+# The URL schemes (dialect+driver) the service runs on: SQLAlchemy's asyncio drivers.
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "todo"}
 
@@ -130,6 +132,19 @@ class Settings(BaseSettings):
         if len(decoded) != 32:
             raise ValueError("TELLONCE_ROOT_KEY must decode to exactly 32 bytes")
         return SecretStr(raw)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_has_an_async_driver(cls, value: str) -> str:
+        """One of the two drivers the service runs on, so that another URL (``mysql://``,
+        a plain ``sqlite://`` or ``postgresql://``, no URL at all) is this setting's one-line
+        refusal rather than SQLAlchemy's traceback from whichever command opens it first."""
+        scheme, separator, _rest = value.strip().partition("://")
+        if not separator or scheme not in DATABASE_DRIVERS:
+            raise ValueError(
+                "TELLONCE_DATABASE_URL must be a sqlite+aiosqlite:///PATH or postgresql+asyncpg://... URL"
+            )
+        return value
 
     @field_validator("log_level")
     @classmethod

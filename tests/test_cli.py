@@ -90,6 +90,10 @@ class TestInvalidSettings:
             (["worker"], "TELLONCE_AUDIT_WITNESS_QUORUM", "-7"),
             (["serve"], "TELLONCE_AUDIT_SEQUENCER_BATCH", "zero-7f3a"),
             (["serve"], "TELLONCE_CONSOLE_PAGE_SIZE", "5017"),
+            # A URL no driver of this service reads: not SQLAlchemy's traceback.
+            (["keys", "status"], "TELLONCE_DATABASE_URL", "mysql://auditor:s3cret-7f3a@db.example/x"),
+            (["audit", "verify"], "TELLONCE_DATABASE_URL", "sqlite:///plain-7f3a.db"),
+            (["db", "upgrade"], "TELLONCE_DATABASE_URL", "not-a-url-7f3a"),
         ],
     )
     def test_one_line_and_exit_2(self, args: list[str], variable: str, value: str, tmp_path: Path) -> None:

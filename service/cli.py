@@ -199,12 +199,17 @@ def run() -> None:
     except Exception as exc:  # re-raised below unless it is a key or the database refusing
         from service.audit.errors import AuditUnavailable
         from service.audit.errors import SigningKeyMissing as CheckpointKeyMissing
+        from service.audit.witnessing import WitnessConfigInvalid
         from service.auth.keys import KEY_NAME, SigningKeyCorrupt
         from service.crypto.errors import RootKeyUnavailable
         from service.db import missing_schema, unusable_database
         from service.private_files import SharedSecretFile
         from service.schema import NewerSchema
 
+        if isinstance(exc, WitnessConfigInvalid):
+            # A setting, as a settings class's refusal is: named, its value not repeated.
+            typer.echo(f"tellonce: invalid settings: {exc.variable}: {exc}", err=True)
+            sys.exit(2)
         if isinstance(exc, AuditUnavailable):
             # The change that needed the entry was rolled back with it; earlier commits
             # (finished batches) stay, and running the command again carries on.
@@ -341,9 +346,10 @@ def serve(
     # The app's other settings, read now so a bad one is `run`'s one line rather than a
     # worker's failed start (audit) or a 500 on the first console request (console).
     from service.audit.config import AuditSettings
+    from service.audit.witnessing import witness_config
     from service.console.config import ConsoleSettings
 
-    AuditSettings()
+    witness_config(AuditSettings())
     ConsoleSettings()
     _refuse_if_not_ready(settings)
     # The keys read as each worker reads them at startup, so a file missing or that cannot
@@ -393,6 +399,11 @@ def worker() -> None:
     # made later (the database drivers', the sequencer's) inherit it.
     if os.getpriority(os.PRIO_PROCESS, 0) < settings.worker_nice:
         os.setpriority(os.PRIO_PROCESS, 0, settings.worker_nice)
+    # The witness list is read now, so a bad one is ``run``'s one line, not a traceback.
+    from service.audit.config import AuditSettings
+    from service.audit.witnessing import witness_config
+
+    witness_config(AuditSettings())
     _refuse_if_not_ready(settings)
     asyncio.run(_run_workers(settings))
 

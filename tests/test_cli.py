@@ -94,6 +94,10 @@ class TestInvalidSettings:
             (["keys", "status"], "TELLONCE_DATABASE_URL", "mysql://auditor:s3cret-7f3a@db.example/x"),
             (["audit", "verify"], "TELLONCE_DATABASE_URL", "sqlite:///plain-7f3a.db"),
             (["db", "upgrade"], "TELLONCE_DATABASE_URL", "not-a-url-7f3a"),
+            # A witness list that does not parse: one line before serving, not a failed
+            # start-up traceback, and the entry (a URL may carry a credential) not echoed.
+            (["serve"], "TELLONCE_AUDIT_WITNESSES", "https://w:s3cret-7f3a@w.example/w"),
+            (["worker"], "TELLONCE_AUDIT_WITNESSES", "https://w.example/w=not-a-vkey-7f3a"),
         ],
     )
     def test_one_line_and_exit_2(self, args: list[str], variable: str, value: str, tmp_path: Path) -> None:
@@ -121,6 +125,32 @@ class TestInvalidSettings:
         assert "Traceback" not in result.stderr
         if value:
             assert value not in result.stderr
+
+    @pytest.mark.parametrize("args", [["serve"], ["worker"]])
+    def test_a_quorum_above_the_witnesses_is_one_line(self, args: list[str], tmp_path: Path) -> None:
+        from service.witness.cosignature import CosignatureSigner
+
+        witness = CosignatureSigner.generate("w.example/w").verifier_key()
+        env = {
+            **os.environ,
+            "TELLONCE_DATA_DIR": str(tmp_path / "data"),
+            "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
+            "TELLONCE_AUDIT_WITNESSES": f"http://127.0.0.1:9={witness}",
+            "TELLONCE_AUDIT_WITNESS_QUORUM": "2",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "tellonce: invalid settings: TELLONCE_AUDIT_WITNESS_QUORUM: "
+            "a quorum of 2 needs at least 2 witnesses"
+        ]
 
 
 class TestUnusableDatabase:

@@ -73,7 +73,12 @@ MAX_WITNESS_ANSWER_BYTES = 64 * 1024
 
 
 class WitnessConfigInvalid(ValueError):
-    """TELLONCE_AUDIT_WITNESSES or the quorum cannot be used."""
+    """TELLONCE_AUDIT_WITNESSES or the quorum cannot be used; ``variable`` names the setting.
+    The message never repeats an entry as given: its URL may carry a credential."""
+
+    def __init__(self, message: str, variable: str = "TELLONCE_AUDIT_WITNESSES") -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 class LogUnwitnessed(AuditUnavailable):
@@ -114,15 +119,15 @@ class WitnessConfig:
 def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
     """``URL=VKEY`` pairs separated by whitespace; the URL is the witness's submission prefix."""
     found: list[WitnessEndpoint] = []
-    for pair in text.split():
+    for number, pair in enumerate(text.split(), start=1):
         url, separator, vkey = pair.partition("=")
         if not separator or not url.startswith(("http://", "https://")):
-            raise WitnessConfigInvalid(f"{pair!r} is not URL=VKEY")
-        _check_url(url)
+            raise WitnessConfigInvalid(f"entry {number} is not URL=VKEY (an http:// or https:// URL)")
+        _check_url(url, number)
         try:
             verifier = CosignatureVerifier.parse(vkey)
         except CosignatureError as exc:
-            raise WitnessConfigInvalid(f"{url}: {exc}") from None
+            raise WitnessConfigInvalid(f"entry {number}: {exc}") from None
         if any(w.name == verifier.name for w in found):
             raise WitnessConfigInvalid(f"the witness {verifier.name} is listed twice")
         # A cosignature does not sign its witness's name (C2SP tlog-cosignature), so one key
@@ -137,25 +142,28 @@ def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
     return tuple(found)
 
 
-def _check_url(url: str) -> None:
+def _check_url(url: str, number: int) -> None:
     """Refuse a witness URL no request could be sent to (no host, a port that is not a
-    number from 1 to 65535), so it is said at start-up rather than on every round."""
+    number from 1 to 65535), so it is said at start-up rather than on every round. The
+    entry is named by its position: its URL may carry a credential."""
     try:
         parsed = httpx.URL(url)
         port = parsed.port
-    except httpx.InvalidURL as exc:
-        raise WitnessConfigInvalid(f"{url}: not a URL ({exc})") from None
+    except httpx.InvalidURL:
+        raise WitnessConfigInvalid(f"entry {number}: the URL cannot be read") from None
     if not parsed.host:
-        raise WitnessConfigInvalid(f"{url}: a witness URL names a host")
+        raise WitnessConfigInvalid(f"entry {number}: a witness URL names a host")
     if port is not None and not 1 <= port <= 65535:
-        raise WitnessConfigInvalid(f"{url}: the port is not from 1 to 65535")
+        raise WitnessConfigInvalid(f"entry {number}: the port is not from 1 to 65535")
 
 
 def witness_config(audit: AuditSettings) -> WitnessConfig:
     witnesses = parse_witnesses(audit.witnesses)
     quorum = audit.witness_quorum if audit.witness_quorum is not None else len(witnesses)
     if witnesses and quorum > len(witnesses):
-        raise WitnessConfigInvalid(f"a quorum of {quorum} needs at least {quorum} witnesses")
+        raise WitnessConfigInvalid(
+            f"a quorum of {quorum} needs at least {quorum} witnesses", "TELLONCE_AUDIT_WITNESS_QUORUM"
+        )
     refresh = audit.witness_refresh_seconds
     gate = GATE_REFRESH_SECONDS
     if audit.witness_grace_seconds is not None:

@@ -73,15 +73,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Plain lines, for ``TELLONCE_LOG_JSON=false``: the message, then ``key=value`` for
-    each fact passed in ``extra``."""
+    """Plain lines, for ``TELLONCE_LOG_JSON=false``: the message, then ``request_id=`` (as
+    every JSON line has it) and ``key=value`` for each fact passed in ``extra``."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        facts = "".join(f" {key}={value}" for key, value in _extra(record).items())
-        return super().formatMessage(record) + facts
+        facts = {"request_id": getattr(record, "request_id", None) or current_request_id()}
+        for key, value in _extra(record).items():
+            facts.setdefault(key, value)
+        return super().formatMessage(record) + "".join(f" {key}={value}" for key, value in facts.items())
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:

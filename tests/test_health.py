@@ -177,3 +177,23 @@ class TestWorkerHeap:
             await asyncio.wait_for(task, timeout=20)
             gc.set_threshold(*before)
             gc.unfreeze()
+
+
+class TestPlainLogLines:
+    """``TELLONCE_LOG_JSON=false``: each plain line still carries the request id that the
+    answer's ``X-Request-ID`` gives, as each JSON line does."""
+
+    def test_a_plain_line_names_its_request_id(self) -> None:
+        import logging
+
+        from service.observability import TextFormatter, _request_id
+
+        record = logging.makeLogRecord({"name": "tellonce.access", "msg": "request", "levelname": "INFO"})
+        token = _request_id.set("req-7f3a0001")
+        try:
+            line = TextFormatter().format(record)
+        finally:
+            _request_id.reset(token)
+        assert line.endswith(" request request_id=req-7f3a0001"), line
+        record.request_id = "given-7f3a"
+        assert TextFormatter().format(record).count("request_id=") == 1

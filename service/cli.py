@@ -219,8 +219,12 @@ def run() -> None:
             typer.echo(f"tellonce: {exc}", err=True)
             sys.exit(2)
         if isinstance(exc, RootKeyUnavailable):
-            # Its message names the setting or file and what is wrong, never the key.
-            typer.echo(f"tellonce: cannot use the root key: {exc}", err=True)
+            # Its message names the setting or file and what is wrong, never the key. With a
+            # PKCS#11 token there is no root key: the token (or its PIN) is what failed.
+            from service.config import get_settings
+
+            what = "PKCS#11 token" if get_settings().key_provider == "pkcs11" else "root key"
+            typer.echo(f"tellonce: cannot use the {what}: {exc}", err=True)
             sys.exit(2)
         if isinstance(exc, SharedSecretFile):
             # As the root key's: the file is named and left as it is, the key never read.

@@ -167,6 +167,24 @@ class TestUnusableRootKeyOnTheCommandLine:
         assert "ROOTKEYMARKER" not in result.stderr + result.stdout
         assert content not in result.stderr + result.stdout
 
+    def test_with_a_token_the_line_names_the_token_not_a_root_key(self, tmp_path: Path) -> None:
+        """With TELLONCE_KEY_PROVIDER=pkcs11 there is no root key: a PIN or token that cannot
+        be used is not called one."""
+        data = tmp_path / "data"
+        data.mkdir()
+        pin = tmp_path / "absent-pin"
+        env = scratch_env(data, tmp_path / "tellonce.db") | {
+            "TELLONCE_KEY_PROVIDER": "pkcs11",
+            "TELLONCE_PKCS11_MODULE": "/nonexistent/libsofthsm2.so",
+            "TELLONCE_PKCS11_TOKEN_LABEL": "tellonce",
+            "TELLONCE_PKCS11_PIN_FILE": str(pin),
+        }
+        result = run_cli(env, *ROTATE)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"tellonce: cannot use the PKCS#11 token: the PKCS#11 PIN in {pin} "), line
+        assert "root key" not in line
+
 
 class TestLocalProvider:
     async def test_wraps_under_a_context(self) -> None:

@@ -12,11 +12,13 @@ The answer is the same for every such request: its detail never repeats the refu
 bytes, which are the caller's and may be personal data. The connection is closed after
 it, as uvicorn closes it: the parser cannot tell where the next request would begin.
 
-A request whose head (its request line and header fields) grows past ``HEAD_LIMIT`` is
-refused the same way, as 431 ``request-header-too-large``, so that no one can make the
-server hold an unbounded header in memory. h11 enforces the limit itself (uvicorn's
-``h11_max_incomplete_event_size``, whose default this is); httptools buffers a header of
-any length, so its protocol here counts what it is fed.
+A request whose head (its request line and header fields) is still unfinished once more
+than ``HEAD_LIMIT`` bytes of it have arrived is refused the same way, as 431
+``request-header-too-large``, so that no one can make the server hold an unbounded header
+in memory. h11 enforces the limit itself (uvicorn's ``h11_max_incomplete_event_size``,
+whose default this is) on what it holds unparsed; httptools buffers a header of any
+length, so its protocol here counts what it is fed. Either way a somewhat longer head that
+arrives whole in one read may still be answered: the limit bounds memory, not headers.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ else:
 
     class ProblemHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's httptools protocol, with a malformed request's 400 as problem+json, and
-        a head that grows past ``HEAD_LIMIT`` refused as 431.
+        a head still unfinished past ``HEAD_LIMIT`` refused as 431.
 
         httptools hands a header over only once it is complete, so the head is measured in
         what is fed to the parser: data longer than the limit is fed in pieces of at most

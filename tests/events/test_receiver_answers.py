@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -445,15 +445,13 @@ class TestGone:
         assert (await api.get("/v1/subscriptions")).json() == {"items": [], "next_cursor": None}
 
 
-class RawReceiver:
-    """A receiver on a loopback port that reads each request whole, then writes its answer
-    with ``answer(connection)``: slowly, or without end, as no well-behaved server would."""
+class _LoopbackListener:
+    """A listening socket on a loopback port, served by a thread of the subclass's
+    (``_serve``) until the ``with`` block ends; ``url`` is its webhook address."""
 
-    def __init__(self, answer: Callable[[socket.socket, threading.Event], None]) -> None:
-        self._answer = answer
-        self.requests: list[tuple[dict[str, str], bytes]] = []
+    def __init__(self, backlog: int | None = None) -> None:
         self.stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=backlog)
         self._listener.settimeout(0.05)
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -461,6 +459,28 @@ class RawReceiver:
     def url(self) -> str:
         host, port = self._listener.getsockname()[:2]
         return f"http://{host}:{port}/hooks/tellonce"
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=10)
+        self._listener.close()
+
+
+class RawReceiver(_LoopbackListener):
+    """A receiver on a loopback port that reads each request whole, then writes its answer
+    with ``answer(connection)``: slowly, or without end, as no well-behaved server would."""
+
+    def __init__(self, answer: Callable[[socket.socket, threading.Event], None]) -> None:
+        super().__init__()
+        self._answer = answer
+        self.requests: list[tuple[dict[str, str], bytes]] = []
 
     def _serve(self) -> None:
         while not self.stop.is_set():
@@ -480,15 +500,6 @@ class RawReceiver:
                 self.requests.append((headers, body))
                 with contextlib.suppress(OSError):
                     self._answer(connection, self.stop)
-
-    def __enter__(self) -> RawReceiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._thread.join(timeout=10)
-        self._listener.close()
 
 
 def _dripping_headers(connection: socket.socket, stop: threading.Event) -> None:
@@ -579,37 +590,23 @@ class TestNoConnectionIsReused:
             assert receiver.connections == 2
 
 
-class SilentReceiver:
+class SilentReceiver(_LoopbackListener):
     """A receiver on a loopback port that takes every connection and never answers;
     ``connections`` counts them."""
 
     def __init__(self) -> None:
+        super().__init__(backlog=64)
         self.connections: list[socket.socket] = []
-        self.stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self._listener.settimeout(0.05)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._listener.getsockname()[:2]
-        return f"http://{host}:{port}/hooks/tellonce"
 
     def _serve(self) -> None:
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 self.connections.append(self._listener.accept()[0])
 
-    def __enter__(self) -> SilentReceiver:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self._thread.join(timeout=5)
+        super().__exit__(*exc)
         for connection in self.connections:
             connection.close()
-        self._listener.close()
 
 
 class TestOneReceiverNotAnswering:

@@ -130,13 +130,18 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
 def verify_consistency(
     first: int, second: int, proof: Sequence[bytes], first_root: bytes, second_root: bytes
 ) -> bool:
-    """RFC 9162 section 2.1.4.2."""
+    """RFC 9162 section 2.1.4.2.
+
+    The RFC defines proofs for 0 < first < second. At the edges: equal sizes need equal roots
+    and an empty proof; a first size of 0 needs an empty proof and the empty tree's root as
+    the first root (every tree extends the empty tree, and only that one has size 0).
+    """
     if first < 0 or first > second:
         return False
     if first == second:
         return not proof and first_root == second_root
     if first == 0:
-        return not proof
+        return not proof and first_root == EMPTY_ROOT
     path = list(proof)
     if first & (first - 1) == 0:
         path.insert(0, first_root)

@@ -123,6 +123,12 @@ class TestConsistencyProof:
         assert merkle.consistency_proof(read, 0, 5) == []
         assert merkle.consistency_proof(read, 5, 5) == []
         assert merkle.verify_consistency(5, 5, [], compact.root(), compact.root())
+
+    def test_from_the_empty_tree_needs_the_empty_root(self) -> None:
+        _leaves, _read, compact = _build(5)
+        assert merkle.verify_consistency(0, 5, [], merkle.EMPTY_ROOT, compact.root())
+        assert not merkle.verify_consistency(0, 5, [], compact.root(), compact.root())
+        assert not merkle.verify_consistency(0, 5, [merkle.EMPTY_ROOT], merkle.EMPTY_ROOT, compact.root())
         assert not merkle.verify_consistency(3, 2, [], compact.root(), compact.root())
 
 

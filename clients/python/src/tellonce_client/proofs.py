@@ -98,7 +98,9 @@ def open_checkpoint(note: str, vkey: str | VerifierKey) -> Checkpoint:
     Read as C2SP signed-note and tlog-checkpoint require: no control character but newline,
     a body and at least one well-formed signature line, and every line by the log's key
     (its name and key hash) must verify, not just one of them. Lines by other keys (witness
-    cosignatures) are skipped, not trusted.
+    cosignatures) are skipped, not trusted. The body's origin must be the key's name, as
+    tlog-checkpoint recommends and tellonce always signs: a key that signs for two logs
+    cannot pass one log's checkpoint off as the other's.
     """
     key = vkey if isinstance(vkey, VerifierKey) else VerifierKey.parse(vkey)
     if any(character < " " and character != "\n" for character in note):
@@ -124,7 +126,10 @@ def open_checkpoint(note: str, vkey: str | VerifierKey) -> Checkpoint:
         signed = True
     if not signed:
         raise ProofError(f"the note carries no signature by {key.name}")
-    return _parse_body(body)
+    checkpoint = _parse_body(body)
+    if checkpoint.origin != key.name:
+        raise ProofError(f"the checkpoint's origin is not {key.name}, the key's name")
+    return checkpoint
 
 
 def _parse_body(body: str) -> Checkpoint:
@@ -251,11 +256,12 @@ def verify_entry(proof: InclusionProof, checkpoint_note: str, vkey: str | Verifi
 def verify_checkpoints(
     older_note: str, newer_note: str, proof: ConsistencyProof, vkey: str | VerifierKey
 ) -> tuple[Checkpoint, Checkpoint]:
-    """Check that the newer signed checkpoint extends the older one (nothing was rewritten)."""
+    """Check that the newer signed checkpoint extends the older one (nothing was rewritten).
+
+    Both are of one log: ``open_checkpoint`` holds each origin to the key's name.
+    """
     older = open_checkpoint(older_note, vkey)
     newer = open_checkpoint(newer_note, vkey)
-    if older.origin != newer.origin:
-        raise ProofError("the checkpoints are of different logs")
     if (proof.first, proof.second) != (older.size, newer.size):
         raise ProofError("the proof is not between these checkpoints' sizes")
     path = [_b64(h, "a proof hash") for h in proof.hashes]

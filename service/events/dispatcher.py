@@ -21,10 +21,17 @@ on a 429 or 503 answer is the least the next attempt waits. Any other failure is
 after a jittered exponential backoff until the attempts run out; then the delivery is
 ``dead`` until redelivered.
 
-A batch's attempts take turns by subscription, and once one attempt to a receiver gets no
+A batch's attempts take turns: the first ``concurrency`` go one subscription's first, the
+next one's first, and so on; then, when an attempt ends, its slot goes to a waiting delivery
+of the receiver with the fewest attempts under way, so a receiver that answers slowly holds
+no more slots than the others while they have deliveries waiting. Each result
+is written as soon as it is known (those that come together in one transaction), not when
+the batch's last answer comes: a fast receiver's deliveries are recorded as delivered
+while a slow receiver's batch-mates are still out. Once one attempt to a receiver gets no
 answer (a timeout, a refused connection, a TLS error) its deliveries later in the batch are
-not sent but counted as failed attempts and retried: a receiver that does not answer holds
-the batch, and so every other receiver, for about one timeout, not one per delivery.
+not sent: they are put back with the backoff of the one that failed, and, never having been
+sent, count as no attempt. A receiver that does not answer holds the batch's last result,
+and so the next batch, for about one timeout, not one per delivery.
 
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
@@ -37,7 +44,9 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -126,7 +135,6 @@ class Dispatcher:
         self.runtime = runtime
         self.batch_size = batch_size
         self._concurrency = max(1, concurrency)
-        self._limit = asyncio.Semaphore(self._concurrency)
         self._own_client = client is None
         self._client = client
         if client is not None:
@@ -191,23 +199,31 @@ class Dispatcher:
         return await repository.claimed(conn, ids, token) if ids else []
 
     async def deliver(self, batch: Sequence[repository.ClaimedDelivery]) -> None:
-        """One attempt for each claimed delivery; results are written in one transaction."""
-        outcomes: dict[str, dict[str, Any]] = {}
+        """One attempt for each claimed delivery. Each result is written as soon as it is
+        known: those known together in one transaction, while the rest are still out."""
+        results = _Results(self._record, len(batch))
+        writer = asyncio.create_task(results.write())
         try:
-            await self._deliver(batch, outcomes)
-        except Exception as exc:
-            # Never let one batch stop the loop; what has no outcome yet counts as failed.
-            logger.exception("webhook batch failed unexpectedly")
-            for item in batch:
-                # Only those without one: ``_failure`` counts a dead letter when it is made.
-                if item.id not in outcomes:
-                    outcomes[item.id] = self._failure(item, f"internal error: {type(exc).__name__}", None)
-        await self._record(batch, outcomes)
-        self.attempts_made += len(batch)
+            try:
+                await self._deliver(batch, results.settle)
+            except Exception as exc:
+                # Never let one batch stop the loop; what has no outcome yet counts as failed
+                # (``settle`` keeps an outcome already given, and ``_failure`` counts a dead
+                # letter when it is made, so only those without one get it).
+                logger.exception("webhook batch failed unexpectedly")
+                for item in batch:
+                    if not results.settled(item):
+                        results.settle(
+                            item, self._failure(item, f"internal error: {type(exc).__name__}", None)
+                        )
+            await writer
+        finally:
+            # Only if this was cancelled (the process stopping): claims whose result was not
+            # written run out with their lease and are attempted again (at least once).
+            writer.cancel()
+        self.attempts_made += len(batch) - results.unsent
 
-    async def _deliver(
-        self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
-    ) -> None:
+    async def _deliver(self, batch: Sequence[repository.ClaimedDelivery], settle: _Settle) -> None:
         now = utcnow()
         async with self.runtime.engine.connect() as conn:
             decide = await self.runtime.policy.current(conn)
@@ -222,15 +238,14 @@ class Dispatcher:
             if subscription.status != "active":
                 # Deleting or disabling a subscription cancels what it has queued, so this
                 # should not happen; the rule holds at the point of sending all the same.
-                outcomes[item.id] = {
-                    "status": "cancelled",
-                    "last_error": f"the subscription is {subscription.status}",
-                }
+                settle(
+                    item, {"status": "cancelled", "last_error": f"the subscription is {subscription.status}"}
+                )
                 continue
             if subscription.client_id in disabled:
                 # Its client was disabled after subscribing: nothing more leaves for it, and
                 # that is final (nothing is read or sent, so there is nothing to audit).
-                outcomes[item.id] = {"status": "withheld", "last_error": "the subscribing client is disabled"}
+                settle(item, {"status": "withheld", "last_error": "the subscribing client is disabled"})
                 continue
             if event.type == CONSENT_CHANGED:
                 # The consumer's own agreement: the consent's status, audited as told.
@@ -286,10 +301,10 @@ class Dispatcher:
             # deliveries list is told only that the policy withheld it.
             if await self._audited([entry for _item, entry in withheld]):
                 for item, _entry in withheld:
-                    outcomes[item.id] = {"status": "withheld", "last_error": "withheld by policy"}
+                    settle(item, {"status": "withheld", "last_error": "withheld by policy"})
             else:
                 for item, _entry in withheld:
-                    outcomes[item.id] = self._failure(item, "the audit log is unavailable", None)
+                    settle(item, self._failure(item, "the audit log is unavailable", None))
         ready: list[tuple[repository.ClaimedDelivery, AuditEntry, str, Pinned]] = []
         secrets_by_subscription: dict[str, list[str]] = {}
         # Every target checked at once, each within the timeout: a host whose name servers
@@ -302,11 +317,11 @@ class Dispatcher:
             subscription = item.subscription
             target = checked[subscription.webhook_url or ""]
             if isinstance(target, str):
-                outcomes[item.id] = self._failure(item, f"target refused: {target}", None)
+                settle(item, self._failure(item, f"target refused: {target}", None))
                 continue
             signing = secrets_by_subscription.get(subscription.id) or self._secrets(subscription)
             if signing is None:
-                outcomes[item.id] = self._failure(item, "the signing secret could not be decrypted", None)
+                settle(item, self._failure(item, "the signing secret could not be decrypted", None))
                 continue
             secrets_by_subscription[subscription.id] = signing
             body = dumps_payload(event_data(item.event, released))
@@ -316,26 +331,27 @@ class Dispatcher:
         # Durable before anything leaves the service; one group commit for the batch.
         if not await self._audited([entry for _item, entry, _body, _target in ready]):
             for item, _entry, _body, _target in ready:
-                outcomes[item.id] = self._failure(
-                    item, "the audit log is unavailable; nothing was sent", None
-                )
+                settle(item, self._failure(item, "the audit log is unavailable; nothing was sent", None))
             return
+        # Audited as released before it was sent, whatever then became of the request (or
+        # if it was not sent at all, see ``_post``): the deliveries list may name its event
+        # and citizen from now on, as the audit trail does.
+        released_at = utcnow()
         # Taken in turn, one subscription's first delivery, then the next one's, and so on:
         # the first ``concurrency`` attempts of the batch go to as many receivers as it has,
-        # not all to the one whose events came first (which may be the one not answering).
+        # not all to the one whose events came first (which may be the one not answering);
+        # after that, ``_FairTurns`` gives each slot that frees to the receiver with the
+        # fewest attempts under way.
         ready = _taking_turns(ready, key=lambda entry: entry[0].subscription.id)
-        unreachable: dict[str, str] = {}
-        results = await asyncio.gather(
-            *(
-                self._post(item, body, secrets_by_subscription[item.subscription.id], target, unreachable)
-                for item, _entry, body, target in ready
-            )
-        )
-        released_at = utcnow()
-        for (item, _entry, _body, _target), values in zip(ready, results, strict=True):
-            # Audited as released before it was sent, whatever then became of the request:
-            # the deliveries list may name its event and citizen from now on.
-            outcomes[item.id] = {**values, "released_at": released_at}
+        turns = _FairTurns(self._concurrency)
+        unreachable: dict[str, _Unreachable] = {}
+
+        async def attempt(item: repository.ClaimedDelivery, body: str, target: Pinned) -> None:
+            signing = secrets_by_subscription[item.subscription.id]
+            values = await self._post(item, body, signing, target, turns, unreachable)
+            settle(item, {**values, "released_at": released_at})
+
+        await asyncio.gather(*(attempt(item, body, target) for item, _entry, body, target in ready))
 
     async def _audited(self, entries: list[AuditEntry]) -> bool:
         try:
@@ -389,22 +405,20 @@ class Dispatcher:
         body: str,
         secrets: list[str],
         target: Pinned,
-        unreachable: dict[str, str],
+        turns: _FairTurns,
+        unreachable: dict[str, _Unreachable],
     ) -> dict[str, Any]:
-        """One attempt. ``unreachable`` is shared by the batch: once an attempt to a receiver
-        gets no answer (a timeout, a refused connection, a TLS error), that receiver's
-        deliveries whose turn comes later in the batch are not sent but retried as failed,
-        so one receiver that does not answer holds the batch (and every other receiver's
-        deliveries in the next one) for one timeout, not one for each of its deliveries."""
+        """One attempt, when ``turns`` gives it a slot. ``unreachable`` is shared by the
+        batch: once an attempt to a receiver gets no answer (a timeout, a refused
+        connection, a TLS error), that receiver's deliveries whose turn comes later in the
+        batch are not sent (see ``_unsent``), so one receiver that does not answer holds the
+        batch (and every other receiver's deliveries in the next one) for one timeout, not
+        one for each of its deliveries."""
         message_id = webhook_id(item.id)
         receiver = item.subscription.webhook_url or ""
-        async with self._limit:
+        async with turns.turn(receiver):
             if receiver in unreachable:
-                return self._failure(
-                    item,
-                    f"not sent: another attempt to the receiver failed just before ({unreachable[receiver]})",
-                    None,
-                )
+                return self._unsent(item, unreachable[receiver])
             # Timestamped and signed when its turn to be sent comes, not when the batch was
             # read: a receiver refuses a webhook-timestamp older than its tolerance (the
             # Standard Webhooks libraries allow 5 minutes), and a delivery may wait here
@@ -442,19 +456,18 @@ class Dispatcher:
                     code = response.status_code
                     retry_after = response.headers.get("retry-after")
             except (TimeoutError, httpx.TimeoutException):
-                unreachable.setdefault(receiver, "it did not answer in time")
-                return self._failure(item, "the receiver did not answer in time", None)
-            except httpx.HTTPError as exc:
-                unreachable.setdefault(receiver, f"could not reach it: {type(exc).__name__}")
-                return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
+                why = "it did not answer in time"
+                return self._unanswered(item, "the receiver did not answer in time", why, unreachable)
             except Exception as exc:
-                # Not one of httpx's errors (none is known to come from a URL the API
-                # accepts): this attempt fails alone, not the batch with it, whose other
-                # receivers' answers would be lost and their deliveries sent again. Only the
-                # error's type is logged: its text may hold the URL, whose path may hold a token.
-                logger.error("webhook delivery %s failed unexpectedly: %s", item.id, type(exc).__name__)
-                unreachable.setdefault(receiver, f"could not reach it: {type(exc).__name__}")
-                return self._failure(item, f"could not reach the receiver: {type(exc).__name__}", None)
+                if not isinstance(exc, httpx.HTTPError):
+                    # Not one of httpx's errors (none is known to come from a URL the API
+                    # accepts): this attempt fails alone, not the batch with it, whose other
+                    # receivers' answers would be lost and their deliveries sent again. Only the
+                    # error's type is logged: its text may hold the URL, whose path may hold a token.
+                    logger.error("webhook delivery %s failed unexpectedly: %s", item.id, type(exc).__name__)
+                kind = type(exc).__name__
+                error, why = f"could not reach the receiver: {kind}", f"could not reach it: {kind}"
+                return self._unanswered(item, error, why, unreachable)
         if 200 <= code < 300:
             return {
                 "status": "delivered",
@@ -476,6 +489,41 @@ class Dispatcher:
                     item, f"the receiver answered {code} and asked to wait {wait:.0f} s", code, at_least=wait
                 )
         return self._failure(item, f"the receiver answered {code}", code)
+
+    def _unanswered(
+        self, item: repository.ClaimedDelivery, error: str, why: str, unreachable: dict[str, _Unreachable]
+    ) -> dict[str, Any]:
+        """A failed attempt that got no answer; the receiver's deliveries whose turn comes
+        later in the batch are not sent, for the reason ``why`` (the first such in the batch)."""
+        failed = self._failure(item, error, None)
+        unreachable.setdefault(item.subscription.webhook_url or "", _Unreachable(why, failed))
+        return failed
+
+    def _unsent(self, item: repository.ClaimedDelivery, why: _Unreachable) -> dict[str, Any]:
+        """A delivery not sent because another attempt to its receiver got no answer just
+        before. It was never sent, so it is no attempt: the one its claim counted is given
+        back, and it never becomes ``dead`` for it. It is due again when the attempt that
+        failed is (so a receiver that stays down is tried at that one's growing backoff, not
+        at once by each delivery left behind it), or, if that one is dead, after the backoff
+        of its own attempts so far."""
+        attempts = item.attempts - 1
+        due = why.failed.get("next_attempt_at")
+        if due is None:
+            delay = backoff_seconds(
+                max(1, attempts),
+                base=self.settings.webhook_retry_base_seconds,
+                cap=self.settings.webhook_retry_cap_seconds,
+            )
+            due = utcnow() + timedelta(seconds=delay)
+        return {
+            "status": "pending",
+            "attempts": attempts,
+            "next_attempt_at": due,
+            "last_error": _short(
+                f"not sent: another attempt to the receiver failed just before ({why.reason})"
+            ),
+            "last_status_code": None,
+        }
 
     def _failure(
         self,
@@ -505,6 +553,8 @@ class Dispatcher:
     async def _record(
         self, batch: Sequence[repository.ClaimedDelivery], outcomes: dict[str, dict[str, Any]]
     ) -> None:
+        """Write the outcomes of ``batch`` (all of a batch, or those known together) in one
+        transaction; a 410 Gone among them disables its subscription."""
         gone: dict[str, repository.SubscriptionRow] = {}
         disabled: list[AuditEntry] = []
         now = self.runtime.clock()
@@ -604,6 +654,106 @@ async def _wait_either(wake: Any, stop: asyncio.Event) -> None:
                     await task
 
 
+@dataclass(frozen=True)
+class _Unreachable:
+    """Why a receiver got no answer in this batch, and the outcome of the attempt that found it."""
+
+    reason: str
+    failed: dict[str, Any]
+
+
+_Settle = Callable[[repository.ClaimedDelivery, dict[str, Any]], None]
+
+
+class _Results:
+    """A batch's outcomes, written as they come: ``settle`` gives one (the first given for a
+    delivery stands), and ``write`` records what has come since its last write in one
+    transaction, again and again, until every delivery of the batch has its outcome. An
+    attempt that ends while a write is under way is in the next one, so a slow receiver's
+    delivery never holds another's result, and results that come together share a commit."""
+
+    def __init__(
+        self,
+        record: Callable[[Sequence[repository.ClaimedDelivery], dict[str, dict[str, Any]]], Any],
+        count: int,
+    ) -> None:
+        self._record = record
+        self._left = count
+        self._given: set[str] = set()
+        self._queue: asyncio.Queue[tuple[repository.ClaimedDelivery, dict[str, Any]]] = asyncio.Queue()
+        self.unsent = 0
+
+    def settled(self, item: repository.ClaimedDelivery) -> bool:
+        return item.id in self._given
+
+    def settle(self, item: repository.ClaimedDelivery, values: dict[str, Any]) -> None:
+        if item.id in self._given:
+            return
+        self._given.add(item.id)
+        if _given_back(values):
+            self.unsent += 1
+        self._queue.put_nowait((item, values))
+
+    async def write(self) -> None:
+        while self._left > 0:
+            come = [await self._queue.get()]
+            while not self._queue.empty():
+                come.append(self._queue.get_nowait())
+            self._left -= len(come)
+            try:
+                await self._record(
+                    [item for item, _values in come], {item.id: values for item, values in come}
+                )
+            except Exception:
+                # Claims not recorded run out with their lease and are attempted again (at
+                # least once); the batch's other results are still written.
+                logger.exception("recording %d webhook results failed", len(come))
+
+
+class _FairTurns:
+    """At most ``slots`` attempts at once. When one ends, its slot goes to a waiting attempt
+    of the receiver with the fewest attempts under way (the first to wait among equals), so
+    while other receivers have deliveries waiting, a receiver that answers slowly takes no
+    more slots than they do; alone, it may use them all."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._busy: Counter[str] = Counter()
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+
+    @contextlib.asynccontextmanager
+    async def turn(self, receiver: str) -> AsyncIterator[None]:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            self._busy[receiver] += 1
+        else:
+            given: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((receiver, given))
+            try:
+                await given
+            except asyncio.CancelledError:
+                if given.done() and not given.cancelled():
+                    self._end(receiver)  # the slot came with the cancellation: pass it on
+                else:
+                    self._waiting.remove((receiver, given))
+                raise
+        try:
+            yield
+        finally:
+            self._end(receiver)
+
+    def _end(self, receiver: str) -> None:
+        self._busy[receiver] -= 1
+        if not self._waiting:
+            self._free += 1
+            return
+        index = min(range(len(self._waiting)), key=lambda i: self._busy[self._waiting[i][0]])
+        waiting, given = self._waiting.pop(index)
+        # Counted now, not when the waiter wakes, so the next slot to free is shared fairly too.
+        self._busy[waiting] += 1
+        given.set_result(None)
+
+
 def _taking_turns(entries: Sequence[_T], *, key: Callable[[_T], str]) -> list[_T]:
     """``entries`` reordered round-robin by ``key``: each key's first, in the order the keys
     first appear, then each key's second, and so on; each key's own order is kept."""
@@ -625,6 +775,11 @@ def _previous_signs(subscription: repository.SubscriptionRow, now: datetime) -> 
 def _gone(values: dict[str, Any]) -> bool:
     """Whether an attempt's outcome is the receiver's 410 Gone (only ``_post`` makes one)."""
     return bool(values.get("status") == "cancelled" and values.get("last_status_code") == GONE)
+
+
+def _given_back(values: dict[str, Any]) -> bool:
+    """Whether an outcome gives back the attempt its claim counted (only ``_unsent`` does)."""
+    return "attempts" in values
 
 
 def _origin(url: str | None) -> str | None:

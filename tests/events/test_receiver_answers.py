@@ -9,7 +9,7 @@ import contextlib
 import random
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -590,6 +590,16 @@ class TestNoConnectionIsReused:
             assert receiver.connections == 2
 
 
+@contextlib.asynccontextmanager
+async def _dispatching(runtime: EventsRuntime, *, concurrency: int) -> AsyncIterator[Dispatcher]:
+    """A dispatcher making ``concurrency`` attempts at a time, closed when the block ends."""
+    dispatcher = Dispatcher(runtime, concurrency=concurrency)
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.aclose()
+
+
 class SilentReceiver(_LoopbackListener):
     """A receiver on a loopback port that takes every connection and never answers;
     ``connections`` counts them."""
@@ -621,8 +631,7 @@ class TestOneReceiverNotAnswering:
         # Two attempts at a time: before, the silent receiver's four earlier deliveries took
         # both, a timeout each wave, and the answering receiver's came third, 2 s later.
         runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
-        dispatcher = Dispatcher(runtime, concurrency=2)
-        try:
+        async with _dispatching(runtime, concurrency=2) as dispatcher:
             with SilentReceiver() as silent:
                 act_as(events_app, "dvla", "consumer")
                 stuck = await _subscribe(api, silent.url)
@@ -641,8 +650,6 @@ class TestOneReceiverNotAnswering:
                 # The first attempt and the one that took the answering receiver's slot
                 # after it; the other three wait for the next round, unsent.
                 assert len(silent.connections) == 2
-        finally:
-            await dispatcher.aclose()
         assert told_after < 0.8
         assert took < 1.9
         [delivered] = await _deliveries(api, answering["id"])
@@ -651,6 +658,132 @@ class TestOneReceiverNotAnswering:
         unsent = "not sent: another attempt to the receiver failed just before (it did not answer in time)"
         assert errors == [unsent] * 3 + ["the receiver did not answer in time"] * 2
         assert {delivery["status"] for delivery in await _deliveries(api, stuck["id"])} == {"pending"}
+
+
+class SlowReceiver(_LoopbackListener):
+    """A receiver on a loopback port that answers every request 204, each ``delay`` seconds
+    after it arrived (one thread per connection); ``answered`` counts the answers sent."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(backlog=64)
+        self.delay = delay
+        self.answered = 0
+        self._lock = threading.Lock()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                connection, _peer = self._listener.accept()
+                threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.settimeout(None)
+            stream = connection.makefile("rb")
+            headers = {}
+            for line in iter(stream.readline, b"\r\n"):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            stream.read(int(headers.get("content-length") or 0))
+            if self.stop.wait(self.delay):
+                return
+            connection.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            with self._lock:
+                self.answered += 1
+
+
+class TestOneReceiverAnsweringSlowly:
+    async def test_holds_no_other_receivers_delivery_nor_its_result(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        # Every attempt to the slow receiver is answered 204, after 0.8 of the timeout. Two
+        # attempts at a time: before, the slow receiver's second delivery took the slot the
+        # fast one's first freed, so the fast one's second waited for an answer from the
+        # slow one; and every result was written only once the whole batch had its answers.
+        timeout = 4.0
+        runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": timeout})
+        async with _dispatching(runtime, concurrency=2) as dispatcher:
+            with SlowReceiver(0.8 * timeout) as slow:
+                act_as(events_app, "dvla", "consumer")
+                late = await _subscribe(api, slow.url)
+                fast = await _subscribe(api, receiver.url)
+                for _ in range(2):
+                    await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                cycle = asyncio.create_task(dispatcher.run_once())
+                told: list[dict[str, Any]] = []
+                while not cycle.done():
+                    told = [d for d in await _deliveries(api, fast["id"]) if d["status"] == "delivered"]
+                    if len(told) == 2:
+                        break
+                    await asyncio.sleep(0.02)
+                # Both recorded as delivered while the slow receiver had still answered nothing.
+                slow_answers_by_then = slow.answered
+                await asyncio.wait_for(cycle, 30)
+        assert len(told) == 2
+        assert slow_answers_by_then == 0
+        assert len(receiver.received) == 2
+        for request in receiver.received:
+            Webhook(fast["secret"]).verify(request.body, request.headers)
+        # The slow receiver's answers came within the timeout: delivered, at the first attempt.
+        for hook in (late, fast):
+            deliveries = await _deliveries(api, hook["id"])
+            assert [(d["status"], d["attempts"]) for d in deliveries] == [("delivered", 1)] * 2
+
+
+class TestADeliveryNotSent:
+    async def test_is_no_attempt_and_moves_no_closer_to_dead(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        audit_sink: ListAuditSink,
+    ) -> None:
+        # One attempt each: the one that is sent and gets no answer is dead, the two left
+        # unsent behind it are not (before, all three were dead after one timeout).
+        # Retries a minute or more away, so that "not at once" is plain to see.
+        runtime.settings = runtime.settings.model_copy(
+            update={
+                "webhook_timeout_seconds": 1.0,
+                "webhook_max_attempts": 1,
+                "webhook_retry_base_seconds": 60.0,
+                "webhook_retry_cap_seconds": 600.0,
+            }
+        )
+        async with _dispatching(runtime, concurrency=1) as dispatcher:
+            with SilentReceiver() as silent:
+                act_as(events_app, "dvla", "consumer")
+                stuck = await _subscribe(api, silent.url)
+                for _ in range(3):
+                    await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                await asyncio.wait_for(dispatcher.run_once(), 30)
+                assert len(silent.connections) == 1
+        first, *unsent = await _deliveries(api, stuck["id"])
+        assert (first["status"], first["attempts"]) == ("dead", 1)
+        assert first["last_error"] == "the receiver did not answer in time"
+        for delivery in unsent:
+            assert (delivery["status"], delivery["attempts"]) == ("pending", 0)
+            assert delivery["last_error"] == (
+                "not sent: another attempt to the receiver failed just before (it did not answer in time)"
+            )
+            # Released (its ``deliver`` entry audited before anything was sent), so the
+            # list names its event, as the audit trail does.
+            assert delivery["event_id"] is not None
+        assert len(audit_sink.of("deliver")) == 3
+        async with events_engine.connect() as conn:
+            due = list(
+                (
+                    await conn.execute(select(Delivery.next_attempt_at).where(Delivery.status == "pending"))
+                ).scalars()
+            )
+            # Retried later, with the usual backoff, not claimed again at once.
+            assert len(due) == 2
+            assert all(at > utcnow() + timedelta(seconds=20) for at in due)
 
 
 class TestAHostThatDoesNotResolve:

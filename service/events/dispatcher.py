@@ -24,14 +24,15 @@ after a jittered exponential backoff until the attempts run out; then the delive
 A batch's attempts take turns: the first ``concurrency`` go one subscription's first, the
 next one's first, and so on; then, when an attempt ends, its slot goes to a waiting delivery
 of the receiver with the fewest attempts under way, so a receiver that answers slowly holds
-no more slots than the others while they have deliveries waiting. Each result
-is written as soon as it is known (those that come together in one transaction), not when
-the batch's last answer comes: a fast receiver's deliveries are recorded as delivered
-while a slow receiver's batch-mates are still out. Once one attempt to a receiver gets no
-answer (a timeout, a refused connection, a TLS error) its deliveries later in the batch are
-not sent: they are put back with the backoff of the one that failed, and, never having been
-sent, count as no attempt. A receiver that does not answer holds the batch's last result,
-and so the next batch, for about one timeout, not one per delivery.
+no more slots than the others while they have deliveries waiting. Each result is written as
+soon as it is known (those that come together in one transaction), not when the batch's
+last answer comes: a fast receiver's deliveries are recorded as delivered while a slow
+receiver's batch-mates are still out. Once one attempt to a receiver gets no answer (a
+timeout, a refused connection, a TLS error) its deliveries later in the batch are not sent:
+they are put back with the backoff of the one that failed, and, never having been sent,
+count as no attempt (they are dead with it when it has used its last). A receiver that
+does not answer holds the batch's last result, and so the next batch, for about one
+timeout, not one per delivery.
 
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
@@ -502,28 +503,30 @@ class Dispatcher:
     def _unsent(self, item: repository.ClaimedDelivery, why: _Unreachable) -> dict[str, Any]:
         """A delivery not sent because another attempt to its receiver got no answer just
         before. It was never sent, so it is no attempt: the one its claim counted is given
-        back, and it never becomes ``dead`` for it. It is due again when the attempt that
-        failed is (so a receiver that stays down is tried at that one's growing backoff, not
-        at once by each delivery left behind it), or, if that one is dead, after the backoff
-        of its own attempts so far."""
-        attempts = item.attempts - 1
-        due = why.failed.get("next_attempt_at")
-        if due is None:
-            delay = backoff_seconds(
-                max(1, attempts),
-                base=self.settings.webhook_retry_base_seconds,
-                cap=self.settings.webhook_retry_cap_seconds,
-            )
-            due = utcnow() + timedelta(seconds=delay)
-        return {
+        back. It is due again when the attempt that failed is, so a receiver that stays down
+        is tried at that one's growing backoff, not at once by each delivery left behind it.
+        If that attempt was the last its delivery had, the receiver has not answered through
+        the whole retry span, and this delivery is ``dead`` with it (until redelivered)
+        rather than starting that span again on its own, one delivery after another."""
+        values: dict[str, Any] = {
             "status": "pending",
-            "attempts": attempts,
-            "next_attempt_at": due,
+            "attempts": item.attempts - 1,
             "last_error": _short(
                 f"not sent: another attempt to the receiver failed just before ({why.reason})"
             ),
             "last_status_code": None,
         }
+        if why.failed["status"] == "dead":
+            values["status"] = "dead"
+            values["last_error"] = _short(
+                "not sent: the receiver did not answer any attempt of another delivery "
+                f"in its retry span ({why.reason})"
+            )
+            if self.on_dead is not None:
+                self.on_dead()
+        else:
+            values["next_attempt_at"] = why.failed["next_attempt_at"]
+        return values
 
     def _failure(
         self,

@@ -736,7 +736,7 @@ class TestOneReceiverAnsweringSlowly:
 
 
 class TestADeliveryNotSent:
-    async def test_is_no_attempt_and_moves_no_closer_to_dead(
+    async def test_is_no_attempt_and_is_dead_only_with_the_receiver(
         self,
         events_app: FastAPI,
         api: httpx.AsyncClient,
@@ -744,13 +744,13 @@ class TestADeliveryNotSent:
         events_engine: AsyncEngine,
         audit_sink: ListAuditSink,
     ) -> None:
-        # One attempt each: the one that is sent and gets no answer is dead, the two left
-        # unsent behind it are not (before, all three were dead after one timeout).
+        # Two attempts each: the one that is sent and gets no answer has used one, the two
+        # left unsent behind it none (before, all three had used one after one timeout).
         # Retries a minute or more away, so that "not at once" is plain to see.
         runtime.settings = runtime.settings.model_copy(
             update={
                 "webhook_timeout_seconds": 1.0,
-                "webhook_max_attempts": 1,
+                "webhook_max_attempts": 2,
                 "webhook_retry_base_seconds": 60.0,
                 "webhook_retry_cap_seconds": 600.0,
             }
@@ -763,27 +763,43 @@ class TestADeliveryNotSent:
                     await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
                 await asyncio.wait_for(dispatcher.run_once(), 30)
                 assert len(silent.connections) == 1
-        first, *unsent = await _deliveries(api, stuck["id"])
-        assert (first["status"], first["attempts"]) == ("dead", 1)
-        assert first["last_error"] == "the receiver did not answer in time"
-        for delivery in unsent:
-            assert (delivery["status"], delivery["attempts"]) == ("pending", 0)
-            assert delivery["last_error"] == (
-                "not sent: another attempt to the receiver failed just before (it did not answer in time)"
-            )
-            # Released (its ``deliver`` entry audited before anything was sent), so the
-            # list names its event, as the audit trail does.
-            assert delivery["event_id"] is not None
-        assert len(audit_sink.of("deliver")) == 3
-        async with events_engine.connect() as conn:
-            due = list(
-                (
-                    await conn.execute(select(Delivery.next_attempt_at).where(Delivery.status == "pending"))
-                ).scalars()
-            )
-            # Retried later, with the usual backoff, not claimed again at once.
-            assert len(due) == 2
-            assert all(at > utcnow() + timedelta(seconds=20) for at in due)
+                first, *unsent = await _deliveries(api, stuck["id"])
+                assert (first["status"], first["attempts"]) == ("pending", 1)
+                assert first["last_error"] == "the receiver did not answer in time"
+                for delivery in unsent:
+                    assert (delivery["status"], delivery["attempts"]) == ("pending", 0)
+                    assert delivery["last_error"] == (
+                        "not sent: another attempt to the receiver failed just before "
+                        "(it did not answer in time)"
+                    )
+                    # Released (its ``deliver`` entry audited before anything was sent), so
+                    # the list names its event, as the audit trail does.
+                    assert delivery["event_id"] is not None
+                assert len(audit_sink.of("deliver")) == 3
+                async with events_engine.begin() as conn:
+                    due = list((await conn.execute(select(Delivery.next_attempt_at))).scalars())
+                    # Retried later, with the backoff of the attempt that failed, not at once.
+                    assert len(set(due)) == 1
+                    assert due[0] > utcnow() + timedelta(seconds=20)
+                    # The retry span passes.
+                    passed = utcnow() - timedelta(seconds=1)
+                    await conn.execute(update(Delivery).values(next_attempt_at=passed))
+                await asyncio.wait_for(dispatcher.run_once(), 30)
+                assert len(silent.connections) == 2
+        # The receiver did not answer through the whole span: the delivery tried is dead,
+        # and those left behind it are dead with it, not starting the span again each.
+        deliveries = await _deliveries(api, stuck["id"])
+        assert sorted((d["status"], d["attempts"]) for d in deliveries) == [
+            ("dead", 0),
+            ("dead", 0),
+            ("dead", 2),
+        ]
+        for delivery in deliveries:
+            if delivery["attempts"] == 0:
+                assert delivery["last_error"] == (
+                    "not sent: the receiver did not answer any attempt of another delivery in its "
+                    "retry span (it did not answer in time)"
+                )
 
 
 class TestAHostThatDoesNotResolve:

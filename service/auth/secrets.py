@@ -39,7 +39,15 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+# What a secret is compared against when there is no stored hash (an unknown or disabled
+# client, a client that signs in with a key): the refusal then costs one hash and one
+# constant-time comparison, as a wrong secret does, so its time does not tell which client
+# ids exist. It is the hash of a secret no one is given, and a match with it is refused.
+_NO_SECRET_HASH = hash_secret(new_client_secret())
+
+
 def secret_matches(secret: str, stored_hash: str | None) -> bool:
-    if stored_hash is None:
-        return False
-    return hmac.compare_digest(hash_secret(secret), stored_hash)
+    """Whether ``secret`` hashes to ``stored_hash``, in the same time whether or not there
+    is a stored hash (``None``: never a match)."""
+    matches = hmac.compare_digest(hash_secret(secret), stored_hash or _NO_SECRET_HASH)
+    return matches and stored_hash is not None

@@ -88,9 +88,6 @@ class RegisteredClient(ClientMixin):  # type: ignore[misc]
     def get_client_id(self) -> str:
         return self.client_id
 
-    def check_client_secret(self, client_secret: str) -> bool:
-        return secret_matches(client_secret, self.secret_hash)
-
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if endpoint != "token":
             return False
@@ -104,6 +101,38 @@ class RegisteredClient(ClientMixin):  # type: ignore[misc]
 
     def get_allowed_scope(self, scope: str) -> str:
         return " ".join(sorted(set(scope.split()) & self.allowed_scopes))
+
+
+def authenticate_by_basic(
+    query_client: Callable[[str], RegisteredClient | None], request: OAuth2Request
+) -> RegisteredClient | None:
+    """``client_secret_basic``, in place of authlib's (see ``_client_with_secret``). The
+    header was already checked by ``candidate_client_id``."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    return _client_with_secret(query_client, *basic_credentials(credentials))
+
+
+def authenticate_by_post(
+    query_client: Callable[[str], RegisteredClient | None], request: OAuth2Request
+) -> RegisteredClient | None:
+    """``client_secret_post``, in place of authlib's (see ``_client_with_secret``)."""
+    form = request.form
+    return _client_with_secret(query_client, form.get("client_id", ""), form.get("client_secret", ""))
+
+
+def _client_with_secret(
+    query_client: Callable[[str], RegisteredClient | None], client_id: str, client_secret: str
+) -> RegisteredClient | None:
+    # authlib's own methods refuse an unknown client before any comparison, and a client
+    # with no secret without hashing: a wrong secret then took longer than an unknown id,
+    # and told that the id exists. Here every claimed secret is hashed and compared once.
+    if not client_id or not client_secret:
+        return None
+    client = query_client(client_id)
+    matches = secret_matches(client_secret, client.secret_hash if client is not None else None)
+    return client if matches else None
 
 
 class TellonceClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
@@ -279,14 +308,7 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     if " " in authorization and len(authorization.split(None, 1)) < 2:
         raise MalformedClientAuthentication("invalid_client", "The Authorization header has no credentials.")
     if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-        except ValueError:
-            # binascii.Error, UnicodeDecodeError, and the plain ValueError of non-ASCII text.
-            raise MalformedClientAuthentication(
-                "invalid_client", "The Basic credentials are not base64 UTF-8."
-            ) from None
-        return _claimed(unquote(decoded.split(":", 1)[0]))
+        return _claimed(basic_credentials(credentials)[0])
     if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
         try:
             payload = json.loads(extract_compact(form["client_assertion"].encode()).payload)
@@ -305,6 +327,20 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     return _claimed(form.get("client_id") or "")
 
 
+def basic_credentials(credentials: str) -> tuple[str, str]:
+    """The client id and secret in Basic credentials: base64 of ``id:secret``, each
+    percent-decoded. No colon: no secret."""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        client_id, _, client_secret = decoded.partition(":")
+        return unquote(client_id), unquote(client_secret)
+    except ValueError:
+        # binascii.Error, UnicodeDecodeError, and the plain ValueError of non-ASCII text.
+        raise MalformedClientAuthentication(
+            "invalid_client", "The Basic credentials are not base64 UTF-8."
+        ) from None
+
+
 def _claimed(client_id: str) -> str | None:
     # An id no client can have claims no client: authlib then answers invalid_client.
     return client_id if client_id and plausible_client_id(client_id) else None
@@ -317,6 +353,8 @@ class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.token_url = token_url
         self.register_grant(TellonceClientCredentialsGrant)
         self.register_token_generator("default", self._generate_token)
+        self.register_client_auth_method("client_secret_basic", authenticate_by_basic)
+        self.register_client_auth_method("client_secret_post", authenticate_by_post)
         # RFC 7523 allows the token endpoint URL or the issuer as the assertion audience.
         audiences = [token_url, issuer.issuer]
         self.register_client_auth_method(

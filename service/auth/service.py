@@ -31,9 +31,6 @@ from service.db import DriverReads, utcnow
 from service.errors import Forbidden
 from service.policy import epoch as policy_epoch
 
-# Compared against when the client id is unknown, so an unknown id and a wrong secret
-# take the same time: a sign-in form must not tell which client ids exist.
-_NO_CLIENT_HASH = hash_secret("no such client: a value no secret hashes to in practice")
 # A client's own rate limit: at most this many requests per second, and this burst.
 MAX_RATE_PER_SECOND = 100_000
 MAX_RATE_BURST = 1_000_000
@@ -208,7 +205,7 @@ async def client_with_secret(session: AsyncSession, client_id: str, client_secre
     wrong secret, in the same time (the secret is compared in constant time). An id no
     client can have is not looked up (PostgreSQL cannot even take a NUL as an argument)."""
     client = await session.get(Client, client_id) if plausible_client_id(client_id) else None
-    matches = secret_matches(client_secret, client.secret_hash if client else _NO_CLIENT_HASH)
+    matches = secret_matches(client_secret, client.secret_hash if client else None)
     return client if client is not None and matches else None
 
 

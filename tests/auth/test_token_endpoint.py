@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -22,6 +24,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth import secrets as secrets_module
 from service.auth import service as auth_service
 from service.auth.models import Client
 from service.auth.scopes import ROLE_SCOPES
@@ -682,6 +685,53 @@ class TestFailureTellsNothing:
         ]
         assert by_basic[0] == by_basic[1] == by_basic[2]
         assert by_post[0] == by_post[1] == by_post[2]
+
+    async def test_every_refused_secret_is_hashed_and_compared_once(
+        self, client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An unknown, disabled or key client's refusal does the work a wrong secret does
+        (one hash, one constant-time comparison), so its time does not tell that the id
+        is unknown. Counted, not timed."""
+        known = await register(session, "dvla", "consumer")
+        disabled = await register(session, "dvla", "consumer")
+        assert disabled.client_secret is not None
+        await auth_service.disable_client(session, "operator:test", disabled.client_id)
+        key = ECKey.generate_key("P-256", private=True)
+        key_client = await register(session, "welfare", "consumer", public_jwk=key.as_dict(private=False))
+        hashed: list[str] = []
+        compared: list[tuple[str, str]] = []
+        compare_digest = hmac.compare_digest
+
+        def counting_hash(secret: str) -> str:
+            hashed.append(secret)
+            return hashlib.sha256(secret.encode()).hexdigest()
+
+        def counting_compare(a: str, b: str) -> bool:
+            compared.append((a, b))
+            return compare_digest(a, b)
+
+        monkeypatch.setattr(secrets_module, "hash_secret", counting_hash)
+        monkeypatch.setattr(hmac, "compare_digest", counting_compare)
+        grant = {"grant_type": "client_credentials"}
+        for client_id in (known.client_id, disabled.client_id, key_client.client_id, "tc_" + "C" * 24):
+            for by_basic in (True, False):
+                hashed.clear()
+                compared.clear()
+                if by_basic:
+                    response = await client.post(
+                        "/oauth/token", data=grant, headers=basic(client_id, "wrong")
+                    )
+                else:
+                    form = {**grant, "client_id": client_id, "client_secret": "wrong"}
+                    response = await client.post("/oauth/token", data=form)
+                assert_oauth_error(response, 401, "invalid_client")
+                assert hashed == ["wrong"], (client_id, by_basic)
+                assert len(compared) == 1, (client_id, by_basic)
+        # The console's sign-in compares the same way (a key client has no secret).
+        for client_id in (known.client_id, key_client.client_id, "tc_" + "C" * 24):
+            hashed.clear()
+            assert await auth_service.client_with_secret(session, client_id, "wrong") is None
+            assert hashed == ["wrong"], client_id
 
     async def test_assertion_for_unknown_secret_or_key_client_reads_the_same(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import (
@@ -329,13 +329,15 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
 
 def basic_credentials(credentials: str) -> tuple[str, str]:
     """The client id and secret in Basic credentials: base64 of ``id:secret``, each
-    percent-decoded. No colon: no secret."""
+    application/x-www-form-urlencoded (RFC 6749 2.3.1), so a ``+`` is a space and
+    ``%2B`` a plus. No colon: no secret."""
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode()
         client_id, _, client_secret = decoded.partition(":")
-        return unquote(client_id), unquote(client_secret)
+        return unquote_plus(client_id, errors="strict"), unquote_plus(client_secret, errors="strict")
     except ValueError:
-        # binascii.Error, UnicodeDecodeError, and the plain ValueError of non-ASCII text.
+        # binascii.Error, UnicodeDecodeError (of the base64 or of a %-escape), and the
+        # plain ValueError of non-ASCII text.
         raise MalformedClientAuthentication(
             "invalid_client", "The Basic credentials are not base64 UTF-8."
         ) from None

@@ -239,6 +239,38 @@ class TestClientSecret:
         body = assert_oauth_error(response, 401, "invalid_client")
         assert body["error_description"] == "The Basic credentials are not base64 UTF-8."
 
+    async def test_basic_credentials_are_form_decoded(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # RFC 6749 2.3.1: the id and the secret are each application/x-www-form-urlencoded
+        # before Basic encodes them, so a "+" is a space and "%2B" a plus. Issued secrets
+        # have neither; one set by hand (as an operator's migration might) shows the rule.
+        created = await register(session, "dvla", "consumer")
+        await session.execute(
+            update(Client)
+            .where(Client.client_id == created.client_id)
+            .values(secret_hash=secrets_module.hash_secret("a b+c"))
+        )
+        await session.commit()
+        grant = {"grant_type": "client_credentials"}
+        for encoded in ("a+b%2Bc", "a%20b%2bc"):
+            response = await client.post(
+                "/oauth/token", data=grant, headers=basic(created.client_id, encoded)
+            )
+            assert response.status_code == 200, (encoded, response.text)
+        # The secret as it is, not encoded: its "+" reads as a space.
+        refused = await client.post("/oauth/token", data=grant, headers=basic(created.client_id, "a b+c"))
+        assert_oauth_error(refused, 401, "invalid_client")
+        # So does authlib's client, which does not form-encode: the secret is sent as it is.
+        with pytest.raises(OAuthError):
+            await fetch_token(app, created.client_id, "a b+c")
+        # A %-escape that is not UTF-8 is refused as undecodable, not read as U+FFFD.
+        undecodable = await client.post(
+            "/oauth/token", data=grant, headers=basic(created.client_id, "a+b%FF")
+        )
+        body = assert_oauth_error(undecodable, 401, "invalid_client")
+        assert body["error_description"] == "The Basic credentials are not base64 UTF-8."
+
     @pytest.mark.parametrize("credentials", ["éééé", "ab\x00c", "dGM\u00e9"])
     async def test_basic_header_that_is_not_base64_ascii_is_401_invalid_client(
         self, client: httpx.AsyncClient, credentials: str

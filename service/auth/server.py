@@ -289,14 +289,15 @@ def _a_time(value: Any) -> bool:
 def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None:
     """The client the request claims to be, before any of it is verified.
 
-    Also refuses what authlib would mishandle or silently accept: a Basic header that is
-    not base64 UTF-8 (authlib raises a UnicodeDecodeError), a header with a space but
-    nothing after the scheme (authlib splits it on any whitespace, a no-break space too,
-    and raises a ValueError), an assertion nested too deep for ``json`` (a RecursionError
+    Also refuses what authlib would mishandle or silently accept: Basic credentials that
+    are not base64 of form-encoded UTF-8 (``basic_credentials``), a header with a space but
+    nothing after the scheme (authlib's own Basic parsing, replaced here, raised a
+    ValueError on it), an assertion nested too deep for ``json`` (a RecursionError
     there too), a ``client_id`` other than the assertion's subject (authlib ignores it;
     RFC 7521 4.2 says it MUST name the same client), and several client authentication
     methods in one request (RFC 6749 2.3 allows exactly one). An id that is not printable
-    ASCII claims no client: ``None``, as if none were given.
+    ASCII, or an assertion whose payload is not UTF-8 JSON, claims no client: ``None``, as
+    if none were given.
     """
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
@@ -311,7 +312,11 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
         return _claimed(basic_credentials(credentials)[0])
     if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
         try:
-            payload = json.loads(extract_compact(form["client_assertion"].encode()).payload)
+            # Strictly UTF-8 (RFC 7519 7.2): json.loads of bytes would also take UTF-16 or
+            # UTF-32, and skip a byte order mark, as joserfc and authlib do when they read
+            # the payload again. A payload that is not UTF-8 claims no client, so nothing
+            # is loaded for authlib's query_client to find, and no key verifies it.
+            payload = json.loads(extract_compact(form["client_assertion"].encode()).payload.decode())
         except (JoseError, ValueError, UnicodeError):
             return None
         except RecursionError:

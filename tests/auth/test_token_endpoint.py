@@ -18,6 +18,7 @@ from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from fastapi import FastAPI
+from joserfc import jws as jose_jws
 from joserfc import jwt as jose_jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -671,6 +672,22 @@ class TestPrivateKeyJwt:
             "client_assertion": f"{header}.{payload}.c2ln",
         }
         assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+
+    @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32-be", "utf-8-sig"])
+    async def test_an_assertion_payload_not_in_utf8_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, encoding: str
+    ) -> None:
+        # RFC 7519 7.2: the claims are UTF-8 JSON. Python's json.loads of bytes would also
+        # guess UTF-16 or UTF-32 and skip a byte order mark; signed or not, that is refused.
+        client_id, key = await self.register_key_client(session)
+        now = int(time.time())
+        claims = json.dumps(assertion_claims(app, client_id, uuid.uuid4().hex, now))
+        signed = jose_jws.serialize_compact({"alg": "ES256"}, claims.encode(encoding), key)
+        response = await client.post("/oauth/token", data=assertion_form(signed))
+        assert_oauth_error(response, 401, "invalid_client")
+        # The same claims in UTF-8 get a token.
+        signed = jose_jws.serialize_compact({"alg": "ES256"}, claims.encode(), key)
+        assert (await client.post("/oauth/token", data=assertion_form(signed))).status_code == 200
 
     async def test_key_client_cannot_use_a_secret(
         self, client: httpx.AsyncClient, session: AsyncSession

@@ -177,6 +177,17 @@ class PrivateKeyJwtAuthentication(JWTBearerClientAssertion):  # type: ignore[mis
     def get_audiences(self) -> list[str]:
         return self.audiences
 
+    def verify_claims(self, claims: jwt.Claims) -> None:
+        """authlib's, after one rule of ours: ``aud`` names this server and no one else.
+        RFC 7523 3 only asks that it contain this server, but an assertion that also names
+        another could have been made for that other server, and be replayed here by it
+        (draft-ietf-oauth-rfc7523bis). A list of this server's own names is accepted."""
+        audience = claims.get("aud")
+        named = audience if isinstance(audience, list) else [audience]
+        if audience is not None and (not named or any(name not in self.audiences for name in named)):
+            raise InvalidClientError(description="The assertion's aud must name this server and no other.")
+        super().verify_claims(claims)
+
     def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
         """Called once the signature, audience and times are verified (joserfc checks
         each of ``exp``, ``iat`` and ``nbf`` against the clock, with the leeway). An
@@ -362,7 +373,9 @@ class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.register_token_generator("default", self._generate_token)
         self.register_client_auth_method("client_secret_basic", authenticate_by_basic)
         self.register_client_auth_method("client_secret_post", authenticate_by_post)
-        # RFC 7523 allows the token endpoint URL or the issuer as the assertion audience.
+        # RFC 7523 3 allows the token endpoint URL or the issuer as the assertion audience;
+        # draft-ietf-oauth-rfc7523bis would have the issuer alone. Both name this server,
+        # and the README promises the token endpoint URL, so both are kept.
         audiences = [token_url, issuer.issuer]
         self.register_client_auth_method(
             JWT_METHOD, PrivateKeyJwtAuthentication(audiences, assertion_max_lifetime, self._seen_assertion)

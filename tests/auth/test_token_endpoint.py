@@ -576,6 +576,41 @@ class TestPrivateKeyJwt:
         form = self.assertion(app, client_id, key, aud="https://elsewhere.example/token")
         assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
 
+    @pytest.mark.parametrize(
+        "others",
+        [
+            ["https://elsewhere.example/token"],
+            # The audience of this server's access tokens names no authorization server.
+            ["tellonce"],
+            # An empty list names no one, this server included.
+            None,
+        ],
+    )
+    async def test_an_audience_list_naming_another_is_invalid_client(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, others: list[str] | None
+    ) -> None:
+        # RFC 7523 3 only asks that aud contain this server; an assertion that also names
+        # another may have been made for it, and be replayed here by that server.
+        client_id, key = await self.register_key_client(session)
+        aud = [] if others is None else [runtime(app).token_url, *others]
+        response = await self.post_claims(app, client, client_id, key, aud=aud)
+        body = assert_oauth_error(response, 401, "invalid_client")
+        assert "aud" in body["error_description"]
+
+    @pytest.mark.parametrize("names", ["token_url", "issuer", "both"])
+    async def test_an_audience_of_this_servers_own_names_is_accepted(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, names: str
+    ) -> None:
+        client_id, key = await self.register_key_client(session)
+        auth = runtime(app)
+        audiences: dict[str, str | list[str]] = {
+            "token_url": [auth.token_url],
+            "issuer": auth.issuer_url,
+            "both": [auth.issuer_url, auth.token_url],
+        }
+        response = await self.post_claims(app, client, client_id, key, aud=audiences[names])
+        assert response.status_code == 200, response.text
+
     async def test_expired_assertion_is_invalid_client(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

@@ -7,12 +7,13 @@ before a rule tightened stops authenticating instead of staying trusted for ever
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
 from joserfc import jwk
 from joserfc.errors import JoseError, SecurityWarning
-from joserfc.jwk import Key, RSAKey
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 # The algorithms a private_key_jwt assertion may be signed with, for the kinds of key a
 # client may register (EC P-256, OKP, RSA). Asymmetric only: never HS* (the public key
@@ -20,6 +21,8 @@ from joserfc.jwk import Key, RSAKey
 # RFC 9864's fully-specified name for EdDSA over that curve.
 ASSERTION_ALGORITHMS = ["ES256", "EdDSA", "Ed25519", "RS256", "PS256"]
 PUBLIC_KEY_TYPES = {"EC", "OKP", "RSA"}
+# The kind of key each of those algorithms verifies with.
+ALGORITHM_KEY_TYPES = {"ES256": "EC", "EdDSA": "OKP", "Ed25519": "OKP", "RS256": "RSA", "PS256": "RSA"}
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 # RFC 7518 3.3: RS256 and PS256 keys MUST be at least this long.
 MIN_RSA_BITS = 2048
@@ -69,3 +72,19 @@ def check(document: object) -> dict[str, Any]:
         raise UnusableKey("The JWK must be a JSON object.")
     signing_key(document)
     return document
+
+
+@functools.cache
+def stand_in_jwk(key_type: str) -> dict[str, Any]:
+    """A public JWK of ``key_type`` (EC P-256, OKP Ed25519 or RSA) whose private half was
+    never kept: what an assertion is verified against when no client's key can verify it
+    (``auth.server.StandInClient``). Made once per process and kind."""
+    made: Key
+    if key_type == "RSA":
+        made = RSAKey.generate_key(MIN_RSA_BITS, private=True)
+    elif key_type == "OKP":
+        made = OKPKey.generate_key("Ed25519", private=True)
+    else:
+        made = ECKey.generate_key("P-256", private=True)
+    public: dict[str, Any] = made.as_dict(private=False)
+    return public

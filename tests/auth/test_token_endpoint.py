@@ -837,6 +837,42 @@ class TestFailureTellsNothing:
             refusals.append(self.refusal(await client.post("/oauth/token", data=form)))
         assert refusals[0] == refusals[1] == refusals[2]
 
+    async def test_every_refused_assertion_has_its_signature_verified(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An assertion naming an unknown, disabled or secret client, or a client whose key
+        is of another kind than its algorithm, is verified against a key of that kind, as a
+        key client's wrong signature is: the refusal costs a signature check whatever the
+        id. Counted, not timed."""
+        ec_client = await register(
+            session, "welfare", "consumer", public_jwk=ECKey.generate_key("P-256").as_dict(private=False)
+        )
+        rsa_client = await register(
+            session, "welfare", "consumer", public_jwk=RSAKey.generate_key(2048).as_dict(private=False)
+        )
+        disabled = await register(
+            session, "welfare", "consumer", public_jwk=ECKey.generate_key("P-256").as_dict(private=False)
+        )
+        await auth_service.disable_client(session, "operator:test", disabled.client_id)
+        secret_client = await register(session, "dvla", "consumer")
+        verified: list[str] = []
+        decode = jose_jwt.decode
+
+        def counting_decode(value: str, key: Any, *args: Any, **kwargs: Any) -> Any:
+            verified.append(key.key_type)
+            return decode(value, key, *args, **kwargs)
+
+        monkeypatch.setattr(jose_jwt, "decode", counting_decode)
+        stranger = ECKey.generate_key("P-256", private=True)
+        claimed = [ec_client, rsa_client, disabled, secret_client]
+        for client_id in [*(created.client_id for created in claimed), "tc_" + "D" * 24]:
+            verified.clear()
+            now = int(time.time())
+            signed = sign("ES256", assertion_claims(app, client_id, uuid.uuid4().hex, now), stranger)
+            response = await client.post("/oauth/token", data=assertion_form(signed))
+            assert_oauth_error(response, 401, "invalid_client")
+            assert verified == ["EC"], client_id
+
     async def test_an_assertion_signed_by_the_key_says_what_was_wrong(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

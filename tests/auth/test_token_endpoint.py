@@ -80,7 +80,9 @@ def basic(client_id: str, secret: str) -> dict[str, str]:
 def assert_oauth_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
+    # RFC 6749 5.2 (and 5.1 for the token response): JSON, never cached.
     assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
     body: dict[str, Any] = response.json()
     assert body["error"] == error
     return body
@@ -118,6 +120,22 @@ class TestClientSecret:
         assert claims["roles"] == ["consumer", "writer"]
         assert set(claims["scope"].split()) == ROLE_SCOPES["consumer"] | ROLE_SCOPES["writer"]
         assert claims["exp"] - claims["iat"] == app.state.settings.access_token_ttl_seconds
+
+    async def test_the_token_response_is_json_and_never_cached(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # RFC 6749 5.1: application/json, Cache-Control: no-store, Pragma: no-cache. httpx's
+        # own Basic authentication, as a department system might send it.
+        created = await register(session, "dvla", "consumer")
+        credentials = (created.client_id, created.client_secret or "")
+        response = await client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, auth=credentials
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["pragma"] == "no-cache"
+        assert response.json()["token_type"] == "Bearer"
 
     async def test_requested_scope_narrows_the_token(self, app: FastAPI, session: AsyncSession) -> None:
         created = await register(session, "dvla", "consumer")

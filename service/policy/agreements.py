@@ -228,18 +228,23 @@ class _Refusal:
         await self.audit.append(entry)
         raise error
 
-    async def changeable(self, session: AsyncSession, agreement_id: str) -> AgreementVersion:
-        """The current version, if the caller's department owns it: 404 when the caller
-        may not see it or there is none (the same entry for both), 403 when it sees it
-        (an auditor) but does not own it."""
+    async def visible(self, session: AsyncSession, agreement_id: str) -> AgreementVersion:
+        """The current version, if the caller may see it: 404 when it may not or there is
+        none (the same entry for both)."""
         row = await repository.current_version(session, agreement_id)
-        department = self.principal.department
         if row is None or not permissions.sees_agreement(self.principal, row.owner):
             await self.refuse(
                 404,
-                f"{department} has no such agreement",
+                f"{self.principal.department} has no such agreement",
                 AgreementNotFound(f"No agreement {agreement_id!r}."),
             )
+        return row
+
+    async def changeable(self, session: AsyncSession, agreement_id: str) -> AgreementVersion:
+        """The current version, if the caller's department owns it: 404 when the caller
+        may not see it or there is none (``visible``), 403 when it sees it (an auditor) but
+        does not own it."""
+        row = await self.visible(session, agreement_id)
         if not permissions.changes_agreement(self.principal, row.owner):
             verb = "revokes" if self.change == "revoked" else "changes"
             await self.refuse(
@@ -513,7 +518,7 @@ async def simulate_draft(
             raise AgreementExists(f"Agreement id {spec.id!r} belongs to another owner.")
         drafts.append(spec.to_engine(owner, (current.version + 1) if current else 1))
     for agreement_id in read.remove:
-        await get_agreement(session, principal, agreement_id)
+        await _Refusal(principal, "simulated", agreement_id, audit, source).visible(session, agreement_id)
     conn = await session.connection()
     live = await policy_service.current_policy(conn, holder)
     changed = draft_policy(live, drafts, read.remove)

@@ -61,6 +61,17 @@ def refusal_reason(agreement: str | None, said: str) -> dict[str, Any]:
     }
 
 
+async def not_found_entries(session: AsyncSession, change: str) -> list[dict[str, Any]]:
+    """The two deny entries of revenue's owner asking for DVLA's agreement and for an
+    unknown one (in that order), each 404 and naming only the id asked for."""
+    entries = await policy_entries(session)
+    for entry, agreement in zip(entries, (DVLA_AGREEMENT, "no-such-agreement"), strict=True):
+        said = f"agreement {agreement} not {change}: revenue has no such agreement"
+        assert entry["reasons"] == [refusal_reason(agreement, said)]
+        assert (entry["owners"], entry["status"], entry["client_id"]) == (["revenue"], 404, "revenue-owner")
+    return entries
+
+
 class TestAnotherDepartmentsFields:
     async def test_a_create_over_them_is_403_and_one_deny_entry_names_the_agreement_and_departments(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
@@ -137,15 +148,7 @@ class TestAnAgreementTheCallerDoesNotHave:
             )
             problem = assert_problem(response, 404, "agreement-not-found")
             assert problem["detail"] == f"No agreement {agreement!r}."
-        another, unknown = await policy_entries(session)
-        for entry, agreement in ((another, DVLA_AGREEMENT), (unknown, "no-such-agreement")):
-            said = f"agreement {agreement} not {change}: revenue has no such agreement"
-            assert entry["reasons"] == [refusal_reason(agreement, said)]
-            assert (entry["owners"], entry["status"], entry["client_id"]) == (
-                ["revenue"],
-                404,
-                "revenue-owner",
-            )
+        another, unknown = await not_found_entries(session, change)
 
         def alike(entry: dict[str, Any], agreement: str) -> str:
             rest = {k: v for k, v in entry.items() if k not in ("time", "request_id")}
@@ -251,6 +254,18 @@ class TestSimulateAndExplainBeyondTheCallersRights:
         assert (entry["client_id"], entry["department"], entry["status"]) == ("revenue-owner", "revenue", 403)
         assert entry["owners"] == ["dvla", "revenue"]
         assert (entry["fields_requested"], entry["fields_released"], entry["document"]) == ([], [], None)
+
+    async def test_removing_an_agreement_the_caller_does_not_have_is_404_and_audited_as_for_a_change(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        # A probe for another owner's agreement ids through simulate's ``remove`` is
+        # recorded as one through PUT or DELETE is, and reads the same for an unknown id.
+        act_as(app, "revenue", "data-owner", client_id="revenue-owner")
+        for agreement in (DVLA_AGREEMENT, "no-such-agreement"):
+            response = await client.post("/v1/policies/simulate", json={"remove": [agreement]})
+            problem = assert_problem(response, 404, "agreement-not-found")
+            assert problem["detail"] == f"No agreement {agreement!r}."
+        await not_found_entries(session, "simulated")
 
     async def test_an_auditors_draft_spanning_two_owners_names_both(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession

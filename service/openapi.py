@@ -47,7 +47,7 @@ ROUTE_STATUSES: dict[tuple[str, str], set[int]] = {
     ("PUT", "/v1/policies/{agreement_id}"): {404, 409, 410, 412, 428},
     ("DELETE", "/v1/policies/{agreement_id}"): {400, 404, 409, 410, 412},
     ("GET", "/v1/policies/{agreement_id}/versions"): {404},
-    ("POST", "/v1/policies/simulate"): {404},
+    ("POST", "/v1/policies/simulate"): {404, 409},
     ("GET", "/v1/audit/checkpoint"): {404},  # scope audit:verify unless served publicly
     ("GET", "/v1/audit/entries/{index}/proof"): {400, 404},
     ("GET", "/v1/audit/consistency"): {400, 404},

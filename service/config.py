@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     # receiver can switch secrets without refusing a delivery. At most a week.
     webhook_secret_overlap_seconds: int = Field(default=86_400, ge=0, le=604_800)
     events_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # POST /v1/policies/simulate (and the console's simulation): the most audit entries one
+    # simulation replays. A window holding more is refused with 422, naming the later
+    # ``since`` that fits; each entry costs some 33 us of CPU, so the default bounds one
+    # call to a few seconds.
+    simulate_max_entries: int = Field(default=100_000, ge=1)
     # verify: comparisons a consumer may ask per citizen, field and UTC day where its
     # agreement leaves the claims open (an 'in' of N values counts N); then 429.
     verify_unconstrained_per_day: int = Field(default=3, ge=0)

@@ -364,9 +364,11 @@ def query_entry(
     source: str | None,
     citizen_id: str | None = None,
     owners: Sequence[str] = (),
+    status: int = 200,
 ) -> AuditEntry:
-    """An audit query (search, export, usage report, proof, verification) or a citizen's
-    access log, read by ``principal``."""
+    """An audit query (search, export, usage report, proof, verification, simulation) or a
+    citizen's access log, read by ``principal``; with a ``status`` of 400 or more, one
+    refused after it read the log (decision ``deny``)."""
     return AuditEntry.built(
         time=utcnow(),
         request_id=current_request_id(),
@@ -376,8 +378,8 @@ def query_entry(
         action=action,
         citizen_id=citizen_id,
         owners=owners,
-        decision="permit",
-        status=200,
+        decision="permit" if status < 400 else "deny",
+        status=status,
         source=source,
     )
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import asyncpg
 from sqlalchemy import JSON, ColumnElement, Text, and_, cast, func, or_, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from service.audit import merkle
 from service.audit.models import (
@@ -81,6 +82,13 @@ async def entry_at_leaf(db: Executor, leaf_index: int) -> dict[str, Any] | None:
     return record
 
 
+def listing(column: ColumnElement[str] | InstrumentedAttribute[str], name: str) -> ColumnElement[bool]:
+    """``column`` (a comma-wrapped list, ``,dvla,welfare,``) names ``name``: whole names
+    only, LIKE's wildcards in ``name`` escaped."""
+    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(f"%,{escaped},%", escape="\\")
+
+
 class EntryFilter:
     """What an auditor asked for; ``visible_to_owner`` scopes a data owner to its fields."""
 
@@ -130,10 +138,7 @@ class EntryFilter:
             (entries.fields, self.field),
         ):
             if value is not None:
-                # The list is comma-wrapped, so this matches whole names; LIKE
-                # wildcards in the name are escaped.
-                escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                found.append(column.like(f"%,{escaped},%", escape="\\"))
+                found.append(listing(column, value))
         if self.actions is not None:
             found.append(entries.action.in_(list(self.actions)))
         if self.since is not None:

@@ -8,6 +8,7 @@ Every step goes through the policy domain: the draft is checked by ``drafts.chec
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -28,7 +29,9 @@ from service.console.web import ConsolePageError, ConsoleRoute, Posted, catalog_
 from service.db import SessionDep
 from service.etags import IfMatch
 from service.policy import agreements
+from service.policy.errors import SimulationWindowTooLarge
 from service.policy.schemas import AgreementSpec
+from service.policy.simulate import SimulationResult
 
 router = APIRouter(route_class=ConsoleRoute)
 
@@ -106,6 +109,41 @@ def _simulate_page(
         },
         viewer=viewer,
     )
+
+
+async def _simulation(
+    request: Request,
+    session: AsyncSession,
+    viewer: SignedIn,
+    content: dict[str, Any],
+    refusals: EntrySink,
+    source: str | None,
+) -> Simulation:
+    """``content`` simulated as the API simulates a draft (``agreements.simulate_draft``,
+    its limit included). The form has no ``since``: when the whole log holds more requests
+    than one simulation replays, the latest window that fits is replayed, and the page says
+    from when."""
+    limit = request.app.state.settings.simulate_max_entries
+
+    async def replayed(since: datetime | None) -> SimulationResult:
+        body = {"upsert": [content], **({"since": since.isoformat()} if since else {})}
+        return await agreements.simulate_draft(
+            session,
+            viewer.principal,
+            request.app.state.policy,
+            request.app.state.recorded_requests,
+            body,
+            limit=limit,
+            audit=refusals,
+            source=source,
+        )
+
+    try:
+        return Simulation.of(await replayed(None))
+    except SimulationWindowTooLarge as too_large:
+        if too_large.fits_since is None:
+            raise
+        return Simulation.of(await replayed(too_large.fits_since), since=too_large.fits_since, limit=limit)
 
 
 @router.get("/agreements/new", response_class=HTMLResponse)
@@ -199,16 +237,7 @@ async def _submit(
         return RedirectResponse(
             f"/console/agreements/{saved.agreement_id}/saved?version={saved.version}", status_code=303
         )
-    result = await agreements.simulate_draft(
-        session,
-        viewer.principal,
-        request.app.state.policy,
-        request.app.state.recorded_requests,
-        {"upsert": [checked.content]},
-        audit=refusals,
-        source=source,
-    )
-    simulation = Simulation.of(result)
+    simulation = await _simulation(request, session, viewer, checked.content, refusals, source)
     return _simulate_page(
         request,
         catalog,

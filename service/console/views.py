@@ -110,14 +110,20 @@ class Simulation:
     evaluated: int
     changed: int
     changes: list[SimulatedChange]
+    # Set when only the requests since then were replayed: the whole log held more than
+    # ``limit``, the most one simulation replays.
+    since: datetime | None = None
+    limit: int | None = None
 
     @classmethod
-    def of(cls, result: SimulationResult) -> Simulation:
+    def of(
+        cls, result: SimulationResult, *, since: datetime | None = None, limit: int | None = None
+    ) -> Simulation:
         changes = [
             SimulatedChange(consumer, field, action, purpose, before, after, count)
             for (consumer, field, action, purpose, before, after), count in sorted(result.changes.items())
         ]
-        return cls(result.evaluated, result.changed, changes)
+        return cls(result.evaluated, result.changed, changes, since, limit)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from service.policy.errors import (
     AgreementRevoked,
     AgreementVersionRequired,
     NotFieldOwner,
+    SimulationWindowTooLarge,
     StaleAgreement,
 )
 from service.policy.models import AgreementVersion
@@ -51,6 +52,8 @@ from service.policy.signing import signing_text
 from service.policy.simulate import (
     RecordedRequestSource,
     SimulationResult,
+    Window,
+    WindowTooLarge,
     draft_policy,
     simulate,
 )
@@ -472,6 +475,7 @@ async def simulate_draft(
     recorded: RecordedRequestSource | None,
     body: Mapping[str, Any],
     *,
+    limit: int,
     audit: EntrySink,
     source: str | None = None,
 ) -> SimulationResult:
@@ -483,11 +487,18 @@ async def simulate_draft(
     ``source``, and the owners whose fields were replayed, in the caller's transaction,
     which commits before the answer is sent.
 
+    At most ``limit`` audit entries (``Settings.simulate_max_entries``) are replayed: a
+    window holding more is refused (422, ``SimulationWindowTooLarge``, naming the later
+    ``since`` that fits) before any is decoded. That refusal has read the log too, so its
+    ``audit-query`` entry (decision ``deny``, status 422) is written durably through
+    ``audit`` before it is raised.
+
     Each draft is judged as a create would be (unsigned drafts are fine: nothing is
     stored), under its owner: the caller's department, or for an auditor the owner of its
     fields. 403 for a draft over another department's fields, audited as a refused change
     (``_Refusal``, change ``simulated``); otherwise 422 listing every problem with the body
-    and every draft at once; 404 for an id to remove the caller may not see.
+    and every draft at once; 404 for an id to remove the caller may not see, audited the
+    same way.
     """
     catalog = await policy_service.live_catalog(session)
     owners = catalog.field_owners
@@ -534,8 +545,14 @@ async def simulate_draft(
     removed = set(read.remove)
     changing = {a.owner for a in drafts} | {a.owner for a in live.agreements if a.id in removed}
     changing |= {owner for owner, agreement_id, _version in live.refused if agreement_id in removed}
-    fields = {name for name, owner in live.field_owners.items() if owner in changing}
-    result = await simulate(live, changed, recorded, read.since, choices, fields)
+    fields = frozenset(name for name, owner in live.field_owners.items() if owner in changing)
+    window = Window(read.since, frozenset(changing), fields)
+    try:
+        result = await simulate(live, changed, recorded, window, choices, limit=limit)
+    except WindowTooLarge as too_large:
+        entry = audit_entries.query_entry(principal, source=source, owners=sorted(changing), status=422)
+        await audit.append(entry)
+        raise SimulationWindowTooLarge(too_large.limit, read.since, too_large.fits_since) from None
     if recorded is not None:
         entry = audit_entries.query_entry(principal, source=source, owners=sorted(changing))
         await audit_writer.append_in_transaction(conn, entry)

@@ -259,6 +259,11 @@ async def simulate_change(
     draft withholds for lack of consent (`consent-required`) or for an objection.
 
     The replay reads the audit log, so it is audited as an audit query (`audit-query`).
+
+    One simulation replays at most `TELLONCE_SIMULATE_MAX_ENTRIES` audited requests for the
+    fields the draft changes (100,000 unless configured). A window holding more is refused
+    with 422 `simulation-window-too-large` before anything is replayed; its `detail` and
+    its error at `["body", "since"]` name the earliest `since` from which it fits.
     """
     result = await agreements.simulate_draft(
         session,
@@ -266,6 +271,7 @@ async def simulate_change(
         request.app.state.policy,
         request.app.state.recorded_requests,
         body,
+        limit=request.app.state.settings.simulate_max_entries,
         audit=refusals,
         source=source_address(request),
     )

@@ -1,4 +1,13 @@
-from service.errors import Conflict, Forbidden, NotFound, PreconditionFailed, PreconditionRequired
+from datetime import UTC, datetime
+
+from service.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
+    ValidationFailed,
+)
 
 
 class AgreementNotFound(NotFound):
@@ -29,3 +38,33 @@ class StaleAgreement(PreconditionFailed):
 class AgreementVersionRequired(PreconditionRequired):
     title = "If-Match required"
     slug = "if-match-required"
+
+
+def _instant(time: datetime) -> str:
+    return time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class SimulationWindowTooLarge(ValidationFailed):
+    """A simulation whose window holds more audit entries than one simulation replays
+    (``limit``, ``TELLONCE_SIMULATE_MAX_ENTRIES``): 422 at ``since``, naming ``fits_since``,
+    the earliest ``since`` from which the window holds no more (when known)."""
+
+    title = "Too many requests to replay"
+    slug = "simulation-window-too-large"
+
+    def __init__(self, limit: int, since: datetime | None, fits_since: datetime | None) -> None:
+        self.limit = limit
+        self.fits_since = fits_since
+        window = f" since {_instant(since)}" if since is not None else ""
+        remedy = "Send a later since" if fits_since is None else f"Send since {_instant(fits_since)} or later"
+        super().__init__(
+            f"The audit log holds more than {limit} recorded requests{window} for the fields this "
+            f"draft changes; one simulation replays at most {limit} (TELLONCE_SIMULATE_MAX_ENTRIES). "
+            f"{remedy}.",
+            errors=[
+                {
+                    "loc": ["body", "since"],
+                    "msg": f"more than {limit} requests to replay; {remedy[0].lower()}{remedy[1:]}",
+                }
+            ],
+        )

@@ -6,10 +6,11 @@ provides the real ``RecordedRequestSource`` (put on ``app.state.recorded_request
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from service.policy.engine import (
@@ -39,10 +40,36 @@ class RecordedRequest:
     citizen_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Window:
+    """The recorded requests a simulation replays: those decided at or after ``since``
+    (every one, if None) that asked for a field of one of ``owners`` (any field, if None).
+    ``fields`` are those owners' fields by name: what a source that keeps no owners goes by,
+    and what each request is decided on."""
+
+    since: datetime | None = None
+    owners: frozenset[str] | None = None
+    fields: frozenset[str] | None = None
+
+
 class RecordedRequestSource(Protocol):
     """Where simulate reads past requests from (the audit store, or a test fixture)."""
 
-    def recorded_requests(self, since: datetime | None) -> AsyncIterator[RecordedRequest]: ...
+    def recorded_requests(self, window: Window) -> AsyncIterator[RecordedRequest]: ...
+
+    async def count(self, window: Window, at_most: int) -> int:
+        """How many entries ``window`` holds, counted no further than ``at_most``: cheap
+        whatever the log holds (no entry is decoded)."""
+        ...
+
+    async def since_holding(self, window: Window, at_most: int) -> datetime | None:
+        """The earliest ``since`` from which ``window`` (its own ``since`` aside) holds at
+        most ``at_most`` entries; None if the whole of it does."""
+        ...
+
+
+# The smallest step of an audit entry's time (microseconds, on both databases).
+TIME_STEP = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -51,10 +78,35 @@ class ListSource:
 
     requests: tuple[RecordedRequest, ...]
 
-    async def recorded_requests(self, since: datetime | None) -> AsyncIterator[RecordedRequest]:
-        for request in self.requests:
-            if since is None or request.time >= since:
-                yield request
+    def _held(self, window: Window, since: datetime | None) -> list[RecordedRequest]:
+        return [
+            r
+            for r in self.requests
+            if (since is None or r.time >= since)
+            and (window.fields is None or not window.fields.isdisjoint(r.fields))
+        ]
+
+    async def recorded_requests(self, window: Window) -> AsyncIterator[RecordedRequest]:
+        for request in self._held(window, window.since):
+            yield request
+
+    async def count(self, window: Window, at_most: int) -> int:
+        return min(len(self._held(window, window.since)), at_most)
+
+    async def since_holding(self, window: Window, at_most: int) -> datetime | None:
+        times = sorted((r.time for r in self._held(window, None)), reverse=True)
+        return times[at_most] + TIME_STEP if len(times) > at_most else None
+
+
+class WindowTooLarge(Exception):
+    """``window`` holds more than ``limit`` entries, the most one simulation replays;
+    ``fits_since`` is the earliest ``since`` from which it holds no more (None if unknown)."""
+
+    def __init__(self, window: Window, limit: int, fits_since: datetime | None) -> None:
+        self.window = window
+        self.limit = limit
+        self.fits_since = fits_since
+        super().__init__(f"the window holds more than {limit} entries")
 
 
 def draft_agreements(
@@ -95,29 +147,58 @@ class SimulationResult:
     withheld_by_choice: Mapping[str, int] = field(default_factory=dict)
 
 
+# How many requests the replay decides between two turns it gives the event loop: each
+# one is some tens of microseconds of CPU, and nothing else in the replay awaits.
+DECIDED_PER_TURN = 100
+
+
+async def within_limit(source: RecordedRequestSource, window: Window, limit: int) -> None:
+    """Raise ``WindowTooLarge`` unless ``window`` holds at most ``limit`` entries."""
+    if await source.count(window, limit + 1) > limit:
+        raise WindowTooLarge(window, limit, await source.since_holding(window, limit))
+
+
 async def simulate(
     live: CompiledPolicy,
     draft: CompiledPolicy,
     source: RecordedRequestSource | None,
-    since: datetime | None = None,
+    window: Window | None = None,
     choices: ChoiceLoader | None = None,
-    fields: Collection[str] | None = None,
+    *,
+    limit: int | None = None,
 ) -> SimulationResult:
-    """Decide every recorded request under both policies and count what would differ.
+    """Decide every recorded request in ``window`` under both policies and count what
+    would differ.
+
+    With ``limit``, a window holding more entries than that is refused before any is
+    replayed (``WindowTooLarge``, from the source's bounded count), and so is one that grows
+    past it while it is replayed. The replay gives the event loop a turn every
+    ``DECIDED_PER_TURN`` requests.
 
     With ``choices``, a request an agreement with a citizen's choice decides is decided
-    with that citizen's consents and objections (as ``choices`` gives them). With
-    ``fields`` (those of the departments whose agreements the draft changes: no other can
-    change), only they are decided and counted, and a request that asked none of them is
-    not evaluated, so a data owner learns nothing of the requests for other departments'
-    fields."""
+    with that citizen's consents and objections (as ``choices`` gives them). With the
+    window's ``fields`` (those of the departments whose agreements the draft changes: no
+    other can change), only they are decided and counted, and a request that asked none of
+    them is not evaluated, so a data owner learns nothing of the requests for other
+    departments' fields."""
     evaluated = 0
     changed = 0
     changes: Counter[ChangeKey] = Counter()
     by_choice: Counter[str] = Counter()
     if source is None:
         return SimulationResult(0, 0, {}, {})
-    async for request in source.recorded_requests(since):
+    window = window or Window()
+    fields = window.fields
+    if limit is not None:
+        await within_limit(source, window, limit)
+    replayed = 0
+    async for request in source.recorded_requests(window):
+        replayed += 1
+        if limit is not None and replayed > limit:
+            # Entries written since the count.
+            raise WindowTooLarge(window, limit, await source.since_holding(window, limit))
+        if replayed % DECIDED_PER_TURN == 0:
+            await asyncio.sleep(0)
         asked: Sequence[str] = request.fields
         if fields is not None:
             asked = [name for name in asked if name in fields]

@@ -11,7 +11,7 @@ from service.audit.replay import AuditedRequests
 from service.audit.writer import append_many_in_transaction
 from service.db import create_engine
 from service.policy.engine import Agreement, CompiledPolicy, compile_policy
-from service.policy.simulate import simulate
+from service.policy.simulate import Window, simulate
 from tests.fixtures.audit import make_entry
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 
@@ -70,7 +70,7 @@ class TestAuditedRequests:
     async def test_replays_the_recorded_citizen_status(self, audited_engine: AsyncEngine) -> None:
         """A request for an erased citizen is not replayed: no agreement could change its
         answer (410, or 404), so it would count as a change that changes nothing."""
-        replayed = [r async for r in AuditedRequests(audited_engine).recorded_requests(None)]
+        replayed = [r async for r in AuditedRequests(audited_engine).recorded_requests(Window())]
         assert [r.citizen_status for r in replayed] == ["active", "active", "deceased", None]
 
     async def test_simulate_decides_status_conditions_as_they_were_decided(

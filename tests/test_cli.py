@@ -126,17 +126,14 @@ class TestInvalidSettings:
         if value:
             assert value not in result.stderr
 
-    @pytest.mark.parametrize("args", [["serve"], ["worker"]])
-    def test_a_quorum_above_the_witnesses_is_one_line(self, args: list[str], tmp_path: Path) -> None:
-        from service.witness.cosignature import CosignatureSigner
-
-        witness = CosignatureSigner.generate("w.example/w").verifier_key()
+    def _run_with_witnesses(self, args: list[str], witnesses: str, quorum: str, tmp_path: Path) -> str:
+        """``args``' standard error, asserting exit 2."""
         env = {
             **os.environ,
             "TELLONCE_DATA_DIR": str(tmp_path / "data"),
             "TELLONCE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tellonce.db'}",
-            "TELLONCE_AUDIT_WITNESSES": f"http://127.0.0.1:9={witness}",
-            "TELLONCE_AUDIT_WITNESS_QUORUM": "2",
+            "TELLONCE_AUDIT_WITNESSES": witnesses,
+            "TELLONCE_AUDIT_WITNESS_QUORUM": quorum,
         }
         result = subprocess.run(
             [sys.executable, "-m", "service.cli", *args],
@@ -147,9 +144,29 @@ class TestInvalidSettings:
             check=False,
         )
         assert result.returncode == 2, result.stderr
-        assert result.stderr.strip().splitlines() == [
+        return result.stderr
+
+    @pytest.mark.parametrize("args", [["serve"], ["worker"]])
+    def test_a_quorum_above_the_witnesses_is_one_line(self, args: list[str], tmp_path: Path) -> None:
+        from service.witness.cosignature import CosignatureSigner
+
+        witness = CosignatureSigner.generate("w.example/w").verifier_key()
+        stderr = self._run_with_witnesses(args, f"http://127.0.0.1:9={witness}", "2", tmp_path)
+        assert stderr.strip().splitlines() == [
             "tellonce: invalid settings: TELLONCE_AUDIT_WITNESS_QUORUM: "
             "a quorum of 2 needs at least 2 witnesses"
+        ]
+
+    @pytest.mark.parametrize("args", [["serve"], ["worker"]])
+    @pytest.mark.parametrize("witnesses", ["", " \t"])
+    def test_a_quorum_without_witnesses_is_one_line(
+        self, args: list[str], witnesses: str, tmp_path: Path
+    ) -> None:
+        """It was ignored: the operator asked for witnessing and got an unwitnessed log."""
+        stderr = self._run_with_witnesses(args, witnesses, "1", tmp_path)
+        assert stderr.strip().splitlines() == [
+            "tellonce: invalid settings: TELLONCE_AUDIT_WITNESS_QUORUM: "
+            "a quorum of 1 is set, but TELLONCE_AUDIT_WITNESSES lists no witness"
         ]
 
 

@@ -159,8 +159,15 @@ def _check_url(url: str, number: int) -> None:
 
 def witness_config(audit: AuditSettings) -> WitnessConfig:
     witnesses = parse_witnesses(audit.witnesses)
+    if audit.witness_quorum is not None and not witnesses:
+        # A quorum asks for witnessing; without witnesses it would be silently ignored and
+        # the log served unwitnessed.
+        raise WitnessConfigInvalid(
+            f"a quorum of {audit.witness_quorum} is set, but TELLONCE_AUDIT_WITNESSES lists no witness",
+            "TELLONCE_AUDIT_WITNESS_QUORUM",
+        )
     quorum = audit.witness_quorum if audit.witness_quorum is not None else len(witnesses)
-    if witnesses and quorum > len(witnesses):
+    if quorum > len(witnesses):
         raise WitnessConfigInvalid(
             f"a quorum of {quorum} needs at least {quorum} witnesses", "TELLONCE_AUDIT_WITNESS_QUORUM"
         )

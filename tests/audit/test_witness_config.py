@@ -1,11 +1,12 @@
-"""``TELLONCE_AUDIT_WITNESSES``: each witness once, by name and by key."""
+"""``TELLONCE_AUDIT_WITNESSES``: each witness once, by name and by key; the quorum within them."""
 
 from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from service.audit.witnessing import WitnessConfigInvalid, parse_witnesses
+from service.audit.config import AuditSettings
+from service.audit.witnessing import WitnessConfigInvalid, parse_witnesses, witness_config
 from service.witness.cosignature import CosignatureSigner
 
 
@@ -36,3 +37,27 @@ class TestParseWitnesses:
             WitnessConfigInvalid, match=r"a\.example/w and b\.example/w have the same public key"
         ):
             parse_witnesses(f"{_entry(1, first)} {_entry(2, twin)}")
+
+
+class TestQuorum:
+    def test_the_default_quorum_without_witnesses_is_no_witnessing(self) -> None:
+        config = witness_config(AuditSettings(witnesses=""))
+        assert not config.enabled
+        assert config.quorum == 0
+
+    def test_a_quorum_without_witnesses_is_refused(self) -> None:
+        with pytest.raises(WitnessConfigInvalid, match="lists no witness") as caught:
+            witness_config(AuditSettings(witnesses="", witness_quorum=1))
+        assert caught.value.variable == "TELLONCE_AUDIT_WITNESS_QUORUM"
+
+    @pytest.mark.parametrize(("count", "quorum"), [(1, 1), (2, 1), (2, 2)])
+    def test_a_quorum_within_the_witnesses_is_kept(self, count: int, quorum: int) -> None:
+        signers = [CosignatureSigner.generate(f"w{n}.example/w") for n in range(count)]
+        listed = " ".join(_entry(n + 1, signer) for n, signer in enumerate(signers))
+        assert witness_config(AuditSettings(witnesses=listed, witness_quorum=quorum)).quorum == quorum
+
+    def test_a_quorum_above_the_witnesses_is_refused(self) -> None:
+        listed = _entry(1, CosignatureSigner.generate("a.example/w"))
+        with pytest.raises(WitnessConfigInvalid, match="a quorum of 2 needs at least 2 witnesses") as caught:
+            witness_config(AuditSettings(witnesses=listed, witness_quorum=2))
+        assert caught.value.variable == "TELLONCE_AUDIT_WITNESS_QUORUM"

@@ -16,7 +16,7 @@ from service import operator
 from service.audit.key_events import KeyEventsInTransaction
 from service.config import get_settings
 from service.crypto import service as key_service
-from service.crypto.errors import KeyUnwrapError, NoDepartmentKeys
+from service.crypto.errors import KeyUnwrapError, NoDepartmentKeys, UnknownDepartment
 from service.crypto.keyring import Keyring
 from service.db import Database
 
@@ -60,7 +60,8 @@ def _run(work: Callable[[Database, Keyring, Callable[[int, int], None]], Awaitab
     except NoDepartmentKeys as exc:
         # soft_wrap: each refusal is one line whatever the width (rich's 80 in a log file).
         errors.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(1) from None
+        # A name the catalog does not know is exit 2, as `policies explain` and `import` refuse one.
+        raise typer.Exit(2 if isinstance(exc, UnknownDepartment) else 1) from None
     except KeyUnwrapError as exc:
         # Another root key (or token) than the database's, or a tampered key row. Each
         # finished batch is whole, so running again with the right key carries on.

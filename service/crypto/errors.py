@@ -29,6 +29,11 @@ class NoDepartmentKeys(CryptoError):
     """A department-wide key operation named a department that has no keys yet."""
 
 
+class UnknownDepartment(NoDepartmentKeys):
+    """A department-wide key operation named a department the catalog in force does not
+    know (and that has no keys either): a typo, most likely."""
+
+
 class DataKeyMissing(CryptoError):
     """A value names a data key that does not exist (a corrupt or foreign row)."""
 

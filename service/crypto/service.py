@@ -17,7 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.crypto.aead import DataKey
-from service.crypto.errors import NoDepartmentKeys
+from service.catalog import service as catalog_service
+from service.catalog.errors import CatalogMissing
+from service.crypto.errors import NoDepartmentKeys, UnknownDepartment
 from service.crypto.keyring import DATA_KEYS, KEKS, Keyring
 from service.crypto.models import KeyJob
 from service.db import savepoint, utcnow
@@ -93,9 +95,23 @@ async def _active_kek_that_opens(conn: AsyncConnection, keyring: Keyring, depart
     active = await _active_version(conn, department)
     if active is None:
         # A typo must not mint a KEK for a department that does not exist.
+        await _refuse_unknown_department(conn, department)
         raise NoDepartmentKeys(f"department {department!r} has no keys yet")
     await keyring.kek(conn, department, active)  # KeyUnwrapError if it cannot
     return active
+
+
+async def _refuse_unknown_department(conn: AsyncConnection, department: str) -> None:
+    """Raise ``UnknownDepartment`` unless the catalog in force names ``department`` (one
+    without keys yet is then only that); the refusal lists the catalog's department ids,
+    as ``policies explain`` does, so a typo is seen for one."""
+    try:
+        catalog = await catalog_service.current_cached(conn)
+    except CatalogMissing:
+        raise UnknownDepartment(f"unknown department {department!r}: no catalog has been applied") from None
+    if catalog.department(department) is None:
+        known = ", ".join(sorted(d.id for d in catalog.departments))
+        raise UnknownDepartment(f"unknown department {department!r} (departments: {known})")
 
 
 async def _count_behind(conn: AsyncConnection, department: str, version: int) -> int:

@@ -23,7 +23,7 @@ from service.crypto import service as key_service
 from service.crypto.errors import KeyUnwrapError
 from service.crypto.keyring import DATA_KEYS, KEKS, KeyEvent, Keyring
 from service.crypto.models import KeyJob
-from tests.conftest import REPO_ROOT, server_env
+from tests.conftest import REPO_ROOT, TEST_POLICIES, server_env
 from tests.fixtures.crypto import FIELD_VALUES, add_citizens, make_keyring, read_all_values, write_value
 
 CITIZENS = 23
@@ -428,8 +428,8 @@ class TestKeysCommand:
                 unknown = runner.invoke(
                     app, ["keys", command, "--department", "dvlaa"], env={"COLUMNS": "200"}
                 )
-                assert unknown.exit_code == 1
-                assert "department 'dvlaa' has no keys yet" in unknown.stderr
+                assert unknown.exit_code == 2
+                assert "unknown department 'dvlaa': no catalog has been applied" in unknown.stderr
                 assert unknown.stdout == ""
             missing = runner.invoke(app, ["keys", "rotate"])
             assert missing.exit_code == 2
@@ -463,8 +463,47 @@ class TestKeysCommand:
             )
         finally:
             get_settings.cache_clear()
-        assert result.exit_code == 1, result.output
-        assert "department '[/bold]' has no keys yet" in result.output
+        assert result.exit_code == 2, result.output
+        assert "unknown department '[/bold]': no catalog has been applied" in result.output
+
+    @pytest.mark.parametrize("command", ["rotate", "reencrypt"])
+    def test_a_department_the_catalog_does_not_know_is_called_unknown(
+        self,
+        scratch_database: str,
+        root: bytes,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        command: str,
+    ) -> None:
+        """Not "has no keys yet", which reads as if it were a department: one line listing
+        the catalog's departments (ids only), exit 2 as other unknown names; a department the
+        catalog knows that has no keys yet is still that, exit 1. Nothing is written."""
+        import base64
+
+        from service.cli import app
+
+        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
+        monkeypatch.setenv("TELLONCE_ENV", "test")
+        monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path))
+        monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(root).decode())
+        get_settings.cache_clear()
+        try:
+            asyncio.run(populate_in_fresh_loop(scratch_database, make_keyring(root)))
+            runner = CliRunner()
+            assert runner.invoke(app, ["policies", "apply", str(TEST_POLICIES)]).exit_code == 0
+            unknown = runner.invoke(app, ["keys", command, "--department", "nope"], env={"COLUMNS": "200"})
+            keyless = runner.invoke(app, ["keys", command, "--department", "revenue"], env={"COLUMNS": "200"})
+        finally:
+            get_settings.cache_clear()
+        assert unknown.exit_code == 2, unknown.output
+        assert unknown.stdout == ""
+        line = unknown.stderr.splitlines()[-1]  # after the progress bar's
+        assert line.startswith("unknown department 'nope' (departments: ")
+        assert "audit-office, dvla, portal, register, revenue, welfare" in line
+        assert "no keys" not in line
+        assert keyless.exit_code == 1, keyless.output
+        assert keyless.stderr.splitlines()[-1] == "department 'revenue' has no keys yet"
+        assert asyncio.run(kek_departments_in_fresh_loop(scratch_database)) == ["dvla", "register"]
 
     def test_another_root_key_is_one_line_and_changes_nothing(
         self,
@@ -514,6 +553,17 @@ async def populate_in_fresh_loop(url: str, keyring: Keyring) -> dict[int, str]:
     engine = create_engine(url)
     try:
         return await populate(engine, keyring)
+    finally:
+        await engine.dispose()
+
+
+async def kek_departments_in_fresh_loop(url: str) -> list[str]:
+    from service.db import create_engine
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(select(KEKS.c.department).distinct().order_by("department"))).scalars())
     finally:
         await engine.dispose()
 

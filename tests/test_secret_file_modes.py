@@ -118,6 +118,44 @@ class TestAccessTokenSigningKeys:
         with pytest.raises(SigningKeysUnusable):
             keys.evidence_jwks()
 
+    @pytest.mark.parametrize("which", ["active", "retired"])
+    def test_a_rotation_refuses_a_key_others_may_read_and_changes_nothing(
+        self, tmp_path: Path, which: str
+    ) -> None:
+        """It made a new key beside it, leaving a folder that ``serve`` and ``worker`` then
+        refuse. The file is named and left as it is, as everywhere else."""
+        ensure_signing_key(tmp_path, may_generate=True)
+        retired = only_pem(tmp_path)
+        rotate_signing_key(tmp_path)
+        folder = tmp_path / "signing-keys"
+        exposed = retired if which == "retired" else next(p for p in folder.glob("*.pem") if p != retired)
+        exposed.chmod(0o640)
+        before = {path.name: path.read_bytes() for path in folder.iterdir()}
+        with pytest.raises(SharedSecretFile) as caught:
+            rotate_signing_key(tmp_path)
+        assert str(caught.value) == refusal(TOKEN_KEY, exposed, 0o640)
+        assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+        assert mode_of(exposed) == 0o640
+        # Once the operator has run chmod 600, the rotation goes ahead and leaves a folder
+        # the server uses.
+        exposed.chmod(0o600)
+        rotate_signing_key(tmp_path)
+        check_key_files(tmp_path)
+        assert len(SigningKeys(tmp_path, 300).evidence_jwks()["keys"]) == 3
+
+    def test_the_rotate_command_refuses_in_one_line(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        ensure_signing_key(data, may_generate=True)
+        pem = only_pem(data)
+        pem.chmod(0o644)
+        result = run_cli(scratch_env(data, tmp_path / "tellonce.db"), "auth", "rotate-signing-key")
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"tellonce: cannot use the {TOKEN_KEY}: {refusal(TOKEN_KEY, pem, 0o644)}"
+        ]
+        assert [path.name for path in (data / "signing-keys").glob("*.pem")] == [pem.name]
+
     def test_private_keys_are_used(self, tmp_path: Path) -> None:
         ensure_signing_key(tmp_path, may_generate=True)
         rotate_signing_key(tmp_path)

@@ -204,9 +204,16 @@ def ensure_signing_key(data_dir: Path, *, may_generate: bool) -> None:
 
 
 def rotate_signing_key(data_dir: Path) -> str:
-    """Make a new active key; the previous active key is stamped retired now."""
+    """Make a new active key; the previous active key is stamped retired now.
+
+    Raises ``SharedSecretFile``, changing nothing, if a key file already there is open to
+    other accounts: ``serve`` and ``worker`` refuse such a folder (``check_key_files``), so
+    a rotation must not leave one behind. The file is not quietly tightened either; the
+    refusal names it and says ``chmod 600``, and to replace the key (rotate again) if
+    anyone else may have read it."""
     folder = _key_folder(data_dir)
     with _locked(folder):
+        check_key_files(data_dir)
         current = _read_manifest(folder)
         entries = [] if current is None else current[1]
         now = utcnow()

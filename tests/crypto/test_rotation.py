@@ -563,7 +563,9 @@ async def kek_departments_in_fresh_loop(url: str) -> list[str]:
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
-            return list((await conn.execute(select(KEKS.c.department).distinct().order_by("department"))).scalars())
+            return list(
+                (await conn.execute(select(KEKS.c.department).distinct().order_by("department"))).scalars()
+            )
     finally:
         await engine.dispose()
 

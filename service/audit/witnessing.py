@@ -8,7 +8,10 @@ a few minutes ahead, before they are stored; once a quorum of the configured wit
 has cosigned, the checkpoint is *witnessed* and becomes what
 ``GET /v1/audit/checkpoint`` serves, with one cosignature line per configured witness.
 While the log is idle the newest checkpoint is re-submitted every refresh period, so
-"recently witnessed" stays true of a quiet log.
+"recently witnessed" stays true of a quiet log. A witness that fails (down, refusing, a
+bad answer) is asked again after pauses that double from the poll interval up to
+``MAX_RETRY_SECONDS``, while the others are asked as before; it is logged once when it
+fails and once when it cosigns again.
 
 "At quorum" always means at quorum of the witnesses configured now: a checkpoint marked
 witnessed under an earlier configuration counts only while enough of today's witnesses
@@ -71,6 +74,13 @@ MAX_COSIGNATURE_FUTURE_SECONDS = 300
 # or hostile one cannot fill the sequencer's memory.
 MAX_WITNESS_ANSWER_BYTES = 64 * 1024
 
+# A witness that failed (unreachable, slow, refusing, a bad answer) is asked again after
+# the poll interval, then after twice as long at each further failure, up to this (or the
+# refresh period, if shorter: see ``WitnessConfig.max_retry_seconds``); a success resets it.
+# So a witness that is down is not asked every poll, and one that is back is asked again
+# within this long.
+MAX_RETRY_SECONDS = 30.0
+
 
 class WitnessConfigInvalid(ValueError):
     """TELLONCE_AUDIT_WITNESSES or the quorum cannot be used; ``variable`` names the setting.
@@ -114,6 +124,13 @@ class WitnessConfig:
     @property
     def verifiers(self) -> tuple[CosignatureVerifier, ...]:
         return tuple(w.verifier for w in self.witnesses)
+
+    @property
+    def max_retry_seconds(self) -> float:
+        """The longest pause before a failing witness is asked again: ``MAX_RETRY_SECONDS``,
+        or the refresh period if shorter (at most a third of the grace period), so a witness
+        back from an outage is asked again before the log must be re-witnessed."""
+        return max(self.poll_seconds, min(MAX_RETRY_SECONDS, self.refresh_seconds))
 
 
 def parse_witnesses(text: str) -> tuple[WitnessEndpoint, ...]:
@@ -229,6 +246,15 @@ class WitnessAnswerInvalid(Exception):
     """A witness's answer that is too long or not UTF-8 text."""
 
 
+@dataclass
+class _WitnessHealth:
+    """How one witness has fared: the failures in a row since it last cosigned, and when
+    (the submitter's clock) it may be asked again."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+
+
 class WitnessSubmitter:
     """Gets the newest checkpoint cosigned by the quorum; one round per ``run_once``."""
 
@@ -237,13 +263,17 @@ class WitnessSubmitter:
         engine: AsyncEngine,
         config: WitnessConfig,
         http: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.config = config
+        self.clock = clock
         self._http = http
         self._own_http = http is None
         # Witness name -> the size it last cosigned for this log, as far as we know.
         self.known_sizes: dict[str, int] = {}
+        # Witness name -> its failures in a row and when it may be asked again.
+        self._health: dict[str, _WitnessHealth] = {}
 
     async def close(self) -> None:
         if self._own_http and self._http is not None:
@@ -281,6 +311,11 @@ class WitnessSubmitter:
                 targets = list(self.config.witnesses)  # re-witness an idle log
             else:
                 targets = [w for w in self.config.witnesses if w.name not in counted]
+            # A witness that failed lately waits its turn (``_failed``): the others are asked now.
+            now = self.clock()
+            targets = [
+                w for w in targets if w.name not in self._health or self._health[w.name].retry_at <= now
+            ]
             # One proof per size the witnesses last cosigned (usually the same for all),
             # read on this connection before any witness is asked.
             proofs = {
@@ -336,12 +371,49 @@ class WitnessSubmitter:
     ) -> Cosignature | None:
         """``_cosign``, with anything unforeseen in one witness's exchange (an address the
         HTTP client cannot even try) logged and that witness left out: it must not cost
-        the other witnesses the cosignatures they gave in the same round."""
+        the other witnesses the cosignatures they gave in the same round. A witness that
+        cosigns after failing is said to be back, once."""
         try:
-            return await self._cosign(witness, checkpoint, known)
+            found = await self._cosign(witness, checkpoint, known)
         except Exception:
-            logger.exception("asking witness %s for a cosignature failed", witness.name)
-            return None
+            return self._failed(
+                witness,
+                logging.ERROR,
+                "asking witness %s for a cosignature failed",
+                witness.name,
+                exc_info=True,
+            )
+        if found is not None and witness.name in self._health:
+            failures = self._health.pop(witness.name).failures
+            logger.info("witness %s cosigns again, after %d failed attempts", witness.name, failures)
+        return found
+
+    def _failed(
+        self, witness: WitnessEndpoint, level: int, message: str, *args: object, exc_info: bool = False
+    ) -> Cosignature | None:
+        """Note that ``witness`` failed, and when to ask it again: the poll interval after
+        its first failure, then twice as long after each further one, up to
+        ``config.max_retry_seconds``. The first failure is logged (``message`` at ``level``),
+        the ones that follow only at DEBUG: one line when a witness goes down, one when it is
+        back (``_cosign_or_none``), never a line a poll. No cosignature: None, so a
+        failing step can ``return self._failed(...)``."""
+        health = self._health.setdefault(witness.name, _WitnessHealth())
+        health.failures += 1
+        pause = min(
+            self.config.poll_seconds * 2 ** min(health.failures - 1, 64), self.config.max_retry_seconds
+        )
+        health.retry_at = self.clock() + pause
+        if health.failures == 1:
+            logger.log(
+                level,
+                message + "; asking it again with growing pauses, at most %g s apart, until it cosigns",
+                *args,
+                self.config.max_retry_seconds,
+                exc_info=exc_info,
+            )
+        else:
+            logger.debug(message, *args, exc_info=exc_info)
+        return None
 
     async def _cosign(
         self, witness: WitnessEndpoint, checkpoint: CheckpointRow, known: dict[int, list[bytes]]
@@ -353,79 +425,90 @@ class WitnessSubmitter:
                 # ``checkpoint`` is the log's newest, yet this witness has cosigned a larger
                 # tree of this log: the log was rolled back (a restore from an older
                 # backup) or another history was signed with its key.
-                logger.error(
+                return self._failed(
+                    witness,
+                    logging.ERROR,
                     "witness %s has cosigned a tree of size %d, larger than the log's newest "
                     "checkpoint %d: the log was rolled back or forked",
                     witness.name,
                     old,
                     checkpoint.tree_size,
                 )
-                return None
             proof = await self._proof(old, checkpoint.tree_size, known)
             body = submission_body(old, proof, checkpoint.note)
             try:
                 status, answer = await self._post(witness, body)
             except httpx.HTTPError as exc:
-                logger.warning("witness %s unreachable: %s", witness.name, exc)
-                return None
+                return self._failed(witness, logging.WARNING, "witness %s unreachable: %s", witness.name, exc)
             except TimeoutError:
-                logger.warning(
-                    "witness %s did not answer within %g s", witness.name, self.config.timeout_seconds
+                return self._failed(
+                    witness,
+                    logging.WARNING,
+                    "witness %s did not answer within %g s",
+                    witness.name,
+                    self.config.timeout_seconds,
                 )
-                return None
             except WitnessAnswerInvalid as exc:
-                logger.error("witness %s sent %s", witness.name, exc)
-                return None
+                return self._failed(witness, logging.ERROR, "witness %s sent %s", witness.name, exc)
             if status == 409:
                 latest = bounded_decimal(answer.strip(), MAX_TREE_SIZE)
                 if latest is None:
-                    logger.warning("witness %s sent a 409 without a size", witness.name)
-                    return None
+                    return self._failed(
+                        witness, logging.WARNING, "witness %s sent a 409 without a size", witness.name
+                    )
                 if latest == old:
                     # Same size, another root: the witness holds a different history.
-                    logger.error(
+                    return self._failed(
+                        witness,
+                        logging.ERROR,
                         "witness %s refuses checkpoint %d: it cosigned another tree of size %s",
                         witness.name,
                         checkpoint.tree_size,
                         latest,
                     )
-                    return None
                 self.known_sizes[witness.name] = latest
                 continue
             if status != 200:
-                logger.error(
+                return self._failed(
+                    witness,
+                    logging.ERROR,
                     "witness %s refused checkpoint %d with %d",
                     witness.name,
                     checkpoint.tree_size,
                     status,
                 )
-                return None
             try:
                 found = witness.verifier.find(split_note(checkpoint.note)[0], answer_lines(answer))
             except CosignatureError as exc:
-                logger.error("witness %s returned a bad cosignature: %s", witness.name, exc)
-                return None
+                return self._failed(
+                    witness, logging.ERROR, "witness %s returned a bad cosignature: %s", witness.name, exc
+                )
             if found is None:
-                logger.error("witness %s answered without its cosignature", witness.name)
-                return None
+                return self._failed(
+                    witness, logging.ERROR, "witness %s answered without its cosignature", witness.name
+                )
             self.known_sizes[witness.name] = checkpoint.tree_size
             ahead = found.timestamp - time.time()
             if ahead > MAX_COSIGNATURE_FUTURE_SECONDS:
-                logger.error(
+                return self._failed(
+                    witness,
+                    logging.ERROR,
                     "witness %s cosigned checkpoint %d with a timestamp %.0f s in the future; ignored",
                     witness.name,
                     checkpoint.tree_size,
                     ahead,
                 )
-                return None
             return found
-        return None
+        return self._failed(
+            witness, logging.WARNING, "witness %s named another size it cosigned twice in a row", witness.name
+        )
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
         """Round after round until ``stop``; ``wake`` (the sequencer's "checkpoint signed")
         starts the next round at once. While the newest checkpoint is at quorum there is
         nothing to poll for: the next round waits for ``wake`` or a quarter of the refresh
-        period (to re-witness an idle log in time). Until then, a round every poll."""
+        period (to re-witness an idle log in time). Until then, a round every poll, which
+        asks only the witnesses whose pause after a failure is over (``_failed``)."""
         while not stop.is_set():
             if wake is not None:
                 wake.clear()  # before the round: a checkpoint signed during it wakes the next

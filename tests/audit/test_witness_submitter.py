@@ -3,8 +3,11 @@ it keeps, and when a checkpoint counts as witnessed, under the witnesses configu
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -27,6 +30,7 @@ from service.audit.writer import append_many_in_transaction
 from service.db import create_engine
 from service.witness.cosignature import CosignatureSigner, CosignatureVerifier, split_note
 from service.witness.protocol import parse_submission
+from tests.audit.conftest import poll
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 
@@ -286,3 +290,260 @@ class TestRollback:
         [record] = [r for r in caplog.records if "rolled back" in r.getMessage()]
         assert record.levelno == logging.ERROR
         assert "ahead.example has cosigned a tree of size 1000" in record.getMessage()
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Real HTTP, with the requests sent to each port counted (a refused connection too)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.attempts: Counter[int] = Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.attempts[request.url.port or 0] += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class LoopbackWitness:
+    """A witness on a loopback port of its own that cosigns whatever it is sent once
+    ``recover`` is called. Until then it is down: its port refuses connections (bound, not
+    listening, so no other process can take it meanwhile), or it answers 503."""
+
+    def __init__(self, name: str, outage: str) -> None:
+        self.signer = CosignatureSigner.generate(name)
+        self.outage = outage
+        self.cosigning = outage == "none"
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.server: asyncio.Server | None = None
+
+    @property
+    def endpoint(self) -> WitnessEndpoint:
+        verifier = CosignatureVerifier.parse(self.signer.verifier_key())
+        return WitnessEndpoint(f"http://127.0.0.1:{self.port}", verifier)
+
+    async def start(self) -> None:
+        if self.outage != "refused":
+            await self._listen()
+
+    async def recover(self) -> None:
+        self.cosigning = True
+        if self.server is None:
+            await self._listen()
+
+    async def _listen(self) -> None:
+        self.sock.listen()
+        self.server = await asyncio.start_server(self._answer, sock=self.sock)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        self.sock.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            body = await reader.readexactly(length)
+            status, text = b"503 Service Unavailable", b""
+            if self.cosigning:
+                note_body, _lines = split_note(parse_submission(body).note)
+                status, text = b"200 OK", self.signer.cosign(note_body, _now()).encode()
+            reply = b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % (status, len(text))
+            writer.write(reply + b"Connection: close\r\n\r\n" + text)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def most_attempts(elapsed: float, poll: float, cap: float) -> int:
+    """How many times a witness failing all along may be asked in ``elapsed`` seconds at most:
+    at once, then after pauses from ``poll`` doubling up to ``cap``; one more for slack."""
+    attempts, at, pause = 1, 0.0, poll
+    while at + pause <= elapsed:
+        at += pause
+        attempts += 1
+        pause = min(pause * 2, cap)
+    return attempts + 1
+
+
+async def _witnessed(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        newest = await cosignature_repository.newest_checkpoint(conn)
+        assert newest is not None
+        return await cosignature_repository.witnessed_at(conn, newest.id) is not None
+
+
+def _witness_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "tellonce.audit.witnessing"
+        and r.levelno >= logging.INFO
+        and f" {name} " in r.getMessage()
+    ]
+
+
+class TestAWitnessThatIsDown:
+    """Asked again after growing pauses, not every poll; the others are asked at once; it is
+    asked again soon after it is back; one log line when it goes down and one when it is back."""
+
+    POLL = 0.005
+    CAP = 2.0
+    DOWN_FOR = 3.0
+
+    @pytest.mark.parametrize("outage", ["refused", "503"])
+    async def test_is_asked_less_and_less_often_and_again_once_back(
+        self, sequenced_engine: AsyncEngine, outage: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        healthy, flaky = LoopbackWitness("healthy.example", "none"), LoopbackWitness("flaky.example", outage)
+        # Both must cosign: the flaky witness is asked round after round until it does.
+        config = WitnessConfig(
+            witnesses=(healthy.endpoint, flaky.endpoint),
+            quorum=2,
+            grace_seconds=None,
+            refresh_seconds=self.CAP,
+            timeout_seconds=10,
+            poll_seconds=self.POLL,
+        )
+        assert config.max_retry_seconds == self.CAP
+        transport = CountingTransport()
+        stop, wake = asyncio.Event(), asyncio.Event()
+        sequencer = make_sequencer(sequenced_engine, make_signer(), every=1)
+        caplog.set_level(logging.INFO, logger="tellonce.audit.witnessing")
+        await healthy.start()
+        await flaky.start()
+        try:
+            async with httpx.AsyncClient(transport=transport) as http:
+                submitter = WitnessSubmitter(sequenced_engine, config, http)
+                task = asyncio.create_task(submitter.run(stop, wake))
+                try:
+                    started = time.monotonic()
+                    await poll(lambda: _has(sequenced_engine, "healthy.example"))
+                    await asyncio.sleep(self.DOWN_FOR)  # the window the attempts are counted over
+                    elapsed = time.monotonic() - started
+                    down_attempts = transport.attempts[flaky.port]
+                    # Every poll, that would be hundreds.
+                    assert 2 <= down_attempts <= most_attempts(elapsed, self.POLL, self.CAP), down_attempts
+                    assert not await _witnessed(sequenced_engine)
+
+                    # A new checkpoint: the healthy witness is asked for it at once.
+                    async with sequenced_engine.begin() as conn:
+                        await append_many_in_transaction(conn, [make_entry()])
+                    await sequence_all(sequencer)
+                    wake.set()
+                    await poll(lambda: _has(sequenced_engine, "healthy.example"))
+
+                    # Back: asked again within the longest pause, and the quorum is reached.
+                    await flaky.recover()
+                    await poll(lambda: _witnessed(sequenced_engine), timeout=2 * self.CAP + 15)
+                finally:
+                    stop.set()
+                    await task
+        finally:
+            await healthy.close()
+            await flaky.close()
+        assert set(await _stored(sequenced_engine)) == {"healthy.example", "flaky.example"}
+        down, back = _witness_lines(caplog, "flaky.example")
+        assert down.levelno >= logging.WARNING
+        assert ("unreachable" if outage == "refused" else "with 503") in down.getMessage()
+        assert "at most 2 s apart" in down.getMessage()
+        assert back.levelno == logging.INFO
+        assert "flaky.example cosigns again" in back.getMessage()
+        assert _witness_lines(caplog, "healthy.example") == []
+
+
+async def _has(engine: AsyncEngine, name: str) -> bool:
+    return name in await _stored(engine)
+
+
+class TestRetrySchedule:
+    """On the submitter's own clock, so the pauses are exact: the poll interval doubled after
+    each failure, up to the cap, and back to the poll interval after a success."""
+
+    async def test_pauses_double_to_the_cap_and_reset_on_success(
+        self, sequenced_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        witnesses = FakeWitnesses({"steady.example": _now, "flaky.example": _now})
+        asked: list[float] = []
+        now = [0.0]
+        failing = True
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.host == "flaky.example":
+                asked.append(now[0])
+                if failing:
+                    return httpx.Response(503)
+            return witnesses.handler(request)
+
+        config = WitnessConfig(
+            witnesses=(witnesses.endpoint("steady.example"), witnesses.endpoint("flaky.example")),
+            quorum=2,
+            grace_seconds=None,
+            refresh_seconds=3600,
+            timeout_seconds=5,
+            poll_seconds=1,
+        )
+        assert config.max_retry_seconds == 30
+        caplog.set_level(logging.DEBUG, logger="tellonce.audit.witnessing")
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            submitter = WitnessSubmitter(sequenced_engine, config, http, clock=lambda: now[0])
+            # A round every tenth of a second for 200 s: the flaky witness's turns only.
+            for tick in range(2000):
+                now[0] = tick / 10
+                await submitter.run_once()
+            assert asked == [0, 1, 3, 7, 15, 31, 61, 91, 121, 151, 181]
+            failing = False
+            now[0] = 211
+            assert await submitter.run_once()
+            assert len(asked) == 12
+            # A new checkpoint it fails on: asked again after the poll interval, not the cap.
+            async with sequenced_engine.begin() as conn:
+                await append_many_in_transaction(conn, [make_entry()])
+            await sequence_all(make_sequencer(sequenced_engine, make_signer(), every=1))
+            failing = True
+            for tick in range(2120, 2140):
+                now[0] = tick / 10
+                await submitter.run_once()
+        assert asked[12:] == [212, 213]
+        lines = [(r.levelno, r.getMessage()) for r in _witness_lines(caplog, "flaky.example")]
+        assert [level for level, _message in lines] == [logging.ERROR, logging.INFO, logging.ERROR]
+        assert "refused checkpoint 3 with 503; asking it again" in lines[0][1]
+        assert lines[1][1] == "witness flaky.example cosigns again, after 11 failed attempts"
+        debug = [
+            r for r in caplog.records if r.levelno == logging.DEBUG and "flaky.example" in r.getMessage()
+        ]
+        assert len(debug) == 10 + 1
+
+
+class TestMaxRetry:
+    @pytest.mark.parametrize(
+        ("refresh", "poll", "expected"),
+        [(3600, 0.05, 30.0), (2.0, 0.05, 2.0), (0.01, 0.05, 0.05)],
+    )
+    def test_is_the_cap_or_the_refresh_period_if_shorter(
+        self, refresh: float, poll: float, expected: float
+    ) -> None:
+        config = WitnessConfig(
+            witnesses=(),
+            quorum=0,
+            grace_seconds=None,
+            refresh_seconds=refresh,
+            timeout_seconds=5,
+            poll_seconds=poll,
+        )
+        assert config.max_retry_seconds == expected

@@ -323,16 +323,36 @@ class WitnessSubmitter:
                 for old in {self.known_sizes[w.name] for w in targets}
                 if old <= newest.tree_size
             }
-        results = await asyncio.gather(*(self._cosign_or_none(w, newest, proofs) for w in targets))
-        fresh = [c for c in results if c is not None]
+        # Stored, and the checkpoint marked witnessed, as soon as the quorum has answered: a
+        # witness slow to answer (or to time out) holds back only its own cosignature.
+        # A re-witnessed checkpoint counts only the cosignatures of this round.
+        cosigned: set[str] = set() if witnessed_at is not None else set(counted)
+        fresh: list[Cosignature] = []
+        marked = len(cosigned) >= self.config.quorum  # by today's witnesses, on an earlier round
+        if marked:
+            await self._store(newest, fresh, witnessed=True)
+        async with asyncio.TaskGroup() as group:
+            asked = [group.create_task(self._cosign_or_none(w, newest, proofs)) for w in targets]
+            for answer in asyncio.as_completed(asked):
+                found = await answer
+                if found is None:
+                    continue
+                fresh.append(found)
+                cosigned.add(found.witness)
+                if not marked and len(cosigned) >= self.config.quorum:
+                    await self._store(newest, fresh, witnessed=True)
+                    fresh, marked = [], True
+        await self._store(newest, fresh, witnessed=False)
+        return marked or witnessed_at is not None
+
+    async def _store(self, checkpoint: CheckpointRow, fresh: list[Cosignature], *, witnessed: bool) -> None:
+        """Keep ``fresh`` cosignatures on ``checkpoint``, and mark it ``witnessed`` now."""
+        if not fresh and not witnessed:
+            return
         async with self.engine.begin() as conn:
-            await cosignature_repository.store_cosignatures(conn, newest.id, fresh)
-            cosigned = {c.witness for c in fresh}
-            count = len(cosigned) if witnessed_at is not None else len(counted | cosigned)
-            if count >= self.config.quorum:
-                await cosignature_repository.mark_witnessed(conn, newest, utcnow())
-                return True
-        return witnessed_at is not None
+            await cosignature_repository.store_cosignatures(conn, checkpoint.id, fresh)
+            if witnessed:
+                await cosignature_repository.mark_witnessed(conn, checkpoint, utcnow())
 
     async def _post(self, witness: WitnessEndpoint, body: bytes) -> tuple[int, str]:
         """(status, text) of ``witness``'s answer to an add-checkpoint request.

@@ -467,6 +467,49 @@ class TestAWitnessThatIsDown:
         assert _witness_lines(caplog, "healthy.example") == []
 
 
+class TestASilentWitness:
+    async def test_does_not_hold_back_the_quorum_of_the_others(self, sequenced_engine: AsyncEngine) -> None:
+        """A witness that takes the request and never answers is given the whole timeout;
+        the checkpoint is witnessed as soon as the others make the quorum, not after it."""
+        held: list[asyncio.StreamWriter] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        silent_port = server.sockets[0].getsockname()[1]
+        healthy = LoopbackWitness("healthy.example", "none")
+        signer = CosignatureSigner.generate("silent.example")
+        silent_witness = WitnessEndpoint(
+            f"http://127.0.0.1:{silent_port}", CosignatureVerifier.parse(signer.verifier_key())
+        )
+        config = WitnessConfig(
+            witnesses=(silent_witness, healthy.endpoint),
+            quorum=1,
+            grace_seconds=None,
+            refresh_seconds=3600,
+            timeout_seconds=120,  # far beyond the poll's deadline below
+            poll_seconds=0.02,
+        )
+        await healthy.start()
+        try:
+            async with httpx.AsyncClient(timeout=config.timeout_seconds) as http:
+                round_ = asyncio.create_task(WitnessSubmitter(sequenced_engine, config, http).run_once())
+                try:
+                    await poll(lambda: _witnessed(sequenced_engine))
+                    assert not round_.done()  # still waiting for the silent witness
+                    assert held
+                finally:
+                    for writer in held:
+                        writer.close()  # the silent witness hangs up: the round ends
+                    assert await round_
+        finally:
+            server.close()
+            await server.wait_closed()
+            await healthy.close()
+        assert set(await _stored(sequenced_engine)) == {"healthy.example"}
+
+
 async def _has(engine: AsyncEngine, name: str) -> bool:
     return name in await _stored(engine)
 

@@ -16,9 +16,9 @@ from sqlalchemy import Table, and_, bindparam, exists, func, insert, select, upd
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.crypto.aead import DataKey
 from service.catalog import service as catalog_service
 from service.catalog.errors import CatalogMissing
+from service.crypto.aead import DataKey
 from service.crypto.errors import NoDepartmentKeys, UnknownDepartment
 from service.crypto.keyring import DATA_KEYS, KEKS, Keyring
 from service.crypto.models import KeyJob

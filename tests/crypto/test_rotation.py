@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -438,63 +439,46 @@ class TestKeysCommand:
             get_settings.cache_clear()
         assert asyncio.run(read_in_fresh_loop(scratch_database, root)) == known
 
-    @pytest.mark.parametrize("command", ["rotate", "reencrypt"])
-    def test_a_department_name_with_brackets_is_printed_as_given(
-        self,
-        scratch_database: str,
-        root: bytes,
-        tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
-        command: str,
-    ) -> None:
-        """Not read as rich markup, whose unmatched closing tag was a MarkupError traceback."""
+    @pytest.fixture
+    def keys_env(
+        self, scratch_database: str, root: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> Iterator[None]:
+        """The command's settings: the scratch database and the root key its keys are under."""
         import base64
-
-        from service.cli import app
 
         monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
         monkeypatch.setenv("TELLONCE_ENV", "test")
         monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path))
         monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(root).decode())
         get_settings.cache_clear()
-        try:
-            result = CliRunner().invoke(
-                app, ["keys", command, "--department", "[/bold]"], env={"COLUMNS": "200"}
-            )
-        finally:
-            get_settings.cache_clear()
+        yield
+        get_settings.cache_clear()
+
+    @pytest.mark.parametrize("command", ["rotate", "reencrypt"])
+    @pytest.mark.usefixtures("keys_env")
+    def test_a_department_name_with_brackets_is_printed_as_given(self, command: str) -> None:
+        """Not read as rich markup, whose unmatched closing tag was a MarkupError traceback."""
+        from service.cli import app
+
+        result = CliRunner().invoke(app, ["keys", command, "--department", "[/bold]"], env={"COLUMNS": "200"})
         assert result.exit_code == 2, result.output
         assert "unknown department '[/bold]': no catalog has been applied" in result.output
 
     @pytest.mark.parametrize("command", ["rotate", "reencrypt"])
+    @pytest.mark.usefixtures("keys_env")
     def test_a_department_the_catalog_does_not_know_is_called_unknown(
-        self,
-        scratch_database: str,
-        root: bytes,
-        tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
-        command: str,
+        self, scratch_database: str, root: bytes, command: str
     ) -> None:
         """Not "has no keys yet", which reads as if it were a department: one line listing
         the catalog's departments (ids only), exit 2 as other unknown names; a department the
         catalog knows that has no keys yet is still that, exit 1. Nothing is written."""
-        import base64
-
         from service.cli import app
 
-        monkeypatch.setenv("TELLONCE_DATABASE_URL", scratch_database)
-        monkeypatch.setenv("TELLONCE_ENV", "test")
-        monkeypatch.setenv("TELLONCE_DATA_DIR", str(tmp_path))
-        monkeypatch.setenv("TELLONCE_ROOT_KEY", base64.b64encode(root).decode())
-        get_settings.cache_clear()
-        try:
-            asyncio.run(populate_in_fresh_loop(scratch_database, make_keyring(root)))
-            runner = CliRunner()
-            assert runner.invoke(app, ["policies", "apply", str(TEST_POLICIES)]).exit_code == 0
-            unknown = runner.invoke(app, ["keys", command, "--department", "nope"], env={"COLUMNS": "200"})
-            keyless = runner.invoke(app, ["keys", command, "--department", "revenue"], env={"COLUMNS": "200"})
-        finally:
-            get_settings.cache_clear()
+        asyncio.run(populate_in_fresh_loop(scratch_database, make_keyring(root)))
+        runner = CliRunner()
+        assert runner.invoke(app, ["policies", "apply", str(TEST_POLICIES)]).exit_code == 0
+        unknown = runner.invoke(app, ["keys", command, "--department", "nope"], env={"COLUMNS": "200"})
+        keyless = runner.invoke(app, ["keys", command, "--department", "revenue"], env={"COLUMNS": "200"})
         assert unknown.exit_code == 2, unknown.output
         assert unknown.stdout == ""
         line = unknown.stderr.splitlines()[-1]  # after the progress bar's

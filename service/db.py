@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ import asyncpg
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -40,6 +42,8 @@ from service.config import Settings
 from service.hotpath import app_state
 from service.private_files import make_private_dir
 from service.sqlite_turns import queue_writers
+
+logger = logging.getLogger("tellonce.db")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -178,9 +182,27 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     # No pre-ping: on a local database it is a round trip on every checkout (every audit
-    # batch, every write). A connection a database restart broke fails its statement
-    # once (503 to that caller) and SQLAlchemy then discards the pool's older connections.
-    return create_async_engine(database_url, **kwargs)
+    # batch, every write). A connection the server closed (a restart, a failover, an
+    # administrator's pg_terminate_backend) is known closed to the driver without one,
+    # and is replaced at checkout (``_replace_closed``). One that breaks while its
+    # statement runs, or whose loss the driver has not seen, fails that statement once
+    # (503 to that caller) and SQLAlchemy then discards the pool's older connections.
+    engine = create_async_engine(database_url, **kwargs)
+    event.listen(engine.sync_engine, "checkout", _replace_closed)
+    return engine
+
+
+def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout, hand back a pooled PostgreSQL connection the driver already knows is
+    closed, so that the pool connects again (up to once more) before anything is sent:
+    nothing of the caller's has run, so nothing is lost and its request is served.
+
+    A local check of asyncpg's state (the server's goodbye and the socket's end were read
+    by the event loop while the connection sat in the pool), not a round trip."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        logger.info("a pooled database connection was closed by the server; connecting again")
+        raise DisconnectionError("the database server closed this pooled connection")
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

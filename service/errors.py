@@ -301,6 +301,24 @@ def _database_unavailable(exc: BaseException) -> bool:
     return _caused_by(exc, _is_unavailable)
 
 
+def log_failed_round(log: logging.Logger, message: str, exc: BaseException, *args: object) -> None:
+    """Log a background loop's failed round (the audit writer's batch, the sequencer's or
+    the dispatcher's round): one warning line with the driver's error when the database
+    was unreachable or the connection went away (expected during a restart or a failover;
+    the next round connects again), the traceback for anything else.
+
+    The driver's first line names a connection's fate or a SQLite condition, never a bound
+    value (those are hidden from SQLAlchemy's own text, which is not used)."""
+    if _database_unavailable(exc):
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        said = (str(cause).splitlines() or [""])[0][:200].replace("%", "%%")
+        log.warning(f"{message}: database unavailable ({type(cause).__name__}: {said})", *args)
+    else:
+        log.error(message, *args, exc_info=exc)
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
@@ -337,6 +355,10 @@ _ASYNCPG_UNAVAILABLE = frozenset(
         "TooManyConnectionsError",
         "AdminShutdownError",
         "CrashShutdownError",
+        # The driver lost track of a connection's protocol state ("cannot switch to state
+        # 12; another operation (2) is in progress"): seen on the raw-driver pool when the
+        # server ends connections while statements run on them (MagicStack/asyncpg#1069).
+        "InternalClientError",
     }
 )
 
@@ -656,7 +678,7 @@ def _asyncpg_error_types() -> tuple[type[Exception], ...]:
         import asyncpg
     except ImportError:  # the PostgreSQL driver is optional for a SQLite-only install
         return ()
-    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+    return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 class _BodyTooLarge(StarletteHTTPException):

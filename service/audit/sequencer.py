@@ -38,6 +38,7 @@ from service.audit.checkpoint import Checkpoint, NoteSigner
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
 from service.db import PostgresReads, SqliteReads, asyncpg_dsn, sqlite_file, utcnow
 from service.db import _sqlite_pragmas as sqlite_pragmas
+from service.errors import log_failed_round
 
 logger = logging.getLogger("tellonce.audit.sequencer")
 
@@ -278,9 +279,9 @@ class Sequencer:
                     except OperationalError as exc:
                         # SQLite busy: another writer holds the lock; the next poll tries again.
                         if "locked" not in str(exc):
-                            logger.exception("audit sequencer round failed")
-                    except Exception:
-                        logger.exception("audit sequencer round failed")
+                            log_failed_round(logger, "audit sequencer round failed", exc)
+                    except Exception as exc:
+                        log_failed_round(logger, "audit sequencer round failed", exc)
                 if added >= self.config.batch_size:
                     continue
                 try:

@@ -45,6 +45,7 @@ from service.audit.errors import AuditUnavailable
 from service.audit.schemas import AuditEntry, entry_canonical
 from service.db import SessionDep, sqlite_file
 from service.db import _sqlite_pragmas as sqlite_pragmas
+from service.errors import log_failed_round
 
 logger = logging.getLogger("tellonce.audit")
 
@@ -572,8 +573,8 @@ class AuditWriter:
         try:
             with tracing.linked_span("audit.batch", links, entries=len(rows)):
                 ids = await self._write(rows)
-        except Exception:
-            logger.exception("audit batch of %d entries failed to commit", len(rows))
+        except Exception as exc:
+            log_failed_round(logger, "audit batch of %d entries failed to commit", exc, len(rows))
             if self.on_failure is not None:
                 self.on_failure(len(rows))
             for _rows, future, _link in batch:

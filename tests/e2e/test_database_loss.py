@@ -239,3 +239,60 @@ class TestConnectionsLostWhileIdle:
         await world.check_audit()
         assert (await world.sql("SELECT max(tree_size) FROM audit_checkpoints"))[0][0] > signed_before
         assert "Traceback" not in world.logs()
+
+
+class TestConnectionsLostUnderLoad:
+    async def test_only_clean_503s_no_lost_write_and_nothing_released_unaudited(self, world: World) -> None:
+        registered = await world.register()
+        assert registered.status_code == 201, registered.text
+        citizen_id = registered.json()["id"]
+        welfare = world.bearer["welfare"]
+        answers: list[tuple[str, httpx.Response]] = []
+        stop = asyncio.Event()
+
+        async def load(n: int) -> None:
+            kinds: list[tuple[str, Callable[[], Awaitable[httpx.Response]]]] = [
+                ("register", world.register),
+                (
+                    "read",
+                    lambda: world.http.get(f"/v1/citizens/{citizen_id}", params=PURPOSE, headers=welfare),
+                ),
+                ("token", lambda: world.token("welfare")),
+            ]
+            turn = n
+            while not stop.is_set():
+                kind, send = kinds[turn % len(kinds)]
+                answers.append((kind, await send()))
+                turn += 1
+
+        loaders = [asyncio.create_task(load(n)) for n in range(12)]
+        try:
+            for _loss in range(LOSSES):
+                await asyncio.sleep(LOAD_SECONDS / (LOSSES + 1))
+                await world.end_every_backend()
+            await asyncio.sleep(LOAD_SECONDS / (LOSSES + 1))
+        finally:
+            stop.set()
+            await asyncio.gather(*loaders)
+
+        assert len(answers) > 100
+        for kind, answer in answers:
+            if answer.status_code >= 400:
+                assert answer.status_code == 503, f"{kind}: {answer.status_code} {answer.text}"
+                assert answer.headers["content-type"].startswith(PROBLEM), answer.text
+                assert "Traceback" not in answer.text
+        # Every acknowledged registration is stored.
+        acknowledged = {a.json()["id"] for kind, a in answers if kind == "register" and a.status_code == 201}
+        stored = {str(row[0]) for row in await world.sql("SELECT id FROM citizens")}
+        assert acknowledged <= stored
+        # Fail closed: every read that released data has its audit entry.
+        released = {
+            a.headers["x-request-id"] for kind, a in answers if kind == "read" and a.status_code == 200
+        }
+        assert released
+        assert released <= await world.audited_request_ids()
+        await world.check_audit()
+        # The service recovered by itself.
+        after = await world.http.get(f"/v1/citizens/{citizen_id}", params=PURPOSE, headers=welfare)
+        assert after.status_code == 200, after.text
+        assert "Traceback" not in world.logs()

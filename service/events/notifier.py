@@ -74,25 +74,86 @@ feed_notifier = EventNotifier()
 PG_CHANNEL = "tellonce_events"
 
 
+# How long after losing its connection (or failing to make one) the listener tries again.
+RELISTEN_SECONDS = 1.0
+
+
 @asynccontextmanager
 async def postgres_wakeups(database_url: str, notifier: EventNotifier) -> AsyncIterator[None]:
     """While open, a commit of an event in any process wakes ``notifier`` (LISTEN/NOTIFY).
 
-    Nothing on SQLite. If the listening connection cannot be made, waiters fall back to
-    polling the outbox, which they do anyway.
+    Nothing on SQLite. If the listening connection cannot be made, or is lost (a database
+    restart, a failover), waiters fall back to polling the outbox, which they do anyway,
+    and the listener connects again every ``RELISTEN_SECONDS`` until it can.
     """
     if not database_url.startswith("postgresql"):
         yield
         return
-    connection: asyncpg.Connection | None = None
-    try:
-        connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
-        await connection.add_listener(PG_CHANNEL, lambda *_args: notifier.notify())
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+    dsn = asyncpg_dsn(database_url)
+    # The first connection is made before the block runs, so its wake-ups are live in it.
+    connection = await _listen(dsn, notifier)
+    if connection is None:
         logger.warning("event wake-ups across processes unavailable; polling the outbox instead")
-        connection = None
+    stop = asyncio.Event()
+    listening = asyncio.create_task(_keep_listening(dsn, notifier, connection, stop), name="event-wakeups")
     try:
         yield
     finally:
+        stop.set()
+        await listening
+
+
+async def _listen(dsn: str, notifier: EventNotifier) -> asyncpg.Connection | None:
+    """A connection listening on ``PG_CHANNEL`` for ``notifier``, or None if none can be made."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return None
+    try:
+        await connection.add_listener(PG_CHANNEL, lambda *_args: notifier.notify())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        connection.terminate()
+        return None
+    return connection
+
+
+async def _keep_listening(
+    dsn: str, notifier: EventNotifier, connection: asyncpg.Connection | None, stop: asyncio.Event
+) -> None:
+    """Until ``stop``: whenever the listening connection is lost, make another."""
+    while True:
         if connection is not None:
-            await connection.close()
+            await _first_of(_lost(connection), stop)
+            if stop.is_set():
+                await connection.close()
+                return
+            logger.warning(
+                "event wake-ups across processes lost with their database connection; listening again"
+            )
+            connection = None
+        if await _first_of(stop, timeout=RELISTEN_SECONDS):
+            return
+        connection = await _listen(dsn, notifier)
+        if connection is not None:
+            # Commits while nobody listened sent their wake-ups nowhere: look again now.
+            notifier.notify()
+
+
+def _lost(connection: asyncpg.Connection) -> asyncio.Event:
+    """An event set when ``connection`` closes (the server ended it, or it broke)."""
+    lost = asyncio.Event()
+    connection.add_termination_listener(lambda _connection: lost.set())
+    if connection.is_closed():
+        lost.set()
+    return lost
+
+
+async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> bool:
+    """Wait until one of ``events`` is set, at most ``timeout`` seconds; whether one was."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        done, _pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    return bool(done)

@@ -36,6 +36,7 @@ from service.audit.service import verify_stored_log
 from service.auth import service as auth_service
 from service.config import Settings
 from service.db import Database
+from service.events.notifier import PG_CHANNEL
 from tests.conftest import server_env
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 from tests.fixtures.server import LiveServer, start_server
@@ -216,6 +217,26 @@ def requests_of_each_kind(
 
 
 class TestConnectionsLostWhileIdle:
+    async def test_cross_process_event_wakeups_listen_again(self, world: World) -> None:
+        async def listening() -> int:
+            found = await world.sql(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query = :listen",
+                listen=f'LISTEN "{PG_CHANNEL}"',
+            )
+            return int(found[0][0])
+
+        async def both_listen(when: str) -> None:
+            """The server's feed and the worker's dispatcher each listen, within a deadline."""
+            deadline = time.monotonic() + 15
+            while await listening() < 2:
+                assert time.monotonic() < deadline, f"the event listeners did not connect {when}"
+                await asyncio.sleep(0.1)
+
+        await both_listen("at start")
+        await world.end_every_backend()
+        await both_listen("again")
+
     async def test_every_kind_of_request_is_served_and_the_worker_carries_on(self, world: World) -> None:
         national_id = f"NI{uuid.uuid4().hex[:10].upper()}"
         registered = await world.http.post(

@@ -33,11 +33,11 @@ from sqlalchemy.engine import make_url
 
 from service.audit.checkpoint import NoteVerifier
 from service.audit.service import verify_stored_log
-from service.auth import service as auth_service
 from service.config import Settings
 from service.db import Database
 from service.events.notifier import PG_CHANNEL
 from tests.conftest import server_env
+from tests.fixtures.auth import create_clients
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 from tests.fixtures.server import LiveServer, start_server
 from tests.records.conftest import RECORDS_POLICIES, apply_policies
@@ -159,12 +159,7 @@ async def world(
     worker_log = folder / "worker.log"
     try:
         apply_policies(url, RECORDS_POLICIES)
-        secrets: dict[str, tuple[str, str]] = {}
-        async with database.sessions.begin() as session:
-            for name, (department, role) in CLIENTS.items():
-                made = await auth_service.create_client(session, department=department, roles=[role])
-                assert made.client_secret is not None
-                secrets[name] = (made.client_id, made.client_secret)
+        secrets = await create_clients(database, CLIENTS)
         server = start_server(env, folder / "server.log", extra_args=("--no-worker",))
         with worker_log.open("wb") as log:
             worker = subprocess.Popen(

@@ -28,11 +28,11 @@ from sqlalchemy import text
 
 from service.audit.checkpoint import NoteVerifier
 from service.audit.service import verify_stored_log
-from service.auth import service as auth_service
 from service.config import Settings
 from service.db import Database
 from tests.conftest import server_env
 from tests.consent.conftest import CONSENTED
+from tests.fixtures.auth import create_clients
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database
 from tests.fixtures.server import LiveServer, start_server
 from tests.records.conftest import RECORDS_POLICIES, apply_policies
@@ -122,16 +122,6 @@ class World:
         assert size > 0
 
 
-async def _clients(database: Database) -> dict[str, tuple[str, str]]:
-    made: dict[str, tuple[str, str]] = {}
-    async with database.sessions.begin() as session:
-        for name, (department, role) in CLIENTS.items():
-            created = await auth_service.create_client(session, department=department, roles=[role])
-            assert created.client_secret is not None
-            made[name] = (created.client_id, created.client_secret)
-    return made
-
-
 @pytest.fixture(scope="module")
 async def world(
     database_url: str, root_key: str, tmp_path_factory: pytest.TempPathFactory
@@ -145,7 +135,7 @@ async def world(
     database = Database(Settings(env="test", database_url=url, data_dir=folder / "data", root_key=root_key))  # type: ignore[arg-type]
     try:
         apply_policies(url, RECORDS_POLICIES)
-        clients = await _clients(database)
+        clients = await create_clients(database, CLIENTS)
         server = start_server(env, folder / "server.log")
         try:
             limits = httpx.Limits(max_connections=N * 5)

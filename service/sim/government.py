@@ -42,8 +42,8 @@ from service.sim.setup import (
     person_fields,
     read_clients,
     read_population,
+    write_clients,
     write_population,
-    write_private,
 )
 
 # How long to wait, once traffic stops, for the sequencer to cover every entry with a
@@ -121,8 +121,11 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
         clients = read_clients(settings)
         if clients is None or not await _clients_valid(database, clients):
             clients = await create_clients(database)
-            write_private(settings.data_dir / CLIENTS_FILE, clients.as_json(base_url))
+            write_clients(settings, clients, base_url)
             console.print(f"clients for every department written to {settings.data_dir / CLIENTS_FILE}")
+        else:
+            # Reused, but this run may serve on another --port: the file says where.
+            write_clients(settings, clients, base_url)
         stored = read_population(settings)
         async with database.engine.connect() as conn:
             existing = await seeding.citizen_count(conn)
@@ -142,8 +145,12 @@ async def prepare(settings: Settings, citizens: int, seed: int, base_url: str, c
             f"reusing the store: {seeded:,} citizens already seeded (`make run-reset` starts again)"
         )
         if existing > seeded:
-            # Citizens registered through the API since: kept, and left out of the scenarios.
-            console.print(f"keeping {existing - seeded:,} citizens registered through the API since")
+            # Citizens registered since (through the API or `tellonce import`): kept, and left
+            # out of the scenarios.
+            added = existing - seeded
+            console.print(
+                f"keeping {added:,} citizen{'' if added == 1 else 's'} registered since the seeding"
+            )
         people_again = list(people(len(ids), population_seed))
         return Prepared(clients, people_again, ids, population_seed, policies_dir, owner_keys)
     finally:

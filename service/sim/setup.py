@@ -100,6 +100,19 @@ def write_private(path: Path, document: dict[str, Any]) -> None:
         handle.write("\n")
 
 
+def write_clients(settings: Settings, clients: DemoClients, base_url: str) -> None:
+    """Write ``clients.json`` (0600) unless it already holds these credentials and this
+    run's ``base_url``: a run on another ``--port`` keeps the clients but serves elsewhere."""
+    path = settings.data_dir / CLIENTS_FILE
+    document = clients.as_json(base_url)
+    try:
+        if json.loads(path.read_text()) == document:
+            return
+    except (OSError, ValueError):
+        pass
+    write_private(path, document)
+
+
 def read_clients(settings: Settings) -> DemoClients | None:
     path = settings.data_dir / CLIENTS_FILE
     if not path.exists():

@@ -190,15 +190,25 @@ async def register_through_the_api(run: DemoRun) -> None:
 
 class TestDemoRerun:
     async def test_a_second_run_after_api_use_reuses_the_store(self, demo_run: DemoRun) -> None:
-        clients_before = (demo_run.workdir / ".tellonce" / "clients.json").read_text()
+        clients_file = demo_run.workdir / ".tellonce" / "clients.json"
+        clients_before = json.loads(clients_file.read_text())
 
         await register_through_the_api(demo_run)
         second = run_demo(demo_run.database_url, demo_run.workdir, "--citizens", "50", "--duration", "2")
 
         assert "reusing the store: 50 citizens already seeded" in second.output
-        assert "keeping 1 citizens registered through the API since" in second.output
+        assert "keeping 1 citizen registered since the seeding" in second.output
         assert "seeding citizens" not in second.output
-        assert (demo_run.workdir / ".tellonce" / "clients.json").read_text() == clients_before
+        # The same clients, and the file names where this run served (each run here picks
+        # its own port, as `tellonce demo --port` does).
+        clients_after = json.loads(clients_file.read_text())
+        served = re.search(r"starting the API on (http://127\.0\.0\.1:\d+)", second.output)
+        assert served is not None, second.output
+        assert clients_after["base_url"] == served.group(1) != clients_before["base_url"]
+        assert clients_after["token_url"] == f"{served.group(1)}/oauth/token"
+        for part in ("systems", "data_owners", "auditor"):
+            assert clients_after[part] == clients_before[part]
+        assert stat.S_IMODE(clients_file.stat().st_mode) == 0o600
         # The agreement the first run revoked is active again, and the log still verifies.
         assert "1 updated" in second.output
         assert re.search(r"audit verified: \d+ entries, .* cosigned by 2 of 2 witnesses", second.output), (

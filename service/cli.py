@@ -339,6 +339,7 @@ def serve(
 
     from service.config import get_settings
     from service.db import reach
+    from service.observability import uvicorn_log_config
     from service.read_deadline import SERVE_HTTP_PROTOCOL
 
     # A serving process keeps its startup heap for life (``Settings.freeze_startup_heap``).
@@ -382,6 +383,7 @@ def serve(
         http=SERVE_HTTP_PROTOCOL,
         access_log=False,
         log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(settings.log_json),
         server_header=False,
     )
 

@@ -43,8 +43,9 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
-# The attributes every log record has; any other one was passed by the call in ``extra``.
-_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# The attributes every log record has; any other one was passed by the call in ``extra``
+# (but for uvicorn's ``color_message``, its message again with terminal colour codes).
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
@@ -96,6 +97,25 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def uvicorn_log_config(json_lines: bool = True) -> dict[str, Any]:
+    """uvicorn's ``log_config`` for ``tellonce serve``: its own lines (start-up, shut-down,
+    its errors) in the format of tellonce's, so that standard error holds one kind of line.
+    uvicorn sets their level from its ``log_level``."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"tellonce": {"()": JsonFormatter if json_lines else TextFormatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "tellonce",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+    }
 
 
 class Metrics:

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +21,8 @@ from service.db import create_engine
 from service.heap import GEN0_THRESHOLD
 from service.observability import _RequestIds
 from service.schema import SchemaGate, upgrade_async
-from tests.fixtures.server import LiveServer
+from tests.conftest import server_env
+from tests.fixtures.server import LiveServer, start_server
 
 
 class TestHealth:
@@ -127,6 +130,24 @@ class TestLiveServer:
     def test_serves_healthz_and_readyz(self, live_server: LiveServer) -> None:
         assert httpx.get(f"{live_server.base_url}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{live_server.base_url}/readyz").status_code == 200
+
+    def test_every_line_of_the_log_is_json_uvicorns_own_too(
+        self, scratch_database: str, tmp_path: Path, root_key: str
+    ) -> None:
+        """The README: "Logs are JSON lines on standard error". uvicorn's start-up and
+        shut-down lines ("Started server process", "Shutting down") are among them, so that
+        a log shipper reading JSON lines meets no other kind."""
+        env = {**server_env(scratch_database, tmp_path, root_key), "TELLONCE_LOG_LEVEL": "INFO"}
+        server = start_server(env, tmp_path / "server.log")
+        try:
+            assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+        finally:
+            server.stop()
+        lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+        messages = {(line["logger"], line["message"].split(" [")[0]) for line in lines}
+        assert ("uvicorn.error", "Started server process") in messages, lines
+        assert ("uvicorn.error", "Finished server process") in messages, lines
+        assert all("request_id" in line for line in lines)
 
 
 class TestServingHeap:

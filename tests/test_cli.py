@@ -73,6 +73,23 @@ class TestLazyGroups:
         assert sentence in result.stdout
         assert "╭" not in result.stdout
 
+    @pytest.mark.parametrize("args", [["serve", "--help"], ["keygen", "--help"], ["keygen"]])
+    def test_python_m_service_witness_prints_as_tellonce_witness_does(self, args: list[str]) -> None:
+        # The README: `python -m service.witness` runs the same commands; its help and usage
+        # errors read the same, plain as every other command's.
+        env = {**os.environ, "COLUMNS": "100"}
+
+        def run(*command: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", *command, *args], capture_output=True, text=True, env=env, timeout=60
+            )
+
+        alone, tellonce = run("service.witness"), run("service.cli", "witness")
+        outputs = (tellonce.stdout, tellonce.stderr)
+        named = [text.replace("python -m service.cli", "tellonce") for text in outputs]
+        assert [alone.returncode, alone.stdout, alone.stderr] == [tellonce.returncode, *named]
+        assert "╭" not in alone.stdout + alone.stderr
+
 
 class TestInvalidSettings:
     """A bad setting is one line naming it and exit 2, from whichever command reads the

@@ -17,7 +17,13 @@ from service.witness.cosignature import CosignatureError, CosignatureSigner
 from service.witness.server import create_witness_app
 from service.witness.state import TrustedLog, WitnessState
 
-app = typer.Typer(no_args_is_help=True, help="A standalone witness that cosigns the audit log's checkpoints.")
+# Plain help and usage errors, as `tellonce witness` prints them (see service/cli.py), when
+# run as `python -m service.witness`.
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="A standalone witness that cosigns the audit log's checkpoints.",
+)
 
 
 def write_private_key(signer: CosignatureSigner, out: Path) -> None:

@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -301,22 +302,74 @@ def _database_unavailable(exc: BaseException) -> bool:
     return _caused_by(exc, _is_unavailable)
 
 
-def log_failed_round(log: logging.Logger, message: str, exc: BaseException, *args: object) -> None:
-    """Log a background loop's failed round (the audit writer's batch, the sequencer's or
-    the dispatcher's round): one warning line with the driver's error when the database
-    was unreachable or the connection went away (expected during a restart or a failover;
-    the next round connects again), the traceback for anything else.
+# While the database stays unusable, how often a failing loop (or the refused requests)
+# log a line again; the first failure of a run of them is logged at once.
+REPEAT_LOG_SECONDS = 60.0
 
-    The driver's first line names a connection's fate or a SQLite condition, never a bound
+
+def _driver_line(exc: BaseException) -> str:
+    """The innermost cause's type and first line: a connection's fate or a SQLite condition
+    ("database or disk is full", "attempt to write a readonly database"), never a bound
     value (those are hidden from SQLAlchemy's own text, which is not used)."""
-    if _database_unavailable(exc):
-        cause = exc
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        said = (str(cause).splitlines() or [""])[0][:200].replace("%", "%%")
-        log.warning(f"{message}: database unavailable ({type(cause).__name__}: {said})", *args)
-    else:
-        log.error(message, *args, exc_info=exc)
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    said = (str(cause).splitlines() or [""])[0][:200]
+    return f"{type(cause).__name__}: {said}"
+
+
+class FailureLog:
+    """The log lines of something that fails again and again while the database cannot be
+    used: a background loop's rounds (the audit writer's batches, the sequencer's, the
+    dispatcher's, the witness submitter's) or the requests answered 503.
+
+    A failure because the database was unreachable, gone away, locked, full, read-only or
+    failing its I/O (expected during a restart, a failover or a full disk; the next round
+    tries again) is one warning line with the driver's error: the first of a run of them at
+    once, then at most one line every ``repeat_seconds`` with the number left unlogged
+    meanwhile. A disk that stays full would otherwise take a line a round, twenty a second
+    from the sequencer, and the log is often on that disk. The first success after such
+    failures says so (``succeeded``: an attribute test when nothing failed). Anything else
+    is a bug, and logs its traceback every time."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        name: str,
+        *,
+        repeat_seconds: float = REPEAT_LOG_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.name = name
+        self.repeat_seconds = repeat_seconds
+        self.clock = clock
+        self.failing = False
+        self._logged_at = 0.0
+        self._unlogged = 0
+        self._failures = 0
+
+    def failed(self, message: str, exc: BaseException, *args: object, **extra: object) -> None:
+        """Log ``message % args`` for ``exc`` (``extra`` as the record's extra fields) unless
+        a line for this run of failures was logged less than ``repeat_seconds`` ago."""
+        if not _database_unavailable(exc):
+            self.log.error(message, *args, exc_info=exc, extra=extra)
+            return
+        now = self.clock()
+        self._failures += 1
+        if self.failing and now - self._logged_at < self.repeat_seconds:
+            self._unlogged += 1
+            return
+        line = f"{message}: database unavailable ({_driver_line(exc).replace('%', '%%')})"
+        if self._unlogged:
+            line += f"; {self._unlogged} more since the last such line"
+        self.log.warning(line, *args, extra=extra)
+        self.failing, self._logged_at, self._unlogged = True, now, 0
+
+    def succeeded(self) -> None:
+        if self.failing:
+            self.log.warning("%s: the database is usable again, after %d failures", self.name, self._failures)
+            self.failing, self._unlogged, self._failures = False, 0, 0
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -615,20 +668,26 @@ def refusal_response(request: Request, error: ServiceError) -> Response:
 async def _storage_error(request: Request, exc: Exception) -> Response:
     """A database or connection error: 400 when the request held text the database cannot
     store (a safety net: inputs are checked before they get there), 503 when the database
-    is unreachable (expected while it is down or restarting, and no bug), otherwise on to
-    the 500 handler. At the console's addresses, the refusal is its HTML page."""
+    cannot be used (expected while it is down or restarting, locked past the busy timeout,
+    full or read-only, and no bug; logged by ``FailureLog``), otherwise on to the 500
+    handler. At the console's addresses, the refusal is its HTML page."""
     if _unkeepable_character(exc):
         return refusal_response(request, UnkeepableCharacter(_UNKEEPABLE))
     if not _database_unavailable(exc):
         raise exc
-    request_id = _request_id(request)
-    logger.warning("database unavailable", extra={"request_id": request_id, "error": type(exc).__name__})
+    _refused_requests.failed("a request was refused", exc, request_id=_request_id(request))
     return refusal_response(
         request,
         DatabaseUnavailable(
-            "The database cannot be reached; nothing was read or changed. Try again shortly."
+            "The database cannot be used just now; nothing was read or changed. Try again shortly."
         ),
     )
+
+
+# The requests of this process refused for an unusable database: the first logged, then a
+# line a minute while they go on (an answered request is not watched: no cost on the hot
+# path, and the audit writer's and the sequencer's logs say when the database is back).
+_refused_requests = FailureLog(logger, "requests")
 
 
 async def _encode_error(request: Request, exc: Exception) -> Response:

@@ -38,7 +38,7 @@ from service.audit.checkpoint import Checkpoint, NoteSigner
 from service.audit.models import AuditCheckpoint, AuditEntryRow, AuditLeaf, AuditNode, AuditSequencerState
 from service.db import PostgresReads, SqliteReads, asyncpg_dsn, sqlite_file, utcnow
 from service.db import _sqlite_pragmas as sqlite_pragmas
-from service.errors import log_failed_round
+from service.errors import FailureLog
 
 logger = logging.getLogger("tellonce.audit.sequencer")
 
@@ -265,6 +265,7 @@ class Sequencer:
         the default 50 ms poll, in every process that runs a sequencer. A round runs as
         before whenever the signal cannot answer."""
         signal = await self._idle_signal()
+        failures = FailureLog(logger, "audit sequencer")
         quiet: object | None = None
         try:
             while not stop.is_set():
@@ -274,14 +275,15 @@ class Sequencer:
                     quiet = None
                     try:
                         added = await self.run_once()
+                        failures.succeeded()
                         if self._settled:
                             quiet = marker
                     except OperationalError as exc:
                         # SQLite busy: another writer holds the lock; the next poll tries again.
                         if "locked" not in str(exc):
-                            log_failed_round(logger, "audit sequencer round failed", exc)
+                            failures.failed("audit sequencer round failed", exc)
                     except Exception as exc:
-                        log_failed_round(logger, "audit sequencer round failed", exc)
+                        failures.failed("audit sequencer round failed", exc)
                 if added >= self.config.batch_size:
                     continue
                 try:

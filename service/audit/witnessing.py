@@ -46,6 +46,7 @@ from service.audit.errors import AuditUnavailable, NoCheckpoint
 from service.audit.repository import Executor
 from service.db import utcnow
 from service.digits import bounded_decimal
+from service.errors import FailureLog
 from service.witness.cosignature import (
     Cosignature,
     CosignatureError,
@@ -529,14 +530,16 @@ class WitnessSubmitter:
         nothing to poll for: the next round waits for ``wake`` or a quarter of the refresh
         period (to re-witness an idle log in time). Until then, a round every poll, which
         asks only the witnesses whose pause after a failure is over (``_failed``)."""
+        failures = FailureLog(logger, "witnessing")
         while not stop.is_set():
             if wake is not None:
                 wake.clear()  # before the round: a checkpoint signed during it wakes the next
             witnessed = False
             try:
                 witnessed = await self.run_once()
-            except Exception:
-                logger.exception("witnessing round failed")
+                failures.succeeded()
+            except Exception as exc:
+                failures.failed("witnessing round failed", exc)
             waits = [asyncio.ensure_future(stop.wait())]
             if wake is not None:
                 waits.append(asyncio.ensure_future(wake.wait()))

@@ -45,7 +45,7 @@ from service.audit.errors import AuditUnavailable
 from service.audit.schemas import AuditEntry, entry_canonical
 from service.db import SessionDep, sqlite_file
 from service.db import _sqlite_pragmas as sqlite_pragmas
-from service.errors import log_failed_round
+from service.errors import FailureLog
 
 logger = logging.getLogger("tellonce.audit")
 
@@ -492,6 +492,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._sqlite: SqliteBatches | None = None
+        self._failures = FailureLog(logger, "audit writer")
 
     async def start(self) -> None:
         if self._task is None:
@@ -574,13 +575,14 @@ class AuditWriter:
             with tracing.linked_span("audit.batch", links, entries=len(rows)):
                 ids = await self._write(rows)
         except Exception as exc:
-            log_failed_round(logger, "audit batch of %d entries failed to commit", exc, len(rows))
+            self._failures.failed("audit batch of %d entries failed to commit", exc, len(rows))
             if self.on_failure is not None:
                 self.on_failure(len(rows))
             for _rows, future, _link in batch:
                 if not future.done():
                     future.set_exception(AuditUnavailable("The audit log could not record this access."))
             return
+        self._failures.succeeded()
         self.batches_committed += 1
         self.entries_committed += len(rows)
         if self.on_batch is not None:

@@ -69,7 +69,7 @@ from service.audit.schemas import AuditEntry
 from service.auth import service as auth_service
 from service.config import Settings
 from service.db import create_engine, utcnow
-from service.errors import log_failed_round
+from service.errors import FailureLog
 from service.events import fanout, repository
 from service.events.access import LivePolicy, OwnAuditSink
 from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED
@@ -632,13 +632,15 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; sleeps on the notifier while there is nothing to do."""
+        failures = FailureLog(logger, "event dispatcher")
         while not stop.is_set():
             generation = self.runtime.notifier.generation
             try:
                 worked = await self.run_once()
                 timeout = 0.0 if worked else await self._idle_timeout()
+                failures.succeeded()
             except Exception as exc:
-                log_failed_round(logger, "event dispatcher cycle failed", exc)
+                failures.failed("event dispatcher cycle failed", exc)
                 timeout = self.settings.events_poll_interval_seconds
             if timeout <= 0 or self.runtime.notifier.generation != generation:
                 continue

@@ -1,0 +1,91 @@
+"""``FailureLog``: a database that stays unusable is a line per run of failures, not a
+line per request or round."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from service.errors import FailureLog
+
+
+def disk_full() -> sa_exc.OperationalError:
+    driver = sqlite3.OperationalError("database or disk is full")
+    try:
+        raise sa_exc.OperationalError("INSERT INTO audit_entries ...", None, driver) from driver
+    except sa_exc.OperationalError as exc:
+        return exc
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def failures(clock: Clock) -> FailureLog:
+    return FailureLog(logging.getLogger("tellonce.test"), "audit writer", repeat_seconds=60, clock=clock)
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "tellonce.test"]
+
+
+class TestFailureLog:
+    def test_a_run_of_failures_is_one_line_with_the_drivers_error(
+        self, failures: FailureLog, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        for rows in range(1, 101):
+            failures.failed("audit batch of %d entries failed to commit", disk_full(), rows)
+        assert lines(caplog) == [
+            "audit batch of 1 entries failed to commit: database unavailable"
+            " (OperationalError: database or disk is full)"
+        ]
+        assert all(record.exc_info is None for record in caplog.records)
+
+    def test_a_lasting_run_is_logged_again_with_the_count_left_unlogged(
+        self, failures: FailureLog, clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        for _ in range(5):
+            failures.failed("round failed", disk_full())
+        clock.now += 60
+        failures.failed("round failed", disk_full())
+        assert lines(caplog)[1:] == [
+            "round failed: database unavailable (OperationalError: database or disk is full);"
+            " 4 more since the last such line"
+        ]
+
+    def test_the_first_success_after_failures_says_so_once(
+        self, failures: FailureLog, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        failures.succeeded()
+        assert lines(caplog) == []
+        for _ in range(3):
+            failures.failed("round failed", disk_full())
+        failures.succeeded()
+        failures.succeeded()
+        assert lines(caplog)[1:] == ["audit writer: the database is usable again, after 3 failures"]
+        # A new run starts with a line at once.
+        failures.failed("round failed", disk_full())
+        assert len(lines(caplog)) == 3
+
+    def test_anything_else_is_a_traceback_every_time(
+        self, failures: FailureLog, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        for _ in range(2):
+            failures.failed("round failed", ValueError("a bug"))
+        assert lines(caplog) == ["round failed", "round failed"]
+        assert all(record.exc_info is not None for record in caplog.records)
+        failures.succeeded()
+        assert len(lines(caplog)) == 2

@@ -275,17 +275,34 @@ class SqliteReads:
     ``commit_marker`` tells whether any other connection, of any process, has committed
     since an earlier call: the revocation check reads its key again only then."""
 
-    def __init__(self, connection: sqlite3.Connection, marks: bool = True) -> None:
+    def __init__(self, connection: sqlite3.Connection, marks: bool = True, path: str | None = None) -> None:
         self.connection = connection
         # Whether ``commit_marker`` answers: a database file, which other connections share.
         self.marks = marks
+        # The database file and its write-ahead log as they were opened (``replaced``).
+        self.path = path
+        self._opened = _file_ids(path) if path is not None else ()
 
     @classmethod
     def open(cls, path: str) -> SqliteReads:
         connection = sqlite3.connect(path, isolation_level=None)
         connection.execute("PRAGMA query_only=ON")
         connection.execute("PRAGMA busy_timeout=1000")
-        return cls(connection, marks=bool(path) and path != ":memory:" and not path.startswith("file:"))
+        # A first read opens the write-ahead log, which this connection keeps open (so
+        # SQLite never deletes it) for the process's life.
+        connection.execute("PRAGMA schema_version").fetchone()
+        is_file = bool(path) and path != ":memory:" and not path.startswith("file:")
+        return cls(connection, marks=is_file, path=path if is_file else None)
+
+    def replaced(self) -> bool:
+        """Whether the database file or its write-ahead log is no longer the one this
+        process opened: replaced (a copy or a restore moved over it), deleted, or the log
+        deleted. The process's open connections go on using the old files, which no new
+        connection (another process's, or this one's next) sees, so its writes are lost
+        when it ends and other processes see none of them: it must be restarted (SQLite,
+        "How To Corrupt An SQLite Database File", 2.4 and 2.5). Two ``stat`` calls: for
+        ``/readyz``, not for every request."""
+        return self.path is not None and _file_ids(self.path) != self._opened
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with tracing.span("db.read", **{"db.system": "sqlite", "db.statement": sql}):
@@ -314,6 +331,19 @@ class SqliteReads:
 
     async def close(self) -> None:
         self.connection.close()
+
+
+def _file_ids(path: str) -> tuple[tuple[int, int] | None, ...]:
+    """(device, inode) of the database file and of its ``-wal``, None for one not there."""
+    ids: list[tuple[int, int] | None] = []
+    for name in (path, f"{path}-wal"):
+        try:
+            found = os.stat(name)
+        except FileNotFoundError:
+            ids.append(None)
+        else:
+            ids.append((found.st_dev, found.st_ino))
+    return tuple(ids)
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:

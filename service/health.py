@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import repository as audit_repository
-from service.db import Database, DatabaseDep
+from service.db import Database, DatabaseDep, SqliteReads
 from service.errors import ServiceUnavailable
 from service.events import repository as events_repository
 from service.observability import Metrics
@@ -29,8 +29,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
     """The database is reachable and migrated to the code's head revision (or to a newer
-    one, which a newer release made: ``schema.newer_schema``), and (with a witness grace
-    period set) the audit log has been witnessed recently enough."""
+    one, which a newer release made: ``schema.newer_schema``), a SQLite file is still the
+    one the process opened (``SqliteReads.replaced``), and (with a witness grace period
+    set) the audit log has been witnessed recently enough."""
     expected: set[str] = request.app.state.schema_heads
     try:
         async with database.engine.connect() as connection:
@@ -40,6 +41,17 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
         raise ServiceUnavailable("The database is not reachable.") from exc
     if current != expected and not newer_schema(current, request.app.state.schema_known):
         raise ServiceUnavailable("The database is not migrated; run `tellonce db upgrade`.")
+    reads = getattr(request.app.state, "driver_reads", None)
+    if isinstance(reads, SqliteReads) and reads.replaced():
+        if not getattr(request.app.state, "told_file_replaced", False):
+            request.app.state.told_file_replaced = True
+            logger.error(
+                "the SQLite database file or its -wal was replaced or deleted while this process"
+                " had it open: restart the service (its writes since go to the old file)"
+            )
+        raise ServiceUnavailable(
+            "The database file was replaced or deleted while the service had it open; restart the service."
+        )
     gate = getattr(request.app.state, "witness_gate", None)
     reason = gate.stale_reason() if gate is not None else None
     if reason is not None:

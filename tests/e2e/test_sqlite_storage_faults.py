@@ -237,3 +237,28 @@ class TestLockedByAnotherProcess:
         world.assert_clean_refusals()
         await world.wait_until_served()
         await world.check_storage()
+
+
+class TestFileReplacedUnderneath:
+    """SQLite cannot tell an open connection that its file was moved over or deleted: the
+    process goes on writing to the old one, which nobody else sees. So the process says it
+    is not ready, and the operator restarts it."""
+
+    @pytest.mark.parametrize("replace", ["database restored over it", "write-ahead log deleted"])
+    async def test_not_ready_and_says_restart(self, world: World, replace: str) -> None:
+        ready = await world.http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        if replace == "database restored over it":
+            copy = world.path.with_name("copy.db")
+            with contextlib.closing(sqlite3.connect(world.path)) as source:
+                with contextlib.closing(sqlite3.connect(copy)) as target:
+                    source.backup(target)
+            copy.replace(world.path)
+        else:
+            Path(f"{world.path}-wal").unlink()
+        for _ in range(2):
+            ready = await world.http.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            assert ready.headers["content-type"].startswith(PROBLEM)
+            assert "restart the service" in ready.json()["detail"]
+        assert world.server.log().count("was replaced or deleted while this process had it open") == 1

@@ -36,6 +36,7 @@ from service.audit.service import verify_stored_log
 from service.config import Settings
 from service.db import SQLITE_BUSY_TIMEOUT_SECONDS, Database
 from tests.conftest import server_env
+from tests.e2e.test_database_loss import CLIENTS, PROBLEM, PURPOSE
 from tests.fixtures.auth import create_clients
 from tests.fixtures.databases import (
     SQLITE_PREFIX,
@@ -48,14 +49,6 @@ from tests.records.conftest import RECORDS_POLICIES, apply_policies
 
 pytestmark = pytest.mark.e2e
 
-PROBLEM = "application/problem+json"
-PURPOSE = {"purpose": "benefit-eligibility"}
-CLIENTS = {
-    "registrar": ("register", "registrar"),
-    "writer": ("register", "writer"),
-    "welfare": ("welfare", "consumer"),
-    "auditor": ("audit-office", "auditor"),
-}
 # What a refusal for an unusable database logs (``service.errors.FailureLog``).
 UNAVAILABLE = "database unavailable"
 

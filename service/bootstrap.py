@@ -218,9 +218,9 @@ async def _stored_kek(settings: Settings) -> tuple[str, int] | None:
     from sqlalchemy import inspect, select
 
     from service.crypto.models import KeyEncryptionKey
-    from service.db import create_engine
+    from service.db import engine_for
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with engine.connect() as conn:
             if not await conn.run_sync(lambda sync: inspect(sync).has_table(KeyEncryptionKey.__tablename__)):
@@ -240,10 +240,10 @@ async def _stored_kek(settings: Settings) -> tuple[str, int] | None:
 async def _root_key_opens(settings: Settings, department: str, version: int) -> bool:
     from service.crypto.errors import KeyUnwrapError
     from service.crypto.keyring import Keyring
-    from service.db import create_engine
+    from service.db import engine_for
 
     keyring = Keyring.from_settings(settings)
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with engine.connect() as conn:
             await keyring.kek(conn, department, version)
@@ -259,9 +259,9 @@ async def _signed_checkpoints(settings: Settings) -> int:
     from sqlalchemy import func, inspect, select
 
     from service.audit.models import AuditCheckpoint
-    from service.db import create_engine
+    from service.db import engine_for
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with engine.connect() as conn:
             if not await conn.run_sync(lambda sync: inspect(sync).has_table(AuditCheckpoint.__tablename__)):
@@ -278,9 +278,9 @@ async def _lost_key_checkpoint(settings: Settings, origin: str) -> tuple[int, st
 
     from service.audit.checkpoint import CheckpointError, parse_note
     from service.audit.models import AuditCheckpoint
-    from service.db import create_engine
+    from service.db import engine_for
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with engine.connect() as conn:
             size, note = (
@@ -303,10 +303,10 @@ async def _lost_key_checkpoint(settings: Settings, origin: str) -> tuple[int, st
 
 
 async def _revisions(settings: Settings) -> set[str]:
-    from service.db import create_engine
+    from service.db import engine_for
     from service.schema import current_revisions
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         return await current_revisions(engine)
     finally:
@@ -324,9 +324,9 @@ async def _audit_created(
     from service.audit import entries
     from service.audit import writer as audit_writer
     from service.audit.checkpoint_keys import key_change_entry
-    from service.db import create_engine
+    from service.db import engine_for
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     actor = operator.audit_client_id()
     try:
         async with engine.begin() as conn:

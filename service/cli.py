@@ -422,7 +422,7 @@ async def _run_workers(settings: Any) -> None:
     from service.audit.config import AuditSettings
     from service.audit.service import make_sequencer
     from service.audit.witnessing import WitnessSubmitter, witness_config
-    from service.db import create_engine
+    from service.db import engine_for
     from service.events.dispatcher import run_dispatcher
     from service.heap import freeze_startup_heap
     from service.observability import configure_logging
@@ -433,7 +433,7 @@ async def _run_workers(settings: Any) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     gate = SchemaGate(engine)
     witnesses = witness_config(AuditSettings())
     submitter = WitnessSubmitter(engine, witnesses) if witnesses.enabled else None

@@ -34,6 +34,14 @@ class Settings(BaseSettings):
 
     env: Environment = "development"
     database_url: str = DEFAULT_DATABASE_URL
+    # PostgreSQL: a pooled connection older than this many seconds is replaced when it is
+    # next taken from its pool, before anything is sent on it (0: never). A firewall, NAT
+    # gateway or load balancer between the service and the database may forget an idle
+    # connection without telling either end; a statement sent on it would wait for TCP to
+    # give up (some 15 minutes on Linux). The default stays below the shortest idle timeout
+    # common among them (4 minutes, Azure's load balancer), and costs each pooled
+    # connection one reconnect every 3 minutes. SQLite ignores it.
+    db_pool_recycle_seconds: int = Field(default=180, ge=0, le=86_400)
     data_dir: Path = Path("./.tellonce")
     root_key: SecretStr | None = None
     webhook_allow_private: bool = False

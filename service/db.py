@@ -192,6 +192,16 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+def engine_for(settings: Settings, **kwargs: Any) -> AsyncEngine:
+    """``create_engine`` on the settings' database, with the operator's pool settings: on
+    PostgreSQL, a connection older than ``db_pool_recycle_seconds`` is replaced at its next
+    checkout (SQLAlchemy's ``pool_recycle``: a check of its age, no round trip), so one a
+    firewall silently dropped while it sat idle is never used."""
+    if not settings.is_sqlite and settings.db_pool_recycle_seconds:
+        kwargs.setdefault("pool_recycle", settings.db_pool_recycle_seconds)
+    return create_engine(settings.database_url, **kwargs)
+
+
 def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """At checkout, hand back a pooled PostgreSQL connection the driver already knows is
     closed, so that the pool connects again (up to once more) before anything is sent:
@@ -214,7 +224,7 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = create_engine(settings.database_url)
+        self.engine = engine_for(settings)
         self.sessions = create_session_factory(self.engine)
 
     async def dispose(self) -> None:
@@ -356,15 +366,41 @@ class PostgresReads:
     These connections only ever run single autocommit statements that leave no session
     state behind (SELECTs, and the shared rate limit's upsert of ``rate_buckets``):
     the pool's default reset on release (``RESET ALL``, ``UNLISTEN *``, advisory unlock:
-    a round trip after every statement, 8% of the profiled read) is skipped."""
+    a round trip after every statement, 8% of the profiled read) is skipped.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    With ``recycle_seconds`` (``db_pool_recycle_seconds``), as SQLAlchemy's engines: every
+    connection older than that is replaced when next acquired. asyncpg's own
+    ``max_inactive_connection_lifetime`` (set to the same) closes only the idle connections
+    above ``min_size``, so the pool's connections are also expired (``expire_connections``)
+    every ``recycle_seconds``."""
+
+    def __init__(self, pool: asyncpg.Pool, recycle_seconds: float = 0) -> None:
         self.pool = pool
         self._numbered: dict[str, str] = {}
+        self._expiring = (
+            asyncio.create_task(self._expire_every(recycle_seconds), name="driver-reads-recycle")
+            if recycle_seconds
+            else None
+        )
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresReads:
-        return cls(await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session))
+    async def open(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 10, recycle_seconds: float = 0
+    ) -> PostgresReads:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            reset=_keep_session,
+            # 0 keeps asyncpg's own default for idle connections above min_size (5 minutes).
+            max_inactive_connection_lifetime=recycle_seconds or 300.0,
+        )
+        return cls(pool, recycle_seconds)
+
+    async def _expire_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self.pool.expire_connections()
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         statement = self._numbered.get(sql)
@@ -374,6 +410,8 @@ class PostgresReads:
             return list(await self.pool.fetch(statement, *params))
 
     async def close(self) -> None:
+        if self._expiring is not None:
+            self._expiring.cancel()
         await asyncio.wait_for(self.pool.close(), timeout=10)
 
 
@@ -419,18 +457,20 @@ def asyncpg_dsn(database_url: str | URL) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def open_driver_reads(database_url: str) -> SqliteReads | PostgresReads:
-    """The raw-driver reads for ``database_url``; the caller closes them."""
+async def open_driver_reads(database_url: str, recycle_seconds: float = 0) -> SqliteReads | PostgresReads:
+    """The raw-driver reads for ``database_url``; the caller closes them. ``recycle_seconds``:
+    ``PostgresReads``'."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         return SqliteReads.open(url.database or ":memory:")
-    return await PostgresReads.open(asyncpg_dsn(url))
+    return await PostgresReads.open(asyncpg_dsn(url), recycle_seconds=recycle_seconds)
 
 
 @contextlib.asynccontextmanager
 async def driver_reads_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     """The process's raw-driver reads on ``app.state.driver_reads``, open as long as the app."""
-    reads = await open_driver_reads(app.state.settings.database_url)
+    settings: Settings = app.state.settings
+    reads = await open_driver_reads(settings.database_url, settings.db_pool_recycle_seconds)
     app.state.driver_reads = reads
     try:
         yield

@@ -102,6 +102,8 @@ class TestInvalidSettings:
             (["audit", "verify"], "TELLONCE_CLIENT_RATE_BURST", "not-a-number-7f3a"),
             (["db", "upgrade"], "TELLONCE_ROOT_KEY", "c2hvcnQta2V5LTdmM2E="),
             (["worker"], "TELLONCE_WORKER_NICE", "20"),
+            (["serve"], "TELLONCE_DB_POOL_RECYCLE_SECONDS", "-7"),
+            (["worker"], "TELLONCE_DB_POOL_RECYCLE_SECONDS", "soon-7f3a"),
             # The audit and console settings are other classes, with their own prefixes.
             (["audit", "export", "--out", "OUT"], "TELLONCE_AUDIT_ORIGIN", "bad origin-7f3a"),
             (["worker"], "TELLONCE_AUDIT_WITNESS_QUORUM", "-7"),

@@ -50,6 +50,8 @@ class SequencerConfig:
     checkpoint_interval: float = 1.0
     batch_size: int = 5000
     poll_interval: float = 0.05
+    # The idle probe's connection on PostgreSQL: ``Settings.db_pool_recycle_seconds``.
+    pool_recycle_seconds: float = 0
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,12 @@ class Sequencer:
         if self.engine.dialect.name == "postgresql":
             try:
                 return PendingWorkProbe(
-                    await PostgresReads.open(asyncpg_dsn(self.engine.url), min_size=1, max_size=1)
+                    await PostgresReads.open(
+                        asyncpg_dsn(self.engine.url),
+                        min_size=1,
+                        max_size=1,
+                        recycle_seconds=self.config.pool_recycle_seconds,
+                    )
                 )
             except (OSError, TimeoutError, asyncpg.PostgresError):
                 logger.warning("audit sequencer: no connection for its idle probe; polling with rounds")

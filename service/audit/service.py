@@ -36,7 +36,7 @@ from service.audit.verify import (
 from service.audit.verify_pages import Parallel, verify_in_pages
 from service.audit.writer import AuditWriter
 from service.config import Settings
-from service.db import create_engine
+from service.db import engine_for
 from service.policy.signing import OwnerVerifier
 
 
@@ -54,6 +54,7 @@ def make_sequencer(
         checkpoint_interval=audit.checkpoint_interval_ms / 1000,
         batch_size=audit.sequencer_batch,
         poll_interval=audit.sequencer_poll_ms / 1000,
+        pool_recycle_seconds=settings.db_pool_recycle_seconds,
     )
     return Sequencer(engine, signer, config)
 
@@ -69,7 +70,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
     app.state.audit_settings = audit
     # The writer has an engine of its own: if it shared the request pool, requests that
     # hold connections while awaiting their audit entry could starve it of one.
-    writer_engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
+    writer_engine = engine_for(settings, **({} if settings.is_sqlite else {"pool_size": 2}))
     tracing.instrument_engine(writer_engine)
     metrics = app.state.metrics
     writer = AuditWriter(
@@ -117,7 +118,7 @@ def _sequencer_engine(settings: Settings) -> AsyncEngine:
     only briefly for the write lock: a submitter round that finds the database busy fails,
     is logged and runs again next poll, rather than holding up shutdown behind a long
     transaction."""
-    engine = create_engine(settings.database_url, **({} if settings.is_sqlite else {"pool_size": 2}))
+    engine = engine_for(settings, **({} if settings.is_sqlite else {"pool_size": 2}))
     if settings.is_sqlite:
 
         def _short_busy_timeout(dbapi_connection: Any, _record: Any) -> None:

@@ -68,7 +68,7 @@ from service.audit.entries import (
 from service.audit.schemas import AuditEntry
 from service.auth import service as auth_service
 from service.config import Settings
-from service.db import create_engine, utcnow
+from service.db import engine_for, utcnow
 from service.errors import FailureLog
 from service.events import fanout, repository
 from service.events.access import LivePolicy, OwnAuditSink
@@ -801,7 +801,7 @@ def _short(text: str) -> str:
 
 async def run_dispatcher(settings: Settings, stop_event: asyncio.Event) -> None:
     """The dispatcher outside ``serve``, with its own engine and audit writer, until ``stop_event``."""
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     audit = OwnAuditSink(engine)
     await audit.start()
     runtime = EventsRuntime(settings=settings, engine=engine, policy=LivePolicy(), audit=audit)

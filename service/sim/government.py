@@ -23,7 +23,7 @@ from service.auth.facts import RequestFacts
 from service.config import Settings
 from service.crypto.keyring import Keyring
 from service.crypto.providers import load_root_key
-from service.db import Database, create_engine, ensure_sqlite_dir
+from service.db import Database, engine_for, ensure_sqlite_dir
 from service.policy.signing import OwnerVerifier
 from service.private_files import make_private_dir
 from service.records import seeding
@@ -208,7 +208,7 @@ def sign_in_lines(
 async def owner_checks(settings: Settings, owner_keys: dict[str, str]) -> list[ReleaseReport]:
     """Each signing owner's check of the live log, as ``audit check-releases`` does."""
     verifier = NoteVerifier.parse(log_verifier_key(settings))
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         reports = []
         for owner, vkey in owner_keys.items():

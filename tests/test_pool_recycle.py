@@ -1,0 +1,135 @@
+"""TELLONCE_DB_POOL_RECYCLE_SECONDS: on PostgreSQL, a pooled connection older than that is
+replaced at its next checkout, in every pool the service keeps (SQLAlchemy's engines and
+the raw asyncpg pools), so one a firewall forgot while it sat idle is never used."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.app import create_app
+from service.audit.service import _sequencer_engine, make_sequencer
+from service.config import Settings
+from service.db import Database, PostgresReads, asyncpg_dsn, engine_for
+from tests.fixtures.databases import is_postgres
+
+SERVICE = Path(__file__).resolve().parent.parent / "service"
+
+
+def _engine_pid(engine: AsyncEngine) -> Callable[[], Awaitable[int]]:
+    async def pid() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    return pid
+
+
+def _reads_pid(reads: PostgresReads) -> Callable[[], Awaitable[int]]:
+    async def pid() -> int:
+        [(found,)] = await reads.rows("SELECT pg_backend_pid()")
+        return int(found)
+
+    return pid
+
+
+async def _replaced(pid: Callable[[], Awaitable[int]], deadline: float = 30.0) -> bool:
+    """Whether the pool behind ``pid`` (statements one at a time, so on the connections it
+    already has) comes to answer from a server process it did not have at first."""
+    first = {await pid() for _ in range(3)}
+    give_up = time.monotonic() + deadline
+    while time.monotonic() < give_up:
+        if await pid() not in first:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def recycling(settings: Settings, scratch_database: str) -> Settings:
+    if not is_postgres(scratch_database):
+        pytest.skip("pool recycling applies to PostgreSQL")
+    return settings.model_copy(
+        update={"database_url": scratch_database, "db_pool_recycle_seconds": 1, "run_workers": False}
+    )
+
+
+class TestSetting:
+    def test_defaults_to_three_minutes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("TELLONCE_DB_POOL_RECYCLE_SECONDS", raising=False)
+        assert Settings().db_pool_recycle_seconds == 180
+
+    @pytest.mark.parametrize("value", ["-1", "soon", "86401", "1.5"])
+    def test_refuses_what_is_not_a_number_of_seconds_up_to_a_day(
+        self, value: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("TELLONCE_DB_POOL_RECYCLE_SECONDS", value)
+        with pytest.raises(ValueError, match="db_pool_recycle_seconds"):
+            Settings()
+
+    def test_every_engine_made_from_the_settings_gets_it(self) -> None:
+        """An engine on ``settings.database_url`` is made by ``engine_for``, which applies the
+        pool settings; ``create_engine`` is for a database URL given on its own."""
+        found = []
+        for path in sorted(SERVICE.rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            # engine_for's own call is the one allowed.
+            allowed = {
+                id(call)
+                for function in ast.walk(tree)
+                if isinstance(function, ast.FunctionDef) and function.name == "engine_for"
+                for call in ast.walk(function)
+            }
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Call)
+                    and id(node) not in allowed
+                    and "create_engine" in ast.unparse(node.func)
+                    and node.args
+                    and ast.unparse(node.args[0]).endswith(".database_url")
+                ):
+                    found.append(f"{path.relative_to(SERVICE.parent)}:{node.lineno}")
+        assert found == []
+
+
+class TestOnPostgres:
+    async def test_an_engine_replaces_a_connection_older_than_the_setting(self, recycling: Settings) -> None:
+        engine = engine_for(recycling)
+        try:
+            assert await _replaced(_engine_pid(engine))
+        finally:
+            await engine.dispose()
+
+    async def test_the_raw_pool_replaces_its_kept_connections_too(self, recycling: Settings) -> None:
+        """asyncpg closes idle connections above ``min_size`` only: the ones it keeps are
+        expired by the pool's own timer."""
+        reads = await PostgresReads.open(
+            asyncpg_dsn(recycling.database_url), min_size=2, max_size=2, recycle_seconds=1
+        )
+        try:
+            assert await _replaced(_reads_pid(reads))
+        finally:
+            await reads.close()
+
+    async def test_the_apps_pools_get_it(self, recycling: Settings) -> None:
+        """The request engine, the audit writer's engine and the raw-driver reads."""
+        app = create_app(recycling)
+        async with app.router.lifespan_context(app):
+            database: Database = app.state.database
+            assert await _replaced(_engine_pid(database.engine))
+            assert await _replaced(_engine_pid(app.state.audit_writer.engine))
+            assert await _replaced(_reads_pid(app.state.driver_reads))
+
+    async def test_the_sequencers_engine_and_idle_probe_get_it(self, recycling: Settings) -> None:
+        engine = _sequencer_engine(recycling)
+        try:
+            assert await _replaced(_engine_pid(engine))
+            assert make_sequencer(recycling, engine).config.pool_recycle_seconds == 1
+        finally:
+            await engine.dispose()

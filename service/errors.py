@@ -250,6 +250,12 @@ class UnkeepableCharacter(BadRequest):
 def _caused_by(exc: BaseException, matches: Callable[[BaseException], bool]) -> bool:
     """Whether ``exc``, anything in its chain of causes and contexts, or a member of an
     exception group among them ``matches``."""
+    return _first_match(exc, matches) is not None
+
+
+def _first_match(exc: BaseException, matches: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first of ``exc``, its chain of causes and contexts, and the members of exception
+    groups among them that ``matches``; None if none does."""
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
     while stack:
@@ -258,11 +264,11 @@ def _caused_by(exc: BaseException, matches: Callable[[BaseException], bool]) -> 
             continue
         seen.add(id(current))
         if matches(current):
-            return True
+            return current
         if isinstance(current, BaseExceptionGroup):
             stack.extend(current.exceptions)
         stack.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+    return None
 
 
 def _unkeepable_character(exc: BaseException) -> bool:
@@ -295,7 +301,7 @@ _ASYNCPG_UNKEEPABLE = frozenset({"CharacterNotInRepertoireError", "Untranslatabl
 _UNKEEPABLE = "The request holds a character the store cannot keep (such as a NUL); nothing was changed."
 
 
-def _database_unavailable(exc: BaseException) -> bool:
+def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is the database being unreachable or gone away:
     a refused or dropped connection, a pool that cannot hand one out, a database that
     cannot be opened. Errors in a statement that did run (a constraint, bad SQL) are not."""
@@ -310,8 +316,9 @@ REPEAT_LOG_SECONDS = 60.0
 def _driver_line(exc: BaseException) -> str:
     """The innermost cause's type and first line: a connection's fate or a SQLite condition
     ("database or disk is full", "attempt to write a readonly database"), never a bound
-    value (those are hidden from SQLAlchemy's own text, which is not used)."""
-    cause = exc
+    value (those are hidden from SQLAlchemy's own text, which is not used). The failure is
+    found inside an exception group too (a task group's), and named rather than the group."""
+    cause = _first_match(exc, _is_unavailable) or exc
     while cause.__cause__ is not None:
         cause = cause.__cause__
     said = (str(cause).splitlines() or [""])[0][:200]
@@ -352,7 +359,7 @@ class FailureLog:
     def failed(self, message: str, exc: BaseException, *args: object, **extra: object) -> None:
         """Log ``message % args`` for ``exc`` (``extra`` as the record's extra fields) unless
         a line for this run of failures was logged less than ``repeat_seconds`` ago."""
-        if not _database_unavailable(exc):
+        if not database_unavailable(exc):
             self.log.error(message, *args, exc_info=exc, extra=extra)
             return
         now = self.clock()
@@ -673,7 +680,7 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
     handler. At the console's addresses, the refusal is its HTML page."""
     if _unkeepable_character(exc):
         return refusal_response(request, UnkeepableCharacter(_UNKEEPABLE))
-    if not _database_unavailable(exc):
+    if not database_unavailable(exc):
         raise exc
     _refused_requests.failed("a request was refused", exc, request_id=_request_id(request))
     return refusal_response(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import re
 import threading
 import time
@@ -20,7 +22,7 @@ from starlette.types import Message
 from service.app import create_app
 from service.config import Settings
 from service.db import SessionDep
-from service.errors import BodyLimitMiddleware, Conflict, Gone, PreconditionFailed
+from service.errors import BodyLimitMiddleware, Conflict, FailureLog, Gone, PreconditionFailed
 from tests.fixtures.auth import act_as
 from tests.fixtures.databases import is_postgres
 from tests.fixtures.server import LiveServer, free_port
@@ -557,3 +559,28 @@ class TestDocsAssetsRanges:
         response = await probe_client.get("/docs-assets/swagger-ui.css", headers={"Range": "bytes=0-9"})
         assert response.status_code == 206
         assert len(response.content) == 10
+
+
+class TestFailureLogNamesTheDriversError:
+    """A background round lost to the database is one warning line naming the driver's error."""
+
+    def test_names_the_lost_connection_inside_a_task_groups_exception_group(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        lost = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        group = ExceptionGroup("unhandled errors in a TaskGroup", [lost])
+        with caplog.at_level(logging.INFO, logger="tellonce.tests"):
+            FailureLog(logging.getLogger("tellonce.tests"), "rounds").failed("round %d failed", group, 7)
+        [record] = caplog.records
+        assert (record.levelno, record.exc_info) == (logging.WARNING, None)
+        assert record.getMessage() == (
+            "round 7 failed: database unavailable "
+            "(ConnectionResetError: [Errno 104] Connection reset by peer)"
+        )
+
+    def test_anything_else_keeps_its_traceback(self, caplog: pytest.LogCaptureFixture) -> None:
+        with caplog.at_level(logging.INFO, logger="tellonce.tests"):
+            FailureLog(logging.getLogger("tellonce.tests"), "rounds").failed("round failed", RuntimeError("a bug"))
+        [record] = caplog.records
+        assert record.levelno == logging.ERROR
+        assert record.exc_info is not None

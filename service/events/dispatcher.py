@@ -69,7 +69,7 @@ from service.audit.schemas import AuditEntry
 from service.auth import service as auth_service
 from service.config import Settings
 from service.db import engine_for, utcnow
-from service.errors import FailureLog
+from service.errors import FailureLog, ServiceUnavailable
 from service.events import fanout, repository
 from service.events.access import LivePolicy, OwnAuditSink
 from service.events.models import ACCESS_RECORDED, CONSENT_CHANGED
@@ -137,6 +137,8 @@ class Dispatcher:
         self.runtime = runtime
         self.batch_size = batch_size
         self._concurrency = max(1, concurrency)
+        # A batch, its audit append or its results lost to the database: one line a run.
+        self._failures = FailureLog(logger, "webhook deliveries")
         self._own_client = client is None
         self._client = client
         if client is not None:
@@ -203,7 +205,7 @@ class Dispatcher:
     async def deliver(self, batch: Sequence[repository.ClaimedDelivery]) -> None:
         """One attempt for each claimed delivery. Each result is written as soon as it is
         known: those known together in one transaction, while the rest are still out."""
-        results = _Results(self._record, len(batch))
+        results = _Results(self._record, len(batch), self._failures)
         writer = asyncio.create_task(results.write())
         try:
             try:
@@ -212,7 +214,7 @@ class Dispatcher:
                 # Never let one batch stop the loop; what has no outcome yet counts as failed
                 # (``settle`` keeps an outcome already given, and ``_failure`` counts a dead
                 # letter when it is made, so only those without one get it).
-                logger.exception("webhook batch failed unexpectedly")
+                self._failures.failed("webhook batch failed", exc)
                 for item in batch:
                     if not results.settled(item):
                         results.settle(
@@ -358,9 +360,15 @@ class Dispatcher:
     async def _audited(self, entries: list[AuditEntry]) -> bool:
         try:
             await self.runtime.audit.record(entries)
-        except Exception:
-            logger.exception("audit append for %d deliveries failed", len(entries))
+        except ServiceUnavailable as exc:
+            # The audit writer could not commit (it logs why) or is not running: expected
+            # while the database is away, so one line; its text is written for callers.
+            logger.warning("audit append for %d deliveries failed: %s", len(entries), exc)
             return False
+        except Exception as exc:
+            self._failures.failed("audit append for %d deliveries failed", exc, len(entries))
+            return False
+        self._failures.succeeded()
         return True
 
     async def _target(self, url: str) -> str | Pinned:
@@ -682,9 +690,11 @@ class _Results:
         self,
         record: Callable[[Sequence[repository.ClaimedDelivery], dict[str, dict[str, Any]]], Any],
         count: int,
+        failures: FailureLog,
     ) -> None:
         self._record = record
         self._left = count
+        self._failures = failures
         self._given: set[str] = set()
         self._queue: asyncio.Queue[tuple[repository.ClaimedDelivery, dict[str, Any]]] = asyncio.Queue()
         self.unsent = 0
@@ -710,10 +720,12 @@ class _Results:
                 await self._record(
                     [item for item, _values in come], {item.id: values for item, values in come}
                 )
-            except Exception:
+            except Exception as exc:
                 # Claims not recorded run out with their lease and are attempted again (at
                 # least once); the batch's other results are still written.
-                logger.exception("recording %d webhook results failed", len(come))
+                self._failures.failed("recording %d webhook results failed", exc, len(come))
+            else:
+                self._failures.succeeded()
 
 
 class _FairTurns:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import hmac
 import json
+import logging
 import random
 import time
 from datetime import timedelta
@@ -22,6 +24,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from service.auth import service as auth_service
 from service.auth.models import Client
 from service.db import utcnow
+from service.errors import ServiceUnavailable
+from service.events import fanout
 from service.events import service as events_service
 from service.events.cursors import encode_text
 from service.events.dispatcher import Dispatcher, backoff_seconds
@@ -29,6 +33,7 @@ from service.events.models import Delivery
 from service.events.service import EventsRuntime
 from tests.events.conftest import ListAuditSink, LiveAgreements, add_citizen, emit, occurred_at, running
 from tests.fixtures.auth import act_as
+from tests.fixtures.databases import unreachable_engine
 from tests.fixtures.webhooks import WebhookReceiver, stamped_at
 
 
@@ -733,3 +738,84 @@ class TestClaims:
         assert request.body == json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         assert int(request.headers["webhook-timestamp"]) > 0
         assert request.headers["webhook-signature"].startswith("v1,")
+
+
+def _dispatcher_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tellonce.events" and r.levelno >= logging.WARNING]
+
+
+class TestALostDatabase:
+    """A webhook batch, its results or its audit append lost to the database (a restart, a
+    failover) is one warning line each; anything else unforeseen keeps its traceback."""
+
+    async def test_a_batch_and_its_results_are_one_line_each(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        async with events_engine.begin() as conn:
+            await fanout.fan_out(conn)
+        batch = await dispatcher.claim()
+        assert len(batch) == 1
+        caplog.set_level(logging.INFO, logger="tellonce.events")
+        async with unreachable_engine() as lost:
+            runtime.engine = lost
+            try:
+                await dispatcher.deliver(batch)
+            finally:
+                runtime.engine = events_engine
+        lines = _dispatcher_lines(caplog)
+        assert [(r.levelno, r.exc_info) for r in lines] == [(logging.WARNING, None)] * 2
+        assert lines[0].getMessage().startswith("webhook batch failed: database unavailable (")
+        assert lines[1].getMessage().startswith("recording 1 webhook results failed: database unavailable (")
+
+    @pytest.mark.parametrize(
+        ("error", "level", "said"),
+        [
+            pytest.param(
+                ServiceUnavailable("The audit log could not record this access."),
+                logging.WARNING,
+                "audit append for 1 deliveries failed: The audit log could not record this access.",
+                id="audit-writer-down",
+            ),
+            pytest.param(
+                ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed"),
+                logging.WARNING,
+                "audit append for 1 deliveries failed: database unavailable (ConnectionRefusedError: ",
+                id="database-lost",
+            ),
+            pytest.param(
+                RuntimeError("a bug"), logging.ERROR, "audit append for 1 deliveries failed", id="bug"
+            ),
+        ],
+    )
+    async def test_an_audit_append(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        audit_sink: ListAuditSink,
+        receiver: WebhookReceiver,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+        error: Exception,
+        level: int,
+        said: str,
+    ) -> None:
+        async def failing(_entries: object) -> None:
+            raise error
+
+        monkeypatch.setattr(audit_sink, "record", failing)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        caplog.set_level(logging.INFO, logger="tellonce.events")
+        await dispatcher.run_once()
+        assert receiver.received == []
+        [line] = _dispatcher_lines(caplog)
+        assert line.levelno == level
+        assert line.getMessage().startswith(said)
+        assert (line.exc_info is not None) == (level == logging.ERROR)

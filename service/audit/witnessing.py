@@ -46,7 +46,7 @@ from service.audit.errors import AuditUnavailable, NoCheckpoint
 from service.audit.repository import Executor
 from service.db import utcnow
 from service.digits import bounded_decimal
-from service.errors import FailureLog
+from service.errors import FailureLog, database_unavailable
 from service.witness.cosignature import (
     Cosignature,
     CosignatureError,
@@ -275,6 +275,8 @@ class WitnessSubmitter:
         self.known_sizes: dict[str, int] = {}
         # Witness name -> its failures in a row and when it may be asked again.
         self._health: dict[str, _WitnessHealth] = {}
+        # Proof reads lost to the database, which are no witness's doing.
+        self._proof_reads = FailureLog(logger, "witnessing proof reads")
 
     async def close(self) -> None:
         if self._own_http and self._http is not None:
@@ -396,7 +398,12 @@ class WitnessSubmitter:
         cosigns after failing is said to be back, once."""
         try:
             found = await self._cosign(witness, checkpoint, known)
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):
+                # Reading a proof after a 409 lost the database: not this witness's doing, so
+                # no pause; it is asked again when a round can read.
+                self._proof_reads.failed("asking witness %s for a cosignature failed", exc, witness.name)
+                return None
             return self._failed(
                 witness,
                 logging.ERROR,
@@ -404,6 +411,7 @@ class WitnessSubmitter:
                 witness.name,
                 exc_info=True,
             )
+        self._proof_reads.succeeded()
         if found is not None and witness.name in self._health:
             failures = self._health.pop(witness.name).failures
             logger.info("witness %s cosigns again, after %d failed attempts", witness.name, failures)
@@ -529,7 +537,10 @@ class WitnessSubmitter:
         starts the next round at once. While the newest checkpoint is at quorum there is
         nothing to poll for: the next round waits for ``wake`` or a quarter of the refresh
         period (to re-witness an idle log in time). Until then, a round every poll, which
-        asks only the witnesses whose pause after a failure is over (``_failed``)."""
+        asks only the witnesses whose pause after a failure is over (``_failed``).
+
+        A round lost to the database (a restart, a failover) is one warning line a run of
+        them (``FailureLog``); anything else unforeseen is logged with its traceback."""
         failures = FailureLog(logger, "witnessing")
         while not stop.is_set():
             if wake is not None:
@@ -606,11 +617,13 @@ class WitnessGate:
             raise LogUnwitnessed(reason)
 
     async def run(self, engine: AsyncEngine, stop: asyncio.Event) -> None:
+        failures = FailureLog(logger, "witnessing state")
         while not stop.is_set():
             try:
                 await self.refresh(engine)
-            except Exception:
-                logger.exception("reading the witnessing state failed")
+                failures.succeeded()
+            except Exception as exc:
+                failures.failed("reading the witnessing state failed", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.config.gate_seconds)
 

@@ -4,6 +4,8 @@ it keeps, and when a checkpoint counts as witnessed, under the witnesses configu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
 import logging
 import socket
 import time
@@ -32,7 +34,7 @@ from service.witness.cosignature import CosignatureSigner, CosignatureVerifier, 
 from service.witness.protocol import parse_submission
 from tests.audit.conftest import poll
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
-from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database, unreachable_engine
 
 Clock = Callable[[], int]
 
@@ -590,3 +592,112 @@ class TestMaxRetry:
             poll_seconds=poll,
         )
         assert config.max_retry_seconds == expected
+
+
+class TestALostDatabase:
+    """A submitter's round, or the gate's refresh, lost to the database (a restart, a
+    failover) is one warning line; anything else unforeseen keeps its traceback."""
+
+    @staticmethod
+    def _lines(caplog: pytest.LogCaptureFixture, start: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith(start)]
+
+    async def _until_lines(self, caplog: pytest.LogCaptureFixture, start: str, count: int) -> None:
+        async def enough() -> bool:
+            return len(self._lines(caplog, start)) >= count
+
+        await poll(enough)
+
+    async def test_a_submitter_round_is_one_line(self, caplog: pytest.LogCaptureFixture) -> None:
+        witnesses = FakeWitnesses({"a.example": _now})
+        config = _config(witnesses, ["a.example"], quorum=1)
+        caplog.set_level(logging.INFO, logger="tellonce.audit.witnessing")
+        stop = asyncio.Event()
+        async with (
+            unreachable_engine() as engine,
+            httpx.AsyncClient(transport=httpx.MockTransport(witnesses.handler)) as http,
+        ):
+            task = asyncio.create_task(WitnessSubmitter(engine, config, http).run(stop, asyncio.Event()))
+            try:
+                await self._until_lines(caplog, "witnessing round failed", 2)
+            finally:
+                stop.set()
+                await task
+        records = [r for r in caplog.records if r.name == "tellonce.audit.witnessing"]
+        assert records
+        for record in records:
+            assert record.levelno == logging.WARNING
+            assert record.exc_info is None
+            assert record.getMessage().startswith("witnessing round failed: database unavailable (")
+
+    async def test_a_gate_refresh_is_one_line(self, caplog: pytest.LogCaptureFixture) -> None:
+        witnesses = FakeWitnesses({"a.example": _now})
+        config = dataclasses.replace(_config(witnesses, ["a.example"], quorum=1), gate_seconds=0.02)
+        caplog.set_level(logging.INFO, logger="tellonce.audit.witnessing")
+        stop = asyncio.Event()
+        async with unreachable_engine() as engine:
+            task = asyncio.create_task(WitnessGate(config).run(engine, stop))
+            try:
+                await self._until_lines(caplog, "reading the witnessing state failed", 2)
+            finally:
+                stop.set()
+                await task
+        records = self._lines(caplog, "reading the witnessing state failed")
+        assert {(r.levelno, r.exc_info) for r in records} == {(logging.WARNING, None)}
+        assert "database unavailable (" in records[0].getMessage()
+
+    async def test_anything_else_keeps_its_traceback(
+        self, sequenced_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Broken(WitnessSubmitter):
+            async def run_once(self) -> bool:
+                raise RuntimeError("a bug")
+
+        witnesses = FakeWitnesses({"a.example": _now})
+        caplog.set_level(logging.INFO, logger="tellonce.audit.witnessing")
+        stop = asyncio.Event()
+        submitter = Broken(sequenced_engine, _config(witnesses, ["a.example"], quorum=1))
+        task = asyncio.create_task(submitter.run(stop, asyncio.Event()))
+        try:
+            await self._until_lines(caplog, "witnessing round failed", 1)
+        finally:
+            stop.set()
+            await task
+            await submitter.close()
+        record = self._lines(caplog, "witnessing round failed")[0]
+        assert record.levelno == logging.ERROR
+        assert record.exc_info is not None
+
+    async def test_a_proof_read_lost_is_not_held_against_the_witness(
+        self, sequenced_engine: AsyncEngine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A 409 naming another size needs a proof read now; if the database is lost then,
+        the witness did nothing wrong: one line, and it is asked again next round, not after
+        a pause."""
+        witnesses = FakeWitnesses({"a.example": _now})
+        asked: list[str] = []
+
+        def other_size(request: httpx.Request) -> httpx.Response:
+            asked.append(request.url.host)
+            return httpx.Response(409, text="1\n", headers={"Content-Type": "text/x.tlog.size"})
+
+        async def lost(old: int, _size: int, known: dict[int, list[bytes]]) -> list[bytes]:
+            if old in known:  # read with the round's first queries
+                return known[old]
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+        caplog.set_level(logging.INFO, logger="tellonce.audit.witnessing")
+        async with httpx.AsyncClient(transport=httpx.MockTransport(other_size)) as http:
+            submitter = WitnessSubmitter(
+                sequenced_engine, _config(witnesses, ["a.example"], quorum=1), http, clock=lambda: 0.0
+            )
+            monkeypatch.setattr(submitter, "_proof", lost)
+            assert not await submitter.run_once()
+            assert not await submitter.run_once()  # at the same instant: no pause was set
+        assert asked == ["a.example", "a.example"]
+        # (The second round's proof came with its first queries: the witness then refuses.)
+        records = [r for r in caplog.records if r.name == "tellonce.audit.witnessing"]
+        assert (records[0].levelno, records[0].exc_info) == (logging.WARNING, None)
+        said = records[0].getMessage()
+        assert said.startswith("asking witness a.example for a cosignature failed: database unavailable (")
+        assert "ConnectionResetError" in said

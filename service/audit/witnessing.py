@@ -277,6 +277,9 @@ class WitnessSubmitter:
         self._health: dict[str, _WitnessHealth] = {}
         # Proof reads lost to the database, which are no witness's doing.
         self._proof_reads = FailureLog(logger, "witnessing proof reads")
+        # The witnesses the last round left owing a cosignature on the newest checkpoint
+        # that is not at quorum (None after any other round): ``_next_round_in`` reads it.
+        self._owed: list[str] | None = None
 
     async def close(self) -> None:
         if self._own_http and self._http is not None:
@@ -290,6 +293,7 @@ class WitnessSubmitter:
 
     async def run_once(self) -> bool:
         """Submit the newest checkpoint where needed; True if it is at quorum afterwards."""
+        self._owed = None
         async with self.engine.connect() as conn:
             newest = await cosignature_repository.newest_checkpoint(conn)
             if newest is None:
@@ -314,6 +318,7 @@ class WitnessSubmitter:
                 targets = list(self.config.witnesses)  # re-witness an idle log
             else:
                 targets = [w for w in self.config.witnesses if w.name not in counted]
+            owed = [w.name for w in targets]
             # A witness that failed lately waits its turn (``_failed``): the others are asked now.
             now = self.clock()
             targets = [
@@ -346,7 +351,22 @@ class WitnessSubmitter:
                     await self._store(newest, fresh, witnessed=True)
                     fresh, marked = [], True
         await self._store(newest, fresh, witnessed=False)
-        return marked or witnessed_at is not None
+        if marked or witnessed_at is not None:
+            return True
+        self._owed = [name for name in owed if name not in cosigned]
+        return False
+
+    def _next_round_in(self) -> float:
+        """Seconds until a round could ask a witness for the newest checkpoint, which is not
+        at quorum: the poll interval, or longer while every witness still owing a
+        cosignature waits out its pause after a failure (``_failed``), until the first of
+        them is due. Such a round would only read the database (three queries) to ask no one."""
+        poll = self.config.poll_seconds
+        if not self._owed:
+            return poll
+        now = self.clock()
+        due = min(self._health[name].retry_at if name in self._health else now for name in self._owed)
+        return max(poll, due - now)
 
     async def _store(self, checkpoint: CheckpointRow, fresh: list[Cosignature], *, witnessed: bool) -> None:
         """Keep ``fresh`` cosignatures on ``checkpoint``, and mark it ``witnessed`` now."""
@@ -537,7 +557,11 @@ class WitnessSubmitter:
         starts the next round at once. While the newest checkpoint is at quorum there is
         nothing to poll for: the next round waits for ``wake`` or a quarter of the refresh
         period (to re-witness an idle log in time). Until then, a round every poll, which
-        asks only the witnesses whose pause after a failure is over (``_failed``).
+        asks only the witnesses whose pause after a failure is over (``_failed``); while
+        every witness owing a cosignature is in such a pause, the next round waits for
+        ``wake`` or the first of them to be due (``_next_round_in``), so a new checkpoint is
+        still taken to the healthy witnesses at once. Without ``wake`` a new checkpoint is
+        only seen by a round, so there is one every poll.
 
         A round lost to the database (a restart, a failover) is one warning line a run of
         them (``FailureLog``); anything else unforeseen is logged with its traceback."""
@@ -552,10 +576,11 @@ class WitnessSubmitter:
             except Exception as exc:
                 failures.failed("witnessing round failed", exc)
             waits = [asyncio.ensure_future(stop.wait())]
-            if wake is not None:
+            if wake is None:
+                timeout = self.config.poll_seconds
+            else:
                 waits.append(asyncio.ensure_future(wake.wait()))
-            idle = wake is not None and witnessed
-            timeout = self.config.refresh_seconds / 4 if idle else self.config.poll_seconds
+                timeout = self.config.refresh_seconds / 4 if witnessed else self._next_round_in()
             _done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in pending:
                 waiter.cancel()

@@ -594,6 +594,99 @@ class TestMaxRetry:
         assert config.max_retry_seconds == expected
 
 
+class CountingSubmitter(WitnessSubmitter):
+    """Counts its rounds (each reads the database)."""
+
+    rounds = 0
+
+    async def run_once(self) -> bool:
+        self.rounds += 1
+        return await super().run_once()
+
+
+class TestWhileEveryOwedWitnessWaits:
+    """A round while every witness owing a cosignature is in its pause after a failure would
+    only read the database: the submitter sleeps until the first of them is due instead,
+    and a new checkpoint still wakes it for the healthy witnesses at once."""
+
+    POLL = 0.005
+    CAP = 2.0
+    WINDOW = 3.0
+
+    @staticmethod
+    def _down(witnesses: FakeWitnesses, asked: Counter[str]) -> Callable[[httpx.Request], httpx.Response]:
+        def answer(request: httpx.Request) -> httpx.Response:
+            asked[request.url.host] += 1
+            if request.url.host == "down.example":
+                return httpx.Response(503)
+            return witnesses.handler(request)
+
+        return answer
+
+    async def test_it_reads_the_database_only_when_a_witness_is_due(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        witnesses = FakeWitnesses({"healthy.example": _now, "down.example": _now})
+        config = WitnessConfig(
+            witnesses=(witnesses.endpoint("healthy.example"), witnesses.endpoint("down.example")),
+            quorum=2,
+            grace_seconds=None,
+            refresh_seconds=self.CAP,
+            timeout_seconds=5,
+            poll_seconds=self.POLL,
+        )
+        asked: Counter[str] = Counter()
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(self._down(witnesses, asked))) as http:
+            submitter = CountingSubmitter(sequenced_engine, config, http)
+            task = asyncio.create_task(submitter.run(stop, asyncio.Event()))
+            try:
+                started = time.monotonic()
+                await poll(lambda: _has(sequenced_engine, "healthy.example"))
+                await asyncio.sleep(self.WINDOW)  # the window the rounds are counted over
+                elapsed = time.monotonic() - started
+                rounds, attempts = submitter.rounds, asked["down.example"]
+            finally:
+                stop.set()
+                await task
+        most = most_attempts(elapsed, self.POLL, self.CAP)
+        assert 2 <= attempts <= most, attempts
+        # A round every poll would be hundreds: one per attempt, and one more for slack.
+        assert rounds <= attempts + 2, (rounds, attempts)
+        assert asked["healthy.example"] == 1
+
+    async def test_a_new_checkpoint_is_taken_to_the_healthy_witness_at_once(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        """The down witness's first pause is the poll interval, here far beyond the deadline."""
+        witnesses = FakeWitnesses({"healthy.example": _now, "down.example": _now})
+        config = WitnessConfig(
+            witnesses=(witnesses.endpoint("healthy.example"), witnesses.endpoint("down.example")),
+            quorum=2,
+            grace_seconds=None,
+            refresh_seconds=3600,
+            timeout_seconds=5,
+            poll_seconds=120,
+        )
+        asked: Counter[str] = Counter()
+        stop, wake = asyncio.Event(), asyncio.Event()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(self._down(witnesses, asked))) as http:
+            submitter = CountingSubmitter(sequenced_engine, config, http)
+            task = asyncio.create_task(submitter.run(stop, wake))
+            try:
+                await poll(lambda: _has(sequenced_engine, "healthy.example"))
+                assert asked == {"healthy.example": 1, "down.example": 1}
+                async with sequenced_engine.begin() as conn:
+                    await append_many_in_transaction(conn, [make_entry()])
+                await sequence_all(make_sequencer(sequenced_engine, make_signer(), every=1))
+                wake.set()
+                await poll(lambda: _has(sequenced_engine, "healthy.example"), timeout=30)
+            finally:
+                stop.set()
+                await task
+        assert asked == {"healthy.example": 2, "down.example": 1}
+
+
 class TestALostDatabase:
     """A submitter's round, or the gate's refresh, lost to the database (a restart, a
     failover) is one warning line; anything else unforeseen keeps its traceback."""

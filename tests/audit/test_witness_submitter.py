@@ -623,18 +623,23 @@ class TestWhileEveryOwedWitnessWaits:
 
         return answer
 
+    @staticmethod
+    def _healthy_and_down(witnesses: FakeWitnesses, refresh: float, poll: float) -> WitnessConfig:
+        """Both must cosign, so the down one is owed a cosignature all along."""
+        return WitnessConfig(
+            witnesses=(witnesses.endpoint("healthy.example"), witnesses.endpoint("down.example")),
+            quorum=2,
+            grace_seconds=None,
+            refresh_seconds=refresh,
+            timeout_seconds=5,
+            poll_seconds=poll,
+        )
+
     async def test_it_reads_the_database_only_when_a_witness_is_due(
         self, sequenced_engine: AsyncEngine
     ) -> None:
         witnesses = FakeWitnesses({"healthy.example": _now, "down.example": _now})
-        config = WitnessConfig(
-            witnesses=(witnesses.endpoint("healthy.example"), witnesses.endpoint("down.example")),
-            quorum=2,
-            grace_seconds=None,
-            refresh_seconds=self.CAP,
-            timeout_seconds=5,
-            poll_seconds=self.POLL,
-        )
+        config = self._healthy_and_down(witnesses, refresh=self.CAP, poll=self.POLL)
         asked: Counter[str] = Counter()
         stop = asyncio.Event()
         async with httpx.AsyncClient(transport=httpx.MockTransport(self._down(witnesses, asked))) as http:
@@ -660,14 +665,7 @@ class TestWhileEveryOwedWitnessWaits:
     ) -> None:
         """The down witness's first pause is the poll interval, here far beyond the deadline."""
         witnesses = FakeWitnesses({"healthy.example": _now, "down.example": _now})
-        config = WitnessConfig(
-            witnesses=(witnesses.endpoint("healthy.example"), witnesses.endpoint("down.example")),
-            quorum=2,
-            grace_seconds=None,
-            refresh_seconds=3600,
-            timeout_seconds=5,
-            poll_seconds=120,
-        )
+        config = self._healthy_and_down(witnesses, refresh=3600, poll=120)
         asked: Counter[str] = Counter()
         stop, wake = asyncio.Event(), asyncio.Event()
         async with httpx.AsyncClient(transport=httpx.MockTransport(self._down(witnesses, asked))) as http:

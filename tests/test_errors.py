@@ -580,7 +580,8 @@ class TestFailureLogNamesTheDriversError:
 
     def test_anything_else_keeps_its_traceback(self, caplog: pytest.LogCaptureFixture) -> None:
         with caplog.at_level(logging.INFO, logger="tellonce.tests"):
-            FailureLog(logging.getLogger("tellonce.tests"), "rounds").failed("round failed", RuntimeError("a bug"))
+            rounds = FailureLog(logging.getLogger("tellonce.tests"), "rounds")
+            rounds.failed("round failed", RuntimeError("a bug"))
         [record] = caplog.records
         assert record.levelno == logging.ERROR
         assert record.exc_info is not None

@@ -137,8 +137,10 @@ class Dispatcher:
         self.runtime = runtime
         self.batch_size = batch_size
         self._concurrency = max(1, concurrency)
-        # A batch, its audit append or its results lost to the database: one line a run.
+        # Batches or their results lost to the database: one line a run of them; likewise
+        # the audit appends, which go through the audit writer (mocked apart in tests).
         self._failures = FailureLog(logger, "webhook deliveries")
+        self._audit_failures = FailureLog(logger, "webhook audit appends")
         self._own_client = client is None
         self._client = client
         if client is not None:
@@ -366,9 +368,9 @@ class Dispatcher:
             logger.warning("audit append for %d deliveries failed: %s", len(entries), exc)
             return False
         except Exception as exc:
-            self._failures.failed("audit append for %d deliveries failed", exc, len(entries))
+            self._audit_failures.failed("audit append for %d deliveries failed", exc, len(entries))
             return False
-        self._failures.succeeded()
+        self._audit_failures.succeeded()
         return True
 
     async def _target(self, url: str) -> str | Pinned:

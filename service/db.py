@@ -311,8 +311,19 @@ class SqliteReads:
         connection (another process's, or this one's next) sees, so its writes are lost
         when it ends and other processes see none of them: it must be restarted (SQLite,
         "How To Corrupt An SQLite Database File", 2.4 and 2.5). Two ``stat`` calls: for
-        ``/readyz``, not for every request."""
-        return self.path is not None and _file_ids(self.path) != self._opened
+        ``/readyz``, not for every request.
+
+        A log that was not there when the process opened the database (one not yet in WAL
+        mode: ``tellonce serve`` started before ``tellonce db upgrade``) is no replacement:
+        the first one made since is the one this connection reads from then on."""
+        if self.path is None:
+            return False
+        database, log = _file_ids(self.path)
+        opened_database, opened_log = self._opened
+        if opened_log is None:
+            self._opened = (opened_database, log)
+            return database != opened_database
+        return (database, log) != self._opened
 
     async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with tracing.span("db.read", **{"db.system": "sqlite", "db.statement": sql}):

@@ -55,6 +55,29 @@ class TestSqliteReads:
         finally:
             writer.close()
 
+    async def test_a_log_made_after_opening_is_no_replacement_but_its_loss_is(self, tmp_path: Path) -> None:
+        """Opened on a database not yet in WAL mode (``serve`` started before ``db
+        upgrade``), the log the migration makes is not a replaced file, or the service
+        would never be ready; deleting that log afterwards is."""
+        path = tmp_path / "late-wal.db"
+        reads = SqliteReads.open(str(path))
+        try:
+            assert not Path(f"{path}-wal").exists()
+            writer = sqlite3.connect(path, isolation_level=None)
+            try:
+                writer.execute("PRAGMA journal_mode=WAL")
+                writer.execute("CREATE TABLE t (x)")
+                assert Path(f"{path}-wal").exists()
+                assert not reads.replaced()
+                assert await reads.rows("SELECT count(*) FROM t") == [(0,)]
+                assert not reads.replaced()
+                Path(f"{path}-wal").unlink()
+                assert reads.replaced()
+            finally:
+                writer.close()
+        finally:
+            await reads.close()
+
 
 class Rollback(Exception):
     pass

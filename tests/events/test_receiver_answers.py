@@ -277,19 +277,18 @@ class TestRetryAfter:
         events_engine: AsyncEngine,
     ) -> None:
         runtime.settings = runtime.settings.model_copy(update={"webhook_retry_cap_seconds": 600.0})
-        when = format_datetime(utcnow() + timedelta(seconds=300), usegmt=True)
+        asked = utcnow() + timedelta(seconds=300)
+        when = format_datetime(asked, usegmt=True)
         with ScriptedReceiver(503, {"Retry-After": when}) as receiver:
             act_as(events_app, "dvla", "consumer")
             hook = await _subscribe(api, receiver.url)
             await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
             await dispatcher.run_once()
         [delivery] = await _deliveries(api, hook["id"])
-        waited = (
-            datetime.fromisoformat(delivery["next_attempt_at"])
-            - datetime.fromisoformat(delivery["last_attempt_at"])
-        ).total_seconds()
-        # The date has whole seconds: up to one less than asked.
-        assert 298 <= waited <= 305
+        # The next attempt is at the date the receiver named (which has whole seconds: up to
+        # one less than asked), however long the test took to get there on a loaded machine.
+        late = (datetime.fromisoformat(delivery["next_attempt_at"]) - asked).total_seconds()
+        assert -1 <= late <= 5
 
     async def test_an_unreadable_one_keeps_the_backoff_and_spoils_no_other_delivery(
         self,

@@ -9,15 +9,20 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.app import create_app
+from service.audit import cli as audit_cli
+from service.audit.checkpoint import NoteVerifier
 from service.audit.service import _sequencer_engine, make_sequencer
+from service.audit.verify import Expectations
 from service.config import Settings
 from service.db import Database, PostgresReads, asyncpg_dsn, engine_for
+from tests.fixtures.audit import make_signer
 from tests.fixtures.databases import is_postgres
 
 SERVICE = Path(__file__).resolve().parent.parent / "service"
@@ -73,9 +78,10 @@ class TestSetting:
         with pytest.raises(ValueError, match="db_pool_recycle_seconds"):
             Settings()
 
-    def test_every_engine_made_from_the_settings_gets_it(self) -> None:
-        """An engine on ``settings.database_url`` is made by ``engine_for``, which applies the
-        pool settings; ``create_engine`` is for a database URL given on its own."""
+    def test_every_engine_of_the_service_is_made_from_the_settings(self) -> None:
+        """Every engine the service makes is made by ``engine_for``, which applies the pool
+        settings: no module calls ``create_engine`` (with or without ``settings.database_url``:
+        a command handed the URL alone, as ``tellonce audit`` was, loses them too)."""
         found = []
         for path in sorted(SERVICE.rglob("*.py")):
             tree = ast.parse(path.read_text(), str(path))
@@ -90,9 +96,7 @@ class TestSetting:
                 if (
                     isinstance(node, ast.Call)
                     and id(node) not in allowed
-                    and "create_engine" in ast.unparse(node.func)
-                    and node.args
-                    and ast.unparse(node.args[0]).endswith(".database_url")
+                    and ast.unparse(node.func).split(".")[-1] == "create_engine"
                 ):
                     found.append(f"{path.relative_to(SERVICE.parent)}:{node.lineno}")
         assert found == []
@@ -133,3 +137,25 @@ class TestOnPostgres:
             assert make_sequencer(recycling, engine).config.pool_recycle_seconds == 1
         finally:
             await engine.dispose()
+
+    async def test_the_audit_commands_engines_get_it(
+        self, recycling: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """``tellonce audit export`` and ``audit verify`` read through the server's engine."""
+        made: list[AsyncEngine] = []
+
+        def recorded(settings: Settings, **kwargs: Any) -> AsyncEngine:
+            made.append(engine_for(settings, **kwargs))
+            return made[-1]
+
+        monkeypatch.setattr(audit_cli, "engine_for", recorded)
+        signer = make_signer()
+        assert await audit_cli.export_bundle(recycling, signer, tmp_path / "bundle.jsonl") == 0
+        verifier = NoteVerifier.parse(signer.verifier_key())
+        assert await audit_cli.verify_database(recycling, verifier, Expectations(allow_empty=True)) == 0
+        assert len(made) == 2
+        for engine in made:
+            try:
+                assert await _replaced(_engine_pid(engine))
+            finally:
+                await engine.dispose()

@@ -50,6 +50,7 @@ from service.audit.service import VERIFY_PAGE, verify_stored_log
 from service.audit.verify import LogVerifier, StoredCheckpoint
 from service.audit.verify_pages import PageResult, Parallel
 from service.audit.writer import entry_row, insert_entries
+from service.config import Settings
 from service.db import create_engine
 from service.schema import upgrade_async
 
@@ -163,7 +164,7 @@ async def _run(label: str, url: str) -> None:
     # One untimed pass first: the first read of freshly written rows costs more (on
     # PostgreSQL it sets their hint bits), and whichever run came first would pay it.
     await floor()
-    verified = await _timed(lambda: verify_database(url, verifier, parallel=parallel))
+    verified = await _timed(lambda: verify_database(Settings(database_url=url), verifier, parallel=parallel))
     baseline = await _timed(floor)
     print(
         _line(

@@ -56,8 +56,8 @@ from service.audit.verify import (
 )
 from service.audit.verify_pages import Parallel
 from service.audit.writer import FILTER_COLUMNS
-from service.config import get_settings
-from service.db import create_engine, unusable_database
+from service.config import Settings, get_settings
+from service.db import engine_for, unusable_database
 from service.policy.signing import OwnerVerifier, SigningKeyError
 from service.private_files import open_owner_only
 from service.witness.cosignature import CosignatureError, CosignatureVerifier, split_note
@@ -99,25 +99,26 @@ def parallel_verification(database_url: str) -> Parallel | None:
 
 
 async def verify_database(
-    database_url: str,
+    settings: Settings,
     verifier: TrustedKeys,
     expectations: Expectations | None = None,
     parallel: Parallel | None = None,
 ) -> int:
-    """Check the log in the database up to the size it has when the check starts (a
-    running server keeps appending), in worker processes as ``parallel`` says, else in
-    this one; return that size or raise ``VerificationFailed``."""
-    return (await database_verification(database_url, verifier, expectations, parallel)).compact.size
+    """Check the log in the settings' database up to the size it has when the check starts
+    (a running server keeps appending), in worker processes as ``parallel`` says, else in
+    this one; return that size or raise ``VerificationFailed``. The engine is the server's
+    (``engine_for``: its pool settings and its handling of lost connections)."""
+    return (await database_verification(settings, verifier, expectations, parallel)).compact.size
 
 
 async def database_verification(
-    database_url: str,
+    settings: Settings,
     verifier: TrustedKeys,
     expectations: Expectations | None = None,
     parallel: Parallel | None = None,
 ) -> LogVerifier:
     """``verify_database``, returning the finished verification (which key verified what)."""
-    engine = create_engine(database_url)
+    engine = engine_for(settings)
     try:
         with Progress(
             TextColumn("verifying audit log"),
@@ -312,9 +313,10 @@ def _one_witness_per_key(witnesses: Sequence[CosignatureVerifier]) -> None:
                 )
 
 
-async def export_bundle(database_url: str, signer: NoteSigner, out: Path) -> int:
-    """Write the bundle described in this module's docstring; return the tree size."""
-    engine = create_engine(database_url)
+async def export_bundle(settings: Settings, signer: NoteSigner, out: Path) -> int:
+    """Write the bundle described in this module's docstring from the settings' database
+    (on the server's engine, ``engine_for``); return the tree size."""
+    engine = engine_for(settings)
     try:
         async with engine.connect() as conn:
             size = await audit_repository.tree_size(conn)
@@ -436,8 +438,9 @@ def verify(
                     _bundle_checkpoints(bundle), witnesses, quorum if quorum is not None else len(witnesses)
                 )
         else:
-            url = get_settings().database_url
-            log = asyncio.run(database_verification(url, verifier, expectations, parallel_verification(url)))
+            settings = get_settings()
+            parallel = parallel_verification(settings.database_url)
+            log = asyncio.run(database_verification(settings, verifier, expectations, parallel))
     except (VerificationFailed, CheckpointError) as exc:
         typer.echo(f"audit log does NOT verify: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -469,7 +472,7 @@ def export(out: Path = typer.Option(..., "--out", help="The bundle file to write
     settings = get_settings()
     signer = load_signer(settings, AuditSettings().origin)
     try:
-        size = asyncio.run(export_bundle(settings.database_url, signer, out))
+        size = asyncio.run(export_bundle(settings, signer, out))
     except OSError as exc:
         if unusable_database(exc) is not None:
             raise  # `tellonce` names the database and exits 2

@@ -38,6 +38,7 @@ from service.db import create_engine
 from service.policy.signing import OwnerSigner
 from tests.audit.test_tamper import _drop_triggers
 from tests.fixtures.audit import make_entry, make_sequencer, sequence_all
+from tests.fixtures.databases import settings_on
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -204,11 +205,13 @@ class TestKeyChangeElsewhere:
         url = get_settings().database_url
         in_pages = Parallel(url, workers=2, page=4, from_size=0)
         keys = [NoteVerifier.parse(signer.verifier_key()) for signer in (changed_log.old, changed_log.new)]
-        assert await verify_database(url, keys, parallel=in_pages) == await verify_database(url, keys)
+        assert await verify_database(settings_on(url), keys, parallel=in_pages) == await verify_database(
+            settings_on(url), keys
+        )
         with pytest.raises(
             VerificationFailed, match=rf"size {changed_log.new_sizes[0]}\): the note carries no"
         ):
-            await verify_database(url, keys[:1], parallel=in_pages)
+            await verify_database(settings_on(url), keys[:1], parallel=in_pages)
 
     def test_check_releases_takes_both_keys(self, changed_log: ChangedLog) -> None:
         owner = ("--owner", "register", "--owner-key", OwnerSigner.generate("register").verifier_key())
@@ -254,7 +257,7 @@ class TestKeyChangeElsewhere:
         with pytest.raises(
             VerificationFailed, match=r"the key operation at leaf \d+ no longer matches its leaf hash"
         ):
-            await verify_database(url, keys)
+            await verify_database(settings_on(url), keys)
 
 
 async def _append_and_sign(signer: NoteSigner, first: Callable[[int], AuditEntry], entries: int) -> int:
@@ -335,7 +338,7 @@ class TestALogThatRecordsNoChange:
         sizes = asyncio.run(_grow(first, 6))
         switched = asyncio.run(_grow(second, 6))[len(sizes)]
         bundle = tmp_path / "log.jsonl"
-        asyncio.run(export_bundle(scratch_database, second, bundle))
+        asyncio.run(export_bundle(settings_on(scratch_database), second, bundle))
         code, out, err = invoke(
             "audit",
             "verify",
@@ -385,7 +388,7 @@ class TestALogThatRecordsNoChange:
         by_second = sizes[len(before) :]
         again = asyncio.run(_grow(first, 6))[len(sizes)]
         bundle = tmp_path / "log.jsonl"
-        asyncio.run(export_bundle(scratch_database, first, bundle))
+        asyncio.run(export_bundle(settings_on(scratch_database), first, bundle))
         keys = ("--key", first.verifier_key(), "--key", second.verifier_key())
         for where in ((), ("--bundle", str(bundle))):
             code, _out, err = invoke("audit", "verify", *where, *keys)
@@ -411,7 +414,7 @@ class TestALogThatRecordsNoChange:
         current = NoteSigner(AuditSettings().origin, Ed25519PrivateKey.generate())
         asyncio.run(_grow(leaked, 9))
         bundle = tmp_path / "forged.jsonl"
-        asyncio.run(export_bundle(scratch_database, leaked, bundle))
+        asyncio.run(export_bundle(settings_on(scratch_database), leaked, bundle))
         where = ("--bundle", str(bundle)) if offline else ()
         code, _out, err = invoke(
             "audit", "verify", *where, "--key", leaked.verifier_key(), "--key", current.verifier_key()

@@ -36,6 +36,7 @@ from service.db import create_engine
 from service.witness.cosignature import CosignatureError
 from tests.audit.test_citizen_proofs import Page
 from tests.fixtures.audit import make_entry, make_sequencer, sequence_all
+from tests.fixtures.databases import settings_on
 
 ORIGIN = "liar.example/audit"
 SIGNER = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
@@ -347,6 +348,6 @@ class TestAStoredLogClaimingAnAbsurdSize:
         for parallel in (None, Parallel(stored_log, workers=2, page=4, from_size=0)):
             started = time.monotonic()
             with pytest.raises(VerificationFailed, match=why):
-                await verify_database(stored_log, verifier, parallel=parallel)
+                await verify_database(settings_on(stored_log), verifier, parallel=parallel)
             assert time.monotonic() - started < 20
         assert planned == [12]

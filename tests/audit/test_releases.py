@@ -41,7 +41,7 @@ from service.policy.schemas import AgreementSpec
 from service.policy.signing import OwnerSigner, OwnerVerifier, text_digest, version_text
 from service.policy.signing_files import sign_folder
 from tests.fixtures.audit import make_sequencer, sequence_all
-from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database, settings_on
 
 RECORDS_POLICIES = Path(__file__).parents[1] / "records" / "policies"
 
@@ -121,7 +121,7 @@ class World:
         finally:
             await engine.dispose()
         bundle = self.tmp / "bundle.jsonl"
-        await export_bundle(self.url, self.signer(), bundle)
+        await export_bundle(settings_on(self.url), self.signer(), bundle)
         return bundle
 
     async def check(self, owner: str) -> ReleaseReport:

@@ -24,6 +24,7 @@ from service.audit.verify_pages import Parallel
 from service.audit.writer import FILTER_COLUMNS, AuditWriter
 from service.db import create_engine
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
+from tests.fixtures.databases import settings_on
 
 ENTRIES = 12
 
@@ -63,13 +64,13 @@ def _in_pages(url: str) -> Parallel:
 async def _expect_failure(url: str, signer: NoteSigner, tmp_path: Path, expected: str) -> None:
     verifier = NoteVerifier.parse(signer.verifier_key())
     with pytest.raises(VerificationFailed, match=expected) as in_process:
-        await verify_database(url, verifier)
+        await verify_database(settings_on(url), verifier)
     # Worker processes checking pages apart name the same first problem, word for word.
     with pytest.raises(VerificationFailed) as in_pages:
-        await verify_database(url, verifier, parallel=_in_pages(url))
+        await verify_database(settings_on(url), verifier, parallel=_in_pages(url))
     assert str(in_pages.value) == str(in_process.value)
     bundle = tmp_path / "bundle.jsonl"
-    await export_bundle(url, signer, bundle)
+    await export_bundle(settings_on(url), signer, bundle)
     with pytest.raises(VerificationFailed, match=expected):
         verify_bundle(bundle, verifier)
 
@@ -80,12 +81,12 @@ class TestTamperEvidence:
     ) -> None:
         url, _engine, signer, _ids = sealed_log
         verifier = NoteVerifier.parse(signer.verifier_key())
-        assert await verify_database(url, verifier) == ENTRIES
-        assert await verify_database(url, verifier, parallel=_in_pages(url)) == ENTRIES
+        assert await verify_database(settings_on(url), verifier) == ENTRIES
+        assert await verify_database(settings_on(url), verifier, parallel=_in_pages(url)) == ENTRIES
         bundle = tmp_path / "bundle.jsonl"
         bundle.write_text("an older file, world-readable")
         bundle.chmod(0o644)
-        assert await export_bundle(url, signer, bundle) == ENTRIES
+        assert await export_bundle(settings_on(url), signer, bundle) == ENTRIES
         assert verify_bundle(bundle, verifier) == ENTRIES
         # Who looked at which citizen, and why: readable by the operator alone, as a key is.
         assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
@@ -214,7 +215,7 @@ class TestTamperEvidence:
         assert result.returncode == 1, result.stderr
         assert f"entry {ids[0]} at leaf 0 no longer matches" in result.stderr
         bundle = tmp_path / "b.jsonl"
-        await export_bundle(url, signer, bundle)
+        await export_bundle(settings_on(url), signer, bundle)
         offline = [
             sys.executable,
             "-m",

@@ -24,6 +24,7 @@ from tests.audit.append_load import append
 from tests.audit.conftest import poll
 from tests.conftest import REPO_ROOT, server_env
 from tests.fixtures.audit import ORIGIN
+from tests.fixtures.databases import settings_on
 from tests.fixtures.server import start_server
 
 PER_PROCESS = 400
@@ -96,7 +97,12 @@ class TestTwoProcesses:
             assert len({entry for _, entry in leaves}) == total
             assert len(checkpoints) > 1
             # Recompute the whole tree and check every checkpoint's signature and root.
-            assert await verify_database(scratch_database, NoteVerifier.parse(signer.verifier_key())) == total
+            assert (
+                await verify_database(
+                    settings_on(scratch_database), NoteVerifier.parse(signer.verifier_key())
+                )
+                == total
+            )
             for server in servers:
                 assert server.process.poll() is None, server.log()
         finally:

@@ -36,7 +36,7 @@ from service.witness.cosignature import split_note
 from tests.audit.conftest import poll
 from tests.fixtures.audit import make_entry
 from tests.fixtures.auth import act_as
-from tests.fixtures.databases import create_scratch_database, drop_scratch_database
+from tests.fixtures.databases import create_scratch_database, drop_scratch_database, settings_on
 from tests.fixtures.witnesses import WitnessProcess, running_witnesses
 from tests.witness.test_cosignature import independent_verify
 
@@ -201,7 +201,9 @@ class TestOfflineCosignatures:
         async with _client(witnessed_app) as client:
             await _witnessed_note(client, 12)
         bundle = tmp_path / "bundle.jsonl"
-        await export_bundle(witnessed_database, load_signer(settings, AuditSettings().origin), bundle)
+        await export_bundle(
+            settings_on(witnessed_database), load_signer(settings, AuditSettings().origin), bundle
+        )
         result = _verify_cli(bundle, log_vkey, witnesses, "--quorum", "2")
         assert result.exit_code == 0, result.output
         assert "cosigned by 2 of 2 witnesses" in result.stdout
@@ -233,7 +235,7 @@ class TestOfflineCosignatures:
             await _witnessed_note(client, 8)
         signer = load_signer(settings, AuditSettings().origin)
         bundle = tmp_path / "bundle.jsonl"
-        await export_bundle(witnessed_database, signer, bundle)
+        await export_bundle(settings_on(witnessed_database), signer, bundle)
         records = [json.loads(line) for line in bundle.read_text().splitlines()]
         entries = [r for r in records if r["type"] == "entry"]
         entries[2]["entry"]["purpose"] = "rewritten-purpose"

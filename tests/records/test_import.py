@@ -54,7 +54,12 @@ from service.records.service import RecordsService, registered_national_ids
 from service.records.validation import NATIONAL_ID_FIELD
 from tests.conftest import REPO_ROOT
 from tests.fixtures.audit import make_signer, sequence_all
-from tests.fixtures.databases import SQLITE_PREFIX, create_scratch_database, drop_scratch_database
+from tests.fixtures.databases import (
+    SQLITE_PREFIX,
+    create_scratch_database,
+    drop_scratch_database,
+    settings_on,
+)
 from tests.records.conftest import apply_policies, facts_as
 
 ACTOR = "operator:importer"
@@ -1261,4 +1266,7 @@ class TestAuditAfterImport:
         await sequence_all(Sequencer(store.engine, signer, config))
 
         entries = await _count(store, select(func.count()).select_from(AuditEntryRow))
-        assert await verify_database(store.url, NoteVerifier.parse(signer.verifier_key())) == entries
+        assert (
+            await verify_database(settings_on(store.url), NoteVerifier.parse(signer.verifier_key()))
+            == entries
+        )

@@ -27,6 +27,7 @@ from service.audit.verify import Expectations, StoredCheckpoint, VerificationFai
 from service.audit.writer import AuditWriter
 from service.db import create_engine
 from tests.fixtures.audit import make_entry, make_sequencer, make_signer, sequence_all
+from tests.fixtures.databases import settings_on
 
 ENTRIES = 12
 KEPT = 7
@@ -98,7 +99,7 @@ class TestTruncatedLog:
         await _truncate(engine, ids, KEPT)
         # Internally consistent: without an outside anchor it still verifies.
         verifier = NoteVerifier.parse(signer.verifier_key())
-        assert await verify_database(url, verifier) == KEPT
+        assert await verify_database(settings_on(url), verifier) == KEPT
         result = _cli(url, signer, "--trusted-checkpoint", str(trusted))
         assert result.returncode == 1, result.stdout + result.stderr
         assert f"signs size {ENTRIES} but the log holds only {KEPT} leaves" in result.stderr
@@ -107,7 +108,7 @@ class TestTruncatedLog:
         assert f"holds {KEPT} leaves, fewer than the {ENTRIES} required" in result.stderr
         # Offline too: the bundle of the truncated log against the kept checkpoint.
         bundle = tmp_path / "bundle.jsonl"
-        await export_bundle(url, signer, bundle)
+        await export_bundle(settings_on(url), signer, bundle)
         opened = verifier.open_checkpoint(kept_note)
         expectations = Expectations(
             trusted=(StoredCheckpoint(opened.size, opened.root_hash, kept_note, "kept"),)
@@ -181,8 +182,11 @@ class TestEmptiedLog:
         await engine.dispose()
         verifier = NoteVerifier.parse(signer.verifier_key())
         with pytest.raises(VerificationFailed, match="holds no signed checkpoint"):
-            await verify_database(scratch_database, verifier)
-        assert await verify_database(scratch_database, verifier, Expectations(allow_empty=True)) == 3
+            await verify_database(settings_on(scratch_database), verifier)
+        assert (
+            await verify_database(settings_on(scratch_database), verifier, Expectations(allow_empty=True))
+            == 3
+        )
 
 
 class TestConsoleVerifyNow:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +23,8 @@ from service.audit.service import _sequencer_engine, make_sequencer
 from service.audit.verify import Expectations
 from service.config import Settings
 from service.db import Database, PostgresReads, asyncpg_dsn, engine_for
+from service.events import notifier as wakeups
+from service.events.notifier import PG_CHANNEL, EventNotifier, postgres_wakeups
 from tests.fixtures.audit import make_signer
 from tests.fixtures.databases import is_postgres
 
@@ -42,6 +45,36 @@ def _reads_pid(reads: PostgresReads) -> Callable[[], Awaitable[int]]:
         return int(found)
 
     return pid
+
+
+async def _listeners(admin: asyncpg.Connection) -> set[int]:
+    """The server processes listening for event wake-ups on ``admin``'s database."""
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+        f'LISTEN "{PG_CHANNEL}"',
+    )
+    return {int(row["pid"]) for row in rows}
+
+
+def _listener_pid(dsn: str) -> Callable[[], Awaitable[int]]:
+    async def pid() -> int:
+        admin = await asyncpg.connect(dsn)
+        try:
+            while not (found := await _listeners(admin)):
+                await asyncio.sleep(0.05)
+            return min(found)
+        finally:
+            await admin.close()
+
+    return pid
+
+
+async def _waiting(notifier: EventNotifier) -> asyncio.Task[bool]:
+    """A waiter on ``notifier`` (for up to 30 seconds), once it waits."""
+    waiter = asyncio.create_task(notifier.wait(30))
+    while not notifier._waiters:
+        await asyncio.sleep(0)
+    return waiter
 
 
 async def _replaced(pid: Callable[[], Awaitable[int]], deadline: float = 30.0) -> bool:
@@ -122,13 +155,15 @@ class TestOnPostgres:
             await reads.close()
 
     async def test_the_apps_pools_get_it(self, recycling: Settings) -> None:
-        """The request engine, the audit writer's engine and the raw-driver reads."""
+        """The request engine, the audit writer's engine, the raw-driver reads and the
+        connection that listens for event wake-ups."""
         app = create_app(recycling)
         async with app.router.lifespan_context(app):
             database: Database = app.state.database
             assert await _replaced(_engine_pid(database.engine))
             assert await _replaced(_engine_pid(app.state.audit_writer.engine))
             assert await _replaced(_reads_pid(app.state.driver_reads))
+            assert await _replaced(_listener_pid(asyncpg_dsn(recycling.database_url)))
 
     async def test_the_sequencers_engine_and_idle_probe_get_it(self, recycling: Settings) -> None:
         engine = _sequencer_engine(recycling)
@@ -159,3 +194,44 @@ class TestOnPostgres:
                 assert await _replaced(_engine_pid(engine))
             finally:
                 await engine.dispose()
+
+    async def test_the_event_listener_is_replaced_without_missing_a_wake_up(
+        self, recycling: Settings, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A commit just before the new connection listens (heard by the old one only) and one
+        while both listen each wake the waiters; then the new connection hears commits alone."""
+        admin = await asyncpg.connect(asyncpg_dsn(recycling.database_url))
+        notifier = EventNotifier()
+        swapped = asyncio.Event()
+        listen, close = wakeups._listen, wakeups._close
+
+        async def listen_after_a_commit(dsn: str, notifier: EventNotifier) -> asyncpg.Connection | None:
+            if swapped.is_set():
+                return None  # one replacement: the next periods keep the new connection
+            await admin.execute(f"NOTIFY {PG_CHANNEL}")
+            return await listen(dsn, notifier)
+
+        async def close_after_a_commit(connection: asyncpg.Connection) -> None:
+            await admin.execute(f"NOTIFY {PG_CHANNEL}")
+            await close(connection)
+            swapped.set()
+
+        try:
+            async with postgres_wakeups(recycling.database_url, notifier, recycle_seconds=1):
+                [first] = await _listeners(admin)
+                woken = await _waiting(notifier)
+                monkeypatch.setattr(wakeups, "_listen", listen_after_a_commit)
+                monkeypatch.setattr(wakeups, "_close", close_after_a_commit)
+                await asyncio.wait_for(swapped.wait(), 30)
+                assert await woken
+                async with asyncio.timeout(30):
+                    while first in (now := await _listeners(admin)):
+                        await asyncio.sleep(0.05)
+                assert len(now) == 1
+                woken = await _waiting(notifier)
+                generation = notifier.generation
+                await admin.execute(f"NOTIFY {PG_CHANNEL}")
+                assert await woken
+                assert notifier.generation == generation + 1
+        finally:
+            await admin.close()

@@ -43,7 +43,9 @@ async def events_lifecycle(app: FastAPI) -> AsyncIterator[None]:
             app.state.schema_gate.run_when_ready(stop, dispatcher.run), name="events-dispatcher"
         )
     try:
-        async with postgres_wakeups(settings.database_url, runtime.notifier):
+        async with postgres_wakeups(
+            settings.database_url, runtime.notifier, settings.db_pool_recycle_seconds
+        ):
             yield
     finally:
         stop.set()

@@ -11,6 +11,7 @@ is the truth, so a spurious or missed wake-up costs latency, never correctness.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -77,14 +78,29 @@ PG_CHANNEL = "tellonce_events"
 # How long after losing its connection (or failing to make one) the listener tries again.
 RELISTEN_SECONDS = 1.0
 
+# How long a listening connection is given to say goodbye to the server before it is
+# dropped (one a middlebox forgot never answers).
+CLOSE_SECONDS = 5.0
+
+# What making, using or closing the listening connection raises when the database cannot
+# be reached or the connection is gone.
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
 
 @asynccontextmanager
-async def postgres_wakeups(database_url: str, notifier: EventNotifier) -> AsyncIterator[None]:
+async def postgres_wakeups(
+    database_url: str, notifier: EventNotifier, recycle_seconds: float = 0
+) -> AsyncIterator[None]:
     """While open, a commit of an event in any process wakes ``notifier`` (LISTEN/NOTIFY).
 
     Nothing on SQLite. If the listening connection cannot be made, or is lost (a database
     restart, a failover), waiters fall back to polling the outbox, which they do anyway,
     and the listener connects again every ``RELISTEN_SECONDS`` until it can.
+
+    With ``recycle_seconds`` (``db_pool_recycle_seconds``, as the pools), the listening
+    connection is replaced that often, so one a firewall or PgBouncer dropped without a
+    word is not kept for long: a new connection listens before the old one is closed, and
+    waiters are woken once after the swap for whatever the old one was still owed.
     """
     if not database_url.startswith("postgresql"):
         yield
@@ -95,7 +111,9 @@ async def postgres_wakeups(database_url: str, notifier: EventNotifier) -> AsyncI
     if connection is None:
         logger.warning("event wake-ups across processes unavailable; polling the outbox instead")
     stop = asyncio.Event()
-    listening = asyncio.create_task(_keep_listening(dsn, notifier, connection, stop), name="event-wakeups")
+    listening = asyncio.create_task(
+        _keep_listening(dsn, notifier, connection, stop, recycle_seconds), name="event-wakeups"
+    )
     try:
         yield
     finally:
@@ -107,25 +125,45 @@ async def _listen(dsn: str, notifier: EventNotifier) -> asyncpg.Connection | Non
     """A connection listening on ``PG_CHANNEL`` for ``notifier``, or None if none can be made."""
     try:
         connection = await asyncpg.connect(dsn, timeout=10)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except _CONNECTION_ERRORS:
         return None
     try:
         await connection.add_listener(PG_CHANNEL, lambda *_args: notifier.notify())
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except _CONNECTION_ERRORS:
         connection.terminate()
         return None
     return connection
 
 
+async def _close(connection: asyncpg.Connection) -> None:
+    """Close ``connection``, politely if the server answers within ``CLOSE_SECONDS``."""
+    with contextlib.suppress(*_CONNECTION_ERRORS):
+        await connection.close(timeout=CLOSE_SECONDS)
+
+
 async def _keep_listening(
-    dsn: str, notifier: EventNotifier, connection: asyncpg.Connection | None, stop: asyncio.Event
+    dsn: str,
+    notifier: EventNotifier,
+    connection: asyncpg.Connection | None,
+    stop: asyncio.Event,
+    recycle_seconds: float,
 ) -> None:
-    """Until ``stop``: whenever the listening connection is lost, make another."""
+    """Until ``stop``: whenever the listening connection is lost, make another; every
+    ``recycle_seconds`` (0: never), replace the one there is."""
     while True:
         if connection is not None:
-            await _first_of(_lost(connection), stop)
+            lost = _lost(connection)
+            while not await _first_of(lost, stop, timeout=recycle_seconds or None):
+                fresh = await _listen(dsn, notifier)
+                if fresh is None:
+                    continue  # the old one stays until the next period, or its loss
+                # Both listen for a moment: a commit before the new LISTEN reached the
+                # old connection, which may have been on its way when it was closed.
+                old, connection, lost = connection, fresh, _lost(fresh)
+                await _close(old)
+                notifier.notify()
             if stop.is_set():
-                await connection.close()
+                await _close(connection)
                 return
             logger.warning(
                 "event wake-ups across processes lost with their database connection; listening again"

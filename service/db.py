@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -181,6 +182,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
+    kwargs["connect_args"] = {"connection_class": KeptAliveConnection, **kwargs.get("connect_args", {})}
     # No pre-ping: on a local database it is a round trip on every checkout (every audit
     # batch, every write). A connection the server closed (a restart, a failover, an
     # administrator's pg_terminate_backend) is known closed to the driver without one,
@@ -190,6 +192,57 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     engine = create_async_engine(database_url, **kwargs)
     event.listen(engine.sync_engine, "checkout", _replace_closed)
     return engine
+
+
+# TCP keepalives on every connection to PostgreSQL, so that a server gone without a word (a
+# network partition, a middlebox that forgot the connection: no RST ever comes) is noticed
+# within about a minute, not at the OS's defaults (no keepalives at all; a statement's
+# unacknowledged bytes retransmitted for some 15 minutes on Linux). A connection that has
+# heard nothing for ``KEEPALIVE_IDLE_SECONDS`` (a statement waiting for its answer, or one
+# idle in its pool) is probed every ``KEEPALIVE_INTERVAL_SECONDS`` and ended after
+# ``KEEPALIVE_PROBES`` unanswered probes: 30 + 3 x 10 seconds. Bytes the server has not
+# acknowledged within ``TCP_USER_TIMEOUT_SECONDS`` end it too (a statement sent into the
+# partition). Its statement then fails as on any lost connection (a 503 to its caller).
+# They are libpq's keepalives_idle, _interval, _count and tcp_user_timeout; asyncpg has no
+# option for them (MagicStack/asyncpg#606), so they are set on the socket
+# (``KeptAliveConnection``). Not the server's tcp_keepalives_* as startup parameters:
+# PgBouncer refuses a connection that sends a startup parameter it does not know.
+KEEPALIVE_IDLE_SECONDS = 30
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 3
+TCP_USER_TIMEOUT_SECONDS = 60
+
+
+def keep_alive(sock: Any) -> None:
+    """Turn on TCP keepalives (and the user timeout) on ``sock`` with the settings above, as
+    far as the platform has them; a Unix-domain socket has nothing to probe."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # TCP_KEEPIDLE is macOS's TCP_KEEPALIVE; TCP_USER_TIMEOUT is Linux's.
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPALIVE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ("TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_SECONDS * 1000),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class KeptAliveConnection(asyncpg.Connection):
+    """An asyncpg connection whose socket has TCP keepalives (``keep_alive``): the
+    ``connection_class`` of every PostgreSQL connection the service makes (the engines', the
+    raw pool's, the event listener's). asyncpg hands its transport to the constructor and
+    offers no other way to the socket."""
+
+    def __init__(self, protocol: Any, transport: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, transport, *args, **kwargs)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            keep_alive(sock)
 
 
 def engine_for(settings: Settings, **kwargs: Any) -> AsyncEngine:
@@ -400,6 +453,7 @@ class PostgresReads:
     ) -> PostgresReads:
         pool = await asyncpg.create_pool(
             dsn,
+            connection_class=KeptAliveConnection,
             min_size=min_size,
             max_size=max_size,
             reset=_keep_session,

@@ -40,7 +40,7 @@ from service.audit import repository as audit_repository
 from service.audit.leaf_checks import VerificationFailed, check_leaves
 from service.audit.merkle import CompactRange
 from service.audit.verify import LogVerifier
-from service.db import asyncpg_dsn
+from service.db import KeptAliveConnection, asyncpg_dsn
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,9 @@ def _start_worker(database_url: str) -> None:
         _read_page = partial(audit_repository.sqlite_leaf_page, connection)
         return
     loop = asyncio.new_event_loop()
-    postgres: asyncpg.Connection = loop.run_until_complete(asyncpg.connect(asyncpg_dsn(url)))
+    postgres: asyncpg.Connection = loop.run_until_complete(
+        asyncpg.connect(asyncpg_dsn(url), connection_class=KeptAliveConnection)
+    )
 
     def read(first: int, below: int) -> list[Any]:
         return loop.run_until_complete(audit_repository.postgres_leaf_page(postgres, first, below))

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from service.db import asyncpg_dsn
+from service.db import KeptAliveConnection, asyncpg_dsn
 
 logger = logging.getLogger("tellonce.events")
 
@@ -124,7 +124,7 @@ async def postgres_wakeups(
 async def _listen(dsn: str, notifier: EventNotifier) -> asyncpg.Connection | None:
     """A connection listening on ``PG_CHANNEL`` for ``notifier``, or None if none can be made."""
     try:
-        connection = await asyncpg.connect(dsn, timeout=10)
+        connection = await asyncpg.connect(dsn, timeout=10, connection_class=KeptAliveConnection)
     except _CONNECTION_ERRORS:
         return None
     try:

@@ -11,7 +11,11 @@ While the log is idle the newest checkpoint is re-submitted every refresh period
 "recently witnessed" stays true of a quiet log. A witness that fails (down, refusing, a
 bad answer) is asked again after pauses that double from the poll interval up to
 ``MAX_RETRY_SECONDS``, while the others are asked as before; it is logged once when it
-fails and once when it cosigns again.
+fails and once when it cosigns again. A witness slow to answer (up to the timeout) holds
+back only its own cosignature: the checkpoint is witnessed as soon as the quorum has
+answered, and once a newer checkpoint is signed the round ends without it. Its exchange
+goes on alone, its cosignature is kept when it comes, and it is asked about the newest
+checkpoint once that exchange has ended.
 
 "At quorum" always means at quorum of the witnesses configured now: a checkpoint marked
 witnessed under an earlier configuration counts only while enough of today's witnesses
@@ -280,8 +284,21 @@ class WitnessSubmitter:
         # The witnesses the last round left owing a cosignature on the newest checkpoint
         # that is not at quorum (None after any other round): ``_next_round_in`` reads it.
         self._owed: list[str] | None = None
+        # Exchanges a round left running when a newer checkpoint was signed (``run_once``),
+        # by witness name: each keeps its cosignature when it comes (``_keep_late``), and
+        # its witness is not asked again until it has ended.
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Set when such an exchange ends, so that ``run`` asks that witness about the
+        # newest checkpoint then, not after a pause.
+        self._settled = asyncio.Event()
+        self._late_stores = FailureLog(logger, "witnessing late cosignatures")
 
     async def close(self) -> None:
+        """End the exchanges left running (``_in_flight``), then the HTTP client if it is ours."""
+        left = list(self._in_flight.values())
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
         if self._own_http and self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -291,8 +308,13 @@ class WitnessSubmitter:
             self._http = httpx.AsyncClient(timeout=self.config.timeout_seconds)
         return self._http
 
-    async def run_once(self) -> bool:
-        """Submit the newest checkpoint where needed; True if it is at quorum afterwards."""
+    async def run_once(self, newer: asyncio.Event | None = None) -> bool:
+        """Submit the newest checkpoint where needed; True if it is at quorum afterwards.
+
+        The round waits for every witness it asked, unless ``newer`` (the sequencer's
+        "checkpoint signed") is set first: then the exchanges still running are left to
+        finish on their own (``_in_flight``), so that a witness that hangs until the
+        timeout keeps no other witness from being asked about the newer checkpoint."""
         self._owed = None
         async with self.engine.connect() as conn:
             newest = await cosignature_repository.newest_checkpoint(conn)
@@ -319,10 +341,14 @@ class WitnessSubmitter:
             else:
                 targets = [w for w in self.config.witnesses if w.name not in counted]
             owed = [w.name for w in targets]
-            # A witness that failed lately waits its turn (``_failed``): the others are asked now.
+            # A witness that failed lately waits its turn (``_failed``), and one still busy
+            # with an earlier round's exchange waits for it to end: the others are asked now.
             now = self.clock()
             targets = [
-                w for w in targets if w.name not in self._health or self._health[w.name].retry_at <= now
+                w
+                for w in targets
+                if w.name not in self._in_flight
+                and (w.name not in self._health or self._health[w.name].retry_at <= now)
             ]
             # One proof per size the witnesses last cosigned (usually the same for all),
             # read on this connection before any witness is asked.
@@ -339,33 +365,76 @@ class WitnessSubmitter:
         marked = len(cosigned) >= self.config.quorum  # by today's witnesses, on an earlier round
         if marked:
             await self._store(newest, fresh, witnessed=True)
-        async with asyncio.TaskGroup() as group:
-            asked = [group.create_task(self._cosign_or_none(w, newest, proofs)) for w in targets]
-            for answer in asyncio.as_completed(asked):
-                found = await answer
-                if found is None:
-                    continue
-                fresh.append(found)
-                cosigned.add(found.witness)
-                if not marked and len(cosigned) >= self.config.quorum:
-                    await self._store(newest, fresh, witnessed=True)
-                    fresh, marked = [], True
+        asked = {w.name: asyncio.create_task(self._cosign_or_none(w, newest, proofs)) for w in targets}
+        pending = set(asked.values())
+        newer_signed = asyncio.ensure_future(newer.wait()) if newer is not None else None
+        try:
+            while pending:
+                waits = pending if newer_signed is None else pending | {newer_signed}
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for answer in [a for a in asked.values() if a in done and a in pending]:
+                    pending.discard(answer)
+                    found = answer.result()
+                    if found is None:
+                        continue
+                    fresh.append(found)
+                    cosigned.add(found.witness)
+                    if not marked and len(cosigned) >= self.config.quorum:
+                        await self._store(newest, fresh, witnessed=True)
+                        fresh, marked = [], True
+                if newer_signed in done:
+                    break
+        except BaseException:
+            for answer in pending:
+                answer.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        finally:
+            if newer_signed is not None:
+                newer_signed.cancel()
+        for name, answer in asked.items():
+            if answer in pending:
+                self._in_flight[name] = asyncio.create_task(
+                    self._keep_late(name, answer, newest), name=f"audit-witness-{name}"
+                )
         await self._store(newest, fresh, witnessed=False)
         if marked or witnessed_at is not None:
             return True
         self._owed = [name for name in owed if name not in cosigned]
         return False
 
+    async def _keep_late(
+        self, name: str, answer: asyncio.Task[Cosignature | None], checkpoint: CheckpointRow
+    ) -> None:
+        """Keep the cosignature of an exchange its round left running (``run_once``) when it
+        comes, on the checkpoint it was asked for; it marks nothing witnessed, as the rounds
+        since have moved on to a newer checkpoint. Then its witness may be asked again."""
+        try:
+            found = await answer
+            if found is not None:
+                await self._store(checkpoint, [found], witnessed=False)
+                self._late_stores.succeeded()
+        except Exception as exc:
+            self._late_stores.failed("keeping witness %s's late cosignature failed", exc, name)
+        finally:
+            del self._in_flight[name]
+            self._settled.set()
+
     def _next_round_in(self) -> float:
         """Seconds until a round could ask a witness for the newest checkpoint, which is not
         at quorum: the poll interval, or longer while every witness still owing a
         cosignature waits out its pause after a failure (``_failed``), until the first of
-        them is due. Such a round would only read the database (three queries) to ask no one."""
+        them is due, or is busy with an earlier round's exchange (``_in_flight``, whose end
+        wakes ``run``). Such a round would only read the database (three queries) to ask
+        no one."""
         poll = self.config.poll_seconds
         if not self._owed:
             return poll
         now = self.clock()
-        due = min(self._health[name].retry_at if name in self._health else now for name in self._owed)
+        waiting = [name for name in self._owed if name not in self._in_flight]
+        if not waiting:
+            return max(poll, self.config.max_retry_seconds)
+        due = min(self._health[name].retry_at if name in self._health else now for name in waiting)
         return max(poll, due - now)
 
     async def _store(self, checkpoint: CheckpointRow, fresh: list[Cosignature], *, witnessed: bool) -> None:
@@ -569,9 +638,10 @@ class WitnessSubmitter:
         while not stop.is_set():
             if wake is not None:
                 wake.clear()  # before the round: a checkpoint signed during it wakes the next
+            self._settled.clear()
             witnessed = False
             try:
-                witnessed = await self.run_once()
+                witnessed = await self.run_once(wake)
                 failures.succeeded()
             except Exception as exc:
                 failures.failed("witnessing round failed", exc)
@@ -580,6 +650,8 @@ class WitnessSubmitter:
                 timeout = self.config.poll_seconds
             else:
                 waits.append(asyncio.ensure_future(wake.wait()))
+                if not witnessed:
+                    waits.append(asyncio.ensure_future(self._settled.wait()))
                 timeout = self.config.refresh_seconds / 4 if witnessed else self._next_round_in()
             _done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in pending:

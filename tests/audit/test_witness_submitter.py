@@ -512,6 +512,106 @@ class TestASilentWitness:
         assert set(await _stored(sequenced_engine)) == {"healthy.example"}
 
 
+class TestASlowWitnessAndANewerCheckpoint:
+    async def test_the_others_are_asked_about_it_at_once_and_the_late_cosignature_is_kept(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        """A newer checkpoint signed while a witness still holds the round's exchange: the
+        round ends, the other witness is asked about the newer one at once, the slow
+        witness is not asked again while its exchange runs, and its answer, when it comes,
+        is kept on the checkpoint it was asked about. Then it is asked again."""
+        witnesses = FakeWitnesses({"quick.example": _now, "slow.example": _now})
+        release = asyncio.Event()
+        slow_asked: list[int] = []
+
+        async def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.host == "slow.example":
+                slow_asked.append(parse_submission(request.content).old_size)
+                await release.wait()
+            return witnesses.handler(request)
+
+        config = WitnessConfig(
+            witnesses=(witnesses.endpoint("quick.example"), witnesses.endpoint("slow.example")),
+            quorum=1,
+            grace_seconds=None,
+            refresh_seconds=3600,
+            timeout_seconds=120,  # far beyond the polls' deadlines below
+            poll_seconds=0.02,
+        )
+        stop, wake = asyncio.Event(), asyncio.Event()
+        sequencer = make_sequencer(sequenced_engine, make_signer(), every=1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            submitter = WitnessSubmitter(sequenced_engine, config, http)
+            task = asyncio.create_task(submitter.run(stop, wake))
+            try:
+                await poll(lambda: _witnessed(sequenced_engine))
+                async with sequenced_engine.connect() as conn:
+                    first = await cosignature_repository.newest_checkpoint(conn)
+                assert first is not None
+                await poll(lambda: _asked(slow_asked))
+
+                async with sequenced_engine.begin() as conn:
+                    await append_many_in_transaction(conn, [make_entry()])
+                await sequence_all(sequencer)
+                wake.set()
+                # Cosigned by the quick witness while the slow one still holds its exchange.
+                await poll(lambda: _has(sequenced_engine, "quick.example"))
+                async with sequenced_engine.connect() as conn:
+                    second = await cosignature_repository.newest_checkpoint(conn)
+                assert second is not None
+                assert second.tree_size > first.tree_size
+                assert await _witnessed(sequenced_engine)
+                assert slow_asked == [0]
+
+                release.set()
+                await poll(lambda: _cosigned_by(sequenced_engine, first.id, "slow.example"))
+                # Its exchange over, it is asked about the next checkpoint, from the size its
+                # late answer cosigned.
+                async with sequenced_engine.begin() as conn:
+                    await append_many_in_transaction(conn, [make_entry()])
+                await sequence_all(sequencer)
+                wake.set()
+                await poll(lambda: _has(sequenced_engine, "slow.example"))
+            finally:
+                stop.set()
+                await task
+                await submitter.close()
+        assert slow_asked == [0, first.tree_size]
+
+    async def test_closing_ends_an_exchange_left_running(self, sequenced_engine: AsyncEngine) -> None:
+        witnesses = FakeWitnesses({"quick.example": _now, "slow.example": _now})
+        held = asyncio.Event()
+
+        async def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.host == "slow.example":
+                held.set()
+                await asyncio.Event().wait()  # never answers
+            return witnesses.handler(request)
+
+        config = _config(witnesses, ["quick.example", "slow.example"], quorum=1)
+        newer = asyncio.Event()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            submitter = WitnessSubmitter(sequenced_engine, config, http)
+            round_ = asyncio.create_task(submitter.run_once(newer))
+            await held.wait()
+            await poll(lambda: _witnessed(sequenced_engine))
+            newer.set()
+            assert await round_
+            (left,) = submitter._in_flight.values()
+            await submitter.close()
+            assert left.cancelled()
+            assert submitter._in_flight == {}
+
+
+async def _asked(asked: list[int]) -> bool:
+    return bool(asked)
+
+
+async def _cosigned_by(engine: AsyncEngine, checkpoint_id: int, name: str) -> bool:
+    async with engine.connect() as conn:
+        return name in await cosignature_repository.cosignatures_for(conn, checkpoint_id)
+
+
 async def _has(engine: AsyncEngine, name: str) -> bool:
     return name in await _stored(engine)
 
@@ -599,9 +699,9 @@ class CountingSubmitter(WitnessSubmitter):
 
     rounds = 0
 
-    async def run_once(self) -> bool:
+    async def run_once(self, newer: asyncio.Event | None = None) -> bool:
         self.rounds += 1
-        return await super().run_once()
+        return await super().run_once(newer)
 
 
 class TestWhileEveryOwedWitnessWaits:
@@ -745,7 +845,7 @@ class TestALostDatabase:
         self, sequenced_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
     ) -> None:
         class Broken(WitnessSubmitter):
-            async def run_once(self) -> bool:
+            async def run_once(self, newer: asyncio.Event | None = None) -> bool:
                 raise RuntimeError("a bug")
 
         witnesses = FakeWitnesses({"a.example": _now})

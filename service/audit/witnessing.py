@@ -258,6 +258,8 @@ class _WitnessHealth:
 
     failures: int = 0
     retry_at: float = 0.0
+    # The log message (its template, not its arguments) of the last failure.
+    reason: str = ""
 
 
 class WitnessSubmitter:
@@ -512,8 +514,10 @@ class WitnessSubmitter:
         """Note that ``witness`` failed, and when to ask it again: the poll interval after
         its first failure, then twice as long after each further one, up to
         ``config.max_retry_seconds``. The first failure is logged (``message`` at ``level``),
-        the ones that follow only at DEBUG: one line when a witness goes down, one when it is
-        back (``_cosign_or_none``), never a line a poll. No cosignature: None, so a
+        and so is a failure for another reason than the one before (another ``message``: a
+        witness that was unreachable now refuses); the ones that repeat the reason only at
+        DEBUG: one line when a witness goes down, one when its reason changes, one when it
+        is back (``_cosign_or_none``), never a line a poll. No cosignature: None, so a
         failing step can ``return self._failed(...)``."""
         health = self._health.setdefault(witness.name, _WitnessHealth())
         health.failures += 1
@@ -529,8 +533,17 @@ class WitnessSubmitter:
                 self.config.max_retry_seconds,
                 exc_info=exc_info,
             )
+        elif message != health.reason:
+            logger.log(
+                level,
+                message + "; still asking it again, after %d failures",
+                *args,
+                health.failures,
+                exc_info=exc_info,
+            )
         else:
             logger.debug(message, *args, exc_info=exc_info)
+        health.reason = message
         return None
 
     async def _cosign(

@@ -675,6 +675,38 @@ class TestRetrySchedule:
         assert len(debug) == 10 + 1
 
 
+class TestAChangedReason:
+    async def test_is_logged_once_and_its_repeats_only_at_debug(
+        self, sequenced_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Unreachable twice, then refusing with 503 three times: one line when it goes down,
+        one when the reason changes, the repeats at DEBUG only."""
+        witnesses = FakeWitnesses({"flaky.example": _now})
+        answers = iter(["down", "down", "503", "503", "503"])
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            if next(answers) == "down":
+                raise httpx.ConnectError("connection refused", request=request)
+            return httpx.Response(503)
+
+        now = [0.0]
+        caplog.set_level(logging.DEBUG, logger="tellonce.audit.witnessing")
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            config = _config(witnesses, ["flaky.example"], quorum=1)
+            submitter = WitnessSubmitter(sequenced_engine, config, http, clock=lambda: now[0])
+            for _ in range(5):
+                now[0] += 3600  # past any pause: asked every round
+                assert not await submitter.run_once()
+        lines = [(r.levelno, r.getMessage()) for r in _witness_lines(caplog, "flaky.example")]
+        assert [level for level, _message in lines] == [logging.WARNING, logging.ERROR]
+        assert "unreachable: connection refused; asking it again" in lines[0][1]
+        assert lines[1][1].endswith("refused checkpoint 3 with 503; still asking it again, after 3 failures")
+        debug = [
+            r for r in caplog.records if r.levelno == logging.DEBUG and "flaky.example" in r.getMessage()
+        ]
+        assert len(debug) == 3
+
+
 class TestMaxRetry:
     @pytest.mark.parametrize(
         ("refresh", "poll", "expected"),

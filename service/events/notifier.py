@@ -157,8 +157,9 @@ async def _keep_listening(
                 fresh = await _listen(dsn, notifier)
                 if fresh is None:
                     continue  # the old one stays until the next period, or its loss
-                # Both listen for a moment: a commit before the new LISTEN reached the
-                # old connection, which may have been on its way when it was closed.
+                # Both listen for a moment, so every commit is heard by one of them; one
+                # only the old one heard may still have been on its way to it when it was
+                # closed, so waiters look again once after the swap.
                 old, connection, lost = connection, fresh, _lost(fresh)
                 await _close(old)
                 notifier.notify()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -309,6 +310,10 @@ class SqliteBatches:
         # checkpoints first, and so starts the log over.
         self._restart_log = False
         self.checkpoints = 0
+        # Checkpoint failures, on either thread: a line per run of them (a full disk fails
+        # every one), then "usable again" (``FailureLog``); the lock keeps its count whole.
+        self._checkpoint_failures = FailureLog(logger, "audit writer WAL checkpoints")
+        self._checkpoint_log_lock = threading.Lock()
         # 1 while a batch's transaction is open on the connection (the metrics read it).
         self.in_use = 0
 
@@ -428,8 +433,19 @@ class SqliteBatches:
         thread is checkpointing) or failed, it is left for the next time."""
         try:
             connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:
-            logger.warning("audit writer: WAL checkpoint before a batch failed", exc_info=True)
+        except sqlite3.Error as exc:
+            self._checkpoint_failed("audit writer: WAL checkpoint before a batch failed", exc)
+        else:
+            self._checkpoint_succeeded()
+
+    def _checkpoint_failed(self, message: str, exc: sqlite3.Error) -> None:
+        with self._checkpoint_log_lock:
+            self._checkpoint_failures.failed(message, exc)
+
+    def _checkpoint_succeeded(self) -> None:
+        if self._checkpoint_failures.failing:
+            with self._checkpoint_log_lock:
+                self._checkpoint_failures.succeeded()
 
     def _close(self) -> None:
         # Closing with a transaction open rolls it back.
@@ -441,7 +457,8 @@ class SqliteBatches:
     def _run_checkpoint(self) -> int | None:
         """One PASSIVE checkpoint: it copies what it can without waiting for any lock and
         never blocks a writer. Returns the log's length in pages, or None when it did not
-        run. A failure is logged; the next one opens a fresh connection."""
+        run. A failure is logged, a line per run of them (``_checkpoint_failures``); the next
+        one opens a fresh connection."""
         try:
             if self._checkpoint_connection is None:
                 connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -454,12 +471,13 @@ class SqliteBatches:
                 "PRAGMA wal_checkpoint(PASSIVE)"
             ).fetchone()
             self.checkpoints += 1
-        except sqlite3.Error:
-            logger.warning("audit writer: WAL checkpoint failed", exc_info=True)
+        except sqlite3.Error as exc:
+            self._checkpoint_failed("audit writer: WAL checkpoint failed", exc)
             if self._checkpoint_connection is not None:
                 self._checkpoint_connection.close()
                 self._checkpoint_connection = None
             return None
+        self._checkpoint_succeeded()
         return int(log_pages) if log_pages >= 0 else None
 
 

@@ -36,6 +36,7 @@ from service.db import Database, driver_reads_lifecycle, utcnow
 from service.errors import (
     AllowedMethods,
     BodyLimitMiddleware,
+    FailingWrites,
     HeadAsGetMiddleware,
     JsonBodyMiddleware,
     NamedPathMiddleware,
@@ -201,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # puts a gate here when witnesses are configured; the catalog endpoint its body.
     app.state.witness_gate = None
     app.state.served_catalog = None
+    # Whether the process's writes are failing for storage reasons (/readyz reads it).
+    app.state.failing_writes = FailingWrites()
     # What decisions, consents, delayed disclosure and access notices take as now; tests
     # move it forward.
     app.state.clock = utcnow

@@ -325,6 +325,40 @@ def _driver_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {said}"
 
 
+# How long a write that failed for storage reasons keeps ``/readyz`` at 503 when no write
+# succeeds after it (``FailingWrites``).
+WRITES_FAILING_SECONDS = 30.0
+
+
+class FailingWrites:
+    """Whether this process's writes are failing for storage reasons (the database full,
+    read-only, failing its I/O, locked past the busy timeout, unreachable): ``/readyz``
+    answers 503 while they are, so a load balancer takes the node out. Told by what answers
+    those writes 503 (the requests refused for an unusable database, the audit writer's
+    batches: their ``FailureLog``), and by the audit writer's next committed batch that a
+    write succeeds again.
+
+    A failure counts for ``window_seconds`` at most: a node the balancer took out gets no
+    requests, so no write of its would succeed to bring it back. After that it is ready
+    again, and the balancer's next requests try the storage once more."""
+
+    def __init__(
+        self, *, window_seconds: float = WRITES_FAILING_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self._failed_at: float | None = None
+
+    def failed(self) -> None:
+        self._failed_at = self.clock()
+
+    def succeeded(self) -> None:
+        self._failed_at = None
+
+    def failing(self) -> bool:
+        return self._failed_at is not None and self.clock() - self._failed_at < self.window_seconds
+
+
 class FailureLog:
     """The log lines of something that fails again and again while the database cannot be
     used: a background loop's rounds (the audit writer's batches, the sequencer's, the
@@ -337,7 +371,10 @@ class FailureLog:
     meanwhile. A disk that stays full would otherwise take a line a round, twenty a second
     from the sequencer, and the log is often on that disk. The first success after such
     failures says so (``succeeded``: an attribute test when nothing failed). Anything else
-    is a bug, and logs its traceback every time."""
+    is a bug, and logs its traceback every time.
+
+    With ``writes``, each failure of the database and each success is told to it too: the
+    log of something that writes, whose failures make the process not ready."""
 
     def __init__(
         self,
@@ -346,9 +383,11 @@ class FailureLog:
         *,
         repeat_seconds: float = REPEAT_LOG_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        writes: FailingWrites | None = None,
     ) -> None:
         self.log = log
         self.name = name
+        self.writes = writes
         self.repeat_seconds = repeat_seconds
         self.clock = clock
         self.failing = False
@@ -362,6 +401,8 @@ class FailureLog:
         if not database_unavailable(exc):
             self.log.error(message, *args, exc_info=exc, extra=extra)
             return
+        if self.writes is not None:
+            self.writes.failed()
         now = self.clock()
         self._failures += 1
         if self.failing and now - self._logged_at < self.repeat_seconds:
@@ -374,6 +415,8 @@ class FailureLog:
         self.failing, self._logged_at, self._unlogged = True, now, 0
 
     def succeeded(self) -> None:
+        if self.writes is not None:
+            self.writes.succeeded()
         if self.failing:
             self.log.warning("%s: the database is usable again, after %d failures", self.name, self._failures)
             self.failing, self._unlogged, self._failures = False, 0, 0
@@ -676,13 +719,17 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
     """A database or connection error: 400 when the request held text the database cannot
     store (a safety net: inputs are checked before they get there), 503 when the database
     cannot be used (expected while it is down or restarting, locked past the busy timeout,
-    full or read-only, and no bug; logged by ``FailureLog``), otherwise on to the 500
-    handler. At the console's addresses, the refusal is its HTML page."""
+    full or read-only, and no bug; logged by ``FailureLog``, and told to the app's
+    ``FailingWrites``, which ``/readyz`` reads), otherwise on to the 500 handler. At the
+    console's addresses, the refusal is its HTML page."""
     if _unkeepable_character(exc):
         return refusal_response(request, UnkeepableCharacter(_UNKEEPABLE))
     if not database_unavailable(exc):
         raise exc
     _refused_requests.failed("a request was refused", exc, request_id=_request_id(request))
+    writes: FailingWrites | None = getattr(request.app.state, "failing_writes", None)
+    if writes is not None:
+        writes.failed()
     return refusal_response(
         request,
         DatabaseUnavailable(

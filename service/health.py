@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import repository as audit_repository
 from service.db import Database, DatabaseDep, SqliteReads
-from service.errors import ServiceUnavailable
+from service.errors import FailingWrites, ServiceUnavailable
 from service.events import repository as events_repository
 from service.observability import Metrics
 from service.schema import current_revisions, newer_schema
@@ -30,8 +30,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
     """The database is reachable and migrated to the code's head revision (or to a newer
     one, which a newer release made: ``schema.newer_schema``), a SQLite file is still the
-    one the process opened (``SqliteReads.replaced``), and (with a witness grace period
-    set) the audit log has been witnessed recently enough."""
+    one the process opened (``SqliteReads.replaced``), its writes are not failing for
+    storage reasons (``errors.FailingWrites``: a full disk, a read-only file), and (with a
+    witness grace period set) the audit log has been witnessed recently enough."""
     expected: set[str] = request.app.state.schema_heads
     try:
         async with database.engine.connect() as connection:
@@ -51,6 +52,11 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
             )
         raise ServiceUnavailable(
             "The database file was replaced or deleted while the service had it open; restart the service."
+        )
+    writes: FailingWrites | None = getattr(request.app.state, "failing_writes", None)
+    if writes is not None and writes.failing():
+        raise ServiceUnavailable(
+            "The database cannot be written just now (full, read-only or failing): writes are refused."
         )
     gate = getattr(request.app.state, "witness_gate", None)
     reason = gate.stale_reason() if gate is not None else None

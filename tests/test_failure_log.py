@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from service.errors import FailureLog
+from service.errors import FailingWrites, FailureLog
 
 
 def disk_full() -> sa_exc.OperationalError:
@@ -89,3 +89,39 @@ class TestFailureLog:
         assert all(record.exc_info is not None for record in caplog.records)
         failures.succeeded()
         assert len(lines(caplog)) == 2
+
+
+class TestFailingWrites:
+    """What ``/readyz`` reads: a writer's failure of the database makes the process not
+    ready until a write succeeds, or for the window at most."""
+
+    @pytest.fixture
+    def writes(self, clock: Clock) -> FailingWrites:
+        return FailingWrites(window_seconds=30, clock=clock)
+
+    def test_a_failure_of_the_database_until_a_write_succeeds(
+        self, writes: FailingWrites, clock: Clock
+    ) -> None:
+        log = FailureLog(logging.getLogger("tellonce.test"), "audit writer", clock=clock, writes=writes)
+        assert not writes.failing()
+        log.failed("batch failed", disk_full())
+        clock.now += 29
+        assert writes.failing()
+        log.succeeded()
+        assert not writes.failing()
+
+    def test_a_bug_is_no_failure_of_the_database(self, writes: FailingWrites, clock: Clock) -> None:
+        log = FailureLog(logging.getLogger("tellonce.test"), "audit writer", clock=clock, writes=writes)
+        log.failed("batch failed", ValueError("a bug"))
+        assert not writes.failing()
+
+    def test_with_no_write_since_the_last_failure_ready_again_after_the_window(
+        self, writes: FailingWrites, clock: Clock
+    ) -> None:
+        writes.failed()
+        clock.now += 20
+        writes.failed()
+        clock.now += 29
+        assert writes.failing()
+        clock.now += 1
+        assert not writes.failing()

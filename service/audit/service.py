@@ -78,6 +78,7 @@ async def audit_lifecycle(app: FastAPI) -> AsyncIterator[None]:
         max_batch=audit.writer_max_batch,
         on_batch=metrics.audit_batch_entries.observe,
         on_failure=lambda _entries: metrics.audit_batch_failures.inc(),
+        failing_writes=getattr(app.state, "failing_writes", None),
     )
     await writer.start()
     app.state.audit_writer = writer

@@ -46,7 +46,7 @@ from service.audit.errors import AuditUnavailable
 from service.audit.schemas import AuditEntry, entry_canonical
 from service.db import SessionDep, sqlite_file
 from service.db import _sqlite_pragmas as sqlite_pragmas
-from service.errors import FailureLog
+from service.errors import FailingWrites, FailureLog
 
 logger = logging.getLogger("tellonce.audit")
 
@@ -493,6 +493,7 @@ class AuditWriter:
         before_commit: BeforeCommit | None = None,
         on_batch: Callable[[int], None] | None = None,
         on_failure: Callable[[int], None] | None = None,
+        failing_writes: FailingWrites | None = None,
     ) -> None:
         self.engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -510,7 +511,8 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._sqlite: SqliteBatches | None = None
-        self._failures = FailureLog(logger, "audit writer")
+        # Its failed batches make the process not ready; a committed one ready again.
+        self._failures = FailureLog(logger, "audit writer", writes=failing_writes)
 
     async def start(self) -> None:
         if self._task is None:

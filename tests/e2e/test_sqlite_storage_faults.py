@@ -209,6 +209,29 @@ class TestDiskFull:
         await world.check_storage()
 
 
+class TestNotReadyWhileWritesFail:
+    """A load balancer takes out a node whose writes fail for a full disk, and puts it back
+    once a write succeeds (``errors.FailingWrites``)."""
+
+    async def test_not_ready_while_refused_and_ready_once_a_write_succeeds(self, world: World) -> None:
+        assert (await world.http.get("/readyz")).status_code == 200
+        with files_limited(world):
+            for _ in range(100):
+                if (await world.send("register")).status_code == 503:
+                    break
+            ready = await world.http.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            assert ready.headers["content-type"].startswith(PROBLEM)
+            assert ready.headers["retry-after"].isdigit()
+            assert "cannot be written" in ready.json()["detail"]
+            world.assert_clean_refusals()
+
+        await world.wait_until_served()
+        ready = await world.http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        await world.check_storage()
+
+
 class TestLockedByAnotherProcess:
     async def test_refusals_within_the_busy_timeout_then_served_with_no_restart(self, world: World) -> None:
         holder = sqlite3.connect(world.path, isolation_level=None)

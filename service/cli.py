@@ -391,7 +391,8 @@ def serve(
 @app.command()
 def worker() -> None:
     """Run the background workers (the audit sequencer, the witness submitter when witnesses are
-    configured, and the event dispatcher) until SIGINT or SIGTERM."""
+    configured, and the event dispatcher) until SIGINT or SIGTERM, or, exiting 1, until the
+    SQLite database file or its -wal is replaced or deleted under them."""
     import asyncio
     import os
 
@@ -411,19 +412,24 @@ def worker() -> None:
 
     witness_config(AuditSettings())
     _refuse_if_not_ready(settings)
-    asyncio.run(_run_workers(settings))
+    if asyncio.run(_run_workers(settings)):
+        # Its file was replaced: the supervisor starts it again on the one there now.
+        raise typer.Exit(1)
 
 
-async def _run_workers(settings: Any) -> None:
-    """Every loop shares one stop event, set by SIGINT or SIGTERM; they start once the schema is current."""
+async def _run_workers(settings: Any) -> bool:
+    """Every loop shares one stop event, set by SIGINT or SIGTERM, or when the SQLite file
+    is replaced under the worker (``health.watch_sqlite_file``, then True is returned); the
+    loops start once the schema is current."""
     import asyncio
     import signal
 
     from service.audit.config import AuditSettings
     from service.audit.service import make_sequencer
     from service.audit.witnessing import WitnessSubmitter, witness_config
-    from service.db import engine_for
+    from service.db import SqliteReads, engine_for, sqlite_file
     from service.events.dispatcher import run_dispatcher
+    from service.health import watch_sqlite_file
     from service.heap import freeze_startup_heap
     from service.observability import configure_logging
     from service.schema import SchemaGate
@@ -437,6 +443,11 @@ async def _run_workers(settings: Any) -> None:
     gate = SchemaGate(engine)
     witnesses = witness_config(AuditSettings())
     submitter = WitnessSubmitter(engine, witnesses) if witnesses.enabled else None
+    # On a SQLite file, a connection kept open to tell whether the file or its log is
+    # replaced under the worker (opened after the engine made the file, if it was not there).
+    path = sqlite_file(engine)
+    reads = SqliteReads.open(path) if path is not None else None
+    watching = asyncio.create_task(watch_sqlite_file(reads, stop)) if reads is not None else None
     try:
         if await gate.wait(stop):
             sequencer = make_sequencer(settings, engine)
@@ -447,9 +458,14 @@ async def _run_workers(settings: Any) -> None:
                 loops.append(submitter.run(stop, sequencer.checkpoint_signed))
             await asyncio.gather(*loops)
     finally:
+        stop.set()
+        replaced = watching is not None and await watching
+        if reads is not None:
+            await reads.close()
         if submitter is not None:
             await submitter.close()
         await engine.dispose()
+    return replaced
 
 
 if __name__ == "__main__":

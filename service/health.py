@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from fastapi import APIRouter, Request, Response
@@ -18,6 +20,14 @@ from service.schema import current_revisions, newer_schema
 
 logger = logging.getLogger("tellonce.health")
 router = APIRouter(tags=["operations"])
+
+# Logged once by a process that finds its SQLite file replaced (``SqliteReads.replaced``).
+FILE_REPLACED = (
+    "the SQLite database file or its -wal was replaced or deleted while this process"
+    " had it open: restart the service (its writes since go to the old file)"
+)
+# How often ``tellonce worker`` looks (two ``stat`` calls).
+WORKER_FILE_CHECK_SECONDS = 1.0
 
 
 @router.get("/healthz")
@@ -46,10 +56,7 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
     if isinstance(reads, SqliteReads) and reads.replaced():
         if not getattr(request.app.state, "told_file_replaced", False):
             request.app.state.told_file_replaced = True
-            logger.error(
-                "the SQLite database file or its -wal was replaced or deleted while this process"
-                " had it open: restart the service (its writes since go to the old file)"
-            )
+            logger.error(FILE_REPLACED)
         raise ServiceUnavailable(
             "The database file was replaced or deleted while the service had it open; restart the service."
         )
@@ -63,6 +70,22 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
     if reason is not None:
         raise ServiceUnavailable(f"Not serving data: {reason}.")
     return {"status": "ready"}
+
+
+async def watch_sqlite_file(reads: SqliteReads, stop: asyncio.Event) -> bool:
+    """``tellonce worker``'s ``/readyz``: until ``stop`` is set, whether its SQLite file is
+    still the one it opened (``SqliteReads.replaced``). When it is not, log so once, set
+    ``stop`` (every loop ends after its round, and no more are written to the orphaned
+    file) and return True: the worker then exits 1, and its supervisor starts it again on
+    the file that is there now. A worker has no readiness probe to be taken out by."""
+    while not stop.is_set():
+        if reads.replaced():
+            logger.error(FILE_REPLACED)
+            stop.set()
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=WORKER_FILE_CHECK_SECONDS)
+    return False
 
 
 def _in_use(engine: AsyncEngine) -> int:

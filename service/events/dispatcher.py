@@ -199,10 +199,10 @@ class Dispatcher:
     async def _claim(self, conn: AsyncConnection) -> list[repository.ClaimedDelivery]:
         now = utcnow()
         token = str(uuid.uuid4())
-        ids = await repository.claim_due(
+        previous = await repository.claim_due(
             conn, now=now, lease_until=now + self._lease(), limit=self.batch_size, token=token
         )
-        return await repository.claimed(conn, ids, token) if ids else []
+        return await repository.claimed(conn, previous, token) if previous else []
 
     async def deliver(self, batch: Sequence[repository.ClaimedDelivery]) -> None:
         """One attempt for each claimed delivery. Each result is written as soon as it is
@@ -514,7 +514,8 @@ class Dispatcher:
     def _unsent(self, item: repository.ClaimedDelivery, why: _Unreachable) -> dict[str, Any]:
         """A delivery not sent because another attempt to its receiver got no answer just
         before. It was never sent, so it is no attempt: the one its claim counted is given
-        back. It is due again when the attempt that failed is, so a receiver that stays down
+        back, and its ``last_attempt_at`` is again that of its last attempt (if any), not the
+        claim's time. It is due again when the attempt that failed is, so a receiver that stays down
         is tried at that one's growing backoff, not at once by each delivery left behind it.
         If that attempt was the last its delivery had, the receiver has not answered through
         the whole retry span, and this delivery is ``dead`` with it (until redelivered)
@@ -522,6 +523,7 @@ class Dispatcher:
         values: dict[str, Any] = {
             "status": "pending",
             "attempts": item.attempts - 1,
+            "last_attempt_at": item.previous_attempt_at,
             "last_error": _short(
                 f"not sent: another attempt to the receiver failed just before ({why.reason})"
             ),

@@ -66,9 +66,12 @@ class ClaimedDelivery:
 
     id: str
     claim_token: str
+    # Counting the claimed attempt; the claim also set ``last_attempt_at`` to its time.
     attempts: int
     subscription: SubscriptionRow
     event: EventRow
+    # ``last_attempt_at`` as it was before the claim: what a delivery left unsent keeps.
+    previous_attempt_at: datetime | None
 
 
 _EVENT_COLUMNS = (
@@ -499,8 +502,9 @@ async def claim_due(
     lease_until: datetime,
     limit: int,
     token: str,
-) -> list[str]:
-    """Claim up to ``limit`` due deliveries for one attempt each.
+) -> dict[str, datetime | None]:
+    """Claim up to ``limit`` due deliveries for one attempt each; return their ids, in the
+    order claimed, each with its ``last_attempt_at`` from before the claim.
 
     On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several dispatchers claim at once without
     waiting on, or taking, each other's rows. The claim pushes ``next_attempt_at`` to the
@@ -508,15 +512,16 @@ async def claim_due(
     Only rows that carry ``token`` afterwards are this caller's (see ``claimed``).
     """
     due = (
-        select(Delivery.id)
+        select(Delivery.id, Delivery.last_attempt_at)
         .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
         .order_by(Delivery.next_attempt_at, Delivery.event_position)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    ids = list((await conn.execute(due)).scalars())
-    if not ids:
-        return []
+    previous: dict[str, datetime | None] = {row.id: row.last_attempt_at for row in await conn.execute(due)}
+    if not previous:
+        return {}
+    ids = list(previous)
     # The update checks again that each row is still due, so that on SQLite, where the
     # select takes no lock, a second process that selected the same rows claims none.
     await conn.execute(
@@ -529,10 +534,13 @@ async def claim_due(
             last_attempt_at=now,
         )
     )
-    return ids
+    return previous
 
 
-async def claimed(conn: AsyncConnection, ids: Sequence[str], token: str) -> list[ClaimedDelivery]:
+async def claimed(
+    conn: AsyncConnection, previous: Mapping[str, datetime | None], token: str
+) -> list[ClaimedDelivery]:
+    """The deliveries ``claim_due`` returned (``previous``) that still carry ``token``."""
     result = await conn.execute(
         select(
             Delivery.id.label("delivery_id"),
@@ -542,7 +550,7 @@ async def claimed(conn: AsyncConnection, ids: Sequence[str], token: str) -> list
         )
         .join(Subscription, Subscription.id == Delivery.subscription_id)
         .join(OutboxEvent, OutboxEvent.position == Delivery.event_position)
-        .where(Delivery.id.in_(list(ids)), Delivery.claim_token == token)
+        .where(Delivery.id.in_(list(previous)), Delivery.claim_token == token)
         .order_by(Delivery.event_position)
     )
     return [
@@ -552,6 +560,7 @@ async def claimed(conn: AsyncConnection, ids: Sequence[str], token: str) -> list
             attempts=int(row.attempts),
             subscription=_subscription(row),
             event=_event(row, prefix="event_"),
+            previous_attempt_at=previous[row.delivery_id],
         )
         for row in result
     ]

@@ -800,6 +800,52 @@ class TestADeliveryNotSent:
                     "retry span (it did not answer in time)"
                 )
 
+    async def test_keeps_the_time_of_its_last_attempt(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        # Before, the claim's time stayed in ``last_attempt_at`` of a delivery left unsent,
+        # as if it had been attempted then.
+        runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
+        async with _dispatching(runtime, concurrency=1) as dispatcher:
+            with SilentReceiver() as silent:
+                act_as(events_app, "dvla", "consumer")
+                stuck = await _subscribe(api, silent.url)
+                for _ in range(3):
+                    await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                await dispatcher.fan_out()
+                earlier = utcnow() - timedelta(hours=1)
+                async with events_engine.begin() as conn:
+                    _first, tried, never = (
+                        await conn.execute(select(Delivery.id).order_by(Delivery.event_position))
+                    ).scalars()
+                    # One of those to be left unsent was attempted an hour ago.
+                    await conn.execute(
+                        update(Delivery)
+                        .where(Delivery.id == tried)
+                        .values(attempts=1, last_attempt_at=earlier)
+                    )
+                    before = dict((await conn.execute(select(Delivery.id, Delivery.last_attempt_at))).all())
+                await asyncio.wait_for(dispatcher.run_once(), 30)
+                assert len(silent.connections) == 1
+        async with events_engine.connect() as conn:
+            after = {
+                row.id: (row.last_attempt_at, row.attempts, row.last_error)
+                for row in await conn.execute(select(Delivery))
+            }
+        assert after[tried][:2] == (before[tried], 1)
+        assert after[never][:2] == (None, 0)
+        for unsent in (tried, never):
+            assert str(after[unsent][2]).startswith("not sent: ")
+        # The one sent was attempted: its time is the claim's.
+        [sent] = set(after) - {tried, never}
+        assert after[sent][1] == 1
+        assert after[sent][0] is not None
+        assert [d["last_attempt_at"] is None for d in await _deliveries(api, stuck["id"])].count(True) == 1
+
 
 class TestAHostThatDoesNotResolve:
     async def test_holds_only_its_own_deliveries_for_no_longer_than_the_timeout(

@@ -374,7 +374,12 @@ class FailureLog:
     is a bug, and logs its traceback every time.
 
     With ``writes``, each failure of the database and each success is told to it too: the
-    log of something that writes, whose failures make the process not ready."""
+    log of something that writes, whose failures make the process not ready.
+
+    ``expected`` widens what counts as such a failure, for a loop that meets the database's
+    absence through a layer that names it otherwise (the dispatcher's audit appends get the
+    audit writer's ``ServiceUnavailable``); its lines say "unavailable" and the error's type
+    and first line, "database unavailable" only when the driver's error is in it."""
 
     def __init__(
         self,
@@ -384,12 +389,14 @@ class FailureLog:
         repeat_seconds: float = REPEAT_LOG_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         writes: FailingWrites | None = None,
+        expected: Callable[[BaseException], bool] = database_unavailable,
     ) -> None:
         self.log = log
         self.name = name
         self.writes = writes
         self.repeat_seconds = repeat_seconds
         self.clock = clock
+        self.expected = expected
         self.failing = False
         self._logged_at = 0.0
         self._unlogged = 0
@@ -398,7 +405,8 @@ class FailureLog:
     def failed(self, message: str, exc: BaseException, *args: object, **extra: object) -> None:
         """Log ``message % args`` for ``exc`` (``extra`` as the record's extra fields) unless
         a line for this run of failures was logged less than ``repeat_seconds`` ago."""
-        if not database_unavailable(exc):
+        database = database_unavailable(exc)
+        if not (database or self.expected(exc)):
             self.log.error(message, *args, exc_info=exc, extra=extra)
             return
         if self.writes is not None:
@@ -408,7 +416,8 @@ class FailureLog:
         if self.failing and now - self._logged_at < self.repeat_seconds:
             self._unlogged += 1
             return
-        line = f"{message}: database unavailable ({_driver_line(exc).replace('%', '%%')})"
+        what = "database unavailable" if database else "unavailable"
+        line = f"{message}: {what} ({_driver_line(exc).replace('%', '%%')})"
         if self._unlogged:
             line += f"; {self._unlogged} more since the last such line"
         self.log.warning(line, *args, extra=extra)

@@ -90,6 +90,33 @@ class TestFailureLog:
         failures.succeeded()
         assert len(lines(caplog)) == 2
 
+    def test_what_the_caller_expects_is_a_run_too(
+        self, clock: Clock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        failures = FailureLog(
+            logging.getLogger("tellonce.test"),
+            "audit appends",
+            clock=clock,
+            expected=lambda exc: isinstance(exc, ConnectionAbortedError | LookupError),
+        )
+        for _ in range(3):
+            failures.failed("append failed", LookupError("the writer is not running"))
+        # The database's absence stays in the run, and is still named so.
+        failures.failed("append failed", disk_full())
+        failures.failed("append failed", ValueError("a bug"))
+        failures.succeeded()
+        assert lines(caplog) == [
+            "append failed: unavailable (LookupError: the writer is not running)",
+            "append failed",
+            "audit appends: the database is usable again, after 4 failures",
+        ]
+        assert [record.exc_info is not None for record in caplog.records] == [False, True, False]
+        clock.now += 60
+        failures.failed("append failed", disk_full())
+        assert lines(caplog)[3:] == [
+            "append failed: database unavailable (OperationalError: database or disk is full)"
+        ]
+
 
 class TestFailingWrites:
     """What ``/readyz`` reads: a writer's failure of the database makes the process not

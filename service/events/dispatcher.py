@@ -138,9 +138,12 @@ class Dispatcher:
         self.batch_size = batch_size
         self._concurrency = max(1, concurrency)
         # Batches or their results lost to the database: one line a run of them; likewise
-        # the audit appends, which go through the audit writer (mocked apart in tests).
+        # the audit appends, which the audit writer refuses with ``ServiceUnavailable``
+        # while it cannot commit (it logs why, a line a run of its own) or is not running.
         self._failures = FailureLog(logger, "webhook deliveries")
-        self._audit_failures = FailureLog(logger, "webhook audit appends")
+        self._audit_failures = FailureLog(
+            logger, "webhook audit appends", expected=lambda exc: isinstance(exc, ServiceUnavailable)
+        )
         self._own_client = client is None
         self._client = client
         if client is not None:
@@ -360,13 +363,10 @@ class Dispatcher:
         await asyncio.gather(*(attempt(item, body, target) for item, _entry, body, target in ready))
 
     async def _audited(self, entries: list[AuditEntry]) -> bool:
+        """Whether ``entries`` are durable in the audit log. A refusal (the writer could not
+        commit, or is not running) is a line a run of them, as the database's absence is."""
         try:
             await self.runtime.audit.record(entries)
-        except ServiceUnavailable as exc:
-            # The audit writer could not commit (it logs why) or is not running: expected
-            # while the database is away, so one line; its text is written for callers.
-            logger.warning("audit append for %d deliveries failed: %s", len(entries), exc)
-            return False
         except Exception as exc:
             self._audit_failures.failed("audit append for %d deliveries failed", exc, len(entries))
             return False

@@ -780,7 +780,8 @@ class TestALostDatabase:
             pytest.param(
                 ServiceUnavailable("The audit log could not record this access."),
                 logging.WARNING,
-                "audit append for 1 deliveries failed: The audit log could not record this access.",
+                "audit append for 1 deliveries failed: unavailable"
+                " (ServiceUnavailable: The audit log could not record this access.)",
                 id="audit-writer-down",
             ),
             pytest.param(
@@ -820,3 +821,35 @@ class TestALostDatabase:
         assert line.levelno == level
         assert line.getMessage().startswith(said)
         assert (line.exc_info is not None) == (level == logging.ERROR)
+
+    async def test_a_run_of_refused_audit_appends_is_one_line_and_their_end_another(
+        self,
+        dvla_hook: dict[str, Any],
+        dispatcher: Dispatcher,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        audit_sink: ListAuditSink,
+        receiver: WebhookReceiver,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # Before, the audit writer's refusal was a line for every batch.
+        runtime.settings = runtime.settings.model_copy(update={"webhook_max_attempts": 10})
+        caplog.set_level(logging.INFO, logger="tellonce.events")
+        audit_sink.failing = True
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        for _ in range(3):
+            async with events_engine.begin() as conn:
+                await conn.execute(update(Delivery).values(next_attempt_at=utcnow()))
+            assert await dispatcher.run_once() > 0
+        assert receiver.received == []
+        [refused] = _dispatcher_lines(caplog)
+        assert refused.getMessage().startswith("audit append for 1 deliveries failed: unavailable (")
+        assert refused.exc_info is None
+        audit_sink.failing = False
+        async with events_engine.begin() as conn:
+            await conn.execute(update(Delivery).values(next_attempt_at=utcnow()))
+        await dispatcher.run_once()
+        assert len(receiver.received) == 1
+        assert [line.getMessage() for line in _dispatcher_lines(caplog)[1:]] == [
+            "webhook audit appends: the database is usable again, after 3 failures"
+        ]

@@ -30,9 +30,15 @@ last answer comes: a fast receiver's deliveries are recorded as delivered while 
 receiver's batch-mates are still out. Once one attempt to a receiver gets no answer (a
 timeout, a refused connection, a TLS error) its deliveries later in the batch are not sent:
 they are put back with the backoff of the one that failed, and, never having been sent,
-count as no attempt (they are dead with it when it has used its last). A receiver that
-does not answer holds the batch's last result, and so the next batch, for about one
-timeout, not one per delivery.
+count as no attempt (they are dead with it when it has used its last).
+
+The loop (``run``) does not wait for a batch's last answer before it claims more: while
+the deliveries it holds leave at least half the ``concurrency`` slots free, it claims due
+deliveries for those slots and starts them, audited and sent as every batch is (the
+``deliver`` entries in one group commit before any of them leaves; nothing leaves if that
+fails). So a receiver that answers slowly, or not at all, holds no other receiver's new
+event for its timeout. The batches under way share the slots and their fair turns; what
+holds a receiver's later deliveries back after an attempt got no answer is each batch's own.
 
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
@@ -137,6 +143,13 @@ class Dispatcher:
         self.runtime = runtime
         self.batch_size = batch_size
         self._concurrency = max(1, concurrency)
+        # The ``concurrency`` slots, shared by every batch under way; the loop's claimed
+        # deliveries without a result yet (``run``), told when that number falls and when a
+        # batch has ended.
+        self._turns = _FairTurns(self._concurrency)
+        self._in_hand = 0
+        self._freed = asyncio.Event()
+        self._ended = asyncio.Event()
         # Batches or their results lost to the database: one line a run of them; likewise
         # the audit appends, which the audit writer refuses with ``ServiceUnavailable``
         # while it cannot commit (it logs why, a line a run of its own) or is not running.
@@ -188,8 +201,9 @@ class Dispatcher:
 
     def _lease(self) -> timedelta:
         # Long enough for the targets' resolution and every wave of the batch's POSTs
-        # (``concurrency`` at a time) to time out, and then some for the result to be
-        # written. A claim that still outlives its lease (a slow audit log, a stalled
+        # (``concurrency`` at a time; a batch claimed while another is under way is no
+        # bigger than the slots free, see ``_room``) to time out, and then some for the
+        # result to be written. A claim that still outlives its lease (a slow audit log, a stalled
         # database) may be attempted again by another dispatcher: delivery is at least
         # once, deduplicated on webhook-id.
         waves = -(-self.batch_size // self._concurrency)
@@ -197,20 +211,24 @@ class Dispatcher:
 
     async def claim(self) -> list[repository.ClaimedDelivery]:
         async with self.runtime.engine.begin() as conn:
-            return await self._claim(conn)
+            return await self._claim(conn, self.batch_size)
 
-    async def _claim(self, conn: AsyncConnection) -> list[repository.ClaimedDelivery]:
+    async def _claim(self, conn: AsyncConnection, limit: int) -> list[repository.ClaimedDelivery]:
         now = utcnow()
         token = str(uuid.uuid4())
         previous = await repository.claim_due(
-            conn, now=now, lease_until=now + self._lease(), limit=self.batch_size, token=token
+            conn, now=now, lease_until=now + self._lease(), limit=limit, token=token
         )
         return await repository.claimed(conn, previous, token) if previous else []
 
-    async def deliver(self, batch: Sequence[repository.ClaimedDelivery]) -> None:
+    async def deliver(
+        self, batch: Sequence[repository.ClaimedDelivery], *, on_given: Callable[[int], None] | None = None
+    ) -> None:
         """One attempt for each claimed delivery. Each result is written as soon as it is
-        known: those known together in one transaction, while the rest are still out."""
-        results = _Results(self._record, len(batch), self._failures)
+        known: those known together in one transaction, while the rest are still out.
+        ``on_given`` is told how many deliveries have their outcome, as they get it (and, if
+        this is cancelled, those that never will)."""
+        results = _Results(self._record, len(batch), self._failures, on_given)
         writer = asyncio.create_task(results.write())
         try:
             try:
@@ -230,6 +248,8 @@ class Dispatcher:
             # Only if this was cancelled (the process stopping): claims whose result was not
             # written run out with their lease and are attempted again (at least once).
             writer.cancel()
+            if on_given is not None and results.ungiven:
+                on_given(results.ungiven)
         self.attempts_made += len(batch) - results.unsent
 
     async def _deliver(self, batch: Sequence[repository.ClaimedDelivery], settle: _Settle) -> None:
@@ -350,14 +370,13 @@ class Dispatcher:
         # the first ``concurrency`` attempts of the batch go to as many receivers as it has,
         # not all to the one whose events came first (which may be the one not answering);
         # after that, ``_FairTurns`` gives each slot that frees to the receiver with the
-        # fewest attempts under way.
+        # fewest attempts under way (in this batch and any other under way).
         ready = _taking_turns(ready, key=lambda entry: entry[0].subscription.id)
-        turns = _FairTurns(self._concurrency)
         unreachable: dict[str, _Unreachable] = {}
 
         async def attempt(item: repository.ClaimedDelivery, body: str, target: Pinned) -> None:
             signing = secrets_by_subscription[item.subscription.id]
-            values = await self._post(item, body, signing, target, turns, unreachable)
+            values = await self._post(item, body, signing, target, unreachable)
             settle(item, {**values, "released_at": released_at})
 
         await asyncio.gather(*(attempt(item, body, target) for item, _entry, body, target in ready))
@@ -417,18 +436,16 @@ class Dispatcher:
         body: str,
         secrets: list[str],
         target: Pinned,
-        turns: _FairTurns,
         unreachable: dict[str, _Unreachable],
     ) -> dict[str, Any]:
-        """One attempt, when ``turns`` gives it a slot. ``unreachable`` is shared by the
-        batch: once an attempt to a receiver gets no answer (a timeout, a refused
+        """One attempt, when the dispatcher's turns give it a slot. ``unreachable`` is shared
+        by the batch: once an attempt to a receiver gets no answer (a timeout, a refused
         connection, a TLS error), that receiver's deliveries whose turn comes later in the
         batch are not sent (see ``_unsent``), so one receiver that does not answer holds the
-        batch (and every other receiver's deliveries in the next one) for one timeout, not
-        one for each of its deliveries."""
+        batch's last result for one timeout, not one for each of its deliveries."""
         message_id = webhook_id(item.id)
         receiver = item.subscription.webhook_url or ""
-        async with turns.turn(receiver):
+        async with self._turns.turn(receiver):
             if receiver in unreachable:
                 return self._unsent(item, unreachable[receiver])
             # Timestamped and signed when its turn to be sent comes, not when the batch was
@@ -621,18 +638,46 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """One cycle: access notices from the audit log (one transaction), then fan out and
-        claim a batch (another), then attempt it. Returns notices made, deliveries created
-        and attempts made."""
+        claim a batch (another), then attempt it, to its last result. Returns notices made,
+        deliveries created and attempts made."""
+        made, batch = await self._cycle(self.batch_size)
+        if batch:
+            await self.deliver(batch)
+        return made + len(batch)
+
+    async def _cycle(self, limit: int) -> tuple[int, list[repository.ClaimedDelivery]]:
+        """Access notices and fan-out (``run_once``), and up to ``limit`` deliveries claimed;
+        returns the notices and deliveries made, and the claimed."""
         noticed = await self.notices.run_once(self.runtime.clock())
         if noticed:
             # Feeds waiting in this process see the new notices at once.
             self.runtime.notifier.notify()
         async with self.runtime.engine.begin() as conn:
             created = await fanout.fan_out(conn)
-            batch = await self._claim(conn)
-        if batch:
-            await self.deliver(batch)
-        return noticed + created + len(batch)
+            batch = await self._claim(conn, limit)
+        return noticed + created, batch
+
+    def _room(self) -> int:
+        """How many deliveries the loop claims now: a batch when it holds none; while it
+        holds some, the slots they leave free, once that is at least half of them (claims
+        in bunches, not one a cycle as each attempt ends). So an attempt of a batch claimed
+        while others are under way never waits for a slot, and is made within its lease."""
+        if self._in_hand == 0:
+            return self.batch_size
+        free = self._concurrency - self._in_hand
+        return min(free, self.batch_size) if free * 2 >= self._concurrency else 0
+
+    def _given(self, count: int) -> None:
+        self._in_hand -= count
+        self._freed.set()
+
+    def _start(self, batch: list[repository.ClaimedDelivery], batches: set[asyncio.Task[None]]) -> None:
+        """Attempt ``batch`` in a task of its own, its deliveries held until each has a result."""
+        self._in_hand += len(batch)
+        task = asyncio.create_task(self.deliver(batch, on_given=self._given), name="webhook-batch")
+        batches.add(task)
+        task.add_done_callback(batches.discard)
+        task.add_done_callback(lambda _task: self._ended.set())
 
     async def _idle_timeout(self) -> float:
         poll = self.settings.events_poll_interval_seconds
@@ -643,29 +688,49 @@ class Dispatcher:
         return max(0.0, min(poll, (due - utcnow()).total_seconds()))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; sleeps on the notifier while there is nothing to do."""
+        """Deliver until ``stop`` is set, then let the batches under way end. Each cycle's
+        batch is attempted while the loop goes on (``_room`` says how many it claims); it
+        sleeps on the notifier while there is nothing to do, and until an attempt ends while
+        there is no room."""
         failures = FailureLog(logger, "event dispatcher")
-        while not stop.is_set():
-            generation = self.runtime.notifier.generation
-            try:
-                worked = await self.run_once()
-                timeout = 0.0 if worked else await self._idle_timeout()
-                failures.succeeded()
-            except Exception as exc:
-                failures.failed("event dispatcher cycle failed", exc)
-                timeout = self.settings.events_poll_interval_seconds
-            if timeout <= 0 or self.runtime.notifier.generation != generation:
-                continue
-            await _wait_either(self.runtime.notifier.wait(timeout), stop)
+        batches: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                self._freed.clear()
+                self._ended.clear()
+                room = self._room()
+                if room == 0:
+                    await _wait_first(self._freed.wait(), stop.wait())
+                    continue
+                generation = self.runtime.notifier.generation
+                try:
+                    made, batch = await self._cycle(room)
+                    if batch:
+                        self._start(batch, batches)
+                    timeout = 0.0 if made or batch else await self._idle_timeout()
+                    failures.succeeded()
+                except Exception as exc:
+                    failures.failed("event dispatcher cycle failed", exc)
+                    timeout = self.settings.events_poll_interval_seconds
+                if timeout <= 0 or self.runtime.notifier.generation != generation:
+                    continue
+                # A batch that ends may leave retries due sooner than the timeout says.
+                await _wait_first(self.runtime.notifier.wait(timeout), stop.wait(), self._ended.wait())
+            await asyncio.gather(*batches)
+        finally:
+            # Only if this was cancelled: see ``deliver``.
+            for task in list(batches):
+                task.cancel()
+            await asyncio.gather(*batches, return_exceptions=True)
 
 
-async def _wait_either(wake: Any, stop: asyncio.Event) -> None:
-    waker = asyncio.ensure_future(wake)
-    stopper = asyncio.ensure_future(stop.wait())
+async def _wait_first(*waits: Any) -> None:
+    """Until the first of ``waits`` (awaitables) is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
     try:
-        await asyncio.wait({waker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (waker, stopper):
+        for task in tasks:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -695,13 +760,21 @@ class _Results:
         record: Callable[[Sequence[repository.ClaimedDelivery], dict[str, dict[str, Any]]], Any],
         count: int,
         failures: FailureLog,
+        on_given: Callable[[int], None] | None = None,
     ) -> None:
         self._record = record
+        self._count = count
         self._left = count
         self._failures = failures
+        self._on_given = on_given
         self._given: set[str] = set()
         self._queue: asyncio.Queue[tuple[repository.ClaimedDelivery, dict[str, Any]]] = asyncio.Queue()
         self.unsent = 0
+
+    @property
+    def ungiven(self) -> int:
+        """Deliveries of the batch without an outcome yet."""
+        return self._count - len(self._given)
 
     def settled(self, item: repository.ClaimedDelivery) -> bool:
         return item.id in self._given
@@ -713,6 +786,8 @@ class _Results:
         if _given_back(values):
             self.unsent += 1
         self._queue.put_nowait((item, values))
+        if self._on_given is not None:
+            self._on_given(1)
 
     async def write(self) -> None:
         while self._left > 0:
@@ -733,10 +808,10 @@ class _Results:
 
 
 class _FairTurns:
-    """At most ``slots`` attempts at once. When one ends, its slot goes to a waiting attempt
-    of the receiver with the fewest attempts under way (the first to wait among equals), so
-    while other receivers have deliveries waiting, a receiver that answers slowly takes no
-    more slots than they do; alone, it may use them all."""
+    """At most ``slots`` attempts at once (of all the dispatcher's batches). When one ends,
+    its slot goes to a waiting attempt of the receiver with the fewest attempts under way
+    (the first to wait among equals), so while other receivers have deliveries waiting, a
+    receiver that answers slowly takes no more slots than they do; alone, it may use them all."""
 
     def __init__(self, slots: int) -> None:
         self._free = slots

@@ -27,7 +27,7 @@ from service.db import utcnow
 from service.events.dispatcher import Dispatcher, backoff_seconds, retry_after_seconds
 from service.events.models import Delivery
 from service.events.service import EventsRuntime
-from tests.events.conftest import ListAuditSink, add_citizen, emit
+from tests.events.conftest import ListAuditSink, add_citizen, emit, running
 from tests.fixtures.auth import act_as
 from tests.fixtures.webhooks import WebhookReceiver
 
@@ -661,13 +661,19 @@ class TestOneReceiverNotAnswering:
 
 class SlowReceiver(_LoopbackListener):
     """A receiver on a loopback port that answers every request 204, each ``delay`` seconds
-    after it arrived (one thread per connection); ``answered`` counts the answers sent."""
+    after it arrived (one thread per connection); ``answered`` counts the answers sent.
+    ``journal``, if given, is told "NAME arrived" and "NAME answered" as they happen."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, *, journal: list[str] | None = None, name: str = "") -> None:
         super().__init__(backlog=64)
         self.delay = delay
         self.answered = 0
+        self.journal, self.name = journal, name
         self._lock = threading.Lock()
+
+    def _note(self, what: str) -> None:
+        if self.journal is not None:
+            self.journal.append(f"{self.name} {what}")
 
     def _serve(self) -> None:
         while not self.stop.is_set():
@@ -684,11 +690,13 @@ class SlowReceiver(_LoopbackListener):
                 name, _, value = line.decode("latin-1").partition(":")
                 headers[name.strip().lower()] = value.strip()
             stream.read(int(headers.get("content-length") or 0))
+            self._note("arrived")
             if self.stop.wait(self.delay):
                 return
             connection.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             with self._lock:
                 self.answered += 1
+                self._note("answered")
 
 
 class TestOneReceiverAnsweringSlowly:
@@ -732,6 +740,65 @@ class TestOneReceiverAnsweringSlowly:
         for hook in (late, fast):
             deliveries = await _deliveries(api, hook["id"])
             assert [(d["status"], d["attempts"]) for d in deliveries] == [("delivered", 1)] * 2
+
+
+class TestClaimingGoesOn:
+    @pytest.mark.parametrize("audited", [True, False], ids=["audited", "audit-refused"])
+    async def test_a_new_event_for_a_fast_receiver_does_not_wait_for_a_slow_attempt(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        audit_sink: ListAuditSink,
+        audited: bool,
+    ) -> None:
+        # The slow receiver answers just inside the timeout. Before, the loop claimed the
+        # next batch only once the slow receiver had answered the current one.
+        timeout = 4.0
+        runtime.settings = runtime.settings.model_copy(
+            update={"webhook_timeout_seconds": timeout, "webhook_retry_base_seconds": 60.0}
+        )
+        journal: list[str] = []
+        with (
+            SlowReceiver(0.8 * timeout, journal=journal, name="slow") as slow,
+            SlowReceiver(0.0, journal=journal, name="fast") as fast,
+        ):
+            act_as(events_app, "dvla", "consumer")
+            late = await _subscribe(api, slow.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            async with _dispatching(runtime, concurrency=4) as dispatcher, running(dispatcher):
+                while "slow arrived" not in journal:
+                    await asyncio.sleep(0.01)
+                # Subscribed now, so the first event is the slow receiver's alone; the next
+                # is for both.
+                quick = await _subscribe(api, fast.url)
+                audit_sink.failing = not audited
+                await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                async with asyncio.timeout(30):
+                    while slow.answered < 1 + audited or fast.answered < audited:
+                        await asyncio.sleep(0.02)
+                    if not audited:
+                        # The next batch, claimed while the slow attempt was out, has its
+                        # results: nothing of it was sent.
+                        while not [d for d in await _deliveries(api, quick["id"]) if d["last_error"]]:
+                            await asyncio.sleep(0.02)
+        if not audited:
+            assert journal == ["slow arrived", "slow answered"]
+            for hook in (late, quick):
+                last = (await _deliveries(api, hook["id"]))[-1]
+                assert last["last_error"] == "the audit log is unavailable; nothing was sent"
+            return
+        # The fast receiver had its event, and answered, while the slow receiver's first
+        # request was still open.
+        assert journal[0] == "slow arrived"
+        assert journal.index("fast answered") < journal.index("slow answered")
+        assert journal.count("slow answered") == 2
+        for hook, count in ((late, 2), (quick, 1)):
+            deliveries = await _deliveries(api, hook["id"])
+            assert [(d["status"], d["attempts"]) for d in deliveries] == [("delivered", 1)] * count
+        # Each delivery was audited, before it was sent, as ever.
+        assert len(audit_sink.of("deliver")) == 3
 
 
 class TestADeliveryNotSent:

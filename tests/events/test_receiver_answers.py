@@ -618,6 +618,28 @@ class SilentReceiver(_LoopbackListener):
             connection.close()
 
 
+@contextlib.asynccontextmanager
+async def _stuck(
+    events_app: FastAPI,
+    api: httpx.AsyncClient,
+    runtime: EventsRuntime,
+    events_engine: AsyncEngine,
+    *,
+    concurrency: int,
+    events: int,
+) -> AsyncIterator[tuple[Dispatcher, SilentReceiver, dict[str, Any]]]:
+    """A dispatcher making ``concurrency`` attempts at a time, and DVLA's subscription to a
+    receiver that never answers, with deliveries of ``events`` new events for it."""
+    async with _dispatching(runtime, concurrency=concurrency) as dispatcher:
+        with SilentReceiver() as silent:
+            act_as(events_app, "dvla", "consumer")
+            stuck = await _subscribe(api, silent.url)
+            for _ in range(events):
+                await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            await dispatcher.fan_out()
+            yield dispatcher, silent, stuck
+
+
 class TestOneReceiverNotAnswering:
     async def test_holds_no_other_receivers_delivery_and_the_batch_for_one_timeout_only(
         self,
@@ -630,25 +652,20 @@ class TestOneReceiverNotAnswering:
         # Two attempts at a time: before, the silent receiver's four earlier deliveries took
         # both, a timeout each wave, and the answering receiver's came third, 2 s later.
         runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
-        async with _dispatching(runtime, concurrency=2) as dispatcher:
-            with SilentReceiver() as silent:
-                act_as(events_app, "dvla", "consumer")
-                stuck = await _subscribe(api, silent.url)
-                for _ in range(4):
-                    await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
-                await dispatcher.fan_out()
-                answering = await _subscribe(api, receiver.url)
-                await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
-                started = asyncio.get_running_loop().time()
-                cycle = asyncio.create_task(dispatcher.run_once())
-                while not receiver.received and not cycle.done():
-                    await asyncio.sleep(0.02)
-                told_after = asyncio.get_running_loop().time() - started
-                await asyncio.wait_for(cycle, 30)
-                took = asyncio.get_running_loop().time() - started
-                # The first attempt and the one that took the answering receiver's slot
-                # after it; the other three wait for the next round, unsent.
-                assert len(silent.connections) == 2
+        async with _stuck(events_app, api, runtime, events_engine, concurrency=2, events=4) as held:
+            dispatcher, silent, stuck = held
+            answering = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            started = asyncio.get_running_loop().time()
+            cycle = asyncio.create_task(dispatcher.run_once())
+            while not receiver.received and not cycle.done():
+                await asyncio.sleep(0.02)
+            told_after = asyncio.get_running_loop().time() - started
+            await asyncio.wait_for(cycle, 30)
+            took = asyncio.get_running_loop().time() - started
+            # The first attempt and the one that took the answering receiver's slot
+            # after it; the other three wait for the next round, unsent.
+            assert len(silent.connections) == 2
         assert told_after < 0.8
         assert took < 1.9
         [delivered] = await _deliveries(api, answering["id"])
@@ -821,37 +838,32 @@ class TestADeliveryNotSent:
                 "webhook_retry_cap_seconds": 600.0,
             }
         )
-        async with _dispatching(runtime, concurrency=1) as dispatcher:
-            with SilentReceiver() as silent:
-                act_as(events_app, "dvla", "consumer")
-                stuck = await _subscribe(api, silent.url)
-                for _ in range(3):
-                    await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
-                await asyncio.wait_for(dispatcher.run_once(), 30)
-                assert len(silent.connections) == 1
-                first, *unsent = await _deliveries(api, stuck["id"])
-                assert (first["status"], first["attempts"]) == ("pending", 1)
-                assert first["last_error"] == "the receiver did not answer in time"
-                for delivery in unsent:
-                    assert (delivery["status"], delivery["attempts"]) == ("pending", 0)
-                    assert delivery["last_error"] == (
-                        "not sent: another attempt to the receiver failed just before "
-                        "(it did not answer in time)"
-                    )
-                    # Released (its ``deliver`` entry audited before anything was sent), so
-                    # the list names its event, as the audit trail does.
-                    assert delivery["event_id"] is not None
-                assert len(audit_sink.of("deliver")) == 3
-                async with events_engine.begin() as conn:
-                    due = list((await conn.execute(select(Delivery.next_attempt_at))).scalars())
-                    # Retried later, with the backoff of the attempt that failed, not at once.
-                    assert len(set(due)) == 1
-                    assert due[0] > utcnow() + timedelta(seconds=20)
-                    # The retry span passes.
-                    passed = utcnow() - timedelta(seconds=1)
-                    await conn.execute(update(Delivery).values(next_attempt_at=passed))
-                await asyncio.wait_for(dispatcher.run_once(), 30)
-                assert len(silent.connections) == 2
+        async with _stuck(events_app, api, runtime, events_engine, concurrency=1, events=3) as held:
+            dispatcher, silent, stuck = held
+            await asyncio.wait_for(dispatcher.run_once(), 30)
+            assert len(silent.connections) == 1
+            first, *unsent = await _deliveries(api, stuck["id"])
+            assert (first["status"], first["attempts"]) == ("pending", 1)
+            assert first["last_error"] == "the receiver did not answer in time"
+            for delivery in unsent:
+                assert (delivery["status"], delivery["attempts"]) == ("pending", 0)
+                assert delivery["last_error"] == (
+                    "not sent: another attempt to the receiver failed just before (it did not answer in time)"
+                )
+                # Released (its ``deliver`` entry audited before anything was sent), so
+                # the list names its event, as the audit trail does.
+                assert delivery["event_id"] is not None
+            assert len(audit_sink.of("deliver")) == 3
+            async with events_engine.begin() as conn:
+                due = list((await conn.execute(select(Delivery.next_attempt_at))).scalars())
+                # Retried later, with the backoff of the attempt that failed, not at once.
+                assert len(set(due)) == 1
+                assert due[0] > utcnow() + timedelta(seconds=20)
+                # The retry span passes.
+                passed = utcnow() - timedelta(seconds=1)
+                await conn.execute(update(Delivery).values(next_attempt_at=passed))
+            await asyncio.wait_for(dispatcher.run_once(), 30)
+            assert len(silent.connections) == 2
         # The receiver did not answer through the whole span: the delivery tried is dead,
         # and those left behind it are dead with it, not starting the span again each.
         deliveries = await _deliveries(api, stuck["id"])
@@ -877,27 +889,20 @@ class TestADeliveryNotSent:
         # Before, the claim's time stayed in ``last_attempt_at`` of a delivery left unsent,
         # as if it had been attempted then.
         runtime.settings = runtime.settings.model_copy(update={"webhook_timeout_seconds": 1.0})
-        async with _dispatching(runtime, concurrency=1) as dispatcher:
-            with SilentReceiver() as silent:
-                act_as(events_app, "dvla", "consumer")
-                stuck = await _subscribe(api, silent.url)
-                for _ in range(3):
-                    await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
-                await dispatcher.fan_out()
-                earlier = utcnow() - timedelta(hours=1)
-                async with events_engine.begin() as conn:
-                    _first, tried, never = (
-                        await conn.execute(select(Delivery.id).order_by(Delivery.event_position))
-                    ).scalars()
-                    # One of those to be left unsent was attempted an hour ago.
-                    await conn.execute(
-                        update(Delivery)
-                        .where(Delivery.id == tried)
-                        .values(attempts=1, last_attempt_at=earlier)
-                    )
-                    before = dict((await conn.execute(select(Delivery.id, Delivery.last_attempt_at))).all())
-                await asyncio.wait_for(dispatcher.run_once(), 30)
-                assert len(silent.connections) == 1
+        async with _stuck(events_app, api, runtime, events_engine, concurrency=1, events=3) as held:
+            dispatcher, silent, stuck = held
+            earlier = utcnow() - timedelta(hours=1)
+            async with events_engine.begin() as conn:
+                _first, tried, never = (
+                    await conn.execute(select(Delivery.id).order_by(Delivery.event_position))
+                ).scalars()
+                # One of those to be left unsent was attempted an hour ago.
+                await conn.execute(
+                    update(Delivery).where(Delivery.id == tried).values(attempts=1, last_attempt_at=earlier)
+                )
+                before = dict((await conn.execute(select(Delivery.id, Delivery.last_attempt_at))).all())
+            await asyncio.wait_for(dispatcher.run_once(), 30)
+            assert len(silent.connections) == 1
         async with events_engine.connect() as conn:
             after = {
                 row.id: (row.last_attempt_at, row.attempts, row.last_error)

@@ -24,6 +24,7 @@ from service.audit.verify import Expectations
 from service.config import Settings
 from service.db import Database, PostgresReads, asyncpg_dsn, engine_for
 from service.events import notifier as wakeups
+from service.events.dispatcher import run_dispatcher
 from service.events.notifier import PG_CHANNEL, EventNotifier, postgres_wakeups
 from tests.fixtures.audit import make_signer
 from tests.fixtures.databases import is_postgres
@@ -164,6 +165,16 @@ class TestOnPostgres:
             assert await _replaced(_engine_pid(app.state.audit_writer.engine))
             assert await _replaced(_reads_pid(app.state.driver_reads))
             assert await _replaced(_listener_pid(asyncpg_dsn(recycling.database_url)))
+
+    async def test_the_workers_event_listener_gets_it(self, recycling: Settings) -> None:
+        """``tellonce worker``'s dispatcher listens for wake-ups on a connection of its own."""
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_dispatcher(recycling, stop))
+        try:
+            assert await _replaced(_listener_pid(asyncpg_dsn(recycling.database_url)))
+        finally:
+            stop.set()
+            await worker
 
     async def test_the_sequencers_engine_and_idle_probe_get_it(self, recycling: Settings) -> None:
         engine = _sequencer_engine(recycling)

@@ -898,7 +898,9 @@ async def run_dispatcher(settings: Settings, stop_event: asyncio.Event) -> None:
     runtime = EventsRuntime(settings=settings, engine=engine, policy=LivePolicy(), audit=audit)
     dispatcher = Dispatcher(runtime)
     try:
-        async with postgres_wakeups(settings.database_url, runtime.notifier):
+        async with postgres_wakeups(
+            settings.database_url, runtime.notifier, settings.db_pool_recycle_seconds
+        ):
             await dispatcher.run(stop_event)
     finally:
         await dispatcher.aclose()

@@ -149,11 +149,15 @@ LIFECYCLES.append(events_lifecycle)
 
 class App(FastAPI):
     """FastAPI, with the hot routes served in front of its middleware stack
-    (``service.hotpath.HotFront``) while that stack is the one ``create_app`` builds."""
+    (``service.hotpath.HotFront``) while that stack is the one ``create_app`` builds, and
+    every answer of the token endpoint marked never to be cached, whichever layer gives it
+    (``auth.endpoints.never_cached``)."""
 
     front: HotFront | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == TOKEN_PATH:
+            send = auth_endpoints.never_cached(send)
         front = self.front
         if front is not None and scope["type"] == "http" and await front.serve(self, scope, receive, send):
             return

@@ -870,9 +870,9 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, send: Send, error: ServiceError) -> None:
         response: Response
         if scope.get("path") in self.oauth_paths:
+            # Never cached, as nothing the endpoint answers is (``auth.endpoints.never_cached``).
             body = {"error": "invalid_request", "error_description": error.detail}
-            headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-            response = JSONResponse(body, status_code=error.status, headers=headers)
+            response = JSONResponse(body, status_code=error.status)
         else:
             response = refusal_response(Request(scope), error)
         response.headers["Connection"] = "close"

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Send
 
 from service.auth import service as auth_service
 from service.auth import throttle
@@ -34,10 +35,30 @@ AuthDep = Annotated[AuthRuntime, Depends(get_auth)]
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NEVER_CACHED = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+
+
+def never_cached(send: Send) -> Send:
+    """``send`` for a request to the token endpoint: whatever answers it (a token, an RFC
+    6749 error, the throttle's 429, a 503 or 500 problem, a 405), the response carries
+    ``Cache-Control: no-store`` and ``Pragma: no-cache``, as RFC 6749 5.1 and 5.2 ask.
+    Applied by the app around every layer, the 500 handler's included."""
+
+    async def send_never_cached(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            kept = [
+                (name, value)
+                for name, value in message.get("headers", ())
+                if name.lower() not in (b"cache-control", b"pragma")
+            ]
+            message = {**message, "headers": [*kept, *_NEVER_CACHED]}
+        await send(message)
+
+    return send_never_cached
 
 
 def _oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
-    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    headers: dict[str, str] = {}
     if error == "invalid_client":
         status = 401
         headers["WWW-Authenticate"] = 'Basic realm="tellonce"'

@@ -465,8 +465,8 @@ class TellonceAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
             # for all of them tells an attacker nothing about which part was wrong.
             status = 401
             header_map.setdefault("WWW-Authenticate", 'Basic realm="tellonce"')
-        header_map["Cache-Control"] = "no-store"
-        header_map["Pragma"] = "no-cache"
+        # authlib's Cache-Control and Pragma are set again, with every other answer of the
+        # endpoint's, by ``endpoints.never_cached``.
         header_map.pop("Content-Type", None)
         return JSONResponse(body, status_code=status, headers=header_map)
 

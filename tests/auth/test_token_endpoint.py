@@ -23,6 +23,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import secrets as secrets_module
@@ -906,6 +907,51 @@ class TestFailureTellsNothing:
         }
         body, _ = self.refusal(await client.post("/oauth/token", data=form))
         assert "aud" in body["error_description"]
+
+
+class TestEveryAnswerIsNeverCached:
+    """RFC 6749 5.1 and 5.2: whatever the token endpoint answers, a token or a refusal of
+    any kind, carries ``Cache-Control: no-store`` and ``Pragma: no-cache`` (the 429 is
+    checked in ``tests/security/test_08_auth_failure_throttling.py``)."""
+
+    @staticmethod
+    def assert_never_cached(response: httpx.Response, status: int) -> None:
+        assert response.status_code == status, response.text
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["pragma"] == "no-cache"
+
+    async def test_an_unusable_database_is_503_never_cached(
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def database_down(*_: object) -> None:
+            raise OperationalError("SELECT", {}, ConnectionRefusedError("connection refused"))
+
+        monkeypatch.setattr(auth_service, "get_client", database_down)
+        response = await client.post(
+            "/oauth/token", data={"grant_type": "client_credentials"}, auth=("tc_someone", "secret")
+        )
+        self.assert_never_cached(response, 503)
+        assert response.headers["content-type"] == "application/problem+json"
+
+    async def test_an_unexpected_error_is_500_never_cached(
+        self, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def broken(*_: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(auth_service, "get_client", broken)
+        # Starlette answers the 500, then raises the error again for the server to log.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.post(
+                "/oauth/token", data={"grant_type": "client_credentials"}, auth=("tc_someone", "secret")
+            )
+        self.assert_never_cached(response, 500)
+
+    async def test_another_method_is_405_never_cached(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/oauth/token")
+        self.assert_never_cached(response, 405)
+        assert response.headers["allow"] == "POST"
 
 
 class TestMetadata:

@@ -68,6 +68,9 @@ def _problem_429(response: httpx.Response) -> None:
     assert response.status_code == 429, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert 1 <= int(response.headers["retry-after"]) <= LONGEST_RETRY
+    # RFC 6749 5.2: the token endpoint's refusals are never cached, as its tokens are not.
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
 
 
 async def _token(

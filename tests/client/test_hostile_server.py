@@ -6,12 +6,14 @@ echo of the body (which may hold personal data)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from tellonce_client import (
     ClientSecret,
@@ -22,6 +24,7 @@ from tellonce_client import (
     TellonceClient,
     TellonceError,
     TokenError,
+    TransportError,
 )
 
 # In every hostile body: it must never appear in an error.
@@ -355,3 +358,89 @@ class TestRetriesAndTokensAreBounded:
         assert getattr(raised.value, "status", None) == 401
         assert hostile.hits["/oauth/token"] == 2
         assert hostile.hits["/v1/catalog"] == 2
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, never listened on, then closed)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port: int = unused.getsockname()[1]
+    return port
+
+
+def cut_short(declared: int, sent: bytes) -> Handler:
+    """A 200 declaring ``declared`` bytes of body, sending ``sent``, then closing."""
+
+    def handle(request: BaseHTTPRequestHandler) -> None:
+        request.send_response(200)
+        request.send_header("content-type", "application/json")
+        request.send_header("content-length", str(declared))
+        request.end_headers()
+        request.wfile.write(sent)
+        request.close_connection = True
+
+    return handle
+
+
+class TestTransportFailures:
+    """httpx's own errors never escape: each is the library's ``TransportError`` (a
+    ``ResponseTimeout`` for httpx's timeouts), with httpx's error as its cause and a
+    message naming the call but not its query."""
+
+    async def test_a_closed_port_is_a_transport_error(self) -> None:
+        async with TellonceClient(f"http://127.0.0.1:{closed_port()}", None) as api:
+            with pytest.raises(TransportError) as raised:
+                await api.request("GET", "/v1/catalog", params={"q": SECRET})
+        assert isinstance(raised.value.__cause__, httpx.ConnectError)
+        assert not isinstance(raised.value, ResponseTimeout)
+        assert str(raised.value) == "the exchange of GET /v1/catalog failed (ConnectError)"
+
+    async def test_a_closed_port_at_the_token_endpoint_is_a_transport_error(self) -> None:
+        async with TellonceClient(f"http://127.0.0.1:{closed_port()}", ClientSecret("tc_x", "s")) as api:
+            with pytest.raises(TransportError) as raised:
+                await api.catalog()
+        assert isinstance(raised.value.__cause__, httpx.ConnectError)
+        assert "POST /oauth/token" in str(raised.value)
+
+    async def test_an_answer_cut_short_is_a_transport_error(self, hostile: HostileServer) -> None:
+        hostile.routes["/v1/catalog"] = cut_short(1000, b'{"fields": ')
+        async with client(hostile) as api:
+            with pytest.raises(TransportError) as raised:
+                await api.catalog()
+        assert isinstance(raised.value.__cause__, httpx.RemoteProtocolError)
+        assert SECRET not in str(raised.value)
+
+    async def test_an_export_broken_between_lines_is_a_transport_error(self, hostile: HostileServer) -> None:
+        def handle(request: BaseHTTPRequestHandler) -> None:
+            request.send_response(200)
+            request.send_header("content-type", "application/jsonl")
+            request.send_header("transfer-encoding", "chunked")
+            request.end_headers()
+            line = b'{"seq": 1}\n'
+            request.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            request.wfile.flush()
+            request.close_connection = True  # no last chunk
+
+        hostile.routes["/v1/audit/export"] = handle
+        async with client(hostile, timeout=5) as api:
+            read: list[str] = []
+            with pytest.raises(TransportError) as raised:
+                async for line in api.export_audit():
+                    read.append(line)
+        assert read == ['{"seq": 1}']
+        assert isinstance(raised.value.__cause__, httpx.RemoteProtocolError)
+        assert "GET /v1/audit/export" in str(raised.value)
+
+    async def test_httpx_own_read_timeout_is_a_response_timeout(self, hostile: HostileServer) -> None:
+        # httpx's per-read timeout (the caller's own client) expires before the client's
+        # timeout in all would.
+        hostile.routes["/v1/catalog"] = late(2, json_answer(200, {}))
+        async with (
+            httpx.AsyncClient(base_url=hostile.url, timeout=0.2) as http,
+            TellonceClient(hostile.url, None, http=http, timeout=30) as api,
+        ):
+            with pytest.raises(ResponseTimeout) as raised:
+                await api.catalog()
+        assert isinstance(raised.value.__cause__, httpx.ReadTimeout)
+        assert isinstance(raised.value, TransportError)
+        assert str(raised.value) == "the answer to GET /v1/catalog timed out (ReadTimeout)"

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tellonce_client import ApiError, Forbidden, NotFound, Unavailable, ValidationFailed
+from tellonce_client import ApiError, Forbidden, NotFound, TokenError, Unavailable, ValidationFailed
 from tellonce_client.errors import raise_for_problem
 
 PROBLEM_JSON = {"content-type": "application/problem+json"}
@@ -57,3 +57,29 @@ class TestPartialProblems:
         assert (error.problem.type, error.problem.title) == ("about:blank", None)
         assert error.problem.status == 404
         assert error.problem.detail == "gone"
+
+
+class TestLongServerText:
+    """A server's text goes into an error's message cut to 200 characters and an
+    ellipsis; the error keeps it whole."""
+
+    def test_a_long_title_and_detail_are_cut_in_the_message(self) -> None:
+        title, detail = "T" * 5000, "d" * 5000
+        error = _raised(404, {"title": title, "detail": detail})
+        assert str(error) == f"404 {'T' * 200}…: {'d' * 200}…"
+        assert (error.problem.title, error.problem.detail) == (title, detail)
+
+    def test_text_of_200_characters_is_not_cut(self) -> None:
+        error = _raised(404, {"title": "Not Found", "detail": "d" * 200})
+        assert str(error) == f"404 Not Found: {'d' * 200}"
+
+    def test_a_long_token_refusal_is_cut_in_the_message(self) -> None:
+        description, uri = "e" * 5000, "https://example.net/" + "u" * 5000
+        response = httpx.Response(
+            400, json={"error": "invalid_scope", "error_description": description, "error_uri": uri}
+        )
+        error = TokenError.from_response(response, "tc_x")
+        assert str(error) == (
+            f"the token endpoint answered 400 for tc_x: invalid_scope: {'e' * 200}… (see {uri[:200]}…)"
+        )
+        assert (error.error_description, error.error_uri) == (description, uri)

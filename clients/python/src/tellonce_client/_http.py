@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import httpx
 from httpx._client import UseClientDefault
 
-from tellonce_client.errors import ResponseTimeout, ResponseTooLarge
+from tellonce_client.errors import ResponseTimeout, ResponseTooLarge, TransportError
 
 # The whole of one exchange (connect, send, headers and body), in seconds.
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -26,6 +26,15 @@ DEFAULT_MAX_LINE_CHARS = 1024 * 1024
 def _where(request: httpx.Request) -> str:
     # The method and path only: a query may hold a national id or a citizen id.
     return f"{request.method} {request.url.path}"
+
+
+def transport_error(request: httpx.Request, error: httpx.TransportError) -> TransportError:
+    """The library's error for httpx's ``error`` in the exchange of ``request``: a
+    ``ResponseTimeout`` for a timeout, else a ``TransportError`` (raise it ``from error``)."""
+    kind = type(error).__name__
+    if isinstance(error, httpx.TimeoutException):
+        return ResponseTimeout(f"the answer to {_where(request)} timed out ({kind})", request=request)
+    return TransportError(f"the exchange of {_where(request)} failed ({kind})")
 
 
 def _too_large(response: httpx.Response, max_bytes: int) -> ResponseTooLarge:
@@ -61,7 +70,8 @@ async def exchange(
 ) -> httpx.Response:
     """Send ``request`` and read its answer, all within ``timeout`` seconds (``None``: no
     bound but httpx's own per-read one) and ``max_bytes``; raise ``ResponseTimeout`` or
-    ``ResponseTooLarge`` otherwise. With ``stream`` a 2xx or 3xx body is left unread (only
+    ``ResponseTooLarge`` otherwise, and ``TransportError`` for any other of httpx's
+    transport errors. With ``stream`` a 2xx or 3xx body is left unread (only
     the headers are awaited within ``timeout``), for the caller to read and close."""
     response: httpx.Response | None = None
     try:
@@ -74,6 +84,8 @@ async def exchange(
             finally:
                 await response.aclose()
             return response
+    except httpx.TransportError as error:
+        raise transport_error(request, error) from error
     except TimeoutError:
         if timeout is None:  # not this bound's
             raise

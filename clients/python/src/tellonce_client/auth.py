@@ -56,7 +56,8 @@ class TokenSource:
     async def token(self, http: httpx.AsyncClient, token_url: str, *, renew: bool = False) -> str:
         """A token that is not near expiry; a new one if ``renew`` (the service refused the
         last). A fetch takes at most ``timeout`` seconds in all and reads at most
-        ``max_response_bytes`` (``ResponseTimeout``, ``ResponseTooLarge`` otherwise)."""
+        ``max_response_bytes`` (``ResponseTimeout``, ``ResponseTooLarge`` otherwise; a
+        failure below HTTP is a ``TransportError``)."""
         async with self._lock:
             if not renew and self._token is not None and self._clock() < self._refresh_at:
                 return self._token

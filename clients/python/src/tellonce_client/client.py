@@ -26,6 +26,7 @@ from tellonce_client._http import (
     DEFAULT_TIMEOUT_SECONDS,
     exchange,
     lines,
+    transport_error,
 )
 from tellonce_client.auth import TokenSource
 from tellonce_client.errors import (
@@ -117,7 +118,9 @@ class TellonceClient:
     sent as ``X-On-Behalf-Of`` (UTF-8) on every call; ``case_ref`` arguments as ``X-Case-Ref``.
     ``on_response`` sees the final response of every API call (after retries), for counting.
     ``timeout`` bounds each exchange in all (connect, send, the answer's headers and body:
-    ``ResponseTimeout``), ``max_response_bytes`` the body read (``ResponseTooLarge``).
+    ``ResponseTimeout``), ``max_response_bytes`` the body read (``ResponseTooLarge``). An
+    exchange that fails below HTTP (a refused connection, one that breaks) is a
+    ``TransportError``, with httpx's error as its ``__cause__``.
     """
 
     def __init__(
@@ -749,7 +752,8 @@ class TellonceClient:
         as every other call is: with the officer, a token renewed once if refused, and 429
         and 503 retried before the first line. The export as a whole may take long, but each
         line comes within the client's ``timeout`` (``ResponseTimeout``) and is at most
-        ``max_line_chars`` long (``ResponseTooLarge``)."""
+        ``max_line_chars`` long (``ResponseTooLarge``); a connection that breaks between
+        lines is a ``TransportError``."""
         params = _params(format=format, **filters)
         response = await self._send("GET", "/v1/audit/export", params=params, stream=True)
         try:
@@ -762,6 +766,8 @@ class TellonceClient:
                             line = await anext(read)
                 except StopAsyncIteration:
                     return
+                except httpx.TransportError as error:  # the connection broke between lines
+                    raise transport_error(response.request, error) from error
                 except TimeoutError:
                     raise ResponseTimeout(
                         f"a line of the answer to {_where(response)} took more than {self.timeout:g} seconds",

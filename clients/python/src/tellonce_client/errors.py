@@ -1,4 +1,5 @@
-"""Errors the client raises: one class per status the service answers with a problem."""
+"""Errors the client raises: one class per status the service answers with a problem,
+and one for an exchange that failed below HTTP."""
 
 from __future__ import annotations
 
@@ -6,19 +7,39 @@ import httpx
 
 from tellonce_client.models import Problem
 
+# The most of a server's text (a problem's title or detail, a token refusal's
+# error_description) an error's message holds; the whole is kept on the error.
+MESSAGE_TEXT_CHARS = 200
+
+
+def cut(text: str) -> str:
+    """``text`` as an error's message may hold it: its first ``MESSAGE_TEXT_CHARS``
+    characters, then an ellipsis if there was more."""
+    return text if len(text) <= MESSAGE_TEXT_CHARS else text[:MESSAGE_TEXT_CHARS] + "…"
+
 
 class TellonceError(Exception):
     """Base of everything this package raises on purpose."""
 
 
+class TransportError(TellonceError):
+    """The exchange failed below HTTP: the service could not be reached (refused, name not
+    resolved), the connection broke or the answer was not HTTP, or one of httpx's own
+    timeouts expired (``ResponseTimeout``, a subclass). The httpx error is the
+    ``__cause__``; the message names the call's method and path (never its query) and the
+    httpx error's class."""
+
+
 class ApiError(TellonceError):
-    """The service answered with an error status; ``problem`` is its RFC 9457 body."""
+    """The service answered with an error status; ``problem`` is its RFC 9457 body. The
+    message holds at most ``MESSAGE_TEXT_CHARS`` characters each of the problem's title and
+    detail; ``problem`` holds them whole."""
 
     status: int
 
     def __init__(self, status: int, problem: Problem, response: httpx.Response) -> None:
-        title = problem.title or response.reason_phrase or str(status)
-        super().__init__(f"{status} {title}: {problem.detail or ''}".rstrip(": "))
+        title = cut(problem.title or response.reason_phrase or str(status))
+        super().__init__(f"{status} {title}: {cut(problem.detail or '')}".rstrip(": "))
         self.status = status
         self.problem = problem
         self.response = response
@@ -80,9 +101,11 @@ class ResponseTooLarge(InvalidResponse):
     audit export longer than ``max_line_chars``): it was not read further."""
 
 
-class ResponseTimeout(TellonceError, httpx.TimeoutException):
+class ResponseTimeout(TransportError, httpx.TimeoutException):
     """One exchange took longer than the client's ``timeout`` in all (a server dripping its
-    answer, or sending one without end). An ``httpx.TimeoutException`` too."""
+    answer, or sending one without end), or one of httpx's own timeouts (connect, read,
+    write, pool) expired, which is then its ``__cause__``. An ``httpx.TimeoutException``
+    too."""
 
     def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
         super().__init__(message, request=request)
@@ -91,7 +114,8 @@ class ResponseTimeout(TellonceError, httpx.TimeoutException):
 class TokenError(TellonceError):
     """The token endpoint refused the client's credentials, or answered 200 with no usable
     token. ``error``, ``error_description`` and ``error_uri`` are its RFC 6749 section 5.2
-    answer (written by the server, never personal data), each ``None`` where it gave none;
+    answer (written by the server, never personal data), each ``None`` where it gave none,
+    kept whole (the message holds at most ``MESSAGE_TEXT_CHARS`` characters of each);
     ``reason`` says what was wrong with a 200's body (never what the body holds: it may hold
     a token), ``None`` for a refusal."""
 
@@ -105,11 +129,11 @@ class TokenError(TellonceError):
         error_uri: str | None = None,
         reason: str | None = None,
     ) -> None:
-        said = ": ".join(part for part in (error, error_description) if part)
+        said = ": ".join(cut(part) for part in (error, error_description) if part)
         message = f"the token endpoint answered {status} for {client_id}"
         message += f" with no usable token: {reason}" if reason else ""
         message += f": {said}" if said else ""
-        message += f" (see {error_uri})" if error_uri else ""
+        message += f" (see {cut(error_uri)})" if error_uri else ""
         super().__init__(message)
         self.status = status
         self.error = error

@@ -164,6 +164,14 @@ def import_file(
         try:
             plan = await importing.plan_import(database.engine, file, file_format, department, mode)
             earlier = await importing.earlier_run(database.engine, plan) if resume else None
+            if resume and earlier is None:
+                # Said, not refused: a first run given --resume (a script that always passes
+                # it) does what a first run does.
+                errors.print(
+                    "tellonce import: no earlier run of this file (for this department and mode) "
+                    "to resume; importing from the start",
+                    markup=False,
+                )
             finished = earlier is not None and earlier.finished_at is not None
             keep = (earlier.last_line if earlier is not None else 0) if resume else None
             try:

@@ -1196,6 +1196,28 @@ class TestResume:
         assert tuple(entries) == (5999, 5999)
         assert national_ids == 5999
 
+    async def test_resume_without_an_earlier_run_says_so_and_imports_from_the_start(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        ids = _ids(2)
+        path = _write_csv(tmp_path / "new.csv", REGISTER_COLUMNS, [_person(i, n) for n, i in enumerate(ids)])
+        notice = (
+            "tellonce import: no earlier run of this file (for this department and mode) to resume; "
+            "importing from the start"
+        )
+
+        first = _cli(store, tmp_path, "--department", "register", str(path), "--resume")
+        again = _cli(store, tmp_path, "--department", "register", str(path), "--resume")
+
+        assert first.returncode == 0, first.stderr
+        assert notice in first.stderr
+        assert "resumed after line" not in first.stdout
+        assert "rows read 2, registered 2," in first.stdout
+        # An earlier run exists now: it is resumed (finished already), with no notice.
+        assert again.returncode == 0, again.stderr
+        assert notice not in again.stderr
+        assert "this file was imported already; nothing to do" in again.stdout
+
     async def test_a_failed_batch_commits_nothing_after_it(
         self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

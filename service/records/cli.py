@@ -75,8 +75,13 @@ def reindex(
 
 
 class _RowsPerSecond(ProgressColumn):
+    """The import's rate, once rich can estimate one and the import has run for
+    ``MIN_SECONDS_FOR_A_RATE``; nothing before (not "0 rows/s")."""
+
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:,.0f} rows/s")
+        if task.speed is None or (task.elapsed or 0.0) < importing.MIN_SECONDS_FOR_A_RATE:
+            return Text("")
+        return Text(f"{task.speed:,.0f} rows/s")
 
 
 class _RejectFile:
@@ -263,8 +268,8 @@ def _print_summary(report: importing.ImportReport) -> None:
         markup=False,
     )
     if report.rows_this_run:
+        rate = report.rows_per_second
         console.print(
             f"this run: {report.rows_this_run:,} {'row' if report.rows_this_run == 1 else 'rows'} "
-            f"in {report.elapsed:.1f} s "
-            f"({report.rows_per_second:,.0f} rows/s)"
+            f"in {report.elapsed:.1f} s" + (f" ({rate:,.0f} rows/s)" if rate is not None else "")
         )

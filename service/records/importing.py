@@ -67,6 +67,9 @@ DEFAULT_BATCH_SIZE = 1000
 # Each row of a register batch holds an advisory lock on PostgreSQL until commit, two
 # batches at a time: 4,000 at most, inside the default lock table's 6,400.
 MAX_BATCH_SIZE = 2000
+# A rate over less time says more about the clock than about the import (a file of a few
+# rows is done in milliseconds): the summary and the progress bar leave it out.
+MIN_SECONDS_FOR_A_RATE = 1.0
 
 # SQLite: each batch's connection is given a page cache of this many KiB and a checkpoint
 # only once the WAL holds this many pages (SQLite's defaults, which the service keeps
@@ -118,8 +121,10 @@ class ImportReport:
     elapsed: float = 0.0
 
     @property
-    def rows_per_second(self) -> float:
-        return self.rows_this_run / self.elapsed if self.elapsed > 0 else 0.0
+    def rows_per_second(self) -> float | None:
+        """This run's rows per second; ``None`` for a run shorter than
+        ``MIN_SECONDS_FOR_A_RATE``."""
+        return self.rows_this_run / self.elapsed if self.elapsed >= MIN_SECONDS_FOR_A_RATE else None
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.progress import Progress
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -47,7 +48,7 @@ from service.errors import ServiceError
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
 from service.records import import_worker, importing, reads, seeding
-from service.records.cli import _RejectFile
+from service.records.cli import _print_summary, _RejectFile, _RowsPerSecond
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
 from service.records.service import RecordsService, registered_national_ids
@@ -913,6 +914,45 @@ class TestRefusedRows:
         unknown = _cli(store, tmp_path, "--department", "nosuch", "--format", "jsonl", str(path))
         assert unknown.returncode == 2
         assert "no department 'nosuch' in the catalog" in unknown.stderr
+
+
+class TestRate:
+    """Rows per second are shown once a run has taken ``MIN_SECONDS_FOR_A_RATE``; a
+    tiny file is done in milliseconds, and "0 rows/s" or "50,000 rows/s" would say nothing."""
+
+    @pytest.mark.parametrize(
+        ("rows", "elapsed", "rate"), [(3, 0.0, None), (3, 0.004, None), (3, 0.999, None), (3000, 2.0, 1500.0)]
+    )
+    def test_the_summary_rate_needs_a_second(self, rows: int, elapsed: float, rate: float | None) -> None:
+        report = importing.ImportReport(importing.ImportCounts(), rows_this_run=rows, elapsed=elapsed)
+        assert report.rows_per_second == rate
+
+    @pytest.mark.parametrize(
+        ("elapsed", "said"),
+        [(0.004, "this run: 3 rows in 0.0 s\n"), (2.0, "this run: 3 rows in 2.0 s (2 rows/s)\n")],
+    )
+    def test_the_summary_says_the_rate_only_when_there_is_one(
+        self, capsys: pytest.CaptureFixture[str], elapsed: float, said: str
+    ) -> None:
+        _print_summary(
+            importing.ImportReport(importing.ImportCounts(rows_read=3), rows_this_run=3, elapsed=elapsed)
+        )
+        assert capsys.readouterr().out.endswith(said)
+
+    def test_the_progress_bar_shows_a_rate_once_there_is_one(self) -> None:
+        now = [0.0]
+        progress = Progress(get_time=lambda: now[0])
+        task_id = progress.add_task("import", total=10_000)
+        (task,) = progress.tasks
+        column = _RowsPerSecond()
+        progress.update(task_id, completed=0)
+        assert column.render(task).plain == ""
+        now[0] = 0.5
+        progress.update(task_id, completed=500)
+        assert column.render(task).plain == ""  # a rate, over half a second only
+        now[0] = 2.0
+        progress.update(task_id, completed=2000)
+        assert column.render(task).plain == "1,000 rows/s"
 
 
 class TestRejectFile:

@@ -423,11 +423,10 @@ class TestTransportFailures:
 
         hostile.routes["/v1/audit/export"] = handle
         async with client(hostile, timeout=5) as api:
-            read: list[str] = []
+            exported = api.export_audit()
+            assert await anext(exported) == '{"seq": 1}'
             with pytest.raises(TransportError) as raised:
-                async for line in api.export_audit():
-                    read.append(line)
-        assert read == ['{"seq": 1}']
+                await anext(exported)
         assert isinstance(raised.value.__cause__, httpx.RemoteProtocolError)
         assert "GET /v1/audit/export" in str(raised.value)
 

@@ -81,10 +81,27 @@ def open_owner_only(path: Path, *, newline: str | None = None) -> TextIO:
     """``path`` opened for writing as UTF-8 text, made or emptied, readable and writable by
     its owner only (0600): a file already there keeps its mode under ``open``, so it is set
     on the open descriptor as well."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = _owner_only_descriptor(path, os.O_TRUNC)
     try:
-        os.fchmod(descriptor, 0o600)
         return os.fdopen(descriptor, "w", newline=newline, encoding="utf-8")
     except BaseException:
         os.close(descriptor)
         raise
+
+
+def append_owner_only(path: Path) -> int:
+    """A descriptor of ``path`` opened for appending, made if missing, readable and
+    writable by its owner only (0600), as ``open_owner_only`` makes it; the caller closes it."""
+    return _owner_only_descriptor(path, os.O_APPEND)
+
+
+def _owner_only_descriptor(path: Path, flags: int) -> int:
+    # Made 0600 (the umask can only take from that), and set on the descriptor for a file
+    # already there, which ``os.open`` leaves with its mode.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor

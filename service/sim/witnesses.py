@@ -2,14 +2,15 @@
 
 Each is a real witness process (``python -m service.witness serve``, the same command as
 ``tellonce witness serve``, importing only the witness) on a free loopback port, following
-the demo log's verifier key. Its key and its own SQLite state live in
-``$TELLONCE_DATA_DIR/witnesses/``: a second run starts the same witnesses again, which
+the demo log's verifier key. Its key, its own SQLite state and its log (all 0600) live in
+``$TELLONCE_DATA_DIR/witnesses/`` (made 0700): a second run starts the same witnesses again, which
 still remember the size they last cosigned, and ``--reset`` wipes them with the rest of
 the store.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from service.config import Settings
-from service.private_files import SharedSecretFile
+from service.private_files import SharedSecretFile, append_owner_only, make_private_dir
 from service.witness.cli import read_private_key, write_private_key
 from service.witness.cosignature import CosignatureError, CosignatureSigner
 
@@ -86,7 +87,9 @@ def _start(folder: Path, spec: WitnessSpec, log_vkey: str) -> DemoWitness:
     signer = _signer(folder, spec)
     port = _free_port()
     log_path = folder / f"{spec.slug}.log"
-    with log_path.open("ab") as log_file:
+    # The witness's log names the checkpoints it was sent: for the owner only, as its state.
+    log_file = append_owner_only(log_path)
+    try:
         # This interpreter and fixed arguments; nothing comes from input.
         process = subprocess.Popen(  # noqa: S603
             [
@@ -108,6 +111,8 @@ def _start(folder: Path, spec: WitnessSpec, log_vkey: str) -> DemoWitness:
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
+    finally:
+        os.close(log_file)
     return DemoWitness(spec, signer.verifier_key(), f"http://127.0.0.1:{port}", log_path, process)
 
 
@@ -134,7 +139,7 @@ def start_witnesses(settings: Settings, log_vkey: str) -> list[DemoWitness]:
     """Start both witnesses at once and wait until each answers; on any failure stop
     those started and raise ``RuntimeError``."""
     folder = settings.data_dir / WITNESSES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     started: list[DemoWitness] = []
     try:
         for spec in DEMO_WITNESSES:

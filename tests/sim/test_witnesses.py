@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,34 @@ class TestDemoWitnesses:
             key = folder / f"{witness.spec.slug}.key"
             assert stat.S_IMODE(key.stat().st_mode) == 0o600
             assert witness.vkey == CosignatureSigner.from_private_key_text(key.read_text()).verifier_key()
+
+    def test_the_folder_and_every_file_in_it_are_the_owners_only_whatever_the_umask(
+        self, settings: Settings, log: MemoryLog
+    ) -> None:
+        # Nothing taken away by the umask: every mode is the one the file was made with.
+        umask = os.umask(0)
+        try:
+            started = start_witnesses(settings, log.signer.verifier_key())
+        finally:
+            os.umask(umask)
+        stop_witnesses(started)
+        folder = settings.data_dir / demo_witnesses.WITNESSES_DIR
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
+        assert {"nao.key", "nao.db", "nao.log", "ico.key", "ico.db", "ico.log"} <= set(modes)
+        assert modes == dict.fromkeys(modes, 0o600)
+
+    def test_a_log_kept_from_an_earlier_run_is_made_the_owners_only_and_appended_to(
+        self, settings: Settings, log: MemoryLog
+    ) -> None:
+        folder = settings.data_dir / demo_witnesses.WITNESSES_DIR
+        folder.mkdir(parents=True)
+        kept = folder / "nao.log"
+        kept.write_bytes(b"an earlier run\n")
+        kept.chmod(0o644)
+        stop_witnesses(start_witnesses(settings, log.signer.verifier_key()))
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert kept.read_bytes().startswith(b"an earlier run\n")
 
     def test_a_second_run_reuses_their_keys_and_what_they_cosigned(
         self, settings: Settings, log: MemoryLog

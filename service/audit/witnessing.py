@@ -13,9 +13,10 @@ bad answer) is asked again after pauses that double from the poll interval up to
 ``MAX_RETRY_SECONDS``, while the others are asked as before; it is logged once when it
 fails and once when it cosigns again. A witness slow to answer (up to the timeout) holds
 back only its own cosignature: the checkpoint is witnessed as soon as the quorum has
-answered, and once a newer checkpoint is signed the round ends without it. Its exchange
-goes on alone, its cosignature is kept when it comes, and it is asked about the newest
-checkpoint once that exchange has ended.
+answered, and once a newer checkpoint is signed too the round ends without it (before the
+quorum has answered, the round waits for it). Its exchange goes on alone, its
+cosignature is kept when it comes, and it is asked about the newest checkpoint once that
+exchange has ended.
 
 "At quorum" always means at quorum of the witnesses configured now: a checkpoint marked
 witnessed under an earlier configuration counts only while enough of today's witnesses
@@ -314,9 +315,12 @@ class WitnessSubmitter:
         """Submit the newest checkpoint where needed; True if it is at quorum afterwards.
 
         The round waits for every witness it asked, unless ``newer`` (the sequencer's
-        "checkpoint signed") is set first: then the exchanges still running are left to
-        finish on their own (``_in_flight``), so that a witness that hangs until the
-        timeout keeps no other witness from being asked about the newer checkpoint."""
+        "checkpoint signed") is set first and the checkpoint is at quorum (or the witnesses
+        still answering are too few to bring it there): then the exchanges still running
+        are left to finish on their own (``_in_flight``), so that a witness that hangs until
+        the timeout keeps no other witness from being asked about the newer checkpoint.
+        Before the quorum has answered, the round waits for it, newer checkpoint or not: a
+        checkpoint left behind is never marked witnessed (``_keep_late``)."""
         self._owed = None
         async with self.engine.connect() as conn:
             newest = await cosignature_repository.newest_checkpoint(conn)
@@ -370,9 +374,10 @@ class WitnessSubmitter:
         asked = {w.name: asyncio.create_task(self._cosign_or_none(w, newest, proofs)) for w in targets}
         pending = set(asked.values())
         newer_signed = asyncio.ensure_future(newer.wait()) if newer is not None else None
+        moved_on = False  # a newer checkpoint was signed during the round
         try:
             while pending:
-                waits = pending if newer_signed is None else pending | {newer_signed}
+                waits = pending if newer_signed is None or moved_on else pending | {newer_signed}
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 for answer in [a for a in asked.values() if a in done and a in pending]:
                     pending.discard(answer)
@@ -384,7 +389,11 @@ class WitnessSubmitter:
                     if not marked and len(cosigned) >= self.config.quorum:
                         await self._store(newest, fresh, witnessed=True)
                         fresh, marked = [], True
-                if newer_signed in done:
+                moved_on = moved_on or newer_signed in done
+                # Only once the quorum has answered, or can no longer: were the round to end
+                # before, while a newer checkpoint is signed faster than the witnesses answer
+                # (every second under steady writes), no checkpoint would reach the quorum.
+                if moved_on and (marked or len(cosigned) + len(pending) < self.config.quorum):
                     break
         except BaseException:
             for answer in pending:

@@ -602,6 +602,65 @@ class TestASlowWitnessAndANewerCheckpoint:
             assert left.cancelled()
             assert submitter._in_flight == {}
 
+    async def test_before_the_quorum_has_answered_the_round_waits_for_it(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        """Both witnesses of a quorum of two answer only after a newer checkpoint is signed
+        (as they would, slower than the checkpoints of steady writes): the round waits for
+        them, and the checkpoint is witnessed. Had it ended at the newer checkpoint, their
+        late cosignatures would mark nothing, and the next checkpoint would fare the same."""
+        witnesses = FakeWitnesses({"a.example": _now, "b.example": _now})
+        newer = asyncio.Event()
+        asked: list[str] = []
+
+        async def answer(request: httpx.Request) -> httpx.Response:
+            asked.append(request.url.host)
+            if len(asked) == 2:
+                newer.set()
+            await newer.wait()
+            for _ in range(20):  # the round sees the newer checkpoint first
+                await asyncio.sleep(0)
+            return witnesses.handler(request)
+
+        config = _config(witnesses, ["a.example", "b.example"], quorum=2)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            submitter = WitnessSubmitter(sequenced_engine, config, http)
+            try:
+                assert await submitter.run_once(newer)
+            finally:
+                await submitter.close()
+            assert submitter._in_flight == {}
+        assert await _witnessed(sequenced_engine)
+        assert set(await _stored(sequenced_engine)) == {"a.example", "b.example"}
+
+    async def test_one_that_cannot_bring_the_quorum_is_left_running(
+        self, sequenced_engine: AsyncEngine
+    ) -> None:
+        """A quorum of two, one witness refusing, the other hanging: a newer checkpoint ends
+        the round, as waiting for the hanging one could not bring this checkpoint to quorum."""
+        witnesses = FakeWitnesses({"refusing.example": _now, "hung.example": _now})
+        held = asyncio.Event()
+
+        async def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.host == "refusing.example":
+                return httpx.Response(503)
+            held.set()
+            await asyncio.Event().wait()  # never answers
+            raise AssertionError("unreachable")
+
+        config = _config(witnesses, ["refusing.example", "hung.example"], quorum=2)
+        newer = asyncio.Event()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+            submitter = WitnessSubmitter(sequenced_engine, config, http)
+            try:
+                round_ = asyncio.create_task(submitter.run_once(newer))
+                await held.wait()
+                newer.set()
+                assert not await round_
+                assert list(submitter._in_flight) == ["hung.example"]
+            finally:
+                await submitter.close()
+
 
 async def _asked(asked: list[int]) -> bool:
     return bool(asked)

@@ -331,12 +331,18 @@ WRITES_FAILING_SECONDS = 30.0
 
 
 class FailingWrites:
-    """Whether this process's writes are failing for storage reasons (the database full,
-    read-only, failing its I/O, locked past the busy timeout, unreachable): ``/readyz``
-    answers 503 while they are, so a load balancer takes the node out. Told by what answers
-    those writes 503 (the requests refused for an unusable database, the audit writer's
-    batches: their ``FailureLog``), and by the audit writer's next committed batch that a
-    write succeeds again.
+    """Whether this process's writes are failing for storage reasons (``storage_refused``:
+    the SQLite file full, read-only, failing its I/O, locked by another connection past the
+    busy timeout): ``/readyz`` answers 503 while they are, so a load balancer takes the node
+    out. Told by what answers those writes 503 (the requests refused for an unusable
+    database, the audit writer's batches: their ``FailureLog``), and by the audit writer's
+    next committed batch that a write succeeds again.
+
+    A database lost or refusing connections is not told: ``/readyz`` reads the database
+    itself, and so answers 503 while it is down and 200 as soon as it is back, where one
+    connection lost (a request's 503) would have kept a healthy node out. Nor is a pool or
+    this process's write queue (``service.sqlite_turns``) that ran out of time: that is a
+    busy process, and a balancer taking it out would pass its load on to the others.
 
     A failure counts for ``window_seconds`` at most: a node the balancer took out gets no
     requests, so no write of its would succeed to bring it back. After that it is ready
@@ -349,8 +355,10 @@ class FailingWrites:
         self.clock = clock
         self._failed_at: float | None = None
 
-    def failed(self) -> None:
-        self._failed_at = self.clock()
+    def failed(self, exc: BaseException) -> None:
+        """A write failed with ``exc``: it counts if the storage refused it."""
+        if storage_refused(exc):
+            self._failed_at = self.clock()
 
     def succeeded(self) -> None:
         self._failed_at = None
@@ -374,7 +382,8 @@ class FailureLog:
     is a bug, and logs its traceback every time.
 
     With ``writes``, each failure of the database and each success is told to it too: the
-    log of something that writes, whose failures make the process not ready.
+    log of something that writes, whose failures make the process not ready when the
+    storage refused it (``FailingWrites``).
 
     ``expected`` widens what counts as such a failure, for a loop that meets the database's
     absence through a layer that names it otherwise (the dispatcher's audit appends get the
@@ -410,7 +419,7 @@ class FailureLog:
             self.log.error(message, *args, exc_info=exc, extra=extra)
             return
         if self.writes is not None:
-            self.writes.failed()
+            self.writes.failed(exc)
         now = self.clock()
         self._failures += 1
         if self.failing and now - self._logged_at < self.repeat_seconds:
@@ -444,6 +453,31 @@ def _is_unavailable(exc: BaseException) -> bool:
     ):
         return True
     return type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in _ASYNCPG_UNAVAILABLE
+
+
+def storage_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is SQLite's storage refusing a write, as its
+    result code says: the file full, read-only, failing its I/O, no longer openable, or
+    locked by another connection past the busy timeout (``FailingWrites``)."""
+    return _caused_by(exc, _is_storage_refusal)
+
+
+def _is_storage_refusal(exc: BaseException) -> bool:
+    # The primary result code (the low byte): SQLITE_IOERR_WRITE is an SQLITE_IOERR. The
+    # write queue's timeout (``service.sqlite_turns``) carries none.
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and isinstance(code, int) and code & 0xFF in _SQLITE_STORAGE
+
+
+_SQLITE_STORAGE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
 
 
 # Connection-level failures (a refused, reset or unreachable database server).
@@ -738,7 +772,7 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
     _refused_requests.failed("a request was refused", exc, request_id=_request_id(request))
     writes: FailingWrites | None = getattr(request.app.state, "failing_writes", None)
     if writes is not None:
-        writes.failed()
+        writes.failed(exc)
     return refusal_response(
         request,
         DatabaseUnavailable(

@@ -14,6 +14,7 @@ from service.errors import FailingWrites, FailureLog
 
 def disk_full() -> sa_exc.OperationalError:
     driver = sqlite3.OperationalError("database or disk is full")
+    driver.sqlite_errorcode, driver.sqlite_errorname = sqlite3.SQLITE_FULL, "SQLITE_FULL"  # as SQLite's own
     try:
         raise sa_exc.OperationalError("INSERT INTO audit_entries ...", None, driver) from driver
     except sa_exc.OperationalError as exc:
@@ -145,10 +146,24 @@ class TestFailingWrites:
     def test_with_no_write_since_the_last_failure_ready_again_after_the_window(
         self, writes: FailingWrites, clock: Clock
     ) -> None:
-        writes.failed()
+        writes.failed(disk_full())
         clock.now += 20
-        writes.failed()
+        writes.failed(disk_full())
         clock.now += 29
         assert writes.failing()
         clock.now += 1
         assert not writes.failing()
+
+    def test_a_connection_lost_or_a_busy_process_is_no_failure_of_the_storage(
+        self, writes: FailingWrites, clock: Clock
+    ) -> None:
+        """What ``/readyz`` finds by its own read (a database down), or what taking the node
+        out would only pass on to the others (a pool, the write queue out of time)."""
+        log = FailureLog(logging.getLogger("tellonce.test"), "audit writer", clock=clock, writes=writes)
+        lost = sa_exc.DBAPIError("SELECT 1", None, ConnectionResetError(), connection_invalidated=True)
+        pool = sa_exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached, connection timed out")
+        queue = sqlite3.OperationalError("database is locked: no turn to write within 10 s")
+        for exc in (lost, pool, queue, ConnectionRefusedError(), TimeoutError()):
+            log.failed("batch failed", exc)
+            assert not writes.failing()
+        assert log.failing  # still a run of failures of the database, in the log

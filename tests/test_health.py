@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import gc
 import json
 import os
 import re
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from service.app import create_app
@@ -21,6 +25,7 @@ from service.db import create_engine
 from service.heap import GEN0_THRESHOLD
 from service.observability import _RequestIds
 from service.schema import SchemaGate, upgrade_async
+from service.sqlite_turns import WriteTurns
 from tests.conftest import server_env
 from tests.fixtures.server import LiveServer, start_server
 
@@ -126,6 +131,60 @@ class TestHealth:
 
 
 @pytest.mark.e2e
+def _readonly_write(path: Path) -> None:
+    """A write SQLite refuses as the storage's doing (SQLITE_READONLY), as it refuses one to a
+    full disk or a failing one."""
+    sqlite3.connect(path).close()
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+        connection.execute("CREATE TABLE t (x)")
+
+
+async def _no_turn_to_write() -> None:
+    """The process's SQLite write queue out of time: its writers are busy, not its storage."""
+    turns = WriteTurns(asyncio.get_running_loop())
+    await turns.take(1)
+    await turns.take(0)
+
+
+class TestReadyWhileWritesFail:
+    """``/readyz`` is 503 while the storage refuses writes; a request refused for a lost
+    connection, a pool or write queue out of time leaves a node that reads its database
+    ready (``errors.FailingWrites``): a balancer must not take a healthy replica out for
+    one client's 503."""
+
+    @pytest.mark.parametrize(
+        ("failure", "ready"),
+        [
+            ("storage refused", 503),
+            ("connection reset", 200),
+            ("connection invalidated", 200),
+            ("pool out of time", 200),
+            ("write queue out of time", 200),
+        ],
+    )
+    async def test_after_a_refused_request(
+        self, app: FastAPI, client: httpx.AsyncClient, tmp_path: Path, failure: str, ready: int
+    ) -> None:
+        async def fail() -> None:
+            if failure == "storage refused":
+                _readonly_write(tmp_path / "readonly.db")
+            elif failure == "connection reset":
+                raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+            elif failure == "connection invalidated":
+                lost = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+                raise sa_exc.DBAPIError("INSERT ...", None, lost, connection_invalidated=True)
+            elif failure == "pool out of time":
+                raise sa_exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached")
+            else:
+                await _no_turn_to_write()
+
+        app.add_api_route("/test/failing-write", fail, methods=["POST"])
+        refused = await client.post("/test/failing-write")
+        assert refused.status_code == 503, refused.text
+        response = await client.get("/readyz")
+        assert response.status_code == ready, response.text
+
+
 class TestLiveServer:
     def test_serves_healthz_and_readyz(self, live_server: LiveServer) -> None:
         assert httpx.get(f"{live_server.base_url}/healthz").json() == {"status": "ok"}

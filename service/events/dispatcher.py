@@ -376,7 +376,15 @@ class Dispatcher:
 
         async def attempt(item: repository.ClaimedDelivery, body: str, target: Pinned) -> None:
             signing = secrets_by_subscription[item.subscription.id]
-            values = await self._post(item, body, signing, target, unreachable)
+            try:
+                values = await self._post(item, body, signing, target, unreachable)
+            except Exception as exc:
+                # A bug outside the request (``_post`` keeps the request's own errors to
+                # their attempt): this attempt fails alone. Leaving the gather would fail
+                # its batch-mates whose requests are still out, and leave those requests
+                # going on in slots the loop counts as free.
+                self._failures.failed("webhook delivery %s failed", exc, item.id)
+                values = self._failure(item, f"internal error: {type(exc).__name__}", None)
             settle(item, {**values, "released_at": released_at})
 
         await asyncio.gather(*(attempt(item, body, target) for item, _entry, body, target in ready))
@@ -677,7 +685,14 @@ class Dispatcher:
         task = asyncio.create_task(self.deliver(batch, on_given=self._given), name="webhook-batch")
         batches.add(task)
         task.add_done_callback(batches.discard)
-        task.add_done_callback(lambda _task: self._ended.set())
+        task.add_done_callback(self._batch_ended)
+
+    def _batch_ended(self, task: asyncio.Task[None]) -> None:
+        """Tell the loop a batch has ended, and log the exception that ended it, if any (a
+        bug: ``deliver`` keeps a batch's failures to it), rather than leave it unread."""
+        self._ended.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._failures.failed("webhook batch failed", exc)
 
     async def _idle_timeout(self) -> float:
         poll = self.settings.events_poll_interval_seconds
@@ -716,7 +731,8 @@ class Dispatcher:
                     continue
                 # A batch that ends may leave retries due sooner than the timeout says.
                 await _wait_first(self.runtime.notifier.wait(timeout), stop.wait(), self._ended.wait())
-            await asyncio.gather(*batches)
+            # A batch's exception is logged as it ends (``_batch_ended``).
+            await asyncio.gather(*batches, return_exceptions=True)
         finally:
             # Only if this was cancelled: see ``deliver``.
             for task in list(batches):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import random
 import socket
 import threading
@@ -816,6 +818,87 @@ class TestClaimingGoesOn:
             assert [(d["status"], d["attempts"]) for d in deliveries] == [("delivered", 1)] * count
         # Each delivery was audited, before it was sent, as ever.
         assert len(audit_sink.of("deliver")) == 3
+
+
+class TestAnAttemptThatBreaks:
+    async def test_outside_its_request_fails_alone_and_its_batch_mates_keep_their_answers(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # A secret that opens but does not sign: the attempt breaks before its request. Before,
+        # that left the batch's gather while the slow receiver's request was out: its delivery
+        # was recorded as an internal error (to be sent again), though the receiver took it,
+        # and the request went on outside the batch, holding a slot the loop counted as free.
+        with SlowReceiver(0.5) as slow:
+            act_as(events_app, "dvla", "consumer")
+            fine = await _subscribe(api, slow.url)
+            broken = await _subscribe(api, receiver.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            async with _dispatching(runtime, concurrency=4) as dispatcher:
+                opened = dispatcher._secrets
+
+                def unsigning(hook: Any) -> list[str] | None:
+                    return ["whsec_"] if hook.id == broken["id"] else opened(hook)
+
+                monkeypatch.setattr(dispatcher, "_secrets", unsigning)
+                await asyncio.wait_for(dispatcher.run_once(), 30)
+                assert dispatcher._turns._free == 4
+            assert slow.answered == 1
+        assert receiver.received == []
+        [delivered] = await _deliveries(api, fine["id"])
+        assert (delivered["status"], delivered["attempts"], delivered["last_error"]) == ("delivered", 1, None)
+        [failed] = await _deliveries(api, broken["id"])
+        assert failed["status"] == "pending"
+        assert failed["last_error"].startswith("internal error: ")
+        [line] = [r for r in caplog.records if r.name == "tellonce.events" and r.levelno >= logging.ERROR]
+        assert line.exc_info is not None
+
+    async def test_that_breaks_its_batch_is_logged_and_the_loop_goes_on(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # What is told of a dead letter (the metrics) breaking: the batch's task ends with its
+        # exception. Before, the loop dropped the task unread ("Task exception was never
+        # retrieved", from asyncio, with no word of the dispatcher's).
+        def broken_metrics() -> None:
+            raise RuntimeError("the dead-letter counter is broken")
+
+        caplog.set_level(logging.INFO)
+        runtime.settings = runtime.settings.model_copy(update={"webhook_max_attempts": 1})
+        receiver.fail_always(500)
+        act_as(events_app, "dvla", "consumer")
+        await _subscribe(api, receiver.url)
+        await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+        dispatcher = Dispatcher(runtime, concurrency=4, on_dead=broken_metrics)
+        try:
+            async with running(dispatcher):
+                await receiver.until(1, accepted=False)
+                async with asyncio.timeout(30):
+                    while dispatcher._in_hand:
+                        await asyncio.sleep(0.02)
+                # The loop goes on: the next event is claimed and delivered.
+                receiver.recover()
+                await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                await receiver.until(1)
+        finally:
+            await dispatcher.aclose()
+        gc.collect()
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+        told = [r for r in caplog.records if r.name == "tellonce.events" and r.exc_info is not None]
+        assert told
+        assert {type(r.exc_info[1]) for r in told if r.exc_info} == {RuntimeError}
+        assert dispatcher._in_hand == 0
 
 
 class TestADeliveryNotSent:

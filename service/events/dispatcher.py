@@ -37,8 +37,11 @@ the deliveries it holds leave at least half the ``concurrency`` slots free, it c
 deliveries for those slots and starts them, audited and sent as every batch is (the
 ``deliver`` entries in one group commit before any of them leaves; nothing leaves if that
 fails). So a receiver that answers slowly, or not at all, holds no other receiver's new
-event for its timeout. The batches under way share the slots and their fair turns; what
-holds a receiver's later deliveries back after an attempt got no answer is each batch's own.
+event for its timeout. The batches under way share the slots and their fair turns, and
+what an attempt that got no answer says of its receiver: for one timeout after it (at most
+until that attempt is retried), the receiver's deliveries in any batch are not sent but put
+back, as its batch-mates are, so the batches claimed one after another while a receiver is
+down do not each send it their deliveries.
 
 Delivery is at least once: a receiver de-duplicates on ``webhook-id``, which is the same
 for every attempt of one (subscription, event).
@@ -150,6 +153,8 @@ class Dispatcher:
         self._in_hand = 0
         self._freed = asyncio.Event()
         self._ended = asyncio.Event()
+        # Receivers whose attempt just got no answer, as every batch sees them (``_post``).
+        self._unanswering: dict[str, _Unanswering] = {}
         # Batches or their results lost to the database: one line a run of them; likewise
         # the audit appends, which the audit writer refuses with ``ServiceUnavailable``
         # while it cannot commit (it logs why, a line a run of its own) or is not running.
@@ -450,12 +455,15 @@ class Dispatcher:
         by the batch: once an attempt to a receiver gets no answer (a timeout, a refused
         connection, a TLS error), that receiver's deliveries whose turn comes later in the
         batch are not sent (see ``_unsent``), so one receiver that does not answer holds the
-        batch's last result for one timeout, not one for each of its deliveries."""
+        batch's last result for one timeout, not one for each of its deliveries. Nor are its
+        deliveries in the other batches, for a while (``_unanswered_lately``), unless it
+        answers another attempt meanwhile."""
         message_id = webhook_id(item.id)
         receiver = item.subscription.webhook_url or ""
         async with self._turns.turn(receiver):
-            if receiver in unreachable:
-                return self._unsent(item, unreachable[receiver])
+            why_not = unreachable.get(receiver) or self._unanswered_lately(receiver, item)
+            if why_not is not None:
+                return self._unsent(item, why_not)
             # Timestamped and signed when its turn to be sent comes, not when the batch was
             # read: a receiver refuses a webhook-timestamp older than its tolerance (the
             # Standard Webhooks libraries allow 5 minutes), and a delivery may wait here
@@ -505,6 +513,8 @@ class Dispatcher:
                 kind = type(exc).__name__
                 error, why = f"could not reach the receiver: {kind}", f"could not reach it: {kind}"
                 return self._unanswered(item, error, why, unreachable)
+        # It answers, whatever it said.
+        self._unanswering.pop(receiver, None)
         if 200 <= code < 300:
             return {
                 "status": "delivered",
@@ -531,10 +541,32 @@ class Dispatcher:
         self, item: repository.ClaimedDelivery, error: str, why: str, unreachable: dict[str, _Unreachable]
     ) -> dict[str, Any]:
         """A failed attempt that got no answer; the receiver's deliveries whose turn comes
-        later in the batch are not sent, for the reason ``why`` (the first such in the batch)."""
+        later in the batch are not sent, for the reason ``why`` (the first such in the batch).
+        Nor, if this one is to be retried, are those whose turn comes in any batch within a
+        timeout from now and before that retry (``_unanswered_lately``)."""
+        receiver = item.subscription.webhook_url or ""
         failed = self._failure(item, error, None)
-        unreachable.setdefault(item.subscription.webhook_url or "", _Unreachable(why, failed))
+        unreachable.setdefault(receiver, _Unreachable(why, failed))
+        if failed["status"] == "pending":
+            now = utcnow()
+            rest = now + timedelta(seconds=self.settings.webhook_timeout_seconds)
+            self._unanswering = {r: lately for r, lately in self._unanswering.items() if lately.until > now}
+            self._unanswering[receiver] = _Unanswering(
+                _Unreachable(why, failed), min(rest, failed["next_attempt_at"]), item.id
+            )
         return failed
+
+    def _unanswered_lately(self, receiver: str, item: repository.ClaimedDelivery) -> _Unreachable | None:
+        """Why ``item`` is not sent though its batch has had no attempt to ``receiver`` go
+        unanswered: one of another batch got no answer less than a timeout ago, and is
+        retried later still. A batch claimed while the loop goes on is no bigger than the
+        slots free, so it has no deliveries waiting their turn behind a failed attempt: without
+        this, a receiver that is down would be sent every delivery of each batch claimed
+        meanwhile, one slot and one timeout each. The retry of that attempt is sent."""
+        lately = self._unanswering.get(receiver)
+        if lately is None or lately.delivery_id == item.id or utcnow() >= lately.until:
+            return None
+        return lately.why
 
     def _unsent(self, item: repository.ClaimedDelivery, why: _Unreachable) -> dict[str, Any]:
         """A delivery not sent because another attempt to its receiver got no answer just
@@ -755,10 +787,20 @@ async def _wait_first(*waits: Any) -> None:
 
 @dataclass(frozen=True)
 class _Unreachable:
-    """Why a receiver got no answer in this batch, and the outcome of the attempt that found it."""
+    """Why a receiver got no answer, and the outcome of the attempt that found it."""
 
     reason: str
     failed: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Unanswering:
+    """A receiver's attempt that got no answer (``why``), what holds its deliveries back
+    ``until``, and the delivery it was (whose retry is sent)."""
+
+    why: _Unreachable
+    until: datetime
+    delivery_id: str
 
 
 _Settle = Callable[[repository.ClaimedDelivery, dict[str, Any]], None]

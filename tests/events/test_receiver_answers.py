@@ -677,6 +677,48 @@ class TestOneReceiverNotAnswering:
         assert errors == [unsent] * 3 + ["the receiver did not answer in time"] * 2
         assert {delivery["status"] for delivery in await _deliveries(api, stuck["id"])} == {"pending"}
 
+    async def test_its_deliveries_claimed_by_the_next_batches_are_not_sent_either(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+    ) -> None:
+        # Before, each batch claimed while the loop went on learned it afresh: every new
+        # delivery for a receiver that did not answer was sent, took a slot for a timeout
+        # and counted an attempt, one batch after another.
+        runtime.settings = runtime.settings.model_copy(
+            update={
+                "webhook_timeout_seconds": 3.0,
+                "webhook_retry_base_seconds": 60.0,
+                "webhook_retry_cap_seconds": 600.0,
+            }
+        )
+        async with _stuck(events_app, api, runtime, events_engine, concurrency=2, events=1) as held:
+            dispatcher, silent, stuck = held
+            async with running(dispatcher), asyncio.timeout(30):
+                while len(silent.connections) < 1:
+                    await asyncio.sleep(0.02)
+                # Claimed while the first attempt is out, and sent: nothing is known yet.
+                await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                while len(silent.connections) < 2:
+                    await asyncio.sleep(0.02)
+                while not (await _deliveries(api, stuck["id"]))[0]["last_error"]:
+                    await asyncio.sleep(0.02)
+                # The first attempt got no answer; the second is still out.
+                await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+                while not [d for d in (await _deliveries(api, stuck["id"]))[2:] if d["last_error"]]:
+                    await asyncio.sleep(0.02)
+                assert len(silent.connections) == 2
+        first, second, third = await _deliveries(api, stuck["id"])
+        assert (third["status"], third["attempts"], third["last_attempt_at"]) == ("pending", 0, None)
+        assert third["last_error"] == (
+            "not sent: another attempt to the receiver failed just before (it did not answer in time)"
+        )
+        # Due again with an attempt that failed (the second's, if it had failed by then), as a
+        # batch-mate left behind one is.
+        assert third["next_attempt_at"] in {first["next_attempt_at"], second["next_attempt_at"]}
+
 
 class SlowReceiver(_LoopbackListener):
     """A receiver on a loopback port that answers every request 204, each ``delay`` seconds

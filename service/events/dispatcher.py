@@ -392,7 +392,18 @@ class Dispatcher:
                 values = self._failure(item, f"internal error: {type(exc).__name__}", None)
             settle(item, {**values, "released_at": released_at})
 
-        await asyncio.gather(*(attempt(item, body, target) for item, _entry, body, target in ready))
+        attempts = [
+            asyncio.ensure_future(attempt(item, body, target)) for item, _entry, body, target in ready
+        ]
+        try:
+            await asyncio.gather(*attempts)
+        finally:
+            # Only if one broke all the same (``attempt`` keeps what it can to itself) or this
+            # was cancelled: the others end with the batch, not on their own afterwards, in
+            # slots the loop counts as free and with outcomes the batch has given up on.
+            for task in attempts:
+                task.cancel()
+            await asyncio.gather(*attempts, return_exceptions=True)
 
     async def _audited(self, entries: list[AuditEntry]) -> bool:
         """Whether ``entries`` are durable in the audit log. A refusal (the writer could not

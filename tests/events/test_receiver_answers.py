@@ -913,16 +913,13 @@ class TestAnAttemptThatBreaks:
         # What is told of a dead letter (the metrics) breaking: the batch's task ends with its
         # exception. Before, the loop dropped the task unread ("Task exception was never
         # retrieved", from asyncio, with no word of the dispatcher's).
-        def broken_metrics() -> None:
-            raise RuntimeError("the dead-letter counter is broken")
-
         caplog.set_level(logging.INFO)
         runtime.settings = runtime.settings.model_copy(update={"webhook_max_attempts": 1})
         receiver.fail_always(500)
         act_as(events_app, "dvla", "consumer")
         await _subscribe(api, receiver.url)
         await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
-        dispatcher = Dispatcher(runtime, concurrency=4, on_dead=broken_metrics)
+        dispatcher = Dispatcher(runtime, concurrency=4, on_dead=_broken_counter)
         try:
             async with running(dispatcher):
                 await receiver.until(1, accepted=False)
@@ -941,6 +938,37 @@ class TestAnAttemptThatBreaks:
         assert told
         assert {type(r.exc_info[1]) for r in told if r.exc_info} == {RuntimeError}
         assert dispatcher._in_hand == 0
+
+    async def test_that_breaks_its_batch_leaves_none_of_the_batch_s_requests_going_on(
+        self,
+        events_app: FastAPI,
+        api: httpx.AsyncClient,
+        runtime: EventsRuntime,
+        events_engine: AsyncEngine,
+        receiver: WebhookReceiver,
+    ) -> None:
+        # Before, the slow receiver's request went on after its batch had ended, in a slot
+        # the loop counted as free, and its outcome came after the batch had given it up.
+        runtime.settings = runtime.settings.model_copy(update={"webhook_max_attempts": 1})
+        receiver.fail_always(500)
+        with SlowReceiver(5.0) as slow:
+            act_as(events_app, "dvla", "consumer")
+            await _subscribe(api, receiver.url)
+            await _subscribe(api, slow.url)
+            await emit(runtime, await add_citizen(events_engine), ["date_of_death"], "register")
+            dispatcher = Dispatcher(runtime, concurrency=4, on_dead=_broken_counter)
+            try:
+                with pytest.raises(RuntimeError, match="counter"):
+                    await asyncio.wait_for(dispatcher.run_once(), 30)
+                assert dispatcher._turns._free == 4
+                assert slow.answered == 0
+            finally:
+                await dispatcher.aclose()
+
+
+def _broken_counter() -> None:
+    """What is told of a dead letter (the metrics), broken."""
+    raise RuntimeError("the dead-letter counter is broken")
 
 
 class TestADeliveryNotSent:

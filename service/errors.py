@@ -505,6 +505,12 @@ _ASYNCPG_UNAVAILABLE = frozenset(
         # 12; another operation (2) is in progress"): seen on the raw-driver pool when the
         # server ends connections while statements run on them (MagicStack/asyncpg#1069).
         "InternalClientError",
+        # The server refusing writes for now: its disk full (53100), out of memory (53200),
+        # or read-only (25006: a hot standby after a failover, or
+        # ``default_transaction_read_only``). Not the request's fault; the next may pass.
+        "DiskFullError",
+        "OutOfMemoryError",
+        "ReadOnlySQLTransactionError",
     }
 )
 

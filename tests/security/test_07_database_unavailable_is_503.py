@@ -181,3 +181,47 @@ class TestAuditFailure:
 @pytest.fixture(autouse=True)
 def _writer_role_exists() -> None:
     """The register's writer writes its own fields without an agreement."""
+
+
+class TestPostgresRefusingWrites:
+    """PostgreSQL's own "cannot do that now" errors on a write: a full disk (53100), a
+    server that is read-only (25006: a hot standby after a failover, or
+    ``default_transaction_read_only``), out of memory (53200). Raised here by a trigger
+    with the server's own SQLSTATE, as the server would raise them."""
+
+    @pytest.mark.parametrize("sqlstate", ["disk_full", "read_only_sql_transaction", "out_of_memory"])
+    async def test_a_patch_is_503_and_writes_nothing(self, security_env: RecordsEnv, sqlstate: str) -> None:
+        engine = security_env.app.state.database.engine
+        if engine.dialect.name != "postgresql":
+            pytest.skip(
+                "PostgreSQL's SQLSTATEs; SQLite's full disk is in tests/e2e/test_sqlite_storage_faults.py"
+            )
+        citizen_id, _ = await security_env.register(given_name=SECRET_NAME)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_values() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                    f"'could not extend file' USING ERRCODE = '{sqlstate}'; END $$ LANGUAGE plpgsql"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_values BEFORE INSERT ON field_values "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_values()"
+                )
+            )
+        try:
+            response = await security_env.client.patch(
+                f"/v1/citizens/{citizen_id}/fields",
+                json={"fields": {"address": "2 New Street"}, "reason": "moved"},
+                headers=WRITER,
+            )
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP TRIGGER refuse_values ON field_values"))
+                await conn.execute(text("DROP FUNCTION refuse_values()"))
+        body = _assert_503(response)
+        assert body["type"].endswith("/database-unavailable")
+        after = await _read(security_env, citizen_id)
+        assert after["version"] == 1
+        assert after["fields"]["address"]["value"] is None

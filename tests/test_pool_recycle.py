@@ -93,7 +93,7 @@ async def _replaced(pid: Callable[[], Awaitable[int]], deadline: float = 30.0) -
 @pytest.fixture
 def recycling(settings: Settings, scratch_database: str) -> Settings:
     if not is_postgres(scratch_database):
-        pytest.skip("pool recycling applies to PostgreSQL")
+        pytest.skip("needs PostgreSQL: its pools' connections are recycled; SQLite keeps no pool to recycle")
     return settings.model_copy(
         update={"database_url": scratch_database, "db_pool_recycle_seconds": 1, "run_workers": False}
     )

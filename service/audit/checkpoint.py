@@ -59,6 +59,9 @@ def vkey_text(name: str, algorithm: bytes, public_key: bytes) -> str:
     return f"{name}+{key_id(name, algorithm, public_key).hex()}+{encoded}"
 
 
+_KEY_ID = re.compile(r"[0-9a-fA-F]{8}")
+
+
 def parse_vkey(
     vkey: str, algorithm: bytes, kind: str, error: type[CheckpointError] = CheckpointError
 ) -> tuple[str, bytes, bytes]:
@@ -68,11 +71,15 @@ def parse_vkey(
     if len(parts) != 3 or not valid_key_name(parts[0]):
         raise error(f"a {kind} is <name>+<hex key id>+<base64 key>")
     name, id_hex, encoded = parts
+    # Eight hex digits exactly (either case, as Go's note.NewVerifier reads them):
+    # ``bytes.fromhex`` alone also reads whitespace between the digits.
+    if not _KEY_ID.fullmatch(id_hex):
+        raise error(f"the {kind}'s key id is not eight hex digits: <name>+<8 hex digits>+<base64 key>")
+    expected_id = bytes.fromhex(id_hex)
     try:
-        expected_id = bytes.fromhex(id_hex)
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise error(f"the {kind} is not hex and base64") from None
+        raise error(f"the {kind}'s key is not base64") from None
     if len(raw) != 33 or raw[:1] != algorithm:
         raise error(f"the {kind} is not an Ed25519 key of type 0x{algorithm.hex()}")
     public_key = raw[1:]

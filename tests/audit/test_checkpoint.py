@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -59,6 +60,33 @@ class TestSignedNote:
     def test_malformed_verifier_keys_are_refused(self, vkey: str) -> None:
         with pytest.raises(CheckpointError):
             NoteVerifier.parse(vkey)
+
+    @pytest.mark.parametrize(
+        "spelled",
+        [
+            pytest.param(lambda key_id: f"{key_id[:4]} {key_id[4:]}", id="inner-space"),
+            pytest.param(lambda key_id: f"\t{key_id}", id="leading-tab"),
+            pytest.param(lambda key_id: f"{key_id}\n", id="trailing-newline"),
+            pytest.param(lambda key_id: f"{key_id}00", id="ten-digits"),
+            pytest.param(lambda key_id: key_id[:6], id="six-digits"),
+            pytest.param(lambda _key_id: "", id="empty"),
+        ],
+    )
+    def test_a_key_id_not_of_eight_hex_digits_is_refused(
+        self, signer: NoteSigner, spelled: Callable[[str], str]
+    ) -> None:
+        """signed-note: ``<name>+<key id>+<key>`` with the id as eight hex digits.
+        ``bytes.fromhex`` also read whitespace between the digits, so a key id with a
+        space, a tab or a newline in it was taken for the same key."""
+        name, key_id, key = signer.verifier_key().split("+", 2)
+        with pytest.raises(CheckpointError, match="eight hex digits"):
+            NoteVerifier.parse(f"{name}+{spelled(key_id)}+{key}")
+
+    def test_a_key_id_in_upper_case_hex_is_the_same_key(self, signer: NoteSigner) -> None:
+        """Hex digits of either case, as Go's ``note.NewVerifier`` reads them."""
+        name, key_id, key = signer.verifier_key().split("+", 2)
+        parsed = NoteVerifier.parse(f"{name}+{key_id.upper()}+{key}")
+        assert parsed == NoteVerifier.parse(signer.verifier_key())
 
     def test_signer_repr_hides_the_key(self, signer: NoteSigner) -> None:
         assert "private" not in repr(signer).lower()

@@ -38,6 +38,13 @@ class TestParseWitnesses:
         ):
             parse_witnesses(f"{_entry(1, first)} {_entry(2, twin)}")
 
+    @pytest.mark.parametrize("digits", ["{0}00", "{0:.6}"])
+    def test_a_key_id_not_of_eight_hex_digits_is_refused_as_such(self, digits: str) -> None:
+        """Not "the id does not match its name and key": the id is malformed, whatever the key."""
+        name, key_id, key = CosignatureSigner.generate("a.example/w").verifier_key().split("+", 2)
+        with pytest.raises(WitnessConfigInvalid, match=r"entry 1: .*eight hex digits"):
+            parse_witnesses(f"http://127.0.0.1:1={name}+{digits.format(key_id)}+{key}")
+
 
 class TestQuorum:
     def test_the_default_quorum_without_witnesses_is_no_witnessing(self) -> None:

@@ -156,6 +156,22 @@ class TestCheckpoints:
         with pytest.raises(ProofError, match="tree size"):
             _parse_body(body)
 
+    @pytest.mark.parametrize("key_hash", ["{0:.4} {1}", "\t{0}{1}", "{0}{1}00", "{0:.3}"])
+    def test_a_verifier_key_hash_not_of_eight_hex_digits_is_refused(self, key_hash: str) -> None:
+        """signed-note: the key hash is eight hex digits; ``bytes.fromhex`` also read
+        whitespace between them, so a hash with a space or a tab in it was the same key."""
+        vkey = NoteSigner("log", Ed25519PrivateKey.generate()).verifier_key()
+        name, real, key = vkey.split("+", 2)
+        with pytest.raises(ProofError, match="eight hex digits"):
+            VerifierKey.parse(f"{name}+{key_hash.format(real[:4], real[4:])}+{key}")
+
+    def test_a_verifier_key_name_with_a_space_is_refused(self) -> None:
+        """signed-note: key names hold no Unicode space."""
+        name, key = "a log", b"\x01" + Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+        key_hash = hashlib.sha256(name.encode() + b"\n" + key).digest()[:4].hex()
+        with pytest.raises(ProofError, match="name"):
+            VerifierKey.parse(f"{name}+{key_hash}+{base64.b64encode(key).decode()}")
+
     def test_a_verifier_key_with_a_wrong_hash_is_refused(self) -> None:
         vkey = NoteSigner("log", Ed25519PrivateKey.generate()).verifier_key()
         name, _hash, key = vkey.split("+", 2)

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.audit import cosignatures as cosignature_repository
 from service.audit import tiles
+from service.audit.checkpoint import CheckpointError
 from service.audit.errors import TileNotFound
 from service.audit.witnessing import (
     WitnessConfig,
@@ -43,7 +44,7 @@ from service.audit.witnessing import (
 )
 from service.audit.writer import append_many_in_transaction
 from service.db import create_engine
-from service.witness.cosignature import CosignatureSigner, CosignatureVerifier
+from service.witness.cosignature import CosignatureError, CosignatureSigner, CosignatureVerifier
 from service.witness.server import create_witness_app
 from service.witness.state import TrustedLog, WitnessState
 from tests.fixtures import rfc9162
@@ -213,6 +214,22 @@ class TestKeys:
     def test_log_vkey_written_here_is_accepted(self, log: Log) -> None:
         trusted = TrustedLog.parse(log.vkey())
         assert trusted.origin == ORIGIN
+
+    @pytest.mark.parametrize("inserted", ["\t", "\n", "\x0b", "\x0c", "\r"])
+    def test_a_log_key_id_with_whitespace_in_it_is_refused(self, log: Log, inserted: str) -> None:
+        """A log's vkey from the witness's configuration: the key id is eight hex digits,
+        not the same digits with whitespace among them (``bytes.fromhex`` read those)."""
+        name, key_id, key = log.vkey().split("+", 2)
+        with pytest.raises(CheckpointError, match="eight hex digits"):
+            TrustedLog.parse(f"{name}+{key_id[:4]}{inserted}{key_id[4:]}+{key}")
+
+    @pytest.mark.parametrize("key_id", ["{0} ", "{0}0", "{0:.7}", "{0:.4} {0:.4}"])
+    def test_a_witness_key_id_not_of_eight_hex_digits_is_refused(
+        self, signer: CosignatureSigner, key_id: str
+    ) -> None:
+        name, real_id, key = signer.verifier_key().split("+", 2)
+        with pytest.raises(CosignatureError, match="eight hex digits"):
+            CosignatureVerifier.parse(f"{name}+{key_id.format(real_id)}+{key}")
 
 
 class TestCosignatureMessage:

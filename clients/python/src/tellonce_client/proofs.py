@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ HASH_SIZE = 32
 # The largest tree size read, as the service and Go's sumdb/tlog read it (a signed 64-bit
 # integer): a checkpoint claiming more is a lie, refused before ``int`` reads the digits.
 MAX_TREE_SIZE = 2**63 - 1
+# A verifier key's key hash (C2SP signed-note's key id): eight hex digits, either case.
+_KEY_HASH = re.compile(r"[0-9a-fA-F]{8}")
 
 
 class ProofError(TellonceError):
@@ -76,13 +79,15 @@ class VerifierKey:
     @classmethod
     def parse(cls, vkey: str) -> VerifierKey:
         parts = vkey.strip().split("+", 2)
-        if len(parts) != 3 or not parts[0]:
+        if len(parts) != 3:
             raise ProofError("a verifier key is <name>+<hex key hash>+<base64 key>")
         name, hash_hex, key_b64 = parts
-        try:
-            claimed_hash = bytes.fromhex(hash_hex)
-        except ValueError:
-            raise ProofError("the verifier key's hash is not hex") from None
+        if not name or any(character.isspace() for character in name):
+            raise ProofError("a verifier key's name is not empty and holds no space (C2SP signed-note)")
+        # Eight hex digits exactly: ``bytes.fromhex`` alone also reads whitespace among them.
+        if not _KEY_HASH.fullmatch(hash_hex):
+            raise ProofError("the verifier key's hash is not eight hex digits")
+        claimed_hash = bytes.fromhex(hash_hex)
         raw = _b64(key_b64, "the verifier key")
         if len(raw) != 33 or raw[:1] != ED25519:
             raise ProofError("the verifier key is not an Ed25519 key")

@@ -167,6 +167,27 @@ class TestDocument:
         assert parameter["name"] == "tile"
         assert parameter["schema"]["pattern"] == TILE_PATH_PATTERN
 
+    def test_proof_numbers_are_documented_as_the_server_reads_them(self, document: dict[str, Any]) -> None:
+        """A leaf index or tree size is a non-negative integer of at most 2^63-1 (a tree
+        size at least 1); any other text is a 422 (``tests/audit/test_api.py``,
+        ``TestProofNumbers``)."""
+        documented = {
+            (path, p["name"]): {key: value for key, value in p["schema"].items() if key != "title"}
+            for path in ("/v1/audit/entries/{index}/proof", "/v1/audit/consistency")
+            for p in document["paths"][path]["get"]["parameters"]
+            if p["in"] in ("path", "query")
+        }
+
+        def integer(minimum: int) -> dict[str, Any]:
+            return {"type": "integer", "minimum": minimum, "maximum": 2**63 - 1}
+
+        assert documented == {
+            ("/v1/audit/entries/{index}/proof", "index"): integer(0),
+            ("/v1/audit/entries/{index}/proof", "tree_size"): integer(1),
+            ("/v1/audit/consistency", "first"): integer(0),
+            ("/v1/audit/consistency", "second"): integer(0),
+        }
+
     def test_audit_times_are_documented_as_dates_and_times(self, document: dict[str, Any]) -> None:
         """``since`` and ``until`` are an RFC 3339 date-time or a date; any other text is the
         400 "since is not an ISO 8601 date or time" (``TestAuditTimes`` reads every one)."""

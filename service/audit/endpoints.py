@@ -6,9 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from pydantic import BeforeValidator, WithJsonSchema
 
 from service.audit import proofs, search, tiles, witnessing
-from service.audit.checkpoint import NoteSigner
+from service.audit.checkpoint import MAX_TREE_SIZE, NoteSigner
 from service.audit.errors import AuditQueryInvalid
 from service.audit.schemas import ACTIONS, DECISIONS
 from service.audit.writer import AuditWriterDep, get_audit_writer
@@ -17,6 +18,7 @@ from service.auth.dependencies import Principal, get_principal, optional_princip
 from service.auth.facts import source_address
 from service.cursors import NON_EMPTY_CURSOR_SCHEMA
 from service.db import DatabaseDep, SessionDep
+from service.digits import bounded_decimal
 from service.errors import Forbidden, InsufficientScope, Unauthenticated
 from service.records.schemas import CITIZEN_ID_PATTERN
 
@@ -36,6 +38,33 @@ async def _reader(principal: Annotated[Principal, Depends(get_principal)]) -> Pr
 
 
 Reader = Annotated[Principal, Depends(_reader)]
+
+
+def _tree_number(minimum: int) -> BeforeValidator:
+    """Read a leaf index or a tree size from a path or a query as RFC 9162's and C2SP's
+    verifiers write it: ``0`` or ``[1-9][0-9]*``, from ``minimum`` to 2^63-1 (the sizes a
+    checkpoint carries); anything else is a 422. Pydantic's own int reads "3_0" as 30, and
+    "+3", " 3", "3.0" and "03" as 3: one number with many spellings."""
+
+    def read(text: object) -> int:
+        number = bounded_decimal(text, MAX_TREE_SIZE) if isinstance(text, str) else None
+        if number is None or number < minimum:
+            raise ValueError(
+                f"must be a decimal number from {minimum} to {MAX_TREE_SIZE}: ASCII digits "
+                "without a sign, spaces, underscores, a decimal point or leading zeroes"
+            )
+        return number
+
+    return BeforeValidator(read)
+
+
+def _tree_number_schema(minimum: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": MAX_TREE_SIZE})
+
+
+TreeNumber = Annotated[int, _tree_number(0), _tree_number_schema(0)]
+# A tree to prove in, when named: the empty tree holds no leaf.
+ProofTreeSize = Annotated[int | None, _tree_number(1), _tree_number_schema(1)]
 
 
 class FilterParams:
@@ -109,12 +138,12 @@ async def get_verifier_key(_caller: Verifier, request: Request) -> PlainTextResp
 
 @router.get("/v1/audit/entries/{index}/proof")
 async def get_inclusion_proof(
-    index: int,
+    index: TreeNumber,
     caller: Verifier,
     request: Request,
     database: DatabaseDep,
     writer: AuditWriterDep,
-    tree_size: int | None = Query(None, ge=1),
+    tree_size: ProofTreeSize = None,
 ) -> dict[str, Any]:
     """An RFC 9162 inclusion proof of leaf ``index`` in the tree of ``tree_size`` (default: the
     checkpoint ``GET /v1/audit/checkpoint`` serves, the newest at the witness quorum when
@@ -133,7 +162,10 @@ async def get_inclusion_proof(
 
 @router.get("/v1/audit/consistency")
 async def get_consistency_proof(
-    _caller: Verifier, database: DatabaseDep, first: int = Query(..., ge=0), second: int = Query(..., ge=0)
+    _caller: Verifier,
+    database: DatabaseDep,
+    first: TreeNumber,
+    second: TreeNumber,
 ) -> dict[str, Any]:
     """An RFC 9162 consistency proof between tree sizes ``first`` and ``second``."""
     if first > second:

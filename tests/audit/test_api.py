@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import random
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -199,6 +200,67 @@ class TestTamperEvidenceEndpoints:
     async def test_unauthenticated_is_401(self, client: httpx.AsyncClient) -> None:
         _problem(await client.get("/v1/audit/checkpoint"), 401)
         _problem(await client.get("/v1/audit/entries"), 401)
+
+
+# Spellings of a number that are not plain decimal: Python's int() and pydantic read most
+# of them (an underscore, a sign, surrounding whitespace, a leading zero, a whole float).
+NOT_PLAIN_DECIMALS = ["3_0", "+3", " 3", "3 ", "3.0", "03", "00", "-0", "1e1", "\u0663", "0x1f", ""]
+TOO_LARGE = [str(2**63), "9" * 30, "1" + "0" * 5000]
+
+
+class TestProofNumbers:
+    """Every number of the proof routes is ``0`` or ``[1-9][0-9]*`` and at most 2^63-1, as
+    RFC 9162 and the C2SP verifiers write them; anything else is a 422 problem, refused
+    before any query (so the tree's size does not matter here)."""
+
+    @pytest.fixture(autouse=True)
+    def _auditor(self, app: FastAPI) -> None:
+        act_as(app, "audit-office", "auditor")
+
+    @pytest.mark.parametrize("number", NOT_PLAIN_DECIMALS + TOO_LARGE)
+    @pytest.mark.parametrize(
+        ("path", "params"),
+        [
+            ("/v1/audit/entries/0/proof", {"tree_size": "{}"}),
+            ("/v1/audit/consistency", {"first": "{}", "second": "5"}),
+            ("/v1/audit/consistency", {"first": "0", "second": "{}"}),
+        ],
+    )
+    async def test_a_query_number_not_plain_decimal_is_422(
+        self, client: httpx.AsyncClient, path: str, params: dict[str, str], number: str
+    ) -> None:
+        sent = {name: value.format(number) for name, value in params.items()}
+        body = _problem(await client.get(path, params=sent), 422)
+        assert [error["loc"][0] for error in body["errors"]] == ["query"]
+
+    @pytest.mark.parametrize("number", [n for n in NOT_PLAIN_DECIMALS + TOO_LARGE if n])
+    async def test_a_leaf_index_not_plain_decimal_is_422(
+        self, client: httpx.AsyncClient, number: str
+    ) -> None:
+        index = urllib.parse.quote(number, safe="")
+        body = _problem(await client.get(f"/v1/audit/entries/{index}/proof", params={"tree_size": 1}), 422)
+        assert body["errors"][0]["loc"] == ["path", "index"]
+
+    async def test_the_largest_numbers_are_read(self, client: httpx.AsyncClient) -> None:
+        """2^63-1 is a number the routes read: beyond the (empty) tree, so a 400, not a 422."""
+        largest = str(2**63 - 1)
+        for path, params in [
+            ("/v1/audit/entries/0/proof", {"tree_size": largest}),
+            ("/v1/audit/consistency", {"first": "0", "second": largest}),
+            (f"/v1/audit/entries/{largest}/proof", {"tree_size": "1"}),
+        ]:
+            body = _problem(await client.get(path, params=params), 400)
+            assert body["type"].endswith("audit-query-invalid")
+
+    async def test_a_tree_size_of_zero_holds_no_leaf_to_prove(self, client: httpx.AsyncClient) -> None:
+        body = _problem(await client.get("/v1/audit/entries/0/proof", params={"tree_size": "0"}), 422)
+        assert body["errors"][0]["loc"] == ["query", "tree_size"]
+        assert "from 1 to" in body["errors"][0]["msg"]
+
+    async def test_zero_is_read(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/v1/audit/consistency", params={"first": "0", "second": "0"})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"first": 0, "second": 0, "hashes": []}
 
 
 class TestEntryQueries:

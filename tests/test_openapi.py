@@ -167,6 +167,11 @@ class TestDocument:
         assert parameter["name"] == "tile"
         assert parameter["schema"]["pattern"] == TILE_PATH_PATTERN
 
+    def test_the_checkpoint_and_its_key_need_audit_verify_or_nothing(self, document: dict[str, Any]) -> None:
+        """Both are served without a token under ``TELLONCE_AUDIT_PUBLIC_CHECKPOINT=true``."""
+        for path in ("/v1/audit/checkpoint", "/v1/audit/verifier-key"):
+            assert document["paths"][path]["get"]["security"] == [{"oauth2": ["audit:verify"]}, {}]
+
     def test_proof_numbers_are_documented_as_the_server_reads_them(self, document: dict[str, Any]) -> None:
         """A leaf index or tree size is a non-negative integer of at most 2^63-1 (a tree
         size at least 1); any other text is a 422 (``tests/audit/test_api.py``,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BeforeValidator, WithJsonSchema
 
+from service import content_coding
 from service.audit import proofs, search, tiles, witnessing
 from service.audit.checkpoint import MAX_TREE_SIZE, NoteSigner
 from service.audit.errors import AuditQueryInvalid
@@ -19,7 +20,7 @@ from service.auth.facts import source_address
 from service.cursors import NON_EMPTY_CURSOR_SCHEMA
 from service.db import DatabaseDep, SessionDep
 from service.digits import bounded_decimal
-from service.errors import Forbidden, InsufficientScope, Unauthenticated
+from service.errors import InsufficientScope, Unauthenticated
 from service.records.schemas import CITIZEN_ID_PATTERN
 
 router = APIRouter(tags=["audit"])
@@ -102,22 +103,36 @@ class FilterParams:
 Filters = Annotated[FilterParams, Depends()]
 
 
+def _require_token() -> Unauthenticated:
+    return Unauthenticated("Send the access token as 'Authorization: Bearer <token>'.", error=None)
+
+
+def _check_checkpoint_reader(request: Request, principal: Principal | None) -> None:
+    # Monitors and witnesses fetch the checkpoint, the key that checks it and the hash
+    # tiles without a token when the operator says so; otherwise they need audit:verify.
+    if request.app.state.audit_settings.public_checkpoint:
+        return
+    if principal is None:
+        raise _require_token()
+    if "audit:verify" not in principal.scopes:
+        raise InsufficientScope("This call needs the scope(s): audit:verify.", ("audit:verify",))
+
+
 async def _checkpoint_reader(
     request: Request, principal: Annotated[Principal | None, Depends(optional_principal)]
 ) -> Principal | None:
-    # Monitors and witnesses fetch the checkpoint without a token when the operator says so.
-    if request.app.state.audit_settings.public_checkpoint:
-        return principal
-    if principal is None:
-        raise Unauthenticated("Send the access token as 'Authorization: Bearer <token>'.", error=None)
-    if "audit:verify" not in principal.scopes:
-        raise InsufficientScope("This call needs the scope(s): audit:verify.", ("audit:verify",))
+    _check_checkpoint_reader(request, principal)
     return principal
+
+
+# Read by the OpenAPI document (service/openapi.py): the scope asked for unless public.
+_checkpoint_reader.required_scopes = frozenset({"audit:verify"})  # type: ignore[attr-defined]
+CheckpointReader = Annotated[Principal | None, Depends(_checkpoint_reader)]
 
 
 @router.get("/v1/audit/checkpoint", response_class=PlainTextResponse)
 async def get_checkpoint(
-    _caller: Annotated[Principal | None, Depends(_checkpoint_reader)], request: Request, database: DatabaseDep
+    _caller: CheckpointReader, request: Request, database: DatabaseDep
 ) -> PlainTextResponse:
     """The newest checkpoint that reached the witness quorum: one C2SP signed note whose body
     is a tlog-checkpoint, carrying the log's signature line and each witness's cosignature
@@ -130,8 +145,9 @@ async def get_checkpoint(
 
 
 @router.get("/v1/audit/verifier-key", response_class=PlainTextResponse)
-async def get_verifier_key(_caller: Verifier, request: Request) -> PlainTextResponse:
-    """The C2SP note verifier key (Ed25519) that checks every checkpoint."""
+async def get_verifier_key(_caller: CheckpointReader, request: Request) -> PlainTextResponse:
+    """The C2SP note verifier key (Ed25519) that checks every checkpoint. As open as the
+    checkpoint: without a token when the operator serves the checkpoint publicly."""
     signer: NoteSigner = request.app.state.audit_signer
     return PlainTextResponse(signer.verifier_key() + "\n", media_type="text/plain; charset=utf-8")
 
@@ -299,7 +315,18 @@ async def citizen_access_log(
     return {"items": page.items, "next_cursor": _next(page.next_cursor), "checkpoint": page.checkpoint}
 
 
+# tlog-tiles: every tile, full or partial, is immutable, "so its caching headers SHOULD be
+# long-lived".
 IMMUTABLE = "max-age=31536000, immutable"
+OCTETS = "application/octet-stream"
+
+
+def _entry_bundle_reader(caller: Principal | None) -> Principal:
+    if caller is None:
+        raise _require_token()
+    if not permissions.may_export_audit(caller):
+        raise InsufficientScope("Entry bundles need the scope audit:export.", ("audit:export",))
+    return caller
 
 
 @router.get("/v1/audit/tile/{tile:path}", response_class=Response)
@@ -308,29 +335,41 @@ async def get_tile(
     tile: Annotated[str, Path(json_schema_extra={"pattern": tiles.TILE_PATH_PATTERN})],
     request: Request,
     database: DatabaseDep,
-    caller: Annotated[Principal | None, Depends(_checkpoint_reader)],
+    caller: Annotated[Principal | None, Depends(optional_principal)],
 ) -> Response:
     """C2SP tlog-tiles for mirrors, monitors and witnesses: ``<L>/<N>[.p/<W>]`` is a hash tile
     (the stored subtree hashes at tree level 8·L), ``entries/<N>[.p/<W>]`` an entry bundle
-    (uint16-length-prefixed canonical entries; auditors only, and audited, since entries
-    hold pseudonymous citizen ids). Hash tiles are as open as the checkpoint. Full tiles
-    never change and are cached for a year; 404 while the tree is too small for a tile; 501
-    for an entry bundle holding an entry over the format's 65,535 bytes (read such an entry
-    from ``/v1/audit/entries/{index}/proof``)."""
+    (uint16-length-prefixed canonical entries). Hash tiles are as open as the checkpoint
+    (scope audit:verify, or none when the checkpoint is public). Entry bundles need the
+    scope audit:export whatever the checkpoint's openness, and are audited, since entries
+    hold pseudonymous citizen ids; they are gzip-compressed for a client whose
+    `Accept-Encoding` accepts gzip. Every tile, full or partial (`.p/<W>`), never changes
+    once served and is cached for a year (by shared caches only when hash tiles are
+    public); 404 (`Cache-Control: no-store`) while the tree is
+    too small for a tile; 501 for an entry bundle holding an entry over the format's 65,535
+    bytes (read such an entry from ``/v1/audit/entries/{index}/proof``)."""
+    # Who may ask before what is asked: the first element alone says which kind it is.
+    exporter = _entry_bundle_reader(caller) if tile.partition("/")[0] == "entries" else None
+    if exporter is None:
+        _check_checkpoint_reader(request, caller)
     try:
         wanted = tiles.parse_tile_path(tile)
     except tiles.TilePathInvalid as exc:
         raise AuditQueryInvalid(f"Not a tile path: {exc}") from None
-    private = wanted.level is None
-    if private:
-        if caller is None or not permissions.may_export_audit(caller):
-            raise Forbidden("Entry bundles need the scope audit:export.")
+    if exporter is not None:
         writer = await get_audit_writer(request)
-        await search.record_query(writer, caller, source=source_address(request))
+        await search.record_query(writer, exporter, source=source_address(request))
     async with database.engine.connect() as conn:
         body = await tiles.read_tile(conn, wanted)
-    if wanted.width is None:
-        cache = f"{'private' if private else 'public'}, {IMMUTABLE}"
-    else:
-        cache = f"{'private' if private else 'public'}, max-age=60"
-    return Response(body, media_type="application/octet-stream", headers={"Cache-Control": cache})
+    if exporter is None:
+        # Shared caches may keep a hash tile only when anyone may read it: one kept from an
+        # answer to a token would be handed to callers without one (RFC 9111, 3.5).
+        shared = "public" if request.app.state.audit_settings.public_checkpoint else "private"
+        return Response(body, media_type=OCTETS, headers={"Cache-Control": f"{shared}, {IMMUTABLE}"})
+    # Vary even when not compressed: a shared cache must not hand this answer to a client
+    # that asked otherwise.
+    headers = {"Cache-Control": f"private, {IMMUTABLE}", "Vary": "Accept-Encoding"}
+    if content_coding.accepts_gzip(request.headers.get("accept-encoding")):
+        body = await content_coding.gzipped(body)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=OCTETS, headers=headers)

@@ -20,7 +20,13 @@ class LeafNotFound(NotFound):
 
 
 class TileNotFound(NotFound):
+    """A tile or entry bundle the tree is too small for. It will be there once the tree
+    grows, so no cache may keep the 404 (``Cache-Control: no-store``)."""
+
     title, slug = "No such tile", "audit-tile-not-found"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Cache-Control": "no-store"})
 
 
 class EntryBundleUnrepresentable(ServiceError):

@@ -208,6 +208,28 @@ NOT_PLAIN_DECIMALS = ["3_0", "+3", " 3", "3 ", "3.0", "03", "00", "-0", "1e1", "
 TOO_LARGE = [str(2**63), "9" * 30, "1" + "0" * 5000]
 
 
+class TestPublicCheckpoint:
+    """``TELLONCE_AUDIT_PUBLIC_CHECKPOINT=true``: an outside verifier reads the checkpoint
+    and the key that checks it without a token; otherwise both need audit:verify."""
+
+    async def test_the_verifier_key_is_as_open_as_the_checkpoint(
+        self, app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        public = app.state.audit_settings.model_copy(update={"public_checkpoint": True})
+        monkeypatch.setattr(app.state, "audit_settings", public)
+        response = await client.get("/v1/audit/verifier-key")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert response.text == app.state.audit_signer.verifier_key() + "\n"
+        NoteVerifier.parse(response.text)
+        act_as(app, "welfare", "consumer")
+        assert (await client.get("/v1/audit/verifier-key")).status_code == 200
+
+    async def test_a_private_verifier_key_needs_a_token(self, client: httpx.AsyncClient) -> None:
+        body = _problem(await client.get("/v1/audit/verifier-key"), 401)
+        assert body["type"].endswith("unauthenticated")
+
+
 class TestProofNumbers:
     """Every number of the proof routes is ``0`` or ``[1-9][0-9]*`` and at most 2^63-1, as
     RFC 9162 and the C2SP verifiers write them; anything else is a 422 problem, refused

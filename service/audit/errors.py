@@ -41,7 +41,13 @@ class EntryBundleUnrepresentable(ServiceError):
 
 
 class NoCheckpoint(NotFound):
+    """No checkpoint signed (or at the witness quorum) yet. One is moments away, so no
+    cache may keep the 404 (``Cache-Control: no-store``)."""
+
     title, slug = "No checkpoint yet", "audit-no-checkpoint"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Cache-Control": "no-store"})
 
 
 class SigningKeyMissing(RuntimeError):

@@ -230,6 +230,18 @@ class TestPublicCheckpoint:
         assert body["type"].endswith("unauthenticated")
 
 
+class TestNoCheckpointYet:
+    async def test_the_404_is_never_cached(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        """tlog-tiles: the checkpoint is mutable and its headers prevent caching beyond a
+        few seconds; the first one is signed moments after the log's first entry, so no
+        cache may keep the 404 that comes before it."""
+        act_as(app, "audit-office", "auditor")
+        response = await client.get("/v1/audit/checkpoint")
+        body = _problem(response, 404)
+        assert body["type"].endswith("audit-no-checkpoint")
+        assert response.headers["cache-control"] == "no-store"
+
+
 class TestProofNumbers:
     """Every number of the proof routes is ``0`` or ``[1-9][0-9]*`` and at most 2^63-1, as
     RFC 9162 and the C2SP verifiers write them; anything else is a 422 problem, refused

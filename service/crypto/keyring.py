@@ -572,31 +572,36 @@ class Keyring:
         The wrapped bytes are overwritten with NULL (SQLite's secure_delete zeroes the
         freed cells), the rows are marked ``shredded``, and the keys leave the cache for good.
         A key event per department goes to ``on_key_event`` in the caller's transaction
-        (an erasure's), so it is recorded only if the erasure commits."""
+        (an erasure's), so it is recorded only if the erasure commits.
+
+        Destroys until a fresh look finds no live key. On PostgreSQL a re-encryption batch
+        may hold the citizen's key (about to be set aside) while it inserts the new one:
+        the destroying update waits for that batch, and once it commits the next look
+        (a statement of its own, so a snapshot of its own) sees the new key. Every key
+        destroyed here stays locked until the erasure commits, so no later batch can claim
+        one and make another."""
         if conn.dialect.name == "sqlite":
             await conn.execute(text("PRAGMA secure_delete = ON"))
-        rows = (
-            await conn.execute(
-                select(DATA_KEYS.c.id, DATA_KEYS.c.department).where(
-                    DATA_KEYS.c.citizen_id == citizen_id, DATA_KEYS.c.status.in_(("active", "replaced"))
-                )
-            )
-        ).all()
-        if rows:
-            await conn.execute(
-                update(DATA_KEYS)
-                .where(DATA_KEYS.c.id.in_([row.id for row in rows]))
-                .values(wrapped_key=None, status="shredded", destroyed_at=utcnow())
-            )
-        for row in rows:
-            self._shredded.put(row.id, True)
-        self.data_key_cache.evict(row.id for row in rows)
         per_department: dict[str, int] = {}
-        for row in rows:
-            per_department[row.department] = per_department.get(row.department, 0) + 1
+        live = (DATA_KEYS.c.citizen_id == citizen_id, DATA_KEYS.c.status.in_(("active", "replaced")))
+        while (await conn.execute(select(DATA_KEYS.c.id).where(*live).limit(1))).first() is not None:
+            # A row a batch holds is checked again once the batch commits: a key the batch
+            # destroyed is left as it is, and its new key is found by the next look.
+            rows = (
+                await conn.execute(
+                    update(DATA_KEYS)
+                    .where(*live)
+                    .values(wrapped_key=None, status="shredded", destroyed_at=utcnow())
+                    .returning(DATA_KEYS.c.id, DATA_KEYS.c.department)
+                )
+            ).all()
+            for row in rows:
+                self._shredded.put(row.id, True)
+                per_department[row.department] = per_department.get(row.department, 0) + 1
+            self.data_key_cache.evict(row.id for row in rows)
         for department, count in sorted(per_department.items()):
             await self.emit(conn, "data_keys.shredded", department, citizen_id=citizen_id, count=count)
-        return len(rows)
+        return sum(per_department.values())
 
 
 async def get_keyring(request: Request) -> Keyring:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typer.testing import CliRunner
 
@@ -383,6 +383,77 @@ class TestReencrypt:
         finally:
             for engine in engines:
                 await engine.dispose()
+
+
+@pytest.mark.postgres
+class TestErasureDuringReencryption:
+    async def test_an_erasure_waiting_on_a_batch_destroys_the_key_the_batch_made(
+        self, scratch_engine: AsyncEngine, root: bytes, on_postgres: bool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The erasure's first look finds the key the batch is replacing and waits for it;
+        the batch then commits the citizen's new key, which the erasure must destroy too
+        (it used to stay live: the citizen erased, the values still decryptable)."""
+        if not on_postgres:
+            pytest.skip("needs PostgreSQL: SQLite's one write lock makes the two take turns")
+        keyring = make_keyring(root)
+        async with scratch_engine.begin() as conn:
+            (citizen,) = await add_citizens(conn, 1)
+            await write_value(conn, keyring, citizen, "given_name", "register", "Erasable")
+        held, release = asyncio.Event(), asyncio.Event()
+        reencrypt_batch = key_service._reencrypt_batch
+
+        async def held_open(conn: AsyncConnection, *args: Any) -> int:
+            # The batch has set the old key aside and inserted the new one, uncommitted.
+            moved = await reencrypt_batch(conn, *args)
+            held.set()
+            await release.wait()
+            return moved
+
+        monkeypatch.setattr(key_service, "_reencrypt_batch", held_open)
+
+        async def erase() -> None:
+            async with scratch_engine.begin() as conn:
+                await make_keyring(root).shred_citizen(conn, citizen)
+
+        reencrypting = asyncio.ensure_future(
+            key_service.reencrypt_department(scratch_engine, keyring, "register")
+        )
+        erasing: asyncio.Future[None] | None = None
+        try:
+            await asyncio.wait_for(held.wait(), timeout=30)
+            erasing = asyncio.ensure_future(erase())
+            async with scratch_engine.connect() as watcher:
+                waiting = 0
+                deadline = time.monotonic() + 30
+                while not waiting and time.monotonic() < deadline and not erasing.done():
+                    await asyncio.sleep(0.01)
+                    await watcher.execute(text("SELECT pg_stat_clear_snapshot()"))
+                    waiting = (
+                        await watcher.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                            )
+                        )
+                    ).scalar_one()
+                await watcher.rollback()
+            assert waiting == 1, "the erasure should wait for the batch's lock on the old key"
+        finally:
+            release.set()
+            await asyncio.gather(reencrypting, *([erasing] if erasing else []), return_exceptions=True)
+        assert reencrypting.result().data_keys == 1
+        assert erasing is not None
+        assert erasing.result() is None
+        async with scratch_engine.connect() as conn:
+            keys = (
+                await conn.execute(
+                    select(DATA_KEYS.c.status, DATA_KEYS.c.wrapped_key).where(
+                        DATA_KEYS.c.citizen_id == citizen
+                    )
+                )
+            ).all()
+        assert len(keys) == 2
+        assert [row for row in keys if row.wrapped_key is not None] == []
 
 
 class TestKeysCommand:

@@ -44,9 +44,18 @@ from service.events import service as events_service
 from service.records import import_files, import_progress, import_worker, repository, seeding, values
 from service.records.import_files import SourceRow
 from service.records.import_plan import ImportMode, ImportPlan, ImportRefused, column_problems, plan_import
-from service.records.service import comparable_national_id, now, plaintexts, registered_national_ids
+from service.records.service import (
+    comparable_national_id,
+    now,
+    plaintexts,
+    registered_national_ids,
+    with_live_keys,
+)
 from service.records.validation import NATIONAL_ID_FIELD, validated_values
 from service.records.writes import lock_blind_indexes
+
+# Refused rows of citizens erased after the batch found them registered.
+ERASED_WHILE_IMPORTING = "the citizen was erased while the import ran"
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -327,7 +336,7 @@ class _Importer:
     ) -> list[AuditEntry]:
         """Store the accepted rows by what is registered (``found``): new citizens in
         register mode, changed values in update mode; the audit entries to append."""
-        stored = await self._stored_values(conn, list(found.values()))
+        stored, erased = await self._stored_values(conn, list(found.values()))
         new: list[dict[str, values.JsonValue]] = []
         revisions: dict[str, dict[str, values.JsonValue]] = {}
         line_of: dict[str, int] = {}
@@ -338,6 +347,9 @@ class _Importer:
                     new.append(row.clean)
                 else:
                     batch.reject(row.line, f"no citizen is registered with this {NATIONAL_ID_FIELD}")
+                continue
+            if citizen_id in erased:
+                batch.reject(row.line, ERASED_WHILE_IMPORTING)
                 continue
             current = stored.get(citizen_id, {})
             changed = {
@@ -371,22 +383,24 @@ class _Importer:
             batch.counts.updated = batch.changed_citizens = len(written)
             kept = {entry.citizen_id for entry in written}
             for citizen_id in revisions.keys() - kept:
-                batch.reject(line_of[citizen_id], "the citizen was erased while the import ran")
+                batch.reject(line_of[citizen_id], ERASED_WHILE_IMPORTING)
         return entries
 
     async def _stored_values(
         self, conn: AsyncConnection, citizen_ids: list[str]
-    ) -> dict[str, dict[str, values.JsonValue]]:
+    ) -> tuple[dict[str, dict[str, values.JsonValue]], set[str]]:
         """The current values of the file's fields of registered citizens, decrypted to
-        compare with the rows."""
+        compare with the rows; and those of the citizens erased since the batch found them
+        (a value's data key destroyed: PostgreSQL, where an erasure can commit meanwhile)."""
         if not citizen_ids:
-            return {}
+            return {}, set()
         rows = await repository.current_values(conn, citizen_ids, self.plan.fields)
-        keys = await self.keyring.data_keys(conn, {row.data_key_id for row in rows})
+        live, keys = await with_live_keys(conn, self.keyring, rows)
+        erased = {row.citizen_id for row in rows} - {row.citizen_id for row in live}
         current: dict[str, dict[str, values.JsonValue]] = {}
-        for (citizen_id, name, _version), value in plaintexts(self.catalog, rows, keys).items():
+        for (citizen_id, name, _version), value in plaintexts(self.catalog, live, keys).items():
             current.setdefault(citizen_id, {})[name] = value
-        return current
+        return current, erased
 
 
 def _reasons(error: ServiceError) -> str:

@@ -443,21 +443,32 @@ async def registered_national_ids(
         return {}
     if indexes is None:
         indexes = [keyring.blind_index(NATIONAL_ID_FIELD, n) for n in national_ids]
-    candidates = await repository.candidates_by_blind_indexes(conn, NATIONAL_ID_FIELD, indexes)
-    while True:
-        if not candidates:
-            return {}
-        try:
-            keys = await keyring.data_keys(conn, {row.data_key_id for row in candidates})
-            break
-        except DataKeyDestroyed as shredded:
-            candidates = [row for row in candidates if row.data_key_id not in shredded.key_ids]
+    candidates, keys = await with_live_keys(
+        conn, keyring, await repository.candidates_by_blind_indexes(conn, NATIONAL_ID_FIELD, indexes)
+    )
     wanted = {comparable_national_id(n) for n in national_ids}
     found: dict[str, str] = {}
     for (citizen_id, _field, _version), value in plaintexts(catalog, candidates, keys).items():
         if (key := comparable_national_id(value)) in wanted:
             found[key] = citizen_id
     return found
+
+
+async def with_live_keys(
+    conn: AsyncConnection, keyring: Keyring, rows: Sequence[repository.ValueRow]
+) -> tuple[list[repository.ValueRow], dict[int, DataKey]]:
+    """``rows`` without those whose data key was destroyed, and the data keys of the rest.
+
+    A destroyed key means its citizen was erased after the rows were read (on PostgreSQL
+    each statement sees what had committed when it began): erased, the citizen holds no
+    values, as if the rows had been read after the erasure."""
+    kept = list(rows)
+    while kept:
+        try:
+            return kept, await keyring.data_keys(conn, {row.data_key_id for row in kept})
+        except DataKeyDestroyed as shredded:
+            kept = [row for row in kept if row.data_key_id not in shredded.key_ids]
+    return [], {}
 
 
 def comparable_national_id(value: values.JsonValue) -> str:

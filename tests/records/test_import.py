@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from service.db import create_engine
 from service.errors import ServiceError
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
-from service.records import import_worker, importing, reads, seeding
+from service.records import import_worker, importing, reads, repository, seeding
 from service.records.cli import _print_summary, _RejectFile, _RowsPerSecond
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
@@ -664,6 +665,54 @@ class TestUpdateMode:
         assert imported.rejections == [
             importing.Rejection(2, "no citizen is registered with this national_id")
         ]
+
+    @pytest.mark.postgres
+    async def test_a_citizen_erased_after_the_batch_found_them_is_refused_and_the_rest_imported(
+        self,
+        store: Store,
+        tmp_path: Path,
+        settings: Settings,
+        on_postgres: bool,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The erasure commits between the batch's lookup of the national ids and its
+        reading of their stored values (the batch holds no lock the erasure waits for). The
+        whole batch used to fail on the erased citizen's destroyed key."""
+        if not on_postgres:
+            pytest.skip(
+                "needs PostgreSQL: on SQLite the batch holds the one write lock, so no erasure commits"
+            )
+        ids = _ids(3)
+        await _import(
+            store, _write_csv(tmp_path / "people.csv", ["national_id"], [{"national_id": i} for i in ids])
+        )
+        citizens = [await _lookup(store, national_id) for national_id in ids]
+        columns = ["national_id", "licence_status"]
+        licences = [{"national_id": i, "licence_status": "valid"} for i in ids]
+        await _import(store, _write_csv(tmp_path / "l1.csv", columns, licences), "dvla", "update")
+        erased = citizens[1]
+        find = importing.registered_national_ids
+
+        async def erased_once_found(*args: Any) -> dict[str, str]:
+            found = await find(*args)
+            if erased in found.values():
+                async with store.engine.begin() as conn:
+                    assert await repository.mark_erased(conn, erased, datetime.now(UTC))
+                    await Keyring.from_settings(settings).shred_citizen(conn, erased)
+            return found
+
+        monkeypatch.setattr(importing, "registered_national_ids", erased_once_found)
+        for licence in licences:
+            licence["licence_status"] = "revoked"
+        # A process of its own, with none of the keys cached.
+        racing = Store(store.url, store.engine, Keyring.from_settings(settings), store.root_key)
+
+        imported = await _import(racing, _write_csv(tmp_path / "l2.csv", columns, licences), "dvla", "update")
+
+        assert imported.rejections == [importing.Rejection(3, "the citizen was erased while the import ran")]
+        assert (imported.report.counts.updated, imported.report.counts.rejected) == (2, 1)
+        for citizen in (citizens[0], citizens[2]):
+            assert await _read(store, citizen, ["licence_status"]) == {"licence_status": ("revoked", 2)}
 
 
 class TestRefusedRows:

@@ -77,11 +77,12 @@ def os_refusal(exc: OSError) -> str:
     return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
-def open_owner_only(path: Path, *, newline: str | None = None) -> TextIO:
+def open_owner_only(path: Path, *, newline: str | None = None, follow_symlinks: bool = True) -> TextIO:
     """``path`` opened for writing as UTF-8 text, made or emptied, readable and writable by
     its owner only (0600): a file already there keeps its mode under ``open``, so it is set
-    on the open descriptor as well."""
-    descriptor = _owner_only_descriptor(path, os.O_TRUNC)
+    on the open descriptor as well. Without ``follow_symlinks``, a symbolic link at
+    ``path`` is ``OSError`` (ELOOP) and its target is left as it is."""
+    descriptor = _owner_only_descriptor(path, os.O_TRUNC | (0 if follow_symlinks else os.O_NOFOLLOW))
     try:
         return os.fdopen(descriptor, "w", newline=newline, encoding="utf-8")
     except BaseException:

@@ -115,7 +115,8 @@ class _RejectFile:
                         f"{exc}): move it away or name another with --reject-file"
                     ) from None
         # The reasons name fields of people's records: for the owner only, as a key file is.
-        self.handle: TextIO = open_owner_only(path, newline="")
+        # Not through a link put there since the command checked (OSError, said as such).
+        self.handle: TextIO = open_owner_only(path, newline="", follow_symlinks=False)
         self.writer = csv.writer(self.handle)
         self.writer.writerow(["line", "reason"])
         self.writer.writerows(kept)
@@ -156,6 +157,12 @@ def import_file(
     the API validates a request, encrypted, blind-indexed and audited; rows already stored
     change nothing. Exit 1 if any row was refused (each listed with its line and reason,
     never its values), 2 if the file cannot be imported at all (nothing is written)."""
+    if reject_file is not None and reject_file.is_symlink():
+        # Its target, wherever it is, would be emptied and made the operator's alone.
+        errors.print(
+            "tellonce import: the reject file is a symbolic link: name the file itself", markup=False
+        )
+        raise typer.Exit(2)
     if reject_file is not None and reject_file.exists() and reject_file.samefile(file):
         # Opened for writing, it would be emptied before a row of it was read.
         errors.print("tellonce import: the reject file is the file being imported", markup=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import io
 import re
 import stat
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,9 @@ from service.errors import KEY_END, repeated_json_key
 ImportFormat = Literal["csv", "jsonl"]
 
 _CHUNK = 1 << 20
+# The readers hold a whole line at once: a longer one (far past any row the catalog's
+# limits let through) stops the import while the file is scanned, before it is read whole.
+MAX_LINE_CHARACTERS = 64 << 20
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 # An integer field's values are within +-(2**53 - 1), at most 16 digits (records.values).
 _INTEGER_LIMIT = 2**53
@@ -71,26 +75,50 @@ def scan(path: Path, file_format: ImportFormat) -> ScannedFile:
     if not stat.S_ISREG(path.stat().st_mode):
         # A pipe's rows would be gone by the second reading (or it would wait for a writer).
         raise ImportFileError("the file is not a regular file (a pipe?): it is read more than once")
-    digest = hashlib.sha256()
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                raise ImportFileError(f"the file is not UTF-8 (byte {offset + exc.start})") from None
-            offset += len(chunk)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise ImportFileError("the file is not UTF-8 (it ends inside a character)") from None
+    sha256 = check_line_lengths(path, file_format)
     if file_format == "csv":
         columns, count = _csv_shape(path)
     else:
         columns, count = _jsonl_shape(path)
-    return ScannedFile(digest.hexdigest(), columns, count)
+    return ScannedFile(sha256, columns, count)
+
+
+def check_line_lengths(path: Path, file_format: ImportFormat) -> str:
+    """The file's SHA-256, once it is read in chunks and found UTF-8 with no line longer
+    than ``MAX_LINE_CHARACTERS``; ``ImportFileError`` otherwise. Lines end as the format's
+    reader ends them: at a line feed in JSON Lines, at CR, LF or CRLF in CSV."""
+    digest = hashlib.sha256()
+    # CSV: CR and CRLF become LF, a CR at a chunk's end held back until the next is seen.
+    decoder = io.IncrementalNewlineDecoder(
+        codecs.getincrementaldecoder("utf-8")(), translate=file_format == "csv"
+    )
+    offset = 0
+    line, length = 1, 0
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                if not chunk:
+                    raise ImportFileError("the file is not UTF-8 (it ends inside a character)") from None
+                raise ImportFileError(f"the file is not UTF-8 (byte {offset + exc.start})") from None
+            first_end = text.find("\n")
+            if length + (len(text) if first_end < 0 else first_end) > MAX_LINE_CHARACTERS:
+                raise ImportFileError(
+                    f"line {line} of the file is longer than {MAX_LINE_CHARACTERS:,} characters "
+                    f"({MAX_LINE_CHARACTERS >> 20} Mi); no row can be that long"
+                )
+            if first_end < 0:
+                length += len(text)
+            else:
+                # Every line ending inside the chunk is shorter than the chunk.
+                line += text.count("\n")
+                length = len(text) - text.rfind("\n") - 1
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+            offset += len(chunk)
 
 
 def _csv_shape(path: Path) -> tuple[tuple[str, ...], int]:

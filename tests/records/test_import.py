@@ -48,7 +48,7 @@ from service.db import create_engine
 from service.errors import ServiceError
 from service.events.models import OutboxEvent
 from service.policy.service import PolicyHolder
-from service.records import import_worker, importing, reads, repository, seeding
+from service.records import import_files, import_worker, importing, reads, repository, seeding
 from service.records.cli import _print_summary, _RejectFile, _RowsPerSecond
 from service.records.import_files import ImportFormat
 from service.records.models import Citizen, FieldValue, ImportRun
@@ -965,6 +965,74 @@ class TestRefusedRows:
         assert "no department 'nosuch' in the catalog" in unknown.stderr
 
 
+class TestLongLines:
+    """A line is read whole by the CSV and JSON readers: one longer than
+    ``MAX_LINE_CHARACTERS`` stops the import while the file is scanned, chunk by chunk,
+    before any reader holds it."""
+
+    @pytest.mark.parametrize("file_format", ["csv", "jsonl"])
+    async def test_a_line_over_64_mi_characters_stops_it_in_one_line(
+        self, store: Store, tmp_path: Path, file_format: ImportFormat
+    ) -> None:
+        (national_id,) = _ids(1)
+        path = tmp_path / f"long.{file_format}"
+        # Cells (values) each within the CSV reader's limit: before, the line was read
+        # whole and its row refused (exit 1).
+        cell = "Secret" + "x" * (15 << 20)
+        with path.open("w", encoding="utf-8") as handle:
+            if file_format == "csv":
+                handle.write("national_id,given_name,address,postcode,gender,place_of_birth\n")
+                handle.write(f"{national_id},{cell},{cell},{cell},{cell},{cell}\n")
+            else:
+                handle.write(json.dumps({"national_id": national_id, "address": cell * 5}) + "\n")
+        runs_before = await _count(store, select(func.count()).select_from(ImportRun))
+
+        result = _cli(store, tmp_path, "--department", "register", "--format", file_format, str(path))
+
+        assert result.returncode == 2, result.stderr[-2000:]
+        message = " ".join(result.stderr.split())
+        line = 2 if file_format == "csv" else 1
+        assert message == (
+            f"tellonce import: line {line} of the file is longer than 67,108,864 characters "
+            "(64 Mi); no row can be that long"
+        )
+        assert "Secret" not in result.stdout + result.stderr
+        assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
+    @pytest.mark.parametrize(
+        ("file_format", "text", "refused_line"),
+        [
+            # Characters, not bytes: "é" is two bytes.
+            ("jsonl", "a\n" + "é" * 10 + "\nb\n", None),
+            ("jsonl", "a\n" + "é" * 11 + "\nb\n", 2),
+            ("jsonl", "é" * 11, 1),
+            # The CSV reader ends a line at CR, LF or CRLF; JSON Lines only at LF.
+            ("csv", "a\r" + "x" * 10 + "\r\n" + "y" * 10 + "\rb\n", None),
+            ("csv", "a\r\nb\r" + "x" * 11 + "\r\n", 3),
+            ("jsonl", "a\r" + "x" * 10 + "\n", 1),
+        ],
+    )
+    def test_the_limit_counts_characters_across_chunks(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        file_format: ImportFormat,
+        text: str,
+        refused_line: int | None,
+    ) -> None:
+        monkeypatch.setattr(import_files, "MAX_LINE_CHARACTERS", 10)
+        monkeypatch.setattr(import_files, "_CHUNK", 3)  # lines, and characters, split between chunks
+        path = tmp_path / "lines"
+        path.write_bytes(text.encode())
+        if refused_line is None:
+            import_files.check_line_lengths(path, file_format)
+        else:
+            with pytest.raises(
+                import_files.ImportFileError, match=f"^line {refused_line} of the file is longer"
+            ):
+                import_files.check_line_lengths(path, file_format)
+
+
 class TestRate:
     """Rows per second are shown once a run has taken ``MIN_SECONDS_FOR_A_RATE``; a
     tiny file is done in milliseconds, and "0 rows/s" or "50,000 rows/s" would say nothing."""
@@ -1060,6 +1128,44 @@ class TestRejectFile:
         assert result.stderr.startswith("tellonce import: cannot write the reject file")
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
+    @pytest.mark.parametrize("dangling", [False, True])
+    async def test_a_symbolic_link_is_refused_and_its_target_left_as_it_is(
+        self, store: Store, tmp_path: Path, dangling: bool
+    ) -> None:
+        """Opened for writing, the link's target was emptied and made 0600 (or made)."""
+        ids = _ids(2)
+        rows = [_person(ids[0], 0), {**_person(ids[1], 1), "date_of_birth": "bad"}]
+        path = _write_csv(tmp_path / "people.csv", REGISTER_COLUMNS, rows)
+        target = tmp_path / "elsewhere.txt"
+        if not dangling:
+            target.write_text("kept\n", encoding="utf-8")
+            target.chmod(0o644)
+        link = tmp_path / "rejects.csv"
+        link.symlink_to(target)
+        runs_before = await _count(store, select(func.count()).select_from(ImportRun))
+
+        result = _cli(store, tmp_path, "--department", "register", str(path), "--reject-file", str(link))
+
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            "tellonce import: the reject file is a symbolic link: name the file itself"
+        )
+        if dangling:
+            assert not target.exists()
+        else:
+            assert target.read_text(encoding="utf-8") == "kept\n"
+            assert stat.S_IMODE(target.stat().st_mode) == 0o644
+        assert await _count(store, select(func.count()).select_from(ImportRun)) == runs_before
+
+    def test_a_link_put_in_its_place_after_the_check_is_not_followed(self, tmp_path: Path) -> None:
+        target = tmp_path / "elsewhere.txt"
+        target.write_text("kept\n", encoding="utf-8")
+        link = tmp_path / "rejects.csv"
+        link.symlink_to(target)
+        with pytest.raises(OSError, match="symbolic links"):
+            _RejectFile(link, keep_up_to_line=None)
+        assert target.read_text(encoding="utf-8") == "kept\n"
 
     def test_one_to_resume_that_is_not_utf8_is_refused_and_left_as_it_is(self, tmp_path: Path) -> None:
         rejects = tmp_path / "rejects.csv"

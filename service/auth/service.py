@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -26,6 +26,7 @@ from service.auth.models import Client, UsedAssertion
 from service.auth.scopes import ROLES
 from service.auth.secrets import hash_secret, new_client_id, new_client_secret, secret_matches
 from service.auth.server import SeenAssertion, plausible_client_id
+from service.auth.tokens import LEEWAY_SECONDS as REPLICA_CLOCK_SKEW_SECONDS
 from service.catalog import repository as catalog_repository
 from service.db import DriverReads, utcnow
 from service.errors import Forbidden
@@ -289,9 +290,11 @@ async def first_use_of_assertion(session: AsyncSession, assertion: SeenAssertion
     """Store a verified assertion's id until it expires; False if it was already used.
 
     In the database, so a replay is refused on any replica and after a restart. One
-    atomic insert-if-absent; ids of expired assertions are deleted on the way."""
-    now = utcnow()
-    await session.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < now))
+    atomic insert-if-absent; ids of assertions expired by more than the clock skew
+    tolerated between replicas are deleted on the way (a replica whose clock is that far
+    behind this one's still accepts an assertion this one sees as expired)."""
+    purge_before = utcnow() - timedelta(seconds=REPLICA_CLOCK_SKEW_SECONDS)
+    await session.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < purge_before))
     dialect = session.get_bind().dialect.name
     upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     inserted = await session.execute(

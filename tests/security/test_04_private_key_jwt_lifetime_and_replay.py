@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.app import create_app
 from service.auth import service as auth_service
 from service.auth.models import UsedAssertion
-from service.auth.server import ASSERTION_LEEWAY
+from service.auth.server import ASSERTION_LEEWAY, SeenAssertion
+from service.auth.tokens import LEEWAY_SECONDS
 from service.config import Settings
 from service.db import get_session
 from tests.fixtures.tokens import register, runtime
@@ -149,6 +150,27 @@ class TestReplay:
         replayed = await client.post("/oauth/token", data=form)
         assert replayed.status_code == 401, replayed.text
         assert replayed.json()["error_description"] == "The client assertion was already used."
+
+    async def test_a_jti_is_kept_past_its_expiry_for_a_replica_whose_clock_is_behind(
+        self, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A replica whose clock runs ``LEEWAY_SECONDS`` behind this one's still accepts the
+        assertion: its id must still be there when that replica sees the replay."""
+        now = datetime(2030, 1, 1, tzinfo=UTC)
+        monkeypatch.setattr(auth_service, "utcnow", lambda: now)
+        used = SeenAssertion("skewed-client", "skewed-1", now.timestamp() - LEEWAY_SECONDS)
+        assert await auth_service.first_use_of_assertion(session, used)
+
+        assert not await auth_service.first_use_of_assertion(session, used)
+
+        # Expired by more than the skew: deleted on the way by the next use of any.
+        now += timedelta(seconds=1)
+        other = SeenAssertion("skewed-client", "skewed-2", now.timestamp() + 60)
+        assert await auth_service.first_use_of_assertion(session, other)
+        kept = await session.execute(
+            select(UsedAssertion.jti).where(UsedAssertion.client_id == "skewed-client")
+        )
+        assert list(kept.scalars()) == ["skewed-2"]
 
     @pytest.mark.parametrize("jti", ["", "a\x00b", "j" * 256])
     async def test_a_jti_the_registry_cannot_keep_is_refused_alike_on_every_database(

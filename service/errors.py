@@ -333,10 +333,11 @@ WRITES_FAILING_SECONDS = 30.0
 class FailingWrites:
     """Whether this process's writes are failing for storage reasons (``storage_refused``:
     the SQLite file full, read-only, failing its I/O, locked by another connection past the
-    busy timeout): ``/readyz`` answers 503 while they are, so a load balancer takes the node
-    out. Told by what answers those writes 503 (the requests refused for an unusable
-    database, the audit writer's batches: their ``FailureLog``), and by the audit writer's
-    next committed batch that a write succeeds again.
+    busy timeout; the PostgreSQL server's disk full, out of memory, or read-only): ``/readyz``
+    answers 503 while they are, so a load balancer takes the node out. Told by what answers
+    those writes 503 (the requests refused for an unusable database, the audit writer's
+    batches: their ``FailureLog``), and by the audit writer's next committed batch that a
+    write succeeds again.
 
     A database lost or refusing connections is not told: ``/readyz`` reads the database
     itself, and so answers 503 while it is down and 200 as soon as it is back, where one
@@ -456,17 +457,25 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 def storage_refused(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is SQLite's storage refusing a write, as its
-    result code says: the file full, read-only, failing its I/O, no longer openable, or
-    locked by another connection past the busy timeout (``FailingWrites``)."""
+    """Whether ``exc`` (or what caused it) is the database's storage refusing a write
+    (``FailingWrites``): SQLite's file full, read-only, failing its I/O, no longer openable,
+    or locked by another connection past the busy timeout, as its result code says; a
+    PostgreSQL server's disk full, out of memory, or read-only, as its SQLSTATE says."""
     return _caused_by(exc, _is_storage_refusal)
 
 
 def _is_storage_refusal(exc: BaseException) -> bool:
+    if getattr(exc, "sqlstate", None) in _POSTGRESQL_STORAGE:
+        return True
     # The primary result code (the low byte): SQLITE_IOERR_WRITE is an SQLITE_IOERR. The
     # write queue's timeout (``service.sqlite_turns``) carries none.
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and isinstance(code, int) and code & 0xFF in _SQLITE_STORAGE
+
+
+# disk_full, out_of_memory, read_only_sql_transaction (a hot standby after a failover, or
+# ``default_transaction_read_only``): the asyncpg errors ``_ASYNCPG_UNAVAILABLE`` names.
+_POSTGRESQL_STORAGE = frozenset({"53100", "53200", "25006"})
 
 
 _SQLITE_STORAGE = frozenset(

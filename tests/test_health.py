@@ -12,6 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -156,6 +157,10 @@ class TestReadyWhileWritesFail:
         ("failure", "ready"),
         [
             ("storage refused", 503),
+            # PostgreSQL refusing writes: its disk full, out of memory, read-only.
+            ("DiskFullError", 503),
+            ("OutOfMemoryError", 503),
+            ("ReadOnlySQLTransactionError", 503),
             ("connection reset", 200),
             ("connection invalidated", 200),
             ("pool out of time", 200),
@@ -168,6 +173,10 @@ class TestReadyWhileWritesFail:
         async def fail() -> None:
             if failure == "storage refused":
                 _readonly_write(tmp_path / "readonly.db")
+            elif failure.endswith("Error"):
+                # As SQLAlchemy raises it: the driver's error as the cause of its own.
+                refusal = getattr(asyncpg.exceptions, failure)("the server refused the write")
+                raise sa_exc.OperationalError("INSERT ...", None, refusal) from refusal
             elif failure == "connection reset":
                 raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
             elif failure == "connection invalidated":
@@ -183,6 +192,26 @@ class TestReadyWhileWritesFail:
         assert refused.status_code == 503, refused.text
         response = await client.get("/readyz")
         assert response.status_code == ready, response.text
+
+    @pytest.mark.postgres
+    async def test_after_a_write_a_read_only_postgresql_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, on_postgres: bool
+    ) -> None:
+        """A real refusal (SQLSTATE 25006), as a hot standby answers after a failover."""
+        if not on_postgres:
+            pytest.skip("needs PostgreSQL: the refusal is PostgreSQL's read-only transaction")
+
+        async def write_refused() -> None:
+            async with app.state.database.engine.connect() as connection:
+                await connection.execute(text("SET TRANSACTION READ ONLY"))
+                await connection.execute(text("CREATE TEMPORARY TABLE refused (x integer)"))
+
+        app.add_api_route("/test/read-only-write", write_refused, methods=["POST"])
+        refused = await client.post("/test/read-only-write")
+        assert refused.status_code == 503, refused.text
+        response = await client.get("/readyz")
+        assert response.status_code == 503, response.text
+        assert response.json()["detail"].startswith("The database cannot be written just now")
 
 
 class TestLiveServer:

@@ -691,7 +691,7 @@ class TestUpdateMode:
         licences = [{"national_id": i, "licence_status": "valid"} for i in ids]
         await _import(store, _write_csv(tmp_path / "l1.csv", columns, licences), "dvla", "update")
         erased = citizens[1]
-        find = importing.registered_national_ids
+        find = registered_national_ids
 
         async def erased_once_found(*args: Any) -> dict[str, str]:
             found = await find(*args)

@@ -42,8 +42,8 @@ async def readyz(request: Request, database: DatabaseDep) -> dict[str, str]:
     one, which a newer release made: ``schema.newer_schema``), a SQLite file is still the
     one the process opened (``SqliteReads.replaced``), its writes are not failing for
     storage reasons (``errors.FailingWrites``: a full disk, a read-only file or server, a
-    PostgreSQL server out of memory), and (with a
-    witness grace period set) the audit log has been witnessed recently enough."""
+    PostgreSQL server out of memory), and (with a witness grace period set) the audit log
+    has been witnessed recently enough."""
     expected: set[str] = request.app.state.schema_heads
     try:
         async with database.engine.connect() as connection:

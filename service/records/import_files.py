@@ -112,7 +112,8 @@ def check_line_lengths(path: Path, file_format: ImportFormat) -> str:
             if first_end < 0:
                 length += len(text)
             else:
-                # Every line ending inside the chunk is shorter than the chunk.
+                # A line begun and ended inside the chunk is shorter than a chunk, so than
+                # the limit: only the line running on from the chunk before is counted.
                 line += text.count("\n")
                 length = len(text) - text.rfind("\n") - 1
             if not chunk:

@@ -390,8 +390,8 @@ class _Importer:
         self, conn: AsyncConnection, citizen_ids: list[str]
     ) -> tuple[dict[str, dict[str, values.JsonValue]], set[str]]:
         """The current values of the file's fields of registered citizens, decrypted to
-        compare with the rows; and those of the citizens erased since the batch found them
-        (a value's data key destroyed: PostgreSQL, where an erasure can commit meanwhile)."""
+        compare with the rows; and the ids of those erased since the batch found them (a
+        value's data key destroyed: on PostgreSQL an erasure can commit meanwhile)."""
         if not citizen_ids:
             return {}, set()
         rows = await repository.current_values(conn, citizen_ids, self.plan.fields)

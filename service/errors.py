@@ -47,6 +47,19 @@ PROBLEM_BASE = "https://tellonce.example/problems/"
 Loc = tuple[str | int, ...]
 
 
+# The shape of a name a problem may repeat back: the service's own names of parameters,
+# body members and parts all have it. A key or parameter name from the request that has
+# another shape may be a value sent where a name belongs (a national id used as a JSON key),
+# so it is said generically instead, in the problem and so in the logs.
+SAYABLE_NAME = re.compile(r"[a-z_]{1,64}")
+
+
+def sayable_name(name: object) -> str | None:
+    """``name`` if a problem may repeat it back (``SAYABLE_NAME``); None if it must be said
+    generically ("an unknown field"), being perhaps personal data."""
+    return name if isinstance(name, str) and SAYABLE_NAME.fullmatch(name) else None
+
+
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_JSON
 
@@ -528,13 +541,17 @@ def problem_response(error: ServiceError) -> ProblemResponse:
     return ProblemResponse(error.problem(), status_code=error.status, headers=error.headers)
 
 
-def _loc(parts: Sequence[Any], refused_keys: set[tuple[Any, ...]]) -> list[str | int]:
+def _loc(parts: Sequence[Any], refused_keys: set[tuple[Any, ...]], *, extra: bool = False) -> list[str | int]:
     """An error's location, with ``"[key]"`` in place of a key the caller chose that its
     pattern refused (``refused_keys``: their locations).
 
     pydantic locates such a key as ``[..., key, "[key]"]``, and an error in the value under
     it as ``[..., key, ...]``: a national id sent where a field name belongs would be
-    repeated in both."""
+    repeated in both. A member the model does not declare (``extra``: the location ends in
+    its name) is named only if it is ``sayable_name``, and otherwise located by the object
+    that holds it."""
+    if extra and parts and sayable_name(parts[-1]) is None:
+        parts = parts[:-1]
     kept: list[str | int] = []
     for n, part in enumerate(parts):
         if tuple(parts[: n + 1]) not in refused_keys:
@@ -569,9 +586,16 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
             UnsupportedMediaType("Send the body as JSON, with 'Content-Type: application/json'.")
         )
     # Never echo the submitted input back: it may be personal data. Neither the value
-    # (``input``) nor a key that fails its pattern (``_loc``).
+    # (``input``), a key that fails its pattern, nor an undeclared key of no name's shape
+    # (``_loc``).
     refused_keys = {tuple(e["loc"][:-1]) for e in raw if e.get("loc", ())[-1:] == ("[key]",)}
-    errors = [{"loc": _loc(e.get("loc", ()), refused_keys), "msg": str(e.get("msg", ""))} for e in raw]
+    errors = [
+        {
+            "loc": _loc(e.get("loc", ()), refused_keys, extra=e.get("type") == "extra_forbidden"),
+            "msg": str(e.get("msg", "")),
+        }
+        for e in raw
+    ]
     return problem_response(ValidationFailed("The request is not valid.", errors=errors))
 
 
@@ -947,14 +971,17 @@ class RepeatedQueryMiddleware:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
             repeated = repeated_query_name(scope["query_string"])
             if repeated is not None:
-                # The name, not a value; one that is no plain name is not echoed at all.
-                loc = ["query", repeated] if repeated.isidentifier() and len(repeated) <= 64 else ["query"]
-                error = ValidationFailed(
-                    "The request is not valid.", errors=[{"loc": loc, "msg": "given more than once"}]
-                )
-                await problem_response(error)(scope, receive, send)
+                await problem_response(_given_twice("query", repeated))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _given_twice(source: str, name: str) -> ValidationFailed:
+    """The 422 for a query parameter or JSON key ``name`` given twice: located by the name
+    only if it is ``sayable_name``, and never by a value."""
+    said = sayable_name(name)
+    loc: list[str | int] = [source] if said is None else [source, said]
+    return ValidationFailed("The request is not valid.", errors=[{"loc": loc, "msg": "given more than once"}])
 
 
 class JsonBodyMiddleware:
@@ -1006,11 +1033,7 @@ class JsonBodyMiddleware:
             return
         key = repeated_json_key(bytes(body))
         if key is not None:
-            loc: list[str | int] = ["body", key] if key.isidentifier() and len(key) <= 64 else ["body"]
-            error = ValidationFailed(
-                "The request is not valid.", errors=[{"loc": loc, "msg": "given more than once"}]
-            )
-            await problem_response(error)(scope, receive, send)
+            await problem_response(_given_twice("body", key))(scope, receive, send)
             return
         replay = iter(messages)
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import APIRouter, FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text as sql_text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
@@ -22,7 +22,7 @@ from starlette.types import Message
 from service.app import create_app
 from service.config import Settings
 from service.db import SessionDep
-from service.errors import BodyLimitMiddleware, Conflict, FailureLog, Gone, PreconditionFailed
+from service.errors import BodyLimitMiddleware, Conflict, FailureLog, Gone, PreconditionFailed, sayable_name
 from tests.fixtures.auth import act_as
 from tests.fixtures.databases import is_postgres
 from tests.fixtures.server import LiveServer, free_port
@@ -73,6 +73,19 @@ class Text(BaseModel):
     text: str
 
 
+class Strict(BaseModel):
+    """A body that refuses members it does not declare, as every API body does."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    nested: Strict | None = None
+
+
+@probe.post("/_probe/strict")
+async def strict(body: Strict) -> dict[str, Any]:
+    return body.model_dump()
+
+
 @probe.post("/_probe/keep")
 async def keep(body: Text, session: SessionDep) -> dict[str, Any]:
     """Hands the text to the database as a query argument, as any write does."""
@@ -115,6 +128,41 @@ class TestProblemDetails:
     async def test_validation_error_never_echoes_input(self, probe_client: httpx.AsyncClient) -> None:
         response = await probe_client.post("/_probe/shape", json={"name": "AB123456C", "count": "AB123456C"})
         assert "AB123456C" not in response.text
+
+    async def test_an_unknown_body_member_is_named_if_it_has_a_names_shape(
+        self, probe_client: httpx.AsyncClient
+    ) -> None:
+        response = await probe_client.post("/_probe/strict", json={"name": "a", "nickname": "b"})
+        body = assert_problem(response, 422)
+        assert [e["loc"] for e in body["errors"]] == [["body", "nickname"]]
+
+    @pytest.mark.parametrize(
+        ("sent", "loc"),
+        [
+            ({"name": "a", "AB123456C": "b"}, ["body"]),
+            ({"name": "a", "ab123456c": "b"}, ["body"]),
+            (
+                {"name": "a", "nested": {"name": "b", "nested": {"name": "c", "AB123456C": 2}}},
+                ["body", "nested", "nested"],
+            ),
+            ({"name": "a", "nested": {"name": "b", "Given Name": 2}}, ["body", "nested"]),
+        ],
+    )
+    async def test_an_unknown_body_member_that_may_be_personal_data_is_not_echoed(
+        self,
+        probe_client: httpx.AsyncClient,
+        caplog: pytest.LogCaptureFixture,
+        sent: dict[str, Any],
+        loc: list[str],
+    ) -> None:
+        """A national id sent as a key is said generically, in the problem and the logs."""
+        with caplog.at_level(logging.DEBUG):
+            response = await probe_client.post("/_probe/strict", json=sent)
+        body = assert_problem(response, 422)
+        assert [e["loc"] for e in body["errors"]] == [loc]
+        assert "123456" not in response.text
+        assert "Given Name" not in response.text
+        assert "123456" not in caplog.text
 
     async def test_malformed_json_is_400(self, probe_client: httpx.AsyncClient) -> None:
         response = await probe_client.post(
@@ -200,11 +248,32 @@ class TestProblemDetails:
         assert body["errors"] == [{"loc": ["query", name], "msg": "given more than once"}]
 
     @pytest.mark.parametrize(
+        ("path", "loc"),
+        [
+            # A name that may be personal data (a national id) is not echoed.
+            ("/v1/audit/entries?AB123456C=1&AB123456C=2", ["query"]),
+            ("/v1/audit/entries?ab123456c=1&ab123456c=2", ["query"]),
+            ("/v1/catalog?Limit=&Limit=", ["query"]),
+        ],
+    )
+    async def test_a_query_name_given_twice_is_echoed_only_if_it_has_a_names_shape(
+        self, probe_client: httpx.AsyncClient, path: str, loc: list[str]
+    ) -> None:
+        response = await probe_client.get(path)
+        body = assert_problem(response, 422)
+        assert body["errors"] == [{"loc": loc, "msg": "given more than once"}]
+        assert "123456" not in response.text
+        assert "Limit" not in response.text
+
+    @pytest.mark.parametrize(
         ("body", "loc"),
         [
             (b'{"national_id": "a", "purpose": "p", "national_id": "b"}', ["body", "national_id"]),
             (b'{"outer": {"x": 1, "x" : 2}}', ["body", "x"]),
             (b'{"\\u0000": 1, "\\u0000": 2}', ["body"]),  # a key that is no plain name is not echoed
+            # Nor one that may be personal data: a national id used as a key.
+            (b'{"AB123456C": "a", "AB123456C": "b"}', ["body"]),
+            (b'{"ab123456c": "a", "ab123456c": "b"}', ["body"]),
         ],
     )
     async def test_a_json_key_named_twice_is_422(
@@ -369,6 +438,18 @@ class TestProblemDetails:
             "/_probe/shape", content=big, headers={"content-type": "application/json"}
         )
         assert_problem(response, 413)
+
+
+class TestSayableName:
+    @pytest.mark.parametrize("name", ["purpose", "national_id", "_", "a" * 64])
+    def test_a_name_of_lower_case_letters_and_underscores_is_sayable(self, name: str) -> None:
+        assert sayable_name(name) == name
+
+    @pytest.mark.parametrize(
+        "name", ["", "AB123456C", "ab123456c", "Purpose", "data-owner", "a b", "\u00e9", "a" * 65, "x\n", 7]
+    )
+    def test_anything_else_is_not(self, name: object) -> None:
+        assert sayable_name(name) is None
 
 
 class TestTextTheStoreCannotKeep:

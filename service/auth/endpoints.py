@@ -4,7 +4,6 @@ registration and disabling of its department's clients)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -29,12 +28,12 @@ from service.auth.server import (
     candidate_client_id,
 )
 from service.db import SessionDep
+from service.errors import sayable_name
 
 router = APIRouter(tags=["auth"])
 AuthDep = Annotated[AuthRuntime, Depends(get_auth)]
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NEVER_CACHED = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 
 
@@ -88,9 +87,11 @@ async def token(request: Request, session: SessionDep, auth: AuthDep) -> JSONRes
     form: dict[str, str] = {}
     for name, value in submitted.multi_items():
         if isinstance(value, UploadFile) or name in form:
-            # RFC 6749 3.2: parameters must not be repeated. The name is said only if it is
-            # plain: an error_description holds printable ASCII without '"' or '\' (5.2).
-            named = f"Parameter {name}" if _PLAIN_NAME.fullmatch(name) else "A parameter"
+            # RFC 6749 3.2: parameters must not be repeated. The name is said only if it has
+            # a name's shape: it may be a value (personal data), and an error_description
+            # holds printable ASCII without '"' or '\' (5.2), which such a name is.
+            said = sayable_name(name)
+            named = "A parameter" if said is None else f"Parameter {said}"
             return _oauth_error("invalid_request", f"{named} is repeated or not text.")
         form[name] = value
     # RFC 6749 3.2: a parameter sent without a value is treated as if it were omitted.

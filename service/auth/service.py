@@ -29,7 +29,7 @@ from service.auth.server import SeenAssertion, plausible_client_id
 from service.auth.tokens import LEEWAY_SECONDS as REPLICA_CLOCK_SKEW_SECONDS
 from service.catalog import repository as catalog_repository
 from service.db import DriverReads, utcnow
-from service.errors import Forbidden
+from service.errors import Forbidden, sayable_name
 from service.policy import epoch as policy_epoch
 
 # A client's own rate limit: at most this many requests per second, and this burst.
@@ -77,8 +77,14 @@ async def _validate(session: AsyncSession, department: str, roles: list[str]) ->
         raise InvalidClientRegistration("A client needs at least one role.")
     unknown = sorted(set(roles) - ROLES)
     if unknown:
+        # Named only if of a name's shape: anything else may be a value sent by mistake.
+        shown = [role for role in unknown if sayable_name(role) is not None]
+        hidden = len(unknown) - len(shown)
+        said = [", ".join(shown)] if shown else []
+        if hidden:
+            said.append(f"{hidden} not shown")
         raise InvalidClientRegistration(
-            f"Unknown role(s): {', '.join(unknown)}. Roles are: {', '.join(sorted(ROLES))}."
+            f"Unknown role(s): {' and '.join(said)}. Roles are: {', '.join(sorted(ROLES))}."
         )
     latest = await catalog_repository.latest(session)
     if latest is not None:

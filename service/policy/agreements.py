@@ -58,6 +58,7 @@ from service.policy.simulate import (
     simulate,
 )
 from service.policy.terms import format_duration
+from service.sourcefile import PathKey
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,16 @@ def _grants_only_own(owner: str, foreign: list[str]) -> str:
     return f"{owner} may grant only its own fields; this covers fields of {', '.join(foreign)}"
 
 
+def _dotted(loc: PathKey) -> str:
+    """A problem's location in the body, as ``upsert.0.id``; the body's own, as the agreement."""
+    return ".".join(str(part) for part in loc) or "the agreement"
+
+
 def _refuse_problems(problems: list[Problem]) -> None:
     """422 listing every problem, in ``errors`` and in the detail (which is what the console's
     page shows, where a problem is found only as the agreement is saved)."""
     if problems:
-        listed = "; ".join(f"{'.'.join(str(part) for part in loc)}: {message}" for loc, message in problems)
+        listed = "; ".join(f"{_dotted(loc)}: {message}" for loc, message in problems)
         raise ValidationFailed(
             f"The agreement has problems: {listed}.",
             errors=[{"loc": ["body", *loc], "msg": message} for loc, message in problems],

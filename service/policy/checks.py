@@ -23,6 +23,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic_core import ErrorDetails
 
 from service.catalog.schemas import Catalog, Identifier
+from service.errors import sayable_name
 from service.policy.engine import Action
 from service.policy.rules import NUL_REFUSED, Items, Problem, check_agreement, has_nul
 from service.policy.schemas import AgreementIn, AgreementSpec
@@ -107,6 +108,22 @@ class ReadAgreement:
     items: Mapping[str, Items] = field(default_factory=dict)
 
 
+def _no_part_called(part: str) -> str:
+    """A part the body names that the schema has none of: named only if ``sayable_name``
+    (a national id sent as a key is personal data, not a misspelt part)."""
+    said = sayable_name(part)
+    return "no such part" if said is None else f"no part called {said!r}"
+
+
+def _where(error: ErrorDetails) -> tuple[str | int, ...]:
+    """A schema refusal's location; a part the schema has none of is located by its name
+    only if ``sayable_name`` (``_no_part_called``), else by the body that holds it."""
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden" and loc and sayable_name(loc[-1]) is None:
+        return loc[:-1]
+    return loc
+
+
 def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str:
     """A schema refusal in words: what is wrong with which part of the agreement
     (``parts``: the parts it may have)."""
@@ -119,7 +136,7 @@ def shape_message(error: ErrorDetails, parts: Mapping[str, str] = LABELS) -> str
     if kind == "missing":
         return _NEEDS.get(part, f"{label} is missing")
     if kind == "extra_forbidden":
-        return f"an agreement has no part called {part!r}; its parts are {', '.join(parts)}"
+        return f"an agreement has {_no_part_called(part)}; its parts are {', '.join(parts)}"
     if kind == "string_pattern_mismatch" and part in _PATTERNS:
         return _PATTERNS[part].format(input=value)
     if kind == "too_short" and part in _NEEDS:
@@ -266,7 +283,7 @@ def check_body(
     """
     read = read_body(body, with_reason=with_reason)
     parts = LABELS if with_reason else {k: v for k, v in LABELS.items() if k != "reason"}
-    problems = [(tuple(error["loc"]), shape_message(error, parts)) for error in read.schema_errors]
+    problems = [(_where(error), shape_message(error, parts)) for error in read.schema_errors]
     problems += rule_problems(read, owner, catalog, agreement_id=agreement_id, signed=signed)
     if problems:
         problems.sort(key=lambda problem: _ORDER.get(str(problem[0][0]) if problem[0] else "", len(_ORDER)))
@@ -305,7 +322,7 @@ def _simulation_message(error: ErrorDetails) -> str:
     part = str(loc[0]) if loc else ""
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"a simulation has no part called {part!r}; its parts are {_SIMULATION_PARTS}"
+        return f"a simulation has {_no_part_called(part)}; its parts are {_SIMULATION_PARTS}"
     if kind == "too_long":
         what = "draft agreements" if part == "upsert" else "agreement ids"
         return f"{part} lists too many {what} (at most {(error.get('ctx') or {}).get('max_length')})"
@@ -341,7 +358,7 @@ def read_simulation(body: Mapping[str, Any]) -> CheckedSimulation:
         checked = _Simulation.model_validate(body)
         remove, since = list(checked.remove), checked.since
     except ValidationError as exc:
-        problems += [(tuple(error["loc"]), _simulation_message(error)) for error in exc.errors()]
+        problems += [(_where(error), _simulation_message(error)) for error in exc.errors()]
         remove, since = [], None
     if not isinstance(upsert, list) or len(upsert) > MAX_DRAFTS:
         upsert = []  # refused above, as a whole

@@ -201,6 +201,16 @@ class TestRegister:
         response = await client.post("/v1/clients", json={"roles": ["reader"]}, headers=bearer(token))
         assert "Unknown role(s): reader" in assert_problem(response, 422)
 
+    async def test_an_unknown_role_that_may_be_personal_data_is_not_named(
+        self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        token = await token_for(app, session, "welfare", "admin")
+        roles = ["reader", "AB123456C", "ab123456c"]
+        response = await client.post("/v1/clients", json={"roles": roles}, headers=bearer(token))
+        detail = assert_problem(response, 422)
+        assert "Unknown role(s): reader and 2 not shown." in detail
+        assert "123456" not in response.text
+
     async def test_without_the_admin_role_is_403(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:

@@ -381,6 +381,9 @@ class TestClientSecret:
             ("a'b", "A parameter is repeated or not text."),
             ('a"b\\', "A parameter is repeated or not text."),
             ("\u00e9", "A parameter is repeated or not text."),
+            # A name that may be personal data (a national id) is not repeated back.
+            ("AB123456C", "A parameter is repeated or not text."),
+            ("ab123456c", "A parameter is repeated or not text."),
         ],
     )
     async def test_a_repeated_parameter_is_named_only_if_plain(

@@ -952,6 +952,31 @@ class TestSimulate:
             (["body", "upsert", 3, "legal_basis"], "a permit needs a legal basis"),
         ]
 
+    async def test_a_part_that_may_be_personal_data_is_not_named(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        """A national id sent as a key is said generically, in the envelope and in a draft,
+        and in an agreement created or replaced as in one simulated."""
+        act_as(app, "dvla", "data-owner")
+        body = {"upsert": [NEW_AGREEMENT | {"AB123456C": "x"}], "ab123456c": "y"}
+        response = await client.post("/v1/policies/simulate", json=body)
+        problem = assert_problem(response, 422, "validation-failed")
+        assert [(e["loc"], e["msg"]) for e in problem["errors"]] == [
+            (["body"], "a simulation has no such part; its parts are upsert, remove and since"),
+            (
+                ["body", "upsert", 0],
+                "an agreement has no such part; its parts are id, consumer, fields, actions, "
+                "purposes, legal_basis, valid_from, valid_until, when, require_case_ref, disclosure, "
+                "max_delay, effect, basis, signature, verify",
+            ),
+        ]
+        created = await client.post("/v1/policies", json=NEW_AGREEMENT | {"reason": "new", "AB123456C": "x"})
+        problem = assert_problem(created, 422, "validation-failed")
+        assert [e["loc"] for e in problem["errors"]] == [["body"]]
+        assert problem["errors"][0]["msg"].startswith("an agreement has no such part; ")
+        for refused in (response, created):
+            assert "123456" not in refused.text
+
     async def test_a_draft_whose_condition_could_hold_the_server_is_422(
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:

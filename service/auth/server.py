@@ -350,9 +350,10 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     are not base64 of form-encoded UTF-8 (``basic_credentials``), a header with a space but
     nothing after the scheme (authlib's own Basic parsing, replaced here, raised a
     ValueError on it), an assertion nested too deep for ``json`` (a RecursionError
-    there too), a ``client_id`` other than the assertion's subject (authlib ignores it;
-    RFC 7521 4.2 says it MUST name the same client), and several client authentication
-    methods in one request (RFC 6749 2.3 allows exactly one). An id that is not printable
+    there too), a form ``client_id`` other than the Basic credentials' id or the
+    assertion's subject (authlib ignores it and authenticates the other; RFC 6749 2.3 and
+    RFC 7521 4.2 say it MUST name the same client: ``invalid_request``), and several client
+    authentication methods in one request (RFC 6749 2.3 allows exactly one). An id that is not printable
     ASCII, or an assertion whose payload is not UTF-8 JSON, claims no client: ``None``, as
     if none were given.
     """
@@ -366,7 +367,14 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     if " " in authorization and len(authorization.split(None, 1)) < 2:
         raise MalformedClientAuthentication("invalid_client", "The Authorization header has no credentials.")
     if scheme.lower() == "basic":
-        return _claimed(basic_credentials(credentials)[0])
+        client_id = basic_credentials(credentials)[0]
+        if "client_id" in form and form["client_id"] != client_id:
+            # RFC 6749 2.3: one client authenticates, by one method; a client_id naming
+            # another would otherwise be ignored, and the Basic client's token issued.
+            raise MalformedClientAuthentication(
+                "invalid_request", "The client_id is not the client the Basic credentials name."
+            )
+        return _claimed(client_id)
     if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
         try:
             # Strictly UTF-8 (RFC 7519 7.2): json.loads of bytes would also take UTF-16 or
@@ -383,8 +391,11 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
             ) from None
         subject = payload.get("sub") if isinstance(payload, dict) else None
         if "client_id" in form and form["client_id"] != subject:
-            # RFC 7521 4.2: a client_id sent along MUST name the assertion's client.
-            raise MalformedClientAuthentication("invalid_client", "client_id is not the assertion's subject.")
+            # RFC 7521 4.2: a client_id sent along MUST name the assertion's client. A
+            # request that names two clients is malformed (RFC 6749 5.2), whichever holds.
+            raise MalformedClientAuthentication(
+                "invalid_request", "The client_id is not the client the client assertion names."
+            )
         return _claimed(subject) if isinstance(subject, str) else None
     return _claimed(form.get("client_id") or "")
 

@@ -346,6 +346,29 @@ class TestClientSecret:
         body = assert_oauth_error(response, 400, "invalid_request")
         assert body["error_description"] == "Use exactly one client authentication method."
 
+    async def test_a_client_id_other_than_the_basic_credentials_is_invalid_request(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        """RFC 6749 2.3: one client, by one method. A form client_id naming another client
+        than the Basic credentials is refused, not answered with the Basic client's token."""
+        created = await register(session, "dvla", "consumer")
+        other = await register(session, "welfare", "consumer")
+        assert created.client_secret is not None
+        credentials = basic(created.client_id, created.client_secret)
+        for named in (other.client_id, "tc_nobody"):
+            form = {"grant_type": "client_credentials", "client_id": named}
+            response = await client.post("/oauth/token", data=form, headers=credentials)
+            body = assert_oauth_error(response, 400, "invalid_request")
+            assert body["error_description"] == "The client_id is not the client the Basic credentials name."
+            assert "access_token" not in body
+        # The same id beside them is fine.
+        same = await client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "client_id": created.client_id},
+            headers=credentials,
+        )
+        assert same.status_code == 200, same.text
+
     async def test_an_empty_parameter_is_as_if_omitted(
         self, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:
@@ -445,11 +468,13 @@ class TestPrivateKeyJwt:
     async def test_client_id_other_than_the_assertions_subject_is_refused(
         self, app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
     ) -> None:
-        # RFC 7521 4.2: a client_id sent with an assertion MUST name the assertion's client.
+        # RFC 7521 4.2: a client_id sent with an assertion MUST name the assertion's client;
+        # one that does not is a malformed request (RFC 6749 5.2), not a failed authentication.
         client_id, key = await self.register_key_client(session)
         other = await register(session, "welfare", "consumer")
         form = {**self.assertion(app, client_id, key), "client_id": other.client_id}
-        assert_oauth_error(await client.post("/oauth/token", data=form), 401, "invalid_client")
+        body = assert_oauth_error(await client.post("/oauth/token", data=form), 400, "invalid_request")
+        assert body["error_description"] == "The client_id is not the client the client assertion names."
         # The same id, or none, is fine.
         same = {**self.assertion(app, client_id, key), "client_id": client_id}
         assert (await client.post("/oauth/token", data=same)).status_code == 200

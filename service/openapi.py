@@ -10,7 +10,8 @@ what the service really does:
   400, 401, 403, 429 and 503; one with input can answer 422; one with a body 400, 413 and
   415) plus the table below for what a route's own rules add. ``tests/test_openapi.py``
   compares them with what every route really answered in the test run;
-- the form body of ``POST /oauth/token`` and its RFC 6749 error shape;
+- the form body of ``POST /oauth/token``, its token response, its RFC 6749 errors and the
+  headers of each (never cached; the 401's challenge);
 - an example for every request body and success response, and the media types of those
   that are not JSON (``service/openapi_examples.py``).
 """
@@ -213,6 +214,46 @@ OAUTH_ERROR_SCHEMA: dict[str, Any] = {
     "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
 }
 
+TOKEN_RESPONSE_SCHEMA: dict[str, Any] = {
+    "title": "TokenResponse",
+    "description": "RFC 6749 section 5.1 access token response.",
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": {"type": "string", "description": "A signed JWT (RFC 9068), sent as a bearer token."},
+        "token_type": {"type": "string", "const": "Bearer"},
+        "expires_in": {"type": "integer", "minimum": 1, "description": "Seconds the token is good for."},
+        "scope": {
+            "type": "string",
+            "description": "The scopes granted, space-separated: those asked for, or all of the roles'.",
+        },
+    },
+    "additionalProperties": False,
+}
+
+# RFC 6749 5.1 and 5.2: nothing the token endpoint answers may be cached
+# (``auth.endpoints.never_cached`` sets both headers on every answer, whatever its status).
+NEVER_CACHED_HEADERS: dict[str, dict[str, Any]] = {
+    "Cache-Control": {"required": True, "schema": {"type": "string", "const": "no-store"}},
+    "Pragma": {"required": True, "schema": {"type": "string", "const": "no-cache"}},
+}
+# The challenge of a refused client authentication (``auth.server``'s ``handle_response``).
+CLIENT_CHALLENGE: dict[str, Any] = {
+    "description": "The client authentication to use (RFC 6749 5.2).",
+    "required": True,
+    "schema": {"type": "string", "const": 'Basic realm="tellonce"'},
+}
+# Each RFC 6749 error as a request really gets it: the 400 of a form without grant_type,
+# the 401 of a wrong secret, the 413 of a body over the default 1 MiB limit.
+TOKEN_ERROR_EXAMPLES: dict[int, dict[str, str]] = {
+    400: {"error": "invalid_request", "error_description": "The grant_type parameter is required."},
+    401: {"error": "invalid_client", "error_description": "Client authentication failed."},
+    413: {
+        "error": "invalid_request",
+        "error_description": "The request body exceeds the limit of 1048576 bytes.",
+    },
+}
+
 TOKEN_REQUEST_SCHEMA: dict[str, Any] = {
     "title": "TokenRequest",
     "type": "object",
@@ -324,23 +365,33 @@ def _token_operation(operation: dict[str, Any]) -> None:
             }
         },
     }
-    operation["responses"]["200"] = {
-        "description": "An access token (a signed JWT, RFC 9068).",
-        "content": {"application/json": {"example": RESPONSE_EXAMPLES[("POST", TOKEN_PATH)]}},
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "An access token (a signed JWT, RFC 9068).",
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/TokenResponse"},
+                    "example": RESPONSE_EXAMPLES[("POST", TOKEN_PATH)],
+                }
+            },
+        }
     }
     for status in sorted(TOKEN_STATUSES):
-        error = {400: "invalid_request", 401: "invalid_client", 413: "invalid_request"}[status]
-        operation["responses"][str(status)] = {
+        responses[str(status)] = {
             "description": "RFC 6749 error",
             "content": {
                 "application/json": {
                     "schema": {"$ref": "#/components/schemas/OAuthError"},
-                    "example": {"error": error, "error_description": "Client authentication failed."},
+                    "example": TOKEN_ERROR_EXAMPLES[status],
                 }
             },
         }
+    responses["401"]["headers"] = {"WWW-Authenticate": CLIENT_CHALLENGE}
     for status in sorted(TOKEN_PROBLEM_STATUSES):
-        operation["responses"][str(status)] = _problem_response(status)
+        responses[str(status)] = _problem_response(status)
+    for response in responses.values():
+        response["headers"] = {**response.get("headers", {}), **NEVER_CACHED_HEADERS}
+    operation["responses"] = responses
     # Clients authenticate with their credentials here, not with a bearer token.
     operation["security"] = [{"clientBasic": []}, {}]
 
@@ -373,6 +424,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     schemas["ProblemError"] = PROBLEM_ERROR_SCHEMA
     schemas["OAuthError"] = OAUTH_ERROR_SCHEMA
     schemas["TokenRequest"] = TOKEN_REQUEST_SCHEMA
+    schemas["TokenResponse"] = TOKEN_RESPONSE_SCHEMA
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     all_scopes = sorted(set().union(*ROLE_SCOPES.values()))

@@ -250,7 +250,17 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
         ],
     },
     ("POST", "/oauth/token"): {
-        "access_token": "eyJhbGciOiJFUzI1NiIsImtpZCI6IjIwMjYxMjAxVDA5MTUwMloifQ.eyJzdWIiOiJkd3AifQ.c2ln",
+        # A real token, for client tc_Q2x9V4mB7kR1sT8wY3nH5pLc of dwp, issued 2026-12-01 09:20 UTC
+        # by the key the JWKS example publishes (whose private half was thrown away).
+        "access_token": (
+            "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJFUzI1NiIsImtpZCI6IjIwMjYxMjAxVDA5MTUwMlotMWEyYjNjNGQifQ"
+            ".eyJpc3MiOiJodHRwczovL3RlbGxvbmNlLmV4YW1wbGUuZ292LnVrIiwiYXVkIjoidGVsbG9uY2UiLCJzdWIiOiJ0"
+            "Y19RMng5VjRtQjdrUjFzVDh3WTNuSDVwTGMiLCJjbGllbnRfaWQiOiJ0Y19RMng5VjRtQjdrUjFzVDh3WTNuSDVw"
+            "TGMiLCJkZXBhcnRtZW50IjoiZHdwIiwicm9sZXMiOlsiY29uc3VtZXIiXSwic2NvcGUiOiJjaXRpemVuczpsb29r"
+            "dXAgY2l0aXplbnM6cmVhZCIsImp0aSI6IkNaZDg3cS00RUdJZUVSM0VFMjBsZGciLCJpYXQiOjE3OTYxMTY4MDAs"
+            "ImV4cCI6MTc5NjExNzEwMH0"
+            ".iduObn7lqU9nL-VsXDSqWtcbK_LwT2I7VdBV8X6wE-lU9p-qBwfgzLfCsm2b2X4DRPtx-7LezaPsmJRJo4k7wQ"
+        ),
         "token_type": "Bearer",
         "expires_in": 300,
         "scope": "citizens:lookup citizens:read",
@@ -260,8 +270,8 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
             {
                 "kty": "EC",
                 "crv": "P-256",
-                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                "x": "WtOaMtQ8Xsr0kzb8OCcIeH-yrpdkiQ64omDZT1687zQ",
+                "y": "w5pS_J9CwVGMv4ZC_iXJqn4dsr1rjDn14DG-kpeV-qE",
                 "kid": "20261201T091502Z-1a2b3c4d",
                 "alg": "ES256",
                 "use": "sig",
@@ -273,8 +283,8 @@ RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
             {
                 "kty": "EC",
                 "crv": "P-256",
-                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                "x": "WtOaMtQ8Xsr0kzb8OCcIeH-yrpdkiQ64omDZT1687zQ",
+                "y": "w5pS_J9CwVGMv4ZC_iXJqn4dsr1rjDn14DG-kpeV-qE",
                 "kid": "20261201T091502Z-1a2b3c4d",
                 "alg": "ES256",
                 "use": "sig",

@@ -9,11 +9,13 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 from fastapi import FastAPI
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.search import TIME_QUERY_SCHEMA, parse_time
 from service.audit.tiles import TILE_PATH_PATTERN
@@ -24,6 +26,7 @@ from service.openapi import api_routes, declared_statuses
 from service.records.validation import validated_values
 from tests.conftest import REPO_ROOT
 from tests.fixtures.statuses import answered
+from tests.fixtures.tokens import register
 
 
 @pytest.fixture
@@ -224,6 +227,8 @@ class TestDocument:
             "GET /v1/policies/{agreement_id} 200": ["ETag"],
             "PUT /v1/policies/{agreement_id} 200": ["ETag"],
             "DELETE /v1/policies/{agreement_id} 200": ["ETag"],
+            # RFC 6749 5.1: a token response is never cached (``TestTokenEndpointDocument``).
+            "POST /oauth/token 200": ["Cache-Control", "Pragma"],
         }
         etag = document["paths"]["/v1/citizens/{citizen_id}"]["get"]["responses"]["200"]["headers"]["ETag"]
         assert etag["required"] is True
@@ -258,6 +263,109 @@ class TestDocument:
         assert set(validated_values(catalog, submitted, ("body",))) == set(submitted)
         response = operation["responses"]["201"]["content"]["application/json"]["example"]
         assert set(response["fields"]) == set(example["fields"])
+
+
+TOKEN = ("/oauth/token", "post")
+
+
+def token_responses(document: dict[str, Any]) -> dict[str, Any]:
+    responses: dict[str, Any] = document["paths"][TOKEN[0]][TOKEN[1]]["responses"]
+    return responses
+
+
+def assert_as_documented(document: dict[str, Any], response: httpx.Response) -> dict[str, Any]:
+    """``response`` from the token endpoint has the media type, body and headers its status
+    declares; its declared example."""
+    declared = token_responses(document)[str(response.status_code)]
+    ((media, content),) = declared["content"].items()
+    assert response.headers["content-type"] == media
+    assert validate(document, content["schema"], response.json()) == []
+    for name, header in declared["headers"].items():
+        assert header["required"] is True
+        assert validate(document, header["schema"], response.headers[name]) == [], name
+    example: dict[str, Any] = content["example"]
+    return example
+
+
+class TestTokenEndpointDocument:
+    """``POST /oauth/token`` declares what it really answers (RFC 6749 5.1 and 5.2): the
+    token response, never cached, the RFC 6749 errors, and the 401's challenge."""
+
+    def test_declares_its_token_response_and_headers(self, document: dict[str, Any]) -> None:
+        responses = token_responses(document)
+        ok = responses["200"]["content"]["application/json"]
+        assert ok["schema"] == {"$ref": "#/components/schemas/TokenResponse"}
+        schema = document["components"]["schemas"]["TokenResponse"]
+        assert sorted(schema["required"]) == ["access_token", "expires_in", "scope", "token_type"]
+        assert schema["additionalProperties"] is False
+        for status, response in responses.items():
+            headers = response["headers"]
+            assert headers["Cache-Control"]["schema"] == {"type": "string", "const": "no-store"}, status
+            assert headers["Pragma"]["schema"] == {"type": "string", "const": "no-cache"}, status
+        challenge = responses["401"]["headers"]["WWW-Authenticate"]
+        assert challenge["schema"] == {"type": "string", "const": 'Basic realm="tellonce"'}
+        for status in ("400", "401", "413"):
+            assert responses[status]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/OAuthError"
+            }
+
+    def test_the_example_token_verifies_against_the_example_key_set(self, document: dict[str, Any]) -> None:
+        """A real access token, signed by the key the JWKS example publishes, for the issuer
+        the metadata example names: a developer can try their verification code on it."""
+        token = token_responses(document)["200"]["content"]["application/json"]["example"]["access_token"]
+        jwks = document["paths"]["/.well-known/jwks.json"]["get"]["responses"]["200"]
+        metadata = document["paths"]["/.well-known/oauth-authorization-server"]["get"]["responses"]["200"]
+        header = pyjwt.get_unverified_header(token)
+        assert header["typ"] == "at+jwt"
+        key = pyjwt.PyJWKSet.from_dict(jwks["content"]["application/json"]["example"])[header["kid"]]
+        claims = pyjwt.decode(
+            token,
+            key.key,
+            algorithms=["ES256"],
+            audience="tellonce",
+            issuer=metadata["content"]["application/json"]["example"]["issuer"],
+            options={"verify_exp": False, "verify_iat": False},
+        )
+        example = token_responses(document)["200"]["content"]["application/json"]["example"]
+        assert claims["scope"] == example["scope"]
+        assert claims["exp"] - claims["iat"] == example["expires_in"]
+
+
+async def test_the_token_endpoint_answers_as_documented(
+    app: FastAPI, client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    """Each declared answer is one the endpoint gave here, headers and all; each error's
+    example is the very body a request got."""
+    document = (await client.get("/openapi.json")).json()
+    created = await register(session, "dwp", "consumer")
+    assert created.client_secret is not None
+    credentials = (created.client_id, created.client_secret)
+    grant = {"grant_type": "client_credentials"}
+
+    issued = await client.post(
+        "/oauth/token", data={**grant, "scope": "citizens:read citizens:lookup"}, auth=credentials
+    )
+    assert issued.status_code == 200
+    example = assert_as_documented(document, issued)
+    assert set(issued.json()) == set(example)
+    assert issued.json()["expires_in"] == example["expires_in"] == app.state.settings.access_token_ttl_seconds
+    assert issued.json()["scope"] == example["scope"]
+
+    malformed = await client.post("/oauth/token", data={"scope": "citizens:read"}, auth=credentials)
+    assert malformed.status_code == 400
+    assert malformed.json() == assert_as_documented(document, malformed)
+
+    refused = await client.post("/oauth/token", data=grant, auth=(created.client_id, "wrong"))
+    assert refused.status_code == 401
+    assert refused.json() == assert_as_documented(document, refused)
+
+    too_large = await client.post(
+        "/oauth/token",
+        content=b"grant_type=client_credentials&scope=" + b"a" * app.state.settings.max_body_bytes,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert too_large.status_code == 413
+    assert too_large.json() == assert_as_documented(document, too_large)
 
 
 # RFC 3339 offsets, as a generator writes them: Z or +hh:mm / -hh:mm.

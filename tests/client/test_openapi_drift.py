@@ -79,9 +79,9 @@ NOT_CLIENT_CALLS = {
 }
 # FastAPI's own validation-error shapes: the client reads every error as a Problem instead.
 SERVER_ONLY_SCHEMAS = {"HTTPValidationError", "ValidationError"}
-# The token endpoint's form body and its RFC 6749 error: the client's auth module writes the
-# form and reads the error itself, so they have no model.
-SERVER_ONLY_SCHEMAS |= {"TokenRequest", "OAuthError"}
+# The token endpoint's form body, its token response and its RFC 6749 error: the client's
+# auth module writes the form and reads the answer and the error itself, so they have no model.
+SERVER_ONLY_SCHEMAS |= {"TokenRequest", "TokenResponse", "OAuthError"}
 # Read more widely than the server writes them: the client takes any RFC 9457 problem (every
 # member optional, from a proxy or gateway too), so only the property names are compared.
 WIDER_THAN_SERVER = {"Problem"}

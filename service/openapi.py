@@ -6,10 +6,11 @@ what the service really does:
 - the OAuth2 client-credentials security scheme (the Authorize button), and on each route
   the scopes it requires;
 - an ``application/problem+json`` response (RFC 9457) for every status each route can
-  return, with an example; the statuses come from rules (an authenticated route can answer
-  400, 401, 403, 429 and 503; one with input can answer 422; one with a body 400, 413 and
-  415) plus the table below for what a route's own rules add. ``tests/test_openapi.py``
-  compares them with what every route really answered in the test run;
+  return, with an example; the statuses come from rules (every route can answer 431, the
+  server's refusal of a request head too long; an authenticated one 400, 401, 403, 429 and
+  503; one with input 422; one with a body 400, 413 and 415) plus the table below for what
+  a route's own rules add. ``tests/test_openapi.py`` compares them with what every route
+  really answered in the test run;
 - the form body of ``POST /oauth/token``, its token response, its RFC 6749 errors and the
   headers of each (never cached; the 401's challenge);
 - an example for every request body and success response, and the media types of those
@@ -31,6 +32,7 @@ from service.auth.dependencies import ON_BEHALF_OF, ON_BEHALF_OF_MAX
 from service.auth.runtime import TOKEN_PATH
 from service.auth.scopes import ROLE_SCOPES
 from service.errors import PROBLEM_BASE, PROBLEM_JSON, ServiceError
+from service.malformed_http import HEAD_LIMIT
 from service.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES, RESPONSE_MEDIA
 from service.policy.schemas import AgreementIn, SimulateIn
 
@@ -135,7 +137,11 @@ RAW_BODY_MODELS: dict[tuple[str, str], type[BaseModel]] = {
 # repeated failures (429) and an unavailable database (503) are problem documents like
 # every other refusal.
 TOKEN_STATUSES = {400, 401, 413}
-TOKEN_PROBLEM_STATUSES = {429, 503}
+TOKEN_PROBLEM_STATUSES = {429, 431, 503}
+# A request head (its line and header fields) past ``malformed_http.HEAD_LIMIT`` is refused
+# by the server before any app or route sees it, whatever the path: every operation may
+# answer it (a long generated query string does), the token endpoint's with the same problem.
+HEAD_TOO_LARGE = 431
 
 _DETAILS = {
     400: "Send the access token as 'Authorization: Bearer <token>'.",
@@ -150,6 +156,11 @@ _DETAILS = {
     422: "The request is not valid.",
     428: "Send If-Match with the agreement's ETag.",
     429: "This client is over its request rate; retry later.",
+    # As the server sends it (``service.malformed_http``).
+    431: (
+        f"The request line and header fields may hold at most {HEAD_LIMIT} bytes together; "
+        "the request was not read, and nothing was done."
+    ),
     503: "The audit log is unavailable, so no data is released; retry later.",
 }
 
@@ -312,7 +323,7 @@ def declared_statuses(method: str, path: str, route: APIRoute) -> set[int]:
     """Every error status the route can answer: the general rules plus ``ROUTE_STATUSES``."""
     if path == TOKEN_PATH:
         return TOKEN_STATUSES | TOKEN_PROBLEM_STATUSES
-    statuses = set(ROUTE_STATUSES.get((method, path), set()))
+    statuses = set(ROUTE_STATUSES.get((method, path), set())) | {HEAD_TOO_LARGE}
     authenticated, _scopes = authentication(route)
     if authenticated:
         # 503: the caller's standing, the catalog and the audit of the call are all read or
@@ -389,8 +400,9 @@ def _token_operation(operation: dict[str, Any]) -> None:
     responses["401"]["headers"] = {"WWW-Authenticate": CLIENT_CHALLENGE}
     for status in sorted(TOKEN_PROBLEM_STATUSES):
         responses[str(status)] = _problem_response(status)
-    for response in responses.values():
-        response["headers"] = {**response.get("headers", {}), **NEVER_CACHED_HEADERS}
+    for status, response in responses.items():
+        if status != str(HEAD_TOO_LARGE):  # answered by the server, before the endpoint's layers
+            response["headers"] = {**response.get("headers", {}), **NEVER_CACHED_HEADERS}
     operation["responses"] = responses
     # Clients authenticate with their credentials here, not with a bearer token.
     operation["security"] = [{"clientBasic": []}, {}]

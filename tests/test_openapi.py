@@ -299,6 +299,8 @@ class TestTokenEndpointDocument:
         assert sorted(schema["required"]) == ["access_token", "expires_in", "scope", "token_type"]
         assert schema["additionalProperties"] is False
         for status, response in responses.items():
+            if status == "431":
+                continue  # the server's refusal of a head too long, before the endpoint's layers
             headers = response["headers"]
             assert headers["Cache-Control"]["schema"] == {"type": "string", "const": "no-store"}, status
             assert headers["Pragma"]["schema"] == {"type": "string", "const": "no-cache"}, status

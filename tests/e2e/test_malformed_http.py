@@ -171,6 +171,30 @@ class TestServe:
         assert_heads_are_limited(loopback(live_server.base_url), b"/healthz")
         assert httpx.get(f"{live_server.base_url}/healthz", timeout=10).status_code == 200
 
+    def test_every_operation_declares_the_431_it_may_answer(self, live_server: LiveServer) -> None:
+        """The limit is the server's, before any route: any operation may answer it, the
+        token endpoint's included, and /openapi.json says so with the very body sent (a
+        generated query string can pass 16 KiB)."""
+        document = httpx.get(f"{live_server.base_url}/openapi.json", timeout=10).json()
+        undeclared = [
+            f"{method.upper()} {path}"
+            for path, operations in document["paths"].items()
+            for method, operation in operations.items()
+            if "431" not in operation["responses"]
+        ]
+        assert undeclared == []
+        for method, path in (("GET", "/v1/catalog"), ("POST", "/oauth/token"), ("GET", "/healthz")):
+            declared = document["paths"][path][method.lower()]["responses"]["431"]["content"]
+            assert list(declared) == ["application/problem+json"]
+            long_query = b"?q=" + MARKER * (2 * HEAD_LIMIT // len(MARKER))
+            head = method.encode() + b" " + path.encode() + long_query + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            with socket.create_connection(loopback(live_server.base_url), timeout=10) as sock:
+                sock.sendall(head)
+                raw = answer_before_the_end(sock)
+            assert_problem(raw, *TOO_LARGE)
+            example = declared["application/problem+json"]["example"]
+            assert json.loads(raw.partition(b"\r\n\r\n")[2]) == example
+
 
 @pytest.fixture
 def witness(tmp_path: Path) -> Iterator[WitnessProcess]:

@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.search import TIME_QUERY_SCHEMA, parse_time
-from service.audit.tiles import TILE_PATH_PATTERN
+from service.audit.tiles import TILE_PATH_PATTERN, parse_tile_path
 from service.catalog.loader import load_catalog
 from service.errors import PROBLEM_JSON
 from service.etags import IF_MATCH_LIST_PATTERN, IF_MATCH_PATTERN
@@ -195,6 +195,17 @@ class TestDocument:
             ("/v1/audit/consistency", "first"): integer(0),
             ("/v1/audit/consistency", "second"): integer(0),
         }
+
+    def test_the_tile_path_has_examples_the_server_reads(self, document: dict[str, Any]) -> None:
+        """A full and a partial hash tile: a generator starts from them (the pattern alone
+        gave Schemathesis nothing it would send, and failed its health check)."""
+        parameters = document["paths"]["/v1/audit/tile/{tile}"]["get"]["parameters"]
+        (parameter,) = [p for p in parameters if p["in"] == "path"]
+        examples = [example["value"] for example in parameter["examples"].values()]
+        assert examples == ["0/000", "0/000.p/8"]
+        for example in examples:
+            assert re.fullmatch(parameter["schema"]["pattern"], example)
+            parse_tile_path(example)
 
     def test_audit_times_are_documented_as_dates_and_times(self, document: dict[str, Any]) -> None:
         """``since`` and ``until`` are an RFC 3339 date-time or a date; any other text is the

@@ -331,8 +331,18 @@ def _entry_bundle_reader(caller: Principal | None) -> Principal:
 
 @router.get("/v1/audit/tile/{tile:path}", response_class=Response)
 async def get_tile(
-    # Documentation only: ``parse_tile_path`` checks it, with its own 400.
-    tile: Annotated[str, Path(json_schema_extra={"pattern": tiles.TILE_PATH_PATTERN})],
+    # Documentation only: ``parse_tile_path`` checks it, with its own 400. The examples give
+    # a generator values to start from: the pattern alone yields few it would send.
+    tile: Annotated[
+        str,
+        Path(
+            json_schema_extra={"pattern": tiles.TILE_PATH_PATTERN},
+            openapi_examples={
+                "full": {"summary": "The first full hash tile of level 0", "value": "0/000"},
+                "partial": {"summary": "Its first 8 hashes, while the tree is smaller", "value": "0/000.p/8"},
+            },
+        ),
+    ],
     request: Request,
     database: DatabaseDep,
     caller: Annotated[Principal | None, Depends(optional_principal)],

@@ -44,6 +44,9 @@ trap cleanup EXIT
 
 export TELLONCE_DATA_DIR="$work/data"
 export TELLONCE_DATABASE_URL="${FUZZ_DATABASE_URL:-sqlite+aiosqlite:///$work/data/fuzz.db}"
+# Each client's one token is sent with every case of a run that takes longer than the
+# default five minutes a token lives: this server's tokens live an hour, its most.
+export TELLONCE_ACCESS_TOKEN_TTL_SECONDS=3600
 mkdir -p "$TELLONCE_DATA_DIR"
 "$BIN/tellonce" init --new-root-key >/dev/null
 "$BIN/tellonce" policies apply policies >/dev/null

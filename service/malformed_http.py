@@ -54,12 +54,12 @@ _MALFORMED = _answer(
         "such as a control character in a header value); it was not read, and nothing was done."
     )
 )
-_TOO_LARGE = _answer(
-    RequestHeadTooLarge(
-        f"The request line and header fields may hold at most {HEAD_LIMIT} bytes together; "
-        "the request was not read, and nothing was done."
-    )
+# The detail of the 431, which /openapi.json gives as the example of every operation's.
+HEAD_TOO_LARGE_DETAIL = (
+    f"The request line and header fields may hold at most {HEAD_LIMIT} bytes together; "
+    "the request was not read, and nothing was done."
 )
+_TOO_LARGE = _answer(RequestHeadTooLarge(HEAD_TOO_LARGE_DETAIL))
 _REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
 
 

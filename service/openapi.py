@@ -32,7 +32,7 @@ from service.auth.dependencies import ON_BEHALF_OF, ON_BEHALF_OF_MAX
 from service.auth.runtime import TOKEN_PATH
 from service.auth.scopes import ROLE_SCOPES
 from service.errors import PROBLEM_BASE, PROBLEM_JSON, ServiceError
-from service.malformed_http import HEAD_LIMIT
+from service.malformed_http import HEAD_TOO_LARGE_DETAIL
 from service.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES, RESPONSE_MEDIA
 from service.policy.schemas import AgreementIn, SimulateIn
 
@@ -134,8 +134,8 @@ RAW_BODY_MODELS: dict[tuple[str, str], type[BaseModel]] = {
 }
 
 # The token endpoint answers RFC 6749 errors, not problem details; its throttling of
-# repeated failures (429) and an unavailable database (503) are problem documents like
-# every other refusal.
+# repeated failures (429), an unavailable database (503) and the server's refusal of a
+# request head too long (431) are problem documents like every other refusal.
 TOKEN_STATUSES = {400, 401, 413}
 TOKEN_PROBLEM_STATUSES = {429, 431, 503}
 # A request head (its line and header fields) past ``malformed_http.HEAD_LIMIT`` is refused
@@ -156,11 +156,7 @@ _DETAILS = {
     422: "The request is not valid.",
     428: "Send If-Match with the agreement's ETag.",
     429: "This client is over its request rate; retry later.",
-    # As the server sends it (``service.malformed_http``).
-    431: (
-        f"The request line and header fields may hold at most {HEAD_LIMIT} bytes together; "
-        "the request was not read, and nothing was done."
-    ),
+    431: HEAD_TOO_LARGE_DETAIL,  # as the server sends it
     503: "The audit log is unavailable, so no data is released; retry later.",
 }
 
@@ -243,7 +239,8 @@ TOKEN_RESPONSE_SCHEMA: dict[str, Any] = {
 }
 
 # RFC 6749 5.1 and 5.2: nothing the token endpoint answers may be cached
-# (``auth.endpoints.never_cached`` sets both headers on every answer, whatever its status).
+# (``auth.endpoints.never_cached`` sets both headers on every answer the app gives, whatever
+# its status; the server's own 431 comes before the app, and carries neither).
 NEVER_CACHED_HEADERS: dict[str, dict[str, Any]] = {
     "Cache-Control": {"required": True, "schema": {"type": "string", "const": "no-store"}},
     "Pragma": {"required": True, "schema": {"type": "string", "const": "no-cache"}},

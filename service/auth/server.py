@@ -352,10 +352,10 @@ def candidate_client_id(headers: Headers, form: Mapping[str, str]) -> str | None
     ValueError on it), an assertion nested too deep for ``json`` (a RecursionError
     there too), a form ``client_id`` other than the Basic credentials' id or the
     assertion's subject (authlib ignores it and authenticates the other; RFC 6749 2.3 and
-    RFC 7521 4.2 say it MUST name the same client: ``invalid_request``), and several client
-    authentication methods in one request (RFC 6749 2.3 allows exactly one). An id that is not printable
-    ASCII, or an assertion whose payload is not UTF-8 JSON, claims no client: ``None``, as
-    if none were given.
+    RFC 7521 4.2 say it MUST name the same client: ``invalid_request``), and several
+    client authentication methods in one request (RFC 6749 2.3 allows exactly one). An id
+    that is not printable ASCII, or an assertion whose payload is not UTF-8 JSON, claims no
+    client: ``None``, as if none were given.
     """
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")

@@ -397,8 +397,8 @@ def _token_operation(operation: dict[str, Any]) -> None:
     responses["401"]["headers"] = {"WWW-Authenticate": CLIENT_CHALLENGE}
     for status in sorted(TOKEN_PROBLEM_STATUSES):
         responses[str(status)] = _problem_response(status)
-    for status, response in responses.items():
-        if status != str(HEAD_TOO_LARGE):  # answered by the server, before the endpoint's layers
+    for answered, response in responses.items():
+        if answered != str(HEAD_TOO_LARGE):  # answered by the server, before the endpoint's layers
             response["headers"] = {**response.get("headers", {}), **NEVER_CACHED_HEADERS}
     operation["responses"] = responses
     # Clients authenticate with their credentials here, not with a bearer token.

@@ -21,7 +21,7 @@ def exported(name: str) -> str:
     """The value the script exports for ``name`` before it starts the server."""
     text = SCRIPT.read_text(encoding="utf-8")
     server_starts = text.index("serve --port")
-    found = re.findall(rf"^export {name}=(\S+)$", text[:server_starts], flags=re.MULTILINE)
+    found: list[str] = re.findall(rf"^export {name}=(\S+)$", text[:server_starts], flags=re.MULTILINE)
     assert len(found) == 1, f"{name} is not exported once before the server starts"
     return found[0]
 

@@ -4,8 +4,9 @@ checked with joserfc (authlib's JOSE library; ``authlib.jose`` is deprecated).
 
 No server-side state is kept for a sign-in in flight. ``state``, ``nonce`` and the PKCE
 ``code_verifier`` are HMACs keyed with the ``tellonce_console_oidc`` cookie, a token of
-32 random bytes made for each sign-in by ``/console/oidc/start`` (HttpOnly, SameSite=Lax,
-path ``/console/oidc``), so only the browser that started the sign-in can finish it, and
+32 random bytes made for each sign-in by ``/console/oidc/start`` (HttpOnly, SameSite=Lax;
+over https ``__Host-`` named, Secure and for ``/``, over plain http path ``/console/oidc``;
+``web.set_cookie``), so only the browser that started the sign-in can finish it, and
 a forged callback (login CSRF) fails the constant-time ``state`` check. The console path
 to return to rides in ``state``, covered by the same HMAC.
 

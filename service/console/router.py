@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service as auth_service
 from service.auth import throttle
@@ -25,7 +26,7 @@ from service.console import (
     release_pages,
 )
 from service.console import sessions as console_sessions
-from service.console.config import get_console_settings
+from service.console.config import ConsoleSettings, get_console_settings
 from service.console.oidc import OIDC_CLIENT_PREFIX, OidcError, OidcSignIn, check_state
 from service.console.sessions import CSRF_FIELD, PRESESSION_COOKIE, SESSION_COOKIE
 from service.console.views import CONSOLE_ROLES
@@ -38,8 +39,8 @@ from service.console.web import (
     Viewer,
     catalog_of,
     clear_cookie,
-    is_https,
     presession_token,
+    read_cookie,
     render,
     set_cookie,
 )
@@ -75,6 +76,8 @@ STATIC_TYPES = {"console.css": "text/css; charset=utf-8", "console.js": "text/ja
 STATIC_FILES = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
 PRESESSION_SECONDS = 30 * 60
 OIDC_COOKIE = "tellonce_console_oidc"
+# Over plain http only: over https every console cookie is for "/" (web.set_cookie).
+OIDC_PATH = "/console/oidc"
 BAD_CREDENTIALS = "The client ID or client secret is not right"
 
 
@@ -116,6 +119,17 @@ def _safe_next(target: str | None) -> str:
     if any(segment in ("", ".", "..") for segment in inner):
         return CONSOLE_HOME
     return target
+
+
+async def _signed_in(
+    request: Request, session: AsyncSession, principal: Principal, settings: ConsoleSettings
+) -> str:
+    """A new session for ``principal`` (its cookie token), after ending the session this
+    browser already had, if any: a sign-in replaces it, never leaves it live beside the new one."""
+    earlier = read_cookie(request, SESSION_COOKIE)
+    if earlier:
+        await console_sessions.end(session, earlier)
+    return await console_sessions.start(session, principal, settings)
 
 
 @router.get("/sign-in", response_class=HTMLResponse)
@@ -186,7 +200,7 @@ async def sign_in(request: Request, session: SessionDep, settings: Settings, for
                 logger.warning("console sign-in refused: role", extra={"client_id": principal.client_id})
             else:
                 principal = Principal.with_roles(principal.client_id, principal.department, *console_roles)
-                token = await console_sessions.start(session, principal, settings)
+                token = await _signed_in(request, session, principal, settings)
                 logger.info("console sign-in", extra={"client_id": principal.client_id})
                 response = RedirectResponse(_safe_next(str(form.get("next") or "")), status_code=303)
                 set_cookie(response, request, SESSION_COOKIE, token, settings.absolute_timeout_seconds)
@@ -267,15 +281,7 @@ async def oidc_start(request: Request, next: str | None = None) -> Response:
         raise ConsolePageError(503, "Sign-in is unavailable", str(exc)) from None
     response = RedirectResponse(location, status_code=303)
     # Lax, unlike the console's other cookies: it must come back on the provider's redirect.
-    response.set_cookie(
-        OIDC_COOKIE,
-        token,
-        max_age=PRESESSION_SECONDS,
-        path="/console/oidc",
-        httponly=True,
-        samesite="lax",
-        secure=is_https(request),
-    )
+    set_cookie(response, request, OIDC_COOKIE, token, PRESESSION_SECONDS, path=OIDC_PATH, samesite="lax")
     return response
 
 
@@ -292,7 +298,7 @@ async def oidc_callback(request: Request, session: SessionDep, settings: Setting
     relying_party = oidc_sign_in(request)
     if relying_party is None:
         raise NotFound("Single sign-on is not configured.")
-    token = request.cookies.get(OIDC_COOKIE)
+    token = read_cookie(request, OIDC_COOKIE)
     answer = request.query_params
     code = answer.get("code")
     try:
@@ -308,7 +314,7 @@ async def oidc_callback(request: Request, session: SessionDep, settings: Setting
         logger.warning("console single sign-on refused", extra={"client_id": "oidc"})
         raise ConsolePageError(403, "You could not be signed in", str(exc)) from None
     principal = Principal.with_roles(identity.client_id, identity.department, *identity.roles)
-    session_token = await console_sessions.start(session, principal, settings)
+    session_token = await _signed_in(request, session, principal, settings)
     logger.info("console sign-in", extra={"client_id": principal.client_id})
     # A page that moves on by itself rather than a redirect: after a cross-site redirect
     # chain the browser would not yet send the SameSite=Strict session cookie.
@@ -322,9 +328,7 @@ async def oidc_callback(request: Request, session: SessionDep, settings: Setting
         },
     )
     set_cookie(response, request, SESSION_COOKIE, session_token, settings.absolute_timeout_seconds)
-    response.delete_cookie(
-        OIDC_COOKIE, path="/console/oidc", httponly=True, samesite="lax", secure=is_https(request)
-    )
+    clear_cookie(response, request, OIDC_COOKIE, path=OIDC_PATH, samesite="lax")
     return response
 
 

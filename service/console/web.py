@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import Depends, Request, Response
@@ -111,20 +111,67 @@ def is_https(request: Request) -> bool:
     return request.url.scheme == "https" or public_url.startswith("https://")
 
 
-def set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
+# Over https every console cookie is named with this prefix, which a browser keeps only
+# from a secure origin, with ``Secure``, ``Path=/`` and no ``Domain`` (RFC 6265bis,
+# "Cookie Name Prefixes"): a sibling subdomain (whose ``Domain`` cookie would reach this
+# host) and a plain-http answer on the host (whose cookie is sent over https too) cannot
+# plant one. The bare name is then never read, so a planted pre-session (a forged sign-in),
+# session (fixation) or single sign-on cookie is ignored. Over plain http (development on
+# loopback) the names stay bare: a browser refuses the prefix without ``Secure``.
+HOST_PREFIX = "__Host-"
+
+
+def cookie_name(request: Request, name: str) -> str:
+    """``name`` as the console sets and reads it for ``request``."""
+    return HOST_PREFIX + name if is_https(request) else name
+
+
+def read_cookie(request: Request, name: str) -> str | None:
+    """The console cookie ``name`` of ``request`` (never its bare name over https)."""
+    return request.cookies.get(cookie_name(request, name))
+
+
+def set_cookie(
+    response: Response,
+    request: Request,
+    name: str,
+    value: str,
+    max_age: int,
+    *,
+    path: str = COOKIE_PATH,
+    samesite: Literal["strict", "lax"] = "strict",
+) -> None:
+    """Set the console cookie ``name``: HttpOnly and ``samesite``; over https ``__Host-``
+    named, Secure and for ``/`` (as the prefix demands); over http bare and for ``path``."""
+    secure = is_https(request)
     response.set_cookie(
-        name,
+        cookie_name(request, name),
         value,
         max_age=max_age,
-        path=COOKIE_PATH,
+        path="/" if secure else path,
         httponly=True,
-        samesite="strict",
-        secure=is_https(request),
+        samesite=samesite,
+        secure=secure,
     )
 
 
-def clear_cookie(response: Response, request: Request, name: str) -> None:
-    response.delete_cookie(name, path=COOKIE_PATH, httponly=True, samesite="strict", secure=is_https(request))
+def clear_cookie(
+    response: Response,
+    request: Request,
+    name: str,
+    *,
+    path: str = COOKIE_PATH,
+    samesite: Literal["strict", "lax"] = "strict",
+) -> None:
+    """Remove the cookie ``set_cookie`` set with the same ``name``, ``path`` and ``samesite``."""
+    secure = is_https(request)
+    response.delete_cookie(
+        cookie_name(request, name),
+        path="/" if secure else path,
+        httponly=True,
+        samesite=samesite,
+        secure=secure,
+    )
 
 
 def render(
@@ -225,7 +272,7 @@ class ConsoleRoute(APIRoute):
 async def current_viewer(request: Request, session: SessionDep, settings: Settings) -> SignedIn:
     """The signed-in person, or a redirect to the sign-in page. The client's standing is
     read on every page, so disabling it signs its people out at once."""
-    token = request.cookies.get(SESSION_COOKIE)
+    token = read_cookie(request, SESSION_COOKIE)
     viewer = await console_sessions.resume(session, token, settings)
     if viewer is None:
         raise SignInRequired()
@@ -302,5 +349,5 @@ Checked = Annotated[SignedIn, Depends(csrf_checked)]
 
 
 def presession_token(request: Request) -> str | None:
-    token = request.cookies.get(PRESESSION_COOKIE)
+    token = read_cookie(request, PRESESSION_COOKIE)
     return token if token and len(token) <= 128 else None

@@ -355,9 +355,9 @@ class Sso:
     def __init__(self, app: FastAPI, provider: FakeProvider, relying_party: OidcSignIn) -> None:
         self.app, self.provider, self.relying_party = app, provider, relying_party
 
-    def browser(self) -> httpx.AsyncClient:
+    def browser(self, site: str = SITE) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
-        return httpx.AsyncClient(transport=transport, base_url=SITE)
+        return httpx.AsyncClient(transport=transport, base_url=site)
 
     async def start(self, browser: httpx.AsyncClient) -> httpx.Response:
         """``/console/oidc/start``; the provider takes the nonce the console sent."""
@@ -602,6 +602,56 @@ class TestStateAndCodes:
         assert "not started in this browser" in answer.text
         # The code was never redeemed.
         assert sso.provider.used_codes == set()
+
+    async def test_over_https_the_cookies_are_host_prefixed_and_a_planted_bare_one_is_ignored(
+        self, sso: Sso, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Over https the sign-in's cookie is ``__Host-tellonce_console_oidc`` (Secure, for
+        ``/``, no Domain). The attacker's own cookie and state, planted in the victim's
+        browser under the bare name (a sibling subdomain or a plain-http answer can), are
+        not read: the attacker's sign-in is not finished in the victim's browser."""
+        async with sso.browser("https://testserver") as browser:
+            started = await sso.start(browser)
+            [flow] = started.headers.get_list("set-cookie")
+            assert flow.startswith("__Host-tellonce_console_oidc=")
+            attributes = {part.strip().lower() for part in flow.split(";")}
+            assert {"secure", "path=/", "httponly", "samesite=lax"} <= attributes
+            assert not any(a.startswith("domain") for a in attributes)
+            answer = await sso.callback(browser, started, "one-code")
+            assert answer.status_code == 200, answer.text[:500]
+            set_cookies = answer.headers.get_list("set-cookie")
+            assert [c.split("=", 1)[0] for c in set_cookies] == [
+                "__Host-tellonce_console",
+                "__Host-tellonce_console_oidc",
+            ]
+            assert all("path=/;" in c.lower() and "secure" in c.lower() for c in set_cookies)
+        async with sso.browser("https://testserver") as attacker, sso.browser("https://testserver") as victim:
+            started = await sso.start(attacker)
+            victim.cookies.set(
+                "tellonce_console_oidc",
+                attacker.cookies["__Host-tellonce_console_oidc"],
+                path="/console/oidc",
+            )
+            with caplog.at_level(logging.INFO):
+                answer = await sso.callback(victim, started, "the-attackers-code")
+        refused(answer, caplog, sso.provider)
+        assert answer.status_code == 403
+        assert "not started in this browser" in answer.text
+        assert "one-code" in sso.provider.used_codes
+        assert "the-attackers-code" not in sso.provider.used_codes
+
+    async def test_signing_in_again_ends_the_browsers_earlier_session(self, sso: Sso) -> None:
+        async with sso.browser() as browser:
+            first = await sso.callback(browser, await sso.start(browser), "first-code")
+            assert first.status_code == 200, first.text[:500]
+            earlier = browser.cookies["tellonce_console"]
+            second = await sso.callback(browser, await sso.start(browser), "second-code")
+            assert second.status_code == 200, second.text[:500]
+            assert browser.cookies["tellonce_console"] != earlier
+            assert (await browser.get("/console")).status_code == 200
+        async with sso.browser() as replayed:
+            replayed.cookies.set("tellonce_console", earlier, path="/console")
+            assert (await replayed.get("/console")).status_code == 303
 
     async def test_a_code_used_once_is_refused_the_second_time(
         self, sso: Sso, caplog: pytest.LogCaptureFixture

@@ -132,12 +132,65 @@ class TestSignIn:
         assert home.status_code == 200
         assert people["owner-1"].client_id in home.text
 
-    async def test_cookie_is_secure_over_https(self, https_client: httpx.AsyncClient, people: People) -> None:
+    async def test_over_https_every_cookie_is_host_prefixed(
+        self, https_client: httpx.AsyncClient, people: People
+    ) -> None:
+        """``__Host-``: the browser keeps it only Secure, for ``/`` and with no Domain, so
+        neither a sibling subdomain nor a plain-http answer can plant it."""
+        form = await https_client.get("/console/sign-in")
+        pre = set_cookie_header(form, "__Host-tellonce_console_pre")
         response = await sign_in(https_client, people["owner-1"])
         assert response.status_code == 303
-        assert "secure" in {
-            p.strip().lower() for p in set_cookie_header(response, "tellonce_console").split(";")
+        session = set_cookie_header(response, "__Host-tellonce_console")
+        cleared = set_cookie_header(response, "__Host-tellonce_console_pre")
+        for header in (pre, session, cleared):
+            attributes = {part.strip().lower() for part in header.split(";")}
+            assert {"secure", "path=/", "httponly", "samesite=strict"} <= attributes, header
+            assert not any(a.startswith("domain") for a in attributes), header
+        every = response.headers.get_list("set-cookie") + form.headers.get_list("set-cookie")
+        assert not any(h.startswith("tellonce_") for h in every), every
+        assert (await https_client.get("/console")).status_code == 200
+
+    async def test_over_https_a_planted_bare_session_cookie_signs_nobody_in(
+        self, client: httpx.AsyncClient, https_client: httpx.AsyncClient, people: People
+    ) -> None:
+        """Session fixation: an attacker's own live session, planted under the bare name (as
+        a sibling subdomain or a plain-http answer can), is not read over https."""
+        assert (await sign_in(client, people["owner-1"])).status_code == 303
+        attackers = client.cookies["tellonce_console"]
+        assert (await client.get("/console")).status_code == 200  # live over http
+        https_client.cookies.set("tellonce_console", attackers, path="/console")
+        response = await https_client.get("/console")
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/console/sign-in")
+
+    async def test_over_https_a_planted_bare_presession_cookie_forges_no_sign_in(
+        self,
+        client: httpx.AsyncClient,
+        https_client: httpx.AsyncClient,
+        people: People,
+        session: AsyncSession,
+    ) -> None:
+        """Login CSRF: the attacker plants its own pre-session under the bare name, then has
+        the victim's browser post the sign-in form with the attacker's credentials and the
+        token that matches that pre-session. Over https it is refused."""
+        form = await client.get("/console/sign-in")
+        https_client.cookies.set(
+            "tellonce_console_pre",
+            client.cookies["tellonce_console_pre"],
+            path="/console",
+        )
+        forged = {
+            "csrf_token": csrf_of(form),
+            "client_id": people["owner-1"].client_id,
+            "client_secret": people["owner-1"].secret,
         }
+        response = await https_client.post("/console/sign-in", data=forged)
+        assert response.status_code == 403
+        assert "This form could not be accepted" in response.text
+        assert await stored_sessions(session) == []
+        # The same form over plain http, where the names stay bare, is the ordinary sign-in.
+        assert (await client.post("/console/sign-in", data=forged)).status_code == 303
 
     async def test_only_console_roles_are_kept_in_the_session(
         self, client: httpx.AsyncClient, people: People, session: AsyncSession
@@ -309,6 +362,23 @@ class TestSessionLifetime:
         assert await stored_sessions(session) == []
         # The old cookie, replayed, signs nobody in.
         client.cookies.set("tellonce_console", token, path="/console")
+        assert (await client.get("/console")).status_code == 303
+
+    @pytest.mark.parametrize("again", ["owner-1", "auditor-1"])
+    async def test_signing_in_again_ends_the_browsers_earlier_session(
+        self, client: httpx.AsyncClient, people: People, session: AsyncSession, again: str
+    ) -> None:
+        """As the same person or another, a new sign-in in a browser ends (server-side) the
+        session that browser had: its cookie, kept by anyone, signs nobody in."""
+        assert (await sign_in(client, people["owner-1"])).status_code == 303
+        earlier = client.cookies["tellonce_console"]
+        assert (await sign_in(client, people[again])).status_code == 303
+        later = client.cookies["tellonce_console"]
+        assert later != earlier
+        rows = await stored_sessions(session)
+        assert [r.token_hash for r in rows] == [hashlib.sha256(later.encode()).hexdigest()]
+        assert people[again].client_id in (await client.get("/console")).text
+        client.cookies.set("tellonce_console", earlier, path="/console")
         assert (await client.get("/console")).status_code == 303
 
     async def test_disabling_the_client_ends_its_sessions(

@@ -786,15 +786,20 @@ def refusal_response(request: Request, error: ServiceError) -> Response:
     """``error`` as problem+json, or at the console's addresses as its HTML page
     (``app.state.unrouted_page``, set by the app): for refusals made outside the console's
     routes (before any route ran, or by an app-wide safety net)."""
-    state = getattr(request.scope.get("app"), "state", None)
-    unrouted_page: Callable[[Request, int, str], Response | None] | None = getattr(
-        state, "unrouted_page", None
-    )
-    page = unrouted_page(request, error.status, error.detail) if unrouted_page is not None else None
+    page = _console_page(request, error.status, error.detail)
     if page is None:
         return problem_response(error)
     page.headers.update(error.headers)
     return page
+
+
+def _console_page(request: Request, status: int, detail: str) -> Response | None:
+    """The console's HTML page for ``status`` at the console's addresses, None elsewhere."""
+    state = getattr(request.scope.get("app"), "state", None)
+    unrouted_page: Callable[[Request, int, str], Response | None] | None = getattr(
+        state, "unrouted_page", None
+    )
+    return unrouted_page(request, status, detail) if unrouted_page is not None else None
 
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
@@ -844,14 +849,26 @@ async def _client_gone(request: Request, exc: Exception) -> Response:  # noqa: A
     )
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    """A 500 for an error nothing else answered: problem+json, or at the console's addresses
+    its HTML page with its security headers (problem+json still if that page cannot be made:
+    the error may be in the page's own templates)."""
     request_id = _request_id(request)
     logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+    detail = f"An unexpected error occurred. Quote request id {request_id} to the operator."
+    try:
+        page = _console_page(request, 500, detail)
+    except Exception:
+        logger.exception("the console's error page failed", extra={"request_id": request_id})
+        page = None
+    if page is not None:
+        page.headers["X-Request-ID"] = request_id
+        return page
     body = {
         "type": PROBLEM_BASE + "internal-error",
         "title": "Internal server error",
         "status": 500,
-        "detail": f"An unexpected error occurred. Quote request id {request_id} to the operator.",
+        "detail": detail,
     }
     return ProblemResponse(body, status_code=500, headers={"X-Request-ID": request_id})
 

@@ -214,9 +214,9 @@ def _secured(response: Response) -> Response:
 def unrouted_page(request: Request, status: int, detail: str) -> Response | None:
     """The console's HTML page, with its security headers, for a refusal at ``/console``
     or under it made outside the console's routes (chiefly a method the page does not
-    take, 405, a body over the limit, 413, and text the database cannot keep, 400; an
-    unknown address is the catch-all route's own 404 page); None elsewhere, where the
-    API's problem+json stands."""
+    take, 405, a body over the limit, 413, text the database cannot keep, 400, and an
+    unexpected error, 500; an unknown address is the catch-all route's own 404 page);
+    None elsewhere, where the API's problem+json stands."""
     path = request.url.path
     if path != "/console" and not path.startswith("/console/"):
         return None

@@ -20,16 +20,23 @@ from service.audit.writer import EntrySink, RefusalWriterDep
 from service.auth.facts import source_address
 from service.catalog.schemas import Catalog
 from service.console import forms
-from service.console.agreement_pages import AgreementId, Owner, changeable, page_names, version_number
+from service.console.agreement_pages import (
+    AgreementId,
+    Owner,
+    changeable,
+    not_found,
+    page_names,
+    version_number,
+)
 from service.console.drafts import check_draft
 from service.console.forms import AgreementForm
 from service.console.sessions import SignedIn
-from service.console.views import Simulation
+from service.console.views import AgreementRecord, Simulation
 from service.console.web import ConsolePageError, ConsoleRoute, Posted, catalog_of, csrf_checked, render
 from service.db import SessionDep
 from service.etags import IfMatch
 from service.policy import agreements
-from service.policy.errors import SimulationWindowTooLarge
+from service.policy.errors import AgreementNotFound, SimulationWindowTooLarge
 from service.policy.schemas import AgreementSpec
 from service.policy.simulate import SimulationResult
 
@@ -261,18 +268,25 @@ async def create_agreement(
     return await _submit(request, session, viewer, posted, refusals, expected_version=None, agreement_id=None)
 
 
-@router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
-async def edit_agreement(
-    agreement_id: AgreementId, request: Request, session: SessionDep, viewer: SignedIn = Owner
-) -> Response:
-    catalog = await catalog_of(session)
-    current = await changeable(
+async def _to_change(session: AsyncSession, viewer: SignedIn, agreement_id: str) -> AgreementRecord:
+    """The agreement the edit form changes, as the edit page and each of its steps find it:
+    the same 404 page for another department's agreement as for none, 409 unless it is
+    active and the viewer's department's."""
+    return await changeable(
         session,
         viewer,
         agreement_id,
         "This agreement cannot be changed",
         "Only an active agreement you own changes.",
     )
+
+
+@router.get("/agreements/{agreement_id}/edit", response_class=HTMLResponse)
+async def edit_agreement(
+    agreement_id: AgreementId, request: Request, session: SessionDep, viewer: SignedIn = Owner
+) -> Response:
+    catalog = await catalog_of(session)
+    current = await _to_change(session, viewer, agreement_id)
     form = AgreementForm(values=forms.values_from_content(current.content))
     return _form_page(request, catalog, viewer, form, expected_version=current.version)
 
@@ -287,6 +301,18 @@ async def change_agreement(
     _owner: SignedIn = Owner,
     posted: FormData = Posted,
 ) -> Response:
+    """Every step of the edit form (check and simulate, back to the form, save) first finds
+    the agreement as the edit page does, before reading anything posted: another
+    department's agreement is the same 404 page as the edit page's, and a save of it is
+    also refused and audited as the API's ``PUT`` is (``refuse_unchangeable``)."""
+    if posted.get("step") == "save":
+        try:
+            await agreements.refuse_unchangeable(
+                session, viewer.principal, agreement_id, audit=refusals, source=source_address(request)
+            )
+        except AgreementNotFound:
+            raise not_found(agreement_id) from None
+    await _to_change(session, viewer, agreement_id)
     expected = version_number(posted.get("expected_version"))
     return await _submit(
         request, session, viewer, posted, refusals, expected_version=expected, agreement_id=agreement_id

@@ -51,6 +51,12 @@ def page_names(catalog: Catalog) -> dict[str, Any]:
     return {**catalog_names(catalog), "today": utcnow().date()}
 
 
+def not_found(agreement_id: str) -> ConsolePageError:
+    """The one page for an agreement the viewer may not see and for one there is not:
+    another owner's agreement is simply not there, as in the API."""
+    return ConsolePageError(404, "Agreement not found", f"There is no agreement {agreement_id} you can see.")
+
+
 async def current_and_history(
     session: AsyncSession, viewer: SignedIn, agreement_id: str
 ) -> tuple[AgreementRecord, list[AgreementRecord]]:
@@ -63,10 +69,7 @@ async def current_and_history(
                 session, viewer.principal, agreement_id, cursor=cursor, limit=PAGE
             )
         except AgreementNotFound:
-            # Another owner's agreement is simply not there, as in the API.
-            raise ConsolePageError(
-                404, "Agreement not found", f"There is no agreement {agreement_id} you can see."
-            ) from None
+            raise not_found(agreement_id) from None
         versions.extend(AgreementRecord.of(row) for row in page.rows)
         if page.next_cursor is None:
             return versions[-1], versions
@@ -237,15 +240,19 @@ async def revoke(
 ) -> Response:
     expected = version_number(posted.get("expected_version"))
     reason = str(posted.get("reason") or "").strip()[:1000] or "revoked in the console"
-    row = await agreements.revoke_agreement(
-        session,
-        viewer.principal,
-        agreement_id,
-        expected=IfMatch.version(expected),
-        reason=reason,
-        audit=refusals,
-        source=source_address(request),
-    )
+    try:
+        row = await agreements.revoke_agreement(
+            session,
+            viewer.principal,
+            agreement_id,
+            expected=IfMatch.version(expected),
+            reason=reason,
+            audit=refusals,
+            source=source_address(request),
+        )
+    except AgreementNotFound:
+        # Refused and audited as the API's; shown as the revoke page's own 404.
+        raise not_found(agreement_id) from None
     return RedirectResponse(
         f"/console/agreements/{row.agreement_id}/saved?version={row.version}", status_code=303
     )

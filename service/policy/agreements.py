@@ -277,6 +277,20 @@ class _Refusal:
             await self.refuse(403, why, NotFieldOwner(f"{why}."), [owner, *foreign])
 
 
+async def refuse_unchangeable(
+    session: AsyncSession,
+    principal: Principal,
+    agreement_id: str,
+    *,
+    audit: EntrySink,
+    source: str | None = None,
+) -> None:
+    """What a replacement of ``agreement_id`` refuses first, and audits, whatever its body
+    (``_Refusal.changeable``): 404 for an agreement the caller does not have, 403 for one
+    it sees but does not own. The console runs it before it reads a draft to save."""
+    await _Refusal(principal, "replaced", agreement_id, audit, source).changeable(session, agreement_id)
+
+
 async def refuse_overreach(
     session: AsyncSession,
     principal: Principal,

@@ -342,7 +342,9 @@ class TestOverreachIsAuditedAsInTheApi:
                     path, data={"csrf_token": await _csrf(client), "expected_version": "1"}
                 )
             assert page.status_code == 404, page.text
-            assert f"No agreement &#39;{agreement}&#39;." in page.text
+            # The page's own 404, as for the agreement's edit and revoke pages.
+            assert f"There is no agreement {agreement} you can see." in page.text
+            assert page.text == (await client.get(path)).text
         another, unknown = await _deny_entries(session)
         for entry, agreement in ((another, "points-for-welfare"), (unknown, "no-such-agreement")):
             assert [r["reason"] for r in entry["reasons"]] == [
@@ -352,6 +354,43 @@ class TestOverreachIsAuditedAsInTheApi:
         current = await policy_repository.current_version(session, "points-for-welfare")
         assert current is not None
         assert (current.version, current.status) == (1, "active")
+
+    @pytest.mark.parametrize("step", ["form", "change", "save", "save an unreadable draft"])
+    async def test_every_step_of_the_edit_form_answers_as_the_edit_page_for_another_owners_agreement(
+        self, client: httpx.AsyncClient, session: AsyncSession, step: str
+    ) -> None:
+        """The edit form's later steps (the posted form, which would simulate; back to the
+        form; the save) answer another department's agreement with the edit page's own 404,
+        the same as for no agreement at all: no simulation of it, no form to edit it, no
+        change, and nothing that tells it from one that does not exist."""
+        spec = AgreementSpec.model_validate(VALID | {"id": "points-for-welfare", "fields": ["points"]})
+        await policy_service.put_agreement(session, None, spec, owner="dvla", author="tests", reason="")
+        await _signed_in_owner(client, session, "register")
+        pages = []
+        for agreement in ("points-for-welfare", "no-such-agreement"):
+            path = f"/console/agreements/{agreement}/edit"
+            edit_page = await client.get(path)
+            assert edit_page.status_code == 404
+            # The register's own fields: a draft its owner could save as an agreement of its own.
+            draft = VALID | {"id": agreement}
+            data: dict[str, Any] = {"csrf_token": await _csrf(client), "expected_version": "1"}
+            if step == "form":
+                data |= {k: v for k, v in draft.items() if k != "id"} | {"effect": "permit"}
+            elif step == "save an unreadable draft":
+                data |= {"step": "save", "draft": "not a draft"}
+            else:
+                data |= {"step": step, "draft": forms.encode_draft(draft)}
+            answer = await client.post(path, data=data)
+            assert (answer.status_code, answer.text) == (404, edit_page.text)
+            pages.append(answer.text.replace(agreement, "AGREEMENT"))
+        assert pages[0] == pages[1]
+        current = await policy_repository.current_version(session, "points-for-welfare")
+        assert current is not None
+        assert (current.version, current.status, current.owner) == (1, "active", "dvla")
+        assert await policy_repository.current_version(session, "no-such-agreement") is None
+        # No simulation ran: it would have read the audit log as an audit query.
+        queries = await session.execute(select(AuditEntryRow.id).where(AuditEntryRow.action == "audit-query"))
+        assert queries.scalars().all() == []
 
     async def test_a_stale_save_and_a_second_revoke_write_nothing(
         self, client: httpx.AsyncClient, session: AsyncSession

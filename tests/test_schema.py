@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.consent.models import Consent
 from service.db import Base, UTCDateTime, create_engine
 from service.events.models import Delivery
 from service.schema import alembic_config, check, head_revisions, known_revisions, upgrade_async
@@ -332,6 +333,108 @@ class TestDeliveryReleased:
                 "withheld": (False, "withheld by policy"),
                 "client-disabled": (False, "the subscribing client is disabled"),
             }
+        finally:
+            await drop_scratch_database(url)
+
+
+class TestConsentActions:
+    """0020: each consent given before its terms named actions covers the actions of the
+    agreement version in force when it was given (the newest stored at or before it), and
+    none when that version was revoked or none was stored."""
+
+    async def test_upgrade_fills_in_the_actions_of_the_version_in_force(self, database_url: str) -> None:
+        url = await create_scratch_database(database_url)
+        try:
+            await asyncio.to_thread(command.downgrade, alembic_config(url), "0019_delivery_released")
+            day = datetime(2026, 12, 1, tzinfo=UTC)
+            citizens = sa.table(
+                "citizens",
+                *(sa.column(name) for name in ("id", "status", "registered_by")),
+                sa.column("version", sa.Integer),
+                *(sa.column(name, UTCDateTime(timezone=True)) for name in ("created_at", "updated_at")),
+            )
+            versions = sa.table(
+                "agreement_versions",
+                *(sa.column(name) for name in ("agreement_id", "owner", "status", "content_hash", "author")),
+                *(sa.column(name) for name in ("reason",)),
+                sa.column("version", sa.Integer),
+                sa.column("content", sa.JSON),
+                sa.column("is_current", sa.Boolean),
+                sa.column("created_at", UTCDateTime(timezone=True)),
+            )
+            consents = sa.table(
+                "consents",
+                *(sa.column(name) for name in ("id", "citizen_id", "agreement", "consumer", "purpose")),
+                *(sa.column(name) for name in ("status", "signature")),
+                sa.column("fields", sa.JSON),
+                *(sa.column(name, UTCDateTime(timezone=True)) for name in ("created_at", "updated_at")),
+            )
+            # (agreement, version, status, actions, stored on day n)
+            stored = [
+                ("widened", 1, "active", ["verify"], 1),
+                ("widened", 2, "active", ["read", "verify"], 3),
+                ("revoked", 1, "active", ["read"], 1),
+                ("revoked", 2, "revoked", ["read"], 2),
+                ("later", 1, "active", ["read"], 5),
+            ]
+            # (consent, agreement, given on day n) -> the actions it covers after 0020
+            given = {
+                ("before-widening", "widened", 2): ["verify"],
+                ("as-widened", "widened", 3): ["read", "verify"],
+                ("after-widening", "widened", 4): ["read", "verify"],
+                ("while-revoked", "revoked", 2): [],
+                ("before-any-version", "later", 4): [],
+                ("to-no-agreement", "unknown", 4): [],
+            }
+            engine = create_engine(url)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        citizens.insert().values(
+                            id="c",
+                            status="active",
+                            registered_by="r",
+                            version=1,
+                            created_at=day,
+                            updated_at=day,
+                        )
+                    )
+                    for agreement, version, status, actions, on in stored:
+                        await conn.execute(
+                            versions.insert().values(
+                                agreement_id=agreement,
+                                owner="welfare",
+                                version=version,
+                                status=status,
+                                content={"id": agreement, "actions": actions},
+                                content_hash="h",
+                                author="a",
+                                reason="",
+                                is_current=version == max(v for a, v, *_ in stored if a == agreement),
+                                created_at=day.replace(day=on),
+                            )
+                        )
+                    for consent_id, agreement, on in given:
+                        await conn.execute(
+                            consents.insert().values(
+                                id=consent_id,
+                                citizen_id="c",
+                                agreement=agreement,
+                                consumer="revenue",
+                                purpose="p",
+                                status="active",
+                                signature="a.b.c",
+                                fields=["benefit_status"],
+                                created_at=day.replace(day=on),
+                                updated_at=day.replace(day=on),
+                            )
+                        )
+                await upgrade_async(url)
+                async with engine.connect() as conn:
+                    found = dict((await conn.execute(sa.select(Consent.id, Consent.actions))).all())
+            finally:
+                await engine.dispose()
+            assert found == {consent_id: actions for (consent_id, _, _), actions in given.items()}
         finally:
             await drop_scratch_database(url)
 

@@ -1,7 +1,7 @@
 """Consent artefacts and objections: a citizen's choices over non-statutory agreements.
 
 Neither table holds a field value. A consent's terms (agreement, consumer, purpose,
-fields, expiry, data life) never change once made; only its status does, and every change
+fields, actions, expiry, data life) never change once made; only its status does, and every change
 is audited. An objection exists while it stands; withdrawing it deletes the row (the
 audit keeps its history).
 """
@@ -31,6 +31,10 @@ class Consent(Base):
     consumer: Mapped[str] = mapped_column(String(63))
     purpose: Mapped[str] = mapped_column(String(63))
     fields: Mapped[list[str]] = mapped_column(JSON)
+    # The agreement's actions when the citizen consented: the consent covers only these,
+    # and none when NULL or empty (default deny). Migration 0020 filled in the consents
+    # given before, from the agreement version in force when each was given.
+    actions: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     # active | paused | revoked; ``expired`` is derived from ``expires_at`` when read.
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -99,6 +99,7 @@ _CONSENT: dict[str, Any] = {
     "consumer": "council",
     "purpose": "discretionary-support",
     "fields": ["benefit_status"],
+    "actions": ["read"],
     "status": "active",
     "created_at": AT,
     "expires_at": "2027-11-30T00:00:00Z",

@@ -29,6 +29,7 @@ def terms(
     consumer: str,
     purpose: str,
     fields: list[str],
+    actions: list[str],
     created_at: datetime,
     expires_at: datetime | None,
     data_life: str | None,
@@ -45,6 +46,7 @@ def terms(
         "consumer": consumer,
         "purpose": purpose,
         "fields": fields,
+        "actions": actions,
         "created_at": created_at.isoformat(),
         "expires_at": expires_at.isoformat() if expires_at is not None else None,
     }

@@ -27,8 +27,8 @@ objections: Table = Objection.__table__  # type: ignore[assignment]
 
 @dataclass(frozen=True)
 class ChoiceRow:
-    """An active consent (``consent`` true, with its expiry and the consumer, purpose and
-    fields of its signed terms) or an objection of a citizen."""
+    """An active consent (``consent`` true, with its expiry and the consumer, purpose,
+    fields and actions of its signed terms) or an objection of a citizen."""
 
     citizen_id: str
     consent: bool
@@ -37,6 +37,7 @@ class ChoiceRow:
     consumer: str = ""
     purpose: str = ""
     fields: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ConsentRow:
     consumer: str
     purpose: str
     fields: list[str]
+    # None for a consent stored without actions: it covers none.
+    actions: list[str] | None
     status: str
     created_at: datetime
     updated_at: datetime
@@ -69,6 +72,7 @@ _CONSENT_COLUMNS = (
     consents.c.consumer,
     consents.c.purpose,
     consents.c.fields,
+    consents.c.actions,
     consents.c.status,
     consents.c.created_at,
     consents.c.updated_at,
@@ -81,33 +85,38 @@ _CONSENT_COLUMNS = (
 def raw_choices_query(where: str, *, postgres: bool = False) -> str:
     """The access path's question for a raw driver (``service.records.store``), with
     ``where`` the driver's condition on ``citizen_id`` and ``agreement``: rows of
-    ('c', citizen, agreement, NULL, expires_at, consumer, purpose, fields) per active
-    consent (``fields`` its terms' JSON list) and ('o', citizen, agreement, NULL, NULL,
-    NULL, NULL, NULL) per objection. The fourth column is there so that a citizens query
-    ``(kind, id, status, version, NULL, NULL, NULL, NULL)`` can be joined to it with
+    ('c', citizen, agreement, NULL, expires_at, consumer, purpose, fields, actions) per
+    active consent (``fields`` and ``actions`` its terms' JSON lists) and ('o', citizen,
+    agreement, NULL, NULL, NULL, NULL, NULL, NULL) per objection. The fourth column is there
+    so that a citizens query ``(kind, id, status, version, NULL, ...)`` can be joined to it with
     UNION ALL, one round trip (``CHOICE_PADDING``). Paused, revoked and expired consents
     release nothing; expiry is judged against the request's own time by
     ``context_with_choices``."""
     number, instant = ("NULL::int", "NULL::timestamptz") if postgres else ("NULL", "NULL")
     return (
-        f"SELECT 'c', citizen_id, agreement, {number}, expires_at, consumer, purpose, fields "  # noqa: S608 (model names)
+        f"SELECT 'c', citizen_id, agreement, {number}, expires_at, consumer, purpose, fields, actions "  # noqa: S608 (model names)
         f"FROM {consents.name} WHERE status = 'active' AND {where} "
         f"UNION ALL SELECT 'o', citizen_id, agreement, {number}, {instant}, {CHOICE_PADDING[postgres]} "
         f"FROM {objections.name} WHERE {where}"
     )
 
 
-# The last three columns of a ``raw_choices_query`` row that is not a consent's.
-CHOICE_PADDING = {False: "NULL, NULL, NULL", True: "NULL::text, NULL::text, NULL::json"}
+# The last four columns of a ``raw_choices_query`` row that is not a consent's.
+CHOICE_PADDING = {False: "NULL, NULL, NULL, NULL", True: "NULL::text, NULL::text, NULL::json, NULL::json"}
 
 
 def choice_row(r: Sequence[Any], expires_at: datetime | None) -> ChoiceRow:
     """A row of ``raw_choices_query``, its expiry already read by the driver's caller."""
     if r[0] != "c":
         return ChoiceRow(r[1], False, r[2], None)
-    # JSON text from sqlite3 and asyncpg alike.
-    fields = json.loads(r[7]) if isinstance(r[7], str) else r[7]
-    return ChoiceRow(r[1], True, r[2], expires_at, r[5], r[6], tuple(fields))
+    return ChoiceRow(r[1], True, r[2], expires_at, r[5], r[6], _names(r[7]), _names(r[8]))
+
+
+def _names(listed: Any) -> tuple[str, ...]:
+    """A JSON list of names as a driver returns it (text from sqlite3 and asyncpg alike, a
+    list from SQLAlchemy's JSON type); none for NULL."""
+    names = json.loads(listed) if isinstance(listed, str) else listed
+    return tuple(names or ())
 
 
 async def choices(
@@ -124,6 +133,7 @@ async def choices(
             consents.c.consumer,
             consents.c.purpose,
             consents.c.fields,
+            consents.c.actions,
         ).where(
             consents.c.citizen_id.in_(citizen_ids),
             consents.c.agreement.in_(agreements),
@@ -135,23 +145,25 @@ async def choices(
             objections.c.citizen_id.in_(citizen_ids), objections.c.agreement.in_(agreements)
         )
     )
-    return [ChoiceRow(row[0], True, row[1], row[2], row[3], row[4], tuple(row[5])) for row in active] + [
-        ChoiceRow(row[0], False, row[1], None) for row in objected
-    ]
+    return [
+        ChoiceRow(row[0], True, row[1], row[2], row[3], row[4], _names(row[5]), _names(row[6]))
+        for row in active
+    ] + [ChoiceRow(row[0], False, row[1], None) for row in objected]
 
 
 def context_with_choices(
     context: RequestContext, citizen_id: str, rows: Iterable[ChoiceRow]
 ) -> RequestContext:
-    """``context`` with the fields the citizen's consents that are active and unexpired
-    at the context's time cover (by their terms), and its objections, among ``rows``."""
+    """``context`` with the fields and actions the citizen's consents that are active and
+    unexpired at the context's time cover (by their terms), and its objections, among
+    ``rows``."""
     consents = frozenset(
         held
         for row in rows
         if row.citizen_id == citizen_id
         and row.consent
         and (row.expires_at is None or row.expires_at > context.time)
-        for held in consented(row.agreement, row.consumer, row.purpose, row.fields)
+        for held in consented(row.agreement, row.consumer, row.purpose, row.fields, row.actions)
     )
     objections = frozenset(row.agreement for row in rows if row.citizen_id == citizen_id and not row.consent)
     return replace(context, consents=consents, objections=objections)

@@ -50,6 +50,9 @@ class ConsentOut(BaseModel):
     consumer: str
     purpose: str
     fields: list[str]
+    # The actions the consent covers: the agreement's when the citizen consented. An owner
+    # who later adds an action needs a new consent for it.
+    actions: list[str]
     status: ConsentStatus
     created_at: datetime
     expires_at: datetime | None

@@ -1,7 +1,7 @@
 """The rules of consents and objections. The API and the console both call these.
 
 A consent is given to one consent-based agreement: its terms (the agreement's consumer,
-purpose and fields, an optional expiry and data life) are fixed and signed when it is
+purpose, fields and actions, an optional expiry and data life) are fixed and signed when it is
 made; afterwards only its status moves: ``active`` <-> ``paused``, either -> ``revoked``
 (final), and ``expired`` once its expiry passes (judged at read time against the
 service's clock, so nothing has to run for it). An objection stands against one
@@ -91,6 +91,7 @@ def consent_out(row: ConsentRow, now: datetime) -> ConsentOut:
         consumer=row.consumer,
         purpose=row.purpose,
         fields=list(row.fields),
+        actions=list(row.actions or ()),
         status=status_at(row, now),
         created_at=row.created_at,
         expires_at=row.expires_at,
@@ -195,6 +196,7 @@ async def grant(
             )
     consent_id = str(uuid.uuid4())
     fields = list(agreement.fields)
+    actions = list(agreement.actions)
     purpose = agreement.purposes[0]
     terms = artefact.terms(
         issuer=runtime.issuer,
@@ -205,6 +207,7 @@ async def grant(
         consumer=agreement.consumer,
         purpose=purpose,
         fields=fields,
+        actions=actions,
         created_at=now,
         expires_at=expires_at,
         data_life=body.data_life,
@@ -216,6 +219,7 @@ async def grant(
         consumer=agreement.consumer,
         purpose=purpose,
         fields=fields,
+        actions=actions,
         status="active",
         created_at=now,
         updated_at=now,

@@ -131,7 +131,9 @@ def _consented(policy: CompiledPolicy, agreement_ids: Iterable[str]) -> frozense
         held
         for agreement in policy.agreements
         if agreement.id in wanted and agreement.purposes
-        for held in consented(agreement.id, agreement.consumer, agreement.purposes[0], agreement.fields)
+        for held in consented(
+            agreement.id, agreement.consumer, agreement.purposes[0], agreement.fields, agreement.actions
+        )
     )
 
 

@@ -42,21 +42,28 @@ OBJECTED = "objected"
 
 
 class Consented(NamedTuple):
-    """One field a citizen's active consent covers, as its signed terms name it: the
-    agreement consented to, its consumer and purpose, and the field. A consent-based grant
-    applies only where the request's consumer, purpose and field are among them, so an
-    agreement widened or redirected after the citizen consented releases nothing new
-    under that consent."""
+    """One field and action a citizen's active consent covers, as its signed terms name
+    them: the agreement consented to, its consumer and purpose, the field and the action.
+    A consent-based grant applies only where the request's consumer, purpose, field and
+    action are among them, so an agreement widened (another field or action) or
+    redirected after the citizen consented releases nothing new under that consent."""
 
     agreement: str
     consumer: str
     purpose: str
     field: str
+    action: str
 
 
-def consented(agreement: str, consumer: str, purpose: str, fields: Iterable[str]) -> frozenset[Consented]:
-    """Every field of one consent's terms."""
-    return frozenset(Consented(agreement, consumer, purpose, name) for name in fields)
+def consented(
+    agreement: str, consumer: str, purpose: str, fields: Iterable[str], actions: Iterable[str]
+) -> frozenset[Consented]:
+    """Every field and action of one consent's terms; none when the terms name no action
+    (a consent stored before its terms recorded actions, and none could be given it)."""
+    named = tuple(actions)
+    return frozenset(
+        Consented(agreement, consumer, purpose, name, action) for name in fields for action in named
+    )
 
 
 UNEVALUATED = "condition could not be evaluated"
@@ -126,8 +133,8 @@ class Agreement:
 class RequestContext:
     """What a condition and a grant's limits are checked against.
 
-    ``consents`` are the fields the citizen's active consents cover, by their terms
-    (``Consented``), and ``objections`` the ids of the agreements the citizen has objected
+    ``consents`` are the fields and actions the citizen's active consents cover, by their
+    terms (``Consented``), and ``objections`` the ids of the agreements the citizen has objected
     to, among those the request needs (``CompiledPolicy.choices_needed``); left empty, a
     consent-based grant does not apply (fail closed) and an objectable one does."""
 
@@ -326,9 +333,11 @@ class Grant:
     # every other grant of its owner's fields.
     refused: bool = False
 
-    def miss(self, context: RequestContext, bindings: dict[str, Any], name: str, consumer: str) -> str | None:
-        """Why this grant does not apply to ``consumer`` acting on field ``name`` in
-        ``context``; ``None`` when it does."""
+    def miss(
+        self, context: RequestContext, bindings: dict[str, Any], name: str, consumer: str, action: str
+    ) -> str | None:
+        """Why this grant does not apply to ``consumer`` doing ``action`` on field ``name``
+        in ``context``; ``None`` when it does."""
         if self.purposes and context.purpose not in self.purposes:
             return (
                 f"agreement {self.agreement} covers {', '.join(sorted(self.purposes))}, not {context.purpose}"
@@ -356,17 +365,30 @@ class Grant:
                 return f"agreement {self.agreement} condition not met: {self.when}"
         # The citizen's choice last: a miss here means everything else applied.
         if self.basis == "consent" and (
-            Consented(self.agreement, consumer, context.purpose, name) not in context.consents
+            Consented(self.agreement, consumer, context.purpose, name, action) not in context.consents
         ):
-            if any(held.agreement == self.agreement for held in context.consents):
-                return (
-                    f"{CONSENT_REQUIRED}: the citizen's consent to agreement {self.agreement} was given "
-                    f"to terms that do not cover {consumer} using {name} for {context.purpose}"
-                )
-            return f"{CONSENT_REQUIRED}: agreement {self.agreement} needs the citizen's active consent"
+            return _consent_miss(self.agreement, context.consents, name, consumer, context.purpose, action)
         if self.basis == "objectable" and self.agreement in context.objections:
             return f"{OBJECTED}: the citizen objected to agreement {self.agreement}"
         return None
+
+
+def _consent_miss(
+    agreement: str, consents: frozenset[Consented], name: str, consumer: str, purpose: str, action: str
+) -> str:
+    """Why no consent the citizen holds covers the request: none to ``agreement``, or one
+    given to terms that name other actions, or another consumer, purpose or field."""
+    held = [terms for terms in consents if terms.agreement == agreement]
+    if not held:
+        return f"{CONSENT_REQUIRED}: agreement {agreement} needs the citizen's active consent"
+    if any((terms.consumer, terms.purpose, terms.field) == (consumer, purpose, name) for terms in held):
+        missing = f"cover {action}"
+    else:
+        missing = f"cover {consumer} using {name} for {purpose}"
+    return (
+        f"{CONSENT_REQUIRED}: the citizen's consent to agreement {agreement} was given to terms "
+        f"that do not {missing}"
+    )
 
 
 # The owner of a field is permitted every action on it without any agreement.
@@ -614,7 +636,7 @@ def _decide_field(
     permit: Grant | None = None
     # Forbids are sorted first, so the first applicable forbid ends the search.
     for grant in grants:
-        missed = grant.miss(context, bindings, name, consumer)
+        missed = grant.miss(context, bindings, name, consumer, action)
         if grant.effect == "forbid":
             if missed is None or UNEVALUATED in missed:
                 reason = (

@@ -113,6 +113,7 @@ class TestSigningKeys:
             consumer="council",
             purpose="discretionary-support",
             fields=["benefit_status"],
+            actions=["read"],
             created_at=datetime(2026, 1, 2, tzinfo=UTC),
             expires_at=None,
             data_life=None,

@@ -268,6 +268,7 @@ class TestAudited:
         terms = json.loads(entries[0]["document"])
         assert terms["jti"] == consent["id"]
         assert terms["fields"] == ["benefit_status"]
+        assert terms["actions"] == CONSENTED["actions"]
         assert not any("awarded" in json.dumps(e) or "Ada" in json.dumps(e) for e in entries)
 
     async def test_reading_a_citizens_choices_is_audited(self, world: ConsentWorld) -> None:

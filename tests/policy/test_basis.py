@@ -22,7 +22,9 @@ class TestDecision:
         compiled = policy(CONSENT)
         [decision] = compiled.decide("welfare", "read", ["licence_status"], context()).values()
         assert (decision.effect, decision.reason) == ("deny", CONSENT_REQUIRED)
-        given = context(consents=consented(CONSENT.id, "welfare", "benefit-eligibility", ["licence_status"]))
+        given = context(
+            consents=consented(CONSENT.id, "welfare", "benefit-eligibility", ["licence_status"], ["read"])
+        )
         [decision] = compiled.decide("welfare", "read", ["licence_status"], given).values()
         assert (decision.effect, decision.agreement) == ("permit", CONSENT.id)
 
@@ -31,7 +33,9 @@ class TestDecision:
         repurposed after the citizen consented releases nothing new under that consent."""
         widened = agreement("licence-with-consent", basis="consent", fields=("licence_status", "points"))
         compiled = policy(widened)
-        given = context(consents=consented(widened.id, "welfare", "benefit-eligibility", ["licence_status"]))
+        given = context(
+            consents=consented(widened.id, "welfare", "benefit-eligibility", ["licence_status"], ["read"])
+        )
         decisions = compiled.decide("welfare", "read", ["licence_status", "points"], given)
         assert decisions["licence_status"].effect == "permit"
         assert (decisions["points"].effect, decisions["points"].reason) == ("deny", CONSENT_REQUIRED)
@@ -42,9 +46,32 @@ class TestDecision:
         )
         for consumer, purpose in (("revenue", "benefit-eligibility"), ("welfare", "tax-administration")):
             elsewhere = context(
-                consents=consented(widened.id, consumer, purpose, ["licence_status", "points"])
+                consents=consented(widened.id, consumer, purpose, ["licence_status", "points"], ["read"])
             )
             [decision] = compiled.decide("welfare", "read", ["licence_status"], elsewhere).values()
+            assert (decision.effect, decision.reason) == ("deny", CONSENT_REQUIRED)
+
+    def test_a_consent_covers_only_the_actions_its_terms_name(self) -> None:
+        """An agreement given another action after the citizen consented releases nothing
+        under that consent for the new action; a consent whose terms name no action
+        releases nothing at all."""
+        widened = agreement("licence-with-consent", basis="consent", actions=("read", "verify", "history"))
+        compiled = policy(widened)
+        terms = (widened.id, "welfare", "benefit-eligibility", ["licence_status"])
+        given = context(consents=consented(*terms, ["verify"]))
+        [decision] = compiled.decide("welfare", "verify", ["licence_status"], given).values()
+        assert decision.effect == "permit"
+        for action in ("read", "history"):
+            [decision] = compiled.decide("welfare", action, ["licence_status"], given).values()
+            assert (decision.effect, decision.reason) == ("deny", CONSENT_REQUIRED)
+            [explained] = compiled.explain("welfare", action, ["licence_status"], given).values()
+            assert explained.near_misses[0].reason == (
+                f"consent-required: the citizen's consent to agreement {widened.id} was given to terms "
+                f"that do not cover {action}"
+            )
+        assert consented(*terms, []) == frozenset()
+        for action in ("read", "verify", "history"):
+            [decision] = compiled.decide("welfare", action, ["licence_status"], context()).values()
             assert (decision.effect, decision.reason) == ("deny", CONSENT_REQUIRED)
 
     def test_explain_names_the_missing_consent(self) -> None:

@@ -95,6 +95,8 @@ async def stored(database_url: str, settings: Settings) -> AsyncIterator[Stored]
                         consumer="revenue",
                         purpose="tax-administration",
                         fields=["points"],
+                        # One consent stored without actions (it covers none).
+                        actions=None if index == 3 else ["read", "verify"],
                         status=status,
                         created_at=now,
                         updated_at=now,
@@ -237,12 +239,17 @@ class TestStoresAgree:
         [expiring] = [r for r in rows if r.citizen_id == first and r.agreement == "a-consent"]
         assert expiring.expires_at == datetime(2026, 12, 2, 9, 30, 15, 123456, tzinfo=UTC)
         # A consent comes with the terms it was given to; an objection with none.
-        assert (expiring.consumer, expiring.purpose, expiring.fields) == (
+        assert (expiring.consumer, expiring.purpose, expiring.fields, expiring.actions) == (
             "revenue",
             "tax-administration",
             ("points",),
+            ("read", "verify"),
         )
-        assert {(r.consumer, r.purpose, r.fields) for r in rows if not r.consent} == {("", "", ())}
+        [unnamed] = [r for r in rows if r.citizen_id == second and r.agreement == "b-consent"]
+        assert unnamed.actions == ()
+        assert {(r.consumer, r.purpose, r.fields, r.actions) for r in rows if not r.consent} == {
+            ("", "", (), ())
+        }
         assert second in {r.citizen_id for r in rows}
 
 

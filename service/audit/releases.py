@@ -21,7 +21,8 @@ signed agreements name.
 
 A release under a consent-based or objectable agreement is re-decided with the citizen's
 consents and objections as the log's ``consent-change`` and ``objection-change`` entries
-before it leave them (a consent's expiry is in its first entry's signed terms).
+before it leave them (a consent's expiry, and the consumer, purpose, fields and actions
+it covers, are in its first entry's signed terms).
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ class ReleaseChecker:
         # policy change, after which a cited version may read differently.
         self._verdicts: dict[tuple[Any, ...], str] = {}
         self._pending: list[_Release] = []
-        # Citizen -> agreement -> (consent status, expiry, the fields its signed terms cover),
-        # and citizen -> objected agreements, as the log's consent-change and
+        # Citizen -> agreement -> (consent status, expiry, the fields and actions its signed
+        # terms cover), and citizen -> objected agreements, as the log's consent-change and
         # objection-change entries so far leave them.
         self._consents: dict[str, dict[str, tuple[str, datetime | None, frozenset[Consented]]]] = {}
         self._objections: dict[str, set[str]] = {}
@@ -353,8 +354,26 @@ class ReleaseChecker:
                         str(terms.get("consumer") or ""),
                         str(terms.get("purpose") or ""),
                         (str(name) for name in fields),
+                        self._consented_actions(terms, reasons[0]),
                     )
         held[agreement] = (change, expires_at, covered)
+
+    def _consented_actions(self, terms: Mapping[str, Any], reason: Mapping[str, Any]) -> tuple[str, ...]:
+        """The actions a new consent's logged terms cover: those they name (none when they
+        name none). Terms logged before consents named actions cover, as migration 0020
+        made the stored consent cover, the actions of the agreement version the entry
+        cites as in force when it was given, if the log holds that version and it was
+        active; else none."""
+        if "actions" in terms:
+            actions = terms["actions"]
+            return tuple(str(action) for action in actions) if isinstance(actions, list) else ()
+        version = reason.get("version")
+        logged = (
+            self._versions.get((str(reason.get("agreement")), version)) if isinstance(version, int) else None
+        )
+        if logged is None or logged.status != "active" or logged.agreement is None:
+            return ()
+        return logged.agreement.actions
 
     def _choices_of(self, citizen: str, time: datetime) -> tuple[frozenset[Consented], frozenset[str]]:
         """What the citizen's active, unexpired consents at ``time`` covered (by their

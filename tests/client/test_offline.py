@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 from tellonce_client import (
     ProofError,
@@ -23,11 +24,15 @@ from tellonce_client import (
     open_checkpoint,
     verify_entry,
 )
-from tellonce_client.models import InclusionProof
+from tellonce_client.models import ConsentOut, InclusionProof
 from tellonce_client.proofs import _parse_body, leaf_hash, verify_consistency, verify_inclusion
 
 from service.audit import merkle
 from service.audit.checkpoint import Checkpoint, NoteSigner
+from service.openapi_examples import RESPONSE_EXAMPLES
+
+# The consent the service's API documentation shows.
+CONSENT_EXAMPLE = RESPONSE_EXAMPLES[("POST", "/v1/citizens/{citizen_id}/consents")]
 
 
 def _tree(size: int) -> tuple[list[bytes], merkle.NodeReader]:
@@ -348,3 +353,15 @@ class TestWebhookHeadersToTheLetter:
     def test_an_empty_secret_is_refused(self, secret: str) -> None:
         with pytest.raises(ValueError, match="whsec_"):
             WebhookVerifier(secret)
+
+
+class TestConsentModel:
+    def test_a_consent_answer_carries_the_actions_it_covers(self) -> None:
+        answer = {**CONSENT_EXAMPLE, "actions": ["verify"]}
+        assert ConsentOut.model_validate(answer).actions == ["verify"]
+
+    def test_an_answer_without_actions_is_refused(self) -> None:
+        """The service always names them: an answer without is not the service's."""
+        answer = {key: value for key, value in CONSENT_EXAMPLE.items() if key != "actions"}
+        with pytest.raises(ValidationError, match="actions"):
+            ConsentOut.model_validate(answer)

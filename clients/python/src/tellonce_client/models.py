@@ -370,6 +370,9 @@ class ConsentOut(Response):
     consumer: str
     purpose: str
     fields: list[str]
+    # The actions the consent covers: the agreement's when the citizen consented. Actions
+    # the owner added to the agreement later need a new consent.
+    actions: list[str]
     status: Literal["active", "paused", "revoked", "expired"]
     created_at: datetime
     expires_at: datetime | None

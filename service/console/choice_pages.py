@@ -71,6 +71,9 @@ class ChoiceRow:
     # Consent-based: the citizen's newest consent to it, if any.
     consent: ConsentOut | None = None
     status_words: str = ""
+    # What the agreement now asks that the citizen's active or paused consent, given to
+    # earlier terms, does not cover; empty when it covers everything.
+    uncovered: str = ""
     # Objectable: whether the citizen has objected.
     objected: bool = False
 
@@ -83,6 +86,31 @@ def _what(catalog: Catalog, agreement: Agreement) -> str:
     purposes = wording.join_words([wording.purpose_phrase(catalog, p) for p in agreement.purposes])
     sentence = f"{who[:1].upper()}{who[1:]} may {wording.join_words(verbs)} your {fields}"
     return sentence + (f" for the purpose of {purposes}" if purposes else "")
+
+
+def uncovered_note(catalog: Catalog, agreement: Agreement, consent: ConsentOut | None) -> str:
+    """A sentence on what ``consent`` (still in force or paused) does not cover of the
+    agreement as it is now: a consent covers only the terms it was given to, so an action
+    or field the owner added since, or another consumer or purpose, needs a new consent."""
+    if consent is None or consent.status not in ("active", "paused"):
+        return ""
+    who = wording.department_phrase(catalog, agreement.consumer)
+    again = " To agree to what it says now, revoke your consent and give it again."
+    if consent.consumer != agreement.consumer or consent.purpose not in agreement.purposes:
+        return (
+            f"Your consent was given to earlier terms and does not cover what this agreement says now.{again}"
+        )
+    gaps = []
+    actions = [_VERBS.get(a, a) for a in agreement.actions if a not in consent.actions]
+    if actions:
+        every_field = wording.join_words([wording.field_phrase(f) for f in agreement.fields])
+        gaps.append(f"It does not let {who} {wording.join_words(actions)} your {every_field}.")
+    new_fields = [wording.field_phrase(f) for f in agreement.fields if f not in consent.fields]
+    if new_fields:
+        gaps.append(f"It does not cover your {wording.join_words(new_fields)}.")
+    if not gaps:
+        return ""
+    return f"Your consent was given to earlier terms. {' '.join(gaps)}{again}"
 
 
 async def _rows(
@@ -112,6 +140,7 @@ async def _rows(
                     basis,
                     consent=held,
                     status_words=_STATUS_WORDS[held.status] if held else "You have not given your consent.",
+                    uncovered=uncovered_note(catalog, agreement, held),
                 )
             )
         elif agreement.basis == "objectable":

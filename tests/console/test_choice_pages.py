@@ -5,6 +5,7 @@ that is no agreement id is refused on the page, never a server error."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,9 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.models import AuditEntryRow
 from service.auth import service as auth_service
+from service.catalog.loader import load_catalog
 from service.consent import service as consent_service
+from service.consent.schemas import ConsentOut
+from service.console.choice_pages import uncovered_note
 from service.events.notifier import EventNotifier
-from tests.consent.conftest import CONSENTED, PORTAL, ConsentWorld, records_env, world
+from service.policy.engine import Agreement
+from tests.consent.conftest import CONSENTED, PORTAL, ConsentWorld, as_, records_env, world
+from tests.records.conftest import RECORDS_POLICIES
 
 __all__ = ["records_env", "world"]
 
@@ -165,3 +171,90 @@ class TestChoicesPage:
             .order_by(AuditEntryRow.id)
         )
         assert rows.all() == [("consent-list", world.citizen_id), ("objection-list", world.citizen_id)]
+
+    async def test_a_consent_to_earlier_terms_says_what_it_does_not_cover(
+        self, world: ConsentWorld, portal: httpx.AsyncClient
+    ) -> None:
+        """The owner adds an action after the citizen consented: the page says the consent
+        does not cover it, and how to agree to the new terms."""
+        given = await world.consent()
+        assert given.status_code == 201, given.text
+        page = f"/console/citizen/choices?citizen_id={world.citizen_id}"
+        assert "consent-uncovered" not in (await portal.get(page)).text
+        widened = {**CONSENTED, "actions": [*CONSENTED["actions"], "history"], "reason": "more"}
+        replaced = await world.client.put(
+            f"/v1/policies/{CONSENTED['id']}",
+            json=widened,
+            headers={**as_("welfare", "data-owner"), "If-Match": '"1"'},
+        )
+        assert replaced.status_code == 200, replaced.text
+        shown = await portal.get(page)
+        assert shown.status_code == 200
+        found = re.search(rf'data-agreement="{CONSENTED["id"]}">(.*?)</li>', shown.text, re.S)
+        assert found is not None
+        note = re.search(r'<p class="body consent-uncovered">(.*?)</p>', found.group(1), re.S)
+        assert note is not None
+        assert note.group(1) == (
+            "Your consent was given to earlier terms. It does not let Revenue read earlier versions "
+            "of your benefit status. To agree to what it says now, revoke your consent and give it again."
+        )
+
+
+def _consent(**terms: Any) -> ConsentOut:
+    values: dict[str, Any] = {
+        "id": "6b0e3f52-3c1d-4a0e-9a43-2f7d1c9e8b10",
+        "citizen_id": "3f2c1d9e-0000-4000-8000-000000000001",
+        "agreement": CONSENTED["id"],
+        "consumer": "revenue",
+        "purpose": "tax-administration",
+        "fields": ["benefit_status"],
+        "actions": ["read", "verify"],
+        "status": "active",
+        "created_at": datetime(2026, 12, 1, tzinfo=UTC),
+        "expires_at": None,
+        "signature": "a.b.c",
+    }
+    return ConsentOut(**{**values, **terms})
+
+
+class TestWhatAnOldConsentDoesNotCover:
+    """The note under a consent given to earlier terms of its agreement."""
+
+    catalog = load_catalog(RECORDS_POLICIES)
+    agreement = Agreement(
+        id=CONSENTED["id"],
+        owner="welfare",
+        consumer="revenue",
+        fields=("benefit_status", "points"),
+        actions=("read", "verify", "history"),
+        purposes=("tax-administration",),
+        basis="consent",
+    )
+
+    def test_an_added_action_and_field_are_named(self) -> None:
+        assert uncovered_note(self.catalog, self.agreement, _consent()) == (
+            "Your consent was given to earlier terms. It does not let Revenue read earlier versions "
+            "of your benefit status and points. It does not cover your points. To "
+            "agree to what it says now, revoke your consent and give it again."
+        )
+
+    def test_a_consent_stored_without_actions_covers_no_action(self) -> None:
+        note = uncovered_note(
+            self.catalog, self.agreement, _consent(actions=[], fields=["benefit_status", "points"])
+        )
+        assert "It does not let Revenue read, check facts about and read earlier versions of" in note
+
+    @pytest.mark.parametrize("terms", [{"consumer": "welfare"}, {"purpose": "fraud-investigation"}])
+    def test_another_consumer_or_purpose_covers_nothing_now(self, terms: dict[str, str]) -> None:
+        assert uncovered_note(self.catalog, self.agreement, _consent(**terms)) == (
+            "Your consent was given to earlier terms and does not cover what this agreement says "
+            "now. To agree to what it says now, revoke your consent and give it again."
+        )
+
+    def test_nothing_is_said_of_a_consent_that_covers_it_all_or_no_longer_holds(self) -> None:
+        whole = {"actions": ["read", "verify", "history"], "fields": ["benefit_status", "points"]}
+        assert uncovered_note(self.catalog, self.agreement, _consent(**whole)) == ""
+        assert uncovered_note(self.catalog, self.agreement, _consent(status="paused")) != ""
+        for status in ("revoked", "expired"):
+            assert uncovered_note(self.catalog, self.agreement, _consent(status=status)) == ""
+        assert uncovered_note(self.catalog, self.agreement, None) == ""

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.consent.models import Consent
 from service.db import Base, UTCDateTime, create_engine
 from service.events.models import Delivery
+from service.policy.models import AgreementVersion
+from service.records.models import Citizen
 from service.schema import alembic_config, check, head_revisions, known_revisions, upgrade_async
 from tests.fixtures.databases import create_scratch_database, drop_scratch_database, is_postgres
 
@@ -347,27 +349,10 @@ class TestConsentActions:
         try:
             await asyncio.to_thread(command.downgrade, alembic_config(url), "0019_delivery_released")
             day = datetime(2026, 12, 1, tzinfo=UTC)
-            citizens = sa.table(
-                "citizens",
-                *(sa.column(name) for name in ("id", "status", "registered_by")),
-                sa.column("version", sa.Integer),
-                *(sa.column(name, UTCDateTime(timezone=True)) for name in ("created_at", "updated_at")),
-            )
-            versions = sa.table(
-                "agreement_versions",
-                *(sa.column(name) for name in ("agreement_id", "owner", "status", "content_hash", "author")),
-                *(sa.column(name) for name in ("reason",)),
-                sa.column("version", sa.Integer),
-                sa.column("content", sa.JSON),
-                sa.column("is_current", sa.Boolean),
-                sa.column("created_at", UTCDateTime(timezone=True)),
-            )
+            # The consents table as 0019 left it: the model less the actions.
             consents = sa.table(
                 "consents",
-                *(sa.column(name) for name in ("id", "citizen_id", "agreement", "consumer", "purpose")),
-                *(sa.column(name) for name in ("status", "signature")),
-                sa.column("fields", sa.JSON),
-                *(sa.column(name, UTCDateTime(timezone=True)) for name in ("created_at", "updated_at")),
+                *(sa.column(c.name, c.type) for c in Consent.__table__.c if c.name != "actions"),
             )
             # (agreement, version, status, actions, stored on day n)
             stored = [
@@ -389,19 +374,10 @@ class TestConsentActions:
             engine = create_engine(url)
             try:
                 async with engine.begin() as conn:
-                    await conn.execute(
-                        citizens.insert().values(
-                            id="c",
-                            status="active",
-                            registered_by="r",
-                            version=1,
-                            created_at=day,
-                            updated_at=day,
-                        )
-                    )
+                    await conn.execute(sa.insert(Citizen).values(id="c", registered_by="r"))
                     for agreement, version, status, actions, on in stored:
                         await conn.execute(
-                            versions.insert().values(
+                            sa.insert(AgreementVersion).values(
                                 agreement_id=agreement,
                                 owner="welfare",
                                 version=version,

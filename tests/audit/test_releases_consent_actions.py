@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from service.audit.releases import ReleaseChecker
-from service.audit.schemas import AuditEntry, Reason, canonical_json
+from service.audit.schemas import Reason, canonical_json
 from service.policy.schemas import AgreementSpec
 from service.policy.service import agreements_from_rows
 from service.policy.signing import OwnerSigner, OwnerVerifier, version_text
+from tests.fixtures.audit import make_entry
 
 OWNER = "dvla"
 SIGNER = OwnerSigner.generate(OWNER)
@@ -43,17 +44,9 @@ def _content(actions: list[str]) -> dict[str, Any]:
 
 
 def _entry(n: int, **values: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "time": (START + timedelta(minutes=n)).isoformat(),
-        "request_id": f"r{n}",
-        "client_id": "operator",
-        "department": "",
-        "action": "policy-change",
-        "decision": "permit",
-        "status": 200,
-    }
-    base.update(values)
-    return AuditEntry.model_validate(base).to_record()
+    """The ``n``-th entry, as the audit stores it; a policy change unless said otherwise."""
+    values = {"action": "policy-change", "time": (START + timedelta(minutes=n)).isoformat(), **values}
+    return make_entry(**values).to_record()
 
 
 class Log:

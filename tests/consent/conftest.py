@@ -9,7 +9,27 @@ import pytest
 
 from tests.records.conftest import RecordsEnv, as_, committed_records_env, records_env
 
-__all__ = ["CONSENTED", "OBJECTABLE", "ConsentWorld", "as_", "committed_records_env", "records_env"]
+__all__ = [
+    "CONSENTED",
+    "OBJECTABLE",
+    "ConsentWorld",
+    "as_",
+    "committed_records_env",
+    "problem",
+    "records_env",
+]
+
+PROBLEM = "https://tellonce.example/problems/"
+
+
+def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    """The problem+json body of ``response``, asserted to have ``status`` and type ``slug``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"] == PROBLEM + slug
+    return body
+
 
 # Welfare lets revenue read and verify benefit status, for tax administration, with the
 # citizen's consent; the register lets revenue read given names unless the citizen objects.

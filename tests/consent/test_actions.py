@@ -13,19 +13,10 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.consent.models import Consent
-from tests.consent.conftest import CONSENTED, PORTAL, REVENUE, ConsentWorld, as_
+from tests.consent.conftest import CONSENTED, PORTAL, REVENUE, ConsentWorld, as_, problem
 
-PROBLEM = "https://tellonce.example/problems/"
 OWNER = as_("welfare", "data-owner")
 WIDER = ["history", "read", "verify"]
-
-
-def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["type"] == PROBLEM + slug
-    return body
 
 
 def signed_claims(signature: str) -> dict[str, Any]:

@@ -16,17 +16,7 @@ from service.audit.models import AuditEntryRow
 from service.consent import repository as consent_repository
 from service.consent.models import Consent
 from service.policy.simulate import ListSource, RecordedRequest
-from tests.consent.conftest import CONSENTED, OBJECTABLE, PORTAL, REVENUE, ConsentWorld, as_
-
-PROBLEM = "https://tellonce.example/problems/"
-
-
-def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["type"] == PROBLEM + slug
-    return body
+from tests.consent.conftest import CONSENTED, OBJECTABLE, PORTAL, REVENUE, ConsentWorld, as_, problem
 
 
 class TestConsentRequired:

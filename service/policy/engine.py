@@ -69,6 +69,29 @@ def consented(
 UNEVALUATED = "condition could not be evaluated"
 NEEDS_CASE_REF = "needs a case reference"
 
+# Why a grant did not apply, as the engine acts on it. The reason's words are for people:
+# an agreement's condition is quoted in them, so nothing is decided by reading them.
+MissKind = Literal[
+    "purpose",
+    "not-yet-valid",
+    "expired",
+    "needs-case-ref",
+    "unevaluated",
+    "condition-not-met",
+    "consent",
+    "objected",
+]
+
+
+class Miss(NamedTuple):
+    """A grant that does not apply: why, as a ``MissKind``, and as the reason people read.
+    ``unevaluated`` (its condition errored, or gave neither true nor false) fails closed:
+    a permit so missed does not apply, while a forbid does."""
+
+    kind: MissKind
+    reason: str
+
+
 # The claims a ``verify`` agreement allows on one field: operator -> the allowed operands
 # (values as written, relative dates such as ``today-18y`` kept as text).
 AllowedClaims = Mapping[str, tuple[Any, ...]]
@@ -335,20 +358,19 @@ class Grant:
 
     def miss(
         self, context: RequestContext, bindings: dict[str, Any], name: str, consumer: str, action: str
-    ) -> str | None:
+    ) -> Miss | None:
         """Why this grant does not apply to ``consumer`` doing ``action`` on field ``name``
         in ``context``; ``None`` when it does."""
         if self.purposes and context.purpose not in self.purposes:
-            return (
-                f"agreement {self.agreement} covers {', '.join(sorted(self.purposes))}, not {context.purpose}"
-            )
+            covered = ", ".join(sorted(self.purposes))
+            return Miss("purpose", f"agreement {self.agreement} covers {covered}, not {context.purpose}")
         if self.starts is not None and context.time < self.starts:
-            return f"agreement {self.agreement} starts {self.valid_from}"
+            return Miss("not-yet-valid", f"agreement {self.agreement} starts {self.valid_from}")
         if self.ends is not None and context.time >= self.ends:
-            return f"agreement {self.agreement} expired {self.valid_until}"
+            return Miss("expired", f"agreement {self.agreement} expired {self.valid_until}")
         needs_case_ref = self.require_case_ref or self.disclosure_delay is not None
         if needs_case_ref and not context.case_ref and self.effect == "permit":
-            return f"agreement {self.agreement} {NEEDS_CASE_REF}"
+            return Miss("needs-case-ref", f"agreement {self.agreement} {NEEDS_CASE_REF}")
         if self.condition is not None:
             if not bindings:
                 bindings.update(_bindings(context))
@@ -360,16 +382,19 @@ class Grant:
                 # A condition that errors, or gives anything but true or false, cannot be
                 # decided and fails closed: a permit does not apply, while a forbid does
                 # (see ``_decide_field``).
-                return f"agreement {self.agreement} {UNEVALUATED}: {self.when}"
+                return Miss("unevaluated", f"agreement {self.agreement} {UNEVALUATED}: {self.when}")
             if not met:
-                return f"agreement {self.agreement} condition not met: {self.when}"
+                return Miss("condition-not-met", f"agreement {self.agreement} condition not met: {self.when}")
         # The citizen's choice last: a miss here means everything else applied.
         if self.basis == "consent" and (
             Consented(self.agreement, consumer, context.purpose, name, action) not in context.consents
         ):
-            return _consent_miss(self.agreement, context.consents, name, consumer, context.purpose, action)
+            return Miss(
+                "consent",
+                _consent_miss(self.agreement, context.consents, name, consumer, context.purpose, action),
+            )
         if self.basis == "objectable" and self.agreement in context.objections:
-            return f"{OBJECTED}: the citizen objected to agreement {self.agreement}"
+            return Miss("objected", f"{OBJECTED}: the citizen objected to agreement {self.agreement}")
         return None
 
 
@@ -633,12 +658,15 @@ def _decide_field(
     if grants[0] is OWNER_GRANT:
         return (Decision(name, "permit", None, None, "owner"), ())
     misses: list[NearMiss] = []
+    # Why each permit missed, as the engine acts on it (``misses`` keeps the reasons).
+    permit_kinds: list[MissKind] = []
     permit: Grant | None = None
     # Forbids are sorted first, so the first applicable forbid ends the search.
     for grant in grants:
         missed = grant.miss(context, bindings, name, consumer, action)
         if grant.effect == "forbid":
-            if missed is None or UNEVALUATED in missed:
+            # A forbid whose condition could not be evaluated applies (fails closed).
+            if missed is None or missed.kind == "unevaluated":
                 reason = (
                     f"agreement {grant.agreement} of this field's owner was refused when the policy "
                     f"compiled, so no agreement of that owner releases its fields until it is fixed"
@@ -651,7 +679,7 @@ def _decide_field(
                 held = _held_refusal(name, reason, grants, hold, grant) if context.case_ref else None
                 return (held or _refusal(name, reason, grant), tuple(misses))
             if explain:
-                misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
+                misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed.reason))
             continue
         if missed is None:
             if permit is None:
@@ -659,14 +687,15 @@ def _decide_field(
                 if not explain:
                     break
             continue
-        misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed))
+        misses.append(NearMiss(grant.agreement, grant.version, grant.effect, missed.reason))
+        permit_kinds.append(missed.kind)
     if permit is not None:
         return (_permit(permit, name, consumer, action, context.purpose), tuple(misses) if explain else ())
     permit_misses = [m.reason for m in misses if m.effect == "permit"]
-    if any(m.startswith(CONSENT_REQUIRED) for m in permit_misses):
+    if "consent" in permit_kinds:
         # Only the citizen's consent is missing: the reason the consumer can act on.
         reason = CONSENT_REQUIRED
-    elif any(m.startswith(OBJECTED) for m in permit_misses):
+    elif "objected" in permit_kinds:
         reason = OBJECTED
     elif permit_misses:
         reason = "; ".join(permit_misses)

@@ -594,3 +594,42 @@ class TestRefusedAgreements:
             draft.decide("welfare", "read", ["licence_status"], context())["licence_status"].effect
             == "permit"
         )
+
+
+class TestConditionTextIsNotASignal:
+    """Whether a condition could be evaluated is a typed signal of the engine, never read
+    from the words of a miss's reason: a forbid whose condition is false does not apply,
+    whatever its text or its comments say."""
+
+    @pytest.mark.parametrize(
+        "when",
+        [
+            'citizen.status == "deceased" // condition could not be evaluated',
+            'request.purpose == "condition could not be evaluated"',
+        ],
+    )
+    def test_a_false_forbid_does_not_apply_whatever_its_text(self, when: str) -> None:
+        forbid = agreement("no-licence", effect="forbid", purposes=(), when=when)
+        compiled = policy(agreement(), forbid)
+        assert decide_one(compiled) == (
+            "permit",
+            "agreement licence-for-welfare permits welfare to read licence_status for benefit-eligibility",
+        )
+        explained = compiled.explain("welfare", "read", ["licence_status"], context())["licence_status"]
+        assert explained.decision.agreement == "licence-for-welfare"
+        assert [(m.agreement, m.reason) for m in explained.near_misses] == [
+            ("no-licence", f"agreement no-licence condition not met: {when}")
+        ]
+
+    def test_a_forbid_whose_condition_errors_still_applies_in_decide_and_explain(self) -> None:
+        when = 'citizen.status.startsWith("a") // could be evaluated'
+        forbid = agreement("no-licence", effect="forbid", purposes=(), when=when)
+        compiled = policy(agreement(), forbid)
+        assert decide_one(compiled, citizen_status=None) == (
+            "deny",
+            "agreement no-licence forbids welfare to read licence_status",
+        )
+        explained = compiled.explain("welfare", "read", ["licence_status"], context(citizen_status=None))[
+            "licence_status"
+        ]
+        assert (explained.decision.effect, explained.decision.agreement) == ("deny", "no-licence")

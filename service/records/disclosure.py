@@ -1,7 +1,8 @@
 """What a caller may learn about a citizen: the rules every read shares, once.
 
 Pure: no I/O.
-- ``may_know``: whether a caller that is refused may still learn that a citizen exists.
+- ``may_know``: whether a caller may learn that a citizen exists: it may look citizens up,
+  or is a party to an agreement over a field it asked for (permitted, or a near miss).
 - ``refusal``: when nothing asked for is allowed, 403 if the caller may know the citizen
   exists (``consent-required`` when a consent-based agreement lacks only the citizen's
   consent), else 404, so a refusal never confirms a citizen to a stranger.
@@ -53,17 +54,20 @@ def present(citizen: CitizenRow | None) -> CitizenRow:
 def may_know(
     policy: CompiledPolicy, department: str, action: str, requested: Sequence[str], context: RequestContext
 ) -> bool:
-    """Whether the caller may learn that a citizen exists when nothing it asked is allowed.
+    """Whether the caller may learn that a citizen exists (or existed, once erased).
 
     It may when it may look citizens up for this purpose, or when it is a party to an
-    agreement over one of the fields that just missed (it needs a case reference, has
-    expired, or its condition does not hold for this citizen)."""
+    agreement over one of the fields it asked for: one that permits the field, or one
+    that just missed (it needs a case reference, has expired, or its condition does not
+    hold for this citizen). A field the caller owns is permitted to it, so it may too."""
     lookup = policy.decide(department, "lookup", [NATIONAL_ID_FIELD], context)
     if lookup[NATIONAL_ID_FIELD].effect == "permit":
         return True
     explained = policy.explain(department, action, requested, context)
     return any(
-        miss.effect == "permit" for explanation in explained.values() for miss in explanation.near_misses
+        explanation.decision.effect == "permit"
+        or any(miss.effect == "permit" for miss in explanation.near_misses)
+        for explanation in explained.values()
     )
 
 

@@ -174,16 +174,17 @@ class TestErasedDuringARead:
         with pytest.raises(CitizenErased):
             await reads.read(records_tx.records, WELFARE, erased_after_loading, ["given_name"])
 
-    async def test_a_caller_that_may_not_know_gets_the_404_of_a_read_after_it(
+    async def test_a_caller_its_agreement_permits_gets_the_410_of_a_read_after_it(
         self, records_tx: RecordsTx, erased_after_loading: str
     ) -> None:
-        """Revenue reads licence_status outright but has no lookup and no near miss: after
-        the erasure it is told 404, so the read that raced it must not say 410."""
+        """Revenue may not look citizens up, but its agreement permits licence_status: it is a
+        party to that agreement, so after the erasure it is told 410, and so is the read
+        that raced it."""
         for _before_and_after in range(2):
-            with pytest.raises(CitizenNotFound):
+            with pytest.raises(CitizenErased):
                 await reads.read(records_tx.records, REVENUE, erased_after_loading, ["licence_status"])
 
-    async def test_a_batch_tells_a_caller_that_may_not_know_what_it_tells_of_a_made_up_id(
+    async def test_a_batch_tells_a_caller_its_agreement_permits_that_the_citizen_was_erased(
         self, records_tx: RecordsTx, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         registrar = facts_as("register", "registrar")
@@ -206,7 +207,11 @@ class TestErasedDuringARead:
         for _before_and_after in range(2):
             page = await reads.batch_get(records_tx.records, REVENUE, [gone.id, MADE_UP], ["licence_status"])
             raced, made_up = page.items
-            assert raced.model_dump(exclude={"id"}) == made_up.model_dump(exclude={"id"})
+            assert raced.fields == {}
+            assert [(w.field, w.reason) for w in raced.withheld] == [
+                ("licence_status", "the citizen's record was erased")
+            ]
+            assert made_up.withheld[0].reason == "no such citizen is available to you"
 
     async def test_verify_and_history_that_raced_the_erasure_answer_as_after_it(
         self, records_tx: RecordsTx, monkeypatch: pytest.MonkeyPatch
@@ -249,9 +254,10 @@ class TestErasedDuringARead:
                 fraud = replace(
                     facts_as("welfare", "consumer", purpose="fraud-investigation"), case_ref="F-1"
                 )
-                # Raced, then after: not for fraud investigation, so both say not known.
+                # Raced, then after: welfare may not look citizens up for fraud investigation,
+                # but its history agreement over the address makes it a party: both say erased.
                 for _before_and_after in range(2):
-                    with pytest.raises(CitizenNotFound):
+                    with pytest.raises(CitizenErased):
                         await reads.history(
                             records_tx.records, fraud, gone.id, "address", cursor=None, limit=5
                         )

@@ -278,3 +278,54 @@ class TestToldNotFound:
                 e for e in await _entries(records_env, citizen_id=citizen_id) if e["action"] == "batch-get"
             ]
             assert [(e["status"], e["decision"]) for e in batched] == [(404, "deny")]
+
+
+class TestToldGoneByTheirOwnAgreement:
+    """A caller that may not look citizens up but whose agreement permits the fields it
+    asks for is party to an agreement over them: it may know the citizen existed, so every
+    read tells it 410, audited as 410, and batch-get lists the citizen as erased."""
+
+    async def test_read_is_410(self, records_env: RecordsEnv) -> None:
+        citizen_id = await _erased(records_env)
+        response = await records_env.client.get(
+            f"/v1/citizens/{citizen_id}",
+            params={"purpose": "tax-administration", "fields": "licence_status"},
+            headers=as_("revenue", "consumer"),
+        )
+        assert _problem(response, 410)["type"].endswith("citizen-erased")
+        (entry,) = await _gone(records_env, citizen_id)
+        assert (entry["department"], entry["action"], entry["decision"]) == ("revenue", "read", "deny")
+
+    async def test_batch_get_lists_the_citizen_as_erased(self, records_env: RecordsEnv) -> None:
+        citizen_id = await _erased(records_env)
+        made_up = "00000000-0000-4000-8000-000000000000"
+        response = await records_env.client.post(
+            "/v1/citizens/batch-get",
+            json={
+                "ids": [citizen_id, made_up],
+                "fields": ["licence_status"],
+                "purpose": "tax-administration",
+            },
+            headers=as_("revenue", "consumer"),
+        )
+        assert response.status_code == 200, response.text
+        gone, unknown = response.json()["items"]
+        assert gone["withheld"] == [{"field": "licence_status", "reason": "the citizen's record was erased"}]
+        assert unknown["withheld"] == [
+            {"field": "licence_status", "reason": "no such citizen is available to you"}
+        ]
+        (entry,) = await _gone(records_env, citizen_id)
+        assert (entry["department"], entry["action"]) == ("revenue", "batch-get")
+
+    async def test_history_is_410(self, records_env: RecordsEnv) -> None:
+        """Welfare may look citizens up for benefit eligibility only; for fraud investigation
+        its history agreement over the address is what makes it a party."""
+        citizen_id = await _erased(records_env)
+        response = await records_env.client.get(
+            f"/v1/citizens/{citizen_id}/fields/address/history",
+            params={"purpose": "fraud-investigation"},
+            headers={**WELFARE, "X-Case-Ref": "F-1"},
+        )
+        _problem(response, 410)
+        (entry,) = await _gone(records_env, citizen_id)
+        assert (entry["department"], entry["action"]) == ("welfare", "history")

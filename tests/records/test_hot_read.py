@@ -248,6 +248,27 @@ class TestHotReadMatchesDeclaredRoute:
             ("welfare", 410, "deny", []),
         ]
 
+    async def test_erased_citizen_is_410_to_a_caller_its_agreement_permits(
+        self, records_env: RecordsEnv
+    ) -> None:
+        """Revenue may not look citizens up, but its agreement permits licence_status: it is a
+        party to that agreement, so both routes tell it 410, not the 404 of a made-up id."""
+        citizen_id, _ = await records_env.register(given_name="Cy")
+        erasure = await records_env.client.delete(
+            f"/v1/citizens/{citizen_id}",
+            params={"reason": "court-order", "legal_basis": "Court order 1"},
+            headers=as_("register", "registrar"),
+        )
+        assert erasure.status_code == 204, erasure.text
+        params = {"fields": "licence_status", "purpose": "tax-administration"}
+        for front in (True, False):
+            hot, declared, served = await _both(
+                records_env, f"/v1/citizens/{citizen_id}", params, REVENUE, front=front
+            )
+            assert served == 0  # refused by raising, in the hot handler
+            assert hot == declared
+            assert hot[0] == 410
+
     @pytest.mark.parametrize(
         ("citizen_id", "params"),
         [

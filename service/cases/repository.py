@@ -15,6 +15,9 @@ from service.cases.models import Case
 
 # (department, case reference): a reference is its department's own.
 CaseKey = tuple[str, str]
+# Cases named in one statement, each a term of an OR list: SQLite refuses a statement whose
+# expression tree is deeper than 1000, which an OR list of that many cases reaches.
+CASES_PER_QUERY = 200
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,15 @@ async def close_case(conn: AsyncConnection, department: str, case_ref: str, at: 
 
 
 async def closed_at(conn: AsyncConnection, keys: Iterable[CaseKey]) -> dict[CaseKey, datetime]:
-    """When each of ``keys`` was closed; open and unknown cases are left out."""
-    wanted = set(keys)
-    if not wanted:
-        return {}
-    statement = select(Case.department, Case.case_ref, Case.closed_at).where(
-        or_(*(and_(Case.department == d, Case.case_ref == r) for d, r in wanted)),
-        Case.closed_at.is_not(None),
-    )
-    return {(d, r): at for d, r, at in await conn.execute(statement) if at is not None}
+    """When each of ``keys`` was closed; open and unknown cases are left out. Read
+    ``CASES_PER_QUERY`` cases at a time, however many are asked for."""
+    wanted = sorted(set(keys))
+    found: dict[CaseKey, datetime] = {}
+    for start in range(0, len(wanted), CASES_PER_QUERY):
+        chunk = wanted[start : start + CASES_PER_QUERY]
+        statement = select(Case.department, Case.case_ref, Case.closed_at).where(
+            or_(*(and_(Case.department == d, Case.case_ref == r) for d, r in chunk)),
+            Case.closed_at.is_not(None),
+        )
+        found.update({(d, r): at for d, r, at in await conn.execute(statement) if at is not None})
+    return found

@@ -42,6 +42,10 @@ from service.policy.terms import AgreementTerms, Cited, Terms
 # The audit actions that release a citizen's data to a department.
 NOTICE_ACTIONS = ("read", "batch-get", "lookup", "verify", "history")
 NOTICE_BATCH = 1000
+# Closed cases whose held notices one round releases at most: each is named in the
+# statement that finds them (``repository.due_notices``). The rest are released by the
+# rounds straight after; a case is left out once none of its notices waits.
+CASES_PER_ROUND = cases_repository.CASES_PER_QUERY
 # Rounds are at least this far apart while they keep up, so under steady reads one round
 # takes many entries in one transaction instead of a transaction per few reads (on SQLite
 # each is a turn at the one write lock the audit writer needs too). A notice waits at most
@@ -121,7 +125,9 @@ class NoticeWorker:
             position = await repository.notice_position(conn)
             watermark = await audit_repository.sequenced_watermark(conn)
             closed = await cases_repository.closed_at(conn, await repository.waiting_cases(conn))
-            due = await repository.due_notices(conn, now, list(closed), 1)
+            # The cases closed first are released first.
+            releasing = sorted(closed, key=lambda case: (closed[case], case))[:CASES_PER_ROUND]
+            due = await repository.due_notices(conn, now, releasing, 1)
             made = await self._from_audit(conn, position, watermark, now) if position < watermark else None
             await conn.rollback()
         if made is None and not due:
@@ -150,7 +156,9 @@ class NoticeWorker:
                 added += len(made.notices)
                 if made.position < watermark:
                     self._next_round = 0.0  # a full batch: the rest at once
-            added += await self._release(conn, closed, now)
+            added += await self._release(conn, closed, releasing, now)
+            if len(closed) > len(releasing):
+                self._next_round = 0.0  # more closed cases than a round releases: the rest at once
             if added:
                 await repository.notify_on_commit(conn)
         return added
@@ -201,9 +209,16 @@ class NoticeWorker:
         return _Made(after, notices, held)
 
     async def _release(
-        self, conn: AsyncConnection, closed: Mapping[cases_repository.CaseKey, datetime], now: datetime
+        self,
+        conn: AsyncConnection,
+        closed: Mapping[cases_repository.CaseKey, datetime],
+        releasing: Sequence[cases_repository.CaseKey],
+        now: datetime,
     ) -> int:
-        due = await repository.due_notices(conn, now, list(closed), NOTICE_BATCH)
+        """Add to the outbox the held notices (a batch at most) whose maximum delay has
+        passed or whose case is one of ``releasing`` (of ``closed``, the waiting cases
+        closed, by when); returns how many."""
+        due = await repository.due_notices(conn, now, releasing, NOTICE_BATCH)
         notices: list[dict[str, Any]] = []
         for notice in due:
             shown = rules.shown(

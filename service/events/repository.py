@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.cases import repository as cases_repository
 from service.events.models import (
     ACCESS_RECORDED,
     FIELDS_CHANGED,
@@ -464,7 +465,10 @@ async def due_notices(
     conn: AsyncConnection, now: datetime, closed: Sequence[tuple[str, str]], limit: int
 ) -> list[HeldRow]:
     """Held notices not yet released whose maximum delay has passed or whose case is in
-    ``closed``, oldest access first."""
+    ``closed``, oldest access first. ``closed`` names at most ``CASES_PER_QUERY`` cases, each
+    a term of the statement's OR list (SQLite refuses one deeper than 1000)."""
+    if len(closed) > cases_repository.CASES_PER_QUERY:
+        raise ValueError(f"at most {cases_repository.CASES_PER_QUERY} cases in one statement")
     due = [HeldNotice.disclose_by <= now]
     due += [and_(HeldNotice.department == d, HeldNotice.case_ref == r) for d, r in closed]
     result = await conn.execute(

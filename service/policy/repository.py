@@ -111,16 +111,27 @@ async def add_version(
     return True
 
 
+# Versions named in one statement, each a term of an OR list: SQLite refuses a statement
+# whose expression tree is deeper than 1000, which an OR list of that many versions reaches.
+VERSIONS_PER_QUERY = 200
+
+
 async def version_contents(
     conn: AsyncConnection, versions: Sequence[tuple[str, int]]
 ) -> dict[tuple[str, int], dict[str, object]]:
-    """The stored content of each (agreement id, version) asked for that exists."""
-    if not versions:
-        return {}
+    """The stored content of each (agreement id, version) asked for that exists, read
+    ``VERSIONS_PER_QUERY`` versions at a time."""
     table = AgreementVersion.__table__
-    wanted = or_(*(and_(table.c.agreement_id == a, table.c.version == v) for a, v in versions))
-    result = await conn.execute(select(table.c.agreement_id, table.c.version, table.c.content).where(wanted))
-    return {(str(r[0]), int(r[1])): dict(r[2]) for r in result}
+    wanted = sorted(set(versions))
+    found: dict[tuple[str, int], dict[str, object]] = {}
+    for start in range(0, len(wanted), VERSIONS_PER_QUERY):
+        chunk = wanted[start : start + VERSIONS_PER_QUERY]
+        named = or_(*(and_(table.c.agreement_id == a, table.c.version == v) for a, v in chunk))
+        result = await conn.execute(
+            select(table.c.agreement_id, table.c.version, table.c.content).where(named)
+        )
+        found.update({(str(r[0]), int(r[1])): dict(r[2]) for r in result})
+    return found
 
 
 async def signatures_given(session: AsyncSession, agreement_id: str) -> dict[str, int]:

@@ -114,6 +114,15 @@ class RecordsEnv:
         assert response.status_code == 201, response.text
         return response.json()["id"], national_id
 
+    async def erase(self, citizen_id: str) -> None:
+        """Erase a citizen as the register's registrar, by court order."""
+        response = await self.client.delete(
+            f"/v1/citizens/{citizen_id}",
+            params={"reason": "court-order", "legal_basis": "Court order 1"},
+            headers=as_("register", "registrar"),
+        )
+        assert response.status_code == 204, response.text
+
 
 @pytest.fixture
 async def records_env(session: AsyncSession, settings: Settings) -> AsyncIterator[RecordsEnv]:

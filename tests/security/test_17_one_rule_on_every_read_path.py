@@ -202,12 +202,7 @@ async def examples(security_env: RecordsEnv) -> Examples:
     )
     assert written.status_code == 200, written.text
     erased_id, _ = await security_env.register(given_name="Gone")
-    erasure = await security_env.client.delete(
-        f"/v1/citizens/{erased_id}",
-        params={"reason": "court-order", "legal_basis": "Court order 17"},
-        headers=as_("register", "registrar"),
-    )
-    assert erasure.status_code == 204, erasure.text
+    await security_env.erase(erased_id)
     return Examples(citizen_id, erased_id)
 
 

@@ -754,10 +754,12 @@ class SlowReceiver(_LoopbackListener):
             self._note("arrived")
             if self.stop.wait(self.delay):
                 return
-            connection.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            # Counted before it is sent, so a client that has its answer finds it counted
+            # (counted after, a test could look between the two).
             with self._lock:
                 self.answered += 1
                 self._note("answered")
+            connection.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
 
 class TestOneReceiverAnsweringSlowly:
